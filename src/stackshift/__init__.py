@@ -1,0 +1,67 @@
+"""StackShift: durable jobs for Python."""
+
+from .client import AsyncStackShift, StackShift
+from .context import JobContext, RunInfo
+from .engine.retries import Backoff
+from .engine.transitions import Status
+from .errors import (
+    EventNotFoundError,
+    IdempotencyConflictError,
+    InvalidTransitionError,
+    LockNotAcquiredError,
+    NonDeterminismError,
+    NonRetriableError,
+    PayloadTooLargeError,
+    RetryAfterError,
+    RunNotFoundError,
+    StackShiftError,
+    StepResultTooLargeError,
+    ValidationError,
+    WaitTimeoutError,
+)
+from .models import (
+    Attempt,
+    Event,
+    LogEntry,
+    Page,
+    Run,
+    RunError,
+    SentEvent,
+    Step,
+    TimelineEntry,
+    WaitingFor,
+)
+from .settings import Settings
+
+__all__ = [
+    "AsyncStackShift",
+    "Attempt",
+    "Backoff",
+    "Event",
+    "EventNotFoundError",
+    "IdempotencyConflictError",
+    "InvalidTransitionError",
+    "JobContext",
+    "LockNotAcquiredError",
+    "LogEntry",
+    "NonDeterminismError",
+    "NonRetriableError",
+    "Page",
+    "PayloadTooLargeError",
+    "RetryAfterError",
+    "Run",
+    "RunError",
+    "RunInfo",
+    "RunNotFoundError",
+    "SentEvent",
+    "Settings",
+    "StackShift",
+    "StackShiftError",
+    "Status",
+    "Step",
+    "StepResultTooLargeError",
+    "TimelineEntry",
+    "ValidationError",
+    "WaitTimeoutError",
+    "WaitingFor",
+]

@@ -1,0 +1,266 @@
+"""``StackShift`` and ``AsyncStackShift``: the SDK's entry points.
+
+Both are thin shells over :class:`stackshift.service.Service`; the async client
+runs the same calls in a thread, so the two behave identically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar, overload
+
+from .clock import Clock, SystemClock
+from .jobs import JobRegistry, check_name, make_job
+from .models import Attempt, Event, LogEntry, Page, Run, SentEvent, Step, TimelineEntry
+from .service import Service
+from .settings import Settings
+from .state import AsyncState, State
+from .store import SqlStore, open_store
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_DATABASE_URL = "sqlite:///stackshift.db"
+
+
+def database_url_from_env() -> str:
+    return os.environ.get("STACKSHIFT_DATABASE_URL") or DEFAULT_DATABASE_URL
+
+
+class Runs:
+    """``stackshift.runs``: read and act on runs."""
+
+    def __init__(self, service: Service) -> None:
+        self._s = service
+
+    def get(self, run_id: str) -> Run:
+        """The run; :class:`RunNotFoundError` for an unknown id."""
+        return self._s.get_run(run_id)
+
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        job: str | None = None,
+        queue: str | None = None,
+        idempotency_key: str | None = None,
+        correlation_key: str | None = None,
+        created_after: datetime | str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        """Newest first; pass ``page.next_cursor`` as ``cursor`` for the next page."""
+        return self._s.list_runs(
+            status=status, job=job, queue=queue, idempotency_key=idempotency_key,
+            correlation_key=correlation_key, created_after=created_after, limit=limit,
+            cursor=cursor,
+        )
+
+    def wait(self, run_id: str, timeout: Any = None) -> Run:
+        """Block until the run is completed, failed or cancelled."""
+        return self._s.wait_run(run_id, timeout)
+
+    def cancel(self, run_id: str, reason: str | None = None) -> Run:
+        return self._s.cancel_run(run_id, reason)
+
+    def retry(self, run_id: str) -> Run:
+        return self._s.retry_run(run_id)
+
+    def timeline(self, run_id: str) -> list[TimelineEntry]:
+        return self._s.timeline(run_id)
+
+    def logs(self, run_id: str) -> list[LogEntry]:
+        return self._s.logs(run_id)
+
+    def attempts(self, run_id: str) -> list[Attempt]:
+        return self._s.attempts(run_id)
+
+    def steps(self, run_id: str) -> list[Step]:
+        return self._s.steps(run_id)
+
+
+class Events:
+    """``stackshift.events``: send events that resume waiting runs."""
+
+    def __init__(self, service: Service) -> None:
+        self._s = service
+
+    def send(
+        self,
+        name: str,
+        payload: Any = None,
+        *,
+        correlation_key: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> SentEvent:
+        return self._s.send_event(
+            name, payload, correlation_key=correlation_key, idempotency_key=idempotency_key
+        )
+
+    def get(self, event_id: str) -> Event:
+        return self._s.get_event(event_id)
+
+    def list(self, *, name: str | None = None, correlation_key: str | None = None,
+             limit: int = 50, cursor: str | None = None) -> Page:
+        return self._s.list_events(name=name, correlation_key=correlation_key, limit=limit,
+                                   cursor=cursor)
+
+
+class Queue:
+    """``stackshift.queue(name)``: a named lane of work."""
+
+    def __init__(self, service: Service, name: str) -> None:
+        self._s = service
+        self.name = check_name(name, "queue name")
+
+    def enqueue(self, job: str, payload: Any = None, **options: Any) -> Run:
+        """Like ``start`` with this queue."""
+        if "queue_name" in options:
+            raise TypeError("enqueue() takes its queue from the Queue; drop queue_name")
+        return self._s.start(job, payload, queue_name=self.name, **options)
+
+
+class StackShift:
+    """The client: define jobs, start runs, send events, read runs, use state.
+
+    ``StackShift(database_url="sqlite:///app.db")`` or a ``postgresql://`` URL;
+    with no argument it reads ``STACKSHIFT_DATABASE_URL`` and falls back to
+    ``sqlite:///stackshift.db``. The schema is migrated on first use.
+    """
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        *,
+        clock: Clock | None = None,
+        settings: Settings | None = None,
+        migrate: bool = True,
+    ) -> None:
+        self.database_url = database_url or database_url_from_env()
+        self._registry = JobRegistry()
+        store: SqlStore = open_store(self.database_url)
+        if migrate:
+            store.migrate()
+        self._service = Service(store, clock or SystemClock(), settings or Settings(),
+                                self._registry)
+        self.runs = Runs(self._service)
+        self.events = Events(self._service)
+        self.state = State(self._service)
+        self.state_async = AsyncState(self.state)
+
+    # -- jobs ------------------------------------------------------------------------
+
+    @overload
+    def job(self, name: str, handler: F, **options: Any) -> F: ...
+
+    @overload
+    def job(self, name: str, handler: None = None, **options: Any) -> Callable[[F], F]: ...
+
+    def job(self, name: str, handler: Any = None, **options: Any) -> Any:
+        """Register a handler: ``@stackshift.job("name", queue=..., max_attempts=...)``.
+
+        Options: ``queue``, ``max_attempts``, ``backoff`` (dict of ``base``,
+        ``factor``, ``cap``, ``jitter``), ``timeout`` (per attempt).
+        """
+        def register(fn: F) -> F:
+            self._registry.add(make_job(name, fn, **options))
+            return fn
+
+        if handler is not None:
+            return register(handler)
+        check_name(name, "job name")
+        return register
+
+    @property
+    def jobs(self) -> list[str]:
+        return self._registry.names()
+
+    # -- starting work -----------------------------------------------------------------
+
+    def start(self, job: str, payload: Any = None, **options: Any) -> Run:
+        """Start a run of ``job``. See :meth:`stackshift.service.Service.start`."""
+        return self._service.start(job, payload, **options)
+
+    def queue(self, name: str) -> Queue:
+        return Queue(self._service, name)
+
+    # -- workers -------------------------------------------------------------------------
+
+    def worker(self, **options: Any) -> Any:
+        """A worker for this client's jobs; see :class:`stackshift.worker.Worker`."""
+        from .worker import Worker
+
+        return Worker(self, **options)
+
+    def migrate(self) -> int:
+        return self._service.store.migrate()
+
+    @property
+    def clock(self) -> Clock:
+        return self._service.clock
+
+    def close(self) -> None:
+        self._service.store.close()
+
+    def __enter__(self) -> StackShift:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _AsyncFacade:
+    """Wraps a sync API object so that every public method is awaitable."""
+
+    def __init__(self, target: Any) -> None:
+        self._target = target
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        if not callable(attr):
+            return attr
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await asyncio.to_thread(attr, *args, **kwargs)
+
+        call.__name__ = name
+        call.__doc__ = attr.__doc__
+        return call
+
+
+class AsyncStackShift:
+    """The async twin of :class:`StackShift`: the same methods, awaitable."""
+
+    def __init__(self, database_url: str | None = None, **options: Any) -> None:
+        self.sync = StackShift(database_url, **options)
+        self.runs = _AsyncFacade(self.sync.runs)
+        self.events = _AsyncFacade(self.sync.events)
+        self.state = self.sync.state_async
+        self.database_url = self.sync.database_url
+
+    def job(self, name: str, handler: Any = None, **options: Any) -> Any:
+        return self.sync.job(name, handler, **options)
+
+    @property
+    def jobs(self) -> list[str]:
+        return self.sync.jobs
+
+    async def start(self, job: str, payload: Any = None, **options: Any) -> Run:
+        return await asyncio.to_thread(self.sync.start, job, payload, **options)
+
+    def queue(self, name: str) -> _AsyncFacade:
+        return _AsyncFacade(self.sync.queue(name))
+
+    def worker(self, **options: Any) -> Any:
+        return self.sync.worker(**options)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.sync.close)
+
+    async def __aenter__(self) -> AsyncStackShift:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

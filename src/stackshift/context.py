@@ -1,0 +1,191 @@
+"""The handler's ``ctx``: payload, run info, durable steps, state and a logger."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from .durations import parse_duration, parse_instant
+from .jobs import check_name
+from .models import Event
+from .service import ON_TIMEOUT, check_key
+from .errors import ValidationError
+from .runlogs import RUN_LOGGER
+
+if TYPE_CHECKING:
+    from .state import AsyncState, State
+    from .worker.invocation import Invocation
+
+P = TypeVar("P")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    id: str
+    job: str
+    queue: str
+    attempt: int
+    max_attempts: int
+    created_at: datetime
+    idempotency_key: str | None
+
+
+def _check_wait(event_name: str, correlation_key: str | None, timeout: Any,
+                on_timeout: str) -> float:
+    check_name(event_name, "event name")
+    if correlation_key is not None:
+        check_key(correlation_key, "correlation_key", 512)
+    if on_timeout not in ON_TIMEOUT:
+        raise ValidationError(f"on_timeout must be one of {ON_TIMEOUT}, got {on_timeout!r}")
+    seconds = parse_duration(timeout, name="timeout")
+    if seconds <= 0:
+        raise ValidationError("timeout must be more than 0")
+    return seconds
+
+
+def _run_sync(value: Any) -> Any:
+    """A sync handler calling an async step function: run it to completion here."""
+    if inspect.isawaitable(value):
+        async def _await() -> Any:
+            return await value
+
+        return asyncio.run(_await())
+    return value
+
+
+class _StepsBase:
+    def __init__(self, invocation: Invocation) -> None:
+        self._inv = invocation
+
+    def idempotency_key(self, suffix: str | None = None) -> str:
+        """A key stable across retries of the current step, for external APIs.
+
+        Inside ``ctx.step.run`` it names that step; outside, the next step. Pass
+        ``suffix`` to derive several keys within one step.
+        """
+        from .runlogs import CURRENT_STEP
+
+        step = CURRENT_STEP.get() or f"after:{sum(self._inv._occurrences.values())}"
+        raw = f"{self._inv.run.id}:{step}" + (f":{suffix}" if suffix else "")
+        return f"{self._inv.run.id}-{hashlib.sha256(raw.encode()).hexdigest()[:16]}"
+
+
+class Steps(_StepsBase):
+    """``ctx.step`` for plain (sync) handlers."""
+
+    def run(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn`` once per run and return its (stored) JSON result.
+
+        A later invocation returns the stored result without calling ``fn``. An
+        exception is recorded on the step and raised here.
+        """
+        inv = self._inv
+        plan = inv.plan_run(name, fn)
+        if plan.replayed:
+            return plan.result
+        with inv.in_step(plan.key):
+            try:
+                value = _run_sync(fn(*args, **kwargs))
+            except Exception as exc:
+                inv.record_failed(plan, exc)
+                raise
+        return inv.record_completed(plan, value)
+
+    def sleep(self, name: str, duration: Any) -> None:
+        """Pause the run for ``duration``; no worker slot is held meanwhile."""
+        seconds = parse_duration(duration)
+        self._inv.sleep_until(name, lambda now: now + seconds)
+
+    def sleep_until(self, name: str, when: datetime | str) -> None:
+        moment = parse_instant(when, name="when")
+        self._inv.sleep_until(name, lambda now: moment)
+
+    def wait_for_event(
+        self,
+        event_name: str,
+        *,
+        correlation_key: str | None = None,
+        timeout: Any = "7d",
+        on_timeout: str = "fail",
+    ) -> Event | None:
+        """Pause until an event with this name and key arrives (see the events docs)."""
+        seconds = _check_wait(event_name, correlation_key, timeout, on_timeout)
+        return self._inv.wait_for_event(event_name, correlation_key, seconds, on_timeout)
+
+
+class AsyncSteps(_StepsBase):
+    """``ctx.step`` for ``async def`` handlers: the same methods, awaitable.
+
+    Store writes run in a thread so that other handlers on the loop keep going.
+    """
+
+    async def run(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        inv = self._inv
+        plan = inv.plan_run(name, fn)
+        if plan.replayed:
+            return plan.result
+        with inv.in_step(plan.key):
+            try:
+                if inspect.iscoroutinefunction(fn):
+                    value = await fn(*args, **kwargs)
+                else:
+                    value = await asyncio.to_thread(fn, *args, **kwargs)
+                    if inspect.isawaitable(value):
+                        value = await value
+            except Exception as exc:
+                await asyncio.to_thread(inv.record_failed, plan, exc)
+                raise
+        return await asyncio.to_thread(inv.record_completed, plan, value)
+
+    async def sleep(self, name: str, duration: Any) -> None:
+        seconds = parse_duration(duration)
+        await asyncio.to_thread(self._inv.sleep_until, name, lambda now: now + seconds)
+
+    async def sleep_until(self, name: str, when: datetime | str) -> None:
+        moment = parse_instant(when, name="when")
+        await asyncio.to_thread(self._inv.sleep_until, name, lambda now: moment)
+
+    async def wait_for_event(
+        self,
+        event_name: str,
+        *,
+        correlation_key: str | None = None,
+        timeout: Any = "7d",
+        on_timeout: str = "fail",
+    ) -> Event | None:
+        seconds = _check_wait(event_name, correlation_key, timeout, on_timeout)
+        return await asyncio.to_thread(
+            self._inv.wait_for_event, event_name, correlation_key, seconds, on_timeout
+        )
+
+
+class JobContext(Generic[P]):
+    """What a handler receives. Annotate ``ctx: JobContext[Model]`` for a typed payload."""
+
+    payload: P
+    run: RunInfo
+    step: Any
+    state: Any
+    log: logging.Logger
+
+    def __init__(self, invocation: Invocation, payload: P, state: State | AsyncState) -> None:
+        run = invocation.run
+        self.payload = payload
+        self.run = RunInfo(
+            id=run.id,
+            job=run.job,
+            queue=run.queue,
+            attempt=invocation.lease.attempt,
+            max_attempts=run.max_attempts,
+            created_at=run.created_at,
+            idempotency_key=run.idempotency_key,
+        )
+        self.step = AsyncSteps(invocation) if invocation.job.is_async else Steps(invocation)
+        self.state = state
+        self.log = logging.getLogger(RUN_LOGGER)

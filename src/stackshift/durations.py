@@ -1,0 +1,77 @@
+"""Parsing of durations and points in time accepted everywhere in the API."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .errors import ValidationError
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+
+
+def parse_duration(value: Any, *, name: str = "duration") -> float:
+    """Return ``value`` as seconds (a non-negative float).
+
+    Accepts ``"30s"``, ``"15m"``, ``"24h"``, ``"30d"``, ``"1h30m"``, ``"250ms"``,
+    numbers of seconds and :class:`~datetime.timedelta`. Raises
+    :class:`~stackshift.errors.ValidationError` (a ``ValueError``) otherwise.
+    """
+    if isinstance(value, bool):
+        raise ValidationError(f"{name}: expected a duration, got {value!r}")
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        pos = 0
+        seconds = 0.0
+        for match in _PART.finditer(text):
+            if match.start() != pos:
+                break
+            seconds += float(match.group(1)) * _UNITS[match.group(2)]
+            pos = match.end()
+        if not text or pos != len(text):
+            raise ValidationError(
+                f"{name}: {value!r} is not a duration (use e.g. '30s', '15m', '1h30m', '7d')"
+            )
+    else:
+        raise ValidationError(f"{name}: expected a duration, got {type(value).__name__}")
+    if seconds != seconds or seconds < 0 or seconds == float("inf"):
+        raise ValidationError(f"{name}: {value!r} must be a finite, non-negative duration")
+    return seconds
+
+
+def parse_instant(value: Any, *, name: str = "time") -> float:
+    """Return ``value`` (an aware ``datetime`` or an ISO-8601 string) as epoch seconds.
+
+    Naive datetimes and strings without an offset are refused: the engine runs
+    across machines and time zones, so the caller must say which instant it means.
+    """
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValidationError(
+                f"{name}: {value!r} is not an ISO-8601 time (e.g. '2026-05-06T09:00:00Z')"
+            ) from None
+    else:
+        raise ValidationError(f"{name}: expected a datetime or ISO-8601 string, got {value!r}")
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValidationError(f"{name}: {value!r} has no time zone; give an offset or 'Z'")
+    return moment.timestamp()
+
+
+def to_datetime(epoch: float | None) -> datetime | None:
+    """Epoch seconds to an aware UTC datetime (``None`` stays ``None``)."""
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC)

@@ -1,0 +1,1 @@
+"""The rules of the engine: pure functions that decide, with no I/O."""

@@ -1,0 +1,54 @@
+"""How an attempt ends: the pure decision from what the handler did."""
+
+from __future__ import annotations
+
+import traceback as tb
+
+from ..errors import NonDeterminismError, NonRetriableError, RetryAfterError
+from ..store.base import Outcome
+from .retries import Backoff
+
+
+def error_dict(exc: BaseException, *, with_traceback: bool = True) -> dict[str, str | None]:
+    """The stored form of an exception: type, message and formatted traceback."""
+    text = "".join(tb.format_exception(exc)) if with_traceback else None
+    return {"type": type(exc).__name__, "message": str(exc), "traceback": text}
+
+
+def failure(
+    exc: BaseException,
+    *,
+    attempts_used: int,
+    max_attempts: int,
+    backoff: Backoff,
+    now: float,
+) -> Outcome:
+    """Retry with backoff while attempts remain, unless the error says not to.
+
+    ``NonRetriableError`` and ``NonDeterminismError`` fail the run at once;
+    ``RetryAfterError`` sets the delay itself.
+    """
+    error = error_dict(exc)
+    if isinstance(exc, NonRetriableError | NonDeterminismError):
+        return Outcome("failed", error=error)
+    if attempts_used >= max_attempts:
+        return Outcome("failed", error=error)
+    if isinstance(exc, RetryAfterError):
+        delay = exc.delay
+    else:
+        delay = backoff.delay(attempts_used)
+    return Outcome("retrying", error=error, retry_at=now + delay)
+
+
+def lost_worker(
+    *, attempts_used: int, max_attempts: int, backoff: Backoff, now: float
+) -> Outcome:
+    """The outcome recorded for an attempt whose worker stopped renewing its lease."""
+    error = {
+        "type": "WorkerLost",
+        "message": "the worker running this attempt stopped renewing its lease",
+        "traceback": None,
+    }
+    if attempts_used >= max_attempts:
+        return Outcome("failed", error=error)
+    return Outcome("retrying", error=error, retry_at=now + backoff.delay(attempts_used))

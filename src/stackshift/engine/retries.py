@@ -1,0 +1,48 @@
+"""Retry decisions: how long to wait before the next attempt, and whether to retry."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from ..durations import parse_duration
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with full jitter over the upper half of each step.
+
+    The delay before attempt ``n + 1`` (after ``n`` failures) is drawn from
+    ``[d/2, d]`` where ``d = min(cap, base * factor ** (n - 1))``.
+    """
+
+    base: float = 1.0
+    factor: float = 2.0
+    cap: float = 600.0
+    jitter: bool = True
+
+    @classmethod
+    def parse(cls, value: object) -> Backoff:
+        """Accept a ``Backoff``, a dict of its fields, or ``None`` for the default."""
+        if value is None:
+            return cls()
+        if isinstance(value, Backoff):
+            return value
+        if isinstance(value, dict):
+            unknown = set(value) - {"base", "factor", "cap", "jitter"}
+            if unknown:
+                raise ValueError(f"backoff: unknown option(s) {sorted(unknown)}")
+            return cls(
+                base=parse_duration(value.get("base", 1.0), name="backoff.base"),
+                factor=float(value.get("factor", 2.0)),
+                cap=parse_duration(value.get("cap", 600.0), name="backoff.cap"),
+                jitter=bool(value.get("jitter", True)),
+            )
+        raise ValueError(f"backoff: expected a Backoff or a dict, got {value!r}")
+
+    def delay(self, failures: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait after the ``failures``-th failed attempt (1-based)."""
+        raw = min(self.cap, self.base * self.factor ** max(0, failures - 1))
+        if not self.jitter:
+            return raw
+        return (rng or random).uniform(raw / 2, raw)

@@ -1,0 +1,102 @@
+"""Errors raised by StackShift, and the control-flow signals used inside handlers.
+
+User-facing errors derive from :class:`StackShiftError`. The signals that suspend,
+cancel or abandon a handler derive from :class:`BaseException` so that a handler's
+``except Exception:`` cannot swallow them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class StackShiftError(Exception):
+    """Base class of every error StackShift raises on purpose."""
+
+
+class ValidationError(StackShiftError, ValueError):
+    """Input that StackShift refuses before writing anything."""
+
+
+class PayloadTooLargeError(ValidationError):
+    """A payload, step result, event payload or state value over its size limit."""
+
+
+class IdempotencyConflictError(StackShiftError):
+    """The idempotency key is already bound to a different job or payload.
+
+    ``existing_run_id`` names the run that owns the key.
+    """
+
+    def __init__(self, message: str, existing_run_id: str) -> None:
+        super().__init__(message)
+        self.existing_run_id = existing_run_id
+
+
+class NonRetriableError(StackShiftError):
+    """Raise it from a handler (or a step) to fail the run now, without retrying."""
+
+
+class RetryAfterError(StackShiftError):
+    """Raise it to fail this attempt and retry no sooner than ``delay``."""
+
+    def __init__(self, delay: Any, message: str | None = None) -> None:
+        from .durations import parse_duration
+
+        self.delay = parse_duration(delay)
+        super().__init__(message or f"retry after {self.delay:g}s")
+
+
+class NonDeterminismError(StackShiftError):
+    """A replay found a different step function where a step was recorded."""
+
+
+class WaitTimeoutError(StackShiftError):
+    """A wait for an event passed its timeout with ``on_timeout="fail"``."""
+
+
+class RunNotFoundError(StackShiftError, LookupError):
+    """No run has the given id."""
+
+
+class EventNotFoundError(StackShiftError, LookupError):
+    """No event has the given id."""
+
+
+class LockNotAcquiredError(StackShiftError):
+    """The lock is held by another owner and ``wait`` passed."""
+
+
+class InvalidTransitionError(StackShiftError):
+    """An operation asked for a status change the run state machine forbids."""
+
+
+class StepResultTooLargeError(PayloadTooLargeError):
+    """A step returned a result over the configured limit."""
+
+
+class WorkerLost(StackShiftError):  # noqa: N818 - the error type shown to users
+    """Recorded on an attempt whose worker stopped renewing its lease."""
+
+
+class AttemptTimeoutError(StackShiftError):
+    """Recorded on an attempt that ran past the job's ``timeout``."""
+
+
+# --- control-flow signals: BaseException so ``except Exception`` cannot catch them ---
+
+
+class HandlerSignal(BaseException):  # noqa: N818
+    """Base of the signals that end a handler invocation early."""
+
+
+class Suspend(HandlerSignal):
+    """The run is now waiting (sleep or event); the invocation ends here."""
+
+
+class CancelSignal(HandlerSignal):
+    """The run was cancelled (or timed out); stop at this step boundary."""
+
+
+class LeaseLost(HandlerSignal):
+    """This worker no longer owns the run; abandon the invocation without writing."""

@@ -1,0 +1,123 @@
+"""Jobs: named handlers and their options, kept in a per-client registry."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .durations import parse_duration
+from .engine.retries import Backoff
+from .errors import ValidationError
+
+NAME = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
+
+
+def check_name(value: object, what: str) -> str:
+    """Job, queue and event names: 1-200 letters, digits, ``.``, ``_``, ``:`` or ``-``."""
+    if not isinstance(value, str) or not NAME.match(value):
+        raise ValidationError(
+            f"{what} {value!r} is invalid: use 1-200 letters, digits, '.', '_', ':' or '-'"
+        )
+    return value
+
+
+def check_max_attempts(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+        raise ValidationError(f"max_attempts must be an integer from 1 to 1000, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    handler: Callable[..., Any]
+    queue: str | None
+    max_attempts: int | None
+    backoff: Backoff
+    timeout: float | None
+    is_async: bool
+    payload_model: type | None
+
+    @property
+    def function_name(self) -> str:
+        return qualified_name(self.handler)
+
+
+def qualified_name(fn: Callable[..., Any]) -> str:
+    module = getattr(fn, "__module__", None) or ""
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    return f"{module}.{name}" if module else name
+
+
+def _payload_model(handler: Callable[..., Any]) -> type | None:
+    """The pydantic model ``M`` when the first parameter is annotated ``JobContext[M]``."""
+    try:
+        hints = typing.get_type_hints(handler)
+    except Exception:
+        return None
+    params = list(inspect.signature(handler).parameters)
+    if not params or params[0] not in hints:
+        return None
+    args = typing.get_args(hints[params[0]])
+    if len(args) == 1 and hasattr(args[0], "model_validate"):
+        return typing.cast(type, args[0])
+    return None
+
+
+def make_job(
+    name: str,
+    handler: Callable[..., Any],
+    *,
+    queue: str | None = None,
+    max_attempts: int | None = None,
+    backoff: Any = None,
+    timeout: Any = None,
+) -> Job:
+    """Validate options and build a :class:`Job`; raises ``ValueError`` on bad options."""
+    check_name(name, "job name")
+    if queue is not None:
+        check_name(queue, "queue name")
+    if max_attempts is not None:
+        check_max_attempts(max_attempts)
+    if not callable(handler):
+        raise ValidationError(f"handler for job {name!r} is not callable")
+    return Job(
+        name=name,
+        handler=handler,
+        queue=queue,
+        max_attempts=max_attempts,
+        backoff=Backoff.parse(backoff),
+        timeout=None if timeout is None else parse_duration(timeout, name="timeout"),
+        is_async=inspect.iscoroutinefunction(handler),
+        payload_model=_payload_model(handler),
+    )
+
+
+class JobRegistry:
+    """The jobs one client knows. Registering a name twice is an error."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, Job] = {}
+
+    def add(self, job: Job) -> Job:
+        existing = self._jobs.get(job.name)
+        if existing is not None and existing.handler is not job.handler:
+            raise ValidationError(f"job {job.name!r} is already registered")
+        self._jobs[job.name] = job
+        return job
+
+    def get(self, name: str) -> Job | None:
+        return self._jobs.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._jobs)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._jobs.values())
+
+    def __len__(self) -> int:
+        return len(self._jobs)

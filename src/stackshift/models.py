@@ -1,0 +1,153 @@
+"""Values returned by the API: runs, steps, attempts, timeline entries, logs, events.
+
+All are frozen dataclasses; timestamps are aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RunError:
+    """What made an attempt or a run fail."""
+
+    type: str
+    message: str
+    traceback: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "message": self.message, "traceback": self.traceback}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> RunError | None:
+        if not data:
+            return None
+        return cls(data["type"], data["message"], data.get("traceback"))
+
+
+@dataclass(frozen=True)
+class WaitingFor:
+    """What a waiting run waits for: an event (name and key) or a wake time."""
+
+    kind: str  # "event" or "sleep"
+    step: str
+    until: datetime | None
+    event_name: str | None = None
+    correlation_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Run:
+    id: str
+    job: str
+    queue: str
+    status: str
+    payload: Any
+    result: Any
+    error: RunError | None
+    attempt: int
+    max_attempts: int
+    idempotency_key: str | None
+    priority: int
+    concurrency_key: str | None
+    created_at: datetime
+    scheduled_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    next_attempt_at: datetime | None
+    waiting_for: WaitingFor | None
+    #: False when an idempotency key mapped a start to this existing run.
+    created: bool = True
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in ("completed", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class Step:
+    run_id: str
+    key: str  # name, or name#N for the N-th occurrence in one invocation
+    name: str
+    kind: str  # run, sleep, wait
+    function: str | None
+    status: str  # completed, failed, waiting
+    result: Any
+    error: RunError | None
+    attempt: int
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    run_id: str
+    number: int
+    status: str  # running, completed, failed, cancelled, waiting
+    worker_id: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    error: RunError | None
+
+    @property
+    def duration(self) -> float | None:
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    id: int
+    run_id: str
+    at: datetime
+    kind: str
+    attempt: int | None
+    step: str | None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    id: int
+    run_id: str
+    attempt: int | None
+    step: str | None
+    at: datetime
+    level: str
+    logger: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Event:
+    id: str
+    name: str
+    payload: Any
+    correlation_key: str | None
+    received_at: datetime
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class SentEvent:
+    id: str
+    duplicate: bool
+    resumed_run_ids: list[str]
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a list; pass ``next_cursor`` back as ``cursor`` for the next."""
+
+    items: list[Any]
+    next_cursor: str | None
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)

@@ -1,0 +1,61 @@
+"""Saves log records emitted while a handler runs with that run, attempt and step.
+
+One handler on the root logger serves every worker in the process; the
+invocation a record belongs to is found through context variables, which follow
+a handler into its threads (``asyncio.to_thread``) and tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextvars import ContextVar
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .worker.invocation import Invocation
+
+CURRENT: ContextVar[Invocation | None] = ContextVar("stackshift_invocation", default=None)
+CURRENT_STEP: ContextVar[str | None] = ContextVar("stackshift_step", default=None)
+
+#: ``ctx.log`` writes here; it records everything from DEBUG up unless configured.
+RUN_LOGGER = "stackshift.run"
+
+
+class _CaptureHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        invocation = CURRENT.get()
+        if invocation is None:
+            return
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + logging.Formatter().formatException(record.exc_info)
+        except Exception:  # a broken format string must not break the handler
+            message = str(record.msg)
+        invocation.add_log(record.levelname, record.name, message, CURRENT_STEP.get())
+
+
+_handler = _CaptureHandler(level=logging.DEBUG)
+_users = 0
+_lock = threading.Lock()
+
+
+def install() -> None:
+    """Start capturing (reference-counted: one handler however many workers)."""
+    global _users
+    with _lock:
+        if _users == 0:
+            logging.getLogger().addHandler(_handler)
+            run_logger = logging.getLogger(RUN_LOGGER)
+            if run_logger.level == logging.NOTSET:
+                run_logger.setLevel(logging.DEBUG)
+        _users += 1
+
+
+def uninstall() -> None:
+    global _users
+    with _lock:
+        _users = max(0, _users - 1)
+        if _users == 0:
+            logging.getLogger().removeHandler(_handler)

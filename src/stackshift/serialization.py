@@ -1,0 +1,75 @@
+"""JSON encoding of payloads, results and state values.
+
+Everything the engine stores is JSON. Payloads may also be pydantic models or
+dataclasses; they are converted once, at the edge, and stored as plain JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from typing import Any
+
+from .errors import PayloadTooLargeError
+
+MiB = 1024 * 1024
+
+
+def to_jsonable(value: Any, *, what: str = "payload") -> Any:
+    """Return ``value`` as plain JSON data, or raise ``TypeError`` naming what is wrong."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise TypeError(f"{what}: {value!r} is not JSON (NaN and infinity are refused)")
+        return value
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{what}: object keys must be strings, got {key!r}")
+            out[key] = to_jsonable(item, what=what)
+        return out
+    if isinstance(value, list | tuple):
+        return [to_jsonable(item, what=what) for item in value]
+    model_dump = getattr(value, "model_dump", None)
+    if callable(model_dump) and hasattr(type(value), "model_fields"):
+        return model_dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_jsonable(dataclasses.asdict(value), what=what)
+    raise TypeError(
+        f"{what}: {type(value).__name__} is not JSON-serialisable "
+        "(use dict, list, str, int, float, bool, None, a pydantic model or a dataclass)"
+    )
+
+
+def dumps(value: Any) -> str:
+    """Canonical JSON text: sorted keys, no spaces. Equal data gives equal text."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def encode(
+    value: Any,
+    *,
+    what: str,
+    limit: int | None,
+    too_large: type[PayloadTooLargeError] = PayloadTooLargeError,
+) -> str:
+    """Convert, encode and size-check ``value``; raise before anything is written."""
+    text = dumps(to_jsonable(value, what=what))
+    if limit is not None and len(text.encode()) > limit:
+        raise too_large(
+            f"{what} is {len(text.encode())} bytes as JSON, over the limit of {limit} bytes"
+        )
+    return text
+
+
+def loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def digest(text: str) -> str:
+    """A short, stable fingerprint of canonical JSON text (for idempotency checks)."""
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -1,0 +1,275 @@
+"""The operations every shell (SDK, CLI, server, dashboard) goes through.
+
+It validates input, asks the engine's rules, and calls the store. Nothing
+reaches storage by another path, so every shell behaves the same.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from .clock import Clock
+from .durations import parse_duration, parse_instant
+from .engine.transitions import parse_status
+from .errors import EventNotFoundError, ValidationError
+from .ids import new_id
+from .jobs import JobRegistry, check_max_attempts, check_name
+from .models import Attempt, Event, LogEntry, Page, Run, SentEvent, Step, TimelineEntry
+from .serialization import encode
+from .settings import Settings
+from .store import SqlStore
+from .store.base import NewRun, RunFilter
+
+ON_TIMEOUT = ("fail", "continue", "cancel")
+
+
+def check_key(value: object, what: str, limit: int) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValidationError(f"{what} must be a non-empty string, got {value!r}")
+    if len(value) > limit:
+        raise ValidationError(f"{what} is {len(value)} characters, over the limit of {limit}")
+    return value
+
+
+def check_limit(limit: object) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+        raise ValidationError(f"limit must be an integer from 1 to 1000, got {limit!r}")
+    return limit
+
+
+class Notifier:
+    """In-process wake-ups: lets a worker start a run the moment it is queued."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Callable[[], None]) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def notify(self) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener()
+
+
+class Service:
+    def __init__(
+        self, store: SqlStore, clock: Clock, settings: Settings, registry: JobRegistry
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.settings = settings
+        self.registry = registry
+        self.notifier = Notifier()
+
+    # -- starting work -------------------------------------------------------------
+
+    def start(
+        self,
+        job: str,
+        payload: Any = None,
+        *,
+        queue_name: str | None = None,
+        idempotency_key: str | None = None,
+        idempotency_ttl: Any = None,
+        max_attempts: int | None = None,
+        scheduled_at: datetime | str | None = None,
+        delay: Any = None,
+        priority: int | None = None,
+        concurrency_key: str | None = None,
+    ) -> Run:
+        """Durably create a run (on disk before this returns) or return the existing one.
+
+        Every argument is validated before anything is written: ``TypeError`` for a
+        payload that is not JSON, ``ValueError`` (:class:`ValidationError`) for the
+        rest, :class:`IdempotencyConflictError` for a key bound to other work.
+        """
+        s = self.settings
+        check_name(job, "job name")
+        registered = self.registry.get(job)
+        queue = queue_name or (registered.queue if registered else None) or s.default_queue
+        check_name(queue, "queue name")
+        payload_text = encode(payload, what="payload", limit=s.max_payload_bytes)
+        if max_attempts is None:
+            max_attempts = (registered.max_attempts if registered else None) or (
+                s.default_max_attempts
+            )
+        check_max_attempts(max_attempts)
+        if priority is None:
+            priority = 0
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise ValidationError(f"priority must be an integer, got {priority!r}")
+        if concurrency_key is not None:
+            check_key(concurrency_key, "concurrency_key", 512)
+        now = self.clock.now()
+        run_at: float | None = None
+        if scheduled_at is not None and delay is not None:
+            raise ValidationError("give scheduled_at or delay, not both")
+        if scheduled_at is not None:
+            run_at = parse_instant(scheduled_at, name="scheduled_at")
+        elif delay is not None:
+            run_at = now + parse_duration(delay, name="delay")
+        if run_at is not None and run_at <= now:
+            run_at = None  # due already: queue it now
+        expires_at = None
+        if idempotency_key is not None:
+            check_key(idempotency_key, "idempotency_key", s.max_idempotency_key_length)
+            ttl = (
+                s.default_idempotency_ttl
+                if idempotency_ttl is None
+                else parse_duration(idempotency_ttl, name="idempotency_ttl")
+            )
+            if ttl <= 0 or ttl > s.max_idempotency_ttl:
+                raise ValidationError("idempotency_ttl must be more than 0 and at most 365d")
+            expires_at = now + ttl
+        elif idempotency_ttl is not None:
+            raise ValidationError("idempotency_ttl needs an idempotency_key")
+        run = self.store.start_run(
+            NewRun(
+                id=new_id("run"),
+                job=job,
+                queue=queue,
+                payload=payload_text,
+                max_attempts=max_attempts,
+                priority=priority,
+                concurrency_key=concurrency_key,
+                scheduled_at=run_at,
+                idempotency_key=idempotency_key,
+                idempotency_expires_at=expires_at,
+            ),
+            now,
+        )
+        if run.created:
+            self.notifier.notify()
+        return run
+
+    # -- runs ------------------------------------------------------------------------
+
+    def get_run(self, run_id: str) -> Run:
+        return self.store.get_run(run_id)
+
+    def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        job: str | None = None,
+        queue: str | None = None,
+        idempotency_key: str | None = None,
+        correlation_key: str | None = None,
+        created_after: datetime | str | None = None,
+        created_before: datetime | str | None = None,
+        search: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        filters = RunFilter(
+            status=parse_status(status).value if status is not None else None,
+            job=job,
+            queue=queue,
+            idempotency_key=idempotency_key,
+            correlation_key=correlation_key,
+            created_after=None
+            if created_after is None
+            else parse_instant(created_after, name="created_after"),
+            created_before=None
+            if created_before is None
+            else parse_instant(created_before, name="created_before"),
+            search=search,
+        )
+        return self.store.list_runs(filters, check_limit(limit), cursor)
+
+    def wait_run(self, run_id: str, timeout: Any = None) -> Run:
+        """Block until the run is terminal; ``TimeoutError`` after ``timeout``."""
+        limit = None if timeout is None else parse_duration(timeout, name="timeout")
+        deadline = None if limit is None else time.monotonic() + limit
+        pause = 0.005
+        while True:
+            run = self.store.get_run(run_id)
+            if run.is_terminal:
+                return run
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"run {run_id} is still {run.status} after {limit:g}s")
+            remaining = 3600.0 if deadline is None else deadline - time.monotonic()
+            time.sleep(max(0.0, min(pause, remaining)))
+            pause = min(pause * 1.5, 0.1)
+
+    def cancel_run(self, run_id: str, reason: str | None = None) -> Run:
+        return self.store.cancel_run(run_id, reason, self.clock.now())
+
+    def retry_run(self, run_id: str) -> Run:
+        run = self.store.retry_run(run_id, self.clock.now())
+        self.notifier.notify()
+        return run
+
+    def timeline(self, run_id: str) -> list[TimelineEntry]:
+        return self.store.timeline(run_id)
+
+    def logs(self, run_id: str) -> list[LogEntry]:
+        return self.store.logs(run_id)
+
+    def attempts(self, run_id: str) -> list[Attempt]:
+        return self.store.attempts(run_id)
+
+    def steps(self, run_id: str) -> list[Step]:
+        return self.store.steps(run_id)
+
+    # -- events ------------------------------------------------------------------------
+
+    def send_event(
+        self,
+        name: str,
+        payload: Any = None,
+        *,
+        correlation_key: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> SentEvent:
+        s = self.settings
+        check_name(name, "event name")
+        text = encode(payload, what="event payload", limit=s.max_event_payload_bytes)
+        if correlation_key is not None:
+            check_key(correlation_key, "correlation_key", 512)
+        if idempotency_key is not None:
+            check_key(idempotency_key, "idempotency_key", s.max_idempotency_key_length)
+        sent = self.store.send_event(
+            new_id("evt"),
+            name,
+            text,
+            correlation_key or "",
+            idempotency_key,
+            self.clock.now(),
+            s.event_retention,
+            s.event_dedupe_window,
+        )
+        if sent.resumed_run_ids:
+            self.notifier.notify()
+        return sent
+
+    def get_event(self, event_id: str) -> Event:
+        found = self.store.get_event(event_id)
+        if found is None:
+            raise EventNotFoundError(f"no event with id {event_id!r}")
+        return found[0]
+
+    def list_events(
+        self,
+        *,
+        name: str | None = None,
+        correlation_key: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        items, next_cursor = self.store.list_events(name, correlation_key, check_limit(limit),
+                                                    cursor)
+        return Page(items, next_cursor)

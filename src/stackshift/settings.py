@@ -1,0 +1,23 @@
+"""Limits and defaults of one StackShift installation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .serialization import MiB
+
+
+@dataclass(frozen=True)
+class Settings:
+    max_payload_bytes: int = MiB
+    max_step_result_bytes: int = MiB
+    max_event_payload_bytes: int = MiB
+    max_state_value_bytes: int = 256 * 1024
+    max_state_key_length: int = 512
+    max_idempotency_key_length: int = 512
+    default_idempotency_ttl: float = 24 * 3600.0
+    max_idempotency_ttl: float = 365 * 86400.0
+    event_retention: float = 7 * 86400.0
+    event_dedupe_window: float = 24 * 3600.0
+    default_max_attempts: int = 3
+    default_queue: str = "default"

@@ -1,0 +1,156 @@
+"""The state store API: ``ctx.state`` and ``stackshift.state``.
+
+State calls are not steps: a value set in a handler is set again on a retry.
+Keep code that must not repeat inside ``ctx.step.run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from datetime import datetime
+from typing import Any
+
+from .durations import parse_duration, parse_instant
+from .errors import LockNotAcquiredError, ValidationError
+from .service import Service, check_key
+from .serialization import encode
+
+class State:
+    def __init__(self, service: Service) -> None:
+        self._service = service
+
+    def _key(self, key: object) -> str:
+        return check_key(key, "state key", self._service.settings.max_state_key_length)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value, or ``default`` when the key is missing or expired."""
+        found, value = self._service.store.state_get(self._key(key), self._service.clock.now())
+        return value if found else default
+
+    def set(
+        self,
+        key: str,
+        value: Any,
+        *,
+        ttl: Any = None,
+        expires_at: datetime | str | None = None,
+    ) -> None:
+        """Store a JSON value (256 KiB by default), optionally expiring."""
+        key = self._key(key)
+        text = encode(value, what=f"state value for {key!r}",
+                      limit=self._service.settings.max_state_value_bytes)
+        now = self._service.clock.now()
+        if ttl is not None and expires_at is not None:
+            raise ValidationError("give ttl or expires_at, not both")
+        deadline = None
+        if ttl is not None:
+            seconds = parse_duration(ttl, name="ttl")
+            if seconds <= 0:
+                raise ValidationError("ttl must be more than 0")
+            deadline = now + seconds
+        elif expires_at is not None:
+            deadline = parse_instant(expires_at, name="expires_at")
+        self._service.store.state_set(key, text, deadline, now)
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; return whether it held a live value."""
+        return self._service.store.state_delete(self._key(key), self._service.clock.now())
+
+    def increment(self, key: str, by: int = 1) -> int:
+        """Add ``by`` atomically (across processes and machines); a new key starts at 0."""
+        if isinstance(by, bool) or not isinstance(by, int):
+            raise ValidationError(f"by must be an integer, got {by!r}")
+        return self._service.store.state_increment(self._key(key), by, self._service.clock.now())
+
+    def keys(self, prefix: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        return self._service.store.list_state(prefix, limit, self._service.clock.now())
+
+    def _lock_args(self, key: str, ttl: Any, wait: Any) -> tuple[str, float, float]:
+        key = self._key(key)
+        seconds = parse_duration(ttl, name="ttl")
+        if seconds <= 0:
+            raise ValidationError("lock ttl must be more than 0")
+        return key, seconds, 0.0 if wait is None else parse_duration(wait, name="wait")
+
+    def _try_lock(self, key: str, owner: str, ttl: float) -> bool:
+        now = self._service.clock.now()
+        return self._service.store.lock_acquire(key, owner, now + ttl, now)
+
+    def lock(self, key: str, *, ttl: Any = "30s", wait: Any = None) -> Lock:
+        """Hold ``key`` exclusively: ``with state.lock(k):`` or ``async with``.
+
+        Raises :class:`LockNotAcquiredError` when another owner holds it for
+        longer than ``wait``. The TTL frees the lock if its owner dies; on exit
+        only this owner's lock is released.
+        """
+        key, seconds, patience = self._lock_args(key, ttl, wait)
+        return Lock(self, key, seconds, patience)
+
+
+class Lock:
+    """One attempt to own a lock; usable once, as a sync or async context manager."""
+
+    def __init__(self, state: State, key: str, ttl: float, wait: float) -> None:
+        self._state = state
+        self.key = key
+        self.ttl = ttl
+        self.wait = wait
+        self.owner = os.urandom(12).hex()
+
+    def _refused(self) -> LockNotAcquiredError:
+        return LockNotAcquiredError(f"lock {self.key!r} is held by another owner")
+
+    def __enter__(self) -> Lock:
+        deadline = time.monotonic() + self.wait
+        pause = 0.005
+        while not self._state._try_lock(self.key, self.owner, self.ttl):
+            if time.monotonic() >= deadline:
+                raise self._refused()
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.25)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._state._service.store.lock_release(self.key, self.owner)
+
+    async def __aenter__(self) -> Lock:
+        deadline = time.monotonic() + self.wait
+        pause = 0.005
+        while not await asyncio.to_thread(self._state._try_lock, self.key, self.owner, self.ttl):
+            if time.monotonic() >= deadline:
+                raise self._refused()
+            await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.25)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self._state._service.store.lock_release, self.key, self.owner)
+
+
+class AsyncState:
+    """The same state API for ``async`` code; calls run in a thread."""
+
+    def __init__(self, state: State) -> None:
+        self._state = state
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        return await asyncio.to_thread(self._state.get, key, default)
+
+    async def set(self, key: str, value: Any, *, ttl: Any = None,
+                  expires_at: datetime | str | None = None) -> None:
+        await asyncio.to_thread(self._state.set, key, value, ttl=ttl, expires_at=expires_at)
+
+    async def delete(self, key: str) -> bool:
+        return await asyncio.to_thread(self._state.delete, key)
+
+    async def increment(self, key: str, by: int = 1) -> int:
+        return await asyncio.to_thread(self._state.increment, key, by)
+
+    async def keys(self, prefix: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self._state.keys, prefix, limit)
+
+    def lock(self, key: str, *, ttl: Any = "30s", wait: Any = None) -> Lock:
+        """Use as ``async with ctx.state.lock(key):``."""
+        return self._state.lock(key, ttl=ttl, wait=wait)

@@ -1,0 +1,5 @@
+"""Storage: the seam (``base``), the shared store (``sqlstore``), and one ``Database`` per dialect."""
+
+from .sqlstore import SqlStore, open_store
+
+__all__ = ["SqlStore", "open_store"]

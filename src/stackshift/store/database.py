@@ -1,0 +1,84 @@
+"""The thin, per-dialect layer under the store: connections and transactions.
+
+A :class:`Database` hands out transactions (:class:`Tx`) that run named queries.
+Everything above it (``store/*.py``) is shared by SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+Row = Mapping[str, Any]
+
+
+class Tx(Protocol):
+    """One open transaction. Queries are referred to by their name in ``sql/``."""
+
+    dialect: str
+
+    def one(self, query: str, **params: Any) -> Row | None: ...
+
+    def all(self, query: str, **params: Any) -> list[Row]: ...
+
+    def run(self, query: str, **params: Any) -> int:
+        """Execute a statement; return the number of rows it changed."""
+        ...
+
+    def raw(self, sql: str, params: Mapping[str, Any]) -> list[Row]:
+        """Execute SQL built from fixed fragments (list filters); return its rows."""
+        ...
+
+    def lock(self, key: str) -> None:
+        """Serialise with other transactions that lock ``key`` until this one ends."""
+        ...
+
+    def is_data_error(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is the database refusing a value (e.g. a failed cast)."""
+        ...
+
+
+class Database(Protocol):
+    dialect: str
+    url: str
+
+    def write(self) -> AbstractContextManager[Tx]:
+        """A read-write transaction, committed on exit, rolled back on error."""
+        ...
+
+    def read(self) -> AbstractContextManager[Tx]:
+        """A read-only snapshot."""
+        ...
+
+    def migrate(self) -> int:
+        """Apply pending migrations; return the schema version."""
+        ...
+
+    def schema_version(self) -> int: ...
+
+    def changed(self) -> bool:
+        """Whether another connection may have committed since the last call.
+
+        Cheap enough to call every few milliseconds on an idle worker.
+        """
+        ...
+
+    def close(self) -> None: ...
+
+
+def split_statements(script: str) -> Iterator[str]:
+    """Split a migration script into statements (no semicolons inside strings)."""
+    statement: list[str] = []
+    for line in script.splitlines():
+        if line.strip().startswith("--") and not statement:
+            continue
+        statement.append(line)
+        if line.rstrip().endswith(";"):
+            text = "\n".join(statement).strip()
+            if text:
+                yield text
+            statement = []
+    tail = "\n".join(statement).strip()
+    if tail:
+        yield tail

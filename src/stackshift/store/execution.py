@@ -1,0 +1,333 @@
+"""What workers do to runs: claim, checkpoint steps, finish, suspend, keep leases.
+
+Every write by a worker is conditional on its lease (owner and attempt), so a
+worker that lost its run (lease expired and rescued) can never overwrite what
+the new owner does; it gets :class:`LeaseLost` and abandons the invocation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from ..engine.transitions import Status
+from ..errors import LeaseLost
+from ..serialization import dumps
+from . import rows
+from .base import ClaimedRun, ExpiredLease, Lease, LogWrite, Outcome, StepWrite
+from .database import Database, Tx
+from .runs import add_timeline, move_run, waiting_data
+
+#: "No expiry condition" for finishing a run with a live lease.
+NO_DEADLINE = 1e300
+
+
+def write_logs(tx: Tx, run_id: str, logs: Sequence[LogWrite]) -> None:
+    for log in logs:
+        tx.run(
+            "insert_log",
+            run_id=run_id,
+            attempt=log.attempt,
+            step=log.step,
+            at=log.at,
+            level=log.level,
+            logger=log.logger,
+            message=log.message,
+        )
+
+
+def write_step(tx: Tx, run_id: str, attempt: int, step: StepWrite) -> None:
+    tx.run(
+        "upsert_step",
+        run_id=run_id,
+        key=step.key,
+        name=step.name,
+        kind=step.kind,
+        function=step.function,
+        status=step.status,
+        result=step.result,
+        error=dumps(step.error) if step.error else None,
+        attempt=attempt,
+        started_at=step.started_at,
+        finished_at=step.finished_at,
+    )
+
+
+def renew(tx: Tx, lease: Lease, now: float, lease_seconds: float) -> bool:
+    """Check and extend ``lease``; return whether a cancel was requested."""
+    row = tx.one(
+        "renew_lease",
+        id=lease.run_id,
+        worker_id=lease.worker_id,
+        attempt=lease.attempt,
+        lease_expires_at=now + lease_seconds,
+        now=now,
+    )
+    if row is None:
+        raise LeaseLost(lease.run_id)
+    return bool(row["cancel_requested"])
+
+
+class ExecutionStore:
+    db: Database
+
+    def claim_runs(
+        self,
+        worker_id: str,
+        jobs: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        now: float,
+    ) -> list[ClaimedRun]:
+        """Lease up to ``limit`` due runs of ``jobs``, highest priority, then oldest, first."""
+        if limit <= 0 or not jobs:
+            return []
+        claimed: list[ClaimedRun] = []
+        with self.db.write() as tx:
+            job_param: Any = json.dumps(list(jobs)) if tx.dialect == "sqlite" else list(jobs)
+            candidates = tx.all("claim_candidates", now=now, jobs=job_param, limit=limit)
+            for cand in candidates:
+                if cand["status"] != Status.QUEUED:
+                    add_timeline(
+                        tx,
+                        cand["id"],
+                        "run.queued",
+                        cand["available_at"],
+                        **{"from": cand["status"]},
+                    )
+                row = tx.one(
+                    "claim_update",
+                    id=cand["id"],
+                    worker_id=worker_id,
+                    lease_expires_at=now + lease_seconds,
+                    now=now,
+                )
+                assert row is not None
+                resuming = bool(cand["resuming"])
+                attempt = row["attempt"]
+                if resuming:
+                    tx.run(
+                        "set_attempt_status",
+                        run_id=row["id"],
+                        number=attempt,
+                        status="running",
+                        worker_id=worker_id,
+                    )
+                    add_timeline(tx, row["id"], "run.resumed", now, attempt=attempt)
+                else:
+                    tx.run("insert_attempt", run_id=row["id"], number=attempt,
+                           worker_id=worker_id, now=now)
+                    add_timeline(
+                        tx, row["id"], "attempt.started", now, attempt=attempt, worker=worker_id
+                    )
+                steps = {}
+                # A first attempt that is not resuming has no steps yet: skip the read.
+                if resuming or attempt > 1:
+                    steps = {
+                        s["key"]: rows.step(s)
+                        for s in tx.all("completed_steps", run_id=row["id"])
+                    }
+                claimed.append(
+                    ClaimedRun(
+                        run=rows.run(row),
+                        lease=Lease(row["id"], worker_id, attempt),
+                        retry_base=row["retry_base"],
+                        steps=steps,
+                        new_attempt=not resuming,
+                    )
+                )
+        return claimed
+
+    def save_step(
+        self,
+        lease: Lease,
+        step: StepWrite,
+        logs: Sequence[LogWrite],
+        now: float,
+        lease_seconds: float,
+    ) -> bool:
+        """Make a finished step durable (and renew the lease) in one transaction.
+
+        Returns whether a cancel was requested. Raises :class:`LeaseLost` when
+        this worker no longer holds the run; then nothing is written.
+        """
+        with self.db.write() as tx:
+            cancel = renew(tx, lease, now, lease_seconds)
+            write_step(tx, lease.run_id, lease.attempt, step)
+            data: dict[str, Any] = {"duration": (step.finished_at or now) - step.started_at}
+            if step.function:
+                data["function"] = step.function
+            if step.error:
+                data["error"] = {"type": step.error["type"], "message": step.error["message"]}
+            add_timeline(
+                tx,
+                lease.run_id,
+                f"step.{step.status}",
+                step.started_at,
+                attempt=lease.attempt,
+                step=step.key,
+                **data,
+            )
+            write_logs(tx, lease.run_id, logs)
+        return cancel
+
+    def finish_attempt(
+        self,
+        lease: Lease,
+        outcome: Outcome,
+        logs: Sequence[LogWrite],
+        now: float,
+        *,
+        expired_before: float = NO_DEADLINE,
+    ) -> bool:
+        """End the leased attempt as ``outcome`` says. False if the lease was lost."""
+        status = Status(outcome.status)
+        terminal = status in (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+        with self.db.write() as tx:
+            moved = tx.one(
+                "finish_leased_run",
+                id=lease.run_id,
+                worker_id=lease.worker_id,
+                attempt=lease.attempt,
+                expired_before=expired_before,
+                status=status.value,
+                result=outcome.result,
+                error=dumps(outcome.error) if outcome.error else None,
+                finished_at=now if terminal else None,
+                available_at=outcome.retry_at,
+                now=now,
+            )
+            if moved is None:
+                return False
+            attempt_status = "failed" if status == Status.RETRYING else status.value
+            tx.run(
+                "update_attempt",
+                run_id=lease.run_id,
+                number=lease.attempt,
+                status=attempt_status,
+                finished_at=now,
+                error=dumps(outcome.error) if outcome.error else None,
+            )
+            write_logs(tx, lease.run_id, logs)
+            error = outcome.error or {}
+            if status in (Status.FAILED, Status.RETRYING):
+                add_timeline(
+                    tx,
+                    lease.run_id,
+                    "attempt.failed",
+                    now,
+                    attempt=lease.attempt,
+                    error={"type": error.get("type"), "message": error.get("message")},
+                )
+            extra: dict[str, Any] = {"from": "running"}
+            if outcome.retry_at is not None:
+                extra["next_attempt_at"] = outcome.retry_at
+            add_timeline(tx, lease.run_id, f"run.{status.value}", now, attempt=lease.attempt, **extra)
+        return True
+
+    def suspend_for_sleep(
+        self, lease: Lease, step: StepWrite, until: float, logs: Sequence[LogWrite], now: float
+    ) -> None:
+        """Park the run until ``until``; it holds no worker slot meanwhile."""
+        with self.db.write() as tx:
+            waiting = {"kind": "sleep", "step": step.key, "until": until}
+            self._suspend(tx, lease, step, waiting, until, now)
+            add_timeline(tx, lease.run_id, "run.waiting", now, attempt=lease.attempt,
+                         step=step.key,
+                         **{"from": "running"}, **waiting_data(waiting))
+            write_logs(tx, lease.run_id, logs)
+
+    def _suspend(
+        self, tx: Tx, lease: Lease, step: StepWrite, waiting: dict[str, Any], until: float,
+        now: float,
+    ) -> None:
+        moved = tx.one(
+            "suspend_leased_run",
+            id=lease.run_id,
+            worker_id=lease.worker_id,
+            attempt=lease.attempt,
+            waiting_for=dumps(waiting),
+            available_at=until,
+            now=now,
+        )
+        if moved is None:
+            raise LeaseLost(lease.run_id)
+        write_step(tx, lease.run_id, lease.attempt, step)
+        tx.run("set_attempt_status", run_id=lease.run_id, number=lease.attempt,
+               status="waiting", worker_id=lease.worker_id)
+
+    def release_run(self, lease: Lease, now: float) -> bool:
+        """Hand a leased run back to the queue without ending its attempt."""
+        with self.db.write() as tx:
+            if tx.one("release_leased_run", id=lease.run_id, worker_id=lease.worker_id,
+                      attempt=lease.attempt, now=now) is None:
+                return False
+            add_timeline(tx, lease.run_id, "run.queued", now, attempt=lease.attempt,
+                         released_by=lease.worker_id, **{"from": "running"})
+        return True
+
+    def renew_leases(self, worker_id: str, now: float, lease_seconds: float) -> set[str]:
+        """Extend every lease ``worker_id`` holds; return runs asked to cancel."""
+        with self.db.write() as tx:
+            found = tx.all(
+                "renew_worker_leases", worker_id=worker_id, lease_expires_at=now + lease_seconds
+            )
+        return {r["id"] for r in found if r["cancel_requested"]}
+
+    def expired_leases(self, now: float, limit: int = 100) -> list[ExpiredLease]:
+        with self.db.read() as tx:
+            found = tx.all("expired_leases", now=now, limit=limit)
+        return [
+            ExpiredLease(
+                lease=Lease(r["id"], r["lease_owner"], r["attempt"]),
+                job=r["job"],
+                attempts_used=r["attempt"] - r["retry_base"],
+                max_attempts=r["max_attempts"],
+            )
+            for r in found
+        ]
+
+    def promote_due(self, now: float, limit: int = 500) -> int:
+        """Move scheduled and retrying runs whose time has come to ``queued``.
+
+        Workers claim due runs directly; this keeps statuses honest for runs of
+        jobs no live worker serves.
+        """
+        with self.db.write() as tx:
+            due = tx.all("due_promotions", now=now, limit=limit)
+            for row in due:
+                full = tx.one("get_run", id=row["id"])
+                assert full is not None
+                move_run(tx, full, Status.QUEUED, now, available_at=full["available_at"],
+                           at=full["available_at"])
+        return len(due)
+
+    def next_due_at(self) -> float | None:
+        with self.db.read() as tx:
+            row = tx.one("next_due")
+        return None if row is None or row["due"] is None else float(row["due"])
+
+    def register_worker(self, worker_id: str, hostname: str, pid: int, jobs: Sequence[str],
+                        queues: Sequence[str] | None, concurrency: int, now: float) -> None:
+        with self.db.write() as tx:
+            tx.run("upsert_worker", id=worker_id, hostname=hostname, pid=pid,
+                   jobs=dumps(sorted(jobs)), queues=dumps(queues) if queues else None,
+                   concurrency=concurrency, now=now)
+            tx.run("delete_stale_workers", before=now - 300)
+
+    def unregister_worker(self, worker_id: str) -> None:
+        with self.db.write() as tx:
+            tx.run("delete_worker", id=worker_id)
+
+    def list_workers(self) -> list[dict[str, Any]]:
+        with self.db.read() as tx:
+            found = tx.all("list_workers")
+        return [
+            {
+                "id": r["id"], "hostname": r["hostname"], "pid": r["pid"],
+                "jobs": json.loads(r["jobs"]), "concurrency": r["concurrency"],
+                "started_at": r["started_at"], "heartbeat_at": r["heartbeat_at"],
+            }
+            for r in found
+        ]

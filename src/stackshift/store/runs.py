@@ -1,0 +1,270 @@
+"""Starting runs, reading them back, and the operator actions cancel and retry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..engine import transitions
+from ..engine.transitions import Status
+from ..errors import IdempotencyConflictError, InvalidTransitionError, RunNotFoundError
+from ..models import Attempt, LogEntry, Page, Run, Step, TimelineEntry
+from ..serialization import digest, dumps
+from . import rows
+from .base import NewRun, RunFilter
+from .database import Database, Row, Tx
+
+
+
+def add_timeline(
+    tx: Tx,
+    run_id: str,
+    kind: str,
+    at: float,
+    *,
+    attempt: int | None = None,
+    step: str | None = None,
+    **data: Any,
+) -> None:
+    tx.run(
+        "insert_timeline",
+        run_id=run_id,
+        at=at,
+        kind=kind,
+        attempt=attempt,
+        step=step,
+        data=dumps(data) if data else None,
+    )
+
+
+def waiting_data(waiting: dict[str, Any]) -> dict[str, Any]:
+    """Timeline data for a run starting to wait (``waiting_for`` minus the step)."""
+    data = {("waiting_for" if k == "kind" else k): v for k, v in waiting.items() if k != "step"}
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def fingerprint(job: str, payload: str) -> str:
+    return digest(job + "\n" + payload)
+
+
+def load_run(tx: Tx, run_id: str) -> Row:
+    row = tx.one("get_run", id=run_id)
+    if row is None:
+        raise RunNotFoundError(f"no run with id {run_id!r}")
+    return row
+
+
+def move_run(
+    tx: Tx,
+    row: Row,
+    target: Status,
+    now: float,
+    *,
+    error: dict[str, Any] | None = None,
+    available_at: float | None = None,
+    resuming: bool = False,
+    kind: str | None = None,
+    at: float | None = None,
+    **data: Any,
+) -> bool:
+    """Apply one state-machine transition to a run not held by a worker.
+
+    Returns False (and writes nothing) when the run changed status meanwhile.
+    """
+    transitions.check(row["status"], target.value)
+    moved = tx.one(
+        "set_status",
+        id=row["id"],
+        from_status=row["status"],
+        status=target.value,
+        available_at=available_at,
+        finished_at=now if target in transitions.TERMINAL else None,
+        error=dumps(error) if error else row["error"],
+        resuming=1 if resuming else 0,
+        waiting_for=None,
+        now=now,
+    )
+    if moved is None:
+        return False
+    if row["status"] == Status.WAITING:
+        tx.run("delete_wait", run_id=row["id"])
+    add_timeline(
+        tx,
+        row["id"],
+        kind or f"run.{target.value}",
+        now if at is None else at,
+        attempt=row["attempt"] or None,
+        **{"from": row["status"]},
+        **data,
+    )
+    return True
+
+
+class RunStore:
+    db: Database
+
+    def start_run(self, new: NewRun, now: float) -> Run:
+        """Insert ``new`` unless its idempotency key maps to a live run.
+
+        Returns the new run (``created=True``) or the existing one
+        (``created=False``). Raises :class:`IdempotencyConflictError` when the key
+        is bound to another job or payload; nothing is written then.
+        """
+        with self.db.write() as tx:
+            if new.idempotency_key is not None:
+                print_ = fingerprint(new.job, new.payload)
+                taken = tx.one(
+                    "claim_idempotency_key",
+                    scope="run",
+                    key=new.idempotency_key,
+                    target_id=new.id,
+                    fingerprint=print_,
+                    now=now,
+                    expires_at=new.idempotency_expires_at,
+                )
+                if taken is None:
+                    existing = tx.one("get_idempotency_key", scope="run", key=new.idempotency_key)
+                    assert existing is not None  # the conflict proves the row exists
+                    if existing["fingerprint"] != print_:
+                        raise IdempotencyConflictError(
+                            f"idempotency key {new.idempotency_key!r} belongs to run "
+                            f"{existing['target_id']} with a different job or payload",
+                            existing["target_id"],
+                        )
+                    row = load_run(tx, existing["target_id"])
+                    add_timeline(tx, row["id"], "run.duplicate_start", now)
+                    return rows.run(row, created=False)
+            status = Status.SCHEDULED if new.scheduled_at is not None else Status.QUEUED
+            tx.run(
+                "insert_run",
+                id=new.id,
+                job=new.job,
+                queue=new.queue,
+                status=status.value,
+                payload=new.payload,
+                max_attempts=new.max_attempts,
+                idempotency_key=new.idempotency_key,
+                priority=new.priority,
+                concurrency_key=new.concurrency_key,
+                now=now,
+                scheduled_at=new.scheduled_at,
+                available_at=new.scheduled_at if new.scheduled_at is not None else now,
+            )
+            add_timeline(
+                tx,
+                new.id,
+                f"run.{status.value}",
+                now,
+                **({"scheduled_at": new.scheduled_at} if new.scheduled_at else {}),
+            )
+            row = load_run(tx, new.id)
+        return rows.run(row)
+
+    def get_run(self, run_id: str) -> Run:
+        with self.db.read() as tx:
+            return rows.run(load_run(tx, run_id))
+
+    def list_runs(self, filters: RunFilter, limit: int, cursor: str | None) -> Page:
+        """Newest first. Filters are fixed column comparisons; values are parameters."""
+        where: list[str] = []
+        params: dict[str, Any] = {"limit": limit + 1}
+        for column in ("status", "job", "queue", "idempotency_key"):
+            value = getattr(filters, column)
+            if value is not None:
+                where.append(f"{column} = :{column}")
+                params[column] = value
+        if filters.correlation_key is not None:
+            where.append(
+                "id IN (SELECT run_id FROM waits WHERE correlation_key = :ck"
+                " UNION SELECT c.run_id FROM event_consumptions c"
+                " JOIN events e ON e.id = c.event_id WHERE e.correlation_key = :ck)"
+            )
+            params["ck"] = filters.correlation_key
+        if filters.search is not None:
+            where.append("(id = :search OR idempotency_key = :search)")
+            params["search"] = filters.search
+        if filters.created_after is not None:
+            where.append("created_at >= :created_after")
+            params["created_after"] = filters.created_after
+        if filters.created_before is not None:
+            where.append("created_at < :created_before")
+            params["created_before"] = filters.created_before
+        if cursor is not None:
+            where.append("id < :cursor")
+            params["cursor"] = cursor
+        sql = "SELECT * FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT :limit"
+        with self.db.read() as tx:
+            found = tx.raw(sql, params)
+        items = [rows.run(r) for r in found[:limit]]
+        next_cursor = items[-1].id if len(found) > limit and items else None
+        return Page(items, next_cursor)
+
+    def count_runs_by_status(self) -> dict[str, int]:
+        with self.db.read() as tx:
+            found = tx.raw("SELECT status, COUNT(*) AS n FROM runs GROUP BY status", {})
+        return {r["status"]: int(r["n"]) for r in found}
+
+    def cancel_run(self, run_id: str, reason: str | None, now: float) -> Run:
+        """Cancel at once when the run is not executing; else ask its worker to stop.
+
+        Cancelling a cancelled run changes nothing; a completed or failed run
+        cannot be cancelled (:class:`InvalidTransitionError`).
+        """
+        with self.db.write() as tx:
+            row = load_run(tx, run_id)
+            status = Status(row["status"])
+            if status == Status.CANCELLED:
+                return rows.run(row)
+            if status == Status.RUNNING:
+                tx.run("request_cancel", id=run_id, now=now)
+                add_timeline(tx, run_id, "run.cancel_requested", now, reason=reason)
+            elif status in transitions.CANCELLABLE_AT_ONCE:
+                error = {"type": "Cancelled", "message": reason or "cancelled", "traceback": None}
+                move_run(tx, row, Status.CANCELLED, now, error=error, reason=reason)
+                if status == Status.WAITING:
+                    tx.run(
+                        "update_attempt",
+                        run_id=run_id,
+                        number=row["attempt"],
+                        status="cancelled",
+                        finished_at=now,
+                        error=dumps(error),
+                    )
+            else:
+                raise InvalidTransitionError(f"run {run_id} is {status.value}; it cannot be cancelled")
+            return rows.run(load_run(tx, run_id))
+
+    def retry_run(self, run_id: str, now: float) -> Run:
+        """Put a failed or cancelled run back in line with a fresh attempt budget."""
+        with self.db.write() as tx:
+            row = load_run(tx, run_id)
+            status = Status(row["status"])
+            if status not in transitions.RETRYABLE:
+                raise InvalidTransitionError(
+                    f"run {run_id} is {status.value}; only failed or cancelled runs can be retried"
+                )
+            tx.one("manual_retry", id=run_id, from_status=status.value, now=now)
+            add_timeline(tx, run_id, "run.queued", now, manual_retry=True, **{"from": status.value})
+            return rows.run(load_run(tx, run_id))
+
+    def timeline(self, run_id: str) -> list[TimelineEntry]:
+        with self.db.read() as tx:
+            load_run(tx, run_id)
+            return [rows.timeline_entry(r) for r in tx.all("timeline", run_id=run_id)]
+
+    def logs(self, run_id: str) -> list[LogEntry]:
+        with self.db.read() as tx:
+            load_run(tx, run_id)
+            return [rows.log_entry(r) for r in tx.all("logs", run_id=run_id)]
+
+    def attempts(self, run_id: str) -> list[Attempt]:
+        with self.db.read() as tx:
+            load_run(tx, run_id)
+            return [rows.attempt(r) for r in tx.all("attempts", run_id=run_id)]
+
+    def steps(self, run_id: str) -> list[Step]:
+        with self.db.read() as tx:
+            load_run(tx, run_id)
+            return [rows.step(r) for r in tx.all("steps", run_id=run_id)]

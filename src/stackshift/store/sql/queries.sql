@@ -1,0 +1,257 @@
+-- Named queries shared by both dialects. Parameters are written :name; the
+-- PostgreSQL driver rewrites them to its own placeholder style at load time.
+-- A dialect file (sqlite.sql, postgres.sql) overrides a query of the same name.
+
+-- name: insert_run
+INSERT INTO runs (id, job, queue, status, payload, max_attempts, idempotency_key,
+                  priority, concurrency_key, created_at, scheduled_at, available_at,
+                  updated_at)
+VALUES (:id, :job, :queue, :status, :payload, :max_attempts, :idempotency_key,
+        :priority, :concurrency_key, :now, :scheduled_at, :available_at, :now);
+
+-- name: claim_idempotency_key
+-- Takes the key when it is free or expired; returns nothing when it is live.
+INSERT INTO idempotency_keys (scope, key, target_id, fingerprint, created_at, expires_at)
+VALUES (:scope, :key, :target_id, :fingerprint, :now, :expires_at)
+ON CONFLICT (scope, key) DO UPDATE
+    SET target_id = excluded.target_id, fingerprint = excluded.fingerprint,
+        created_at = excluded.created_at, expires_at = excluded.expires_at
+    WHERE idempotency_keys.expires_at <= :now
+RETURNING target_id;
+
+-- name: get_idempotency_key
+SELECT target_id, fingerprint, expires_at FROM idempotency_keys
+WHERE scope = :scope AND key = :key;
+
+-- name: delete_expired_idempotency_keys
+DELETE FROM idempotency_keys WHERE expires_at <= :now;
+
+-- name: get_run
+SELECT * FROM runs WHERE id = :id;
+
+-- name: insert_timeline
+INSERT INTO timeline (run_id, at, kind, attempt, step, data)
+VALUES (:run_id, :at, :kind, :attempt, :step, :data);
+
+-- name: insert_log
+INSERT INTO logs (run_id, attempt, step, at, level, logger, message)
+VALUES (:run_id, :attempt, :step, :at, :level, :logger, :message);
+
+-- name: insert_attempt
+INSERT INTO attempts (run_id, number, status, worker_id, started_at)
+VALUES (:run_id, :number, 'running', :worker_id, :now);
+
+-- name: update_attempt
+UPDATE attempts SET status = :status, finished_at = :finished_at, error = :error
+WHERE run_id = :run_id AND number = :number;
+
+-- name: set_attempt_status
+UPDATE attempts SET status = :status, worker_id = :worker_id
+WHERE run_id = :run_id AND number = :number;
+
+-- name: claim_update
+UPDATE runs
+SET status = 'running', attempt = attempt + 1 - resuming, resuming = 0,
+    lease_owner = :worker_id, lease_expires_at = :lease_expires_at,
+    started_at = COALESCE(started_at, :now), waiting_for = NULL,
+    available_at = NULL, updated_at = :now
+WHERE id = :id
+RETURNING *;
+
+-- name: completed_steps
+SELECT * FROM steps WHERE run_id = :run_id AND status = 'completed';
+
+-- name: renew_lease
+-- Every step checkpoint goes through here: it proves this worker still owns the
+-- run and extends its lease in the same write.
+UPDATE runs SET lease_expires_at = :lease_expires_at, updated_at = :now
+WHERE id = :id AND lease_owner = :worker_id AND attempt = :attempt AND status = 'running'
+RETURNING cancel_requested;
+
+-- name: renew_worker_leases
+UPDATE runs SET lease_expires_at = :lease_expires_at
+WHERE lease_owner = :worker_id AND status = 'running'
+RETURNING id, cancel_requested;
+
+-- name: upsert_step
+INSERT INTO steps (run_id, key, name, kind, function, status, result, error, attempt,
+                   started_at, finished_at)
+VALUES (:run_id, :key, :name, :kind, :function, :status, :result, :error, :attempt,
+        :started_at, :finished_at)
+ON CONFLICT (run_id, key) DO UPDATE
+    SET name = excluded.name, kind = excluded.kind, function = excluded.function,
+        status = excluded.status, result = excluded.result, error = excluded.error,
+        attempt = excluded.attempt, started_at = excluded.started_at,
+        finished_at = excluded.finished_at;
+
+-- name: finish_leased_run
+-- Ends the current attempt of a leased run. Only the lease owner can do it.
+UPDATE runs
+SET status = :status, result = :result, error = :error, finished_at = :finished_at,
+    available_at = :available_at, lease_owner = NULL, lease_expires_at = NULL,
+    cancel_requested = 0, updated_at = :now
+WHERE id = :id AND lease_owner = :worker_id AND attempt = :attempt AND status = 'running'
+  AND lease_expires_at <= :expired_before
+RETURNING id;
+
+-- name: suspend_leased_run
+UPDATE runs
+SET status = 'waiting', waiting_for = :waiting_for, available_at = :available_at,
+    lease_owner = NULL, lease_expires_at = NULL, updated_at = :now
+WHERE id = :id AND lease_owner = :worker_id AND attempt = :attempt AND status = 'running'
+RETURNING id;
+
+-- name: get_step
+SELECT * FROM steps WHERE run_id = :run_id AND key = :key;
+
+-- name: expired_leases
+SELECT * FROM runs WHERE status = 'running' AND lease_expires_at <= :now
+ORDER BY lease_expires_at LIMIT :limit;
+
+-- name: due_promotions
+SELECT id, status, attempt FROM runs
+WHERE status IN ('scheduled', 'retrying') AND available_at <= :now
+ORDER BY available_at LIMIT :limit;
+
+-- name: due_timers
+SELECT * FROM runs WHERE status = 'waiting' AND available_at <= :now
+ORDER BY available_at LIMIT :limit;
+
+-- name: set_status
+-- A transition from a known status; returns nothing when the run moved meanwhile.
+UPDATE runs
+SET status = :status, available_at = :available_at, finished_at = :finished_at,
+    error = :error, resuming = :resuming, waiting_for = :waiting_for, updated_at = :now
+WHERE id = :id AND status = :from_status
+RETURNING id;
+
+-- name: request_cancel
+UPDATE runs SET cancel_requested = 1, updated_at = :now
+WHERE id = :id AND status = 'running';
+
+-- name: manual_retry
+UPDATE runs
+SET status = 'queued', retry_base = attempt, resuming = 0, available_at = :now,
+    finished_at = NULL, cancel_requested = 0, waiting_for = NULL, updated_at = :now
+WHERE id = :id AND status = :from_status
+RETURNING id;
+
+-- name: next_due
+SELECT MIN(available_at) AS due FROM runs
+WHERE status IN ('scheduled', 'retrying', 'waiting');
+
+-- name: timeline
+SELECT * FROM timeline WHERE run_id = :run_id ORDER BY id;
+
+-- name: logs
+SELECT * FROM logs WHERE run_id = :run_id ORDER BY id;
+
+-- name: attempts
+SELECT * FROM attempts WHERE run_id = :run_id ORDER BY number;
+
+-- name: steps
+SELECT * FROM steps WHERE run_id = :run_id ORDER BY started_at, key;
+
+-- name: delete_wait
+DELETE FROM waits WHERE run_id = :run_id;
+
+-- name: upsert_worker
+INSERT INTO workers (id, hostname, pid, jobs, queues, concurrency, started_at, heartbeat_at)
+VALUES (:id, :hostname, :pid, :jobs, :queues, :concurrency, :now, :now)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at;
+
+-- name: delete_worker
+DELETE FROM workers WHERE id = :id;
+
+-- name: delete_stale_workers
+DELETE FROM workers WHERE heartbeat_at < :before;
+
+-- name: list_workers
+SELECT * FROM workers ORDER BY started_at;
+
+-- name: oldest_unconsumed_event
+-- Early events are not lost: a wait takes the oldest matching event received
+-- since the run was created that this run has not taken yet.
+SELECT * FROM events e
+WHERE e.name = :name AND e.correlation_key = :correlation_key
+  AND e.received_at >= :since AND e.expires_at > :now
+  AND NOT EXISTS (SELECT 1 FROM event_consumptions c
+                  WHERE c.run_id = :run_id AND c.event_id = e.id)
+ORDER BY e.received_at, e.id
+LIMIT 1;
+
+-- name: insert_event
+INSERT INTO events (id, name, correlation_key, payload, idempotency_key, received_at, expires_at)
+VALUES (:id, :name, :correlation_key, :payload, :idempotency_key, :now, :expires_at);
+
+-- name: get_event
+SELECT * FROM events WHERE id = :id;
+
+-- name: insert_consumption
+INSERT INTO event_consumptions (run_id, event_id, step_key, at)
+VALUES (:run_id, :event_id, :step_key, :now)
+ON CONFLICT (run_id, event_id) DO NOTHING;
+
+-- name: insert_wait
+INSERT INTO waits (run_id, step_key, event_name, correlation_key, created_at, timeout_at,
+                   on_timeout)
+VALUES (:run_id, :step_key, :event_name, :correlation_key, :now, :timeout_at, :on_timeout);
+
+-- name: matching_waits
+SELECT w.*, r.created_at AS run_created_at FROM waits w JOIN runs r ON r.id = w.run_id
+WHERE w.event_name = :name AND w.correlation_key = :correlation_key
+  AND r.status = 'waiting' AND r.created_at <= :now
+ORDER BY w.created_at;
+
+-- name: get_wait
+SELECT * FROM waits WHERE run_id = :run_id;
+
+-- name: complete_waiting_step
+UPDATE steps SET status = 'completed', result = :result, finished_at = :now
+WHERE run_id = :run_id AND key = :key AND status = 'waiting';
+
+-- name: consumers_of_event
+SELECT run_id, step_key, at FROM event_consumptions WHERE event_id = :event_id ORDER BY at;
+
+-- name: delete_expired_events
+DELETE FROM events WHERE expires_at <= :now;
+
+-- name: state_get
+SELECT value, expires_at FROM state
+WHERE key = :key AND (expires_at IS NULL OR expires_at > :now);
+
+-- name: state_set
+INSERT INTO state (key, value, expires_at, updated_at) VALUES (:key, :value, :expires_at, :now)
+ON CONFLICT (key) DO UPDATE
+    SET value = excluded.value, expires_at = excluded.expires_at, updated_at = excluded.updated_at;
+
+-- name: state_delete
+DELETE FROM state WHERE key = :key AND (expires_at IS NULL OR expires_at > :now);
+
+-- name: state_purge
+DELETE FROM state WHERE key = :key;
+
+-- name: delete_expired_state
+DELETE FROM state WHERE expires_at IS NOT NULL AND expires_at <= :now;
+
+-- name: lock_acquire
+-- Free, expired, or already ours: take it. Held by a live owner: returns nothing.
+INSERT INTO locks (key, owner, expires_at) VALUES (:key, :owner, :expires_at)
+ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+    WHERE locks.expires_at <= :now OR locks.owner = excluded.owner
+RETURNING owner;
+
+-- name: lock_release
+DELETE FROM locks WHERE key = :key AND owner = :owner;
+
+-- name: delete_expired_locks
+DELETE FROM locks WHERE expires_at <= :now;
+
+-- name: release_leased_run
+-- A stopping worker hands back an attempt it could not finish: the next claim
+-- continues the same attempt, reusing its completed steps.
+UPDATE runs
+SET status = 'queued', resuming = 1, available_at = :now, lease_owner = NULL,
+    lease_expires_at = NULL, updated_at = :now
+WHERE id = :id AND lease_owner = :worker_id AND attempt = :attempt AND status = 'running'
+RETURNING id;

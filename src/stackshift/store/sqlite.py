@@ -1,0 +1,189 @@
+"""SQLite: one file, WAL journal, one connection per thread.
+
+Writers take the database's single write lock up front (``BEGIN IMMEDIATE``)
+so that a transaction never fails half-way on a lock upgrade; ``busy_timeout``
+makes concurrent writers queue instead of erroring.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from ..errors import ValidationError
+from .database import Row, split_statements
+from .queries import load_migrations, load_queries
+
+_SYNC_MODES = {"full": "FULL", "normal": "NORMAL", "off": "OFF", "extra": "EXTRA"}
+
+
+def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
+    """``sqlite:///rel.db`` and ``sqlite:////abs.db`` to a path and options."""
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite":
+        raise ValidationError(f"not an SQLite URL: {url!r}")
+    path = parts.path[1:] if parts.path.startswith("/") else parts.path
+    if parts.netloc:
+        path = parts.netloc + "/" + path
+    if not path or path == ":memory:":
+        raise ValidationError(
+            "SQLite needs a file (workers and clients share it); use sqlite:///path/to/file.db"
+        )
+    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    return path, options
+
+
+class _SqliteTx:
+    dialect = "sqlite"
+
+    def __init__(self, conn: sqlite3.Connection, queries: Mapping[str, str]) -> None:
+        self._conn = conn
+        self._queries = queries
+
+    def one(self, query: str, **params: Any) -> Row | None:
+        row: Row | None = self._conn.execute(self._queries[query], params).fetchone()
+        return row
+
+    def all(self, query: str, **params: Any) -> list[Row]:
+        return self._conn.execute(self._queries[query], params).fetchall()
+
+    def run(self, query: str, **params: Any) -> int:
+        return self._conn.execute(self._queries[query], params).rowcount
+
+    def raw(self, sql: str, params: Mapping[str, Any]) -> list[Row]:
+        return self._conn.execute(sql, params).fetchall()
+
+    def lock(self, key: str) -> None:
+        """Nothing to do: a write transaction already holds SQLite's only write lock."""
+
+    def is_data_error(self, exc: BaseException) -> bool:
+        return False
+
+
+class SqliteDatabase:
+    dialect = "sqlite"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path, options = parse_sqlite_url(url)
+        sync = options.get("synchronous", "full").lower()
+        if sync not in _SYNC_MODES:
+            raise ValidationError(f"synchronous must be one of {sorted(_SYNC_MODES)}")
+        self._synchronous = _SYNC_MODES[sync]
+        self._busy_ms = int(float(options.get("busy_timeout", "30")) * 1000)
+        self._queries = load_queries("sqlite")
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._data_version: int | None = None
+        self._closed = False
+
+    # -- connections -------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=self._busy_ms / 1000
+        )
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+        # WAL lets readers and the one writer proceed together.
+        for _ in range(50):
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                break
+            except sqlite3.OperationalError:  # another process is creating the file
+                time.sleep(0.05)
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._closed:
+                raise RuntimeError("the store is closed")
+            conn = self._connect()
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def write(self) -> Iterator[_SqliteTx]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield _SqliteTx(conn, self._queries)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @contextmanager
+    def read(self) -> Iterator[_SqliteTx]:
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            yield _SqliteTx(conn, self._queries)
+        finally:
+            conn.execute("COMMIT")
+
+    # -- schema ------------------------------------------------------------------
+
+    def migrate(self) -> int:
+        conn = self._conn()
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+        )
+        for version, name, script in load_migrations("sqlite"):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                done = conn.execute(
+                    "SELECT 1 FROM schema_migrations WHERE version = ?", (version,)
+                ).fetchone()
+                if not done:
+                    for statement in split_statements(script):
+                        conn.execute(statement)
+                    conn.execute(
+                        "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                        (version, name, time.time()),
+                    )
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        return self.schema_version()
+
+    def schema_version(self) -> int:
+        try:
+            row = self._conn().execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+        except sqlite3.OperationalError:
+            return 0
+        return int(row[0] or 0)
+
+    # -- change detection ----------------------------------------------------------
+
+    def changed(self) -> bool:
+        # data_version changes whenever another connection commits; reading it
+        # touches only the WAL index in shared memory.
+        version = self._conn().execute("PRAGMA data_version").fetchone()[0]
+        changed = version != self._data_version
+        self._data_version = version
+        return changed
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            for conn in self._all:
+                try:
+                    conn.close()
+                except sqlite3.ProgrammingError:
+                    pass
+            self._all.clear()
+        self._local = threading.local()

@@ -1,0 +1,45 @@
+"""The store: one class over any :class:`~stackshift.store.database.Database`."""
+
+from __future__ import annotations
+
+from .database import Database
+from .events import EventStore
+from .runs import RunStore
+from .state import StateStore
+
+
+class SqlStore(RunStore, EventStore, StateStore):
+    """All storage operations, each one short transaction on ``db``.
+
+    SQLite and PostgreSQL differ only below this class: connections, the claim
+    query, advisory locks and error classification live in their ``Database``.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @property
+    def dialect(self) -> str:
+        return self.db.dialect
+
+    def migrate(self) -> int:
+        return self.db.migrate()
+
+    def changed(self) -> bool:
+        return self.db.changed()
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def open_store(url: str) -> SqlStore:
+    """Open the store for ``url`` (``sqlite:///...`` or ``postgresql://...``)."""
+    if url.startswith("sqlite:"):
+        from .sqlite import SqliteDatabase
+
+        return SqlStore(SqliteDatabase(url))
+    if url.startswith(("postgresql:", "postgres:")):
+        from .postgres import PostgresDatabase
+
+        return SqlStore(PostgresDatabase(url))
+    raise ValueError(f"unsupported database URL {url!r}: use sqlite:///file.db or postgresql://...")

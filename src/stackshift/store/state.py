@@ -1,0 +1,79 @@
+"""The durable key-value state store and its locks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import ValidationError
+from ..serialization import loads
+from .database import Database
+
+
+class StateStore:
+    db: Database
+
+    def state_get(self, key: str, now: float) -> tuple[bool, Any]:
+        """``(found, value)``; an expired key reads as missing."""
+        with self.db.read() as tx:
+            row = tx.one("state_get", key=key, now=now)
+        return (False, None) if row is None else (True, loads(row["value"]))
+
+    def state_set(self, key: str, value: str, expires_at: float | None, now: float) -> None:
+        with self.db.write() as tx:
+            tx.run("state_set", key=key, value=value, expires_at=expires_at, now=now)
+
+    def state_delete(self, key: str, now: float) -> bool:
+        """Delete ``key``; return whether a live value was there."""
+        with self.db.write() as tx:
+            live = tx.run("state_delete", key=key, now=now)
+            tx.run("state_purge", key=key)
+        return live > 0
+
+    def state_increment(self, key: str, by: int, now: float) -> int:
+        with self.db.write() as tx:
+            if tx.dialect == "sqlite":
+                row = tx.one("state_get", key=key, now=now)
+                if row is not None and not isinstance(loads(row["value"]), int):
+                    raise ValidationError(f"state key {key!r} does not hold an integer")
+            try:
+                result = tx.one("state_increment", key=key, by=by, now=now)
+            except Exception as exc:
+                if tx.is_data_error(exc):
+                    raise ValidationError(f"state key {key!r} does not hold an integer") from None
+                raise
+        assert result is not None
+        return int(result["value"])
+
+    def list_state(self, prefix: str | None, limit: int, now: float) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM state WHERE (expires_at IS NULL OR expires_at > :now)"
+        params: dict[str, Any] = {"now": now, "limit": limit}
+        if prefix:
+            sql += " AND key >= :lo AND key < :hi"
+            params.update(lo=prefix, hi=prefix + "\U0010ffff")
+        sql += " ORDER BY key LIMIT :limit"
+        with self.db.read() as tx:
+            found = tx.raw(sql, params)
+        return [
+            {"key": r["key"], "value": loads(r["value"]), "expires_at": r["expires_at"],
+             "updated_at": r["updated_at"]}
+            for r in found
+        ]
+
+    def lock_acquire(self, key: str, owner: str, expires_at: float, now: float) -> bool:
+        with self.db.write() as tx:
+            return tx.one("lock_acquire", key=key, owner=owner, expires_at=expires_at,
+                          now=now) is not None
+
+    def lock_release(self, key: str, owner: str) -> bool:
+        with self.db.write() as tx:
+            return tx.run("lock_release", key=key, owner=owner) > 0
+
+    def purge_expired(self, now: float) -> dict[str, int]:
+        """Clean-up of expired events, state, locks and idempotency keys."""
+        with self.db.write() as tx:
+            return {
+                "events": tx.run("delete_expired_events", now=now),
+                "state": tx.run("delete_expired_state", now=now),
+                "locks": tx.run("delete_expired_locks", now=now),
+                "idempotency_keys": tx.run("delete_expired_idempotency_keys", now=now),
+            }

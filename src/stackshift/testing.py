@@ -1,0 +1,62 @@
+"""Helpers for testing code that uses StackShift.
+
+``FakeClock`` replaces the wall clock so that delays, sleeps, TTLs, backoff and
+wait timeouts pass instantly; ``run_until_idle`` executes everything that is due
+in the calling thread::
+
+    clock = FakeClock()
+    app = StackShift("sqlite:///test.db", clock=clock)
+    run = app.start("remind", {})
+    run_until_idle(app)          # runs until the handler sleeps
+    clock.advance("3d")
+    run_until_idle(app)          # wakes it and finishes
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime
+from typing import Any
+
+from .client import AsyncStackShift, StackShift
+from .durations import parse_duration, parse_instant
+
+__all__ = ["FakeClock", "run_until_idle"]
+
+
+class FakeClock:
+    """A clock that moves only when told to. Thread-safe."""
+
+    def __init__(self, start: datetime | str | float | None = None) -> None:
+        if start is None:
+            self._now = time.time()
+        elif isinstance(start, int | float):
+            self._now = float(start)
+        else:
+            self._now = parse_instant(start, name="start")
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        with self._lock:
+            return self._now
+
+    def advance(self, duration: Any) -> float:
+        """Move forward by ``duration`` (``"3d"``, seconds, ``timedelta``)."""
+        with self._lock:
+            self._now += parse_duration(duration)
+            return self._now
+
+    def set(self, when: datetime | str | float) -> None:
+        with self._lock:
+            self._now = float(when) if isinstance(when, int | float) else parse_instant(when)
+
+
+def run_until_idle(app: StackShift | AsyncStackShift, **worker_options: Any) -> int:
+    """Execute due runs (timers and rescues included) until nothing is due.
+
+    Returns the number of handler invocations. Runs in the calling thread; call it
+    from sync test code.
+    """
+    client = app.sync if isinstance(app, AsyncStackShift) else app
+    return int(client.worker(**worker_options).run_until_idle())

@@ -1,0 +1,62 @@
+"""Running one claimed run's handler, sync or async, and recording how it ended."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ..context import JobContext
+from ..errors import AttemptTimeoutError, HandlerSignal
+from ..state import AsyncState, State
+from .invocation import Invocation
+from ..runlogs import CURRENT
+
+log = logging.getLogger("stackshift.worker")
+
+
+def execute_sync(invocation: Invocation, state: State) -> None:
+    """Call a plain handler in this thread and record the outcome."""
+    token = CURRENT.set(invocation)
+    try:
+        error: BaseException | None = None
+        value: Any = None
+        try:
+            ctx: JobContext[Any] = JobContext(invocation, invocation.payload(), state)
+            value = invocation.job.handler(ctx)
+        except (Exception, HandlerSignal) as exc:
+            error = exc
+        invocation.conclude(error, value)
+    except Exception:
+        log.exception("run %s: could not record the attempt's outcome", invocation.run.id)
+    finally:
+        CURRENT.reset(token)
+
+
+async def execute_async(invocation: Invocation, state: AsyncState) -> None:
+    """Await an ``async def`` handler on this loop and record the outcome.
+
+    A job ``timeout`` cancels the handler task and fails the attempt.
+    """
+    token = CURRENT.set(invocation)
+    try:
+        error: BaseException | None = None
+        value: Any = None
+        try:
+            ctx: JobContext[Any] = JobContext(invocation, invocation.payload(), state)
+            coro = invocation.job.handler(ctx)
+            timeout = invocation.job.timeout
+            if timeout is None:
+                value = await coro
+            else:
+                try:
+                    value = await asyncio.wait_for(coro, timeout)
+                except TimeoutError:
+                    error = AttemptTimeoutError(f"attempt ran longer than {timeout:g}s")
+        except (Exception, HandlerSignal) as exc:
+            error = exc
+        await asyncio.to_thread(invocation.conclude, error, value)
+    except Exception:
+        log.exception("run %s: could not record the attempt's outcome", invocation.run.id)
+    finally:
+        CURRENT.reset(token)

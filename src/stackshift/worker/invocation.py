@@ -1,0 +1,263 @@
+"""One invocation of a handler for a claimed run: replay, checkpoints, the ending.
+
+The sync and async step APIs (``stackshift.context``) are thin: they call
+``plan_*`` to decide (replay or run), run the user's function their own way,
+and call ``record_*`` to make the result durable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ..durations import to_datetime
+from ..engine import outcomes
+from ..errors import (
+    CancelSignal,
+    LeaseLost,
+    NonDeterminismError,
+    NonRetriableError,
+    StepResultTooLargeError,
+    Suspend,
+)
+from ..jobs import Job, check_name, qualified_name
+from ..models import Event, Run
+from ..serialization import encode, loads
+from ..service import Service
+from ..store.base import ClaimedRun, LogWrite, Outcome, StepWrite
+from ..runlogs import CURRENT_STEP
+
+log = logging.getLogger("stackshift.worker")
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What to do at a step call: return a recorded result, or run and record."""
+
+    key: str
+    name: str
+    function: str | None
+    replayed: bool
+    result: Any = None
+    started_at: float = 0.0
+
+
+class Invocation:
+    def __init__(
+        self, service: Service, job: Job, claimed: ClaimedRun, lease_seconds: float
+    ) -> None:
+        self.service = service
+        self.store = service.store
+        self.clock = service.clock
+        self.job = job
+        self.run: Run = claimed.run
+        self.lease = claimed.lease
+        self.attempts_used = claimed.lease.attempt - claimed.retry_base
+        self.steps = claimed.steps
+        self.lease_seconds = lease_seconds
+        self._occurrences: Counter[str] = Counter()
+        self._logs: list[LogWrite] = []
+        self.cancel_requested = False
+        self.abandoned = False
+        #: a NonDeterminismError fails the run even if the handler swallowed it
+        self.fatal: BaseException | None = None
+
+    # -- bookkeeping ---------------------------------------------------------------
+
+    def add_log(self, level: str, logger: str, message: str, step: str | None) -> None:
+        self._logs.append(
+            LogWrite(self.clock.now(), level, logger, message, step, self.lease.attempt)
+        )
+
+    def take_logs(self) -> list[LogWrite]:
+        logs, self._logs = self._logs, []
+        return logs
+
+    def next_key(self, name: str) -> str:
+        self._occurrences[name] += 1
+        n = self._occurrences[name]
+        return name if n == 1 else f"{name}#{n}"
+
+    def boundary(self) -> None:
+        """Stop here if the run was cancelled or this attempt was given up."""
+        if self.abandoned:
+            raise LeaseLost(self.run.id)
+        if self.cancel_requested:
+            raise CancelSignal(self.run.id)
+
+    def _replay(self, key: str, kind: str, function: str | None) -> Any:
+        step = self.steps.get(key)
+        if step is None:
+            return None
+        if step.kind != kind or (function is not None and step.function != function):
+            recorded = f"{step.kind} step" + (f" of {step.function}" if step.function else "")
+            now = f"{kind} step" + (f" of {function}" if function else "")
+            error = NonDeterminismError(
+                f"step {key!r} was recorded as a {recorded}, but this replay reached a {now}"
+            )
+            self.fatal = error
+            raise error
+        return step
+
+    @contextlib.contextmanager
+    def in_step(self, key: str) -> Iterator[None]:
+        token = CURRENT_STEP.set(key)
+        try:
+            yield
+        finally:
+            CURRENT_STEP.reset(token)
+
+    # -- ctx.step.run ----------------------------------------------------------------
+
+    def plan_run(self, name: str, fn: Callable[..., Any]) -> StepPlan:
+        check_name(name, "step name")
+        if not callable(fn):
+            raise TypeError(f"step {name!r}: {fn!r} is not callable")
+        key = self.next_key(name)
+        function = qualified_name(fn)
+        step = self._replay(key, "run", function)
+        if step is not None:
+            return StepPlan(key, name, function, True, step.result)
+        self.boundary()
+        return StepPlan(key, name, function, False, started_at=self.clock.now())
+
+    def record_completed(self, plan: StepPlan, value: Any) -> Any:
+        """Save the step's result; return it as a replay would (through JSON)."""
+        try:
+            text = encode(
+                value,
+                what=f"result of step {plan.key!r}",
+                limit=self.service.settings.max_step_result_bytes,
+                too_large=StepResultTooLargeError,
+            )
+        except (TypeError, StepResultTooLargeError) as exc:
+            self.record_failed(plan, exc)
+            raise
+        self._save(StepWrite(plan.key, plan.name, "run", plan.function, "completed", text, None,
+                             plan.started_at, self.clock.now()))
+        return loads(text)
+
+    def record_failed(self, plan: StepPlan, exc: BaseException) -> None:
+        self._save(StepWrite(plan.key, plan.name, "run", plan.function, "failed", None,
+                             outcomes.error_dict(exc), plan.started_at, self.clock.now()))
+
+    def _save(self, write: StepWrite) -> None:
+        if self.store.save_step(self.lease, write, self.take_logs(), self.clock.now(),
+                                self.lease_seconds):
+            self.cancel_requested = True
+
+    # -- sleeps and waits ------------------------------------------------------------
+
+    def sleep_until(self, name: str, until: Callable[[float], float]) -> None:
+        """Complete at once if due, else park the run (raises :class:`Suspend`)."""
+        check_name(name, "step name")
+        key = self.next_key(name)
+        if self._replay(key, "sleep", None) is not None:
+            return
+        self.boundary()
+        now = self.clock.now()
+        wake = until(now)
+        write = StepWrite(key, name, "sleep", None, "waiting", None, None, now, None)
+        if wake <= now:
+            self._save(StepWrite(key, name, "sleep", None, "completed", "null", None, now, now))
+            return
+        self.store.suspend_for_sleep(self.lease, write, wake, self.take_logs(), now)
+        raise Suspend(self.run.id)
+
+    def wait_for_event(
+        self, name: str, correlation_key: str | None, timeout: float, on_timeout: str
+    ) -> Event | None:
+        key = self.next_key(name)
+        step = self._replay(key, "wait", None)
+        if step is not None:
+            data = step.result
+            if data is None:
+                return None  # timed out with on_timeout="continue"
+            return Event(
+                id=data["id"],
+                name=data["name"],
+                payload=data["payload"],
+                correlation_key=data["correlation_key"],
+                received_at=to_datetime(data["received_at"]),  # type: ignore[arg-type]
+            )
+        self.boundary()
+        now = self.clock.now()
+        write = StepWrite(key, name, "wait", None, "waiting", None, None, now, None)
+        event = self.store.wait_for_event(
+            self.lease,
+            write,
+            name,
+            correlation_key or "",
+            now + timeout,
+            on_timeout,
+            self.run.created_at.timestamp(),
+            self.take_logs(),
+            now,
+            self.lease_seconds,
+        )
+        if event is None:
+            raise Suspend(self.run.id)
+        return event
+
+    # -- the ending ------------------------------------------------------------------
+
+    def payload(self) -> Any:
+        model = self.job.payload_model
+        if model is None:
+            return self.run.payload
+        try:
+            return model.model_validate(self.run.payload)  # type: ignore[attr-defined]
+        except Exception as exc:
+            raise NonRetriableError(f"payload does not match {model.__name__}: {exc}") from exc
+
+    def complete(self, value: Any) -> None:
+        if self.fatal is not None:
+            self.fail(self.fatal)
+            return
+        try:
+            text = encode(value, what="job result", limit=self.service.settings.max_step_result_bytes,
+                          too_large=StepResultTooLargeError)
+        except (TypeError, StepResultTooLargeError) as exc:
+            self.fail(NonRetriableError(str(exc)))
+            return
+        self._finish(Outcome("completed", result=text))
+
+    def fail(self, exc: BaseException) -> None:
+        if self.fatal is not None:
+            exc = self.fatal
+        outcome = outcomes.failure(
+            exc,
+            attempts_used=self.attempts_used,
+            max_attempts=self.run.max_attempts,
+            backoff=self.job.backoff,
+            now=self.clock.now(),
+        )
+        self._finish(outcome)
+
+    def cancelled(self) -> None:
+        error = {"type": "Cancelled", "message": "cancelled while running", "traceback": None}
+        self._finish(Outcome("cancelled", error=error))
+
+    def _finish(self, outcome: Outcome) -> None:
+        if self.abandoned:
+            return
+        done = self.store.finish_attempt(self.lease, outcome, self.take_logs(), self.clock.now())
+        if not done:
+            log.warning("run %s: lease lost before the attempt could be recorded", self.run.id)
+
+    def conclude(self, error: BaseException | None, value: Any = None) -> None:
+        """Record how the handler ended: returned ``value`` or raised ``error``."""
+        if error is None:
+            self.complete(value)
+        elif isinstance(error, Suspend):
+            return
+        elif isinstance(error, LeaseLost):
+            log.warning("run %s: this worker lost the run's lease; abandoning", self.run.id)
+        elif isinstance(error, CancelSignal):
+            self.cancelled()
+        else:
+            self.fail(error)

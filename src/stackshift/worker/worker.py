@@ -1,0 +1,353 @@
+"""The worker: claims runs of the jobs it knows and executes them.
+
+Threads, each with one job:
+
+* the **claim loop** leases due runs while slots are free, then sleeps until a
+  wake-up (a run started in this process), a change seen in the database
+  (another process), or the next timer;
+* the **heartbeat** renews the leases of running runs, notices cancels and
+  attempt timeouts, and runs maintenance: the lease rescuer, timers and clean-up;
+* sync handlers run in a thread pool; async handlers on one event loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..durations import parse_duration
+from ..engine import outcomes
+from ..errors import AttemptTimeoutError
+from ..ids import new_id
+from ..store.base import ClaimedRun
+from .. import runlogs
+from .executor import execute_async, execute_sync
+from .invocation import Invocation
+
+if TYPE_CHECKING:
+    from ..client import StackShift
+
+log = logging.getLogger("stackshift.worker")
+
+
+@dataclass
+class _Active:
+    invocation: Invocation
+    deadline: float | None  # monotonic
+    future: Any = None
+    timed_out: bool = field(default=False)
+
+
+class Worker:
+    """Executes runs for one :class:`~stackshift.StackShift` client.
+
+    Use ``start()``/``stop()``, ``run()`` (blocks; SIGTERM and SIGINT stop it
+    gracefully), ``with worker:`` or ``async with worker:``.
+    """
+
+    def __init__(
+        self,
+        app: StackShift,
+        *,
+        concurrency: int = 10,
+        queues: list[str] | None = None,
+        lease: Any = "30s",
+        poll_interval: Any = "1s",
+        shutdown_grace: Any = "30s",
+        maintenance_interval: Any = "0.25s",
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.app = app
+        self.service = app._service
+        self.id = new_id("wkr")
+        self.concurrency = concurrency
+        self.queues = queues
+        self.lease_seconds = parse_duration(lease, name="lease")
+        self.poll_interval = parse_duration(poll_interval, name="poll_interval")
+        self.shutdown_grace = parse_duration(shutdown_grace, name="shutdown_grace")
+        self.maintenance_interval = parse_duration(maintenance_interval,
+                                                   name="maintenance_interval")
+        self._active: dict[str, _Active] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = False
+        self._next_purge = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    @property
+    def jobs(self) -> list[str]:
+        names = []
+        for job in self.app._registry:
+            queue = job.queue or self.service.settings.default_queue
+            if self.queues is None or queue in self.queues:
+                names.append(job.name)
+        return sorted(names)
+
+    def start(self) -> Worker:
+        if self._started:
+            return self
+        self._started = True
+        self._stopping.clear()
+        runlogs.install()
+        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="stackshift-job")
+        if any(job.is_async for job in self.app._registry):
+            self._loop = asyncio.new_event_loop()
+            self._spawn("stackshift-loop", self._loop.run_forever)
+        self.service.notifier.subscribe(self._wake.set)
+        self.service.store.register_worker(
+            self.id, socket.gethostname(), os.getpid(), self.jobs, self.queues,
+            self.concurrency, self.service.clock.now(),
+        )
+        self._spawn("stackshift-claim", self._claim_loop)
+        self._spawn("stackshift-heartbeat", self._heartbeat_loop)
+        return self
+
+    def _spawn(self, name: str, target: Any) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def stop(self, grace: Any = None) -> None:
+        """Stop claiming, let running attempts finish within ``grace``, release the rest."""
+        if not self._started:
+            return
+        patience = self.shutdown_grace if grace is None else parse_duration(grace, name="grace")
+        self._stopping.set()
+        self._wake.set()
+        self.service.notifier.unsubscribe(self._wake.set)
+        deadline = time.monotonic() + patience
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._active:
+                    break
+            time.sleep(0.01)
+        with self._lock:
+            leftovers = list(self._active.values())
+        for active in leftovers:
+            active.invocation.abandoned = True
+            self.service.store.release_run(active.invocation.lease, self.service.clock.now())
+        for thread in self._threads:
+            if thread.name != "stackshift-loop":
+                thread.join(timeout=5)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._threads.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._loop is not None and not self._loop.is_running():
+            self._loop.close()
+        self._loop = None
+        try:
+            self.service.store.unregister_worker(self.id)
+        except Exception:
+            log.warning("worker %s: could not unregister", self.id, exc_info=True)
+        runlogs.uninstall()
+        self._started = False
+
+    def run(self) -> None:
+        """Start and block until SIGTERM/SIGINT (or ``stop()`` from another thread)."""
+        self.start()
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self._stopping.set())
+        try:
+            while not self._stopping.wait(0.5):
+                pass
+        finally:
+            self.stop()
+
+    def __enter__(self) -> Worker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Worker:
+        return await asyncio.to_thread(self.start)
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.stop)
+
+    @property
+    def active_runs(self) -> list[str]:
+        with self._lock:
+            return list(self._active)
+
+    # -- claiming ------------------------------------------------------------------
+
+    def _free_slots(self) -> int:
+        with self._lock:
+            return self.concurrency - len(self._active)
+
+    def _claim_loop(self) -> None:
+        store = self.service.store
+        while not self._stopping.is_set():
+            try:
+                free = self._free_slots()
+                claimed: list[ClaimedRun] = []
+                if free > 0:
+                    claimed = store.claim_runs(self.id, self.jobs, free, self.lease_seconds,
+                                               self.service.clock.now())
+                    for item in claimed:
+                        self._dispatch(item)
+                if claimed and len(claimed) == free:
+                    continue  # maybe more is due; claim again once a slot frees
+                self._idle()
+            except Exception:
+                log.exception("worker %s: claim failed; retrying", self.id)
+                self._stopping.wait(1.0)
+
+    def _idle(self) -> None:
+        """Sleep until woken, a change in the database, or the poll interval."""
+        self._wake.clear()
+        deadline = time.monotonic() + self.poll_interval
+        store = self.service.store
+        store.changed()
+        while not self._stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if self._wake.wait(min(0.01, remaining)):
+                return
+            if self._free_slots() > 0 and store.changed():
+                return
+
+    def _dispatch(self, claimed: ClaimedRun) -> None:
+        job = self.app._registry.get(claimed.run.job)
+        assert job is not None
+        invocation = Invocation(self.service, job, claimed, self.lease_seconds)
+        deadline = None if job.timeout is None else time.monotonic() + job.timeout
+        active = _Active(invocation, deadline)
+        with self._lock:
+            self._active[claimed.run.id] = active
+        future: Future[None] | asyncio.Future[None]
+        if job.is_async:
+            assert self._loop is not None
+            future = asyncio.run_coroutine_threadsafe(
+                execute_async(invocation, self.app.state_async), self._loop
+            )
+        else:
+            assert self._pool is not None
+            future = self._pool.submit(execute_sync, invocation, self.app.state)
+        active.future = future
+        future.add_done_callback(lambda _f, run_id=claimed.run.id: self._done(run_id))
+
+    def _done(self, run_id: str) -> None:
+        with self._lock:
+            self._active.pop(run_id, None)
+        self._wake.set()
+
+    # -- heartbeat and maintenance -----------------------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        store = self.service.store
+        clock = self.service.clock
+        next_renewal = 0.0
+        while not self._stopping.wait(self.maintenance_interval):
+            try:
+                now_mono = time.monotonic()
+                if now_mono >= next_renewal:
+                    next_renewal = now_mono + self.lease_seconds / 3
+                    cancels = store.renew_leases(self.id, clock.now(), self.lease_seconds)
+                    store.register_worker(self.id, socket.gethostname(), os.getpid(), self.jobs,
+                                          self.queues, self.concurrency, clock.now())
+                    with self._lock:
+                        for run_id in cancels:
+                            if run_id in self._active:
+                                self._active[run_id].invocation.cancel_requested = True
+                self._enforce_timeouts()
+                if self.maintain() and self._free_slots() > 0:
+                    self._wake.set()
+            except Exception:
+                log.exception("worker %s: heartbeat failed; retrying", self.id)
+
+    def _enforce_timeouts(self) -> None:
+        """Fail sync attempts past their timeout; their thread is abandoned.
+
+        A thread cannot be killed: its handler keeps its slot until it returns,
+        and any write it tries later is refused because it no longer holds a lease.
+        """
+        now = time.monotonic()
+        with self._lock:
+            late = [a for a in self._active.values()
+                    if a.deadline is not None and now > a.deadline and not a.timed_out
+                    and not a.invocation.job.is_async]
+        for active in late:
+            active.timed_out = True
+            inv = active.invocation
+            inv.fail(AttemptTimeoutError(f"attempt ran longer than {inv.job.timeout:g}s"))
+            inv.abandoned = True
+
+    def maintain(self) -> int:
+        """One round of maintenance; returns how many runs became due or changed."""
+        store = self.service.store
+        now = self.service.clock.now()
+        changed = 0
+        for expired in store.expired_leases(now):
+            job = self.app._registry.get(expired.job)
+            backoff = job.backoff if job else outcomes.Backoff()
+            outcome = outcomes.lost_worker(
+                attempts_used=expired.attempts_used,
+                max_attempts=expired.max_attempts,
+                backoff=backoff,
+                now=now,
+            )
+            if store.finish_attempt(expired.lease, outcome, [], now, expired_before=now):
+                log.warning("run %s: worker %s lost; attempt %d recorded as WorkerLost",
+                            expired.lease.run_id, expired.lease.worker_id,
+                            expired.lease.attempt)
+                changed += 1
+        due = store.next_due_at()
+        if due is not None and due <= now:
+            changed += len(store.fire_timers(now))
+            changed += store.promote_due(now)
+        if now >= self._next_purge:
+            self._next_purge = now + 60
+            store.purge_expired(now)
+        return changed
+
+    # -- tests and scripts -----------------------------------------------------------
+
+    def run_until_idle(self, max_invocations: int = 100_000) -> int:
+        """Execute due work in this thread until nothing is due; return invocations.
+
+        For tests with a fake clock: advance the clock, then call this.
+        """
+        store = self.service.store
+        runlogs.install()
+        count = 0
+        try:
+            while count < max_invocations:
+                self.maintain()
+                claimed = store.claim_runs(self.id, self.jobs, self.concurrency,
+                                           self.lease_seconds, self.service.clock.now())
+                if not claimed:
+                    return count
+                for item in claimed:
+                    job = self.app._registry.get(item.run.job)
+                    assert job is not None
+                    invocation = Invocation(self.service, job, item, self.lease_seconds)
+                    if job.is_async:
+                        asyncio.run(execute_async(invocation, self.app.state_async))
+                    else:
+                        execute_sync(invocation, self.app.state)
+                    count += 1
+            return count
+        finally:
+            runlogs.uninstall()
