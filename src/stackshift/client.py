@@ -7,6 +7,7 @@ runs the same calls in a thread, so the two behave identically.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
 from collections.abc import Callable
 from datetime import datetime
@@ -68,16 +69,16 @@ class Runs:
     def retry(self, run_id: str) -> Run:
         return self._s.retry_run(run_id)
 
-    def timeline(self, run_id: str) -> list[TimelineEntry]:
+    def timeline(self, run_id: str) -> builtins.list[TimelineEntry]:
         return self._s.timeline(run_id)
 
-    def logs(self, run_id: str) -> list[LogEntry]:
+    def logs(self, run_id: str) -> builtins.list[LogEntry]:
         return self._s.logs(run_id)
 
-    def attempts(self, run_id: str) -> list[Attempt]:
+    def attempts(self, run_id: str) -> builtins.list[Attempt]:
         return self._s.attempts(run_id)
 
-    def steps(self, run_id: str) -> list[Step]:
+    def steps(self, run_id: str) -> builtins.list[Step]:
         return self._s.steps(run_id)
 
 

@@ -75,7 +75,7 @@ class StepResultTooLargeError(PayloadTooLargeError):
     """A step returned a result over the configured limit."""
 
 
-class WorkerLost(StackShiftError):  # noqa: N818 - the error type shown to users
+class WorkerLost(StackShiftError):
     """Recorded on an attempt whose worker stopped renewing its lease."""
 
 
@@ -86,7 +86,7 @@ class AttemptTimeoutError(StackShiftError):
 # --- control-flow signals: BaseException so ``except Exception`` cannot catch them ---
 
 
-class HandlerSignal(BaseException):  # noqa: N818
+class HandlerSignal(BaseException):
     """Base of the signals that end a handler invocation early."""
 
 

@@ -1,4 +1,4 @@
-"""Storage: the seam (``base``), the shared store (``sqlstore``), and one ``Database`` per dialect."""
+"""Storage: the seam (base), the shared store (sqlstore), one Database per dialect."""
 
 from .sqlstore import SqlStore, open_store
 

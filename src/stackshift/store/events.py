@@ -98,7 +98,7 @@ class EventStore(ExecutionStore):
                    on_timeout=on_timeout)
             add_timeline(tx, lease.run_id, "run.waiting", now, attempt=lease.attempt,
                          step=step.key,
-                         **{"from": "running"}, **waiting_data(waiting))
+                         data={"from": "running", **waiting_data(waiting)})
             write_logs(tx, lease.run_id, logs)
             return None
 
@@ -158,7 +158,8 @@ class EventStore(ExecutionStore):
 
     def list_events(self, name: str | None, correlation_key: str | None, limit: int,
                     cursor: str | None) -> tuple[list[Event], str | None]:
-        where, params = [], {"limit": limit + 1}  # type: ignore[var-annotated]
+        where: list[str] = []
+        params: dict[str, Any] = {"limit": limit + 1}
         if name is not None:
             where.append("name = :name")
             params["name"] = name

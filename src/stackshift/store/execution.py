@@ -94,7 +94,7 @@ class ExecutionStore:
                         cand["id"],
                         "run.queued",
                         cand["available_at"],
-                        **{"from": cand["status"]},
+                        data={"from": cand["status"]},
                     )
                 row = tx.one(
                     "claim_update",
@@ -223,7 +223,8 @@ class ExecutionStore:
             extra: dict[str, Any] = {"from": "running"}
             if outcome.retry_at is not None:
                 extra["next_attempt_at"] = outcome.retry_at
-            add_timeline(tx, lease.run_id, f"run.{status.value}", now, attempt=lease.attempt, **extra)
+            add_timeline(tx, lease.run_id, f"run.{status.value}", now, attempt=lease.attempt,
+                         data=extra)
         return True
 
     def suspend_for_sleep(
@@ -235,7 +236,7 @@ class ExecutionStore:
             self._suspend(tx, lease, step, waiting, until, now)
             add_timeline(tx, lease.run_id, "run.waiting", now, attempt=lease.attempt,
                          step=step.key,
-                         **{"from": "running"}, **waiting_data(waiting))
+                         data={"from": "running", **waiting_data(waiting)})
             write_logs(tx, lease.run_id, logs)
 
     def _suspend(
@@ -264,7 +265,7 @@ class ExecutionStore:
                       attempt=lease.attempt, now=now) is None:
                 return False
             add_timeline(tx, lease.run_id, "run.queued", now, attempt=lease.attempt,
-                         released_by=lease.worker_id, **{"from": "running"})
+                         released_by=lease.worker_id, data={"from": "running"})
         return True
 
     def renew_leases(self, worker_id: str, now: float, lease_seconds: float) -> set[str]:

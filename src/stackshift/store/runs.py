@@ -14,7 +14,6 @@ from .base import NewRun, RunFilter
 from .database import Database, Row, Tx
 
 
-
 def add_timeline(
     tx: Tx,
     run_id: str,
@@ -23,8 +22,11 @@ def add_timeline(
     *,
     attempt: int | None = None,
     step: str | None = None,
-    **data: Any,
+    data: dict[str, Any] | None = None,
+    **extra: Any,
 ) -> None:
+    """Append a timeline entry; ``data`` and ``extra`` become its details."""
+    data = {**(data or {}), **extra}
     tx.run(
         "insert_timeline",
         run_id=run_id,
@@ -93,7 +95,7 @@ def move_run(
         kind or f"run.{target.value}",
         now if at is None else at,
         attempt=row["attempt"] or None,
-        **{"from": row["status"]},
+        data={"from": row["status"]},
         **data,
     )
     return True
@@ -154,7 +156,7 @@ class RunStore:
                 new.id,
                 f"run.{status.value}",
                 now,
-                **({"scheduled_at": new.scheduled_at} if new.scheduled_at else {}),
+                data={"scheduled_at": new.scheduled_at} if new.scheduled_at else None,
             )
             row = load_run(tx, new.id)
         return rows.run(row)
@@ -233,7 +235,9 @@ class RunStore:
                         error=dumps(error),
                     )
             else:
-                raise InvalidTransitionError(f"run {run_id} is {status.value}; it cannot be cancelled")
+                raise InvalidTransitionError(
+                    f"run {run_id} is {status.value}; it cannot be cancelled"
+                )
             return rows.run(load_run(tx, run_id))
 
     def retry_run(self, run_id: str, now: float) -> Run:
@@ -246,7 +250,8 @@ class RunStore:
                     f"run {run_id} is {status.value}; only failed or cancelled runs can be retried"
                 )
             tx.one("manual_retry", id=run_id, from_status=status.value, now=now)
-            add_timeline(tx, run_id, "run.queued", now, manual_retry=True, **{"from": status.value})
+            add_timeline(tx, run_id, "run.queued", now, manual_retry=True,
+                         data={"from": status.value})
             return rows.run(load_run(tx, run_id))
 
     def timeline(self, run_id: str) -> list[TimelineEntry]:

@@ -7,6 +7,7 @@ makes concurrent writers queue instead of erroring.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -172,7 +173,7 @@ class SqliteDatabase:
     def changed(self) -> bool:
         # data_version changes whenever another connection commits; reading it
         # touches only the WAL index in shared memory.
-        version = self._conn().execute("PRAGMA data_version").fetchone()[0]
+        version = int(self._conn().execute("PRAGMA data_version").fetchone()[0])
         changed = version != self._data_version
         self._data_version = version
         return changed
@@ -181,9 +182,7 @@ class SqliteDatabase:
         self._closed = True
         with self._lock:
             for conn in self._all:
-                try:
+                with contextlib.suppress(sqlite3.ProgrammingError):
                     conn.close()
-                except sqlite3.ProgrammingError:
-                    pass
             self._all.clear()
         self._local = threading.local()

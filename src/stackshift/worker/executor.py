@@ -8,9 +8,9 @@ from typing import Any
 
 from ..context import JobContext
 from ..errors import AttemptTimeoutError, HandlerSignal
+from ..runlogs import CURRENT
 from ..state import AsyncState, State
 from .invocation import Invocation
-from ..runlogs import CURRENT
 
 log = logging.getLogger("stackshift.worker")
 

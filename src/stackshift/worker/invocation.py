@@ -26,10 +26,10 @@ from ..errors import (
 )
 from ..jobs import Job, check_name, qualified_name
 from ..models import Event, Run
+from ..runlogs import CURRENT_STEP
 from ..serialization import encode, loads
 from ..service import Service
 from ..store.base import ClaimedRun, LogWrite, Outcome, StepWrite
-from ..runlogs import CURRENT_STEP
 
 log = logging.getLogger("stackshift.worker")
 
@@ -219,7 +219,8 @@ class Invocation:
             self.fail(self.fatal)
             return
         try:
-            text = encode(value, what="job result", limit=self.service.settings.max_step_result_bytes,
+            text = encode(value, what="job result",
+                          limit=self.service.settings.max_step_result_bytes,
                           too_large=StepResultTooLargeError)
         except (TypeError, StepResultTooLargeError) as exc:
             self.fail(NonRetriableError(str(exc)))

@@ -23,12 +23,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .. import runlogs
 from ..durations import parse_duration
 from ..engine import outcomes
+from ..engine.retries import Backoff
 from ..errors import AttemptTimeoutError
 from ..ids import new_id
 from ..store.base import ClaimedRun
-from .. import runlogs
 from .executor import execute_async, execute_sync
 from .invocation import Invocation
 
@@ -246,7 +247,8 @@ class Worker:
             assert self._pool is not None
             future = self._pool.submit(execute_sync, invocation, self.app.state)
         active.future = future
-        future.add_done_callback(lambda _f, run_id=claimed.run.id: self._done(run_id))
+        run_id = claimed.run.id
+        future.add_done_callback(lambda _f: self._done(run_id))
 
     def _done(self, run_id: str) -> None:
         with self._lock:
@@ -301,7 +303,7 @@ class Worker:
         changed = 0
         for expired in store.expired_leases(now):
             job = self.app._registry.get(expired.job)
-            backoff = job.backoff if job else outcomes.Backoff()
+            backoff = job.backoff if job else Backoff()
             outcome = outcomes.lost_worker(
                 attempts_used=expired.attempts_used,
                 max_attempts=expired.max_attempts,
