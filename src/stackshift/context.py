@@ -12,11 +12,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .durations import parse_duration, parse_instant
+from .errors import ValidationError
 from .jobs import check_name
 from .models import Event
-from .service import ON_TIMEOUT, check_key
-from .errors import ValidationError
 from .runlogs import RUN_LOGGER
+from .service import ON_TIMEOUT, check_key
 
 if TYPE_CHECKING:
     from .state import AsyncState, State

@@ -14,8 +14,9 @@ from typing import Any
 
 from .durations import parse_duration, parse_instant
 from .errors import LockNotAcquiredError, ValidationError
-from .service import Service, check_key
 from .serialization import encode
+from .service import Service, check_key
+
 
 class State:
     def __init__(self, service: Service) -> None:
