@@ -64,6 +64,18 @@ class Database(Protocol):
         """
         ...
 
+    def try_lead(self, owner: str) -> bool:
+        """Whether ``owner`` may run maintenance now (held until :meth:`resign` or death).
+
+        Several processes may call this; at most one of them is told yes at a time
+        where the dialect can share a database between machines.
+        """
+        ...
+
+    def resign(self, owner: str) -> None:
+        """Give up what :meth:`try_lead` granted ``owner``, if anything."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -48,8 +48,9 @@ def fingerprint(job: str, payload: str) -> str:
     return digest(job + "\n" + payload)
 
 
-def load_run(tx: Tx, run_id: str) -> Row:
-    row = tx.one("get_run", id=run_id)
+def load_run(tx: Tx, run_id: str, *, lock: bool = False) -> Row:
+    """The run's row; with ``lock``, held against other writers until the transaction ends."""
+    row = tx.one("lock_run" if lock else "get_run", id=run_id)
     if row is None:
         raise RunNotFoundError(f"no run with id {run_id!r}")
     return row
@@ -215,7 +216,7 @@ class RunStore:
         cannot be cancelled (:class:`InvalidTransitionError`).
         """
         with self.db.write() as tx:
-            row = load_run(tx, run_id)
+            row = load_run(tx, run_id, lock=True)
             status = Status(row["status"])
             if status == Status.CANCELLED:
                 return rows.run(row)
@@ -243,7 +244,7 @@ class RunStore:
     def retry_run(self, run_id: str, now: float) -> Run:
         """Put a failed or cancelled run back in line with a fresh attempt budget."""
         with self.db.write() as tx:
-            row = load_run(tx, run_id)
+            row = load_run(tx, run_id, lock=True)
             status = Status(row["status"])
             if status not in transitions.RETRYABLE:
                 raise InvalidTransitionError(

@@ -178,6 +178,16 @@ class SqliteDatabase:
         self._data_version = version
         return changed
 
+    # -- maintenance election ---------------------------------------------------------
+
+    def try_lead(self, owner: str) -> bool:
+        """Always yes: every maintenance write is conditional and SQLite serialises
+        writers, so workers sharing the file can all maintain without harm."""
+        return True
+
+    def resign(self, owner: str) -> None:
+        """Nothing is held."""
+
     def close(self) -> None:
         self._closed = True
         with self._lock:

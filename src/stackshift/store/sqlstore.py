@@ -28,6 +28,17 @@ class SqlStore(RunStore, EventStore, StateStore):
     def changed(self) -> bool:
         return self.db.changed()
 
+    def try_lead(self, worker_id: str) -> bool:
+        """Whether ``worker_id`` is the elected maintainer (rescuer, timers, clean-up).
+
+        On PostgreSQL one worker across all processes and machines is elected, and
+        another takes over when its process dies; on SQLite every worker is.
+        """
+        return self.db.try_lead(worker_id)
+
+    def resign(self, worker_id: str) -> None:
+        self.db.resign(worker_id)
+
     def close(self) -> None:
         self.db.close()
 

@@ -155,6 +155,7 @@ class Worker:
             self._loop.close()
         self._loop = None
         try:
+            self.service.store.resign(self.id)
             self.service.store.unregister_worker(self.id)
         except Exception:
             log.warning("worker %s: could not unregister", self.id, exc_info=True)
@@ -274,7 +275,9 @@ class Worker:
                             if run_id in self._active:
                                 self._active[run_id].invocation.cancel_requested = True
                 self._enforce_timeouts()
-                if self.maintain() and self._free_slots() > 0:
+                # One elected worker maintains for everyone (on PostgreSQL: one
+                # across all processes; another takes over when its process dies).
+                if store.try_lead(self.id) and self.maintain() and self._free_slots() > 0:
                     self._wake.set()
             except Exception:
                 log.exception("worker %s: heartbeat failed; retrying", self.id)
@@ -297,7 +300,11 @@ class Worker:
             inv.abandoned = True
 
     def maintain(self) -> int:
-        """One round of maintenance; returns how many runs became due or changed."""
+        """One round of maintenance; returns how many runs became due or changed.
+
+        Safe to run anywhere at any time (every write is conditional); the
+        heartbeat runs it only on the elected worker to avoid duplicate work.
+        """
         store = self.service.store
         now = self.service.clock.now()
         changed = 0

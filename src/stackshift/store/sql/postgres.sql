@@ -1,13 +1,14 @@
 -- Queries that differ on PostgreSQL.
 
 -- name: claim_candidates
--- SKIP LOCKED lets many workers claim at once without waiting on each other.
+-- SKIP LOCKED lets many workers claim at once without waiting on each other;
+-- NO KEY UPDATE leaves the run's foreign-key checks unblocked.
 SELECT id, status, resuming, attempt, available_at FROM runs
 WHERE status IN ('queued', 'scheduled', 'retrying') AND available_at <= :now
   AND job = ANY(:jobs)
 ORDER BY priority DESC, available_at, id
 LIMIT :limit
-FOR UPDATE SKIP LOCKED;
+FOR NO KEY UPDATE SKIP LOCKED;
 
 -- name: state_increment
 -- The row lock taken by ON CONFLICT DO UPDATE makes concurrent increments exact;
@@ -21,3 +22,36 @@ ON CONFLICT (key) DO UPDATE
                           THEN NULL ELSE state.expires_at END,
         updated_at = :now
 RETURNING value;
+
+-- The queries below add row locks to the shared ones. Several processes write
+-- at READ COMMITTED; a run read and then moved by status must not change under
+-- the mover. FOR NO KEY UPDATE blocks other movers but not the foreign-key
+-- checks of rows inserted for the run (timeline, logs), and a waiting locker
+-- re-checks the WHERE clause on the row as it is once the holder commits.
+
+-- name: due_timers
+-- SKIP LOCKED: a run being resumed by an event right now is not a due timer.
+SELECT * FROM runs WHERE status = 'waiting' AND available_at <= :now
+ORDER BY available_at LIMIT :limit
+FOR NO KEY UPDATE SKIP LOCKED;
+
+-- name: due_promotions
+SELECT id, status, attempt FROM runs
+WHERE status IN ('scheduled', 'retrying') AND available_at <= :now
+ORDER BY available_at LIMIT :limit
+FOR NO KEY UPDATE SKIP LOCKED;
+
+-- name: matching_waits
+-- Locks each waiting run before its wait is completed; a run that a timer,
+-- a cancel or another event moved meanwhile drops out. (Keep the WHERE clause
+-- in step with queries.sql.)
+SELECT w.*, r.created_at AS run_created_at FROM waits w JOIN runs r ON r.id = w.run_id
+WHERE w.event_name = :name AND w.correlation_key = :correlation_key
+  AND r.status = 'waiting' AND r.created_at <= :now AND w.timeout_at > :now
+ORDER BY w.created_at
+FOR NO KEY UPDATE OF r;
+
+-- name: lock_run
+-- A run about to be moved by an operator action (cancel, retry), locked so that
+-- the status it is moved from is the status it has.
+SELECT * FROM runs WHERE id = :id FOR NO KEY UPDATE;

@@ -29,6 +29,11 @@ DELETE FROM idempotency_keys WHERE expires_at <= :now;
 -- name: get_run
 SELECT * FROM runs WHERE id = :id;
 
+-- name: lock_run
+-- A run about to be moved from the status read here (PostgreSQL locks the row;
+-- SQLite's write transaction already excludes every other writer).
+SELECT * FROM runs WHERE id = :id;
+
 -- name: insert_timeline
 INSERT INTO timeline (run_id, at, kind, attempt, step, data)
 VALUES (:run_id, :at, :kind, :attempt, :step, :data);

@@ -1,0 +1,403 @@
+"""PostgreSQL: a psycopg 3 connection pool, one schema, LISTEN/NOTIFY wake-ups.
+
+Write transactions run at READ COMMITTED. The shared store is written so that
+every step that races with another process is a single conditional statement
+(``UPDATE ... WHERE status = :from`` / lease owner), an ``ON CONFLICT`` upsert, a
+row lock taken by a ``FOR NO KEY UPDATE`` query in ``sql/postgres.sql``, or
+guarded by :meth:`_PostgresTx.lock`, a transaction-scoped advisory lock.
+
+URL options (removed before the URL reaches libpq): ``schema`` (created by
+``migrate`` when missing, and the only schema on every connection's
+``search_path``), ``pool_size`` (most connections, default 10), ``pool_min``
+(connections kept open, default 1) and ``pool_timeout`` (seconds to wait for a
+free connection, default 30).
+
+Connections that die (a server restart, a dropped network link) are found out
+by the ``BEGIN`` that starts every transaction: the transaction moves to
+another connection and the pool reconnects in the background with backoff. A
+transaction that was already under way when its connection died raises; the
+callers (worker loops, clients) retry or report it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, suppress
+from functools import lru_cache
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import ConnectionPool
+
+from ..errors import ValidationError
+from .database import Row
+from .queries import load_migrations, load_queries
+
+#: The channel every StackShift schema notifies on; the payload names the schema.
+CHANNEL = "stackshift"
+
+_OPTIONS = ("schema", "pool_size", "pool_min", "pool_timeout")
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+# Quoted text first, so that a ':name' or '%' inside a literal is left alone.
+_TOKEN = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|::|:([A-Za-z_]\w*)|%")
+#: Connection settings applied unless the URL chooses its own.
+_CONNECT_DEFAULTS = {
+    "application_name": "stackshift",
+    "connect_timeout": "10",
+    # Find a dead peer within about a minute, even on an idle connection; the
+    # leader's connection depends on it to give up leadership on a lost link.
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+}
+
+PgConnection = psycopg.Connection[DictRow]
+
+
+def to_psycopg(text: str) -> str:
+    """Rewrite ``:name`` placeholders to psycopg's ``%(name)s``.
+
+    ``::type`` casts and quoted text are kept; a literal ``%`` becomes ``%%``.
+    """
+
+    def replace(match: re.Match[str]) -> str:
+        token = match.group(0)
+        if match.group(1):
+            return f"%({match.group(1)})s"
+        if token == "%":
+            return "%%"
+        return token.replace("%", "%%")
+
+    return _TOKEN.sub(replace, text)
+
+
+_converted = lru_cache(maxsize=512)(to_psycopg)
+
+
+def lock_id(key: str) -> int:
+    """A stable signed 64-bit advisory-lock id for ``key`` (any text, NUL included)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big",
+                          signed=True)
+
+
+def parse_postgres_url(url: str) -> tuple[str, dict[str, str]]:
+    """Split ``url`` into the URL for libpq and StackShift's own options."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValidationError(f"not a PostgreSQL URL: {url!r}")
+    kept: list[tuple[str, str]] = []
+    options: dict[str, str] = {}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key in _OPTIONS:
+            options[key] = value
+        else:
+            kept.append((key, value))
+    conninfo = urlunsplit(parts._replace(query=urlencode(kept)))
+    return conninfo, options
+
+
+def _positive_int(options: Mapping[str, str], name: str, default: int) -> int:
+    raw = options.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError(f"{name} must be an integer, got {raw!r}") from None
+    if value < 1:
+        raise ValidationError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+class _PostgresTx:
+    dialect = "postgres"
+
+    def __init__(self, conn: PgConnection, queries: Mapping[str, str]) -> None:
+        self._conn = conn
+        self._queries = queries
+
+    def one(self, query: str, **params: Any) -> Row | None:
+        cur = self._conn.execute(self._queries[query], params)
+        return cur.fetchone() if cur.description is not None else None
+
+    def all(self, query: str, **params: Any) -> list[Row]:
+        cur = self._conn.execute(self._queries[query], params)
+        return list(cur.fetchall()) if cur.description is not None else []
+
+    def run(self, query: str, **params: Any) -> int:
+        return self._conn.execute(self._queries[query], params).rowcount
+
+    def raw(self, sql_text: str, params: Mapping[str, Any]) -> list[Row]:
+        cur = self._conn.execute(_converted(sql_text), params)
+        return list(cur.fetchall()) if cur.description is not None else []
+
+    def lock(self, key: str) -> None:
+        # Hashed here rather than with hashtext(): keys may hold NUL, which
+        # PostgreSQL text cannot, and a 64-bit id makes collisions negligible.
+        self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_id(key),))
+
+    def is_data_error(self, exc: BaseException) -> bool:
+        # Class 22: invalid text representation, numeric value out of range, ...
+        return isinstance(exc, psycopg.errors.DataError)
+
+
+class PostgresDatabase:
+    dialect = "postgres"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        conninfo, options = parse_postgres_url(url)
+        self.schema = options.get("schema") or None
+        if self.schema is not None and not _SCHEMA_NAME.fullmatch(self.schema):
+            raise ValidationError(
+                f"schema must be letters, digits and underscores (at most 63), got {self.schema!r}"
+            )
+        max_size = _positive_int(options, "pool_size", 10)
+        min_size = min(_positive_int(options, "pool_min", 1), max_size)
+        try:
+            self._timeout = float(options.get("pool_timeout", "30"))
+        except ValueError:
+            raise ValidationError("pool_timeout must be a number of seconds") from None
+        params = conninfo_to_dict(conninfo)
+        for key, value in _CONNECT_DEFAULTS.items():
+            params.setdefault(key, value)
+        if self.schema is not None:
+            search_path = f'-c search_path="{self.schema}"'
+            params["options"] = f"{params.get('options') or ''} {search_path}".strip()
+        self._conninfo = make_conninfo("", **params)
+        self._queries = load_queries("postgres", to_psycopg)
+        self._pool: ConnectionPool[PgConnection] = ConnectionPool(
+            self._conninfo,
+            connection_class=PgConnection,
+            kwargs={"autocommit": True, "row_factory": dict_row},
+            min_size=min_size,
+            max_size=max_size,
+            timeout=self._timeout,
+            name="stackshift",
+            open=True,
+        )
+        self._closed = False
+        # LISTEN connection (wake-ups) and leader connection (maintenance
+        # election): dedicated, outside the pool, opened on first use.
+        self._listen_lock = threading.Lock()
+        self._listener: PgConnection | None = None
+        self._listen_payload: bytes | None = None
+        self._listen_retry_at = 0.0
+        self._listen_backoff = 0.0
+        self._lead_lock = threading.Lock()
+        self._leader: PgConnection | None = None
+        self._leader_owner: str | None = None
+        self._lead_retry_at = 0.0
+
+    # -- connections -------------------------------------------------------------
+
+    def _connect(self) -> PgConnection:
+        return psycopg.connect(self._conninfo, autocommit=True, row_factory=dict_row)
+
+    def _begin(self, command: str) -> PgConnection:
+        """A pooled connection inside a new transaction.
+
+        A connection that died while idle in the pool (server restart, network
+        cut) fails here before any work was sent, so the transaction simply
+        moves to another connection; the pool replaces the dead ones.
+        """
+        if self._closed:
+            raise RuntimeError("the store is closed")
+        deadline = time.monotonic() + self._timeout
+        pause = 0.05
+        while True:
+            conn = self._pool.getconn()
+            try:
+                conn.execute(command)
+                return conn
+            except psycopg.OperationalError:
+                self._pool.putconn(conn)  # broken: the pool discards it
+                if time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
+    @contextmanager
+    def _transaction(self, command: str) -> Iterator[_PostgresTx]:
+        conn = self._begin(command)
+        try:
+            try:
+                yield _PostgresTx(conn, self._queries)
+            except BaseException:
+                if not conn.closed:
+                    # A failure here leaves a broken connection the pool discards.
+                    with suppress(psycopg.Error):
+                        conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            self._pool.putconn(conn)
+
+    def write(self) -> AbstractContextManager[_PostgresTx]:
+        """A READ COMMITTED read-write transaction; see the module notes on races."""
+        return self._transaction("BEGIN ISOLATION LEVEL READ COMMITTED")
+
+    def read(self) -> AbstractContextManager[_PostgresTx]:
+        """A consistent read-only snapshot (REPEATABLE READ never blocks or fails a reader)."""
+        return self._transaction("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+
+    # -- schema ------------------------------------------------------------------
+
+    def migrate(self) -> int:
+        """Create the schema if needed and apply pending migrations, each in a transaction.
+
+        Processes starting together queue on an advisory lock for this schema,
+        so each migration is applied once.
+        """
+        with self._pool.connection() as conn:
+            key = lock_id("stackshift.migrate:" + (self.schema or ""))
+            conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+            try:
+                if self.schema is not None:
+                    conn.execute(
+                        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                            sql.Identifier(self.schema)
+                        )
+                    )
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " version integer PRIMARY KEY, name text NOT NULL,"
+                    " applied_at double precision NOT NULL)"
+                )
+                for version, name, script in load_migrations("postgres"):
+                    with conn.transaction():
+                        done = conn.execute(
+                            "SELECT 1 FROM schema_migrations WHERE version = %s", (version,)
+                        ).fetchone()
+                        if not done:
+                            conn.execute(script)  # no parameters: sent as written
+                            conn.execute(
+                                "INSERT INTO schema_migrations VALUES (%s, %s, %s)",
+                                (version, name, time.time()),
+                            )
+            finally:
+                if not conn.closed:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        return self.schema_version()
+
+    def schema_version(self) -> int:
+        with self._pool.connection() as conn:
+            try:
+                row = conn.execute("SELECT MAX(version) AS v FROM schema_migrations").fetchone()
+            except psycopg.errors.UndefinedTable:
+                return 0
+        return int(row["v"] or 0) if row else 0
+
+    # -- change detection ----------------------------------------------------------
+
+    def changed(self) -> bool:
+        """Whether a run became ready in this schema since the last call.
+
+        Reads what has arrived on a dedicated LISTEN connection without
+        waiting: one non-blocking socket read. When that connection is lost it
+        is reopened with backoff; a fresh connection reports a change, since
+        notifications sent while it was away are gone.
+        """
+        with self._listen_lock:
+            if self._closed:
+                return False
+            conn = self._listener
+            if conn is None:
+                if time.monotonic() < self._listen_retry_at:
+                    return False
+                try:
+                    self._listener = self._open_listener()
+                except psycopg.OperationalError:
+                    self._listen_backoff = min(max(self._listen_backoff * 2, 0.1), 5.0)
+                    self._listen_retry_at = time.monotonic() + self._listen_backoff
+                    return False
+                self._listen_backoff = 0.0
+                return True
+            try:
+                pgconn = conn.pgconn
+                pgconn.consume_input()
+                seen = False
+                while (note := pgconn.notifies()) is not None:
+                    seen = seen or note.extra == self._listen_payload
+                return seen
+            except psycopg.Error:
+                conn.close()
+                self._listener = None
+                return True
+
+    def _open_listener(self) -> PgConnection:
+        conn = self._connect()
+        try:
+            row = conn.execute("SELECT current_schema() AS s").fetchone()
+            schema = self.schema or (row["s"] if row else None) or "public"
+            self._listen_payload = schema.encode()
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    # -- maintenance election --------------------------------------------------------
+
+    def try_lead(self, owner: str) -> bool:
+        """Whether ``owner`` is (now) the one process that runs maintenance.
+
+        Leadership is a session advisory lock held on a dedicated connection:
+        when the leading process dies, its connection closes and the server
+        releases the lock, so the next caller anywhere takes over. Within a
+        process only one owner leads.
+        """
+        with self._lead_lock:
+            if self._closed or self._leader_owner not in (None, owner):
+                return False
+            if time.monotonic() < self._lead_retry_at:
+                return False
+            try:
+                if self._leader is None:
+                    self._leader = self._connect()
+                if self._leader_owner == owner:
+                    # Still connected means still holding the lock.
+                    self._leader.execute("SELECT 1")
+                    return True
+                key = lock_id("stackshift.maintenance:" + (self.schema or ""))
+                row = self._leader.execute("SELECT pg_try_advisory_lock(%s) AS ok",
+                                           (key,)).fetchone()
+                if row is not None and row["ok"]:
+                    self._leader_owner = owner
+                    return True
+                return False
+            except psycopg.Error:
+                self._drop_leader()
+                self._lead_retry_at = time.monotonic() + 1.0
+                return False
+
+    def resign(self, owner: str) -> None:
+        """Give up leadership if ``owner`` holds it (closing the session frees the lock)."""
+        with self._lead_lock:
+            if self._leader_owner == owner:
+                self._drop_leader()
+
+    def _drop_leader(self) -> None:
+        if self._leader is not None:
+            self._leader.close()
+        self._leader = None
+        self._leader_owner = None
+
+    def close(self) -> None:
+        self._closed = True
+        with self._listen_lock:
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
+        with self._lead_lock:
+            self._drop_leader()
+        self._pool.close()
