@@ -31,6 +31,7 @@ def event_json(event: Event) -> str:
             "payload": event.payload,
             "correlation_key": event.correlation_key,
             "received_at": event.received_at.timestamp(),
+            "idempotency_key": event.idempotency_key,
         }
     )
 

@@ -32,14 +32,24 @@ class StateStore:
     def state_increment(self, key: str, by: int, now: float) -> int:
         with self.db.write() as tx:
             if tx.dialect == "sqlite":
+                # SQLite would turn true into 1 and an overflow into a float: refuse
+                # both here, as PostgreSQL's bigint cast does.
                 row = tx.one("state_get", key=key, now=now)
-                if row is not None and not isinstance(loads(row["value"]), int):
+                current = 0 if row is None else loads(row["value"])
+                if isinstance(current, bool) or not isinstance(current, int):
                     raise ValidationError(f"state key {key!r} does not hold an integer")
+                if not -(2**63) <= current + by < 2**63:
+                    raise ValidationError(
+                        f"adding {by} to state key {key!r} leaves the 64-bit integer range"
+                    )
             try:
                 result = tx.one("state_increment", key=key, by=by, now=now)
             except Exception as exc:
                 if tx.is_data_error(exc):
-                    raise ValidationError(f"state key {key!r} does not hold an integer") from None
+                    raise ValidationError(
+                        f"state key {key!r} does not hold an integer, or adding {by} "
+                        "leaves the 64-bit integer range"
+                    ) from None
                 raise
         assert result is not None
         return int(result["value"])

@@ -183,6 +183,7 @@ class Invocation:
                 payload=data["payload"],
                 correlation_key=data["correlation_key"],
                 received_at=to_datetime(data["received_at"]),  # type: ignore[arg-type]
+                idempotency_key=data.get("idempotency_key"),
             )
         self.boundary()
         now = self.clock.now()

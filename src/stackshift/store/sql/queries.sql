@@ -203,9 +203,10 @@ INSERT INTO waits (run_id, step_key, event_name, correlation_key, created_at, ti
 VALUES (:run_id, :step_key, :event_name, :correlation_key, :now, :timeout_at, :on_timeout);
 
 -- name: matching_waits
+-- A wait past its timeout is over even before the timer has fired: it takes nothing.
 SELECT w.*, r.created_at AS run_created_at FROM waits w JOIN runs r ON r.id = w.run_id
 WHERE w.event_name = :name AND w.correlation_key = :correlation_key
-  AND r.status = 'waiting' AND r.created_at <= :now
+  AND r.status = 'waiting' AND r.created_at <= :now AND w.timeout_at > :now
 ORDER BY w.created_at;
 
 -- name: get_wait

@@ -1,0 +1,617 @@
+"""Events, durable waits and correlation (SPEC 5), on a real database.
+
+Time is a fake clock: wait timeouts pass with ``clock.advance``. Every handler
+records how often it was invoked so that a test can tell a resume from a replay.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stackshift import Event, EventNotFoundError, Settings, StackShift
+from stackshift.testing import FakeClock, run_until_idle
+
+
+def _event_dict(event: Event | None) -> dict[str, Any] | None:
+    if event is None:
+        return None
+    return {"id": event.id, "payload": event.payload, "key": event.correlation_key}
+
+
+def _waiter(app: StackShift, calls: Counter[str], *, waits: int = 1,
+            timeout: str = "7d", on_timeout: str = "fail") -> None:
+    """Job ``waiter``: waits ``waits`` times for ``payload['event']`` with ``payload['key']``."""
+
+    @app.job("waiter", max_attempts=3)
+    def waiter(ctx: Any) -> dict[str, Any]:
+        calls[ctx.run.id] += 1
+        got = []
+        for _ in range(waits):
+            event = ctx.step.wait_for_event(
+                ctx.payload["event"], correlation_key=ctx.payload.get("key"),
+                timeout=timeout, on_timeout=on_timeout,
+            )
+            got.append(_event_dict(event))
+        return {"events": got}
+
+
+def _status(app: StackShift, run_id: str) -> str:
+    return app.runs.get(run_id).status
+
+
+# -- early events --------------------------------------------------------------------
+
+
+def test_early_event_sent_after_the_run_was_created_is_taken_when_the_wait_starts(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    calls: Counter[str] = Counter()
+    _waiter(fake_app, calls)
+    run = fake_app.start("waiter", {"event": "invoice.paid", "key": "invoice:1"})
+    clock.advance("5s")
+    sent = fake_app.events.send("invoice.paid", {"amount": 30}, correlation_key="invoice:1")
+    assert sent.resumed_run_ids == []  # nobody waits yet
+
+    assert run_until_idle(fake_app) == 1
+    done = fake_app.runs.get(run.id)
+    assert done.status == "completed"
+    assert done.result == {"events": [{"id": sent.id, "payload": {"amount": 30},
+                                       "key": "invoice:1"}]}
+    assert calls[run.id] == 1  # the wait never suspended
+    received = [e for e in fake_app.runs.timeline(run.id) if e.kind == "event.received"]
+    assert [e.data["event_id"] for e in received] == [sent.id]
+
+
+def test_event_sent_before_the_run_was_created_is_not_taken(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    calls: Counter[str] = Counter()
+    _waiter(fake_app, calls)
+    stale = fake_app.events.send("invoice.paid", {"n": 1}, correlation_key="invoice:2")
+    clock.advance("1s")
+    run = fake_app.start("waiter", {"event": "invoice.paid", "key": "invoice:2"})
+
+    run_until_idle(fake_app)
+    assert _status(fake_app, run.id) == "waiting"
+
+    clock.advance("1s")
+    fresh = fake_app.events.send("invoice.paid", {"n": 2}, correlation_key="invoice:2")
+    assert fresh.resumed_run_ids == [run.id]
+    run_until_idle(fake_app)
+    result = fake_app.runs.get(run.id).result
+    assert result["events"][0]["id"] == fresh.id != stale.id
+
+
+def test_two_events_sent_while_a_run_waits_twice_are_both_used_in_order(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    calls: Counter[str] = Counter()
+    _waiter(fake_app, calls, waits=2)
+    run = fake_app.start("waiter", {"event": "doc.signed", "key": "doc:9"})
+    run_until_idle(fake_app)
+    clock.advance("1s")
+    first = fake_app.events.send("doc.signed", {"by": "ada"}, correlation_key="doc:9")
+    clock.advance("1s")
+    # The run is queued to resume, not waiting: this one is kept for its second wait.
+    second = fake_app.events.send("doc.signed", {"by": "bob"}, correlation_key="doc:9")
+    assert first.resumed_run_ids == [run.id]
+    assert second.resumed_run_ids == []
+
+    run_until_idle(fake_app)
+    done = fake_app.runs.get(run.id)
+    assert done.status == "completed"
+    assert [e["id"] for e in done.result["events"]] == [first.id, second.id]
+
+
+# -- matching --------------------------------------------------------------------------
+
+
+def test_one_event_resumes_every_run_waiting_on_that_name_and_key(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    calls: Counter[str] = Counter()
+    _waiter(fake_app, calls)
+    same = [fake_app.start("waiter", {"event": "order.paid", "key": "order:7"})
+            for _ in range(3)]
+    other_key = fake_app.start("waiter", {"event": "order.paid", "key": "order:8"})
+    other_name = fake_app.start("waiter", {"event": "order.shipped", "key": "order:7"})
+    run_until_idle(fake_app)
+    clock.advance("1m")
+
+    sent = fake_app.events.send("order.paid", {"total": 12}, correlation_key="order:7")
+    assert sorted(sent.resumed_run_ids) == sorted(r.id for r in same)
+    assert run_until_idle(fake_app) == 3
+    for run in same:
+        done = fake_app.runs.get(run.id)
+        assert done.status == "completed"
+        assert done.result["events"][0]["id"] == sent.id
+        assert calls[run.id] == 2
+    assert _status(fake_app, other_key.id) == "waiting"
+    assert _status(fake_app, other_name.id) == "waiting"
+
+
+def test_a_run_that_waits_twice_on_the_same_name_and_key_needs_two_events(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    calls: Counter[str] = Counter()
+    _waiter(fake_app, calls, waits=2)
+    run = fake_app.start("waiter", {"event": "approval", "key": "pr:5"})
+    run_until_idle(fake_app)
+
+    clock.advance("1m")
+    first = fake_app.events.send("approval", {"by": "ada"}, correlation_key="pr:5")
+    assert first.resumed_run_ids == [run.id]
+    run_until_idle(fake_app)
+    waiting = fake_app.runs.get(run.id)
+    assert waiting.status == "waiting"  # the first event is not taken a second time
+    assert waiting.waiting_for is not None and waiting.waiting_for.step == "approval#2"
+
+    clock.advance("1m")
+    second = fake_app.events.send("approval", {"by": "bob"}, correlation_key="pr:5")
+    assert second.resumed_run_ids == [run.id]
+    run_until_idle(fake_app)
+    done = fake_app.runs.get(run.id)
+    assert done.status == "completed"
+    assert [e["payload"]["by"] for e in done.result["events"]] == ["ada", "bob"]
+    assert calls[run.id] == 3
+    takers = [e.data["event_id"] for e in fake_app.runs.timeline(run.id)
+              if e.kind == "event.received"]
+    assert takers == [first.id, second.id]
+
+
+def test_a_wait_without_a_key_matches_only_events_without_a_key(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    calls: Counter[str] = Counter()
+    _waiter(fake_app, calls)
+    keyless = fake_app.start("waiter", {"event": "cache.flushed"})
+    keyed = fake_app.start("waiter", {"event": "cache.flushed", "key": "region:eu"})
+    clock.advance("1s")
+    # An early keyed event is not taken by the keyless wait either.
+    early = fake_app.events.send("cache.flushed", {}, correlation_key="region:us")
+    run_until_idle(fake_app)
+    assert _status(fake_app, keyless.id) == "waiting"
+    assert _status(fake_app, keyed.id) == "waiting"
+    assert early.resumed_run_ids == []
+
+    clock.advance("1s")
+    assert fake_app.events.send("cache.flushed", {},
+                                correlation_key="region:us").resumed_run_ids == []
+    plain = fake_app.events.send("cache.flushed", {"all": True})
+    assert plain.resumed_run_ids == [keyless.id]
+    run_until_idle(fake_app)
+    done = fake_app.runs.get(keyless.id)
+    assert done.result == {"events": [{"id": plain.id, "payload": {"all": True}, "key": None}]}
+    assert _status(fake_app, keyed.id) == "waiting"
+
+
+# -- timeouts ----------------------------------------------------------------------------
+
+
+def test_on_timeout_fail_fails_the_run_with_wait_timeout_error_and_no_retry(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    calls: Counter[str] = Counter()
+    _waiter(fake_app, calls, timeout="1h", on_timeout="fail")
+    run = fake_app.start("waiter", {"event": "email.verified", "key": "user:1"})
+    run_until_idle(fake_app)
+    waiting = fake_app.runs.get(run.id)
+    assert waiting.waiting_for is not None
+    assert waiting.waiting_for.until == waiting.started_at + timedelta(hours=1)
+
+    clock.advance("59m59s")
+    assert run_until_idle(fake_app) == 0
+    assert _status(fake_app, run.id) == "waiting"
+
+    clock.advance("1s")
+    run_until_idle(fake_app)
+    failed = fake_app.runs.get(run.id)
+    assert failed.status == "failed"
+    assert failed.error is not None and failed.error.type == "WaitTimeoutError"
+    assert "email.verified" in failed.error.message
+
+    clock.advance("1d")  # well past any backoff: still no second attempt
+    assert run_until_idle(fake_app) == 0
+    assert fake_app.runs.get(run.id).status == "failed"
+    attempts = fake_app.runs.attempts(run.id)
+    assert [(a.number, a.status) for a in attempts] == [(1, "failed")]
+    assert attempts[0].error is not None and attempts[0].error.type == "WaitTimeoutError"
+    assert calls[run.id] == 1
+    kinds = [e.kind for e in fake_app.runs.timeline(run.id)]
+    assert "wait.timed_out" in kinds and kinds[-1] == "run.failed"
+
+
+def test_on_timeout_continue_returns_none_and_the_run_goes_on(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    calls: Counter[str] = Counter()
+    _waiter(fake_app, calls, timeout="30m", on_timeout="continue")
+    run = fake_app.start("waiter", {"event": "email.verified", "key": "user:2"})
+    run_until_idle(fake_app)
+    clock.advance("30m")
+    assert run_until_idle(fake_app) == 1
+    done = fake_app.runs.get(run.id)
+    assert done.status == "completed"
+    assert done.result == {"events": [None]}
+    assert done.attempt == 1
+    assert calls[run.id] == 2
+
+
+def test_on_timeout_cancel_cancels_the_run(fake_app: StackShift, clock: FakeClock) -> None:
+    calls: Counter[str] = Counter()
+    _waiter(fake_app, calls, timeout="2h", on_timeout="cancel")
+    run = fake_app.start("waiter", {"event": "email.verified", "key": "user:3"})
+    run_until_idle(fake_app)
+    clock.advance("2h")
+    assert run_until_idle(fake_app) == 0
+    cancelled = fake_app.runs.get(run.id)
+    assert cancelled.status == "cancelled"
+    assert cancelled.waiting_for is None
+    assert calls[run.id] == 1
+    timed_out = [e for e in fake_app.runs.timeline(run.id) if e.kind == "wait.timed_out"]
+    assert len(timed_out) == 1 and timed_out[0].data["on_timeout"] == "cancel"
+
+
+@pytest.mark.parametrize("on_timeout", ["fail", "cancel"])
+def test_an_event_after_the_timeout_does_not_revive_a_finished_wait(
+    fake_app: StackShift, clock: FakeClock, on_timeout: str
+) -> None:
+    calls: Counter[str] = Counter()
+    _waiter(fake_app, calls, timeout="1h", on_timeout=on_timeout)
+    run = fake_app.start("waiter", {"event": "email.verified", "key": "user:4"})
+    run_until_idle(fake_app)
+    clock.advance("1h")
+    run_until_idle(fake_app)
+    before = fake_app.runs.get(run.id)
+
+    clock.advance("1m")
+    late = fake_app.events.send("email.verified", {}, correlation_key="user:4")
+    assert late.resumed_run_ids == []
+    assert run_until_idle(fake_app) == 0
+    after = fake_app.runs.get(run.id)
+    assert after.status == before.status == {"fail": "failed", "cancel": "cancelled"}[on_timeout]
+    assert calls[run.id] == 1
+    assert fake_app.events.get(late.id).id == late.id  # stored, just not taken
+
+
+def test_an_event_after_a_continue_timeout_is_not_handed_to_the_wait(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    calls: Counter[str] = Counter()
+    _waiter(fake_app, calls, timeout="1h", on_timeout="continue")
+    run = fake_app.start("waiter", {"event": "email.verified", "key": "user:5"})
+    run_until_idle(fake_app)
+    clock.advance("1h")
+    # Fire the timeout without executing the resumed handler yet.
+    fake_app.worker().maintain()
+    assert _status(fake_app, run.id) == "queued"
+
+    late = fake_app.events.send("email.verified", {"late": True}, correlation_key="user:5")
+    assert late.resumed_run_ids == []
+    run_until_idle(fake_app)
+    assert fake_app.runs.get(run.id).result == {"events": [None]}
+
+
+# -- idempotency ---------------------------------------------------------------------------
+
+
+def test_a_duplicate_send_returns_the_first_event_and_resumes_nothing_again(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    calls: Counter[str] = Counter()
+    _waiter(fake_app, calls, waits=2)
+    run = fake_app.start("waiter", {"event": "payment.settled", "key": "pay:1"})
+    run_until_idle(fake_app)
+    clock.advance("1s")
+
+    first = fake_app.events.send("payment.settled", {"n": 1}, correlation_key="pay:1",
+                                 idempotency_key="settled:pay:1")
+    assert first.duplicate is False and first.resumed_run_ids == [run.id]
+    run_until_idle(fake_app)
+    assert fake_app.runs.get(run.id).waiting_for is not None  # now in its second wait
+
+    clock.advance("1h")
+    again = fake_app.events.send("payment.settled", {"n": 1}, correlation_key="pay:1",
+                                 idempotency_key="settled:pay:1")
+    assert again.id == first.id
+    assert again.duplicate is True
+    assert again.resumed_run_ids == []
+    assert run_until_idle(fake_app) == 0
+    assert _status(fake_app, run.id) == "waiting"
+    assert [e.id for e in fake_app.events.list(name="payment.settled")] == [first.id]
+
+    # After the 24h dedupe window the same key sends a new event.
+    clock.advance("24h")
+    later = fake_app.events.send("payment.settled", {"n": 2}, correlation_key="pay:1",
+                                 idempotency_key="settled:pay:1")
+    assert later.duplicate is False and later.id != first.id
+    assert later.resumed_run_ids == [run.id]
+    run_until_idle(fake_app)
+    done = fake_app.runs.get(run.id)
+    assert [e["id"] for e in done.result["events"]] == [first.id, later.id]
+    assert calls[run.id] == 3
+
+
+# -- visibility and cancel -------------------------------------------------------------------
+
+
+def test_a_waiting_run_shows_what_it_waits_for_and_the_timeline_tells_the_story(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    calls: Counter[str] = Counter()
+    _waiter(fake_app, calls, waits=2, timeout="2h", on_timeout="continue")
+    run = fake_app.start("waiter", {"event": "email.verified", "key": "user:6"})
+    run_until_idle(fake_app)
+
+    waiting = fake_app.runs.get(run.id)
+    assert waiting.status == "waiting"
+    wf = waiting.waiting_for
+    assert wf is not None
+    assert (wf.kind, wf.event_name, wf.correlation_key) == ("event", "email.verified", "user:6")
+    assert wf.until == clock_dt(clock) + timedelta(hours=2)
+    listed = fake_app.runs.list(status="waiting", correlation_key="user:6")
+    assert [r.id for r in listed] == [run.id]
+
+    clock.advance("10m")
+    sent = fake_app.events.send("email.verified", {"ok": 1}, correlation_key="user:6")
+    run_until_idle(fake_app)  # takes the event, then waits a second time
+    clock.advance("2h")
+    run_until_idle(fake_app)  # the second wait times out and continues
+    assert fake_app.runs.get(run.id).status == "completed"
+
+    timeline = fake_app.runs.timeline(run.id)
+    started = [e for e in timeline if e.kind == "run.waiting"]
+    assert [e.step for e in started] == ["email.verified", "email.verified#2"]
+    assert started[0].data["event"] == "email.verified"
+    assert started[0].data["correlation_key"] == "user:6"
+    assert "until" in started[0].data
+    received = [e for e in timeline if e.kind == "event.received"]
+    assert [(e.step, e.data["event_id"]) for e in received] == [("email.verified", sent.id)]
+    timed_out = [e for e in timeline if e.kind == "wait.timed_out"]
+    assert [e.step for e in timed_out] == ["email.verified#2"]
+    kinds = [e.kind for e in timeline]
+    assert kinds.index("run.waiting") < kinds.index("event.received") < kinds.index(
+        "wait.timed_out") < kinds.index("run.completed")
+
+
+def clock_dt(clock: FakeClock):  # type: ignore[no-untyped-def]
+    from stackshift.durations import to_datetime
+
+    return to_datetime(clock.now())
+
+
+def test_cancelling_a_waiting_run_works_at_once(fake_app: StackShift, clock: FakeClock) -> None:
+    calls: Counter[str] = Counter()
+    _waiter(fake_app, calls)
+    run = fake_app.start("waiter", {"event": "email.verified", "key": "user:7"})
+    run_until_idle(fake_app)
+
+    cancelled = fake_app.runs.cancel(run.id, reason="user deleted")
+    assert cancelled.status == "cancelled"
+    assert cancelled.waiting_for is None
+    assert fake_app.runs.get(run.id).status == "cancelled"
+    assert fake_app.events.send("email.verified", {},
+                                correlation_key="user:7").resumed_run_ids == []
+    clock.advance("8d")  # past the wait's timeout too
+    assert run_until_idle(fake_app) == 0
+    assert fake_app.runs.get(run.id).status == "cancelled"
+    assert calls[run.id] == 1
+    assert fake_app.runs.attempts(run.id)[-1].status == "cancelled"
+
+
+# -- across processes -----------------------------------------------------------------------
+
+WORKER_SCRIPT = """
+import sys, time
+from stackshift import StackShift
+
+app = StackShift(sys.argv[1])
+
+@app.job("crossProcess")
+def cross_process(ctx):
+    event = ctx.step.wait_for_event("door.opened", correlation_key=ctx.payload["key"],
+                                    timeout="1h")
+    return {"event_id": event.id, "payload": event.payload, "pid": __import__("os").getpid()}
+
+worker = app.worker(concurrency=2, poll_interval="5s")
+worker.start()
+print("ready", flush=True)
+sys.stdin.read()  # until the test closes our stdin
+worker.stop(grace="5s")
+app.close()
+"""
+
+
+def test_an_event_from_one_process_resumes_a_run_executed_by_a_worker_in_another(
+    db_url: str, tmp_path: Path
+) -> None:
+    script = tmp_path / "worker_proc.py"
+    script.write_text(textwrap.dedent(WORKER_SCRIPT))
+    proc = subprocess.Popen(
+        [sys.executable, str(script), db_url],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        with StackShift(db_url) as app:
+            run = app.start("crossProcess", {"key": "door:1"})
+            deadline = time.monotonic() + 20
+            while app.runs.get(run.id).status != "waiting":
+                assert time.monotonic() < deadline, "the other process never ran the handler"
+                time.sleep(0.02)
+            sent_at = time.monotonic()
+            sent = app.events.send("door.opened", {"who": "ada"}, correlation_key="door:1")
+            assert sent.resumed_run_ids == [run.id]
+            done = app.runs.wait(run.id, timeout=20)
+            latency = time.monotonic() - sent_at
+        assert done.status == "completed"
+        assert done.result["event_id"] == sent.id
+        assert done.result["payload"] == {"who": "ada"}
+        assert done.result["pid"] == proc.pid
+        # The worker polls every 5 s; it must notice the change in the database sooner.
+        assert latency < 3, f"the resume took {latency:.2f}s"
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(timeout=20)
+        assert proc.stdout is not None
+        proc.stdout.close()
+    assert proc.returncode == 0
+
+
+def test_an_event_after_the_timeout_is_refused_even_before_the_timer_has_fired(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    """No worker ran maintenance since the deadline: the wait is over all the same."""
+    calls: Counter[str] = Counter()
+    _waiter(fake_app, calls, timeout="1h", on_timeout="fail")
+    run = fake_app.start("waiter", {"event": "email.verified", "key": "user:8"})
+    run_until_idle(fake_app)
+    clock.advance("1h1s")
+
+    late = fake_app.events.send("email.verified", {}, correlation_key="user:8")
+    assert late.resumed_run_ids == []
+    run_until_idle(fake_app)
+    failed = fake_app.runs.get(run.id)
+    assert failed.status == "failed"
+    assert failed.error is not None and failed.error.type == "WaitTimeoutError"
+    assert calls[run.id] == 1
+
+
+def test_events_are_kept_seven_days_by_default(fake_app: StackShift, clock: FakeClock) -> None:
+    sent = fake_app.events.send("report.ready", {"id": 1}, correlation_key="report:1")
+    clock.advance(timedelta(days=7) - timedelta(seconds=1))
+    run_until_idle(fake_app)  # maintenance runs, but the event is not due for clean-up
+    assert fake_app.events.get(sent.id).payload == {"id": 1}
+
+    clock.advance("2s")
+    run_until_idle(fake_app)
+    with pytest.raises(EventNotFoundError):
+        fake_app.events.get(sent.id)
+    assert [e.id for e in fake_app.events.list(name="report.ready")] == []
+
+
+def test_event_retention_is_configurable_and_an_expired_early_event_is_not_taken(
+    db_url: str, clock: FakeClock
+) -> None:
+    with StackShift(db_url, clock=clock, settings=Settings(event_retention=3600.0)) as app:
+        calls: Counter[str] = Counter()
+        _waiter(app, calls)
+        run = app.start("waiter", {"event": "report.ready", "key": "report:2"})
+        clock.advance("1s")
+        old = app.events.send("report.ready", {}, correlation_key="report:2")
+        clock.advance("1h")  # the early event expired before the wait started
+        run_until_idle(app)
+        assert app.runs.get(run.id).status == "waiting"
+        with pytest.raises(EventNotFoundError):
+            app.events.get(old.id)
+
+
+# -- races -------------------------------------------------------------------------------------
+
+
+def test_concurrent_duplicate_sends_make_one_event_and_one_resume(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    calls: Counter[str] = Counter()
+    _waiter(fake_app, calls, waits=2)
+    run = fake_app.start("waiter", {"event": "refund.issued", "key": "refund:1"})
+    run_until_idle(fake_app)
+    clock.advance("1s")
+
+    barrier = threading.Barrier(8)
+    results: list[Any] = []
+
+    def send() -> None:
+        barrier.wait(10)
+        results.append(fake_app.events.send("refund.issued", {"n": 1},
+                                            correlation_key="refund:1",
+                                            idempotency_key="refund:1:issued"))
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(results) == 8
+    assert len({r.id for r in results}) == 1
+    assert sorted(r.duplicate for r in results) == [False] + [True] * 7
+    assert [r.resumed_run_ids for r in results if not r.duplicate] == [[run.id]]
+    assert all(r.resumed_run_ids == [] for r in results if r.duplicate)
+    assert len(fake_app.events.list(name="refund.issued")) == 1
+    run_until_idle(fake_app)
+    assert _status(fake_app, run.id) == "waiting"  # the second wait got nothing
+
+
+def test_events_racing_with_waits_that_are_starting_are_never_lost(app: StackShift) -> None:
+    """Each event is sent while its run may be just about to wait, or waiting already."""
+
+    @app.job("racer")
+    def racer(ctx: Any) -> str:
+        event = ctx.step.wait_for_event("race.done", correlation_key=ctx.payload["key"],
+                                        timeout="1h")
+        return str(event.id)
+
+    count = 30
+    with app.worker(concurrency=4):
+        runs = [app.start("racer", {"key": f"k{i}"}) for i in range(count)]
+        sent = [app.events.send("race.done", {}, correlation_key=f"k{i}")
+                for i in range(count)]
+        finished = [app.runs.wait(r.id, timeout=30) for r in runs]
+    assert [f.status for f in finished] == ["completed"] * count
+    assert [f.result for f in finished] == [s.id for s in sent]
+
+
+def test_an_early_event_is_taken_by_every_run_that_waits_for_it(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    calls: Counter[str] = Counter()
+    _waiter(fake_app, calls)
+    runs = [fake_app.start("waiter", {"event": "price.changed", "key": "sku:1"})
+            for _ in range(3)]
+    clock.advance("1s")
+    sent = fake_app.events.send("price.changed", {"to": 9}, correlation_key="sku:1")
+    run_until_idle(fake_app)
+    for run in runs:
+        assert fake_app.runs.get(run.id).result["events"][0]["id"] == sent.id
+
+
+def test_a_wait_returns_the_same_event_on_every_invocation(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    """Whether taken early or delivered to a waiting run, and when replayed later."""
+    seen: list[tuple[str, Event]] = []
+
+    @fake_app.job("twoWaits")
+    def two_waits(ctx: Any) -> None:
+        early = ctx.step.wait_for_event("sig", correlation_key="a")
+        seen.append(("early", early))
+        later = ctx.step.wait_for_event("sig", correlation_key="b")
+        seen.append(("later", later))
+        ctx.step.sleep("pause", "1m")
+
+    run = fake_app.start("twoWaits", {})
+    clock.advance("1s")
+    first = fake_app.events.send("sig", {"x": 1}, correlation_key="a", idempotency_key="sig-a")
+    run_until_idle(fake_app)  # takes "a" at once, waits for "b"
+    clock.advance("1s")
+    second = fake_app.events.send("sig", {"x": 2}, correlation_key="b", idempotency_key="sig-b")
+    run_until_idle(fake_app)  # replays "a", takes "b", sleeps
+    clock.advance("1m")
+    run_until_idle(fake_app)  # replays both
+    assert fake_app.runs.get(run.id).status == "completed"
+
+    stored = {first.id: fake_app.events.get(first.id), second.id: fake_app.events.get(second.id)}
+    assert [label for label, _ in seen] == ["early", "early", "later", "early", "later"]
+    for _, event in seen:
+        assert event == stored[event.id]

@@ -1,0 +1,397 @@
+"""The state store (SPEC 7): values, TTLs, atomic counters and locks.
+
+Counters and locks are exercised across threads and real processes; a lock
+owner is killed with SIGKILL to show that its lock's TTL frees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stackshift import AsyncStackShift, LockNotAcquiredError, StackShift
+from stackshift.durations import to_datetime
+from stackshift.testing import FakeClock, run_until_idle
+
+
+def _state_rows(app: StackShift, table: str = "state") -> int:
+    """Rows physically present in ``table`` (expired or not)."""
+    with app._service.store.db.read() as tx:
+        return int(tx.raw(f"SELECT COUNT(*) AS n FROM {table}", {})[0]["n"])
+
+
+# -- processUpload: counters across a retry ------------------------------------------
+
+
+def test_process_upload_counts_every_row_once_across_a_retry(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    """Rows are imported in steps; the counter goes up inside each step.
+
+    The third batch fails on the first attempt. On the retry the first two
+    batches are replayed from their stored results (not imported or counted
+    again), so the counter ends exactly at the number of rows. A counter kept
+    outside any step goes up on every invocation: state calls are not steps.
+    """
+    imported: list[list[int]] = []
+    broken = {"batch": 2}
+
+    def download_file(file_id: str) -> dict[str, Any]:
+        return {"id": file_id, "rows": list(range(10))}
+
+    def parse_file(file: dict[str, Any]) -> dict[str, Any]:
+        rows = file["rows"]
+        return {"batches": [rows[i:i + 3] for i in range(0, len(rows), 3)],
+                "total": len(rows)}
+
+    @fake_app.job("processUpload", max_attempts=3)
+    def process_upload(ctx: Any) -> dict[str, Any]:
+        file_id = ctx.payload["fileId"]
+        ctx.state.increment(f"files:{file_id}:invocations")
+        file = ctx.step.run("download-file", download_file, file_id)
+        parsed = ctx.step.run("parse-file", parse_file, file)
+
+        def import_batch(index: int, batch: list[int]) -> int:
+            if broken["batch"] == index:
+                broken["batch"] = -1
+                raise ConnectionError("database went away")
+            imported.append(batch)
+            return int(ctx.state.increment(f"files:{file_id}:rows", len(batch)))
+
+        for index, batch in enumerate(parsed["batches"]):
+            ctx.step.run("import-batch", import_batch, index, batch)
+        ctx.step.run("mark-complete", lambda: True)
+        return {"rows": parsed["total"]}
+
+    run = fake_app.start("processUpload", {"fileId": "f1"})
+    run_until_idle(fake_app)
+    retrying = fake_app.runs.get(run.id)
+    assert retrying.status == "retrying"
+    assert fake_app.state.get("files:f1:rows") == 6  # durable despite the failure
+
+    clock.advance("1m")
+    run_until_idle(fake_app)
+    done = fake_app.runs.get(run.id)
+    assert done.status == "completed" and done.result == {"rows": 10}
+    assert done.attempt == 2
+    assert fake_app.state.get("files:f1:rows") == 10
+    assert imported == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+    assert fake_app.state.get("files:f1:invocations") == 2
+
+
+# -- values ------------------------------------------------------------------------------
+
+
+def test_get_set_and_delete(fake_app: StackShift) -> None:
+    state = fake_app.state
+    assert state.get("imports:42:progress") is None
+    assert state.get("imports:42:progress", {"processed": 0}) == {"processed": 0}
+    state.set("imports:42:progress", {"processed": 100, "total": 500})
+    assert state.get("imports:42:progress") == {"processed": 100, "total": 500}
+    state.set("imports:42:progress", {"processed": 500, "total": 500})
+    assert state.get("imports:42:progress") == {"processed": 500, "total": 500}
+
+    assert state.delete("imports:42:progress") is True
+    assert state.get("imports:42:progress") is None
+    assert state.delete("imports:42:progress") is False
+    assert _state_rows(fake_app) == 0
+
+
+def test_a_value_past_its_ttl_reads_as_missing_and_is_cleaned_up(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    state = fake_app.state
+    state.set("webhooks:stripe:evt_1", {"processed": True}, ttl="10m")
+    state.set("keep", 1)
+    clock.advance("9m59s")
+    assert state.get("webhooks:stripe:evt_1") == {"processed": True}
+
+    clock.advance("1s")
+    assert state.get("webhooks:stripe:evt_1") is None
+    assert state.get("webhooks:stripe:evt_1", "gone") == "gone"
+    live = state.keys()
+    assert [k["key"] for k in live] == ["keep"]
+    assert state.delete("webhooks:stripe:evt_1") is False  # nothing live to delete
+
+    state.set("counter", 40, ttl="1h")
+    clock.advance("1h")
+    assert state.increment("counter") == 1  # an expired counter starts again at 0
+    clock.advance("1d")
+    assert state.get("counter") == 1  # and no longer expires
+
+    state.set("marker", "x", ttl="1s")
+    clock.advance("2s")
+    run_until_idle(fake_app)  # a worker's maintenance purges expired keys
+    assert _state_rows(fake_app) == 2  # keep, counter
+
+
+def test_expires_at_as_a_datetime_or_an_iso_string(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    state = fake_app.state
+    deadline = to_datetime(clock.now()) + timedelta(days=7)
+    state.set("dedupe:a", True, expires_at=deadline)
+    state.set("dedupe:b", True, expires_at="2026-01-05T10:00:00+01:00")  # 09:00Z: now
+    assert state.get("dedupe:b") is None  # expires_at not in the future: already gone
+    clock.advance(timedelta(days=7) - timedelta(seconds=1))
+    assert state.get("dedupe:a") is True
+    clock.advance("1s")
+    assert state.get("dedupe:a") is None
+    listed = fake_app.state.keys()
+    assert listed == []
+
+
+# -- atomic increment -------------------------------------------------------------------
+
+
+def test_increment_is_exact_under_eight_threads(app: StackShift) -> None:
+    per_thread = 100
+    seen: list[int] = []
+    guard = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            got = [app.state.increment("hits") for _ in range(per_thread)]
+        except BaseException as exc:
+            errors.append(exc)
+            return
+        with guard:
+            seen.extend(got)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    assert app.state.get("hits") == 8 * per_thread
+    assert sorted(seen) == list(range(1, 8 * per_thread + 1))  # every value handed out once
+
+
+INCREMENT_SCRIPT = """
+import json, sys, time
+from stackshift import StackShift
+
+with StackShift(sys.argv[1]) as app:
+    app.state.get("shared")  # connected
+    print("ready", flush=True)
+    sys.stdin.readline()  # start together
+    got = []
+    for _ in range(int(sys.argv[2])):
+        got.append(app.state.increment("shared", 2))
+        time.sleep(0.001)  # a breath between writes, as real work has
+print(json.dumps(got))
+"""
+
+
+def test_increment_is_exact_across_two_processes(db_url: str, tmp_path: Path) -> None:
+    script = tmp_path / "increment.py"
+    script.write_text(textwrap.dedent(INCREMENT_SCRIPT))
+    StackShift(db_url).close()  # create the schema once, before the race
+    count = 200
+    procs = [
+        subprocess.Popen([sys.executable, str(script), db_url, str(count)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = []
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    for proc in procs:
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0
+        outputs.append(json.loads(out))
+    with StackShift(db_url) as app:
+        assert app.state.get("shared") == 2 * 2 * count
+    values = sorted(outputs[0] + outputs[1])
+    assert values == list(range(2, 4 * count + 1, 2))
+    # The two processes really raced: their values interleave.
+    assert min(outputs[0]) < max(outputs[1]) and min(outputs[1]) < max(outputs[0])
+
+
+# -- locks ----------------------------------------------------------------------------------
+
+HOLDER_SCRIPT = """
+import sys, time
+from stackshift import StackShift
+
+app = StackShift(sys.argv[1])
+with app.state.lock(sys.argv[2], ttl=sys.argv[3]):
+    print(time.time(), flush=True)
+    sys.stdin.readline()  # hold until told (or killed)
+print("released", flush=True)
+app.close()
+"""
+
+
+def _holder(db_url: str, tmp_path: Path, key: str, ttl: str) -> tuple[subprocess.Popen[str], float]:
+    script = tmp_path / "holder.py"
+    script.write_text(textwrap.dedent(HOLDER_SCRIPT))
+    proc = subprocess.Popen([sys.executable, str(script), db_url, key, ttl],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    acquired_at = float(proc.stdout.readline())
+    return proc, acquired_at
+
+
+def _close(proc: subprocess.Popen[str]) -> None:
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            stream.close()
+    proc.wait(timeout=20)
+
+
+def test_a_lock_held_by_one_process_is_refused_to_another_until_released(
+    app: StackShift, db_url: str, tmp_path: Path
+) -> None:
+    proc, _ = _holder(db_url, tmp_path, "search-index:rebuild", "30s")
+    try:
+        with pytest.raises(LockNotAcquiredError, match="search-index:rebuild"), \
+                app.state.lock("search-index:rebuild"):
+            pytest.fail("two owners at once")
+        # A non-owner's release does nothing.
+        app.state.lock("search-index:rebuild").__exit__(None, None, None)
+        with pytest.raises(LockNotAcquiredError), app.state.lock("search-index:rebuild"):
+            pass
+
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write("done\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "released"
+        with app.state.lock("search-index:rebuild"):
+            pass
+    finally:
+        _close(proc)
+
+
+def test_the_ttl_frees_the_lock_of_a_killed_owner(
+    app: StackShift, db_url: str, tmp_path: Path
+) -> None:
+    ttl = 2.0
+    proc, acquired_at = _holder(db_url, tmp_path, "provision:acme", f"{ttl}s")
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+        assert time.time() < acquired_at + ttl - 0.5
+        with pytest.raises(LockNotAcquiredError), app.state.lock("provision:acme"):
+            pass  # the dead owner's lock lives until its TTL
+        with app.state.lock("provision:acme", wait="10s"):
+            got_it = time.time()
+        assert got_it >= acquired_at + ttl - 0.05  # not before the TTL ran out
+        assert got_it < acquired_at + ttl + 2  # and promptly after it
+    finally:
+        _close(proc)
+
+
+def test_a_late_exit_of_an_expired_owner_does_not_release_the_next_owner(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    state = fake_app.state
+    second = state.lock("billing:close-month", ttl="1m")
+    with state.lock("billing:close-month", ttl="10s"):
+        clock.advance("11s")  # the first owner overran its TTL
+        second.__enter__()
+    # The first owner's exit came after the second took over: still held.
+    with pytest.raises(LockNotAcquiredError), state.lock("billing:close-month"):
+        pass
+    second.__exit__(None, None, None)
+    with state.lock("billing:close-month"):
+        pass
+
+
+def test_wait_waits_for_a_lock_to_be_freed(app: StackShift) -> None:
+    holding = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with app.state.lock("reports:nightly", ttl="30s"):
+            holding.set()
+            release.wait(10)
+            time.sleep(0.3)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert holding.wait(10)
+        began = time.monotonic()
+        with pytest.raises(LockNotAcquiredError), app.state.lock("reports:nightly", wait="0.1s"):
+            pass
+        assert 0.1 <= time.monotonic() - began < 2
+
+        release.set()
+        began = time.monotonic()
+        with app.state.lock("reports:nightly", wait="5s"):
+            waited = time.monotonic() - began
+        assert 0.2 <= waited < 3
+    finally:
+        release.set()
+        thread.join(10)
+
+
+def test_async_locks_in_a_handler_and_on_the_client(
+    fake_app: StackShift, db_url: str, clock: FakeClock
+) -> None:
+    @fake_app.job("rebuildIndex")
+    async def rebuild_index(ctx: Any) -> dict[str, Any]:
+        key = f"index:{ctx.payload['customer']}"
+        async with ctx.state.lock(key, ttl="1m"):
+            await ctx.state.set(f"{key}:owner", ctx.run.id)
+            try:
+                async with ctx.state.lock(key):
+                    return {"exclusive": False}
+            except LockNotAcquiredError:
+                pass
+            held = fake_app.state.lock(key)
+            try:
+                with held:
+                    return {"exclusive": False}
+            except LockNotAcquiredError:
+                pass
+        async with ctx.state.lock(key):
+            pass  # free again after the block
+        return {"exclusive": True, "count": await ctx.state.increment(f"{key}:builds")}
+
+    run = fake_app.start("rebuildIndex", {"customer": "acme"})
+    run_until_idle(fake_app)
+    done = fake_app.runs.get(run.id)
+    assert done.status == "completed", done.error
+    assert done.result == {"exclusive": True, "count": 1}
+    assert fake_app.state.get("index:acme:owner") == run.id
+
+    async def client_side() -> list[str]:
+        seen = []
+        async with fake_app.state.lock("index:acme", ttl="1m"):
+            seen.append("sync client")
+            try:
+                async with fake_app.state.lock("index:acme"):
+                    seen.append("twice")
+            except LockNotAcquiredError:
+                seen.append("refused")
+        async with AsyncStackShift(db_url, clock=clock) as client:
+            async with client.state.lock("index:acme"):
+                seen.append("async client")
+                await client.state.set("index:acme:note", "rebuilt")
+            assert await client.state.get("index:acme:note") == "rebuilt"
+        return seen
+
+    assert asyncio.run(client_side()) == ["sync client", "refused", "async client"]
+    assert Counter(k["key"] for k in fake_app.state.keys(prefix="index:acme")) == Counter(
+        ["index:acme:builds", "index:acme:note", "index:acme:owner"])
