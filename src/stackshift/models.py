@@ -151,3 +151,19 @@ class Page:
 
     def __len__(self) -> int:
         return len(self.items)
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """An API key of ``stackshift server`` as listed: never the key itself."""
+
+    id: str
+    name: str
+    prefix: str  # the key's first characters, to tell keys apart
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None

@@ -6,6 +6,8 @@ reaches storage by another path, so every shell behaves the same.
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -15,16 +17,35 @@ from typing import Any
 from .clock import Clock
 from .durations import parse_duration, parse_instant
 from .engine.transitions import parse_status
-from .errors import EventNotFoundError, ValidationError
+from .errors import ApiKeyNotFoundError, EventNotFoundError, ValidationError
 from .ids import new_id
 from .jobs import JobRegistry, check_max_attempts, check_name
-from .models import Attempt, Event, LogEntry, Page, Run, SentEvent, Step, TimelineEntry
+from .models import (
+    ApiKey,
+    Attempt,
+    Event,
+    LogEntry,
+    Page,
+    Run,
+    SentEvent,
+    Step,
+    TimelineEntry,
+)
 from .serialization import encode
 from .settings import Settings
 from .store import SqlStore
 from .store.base import NewRun, RunFilter
 
 ON_TIMEOUT = ("fail", "continue", "cancel")
+
+#: API keys look like ``ssk_`` + 43 URL-safe characters (256 random bits); the
+#: first characters are kept in clear as the key's listed prefix.
+API_KEY_PREFIX = "ssk_"
+API_KEY_SHOWN = 12
+
+
+def hash_api_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def check_key(value: object, what: str, limit: int) -> str:
@@ -74,6 +95,15 @@ class Service:
         self.registry = registry
         self.notifier = Notifier()
 
+    def migrate(self) -> int:
+        return self.store.migrate()
+
+    def schema_version(self) -> int:
+        return self.store.db.schema_version()
+
+    def close(self) -> None:
+        self.store.close()
+
     # -- starting work -------------------------------------------------------------
 
     def start(
@@ -109,8 +139,10 @@ class Service:
         check_max_attempts(max_attempts)
         if priority is None:
             priority = 0
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise ValidationError(f"priority must be an integer, got {priority!r}")
+        if isinstance(priority, bool) or not isinstance(priority, int) or not (
+            -(2**31) <= priority < 2**31
+        ):
+            raise ValidationError(f"priority must be a 32-bit integer, got {priority!r}")
         if concurrency_key is not None:
             check_key(concurrency_key, "concurrency_key", 512)
         now = self.clock.now()
@@ -273,3 +305,112 @@ class Service:
         items, next_cursor = self.store.list_events(name, correlation_key, check_limit(limit),
                                                     cursor)
         return Page(items, next_cursor)
+
+    # -- state -------------------------------------------------------------------------
+
+    def _state_key(self, key: object) -> str:
+        return check_key(key, "state key", self.settings.max_state_key_length)
+
+    def state_get(self, key: str) -> tuple[bool, Any]:
+        """``(found, value)``; an expired key reads as missing."""
+        return self.store.state_get(self._state_key(key), self.clock.now())
+
+    def state_set(
+        self,
+        key: str,
+        value: Any,
+        *,
+        ttl: Any = None,
+        expires_at: datetime | str | None = None,
+    ) -> None:
+        """Store a JSON value (256 KiB by default), optionally expiring."""
+        key = self._state_key(key)
+        text = encode(value, what=f"state value for {key!r}",
+                      limit=self.settings.max_state_value_bytes)
+        now = self.clock.now()
+        if ttl is not None and expires_at is not None:
+            raise ValidationError("give ttl or expires_at, not both")
+        deadline = None
+        if ttl is not None:
+            seconds = parse_duration(ttl, name="ttl")
+            if seconds <= 0:
+                raise ValidationError("ttl must be more than 0")
+            deadline = now + seconds
+        elif expires_at is not None:
+            deadline = parse_instant(expires_at, name="expires_at")
+        self.store.state_set(key, text, deadline, now)
+
+    def state_delete(self, key: str) -> bool:
+        """Remove ``key``; return whether it held a live value."""
+        return self.store.state_delete(self._state_key(key), self.clock.now())
+
+    def state_increment(self, key: str, by: int = 1) -> int:
+        """Add ``by`` atomically (across processes and machines); a new key starts at 0."""
+        if isinstance(by, bool) or not isinstance(by, int) or not -(2**63) <= by < 2**63:
+            raise ValidationError(f"by must be a 64-bit integer, got {by!r}")
+        return self.store.state_increment(self._state_key(key), by, self.clock.now())
+
+    def state_keys(self, prefix: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Live keys in key order, with their values and expiry (epoch seconds)."""
+        if prefix is not None and not isinstance(prefix, str):
+            raise ValidationError(f"prefix must be a string, got {prefix!r}")
+        return self.store.list_state(prefix, check_limit(limit), self.clock.now())
+
+    def lock_acquire(self, key: str, owner: str, ttl: Any) -> bool:
+        """Take ``key`` for ``owner`` for ``ttl`` unless another live owner holds it."""
+        key = self._state_key(key)
+        check_key(owner, "lock owner", 200)
+        seconds = parse_duration(ttl, name="ttl")
+        if seconds <= 0:
+            raise ValidationError("lock ttl must be more than 0")
+        now = self.clock.now()
+        return self.store.lock_acquire(key, owner, now + seconds, now)
+
+    def lock_release(self, key: str, owner: str) -> bool:
+        """Release ``key`` if ``owner`` holds it; return whether it did."""
+        return self.store.lock_release(self._state_key(key), check_key(owner, "lock owner", 200))
+
+    # -- API keys ------------------------------------------------------------------------
+
+    def create_api_key(self, name: str) -> tuple[ApiKey, str]:
+        """A new key named ``name``: ``(listing, key)``. The key is not stored, only its hash."""
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            raise ValidationError(f"key name must be 1-200 characters, got {name!r}")
+        secret = API_KEY_PREFIX + secrets.token_urlsafe(32)
+        listed = self.store.insert_api_key(new_id("key"), name.strip(), secret[:API_KEY_SHOWN],
+                                           hash_api_key(secret), self.clock.now())
+        return listed, secret
+
+    def list_api_keys(self) -> list[ApiKey]:
+        return self.store.list_api_keys()
+
+    def revoke_api_key(self, key: str) -> ApiKey:
+        """Revoke by id or listed prefix; :class:`ApiKeyNotFoundError` when none matches."""
+        check_key(key, "key id", 200)
+        revoked = self.store.revoke_api_key(key, self.clock.now())
+        if revoked is None:
+            raise ApiKeyNotFoundError(f"no API key with id or prefix {key!r}")
+        return revoked
+
+    def verify_api_key(self, key: str) -> ApiKey | None:
+        """The active key ``key`` is, or ``None`` for an unknown or revoked one."""
+        if not key.startswith(API_KEY_PREFIX) or len(key) > 200:
+            return None
+        found = self.store.api_key_by_hash(hash_api_key(key))
+        if found is None or not found.active:
+            return None
+        now = self.clock.now()
+        # Record use at most once a minute, so checking a key is normally a read.
+        if found.last_used_at is None or now - found.last_used_at.timestamp() > 60:
+            self.store.touch_api_key(found.id, now)
+        return found
+
+    # -- monitoring ----------------------------------------------------------------------
+
+    def run_counts(self) -> dict[tuple[str, str], int]:
+        """Runs per ``(queue, status)``."""
+        return self.store.run_counts()
+
+    def event_count(self) -> int:
+        """Events kept (within their retention)."""
+        return self.store.event_count(self.clock.now())

@@ -10,24 +10,25 @@ import asyncio
 import os
 import time
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .durations import parse_duration, parse_instant
+from .durations import parse_duration
 from .errors import LockNotAcquiredError, ValidationError
-from .serialization import encode
-from .service import Service, check_key
+
+if TYPE_CHECKING:
+    from .remote import RemoteService
+    from .service import Service
 
 
 class State:
-    def __init__(self, service: Service) -> None:
-        self._service = service
+    """Every call goes through the service, embedded or remote alike."""
 
-    def _key(self, key: object) -> str:
-        return check_key(key, "state key", self._service.settings.max_state_key_length)
+    def __init__(self, service: Service | RemoteService) -> None:
+        self._service = service
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value, or ``default`` when the key is missing or expired."""
-        found, value = self._service.store.state_get(self._key(key), self._service.clock.now())
+        found, value = self._service.state_get(key)
         return value if found else default
 
     def set(
@@ -39,45 +40,32 @@ class State:
         expires_at: datetime | str | None = None,
     ) -> None:
         """Store a JSON value (256 KiB by default), optionally expiring."""
-        key = self._key(key)
-        text = encode(value, what=f"state value for {key!r}",
-                      limit=self._service.settings.max_state_value_bytes)
-        now = self._service.clock.now()
-        if ttl is not None and expires_at is not None:
-            raise ValidationError("give ttl or expires_at, not both")
-        deadline = None
-        if ttl is not None:
-            seconds = parse_duration(ttl, name="ttl")
-            if seconds <= 0:
-                raise ValidationError("ttl must be more than 0")
-            deadline = now + seconds
-        elif expires_at is not None:
-            deadline = parse_instant(expires_at, name="expires_at")
-        self._service.store.state_set(key, text, deadline, now)
+        self._service.state_set(key, value, ttl=ttl, expires_at=expires_at)
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; return whether it held a live value."""
-        return self._service.store.state_delete(self._key(key), self._service.clock.now())
+        return self._service.state_delete(key)
 
     def increment(self, key: str, by: int = 1) -> int:
         """Add ``by`` atomically (across processes and machines); a new key starts at 0."""
-        if isinstance(by, bool) or not isinstance(by, int):
-            raise ValidationError(f"by must be an integer, got {by!r}")
-        return self._service.store.state_increment(self._key(key), by, self._service.clock.now())
+        return self._service.state_increment(key, by)
 
     def keys(self, prefix: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        return self._service.store.list_state(prefix, limit, self._service.clock.now())
+        return self._service.state_keys(prefix, limit)
 
     def _lock_args(self, key: str, ttl: Any, wait: Any) -> tuple[str, float, float]:
-        key = self._key(key)
+        if not isinstance(key, str) or not key:
+            raise ValidationError(f"state key must be a non-empty string, got {key!r}")
         seconds = parse_duration(ttl, name="ttl")
         if seconds <= 0:
             raise ValidationError("lock ttl must be more than 0")
         return key, seconds, 0.0 if wait is None else parse_duration(wait, name="wait")
 
     def _try_lock(self, key: str, owner: str, ttl: float) -> bool:
-        now = self._service.clock.now()
-        return self._service.store.lock_acquire(key, owner, now + ttl, now)
+        return self._service.lock_acquire(key, owner, ttl)
+
+    def _release(self, key: str, owner: str) -> bool:
+        return self._service.lock_release(key, owner)
 
     def lock(self, key: str, *, ttl: Any = "30s", wait: Any = None) -> Lock:
         """Hold ``key`` exclusively: ``with state.lock(k):`` or ``async with``.
@@ -114,7 +102,7 @@ class Lock:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._state._service.store.lock_release(self.key, self.owner)
+        self._state._release(self.key, self.owner)
 
     async def __aenter__(self) -> Lock:
         deadline = time.monotonic() + self.wait
@@ -127,7 +115,7 @@ class Lock:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await asyncio.to_thread(self._state._service.store.lock_release, self.key, self.owner)
+        await asyncio.to_thread(self._state._release, self.key, self.owner)
 
 
 class AsyncState:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from .database import Database
 from .events import EventStore
+from .keys import KeyStore
+from .metrics import MetricsStore
 from .runs import RunStore
 from .state import StateStore
 
 
-class SqlStore(RunStore, EventStore, StateStore):
+class SqlStore(RunStore, EventStore, StateStore, KeyStore, MetricsStore):
     """All storage operations, each one short transaction on ``db``.
 
     SQLite and PostgreSQL differ only below this class: connections, the claim

@@ -261,3 +261,35 @@ SET status = 'queued', resuming = 1, available_at = :now, lease_owner = NULL,
     lease_expires_at = NULL, updated_at = :now
 WHERE id = :id AND lease_owner = :worker_id AND attempt = :attempt AND status = 'running'
 RETURNING id;
+
+-- name: insert_api_key
+INSERT INTO api_keys (id, name, prefix, key_hash, created_at)
+VALUES (:id, :name, :prefix, :key_hash, :now);
+
+-- name: api_key_by_hash
+-- Revoked keys are returned too: the caller tells "revoked" from "unknown".
+SELECT * FROM api_keys WHERE key_hash = :key_hash;
+
+-- name: list_api_keys
+SELECT * FROM api_keys ORDER BY created_at, id;
+
+-- name: find_api_keys
+-- By id or by the prefix shown in listings.
+SELECT * FROM api_keys WHERE id = :key OR prefix = :key;
+
+-- name: revoke_api_key
+-- Revoking twice keeps the first time.
+UPDATE api_keys SET revoked_at = COALESCE(revoked_at, :now) WHERE id = :id
+RETURNING *;
+
+-- name: touch_api_key
+UPDATE api_keys SET last_used_at = :now WHERE id = :id;
+
+-- name: count_runs_by_queue_status
+SELECT queue, status, COUNT(*) AS n FROM runs GROUP BY queue, status;
+
+-- name: count_live_events
+SELECT COUNT(*) AS n FROM events WHERE expires_at > :now;
+
+-- Operational read models (store/overview.py): the dashboard's queue, job,
+-- worker and change views.

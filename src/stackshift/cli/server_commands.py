@@ -1,0 +1,171 @@
+"""``stackshift server`` and ``stackshift keys create|list|revoke``.
+
+``server`` serves the HTTP API (see ``docs/server.md``); ``keys`` manages the
+API keys it accepts, directly in the database, so the first key can be made
+before any server runs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import click
+
+from ..client import DEFAULT_DATABASE_URL
+from ..clock import SystemClock
+from ..errors import ApiKeyNotFoundError, ValidationError
+from ..jobs import JobRegistry
+from ..models import ApiKey
+from ..serialization import MiB
+from ..service import Service
+from ..settings import Settings
+from ..store import open_store
+
+_database_url = click.option(
+    "--database-url",
+    envvar="STACKSHIFT_DATABASE_URL",
+    show_envvar=True,
+    default=DEFAULT_DATABASE_URL,
+    show_default=True,
+    help="sqlite:///path/to/file.db or postgresql://...",
+)
+_as_json = click.option("--json", "as_json", is_flag=True,
+                        help="Print JSON (for scripts) instead of text.")
+
+
+class _BadInput(click.ClickException):
+    """Exit code 2: usage or bad input, nothing written."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True, file=file)
+
+
+class _NotFound(_BadInput):
+    """Exit code 3: no such key."""
+
+    exit_code = 3
+
+
+@contextmanager
+def _service(database_url: str) -> Iterator[Service]:
+    store = open_store(database_url)
+    try:
+        store.migrate()
+        yield Service(store, SystemClock(), Settings(), JobRegistry())
+    finally:
+        store.close()
+
+
+def _when(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+
+def _key_json(key: ApiKey) -> dict[str, Any]:
+    return {
+        "id": key.id, "name": key.name, "prefix": key.prefix,
+        "createdAt": _when(key.created_at), "lastUsedAt": _when(key.last_used_at),
+        "revokedAt": _when(key.revoked_at), "active": key.active,
+    }
+
+
+@click.command()
+@_database_url
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to listen on (0.0.0.0 for all).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--max-body-bytes", default=MiB, show_default=True, type=click.IntRange(1),
+              help="Larger request bodies get 413.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+def server(database_url: str, host: str, port: int, max_body_bytes: int, log_level: str) -> None:
+    """Serve the HTTP API (/v1, /openapi.json, /healthz, /metrics).
+
+    Every endpoint but /healthz needs a key from `stackshift keys create`.
+    Runs are executed by `stackshift worker` processes on the same database.
+    """
+    try:
+        import uvicorn
+
+        from ..server.app import app_from_url
+    except ImportError as exc:
+        raise _BadInput(
+            f"the server needs its extra: pip install 'stackshift[server]' ({exc})"
+        ) from None
+    app = app_from_url(database_url, max_body_bytes=max_body_bytes)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
+
+
+@click.group()
+def keys() -> None:
+    """Create, list and revoke the API keys `stackshift server` accepts."""
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="What the key is for, e.g. 'billing-service'.")
+@_database_url
+@_as_json
+def create_key(name: str, database_url: str, as_json: bool) -> None:
+    """Create a key and print it. It is shown this once: only its hash is stored."""
+    with _service(database_url) as service:
+        try:
+            listed, secret = service.create_api_key(name)
+        except ValidationError as exc:
+            raise _BadInput(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({**_key_json(listed), "key": secret}))
+        return
+    click.echo(secret)
+    click.echo(f"Created key {listed.id} ({listed.name!r}, prefix {listed.prefix}). "
+               "Store it now: it cannot be shown again.", err=True)
+
+
+@keys.command("list")
+@_database_url
+@_as_json
+def list_keys(database_url: str, as_json: bool) -> None:
+    """List keys (never the keys themselves: id, name, prefix, dates)."""
+    with _service(database_url) as service:
+        found = service.list_api_keys()
+    if as_json:
+        click.echo(json.dumps([_key_json(k) for k in found]))
+        return
+    if not found:
+        click.echo("No API keys. Create one with: stackshift keys create --name NAME")
+        return
+    rows = [("ID", "NAME", "PREFIX", "CREATED", "LAST USED", "STATUS")]
+    for k in found:
+        status = "active" if k.active else f"revoked {_when(k.revoked_at)}"
+        rows.append((k.id, k.name, k.prefix, _when(k.created_at) or "",
+                     _when(k.last_used_at) or "-", status))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+@keys.command("revoke")
+@click.argument("key")
+@_database_url
+@_as_json
+def revoke_key(key: str, database_url: str, as_json: bool) -> None:
+    """Revoke KEY (its id or listed prefix). Requests with it get 401 at once."""
+    with _service(database_url) as service:
+        try:
+            revoked = service.revoke_api_key(key)
+        except ApiKeyNotFoundError as exc:
+            raise _NotFound(str(exc)) from None
+        except ValidationError as exc:
+            raise _BadInput(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(_key_json(revoked)))
+        return
+    click.echo(f"Revoked key {revoked.id} ({revoked.name!r}, prefix {revoked.prefix}).")
+
+
+#: Register these on the ``stackshift`` group: ``cli.add_command(command)``.
+COMMANDS = (server, keys)

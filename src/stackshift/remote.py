@@ -1,0 +1,392 @@
+"""The service over HTTP: what ``StackShift(api_key=..., base_url=...)`` talks to.
+
+:class:`RemoteService` has the methods of :class:`stackshift.service.Service`
+that the client calls, with the same arguments, results and errors: each call
+is one request to ``stackshift server``, whose error codes map back to the
+exception classes the embedded service raises. Network failures surface as
+``httpx.TransportError`` (e.g. ``httpx.ConnectError``).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, NoReturn
+from urllib.parse import quote
+
+import httpx
+
+from .clock import Clock, SystemClock
+from .durations import parse_duration
+from .errors import (
+    EventNotFoundError,
+    IdempotencyConflictError,
+    InvalidTransitionError,
+    LockNotAcquiredError,
+    PayloadTooLargeError,
+    RunNotFoundError,
+    StackShiftError,
+    ValidationError,
+)
+from .jobs import JobRegistry
+from .models import Attempt, Event, LogEntry, Page, Run, SentEvent, Step, TimelineEntry
+from .serialization import to_jsonable
+from .server import schemas as wire
+from .settings import Settings
+
+URL_ENV = "STACKSHIFT_URL"
+API_KEY_ENV = "STACKSHIFT_API_KEY"
+
+#: Longest single long-poll; the server caps it at the same value.
+WAIT_POLL_SECONDS = 60.0
+
+try:
+    _VERSION = version("stackshift")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    _VERSION = "0.0.0"
+
+
+class AuthenticationError(StackShiftError):
+    """The server refused the API key: missing, unknown or revoked (HTTP 401)."""
+
+
+class RemoteError(StackShiftError):
+    """The server answered with an error this client has no exception class for."""
+
+    def __init__(self, message: str, status: int, code: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+_ERRORS: dict[str, type[Exception]] = {
+    "run_not_found": RunNotFoundError,
+    "event_not_found": EventNotFoundError,
+    "invalid_transition": InvalidTransitionError,
+    "lock_not_acquired": LockNotAcquiredError,
+    "payload_too_large": PayloadTooLargeError,
+    "body_too_large": PayloadTooLargeError,
+    "validation_error": ValidationError,
+    "malformed_json": ValidationError,
+    "invalid_type": TypeError,
+    "unauthorized": AuthenticationError,
+}
+
+
+def raise_for_error(response: httpx.Response) -> NoReturn:
+    """Raise the exception an error response stands for."""
+    try:
+        error = response.json()["error"]
+        code, message = str(error["code"]), str(error["message"])
+    except (ValueError, KeyError, TypeError):
+        raise RemoteError(
+            f"HTTP {response.status_code} from {response.request.url}: {response.text[:200]}",
+            response.status_code, "http_error",
+        ) from None
+    if code == "idempotency_conflict":
+        raise IdempotencyConflictError(message, str(error.get("existingRunId")))
+    kind = _ERRORS.get(code)
+    if kind is None:
+        raise RemoteError(message, response.status_code, code)
+    raise kind(message)
+
+
+def _when(value: datetime | str | None) -> str | None:
+    """A time for the wire; a naive ``datetime`` goes as is and is refused by the server."""
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _duration(value: Any) -> Any:
+    """Strings go as they are (the server parses them); anything else as seconds."""
+    if value is None or isinstance(value, str):
+        return value
+    return parse_duration(value)
+
+
+def _segment(value: object, missing: type[Exception], what: str) -> str:
+    """``value`` as one path segment; an id no run or event can have is ``missing``."""
+    if not isinstance(value, str) or value in ("", ".", "..") or "/" in value:
+        raise missing(f"no {what} with id {value!r}")
+    return quote(value, safe="")
+
+
+def _state_key(key: object) -> str:
+    if not isinstance(key, str) or not key:
+        raise ValidationError(f"state key must be a non-empty string, got {key!r}")
+    # "." is encoded too, so that no key is read as a "." or ".." path segment.
+    return quote(key, safe="").replace(".", "%2E")
+
+
+def _epoch(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+class RemoteService:
+    """The client's operations as requests to ``stackshift server`` at ``base_url``.
+
+    Jobs registered on the client still give their defaults (queue,
+    ``max_attempts``) to ``start``, as they do embedded.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        registry: JobRegistry,
+        *,
+        settings: Settings | None = None,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValidationError(f"base_url must be an http:// or https:// URL, got {base_url!r}")
+        if not api_key:
+            raise ValidationError(f"an API key is needed to talk to {base_url} ({API_KEY_ENV})")
+        self.base_url = base_url.rstrip("/")
+        self.registry = registry
+        self.settings = settings or Settings()
+        self.clock: Clock = SystemClock()
+        self.timeout = timeout
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {api_key}",
+                     "User-Agent": f"stackshift-python/{_VERSION}"},
+            timeout=timeout,
+            transport=transport,
+        )
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, *, json: Any = None,
+              params: dict[str, Any] | None = None, timeout: float | None = None,
+              ok: tuple[int, ...] = (200, 201, 204)) -> httpx.Response:
+        if params is not None:
+            params = {k: v for k, v in params.items() if v is not None}
+        response = self._http.request(
+            method, path, json=json, params=params,
+            timeout=self.timeout if timeout is None else timeout,
+        )
+        if response.status_code not in ok:
+            raise_for_error(response)
+        return response
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        response = self._call("GET", "/healthz")
+        return int(wire.Health.model_validate(response.json()).schema_version)
+
+    def migrate(self) -> int:
+        """The server migrates its database when it starts; this reports the version."""
+        return self.schema_version()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- starting work ---------------------------------------------------------------------
+
+    def start(
+        self,
+        job: str,
+        payload: Any = None,
+        *,
+        queue_name: str | None = None,
+        idempotency_key: str | None = None,
+        idempotency_ttl: Any = None,
+        max_attempts: int | None = None,
+        scheduled_at: datetime | str | None = None,
+        delay: Any = None,
+        priority: int | None = None,
+        concurrency_key: str | None = None,
+    ) -> Run:
+        registered = self.registry.get(job) if isinstance(job, str) else None
+        if registered is not None:
+            queue_name = queue_name or registered.queue
+            if max_attempts is None:
+                max_attempts = registered.max_attempts
+        body = {
+            "job": job,
+            "payload": to_jsonable(payload, what="payload"),
+            "queueName": queue_name,
+            "idempotencyKey": idempotency_key,
+            "idempotencyTtl": _duration(idempotency_ttl),
+            "maxAttempts": max_attempts,
+            "scheduledAt": _when(scheduled_at),
+            "delay": _duration(delay),
+            "priority": priority,
+            "concurrencyKey": concurrency_key,
+        }
+        body = {k: v for k, v in body.items() if v is not None or k == "payload"}
+        response = self._call("POST", "/v1/runs", json=body)
+        return wire.Run.model_validate(response.json()).to_model()
+
+    # -- runs ------------------------------------------------------------------------------
+
+    def get_run(self, run_id: str) -> Run:
+        response = self._call("GET", f"/v1/runs/{_segment(run_id, RunNotFoundError, 'run')}")
+        return wire.Run.model_validate(response.json()).to_model()
+
+    def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        job: str | None = None,
+        queue: str | None = None,
+        idempotency_key: str | None = None,
+        correlation_key: str | None = None,
+        created_after: datetime | str | None = None,
+        created_before: datetime | str | None = None,
+        search: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise ValidationError(f"limit must be an integer from 1 to 1000, got {limit!r}")
+        response = self._call("GET", "/v1/runs", params={
+            "status": status, "job": job, "queueName": queue,
+            "idempotencyKey": idempotency_key, "correlationKey": correlation_key,
+            "createdAfter": _when(created_after), "createdBefore": _when(created_before),
+            "search": search, "limit": limit, "cursor": cursor,
+        })
+        page = wire.RunPage.model_validate(response.json())
+        return Page([r.to_model() for r in page.items], page.next_cursor)
+
+    def wait_run(self, run_id: str, timeout: Any = None) -> Run:
+        """Long-polls the server until the run is terminal; ``TimeoutError`` after ``timeout``."""
+        limit = None if timeout is None else parse_duration(timeout, name="timeout")
+        deadline = None if limit is None else time.monotonic() + limit
+        path = f"/v1/runs/{_segment(run_id, RunNotFoundError, 'run')}/wait"
+        while True:
+            remaining = WAIT_POLL_SECONDS if deadline is None else deadline - time.monotonic()
+            poll = max(0.0, min(WAIT_POLL_SECONDS, remaining))
+            response = self._call("GET", path, params={"timeout": round(poll, 3)},
+                                  timeout=poll + self.timeout)
+            run = wire.Run.model_validate(response.json()).to_model()
+            if run.is_terminal:
+                return run
+            if deadline is not None and time.monotonic() >= deadline:
+                assert limit is not None
+                raise TimeoutError(f"run {run_id} is still {run.status} after {limit:g}s")
+
+    def _run_action(self, run_id: str, action: str, body: dict[str, Any] | None = None) -> Run:
+        path = f"/v1/runs/{_segment(run_id, RunNotFoundError, 'run')}/{action}"
+        response = self._call("POST", path, json=body)
+        return wire.Run.model_validate(response.json()).to_model()
+
+    def cancel_run(self, run_id: str, reason: str | None = None) -> Run:
+        return self._run_action(run_id, "cancel", {} if reason is None else {"reason": reason})
+
+    def retry_run(self, run_id: str) -> Run:
+        return self._run_action(run_id, "retry")
+
+    def _run_items(self, run_id: str, what: str) -> list[Any]:
+        path = f"/v1/runs/{_segment(run_id, RunNotFoundError, 'run')}/{what}"
+        items: list[Any] = self._call("GET", path).json()["items"]
+        return items
+
+    def timeline(self, run_id: str) -> list[TimelineEntry]:
+        return [wire.TimelineEntry.model_validate(x).to_model()
+                for x in self._run_items(run_id, "timeline")]
+
+    def logs(self, run_id: str) -> list[LogEntry]:
+        return [wire.LogEntry.model_validate(x).to_model()
+                for x in self._run_items(run_id, "logs")]
+
+    def attempts(self, run_id: str) -> list[Attempt]:
+        return [wire.Attempt.model_validate(x).to_model()
+                for x in self._run_items(run_id, "attempts")]
+
+    def steps(self, run_id: str) -> list[Step]:
+        return [wire.Step.model_validate(x).to_model()
+                for x in self._run_items(run_id, "steps")]
+
+    # -- events ----------------------------------------------------------------------------
+
+    def send_event(
+        self,
+        name: str,
+        payload: Any = None,
+        *,
+        correlation_key: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> SentEvent:
+        body: dict[str, Any] = {"name": name,
+                                "payload": to_jsonable(payload, what="event payload")}
+        if correlation_key is not None:
+            body["correlationKey"] = correlation_key
+        if idempotency_key is not None:
+            body["idempotencyKey"] = idempotency_key
+        response = self._call("POST", "/v1/events", json=body)
+        return wire.SentEvent.model_validate(response.json()).to_model()
+
+    def get_event(self, event_id: str) -> Event:
+        path = f"/v1/events/{_segment(event_id, EventNotFoundError, 'event')}"
+        return wire.Event.model_validate(self._call("GET", path).json()).to_model()
+
+    def list_events(
+        self,
+        *,
+        name: str | None = None,
+        correlation_key: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise ValidationError(f"limit must be an integer from 1 to 1000, got {limit!r}")
+        response = self._call("GET", "/v1/events", params={
+            "name": name, "correlationKey": correlation_key, "limit": limit, "cursor": cursor,
+        })
+        page = wire.EventPage.model_validate(response.json())
+        return Page([e.to_model() for e in page.items], page.next_cursor)
+
+    # -- state -----------------------------------------------------------------------------
+
+    def state_get(self, key: str) -> tuple[bool, Any]:
+        response = self._call("GET", f"/v1/state/{_state_key(key)}", ok=(200, 404))
+        if response.status_code == 404:
+            if response.json().get("error", {}).get("code") != "state_key_not_found":
+                raise_for_error(response)
+            return False, None
+        return True, response.json()["value"]
+
+    def state_set(
+        self,
+        key: str,
+        value: Any,
+        *,
+        ttl: Any = None,
+        expires_at: datetime | str | None = None,
+    ) -> None:
+        body: dict[str, Any] = {"value": to_jsonable(value, what=f"state value for {key!r}")}
+        if ttl is not None:
+            body["ttl"] = _duration(ttl)
+        if expires_at is not None:
+            body["expiresAt"] = _when(expires_at)
+        self._call("PUT", f"/v1/state/{_state_key(key)}", json=body)
+
+    def state_delete(self, key: str) -> bool:
+        response = self._call("DELETE", f"/v1/state/{_state_key(key)}")
+        return bool(wire.StateDeleted.model_validate(response.json()).deleted)
+
+    def state_increment(self, key: str, by: int = 1) -> int:
+        _state_key(key)
+        response = self._call("POST", "/v1/state/increment", json={"key": key, "by": by})
+        return int(response.json()["value"])
+
+    def state_keys(self, prefix: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        response = self._call("GET", "/v1/state", params={"prefix": prefix, "limit": limit})
+        entries = wire.StateList.model_validate(response.json()).items
+        return [{"key": e.key, "value": e.value, "expires_at": _epoch(e.expires_at),
+                 "updated_at": _epoch(e.updated_at)} for e in entries]
+
+    def lock_acquire(self, key: str, owner: str, ttl: Any) -> bool:
+        _state_key(key)
+        response = self._call("POST", "/v1/locks/acquire",
+                              json={"key": key, "owner": owner, "ttl": _duration(ttl)})
+        return bool(wire.LockResult.model_validate(response.json()).held)
+
+    def lock_release(self, key: str, owner: str) -> bool:
+        _state_key(key)
+        response = self._call("POST", "/v1/locks/release", json={"key": key, "owner": owner})
+        return bool(wire.LockResult.model_validate(response.json()).held)

@@ -1,0 +1,193 @@
+"""The ASGI application of ``stackshift server``.
+
+Layers, outermost first: request counting, the API key check, the body limit,
+then FastAPI's routing over :mod:`stackshift.server.routes`. Every route calls
+the one :class:`~stackshift.service.Service`; nothing here touches storage.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..clock import SystemClock
+from ..errors import StackShiftError
+from ..jobs import JobRegistry
+from ..serialization import MiB
+from ..service import Service
+from ..settings import Settings
+from ..store import open_store
+from . import metrics, routes
+from .errors import ApiError, classify, error_body
+from .middleware import ASGIApp, LimitBody, Receive, RequireApiKey, Scope, Send
+from .schemas import Health
+
+DESCRIPTION = """\
+The StackShift HTTP API: start runs, send events, read and act on runs, and use
+the state store, from any language.
+
+Every endpoint but `/healthz` needs an API key (`stackshift keys create`) sent as
+`Authorization: Bearer <key>`. Fields are camelCase. Errors are
+`{"error": {"code": ..., "message": ...}}` with a stable `code`.
+"""
+
+try:
+    VERSION = version("stackshift")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    VERSION = "0.0.0"
+
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+               413: "body_too_large", 415: "unsupported_media_type"}
+
+
+def _json_error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    headers = {"WWW-Authenticate": 'Bearer realm="stackshift"'} if status == 401 else None
+    return JSONResponse(error_body(code, message, **extra), status_code=status, headers=headers)
+
+
+def _describe(errors: list[Any]) -> str:
+    parts = []
+    for error in errors[:5]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "; ".join(parts) + more
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return _json_error(400, "malformed_json", "the request body is not valid JSON")
+    return _json_error(422, "validation_error", _describe(errors))
+
+
+async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return _json_error(exc.status_code, code, str(exc.detail))
+
+
+async def _on_error(request: Request, exc: Exception) -> JSONResponse:
+    status, code, message, extra = classify(exc)
+    return _json_error(status, code, message, **extra)
+
+
+class CountResponses:
+    """Counts responses by method, route template and status for ``/metrics``."""
+
+    def __init__(self, app: ASGIApp, counter: metrics.RequestCounter) -> None:
+        self.app = app
+        self.counter = counter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def record(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.counter.add(scope["method"], route, status)
+
+
+def create_app(service: Service, *, max_body_bytes: int = MiB) -> FastAPI:
+    """The API over ``service``. Bodies over ``max_body_bytes`` get 413."""
+    app = FastAPI(
+        title="StackShift",
+        version=VERSION,
+        description=DESCRIPTION,
+        docs_url=None,
+        redoc_url=None,
+        responses={},
+    )
+    app.state.service = service
+    counter = metrics.RequestCounter()
+
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    for kind in (ApiError, StackShiftError, ValueError, TypeError, LookupError, OverflowError):
+        app.add_exception_handler(kind, _on_error)
+    try:  # a PostgreSQL refusal of a value sent by the client is the client's error
+        import psycopg
+
+        app.add_exception_handler(psycopg.DataError, _on_error)
+    except ImportError:  # pragma: no cover - PostgreSQL support not installed
+        pass
+    app.add_exception_handler(Exception, _on_error)
+
+    @app.get("/healthz", tags=["server"], summary="Liveness and database check (no key)")
+    def healthz() -> Health:
+        return Health(status="ok", schema_version=service.schema_version())
+
+    @app.get(
+        "/metrics",
+        tags=["server"],
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {metrics.CONTENT_TYPE: {}}}, **routes.ERRORS},
+    )
+    def prometheus_metrics() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(service, counter),
+                                 media_type=metrics.CONTENT_TYPE)
+
+    app.include_router(routes.router)
+    _document_auth(app)
+
+    # Starlette applies the last added middleware outermost.
+    app.add_middleware(LimitBody, limit=max_body_bytes)
+    app.add_middleware(RequireApiKey, verify=service.verify_api_key)
+    app.add_middleware(CountResponses, counter=counter)
+    return app
+
+
+def _document_auth(app: FastAPI) -> None:
+    """Declare the bearer key in the OpenAPI document: on everything but ``/healthz``."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version,
+                                 description=app.description, routes=app.routes)
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "apiKey": {"type": "http", "scheme": "bearer",
+                           "description": "An API key from `stackshift keys create`."}
+            }
+            schema["security"] = [{"apiKey": []}]
+            for path, operations in schema["paths"].items():
+                for operation in operations.values():
+                    if path == "/healthz":
+                        operation["security"] = []
+                    else:
+                        operation["responses"].setdefault("401", {
+                            "description": "Missing, unknown or revoked API key.",
+                            "content": {"application/json": {"schema": {
+                                "$ref": "#/components/schemas/ErrorResponse"}}},
+                        })
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def app_from_url(database_url: str, *, max_body_bytes: int = MiB,
+                 settings: Settings | None = None, migrate: bool = True) -> FastAPI:
+    """The API over the database at ``database_url`` (migrated first by default)."""
+    store = open_store(database_url)
+    if migrate:
+        store.migrate()
+    service = Service(store, SystemClock(), settings or Settings(), JobRegistry())
+    return create_app(service, max_body_bytes=max_body_bytes)

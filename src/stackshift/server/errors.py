@@ -1,0 +1,75 @@
+"""How failures become HTTP responses: ``{"error": {"code", "message"}}``.
+
+Every error the service raises on purpose maps to a 4xx with a stable code;
+the remote client maps the code back to the same exception class, so callers
+catch the same errors in both shapes. Anything else is a 500 ``internal_error``
+(and logged), which a client's input must never be able to cause.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..errors import (
+    ApiKeyNotFoundError,
+    EventNotFoundError,
+    IdempotencyConflictError,
+    InvalidTransitionError,
+    LockNotAcquiredError,
+    PayloadTooLargeError,
+    RunNotFoundError,
+)
+
+log = logging.getLogger("stackshift.server")
+
+
+class ApiError(Exception):
+    """An error response decided by the server itself (auth, limits, routing)."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, **extra}}
+
+
+def _is_database_data_error(exc: BaseException) -> bool:
+    """A database refusing a value (PostgreSQL ``DataError``): the input's fault."""
+    return any(
+        cls.__name__ == "DataError" and cls.__module__.startswith("psycopg")
+        for cls in type(exc).__mro__
+    )
+
+
+def classify(exc: BaseException) -> tuple[int, str, str, dict[str, Any]]:
+    """``(status, code, message, extra)`` for an exception raised while serving."""
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, ApiError):
+        return exc.status, exc.code, exc.message, exc.extra
+    if isinstance(exc, IdempotencyConflictError):
+        return 409, "idempotency_conflict", message, {"existingRunId": exc.existing_run_id}
+    if isinstance(exc, RunNotFoundError):
+        return 404, "run_not_found", message, {}
+    if isinstance(exc, EventNotFoundError):
+        return 404, "event_not_found", message, {}
+    if isinstance(exc, ApiKeyNotFoundError):
+        return 404, "api_key_not_found", message, {}
+    if isinstance(exc, InvalidTransitionError):
+        return 409, "invalid_transition", message, {}
+    if isinstance(exc, LockNotAcquiredError):
+        return 409, "lock_not_acquired", message, {}
+    if isinstance(exc, PayloadTooLargeError):
+        return 413, "payload_too_large", message, {}
+    if isinstance(exc, TypeError):
+        return 422, "invalid_type", message, {}
+    if isinstance(exc, ValueError | OverflowError) or _is_database_data_error(exc):
+        # ValidationError is a ValueError; so is UnicodeEncodeError (lone surrogates).
+        return 422, "validation_error", message, {}
+    log.exception("unexpected error while serving a request", exc_info=exc)
+    return 500, "internal_error", "the server failed to handle the request", {}

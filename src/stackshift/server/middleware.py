@@ -1,0 +1,143 @@
+"""Pure ASGI middleware: API key checks and the request body limit.
+
+Both run before routing and before any body is parsed, so an unauthenticated
+request gets its 401 whatever it sends, and an over-size body never reaches
+the JSON parser.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import anyio.to_thread
+
+from ..serialization import MiB
+from .errors import error_body
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Paths served without a key.
+OPEN_PATHS = frozenset({"/healthz"})
+
+#: How much of an over-size body is read (and dropped) before answering 413, so
+#: that a client still writing its body reads the answer instead of a reset.
+DRAIN_LIMIT = 64 * MiB
+
+
+async def send_error(send: Send, status: int, code: str, message: str,
+                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = json.dumps(error_body(code, message)).encode()
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *(headers or []),
+        ],
+    })
+    await send({"type": "http.response.body", "body": body})
+
+
+def bearer_token(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            text: str = value.decode("latin-1")
+            scheme, _, token = text.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+            return None
+    return None
+
+
+class RequireApiKey:
+    """``Authorization: Bearer <key>`` on every path but :data:`OPEN_PATHS`; else 401.
+
+    ``verify`` returns the key's record or ``None`` (unknown or revoked); it
+    touches the database, so it runs in a worker thread.
+    """
+
+    def __init__(self, app: ASGIApp, verify: Callable[[str], Any]) -> None:
+        self.app = app
+        self.verify = verify
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        challenge = [(b"www-authenticate", b'Bearer realm="stackshift"')]
+        token = bearer_token(scope)
+        if token is None:
+            await send_error(send, 401, "unauthorized",
+                             "an API key is required: send 'Authorization: Bearer <key>'",
+                             challenge)
+            return
+        key = await anyio.to_thread.run_sync(self.verify, token)
+        if key is None:
+            await send_error(send, 401, "unauthorized", "the API key is unknown or revoked",
+                             challenge)
+            return
+        scope.setdefault("state", {})["api_key"] = key
+        await self.app(scope, receive, send)
+
+
+class LimitBody:
+    """Refuse request bodies over ``limit`` bytes with 413.
+
+    The body is read here, counting bytes as they arrive (a missing or false
+    ``Content-Length`` does not help), and handed on whole.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int = MiB) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        over = False
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > DRAIN_LIMIT:
+                await send_error(send, 413, "body_too_large", self._message(),
+                                 [(b"connection", b"close")])
+                return
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                over = True
+            elif message.get("body"):
+                chunks.append(message["body"])
+            if not message.get("more_body", False):
+                break
+            if size > DRAIN_LIMIT:
+                break
+        if over:
+            await send_error(send, 413, "body_too_large", self._message(),
+                             [(b"connection", b"close")] if size > DRAIN_LIMIT else None)
+            return
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    def _message(self) -> str:
+        return f"the request body is over the limit of {self.limit} bytes"

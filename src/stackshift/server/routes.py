@@ -1,0 +1,275 @@
+"""The ``/v1`` JSON API: one route per SDK operation, each a call on the service.
+
+Routes convert camelCase bodies to the service's arguments and its values back
+to camelCase; they hold no rules of their own. Errors the service raises are
+turned into responses by :mod:`stackshift.server.errors`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, cast
+
+import anyio
+import anyio.to_thread
+from fastapi import APIRouter, Path, Query, Request, Response
+
+from ..durations import to_datetime
+from ..service import Service
+from . import schemas as s
+from .errors import ApiError
+from .schemas import ErrorResponse
+
+#: Longest single long-poll of ``GET /v1/runs/{id}/wait``; clients poll again.
+MAX_WAIT_SECONDS = 60.0
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Malformed JSON or request."},
+    401: {"model": ErrorResponse, "description": "Missing, unknown or revoked API key."},
+    413: {"model": ErrorResponse, "description": "Request body over the size limit."},
+    422: {"model": ErrorResponse, "description": "Invalid input."},
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "Unknown id."},
+}
+CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorResponse, "description": "Conflicts with the current state."},
+}
+
+router = APIRouter(prefix="/v1", responses=ERRORS)
+
+RunId = Annotated[str, Path(description="A run id (`run_...`).")]
+Limit = Annotated[int, Query(ge=1, le=1000, description="Page size.")]
+
+
+def service_of(request: Request) -> Service:
+    return cast(Service, request.app.state.service)
+
+
+def _run(run: Any, response: Response) -> s.Run:
+    response.status_code = 201 if run.created else 200
+    return s.Run.of(run)
+
+
+# -- starting work ----------------------------------------------------------------------
+
+
+@router.post(
+    "/runs",
+    status_code=201,
+    responses={200: {"model": s.Run, "description": "An idempotency key matched an "
+                     "existing run (`created` is false)."}, **CONFLICT},
+    tags=["runs"],
+    summary="Start a run",
+)
+def start_run(body: s.StartRun, request: Request, response: Response) -> s.Run:
+    """Durably create a run, or return the run an idempotency key maps to."""
+    run = service_of(request).start(body.job, body.payload, **body.options())
+    return _run(run, response)
+
+
+@router.post(
+    "/queues/{name}/runs",
+    status_code=201,
+    responses={200: {"model": s.Run, "description": "An idempotency key matched an "
+                     "existing run (`created` is false)."}, **CONFLICT},
+    tags=["runs"],
+    summary="Enqueue a run on a queue",
+)
+def enqueue_run(name: str, body: s.EnqueueRun, request: Request,
+                response: Response) -> s.Run:
+    options = body.model_dump(exclude={"job", "payload"})
+    run = service_of(request).start(body.job, body.payload, queue_name=name, **options)
+    return _run(run, response)
+
+
+# -- runs ---------------------------------------------------------------------------------
+
+
+@router.get("/runs", tags=["runs"], summary="List runs, newest first")
+def list_runs(
+    request: Request,
+    status: str | None = None,
+    job: str | None = None,
+    queue_name: Annotated[str | None, Query(alias="queueName")] = None,
+    idempotency_key: Annotated[str | None, Query(alias="idempotencyKey")] = None,
+    correlation_key: Annotated[str | None, Query(alias="correlationKey")] = None,
+    created_after: Annotated[str | None, Query(alias="createdAfter")] = None,
+    created_before: Annotated[str | None, Query(alias="createdBefore")] = None,
+    search: Annotated[str | None, Query(description="A run id or idempotency key.")] = None,
+    limit: Limit = 50,
+    cursor: str | None = None,
+) -> s.RunPage:
+    page = service_of(request).list_runs(
+        status=status, job=job, queue=queue_name, idempotency_key=idempotency_key,
+        correlation_key=correlation_key, created_after=created_after,
+        created_before=created_before, search=search, limit=limit, cursor=cursor,
+    )
+    return s.RunPage(items=[s.Run.of(r) for r in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/runs/{run_id}", responses=NOT_FOUND, tags=["runs"], summary="Get a run")
+def get_run(run_id: RunId, request: Request) -> s.Run:
+    return s.Run.of(service_of(request).get_run(run_id))
+
+
+@router.get("/runs/{run_id}/wait", responses=NOT_FOUND, tags=["runs"],
+            summary="Wait for a run to finish (long-poll)")
+async def wait_run(
+    run_id: RunId,
+    request: Request,
+    timeout: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS,
+                                    description="Seconds to wait at most.")] = 30.0,
+) -> s.Run:
+    """The run once it is completed, failed or cancelled, or as it is after ``timeout``.
+
+    The response is 200 either way; check ``status``, and poll again if needed.
+    """
+    service = service_of(request)
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while True:
+        run = await anyio.to_thread.run_sync(service.get_run, run_id)
+        if run.is_terminal or time.monotonic() >= deadline:
+            return s.Run.of(run)
+        await anyio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(pause * 1.5, 0.25)
+
+
+@router.post("/runs/{run_id}/cancel", responses={**NOT_FOUND, **CONFLICT}, tags=["runs"],
+             summary="Cancel a run")
+def cancel_run(run_id: RunId, request: Request, body: s.CancelRun | None = None) -> s.Run:
+    reason = body.reason if body is not None else None
+    return s.Run.of(service_of(request).cancel_run(run_id, reason))
+
+
+@router.post("/runs/{run_id}/retry", responses={**NOT_FOUND, **CONFLICT}, tags=["runs"],
+             summary="Retry a failed or cancelled run")
+def retry_run(run_id: RunId, request: Request) -> s.Run:
+    return s.Run.of(service_of(request).retry_run(run_id))
+
+
+@router.get("/runs/{run_id}/timeline", responses=NOT_FOUND, tags=["runs"])
+def run_timeline(run_id: RunId, request: Request) -> s.TimelineList:
+    items = service_of(request).timeline(run_id)
+    return s.TimelineList(items=[s.TimelineEntry.of(t) for t in items])
+
+
+@router.get("/runs/{run_id}/logs", responses=NOT_FOUND, tags=["runs"])
+def run_logs(run_id: RunId, request: Request) -> s.LogList:
+    return s.LogList(items=[s.LogEntry.of(e) for e in service_of(request).logs(run_id)])
+
+
+@router.get("/runs/{run_id}/attempts", responses=NOT_FOUND, tags=["runs"])
+def run_attempts(run_id: RunId, request: Request) -> s.AttemptList:
+    items = service_of(request).attempts(run_id)
+    return s.AttemptList(items=[s.Attempt.of(a) for a in items])
+
+
+@router.get("/runs/{run_id}/steps", responses=NOT_FOUND, tags=["runs"])
+def run_steps(run_id: RunId, request: Request) -> s.StepList:
+    return s.StepList(items=[s.Step.of(x) for x in service_of(request).steps(run_id)])
+
+
+# -- events -------------------------------------------------------------------------------
+
+
+@router.post(
+    "/events",
+    status_code=201,
+    responses={200: {"model": s.SentEvent, "description": "An idempotency key matched an "
+                     "earlier event (`duplicate` is true); nothing was resumed."}},
+    tags=["events"],
+    summary="Send an event",
+)
+def send_event(body: s.SendEvent, request: Request, response: Response) -> s.SentEvent:
+    """Store the event and resume every run waiting for its name and correlation key."""
+    sent = service_of(request).send_event(
+        body.name, body.payload, correlation_key=body.correlation_key,
+        idempotency_key=body.idempotency_key,
+    )
+    response.status_code = 200 if sent.duplicate else 201
+    return s.SentEvent.of(sent)
+
+
+@router.get("/events", tags=["events"], summary="List events, newest first")
+def list_events(
+    request: Request,
+    name: str | None = None,
+    correlation_key: Annotated[str | None, Query(alias="correlationKey")] = None,
+    limit: Limit = 50,
+    cursor: str | None = None,
+) -> s.EventPage:
+    page = service_of(request).list_events(name=name, correlation_key=correlation_key,
+                                           limit=limit, cursor=cursor)
+    return s.EventPage(items=[s.Event.of(e) for e in page.items],
+                       next_cursor=page.next_cursor)
+
+
+@router.get("/events/{event_id}", responses=NOT_FOUND, tags=["events"], summary="Get an event")
+def get_event(event_id: str, request: Request) -> s.Event:
+    return s.Event.of(service_of(request).get_event(event_id))
+
+
+# -- state --------------------------------------------------------------------------------
+# Keys may hold any character, "/" included: they travel percent-encoded in the
+# path. Operations that are not plain reads and writes of one key take the key
+# in the body instead, so no key can be mistaken for an action.
+
+StateKey = Annotated[str, Path(description="The state key, percent-encoded.")]
+
+
+@router.get("/state", tags=["state"], summary="List live state keys")
+def list_state(
+    request: Request,
+    prefix: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> s.StateList:
+    entries = service_of(request).state_keys(prefix, limit)
+    return s.StateList(items=[
+        s.StateEntry(key=e["key"], value=e["value"], expires_at=to_datetime(e["expires_at"]),
+                     updated_at=to_datetime(e["updated_at"]))  # type: ignore[arg-type]
+        for e in entries
+    ])
+
+
+@router.post("/state/increment", tags=["state"], summary="Add to a counter atomically")
+def increment_state(body: s.IncrementState, request: Request) -> s.StateValue:
+    value = service_of(request).state_increment(body.key, body.by)
+    return s.StateValue(key=body.key, value=value)
+
+
+@router.post("/locks/acquire", tags=["state"], summary="Try to take a lock")
+def acquire_lock(body: s.AcquireLock, request: Request) -> s.LockResult:
+    held = service_of(request).lock_acquire(body.key, body.owner, body.ttl)
+    return s.LockResult(key=body.key, held=held)
+
+
+@router.post("/locks/release", tags=["state"], summary="Release one's own lock")
+def release_lock(body: s.ReleaseLock, request: Request) -> s.LockResult:
+    released = service_of(request).lock_release(body.key, body.owner)
+    return s.LockResult(key=body.key, held=released)
+
+
+@router.get(
+    "/state/{key:path}",
+    responses={404: {"model": ErrorResponse, "description": "No live value under the key."}},
+    tags=["state"],
+    summary="Read a value",
+)
+def get_state(key: StateKey, request: Request) -> s.StateValue:
+    found, value = service_of(request).state_get(key)
+    if not found:
+        raise ApiError(404, "state_key_not_found", f"no live value under state key {key!r}")
+    return s.StateValue(key=key, value=value)
+
+
+@router.put("/state/{key:path}", status_code=204, tags=["state"], summary="Write a value")
+def set_state(key: StateKey, body: s.SetState, request: Request) -> Response:
+    service_of(request).state_set(key, body.value, ttl=body.ttl, expires_at=body.expires_at)
+    return Response(status_code=204)
+
+
+@router.delete("/state/{key:path}", tags=["state"], summary="Delete a value")
+def delete_state(key: StateKey, request: Request) -> s.StateDeleted:
+    return s.StateDeleted(key=key, deleted=service_of(request).state_delete(key))

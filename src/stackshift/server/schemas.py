@@ -1,0 +1,428 @@
+"""The HTTP API's JSON shapes: camelCase on the wire, the SDK's values in Python.
+
+Each output schema converts from the model the service returns (``of``) and
+back (``to_model``), so the server and the remote client share one definition
+of the wire format and a remote client returns exactly what an embedded one
+does. Request schemas refuse unknown fields, so a misspelt option is an error
+rather than silently ignored.
+
+This module needs pydantic only (no web framework): the remote client imports it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic.alias_generators import to_camel
+
+from .. import models as m
+
+#: A duration: seconds, or a string such as ``"30s"``, ``"15m"``, ``"1h30m"``, ``"30d"``.
+Duration = StrictStr | StrictInt | float
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return None if value is None else value.astimezone(UTC)
+
+
+class Wire(BaseModel):
+    """Output shapes: built in Python by field name, serialised by alias."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        frozen=True,
+    )
+
+
+class Body(BaseModel):
+    """Request bodies: camelCase names only, unknown fields refused, no type coercion."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=False,
+        validate_by_alias=True,
+        extra="forbid",
+        strict=True,
+    )
+
+
+# -- errors ---------------------------------------------------------------------------
+
+
+class ErrorDetail(Wire):
+    code: str = Field(description="A stable, machine-readable error code.")
+    message: str = Field(description="What went wrong, for people.")
+    existing_run_id: str | None = Field(
+        None, description="With `idempotency_conflict`: the run that owns the key."
+    )
+
+
+class ErrorResponse(Wire):
+    error: ErrorDetail
+
+
+# -- runs -----------------------------------------------------------------------------
+
+
+class RunError(Wire):
+    type: str
+    message: str
+    traceback: str | None = None
+
+    @classmethod
+    def of(cls, error: m.RunError | None) -> RunError | None:
+        if error is None:
+            return None
+        return cls(type=error.type, message=error.message, traceback=error.traceback)
+
+    def to_model(self) -> m.RunError:
+        return m.RunError(self.type, self.message, self.traceback)
+
+
+def _error_model(error: RunError | None) -> m.RunError | None:
+    return None if error is None else error.to_model()
+
+
+class WaitingFor(Wire):
+    kind: str = Field(description="`event` or `sleep`.")
+    step: str
+    until: datetime | None
+    event_name: str | None = None
+    correlation_key: str | None = None
+
+    @classmethod
+    def of(cls, w: m.WaitingFor | None) -> WaitingFor | None:
+        if w is None:
+            return None
+        return cls(kind=w.kind, step=w.step, until=w.until, event_name=w.event_name,
+                   correlation_key=w.correlation_key)
+
+    def to_model(self) -> m.WaitingFor:
+        return m.WaitingFor(self.kind, self.step, _utc(self.until), self.event_name,
+                          self.correlation_key)
+
+
+class Run(Wire):
+    id: str
+    job: str
+    queue_name: str
+    status: str
+    payload: Any
+    result: Any
+    error: RunError | None
+    attempt: int
+    max_attempts: int
+    idempotency_key: str | None
+    priority: int
+    concurrency_key: str | None
+    created_at: datetime
+    scheduled_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    next_attempt_at: datetime | None
+    waiting_for: WaitingFor | None
+    created: bool = Field(
+        True, description="False when an idempotency key mapped the start to this existing run."
+    )
+
+    @classmethod
+    def of(cls, run: m.Run) -> Run:
+        return cls(
+            id=run.id, job=run.job, queue_name=run.queue, status=run.status,
+            payload=run.payload, result=run.result, error=RunError.of(run.error),
+            attempt=run.attempt, max_attempts=run.max_attempts,
+            idempotency_key=run.idempotency_key, priority=run.priority,
+            concurrency_key=run.concurrency_key, created_at=run.created_at,
+            scheduled_at=run.scheduled_at, started_at=run.started_at,
+            finished_at=run.finished_at, next_attempt_at=run.next_attempt_at,
+            waiting_for=WaitingFor.of(run.waiting_for), created=run.created,
+        )
+
+    def to_model(self) -> m.Run:
+        return m.Run(
+            id=self.id, job=self.job, queue=self.queue_name, status=self.status,
+            payload=self.payload, result=self.result, error=_error_model(self.error),
+            attempt=self.attempt, max_attempts=self.max_attempts,
+            idempotency_key=self.idempotency_key, priority=self.priority,
+            concurrency_key=self.concurrency_key,
+            created_at=_utc(self.created_at),  # type: ignore[arg-type]
+            scheduled_at=_utc(self.scheduled_at), started_at=_utc(self.started_at),
+            finished_at=_utc(self.finished_at), next_attempt_at=_utc(self.next_attempt_at),
+            waiting_for=None if self.waiting_for is None else self.waiting_for.to_model(),
+            created=self.created,
+        )
+
+
+class RunPage(Wire):
+    items: list[Run]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page.")
+
+
+class Step(Wire):
+    run_id: str
+    key: str = Field(description="The step name, or `name#N` for its N-th occurrence.")
+    name: str
+    kind: str
+    function: str | None
+    status: str
+    result: Any
+    error: RunError | None
+    attempt: int
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, s: m.Step) -> Step:
+        return cls(run_id=s.run_id, key=s.key, name=s.name, kind=s.kind, function=s.function,
+                   status=s.status, result=s.result, error=RunError.of(s.error),
+                   attempt=s.attempt, started_at=s.started_at, finished_at=s.finished_at)
+
+    def to_model(self) -> m.Step:
+        return m.Step(self.run_id, self.key, self.name, self.kind, self.function, self.status,
+                    self.result, _error_model(self.error), self.attempt,
+                    _utc(self.started_at), _utc(self.finished_at))
+
+
+class Attempt(Wire):
+    run_id: str
+    number: int
+    status: str
+    worker_id: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    error: RunError | None
+    duration: float | None = Field(description="Seconds, once the attempt has finished.")
+
+    @classmethod
+    def of(cls, a: m.Attempt) -> Attempt:
+        return cls(run_id=a.run_id, number=a.number, status=a.status, worker_id=a.worker_id,
+                   started_at=a.started_at, finished_at=a.finished_at,
+                   error=RunError.of(a.error), duration=a.duration)
+
+    def to_model(self) -> m.Attempt:
+        return m.Attempt(self.run_id, self.number, self.status, self.worker_id,
+                       _utc(self.started_at),  # type: ignore[arg-type]
+                       _utc(self.finished_at), _error_model(self.error))
+
+
+class TimelineEntry(Wire):
+    id: int
+    run_id: str
+    at: datetime
+    kind: str
+    attempt: int | None
+    step: str | None
+    data: dict[str, Any]
+
+    @classmethod
+    def of(cls, t: m.TimelineEntry) -> TimelineEntry:
+        return cls(id=t.id, run_id=t.run_id, at=t.at, kind=t.kind, attempt=t.attempt,
+                   step=t.step, data=t.data)
+
+    def to_model(self) -> m.TimelineEntry:
+        return m.TimelineEntry(self.id, self.run_id, _utc(self.at),  # type: ignore[arg-type]
+                             self.kind, self.attempt, self.step, self.data)
+
+
+class LogEntry(Wire):
+    id: int
+    run_id: str
+    attempt: int | None
+    step: str | None
+    at: datetime
+    level: str
+    logger: str
+    message: str
+
+    @classmethod
+    def of(cls, e: m.LogEntry) -> LogEntry:
+        return cls(id=e.id, run_id=e.run_id, attempt=e.attempt, step=e.step, at=e.at,
+                   level=e.level, logger=e.logger, message=e.message)
+
+    def to_model(self) -> m.LogEntry:
+        return m.LogEntry(self.id, self.run_id, self.attempt, self.step,
+                        _utc(self.at),  # type: ignore[arg-type]
+                        self.level, self.logger, self.message)
+
+
+class TimelineList(Wire):
+    items: list[TimelineEntry]
+
+
+class LogList(Wire):
+    items: list[LogEntry]
+
+
+class AttemptList(Wire):
+    items: list[Attempt]
+
+
+class StepList(Wire):
+    items: list[Step]
+
+
+class StartRun(Body):
+    job: StrictStr = Field(description="The job's name.")
+    payload: Any = None
+    queue_name: StrictStr | None = None
+    idempotency_key: StrictStr | None = None
+    idempotency_ttl: Duration | None = Field(None, description="Default `24h`, at most `365d`.")
+    max_attempts: StrictInt | None = None
+    scheduled_at: StrictStr | None = Field(
+        None, description="ISO-8601 time with an offset, e.g. `2026-05-06T09:00:00Z`."
+    )
+    delay: Duration | None = None
+    priority: StrictInt | None = None
+    concurrency_key: StrictStr | None = None
+
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments of ``Service.start`` (payload and job excluded)."""
+        return {
+            name: getattr(self, name)
+            for name in ("queue_name", "idempotency_key", "idempotency_ttl", "max_attempts",
+                         "scheduled_at", "delay", "priority", "concurrency_key")
+        }
+
+
+class EnqueueRun(Body):
+    """``StartRun`` without ``queueName``: the queue comes from the path."""
+
+    job: StrictStr
+    payload: Any = None
+    idempotency_key: StrictStr | None = None
+    idempotency_ttl: Duration | None = None
+    max_attempts: StrictInt | None = None
+    scheduled_at: StrictStr | None = None
+    delay: Duration | None = None
+    priority: StrictInt | None = None
+    concurrency_key: StrictStr | None = None
+
+
+class CancelRun(Body):
+    reason: StrictStr | None = None
+
+
+# -- events ---------------------------------------------------------------------------
+
+
+class SendEvent(Body):
+    name: StrictStr
+    payload: Any = None
+    correlation_key: StrictStr | None = None
+    idempotency_key: StrictStr | None = None
+
+
+class SentEvent(Wire):
+    id: str
+    duplicate: bool = Field(description="True when the idempotency key matched an earlier event.")
+    resumed_run_ids: list[str]
+
+    @classmethod
+    def of(cls, s: m.SentEvent) -> SentEvent:
+        return cls(id=s.id, duplicate=s.duplicate, resumed_run_ids=s.resumed_run_ids)
+
+    def to_model(self) -> m.SentEvent:
+        return m.SentEvent(self.id, self.duplicate, list(self.resumed_run_ids))
+
+
+class Event(Wire):
+    id: str
+    name: str
+    payload: Any
+    correlation_key: str | None
+    received_at: datetime
+    idempotency_key: str | None = None
+
+    @classmethod
+    def of(cls, e: m.Event) -> Event:
+        return cls(id=e.id, name=e.name, payload=e.payload, correlation_key=e.correlation_key,
+                   received_at=e.received_at, idempotency_key=e.idempotency_key)
+
+    def to_model(self) -> m.Event:
+        return m.Event(self.id, self.name, self.payload, self.correlation_key,
+                     _utc(self.received_at),  # type: ignore[arg-type]
+                     self.idempotency_key)
+
+
+class EventPage(Wire):
+    items: list[Event]
+    next_cursor: str | None
+
+
+# -- state ----------------------------------------------------------------------------
+
+
+class StateValue(Wire):
+    key: str
+    value: Any
+
+
+class SetState(Body):
+    value: Any
+    ttl: Duration | None = None
+    expires_at: StrictStr | None = Field(None, description="ISO-8601 time with an offset.")
+
+
+class StateDeleted(Wire):
+    key: str
+    deleted: bool = Field(description="Whether the key held a live value.")
+
+
+class IncrementState(Body):
+    key: StrictStr
+    by: StrictInt = 1
+
+
+class StateEntry(Wire):
+    key: str
+    value: Any
+    expires_at: datetime | None
+    updated_at: datetime
+
+
+class StateList(Wire):
+    items: list[StateEntry]
+
+
+class AcquireLock(Body):
+    key: StrictStr
+    owner: StrictStr = Field(description="A token naming the holder; only it can release.")
+    ttl: Duration = Field(description="The lock frees itself after this long.")
+
+
+class ReleaseLock(Body):
+    key: StrictStr
+    owner: StrictStr
+
+
+class LockResult(Wire):
+    key: str
+    held: bool = Field(description="Acquire: whether the caller now holds it. "
+                       "Release: whether the caller's lock was released.")
+
+
+# -- API keys and health -----------------------------------------------------------------
+
+
+class ApiKey(Wire):
+    id: str
+    name: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, k: m.ApiKey) -> ApiKey:
+        return cls(id=k.id, name=k.name, prefix=k.prefix, created_at=k.created_at,
+                   last_used_at=k.last_used_at, revoked_at=k.revoked_at)
+
+
+class Health(Wire):
+    status: str
+    schema_version: int

@@ -1,0 +1,391 @@
+"""The SDK's behaviour, through an embedded client and through a remote one.
+
+Every test here runs twice (``client`` is parametrised): once on the database,
+once through a real ``stackshift server`` process. Same calls, same results,
+same errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from stackshift import (
+    AsyncStackShift,
+    EventNotFoundError,
+    IdempotencyConflictError,
+    InvalidTransitionError,
+    LockNotAcquiredError,
+    PayloadTooLargeError,
+    Run,
+    RunNotFoundError,
+    StackShift,
+    ValidationError,
+)
+
+Names = Callable[[str], str]
+
+
+# -- starting work -------------------------------------------------------------------------
+
+
+def test_start_returns_the_stored_run(client: StackShift, unique: Names) -> None:
+    job = unique("sendReceipt")
+    run = client.start(job, {"orderId": "o_1", "amount": 12.5, "tags": ["a", None]},
+                       queue_name="emails", max_attempts=5, priority=3,
+                       concurrency_key="customer:1")
+    assert run.created is True
+    assert (run.job, run.queue, run.status) == (job, "emails", "queued")
+    assert run.payload == {"orderId": "o_1", "amount": 12.5, "tags": ["a", None]}
+    assert (run.max_attempts, run.priority, run.concurrency_key) == (5, 3, "customer:1")
+    assert run.created_at.tzinfo is UTC
+    assert client.runs.get(run.id) == run
+
+
+def test_enqueue_on_a_queue_and_scheduling(client: StackShift, unique: Names) -> None:
+    job = unique("syncInvoice")
+    when = datetime.now(UTC) + timedelta(days=2)
+    scheduled = client.queue("billing").enqueue(job, {"invoiceId": "in_1"},
+                                                scheduled_at=when.isoformat())
+    assert (scheduled.queue, scheduled.status) == ("billing", "scheduled")
+    assert scheduled.scheduled_at is not None
+    assert abs((scheduled.scheduled_at - when).total_seconds()) < 0.001
+    delayed = client.start(job, None, delay=timedelta(hours=1))
+    assert delayed.status == "scheduled"
+    assert delayed.scheduled_at is not None
+    assert delayed.scheduled_at > datetime.now(UTC) + timedelta(minutes=59)
+
+
+def test_registered_job_options_are_the_defaults(client: StackShift, unique: Names) -> None:
+    job = unique("resizeAvatar")
+    client.job(job, lambda ctx: None, queue="media", max_attempts=7)
+    run = client.start(job, {"imageId": "img_1"})
+    assert (run.queue, run.max_attempts) == ("media", 7)
+
+
+def test_idempotent_start_returns_the_first_run(client: StackShift, unique: Names) -> None:
+    job, key = unique("verifyEmail"), unique("verify:user_1")
+    first = client.start(job, {"userId": "u1"}, idempotency_key=key, idempotency_ttl="30d")
+    again = client.start(job, {"userId": "u1"}, idempotency_key=key, idempotency_ttl="30d")
+    assert first.created is True
+    assert again.created is False
+    assert again.id == first.id
+    assert [r.id for r in client.runs.list(job=job)] == [first.id]
+    kinds = [entry.kind for entry in client.runs.timeline(first.id)]
+    assert "run.duplicate_start" in kinds
+
+
+def test_idempotency_conflict_names_the_existing_run(client: StackShift, unique: Names) -> None:
+    job, key = unique("charge"), unique("charge:o_1")
+    first = client.start(job, {"amount": 10}, idempotency_key=key)
+    with pytest.raises(IdempotencyConflictError) as caught:
+        client.start(job, {"amount": 11}, idempotency_key=key)
+    assert caught.value.existing_run_id == first.id
+    with pytest.raises(IdempotencyConflictError):
+        client.start(unique("other"), {"amount": 10}, idempotency_key=key)
+    assert [r.id for r in client.runs.list(job=job)] == [first.id]
+
+
+@pytest.mark.parametrize(
+    ("job", "options", "error"),
+    [
+        ("bad name!", {}, ValidationError),
+        ("ok", {"max_attempts": 0}, ValidationError),
+        ("ok", {"max_attempts": "5"}, ValidationError),
+        ("ok", {"priority": 1.5}, ValidationError),
+        ("ok", {"delay": "soon"}, ValidationError),
+        ("ok", {"scheduled_at": "next tuesday"}, ValidationError),
+        ("ok", {"scheduled_at": datetime(2030, 1, 1)}, ValidationError),  # naive
+        ("ok", {"idempotency_ttl": "1h"}, ValidationError),  # no key
+        ("ok", {"idempotency_key": "k", "idempotency_ttl": "400d"}, ValidationError),
+        ("ok", {"delay": "1h", "scheduled_at": "2030-01-01T00:00:00Z"}, ValidationError),
+        ("ok", {"payload": object()}, TypeError),
+        ("ok", {"payload": float("nan")}, TypeError),
+    ],
+)
+def test_bad_start_input_raises_and_writes_nothing(
+    client: StackShift, unique: Names, job: str, options: dict[str, Any],
+    error: type[Exception],
+) -> None:
+    name = job if job != "ok" else unique("ok")
+    options = dict(options)
+    payload = options.pop("payload", {"x": 1})
+    with pytest.raises(error):
+        client.start(name, payload, **options)
+    if job == "ok":
+        assert len(client.runs.list(job=name)) == 0
+
+
+def test_oversize_payload_is_refused(client: StackShift, unique: Names) -> None:
+    job = unique("big")
+    with pytest.raises(PayloadTooLargeError):
+        client.start(job, {"blob": "x" * (1024 * 1024 + 10)})
+    assert len(client.runs.list(job=job)) == 0
+
+
+# -- runs --------------------------------------------------------------------------------
+
+
+def test_a_run_executes_and_its_record_reads_back(
+    client: StackShift, engine: StackShift, run_all: Callable[[], int], unique: Names
+) -> None:
+    job = unique("sendReceipt")
+
+    @client.job(job)
+    def send_receipt(ctx: Any) -> dict[str, Any]:
+        order = ctx.step.run("load-order", lambda: {"id": ctx.payload["orderId"]})
+        ctx.log.info("loaded %s", order["id"])
+        ctx.step.run("send-email", lambda: "sent")
+        return {"sent": True, "order": order["id"]}
+
+    run = client.start(job, {"orderId": "o_9"})
+    assert run_all() >= 1
+    done = client.runs.wait(run.id, timeout="5s")
+    assert (done.status, done.result, done.attempt) == ("completed", {"sent": True,
+                                                                      "order": "o_9"}, 1)
+    assert done.finished_at is not None and done.started_at is not None
+    steps = client.runs.steps(run.id)
+    assert [(s.key, s.status, s.result) for s in steps] == [
+        ("load-order", "completed", {"id": "o_9"}), ("send-email", "completed", "sent")]
+    attempts = client.runs.attempts(run.id)
+    assert [(a.number, a.status) for a in attempts] == [(1, "completed")]
+    assert attempts[0].duration is not None
+    assert any("loaded o_9" in entry.message for entry in client.runs.logs(run.id))
+    kinds = [entry.kind for entry in client.runs.timeline(run.id)]
+    assert kinds[0] == "run.queued" and kinds[-1] == "run.completed"
+    # The remote client returns exactly what the database holds.
+    assert client.runs.get(run.id) == engine.runs.get(run.id)
+    assert client.runs.steps(run.id) == engine.runs.steps(run.id)
+    assert client.runs.attempts(run.id) == engine.runs.attempts(run.id)
+    assert client.runs.timeline(run.id) == engine.runs.timeline(run.id)
+    assert client.runs.logs(run.id) == engine.runs.logs(run.id)
+
+
+def test_failures_retry_and_manual_retry(
+    client: StackShift, run_all: Callable[[], int], unique: Names
+) -> None:
+    job = unique("flaky")
+
+    @client.job(job, max_attempts=1)
+    def flaky(ctx: Any) -> None:
+        raise RuntimeError("payment provider down")
+
+    run = client.start(job)
+    run_all()
+    failed = client.runs.get(run.id)
+    assert failed.status == "failed"
+    assert failed.error is not None
+    assert (failed.error.type, failed.error.message) == ("RuntimeError", "payment provider down")
+    assert failed.error.traceback and "payment provider down" in failed.error.traceback
+    again = client.runs.retry(run.id)
+    assert again.status == "queued"
+    with pytest.raises(InvalidTransitionError):
+        client.runs.retry(client.start(unique("fresh")).id)
+
+
+def test_cancel(client: StackShift, unique: Names) -> None:
+    run = client.start(unique("later"), delay="1h")
+    cancelled = client.runs.cancel(run.id, reason="no longer needed")
+    assert cancelled.status == "cancelled"
+    assert cancelled.error is not None and cancelled.error.message == "no longer needed"
+    assert client.runs.cancel(run.id).status == "cancelled"  # cancelling twice is fine
+
+
+def test_cancel_of_a_finished_run_is_refused(
+    client: StackShift, run_all: Callable[[], int], unique: Names
+) -> None:
+    job = unique("quick")
+    client.job(job, lambda ctx: 1)
+    run = client.start(job)
+    run_all()
+    with pytest.raises(InvalidTransitionError):
+        client.runs.cancel(run.id)
+
+
+def test_wait_times_out_on_an_unfinished_run(client: StackShift, unique: Names) -> None:
+    run = client.start(unique("nobodyRunsThis"))
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        client.runs.wait(run.id, timeout=0.3)
+    assert 0.25 <= time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("call", ["get", "wait", "cancel", "retry", "timeline", "logs",
+                                  "attempts", "steps"])
+def test_unknown_run_ids(client: StackShift, call: str) -> None:
+    for run_id in ("run_00000000000000000000000000", "nope", "", "a/b", ".."):
+        with pytest.raises(RunNotFoundError):
+            getattr(client.runs, call)(run_id)
+
+
+def test_list_filters_and_pages(client: StackShift, unique: Names) -> None:
+    job = unique("listed")
+    runs = [client.start(job, {"i": i}, queue_name=unique("q") if i == 0 else None)
+            for i in range(5)]
+    # Newest first, by id; ids made within the same millisecond have no order.
+    newest_first = sorted((r.id for r in runs), reverse=True)
+    assert [r.id for r in client.runs.list(job=job)] == newest_first
+    assert [r.id for r in client.runs.list(job=job, queue=unique("q"))] == [runs[0].id]
+    assert len(client.runs.list(job=job, status="completed")) == 0
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = client.runs.list(job=job, limit=2, cursor=cursor)
+        seen += [r.id for r in page]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == newest_first
+    keyed = client.start(job, idempotency_key=unique("key"))
+    assert [r.id for r in client.runs.list(idempotency_key=unique("key"))] == [keyed.id]
+    future = datetime.now(UTC) + timedelta(days=1)
+    assert len(client.runs.list(job=job, created_after=future)) == 0
+    with pytest.raises(ValueError):
+        client.runs.list(limit=0)
+    with pytest.raises(ValueError):
+        client.runs.list(status="bogus")
+
+
+# -- events --------------------------------------------------------------------------------
+
+
+def test_an_event_resumes_a_waiting_run(
+    client: StackShift, run_all: Callable[[], int], unique: Names
+) -> None:
+    job, event = unique("userOnboarding"), unique("email.verified")
+
+    @client.job(job)
+    def onboarding(ctx: Any) -> Any:
+        got = ctx.step.wait_for_event(event, correlation_key=f"user:{ctx.payload['userId']}",
+                                      timeout="1h")
+        return {"verified": got.payload["userId"]}
+
+    run = client.start(job, {"userId": "42"})
+    run_all()
+    waiting = client.runs.get(run.id)
+    assert waiting.status == "waiting"
+    assert waiting.waiting_for is not None
+    assert (waiting.waiting_for.kind, waiting.waiting_for.event_name,
+            waiting.waiting_for.correlation_key) == ("event", event, "user:42")
+    assert [r.id for r in client.runs.list(correlation_key="user:42", job=job)] == [run.id]
+    sent = client.events.send(event, {"userId": "42"}, correlation_key="user:42",
+                              idempotency_key=unique("ev"))
+    assert (sent.duplicate, sent.resumed_run_ids) == (False, [run.id])
+    dup = client.events.send(event, {"userId": "42"}, correlation_key="user:42",
+                             idempotency_key=unique("ev"))
+    assert (dup.id, dup.duplicate, dup.resumed_run_ids) == (sent.id, True, [])
+    run_all()
+    assert client.runs.wait(run.id, timeout="5s").result == {"verified": "42"}
+
+
+def test_events_read_back(client: StackShift, unique: Names) -> None:
+    name = unique("order.paid")
+    sent = [client.events.send(name, {"n": i}, correlation_key="order:1" if i else None)
+            for i in range(3)]
+    event = client.events.get(sent[0].id)
+    assert (event.name, event.payload, event.correlation_key) == (name, {"n": 0}, None)
+    assert event.received_at.tzinfo is UTC
+    newest_first = sorted((s.id for s in sent), reverse=True)
+    assert [e.id for e in client.events.list(name=name)] == newest_first
+    keyed = client.events.list(name=name, correlation_key="order:1", limit=1)
+    assert keyed.next_cursor is not None
+    rest = client.events.list(name=name, correlation_key="order:1", cursor=keyed.next_cursor)
+    assert sorted(e.id for e in [*keyed, *rest]) == sorted(s.id for s in sent[1:])
+    with pytest.raises(EventNotFoundError):
+        client.events.get("evt_00000000000000000000000000")
+    with pytest.raises(ValidationError):
+        client.events.send("bad name!", {})
+    with pytest.raises(TypeError):
+        client.events.send(name, {"when": datetime.now(UTC)})
+
+
+# -- state ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", ["plain", "a/b/c", "dots..and.", "spaces and ?#%&=",
+                                    "ünïcödé:☃"])
+def test_state_values(client: StackShift, unique: Names, suffix: str) -> None:
+    key = unique("imports:42:") + suffix
+    assert client.state.get(key) is None
+    assert client.state.get(key, default={"none": True}) == {"none": True}
+    client.state.set(key, {"done": 3, "of": [1, 2.5, None]})
+    assert client.state.get(key) == {"done": 3, "of": [1, 2.5, None]}
+    client.state.set(key, None)
+    assert client.state.get(key, default="missing") is None  # a stored null is a value
+    assert client.state.delete(key) is True
+    assert client.state.delete(key) is False
+    assert client.state.get(key, default="missing") == "missing"
+
+
+def test_state_counters_expiry_and_listing(client: StackShift, unique: Names) -> None:
+    counter = unique("counter")
+    assert client.state.increment(counter) == 1
+    assert client.state.increment(counter, by=41) == 42
+    assert client.state.get(counter) == 42
+    text = unique("text")
+    client.state.set(text, "hello")
+    with pytest.raises(ValidationError):
+        client.state.increment(text)
+    with pytest.raises(ValidationError):
+        client.state.increment(counter, by="2")  # type: ignore[arg-type]
+    gone = unique("gone")
+    client.state.set(gone, 1, expires_at=datetime.now(UTC) - timedelta(seconds=1))
+    assert client.state.get(gone, default="expired") == "expired"
+    prefix = unique("listing") + ":"
+    for i in range(3):
+        client.state.set(f"{prefix}{i}", i, ttl="1h")
+    listed = client.state.keys(prefix=prefix)
+    assert [(e["key"], e["value"]) for e in listed] == [(f"{prefix}{i}", i) for i in range(3)]
+    assert all(e["expires_at"] > time.time() + 3500 for e in listed)
+    with pytest.raises(ValidationError):
+        client.state.set(unique("x"), 1, ttl="1h", expires_at="2030-01-01T00:00:00Z")
+    with pytest.raises(ValidationError):
+        client.state.set("", 1)
+    with pytest.raises(TypeError):
+        client.state.set(unique("x"), {1, 2})
+    with pytest.raises(PayloadTooLargeError):
+        client.state.set(unique("x"), "x" * (256 * 1024 + 1))
+
+
+def test_locks(client: StackShift, engine: StackShift, unique: Names) -> None:
+    key = unique("lock:customer:1")
+    with client.state.lock(key, ttl="30s"):
+        # held: nobody else gets it, through either shape
+        with pytest.raises(LockNotAcquiredError), engine.state.lock(key, wait=0):
+            pass
+        with pytest.raises(LockNotAcquiredError), client.state.lock(key, wait=0.05):
+            pass
+    with engine.state.lock(key, wait=0):
+        pass  # released on exit
+
+
+# -- the async client ------------------------------------------------------------------------
+
+
+def test_async_client(client: StackShift, unique: Names) -> None:
+    options: dict[str, Any] = (
+        {"database_url": client.database_url} if client.database_url
+        else {"api_key": client._api._http.headers["Authorization"].split()[1],  # type: ignore[union-attr]
+              "base_url": client.base_url}
+    )
+
+    async def scenario() -> tuple[Run, Run, Any, int]:
+        async with AsyncStackShift(**options) as app:
+            run = await app.start(unique("asyncJob"), {"a": 1})
+            got = await app.runs.get(run.id)
+            await app.state.set(unique("k"), [1, 2])
+            value = await app.state.get(unique("k"))
+            count = await app.state.increment(unique("n"), 5)
+            with pytest.raises(RunNotFoundError):
+                await app.runs.get("run_missing")
+            return run, got, value, count
+
+    run, got, value, count = asyncio.run(scenario())
+    assert dataclasses.replace(run) == got
+    assert (value, count) == ([1, 2], 5)
