@@ -1,7 +1,10 @@
 """``StackShift`` and ``AsyncStackShift``: the SDK's entry points.
 
-Both are thin shells over :class:`stackshift.service.Service`; the async client
-runs the same calls in a thread, so the two behave identically.
+Both are thin shells over :class:`stackshift.service.Service` (embedded: the
+database directly) or :class:`stackshift.remote.RemoteService` (service mode: a
+``stackshift server`` over HTTP), which have the same methods, results and
+errors. The async client runs the same calls in a thread, so the two behave
+identically.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from datetime import datetime
 from typing import Any, TypeVar, overload
 
 from .clock import Clock, SystemClock
+from .errors import StackShiftError, ValidationError
 from .jobs import JobRegistry, check_name, make_job
 from .models import Attempt, Event, LogEntry, Page, Run, SentEvent, Step, TimelineEntry
+from .remote import API_KEY_ENV, URL_ENV, RemoteService
 from .service import Service
 from .settings import Settings
 from .state import AsyncState, State
@@ -30,10 +35,35 @@ def database_url_from_env() -> str:
     return os.environ.get("STACKSHIFT_DATABASE_URL") or DEFAULT_DATABASE_URL
 
 
+def server_from_env(
+    database_url: str | None, api_key: str | None, base_url: str | None
+) -> tuple[str, str] | None:
+    """``(base_url, api_key)`` when the client should talk to a server, else ``None``.
+
+    Explicit arguments win; with none, ``STACKSHIFT_DATABASE_URL`` wins over
+    ``STACKSHIFT_URL`` (plus ``STACKSHIFT_API_KEY``).
+    """
+    if database_url is not None:
+        if api_key is not None or base_url is not None:
+            raise ValidationError("give database_url, or api_key and base_url, not both")
+        return None
+    if api_key is None and base_url is None and (
+        os.environ.get("STACKSHIFT_DATABASE_URL") or not os.environ.get(URL_ENV)
+    ):
+        return None
+    url = base_url or os.environ.get(URL_ENV)
+    key = api_key or os.environ.get(API_KEY_ENV)
+    if not url:
+        raise ValidationError(f"an API key needs a base_url (or {URL_ENV})")
+    if not key:
+        raise ValidationError(f"talking to {url} needs an api_key (or {API_KEY_ENV})")
+    return url, key
+
+
 class Runs:
     """``stackshift.runs``: read and act on runs."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service | RemoteService) -> None:
         self._s = service
 
     def get(self, run_id: str) -> Run:
@@ -85,7 +115,7 @@ class Runs:
 class Events:
     """``stackshift.events``: send events that resume waiting runs."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service | RemoteService) -> None:
         self._s = service
 
     def send(
@@ -112,7 +142,7 @@ class Events:
 class Queue:
     """``stackshift.queue(name)``: a named lane of work."""
 
-    def __init__(self, service: Service, name: str) -> None:
+    def __init__(self, service: Service | RemoteService, name: str) -> None:
         self._s = service
         self.name = check_name(name, "queue name")
 
@@ -126,30 +156,55 @@ class Queue:
 class StackShift:
     """The client: define jobs, start runs, send events, read runs, use state.
 
-    ``StackShift(database_url="sqlite:///app.db")`` or a ``postgresql://`` URL;
-    with no argument it reads ``STACKSHIFT_DATABASE_URL`` and falls back to
-    ``sqlite:///stackshift.db``. The schema is migrated on first use.
+    ``StackShift(database_url="sqlite:///app.db")`` or a ``postgresql://`` URL
+    talks to the database; ``StackShift(api_key=..., base_url="https://...")``
+    talks to a ``stackshift server``, with the same methods, results and errors.
+    With no argument it reads ``STACKSHIFT_DATABASE_URL``, or ``STACKSHIFT_URL``
+    plus ``STACKSHIFT_API_KEY``, and falls back to ``sqlite:///stackshift.db``.
+    The schema is migrated on first use.
     """
 
     def __init__(
         self,
         database_url: str | None = None,
         *,
+        api_key: str | None = None,
+        base_url: str | None = None,
         clock: Clock | None = None,
         settings: Settings | None = None,
         migrate: bool = True,
     ) -> None:
-        self.database_url = database_url or database_url_from_env()
         self._registry = JobRegistry()
-        store: SqlStore = open_store(self.database_url)
-        if migrate:
-            store.migrate()
-        self._service = Service(store, clock or SystemClock(), settings or Settings(),
+        self._api: Service | RemoteService
+        server = server_from_env(database_url, api_key, base_url)
+        if server is not None:
+            if clock is not None:
+                raise ValidationError("clock= applies to a client on a database, not a server")
+            self.database_url: str | None = None
+            self.base_url: str | None = server[0]
+            self._api = RemoteService(server[0], server[1], self._registry, settings=settings)
+        else:
+            self.database_url = database_url or database_url_from_env()
+            self.base_url = None
+            store: SqlStore = open_store(self.database_url)
+            if migrate:
+                store.migrate()
+            self._api = Service(store, clock or SystemClock(), settings or Settings(),
                                 self._registry)
-        self.runs = Runs(self._service)
-        self.events = Events(self._service)
-        self.state = State(self._service)
+        self.runs = Runs(self._api)
+        self.events = Events(self._api)
+        self.state = State(self._api)
         self.state_async = AsyncState(self.state)
+
+    @property
+    def _service(self) -> Service:
+        """The embedded service (workers and operator tools need the database)."""
+        if isinstance(self._api, Service):
+            return self._api
+        raise StackShiftError(
+            f"this client talks to the server at {self.base_url}; workers and this "
+            "operation need the database: StackShift(database_url=...)"
+        )
 
     # -- jobs ------------------------------------------------------------------------
 
@@ -182,10 +237,10 @@ class StackShift:
 
     def start(self, job: str, payload: Any = None, **options: Any) -> Run:
         """Start a run of ``job``. See :meth:`stackshift.service.Service.start`."""
-        return self._service.start(job, payload, **options)
+        return self._api.start(job, payload, **options)
 
     def queue(self, name: str) -> Queue:
-        return Queue(self._service, name)
+        return Queue(self._api, name)
 
     # -- workers -------------------------------------------------------------------------
 
@@ -196,14 +251,14 @@ class StackShift:
         return Worker(self, **options)
 
     def migrate(self) -> int:
-        return self._service.store.migrate()
+        return self._api.migrate()
 
     @property
     def clock(self) -> Clock:
-        return self._service.clock
+        return self._api.clock
 
     def close(self) -> None:
-        self._service.store.close()
+        self._api.close()
 
     def __enter__(self) -> StackShift:
         return self
@@ -240,6 +295,7 @@ class AsyncStackShift:
         self.events = _AsyncFacade(self.sync.events)
         self.state = self.sync.state_async
         self.database_url = self.sync.database_url
+        self.base_url = self.sync.base_url
 
     def job(self, name: str, handler: Any = None, **options: Any) -> Any:
         return self.sync.job(name, handler, **options)
