@@ -41,7 +41,8 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     VERSION = "0.0.0"
 
-_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+# FastAPI raises 400 only for a body it cannot decode (e.g. not UTF-8).
+_HTTP_CODES = {400: "malformed_json", 404: "not_found", 405: "method_not_allowed",
                413: "body_too_large", 415: "unsupported_media_type"}
 
 
@@ -70,7 +71,8 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
-    return _json_error(exc.status_code, code, str(exc.detail))
+    message = "the request body is not valid JSON" if exc.status_code == 400 else str(exc.detail)
+    return _json_error(exc.status_code, code, message)
 
 
 async def _on_error(request: Request, exc: Exception) -> JSONResponse:
@@ -112,6 +114,7 @@ def create_app(service: Service, *, max_body_bytes: int = MiB) -> FastAPI:
         description=DESCRIPTION,
         docs_url=None,
         redoc_url=None,
+        redirect_slashes=False,
         responses={},
     )
     app.state.service = service

@@ -1,0 +1,83 @@
+"""API keys: created once, stored as hashes, listed, revoked (service and CLI)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from click.testing import CliRunner
+from serverproc import admin_service
+
+from stackshift.cli.server_commands import keys
+
+
+def test_keys_verify_until_revoked(db_url: str) -> None:
+    service = admin_service(db_url)
+    service.migrate()
+    try:
+        listed, key = service.create_api_key("billing-service")
+        other, other_key = service.create_api_key("reports")
+        assert key.startswith("ssk_") and len(key) >= 40 and key != other_key
+        assert key.startswith(listed.prefix) and len(listed.prefix) == 12
+        found = service.verify_api_key(key)
+        assert found is not None and found.id == listed.id
+        assert service.list_api_keys()[0].last_used_at is not None  # the use is recorded
+        assert service.verify_api_key(key[:-1] + ("A" if key[-1] != "A" else "B")) is None
+        assert service.verify_api_key(listed.prefix) is None
+        assert service.verify_api_key("") is None
+        revoked = service.revoke_api_key(listed.id)
+        assert revoked.revoked_at is not None and not revoked.active
+        assert service.verify_api_key(key) is None
+        assert service.verify_api_key(other_key) is not None
+        assert [(k.name, k.active) for k in service.list_api_keys()] == [
+            ("billing-service", False), ("reports", True)]
+        assert service.revoke_api_key(other.prefix).id == other.id  # by the listed prefix
+    finally:
+        service.close()
+
+
+def test_only_the_hash_is_stored(db_url: str) -> None:
+    service = admin_service(db_url)
+    service.migrate()
+    try:
+        _, key = service.create_api_key("ci")
+        with service.store.db.read() as tx:
+            row = tx.raw("SELECT * FROM api_keys", {})[0]
+        assert row["key_hash"] == hashlib.sha256(key.encode()).hexdigest()
+        assert key not in [str(v) for v in dict(row).values()]
+    finally:
+        service.close()
+
+
+def test_keys_cli(db_url: str) -> None:
+    runner = CliRunner()
+    created = runner.invoke(keys, ["create", "--name", "billing", "--database-url", db_url])
+    assert created.exit_code == 0, created.output
+    key = created.stdout.strip()
+    assert key.startswith("ssk_") and "\n" not in key
+    assert "cannot be shown again" in created.stderr
+
+    listed = runner.invoke(keys, ["list", "--database-url", db_url])
+    assert listed.exit_code == 0
+    assert "billing" in listed.stdout and key[:12] in listed.stdout
+    assert key not in listed.stdout
+
+    as_json = json.loads(runner.invoke(keys, ["list", "--json", "--database-url", db_url]).stdout)
+    assert [(k["name"], k["prefix"], k["active"]) for k in as_json] == [
+        ("billing", key[:12], True)]
+    assert key not in json.dumps(as_json)
+
+    revoked = runner.invoke(keys, ["revoke", key[:12], "--database-url", db_url])
+    assert revoked.exit_code == 0, revoked.output
+    as_json = json.loads(runner.invoke(keys, ["list", "--json", "--database-url", db_url]).stdout)
+    assert as_json[0]["active"] is False and as_json[0]["revokedAt"]
+    service = admin_service(db_url)
+    try:
+        assert service.verify_api_key(key) is None
+    finally:
+        service.close()
+
+    unknown = runner.invoke(keys, ["revoke", "key_nope", "--database-url", db_url])
+    assert unknown.exit_code == 3 and "no API key" in unknown.stderr
+    nameless = runner.invoke(keys, ["create", "--name", " ", "--database-url", db_url])
+    assert nameless.exit_code == 2

@@ -1,0 +1,148 @@
+"""The HTTP API as a client in another language sees it: shapes, statuses, metrics."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from stackshift import StackShift
+from stackshift.testing import run_until_idle
+
+
+@pytest.fixture
+def http(server: Any) -> Iterator[httpx.Client]:
+    with server.http() as client:
+        yield client
+
+
+def tag(base: str) -> str:
+    return f"{base}-{uuid.uuid4().hex[:8]}"
+
+
+def test_healthz_needs_no_key(server: Any) -> None:
+    response = httpx.get(f"{server.url}/healthz")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"
+    assert response.json()["schemaVersion"] >= 2
+
+
+def test_start_and_enqueue_speak_camel_case(http: httpx.Client) -> None:
+    job, key = tag("sendReceipt"), tag("receipt")
+    body = {"job": job, "payload": {"orderId": "o_1"}, "queueName": "emails",
+            "idempotencyKey": key, "idempotencyTtl": "30d", "maxAttempts": 5, "priority": 2,
+            "concurrencyKey": "customer:1", "delay": 3600}
+    created = http.post("/v1/runs", json=body)
+    assert created.status_code == 201
+    run = created.json()
+    assert {"id", "job", "queueName", "status", "payload", "result", "error", "attempt",
+            "maxAttempts", "idempotencyKey", "priority", "concurrencyKey", "createdAt",
+            "scheduledAt", "startedAt", "finishedAt", "nextAttemptAt", "waitingFor",
+            "created"} == set(run)
+    assert (run["queueName"], run["status"], run["maxAttempts"], run["created"]) == (
+        "emails", "scheduled", 5, True)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", run["createdAt"])
+    duplicate = http.post("/v1/runs", json=body)
+    assert (duplicate.status_code, duplicate.json()["id"], duplicate.json()["created"]) == (
+        200, run["id"], False)
+    enqueued = http.post("/v1/queues/billing/runs", json={"job": job, "payload": [1]})
+    assert enqueued.status_code == 201 and enqueued.json()["queueName"] == "billing"
+    listed = http.get("/v1/runs", params={"job": job, "queueName": "billing"}).json()
+    assert [r["id"] for r in listed["items"]] == [enqueued.json()["id"]]
+    assert listed["nextCursor"] is None
+
+
+def test_wait_long_polls(http: httpx.Client, server: Any) -> None:
+    job = tag("slowish")
+    run = http.post("/v1/runs", json={"job": job}).json()
+    started = time.monotonic()
+    pending = http.get(f"/v1/runs/{run['id']}/wait", params={"timeout": 0.3})
+    assert pending.status_code == 200 and pending.json()["status"] == "queued"
+    assert time.monotonic() - started >= 0.3
+
+    engine = StackShift(server.database_url)
+    engine.job(job, lambda ctx: {"ok": True})
+
+    def work_soon() -> None:
+        time.sleep(0.3)
+        run_until_idle(engine)
+
+    worker = threading.Thread(target=work_soon)
+    worker.start()
+    try:
+        started = time.monotonic()
+        done = http.get(f"/v1/runs/{run['id']}/wait", params={"timeout": 20})
+        waited = time.monotonic() - started
+    finally:
+        worker.join()
+        engine.close()
+    assert done.json()["status"] == "completed" and done.json()["result"] == {"ok": True}
+    assert waited < 5  # answered when the run finished, not at the timeout
+
+
+def test_events_and_state_over_http(http: httpx.Client) -> None:
+    name, key = tag("order.paid"), tag("ev")
+    first = http.post("/v1/events", json={"name": name, "payload": {"n": 1},
+                                          "correlationKey": "order:1", "idempotencyKey": key})
+    assert first.status_code == 201
+    assert first.json() == {"id": first.json()["id"], "duplicate": False, "resumedRunIds": []}
+    again = http.post("/v1/events", json={"name": name, "payload": {"n": 1},
+                                          "correlationKey": "order:1", "idempotencyKey": key})
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    event = http.get(f"/v1/events/{first.json()['id']}").json()
+    assert (event["name"], event["correlationKey"], event["payload"]) == (name, "order:1",
+                                                                         {"n": 1})
+    state_key = tag("progress") + "/a.b"
+    path = "/v1/state/" + state_key.replace("/", "%2F")
+    assert http.put(path, json={"value": {"done": 1}, "ttl": "1h"}).status_code == 204
+    assert http.get(path).json() == {"key": state_key, "value": {"done": 1}}
+    assert http.post("/v1/state/increment", json={"key": state_key + "#n", "by": 3}
+                     ).json() == {"key": state_key + "#n", "value": 3}
+    entries = http.get("/v1/state", params={"prefix": state_key}).json()["items"]
+    assert [e["key"] for e in entries] == [state_key, state_key + "#n"]
+    assert entries[0]["expiresAt"] is not None
+    assert http.delete(path).json() == {"key": state_key, "deleted": True}
+    assert http.get(path).status_code == 404
+    lock = {"key": tag("lock"), "owner": "a", "ttl": "30s"}
+    assert http.post("/v1/locks/acquire", json=lock).json()["held"] is True
+    assert http.post("/v1/locks/acquire", json={**lock, "owner": "b"}).json()["held"] is False
+    assert http.post("/v1/locks/release", json={"key": lock["key"], "owner": "b"}
+                     ).json()["held"] is False
+    assert http.post("/v1/locks/release", json={"key": lock["key"], "owner": "a"}
+                     ).json()["held"] is True
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = re.escape(name) + (r"\{" + re.escape(want) + r"\}" if labels else "") + r" (\S+)"
+    found = re.search("^" + pattern + "$", text, re.MULTILINE)
+    assert found, f"no {name} {labels} in:\n{text}"
+    return float(found.group(1))
+
+
+def test_metrics(http: httpx.Client, server: Any) -> None:
+    queue = tag("metered")
+    for _ in range(3):
+        http.post("/v1/runs", json={"job": "metered", "queueName": queue})
+    cancelled = http.post("/v1/runs", json={"job": "metered", "queueName": queue}).json()
+    http.post(f"/v1/runs/{cancelled['id']}/cancel", json={"reason": "test"})
+    events_before = _metric(http.get("/metrics").text, "stackshift_events")
+    http.post("/v1/events", json={"name": tag("metered.event")})
+    response = http.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    text = response.text
+    assert _metric(text, "stackshift_runs", queue=queue, status="queued") == 3
+    assert _metric(text, "stackshift_runs", queue=queue, status="cancelled") == 1
+    assert _metric(text, "stackshift_runs", queue=queue, status="completed") == 0
+    assert _metric(text, "stackshift_queue_depth", queue=queue) == 3
+    assert _metric(text, "stackshift_events") == events_before + 1
+    assert _metric(text, "stackshift_http_responses_total", method="POST", route="/v1/runs",
+                   status="201") >= 4
+    assert "# TYPE stackshift_runs gauge" in text
+    assert httpx.get(f"{server.url}/metrics").status_code == 401
