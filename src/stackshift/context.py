@@ -59,6 +59,18 @@ def _run_sync(value: Any) -> Any:
     return value
 
 
+def _capture(fn: Callable[..., Any], args: Any, kwargs: Any) -> tuple[Any, Exception | None]:
+    """Call ``fn`` in a worker thread, handing back its exception untouched.
+
+    Through ``asyncio.to_thread`` a ``TimeoutError`` would come back as a new
+    exception without the step function's traceback.
+    """
+    try:
+        return fn(*args, **kwargs), None
+    except Exception as exc:
+        return None, exc
+
+
 class _StepsBase:
     def __init__(self, invocation: Invocation) -> None:
         self._inv = invocation
@@ -135,7 +147,9 @@ class AsyncSteps(_StepsBase):
                 if inspect.iscoroutinefunction(fn):
                     value = await fn(*args, **kwargs)
                 else:
-                    value = await asyncio.to_thread(fn, *args, **kwargs)
+                    value, error = await asyncio.to_thread(_capture, fn, args, kwargs)
+                    if error is not None:
+                        raise error
                     if inspect.isawaitable(value):
                         value = await value
             except Exception as exc:

@@ -3,10 +3,29 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
+
+_lock = threading.Lock()
+_last = (0, 0)  # (milliseconds, random part) of the last id made in this process
 
 
 def new_id(prefix: str) -> str:
-    """A 26-character, time-ordered, random id with a readable prefix (``run_...``)."""
-    millis = int(time.time() * 1000)
-    return f"{prefix}_{millis:012x}{os.urandom(7).hex()}"
+    """A 26-character, time-ordered, random id with a readable prefix (``run_...``).
+
+    Within one process ids strictly increase, even for several in one millisecond
+    or when the wall clock steps back: the random part of the last id is bumped.
+    """
+    global _last
+    with _lock:
+        millis = int(time.time() * 1000)
+        last_millis, last_random = _last
+        if millis <= last_millis:
+            millis, rand = last_millis, last_random + 1
+            if rand >= 1 << 56:
+                millis, rand = millis + 1, 0
+        else:
+            # The top bit stays clear, leaving room to bump within a millisecond.
+            rand = int.from_bytes(os.urandom(7), "big") >> 1
+        _last = (millis, rand)
+    return f"{prefix}_{millis:012x}{rand:014x}"

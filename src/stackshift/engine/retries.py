@@ -8,6 +8,12 @@ from dataclasses import dataclass
 from ..durations import parse_duration
 
 
+def _factor(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 1:
+        raise ValueError(f"backoff.factor: expected a number >= 1, got {value!r}")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class Backoff:
     """Exponential backoff with full jitter over the upper half of each step.
@@ -34,7 +40,7 @@ class Backoff:
                 raise ValueError(f"backoff: unknown option(s) {sorted(unknown)}")
             return cls(
                 base=parse_duration(value.get("base", 1.0), name="backoff.base"),
-                factor=float(value.get("factor", 2.0)),
+                factor=_factor(value.get("factor", 2.0)),
                 cap=parse_duration(value.get("cap", 600.0), name="backoff.cap"),
                 jitter=bool(value.get("jitter", True)),
             )
@@ -42,7 +48,10 @@ class Backoff:
 
     def delay(self, failures: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after the ``failures``-th failed attempt (1-based)."""
-        raw = min(self.cap, self.base * self.factor ** max(0, failures - 1))
+        try:
+            raw = min(self.cap, self.base * float(self.factor) ** max(0, failures - 1))
+        except OverflowError:  # far past the cap (e.g. factor 3, attempt 700)
+            raw = self.cap
         if not self.jitter:
             return raw
         return (rng or random).uniform(raw / 2, raw)

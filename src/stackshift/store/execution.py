@@ -79,14 +79,23 @@ class ExecutionStore:
         limit: int,
         lease_seconds: float,
         now: float,
+        queues: Sequence[str] | None = None,
     ) -> list[ClaimedRun]:
-        """Lease up to ``limit`` due runs of ``jobs``, highest priority, then oldest, first."""
-        if limit <= 0 or not jobs:
+        """Lease up to ``limit`` due runs of ``jobs``, highest priority, then oldest, first.
+
+        With ``queues``, only runs in those queues.
+        """
+        if limit <= 0 or not jobs or (queues is not None and not queues):
             return []
         claimed: list[ClaimedRun] = []
         with self.db.write() as tx:
-            job_param: Any = json.dumps(list(jobs)) if tx.dialect == "sqlite" else list(jobs)
-            candidates = tx.all("claim_candidates", now=now, jobs=job_param, limit=limit)
+            sqlite = tx.dialect == "sqlite"
+            job_param: Any = json.dumps(list(jobs)) if sqlite else list(jobs)
+            queue_param: Any = None
+            if queues is not None:
+                queue_param = json.dumps(list(queues)) if sqlite else list(queues)
+            candidates = tx.all("claim_candidates", now=now, jobs=job_param,
+                                queues=queue_param, limit=limit)
             for cand in candidates:
                 if cand["status"] != Status.QUEUED:
                     add_timeline(

@@ -81,6 +81,8 @@ class Worker:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        # Set once draining is over: leases are renewed until then (SIGTERM grace).
+        self._halted = threading.Event()
         self._threads: list[threading.Thread] = []
         self._pool: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -91,18 +93,16 @@ class Worker:
 
     @property
     def jobs(self) -> list[str]:
-        names = []
-        for job in self.app._registry:
-            queue = job.queue or self.service.settings.default_queue
-            if self.queues is None or queue in self.queues:
-                names.append(job.name)
-        return sorted(names)
+        """Every registered job: a run's queue is chosen at start, so a worker limited
+        to ``queues`` filters runs by their queue when it claims, not jobs here."""
+        return sorted(job.name for job in self.app._registry)
 
     def start(self) -> Worker:
         if self._started:
             return self
         self._started = True
         self._stopping.clear()
+        self._halted.clear()
         runlogs.install()
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="stackshift-job")
         if any(job.is_async for job in self.app._registry):
@@ -136,6 +136,7 @@ class Worker:
                 if not self._active:
                     break
             time.sleep(0.01)
+        self._halted.set()
         with self._lock:
             leftovers = list(self._active.values())
         for active in leftovers:
@@ -201,11 +202,15 @@ class Worker:
         store = self.service.store
         while not self._stopping.is_set():
             try:
+                # Reset the wake-up signals *before* looking for work: a run started
+                # after the claim query below must still wake the idle wait.
+                self._wake.clear()
+                store.changed()
                 free = self._free_slots()
                 claimed: list[ClaimedRun] = []
                 if free > 0:
                     claimed = store.claim_runs(self.id, self.jobs, free, self.lease_seconds,
-                                               self.service.clock.now())
+                                               self.service.clock.now(), self.queues)
                     for item in claimed:
                         self._dispatch(item)
                 if claimed and len(claimed) == free:
@@ -217,10 +222,8 @@ class Worker:
 
     def _idle(self) -> None:
         """Sleep until woken, a change in the database, or the poll interval."""
-        self._wake.clear()
         deadline = time.monotonic() + self.poll_interval
         store = self.service.store
-        store.changed()
         while not self._stopping.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -262,7 +265,7 @@ class Worker:
         store = self.service.store
         clock = self.service.clock
         next_renewal = 0.0
-        while not self._stopping.wait(self.maintenance_interval):
+        while not self._halted.wait(self.maintenance_interval):
             try:
                 now_mono = time.monotonic()
                 if now_mono >= next_renewal:
@@ -345,7 +348,8 @@ class Worker:
             while count < max_invocations:
                 self.maintain()
                 claimed = store.claim_runs(self.id, self.jobs, self.concurrency,
-                                           self.lease_seconds, self.service.clock.now())
+                                           self.lease_seconds, self.service.clock.now(),
+                                           self.queues)
                 if not claimed:
                     return count
                 for item in claimed:

@@ -6,6 +6,7 @@
 SELECT id, status, resuming, attempt, available_at FROM runs
 WHERE status IN ('queued', 'scheduled', 'retrying') AND available_at <= :now
   AND job = ANY(:jobs)
+  AND (CAST(:queues AS text[]) IS NULL OR queue = ANY(CAST(:queues AS text[])))
 ORDER BY priority DESC, available_at, id
 LIMIT :limit
 FOR NO KEY UPDATE SKIP LOCKED;

@@ -5,6 +5,7 @@
 SELECT id, status, resuming, attempt, available_at FROM runs
 WHERE status IN ('queued', 'scheduled', 'retrying') AND available_at <= :now
   AND job IN (SELECT value FROM json_each(:jobs))
+  AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)))
 ORDER BY priority DESC, available_at, id
 LIMIT :limit;
 

@@ -1,0 +1,594 @@
+"""Run history: statuses and the timeline, steps, logs, attempts, and the runs API."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from stackshift import (
+    NonDeterminismError,
+    NonRetriableError,
+    RunNotFoundError,
+    Settings,
+    StackShift,
+    Status,
+    StepResultTooLargeError,
+    TimelineEntry,
+)
+from stackshift.engine.transitions import TERMINAL, check
+from stackshift.testing import FakeClock, run_until_idle
+
+# -- every status change writes a timeline entry ------------------------------------------
+
+#: Timeline kinds that record a status change, and the status they move to.
+STATUS_ENTRIES = {f"run.{s.value}": s.value for s in Status}
+STATUS_ENTRIES |= {"attempt.started": "running", "run.resumed": "running"}
+#: Entries that record something else.
+OTHER_ENTRIES = {"step.completed", "step.failed", "attempt.failed", "run.duplicate_start",
+                 "run.cancel_requested", "event.received", "wait.timed_out"}
+
+
+def statuses(entries: list[TimelineEntry]) -> list[str]:
+    """The sequence of statuses the timeline says the run went through."""
+    seen: list[str] = []
+    for entry in entries:
+        assert entry.kind in STATUS_ENTRIES or entry.kind in OTHER_ENTRIES, entry.kind
+        target = STATUS_ENTRIES.get(entry.kind)
+        if target is None:
+            continue
+        if seen:
+            check(seen[-1], target)  # every recorded move is in the table
+            if "from" in entry.data:
+                assert entry.data["from"] == seen[-1], entry
+        seen.append(target)
+    return seen
+
+
+def assert_history_matches(app: StackShift, run_id: str) -> list[str]:
+    """The timeline is complete: replaying it lands on the run's current status."""
+    entries = app.runs.timeline(run_id)
+    assert [e.id for e in entries] == sorted(e.id for e in entries)
+    assert all(a.at <= b.at for a, b in itertools.pairwise(entries)), entries
+    seq = statuses(entries)
+    assert seq[0] in ("queued", "scheduled")
+    assert seq[-1] == app.runs.get(run_id).status
+    return seq
+
+
+def test_timeline_of_a_run_that_completes(fake_app: StackShift) -> None:
+    @fake_app.job("hello")
+    def hello(ctx):  # type: ignore[no-untyped-def]
+        ctx.step.run("greet", lambda: "hi")
+        return "done"
+
+    run = fake_app.start("hello")
+    assert assert_history_matches(fake_app, run.id) == ["queued"]
+    run_until_idle(fake_app)
+    assert assert_history_matches(fake_app, run.id) == ["queued", "running", "completed"]
+    assert [e.kind for e in fake_app.runs.timeline(run.id)] == [
+        "run.queued", "attempt.started", "step.completed", "run.completed"]
+
+
+def test_timeline_through_schedule_retries_and_failure(fake_app: StackShift,
+                                                      clock: FakeClock) -> None:
+    @fake_app.job("flaky", max_attempts=2)
+    def flaky(ctx):  # type: ignore[no-untyped-def]
+        raise RuntimeError(f"attempt {ctx.run.attempt} failed")
+
+    run = fake_app.start("flaky", delay="1h")
+    assert assert_history_matches(fake_app, run.id) == ["scheduled"]
+    assert run_until_idle(fake_app) == 0
+    clock.advance("1h")
+    run_until_idle(fake_app)
+    assert assert_history_matches(fake_app, run.id) == [
+        "scheduled", "queued", "running", "retrying"]
+    clock.advance("10m")
+    run_until_idle(fake_app)
+    assert assert_history_matches(fake_app, run.id) == [
+        "scheduled", "queued", "running", "retrying", "queued", "running", "failed"]
+    failed = [e for e in fake_app.runs.timeline(run.id) if e.kind == "attempt.failed"]
+    assert [(e.attempt, e.data["error"]) for e in failed] == [
+        (1, {"type": "RuntimeError", "message": "attempt 1 failed"}),
+        (2, {"type": "RuntimeError", "message": "attempt 2 failed"}),
+    ]
+    retrying = next(e for e in fake_app.runs.timeline(run.id) if e.kind == "run.retrying")
+    assert retrying.data["next_attempt_at"] > clock.now() - 600
+
+
+def test_timeline_through_cancel_retry_sleep_and_resume(fake_app: StackShift,
+                                                       clock: FakeClock) -> None:
+    @fake_app.job("nap")
+    def nap(ctx):  # type: ignore[no-untyped-def]
+        ctx.step.sleep("rest", "30m")
+        return "rested"
+
+    run = fake_app.start("nap")
+    fake_app.runs.cancel(run.id)
+    fake_app.runs.retry(run.id)
+    run_until_idle(fake_app)
+    assert fake_app.runs.get(run.id).status == "waiting"
+    clock.advance("30m")
+    run_until_idle(fake_app)
+    assert assert_history_matches(fake_app, run.id) == [
+        "queued", "cancelled", "queued", "running", "waiting", "queued", "running",
+        "completed"]
+
+
+def test_timeline_when_cancelled_while_running_and_non_retriable(fake_app: StackShift) -> None:
+    ids: list[str] = []
+
+    @fake_app.job("stop-me")
+    def stop_me(ctx):  # type: ignore[no-untyped-def]
+        ctx.step.run("one", lambda: fake_app.runs.cancel(ids[0]) and 1)
+        ctx.step.run("two", lambda: 2)
+
+    @fake_app.job("refuse")
+    def refuse(ctx):  # type: ignore[no-untyped-def]
+        raise NonRetriableError("bad account")
+
+    ids.append(fake_app.start("stop-me").id)
+    refused = fake_app.start("refuse")
+    run_until_idle(fake_app)
+    assert assert_history_matches(fake_app, ids[0]) == ["queued", "running", "cancelled"]
+    assert "run.cancel_requested" in [e.kind for e in fake_app.runs.timeline(ids[0])]
+    assert assert_history_matches(fake_app, refused.id) == ["queued", "running", "failed"]
+
+
+def test_scheduled_run_of_a_job_nobody_serves_still_becomes_queued(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    fake_app.job("served", lambda ctx: None)
+    run = fake_app.start("not-deployed-yet", {"n": 1}, scheduled_at="2026-01-05T10:00:00Z")
+    assert run.status == "scheduled"
+    assert run.scheduled_at == datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
+    clock.advance("2h")
+    run_until_idle(fake_app)
+    assert fake_app.runs.get(run.id).status == "queued"
+    assert assert_history_matches(fake_app, run.id) == ["scheduled", "queued"]
+    queued = fake_app.runs.timeline(run.id)[-1]
+    # Stamped with the time it became due, not when maintenance noticed.
+    assert queued.at == datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
+
+
+def test_terminal_runs_have_finish_times_and_others_do_not(fake_app: StackShift) -> None:
+    fake_app.job("ok", lambda ctx: 1)
+    done = fake_app.start("ok")
+    waiting = fake_app.start("not-served")
+    run_until_idle(fake_app)
+    for run in (fake_app.runs.get(done.id), fake_app.runs.get(waiting.id)):
+        assert (run.finished_at is not None) == (run.status in TERMINAL)
+
+
+# -- steps ----------------------------------------------------------------------------------
+
+
+def test_step_entries_and_records_carry_durations(fake_app: StackShift,
+                                                 clock: FakeClock) -> None:
+    def slow_lookup() -> str:
+        clock.advance("2.5s")
+        return "found"
+
+    def slow_failure() -> None:
+        clock.advance("1.25s")
+        raise LookupError("record missing")
+
+    @fake_app.job("timed", max_attempts=1)
+    def timed(ctx):  # type: ignore[no-untyped-def]
+        ctx.step.run("lookup", slow_lookup)
+        ctx.step.run("enrich", slow_failure)
+
+    run = fake_app.start("timed")
+    run_until_idle(fake_app)
+    entries = {e.step: e for e in fake_app.runs.timeline(run.id) if e.step}
+    assert entries["lookup"].kind == "step.completed"
+    assert entries["lookup"].data["duration"] == pytest.approx(2.5)
+    assert entries["lookup"].data["function"].endswith("slow_lookup")
+    assert entries["lookup"].attempt == 1
+    assert entries["enrich"].kind == "step.failed"
+    assert entries["enrich"].data["duration"] == pytest.approx(1.25)
+    assert entries["enrich"].data["error"] == {"type": "LookupError",
+                                               "message": "record missing"}
+
+    steps = {s.key: s for s in fake_app.runs.steps(run.id)}
+    lookup, enrich = steps["lookup"], steps["enrich"]
+    assert lookup.finished_at is not None and lookup.started_at is not None
+    assert (lookup.finished_at - lookup.started_at).total_seconds() == pytest.approx(2.5)
+    assert (lookup.kind, lookup.status, lookup.result) == ("run", "completed", "found")
+    assert lookup.function is not None and lookup.function.endswith("slow_lookup")
+    assert enrich.status == "failed" and enrich.result is None
+    assert enrich.error is not None and enrich.error.type == "LookupError"
+    assert enrich.error.traceback is not None and "slow_failure" in enrich.error.traceback
+    # The run's error is the step's error, raised into the handler.
+    failed = fake_app.runs.get(run.id)
+    assert failed.error is not None
+    assert (failed.error.type, failed.error.message) == ("LookupError", "record missing")
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_repeated_step_names_are_numbered_occurrences_and_replayed(
+    fake_app: StackShift, clock: FakeClock, flavour: str
+) -> None:
+    calls: list[int] = []
+
+    def charge(n: int) -> int:
+        calls.append(n)
+        return n * 100
+
+    if flavour == "sync":
+
+        @fake_app.job("loop")
+        def loop(ctx):  # type: ignore[no-untyped-def]
+            total = sum(ctx.step.run("charge", charge, n) for n in range(3))
+            if ctx.run.attempt == 1:
+                raise RuntimeError("crash after the loop")
+            return total
+
+    else:
+
+        @fake_app.job("loop")
+        async def loop_async(ctx):  # type: ignore[no-untyped-def]
+            total = 0
+            for n in range(3):
+                total += await ctx.step.run("charge", charge, n)
+            if ctx.run.attempt == 1:
+                raise RuntimeError("crash after the loop")
+            return total
+
+    run = fake_app.start("loop")
+    run_until_idle(fake_app)
+    clock.advance("1m")
+    run_until_idle(fake_app)
+    assert fake_app.runs.get(run.id).result == 300
+    assert calls == [0, 1, 2]
+    steps = fake_app.runs.steps(run.id)
+    assert [(s.key, s.name, s.result) for s in steps] == [
+        ("charge", "charge", 0), ("charge#2", "charge", 100), ("charge#3", "charge", 200)]
+
+
+def test_step_results_come_back_as_json(fake_app: StackShift) -> None:
+    seen: list[Any] = []
+
+    @fake_app.job("shapes")
+    def shapes(ctx):  # type: ignore[no-untyped-def]
+        seen.append(ctx.step.run("tuple", lambda: (1, 2)))
+        return None
+
+    fake_app.start("shapes")
+    run_until_idle(fake_app)
+    # The first run sees what a replay would see.
+    assert seen == [[1, 2]]
+
+
+def test_non_determinism_error_when_a_replay_finds_another_function(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    def charge_card() -> str:
+        return "charged"
+
+    def refund_card() -> str:
+        return "refunded"
+
+    @fake_app.job("billing", max_attempts=5)
+    def billing(ctx):  # type: ignore[no-untyped-def]
+        fn = charge_card if ctx.run.attempt == 1 else refund_card
+        ctx.step.run("money", fn)
+        if ctx.run.attempt == 1:
+            raise RuntimeError("deploy in the middle of the run")
+        return "finished"
+
+    run = fake_app.start("billing")
+    run_until_idle(fake_app)
+    clock.advance("1m")
+    run_until_idle(fake_app)
+    failed = fake_app.runs.get(run.id)
+    assert failed.status == "failed"
+    assert failed.attempt == 2  # not retried although 3 attempts were left
+    assert failed.result is None
+    assert failed.error is not None and failed.error.type == "NonDeterminismError"
+    assert "'money'" in failed.error.message
+    assert "charge_card" in failed.error.message and "refund_card" in failed.error.message
+    clock.advance("1h")
+    assert run_until_idle(fake_app) == 0
+    # The recorded step was not overwritten by the new function.
+    (money,) = fake_app.runs.steps(run.id)
+    assert money.result == "charged" and money.function is not None
+    assert money.function.endswith("charge_card")
+
+
+def test_non_determinism_error_when_a_step_changes_kind(fake_app: StackShift,
+                                                       clock: FakeClock) -> None:
+    @fake_app.job("shape-shifter", max_attempts=3)
+    def shape_shifter(ctx):  # type: ignore[no-untyped-def]
+        if ctx.run.attempt == 1:
+            ctx.step.run("pause", lambda: 1)
+            raise RuntimeError("retry me")
+        ctx.step.sleep("pause", "1m")
+
+    run = fake_app.start("shape-shifter")
+    run_until_idle(fake_app)
+    clock.advance("1m")
+    run_until_idle(fake_app)
+    failed = fake_app.runs.get(run.id)
+    assert failed.status == "failed"
+    assert failed.error is not None and failed.error.type == "NonDeterminismError"
+    assert issubclass(NonDeterminismError, Exception)
+
+
+def test_step_result_over_the_size_limit_fails_the_step(db_url: str, clock: FakeClock) -> None:
+    with StackShift(db_url, clock=clock, settings=Settings(max_step_result_bytes=1000)) as app:
+        @app.job("big", max_attempts=1)
+        def big(ctx):  # type: ignore[no-untyped-def]
+            ctx.step.run("small", lambda: "x" * 10)
+            ctx.step.run("huge", lambda: "x" * 2000)
+            return "never"
+
+        run = app.start("big")
+        run_until_idle(app)
+        failed = app.runs.get(run.id)
+        steps = {s.key: s for s in app.runs.steps(run.id)}
+    assert steps["small"].status == "completed"
+    huge = steps["huge"]
+    assert huge.status == "failed" and huge.result is None
+    assert huge.error is not None and huge.error.type == "StepResultTooLargeError"
+    assert huge.error.message == ("result of step 'huge' is 2002 bytes as JSON, over the "
+                                  "limit of 1000 bytes")
+    assert failed.status == "failed"
+    assert failed.error is not None and failed.error.type == "StepResultTooLargeError"
+    assert issubclass(StepResultTooLargeError, ValueError)
+
+
+def test_non_json_step_result_fails_the_step(fake_app: StackShift) -> None:
+    @fake_app.job("odd", max_attempts=1)
+    def odd(ctx):  # type: ignore[no-untyped-def]
+        ctx.step.run("when", lambda: datetime.now(UTC))
+
+    run = fake_app.start("odd")
+    run_until_idle(fake_app)
+    (step,) = fake_app.runs.steps(run.id)
+    assert step.status == "failed"
+    assert step.error is not None and step.error.type == "TypeError"
+    assert "datetime is not JSON-serialisable" in step.error.message
+    assert fake_app.runs.get(run.id).error.type == "TypeError"  # type: ignore[union-attr]
+
+
+def test_job_result_over_the_size_limit_fails_without_retrying(db_url: str,
+                                                               clock: FakeClock) -> None:
+    with StackShift(db_url, clock=clock, settings=Settings(max_step_result_bytes=100)) as app:
+        app.job("bulky", lambda ctx: "y" * 500, max_attempts=3)
+        run = app.start("bulky")
+        run_until_idle(app)
+        failed = app.runs.get(run.id)
+    assert failed.status == "failed" and failed.attempt == 1
+    assert failed.error is not None and "over the limit of 100 bytes" in failed.error.message
+
+
+# -- logs -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_logs_are_stored_with_run_attempt_and_step(fake_app: StackShift, clock: FakeClock,
+                                                   flavour: str) -> None:
+    plain = logging.getLogger("x")
+
+    def fetch(attempt: int) -> int:
+        plain.warning("plain logger inside a step, attempt %d", attempt)
+        if attempt == 1:
+            raise ConnectionError("flaky network")
+        return 7
+
+    if flavour == "sync":
+
+        @fake_app.job("chatty")
+        def chatty(ctx):  # type: ignore[no-untyped-def]
+            ctx.log.info("starting attempt %d", ctx.run.attempt)
+            value = ctx.step.run("fetch", fetch, ctx.run.attempt)
+            ctx.log.debug("got %s", value)
+            plain.error("plain logger outside steps")
+            return value
+
+    else:
+
+        @fake_app.job("chatty")
+        async def chatty(ctx):  # type: ignore[no-untyped-def]
+            ctx.log.info("starting attempt %d", ctx.run.attempt)
+            value = await ctx.step.run("fetch", fetch, ctx.run.attempt)
+            ctx.log.debug("got %s", value)
+            plain.error("plain logger outside steps")
+            return value
+
+    run = fake_app.start("chatty")
+    other = fake_app.start("chatty")
+    run_until_idle(fake_app)
+    plain.warning("not inside any handler")  # not stored anywhere
+    clock.advance("1m")
+    run_until_idle(fake_app)
+
+    logs = fake_app.runs.logs(run.id)
+    assert [(e.attempt, e.step, e.level, e.logger, e.message) for e in logs] == [
+        (1, None, "INFO", "stackshift.run", "starting attempt 1"),
+        (1, "fetch", "WARNING", "x", "plain logger inside a step, attempt 1"),
+        (2, None, "INFO", "stackshift.run", "starting attempt 2"),
+        (2, "fetch", "WARNING", "x", "plain logger inside a step, attempt 2"),
+        (2, None, "DEBUG", "stackshift.run", "got 7"),
+        (2, None, "ERROR", "x", "plain logger outside steps"),
+    ]
+    assert all(e.run_id == run.id for e in logs)
+    assert all(e.at.tzinfo is not None for e in logs)
+    # Each run keeps its own logs.
+    assert len(fake_app.runs.logs(other.id)) == len(logs)
+    assert {e.run_id for e in fake_app.runs.logs(other.id)} == {other.id}
+
+
+def test_logged_exceptions_keep_their_traceback(fake_app: StackShift) -> None:
+    @fake_app.job("oops")
+    def oops(ctx):  # type: ignore[no-untyped-def]
+        try:
+            {}["missing"]
+        except KeyError:
+            ctx.log.exception("lookup failed")
+        return None
+
+    run = fake_app.start("oops")
+    run_until_idle(fake_app)
+    (entry,) = fake_app.runs.logs(run.id)
+    assert entry.level == "ERROR"
+    assert entry.message.startswith("lookup failed\nTraceback")
+    assert "KeyError: 'missing'" in entry.message
+
+
+def test_logs_of_a_threaded_worker_go_to_the_right_runs(app: StackShift) -> None:
+    @app.job("talk")
+    def talk(ctx):  # type: ignore[no-untyped-def]
+        for i in range(3):
+            ctx.step.run("say", lambda i=i: logging.getLogger("x").warning(
+                "%s says %d", ctx.payload["who"], i))
+            time.sleep(0.01)
+
+    with app.worker(concurrency=4):
+        runs = [app.start("talk", {"who": who}) for who in ("ada", "bob", "cy", "di")]
+        for run in runs:
+            app.runs.wait(run.id, timeout="10s")
+    for run in runs:
+        who = run.payload["who"]
+        assert [(e.step, e.message) for e in app.runs.logs(run.id)] == [
+            ("say", f"{who} says 0"), ("say#2", f"{who} says 1"), ("say#3", f"{who} says 2")]
+
+
+# -- the runs API -----------------------------------------------------------------------
+
+
+def test_get_returns_every_field(fake_app: StackShift, clock: FakeClock) -> None:
+    fake_app.job("full", lambda ctx: {"echo": ctx.payload}, queue="emails", max_attempts=4)
+    run = fake_app.start("full", {"a": [1, 2]}, idempotency_key="full-1", priority=5)
+    got = fake_app.runs.get(run.id)
+    assert got == run
+    assert (got.job, got.queue, got.status, got.payload) == ("full", "emails", "queued",
+                                                             {"a": [1, 2]})
+    assert (got.attempt, got.max_attempts, got.priority) == (0, 4, 5)
+    assert got.idempotency_key == "full-1"
+    assert got.created_at == datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+    assert got.next_attempt_at == got.created_at
+    assert (got.started_at, got.finished_at, got.result, got.error) == (None, None, None, None)
+    clock.advance("5s")
+    run_until_idle(fake_app)
+    done = fake_app.runs.get(run.id)
+    assert done.result == {"echo": {"a": [1, 2]}}
+    assert done.started_at == done.finished_at == got.created_at + timedelta(seconds=5)
+    assert done.next_attempt_at is None and done.attempt == 1
+
+
+def test_list_filters(fake_app: StackShift, clock: FakeClock) -> None:
+    fake_app.job("ok", lambda ctx: 1)
+    fake_app.job("bad", lambda ctx: 1 / 0, max_attempts=1)
+    a = fake_app.start("ok", queue_name="emails", idempotency_key="key-a")
+    clock.advance("1m")
+    b = fake_app.start("bad", queue_name="emails")
+    clock.advance("1m")
+    c = fake_app.start("ok", queue_name="billing")
+    clock.advance("1m")
+    d = fake_app.start("nobody-serves-this", queue_name="billing")
+    run_until_idle(fake_app)
+
+    def ids(**filters: Any) -> list[str]:
+        return [r.id for r in fake_app.runs.list(**filters)]
+
+    assert ids() == [d.id, c.id, b.id, a.id]  # newest first
+    assert ids(status="completed") == [c.id, a.id]
+    assert ids(status="failed") == [b.id]
+    assert ids(status="queued") == [d.id]
+    assert ids(status="running") == []
+    assert ids(job="ok") == [c.id, a.id]
+    assert ids(queue="billing") == [d.id, c.id]
+    assert ids(idempotency_key="key-a") == [a.id]
+    assert ids(idempotency_key="no-such-key") == []
+    assert ids(created_after=datetime(2026, 1, 5, 9, 1, tzinfo=UTC)) == [d.id, c.id, b.id]
+    assert ids(created_after="2026-01-05T09:02:00Z") == [d.id, c.id]
+    assert ids(status="completed", queue="emails", job="ok") == [a.id]
+    assert ids(limit=2) == [d.id, c.id]
+    assert ids(correlation_key="nothing-waits-on-this") == []
+
+
+def test_list_cursor_pagination(fake_app: StackShift, clock: FakeClock) -> None:
+    started = []
+    for i in range(7):
+        started.append(fake_app.start("paged", {"i": i}).id)
+        clock.advance("1s")
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        page = fake_app.runs.list(limit=3, cursor=cursor)
+        pages += 1
+        seen.extend(r.id for r in page)
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert pages == 3
+    assert seen == list(reversed(started))
+    # A filtered listing pages through only its matches.
+    odd = fake_app.runs.list(job="paged", limit=10)
+    assert len(odd) == 7 and odd.next_cursor is None
+    exact = fake_app.runs.list(limit=7)
+    assert len(exact) == 7 and exact.next_cursor is None
+
+
+def test_wait_returns_a_finished_run_and_times_out_on_an_unfinished_one(
+    app: StackShift
+) -> None:
+    app.job("quick", lambda ctx: "ok")
+    pending = app.start("not-served")
+    began = time.monotonic()
+    with pytest.raises(TimeoutError, match="still queued"):
+        app.runs.wait(pending.id, timeout="0.2s")
+    assert 0.2 <= time.monotonic() - began < 2.0
+    with pytest.raises(TimeoutError):
+        app.runs.wait(pending.id, timeout=0)
+
+    run = app.start("quick")
+    with app.worker():
+        done = app.runs.wait(run.id, timeout="10s")
+    assert (done.status, done.result) == ("completed", "ok")
+    began = time.monotonic()
+    assert app.runs.wait(run.id, timeout="1s").status == "completed"
+    assert time.monotonic() - began < 0.5
+
+
+def test_attempts_record_each_try(fake_app: StackShift, clock: FakeClock) -> None:
+    @fake_app.job("twice", max_attempts=3)
+    def twice(ctx):  # type: ignore[no-untyped-def]
+        clock.advance("3s")
+        if ctx.run.attempt == 1:
+            raise ValueError("first try fails")
+        return "ok"
+
+    run = fake_app.start("twice")
+    run_until_idle(fake_app)
+    clock.advance("1m")
+    run_until_idle(fake_app)
+    first, second = fake_app.runs.attempts(run.id)
+    assert (first.number, first.status, second.number, second.status) == (
+        1, "failed", 2, "completed")
+    assert first.duration == pytest.approx(3.0) and second.duration == pytest.approx(3.0)
+    assert first.worker_id is not None
+    assert first.error is not None and first.error.type == "ValueError"
+    assert first.error.traceback is not None and "first try fails" in first.error.traceback
+    assert second.error is None
+
+
+UNKNOWN = "run_00000000000000000000000000"
+
+
+@pytest.mark.parametrize(
+    "call",
+    ["get", "wait", "cancel", "retry", "timeline", "logs", "attempts", "steps"],
+)
+def test_unknown_run_id_raises_run_not_found(fake_app: StackShift, call: str) -> None:
+    method = getattr(fake_app.runs, call)
+    with pytest.raises(RunNotFoundError, match=UNKNOWN):
+        method(UNKNOWN)
+    assert issubclass(RunNotFoundError, LookupError)

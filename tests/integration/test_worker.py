@@ -1,0 +1,623 @@
+"""The worker: wake-ups, sync and async handlers, concurrency, graceful SIGTERM,
+attempt timeouts, cancel and manual retry."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stackshift import InvalidTransitionError, StackShift
+from stackshift.testing import FakeClock, run_until_idle
+
+APP = Path(__file__).with_name("worker_app.py")
+
+
+def wait_until(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# -- waking up -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_run_started_in_process_starts_at_once_not_at_the_next_poll(
+    app: StackShift, flavour: str
+) -> None:
+    """A run started next to an idle worker starts within 50 ms (SPEC 10).
+
+    The worker polls only every 10 s here, so every start below is a wake-up.
+    """
+    first_step_at: dict[str, float] = {}
+    entered = threading.Event()
+
+    def mark(run_id: str) -> None:
+        first_step_at[run_id] = time.perf_counter()
+        entered.set()
+
+    if flavour == "sync":
+
+        @app.job("ping")
+        def ping(ctx):  # type: ignore[no-untyped-def]
+            ctx.step.run("first", mark, ctx.run.id)
+
+    else:
+
+        @app.job("ping")
+        async def ping_async(ctx):  # type: ignore[no-untyped-def]
+            await ctx.step.run("first", mark, ctx.run.id)
+
+    latencies = []
+    with app.worker(poll_interval="10s"):
+        for _ in range(10):
+            time.sleep(0.05)  # let the worker go idle again
+            entered.clear()
+            run = app.start("ping", {})
+            started = time.perf_counter()
+            assert entered.wait(5), "the worker was not woken"
+            latencies.append(first_step_at[run.id] - started)
+            app.runs.wait(run.id, timeout="5s")
+    assert max(latencies) < 1.0  # far below the 10 s poll interval: woken, not polled
+    assert statistics.median(latencies) < 0.050, [f"{x * 1000:.1f}ms" for x in latencies]
+
+
+def test_no_wake_up_is_lost_when_a_run_starts_while_the_worker_looks_for_work(
+    app: StackShift
+) -> None:
+    """Each run is started the moment the previous handler ends, i.e. while the
+    worker is busy finishing it and claiming again: none may wait for the poll."""
+    ending = threading.Event()
+
+    @app.job("relay")
+    def relay(ctx):  # type: ignore[no-untyped-def]
+        ending.set()
+
+    stalls = 0
+    with app.worker(poll_interval="10s"):
+        for _ in range(200):
+            ending.clear()
+            app.start("relay")
+            if not ending.wait(1.0):
+                stalls += 1
+                assert ending.wait(15)
+    assert stalls == 0
+
+
+def test_run_started_by_another_client_is_noticed_without_waiting_for_the_poll(
+    app: StackShift, db_url: str
+) -> None:
+    entered = threading.Event()
+
+    @app.job("ping")
+    def ping(ctx):  # type: ignore[no-untyped-def]
+        entered.set()
+
+    other = StackShift(db_url)  # its own connections: a different process, in effect
+    try:
+        with app.worker(poll_interval="10s"):
+            time.sleep(0.1)
+            other.start("ping", {})
+            started = time.monotonic()
+            assert entered.wait(5)
+            assert time.monotonic() - started < 1.0
+    finally:
+        other.close()
+
+
+# -- handlers --------------------------------------------------------------------------
+
+
+def test_sync_and_async_handlers_run_side_by_side(app: StackShift) -> None:
+    @app.job("plain")
+    def plain(ctx):  # type: ignore[no-untyped-def]
+        value = ctx.step.run("double", lambda n: n * 2, ctx.payload["n"])
+        return {"value": value, "thread": threading.current_thread().name}
+
+    async def triple(n: int) -> int:
+        await asyncio.sleep(0)
+        return n * 3
+
+    @app.job("coroutine")
+    async def coroutine(ctx):  # type: ignore[no-untyped-def]
+        value = await ctx.step.run("triple", triple, ctx.payload["n"])
+        also = await ctx.step.run("sync-fn-in-async-handler", lambda: value + 1)
+        return {"value": also, "loop": asyncio.get_running_loop() is not None}
+
+    with app.worker(concurrency=4):
+        runs = [app.start("plain", {"n": i}) for i in range(3)]
+        runs += [app.start("coroutine", {"n": i}) for i in range(3)]
+        done = [app.runs.wait(r.id, timeout="10s") for r in runs]
+    assert [d.status for d in done] == ["completed"] * 6
+    assert [d.result["value"] for d in done] == [0, 2, 4, 1, 4, 7]
+    # Plain handlers run in worker threads, never on the caller's thread.
+    assert all(d.result["thread"] != threading.current_thread().name for d in done[:3])
+    assert all(d.result["loop"] for d in done[3:])
+
+
+def test_worker_as_async_context_manager(db_url: str) -> None:
+    from stackshift import AsyncStackShift
+
+    async def main() -> str:
+        async with AsyncStackShift(db_url) as app:
+
+            @app.job("hello")
+            async def hello(ctx):  # type: ignore[no-untyped-def]
+                return {"hi": ctx.payload["name"]}
+
+            async with app.worker():
+                run = await app.start("hello", {"name": "ada"})
+                done = await app.runs.wait(run.id, timeout="10s")
+            return str(done.result["hi"])
+
+    assert asyncio.run(main()) == "ada"
+
+
+def test_start_and_stop(app: StackShift) -> None:
+    @app.job("noop")
+    def noop(ctx):  # type: ignore[no-untyped-def]
+        return 1
+
+    worker = app.worker()
+    worker.start()
+    try:
+        assert app.runs.wait(app.start("noop").id, timeout="10s").status == "completed"
+    finally:
+        worker.stop()
+    # A stopped worker takes nothing more.
+    later = app.start("noop")
+    time.sleep(0.3)
+    assert app.runs.get(later.id).status == "queued"
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_concurrency_limit_is_respected(app: StackShift, flavour: str) -> None:
+    lock = threading.Lock()
+    running = 0
+    peak = 0
+
+    def enter() -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+
+    def leave() -> None:
+        nonlocal running
+        with lock:
+            running -= 1
+
+    if flavour == "sync":
+
+        @app.job("busy")
+        def busy(ctx):  # type: ignore[no-untyped-def]
+            enter()
+            time.sleep(0.15)
+            leave()
+
+    else:
+
+        @app.job("busy")
+        async def busy_async(ctx):  # type: ignore[no-untyped-def]
+            enter()
+            await asyncio.sleep(0.15)
+            leave()
+
+    runs = [app.start("busy") for _ in range(7)]
+    with app.worker(concurrency=3):
+        for r in runs:
+            assert app.runs.wait(r.id, timeout="20s").status == "completed"
+    assert peak == 3
+
+
+# -- SIGTERM ---------------------------------------------------------------------------
+
+
+class WorkerProcess:
+    def __init__(self, url: str, effects: Path, *args: str) -> None:
+        self.effects = effects
+        self.log = effects.with_name(f"worker-{os.getpid()}-{time.monotonic_ns()}.out")
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(APP), url, str(effects), *args],
+                stdout=out, stderr=subprocess.STDOUT,
+            )
+
+    def lines(self) -> list[str]:
+        return self.effects.read_text().splitlines() if self.effects.exists() else []
+
+    def wait_for_line(self, prefix: str, timeout: float = 20.0) -> None:
+        wait_until(lambda: any(x.startswith(prefix) for x in self.lines())
+                   or self.proc.poll() is not None, timeout, prefix)
+        assert any(x.startswith(prefix) for x in self.lines()), self.log.read_text()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def spawn(db_url: str, tmp_path: Path) -> Iterator[Any]:
+    procs: list[WorkerProcess] = []
+
+    def make(*args: str) -> WorkerProcess:
+        proc = WorkerProcess(db_url, tmp_path / "effects.log", *args)
+        procs.append(proc)
+        return proc
+
+    yield make
+    for p in procs:
+        p.close()
+
+
+def rescue_while(app: StackShift, proc: subprocess.Popen[bytes]) -> None:
+    """Play another worker's lease rescuer until ``proc`` exits."""
+    rescuer = app.worker()
+    while proc.poll() is None:
+        rescuer.maintain()
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_sigterm_lets_the_running_attempt_finish_within_the_grace_period(
+    app: StackShift, spawn: Any
+) -> None:
+    # Step 2 takes 2.5 s, longer than the 1 s lease: the worker must keep renewing
+    # the lease while it drains, not only at step checkpoints.
+    worker = spawn("--step-seconds", "2.5", "--slow-at", "2", "--lease", "1s",
+                   "--grace", "15s")
+    run = app.start("fiveSteps", {})
+    worker.wait_for_line("start:step-2:")
+    signalled = time.monotonic()
+    worker.proc.send_signal(signal.SIGTERM)
+    # Another worker's rescuer is active the whole time and must find nothing to take.
+    rescue_while(app, worker.proc)
+    assert worker.proc.wait(timeout=20) == 0
+    took = time.monotonic() - signalled
+    assert took < 10, f"drained in {took:.1f}s"
+
+    done = app.runs.get(run.id)
+    assert done.status == "completed", (done.status, done.error)
+    assert done.attempt == 1
+    assert [a.status for a in app.runs.attempts(run.id)] == ["completed"]
+    lines = worker.lines()
+    assert Counter(x.rsplit(":", 1)[0] for x in lines if x.startswith("done:")) == {
+        f"done:step-{n}": 1 for n in range(1, 6)}
+    assert lines[-1].startswith("exited:")
+
+
+@pytest.mark.slow
+def test_sigterm_stops_claiming_new_runs(app: StackShift, spawn: Any) -> None:
+    worker = spawn("--step-seconds", "0.3", "--grace", "15s")
+    first = app.start("fiveSteps", {})
+    worker.wait_for_line("start:step-1:")
+    worker.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.1)
+    second = app.start("fiveSteps", {})
+    assert worker.proc.wait(timeout=20) == 0
+    assert app.runs.get(first.id).status == "completed"
+    assert app.runs.get(second.id).status == "queued"
+    assert app.runs.attempts(second.id) == []
+
+
+@pytest.mark.slow
+def test_sigterm_past_the_grace_period_releases_the_attempt_to_continue_elsewhere(
+    app: StackShift, spawn: Any
+) -> None:
+    worker = spawn("--step-seconds", "0.5", "--grace", "0.2s")
+    run = app.start("fiveSteps", {})
+    worker.wait_for_line("done:step-1:")
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.proc.wait(timeout=20) == 0
+
+    released = app.runs.get(run.id)
+    assert released.status == "queued"
+    assert released.attempt == 1
+    timeline = app.runs.timeline(run.id)
+    assert timeline[-1].kind == "run.queued" and timeline[-1].data["from"] == "running"
+    assert "attempt.failed" not in [e.kind for e in timeline]
+
+    # Another worker continues the same attempt from the completed steps.
+    successor = spawn("--step-seconds", "0")
+    done = app.runs.wait(run.id, timeout="20s")
+    successor.proc.send_signal(signal.SIGTERM)
+    assert done.status == "completed"
+    assert done.attempt == 1
+    assert [a.status for a in app.runs.attempts(run.id)] == ["completed"]
+    done_lines = [x for x in worker.lines() if x.startswith("done:step-1:")]
+    assert len(done_lines) == 1
+
+
+# -- attempt timeout -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_attempt_timeout_fails_a_slow_attempt_and_retries(
+    app: StackShift, flavour: str
+) -> None:
+    release = threading.Event()
+    finished_late: list[int] = []
+
+    if flavour == "sync":
+
+        @app.job("slow", timeout="0.3s", max_attempts=2, backoff={"base": "0.05s"})
+        def slow(ctx):  # type: ignore[no-untyped-def]
+            if ctx.run.attempt == 1:
+                release.wait(10)
+                finished_late.append(ctx.run.attempt)
+                ctx.step.run("after-the-deadline", lambda: "too late")
+                return {"attempt": 1}
+            return {"attempt": ctx.run.attempt}
+
+    else:
+
+        @app.job("slow", timeout="0.3s", max_attempts=2, backoff={"base": "0.05s"})
+        async def slow_async(ctx):  # type: ignore[no-untyped-def]
+            if ctx.run.attempt == 1:
+                await asyncio.sleep(10)
+                finished_late.append(ctx.run.attempt)
+            return {"attempt": ctx.run.attempt}
+
+    with app.worker():
+        run = app.start("slow")
+        done = app.runs.wait(run.id, timeout="10s")
+        release.set()
+        time.sleep(0.2)  # the abandoned sync attempt returns and must change nothing
+    assert done.status == "completed"
+    assert done.result == {"attempt": 2}
+    final = app.runs.get(run.id)
+    assert (final.status, final.result) == ("completed", {"attempt": 2})
+    attempts = app.runs.attempts(run.id)
+    assert [a.status for a in attempts] == ["failed", "completed"]
+    assert attempts[0].error is not None
+    assert attempts[0].error.type == "AttemptTimeoutError"
+    assert "0.3s" in attempts[0].error.message
+    assert attempts[0].duration is not None and attempts[0].duration < 5
+    # The late attempt's step was refused: it no longer owned the run.
+    assert "after-the-deadline" not in [s.key for s in app.runs.steps(run.id)]
+    if flavour == "async":
+        assert finished_late == []  # the coroutine was cancelled, not left running
+
+
+def test_attempt_timeout_on_the_last_attempt_fails_the_run(app: StackShift) -> None:
+    @app.job("stuck", timeout="0.2s", max_attempts=1)
+    async def stuck(ctx):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(10)
+
+    with app.worker():
+        failed = app.runs.wait(app.start("stuck").id, timeout="10s")
+    assert failed.status == "failed"
+    assert failed.error is not None and failed.error.type == "AttemptTimeoutError"
+
+
+# -- cancel ----------------------------------------------------------------------------
+
+
+def test_cancel_a_queued_run(app: StackShift) -> None:
+    ran: list[str] = []
+
+    @app.job("never")
+    def never(ctx):  # type: ignore[no-untyped-def]
+        ran.append(ctx.run.id)
+
+    run = app.start("never", {})
+    cancelled = app.runs.cancel(run.id, reason="order refunded")
+    assert cancelled.status == "cancelled"
+    assert cancelled.finished_at is not None
+    assert cancelled.error is not None and cancelled.error.type == "Cancelled"
+    assert cancelled.error.message == "order refunded"
+    entry = app.runs.timeline(run.id)[-1]
+    assert entry.kind == "run.cancelled"
+    assert entry.data == {"from": "queued", "reason": "order refunded"}
+
+    # Cancelling again changes nothing; a worker never runs it.
+    assert app.runs.cancel(run.id).status == "cancelled"
+    assert len(app.runs.timeline(run.id)) == 2
+    assert run_until_idle(app) == 0
+    assert ran == []
+
+
+def test_cancel_scheduled_and_retrying_runs_at_once(fake_app: StackShift,
+                                                   clock: FakeClock) -> None:
+    @fake_app.job("flaky", max_attempts=3)
+    def flaky(ctx):  # type: ignore[no-untyped-def]
+        raise RuntimeError("down")
+
+    later = fake_app.start("flaky", delay="1h")
+    assert later.status == "scheduled"
+    assert fake_app.runs.cancel(later.id).status == "cancelled"
+
+    retrying = fake_app.start("flaky")
+    run_until_idle(fake_app)
+    assert fake_app.runs.get(retrying.id).status == "retrying"
+    assert fake_app.runs.cancel(retrying.id).status == "cancelled"
+    clock.advance("2h")
+    assert run_until_idle(fake_app) == 0
+    assert fake_app.runs.get(retrying.id).attempt == 1
+
+
+def test_a_finished_run_cannot_be_cancelled(fake_app: StackShift) -> None:
+    fake_app.job("quick", lambda ctx: 1)
+    run = fake_app.start("quick")
+    run_until_idle(fake_app)
+    with pytest.raises(InvalidTransitionError, match="completed"):
+        fake_app.runs.cancel(run.id)
+    assert fake_app.runs.get(run.id).status == "completed"
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_cancel_a_running_run_stops_it_at_the_next_step(app: StackShift,
+                                                        flavour: str) -> None:
+    entered = threading.Event()
+    gate = threading.Event()
+    effects: list[str] = []
+
+    def charge() -> str:
+        effects.append("charge")
+        entered.set()
+        gate.wait(10)
+        return "charged"
+
+    def ship() -> str:
+        effects.append("ship")
+        return "shipped"
+
+    if flavour == "sync":
+
+        @app.job("order")
+        def order(ctx):  # type: ignore[no-untyped-def]
+            ctx.step.run("charge", charge)
+            ctx.step.run("ship", ship)
+            return "done"
+
+    else:
+
+        @app.job("order")
+        async def order_async(ctx):  # type: ignore[no-untyped-def]
+            await ctx.step.run("charge", charge)
+            await ctx.step.run("ship", ship)
+            return "done"
+
+    with app.worker():
+        run = app.start("order")
+        assert entered.wait(10)
+        requested = app.runs.cancel(run.id, reason="customer changed their mind")
+        # Still running until it reaches a step boundary.
+        assert requested.status == "running"
+        gate.set()
+        done = app.runs.wait(run.id, timeout="10s")
+    assert done.status == "cancelled"
+    assert effects == ["charge"]
+    steps = {s.key: s.status for s in app.runs.steps(run.id)}
+    assert steps == {"charge": "completed"}  # the step in flight finished and was kept
+    assert [a.status for a in app.runs.attempts(run.id)] == ["cancelled"]
+    kinds = [e.kind for e in app.runs.timeline(run.id)]
+    assert kinds.index("run.cancel_requested") < kinds.index("run.cancelled")
+    assert kinds[-1] == "run.cancelled"
+    assert done.result is None
+
+
+# -- manual retry ----------------------------------------------------------------------
+
+
+def test_retry_of_a_failed_run_reuses_completed_steps_with_a_fresh_budget(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    calls: Counter[str] = Counter()
+    outage = {"on": True}
+
+    def reserve() -> str:
+        calls["reserve"] += 1
+        return "seat-12"
+
+    def pay() -> str:
+        calls["pay"] += 1
+        if outage["on"]:
+            raise ConnectionError("payment provider down")
+        return "paid"
+
+    @fake_app.job("book", max_attempts=2)
+    def book(ctx):  # type: ignore[no-untyped-def]
+        seat = ctx.step.run("reserve", reserve)
+        ctx.step.run("pay", pay)
+        return {"seat": seat}
+
+    run = fake_app.start("book")
+    for _ in range(3):
+        run_until_idle(fake_app)
+        clock.advance("10m")
+    failed = fake_app.runs.get(run.id)
+    assert (failed.status, failed.attempt) == ("failed", 2)
+    assert calls == {"reserve": 1, "pay": 2}
+
+    # Still broken: a retry gets a whole new budget of 2 attempts.
+    retried = fake_app.runs.retry(run.id)
+    assert retried.status == "queued"
+    assert retried.finished_at is None
+    for _ in range(3):
+        run_until_idle(fake_app)
+        clock.advance("10m")
+    again = fake_app.runs.get(run.id)
+    assert (again.status, again.attempt) == ("failed", 4)
+    assert calls == {"reserve": 1, "pay": 4}
+
+    # Fixed: the next retry completes, and the reservation is still not repeated.
+    outage["on"] = False
+    fake_app.runs.retry(run.id)
+    run_until_idle(fake_app)
+    done = fake_app.runs.get(run.id)
+    assert done.status == "completed"
+    assert done.result == {"seat": "seat-12"}
+    assert done.error is None
+    assert done.attempt == 5
+    assert calls == {"reserve": 1, "pay": 5}
+    assert [a.number for a in fake_app.runs.attempts(run.id)] == [1, 2, 3, 4, 5]
+    manual = [e for e in fake_app.runs.timeline(run.id) if e.data.get("manual_retry")]
+    assert [(e.kind, e.data["from"]) for e in manual] == [("run.queued", "failed")] * 2
+
+
+def test_retry_of_a_cancelled_run(fake_app: StackShift) -> None:
+    fake_app.job("later", lambda ctx: "ran")
+    run = fake_app.start("later")
+    fake_app.runs.cancel(run.id)
+    assert fake_app.runs.retry(run.id).status == "queued"
+    run_until_idle(fake_app)
+    assert fake_app.runs.get(run.id).result == "ran"
+
+
+def test_only_failed_or_cancelled_runs_can_be_retried(fake_app: StackShift) -> None:
+    fake_app.job("quick", lambda ctx: 1)
+    run = fake_app.start("quick")
+    with pytest.raises(InvalidTransitionError, match="queued"):
+        fake_app.runs.retry(run.id)
+    run_until_idle(fake_app)
+    with pytest.raises(InvalidTransitionError, match="completed"):
+        fake_app.runs.retry(run.id)
+    assert len(fake_app.runs.timeline(run.id)) == 3
+
+
+# -- queues ------------------------------------------------------------------------------
+
+
+def test_worker_limited_to_queues_takes_runs_by_the_queue_they_were_started_on(
+    fake_app: StackShift
+) -> None:
+    fake_app.job("syncInvoice", lambda ctx: "synced")
+    fake_app.job("sendEmail", lambda ctx: "sent", queue="emails")
+    billing = fake_app.queue("billing").enqueue("syncInvoice", {"invoiceId": "in_123"})
+    bulk = fake_app.start("sendEmail", {}, queue_name="bulk")  # overrides the job's queue
+    email = fake_app.start("sendEmail", {})
+    assert (billing.queue, bulk.queue, email.queue) == ("billing", "bulk", "emails")
+
+    assert fake_app.worker(queues=["emails"]).run_until_idle() == 1
+    assert fake_app.runs.get(email.id).status == "completed"
+    assert fake_app.runs.get(bulk.id).status == "queued"
+    assert fake_app.worker(queues=["billing", "bulk"]).run_until_idle() == 2
+    assert fake_app.runs.get(billing.id).result == "synced"
+    assert fake_app.runs.get(bulk.id).result == "sent"
+
+
+def test_threaded_worker_limited_to_a_queue_leaves_other_queues_alone(app: StackShift) -> None:
+    app.job("work", lambda ctx: ctx.payload["n"])
+    with app.worker(queues=["fast"]):
+        fast = app.queue("fast").enqueue("work", {"n": 1})
+        slow = app.queue("slow").enqueue("work", {"n": 2})
+        assert app.runs.wait(fast.id, timeout="10s").result == 1
+        time.sleep(0.2)
+        assert app.runs.get(slow.id).status == "queued"
