@@ -167,3 +167,59 @@ class ApiKey:
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+
+# -- operational views: queues, jobs, workers --------------------------------------
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """A queue as operators see it: runs per status and its oldest queued run."""
+
+    name: str
+    counts: dict[str, int]
+    oldest_queued_at: datetime | None
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True)
+class ThroughputBucket:
+    """Runs of a queue that finished in ``[start, start + bucket)``."""
+
+    start: datetime
+    completed: int
+    failed: int
+
+
+@dataclass(frozen=True)
+class JobStats:
+    name: str
+    counts: dict[str, int]
+    last_created_at: datetime | None
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A registered worker; its ``heartbeat_at`` tells whether it is alive."""
+
+    id: str
+    hostname: str
+    pid: int
+    jobs: list[str]
+    queues: list[str] | None
+    concurrency: int
+    started_at: datetime
+    heartbeat_at: datetime
+
+
+@dataclass(frozen=True)
+class EventConsumer:
+    """A run that took an event, at the wait step ``step``."""
+
+    event_id: str
+    run_id: str
+    step: str
+    at: datetime

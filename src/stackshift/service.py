@@ -17,19 +17,30 @@ from typing import Any
 from .clock import Clock
 from .durations import parse_duration, parse_instant
 from .engine.transitions import parse_status
-from .errors import ApiKeyNotFoundError, EventNotFoundError, ValidationError
+from .errors import (
+    ApiKeyNotFoundError,
+    EventNotFoundError,
+    InvalidTransitionError,
+    RunNotFoundError,
+    ValidationError,
+)
 from .ids import new_id
 from .jobs import JobRegistry, check_max_attempts, check_name
 from .models import (
     ApiKey,
     Attempt,
     Event,
+    EventConsumer,
+    JobStats,
     LogEntry,
     Page,
+    QueueStats,
     Run,
     SentEvent,
     Step,
+    ThroughputBucket,
     TimelineEntry,
+    WorkerInfo,
 )
 from .serialization import encode
 from .settings import Settings
@@ -414,3 +425,85 @@ class Service:
     def event_count(self) -> int:
         """Events kept (within their retention)."""
         return self.store.event_count(self.clock.now())
+
+    # -- operational views (the dashboard) -------------------------------------------------
+
+    def count_runs_by_status(self) -> dict[str, int]:
+        """Runs per status, across every queue and job."""
+        return self.store.count_runs_by_status()
+
+    def job_names(self) -> list[str]:
+        """Names of the jobs that have runs."""
+        return self.store.job_names()
+
+    def queue_names(self) -> list[str]:
+        """Names of the queues that hold runs."""
+        return self.store.queue_names()
+
+    def queue_stats(self) -> list[QueueStats]:
+        """Each queue that holds runs: counts per status and its oldest queued run."""
+        return self.store.queue_stats()
+
+    def queue_throughput(
+        self, window: Any = "1h", *, buckets: int = 30, queue: str | None = None
+    ) -> dict[str, list[ThroughputBucket]]:
+        """Completed and failed runs per time bucket over ``window``, per queue.
+
+        Buckets are aligned to multiples of their size, so that a chart drawn
+        from them does not shift between two reads a second apart.
+        """
+        seconds = parse_duration(window, name="window")
+        if isinstance(buckets, bool) or not isinstance(buckets, int) or not 1 <= buckets <= 500:
+            raise ValidationError(f"buckets must be an integer from 1 to 500, got {buckets!r}")
+        if queue is not None:
+            check_name(queue, "queue name")
+        size = max(1, -(-int(seconds) // buckets))
+        end = (int(self.clock.now()) // size + 1) * size
+        return self.store.throughput(end - size * buckets, size, buckets, queue)
+
+    def job_stats(self) -> list[JobStats]:
+        """Each job that has runs: counts per status and its latest start."""
+        return self.store.job_stats()
+
+    def list_workers(self) -> list[WorkerInfo]:
+        """Registered workers, oldest first (stale ones are removed after 5 minutes)."""
+        return self.store.workers()
+
+    def event_consumers(self, event_ids: list[str]) -> dict[str, list[EventConsumer]]:
+        """For each event id, the runs that took (were resumed by) that event."""
+        if len(event_ids) > 1000:
+            raise ValidationError("at most 1000 event ids at once")
+        return self.store.event_consumers(event_ids)
+
+    def retry_runs(self, run_ids: list[str]) -> list[str]:
+        """Retry each failed or cancelled run of ``run_ids``; return those retried.
+
+        Runs that are unknown or not retryable (any more) are skipped, so a bulk
+        retry racing with another operator does not fail half-way.
+        """
+        retried = []
+        for run_id in run_ids:
+            try:
+                self.store.retry_run(run_id, self.clock.now())
+            except (RunNotFoundError, InvalidTransitionError):
+                continue
+            retried.append(run_id)
+        if retried:
+            self.notifier.notify()
+        return retried
+
+    def retry_failed_runs(self, *, queue: str | None = None, job: str | None = None) -> int:
+        """Retry every failed run (the dead letters) of ``queue`` and/or ``job``."""
+        filters = RunFilter(status="failed", queue=queue, job=job)
+        count = 0
+        cursor = None
+        while True:
+            page = self.store.list_runs(filters, 500, cursor)
+            count += len(self.retry_runs([run.id for run in page.items]))
+            if page.next_cursor is None:
+                return count
+            cursor = page.next_cursor
+
+    def change_marker(self) -> str:
+        """An opaque value that changes whenever runs, events or workers change."""
+        return self.store.change_marker()

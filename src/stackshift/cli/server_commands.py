@@ -84,20 +84,23 @@ def _key_json(key: ApiKey) -> dict[str, Any]:
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def server(database_url: str, host: str, port: int, max_body_bytes: int, log_level: str) -> None:
-    """Serve the HTTP API (/v1, /openapi.json, /healthz, /metrics).
+    """Serve the HTTP API (/v1, /openapi.json, /healthz, /metrics) and the dashboard (/).
 
-    Every endpoint but /healthz needs a key from `stackshift keys create`.
+    Every endpoint but /healthz needs a key from `stackshift keys create`; the
+    dashboard asks for one once, at its login page.
     Runs are executed by `stackshift worker` processes on the same database.
     """
     try:
         import uvicorn
 
+        from ..dashboard import beside_api, create_dashboard
         from ..server.app import app_from_url
     except ImportError as exc:
         raise _BadInput(
             f"the server needs its extra: pip install 'stackshift[server]' ({exc})"
         ) from None
-    app = app_from_url(database_url, max_body_bytes=max_body_bytes)
+    api = app_from_url(database_url, max_body_bytes=max_body_bytes)
+    app = beside_api(api, create_dashboard(api.state.service, auth="api_key"))
     uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
 
 

@@ -6,11 +6,12 @@ from .database import Database
 from .events import EventStore
 from .keys import KeyStore
 from .metrics import MetricsStore
+from .overview import OverviewStore
 from .runs import RunStore
 from .state import StateStore
 
 
-class SqlStore(RunStore, EventStore, StateStore, KeyStore, MetricsStore):
+class SqlStore(RunStore, EventStore, StateStore, KeyStore, MetricsStore, OverviewStore):
     """All storage operations, each one short transaction on ``db``.
 
     SQLite and PostgreSQL differ only below this class: connections, the claim

@@ -293,3 +293,37 @@ SELECT COUNT(*) AS n FROM events WHERE expires_at > :now;
 
 -- Operational read models (store/overview.py): the dashboard's queue, job,
 -- worker and change views.
+
+-- name: oldest_queued_by_queue
+SELECT queue, MIN(available_at) AS oldest FROM runs WHERE status = 'queued' GROUP BY queue;
+
+-- name: throughput_by_queue
+-- Finished runs per bucket of :bucket seconds since :since (whole seconds). The
+-- integer division works alike on both dialects; a cast that rounds instead of
+-- truncating moves a run by under a second, which a chart cannot show.
+SELECT queue, (CAST(finished_at AS BIGINT) - :since) / :bucket AS slot, status, COUNT(*) AS n
+FROM runs
+WHERE finished_at >= :since AND status IN ('completed', 'failed')
+GROUP BY queue, (CAST(finished_at AS BIGINT) - :since) / :bucket, status;
+
+-- name: throughput_of_queue
+SELECT queue, (CAST(finished_at AS BIGINT) - :since) / :bucket AS slot, status, COUNT(*) AS n
+FROM runs
+WHERE queue = :queue AND finished_at >= :since AND status IN ('completed', 'failed')
+GROUP BY queue, (CAST(finished_at AS BIGINT) - :since) / :bucket, status;
+
+-- name: count_runs_by_job_status
+SELECT job, status, COUNT(*) AS n, MAX(created_at) AS last_created FROM runs
+GROUP BY job, status;
+
+-- name: change_marker
+-- Cheap: each part is the end of an index (or a tiny table).
+SELECT (SELECT MAX(id) FROM timeline) AS timeline, (SELECT MAX(id) FROM logs) AS logs,
+       (SELECT MAX(id) FROM events) AS events, (SELECT COUNT(*) FROM workers) AS workers,
+       (SELECT MAX(started_at) FROM workers) AS joined;
+
+-- name: job_names
+SELECT DISTINCT job FROM runs ORDER BY job;
+
+-- name: queue_names
+SELECT DISTINCT queue FROM runs ORDER BY queue;

@@ -1,0 +1,528 @@
+"""The dashboard as an ASGI application, built on the service layer only.
+
+``create_dashboard(service, auth="open")`` returns a Starlette app to mount at
+``/`` (``stackshift dev``, bound to 127.0.0.1) or behind a login
+(``auth="api_key"``, ``stackshift server``). Pages are rendered on the server
+from Jinja templates with autoescaping on, so payloads, logs and errors always
+reach the browser as text; the little script there is lives in ``static/`` and
+the Content-Security-Policy forbids any other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..errors import StackShiftError
+from ..service import Service
+from . import formatting, pages
+from .sessions import FLASH_COOKIE, SESSION_COOKIE, Session, Sessions, same_token
+
+AuthMode = Literal["open", "api_key"]
+STATIC = Path(__file__).parent / "static"
+MAX_FORM_BYTES = 2 * 1024 * 1024
+#: Seconds between checks that a session's API key is still active (not revoked).
+KEY_RECHECK = 2.0
+
+SECURITY_HEADERS = [
+    (b"content-security-policy",
+     b"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+     b"img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+     b"form-action 'self'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+    (b"x-frame-options", b"DENY"),
+]
+
+Builder = Callable[[Service, Mapping[str, str], float], dict[str, Any]]
+
+
+class _SecurityHeaders:
+    """Pure ASGI: adds the security headers to every HTTP response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                names = {name for name, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in SECURITY_HEADERS if k not in names]
+                message["headers"] = list(message.get("headers", [])) + extra
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _asset_version() -> str:
+    digest = hashlib.sha256()
+    for path in sorted(STATIC.rglob("*")):
+        if path.is_file():
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
+class Dashboard:
+    def __init__(
+        self,
+        service: Service,
+        *,
+        auth: AuthMode,
+        verify_key: Callable[[str], bool] | None,
+        secret: bytes | None,
+        session_max_age: float,
+        poll_interval: float,
+    ) -> None:
+        if auth not in ("open", "api_key"):
+            raise ValueError(f"auth must be 'open' or 'api_key', got {auth!r}")
+        self.service = service
+        self.auth = auth
+        self._verify_key = verify_key
+        self.sessions = Sessions(secret or os.urandom(32), session_max_age)
+        self.poll_ms = int(poll_interval * 1000)
+        self.version = _asset_version()
+        self._key_checks: dict[str, tuple[float, bool]] = {}
+        self._key_lock = threading.Lock()
+        self.env = Environment(
+            loader=PackageLoader("stackshift.dashboard", "templates"),
+            autoescape=True,
+            undefined=StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.env.filters.update(formatting.FILTERS)
+        self.env.globals.update(
+            ago=formatting.ago,
+            between=formatting.between,
+            percent=formatting.percent,
+            plural=formatting.plural,
+            statuses=pages.STATUS_ORDER,
+        )
+
+    # -- the application ---------------------------------------------------------------
+
+    def asgi(self) -> ASGIApp:
+        page = self._page
+        routes = [
+            Route("/", page(pages.runs_page, "runs.html")),
+            Route("/runs", page(pages.runs_page, "runs.html")),
+            Route("/runs/{run_id}", self._run),
+            Route("/runs/{run_id}/cancel", self._action(self._cancel), methods=["POST"]),
+            Route("/runs/{run_id}/retry", self._action(self._retry), methods=["POST"]),
+            Route("/runs/{run_id}/event", self._action(self._send_event), methods=["POST"]),
+            Route("/events", page(pages.events_page, "events.html")),
+            Route("/queues", page(pages.queues_page, "queues.html")),
+            Route("/queues/{name}", self._queue),
+            Route("/queues/{name}/retry", self._action(self._bulk_retry), methods=["POST"]),
+            Route("/jobs", page(pages.jobs_page, "jobs.html")),
+            Route("/state", page(pages.state_page, "state.html")),
+            Route("/login", self._login, methods=["GET", "POST"]),
+            Route("/logout", self._action(self._logout, login_required=False),
+                  methods=["POST"]),
+            Route("/api/live", self._live),
+            Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+        ]
+        return _SecurityHeaders(Starlette(routes=routes))
+
+    # -- sessions and rendering ------------------------------------------------------------
+
+    def _now(self) -> float:
+        return self.service.clock.now()
+
+    def _session(self, request: Request) -> tuple[Session, bool]:
+        """The request's session, or a new anonymous one (then True: set the cookie)."""
+        now = time.time()
+        session = self.sessions.decode(request.cookies.get(SESSION_COOKIE), now)
+        if (session is not None and session.authenticated and self.auth == "api_key"
+                and not self._key_still_valid(session)):
+            session = None
+        if session is None:
+            return self.sessions.new(now, authenticated=self.auth == "open"), True
+        if self.auth == "open" and not session.authenticated:
+            return self.sessions.new(now, authenticated=True), True
+        return session, False
+
+    def _key_still_valid(self, session: Session) -> bool:
+        """A revoked key ends the sessions opened with it within ``KEY_RECHECK`` seconds."""
+        if self._verify_key is not None or session.key_name is None:
+            return True
+        key_id = session.key_name.split("\x00", 1)[0]
+        now = time.monotonic()
+        with self._key_lock:
+            cached = self._key_checks.get(key_id)
+        if cached is not None and now - cached[0] < KEY_RECHECK:
+            return cached[1]
+        valid = any(k.id == key_id and k.active for k in self.service.list_api_keys())
+        with self._key_lock:
+            self._key_checks[key_id] = (now, valid)
+        return valid
+
+    def _set_session(self, response: Response, request: Request, session: Session) -> None:
+        response.set_cookie(
+            SESSION_COOKIE, self.sessions.encode(session), max_age=int(self.sessions.max_age),
+            path=self._root(request) or "/", httponly=True, samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+
+    def _root(self, request: Request) -> str:
+        return str(request.scope.get("root_path", "")).rstrip("/")
+
+    def _render(self, request: Request, template: str, context: dict[str, Any],
+                session: Session, *, status: int = 200, flash: tuple[str, str] | None = None,
+                marker: str = "") -> HTMLResponse:
+        root = self._root(request)
+        params = dict(request.query_params)
+
+        def url(path: str, **query: Any) -> str:
+            clean = {k: v for k, v in query.items() if v not in (None, "")}
+            return root + path + ("?" + urlencode(clean) if clean else "")
+
+        def here(**changes: Any) -> str:
+            merged = {k: v for k, v in params.items() if k != "cursor"}
+            merged.update(changes)
+            clean = {k: v for k, v in merged.items() if v not in (None, "")}
+            return root + request.url.path[len(root):] + (
+                "?" + urlencode(clean) if clean else "")
+
+        html = self.env.get_template(template).render(
+            **context,
+            url=url,
+            here=here,
+            static=lambda name: f"{root}/static/{name}?v={self.version}",
+            csrf=session.csrf,
+            auth_mode=self.auth,
+            signed_in_as=session.key_name.split("\x00", 1)[-1] if session.key_name else None,
+            flash=flash,
+            marker=marker,
+            poll_ms=self.poll_ms,
+            live_url="" if template == "login.html" else root + "/api/live",
+            params=params,
+            server_now=f"{self._now():.3f}",
+        )
+        return HTMLResponse(html, status_code=status)
+
+    def _login_redirect(self, request: Request) -> RedirectResponse:
+        path = request.url.path
+        if request.url.query:
+            path += "?" + request.url.query
+        root = self._root(request)
+        return RedirectResponse(f"{root}/login?{urlencode({'next': path})}", status_code=303)
+
+    async def _show(self, request: Request, template: str,
+                    build: Callable[[], dict[str, Any]]) -> Response:
+        session, fresh = self._session(request)
+        if not session.authenticated:
+            response: Response = self._login_redirect(request)
+        else:
+            def work() -> tuple[dict[str, Any], str]:
+                return build(), self.service.change_marker()
+
+            flash = self.sessions.decode_flash(request.cookies.get(FLASH_COOKIE))
+            try:
+                context, marker = await run_in_threadpool(work)
+                response = self._render(request, template, context, session, flash=flash,
+                                        marker=marker)
+            except pages.NotFound as exc:
+                response = self._render(request, "missing.html",
+                                        {"page_title": "Not found", "nav": "",
+                                         "message": str(exc)}, session, status=404)
+            if flash is not None:
+                response.delete_cookie(FLASH_COOKIE, path=self._root(request) or "/")
+        if fresh:
+            self._set_session(response, request, session)
+        response.headers["cache-control"] = "no-store"
+        return response
+
+    def _page(self, builder: Builder, template: str) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            params = dict(request.query_params)
+            return await self._show(
+                request, template, lambda: builder(self.service, params, self._now()))
+
+        return endpoint
+
+    async def _run(self, request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        params = dict(request.query_params)
+        return await self._show(
+            request, "run.html", lambda: pages.run_page(self.service, run_id, params,
+                                                         self._now()))
+
+    async def _queue(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        params = dict(request.query_params)
+        return await self._show(
+            request, "queue.html", lambda: pages.queue_page(self.service, name, params,
+                                                             self._now()))
+
+    async def _live(self, request: Request) -> Response:
+        """The small JSON the pages poll: a marker that changes when anything changes."""
+        session, _ = self._session(request)
+        if not session.authenticated:
+            return JSONResponse({"error": {"code": "unauthorized",
+                                           "message": "log in to the dashboard"}},
+                                status_code=401)
+        marker = await run_in_threadpool(self.service.change_marker)
+        return JSONResponse({"marker": marker}, headers={"cache-control": "no-store"})
+
+    # -- actions -----------------------------------------------------------------------------
+
+    async def _form(self, request: Request) -> dict[str, list[str]] | None:
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_FORM_BYTES:
+                return None
+        try:
+            text = body.decode()
+        except UnicodeDecodeError:
+            return None
+        form: dict[str, list[str]] = {}
+        for key, value in parse_qsl(text, keep_blank_values=True):
+            form.setdefault(key, []).append(value)
+        return form
+
+    def _same_origin(self, request: Request) -> bool:
+        origin = request.headers.get("origin")
+        if origin is None or origin == "null":
+            return origin is None
+        host = request.headers.get("host", "")
+        return origin.split("://", 1)[-1] == host
+
+    def _action(
+        self,
+        handler: Callable[[Request, dict[str, list[str]], Session],
+                          tuple[str, tuple[str, str] | None, Session | None]],
+        *,
+        login_required: bool = True,
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """Wrap a POST handler: session, CSRF token and origin checks, then redirect."""
+
+        async def endpoint(request: Request) -> Response:
+            now = time.time()
+            session = self.sessions.decode(request.cookies.get(SESSION_COOKIE), now)
+            form = await self._form(request)
+            if form is None:
+                return _forbidden("The form is too large or not UTF-8.", 413)
+            token = (form.get("csrf") or [""])[0]
+            if session is None or not same_token(token, session.csrf) or not \
+                    self._same_origin(request):
+                return _forbidden("This form has expired or did not come from the dashboard. "
+                                  "Go back, reload the page and try again.")
+            if login_required and not (session.authenticated and self._key_still_valid(session)):
+                return self._login_redirect(request)
+            target, flash, new_session = await run_in_threadpool(handler, request, form, session)
+            response = RedirectResponse(self._root(request) + target, status_code=303)
+            if flash is not None:
+                response.set_cookie(FLASH_COOKIE, self.sessions.encode_flash(*flash), max_age=60,
+                                    path=self._root(request) or "/", httponly=True,
+                                    samesite="strict")
+            if new_session is not None:
+                self._set_session(response, request, new_session)
+            return response
+
+        return endpoint
+
+    def _cancel(self, request: Request, form: dict[str, list[str]],
+                session: Session) -> tuple[str, tuple[str, str] | None, Session | None]:
+        run_id = request.path_params["run_id"]
+        try:
+            run = self.service.cancel_run(run_id, reason="cancelled from the dashboard")
+        except StackShiftError as exc:
+            return f"/runs/{run_id}", ("error", str(exc)), None
+        text = ("Run cancelled." if run.status == "cancelled"
+                else "Cancel requested: the run stops at its next step.")
+        return f"/runs/{run_id}", ("ok", text), None
+
+    def _retry(self, request: Request, form: dict[str, list[str]],
+               session: Session) -> tuple[str, tuple[str, str] | None, Session | None]:
+        run_id = request.path_params["run_id"]
+        try:
+            self.service.retry_run(run_id)
+        except StackShiftError as exc:
+            return f"/runs/{run_id}", ("error", str(exc)), None
+        return f"/runs/{run_id}", ("ok", "Run queued for a new attempt."), None
+
+    def _send_event(self, request: Request, form: dict[str, list[str]],
+                    session: Session) -> tuple[str, tuple[str, str] | None, Session | None]:
+        run_id = request.path_params["run_id"]
+        back = f"/runs/{run_id}"
+
+        def field(name: str) -> str | None:
+            value = (form.get(name) or [""])[0].strip()
+            return value or None
+
+        raw = field("payload")
+        try:
+            payload = None if raw is None else json.loads(raw)
+        except ValueError as exc:
+            return back, ("error", f"The payload is not JSON: {exc}"), None
+        try:
+            sent = self.service.send_event(
+                field("name") or "", payload, correlation_key=field("correlation_key"),
+                idempotency_key=field("idempotency_key"))
+        except (StackShiftError, TypeError, ValueError) as exc:
+            return back, ("error", str(exc)), None
+        if sent.duplicate:
+            return back, ("info", "An event with this idempotency key was already sent; "
+                                  "nothing was resumed again."), None
+        if run_id in sent.resumed_run_ids:
+            others = len(sent.resumed_run_ids) - 1
+            text = "Event sent: the run resumed." + (
+                f" It also resumed {others} other run{'s' if others != 1 else ''}."
+                if others else "")
+            return back, ("ok", text), None
+        count = len(sent.resumed_run_ids)
+        return back, ("info", f"Event sent; it resumed {count} run{'s' if count != 1 else ''}, "
+                              "not this one (check the name and correlation key)."), None
+
+    def _bulk_retry(self, request: Request, form: dict[str, list[str]],
+                    session: Session) -> tuple[str, tuple[str, str] | None, Session | None]:
+        name = request.path_params["name"]
+        back = f"/queues/{name}"
+        if (form.get("all") or [""])[0] == "1":
+            count = self.service.retry_failed_runs(queue=name)
+        else:
+            ids = form.get("run", [])[:1000]
+            if not ids:
+                return back, ("info", "Select the runs to retry first."), None
+            count = len(self.service.retry_runs(ids))
+        return back, ("ok", f"{count} run{'s' if count != 1 else ''} queued for a new attempt."), \
+            None
+
+    def _logout(self, request: Request, form: dict[str, list[str]],
+                session: Session) -> tuple[str, tuple[str, str] | None, Session | None]:
+        return "/login", ("info", "You are logged out."), self.sessions.new(
+            time.time(), authenticated=False)
+
+    # -- login -------------------------------------------------------------------------------
+
+    def _check_key(self, key: str) -> str | None:
+        """The session's key label when ``key`` is valid (``id NUL name``), else None."""
+        if self._verify_key is not None:
+            return "" if self._verify_key(key) else None
+        found = self.service.verify_api_key(key)
+        return None if found is None else f"{found.id}\x00{found.name}"
+
+    async def _login(self, request: Request) -> Response:
+        root = self._root(request)
+        target = request.query_params.get("next", "/")
+        if not target.startswith("/") or target.startswith("//") or "\\" in target:
+            target = "/"
+        if self.auth == "open":
+            return RedirectResponse(root + "/", status_code=303)
+        session, fresh = self._session(request)
+        error = None
+        status = 200
+        if request.method == "POST":
+            form = await self._form(request) or {}
+            token = (form.get("csrf") or [""])[0]
+            key = (form.get("api_key") or [""])[0].strip()
+            if fresh or not same_token(token, session.csrf) or not self._same_origin(request):
+                error = "The login form expired. Try again."
+                status = 403
+            else:
+                label = await run_in_threadpool(self._check_key, key) if key else None
+                if label is not None:
+                    new = self.sessions.new(time.time(), authenticated=True,
+                                            key_name=label or None)
+                    response: Response = RedirectResponse(_under(root, target),
+                                                          status_code=303)
+                    self._set_session(response, request, new)
+                    return response
+                error = "That API key is not valid (unknown or revoked)."
+                status = 401
+        elif session.authenticated:
+            return RedirectResponse(_under(root, target), status_code=303)
+        flash = self.sessions.decode_flash(request.cookies.get(FLASH_COOKIE))
+        response = self._render(request, "login.html",
+                                {"page_title": "Log in", "nav": "", "error": error,
+                                 "next": target}, session, status=status, flash=flash)
+        if flash is not None:
+            response.delete_cookie(FLASH_COOKIE, path=root or "/")
+        if fresh:
+            self._set_session(response, request, session)
+        response.headers["cache-control"] = "no-store"
+        return response
+
+
+def _under(root: str, path: str) -> str:
+    """``path`` below the dashboard's mount point (``next`` may already include it)."""
+    return path if root and (path == root or path.startswith(root + "/")) else root + path
+
+
+def _forbidden(text: str, status: int = 403) -> Response:
+    return HTMLResponse(
+        "<!doctype html><meta charset=utf-8><title>Refused</title>"
+        f"<p style='font-family:sans-serif;margin:3rem'>{text}</p>",
+        status_code=status,
+    )
+
+
+#: Paths that belong to the HTTP API of ``stackshift server``; the rest is the dashboard.
+API_PATHS = ("/v1/", "/v1", "/healthz", "/metrics", "/openapi.json")
+
+
+def beside_api(api: ASGIApp, dashboard: ASGIApp, api_paths: tuple[str, ...] = API_PATHS
+               ) -> ASGIApp:
+    """One ASGI app: the API at its paths (``/v1/...``, ``/healthz``, ...), the dashboard
+    everywhere else (``/``), each with its own authentication.
+
+    The API keeps its ``Authorization: Bearer`` check; the dashboard its login page
+    and session cookie. Lifespan events go to the API.
+    """
+
+    def is_api(path: str) -> bool:
+        return any(path == p or (p.endswith("/") and path.startswith(p)) for p in api_paths)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan" or is_api(str(scope.get("path", ""))):
+            await api(scope, receive, send)
+        else:
+            await dashboard(scope, receive, send)
+
+    return app
+
+
+def create_dashboard(
+    service: Service,
+    *,
+    auth: AuthMode = "open",
+    verify_key: Callable[[str], bool] | None = None,
+    secret: bytes | None = None,
+    session_max_age: float = 12 * 3600,
+    poll_interval: float = 2.0,
+) -> ASGIApp:
+    """The dashboard's ASGI app, reading and acting through ``service`` only.
+
+    ``auth="open"``: no login (for ``stackshift dev`` on 127.0.0.1). ``"api_key"``:
+    every page asks for an API key once (checked by ``verify_key``, by default
+    the service's own API keys), then keeps a signed, HttpOnly, SameSite=Strict
+    session cookie for ``session_max_age`` seconds; revoking the key ends it.
+    ``secret`` signs the cookies; without one, a random secret is drawn and
+    sessions end when the process restarts. Pages poll for changes every
+    ``poll_interval`` seconds.
+    """
+    return Dashboard(service, auth=auth, verify_key=verify_key, secret=secret,
+                     session_max_age=session_max_age, poll_interval=poll_interval).asgi()

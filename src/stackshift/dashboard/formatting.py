@@ -1,0 +1,117 @@
+"""How values read on the dashboard: durations, ages, times and JSON.
+
+These are Jinja filters. They return plain text; the templates escape it.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+
+def duration(seconds: float | None) -> str:
+    """``0.0123`` -> ``12 ms``, ``75`` -> ``1m 15s``, ``93784`` -> ``1d 2h``."""
+    if seconds is None:
+        return "—"
+    if seconds < 0:
+        seconds = 0.0
+    if seconds < 1:
+        ms = seconds * 1000
+        if ms < 1:
+            return "<1 ms"
+        return f"{ms:.0f} ms"
+    if seconds < 10:
+        return f"{seconds:.2f} s"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h" if hours else f"{days}d"
+    if hours:
+        return f"{hours}h {minutes}m" if minutes else f"{hours}h"
+    return f"{minutes}m {secs}s" if secs else f"{minutes}m"
+
+
+def between(start: datetime | None, end: datetime | None) -> str:
+    if start is None or end is None:
+        return "—"
+    return duration((end - start).total_seconds())
+
+
+def ago(moment: datetime | None, now: float) -> str:
+    """``3m ago`` / ``in 5m``; the page's script keeps these current."""
+    if moment is None:
+        return "—"
+    delta = now - moment.timestamp()
+    if abs(delta) < 5:
+        return "just now"
+    text = duration(abs(delta)).replace(" ms", "ms")
+    if "." in text:  # "12.5 s" -> "12s": an age needs no decimals
+        text = f"{round(abs(delta))}s"
+    text = text.replace(" s", "s")
+    return f"{text} ago" if delta > 0 else f"in {text}"
+
+
+def clock_time(moment: datetime | None) -> str:
+    """``2026-01-05 09:00:01.234`` in UTC."""
+    if moment is None:
+        return "—"
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def iso(moment: datetime | None) -> str:
+    if moment is None:
+        return ""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def pretty_json(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+
+
+def compact_json(value: Any, limit: int = 120) -> str:
+    text = json.dumps(value, separators=(", ", ": "), ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def number(value: int | float) -> str:
+    return f"{value:,}"
+
+
+def percent(part: float, whole: float) -> str:
+    if whole <= 0:
+        return "—"
+    share = 100 * part / whole
+    if share == 0:
+        return "0%"
+    if 0 < share < 0.1:
+        return "<0.1%"
+    return f"{share:.1f}%" if share < 10 else f"{share:.0f}%"
+
+
+def plural(count: int, word: str) -> str:
+    """``1 run``, ``2 runs``, ``1,204 runs``."""
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+
+def short_id(value: str) -> str:
+    """``run_01a229d363f102f55f8b68b4c2`` -> ``run_…f55f8b68b4c2``."""
+    if len(value) <= 18:
+        return value
+    prefix, _, rest = value.partition("_")
+    return f"{prefix}_…{rest[-10:]}" if rest else value[:8] + "…" + value[-8:]
+
+
+FILTERS = {
+    "duration": duration,
+    "pretty_json": pretty_json,
+    "compact_json": compact_json,
+    "clock": clock_time,
+    "iso": iso,
+    "number": number,
+    "short_id": short_id,
+}

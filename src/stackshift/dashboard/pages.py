@@ -1,0 +1,356 @@
+"""What each dashboard page shows, read through the service layer.
+
+Each function takes the service, the query parameters and the current time and
+returns the template's context. They run in a worker thread (the service is
+synchronous); rendering and HTTP live in :mod:`stackshift.dashboard.app`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ..durations import parse_duration
+from ..engine.transitions import CANCELLABLE_AT_ONCE, RETRYABLE, TERMINAL, Status
+from ..errors import EventNotFoundError, RunNotFoundError, StackShiftError
+from ..models import LogEntry, Run
+from ..service import Service
+from . import waterfall
+
+STATUSES = [s.value for s in Status]
+#: The order statuses are shown in: what needs attention first.
+STATUS_ORDER = ["failed", "running", "waiting", "retrying", "queued", "scheduled", "completed",
+                "cancelled"]
+CREATED_PRESETS = {"15m": "Last 15 minutes", "1h": "Last hour", "24h": "Last 24 hours",
+                   "7d": "Last 7 days"}
+WINDOWS = {"1h": ("Last hour", 60), "24h": ("Last 24 hours", 48), "7d": ("Last 7 days", 56)}
+#: A worker whose heartbeat is older than this is shown as stale, not live.
+LIVE_HEARTBEAT = 60.0
+PAGE_SIZE = 50
+
+
+class NotFound(Exception):
+    """The page's subject does not exist (an unknown run id): a 404 page."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A filter the user typed that cannot be applied, shown above the results."""
+
+    text: str
+
+
+def _param(params: Mapping[str, str], name: str) -> str | None:
+    value = params.get(name, "").strip()
+    return value or None
+
+
+def _local_time(value: str, name: str) -> float:
+    """A ``datetime-local`` input (read as UTC) or an ISO-8601 time with an offset."""
+    text = value.strip().replace(" ", "T")
+    try:
+        moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+    except ValueError:
+        raise ValueError(f"{name}: {value!r} is not a time like 2026-01-05T09:30") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+# -- runs -------------------------------------------------------------------------------
+
+
+def runs_page(service: Service, params: Mapping[str, str], now: float) -> dict[str, Any]:
+    filters = {k: _param(params, k) for k in ("status", "job", "queue", "q", "created", "from",
+                                              "to", "cursor")}
+    problems: list[Problem] = []
+    query: dict[str, Any] = {"limit": PAGE_SIZE, "cursor": filters["cursor"]}
+    for key in ("status", "job", "queue"):
+        if filters[key]:
+            query[key] = filters[key]
+    if filters["status"] and filters["status"] not in STATUSES:
+        problems.append(Problem(f"Unknown status {filters['status']!r}."))
+        query.pop("status")
+    if filters["created"] and filters["created"] != "custom":
+        if filters["created"] in CREATED_PRESETS:
+            query["created_after"] = datetime.fromtimestamp(
+                now - parse_duration(filters["created"]), UTC)
+        else:
+            problems.append(Problem(f"Unknown time range {filters['created']!r}."))
+    for key, arg in (("from", "created_after"), ("to", "created_before")):
+        if filters[key]:
+            try:
+                query[arg] = datetime.fromtimestamp(_local_time(filters[key] or "", key), UTC)
+            except ValueError as exc:
+                problems.append(Problem(str(exc)))
+    matched_by = None
+    term = filters["q"]
+    by = params.get("by")
+    try:
+        if term:
+            # One box finds runs by id or idempotency key, else by correlation key.
+            page = None
+            if by != "key":
+                page = service.list_runs(search=term, **query)
+                matched_by = "id"
+            if page is None or not page.items:
+                page = service.list_runs(correlation_key=term, **query)
+                matched_by = "key"
+        else:
+            page = service.list_runs(**query)
+    except StackShiftError as exc:
+        problems.append(Problem(str(exc)))
+        page = service.list_runs(limit=PAGE_SIZE)
+    counts = service.count_runs_by_status()
+    return {
+        "page_title": "Runs",
+        "nav": "runs",
+        "runs": [run_row(r, now) for r in page.items],
+        "next_cursor": page.next_cursor,
+        "filters": filters,
+        "counts": counts,
+        "total": sum(counts.values()),
+        "status_order": STATUS_ORDER,
+        "problems": problems,
+        "matched_by": matched_by,
+        "jobs": service.job_names(),
+        "queues": service.queue_names(),
+        "presets": CREATED_PRESETS,
+        "now": now,
+    }
+
+
+def run_row(run: Run, now: float) -> dict[str, Any]:
+    """One line of a runs table: what a reader scans for."""
+    note = ""
+    if run.error is not None and run.status in ("failed", "retrying", "cancelled"):
+        note = f"{run.error.type}: {run.error.message}"
+    elif run.waiting_for is not None:
+        w = run.waiting_for
+        if w.kind == "event":
+            note = f"waits for {w.event_name}" + (f" · {w.correlation_key}"
+                                                   if w.correlation_key else "")
+        elif w.until is not None:
+            note = f"sleeps until {w.until.strftime('%Y-%m-%d %H:%M:%S')} UTC"
+    elif run.next_attempt_at is not None and run.status == "retrying":
+        note = f"next attempt at {run.next_attempt_at.strftime('%H:%M:%S')} UTC"
+    elif run.next_attempt_at is not None and run.status == "scheduled":
+        note = f"starts at {run.next_attempt_at.strftime('%Y-%m-%d %H:%M:%S')} UTC"
+    start = run.started_at
+    end = run.finished_at
+    elapsed = None
+    if start is not None:
+        elapsed = ((end.timestamp() if end else now) - start.timestamp())
+    return {"run": run, "note": note, "elapsed": elapsed, "running": end is None}
+
+
+def run_page(service: Service, run_id: str, params: Mapping[str, str],
+             now: float) -> dict[str, Any]:
+    try:
+        run = service.get_run(run_id)
+    except RunNotFoundError:
+        raise NotFound(f"No run with id {run_id!r}.") from None
+    timeline = service.timeline(run_id)
+    attempts = service.attempts(run_id)
+    steps = service.steps(run_id)
+    logs = service.logs(run_id)
+    status = Status(run.status)
+    chart = waterfall.build(run, timeline, attempts, now)
+    log_groups: dict[int | None, list[LogEntry]] = {}
+    for entry in logs:
+        log_groups.setdefault(entry.attempt, []).append(entry)
+    attempt_by_number = {a.number: a for a in attempts}
+    wait = run.waiting_for
+    return {
+        "page_title": f"{run.job} · {run.id}",
+        "nav": "runs",
+        "run": run,
+        "attempts": attempts,
+        "attempt_by_number": attempt_by_number,
+        "steps": steps,
+        "log_groups": sorted(log_groups.items(), key=lambda kv: kv[0] or 0),
+        "log_count": len(logs),
+        "log_steps": sorted({e.step for e in logs if e.step}),
+        "timeline": sorted(timeline, key=lambda e: (e.at, e.id)),
+        "chart": chart,
+        "can_cancel": status in CANCELLABLE_AT_ONCE or status == Status.RUNNING,
+        "can_retry": status in RETRYABLE,
+        "is_terminal": status in TERMINAL,
+        "waits_for_event": wait is not None and wait.kind == "event",
+        "wait": wait,
+        "duration": None if run.started_at is None else (
+            (run.finished_at.timestamp() if run.finished_at else now) - run.started_at.timestamp()),
+        "now": now,
+    }
+
+
+# -- events -----------------------------------------------------------------------------
+
+
+def events_page(service: Service, params: Mapping[str, str], now: float) -> dict[str, Any]:
+    name = _param(params, "name")
+    key = _param(params, "key")
+    cursor = _param(params, "cursor")
+    problems: list[Problem] = []
+    try:
+        page = service.list_events(name=name, correlation_key=key, limit=PAGE_SIZE,
+                                   cursor=cursor)
+    except StackShiftError as exc:
+        problems.append(Problem(str(exc)))
+        page = service.list_events(limit=PAGE_SIZE)
+    consumers = service.event_consumers([e.id for e in page.items])
+    return {
+        "page_title": "Events",
+        "nav": "events",
+        "events": page.items,
+        "consumers": consumers,
+        "next_cursor": page.next_cursor,
+        "filters": {"name": name, "key": key, "cursor": cursor},
+        "problems": problems,
+        "now": now,
+    }
+
+
+def event_exists(service: Service, event_id: str) -> bool:
+    try:
+        service.get_event(event_id)
+    except EventNotFoundError:
+        return False
+    return True
+
+
+# -- queues -----------------------------------------------------------------------------
+
+
+def _window(params: Mapping[str, str]) -> str:
+    window = params.get("window", "1h")
+    return window if window in WINDOWS else "1h"
+
+
+def queues_page(service: Service, params: Mapping[str, str], now: float) -> dict[str, Any]:
+    window = _window(params)
+    series = service.queue_throughput(window, buckets=WINDOWS[window][1])
+    queues = []
+    for stats in service.queue_stats():
+        buckets = series.get(stats.name, [])
+        done = sum(b.completed for b in buckets)
+        failed = sum(b.failed for b in buckets)
+        queues.append({
+            "stats": stats,
+            "buckets": buckets,
+            "completed": done,
+            "failed": failed,
+            "peak": max([b.completed + b.failed for b in buckets] or [0]),
+        })
+    return {
+        "page_title": "Queues",
+        "nav": "queues",
+        "queues": queues,
+        "window": window,
+        "windows": WINDOWS,
+        "status_order": STATUS_ORDER,
+        "now": now,
+    }
+
+
+def queue_page(service: Service, name: str, params: Mapping[str, str],
+               now: float) -> dict[str, Any]:
+    window = _window(params)
+    stats = next((q for q in service.queue_stats() if q.name == name), None)
+    if stats is None:
+        raise NotFound(f"No queue named {name!r} holds any run.")
+    buckets = service.queue_throughput(window, buckets=WINDOWS[window][1], queue=name)[name]
+    cursor = _param(params, "cursor")
+    dead = service.list_runs(status="failed", queue=name, limit=PAGE_SIZE, cursor=cursor)
+    done = sum(b.completed for b in buckets)
+    failed = sum(b.failed for b in buckets)
+    span = (buckets[-1].start - buckets[0].start).total_seconds() + (
+        (buckets[1].start - buckets[0].start).total_seconds() if len(buckets) > 1 else 60)
+    return {
+        "page_title": f"Queue {name}",
+        "nav": "queues",
+        "queue": stats,
+        "buckets": buckets,
+        "peak": max([b.completed + b.failed for b in buckets] or [0]),
+        "completed": done,
+        "failed": failed,
+        "per_minute": (done + failed) / (span / 60) if span > 0 else 0.0,
+        "dead": [run_row(r, now) for r in dead.items],
+        "dead_total": stats.counts.get("failed", 0),
+        "next_cursor": dead.next_cursor,
+        "cursor": cursor,
+        "window": window,
+        "windows": WINDOWS,
+        "status_order": STATUS_ORDER,
+        "now": now,
+    }
+
+
+# -- jobs and workers --------------------------------------------------------------------
+
+
+def jobs_page(service: Service, params: Mapping[str, str], now: float) -> dict[str, Any]:
+    workers = service.list_workers()
+    live = [w for w in workers if now - w.heartbeat_at.timestamp() <= LIVE_HEARTBEAT]
+    serving: dict[str, int] = {}
+    for w in live:
+        for job in w.jobs:
+            serving[job] = serving.get(job, 0) + 1
+    stats = {j.name: j for j in service.job_stats()}
+    names = sorted(set(stats) | {job for w in workers for job in w.jobs})
+    jobs = []
+    for name in names:
+        js = stats.get(name)
+        counts = js.counts if js else {}
+        waiting_work = sum(counts.get(s, 0) for s in ("queued", "scheduled", "retrying"))
+        jobs.append({
+            "name": name,
+            "counts": counts,
+            "total": sum(counts.values()),
+            "last": js.last_created_at if js else None,
+            "workers": serving.get(name, 0),
+            "stranded": waiting_work if not serving.get(name) else 0,
+        })
+    return {
+        "page_title": "Jobs and workers",
+        "nav": "jobs",
+        "jobs": jobs,
+        "workers": [
+            {"worker": w, "live": now - w.heartbeat_at.timestamp() <= LIVE_HEARTBEAT}
+            for w in workers
+        ],
+        "live_count": len(live),
+        "status_order": STATUS_ORDER,
+        "live_heartbeat": LIVE_HEARTBEAT,
+        "now": now,
+    }
+
+
+# -- state ------------------------------------------------------------------------------
+
+
+def state_page(service: Service, params: Mapping[str, str], now: float) -> dict[str, Any]:
+    prefix = _param(params, "prefix")
+    limit = 200
+    entries = service.state_keys(prefix, limit + 1)
+    return {
+        "page_title": "State",
+        "nav": "state",
+        "entries": [
+            {
+                "key": e["key"],
+                "value": e["value"],
+                "expires_at": None if e["expires_at"] is None
+                else datetime.fromtimestamp(e["expires_at"], UTC),
+                "ttl": None if e["expires_at"] is None else e["expires_at"] - now,
+                "updated_at": datetime.fromtimestamp(e["updated_at"], UTC),
+            }
+            for e in entries[:limit]
+        ],
+        "more": len(entries) > limit,
+        "limit": limit,
+        "prefix": prefix,
+        "now": now,
+    }

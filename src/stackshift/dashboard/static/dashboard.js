@@ -1,0 +1,180 @@
+/* StackShift dashboard: live updates, relative times, small conveniences.
+ *
+ * Pages are rendered on the server. This script polls a small JSON endpoint
+ * for a change marker; when it moves, it fetches the page again and swaps the
+ * blocks marked [data-live] whose content changed. Blocks holding a form the
+ * user is editing, or the focused element, are left alone.
+ */
+(function () {
+  "use strict";
+
+  var body = document.body;
+  var liveUrl = body.getAttribute("data-live-url");
+  var marker = body.getAttribute("data-marker");
+  var poll = parseInt(body.getAttribute("data-poll") || "2000", 10);
+  var indicator = document.getElementById("live-state");
+  var busy = false;
+
+  function setState(name, text) {
+    if (!indicator) return;
+    indicator.classList.remove("paused", "offline");
+    if (name) indicator.classList.add(name);
+    var label = indicator.querySelector(".live-text");
+    if (label) label.textContent = text;
+  }
+
+  function openDetails(root) {
+    var open = {};
+    root.querySelectorAll("details[id]").forEach(function (d) { open[d.id] = d.open; });
+    return open;
+  }
+
+  function swap(html) {
+    var doc = new DOMParser().parseFromString(html, "text/html");
+    var fresh = doc.body.getAttribute("data-marker");
+    if (fresh) marker = fresh;
+    document.querySelectorAll("[data-live][id]").forEach(function (old) {
+      var next = doc.getElementById(old.id);
+      if (!next) return;
+      if (old.contains(document.activeElement) && document.activeElement !== document.body) return;
+      if (old.querySelector("form.dirty") || old.classList.contains("dirty")) return;
+      if (old.innerHTML === next.innerHTML) return;
+      var open = openDetails(old);
+      if (old.tagName === "DETAILS") open[old.id] = old.open;
+      var filter = old.querySelector("[data-log-filter]");
+      var chosen = filter ? filter.value : "";
+      old.innerHTML = next.innerHTML;
+      Object.keys(open).forEach(function (id) {
+        var d = document.getElementById(id);
+        if (d && d.tagName === "DETAILS") d.open = open[id];
+      });
+      var again = old.querySelector("[data-log-filter]");
+      if (again && chosen) { again.value = chosen; applyLogFilter(again); }
+      wire(old);
+    });
+    document.title = doc.title;
+    relativeTimes();
+  }
+
+  function refresh() {
+    return fetch(window.location.href, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+      .then(function (r) {
+        if (r.redirected || r.status === 401) { window.location.reload(); return null; }
+        return r.ok ? r.text() : null;
+      })
+      .then(function (html) { if (html) swap(html); });
+  }
+
+  function tick() {
+    if (busy || !liveUrl) return;
+    if (document.hidden) { setState("paused", "Paused"); return; }
+    busy = true;
+    fetch(liveUrl, { credentials: "same-origin", headers: { "Accept": "application/json" } })
+      .then(function (r) {
+        if (r.status === 401) { window.location.reload(); return null; }
+        if (!r.ok) throw new Error("status " + r.status);
+        return r.json();
+      })
+      .then(function (data) {
+        setState(null, "Live");
+        if (data && data.marker !== marker) {
+          marker = data.marker;
+          return refresh();
+        }
+      })
+      .catch(function () { setState("offline", "Reconnecting…"); })
+      .then(function () { busy = false; });
+  }
+
+  /* "3m ago" texts stay current between refreshes. */
+  function ago(seconds) {
+    var s = Math.abs(seconds);
+    var text;
+    if (s < 5) return "just now";
+    if (s < 60) text = Math.round(s) + "s";
+    else if (s < 3600) text = Math.floor(s / 60) + "m" + (s < 600 && s % 60 >= 1 ? " " + Math.floor(s % 60) + "s" : "");
+    else if (s < 86400) text = Math.floor(s / 3600) + "h" + (Math.floor(s % 3600 / 60) ? " " + Math.floor(s % 3600 / 60) + "m" : "");
+    else text = Math.floor(s / 86400) + "d" + (Math.floor(s % 86400 / 3600) ? " " + Math.floor(s % 86400 / 3600) + "h" : "");
+    return seconds >= 0 ? text + " ago" : "in " + text;
+  }
+  /* The server's clock may differ from the browser's (or be a test clock). */
+  var skew = parseFloat(body.getAttribute("data-now") || "0") - Date.now() / 1000;
+  if (isNaN(skew) || !body.getAttribute("data-now")) skew = 0;
+  function relativeTimes() {
+    var now = Date.now() / 1000 + skew;
+    document.querySelectorAll("time[data-rel][datetime]").forEach(function (t) {
+      var at = Date.parse(t.getAttribute("datetime")) / 1000;
+      if (!isNaN(at)) t.textContent = ago(now - at);
+    });
+  }
+
+  function applyLogFilter(select) {
+    var step = select.value;
+    var card = select.closest("section") || document;
+    card.querySelectorAll(".log-line").forEach(function (line) {
+      line.classList.toggle("hidden", !!step && line.getAttribute("data-step") !== step);
+    });
+    card.querySelectorAll(".log-group").forEach(function (group) {
+      var visible = group.querySelectorAll(".log-line:not(.hidden)").length;
+      group.style.display = visible ? "" : "none";
+    });
+  }
+
+  function wire(root) {
+    root.querySelectorAll("form[data-confirm]").forEach(function (form) {
+      form.addEventListener("submit", function (e) {
+        if (!window.confirm(form.getAttribute("data-confirm"))) e.preventDefault();
+      });
+    });
+    root.querySelectorAll("button[data-confirm]").forEach(function (button) {
+      button.addEventListener("click", function (e) {
+        if (!window.confirm(button.getAttribute("data-confirm"))) e.preventDefault();
+      });
+    });
+    root.querySelectorAll("form[data-keep], form.send-event").forEach(function (form) {
+      form.addEventListener("input", function () { form.classList.add("dirty"); });
+      form.addEventListener("change", function () { form.classList.add("dirty"); });
+    });
+    root.querySelectorAll("[data-range-select]").forEach(function (select) {
+      select.addEventListener("change", function () {
+        var form = select.closest("form");
+        form.classList.toggle("custom", select.value === "custom");
+        if (select.value !== "custom") {
+          form.querySelectorAll(".range input").forEach(function (i) { i.value = ""; });
+        }
+      });
+    });
+    root.querySelectorAll("[data-check-all]").forEach(function (box) {
+      box.addEventListener("change", function () {
+        var form = box.closest("form");
+        form.querySelectorAll("input[type=checkbox][name=run]").forEach(function (c) { c.checked = box.checked; });
+      });
+    });
+    root.querySelectorAll("[data-log-filter]").forEach(function (select) {
+      select.addEventListener("change", function () { applyLogFilter(select); });
+    });
+    root.querySelectorAll("[data-step]").forEach(function (row) {
+      if (!row.classList.contains("wf-row")) return;
+      row.addEventListener("click", function () {
+        var select = document.querySelector("[data-log-filter]");
+        var step = row.getAttribute("data-step");
+        if (!select || !Array.prototype.some.call(select.options, function (o) { return o.value === step; })) return;
+        select.value = step;
+        applyLogFilter(select);
+        document.getElementById("logs").scrollIntoView({ behavior: "smooth", block: "start" });
+      });
+    });
+  }
+
+  wire(document);
+  relativeTimes();
+  setInterval(relativeTimes, 15000);
+  if (liveUrl && poll > 0) {
+    setInterval(tick, poll);
+    document.addEventListener("visibilitychange", function () { if (!document.hidden) tick(); });
+  }
+  var periodic = document.querySelector("[data-refresh]");
+  if (periodic) {
+    setInterval(function () { if (!document.hidden) refresh(); }, parseInt(periodic.getAttribute("data-refresh"), 10) * 1000);
+  }
+})();

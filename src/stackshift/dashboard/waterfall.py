@@ -1,0 +1,395 @@
+"""The run timeline drawn as a waterfall: what ran when, across attempts.
+
+:func:`build` turns a run's timeline entries and attempts into rows of bars and
+marks placed on a shared time axis (percentages of the chart's width). It is a
+pure function of its inputs, so it is tested without a browser.
+
+The axis is linear while the run executes, but long idle stretches (waits,
+sleeps, backoff between attempts, time in the queue) are compressed to a fixed
+share of the width and labelled with their real length. Otherwise one three-day
+sleep would squeeze every 20 ms step into an invisible sliver.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..models import Attempt, Run, TimelineEntry
+from .formatting import duration
+
+#: Idle stretches longer than this share of the busy time are compressed to it.
+IDLE_SHARE = 0.12
+#: Most step rows drawn; a run looping over thousands of steps gets a note instead.
+MAX_STEP_ROWS = 250
+#: Least distance between two tick labels, in percent of the width.
+TICK_SPACING = 9.0
+
+_ENDS_WAIT = ("run.queued", "wait.timed_out", "run.cancelled", "run.failed", "run.completed")
+_ENDS_RUNNING = ("run.waiting", "run.completed", "run.failed", "run.retrying", "run.cancelled",
+                 "run.queued")
+
+
+@dataclass(frozen=True)
+class Bar:
+    start: float
+    end: float
+    kind: str  # queued, backoff, active, attempt-<status>, step-<status>, wait, sleep
+    label: str = ""
+    title: str = ""
+    open: bool = False
+
+
+@dataclass(frozen=True)
+class Mark:
+    at: float
+    kind: str  # event, failed, retry, cancel, timeout, manual
+    title: str
+
+
+@dataclass
+class Row:
+    kind: str  # attempt, step, wait, sleep
+    label: str
+    detail: str
+    status: str
+    attempt: int | None
+    step: str | None = None
+    bars: list[Bar] = field(default_factory=list)
+    marks: list[Mark] = field(default_factory=list)
+    start: float = 0.0
+
+
+@dataclass(frozen=True)
+class PlacedBar:
+    left: float
+    width: float
+    kind: str
+    label: str
+    title: str
+    open: bool
+
+
+@dataclass(frozen=True)
+class PlacedMark:
+    left: float
+    kind: str
+    title: str
+
+
+@dataclass(frozen=True)
+class PlacedRow:
+    kind: str
+    label: str
+    detail: str
+    status: str
+    attempt: int | None
+    step: str | None
+    bars: list[PlacedBar]
+    marks: list[PlacedMark]
+
+
+@dataclass(frozen=True)
+class Tick:
+    left: float
+    label: str
+
+
+@dataclass(frozen=True)
+class Gap:
+    left: float
+    width: float
+    label: str
+
+
+@dataclass(frozen=True)
+class Waterfall:
+    rows: list[PlacedRow]
+    ticks: list[Tick]
+    gaps: list[Gap]
+    total: float  # real seconds from creation to the last thing drawn
+    now: float | None  # percent position of "now" while the run is not finished
+    hidden_steps: int = 0
+
+
+def _f(value: Any) -> float:
+    return float(value)
+
+
+def _relative(seconds: float) -> str:
+    if seconds <= 0:
+        return "0"
+    return "+" + duration(seconds).replace(" ms", "ms").replace(" s", "s")
+
+
+class _Axis:
+    """Maps real time to a position in percent, compressing long idle stretches."""
+
+    def __init__(self, t0: float, t1: float, busy: list[tuple[float, float]],
+                 points: list[float]) -> None:
+        self.t0 = t0
+        self.t1 = max(t1, t0)
+        bounds = sorted({t0, self.t1, *(min(max(p, t0), self.t1) for p in points)})
+        spans = [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
+        merged = _merge(busy)
+
+        def is_busy(a: float, b: float) -> bool:
+            mid = (a + b) / 2
+            i = bisect.bisect_right([s for s, _ in merged], mid) - 1
+            return i >= 0 and merged[i][0] <= mid <= merged[i][1]
+
+        flags = [is_busy(a, b) for a, b in spans]
+        busy_total = sum(b - a for (a, b), f in zip(spans, flags, strict=True) if f)
+        cap = busy_total * IDLE_SHARE if busy_total > 0 else float("inf")
+        # Join neighbouring idle spans so that one long wait is one gap.
+        joined: list[tuple[float, float, bool]] = []
+        for (a, b), f in zip(spans, flags, strict=True):
+            if joined and not f and not joined[-1][2]:
+                joined[-1] = (joined[-1][0], b, False)
+            else:
+                joined.append((a, b, f))
+        self.starts: list[float] = []
+        self.pieces: list[tuple[float, float, float]] = []  # (start, end, weight)
+        self.compressed: list[tuple[float, float]] = []
+        for a, b, f in joined:
+            weight = b - a
+            if not f and weight > cap:
+                weight = cap
+                self.compressed.append((a, b))
+            self.starts.append(a)
+            self.pieces.append((a, b, weight))
+        self.weight_total = sum(w for _, _, w in self.pieces)
+        self.cum: list[float] = []
+        acc = 0.0
+        for _, _, w in self.pieces:
+            self.cum.append(acc)
+            acc += w
+
+    def pos(self, t: float) -> float:
+        if self.weight_total <= 0 or not self.pieces:
+            return 0.0
+        t = min(max(t, self.t0), self.t1)
+        i = max(0, bisect.bisect_right(self.starts, t) - 1)
+        a, b, w = self.pieces[i]
+        inside = 0.0 if b <= a else (t - a) / (b - a) * w
+        return round(100 * (self.cum[i] + inside) / self.weight_total, 3)
+
+    def ticks(self) -> list[Tick]:
+        linear = sum(b - a for a, b, _ in self.pieces if (a, b) not in self.compressed)
+        if linear <= 0:
+            return [Tick(0.0, "0")]
+        step = _nice_step(linear / 5)
+        found = [Tick(0.0, "0")]
+        # Gap labels (about 7% wide, centred on their gap) keep their space.
+        taken = [(g.left + g.width / 2 - 5.5, g.left + g.width / 2 + 5.5) for g in self.gaps()]
+        for a, b, _ in self.pieces:
+            if (a, b) in self.compressed:
+                continue
+            k = int((a - self.t0) // step) + 1
+            while self.t0 + k * step <= b:
+                t = self.t0 + k * step
+                left = self.pos(t)
+                clear = all(not lo - 3 <= left <= hi + 3 for lo, hi in taken)
+                if (clear and left - found[-1].left >= TICK_SPACING
+                        and left <= 100 - TICK_SPACING / 2):
+                    found.append(Tick(left, _relative(k * step)))
+                k += 1
+        return found
+
+    def gaps(self) -> list[Gap]:
+        out = []
+        for a, b in self.compressed:
+            left = self.pos(a)
+            out.append(Gap(left, round(self.pos(b) - left, 3), duration(b - a)))
+        return out
+
+
+def _nice_step(raw: float) -> float:
+    for unit in (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.25, 0.5, 1, 2, 5, 10, 15,
+                 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 21600, 43200, 86400):
+        if unit >= raw:
+            return float(unit)
+    return 86400.0 * max(1, round(raw / 86400))
+
+
+def _merge(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    merged: list[tuple[float, float]] = []
+    for a, b in sorted(intervals):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
+          now: float) -> Waterfall:
+    """Lay out ``run``'s history as rows of bars and marks on one time axis."""
+    entries = sorted(timeline, key=lambda e: (e.at.timestamp(), e.id))
+    t0 = run.created_at.timestamp()
+    finished = run.finished_at.timestamp() if run.finished_at else None
+    horizon = finished if finished is not None else max(now, t0)
+
+    busy: list[tuple[float, float]] = []
+    # -- the time the handler was actually executing (between resumes and pauses)
+    running_since: float | None = None
+    for e in entries:
+        at = e.at.timestamp()
+        if e.kind in ("attempt.started", "run.resumed"):
+            running_since = at
+        elif (e.kind in _ENDS_RUNNING and running_since is not None
+              and (e.kind != "run.queued" or e.data.get("from") == "running")):
+            busy.append((running_since, at))
+            running_since = None
+    if running_since is not None:
+        busy.append((running_since, horizon))
+
+    rows: list[Row] = []
+    attempt_rows: dict[int, Row] = {}
+    previous_end: float | None = None
+    for attempt in sorted(attempts, key=lambda a: a.number):
+        start = attempt.started_at.timestamp()
+        end = attempt.finished_at.timestamp() if attempt.finished_at else horizon
+        outcome = attempt.status
+        row = Row("attempt", f"Attempt {attempt.number}", "", outcome, attempt.number,
+                  start=start)
+        row.detail = duration(end - start) + ("" if attempt.finished_at else " so far")
+        lead = _lead_in(entries, attempt.number, start, previous_end, t0)
+        if lead is not None:
+            row.bars.append(lead[0])
+            row.marks.extend(lead[1])
+        title = f"Attempt {attempt.number}: {outcome}, {duration(end - start)}"
+        if attempt.worker_id:
+            title += f" on {attempt.worker_id}"
+        row.bars.append(Bar(start, end, f"attempt-{outcome}", "", title,
+                            open=attempt.finished_at is None))
+        for a, b in busy:
+            if a >= start - 1e-9 and a < end + 1e-9:
+                row.bars.append(Bar(a, min(b, end), "active", "", "executing"))
+        if attempt.error is not None and outcome in ("failed", "cancelled"):
+            kind = "failed" if outcome == "failed" else "cancel"
+            row.marks.append(Mark(end, kind, f"{attempt.error.type}: {attempt.error.message}"))
+        rows.append(row)
+        attempt_rows[attempt.number] = row
+        previous_end = attempt.finished_at.timestamp() if attempt.finished_at else None
+
+    children: list[Row] = []
+    waits: dict[tuple[int | None, str | None], Row] = {}
+    for i, e in enumerate(entries):
+        at = e.at.timestamp()
+        if e.kind in ("step.completed", "step.failed"):
+            dur = _f(e.data.get("duration") or 0.0)
+            status = e.kind.split(".")[1]
+            title = f"{e.step}: {status} in {duration(dur)}"
+            if e.data.get("function"):
+                title += f"\n{e.data['function']}"
+            error = e.data.get("error")
+            if error:
+                title += f"\n{error.get('type')}: {error.get('message')}"
+            row = Row("step", e.step or "?", duration(dur), status, e.attempt, e.step, start=at)
+            row.bars.append(Bar(at, at + dur, f"step-{status}", duration(dur), title))
+            if error:
+                row.marks.append(Mark(at + dur, "failed", f"{error.get('type')}: "
+                                                         f"{error.get('message')}"))
+            children.append(row)
+        elif e.kind == "run.waiting":
+            kind = "sleep" if e.data.get("waiting_for") == "sleep" else "wait"
+            end_entry = next((x for x in entries[i + 1:] if x.kind in _ENDS_WAIT), None)
+            end = end_entry.at.timestamp() if end_entry else horizon
+            until = e.data.get("until")
+            if kind == "sleep":
+                label = f"{'slept' if end_entry else 'sleeping'} {duration(end - at)}"
+                title = f"{e.step}: sleeping"
+            else:
+                key = e.data.get("correlation_key")
+                label = f"{'waited' if end_entry else 'waiting'} {duration(end - at)}"
+                title = f"{e.step}: waiting for event {e.data.get('event')!r}" + (
+                    f" with key {key!r}" if key else "")
+            if end_entry is None and until is not None:
+                title += f"; until +{duration(_f(until) - t0)} after creation"
+            row = Row(kind, e.step or kind, label, "waiting" if end_entry is None else "done",
+                      e.attempt, e.step, start=at)
+            row.bars.append(Bar(at, end, kind, label, title, open=end_entry is None))
+            if end_entry is not None and end_entry.kind == "wait.timed_out":
+                row.marks.append(Mark(end, "timeout",
+                                      f"timed out ({end_entry.data.get('on_timeout')})"))
+            children.append(row)
+            waits[(e.attempt, e.step)] = row
+        elif e.kind == "event.received":
+            title = f"event {e.data.get('event')!r} received ({e.data.get('event_id')})"
+            found = waits.get((e.attempt, e.step))
+            if found is None:  # an early event: the wait took it without pausing
+                found = Row("wait", e.step or "event", "event already there", "done", e.attempt,
+                            e.step, start=at)
+                children.append(found)
+                waits[(e.attempt, e.step)] = found
+            found.marks.append(Mark(at, "event", title))
+        elif e.kind == "run.cancel_requested":
+            target = attempt_rows.get(e.attempt or 0)
+            if target is not None:
+                target.marks.append(Mark(at, "cancel", "cancel requested"))
+        elif e.kind == "run.cancelled" and not e.attempt and rows:
+            rows[-1].marks.append(Mark(at, "cancel", "cancelled"))
+
+    hidden = max(0, len(children) - MAX_STEP_ROWS)
+    children = sorted(children, key=lambda r: (r.attempt or 0, r.start))[:MAX_STEP_ROWS]
+    ordered: list[Row] = []
+    for row in rows:
+        ordered.append(row)
+        ordered.extend(c for c in children if c.attempt == row.attempt)
+    ordered.extend(c for c in children if c.attempt not in attempt_rows)
+    if not rows and run.status in ("queued", "scheduled"):
+        since = t0
+        ordered.insert(0, Row("attempt", "Not started", f"{run.status} {duration(now - t0)}",
+                              run.status, None,
+                              bars=[Bar(since, horizon, "queued", "", run.status, open=True)]))
+
+    points = [t0, horizon]
+    for row in ordered:
+        for bar in row.bars:
+            points += [bar.start, bar.end]
+        points += [m.at for m in row.marks]
+    last = max(points)
+    axis = _Axis(t0, last, busy + [(b.start, b.end) for r in ordered for b in r.bars
+                                   if b.kind.startswith("step-")], points)
+    placed = [
+        PlacedRow(
+            r.kind, r.label, r.detail, r.status, r.attempt, r.step,
+            [PlacedBar(axis.pos(b.start), round(axis.pos(b.end) - axis.pos(b.start), 3),
+                       b.kind, b.label, b.title, b.open) for b in r.bars],
+            [PlacedMark(axis.pos(m.at), m.kind, m.title) for m in r.marks],
+        )
+        for r in ordered
+    ]
+    return Waterfall(
+        rows=placed,
+        ticks=axis.ticks(),
+        gaps=axis.gaps(),
+        total=last - t0,
+        now=None if finished is not None else axis.pos(now),
+        hidden_steps=hidden,
+    )
+
+
+def _lead_in(entries: list[TimelineEntry], number: int, start: float,
+             previous_end: float | None, t0: float) -> tuple[Bar, list[Mark]] | None:
+    """What came before attempt ``number``: time in the queue, a backoff, or a manual retry."""
+    before = [e for e in entries if e.at.timestamp() <= start + 1e-9]
+    if number == 1:
+        return Bar(t0, start, "queued", "", f"queued for {duration(start - t0)}"), []
+    manual = [e for e in before if e.kind == "run.queued" and e.data.get("manual_retry")]
+    retrying = [e for e in before if e.kind == "run.retrying" and e.attempt == number - 1]
+    if manual and (not retrying or manual[-1].at >= retrying[-1].at):
+        at = manual[-1].at.timestamp()
+        return (Bar(at, start, "queued", "", f"queued for {duration(start - at)}"),
+                [Mark(at, "manual", "retried by an operator")])
+    if retrying:
+        at = retrying[-1].at.timestamp()
+        return (Bar(at, start, "backoff", f"retry in {duration(start - at)}",
+                    f"backoff before attempt {number}: {duration(start - at)}"),
+                [Mark(at, "retry", f"attempt {number - 1} failed; retrying")])
+    if previous_end is not None:
+        return Bar(previous_end, start, "queued", "", "queued"), []
+    return None

@@ -1,0 +1,349 @@
+"""What an operator does in the dashboard, in a real browser, against a real worker."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+from dashboard_harness import Dashboard, screenshot, serve
+from dashboard_jobs import HOSTILE, register_jobs
+from playwright.sync_api import Page, expect
+
+from stackshift import StackShift
+from stackshift.testing import FakeClock, run_until_idle
+
+
+def _no_reload_marker(page: Page) -> None:
+    """Tag the loaded document: a reload or navigation would drop the tag."""
+    page.evaluate("window.__sameDocument = true")
+
+
+def _still_same_document(page: Page) -> bool:
+    return bool(page.evaluate("window.__sameDocument === true"))
+
+
+def test_runs_list_filters_searches_and_pages(stack: Dashboard, page: Page) -> None:
+    app = stack.app
+    done = [app.start("resize-image", {"image": i}) for i in range(55)]
+    waiting = app.start("send-email", {"user": "ada"}, idempotency_key="welcome:ada")
+    failed = app.start("sync-invoice", {"invoice": "in_1"})
+    stack.wait_status(waiting.id, "waiting")
+    stack.wait_status(failed.id, "failed")
+    stack.wait_for(lambda: all(app.runs.get(r.id).status == "completed" for r in done))
+
+    page.goto(stack.url)
+    expect(page.locator(".tab[data-status=completed] .count")).to_have_text("55")
+    expect(page.locator(".tab[data-status=failed] .count")).to_have_text("1")
+    expect(page.locator(".tab[data-status=waiting] .count")).to_have_text("1")
+    expect(page.locator("tbody tr[data-run-id]")).to_have_count(50)
+
+    # Cursor pagination: the older page holds the rest.
+    page.get_by_role("link", name="Older →").click()
+    expect(page.locator("tbody tr[data-run-id]")).to_have_count(7)
+    page.get_by_role("link", name="← Newest").click()
+    expect(page.locator("tbody tr[data-run-id]")).to_have_count(50)
+
+    # Filter by status (tab), then by job and queue (selects).
+    page.locator(".tab[data-status=failed]").click()
+    expect(page.locator("tbody tr[data-run-id]")).to_have_count(1)
+    expect(page.locator(f"tr[data-run-id='{failed.id}']")).to_contain_text("TimeoutError")
+    page.goto(stack.url)
+    page.select_option("select[name=job]", "send-email")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.locator("tbody tr[data-run-id]")).to_have_count(1)
+    expect(page.locator(f"tr[data-run-id='{waiting.id}']")).to_contain_text("email.verified")
+    page.goto(stack.url)
+    page.select_option("select[name=queue]", "media")
+    page.select_option("select[name=created]", "1h")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.locator("tbody tr[data-run-id]")).to_have_count(50)
+    page.goto(stack.at("/runs?queue=media&to=2000-01-01T00:00"))
+    expect(page.locator("td.empty")).to_have_text("No runs match these filters.")
+
+    # One search box: run id, idempotency key, correlation key.
+    for term, expected in ((failed.id, failed.id), ("welcome:ada", waiting.id),
+                           ("user:ada", waiting.id)):
+        page.goto(stack.url)
+        page.fill("input[name=q]", term)
+        page.keyboard.press("Enter")
+        expect(page.locator("tbody tr[data-run-id]")).to_have_count(1)
+        expect(page.locator("tbody tr[data-run-id]")).to_have_attribute("data-run-id", expected)
+    page.fill("input[name=q]", "no-such-thing")
+    page.keyboard.press("Enter")
+    expect(page.locator("td.empty")).to_be_visible()
+
+
+def test_failed_run_shows_error_attempts_logs_waterfall_and_retries_live(
+    stack: Dashboard, page: Page
+) -> None:
+    run = stack.app.start("import-feed", {"feed": "prices.csv"})
+    stack.wait_status(run.id, "failed")
+
+    page.goto(stack.at("/runs?status=failed"))
+    page.locator(f"a.run-link:text-is('{run.id}')").click()
+    expect(page).to_have_url(re.compile(f"/runs/{run.id}$"))
+    head = page.locator("#run-head")
+    expect(head.locator(".badge").first).to_have_text("failed")
+
+    error = page.locator("#run-error")
+    expect(error.locator(".error-type")).to_have_text("ValueError")
+    expect(error.locator(".error-message")).to_have_text(
+        "row 17: unexpected column 'price' in prices.csv")
+    expect(error.locator("pre.traceback")).to_contain_text("Traceback (most recent call last)")
+    expect(error.locator("pre.traceback")).to_contain_text("in parse")
+
+    attempts = page.locator("#attempts tbody tr")
+    expect(attempts).to_have_count(2)
+    for row in (attempts.nth(0), attempts.nth(1)):
+        expect(row.locator(".badge")).to_have_text("failed")
+        expect(row.locator("td.num")).to_have_text(re.compile(r"\d+ ms|<1 ms|[\d.]+ s"))
+        expect(row).to_contain_text("ValueError")
+
+    groups = page.locator("#logs .log-group")
+    expect(groups).to_have_count(2)
+    expect(groups.nth(0)).to_contain_text("Attempt 1")
+    expect(groups.nth(0).locator(".log-msg")).to_have_text("parsing feed prices.csv, attempt 1")
+    expect(groups.nth(1).locator(".log-msg")).to_have_text("parsing feed prices.csv, attempt 2")
+
+    chart = page.locator("#waterfall")
+    expect(chart.locator(".wf-attempt")).to_have_count(2)
+    expect(chart.locator(".wf-step[data-step=parse] .bar-step-failed")).to_have_count(2)
+    expect(chart.locator(".wf-step[data-step=download]")).to_have_count(1)
+    expect(chart.locator(".bar-backoff")).to_have_count(1)
+    screenshot(page, "run-failed", stack.store_kind)
+
+    page.locator("#retry-run").click()
+    expect(page.locator(".flash-ok")).to_have_text("Run queued for a new attempt.")
+    _no_reload_marker(page)
+    # Attempt 3 takes over a second: the page shows it running, then completed,
+    # with no reload in between.
+    expect(head.locator(".badge").first).to_have_text(re.compile("queued|running"))
+    expect(head.locator(".badge").first).to_have_text("completed", timeout=15_000)
+    assert _still_same_document(page)
+    expect(page.locator("#result pre")).to_contain_text('"rows": 120')
+    expect(page.locator("#attempts tbody tr")).to_have_count(3)
+    expect(page.locator("#run-error")).to_have_count(0)
+    expect(page.locator("#retry-run")).to_have_count(0)
+
+
+def test_run_with_three_attempts_eight_steps_and_a_wait_resumes_from_its_page(
+    stack: Dashboard, page: Page
+) -> None:
+    run = stack.app.start("checkout", {"order": 1042, "items": 3}, idempotency_key="order:1042")
+    stack.wait_status(run.id, "waiting")
+
+    page.goto(stack.at(f"/runs/{run.id}"))
+    chart = page.locator("#waterfall")
+    expect(chart.locator(".wf-attempt")).to_have_count(3)
+    expect(chart.locator(".wf-wait")).to_have_count(1)
+    expect(chart.locator(".wf-wait .bar-open")).to_have_count(1)
+    callout = page.locator("#waiting-for")
+    expect(callout).to_contain_text("payment.settled")
+    form = page.locator("#send-event-form")
+    expect(form.locator("input[name=name]")).to_have_value("payment.settled")
+    expect(form.locator("input[name=correlation_key]")).to_have_value("order:1042")
+    screenshot(page, "run-waiting", stack.store_kind)
+
+    form.locator("textarea[name=payload]").fill('{"amount": 4200, "psp": "acme"}')
+    form.locator("#send-event").click()
+    expect(page.locator(".flash-ok")).to_have_text("Event sent: the run resumed.")
+    _no_reload_marker(page)
+    expect(page.locator("#run-head .badge").first).to_have_text("completed")
+    assert _still_same_document(page)
+    final = stack.app.runs.get(run.id)
+    assert final.status == "completed" and final.result == {"order": 1042, "status": "closed"}
+
+    # Eight steps across three attempts, one wait resolved by the event.
+    steps = chart.locator(".wf-step")
+    names = {s.get_attribute("data-step") for s in steps.all()}
+    assert names == {"load-cart", "reserve-stock", "price-order", "apply-coupon", "charge-card",
+                     "send-receipt", "notify-warehouse", "close-order"}
+    expect(chart.locator(".wf-step[data-step=charge-card] .bar-step-failed")).to_have_count(2)
+    expect(chart.locator(".wf-wait .mark-event")).to_have_count(1)
+    expect(chart.locator(".wf-wait .bar-open")).to_have_count(0)
+    expect(chart.locator(".mark-retry")).to_have_count(2)
+    expect(page.locator("#logs .log-group")).to_have_count(3)
+    page.select_option("[data-log-filter]", "charge-card")
+    expect(page.locator("#logs .log-line:visible")).to_have_count(5)
+    page.select_option("[data-log-filter]", "")
+    screenshot(page, "run", stack.store_kind)
+
+
+def test_cancel_a_waiting_run(stack: Dashboard, page: Page) -> None:
+    run = stack.app.start("send-email", {"user": "grace"})
+    stack.wait_status(run.id, "waiting")
+    page.goto(stack.at(f"/runs/{run.id}"))
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#cancel-run").click()
+    expect(page.locator(".flash-ok")).to_have_text("Run cancelled.")
+    expect(page.locator("#run-head .badge").first).to_have_text("cancelled")
+    expect(page.locator("#send-event-form")).to_have_count(0)
+    expect(page.locator("#retry-run")).to_be_visible()
+    assert stack.app.runs.get(run.id).status == "cancelled"
+
+
+def test_bulk_retry_dead_letters_of_a_queue(stack: Dashboard, page: Page) -> None:
+    runs = [stack.app.start("sync-invoice", {"invoice": f"in_{i}"}) for i in range(4)]
+    stack.app.start("resize-image", {"image": "x"}, queue_name="billing")
+    for run in runs:
+        stack.wait_status(run.id, "failed")
+
+    page.goto(stack.at("/queues"))
+    billing = page.locator("tr", has=page.locator("a.queue-link:text-is('billing')"))
+    expect(billing).to_contain_text("4 failed")
+    billing.locator("a.queue-link").click()
+    dead = page.locator("#dead-letters tbody tr[data-run-id]")
+    expect(dead).to_have_count(4)
+    expect(page.locator(".stat-failed .stat-value")).to_have_text("4")
+
+    # Retry one selected run, then all the rest.
+    dead.first.locator("input[type=checkbox]").check()
+    page.locator("#retry-selected").click()
+    expect(page.locator(".flash-ok")).to_have_text("1 run queued for a new attempt.")
+    expect(dead).to_have_count(3)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#retry-all").click()
+    expect(page.locator(".flash-ok")).to_have_text("3 runs queued for a new attempt.")
+    _no_reload_marker(page)
+    expect(page.locator(".stat-completed .stat-value")).to_have_text("5")
+    expect(dead).to_have_count(0)
+    assert _still_same_document(page)
+    for run in runs:
+        assert stack.wait_status(run.id, "completed").result == {"synced": run.payload["invoice"]}
+
+
+def test_user_content_is_rendered_as_text(stack: Dashboard, page: Page) -> None:
+    run = stack.app.start("render-report", {"title": HOSTILE})
+    stack.wait_status(run.id, "failed")
+    stack.app.events.send("report.ready", {"title": HOSTILE}, correlation_key=HOSTILE)
+    stack.app.state.set("reports:last-title", HOSTILE)
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+    page.goto(stack.at(f"/runs/{run.id}"))
+    expect(page.locator("#payload pre")).to_contain_text(json.dumps(HOSTILE))
+    expect(page.locator("#logs .log-msg")).to_have_text(f"title was {HOSTILE}")
+    expect(page.locator("#run-error .error-message")).to_have_text(f"cannot render {HOSTILE}")
+    assert page.locator("#payload script, #logs script, #run-error script, main img").count() == 0
+    for path in ("/runs", f"/runs?q={run.id}", "/events", "/state", "/queues/reports"):
+        page.goto(stack.at(path))
+        expect(page.locator("main")).to_contain_text("<script>window.__pwned")
+        assert page.locator("main script, main img").count() == 0
+    assert page.evaluate("window.__pwned === undefined")
+    assert dialogs == []
+
+
+def test_overview_pages_events_jobs_workers_and_state(stack: Dashboard, page: Page) -> None:
+    app = stack.app
+    first = app.start("send-email", {"user": "lin"})
+    second = app.start("send-email", {"user": "lin"})
+    stack.wait_status(first.id, "waiting")
+    stack.wait_status(second.id, "waiting")
+    sent = app.events.send("email.verified", {"by": "link"}, correlation_key="user:lin")
+    assert set(sent.resumed_run_ids) == {first.id, second.id}
+    app.events.send("invoice.paid", {"invoice": "in_7"}, correlation_key="invoice:in_7")
+    app.start("nightly-report", {"day": "2026-01-05"})  # no worker knows this job
+    for i in range(3):
+        app.start("resize-image", {"image": i})
+    app.start("resize-image", {"image": "later"}, delay="1h")
+    busy = [app.start("checkout", {"order": 7}), app.start("import-feed", {"feed": "a.csv"}),
+            app.start("sync-invoice", {"invoice": "in_9"}), app.start("send-email", {"user": "bo"})]
+    app.state.set("imports:42:progress", {"done": 120, "total": 400}, ttl="2h")
+    app.state.set("feature:new-checkout", True)
+    stack.wait_for(lambda: app.state.get("images:resized") == 3)
+    for run in busy:
+        stack.wait_status(run.id, "waiting", "failed")
+
+    page.goto(stack.url)
+    expect(page.locator(".tab[data-status=scheduled] .count")).to_have_text("1")
+    expect(page.locator(".tab[data-status=queued] .count")).to_have_text("1")
+    screenshot(page, "runs", stack.store_kind, full_page=False)
+    page.goto(stack.at("/queues"))
+    expect(page.locator("a.queue-link")).to_have_count(6)
+
+    page.goto(stack.at("/events"))
+    row = page.locator(f"tr[data-event-id='{sent.id}']")
+    expect(row).to_contain_text("email.verified")
+    expect(row.locator("a.run-ref")).to_have_count(2)
+    page.fill("input[name=key]", "invoice:in_7")
+    page.keyboard.press("Enter")
+    expect(page.locator("tr[data-event-id]")).to_have_count(1)
+    expect(page.locator("tr[data-event-id]")).to_contain_text("invoice.paid")
+    page.goto(stack.at("/events"))
+    screenshot(page, "events", stack.store_kind)
+
+    page.goto(stack.at("/jobs"))
+    expect(page.locator("tr[data-job=resize-image]")).to_contain_text("1 live")
+    expect(page.locator("tr[data-job=nightly-report]")).to_contain_text(
+        "No live worker · 1 waiting")
+    expect(page.locator("tr[data-worker-id]")).to_have_count(1)
+    expect(page.locator("tr[data-worker-id]")).to_contain_text("live")
+    screenshot(page, "jobs", stack.store_kind)
+
+    page.goto(stack.at("/state"))
+    progress = page.locator("tr", has=page.locator("td.key-cell:text-is('imports:42:progress')"))
+    expect(progress).to_contain_text('"done": 120')
+    expect(progress).to_contain_text(re.compile(r"in 1h 59m|in 2h"))
+    expect(page.locator("tr", has=page.locator("td.key-cell:text-is('images:resized')"))
+           ).to_contain_text("never")
+    screenshot(page, "state", stack.store_kind)
+    page.fill("input[name=prefix]", "imports:")
+    page.keyboard.press("Enter")
+    expect(page.locator("td.key-cell")).to_have_count(1)
+
+
+def test_queue_pages_chart_an_hour_of_work(db_url: str, store_kind: str, page: Page) -> None:
+    """An hour of work on a test clock: per-minute throughput, failure rate, dead letters."""
+    # Whole minutes from a minute boundary, so that each minute's work falls in one bucket.
+    clock = FakeClock((int(time.time()) // 60) * 60 - 59 * 60 + 30)
+    app = StackShift(db_url, clock=clock)
+    register_jobs(app)
+    done_per_minute = []
+    try:
+        for minute in range(59):
+            wave = 2 + (minute * 7) % 5 + (4 if 20 <= minute < 30 else 0)
+            for i in range(wave):
+                app.start("sync-invoice", {"invoice": f"in_{minute}_{i}",
+                                           "reachable": (minute + i) % 9 != 0})
+            for i in range(1 + minute % 3):
+                app.start("resize-image", {"image": f"{minute}-{i}"}, queue_name="media")
+            if minute % 20 == 5:
+                app.start("send-email", {"user": f"u{minute}"})
+            if minute == 15:
+                app.start("nightly-report", {"day": "2026-01-05"})  # no worker knows it
+            run_until_idle(app)
+            done_per_minute.append(wave)
+            if minute < 58:
+                clock.advance("1m")
+        app.start("sync-invoice", {"invoice": "in_late", "reachable": True})
+        failed = app.runs.list(status="failed", queue="billing", limit=1000).items
+        total = sum(done_per_minute)
+        with serve(app, auth="open") as url:
+            page.goto(url + "/queues")
+            row = page.locator("tr", has=page.locator("a.queue-link:text-is('billing')"))
+            expect(row.locator("td.num").nth(0)).to_have_text(f"{total:,}")
+            rate = 100 * len(failed) / total
+            assert 10 < rate < 20  # shown as a whole percentage
+            expect(row.locator("td.num").nth(1)).to_have_text(f"{rate:.0f}%")
+            expect(row.locator("td.num").nth(2)).to_have_text(re.compile(r"just now|\ds"))
+            stranded = page.locator("tr", has=page.locator("a.queue-link:text-is('default')"))
+            expect(stranded.locator("td.num").nth(2)).to_have_text("43m")
+            screenshot(page, "queues", store_kind)
+
+            row.locator("a.queue-link").click()
+            bars = page.locator("svg.chart:not(.spark) g")
+            expect(bars).to_have_count(60)
+            titles = page.locator("svg.chart:not(.spark) g title").evaluate_all(
+                "titles => titles.map(t => t.textContent)")
+            counts = [re.search(r"UTC: (\d+) completed, (\d+) failed", t) for t in titles]
+            heights = [int(m.group(1)) + int(m.group(2)) for m in counts if m]
+            assert len(heights) == 60
+            assert sum(heights) == total
+            assert max(heights) == max(done_per_minute)
+            expect(page.locator(".stat-failed .stat-value")).to_have_text(str(len(failed)))
+            expect(page.locator("#dead-letters tbody tr[data-run-id]")).to_have_count(
+                min(50, len(failed)))
+            screenshot(page, "queue", store_kind)
+    finally:
+        app.close()

@@ -1,0 +1,110 @@
+"""The run waterfall's layout: long idle stretches must not squash the steps."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from stackshift.dashboard import waterfall
+from stackshift.models import Attempt, Run, RunError, TimelineEntry
+
+T0 = 1_800_000_000.0
+
+
+def _at(seconds: float) -> datetime:
+    return datetime.fromtimestamp(T0 + seconds, UTC)
+
+
+def _run(**changes: Any) -> Run:
+    fields: dict[str, Any] = dict(
+        id="run_1", job="remind", queue="default", status="completed", payload={}, result=None,
+        error=None, attempt=1, max_attempts=3, idempotency_key=None, priority=0,
+        concurrency_key=None, created_at=_at(0), scheduled_at=None, started_at=_at(0.01),
+        finished_at=_at(3 * 86400 + 0.2), next_attempt_at=None, waiting_for=None)
+    fields.update(changes)
+    return Run(**fields)
+
+
+def _entries(*rows: tuple[float, str, int | None, str | None, dict[str, Any]]
+             ) -> list[TimelineEntry]:
+    return [TimelineEntry(i, "run_1", _at(at), kind, attempt, step, data)
+            for i, (at, kind, attempt, step, data) in enumerate(rows, 1)]
+
+
+def test_a_three_day_sleep_is_compressed_and_labelled_while_steps_stay_readable() -> None:
+    sleep_end = 3 * 86400.0
+    timeline = _entries(
+        (0.0, "run.queued", None, None, {}),
+        (0.01, "attempt.started", 1, None, {}),
+        (0.01, "step.completed", 1, "fetch", {"duration": 0.02}),
+        (0.04, "run.waiting", 1, "cool-down", {"waiting_for": "sleep", "until": T0 + sleep_end}),
+        (sleep_end, "run.queued", 1, None, {"from": "waiting", "woke": "cool-down"}),
+        (sleep_end + 0.05, "run.resumed", 1, None, {}),
+        (sleep_end + 0.06, "step.completed", 1, "notify", {"duration": 0.1}),
+        (sleep_end + 0.2, "run.completed", 1, None, {"from": "running"}),
+    )
+    attempts = [Attempt("run_1", 1, "completed", "w", _at(0.01), _at(sleep_end + 0.2), None)]
+    chart = waterfall.build(_run(), timeline, attempts, now=T0 + sleep_end + 1)
+
+    steps = {r.step: r for r in chart.rows if r.kind == "step"}
+    assert set(steps) == {"fetch", "notify"}
+    # Linear, the 20 ms step would be 0.00001% of the width; here it is readable.
+    assert steps["fetch"].bars[0].width > 5
+    assert steps["notify"].bars[0].width > steps["fetch"].bars[0].width * 3
+    [gap] = chart.gaps
+    assert gap.label == "3d"
+    assert gap.width < 20
+    sleep = next(r for r in chart.rows if r.kind == "sleep")
+    assert sleep.detail == "slept 3d"
+    assert sleep.bars[0].left < steps["notify"].bars[0].left
+    assert chart.now is None
+
+
+def test_retries_show_backoff_and_failed_steps_per_attempt() -> None:
+    error = {"type": "ConnectionError", "message": "502"}
+    timeline = _entries(
+        (0.0, "run.queued", None, None, {}),
+        (0.01, "attempt.started", 1, None, {}),
+        (0.01, "step.failed", 1, "charge", {"duration": 0.05, "error": error}),
+        (0.07, "attempt.failed", 1, None, {"error": error}),
+        (0.07, "run.retrying", 1, None, {"from": "running", "next_attempt_at": T0 + 1.07}),
+        (1.07, "run.queued", None, None, {"from": "retrying"}),
+        (1.08, "attempt.started", 2, None, {}),
+        (1.08, "step.completed", 2, "charge", {"duration": 0.05}),
+        (1.14, "run.completed", 2, None, {"from": "running"}),
+    )
+    attempts = [
+        Attempt("run_1", 1, "failed", "w", _at(0.01), _at(0.07),
+                RunError("ConnectionError", "502")),
+        Attempt("run_1", 2, "completed", "w", _at(1.08), _at(1.14), None),
+    ]
+    chart = waterfall.build(_run(finished_at=_at(1.14), attempt=2), timeline, attempts,
+                            now=T0 + 2)
+    kinds = [(r.kind, r.attempt, r.step) for r in chart.rows]
+    assert kinds == [("attempt", 1, None), ("step", 1, "charge"), ("attempt", 2, None),
+                     ("step", 2, "charge")]
+    first, failed_step, second, _ = chart.rows
+    assert first.status == "failed" and [m.kind for m in first.marks] == ["failed"]
+    assert failed_step.bars[0].kind == "step-failed"
+    backoff = next(b for b in second.bars if b.kind == "backoff")
+    assert backoff.label == "retry in 1.01 s"
+    assert [m.kind for m in second.marks] == ["retry"]
+    # Attempt 2 starts right where its backoff ends, after attempt 1 ended.
+    assert abs(backoff.left + backoff.width - second.bars[1].left) < 0.01
+    assert second.bars[1].left > first.bars[1].left + first.bars[1].width
+
+
+def test_a_run_still_waiting_has_an_open_bar_and_a_now_line() -> None:
+    timeline = _entries(
+        (0.0, "run.queued", None, None, {}),
+        (0.01, "attempt.started", 1, None, {}),
+        (0.02, "run.waiting", 1, "email.verified",
+         {"waiting_for": "event", "event": "email.verified", "correlation_key": "user:1",
+          "until": T0 + 86400}),
+    )
+    attempts = [Attempt("run_1", 1, "waiting", "w", _at(0.01), None, None)]
+    run = _run(status="waiting", finished_at=None)
+    chart = waterfall.build(run, timeline, attempts, now=T0 + 600)
+    wait = next(r for r in chart.rows if r.kind == "wait")
+    assert wait.bars[0].open and wait.detail == "waiting 10m"
+    assert chart.now == 100.0
