@@ -247,6 +247,10 @@ class Dashboard:
                 response = self._render(request, "missing.html",
                                         {"page_title": "Not found", "nav": "",
                                          "message": str(exc)}, session, status=404)
+            except (StackShiftError, ValueError) as exc:
+                response = self._render(request, "missing.html",
+                                        {"page_title": "Cannot show this page", "nav": "",
+                                         "message": str(exc)}, session, status=400)
             if flash is not None:
                 response.delete_cookie(FLASH_COOKIE, path=self._root(request) or "/")
         if fresh:

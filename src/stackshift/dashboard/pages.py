@@ -29,6 +29,8 @@ WINDOWS = {"1h": ("Last hour", 60), "24h": ("Last 24 hours", 48), "7d": ("Last 7
 #: A worker whose heartbeat is older than this is shown as stale, not live.
 LIVE_HEARTBEAT = 60.0
 PAGE_SIZE = 50
+#: Most log lines a run page shows (the newest); the CLI and API give all of them.
+MAX_LOG_LINES = 2000
 
 
 class NotFound(Exception):
@@ -156,6 +158,8 @@ def run_page(service: Service, run_id: str, params: Mapping[str, str],
     attempts = service.attempts(run_id)
     steps = service.steps(run_id)
     logs = service.logs(run_id)
+    hidden_logs = max(0, len(logs) - MAX_LOG_LINES)
+    logs = logs[hidden_logs:]
     status = Status(run.status)
     chart = waterfall.build(run, timeline, attempts, now)
     log_groups: dict[int | None, list[LogEntry]] = {}
@@ -171,7 +175,8 @@ def run_page(service: Service, run_id: str, params: Mapping[str, str],
         "attempt_by_number": attempt_by_number,
         "steps": steps,
         "log_groups": sorted(log_groups.items(), key=lambda kv: kv[0] or 0),
-        "log_count": len(logs),
+        "log_count": len(logs) + hidden_logs,
+        "hidden_logs": hidden_logs,
         "log_steps": sorted({e.step for e in logs if e.step}),
         "timeline": sorted(timeline, key=lambda e: (e.at, e.id)),
         "chart": chart,
