@@ -13,11 +13,13 @@ from collections.abc import Iterator
 import pytest
 from dashboard_harness import VIEWPORT, Dashboard, serve
 from dashboard_jobs import register_jobs
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from stackshift import StackShift
 
 CHROMIUM = "/usr/bin/chromium"
+# The machine is shared: give live updates time under load rather than flake.
+expect.set_options(timeout=15_000)
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
