@@ -1,0 +1,5 @@
+"""``python -m stackshift.cli``: the same as the ``stackshift`` command."""
+
+from .main import main
+
+main()

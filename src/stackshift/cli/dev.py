@@ -1,0 +1,196 @@
+"""``stackshift dev APP``: everything a developer needs on one machine, in one command.
+
+It migrates the database, starts the services (today a worker; the HTTP server
+and dashboard join in :func:`start_services`), lets the app enqueue demo runs
+through an optional ``dev_seed(app)`` hook, and shows the run board until
+Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import FrameType, ModuleType
+from typing import Any
+
+import click
+from click.core import ParameterSource
+from rich.console import Console
+from rich.text import Text
+
+from ..client import DEFAULT_DATABASE_URL, StackShift
+from ..worker import Worker
+from .liveview import RunBoard, show_board
+from .loader import load_app
+from .options import DATABASE_ENV
+from .render import console
+from .worker import configure_logging
+
+SEED_HOOK = "dev_seed"
+SHUTDOWN_GRACE = "5s"
+
+
+@dataclass
+class DevServices:
+    """What ``dev`` runs beside its view; each entry has a one-line description."""
+
+    worker: Worker
+
+    def describe(self) -> list[tuple[str, str]]:
+        w = self.worker
+        return [("worker", f"{w.id}, concurrency {w.concurrency}, jobs: {', '.join(w.jobs)}")]
+
+    def stop(self) -> None:
+        self.worker.stop()
+
+
+def start_services(app: StackShift, *, concurrency: int) -> DevServices:
+    """Start the dev services for ``app`` in background threads and return them.
+
+    A dev server and dashboard are started here too once they exist, so the
+    command and its view stay the same.
+    """
+    worker = app.worker(concurrency=concurrency, shutdown_grace=SHUTDOWN_GRACE)
+    worker.start()
+    return DevServices(worker)
+
+
+def run_seed(module: ModuleType, app: StackShift, err: Console) -> list[str]:
+    """Call the app's ``dev_seed(app)`` hook; return the commands it suggests.
+
+    A failing hook is reported and dev carries on: the worker is still useful.
+    """
+    hook = getattr(module, SEED_HOOK, None)
+    if not callable(hook):
+        return []
+    try:
+        hints: Iterable[str] | None = hook(app)
+    except Exception as exc:
+        err.print(f"{SEED_HOOK}() failed: {type(exc).__name__}: {exc}", style="red", markup=False)
+        err.print(traceback.format_exc(), style="dim", markup=False)
+        return []
+    return [str(hint) for hint in hints or []]
+
+
+def program_name() -> str:
+    """How to call this command again: ``stackshift`` when that is on the PATH,
+    else the path it was started by (``.venv/bin/stackshift``)."""
+    started = sys.argv[0]
+    if os.path.basename(started) != "stackshift":
+        return "stackshift"
+    found = shutil.which("stackshift")
+    if found and os.path.realpath(found) == os.path.realpath(started):
+        return "stackshift"
+    return started
+
+
+def banner(
+    spec: str,
+    app: StackShift,
+    version: int,
+    services: DevServices,
+    hints: list[str],
+) -> Text:
+    text = Text()
+    text.append("StackShift dev", style="bold")
+    text.append(f"  {spec}\n")
+    rows = [("database", f"{app.database_url} (schema version {version})")]
+    rows += services.describe()
+    for name, value in rows:
+        text.append(f"  {name:<9}", style="bold")
+        text.append(f"{value}\n")
+    text.append("\nFrom another terminal (in this folder):\n", style="bold")
+    commands: list[str] = []
+    if app.database_url != DEFAULT_DATABASE_URL:
+        commands.append(f"export {DATABASE_ENV}='{app.database_url}'")
+    if hints:
+        commands += hints
+    elif app.jobs:
+        commands.append(f"stackshift start {app.jobs[0]} '{{}}'")
+    commands += [
+        "stackshift runs list",
+        "stackshift runs show RUN_ID        # also: runs logs, runs timeline, runs retry",
+        "stackshift events send NAME '{...}' --correlation-key KEY",
+    ]
+    program = program_name()
+    for command in commands:
+        if command.startswith("stackshift "):
+            command = program + command.removeprefix("stackshift")
+        text.append(f"  {command}\n", style="cyan")
+    text.append("Stop with Ctrl-C.\n", style="dim")
+    return text
+
+
+class _Stopper:
+    """First Ctrl-C / SIGTERM asks for a clean stop; a second one forces it."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Stopper:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt
+        self.event.set()
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+@click.command()
+@click.argument("app_spec", metavar="APP")
+@click.option("--db", "--database-url", "database_url", envvar=DATABASE_ENV, show_envvar=True,
+              default=DEFAULT_DATABASE_URL, show_default=True,
+              help="Database for an app built with StackShift().")
+@click.option("--concurrency", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--seed/--no-seed", default=True, show_default=True,
+              help=f"Call the app's {SEED_HOOK}(app) hook to enqueue demo runs.")
+def dev(app_spec: str, database_url: str, concurrency: int, seed: bool) -> None:
+    """Run APP on one machine: migrate, work its runs, show them live.
+
+    APP is module:attribute, path/to/file.py or path/to/file.py:attribute. If
+    the module defines dev_seed(app), it is called once at start to enqueue
+    demo runs (use idempotency keys so a restart adds nothing).
+    """
+    out = console()
+    err = console(stderr=True)
+    os.environ[DATABASE_ENV] = database_url
+    app, module = load_app(app_spec)
+    chosen = click.get_current_context().get_parameter_source("database_url")
+    if app.database_url != database_url and chosen != ParameterSource.DEFAULT:
+        err.print(f"warning: {app_spec} uses its own database {app.database_url}",
+                  style="yellow", markup=False)
+    if not app.jobs:
+        err.print(f"warning: {app_spec} defines no jobs; the worker has nothing to run",
+                  style="yellow", markup=False)
+    version = app.migrate()
+    configure_logging("INFO", out)
+    with _Stopper() as stopper:
+        try:
+            services = start_services(app, concurrency=concurrency)
+            try:
+                hints = run_seed(module, app, err) if seed else []
+                out.print(banner(app_spec, app, version, services, hints))
+                show_board(RunBoard(app), out, stopper.event)
+                out.print("Stopping…", style="dim")
+            finally:
+                services.stop()
+        except KeyboardInterrupt:
+            err.print("Stopped without waiting for running attempts; "
+                      "their leases expire and another worker takes them back.", style="yellow")
+            raise click.exceptions.Exit(130) from None
+        finally:
+            app.close()
+    out.print("Stopped.", style="dim")

@@ -1,0 +1,80 @@
+"""``stackshift events``: send events that resume waiting runs, and list them."""
+
+from __future__ import annotations
+
+import click
+
+from .options import database_url_option, json_option, open_client, parse_json_argument
+from .render import console, echo_json, events_table
+
+
+@click.group()
+def events() -> None:
+    """Send events and list stored ones."""
+
+
+@events.command()
+@click.argument("name")
+@click.argument("payload_json", required=False, metavar="[PAYLOAD_JSON]")
+@click.option("--correlation-key", help="Resumes only runs waiting with this key.")
+@click.option("--idempotency-key", help="A repeat within 24h returns the first event.")
+@json_option
+@database_url_option
+def send(
+    name: str,
+    payload_json: str | None,
+    correlation_key: str | None,
+    idempotency_key: str | None,
+    as_json: bool,
+    database_url: str | None,
+) -> None:
+    """Send event NAME with PAYLOAD_JSON ('-' reads it from stdin)."""
+    payload = parse_json_argument(payload_json, "PAYLOAD_JSON")
+    with open_client(database_url) as app:
+        sent = app.events.send(
+            name, payload, correlation_key=correlation_key, idempotency_key=idempotency_key
+        )
+    if as_json:
+        echo_json(sent)
+        return
+    out = console()
+    if sent.duplicate:
+        out.print(f"Event {sent.id} was already sent with this idempotency key; "
+                  "nothing was resumed again.")
+        return
+    resumed = sent.resumed_run_ids
+    if resumed:
+        out.print(f"Sent event {sent.id}; resumed {len(resumed)} run(s): {', '.join(resumed)}")
+    else:
+        out.print(f"Sent event {sent.id}; no run was waiting for it (it is kept for later waits).")
+
+
+@events.command("list")
+@click.option("--name", help="Only events with this name.")
+@click.option("--correlation-key", help="Only events with this correlation key.")
+@click.option("--limit", type=int, default=20, show_default=True, help="Events per page (1-1000).")
+@click.option("--cursor", help="Next page: the cursor printed under the previous one.")
+@json_option
+@database_url_option
+def list_events(
+    name: str | None,
+    correlation_key: str | None,
+    limit: int,
+    cursor: str | None,
+    as_json: bool,
+    database_url: str | None,
+) -> None:
+    """Stored events, newest first."""
+    with open_client(database_url) as app:
+        page = app.events.list(name=name, correlation_key=correlation_key, limit=limit,
+                               cursor=cursor)
+    if as_json:
+        echo_json({"items": page.items, "next_cursor": page.next_cursor})
+        return
+    out = console()
+    if not page.items:
+        out.print("No events match.")
+        return
+    out.print(events_table(page.items))
+    if page.next_cursor:
+        out.print(f"More: stackshift events list --cursor {page.next_cursor}", style="dim")

@@ -1,0 +1,87 @@
+"""Exit codes scripts can trust, and the translation of errors into them.
+
+====  =====================================================================
+0     the command did what it was asked
+1     the operation failed (a run waited on failed, a refused transition,
+      a database error, a wait that timed out)
+2     usage or bad input: nothing was written
+3     not found: no run, event or state key with that name
+4     idempotency conflict: the key belongs to another job or payload
+====  =====================================================================
+
+Messages go to stderr; a traceback only when ``STACKSHIFT_DEBUG`` is set.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import IntEnum
+from typing import IO, Any
+
+import click
+
+from ..errors import (
+    EventNotFoundError,
+    IdempotencyConflictError,
+    RunNotFoundError,
+    StackShiftError,
+)
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    FAILED = 1
+    BAD_INPUT = 2
+    NOT_FOUND = 3
+    CONFLICT = 4
+
+
+class CliFailure(click.ClickException):
+    """Ends a command with ``message`` on stderr and exit code 1."""
+
+    exit_code = int(ExitCode.FAILED)
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True, file=file)
+
+
+class BadInput(CliFailure):
+    exit_code = int(ExitCode.BAD_INPUT)
+
+
+class NotFound(CliFailure):
+    exit_code = int(ExitCode.NOT_FOUND)
+
+
+class Conflict(CliFailure):
+    exit_code = int(ExitCode.CONFLICT)
+
+
+def bad_input(message: str) -> CliFailure:
+    return BadInput(message)
+
+
+def not_found(message: str) -> CliFailure:
+    return NotFound(message)
+
+
+def failed(message: str) -> CliFailure:
+    return CliFailure(message)
+
+
+def debugging() -> bool:
+    return os.environ.get("STACKSHIFT_DEBUG", "") not in ("", "0")
+
+
+def translate(exc: Exception) -> CliFailure:
+    """The exit code and message for an error raised by the SDK."""
+    if isinstance(exc, IdempotencyConflictError):
+        return Conflict(str(exc))
+    if isinstance(exc, RunNotFoundError | EventNotFoundError):
+        return not_found(str(exc))
+    if isinstance(exc, ValueError):  # ValidationError and the SDK's other refusals
+        return bad_input(str(exc))
+    if isinstance(exc, TimeoutError | StackShiftError):
+        return failed(str(exc))
+    hint = "" if debugging() else " (set STACKSHIFT_DEBUG=1 for the traceback)"
+    return failed(f"{type(exc).__name__}: {exc}{hint}")

@@ -1,0 +1,115 @@
+"""Finding the app (the :class:`~stackshift.StackShift` client) a worker serves.
+
+``APP`` is ``package.module:attribute``, ``path/to/file.py`` or
+``path/to/file.py:attribute``; without an attribute the module's first
+StackShift client is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+import traceback
+from pathlib import Path
+from types import ModuleType
+
+from ..client import AsyncStackShift, StackShift
+from .failures import bad_input, failed
+
+
+def _split(spec: str) -> tuple[str, str | None]:
+    target, sep, attribute = spec.rpartition(":")
+    # "C:\\app.py" or a bare "file.py": the colon (if any) is not an attribute separator.
+    if not sep or not attribute or not attribute.replace(".", "_").isidentifier():
+        return spec, None
+    return target, attribute
+
+
+def _is_file(target: str) -> bool:
+    return target.endswith(".py") or "/" in target or os.sep in target
+
+
+def _import_file(path: Path) -> ModuleType:
+    if not path.is_file():
+        raise bad_input(f"no such file: {path}")
+    path = path.resolve()
+    name = path.stem if path.stem.isidentifier() else "stackshift_app"
+    if name in sys.modules and getattr(sys.modules[name], "__file__", None) != str(path):
+        name = f"stackshift_app_{name}"
+    # Siblings of the file import as they would when it runs as a script.
+    sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise bad_input(f"cannot load {path} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        traceback.print_exc()
+        raise failed(f"importing {path} failed: {type(exc).__name__}: {exc}") from None
+    return module
+
+
+def _import_module(name: str) -> ModuleType:
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
+            raise bad_input(f"cannot import module {name!r}: {exc}") from None
+        traceback.print_exc()
+        raise failed(f"importing {name} failed: {exc}") from None
+    except Exception as exc:
+        traceback.print_exc()
+        raise failed(f"importing {name} failed: {type(exc).__name__}: {exc}") from None
+
+
+def _client(value: object) -> StackShift | None:
+    if isinstance(value, StackShift):
+        return value
+    if isinstance(value, AsyncStackShift):
+        return value.sync
+    return None
+
+
+def load_module(spec: str) -> tuple[ModuleType, str | None]:
+    """Import the module ``spec`` names; return it and the attribute named, if any."""
+    target, attribute = _split(spec)
+    module = _import_file(Path(target)) if _is_file(target) else _import_module(target)
+    return module, attribute
+
+
+def find_app(module: ModuleType, attribute: str | None, spec: str) -> StackShift:
+    """The client ``attribute`` names in ``module``, else its first client."""
+    if attribute is not None:
+        value: object = module
+        for part in attribute.split("."):
+            if not hasattr(value, part):
+                raise bad_input(f"{spec}: {module.__name__} has no attribute {attribute!r}")
+            value = getattr(value, part)
+        app = _client(value)
+        if app is None:
+            raise bad_input(f"{spec}: {attribute} is a {type(value).__name__}, not a StackShift")
+        return app
+    for value in vars(module).values():
+        app = _client(value)
+        if app is not None:
+            return app
+    raise bad_input(
+        f"{spec}: no StackShift instance in {module.__name__}; name one as APP:attribute"
+    )
+
+
+def load_app(spec: str) -> tuple[StackShift, ModuleType]:
+    """Import ``spec`` and return its client and module.
+
+    Bad specs (missing file, module or attribute) exit 2; an exception raised by
+    the app's own code while importing prints its traceback and exits 1.
+    """
+    module, attribute = load_module(spec)
+    return find_app(module, attribute, spec), module

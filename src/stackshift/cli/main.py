@@ -1,0 +1,64 @@
+"""The ``stackshift`` command: its group, exit codes and error handling."""
+
+from __future__ import annotations
+
+import os
+import traceback
+from typing import Any
+
+import click
+
+from .dev import dev
+from .events import events
+from .failures import debugging, translate
+from .migrate import migrate
+from .options import DATABASE_ENV
+from .queues import queues
+from .runs import runs
+from .schedules import schedules
+from .server_commands import COMMANDS as SERVER_COMMANDS
+from .start import start
+from .state import state
+from .worker import worker
+
+
+class _Commands(click.Group):
+    """Turns SDK errors into a message on stderr and a documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, BrokenPipeError):
+            raise  # click reports these itself (a closed pipe ends quietly)
+        except Exception as exc:
+            if debugging():
+                traceback.print_exc()
+            raise translate(exc) from exc
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="stackshift")
+@click.option("--database-url", metavar="URL",
+              help="Database for every command (sets STACKSHIFT_DATABASE_URL).")
+def cli(database_url: str | None) -> None:
+    """StackShift: durable jobs with steps, retries, idempotency, events and state.
+
+    Exit codes: 0 ok, 1 operation failed, 2 usage or bad input (nothing
+    written), 3 not found, 4 idempotency conflict.
+    """
+    if database_url:
+        # Each command reads the variable as its --database-url default.
+        os.environ[DATABASE_ENV] = database_url
+
+
+for command in (worker, dev, start, runs, events, state, migrate, queues, schedules,
+                *SERVER_COMMANDS):
+    cli.add_command(command)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

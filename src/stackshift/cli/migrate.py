@@ -1,0 +1,31 @@
+"""``stackshift migrate``: bring the database schema up to date."""
+
+from __future__ import annotations
+
+import click
+
+from ..client import StackShift
+from .options import database_url_option, json_option
+from .render import console, echo_json
+
+
+@click.command()
+@json_option
+@database_url_option
+def migrate(as_json: bool, database_url: str | None) -> None:
+    """Apply pending migrations (forward only) and print the schema version."""
+    app = StackShift(database_url, migrate=False)
+    try:
+        before = app._service.store.db.schema_version()
+        after = app.migrate()
+    finally:
+        app.close()
+    if as_json:
+        echo_json({"database_url": app.database_url, "version": after,
+                   "previous_version": before})
+        return
+    if after == before:
+        message = f"Schema is up to date at version {after}."
+    else:
+        message = f"Migrated the schema from version {before} to {after}."
+    console().print(message, markup=False)

@@ -1,0 +1,100 @@
+"""Options every command shares, JSON arguments, and opening the client."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+
+from ..client import DEFAULT_DATABASE_URL, StackShift
+from ..durations import parse_duration
+from ..errors import ValidationError
+from .failures import bad_input
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DATABASE_ENV = "STACKSHIFT_DATABASE_URL"
+
+
+def database_url_option(fn: F) -> F:
+    """``--database-url``; without it the SDK decides, as ``StackShift()`` does.
+
+    That is ``STACKSHIFT_DATABASE_URL``, else a server at ``STACKSHIFT_URL``
+    (with ``STACKSHIFT_API_KEY``), else ``sqlite:///stackshift.db``.
+    """
+    return click.option(
+        "--database-url",
+        envvar=DATABASE_ENV,
+        show_envvar=True,
+        default=None,
+        help=f"sqlite:///path/to/file.db or postgresql://... [default: {DEFAULT_DATABASE_URL}, "
+        "or the server at STACKSHIFT_URL when that is set]",
+    )(fn)
+
+
+def json_option(fn: F) -> F:
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of text."
+    )(fn)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in JSON")
+
+
+def parse_json_argument(text: str | None, what: str) -> Any:
+    """``text`` as JSON (``-`` reads stdin); ``None`` stays ``None``.
+
+    Raises a bad-input failure (exit 2) naming ``what`` for anything that is not JSON.
+    """
+    if text is None:
+        return None
+    if text == "-":
+        text = sys.stdin.read()
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except ValueError as exc:
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        raise bad_input(f"{what} is not valid JSON ({exc}): {shown!r}") from None
+
+
+def duration(value: str | None, option: str) -> float | str | None:
+    """A duration option, validated before anything is opened or written.
+
+    A bare number means seconds (``--timeout 10``); otherwise the SDK's forms
+    (``30s``, ``15m``, ``1h30m``) are accepted.
+    """
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = None
+    try:
+        parse_duration(value if seconds is None else seconds, name=option)
+    except ValidationError as exc:
+        raise bad_input(str(exc)) from None
+    return value if seconds is None else seconds
+
+
+def split_list(value: str | None) -> list[str] | None:
+    """``"a,b"`` to ``["a", "b"]``; ``None`` or empty stays ``None``."""
+    if not value:
+        return None
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    return items or None
+
+
+@contextmanager
+def open_client(database_url: str | None) -> Iterator[StackShift]:
+    """A client on ``database_url`` (migrated on first use, as the SDK does), or the
+    SDK's own choice from the environment when it is ``None``."""
+    app = StackShift(database_url)
+    try:
+        yield app
+    finally:
+        app.close()

@@ -1,0 +1,415 @@
+"""Turning SDK values into JSON for scripts and Rich tables for people."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from ..models import Attempt, Event, LogEntry, Run, Step, TimelineEntry
+
+STATUS_STYLES = {
+    "scheduled": "blue",
+    "queued": "bright_blue",
+    "running": "cyan",
+    "waiting": "yellow",
+    "retrying": "dark_orange",
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+}
+
+
+# -- JSON ----------------------------------------------------------------------------
+
+
+def iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def to_data(value: Any) -> Any:
+    """Plain JSON data for a model (dataclasses, datetimes, lists, dicts)."""
+    if isinstance(value, datetime):
+        return iso(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_data(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): to_data(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_data(item) for item in value]
+    return value
+
+
+def echo_json(value: Any) -> None:
+    click.echo(json.dumps(to_data(value), indent=2, ensure_ascii=False))
+
+
+def compact_json(value: Any, limit: int | None = None) -> str:
+    text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text
+
+
+# -- consoles ----------------------------------------------------------------------------
+
+
+def console(*, stderr: bool = False) -> Console:
+    """A console that does not squeeze tables to 80 columns when piped to a file."""
+    stream = sys.stderr if stderr else sys.stdout
+    wide = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=160 if wide else None, highlight=False)
+
+
+# -- times -------------------------------------------------------------------------------
+
+
+def span(seconds: float) -> str:
+    """A short human duration: ``850ms``, ``12.3s``, ``4m05s``, ``2h10m``, ``3d4h``."""
+    seconds = max(0.0, seconds)
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours}h"
+
+
+def offset(seconds: float) -> str:
+    """A timeline offset from the run's creation: ``+0.000s``, ``+12.345s``, ``+4m05.2s``."""
+    sign = "-" if seconds < 0 else "+"
+    seconds = abs(seconds)
+    if seconds < 60:
+        return f"{sign}{seconds:.3f}s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{sign}{int(minutes)}m{secs:04.1f}s"
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{sign}{hours}h{minutes:02d}m{int(secs):02d}s"
+
+
+def age(moment: datetime | None, now: datetime | None = None) -> str:
+    if moment is None:
+        return ""
+    now = now or datetime.now(UTC)
+    return span((now - moment).total_seconds())
+
+
+def when(moment: datetime | None) -> str:
+    if moment is None:
+        return "-"
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+
+
+def status_text(status: str) -> Text:
+    return Text(status, style=STATUS_STYLES.get(status, ""))
+
+
+# -- runs --------------------------------------------------------------------------------
+
+
+def waiting_text(run: Run) -> str:
+    waiting = run.waiting_for
+    if waiting is None:
+        return ""
+    if waiting.kind == "event":
+        key = f" ({waiting.correlation_key})" if waiting.correlation_key else ""
+        until = f" until {when(waiting.until)}" if waiting.until else ""
+        return f"event {waiting.event_name}{key}{until}"
+    return f"sleep {waiting.step} until {when(waiting.until)}"
+
+
+def _until(moment: datetime | None, now: datetime) -> str:
+    if moment is None:
+        return ""
+    seconds = (moment - now).total_seconds()
+    return "now" if seconds <= 0 else f"in {span(seconds)}"
+
+
+def run_detail_line(run: Run, now: datetime | None = None) -> str:
+    """What is most worth knowing about a run beside its status, in one line."""
+    now = now or datetime.now(UTC)
+    waiting = run.waiting_for
+    if waiting is not None:
+        if waiting.kind == "event":
+            key = f" ({waiting.correlation_key})" if waiting.correlation_key else ""
+            return f"for {waiting.event_name}{key}, times out {_until(waiting.until, now)}"
+        return f"sleeping ({waiting.step}), wakes {_until(waiting.until, now)}"
+    if run.status == "retrying" and run.error is not None:
+        return (f"{run.error.type}: {run.error.message}; next attempt "
+                f"{_until(run.next_attempt_at, now)}")
+    if run.error is not None and run.status in ("failed", "cancelled"):
+        return f"{run.error.type}: {run.error.message}"
+    if run.status == "scheduled":
+        return f"starts {_until(run.scheduled_at, now)}"
+    if run.status == "completed":
+        return compact_json(run.result, 60)
+    return ""
+
+
+def _table(title: str | None = None) -> Table:
+    return Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD,
+                 show_edge=False, pad_edge=False)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+
+
+def runs_table(
+    runs: list[Run],
+    *,
+    now: datetime | None = None,
+    title: str | None = None,
+    width: int | None = None,
+) -> Table:
+    """Runs, one per row. With ``width`` the table fits it: on a narrow screen the
+    queue is left out and the detail column is shortened, never the id or status."""
+    show_queue = width is None or width >= 110
+    rows = []
+    for run in runs:
+        cells = [run.id, run.job] + ([run.queue] if show_queue else [])
+        cells += [run.status, f"{run.attempt}/{run.max_attempts}", age(run.created_at, now)]
+        rows.append((cells, run_detail_line(run, now)))
+    headers = ["RUN", "JOB"] + (["QUEUE"] if show_queue else []) + ["STATUS", "ATT", "AGE"]
+    show_detail = True
+    if width is not None:
+        used = sum(max([len(h)] + [len(c[i]) for c, _ in rows]) for i, h in enumerate(headers))
+        room = width - used - 3 * len(headers)  # three characters between columns
+        show_detail = room >= 12
+        rows = [(cells, _clip(detail, room)) for cells, detail in rows]
+    table = _table(title)
+    for header in headers:
+        table.add_column(header, no_wrap=True, justify="right" if header in ("ATT", "AGE")
+                         else "left")
+    if show_detail:
+        table.add_column("DETAIL", no_wrap=True, overflow="ellipsis")
+    status_at = headers.index("STATUS")
+    for cells, detail in rows:
+        shown: list[str | Text] = list(cells)
+        shown[status_at] = status_text(cells[status_at])
+        table.add_row(*shown, *([detail] if show_detail else []))
+    return table
+
+
+def _fields(rows: list[tuple[str, Any]]) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    for name, value in rows:
+        grid.add_row(name, value if isinstance(value, Text) else Text(str(value)))
+    return grid
+
+
+def _json_block(value: Any) -> Text:
+    return Text(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def run_detail(run: Run, attempts: list[Attempt], steps: list[Step]) -> RenderableType:
+    """``runs show``: the run, its payload, result, error, attempts and steps."""
+    rows: list[tuple[str, Any]] = [
+        ("id", run.id),
+        ("job", run.job),
+        ("queue", run.queue),
+        ("status", status_text(run.status)),
+        ("attempt", f"{run.attempt} of {run.max_attempts}"),
+    ]
+    if run.idempotency_key:
+        rows.append(("idempotency key", run.idempotency_key))
+    if run.priority:
+        rows.append(("priority", run.priority))
+    if run.concurrency_key:
+        rows.append(("concurrency key", run.concurrency_key))
+    rows.append(("created", when(run.created_at)))
+    for name, moment in (
+        ("scheduled", run.scheduled_at),
+        ("started", run.started_at),
+        ("finished", run.finished_at),
+        ("next attempt", run.next_attempt_at),
+    ):
+        if moment is not None:
+            rows.append((name, when(moment)))
+    if run.waiting_for is not None:
+        rows.append(("waiting for", waiting_text(run)))
+    parts: list[RenderableType] = [_fields(rows), Text(""), Text("payload", style="bold")]
+    parts.append(_json_block(run.payload))
+    if run.status == "completed" or run.result is not None:
+        parts += [Text(""), Text("result", style="bold"), _json_block(run.result)]
+    if run.error is not None:
+        parts += [
+            Text(""),
+            Text("error", style="bold red"),
+            Text(f"{run.error.type}: {run.error.message}", style="red"),
+        ]
+        if run.error.traceback:
+            parts.append(Text(run.error.traceback.rstrip(), style="dim"))
+    if attempts:
+        parts += [Text(""), attempts_table(attempts)]
+    if steps:
+        parts += [Text(""), steps_table(steps)]
+    return Group(*parts)
+
+
+def attempts_table(attempts: list[Attempt]) -> Table:
+    table = _table("attempts")
+    for name in ("#", "STATUS", "STARTED", "DURATION", "WORKER", "ERROR"):
+        table.add_column(name, no_wrap=name != "ERROR")
+    for attempt in attempts:
+        duration = attempt.duration
+        error = attempt.error
+        table.add_row(
+            str(attempt.number),
+            status_text(attempt.status),
+            when(attempt.started_at),
+            "" if duration is None else span(duration),
+            attempt.worker_id or "",
+            f"{error.type}: {error.message}" if error else "",
+        )
+    return table
+
+
+def steps_table(steps: list[Step]) -> Table:
+    table = _table("steps")
+    for name in ("STEP", "KIND", "STATUS", "ATTEMPT", "DURATION", "RESULT / ERROR"):
+        table.add_column(name, no_wrap=name != "RESULT / ERROR")
+    for step in steps:
+        duration = (
+            span((step.finished_at - step.started_at).total_seconds())
+            if step.finished_at and step.started_at
+            else ""
+        )
+        outcome = (
+            f"{step.error.type}: {step.error.message}"
+            if step.error
+            else compact_json(step.result, 80)
+            if step.status == "completed"
+            else ""
+        )
+        table.add_row(step.key, step.kind, status_text(step.status), str(step.attempt),
+                      duration, outcome)
+    return table
+
+
+# -- timeline and logs -----------------------------------------------------------------------
+
+
+def _detail_value(key: str, value: Any, created: float) -> str:
+    if isinstance(value, dict) and {"type", "message"} <= set(value):
+        return f"{value['type']}: {value['message']}"
+    if key == "duration" and isinstance(value, int | float):
+        return span(float(value))
+    if (key.endswith("_at") or key == "until") and isinstance(value, int | float):
+        return offset(float(value) - created)
+    if isinstance(value, str):
+        return value
+    return compact_json(value, 80)
+
+
+def timeline_details(entry: TimelineEntry, created: float) -> str:
+    data = dict(entry.data)
+    parts = []
+    if "error" in data:
+        parts.append(_detail_value("error", data.pop("error"), created))
+    if "from" in data:
+        parts.append(f"from {data.pop('from')}")
+    for key, value in data.items():
+        parts.append(f"{key}={_detail_value(key, value, created)}")
+    return ", ".join(parts)
+
+
+def timeline_rows(run: Run, entries: list[TimelineEntry]) -> list[dict[str, Any]]:
+    """Entries as JSON data with ``offset_seconds`` from the run's creation."""
+    created = run.created_at.timestamp()
+    rows = []
+    for entry in entries:
+        row = to_data(entry)
+        row["offset_seconds"] = round(entry.at.timestamp() - created, 6)
+        rows.append(row)
+    return rows
+
+
+def timeline_table(run: Run, entries: list[TimelineEntry]) -> Table:
+    created = run.created_at.timestamp()
+    table = _table(f"{run.id} · {run.job} · created {when(run.created_at)}")
+    table.add_column("OFFSET", justify="right", no_wrap=True)
+    table.add_column("EVENT", no_wrap=True)
+    table.add_column("STEP", no_wrap=True)
+    table.add_column("ATTEMPT", justify="right", no_wrap=True)
+    table.add_column("DETAILS")
+    for entry in entries:
+        kind = entry.kind
+        style = ""
+        if kind.startswith("run."):
+            style = STATUS_STYLES.get(kind.removeprefix("run."), "")
+        elif kind.endswith("failed") or kind.endswith("timed_out"):
+            style = "red"
+        table.add_row(
+            offset(entry.at.timestamp() - created),
+            Text(kind, style=style),
+            entry.step or "",
+            "" if entry.attempt is None else str(entry.attempt),
+            timeline_details(entry, created),
+        )
+    return table
+
+
+def log_lines(entries: list[LogEntry]) -> Text:
+    text = Text()
+    for entry in entries:
+        style = {"WARNING": "yellow", "ERROR": "red", "CRITICAL": "bold red"}.get(entry.level, "")
+        where = f"attempt {entry.attempt}" if entry.attempt is not None else "-"
+        if entry.step:
+            where += f" step {entry.step}"
+        text.append(f"{when(entry.at)}  ", style="dim")
+        text.append(f"{entry.level:<8}", style=style)
+        text.append(f" [{where}] {entry.logger}: ", style="dim")
+        text.append(entry.message + "\n", style=style)
+    return text
+
+
+# -- events and state -------------------------------------------------------------------------
+
+
+def events_table(events: list[Event]) -> Table:
+    table = _table()
+    table.add_column("EVENT", no_wrap=True)
+    table.add_column("NAME", no_wrap=True)
+    table.add_column("CORRELATION KEY")
+    table.add_column("RECEIVED", no_wrap=True)
+    table.add_column("PAYLOAD", overflow="ellipsis", no_wrap=True, max_width=60)
+    for event in events:
+        table.add_row(event.id, event.name, event.correlation_key or "", when(event.received_at),
+                      compact_json(event.payload, 60))
+    return table
+
+
+def state_table(items: list[dict[str, Any]]) -> Table:
+    table = _table()
+    table.add_column("KEY", no_wrap=True)
+    table.add_column("VALUE", overflow="ellipsis", no_wrap=True, max_width=60)
+    table.add_column("EXPIRES", no_wrap=True)
+    for item in items:
+        expires = item.get("expires_at")
+        table.add_row(
+            item["key"],
+            compact_json(item["value"], 60),
+            "" if expires is None else when(datetime.fromtimestamp(expires, UTC)),
+        )
+    return table

@@ -1,0 +1,171 @@
+"""``stackshift runs``: list, inspect and act on runs."""
+
+from __future__ import annotations
+
+import click
+
+from .options import database_url_option, duration, json_option, open_client
+from .render import (
+    console,
+    echo_json,
+    log_lines,
+    run_detail,
+    runs_table,
+    status_text,
+    timeline_rows,
+    timeline_table,
+    to_data,
+)
+from .start import report_finished
+
+
+@click.group()
+def runs() -> None:
+    """List runs, show one, read its logs and timeline, cancel, retry or wait."""
+
+
+@runs.command("list")
+@click.option("--status", help="scheduled, queued, running, waiting, retrying, completed, "
+                               "failed or cancelled.")
+@click.option("--job", help="Only runs of this job.")
+@click.option("--queue", help="Only runs on this queue.")
+@click.option("--idempotency-key", help="The run started with this key.")
+@click.option("--correlation-key", help="Runs that waited for or received events with this key.")
+@click.option("--limit", type=int, default=20, show_default=True, help="Runs per page (1-1000).")
+@click.option("--cursor", help="Next page: the cursor printed under the previous one.")
+@json_option
+@database_url_option
+def list_runs(
+    status: str | None,
+    job: str | None,
+    queue: str | None,
+    idempotency_key: str | None,
+    correlation_key: str | None,
+    limit: int,
+    cursor: str | None,
+    as_json: bool,
+    database_url: str | None,
+) -> None:
+    """Runs, newest first."""
+    with open_client(database_url) as app:
+        page = app.runs.list(
+            status=status, job=job, queue=queue, idempotency_key=idempotency_key,
+            correlation_key=correlation_key, limit=limit, cursor=cursor,
+        )
+    if as_json:
+        echo_json({"items": page.items, "next_cursor": page.next_cursor})
+        return
+    out = console()
+    if not page.items:
+        out.print("No runs match." if cursor is None else "No more runs.")
+        return
+    out.print(runs_table(page.items))
+    if page.next_cursor:
+        out.print(f"More: stackshift runs list --cursor {page.next_cursor}", style="dim")
+
+
+@runs.command()
+@click.argument("run_id")
+@json_option
+@database_url_option
+def show(run_id: str, as_json: bool, database_url: str | None) -> None:
+    """Status, payload, result, error with traceback, attempts and steps of a run."""
+    with open_client(database_url) as app:
+        run = app.runs.get(run_id)
+        attempts = app.runs.attempts(run_id)
+        steps = app.runs.steps(run_id)
+    if as_json:
+        data = to_data(run)
+        data["attempts"] = to_data(attempts)
+        data["steps"] = to_data(steps)
+        echo_json(data)
+        return
+    console().print(run_detail(run, attempts, steps))
+
+
+@runs.command()
+@click.argument("run_id")
+@json_option
+@database_url_option
+def logs(run_id: str, as_json: bool, database_url: str | None) -> None:
+    """Log records saved while the run's handler ran, oldest first."""
+    with open_client(database_url) as app:
+        entries = app.runs.logs(run_id)
+    if as_json:
+        echo_json(entries)
+        return
+    if not entries:
+        console().print("No logs for this run.", style="dim")
+        return
+    console().print(log_lines(entries), end="")
+
+
+@runs.command()
+@click.argument("run_id")
+@json_option
+@database_url_option
+def timeline(run_id: str, as_json: bool, database_url: str | None) -> None:
+    """Everything that happened to a run, with offsets from its creation."""
+    with open_client(database_url) as app:
+        run = app.runs.get(run_id)
+        entries = app.runs.timeline(run_id)
+    if as_json:
+        echo_json(timeline_rows(run, entries))
+        return
+    console().print(timeline_table(run, entries))
+
+
+@runs.command()
+@click.argument("run_id")
+@click.option("--reason", help="Recorded on the run and its timeline.")
+@json_option
+@database_url_option
+def cancel(run_id: str, reason: str | None, as_json: bool, database_url: str | None) -> None:
+    """Cancel a run. A running handler stops at its next step boundary.
+
+    Exit 1 when the run already completed or failed.
+    """
+    with open_client(database_url) as app:
+        run = app.runs.cancel(run_id, reason)
+    if as_json:
+        echo_json(run)
+        return
+    if run.status == "running":
+        console().print(f"Cancel requested: run {run.id} stops at its next step boundary.")
+    else:
+        console().print(f"Run {run.id} is ", status_text(run.status), ".", sep="")
+
+
+@runs.command()
+@click.argument("run_id")
+@json_option
+@database_url_option
+def retry(run_id: str, as_json: bool, database_url: str | None) -> None:
+    """Put a failed or cancelled run back in line with a fresh attempt budget.
+
+    Completed steps are reused. Exit 1 for a run that is neither failed nor cancelled.
+    """
+    with open_client(database_url) as app:
+        run = app.runs.retry(run_id)
+    if as_json:
+        echo_json(run)
+        return
+    console().print(f"Run {run.id} is ", status_text(run.status),
+                    " again; its completed steps will be reused.", sep="")
+
+
+@runs.command()
+@click.argument("run_id")
+@click.option("--timeout", help="Give up after this long, e.g. 30s (exit 1).")
+@json_option
+@database_url_option
+def wait(run_id: str, timeout: str | None, as_json: bool, database_url: str | None) -> None:
+    """Block until a run is completed, failed or cancelled.
+
+    Exit 0 when it completed, 1 when it failed, was cancelled or the timeout passed.
+    """
+    limit = duration(timeout, "--timeout")
+    with open_client(database_url) as app:
+        app.runs.get(run_id)  # an unknown id is "not found", not a timeout
+        run = app.runs.wait(run_id, limit)
+    report_finished(run, as_json)

@@ -1,0 +1,121 @@
+"""``stackshift start``: start a run (optionally waiting for it to finish)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.markup import escape
+
+from ..models import Run
+from .failures import ExitCode, bad_input
+from .options import (
+    database_url_option,
+    duration,
+    json_option,
+    open_client,
+    parse_json_argument,
+)
+from .render import console, echo_json, run_detail_line, status_text, to_data, when
+
+
+@click.command()
+@click.argument("job")
+@click.argument("payload_json", required=False, metavar="[PAYLOAD_JSON]")
+@click.option("--queue", "queue_name", help="Queue to run on (default: the job's, else 'default').")
+@click.option("--idempotency-key", help="Starts with the same key map to one run.")
+@click.option("--idempotency-ttl", help="How long the key holds, e.g. 30d (default 24h).")
+@click.option("--max-attempts", type=int, help="Total attempts including the first.")
+@click.option("--delay", help="Start after this long, e.g. 15m.")
+@click.option("--scheduled-at", help="Start at this ISO-8601 time, e.g. 2026-05-06T09:00:00Z.")
+@click.option("--priority", type=int, help="Higher runs first within the queue.")
+@click.option("--concurrency-key", help="Groups runs for per-key concurrency limits.")
+@click.option("--wait", is_flag=True, help="Wait until the run is completed, failed or cancelled.")
+@click.option("--timeout", help="With --wait: give up after this long (exit 1).")
+@json_option
+@database_url_option
+def start(
+    job: str,
+    payload_json: str | None,
+    queue_name: str | None,
+    idempotency_key: str | None,
+    idempotency_ttl: str | None,
+    max_attempts: int | None,
+    delay: str | None,
+    scheduled_at: str | None,
+    priority: int | None,
+    concurrency_key: str | None,
+    wait: bool,
+    timeout: str | None,
+    as_json: bool,
+    database_url: str | None,
+) -> None:
+    """Start a run of JOB with PAYLOAD_JSON ('-' reads it from stdin).
+
+    With an idempotency key that already names a run, that run is reported
+    and nothing new starts. Exit codes: 0 ok, 1 the awaited run did not
+    complete, 2 bad input, 4 the key belongs to another job or payload.
+    """
+    payload = parse_json_argument(payload_json, "PAYLOAD_JSON")
+    if timeout is not None and not wait:
+        raise bad_input("--timeout only applies with --wait")
+    wait_limit = duration(timeout, "--timeout")
+    ttl = duration(idempotency_ttl, "--idempotency-ttl")
+    after = duration(delay, "--delay")
+    with open_client(database_url) as app:
+        run = app.start(
+            job,
+            payload,
+            queue_name=queue_name,
+            idempotency_key=idempotency_key,
+            idempotency_ttl=ttl,
+            max_attempts=max_attempts,
+            delay=after,
+            scheduled_at=scheduled_at,
+            priority=priority,
+            concurrency_key=concurrency_key,
+        )
+        if not wait:
+            report_started(run, as_json)
+            return
+        if not as_json:
+            report_started(run, as_json)
+        final = app.runs.wait(run.id, wait_limit)
+    report_finished(final, as_json, created=run.created)
+
+
+def report_started(run: Run, as_json: bool) -> None:
+    if as_json:
+        echo_json(run)
+        return
+    out = console()
+    if run.created:
+        line = f"Started run [bold]{run.id}[/] · job {run.job} · queue {run.queue} · "
+        out.print(line, status_text(run.status), sep="", end="")
+        out.print(f" (at {when(run.scheduled_at)})" if run.status == "scheduled" else "")
+    else:
+        out.print(
+            f"Run [bold]{run.id}[/] already exists for idempotency key "
+            f"{escape(repr(run.idempotency_key))} (",
+            status_text(run.status),
+            "); nothing new was started.",
+            sep="",
+        )
+
+
+def report_finished(run: Run, as_json: bool, *, created: bool | None = None) -> None:
+    """Print the final state of a run; exit 1 unless it completed."""
+    if as_json:
+        data: dict[str, Any] = to_data(run)
+        if created is not None:
+            data["created"] = created
+        echo_json(data)
+    else:
+        out = console()
+        out.print(f"Run [bold]{run.id}[/] ", status_text(run.status), sep="", end="")
+        detail = run_detail_line(run)
+        out.print(f": {detail}" if detail else "")
+        if run.error is not None and run.error.traceback and run.status == "failed":
+            console(stderr=True).print(run.error.traceback.rstrip(), style="dim", markup=False)
+    if run.status != "completed":
+        raise click.exceptions.Exit(int(ExitCode.FAILED))

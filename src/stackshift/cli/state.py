@@ -1,0 +1,92 @@
+"""``stackshift state``: read and change the durable state store."""
+
+from __future__ import annotations
+
+import click
+
+from .failures import not_found
+from .options import (
+    database_url_option,
+    duration,
+    json_option,
+    open_client,
+    parse_json_argument,
+)
+from .render import console, echo_json, state_table
+
+_MISSING = object()
+
+
+@click.group()
+def state() -> None:
+    """Get, set, delete and list state keys."""
+
+
+@state.command()
+@click.argument("key")
+@json_option
+@database_url_option
+def get(key: str, as_json: bool, database_url: str | None) -> None:
+    """Print the value of KEY as JSON. Exit 3 when it is missing or expired.
+
+    The output is JSON with or without --json.
+    """
+    with open_client(database_url) as app:
+        value = app.state.get(key, _MISSING)
+    if value is _MISSING:
+        raise not_found(f"no state value for key {key!r}")
+    echo_json(value)
+
+
+@state.command("set")
+@click.argument("key")
+@click.argument("value_json")
+@click.option("--ttl", help="Expire after this long, e.g. 10m.")
+@json_option
+@database_url_option
+def set_(
+    key: str, value_json: str, ttl: str | None, as_json: bool, database_url: str | None
+) -> None:
+    """Set KEY to VALUE_JSON ('-' reads it from stdin)."""
+    value = parse_json_argument(value_json, "VALUE_JSON")
+    seconds = duration(ttl, "--ttl")
+    with open_client(database_url) as app:
+        app.state.set(key, value, ttl=seconds)
+    if as_json:
+        echo_json({"key": key, "value": value, "ttl": ttl})
+        return
+    console().print(f"Set {key!r}" + (f" (expires in {ttl})" if ttl else "") + ".", markup=False)
+
+
+@state.command()
+@click.argument("key")
+@json_option
+@database_url_option
+def delete(key: str, as_json: bool, database_url: str | None) -> None:
+    """Delete KEY. Exit 3 when it held no live value."""
+    with open_client(database_url) as app:
+        deleted = app.state.delete(key)
+    if not deleted:
+        raise not_found(f"no state value for key {key!r}")
+    if as_json:
+        echo_json({"key": key, "deleted": True})
+        return
+    console().print(f"Deleted {key!r}.", markup=False)
+
+
+@state.command("list")
+@click.option("--prefix", help="Only keys starting with this.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@json_option
+@database_url_option
+def list_state(prefix: str | None, limit: int, as_json: bool, database_url: str | None) -> None:
+    """Live keys in key order."""
+    with open_client(database_url) as app:
+        items = app.state.keys(prefix, limit)
+    if as_json:
+        echo_json(items)
+        return
+    if not items:
+        console().print("No state keys match.")
+        return
+    console().print(state_table(items))

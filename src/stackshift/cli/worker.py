@@ -1,0 +1,122 @@
+"""``stackshift worker``: execute the runs of an app's jobs until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import click
+from rich.console import Console
+from rich.logging import RichHandler
+
+from .. import runlogs
+from ..client import StackShift
+from .failures import bad_input
+from .loader import load_app
+from .options import DATABASE_ENV, duration, split_list
+from .render import console
+
+
+class _RunContext(logging.Filter):
+    """Adds ``run`` to each record: the job and run whose handler emitted it, if any."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        invocation = runlogs.CURRENT.get()
+        record.run = (
+            f"{invocation.run.job} {invocation.run.id}: " if invocation is not None else ""
+        )
+        return True
+
+
+def configure_logging(level: str, out: Console | None = None) -> None:
+    """Show worker warnings and the handlers' own log records on ``out`` (default stderr).
+
+    A terminal gets Rich's layout; a file or pipe gets one plain line per record.
+    """
+    out = out or console(stderr=True)
+    handler: logging.Handler
+    if out.is_terminal:
+        handler = RichHandler(console=out, show_path=False, markup=False, rich_tracebacks=False)
+        handler.setFormatter(logging.Formatter("%(run)s%(message)s"))
+    else:
+        handler = logging.StreamHandler(out.file)
+        formatter = logging.Formatter(
+            "%(asctime)s  %(levelname)-7s %(run)s%(message)s  [%(name)s]", "%H:%M:%S"
+        )
+        formatter.converter = time.gmtime
+        handler.setFormatter(formatter)
+    handler.addFilter(_RunContext())
+    handler.setLevel(level.upper())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > handler.level:
+        root.setLevel(handler.level)
+
+
+def load_app_on(spec: str, database_url: str | None) -> StackShift:
+    """Import the app with ``database_url`` as its default database.
+
+    An app built with ``StackShift()`` reads ``STACKSHIFT_DATABASE_URL``; an app
+    that names its own database keeps it, with a warning.
+    """
+    if database_url:
+        os.environ[DATABASE_ENV] = database_url
+    app, _module = load_app(spec)
+    if database_url and app.database_url != database_url:
+        click.echo(
+            f"warning: {spec} uses its own database {app.database_url}, not {database_url}",
+            err=True,
+        )
+    return app
+
+
+@click.command()
+@click.argument("app_spec", metavar="APP")
+@click.option("--queues", help="Comma-separated queues to serve (default: all of the app's).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Runs executed at once.")
+@click.option("--lease", default="30s", show_default=True,
+              help="Lease on each running run, renewed while it works.")
+@click.option("--shutdown-grace", default="30s", show_default=True,
+              help="On SIGTERM, how long running attempts may take to finish.")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--database-url", envvar=DATABASE_ENV, show_envvar=True, default=None,
+              help="Database for an app built with StackShift() (default: the app's own).")
+def worker(
+    app_spec: str,
+    queues: str | None,
+    concurrency: int,
+    lease: str,
+    shutdown_grace: str,
+    log_level: str,
+    database_url: str | None,
+) -> None:
+    """Execute runs of the jobs defined in APP until SIGTERM or Ctrl-C.
+
+    APP is module:attribute, path/to/file.py or path/to/file.py:attribute. On
+    SIGTERM the worker stops claiming, lets running attempts finish within the
+    grace period and hands back the rest; nothing is lost.
+    """
+    lease_seconds = duration(lease, "--lease")
+    grace = duration(shutdown_grace, "--shutdown-grace")
+    app = load_app_on(app_spec, database_url)
+    served = split_list(queues)
+    w = app.worker(concurrency=concurrency, queues=served, lease=lease_seconds,
+                   shutdown_grace=grace)
+    if not w.jobs:
+        raise bad_input(f"{app_spec} defines no jobs; nothing to execute")
+    configure_logging(log_level)
+    err = console(stderr=True)
+    err.print(
+        f"worker {w.id}: {len(w.jobs)} job(s) ({', '.join(w.jobs)}), "
+        f"queues {', '.join(served) if served else 'all'}, concurrency {concurrency}, "
+        f"database {app.database_url}. Stop with Ctrl-C or SIGTERM.",
+        markup=False,
+    )
+    try:
+        w.run()
+    finally:
+        app.close()
+    err.print(f"worker {w.id}: stopped.", markup=False)

@@ -1,0 +1,449 @@
+"""The ``stackshift`` command line, run as a real console script in subprocesses.
+
+Every test works on a fresh database from the ``db_url`` fixture, so the same
+commands are checked on SQLite and PostgreSQL. Runs that need executing are
+driven in-process with ``run_until_idle`` (fast and deterministic), except in
+the ``worker`` and ``dev`` tests, which run those commands as the user would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from stackshift import NonRetriableError, StackShift
+from stackshift.testing import run_until_idle
+
+ROOT = Path(__file__).resolve().parents[2]
+SHOP = ROOT / "examples" / "shop.py"
+_SCRIPT = Path(sys.executable).with_name("stackshift")
+STACKSHIFT = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "stackshift.cli.main"]
+
+
+def _env(db_url: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STACKSHIFT_")}
+    if db_url is not None:
+        env["STACKSHIFT_DATABASE_URL"] = db_url
+    return env
+
+
+def cli(
+    db_url: str | None, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``stackshift ARGS`` to completion with the database in the environment."""
+    return subprocess.run(
+        [*STACKSHIFT, *args], input=stdin, capture_output=True, text=True, timeout=60,
+        env=_env(db_url),
+    )
+
+
+def cli_json(db_url: str, *args: str, code: int = 0) -> Any:
+    done = cli(db_url, *args, "--json")
+    assert done.returncode == code, (done.returncode, done.stdout, done.stderr)
+    return json.loads(done.stdout)
+
+
+def eventually(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def run_ids(db_url: str, *filters: str) -> list[str]:
+    page = cli_json(db_url, "runs", "list", "--limit", "1000", *filters)
+    return [item["id"] for item in page["items"]]
+
+
+# -- migrate, start, idempotency ---------------------------------------------------------
+
+
+def test_migrate_prints_the_schema_version(db_url: str) -> None:
+    first = cli_json(db_url, "migrate")
+    assert first["previous_version"] == 0
+    assert first["version"] >= 1
+    again = cli(db_url, "migrate")
+    assert again.returncode == 0, again.stderr
+    assert f"up to date at version {first['version']}" in again.stdout
+
+
+def test_start_reports_one_run_per_idempotency_key_and_exit_4_on_conflict(
+    db_url: str, app: StackShift
+) -> None:
+    plain = cli_json(db_url, "start", "syncInvoice", '{"invoiceId": "in_1"}', "--queue",
+                     "billing", "--delay", "1h", "--priority", "7", "--max-attempts", "8")
+    assert plain["created"] is True and plain["payload"] == {"invoiceId": "in_1"}
+    assert (plain["queue"], plain["status"], plain["priority"], plain["max_attempts"]) == (
+        "billing", "scheduled", 7, 8)
+
+    keyed = ["start", "send-verification-email", '{"userId": "u1"}',
+             "--idempotency-key", "verify:u1", "--idempotency-ttl", "30d"]
+    first = cli_json(db_url, *keyed)
+    second = cli(db_url, *keyed)
+    assert second.returncode == 0, second.stderr
+    assert (first["created"], first["status"]) == (True, "queued")
+    assert f"{first['id']} already exists" in second.stdout
+    third = cli_json(db_url, *keyed, "--database-url", db_url)
+    assert (third["id"], third["created"]) == (first["id"], False)
+
+    conflict = cli(db_url, "start", "send-verification-email", '{"userId": "u2"}',
+                   "--idempotency-key", "verify:u1")
+    assert conflict.returncode == 4
+    assert first["id"] in conflict.stderr and "Traceback" not in conflict.stderr
+    assert len(app.runs.list().items) == 2
+
+    at = cli(None, "--database-url", db_url, "start", "syncInvoice", "-",
+             "--scheduled-at", "2031-05-06T09:00:00Z", stdin='{"from": "stdin"}')
+    assert at.returncode == 0 and "scheduled" in at.stdout, at.stderr
+    newest = app.runs.list(limit=1).items[0]
+    assert newest.payload == {"from": "stdin"}
+    assert newest.scheduled_at is not None and newest.scheduled_at.year == 2031
+
+
+BAD_INPUT = [
+    (["start", "job", "{not json"], "PAYLOAD_JSON is not valid JSON"),
+    (["start", "job", "[1, NaN]", "--max-attempts", "0"], "NaN is not allowed"),
+    (["start", "job", "--delay", "soon"], "--delay"),
+    (["start", "job", "--scheduled-at", "2030-01-01T09:00:00"], "time zone"),
+    (["start", "bad name!"], "job name"),
+    (["start", "job", "--timeout", "5s"], "--timeout only applies with --wait"),
+    (["runs", "list", "--status", "finished"], "unknown status 'finished'"),
+    (["events", "send", "email verified"], "event name"),
+    (["state", "set", "greeting", "hello"], "VALUE_JSON is not valid JSON"),
+    (["runs", "list", "--database-url", "mysql://db/x"], "unsupported database URL"),
+]
+
+
+def test_bad_input_exits_2_with_a_message_and_writes_nothing(
+    db_url: str, app: StackShift
+) -> None:
+    for args, message in BAD_INPUT:
+        done = cli(db_url, *args)
+        assert done.returncode == 2, (args, done.returncode, done.stdout, done.stderr)
+        assert message in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr, (args, done.stderr)
+        assert done.stdout == "", (args, done.stdout)
+    assert app.runs.list().items == []
+    assert app.events.list().items == []
+    assert app.state.get("greeting") is None
+
+
+def test_unknown_ids_and_keys_exit_3(db_url: str) -> None:
+    for args in (["runs", "show", "run_missing"], ["runs", "cancel", "run_missing"],
+                 ["runs", "wait", "run_missing"]):
+        done = cli(db_url, *args)
+        assert done.returncode == 3, (args, done.returncode, done.stderr)
+        assert "no run with id 'run_missing'" in done.stderr
+    done = cli(db_url, "state", "get", "nothing")
+    assert done.returncode == 3 and "no state value for key 'nothing'" in done.stderr
+
+
+# -- runs: list, show, logs, timeline, retry, cancel, wait -------------------------------------
+
+
+def _charge_job(app: StackShift) -> None:
+    """``charge``: a step that counts its executions, then fails while a flag is set."""
+
+    def reserve(amount: int) -> dict[str, int]:
+        app.state.increment("charge:reserve-calls")
+        return {"reserved": amount}
+
+    @app.job("charge", max_attempts=1)
+    def charge(ctx: Any) -> dict[str, Any]:
+        reserved = ctx.step.run("reserve-funds", reserve, ctx.payload["amount"])
+        ctx.log.info("reserved %s for the charge", reserved["reserved"])
+        if app.state.get("charge:declined"):
+            raise NonRetriableError("card declined")
+        return {"charged": reserved["reserved"]}
+
+
+def test_runs_show_logs_timeline_retry_and_wait_follow_a_failed_run(
+    db_url: str, app: StackShift
+) -> None:
+    _charge_job(app)
+    app.state.set("charge:declined", True)
+    run_id = app.start("charge", {"amount": 5}).id
+    run_until_idle(app)
+
+    shown = cli(db_url, "runs", "show", run_id)
+    assert shown.returncode == 0, shown.stderr
+    for text in ("failed", "NonRetriableError: card declined", "Traceback (most recent call",
+                 "reserve-funds", '"amount": 5', "attempts"):
+        assert text in shown.stdout, text
+    detail = cli_json(db_url, "runs", "show", run_id)
+    assert detail["status"] == "failed"
+    assert detail["error"]["type"] == "NonRetriableError"
+    assert "card declined" in detail["error"]["traceback"]
+    assert [a["status"] for a in detail["attempts"]] == ["failed"]
+    assert [(s["key"], s["status"]) for s in detail["steps"]] == [("reserve-funds", "completed")]
+
+    logs = cli(db_url, "runs", "logs", run_id)
+    assert logs.returncode == 0 and "reserved 5 for the charge" in logs.stdout
+    assert "[attempt 1] stackshift.run: reserved 5" in logs.stdout
+
+    timeline = cli(db_url, "runs", "timeline", run_id)
+    assert timeline.returncode == 0, timeline.stderr
+    for text in ("+0.000s", "run.queued", "attempt.started", "step.completed", "reserve-funds",
+                 "attempt.failed", "NonRetriableError: card declined", "run.failed"):
+        assert text in timeline.stdout, text
+    entries = cli_json(db_url, "runs", "timeline", run_id)
+    offsets = [e["offset_seconds"] for e in entries]
+    assert offsets[0] == 0 and offsets == sorted(offsets)
+    assert [e["kind"] for e in entries][-1] == "run.failed"
+
+    waited = cli(db_url, "runs", "wait", run_id, "--timeout", "5")
+    assert waited.returncode == 1 and "failed" in waited.stdout
+
+    app.state.delete("charge:declined")
+    retried = cli_json(db_url, "runs", "retry", run_id)
+    assert retried["status"] == "queued"
+    run_until_idle(app)
+    final = cli_json(db_url, "runs", "wait", run_id, "--timeout", "10s")
+    assert (final["status"], final["result"]) == ("completed", {"charged": 5})
+    # The retry reused the completed step instead of reserving funds twice.
+    assert app.state.get("charge:reserve-calls") == 1
+
+    again = cli(db_url, "runs", "retry", run_id)
+    assert again.returncode == 1 and "only failed or cancelled runs" in again.stderr
+    cancel = cli(db_url, "runs", "cancel", run_id)
+    assert cancel.returncode == 1 and "cannot be cancelled" in cancel.stderr
+
+
+def test_runs_list_filters_pages_and_cancels(db_url: str, app: StackShift) -> None:
+    ids = [app.start("report", {"n": n}).id for n in range(3)]
+    other = app.start("cleanup", queue_name="maintenance").id
+
+    table = cli(db_url, "runs", "list")
+    assert table.returncode == 0
+    assert all(run_id in table.stdout for run_id in [*ids, other])
+    assert run_ids(db_url, "--queue", "maintenance") == [other]
+    first = cli_json(db_url, "runs", "list", "--job", "report", "--limit", "2")
+    assert [r["id"] for r in first["items"]] == ids[:0:-1] and first["next_cursor"]
+    rest = cli_json(db_url, "runs", "list", "--job", "report", "--limit", "2",
+                    "--cursor", first["next_cursor"])
+    assert [r["id"] for r in rest["items"]] == ids[:1] and rest["next_cursor"] is None
+
+    cancelled = cli_json(db_url, "runs", "cancel", ids[0], "--reason", "not needed")
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["error"]["message"] == "not needed"
+    human = cli(db_url, "runs", "cancel", ids[1])
+    assert human.returncode == 0 and "cancelled" in human.stdout
+    assert run_ids(db_url, "--status", "cancelled") == ids[1::-1]
+    waited = cli(db_url, "runs", "wait", ids[0], "--json")
+    assert waited.returncode == 1 and json.loads(waited.stdout)["status"] == "cancelled"
+    requeued = cli_json(db_url, "runs", "retry", ids[0])
+    assert requeued["status"] == "queued"
+    timed_out = cli(db_url, "runs", "wait", ids[2], "--timeout", "0.2")
+    assert timed_out.returncode == 1 and "still queued" in timed_out.stderr
+
+
+# -- events and state ------------------------------------------------------------------------
+
+
+def test_events_send_resumes_the_waiting_run(db_url: str, app: StackShift) -> None:
+    @app.job("approval")
+    def approval(ctx: Any) -> Any:
+        event = ctx.step.wait_for_event(
+            "request.approved", correlation_key=f"request:{ctx.payload['id']}", timeout="1h"
+        )
+        return event.payload
+
+    run_id = app.start("approval", {"id": 7}).id
+    run_until_idle(app)
+    waiting = cli_json(db_url, "runs", "show", run_id)
+    assert waiting["status"] == "waiting"
+    assert waiting["waiting_for"]["event_name"] == "request.approved"
+    assert waiting["waiting_for"]["correlation_key"] == "request:7"
+    assert "for request.approved (request:7)" in cli(db_url, "runs", "list").stdout
+
+    unrelated = cli(db_url, "events", "send", "request.approved", '{"by": "bob"}',
+                    "--correlation-key", "request:8")
+    assert unrelated.returncode == 0 and "no run was waiting" in unrelated.stdout
+    sent = cli_json(db_url, "events", "send", "request.approved", '{"by": "ada"}',
+                    "--correlation-key", "request:7", "--idempotency-key", "approve:7")
+    assert sent["resumed_run_ids"] == [run_id] and sent["duplicate"] is False
+    repeat = cli(db_url, "events", "send", "request.approved", '{"by": "ada"}',
+                 "--correlation-key", "request:7", "--idempotency-key", "approve:7")
+    assert repeat.returncode == 0 and "already sent" in repeat.stdout
+
+    listed = cli_json(db_url, "events", "list", "--name", "request.approved",
+                      "--correlation-key", "request:7")
+    assert [e["id"] for e in listed["items"]] == [sent["id"]]
+    assert run_ids(db_url, "--correlation-key", "request:7") == [run_id]
+
+    run_until_idle(app)
+    final = cli_json(db_url, "runs", "wait", run_id, "--timeout", "10s")
+    assert (final["status"], final["result"]) == ("completed", {"by": "ada"})
+
+
+def test_state_get_set_delete(db_url: str) -> None:
+    value = {"done": 3, "of": 10, "files": ["a.csv"]}
+    assert cli(db_url, "state", "set", "imports:42:progress", json.dumps(value)).returncode == 0
+    assert cli_json(db_url, "state", "get", "imports:42:progress") == value
+    assert cli(db_url, "state", "set", "imports:43:progress", "0", "--ttl", "10m").returncode == 0
+    keys = cli_json(db_url, "state", "list", "--prefix", "imports:")
+    assert [(k["key"], k["expires_at"] is not None) for k in keys] == [
+        ("imports:42:progress", False), ("imports:43:progress", True)
+    ]
+    gone = cli(db_url, "state", "delete", "imports:42:progress")
+    assert gone.returncode == 0
+    assert cli(db_url, "state", "get", "imports:42:progress").returncode == 3
+    assert cli_json(db_url, "state", "get", "imports:43:progress") == 0
+
+
+# -- stackshift worker ----------------------------------------------------------------------
+
+WORKER_APP = """
+    import time
+
+    from stackshift import NonRetriableError, StackShift
+
+    app = StackShift()
+
+    @app.job("add")
+    def add(ctx):
+        return ctx.step.run("sum", lambda a, b: a + b, ctx.payload["a"], ctx.payload["b"])
+
+    @app.job("boom", max_attempts=1)
+    def boom(ctx):
+        raise NonRetriableError("boom")
+
+    @app.job("slow")
+    def slow(ctx):
+        ctx.step.run("nap", time.sleep, ctx.payload["seconds"])
+        return "rested"
+"""
+
+
+def _stop(process: subprocess.Popen[str], sig: int, timeout: float) -> int:
+    process.send_signal(sig)
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise AssertionError(
+            f"the process did not exit within {timeout}s of signal {sig}"
+        ) from None
+
+
+def test_worker_executes_runs_and_stops_gracefully_on_sigterm(
+    db_url: str, app: StackShift, tmp_path: Path
+) -> None:
+    app_file = tmp_path / "tasks.py"
+    app_file.write_text(textwrap.dedent(WORKER_APP))
+    log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen(
+        [*STACKSHIFT, "worker", f"{app_file}:app", "--concurrency", "2",
+         "--database-url", db_url],
+        stdout=log, stderr=subprocess.STDOUT, text=True, env=_env(None), cwd=tmp_path,
+    )
+    try:
+        added = cli_json(db_url, "start", "add", '{"a": 1, "b": 2}', "--wait", "--timeout", "30s")
+        assert (added["status"], added["result"]) == ("completed", 3)
+        failed = cli(db_url, "start", "boom", "--wait", "--timeout", "30s")
+        assert failed.returncode == 1 and "NonRetriableError: boom" in failed.stdout
+
+        slow = app.start("slow", {"seconds": 1.0})
+        eventually(lambda: app.runs.get(slow.id).status == "running", what="slow run to start")
+        assert _stop(worker, signal.SIGTERM, timeout=20) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        log.close()
+    # The attempt in progress at SIGTERM was allowed to finish.
+    assert app.runs.get(slow.id).status == "completed"
+    output = (tmp_path / "worker.log").read_text()
+    assert "3 job(s) (add, boom, slow)" in output and "stopped" in output
+
+
+def test_worker_refuses_an_app_it_cannot_find(db_url: str, tmp_path: Path) -> None:
+    (tmp_path / "nojobs.py").write_text("from stackshift import StackShift\nx = 1\n"
+                                        "app = StackShift()\n")
+    cases = [
+        ([str(tmp_path / "missing.py")], "no such file"),
+        ([f"{tmp_path / 'nojobs.py'}:x"], "not a StackShift"),
+        ([str(tmp_path / "nojobs.py")], "defines no jobs"),
+        (["no_such_module_here:app"], "cannot import module"),
+    ]
+    for args, message in cases:
+        done = cli(db_url, "worker", *args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
+
+
+# -- stackshift dev ---------------------------------------------------------------------------
+
+
+def _demo_receipt(app: StackShift) -> Any:
+    page = app.runs.list(idempotency_key="demo:receipt:order_1001")
+    return page.items[0] if page.items else None
+
+
+def _start_dev(db_url: str, cwd: Path, log_name: str) -> tuple[subprocess.Popen[str], Path]:
+    log_path = cwd / log_name
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [*STACKSHIFT, "dev", str(SHOP), "--db", db_url, "--concurrency", "4"],
+            stdout=log, stderr=subprocess.STDOUT, text=True, env=_env(None), cwd=cwd,
+        )
+    return process, log_path
+
+
+def test_dev_runs_the_example_shop_and_exits_cleanly_on_ctrl_c(
+    db_url: str, app: StackShift, tmp_path: Path
+) -> None:
+    dev, log_path = _start_dev(db_url, tmp_path, "dev.log")
+    try:
+        receipt = eventually(
+            lambda: (r := _demo_receipt(app)) is not None and r.status == "completed" and r,
+            timeout=30, what="the demo sendReceipt run to complete",
+        )
+        # The simulated mail outage failed the first attempt; the retry completed.
+        assert receipt.attempt == 2 and receipt.result["sent"] is True
+        onboarding = eventually(
+            lambda: (r := app.runs.list(idempotency_key="demo:onboarding:42").items)
+            and r[0].status == "waiting" and r[0],
+            what="the demo onboarding run to wait for its event",
+        )
+        sent = cli_json(db_url, "events", "send", "email.verified", '{"userId": "42"}',
+                        "--correlation-key", "user:42")
+        assert sent["resumed_run_ids"] == [onboarding.id]
+        done = app.runs.wait(onboarding.id, timeout=30)
+        assert (done.status, done.result) == ("completed", {"onboarded": True})
+        assert _stop(dev, signal.SIGINT, timeout=20) == 0
+    finally:
+        if dev.poll() is None:
+            dev.kill()
+            dev.wait()
+    output = log_path.read_text()
+    assert "stackshift start sendReceipt" in output  # the banner's hint
+    assert "events send email.verified" in output
+    assert f"{receipt.id}  sendReceipt  completed" in output  # the board's change lines
+    assert "Stopped." in output and "Traceback" not in output
+
+    # A restart seeds nothing new: the demo runs carry idempotency keys.
+    before = len(app.runs.list(limit=1000).items)
+    again, again_log = _start_dev(db_url, tmp_path, "dev-again.log")
+    try:
+        eventually(lambda: "Stop with Ctrl-C" in again_log.read_text(), what="the dev banner")
+        assert _stop(again, signal.SIGTERM, timeout=20) == 0
+    finally:
+        if again.poll() is None:
+            again.kill()
+            again.wait()
+    assert len(app.runs.list(limit=1000).items) == before
+    assert len(app.runs.list(job="sendReceipt").items) == 1
