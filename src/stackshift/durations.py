@@ -9,6 +9,8 @@ from typing import Any
 from .errors import ValidationError
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+#: The longest duration accepted anywhere: 100 years.
+MAX_DURATION = 100 * 365.25 * 86400.0
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 
 
@@ -42,6 +44,9 @@ def parse_duration(value: Any, *, name: str = "duration") -> float:
         raise ValidationError(f"{name}: expected a duration, got {type(value).__name__}")
     if seconds != seconds or seconds < 0 or seconds == float("inf"):
         raise ValidationError(f"{name}: {value!r} must be a finite, non-negative duration")
+    if seconds > MAX_DURATION:
+        # Longer would put times past what datetimes (and readers of runs) can hold.
+        raise ValidationError(f"{name}: {value!r} is longer than 100 years")
     return seconds
 
 

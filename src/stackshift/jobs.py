@@ -18,7 +18,7 @@ NAME = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
 
 def check_name(value: object, what: str) -> str:
     """Job, queue and event names: 1-200 letters, digits, ``.``, ``_``, ``:`` or ``-``."""
-    if not isinstance(value, str) or not NAME.match(value):
+    if not isinstance(value, str) or not NAME.fullmatch(value):
         raise ValidationError(
             f"{what} {value!r} is invalid: use 1-200 letters, digits, '.', '_', ':' or '-'"
         )

@@ -96,6 +96,8 @@ def test_idempotency_conflict_names_the_existing_run(client: StackShift, unique:
     ("job", "options", "error"),
     [
         ("bad name!", {}, ValidationError),
+        ("trailingNewline\n", {}, ValidationError),
+        ("ok", {"delay": "10000000w"}, ValidationError),  # past what a datetime holds
         ("ok", {"max_attempts": 0}, ValidationError),
         ("ok", {"max_attempts": "5"}, ValidationError),
         ("ok", {"priority": 1.5}, ValidationError),

@@ -7,6 +7,7 @@ the one :class:`~stackshift.service.Service`; nothing here touches storage.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -14,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from ..clock import SystemClock
 from ..errors import StackShiftError
@@ -46,8 +48,10 @@ _HTTP_CODES = {400: "malformed_json", 404: "not_found", 405: "method_not_allowed
                413: "body_too_large", 415: "unsupported_media_type"}
 
 
-def _json_error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    headers = {"WWW-Authenticate": 'Bearer realm="stackshift"'} if status == 401 else None
+def _json_error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None,
+                **extra: Any) -> JSONResponse:
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="stackshift"'}
     return JSONResponse(error_body(code, message, **extra), status_code=status, headers=headers)
 
 
@@ -72,7 +76,20 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     message = "the request body is not valid JSON" if exc.status_code == 400 else str(exc.detail)
-    return _json_error(exc.status_code, code, message)
+    headers = exc.headers
+    if exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+    return _json_error(exc.status_code, code, message, headers=headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (one path may have several routes)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
 
 
 async def _on_error(request: Request, exc: Exception) -> JSONResponse:
@@ -170,16 +187,19 @@ def _document_auth(app: FastAPI) -> None:
                            "description": "An API key from `stackshift keys create`."}
             }
             schema["security"] = [{"apiKey": []}]
+            error = {"application/json": {"schema": {
+                "$ref": "#/components/schemas/ErrorResponse"}}}
             for path, operations in schema["paths"].items():
                 for operation in operations.values():
+                    responses = operation["responses"]
                     if path == "/healthz":
                         operation["security"] = []
                     else:
-                        operation["responses"].setdefault("401", {
-                            "description": "Missing, unknown or revoked API key.",
-                            "content": {"application/json": {"schema": {
-                                "$ref": "#/components/schemas/ErrorResponse"}}},
-                        })
+                        responses.setdefault("401", {
+                            "description": "Missing, unknown or revoked API key."})
+                    for status, response in responses.items():
+                        if status.startswith("4"):  # errors are JSON on every route
+                            response["content"] = error
             app.openapi_schema = schema
         return app.openapi_schema
 

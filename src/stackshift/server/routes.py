@@ -13,8 +13,10 @@ from typing import Annotated, Any, cast
 import anyio
 import anyio.to_thread
 from fastapi import APIRouter, Path, Query, Request, Response
+from starlette.convertors import Convertor, register_url_convertor
 
 from ..durations import to_datetime
+from ..engine.transitions import Status
 from ..service import Service
 from . import schemas as s
 from .errors import ApiError
@@ -89,21 +91,24 @@ def enqueue_run(name: str, body: s.EnqueueRun, request: Request,
 @router.get("/runs", tags=["runs"], summary="List runs, newest first")
 def list_runs(
     request: Request,
-    status: str | None = None,
+    status: Status | None = None,
     job: str | None = None,
     queue_name: Annotated[str | None, Query(alias="queueName")] = None,
     idempotency_key: Annotated[str | None, Query(alias="idempotencyKey")] = None,
     correlation_key: Annotated[str | None, Query(alias="correlationKey")] = None,
-    created_after: Annotated[str | None, Query(alias="createdAfter")] = None,
-    created_before: Annotated[str | None, Query(alias="createdBefore")] = None,
+    created_after: Annotated[str | None, Query(alias="createdAfter",
+                                               json_schema_extra={"format": "date-time"})] = None,
+    created_before: Annotated[str | None, Query(alias="createdBefore",
+                                                json_schema_extra={"format": "date-time"})] = None,
     search: Annotated[str | None, Query(description="A run id or idempotency key.")] = None,
     limit: Limit = 50,
     cursor: str | None = None,
 ) -> s.RunPage:
     page = service_of(request).list_runs(
-        status=status, job=job, queue=queue_name, idempotency_key=idempotency_key,
-        correlation_key=correlation_key, created_after=created_after,
-        created_before=created_before, search=search, limit=limit, cursor=cursor,
+        status=None if status is None else status.value, job=job, queue=queue_name,
+        idempotency_key=idempotency_key, correlation_key=correlation_key,
+        created_after=created_after, created_before=created_before, search=search, limit=limit,
+        cursor=cursor,
     )
     return s.RunPage(items=[s.Run.of(r) for r in page.items], next_cursor=page.next_cursor)
 
@@ -216,14 +221,31 @@ def get_event(event_id: str, request: Request) -> s.Event:
 # path. Operations that are not plain reads and writes of one key take the key
 # in the body instead, so no key can be mistaken for an action.
 
-StateKey = Annotated[str, Path(description="The state key, percent-encoded.")]
+
+
+class _AnyText(Convertor[str]):
+    """Like ``path``, but newlines too: a state key may hold any character."""
+
+    regex = "[\\s\\S]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("text", _AnyText())
+
+StateKey = Annotated[str, Path(description="The state key, percent-encoded.", min_length=1,
+                                max_length=512)]
 
 
 @router.get("/state", tags=["state"], summary="List live state keys")
 def list_state(
     request: Request,
     prefix: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
 ) -> s.StateList:
     entries = service_of(request).state_keys(prefix, limit)
     return s.StateList(items=[
@@ -252,7 +274,7 @@ def release_lock(body: s.ReleaseLock, request: Request) -> s.LockResult:
 
 
 @router.get(
-    "/state/{key:path}",
+    "/state/{key:text}",
     responses={404: {"model": ErrorResponse, "description": "No live value under the key."}},
     tags=["state"],
     summary="Read a value",
@@ -264,12 +286,12 @@ def get_state(key: StateKey, request: Request) -> s.StateValue:
     return s.StateValue(key=key, value=value)
 
 
-@router.put("/state/{key:path}", status_code=204, tags=["state"], summary="Write a value")
+@router.put("/state/{key:text}", status_code=204, tags=["state"], summary="Write a value")
 def set_state(key: StateKey, body: s.SetState, request: Request) -> Response:
     service_of(request).state_set(key, body.value, ttl=body.ttl, expires_at=body.expires_at)
     return Response(status_code=204)
 
 
-@router.delete("/state/{key:path}", tags=["state"], summary="Delete a value")
+@router.delete("/state/{key:text}", tags=["state"], summary="Delete a value")
 def delete_state(key: StateKey, request: Request) -> s.StateDeleted:
     return s.StateDeleted(key=key, deleted=service_of(request).state_delete(key))

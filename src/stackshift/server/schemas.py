@@ -12,15 +12,43 @@ This module needs pydantic only (no web framework): the remote client imports it
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 from .. import models as m
+from ..durations import MAX_DURATION
 
+# The constraints below repeat the service's own checks, so that the OpenAPI
+# document states what is accepted; the service still checks everything.
+
+#: Job, queue and event names.
+Name = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9._:-]{1,200}$",
+                                  examples=["sendReceipt"])]
+#: Idempotency, correlation and concurrency keys.
+Key = Annotated[StrictStr, Field(min_length=1, max_length=512)]
+StateKey = Annotated[StrictStr, Field(min_length=1, max_length=512)]
+Owner = Annotated[StrictStr, Field(min_length=1, max_length=200)]
+#: A point in time: ISO-8601 with an offset or ``Z``.
+Time = Annotated[StrictStr, Field(json_schema_extra={"format": "date-time"},
+                                  examples=["2026-05-06T09:00:00Z"])]
+_DURATION = r"^\s*([0-9]+(\.[0-9]+)?([mM][sS]|[sSmMhHdDwW]))+\s*$"
 #: A duration: seconds, or a string such as ``"30s"``, ``"15m"``, ``"1h30m"``, ``"30d"``.
-Duration = StrictStr | StrictInt | float
+Duration = (
+    Annotated[StrictStr, Field(pattern=_DURATION, examples=["30s", "1h30m", "30d"])]
+    | Annotated[float, Field(ge=0, le=MAX_DURATION, allow_inf_nan=False)]
+)
+#: A duration that must be more than zero (TTLs): some digit is not a zero.
+PositiveDuration = (
+    Annotated[StrictStr, Field(pattern=r"^(?=[^1-9]*[1-9])" + _DURATION[1:],
+                               examples=["30s", "24h"])]
+    | Annotated[float, Field(gt=0, le=MAX_DURATION, allow_inf_nan=False)]
+)
+Int32 = Annotated[StrictInt, Field(ge=-(2**31), lt=2**31)]
+Int64 = Annotated[StrictInt, Field(ge=-(2**63), lt=2**63)]
+Attempts = Annotated[StrictInt, Field(ge=1, le=1000)]
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -48,6 +76,7 @@ class Body(BaseModel):
         validate_by_alias=True,
         extra="forbid",
         strict=True,
+        regex_engine="python-re",  # the patterns use look-ahead
     )
 
 
@@ -266,19 +295,37 @@ class StepList(Wire):
     items: list[Step]
 
 
+_SET: JsonDict = {"not": {"type": "null"}}
+
+
+def _not_both(a: str, b: str) -> JsonDict:
+    """JSON Schema for "``a`` and ``b`` are not both given" (``null`` counts as not given)."""
+    return {"not": {"required": [a, b], "properties": {a: _SET, b: _SET}}}
+
+
+#: Rules across fields, stated in the schema too.
+_ONE_TIME: JsonDict = {"allOf": [
+    _not_both("delay", "scheduledAt"),
+    {"if": {"required": ["idempotencyTtl"], "properties": {"idempotencyTtl": _SET}},
+     "then": {"required": ["idempotencyKey"], "properties": {"idempotencyKey": _SET}}},
+]}
+
+
 class StartRun(Body):
-    job: StrictStr = Field(description="The job's name.")
+    model_config = ConfigDict(json_schema_extra=_ONE_TIME)
+
+    job: Name = Field(description="The job's name.")
     payload: Any = None
-    queue_name: StrictStr | None = None
-    idempotency_key: StrictStr | None = None
-    idempotency_ttl: Duration | None = Field(None, description="Default `24h`, at most `365d`.")
-    max_attempts: StrictInt | None = None
-    scheduled_at: StrictStr | None = Field(
-        None, description="ISO-8601 time with an offset, e.g. `2026-05-06T09:00:00Z`."
+    queue_name: Name | None = None
+    idempotency_key: Key | None = None
+    idempotency_ttl: PositiveDuration | None = Field(
+        None, description="Default `24h`, more than 0 and at most `365d`; needs `idempotencyKey`."
     )
-    delay: Duration | None = None
-    priority: StrictInt | None = None
-    concurrency_key: StrictStr | None = None
+    max_attempts: Attempts | None = None
+    scheduled_at: Time | None = Field(None, description="Not with `delay`.")
+    delay: Duration | None = Field(None, description="Not with `scheduledAt`.")
+    priority: Int32 | None = Field(None, description="Higher runs first within a queue.")
+    concurrency_key: Key | None = None
 
     def options(self) -> dict[str, Any]:
         """The keyword arguments of ``Service.start`` (payload and job excluded)."""
@@ -292,15 +339,17 @@ class StartRun(Body):
 class EnqueueRun(Body):
     """``StartRun`` without ``queueName``: the queue comes from the path."""
 
-    job: StrictStr
+    model_config = ConfigDict(json_schema_extra=_ONE_TIME)
+
+    job: Name
     payload: Any = None
-    idempotency_key: StrictStr | None = None
-    idempotency_ttl: Duration | None = None
-    max_attempts: StrictInt | None = None
-    scheduled_at: StrictStr | None = None
+    idempotency_key: Key | None = None
+    idempotency_ttl: PositiveDuration | None = None
+    max_attempts: Attempts | None = None
+    scheduled_at: Time | None = None
     delay: Duration | None = None
-    priority: StrictInt | None = None
-    concurrency_key: StrictStr | None = None
+    priority: Int32 | None = None
+    concurrency_key: Key | None = None
 
 
 class CancelRun(Body):
@@ -311,10 +360,10 @@ class CancelRun(Body):
 
 
 class SendEvent(Body):
-    name: StrictStr
+    name: Name
     payload: Any = None
-    correlation_key: StrictStr | None = None
-    idempotency_key: StrictStr | None = None
+    correlation_key: Key | None = None
+    idempotency_key: Key | None = None
 
 
 class SentEvent(Wire):
@@ -363,9 +412,11 @@ class StateValue(Wire):
 
 
 class SetState(Body):
+    model_config = ConfigDict(json_schema_extra=_not_both("ttl", "expiresAt"))
+
     value: Any
-    ttl: Duration | None = None
-    expires_at: StrictStr | None = Field(None, description="ISO-8601 time with an offset.")
+    ttl: PositiveDuration | None = Field(None, description="Not with `expiresAt`.")
+    expires_at: Time | None = None
 
 
 class StateDeleted(Wire):
@@ -374,8 +425,8 @@ class StateDeleted(Wire):
 
 
 class IncrementState(Body):
-    key: StrictStr
-    by: StrictInt = 1
+    key: StateKey
+    by: Int64 = 1
 
 
 class StateEntry(Wire):
@@ -390,14 +441,14 @@ class StateList(Wire):
 
 
 class AcquireLock(Body):
-    key: StrictStr
-    owner: StrictStr = Field(description="A token naming the holder; only it can release.")
-    ttl: Duration = Field(description="The lock frees itself after this long.")
+    key: StateKey
+    owner: Owner = Field(description="A token naming the holder; only it can release.")
+    ttl: PositiveDuration = Field(description="The lock frees itself after this long.")
 
 
 class ReleaseLock(Body):
-    key: StrictStr
-    owner: StrictStr
+    key: StateKey
+    owner: Owner
 
 
 class LockResult(Wire):
