@@ -31,11 +31,13 @@ from .models import (
     TimelineEntry,
     WaitingFor,
 )
+from .remote import AuthenticationError, RemoteError
 from .settings import Settings
 
 __all__ = [
     "AsyncStackShift",
     "Attempt",
+    "AuthenticationError",
     "Backoff",
     "Event",
     "EventNotFoundError",
@@ -48,6 +50,7 @@ __all__ = [
     "NonRetriableError",
     "Page",
     "PayloadTooLargeError",
+    "RemoteError",
     "RetryAfterError",
     "Run",
     "RunError",
