@@ -277,13 +277,35 @@ class ExecutionStore:
                          released_by=lease.worker_id, data={"from": "running"})
         return True
 
-    def renew_leases(self, worker_id: str, now: float, lease_seconds: float) -> set[str]:
-        """Extend every lease ``worker_id`` holds; return runs asked to cancel."""
+    def renew_leases(
+        self, leases: Sequence[Lease], now: float, lease_seconds: float
+    ) -> tuple[set[str], set[str]]:
+        """Extend ``leases``; return ``(runs asked to cancel, runs whose lease is lost)``.
+
+        A worker renews only the runs it is executing: a run it holds but no
+        longer executes (its ending could not be recorded, say the database
+        went away at that moment) then expires and is rescued, instead of
+        staying leased for as long as the worker lives.
+        """
+        cancels: set[str] = set()
+        lost: set[str] = set()
+        if not leases:
+            return cancels, lost
         with self.db.write() as tx:
-            found = tx.all(
-                "renew_worker_leases", worker_id=worker_id, lease_expires_at=now + lease_seconds
-            )
-        return {r["id"] for r in found if r["cancel_requested"]}
+            for lease in leases:
+                row = tx.one(
+                    "renew_lease",
+                    id=lease.run_id,
+                    worker_id=lease.worker_id,
+                    attempt=lease.attempt,
+                    lease_expires_at=now + lease_seconds,
+                    now=now,
+                )
+                if row is None:
+                    lost.add(lease.run_id)
+                elif row["cancel_requested"]:
+                    cancels.add(lease.run_id)
+        return cancels, lost
 
     def expired_leases(self, now: float, limit: int = 100) -> list[ExpiredLease]:
         with self.db.read() as tx:

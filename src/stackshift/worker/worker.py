@@ -270,13 +270,18 @@ class Worker:
                 now_mono = time.monotonic()
                 if now_mono >= next_renewal:
                     next_renewal = now_mono + self.lease_seconds / 3
-                    cancels = store.renew_leases(self.id, clock.now(), self.lease_seconds)
+                    with self._lock:
+                        leases = [a.invocation.lease for a in self._active.values()]
+                    cancels, lost = store.renew_leases(leases, clock.now(), self.lease_seconds)
                     store.register_worker(self.id, socket.gethostname(), os.getpid(), self.jobs,
                                           self.queues, self.concurrency, clock.now())
                     with self._lock:
                         for run_id in cancels:
                             if run_id in self._active:
                                 self._active[run_id].invocation.cancel_requested = True
+                        for run_id in lost:  # rescued elsewhere: stop at the next step
+                            if run_id in self._active:
+                                self._active[run_id].invocation.abandoned = True
                 self._enforce_timeouts()
                 # One elected worker maintains for everyone (on PostgreSQL: one
                 # across all processes; another takes over when its process dies).

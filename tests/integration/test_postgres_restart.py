@@ -1,0 +1,104 @@
+"""PostgreSQL restarts in the middle of a load of 300 runs: nothing is lost.
+
+Two worker processes execute runs of five steps while this process keeps
+starting runs; half-way through, the server is restarted with
+``pg_ctlcluster ... restart``. Clients and workers reconnect by themselves.
+Every acknowledged start is a run that completes, and a step is executed again
+only when the attempt that ran it was cut short (at least once, never more
+often than the run's attempts).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import psycopg
+import pytest
+from cluster import cluster_processes, postgres_schema
+
+from stackshift import StackShift
+
+pytestmark = pytest.mark.slow
+
+RUNS = 300
+
+
+def local_cluster() -> tuple[str, str]:
+    """Version and name of the local cluster on port 5432 (Debian's pg_ctlcluster)."""
+    if shutil.which("pg_ctlcluster") is None or shutil.which("pg_lsclusters") is None:
+        pytest.skip("needs a local PostgreSQL cluster managed by pg_ctlcluster")
+    for line in subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True,
+                               check=True).stdout.splitlines():
+        version, name, port = line.split()[:3]
+        if port == "5432":
+            return version, name
+    pytest.skip("no local PostgreSQL cluster on port 5432")
+
+
+def test_a_restart_in_the_middle_of_300_runs_loses_nothing(
+        request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    version, name = local_cluster()
+    effects = tmp_path / "effects.txt"
+    with postgres_schema(request.config) as url, cluster_processes(tmp_path) as processes:
+        app = StackShift(url)
+        workers = [processes.spawn("worker", url, str(effects), "--lease", "2s",
+                                   "--concurrency", "4", "--step-seconds", "0.005")
+                   for _ in range(2)]
+        for worker in workers:
+            processes.wait_for(worker, "ready")
+
+        started: dict[str, str] = {}
+        refused: list[BaseException] = []
+
+        def start_all() -> None:
+            # A client's retry: the same idempotency key makes a repeat harmless.
+            for i in range(RUNS):
+                key = f"load-{i}"
+                while key not in started:
+                    try:
+                        started[key] = app.start("fiveEffects", {"i": i}, idempotency_key=key,
+                                                 max_attempts=50).id
+                    except psycopg.OperationalError as exc:
+                        refused.append(exc)
+                        time.sleep(0.1)
+                time.sleep(0.01)
+
+        def completed() -> int:
+            try:
+                return app._service.store.count_runs_by_status().get("completed", 0)
+            except psycopg.OperationalError:
+                return -1
+
+        starter = threading.Thread(target=start_all)
+        starter.start()
+        deadline = time.monotonic() + 60
+        while completed() < RUNS // 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        restart_at = completed()
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, name, "restart"],
+                       check=True, timeout=60, capture_output=True)
+        starter.join(60)
+        assert not starter.is_alive()
+        deadline = time.monotonic() + 60
+        while completed() < RUNS and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+        assert 0 < restart_at < RUNS, "the restart did not land in the middle of the load"
+        runs = [app.runs.get(run_id) for run_id in started.values()]
+        assert len(runs) == RUNS
+        stuck = {r.id: r.status for r in runs if r.status != "completed"}
+        assert stuck == {}, f"runs not completed after the restart: {stuck}"
+        executions = Counter(tuple(line.split()[:2]) for line in effects.read_text().splitlines())
+        for run in runs:
+            attempts = len(app.runs.attempts(run.id))
+            steps = app.runs.steps(run.id)
+            assert [s.status for s in steps] == ["completed"] * 5
+            for n in range(1, 6):
+                count = executions[(run.id, str(n))]
+                assert 1 <= count <= attempts, (run.id, n, count, attempts)
+        app.close()
