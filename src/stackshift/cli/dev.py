@@ -1,7 +1,7 @@
 """``stackshift dev APP``: everything a developer needs on one machine, in one command.
 
-It migrates the database, starts the services (today a worker; the HTTP server
-and dashboard join in :func:`start_services`), lets the app enqueue demo runs
+It migrates the database, starts the services (a worker, and the dashboard with
+the HTTP API on 127.0.0.1, open without login), lets the app enqueue demo runs
 through an optional ``dev_seed(app)`` hook, and shows the run board until
 Ctrl-C or SIGTERM.
 """
@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -41,24 +43,91 @@ class DevServices:
     """What ``dev`` runs beside its view; each entry has a one-line description."""
 
     worker: Worker
+    dashboard: DashboardServer | None = None
+    dashboard_error: str | None = None
 
     def describe(self) -> list[tuple[str, str]]:
         w = self.worker
-        return [("worker", f"{w.id}, concurrency {w.concurrency}, jobs: {', '.join(w.jobs)}")]
+        rows = [("worker", f"{w.id}, concurrency {w.concurrency}, jobs: {', '.join(w.jobs)}")]
+        if self.dashboard is not None:
+            rows.append(("dashboard", f"{self.dashboard.url}  (API under {self.dashboard.url}v1)"))
+        elif self.dashboard_error:
+            rows.append(("dashboard", f"not started: {self.dashboard_error}"))
+        return rows
 
     def stop(self) -> None:
+        if self.dashboard is not None:
+            self.dashboard.stop()
         self.worker.stop()
 
 
-def start_services(app: StackShift, *, concurrency: int) -> DevServices:
-    """Start the dev services for ``app`` in background threads and return them.
+@dataclass
+class DashboardServer:
+    """The dashboard (open, on 127.0.0.1) and the HTTP API, served from a thread."""
 
-    A dev server and dashboard are started here too once they exist, so the
-    command and its view stay the same.
+    server: Any
+    thread: threading.Thread
+    url: str
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=5)
+
+
+def free_port(host: str, wanted: int) -> int:
+    """``wanted`` if it can be bound, else any free port."""
+    for port in (wanted, 0):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return int(probe.getsockname()[1])
+    raise OSError(f"no free port on {host}")
+
+
+def start_dashboard(app: StackShift, port: int) -> DashboardServer:
+    """Serve the dashboard without login, bound to 127.0.0.1 only, plus the API."""
+    import uvicorn
+
+    from ..dashboard import beside_api, create_dashboard
+    from ..server.app import create_app
+
+    host = "127.0.0.1"
+    port = free_port(host, port)
+    service = app._service
+    asgi = beside_api(create_app(service), create_dashboard(service, auth="open"))
+    config = uvicorn.Config(asgi, host=host, port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="stackshift-dashboard", daemon=True)
+    thread.start()
+    while not server.started and thread.is_alive():
+        time.sleep(0.01)
+    if not server.started:
+        raise OSError(f"could not serve on {host}:{port}")
+    return DashboardServer(server, thread, f"http://{host}:{port}/")
+
+
+def start_services(app: StackShift, *, concurrency: int, port: int | None = 8000) -> DevServices:
+    """Start the worker and (unless ``port`` is None) the dashboard in background threads.
+
+    Without the server extra installed, dev still runs the worker and says why
+    there is no dashboard.
     """
     worker = app.worker(concurrency=concurrency, shutdown_grace=SHUTDOWN_GRACE)
     worker.start()
-    return DevServices(worker)
+    services = DevServices(worker)
+    if port is None:
+        return services
+    try:
+        services.dashboard = start_dashboard(app, port)
+    except ImportError as exc:
+        services.dashboard_error = (
+            f"install the server extra: pip install 'stackshift[server]' ({exc})"
+        )
+    except OSError as exc:
+        services.dashboard_error = str(exc)
+    return services
 
 
 def run_seed(module: ModuleType, app: StackShift, err: Console) -> list[str]:
@@ -103,7 +172,7 @@ def banner(
     rows = [("database", f"{app.database_url} (schema version {version})")]
     rows += services.describe()
     for name, value in rows:
-        text.append(f"  {name:<9}", style="bold")
+        text.append(f"  {name:<10}", style="bold")
         text.append(f"{value}\n")
     text.append("\nFrom another terminal (in this folder):\n", style="bold")
     commands: list[str] = []
@@ -155,10 +224,14 @@ class _Stopper:
               default=DEFAULT_DATABASE_URL, show_default=True,
               help="Database for an app built with StackShift().")
 @click.option("--concurrency", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="Dashboard port on 127.0.0.1 (a free one is taken if it is busy).")
+@click.option("--no-dashboard", is_flag=True, help="Run only the worker and the run board.")
 @click.option("--seed/--no-seed", default=True, show_default=True,
               help=f"Call the app's {SEED_HOOK}(app) hook to enqueue demo runs.")
-def dev(app_spec: str, database_url: str, concurrency: int, seed: bool) -> None:
-    """Run APP on one machine: migrate, work its runs, show them live.
+def dev(app_spec: str, database_url: str, concurrency: int, port: int, no_dashboard: bool,
+        seed: bool) -> None:
+    """Run APP on one machine: migrate, work its runs, serve the dashboard, show runs live.
 
     APP is module:attribute, path/to/file.py or path/to/file.py:attribute. If
     the module defines dev_seed(app), it is called once at start to enqueue
@@ -179,7 +252,8 @@ def dev(app_spec: str, database_url: str, concurrency: int, seed: bool) -> None:
     configure_logging("INFO", out)
     with _Stopper() as stopper:
         try:
-            services = start_services(app, concurrency=concurrency)
+            services = start_services(app, concurrency=concurrency,
+                                      port=None if no_dashboard else port)
             try:
                 hints = run_seed(module, app, err) if seed else []
                 out.print(banner(app_spec, app, version, services, hints))
