@@ -64,6 +64,8 @@ def check_key(value: object, what: str, limit: int) -> str:
         raise ValidationError(f"{what} must be a non-empty string, got {value!r}")
     if len(value) > limit:
         raise ValidationError(f"{what} is {len(value)} characters, over the limit of {limit}")
+    if "\x00" in value:  # PostgreSQL text cannot hold it; refused on every store alike
+        raise ValidationError(f"{what} must not contain the NUL character (U+0000)")
     return value
 
 

@@ -32,8 +32,9 @@ def write_logs(tx: Tx, run_id: str, logs: Sequence[LogWrite]) -> None:
             step=log.step,
             at=log.at,
             level=log.level,
-            logger=log.logger,
-            message=log.message,
+            # PostgreSQL text cannot hold NUL; a log line must never fail its step.
+            logger=log.logger.replace("\x00", "\ufffd"),
+            message=log.message.replace("\x00", "\ufffd"),
         )
 
 

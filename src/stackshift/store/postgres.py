@@ -232,11 +232,16 @@ class PostgresDatabase:
         try:
             try:
                 yield _PostgresTx(conn, self._queries)
-            except BaseException:
+            except BaseException as exc:
                 if not conn.closed:
                     # A failure here leaves a broken connection the pool discards.
                     with suppress(psycopg.Error):
                         conn.execute("ROLLBACK")
+                if isinstance(exc, psycopg.DataError) and "NUL" in str(exc):
+                    # A value the caller sent, refused before it reached the server.
+                    raise ValidationError(
+                        "text values cannot contain the NUL character (U+0000)"
+                    ) from exc
                 raise
             conn.execute("COMMIT")
         finally:
