@@ -1,0 +1,76 @@
+"""Every connection of a client and its worker is cut at once: both carry on.
+
+The server ends the sessions (``pg_terminate_backend``), as it does when a
+network link drops or an administrator intervenes. The next calls move to new
+connections by themselves, the worker keeps claiming (its LISTEN connection
+and its leadership come back), and a run started afterwards still starts at
+once and completes. No call made after the cut fails.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from cluster import POSTGRES_URL, postgres_schema
+
+from stackshift import StackShift
+
+
+@pytest.fixture
+def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    with postgres_schema(request.config) as url:
+        yield url
+
+
+def terminate(application_name: str) -> int:
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = %s", (application_name,)
+        ).fetchall()
+    return len(rows)
+
+
+def test_client_and_worker_carry_on_after_their_connections_are_cut(pg_url: str) -> None:
+    name = f"drop_{uuid.uuid4().hex[:8]}"
+    app = StackShift(f"{pg_url}&application_name={name}&pool_min=2")
+    other = StackShift(pg_url)  # another process's client: it can only wake the worker by NOTIFY
+
+    @app.job("double")
+    def double(ctx: Any) -> int:
+        return 2 * int(ctx.step.run("read", lambda: ctx.payload["n"]))
+
+    try:
+        with app.worker(concurrency=4, queues=["default"], poll_interval="5s",
+                        maintenance_interval="0.05s"):
+            first = other.start("double", {"n": 1})
+            assert app.runs.wait(first.id, timeout=10).result == 2
+            # The pool, the LISTEN connection and the leader connection are all open.
+            assert terminate(name) >= 3
+
+            started = time.monotonic()
+            later = [other.start("double", {"n": n}) for n in range(2, 7)]
+            results = [app.runs.wait(run.id, timeout=10).result for run in later]
+            assert results == [4, 6, 8, 10, 12]
+            # Quicker than the 5 s poll: notifications reach the worker again.
+            assert time.monotonic() - started < 4
+            assert app.state.increment("after-the-cut") == 1
+
+            # Maintenance is back too: a run whose worker vanished is rescued. (It is
+            # in a queue this worker does not serve, so only the vanished one had it.)
+            lost = other.start("double", {"n": 7}, queue_name="elsewhere")
+            other._service.store.claim_runs("vanished", ["double"], 1, 0.2, time.time())
+            deadline = time.monotonic() + 10
+            while app.runs.get(lost.id).status == "running" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            attempts = app.runs.attempts(lost.id)
+            assert [a.status for a in attempts] == ["failed"]
+            assert attempts[0].error is not None and attempts[0].error.type == "WorkerLost"
+    finally:
+        app.close()
+        other.close()
