@@ -186,6 +186,7 @@ class PostgresDatabase:
             open=True,
         )
         self._closed = False
+        self._reached = False
         # LISTEN connection (wake-ups) and leader connection (maintenance
         # election): dedicated, outside the pool, opened on first use.
         self._listen_lock = threading.Lock()
@@ -203,6 +204,15 @@ class PostgresDatabase:
     def _connect(self) -> PgConnection:
         return psycopg.connect(self._conninfo, autocommit=True, row_factory=dict_row)
 
+    def _getconn(self) -> PgConnection:
+        """A pooled connection. Before the first one, a direct connection attempt, so
+        that a wrong URL or password fails at once with the server's own message
+        instead of after ``pool_timeout`` with a bare timeout."""
+        if not self._reached:
+            self._connect().close()
+            self._reached = True
+        return self._pool.getconn()
+
     def _begin(self, command: str) -> PgConnection:
         """A pooled connection inside a new transaction.
 
@@ -215,7 +225,7 @@ class PostgresDatabase:
         deadline = time.monotonic() + self._timeout
         pause = 0.05
         while True:
-            conn = self._pool.getconn()
+            conn = self._getconn()
             try:
                 conn.execute(command)
                 return conn
@@ -263,7 +273,8 @@ class PostgresDatabase:
         Processes starting together queue on an advisory lock for this schema,
         so each migration is applied once.
         """
-        with self._pool.connection() as conn:
+        conn = self._getconn()
+        try:
             key = lock_id("stackshift.migrate:" + (self.schema or ""))
             conn.execute("SELECT pg_advisory_lock(%s)", (key,))
             try:
@@ -292,14 +303,18 @@ class PostgresDatabase:
             finally:
                 if not conn.closed:
                     conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        finally:
+            self._pool.putconn(conn)
         return self.schema_version()
 
     def schema_version(self) -> int:
-        with self._pool.connection() as conn:
-            try:
-                row = conn.execute("SELECT MAX(version) AS v FROM schema_migrations").fetchone()
-            except psycopg.errors.UndefinedTable:
-                return 0
+        conn = self._getconn()
+        try:
+            row = conn.execute("SELECT MAX(version) AS v FROM schema_migrations").fetchone()
+        except psycopg.errors.UndefinedTable:
+            return 0
+        finally:
+            self._pool.putconn(conn)
         return int(row["v"] or 0) if row else 0
 
     # -- change detection ----------------------------------------------------------
