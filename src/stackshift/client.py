@@ -19,12 +19,24 @@ from typing import Any, TypeVar, overload
 from .clock import Clock, SystemClock
 from .errors import StackShiftError, ValidationError
 from .jobs import JobRegistry, check_name, make_job
-from .models import Attempt, Event, LogEntry, Page, Run, SentEvent, Step, TimelineEntry
+from .models import (
+    Attempt,
+    Event,
+    LogEntry,
+    Page,
+    QueueInfo,
+    Run,
+    Schedule,
+    SentEvent,
+    Step,
+    TimelineEntry,
+)
 from .remote import API_KEY_ENV, URL_ENV, RemoteService
 from .service import Service
 from .settings import Settings
 from .state import AsyncState, State
 from .store import SqlStore, open_store
+from .store.queues import KEEP
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -99,6 +111,25 @@ class Runs:
     def retry(self, run_id: str) -> Run:
         return self._s.retry_run(run_id)
 
+    def retry_many(
+        self,
+        *,
+        queue: str | None = None,
+        job: str | None = None,
+        status: str = "failed",
+        created_after: datetime | str | None = None,
+        created_before: datetime | str | None = None,
+        limit: int | None = None,
+    ) -> builtins.list[str]:
+        """Retry every failed (or ``status="cancelled"``) run matching the filter.
+
+        Returns the ids retried; each gets a fresh attempt budget and keeps its
+        completed steps.
+        """
+        return self._s.retry_many(queue=queue, job=job, status=status,
+                                  created_after=created_after, created_before=created_before,
+                                  limit=limit)
+
     def timeline(self, run_id: str) -> builtins.list[TimelineEntry]:
         return self._s.timeline(run_id)
 
@@ -140,7 +171,7 @@ class Events:
 
 
 class Queue:
-    """``stackshift.queue(name)``: a named lane of work."""
+    """``stackshift.queue(name)``: a named lane of work, its limits and its numbers."""
 
     def __init__(self, service: Service | RemoteService, name: str) -> None:
         self._s = service
@@ -151,6 +182,90 @@ class Queue:
         if "queue_name" in options:
             raise TypeError("enqueue() takes its queue from the Queue; drop queue_name")
         return self._s.start(job, payload, queue_name=self.name, **options)
+
+    def configure(self, *, concurrency: Any = KEEP, rate_limit: Any = KEEP,
+                  max_attempts: Any = KEEP) -> QueueInfo:
+        """Store settings every worker and server sees; ``None`` removes one.
+
+        ``concurrency``: most runs running at once across all workers;
+        ``rate_limit``: most attempts started per period (``"100/m"``, ``"10/s"``);
+        ``max_attempts``: the default for runs whose job and start set none.
+        Settings not passed stay as they are.
+        """
+        return self._s.configure_queue(self.name, concurrency=concurrency,
+                                       rate_limit=rate_limit, max_attempts=max_attempts)
+
+    def pause(self) -> QueueInfo:
+        """Start nothing more from this queue until :meth:`resume`; running runs carry on."""
+        return self._s.pause_queue(self.name)
+
+    def resume(self) -> QueueInfo:
+        return self._s.resume_queue(self.name)
+
+    def info(self, window: Any = "15m") -> QueueInfo:
+        """Settings, runs per status, throughput and failure rate over ``window``,
+        and the age of the oldest due run not yet started."""
+        return self._s.queue_info(self.name, window)
+
+    stats = info
+
+    def dead_letters(self, *, job: str | None = None, limit: int = 50,
+                     cursor: str | None = None) -> Page:
+        """Runs of this queue that failed for good, newest first."""
+        return self._s.dead_letters(self.name, job=job, limit=limit, cursor=cursor)
+
+    def retry_dead_letters(self, *, job: str | None = None) -> builtins.list[str]:
+        """Retry every failed run of this queue (of ``job`` only, if given)."""
+        return self._s.retry_many(queue=self.name, job=job, status="failed")
+
+
+class Queues:
+    """``stackshift.queues``: every queue's settings and numbers."""
+
+    def __init__(self, service: Service | RemoteService) -> None:
+        self._s = service
+
+    def list(self, window: Any = "15m") -> builtins.list[QueueInfo]:
+        """Queues that hold runs or have settings, by name."""
+        return self._s.list_queues(window)
+
+    def get(self, name: str, window: Any = "15m") -> QueueInfo:
+        return self._s.queue_info(name, window)
+
+
+class Schedules:
+    """``stackshift.schedules``: recurring runs of a job on a cron expression."""
+
+    def __init__(self, service: Service | RemoteService) -> None:
+        self._s = service
+
+    def create(self, job: str, *, cron: str, payload: Any = None, timezone: str = "UTC",
+               queue_name: str | None = None) -> Schedule:
+        """Start ``job`` with ``payload`` once per tick of ``cron``.
+
+        ``cron``: five fields, ``@hourly @daily @midnight @weekly @monthly
+        @yearly``, or ``@every <duration>``; evaluated in ``timezone``. Each tick
+        starts one run however many workers are up. Bad expressions raise
+        :class:`ValidationError` saying what is wrong.
+        """
+        return self._s.create_schedule(job, cron=cron, payload=payload, timezone=timezone,
+                                       queue_name=queue_name)
+
+    def get(self, schedule_id: str) -> Schedule:
+        return self._s.get_schedule(schedule_id)
+
+    def list(self) -> builtins.list[Schedule]:
+        return self._s.list_schedules()
+
+    def pause(self, schedule_id: str) -> Schedule:
+        return self._s.pause_schedule(schedule_id)
+
+    def resume(self, schedule_id: str) -> Schedule:
+        """Resume from now on: ticks that passed while paused do not run."""
+        return self._s.resume_schedule(schedule_id)
+
+    def delete(self, schedule_id: str) -> bool:
+        return self._s.delete_schedule(schedule_id)
 
 
 class StackShift:
@@ -193,6 +308,8 @@ class StackShift:
                                 self._registry)
         self.runs = Runs(self._api)
         self.events = Events(self._api)
+        self.queues = Queues(self._api)
+        self.schedules = Schedules(self._api)
         self.state = State(self._api)
         self.state_async = AsyncState(self.state)
 
@@ -218,7 +335,11 @@ class StackShift:
         """Register a handler: ``@stackshift.job("name", queue=..., max_attempts=...)``.
 
         Options: ``queue``, ``max_attempts``, ``backoff`` (dict of ``base``,
-        ``factor``, ``cap``, ``jitter``), ``timeout`` (per attempt).
+        ``factor``, ``cap``, ``jitter``), ``timeout`` (per attempt),
+        ``key_concurrency`` (most runs with the same ``concurrency_key`` at
+        once), ``on_failure`` (a job started with the failed run's id, job,
+        payload and error), ``cron`` and ``timezone`` (a recurring schedule,
+        created when a worker serving the job starts).
         """
         def register(fn: F) -> F:
             self._registry.add(make_job(name, fn, **options))
@@ -239,8 +360,19 @@ class StackShift:
         """Start a run of ``job``. See :meth:`stackshift.service.Service.start`."""
         return self._api.start(job, payload, **options)
 
-    def queue(self, name: str) -> Queue:
-        return Queue(self._api, name)
+    def queue(self, name: str, *, concurrency: int | None = None, rate_limit: str | None = None,
+              max_attempts: int | None = None) -> Queue:
+        """The queue ``name``; the options given are stored for every worker and server.
+
+        Options left out (or ``None``) keep their stored value; use
+        :meth:`Queue.configure` with ``None`` to remove a limit.
+        """
+        queue = Queue(self._api, name)
+        options = {k: v for k, v in (("concurrency", concurrency), ("rate_limit", rate_limit),
+                                     ("max_attempts", max_attempts)) if v is not None}
+        if options:
+            queue.configure(**options)
+        return queue
 
     # -- workers -------------------------------------------------------------------------
 
@@ -293,6 +425,8 @@ class AsyncStackShift:
         self.sync = StackShift(database_url, **options)
         self.runs = _AsyncFacade(self.sync.runs)
         self.events = _AsyncFacade(self.sync.events)
+        self.queues = _AsyncFacade(self.sync.queues)
+        self.schedules = _AsyncFacade(self.sync.schedules)
         self.state = self.sync.state_async
         self.database_url = self.sync.database_url
         self.base_url = self.sync.base_url
@@ -307,8 +441,9 @@ class AsyncStackShift:
     async def start(self, job: str, payload: Any = None, **options: Any) -> Run:
         return await asyncio.to_thread(self.sync.start, job, payload, **options)
 
-    def queue(self, name: str) -> _AsyncFacade:
-        return _AsyncFacade(self.sync.queue(name))
+    def queue(self, name: str, **options: Any) -> _AsyncFacade:
+        """The queue ``name`` (storing the options given, as :meth:`StackShift.queue`)."""
+        return _AsyncFacade(self.sync.queue(name, **options))
 
     def worker(self, **options: Any) -> Any:
         return self.sync.worker(**options)

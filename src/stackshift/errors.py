@@ -104,3 +104,7 @@ class CancelSignal(HandlerSignal):
 
 class LeaseLost(HandlerSignal):
     """This worker no longer owns the run; abandon the invocation without writing."""
+
+
+class ScheduleNotFoundError(StackShiftError, LookupError):
+    """No schedule has the given id."""

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .durations import parse_duration
+from .engine.cron import parse_cron
+from .engine.limits import check_concurrency
 from .engine.retries import Backoff
 from .errors import ValidationError
 
@@ -41,6 +43,13 @@ class Job:
     timeout: float | None
     is_async: bool
     payload_model: type | None
+    #: most runs of this job with the same concurrency_key running at once
+    key_concurrency: int | None = None
+    #: job started with the failed run's id, job, payload and error when a run fails for good
+    on_failure: str | None = None
+    #: recurring schedule (see :mod:`stackshift.engine.cron`) and its time zone
+    cron: str | None = None
+    timezone: str = "UTC"
 
     @property
     def function_name(self) -> str:
@@ -76,6 +85,10 @@ def make_job(
     max_attempts: int | None = None,
     backoff: Any = None,
     timeout: Any = None,
+    key_concurrency: int | None = None,
+    on_failure: str | None = None,
+    cron: str | None = None,
+    timezone: str = "UTC",
 ) -> Job:
     """Validate options and build a :class:`Job`; raises ``ValueError`` on bad options."""
     check_name(name, "job name")
@@ -83,6 +96,12 @@ def make_job(
         check_name(queue, "queue name")
     if max_attempts is not None:
         check_max_attempts(max_attempts)
+    if key_concurrency is not None:
+        check_concurrency(key_concurrency, "key_concurrency")
+    if on_failure is not None:
+        check_name(on_failure, "on_failure job name")
+    if cron is not None:
+        cron = parse_cron(cron, timezone).expression
     if not callable(handler):
         raise ValidationError(f"handler for job {name!r} is not callable")
     return Job(
@@ -94,6 +113,10 @@ def make_job(
         timeout=None if timeout is None else parse_duration(timeout, name="timeout"),
         is_async=inspect.iscoroutinefunction(handler),
         payload_model=_payload_model(handler),
+        key_concurrency=key_concurrency,
+        on_failure=on_failure,
+        cron=cron,
+        timezone=timezone,
     )
 
 

@@ -223,3 +223,66 @@ class EventConsumer:
     run_id: str
     step: str
     at: datetime
+
+
+# -- flow control and schedules ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    """A queue's stored configuration and its numbers at the time of reading.
+
+    ``throughput`` is runs finished (completed or failed) per minute over the
+    last ``window`` seconds; ``failure_rate`` is the failed share of those
+    (``None`` when none finished); ``oldest_queued_age`` is how long, in
+    seconds, the oldest due run not yet started has waited.
+    """
+
+    name: str
+    concurrency: int | None
+    rate_limit: str | None
+    max_attempts: int | None
+    paused: bool
+    counts: dict[str, int]
+    window: float
+    completed_in_window: int
+    failed_in_window: int
+    throughput: float
+    failure_rate: float | None
+    oldest_queued_age: float | None
+
+    @property
+    def running(self) -> int:
+        return self.counts.get("running", 0)
+
+    @property
+    def dead_letters(self) -> int:
+        """Runs that failed for good (status ``failed``)."""
+        return self.counts.get("failed", 0)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A recurring schedule: a job started once per tick of ``cron``.
+
+    ``source`` is ``"code"`` for ``@job(cron=...)`` (kept in sync by the workers
+    serving the job) and ``"api"`` for ``schedules.create``. ``last_error`` is
+    why the last tick could not start a run, else the error of the last run
+    when it failed.
+    """
+
+    id: str
+    job: str
+    cron: str
+    timezone: str
+    payload: Any
+    queue: str | None
+    source: str
+    paused: bool
+    next_run_at: datetime | None
+    last_run_at: datetime | None
+    last_run_id: str | None
+    last_run_status: str | None
+    last_error: RunError | None
+    missed_ticks: int
+    created_at: datetime

@@ -31,6 +31,7 @@ from .errors import (
 )
 from .jobs import JobRegistry
 from .models import Attempt, Event, LogEntry, Page, Run, SentEvent, Step, TimelineEntry
+from .remote_flow import RemoteFlowControl
 from .serialization import to_jsonable
 from .server import schemas as wire
 from .settings import Settings
@@ -122,7 +123,7 @@ def _epoch(value: datetime | None) -> float | None:
     return None if value is None else value.timestamp()
 
 
-class RemoteService:
+class RemoteService(RemoteFlowControl):
     """The client's operations as requests to ``stackshift server`` at ``base_url``.
 
     Jobs registered on the client still give their defaults (queue,

@@ -24,6 +24,7 @@ from .errors import (
     RunNotFoundError,
     ValidationError,
 )
+from .flowcontrol import FlowControl
 from .ids import new_id
 from .jobs import JobRegistry, check_max_attempts, check_name
 from .models import (
@@ -98,7 +99,7 @@ class Notifier:
             listener()
 
 
-class Service:
+class Service(FlowControl):
     def __init__(
         self, store: SqlStore, clock: Clock, settings: Settings, registry: JobRegistry
     ) -> None:
@@ -145,11 +146,10 @@ class Service:
         queue = queue_name or (registered.queue if registered else None) or s.default_queue
         check_name(queue, "queue name")
         payload_text = encode(payload, what="payload", limit=s.max_payload_bytes)
-        if max_attempts is None:
-            max_attempts = (registered.max_attempts if registered else None) or (
-                s.default_max_attempts
-            )
-        check_max_attempts(max_attempts)
+        if max_attempts is None and registered is not None:
+            max_attempts = registered.max_attempts
+        if max_attempts is not None:  # else the queue's default, else the installation's
+            check_max_attempts(max_attempts)
         if priority is None:
             priority = 0
         if isinstance(priority, bool) or not isinstance(priority, int) or not (
@@ -193,6 +193,7 @@ class Service:
                 scheduled_at=run_at,
                 idempotency_key=idempotency_key,
                 idempotency_expires_at=expires_at,
+                default_max_attempts=s.default_max_attempts,
             ),
             now,
         )

@@ -21,3 +21,9 @@ class Settings:
     event_dedupe_window: float = 24 * 3600.0
     default_max_attempts: int = 3
     default_queue: str = "default"
+    #: a run ready this long claims ahead of every priority (oldest first)
+    starvation_limit: float = 300.0
+    #: finished runs are deleted this long after they finished (None: kept forever)
+    run_retention: float | None = 30 * 86400.0
+    #: rows deleted per clean-up transaction
+    retention_batch: int = 500

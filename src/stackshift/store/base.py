@@ -19,12 +19,14 @@ class NewRun:
     job: str
     queue: str
     payload: str  # canonical JSON
-    max_attempts: int
+    #: None: the queue's default, else ``default_max_attempts``
+    max_attempts: int | None
     priority: int
     concurrency_key: str | None
     scheduled_at: float | None
     idempotency_key: str | None
     idempotency_expires_at: float | None
+    default_max_attempts: int = 3
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,9 @@ from ..errors import LeaseLost
 from ..serialization import dumps
 from . import rows
 from .base import ClaimedRun, ExpiredLease, Lease, LogWrite, Outcome, StepWrite
-from .database import Database, Tx
-from .runs import add_timeline, move_run, waiting_data
+from .database import Database, Row, Tx
+from .flow import NO_RULES, ClaimRules, choose_runs
+from .runs import add_timeline, move_run, start_failure_handler, waiting_data
 
 #: "No expiry condition" for finishing a run with a live lease.
 NO_DEADLINE = 1e300
@@ -81,73 +82,77 @@ class ExecutionStore:
         lease_seconds: float,
         now: float,
         queues: Sequence[str] | None = None,
+        rules: ClaimRules = NO_RULES,
     ) -> list[ClaimedRun]:
         """Lease up to ``limit`` due runs of ``jobs``, highest priority, then oldest, first.
 
-        With ``queues``, only runs in those queues.
+        With ``queues``, only runs in those queues. Paused queues, queue
+        concurrency and rate limits, and the ``key_concurrency`` of jobs in
+        ``rules`` are respected (see :mod:`stackshift.store.flow`); runs ready
+        for longer than the starvation limit come before any priority.
         """
         if limit <= 0 or not jobs or (queues is not None and not queues):
             return []
         claimed: list[ClaimedRun] = []
+
+        def claim(cand: Row) -> None:
+            claimed.append(self._claim_one(tx, cand, worker_id, lease_seconds, now,
+                                           rules.on_failure.get(cand["job"])))
+
         with self.db.write() as tx:
-            sqlite = tx.dialect == "sqlite"
-            job_param: Any = json.dumps(list(jobs)) if sqlite else list(jobs)
-            queue_param: Any = None
-            if queues is not None:
-                queue_param = json.dumps(list(queues)) if sqlite else list(queues)
-            candidates = tx.all("claim_candidates", now=now, jobs=job_param,
-                                queues=queue_param, limit=limit)
-            for cand in candidates:
-                if cand["status"] != Status.QUEUED:
-                    add_timeline(
-                        tx,
-                        cand["id"],
-                        "run.queued",
-                        cand["available_at"],
-                        data={"from": cand["status"]},
-                    )
-                row = tx.one(
-                    "claim_update",
-                    id=cand["id"],
-                    worker_id=worker_id,
-                    lease_expires_at=now + lease_seconds,
-                    now=now,
-                )
-                assert row is not None
-                resuming = bool(cand["resuming"])
-                attempt = row["attempt"]
-                if resuming:
-                    tx.run(
-                        "set_attempt_status",
-                        run_id=row["id"],
-                        number=attempt,
-                        status="running",
-                        worker_id=worker_id,
-                    )
-                    add_timeline(tx, row["id"], "run.resumed", now, attempt=attempt)
-                else:
-                    tx.run("insert_attempt", run_id=row["id"], number=attempt,
-                           worker_id=worker_id, now=now)
-                    add_timeline(
-                        tx, row["id"], "attempt.started", now, attempt=attempt, worker=worker_id
-                    )
-                steps = {}
-                # A first attempt that is not resuming has no steps yet: skip the read.
-                if resuming or attempt > 1:
-                    steps = {
-                        s["key"]: rows.step(s)
-                        for s in tx.all("completed_steps", run_id=row["id"])
-                    }
-                claimed.append(
-                    ClaimedRun(
-                        run=rows.run(row),
-                        lease=Lease(row["id"], worker_id, attempt),
-                        retry_base=row["retry_base"],
-                        steps=steps,
-                        new_attempt=not resuming,
-                    )
-                )
+            choose_runs(tx, jobs, queues, limit, now, rules.key_limits, claim)
         return claimed
+
+    def _claim_one(self, tx: Tx, cand: Row, worker_id: str, lease_seconds: float, now: float,
+                   on_failure: str | None) -> ClaimedRun:
+        if cand["status"] != Status.QUEUED:
+            add_timeline(
+                tx,
+                cand["id"],
+                "run.queued",
+                cand["available_at"],
+                data={"from": cand["status"]},
+            )
+        row = tx.one(
+            "claim_update",
+            id=cand["id"],
+            worker_id=worker_id,
+            lease_expires_at=now + lease_seconds,
+            on_failure=on_failure,
+            now=now,
+        )
+        assert row is not None
+        resuming = bool(cand["resuming"])
+        attempt = row["attempt"]
+        if resuming:
+            tx.run(
+                "set_attempt_status",
+                run_id=row["id"],
+                number=attempt,
+                status="running",
+                worker_id=worker_id,
+            )
+            add_timeline(tx, row["id"], "run.resumed", now, attempt=attempt)
+        else:
+            tx.run("insert_attempt", run_id=row["id"], number=attempt,
+                   worker_id=worker_id, now=now)
+            add_timeline(
+                tx, row["id"], "attempt.started", now, attempt=attempt, worker=worker_id
+            )
+        steps = {}
+        # A first attempt that is not resuming has no steps yet: skip the read.
+        if resuming or attempt > 1:
+            steps = {
+                s["key"]: rows.step(s)
+                for s in tx.all("completed_steps", run_id=row["id"])
+            }
+        return ClaimedRun(
+            run=rows.run(row),
+            lease=Lease(row["id"], worker_id, attempt),
+            retry_base=row["retry_base"],
+            steps=steps,
+            new_attempt=not resuming,
+        )
 
     def save_step(
         self,
@@ -235,6 +240,8 @@ class ExecutionStore:
                 extra["next_attempt_at"] = outcome.retry_at
             add_timeline(tx, lease.run_id, f"run.{status.value}", now, attempt=lease.attempt,
                          data=extra)
+            if status == Status.FAILED:
+                start_failure_handler(tx, moved, outcome.error, now)
         return True
 
     def suspend_for_sleep(

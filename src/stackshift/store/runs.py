@@ -7,8 +7,9 @@ from typing import Any
 from ..engine import transitions
 from ..engine.transitions import Status
 from ..errors import IdempotencyConflictError, InvalidTransitionError, RunNotFoundError
+from ..ids import new_id
 from ..models import Attempt, LogEntry, Page, Run, Step, TimelineEntry
-from ..serialization import digest, dumps
+from ..serialization import digest, dumps, loads
 from . import rows
 from .base import NewRun, RunFilter
 from .database import Database, Row, Tx
@@ -99,7 +100,111 @@ def move_run(
         data={"from": row["status"]},
         **data,
     )
+    if target == Status.FAILED:
+        start_failure_handler(tx, row, error, now)
     return True
+
+
+def insert_run(tx: Tx, new: NewRun, now: float) -> Run:
+    """Start ``new`` inside ``tx`` (see :meth:`RunStore.start_run`).
+
+    Runs started as part of another change (a schedule's tick, a failure
+    handler) use it so that both commit together.
+    """
+    if new.idempotency_key is not None:
+        print_ = fingerprint(new.job, new.payload)
+        taken = tx.one(
+            "claim_idempotency_key",
+            scope="run",
+            key=new.idempotency_key,
+            target_id=new.id,
+            fingerprint=print_,
+            now=now,
+            expires_at=new.idempotency_expires_at,
+        )
+        if taken is None:
+            existing = tx.one("get_idempotency_key", scope="run", key=new.idempotency_key)
+            assert existing is not None  # the conflict proves the row exists
+            if existing["fingerprint"] != print_:
+                raise IdempotencyConflictError(
+                    f"idempotency key {new.idempotency_key!r} belongs to run "
+                    f"{existing['target_id']} with a different job or payload",
+                    existing["target_id"],
+                )
+            row = load_run(tx, existing["target_id"])
+            add_timeline(tx, row["id"], "run.duplicate_start", now)
+            return rows.run(row, created=False)
+    status = Status.SCHEDULED if new.scheduled_at is not None else Status.QUEUED
+    tx.run(
+        "insert_run",
+        id=new.id,
+        job=new.job,
+        queue=new.queue,
+        status=status.value,
+        payload=new.payload,
+        max_attempts=new.max_attempts,
+        default_max_attempts=new.default_max_attempts,
+        idempotency_key=new.idempotency_key,
+        priority=new.priority,
+        concurrency_key=new.concurrency_key,
+        now=now,
+        scheduled_at=new.scheduled_at,
+        available_at=new.scheduled_at if new.scheduled_at is not None else now,
+    )
+    add_timeline(
+        tx,
+        new.id,
+        f"run.{status.value}",
+        now,
+        data={"scheduled_at": new.scheduled_at} if new.scheduled_at else None,
+    )
+    row = load_run(tx, new.id)
+    return rows.run(row)
+
+
+#: How long a failure handler's idempotency key (``on_failure:<run>:<attempt>``) lives.
+FAILURE_HANDLER_KEY_TTL = 7 * 86400.0
+
+
+def start_failure_handler(tx: Tx, row: Row, error: dict[str, Any] | None, now: float) -> None:
+    """Start the ``on_failure`` job of a run that just failed for good, in ``tx``.
+
+    ``row`` is the failed run (its ``on_failure`` column says which job, set by
+    the worker that claimed it). The handler gets the failed run's id, job,
+    queue, payload and error; its idempotency key names the run and its last
+    attempt, so a failure starts one handler run, and a failure after a manual
+    retry starts another.
+    """
+    spec = loads(row["on_failure"]) if row["on_failure"] else None
+    if not spec:
+        return
+    attempt = row["attempt"]
+    payload = {
+        "run_id": row["id"],
+        "job": row["job"],
+        "queue": row["queue"],
+        "payload": loads(row["payload"]),
+        "error": error,
+    }
+    new = NewRun(
+        id=new_id("run"),
+        job=spec["job"],
+        queue=spec["queue"],
+        payload=dumps(payload),
+        max_attempts=spec.get("max_attempts"),
+        priority=0,
+        concurrency_key=None,
+        scheduled_at=None,
+        idempotency_key=f"on_failure:{row['id']}:{attempt or 0}",
+        idempotency_expires_at=now + FAILURE_HANDLER_KEY_TTL,
+        default_max_attempts=spec.get("default_max_attempts") or 3,
+    )
+    try:
+        started = insert_run(tx, new, now)
+    except IdempotencyConflictError:  # the same key with another error: already handled
+        return
+    add_timeline(tx, row["id"], "run.failure_handler", now, handler_run_id=started.id,
+                 handler_job=spec["job"])
 
 
 class RunStore:
@@ -113,54 +218,7 @@ class RunStore:
         is bound to another job or payload; nothing is written then.
         """
         with self.db.write() as tx:
-            if new.idempotency_key is not None:
-                print_ = fingerprint(new.job, new.payload)
-                taken = tx.one(
-                    "claim_idempotency_key",
-                    scope="run",
-                    key=new.idempotency_key,
-                    target_id=new.id,
-                    fingerprint=print_,
-                    now=now,
-                    expires_at=new.idempotency_expires_at,
-                )
-                if taken is None:
-                    existing = tx.one("get_idempotency_key", scope="run", key=new.idempotency_key)
-                    assert existing is not None  # the conflict proves the row exists
-                    if existing["fingerprint"] != print_:
-                        raise IdempotencyConflictError(
-                            f"idempotency key {new.idempotency_key!r} belongs to run "
-                            f"{existing['target_id']} with a different job or payload",
-                            existing["target_id"],
-                        )
-                    row = load_run(tx, existing["target_id"])
-                    add_timeline(tx, row["id"], "run.duplicate_start", now)
-                    return rows.run(row, created=False)
-            status = Status.SCHEDULED if new.scheduled_at is not None else Status.QUEUED
-            tx.run(
-                "insert_run",
-                id=new.id,
-                job=new.job,
-                queue=new.queue,
-                status=status.value,
-                payload=new.payload,
-                max_attempts=new.max_attempts,
-                idempotency_key=new.idempotency_key,
-                priority=new.priority,
-                concurrency_key=new.concurrency_key,
-                now=now,
-                scheduled_at=new.scheduled_at,
-                available_at=new.scheduled_at if new.scheduled_at is not None else now,
-            )
-            add_timeline(
-                tx,
-                new.id,
-                f"run.{status.value}",
-                now,
-                data={"scheduled_at": new.scheduled_at} if new.scheduled_at else None,
-            )
-            row = load_run(tx, new.id)
-        return rows.run(row)
+            return insert_run(tx, new, now)
 
     def get_run(self, run_id: str) -> Run:
         with self.db.read() as tx:

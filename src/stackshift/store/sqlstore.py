@@ -7,11 +7,15 @@ from .events import EventStore
 from .keys import KeyStore
 from .metrics import MetricsStore
 from .overview import OverviewStore
+from .queues import QueueStore
+from .retention import RetentionStore
 from .runs import RunStore
+from .schedules import ScheduleStore
 from .state import StateStore
 
 
-class SqlStore(RunStore, EventStore, StateStore, KeyStore, MetricsStore, OverviewStore):
+class SqlStore(RunStore, EventStore, StateStore, KeyStore, MetricsStore, OverviewStore,
+               QueueStore, ScheduleStore, RetentionStore):
     """All storage operations, each one short transaction on ``db``.
 
     SQLite and PostgreSQL differ only below this class: connections, the claim

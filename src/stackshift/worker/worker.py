@@ -88,6 +88,8 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
         self._next_purge = 0.0
+        self._next_ageing = 0.0
+        self._rules = self.service.claim_rules()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -109,6 +111,8 @@ class Worker:
             self._loop = asyncio.new_event_loop()
             self._spawn("stackshift-loop", self._loop.run_forever)
         self.service.notifier.subscribe(self._wake.set)
+        self._rules = self.service.claim_rules()
+        self.service.sync_code_schedules()
         self.service.store.register_worker(
             self.id, socket.gethostname(), os.getpid(), self.jobs, self.queues,
             self.concurrency, self.service.clock.now(),
@@ -210,7 +214,8 @@ class Worker:
                 claimed: list[ClaimedRun] = []
                 if free > 0:
                     claimed = store.claim_runs(self.id, self.jobs, free, self.lease_seconds,
-                                               self.service.clock.now(), self.queues)
+                                               self.service.clock.now(), self.queues,
+                                               self._rules)
                     for item in claimed:
                         self._dispatch(item)
                 if claimed and len(claimed) == free:
@@ -334,9 +339,16 @@ class Worker:
         if due is not None and due <= now:
             changed += len(store.fire_timers(now))
             changed += store.promote_due(now)
+        changed += len(self.service.fire_schedules(now))
+        limit = self.service.settings.starvation_limit
+        if now >= self._next_ageing:
+            # Runs ready for longer than the starvation limit go before any priority.
+            self._next_ageing = now + min(5.0, limit / 10)
+            changed += store.age_ready_runs(now - limit)
         if now >= self._next_purge:
-            self._next_purge = now + 60
-            store.purge_expired(now)
+            # Retention, a batch per round; again next round while batches come back full.
+            more = self.service.apply_retention(now)
+            self._next_purge = now if more else now + 60
         return changed
 
     # -- tests and scripts -----------------------------------------------------------
@@ -348,13 +360,15 @@ class Worker:
         """
         store = self.service.store
         runlogs.install()
+        self._rules = self.service.claim_rules()
+        self.service.sync_code_schedules()
         count = 0
         try:
             while count < max_invocations:
                 self.maintain()
                 claimed = store.claim_runs(self.id, self.jobs, self.concurrency,
                                            self.lease_seconds, self.service.clock.now(),
-                                           self.queues)
+                                           self.queues, self._rules)
                 if not claimed:
                     return count
                 for item in claimed:

@@ -1,13 +1,37 @@
 -- Queries that differ on PostgreSQL.
 
 -- name: claim_candidates
--- SKIP LOCKED lets many workers claim at once without waiting on each other;
--- NO KEY UPDATE leaves the run's foreign-key checks unblocked.
-SELECT id, status, resuming, attempt, available_at FROM runs
+-- The plain claim query. SKIP LOCKED lets many workers claim at once without
+-- waiting on each other; NO KEY UPDATE leaves the run's foreign-key checks
+-- unblocked. "controlled" counts the queues that are paused or limited (an
+-- InitPlan, read once): when there are none (the common case) this query is the
+-- whole claim; otherwise store/flow.py claims with the queries below. Keep its
+-- WHERE clause free of flow-control terms: they would change its plan.
+SELECT id, job, queue, status, resuming, attempt, available_at, claim_priority,
+       concurrency_key,
+       (SELECT COUNT(*) FROM queues c WHERE c.paused <> 0 OR c.concurrency IS NOT NULL
+            OR c.rate_count IS NOT NULL) AS controlled
+FROM runs
 WHERE status IN ('queued', 'scheduled', 'retrying') AND available_at <= :now
   AND job = ANY(:jobs)
   AND (CAST(:queues AS text[]) IS NULL OR queue = ANY(CAST(:queues AS text[])))
-ORDER BY priority DESC, available_at, id
+ORDER BY claim_priority DESC, available_at, id
+LIMIT :limit
+FOR NO KEY UPDATE SKIP LOCKED;
+
+-- name: claim_candidates_open
+-- Runs outside the queues in :blocked (paused, or limited: claimed one queue at
+-- a time under the queue's row lock), leaving out "job<US>key" pairs in
+-- :saturated (at their key_concurrency).
+SELECT id, job, queue, status, resuming, attempt, available_at, claim_priority,
+       concurrency_key FROM runs
+WHERE status IN ('queued', 'scheduled', 'retrying') AND available_at <= :now
+  AND job = ANY(:jobs)
+  AND (CAST(:queues AS text[]) IS NULL OR queue = ANY(CAST(:queues AS text[])))
+  AND (CAST(:blocked AS text[]) IS NULL OR queue <> ALL(CAST(:blocked AS text[])))
+  AND (CAST(:saturated AS text[]) IS NULL OR concurrency_key IS NULL
+       OR (job || chr(31) || concurrency_key) <> ALL(CAST(:saturated AS text[])))
+ORDER BY claim_priority DESC, available_at, id
 LIMIT :limit
 FOR NO KEY UPDATE SKIP LOCKED;
 
@@ -56,3 +80,47 @@ FOR NO KEY UPDATE OF r;
 -- A run about to be moved by an operator action (cancel, retry), locked so that
 -- the status it is moved from is the status it has.
 SELECT * FROM runs WHERE id = :id FOR NO KEY UPDATE;
+
+-- Flow control (store/flow.py). Claims of a limited queue lock its queues row
+-- FOR UPDATE before counting, so claimers of that queue take turns (claimers of
+-- other queues are not held up); a concurrency key is guarded by a
+-- transaction-scoped advisory lock that a claimer skips when another holds it.
+
+-- name: claim_candidates_in_queue
+SELECT id, job, queue, status, resuming, attempt, available_at, claim_priority,
+       concurrency_key FROM runs
+WHERE status IN ('queued', 'scheduled', 'retrying') AND queue = :queue
+  AND available_at <= :now AND job = ANY(:jobs)
+  AND (CAST(:saturated AS text[]) IS NULL OR concurrency_key IS NULL
+       OR (job || chr(31) || concurrency_key) <> ALL(CAST(:saturated AS text[])))
+ORDER BY claim_priority DESC, available_at, id
+LIMIT :limit
+FOR NO KEY UPDATE SKIP LOCKED;
+
+-- name: lock_queue
+SELECT * FROM queues WHERE name = :name FOR UPDATE;
+
+-- name: try_lock_key
+-- Keys cannot hold NUL on PostgreSQL, so hashing the text in SQL is safe here.
+SELECT pg_try_advisory_xact_lock(hashtextextended('stackshift.key:' || CAST(:key AS text), 0)) AS ok;
+
+-- name: running_by_queue
+SELECT queue, COUNT(*) AS n FROM runs
+WHERE status = 'running' AND queue = ANY(CAST(:queues AS text[]))
+GROUP BY queue;
+
+-- name: starts_by_queue
+SELECT s.queue, COUNT(*) AS n FROM queue_starts s JOIN queues q ON q.name = s.queue
+WHERE s.queue = ANY(CAST(:queues AS text[])) AND s.at > :now - q.rate_period
+GROUP BY s.queue;
+
+-- name: running_keys
+SELECT job, concurrency_key, COUNT(*) AS n FROM runs
+WHERE status = 'running' AND concurrency_key IS NOT NULL AND job = ANY(:jobs)
+GROUP BY job, concurrency_key;
+
+-- name: due_schedules
+-- SKIP LOCKED: two maintainers never fire the same schedule at once.
+SELECT * FROM schedules WHERE paused = 0 AND next_run_at <= :now
+ORDER BY next_run_at LIMIT :limit
+FOR UPDATE SKIP LOCKED;

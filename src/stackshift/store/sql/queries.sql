@@ -3,11 +3,17 @@
 -- A dialect file (sqlite.sql, postgres.sql) overrides a query of the same name.
 
 -- name: insert_run
+-- max_attempts: the start option or the job's, else the queue's default, else
+-- the installation's; a run claims at its own priority until it ages.
 INSERT INTO runs (id, job, queue, status, payload, max_attempts, idempotency_key,
-                  priority, concurrency_key, created_at, scheduled_at, available_at,
-                  updated_at)
-VALUES (:id, :job, :queue, :status, :payload, :max_attempts, :idempotency_key,
-        :priority, :concurrency_key, :now, :scheduled_at, :available_at, :now);
+                  priority, claim_priority, concurrency_key, created_at, scheduled_at,
+                  available_at, updated_at)
+VALUES (:id, :job, :queue, :status, :payload,
+        COALESCE(CAST(:max_attempts AS INTEGER),
+                 (SELECT q.max_attempts FROM queues q WHERE q.name = :queue),
+                 CAST(:default_max_attempts AS INTEGER)),
+        :idempotency_key, :priority, :priority, :concurrency_key, :now, :scheduled_at,
+        :available_at, :now);
 
 -- name: claim_idempotency_key
 -- Takes the key when it is free or expired; returns nothing when it is live.
@@ -59,7 +65,8 @@ UPDATE runs
 SET status = 'running', attempt = attempt + 1 - resuming, resuming = 0,
     lease_owner = :worker_id, lease_expires_at = :lease_expires_at,
     started_at = COALESCE(started_at, :now), waiting_for = NULL,
-    available_at = NULL, updated_at = :now
+    available_at = NULL, claim_priority = priority, on_failure = :on_failure,
+    updated_at = :now
 WHERE id = :id
 RETURNING *;
 
@@ -97,7 +104,7 @@ SET status = :status, result = :result, error = :error, finished_at = :finished_
     cancel_requested = 0, updated_at = :now
 WHERE id = :id AND lease_owner = :worker_id AND attempt = :attempt AND status = 'running'
   AND lease_expires_at <= :expired_before
-RETURNING id;
+RETURNING id, job, queue, payload, attempt, on_failure;
 
 -- name: suspend_leased_run
 UPDATE runs
@@ -137,7 +144,8 @@ WHERE id = :id AND status = 'running';
 -- name: manual_retry
 UPDATE runs
 SET status = 'queued', retry_base = attempt, resuming = 0, available_at = :now,
-    finished_at = NULL, cancel_requested = 0, waiting_for = NULL, updated_at = :now
+    finished_at = NULL, cancel_requested = 0, waiting_for = NULL,
+    claim_priority = priority, updated_at = :now
 WHERE id = :id AND status = :from_status
 RETURNING id;
 
@@ -327,3 +335,158 @@ SELECT DISTINCT job FROM runs ORDER BY job;
 
 -- name: queue_names
 SELECT DISTINCT queue FROM runs ORDER BY queue;
+
+-- Flow control, schedules and retention (store/flow.py, store/schedules.py,
+-- store/retention.py).
+
+-- name: controlled_queues
+-- The queues a claim must treat specially: paused or limited. Tiny: one row per
+-- configured queue.
+SELECT * FROM queues WHERE paused <> 0 OR concurrency IS NOT NULL OR rate_count IS NOT NULL;
+
+-- name: lock_queue
+-- PostgreSQL locks the row (see postgres.sql); SQLite's write transaction
+-- already excludes every other writer.
+SELECT * FROM queues WHERE name = :name;
+
+-- name: get_queue
+SELECT * FROM queues WHERE name = :name;
+
+-- name: all_queue_names
+SELECT name FROM (SELECT DISTINCT queue AS name FROM runs UNION SELECT name FROM queues) q
+ORDER BY name;
+
+-- name: list_queues
+SELECT * FROM queues ORDER BY name;
+
+-- name: ensure_queue
+INSERT INTO queues (name, created_at, updated_at) VALUES (:name, :now, :now)
+ON CONFLICT (name) DO NOTHING;
+
+-- name: update_queue
+UPDATE queues
+SET concurrency = :concurrency, rate_limit = :rate_limit, rate_count = :rate_count,
+    rate_period = :rate_period, max_attempts = :max_attempts, paused = :paused,
+    updated_at = :now
+WHERE name = :name
+RETURNING *;
+
+-- name: running_in_queue
+SELECT COUNT(*) AS n FROM runs WHERE status = 'running' AND queue = :queue;
+
+-- name: running_for_key
+SELECT COUNT(*) AS n FROM runs
+WHERE status = 'running' AND job = :job AND concurrency_key = :key;
+
+-- name: starts_in_window
+SELECT COUNT(*) AS n FROM queue_starts WHERE queue = :queue AND at > :since;
+
+-- name: insert_queue_start
+INSERT INTO queue_starts (queue, at) VALUES (:queue, :at);
+
+-- name: prune_queue_starts
+DELETE FROM queue_starts WHERE queue = :queue AND at <= :before;
+
+-- name: prune_all_queue_starts
+-- Rows a minute past their queue's period (or of a queue no longer rate limited).
+DELETE FROM queue_starts
+WHERE at <= :now - 60 - COALESCE((SELECT q.rate_period FROM queues q
+                                  WHERE q.name = queue_starts.queue), 0);
+
+-- name: age_ready_runs
+-- Runs ready since before :before claim ahead of every priority, oldest first.
+UPDATE runs SET claim_priority = 2147483648
+WHERE status IN ('queued', 'scheduled', 'retrying') AND available_at <= :before
+  AND claim_priority < 2147483648;
+
+-- name: queue_status_counts
+SELECT status, COUNT(*) AS n FROM runs WHERE queue = :queue GROUP BY status;
+
+-- name: queue_finished_since
+-- Runs per final status (completed, failed, cancelled) finished since :since.
+SELECT status, COUNT(*) AS n FROM runs
+WHERE queue = :queue AND finished_at >= :since
+GROUP BY status;
+
+-- name: queue_oldest_ready
+-- The oldest run of the queue that is due and not yet started.
+SELECT MIN(available_at) AS oldest FROM runs
+WHERE queue = :queue AND status IN ('queued', 'scheduled', 'retrying')
+  AND available_at <= :now;
+
+-- name: insert_schedule
+INSERT INTO schedules (id, job, cron, timezone, payload, queue, source, paused,
+                       next_run_at, created_at, updated_at)
+VALUES (:id, :job, :cron, :timezone, :payload, :queue, :source, 0, :next_run_at, :now, :now)
+ON CONFLICT (id) DO NOTHING;
+
+-- name: get_schedule
+SELECT * FROM schedules WHERE id = :id;
+
+-- name: list_schedules
+SELECT s.*, r.status AS last_run_status, r.error AS last_run_error
+FROM schedules s LEFT JOIN runs r ON r.id = s.last_run_id
+ORDER BY s.job, s.id;
+
+-- name: get_schedule_detail
+SELECT s.*, r.status AS last_run_status, r.error AS last_run_error
+FROM schedules s LEFT JOIN runs r ON r.id = s.last_run_id
+WHERE s.id = :id;
+
+-- name: due_schedules
+SELECT * FROM schedules WHERE paused = 0 AND next_run_at <= :now
+ORDER BY next_run_at LIMIT :limit;
+
+-- name: schedule_fired
+-- Conditional on the tick read, so a tick is moved past once.
+UPDATE schedules
+SET next_run_at = :next_run_at, last_tick_at = :tick, last_run_id = :run_id,
+    last_error = :error, missed_ticks = missed_ticks + :missed, updated_at = :now
+WHERE id = :id AND next_run_at = :due;
+
+-- name: set_schedule_paused
+UPDATE schedules SET paused = :paused, next_run_at = :next_run_at, updated_at = :now
+WHERE id = :id
+RETURNING id;
+
+-- name: update_code_schedule
+-- A schedule defined in code whose expression changed: ticks restart from now.
+UPDATE schedules
+SET cron = :cron, timezone = :timezone, queue = :queue, next_run_at = :next_run_at,
+    updated_at = :now
+WHERE id = :id;
+
+-- name: delete_schedule
+DELETE FROM schedules WHERE id = :id;
+
+-- name: delete_finished_runs
+-- Oldest first, a batch at a time; runs whose idempotency key is still live are
+-- kept until it expires, so a repeated start still finds its run. Only finished
+-- runs have a finished_at (a CHECK constraint of runs), so this reads the
+-- runs_finished index and never an unfinished run.
+DELETE FROM runs WHERE id IN (
+    SELECT r.id FROM runs r
+    WHERE r.finished_at < :before
+      AND (r.idempotency_key IS NULL OR NOT EXISTS (
+          SELECT 1 FROM idempotency_keys k
+          WHERE k.scope = 'run' AND k.key = r.idempotency_key AND k.target_id = r.id
+            AND k.expires_at > :now))
+    ORDER BY r.finished_at LIMIT :limit)
+RETURNING id;
+
+-- name: delete_expired_events_batch
+DELETE FROM events WHERE id IN (
+    SELECT id FROM events WHERE expires_at <= :now ORDER BY expires_at LIMIT :limit)
+RETURNING id;
+
+-- name: delete_expired_idempotency_keys_batch
+DELETE FROM idempotency_keys WHERE (scope, key) IN (
+    SELECT scope, key FROM idempotency_keys WHERE expires_at <= :now
+    ORDER BY expires_at LIMIT :limit)
+RETURNING key;
+
+-- name: delete_expired_state_batch
+DELETE FROM state WHERE key IN (
+    SELECT key FROM state WHERE expires_at IS NOT NULL AND expires_at <= :now
+    ORDER BY expires_at LIMIT :limit)
+RETURNING key;

@@ -2,11 +2,35 @@
 -- the database's single write lock, so a plain SELECT then UPDATE is race-free.
 
 -- name: claim_candidates
-SELECT id, status, resuming, attempt, available_at FROM runs
+-- The plain claim query. "controlled" counts the queues that are paused or
+-- limited: when there are none (the common case) this query is the whole
+-- claim; otherwise store/flow.py claims with the queries below.
+-- INDEXED BY: without statistics SQLite prefers runs_status and then sorts
+-- every ready run on each claim; runs_ready is already in claim order, so the
+-- claim reads a few index entries and stops.
+SELECT id, job, queue, status, resuming, attempt, available_at, claim_priority,
+       concurrency_key,
+       (SELECT COUNT(*) FROM queues c WHERE c.paused <> 0 OR c.concurrency IS NOT NULL
+            OR c.rate_count IS NOT NULL) AS controlled
+FROM runs INDEXED BY runs_ready
 WHERE status IN ('queued', 'scheduled', 'retrying') AND available_at <= :now
   AND job IN (SELECT value FROM json_each(:jobs))
   AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)))
-ORDER BY priority DESC, available_at, id
+ORDER BY claim_priority DESC, available_at, id
+LIMIT :limit;
+
+-- name: claim_candidates_open
+-- Runs outside the queues in :blocked (paused, or limited: claimed one queue at
+-- a time), leaving out "job<US>key" pairs in :saturated (at their key_concurrency).
+SELECT id, job, queue, status, resuming, attempt, available_at, claim_priority,
+       concurrency_key FROM runs INDEXED BY runs_ready
+WHERE status IN ('queued', 'scheduled', 'retrying') AND available_at <= :now
+  AND job IN (SELECT value FROM json_each(:jobs))
+  AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)))
+  AND (:blocked IS NULL OR queue NOT IN (SELECT value FROM json_each(:blocked)))
+  AND (:saturated IS NULL OR concurrency_key IS NULL
+       OR job || char(31) || concurrency_key NOT IN (SELECT value FROM json_each(:saturated)))
+ORDER BY claim_priority DESC, available_at, id
 LIMIT :limit;
 
 -- name: state_increment
@@ -20,3 +44,35 @@ ON CONFLICT (key) DO UPDATE
                           THEN NULL ELSE state.expires_at END,
         updated_at = :now
 RETURNING value;
+
+-- Flow control (store/flow.py). The claim's write transaction holds SQLite's
+-- only write lock, so counting and claiming cannot interleave with another claim.
+
+-- name: claim_candidates_in_queue
+SELECT id, job, queue, status, resuming, attempt, available_at, claim_priority,
+       concurrency_key FROM runs INDEXED BY runs_ready_queue
+WHERE status IN ('queued', 'scheduled', 'retrying') AND queue = :queue
+  AND available_at <= :now AND job IN (SELECT value FROM json_each(:jobs))
+  AND (:saturated IS NULL OR concurrency_key IS NULL
+       OR job || char(31) || concurrency_key NOT IN (SELECT value FROM json_each(:saturated)))
+ORDER BY claim_priority DESC, available_at, id
+LIMIT :limit;
+
+-- name: try_lock_key
+SELECT 1 AS ok;
+
+-- name: running_by_queue
+SELECT queue, COUNT(*) AS n FROM runs
+WHERE status = 'running' AND queue IN (SELECT value FROM json_each(:queues))
+GROUP BY queue;
+
+-- name: starts_by_queue
+SELECT s.queue, COUNT(*) AS n FROM queue_starts s JOIN queues q ON q.name = s.queue
+WHERE s.queue IN (SELECT value FROM json_each(:queues)) AND s.at > :now - q.rate_period
+GROUP BY s.queue;
+
+-- name: running_keys
+SELECT job, concurrency_key, COUNT(*) AS n FROM runs
+WHERE status = 'running' AND concurrency_key IS NOT NULL
+  AND job IN (SELECT value FROM json_each(:jobs))
+GROUP BY job, concurrency_key;

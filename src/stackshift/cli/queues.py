@@ -1,0 +1,225 @@
+"""``stackshift queues``: settings, numbers, pause and resume, dead letters, bulk retry."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+from rich.table import Table
+
+from ..client import DEFAULT_DATABASE_URL
+from ..models import QueueInfo
+from ..store.queues import KEEP
+from .failures import bad_input
+from .options import DATABASE_ENV, database_url_option, json_option, open_client
+from .render import _table, console, echo_json, runs_table, span, status_text
+
+_STATUSES = ("scheduled", "queued", "running", "waiting", "retrying", "completed", "failed",
+             "cancelled")
+
+
+def _window_option(fn: Any) -> Any:
+    return click.option("--window", default="15m", show_default=True,
+                        help="Throughput and failure rate over this long.")(fn)
+
+
+def _limit(queue: QueueInfo) -> str:
+    parts = []
+    if queue.concurrency is not None:
+        parts.append(f"{queue.concurrency} at once")
+    if queue.rate_limit is not None:
+        parts.append(queue.rate_limit)
+    return ", ".join(parts) or "-"
+
+
+def _rate(queue: QueueInfo) -> str:
+    return "-" if queue.failure_rate is None else f"{queue.failure_rate:.0%}"
+
+
+def _oldest(queue: QueueInfo) -> str:
+    return "-" if queue.oldest_queued_age is None else span(queue.oldest_queued_age)
+
+
+def queues_table(queues: list[QueueInfo]) -> Table:
+    table = _table()
+    for header in ("QUEUE", "STATE", "LIMITS", "QUEUED", "RUNNING", "WAITING", "FAILED",
+                   "PER MIN", "FAIL %", "OLDEST"):
+        table.add_column(header, no_wrap=True,
+                         justify="left" if header in ("QUEUE", "STATE", "LIMITS") else "right")
+    for q in queues:
+        c = q.counts
+        table.add_row(
+            q.name, "[yellow]paused[/]" if q.paused else "active", _limit(q),
+            str(c.get("queued", 0) + c.get("scheduled", 0) + c.get("retrying", 0)),
+            str(c.get("running", 0)), str(c.get("waiting", 0)), str(c.get("failed", 0)),
+            f"{q.throughput:.1f}", _rate(q), _oldest(q),
+        )
+    return table
+
+
+def queue_detail(q: QueueInfo) -> Table:
+    table = _table()
+    table.show_header = False
+    table.add_column("", style="bold", no_wrap=True)
+    table.add_column("")
+    table.add_row("queue", q.name)
+    table.add_row("state", "[yellow]paused[/]" if q.paused else "active")
+    table.add_row("concurrency", "-" if q.concurrency is None else str(q.concurrency))
+    table.add_row("rate limit", q.rate_limit or "-")
+    table.add_row("max attempts", "-" if q.max_attempts is None else str(q.max_attempts))
+    for status in _STATUSES:
+        if q.counts.get(status):
+            table.add_row(status_text(status), str(q.counts[status]))
+    table.add_row(f"last {span(q.window)}",
+                  f"{q.completed_in_window} completed, {q.failed_in_window} failed "
+                  f"({q.throughput:.1f}/min, failure rate {_rate(q)})")
+    table.add_row("oldest queued", _oldest(q))
+    return table
+
+
+def _show(queue: QueueInfo, as_json: bool) -> None:
+    if as_json:
+        echo_json(queue)
+    else:
+        console().print(queue_detail(queue))
+
+
+@click.group(invoke_without_command=True)
+@click.pass_context
+def queues(ctx: click.Context) -> None:
+    """Queue settings and numbers; pause, resume, limits, dead letters.
+
+    Without a subcommand: the same as `stackshift queues list`.
+    """
+    if ctx.invoked_subcommand is None:
+        # click does not read envvar defaults for an invoked command: pass it on.
+        url = os.environ.get(DATABASE_ENV) or DEFAULT_DATABASE_URL
+        ctx.invoke(list_queues, database_url=url)
+
+
+@queues.command("list")
+@_window_option
+@json_option
+@database_url_option
+def list_queues(window: str = "15m", as_json: bool = False,
+                database_url: str | None = None) -> None:
+    """Every queue that holds runs or has settings."""
+    with open_client(database_url) as app:
+        found = app.queues.list(window)
+    if as_json:
+        echo_json(found)
+        return
+    if not found:
+        console().print("No queues yet.")
+        return
+    console().print(queues_table(found))
+
+
+@queues.command()
+@click.argument("name")
+@_window_option
+@json_option
+@database_url_option
+def show(name: str, window: str, as_json: bool, database_url: str) -> None:
+    """Settings, runs per status, throughput, failure rate and oldest queued run."""
+    with open_client(database_url) as app:
+        _show(app.queues.get(name, window), as_json)
+
+
+@queues.command()
+@click.argument("name")
+@json_option
+@database_url_option
+def pause(name: str, as_json: bool, database_url: str) -> None:
+    """Start nothing more from NAME until resumed (running runs carry on)."""
+    with open_client(database_url) as app:
+        _show(app.queue(name).pause(), as_json)
+
+
+@queues.command()
+@click.argument("name")
+@json_option
+@database_url_option
+def resume(name: str, as_json: bool, database_url: str) -> None:
+    """Let NAME's runs start again."""
+    with open_client(database_url) as app:
+        _show(app.queue(name).resume(), as_json)
+
+
+def _setting(value: str | None, option: str, convert: Any) -> Any:
+    """KEEP when not given, None for 'none', else the converted value."""
+    if value is None:
+        return KEEP
+    if value.strip().lower() == "none":
+        return None
+    try:
+        return convert(value)
+    except ValueError:
+        raise bad_input(f"{option} must be a number or 'none', got {value!r}") from None
+
+
+@queues.command("set")
+@click.argument("name")
+@click.option("--concurrency", metavar="N|none", help="Most runs running at once, all workers.")
+@click.option("--rate-limit", metavar="N/PERIOD|none", help="e.g. 100/m, 10/s, 1000/h.")
+@click.option("--max-attempts", metavar="N|none",
+              help="Default for runs whose job and start set none.")
+@json_option
+@database_url_option
+def set_(name: str, concurrency: str | None, rate_limit: str | None, max_attempts: str | None,
+         as_json: bool, database_url: str) -> None:
+    """Change NAME's settings; 'none' removes one, options left out stay as they are."""
+    changes = {
+        "concurrency": _setting(concurrency, "--concurrency", int),
+        "rate_limit": _setting(rate_limit, "--rate-limit", str),
+        "max_attempts": _setting(max_attempts, "--max-attempts", int),
+    }
+    if all(value is KEEP for value in changes.values()):
+        raise bad_input("give at least one of --concurrency, --rate-limit, --max-attempts")
+    with open_client(database_url) as app:
+        _show(app.queue(name).configure(**changes), as_json)
+
+
+@queues.command("dead-letters")
+@click.argument("name")
+@click.option("--job", help="Only runs of this job.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option("--cursor", help="Next page: the cursor printed under the previous one.")
+@json_option
+@database_url_option
+def dead_letters(name: str, job: str | None, limit: int, cursor: str | None, as_json: bool,
+                 database_url: str) -> None:
+    """Runs of NAME that failed their last attempt, newest first."""
+    with open_client(database_url) as app:
+        page = app.queue(name).dead_letters(job=job, limit=limit, cursor=cursor)
+    if as_json:
+        echo_json({"items": page.items, "next_cursor": page.next_cursor})
+        return
+    if not page.items:
+        console().print("No dead letters.")
+        return
+    console().print(runs_table(page.items))
+    if page.next_cursor:
+        console().print(f"More: stackshift queues dead-letters {name} --cursor "
+                        f"{page.next_cursor}", style="dim", markup=False)
+
+
+@queues.command()
+@click.argument("name")
+@click.option("--job", help="Only runs of this job.")
+@click.option("--status", type=click.Choice(["failed", "cancelled"]), default="failed",
+              show_default=True)
+@click.option("--limit", type=click.IntRange(1), help="Retry at most this many.")
+@json_option
+@database_url_option
+def retry(name: str, job: str | None, status: str, limit: int | None, as_json: bool,
+          database_url: str) -> None:
+    """Retry NAME's failed (or cancelled) runs with a fresh attempt budget."""
+    with open_client(database_url) as app:
+        retried = app.runs.retry_many(queue=name, job=job, status=status, limit=limit)
+    if as_json:
+        echo_json({"retried": retried, "count": len(retried)})
+        return
+    console().print(f"Retried {len(retried)} {status} run{'s' if len(retried) != 1 else ''} "
+                    f"of queue {name}.", markup=False)

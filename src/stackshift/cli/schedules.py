@@ -1,0 +1,167 @@
+"""``stackshift schedules``: recurring runs on a cron expression."""
+
+from __future__ import annotations
+
+import os
+
+import click
+from rich.table import Table
+
+from ..client import DEFAULT_DATABASE_URL
+from ..errors import ScheduleNotFoundError
+from ..models import Schedule
+from .failures import not_found
+from .options import (
+    DATABASE_ENV,
+    database_url_option,
+    json_option,
+    open_client,
+    parse_json_argument,
+)
+from .render import _table, compact_json, console, echo_json, status_text, when
+
+
+def schedules_table(items: list[Schedule]) -> Table:
+    table = _table()
+    for header in ("SCHEDULE", "JOB", "CRON", "TZ", "STATE", "NEXT RUN", "LAST RUN", "LAST",
+                   "LAST ERROR"):
+        table.add_column(header, no_wrap=header != "LAST ERROR")
+    for s in items:
+        error = f"{s.last_error.type}: {s.last_error.message}" if s.last_error else ""
+        table.add_row(
+            s.id, s.job, s.cron, s.timezone, "[yellow]paused[/]" if s.paused else "active",
+            when(s.next_run_at), when(s.last_run_at),
+            status_text(s.last_run_status) if s.last_run_status else "-", error,
+        )
+    return table
+
+
+def schedule_detail(s: Schedule) -> Table:
+    table = _table()
+    table.show_header = False
+    table.add_column("", style="bold", no_wrap=True)
+    table.add_column("")
+    table.add_row("schedule", s.id)
+    table.add_row("job", s.job)
+    table.add_row("cron", f"{s.cron} ({s.timezone})")
+    table.add_row("payload", compact_json(s.payload, 200))
+    table.add_row("queue", s.queue or "(the job's)")
+    table.add_row("defined in", "code (@job cron=...)" if s.source == "code" else "the API")
+    table.add_row("state", "[yellow]paused[/]" if s.paused else "active")
+    table.add_row("next run", when(s.next_run_at))
+    table.add_row("last run", f"{when(s.last_run_at)} {s.last_run_id or ''}".strip())
+    if s.last_run_status:
+        table.add_row("last status", status_text(s.last_run_status))
+    if s.last_error:
+        table.add_row("last error", f"{s.last_error.type}: {s.last_error.message}")
+    if s.missed_ticks:
+        table.add_row("missed ticks", str(s.missed_ticks))
+    return table
+
+
+def _show(s: Schedule, as_json: bool) -> None:
+    if as_json:
+        echo_json(s)
+    else:
+        console().print(schedule_detail(s))
+
+
+@click.group(invoke_without_command=True)
+@click.pass_context
+def schedules(ctx: click.Context) -> None:
+    """Recurring schedules: list, create, show, pause, resume, delete.
+
+    Without a subcommand: the same as `stackshift schedules list`.
+    """
+    if ctx.invoked_subcommand is None:
+        # click does not read envvar defaults for an invoked command: pass it on.
+        url = os.environ.get(DATABASE_ENV) or DEFAULT_DATABASE_URL
+        ctx.invoke(list_schedules, database_url=url)
+
+
+@schedules.command("list")
+@json_option
+@database_url_option
+def list_schedules(as_json: bool = False, database_url: str | None = None) -> None:
+    """Every schedule with its next run, last run and last error."""
+    with open_client(database_url) as app:
+        items = app.schedules.list()
+    if as_json:
+        echo_json(items)
+        return
+    if not items:
+        console().print("No schedules.")
+        return
+    console().print(schedules_table(items))
+
+
+@schedules.command()
+@click.argument("job")
+@click.option("--cron", required=True,
+              help="5 fields, @hourly/@daily/@weekly/@monthly/@yearly/@midnight, "
+                   "or '@every 5m'.")
+@click.option("--payload", "payload_json", help="The runs' payload as JSON ('-' reads stdin).")
+@click.option("--timezone", default="UTC", show_default=True, help="IANA zone of the fields.")
+@click.option("--queue", help="Queue of the runs (default: the job's).")
+@json_option
+@database_url_option
+def create(job: str, cron: str, payload_json: str | None, timezone: str, queue: str | None,
+           as_json: bool, database_url: str) -> None:
+    """Start JOB once per tick of --cron. Exit 2 for a bad expression."""
+    payload = parse_json_argument(payload_json, "--payload")
+    with open_client(database_url) as app:
+        created = app.schedules.create(job, cron=cron, payload=payload, timezone=timezone,
+                                       queue_name=queue)
+    _show(created, as_json)
+
+
+def _lookup(action: str, schedule_id: str, database_url: str) -> Schedule:
+    with open_client(database_url) as app:
+        try:
+            result: Schedule = getattr(app.schedules, action)(schedule_id)
+        except ScheduleNotFoundError as exc:
+            raise not_found(str(exc)) from None
+    return result
+
+
+@schedules.command()
+@click.argument("schedule_id")
+@json_option
+@database_url_option
+def show(schedule_id: str, as_json: bool, database_url: str) -> None:
+    """A schedule. Exit 3 when there is none with that id."""
+    _show(_lookup("get", schedule_id, database_url), as_json)
+
+
+@schedules.command()
+@click.argument("schedule_id")
+@json_option
+@database_url_option
+def pause(schedule_id: str, as_json: bool, database_url: str) -> None:
+    """Stop starting runs until resumed."""
+    _show(_lookup("pause", schedule_id, database_url), as_json)
+
+
+@schedules.command()
+@click.argument("schedule_id")
+@json_option
+@database_url_option
+def resume(schedule_id: str, as_json: bool, database_url: str) -> None:
+    """Start runs again from the next tick (ticks missed while paused do not run)."""
+    _show(_lookup("resume", schedule_id, database_url), as_json)
+
+
+@schedules.command()
+@click.argument("schedule_id")
+@json_option
+@database_url_option
+def delete(schedule_id: str, as_json: bool, database_url: str) -> None:
+    """Delete a schedule (its runs stay). Exit 3 when there is none with that id."""
+    with open_client(database_url) as app:
+        deleted = app.schedules.delete(schedule_id)
+    if not deleted:
+        raise not_found(f"no schedule with id {schedule_id!r}")
+    if as_json:
+        echo_json({"id": schedule_id, "deleted": True})
+        return
+    console().print(f"Deleted schedule {schedule_id}.", markup=False)

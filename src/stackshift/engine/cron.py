@@ -1,0 +1,142 @@
+"""Recurring schedules: the cron grammar and the ticks it produces (pure, no I/O).
+
+Grammar: five cron fields (minute hour day-of-month month day-of-week), the
+descriptors ``@hourly @daily @midnight @weekly @monthly @yearly @annually``, and
+``@every <duration>`` (e.g. ``@every 90s``, ``@every 1h30m``). Cron fields are
+evaluated in the schedule's time zone (UTC unless given); ``@every`` ticks are
+multiples of the interval since the Unix epoch, so ``@every 5m`` fires at
+:00, :05, :10 ... whatever the time zone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from cronsim import CronSim, CronSimError
+
+from ..durations import parse_duration
+from ..errors import ValidationError
+
+DESCRIPTORS = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+
+#: The shortest ``@every`` interval.
+MIN_INTERVAL = 1.0
+#: Missed ticks are counted up to this many (a schedule down for years stops there).
+MAX_COUNTED = 10_000
+
+
+@dataclass(frozen=True)
+class Cron:
+    """A parsed schedule expression: ``next_after(t)`` gives the first tick after ``t``."""
+
+    expression: str
+    timezone: str
+    #: the five cron fields, or None for ``@every``
+    fields: str | None
+    #: seconds between ticks for ``@every``
+    interval: float | None
+
+    def next_after(self, after: float) -> float:
+        """The first tick strictly after ``after`` (epoch seconds)."""
+        if self.interval is not None:
+            return (math.floor(after / self.interval) + 1) * self.interval
+        assert self.fields is not None
+        zone = ZoneInfo(self.timezone)
+        ticks = CronSim(self.fields, datetime.fromtimestamp(math.floor(after), zone))
+        try:
+            for _ in range(10):
+                # Ticks go forward in real time, also across daylight-saving changes.
+                tick = next(ticks).timestamp()
+                if tick > after:
+                    return tick
+        except StopIteration:  # pragma: no cover - cronsim rejects impossible dates
+            pass
+        raise ValidationError(f"cron {self.expression!r} never fires after {after}")
+
+    def latest_due(self, tick: float, now: float) -> tuple[float, int]:
+        """From a due ``tick`` (``tick <= now``): the most recent tick at or before
+        ``now``, and how many earlier due ticks that passes over (counted up to
+        :data:`MAX_COUNTED`)."""
+        if self.interval is not None:
+            latest = max(tick, math.floor(now / self.interval) * self.interval)
+            return latest, round((latest - tick) / self.interval)
+        latest = max(tick, self._at_or_before(now))
+        skipped = 0
+        moment = tick
+        while moment < latest and skipped < MAX_COUNTED:
+            skipped += 1
+            moment = self.next_after(moment)
+        return latest, skipped
+
+    def _at_or_before(self, now: float) -> float:
+        assert self.fields is not None
+        start = datetime.fromtimestamp(math.floor(now) + 1, ZoneInfo(self.timezone))
+        return next(CronSim(self.fields, start, reverse=True)).timestamp()
+
+
+def check_timezone(name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise ValidationError(f"timezone must be an IANA zone name such as 'UTC', got {name!r}")
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValidationError(
+            f"unknown timezone {name!r}: use an IANA name such as 'UTC' or 'Europe/Paris'"
+        ) from None
+    return name
+
+
+def parse_cron(expression: object, timezone: str = "UTC") -> Cron:
+    """Parse ``expression``; :class:`ValidationError` says what is wrong with a bad one."""
+    tz = check_timezone(timezone)
+    if not isinstance(expression, str) or not expression.strip():
+        raise ValidationError(f"cron expression must be a non-empty string, got {expression!r}")
+    text = " ".join(expression.split())
+    lowered = text.lower()
+    if lowered.startswith("@every"):
+        rest = text[len("@every"):].strip()
+        if not rest:
+            raise ValidationError("cron '@every' needs a duration, e.g. '@every 5m'")
+        try:
+            interval = parse_duration(rest, name="@every")
+        except ValidationError as exc:
+            raise ValidationError(f"invalid cron expression {text!r}: {exc}") from None
+        if interval < MIN_INTERVAL:
+            raise ValidationError(f"invalid cron expression {text!r}: @every needs at least 1s")
+        return Cron(text, tz, None, interval)
+    if text.startswith("@"):
+        fields = DESCRIPTORS.get(lowered)
+        if fields is None:
+            known = " ".join(sorted(DESCRIPTORS))
+            raise ValidationError(
+                f"invalid cron expression {text!r}: unknown descriptor (use {known} or @every)"
+            )
+    else:
+        count = len(text.split(" "))
+        if count != 5:
+            raise ValidationError(
+                f"invalid cron expression {text!r}: expected 5 fields "
+                f"(minute hour day-of-month month day-of-week), got {count}"
+            )
+        fields = text
+    try:
+        CronSim(fields, datetime.fromtimestamp(0, ZoneInfo(tz)))
+    except (CronSimError, ValueError, IndexError) as exc:
+        raise ValidationError(f"invalid cron expression {text!r}: {exc}") from None
+    cron = Cron(text, tz, fields, None)
+    try:
+        cron.next_after(0.0)
+    except (CronSimError, ValueError) as exc:
+        raise ValidationError(f"invalid cron expression {text!r}: {exc}") from None
+    return cron

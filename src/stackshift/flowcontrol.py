@@ -1,0 +1,285 @@
+"""The service's flow-control operations: queues, schedules, dead letters, retention.
+
+A mixin of :class:`stackshift.service.Service`: like every operation there, each
+validates its input, asks the engine's rules and calls the store. Every shell
+(SDK, CLI, HTTP API) goes through these.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from .clock import Clock
+from .durations import parse_duration, parse_instant
+from .engine.cron import parse_cron
+from .engine.limits import check_concurrency, parse_rate_limit
+from .engine.transitions import parse_status
+from .errors import InvalidTransitionError, RunNotFoundError, ValidationError
+from .ids import new_id
+from .jobs import JobRegistry, check_max_attempts, check_name
+from .models import Page, QueueInfo, Schedule
+from .serialization import dumps, encode
+from .settings import Settings
+from .store.base import NewRun, RunFilter
+from .store.database import Row
+from .store.flow import ClaimRules
+from .store.queues import KEEP
+from .store.schedules import TICK_KEY_TTL, code_schedule_id, new_schedule_id, tick_key
+
+if TYPE_CHECKING:
+    from .service import Notifier
+    from .store import SqlStore
+
+#: Statuses a bulk retry may select.
+RETRYABLE = ("failed", "cancelled")
+#: Default window of a queue's throughput and failure rate.
+DEFAULT_STATS_WINDOW = "15m"
+
+
+def _optional(value: Any, check: Any) -> Any:
+    """``KEEP`` stays, ``None`` removes, anything else is checked."""
+    if value is KEEP or value is None:
+        return value
+    return check(value)
+
+
+def _stats_window(window: Any) -> float:
+    seconds = parse_duration(window, name="window")
+    if not 1 <= seconds <= 90 * 86400:
+        raise ValidationError("window must be from 1s to 90d")
+    return seconds
+
+
+class FlowControl:
+    store: SqlStore
+    clock: Clock
+    settings: Settings
+    registry: JobRegistry
+    notifier: Notifier
+
+    # -- queues ------------------------------------------------------------------------
+
+    def configure_queue(
+        self,
+        name: str,
+        *,
+        concurrency: Any = KEEP,
+        rate_limit: Any = KEEP,
+        max_attempts: Any = KEEP,
+    ) -> QueueInfo:
+        """Store the given settings of queue ``name`` (``None`` removes one).
+
+        ``concurrency``: most runs of the queue running at once across all
+        workers; ``rate_limit``: most attempts started per period (``"100/m"``);
+        ``max_attempts``: the default between a job's and the installation's.
+        """
+        check_name(name, "queue name")
+        limits = {
+            "concurrency": _optional(concurrency, check_concurrency),
+            "rate_limit": _optional(rate_limit, parse_rate_limit),
+            "max_attempts": _optional(max_attempts, check_max_attempts),
+        }
+        self.store.configure_queue(name, self.clock.now(), **limits)
+        self.notifier.notify()  # a raised limit may let waiting runs start
+        return self.queue_info(name)
+
+    def pause_queue(self, name: str) -> QueueInfo:
+        """Start nothing more from ``name`` until resumed; running runs carry on."""
+        check_name(name, "queue name")
+        self.store.configure_queue(name, self.clock.now(), paused=True)
+        return self.queue_info(name)
+
+    def resume_queue(self, name: str) -> QueueInfo:
+        check_name(name, "queue name")
+        self.store.configure_queue(name, self.clock.now(), paused=False)
+        self.notifier.notify()
+        return self.queue_info(name)
+
+    def queue_info(self, name: str, window: Any = DEFAULT_STATS_WINDOW) -> QueueInfo:
+        """The queue's settings, runs per status, throughput and failure rate over
+        ``window``, and the age of its oldest due run not yet started."""
+        check_name(name, "queue name")
+        return self.store.queue_info(name, self.clock.now(), _stats_window(window))
+
+    def list_queues(self, window: Any = DEFAULT_STATS_WINDOW) -> list[QueueInfo]:
+        """Every queue that holds runs or has settings, by name."""
+        seconds = _stats_window(window)
+        now = self.clock.now()
+        return [self.store.queue_info(name, now, seconds) for name in self.store.all_queue_names()]
+
+    def dead_letters(self, queue: str, *, job: str | None = None, limit: int = 50,
+                     cursor: str | None = None) -> Page:
+        """Runs of ``queue`` that failed for good, newest first."""
+        check_name(queue, "queue name")
+        if job is not None:
+            check_name(job, "job name")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise ValidationError(f"limit must be an integer from 1 to 1000, got {limit!r}")
+        return self.store.list_runs(RunFilter(status="failed", queue=queue, job=job), limit,
+                                    cursor)
+
+    def retry_many(
+        self,
+        *,
+        queue: str | None = None,
+        job: str | None = None,
+        status: str = "failed",
+        created_after: datetime | str | None = None,
+        created_before: datetime | str | None = None,
+        limit: int | None = None,
+    ) -> list[str]:
+        """Retry every run that matches (``failed`` by default, or ``cancelled``).
+
+        Each run gets a fresh attempt budget and keeps its completed steps, as
+        with ``runs.retry``. Runs that change status meanwhile are skipped.
+        Returns the ids of the runs retried, at most ``limit`` of them.
+        """
+        state = parse_status(status).value
+        if state not in RETRYABLE:
+            raise ValidationError(f"only failed or cancelled runs can be retried, not {state}")
+        if queue is not None:
+            check_name(queue, "queue name")
+        if job is not None:
+            check_name(job, "job name")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit < 1):
+            raise ValidationError(f"limit must be a positive integer, got {limit!r}")
+        filters = RunFilter(
+            status=state, queue=queue, job=job,
+            created_after=None if created_after is None
+            else parse_instant(created_after, name="created_after"),
+            created_before=None if created_before is None
+            else parse_instant(created_before, name="created_before"),
+        )
+        retried: list[str] = []
+        cursor = None
+        while limit is None or len(retried) < limit:
+            page = self.store.list_runs(filters, 500, cursor)
+            for run in page.items:
+                if limit is not None and len(retried) >= limit:
+                    break
+                try:
+                    self.store.retry_run(run.id, self.clock.now())
+                except (RunNotFoundError, InvalidTransitionError):
+                    continue
+                retried.append(run.id)
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        if retried:
+            self.notifier.notify()
+        return retried
+
+    # -- schedules ----------------------------------------------------------------------
+
+    def create_schedule(self, job: str, *, cron: str, payload: Any = None,
+                        timezone: str = "UTC", queue_name: str | None = None) -> Schedule:
+        """A recurring schedule: one run of ``job`` with ``payload`` per tick of ``cron``."""
+        check_name(job, "job name")
+        parsed = parse_cron(cron, timezone)
+        if queue_name is not None:
+            check_name(queue_name, "queue name")
+        text = encode(payload, what="payload", limit=self.settings.max_payload_bytes)
+        return self.store.create_schedule(new_schedule_id(), job, parsed, text, queue_name,
+                                          "api", self.clock.now())
+
+    def get_schedule(self, schedule_id: str) -> Schedule:
+        return self.store.get_schedule(_schedule_id(schedule_id))
+
+    def list_schedules(self) -> list[Schedule]:
+        return self.store.list_schedules()
+
+    def pause_schedule(self, schedule_id: str) -> Schedule:
+        return self.store.set_schedule_paused(_schedule_id(schedule_id), True,
+                                              self.clock.now())
+
+    def resume_schedule(self, schedule_id: str) -> Schedule:
+        """Resume from now on: ticks that passed while paused do not run."""
+        return self.store.set_schedule_paused(_schedule_id(schedule_id), False,
+                                              self.clock.now())
+
+    def delete_schedule(self, schedule_id: str) -> bool:
+        """Delete the schedule (its runs stay); whether it existed.
+
+        A schedule defined with ``@job(cron=...)`` comes back when a worker
+        serving the job starts; pause it instead, or remove ``cron`` from the code.
+        """
+        return self.store.delete_schedule(_schedule_id(schedule_id))
+
+    # -- what workers do ----------------------------------------------------------------
+
+    def claim_rules(self) -> ClaimRules:
+        """Per-job claim rules from the registry: key limits and failure handlers."""
+        key_limits: dict[str, int] = {}
+        on_failure: dict[str, str] = {}
+        for job in self.registry:
+            if job.key_concurrency is not None:
+                key_limits[job.name] = job.key_concurrency
+            if job.on_failure is not None:
+                handler = self.registry.get(job.on_failure)
+                on_failure[job.name] = dumps({
+                    "job": job.on_failure,
+                    "queue": (handler.queue if handler else None) or self.settings.default_queue,
+                    "max_attempts": handler.max_attempts if handler else None,
+                    "default_max_attempts": self.settings.default_max_attempts,
+                })
+        return ClaimRules(key_limits, on_failure)
+
+    def sync_code_schedules(self) -> None:
+        """Create, update or remove the schedules of ``@job(cron=...)`` for this registry."""
+        wanted = {}
+        unwanted = []
+        for job in self.registry:
+            if job.cron is not None:
+                wanted[code_schedule_id(job.name)] = (job.name, parse_cron(job.cron, job.timezone),
+                                                      job.queue)
+            else:
+                unwanted.append(code_schedule_id(job.name))
+        self.store.sync_code_schedules(wanted, unwanted, self.clock.now())
+
+    def fire_schedules(self, now: float) -> list[str]:
+        """Start the runs of due schedule ticks; return the ids of runs started."""
+        settings = self.settings
+
+        def make_run(row: Row, tick: float) -> NewRun:
+            registered = self.registry.get(row["job"])
+            queue = row["queue"] or (registered.queue if registered else None)
+            return NewRun(
+                id=new_id("run"),
+                job=row["job"],
+                queue=queue or settings.default_queue,
+                payload=row["payload"],
+                max_attempts=registered.max_attempts if registered else None,
+                priority=0,
+                concurrency_key=None,
+                scheduled_at=None,
+                idempotency_key=tick_key(row["id"], tick),
+                idempotency_expires_at=now + TICK_KEY_TTL,
+                default_max_attempts=settings.default_max_attempts,
+            )
+
+        started = self.store.fire_schedules(now, make_run)
+        if started:
+            self.notifier.notify()
+        return started
+
+    def apply_retention(self, now: float) -> bool:
+        """One batch of clean-up (see :mod:`stackshift.store.retention`).
+
+        Returns whether a batch came back full, i.e. more is due now.
+        """
+        settings = self.settings
+        batch = settings.retention_batch
+        full = False
+        if settings.run_retention is not None:
+            deleted = self.store.delete_finished_runs(now - settings.run_retention, now, batch)
+            full = deleted >= batch
+        expired = self.store.delete_expired(now, batch)
+        return full or any(expired[k] >= batch for k in ("events", "idempotency_keys", "state"))
+
+
+def _schedule_id(value: object) -> str:
+    if not isinstance(value, str) or not value or len(value) > 300:
+        raise ValidationError(f"schedule id must be a non-empty string, got {value!r}")
+    return value

@@ -1,0 +1,134 @@
+"""Flow control through a ``stackshift server``: queues, schedules and bulk retry.
+
+A mixin of :class:`stackshift.remote.RemoteService` with the same methods,
+results and errors as :class:`stackshift.flowcontrol.FlowControl` embedded.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from .errors import ScheduleNotFoundError, StackShiftError, ValidationError
+from .models import Page, QueueInfo, Schedule
+from .serialization import to_jsonable
+from .server import flow_schemas as f
+from .server import schemas as wire
+from .store.queues import KEEP
+
+
+def _name(value: object, what: str) -> str:
+    if not isinstance(value, str) or value in ("", ".", "..") or "/" in value:
+        raise ValidationError(f"{what} {value!r} is invalid")
+    return quote(value, safe="")
+
+
+def _schedule_path(schedule_id: object) -> str:
+    if not isinstance(schedule_id, str) or schedule_id in ("", ".", "..") or "/" in schedule_id:
+        raise ScheduleNotFoundError(f"no schedule with id {schedule_id!r}")
+    return "/v1/schedules/" + quote(schedule_id, safe="")
+
+
+def _when(value: datetime | str | None) -> str | None:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+class RemoteFlowControl:
+    def _call(self, method: str, path: str, *, json: Any = None,
+              params: dict[str, Any] | None = None, timeout: float | None = None,
+              ok: tuple[int, ...] = (200, 201, 204)) -> httpx.Response:
+        raise NotImplementedError  # provided by RemoteService
+
+    # -- queues ---------------------------------------------------------------------------
+
+    def _queue(self, response: httpx.Response) -> QueueInfo:
+        return f.Queue.model_validate(response.json()).to_model()
+
+    def configure_queue(self, name: str, *, concurrency: Any = KEEP, rate_limit: Any = KEEP,
+                        max_attempts: Any = KEEP) -> QueueInfo:
+        body = {key: value for key, value in (("concurrency", concurrency),
+                                              ("rateLimit", rate_limit),
+                                              ("maxAttempts", max_attempts))
+                if value is not KEEP}
+        return self._queue(self._call("PATCH", f"/v1/queues/{_name(name, 'queue name')}",
+                                      json=body))
+
+    def pause_queue(self, name: str) -> QueueInfo:
+        return self._queue(self._call("POST", f"/v1/queues/{_name(name, 'queue name')}/pause"))
+
+    def resume_queue(self, name: str) -> QueueInfo:
+        return self._queue(self._call("POST", f"/v1/queues/{_name(name, 'queue name')}/resume"))
+
+    def queue_info(self, name: str, window: Any = "15m") -> QueueInfo:
+        return self._queue(self._call("GET", f"/v1/queues/{_name(name, 'queue name')}",
+                                      params={"window": _window(window)}))
+
+    def list_queues(self, window: Any = "15m") -> list[QueueInfo]:
+        found = self._call("GET", "/v1/queues", params={"window": _window(window)})
+        return [q.to_model() for q in f.QueueList.model_validate(found.json()).items]
+
+    def dead_letters(self, queue: str, *, job: str | None = None, limit: int = 50,
+                     cursor: str | None = None) -> Page:
+        found = self._call("GET", f"/v1/queues/{_name(queue, 'queue name')}/dead-letters",
+                           params={"job": job, "limit": limit, "cursor": cursor})
+        page = wire.RunPage.model_validate(found.json())
+        return Page([r.to_model() for r in page.items], page.next_cursor)
+
+    def retry_many(self, *, queue: str | None = None, job: str | None = None,
+                   status: str = "failed", created_after: datetime | str | None = None,
+                   created_before: datetime | str | None = None,
+                   limit: int | None = None) -> list[str]:
+        body = {"queueName": queue, "job": job, "status": status,
+                "createdAfter": _when(created_after), "createdBefore": _when(created_before),
+                "limit": limit}
+        found = self._call("POST", "/v1/runs/retry-many",
+                           json={k: v for k, v in body.items() if v is not None})
+        return list(f.Retried.model_validate(found.json()).retried)
+
+    # -- schedules ------------------------------------------------------------------------
+
+    def _schedule(self, response: httpx.Response) -> Schedule:
+        return f.Schedule.model_validate(response.json()).to_model()
+
+    def _on_schedule(self, method: str, path: str) -> httpx.Response:
+        try:
+            return self._call(method, path)
+        except StackShiftError as exc:
+            if getattr(exc, "code", None) == "schedule_not_found":
+                raise ScheduleNotFoundError(str(exc)) from None
+            raise
+
+    def create_schedule(self, job: str, *, cron: str, payload: Any = None,
+                        timezone: str = "UTC", queue_name: str | None = None) -> Schedule:
+        body = {"job": job, "cron": cron, "payload": to_jsonable(payload),
+                "timezone": timezone}
+        if queue_name is not None:
+            body["queueName"] = queue_name
+        return self._schedule(self._call("POST", "/v1/schedules", json=body))
+
+    def get_schedule(self, schedule_id: str) -> Schedule:
+        return self._schedule(self._on_schedule("GET", _schedule_path(schedule_id)))
+
+    def list_schedules(self) -> list[Schedule]:
+        found = self._call("GET", "/v1/schedules")
+        return [x.to_model() for x in f.ScheduleList.model_validate(found.json()).items]
+
+    def pause_schedule(self, schedule_id: str) -> Schedule:
+        return self._schedule(self._on_schedule("POST", _schedule_path(schedule_id) + "/pause"))
+
+    def resume_schedule(self, schedule_id: str) -> Schedule:
+        return self._schedule(self._on_schedule("POST", _schedule_path(schedule_id) + "/resume"))
+
+    def delete_schedule(self, schedule_id: str) -> bool:
+        try:
+            self._on_schedule("DELETE", _schedule_path(schedule_id))
+        except ScheduleNotFoundError:
+            return False
+        return True
+
+
+def _window(window: Any) -> str:
+    return window if isinstance(window, str) else f"{float(window):g}s"

@@ -1,0 +1,126 @@
+"""``/v1/queues``, ``/v1/schedules`` and ``/v1/runs/retry-many``: flow control over HTTP.
+
+Each route is one call on the service, as in :mod:`stackshift.server.routes`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Query, Request
+
+from ..errors import ScheduleNotFoundError
+from ..store.queues import KEEP
+from . import flow_schemas as f
+from . import schemas as s
+from .errors import ApiError
+from .routes import ERRORS, NOT_FOUND, Limit, service_of
+
+router = APIRouter(prefix="/v1", responses=ERRORS)
+
+T = TypeVar("T")
+Window = Annotated[str, Query(description="Duration of the throughput window, e.g. `15m`.")]
+
+
+def _schedule(call: Callable[[], T]) -> T:
+    try:
+        return call()
+    except ScheduleNotFoundError as exc:
+        raise ApiError(404, "schedule_not_found", str(exc)) from None
+
+
+# -- queues -------------------------------------------------------------------------------
+
+
+@router.get("/queues", tags=["queues"], summary="List queues with settings and numbers")
+def list_queues(request: Request, window: Window = "15m") -> f.QueueList:
+    return f.QueueList(items=[f.Queue.of(q) for q in service_of(request).list_queues(window)])
+
+
+@router.get("/queues/{name}", tags=["queues"], summary="A queue's settings and numbers")
+def get_queue(name: str, request: Request, window: Window = "15m") -> f.Queue:
+    return f.Queue.of(service_of(request).queue_info(name, window))
+
+
+@router.patch("/queues/{name}", tags=["queues"], summary="Change a queue's settings")
+def configure_queue(name: str, body: f.ConfigureQueue, request: Request) -> f.Queue:
+    """Fields left out keep their value; `null` removes a limit."""
+    given: dict[str, Any] = {
+        field: getattr(body, field) if field in body.model_fields_set else KEEP
+        for field in ("concurrency", "rate_limit", "max_attempts")
+    }
+    return f.Queue.of(service_of(request).configure_queue(name, **given))
+
+
+@router.post("/queues/{name}/pause", tags=["queues"], summary="Pause a queue")
+def pause_queue(name: str, request: Request) -> f.Queue:
+    return f.Queue.of(service_of(request).pause_queue(name))
+
+
+@router.post("/queues/{name}/resume", tags=["queues"], summary="Resume a paused queue")
+def resume_queue(name: str, request: Request) -> f.Queue:
+    return f.Queue.of(service_of(request).resume_queue(name))
+
+
+@router.get("/queues/{name}/dead-letters", tags=["queues"],
+            summary="Runs of the queue that failed for good, newest first")
+def dead_letters(name: str, request: Request, job: str | None = None, limit: Limit = 50,
+                 cursor: str | None = None) -> s.RunPage:
+    page = service_of(request).dead_letters(name, job=job, limit=limit, cursor=cursor)
+    return s.RunPage(items=[s.Run.of(r) for r in page.items], next_cursor=page.next_cursor)
+
+
+@router.post("/runs/retry-many", tags=["runs"], summary="Retry failed or cancelled runs in bulk")
+def retry_many(body: f.RetryMany, request: Request) -> f.Retried:
+    retried = service_of(request).retry_many(
+        queue=body.queue_name, job=body.job, status=body.status,
+        created_after=body.created_after, created_before=body.created_before, limit=body.limit,
+    )
+    return f.Retried(retried=retried, count=len(retried))
+
+
+# -- schedules ----------------------------------------------------------------------------
+
+
+@router.get("/schedules", tags=["schedules"], summary="List schedules")
+def list_schedules(request: Request) -> f.ScheduleList:
+    return f.ScheduleList(items=[f.Schedule.of(x) for x in service_of(request).list_schedules()])
+
+
+@router.post("/schedules", status_code=201, tags=["schedules"], summary="Create a schedule")
+def create_schedule(body: f.CreateSchedule, request: Request) -> f.Schedule:
+    created = service_of(request).create_schedule(
+        body.job, cron=body.cron, payload=body.payload, timezone=body.timezone,
+        queue_name=body.queue_name,
+    )
+    return f.Schedule.of(created)
+
+
+@router.get("/schedules/{schedule_id}", responses=NOT_FOUND, tags=["schedules"],
+            summary="Get a schedule")
+def get_schedule(schedule_id: str, request: Request) -> f.Schedule:
+    service = service_of(request)
+    return f.Schedule.of(_schedule(lambda: service.get_schedule(schedule_id)))
+
+
+@router.post("/schedules/{schedule_id}/pause", responses=NOT_FOUND, tags=["schedules"],
+             summary="Pause a schedule")
+def pause_schedule(schedule_id: str, request: Request) -> f.Schedule:
+    service = service_of(request)
+    return f.Schedule.of(_schedule(lambda: service.pause_schedule(schedule_id)))
+
+
+@router.post("/schedules/{schedule_id}/resume", responses=NOT_FOUND, tags=["schedules"],
+             summary="Resume a schedule from now on")
+def resume_schedule(schedule_id: str, request: Request) -> f.Schedule:
+    service = service_of(request)
+    return f.Schedule.of(_schedule(lambda: service.resume_schedule(schedule_id)))
+
+
+@router.delete("/schedules/{schedule_id}", responses=NOT_FOUND, tags=["schedules"],
+               summary="Delete a schedule (its runs stay)")
+def delete_schedule(schedule_id: str, request: Request) -> f.ScheduleDeleted:
+    if not service_of(request).delete_schedule(schedule_id):
+        raise ApiError(404, "schedule_not_found", f"no schedule with id {schedule_id!r}")
+    return f.ScheduleDeleted(id=schedule_id, deleted=True)

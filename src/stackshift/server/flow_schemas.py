@@ -1,0 +1,138 @@
+"""JSON shapes of queues, schedules and bulk retry (camelCase on the wire).
+
+Like :mod:`stackshift.server.schemas`, this needs pydantic only: the remote
+client converts responses back to the SDK's models with ``to_model``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import Field, StrictInt, StrictStr
+
+from .. import models as m
+from .schemas import Body, Name, RunError, Time, Wire, _utc
+
+Concurrency = Annotated[StrictInt, Field(ge=1, le=100_000)]
+RateLimitText = Annotated[StrictStr, Field(examples=["100/m", "10/s"], max_length=50)]
+Attempts = Annotated[StrictInt, Field(ge=1, le=1000)]
+
+
+class Queue(Wire):
+    name: str
+    concurrency: int | None = Field(description="Most runs running at once, all workers.")
+    rate_limit: str | None = Field(description="Most attempts started per period.")
+    max_attempts: int | None = Field(description="Default for runs whose job sets none.")
+    paused: bool
+    counts: dict[str, int] = Field(description="Runs per status.")
+    window: float = Field(description="Seconds over which throughput and failure rate count.")
+    completed_in_window: int
+    failed_in_window: int
+    throughput: float = Field(description="Runs finished per minute over the window.")
+    failure_rate: float | None = Field(description="Failed share of the runs finished in "
+                                       "the window (null when none finished).")
+    oldest_queued_age: float | None = Field(
+        description="Seconds the oldest due run not yet started has waited.")
+
+    @classmethod
+    def of(cls, q: m.QueueInfo) -> Queue:
+        return cls(
+            name=q.name, concurrency=q.concurrency, rate_limit=q.rate_limit,
+            max_attempts=q.max_attempts, paused=q.paused, counts=q.counts, window=q.window,
+            completed_in_window=q.completed_in_window, failed_in_window=q.failed_in_window,
+            throughput=q.throughput, failure_rate=q.failure_rate,
+            oldest_queued_age=q.oldest_queued_age,
+        )
+
+    def to_model(self) -> m.QueueInfo:
+        return m.QueueInfo(
+            name=self.name, concurrency=self.concurrency, rate_limit=self.rate_limit,
+            max_attempts=self.max_attempts, paused=self.paused, counts=dict(self.counts),
+            window=self.window, completed_in_window=self.completed_in_window,
+            failed_in_window=self.failed_in_window, throughput=self.throughput,
+            failure_rate=self.failure_rate, oldest_queued_age=self.oldest_queued_age,
+        )
+
+
+class QueueList(Wire):
+    items: list[Queue]
+
+
+class ConfigureQueue(Body):
+    """Fields left out keep their value; ``null`` removes a limit."""
+
+    concurrency: Concurrency | None = None
+    rate_limit: RateLimitText | None = None
+    max_attempts: Attempts | None = None
+
+
+class RetryMany(Body):
+    queue_name: Name | None = None
+    job: Name | None = None
+    status: StrictStr = Field("failed", description="`failed` or `cancelled`.")
+    created_after: Time | None = None
+    created_before: Time | None = None
+    limit: Annotated[StrictInt, Field(ge=1)] | None = None
+
+
+class Retried(Wire):
+    retried: list[str] = Field(description="Ids of the runs put back in line.")
+    count: int
+
+
+class Schedule(Wire):
+    id: str
+    job: str
+    cron: str
+    timezone: str
+    payload: Any
+    queue_name: str | None
+    source: str = Field(description="`code` (from `@job(cron=...)`) or `api`.")
+    paused: bool
+    next_run_at: datetime | None
+    last_run_at: datetime | None = Field(description="The last tick that fired.")
+    last_run_id: str | None
+    last_run_status: str | None
+    last_error: RunError | None
+    missed_ticks: int = Field(description="Ticks skipped because nothing was running then.")
+    created_at: datetime
+
+    @classmethod
+    def of(cls, s: m.Schedule) -> Schedule:
+        return cls(
+            id=s.id, job=s.job, cron=s.cron, timezone=s.timezone, payload=s.payload,
+            queue_name=s.queue, source=s.source, paused=s.paused, next_run_at=s.next_run_at,
+            last_run_at=s.last_run_at, last_run_id=s.last_run_id,
+            last_run_status=s.last_run_status, last_error=RunError.of(s.last_error),
+            missed_ticks=s.missed_ticks, created_at=s.created_at,
+        )
+
+    def to_model(self) -> m.Schedule:
+        return m.Schedule(
+            id=self.id, job=self.job, cron=self.cron, timezone=self.timezone,
+            payload=self.payload, queue=self.queue_name, source=self.source,
+            paused=self.paused, next_run_at=_utc(self.next_run_at),
+            last_run_at=_utc(self.last_run_at), last_run_id=self.last_run_id,
+            last_run_status=self.last_run_status,
+            last_error=None if self.last_error is None else self.last_error.to_model(),
+            missed_ticks=self.missed_ticks,
+            created_at=_utc(self.created_at),  # type: ignore[arg-type]
+        )
+
+
+class ScheduleList(Wire):
+    items: list[Schedule]
+
+
+class CreateSchedule(Body):
+    job: Name
+    cron: StrictStr = Field(examples=["0 3 * * *", "@hourly", "@every 5m"])
+    payload: Any = None
+    timezone: StrictStr = "UTC"
+    queue_name: Name | None = None
+
+
+class ScheduleDeleted(Wire):
+    id: str
+    deleted: bool

@@ -1,0 +1,169 @@
+"""Recurring schedules: stored definitions and the firing of due ticks.
+
+A tick starts its run in the same transaction that moves the schedule past the
+tick, and the run's idempotency key is ``schedule:<id>:<tick>``: however many
+workers maintain at once (every SQLite worker does; on PostgreSQL the elected
+leader, and briefly two during a change of leader), each tick starts one run.
+PostgreSQL maintainers also skip schedules another one is firing
+(``FOR UPDATE SKIP LOCKED``).
+
+Missed ticks: when a schedule is found with several ticks due (everything was
+down), only the most recent due tick starts a run; the earlier ones are counted
+in ``missed_ticks`` and skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from ..durations import to_datetime
+from ..engine.cron import Cron, parse_cron
+from ..errors import IdempotencyConflictError, ScheduleNotFoundError, StackShiftError
+from ..ids import new_id
+from ..models import RunError, Schedule
+from ..serialization import dumps, loads
+from .base import NewRun
+from .database import Database, Row, Tx
+from .runs import insert_run
+
+#: How long a tick's idempotency key is kept: far longer than any two
+#: maintainers could race on one tick.
+TICK_KEY_TTL = 86400.0
+
+
+def tick_key(schedule_id: str, tick: float) -> str:
+    moment = datetime.fromtimestamp(tick, UTC).isoformat().replace("+00:00", "Z")
+    return f"schedule:{schedule_id}:{moment}"
+
+
+def schedule(row: Row) -> Schedule:
+    error = loads(row["last_error"]) if row["last_error"] else None
+    if error is None and row["last_run_status"] == "failed" and row["last_run_error"]:
+        error = loads(row["last_run_error"])
+    return Schedule(
+        id=row["id"],
+        job=row["job"],
+        cron=row["cron"],
+        timezone=row["timezone"],
+        payload=loads(row["payload"]),
+        queue=row["queue"],
+        source=row["source"],
+        paused=bool(row["paused"]),
+        next_run_at=to_datetime(row["next_run_at"]) if not row["paused"] else None,
+        last_run_at=to_datetime(row["last_tick_at"]),
+        last_run_id=row["last_run_id"],
+        last_run_status=row["last_run_status"],
+        last_error=RunError.from_dict(error),
+        missed_ticks=int(row["missed_ticks"]),
+        created_at=to_datetime(row["created_at"]),  # type: ignore[arg-type]
+    )
+
+
+def _detail(tx: Tx, schedule_id: str) -> Schedule:
+    row = tx.one("get_schedule_detail", id=schedule_id)
+    if row is None:
+        raise ScheduleNotFoundError(f"no schedule with id {schedule_id!r}")
+    return schedule(row)
+
+
+class ScheduleStore:
+    db: Database
+
+    def create_schedule(self, schedule_id: str, job: str, cron: Cron, payload: str,
+                        queue: str | None, source: str, now: float) -> Schedule:
+        with self.db.write() as tx:
+            tx.run("insert_schedule", id=schedule_id, job=job, cron=cron.expression,
+                   timezone=cron.timezone, payload=payload, queue=queue, source=source,
+                   next_run_at=cron.next_after(now), now=now)
+            return _detail(tx, schedule_id)
+
+    def get_schedule(self, schedule_id: str) -> Schedule:
+        with self.db.read() as tx:
+            return _detail(tx, schedule_id)
+
+    def list_schedules(self) -> list[Schedule]:
+        with self.db.read() as tx:
+            return [schedule(r) for r in tx.all("list_schedules")]
+
+    def set_schedule_paused(self, schedule_id: str, paused: bool, now: float) -> Schedule:
+        """Pause, or resume from now on (ticks that passed while paused are skipped)."""
+        with self.db.write() as tx:
+            row = tx.one("get_schedule", id=schedule_id)
+            if row is None:
+                raise ScheduleNotFoundError(f"no schedule with id {schedule_id!r}")
+            next_at = row["next_run_at"]
+            if not paused and row["paused"]:
+                next_at = parse_cron(row["cron"], row["timezone"]).next_after(now)
+            tx.one("set_schedule_paused", id=schedule_id, paused=1 if paused else 0,
+                   next_run_at=next_at, now=now)
+            return _detail(tx, schedule_id)
+
+    def delete_schedule(self, schedule_id: str) -> bool:
+        with self.db.write() as tx:
+            return tx.run("delete_schedule", id=schedule_id) > 0
+
+    def sync_code_schedules(self, wanted: dict[str, tuple[str, Cron, str | None]],
+                            unwanted: list[str], now: float) -> None:
+        """Make the ``code`` schedules match the jobs a worker serves.
+
+        ``wanted`` maps schedule id to ``(job, cron, queue)``; ``unwanted`` lists
+        ids of jobs served without a cron, whose code schedule is removed. A
+        changed expression restarts the ticks from ``now``; a pause is kept.
+        """
+        with self.db.write() as tx:
+            for schedule_id, (job, cron, queue) in sorted(wanted.items()):
+                row = tx.one("get_schedule", id=schedule_id)
+                if row is None:
+                    tx.run("insert_schedule", id=schedule_id, job=job, cron=cron.expression,
+                           timezone=cron.timezone, payload="null", queue=queue, source="code",
+                           next_run_at=cron.next_after(now), now=now)
+                elif (row["cron"], row["timezone"], row["queue"]) != (
+                        cron.expression, cron.timezone, queue):
+                    tx.run("update_code_schedule", id=schedule_id, cron=cron.expression,
+                           timezone=cron.timezone, queue=queue,
+                           next_run_at=cron.next_after(now), now=now)
+            for schedule_id in unwanted:
+                row = tx.one("get_schedule", id=schedule_id)
+                if row is not None and row["source"] == "code":
+                    tx.run("delete_schedule", id=schedule_id)
+
+    def fire_schedules(self, now: float, make_run: Callable[[Row, float], NewRun],
+                       limit: int = 100) -> list[str]:
+        """Start one run for each due schedule (its latest due tick); return run ids.
+
+        ``make_run(schedule_row, tick)`` builds the run to start (the service
+        decides queue and defaults). A tick that cannot start a run records
+        why in ``last_error`` and the schedule moves on to its next tick.
+        """
+        started: list[str] = []
+        with self.db.write() as tx:
+            for row in tx.all("due_schedules", now=now, limit=limit):
+                due = float(row["next_run_at"])
+                tick, missed, next_at = due, 0, None
+                run_id = row["last_run_id"]
+                error: dict[str, Any] | None = None
+                try:
+                    cron = parse_cron(row["cron"], row["timezone"])
+                    tick, missed = cron.latest_due(due, now)
+                    next_at = cron.next_after(now)
+                    run = insert_run(tx, make_run(row, tick), now)
+                    run_id = run.id
+                    if run.created:
+                        started.append(run.id)
+                except (StackShiftError, IdempotencyConflictError, ValueError, TypeError) as exc:
+                    error = {"type": type(exc).__name__, "message": str(exc)}
+                tx.run("schedule_fired", id=row["id"], due=due, next_run_at=next_at, tick=tick,
+                       run_id=run_id, error=dumps(error) if error else None, missed=missed,
+                       now=now)
+        return started
+
+
+def new_schedule_id() -> str:
+    return new_id("sch")
+
+
+def code_schedule_id(job: str) -> str:
+    """The id of the schedule ``@job(name, cron=...)`` defines: one per job."""
+    return f"job:{job}"

@@ -1,0 +1,605 @@
+"""Flow control on both stores: queue and key concurrency, rate limits, priority and
+its starvation bound, pause and resume, queue settings and statistics, dead
+letters, ``on_failure`` and bulk retry (SDK, CLI and HTTP API).
+
+The limits are shown three ways: from inside handlers in several worker
+processes (what a user sees), by many claimers racing in one process (the
+claim transaction itself), and step by step on the fake clock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner
+from flow_app import most_at_once, read_spans, worker_processes
+
+from stackshift import StackShift, ValidationError
+from stackshift.cli.main import cli
+from stackshift.testing import FakeClock, run_until_idle
+
+# -- several worker processes --------------------------------------------------------------
+
+
+def wait_all(app: StackShift, run_ids: list[str], timeout: float) -> None:
+    for run_id in run_ids:
+        assert app.runs.wait(run_id, timeout=timeout).status == "completed"
+
+
+def test_queue_concurrency_caps_running_runs_across_worker_processes(
+        db_url: str, tmp_path: Path) -> None:
+    """Concurrency 3, four processes of four slots each: never more than 3 at once."""
+    app = StackShift(db_url)
+    record = tmp_path / "spans.txt"
+    try:
+        app.queue("capped", concurrency=3)
+        with worker_processes(db_url, record, 4, tmp_path, concurrency=4):
+            ids = [app.queue("capped").enqueue("held", {"seconds": 0.2}).id for _ in range(18)]
+            wait_all(app, ids, timeout=60)
+        spans = read_spans(record)
+        assert sorted(s.run_id for s in spans) == sorted(ids)
+        assert most_at_once(spans) <= 3
+        assert most_at_once(spans) >= 2, "the queue ran one run at a time"
+        assert len({s.pid for s in spans}) >= 2, "one process did all the work"
+    finally:
+        app.close()
+
+
+def test_same_key_never_overlaps_and_different_keys_run_in_parallel(
+        db_url: str, tmp_path: Path) -> None:
+    app = StackShift(db_url)
+    record = tmp_path / "spans.txt"
+    try:
+        with worker_processes(db_url, record, 3, tmp_path, concurrency=4):
+            ids = [app.start("keyed", {"seconds": 0.15, "key": key}, concurrency_key=key).id
+                   for _ in range(4) for key in ("customer-1", "customer-2", "customer-3")]
+            wait_all(app, ids, timeout=60)
+        spans = read_spans(record)
+        assert len(spans) == 12
+        for key in ("customer-1", "customer-2", "customer-3"):
+            assert most_at_once([s for s in spans if s.key == key]) == 1, key
+        assert most_at_once(spans) >= 2, "different keys did not run in parallel"
+    finally:
+        app.close()
+
+
+def test_rate_limit_caps_attempts_started_in_any_window(db_url: str, tmp_path: Path) -> None:
+    """10/s for over 5 seconds: no 1-second window holds more than 10 attempt starts."""
+    app = StackShift(db_url)
+    record = tmp_path / "spans.txt"
+    try:
+        app.queue("metered", rate_limit="10/s")
+        with worker_processes(db_url, record, 3, tmp_path, concurrency=8):
+            began = time.time()
+            ids = [app.queue("metered").enqueue("quick").id for _ in range(55)]
+            wait_all(app, ids, timeout=60)
+            took = time.time() - began
+        # Attempt starts as the claims recorded them: exact.
+        started = {i: app.runs.attempts(i)[0].started_at.timestamp() for i in ids}
+        assert max_in_window(sorted(started.values()), 1.0) <= 10
+        assert took >= 4.0, f"55 starts at 10/s took only {took:.1f}s"
+        # Inside the handlers: a handler begins after its claim by the worker's
+        # dispatch delay (the documented tolerance), so windows shorter by the
+        # longest delay seen hold at most 10 handler starts.
+        spans = read_spans(record)
+        assert sorted(s.run_id for s in spans) == sorted(ids)
+        delay = max(s.begin - started[s.run_id] for s in spans)
+        assert 0 <= delay < 1.0
+        assert max_in_window(sorted(s.begin for s in spans), 1.0 - delay) <= 10
+    finally:
+        app.close()
+
+
+def max_in_window(times: list[float], width: float) -> int:
+    """The most of ``times`` (sorted) inside any window ``[t, t + width)``."""
+    most = 0
+    j = 0
+    for i, start in enumerate(times):
+        j = max(j, i)
+        while j < len(times) and times[j] < start + width:
+            j += 1
+        most = max(most, j - i)
+    return most
+
+
+# -- many claimers racing in one process -------------------------------------------------
+
+
+def race_claims(db_url: str, job: str, claimers: int, **rules: Any) -> int:
+    """``claimers`` stores claim at the same instant; nothing finishes. Returns claimed."""
+    from stackshift.store import open_store
+    from stackshift.store.flow import ClaimRules
+
+    stores = [open_store(db_url) for _ in range(claimers)]
+    barrier = threading.Barrier(claimers)
+    counts: list[int] = []
+    errors: list[BaseException] = []
+
+    def claim(store: Any, n: int) -> None:
+        try:
+            barrier.wait()
+            got = store.claim_runs(f"w{n}", [job], 3, 60, time.time(),
+                                   rules=ClaimRules(rules.get("key_limits", {}), {}))
+            counts.append(len(got))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claim, args=(s, n)) for n, s in enumerate(stores)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for store in stores:
+        store.close()
+    assert errors == []
+    return sum(counts)
+
+
+def test_racing_claimers_never_exceed_the_queue_concurrency(app: StackShift) -> None:
+    app.queue("race", concurrency=3)
+    for _ in range(20):
+        app.queue("race").enqueue("slow")
+    assert race_claims(app.database_url or "", "slow", 8) == 3
+    assert app.queues.get("race").running == 3
+
+
+def test_racing_claimers_never_exceed_the_key_concurrency(app: StackShift) -> None:
+    for n in range(12):
+        app.start("prov", {"n": n}, concurrency_key="customer-7" if n < 9 else "customer-8")
+    claimed = race_claims(app.database_url or "", "prov", 8, key_limits={"prov": 1})
+    running = app.runs.list(status="running", job="prov").items
+    assert claimed == len(running) == 2
+    assert sorted(r.concurrency_key for r in running) == ["customer-7", "customer-8"]
+
+
+def test_racing_claimers_never_exceed_the_rate_limit(app: StackShift) -> None:
+    app.queue("slowly", rate_limit="5/h")
+    for _ in range(20):
+        app.queue("slowly").enqueue("any")
+    assert race_claims(app.database_url or "", "any", 8) == 5
+
+
+# -- step by step on the fake clock ------------------------------------------------------
+
+
+@pytest.fixture
+def order(fake_app: StackShift) -> list[Any]:
+    seen: list[Any] = []
+
+    @fake_app.job("note")
+    def note(ctx: Any) -> None:
+        seen.append(ctx.payload)
+
+    return seen
+
+
+def test_higher_priority_runs_first_within_a_queue(fake_app: StackShift,
+                                                   order: list[Any]) -> None:
+    for name, priority in (("a", 0), ("b", 5), ("c", -3), ("d", 10), ("e", 5)):
+        fake_app.queue("lane").enqueue("note", name, priority=priority)
+    run_until_idle(fake_app, concurrency=1)
+    assert order == ["d", "b", "e", "a", "c"]
+
+
+def test_old_work_goes_first_once_it_has_waited_past_the_starvation_limit(
+        fake_app: StackShift, clock: FakeClock, order: list[Any]) -> None:
+    """A stream of high-priority work delays a low-priority run by 5 minutes at most."""
+    assert fake_app._service.settings.starvation_limit == 300
+    fake_app.start("note", "low", priority=0)
+    for n in range(3):
+        fake_app.start("note", f"high-{n}", priority=10)
+    worker = fake_app.worker(concurrency=1)
+    store = fake_app._service.store
+
+    def claim_one() -> Any:
+        worker.maintain()
+        claimed = store.claim_runs(worker.id, worker.jobs, 1, 3600, clock.now(),
+                                   rules=fake_app._service.claim_rules())
+        return claimed[0].run.payload
+
+    assert claim_one() == "high-0"
+    clock.advance("4m")
+    fake_app.start("note", "high-3", priority=10)
+    assert claim_one() == "high-1"  # four minutes: priority still rules
+    clock.advance("61s")
+    fake_app.start("note", "high-4", priority=10)
+    # Past the limit: the runs ready since the start go first, oldest first,
+    # ahead of any priority; then priority order again.
+    assert [claim_one() for _ in range(4)] == ["low", "high-2", "high-3", "high-4"]
+
+
+def test_a_paused_queue_starts_nothing_until_resumed(fake_app: StackShift, clock: FakeClock,
+                                                     order: list[Any]) -> None:
+    @fake_app.job("napper")
+    def napper(ctx: Any) -> str:
+        ctx.step.sleep("nap", "1m")
+        order.append("woke")
+        return "ok"
+
+    lane = fake_app.queue("held")
+    nap = lane.enqueue("napper")
+    run_until_idle(fake_app)
+    assert fake_app.runs.get(nap.id).status == "waiting"
+    info = lane.pause()
+    assert info.paused
+    first = lane.enqueue("note", "first")
+    fake_app.queue("other").enqueue("note", "elsewhere")
+    clock.advance("2m")
+    run_until_idle(fake_app)
+    assert order == ["elsewhere"]  # other queues carry on
+    assert fake_app.runs.get(first.id).status == "queued"
+    assert fake_app.runs.get(nap.id).status == "queued"  # woken, but not resumed
+    # Another client (another process) sees the pause too.
+    other = StackShift(fake_app.database_url, clock=clock)
+    try:
+        assert other.queues.get("held").paused
+        assert run_until_idle(other) == 0
+        other.queue("held").resume()
+    finally:
+        other.close()
+    run_until_idle(fake_app)
+    assert sorted(order) == ["elsewhere", "first", "woke"]
+    assert not lane.info().paused
+
+
+def test_waiting_and_sleeping_runs_hold_no_concurrency(fake_app: StackShift, clock: FakeClock,
+                                                       order: list[Any]) -> None:
+    @fake_app.job("sleeper")
+    def sleeper(ctx: Any) -> str:
+        ctx.step.sleep("nap", "1h")
+        return "rested"
+
+    single = fake_app.queue("single", concurrency=1)
+    sleeping = single.enqueue("sleeper")
+    single.enqueue("note", "while-it-sleeps")
+    run_until_idle(fake_app)
+    assert fake_app.runs.get(sleeping.id).status == "waiting"
+    assert order == ["while-it-sleeps"]
+
+
+def test_claims_respect_each_limit_one_claim_at_a_time(fake_app: StackShift,
+                                                       clock: FakeClock) -> None:
+    """What a single claim may take: queue concurrency, key limit, rate window."""
+    @fake_app.job("prov", key_concurrency=2)
+    def prov(ctx: Any) -> None:
+        return None
+
+    store = fake_app._service.store
+    rules = fake_app._service.claim_rules()
+
+    def claim(limit: int) -> list[Any]:
+        return [c.run for c in store.claim_runs("w", ["prov", "note"], limit, 60, clock.now(),
+                                                rules=rules)]
+
+    for n in range(5):
+        fake_app.start("prov", n, concurrency_key="k1")
+    fake_app.start("prov", "other-key", concurrency_key="k2")
+    fake_app.start("prov", "no-key")
+    got = claim(10)
+    assert sorted(str(r.payload) for r in got) == ["0", "1", "no-key", "other-key"]
+    assert claim(10) == []  # k1 is full; the rest has run out
+    # A rate-limited queue: 3 per minute, a sliding window.
+    paced = fake_app.queue("paced", rate_limit="3/m")
+    for n in range(7):
+        paced.enqueue("note", n)
+    assert len(claim(10)) == 3
+    clock.advance("30s")
+    assert claim(10) == []
+    clock.advance("31s")
+    assert [r.payload for r in claim(10)] == [3, 4, 5]
+    # Raising the limit takes effect at the next claim.
+    paced.configure(rate_limit=None)
+    assert [r.payload for r in claim(10)] == [6]
+
+
+def test_queue_settings_are_stored_for_every_client(fake_app: StackShift,
+                                                    clock: FakeClock) -> None:
+    q = fake_app.queue("billing", concurrency=4, rate_limit="100/m", max_attempts=6)
+    other = StackShift(fake_app.database_url, clock=clock)
+    try:
+        info = other.queues.get("billing")
+        assert (info.concurrency, info.rate_limit, info.max_attempts, info.paused) == (
+            4, "100/m", 6, False)
+        other.queue("billing", concurrency=2)  # only what is given changes
+        info = q.info()
+        assert (info.concurrency, info.rate_limit, info.max_attempts) == (2, "100/m", 6)
+        q.configure(rate_limit=None)
+        assert q.info().rate_limit is None and q.info().concurrency == 2
+        assert "billing" in [x.name for x in other.queues.list()]
+    finally:
+        other.close()
+    assert fake_app.queue("timed", rate_limit="1000/h").info().rate_limit == "1000/h"
+    assert fake_app.queue("timed", rate_limit="20/30s").info().rate_limit == "20/30s"
+    for bad in ({"concurrency": 0}, {"concurrency": "3"}, {"rate_limit": "fast"},
+                {"rate_limit": "0/s"}, {"rate_limit": "10/fortnight"}, {"max_attempts": 0}):
+        with pytest.raises(ValidationError):
+            fake_app.queue("billing", **bad)
+    assert q.info().concurrency == 2  # refused settings changed nothing
+
+
+def test_max_attempts_come_from_start_then_job_then_queue_then_three(
+        fake_app: StackShift) -> None:
+    @fake_app.job("withOwn", max_attempts=5)
+    def with_own(ctx: Any) -> None:
+        return None
+
+    fake_app.queue("generous", max_attempts=9)
+    assert fake_app.start("withOwn", queue_name="generous", max_attempts=2).max_attempts == 2
+    assert fake_app.start("withOwn", queue_name="generous").max_attempts == 5
+    assert fake_app.start("unknownJob", queue_name="generous").max_attempts == 9
+    assert fake_app.start("unknownJob", queue_name="plain").max_attempts == 3
+
+
+def test_queue_statistics(fake_app: StackShift, clock: FakeClock) -> None:
+    from stackshift import NonRetriableError
+
+    @fake_app.job("mixed")
+    def mixed(ctx: Any) -> str:
+        if ctx.payload["fail"]:
+            raise NonRetriableError("no")
+        return "ok"
+
+    stats = fake_app.queue("stats")
+    for n in range(4):
+        stats.enqueue("mixed", {"fail": n == 0})
+    run_until_idle(fake_app)
+    clock.advance("90s")
+    stats.enqueue("mixed", {"fail": False})
+    clock.advance("30s")
+    info = stats.info(window="15m")
+    assert info.counts == {"completed": 3, "failed": 1, "queued": 1}
+    assert (info.completed_in_window, info.failed_in_window) == (3, 1)
+    assert info.failure_rate == pytest.approx(0.25)
+    assert info.throughput == pytest.approx(4 / 15)  # per minute over 15 minutes
+    assert info.oldest_queued_age == pytest.approx(30)
+    assert info.dead_letters == 1
+    clock.advance("20m")
+    later = stats.info(window="15m")
+    assert later.throughput == 0 and later.failure_rate is None
+    assert later.oldest_queued_age == pytest.approx(20 * 60 + 30)
+
+
+# -- dead letters, on_failure, bulk retry ---------------------------------------------------
+
+
+@pytest.fixture
+def failing(fake_app: StackShift) -> dict[str, Any]:
+    handled: list[Any] = []
+
+    @fake_app.job("alertOps", queue="ops")
+    def alert_ops(ctx: Any) -> None:
+        handled.append(ctx.payload)
+
+    @fake_app.job("charge", queue="billing", max_attempts=2, on_failure="alertOps",
+                  backoff={"base": "1s", "jitter": False})
+    def charge(ctx: Any) -> str:
+        if ctx.payload.get("ok") or fake_app.state.get("fixed"):
+            return "charged"
+        raise RuntimeError(f"card declined for {ctx.payload['order']}")
+
+    @fake_app.job("awaitPayment", queue="billing", on_failure="alertOps")
+    def await_payment(ctx: Any) -> None:
+        ctx.step.wait_for_event("paid", timeout="1h")
+
+    return {"handled": handled}
+
+
+def test_a_run_that_fails_its_last_attempt_is_a_dead_letter_and_starts_on_failure(
+        fake_app: StackShift, clock: FakeClock, failing: dict[str, Any]) -> None:
+    run = fake_app.start("charge", {"order": 7})
+    fake_app.start("charge", {"order": 8, "ok": True})
+    run_until_idle(fake_app)
+    assert fake_app.runs.get(run.id).status == "retrying"
+    assert failing["handled"] == []
+    clock.advance("2s")
+    run_until_idle(fake_app)
+    failed = fake_app.runs.get(run.id)
+    assert failed.status == "failed"
+    letters = fake_app.queue("billing").dead_letters()
+    assert [r.id for r in letters.items] == [run.id]
+    assert fake_app.queue("billing").info().dead_letters == 1
+    [payload] = failing["handled"]
+    assert payload["run_id"] == run.id
+    assert payload["job"] == "charge"
+    assert payload["queue"] == "billing"
+    assert payload["payload"] == {"order": 7}
+    assert payload["error"]["type"] == "RuntimeError"
+    assert payload["error"]["message"] == "card declined for 7"
+    [handler] = fake_app.runs.list(job="alertOps").items
+    assert handler.queue == "ops"  # the handler job's own queue
+    assert handler.idempotency_key == f"on_failure:{run.id}:2"
+    kinds = [e.kind for e in fake_app.runs.timeline(run.id)]
+    assert kinds[-2:] == ["run.failed", "run.failure_handler"]
+    # Nothing runs twice: more rounds of work start no second handler.
+    clock.advance("1h")
+    run_until_idle(fake_app)
+    assert len(failing["handled"]) == 1
+
+
+def test_on_failure_also_follows_wait_timeouts_and_lost_workers(
+        fake_app: StackShift, clock: FakeClock, failing: dict[str, Any]) -> None:
+    waiting = fake_app.start("awaitPayment", {"order": 9})
+    run_until_idle(fake_app)
+    clock.advance("2h")
+    run_until_idle(fake_app)
+    assert fake_app.runs.get(waiting.id).status == "failed"
+    assert [p["error"]["type"] for p in failing["handled"]] == ["WaitTimeoutError"]
+    # A worker that claims the last attempt and vanishes: the rescuer fails the run.
+    lost = fake_app.start("charge", {"order": 10}, max_attempts=1)
+    store = fake_app._service.store
+    claimed = store.claim_runs("ghost", ["charge"], 1, 5, clock.now(),
+                               rules=fake_app._service.claim_rules())
+    assert [c.run.id for c in claimed] == [lost.id]
+    clock.advance("10s")
+    run_until_idle(fake_app)
+    assert fake_app.runs.get(lost.id).status == "failed"
+    assert [p["error"]["type"] for p in failing["handled"]] == ["WaitTimeoutError", "WorkerLost"]
+
+
+def test_bulk_retry_by_filter(fake_app: StackShift, clock: FakeClock,
+                              failing: dict[str, Any]) -> None:
+    @fake_app.job("other", queue="billing", max_attempts=1)
+    def other(ctx: Any) -> None:
+        raise RuntimeError("nope")
+
+    charges = [fake_app.start("charge", {"order": n}, max_attempts=1).id for n in range(3)]
+    others = [fake_app.start("other", n).id for n in range(2)]
+    elsewhere = fake_app.start("charge", {"order": 99}, max_attempts=1, queue_name="eu").id
+    cancelled = fake_app.start("charge", {"order": 100}, delay="1h")
+    fake_app.runs.cancel(cancelled.id)
+    run_until_idle(fake_app)
+    assert len(failing["handled"]) == 4
+    fake_app.state.set("fixed", True)
+    retried = fake_app.runs.retry_many(queue="billing", job="charge", status="failed")
+    assert sorted(retried) == sorted(charges)
+    run_until_idle(fake_app)
+    assert [fake_app.runs.get(i).status for i in charges] == ["completed"] * 3
+    assert [fake_app.runs.get(i).status for i in others] == ["failed"] * 2
+    assert fake_app.runs.get(elsewhere).status == "failed"
+    assert fake_app.runs.get(cancelled.id).status == "cancelled"
+    # Completed steps and attempts are kept; a retry gets a fresh budget.
+    assert len(fake_app.runs.attempts(charges[0])) == 2
+    assert sorted(fake_app.queue("billing").retry_dead_letters()) == sorted(others)
+    assert [fake_app.runs.get(i).status for i in others] == ["queued"] * 2
+    assert fake_app.runs.retry_many(status="cancelled") == [cancelled.id]
+    with pytest.raises(ValidationError):
+        fake_app.runs.retry_many(status="completed")
+
+
+# -- CLI and HTTP API ---------------------------------------------------------------------
+
+
+def invoke(db_url: str, *args: str, code: int = 0) -> str:
+    result = CliRunner().invoke(cli, list(args), env={"STACKSHIFT_DATABASE_URL": db_url})
+    assert result.exit_code == code, (result.exit_code, result.output)
+    return result.output
+
+
+def test_queues_command(db_url: str) -> None:
+    import json
+
+    app = StackShift(db_url)
+    try:
+        @app.job("flaky", max_attempts=1)
+        def flaky(ctx: Any) -> None:
+            if not app.state.get("fixed"):
+                raise RuntimeError("flaky")
+
+        for _ in range(2):
+            app.queue("mail").enqueue("flaky")
+        run_until_idle(app)
+    finally:
+        app.close()
+    out = json.loads(invoke(db_url, "queues", "set", "mail", "--concurrency", "3",
+                            "--rate-limit", "100/m", "--max-attempts", "4", "--json"))
+    assert (out["concurrency"], out["rate_limit"], out["max_attempts"]) == (3, "100/m", 4)
+    listed = invoke(db_url, "queues")
+    assert "mail" in listed and "3 at once, 100/m" in listed
+    assert json.loads(invoke(db_url, "queues", "pause", "mail", "--json"))["paused"] is True
+    assert "paused" in invoke(db_url, "queues", "show", "mail")
+    assert json.loads(invoke(db_url, "queues", "resume", "mail", "--json"))["paused"] is False
+    out = json.loads(invoke(db_url, "queues", "set", "mail", "--rate-limit", "none", "--json"))
+    assert out["rate_limit"] is None and out["concurrency"] == 3
+    invoke(db_url, "queues", "set", "mail", "--rate-limit", "lots", code=2)
+    invoke(db_url, "queues", "set", "mail", code=2)
+    letters = json.loads(invoke(db_url, "queues", "dead-letters", "mail", "--json"))
+    assert len(letters["items"]) == 2
+    retried = json.loads(invoke(db_url, "queues", "retry", "mail", "--json"))
+    assert retried["count"] == 2
+    assert json.loads(invoke(db_url, "queues", "show", "mail", "--json"))["counts"] == {
+        "queued": 2}
+
+
+@pytest.fixture
+def server(db_url: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A real ``stackshift server`` process on the test's database: (url, api key)."""
+    import socket
+    import subprocess
+    import sys
+
+    from stackshift.clock import SystemClock
+    from stackshift.jobs import JobRegistry
+    from stackshift.service import Service
+    from stackshift.settings import Settings
+    from stackshift.store import open_store
+
+    store = open_store(db_url)
+    store.migrate()
+    service = Service(store, SystemClock(), Settings(), JobRegistry())
+    _, key = service.create_api_key("flow-tests")
+    service.close()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "stackshift.server", "--database-url",
+                             db_url, "--host", "127.0.0.1", "--port", str(port),
+                             "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, (
+            (tmp_path / "server.log").read_text())
+        time.sleep(0.05)
+    try:
+        yield url, key
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_queues_over_http_and_the_remote_client(db_url: str,
+                                                server: tuple[str, str]) -> None:
+    url, key = server
+    http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    engine = StackShift(db_url)
+    remote = StackShift(api_key=key, base_url=url)
+    try:
+        @engine.job("flaky", max_attempts=1)
+        def flaky(ctx: Any) -> None:
+            raise RuntimeError("flaky")
+
+        body = http.patch("/v1/queues/api-q", json={"concurrency": 2, "rateLimit": "50/m"})
+        assert body.status_code == 200, body.text
+        assert (body.json()["concurrency"], body.json()["rateLimit"]) == (2, "50/m")
+        assert http.patch("/v1/queues/api-q", json={"rateLimit": None}).json()[
+            "rateLimit"] is None
+        assert http.patch("/v1/queues/api-q", json={"concurrency": 0}).status_code == 422
+        assert http.patch("/v1/queues/api-q", json={"rateLimit": "x"}).status_code == 422
+        assert http.post("/v1/queues/api-q/pause").json()["paused"] is True
+        assert engine.queues.get("api-q").paused  # stored: every process sees it
+        assert http.post("/v1/queues/api-q/resume").json()["paused"] is False
+        # The remote client does not know "flaky": the queue's default applies.
+        assert http.patch("/v1/queues/api-q", json={"maxAttempts": 1}).status_code == 200
+        for _ in range(3):
+            assert remote.queue("api-q").enqueue("flaky").max_attempts == 1
+        run_until_idle(engine)
+        listed = http.get("/v1/queues").json()["items"]
+        [mine] = [q for q in listed if q["name"] == "api-q"]
+        assert mine["counts"] == {"failed": 3} and mine["failureRate"] == 1.0
+        letters = http.get("/v1/queues/api-q/dead-letters", params={"limit": 2}).json()
+        assert len(letters["items"]) == 2 and letters["nextCursor"]
+        assert len(remote.queue("api-q").dead_letters().items) == 3
+        info = remote.queue("api-q", max_attempts=4).info()
+        assert (info.concurrency, info.max_attempts, info.counts) == (2, 4, {"failed": 3})
+        retried = http.post("/v1/runs/retry-many", json={"queueName": "api-q", "limit": 2})
+        assert retried.json()["count"] == 2
+        assert len(remote.runs.retry_many(queue="api-q")) == 1
+        assert http.post("/v1/runs/retry-many",
+                         json={"status": "completed"}).status_code == 422
+    finally:
+        http.close()
+        remote.close()
+        engine.close()

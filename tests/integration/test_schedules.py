@@ -1,0 +1,317 @@
+"""Recurring schedules on both stores: one run per tick however many workers
+maintain, pause and resume, last and next run and errors, the missed-tick
+policy, the cron grammar, ``@job(cron=...)``, and the CLI and HTTP API."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner
+from flow_app import worker_processes
+from test_flow_control import server  # noqa: F401  (a fixture)
+
+from stackshift import StackShift, ValidationError
+from stackshift.cli.main import cli
+from stackshift.errors import ScheduleNotFoundError
+from stackshift.testing import FakeClock, run_until_idle
+
+START = "2026-01-05T09:00:00Z"  # the fake clock's start (a Monday)
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def ticks_of(app: StackShift, schedule_id: str) -> list[str]:
+    """The tick of every run the schedule started, from the runs' idempotency keys."""
+    keys = [r.idempotency_key or "" for r in app.runs.list(limit=1000).items]
+    prefix = f"schedule:{schedule_id}:"
+    return sorted(k.removeprefix(prefix) for k in keys if k.startswith(prefix))
+
+
+def maintain_together(workers: list[Any]) -> None:
+    """One round of maintenance on every worker, all released at the same instant."""
+    barrier = threading.Barrier(len(workers))
+    errors: list[BaseException] = []
+
+    def maintain(worker: Any) -> None:
+        try:
+            barrier.wait()
+            worker.maintain()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=maintain, args=(w,)) for w in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+
+def test_each_tick_starts_one_run_with_three_workers_maintaining(
+        db_url: str, clock: FakeClock) -> None:
+    apps = [StackShift(db_url, clock=clock) for _ in range(3)]
+    try:
+        seen: list[Any] = []
+        for app in apps:
+            app.job("report", lambda ctx: seen.append(ctx.payload))
+        schedule = apps[0].schedules.create("report", cron="*/5 * * * *", payload={"n": 1})
+        assert schedule.next_run_at == at("2026-01-05T09:05:00Z")
+        workers = [app.worker() for app in apps]
+        for _ in range(4):
+            clock.advance("5m")
+            maintain_together(workers)
+            run_until_idle(apps[1])
+        assert ticks_of(apps[0], schedule.id) == [
+            "2026-01-05T09:05:00Z", "2026-01-05T09:10:00Z", "2026-01-05T09:15:00Z",
+            "2026-01-05T09:20:00Z"]
+        assert seen == [{"n": 1}] * 4
+        now = apps[2].schedules.get(schedule.id)
+        assert now.last_run_at == at("2026-01-05T09:20:00Z")
+        assert now.next_run_at == at("2026-01-05T09:25:00Z")
+        assert now.last_run_status == "completed" and now.last_error is None
+        assert apps[2].runs.get(now.last_run_id or "").payload == {"n": 1}
+        assert now.missed_ticks == 0
+    finally:
+        for app in apps:
+            app.close()
+
+
+def test_one_run_per_tick_with_three_worker_processes(db_url: str, tmp_path: Path) -> None:
+    """On the wall clock: '@every 1s' while three worker processes are up."""
+    app = StackShift(db_url)
+    try:
+        with worker_processes(db_url, tmp_path / "spans.txt", 3, tmp_path):
+            schedule = app.schedules.create("quick", cron="@every 1s")
+            time.sleep(4.2)
+            app.schedules.pause(schedule.id)
+        ticks = ticks_of(app, schedule.id)
+        assert len(ticks) == len(set(ticks)) >= 3
+        seconds = [at(t).timestamp() for t in ticks]
+        after = app.schedules.get(schedule.id)
+        assert seconds[0] == int(after.created_at.timestamp()) + 1
+        # Every tick either started its one run or, had maintenance fallen more
+        # than a tick behind, was counted as missed.
+        assert len(seconds) + after.missed_ticks == seconds[-1] - seconds[0] + 1
+    finally:
+        app.close()
+
+
+def test_a_paused_schedule_starts_nothing_and_resumes_from_now(
+        fake_app: StackShift, clock: FakeClock) -> None:
+    fake_app.job("tick", lambda ctx: None)
+    schedule = fake_app.schedules.create("tick", cron="@hourly")
+    paused = fake_app.schedules.pause(schedule.id)
+    assert paused.paused and paused.next_run_at is None
+    clock.advance("3h")
+    run_until_idle(fake_app)
+    assert ticks_of(fake_app, schedule.id) == []
+    resumed = fake_app.schedules.resume(schedule.id)
+    assert resumed.next_run_at == at("2026-01-05T13:00:00Z")  # not the ticks passed
+    clock.advance("1h")
+    run_until_idle(fake_app)
+    assert ticks_of(fake_app, schedule.id) == ["2026-01-05T13:00:00Z"]
+    assert fake_app.schedules.get(schedule.id).missed_ticks == 0
+
+
+def test_ticks_missed_while_everything_was_down_run_once(fake_app: StackShift,
+                                                         clock: FakeClock) -> None:
+    """The documented policy: the most recent missed tick runs once, the rest are skipped."""
+    fake_app.job("hourly", lambda ctx: None)
+    schedule = fake_app.schedules.create("hourly", cron="0 * * * *")
+    clock.advance("5h30m")  # nothing maintains meanwhile: 10:00 ... 14:00 pass
+    run_until_idle(fake_app)
+    assert ticks_of(fake_app, schedule.id) == ["2026-01-05T14:00:00Z"]
+    after = fake_app.schedules.get(schedule.id)
+    assert after.missed_ticks == 4
+    assert after.last_run_at == at("2026-01-05T14:00:00Z")
+    assert after.next_run_at == at("2026-01-05T15:00:00Z")
+    clock.advance("30m")
+    run_until_idle(fake_app)
+    assert ticks_of(fake_app, schedule.id)[-1] == "2026-01-05T15:00:00Z"
+
+
+def test_last_run_and_errors_are_visible(fake_app: StackShift, clock: FakeClock) -> None:
+    from stackshift import NonRetriableError
+
+    @fake_app.job("brittle")
+    def brittle(ctx: Any) -> None:
+        raise NonRetriableError("disk full")
+
+    schedule = fake_app.schedules.create("brittle", cron="@daily", payload=[1, 2])
+    clock.advance("1d")
+    run_until_idle(fake_app)
+    seen = fake_app.schedules.get(schedule.id)
+    assert seen.last_run_status == "failed"
+    assert seen.last_error is not None and seen.last_error.message == "disk full"
+    # A tick that cannot start its run says why, and the schedule moves on.
+    next_key = f"schedule:{schedule.id}:2026-01-07T00:00:00Z"
+    fake_app.start("brittle", ["not", "the", "payload"], idempotency_key=next_key,
+                   idempotency_ttl="3d")
+    clock.advance("1d")
+    run_until_idle(fake_app)
+    seen = fake_app.schedules.get(schedule.id)
+    assert seen.last_error is not None
+    assert seen.last_error.type == "IdempotencyConflictError"
+    assert seen.next_run_at == at("2026-01-08T00:00:00Z")
+    [listed] = [s for s in fake_app.schedules.list() if s.id == schedule.id]
+    assert listed.last_error == seen.last_error
+
+
+@pytest.mark.parametrize(("cron", "timezone", "first"), [
+    ("@hourly", "UTC", "2026-01-05T10:00:00Z"),
+    ("@daily", "UTC", "2026-01-06T00:00:00Z"),
+    ("@midnight", "UTC", "2026-01-06T00:00:00Z"),
+    ("@weekly", "UTC", "2026-01-11T00:00:00Z"),
+    ("@monthly", "UTC", "2026-02-01T00:00:00Z"),
+    ("@yearly", "UTC", "2027-01-01T00:00:00Z"),
+    ("@every 90s", "UTC", "2026-01-05T09:01:30Z"),
+    ("@every 1h30m", "UTC", "2026-01-05T10:30:00Z"),
+    ("30 8 * * 1-5", "UTC", "2026-01-06T08:30:00Z"),
+    ("0 9 * * *", "Europe/Paris", "2026-01-06T08:00:00Z"),
+    ("0 9 * * *", "America/New_York", "2026-01-05T14:00:00Z"),
+])
+def test_cron_grammar(fake_app: StackShift, cron: str, timezone: str, first: str) -> None:
+    schedule = fake_app.schedules.create("anything", cron=cron, timezone=timezone)
+    assert schedule.next_run_at == at(first)
+
+
+@pytest.mark.parametrize(("cron", "message"), [
+    ("* * * *", "expected 5 fields"),
+    ("0 0 * * * *", "expected 5 fields"),
+    ("61 * * * *", "minute"),
+    ("0 25 * * *", "hour"),
+    ("0 0 31 2 *", "day-of-month"),
+    ("@fortnightly", "unknown descriptor"),
+    ("@every", "needs a duration"),
+    ("@every soon", "not a duration"),
+    ("@every 0s", "at least 1s"),
+    ("", "non-empty"),
+])
+def test_bad_cron_expressions_are_refused_with_a_clear_error(
+        fake_app: StackShift, cron: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        fake_app.schedules.create("anything", cron=cron)
+    with pytest.raises(ValidationError, match=message):
+        fake_app.job(f"bad-{abs(hash(cron))}", lambda ctx: None, cron=cron)
+    assert fake_app.schedules.list() == []
+
+
+def test_bad_timezone_is_refused(fake_app: StackShift) -> None:
+    with pytest.raises(ValidationError, match="unknown timezone"):
+        fake_app.schedules.create("anything", cron="@daily", timezone="Mars/Olympus")
+
+
+def test_job_cron_schedules_are_kept_in_sync_by_workers(db_url: str, clock: FakeClock) -> None:
+    first = StackShift(db_url, clock=clock)
+    ran: list[str] = []
+    try:
+        first.job("cleanup", lambda ctx: ran.append("v1"), cron="0 3 * * *", queue="maint")
+        run_until_idle(first)
+        [schedule] = first.schedules.list()
+        assert (schedule.id, schedule.source, schedule.cron, schedule.queue) == (
+            "job:cleanup", "code", "0 3 * * *", "maint")
+        first.schedules.pause("job:cleanup")
+        clock.advance("1d")
+        run_until_idle(first)
+        assert ran == []
+        first.schedules.resume("job:cleanup")
+        clock.advance("1d")
+        run_until_idle(first)
+        assert ran == ["v1"]
+        assert first.runs.get(first.schedules.get("job:cleanup").last_run_id or "").queue == \
+            "maint"
+    finally:
+        first.close()
+    # A new deployment changes the expression; then another drops it.
+    second = StackShift(db_url, clock=clock)
+    try:
+        second.job("cleanup", lambda ctx: ran.append("v2"), cron="0 4 * * *", timezone="UTC")
+        second.worker().run_until_idle()
+        changed = second.schedules.get("job:cleanup")
+        assert changed.cron == "0 4 * * *" and changed.last_run_at is not None
+        assert changed.next_run_at == at("2026-01-08T04:00:00Z")
+    finally:
+        second.close()
+    third = StackShift(db_url, clock=clock)
+    try:
+        third.job("cleanup", lambda ctx: None)
+        run_until_idle(third)
+        assert third.schedules.list() == []
+        with pytest.raises(ScheduleNotFoundError):
+            third.schedules.get("job:cleanup")
+    finally:
+        third.close()
+
+
+def test_schedules_command(db_url: str) -> None:
+    runner = CliRunner()
+
+    def invoke(*args: str, code: int = 0) -> str:
+        result = runner.invoke(cli, list(args), env={"STACKSHIFT_DATABASE_URL": db_url})
+        assert result.exit_code == code, (result.exit_code, result.output)
+        return result.output
+
+    created = json.loads(invoke("schedules", "create", "nightly", "--cron", "0 2 * * *",
+                                "--payload", '{"full": true}', "--timezone", "Europe/Paris",
+                                "--json"))
+    assert (created["cron"], created["timezone"], created["payload"]) == (
+        "0 2 * * *", "Europe/Paris", {"full": True})
+    sid = created["id"]
+    assert sid in invoke("schedules")
+    assert "0 2 * * *" in invoke("schedules", "list")
+    assert json.loads(invoke("schedules", "pause", sid, "--json"))["paused"] is True
+    assert json.loads(invoke("schedules", "resume", sid, "--json"))["paused"] is False
+    assert "Europe/Paris" in invoke("schedules", "show", sid)
+    invoke("schedules", "create", "nightly", "--cron", "0 2 * *", code=2)
+    invoke("schedules", "create", "nightly", "--cron", "@daily", "--payload", "{bad", code=2)
+    invoke("schedules", "show", "sch_missing", code=3)
+    invoke("schedules", "delete", sid)
+    invoke("schedules", "delete", sid, code=3)
+    assert "No schedules" in invoke("schedules")
+
+
+def test_schedules_over_http_and_the_remote_client(server: tuple[str, str]) -> None:  # noqa: F811
+    url, key = server
+    http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    remote = StackShift(api_key=key, base_url=url)
+    try:
+        made = http.post("/v1/schedules", json={"job": "sync", "cron": "@every 10m",
+                                                "payload": {"a": 1}, "queueName": "io"})
+        assert made.status_code == 201, made.text
+        body = made.json()
+        assert (body["queueName"], body["source"], body["paused"]) == ("io", "api", False)
+        sid = body["id"]
+        bad = http.post("/v1/schedules", json={"job": "sync", "cron": "every day"})
+        assert bad.status_code == 422 and "cron" in bad.json()["error"]["message"]
+        assert http.post(f"/v1/schedules/{sid}/pause").json()["paused"] is True
+        assert remote.schedules.get(sid).paused
+        assert not remote.schedules.resume(sid).paused
+        assert [s.id for s in remote.schedules.list()] == [sid]
+        mine = remote.schedules.create("sync", cron="@hourly", timezone="Asia/Tokyo")
+        assert mine.timezone == "Asia/Tokyo"
+        assert http.get("/v1/schedules/sch_nope").status_code == 404
+        with pytest.raises(ScheduleNotFoundError):
+            remote.schedules.pause("sch_nope")
+        assert remote.schedules.delete(mine.id) is True
+        assert remote.schedules.delete(mine.id) is False
+        assert http.delete(f"/v1/schedules/{sid}").json() == {"id": sid, "deleted": True}
+        assert http.get("/v1/schedules").json() == {"items": []}
+    finally:
+        http.close()
+        remote.close()
+
+
+def test_tick_keys_name_the_tick_in_utc() -> None:
+    from stackshift.store.schedules import tick_key
+
+    moment = datetime(2026, 3, 29, 1, 30, tzinfo=UTC).timestamp()
+    assert tick_key("sch_1", moment) == "schedule:sch_1:2026-03-29T01:30:00Z"
