@@ -14,7 +14,7 @@ import builtins
 import os
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .clock import Clock, SystemClock
 from .errors import StackShiftError, ValidationError
@@ -31,12 +31,18 @@ from .models import (
     Step,
     TimelineEntry,
 )
-from .remote import API_KEY_ENV, URL_ENV, RemoteService
 from .service import Service
 from .settings import Settings
 from .state import AsyncState, State
 from .store import SqlStore, open_store
 from .store.queues import KEEP
+
+if TYPE_CHECKING:
+    # The remote client pulls in httpx and the wire schemas: import it only when used.
+    from .remote import RemoteService
+
+URL_ENV = "STACKSHIFT_URL"
+API_KEY_ENV = "STACKSHIFT_API_KEY"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -297,6 +303,8 @@ class StackShift:
                 raise ValidationError("clock= applies to a client on a database, not a server")
             self.database_url: str | None = None
             self.base_url: str | None = server[0]
+            from .remote import RemoteService
+
             self._api = RemoteService(server[0], server[1], self._registry, settings=settings)
         else:
             self.database_url = database_url or database_url_from_env()

@@ -36,9 +36,6 @@ from .serialization import to_jsonable
 from .server import schemas as wire
 from .settings import Settings
 
-URL_ENV = "STACKSHIFT_URL"
-API_KEY_ENV = "STACKSHIFT_API_KEY"
-
 #: Longest single long-poll; the server caps it at the same value.
 WAIT_POLL_SECONDS = 60.0
 
@@ -143,7 +140,9 @@ class RemoteService(RemoteFlowControl):
         if not base_url.startswith(("http://", "https://")):
             raise ValidationError(f"base_url must be an http:// or https:// URL, got {base_url!r}")
         if not api_key:
-            raise ValidationError(f"an API key is needed to talk to {base_url} ({API_KEY_ENV})")
+            raise ValidationError(
+                f"an API key is needed to talk to {base_url} (STACKSHIFT_API_KEY)"
+            )
         self.base_url = base_url.rstrip("/")
         self.registry = registry
         self.settings = settings or Settings()
