@@ -5,6 +5,7 @@ from .context import JobContext, RunInfo
 from .engine.retries import Backoff
 from .engine.transitions import Status
 from .errors import (
+    AuthenticationError,
     EventNotFoundError,
     IdempotencyConflictError,
     InvalidTransitionError,
@@ -12,6 +13,7 @@ from .errors import (
     NonDeterminismError,
     NonRetriableError,
     PayloadTooLargeError,
+    RemoteError,
     RetryAfterError,
     RunNotFoundError,
     ScheduleNotFoundError,
@@ -34,7 +36,6 @@ from .models import (
     TimelineEntry,
     WaitingFor,
 )
-from .remote import AuthenticationError, RemoteError
 from .settings import Settings
 
 __all__ = [

@@ -87,6 +87,19 @@ class AttemptTimeoutError(StackShiftError):
     """Recorded on an attempt that ran past the job's ``timeout``."""
 
 
+class AuthenticationError(StackShiftError):
+    """The server refused the API key: missing, unknown or revoked (HTTP 401)."""
+
+
+class RemoteError(StackShiftError):
+    """The server answered with an error this client has no exception class for."""
+
+    def __init__(self, message: str, status: int, code: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
 # --- control-flow signals: BaseException so ``except Exception`` cannot catch them ---
 
 

@@ -20,13 +20,14 @@ import httpx
 from .clock import Clock, SystemClock
 from .durations import parse_duration
 from .errors import (
+    AuthenticationError,
     EventNotFoundError,
     IdempotencyConflictError,
     InvalidTransitionError,
     LockNotAcquiredError,
     PayloadTooLargeError,
+    RemoteError,
     RunNotFoundError,
-    StackShiftError,
     ValidationError,
 )
 from .jobs import JobRegistry
@@ -43,19 +44,6 @@ try:
     _VERSION = version("stackshift")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     _VERSION = "0.0.0"
-
-
-class AuthenticationError(StackShiftError):
-    """The server refused the API key: missing, unknown or revoked (HTTP 401)."""
-
-
-class RemoteError(StackShiftError):
-    """The server answered with an error this client has no exception class for."""
-
-    def __init__(self, message: str, status: int, code: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
 
 
 _ERRORS: dict[str, type[Exception]] = {
