@@ -60,8 +60,8 @@ class Processes:
 
     def spawn(self, *args: str) -> subprocess.Popen[str]:
         log = open(self.logs / f"proc-{len(self.procs)}.log", "w")  # noqa: SIM115
-        proc = subprocess.Popen([sys.executable, str(APP), *args], stdout=subprocess.PIPE,
-                                stderr=log, text=True)
+        proc = subprocess.Popen([sys.executable, str(APP), *args], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=log, text=True)
         log.close()
         self.procs.append(proc)
         return proc
@@ -78,6 +78,11 @@ class Processes:
             if not line and proc.poll() is not None:
                 break
         raise AssertionError(f"process {proc.pid} never said {word!r}: {self.log_of(proc)}")
+
+    def send(self, proc: subprocess.Popen[str], line: str) -> None:
+        assert proc.stdin is not None
+        proc.stdin.write(line + "\n")
+        proc.stdin.flush()
 
     def log_of(self, proc: subprocess.Popen[str]) -> str:
         return (self.logs / f"proc-{self.procs.index(proc)}.log").read_text()[-3000:]
@@ -96,8 +101,9 @@ class Processes:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
-            if proc.stdout is not None:
-                proc.stdout.close()
+            for stream in (proc.stdin, proc.stdout):
+                if stream is not None:
+                    stream.close()
 
 
 @contextmanager

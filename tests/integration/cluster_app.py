@@ -13,12 +13,18 @@ process thus leaves an exact record of the effects it made.
 
 ``lead`` takes the maintenance leadership and holds it until killed, printing
 ``leading`` once it does.
+
+``starts`` and ``increments`` (``... starts URL KEY N``) print ``ready``, wait
+for a line on stdin, then start N runs with idempotency key KEY, or increment
+state key KEY N times, and print what they got as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -91,14 +97,31 @@ def build(url: str, effects: str, step_seconds: float = 0.0) -> StackShift:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["worker", "lead"])
+    parser.add_argument("mode", choices=["worker", "lead", "starts", "increments"])
     parser.add_argument("url")
-    parser.add_argument("effects", nargs="?", default="table")
+    parser.add_argument("effects", nargs="?", default="table",
+                        help="worker: table or a file; starts/increments: the key")
     parser.add_argument("--lease", default="2s")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--step-seconds", type=float, default=0.0)
     parser.add_argument("--poll-interval", default="0.5s")
+    parser.add_argument("--times", type=int, default=200)
     args = parser.parse_args()
+    if args.mode in ("starts", "increments"):
+        client = StackShift(args.url, migrate=False)
+        print("ready", flush=True)
+        sys.stdin.readline()
+        if args.mode == "starts":
+            got: list[Any] = [
+                [run.id, run.created]
+                for run in (client.start("charge", {"order": 1}, idempotency_key=args.effects)
+                            for _ in range(args.times))
+            ]
+        else:
+            got = [client.state.increment(args.effects) for _ in range(args.times)]
+        print(json.dumps(got), flush=True)
+        client.close()
+        return
     if args.mode == "lead":
         store = open_store(args.url)
         while not store.try_lead(f"holder-{os.getpid()}"):
