@@ -14,7 +14,7 @@ import builtins
 import os
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from .clock import Clock, SystemClock
 from .errors import StackShiftError, ValidationError
@@ -385,9 +385,17 @@ class StackShift:
     # -- workers -------------------------------------------------------------------------
 
     def worker(self, **options: Any) -> Any:
-        """A worker for this client's jobs; see :class:`stackshift.worker.Worker`."""
+        """A worker for this client's jobs; see :class:`stackshift.worker.Worker`.
+
+        On a client of a server it is a remote worker: it claims and checkpoints
+        through the server (see :mod:`stackshift.remote_worker`).
+        """
         from .worker import Worker
 
+        if not isinstance(self._api, Service):
+            from .remote_worker import RemoteWorkerApp
+
+            return Worker(cast("StackShift", RemoteWorkerApp(self, self._api)), **options)
         return Worker(self, **options)
 
     def migrate(self) -> int:

@@ -8,7 +8,9 @@ fixed seed, so a run is repeatable. Left out:
   on purpose by rules the schema cannot state (an idempotency TTL written as a
   string over 365 days, an increment of a key that holds text, ...);
 - ``/wait``: a long-poll legitimately takes up to its ``timeout`` (60 s), which
-  only costs time here; its behaviour is tested in ``test_server_api.py``.
+  only costs time here; its behaviour is tested in ``test_server_api.py``;
+- ``/worker/claim``, the remote workers' long-poll (up to 30 s), likewise;
+  tested in ``test_remote_worker.py``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def test_schemathesis_finds_nothing(server: Any, tmp_path: Path) -> None:
         [str(st), "run", f"{server.url}/openapi.json",
          "-H", f"Authorization: Bearer {server.api_key}",
          "--checks", "all", "--exclude-checks", "positive_data_acceptance",
-         "--exclude-path-regex", "/wait$",
+         "--exclude-path-regex", "/wait$|/worker/claim$",
          "--max-examples", "15", "--workers", "1", "--max-time", SECONDS,
          "--request-timeout", "30", "--seed", "2", "--generation-database", "none",
          "--no-color"],

@@ -49,9 +49,13 @@ def test_a_wrong_key_raises_authentication_error(server: Any) -> None:
             app.start("x")
 
 
-def test_workers_need_the_database(server: Any) -> None:
+def test_a_remote_client_gives_a_remote_worker(server: Any) -> None:
+    """Its worker claims through the server (see test_remote_worker.py)."""
+    from stackshift.remote_worker import RemoteWorkerStore
+
     with StackShift(api_key=server.api_key, base_url=server.url) as app:
         app.job("remoteJob", lambda ctx: None)
-        with pytest.raises(StackShiftError, match="database"):
-            app.worker()
+        worker = app.worker()
+        assert worker.jobs == ["remoteJob"]
+        assert isinstance(worker.service.store, RemoteWorkerStore)
         assert app.migrate() >= 2  # the server's schema version

@@ -88,7 +88,8 @@ def server(database_url: str, host: str, port: int, max_body_bytes: int, log_lev
 
     Every endpoint but /healthz needs a key from `stackshift keys create`; the
     dashboard asks for one once, at its login page.
-    Runs are executed by `stackshift worker` processes on the same database.
+    Runs are executed by `stackshift worker` processes, on the same database or
+    remote (`--url`, `--api-key`); the server maintains for the remote ones.
     """
     try:
         import uvicorn
@@ -99,9 +100,16 @@ def server(database_url: str, host: str, port: int, max_body_bytes: int, log_lev
         raise _BadInput(
             f"the server needs its extra: pip install 'stackshift[server]' ({exc})"
         ) from None
+    from ..server.maintenance import Maintainer
+
     api = app_from_url(database_url, max_body_bytes=max_body_bytes)
     app = beside_api(api, create_dashboard(api.state.service, auth="api_key"))
-    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
+    # Rescues, timers, schedules and retention for the runs of remote workers.
+    maintainer = Maintainer(api.state.service).start()
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
+    finally:
+        maintainer.stop()
 
 
 @click.group()

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from .. import runlogs
-from ..client import StackShift
+from ..client import API_KEY_ENV, URL_ENV, StackShift
 from .failures import bad_input
 from .loader import load_app
 from .options import DATABASE_ENV, duration, split_list
@@ -54,6 +54,26 @@ def configure_logging(level: str, out: Console | None = None) -> None:
         root.setLevel(handler.level)
 
 
+def load_app_through(spec: str, url: str, api_key: str | None) -> StackShift:
+    """Import the app as a client of the server at ``url``: a remote worker.
+
+    An app built with ``StackShift()`` then talks to the server; the database
+    URL, if any is set in the environment, is dropped so that it is never used.
+    """
+    if not api_key:
+        raise bad_input(f"a worker on {url} needs an API key (--api-key or {API_KEY_ENV})")
+    os.environ.pop(DATABASE_ENV, None)
+    os.environ[URL_ENV] = url
+    os.environ[API_KEY_ENV] = api_key
+    app, _module = load_app(spec)
+    if app.base_url is None:
+        raise bad_input(
+            f"{spec} uses its own database {app.database_url}: build it with StackShift() "
+            "(no database_url) to run it as a remote worker"
+        )
+    return app
+
+
 def load_app_on(spec: str, database_url: str | None) -> StackShift:
     """Import the app with ``database_url`` as its default database.
 
@@ -84,6 +104,10 @@ def load_app_on(spec: str, database_url: str | None) -> StackShift:
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--database-url", envvar=DATABASE_ENV, show_envvar=True, default=None,
               help="Database for an app built with StackShift() (default: the app's own).")
+@click.option("--url", envvar=URL_ENV, show_envvar=True, default=None,
+              help="Work through the `stackshift server` at URL instead of the database.")
+@click.option("--api-key", envvar=API_KEY_ENV, show_envvar=True, default=None,
+              help="API key for --url.")
 def worker(
     app_spec: str,
     queues: str | None,
@@ -92,16 +116,23 @@ def worker(
     shutdown_grace: str,
     log_level: str,
     database_url: str | None,
+    url: str | None,
+    api_key: str | None,
 ) -> None:
     """Execute runs of the jobs defined in APP until SIGTERM or Ctrl-C.
 
-    APP is module:attribute, path/to/file.py or path/to/file.py:attribute. On
+    APP is module:attribute, path/to/file.py or path/to/file.py:attribute.
+    With --url (and --api-key) the worker holds no database credentials: it
+    claims runs and records their steps through the server. On
     SIGTERM the worker stops claiming, lets running attempts finish within the
     grace period and hands back the rest; nothing is lost.
     """
     lease_seconds = duration(lease, "--lease")
     grace = duration(shutdown_grace, "--shutdown-grace")
-    app = load_app_on(app_spec, database_url)
+    if url and database_url and click.get_current_context().get_parameter_source(
+            "database_url") == click.core.ParameterSource.COMMANDLINE:
+        raise bad_input("give --database-url or --url, not both")
+    app = load_app_through(app_spec, url, api_key) if url else load_app_on(app_spec, database_url)
     served = split_list(queues)
     w = app.worker(concurrency=concurrency, queues=served, lease=lease_seconds,
                    shutdown_grace=grace)
@@ -112,7 +143,8 @@ def worker(
     err.print(
         f"worker {w.id}: {len(w.jobs)} job(s) ({', '.join(w.jobs)}), "
         f"queues {', '.join(served) if served else 'all'}, concurrency {concurrency}, "
-        f"database {app.database_url}. Stop with Ctrl-C or SIGTERM.",
+        f"{f'server {app.base_url}' if app.base_url else f'database {app.database_url}'}. "
+        "Stop with Ctrl-C or SIGTERM.",
         markup=False,
     )
     try:

@@ -1,0 +1,231 @@
+"""Remote workers: execute runs through ``stackshift server`` with an API key only.
+
+``StackShift(api_key=..., base_url=...).worker()`` (and ``stackshift worker APP
+--url URL --api-key KEY``) gives the same :class:`stackshift.worker.Worker`
+as an embedded client: the same claim loop, heartbeat, replay and
+checkpoints. Only its store differs: :class:`RemoteWorkerStore` has the
+worker-facing methods of the database store, each one request to the
+``/v1/worker`` endpoints (see :mod:`stackshift.server.worker_routes`), where
+the server applies it with the same conditional writes.
+
+Maintenance (the lease rescuer, timers, schedules, retention) runs in the
+server process, under the store's leader election; a remote worker never leads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+from .errors import LeaseLost, RemoteError
+from .flowcontrol import FlowControl
+from .jobs import JobRegistry
+from .models import Event
+from .server import worker_schemas as w
+from .service import Notifier
+from .store.base import ClaimedRun, Lease, LogWrite, Outcome, StepWrite
+from .store.flow import NO_RULES, ClaimRules
+
+if TYPE_CHECKING:
+    from .client import StackShift
+    from .remote import RemoteService
+    from .state import AsyncState, State
+
+#: How long one claim may wait on the server while nothing is due. Short, so that
+#: a stopping worker is never held up for long by its own idle claim.
+CLAIM_WAIT_SECONDS = 2.0
+
+
+class RemoteWorkerStore:
+    """The execution operations of the store, as requests to ``/v1/worker``."""
+
+    def __init__(self, remote: RemoteService, *, claim_wait: float = CLAIM_WAIT_SECONDS) -> None:
+        self._remote = remote
+        self.claim_wait = claim_wait
+        #: set when the worker stops: claims stop waiting and hand back what they got
+        self.closing = threading.Event()
+
+    def _post(self, path: str, body: dict[str, Any], timeout: float | None = None) -> Any:
+        return self._remote._call("POST", f"/v1/worker/{path}", json=body,
+                                  timeout=timeout).json()
+
+    def _leased(self, lease: Lease, path: str, body: dict[str, Any]) -> Any:
+        try:
+            return self._post(path, body)
+        except RemoteError as exc:
+            if exc.code == "lease_lost":
+                raise LeaseLost(lease.run_id) from None
+            raise
+
+    # -- the worker registry ---------------------------------------------------------------
+
+    def register_worker(self, worker_id: str, hostname: str, pid: int, jobs: Sequence[str],
+                        queues: Sequence[str] | None, concurrency: int, now: float) -> None:
+        self._post("register", {"workerId": worker_id, "hostname": hostname, "pid": pid,
+                                "jobs": list(jobs), "queues": list(queues) if queues else None,
+                                "concurrency": concurrency})
+
+    def unregister_worker(self, worker_id: str) -> None:
+        self._post("unregister", {"workerId": worker_id})
+
+    def changed(self) -> bool:
+        """Always: the claim itself waits on the server until work may be due."""
+        return not self.closing.is_set()
+
+    def try_lead(self, worker_id: str) -> bool:
+        """Never: the server maintains for its remote workers."""
+        return False
+
+    def resign(self, worker_id: str) -> None:
+        """Nothing is held."""
+
+    # -- executing ---------------------------------------------------------------------------
+
+    def claim_runs(self, worker_id: str, jobs: Sequence[str], limit: int, lease_seconds: float,
+                   now: float, queues: Sequence[str] | None = None,
+                   rules: ClaimRules = NO_RULES) -> list[ClaimedRun]:
+        if limit <= 0 or not jobs or (queues is not None and not queues):
+            return []
+        wait = 0.0 if self.closing.is_set() else self.claim_wait
+        answer = w.ClaimedRuns.model_validate(self._post("claim", {
+            "workerId": worker_id, "jobs": list(jobs), "limit": limit,
+            "leaseSeconds": lease_seconds, "queues": list(queues) if queues else None,
+            "keyLimits": dict(rules.key_limits), "onFailure": dict(rules.on_failure),
+            "waitSeconds": wait,
+        }, timeout=self._remote.timeout + wait))
+        claimed = [
+            ClaimedRun(
+                run=item.run.to_model(),
+                lease=Lease(item.run.id, worker_id, item.attempt),
+                retry_base=item.retry_base,
+                steps={step.key: step.to_model() for step in item.steps},
+                new_attempt=item.new_attempt,
+            )
+            for item in answer.items
+        ]
+        if claimed and self.closing.is_set():  # stopped while the claim was waiting
+            for item in claimed:
+                self.release_run(item.lease, now)
+            return []
+        return claimed
+
+    def save_step(self, lease: Lease, step: StepWrite, logs: Sequence[LogWrite], now: float,
+                  lease_seconds: float) -> bool:
+        answer = self._leased(lease, "steps", {
+            "lease": w.LeaseBody.of(lease), "step": w.StepBody.of(step),
+            "logs": [w.LogBody.of(log) for log in logs], "leaseSeconds": lease_seconds,
+        })
+        return bool(w.StepSaved.model_validate(answer).cancel_requested)
+
+    def suspend_for_sleep(self, lease: Lease, step: StepWrite, until: float,
+                          logs: Sequence[LogWrite], now: float) -> None:
+        self._leased(lease, "sleep", {
+            "lease": w.LeaseBody.of(lease), "step": w.StepBody.of(step), "until": until,
+            "logs": [w.LogBody.of(log) for log in logs],
+        })
+
+    def wait_for_event(self, lease: Lease, step: StepWrite, name: str, correlation_key: str,
+                       timeout_at: float, on_timeout: str, since: float,
+                       logs: Sequence[LogWrite], now: float,
+                       lease_seconds: float) -> Event | None:
+        answer = w.EventTaken.model_validate(self._leased(lease, "waits", {
+            "lease": w.LeaseBody.of(lease), "step": w.StepBody.of(step), "name": name,
+            "correlationKey": correlation_key, "timeoutAt": timeout_at,
+            "onTimeout": on_timeout, "since": since,
+            "logs": [w.LogBody.of(log) for log in logs], "leaseSeconds": lease_seconds,
+        }))
+        return None if answer.event is None else answer.event.to_model()
+
+    def finish_attempt(self, lease: Lease, outcome: Outcome, logs: Sequence[LogWrite],
+                       now: float, *, expired_before: float | None = None) -> bool:
+        answer = self._post("finish", {
+            "lease": w.LeaseBody.of(lease), "outcome": w.OutcomeBody.of(outcome),
+            "logs": [w.LogBody.of(log) for log in logs],
+        })
+        return bool(w.Recorded.model_validate(answer).recorded)
+
+    def release_run(self, lease: Lease, now: float) -> bool:
+        answer = self._post("release", {"lease": w.LeaseBody.of(lease)})
+        return bool(w.Recorded.model_validate(answer).recorded)
+
+    def renew_leases(self, leases: Sequence[Lease], now: float,
+                     lease_seconds: float) -> tuple[set[str], set[str]]:
+        if not leases:
+            return set(), set()
+        answer = w.Renewed.model_validate(self._post("renew", {
+            "leases": [w.LeaseBody.of(lease) for lease in leases],
+            "leaseSeconds": lease_seconds,
+        }))
+        return set(answer.cancel_requested), set(answer.lost)
+
+    # -- maintenance: the server's (see the module docstring) --------------------------------
+
+    def expired_leases(self, now: float, limit: int = 100) -> list[Any]:
+        return []
+
+    def next_due_at(self) -> float | None:
+        return None
+
+    def fire_timers(self, now: float, limit: int = 500) -> list[str]:
+        return []
+
+    def promote_due(self, now: float, limit: int = 500) -> int:
+        return 0
+
+    def age_ready_runs(self, before: float) -> int:
+        return 0
+
+
+class _StoppingNotifier(Notifier):
+    """In-process wake-ups; a worker unsubscribing (it is stopping) ends waiting claims."""
+
+    def __init__(self, store: RemoteWorkerStore) -> None:
+        super().__init__()
+        self._store = store
+
+    def subscribe(self, listener: Any) -> None:
+        self._store.closing.clear()
+        super().subscribe(listener)
+
+    def unsubscribe(self, listener: Any) -> None:
+        self._store.closing.set()
+        super().unsubscribe(listener)
+
+
+class RemoteWorkerService:
+    """What a :class:`~stackshift.worker.Worker` and its invocations use of a service."""
+
+    def __init__(self, remote: RemoteService, registry: JobRegistry) -> None:
+        self.remote = remote
+        self.registry = registry
+        self.settings = remote.settings
+        self.clock = remote.clock
+        self.store = RemoteWorkerStore(remote)
+        self.notifier = _StoppingNotifier(self.store)
+
+    def claim_rules(self) -> ClaimRules:
+        return FlowControl.claim_rules(cast(Any, self))
+
+    def sync_code_schedules(self) -> None:
+        """Send the ``@job(cron=...)`` schedules of the registry to the server."""
+        schedules = [{"job": job.name, "cron": job.cron, "timezone": job.timezone,
+                      "queue": job.queue} for job in self.registry if job.cron is not None]
+        without = [job.name for job in self.registry if job.cron is None]
+        self.store._post("schedules", {"schedules": schedules, "without": without})
+
+    def fire_schedules(self, now: float) -> list[str]:
+        return []  # the server fires schedules
+
+    def apply_retention(self, now: float) -> bool:
+        return False  # the server applies retention
+
+
+class RemoteWorkerApp:
+    """The parts of a client a :class:`~stackshift.worker.Worker` uses, for a remote client."""
+
+    def __init__(self, app: StackShift, remote: RemoteService) -> None:
+        self._registry = app._registry
+        self._service = RemoteWorkerService(remote, app._registry)
+        self.state: State = app.state
+        self.state_async: AsyncState = app.state_async

@@ -1,0 +1,214 @@
+"""``/v1/worker/...``: what a remote worker needs to execute runs through the server.
+
+A remote worker holds an API key, not database credentials. Each route is one
+store operation of the execution seam (claim, step checkpoint, suspend, wait,
+finish, release, lease renewal, worker registry), applied with the same
+conditional writes as an embedded worker's: every checkpoint is refused with
+``409 lease_lost`` once the worker no longer holds the run's lease. Times that
+bound leases come from the server's clock, not the worker's.
+
+The claim is a long-poll: with nothing due it holds the request open (up to
+``waitSeconds``) and answers as soon as a run becomes claimable, so an idle
+remote worker starts a queued run about as fast as an embedded one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+from fastapi import APIRouter, Request
+
+from ..engine.cron import parse_cron
+from ..errors import LeaseLost
+from ..service import Service
+from ..store.flow import ClaimRules
+from ..store.schedules import code_schedule_id
+from . import schemas as s
+from . import worker_schemas as w
+from .errors import ApiError
+from .routes import CONFLICT, ERRORS, service_of
+
+router = APIRouter(prefix="/v1/worker", responses=ERRORS, tags=["remote workers"])
+
+T = TypeVar("T")
+
+#: How often a waiting claim looks at the change signal, and re-claims without one
+#: (runs due by time: retries, scheduled starts, sleeps ended by maintenance).
+_TICK = 0.01
+_FALLBACK = 1.0
+
+
+class ClaimSignal:
+    """A counter that moves when a run may have become claimable.
+
+    Moved by the service's in-process wake-ups (runs started through this
+    server) and by one thread watching the store's change signal (other
+    processes). Waiting claims re-query when it moves.
+    """
+
+    def __init__(self, service: Service) -> None:
+        self.generation = 0
+        self._service = service
+        self._lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
+        service.notifier.subscribe(self.bump)
+
+    def bump(self) -> None:
+        self.generation += 1
+
+    def ensure_watching(self) -> None:
+        with self._lock:
+            if self._watcher is None:
+                self._watcher = threading.Thread(target=self._watch, daemon=True,
+                                                 name="stackshift-claim-signal")
+                self._watcher.start()
+
+    def _watch(self) -> None:
+        store = self._service.store
+        while True:
+            try:
+                if store.changed():
+                    self.bump()
+            except Exception:  # the database is away; claims fall back to polling
+                time.sleep(1.0)
+            time.sleep(_TICK)
+
+
+def _signal(request: Request) -> ClaimSignal:
+    state = request.app.state
+    signal: ClaimSignal | None = getattr(state, "claim_signal", None)
+    if signal is None:
+        signal = state.claim_signal = ClaimSignal(service_of(request))
+    signal.ensure_watching()
+    return signal
+
+
+def _leased(call: Callable[[], T]) -> T:
+    try:
+        return call()
+    except LeaseLost as exc:
+        raise ApiError(409, "lease_lost",
+                       f"this worker no longer holds the lease on run {exc}") from None
+
+
+def _logs(logs: list[w.LogBody]) -> list[Any]:
+    return [log.to_write() for log in logs]
+
+
+@router.post("/register", summary="Register or refresh a remote worker (heartbeat)")
+def register_worker(body: w.RegisterWorker, request: Request) -> w.Done:
+    service = service_of(request)
+    service.store.register_worker(body.worker_id, body.hostname, body.pid, body.jobs,
+                                  body.queues, body.concurrency, service.clock.now())
+    return w.Done()
+
+
+@router.post("/unregister", summary="Remove a stopping remote worker from the registry")
+def unregister_worker(body: w.WorkerRef, request: Request) -> w.Done:
+    service_of(request).store.unregister_worker(body.worker_id)
+    return w.Done()
+
+
+@router.post("/claim", summary="Lease due runs of the worker's jobs (long-poll)")
+async def claim_runs(body: w.Claim, request: Request) -> w.ClaimedRuns:
+    """Answers at once with the runs leased, or after `waitSeconds` with none."""
+    service = service_of(request)
+    signal = _signal(request)
+    rules = ClaimRules(dict(body.key_limits), dict(body.on_failure))
+    deadline = time.monotonic() + body.wait_seconds
+
+    def claim() -> list[Any]:
+        return service.store.claim_runs(body.worker_id, body.jobs, body.limit,
+                                         body.lease_seconds, service.clock.now(),
+                                         body.queues, rules)
+
+    while True:
+        seen = signal.generation
+        claimed = await anyio.to_thread.run_sync(claim)
+        if claimed or time.monotonic() >= deadline or body.limit == 0:
+            break
+        fallback = time.monotonic() + _FALLBACK
+        while (signal.generation == seen and time.monotonic() < min(deadline, fallback)
+               and not await request.is_disconnected()):
+            await anyio.sleep(_TICK)
+        if await request.is_disconnected():
+            break
+    return w.ClaimedRuns(items=[
+        w.ClaimedRun(run=s.Run.of(c.run), attempt=c.lease.attempt, retry_base=c.retry_base,
+                     new_attempt=c.new_attempt,
+                     steps=[s.Step.of(step) for step in c.steps.values()])
+        for c in claimed
+    ])
+
+
+@router.post("/steps", responses=CONFLICT, summary="Checkpoint a finished step")
+def save_step(body: w.SaveStep, request: Request) -> w.StepSaved:
+    """Durable before the answer; renews the lease. 409 `lease_lost`: nothing written."""
+    service = service_of(request)
+    cancel = _leased(lambda: service.store.save_step(
+        body.lease.to_lease(), body.step.to_write(), _logs(body.logs), service.clock.now(),
+        body.lease_seconds))
+    return w.StepSaved(cancel_requested=cancel)
+
+
+@router.post("/sleep", responses=CONFLICT, summary="Park a run until a time")
+def suspend_for_sleep(body: w.Suspend, request: Request) -> w.Done:
+    service = service_of(request)
+    _leased(lambda: service.store.suspend_for_sleep(
+        body.lease.to_lease(), body.step.to_write(), body.until, _logs(body.logs),
+        service.clock.now()))
+    return w.Done()
+
+
+@router.post("/waits", responses=CONFLICT, summary="Take a matching event, or park the run")
+def wait_for_event(body: w.WaitForEvent, request: Request) -> w.EventTaken:
+    service = service_of(request)
+    event = _leased(lambda: service.store.wait_for_event(
+        body.lease.to_lease(), body.step.to_write(), body.name, body.correlation_key,
+        body.timeout_at, body.on_timeout, body.since, _logs(body.logs), service.clock.now(),
+        body.lease_seconds))
+    return w.EventTaken(event=None if event is None else s.Event.of(event))
+
+
+@router.post("/finish", summary="End the leased attempt")
+def finish_attempt(body: w.FinishAttempt, request: Request) -> w.Recorded:
+    service = service_of(request)
+    done = service.store.finish_attempt(body.lease.to_lease(), body.outcome.to_outcome(),
+                                        _logs(body.logs), service.clock.now())
+    if done:
+        service.notifier.notify()  # a retry or failure handler may be due now
+    return w.Recorded(recorded=done)
+
+
+@router.post("/release", summary="Hand a leased run back to the queue")
+def release_run(body: w.Release, request: Request) -> w.Recorded:
+    service = service_of(request)
+    done = service.store.release_run(body.lease.to_lease(), service.clock.now())
+    if done:
+        service.notifier.notify()
+    return w.Recorded(recorded=done)
+
+
+@router.post("/renew", summary="Extend the leases of the runs a worker executes")
+def renew_leases(body: w.RenewLeases, request: Request) -> w.Renewed:
+    service = service_of(request)
+    cancels, lost = service.store.renew_leases([lease.to_lease() for lease in body.leases],
+                                               service.clock.now(), body.lease_seconds)
+    return w.Renewed(cancel_requested=sorted(cancels), lost=sorted(lost))
+
+
+@router.post("/schedules", summary="Create, update or remove the schedules of `@job(cron=...)`")
+def sync_schedules(body: w.SyncSchedules, request: Request) -> w.Done:
+    service = service_of(request)
+    wanted = {
+        code_schedule_id(item.job): (item.job, parse_cron(item.cron, item.timezone), item.queue)
+        for item in body.schedules
+    }
+    unwanted = [code_schedule_id(job) for job in body.without]
+    service.store.sync_code_schedules(wanted, unwanted, service.clock.now())
+    return w.Done()

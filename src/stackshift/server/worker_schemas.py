@@ -1,0 +1,248 @@
+"""The JSON shapes of ``/v1/worker/...``: what a remote worker and the server exchange.
+
+A remote worker (``stackshift worker APP --url URL --api-key KEY``) executes
+handlers on its own machine and makes every claim, checkpoint and ending
+durable through these endpoints; the server applies them to the store with the
+same conditional writes an embedded worker uses. Like :mod:`.schemas`, this
+module needs pydantic only: the remote worker imports it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, StrictInt, StrictStr
+
+from ..store.base import Lease, LogWrite, Outcome, StepWrite
+from . import schemas as s
+from .schemas import Body, Wire
+
+#: Longest single long-poll of ``POST /v1/worker/claim``; the worker asks again.
+MAX_CLAIM_WAIT_SECONDS = 30.0
+
+WorkerId = Annotated[StrictStr, Field(min_length=1, max_length=200)]
+Seconds = Annotated[float, Field(ge=0, le=1e10, allow_inf_nan=False)]
+LeaseSeconds = Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)]
+Instant = Annotated[float, Field(ge=0, le=1e11, allow_inf_nan=False,
+                                 description="Seconds since the Unix epoch.")]
+#: Bounded by the request body limit (413), like every list here.
+Text = StrictStr
+Short = Annotated[StrictStr, Field(min_length=1, max_length=1000)]
+
+
+class LeaseBody(Body):
+    """Proof that a worker holds a run for one attempt (from a claim)."""
+
+    run_id: Short
+    worker_id: WorkerId
+    attempt: Annotated[StrictInt, Field(ge=1, lt=2**31)]
+
+    def to_lease(self) -> Lease:
+        return Lease(self.run_id, self.worker_id, self.attempt)
+
+    @classmethod
+    def of(cls, lease: Lease) -> dict[str, Any]:
+        return {"runId": lease.run_id, "workerId": lease.worker_id, "attempt": lease.attempt}
+
+
+class StepError(Body):
+    type: Short
+    message: Text
+    traceback: Text | None = None
+
+
+class StepBody(Body):
+    """A step as the worker records it; ``result`` is canonical JSON text."""
+
+    key: Short
+    name: Short
+    kind: Literal["run", "sleep", "wait"]
+    function: Short | None = None
+    status: Literal["completed", "failed", "waiting"]
+    result: Text | None = None
+    error: StepError | None = None
+    started_at: Instant
+    finished_at: Instant | None = None
+
+    def to_write(self) -> StepWrite:
+        error = None if self.error is None else self.error.model_dump()
+        return StepWrite(self.key, self.name, self.kind, self.function, self.status,
+                         self.result, error, self.started_at, self.finished_at)
+
+    @classmethod
+    def of(cls, step: StepWrite) -> dict[str, Any]:
+        return {
+            "key": step.key, "name": step.name, "kind": step.kind, "function": step.function,
+            "status": step.status, "result": step.result,
+            "error": None if step.error is None else {
+                "type": str(step.error.get("type")), "message": str(step.error.get("message")),
+                "traceback": step.error.get("traceback"),
+            },
+            "startedAt": step.started_at, "finishedAt": step.finished_at,
+        }
+
+
+class LogBody(Body):
+    at: Instant
+    level: Annotated[StrictStr, Field(max_length=50)]
+    logger: Annotated[StrictStr, Field(max_length=1000)]
+    message: Text
+    step: Short | None = None
+    attempt: Annotated[StrictInt, Field(ge=1, lt=2**31)] | None = None
+
+    def to_write(self) -> LogWrite:
+        return LogWrite(self.at, self.level, self.logger, self.message, self.step, self.attempt)
+
+    @classmethod
+    def of(cls, log: LogWrite) -> dict[str, Any]:
+        return {"at": log.at, "level": log.level, "logger": log.logger, "message": log.message,
+                "step": log.step, "attempt": log.attempt}
+
+
+Logs = list[LogBody]
+
+
+# -- requests -----------------------------------------------------------------------------
+
+
+class RegisterWorker(Body):
+    worker_id: WorkerId
+    hostname: Annotated[StrictStr, Field(max_length=1000)]
+    pid: Annotated[StrictInt, Field(ge=0, lt=2**31)]
+    jobs: list[s.Name]
+    queues: list[s.Name] | None = None
+    concurrency: Annotated[StrictInt, Field(ge=1, lt=2**31)]
+
+
+class WorkerRef(Body):
+    worker_id: WorkerId
+
+
+class Claim(Body):
+    worker_id: WorkerId
+    jobs: list[s.Name]
+    limit: Annotated[StrictInt, Field(ge=0, le=1000)]
+    lease_seconds: LeaseSeconds
+    queues: list[s.Name] | None = None
+    key_limits: dict[s.Name, Annotated[StrictInt, Field(ge=1, lt=2**31)]] = Field(
+        default_factory=dict, description="Job name to its `key_concurrency`.")
+    on_failure: dict[s.Name, Text] = Field(
+        default_factory=dict, description="Job name to its failure handler (JSON text).")
+    wait_seconds: Annotated[float, Field(ge=0, le=MAX_CLAIM_WAIT_SECONDS,
+                                         allow_inf_nan=False)] = Field(
+        0.0, description="Hold the request open this long while nothing is due.")
+
+
+class SaveStep(Body):
+    lease: LeaseBody
+    step: StepBody
+    logs: Logs = Field(default_factory=list)
+    lease_seconds: LeaseSeconds
+
+
+class OutcomeBody(Body):
+    status: Literal["completed", "failed", "retrying", "cancelled"]
+    result: Text | None = None
+    error: StepError | None = None
+    retry_at: Instant | None = None
+
+    def to_outcome(self) -> Outcome:
+        error = None if self.error is None else self.error.model_dump()
+        return Outcome(self.status, self.result, error, self.retry_at)
+
+    @classmethod
+    def of(cls, outcome: Outcome) -> dict[str, Any]:
+        error = outcome.error
+        return {
+            "status": outcome.status, "result": outcome.result,
+            "error": None if error is None else {
+                "type": str(error.get("type")), "message": str(error.get("message")),
+                "traceback": error.get("traceback"),
+            },
+            "retryAt": outcome.retry_at,
+        }
+
+
+class FinishAttempt(Body):
+    lease: LeaseBody
+    outcome: OutcomeBody
+    logs: Logs = Field(default_factory=list)
+
+
+class Suspend(Body):
+    lease: LeaseBody
+    step: StepBody
+    until: Instant
+    logs: Logs = Field(default_factory=list)
+
+
+class WaitForEvent(Body):
+    lease: LeaseBody
+    step: StepBody
+    name: s.Name
+    correlation_key: Annotated[StrictStr, Field(max_length=512)] = ""
+    timeout_at: Instant
+    on_timeout: Literal["fail", "continue", "cancel"]
+    since: Instant
+    logs: Logs = Field(default_factory=list)
+    lease_seconds: LeaseSeconds
+
+
+class Release(Body):
+    lease: LeaseBody
+
+
+class RenewLeases(Body):
+    leases: list[LeaseBody]
+    lease_seconds: LeaseSeconds
+
+
+class CodeSchedule(Body):
+    job: s.Name
+    cron: Annotated[StrictStr, Field(min_length=1, max_length=200)]
+    timezone: Annotated[StrictStr, Field(min_length=1, max_length=200)] = "UTC"
+    queue: s.Name | None = None
+
+
+class SyncSchedules(Body):
+    """The ``@job(cron=...)`` schedules of the worker's jobs; ``without``: jobs with none."""
+
+    schedules: list[CodeSchedule]
+    without: list[s.Name]
+
+
+# -- responses ----------------------------------------------------------------------------
+
+
+class ClaimedRun(Wire):
+    run: s.Run
+    attempt: int
+    retry_base: int
+    new_attempt: bool
+    steps: list[s.Step] = Field(description="Completed steps, for replay.")
+
+
+class ClaimedRuns(Wire):
+    items: list[ClaimedRun]
+
+
+class StepSaved(Wire):
+    cancel_requested: bool
+
+
+class Recorded(Wire):
+    recorded: bool = Field(description="False when the worker no longer held the lease.")
+
+
+class EventTaken(Wire):
+    event: s.Event | None = Field(description="The event taken, or null: the run now waits.")
+
+
+class Renewed(Wire):
+    cancel_requested: list[str]
+    lost: list[str]
+
+
+class Done(Wire):
+    ok: Literal[True] = True
+

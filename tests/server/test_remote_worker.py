@@ -1,0 +1,249 @@
+"""Remote workers: ``stackshift worker APP --url URL --api-key KEY`` executes runs
+through a real ``stackshift server`` process, with no database credentials.
+
+The worker is a subprocess whose environment holds no ``STACKSHIFT_DATABASE_URL``
+and whose working directory is empty (so not even the default SQLite file is the
+server's database); the server maintains (rescues, timers) for it. Steps leave
+fsynced lines in an effects file, so a killed worker leaves an exact record.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from serverproc import Server, admin_service, start_server, stop_server
+
+from stackshift import StackShift
+from stackshift.store import open_store
+
+APP = f"{Path(__file__).with_name('remote_worker_app.py')}:app"
+
+pytestmark = pytest.mark.slow
+
+
+class RemoteWorkers:
+    """``stackshift worker --url`` subprocesses for one test; stopped at the end."""
+
+    def __init__(self, server: Server, tmp: Path) -> None:
+        self.server = server
+        self.tmp = tmp
+        self.effects = tmp / "effects.txt"
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, *, hang_at: str | None = None) -> subprocess.Popen[bytes]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STACKSHIFT_")}
+        env["REMOTE_EFFECTS"] = str(self.effects)
+        env["STACKSHIFT_URL"] = self.server.url
+        env["STACKSHIFT_API_KEY"] = self.server.api_key
+        if hang_at is not None:
+            env["REMOTE_HANG_AT"] = hang_at
+        cwd = self.tmp / f"worker-{len(self.procs)}"
+        cwd.mkdir()
+        log = self.tmp / f"worker-{len(self.procs)}.out"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "stackshift.cli", "worker", APP, "--lease", "1s",
+                 "--concurrency", "4", "--log-level", "WARNING"],
+                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+            )
+        self.procs.append(proc)
+        return proc
+
+    def lines(self) -> list[str]:
+        return self.effects.read_text().splitlines() if self.effects.exists() else []
+
+    def wait_for_line(self, prefix: str, timeout: float = 20.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines():
+                if line.startswith(prefix):
+                    return line
+            self.check_alive()
+            time.sleep(0.02)
+        raise AssertionError(f"no {prefix!r} in the effects after {timeout}s: {self.lines()}")
+
+    def check_alive(self) -> None:
+        for n, proc in enumerate(self.procs):
+            if proc.poll() is not None and proc.returncode != -signal.SIGKILL:
+                output = (self.tmp / f"worker-{n}.out").read_text(errors="replace")
+                raise AssertionError(f"worker {proc.pid} died ({proc.returncode}):\n{output}")
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def server(db_url: str, tmp_path: Path) -> Iterator[Server]:
+    store = open_store(db_url)
+    store.migrate()
+    store.close()
+    running = start_server(db_url, tmp_path / "server.log")
+    try:
+        yield running
+    finally:
+        stop_server(running)
+
+
+@pytest.fixture
+def workers(server: Server, tmp_path: Path) -> Iterator[RemoteWorkers]:
+    pool = RemoteWorkers(server, tmp_path)
+    try:
+        yield pool
+    finally:
+        pool.stop_all()
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[StackShift]:
+    remote = StackShift(api_key=server.api_key, base_url=server.url)
+    yield remote
+    remote.close()
+
+
+def wait_done(client: StackShift, run_id: str, workers: RemoteWorkers,
+              timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return client.runs.wait(run_id, timeout=1)
+        except TimeoutError:
+            workers.check_alive()
+    raise AssertionError(f"run {run_id} not finished after {timeout}s: {client.runs.get(run_id)}")
+
+
+def test_remote_worker_runs_steps_retries_sleeps_and_event_waits(
+    server: Server, workers: RemoteWorkers, client: StackShift
+) -> None:
+    proc = workers.spawn()
+    steps = client.start("remoteSteps", {"tag": "s"})
+    flaky = client.start("remoteFlaky", {"tag": "f"})
+    sleeper = client.start("remoteSleeper", {"tag": "z"})
+    waiter = client.start("remoteWaiter", {"tag": "order-7"})
+    async_run = client.start("remoteAsync")
+
+    done = wait_done(client, steps.id, workers)
+    assert done.status == "completed"
+    assert done.result == {"pids": [proc.pid] * 3}
+
+    flaky_done = wait_done(client, flaky.id, workers)
+    assert flaky_done.status == "completed", flaky_done.error
+    assert flaky_done.result == {"first": "f-first", "attempt": 3}
+    assert [a.status for a in client.runs.attempts(flaky.id)] == ["failed", "failed",
+                                                                   "completed"]
+
+    slept = wait_done(client, sleeper.id, workers)
+    assert slept.status == "completed" and slept.result == "rested"
+    nap = next(s for s in client.runs.steps(sleeper.id) if s.key == "nap")
+    assert nap.finished_at is not None and nap.started_at is not None
+    assert (nap.finished_at - nap.started_at).total_seconds() >= 1.0
+
+    assert wait_done(client, async_run.id, workers).result == 6
+
+    # The waiter parks on the event (its worker slot freed) until the event comes.
+    deadline = time.monotonic() + 20
+    while client.runs.get(waiter.id).status != "waiting":
+        assert time.monotonic() < deadline, client.runs.get(waiter.id)
+        time.sleep(0.05)
+    client.events.send("approved", {"by": "ops"}, correlation_key="order-7")
+    approved = wait_done(client, waiter.id, workers)
+    assert approved.status == "completed" and approved.result == {"approvedBy": "ops"}
+    assert any("approved by ops" in entry.message for entry in client.runs.logs(waiter.id))
+
+    # Each completed step ran exactly once, in the remote worker's process.
+    counts = Counter(workers.lines())
+    assert counts, "no effects recorded"
+    assert all(n == 1 for line, n in counts.items() if not line.startswith("start:f-first")), \
+        counts
+    assert {line.rsplit(":", 1)[1] for line in counts} == {str(proc.pid)}
+    # The flaky run's first step completed once and was replayed on later attempts.
+    assert counts[f"done:f-first:{proc.pid}"] == 1
+
+    # The server lists the remote worker, registered through the API.
+    service = admin_service(server.database_url)
+    try:
+        assert proc.pid in [info.pid for info in service.list_workers()]
+    finally:
+        service.close()
+
+
+def test_idle_remote_worker_starts_a_queued_run_quickly(
+    workers: RemoteWorkers, client: StackShift
+) -> None:
+    workers.spawn()
+    warm = client.start("remoteAsync")
+    assert wait_done(client, warm.id, workers).status == "completed"
+    time.sleep(2.5)  # idle: the worker's claim is waiting on the server
+    delays = []
+    for _ in range(3):
+        run = client.start("remoteAsync")
+        finished = wait_done(client, run.id, workers)
+        assert finished.started_at is not None
+        delays.append((finished.started_at - finished.created_at).total_seconds())
+        time.sleep(0.3)
+    assert max(delays) < 0.5, delays
+
+
+def test_killed_remote_worker_is_rescued_without_repeating_steps(
+    workers: RemoteWorkers, client: StackShift
+) -> None:
+    first = workers.spawn(hang_at="k-2")
+    run = client.start("remoteSteps", {"tag": "k"})
+    workers.wait_for_line("start:k-2")
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+
+    second = workers.spawn()
+    done = wait_done(client, run.id, workers)
+    assert done.status == "completed", done.error
+    assert done.result == {"pids": [first.pid, second.pid, second.pid]}
+
+    lines = workers.lines()
+    assert lines.count(f"done:k-1:{first.pid}") == 1
+    assert not any(line.startswith("start:k-1") and line.endswith(str(second.pid))
+                   for line in lines), lines
+    assert f"done:k-2:{second.pid}" in lines and f"done:k-3:{second.pid}" in lines
+    attempts = client.runs.attempts(run.id)
+    assert [a.status for a in attempts] == ["failed", "completed"]
+    assert attempts[0].error is not None and attempts[0].error.type == "WorkerLost"
+
+
+def test_remote_worker_refuses_to_start_without_a_key(server: Server, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STACKSHIFT_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "stackshift.cli", "worker", APP, "--url", server.url],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "API key" in result.stderr
+
+
+def test_a_lost_lease_refuses_the_checkpoint(server: Server, client: StackShift) -> None:
+    with server.http() as http:
+        answer = http.post("/v1/worker/steps", json={
+            "lease": {"runId": "run_nope", "workerId": "wkr_x", "attempt": 1},
+            "step": {"key": "a", "name": "a", "kind": "run", "status": "completed",
+                     "result": "1", "startedAt": 1.0, "finishedAt": 2.0},
+            "leaseSeconds": 5,
+        })
+        assert answer.status_code == 409
+        assert answer.json()["error"]["code"] == "lease_lost"
+        assert http.post("/v1/worker/claim", json={
+            "workerId": "wkr_x", "jobs": ["remoteSteps"], "limit": 1, "leaseSeconds": 5,
+        }, headers={"Authorization": "Bearer wrong"}).status_code == 401
