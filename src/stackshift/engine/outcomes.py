@@ -33,10 +33,7 @@ def failure(
         return Outcome("failed", error=error)
     if attempts_used >= max_attempts:
         return Outcome("failed", error=error)
-    if isinstance(exc, RetryAfterError):
-        delay = exc.delay
-    else:
-        delay = backoff.delay(attempts_used)
+    delay = exc.delay if isinstance(exc, RetryAfterError) else backoff.delay(attempts_used)
     return Outcome("retrying", error=error, retry_at=now + delay)
 
 
