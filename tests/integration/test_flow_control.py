@@ -442,6 +442,22 @@ def test_on_failure_also_follows_wait_timeouts_and_lost_workers(
     assert [p["error"]["type"] for p in failing["handled"]] == ["WaitTimeoutError", "WorkerLost"]
 
 
+def test_a_failing_failure_handler_starts_no_handler_of_its_own(
+        fake_app: StackShift) -> None:
+    @fake_app.job("ping", max_attempts=1, on_failure="pong")
+    def ping(ctx: Any) -> None:
+        raise RuntimeError("ping failed")
+
+    @fake_app.job("pong", max_attempts=1, on_failure="ping")
+    def pong(ctx: Any) -> None:
+        raise RuntimeError("pong failed")
+
+    fake_app.start("ping")
+    run_until_idle(fake_app)
+    runs = fake_app.runs.list().items
+    assert sorted((r.job, r.status) for r in runs) == [("ping", "failed"), ("pong", "failed")]
+
+
 def test_bulk_retry_by_filter(fake_app: StackShift, clock: FakeClock,
                               failing: dict[str, Any]) -> None:
     @fake_app.job("other", queue="billing", max_attempts=1)

@@ -16,7 +16,8 @@ from stackshift.serialization import MiB
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
 PATH_VALUES = {"run_id": "run_00000000000000000000000000", "name": "emails",
-               "event_id": "evt_00000000000000000000000000", "key": "some:key"}
+               "event_id": "evt_00000000000000000000000000", "key": "some:key",
+               "schedule_id": "sch_00000000000000000000000000"}
 
 
 def endpoints() -> list[tuple[str, str]]:

@@ -173,11 +173,12 @@ def start_failure_handler(tx: Tx, row: Row, error: dict[str, Any] | None, now: f
     the worker that claimed it). The handler gets the failed run's id, job,
     queue, payload and error; its idempotency key names the run and its last
     attempt, so a failure starts one handler run, and a failure after a manual
-    retry starts another.
+    retry starts another. A handler run that fails starts no handler itself,
+    so handlers cannot start each other in a loop.
     """
     spec = loads(row["on_failure"]) if row["on_failure"] else None
-    if not spec:
-        return
+    if not spec or (row["idempotency_key"] or "").startswith("on_failure:"):
+        return  # a failing handler starts no handler of its own: no loops
     attempt = row["attempt"]
     payload = {
         "run_id": row["id"],

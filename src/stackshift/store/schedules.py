@@ -138,6 +138,12 @@ class ScheduleStore:
         why in ``last_error`` and the schedule moves on to its next tick.
         """
         started: list[str] = []
+        with self.db.read() as tx:
+            # A read first: maintenance runs every fraction of a second, and on
+            # SQLite a write transaction would take the database's write lock.
+            found = tx.one("next_schedule_due")
+        if found is None or found["due"] is None or float(found["due"]) > now:
+            return started
         with self.db.write() as tx:
             for row in tx.all("due_schedules", now=now, limit=limit):
                 due = float(row["next_run_at"])

@@ -104,7 +104,7 @@ SET status = :status, result = :result, error = :error, finished_at = :finished_
     cancel_requested = 0, updated_at = :now
 WHERE id = :id AND lease_owner = :worker_id AND attempt = :attempt AND status = 'running'
   AND lease_expires_at <= :expired_before
-RETURNING id, job, queue, payload, attempt, on_failure;
+RETURNING id, job, queue, payload, attempt, idempotency_key, on_failure;
 
 -- name: suspend_leased_run
 UPDATE runs
@@ -436,6 +436,9 @@ WHERE s.id = :id;
 -- name: due_schedules
 SELECT * FROM schedules WHERE paused = 0 AND next_run_at <= :now
 ORDER BY next_run_at LIMIT :limit;
+
+-- name: next_schedule_due
+SELECT MIN(next_run_at) AS due FROM schedules WHERE paused = 0;
 
 -- name: schedule_fired
 -- Conditional on the tick read, so a tick is moved past once.
