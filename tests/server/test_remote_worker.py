@@ -39,7 +39,7 @@ class RemoteWorkers:
         self.effects = tmp / "effects.txt"
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def spawn(self, *, hang_at: str | None = None) -> subprocess.Popen[bytes]:
+    def spawn(self, *args: str, hang_at: str | None = None) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STACKSHIFT_")}
         env["REMOTE_EFFECTS"] = str(self.effects)
         env["STACKSHIFT_URL"] = self.server.url
@@ -52,7 +52,7 @@ class RemoteWorkers:
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "stackshift.cli", "worker", APP, "--lease", "1s",
-                 "--concurrency", "4", "--log-level", "WARNING"],
+                 "--concurrency", "4", "--log-level", "WARNING", *args],
                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
             )
         self.procs.append(proc)
@@ -222,6 +222,31 @@ def test_killed_remote_worker_is_rescued_without_repeating_steps(
     attempts = client.runs.attempts(run.id)
     assert [a.status for a in attempts] == ["failed", "completed"]
     assert attempts[0].error is not None and attempts[0].error.type == "WorkerLost"
+
+
+def test_sigterm_hands_the_run_back_through_the_server(
+    workers: RemoteWorkers, client: StackShift
+) -> None:
+    first = workers.spawn("--shutdown-grace", "0.5s", hang_at="g-2")
+    run = client.start("remoteSteps", {"tag": "g"})
+    workers.wait_for_line("start:g-2")
+    first.send_signal(signal.SIGTERM)
+
+    # Released, not lost: queued again at once, the same attempt to be continued.
+    deadline = time.monotonic() + 10
+    while client.runs.get(run.id).status != "queued":
+        assert time.monotonic() < deadline, client.runs.get(run.id)
+        time.sleep(0.02)
+    second = workers.spawn()
+    done = wait_done(client, run.id, workers)
+    assert done.status == "completed", done.error
+    assert done.result == {"pids": [first.pid, second.pid, second.pid]}
+    assert [a.status for a in client.runs.attempts(run.id)] == ["completed"]
+    assert workers.lines().count(f"done:g-1:{first.pid}") == 1
+    assert not any(line.startswith("start:g-1") and line.endswith(str(second.pid))
+                   for line in workers.lines())
+    # Its handler thread still sleeps in the hung step: no need to wait for it.
+    first.kill()
 
 
 def test_remote_worker_refuses_to_start_without_a_key(server: Server, tmp_path: Path) -> None:
