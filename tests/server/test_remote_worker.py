@@ -272,3 +272,36 @@ def test_a_lost_lease_refuses_the_checkpoint(server: Server, client: StackShift)
         assert http.post("/v1/worker/claim", json={
             "workerId": "wkr_x", "jobs": ["remoteSteps"], "limit": 1, "leaseSeconds": 5,
         }, headers={"Authorization": "Bearer wrong"}).status_code == 401
+
+
+def test_database_or_server_is_chosen_as_for_clients(server: Server, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STACKSHIFT_")}
+    both = subprocess.run(
+        [sys.executable, "-m", "stackshift.cli", "worker", APP, "--url", server.url,
+         "--api-key", server.api_key, "--database-url", server.database_url],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
+    )
+    assert both.returncode == 2 and "not both" in both.stderr
+
+    # Both in the environment: the database wins, as it does for StackShift().
+    env.update(STACKSHIFT_DATABASE_URL=server.database_url, STACKSHIFT_URL=server.url,
+               STACKSHIFT_API_KEY=server.api_key, REMOTE_EFFECTS=str(tmp_path / "fx"),
+               COLUMNS="1000")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stackshift.cli", "worker", APP, "--log-level", "WARNING"],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, cwd=tmp_path,
+    )
+    try:
+        assert proc.stderr is not None
+        banner = ""
+        while "SIGTERM" not in banner:  # the banner may wrap over lines
+            line = proc.stderr.readline().decode()
+            assert line, banner
+            banner += line
+        banner = " ".join(banner.split())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        if proc.stderr is not None:
+            proc.stderr.close()
+    assert f"database {server.database_url}" in banner, banner

@@ -129,9 +129,13 @@ def worker(
     """
     lease_seconds = duration(lease, "--lease")
     grace = duration(shutdown_grace, "--shutdown-grace")
-    if url and database_url and click.get_current_context().get_parameter_source(
-            "database_url") == click.core.ParameterSource.COMMANDLINE:
-        raise bad_input("give --database-url or --url, not both")
+    if url and database_url:
+        source = click.get_current_context().get_parameter_source
+        given = click.core.ParameterSource.COMMANDLINE
+        if source("url") == given and source("database_url") == given:
+            raise bad_input("give --database-url or --url, not both")
+        if source("url") != given:
+            url = None  # as for clients, STACKSHIFT_DATABASE_URL wins over STACKSHIFT_URL
     app = load_app_through(app_spec, url, api_key) if url else load_app_on(app_spec, database_url)
     served = split_list(queues)
     w = app.worker(concurrency=concurrency, queues=served, lease=lease_seconds,
