@@ -18,6 +18,7 @@ from . import rows
 from .base import ClaimedRun, ExpiredLease, Lease, LogWrite, Outcome, StepWrite
 from .database import Database, Row, Tx
 from .flow import NO_RULES, ClaimRules, choose_runs
+from .groupcommit import GroupCommit
 from .runs import add_timeline, move_run, start_failure_handler, waiting_data
 
 #: "No expiry condition" for finishing a run with a live lease.
@@ -74,6 +75,14 @@ def renew(tx: Tx, lease: Lease, now: float, lease_seconds: float) -> bool:
 class ExecutionStore:
     db: Database
 
+    @property
+    def group_commit(self) -> GroupCommit:
+        """This process's shared transactions for claims, checkpoints and endings."""
+        group = self.__dict__.get("_group_commit")
+        if group is None:
+            group = self.__dict__.setdefault("_group_commit", GroupCommit(self.db))
+        return group  # type: ignore[no-any-return]
+
     def claim_runs(
         self,
         worker_id: str,
@@ -93,15 +102,18 @@ class ExecutionStore:
         """
         if limit <= 0 or not jobs or (queues is not None and not queues):
             return []
-        claimed: list[ClaimedRun] = []
 
-        def claim(cand: Row) -> None:
-            claimed.append(self._claim_one(tx, cand, worker_id, lease_seconds, now,
-                                           rules.on_failure.get(cand["job"])))
+        def work(tx: Tx) -> list[ClaimedRun]:
+            claimed: list[ClaimedRun] = []
 
-        with self.db.write() as tx:
+            def claim(cand: Row) -> None:
+                claimed.append(self._claim_one(tx, cand, worker_id, lease_seconds, now,
+                                               rules.on_failure.get(cand["job"])))
+
             choose_runs(tx, jobs, queues, limit, now, rules.key_limits, claim)
-        return claimed
+            return claimed
+
+        return self.group_commit.run(work)
 
     def _claim_one(self, tx: Tx, cand: Row, worker_id: str, lease_seconds: float, now: float,
                    on_failure: str | None) -> ClaimedRun:
@@ -167,7 +179,7 @@ class ExecutionStore:
         Returns whether a cancel was requested. Raises :class:`LeaseLost` when
         this worker no longer holds the run; then nothing is written.
         """
-        with self.db.write() as tx:
+        def work(tx: Tx) -> bool:
             cancel = renew(tx, lease, now, lease_seconds)
             write_step(tx, lease.run_id, lease.attempt, step)
             data: dict[str, Any] = {"duration": (step.finished_at or now) - step.started_at}
@@ -185,7 +197,9 @@ class ExecutionStore:
                 **data,
             )
             write_logs(tx, lease.run_id, logs)
-        return cancel
+            return cancel
+
+        return self.group_commit.run(work)
 
     def finish_attempt(
         self,
@@ -199,7 +213,8 @@ class ExecutionStore:
         """End the leased attempt as ``outcome`` says. False if the lease was lost."""
         status = Status(outcome.status)
         terminal = status in (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
-        with self.db.write() as tx:
+
+        def work(tx: Tx) -> bool:
             moved = tx.one(
                 "finish_leased_run",
                 id=lease.run_id,
@@ -242,7 +257,9 @@ class ExecutionStore:
                          data=extra)
             if status == Status.FAILED:
                 start_failure_handler(tx, moved, outcome.error, now)
-        return True
+            return True
+
+        return self.group_commit.run(work)
 
     def suspend_for_sleep(
         self, lease: Lease, step: StepWrite, until: float, logs: Sequence[LogWrite], now: float

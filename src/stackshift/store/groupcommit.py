@@ -1,0 +1,115 @@
+"""Group commit: concurrent writes of one process share a transaction and its flush.
+
+A worker's threads finish runs and save steps at the same moments; each write
+would otherwise be a transaction of its own, and with ``synchronous=FULL`` (or
+``synchronous_commit=on``) each transaction waits for a flush to disk. Here the
+first caller commits everything queued while it waits, in one transaction, and
+the others return when that commit is done: every caller still returns only
+once its own writes are durable, and gets its own result or exception.
+
+A write that raises rolls the shared transaction back; the batch is then
+replayed one write per transaction, so one failure never touches another's
+result (the writes are plain database work, safe to run again after a rollback).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from .database import Database, Tx
+
+T = TypeVar("T")
+
+
+class _Item(Generic[T]):
+    __slots__ = ("done", "error", "fn", "result")
+
+    def __init__(self, fn: Callable[[Tx], T]) -> None:
+        self.fn = fn
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class _Replay(Exception):
+    """A write in the shared transaction raised: replay the batch one by one."""
+
+
+class GroupCommit:
+    #: Writes in one shared transaction at most.
+    MAX_BATCH = 64
+
+    def __init__(self, db: Database, lanes: int | None = None) -> None:
+        self._db = db
+        #: Shared transactions under way at once. One: SQLite has one writer at a
+        #: time anyway, and on PostgreSQL more lanes (smaller batches) measured
+        #: no faster.
+        self.lanes = lanes or 1
+        self._cond = threading.Condition()
+        self._queue: list[_Item[Any]] = []
+        self._busy = 0
+
+    def run(self, fn: Callable[[Tx], T]) -> T:
+        """Run ``fn`` in a write transaction (maybe shared); return once it is committed."""
+        item: _Item[T] = _Item(fn)
+        with self._cond:
+            self._queue.append(item)
+            while self._busy >= self.lanes and item in self._queue:
+                self._cond.wait()
+            lead = item in self._queue
+            if lead:
+                self._busy += 1
+                batch = self._queue[: self.MAX_BATCH]
+                del self._queue[: self.MAX_BATCH]
+        if lead:
+            try:
+                self._commit(batch)
+            finally:
+                with self._cond:
+                    for other in batch:
+                        other.done = True
+                    self._busy -= 1
+                    self._cond.notify_all()
+        else:
+            with self._cond:
+                while not item.done:
+                    self._cond.wait()
+        if item.error is not None:
+            raise item.error
+        return item.result  # type: ignore[no-any-return]
+
+    def _commit(self, batch: list[_Item[Any]]) -> None:
+        if len(batch) > 1:
+            try:
+                results = []
+                with self._db.write() as tx:
+                    for item in batch:
+                        try:
+                            results.append(item.fn(tx))
+                        except BaseException as exc:
+                            raise _Replay from exc
+                for item, result in zip(batch, results, strict=True):
+                    item.result = result
+                return
+            except _Replay:
+                pass
+            except BaseException as exc:  # the commit itself failed: nothing is durable
+                for item in batch:
+                    item.error = exc
+                return
+        for item in batch:
+            try:
+                with self._db.write() as tx:
+                    item.result = item.fn(tx)
+            except BaseException as exc:
+                item.error = exc
+
+
+def group_commit_of(store: Any) -> GroupCommit:
+    """The one :class:`GroupCommit` of a store object (made on first use)."""
+    group = store.__dict__.get("_group_commit")
+    if group is None:
+        group = store.__dict__.setdefault("_group_commit", GroupCommit(store.db))
+    return group  # type: ignore[no-any-return]
