@@ -6,7 +6,7 @@ Everything above it (``store/*.py``) is shared by SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -24,6 +24,10 @@ class Tx(Protocol):
 
     def run(self, query: str, **params: Any) -> int:
         """Execute a statement; return the number of rows it changed."""
+        ...
+
+    def many(self, query: str, params: Sequence[Mapping[str, Any]]) -> None:
+        """Execute a statement once for each parameter set (one batch, no results)."""
         ...
 
     def raw(self, sql: str, params: Mapping[str, Any]) -> list[Row]:

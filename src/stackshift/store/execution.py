@@ -8,7 +8,7 @@ the new owner does; it gets :class:`LeaseLost` and abandons the invocation.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..engine.transitions import Status
@@ -18,7 +18,7 @@ from . import rows
 from .base import ClaimedRun, ExpiredLease, Lease, LogWrite, Outcome, StepWrite
 from .database import Database, Row, Tx
 from .flow import NO_RULES, ClaimRules, choose_runs
-from .groupcommit import GroupCommit
+from .groupcommit import GroupCommit, group_commit_of
 from .runs import add_timeline, move_run, start_failure_handler, waiting_data
 
 #: "No expiry condition" for finishing a run with a live lease.
@@ -72,16 +72,82 @@ def renew(tx: Tx, lease: Lease, now: float, lease_seconds: float) -> bool:
     return bool(row["cancel_requested"])
 
 
+class _ClaimRecords:
+    """Attempt rows and timeline entries of a claim, written together at its end.
+
+    The claim's other queries (flow control counts) read only ``runs``, so these
+    rows can wait for one batched statement each instead of one per run.
+    """
+
+    def __init__(self) -> None:
+        self.started: list[dict[str, Any]] = []
+        self.resumed: list[dict[str, Any]] = []
+        self.entries: list[dict[str, Any]] = []
+
+    def timeline(self, run_id: str, kind: str, at: float, attempt: int | None,
+                 data: dict[str, Any] | None) -> None:
+        self.entries.append({"run_id": run_id, "at": at, "kind": kind, "attempt": attempt,
+                             "step": None, "data": dumps(data) if data else None})
+
+    def write(self, tx: Tx) -> None:
+        if self.started:
+            tx.many("insert_attempt", self.started)
+        if self.resumed:
+            tx.many("set_attempt_status", self.resumed)
+        if self.entries:
+            tx.many("insert_timeline", self.entries)
+
+
+class _Flushing:
+    """The claim's transaction as flow control sees it.
+
+    ``choose_runs`` hands each chosen run to a callback that must have moved it
+    to ``running`` before the transaction's next query (so that flow-control
+    counts include it). The callback only collects runs; this wrapper moves the
+    collected ones, in one statement, before any query runs, and the claim
+    moves the rest at its end.
+    """
+
+    def __init__(self, tx: Tx, flush: Callable[[], None]) -> None:
+        self._tx = tx
+        self._flush = flush
+        self.dialect = tx.dialect
+
+    def one(self, query: str, **params: Any) -> Row | None:
+        self._flush()
+        return self._tx.one(query, **params)
+
+    def all(self, query: str, **params: Any) -> list[Row]:
+        self._flush()
+        return self._tx.all(query, **params)
+
+    def run(self, query: str, **params: Any) -> int:
+        self._flush()
+        return self._tx.run(query, **params)
+
+    def many(self, query: str, params: Sequence[Mapping[str, Any]]) -> None:
+        self._flush()
+        self._tx.many(query, params)
+
+    def raw(self, sql: str, params: Mapping[str, Any]) -> list[Row]:
+        self._flush()
+        return self._tx.raw(sql, params)
+
+    def lock(self, key: str) -> None:
+        self._flush()
+        self._tx.lock(key)
+
+    def is_data_error(self, exc: BaseException) -> bool:
+        return self._tx.is_data_error(exc)
+
+
 class ExecutionStore:
     db: Database
 
     @property
     def group_commit(self) -> GroupCommit:
         """This process's shared transactions for claims, checkpoints and endings."""
-        group = self.__dict__.get("_group_commit")
-        if group is None:
-            group = self.__dict__.setdefault("_group_commit", GroupCommit(self.db))
-        return group  # type: ignore[no-any-return]
+        return group_commit_of(self)
 
     def claim_runs(
         self,
@@ -104,67 +170,70 @@ class ExecutionStore:
             return []
 
         def work(tx: Tx) -> list[ClaimedRun]:
+            chosen: list[Row] = []
             claimed: list[ClaimedRun] = []
 
-            def claim(cand: Row) -> None:
-                claimed.append(self._claim_one(tx, cand, worker_id, lease_seconds, now,
-                                               rules.on_failure.get(cand["job"])))
+            def flush() -> None:
+                if chosen:
+                    batch = list(chosen)
+                    chosen.clear()
+                    claimed.extend(self._claim_batch(tx, batch, worker_id, lease_seconds, now,
+                                                     rules))
 
-            choose_runs(tx, jobs, queues, limit, now, rules.key_limits, claim)
+            choose_runs(_Flushing(tx, flush), jobs, queues, limit, now, rules.key_limits,
+                        chosen.append)
+            flush()
             return claimed
 
         return self.group_commit.run(work)
 
-    def _claim_one(self, tx: Tx, cand: Row, worker_id: str, lease_seconds: float, now: float,
-                   on_failure: str | None) -> ClaimedRun:
-        if cand["status"] != Status.QUEUED:
-            add_timeline(
-                tx,
-                cand["id"],
-                "run.queued",
-                cand["available_at"],
-                data={"from": cand["status"]},
-            )
-        row = tx.one(
-            "claim_update",
-            id=cand["id"],
-            worker_id=worker_id,
-            lease_expires_at=now + lease_seconds,
-            on_failure=on_failure,
-            now=now,
-        )
-        assert row is not None
-        resuming = bool(cand["resuming"])
-        attempt = row["attempt"]
-        if resuming:
-            tx.run(
-                "set_attempt_status",
-                run_id=row["id"],
-                number=attempt,
-                status="running",
-                worker_id=worker_id,
-            )
-            add_timeline(tx, row["id"], "run.resumed", now, attempt=attempt)
-        else:
-            tx.run("insert_attempt", run_id=row["id"], number=attempt,
-                   worker_id=worker_id, now=now)
-            add_timeline(
-                tx, row["id"], "attempt.started", now, attempt=attempt, worker=worker_id
-            )
-        steps = {}
-        # A first attempt that is not resuming has no steps yet: skip the read.
-        if resuming or attempt > 1:
-            steps = {
-                s["key"]: rows.step(s)
-                for s in tx.all("completed_steps", run_id=row["id"])
-            }
-        return ClaimedRun(
-            run=rows.run(row),
-            lease=Lease(row["id"], worker_id, attempt),
-            retry_base=row["retry_base"],
-            steps=steps,
-            new_attempt=not resuming,
-        )
+    def _claim_batch(self, tx: Tx, cands: list[Row], worker_id: str, lease_seconds: float,
+                     now: float, rules: ClaimRules) -> list[ClaimedRun]:
+        """Move the chosen runs to ``running`` (one statement) and start their attempts."""
+        later = _ClaimRecords()
+        by_handler: dict[str | None, list[str]] = {}
+        for cand in cands:
+            if cand["status"] != Status.QUEUED:
+                later.timeline(cand["id"], "run.queued", cand["available_at"], None,
+                               {"from": cand["status"]})
+            by_handler.setdefault(rules.on_failure.get(cand["job"]), []).append(cand["id"])
+        moved: dict[str, Row] = {}
+        for on_failure, ids in by_handler.items():
+            for row in tx.all("claim_update_many", ids=ids if tx.dialect == "postgres"
+                              else json.dumps(ids), worker_id=worker_id,
+                              lease_expires_at=now + lease_seconds, on_failure=on_failure,
+                              now=now):
+                moved[row["id"]] = row
+        claimed = []
+        for cand in cands:
+            row = moved[cand["id"]]
+            resuming = bool(cand["resuming"])
+            attempt = row["attempt"]
+            if resuming:
+                later.resumed.append({"run_id": row["id"], "number": attempt,
+                                      "status": "running", "worker_id": worker_id})
+                later.timeline(row["id"], "run.resumed", now, attempt, None)
+            else:
+                later.started.append({"run_id": row["id"], "number": attempt,
+                                      "worker_id": worker_id, "now": now})
+                later.timeline(row["id"], "attempt.started", now, attempt,
+                               {"worker": worker_id})
+            steps = {}
+            # A first attempt that is not resuming has no steps yet: skip the read.
+            if resuming or attempt > 1:
+                steps = {
+                    s["key"]: rows.step(s)
+                    for s in tx.all("completed_steps", run_id=row["id"])
+                }
+            claimed.append(ClaimedRun(
+                run=rows.run(row),
+                lease=Lease(row["id"], worker_id, attempt),
+                retry_base=row["retry_base"],
+                steps=steps,
+                new_attempt=not resuming,
+            ))
+        later.write(tx)
+        return claimed
 
     def save_step(
         self,
@@ -180,13 +249,27 @@ class ExecutionStore:
         this worker no longer holds the run; then nothing is written.
         """
         def work(tx: Tx) -> bool:
-            cancel = renew(tx, lease, now, lease_seconds)
-            write_step(tx, lease.run_id, lease.attempt, step)
             data: dict[str, Any] = {"duration": (step.finished_at or now) - step.started_at}
             if step.function:
                 data["function"] = step.function
             if step.error:
                 data["error"] = {"type": step.error["type"], "message": step.error["message"]}
+            if tx.dialect == "postgres":  # the same writes, in one round trip
+                row = tx.one(
+                    "save_step_recorded", run_id=lease.run_id, worker_id=lease.worker_id,
+                    attempt=lease.attempt, lease_expires_at=now + lease_seconds, now=now,
+                    key=step.key, name=step.name, step_kind=step.kind, function=step.function,
+                    status=step.status, result=step.result,
+                    error=dumps(step.error) if step.error else None,
+                    started_at=step.started_at, finished_at=step.finished_at,
+                    timeline_kind=f"step.{step.status}", data=dumps(data),
+                )
+                if row is None:
+                    raise LeaseLost(lease.run_id)
+                write_logs(tx, lease.run_id, logs)
+                return bool(row["cancel_requested"])
+            cancel = renew(tx, lease, now, lease_seconds)
+            write_step(tx, lease.run_id, lease.attempt, step)
             add_timeline(
                 tx,
                 lease.run_id,
@@ -215,6 +298,20 @@ class ExecutionStore:
         terminal = status in (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
 
         def work(tx: Tx) -> bool:
+            if tx.dialect == "postgres" and status in (Status.COMPLETED, Status.CANCELLED):
+                # The same writes as below, in one round trip.
+                moved = tx.one(
+                    "finish_leased_run_recorded", id=lease.run_id, worker_id=lease.worker_id,
+                    attempt=lease.attempt, expired_before=expired_before, status=status.value,
+                    result=outcome.result, error=dumps(outcome.error) if outcome.error else None,
+                    finished_at=now, available_at=outcome.retry_at, now=now,
+                    attempt_status=status.value, kind=f"run.{status.value}",
+                    data=dumps({"from": "running"}),
+                )
+                if moved is None:
+                    return False
+                write_logs(tx, lease.run_id, logs)
+                return True
             moved = tx.one(
                 "finish_leased_run",
                 id=lease.run_id,

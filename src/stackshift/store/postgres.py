@@ -25,7 +25,7 @@ import hashlib
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from functools import lru_cache
 from typing import Any
@@ -135,6 +135,11 @@ class _PostgresTx:
 
     def run(self, query: str, **params: Any) -> int:
         return self._conn.execute(self._queries[query], params).rowcount
+
+    def many(self, query: str, params: Sequence[Mapping[str, Any]]) -> None:
+        # psycopg sends the whole batch in pipeline mode: one round trip, not one per row.
+        with self._conn.cursor() as cur:
+            cur.executemany(self._queries[query], params)
 
     def raw(self, sql_text: str, params: Mapping[str, Any]) -> list[Row]:
         cur = self._conn.execute(_converted(sql_text), params)

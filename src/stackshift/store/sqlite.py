@@ -11,7 +11,7 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -55,6 +55,9 @@ class _SqliteTx:
 
     def run(self, query: str, **params: Any) -> int:
         return self._conn.execute(self._queries[query], params).rowcount
+
+    def many(self, query: str, params: Sequence[Mapping[str, Any]]) -> None:
+        self._conn.executemany(self._queries[query], params)
 
     def raw(self, sql: str, params: Mapping[str, Any]) -> list[Row]:
         return self._conn.execute(sql, params).fetchall()

@@ -124,3 +124,67 @@ GROUP BY job, concurrency_key;
 SELECT * FROM schedules WHERE paused = 0 AND next_run_at <= :now
 ORDER BY next_run_at LIMIT :limit
 FOR UPDATE SKIP LOCKED;
+
+-- name: claim_update_many
+-- claim_update for several runs at once.
+UPDATE runs
+SET status = 'running', attempt = attempt + 1 - resuming, resuming = 0,
+    lease_owner = :worker_id, lease_expires_at = :lease_expires_at,
+    started_at = COALESCE(started_at, :now), waiting_for = NULL,
+    available_at = NULL, claim_priority = priority, on_failure = :on_failure,
+    updated_at = :now
+WHERE id = ANY(:ids)
+RETURNING *;
+
+-- Worker writes in one round trip each. On SQLite (no data-modifying WITH) the
+-- store runs the same statements one by one: keep them in step with
+-- finish_leased_run, update_attempt, renew_lease, upsert_step and insert_timeline.
+
+-- name: finish_leased_run_recorded
+-- finish_leased_run, then the attempt's ending and the run's timeline entry
+-- (endings with one timeline entry: completed, cancelled).
+WITH moved AS (
+    UPDATE runs
+    SET status = :status, result = :result, error = :error, finished_at = :finished_at,
+        available_at = CAST(:available_at AS double precision), lease_owner = NULL,
+        lease_expires_at = NULL, cancel_requested = 0, updated_at = :now
+    WHERE id = :id AND lease_owner = :worker_id AND attempt = :attempt AND status = 'running'
+      AND lease_expires_at <= :expired_before
+    RETURNING id, job, queue, payload, attempt, on_failure
+), ended AS (
+    UPDATE attempts SET status = :attempt_status, finished_at = :now, error = :error
+    WHERE run_id = :id AND number = :attempt AND EXISTS (SELECT 1 FROM moved)
+), noted AS (
+    INSERT INTO timeline (run_id, at, kind, attempt, step, data)
+    SELECT id, :now, CAST(:kind AS text), attempt, NULL, CAST(:data AS text) FROM moved
+)
+SELECT * FROM moved;
+
+-- name: save_step_recorded
+-- renew_lease, then upsert_step and the step's timeline entry; no row: lease lost.
+WITH renewed AS (
+    UPDATE runs SET lease_expires_at = :lease_expires_at, updated_at = :now
+    WHERE id = :run_id AND lease_owner = :worker_id AND attempt = :attempt
+      AND status = 'running'
+    RETURNING cancel_requested
+), saved AS (
+    INSERT INTO steps (run_id, key, name, kind, function, status, result, error, attempt,
+                       started_at, finished_at)
+    SELECT CAST(:run_id AS text), CAST(:key AS text), CAST(:name AS text),
+           CAST(:step_kind AS text), CAST(:function AS text), CAST(:status AS text),
+           CAST(:result AS text), CAST(:error AS text), CAST(:attempt AS integer),
+           CAST(:started_at AS double precision), CAST(:finished_at AS double precision)
+    FROM renewed
+    ON CONFLICT (run_id, key) DO UPDATE
+        SET name = excluded.name, kind = excluded.kind, function = excluded.function,
+            status = excluded.status, result = excluded.result, error = excluded.error,
+            attempt = excluded.attempt, started_at = excluded.started_at,
+            finished_at = excluded.finished_at
+), noted AS (
+    INSERT INTO timeline (run_id, at, kind, attempt, step, data)
+    SELECT CAST(:run_id AS text), CAST(:started_at AS double precision),
+           CAST(:timeline_kind AS text), CAST(:attempt AS integer), CAST(:key AS text),
+           CAST(:data AS text)
+    FROM renewed
+)
+SELECT cancel_requested FROM renewed;

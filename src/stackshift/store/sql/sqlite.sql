@@ -76,3 +76,14 @@ SELECT job, concurrency_key, COUNT(*) AS n FROM runs
 WHERE status = 'running' AND concurrency_key IS NOT NULL
   AND job IN (SELECT value FROM json_each(:jobs))
 GROUP BY job, concurrency_key;
+
+-- name: claim_update_many
+-- claim_update for several runs at once (:ids is a JSON list).
+UPDATE runs
+SET status = 'running', attempt = attempt + 1 - resuming, resuming = 0,
+    lease_owner = :worker_id, lease_expires_at = :lease_expires_at,
+    started_at = COALESCE(started_at, :now), waiting_for = NULL,
+    available_at = NULL, claim_priority = priority, on_failure = :on_failure,
+    updated_at = :now
+WHERE id IN (SELECT value FROM json_each(:ids))
+RETURNING *;
