@@ -47,8 +47,13 @@ class Database(Protocol):
     dialect: str
     url: str
 
-    def write(self) -> AbstractContextManager[Tx]:
-        """A read-write transaction, committed on exit, rolled back on error."""
+    def write(self, durable: bool = True) -> AbstractContextManager[Tx]:
+        """A read-write transaction, committed on exit, rolled back on error.
+
+        ``durable=False`` commits without waiting for the flush to disk: the
+        writes survive a crash of the process but maybe not of the machine. Only
+        for writes that nothing depends on (a note on a run's timeline).
+        """
         ...
 
     def read(self) -> AbstractContextManager[Tx]:

@@ -262,9 +262,15 @@ class PostgresDatabase:
         finally:
             self._pool.putconn(conn)
 
-    def write(self) -> AbstractContextManager[_PostgresTx]:
-        """A READ COMMITTED read-write transaction; see the module notes on races."""
-        return self._transaction("BEGIN ISOLATION LEVEL READ COMMITTED")
+    def write(self, durable: bool = True) -> AbstractContextManager[_PostgresTx]:
+        """A READ COMMITTED read-write transaction; see the module notes on races.
+
+        ``durable=False``: ``synchronous_commit = off`` for this transaction only.
+        """
+        if durable:
+            return self._transaction("BEGIN ISOLATION LEVEL READ COMMITTED")
+        return self._transaction("BEGIN ISOLATION LEVEL READ COMMITTED;"
+                                 " SET LOCAL synchronous_commit = off")
 
     def read(self) -> AbstractContextManager[_PostgresTx]:
         """A consistent read-only snapshot (REPEATABLE READ never blocks or fails a reader)."""

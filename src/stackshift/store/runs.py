@@ -13,6 +13,7 @@ from ..serialization import digest, dumps, loads
 from . import rows
 from .base import NewRun, RunFilter
 from .database import Database, Row, Tx
+from .groupcommit import group_commit_of
 
 
 def add_timeline(
@@ -208,6 +209,10 @@ def start_failure_handler(tx: Tx, row: Row, error: dict[str, Any] | None, now: f
                  handler_job=spec["job"])
 
 
+class _NotADuplicate(Exception):
+    """Rolls back a start that turned out to create a run in a non-durable transaction."""
+
+
 class RunStore:
     db: Database
 
@@ -218,8 +223,22 @@ class RunStore:
         (``created=False``). Raises :class:`IdempotencyConflictError` when the key
         is bound to another job or payload; nothing is written then.
         """
-        with self.db.write() as tx:
-            return insert_run(tx, new, now)
+        if new.idempotency_key is not None and self.db.dialect == "sqlite":
+            with self.db.read() as tx:
+                key = tx.one("get_idempotency_key", scope="run", key=new.idempotency_key)
+            if key is not None and key["expires_at"] > now:
+                # A duplicate writes only a timeline note: no need to wait for the
+                # disk. Should the key have expired meanwhile, start over durably.
+                try:
+                    with self.db.write(durable=False) as tx:
+                        run = insert_run(tx, new, now)
+                        if run.created:
+                            raise _NotADuplicate
+                    return run
+                except _NotADuplicate:
+                    pass
+        # Starts from several threads share a transaction and its flush to disk.
+        return group_commit_of(self).run(lambda tx: insert_run(tx, new, now))
 
     def get_run(self, run_id: str) -> Run:
         with self.db.read() as tx:

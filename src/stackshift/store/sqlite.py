@@ -119,18 +119,25 @@ class SqliteDatabase:
         return conn
 
     @contextmanager
-    def write(self) -> Iterator[_SqliteTx]:
+    def write(self, durable: bool = True) -> Iterator[_SqliteTx]:
         conn = self._conn()
         # Writers of this process queue on a lock that wakes the next one at once;
         # left to SQLite, they would poll the file lock with sleeps of up to 100 ms.
         with self._write_lock:
-            self._begin_immediate(conn)
+            relaxed = not durable and self._synchronous in ("FULL", "EXTRA")
+            if relaxed:  # the safety level cannot change inside a transaction
+                conn.execute("PRAGMA synchronous = NORMAL")
             try:
-                yield _SqliteTx(conn, self._queries)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+                self._begin_immediate(conn)
+                try:
+                    yield _SqliteTx(conn, self._queries)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            finally:
+                if relaxed:
+                    conn.execute(f"PRAGMA synchronous = {self._synchronous}")
 
     def _begin_immediate(self, conn: sqlite3.Connection) -> None:
         """``BEGIN IMMEDIATE``, retried every 50 µs to 1 ms while another process writes.
