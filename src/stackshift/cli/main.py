@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from .bench import bench
 from .dev import dev
 from .events import events
 from .failures import debugging, translate
@@ -51,7 +52,7 @@ def cli(database_url: str | None) -> None:
         os.environ[DATABASE_ENV] = database_url
 
 
-for command in (worker, dev, start, runs, events, state, migrate, queues, schedules,
+for command in (worker, dev, start, runs, events, state, migrate, queues, schedules, bench,
                 *SERVER_COMMANDS):
     cli.add_command(command)
 

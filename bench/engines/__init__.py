@@ -1,0 +1,1 @@
+"""One workload script per engine; each prints one ``BENCH-RESULT {json}`` line."""

@@ -1,0 +1,320 @@
+"""Turning per-repetition results into medians, ratios, targets, markdown and JSON.
+
+Pure functions over plain data, so that the harness's arithmetic can be tested
+without running a benchmark.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+ENGINES = {
+    "stackshift": "StackShift",
+    "dbos": "DBOS",
+    "huey": "Huey",
+    "procrastinate": "Procrastinate",
+}
+STORE_LABELS = {
+    "sqlite-full": "SQLite FULL",
+    "sqlite-normal": "SQLite NORMAL",
+    "postgres": "PostgreSQL",
+}
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    higher_is_better: bool
+    digits: int = 1
+
+
+WORKLOADS: dict[str, tuple[str, list[Metric]]] = {
+    "W1": ("No-op job throughput", [
+        Metric("drain_rps", "draining the backlog (runs/s)", True, 0),
+        Metric("steady_rps", "steady enqueue (runs/s)", True, 0),
+    ]),
+    "W2": ("Overhead per step of a 10-step job", [
+        Metric("step_overhead_ms", "per step (ms)", False, 3),
+    ]),
+    "W3": ("Event-resume latency, 1,000 runs waiting", [
+        Metric("p50_ms", "p50 (ms)", False, 1),
+        Metric("p99_ms", "p99 (ms)", False, 1),
+    ]),
+    "W4": ("Duplicate start, same idempotency key", [
+        Metric("dup_ms", "per duplicate (ms)", False, 3),
+        Metric("extra_runs", "extra runs", False, 0),
+    ]),
+    "W5": ("Recovery after kill -9 of a worker holding 100 runs", [
+        Metric("recovery_s", "kill to all resumed (s)", False, 2),
+    ]),
+    "W6": ("Start-to-first-step latency at 100 runs/s across processes", [
+        Metric("p50_ms", "p50 (ms)", False, 1),
+        Metric("p99_ms", "p99 (ms)", False, 1),
+    ]),
+    "MEM": ("Worker resident memory over many runs", [
+        Metric("rss_warm_mb", "RSS after 10% (MiB)", False, 1),
+        Metric("rss_end_mb", "RSS at end (MiB)", False, 1),
+        Metric("growth_pct", "growth (%)", False, 1),
+    ]),
+}
+
+#: What each engine can do; anything else is "n/a" with the note below.
+SUPPORT: dict[str, dict[str, tuple[str, ...]]] = {
+    "stackshift": {w: ("sqlite-full", "sqlite-normal", "postgres")
+                   for w in ("W1", "W2", "W3", "W4", "W5", "W6", "MEM")},
+    "dbos": {w: ("sqlite-full", "sqlite-normal", "postgres")
+             for w in ("W1", "W2", "W3", "W4", "W5", "W6")},
+    "huey": {w: ("sqlite-full", "sqlite-normal") for w in ("W1", "W6")},
+    "procrastinate": {w: ("postgres",) for w in ("W1", "W6")},
+}
+
+NOT_APPLICABLE: dict[tuple[str, str], str] = {
+    ("huey", "W2"): "Huey has no durable steps.",
+    ("huey", "W3"): "Huey has no durable waits for events.",
+    ("huey", "W4"): "Huey has no idempotency keys for enqueues.",
+    ("huey", "W5"): "Huey deletes a task from the queue when a consumer takes it; a killed"
+                    " consumer's tasks are lost, nothing resumes them.",
+    ("procrastinate", "W2"): "Procrastinate has no durable steps.",
+    ("procrastinate", "W3"): "Procrastinate has no durable waits for events.",
+    ("procrastinate", "W4"): "Procrastinate's queueing_lock refuses (raises on) a second job"
+                             " only while the first is queued; there is no key that returns"
+                             " the existing job.",
+    ("procrastinate", "W5"): "Procrastinate marks stalled jobs but retries them only from code"
+                             " the application schedules itself; nothing resumes them on its"
+                             " own.",
+    ("dbos", "MEM"): "The memory check is a StackShift target; peers are not measured.",
+    ("huey", "MEM"): "The memory check is a StackShift target; peers are not measured.",
+    ("procrastinate", "MEM"): "The memory check is a StackShift target; peers are not"
+                              " measured.",
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    workload: str
+    metric: str
+    stores: tuple[str, ...]
+    text: str
+    limit: float | None = None  # absolute bound (<= for lower-better, >= for higher-better)
+    times_dbos: float | None = None  # at least this many times better than DBOS
+    limit_key: str | None = None  # bound read from the result (W5: lease + 1 s)
+
+
+TARGETS = [
+    Target("W1", "drain_rps", ("sqlite-full", "sqlite-normal"), ">= 3,000 runs/s", 3000),
+    Target("W1", "steady_rps", ("sqlite-full", "sqlite-normal"), ">= 3,000 runs/s", 3000),
+    Target("W1", "drain_rps", ("postgres",), ">= 2,000 runs/s", 2000),
+    Target("W1", "steady_rps", ("postgres",), ">= 2,000 runs/s", 2000),
+    Target("W1", "drain_rps", ("sqlite-full", "sqlite-normal", "postgres"), ">= 10x DBOS",
+           times_dbos=10),
+    Target("W1", "steady_rps", ("sqlite-full", "sqlite-normal", "postgres"), ">= 10x DBOS",
+           times_dbos=10),
+    Target("W2", "step_overhead_ms", ("sqlite-full",), "<= 0.3 ms", 0.3),
+    Target("W2", "step_overhead_ms", ("postgres",), "<= 0.6 ms", 0.6),
+    Target("W3", "p50_ms", ("sqlite-full", "sqlite-normal", "postgres"), "<= 5 ms", 5),
+    Target("W3", "p99_ms", ("sqlite-full", "sqlite-normal", "postgres"), "<= 50 ms", 50),
+    Target("W4", "dup_ms", ("sqlite-full", "sqlite-normal", "postgres"), "<= 0.3 ms", 0.3),
+    Target("W4", "extra_runs", ("sqlite-full", "sqlite-normal", "postgres"), "0 extra runs", 0),
+    Target("W5", "recovery_s", ("sqlite-full", "sqlite-normal", "postgres"),
+           "<= lease + 1 s", limit_key="budget_s"),
+    Target("W6", "p50_ms", ("sqlite-full", "sqlite-normal", "postgres"), "<= 10 ms", 10),
+    Target("W6", "p99_ms", ("sqlite-full", "sqlite-normal", "postgres"), "<= 50 ms", 50),
+    Target("MEM", "growth_pct", ("sqlite-full", "sqlite-normal", "postgres"),
+           "flat within 10%", 10),
+]
+
+
+def metric(workload: str, key: str) -> Metric:
+    return next(m for m in WORKLOADS[workload][1] if m.key == key)
+
+
+# -- aggregation ------------------------------------------------------------------------
+
+
+def summarise(reps: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median, min and max of every numeric field over the repetitions that succeeded."""
+    good = [r for r in reps if "error" not in r]
+    out: dict[str, Any] = {"repetitions": len(good), "errors": [r["error"] for r in reps
+                                                             if "error" in r]}
+    keys = sorted({k for r in good for k, v in r.items()
+                   if isinstance(v, int | float) and not isinstance(v, bool)})
+    for key in keys:
+        values = [float(r[key]) for r in good if key in r]
+        out[key] = {"median": statistics.median(values), "min": min(values),
+                    "max": max(values), "values": values}
+    for r in good:  # settings and notes: the same in every repetition
+        for k, v in r.items():
+            if isinstance(v, dict | str) and k not in out:
+                out[k] = v
+    return out
+
+
+def median(cell: dict[str, Any] | None, key: str) -> float | None:
+    if not cell or key not in cell or not isinstance(cell[key], dict):
+        return None
+    return float(cell[key]["median"])
+
+
+def advantage(ours: float | None, peer: float | None, higher_is_better: bool) -> float | None:
+    """How many times better StackShift is than the peer (> 1: StackShift is better)."""
+    if ours is None or peer is None:
+        return None
+    if higher_is_better:
+        return ours / peer if peer > 0 else None
+    return peer / ours if ours > 0 else None
+
+
+def check_targets(cells: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every target against StackShift's medians; ``cells`` is keyed ``engine/store/W``."""
+    rows = []
+    for t in TARGETS:
+        m = metric(t.workload, t.metric)
+        for store in t.stores:
+            ours = cells.get(f"stackshift/{store}/{t.workload}")
+            value = median(ours, t.metric)
+            if value is None:
+                continue
+            row: dict[str, Any] = {"workload": t.workload, "metric": t.metric, "store": store,
+                                   "target": t.text, "value": value}
+            if t.times_dbos is not None:
+                dbos = median(cells.get(f"dbos/{store}/{t.workload}"), t.metric)
+                ratio = advantage(value, dbos, m.higher_is_better)
+                if ratio is None:
+                    continue
+                row["ratio"] = ratio
+                row["met"] = ratio >= t.times_dbos
+            else:
+                limit = t.limit
+                if t.limit_key is not None:
+                    limit = median(ours, t.limit_key)
+                assert limit is not None
+                row["limit"] = limit
+                row["met"] = value >= limit if m.higher_is_better else value <= limit
+            rows.append(row)
+    return rows
+
+
+# -- markdown ---------------------------------------------------------------------------
+
+
+def fmt(value: float | None, digits: int) -> str:
+    if value is None:
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def spread(cell: dict[str, Any], m: Metric) -> str:
+    v = cell.get(m.key)
+    if not isinstance(v, dict):
+        return "–"
+    if v["min"] == v["max"]:
+        return fmt(v["median"], m.digits)
+    return (f"{fmt(v['median'], m.digits)} ({fmt(v['min'], m.digits)}–"
+            f"{fmt(v['max'], m.digits)})")
+
+
+def results_table(workload: str, cells: dict[str, dict[str, Any]], stores: list[str],
+                  engines: list[str]) -> list[str]:
+    title, metrics = WORKLOADS[workload]
+    head = ["Engine", "Store", *[m.label for m in metrics]]
+    show_ratio = workload != "MEM"
+    if show_ratio:
+        head.append("StackShift is … better")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    notes = [NOT_APPLICABLE[(e, workload)] for e in engines if (e, workload) in NOT_APPLICABLE]
+    for store in stores:
+        for engine in engines:
+            key = f"{engine}/{store}/{workload}"
+            if store not in SUPPORT.get(engine, {}).get(workload, ()):
+                continue
+            cell = cells.get(key)
+            if cell is None:
+                continue
+            row = [ENGINES[engine], STORE_LABELS[store]]
+            if cell["repetitions"] == 0:
+                row += ["failed: " + "; ".join(cell["errors"])[:120]] + [""] * (len(metrics) - 1)
+            else:
+                row += [spread(cell, m) for m in metrics]
+            if show_ratio:
+                if engine == "stackshift":
+                    row.append("")
+                else:
+                    ours = cells.get(f"stackshift/{store}/{workload}")
+                    ratios = [advantage(median(ours, m.key), median(cell, m.key),
+                                        m.higher_is_better)
+                              for m in metrics if m.key != "extra_runs"]
+                    row.append(" / ".join("×" + fmt(r, 1) if r is not None else "–"
+                                          for r in ratios))
+            lines.append("| " + " | ".join(row) + " |")
+    out = [f"### {workload}: {title}", "", *lines, ""]
+    for note in notes:
+        out.append(f"- n/a: {note}")
+    if notes:
+        out.append("")
+    return out
+
+
+def targets_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| Workload | Store | Target | Measured (median) | Met |", "|---|---|---|---|---|"]
+    for r in rows:
+        m = metric(r["workload"], r["metric"])
+        measured = f"{fmt(r['value'], m.digits)} {m.label.split('(')[-1].rstrip(')')}"
+        if m.key == "extra_runs":
+            measured = fmt(r["value"], 0)
+        if "ratio" in r:
+            measured += f" = ×{r['ratio']:.1f} DBOS"
+        elif r["workload"] == "W5":
+            measured += f" (budget {r['limit']:.1f} s)"
+        label = f"{r['workload']} {m.label.split(' (')[0]}"
+        lines.append(f"| {label} | {STORE_LABELS[r['store']]} | {r['target']} | {measured} |"
+                     f" {'yes' if r['met'] else '**no**'} |")
+    return lines
+
+
+def markdown(data: dict[str, Any]) -> str:
+    info = data["run"]
+    cells = data["cells"]
+    stores = [s for s in STORE_LABELS if s in info["stores"]]
+    engines = [e for e in ENGINES if e in info["engines"]]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Measured {info['finished_at']} on this repository at `{info['commit']}`"
+        f" with `{info['command']}`; {info['machine']}.",
+        "",
+        f"Load average (1 min) before the run: {info['load_before']:.2f}, after:"
+        f" {info['load_after']:.2f}, mean over the run {info.get('load_mean', 0):.2f}."
+        f" {info['load_note']}",
+        "",
+        "Every figure is the median of "
+        f"{info['repetitions']} repetitions, with the minimum and maximum in brackets."
+        " Ratios compare engines measured in this same run, never across runs.",
+        "",
+        "## Fairness",
+        "",
+        *[f"- {line}" for line in data["fairness"]],
+        "",
+        "## Targets (StackShift)",
+        "",
+        *targets_table(data["targets"]),
+        "",
+        "## Results",
+        "",
+        "The last column says how many times better StackShift's median is than the"
+        " peer's in the same run (throughput: theirs divided into ours; times: ours"
+        " divided into theirs).",
+        "",
+        "![Benchmark chart](results.png)",
+        "",
+    ]
+    for workload in WORKLOADS:
+        if workload in info["workloads"]:
+            lines += results_table(workload, cells, stores, engines)
+    lines += ["## What each workload does", "", *[f"- {d}" for d in data["method"]], ""]
+    if data.get("analysis"):
+        lines += ["## Targets missed: what limits them, what would reach them", "",
+                  data["analysis"].strip(), ""]
+    return "\n".join(lines)

@@ -1,0 +1,102 @@
+"""The benchmark harness's arithmetic and plumbing (no timing is asserted here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.cli import plan  # noqa: E402
+from bench.common import RESULT_MARK, percentile  # noqa: E402
+from bench.report import advantage, check_targets, markdown, summarise  # noqa: E402
+
+
+def test_percentile_takes_the_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile([3.0], 99) == 3.0
+
+
+def test_summary_is_median_min_max_of_the_repetitions_that_worked() -> None:
+    reps = [{"drain_rps": 100.0}, {"drain_rps": 300.0}, {"drain_rps": 200.0},
+            {"error": "TimeoutError: slow"}]
+    cell = summarise(reps)
+    assert cell["repetitions"] == 3
+    assert cell["errors"] == ["TimeoutError: slow"]
+    assert (cell["drain_rps"]["median"], cell["drain_rps"]["min"],
+            cell["drain_rps"]["max"]) == (200.0, 100.0, 300.0)
+
+
+def test_advantage_reads_higher_and_lower_is_better_the_right_way_round() -> None:
+    assert advantage(3000, 300, higher_is_better=True) == 10
+    assert advantage(0.5, 2.0, higher_is_better=False) == 4
+    assert advantage(None, 2.0, higher_is_better=False) is None
+
+
+def _cells() -> dict[str, dict[str, object]]:
+    return {
+        "stackshift/sqlite-full/W1": summarise([{"drain_rps": 3500, "steady_rps": 2500}]),
+        "dbos/sqlite-full/W1": summarise([{"drain_rps": 300, "steady_rps": 300}]),
+        "stackshift/sqlite-full/W5": summarise([{"recovery_s": 5.4, "budget_s": 6.0}]),
+    }
+
+
+def test_targets_compare_against_absolute_bounds_dbos_and_per_result_budgets() -> None:
+    rows = {(r["metric"], r["target"]): r for r in check_targets(_cells())}
+    assert rows[("drain_rps", ">= 3,000 runs/s")]["met"] is True
+    assert rows[("steady_rps", ">= 3,000 runs/s")]["met"] is False
+    assert rows[("drain_rps", ">= 10x DBOS")]["ratio"] == pytest.approx(3500 / 300)
+    assert rows[("steady_rps", ">= 10x DBOS")]["met"] is False
+    assert rows[("recovery_s", "<= lease + 1 s")]["met"] is True
+
+
+def test_markdown_shows_ratios_and_why_a_peer_is_missing() -> None:
+    cells = _cells()
+    data = {
+        "run": {"finished_at": "now", "commit": "abc", "command": "python -m bench",
+                "machine": "2 cores", "load_before": 0.5, "load_after": 0.7,
+                "load_note": "", "repetitions": 1, "stores": ["sqlite-full"],
+                "engines": ["stackshift", "dbos", "huey"], "workloads": ["W1", "W5"]},
+        "cells": cells, "targets": check_targets(cells), "fairness": ["same durability"],
+        "method": ["W1: ..."],
+    }
+    text = markdown(data)
+    assert "| DBOS | SQLite FULL | 300 | 300 | \u00d711.7 / \u00d78.3 |" in text
+    assert "Huey deletes a task from the queue" in text
+    assert "- same durability" in text
+
+
+def test_repetitions_are_interleaved_and_peers_only_run_what_they_can() -> None:
+    args = Namespace(reps=2, workloads=["W1", "W2"], stores=["sqlite-full", "postgres"],
+                     engines=["stackshift", "huey", "procrastinate"], mem_stores=[])
+    cells = plan(args)
+    assert cells[0] == (0, "W1", "sqlite-full", "stackshift")
+    assert [c[0] for c in cells] == sorted(c[0] for c in cells)  # rep 1 finishes first
+    assert (0, "W2", "sqlite-full", "huey") not in cells  # Huey has no steps
+    assert (0, "W1", "postgres", "huey") not in cells  # Huey runs on SQLite only
+    assert (1, "W1", "postgres", "procrastinate") in cells
+
+
+def test_a_workload_script_prints_one_result_line(tmp_path: Path) -> None:
+    """W4 for real on SQLite: duplicates of one idempotency key store no extra run."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.engines.stackshift_engine", "run", "--workload", "W4",
+         "--store", "sqlite-full", "--scale", "quick", "--workdir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "BENCH_SIZES": json.dumps({"w4_duplicates": 20})},
+    )
+    lines = [line for line in out.stdout.splitlines() if line.startswith(RESULT_MARK)]
+    assert len(lines) == 1, out.stderr
+    result = json.loads(lines[0][len(RESULT_MARK):])
+    assert result["extra_runs"] == 0
+    assert result["dup_ms"] > 0
