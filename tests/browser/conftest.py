@@ -30,7 +30,9 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+# Module scope: the sync API keeps an event loop running in this thread while it is
+# open, which would break asyncio.run() in every test collected after the browser ones.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: run scripts/setup (it installs Debian's chromium)")
