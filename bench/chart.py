@@ -45,6 +45,7 @@ def draw(data: dict[str, Any], out: Path) -> None:
     fig, axes = plt.subplots(rows, cols, figsize=(13, 3.4 * rows), squeeze=False)
     width = 0.8 / max(1, len(engines))
     for ax, (workload, key, title, _higher) in zip(axes.flat, panels, strict=False):
+        shown: list[float] = []
         for i, engine in enumerate(engines):
             xs, heights, lows, highs = [], [], [], []
             for j, store in enumerate(stores):
@@ -58,12 +59,15 @@ def draw(data: dict[str, Any], out: Path) -> None:
             if xs:
                 ax.bar(xs, heights, width, yerr=[lows, highs], capsize=3,
                        color=COLOURS[engine], label=ENGINES[engine])
+                shown += heights
         ax.set_title(title, fontsize=10)
         ax.set_xticks(range(len(stores)))
         ax.set_xticklabels([STORE_LABELS[s] for s in stores], fontsize=9)
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(NullFormatter())
+        positive = [v for v in shown if v > 0]
+        if positive and max(positive) / min(positive) > 30:  # else a linear axis reads better
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
         ax.grid(axis="y", alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
@@ -71,6 +75,7 @@ def draw(data: dict[str, Any], out: Path) -> None:
     fig.legend(handles, labels, loc="upper center", ncol=len(engines), frameon=False)
     info = data["run"]
     fig.suptitle(f"Medians of {info['repetitions']} repetitions (whiskers: min-max), same run;"
+                 " log scale where values span more than 30 times;"
                  f" {info['machine']}", fontsize=9, y=0.005, va="bottom")
     fig.tight_layout(rect=(0, 0.02, 1, 0.96))
     fig.savefig(out, dpi=110)

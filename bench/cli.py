@@ -169,6 +169,10 @@ def fairness(args: argparse.Namespace, pg: dict[str, str], versions: dict[str, s
         " concurrency, DBOS's queue `worker_concurrency`, Huey's worker threads,"
         " Procrastinate's concurrency). W5 gives each engine's worker 100 slots so that it"
         " can hold 100 runs.",
+        f"Autovacuum is {pg.get('autovacuum', '?')} on this PostgreSQL server, so after a"
+        " backlog is loaded (W1, W2, W3) every engine's tables are analyzed, as autovacuum"
+        " would have done (without statistics PostgreSQL picks poor plans for every"
+        " engine's queue queries).",
         f"{args.reps} repetition(s) of every cell, each in a fresh process on a fresh database"
         " (a new SQLite file, a new PostgreSQL schema); medians with min and max. The"
         " memory check runs once per store.",
@@ -253,7 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     versions = peers.versions() if peers.ready() else {}
     pg: dict[str, str] = {}
     if "postgres" in args.stores:
-        pg = {k: pg_setting(k) for k in ("server_version", "synchronous_commit", "fsync")}
+        pg = {k: pg_setting(k) for k in ("server_version", "synchronous_commit", "fsync",
+                                         "autovacuum")}
     cells = plan(args)
     load_before = os.getloadavg()[0]
     if load_before > LOAD_LIMIT:
@@ -285,7 +290,8 @@ def main(argv: list[str] | None = None) -> None:
         "run": {
             "started_at": started.isoformat(timespec="seconds"),
             "finished_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "command": " ".join(["python -m bench",
+                                 *(argv if argv is not None else sys.argv[1:])]),
             "commit": commit(),
             "machine": machine(),
             "load_before": load_before,

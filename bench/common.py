@@ -124,6 +124,23 @@ def drop_schema(schema: str) -> None:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+def settle(ctx: Ctx) -> None:
+    """PostgreSQL: ANALYZE the run's schema after a backlog is loaded (not timed).
+
+    Autovacuum is off on the benchmark's server, so without this no engine's
+    tables would ever have statistics; autovacuum would have analyzed them.
+    """
+    if ctx.schema is None:
+        return
+    import psycopg
+
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = %s", (ctx.schema,))]
+        for table in tables:
+            conn.execute(f'ANALYZE "{ctx.schema}"."{table}"')
+
+
 def pg_setting(name: str) -> str:
     import psycopg
 

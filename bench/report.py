@@ -224,7 +224,8 @@ def results_table(workload: str, cells: dict[str, dict[str, Any]], stores: list[
     if show_ratio:
         head.append("StackShift is … better")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    notes = [NOT_APPLICABLE[(e, workload)] for e in engines if (e, workload) in NOT_APPLICABLE]
+    notes = list(dict.fromkeys(NOT_APPLICABLE[(e, workload)] for e in engines
+                               if (e, workload) in NOT_APPLICABLE))
     for store in stores:
         for engine in engines:
             key = f"{engine}/{store}/{workload}"
@@ -283,7 +284,7 @@ def markdown(data: dict[str, Any]) -> str:
         "# Benchmark results",
         "",
         f"Measured {info['finished_at']} on this repository at `{info['commit']}`"
-        f" with `{info['command']}`; {info['machine']}.",
+        f" with `{info['command'].strip()}`; {info['machine']}.",
         "",
         f"Load average (1 min) before the run: {info['load_before']:.2f}, after:"
         f" {info['load_after']:.2f}, mean over the run {info.get('load_mean', 0):.2f}."

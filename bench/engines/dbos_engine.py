@@ -32,6 +32,7 @@ from bench.common import (
     latency_summary,
     produce,
     say_ready,
+    settle,
     sleep_until,
     stopping,
     wait_for_stdin_close,
@@ -219,6 +220,7 @@ def w1(ctx: Ctx) -> dict[str, Any]:
     count = Counter(ctx)
     warm, n = ctx.sizes["warmup"], ctx.sizes["w1_backlog"]
     enqueue_many(ctx, "noop", warm + n)
+    settle(ctx)
     worker = child(MODULE, "serve", *args_of(ctx), "worker", stdin=-1,
                    log=ctx.workdir / "worker.log")
     with stopping(worker):
@@ -243,6 +245,7 @@ def w2(ctx: Ctx) -> dict[str, Any]:
     warm, n = ctx.sizes["warmup"], ctx.sizes["w2_runs"]
     enqueue_many(ctx, "noop", warm + n)
     enqueue_many(ctx, "steps10", n)
+    settle(ctx)
     worker = child(MODULE, "serve", *args_of(ctx), "worker", stdin=-1,
                    log=ctx.workdir / "worker.log")
     with stopping(worker):
@@ -262,6 +265,7 @@ def w3(ctx: Ctx) -> dict[str, Any]:
     waiting, sample, warm = ctx.sizes["w3_waiting"], ctx.sizes["w3_events"], 20
     handles = [DBOS.start_workflow(waiter) for _ in range(waiting)]
     wait_until(lambda: count.steps() >= waiting, 300, "workflows to wait", 0.1)
+    settle(ctx)
     time.sleep(0.5)  # from their last step to inside recv
     chosen = random.sample(handles, warm + sample)
     sent: list[float] = []

@@ -28,6 +28,7 @@ from bench.common import (
     engine_main,
     latency_summary,
     say_ready,
+    settle,
     stopping,
     wait_for_stdin_close,
     wait_until,
@@ -136,6 +137,7 @@ def w1(ctx: Ctx) -> dict[str, Any]:
     count = Counter(ctx.schema)
     warm, n = ctx.sizes["warmup"], ctx.sizes["w1_backlog"]
     asyncio.run(_defer(app, "noop", warm + n))
+    settle(ctx)
     worker = child(MODULE, "serve", ctx.schema, stdin=-1, log=ctx.workdir / "worker.log")
     with stopping(worker):
         await_ready(worker)

@@ -25,6 +25,7 @@ from bench.common import (
     produce,
     rss_mb,
     say_ready,
+    settle,
     sleep_until,
     stopping,
     wait_for_stdin_close,
@@ -121,6 +122,7 @@ def w1(ctx: Ctx) -> dict[str, Any]:
     app = build(url(ctx))
     warm, n = ctx.sizes["warmup"], ctx.sizes["w1_backlog"]
     start_many(app, "noop", warm + n)
+    settle(ctx)
     with app.worker(concurrency=CONCURRENCY):
         drain, drained = drain_rate(lambda: count(app, "completed"), warm, n,
                                     ctx.sizes["w1_cap"])
@@ -154,6 +156,7 @@ def w2(ctx: Ctx) -> dict[str, Any]:
     warm, n = ctx.sizes["warmup"], ctx.sizes["w2_runs"]
     start_many(app, "noop", warm + n)
     start_many(app, "steps10", n)
+    settle(ctx)
     with app.worker(concurrency=CONCURRENCY):
         t_warm = wait_until(lambda: count(app, "completed") >= warm, 120, "warm-up", 0.005)
         t_mid = wait_until(lambda: count(app, "completed") >= warm + n, 600, "0-step runs",
@@ -175,6 +178,7 @@ def w3(ctx: Ctx) -> dict[str, Any]:
     warm = 20
     for i in range(waiting):
         app.start("waiter", {"key": f"k{i}"})
+    settle(ctx)
     sent: dict[str, float] = {}
     with app.worker(concurrency=CONCURRENCY):
         wait_until(lambda: count(app, "waiting") >= waiting, 300, "runs to wait", 0.1)
