@@ -77,13 +77,3 @@ class StateStore:
     def lock_release(self, key: str, owner: str) -> bool:
         with self.db.write() as tx:
             return tx.run("lock_release", key=key, owner=owner) > 0
-
-    def purge_expired(self, now: float) -> dict[str, int]:
-        """Clean-up of expired events, state, locks and idempotency keys."""
-        with self.db.write() as tx:
-            return {
-                "events": tx.run("delete_expired_events", now=now),
-                "state": tx.run("delete_expired_state", now=now),
-                "locks": tx.run("delete_expired_locks", now=now),
-                "idempotency_keys": tx.run("delete_expired_idempotency_keys", now=now),
-            }

@@ -29,9 +29,6 @@ RETURNING target_id;
 SELECT target_id, fingerprint, expires_at FROM idempotency_keys
 WHERE scope = :scope AND key = :key;
 
--- name: delete_expired_idempotency_keys
-DELETE FROM idempotency_keys WHERE expires_at <= :now;
-
 -- name: get_run
 SELECT * FROM runs WHERE id = :id;
 
@@ -79,11 +76,6 @@ SELECT * FROM steps WHERE run_id = :run_id AND status = 'completed';
 UPDATE runs SET lease_expires_at = :lease_expires_at, updated_at = :now
 WHERE id = :id AND lease_owner = :worker_id AND attempt = :attempt AND status = 'running'
 RETURNING cancel_requested;
-
--- name: renew_worker_leases
-UPDATE runs SET lease_expires_at = :lease_expires_at
-WHERE lease_owner = :worker_id AND status = 'running'
-RETURNING id, cancel_requested;
 
 -- name: upsert_step
 INSERT INTO steps (run_id, key, name, kind, function, status, result, error, attempt,
@@ -227,9 +219,6 @@ WHERE run_id = :run_id AND key = :key AND status = 'waiting';
 -- name: consumers_of_event
 SELECT run_id, step_key, at FROM event_consumptions WHERE event_id = :event_id ORDER BY at;
 
--- name: delete_expired_events
-DELETE FROM events WHERE expires_at <= :now;
-
 -- name: state_get
 SELECT value, expires_at FROM state
 WHERE key = :key AND (expires_at IS NULL OR expires_at > :now);
@@ -244,9 +233,6 @@ DELETE FROM state WHERE key = :key AND (expires_at IS NULL OR expires_at > :now)
 
 -- name: state_purge
 DELETE FROM state WHERE key = :key;
-
--- name: delete_expired_state
-DELETE FROM state WHERE expires_at IS NOT NULL AND expires_at <= :now;
 
 -- name: lock_acquire
 -- Free, expired, or already ours: take it. Held by a live owner: returns nothing.
