@@ -236,7 +236,10 @@ class Dashboard:
             response: Response = self._login_redirect(request)
         else:
             def work() -> tuple[dict[str, Any], str]:
-                return build(), self.service.change_marker()
+                # The marker is read before the page: a change landing in
+                # between moves the marker again and the next poll refreshes.
+                marker = self.service.change_marker()
+                return build(), marker
 
             flash = self.sessions.decode_flash(request.cookies.get(FLASH_COOKIE))
             try:

@@ -124,9 +124,12 @@ class OverviewStore:
 
         Every run transition, step and event taken writes a timeline entry, so the
         newest timeline and log ids cover runs; events and workers are added.
+        PostgreSQL adds the transactions still in flight (see its query).
         """
         with self.db.read() as tx:
             row = tx.one("change_marker")
         if row is None:
             return ""
-        return ":".join(str(row[k]) for k in ("timeline", "logs", "events", "workers", "joined"))
+        values = dict(row)  # SQLite's rows test membership against values, not keys
+        parts = ("timeline", "logs", "events", "workers", "joined", "in_flight")
+        return ":".join(str(values[k]) for k in parts if k in values)

@@ -188,3 +188,15 @@ WITH renewed AS (
     FROM renewed
 )
 SELECT cancel_requested FROM renewed;
+
+-- name: change_marker
+-- Identity values are handed out before commit, so a transaction holding a
+-- lower timeline id can commit after a higher one is already visible: MAX(id)
+-- alone would then stay the same while the data changed. The ids of the
+-- transactions still in flight close that gap: when one of them ends, the
+-- list changes. An idle database gives an empty list and a steady marker.
+SELECT (SELECT MAX(id) FROM timeline) AS timeline, (SELECT MAX(id) FROM logs) AS logs,
+       (SELECT MAX(id) FROM events) AS events, (SELECT COUNT(*) FROM workers) AS workers,
+       (SELECT MAX(started_at) FROM workers) AS joined,
+       (SELECT string_agg(x::text, ',' ORDER BY x::text)
+          FROM pg_snapshot_xip(pg_current_snapshot()) AS x) AS in_flight;
