@@ -1,11 +1,14 @@
 """StackShift: durable jobs for Python."""
 
+from typing import Any
+
 from .client import AsyncStackShift, StackShift
 from .context import JobContext, RunInfo
 from .engine.retries import Backoff
 from .engine.transitions import Status
 from .errors import (
     AuthenticationError,
+    EndpointNotFoundError,
     EventNotFoundError,
     IdempotencyConflictError,
     InvalidTransitionError,
@@ -43,6 +46,7 @@ __all__ = [
     "Attempt",
     "AuthenticationError",
     "Backoff",
+    "EndpointNotFoundError",
     "Event",
     "EventNotFoundError",
     "IdempotencyConflictError",
@@ -74,4 +78,26 @@ __all__ = [
     "ValidationError",
     "WaitTimeoutError",
     "WaitingFor",
+    "asgi_app",
+    "wsgi_app",
 ]
+
+
+def asgi_app(client: StackShift, **options: Any) -> Any:
+    """The push-mode handler route of ``client``'s jobs, for an ASGI app.
+
+    See :func:`stackshift.push.asgi_app`.
+    """
+    from .push import asgi_app as build
+
+    return build(client, **options)
+
+
+def wsgi_app(client: StackShift, **options: Any) -> Any:
+    """The push-mode handler route of ``client``'s jobs, for a WSGI app (Flask, Django).
+
+    See :func:`stackshift.push.wsgi_app`.
+    """
+    from .push import wsgi_app as build
+
+    return build(client, **options)

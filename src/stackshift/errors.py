@@ -63,6 +63,10 @@ class EventNotFoundError(StackShiftError, LookupError):
     """No event has the given id."""
 
 
+class EndpointNotFoundError(StackShiftError, LookupError):
+    """No push endpoint has the given id."""
+
+
 class ApiKeyNotFoundError(StackShiftError, LookupError):
     """No API key has the given id or prefix."""
 

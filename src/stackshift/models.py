@@ -169,6 +169,24 @@ class ApiKey:
         return self.revoked_at is None
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """An application's handler route that the server invokes (push mode).
+
+    ``secret`` signs the requests; listings leave it out (``None``).
+    """
+
+    id: str
+    url: str
+    jobs: list[str]
+    concurrency: int
+    created_at: datetime
+    updated_at: datetime
+    key_limits: dict[str, int] = field(default_factory=dict)
+    on_failure: dict[str, str] = field(default_factory=dict)
+    secret: str | None = field(default=None, repr=False)
+
+
 # -- operational views: queues, jobs, workers --------------------------------------
 
 

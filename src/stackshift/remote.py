@@ -21,6 +21,7 @@ from .clock import Clock, SystemClock
 from .durations import parse_duration
 from .errors import (
     AuthenticationError,
+    EndpointNotFoundError,
     EventNotFoundError,
     IdempotencyConflictError,
     InvalidTransitionError,
@@ -31,9 +32,10 @@ from .errors import (
     ValidationError,
 )
 from .jobs import JobRegistry
-from .models import Attempt, Event, LogEntry, Page, Run, SentEvent, Step, TimelineEntry
+from .models import Attempt, Endpoint, Event, LogEntry, Page, Run, SentEvent, Step, TimelineEntry
 from .remote_flow import RemoteFlowControl
 from .serialization import to_jsonable
+from .server import push_schemas as push_wire
 from .server import schemas as wire
 from .settings import Settings
 
@@ -49,6 +51,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 _ERRORS: dict[str, type[Exception]] = {
     "run_not_found": RunNotFoundError,
     "event_not_found": EventNotFoundError,
+    "endpoint_not_found": EndpointNotFoundError,
     "invalid_transition": InvalidTransitionError,
     "lock_not_acquired": LockNotAcquiredError,
     "payload_too_large": PayloadTooLargeError,
@@ -367,6 +370,26 @@ class RemoteService(RemoteFlowControl):
         entries = wire.StateList.model_validate(response.json()).items
         return [{"key": e.key, "value": e.value, "expires_at": _epoch(e.expires_at),
                  "updated_at": _epoch(e.updated_at)} for e in entries]
+
+    # -- push endpoints ------------------------------------------------------------------
+
+    def register_endpoint(self, url: str, jobs: list[str], *, concurrency: int = 10,
+                          key_limits: dict[str, int] | None = None,
+                          on_failure: dict[str, str] | None = None) -> Endpoint:
+        response = self._call("POST", "/v1/endpoints", json={
+            "url": url, "jobs": jobs, "concurrency": concurrency,
+            "keyLimits": key_limits or {}, "onFailure": on_failure or {},
+        })
+        return push_wire.Endpoint.model_validate(response.json()).to_model()
+
+    def list_endpoints(self) -> list[Endpoint]:
+        response = self._call("GET", "/v1/endpoints")
+        return [e.to_model() for e in push_wire.EndpointList.model_validate(response.json()).items]
+
+    def remove_endpoint(self, endpoint_id: str) -> Endpoint:
+        segment = _segment(endpoint_id, EndpointNotFoundError, "endpoint")
+        response = self._call("DELETE", f"/v1/endpoints/{segment}")
+        return push_wire.Endpoint.model_validate(response.json()).to_model()
 
     def lock_acquire(self, key: str, owner: str, ttl: Any) -> bool:
         _state_key(key)

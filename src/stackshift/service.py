@@ -13,12 +13,14 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from .clock import Clock
 from .durations import parse_duration, parse_instant
 from .engine.transitions import parse_status
 from .errors import (
     ApiKeyNotFoundError,
+    EndpointNotFoundError,
     EventNotFoundError,
     InvalidTransitionError,
     RunNotFoundError,
@@ -30,6 +32,7 @@ from .jobs import JobRegistry, check_max_attempts, check_name
 from .models import (
     ApiKey,
     Attempt,
+    Endpoint,
     Event,
     EventConsumer,
     JobStats,
@@ -45,6 +48,7 @@ from .models import (
 )
 from .serialization import encode
 from .settings import Settings
+from .signing import new_secret
 from .store import SqlStore
 from .store.base import NewRun, RunFilter
 
@@ -54,6 +58,18 @@ ON_TIMEOUT = ("fail", "continue", "cancel")
 #: first characters are kept in clear as the key's listed prefix.
 API_KEY_PREFIX = "ssk_"
 API_KEY_SHOWN = 12
+
+
+def check_endpoint_url(url: object) -> str:
+    """An absolute ``http(s)://`` URL with a host, at most 2,000 characters."""
+    if not isinstance(url, str) or len(url) > 2000:
+        raise ValidationError(f"endpoint url must be a string of at most 2000 characters, "
+                              f"got {url!r}")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
+        raise ValidationError(f"endpoint url must be an absolute http:// or https:// URL, "
+                              f"got {url!r}")
+    return url
 
 
 def hash_api_key(key: str) -> str:
@@ -418,6 +434,46 @@ class Service(FlowControl):
         if found.last_used_at is None or now - found.last_used_at.timestamp() > 60:
             self.store.touch_api_key(found.id, now)
         return found
+
+    # -- push endpoints ------------------------------------------------------------------
+
+    def register_endpoint(self, url: str, jobs: list[str], *, concurrency: int = 10,
+                          key_limits: dict[str, int] | None = None,
+                          on_failure: dict[str, str] | None = None) -> Endpoint:
+        """Register the handler route at ``url`` for ``jobs``; returned with its secret.
+
+        Registering a URL again replaces its jobs, rules and concurrency and keeps
+        its id and secret, so an application can register at every start.
+        """
+        url = check_endpoint_url(url)
+        if not isinstance(jobs, list) or not jobs:
+            raise ValidationError("an endpoint serves at least one job")
+        for job in jobs:
+            check_name(job, "job name")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) \
+                or not 1 <= concurrency <= 1000:
+            raise ValidationError(
+                f"concurrency must be an integer from 1 to 1000, got {concurrency!r}")
+        limits = dict(key_limits or {})
+        failures = dict(on_failure or {})
+        for name in (*limits, *failures):
+            check_name(name, "job name")
+        return self.store.upsert_endpoint(new_id("ep"), url, new_secret(), jobs, limits,
+                                          failures, concurrency, self.clock.now())
+
+    def list_endpoints(self) -> list[Endpoint]:
+        return self.store.list_endpoints()
+
+    def remove_endpoint(self, endpoint_id: str) -> Endpoint:
+        check_key(endpoint_id, "endpoint id", 200)
+        removed = self.store.delete_endpoint(endpoint_id)
+        if removed is None:
+            raise EndpointNotFoundError(f"no endpoint with id {endpoint_id!r}")
+        return removed
+
+    def accept_push_delivery(self, delivery_id: str, run_id: str, attempt: int) -> bool:
+        """Whether the handler route may execute this delivery: true once, then never."""
+        return self.store.accept_push_delivery(delivery_id, run_id, attempt, self.clock.now())
 
     # -- monitoring ----------------------------------------------------------------------
 

@@ -17,7 +17,8 @@ from stackshift.serialization import MiB
 DOC = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
 PATH_VALUES = {"run_id": "run_00000000000000000000000000", "name": "emails",
                "event_id": "evt_00000000000000000000000000", "key": "some:key",
-               "schedule_id": "sch_00000000000000000000000000"}
+               "schedule_id": "sch_00000000000000000000000000",
+               "endpoint_id": "ep_00000000000000000000000000"}
 
 
 def endpoints() -> list[tuple[str, str]]:
@@ -172,6 +173,12 @@ def test_malformed_json_is_400(http: httpx.Client, method: str, path: str, body:
     ("PUT", "/v1/state/k", {}),
     ("POST", "/v1/locks/acquire", {"key": "l", "owner": "me", "ttl": -1}),
     ("POST", "/v1/runs/run_x/cancel", {"reason": 5}),
+    ("POST", "/v1/endpoints", {"url": "ftp://app.example.com/", "jobs": ["x"]}),
+    ("POST", "/v1/endpoints", {"url": "/stackshift", "jobs": ["x"]}),
+    ("POST", "/v1/endpoints", {"url": "http://app.example.com/", "jobs": []}),
+    ("POST", "/v1/endpoints", {"url": "http://app.example.com/", "jobs": ["x"],
+                               "concurrency": 0}),
+    ("POST", "/v1/worker/push/accept", {"deliveryId": "dlv_x"}),
 ])
 def test_wrong_types_and_values_are_422(http: httpx.Client, method: str, path: str,
                                         body: Any) -> None:
@@ -239,6 +246,8 @@ def test_unknown_run_ids_are_404(http: httpx.Client, suffix: str) -> None:
 def test_other_unknowns_are_404(http: httpx.Client) -> None:
     assert_error(http.get("/v1/events/evt_00000000000000000000000000"), 404, "event_not_found")
     assert_error(http.get("/v1/state/never:set"), 404, "state_key_not_found")
+    assert_error(http.delete("/v1/endpoints/ep_00000000000000000000000000"), 404,
+                 "endpoint_not_found")
     assert_error(http.get("/v1/nothing/here"), 404, "not_found")
     assert_error(http.get("/v1/runs/"), 404, "not_found")
     assert_error(http.delete("/v1/runs"), 405, "method_not_allowed")

@@ -1,4 +1,4 @@
-"""``stackshift server`` and ``stackshift keys create|list|revoke``.
+"""``stackshift server``, ``stackshift keys create|list|revoke`` and ``stackshift endpoints``.
 
 ``server`` serves the HTTP API (see ``docs/server.md``); ``keys`` manages the
 API keys it accepts, directly in the database, so the first key can be made
@@ -17,9 +17,9 @@ import click
 
 from ..client import DEFAULT_DATABASE_URL
 from ..clock import SystemClock
-from ..errors import ApiKeyNotFoundError, ValidationError
+from ..errors import ApiKeyNotFoundError, EndpointNotFoundError, ValidationError
 from ..jobs import JobRegistry
-from ..models import ApiKey
+from ..models import ApiKey, Endpoint
 from ..serialization import MiB
 from ..service import Service
 from ..settings import Settings
@@ -89,7 +89,9 @@ def server(database_url: str, host: str, port: int, max_body_bytes: int, log_lev
     Every endpoint but /healthz needs a key from `stackshift keys create`; the
     dashboard asks for one once, at its login page.
     Runs are executed by `stackshift worker` processes, on the same database or
-    remote (`--url`, `--api-key`); the server maintains for the remote ones.
+    remote (`--url`, `--api-key`), and by the applications' handler routes
+    registered with `stackshift endpoints add` (push mode), which the server
+    invokes; it maintains for all of them.
     """
     try:
         import uvicorn
@@ -101,14 +103,21 @@ def server(database_url: str, host: str, port: int, max_body_bytes: int, log_lev
             f"the server needs its extra: pip install 'stackshift[server]' ({exc})"
         ) from None
     from ..server.maintenance import Maintainer
+    from ..server.push import Dispatcher
+    from ..server.worker_routes import ClaimSignal
 
     api = app_from_url(database_url, max_body_bytes=max_body_bytes)
-    app = beside_api(api, create_dashboard(api.state.service, auth="api_key"))
+    service = api.state.service
+    app = beside_api(api, create_dashboard(service, auth="api_key"))
     # Rescues, timers, schedules and retention for the runs of remote workers.
-    maintainer = Maintainer(api.state.service).start()
+    maintainer = Maintainer(service).start()
+    # Push mode: the registered handler routes are invoked from this process.
+    signal = api.state.claim_signal = ClaimSignal(service)
+    dispatcher = Dispatcher(service, signal).start()
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
     finally:
+        dispatcher.stop()
         maintainer.stop()
 
 
@@ -178,5 +187,79 @@ def revoke_key(key: str, database_url: str, as_json: bool) -> None:
     click.echo(f"Revoked key {revoked.id} ({revoked.name!r}, prefix {revoked.prefix}).")
 
 
+@click.group()
+def endpoints() -> None:
+    """Register, list and remove the handler routes the server invokes (push mode)."""
+
+
+def _endpoint_json(e: Endpoint) -> dict[str, Any]:
+    shown = {"id": e.id, "url": e.url, "jobs": e.jobs, "concurrency": e.concurrency,
+             "createdAt": _when(e.created_at), "updatedAt": _when(e.updated_at)}
+    if e.secret is not None:
+        shown["secret"] = e.secret
+    return shown
+
+
+@endpoints.command("add")
+@click.argument("url")
+@click.option("--jobs", "jobs", required=True,
+              help="Comma-separated names of the jobs the route executes.")
+@click.option("--concurrency", default=10, show_default=True, type=click.IntRange(1, 1000),
+              help="Runs posted to the route at once.")
+@_database_url
+@_as_json
+def add_endpoint(url: str, jobs: str, concurrency: int, database_url: str,
+                 as_json: bool) -> None:
+    """Register the handler route at URL and print its signing secret.
+
+    Give the secret to the application (STACKSHIFT_SIGNING_SECRET). Adding the
+    same URL again updates its jobs and keeps its secret.
+    """
+    names = [name.strip() for name in jobs.split(",") if name.strip()]
+    with _service(database_url) as service:
+        try:
+            added = service.register_endpoint(url, names, concurrency=concurrency)
+        except ValidationError as exc:
+            raise _BadInput(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(_endpoint_json(added)))
+        return
+    click.echo(added.secret)
+    click.echo(f"Endpoint {added.id}: {added.url} executes {', '.join(added.jobs)}. "
+               "The line above is its signing secret (STACKSHIFT_SIGNING_SECRET).", err=True)
+
+
+@endpoints.command("list")
+@_database_url
+@_as_json
+def list_endpoints(database_url: str, as_json: bool) -> None:
+    """List the registered handler routes (never their secrets)."""
+    with _service(database_url) as service:
+        found = service.list_endpoints()
+    if as_json:
+        click.echo(json.dumps([_endpoint_json(e) for e in found]))
+        return
+    if not found:
+        click.echo("No endpoints. Register one with: stackshift endpoints add URL --jobs NAMES")
+        return
+    for e in found:
+        click.echo(f"{e.id}  {e.url}  concurrency {e.concurrency}  jobs: {', '.join(e.jobs)}")
+
+
+@endpoints.command("remove")
+@click.argument("endpoint_id")
+@_database_url
+def remove_endpoint(endpoint_id: str, database_url: str) -> None:
+    """Stop invoking the route ENDPOINT_ID (runs in flight finish)."""
+    with _service(database_url) as service:
+        try:
+            removed = service.remove_endpoint(endpoint_id)
+        except EndpointNotFoundError as exc:
+            raise _NotFound(str(exc)) from None
+        except ValidationError as exc:
+            raise _BadInput(str(exc)) from None
+    click.echo(f"Removed endpoint {removed.id} ({removed.url}).")
+
+
 #: Register these on the ``stackshift`` group: ``cli.add_command(command)``.
-COMMANDS = (server, keys)
+COMMANDS = (server, keys, endpoints)

@@ -24,7 +24,7 @@ from ..serialization import MiB
 from ..service import Service
 from ..settings import Settings
 from ..store import open_store
-from . import flow_routes, metrics, routes, worker_routes
+from . import flow_routes, metrics, push_routes, routes, worker_routes
 from .errors import ApiError, classify, error_body
 from .middleware import ASGIApp, LimitBody, Receive, RequireApiKey, Scope, Send
 from .schemas import Health
@@ -167,6 +167,7 @@ def create_app(service: Service, *, max_body_bytes: int = MiB) -> FastAPI:
     app.include_router(routes.router)
     app.include_router(flow_routes.router)
     app.include_router(worker_routes.router)
+    app.include_router(push_routes.router)
     _document_auth(app)
 
     # Starlette applies the last added middleware outermost.

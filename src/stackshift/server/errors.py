@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import (
     ApiKeyNotFoundError,
+    EndpointNotFoundError,
     EventNotFoundError,
     IdempotencyConflictError,
     InvalidTransitionError,
@@ -60,6 +61,8 @@ def classify(exc: BaseException) -> tuple[int, str, str, dict[str, Any]]:
         return 404, "event_not_found", message, {}
     if isinstance(exc, ApiKeyNotFoundError):
         return 404, "api_key_not_found", message, {}
+    if isinstance(exc, EndpointNotFoundError):
+        return 404, "endpoint_not_found", message, {}
     if isinstance(exc, InvalidTransitionError):
         return 409, "invalid_transition", message, {}
     if isinstance(exc, LockNotAcquiredError):

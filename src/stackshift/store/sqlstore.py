@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .database import Database
+from .endpoints import EndpointStore
 from .events import EventStore
 from .keys import KeyStore
 from .metrics import MetricsStore
@@ -15,7 +16,7 @@ from .state import StateStore
 
 
 class SqlStore(RunStore, EventStore, StateStore, KeyStore, MetricsStore, OverviewStore,
-               QueueStore, ScheduleStore, RetentionStore):
+               QueueStore, ScheduleStore, RetentionStore, EndpointStore):
     """All storage operations, each one short transaction on ``db``.
 
     SQLite and PostgreSQL differ only below this class: connections, the claim

@@ -279,6 +279,34 @@ RETURNING *;
 -- name: touch_api_key
 UPDATE api_keys SET last_used_at = :now WHERE id = :id;
 
+-- name: upsert_endpoint
+-- Registering a URL again keeps its id and secret and replaces what it serves.
+INSERT INTO endpoints (id, url, secret, jobs, rules, concurrency, created_at, updated_at)
+VALUES (:id, :url, :secret, :jobs, :rules, :concurrency, :now, :now)
+ON CONFLICT (url) DO UPDATE SET jobs = excluded.jobs, rules = excluded.rules,
+    concurrency = excluded.concurrency, updated_at = excluded.updated_at;
+
+-- name: endpoint_by_url
+SELECT * FROM endpoints WHERE url = :url;
+
+-- name: list_endpoints
+SELECT * FROM endpoints ORDER BY created_at, id;
+
+-- name: delete_endpoint
+DELETE FROM endpoints WHERE id = :id RETURNING *;
+
+-- name: insert_push_delivery
+INSERT INTO push_deliveries (id, endpoint_id, run_id, attempt, created_at)
+VALUES (:id, :endpoint_id, :run_id, :attempt, :now);
+
+-- name: accept_push_delivery
+-- Once: a second request carrying the same delivery changes nothing.
+UPDATE push_deliveries SET accepted_at = :now WHERE id = :id AND accepted_at IS NULL
+RETURNING run_id, attempt;
+
+-- name: purge_push_deliveries
+DELETE FROM push_deliveries WHERE created_at < :before;
+
 -- name: count_runs_by_queue_status
 SELECT queue, status, COUNT(*) AS n FROM runs GROUP BY queue, status;
 

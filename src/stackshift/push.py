@@ -1,0 +1,282 @@
+"""Push mode, the application's half: the handler route the server invokes.
+
+Mount :func:`asgi_app` in an ASGI application (FastAPI, Starlette, ...) or
+:func:`wsgi_app` in a WSGI one (Flask, Django, ...) and register the route's
+public URL with the server. The server then executes runs of the route's jobs
+by posting them to it, signed (see :mod:`stackshift.signing`)::
+
+    app = FastAPI()
+    stackshift = StackShift(api_key=..., base_url="https://stackshift.internal")
+    @stackshift.job("userOnboarding")
+    async def user_onboarding(ctx): ...
+    app.mount("/stackshift", asgi_app(stackshift, url="https://app.example.com/stackshift"))
+
+For each request the route checks the signature and its age (401 and nothing
+runs otherwise), accepts the delivery with the server (once: a replay gets
+401), then runs the handler. Every step's result is checkpointed through the
+server before the next step runs, and the attempt's ending before the route
+answers, exactly as a remote worker does; a sleep or an event wait ends the
+request, and the server posts the run again when it resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from pydantic import ValidationError as PydanticValidationError
+
+from . import runlogs
+from .errors import AttemptTimeoutError, AuthenticationError, RemoteError, ValidationError
+from .server import push_schemas as p
+from .server import worker_schemas as w
+from .signing import SignatureError, verify
+from .store.base import ClaimedRun, Lease
+from .worker.executor import execute_async, execute_sync
+from .worker.invocation import Invocation
+
+if TYPE_CHECKING:
+    from .client import StackShift
+    from .remote import RemoteService
+
+log = logging.getLogger("stackshift.push")
+
+#: Largest request body the route reads (a run with its completed steps).
+MAX_BODY_BYTES = 64 * 1024 * 1024
+SECRET_ENV = "STACKSHIFT_SIGNING_SECRET"
+
+Reply = tuple[int, dict[str, Any]]
+
+
+def _error(status: int, code: str, message: str) -> Reply:
+    return status, {"error": {"code": code, "message": message}}
+
+
+class PushRoute:
+    """What both adapters share: check a request, then execute the run it carries."""
+
+    def __init__(self, client: StackShift, *, url: str | None = None,
+                 secret: str | None = None, concurrency: int = 10) -> None:
+        from .remote import RemoteService
+        from .remote_worker import RemoteWorkerService
+
+        api = client._api
+        if not isinstance(api, RemoteService):
+            raise ValidationError(
+                "push mode runs through stackshift server: use a client made with "
+                "StackShift(api_key=..., base_url=...)")
+        self.remote: RemoteService = api
+        self.client = client
+        self.service = RemoteWorkerService(api, client._registry)
+        self.endpoint_id: str | None = None
+        if url is not None:
+            if secret is not None:
+                raise ValidationError("give url= (register and use the server's secret) "
+                                      "or secret=, not both")
+            registered = self.register(url, concurrency=concurrency)
+            secret = registered.secret
+            self.endpoint_id = registered.id
+        secret = secret or os.environ.get(SECRET_ENV)
+        if not secret:
+            raise ValidationError(
+                f"the route needs its endpoint's signing secret: pass url= to register it, "
+                f"or secret= (or {SECRET_ENV}) from `stackshift endpoints add`")
+        self.secret = secret
+        self._timeouts = ThreadPoolExecutor(32, thread_name_prefix="stackshift-push-job")
+        self._logs_lock = threading.Lock()
+        self._logs_installed = False
+
+    def register(self, url: str, *, concurrency: int = 10) -> Any:
+        """Register ``url`` for every job of the client (again at each start is fine)."""
+        rules = self.service.claim_rules()
+        return self.remote.register_endpoint(
+            url, sorted(job.name for job in self.client._registry), concurrency=concurrency,
+            key_limits=dict(rules.key_limits), on_failure=dict(rules.on_failure))
+
+    # -- checking a request --------------------------------------------------------------
+
+    def admit(self, method: str, headers: dict[str, str], body: bytes) -> Invocation | Reply:
+        """The invocation a request carries, or the reply that refuses it."""
+        try:
+            verify(self.secret, headers, body, self.service.clock.now())
+        except SignatureError as exc:
+            return _error(401, exc.code, str(exc))
+        if method != "POST":
+            return _error(405, "method_not_allowed", "the route accepts POST only")
+        try:
+            delivery = p.Delivery.model_validate_json(body)
+        except PydanticValidationError as exc:
+            return _error(400, "malformed_delivery", f"the delivery is not valid: {exc}")
+        run = delivery.claimed.run.to_model()
+        job = self.client._registry.get(run.job)
+        if job is None:
+            return _error(404, "unknown_job", f"this route does not serve job {run.job!r}")
+        lease = Lease(run.id, delivery.worker_id, delivery.claimed.attempt)
+        try:
+            accepted = self.remote._call("POST", "/v1/worker/push/accept", json={
+                "deliveryId": delivery.delivery_id, "lease": w.LeaseBody.of(lease)}).json()
+        except (httpx.HTTPError, RemoteError, AuthenticationError) as exc:
+            return _error(503, "server_unreachable",
+                          f"could not accept the delivery with the server: {exc}")
+        if not p.Accepted.model_validate(accepted).accepted:
+            return _error(401, "replayed", "this delivery was accepted before; it runs once")
+        claimed = ClaimedRun(
+            run=run, lease=lease, retry_base=delivery.claimed.retry_base,
+            steps={step.key: step.to_model() for step in delivery.claimed.steps},
+            new_attempt=delivery.claimed.new_attempt,
+        )
+        self._install_logs()
+        return Invocation(self.service, job, claimed, delivery.lease_seconds)  # type: ignore[arg-type]
+
+    def _install_logs(self) -> None:
+        with self._logs_lock:
+            if not self._logs_installed:
+                runlogs.install()  # captures ctx.log and the logging of handlers
+                self._logs_installed = True
+
+    # -- executing -----------------------------------------------------------------------
+
+    def execute_sync(self, invocation: Invocation) -> Reply:
+        """Run a plain handler; a job ``timeout`` fails the attempt and abandons the thread."""
+        timeout = invocation.job.timeout
+        if timeout is None:
+            execute_sync(invocation, self.client.state)
+        else:
+            future = self._timeouts.submit(execute_sync, invocation, self.client.state)
+            try:
+                future.result(timeout)
+            except FutureTimeout:
+                invocation.fail(AttemptTimeoutError(f"attempt ran longer than {timeout:g}s"))
+                invocation.abandoned = True
+        return self._done(invocation)
+
+    async def execute_async(self, invocation: Invocation) -> Reply:
+        await execute_async(invocation, self.client.state_async)
+        return self._done(invocation)
+
+    @staticmethod
+    def _done(invocation: Invocation) -> Reply:
+        return 200, {"runId": invocation.run.id, "attempt": invocation.lease.attempt}
+
+    def handle(self, method: str, headers: dict[str, str], body: bytes) -> Reply:
+        """Check and execute in this thread (async handlers on a loop of their own)."""
+        admitted = self.admit(method, headers, body)
+        if not isinstance(admitted, Invocation):
+            return admitted
+        if admitted.job.is_async:
+            return asyncio.run(self.execute_async(admitted))
+        return self.execute_sync(admitted)
+
+
+def _json(reply: Reply) -> tuple[int, bytes]:
+    status, data = reply
+    return status, json.dumps(data).encode()
+
+
+class AsgiRoute:
+    """The route as an ASGI application (mount it at any path)."""
+
+    def __init__(self, route: PushRoute) -> None:
+        self.route = route
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Any],
+                       send: Callable[[dict[str, Any]], Any]) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > MAX_BODY_BYTES:
+                await self._reply(send, _error(413, "body_too_large",
+                                               "the request body is over the route's limit"))
+                return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope.get("headers", [])}
+        route = self.route
+        admitted = await asyncio.to_thread(route.admit, scope["method"], headers, bytes(body))
+        if not isinstance(admitted, Invocation):
+            reply = admitted
+        elif admitted.job.is_async:
+            reply = await route.execute_async(admitted)
+        else:
+            reply = await asyncio.to_thread(route.execute_sync, admitted)
+        await self._reply(send, reply)
+
+    @staticmethod
+    async def _reply(send: Callable[[dict[str, Any]], Any], reply: Reply) -> None:
+        status, payload = _json(reply)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
+
+
+class WsgiRoute:
+    """The route as a WSGI application (Flask, Django and any WSGI server)."""
+
+    def __init__(self, route: PushRoute) -> None:
+        self.route = route
+
+    def __call__(self, environ: dict[str, Any],
+                 start_response: Callable[..., Any]) -> Iterable[bytes]:
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY_BYTES:
+            reply = _error(413 if length > 0 else 400, "bad_length",
+                           "the request needs a Content-Length within the route's limit")
+        else:
+            body = environ["wsgi.input"].read(length) if length else b""
+            headers = {key[5:].replace("_", "-").lower(): value
+                       for key, value in environ.items() if key.startswith("HTTP_")}
+            reply = self.route.handle(environ.get("REQUEST_METHOD", "GET"), headers, body)
+        status, payload = _json(reply)
+        start_response(f"{status} {_REASONS.get(status, 'Error')}",
+                       [("Content-Type", "application/json"),
+                        ("Content-Length", str(len(payload)))])
+        return [payload]
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+            405: "Method Not Allowed", 413: "Content Too Large", 503: "Service Unavailable"}
+
+
+def asgi_app(client: StackShift, *, url: str | None = None, secret: str | None = None,
+             concurrency: int = 10) -> AsgiRoute:
+    """The handler route for ``client``'s jobs, as an ASGI application.
+
+    ``url`` is the route's public URL: given, the route registers itself with
+    the server now (for every job of ``client``) and signs with the secret the
+    server keeps for that URL. Without it, pass ``secret`` (or set
+    ``STACKSHIFT_SIGNING_SECRET``) from ``stackshift endpoints add``.
+    ``concurrency`` bounds the runs the server posts to the route at once.
+    """
+    return AsgiRoute(PushRoute(client, url=url, secret=secret, concurrency=concurrency))
+
+
+def wsgi_app(client: StackShift, *, url: str | None = None, secret: str | None = None,
+             concurrency: int = 10) -> WsgiRoute:
+    """The handler route as a WSGI application; the options are :func:`asgi_app`'s."""
+    return WsgiRoute(PushRoute(client, url=url, secret=secret, concurrency=concurrency))

@@ -1,0 +1,259 @@
+"""Push mode, the server's half: invoke the registered handler routes.
+
+For every registered endpoint, :class:`Dispatcher` claims due runs of the
+endpoint's jobs (at most its ``concurrency`` at a time), records a delivery,
+and posts the claimed run to the route, signed (see :mod:`stackshift.signing`).
+The route executes the handler and makes each step, and the attempt's ending,
+durable through ``/v1/worker/...`` as a remote worker does, before it answers.
+
+While a request is open the dispatcher renews the run's lease. Each claim
+leases under an owner id of its own (``<dispatcher>.<n>``), so a run handed
+back and delivered again can never be checkpointed by the earlier request.
+When a route cannot be reached or answers with an error, its run is handed back
+(the next delivery replays the completed steps) and the endpoint is left alone
+for a while, longer after each failure in a row, up to ``MAX_BACKOFF``.
+If the server itself dies, leases run out and the rescuer retries the runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import httpx
+
+from ..ids import new_id
+from ..models import Endpoint
+from ..service import Service
+from ..signing import sign
+from ..store.base import ClaimedRun, Lease
+from ..store.flow import ClaimRules
+from . import push_schemas as p
+from . import schemas as s
+from . import worker_schemas as w
+from .worker_routes import ClaimSignal
+
+log = logging.getLogger("stackshift.server")
+
+#: Seconds between reloads of the endpoint list (registrations made elsewhere).
+REFRESH_SECONDS = 1.0
+#: First and longest pause of an endpoint after failed deliveries.
+MIN_BACKOFF = 0.25
+MAX_BACKOFF = 5.0
+#: Deliveries older than this are deleted; their signatures expired long before.
+DELIVERY_RETENTION = 3600.0
+
+
+@dataclass
+class _Route:
+    endpoint: Endpoint
+    in_flight: dict[str, Lease] = field(default_factory=dict)
+    failures: int = 0
+    paused_until: float = 0.0
+
+
+class Dispatcher:
+    """Delivers runs to the handler routes registered with ``/v1/endpoints``."""
+
+    def __init__(self, service: Service, signal: ClaimSignal, *, lease: float = 30.0,
+                 request_timeout: float = 900.0, transport: httpx.BaseTransport | None = None,
+                 ) -> None:
+        self.service = service
+        self.signal = signal
+        self.id = new_id("wkr")
+        self.lease_seconds = lease
+        self._routes: dict[str, _Route] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._claims = 0
+        self._pool = ThreadPoolExecutor(64, thread_name_prefix="stackshift-push")
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(request_timeout, connect=5.0),
+            headers={"content-type": "application/json", "user-agent": "stackshift-server"},
+            # A route mounted at /path may redirect to /path/ (307 keeps the body).
+            follow_redirects=True,
+            transport=transport,
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> Dispatcher:
+        if self._thread is None:
+            self._stop.clear()
+            self.signal.ensure_watching()
+            self._thread = threading.Thread(target=self._loop, name="stackshift-dispatch",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop delivering; runs still in flight are handed back to their queue."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        with self._lock:
+            leases = [lease for route in self._routes.values()
+                      for lease in route.in_flight.values()]
+        for lease in leases:
+            try:
+                self.service.store.release_run(lease, self.service.clock.now())
+            except Exception:
+                log.warning("push: could not hand back run %s", lease.run_id, exc_info=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._http.close()
+        try:
+            self.service.store.unregister_worker(self.id)
+        except Exception:
+            log.warning("push: could not unregister", exc_info=True)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        next_refresh = next_renewal = next_purge = 0.0
+        while not self._stop.is_set():
+            seen = self.signal.generation
+            try:
+                now = time.monotonic()
+                if now >= next_refresh:
+                    next_refresh = now + REFRESH_SECONDS
+                    self._refresh()
+                if now >= next_renewal:
+                    next_renewal = now + self.lease_seconds / 3
+                    self._renew()
+                if now >= next_purge:
+                    next_purge = now + 60
+                    self.service.store.purge_push_deliveries(
+                        self.service.clock.now() - DELIVERY_RETENTION)
+                busy = self._claim_all()
+            except Exception:
+                log.exception("push: dispatch round failed; retrying")
+                busy = False
+                self._stop.wait(1.0)
+            if busy:
+                continue
+            # Sleep until a run may have become claimable, a delivery ends, or a
+            # fallback tick (runs due by time, endpoints coming back).
+            deadline = time.monotonic() + 0.25
+            while (not self._stop.is_set() and self.signal.generation == seen
+                   and time.monotonic() < deadline):
+                time.sleep(0.005)
+
+    def _refresh(self) -> None:
+        endpoints = {e.id: e for e in self.service.store.list_endpoints(with_secrets=True)}
+        with self._lock:
+            for endpoint_id in list(self._routes):
+                if endpoint_id not in endpoints and not self._routes[endpoint_id].in_flight:
+                    del self._routes[endpoint_id]
+            for endpoint_id, endpoint in endpoints.items():
+                route = self._routes.get(endpoint_id)
+                if route is None:
+                    self._routes[endpoint_id] = _Route(endpoint)
+                else:
+                    route.endpoint = endpoint
+            jobs = sorted({job for e in endpoints.values() for job in e.jobs})
+            total = sum(e.concurrency for e in endpoints.values())
+        if endpoints:
+            self.service.store.register_worker(
+                self.id, socket.gethostname(), os.getpid(), jobs, None, total,
+                self.service.clock.now())
+
+    def _renew(self) -> None:
+        with self._lock:
+            leases = [lease for route in self._routes.values()
+                      for lease in route.in_flight.values()]
+        if leases:
+            self.service.store.renew_leases(leases, self.service.clock.now(),
+                                            self.lease_seconds)
+
+    def _claim_all(self) -> bool:
+        """Claim for every endpoint with free slots; whether any took a full batch."""
+        busy = False
+        now = time.monotonic()
+        with self._lock:
+            routes = [r for r in self._routes.values() if r.paused_until <= now]
+        for route in routes:
+            endpoint = route.endpoint
+            with self._lock:
+                free = endpoint.concurrency - len(route.in_flight)
+            if free <= 0 or endpoint.id not in self._routes:
+                continue
+            self._claims += 1
+            owner = f"{self.id}.{self._claims}"
+            claimed = self.service.store.claim_runs(
+                owner, endpoint.jobs, free, self.lease_seconds, self.service.clock.now(),
+                None, ClaimRules(endpoint.key_limits, endpoint.on_failure))
+            for item in claimed:
+                with self._lock:
+                    route.in_flight[item.run.id] = item.lease
+                self._pool.submit(self._deliver, route, item)
+            busy = busy or (bool(claimed) and len(claimed) == free)
+        return busy
+
+    # -- one delivery --------------------------------------------------------------------
+
+    def _deliver(self, route: _Route, claimed: ClaimedRun) -> None:
+        endpoint = route.endpoint
+        lease = claimed.lease
+        ok = False
+        try:
+            delivery_id = new_id("dlv")
+            self.service.store.insert_push_delivery(delivery_id, endpoint.id, lease.run_id,
+                                                    lease.attempt, self.service.clock.now())
+            body = p.Delivery(
+                delivery_id=delivery_id, endpoint_id=endpoint.id, worker_id=lease.worker_id,
+                lease_seconds=self.lease_seconds,
+                claimed=w.ClaimedRun(
+                    run=s.Run.of(claimed.run), attempt=lease.attempt,
+                    retry_base=claimed.retry_base, new_attempt=claimed.new_attempt,
+                    steps=[s.Step.of(step) for step in claimed.steps.values()]),
+            ).model_dump_json(by_alias=True).encode()
+            assert endpoint.secret is not None
+            headers = sign(endpoint.secret, body, time.time())
+            response = self._http.post(endpoint.url, content=body, headers=headers)
+            ok = response.is_success
+            if not ok:
+                log.warning("push: %s answered %d for run %s: %s", endpoint.url,
+                            response.status_code, lease.run_id, _reason(response))
+        except httpx.HTTPError as exc:
+            log.warning("push: could not deliver run %s to %s: %s", lease.run_id,
+                        endpoint.url, exc)
+        except Exception:
+            log.exception("push: delivering run %s failed", lease.run_id)
+        finally:
+            self._ended(route, lease, ok)
+
+    def _ended(self, route: _Route, lease: Lease, ok: bool) -> None:
+        with self._lock:
+            route.in_flight.pop(lease.run_id, None)
+            if ok:
+                route.failures = 0
+                route.paused_until = 0.0
+            else:
+                route.failures += 1
+                pause = min(MAX_BACKOFF, MIN_BACKOFF * 2 ** (route.failures - 1))
+                route.paused_until = time.monotonic() + pause
+        if not ok:
+            # Conditional on the lease: a no-op when the route recorded an ending.
+            try:
+                self.service.store.release_run(lease, self.service.clock.now())
+            except Exception:
+                log.warning("push: could not hand back run %s", lease.run_id, exc_info=True)
+        self.signal.bump()
+
+
+def _reason(response: httpx.Response) -> str:
+    try:
+        error = response.json()["error"]
+        return f"{error['code']}: {error['message']}"
+    except (ValueError, KeyError, TypeError):
+        return response.text[:200]
+
+
+__all__ = ["Dispatcher"]

@@ -1,0 +1,51 @@
+"""``/v1/endpoints``: register the handler routes the server invokes (push mode).
+
+An application registers its route with the jobs it serves (``stackshift
+endpoints add URL --jobs ...``, or at start-up through this API) and gets the
+secret that signs the server's requests to it. ``/v1/worker/push/accept`` is
+the route's one extra call: it accepts a delivery once, before running anything.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
+
+from . import push_schemas as p
+from .routes import ERRORS, NOT_FOUND, service_of
+
+router = APIRouter(prefix="/v1", responses=ERRORS)
+
+EndpointId = Annotated[str, Path(description="An endpoint id (`ep_...`).")]
+
+
+@router.post("/endpoints", tags=["push endpoints"],
+             summary="Register a handler route, or update what it serves")
+def register_endpoint(body: p.RegisterEndpoint, request: Request) -> p.Endpoint:
+    """Returns the endpoint with its signing secret. Registering the same URL again
+    keeps its id and secret, so an application may register at every start."""
+    registered = service_of(request).register_endpoint(
+        body.url, list(body.jobs), concurrency=body.concurrency,
+        key_limits=dict(body.key_limits), on_failure=dict(body.on_failure))
+    return p.Endpoint.of(registered)
+
+
+@router.get("/endpoints", tags=["push endpoints"], summary="List handler routes (no secrets)")
+def list_endpoints(request: Request) -> p.EndpointList:
+    return p.EndpointList(items=[p.Endpoint.of(e) for e in service_of(request).list_endpoints()])
+
+
+@router.delete("/endpoints/{endpoint_id}", tags=["push endpoints"], responses=NOT_FOUND,
+               summary="Stop invoking a handler route")
+def remove_endpoint(endpoint_id: EndpointId, request: Request) -> p.Endpoint:
+    return p.Endpoint.of(service_of(request).remove_endpoint(endpoint_id))
+
+
+@router.post("/worker/push/accept", tags=["push endpoints"],
+             summary="Accept a signed delivery before executing it (once)")
+def accept_delivery(body: p.AcceptDelivery, request: Request) -> p.Accepted:
+    """`accepted` is true the first time only: a replayed delivery gets false."""
+    lease = body.lease.to_lease()
+    return p.Accepted(accepted=service_of(request).accept_push_delivery(
+        body.delivery_id, lease.run_id, lease.attempt))

@@ -1,0 +1,56 @@
+"""``stackshift endpoints add|list|remove``: register push routes, directly on the database."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+from serverproc import admin_service
+
+from stackshift.cli.server_commands import endpoints
+
+
+def test_endpoints_cli(db_url: str) -> None:
+    runner = CliRunner()
+    url = "https://app.example.com/api/stackshift"
+    added = runner.invoke(endpoints, ["add", url, "--jobs", "userOnboarding, sendReceipt",
+                                      "--database-url", db_url])
+    assert added.exit_code == 0, added.output
+    secret = added.stdout.strip()
+    assert secret.startswith("whsec_") and len(secret) > 40
+    assert "STACKSHIFT_SIGNING_SECRET" in added.stderr
+
+    listed = runner.invoke(endpoints, ["list", "--json", "--database-url", db_url])
+    [shown] = json.loads(listed.stdout)
+    assert (shown["url"], shown["jobs"], shown["concurrency"]) == (
+        url, ["sendReceipt", "userOnboarding"], 10)
+    assert secret not in listed.stdout
+
+    # Adding the URL again updates what it serves and keeps its id and secret.
+    again = runner.invoke(endpoints, ["add", url, "--jobs", "sendReceipt", "--concurrency", "3",
+                                      "--json", "--database-url", db_url])
+    assert again.exit_code == 0, again.output
+    updated = json.loads(again.stdout)
+    assert (updated["id"], updated["secret"], updated["jobs"], updated["concurrency"]) == (
+        shown["id"], secret, ["sendReceipt"], 3)
+
+    # Bad input: a clear error, exit code 2, nothing written.
+    for bad in (["add", "ftp://app.example.com/", "--jobs", "x"],
+                ["add", "app.example.com/stackshift", "--jobs", "x"],
+                ["add", "https://other.example.com/", "--jobs", "bad name"],
+                ["add", "https://other.example.com/", "--jobs", " , "]):
+        refused = runner.invoke(endpoints, [*bad, "--database-url", db_url])
+        assert refused.exit_code == 2, (bad, refused.output)
+        assert refused.stderr.startswith("error: ")
+    service = admin_service(db_url)
+    try:
+        assert [e.url for e in service.list_endpoints()] == [url]
+    finally:
+        service.close()
+
+    removed = runner.invoke(endpoints, ["remove", shown["id"], "--database-url", db_url])
+    assert removed.exit_code == 0, removed.output
+    assert runner.invoke(endpoints, ["list", "--database-url", db_url]).stdout.startswith(
+        "No endpoints")
+    unknown = runner.invoke(endpoints, ["remove", shown["id"], "--database-url", db_url])
+    assert unknown.exit_code == 3 and "no endpoint" in unknown.stderr

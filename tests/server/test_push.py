@@ -1,0 +1,275 @@
+"""Push mode end to end: ``stackshift server`` invokes an application's handler route.
+
+The application is ``push_app.py``: FastAPI served by uvicorn in a subprocess
+on 127.0.0.1, talking to a real ``stackshift server`` process with an API key
+only. Steps leave fsynced lines in an effects file, so a killed application
+leaves an exact record of what ran.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+import httpx
+import pytest
+from serverproc import Server, free_port, start_server, stop_server
+
+import stackshift
+from stackshift import StackShift
+from stackshift.signing import sign
+from stackshift.store import open_store
+
+HERE = Path(__file__).parent
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def server(db_url: str, tmp_path: Path) -> Iterator[Server]:
+    store = open_store(db_url)
+    store.migrate()
+    store.close()
+    running = start_server(db_url, tmp_path / "server.log")
+    try:
+        yield running
+    finally:
+        stop_server(running)
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[StackShift]:
+    remote = StackShift(api_key=server.api_key, base_url=server.url)
+    yield remote
+    remote.close()
+
+
+class PushApp:
+    """``uvicorn push_app:app`` on one port, started (and killed) by the test."""
+
+    def __init__(self, server: Server, tmp: Path) -> None:
+        self.server = server
+        self.tmp = tmp
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/stackshift/"
+        self.effects = tmp / "effects.txt"
+        self.record = tmp / "requests.jsonl"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self, *, hang_at: str | None = None) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("STACKSHIFT_", "PUSH_"))}
+        env.update(STACKSHIFT_URL=self.server.url, STACKSHIFT_API_KEY=self.server.api_key,
+                   PUSH_URL=self.url, PUSH_EFFECTS=str(self.effects),
+                   PUSH_RECORD=str(self.record))
+        if hang_at is not None:
+            env["PUSH_HANG_AT"] = hang_at
+        log = self.tmp / f"app-{self.starts}.out"
+        self.starts += 1
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "push_app:app", "--app-dir", str(HERE),
+                 "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
+                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.tmp,
+            )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).is_success:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the application did not start:\n{log.read_text()}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def lines(self) -> list[str]:
+        return self.effects.read_text().splitlines() if self.effects.exists() else []
+
+    def effects_of(self, kind: str) -> Counter[str]:
+        """How often each step reached ``start`` or ``done``."""
+        return Counter(line.split(":")[1] for line in self.lines() if line.startswith(kind + ":"))
+
+    def wait_for_line(self, prefix: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(line.startswith(prefix) for line in self.lines()):
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"no {prefix!r} in the effects after {timeout}s: {self.lines()}")
+
+    def requests(self) -> list[dict[str, Any]]:
+        if not self.record.exists():
+            return []
+        return [json.loads(line) for line in self.record.read_text().splitlines()]
+
+
+@pytest.fixture
+def push_app(server: Server, tmp_path: Path) -> Iterator[PushApp]:
+    app = PushApp(server, tmp_path)
+    try:
+        yield app
+    finally:
+        app.stop()
+
+
+def wait_status(client: StackShift, run_id: str, status: str, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = client.runs.get(run_id)
+        if run.status == status:
+            return run
+        time.sleep(0.05)
+    raise AssertionError(f"run {run_id} is not {status} after {timeout}s: "
+                         f"{client.runs.get(run_id)}")
+
+
+def test_user_onboarding_survives_a_killed_app_and_resumes_on_its_event(
+    client: StackShift, push_app: PushApp
+) -> None:
+    push_app.start(hang_at="send-verification-email")
+    run = client.start("userOnboarding", {"userId": "42", "email": "ada@example.com"})
+
+    # The first step completes; the app is killed in the middle of the second.
+    push_app.wait_for_line("start:send-verification-email")
+    assert push_app.effects_of("done") == Counter({"create-user": 1})
+    push_app.kill()
+
+    # The server hands the run back and delivers it again once the app is up.
+    push_app.start()
+    waiting = wait_status(client, run.id, "waiting")
+    assert waiting.waiting_for is not None
+    assert (waiting.waiting_for.event_name, waiting.waiting_for.correlation_key) == (
+        "email.verified", "user:42")
+    steps = {s.name: s.status for s in client.runs.steps(run.id)}
+    assert steps == {"create-user": "completed", "send-verification-email": "completed",
+                     "email.verified": "waiting"}
+
+    sent = client.events.send("email.verified", {"userId": "42"}, correlation_key="user:42")
+    assert sent.resumed_run_ids == [run.id]
+    done = wait_status(client, run.id, "completed")
+    assert done.result == {"onboarded": "42", "eventId": sent.id}
+
+    # No completed step ran twice: only the step the kill interrupted started again.
+    assert push_app.effects_of("done") == Counter(
+        {"create-user": 1, "send-verification-email": 1, "unlock-account": 1})
+    assert push_app.effects_of("start") == Counter(
+        {"create-user": 1, "send-verification-email": 2, "unlock-account": 1})
+    # One attempt throughout: handing the run back after the kill ends no attempt.
+    assert [a.status for a in client.runs.attempts(run.id)] == ["completed"]
+    kinds = [e.kind for e in client.runs.timeline(run.id)]
+    assert "run.queued" in kinds[1:]  # handed back after the kill
+
+
+def _post(url: str, headers: dict[str, str], body: bytes) -> httpx.Response:
+    return httpx.post(url, content=body, headers={"content-type": "application/json",
+                                                  **headers}, timeout=30)
+
+
+def test_forged_tampered_stale_and_replayed_requests_get_401_and_run_nothing(
+    client: StackShift, push_app: PushApp, server: Server
+) -> None:
+    push_app.start()
+    first = client.start("pushEcho", {"n": 1})
+    assert client.runs.wait(first.id, timeout=30).result == {"echo": 1}
+    [captured] = push_app.requests()
+    body = base64.b64decode(captured["body"])
+    genuine = {k: v for k, v in captured["headers"].items() if k.startswith("stackshift-")}
+    assert set(genuine) == {"stackshift-timestamp", "stackshift-signature"}
+    before = push_app.lines()
+
+    # The secret, as an application registering the same URL is given it.
+    with server.http() as http:
+        secret = http.post("/v1/endpoints", json={"url": push_app.url, "jobs": ["pushEcho"]}
+                           ).json()["secret"]
+    fresh = json.loads(body)
+    fresh["deliveryId"] = "dlv_never_sent"
+    fresh_body = json.dumps(fresh).encode()
+
+    attempts = {
+        "replayed": (genuine, body),
+        "unsigned": ({}, body),
+        "forged": (sign("whsec_not-the-secret", body, time.time()), body),
+        "tampered": (genuine, body.replace(b'"n":1', b'"n":2')),
+        "stale": (sign(secret, fresh_body, time.time() - 301), fresh_body),
+        "unknown delivery": (sign(secret, fresh_body, time.time()), fresh_body),
+    }
+    codes = {}
+    for what, (headers, content) in attempts.items():
+        assert content != b""
+        response = _post(push_app.url, headers, content)
+        assert response.status_code == 401, (what, response.text)
+        codes[what] = response.json()["error"]["code"]
+    assert codes == {"replayed": "replayed", "unsigned": "unsigned", "forged": "bad_signature",
+                     "tampered": "bad_signature", "stale": "stale_signature",
+                     "unknown delivery": "replayed"}
+
+    # Nothing ran: no step, no new attempt, no new run.
+    assert push_app.lines() == before
+    assert [a.status for a in client.runs.attempts(first.id)] == ["completed"]
+    assert [r.id for r in client.runs.list(job="pushEcho")] == [first.id]
+
+    # The server's own deliveries still go through.
+    second = client.start("pushEcho", {"n": 2})
+    assert client.runs.wait(second.id, timeout=30).result == {"echo": 2}
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_wsgi_route_runs_a_job_whose_sleep_ends_the_invocation(server: Server) -> None:
+    app = StackShift(api_key=server.api_key, base_url=server.url)
+    invocations: list[int] = []
+
+    @app.job("wsgiNap")
+    def wsgi_nap(ctx: Any) -> dict[str, Any]:
+        invocations.append(ctx.run.attempt)
+        before = ctx.step.run("before", lambda: "slept")
+        ctx.step.sleep("nap", "1s")
+        return {"before": before, "invocations": len(invocations)}
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    route = stackshift.wsgi_app(app, url=url)
+    httpd = make_server("127.0.0.1", port, route, handler_class=_Quiet)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        run = app.start("wsgiNap")
+        done = app.runs.wait(run.id, timeout=30)
+        assert done.status == "completed"
+        assert done.result == {"before": "slept", "invocations": 2}
+        assert invocations == [1, 1]  # before the sleep and after it, one attempt
+        [endpoint] = [e for e in app._api.list_endpoints() if e.url == url]
+        assert endpoint.jobs == ["wsgiNap"] and endpoint.secret is None
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        app.close()
