@@ -72,6 +72,7 @@ class Dispatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._claims = 0
+        self._served: tuple[list[str], int] = ([], 0)
         self._pool = ThreadPoolExecutor(64, thread_name_prefix="stackshift-push")
         self._http = httpx.Client(
             timeout=httpx.Timeout(request_timeout, connect=5.0),
@@ -157,20 +158,28 @@ class Dispatcher:
                     self._routes[endpoint_id] = _Route(endpoint)
                 else:
                     route.endpoint = endpoint
-            jobs = sorted({job for e in endpoints.values() for job in e.jobs})
-            total = sum(e.concurrency for e in endpoints.values())
-        if endpoints:
-            self.service.store.register_worker(
-                self.id, socket.gethostname(), os.getpid(), jobs, None, total,
-                self.service.clock.now())
+            served = (sorted({job for e in endpoints.values() for job in e.jobs}),
+                      sum(e.concurrency for e in endpoints.values()))
+        if served != self._served:
+            self._served = served
+            self._register()
+
+    def _register(self) -> None:
+        """Show the dispatcher in the worker registry (the dashboard's workers)."""
+        jobs, concurrency = self._served
+        if jobs:
+            self.service.store.register_worker(self.id, socket.gethostname(), os.getpid(), jobs,
+                                               None, concurrency, self.service.clock.now())
 
     def _renew(self) -> None:
+        """Renew the leases of the runs in flight, and the registry heartbeat."""
         with self._lock:
             leases = [lease for route in self._routes.values()
                       for lease in route.in_flight.values()]
         if leases:
             self.service.store.renew_leases(leases, self.service.clock.now(),
                                             self.lease_seconds)
+        self._register()
 
     def _claim_all(self) -> bool:
         """Claim for every endpoint with free slots; whether any took a full batch."""
