@@ -406,6 +406,45 @@ def test_attempt_timeout_on_the_last_attempt_fails_the_run(app: StackShift) -> N
     assert failed.error is not None and failed.error.type == "AttemptTimeoutError"
 
 
+# -- lost workers ----------------------------------------------------------------------
+
+
+def test_an_attempt_lost_with_its_worker_is_retried_at_once_without_backoff(
+        fake_app: StackShift, clock: FakeClock) -> None:
+    @fake_app.job("patient", max_attempts=2, backoff={"base": "1h", "jitter": False})
+    def patient(ctx):  # type: ignore[no-untyped-def]
+        if ctx.run.attempt == 1:
+            clock.advance("10m")  # this worker stalls past its lease ...
+            fake_app.worker().maintain()  # ... and another worker's rescuer takes the run
+            ctx.step.run("late", lambda: None)  # refused: this attempt stops here
+        return ctx.run.attempt
+
+    run = fake_app.start("patient")
+    run_until_idle(fake_app)  # no clock.advance: the next attempt is due at once
+    done = fake_app.runs.get(run.id)
+    assert (done.status, done.result, done.attempt) == ("completed", 2, 2)
+
+    # The lost attempt is on the record and counted; the job's 1 h backoff was not applied.
+    lost, second = fake_app.runs.attempts(run.id)
+    assert lost.status == "failed"
+    assert lost.error is not None and lost.error.type == "WorkerLost"
+    assert lost.finished_at is not None and second.started_at == lost.finished_at
+    timeline = fake_app.runs.timeline(run.id)
+    kinds = [e.kind for e in timeline]
+    after_loss = kinds[kinds.index("attempt.failed"):]
+    assert after_loss == ["attempt.failed", "run.retrying", "run.queued", "attempt.started",
+                          "run.completed"]
+    retrying = next(e for e in timeline if e.kind == "run.retrying")
+    assert retrying.data["next_attempt_at"] == retrying.at.timestamp()
+
+    # With no attempts left, a lost attempt fails the run as WorkerLost.
+    last = fake_app.start("patient", max_attempts=1)
+    run_until_idle(fake_app)
+    failed = fake_app.runs.get(last.id)
+    assert failed.status == "failed"
+    assert failed.error is not None and failed.error.type == "WorkerLost"
+
+
 # -- cancel ----------------------------------------------------------------------------
 
 

@@ -186,11 +186,15 @@ def test_failure_records_the_traceback() -> None:
     assert tb is not None and "Traceback" in tb and "ValueError: bad row 7" in tb
 
 
-def test_lost_worker_is_recorded_as_worker_lost_and_retried() -> None:
-    outcome = outcomes.lost_worker(attempts_used=1, max_attempts=3, backoff=Backoff(), now=NOW)
+def test_lost_worker_is_recorded_as_worker_lost_and_retried_without_backoff() -> None:
+    # The worker vanished, the job did not fail: the next attempt is due at once,
+    # whatever the job's backoff, but the lost attempt still counts.
+    slow = Backoff(base=60, factor=1, jitter=False)
+    outcome = outcomes.lost_worker(attempts_used=1, max_attempts=3, now=NOW)
     assert outcome.status == "retrying"
     assert outcome.error is not None and outcome.error["type"] == "WorkerLost"
-    assert outcome.retry_at is not None and NOW + 0.5 <= outcome.retry_at <= NOW + 1
-    last = outcomes.lost_worker(attempts_used=3, max_attempts=3, backoff=Backoff(), now=NOW)
+    assert outcome.retry_at == NOW
+    assert _failure(RuntimeError("x"), used=1, backoff=slow).retry_at == NOW + 60
+    last = outcomes.lost_worker(attempts_used=3, max_attempts=3, now=NOW)
     assert last.status == "failed"
     assert last.error is not None and last.error["type"] == "WorkerLost"

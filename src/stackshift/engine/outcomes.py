@@ -37,10 +37,16 @@ def failure(
     return Outcome("retrying", error=error, retry_at=now + delay)
 
 
-def lost_worker(
-    *, attempts_used: int, max_attempts: int, backoff: Backoff, now: float
-) -> Outcome:
-    """The outcome recorded for an attempt whose worker stopped renewing its lease."""
+def lost_worker(*, attempts_used: int, max_attempts: int, now: float) -> Outcome:
+    """The outcome recorded for an attempt whose worker stopped renewing its lease.
+
+    The attempt counts against ``max_attempts`` like any other, but the next one
+    is due at once, without the job's backoff: the worker vanished (crash,
+    kill -9, lost network), the job did not fail, and the lease has already
+    made the run wait its full length. The run still passes through
+    ``retrying`` (``next_attempt_at`` = now), so its timeline shows the attempt
+    failed as ``WorkerLost`` before the next one started.
+    """
     error = {
         "type": "WorkerLost",
         "message": "the worker running this attempt stopped renewing its lease",
@@ -48,4 +54,4 @@ def lost_worker(
     }
     if attempts_used >= max_attempts:
         return Outcome("failed", error=error)
-    return Outcome("retrying", error=error, retry_at=now + backoff.delay(attempts_used))
+    return Outcome("retrying", error=error, retry_at=now)

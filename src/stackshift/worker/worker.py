@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 from .. import runlogs
 from ..durations import parse_duration
 from ..engine import outcomes
-from ..engine.retries import Backoff
 from ..errors import AttemptTimeoutError
 from ..ids import new_id
 from ..store.base import ClaimedRun
@@ -340,12 +339,11 @@ class Worker:
         now = self.service.clock.now()
         changed = 0
         for expired in store.expired_leases(now):
-            job = self.app._registry.get(expired.job)
-            backoff = job.backoff if job else Backoff()
+            # Retried at once, without the job's backoff (see outcomes.lost_worker);
+            # promote_due below queues it in this same round.
             outcome = outcomes.lost_worker(
                 attempts_used=expired.attempts_used,
                 max_attempts=expired.max_attempts,
-                backoff=backoff,
                 now=now,
             )
             if store.finish_attempt(expired.lease, outcome, [], now, expired_before=now):
