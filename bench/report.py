@@ -202,17 +202,17 @@ def check_targets(cells: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 def fmt(value: float | None, digits: int) -> str:
     if value is None:
-        return "–"
+        return "\u2013"
     return f"{value:,.{digits}f}"
 
 
 def spread(cell: dict[str, Any], m: Metric) -> str:
     v = cell.get(m.key)
     if not isinstance(v, dict):
-        return "–"
+        return "\u2013"
     if v["min"] == v["max"]:
         return fmt(v["median"], m.digits)
-    return (f"{fmt(v['median'], m.digits)} ({fmt(v['min'], m.digits)}–"
+    return (f"{fmt(v['median'], m.digits)} ({fmt(v['min'], m.digits)}\u2013"
             f"{fmt(v['max'], m.digits)})")
 
 
@@ -247,7 +247,7 @@ def results_table(workload: str, cells: dict[str, dict[str, Any]], stores: list[
                     ratios = [advantage(median(ours, m.key), median(cell, m.key),
                                         m.higher_is_better)
                               for m in metrics if m.key != "extra_runs"]
-                    row.append(" / ".join("×" + fmt(r, 1) if r is not None else "–"
+                    row.append(" / ".join("\u00d7" + fmt(r, 1) if r is not None else "\u2013"
                                           for r in ratios))
             lines.append("| " + " | ".join(row) + " |")
     out = [f"### {workload}: {title}", "", *lines, ""]
@@ -266,7 +266,7 @@ def targets_table(rows: list[dict[str, Any]]) -> list[str]:
         if m.key == "extra_runs":
             measured = fmt(r["value"], 0)
         if "ratio" in r:
-            measured += f" = ×{r['ratio']:.1f} DBOS"
+            measured += f" = \u00d7{r['ratio']:.1f} DBOS"
         elif r["workload"] == "W5":
             measured += f" (budget {r['limit']:.1f} s)"
         label = f"{r['workload']} {m.label.split(' (')[0]}"
