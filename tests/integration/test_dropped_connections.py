@@ -74,3 +74,21 @@ def test_client_and_worker_carry_on_after_their_connections_are_cut(pg_url: str)
     finally:
         app.close()
         other.close()
+
+
+def test_a_duplicate_start_after_the_cut_returns_the_run_and_notes_it_once(
+        pg_url: str) -> None:
+    # A duplicate start is one statement sent without BEGIN: the cut is found out
+    # by that statement, which moves to a new connection by itself.
+    name = f"drop_{uuid.uuid4().hex[:8]}"
+    app = StackShift(f"{pg_url}&application_name={name}&pool_min=2")
+    try:
+        first = app.start("double", {"n": 1}, idempotency_key="order-1")
+        assert not app.start("double", {"n": 1}, idempotency_key="order-1").created
+        assert terminate(name) >= 2
+        again = app.start("double", {"n": 1}, idempotency_key="order-1")
+        assert (again.id, again.created) == (first.id, False)
+        kinds = [e.kind for e in app.runs.timeline(first.id)]
+        assert kinds.count("run.duplicate_start") == 2
+    finally:
+        app.close()

@@ -276,6 +276,41 @@ class PostgresDatabase:
         """A consistent read-only snapshot (REPEATABLE READ never blocks or fails a reader)."""
         return self._transaction("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 
+    def autocommit_one(self, query: str, **params: Any) -> Row | None:
+        """Run one named statement (one that returns rows) as a transaction of its
+        own; return its first row, if any.
+
+        One round trip: no BEGIN or COMMIT around it. Only for a statement that
+        is a whole transaction by itself and harmless to apply twice: a
+        connection that died while idle in the pool is found out by the
+        statement itself, which then goes to another connection (the pool
+        replaces the dead one); should the link fail just after the server's
+        commit, the statement is applied twice.
+        """
+        if self._closed:
+            raise RuntimeError("the store is closed")
+        deadline = time.monotonic() + self._timeout
+        pause = 0.05
+        while True:
+            conn = self._getconn()
+            try:
+                # A statement that returns rows: fetchone without asking for the
+                # description first (building it costs more than the fetch).
+                return conn.execute(self._queries[query], params).fetchone()
+            except psycopg.OperationalError:
+                if not conn.broken or time.monotonic() >= deadline:
+                    raise
+            except psycopg.DataError as exc:
+                if "NUL" in str(exc):  # refused before it reached the server
+                    raise ValidationError(
+                        "text values cannot contain the NUL character (U+0000)"
+                    ) from exc
+                raise
+            finally:
+                self._pool.putconn(conn)  # a broken connection is discarded
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
     # -- schema ------------------------------------------------------------------
 
     def migrate(self) -> int:

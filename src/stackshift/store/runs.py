@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..engine import transitions
 from ..engine.transitions import Status
@@ -14,6 +14,9 @@ from . import rows
 from .base import NewRun, RunFilter
 from .database import Database, Row, Tx
 from .groupcommit import group_commit_of
+
+if TYPE_CHECKING:
+    from .postgres import PostgresDatabase
 
 
 def add_timeline(
@@ -48,6 +51,13 @@ def waiting_data(waiting: dict[str, Any]) -> dict[str, Any]:
 
 def fingerprint(job: str, payload: str) -> str:
     return digest(job + "\n" + payload)
+
+
+def _conflict(key: str, target_id: str) -> IdempotencyConflictError:
+    return IdempotencyConflictError(
+        f"idempotency key {key!r} belongs to run {target_id} with a different job or payload",
+        target_id,
+    )
 
 
 def load_run(tx: Tx, run_id: str, *, lock: bool = False) -> Row:
@@ -127,11 +137,7 @@ def insert_run(tx: Tx, new: NewRun, now: float) -> Run:
             existing = tx.one("get_idempotency_key", scope="run", key=new.idempotency_key)
             assert existing is not None  # the conflict proves the row exists
             if existing["fingerprint"] != print_:
-                raise IdempotencyConflictError(
-                    f"idempotency key {new.idempotency_key!r} belongs to run "
-                    f"{existing['target_id']} with a different job or payload",
-                    existing["target_id"],
-                )
+                raise _conflict(new.idempotency_key, existing["target_id"])
             row = load_run(tx, existing["target_id"])
             add_timeline(tx, row["id"], "run.duplicate_start", now)
             return rows.run(row, created=False)
@@ -237,6 +243,19 @@ class RunStore:
                     return run
                 except _NotADuplicate:
                     pass
+        elif new.idempotency_key is not None and self.db.dialect == "postgres":
+            # A duplicate in one statement and one round trip, its note not waiting
+            # for the WAL flush (sql/postgres.sql, duplicate_start). A key that is
+            # not live goes the durable way below.
+            found = cast("PostgresDatabase", self.db).autocommit_one(
+                "duplicate_start", key=new.idempotency_key,
+                fingerprint=fingerprint(new.job, new.payload), now=now,
+            )
+            if found is not None:
+                if not found["matched"]:
+                    raise _conflict(new.idempotency_key, found["target_id"])
+                if found["id"] is not None:
+                    return rows.run(found, created=False)
         # Starts from several threads share a transaction and its flush to disk.
         return group_commit_of(self).run(lambda tx: insert_run(tx, new, now))
 

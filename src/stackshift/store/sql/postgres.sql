@@ -189,6 +189,32 @@ WITH renewed AS (
 )
 SELECT cancel_requested FROM renewed;
 
+-- name: duplicate_start
+-- A start whose idempotency key is live, in one statement sent as a transaction
+-- of its own (no BEGIN or COMMIT: one round trip; RunStore.start_run). The key
+-- bound to the same job and payload (:fingerprint): the run.duplicate_start
+-- note is written and the run is returned, matched true. Bound to another job
+-- or payload: the key's target_id only, matched false, nothing written. Missing
+-- or expired: no row, nothing written, and the caller starts the run durably
+-- through insert_run (which also settles a key being taken right now). The note
+-- is all this transaction ever writes, so set_config(..., true) turns
+-- synchronous_commit off for this transaction only, and every note written
+-- passed through it: the commit does not wait for the WAL flush, and a crash of
+-- the server may drop the note, never a run or a key. Keep the checks in step
+-- with claim_idempotency_key and insert_run.
+WITH live AS (
+    SELECT target_id, fingerprint = CAST(:fingerprint AS text) AS matched
+    FROM idempotency_keys
+    WHERE scope = 'run' AND key = CAST(:key AS text) AND expires_at > :now
+), noted AS (
+    INSERT INTO timeline (run_id, at, kind)
+    SELECT r.id, CAST(:now AS double precision), 'run.duplicate_start'
+    FROM live JOIN runs r ON r.id = live.target_id
+    WHERE live.matched AND set_config('synchronous_commit', 'off', true) = 'off'
+)
+SELECT live.matched, live.target_id, r.*
+FROM live LEFT JOIN runs r ON r.id = live.target_id AND live.matched;
+
 -- name: change_marker
 -- Identity values are handed out before commit, so a transaction holding a
 -- lower timeline id can commit after a higher one is already visible: MAX(id)
