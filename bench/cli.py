@@ -3,6 +3,8 @@
     python -m bench                      # everything, 3 repetitions (about 20 minutes)
     python -m bench --quick              # a smoke run: small sizes, 1 repetition
     python -m bench --workloads W1,W6 --engines stackshift,dbos --stores postgres --reps 5
+    python -m bench --workloads W4 --engines stackshift,dbos --out /tmp/w4
+    python -m bench --merge /tmp/w4/results.json   # W4's rows into docs/benchmarks
 
 Results go to ``docs/benchmarks/`` (``results.json``, ``results.md``,
 ``results.png``); a ``--quick`` run writes to ``bench/.quick-results/`` unless
@@ -44,7 +46,15 @@ from bench.common import (
     STORES,
     pg_setting,
 )
-from bench.report import ENGINES, SUPPORT, WORKLOADS, check_targets, markdown, summarise
+from bench.report import (
+    ENGINES,
+    SUPPORT,
+    WORKLOADS,
+    check_targets,
+    markdown,
+    merge,
+    summarise,
+)
 
 MODULES = {
     "stackshift": "bench.engines.stackshift_engine",
@@ -87,6 +97,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--render", action="store_true",
                    help="run nothing: rewrite results.md and results.png from the"
                         " results.json in --out")
+    p.add_argument("--merge", type=Path, metavar="RESULTS_JSON",
+                   help="run nothing: take the workloads measured in RESULTS_JSON (a"
+                        " run of some workloads, e.g. --out elsewhere) into the"
+                        " results.json in --out, keeping the other workloads' figures;"
+                        " then rewrite results.md and results.png")
     p.add_argument("--no-install", action="store_true",
                    help="do not create or update bench/.peers-venv (peers are skipped if"
                         " it is missing)")
@@ -238,8 +253,10 @@ def method(args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     console = Console()
-    if args.render:
+    if args.render or args.merge:
         data = json.loads((args.out / "results.json").read_text())
+        if args.merge:
+            data = merge(data, json.loads(args.merge.read_text()))
         notes = ROOT / "bench" / "analysis.md"
         if notes.exists() and not data["run"]["quick"]:
             data["analysis"] = notes.read_text()

@@ -197,6 +197,42 @@ def check_targets(cells: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with the workloads that ``update`` measured again taken from ``update``.
+
+    Only whole workloads are taken: every engine and store that ``base`` has for
+    a workload must be in ``update`` too, so that a ratio never compares figures
+    from two runs. The other workloads keep their figures. Targets are checked
+    again, and the later run is recorded in ``run["updates"]`` (the markdown
+    names it).
+    """
+    if update["run"].get("quick") or update["run"].get("sizes") != base["run"].get("sizes"):
+        raise ValueError("the update was measured with other sizes (--quick?)")
+    workloads = [w for w in update["run"]["workloads"] if w in base["run"]["workloads"]]
+    for workload in workloads:
+        had = {k for k in base["cells"] if k.endswith(f"/{workload}")}
+        missing = sorted(had - set(update["cells"]))
+        if missing:
+            raise ValueError(f"{workload} was not measured again for {', '.join(missing)}:"
+                             " ratios would compare two runs")
+    merged = {**base, "run": dict(base["run"]), "cells": dict(base["cells"]),
+              "raw": dict(base.get("raw", {}))}
+    for key, cell in update["cells"].items():
+        if key.rsplit("/", 1)[1] in workloads:
+            merged["cells"][key] = cell
+            if key in update.get("raw", {}):
+                merged["raw"][key] = update["raw"][key]
+    info = update["run"]
+    merged["run"]["updates"] = [*base["run"].get("updates", []), {
+        "workloads": workloads,
+        **{k: info[k] for k in ("finished_at", "command", "commit", "load_before",
+                                "load_after", "load_max", "load_mean", "repetitions",
+                                "engines", "stores") if k in info},
+    }]
+    merged["targets"] = check_targets(merged["cells"])
+    return merged
+
+
 # -- markdown ---------------------------------------------------------------------------
 
 
@@ -290,6 +326,13 @@ def markdown(data: dict[str, Any]) -> str:
         f" {info['load_after']:.2f}, mean over the run {info.get('load_mean', 0):.2f}."
         f" {info['load_note']}",
         "",
+        *[line for u in info.get("updates", []) for line in (
+            f"{' and '.join(u['workloads'])} measured again {u['finished_at']} at"
+            f" `{u['commit']}` with `{u['command'].strip()}` ({u['repetitions']}"
+            f" repetitions; load average before {u['load_before']:.2f}, after"
+            f" {u['load_after']:.2f}, at most {u['load_max']:.2f}): their rows, their"
+            " targets and their ratios come from that run, every engine measured in it"
+            " side by side.", "")],
         "Every figure is the median of "
         f"{info['repetitions']} repetitions, with the minimum and maximum in brackets."
         " Ratios compare engines measured in this same run, never across runs.",

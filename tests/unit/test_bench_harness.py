@@ -17,7 +17,7 @@ if str(ROOT) not in sys.path:
 
 from bench.cli import plan  # noqa: E402
 from bench.common import RESULT_MARK, percentile  # noqa: E402
-from bench.report import advantage, check_targets, markdown, summarise  # noqa: E402
+from bench.report import advantage, check_targets, markdown, merge, summarise  # noqa: E402
 
 
 def test_percentile_takes_the_nearest_rank() -> None:
@@ -74,6 +74,42 @@ def test_markdown_shows_ratios_and_why_a_peer_is_missing() -> None:
     assert "| DBOS | SQLite FULL | 300 | 300 | \u00d711.7 / \u00d78.3 |" in text
     assert "Huey deletes a task from the queue" in text
     assert "- same durability" in text
+
+
+def _results(cells: dict[str, dict[str, object]], workloads: list[str],
+             commit: str) -> dict[str, object]:
+    return {
+        "run": {"finished_at": "then", "commit": commit, "command": "python -m bench",
+                "machine": "2 cores", "load_before": 0.5, "load_after": 0.7, "load_max": 0.9,
+                "load_mean": 0.6, "load_note": "", "repetitions": 3, "quick": False,
+                "sizes": {"w5_lease": 5.0}, "stores": ["sqlite-full"],
+                "engines": ["stackshift", "dbos"], "workloads": workloads},
+        "cells": cells, "raw": {k: [] for k in cells}, "targets": check_targets(cells),
+        "fairness": [], "method": [],
+    }
+
+
+def test_merge_takes_whole_workloads_from_a_later_run_and_keeps_the_others() -> None:
+    before = {**_cells(), "dbos/sqlite-full/W5": summarise([{"recovery_s": 1.2}])}
+    before["stackshift/sqlite-full/W5"] = summarise([{"recovery_s": 6.2, "budget_s": 6.0}])
+    base = _results(before, ["W1", "W5"], "aaa")
+    later = {"stackshift/sqlite-full/W5": summarise([{"recovery_s": 5.3, "budget_s": 6.0}]),
+             "dbos/sqlite-full/W5": summarise([{"recovery_s": 1.1}])}
+    merged = merge(base, _results(later, ["W5"], "bbb"))
+    assert merged["cells"]["stackshift/sqlite-full/W5"] == later["stackshift/sqlite-full/W5"]
+    assert merged["cells"]["dbos/sqlite-full/W5"] == later["dbos/sqlite-full/W5"]
+    assert merged["cells"]["stackshift/sqlite-full/W1"] == before["stackshift/sqlite-full/W1"]
+    recovery = [t for t in merged["targets"] if t["metric"] == "recovery_s"]
+    assert [(t["value"], t["met"]) for t in recovery] == [(5.3, True)]
+    assert merged["run"]["commit"] == "aaa"
+    assert [(u["workloads"], u["commit"]) for u in merged["run"]["updates"]] == [(["W5"], "bbb")]
+    assert base["cells"]["stackshift/sqlite-full/W5"] == before["stackshift/sqlite-full/W5"]
+    assert "W5 measured again then at `bbb`" in markdown(merged)
+
+    # Half a workload would put figures of two runs in one ratio: refused.
+    with pytest.raises(ValueError, match="dbos/sqlite-full/W5"):
+        merge(base, _results({"stackshift/sqlite-full/W5": later["stackshift/sqlite-full/W5"]},
+                             ["W5"], "ccc"))
 
 
 def test_repetitions_are_interleaved_and_peers_only_run_what_they_can() -> None:
