@@ -185,7 +185,11 @@ class ExecutionStore:
             flush()
             return claimed
 
-        return self.group_commit.run(work)
+        # A worker's claim shares a transaction with the endings of its runs (it
+        # claims as soon as a handler returns), but goes first: capacity those
+        # endings free in a limited queue is then seen by every worker at once,
+        # instead of passing straight to the worker that held it.
+        return self.group_commit.run(work, first=True)
 
     def _claim_batch(self, tx: Tx, cands: list[Row], worker_id: str, lease_seconds: float,
                      now: float, rules: ClaimRules) -> list[ClaimedRun]:

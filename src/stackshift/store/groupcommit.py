@@ -24,10 +24,11 @@ T = TypeVar("T")
 
 
 class _Item(Generic[T]):
-    __slots__ = ("done", "error", "fn", "result")
+    __slots__ = ("done", "error", "first", "fn", "result")
 
-    def __init__(self, fn: Callable[[Tx], T]) -> None:
+    def __init__(self, fn: Callable[[Tx], T], first: bool) -> None:
         self.fn = fn
+        self.first = first
         self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
@@ -51,9 +52,13 @@ class GroupCommit:
         self._queue: list[_Item[Any]] = []
         self._busy = 0
 
-    def run(self, fn: Callable[[Tx], T]) -> T:
-        """Run ``fn`` in a write transaction (maybe shared); return once it is committed."""
-        item: _Item[T] = _Item(fn)
+    def run(self, fn: Callable[[Tx], T], *, first: bool = False) -> T:
+        """Run ``fn`` in a write transaction (maybe shared); return once it is committed.
+
+        ``first`` writes go before the others of their shared transaction, so
+        they do not see what those others write.
+        """
+        item: _Item[T] = _Item(fn, first)
         with self._cond:
             self._queue.append(item)
             while self._busy >= self.lanes and item in self._queue:
@@ -81,6 +86,7 @@ class GroupCommit:
         return item.result  # type: ignore[no-any-return]
 
     def _commit(self, batch: list[_Item[Any]]) -> None:
+        batch = sorted(batch, key=lambda item: not item.first)  # stable: arrival order
         if len(batch) > 1:
             try:
                 results = []

@@ -26,6 +26,7 @@ def execute_sync(invocation: Invocation, state: State) -> None:
             value = invocation.job.handler(ctx)
         except (Exception, HandlerSignal) as exc:
             error = exc
+        invocation.returned()
         invocation.conclude(error, value)
     except Exception:
         log.exception("run %s: could not record the attempt's outcome", invocation.run.id)
@@ -55,6 +56,7 @@ async def execute_async(invocation: Invocation, state: AsyncState) -> None:
                     error = AttemptTimeoutError(f"attempt ran longer than {timeout:g}s")
         except (Exception, HandlerSignal) as exc:
             error = exc
+        invocation.returned()
         await asyncio.to_thread(invocation.conclude, error, value)
     except Exception:
         log.exception("run %s: could not record the attempt's outcome", invocation.run.id)

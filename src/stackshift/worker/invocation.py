@@ -65,6 +65,8 @@ class Invocation:
         self.abandoned = False
         #: a NonDeterminismError fails the run even if the handler swallowed it
         self.fatal: BaseException | None = None
+        #: called once the handler has returned or raised, before its ending is recorded
+        self.on_return: Callable[[], None] | None = None
 
     # -- bookkeeping ---------------------------------------------------------------
 
@@ -76,6 +78,12 @@ class Invocation:
     def take_logs(self) -> list[LogWrite]:
         logs, self._logs = self._logs, []
         return logs
+
+    def returned(self) -> None:
+        """The handler is done: its worker slot may take the next run while the
+        ending is recorded (the run stays leased until then)."""
+        if self.on_return is not None:
+            self.on_return()
 
     def next_key(self, name: str) -> str:
         self._occurrences[name] += 1

@@ -44,6 +44,8 @@ class _Active:
     deadline: float | None  # monotonic
     future: Any = None
     timed_out: bool = field(default=False)
+    #: the handler is done and its ending is being recorded: its slot is free
+    returned: bool = field(default=False)
 
 
 class Worker:
@@ -108,7 +110,9 @@ class Worker:
         self._stopping.clear()
         self._halted.clear()
         runlogs.install()
-        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="stackshift-job")
+        # Twice the slots: a thread recording an ending has already freed its slot
+        # for the next run (see _returned).
+        self._pool = ThreadPoolExecutor(2 * self.concurrency, thread_name_prefix="stackshift-job")
         if any(job.is_async for job in self.app._registry):
             self._loop = asyncio.new_event_loop()
             self._spawn("stackshift-loop", self._loop.run_forever)
@@ -202,7 +206,7 @@ class Worker:
 
     def _free_slots(self) -> int:
         with self._lock:
-            return self.concurrency - len(self._active)
+            return self.concurrency - sum(1 for a in self._active.values() if not a.returned)
 
     def _claim_loop(self) -> None:
         store = self.service.store
@@ -261,8 +265,10 @@ class Worker:
         invocation = Invocation(self.service, job, claimed, self.lease_seconds)
         deadline = None if job.timeout is None else time.monotonic() + job.timeout
         active = _Active(invocation, deadline)
+        run_id = claimed.run.id
+        invocation.on_return = lambda: self._returned(run_id)
         with self._lock:
-            self._active[claimed.run.id] = active
+            self._active[run_id] = active
         future: Future[None] | asyncio.Future[None]
         if job.is_async:
             assert self._loop is not None
@@ -273,8 +279,17 @@ class Worker:
             assert self._pool is not None
             future = self._pool.submit(execute_sync, invocation, self.app.state)
         active.future = future
-        run_id = claimed.run.id
         future.add_done_callback(lambda _f: self._done(run_id))
+
+    def _returned(self, run_id: str) -> None:
+        """A handler is done: free its slot now, so that the next claim can share a
+        transaction (and its flush) with the endings being recorded."""
+        with self._lock:
+            active = self._active.get(run_id)
+            if active is None or active.returned:
+                return
+            active.returned = True
+        self._wake.set()
 
     def _done(self, run_id: str) -> None:
         with self._lock:
@@ -322,7 +337,7 @@ class Worker:
         with self._lock:
             late = [a for a in self._active.values()
                     if a.deadline is not None and now > a.deadline and not a.timed_out
-                    and not a.invocation.job.is_async]
+                    and not a.returned and not a.invocation.job.is_async]
         for active in late:
             active.timed_out = True
             inv = active.invocation
