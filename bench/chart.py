@@ -74,9 +74,12 @@ def draw(data: dict[str, Any], out: Path) -> None:
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=len(engines), frameon=False)
     info = data["run"]
+    later = sorted(w for u in info.get("updates", []) for w in u["workloads"])
+    again = (f"\n{' and '.join(later)}: measured again in a later run (see results.md)"
+             if later else "")
     fig.suptitle(f"Medians of {info['repetitions']} repetitions (whiskers: min-max), same run;"
                  " log scale where values span more than 30 times;"
-                 f" {info['machine']}", fontsize=9, y=0.005, va="bottom")
+                 f" {info['machine']}{again}", fontsize=9, y=0.005, va="bottom")
     fig.tight_layout(rect=(0, 0.02, 1, 0.96))
     fig.savefig(out, dpi=110)
 

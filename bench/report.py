@@ -223,7 +223,9 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
             if key in update.get("raw", {}):
                 merged["raw"][key] = update["raw"][key]
     info = update["run"]
-    merged["run"]["updates"] = [*base["run"].get("updates", []), {
+    earlier = [{**u, "workloads": [w for w in u["workloads"] if w not in workloads]}
+               for u in base["run"].get("updates", [])]  # superseded workloads leave
+    merged["run"]["updates"] = [*[u for u in earlier if u["workloads"]], {
         "workloads": workloads,
         **{k: info[k] for k in ("finished_at", "command", "commit", "load_before",
                                 "load_after", "load_max", "load_mean", "repetitions",
@@ -328,13 +330,15 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         *[line for u in info.get("updates", []) for line in (
             f"{' and '.join(u['workloads'])} measured again {u['finished_at']} at"
-            f" `{u['commit']}` with `{u['command'].strip()}` ({u['repetitions']}"
-            f" repetitions; load average before {u['load_before']:.2f}, after"
-            f" {u['load_after']:.2f}, at most {u['load_max']:.2f}): their rows, their"
-            " targets and their ratios come from that run, every engine measured in it"
-            " side by side.", "")],
+            f" `{u['commit']}` with `{u['command'].strip()}`: medians of"
+            f" {u['repetitions']} repetitions, load average before {u['load_before']:.2f},"
+            f" after {u['load_after']:.2f}, at most {u['load_max']:.2f}. The rows, targets"
+            f" and ratios of {' and '.join(u['workloads'])} come from that run, every engine"
+            " measured in it side by side.", "")],
         "Every figure is the median of "
-        f"{info['repetitions']} repetitions, with the minimum and maximum in brackets."
+        f"{info['repetitions']} repetitions"
+        f"{' (unless said otherwise above)' if info.get('updates') else ''},"
+        " with the minimum and maximum in brackets."
         " Ratios compare engines measured in this same run, never across runs.",
         "",
         "## Fairness",

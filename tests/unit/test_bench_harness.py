@@ -105,6 +105,8 @@ def test_merge_takes_whole_workloads_from_a_later_run_and_keeps_the_others() -> 
     assert [(u["workloads"], u["commit"]) for u in merged["run"]["updates"]] == [(["W5"], "bbb")]
     assert base["cells"]["stackshift/sqlite-full/W5"] == before["stackshift/sqlite-full/W5"]
     assert "W5 measured again then at `bbb`" in markdown(merged)
+    again = merge(merged, _results(later, ["W5"], "ddd"))
+    assert [(u["workloads"], u["commit"]) for u in again["run"]["updates"]] == [(["W5"], "ddd")]
 
     # Half a workload would put figures of two runs in one ratio: refused.
     with pytest.raises(ValueError, match="dbos/sqlite-full/W5"):
