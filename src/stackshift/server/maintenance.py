@@ -7,8 +7,8 @@ does, in a background thread that runs the worker's own
 PostgreSQL one maintainer across every server and worker; on SQLite every
 process maintains, all writes being conditional).
 
-Job options live in the workers' code, not in the server: a run rescued here
-after its worker was lost is retried with the default backoff.
+A run rescued here after its worker was lost is retried at once, as on a
+worker (the lost attempt still counts against ``max_attempts``).
 """
 
 from __future__ import annotations

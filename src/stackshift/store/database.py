@@ -30,6 +30,11 @@ class Tx(Protocol):
         """Execute a statement once for each parameter set (one batch, no results)."""
         ...
 
+    def many_returning(self, query: str, params: Sequence[Mapping[str, Any]]
+                       ) -> list[Row | None]:
+        """Execute a statement once for each parameter set; the first row of each."""
+        ...
+
     def raw(self, sql: str, params: Mapping[str, Any]) -> list[Row]:
         """Execute SQL built from fixed fragments (list filters); return its rows."""
         ...

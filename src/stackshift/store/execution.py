@@ -40,6 +40,27 @@ def write_logs(tx: Tx, run_id: str, logs: Sequence[LogWrite]) -> None:
         )
 
 
+def _finish_recorded(tx: Tx, endings: list[Any]) -> list[bool]:
+    """Completed and cancelled endings, each one ``finish_leased_run_recorded``.
+
+    ``endings`` holds ``(lease, outcome, logs, now, expired_before)``; the
+    result says, for each, whether the lease was still held (and the run ended).
+    """
+    params = [
+        {"id": lease.run_id, "worker_id": lease.worker_id, "attempt": lease.attempt,
+         "expired_before": expired_before, "status": outcome.status, "result": outcome.result,
+         "error": dumps(outcome.error) if outcome.error else None, "finished_at": now,
+         "available_at": outcome.retry_at, "now": now, "attempt_status": outcome.status,
+         "kind": f"run.{outcome.status}", "data": dumps({"from": "running"})}
+        for lease, outcome, _, now, expired_before in endings
+    ]
+    moved = tx.many_returning("finish_leased_run_recorded", params)
+    for (lease, _, logs, _, _), row in zip(endings, moved, strict=True):
+        if row is not None:
+            write_logs(tx, lease.run_id, logs)
+    return [row is not None for row in moved]
+
+
 def write_step(tx: Tx, run_id: str, attempt: int, step: StepWrite) -> None:
     tx.run(
         "upsert_step",
@@ -128,6 +149,11 @@ class _Flushing:
     def many(self, query: str, params: Sequence[Mapping[str, Any]]) -> None:
         self._flush()
         self._tx.many(query, params)
+
+    def many_returning(self, query: str, params: Sequence[Mapping[str, Any]]
+                       ) -> list[Row | None]:
+        self._flush()
+        return self._tx.many_returning(query, params)
 
     def raw(self, sql: str, params: Mapping[str, Any]) -> list[Row]:
         self._flush()
@@ -301,21 +327,13 @@ class ExecutionStore:
         status = Status(outcome.status)
         terminal = status in (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
 
+        if self.db.dialect == "postgres" and status in (Status.COMPLETED, Status.CANCELLED):
+            # The same writes as below, in one statement; endings that share a
+            # transaction go as one pipelined batch (one round trip for all).
+            return bool(self.group_commit.run_combined(
+                _finish_recorded, (lease, outcome, logs, now, expired_before)))
+
         def work(tx: Tx) -> bool:
-            if tx.dialect == "postgres" and status in (Status.COMPLETED, Status.CANCELLED):
-                # The same writes as below, in one round trip.
-                moved = tx.one(
-                    "finish_leased_run_recorded", id=lease.run_id, worker_id=lease.worker_id,
-                    attempt=lease.attempt, expired_before=expired_before, status=status.value,
-                    result=outcome.result, error=dumps(outcome.error) if outcome.error else None,
-                    finished_at=now, available_at=outcome.retry_at, now=now,
-                    attempt_status=status.value, kind=f"run.{status.value}",
-                    data=dumps({"from": "running"}),
-                )
-                if moved is None:
-                    return False
-                write_logs(tx, lease.run_id, logs)
-                return True
             moved = tx.one(
                 "finish_leased_run",
                 id=lease.run_id,

@@ -23,12 +23,20 @@ from .database import Database, Tx
 T = TypeVar("T")
 
 
-class _Item(Generic[T]):
-    __slots__ = ("done", "error", "first", "fn", "result")
+#: Runs several writes of one kind in a shared transaction at once: gets their
+#: arguments, returns their results in the same order.
+Combiner = Callable[[Tx, list[Any]], list[Any]]
 
-    def __init__(self, fn: Callable[[Tx], T], first: bool) -> None:
+
+class _Item(Generic[T]):
+    __slots__ = ("arg", "combine", "done", "error", "first", "fn", "result")
+
+    def __init__(self, fn: Callable[[Tx], T], first: bool, combine: Combiner | None = None,
+                 arg: Any = None) -> None:
         self.fn = fn
         self.first = first
+        self.combine = combine
+        self.arg = arg
         self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
@@ -58,7 +66,14 @@ class GroupCommit:
         ``first`` writes go before the others of their shared transaction, so
         they do not see what those others write.
         """
-        item: _Item[T] = _Item(fn, first)
+        return self._run(_Item(fn, first))
+
+    def run_combined(self, combine: Combiner, arg: Any) -> Any:
+        """Like :meth:`run` for ``combine(tx, [arg])[0]``; in a shared transaction the
+        writes with the same ``combine`` go as one call (e.g. one batch of statements)."""
+        return self._run(_Item(lambda tx: combine(tx, [arg])[0], False, combine, arg))
+
+    def _run(self, item: _Item[T]) -> T:
         with self._cond:
             self._queue.append(item)
             while self._busy >= self.lanes and item in self._queue:
@@ -89,15 +104,23 @@ class GroupCommit:
         batch = sorted(batch, key=lambda item: not item.first)  # stable: arrival order
         if len(batch) > 1:
             try:
-                results = []
+                results: dict[int, Any] = {}
                 with self._db.write() as tx:
+                    combined: set[Combiner] = set()
                     for item in batch:
                         try:
-                            results.append(item.fn(tx))
+                            if item.combine is None:
+                                results[id(item)] = item.fn(tx)
+                            elif item.combine not in combined:
+                                combined.add(item.combine)
+                                group = [i for i in batch if i.combine == item.combine]
+                                found = item.combine(tx, [i.arg for i in group])
+                                for member, result in zip(group, found, strict=True):
+                                    results[id(member)] = result
                         except BaseException as exc:
                             raise _Replay from exc
-                for item, result in zip(batch, results, strict=True):
-                    item.result = result
+                for item in batch:
+                    item.result = results[id(item)]
                 return
             except _Replay:
                 pass

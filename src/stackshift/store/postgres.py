@@ -141,6 +141,20 @@ class _PostgresTx:
         with self._conn.cursor() as cur:
             cur.executemany(self._queries[query], params)
 
+    def many_returning(self, query: str, params: Sequence[Mapping[str, Any]]
+                       ) -> list[Row | None]:
+        # Pipelined like many(); each statement's result set is read in turn.
+        found: list[Row | None] = []
+        if not params:
+            return found
+        with self._conn.cursor() as cur:
+            cur.executemany(self._queries[query], params, returning=True)
+            while True:
+                found.append(cur.fetchone())
+                if not cur.nextset():
+                    break
+        return found
+
     def raw(self, sql_text: str, params: Mapping[str, Any]) -> list[Row]:
         cur = self._conn.execute(_converted(sql_text), params)
         return list(cur.fetchall()) if cur.description is not None else []

@@ -59,6 +59,11 @@ class _SqliteTx:
     def many(self, query: str, params: Sequence[Mapping[str, Any]]) -> None:
         self._conn.executemany(self._queries[query], params)
 
+    def many_returning(self, query: str, params: Sequence[Mapping[str, Any]]
+                       ) -> list[Row | None]:
+        # No round trips to save: one statement at a time (executemany returns no rows).
+        return [self.one(query, **p) for p in params]
+
     def raw(self, sql: str, params: Mapping[str, Any]) -> list[Row]:
         return self._conn.execute(sql, params).fetchall()
 
