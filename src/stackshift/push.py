@@ -90,7 +90,10 @@ class PushRoute:
                 f"the route needs its endpoint's signing secret: pass url= to register it, "
                 f"or secret= (or {SECRET_ENV}) from `stackshift endpoints add`")
         self.secret = secret
-        self._timeouts = ThreadPoolExecutor(32, thread_name_prefix="stackshift-push-job")
+        # Sync handlers run here: enough threads for the runs the server posts at
+        # once, plus those a timed-out handler still holds.
+        self.threads = ThreadPoolExecutor(2 * concurrency + 4,
+                                          thread_name_prefix="stackshift-push-job")
         self._logs_lock = threading.Lock()
         self._logs_installed = False
 
@@ -146,17 +149,28 @@ class PushRoute:
 
     def execute_sync(self, invocation: Invocation) -> Reply:
         """Run a plain handler; a job ``timeout`` fails the attempt and abandons the thread."""
-        timeout = invocation.job.timeout
-        if timeout is None:
-            execute_sync(invocation, self.client.state)
-        else:
-            future = self._timeouts.submit(execute_sync, invocation, self.client.state)
-            try:
-                future.result(timeout)
-            except FutureTimeout:
-                invocation.fail(AttemptTimeoutError(f"attempt ran longer than {timeout:g}s"))
-                invocation.abandoned = True
+        future = self.threads.submit(execute_sync, invocation, self.client.state)
+        try:
+            future.result(invocation.job.timeout)
+        except FutureTimeout:
+            self.timed_out(invocation)
         return self._done(invocation)
+
+    async def execute_sync_async(self, invocation: Invocation) -> Reply:
+        """:meth:`execute_sync` from an event loop, without blocking it."""
+        future = asyncio.wrap_future(
+            self.threads.submit(execute_sync, invocation, self.client.state))
+        try:
+            await asyncio.wait_for(asyncio.shield(future), invocation.job.timeout)
+        except TimeoutError:
+            await asyncio.to_thread(self.timed_out, invocation)
+        return self._done(invocation)
+
+    @staticmethod
+    def timed_out(invocation: Invocation) -> None:
+        timeout = invocation.job.timeout or 0
+        invocation.fail(AttemptTimeoutError(f"attempt ran longer than {timeout:g}s"))
+        invocation.abandoned = True
 
     async def execute_async(self, invocation: Invocation) -> Reply:
         await execute_async(invocation, self.client.state_async)
@@ -220,7 +234,7 @@ class AsgiRoute:
         elif admitted.job.is_async:
             reply = await route.execute_async(admitted)
         else:
-            reply = await asyncio.to_thread(route.execute_sync, admitted)
+            reply = await route.execute_sync_async(admitted)
         await self._reply(send, reply)
 
     @staticmethod

@@ -244,7 +244,7 @@ class _Quiet(WSGIRequestHandler):
         pass
 
 
-def test_wsgi_route_runs_a_job_whose_sleep_ends_the_invocation(server: Server) -> None:
+def test_wsgi_route_runs_a_sleeping_job_and_enforces_a_timeout(server: Server) -> None:
     app = StackShift(api_key=server.api_key, base_url=server.url)
     invocations: list[int] = []
 
@@ -254,6 +254,10 @@ def test_wsgi_route_runs_a_job_whose_sleep_ends_the_invocation(server: Server) -
         before = ctx.step.run("before", lambda: "slept")
         ctx.step.sleep("nap", "1s")
         return {"before": before, "invocations": len(invocations)}
+
+    @app.job("wsgiSlow", timeout="0.5s", max_attempts=1)
+    def wsgi_slow(ctx: Any) -> None:
+        time.sleep(3)
 
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
@@ -268,7 +272,11 @@ def test_wsgi_route_runs_a_job_whose_sleep_ends_the_invocation(server: Server) -
         assert done.result == {"before": "slept", "invocations": 2}
         assert invocations == [1, 1]  # before the sleep and after it, one attempt
         [endpoint] = [e for e in app._api.list_endpoints() if e.url == url]
-        assert endpoint.jobs == ["wsgiNap"] and endpoint.secret is None
+        assert endpoint.jobs == ["wsgiNap", "wsgiSlow"] and endpoint.secret is None
+
+        slow = app.runs.wait(app.start("wsgiSlow").id, timeout=30)
+        assert slow.status == "failed"
+        assert slow.error is not None and slow.error.type == "AttemptTimeoutError"
     finally:
         httpd.shutdown()
         httpd.server_close()
