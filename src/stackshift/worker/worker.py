@@ -93,6 +93,7 @@ class Worker:
         self._started = False
         self._next_purge = 0.0
         self._next_ageing = 0.0
+        self._last_claimed = float("-inf")
         self._rules = self.service.claim_rules()
 
     # -- lifecycle ---------------------------------------------------------------
@@ -222,6 +223,8 @@ class Worker:
                     claimed = store.claim_runs(self.id, self.jobs, free, self.lease_seconds,
                                                self.service.clock.now(), self.queues,
                                                self._rules)
+                    if claimed:
+                        self._last_claimed = time.monotonic()
                     for item in claimed:
                         self._dispatch(item)
                 if claimed and len(claimed) == free:
@@ -246,15 +249,28 @@ class Worker:
                 free = self._free_slots()
         return free
 
+    #: How often an idle worker looks at the database's change signal: often
+    #: while work came in the last ``BUSY_WINDOW`` seconds, less when it is quiet.
+    CHANGE_TICK_BUSY = 0.002
+    CHANGE_TICK_QUIET = 0.01
+    BUSY_WINDOW = 2.0
+
     def _idle(self) -> None:
-        """Sleep until woken, a change in the database, or the poll interval."""
+        """Sleep until woken, a change in the database, or the poll interval.
+
+        A change made in another process is seen at the next look at the change
+        signal (a non-blocking read: PostgreSQL's LISTEN socket, SQLite's
+        ``data_version``); a busy worker looks every 2 ms, a quiet one every 10 ms.
+        """
         deadline = time.monotonic() + self.poll_interval
         store = self.service.store
+        busy = time.monotonic() - self._last_claimed < self.BUSY_WINDOW
+        tick = self.CHANGE_TICK_BUSY if busy else self.CHANGE_TICK_QUIET
         while not self._stopping.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            if self._wake.wait(min(0.01, remaining)):
+            if self._wake.wait(min(tick, remaining)):
                 return
             if self._free_slots() > 0 and store.changed():
                 return
