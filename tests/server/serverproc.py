@@ -6,6 +6,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,3 +84,16 @@ def stop_server(server: Server) -> None:
     except subprocess.TimeoutExpired:
         server.process.kill()
         server.process.wait()
+
+
+@contextmanager
+def running_server(database_url: str, log: Path) -> Iterator[Server]:
+    """A server on ``database_url`` (migrated first) until the block ends."""
+    store = open_store(database_url)
+    store.migrate()
+    store.close()
+    running = start_server(database_url, log)
+    try:
+        yield running
+    finally:
+        stop_server(running)

@@ -24,12 +24,11 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import httpx
 import pytest
-from serverproc import Server, free_port, start_server, stop_server
+from serverproc import Server, free_port, running_server
 
 import stackshift
 from stackshift import StackShift
 from stackshift.signing import sign
-from stackshift.store import open_store
 
 HERE = Path(__file__).parent
 
@@ -38,14 +37,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def server(db_url: str, tmp_path: Path) -> Iterator[Server]:
-    store = open_store(db_url)
-    store.migrate()
-    store.close()
-    running = start_server(db_url, tmp_path / "server.log")
-    try:
+    with running_server(db_url, tmp_path / "server.log") as running:
         yield running
-    finally:
-        stop_server(running)
 
 
 @pytest.fixture

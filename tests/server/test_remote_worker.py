@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serverproc import Server, admin_service, start_server, stop_server
+from serverproc import Server, admin_service, running_server
 
 from stackshift import StackShift
-from stackshift.store import open_store
 
 APP = f"{Path(__file__).with_name('remote_worker_app.py')}:app"
 
@@ -91,14 +90,8 @@ class RemoteWorkers:
 
 @pytest.fixture
 def server(db_url: str, tmp_path: Path) -> Iterator[Server]:
-    store = open_store(db_url)
-    store.migrate()
-    store.close()
-    running = start_server(db_url, tmp_path / "server.log")
-    try:
+    with running_server(db_url, tmp_path / "server.log") as running:
         yield running
-    finally:
-        stop_server(running)
 
 
 @pytest.fixture

@@ -282,7 +282,7 @@ class Worker:
         deadline = None if job.timeout is None else time.monotonic() + job.timeout
         active = _Active(invocation, deadline)
         run_id = claimed.run.id
-        invocation.on_return = lambda: self._returned(run_id)
+        invocation.on_return = lambda: self._returned(active)
         with self._lock:
             self._active[run_id] = active
         future: Future[None] | asyncio.Future[None]
@@ -295,21 +295,23 @@ class Worker:
             assert self._pool is not None
             future = self._pool.submit(execute_sync, invocation, self.app.state)
         active.future = future
-        future.add_done_callback(lambda _f: self._done(run_id))
+        future.add_done_callback(lambda _f: self._done(run_id, active))
 
-    def _returned(self, run_id: str) -> None:
+    def _returned(self, active: _Active) -> None:
         """A handler is done: free its slot now, so that the next claim can share a
         transaction (and its flush) with the endings being recorded."""
         with self._lock:
-            active = self._active.get(run_id)
-            if active is None or active.returned:
+            if active.returned:
                 return
             active.returned = True
         self._wake.set()
 
-    def _done(self, run_id: str) -> None:
+    def _done(self, run_id: str, active: _Active) -> None:
         with self._lock:
-            self._active.pop(run_id, None)
+            # The run may already be claimed again (a retry due at once): leave
+            # that newer invocation's entry alone.
+            if self._active.get(run_id) is active:
+                del self._active[run_id]
         self._wake.set()
 
     # -- heartbeat and maintenance -----------------------------------------------------
