@@ -29,6 +29,7 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -130,7 +131,9 @@ class PushRoute:
             return _error(503, "server_unreachable",
                           f"could not accept the delivery with the server: {exc}")
         if not p.Accepted.model_validate(accepted).accepted:
-            return _error(401, "replayed", "this delivery was accepted before; it runs once")
+            return _error(401, "replayed",
+                          "the server did not issue this delivery, or it was accepted before "
+                          "(a delivery runs once)")
         claimed = ClaimedRun(
             run=run, lease=lease, retry_base=delivery.claimed.retry_base,
             steps={step.key: step.to_model() for step in delivery.claimed.steps},
@@ -267,14 +270,10 @@ class WsgiRoute:
                        for key, value in environ.items() if key.startswith("HTTP_")}
             reply = self.route.handle(environ.get("REQUEST_METHOD", "GET"), headers, body)
         status, payload = _json(reply)
-        start_response(f"{status} {_REASONS.get(status, 'Error')}",
+        start_response(f"{status} {HTTPStatus(status).phrase}",
                        [("Content-Type", "application/json"),
                         ("Content-Length", str(len(payload)))])
         return [payload]
-
-
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-            405: "Method Not Allowed", 413: "Content Too Large", 503: "Service Unavailable"}
 
 
 def asgi_app(client: StackShift, *, url: str | None = None, secret: str | None = None,
