@@ -206,6 +206,29 @@ def drain_rate(count: Callable[[], int], warm: int, n: int, cap: float,
         time.sleep(interval)
 
 
+def steady_rate(producer: subprocess.Popen[bytes], done: Callable[[], int],
+                left: Callable[[], int], window: float) -> tuple[float, int]:
+    """While ``producer`` enqueues (1 s of its warm-up first): runs finished per
+    second over ``window`` seconds, and the backlog ``left`` at the end. Stops it."""
+    with stopping(producer):
+        await_ready(producer)
+        time.sleep(1.0)
+        c1, t1 = done(), time.monotonic()
+        time.sleep(window)
+        c2, t2 = done(), time.monotonic()
+        return (c2 - c1) / (t2 - t1), left()
+
+
+def paced(count: int, rate: float, start: Callable[[int], object]) -> None:
+    """Call ``start(i)`` ``count`` times at ``rate`` a second, open loop (on schedule
+    whatever each call takes)."""
+    t = time.perf_counter()
+    for i in range(count):
+        t += 1.0 / rate
+        sleep_until(t)
+        start(i)
+
+
 def sleep_until(moment: float) -> None:
     """Sleep until ``time.perf_counter()`` reaches ``moment``."""
     while True:

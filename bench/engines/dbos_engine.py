@@ -30,10 +30,12 @@ from bench.common import (
     drain_rate,
     engine_main,
     latency_summary,
+    paced,
     produce,
     say_ready,
     settle,
     sleep_until,
+    steady_rate,
     stopping,
     wait_for_stdin_close,
     wait_until,
@@ -228,14 +230,9 @@ def w1(ctx: Ctx) -> dict[str, Any]:
         drain, drained = drain_rate(lambda: count("SUCCESS"), warm, n, ctx.sizes["w1_cap"])
         prod = child(MODULE, "producer", *args_of(ctx), stdin=-1,
                      log=ctx.workdir / "producer.log")
-        with stopping(prod):
-            await_ready(prod)
-            time.sleep(1.0)
-            c1, t1 = count("SUCCESS"), time.monotonic()
-            time.sleep(ctx.sizes["w1_window"])
-            c2, t2 = count("SUCCESS"), time.monotonic()
-            left = count("ENQUEUED")
-    return {"drain_rps": drain, "drained": drained, "steady_rps": (c2 - c1) / (t2 - t1),
+        steady, left = steady_rate(prod, lambda: count("SUCCESS"), lambda: count("ENQUEUED"),
+                                   ctx.sizes["w1_window"])
+    return {"drain_rps": drain, "drained": drained, "steady_rps": steady,
             "backlog_left": left, "settings": SETTINGS}
 
 
@@ -333,12 +330,8 @@ def w6(ctx: Ctx) -> dict[str, Any]:
     with stopping(worker):
         await_ready(worker)
         time.sleep(1.0)
-        t = time.perf_counter()
-        for _ in range(warm + n):
-            t += 1.0 / rate
-            sleep_until(t)
-            handles.append(client.enqueue({"queue_name": QUEUE, "workflow_name": "first"},
-                                          time.time()))
+        paced(warm + n, rate, lambda _i: handles.append(
+            client.enqueue({"queue_name": QUEUE, "workflow_name": "first"}, time.time())))
         wait_until(lambda: count("SUCCESS") >= warm + n, 120, "every workflow", 0.05)
     latencies = [float(h.get_result()) for h in handles[warm:]]
     return {**latency_summary(latencies), "settings": SETTINGS}

@@ -27,9 +27,10 @@ from bench.common import (
     drain_rate,
     engine_main,
     latency_summary,
+    paced,
     produce,
     say_ready,
-    sleep_until,
+    steady_rate,
     stopping,
     wait_for_stdin_close,
 )
@@ -112,15 +113,10 @@ def w1(ctx: Ctx) -> dict[str, Any]:
     drain, drained = drain_rate(lambda: done.n, warm, n, ctx.sizes["w1_cap"], 0.005)
     prod = child(MODULE, "producer", ctx.store.name, str(ctx.sqlite_path), stdin=-1,
                  log=ctx.workdir / "producer.log")
-    with stopping(prod):
-        await_ready(prod)
-        time.sleep(1.0)
-        c1, t1 = done.n, time.monotonic()
-        time.sleep(ctx.sizes["w1_window"])
-        c2, t2 = done.n, time.monotonic()
-        left = huey.pending_count()
+    steady, left = steady_rate(prod, lambda: done.n, huey.pending_count,
+                               ctx.sizes["w1_window"])
     c.stop()
-    return {"drain_rps": drain, "drained": drained, "steady_rps": (c2 - c1) / (t2 - t1),
+    return {"drain_rps": drain, "drained": drained, "steady_rps": steady,
             "backlog_left": left, "settings": SETTINGS}
 
 
@@ -134,11 +130,7 @@ def w6(ctx: Ctx) -> dict[str, Any]:
     with stopping(worker):
         await_ready(worker)
         time.sleep(0.5)
-        t = time.perf_counter()
-        for _ in range(warm + n):
-            t += 1.0 / rate
-            sleep_until(t)
-            results.append(first(time.time()))
+        paced(warm + n, rate, lambda _i: results.append(first(time.time())))
         latencies = [float(r.get(blocking=True, timeout=120)) for r in results]
     return {**latency_summary(latencies[warm:]), "settings": SETTINGS}
 

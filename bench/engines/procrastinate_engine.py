@@ -29,6 +29,7 @@ from bench.common import (
     latency_summary,
     say_ready,
     settle,
+    steady_rate,
     stopping,
     wait_for_stdin_close,
     wait_until,
@@ -144,14 +145,9 @@ def w1(ctx: Ctx) -> dict[str, Any]:
         drain, drained = drain_rate(lambda: count("succeeded"), warm, n, ctx.sizes["w1_cap"])
         prod = child(MODULE, "producer", ctx.schema, stdin=-1,
                      log=ctx.workdir / "producer.log")
-        with stopping(prod):
-            await_ready(prod)
-            time.sleep(1.0)
-            c1, t1 = count("succeeded"), time.monotonic()
-            time.sleep(ctx.sizes["w1_window"])
-            c2, t2 = count("succeeded"), time.monotonic()
-            left = count("todo")
-    return {"drain_rps": drain, "drained": drained, "steady_rps": (c2 - c1) / (t2 - t1),
+        steady, left = steady_rate(prod, lambda: count("succeeded"), lambda: count("todo"),
+                                   ctx.sizes["w1_window"])
+    return {"drain_rps": drain, "drained": drained, "steady_rps": steady,
             "backlog_left": left, "settings": SETTINGS}
 
 

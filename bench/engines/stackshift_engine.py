@@ -22,11 +22,13 @@ from bench.common import (
     drain_rate,
     engine_main,
     latency_summary,
+    paced,
     produce,
     rss_mb,
     say_ready,
     settle,
     sleep_until,
+    steady_rate,
     stopping,
     wait_for_stdin_close,
     wait_until,
@@ -129,14 +131,8 @@ def w1(ctx: Ctx) -> dict[str, Any]:
         # Steady enqueue: a producer process starts runs as fast as it can.
         producer = child(MODULE, "producer", url(ctx), stdin=-1,
                          log=ctx.workdir / "producer.log")
-        with stopping(producer):
-            await_ready(producer)
-            time.sleep(1.0)  # the producer's own warm-up
-            c1, t1 = count(app, "completed"), time.monotonic()
-            time.sleep(ctx.sizes["w1_window"])
-            c2, t2 = count(app, "completed"), time.monotonic()
-            queued = count(app, "queued")
-        steady = (c2 - c1) / (t2 - t1)
+        steady, queued = steady_rate(producer, lambda: count(app, "completed"),
+                                     lambda: count(app, "queued"), ctx.sizes["w1_window"])
     app.close()
     return {"drain_rps": drain, "drained": drained, "steady_rps": steady,
             "backlog_left": queued}
@@ -268,11 +264,7 @@ def w6(ctx: Ctx) -> dict[str, Any]:
     with stopping(worker):
         await_ready(worker)
         time.sleep(0.5)
-        t = time.perf_counter()
-        for i in range(warm + n):
-            t += 1.0 / rate
-            sleep_until(t)
-            app.start("first", {"t0": time.time(), "i": i})
+        paced(warm + n, rate, lambda i: app.start("first", {"t0": time.time(), "i": i}))
         wait_until(lambda: count(app, "completed") >= warm + n, 120, "every run", 0.05)
     with app._service.store.db.read() as tx:
         found = tx.raw("SELECT payload, result FROM runs WHERE status = 'completed'", {})
