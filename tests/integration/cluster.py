@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from processes import stop_processes
+
 APP = Path(__file__).with_name("cluster_app.py")
 
 
@@ -92,18 +94,7 @@ class Processes:
         proc.wait(10)
 
     def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-            for stream in (proc.stdin, proc.stdout):
-                if stream is not None:
-                    stream.close()
+        stop_processes(self.procs)
 
 
 @contextmanager

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -104,6 +103,8 @@ def most_at_once(spans: list[Span]) -> int:
 def worker_processes(url: str, record_file: Path, count: int, logs: Path,
                      concurrency: int = 4) -> Iterator[list[subprocess.Popen[str]]]:
     """``count`` worker processes on ``url``, ready when this yields; stopped after."""
+    from processes import stop_processes  # tests/ (not on the path of the workers)
+
     procs: list[subprocess.Popen[str]] = []
     try:
         for n in range(count):
@@ -118,17 +119,7 @@ def worker_processes(url: str, record_file: Path, count: int, logs: Path,
             assert line.startswith("ready"), (logs / f"worker-{n}.log").read_text()[-2000:]
         yield procs
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-            if proc.stdout is not None:
-                proc.stdout.close()
+        stop_processes(procs, grace=20)
 
 
 def main() -> None:

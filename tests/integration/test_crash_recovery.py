@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from processes import stop_processes
 from stackshift import StackShift
 
 APP = Path(__file__).with_name("worker_app.py")
@@ -68,15 +69,7 @@ class Workers:
                              f"{self.lines()}")
 
     def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(self.procs)
 
 
 @pytest.fixture

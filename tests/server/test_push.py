@@ -27,6 +27,7 @@ import pytest
 from serverproc import Server, free_port, running_server
 
 import stackshift
+from processes import stop_processes
 from stackshift import StackShift
 from stackshift.signing import sign
 
@@ -93,13 +94,8 @@ class PushApp:
         self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_processes([self.proc], grace=10)
 
     def lines(self) -> list[str]:
         return self.effects.read_text().splitlines() if self.effects.exists() else []

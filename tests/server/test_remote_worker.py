@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from serverproc import Server, admin_service, running_server
 
+from processes import stop_processes
 from stackshift import StackShift
 
 APP = f"{Path(__file__).with_name('remote_worker_app.py')}:app"
@@ -77,15 +78,7 @@ class RemoteWorkers:
                 raise AssertionError(f"worker {proc.pid} died ({proc.returncode}):\n{output}")
 
     def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(self.procs)
 
 
 @pytest.fixture
