@@ -73,6 +73,10 @@ class RemoteWorkerStore:
         """Always: the claim itself waits on the server until work may be due."""
         return not self.closing.is_set()
 
+    def expect_writes(self, count: int, within: float) -> None:
+        """Nothing to do here: each write is a request of its own, and the server
+        lets concurrent requests share its transactions."""
+
     def try_lead(self, worker_id: str) -> bool:
         """Never: the server maintains for its remote workers."""
         return False

@@ -26,6 +26,9 @@ pytestmark = pytest.mark.slow
 RUNS = 500
 WORKERS = 4
 KILL_EVERY = 0.5
+#: Each step sleeps this long, so that the runs take long enough (about 6 s of
+#: steps on 16 slots) for kills to land, however fast the engine is.
+STEP_SECONDS = 0.04
 KILLING_FOR = 75.0  # seconds at most; killing stops once every run is completed
 FINISH_WITHIN = 60.0  # seconds after the last kill
 
@@ -41,7 +44,7 @@ def test_workers_killed_every_half_second_lose_nothing_and_repeat_only_killed_st
 
         def spawn() -> object:
             return processes.spawn("worker", url, "table", "--lease", "2s", "--concurrency", "4",
-                                   "--poll-interval", "0.2s")
+                                   "--poll-interval", "0.2s", "--step-seconds", str(STEP_SECONDS))
 
         def status_counts() -> dict[str, int]:
             return app._service.store.count_runs_by_status()

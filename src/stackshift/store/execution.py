@@ -41,24 +41,81 @@ def write_logs(tx: Tx, run_id: str, logs: Sequence[LogWrite]) -> None:
 
 
 def _finish_recorded(tx: Tx, endings: list[Any]) -> list[bool]:
-    """Completed and cancelled endings, each one ``finish_leased_run_recorded``.
+    """Completed and cancelled endings: the run, its attempt, its timeline entry.
 
     ``endings`` holds ``(lease, outcome, logs, now, expired_before)``; the
     result says, for each, whether the lease was still held (and the run ended).
+    PostgreSQL does it all in one statement (``finish_many_recorded``); SQLite
+    ends each run, then writes the attempts and the entries in a batch each.
     """
-    params = [
-        {"id": lease.run_id, "worker_id": lease.worker_id, "attempt": lease.attempt,
-         "expired_before": expired_before, "status": outcome.status, "result": outcome.result,
-         "error": dumps(outcome.error) if outcome.error else None, "finished_at": now,
-         "available_at": outcome.retry_at, "now": now, "attempt_status": outcome.status,
-         "kind": f"run.{outcome.status}", "data": dumps({"from": "running"})}
-        for lease, outcome, _, now, expired_before in endings
-    ]
-    moved = tx.many_returning("finish_leased_run_recorded", params)
-    for (lease, _, logs, _, _), row in zip(endings, moved, strict=True):
-        if row is not None:
+    def column(pick: Callable[[Any], Any]) -> list[Any]:
+        return [pick(ending) for ending in endings]
+
+    if tx.dialect == "postgres":
+        found = tx.all(
+            "finish_many_recorded",
+            ids=column(lambda e: e[0].run_id), worker_ids=column(lambda e: e[0].worker_id),
+            attempts=column(lambda e: e[0].attempt), expired_before=column(lambda e: e[4]),
+            statuses=column(lambda e: e[1].status), results=column(lambda e: e[1].result),
+            errors=column(lambda e: dumps(e[1].error) if e[1].error else None),
+            finished_at=column(lambda e: e[3]), available_at=column(lambda e: e[1].retry_at),
+            nows=column(lambda e: e[3]), kinds=column(lambda e: f"run.{e[1].status}"),
+            data=[dumps({"from": "running"})] * len(endings),
+        )
+        ended = {row["id"] for row in found}
+    else:
+        ended = set()
+        for lease, outcome, _, now, expired_before in endings:
+            if tx.one("finish_leased_run", id=lease.run_id, worker_id=lease.worker_id,
+                      attempt=lease.attempt, expired_before=expired_before,
+                      status=outcome.status, result=outcome.result,
+                      error=dumps(outcome.error) if outcome.error else None,
+                      finished_at=now, available_at=outcome.retry_at, now=now) is not None:
+                ended.add(lease.run_id)
+        kept = [e for e in endings if e[0].run_id in ended]
+        tx.many("update_attempt", [
+            {"run_id": lease.run_id, "number": lease.attempt, "status": outcome.status,
+             "finished_at": now, "error": dumps(outcome.error) if outcome.error else None}
+            for lease, outcome, _, now, _ in kept])
+        tx.many("insert_timeline", [
+            {"run_id": lease.run_id, "at": now, "kind": f"run.{outcome.status}",
+             "attempt": lease.attempt, "step": None, "data": dumps({"from": "running"})}
+            for lease, outcome, _, now, _ in kept])
+    for lease, _, logs, _, _ in endings:
+        if lease.run_id in ended:
             write_logs(tx, lease.run_id, logs)
-    return [row is not None for row in moved]
+    return [lease.run_id in ended for lease, *_ in endings]
+
+
+def _save_steps(tx: Tx, saves: list[Any]) -> list[int | None]:
+    """Step checkpoints in one statement (``save_many_recorded``).
+
+    ``saves`` holds ``(lease, step, logs, lease_expires_at, now, data)``; the
+    result holds, for each, the run's ``cancel_requested``, or None when the
+    lease was lost (nothing of that checkpoint is written).
+    """
+    def column(pick: Callable[[Any], Any]) -> list[Any]:
+        return [pick(save) for save in saves]
+
+    found = tx.all(
+        "save_many_recorded", ords=list(range(len(saves))),
+        run_ids=column(lambda s: s[0].run_id), worker_ids=column(lambda s: s[0].worker_id),
+        attempts=column(lambda s: s[0].attempt), lease_expires_at=column(lambda s: s[3]),
+        nows=column(lambda s: s[4]), keys=column(lambda s: s[1].key),
+        names=column(lambda s: s[1].name), step_kinds=column(lambda s: s[1].kind),
+        functions=column(lambda s: s[1].function), statuses=column(lambda s: s[1].status),
+        results=column(lambda s: s[1].result),
+        errors=column(lambda s: dumps(s[1].error) if s[1].error else None),
+        started_at=column(lambda s: s[1].started_at),
+        finished_at=column(lambda s: s[1].finished_at),
+        timeline_kinds=column(lambda s: f"step.{s[1].status}"), data=column(lambda s: dumps(s[5])),
+    )
+    cancels: list[int | None] = [None] * len(saves)
+    for row in found:
+        cancels[row["ord"]] = int(row["cancel_requested"])
+        lease, _, logs, *_ = saves[row["ord"]]
+        write_logs(tx, lease.run_id, logs)
+    return cancels
 
 
 def write_step(tx: Tx, run_id: str, attempt: int, step: StepWrite) -> None:
@@ -175,6 +232,11 @@ class ExecutionStore:
         """This process's shared transactions for claims, checkpoints and endings."""
         return group_commit_of(self)
 
+    def expect_writes(self, count: int, within: float) -> None:
+        """``count`` threads of this process are about to record endings or steps:
+        let them share one transaction (see :meth:`GroupCommit.expect`)."""
+        self.group_commit.expect(count, within)
+
     def claim_runs(
         self,
         worker_id: str,
@@ -196,6 +258,11 @@ class ExecutionStore:
             return []
 
         def work(tx: Tx) -> list[ClaimedRun]:
+            if tx.dialect == "postgres" and not set(jobs) & set(rules.key_limits):
+                plain = self._claim_plain(tx, worker_id, jobs, limit, lease_seconds, now,
+                                          queues, rules)
+                if plain is not None:
+                    return plain
             chosen: list[Row] = []
             claimed: list[ClaimedRun] = []
 
@@ -216,6 +283,33 @@ class ExecutionStore:
         # endings free in a limited queue is then seen by every worker at once,
         # instead of passing straight to the worker that held it.
         return self.group_commit.run(work, first=True)
+
+    def _claim_plain(self, tx: Tx, worker_id: str, jobs: Sequence[str], limit: int,
+                     lease_seconds: float, now: float, queues: Sequence[str] | None,
+                     rules: ClaimRules) -> list[ClaimedRun] | None:
+        """PostgreSQL: the claim as one statement (``claim_plain``), or None when a
+        queue is paused or limited and flow control must choose the runs."""
+        found = tx.all(
+            "claim_plain", now=now, jobs=sorted(jobs),
+            queues=sorted(queues) if queues is not None else None, limit=limit,
+            worker_id=worker_id, lease_expires_at=now + lease_seconds,
+            failure_jobs=list(rules.on_failure), failure_handlers=list(rules.on_failure.values()),
+            started_data=dumps({"worker": worker_id}),
+        )
+        if found and found[0]["controlled"]:
+            return None
+        moved = sorted((r for r in found if r["id"] is not None),
+                       key=lambda r: (-r["was_priority"], r["was_available"], r["id"]))
+        return [
+            ClaimedRun(
+                run=rows.run(row),
+                lease=Lease(row["id"], worker_id, row["attempt"]),
+                retry_base=row["retry_base"],
+                steps={s["key"]: rows.step(s) for s in row["completed_steps"] or ()},
+                new_attempt=not row["was_resuming"],
+            )
+            for row in moved
+        ]
 
     def _claim_batch(self, tx: Tx, cands: list[Row], worker_id: str, lease_seconds: float,
                      now: float, rules: ClaimRules) -> list[ClaimedRun]:
@@ -278,26 +372,21 @@ class ExecutionStore:
         Returns whether a cancel was requested. Raises :class:`LeaseLost` when
         this worker no longer holds the run; then nothing is written.
         """
+        data: dict[str, Any] = {"duration": (step.finished_at or now) - step.started_at}
+        if step.function:
+            data["function"] = step.function
+        if step.error:
+            data["error"] = {"type": step.error["type"], "message": step.error["message"]}
+        if self.db.dialect == "postgres":
+            # The same writes as below, in one statement; checkpoints that share a
+            # transaction go as one statement for all of them.
+            cancel = self.group_commit.run_combined(
+                _save_steps, (lease, step, logs, now + lease_seconds, now, data))
+            if cancel is None:
+                raise LeaseLost(lease.run_id)
+            return bool(cancel)
+
         def work(tx: Tx) -> bool:
-            data: dict[str, Any] = {"duration": (step.finished_at or now) - step.started_at}
-            if step.function:
-                data["function"] = step.function
-            if step.error:
-                data["error"] = {"type": step.error["type"], "message": step.error["message"]}
-            if tx.dialect == "postgres":  # the same writes, in one round trip
-                row = tx.one(
-                    "save_step_recorded", run_id=lease.run_id, worker_id=lease.worker_id,
-                    attempt=lease.attempt, lease_expires_at=now + lease_seconds, now=now,
-                    key=step.key, name=step.name, step_kind=step.kind, function=step.function,
-                    status=step.status, result=step.result,
-                    error=dumps(step.error) if step.error else None,
-                    started_at=step.started_at, finished_at=step.finished_at,
-                    timeline_kind=f"step.{step.status}", data=dumps(data),
-                )
-                if row is None:
-                    raise LeaseLost(lease.run_id)
-                write_logs(tx, lease.run_id, logs)
-                return bool(row["cancel_requested"])
             cancel = renew(tx, lease, now, lease_seconds)
             write_step(tx, lease.run_id, lease.attempt, step)
             add_timeline(
@@ -327,9 +416,9 @@ class ExecutionStore:
         status = Status(outcome.status)
         terminal = status in (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
 
-        if self.db.dialect == "postgres" and status in (Status.COMPLETED, Status.CANCELLED):
-            # The same writes as below, in one statement; endings that share a
-            # transaction go as one pipelined batch (one round trip for all).
+        if status in (Status.COMPLETED, Status.CANCELLED):
+            # The writes below for these endings (one timeline entry, no failure
+            # handler); endings that share a transaction are written together.
             return bool(self.group_commit.run_combined(
                 _finish_recorded, (lease, outcome, logs, now, expired_before)))
 
@@ -431,24 +520,31 @@ class ExecutionStore:
         went away at that moment) then expires and is rescued, instead of
         staying leased for as long as the worker lives.
         """
-        cancels: set[str] = set()
-        lost: set[str] = set()
         if not leases:
-            return cancels, lost
-        with self.db.write() as tx:
+            return set(), set()
+
+        def work(tx: Tx) -> dict[str, bool]:
+            """Run id -> cancel requested, for the runs still held."""
+            if tx.dialect == "postgres":  # one statement for all
+                found = tx.all("renew_many", ids=[lease.run_id for lease in leases],
+                               worker_ids=[lease.worker_id for lease in leases],
+                               attempts=[lease.attempt for lease in leases],
+                               lease_expires_at=now + lease_seconds, now=now)
+                return {row["id"]: bool(row["cancel_requested"]) for row in found}
+            held = {}
             for lease in leases:
-                row = tx.one(
-                    "renew_lease",
-                    id=lease.run_id,
-                    worker_id=lease.worker_id,
-                    attempt=lease.attempt,
-                    lease_expires_at=now + lease_seconds,
-                    now=now,
-                )
-                if row is None:
-                    lost.add(lease.run_id)
-                elif row["cancel_requested"]:
-                    cancels.add(lease.run_id)
+                row = tx.one("renew_lease", id=lease.run_id, worker_id=lease.worker_id,
+                             attempt=lease.attempt, lease_expires_at=now + lease_seconds,
+                             now=now)
+                if row is not None:
+                    held[lease.run_id] = bool(row["cancel_requested"])
+            return held
+
+        # In the shared transactions of this process's worker writes: never waiting
+        # on their row locks (nor they on its), and one flush less.
+        held = self.group_commit.run(work)
+        cancels = {run_id for run_id, cancel in held.items() if cancel}
+        lost = {lease.run_id for lease in leases if lease.run_id not in held}
         return cancels, lost
 
     def expired_leases(self, now: float, limit: int = 100) -> list[ExpiredLease]:

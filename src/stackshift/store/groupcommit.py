@@ -15,6 +15,7 @@ result (the writes are plain database work, safe to run again after a rollback).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -59,6 +60,21 @@ class GroupCommit:
         self._cond = threading.Condition()
         self._queue: list[_Item[Any]] = []
         self._busy = 0
+        # Writes announced by expect() and not yet queued, and until when to wait.
+        self._expected = 0
+        self._expected_until = 0.0
+
+    def expect(self, count: int, within: float) -> None:
+        """``count`` writes (not ``first`` ones) are about to come, within ``within``
+        seconds: the next shared transaction waits for them to be queued, so
+        that they share it.
+
+        Threads released at once reach :meth:`run` one after another; without
+        this the first would commit alone and the rest in the next transaction.
+        """
+        with self._cond:
+            self._expected += count
+            self._expected_until = max(self._expected_until, time.monotonic() + within)
 
     def run(self, fn: Callable[[Tx], T], *, first: bool = False) -> T:
         """Run ``fn`` in a write transaction (maybe shared); return once it is committed.
@@ -76,11 +92,21 @@ class GroupCommit:
     def _run(self, item: _Item[T]) -> T:
         with self._cond:
             self._queue.append(item)
+            if self._expected and not item.first:
+                self._expected -= 1
+                if not self._expected:
+                    self._cond.notify_all()
             while self._busy >= self.lanes and item in self._queue:
                 self._cond.wait()
             lead = item in self._queue
             if lead:
                 self._busy += 1
+                while self._expected and len(self._queue) < self.MAX_BATCH:
+                    left = self._expected_until - time.monotonic()
+                    if left <= 0:
+                        self._expected = 0
+                        break
+                    self._cond.wait(left)
                 batch = self._queue[: self.MAX_BATCH]
                 del self._queue[: self.MAX_BATCH]
         if lead:

@@ -39,9 +39,22 @@ log = logging.getLogger("stackshift.worker")
 
 
 @dataclass
+class _Claim:
+    """The runs one claim took: their endings wait a moment for each other."""
+
+    size: int
+    #: monotonic; a sibling still running after this is not waited for
+    hold_until: float
+    returned: int = 0
+    #: endings waiting for their siblings now
+    held: int = 0
+
+
+@dataclass
 class _Active:
     invocation: Invocation
     deadline: float | None  # monotonic
+    claim: _Claim
     future: Any = None
     timed_out: bool = field(default=False)
     #: the handler is done and its ending is being recorded: its slot is free
@@ -57,6 +70,9 @@ class Worker:
 
     #: Seconds a busy worker waits for more slots to free before it claims.
     CLAIM_GATHER = 0.001
+    #: Seconds after a claim during which the ending of one of its runs waits for
+    #: its siblings to return too (see _returned).
+    ENDING_HOLD = 0.002
 
     def __init__(
         self,
@@ -83,6 +99,7 @@ class Worker:
                                                    name="maintenance_interval")
         self._active: dict[str, _Active] = {}
         self._lock = threading.Lock()
+        self._sibling_returned = threading.Condition(self._lock)
         self._wake = threading.Event()
         self._stopping = threading.Event()
         # Set once draining is over: leases are renewed until then (SIGTERM grace).
@@ -225,8 +242,9 @@ class Worker:
                                                self._rules)
                     if claimed:
                         self._last_claimed = time.monotonic()
+                        batch = _Claim(len(claimed), self._last_claimed + self.ENDING_HOLD)
                     for item in claimed:
-                        self._dispatch(item)
+                        self._dispatch(item, batch)
                 if claimed and len(claimed) == free:
                     continue  # maybe more is due; claim again once a slot frees
                 self._idle()
@@ -235,19 +253,25 @@ class Worker:
                 self._stopping.wait(1.0)
 
     def _gather_slots(self) -> int:
-        """Free slots, after letting runs that end together free theirs (at most 1 ms).
+        """Free slots, after letting runs that end together free theirs.
 
-        When a busy worker's runs end, their endings are committed together and
-        their slots free a moment apart; one claim then takes a run for each of
-        them instead of one claim per slot. An idle worker claims at once.
+        When a busy worker's runs end, their slots free a moment apart; one claim
+        then takes a run for each of them instead of one claim per slot. It waits
+        at most ``CLAIM_GATHER``, or while runs of a claim are still in their
+        ``ENDING_HOLD`` (they are likely to return any moment). An idle worker
+        claims at once.
         """
-        free = self._free_slots()
-        if 0 < free < self.concurrency:
+        with self._lock:
             deadline = time.monotonic() + self.CLAIM_GATHER
-            while free < self.concurrency and time.monotonic() < deadline:
-                time.sleep(self.CLAIM_GATHER / 5)
-                free = self._free_slots()
-        return free
+            while True:
+                busy = [a for a in self._active.values() if not a.returned]
+                free = self.concurrency - len(busy)
+                if free in (0, self.concurrency):
+                    return free
+                left = max([deadline] + [a.claim.hold_until for a in busy]) - time.monotonic()
+                if left <= 0:
+                    return free
+                self._sibling_returned.wait(left)
 
     #: How often an idle worker looks at the database's change signal: often
     #: while work came in the last ``BUSY_WINDOW`` seconds, less when it is quiet.
@@ -275,12 +299,12 @@ class Worker:
             if self._free_slots() > 0 and store.changed():
                 return
 
-    def _dispatch(self, claimed: ClaimedRun) -> None:
+    def _dispatch(self, claimed: ClaimedRun, batch: _Claim) -> None:
         job = self.app._registry.get(claimed.run.job)
         assert job is not None
         invocation = Invocation(self.service, job, claimed, self.lease_seconds)
         deadline = None if job.timeout is None else time.monotonic() + job.timeout
-        active = _Active(invocation, deadline)
+        active = _Active(invocation, deadline, batch)
         run_id = claimed.run.id
         invocation.on_return = lambda: self._returned(active)
         with self._lock:
@@ -299,12 +323,36 @@ class Worker:
 
     def _returned(self, active: _Active) -> None:
         """A handler is done: free its slot now, so that the next claim can share a
-        transaction (and its flush) with the endings being recorded."""
+        transaction (and its flush) with the endings being recorded.
+
+        Runs claimed together and quick to return end together: a sync handler's
+        ending waits until the other runs of its claim have returned too, for as
+        long as the claim is less than ``ENDING_HOLD`` old. Otherwise the first
+        run to return commits its ending alone while its siblings return a moment
+        later. Handlers that take longer than that are never held back.
+        """
+        batch = active.claim
         with self._lock:
             if active.returned:
                 return
             active.returned = True
+            batch.returned += 1
+            if batch.returned == batch.size and batch.held:
+                # Release the held siblings, and have their endings (and this
+                # one) go in one transaction.
+                self.service.store.expect_writes(batch.held + 1, self.ENDING_HOLD)
+                self._sibling_returned.notify_all()
         self._wake.set()
+        if active.invocation.job.is_async:
+            return  # on the event loop's thread: never block it
+        with self._lock:
+            batch.held += 1
+            while batch.returned < batch.size:
+                left = batch.hold_until - time.monotonic()
+                if left <= 0:
+                    break
+                self._sibling_returned.wait(left)
+            batch.held -= 1
 
     def _done(self, run_id: str, active: _Active) -> None:
         with self._lock:

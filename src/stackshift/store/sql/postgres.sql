@@ -19,6 +19,66 @@ ORDER BY claim_priority DESC, available_at, id
 LIMIT :limit
 FOR NO KEY UPDATE SKIP LOCKED;
 
+-- name: claim_plain
+-- The whole plain claim in one round trip: claim_candidates, claim_update_many,
+-- the attempts started or resumed, their timeline entries, and the completed
+-- steps a replay needs (JSON, for runs resuming or on a later attempt). Claims
+-- nothing when a queue is paused or limited ("controlled" > 0): store/flow.py
+-- then claims in the same transaction. No run claimed: one row, id NULL.
+-- Keep in step with claim_candidates, claim_update_many, insert_attempt,
+-- set_attempt_status and _claim_batch in store/execution.py.
+WITH ctl AS (
+    SELECT COUNT(*) AS n FROM queues c
+    WHERE c.paused <> 0 OR c.concurrency IS NOT NULL OR c.rate_count IS NOT NULL
+), cand AS (
+    SELECT id, status AS was, resuming AS was_resuming, available_at AS was_available,
+           claim_priority AS was_priority
+    FROM runs
+    WHERE status IN ('queued', 'scheduled', 'retrying') AND available_at <= :now
+      AND job = ANY(:jobs)
+      AND (CAST(:queues AS text[]) IS NULL OR queue = ANY(CAST(:queues AS text[])))
+      AND (SELECT n FROM ctl) = 0
+    ORDER BY claim_priority DESC, available_at, id
+    LIMIT :limit
+    FOR NO KEY UPDATE SKIP LOCKED
+), moved AS (
+    UPDATE runs r
+    SET status = 'running', attempt = r.attempt + 1 - r.resuming, resuming = 0,
+        lease_owner = :worker_id, lease_expires_at = :lease_expires_at,
+        started_at = COALESCE(r.started_at, :now), waiting_for = NULL,
+        available_at = NULL, claim_priority = r.priority,
+        on_failure = (SELECT f.handler
+                      FROM unnest(CAST(:failure_jobs AS text[]),
+                                  CAST(:failure_handlers AS text[])) AS f(job, handler)
+                      WHERE f.job = r.job),
+        updated_at = :now
+    FROM cand
+    WHERE r.id = cand.id
+    RETURNING r.*, cand.was, cand.was_resuming, cand.was_available, cand.was_priority
+), started AS (
+    INSERT INTO attempts (run_id, number, status, worker_id, started_at)
+    SELECT id, attempt, 'running', :worker_id, :now FROM moved WHERE was_resuming = 0
+), resumed AS (
+    UPDATE attempts a SET status = 'running', worker_id = :worker_id
+    FROM moved m
+    WHERE m.was_resuming <> 0 AND a.run_id = m.id AND a.number = m.attempt
+), noted AS (
+    INSERT INTO timeline (run_id, at, kind, attempt, step, data)
+    SELECT id, was_available, 'run.queued', NULL, NULL, '{"from":"' || was || '"}'
+    FROM moved WHERE was <> 'queued'
+    UNION ALL
+    SELECT id, :now,
+           CASE WHEN was_resuming <> 0 THEN 'run.resumed' ELSE 'attempt.started' END,
+           attempt, NULL,
+           CASE WHEN was_resuming <> 0 THEN NULL ELSE CAST(:started_data AS text) END
+    FROM moved
+)
+SELECT c.n AS controlled, m.*,
+       CASE WHEN m.was_resuming <> 0 OR m.attempt > 1 THEN
+           (SELECT json_agg(s) FROM steps s WHERE s.run_id = m.id AND s.status = 'completed')
+       END AS completed_steps
+FROM ctl c LEFT JOIN moved m ON true;
+
 -- name: claim_candidates_open
 -- Runs outside the queues in :blocked (paused, or limited: claimed one queue at
 -- a time under the queue's row lock), leaving out "job<US>key" pairs in
@@ -136,45 +196,86 @@ SET status = 'running', attempt = attempt + 1 - resuming, resuming = 0,
 WHERE id = ANY(:ids)
 RETURNING *;
 
--- Worker writes in one round trip each. On SQLite (no data-modifying WITH) the
--- store runs the same statements one by one: keep them in step with
--- finish_leased_run, update_attempt, renew_lease, upsert_step and insert_timeline.
+-- Worker writes that share a transaction, one statement for all of them (one
+-- array element each). On SQLite (no data-modifying WITH) the store runs the
+-- same statements one by one: keep them in step with finish_leased_run,
+-- update_attempt, renew_lease, upsert_step and insert_timeline.
 
--- name: finish_leased_run_recorded
--- finish_leased_run, then the attempt's ending and the run's timeline entry
--- (endings with one timeline entry: completed, cancelled).
-WITH moved AS (
-    UPDATE runs
-    SET status = :status, result = :result, error = :error, finished_at = :finished_at,
-        available_at = CAST(:available_at AS double precision), lease_owner = NULL,
-        lease_expires_at = NULL, cancel_requested = 0, updated_at = :now
-    WHERE id = :id AND lease_owner = :worker_id AND attempt = :attempt AND status = 'running'
-      AND lease_expires_at <= :expired_before
-    RETURNING id, job, queue, payload, attempt, on_failure
+-- name: finish_many_recorded
+-- Completed and cancelled endings: finish_leased_run, then the attempt's ending
+-- and the run's timeline entry. Returns the ids of the runs whose lease was
+-- still held (and ended).
+WITH input AS (
+    SELECT * FROM unnest(
+        CAST(:ids AS text[]), CAST(:worker_ids AS text[]), CAST(:attempts AS integer[]),
+        CAST(:expired_before AS double precision[]), CAST(:statuses AS text[]),
+        CAST(:results AS text[]), CAST(:errors AS text[]),
+        CAST(:finished_at AS double precision[]), CAST(:available_at AS double precision[]),
+        CAST(:nows AS double precision[]), CAST(:kinds AS text[]), CAST(:data AS text[])
+    ) AS i(id, worker_id, attempt, expired_before, status, result, error, finished_at,
+           available_at, now, kind, data)
+), moved AS (
+    UPDATE runs r
+    SET status = i.status, result = i.result, error = i.error, finished_at = i.finished_at,
+        available_at = i.available_at, lease_owner = NULL, lease_expires_at = NULL,
+        cancel_requested = 0, updated_at = i.now
+    FROM input i
+    WHERE r.id = i.id AND r.lease_owner = i.worker_id AND r.attempt = i.attempt
+      AND r.status = 'running' AND r.lease_expires_at <= i.expired_before
+    RETURNING r.id, r.attempt, i.status, i.error, i.now, i.kind, i.data
 ), ended AS (
-    UPDATE attempts SET status = :attempt_status, finished_at = :now, error = :error
-    WHERE run_id = :id AND number = :attempt AND EXISTS (SELECT 1 FROM moved)
+    UPDATE attempts a SET status = m.status, finished_at = m.now, error = m.error
+    FROM moved m
+    WHERE a.run_id = m.id AND a.number = m.attempt
 ), noted AS (
     INSERT INTO timeline (run_id, at, kind, attempt, step, data)
-    SELECT id, :now, CAST(:kind AS text), attempt, NULL, CAST(:data AS text) FROM moved
+    SELECT id, now, kind, attempt, NULL, data FROM moved
 )
-SELECT * FROM moved;
+SELECT id FROM moved;
 
--- name: save_step_recorded
--- renew_lease, then upsert_step and the step's timeline entry; no row: lease lost.
-WITH renewed AS (
-    UPDATE runs SET lease_expires_at = :lease_expires_at, updated_at = :now
-    WHERE id = :run_id AND lease_owner = :worker_id AND attempt = :attempt
-      AND status = 'running'
-    RETURNING cancel_requested
+-- name: renew_many
+-- renew_lease for several leases at once; returns the runs still held.
+UPDATE runs r SET lease_expires_at = :lease_expires_at, updated_at = :now
+FROM unnest(CAST(:ids AS text[]), CAST(:worker_ids AS text[]),
+            CAST(:attempts AS integer[])) AS l(id, worker_id, attempt)
+WHERE r.id = l.id AND r.lease_owner = l.worker_id AND r.attempt = l.attempt
+  AND r.status = 'running'
+RETURNING r.id, r.cancel_requested;
+
+-- name: save_many_recorded
+-- Step checkpoints: renew_lease, then upsert_step and the step's timeline
+-- entry. Returns (ord: the element's place) each kept checkpoint's
+-- cancel_requested; a checkpoint whose lease was lost is left out, and nothing
+-- of it is written.
+WITH input AS (
+    SELECT * FROM unnest(
+        CAST(:ords AS integer[]), CAST(:run_ids AS text[]), CAST(:worker_ids AS text[]),
+        CAST(:attempts AS integer[]), CAST(:lease_expires_at AS double precision[]),
+        CAST(:nows AS double precision[]), CAST(:keys AS text[]), CAST(:names AS text[]),
+        CAST(:step_kinds AS text[]), CAST(:functions AS text[]), CAST(:statuses AS text[]),
+        CAST(:results AS text[]), CAST(:errors AS text[]),
+        CAST(:started_at AS double precision[]), CAST(:finished_at AS double precision[]),
+        CAST(:timeline_kinds AS text[]), CAST(:data AS text[])
+    ) AS i(ord, run_id, worker_id, attempt, lease_expires_at, now, key, name, step_kind,
+           function, status, result, error, started_at, finished_at, timeline_kind, data)
+), leases AS (
+    SELECT DISTINCT ON (run_id) run_id, worker_id, attempt, lease_expires_at, now
+    FROM input ORDER BY run_id, ord DESC
+), renewed AS (
+    UPDATE runs r SET lease_expires_at = l.lease_expires_at, updated_at = l.now
+    FROM leases l
+    WHERE r.id = l.run_id AND r.lease_owner = l.worker_id AND r.attempt = l.attempt
+      AND r.status = 'running'
+    RETURNING r.id, r.attempt, r.cancel_requested
+), kept AS (
+    SELECT i.*, r.cancel_requested FROM input i
+    JOIN renewed r ON r.id = i.run_id AND r.attempt = i.attempt
 ), saved AS (
     INSERT INTO steps (run_id, key, name, kind, function, status, result, error, attempt,
                        started_at, finished_at)
-    SELECT CAST(:run_id AS text), CAST(:key AS text), CAST(:name AS text),
-           CAST(:step_kind AS text), CAST(:function AS text), CAST(:status AS text),
-           CAST(:result AS text), CAST(:error AS text), CAST(:attempt AS integer),
-           CAST(:started_at AS double precision), CAST(:finished_at AS double precision)
-    FROM renewed
+    SELECT run_id, key, name, step_kind, function, status, result, error, attempt,
+           started_at, finished_at
+    FROM kept
     ON CONFLICT (run_id, key) DO UPDATE
         SET name = excluded.name, kind = excluded.kind, function = excluded.function,
             status = excluded.status, result = excluded.result, error = excluded.error,
@@ -182,12 +283,9 @@ WITH renewed AS (
             finished_at = excluded.finished_at
 ), noted AS (
     INSERT INTO timeline (run_id, at, kind, attempt, step, data)
-    SELECT CAST(:run_id AS text), CAST(:started_at AS double precision),
-           CAST(:timeline_kind AS text), CAST(:attempt AS integer), CAST(:key AS text),
-           CAST(:data AS text)
-    FROM renewed
+    SELECT run_id, started_at, timeline_kind, attempt, key, data FROM kept ORDER BY ord
 )
-SELECT cancel_requested FROM renewed;
+SELECT ord, cancel_requested FROM kept;
 
 -- name: duplicate_start
 -- A start whose idempotency key is live, in one statement sent as a transaction
