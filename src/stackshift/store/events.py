@@ -130,6 +130,9 @@ class EventStore(ExecutionStore):
                     first = tx.one("get_idempotency_key", scope="event", key=idempotency_key)
                     assert first is not None
                     return SentEvent(first["target_id"], True, [])
+            if tx.dialect == "postgres":
+                return self._deliver_postgres(tx, event_id, name, payload, correlation_key,
+                                              idempotency_key, now, retention)
             tx.lock(f"event:{name}\x00{correlation_key}")
             tx.run("insert_event", id=event_id, name=name, correlation_key=correlation_key,
                    payload=payload, idempotency_key=idempotency_key, now=now,
@@ -147,6 +150,31 @@ class EventStore(ExecutionStore):
                          event_id=event_id)
                 resumed.append(run["id"])
             return SentEvent(event_id, False, resumed)
+
+    def _deliver_postgres(self, tx: Tx, event_id: str, name: str, payload: str,
+                          correlation_key: str, idempotency_key: str | None, now: float,
+                          retention: float) -> SentEvent:
+        """PostgreSQL: what send_event does after the idempotency check, in one
+        statement for the event and one per run it resumes."""
+        from .postgres import lock_id
+
+        row = tx.one("insert_event_locked", id=event_id, name=name,
+                     correlation_key=correlation_key, payload=payload,
+                     idempotency_key=idempotency_key, now=now, expires_at=now + retention,
+                     lock=lock_id(f"event:{name}\x00{correlation_key}"))
+        assert row is not None
+        event = rows.event(row)
+        result = event_json(event)
+        received = dumps({"event": event.name, "event_id": event.id})
+        queued = dumps({"event_id": event.id, "from": Status.WAITING.value})
+        resumed: list[str] = []
+        for wait in tx.all("matching_waits", name=name, correlation_key=correlation_key,
+                           now=now):
+            if tx.one("resume_for_event", run_id=wait["run_id"], event_id=event.id,
+                      step_key=wait["step_key"], result=result, now=now,
+                      received_data=received, queued_data=queued) is not None:
+                resumed.append(wait["run_id"])
+        return SentEvent(event_id, False, resumed)
 
     def get_event(self, event_id: str) -> tuple[Event, list[dict[str, Any]]] | None:
         """An event and the runs that took it."""

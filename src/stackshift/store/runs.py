@@ -169,6 +169,29 @@ def insert_run(tx: Tx, new: NewRun, now: float) -> Run:
     return rows.run(row)
 
 
+def _start_many(tx: Tx, starts: list[tuple[NewRun, float]]) -> list[Run]:
+    """PostgreSQL: :func:`insert_run` for starts without an idempotency key, all in
+    one statement (``start_many``)."""
+    status = [Status.SCHEDULED if new.scheduled_at is not None else Status.QUEUED
+              for new, _ in starts]
+    found = tx.all(
+        "start_many", ids=[new.id for new, _ in starts], jobs=[new.job for new, _ in starts],
+        queues=[new.queue for new, _ in starts], statuses=[s.value for s in status],
+        payloads=[new.payload for new, _ in starts],
+        max_attempts=[new.max_attempts for new, _ in starts],
+        default_max_attempts=[new.default_max_attempts for new, _ in starts],
+        priorities=[new.priority for new, _ in starts],
+        concurrency_keys=[new.concurrency_key for new, _ in starts],
+        nows=[now for _, now in starts], scheduled_at=[new.scheduled_at for new, _ in starts],
+        available_at=[new.scheduled_at if new.scheduled_at is not None else now
+                      for new, now in starts],
+        data=[dumps({"scheduled_at": new.scheduled_at}) if new.scheduled_at else None
+              for new, _ in starts],
+    )
+    by_id = {row["id"]: row for row in found}
+    return [rows.run(by_id[new.id]) for new, _ in starts]
+
+
 #: How long a failure handler's idempotency key (``on_failure:<run>:<attempt>``) lives.
 FAILURE_HANDLER_KEY_TTL = 7 * 86400.0
 
@@ -257,6 +280,8 @@ class RunStore:
                 if found["id"] is not None:
                     return rows.run(found, created=False)
         # Starts from several threads share a transaction and its flush to disk.
+        if new.idempotency_key is None and self.db.dialect == "postgres":
+            return group_commit_of(self).run_combined(_start_many, (new, now))  # type: ignore[no-any-return]
         return group_commit_of(self).run(lambda tx: insert_run(tx, new, now))
 
     def get_run(self, run_id: str) -> Run:

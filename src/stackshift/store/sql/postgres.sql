@@ -136,6 +136,47 @@ WHERE w.event_name = :name AND w.correlation_key = :correlation_key
 ORDER BY w.created_at
 FOR NO KEY UPDATE OF r;
 
+-- name: insert_event_locked
+-- insert_event after taking the advisory lock of its name and correlation key
+-- (:lock, as Tx.lock takes it), in one round trip; returns the event.
+INSERT INTO events (id, name, correlation_key, payload, idempotency_key, received_at,
+                    expires_at)
+SELECT :id, :name, :correlation_key, :payload, :idempotency_key, :now, :expires_at
+FROM (SELECT pg_advisory_xact_lock(:lock)) AS locked
+RETURNING *;
+
+-- name: resume_for_event
+-- A waiting run (locked by matching_waits) takes the event: insert_consumption,
+-- its timeline entry, complete_waiting_step, then set_status to queued
+-- (resuming), delete_wait and that timeline entry; in one round trip. Keep in
+-- step with _take and move_run in store/events.py and store/runs.py.
+WITH moved AS (
+    UPDATE runs
+    SET status = 'queued', available_at = :now, finished_at = NULL, resuming = 1,
+        waiting_for = NULL, updated_at = :now
+    WHERE id = :run_id AND status = 'waiting'
+    RETURNING id, attempt
+), consumed AS (
+    INSERT INTO event_consumptions (run_id, event_id, step_key, at)
+    SELECT id, :event_id, :step_key, :now FROM moved
+    ON CONFLICT (run_id, event_id) DO NOTHING
+), stepped AS (
+    UPDATE steps SET status = 'completed', result = :result, finished_at = :now
+    WHERE run_id = :run_id AND key = :step_key AND status = 'waiting'
+      AND EXISTS (SELECT 1 FROM moved)
+), unwaited AS (
+    DELETE FROM waits WHERE run_id = :run_id AND EXISTS (SELECT 1 FROM moved)
+), noted AS (
+    INSERT INTO timeline (run_id, at, kind, attempt, step, data)
+    SELECT id, :now, 'event.received', NULLIF(attempt, 0), CAST(:step_key AS text),
+           CAST(:received_data AS text)
+    FROM moved
+    UNION ALL
+    SELECT id, :now, 'run.queued', NULLIF(attempt, 0), NULL, CAST(:queued_data AS text)
+    FROM moved
+)
+SELECT id FROM moved;
+
 -- name: lock_run
 -- A run about to be moved by an operator action (cancel, retry), locked so that
 -- the status it is moved from is the status it has.
@@ -286,6 +327,38 @@ WITH input AS (
     SELECT run_id, started_at, timeline_kind, attempt, key, data FROM kept ORDER BY ord
 )
 SELECT ord, cancel_requested FROM kept;
+
+-- name: start_many
+-- insert_run and the run's first timeline entry for several starts without an
+-- idempotency key (one array element each); returns the new rows.
+WITH input AS (
+    SELECT * FROM unnest(
+        CAST(:ids AS text[]), CAST(:jobs AS text[]), CAST(:queues AS text[]),
+        CAST(:statuses AS text[]), CAST(:payloads AS text[]),
+        CAST(:max_attempts AS integer[]), CAST(:default_max_attempts AS integer[]),
+        CAST(:priorities AS integer[]), CAST(:concurrency_keys AS text[]),
+        CAST(:nows AS double precision[]), CAST(:scheduled_at AS double precision[]),
+        CAST(:available_at AS double precision[]), CAST(:data AS text[])
+    ) WITH ORDINALITY AS i(id, job, queue, status, payload, max_attempts,
+                           default_max_attempts, priority, concurrency_key, now,
+                           scheduled_at, available_at, data, ord)
+), started AS (
+    INSERT INTO runs (id, job, queue, status, payload, max_attempts, idempotency_key,
+                      priority, claim_priority, concurrency_key, created_at, scheduled_at,
+                      available_at, updated_at)
+    SELECT i.id, i.job, i.queue, i.status, i.payload,
+           COALESCE(i.max_attempts,
+                    (SELECT q.max_attempts FROM queues q WHERE q.name = i.queue),
+                    i.default_max_attempts),
+           NULL, i.priority, i.priority, i.concurrency_key, i.now, i.scheduled_at,
+           i.available_at, i.now
+    FROM input i ORDER BY i.ord
+    RETURNING *
+), noted AS (
+    INSERT INTO timeline (run_id, at, kind, attempt, step, data)
+    SELECT id, now, 'run.' || status, NULL, NULL, data FROM input ORDER BY ord
+)
+SELECT * FROM started;
 
 -- name: duplicate_start
 -- A start whose idempotency key is live, in one statement sent as a transaction
