@@ -26,7 +26,7 @@ def execute_sync(invocation: Invocation, state: State) -> None:
             value = invocation.job.handler(ctx)
         except (Exception, HandlerSignal) as exc:
             error = exc
-        invocation.returned()
+        invocation.returned(error)
         invocation.conclude(error, value)
     except Exception:
         log.exception("run %s: could not record the attempt's outcome", invocation.run.id)
@@ -56,7 +56,7 @@ async def execute_async(invocation: Invocation, state: AsyncState) -> None:
                     error = AttemptTimeoutError(f"attempt ran longer than {timeout:g}s")
         except (Exception, HandlerSignal) as exc:
             error = exc
-        invocation.returned()
+        invocation.returned(error)
         await asyncio.to_thread(invocation.conclude, error, value)
     except Exception:
         log.exception("run %s: could not record the attempt's outcome", invocation.run.id)

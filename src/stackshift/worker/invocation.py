@@ -65,8 +65,9 @@ class Invocation:
         self.abandoned = False
         #: a NonDeterminismError fails the run even if the handler swallowed it
         self.fatal: BaseException | None = None
-        #: called once the handler has returned or raised, before its ending is recorded
-        self.on_return: Callable[[], None] | None = None
+        #: called once the handler has returned or raised, before its ending is
+        #: recorded; gets whether an ending will be recorded
+        self.on_return: Callable[[bool], None] | None = None
 
     # -- bookkeeping ---------------------------------------------------------------
 
@@ -79,11 +80,14 @@ class Invocation:
         logs, self._logs = self._logs, []
         return logs
 
-    def returned(self) -> None:
-        """The handler is done: its worker slot may take the next run while the
-        ending is recorded (the run stays leased until then)."""
+    def returned(self, error: BaseException | None) -> None:
+        """The handler is done (``error``: what it raised): its worker slot may
+        take the next run while the ending is recorded (the run stays leased
+        until then)."""
         if self.on_return is not None:
-            self.on_return()
+            # A suspended run was written when it suspended; an abandoned one
+            # writes nothing: neither has an ending left to record.
+            self.on_return(not isinstance(error, (Suspend, LeaseLost)))
 
     def next_key(self, name: str) -> str:
         self._occurrences[name] += 1

@@ -306,7 +306,7 @@ class Worker:
         deadline = None if job.timeout is None else time.monotonic() + job.timeout
         active = _Active(invocation, deadline, batch)
         run_id = claimed.run.id
-        invocation.on_return = lambda: self._returned(active)
+        invocation.on_return = lambda records: self._returned(active, records)
         with self._lock:
             self._active[run_id] = active
         future: Future[None] | asyncio.Future[None]
@@ -321,7 +321,7 @@ class Worker:
         active.future = future
         future.add_done_callback(lambda _f: self._done(run_id, active))
 
-    def _returned(self, active: _Active) -> None:
+    def _returned(self, active: _Active, records: bool) -> None:
         """A handler is done: free its slot now, so that the next claim can share a
         transaction (and its flush) with the endings being recorded.
 
@@ -329,7 +329,8 @@ class Worker:
         ending waits until the other runs of its claim have returned too, for as
         long as the claim is less than ``ENDING_HOLD`` old. Otherwise the first
         run to return commits its ending alone while its siblings return a moment
-        later. Handlers that take longer than that are never held back.
+        later. Handlers that take longer than that are never held back, nor are
+        runs with no ending to record (``records``: not suspended or abandoned).
         """
         batch = active.claim
         with self._lock:
@@ -337,14 +338,15 @@ class Worker:
                 return
             active.returned = True
             batch.returned += 1
+            coming = batch.held + (1 if records else 0)
             if batch.returned == batch.size and batch.held:
                 # Release the held siblings, and have their endings (and this
-                # one) go in one transaction.
-                self.service.store.expect_writes(batch.held + 1, self.ENDING_HOLD)
-                self._sibling_returned.notify_all()
+                # one's) go in one transaction.
+                self.service.store.expect_writes(coming, self.ENDING_HOLD)
+            self._sibling_returned.notify_all()
         self._wake.set()
-        if active.invocation.job.is_async:
-            return  # on the event loop's thread: never block it
+        if not records or active.invocation.job.is_async:
+            return  # nothing to hold back, or on the event loop's thread
         with self._lock:
             batch.held += 1
             while batch.returned < batch.size:
