@@ -30,7 +30,7 @@ Combiner = Callable[[Tx, list[Any]], list[Any]]
 
 
 class _Item(Generic[T]):
-    __slots__ = ("arg", "combine", "done", "error", "first", "fn", "result")
+    __slots__ = ("arg", "combine", "done", "error", "first", "fn", "lead", "result", "woken")
 
     def __init__(self, fn: Callable[[Tx], T], first: bool, combine: Combiner | None = None,
                  arg: Any = None) -> None:
@@ -39,6 +39,10 @@ class _Item(Generic[T]):
         self.combine = combine
         self.arg = arg
         self.done = False
+        #: handed a lane by the leader before it: commit the next batch
+        self.lead = False
+        #: set when done or handed a lane (each caller waits on its own)
+        self.woken = threading.Event()
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -95,33 +99,45 @@ class GroupCommit:
             if self._expected and not item.first:
                 self._expected -= 1
                 if not self._expected:
-                    self._cond.notify_all()
-            while self._busy >= self.lanes and item in self._queue:
-                self._cond.wait()
-            lead = item in self._queue
+                    self._cond.notify()  # the leader waiting for announced writes
+            lead = self._busy < self.lanes
             if lead:
                 self._busy += 1
+        if not lead:
+            # Woken once: done (by the leader that committed it), or handed the
+            # lane (the leader before found it first in the queue).
+            item.woken.wait()
+            lead = item.lead
+        if lead:
+            with self._cond:
                 while self._expected and len(self._queue) < self.MAX_BATCH:
                     left = self._expected_until - time.monotonic()
                     if left <= 0:
                         self._expected = 0
                         break
                     self._cond.wait(left)
-                batch = self._queue[: self.MAX_BATCH]
-                del self._queue[: self.MAX_BATCH]
-        if lead:
+                # This caller's write and the oldest others (with several lanes,
+                # more may be queued than one batch takes).
+                self._queue.remove(item)
+                batch = [item, *self._queue[: self.MAX_BATCH - 1]]
+                del self._queue[: self.MAX_BATCH - 1]
+            successor = None
             try:
                 self._commit(batch)
             finally:
                 with self._cond:
                     for other in batch:
                         other.done = True
-                    self._busy -= 1
-                    self._cond.notify_all()
-        else:
-            with self._cond:
-                while not item.done:
-                    self._cond.wait()
+                    if self._queue:  # the lane passes on, without a herd of wake-ups
+                        successor = self._queue[0]
+                        successor.lead = True
+                    else:
+                        self._busy -= 1
+                for other in batch:
+                    if other is not item:
+                        other.woken.set()
+                if successor is not None:
+                    successor.woken.set()
         if item.error is not None:
             raise item.error
         return item.result  # type: ignore[no-any-return]
