@@ -263,7 +263,7 @@ WITH input AS (
     FROM input i
     WHERE r.id = i.id AND r.lease_owner = i.worker_id AND r.attempt = i.attempt
       AND r.status = 'running' AND r.lease_expires_at <= i.expired_before
-    RETURNING r.id, r.attempt, i.status, i.error, i.now, i.kind, i.data
+    RETURNING r.id, r.attempt, r.queue, i.status, i.error, i.now, i.kind, i.data
 ), ended AS (
     UPDATE attempts a SET status = m.status, finished_at = m.now, error = m.error
     FROM moved m
@@ -271,8 +271,15 @@ WITH input AS (
 ), noted AS (
     INSERT INTO timeline (run_id, at, kind, attempt, step, data)
     SELECT id, now, kind, attempt, NULL, data FROM moved
+), freed AS (
+    -- A run that stops running in a limited queue frees room in it: wake every
+    -- idle worker (delivered at commit), not only the one that ended it.
+    SELECT pg_notify('stackshift', current_schema()) FROM queues q
+    WHERE q.name IN (SELECT queue FROM moved)
+      AND (q.concurrency IS NOT NULL OR q.rate_count IS NOT NULL)
+    LIMIT 1
 )
-SELECT id FROM moved;
+SELECT id, (SELECT COUNT(*) FROM freed) AS woken FROM moved;
 
 -- name: renew_many
 -- renew_lease for several leases at once; returns the runs still held.
