@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from ..engine.transitions import Status
@@ -40,6 +41,11 @@ def write_logs(tx: Tx, run_id: str, logs: Sequence[LogWrite]) -> None:
         )
 
 
+def _column(items: list[Any], pick: Callable[[Any], Any]) -> list[Any]:
+    """One array parameter of a statement over several writes: ``pick`` of each."""
+    return [pick(item) for item in items]
+
+
 def _finish_recorded(tx: Tx, endings: list[Any]) -> list[bool]:
     """Completed and cancelled endings: the run, its attempt, its timeline entry.
 
@@ -48,9 +54,7 @@ def _finish_recorded(tx: Tx, endings: list[Any]) -> list[bool]:
     PostgreSQL does it all in one statement (``finish_many_recorded``); SQLite
     ends each run, then writes the attempts and the entries in a batch each.
     """
-    def column(pick: Callable[[Any], Any]) -> list[Any]:
-        return [pick(ending) for ending in endings]
-
+    column = partial(_column, endings)
     if tx.dialect == "postgres":
         found = tx.all(
             "finish_many_recorded",
@@ -94,9 +98,7 @@ def _save_steps(tx: Tx, saves: list[Any]) -> list[int | None]:
     result holds, for each, the run's ``cancel_requested``, or None when the
     lease was lost (nothing of that checkpoint is written).
     """
-    def column(pick: Callable[[Any], Any]) -> list[Any]:
-        return [pick(save) for save in saves]
-
+    column = partial(_column, saves)
     found = tx.all(
         "save_many_recorded", ords=list(range(len(saves))),
         run_ids=column(lambda s: s[0].run_id), worker_ids=column(lambda s: s[0].worker_id),
