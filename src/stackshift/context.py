@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 P = TypeVar("P")
 
+#: ``ctx.log``: its records are captured into the run's logs (see runlogs).
+_RUN_LOG = logging.getLogger(RUN_LOGGER)
+
 
 @dataclass(frozen=True)
 class RunInfo:
@@ -202,4 +205,4 @@ class JobContext(Generic[P]):
         )
         self.step = AsyncSteps(invocation) if invocation.job.is_async else Steps(invocation)
         self.state = state
-        self.log = logging.getLogger(RUN_LOGGER)
+        self.log = _RUN_LOG

@@ -45,9 +45,12 @@ def to_jsonable(value: Any, *, what: str = "payload") -> Any:
     )
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(value: Any) -> str:
     """Canonical JSON text: sorted keys, no spaces. Equal data gives equal text."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(value)
 
 
 def encode(

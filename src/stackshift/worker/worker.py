@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import queue
 import signal
 import socket
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -55,10 +56,53 @@ class _Active:
     invocation: Invocation
     deadline: float | None  # monotonic
     claim: _Claim
-    future: Any = None
     timed_out: bool = field(default=False)
     #: the handler is done and its ending is being recorded: its slot is free
     returned: bool = field(default=False)
+
+
+class _HandlerThreads:
+    """The threads that run sync handlers, started as needed up to ``limit``.
+
+    Leaner than a ``ThreadPoolExecutor`` (no future per call), and daemon
+    threads: a handler still running after the worker stopped (its run
+    released) does not keep the process from exiting.
+    """
+
+    def __init__(self, limit: int, name: str) -> None:
+        self._limit = limit
+        self._name = name
+        self._calls: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._started = 0
+
+    def submit(self, call: Callable[[], None]) -> None:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+            elif self._started < self._limit:
+                thread = threading.Thread(target=self._serve, daemon=True,
+                                          name=f"{self._name}_{self._started}")
+                self._started += 1
+                thread.start()
+        self._calls.put(call)
+
+    def _serve(self) -> None:
+        while (call := self._calls.get()) is not None:
+            try:
+                call()
+            except BaseException:
+                log.exception("a handler thread's call failed")
+            with self._lock:
+                self._idle += 1
+
+    def shutdown(self) -> None:
+        """Idle threads exit; busy ones once their call returns."""
+        with self._lock:
+            started, self._started = self._started, self._limit  # no more threads
+        for _ in range(started):
+            self._calls.put(None)
 
 
 class Worker:
@@ -105,7 +149,7 @@ class Worker:
         # Set once draining is over: leases are renewed until then (SIGTERM grace).
         self._halted = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._pool: ThreadPoolExecutor | None = None
+        self._threads_for_sync: _HandlerThreads | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
         self._next_purge = 0.0
@@ -130,7 +174,7 @@ class Worker:
         runlogs.install()
         # Twice the slots: a thread recording an ending has already freed its slot
         # for the next run (see _returned).
-        self._pool = ThreadPoolExecutor(2 * self.concurrency, thread_name_prefix="stackshift-job")
+        self._threads_for_sync = _HandlerThreads(2 * self.concurrency, "stackshift-job")
         if any(job.is_async for job in self.app._registry):
             self._loop = asyncio.new_event_loop()
             self._spawn("stackshift-loop", self._loop.run_forever)
@@ -178,8 +222,9 @@ class Worker:
         for thread in self._threads:
             thread.join(timeout=5)
         self._threads.clear()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._threads_for_sync is not None:
+            self._threads_for_sync.shutdown()
+            self._threads_for_sync = None
         if self._loop is not None and not self._loop.is_running():
             self._loop.close()
         self._loop = None
@@ -309,17 +354,23 @@ class Worker:
         invocation.on_return = lambda records: self._returned(active, records)
         with self._lock:
             self._active[run_id] = active
-        future: Future[None] | asyncio.Future[None]
         if job.is_async:
             assert self._loop is not None
             future = asyncio.run_coroutine_threadsafe(
                 execute_async(invocation, self.app.state_async), self._loop
             )
+            future.add_done_callback(lambda _f: self._done(run_id, active))
         else:
-            assert self._pool is not None
-            future = self._pool.submit(execute_sync, invocation, self.app.state)
-        active.future = future
-        future.add_done_callback(lambda _f: self._done(run_id, active))
+            assert self._threads_for_sync is not None
+            state = self.app.state
+
+            def call() -> None:
+                try:
+                    execute_sync(invocation, state)
+                finally:
+                    self._done(run_id, active)
+
+            self._threads_for_sync.submit(call)
 
     def _returned(self, active: _Active, records: bool) -> None:
         """A handler is done: free its slot now, so that the next claim can share a
@@ -362,7 +413,9 @@ class Worker:
             # that newer invocation's entry alone.
             if self._active.get(run_id) is active:
                 del self._active[run_id]
-        self._wake.set()
+            freed = not active.returned  # else _returned freed the slot and woke the loop
+        if freed:
+            self._wake.set()
 
     # -- heartbeat and maintenance -----------------------------------------------------
 
