@@ -7,7 +7,7 @@ Threads, each with one job:
   (another process), or the next timer;
 * the **heartbeat** renews the leases of running runs, notices cancels and
   attempt timeouts, and runs maintenance: the lease rescuer, timers and clean-up;
-* sync handlers run in a thread pool; async handlers on one event loop thread.
+* sync handlers run on handler threads; async handlers on one event loop thread.
 """
 
 from __future__ import annotations
