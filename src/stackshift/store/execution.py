@@ -46,6 +46,10 @@ def _column(items: list[Any], pick: Callable[[Any], Any]) -> list[Any]:
     return [pick(item) for item in items]
 
 
+#: The data of the timeline entry of an ending.
+_FROM_RUNNING = dumps({"from": "running"})
+
+
 def _finish_recorded(tx: Tx, endings: list[Any]) -> list[bool]:
     """Completed and cancelled endings: the run, its attempt, its timeline entry.
 
@@ -64,7 +68,7 @@ def _finish_recorded(tx: Tx, endings: list[Any]) -> list[bool]:
             errors=column(lambda e: dumps(e[1].error) if e[1].error else None),
             finished_at=column(lambda e: e[3]), available_at=column(lambda e: e[1].retry_at),
             nows=column(lambda e: e[3]), kinds=column(lambda e: f"run.{e[1].status}"),
-            data=[dumps({"from": "running"})] * len(endings),
+            data=[_FROM_RUNNING] * len(endings),
         )
         ended = {row["id"] for row in found}
     else:
@@ -83,7 +87,7 @@ def _finish_recorded(tx: Tx, endings: list[Any]) -> list[bool]:
             for lease, outcome, _, now, _ in kept])
         tx.many("insert_timeline", [
             {"run_id": lease.run_id, "at": now, "kind": f"run.{outcome.status}",
-             "attempt": lease.attempt, "step": None, "data": dumps({"from": "running"})}
+             "attempt": lease.attempt, "step": None, "data": _FROM_RUNNING}
             for lease, outcome, _, now, _ in kept])
     for lease, _, logs, _, _ in endings:
         if lease.run_id in ended:
@@ -165,9 +169,10 @@ class _ClaimRecords:
         self.entries: list[dict[str, Any]] = []
 
     def timeline(self, run_id: str, kind: str, at: float, attempt: int | None,
-                 data: dict[str, Any] | None) -> None:
+                 data: str | None) -> None:
+        """An entry; ``data`` is its JSON text (encoded once for the whole claim)."""
         self.entries.append({"run_id": run_id, "at": at, "kind": kind, "attempt": attempt,
-                             "step": None, "data": dumps(data) if data else None})
+                             "step": None, "data": data})
 
     def write(self, tx: Tx) -> None:
         if self.started:
@@ -321,7 +326,7 @@ class ExecutionStore:
         for cand in cands:
             if cand["status"] != Status.QUEUED:
                 later.timeline(cand["id"], "run.queued", cand["available_at"], None,
-                               {"from": cand["status"]})
+                               dumps({"from": cand["status"]}))
             by_handler.setdefault(rules.on_failure.get(cand["job"]), []).append(cand["id"])
         moved: dict[str, Row] = {}
         for on_failure, ids in by_handler.items():
@@ -331,6 +336,7 @@ class ExecutionStore:
                               now=now):
                 moved[row["id"]] = row
         claimed = []
+        started_by = dumps({"worker": worker_id})
         for cand in cands:
             row = moved[cand["id"]]
             resuming = bool(cand["resuming"])
@@ -342,8 +348,7 @@ class ExecutionStore:
             else:
                 later.started.append({"run_id": row["id"], "number": attempt,
                                       "worker_id": worker_id, "now": now})
-                later.timeline(row["id"], "attempt.started", now, attempt,
-                               {"worker": worker_id})
+                later.timeline(row["id"], "attempt.started", now, attempt, started_by)
             steps = {}
             # A first attempt that is not resuming has no steps yet: skip the read.
             if resuming or attempt > 1:

@@ -69,16 +69,21 @@ class GroupCommit:
         self._expected_until = 0.0
 
     def expect(self, count: int, within: float) -> None:
-        """``count`` writes (not ``first`` ones) are about to come, within ``within``
-        seconds: the next shared transaction waits for them to be queued, so
-        that they share it.
+        """``count`` writes are about to come, within ``within`` seconds: the next
+        shared transaction waits for them to be queued, so that they share it.
+        A negative ``count`` takes back writes announced that will not come.
 
-        Threads released at once reach :meth:`run` one after another; without
-        this the first would commit alone and the rest in the next transaction.
+        Threads that finish about together reach :meth:`run` one after another;
+        without this the first would commit alone and the rest in the next
+        transaction.
         """
         with self._cond:
-            self._expected += count
-            self._expected_until = max(self._expected_until, time.monotonic() + within)
+            self._expected = max(0, self._expected + count)
+            if count > 0:
+                self._expected_until = max(self._expected_until,
+                                           time.monotonic() + within)
+            if not self._expected:
+                self._cond.notify()  # the leader waiting for announced writes
 
     def run(self, fn: Callable[[Tx], T], *, first: bool = False) -> T:
         """Run ``fn`` in a write transaction (maybe shared); return once it is committed.
@@ -96,7 +101,7 @@ class GroupCommit:
     def _run(self, item: _Item[T]) -> T:
         with self._cond:
             self._queue.append(item)
-            if self._expected and not item.first:
+            if self._expected:
                 self._expected -= 1
                 if not self._expected:
                     self._cond.notify()  # the leader waiting for announced writes

@@ -47,8 +47,8 @@ class _Claim:
     #: monotonic; a sibling still running after this is not waited for
     hold_until: float
     returned: int = 0
-    #: endings waiting for their siblings now
-    held: int = 0
+    #: the siblings' endings were announced to the shared transactions
+    announced: bool = False
 
 
 @dataclass
@@ -376,12 +376,13 @@ class Worker:
         """A handler is done: free its slot now, so that the next claim can share a
         transaction (and its flush) with the endings being recorded.
 
-        Runs claimed together and quick to return end together: a sync handler's
-        ending waits until the other runs of its claim have returned too, for as
-        long as the claim is less than ``ENDING_HOLD`` old. Otherwise the first
-        run to return commits its ending alone while its siblings return a moment
-        later. Handlers that take longer than that are never held back, nor are
-        runs with no ending to record (``records``: not suspended or abandoned).
+        Runs claimed together and quick to return end together: the first of them
+        to return announces its siblings' endings to the shared transactions
+        (:meth:`GroupCommit.expect`), so that the transaction recording its ending
+        waits for theirs, until ``ENDING_HOLD`` after the claim at most. The last
+        to return announces the claim that its freed slot brings. Handlers that
+        take longer than that are never held back. ``records``: the run has an
+        ending to record (it did not suspend and was not abandoned).
         """
         batch = active.claim
         with self._lock:
@@ -389,23 +390,20 @@ class Worker:
                 return
             active.returned = True
             batch.returned += 1
-            coming = batch.held + (1 if records else 0)
-            if batch.returned == batch.size and batch.held:
-                # Release the held siblings, and have their endings (and this
-                # one's) go in one transaction.
-                self.service.store.expect_writes(coming, self.ENDING_HOLD)
+            left = batch.hold_until - time.monotonic()
+            coming = 0
+            if left > 0 and batch.returned == 1:
+                coming = batch.size - 1 + (1 if records else 0)
+                batch.announced = coming > 0
+            elif left > 0 and batch.announced and not records:
+                coming = -1  # announced, but it has nothing to write
+            if batch.returned == batch.size and not self._stopping.is_set():
+                coming += 1  # the claim into the slots freed
+                left = max(left, self.ENDING_HOLD)
+            if coming:
+                self.service.store.expect_writes(coming, left)
             self._sibling_returned.notify_all()
         self._wake.set()
-        if not records or active.invocation.job.is_async:
-            return  # nothing to hold back, or on the event loop's thread
-        with self._lock:
-            batch.held += 1
-            while batch.returned < batch.size:
-                left = batch.hold_until - time.monotonic()
-                if left <= 0:
-                    break
-                self._sibling_returned.wait(left)
-            batch.held -= 1
 
     def _done(self, run_id: str, active: _Active) -> None:
         with self._lock:
