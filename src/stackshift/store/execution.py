@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..engine.transitions import Status
 from ..errors import LeaseLost
+from ..models import Step
 from ..serialization import dumps
 from . import rows
 from .base import ClaimedRun, ExpiredLease, Lease, LogWrite, Outcome, StepWrite
@@ -156,6 +157,15 @@ def renew(tx: Tx, lease: Lease, now: float, lease_seconds: float) -> bool:
     return bool(row["cancel_requested"])
 
 
+class _Claimed(NamedTuple):
+    """A run a claim took, as its transaction left it (see :class:`ClaimedRun`)."""
+
+    row: Row
+    lease: Lease
+    steps: dict[str, Step]
+    new_attempt: bool
+
+
 class _ClaimRecords:
     """Attempt rows and timeline entries of a claim, written together at its end.
 
@@ -264,14 +274,14 @@ class ExecutionStore:
         if limit <= 0 or not jobs or (queues is not None and not queues):
             return []
 
-        def work(tx: Tx) -> list[ClaimedRun]:
+        def work(tx: Tx) -> list[_Claimed]:
             if tx.dialect == "postgres" and not set(jobs) & set(rules.key_limits):
                 plain = self._claim_plain(tx, worker_id, jobs, limit, lease_seconds, now,
                                           queues, rules)
                 if plain is not None:
                     return plain
             chosen: list[Row] = []
-            claimed: list[ClaimedRun] = []
+            claimed: list[_Claimed] = []
 
             def flush() -> None:
                 if chosen:
@@ -289,11 +299,14 @@ class ExecutionStore:
         # claims as soon as a handler returns), but goes first: capacity those
         # endings free in a limited queue is then seen by every worker at once,
         # instead of passing straight to the worker that held it.
-        return self.group_commit.run(work, first=True)
+        # The rows become runs after the commit: the write lock is not held for that.
+        return [ClaimedRun(run=rows.run(c.row), lease=c.lease, retry_base=c.row["retry_base"],
+                           steps=c.steps, new_attempt=c.new_attempt)
+                for c in self.group_commit.run(work, first=True)]
 
     def _claim_plain(self, tx: Tx, worker_id: str, jobs: Sequence[str], limit: int,
                      lease_seconds: float, now: float, queues: Sequence[str] | None,
-                     rules: ClaimRules) -> list[ClaimedRun] | None:
+                     rules: ClaimRules) -> list[_Claimed] | None:
         """PostgreSQL: the claim as one statement (``claim_plain``), or None when a
         queue is paused or limited and flow control must choose the runs."""
         found = tx.all(
@@ -308,10 +321,9 @@ class ExecutionStore:
         moved = sorted((r for r in found if r["id"] is not None),
                        key=lambda r: (-r["was_priority"], r["was_available"], r["id"]))
         return [
-            ClaimedRun(
-                run=rows.run(row),
+            _Claimed(
+                row=row,
                 lease=Lease(row["id"], worker_id, row["attempt"]),
-                retry_base=row["retry_base"],
                 steps={s["key"]: rows.step(s) for s in row["completed_steps"] or ()},
                 new_attempt=not row["was_resuming"],
             )
@@ -319,7 +331,7 @@ class ExecutionStore:
         ]
 
     def _claim_batch(self, tx: Tx, cands: list[Row], worker_id: str, lease_seconds: float,
-                     now: float, rules: ClaimRules) -> list[ClaimedRun]:
+                     now: float, rules: ClaimRules) -> list[_Claimed]:
         """Move the chosen runs to ``running`` (one statement) and start their attempts."""
         later = _ClaimRecords()
         by_handler: dict[str | None, list[str]] = {}
@@ -356,13 +368,8 @@ class ExecutionStore:
                     s["key"]: rows.step(s)
                     for s in tx.all("completed_steps", run_id=row["id"])
                 }
-            claimed.append(ClaimedRun(
-                run=rows.run(row),
-                lease=Lease(row["id"], worker_id, attempt),
-                retry_base=row["retry_base"],
-                steps=steps,
-                new_attempt=not resuming,
-            ))
+            claimed.append(_Claimed(row, Lease(row["id"], worker_id, attempt), steps,
+                                    not resuming))
         later.write(tx)
         return claimed
 

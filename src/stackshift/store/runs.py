@@ -122,6 +122,14 @@ def insert_run(tx: Tx, new: NewRun, now: float) -> Run:
     Runs started as part of another change (a schedule's tick, a failure
     handler) use it so that both commit together.
     """
+    row, created = _insert_run_row(tx, new, now)
+    return rows.run(row, created=created)
+
+
+def _insert_run_row(tx: Tx, new: NewRun, now: float) -> tuple[Row, bool]:
+    """:func:`insert_run`'s writes: the run's row, and whether it was created (else
+    it is the run the idempotency key already names). The row becomes a
+    :class:`Run` after the commit, so that the write lock is not held for that."""
     if new.idempotency_key is not None:
         print_ = fingerprint(new.job, new.payload)
         taken = tx.one(
@@ -140,9 +148,9 @@ def insert_run(tx: Tx, new: NewRun, now: float) -> Run:
                 raise _conflict(new.idempotency_key, existing["target_id"])
             row = load_run(tx, existing["target_id"])
             add_timeline(tx, row["id"], "run.duplicate_start", now)
-            return rows.run(row, created=False)
+            return row, False
     status = Status.SCHEDULED if new.scheduled_at is not None else Status.QUEUED
-    tx.run(
+    inserted = tx.one(
         "insert_run",
         id=new.id,
         job=new.job,
@@ -165,8 +173,8 @@ def insert_run(tx: Tx, new: NewRun, now: float) -> Run:
         now,
         data={"scheduled_at": new.scheduled_at} if new.scheduled_at else None,
     )
-    row = load_run(tx, new.id)
-    return rows.run(row)
+    assert inserted is not None  # RETURNING the new row
+    return inserted, True
 
 
 def _start_many(tx: Tx, starts: list[tuple[NewRun, float]]) -> list[Run]:
@@ -282,7 +290,8 @@ class RunStore:
         # Starts from several threads share a transaction and its flush to disk.
         if new.idempotency_key is None and self.db.dialect == "postgres":
             return group_commit_of(self).run_combined(_start_many, (new, now))  # type: ignore[no-any-return]
-        return group_commit_of(self).run(lambda tx: insert_run(tx, new, now))
+        row, created = group_commit_of(self).run(lambda tx: _insert_run_row(tx, new, now))
+        return rows.run(row, created=created)
 
     def get_run(self, run_id: str) -> Run:
         with self.db.read() as tx:

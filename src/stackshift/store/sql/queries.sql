@@ -13,7 +13,8 @@ VALUES (:id, :job, :queue, :status, :payload,
                  (SELECT q.max_attempts FROM queues q WHERE q.name = :queue),
                  CAST(:default_max_attempts AS INTEGER)),
         :idempotency_key, :priority, :priority, :concurrency_key, :now, :scheduled_at,
-        :available_at, :now);
+        :available_at, :now)
+RETURNING *;
 
 -- name: claim_idempotency_key
 -- Takes the key when it is free or expired; returns nothing when it is live.
