@@ -349,6 +349,24 @@ def test_sigterm_past_the_grace_period_releases_the_attempt_to_continue_elsewher
     assert len(done_lines) == 1
 
 
+
+@pytest.mark.slow
+def test_a_handler_still_running_after_the_grace_period_does_not_keep_the_process_alive(
+    app: StackShift, spawn: Any
+) -> None:
+    # The step sleeps for a minute: the worker hands the run back after 0.2 s and
+    # the process exits at once, without waiting for the handler's thread.
+    worker = spawn("--step-seconds", "60", "--grace", "0.2s")
+    run = app.start("fiveSteps", {})
+    worker.wait_for_line("start:step-1:")
+    signalled = time.monotonic()
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.proc.wait(timeout=30) == 0
+    assert time.monotonic() - signalled < 10
+    released = app.runs.get(run.id)
+    assert released.status == "queued"
+    assert app.runs.steps(run.id) == []
+
 # -- attempt timeout -------------------------------------------------------------------
 
 
@@ -739,6 +757,13 @@ def test_expected_writes_share_one_transaction_and_a_missing_one_is_not_waited_f
     started = time.monotonic()
     group.run(write)  # the expectation is over
     assert time.monotonic() - started < 0.1
+
+    # An announced write taken back is not waited for.
+    group.expect(2, within=5.0)
+    group.expect(-1, within=0)
+    started = time.monotonic()
+    group.run(write)
+    assert time.monotonic() - started < 1.0
 
 
 def test_a_checkpoint_whose_lease_was_lost_fails_alone_in_a_shared_transaction(
