@@ -70,14 +70,18 @@ def change_line(run: Run) -> Text:
 
 
 def show_board(board: RunBoard, out: Console, stop: threading.Event) -> None:
-    """Show the board on ``out`` until ``stop`` is set."""
+    """Show the board on ``out`` until ``stop`` is set; what changed since its last
+    look is still shown once ``stop`` is set."""
+    stopping = False
     if out.is_terminal:
         with Live(board.render(out.width), console=out, refresh_per_second=4) as live:
-            while not stop.wait(REFRESH_SECONDS):
+            while not stopping:
+                stopping = stop.wait(REFRESH_SECONDS)
                 live.update(board.render(out.width))
         return
     while True:
         for run in board.changes():
             out.print(change_line(run))
-        if stop.wait(REFRESH_SECONDS):
+        if stopping:
             return
+        stopping = stop.wait(REFRESH_SECONDS)
