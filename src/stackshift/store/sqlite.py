@@ -92,6 +92,7 @@ class SqliteDatabase:
         self._write_lock = threading.Lock()
         self._data_version: int | None = None
         self._closed = False
+        self._writer: sqlite3.Connection | None = None
 
     # -- connections -------------------------------------------------------------
 
@@ -123,12 +124,27 @@ class SqliteDatabase:
                 self._all.append(conn)
         return conn
 
+    def _writer_conn(self) -> sqlite3.Connection:
+        """The connection every write of this process goes through, one at a time.
+
+        A connection drops its page cache whenever another connection has written
+        since its last transaction; writes from the thread-local connections of
+        many threads would each start with a cold cache.
+        """
+        if self._writer is None:
+            if self._closed:
+                raise RuntimeError("the store is closed")
+            self._writer = self._connect()
+            with self._lock:
+                self._all.append(self._writer)
+        return self._writer
+
     @contextmanager
     def write(self, durable: bool = True) -> Iterator[_SqliteTx]:
-        conn = self._conn()
         # Writers of this process queue on a lock that wakes the next one at once;
         # left to SQLite, they would poll the file lock with sleeps of up to 100 ms.
         with self._write_lock:
+            conn = self._writer_conn()
             relaxed = not durable and self._synchronous in ("FULL", "EXTRA")
             if relaxed:  # the safety level cannot change inside a transaction
                 conn.execute("PRAGMA synchronous = NORMAL")
@@ -243,3 +259,4 @@ class SqliteDatabase:
                     conn.close()
             self._all.clear()
         self._local = threading.local()
+        self._writer = None
