@@ -1,4 +1,4 @@
-"""SQLite: one file, WAL journal, one connection per thread.
+"""SQLite: one file, WAL journal; reads on a connection per thread, writes on one shared one.
 
 Writers take the database's single write lock up front (``BEGIN IMMEDIATE``)
 so that a transaction never fails half-way on a lock upgrade; ``busy_timeout``
