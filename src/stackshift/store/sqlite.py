@@ -152,10 +152,15 @@ class SqliteDatabase:
                 self._begin_immediate(conn)
                 try:
                     yield _SqliteTx(conn, self._queries)
+                    conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    # Also when the COMMIT failed (a deferred constraint, a full
+                    # disk): SQLite may keep the transaction open, and every later
+                    # write of this process goes through this connection.
+                    if conn.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
                     raise
-                conn.execute("COMMIT")
             finally:
                 if relaxed:
                     conn.execute(f"PRAGMA synchronous = {self._synchronous}")
