@@ -349,7 +349,6 @@ def test_sigterm_past_the_grace_period_releases_the_attempt_to_continue_elsewher
     assert len(done_lines) == 1
 
 
-
 @pytest.mark.slow
 def test_a_handler_still_running_after_the_grace_period_does_not_keep_the_process_alive(
     app: StackShift, spawn: Any
@@ -366,6 +365,7 @@ def test_a_handler_still_running_after_the_grace_period_does_not_keep_the_proces
     released = app.runs.get(run.id)
     assert released.status == "queued"
     assert app.runs.steps(run.id) == []
+
 
 # -- attempt timeout -------------------------------------------------------------------
 
