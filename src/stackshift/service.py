@@ -156,6 +156,17 @@ class Service(FlowControl):
         payload that is not JSON, ``ValueError`` (:class:`ValidationError`) for the
         rest, :class:`IdempotencyConflictError` for a key bound to other work.
         """
+        with self.store.preparing_write():
+            return self._start(job, payload, queue_name=queue_name,
+                               idempotency_key=idempotency_key,
+                               idempotency_ttl=idempotency_ttl, max_attempts=max_attempts,
+                               scheduled_at=scheduled_at, delay=delay, priority=priority,
+                               concurrency_key=concurrency_key)
+
+    def _start(self, job: str, payload: Any, *, queue_name: str | None,
+               idempotency_key: str | None, idempotency_ttl: Any, max_attempts: int | None,
+               scheduled_at: datetime | str | None, delay: Any, priority: int | None,
+               concurrency_key: str | None) -> Run:
         s = self.settings
         check_name(job, "job name")
         registered = self.registry.get(job)

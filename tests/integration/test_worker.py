@@ -718,11 +718,11 @@ def test_a_quick_run_is_not_held_back_by_a_slow_run_claimed_with_it(app: StackSh
 def test_expected_writes_share_one_transaction_and_a_missing_one_is_not_waited_for_long(
         app: StackShift) -> None:
     group = app._service.store.group_commit
-    seen: list[int] = []
+    seen: list[Tx] = []  # kept alive: their ids stay unique
 
     def write(tx: Tx) -> None:
         tx.raw("SELECT 1", {})
-        seen.append(id(tx))
+        seen.append(tx)
 
     def late_writer(delay: float) -> threading.Thread:
         def go() -> None:
@@ -738,14 +738,14 @@ def test_expected_writes_share_one_transaction_and_a_missing_one_is_not_waited_f
     for thread in threads:
         thread.join(10)
     assert len(seen) == 3
-    assert len(set(seen)) == 1, "announced writes committed in separate transactions"
+    assert len({id(tx) for tx in seen}) == 1, "announced writes committed in separate transactions"
 
     # Not announced, the first commits without waiting for the others.
     seen.clear()
     threads = [late_writer(i * 0.05) for i in range(3)]
     for thread in threads:
         thread.join(10)
-    assert len(set(seen)) == 3
+    assert len({id(tx) for tx in seen}) == 3
 
     # An announced write that never comes holds the next one up for `within` only.
     seen.clear()
@@ -764,6 +764,41 @@ def test_expected_writes_share_one_transaction_and_a_missing_one_is_not_waited_f
     started = time.monotonic()
     group.run(write)
     assert time.monotonic() - started < 1.0
+
+
+
+def test_a_write_being_prepared_is_waited_for_and_one_never_made_is_not(
+        app: StackShift) -> None:
+    group = app._service.store.group_commit
+    group.PREPARE_WAIT = 0.5  # roomy, for a loaded machine (1 ms by default)
+    seen: list[Tx] = []  # kept alive: their ids stay unique
+    ready = threading.Event()
+
+    def write(tx: Tx) -> None:
+        tx.raw("SELECT 1", {})
+        seen.append(tx)
+
+    def preparing_writer() -> None:
+        with group.preparing():
+            ready.set()
+            time.sleep(0.05)  # checking and encoding, say
+            group.run(write)
+
+    # A transaction starting while another thread prepares its write takes it too.
+    thread = threading.Thread(target=preparing_writer)
+    thread.start()
+    ready.wait(5)
+    group.run(write)
+    thread.join(10)
+    assert len(seen) == 2
+    assert len({id(tx) for tx in seen}) == 1, "the prepared write committed on its own"
+
+    # A block left without a write holds nothing up afterwards.
+    with group.preparing():
+        pass
+    started = time.monotonic()
+    group.run(write)
+    assert time.monotonic() - started < 0.25
 
 
 def test_a_checkpoint_whose_lease_was_lost_fails_alone_in_a_shared_transaction(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -248,6 +249,11 @@ class ExecutionStore:
     def group_commit(self) -> GroupCommit:
         """This process's shared transactions for claims, checkpoints and endings."""
         return group_commit_of(self)
+
+    def preparing_write(self) -> AbstractContextManager[None]:
+        """A block in which this thread gets a write ready: shared transactions
+        starting meanwhile wait for it a moment (see :meth:`GroupCommit.preparing`)."""
+        return self.group_commit.preparing()
 
     def expect_writes(self, count: int, within: float) -> None:
         """``count`` threads of this process are about to record endings or steps:

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
 
 from .database import Database, Tx
@@ -67,6 +68,9 @@ class GroupCommit:
         # Writes announced by expect() and not yet queued, and until when to wait.
         self._expected = 0
         self._expected_until = 0.0
+        # Threads inside preparing() that have not queued their write yet.
+        self._preparing = 0
+        self._local = threading.local()
 
     def expect(self, count: int, within: float) -> None:
         """``count`` writes are about to come, within ``within`` seconds: the next
@@ -84,6 +88,34 @@ class GroupCommit:
                                            time.monotonic() + within)
             if not self._expected:
                 self._cond.notify()  # the leader waiting for announced writes
+
+    #: Seconds a transaction waits at most for writes being prepared (preparing()).
+    PREPARE_WAIT = 0.001
+
+    @contextmanager
+    def preparing(self) -> Iterator[None]:
+        """This thread is getting a write ready (checking and encoding it): a shared
+        transaction about to start waits for it, ``PREPARE_WAIT`` at most, so that
+        writes from many threads share fewer transactions.
+
+        The write counts as arrived once queued by :meth:`run`; leaving the block
+        without writing (an error, a duplicate) takes it back.
+        """
+        if getattr(self._local, "preparing", False):
+            yield  # nested: the outer block counts
+            return
+        with self._cond:
+            self._preparing += 1
+        self._local.preparing = True
+        try:
+            yield
+        finally:
+            if self._local.preparing:
+                self._local.preparing = False
+                with self._cond:
+                    self._preparing -= 1
+                    if not self._preparing:
+                        self._cond.notify()
 
     def run(self, fn: Callable[[Tx], T], *, first: bool = False) -> T:
         """Run ``fn`` in a write transaction (maybe shared); return once it is committed.
@@ -105,6 +137,11 @@ class GroupCommit:
                 self._expected -= 1
                 if not self._expected:
                     self._cond.notify()  # the leader waiting for announced writes
+            if getattr(self._local, "preparing", False):
+                self._local.preparing = False
+                self._preparing -= 1
+                if not self._preparing:
+                    self._cond.notify()  # the leader waiting for writes being prepared
             lead = self._busy < self.lanes
             if lead:
                 self._busy += 1
@@ -115,12 +152,17 @@ class GroupCommit:
             lead = item.lead
         if lead:
             with self._cond:
-                while self._expected and len(self._queue) < self.MAX_BATCH:
-                    left = self._expected_until - time.monotonic()
-                    if left <= 0:
+                prepared_by = time.monotonic() + self.PREPARE_WAIT
+                while len(self._queue) < self.MAX_BATCH:
+                    now = time.monotonic()
+                    if self._expected and self._expected_until <= now:
                         self._expected = 0
+                    waits = [until for until, waiting in ((self._expected_until, self._expected),
+                                                          (prepared_by, self._preparing))
+                             if waiting and until > now]
+                    if not waits:
                         break
-                    self._cond.wait(left)
+                    self._cond.wait(max(waits) - now)
                 # This caller's write and the oldest others (with several lanes,
                 # more may be queued than one batch takes).
                 self._queue.remove(item)
