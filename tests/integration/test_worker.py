@@ -766,7 +766,6 @@ def test_expected_writes_share_one_transaction_and_a_missing_one_is_not_waited_f
     assert time.monotonic() - started < 1.0
 
 
-
 def test_a_write_being_prepared_is_waited_for_and_one_never_made_is_not(
         app: StackShift) -> None:
     group = app._service.store.group_commit
