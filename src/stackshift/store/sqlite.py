@@ -113,15 +113,19 @@ class SqliteDatabase:
         conn.execute("PRAGMA foreign_keys = ON")
         return conn
 
+    def _open(self) -> sqlite3.Connection:
+        """A new connection, closed with the store."""
+        if self._closed:
+            raise RuntimeError("the store is closed")
+        conn = self._connect()
+        with self._lock:
+            self._all.append(conn)
+        return conn
+
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            if self._closed:
-                raise RuntimeError("the store is closed")
-            conn = self._connect()
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
+            conn = self._local.conn = self._open()
         return conn
 
     def _writer_conn(self) -> sqlite3.Connection:
@@ -132,11 +136,7 @@ class SqliteDatabase:
         many threads would each start with a cold cache.
         """
         if self._writer is None:
-            if self._closed:
-                raise RuntimeError("the store is closed")
-            self._writer = self._connect()
-            with self._lock:
-                self._all.append(self._writer)
+            self._writer = self._open()
         return self._writer
 
     @contextmanager
