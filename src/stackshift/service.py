@@ -156,77 +156,69 @@ class Service(FlowControl):
         payload that is not JSON, ``ValueError`` (:class:`ValidationError`) for the
         rest, :class:`IdempotencyConflictError` for a key bound to other work.
         """
+        # Other threads' transactions wait a moment for this start (see
+        # GroupCommit.preparing).
         with self.store.preparing_write():
-            return self._start(job, payload, queue_name=queue_name,
-                               idempotency_key=idempotency_key,
-                               idempotency_ttl=idempotency_ttl, max_attempts=max_attempts,
-                               scheduled_at=scheduled_at, delay=delay, priority=priority,
-                               concurrency_key=concurrency_key)
-
-    def _start(self, job: str, payload: Any, *, queue_name: str | None,
-               idempotency_key: str | None, idempotency_ttl: Any, max_attempts: int | None,
-               scheduled_at: datetime | str | None, delay: Any, priority: int | None,
-               concurrency_key: str | None) -> Run:
-        s = self.settings
-        check_name(job, "job name")
-        registered = self.registry.get(job)
-        queue = queue_name or (registered.queue if registered else None) or s.default_queue
-        check_name(queue, "queue name")
-        payload_text = encode(payload, what="payload", limit=s.max_payload_bytes)
-        if max_attempts is None and registered is not None:
-            max_attempts = registered.max_attempts
-        if max_attempts is not None:  # else the queue's default, else the installation's
-            check_max_attempts(max_attempts)
-        if priority is None:
-            priority = 0
-        if isinstance(priority, bool) or not isinstance(priority, int) or not (
-            -(2**31) <= priority < 2**31
-        ):
-            raise ValidationError(f"priority must be a 32-bit integer, got {priority!r}")
-        if concurrency_key is not None:
-            check_key(concurrency_key, "concurrency_key", 512)
-        now = self.clock.now()
-        run_at: float | None = None
-        if scheduled_at is not None and delay is not None:
-            raise ValidationError("give scheduled_at or delay, not both")
-        if scheduled_at is not None:
-            run_at = parse_instant(scheduled_at, name="scheduled_at")
-        elif delay is not None:
-            run_at = now + parse_duration(delay, name="delay")
-        if run_at is not None and run_at <= now:
-            run_at = None  # due already: queue it now
-        expires_at = None
-        if idempotency_key is not None:
-            check_key(idempotency_key, "idempotency_key", s.max_idempotency_key_length)
-            ttl = (
-                s.default_idempotency_ttl
-                if idempotency_ttl is None
-                else parse_duration(idempotency_ttl, name="idempotency_ttl")
+            s = self.settings
+            check_name(job, "job name")
+            registered = self.registry.get(job)
+            queue = queue_name or (registered.queue if registered else None) or s.default_queue
+            check_name(queue, "queue name")
+            payload_text = encode(payload, what="payload", limit=s.max_payload_bytes)
+            if max_attempts is None and registered is not None:
+                max_attempts = registered.max_attempts
+            if max_attempts is not None:  # else the queue's default, else the installation's
+                check_max_attempts(max_attempts)
+            if priority is None:
+                priority = 0
+            if isinstance(priority, bool) or not isinstance(priority, int) or not (
+                -(2**31) <= priority < 2**31
+            ):
+                raise ValidationError(f"priority must be a 32-bit integer, got {priority!r}")
+            if concurrency_key is not None:
+                check_key(concurrency_key, "concurrency_key", 512)
+            now = self.clock.now()
+            run_at: float | None = None
+            if scheduled_at is not None and delay is not None:
+                raise ValidationError("give scheduled_at or delay, not both")
+            if scheduled_at is not None:
+                run_at = parse_instant(scheduled_at, name="scheduled_at")
+            elif delay is not None:
+                run_at = now + parse_duration(delay, name="delay")
+            if run_at is not None and run_at <= now:
+                run_at = None  # due already: queue it now
+            expires_at = None
+            if idempotency_key is not None:
+                check_key(idempotency_key, "idempotency_key", s.max_idempotency_key_length)
+                ttl = (
+                    s.default_idempotency_ttl
+                    if idempotency_ttl is None
+                    else parse_duration(idempotency_ttl, name="idempotency_ttl")
+                )
+                if ttl <= 0 or ttl > s.max_idempotency_ttl:
+                    raise ValidationError("idempotency_ttl must be more than 0 and at most 365d")
+                expires_at = now + ttl
+            elif idempotency_ttl is not None:
+                raise ValidationError("idempotency_ttl needs an idempotency_key")
+            run = self.store.start_run(
+                NewRun(
+                    id=new_id("run"),
+                    job=job,
+                    queue=queue,
+                    payload=payload_text,
+                    max_attempts=max_attempts,
+                    priority=priority,
+                    concurrency_key=concurrency_key,
+                    scheduled_at=run_at,
+                    idempotency_key=idempotency_key,
+                    idempotency_expires_at=expires_at,
+                    default_max_attempts=s.default_max_attempts,
+                ),
+                now,
             )
-            if ttl <= 0 or ttl > s.max_idempotency_ttl:
-                raise ValidationError("idempotency_ttl must be more than 0 and at most 365d")
-            expires_at = now + ttl
-        elif idempotency_ttl is not None:
-            raise ValidationError("idempotency_ttl needs an idempotency_key")
-        run = self.store.start_run(
-            NewRun(
-                id=new_id("run"),
-                job=job,
-                queue=queue,
-                payload=payload_text,
-                max_attempts=max_attempts,
-                priority=priority,
-                concurrency_key=concurrency_key,
-                scheduled_at=run_at,
-                idempotency_key=idempotency_key,
-                idempotency_expires_at=expires_at,
-                default_max_attempts=s.default_max_attempts,
-            ),
-            now,
-        )
-        if run.created:
-            self.notifier.notify()
-        return run
+            if run.created:
+                self.notifier.notify()
+            return run
 
     # -- runs ------------------------------------------------------------------------
 
