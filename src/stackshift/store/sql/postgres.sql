@@ -279,6 +279,7 @@ WITH input AS (
       AND (q.concurrency IS NOT NULL OR q.rate_count IS NOT NULL)
     LIMIT 1
 )
+-- "woken" is read by no one: a plain SELECT in WITH runs only when referenced.
 SELECT id, (SELECT COUNT(*) FROM freed) AS woken FROM moved;
 
 -- name: renew_many
