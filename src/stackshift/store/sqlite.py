@@ -1,17 +1,22 @@
 """SQLite: one file, WAL journal; reads on a connection per thread, writes on one shared one.
 
 Writers take the database's single write lock up front (``BEGIN IMMEDIATE``)
-so that a transaction never fails half-way on a lock upgrade; ``busy_timeout``
-makes concurrent writers queue instead of erroring.
+so that a transaction never fails half-way on a lock upgrade, retrying while
+another process holds it.
+
+Checkpoints (copying the WAL back into the database file) run on a thread of
+their own instead of inside the commit that crosses SQLite's threshold, where
+they would hold up every write of the process for the copy and its flushes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -19,6 +24,8 @@ from urllib.parse import parse_qs, urlsplit
 from ..errors import ValidationError
 from .database import Row, split_statements
 from .queries import load_migrations, load_queries
+
+log = logging.getLogger("stackshift.store")
 
 _SYNC_MODES = {"full": "FULL", "normal": "NORMAL", "off": "OFF", "extra": "EXTRA"}
 
@@ -93,6 +100,7 @@ class SqliteDatabase:
         self._data_version: int | None = None
         self._closed = False
         self._writer: sqlite3.Connection | None = None
+        self._checkpointer: _Checkpointer | None = None
 
     # -- connections -------------------------------------------------------------
 
@@ -136,7 +144,13 @@ class SqliteDatabase:
         many threads would each start with a cold cache.
         """
         if self._writer is None:
-            self._writer = self._open()
+            conn = self._open()
+            # Lock waits are retried by _begin_immediate; checkpoints are the
+            # checkpointer's.
+            conn.execute("PRAGMA busy_timeout = 0")
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+            self._checkpointer = _Checkpointer(self._open(), self._write_lock)
+            self._writer = conn
         return self._writer
 
     @contextmanager
@@ -153,6 +167,8 @@ class SqliteDatabase:
                 try:
                     yield _SqliteTx(conn, self._queries)
                     conn.execute("COMMIT")
+                    if self._checkpointer is not None:
+                        self._checkpointer.commits += 1
                 except BaseException:
                     # Also when the COMMIT failed (a deferred constraint, a full
                     # disk): SQLite may keep the transaction open, and every later
@@ -166,32 +182,24 @@ class SqliteDatabase:
                     conn.execute(f"PRAGMA synchronous = {self._synchronous}")
 
     def _begin_immediate(self, conn: sqlite3.Connection) -> None:
-        """``BEGIN IMMEDIATE``, retried every 50 µs to 1 ms while another process writes.
+        """``BEGIN IMMEDIATE``, retried (see _retry_busy) while another process writes.
 
         SQLite's own busy handler sleeps 1, 2, 5, 10 ... up to 100 ms between
         tries, so a process that writes back to back (a busy producer) can
-        starve the others for seconds; short retries find the gaps.
+        starve the others for seconds; short retries find the gaps. (The writer
+        connection's own busy timeout is 0.)
         """
-        conn.execute("PRAGMA busy_timeout = 0")
-        try:
-            deadline: float | None = None
-            pause = 0.00005
-            while True:
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    return
-                except sqlite3.OperationalError as exc:
-                    if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY:
-                        raise
-                    now = time.monotonic()
-                    if deadline is None:
-                        deadline = now + self._busy_ms / 1000
-                    elif now >= deadline:
-                        raise
-                time.sleep(pause)
-                pause = min(pause * 2, 0.001)
-        finally:
-            conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+        def attempt() -> bool:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY:
+                    raise
+                return False
+            return True
+
+        if not _retry_busy(attempt, self._busy_ms / 1000):
+            conn.execute("BEGIN IMMEDIATE")  # raises "database is locked", or succeeds
 
     @contextmanager
     def read(self) -> Iterator[_SqliteTx]:
@@ -258,6 +266,8 @@ class SqliteDatabase:
 
     def close(self) -> None:
         self._closed = True
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         with self._lock:
             for conn in self._all:
                 with contextlib.suppress(sqlite3.ProgrammingError):
@@ -265,3 +275,78 @@ class SqliteDatabase:
             self._all.clear()
         self._local = threading.local()
         self._writer = None
+        self._checkpointer = None
+
+
+def _retry_busy(attempt: Callable[[], bool], seconds: float) -> bool:
+    """Call ``attempt`` until it returns true (done) or ``seconds`` have passed,
+    pausing 50 µs between tries at first, doubling up to 1 ms; its last answer."""
+    if attempt():
+        return True
+    deadline = time.monotonic() + seconds
+    pause = 0.00005
+    while time.monotonic() < deadline:
+        time.sleep(pause)
+        if attempt():
+            return True
+        pause = min(pause * 2, 0.001)
+    return False
+
+
+class _Checkpointer:
+    """Copies the WAL back into the database file from a thread of its own.
+
+    SQLite checkpoints inside the commit that takes the WAL past 1,000 pages:
+    that commit then takes tens of milliseconds (a run's start writes some
+    fifteen pages, so about one in sixty), and every write of the process waits
+    for it. Here a checkpoint runs every ``TICK`` seconds after writes, beside
+    them (``PASSIVE``); pages that many commits rewrote are copied once.
+
+    The WAL starts over from its beginning only when a write finds every page
+    in it copied, which writes arriving during each checkpoint prevent. Once it
+    holds more than ``RESTART_PAGES``, a checkpoint therefore holds writers off
+    until it has copied everything (``RESTART``): this process's through its
+    write lock, other processes' by taking SQLite's, retried as writers retry
+    it, for at most ``RESTART_WAIT`` seconds (a later tick tries again).
+    """
+
+    TICK = 0.05
+    RESTART_PAGES = 4000
+    RESTART_WAIT = 0.1
+
+    def __init__(self, conn: sqlite3.Connection, write_lock: threading.Lock) -> None:
+        self.commits = 0  # counted by the writer, under the write lock
+        self._conn = conn
+        self._write_lock = write_lock
+        self._stopping = threading.Event()
+        conn.execute("PRAGMA busy_timeout = 0")  # _retry_busy waits instead
+        self._thread = threading.Thread(target=self._loop, name="stackshift-checkpoint",
+                                        daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        seen = 0
+        while not self._stopping.wait(self.TICK):
+            if self.commits == seen:
+                continue
+            seen = self.commits
+            try:
+                busy, pages = self._checkpoint("PASSIVE")
+                if not busy and pages > self.RESTART_PAGES:
+                    with self._write_lock:
+                        _retry_busy(lambda: not self._checkpoint("RESTART")[0],
+                                    self.RESTART_WAIT)
+            except sqlite3.Error:
+                log.warning("SQLite checkpoint failed; retrying", exc_info=True)
+
+    def _checkpoint(self, mode: str) -> tuple[bool, int]:
+        """A checkpoint: whether it was kept from finishing (by another
+        checkpoint, or in RESTART mode by a writer or reader), and the pages
+        in the WAL."""
+        busy, pages, _copied = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        return bool(busy), int(pages)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()

@@ -1,0 +1,100 @@
+"""SQLite's WAL is copied back into the database file by a checkpoint thread,
+not inside commits: under back-to-back writes the WAL must still stay small,
+and closing the store stops the thread."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from stackshift import StackShift
+from stackshift.store.sqlite import _Checkpointer
+
+
+def _app(path: Path) -> StackShift:
+    app = StackShift(f"sqlite:///{path}?synchronous=normal")
+
+    @app.job("job")
+    def job(ctx: object) -> None:
+        return None
+
+    return app
+
+
+def _checkpoint_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "stackshift-checkpoint"]
+
+
+def test_the_wal_stays_small_while_a_process_writes_back_to_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_Checkpointer, "TICK", 0.005)
+    monkeypatch.setattr(_Checkpointer, "RESTART_PAGES", 100)
+    db = tmp_path / "s.db"
+    wal = tmp_path / "s.db-wal"
+    app = _app(db)
+    largest = 0
+    for i in range(1500):
+        app.start("job", {"i": i})
+        if i % 50 == 0:
+            largest = max(largest, wal.stat().st_size)
+    # Each start writes about ten pages of 4 KiB: without checkpoints the WAL
+    # would hold them all (some 60 MB); it starts over once copied.
+    assert largest < 8 * 1024 * 1024, f"the WAL grew to {largest:,} bytes"
+    app.close()
+
+    reopened = _app(db)
+    try:
+        with reopened._service.store.db.read() as tx:
+            assert tx.raw("SELECT COUNT(*) AS n FROM runs", {})[0]["n"] == 1500
+    finally:
+        reopened.close()
+
+
+def test_closing_the_store_stops_its_checkpoint_thread(tmp_path: Path) -> None:
+    before = len(_checkpoint_threads())
+    app = _app(tmp_path / "s.db")
+    app.start("job", {})
+    assert len(_checkpoint_threads()) == before + 1
+    app.close()
+    assert len(_checkpoint_threads()) == before
+
+
+
+_WRITER = """
+import sys
+from stackshift import StackShift
+from stackshift.store.sqlite import _Checkpointer
+_Checkpointer.TICK, _Checkpointer.RESTART_PAGES = 0.005, 100
+app = StackShift(f"sqlite:///{sys.argv[1]}?synchronous=normal")
+app.job("job")(lambda ctx: None)
+for i in range(1000):
+    app.start("job", {"i": i})
+app.close()
+"""
+
+
+def test_the_wal_stays_small_while_two_processes_write_back_to_back(tmp_path: Path) -> None:
+    db, wal = tmp_path / "s.db", tmp_path / "s.db-wal"
+    _app(db).close()  # the schema
+    writers = [subprocess.Popen([sys.executable, "-c", _WRITER, str(db)]) for _ in range(2)]
+    largest = 0
+    while any(w.poll() is None for w in writers):
+        with contextlib.suppress(FileNotFoundError):
+            largest = max(largest, wal.stat().st_size)
+        time.sleep(0.01)
+    assert [w.returncode for w in writers] == [0, 0]
+    # Without a checkpoint that holds both processes' writers off until it has
+    # copied everything, the WAL would keep every page written (some 80 MB).
+    assert largest < 8 * 1024 * 1024, f"the WAL grew to {largest:,} bytes"
+    reopened = _app(db)
+    try:
+        with reopened._service.store.db.read() as tx:
+            assert tx.raw("SELECT COUNT(*) AS n FROM runs", {})[0]["n"] == 2000
+    finally:
+        reopened.close()
