@@ -22,6 +22,12 @@ class Tx(Protocol):
 
     def all(self, query: str, **params: Any) -> list[Row]: ...
 
+    def all_limited(self, query: str, limit: int, **params: Any) -> list[Row]:
+        """``all`` with the statement's ``:limit`` written in as a constant: on
+        PostgreSQL a statement (and its cached plan) per value, where a limit
+        sent as a parameter leaves the planner guessing how many rows come."""
+        ...
+
     def run(self, query: str, **params: Any) -> int:
         """Execute a statement; return the number of rows it changed."""
         ...

@@ -217,6 +217,10 @@ class _Flushing:
         self._flush()
         return self._tx.all(query, **params)
 
+    def all_limited(self, query: str, limit: int, **params: Any) -> list[Row]:
+        self._flush()
+        return self._tx.all_limited(query, limit, **params)
+
     def run(self, query: str, **params: Any) -> int:
         self._flush()
         return self._tx.run(query, **params)
@@ -315,9 +319,9 @@ class ExecutionStore:
                      rules: ClaimRules) -> list[_Claimed] | None:
         """PostgreSQL: the claim as one statement (``claim_plain``), or None when a
         queue is paused or limited and flow control must choose the runs."""
-        found = tx.all(
-            "claim_plain", now=now, jobs=sorted(jobs),
-            queues=sorted(queues) if queues is not None else None, limit=limit,
+        found = tx.all_limited(
+            "claim_plain", limit, now=now, jobs=sorted(jobs),
+            queues=sorted(queues) if queues is not None else None,
             worker_id=worker_id, lease_expires_at=now + lease_seconds,
             failure_jobs=list(rules.on_failure), failure_handlers=list(rules.on_failure.values()),
             started_data=dumps({"worker": worker_id}),

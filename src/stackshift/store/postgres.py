@@ -121,9 +121,9 @@ def _positive_int(options: Mapping[str, str], name: str, default: int) -> int:
 class _PostgresTx:
     dialect = "postgres"
 
-    def __init__(self, conn: PgConnection, queries: Mapping[str, str]) -> None:
+    def __init__(self, conn: PgConnection, queries: dict[str, str]) -> None:
         self._conn = conn
-        self._queries = queries
+        self._queries = queries  # shared by the database's transactions
 
     def one(self, query: str, **params: Any) -> Row | None:
         cur = self._conn.execute(self._queries[query], params)
@@ -131,6 +131,17 @@ class _PostgresTx:
 
     def all(self, query: str, **params: Any) -> list[Row]:
         cur = self._conn.execute(self._queries[query], params)
+        return list(cur.fetchall()) if cur.description is not None else []
+
+    def all_limited(self, query: str, limit: int, **params: Any) -> list[Row]:
+        # A generic plan (planned once per statement) must guess a parameter
+        # limit at a tenth of the rows, which makes it look dear enough that
+        # PostgreSQL plans the statement again at every call instead.
+        key = f"{query}@{int(limit)}"
+        text = self._queries.get(key)
+        if text is None:
+            text = self._queries[key] = self._queries[query].replace("%(limit)s", str(int(limit)))
+        cur = self._conn.execute(text, params)
         return list(cur.fetchall()) if cur.description is not None else []
 
     def run(self, query: str, **params: Any) -> int:

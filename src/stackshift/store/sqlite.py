@@ -60,6 +60,9 @@ class _SqliteTx:
     def all(self, query: str, **params: Any) -> list[Row]:
         return self._conn.execute(self._queries[query], params).fetchall()
 
+    def all_limited(self, query: str, limit: int, **params: Any) -> list[Row]:
+        return self.all(query, limit=limit, **params)
+
     def run(self, query: str, **params: Any) -> int:
         return self._conn.execute(self._queries[query], params).rowcount
 

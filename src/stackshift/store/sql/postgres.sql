@@ -25,6 +25,8 @@ FOR NO KEY UPDATE SKIP LOCKED;
 -- steps a replay needs (JSON, for runs resuming or on a later attempt). Claims
 -- nothing when a queue is paused or limited ("controlled" > 0): store/flow.py
 -- then claims in the same transaction. No run claimed: one row, id NULL.
+-- Run with all_limited: its plan is made once and reused (a generic plan),
+-- where planning it anew would take about as long as running it.
 -- Keep in step with claim_candidates, claim_update_many, insert_attempt,
 -- set_attempt_status and _claim_batch in store/execution.py.
 WITH ctl AS (
@@ -53,7 +55,9 @@ WITH ctl AS (
                       WHERE f.job = r.job),
         updated_at = :now
     FROM cand
-    WHERE r.id = cand.id
+    -- The id list lets a cached generic plan find the rows by primary key
+    -- (left to the join, it scans the whole table).
+    WHERE r.id = cand.id AND r.id = ANY(ARRAY(SELECT id FROM cand))
     RETURNING r.*, cand.was, cand.was_resuming, cand.was_available, cand.was_priority
 ), started AS (
     INSERT INTO attempts (run_id, number, status, worker_id, started_at)
