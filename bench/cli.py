@@ -206,7 +206,9 @@ def fairness(args: argparse.Namespace, pg: dict[str, str], versions: dict[str, s
         " (its default) and async tasks.",
         "Completions are counted outside the engines: a plain SQL `COUNT` over each engine's"
         " own table every 5-20 ms (Huey, which keeps no record of finished tasks: its"
-        " completion signal).",
+        " completion signal). While a backlog drains, the count is taken less often far from"
+        " the end (after a quarter of the time the rest should take at the rate so far),"
+        " since each count is work for the engine's own database.",
         "Each engine runs in its own interpreter: StackShift in the project's virtual"
         " environment, the peers in `bench/.peers-venv` (installed with pip: "
         + ", ".join(f"{k} {v}" for k, v in versions.items()) + "); no peer code enters the"
