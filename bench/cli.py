@@ -20,6 +20,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,19 @@ def machine() -> str:
             f" Python {platform.python_version()}")
 
 
+def cpu_probe() -> float:
+    """Milliseconds a fixed pure-Python loop takes (best of 3): how fast this machine's
+    cores are at the moment, so that runs on different days can be told apart."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for i in range(5_000_000):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return best * 1000
+
+
 def commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
@@ -283,6 +297,7 @@ def main(argv: list[str] | None = None) -> None:
     if load_before > LOAD_LIMIT:
         console.print(f"[yellow]Load average is {load_before:.2f} (over {LOAD_LIMIT}): the"
                       " machine is busy; figures will be lower than on an idle machine.")
+    probe_before = cpu_probe()
     started = datetime.now(UTC)
     scratch = Path(tempfile.mkdtemp(prefix="stackshift-bench-"))
     raw: dict[str, list[dict[str, Any]]] = {}
@@ -317,6 +332,7 @@ def main(argv: list[str] | None = None) -> None:
             "load_after": load_after,
             "load_max": max(loads),
             "load_mean": sum(loads) / len(loads),
+            "cpu_probe_ms": [probe_before, cpu_probe()],
             "load_note": ("The machine was shared with other work during the run (1-minute"
                           f" load average up to {max(loads):.1f}, over {LOAD_LIMIT}, on 2"
                           " cores): absolute figures are lower than on an idle machine;"

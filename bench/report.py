@@ -328,6 +328,11 @@ def markdown(data: dict[str, Any]) -> str:
         f" {info['load_after']:.2f}, mean over the run {info.get('load_mean', 0):.2f}."
         f" {info['load_note']}",
         "",
+        *([f"CPU speed: a fixed pure-Python loop (5 million additions, best of 3) took"
+           f" {info['cpu_probe_ms'][0]:,.0f} ms before the run and"
+           f" {info['cpu_probe_ms'][1]:,.0f} ms after (`bench.cli.cpu_probe`); compare it"
+           " between runs before comparing their absolute figures.", ""]
+          if "cpu_probe_ms" in info else []),
         *[line for u in info.get("updates", []) for line in (
             f"{' and '.join(u['workloads'])} measured again {u['finished_at']} at"
             f" `{u['commit']}` with `{u['command'].strip()}`: medians of"

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from argparse import Namespace
 from pathlib import Path
 
@@ -16,7 +17,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.cli import plan  # noqa: E402
-from bench.common import RESULT_MARK, percentile  # noqa: E402
+from bench.common import RESULT_MARK, drain_rate, percentile  # noqa: E402
 from bench.report import advantage, check_targets, markdown, merge, summarise  # noqa: E402
 
 
@@ -66,7 +67,8 @@ def test_markdown_shows_ratios_and_why_a_peer_is_missing() -> None:
         "run": {"finished_at": "now", "commit": "abc", "command": "python -m bench",
                 "machine": "2 cores", "load_before": 0.5, "load_after": 0.7,
                 "load_note": "", "repetitions": 1, "stores": ["sqlite-full"],
-                "engines": ["stackshift", "dbos", "huey"], "workloads": ["W1", "W5"]},
+                "engines": ["stackshift", "dbos", "huey"], "workloads": ["W1", "W5"],
+                "cpu_probe_ms": [301.4, 320.0]},
         "cells": cells, "targets": check_targets(cells), "fairness": ["same durability"],
         "method": ["W1: ..."],
     }
@@ -74,6 +76,22 @@ def test_markdown_shows_ratios_and_why_a_peer_is_missing() -> None:
     assert "| DBOS | SQLite FULL | 300 | 300 | \u00d711.7 / \u00d78.3 |" in text
     assert "Huey deletes a task from the queue" in text
     assert "- same durability" in text
+    assert "took 301 ms before the run and 320 ms after" in text
+
+
+def test_a_drain_is_timed_to_its_end_with_few_counts() -> None:
+    # A backlog of 1,000 runs drained at 2,000 runs a second (done in 0.5 s).
+    started = time.monotonic()
+    looks = []
+
+    def count() -> int:
+        looks.append(1)
+        return min(1000, int((time.monotonic() - started) * 2000))
+
+    rate, timed = drain_rate(count, 0, 1000, cap=10.0)
+    assert timed == 1000
+    assert 1700 < rate <= 2000  # the end seen within a look (20 ms) of it
+    assert len(looks) <= 20  # a look every 20 ms takes 26
 
 
 def _results(cells: dict[str, dict[str, object]], workloads: list[str],
