@@ -20,6 +20,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -161,17 +162,49 @@ def machine() -> str:
             f" Python {platform.python_version()}")
 
 
-def cpu_probe() -> float:
-    """Milliseconds a fixed pure-Python loop takes (best of 3): how fast this machine's
-    cores are at the moment, so that runs on different days can be told apart."""
-    best = float("inf")
-    for _ in range(3):
-        started = time.perf_counter()
-        total = 0
+def probe() -> dict[str, float]:
+    """How fast this machine is at the moment at what the workloads spend their time
+    on, so that runs on different days can be told apart: a pure-Python loop (5
+    million additions, ms), a hand-off between two threads and back (µs), and a
+    4 KiB write flushed to disk (µs); best of 3 each."""
+
+    def loop() -> float:
+        started, total = time.perf_counter(), 0
         for i in range(5_000_000):
             total += i
-        best = min(best, time.perf_counter() - started)
-    return best * 1000
+        return (time.perf_counter() - started) * 1000
+
+    def hand_off(n: int = 5000) -> float:
+        there, back = threading.Event(), threading.Event()
+
+        def echo() -> None:
+            for _ in range(n):
+                there.wait()
+                there.clear()
+                back.set()
+
+        thread = threading.Thread(target=echo)
+        thread.start()
+        started = time.perf_counter()
+        for _ in range(n):
+            there.set()
+            back.wait()
+            back.clear()
+        thread.join()
+        return (time.perf_counter() - started) / n * 1e6
+
+    def flush(n: int = 100) -> float:
+        with tempfile.TemporaryFile() as f:
+            started = time.perf_counter()
+            for _ in range(n):
+                f.write(b"x" * 4096)
+                f.flush()
+                os.fsync(f.fileno())
+            return (time.perf_counter() - started) / n * 1e6
+
+    return {"python_loop_ms": min(loop() for _ in range(3)),
+            "thread_round_trip_us": min(hand_off() for _ in range(3)),
+            "fsync_us": min(flush() for _ in range(3))}
 
 
 def commit() -> str:
@@ -297,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     if load_before > LOAD_LIMIT:
         console.print(f"[yellow]Load average is {load_before:.2f} (over {LOAD_LIMIT}): the"
                       " machine is busy; figures will be lower than on an idle machine.")
-    probe_before = cpu_probe()
+    probe_before = probe()
     started = datetime.now(UTC)
     scratch = Path(tempfile.mkdtemp(prefix="stackshift-bench-"))
     raw: dict[str, list[dict[str, Any]]] = {}
@@ -332,7 +365,7 @@ def main(argv: list[str] | None = None) -> None:
             "load_after": load_after,
             "load_max": max(loads),
             "load_mean": sum(loads) / len(loads),
-            "cpu_probe_ms": [probe_before, cpu_probe()],
+            "probe": [probe_before, probe()],
             "load_note": ("The machine was shared with other work during the run (1-minute"
                           f" load average up to {max(loads):.1f}, over {LOAD_LIMIT}, on 2"
                           " cores): absolute figures are lower than on an idle machine;"

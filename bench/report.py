@@ -238,6 +238,16 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 # -- markdown ---------------------------------------------------------------------------
 
 
+def _probe_line(probe: list[dict[str, float]]) -> str:
+    before, after = probe
+    return ("Machine speed (`bench.cli.probe`, before and after the run): a pure-Python loop"
+            f" {before['python_loop_ms']:,.0f} and {after['python_loop_ms']:,.0f} ms, a"
+            f" hand-off between two threads and back {before['thread_round_trip_us']:,.0f} and"
+            f" {after['thread_round_trip_us']:,.0f} µs, a 4 KiB write flushed to disk"
+            f" {before['fsync_us']:,.0f} and {after['fsync_us']:,.0f} µs. Compare these"
+            " between runs before comparing their absolute figures.")
+
+
 def fmt(value: float | None, digits: int) -> str:
     if value is None:
         return "\u2013"
@@ -328,11 +338,7 @@ def markdown(data: dict[str, Any]) -> str:
         f" {info['load_after']:.2f}, mean over the run {info.get('load_mean', 0):.2f}."
         f" {info['load_note']}",
         "",
-        *([f"CPU speed: a fixed pure-Python loop (5 million additions, best of 3) took"
-           f" {info['cpu_probe_ms'][0]:,.0f} ms before the run and"
-           f" {info['cpu_probe_ms'][1]:,.0f} ms after (`bench.cli.cpu_probe`); compare it"
-           " between runs before comparing their absolute figures.", ""]
-          if "cpu_probe_ms" in info else []),
+        *([_probe_line(info["probe"]), ""] if "probe" in info else []),
         *[line for u in info.get("updates", []) for line in (
             f"{' and '.join(u['workloads'])} measured again {u['finished_at']} at"
             f" `{u['commit']}` with `{u['command'].strip()}`: medians of"

@@ -68,7 +68,10 @@ def test_markdown_shows_ratios_and_why_a_peer_is_missing() -> None:
                 "machine": "2 cores", "load_before": 0.5, "load_after": 0.7,
                 "load_note": "", "repetitions": 1, "stores": ["sqlite-full"],
                 "engines": ["stackshift", "dbos", "huey"], "workloads": ["W1", "W5"],
-                "cpu_probe_ms": [301.4, 320.0]},
+                "probe": [{"python_loop_ms": 301.4, "thread_round_trip_us": 28.2,
+                           "fsync_us": 260.0},
+                          {"python_loop_ms": 320.0, "thread_round_trip_us": 30.0,
+                           "fsync_us": 515.0}]},
         "cells": cells, "targets": check_targets(cells), "fairness": ["same durability"],
         "method": ["W1: ..."],
     }
@@ -76,7 +79,8 @@ def test_markdown_shows_ratios_and_why_a_peer_is_missing() -> None:
     assert "| DBOS | SQLite FULL | 300 | 300 | \u00d711.7 / \u00d78.3 |" in text
     assert "Huey deletes a task from the queue" in text
     assert "- same durability" in text
-    assert "took 301 ms before the run and 320 ms after" in text
+    assert "a pure-Python loop 301 and 320 ms" in text
+    assert "flushed to disk 260 and 515 µs" in text
 
 
 def test_a_drain_is_timed_to_its_end_with_few_counts() -> None:
