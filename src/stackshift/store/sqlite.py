@@ -300,8 +300,8 @@ class _Checkpointer:
     """Copies the WAL back into the database file from a thread of its own.
 
     SQLite checkpoints inside the commit that takes the WAL past 1,000 pages:
-    that commit then takes tens of milliseconds (a run's start writes some
-    fifteen pages, so about one in sixty), and every write of the process waits
+    that commit then takes tens of milliseconds (a run's start writes about
+    twelve pages, so about one in eighty), and every write of the process waits
     for it. Here a checkpoint runs every ``TICK`` seconds after writes, beside
     them (``PASSIVE``); pages that many commits rewrote are copied once.
 
