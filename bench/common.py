@@ -206,8 +206,8 @@ def drain_rate(count: Callable[[], int], warm: int, n: int, cap: float,
             return (done - base) / elapsed, done - base
         # Each look is a COUNT served by the engine's own database on the cores
         # the engine runs on: far from the end, sleep a quarter of the time the
-        # rest should take at the rate so far (a drain that speeds up fourfold
-        # still ends after the next look); near it, look every ``interval``.
+        # rest should take at the rate so far (only a drain that speeds up more
+        # than fourfold ends before the next look); near it, every ``interval``.
         rate = (done - base) / elapsed if done > base else 0.0
         ahead = (warm + n - done) / rate / 4 if rate else interval
         time.sleep(max(interval, min(ahead, cap - elapsed)))
