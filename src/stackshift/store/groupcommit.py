@@ -111,11 +111,15 @@ class GroupCommit:
             yield
         finally:
             if self._local.preparing:
-                self._local.preparing = False
                 with self._cond:
-                    self._preparing -= 1
-                    if not self._preparing:
-                        self._cond.notify()
+                    self._prepared()
+
+    def _prepared(self) -> None:
+        """This thread's write is queued, or will not come (under ``_cond``)."""
+        self._local.preparing = False
+        self._preparing -= 1
+        if not self._preparing:
+            self._cond.notify()  # the leader waiting for writes being prepared
 
     def run(self, fn: Callable[[Tx], T], *, first: bool = False) -> T:
         """Run ``fn`` in a write transaction (maybe shared); return once it is committed.
@@ -138,10 +142,7 @@ class GroupCommit:
                 if not self._expected:
                     self._cond.notify()  # the leader waiting for announced writes
             if getattr(self._local, "preparing", False):
-                self._local.preparing = False
-                self._preparing -= 1
-                if not self._preparing:
-                    self._cond.notify()  # the leader waiting for writes being prepared
+                self._prepared()
             lead = self._busy < self.lanes
             if lead:
                 self._busy += 1
