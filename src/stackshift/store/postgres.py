@@ -130,7 +130,10 @@ class _PostgresTx:
         return cur.fetchone() if cur.description is not None else None
 
     def all(self, query: str, **params: Any) -> list[Row]:
-        cur = self._conn.execute(self._queries[query], params)
+        return self._rows(self._queries[query], params)
+
+    def _rows(self, text: str, params: Mapping[str, Any]) -> list[Row]:
+        cur = self._conn.execute(text, params)
         return list(cur.fetchall()) if cur.description is not None else []
 
     def all_limited(self, query: str, limit: int, **params: Any) -> list[Row]:
@@ -141,8 +144,7 @@ class _PostgresTx:
         text = self._queries.get(key)
         if text is None:
             text = self._queries[key] = self._queries[query].replace("%(limit)s", str(int(limit)))
-        cur = self._conn.execute(text, params)
-        return list(cur.fetchall()) if cur.description is not None else []
+        return self._rows(text, params)
 
     def run(self, query: str, **params: Any) -> int:
         return self._conn.execute(self._queries[query], params).rowcount
@@ -167,8 +169,7 @@ class _PostgresTx:
         return found
 
     def raw(self, sql_text: str, params: Mapping[str, Any]) -> list[Row]:
-        cur = self._conn.execute(_converted(sql_text), params)
-        return list(cur.fetchall()) if cur.description is not None else []
+        return self._rows(_converted(sql_text), params)
 
     def lock(self, key: str) -> None:
         # Hashed here rather than with hashtext(): keys may hold NUL, which
