@@ -92,6 +92,8 @@ def test_the_wal_stays_small_while_two_processes_write_back_to_back(tmp_path: Pa
         time.sleep(0.01)
     assert [w.returncode for w in writers] == [0, 0]
     # Without a checkpoint that holds both processes' writers off until it has
-    # copied everything, the WAL would keep every page written (some 80 MB).
-    assert largest < 8 * 1024 * 1024, f"the WAL grew to {largest:,} bytes"
+    # copied everything, the WAL keeps every page written (76-105 MB measured).
+    # With it, 3-6 MB on a quiet machine and 9 MB once under a full test run:
+    # a RESTART has to find the other process between two of its writes.
+    assert largest < 20 * 1024 * 1024, f"the WAL grew to {largest:,} bytes"
     assert _runs_in(db) == 2000
