@@ -6,6 +6,7 @@ one; a checkpoint whose lease was lost fails alone)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import statistics
@@ -22,7 +23,7 @@ import pytest
 
 from stackshift import InvalidTransitionError, StackShift
 from stackshift.errors import LeaseLost
-from stackshift.store.base import StepWrite
+from stackshift.store.base import Outcome, StepWrite
 from stackshift.store.database import Tx
 from stackshift.testing import FakeClock, run_until_idle
 
@@ -798,6 +799,46 @@ def test_a_write_being_prepared_is_waited_for_and_one_never_made_is_not(
     started = time.monotonic()
     group.run(write)
     assert time.monotonic() - started < 0.25
+
+
+def test_an_ending_whose_lease_was_lost_fails_alone_in_a_shared_transaction(
+        app: StackShift) -> None:
+    @app.job("ender")
+    def ender(ctx: Any) -> None:
+        return None
+
+    store = app._service.store
+    kept_run, lost_run = app.start("ender"), app.start("ender")
+    now = time.time()
+    claimed = {c.run.id: c for c in store.claim_runs("wkr_test", ["ender"], 2, 30.0, now)}
+    assert set(claimed) == {kept_run.id, lost_run.id}
+    assert store.release_run(claimed[lost_run.id].lease, now)  # its lease is gone
+    # Endings travel to the database together: the result text comes back as sent.
+    result = '{"note":"caf\u00e9 \\"quoted\\" \u2713\\n","n":1e-7}'
+    ended: dict[str, bool] = {}
+
+    def finish(run_id: str) -> None:
+        ended[run_id] = store.finish_attempt(claimed[run_id].lease,
+                                             Outcome("completed", result), [], time.time())
+
+    store.expect_writes(2, 2.0)  # both endings in one transaction
+    threads = [threading.Thread(target=finish, args=(run_id,))
+               for run_id in (kept_run.id, lost_run.id)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+
+    assert ended == {kept_run.id: True, lost_run.id: False}
+    done = app.runs.get(kept_run.id)
+    assert (done.status, done.result) == ("completed", json.loads(result))
+    with store.db.read() as tx:
+        stored = tx.raw("SELECT result FROM runs WHERE id = :id", {"id": kept_run.id})
+    assert stored[0]["result"] == result
+    assert [a.status for a in app.runs.attempts(kept_run.id)] == ["completed"]
+    assert app.runs.get(lost_run.id).status == "queued"
+    assert "run.completed" not in [e.kind for e in app.runs.timeline(lost_run.id)]
+    assert "completed" not in [a.status for a in app.runs.attempts(lost_run.id)]
 
 
 def test_a_checkpoint_whose_lease_was_lost_fails_alone_in_a_shared_transaction(

@@ -58,7 +58,8 @@ def _finish_recorded(tx: Tx, endings: list[Any]) -> list[bool]:
     ``endings`` holds ``(lease, outcome, logs, now, expired_before)``; the
     result says, for each, whether the lease was still held (and the run ended).
     PostgreSQL does it all in one statement (``finish_many_recorded``); SQLite
-    ends each run, then writes the attempts and the entries in a batch each.
+    ends the runs in one (``finish_many_leased``), then writes the attempts and
+    the entries in a batch each.
     """
     column = partial(_column, endings)
     if tx.dialect == "postgres":
@@ -74,14 +75,14 @@ def _finish_recorded(tx: Tx, endings: list[Any]) -> list[bool]:
         )
         ended = {row["id"] for row in found}
     else:
-        ended = set()
-        for lease, outcome, _, now, expired_before in endings:
-            if tx.one("finish_leased_run", id=lease.run_id, worker_id=lease.worker_id,
-                      attempt=lease.attempt, expired_before=expired_before,
-                      status=outcome.status, result=outcome.result,
-                      error=dumps(outcome.error) if outcome.error else None,
-                      finished_at=now, available_at=outcome.retry_at, now=now) is not None:
-                ended.add(lease.run_id)
+        found = tx.all("finish_many_leased", endings=dumps([
+            {"id": lease.run_id, "worker_id": lease.worker_id, "attempt": lease.attempt,
+             "expired_before": expired_before, "status": outcome.status,
+             "result": outcome.result,
+             "error": dumps(outcome.error) if outcome.error else None,
+             "finished_at": now, "available_at": outcome.retry_at, "now": now}
+            for lease, outcome, _, now, expired_before in endings]))
+        ended = {row["id"] for row in found}
         kept = [e for e in endings if e[0].run_id in ended]
         tx.many("update_attempt", [
             {"run_id": lease.run_id, "number": lease.attempt, "status": outcome.status,

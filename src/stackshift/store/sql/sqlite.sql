@@ -87,3 +87,27 @@ SET status = 'running', attempt = attempt + 1 - resuming, resuming = 0,
     updated_at = :now
 WHERE id IN (SELECT value FROM json_each(:ids))
 RETURNING *;
+
+-- name: finish_many_leased
+-- finish_leased_run for several runs at once (:endings is a JSON list of objects
+-- with its parameters); returns the ids of the runs whose lease was still held.
+-- The unary + keeps SQLite from reading every running run through runs_status
+-- or runs_leases: each ending finds its run by primary key.
+UPDATE runs
+SET status = i.status, result = i.result, error = i.error, finished_at = i.finished_at,
+    available_at = i.available_at, lease_owner = NULL, lease_expires_at = NULL,
+    cancel_requested = 0, updated_at = i.now
+FROM (SELECT json_extract(value, '$.id') AS id,
+             json_extract(value, '$.worker_id') AS worker_id,
+             json_extract(value, '$.attempt') AS attempt,
+             json_extract(value, '$.expired_before') AS expired_before,
+             json_extract(value, '$.status') AS status,
+             json_extract(value, '$.result') AS result,
+             json_extract(value, '$.error') AS error,
+             json_extract(value, '$.finished_at') AS finished_at,
+             json_extract(value, '$.available_at') AS available_at,
+             json_extract(value, '$.now') AS now
+      FROM json_each(:endings)) AS i
+WHERE runs.id = i.id AND runs.lease_owner = i.worker_id AND runs.attempt = i.attempt
+  AND +runs.status = 'running' AND +runs.lease_expires_at <= i.expired_before
+RETURNING runs.id;
