@@ -1,7 +1,7 @@
 """The worker: wake-ups, sync and async handlers, concurrency, graceful SIGTERM,
 attempt timeouts, cancel and manual retry, and writes that share a transaction
 (runs claimed together end together; a quick run is never held back by a slow
-one; a checkpoint whose lease was lost fails alone)."""
+one; an ending or a checkpoint whose lease was lost fails alone)."""
 
 from __future__ import annotations
 
@@ -808,34 +808,36 @@ def test_an_ending_whose_lease_was_lost_fails_alone_in_a_shared_transaction(
         return None
 
     store = app._service.store
-    kept_run, lost_run = app.start("ender"), app.start("ender")
+    short_run, long_run, lost_run = (app.start("ender") for _ in range(3))
     now = time.time()
-    claimed = {c.run.id: c for c in store.claim_runs("wkr_test", ["ender"], 2, 30.0, now)}
-    assert set(claimed) == {kept_run.id, lost_run.id}
+    claimed = {c.run.id: c for c in store.claim_runs("wkr_test", ["ender"], 3, 30.0, now)}
+    assert set(claimed) == {short_run.id, long_run.id, lost_run.id}
     assert store.release_run(claimed[lost_run.id].lease, now)  # its lease is gone
-    # Endings travel to the database together: the result text comes back as sent.
-    result = '{"note":"caf\u00e9 \\"quoted\\" \u2713\\n","n":1e-7}'
+    # Short and long results (SQLite writes them differently) are stored as sent.
+    short = '{"note":"caf\u00e9 \\"quoted\\" \u2713\\n","n":1e-7}'
+    long = json.dumps({"blob": "\u00e9\\\"" * 100_000}, ensure_ascii=False)
+    results = {short_run.id: short, long_run.id: long, lost_run.id: short}
     ended: dict[str, bool] = {}
 
     def finish(run_id: str) -> None:
-        ended[run_id] = store.finish_attempt(claimed[run_id].lease,
-                                             Outcome("completed", result), [], time.time())
+        ended[run_id] = store.finish_attempt(
+            claimed[run_id].lease, Outcome("completed", results[run_id]), [], time.time())
 
-    store.expect_writes(2, 2.0)  # both endings in one transaction
-    threads = [threading.Thread(target=finish, args=(run_id,))
-               for run_id in (kept_run.id, lost_run.id)]
+    store.expect_writes(3, 2.0)  # the three endings in one transaction
+    threads = [threading.Thread(target=finish, args=(run_id,)) for run_id in results]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(10)
 
-    assert ended == {kept_run.id: True, lost_run.id: False}
-    done = app.runs.get(kept_run.id)
-    assert (done.status, done.result) == ("completed", json.loads(result))
-    with store.db.read() as tx:
-        stored = tx.raw("SELECT result FROM runs WHERE id = :id", {"id": kept_run.id})
-    assert stored[0]["result"] == result
-    assert [a.status for a in app.runs.attempts(kept_run.id)] == ["completed"]
+    assert ended == {short_run.id: True, long_run.id: True, lost_run.id: False}
+    for run_id in (short_run.id, long_run.id):
+        done = app.runs.get(run_id)
+        assert (done.status, done.result) == ("completed", json.loads(results[run_id]))
+        with store.db.read() as tx:
+            stored = tx.raw("SELECT result FROM runs WHERE id = :id", {"id": run_id})
+        assert stored[0]["result"] == results[run_id]
+        assert [a.status for a in app.runs.attempts(run_id)] == ["completed"]
     assert app.runs.get(lost_run.id).status == "queued"
     assert "run.completed" not in [e.kind for e in app.runs.timeline(lost_run.id)]
     assert "completed" not in [a.status for a in app.runs.attempts(lost_run.id)]

@@ -52,13 +52,40 @@ def _column(items: list[Any], pick: Callable[[Any], Any]) -> list[Any]:
 _FROM_RUNNING = dumps({"from": "running"})
 
 
+#: Result and error text (characters) up to which SQLite ends a run together with
+#: others: the shared statement reads its input as JSON, which SQLite parses
+#: again for each field, so a long text is cheaper in a statement of its own.
+SHARED_ENDING_TEXT = 1024
+
+
+def _finish_leased_sqlite(tx: Tx, endings: list[Any]) -> set[str]:
+    """SQLite: end the leased runs of ``endings`` (as in :func:`_finish_recorded`);
+    the ids of those whose lease was still held. Endings with short texts go in
+    one statement (``finish_many_leased``), the others one each."""
+    ended: set[str] = set()
+    shared = []
+    for lease, outcome, _, now, expired_before in endings:
+        params = {"id": lease.run_id, "worker_id": lease.worker_id, "attempt": lease.attempt,
+                  "expired_before": expired_before, "status": outcome.status,
+                  "result": outcome.result,
+                  "error": dumps(outcome.error) if outcome.error else None,
+                  "finished_at": now, "available_at": outcome.retry_at, "now": now}
+        if len(params["result"] or "") + len(params["error"] or "") <= SHARED_ENDING_TEXT:
+            shared.append(params)
+        elif tx.one("finish_leased_run", **params) is not None:
+            ended.add(lease.run_id)
+    if shared:
+        ended.update(row["id"] for row in tx.all("finish_many_leased", endings=dumps(shared)))
+    return ended
+
+
 def _finish_recorded(tx: Tx, endings: list[Any]) -> list[bool]:
     """Completed and cancelled endings: the run, its attempt, its timeline entry.
 
     ``endings`` holds ``(lease, outcome, logs, now, expired_before)``; the
     result says, for each, whether the lease was still held (and the run ended).
     PostgreSQL does it all in one statement (``finish_many_recorded``); SQLite
-    ends the runs in one (``finish_many_leased``), then writes the attempts and
+    ends the runs (:func:`_finish_leased_sqlite`), then writes the attempts and
     the entries in a batch each.
     """
     column = partial(_column, endings)
@@ -75,14 +102,7 @@ def _finish_recorded(tx: Tx, endings: list[Any]) -> list[bool]:
         )
         ended = {row["id"] for row in found}
     else:
-        found = tx.all("finish_many_leased", endings=dumps([
-            {"id": lease.run_id, "worker_id": lease.worker_id, "attempt": lease.attempt,
-             "expired_before": expired_before, "status": outcome.status,
-             "result": outcome.result,
-             "error": dumps(outcome.error) if outcome.error else None,
-             "finished_at": now, "available_at": outcome.retry_at, "now": now}
-            for lease, outcome, _, now, expired_before in endings]))
-        ended = {row["id"] for row in found}
+        ended = _finish_leased_sqlite(tx, endings)
         kept = [e for e in endings if e[0].run_id in ended]
         tx.many("update_attempt", [
             {"run_id": lease.run_id, "number": lease.attempt, "status": outcome.status,
