@@ -91,6 +91,8 @@ RETURNING *;
 -- name: finish_many_leased
 -- finish_leased_run for several runs at once (:endings is a JSON list of objects
 -- with its parameters); returns the ids of the runs whose lease was still held.
+-- Only for short results and errors: SQLite parses an element again for each
+-- field, so endings with long ones use finish_leased_run (SHARED_ENDING_TEXT).
 -- The unary + keeps SQLite from reading every running run through runs_status
 -- or runs_leases: each ending finds its run by primary key.
 UPDATE runs
