@@ -801,22 +801,27 @@ def test_a_write_being_prepared_is_waited_for_and_one_never_made_is_not(
     assert time.monotonic() - started < 0.25
 
 
+def _claimed_with_the_last_lost(app: StackShift, count: int) -> tuple[list[str], dict[str, Any]]:
+    """``count`` runs of a no-op job claimed by one worker, the last one handed
+    back (its lease is gone): their ids, and the claims by id."""
+    app.job("noop")(lambda ctx: None)
+    ids = [app.start("noop").id for _ in range(count)]
+    store = app._service.store
+    claimed = {c.run.id: c for c in store.claim_runs("wkr_test", ["noop"], count, 30.0,
+                                                      time.time())}
+    assert set(claimed) == set(ids)
+    assert store.release_run(claimed[ids[-1]].lease, time.time())
+    return ids, claimed
+
+
 def test_an_ending_whose_lease_was_lost_fails_alone_in_a_shared_transaction(
         app: StackShift) -> None:
-    @app.job("ender")
-    def ender(ctx: Any) -> None:
-        return None
-
     store = app._service.store
-    short_run, long_run, lost_run = (app.start("ender") for _ in range(3))
-    now = time.time()
-    claimed = {c.run.id: c for c in store.claim_runs("wkr_test", ["ender"], 3, 30.0, now)}
-    assert set(claimed) == {short_run.id, long_run.id, lost_run.id}
-    assert store.release_run(claimed[lost_run.id].lease, now)  # its lease is gone
+    (short_id, long_id, lost_id), claimed = _claimed_with_the_last_lost(app, 3)
     # Short and long results (SQLite writes them differently) are stored as sent.
     short = '{"note":"caf\u00e9 \\"quoted\\" \u2713\\n","n":1e-7}'
     long = json.dumps({"blob": "\u00e9\\\"" * 100_000}, ensure_ascii=False)
-    results = {short_run.id: short, long_run.id: long, lost_run.id: short}
+    results = {short_id: short, long_id: long, lost_id: short}
     ended: dict[str, bool] = {}
 
     def finish(run_id: str) -> None:
@@ -830,32 +835,24 @@ def test_an_ending_whose_lease_was_lost_fails_alone_in_a_shared_transaction(
     for thread in threads:
         thread.join(10)
 
-    assert ended == {short_run.id: True, long_run.id: True, lost_run.id: False}
-    for run_id in (short_run.id, long_run.id):
+    assert ended == {short_id: True, long_id: True, lost_id: False}
+    for run_id in (short_id, long_id):
         done = app.runs.get(run_id)
         assert (done.status, done.result) == ("completed", json.loads(results[run_id]))
         with store.db.read() as tx:
             stored = tx.raw("SELECT result FROM runs WHERE id = :id", {"id": run_id})
         assert stored[0]["result"] == results[run_id]
         assert [a.status for a in app.runs.attempts(run_id)] == ["completed"]
-    assert app.runs.get(lost_run.id).status == "queued"
-    assert "run.completed" not in [e.kind for e in app.runs.timeline(lost_run.id)]
-    assert "completed" not in [a.status for a in app.runs.attempts(lost_run.id)]
+    assert app.runs.get(lost_id).status == "queued"
+    assert "run.completed" not in [e.kind for e in app.runs.timeline(lost_id)]
+    assert "completed" not in [a.status for a in app.runs.attempts(lost_id)]
 
 
 def test_a_checkpoint_whose_lease_was_lost_fails_alone_in_a_shared_transaction(
         app: StackShift) -> None:
-    @app.job("stepper")
-    def stepper(ctx: Any) -> None:
-        return None
-
     store = app._service.store
-    kept_run, lost_run = app.start("stepper"), app.start("stepper")
+    (kept_id, lost_id), claimed = _claimed_with_the_last_lost(app, 2)
     now = time.time()
-    claimed = {c.run.id: c for c in store.claim_runs("wkr_test", ["stepper"], 2, 30.0, now)}
-    assert set(claimed) == {kept_run.id, lost_run.id}
-    # The lost run is handed back: its lease is gone.
-    assert store.release_run(claimed[lost_run.id].lease, now)
 
     def step(key: str) -> StepWrite:
         return StepWrite(key=key, name=key, kind="run", function=None, status="completed",
@@ -872,17 +869,17 @@ def test_a_checkpoint_whose_lease_was_lost_fails_alone_in_a_shared_transaction(
 
     store.expect_writes(2, 2.0)  # both checkpoints in one transaction
     threads = [threading.Thread(target=save, args=(run_id,))
-               for run_id in (kept_run.id, lost_run.id)]
+               for run_id in (kept_id, lost_id)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(10)
 
-    assert outcomes[kept_run.id] is False  # saved, no cancel requested
-    assert isinstance(outcomes[lost_run.id], LeaseLost)
-    assert [s.key for s in app.runs.steps(kept_run.id)] == ["s"]
-    assert app.runs.steps(lost_run.id) == []
-    assert app.runs.get(lost_run.id).status == "queued"
-    kinds = [e.kind for e in app.runs.timeline(lost_run.id)]
+    assert outcomes[kept_id] is False  # saved, no cancel requested
+    assert isinstance(outcomes[lost_id], LeaseLost)
+    assert [s.key for s in app.runs.steps(kept_id)] == ["s"]
+    assert app.runs.steps(lost_id) == []
+    assert app.runs.get(lost_id).status == "queued"
+    kinds = [e.kind for e in app.runs.timeline(lost_id)]
     assert "step.completed" not in kinds
 
