@@ -54,7 +54,7 @@ def test_the_wal_stays_small_while_a_process_writes_back_to_back(
             largest = max(largest, wal.stat().st_size)
     # Each start writes about twelve pages of 4 KiB: without checkpoints the
     # WAL would hold them all (some 75 MB); it starts over once copied (2-4 MB
-    # measured: the thread waits for the GIL between ticks).
+    # measured).
     assert largest < 20 * 1024 * 1024, f"the WAL grew to {largest:,} bytes"
     app.close()
     assert _runs_in(db) == 1500
