@@ -29,7 +29,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from functools import lru_cache
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
@@ -101,7 +101,8 @@ def parse_postgres_url(url: str) -> tuple[str, dict[str, str]]:
             options[key] = value
         else:
             kept.append((key, value))
-    conninfo = urlunsplit(parts._replace(query=urlencode(kept)))
+    # quote, not quote_plus: libpq reads a "+" in a URL as a plus sign, not a space.
+    conninfo = urlunsplit(parts._replace(query=urlencode(kept, quote_via=quote)))
     return conninfo, options
 
 
