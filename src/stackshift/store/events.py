@@ -154,27 +154,23 @@ class EventStore(ExecutionStore):
     def _deliver_postgres(self, tx: Tx, event_id: str, name: str, payload: str,
                           correlation_key: str, idempotency_key: str | None, now: float,
                           retention: float) -> SentEvent:
-        """PostgreSQL: what send_event does after the idempotency check, in one
-        statement for the event and one per run it resumes."""
+        """PostgreSQL: what send_event does after the idempotency check, in two
+        statements: the event's insert, which takes the advisory lock of its name
+        and key, then the resume of every run waiting for it."""
         from .postgres import lock_id
 
-        row = tx.one("insert_event_locked", id=event_id, name=name,
-                     correlation_key=correlation_key, payload=payload,
-                     idempotency_key=idempotency_key, now=now, expires_at=now + retention,
-                     lock=lock_id(f"event:{name}\x00{correlation_key}"))
-        assert row is not None
-        event = rows.event(row)
-        result = event_json(event)
-        received = dumps({"event": event.name, "event_id": event.id})
-        queued = dumps({"event_id": event.id, "from": Status.WAITING.value})
-        resumed: list[str] = []
-        for wait in tx.all("matching_waits", name=name, correlation_key=correlation_key,
-                           now=now):
-            if tx.one("resume_for_event", run_id=wait["run_id"], event_id=event.id,
-                      step_key=wait["step_key"], result=result, now=now,
-                      received_data=received, queued_data=queued) is not None:
-                resumed.append(wait["run_id"])
-        return SentEvent(event_id, False, resumed)
+        tx.run("insert_event_locked", id=event_id, name=name, correlation_key=correlation_key,
+               payload=payload, idempotency_key=idempotency_key, now=now,
+               expires_at=now + retention, lock=lock_id(f"event:{name}\x00{correlation_key}"))
+        event = rows.event({"id": event_id, "name": name, "payload": payload,
+                            "correlation_key": correlation_key, "received_at": now,
+                            "idempotency_key": idempotency_key})
+        resumed = tx.all(
+            "resume_for_event", name=name, correlation_key=correlation_key, now=now,
+            event_id=event_id, result=event_json(event),
+            received_data=dumps({"event": name, "event_id": event_id}),
+            queued_data=dumps({"event_id": event_id, "from": Status.WAITING.value}))
+        return SentEvent(event_id, False, [row["id"] for row in resumed])
 
     def get_event(self, event_id: str) -> tuple[Event, list[dict[str, Any]]] | None:
         """An event and the runs that took it."""

@@ -130,56 +130,57 @@ WHERE status IN ('scheduled', 'retrying') AND available_at <= :now
 ORDER BY available_at LIMIT :limit
 FOR NO KEY UPDATE SKIP LOCKED;
 
--- name: matching_waits
--- Locks each waiting run before its wait is completed; a run that a timer,
--- a cancel or another event moved meanwhile drops out. (Keep the WHERE clause
--- in step with queries.sql.)
-SELECT w.*, r.created_at AS run_created_at FROM waits w JOIN runs r ON r.id = w.run_id
-WHERE w.event_name = :name AND w.correlation_key = :correlation_key
-  AND r.status = 'waiting' AND r.created_at <= :now AND w.timeout_at > :now
-ORDER BY w.created_at
-FOR NO KEY UPDATE OF r;
-
 -- name: insert_event_locked
 -- insert_event after taking the advisory lock of its name and correlation key
--- (:lock, as Tx.lock takes it), in one round trip; returns the event.
+-- (:lock, as Tx.lock takes it), in one round trip.
 INSERT INTO events (id, name, correlation_key, payload, idempotency_key, received_at,
                     expires_at)
 SELECT :id, :name, :correlation_key, :payload, :idempotency_key, :now, :expires_at
-FROM (SELECT pg_advisory_xact_lock(:lock)) AS locked
-RETURNING *;
+FROM (SELECT pg_advisory_xact_lock(:lock)) AS locked;
 
 -- name: resume_for_event
--- A waiting run (locked by matching_waits) takes the event: insert_consumption,
--- its timeline entry, complete_waiting_step, then set_status to queued
--- (resuming), delete_wait and that timeline entry; in one round trip. Keep in
--- step with _take and move_run in store/events.py and store/runs.py.
-WITH moved AS (
+-- Every run waiting for the event (:name, :correlation_key) takes it:
+-- insert_consumption, its timeline entry, complete_waiting_step, then
+-- set_status to queued (resuming), delete_wait and that timeline entry; one
+-- statement for all of them, sent after the statement that took the event's
+-- advisory lock, so that it reads the waits committed before the lock was
+-- granted. The UPDATE locks each run and checks again that it is still
+-- waiting: a run that a timer, a cancel or another event moved meanwhile drops
+-- out. Returns the runs resumed, oldest wait first. Keep matched's WHERE
+-- clause in step with matching_waits in queries.sql, the rest with _take and
+-- move_run in store/events.py and store/runs.py.
+WITH matched AS (
+    SELECT w.run_id, w.step_key, w.created_at FROM waits w JOIN runs r ON r.id = w.run_id
+    WHERE w.event_name = :name AND w.correlation_key = :correlation_key
+      AND r.status = 'waiting' AND r.created_at <= :now AND w.timeout_at > :now
+), moved AS (
     UPDATE runs
     SET status = 'queued', available_at = :now, finished_at = NULL, resuming = 1,
         waiting_for = NULL, updated_at = :now
-    WHERE id = :run_id AND status = 'waiting'
-    RETURNING id, attempt
+    FROM matched
+    WHERE runs.id = matched.run_id AND runs.status = 'waiting'
+    RETURNING runs.id, runs.attempt, matched.step_key, matched.created_at
 ), consumed AS (
     INSERT INTO event_consumptions (run_id, event_id, step_key, at)
-    SELECT id, :event_id, :step_key, :now FROM moved
+    SELECT id, :event_id, step_key, :now FROM moved
     ON CONFLICT (run_id, event_id) DO NOTHING
 ), stepped AS (
     UPDATE steps SET status = 'completed', result = :result, finished_at = :now
-    WHERE run_id = :run_id AND key = :step_key AND status = 'waiting'
-      AND EXISTS (SELECT 1 FROM moved)
+    FROM moved
+    WHERE steps.run_id = moved.id AND steps.key = moved.step_key
+      AND steps.status = 'waiting'
 ), unwaited AS (
-    DELETE FROM waits WHERE run_id = :run_id AND EXISTS (SELECT 1 FROM moved)
+    DELETE FROM waits USING moved WHERE waits.run_id = moved.id
 ), noted AS (
     INSERT INTO timeline (run_id, at, kind, attempt, step, data)
-    SELECT id, :now, 'event.received', NULLIF(attempt, 0), CAST(:step_key AS text),
+    SELECT id, :now, 'event.received', NULLIF(attempt, 0), step_key,
            CAST(:received_data AS text)
     FROM moved
     UNION ALL
     SELECT id, :now, 'run.queued', NULLIF(attempt, 0), NULL, CAST(:queued_data AS text)
     FROM moved
 )
-SELECT id FROM moved;
+SELECT id FROM moved ORDER BY created_at, id;
 
 -- name: lock_run
 -- A run about to be moved by an operator action (cancel, retry), locked so that
