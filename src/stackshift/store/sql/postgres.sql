@@ -146,19 +146,22 @@ FROM (SELECT pg_advisory_xact_lock(:lock)) AS locked;
 -- advisory lock, so that it reads the waits committed before the lock was
 -- granted. The UPDATE locks each run and checks again that it is still
 -- waiting: a run that a timer, a cancel or another event moved meanwhile drops
--- out. Returns the runs resumed, oldest wait first. Keep matched's WHERE
--- clause in step with matching_waits in queries.sql, the rest with _take and
--- move_run in store/events.py and store/runs.py.
-WITH matched AS (
-    SELECT w.run_id, w.step_key, w.created_at FROM waits w JOIN runs r ON r.id = w.run_id
-    WHERE w.event_name = :name AND w.correlation_key = :correlation_key
-      AND r.status = 'waiting' AND r.created_at <= :now AND w.timeout_at > :now
+-- out. Returns the runs resumed, oldest wait first. The waits are found first
+-- (MATERIALIZED) and their runs by primary key: the status is compared as
+-- status || '' so that the planner cannot scan runs_timers instead (statistics
+-- taken before the runs began to wait make that index look nearly empty, and a
+-- scan of it reads every waiting run). Keep matched's WHERE clause in step
+-- with matching_waits in queries.sql, the rest with _take and move_run in
+-- store/events.py and store/runs.py.
+WITH matched AS MATERIALIZED (
+    SELECT run_id, step_key, created_at FROM waits
+    WHERE event_name = :name AND correlation_key = :correlation_key AND timeout_at > :now
 ), moved AS (
     UPDATE runs
     SET status = 'queued', available_at = :now, finished_at = NULL, resuming = 1,
         waiting_for = NULL, updated_at = :now
     FROM matched
-    WHERE runs.id = matched.run_id AND runs.status = 'waiting'
+    WHERE runs.id = matched.run_id AND (runs.status || '') = 'waiting' AND runs.created_at <= :now
     RETURNING runs.id, runs.attempt, matched.step_key, matched.created_at
 ), consumed AS (
     INSERT INTO event_consumptions (run_id, event_id, step_key, at)
