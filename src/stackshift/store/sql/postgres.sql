@@ -161,7 +161,8 @@ WITH matched AS MATERIALIZED (
     SET status = 'queued', available_at = :now, finished_at = NULL, resuming = 1,
         waiting_for = NULL, updated_at = :now
     FROM matched
-    WHERE runs.id = matched.run_id AND (runs.status || '') = 'waiting' AND runs.created_at <= :now
+    WHERE runs.id = matched.run_id AND (runs.status || '') = 'waiting'
+      AND runs.created_at <= :now
     RETURNING runs.id, runs.attempt, matched.step_key, matched.created_at
 ), consumed AS (
     INSERT INTO event_consumptions (run_id, event_id, step_key, at)
