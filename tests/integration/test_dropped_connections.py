@@ -11,20 +11,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
-import pytest
-from cluster import POSTGRES_URL, postgres_schema
+from cluster import POSTGRES_URL
 
 from stackshift import StackShift
-
-
-@pytest.fixture
-def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    with postgres_schema(request.config) as url:
-        yield url
 
 
 def terminate(application_name: str) -> int:

@@ -2,18 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-from cluster import postgres_schema
-
 from stackshift import StackShift
-
-
-@pytest.fixture
-def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    with postgres_schema(request.config) as url:
-        yield url
 
 
 def test_a_space_in_a_libpq_option_stays_a_space(pg_url: str) -> None:
