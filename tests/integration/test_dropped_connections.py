@@ -84,3 +84,20 @@ def test_a_duplicate_start_after_the_cut_returns_the_run_and_notes_it_once(
         assert kinds.count("run.duplicate_start") == 2
     finally:
         app.close()
+
+
+def test_a_start_after_the_cut_creates_its_run_once(pg_url: str) -> None:
+    # A start without a key is one statement sent without BEGIN; its connection
+    # is checked first, so the cut is found out before the statement is sent
+    # and the start moves to a new connection instead of failing.
+    name = f"drop_{uuid.uuid4().hex[:8]}"
+    app = StackShift(f"{pg_url}&application_name={name}&pool_min=2")
+    try:
+        before = app.start("double", {"n": 1})
+        assert terminate(name) >= 2
+        after = app.start("double", {"n": 2})
+        assert after.created and after.id != before.id
+        found = {run.id for run in app.runs.list(job="double").items}
+        assert found == {before.id, after.id}
+    finally:
+        app.close()

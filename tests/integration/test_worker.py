@@ -767,6 +767,48 @@ def test_expected_writes_share_one_transaction_and_a_missing_one_is_not_waited_f
     assert time.monotonic() - started < 1.0
 
 
+def test_one_statement_writes_that_share_a_transaction_fail_alone(app: StackShift) -> None:
+    # Writes marked one-statement go without BEGIN and COMMIT on PostgreSQL; when
+    # one of them is refused, the others still land and return their own result.
+    store = app._service.store
+    group = store.group_commit
+    with store.db.write() as tx:
+        tx.raw("CREATE TABLE one_statement_writes"
+               " (v TEXT NOT NULL CHECK (v <> 'refused'))", {})
+
+    def insert(tx: Tx, values: list[str]) -> list[str]:
+        rows = ", ".join(f"(:v{i})" for i in range(len(values)))
+        found = tx.raw(f"INSERT INTO one_statement_writes (v) VALUES {rows} RETURNING v",
+                       {f"v{i}": value for i, value in enumerate(values)})
+        return [row["v"].upper() for row in found]
+
+    outcomes: dict[str, Any] = {}
+
+    def writer(value: str) -> None:
+        try:
+            outcomes[value] = group.run_combined(insert, value, one_statement=True)
+        except Exception as exc:
+            outcomes[value] = exc
+
+    group.expect(3, within=2.0)  # the three share a transaction
+    threads = [threading.Thread(target=writer, args=(v,)) for v in ("a", "refused", "c")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert (outcomes["a"], outcomes["c"]) == ("A", "C")
+    assert isinstance(outcomes["refused"], Exception)
+    assert "check" in str(outcomes["refused"]).lower()
+    with store.db.read() as tx:
+        kept = sorted(row["v"] for row in tx.raw("SELECT v FROM one_statement_writes", {}))
+    assert kept == ["a", "c"]
+
+    # Alone, such a write commits by itself.
+    assert group.run_combined(insert, "d", one_statement=True) == "D"
+    with store.db.read() as tx:
+        assert len(tx.raw("SELECT v FROM one_statement_writes", {})) == 3
+
+
 def test_a_write_being_prepared_is_waited_for_and_one_never_made_is_not(
         app: StackShift) -> None:
     group = app._service.store.group_commit

@@ -53,6 +53,11 @@ class Tx(Protocol):
         """Whether ``exc`` is the database refusing a value (e.g. a failed cast)."""
         ...
 
+    def link_lost(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means the link to the database broke mid-statement: the
+        server may have applied the statement or not."""
+        ...
+
 
 class Database(Protocol):
     dialect: str
@@ -64,6 +69,16 @@ class Database(Protocol):
         ``durable=False`` commits without waiting for the flush to disk: the
         writes survive a crash of the process but maybe not of the machine. Only
         for writes that nothing depends on (a note on a run's timeline).
+        """
+        ...
+
+    def write_one(self) -> AbstractContextManager[Tx]:
+        """A write transaction of exactly one statement (a second one raises).
+
+        On PostgreSQL it is sent without BEGIN and COMMIT: one round trip where
+        a transaction takes three. Durable as :meth:`write`; should the link
+        break during the statement (:meth:`Tx.link_lost`), whether it was
+        applied is unknown, as it is when a COMMIT is cut off.
         """
         ...
 

@@ -266,6 +266,9 @@ class _Flushing:
     def is_data_error(self, exc: BaseException) -> bool:
         return self._tx.is_data_error(exc)
 
+    def link_lost(self, exc: BaseException) -> bool:
+        return self._tx.link_lost(exc)
+
 
 class ExecutionStore:
     db: Database
@@ -426,7 +429,8 @@ class ExecutionStore:
             # The same writes as below, in one statement; checkpoints that share a
             # transaction go as one statement for all of them.
             cancel = self.group_commit.run_combined(
-                _save_steps, (lease, step, logs, now + lease_seconds, now, data))
+                _save_steps, (lease, step, logs, now + lease_seconds, now, data),
+                one_statement=not logs)
             if cancel is None:
                 raise LeaseLost(lease.run_id)
             return bool(cancel)
@@ -465,7 +469,8 @@ class ExecutionStore:
             # The writes below for these endings (one timeline entry, no failure
             # handler); endings that share a transaction are written together.
             return bool(self.group_commit.run_combined(
-                _finish_recorded, (lease, outcome, logs, now, expired_before)))
+                _finish_recorded, (lease, outcome, logs, now, expired_before),
+                one_statement=self.db.dialect == "postgres" and not logs))
 
         def work(tx: Tx) -> bool:
             moved = tx.one(

@@ -31,14 +31,16 @@ Combiner = Callable[[Tx, list[Any]], list[Any]]
 
 
 class _Item(Generic[T]):
-    __slots__ = ("arg", "combine", "done", "error", "first", "fn", "lead", "result", "woken")
+    __slots__ = ("arg", "combine", "done", "error", "first", "fn", "lead", "one_statement",
+                 "result", "woken")
 
     def __init__(self, fn: Callable[[Tx], T], first: bool, combine: Combiner | None = None,
-                 arg: Any = None) -> None:
+                 arg: Any = None, one_statement: bool = False) -> None:
         self.fn = fn
         self.first = first
         self.combine = combine
         self.arg = arg
+        self.one_statement = one_statement
         self.done = False
         #: handed a lane by the leader before it: commit the next batch
         self.lead = False
@@ -129,10 +131,16 @@ class GroupCommit:
         """
         return self._run(_Item(fn, first))
 
-    def run_combined(self, combine: Combiner, arg: Any) -> Any:
+    def run_combined(self, combine: Combiner, arg: Any, *, one_statement: bool = False) -> Any:
         """Like :meth:`run` for ``combine(tx, [arg])[0]``; in a shared transaction the
-        writes with the same ``combine`` go as one call (e.g. one batch of statements)."""
-        return self._run(_Item(lambda tx: combine(tx, [arg])[0], False, combine, arg))
+        writes with the same ``combine`` go as one call (e.g. one batch of statements).
+
+        ``one_statement``: ``combine`` sends exactly one statement for this write
+        and any others so marked, and nothing after it can fail. A shared
+        transaction of such writes alone goes as :meth:`Database.write_one`.
+        """
+        return self._run(_Item(lambda tx: combine(tx, [arg])[0], False, combine, arg,
+                               one_statement))
 
     def _run(self, item: _Item[T]) -> T:
         with self._cond:
@@ -192,10 +200,12 @@ class GroupCommit:
 
     def _commit(self, batch: list[_Item[Any]]) -> None:
         batch = sorted(batch, key=lambda item: not item.first)  # stable: arrival order
-        if len(batch) > 1:
+        one = batch[0].combine is not None and all(
+            item.one_statement and item.combine is batch[0].combine for item in batch)
+        if len(batch) > 1 or one:
             try:
                 results: dict[int, Any] = {}
-                with self._db.write() as tx:
+                with self._db.write_one() if one else self._db.write() as tx:
                     combined: set[Combiner] = set()
                     for item in batch:
                         try:
@@ -208,13 +218,15 @@ class GroupCommit:
                                 for member, result in zip(group, found, strict=True):
                                     results[id(member)] = result
                         except BaseException as exc:
+                            if one and tx.link_lost(exc):
+                                raise  # applied or not: the same as a failed COMMIT
                             raise _Replay from exc
                 for item in batch:
                     item.result = results[id(item)]
                 return
             except _Replay:
                 pass
-            except BaseException as exc:  # the commit itself failed: nothing is durable
+            except BaseException as exc:  # the commit failed, or its outcome is unknown
                 for item in batch:
                     item.error = exc
                 return

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import select
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -61,6 +62,7 @@ _CONNECT_DEFAULTS = {
 }
 
 PgConnection = psycopg.Connection[DictRow]
+PgCursor = psycopg.Cursor[DictRow]
 
 
 def to_psycopg(text: str) -> str:
@@ -119,22 +121,44 @@ def _positive_int(options: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _raise_refused_value(exc: BaseException) -> None:
+    """A text value with NUL, which psycopg refuses before it reaches the server:
+    raise it as the caller's bad input."""
+    if isinstance(exc, psycopg.DataError) and "NUL" in str(exc):
+        raise ValidationError("text values cannot contain the NUL character (U+0000)") from exc
+
+
 class _PostgresTx:
     dialect = "postgres"
 
-    def __init__(self, conn: PgConnection, queries: dict[str, str]) -> None:
+    def __init__(self, conn: PgConnection, queries: dict[str, str],
+                 one_statement: bool = False) -> None:
         self._conn = conn
         self._queries = queries  # shared by the database's transactions
+        self._one_statement = one_statement
+        self._execute = self._only_statement if one_statement else conn.execute
+        self._sent = False
+
+    def _only_statement(self, text: str, params: Any = None) -> PgCursor:
+        """``write_one``'s execute: the connection is in autocommit, so a second
+        statement would be a transaction of its own."""
+        self._check_one()
+        return self._conn.execute(text, params)
+
+    def _check_one(self) -> None:
+        if self._sent:
+            raise RuntimeError("write_one() takes one statement: use write()")
+        self._sent = True
 
     def one(self, query: str, **params: Any) -> Row | None:
-        cur = self._conn.execute(self._queries[query], params)
+        cur = self._execute(self._queries[query], params)
         return cur.fetchone() if cur.description is not None else None
 
     def all(self, query: str, **params: Any) -> list[Row]:
         return self._rows(self._queries[query], params)
 
     def _rows(self, text: str, params: Mapping[str, Any]) -> list[Row]:
-        cur = self._conn.execute(text, params)
+        cur = self._execute(text, params)
         return list(cur.fetchall()) if cur.description is not None else []
 
     def all_limited(self, query: str, limit: int, **params: Any) -> list[Row]:
@@ -148,9 +172,11 @@ class _PostgresTx:
         return self._rows(text, params)
 
     def run(self, query: str, **params: Any) -> int:
-        return self._conn.execute(self._queries[query], params).rowcount
+        return self._execute(self._queries[query], params).rowcount
 
     def many(self, query: str, params: Sequence[Mapping[str, Any]]) -> None:
+        if self._one_statement:
+            self._check_one()  # and then the batch's second statement
         # psycopg sends the whole batch in pipeline mode: one round trip, not one per row.
         with self._conn.cursor() as cur:
             cur.executemany(self._queries[query], params)
@@ -161,6 +187,8 @@ class _PostgresTx:
         found: list[Row | None] = []
         if not params:
             return found
+        if self._one_statement:
+            self._check_one()
         with self._conn.cursor() as cur:
             cur.executemany(self._queries[query], params, returning=True)
             while True:
@@ -175,11 +203,14 @@ class _PostgresTx:
     def lock(self, key: str) -> None:
         # Hashed here rather than with hashtext(): keys may hold NUL, which
         # PostgreSQL text cannot, and a 64-bit id makes collisions negligible.
-        self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_id(key),))
+        self._execute("SELECT pg_advisory_xact_lock(%s)", (lock_id(key),))
 
     def is_data_error(self, exc: BaseException) -> bool:
         # Class 22: invalid text representation, numeric value out of range, ...
         return isinstance(exc, psycopg.errors.DataError)
+
+    def link_lost(self, exc: BaseException) -> bool:
+        return isinstance(exc, psycopg.OperationalError) and self._conn.broken
 
 
 class PostgresDatabase:
@@ -245,12 +276,18 @@ class PostgresDatabase:
             self._reached = True
         return self._pool.getconn()
 
-    def _begin(self, command: str) -> PgConnection:
-        """A pooled connection inside a new transaction.
+    def _begin(self, command: str | None) -> PgConnection:
+        """A pooled connection inside a new transaction (``command`` starts it).
 
         A connection that died while idle in the pool (server restart, network
         cut) fails here before any work was sent, so the transaction simply
         moves to another connection; the pool replaces the dead ones.
+
+        Without a ``command`` (a statement that is its own transaction comes
+        next), a connection the server has written to while it sat idle (its
+        goodbye when it shut the session down) is probed with ``SELECT 1``
+        first, so that a server restart is found out here too and not by the
+        statement, whose fate would then be unknown.
         """
         if self._closed:
             raise RuntimeError("the store is closed")
@@ -259,7 +296,10 @@ class PostgresDatabase:
         while True:
             conn = self._getconn()
             try:
-                conn.execute(command)
+                if command is not None:
+                    conn.execute(command)
+                elif select.select([conn.pgconn.socket], [], [], 0)[0]:
+                    conn.execute("SELECT 1")
                 return conn
             except psycopg.OperationalError:
                 self._pool.putconn(conn)  # broken: the pool discards it
@@ -279,13 +319,22 @@ class PostgresDatabase:
                     # A failure here leaves a broken connection the pool discards.
                     with suppress(psycopg.Error):
                         conn.execute("ROLLBACK")
-                if isinstance(exc, psycopg.DataError) and "NUL" in str(exc):
-                    # A value the caller sent, refused before it reached the server.
-                    raise ValidationError(
-                        "text values cannot contain the NUL character (U+0000)"
-                    ) from exc
+                _raise_refused_value(exc)
                 raise
             conn.execute("COMMIT")
+        finally:
+            self._pool.putconn(conn)
+
+    @contextmanager
+    def write_one(self) -> Iterator[_PostgresTx]:
+        """See :meth:`Database.write_one`. The statement is committed when it
+        returns: code after it in the block must not fail."""
+        conn = self._begin(None)
+        try:
+            yield _PostgresTx(conn, self._queries, one_statement=True)
+        except BaseException as exc:
+            _raise_refused_value(exc)
+            raise
         finally:
             self._pool.putconn(conn)
 
@@ -328,10 +377,7 @@ class PostgresDatabase:
                 if not conn.broken or time.monotonic() >= deadline:
                     raise
             except psycopg.DataError as exc:
-                if "NUL" in str(exc):  # refused before it reached the server
-                    raise ValidationError(
-                        "text values cannot contain the NUL character (U+0000)"
-                    ) from exc
+                _raise_refused_value(exc)
                 raise
             finally:
                 self._pool.putconn(conn)  # a broken connection is discarded

@@ -289,7 +289,8 @@ class RunStore:
                     return rows.run(found, created=False)
         # Starts from several threads share a transaction and its flush to disk.
         if new.idempotency_key is None and self.db.dialect == "postgres":
-            return group_commit_of(self).run_combined(_start_many, (new, now))  # type: ignore[no-any-return]
+            return group_commit_of(self).run_combined(  # type: ignore[no-any-return]
+                _start_many, (new, now), one_statement=True)
         row, created = group_commit_of(self).run(lambda tx: _insert_run_row(tx, new, now))
         return rows.run(row, created=created)
 

@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -82,6 +82,9 @@ class _SqliteTx:
 
     def is_data_error(self, exc: BaseException) -> bool:
         return False
+
+    def link_lost(self, exc: BaseException) -> bool:
+        return False  # in-process: no link to lose
 
 
 class SqliteDatabase:
@@ -183,6 +186,11 @@ class SqliteDatabase:
             finally:
                 if relaxed:
                     conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+
+    def write_one(self) -> AbstractContextManager[_SqliteTx]:
+        # BEGIN and COMMIT cost no round trips here, and BEGIN IMMEDIATE is
+        # what queues this process's writers behind other processes'.
+        return self.write()
 
     def _begin_immediate(self, conn: sqlite3.Connection) -> None:
         """``BEGIN IMMEDIATE``, retried (see _retry_busy) while another process writes.
