@@ -199,43 +199,66 @@ class GroupCommit:
         return item.result  # type: ignore[no-any-return]
 
     def _commit(self, batch: list[_Item[Any]]) -> None:
-        batch = sorted(batch, key=lambda item: not item.first)  # stable: arrival order
+        """Commit ``batch`` (extended in place by writes queued while the
+        transaction began); set each write's result or error."""
         one = batch[0].combine is not None and all(
             item.one_statement and item.combine is batch[0].combine for item in batch)
-        if len(batch) > 1 or one:
-            try:
-                results: dict[int, Any] = {}
-                with self._db.write_one() if one else self._db.write() as tx:
-                    combined: set[Combiner] = set()
-                    for item in batch:
-                        try:
-                            if item.combine is None:
-                                results[id(item)] = item.fn(tx)
-                            elif item.combine not in combined:
-                                combined.add(item.combine)
-                                group = [i for i in batch if i.combine == item.combine]
-                                found = item.combine(tx, [i.arg for i in group])
-                                for member, result in zip(group, found, strict=True):
-                                    results[id(member)] = result
-                        except BaseException as exc:
-                            if one and tx.link_lost(exc):
-                                raise  # applied or not: the same as a failed COMMIT
-                            raise _Replay from exc
-                for item in batch:
-                    item.result = results[id(item)]
-                return
-            except _Replay:
-                pass
-            except BaseException as exc:  # the commit failed, or its outcome is unknown
-                for item in batch:
-                    item.error = exc
-                return
+        try:
+            with self._db.write_one() if one else self._db.write() as tx:
+                if not one:
+                    # BEGIN may have waited (SQLite: for another process's write
+                    # lock; PostgreSQL: a round trip): writes queued meanwhile join.
+                    self._gather(batch)
+                batch.sort(key=lambda item: not item.first)  # stable: arrival order
+                if len(batch) == 1:
+                    results = {id(batch[0]): batch[0].fn(tx)}
+                else:
+                    results = self._apply(tx, batch, one)
+        except _Replay:
+            pass
+        except BaseException as exc:  # the commit failed, or its outcome is unknown
+            for item in batch:
+                item.error = exc
+            return
+        else:
+            for item in batch:
+                item.result = results[id(item)]
+            return
         for item in batch:
             try:
                 with self._db.write() as tx:
                     item.result = item.fn(tx)
             except BaseException as exc:
                 item.error = exc
+
+    def _gather(self, batch: list[_Item[Any]]) -> None:
+        """Move writes queued since ``batch`` was taken into it."""
+        with self._cond:
+            more = self._queue[: self.MAX_BATCH - len(batch)]
+            del self._queue[: len(more)]
+        batch.extend(more)
+
+    @staticmethod
+    def _apply(tx: Tx, batch: list[_Item[Any]], one: bool) -> dict[int, Any]:
+        """Run the writes of ``batch`` in ``tx``; a write that raises raises
+        :class:`_Replay` (unless the link broke under a one-statement batch)."""
+        results: dict[int, Any] = {}
+        combined: set[Combiner] = set()
+        for item in batch:
+            try:
+                if item.combine is None:
+                    results[id(item)] = item.fn(tx)
+                elif item.combine not in combined:
+                    combined.add(item.combine)
+                    group = [i for i in batch if i.combine == item.combine]
+                    found = item.combine(tx, [i.arg for i in group])
+                    for member, result in zip(group, found, strict=True):
+                        results[id(member)] = result
+            except BaseException as exc:
+                if one and tx.link_lost(exc):
+                    raise  # applied or not: the same as a failed COMMIT
+                raise _Replay from exc
+        return results
 
 
 def group_commit_of(store: Any) -> GroupCommit:
