@@ -13,10 +13,12 @@ URL options (removed before the URL reaches libpq): ``schema`` (created by
 free connection, default 30).
 
 Connections that die (a server restart, a dropped network link) are found out
-by the ``BEGIN`` that starts every transaction: the transaction moves to
-another connection and the pool reconnects in the background with backoff. A
-transaction that was already under way when its connection died raises; the
-callers (worker loops, clients) retry or report it.
+by the ``BEGIN`` that starts every transaction (or, for a transaction of one
+statement sent without BEGIN, by a probe of a connection the server wrote to
+while it sat idle): the transaction moves to another connection and the pool
+reconnects in the background with backoff. A transaction that was already
+under way when its connection died raises; the callers (worker loops,
+clients) retry or report it.
 """
 
 from __future__ import annotations
