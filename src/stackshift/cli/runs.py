@@ -121,7 +121,7 @@ def timeline(run_id: str, as_json: bool, database_url: str | None) -> None:
 @json_option
 @database_url_option
 def cancel(run_id: str, reason: str | None, as_json: bool, database_url: str | None) -> None:
-    """Cancel a run. A running handler stops at its next step boundary.
+    """Cancel a run. A running handler stops at a step boundary once its worker learns of it.
 
     Exit 1 when the run already completed or failed.
     """
@@ -131,7 +131,8 @@ def cancel(run_id: str, reason: str | None, as_json: bool, database_url: str | N
         echo_json(run)
         return
     if run.status == "running":
-        console().print(f"Cancel requested: run {run.id} stops at its next step boundary.")
+        console().print(f"Cancel requested: run {run.id} stops at a step boundary"
+                        " once its worker learns of it.")
     else:
         console().print(f"Run {run.id} is ", status_text(run.status), ".", sep="")
 
