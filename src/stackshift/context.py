@@ -142,6 +142,8 @@ class AsyncSteps(_StepsBase):
 
     async def run(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         inv = self._inv
+        if inv.stale():  # the boundary would ask the store: not on the loop
+            await asyncio.to_thread(inv.ask_store)
         plan = inv.plan_run(name, fn)
         if plan.replayed:
             return plan.result

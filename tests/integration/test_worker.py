@@ -576,6 +576,47 @@ def test_cancel_a_running_run_stops_it_at_the_next_step(app: StackShift,
     assert done.result is None
 
 
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_cancel_made_between_two_steps_stops_the_run_before_the_second(
+        app: StackShift, flavour: str) -> None:
+    # The handler works outside any step when the cancel comes: no checkpoint
+    # tells the worker of it, and the heartbeat is seconds away. Past FRESH_FOR
+    # (50 ms) without word from the store, the next step boundary asks first,
+    # and the next step does not run.
+    between = threading.Event()
+    gate = threading.Event()
+    effects: list[str] = []
+
+    if flavour == "sync":
+
+        @app.job("order")
+        def order(ctx):  # type: ignore[no-untyped-def]
+            ctx.step.run("charge", lambda: effects.append("charge"))
+            between.set()
+            gate.wait(10)  # work that is not a step
+            ctx.step.run("ship", lambda: effects.append("ship"))
+
+    else:
+
+        @app.job("order")
+        async def order_async(ctx):  # type: ignore[no-untyped-def]
+            await ctx.step.run("charge", lambda: effects.append("charge"))
+            between.set()
+            await asyncio.to_thread(gate.wait, 10)
+            await ctx.step.run("ship", lambda: effects.append("ship"))
+
+    with app.worker(lease="30s"):
+        run = app.start("order")
+        assert between.wait(10)
+        assert app.runs.cancel(run.id).status == "running"
+        time.sleep(0.1)  # the work goes on past the worker's FRESH_FOR
+        gate.set()
+        done = app.runs.wait(run.id, timeout="10s")
+    assert done.status == "cancelled"
+    assert effects == ["charge"]
+    assert [s.key for s in app.runs.steps(run.id)] == ["charge"]
+
+
 # -- manual retry ----------------------------------------------------------------------
 
 

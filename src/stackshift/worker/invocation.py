@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -63,6 +64,9 @@ class Invocation:
         self._logs: list[LogWrite] = []
         self.cancel_requested = False
         self.abandoned = False
+        #: when the store last told this invocation about its run (the claim, a
+        #: checkpoint, a renewal asked at a step boundary): time.monotonic()
+        self._heard_at = time.monotonic()
         #: a NonDeterminismError fails the run even if the handler swallowed it
         self.fatal: BaseException | None = None
         #: called once the handler has returned or raised, before its ending is
@@ -94,12 +98,50 @@ class Invocation:
         n = self._occurrences[name]
         return name if n == 1 else f"{name}#{n}"
 
+    #: Seconds after which a step boundary asks the store about the run first
+    #: (see :meth:`boundary`).
+    FRESH_FOR = 0.05
+
     def boundary(self) -> None:
-        """Stop here if the run was cancelled or this attempt was given up."""
+        """Stop here if the run was cancelled or this attempt was given up.
+
+        Checkpoints tell the worker of a cancel, and so does the heartbeat, but
+        a handler that works between two steps for longer than ``FRESH_FOR``
+        could miss one requested meanwhile: the boundary then renews the lease
+        first (:meth:`ask_store`), which reports a cancel or a lost lease.
+        Steps back to back, each checkpoint fresh, cost nothing more.
+        """
+        if self.stale():
+            self.ask_store()
         if self.abandoned:
             raise LeaseLost(self.run.id)
         if self.cancel_requested:
             raise CancelSignal(self.run.id)
+
+    def stale(self) -> bool:
+        """Whether the next boundary asks the store first."""
+        return (not (self.abandoned or self.cancel_requested)
+                and time.monotonic() - self._heard_at > self.FRESH_FOR)
+
+    def ask_store(self) -> None:
+        """Renew the run's lease, taking in a cancel or a lost lease it reports.
+
+        A store that cannot be reached now leaves things as they are: the
+        step's own checkpoint and the heartbeat deal with that.
+        """
+        asked_at = time.monotonic()
+        try:
+            cancels, lost = self.store.renew_leases([self.lease], self.clock.now(),
+                                                    self.lease_seconds)
+        except Exception:
+            log.warning("run %s: could not ask the store for a cancel", self.run.id,
+                        exc_info=True)
+            return
+        self._heard_at = asked_at
+        if self.run.id in lost:
+            self.abandoned = True
+        elif self.run.id in cancels:
+            self.cancel_requested = True
 
     def _replay(self, key: str, kind: str, function: str | None) -> Any:
         step = self.steps.get(key)
@@ -158,9 +200,11 @@ class Invocation:
                              outcomes.error_dict(exc), plan.started_at, self.clock.now()))
 
     def _save(self, write: StepWrite) -> None:
+        asked_at = time.monotonic()
         if self.store.save_step(self.lease, write, self.take_logs(), self.clock.now(),
                                 self.lease_seconds):
             self.cancel_requested = True
+        self._heard_at = asked_at
 
     # -- sleeps and waits ------------------------------------------------------------
 
