@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from functools import partial
 from typing import Any, NamedTuple
 
 from ..engine.transitions import Status
@@ -41,11 +40,6 @@ def write_logs(tx: Tx, run_id: str, logs: Sequence[LogWrite]) -> None:
             logger=log.logger.replace("\x00", "\ufffd"),
             message=log.message.replace("\x00", "\ufffd"),
         )
-
-
-def _column(items: list[Any], pick: Callable[[Any], Any]) -> list[Any]:
-    """One array parameter of a statement over several writes: ``pick`` of each."""
-    return [pick(item) for item in items]
 
 
 #: The data of the timeline entry of an ending.
@@ -88,18 +82,15 @@ def _finish_recorded(tx: Tx, endings: list[Any]) -> list[bool]:
     ends the runs (:func:`_finish_leased_sqlite`), then writes the attempts and
     the entries in a batch each.
     """
-    column = partial(_column, endings)
     if tx.dialect == "postgres":
-        found = tx.all(
-            "finish_many_recorded",
-            ids=column(lambda e: e[0].run_id), worker_ids=column(lambda e: e[0].worker_id),
-            attempts=column(lambda e: e[0].attempt), expired_before=column(lambda e: e[4]),
-            statuses=column(lambda e: e[1].status), results=column(lambda e: e[1].result),
-            errors=column(lambda e: dumps(e[1].error) if e[1].error else None),
-            finished_at=column(lambda e: e[3]), available_at=column(lambda e: e[1].retry_at),
-            nows=column(lambda e: e[3]), kinds=column(lambda e: f"run.{e[1].status}"),
-            data=[_FROM_RUNNING] * len(endings),
-        )
+        found = tx.all("finish_many_recorded", endings=dumps([
+            {"id": lease.run_id, "worker_id": lease.worker_id, "attempt": lease.attempt,
+             "expired_before": expired_before, "status": outcome.status,
+             "result": outcome.result,
+             "error": dumps(outcome.error) if outcome.error else None,
+             "finished_at": now, "available_at": outcome.retry_at, "now": now,
+             "kind": f"run.{outcome.status}", "data": _FROM_RUNNING}
+            for lease, outcome, _, now, expired_before in endings]))
         ended = {row["id"] for row in found}
     else:
         ended = _finish_leased_sqlite(tx, endings)
@@ -125,20 +116,15 @@ def _save_steps(tx: Tx, saves: list[Any]) -> list[int | None]:
     result holds, for each, the run's ``cancel_requested``, or None when the
     lease was lost (nothing of that checkpoint is written).
     """
-    column = partial(_column, saves)
-    found = tx.all(
-        "save_many_recorded", ords=list(range(len(saves))),
-        run_ids=column(lambda s: s[0].run_id), worker_ids=column(lambda s: s[0].worker_id),
-        attempts=column(lambda s: s[0].attempt), lease_expires_at=column(lambda s: s[3]),
-        nows=column(lambda s: s[4]), keys=column(lambda s: s[1].key),
-        names=column(lambda s: s[1].name), step_kinds=column(lambda s: s[1].kind),
-        functions=column(lambda s: s[1].function), statuses=column(lambda s: s[1].status),
-        results=column(lambda s: s[1].result),
-        errors=column(lambda s: dumps(s[1].error) if s[1].error else None),
-        started_at=column(lambda s: s[1].started_at),
-        finished_at=column(lambda s: s[1].finished_at),
-        timeline_kinds=column(lambda s: f"step.{s[1].status}"), data=column(lambda s: dumps(s[5])),
-    )
+    found = tx.all("save_many_recorded", saves=dumps([
+        {"ord": ord_, "run_id": lease.run_id, "worker_id": lease.worker_id,
+         "attempt": lease.attempt, "lease_expires_at": lease_expires_at, "now": now,
+         "key": step.key, "name": step.name, "step_kind": step.kind,
+         "function": step.function, "status": step.status, "result": step.result,
+         "error": dumps(step.error) if step.error else None,
+         "started_at": step.started_at, "finished_at": step.finished_at,
+         "timeline_kind": f"step.{step.status}", "data": dumps(data)}
+        for ord_, (lease, step, _, lease_expires_at, now, data) in enumerate(saves)]))
     cancels: list[int | None] = [None] * len(saves)
     for row in found:
         cancels[row["ord"]] = int(row["cancel_requested"])
@@ -576,10 +562,9 @@ class ExecutionStore:
         def work(tx: Tx) -> dict[str, bool]:
             """Run id -> cancel requested, for the runs still held."""
             if tx.dialect == "postgres":  # one statement for all
-                found = tx.all("renew_many", ids=[lease.run_id for lease in leases],
-                               worker_ids=[lease.worker_id for lease in leases],
-                               attempts=[lease.attempt for lease in leases],
-                               lease_expires_at=now + lease_seconds, now=now)
+                found = tx.all("renew_many", leases=dumps([
+                    {"id": lease.run_id, "worker_id": lease.worker_id, "attempt": lease.attempt}
+                    for lease in leases]), lease_expires_at=now + lease_seconds, now=now)
                 return {row["id"]: bool(row["cancel_requested"]) for row in found}
             held = {}
             for lease in leases:

@@ -124,9 +124,11 @@ def _positive_int(options: Mapping[str, str], name: str, default: int) -> int:
 
 
 def _raise_refused_value(exc: BaseException) -> None:
-    """A text value with NUL, which psycopg refuses before it reaches the server:
-    raise it as the caller's bad input."""
-    if isinstance(exc, psycopg.DataError) and "NUL" in str(exc):
+    """A text value with NUL, which psycopg refuses before it reaches the server
+    (or the server, inside a JSON parameter): raise it as the caller's bad input."""
+    if isinstance(exc, psycopg.DataError) and (
+            "NUL" in str(exc)  # a parameter's text
+            or "\\u0000" in (exc.diag.message_detail or "")):  # a JSON parameter's
         raise ValidationError("text values cannot contain the NUL character (U+0000)") from exc
 
 

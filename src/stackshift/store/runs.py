@@ -180,22 +180,15 @@ def _insert_run_row(tx: Tx, new: NewRun, now: float) -> tuple[Row, bool]:
 def _start_many(tx: Tx, starts: list[tuple[NewRun, float]]) -> list[Run]:
     """PostgreSQL: :func:`insert_run` for starts without an idempotency key, all in
     one statement (``start_many``)."""
-    status = [Status.SCHEDULED if new.scheduled_at is not None else Status.QUEUED
-              for new, _ in starts]
-    found = tx.all(
-        "start_many", ids=[new.id for new, _ in starts], jobs=[new.job for new, _ in starts],
-        queues=[new.queue for new, _ in starts], statuses=[s.value for s in status],
-        payloads=[new.payload for new, _ in starts],
-        max_attempts=[new.max_attempts for new, _ in starts],
-        default_max_attempts=[new.default_max_attempts for new, _ in starts],
-        priorities=[new.priority for new, _ in starts],
-        concurrency_keys=[new.concurrency_key for new, _ in starts],
-        nows=[now for _, now in starts], scheduled_at=[new.scheduled_at for new, _ in starts],
-        available_at=[new.scheduled_at if new.scheduled_at is not None else now
-                      for new, now in starts],
-        data=[dumps({"scheduled_at": new.scheduled_at}) if new.scheduled_at else None
-              for new, _ in starts],
-    )
+    found = tx.all("start_many", starts=dumps([
+        {"ord": ord_, "id": new.id, "job": new.job, "queue": new.queue,
+         "status": (Status.SCHEDULED if new.scheduled_at is not None else Status.QUEUED).value,
+         "payload": new.payload, "max_attempts": new.max_attempts,
+         "default_max_attempts": new.default_max_attempts, "priority": new.priority,
+         "concurrency_key": new.concurrency_key, "now": now, "scheduled_at": new.scheduled_at,
+         "available_at": new.scheduled_at if new.scheduled_at is not None else now,
+         "data": dumps({"scheduled_at": new.scheduled_at}) if new.scheduled_at else None}
+        for ord_, (new, now) in enumerate(starts)]))
     by_id = {row["id"]: row for row in found}
     return [rows.run(by_id[new.id]) for new, _ in starts]
 

@@ -246,24 +246,23 @@ SET status = 'running', attempt = attempt + 1 - resuming, resuming = 0,
 WHERE id = ANY(:ids)
 RETURNING *;
 
--- Worker writes that share a transaction, one statement for all of them (one
--- array element each). On SQLite (no data-modifying WITH) the store runs the
--- same statements one by one: keep them in step with finish_leased_run,
--- update_attempt, renew_lease, upsert_step and insert_timeline.
+-- Worker writes that share a transaction, one statement for all of them. The
+-- writes come as one JSON array of objects, a row each (json_to_recordset):
+-- psycopg turns one text parameter into bytes in C, where it would build an
+-- array parameter per column in Python, some 20 µs each. On SQLite (no
+-- data-modifying WITH) the store runs the same statements one by one: keep them
+-- in step with finish_leased_run, update_attempt, renew_lease, upsert_step and
+-- insert_timeline.
 
 -- name: finish_many_recorded
 -- Completed and cancelled endings: finish_leased_run, then the attempt's ending
 -- and the run's timeline entry. Returns the ids of the runs whose lease was
 -- still held (and ended).
 WITH input AS (
-    SELECT * FROM unnest(
-        CAST(:ids AS text[]), CAST(:worker_ids AS text[]), CAST(:attempts AS integer[]),
-        CAST(:expired_before AS double precision[]), CAST(:statuses AS text[]),
-        CAST(:results AS text[]), CAST(:errors AS text[]),
-        CAST(:finished_at AS double precision[]), CAST(:available_at AS double precision[]),
-        CAST(:nows AS double precision[]), CAST(:kinds AS text[]), CAST(:data AS text[])
-    ) AS i(id, worker_id, attempt, expired_before, status, result, error, finished_at,
-           available_at, now, kind, data)
+    SELECT * FROM json_to_recordset(CAST(:endings AS json)) AS i(
+        id text, worker_id text, attempt integer, expired_before double precision,
+        status text, result text, error text, finished_at double precision,
+        available_at double precision, now double precision, kind text, data text)
 ), moved AS (
     UPDATE runs r
     SET status = i.status, result = i.result, error = i.error, finished_at = i.finished_at,
@@ -294,8 +293,7 @@ SELECT id, (SELECT COUNT(*) FROM freed) AS woken FROM moved;
 -- name: renew_many
 -- renew_lease for several leases at once; returns the runs still held.
 UPDATE runs r SET lease_expires_at = :lease_expires_at, updated_at = :now
-FROM unnest(CAST(:ids AS text[]), CAST(:worker_ids AS text[]),
-            CAST(:attempts AS integer[])) AS l(id, worker_id, attempt)
+FROM json_to_recordset(CAST(:leases AS json)) AS l(id text, worker_id text, attempt integer)
 WHERE r.id = l.id AND r.lease_owner = l.worker_id AND r.attempt = l.attempt
   AND r.status = 'running'
 RETURNING r.id, r.cancel_requested;
@@ -306,16 +304,12 @@ RETURNING r.id, r.cancel_requested;
 -- cancel_requested; a checkpoint whose lease was lost is left out, and nothing
 -- of it is written.
 WITH input AS (
-    SELECT * FROM unnest(
-        CAST(:ords AS integer[]), CAST(:run_ids AS text[]), CAST(:worker_ids AS text[]),
-        CAST(:attempts AS integer[]), CAST(:lease_expires_at AS double precision[]),
-        CAST(:nows AS double precision[]), CAST(:keys AS text[]), CAST(:names AS text[]),
-        CAST(:step_kinds AS text[]), CAST(:functions AS text[]), CAST(:statuses AS text[]),
-        CAST(:results AS text[]), CAST(:errors AS text[]),
-        CAST(:started_at AS double precision[]), CAST(:finished_at AS double precision[]),
-        CAST(:timeline_kinds AS text[]), CAST(:data AS text[])
-    ) AS i(ord, run_id, worker_id, attempt, lease_expires_at, now, key, name, step_kind,
-           function, status, result, error, started_at, finished_at, timeline_kind, data)
+    SELECT * FROM json_to_recordset(CAST(:saves AS json)) AS i(
+        ord integer, run_id text, worker_id text, attempt integer,
+        lease_expires_at double precision, now double precision, key text, name text,
+        step_kind text, function text, status text, result text, error text,
+        started_at double precision, finished_at double precision, timeline_kind text,
+        data text)
 ), leases AS (
     SELECT DISTINCT ON (run_id) run_id, worker_id, attempt, lease_expires_at, now
     FROM input ORDER BY run_id, ord DESC
@@ -347,18 +341,13 @@ SELECT ord, cancel_requested FROM kept;
 
 -- name: start_many
 -- insert_run and the run's first timeline entry for several starts without an
--- idempotency key (one array element each); returns the new rows.
+-- idempotency key (one JSON object each, as above); returns the new rows.
 WITH input AS (
-    SELECT * FROM unnest(
-        CAST(:ids AS text[]), CAST(:jobs AS text[]), CAST(:queues AS text[]),
-        CAST(:statuses AS text[]), CAST(:payloads AS text[]),
-        CAST(:max_attempts AS integer[]), CAST(:default_max_attempts AS integer[]),
-        CAST(:priorities AS integer[]), CAST(:concurrency_keys AS text[]),
-        CAST(:nows AS double precision[]), CAST(:scheduled_at AS double precision[]),
-        CAST(:available_at AS double precision[]), CAST(:data AS text[])
-    ) WITH ORDINALITY AS i(id, job, queue, status, payload, max_attempts,
-                           default_max_attempts, priority, concurrency_key, now,
-                           scheduled_at, available_at, data, ord)
+    SELECT * FROM json_to_recordset(CAST(:starts AS json)) AS i(
+        ord integer, id text, job text, queue text, status text, payload text,
+        max_attempts integer, default_max_attempts integer, priority integer,
+        concurrency_key text, now double precision, scheduled_at double precision,
+        available_at double precision, data text)
 ), started AS (
     INSERT INTO runs (id, job, queue, status, payload, max_attempts, idempotency_key,
                       priority, claim_priority, concurrency_key, created_at, scheduled_at,
