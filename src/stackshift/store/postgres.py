@@ -37,6 +37,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.pq import ExecStatus
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
@@ -132,6 +133,13 @@ def _raise_refused_value(exc: BaseException) -> None:
         raise ValidationError("text values cannot contain the NUL character (U+0000)") from exc
 
 
+def _returned_rows(cur: PgCursor) -> bool:
+    """Whether the statement returned rows (even none): what ``cur.description is
+    not None`` says, without building a column description (some 70 µs for a
+    row of runs)."""
+    return cur.pgresult is not None and cur.pgresult.status == ExecStatus.TUPLES_OK
+
+
 class _PostgresTx:
     dialect = "postgres"
 
@@ -156,14 +164,14 @@ class _PostgresTx:
 
     def one(self, query: str, **params: Any) -> Row | None:
         cur = self._execute(self._queries[query], params)
-        return cur.fetchone() if cur.description is not None else None
+        return cur.fetchone() if _returned_rows(cur) else None
 
     def all(self, query: str, **params: Any) -> list[Row]:
         return self._rows(self._queries[query], params)
 
     def _rows(self, text: str, params: Mapping[str, Any]) -> list[Row]:
         cur = self._execute(text, params)
-        return list(cur.fetchall()) if cur.description is not None else []
+        return list(cur.fetchall()) if _returned_rows(cur) else []
 
     def all_limited(self, query: str, limit: int, **params: Any) -> list[Row]:
         # A generic plan (planned once per statement) must guess a parameter
