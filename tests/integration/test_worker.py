@@ -1,7 +1,8 @@
 """The worker: wake-ups, sync and async handlers, concurrency, graceful SIGTERM,
 attempt timeouts, cancel and manual retry, and writes that share a transaction
 (runs claimed together end together; a quick run is never held back by a slow
-one; an ending or a checkpoint whose lease was lost fails alone)."""
+one; an ending or a checkpoint whose lease was lost fails alone; texts written
+together come back exactly)."""
 
 from __future__ import annotations
 
@@ -848,6 +849,46 @@ def test_one_statement_writes_that_share_a_transaction_fail_alone(app: StackShif
     assert group.run_combined(insert, "d", one_statement=True) == "D"
     with store.db.read() as tx:
         assert len(tx.raw("SELECT v FROM one_statement_writes", {})) == 3
+
+
+#: Texts that must come back as they went in: quotes, backslashes, escapes
+#: spelled out, control characters, NUL, line separators, text outside the BMP.
+AWKWARD_TEXTS = ['say "hi"', "back\\slash \\u0000 \\n", "tab\tnew\nline\r", "\x00\x01\x1f",
+                 "caf\u00e9 \u65e5\u672c \U0001f389", "\u2028\u2029",
+                 '{"looks": ["like", "json"]}', ""]
+
+
+def test_texts_written_together_come_back_exactly(app: StackShift) -> None:
+    # Starts, checkpoints and endings made at the same moment share one
+    # statement each on PostgreSQL, which takes its rows as one JSON text.
+    @app.job("echo_text")
+    def echo_text(ctx: Any) -> dict[str, Any]:
+        copied = ctx.step.run("copy", lambda: [ctx.payload["text"], ctx.payload["text"] * 2])
+        return {"text": ctx.payload["text"], "copied": copied}
+
+    group = app._service.store.group_commit
+    started: dict[str, str] = {}
+
+    def start(text: str) -> None:
+        started[text] = app.start("echo_text", {"text": text}).id
+
+    group.expect(len(AWKWARD_TEXTS), within=2.0)  # the starts share a transaction
+    threads = [threading.Thread(target=start, args=(text,)) for text in AWKWARD_TEXTS]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert sorted(started) == sorted(AWKWARD_TEXTS)
+    with app.worker(concurrency=len(AWKWARD_TEXTS)):
+        wait_until(lambda: all(app.runs.get(i).status == "completed" for i in started.values()),
+                   what="every run completed")
+    for text, run_id in started.items():
+        run = app.runs.get(run_id)
+        assert run.payload == {"text": text}
+        assert run.result == {"text": text, "copied": [text, text * 2]}
+        assert [(s.name, s.result) for s in app.runs.steps(run_id)] == [("copy", [text, text * 2])]
+        kinds = [entry.kind for entry in app.runs.timeline(run_id)]
+        assert kinds[0] == "run.queued" and kinds[-1] == "run.completed"
 
 
 def test_a_write_being_prepared_is_waited_for_and_one_never_made_is_not(
