@@ -248,8 +248,9 @@ RETURNING *;
 
 -- Worker writes that share a transaction, one statement for all of them. The
 -- writes come as one JSON array of objects, a row each (json_to_recordset):
--- psycopg turns one text parameter into bytes in C, where it would build an
--- array parameter per column in Python, some 20 µs each. On SQLite (no
+-- psycopg prepares an array parameter per column in Python (about 110 µs for
+-- the 17 columns of one step checkpoint, where its row as JSON text takes 14
+-- µs, and about 350 µs against 55 for ten rows). On SQLite (no
 -- data-modifying WITH) the store runs the same statements one by one: keep them
 -- in step with finish_leased_run, update_attempt, renew_lease, upsert_step and
 -- insert_timeline.
