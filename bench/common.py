@@ -124,6 +124,32 @@ def drop_schema(schema: str) -> None:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+def helper_parser(doc: str) -> argparse.ArgumentParser:
+    """The command line the helper scripts share: ``--store`` and ``--rounds``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--store", default="sqlite-full",
+                        choices=["sqlite-full", "sqlite-normal", "postgres"])
+    parser.add_argument("--rounds", type=int, default=3)
+    return parser
+
+
+@contextmanager
+def scratch_url(store: str, name: str) -> Iterator[tuple[str, str | None]]:
+    """A StackShift URL on a fresh database for the helper scripts, and its
+    PostgreSQL schema (None on SQLite); the schema is dropped afterwards."""
+    if store == "postgres":
+        schema = f"bench_{name}_{uuid.uuid4().hex[:8]}"
+        try:
+            yield f"{PG_URL}?schema={schema}", schema
+        finally:
+            drop_schema(schema)
+        return
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix=f"stackshift-{name}-")
+    yield f"sqlite:///{folder}/{name}.db?synchronous={store.removeprefix('sqlite-')}", None
+
+
 def settle(ctx: Ctx) -> None:
     """PostgreSQL: ANALYZE the run's schema after a backlog is loaded (not timed).
 

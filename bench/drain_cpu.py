@@ -14,51 +14,36 @@ is not in it. Each round uses a fresh SQLite file or PostgreSQL schema
 
 from __future__ import annotations
 
-import argparse
-import tempfile
 import time
-import uuid
 
 import psycopg
 
-from bench.common import PG_URL
+from bench.common import PG_URL, helper_parser, scratch_url
 from bench.engines.stackshift_engine import build, count, start_many
 
 
 def drain(store: str, runs: int) -> tuple[float, float]:
     """(runs per second, CPU microseconds per run) of one drain."""
-    schema = None
-    if store == "postgres":
-        schema = f"bench_drain_{uuid.uuid4().hex[:8]}"
-        url = f"{PG_URL}?schema={schema}"
-    else:
-        folder = tempfile.mkdtemp(prefix="stackshift-drain-")
-        url = f"sqlite:///{folder}/drain.db?synchronous={store.removeprefix('sqlite-')}"
-    app = build(url)
-    try:
-        start_many(app, "noop", runs)
-        if schema is not None:  # as autovacuum would, once the backlog is in
-            with psycopg.connect(PG_URL, autocommit=True) as conn:
-                conn.execute(f"ANALYZE {schema}.runs")
-        started, cpu = time.monotonic(), time.process_time()
-        with app.worker(concurrency=10):
-            while count(app, "completed") < runs:
-                time.sleep(0.01)
-            took, used = time.monotonic() - started, time.process_time() - cpu
-    finally:
-        app.close()
-        if schema is not None:
-            with psycopg.connect(PG_URL, autocommit=True) as conn:
-                conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    with scratch_url(store, "drain") as (url, schema):
+        app = build(url)
+        try:
+            start_many(app, "noop", runs)
+            if schema is not None:  # as autovacuum would, once the backlog is in
+                with psycopg.connect(PG_URL, autocommit=True) as conn:
+                    conn.execute(f"ANALYZE {schema}.runs")
+            started, cpu = time.monotonic(), time.process_time()
+            with app.worker(concurrency=10):
+                while count(app, "completed") < runs:
+                    time.sleep(0.01)
+                took, used = time.monotonic() - started, time.process_time() - cpu
+        finally:
+            app.close()
     return runs / took, used / runs * 1e6
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--store", default="sqlite-full",
-                        choices=["sqlite-full", "sqlite-normal", "postgres"])
+    parser = helper_parser(__doc__)
     parser.add_argument("--runs", type=int, default=10_000)
-    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     for n in range(1, args.rounds + 1):
         rate, cpu = drain(args.store, args.runs)
