@@ -137,10 +137,16 @@ class Invocation:
             log.warning("run %s: could not ask the store for a cancel", self.run.id,
                         exc_info=True)
             return
-        self._heard_at = asked_at
+        self.renewed(cancels, lost, asked_at)
+
+    def renewed(self, cancels: set[str], lost: set[str], asked_at: float) -> None:
+        """Take in a renewal of this invocation's lease (asked for at ``asked_at``,
+        ``time.monotonic()``): the store's answer of runs asked to cancel and
+        runs whose lease was lost (rescued elsewhere: stop at the next step)."""
+        self._heard_at = max(self._heard_at, asked_at)
         if self.run.id in lost:
             self.abandoned = True
-        elif self.run.id in cancels:
+        if self.run.id in cancels:
             self.cancel_requested = True
 
     def _replay(self, key: str, kind: str, function: str | None) -> Any:

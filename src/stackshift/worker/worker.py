@@ -427,17 +427,14 @@ class Worker:
                 if now_mono >= next_renewal:
                     next_renewal = now_mono + self.lease_seconds / 3
                     with self._lock:
-                        leases = [a.invocation.lease for a in self._active.values()]
-                    cancels, lost = store.renew_leases(leases, clock.now(), self.lease_seconds)
+                        renewing = [a.invocation for a in self._active.values()]
+                    asked_at = time.monotonic()
+                    cancels, lost = store.renew_leases([i.lease for i in renewing], clock.now(),
+                                                       self.lease_seconds)
                     store.register_worker(self.id, socket.gethostname(), os.getpid(), self.jobs,
                                           self.queues, self.concurrency, clock.now())
-                    with self._lock:
-                        for run_id in cancels:
-                            if run_id in self._active:
-                                self._active[run_id].invocation.cancel_requested = True
-                        for run_id in lost:  # rescued elsewhere: stop at the next step
-                            if run_id in self._active:
-                                self._active[run_id].invocation.abandoned = True
+                    for invocation in renewing:
+                        invocation.renewed(cancels, lost, asked_at)
                 self._enforce_timeouts()
                 # One elected worker maintains for everyone (on PostgreSQL: one
                 # across all processes; another takes over when its process dies).
