@@ -52,6 +52,17 @@ _FROM_RUNNING = dumps({"from": "running"})
 SHARED_ENDING_TEXT = 1024
 
 
+def _ending(lease: Lease, outcome: Outcome, now: float, expired_before: float,
+            terminal: bool = True) -> dict[str, Any]:
+    """The parameters of ``finish_leased_run`` for ``outcome`` (and the fields of an
+    ending in the shared statements)."""
+    return {"id": lease.run_id, "worker_id": lease.worker_id, "attempt": lease.attempt,
+            "expired_before": expired_before, "status": outcome.status,
+            "result": outcome.result, "error": dumps(outcome.error) if outcome.error else None,
+            "finished_at": now if terminal else None, "available_at": outcome.retry_at,
+            "now": now}
+
+
 def _finish_leased_sqlite(tx: Tx, endings: list[Any]) -> set[str]:
     """SQLite: end the leased runs of ``endings`` (as in :func:`_finish_recorded`);
     the ids of those whose lease was still held. Endings with short texts go in
@@ -59,11 +70,7 @@ def _finish_leased_sqlite(tx: Tx, endings: list[Any]) -> set[str]:
     ended: set[str] = set()
     shared = []
     for lease, outcome, _, now, expired_before in endings:
-        params = {"id": lease.run_id, "worker_id": lease.worker_id, "attempt": lease.attempt,
-                  "expired_before": expired_before, "status": outcome.status,
-                  "result": outcome.result,
-                  "error": dumps(outcome.error) if outcome.error else None,
-                  "finished_at": now, "available_at": outcome.retry_at, "now": now}
+        params = _ending(lease, outcome, now, expired_before)
         if len(params["result"] or "") + len(params["error"] or "") <= SHARED_ENDING_TEXT:
             shared.append(params)
         elif tx.one("finish_leased_run", **params) is not None:
@@ -84,11 +91,7 @@ def _finish_recorded(tx: Tx, endings: list[Any]) -> list[bool]:
     """
     if tx.dialect == "postgres":
         found = tx.all("finish_many_recorded", endings=dumps([
-            {"id": lease.run_id, "worker_id": lease.worker_id, "attempt": lease.attempt,
-             "expired_before": expired_before, "status": outcome.status,
-             "result": outcome.result,
-             "error": dumps(outcome.error) if outcome.error else None,
-             "finished_at": now, "available_at": outcome.retry_at, "now": now,
+            {**_ending(lease, outcome, now, expired_before),
              "kind": f"run.{outcome.status}", "data": _FROM_RUNNING}
             for lease, outcome, _, now, expired_before in endings]))
         ended = {row["id"] for row in found}
@@ -459,19 +462,8 @@ class ExecutionStore:
                 one_statement=self.db.dialect == "postgres" and not logs))
 
         def work(tx: Tx) -> bool:
-            moved = tx.one(
-                "finish_leased_run",
-                id=lease.run_id,
-                worker_id=lease.worker_id,
-                attempt=lease.attempt,
-                expired_before=expired_before,
-                status=status.value,
-                result=outcome.result,
-                error=dumps(outcome.error) if outcome.error else None,
-                finished_at=now if terminal else None,
-                available_at=outcome.retry_at,
-                now=now,
-            )
+            moved = tx.one("finish_leased_run",
+                           **_ending(lease, outcome, now, expired_before, terminal))
             if moved is None:
                 return False
             attempt_status = "failed" if status == Status.RETRYING else status.value
