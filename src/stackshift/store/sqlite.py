@@ -289,18 +289,35 @@ class SqliteDatabase:
         self._checkpointer = None
 
 
+#: Pauses between tries of _retry_busy: 50 µs, then 100 µs until ``_FINE_FOR``
+#: seconds have passed, then doubling up to 1 ms.
+_FINE_PAUSE = 0.0001
+_FINE_FOR = 0.02
+_COARSE_PAUSE = 0.001
+
+
 def _retry_busy(attempt: Callable[[], bool], seconds: float) -> bool:
-    """Call ``attempt`` until it returns true (done) or ``seconds`` have passed,
-    pausing 50 µs between tries at first, doubling up to 1 ms; its last answer."""
+    """Call ``attempt`` until it returns true (done) or ``seconds`` have passed;
+    its last answer.
+
+    Another process that writes back to back (a producer starting runs) frees
+    the lock only for the moment between its commit and its next BEGIN; a
+    waiter that tries every millisecond seldom lands in that moment, and the
+    other process keeps the database to itself. So the first tries come
+    close together (``_FINE_PAUSE``), and only a wait longer than
+    ``_FINE_FOR`` (a long write, a checkpoint) backs off, to spare the CPU.
+    """
     if attempt():
         return True
-    deadline = time.monotonic() + seconds
-    pause = 0.00005
-    while time.monotonic() < deadline:
+    start = time.monotonic()
+    deadline = start + seconds
+    pause = _FINE_PAUSE / 2
+    while (now := time.monotonic()) < deadline:
         time.sleep(pause)
         if attempt():
             return True
-        pause = min(pause * 2, 0.001)
+        ceiling = _FINE_PAUSE if now - start < _FINE_FOR else _COARSE_PAUSE
+        pause = min(pause * 2, ceiling)
     return False
 
 
