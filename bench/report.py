@@ -374,6 +374,6 @@ def markdown(data: dict[str, Any]) -> str:
             lines += results_table(workload, cells, stores, engines)
     lines += ["## What each workload does", "", *[f"- {d}" for d in data["method"]], ""]
     if data.get("analysis"):
-        lines += ["## Targets missed: what limits them, what would reach them", "",
+        lines += ["## Notes on this run", "",
                   data["analysis"].strip(), ""]
     return "\n".join(lines)
