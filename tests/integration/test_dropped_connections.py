@@ -20,12 +20,16 @@ from stackshift import StackShift
 
 
 def terminate(application_name: str) -> int:
+    """End the sessions of ``application_name``; how many ended. Each is waited
+    for (up to 5 s) until it is gone, so that the cut is over when this returns
+    (without the wait, a statement sent at once may reach a session still
+    ending, which is a cut during the call, not before it)."""
     with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
         rows = admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            "SELECT pg_terminate_backend(pid, 5000) AS ended FROM pg_stat_activity"
             " WHERE application_name = %s", (application_name,)
         ).fetchall()
-    return len(rows)
+    return sum(1 for (ended,) in rows if ended)
 
 
 def test_client_and_worker_carry_on_after_their_connections_are_cut(pg_url: str) -> None:
