@@ -61,7 +61,10 @@ class RemoteWorkerStore:
     # -- the worker registry ---------------------------------------------------------------
 
     def register_worker(self, worker_id: str, hostname: str, pid: int, jobs: Sequence[str],
-                        queues: Sequence[str] | None, concurrency: int, now: float) -> None:
+                        queues: Sequence[str] | None, concurrency: int, now: float,
+                        process: Any = None) -> None:
+        # Without its process: a remote worker's runs are taken back when their
+        # leases run out (the server has no view of the worker's machine).
         self._post("register", {"workerId": worker_id, "hostname": hostname, "pid": pid,
                                 "jobs": list(jobs), "queues": list(queues) if queues else None,
                                 "concurrency": concurrency})
@@ -166,6 +169,12 @@ class RemoteWorkerStore:
     # -- maintenance: the server's (see the module docstring) --------------------------------
 
     def expired_leases(self, now: float, limit: int = 100) -> list[Any]:
+        return []
+
+    def workers_in_space(self, space: str, worker_id: str) -> list[tuple[str, int, int]]:
+        return []
+
+    def leases_held_by(self, worker_id: str, limit: int = 100) -> list[Any]:
         return []
 
     def next_due_at(self) -> float | None:

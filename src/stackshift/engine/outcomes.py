@@ -37,21 +37,20 @@ def failure(
     return Outcome("retrying", error=error, retry_at=now + delay)
 
 
-def lost_worker(*, attempts_used: int, max_attempts: int, now: float) -> Outcome:
-    """The outcome recorded for an attempt whose worker stopped renewing its lease.
+def lost_worker(*, attempts_used: int, max_attempts: int, now: float,
+                message: str = "the worker running this attempt stopped renewing its lease",
+                ) -> Outcome:
+    """The outcome recorded for an attempt whose worker stopped renewing its lease,
+    or whose worker's process was seen to end (``message`` says which).
 
     The attempt counts against ``max_attempts`` like any other, but the next one
     is due at once, without the job's backoff: the worker vanished (crash,
-    kill -9, lost network), the job did not fail, and the lease has already
-    made the run wait its full length. The run still passes through
+    kill -9, lost network), the job did not fail, and the run has already
+    waited for its lease (or its worker is known to be gone). The run still passes through
     ``retrying`` (``next_attempt_at`` = now), so its timeline shows the attempt
     failed as ``WorkerLost`` before the next one started.
     """
-    error = {
-        "type": "WorkerLost",
-        "message": "the worker running this attempt stopped renewing its lease",
-        "traceback": None,
-    }
+    error = {"type": "WorkerLost", "message": message, "traceback": None}
     if attempts_used >= max_attempts:
         return Outcome("failed", error=error)
     return Outcome("retrying", error=error, retry_at=now)

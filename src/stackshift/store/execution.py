@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 from ..engine.transitions import Status
 from ..errors import LeaseLost
 from ..models import Step
+from ..processes import ProcessId
 from ..serialization import dumps
 from . import rows
 from .base import ClaimedRun, ExpiredLease, Lease, LogWrite, Outcome, StepWrite
@@ -257,6 +258,16 @@ class _Flushing:
 
     def link_lost(self, exc: BaseException) -> bool:
         return self._tx.link_lost(exc)
+
+
+def _held(r: Row) -> ExpiredLease:
+    """The lease a running run's row holds, with its attempts budget."""
+    return ExpiredLease(
+        lease=Lease(r["id"], r["lease_owner"], r["attempt"]),
+        job=r["job"],
+        attempts_used=r["attempt"] - r["retry_base"],
+        max_attempts=r["max_attempts"],
+    )
 
 
 class ExecutionStore:
@@ -577,15 +588,20 @@ class ExecutionStore:
     def expired_leases(self, now: float, limit: int = 100) -> list[ExpiredLease]:
         with self.db.read() as tx:
             found = tx.all("expired_leases", now=now, limit=limit)
-        return [
-            ExpiredLease(
-                lease=Lease(r["id"], r["lease_owner"], r["attempt"]),
-                job=r["job"],
-                attempts_used=r["attempt"] - r["retry_base"],
-                max_attempts=r["max_attempts"],
-            )
-            for r in found
-        ]
+        return [_held(r) for r in found]
+
+    def leases_held_by(self, worker_id: str, limit: int = 100) -> list[ExpiredLease]:
+        """The leases of running runs that ``worker_id`` holds (expired or not)."""
+        with self.db.read() as tx:
+            found = tx.all("leases_held_by", worker_id=worker_id, limit=limit)
+        return [_held(r) for r in found]
+
+    def workers_in_space(self, space: str, worker_id: str) -> list[tuple[str, int, int]]:
+        """``(id, pid, started)`` of the workers other than ``worker_id`` whose
+        process is in ``space`` (see :mod:`stackshift.processes`)."""
+        with self.db.read() as tx:
+            found = tx.all("workers_in_space", space=space, id=worker_id)
+        return [(r["id"], r["pid"], r["process_started"]) for r in found]
 
     def promote_due(self, now: float, limit: int = 500) -> int:
         """Move scheduled and retrying runs whose time has come to ``queued``.
@@ -608,11 +624,16 @@ class ExecutionStore:
         return None if row is None or row["due"] is None else float(row["due"])
 
     def register_worker(self, worker_id: str, hostname: str, pid: int, jobs: Sequence[str],
-                        queues: Sequence[str] | None, concurrency: int, now: float) -> None:
+                        queues: Sequence[str] | None, concurrency: int, now: float,
+                        process: ProcessId | None = None) -> None:
+        """Register or refresh a worker; ``process``: its process, when known, so
+        that workers on the same machine can tell when it has ended."""
         with self.db.write() as tx:
             tx.run("upsert_worker", id=worker_id, hostname=hostname, pid=pid,
                    jobs=dumps(sorted(jobs)), queues=dumps(queues) if queues else None,
-                   concurrency=concurrency, now=now)
+                   concurrency=concurrency, now=now,
+                   process_space=process.space if process else None,
+                   process_started=process.started if process else None)
             tx.run("delete_stale_workers", before=now - 300)
 
     def unregister_worker(self, worker_id: str) -> None:

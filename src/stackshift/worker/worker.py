@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .. import runlogs
+from .. import processes, runlogs
 from ..durations import parse_duration
 from ..engine import outcomes
 from ..errors import AttemptTimeoutError
@@ -156,6 +156,7 @@ class Worker:
         self._next_ageing = 0.0
         self._last_claimed = float("-inf")
         self._rules = self.service.claim_rules()
+        self._process = processes.current()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -181,13 +182,22 @@ class Worker:
         self.service.notifier.subscribe(self._wake.set)
         self._rules = self.service.claim_rules()
         self.service.sync_code_schedules()
-        self.service.store.register_worker(
-            self.id, socket.gethostname(), os.getpid(), self.jobs, self.queues,
-            self.concurrency, self.service.clock.now(),
-        )
+        self._process = processes.current()
+        self._register()
+        try:
+            self.take_over_ended()
+        except Exception:
+            log.exception("worker %s: could not take over the runs of ended workers", self.id)
         self._spawn("stackshift-claim", self._claim_loop)
         self._spawn("stackshift-heartbeat", self._heartbeat_loop)
         return self
+
+    def _register(self) -> None:
+        """Register this worker, or refresh its heartbeat."""
+        self.service.store.register_worker(
+            self.id, socket.gethostname(), os.getpid(), self.jobs, self.queues,
+            self.concurrency, self.service.clock.now(), self._process,
+        )
 
     def _spawn(self, name: str, target: Any) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -421,6 +431,7 @@ class Worker:
         store = self.service.store
         clock = self.service.clock
         next_renewal = 0.0
+        next_look = time.monotonic() + self.ENDED_LOOK_INTERVAL
         while not self._halted.wait(self.maintenance_interval):
             try:
                 now_mono = time.monotonic()
@@ -431,10 +442,13 @@ class Worker:
                     asked_at = time.monotonic()
                     cancels, lost = store.renew_leases([i.lease for i in renewing], clock.now(),
                                                        self.lease_seconds)
-                    store.register_worker(self.id, socket.gethostname(), os.getpid(), self.jobs,
-                                          self.queues, self.concurrency, clock.now())
+                    self._register()
                     for invocation in renewing:
                         invocation.renewed(cancels, lost, asked_at)
+                if now_mono >= next_look:
+                    next_look = now_mono + self.ENDED_LOOK_INTERVAL
+                    if self.take_over_ended() and self._free_slots() > 0:
+                        self._wake.set()
                 self._enforce_timeouts()
                 # One elected worker maintains for everyone (on PostgreSQL: one
                 # across all processes; another takes over when its process dies).
@@ -459,6 +473,48 @@ class Worker:
             inv = active.invocation
             inv.fail(AttemptTimeoutError(f"attempt ran longer than {inv.job.timeout:g}s"))
             inv.abandoned = True
+
+    #: Seconds between looks for workers on this machine whose process has ended.
+    ENDED_LOOK_INTERVAL = 1.0
+
+    def take_over_ended(self) -> int:
+        """End now the attempts of workers whose process, on this machine, has ended.
+
+        A worker killed (kill -9, out of memory) or crashed holds its runs until
+        their leases run out; when its process was on this machine (see
+        :mod:`stackshift.processes`), it is known to be gone at once, and its
+        attempts are recorded as lost (``WorkerLost``, retried at once) without
+        waiting for the lease. Its registration is removed. Called when the
+        worker starts and every ``ENDED_LOOK_INTERVAL`` seconds; returns how
+        many attempts it ended.
+        """
+        me = self._process
+        if me is None:
+            return 0
+        store = self.service.store
+        taken = 0
+        for worker_id, pid, started in store.workers_in_space(me.space, self.id):
+            if not processes.ended(pid, started):
+                continue
+            message = (f"the process of the worker running this attempt ({worker_id},"
+                       f" pid {pid}) ended; seen by worker {self.id} on the same machine")
+            while held := store.leases_held_by(worker_id):
+                ended = 0
+                for lost in held:
+                    now = self.service.clock.now()
+                    outcome = outcomes.lost_worker(attempts_used=lost.attempts_used,
+                                                   max_attempts=lost.max_attempts, now=now,
+                                                   message=message)
+                    if store.finish_attempt(lost.lease, outcome, [], now):
+                        log.warning("run %s: worker %s's process (pid %d) ended; attempt %d"
+                                    " recorded as WorkerLost", lost.lease.run_id, worker_id,
+                                    pid, lost.lease.attempt)
+                        ended += 1
+                taken += ended
+                if not ended:
+                    break  # taken meanwhile by another worker: leave the rest to it
+            store.unregister_worker(worker_id)
+        return taken
 
     def maintain(self) -> int:
         """One round of maintenance; returns how many runs became due or changed.

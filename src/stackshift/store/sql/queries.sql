@@ -162,9 +162,20 @@ SELECT * FROM steps WHERE run_id = :run_id ORDER BY started_at, key;
 DELETE FROM waits WHERE run_id = :run_id;
 
 -- name: upsert_worker
-INSERT INTO workers (id, hostname, pid, jobs, queues, concurrency, started_at, heartbeat_at)
-VALUES (:id, :hostname, :pid, :jobs, :queues, :concurrency, :now, :now)
+INSERT INTO workers (id, hostname, pid, jobs, queues, concurrency, started_at, heartbeat_at,
+                     process_space, process_started)
+VALUES (:id, :hostname, :pid, :jobs, :queues, :concurrency, :now, :now,
+        :process_space, :process_started)
 ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at;
+
+-- name: workers_in_space
+-- The other workers whose process is in :space (see stackshift/processes.py).
+SELECT id, pid, process_started FROM workers
+WHERE process_space = :space AND id <> :id;
+
+-- name: leases_held_by
+SELECT * FROM runs WHERE status = 'running' AND lease_owner = :worker_id
+ORDER BY id LIMIT :limit;
 
 -- name: delete_worker
 DELETE FROM workers WHERE id = :id;
