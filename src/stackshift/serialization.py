@@ -17,7 +17,13 @@ from .errors import PayloadTooLargeError
 MiB = 1024 * 1024
 
 
-def to_jsonable(value: Any, *, what: str = "payload") -> Any:
+#: Arrays and objects nested deeper than this are refused: a value that deep (or
+#: one that contains itself) is a mistake, and would exhaust the stack of any
+#: reader that walks it.
+MAX_DEPTH = 100
+
+
+def to_jsonable(value: Any, *, what: str = "payload", _depth: int = 0) -> Any:
     """Return ``value`` as plain JSON data, or raise ``TypeError`` naming what is wrong."""
     if value is None or isinstance(value, bool | int | str):
         return value
@@ -25,20 +31,23 @@ def to_jsonable(value: Any, *, what: str = "payload") -> Any:
         if not math.isfinite(value):
             raise TypeError(f"{what}: {value!r} is not JSON (NaN and infinity are refused)")
         return value
+    if _depth >= MAX_DEPTH:
+        raise TypeError(f"{what}: arrays and objects nested more than {MAX_DEPTH} levels deep"
+                        " (or a value that contains itself)")
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError(f"{what}: object keys must be strings, got {key!r}")
-            out[key] = to_jsonable(item, what=what)
+            out[key] = to_jsonable(item, what=what, _depth=_depth + 1)
         return out
     if isinstance(value, list | tuple):
-        return [to_jsonable(item, what=what) for item in value]
+        return [to_jsonable(item, what=what, _depth=_depth + 1) for item in value]
     model_dump = getattr(value, "model_dump", None)
     if callable(model_dump) and hasattr(type(value), "model_fields"):
         return model_dump(mode="json")
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return to_jsonable(dataclasses.asdict(value), what=what)
+        return to_jsonable(dataclasses.asdict(value), what=what, _depth=_depth)
     raise TypeError(
         f"{what}: {type(value).__name__} is not JSON-serialisable "
         "(use dict, list, str, int, float, bool, None, a pydantic model or a dataclass)"

@@ -162,8 +162,10 @@ class Service(FlowControl):
             s = self.settings
             check_name(job, "job name")
             registered = self.registry.get(job)
-            queue = queue_name or (registered.queue if registered else None) or s.default_queue
-            check_name(queue, "queue name")
+            if queue_name is not None:
+                queue = check_name(queue_name, "queue name")
+            else:
+                queue = (registered.queue if registered else None) or s.default_queue
             payload_text = encode(payload, what="payload", limit=s.max_payload_bytes)
             if max_attempts is None and registered is not None:
                 max_attempts = registered.max_attempts

@@ -123,6 +123,12 @@ BAD_INPUT = [
     (["events", "send", "email verified"], "event name"),
     (["state", "set", "greeting", "hello"], "VALUE_JSON is not valid JSON"),
     (["runs", "list", "--database-url", "mysql://db/x"], "unsupported database URL"),
+    (["start", "job", "1e999"], "inf is not JSON"),
+    (["start", "job", "[" * 150 + "]" * 150], "nested more than 100 levels deep"),
+    (["start", "job", "[" * 50_000 + "]" * 50_000], "nested too deeply"),
+    (["start", "job", "--queue", ""], "queue name '' is invalid"),
+    (["events", "send", "ev", '{"n": 1e999}'], "inf is not JSON"),
+    (["state", "set", "greeting", "1e999"], "inf is not JSON"),
 ]
 
 
@@ -378,6 +384,9 @@ def test_worker_refuses_an_app_it_cannot_find(db_url: str, tmp_path: Path) -> No
         ([f"{tmp_path / 'nojobs.py'}:x"], "not a StackShift"),
         ([str(tmp_path / "nojobs.py")], "defines no jobs"),
         (["no_such_module_here:app"], "cannot import module"),
+        ([str(SHOP), "--lease", "0s"], "lease must be at least 1s"),
+        ([str(SHOP), "--lease", "0.5"], "lease must be at least 1s"),
+        ([str(SHOP), "--queues", "bad_q!"], "queue name 'bad_q!' is invalid"),
     ]
     for args, message in cases:
         done = cli(db_url, "worker", *args)

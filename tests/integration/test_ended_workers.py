@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_crash_recovery import Workers
 
 from stackshift import StackShift
-from test_crash_recovery import Workers
 
 pytestmark = pytest.mark.slow
 

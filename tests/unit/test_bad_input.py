@@ -71,6 +71,17 @@ class Opaque:
     pass
 
 
+def nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+SELF_REFERENCE: dict[str, Any] = {}
+SELF_REFERENCE["me"] = SELF_REFERENCE
+
+
 @pytest.mark.parametrize(
     ("payload", "match"),
     [
@@ -83,12 +94,19 @@ class Opaque:
         ({"x": math.nan}, "NaN and infinity are refused"),
         ({"x": [math.inf]}, "NaN and infinity are refused"),
         (lambda: None, "function is not JSON-serialisable"),
+        ({"deep": nested(100)}, "nested more than 100 levels deep"),
+        (SELF_REFERENCE, "or a value that contains itself"),
     ],
 )
 def test_non_json_payload_is_a_type_error(shop: StackShift, payload: Any, match: str) -> None:
     refused(shop, TypeError, match, payload=payload, idempotency_key="fresh")
     # Nothing was written under the key either: it is still free.
     assert shop.start("sendReceipt", PAYLOAD, idempotency_key="fresh").created
+
+
+def test_json_nested_a_hundred_levels_deep_is_accepted(shop: StackShift) -> None:
+    run = shop.start("sendReceipt", {"deep": nested(99)})
+    assert shop.runs.get(run.id).payload == {"deep": nested(99)}
 
 
 def test_type_error_comes_before_the_idempotency_lookup(shop: StackShift) -> None:
@@ -211,6 +229,7 @@ def test_bad_job_name_at_registration(fake_app: StackShift) -> None:
 def test_bad_queue_name(shop: StackShift) -> None:
     refused(shop, ValidationError, "queue name 'no spaces please' is invalid",
             queue_name="no spaces please")
+    refused(shop, ValidationError, "queue name '' is invalid", queue_name="")
     with pytest.raises(ValidationError, match="queue name"):
         shop.queue("bad queue")
     unchanged = Unchanged(shop)

@@ -13,6 +13,7 @@ import click
 from ..client import DEFAULT_DATABASE_URL, StackShift
 from ..durations import parse_duration
 from ..errors import ValidationError
+from ..serialization import to_jsonable
 from .failures import bad_input
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -56,10 +57,17 @@ def parse_json_argument(text: str | None, what: str) -> Any:
     if text == "-":
         text = sys.stdin.read()
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
-    except ValueError as exc:
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
         shown = text if len(text) <= 60 else text[:57] + "..."
-        raise bad_input(f"{what} is not valid JSON ({exc}): {shown!r}") from None
+        reason = exc if isinstance(exc, ValueError) else "nested too deeply"
+        raise bad_input(f"{what} is not valid JSON ({reason}): {shown!r}") from None
+    try:
+        # What the engine would refuse: a number too large (1e999 reads as
+        # infinity) or arrays and objects nested too deeply.
+        return to_jsonable(value, what=what)
+    except TypeError as exc:
+        raise bad_input(str(exc)) from None
 
 
 def duration(value: str | None, option: str) -> float | str | None:

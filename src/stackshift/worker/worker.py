@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 from .. import processes, runlogs
 from ..durations import parse_duration
 from ..engine import outcomes
-from ..errors import AttemptTimeoutError
+from ..errors import AttemptTimeoutError, ValidationError
 from ..ids import new_id
+from ..jobs import check_name
 from ..store.base import ClaimedRun
 from .executor import execute_async, execute_sync
 from .invocation import Invocation
@@ -137,6 +138,12 @@ class Worker:
         self.concurrency = concurrency
         self.queues = queues
         self.lease_seconds = parse_duration(lease, name="lease")
+        if self.lease_seconds < 1:
+            # Leases are renewed every third of their length: shorter ones would
+            # run out between renewals and hand live attempts to other workers.
+            raise ValidationError(f"lease must be at least 1s, got {lease!r}")
+        if queues is not None:
+            queues = [check_name(q, "queue name") for q in queues]
         self.poll_interval = parse_duration(poll_interval, name="poll_interval")
         self.shutdown_grace = parse_duration(shutdown_grace, name="shutdown_grace")
         self.maintenance_interval = parse_duration(maintenance_interval,
