@@ -288,8 +288,9 @@ def method(args: argparse.Namespace) -> list[str]:
         f"W5: a worker process holds {s['w5_runs']} runs (their handlers block) and is"
         " killed with SIGKILL; a new worker process starts at once; time from the kill to"
         f" the last run's handler running again. StackShift's lease is {s['w5_lease']:g} s,"
-        " so its budget is lease + 1 s; DBOS recovers a process's workflows when a"
-        " process with the same executor id starts.",
+        " so its budget is lease + 1 s; the new worker runs on the same machine, so it"
+        " sees the killed process gone and does not wait for the lease. DBOS recovers a"
+        " process's workflows when a process with the same executor id starts.",
         f"W6: an idle worker process; another process starts {s['w6_runs']} runs at"
         f" {s['w6_rate']:g} a second (open loop); latency = from just before the start to"
         " the first step beginning (Huey and Procrastinate: the task beginning).",

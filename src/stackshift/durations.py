@@ -72,6 +72,13 @@ def parse_instant(value: Any, *, name: str = "time") -> float:
         raise ValidationError(f"{name}: expected a datetime or ISO-8601 string, got {value!r}")
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValidationError(f"{name}: {value!r} has no time zone; give an offset or 'Z'")
+    try:
+        # Every reader shows times in UTC: refuse an instant it cannot show (an
+        # offset can carry 9999-12-31 into the year 10000).
+        moment.astimezone(UTC)
+    except OverflowError:
+        raise ValidationError(f"{name}: {value!r} is outside the years 1 to 9999 in UTC"
+                              ) from None
     return moment.timestamp()
 
 

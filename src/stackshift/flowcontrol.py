@@ -7,6 +7,7 @@ validates its input, asks the engine's rules and calls the store. Every shell
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,7 @@ from .engine.cron import parse_cron
 from .engine.limits import check_concurrency, parse_rate_limit
 from .engine.transitions import parse_status
 from .errors import InvalidTransitionError, RunNotFoundError, ValidationError
-from .ids import new_id
+from .ids import check_cursor, new_id
 from .jobs import JobRegistry, check_max_attempts, check_name
 from .models import Page, QueueInfo, Schedule
 from .serialization import dumps, encode
@@ -117,7 +118,7 @@ class FlowControl:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise ValidationError(f"limit must be an integer from 1 to 1000, got {limit!r}")
         return self.store.list_runs(RunFilter(status="failed", queue=queue, job=job), limit,
-                                    cursor)
+                                    check_cursor(cursor, "run"))
 
     def retry_many(
         self,
@@ -238,19 +239,32 @@ class FlowControl:
                 unwanted.append(code_schedule_id(job.name))
         self.store.sync_code_schedules(wanted, unwanted, self.clock.now())
 
+    def publish_jobs(self) -> None:
+        """Record the queue and ``max_attempts`` of each job of this registry, for
+        the processes that start runs without its code (see :meth:`job_defaults`)."""
+        self.store.publish_jobs([(job.name, job.queue, job.max_attempts)
+                                 for job in self.registry], self.clock.now())
+
+    def job_defaults(self, name: str) -> tuple[str | None, int | None]:
+        """``(queue, max_attempts)`` of job ``name``: from this process's registry,
+        else as its workers published them, else ``(None, None)``."""
+        registered = self.registry.get(name)
+        if registered is not None:
+            return registered.queue, registered.max_attempts
+        return self.store.job_defaults(name) or (None, None)
+
     def fire_schedules(self, now: float) -> list[str]:
         """Start the runs of due schedule ticks; return the ids of runs started."""
         settings = self.settings
 
         def make_run(row: Row, tick: float) -> NewRun:
-            registered = self.registry.get(row["job"])
-            queue = row["queue"] or (registered.queue if registered else None)
+            queue, max_attempts = self.job_defaults(row["job"])
             return NewRun(
                 id=new_id("run"),
                 job=row["job"],
-                queue=queue or settings.default_queue,
+                queue=row["queue"] or queue or settings.default_queue,
                 payload=row["payload"],
-                max_attempts=registered.max_attempts if registered else None,
+                max_attempts=max_attempts,
                 priority=0,
                 concurrency_key=None,
                 scheduled_at=None,
@@ -283,3 +297,28 @@ def _schedule_id(value: object) -> str:
     if not isinstance(value, str) or not value or len(value) > 300:
         raise ValidationError(f"schedule id must be a non-empty string, got {value!r}")
     return value
+
+
+_HANDLER_FIELDS = {"job", "queue", "max_attempts", "default_max_attempts"}
+
+
+def check_failure_handler(text: str) -> str:
+    """A failure handler as a worker sends it with its claim rules (the JSON text
+    :meth:`claim_rules` makes); raises ``ValueError`` naming what is wrong.
+
+    The text is stored on each run claimed and read when the run fails, so a
+    malformed one would only show then, in the middle of recording a failure.
+    """
+    try:
+        spec = json.loads(text)
+    except ValueError:
+        raise ValueError("a failure handler must be a JSON object") from None
+    if not isinstance(spec, dict) or set(spec) != _HANDLER_FIELDS:
+        raise ValueError("a failure handler must be a JSON object with exactly the fields "
+                         + ", ".join(sorted(_HANDLER_FIELDS)))
+    check_name(spec["job"], "failure handler job")
+    check_name(spec["queue"], "failure handler queue")
+    if spec["max_attempts"] is not None:
+        check_max_attempts(spec["max_attempts"])
+    check_max_attempts(spec["default_max_attempts"])
+    return dumps(spec)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
+
+from .errors import ValidationError
 
 _lock = threading.Lock()
 _last = (0, 0)  # (milliseconds, random part) of the last id made in this process
@@ -29,3 +32,15 @@ def new_id(prefix: str) -> str:
             rand = int.from_bytes(os.urandom(7), "big") >> 1
         _last = (millis, rand)
     return f"{prefix}_{millis:012x}{rand:014x}"
+
+
+_ID = re.compile(r"[a-z]+_[0-9a-f]{26}")
+
+
+def check_cursor(cursor: str | None, prefix: str) -> str | None:
+    """A page cursor as the list gave it (the last id of a page), or ``None``."""
+    if cursor is not None and not (isinstance(cursor, str) and _ID.fullmatch(cursor)
+                                   and cursor.startswith(prefix + "_")):
+        raise ValidationError(f"cursor {cursor!r} is not one a list returned"
+                              f" (a {prefix}_... id)")
+    return cursor

@@ -104,13 +104,16 @@ def make_job(
         cron = parse_cron(cron, timezone).expression
     if not callable(handler):
         raise ValidationError(f"handler for job {name!r} is not callable")
+    seconds = None if timeout is None else parse_duration(timeout, name="timeout")
+    if seconds is not None and seconds <= 0:
+        raise ValidationError(f"timeout must be more than 0 (None for no timeout), got {timeout!r}")
     return Job(
         name=name,
         handler=handler,
         queue=queue,
         max_attempts=max_attempts,
         backoff=Backoff.parse(backoff),
-        timeout=None if timeout is None else parse_duration(timeout, name="timeout"),
+        timeout=seconds,
         is_async=inspect.iscoroutinefunction(handler),
         payload_model=_payload_model(handler),
         key_concurrency=key_concurrency,

@@ -227,6 +227,12 @@ class RemoteWorkerService:
         without = [job.name for job in self.registry if job.cron is None]
         self.store._post("schedules", {"schedules": schedules, "without": without})
 
+    def publish_jobs(self) -> None:
+        """Send the queue and ``max_attempts`` of each job of the registry to the server."""
+        self.store._post("jobs", {"jobs": [
+            {"job": job.name, "queue": job.queue, "maxAttempts": job.max_attempts}
+            for job in self.registry]})
+
     def fire_schedules(self, now: float) -> list[str]:
         return []  # the server fires schedules
 

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import sys
 from typing import Any
 
 from .errors import PayloadTooLargeError
@@ -70,7 +71,11 @@ def encode(
     too_large: type[PayloadTooLargeError] = PayloadTooLargeError,
 ) -> str:
     """Convert, encode and size-check ``value``; raise before anything is written."""
-    text = dumps(to_jsonable(value, what=what))
+    try:
+        text = dumps(to_jsonable(value, what=what))
+    except ValueError:  # what to_jsonable lets through that json cannot write
+        raise TypeError(f"{what}: an integer of more than {sys.get_int_max_str_digits():,}"
+                        " digits cannot be written as JSON") from None
     if limit is not None and len(text.encode()) > limit:
         raise too_large(
             f"{what} is {len(text.encode())} bytes as JSON, over the limit of {limit} bytes"

@@ -27,7 +27,7 @@ from .errors import (
     ValidationError,
 )
 from .flowcontrol import FlowControl
-from .ids import new_id
+from .ids import check_cursor, new_id
 from .jobs import JobRegistry, check_max_attempts, check_name
 from .models import (
     ApiKey,
@@ -162,13 +162,21 @@ class Service(FlowControl):
             s = self.settings
             check_name(job, "job name")
             registered = self.registry.get(job)
+            if registered is not None:
+                job_queue, job_attempts = registered.queue, registered.max_attempts
+            elif queue_name is None or max_attempts is None:
+                # Started without the job's code (the CLI, the HTTP server): the
+                # defaults its workers published.
+                job_queue, job_attempts = self.job_defaults(job)
+            else:
+                job_queue, job_attempts = None, None
             if queue_name is not None:
                 queue = check_name(queue_name, "queue name")
             else:
-                queue = (registered.queue if registered else None) or s.default_queue
+                queue = job_queue or s.default_queue
             payload_text = encode(payload, what="payload", limit=s.max_payload_bytes)
-            if max_attempts is None and registered is not None:
-                max_attempts = registered.max_attempts
+            if max_attempts is None:
+                max_attempts = job_attempts
             if max_attempts is not None:  # else the queue's default, else the installation's
                 check_max_attempts(max_attempts)
             if priority is None:
@@ -255,7 +263,7 @@ class Service(FlowControl):
             else parse_instant(created_before, name="created_before"),
             search=search,
         )
-        return self.store.list_runs(filters, check_limit(limit), cursor)
+        return self.store.list_runs(filters, check_limit(limit), check_cursor(cursor, "run"))
 
     def wait_run(self, run_id: str, timeout: Any = None) -> Run:
         """Block until the run is terminal; ``TimeoutError`` after ``timeout``."""
@@ -338,7 +346,7 @@ class Service(FlowControl):
         cursor: str | None = None,
     ) -> Page:
         items, next_cursor = self.store.list_events(name, correlation_key, check_limit(limit),
-                                                    cursor)
+                                                    check_cursor(cursor, "evt"))
         return Page(items, next_cursor)
 
     # -- state -------------------------------------------------------------------------

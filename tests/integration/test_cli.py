@@ -112,6 +112,28 @@ def test_start_reports_one_run_per_idempotency_key_and_exit_4_on_conflict(
     assert newest.scheduled_at is not None and newest.scheduled_at.year == 2031
 
 
+def test_start_uses_the_queue_and_attempts_the_jobs_workers_recorded(
+    db_url: str, app: StackShift
+) -> None:
+    # Without the job's code, and before any worker of it has started: the defaults.
+    before = cli_json(db_url, "start", "sendReceipt", "{}")
+    assert (before["queue"], before["maxAttempts"]) == ("default", 3)
+
+    @app.job("sendReceipt", queue="emails", max_attempts=5)
+    def send_receipt(ctx: Any) -> None:
+        return None
+
+    with app.worker(concurrency=1):  # a worker records its jobs when it starts
+        pass
+    started = cli_json(db_url, "start", "sendReceipt", "{}")
+    assert (started["queue"], started["maxAttempts"]) == ("emails", 5)
+    chosen = cli_json(db_url, "start", "sendReceipt", "{}", "--queue", "other",
+                      "--max-attempts", "2")
+    assert (chosen["queue"], chosen["maxAttempts"]) == ("other", 2)
+    other = cli_json(db_url, "start", "neverServed", "{}")
+    assert (other["queue"], other["maxAttempts"]) == ("default", 3)
+
+
 BAD_INPUT = [
     (["start", "job", "{not json"], "PAYLOAD_JSON is not valid JSON"),
     (["start", "job", "[1, NaN]", "--max-attempts", "0"], "NaN is not allowed"),
@@ -127,6 +149,8 @@ BAD_INPUT = [
     (["start", "job", "[" * 150 + "]" * 150], "nested more than 100 levels deep"),
     (["start", "job", "[" * 50_000 + "]" * 50_000], "nested too deeply"),
     (["start", "job", "--queue", ""], "queue name '' is invalid"),
+    (["--database-url", "", "runs", "list"], "'--database-url': is empty"),
+    (["runs", "list", "--database-url", " "], "'--database-url'"),
     (["events", "send", "ev", '{"n": 1e999}'], "inf is not JSON"),
     (["state", "set", "greeting", "1e999"], "inf is not JSON"),
 ]
@@ -307,6 +331,29 @@ def test_state_get_set_delete(db_url: str) -> None:
     assert gone.returncode == 0
     assert cli(db_url, "state", "get", "imports:42:progress").returncode == 3
     assert cli_json(db_url, "state", "get", "imports:43:progress") == 0
+
+
+def test_tables_show_users_text_as_it_is(db_url: str, app: StackShift) -> None:
+    for key, value in [("a[/]b", "[/]"), ("[bold]z", "[red]x"), ("x\ny", 2)]:
+        assert cli(db_url, "state", "set", key, json.dumps(value)).returncode == 0
+    listed = cli(db_url, "state", "list")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert any("a[/]b" in line and '"[/]"' in line for line in lines), listed.stdout
+    assert any("[bold]z" in line and '"[red]x"' in line for line in lines), listed.stdout
+    assert any("x\\ny" in line for line in lines), listed.stdout  # one row, escaped
+    assert len(lines) == 5  # header, rule, three keys
+
+    @app.job("oddError", max_attempts=1)
+    def odd_error(ctx: Any) -> None:
+        raise NonRetriableError("bad index [/] in\nrow [x]")
+
+    run = app.start("oddError")
+    run_until_idle(app)
+    for args in (["runs", "list"], ["runs", "show", run.id]):
+        shown = cli(db_url, *args)
+        assert shown.returncode == 0, (args, shown.stderr)
+        assert "bad index [/] in" in shown.stdout, (args, shown.stdout)
 
 
 # -- stackshift worker ----------------------------------------------------------------------

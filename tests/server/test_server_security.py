@@ -301,3 +301,168 @@ def test_odd_input_never_gets_a_5xx(http: httpx.Client, method: str, path: str,
     assert response.status_code < 500, response.text
     if response.status_code >= 400:
         assert set(response.json()["error"]) >= {"code", "message"}
+
+
+# -- input that used to get through ---------------------------------------------------------
+
+
+def run_count(served_db: str) -> int:
+    service = admin_service(served_db)
+    try:
+        return len(service.list_runs(limit=1000).items)
+    finally:
+        service.store.close()
+
+
+def test_a_payload_nested_too_deeply_is_422_and_writes_nothing(
+        http: httpx.Client, served_db: str) -> None:
+    before = run_count(served_db)
+    deep = "[" * 500 + "]" * 500
+    for method, path, body in [
+        ("POST", "/v1/runs", '{"job": "deep", "payload": ' + deep + "}"),
+        ("POST", "/v1/events", '{"name": "deep", "payload": ' + deep + "}"),
+        ("PUT", "/v1/state/deep", '{"value": ' + deep + "}"),
+    ]:
+        response = http.request(method, path, content=body,
+                                headers={"content-type": "application/json"})
+        error = assert_error(response, 422, "invalid_type")
+        assert "nested more than 100 levels deep" in error["message"]
+    assert run_count(served_db) == before
+    assert_error(http.get("/v1/state/deep"), 404, "state_key_not_found")
+
+
+def test_a_time_past_the_year_9999_in_utc_is_422_and_writes_nothing(
+        http: httpx.Client, served_db: str) -> None:
+    before = run_count(served_db)
+    late = "9999-12-31T23:59:59-14:00"  # the year 10000 in UTC
+    error = assert_error(http.post("/v1/runs", json={"job": "late", "scheduledAt": late}),
+                         422, "validation_error")
+    assert "outside the years 1 to 9999 in UTC" in error["message"]
+    assert_error(http.put("/v1/state/late", json={"value": 1, "expiresAt": late}),
+                 422, "validation_error")
+    assert run_count(served_db) == before
+    assert http.get("/v1/runs").status_code == 200
+    assert http.get("/v1/state").status_code == 200
+    assert_error(http.get("/v1/state/late"), 404, "state_key_not_found")
+
+
+@pytest.mark.parametrize("path", ["/v1/runs?cursor=garbage", "/v1/runs?cursor=zzz",
+                                  "/v1/runs?cursor=evt_0123456789abcdef0123456789",
+                                  "/v1/events?cursor=garbage",
+                                  "/v1/queues/emails/dead-letters?cursor=garbage"])
+def test_a_cursor_no_list_returned_is_422(http: httpx.Client, path: str) -> None:
+    assert_error(http.get(path), 422, "validation_error")
+
+
+def test_cursors_a_list_returned_page_through_it(http: httpx.Client) -> None:
+    for n in range(3):
+        assert http.post("/v1/runs", json={"job": "paged", "payload": n}).status_code == 201
+    first = http.get("/v1/runs?job=paged&limit=2").json()
+    rest = http.get(f"/v1/runs?job=paged&limit=2&cursor={first['nextCursor']}").json()
+    assert len(first["items"]) == 2 and len(rest["items"]) == 1
+    assert rest["nextCursor"] is None
+
+
+def test_405_lists_the_methods_the_path_serves(http: httpx.Client) -> None:
+    for path, allowed in [("/v1/runs", "GET, POST"), ("/v1/state/k", "DELETE, GET, PUT"),
+                          ("/v1/events", "GET, POST"), ("/healthz", "GET")]:
+        response = http.patch(path, json={})
+        assert_error(response, 405, "method_not_allowed")
+        assert response.headers["allow"] == allowed, path
+
+
+def test_a_path_that_is_not_utf8_is_400_and_writes_nothing(http: httpx.Client) -> None:
+    assert_error(http.put("/v1/state/caf%E9", json={"value": "x"}), 400, "bad_path")
+    assert_error(http.get("/v1/state/caf%E8"), 400, "bad_path")
+    assert http.get("/v1/state?prefix=caf").json()["items"] == []
+    # Percent-encoded UTF-8 is a key like any other.
+    assert http.put("/v1/state/caf%C3%A9", json={"value": "x"}).status_code == 204
+    assert http.get("/v1/state/caf%C3%A9").json() == {"key": "café", "value": "x"}
+
+
+def test_a_body_not_said_to_be_json_is_415(http: httpx.Client, served_db: str) -> None:
+    before = run_count(served_db)
+    for content_type in (None, "application/x-www-form-urlencoded", "text/plain"):
+        headers = {"content-type": content_type} if content_type else {}
+        response = http.post("/v1/runs", content=b'{"job": "x"}', headers=headers)
+        error = assert_error(response, 415, "unsupported_media_type")
+        assert "Content-Type: application/json" in error["message"]
+    assert run_count(served_db) == before
+    ok = http.post("/v1/runs", content=b'{"job": "x"}',
+                   headers={"content-type": "application/json; charset=utf-8"})
+    assert ok.status_code == 201, ok.text
+
+
+def claim_one(http: httpx.Client, job: str, **extra: Any) -> httpx.Response:
+    return http.post("/v1/worker/claim", json={"workerId": "wkr_sec", "jobs": [job],
+                                               "limit": 1, "leaseSeconds": 30, **extra})
+
+
+@pytest.mark.parametrize("handler", [
+    '{"x": 1}', "{bad json", '"text"',
+    '{"job": "h", "queue": "default", "max_attempts": null}',
+    '{"job": "bad name!", "queue": "default", "max_attempts": null, "default_max_attempts": 3}',
+    '{"job": "h", "queue": "default", "max_attempts": 0, "default_max_attempts": 3}',
+])
+def test_a_malformed_failure_handler_is_422_and_claims_nothing(
+        http: httpx.Client, unique: Any, handler: str) -> None:
+    job = unique("handled")
+    run = http.post("/v1/runs", json={"job": job, "maxAttempts": 1}).json()
+    assert_error(claim_one(http, job, onFailure={job: handler}), 422, "validation_error")
+    assert http.get(f"/v1/runs/{run['id']}").json()["status"] == "queued"
+
+
+def test_a_well_formed_failure_handler_starts_the_handler(
+        http: httpx.Client, unique: Any) -> None:
+    job, handler = unique("handled"), unique("handler")
+    run = http.post("/v1/runs", json={"job": job, "maxAttempts": 1}).json()
+    spec = json.dumps({"job": handler, "queue": "default", "max_attempts": 2,
+                       "default_max_attempts": 3})
+    claimed = claim_one(http, job, onFailure={job: spec})
+    assert claimed.status_code == 200, claimed.text
+    attempt = claimed.json()["items"][0]["attempt"]
+    finished = http.post("/v1/worker/finish", json={
+        "lease": {"runId": run["id"], "workerId": "wkr_sec", "attempt": attempt},
+        "outcome": {"status": "failed", "error": {"type": "Boom", "message": "boom"}}})
+    assert finished.status_code == 200, finished.text
+    handlers = http.get(f"/v1/runs?job={handler}").json()["items"]
+    assert [(h["job"], h["maxAttempts"]) for h in handlers] == [(handler, 2)]
+
+
+def test_a_result_that_is_not_json_is_422_and_the_run_stays_readable(
+        http: httpx.Client, unique: Any) -> None:
+    job = unique("results")
+    run = http.post("/v1/runs", json={"job": job}).json()
+    claimed = claim_one(http, job)
+    lease = {"runId": run["id"], "workerId": "wkr_sec",
+             "attempt": claimed.json()["items"][0]["attempt"]}
+    step = {"key": "a", "name": "a", "kind": "run", "status": "completed",
+            "result": "{not json", "startedAt": 1.0, "finishedAt": 2.0}
+    assert_error(http.post("/v1/worker/steps", json={"lease": lease, "step": step,
+                                                     "leaseSeconds": 30}),
+                 422, "validation_error")
+    assert_error(http.post("/v1/worker/finish", json={
+        "lease": lease, "outcome": {"status": "completed", "result": "{not json"}}),
+        422, "validation_error")
+    assert http.get(f"/v1/runs/{run['id']}/steps").json()["items"] == []
+    assert http.get(f"/v1/runs/{run['id']}").json()["status"] == "running"
+    done = http.post("/v1/worker/finish", json={
+        "lease": lease, "outcome": {"status": "completed", "result": '{"ok": true}'}})
+    assert done.status_code == 200, done.text
+    assert http.get(f"/v1/runs/{run['id']}").json()["result"] == {"ok": True}
+
+
+def test_runs_started_over_http_get_the_defaults_the_jobs_workers_recorded(
+        http: httpx.Client, unique: Any) -> None:
+    job = unique("published")
+    plain = http.post("/v1/runs", json={"job": job}).json()
+    assert (plain["queue"], plain["maxAttempts"]) == ("default", 3)
+    assert_error(http.post("/v1/worker/jobs", json={"jobs": [{"job": job, "maxAttempts": 0}]}),
+                 422, "validation_error")
+    recorded = http.post("/v1/worker/jobs", json={"jobs": [
+        {"job": job, "queue": "emails", "maxAttempts": 5}]})
+    assert recorded.status_code == 200, recorded.text
+    run = http.post("/v1/runs", json={"job": job}).json()
+    assert (run["queue"], run["maxAttempts"]) == ("emails", 5)
+    chosen = http.post("/v1/runs", json={"job": job, "queueName": "other"}).json()
+    assert (chosen["queue"], chosen["maxAttempts"]) == ("other", 5)

@@ -96,6 +96,7 @@ SELF_REFERENCE["me"] = SELF_REFERENCE
         (lambda: None, "function is not JSON-serialisable"),
         ({"deep": nested(100)}, "nested more than 100 levels deep"),
         (SELF_REFERENCE, "or a value that contains itself"),
+        ({"n": 10**5000}, "an integer of more than 4,300 digits cannot be written as JSON"),
     ],
 )
 def test_non_json_payload_is_a_type_error(shop: StackShift, payload: Any, match: str) -> None:
@@ -267,6 +268,9 @@ def test_bad_max_attempts_at_registration(fake_app: StackShift) -> None:
             fake_app.job("j", lambda ctx: None, max_attempts=value)
     with pytest.raises(ValueError, match="timeout: 'a while' is not a duration"):
         fake_app.job("j", lambda ctx: None, timeout="a while")
+    for zero in (0, "0s"):
+        with pytest.raises(ValidationError, match="timeout must be more than 0"):
+            fake_app.job("j", lambda ctx: None, timeout=zero)
     with pytest.raises(ValueError, match="backoff"):
         fake_app.job("j", lambda ctx: None, backoff={"bogus": 1})
     assert fake_app.jobs == []

@@ -30,7 +30,7 @@ from ..client import DEFAULT_DATABASE_URL, StackShift
 from ..worker import Worker
 from .liveview import RunBoard, show_board
 from .loader import load_app
-from .options import DATABASE_ENV
+from .options import DATABASE_ENV, not_empty
 from .render import console
 from .worker import configure_logging
 
@@ -221,7 +221,7 @@ class _Stopper:
 @click.command()
 @click.argument("app_spec", metavar="APP")
 @click.option("--db", "--database-url", "database_url", envvar=DATABASE_ENV, show_envvar=True,
-              default=DEFAULT_DATABASE_URL, show_default=True,
+              default=DEFAULT_DATABASE_URL, show_default=True, callback=not_empty,
               help="Database for an app built with StackShift().")
 @click.option("--concurrency", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,

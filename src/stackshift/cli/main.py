@@ -13,7 +13,7 @@ from .dev import dev
 from .events import events
 from .failures import debugging, translate
 from .migrate import migrate
-from .options import DATABASE_ENV
+from .options import DATABASE_ENV, not_empty
 from .queues import queues
 from .runs import runs
 from .schedules import schedules
@@ -39,7 +39,7 @@ class _Commands(click.Group):
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="stackshift")
-@click.option("--database-url", metavar="URL",
+@click.option("--database-url", metavar="URL", callback=not_empty,
               help="Database for every command (sets STACKSHIFT_DATABASE_URL).")
 def cli(database_url: str | None) -> None:
     """StackShift: durable jobs with steps, retries, idempotency, events and state.

@@ -32,9 +32,17 @@ def database_url_option(fn: F) -> F:
         envvar=DATABASE_ENV,
         show_envvar=True,
         default=None,
+        callback=not_empty,
         help=f"sqlite:///path/to/file.db or postgresql://... [default: {DEFAULT_DATABASE_URL}, "
         "or the server at STACKSHIFT_URL when that is set]",
     )(fn)
+
+
+def not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An option given with an empty value is refused, not taken as left out."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("is empty")
+    return value
 
 
 def json_option(fn: F) -> F:

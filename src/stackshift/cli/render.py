@@ -12,6 +12,7 @@ from typing import Any
 import click
 from rich import box
 from rich.console import Console, Group, RenderableType
+from rich.style import StyleType
 from rich.table import Table
 from rich.text import Text
 
@@ -164,9 +165,33 @@ def run_detail_line(run: Run, now: datetime | None = None) -> str:
     return ""
 
 
+class _PlainTable(Table):
+    """A table whose text cells are shown as they are, never read as markup: keys,
+    payloads and error messages are users' text, and ``[/]`` in a state key
+    would otherwise stop the command. Styled cells are ``Text`` objects."""
+
+    def add_row(self, *cells: RenderableType | None, style: StyleType | None = None,
+                end_section: bool = False) -> None:
+        super().add_row(*(Text(one_line(cell)) if isinstance(cell, str) else cell
+                          for cell in cells), style=style, end_section=end_section)
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters escaped (a newline shows as ``\\n``), so
+    that a cell never spills into the rows below it."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def _table(title: str | None = None) -> Table:
-    return Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD,
-                 show_edge=False, pad_edge=False)
+    return _PlainTable(title=Text(title) if title is not None else None, title_justify="left",
+                       header_style="bold", box=box.SIMPLE_HEAD, show_edge=False,
+                       pad_edge=False)
+
+
+#: How a paused queue or schedule shows in a table.
+PAUSED = Text("paused", style="yellow")
 
 
 def _clip(text: str, width: int) -> str:

@@ -25,7 +25,9 @@ from .render import console, echo_json, run_detail_line, status_text, to_data, w
 @click.option("--queue", "queue_name", help="Queue to run on (default: the job's, else 'default').")
 @click.option("--idempotency-key", help="Starts with the same key map to one run.")
 @click.option("--idempotency-ttl", help="How long the key holds, e.g. 30d (default 24h).")
-@click.option("--max-attempts", type=int, help="Total attempts including the first.")
+@click.option("--max-attempts", type=int,
+              help="Total attempts including the first (default: the job's, else the"
+                   " queue's, else 3).")
 @click.option("--delay", help="Start after this long, e.g. 15m.")
 @click.option("--scheduled-at", help="Start at this ISO-8601 time, e.g. 2026-05-06T09:00:00Z.")
 @click.option("--priority", type=int, help="Higher runs first within the queue.")

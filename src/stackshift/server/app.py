@@ -7,6 +7,7 @@ the one :class:`~stackshift.service.Service`; nothing here touches storage.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -15,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import Match, compile_path
 
 from ..clock import SystemClock
 from ..errors import StackShiftError
@@ -26,7 +27,15 @@ from ..settings import Settings
 from ..store import open_store
 from . import flow_routes, metrics, push_routes, routes, worker_routes
 from .errors import ApiError, classify, error_body
-from .middleware import ASGIApp, LimitBody, Receive, RequireApiKey, Scope, Send
+from .middleware import (
+    ASGIApp,
+    LimitBody,
+    Receive,
+    RequireApiKey,
+    RequireUtf8Path,
+    Scope,
+    Send,
+)
 from .schemas import Health
 
 DESCRIPTION = """\
@@ -83,13 +92,35 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _allowed_methods(request: Request) -> str:
-    """Every method some route serves at this path (one path may have several routes)."""
+    """Every method some route serves at this path (one path may have several routes).
+
+    The routes of included routers are read from the API document (FastAPI
+    keeps them behind routers of its own); the others from the app's routes.
+    """
     methods: set[str] = set()
     for route in request.app.router.routes:
         match, _ = route.matches(request.scope)
         if match != Match.NONE:
             methods |= set(getattr(route, "methods", None) or ())
+    path = request.scope["path"]
+    for pattern, verbs in _documented_paths(request.app):
+        if pattern.fullmatch(path):
+            methods |= verbs
     return ", ".join(sorted(methods))
+
+
+_VERBS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+
+
+def _documented_paths(app: FastAPI) -> list[tuple[re.Pattern[str], set[str]]]:
+    """(path pattern, methods) of every path in the app's API document."""
+    found: list[tuple[re.Pattern[str], set[str]]] | None = getattr(app.state, "paths", None)
+    if found is None:
+        found = app.state.paths = [
+            (compile_path(path)[0], {verb.upper() for verb in operations if verb in _VERBS})
+            for path, operations in app.openapi().get("paths", {}).items()
+        ]
+    return found
 
 
 async def _on_error(request: Request, exc: Exception) -> JSONResponse:
@@ -172,6 +203,7 @@ def create_app(service: Service, *, max_body_bytes: int = MiB) -> FastAPI:
 
     # Starlette applies the last added middleware outermost.
     app.add_middleware(LimitBody, limit=max_body_bytes)
+    app.add_middleware(RequireUtf8Path)
     app.add_middleware(RequireApiKey, verify=service.verify_api_key)
     app.add_middleware(CountResponses, counter=counter)
     return app

@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: API key checks and the request body limit.
+"""Pure ASGI middleware: API key checks, the request body limit and UTF-8 paths.
 
 Both run before routing and before any body is parsed, so an unauthenticated
 request gets its 401 whatever it sends, and an over-size body never reaches
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import anyio.to_thread
 
@@ -87,8 +88,40 @@ class RequireApiKey:
         await self.app(scope, receive, send)
 
 
+def _says_json(scope: Scope) -> bool:
+    """The request's Content-Type is JSON (``application/json``, ``...+json``)."""
+    for name, value in scope.get("headers", []):
+        if name == b"content-type":
+            kind: bytes = value.split(b";", 1)[0].strip().lower()
+            return kind == b"application/json" or kind.endswith(b"+json")
+    return False
+
+
+class RequireUtf8Path:
+    """Refuse with 400 a path that is not UTF-8 once percent-decoded.
+
+    Left to the router, its bytes would become replacement characters, and
+    two different state keys (``caf%E9``, ``caf%E8``) the same one.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            raw = scope.get("raw_path") or scope["path"].encode()
+            try:
+                unquote_to_bytes(raw.split(b"?", 1)[0]).decode("utf-8")
+            except UnicodeDecodeError:
+                await send_error(send, 400, "bad_path",
+                                 "the request path is not UTF-8 once percent-decoded")
+                return
+        await self.app(scope, receive, send)
+
+
 class LimitBody:
-    """Refuse request bodies over ``limit`` bytes with 413.
+    """Refuse request bodies over ``limit`` bytes with 413, and API bodies that
+    are not said to be JSON with 415.
 
     The body is read here, counting bytes as they arrive (a missing or false
     ``Content-Length`` does not help), and handed on whole.
@@ -128,6 +161,10 @@ class LimitBody:
                              [(b"connection", b"close")] if size > DRAIN_LIMIT else None)
             return
         body = b"".join(chunks)
+        if body and scope["path"].startswith("/v1/") and not _says_json(scope):
+            await send_error(send, 415, "unsupported_media_type",
+                             "the API reads JSON bodies: send Content-Type: application/json")
+            return
         replayed = False
 
         async def replay() -> Message:

@@ -27,7 +27,7 @@ class RegisterEndpoint(Body):
     concurrency: Annotated[StrictInt, Field(ge=1, le=1000)] = 10
     key_limits: dict[Name, Annotated[StrictInt, Field(ge=1, le=1_000_000)]] = Field(
         default_factory=dict, description="Per-job concurrency-key limits of the application.")
-    on_failure: dict[Name, Annotated[StrictStr, Field(max_length=10_000)]] = Field(
+    on_failure: dict[Name, w.FailureHandler] = Field(
         default_factory=dict, description="Per-job failure handlers of the application.")
 
 

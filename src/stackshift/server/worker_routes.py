@@ -202,6 +202,14 @@ def renew_leases(body: w.RenewLeases, request: Request) -> w.Renewed:
     return w.Renewed(cancel_requested=sorted(cancels), lost=sorted(lost))
 
 
+@router.post("/jobs", summary="Record the queue and `max_attempts` of the worker's jobs")
+def publish_jobs(body: w.PublishJobs, request: Request) -> w.Done:
+    service = service_of(request)
+    service.store.publish_jobs([(item.job, item.queue, item.max_attempts) for item in body.jobs],
+                               service.clock.now())
+    return w.Done()
+
+
 @router.post("/schedules", summary="Create, update or remove the schedules of `@job(cron=...)`")
 def sync_schedules(body: w.SyncSchedules, request: Request) -> w.Done:
     service = service_of(request)

@@ -9,10 +9,12 @@ module needs pydantic only: the remote worker imports it.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StrictInt, StrictStr
+from pydantic import AfterValidator, Field, StrictInt, StrictStr
 
+from ..flowcontrol import check_failure_handler
 from ..store.base import Lease, LogWrite, Outcome, StepWrite
 from . import schemas as s
 from .schemas import Body, Wire
@@ -27,6 +29,25 @@ Instant = Annotated[float, Field(ge=0, le=1e11, allow_inf_nan=False,
                                  description="Seconds since the Unix epoch.")]
 #: Bounded by the request body limit (413), like every list here.
 Text = StrictStr
+
+
+def _json_text(text: str) -> str:
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        json.loads(text, parse_constant=refuse)
+    except (ValueError, RecursionError):
+        raise ValueError("must be JSON text (a result as the worker encodes it)") from None
+    return text
+
+
+#: A result as JSON text: stored as it is and read back by everyone who shows the run.
+JsonText = Annotated[StrictStr, AfterValidator(_json_text)]
+#: A job's failure handler as JSON text: {"job", "queue", "max_attempts",
+#: "default_max_attempts"} (see flowcontrol.check_failure_handler).
+FailureHandler = Annotated[StrictStr, Field(max_length=10_000),
+                           AfterValidator(check_failure_handler)]
 Short = Annotated[StrictStr, Field(min_length=1, max_length=1000)]
 
 
@@ -59,7 +80,7 @@ class StepBody(Body):
     kind: Literal["run", "sleep", "wait"]
     function: Short | None = None
     status: Literal["completed", "failed", "waiting"]
-    result: Text | None = None
+    result: JsonText | None = None
     error: StepError | None = None
     started_at: Instant
     finished_at: Instant | None = None
@@ -126,7 +147,7 @@ class Claim(Body):
     queues: list[s.Name] | None = None
     key_limits: dict[s.Name, Annotated[StrictInt, Field(ge=1, lt=2**31)]] = Field(
         default_factory=dict, description="Job name to its `key_concurrency`.")
-    on_failure: dict[s.Name, Text] = Field(
+    on_failure: dict[s.Name, FailureHandler] = Field(
         default_factory=dict, description="Job name to its failure handler (JSON text).")
     wait_seconds: Annotated[float, Field(ge=0, le=MAX_CLAIM_WAIT_SECONDS,
                                          allow_inf_nan=False)] = Field(
@@ -142,7 +163,7 @@ class SaveStep(Body):
 
 class OutcomeBody(Body):
     status: Literal["completed", "failed", "retrying", "cancelled"]
-    result: Text | None = None
+    result: JsonText | None = None
     error: StepError | None = None
     retry_at: Instant | None = None
 
@@ -202,6 +223,19 @@ class CodeSchedule(Body):
     cron: Annotated[StrictStr, Field(min_length=1, max_length=200)]
     timezone: Annotated[StrictStr, Field(min_length=1, max_length=200)] = "UTC"
     queue: s.Name | None = None
+
+
+class JobDefaults(Body):
+    job: s.Name
+    queue: s.Name | None = None
+    max_attempts: Annotated[StrictInt, Field(ge=1, le=1000)] | None = None
+
+
+class PublishJobs(Body):
+    """The queue and ``max_attempts`` of each of the worker's jobs, for runs started
+    without the job's code (the CLI, ``POST /v1/runs``)."""
+
+    jobs: Annotated[list[JobDefaults], Field(max_length=10_000)]
 
 
 class SyncSchedules(Body):

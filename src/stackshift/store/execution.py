@@ -636,6 +636,22 @@ class ExecutionStore:
                    process_started=process.started if process else None)
             tx.run("delete_stale_workers", before=now - 300)
 
+    def publish_jobs(self, jobs: Sequence[tuple[str, str | None, int | None]],
+                     now: float) -> None:
+        """Record each job's defaults, ``(name, queue, max_attempts)``, as a worker
+        defines them, for processes that start runs without the job's code."""
+        if jobs:
+            with self.db.write() as tx:
+                tx.many("upsert_job", [{"name": name, "queue": queue, "max_attempts": attempts,
+                                        "now": now} for name, queue, attempts in jobs])
+
+    def job_defaults(self, name: str) -> tuple[str | None, int | None] | None:
+        """``(queue, max_attempts)`` of job ``name`` as its workers last published
+        them, or None when no worker has."""
+        with self.db.read() as tx:
+            row = tx.one("get_job", name=name)
+        return None if row is None else (row["queue"], row["max_attempts"])
+
     def unregister_worker(self, worker_id: str) -> None:
         with self.db.write() as tx:
             tx.run("delete_worker", id=worker_id)

@@ -189,6 +189,7 @@ class Worker:
         self.service.notifier.subscribe(self._wake.set)
         self._rules = self.service.claim_rules()
         self.service.sync_code_schedules()
+        self.service.publish_jobs()
         self._process = processes.current()
         self._register()
         try:
@@ -572,6 +573,7 @@ class Worker:
         runlogs.install()
         self._rules = self.service.claim_rules()
         self.service.sync_code_schedules()
+        self.service.publish_jobs()
         count = 0
         try:
             while count < max_invocations:

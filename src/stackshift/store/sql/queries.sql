@@ -168,6 +168,15 @@ VALUES (:id, :hostname, :pid, :jobs, :queues, :concurrency, :now, :now,
         :process_space, :process_started)
 ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at;
 
+-- name: upsert_job
+INSERT INTO jobs (name, queue, max_attempts, updated_at)
+VALUES (:name, :queue, :max_attempts, :now)
+ON CONFLICT (name) DO UPDATE SET queue = excluded.queue,
+    max_attempts = excluded.max_attempts, updated_at = excluded.updated_at;
+
+-- name: get_job
+SELECT * FROM jobs WHERE name = :name;
+
 -- name: workers_in_space
 -- The other workers whose process is in :space (see stackshift/processes.py).
 SELECT id, pid, process_started FROM workers
