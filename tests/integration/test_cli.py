@@ -117,7 +117,7 @@ def test_start_uses_the_queue_and_attempts_the_jobs_workers_recorded(
 ) -> None:
     # Without the job's code, and before any worker of it has started: the defaults.
     before = cli_json(db_url, "start", "sendReceipt", "{}")
-    assert (before["queue"], before["maxAttempts"]) == ("default", 3)
+    assert (before["queue"], before["max_attempts"]) == ("default", 3)
 
     @app.job("sendReceipt", queue="emails", max_attempts=5)
     def send_receipt(ctx: Any) -> None:
@@ -126,12 +126,12 @@ def test_start_uses_the_queue_and_attempts_the_jobs_workers_recorded(
     with app.worker(concurrency=1):  # a worker records its jobs when it starts
         pass
     started = cli_json(db_url, "start", "sendReceipt", "{}")
-    assert (started["queue"], started["maxAttempts"]) == ("emails", 5)
+    assert (started["queue"], started["max_attempts"]) == ("emails", 5)
     chosen = cli_json(db_url, "start", "sendReceipt", "{}", "--queue", "other",
                       "--max-attempts", "2")
-    assert (chosen["queue"], chosen["maxAttempts"]) == ("other", 2)
+    assert (chosen["queue"], chosen["max_attempts"]) == ("other", 2)
     other = cli_json(db_url, "start", "neverServed", "{}")
-    assert (other["queue"], other["maxAttempts"]) == ("default", 3)
+    assert (other["queue"], other["max_attempts"]) == ("default", 3)
 
 
 BAD_INPUT = [

@@ -365,7 +365,9 @@ def test_cursors_a_list_returned_page_through_it(http: httpx.Client) -> None:
 
 def test_405_lists_the_methods_the_path_serves(http: httpx.Client) -> None:
     for path, allowed in [("/v1/runs", "GET, POST"), ("/v1/state/k", "DELETE, GET, PUT"),
-                          ("/v1/events", "GET, POST"), ("/healthz", "GET")]:
+                          ("/v1/events", "GET, POST"), ("/healthz", "GET"),
+                          # literal paths that a template (/v1/state/{key}) also matches
+                          ("/v1/state/increment", "POST"), ("/v1/runs/retry-many", "POST")]:
         response = http.patch(path, json={})
         assert_error(response, 405, "method_not_allowed")
         assert response.headers["allow"] == allowed, path
@@ -456,13 +458,13 @@ def test_runs_started_over_http_get_the_defaults_the_jobs_workers_recorded(
         http: httpx.Client, unique: Any) -> None:
     job = unique("published")
     plain = http.post("/v1/runs", json={"job": job}).json()
-    assert (plain["queue"], plain["maxAttempts"]) == ("default", 3)
+    assert (plain["queueName"], plain["maxAttempts"]) == ("default", 3)
     assert_error(http.post("/v1/worker/jobs", json={"jobs": [{"job": job, "maxAttempts": 0}]}),
                  422, "validation_error")
     recorded = http.post("/v1/worker/jobs", json={"jobs": [
         {"job": job, "queue": "emails", "maxAttempts": 5}]})
     assert recorded.status_code == 200, recorded.text
     run = http.post("/v1/runs", json={"job": job}).json()
-    assert (run["queue"], run["maxAttempts"]) == ("emails", 5)
+    assert (run["queueName"], run["maxAttempts"]) == ("emails", 5)
     chosen = http.post("/v1/runs", json={"job": job, "queueName": "other"}).json()
-    assert (chosen["queue"], chosen["maxAttempts"]) == ("other", 5)
+    assert (chosen["queueName"], chosen["maxAttempts"]) == ("other", 5)

@@ -102,9 +102,15 @@ def _allowed_methods(request: Request) -> str:
         match, _ = route.matches(request.scope)
         if match != Match.NONE:
             methods |= set(getattr(route, "methods", None) or ())
+    # Of the documented paths that match, those with the fewest parameters: a
+    # literal path (/v1/state/increment) is served before a template that also
+    # matches it (/v1/state/{key}).
     path = request.scope["path"]
-    for pattern, verbs in _documented_paths(request.app):
-        if pattern.fullmatch(path):
+    matching = [(params, verbs) for pattern, params, verbs in _documented_paths(request.app)
+                if pattern.fullmatch(path)]
+    fewest = min((params for params, _ in matching), default=0)
+    for params, verbs in matching:
+        if params == fewest:
             methods |= verbs
     return ", ".join(sorted(methods))
 
@@ -112,12 +118,15 @@ def _allowed_methods(request: Request) -> str:
 _VERBS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 
 
-def _documented_paths(app: FastAPI) -> list[tuple[re.Pattern[str], set[str]]]:
-    """(path pattern, methods) of every path in the app's API document."""
-    found: list[tuple[re.Pattern[str], set[str]]] | None = getattr(app.state, "paths", None)
+def _documented_paths(app: FastAPI) -> list[tuple[re.Pattern[str], int, set[str]]]:
+    """(path pattern, its number of parameters, methods) of every path in the
+    app's API document."""
+    found: list[tuple[re.Pattern[str], int, set[str]]] | None = getattr(app.state, "paths",
+                                                                        None)
     if found is None:
         found = app.state.paths = [
-            (compile_path(path)[0], {verb.upper() for verb in operations if verb in _VERBS})
+            (compile_path(path)[0], path.count("{"),
+             {verb.upper() for verb in operations if verb in _VERBS})
             for path, operations in app.openapi().get("paths", {}).items()
         ]
     return found
