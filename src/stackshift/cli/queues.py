@@ -13,7 +13,7 @@ from ..models import QueueInfo
 from ..store.queues import KEEP
 from .failures import bad_input
 from .options import DATABASE_ENV, database_url_option, json_option, open_client
-from .render import PAUSED, _table, console, echo_json, runs_table, span, status_text
+from .render import _table, console, echo_json, paused_text, runs_table, span, status_text
 
 _STATUSES = ("scheduled", "queued", "running", "waiting", "retrying", "completed", "failed",
              "cancelled")
@@ -50,7 +50,7 @@ def queues_table(queues: list[QueueInfo]) -> Table:
     for q in queues:
         c = q.counts
         table.add_row(
-            q.name, PAUSED if q.paused else "active", _limit(q),
+            q.name, paused_text() if q.paused else "active", _limit(q),
             str(c.get("queued", 0) + c.get("scheduled", 0) + c.get("retrying", 0)),
             str(c.get("running", 0)), str(c.get("waiting", 0)), str(c.get("failed", 0)),
             f"{q.throughput:.1f}", _rate(q), _oldest(q),
@@ -64,7 +64,7 @@ def queue_detail(q: QueueInfo) -> Table:
     table.add_column("", style="bold", no_wrap=True)
     table.add_column("")
     table.add_row("queue", q.name)
-    table.add_row("state", PAUSED if q.paused else "active")
+    table.add_row("state", paused_text() if q.paused else "active")
     table.add_row("concurrency", "-" if q.concurrency is None else str(q.concurrency))
     table.add_row("rate limit", q.rate_limit or "-")
     table.add_row("max attempts", "-" if q.max_attempts is None else str(q.max_attempts))

@@ -190,8 +190,9 @@ def _table(title: str | None = None) -> Table:
                        pad_edge=False)
 
 
-#: How a paused queue or schedule shows in a table.
-PAUSED = Text("paused", style="yellow")
+def paused_text() -> Text:
+    """How a paused queue or schedule shows in a table."""
+    return Text("paused", style="yellow")
 
 
 def _clip(text: str, width: int) -> str:

@@ -18,7 +18,7 @@ from .options import (
     open_client,
     parse_json_argument,
 )
-from .render import PAUSED, _table, compact_json, console, echo_json, status_text, when
+from .render import _table, compact_json, console, echo_json, paused_text, status_text, when
 
 
 def schedules_table(items: list[Schedule]) -> Table:
@@ -29,7 +29,7 @@ def schedules_table(items: list[Schedule]) -> Table:
     for s in items:
         error = f"{s.last_error.type}: {s.last_error.message}" if s.last_error else ""
         table.add_row(
-            s.id, s.job, s.cron, s.timezone, PAUSED if s.paused else "active",
+            s.id, s.job, s.cron, s.timezone, paused_text() if s.paused else "active",
             when(s.next_run_at), when(s.last_run_at),
             status_text(s.last_run_status) if s.last_run_status else "-", error,
         )
@@ -47,7 +47,7 @@ def schedule_detail(s: Schedule) -> Table:
     table.add_row("payload", compact_json(s.payload, 200))
     table.add_row("queue", s.queue or "(the job's)")
     table.add_row("defined in", "code (@job cron=...)" if s.source == "code" else "the API")
-    table.add_row("state", PAUSED if s.paused else "active")
+    table.add_row("state", paused_text() if s.paused else "active")
     table.add_row("next run", when(s.next_run_at))
     table.add_row("last run", f"{when(s.last_run_at)} {s.last_run_id or ''}".strip())
     if s.last_run_status:

@@ -136,14 +136,12 @@ class Worker:
         self.service = app._service
         self.id = new_id("wkr")
         self.concurrency = concurrency
-        self.queues = queues
+        self.queues = None if queues is None else [check_name(q, "queue name") for q in queues]
         self.lease_seconds = parse_duration(lease, name="lease")
         if self.lease_seconds < 1:
             # Leases are renewed every third of their length: shorter ones would
             # run out between renewals and hand live attempts to other workers.
             raise ValidationError(f"lease must be at least 1s, got {lease!r}")
-        if queues is not None:
-            queues = [check_name(q, "queue name") for q in queues]
         self.poll_interval = parse_duration(poll_interval, name="poll_interval")
         self.shutdown_grace = parse_duration(shutdown_grace, name="shutdown_grace")
         self.maintenance_interval = parse_duration(maintenance_interval,
