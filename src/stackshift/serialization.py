@@ -71,9 +71,10 @@ def encode(
     too_large: type[PayloadTooLargeError] = PayloadTooLargeError,
 ) -> str:
     """Convert, encode and size-check ``value``; raise before anything is written."""
+    jsonable = to_jsonable(value, what=what)
     try:
-        text = dumps(to_jsonable(value, what=what))
-    except ValueError:  # what to_jsonable lets through that json cannot write
+        text = dumps(jsonable)
+    except ValueError:  # the one thing to_jsonable lets through that json cannot write
         raise TypeError(f"{what}: an integer of more than {sys.get_int_max_str_digits():,}"
                         " digits cannot be written as JSON") from None
     if limit is not None and len(text.encode()) > limit:
