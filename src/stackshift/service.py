@@ -161,15 +161,11 @@ class Service(FlowControl):
         with self.store.preparing_write():
             s = self.settings
             check_name(job, "job name")
-            registered = self.registry.get(job)
-            if registered is not None:
-                job_queue, job_attempts = registered.queue, registered.max_attempts
-            elif queue_name is None or max_attempts is None:
-                # Started without the job's code (the CLI, the HTTP server): the
-                # defaults its workers published.
-                job_queue, job_attempts = self.job_defaults(job)
-            else:
-                job_queue, job_attempts = None, None
+            # The registered job's, else (started without its code: the CLI, the
+            # HTTP server) what its workers recorded; read only when needed.
+            job_queue, job_attempts = (
+                self.job_defaults(job) if queue_name is None or max_attempts is None
+                else (None, None))
             if queue_name is not None:
                 queue = check_name(queue_name, "queue name")
             else:

@@ -161,7 +161,7 @@ class Worker:
         self._next_ageing = 0.0
         self._last_claimed = float("-inf")
         self._rules = self.service.claim_rules()
-        self._process = processes.current()
+        self._process: processes.ProcessId | None = None  # known once started
 
     # -- lifecycle ---------------------------------------------------------------
 
