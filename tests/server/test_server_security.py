@@ -151,6 +151,13 @@ def test_malformed_json_is_400(http: httpx.Client, method: str, path: str, body:
     assert_error(response, 400, "malformed_json")
 
 
+def test_a_body_that_is_not_utf8_is_400_and_says_so(http: httpx.Client) -> None:
+    response = http.post("/v1/runs", content=b'{"job": "\x80"}',
+                         headers={"content-type": "application/json"})
+    error = assert_error(response, 400, "malformed_json")
+    assert error["message"] == "the request body is not UTF-8 text"
+
+
 @pytest.mark.parametrize(("method", "path", "body"), [
     ("POST", "/v1/runs", {"job": 5}),
     ("POST", "/v1/runs", {"job": "x", "maxAttempts": "5"}),
@@ -318,10 +325,13 @@ def test_a_payload_nested_too_deeply_is_422_and_writes_nothing(
         http: httpx.Client, served_db: str) -> None:
     before = run_count(served_db)
     deep = "[" * 500 + "]" * 500
+    deeper = "[" * 5000 + "]" * 5000  # past what the JSON parser itself reads
     for method, path, body in [
         ("POST", "/v1/runs", '{"job": "deep", "payload": ' + deep + "}"),
         ("POST", "/v1/events", '{"name": "deep", "payload": ' + deep + "}"),
         ("PUT", "/v1/state/deep", '{"value": ' + deep + "}"),
+        ("POST", "/v1/runs", '{"job": "deep", "payload": ' + deeper + "}"),
+        ("PUT", "/v1/state/deep", '{"value": ' + deeper + "}"),
     ]:
         response = http.request(method, path, content=body,
                                 headers={"content-type": "application/json"})

@@ -21,7 +21,7 @@ from starlette.routing import Match, compile_path
 from ..clock import SystemClock
 from ..errors import StackShiftError
 from ..jobs import JobRegistry
-from ..serialization import MiB
+from ..serialization import MAX_DEPTH, MiB
 from ..service import Service
 from ..settings import Settings
 from ..store import open_store
@@ -84,7 +84,14 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
-    message = "the request body is not valid JSON" if exc.status_code == 400 else str(exc.detail)
+    message = str(exc.detail)
+    if exc.status_code == 400:  # FastAPI could not parse the body; the cause says why
+        if isinstance(exc.__cause__, RecursionError):  # valid JSON, but too deep to read
+            return _json_error(422, "invalid_type", f"body: arrays and objects nested more "
+                                                    f"than {MAX_DEPTH} levels deep")
+        message = ("the request body is not UTF-8 text"
+                   if isinstance(exc.__cause__, UnicodeDecodeError)
+                   else "the request body is not valid JSON")
     headers = exc.headers
     if exc.status_code == 405:
         headers = {**(headers or {}), "Allow": _allowed_methods(request)}
