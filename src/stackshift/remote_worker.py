@@ -22,9 +22,10 @@ from .errors import LeaseLost, RemoteError
 from .flowcontrol import FlowControl
 from .jobs import JobRegistry
 from .models import Event
+from .processes import ProcessId
 from .server import worker_schemas as w
 from .service import Notifier
-from .store.base import ClaimedRun, Lease, LogWrite, Outcome, StepWrite
+from .store.base import ClaimedRun, ExpiredLease, Lease, LogWrite, Outcome, StepWrite
 from .store.flow import NO_RULES, ClaimRules
 
 if TYPE_CHECKING:
@@ -62,12 +63,15 @@ class RemoteWorkerStore:
 
     def register_worker(self, worker_id: str, hostname: str, pid: int, jobs: Sequence[str],
                         queues: Sequence[str] | None, concurrency: int, now: float,
-                        process: Any = None) -> None:
-        # Without its process: a remote worker's runs are taken back when their
-        # leases run out (the server has no view of the worker's machine).
-        self._post("register", {"workerId": worker_id, "hostname": hostname, "pid": pid,
-                                "jobs": list(jobs), "queues": list(queues) if queues else None,
-                                "concurrency": concurrency})
+                        process: ProcessId | None = None) -> None:
+        # With its process, when known: the server has no view of the worker's
+        # machine, but other workers on that machine do (see take_over_ended).
+        self._post("register", {
+            "workerId": worker_id, "hostname": hostname, "pid": pid, "jobs": list(jobs),
+            "queues": list(queues) if queues else None, "concurrency": concurrency,
+            "process": None if process is None else {"space": process.space,
+                                                     "started": process.started},
+        })
 
     def unregister_worker(self, worker_id: str) -> None:
         self._post("unregister", {"workerId": worker_id})
@@ -166,15 +170,22 @@ class RemoteWorkerStore:
         }))
         return set(answer.cancel_requested), set(answer.lost)
 
+    # -- workers whose process ended on this worker's machine ------------------------------
+
+    def workers_in_space(self, space: str, worker_id: str) -> list[tuple[str, int, int]]:
+        answer = w.PeersFound.model_validate(self._post("peers", {"workerId": worker_id,
+                                                                  "space": space}))
+        return [(peer.worker_id, peer.pid, peer.started) for peer in answer.workers]
+
+    def leases_held_by(self, worker_id: str, limit: int = 100) -> list[ExpiredLease]:
+        answer = w.HeldLeases.model_validate(self._post("held", {"workerId": worker_id}))
+        return [ExpiredLease(Lease(h.run_id, h.worker_id, h.attempt), h.job, h.attempts_used,
+                             h.max_attempts)
+                for h in answer.leases[:limit]]
+
     # -- maintenance: the server's (see the module docstring) --------------------------------
 
     def expired_leases(self, now: float, limit: int = 100) -> list[Any]:
-        return []
-
-    def workers_in_space(self, space: str, worker_id: str) -> list[tuple[str, int, int]]:
-        return []
-
-    def leases_held_by(self, worker_id: str, limit: int = 100) -> list[Any]:
         return []
 
     def next_due_at(self) -> float | None:

@@ -217,6 +217,33 @@ def test_killed_remote_worker_is_rescued_without_repeating_steps(
     assert attempts[0].error is not None and attempts[0].error.type == "WorkerLost"
 
 
+def test_a_remote_worker_takes_over_at_once_when_a_sibling_process_dies(
+    workers: RemoteWorkers, client: StackShift
+) -> None:
+    # Leases of a minute: the run resumes long before, because the second worker,
+    # on the same machine, sees the first one's process gone.
+    first = workers.spawn("--lease", "60s", hang_at="d-2")
+    run = client.start("remoteSteps", {"tag": "d"})
+    workers.wait_for_line("start:d-2")
+    second = workers.spawn("--lease", "60s")
+    time.sleep(2.0)  # the second looks every second: a live holder keeps its run
+    held = client.runs.get(run.id)
+    assert (held.status, held.attempt) == ("running", 1)
+
+    killed_at = time.time()
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    done = wait_done(client, run.id, workers, timeout=15)
+    assert done.status == "completed", done.error
+    assert done.result == {"pids": [first.pid, second.pid, second.pid]}
+    lost = client.runs.attempts(run.id)[0]
+    assert lost.error is not None and lost.error.type == "WorkerLost"
+    assert f"pid {first.pid}) ended" in lost.error.message
+    assert lost.finished_at is not None
+    assert killed_at <= lost.finished_at.timestamp() < killed_at + 10
+    assert workers.lines().count(f"done:d-1:{first.pid}") == 1
+
+
 def test_sigterm_hands_the_run_back_through_the_server(
     workers: RemoteWorkers, client: StackShift
 ) -> None:

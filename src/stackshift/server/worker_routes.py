@@ -25,6 +25,7 @@ from fastapi import APIRouter, Request
 
 from ..engine.cron import parse_cron
 from ..errors import LeaseLost
+from ..processes import ProcessId
 from ..service import Service
 from ..store.flow import ClaimRules
 from ..store.schedules import code_schedule_id
@@ -103,9 +104,31 @@ def _logs(logs: list[w.LogBody]) -> list[Any]:
 @router.post("/register", summary="Register or refresh a remote worker (heartbeat)")
 def register_worker(body: w.RegisterWorker, request: Request) -> w.Done:
     service = service_of(request)
+    process = None if body.process is None else ProcessId(body.process.space, body.pid,
+                                                             body.process.started)
     service.store.register_worker(body.worker_id, body.hostname, body.pid, body.jobs,
-                                  body.queues, body.concurrency, service.clock.now())
+                                  body.queues, body.concurrency, service.clock.now(), process)
     return w.Done()
+
+
+@router.post("/peers", summary="The other workers whose process is in the same space")
+def workers_in_space(body: w.Peers, request: Request) -> w.PeersFound:
+    """For a worker to check which of them have ended on its own machine."""
+    found = service_of(request).store.workers_in_space(body.space, body.worker_id)
+    return w.PeersFound(workers=[w.Peer(worker_id=worker_id, pid=pid, started=started)
+                                 for worker_id, pid, started in found])
+
+
+@router.post("/held", summary="The leases a worker holds")
+def leases_held_by(body: w.WorkerRef, request: Request) -> w.HeldLeases:
+    """For a worker that saw this worker's process end, to record its attempts as lost."""
+    held = service_of(request).store.leases_held_by(body.worker_id)
+    return w.HeldLeases(leases=[
+        w.HeldLease(run_id=h.lease.run_id, worker_id=h.lease.worker_id,
+                    attempt=h.lease.attempt, job=h.job, attempts_used=h.attempts_used,
+                    max_attempts=h.max_attempts)
+        for h in held
+    ])
 
 
 @router.post("/unregister", summary="Remove a stopping remote worker from the registry")

@@ -126,6 +126,18 @@ Logs = list[LogBody]
 # -- requests -----------------------------------------------------------------------------
 
 
+ProcessSpace = Annotated[StrictStr, Field(min_length=1, max_length=1000)]
+
+
+class ProcessBody(Body):
+    """A worker's process, as :mod:`stackshift.processes` identifies it."""
+
+    space: ProcessSpace = Field(description="Boot, pid namespace and user: pids compare "
+                                            "only within one space.")
+    started: Annotated[StrictInt, Field(ge=0, lt=2**63)] = Field(
+        description="Clock ticks after boot at which the process started.")
+
+
 class RegisterWorker(Body):
     worker_id: WorkerId
     hostname: Annotated[StrictStr, Field(max_length=1000)]
@@ -133,10 +145,20 @@ class RegisterWorker(Body):
     jobs: list[s.Name]
     queues: list[s.Name] | None = None
     concurrency: Annotated[StrictInt, Field(ge=1, lt=2**31)]
+    process: ProcessBody | None = Field(
+        None, description="The worker's process: lets workers on its machine take its runs "
+                          "over as soon as it ends, without waiting for the lease.")
 
 
 class WorkerRef(Body):
     worker_id: WorkerId
+
+
+class Peers(Body):
+    """Ask for the other workers whose process is in ``space``."""
+
+    worker_id: WorkerId
+    space: ProcessSpace
 
 
 class Claim(Body):
@@ -275,6 +297,29 @@ class EventTaken(Wire):
 class Renewed(Wire):
     cancel_requested: list[str]
     lost: list[str]
+
+
+class Peer(Wire):
+    worker_id: str
+    pid: int
+    started: int
+
+
+class PeersFound(Wire):
+    workers: list[Peer]
+
+
+class HeldLease(Wire):
+    run_id: str
+    worker_id: str
+    attempt: int
+    job: str
+    attempts_used: int = Field(description="Attempts used in the run's current budget.")
+    max_attempts: int
+
+
+class HeldLeases(Wire):
+    leases: list[HeldLease]
 
 
 class Done(Wire):
