@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -87,3 +89,17 @@ def screenshot(page: Page, name: str, store_kind: str, *, full_page: bool = True
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.evaluate("document.activeElement && document.activeElement.blur()")
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=full_page)
+
+
+def pixel(page: Page, x: float, y: float) -> tuple[int, int, int]:
+    """The colour the browser painted at ``(x, y)`` of the viewport (a 1x1 screenshot)."""
+    png = page.screenshot(clip={"x": x, "y": y, "width": 1, "height": 1})
+    chunks, at = b"", 8
+    while at < len(png):
+        size, kind = struct.unpack(">I4s", png[at:at + 8])
+        if kind == b"IDAT":
+            chunks += png[at + 8:at + 8 + size]
+        at += 12 + size
+    # One pixel in one row: every PNG filter leaves the bytes as they are.
+    row = zlib.decompress(chunks)
+    return row[1], row[2], row[3]

@@ -6,7 +6,7 @@ import json
 import re
 import time
 
-from dashboard_harness import Dashboard, screenshot, serve
+from dashboard_harness import Dashboard, pixel, screenshot, serve
 from dashboard_jobs import HOSTILE, register_jobs
 from playwright.sync_api import Page, expect
 
@@ -347,3 +347,25 @@ def test_queue_pages_chart_an_hour_of_work(db_url: str, store_kind: str, page: P
             screenshot(page, "queue", store_kind)
     finally:
         app.close()
+
+
+def test_narrow_screen_shows_titles_and_keeps_the_page_within_the_screen(
+    stack: Dashboard, page: Page
+) -> None:
+    run = stack.app.start("checkout", {"order": 77})
+    stack.wait_status(run.id, "waiting")
+    page.set_viewport_size({"width": 390, "height": 844})
+    for path in ("/runs", "/queues", "/jobs", "/events", "/state", f"/runs/{run.id}"):
+        page.goto(stack.at(path))
+        title = page.locator("main h1").first
+        box = title.bounding_box()
+        assert box is not None
+        # Beside the title is the page's light background, not the sidebar's dark one.
+        assert min(pixel(page, box["x"] - 6, box["y"] + box["height"] / 2)) > 200, path
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"{path} is {width}px wide on a 390px screen"
+    # Log lines keep room for their message.
+    message = page.locator("#logs .log-msg").first
+    expect(message).to_have_text("charging card for order 77 (attempt 1)")
+    box = message.bounding_box()
+    assert box is not None and box["width"] > 250
