@@ -369,3 +369,26 @@ def test_narrow_screen_shows_titles_and_keeps_the_page_within_the_screen(
     expect(message).to_have_text("charging card for order 77 (attempt 1)")
     box = message.bounding_box()
     assert box is not None and box["width"] > 250
+
+
+def test_run_page_errors_and_attempts_fit_a_laptop_screen(stack: Dashboard, page: Page) -> None:
+    checkout = stack.app.start("checkout", {"order": 5})
+    report = stack.app.start("render-report", {"title": "x" * 400})
+    stack.wait_status(checkout.id, "waiting")
+    stack.wait_status(report.id, "failed")
+    page.set_viewport_size({"width": 1280, "height": 900})
+
+    page.goto(stack.at(f"/runs/{checkout.id}"))
+    card = page.locator("#attempts").bounding_box()
+    error = page.locator("#attempts tr[data-attempt='1'] td.note")
+    expect(error).to_have_text("ConnectionError: card processor unavailable (502 Bad Gateway)")
+    box = error.bounding_box()
+    assert card is not None and box is not None
+    assert box["x"] + box["width"] <= card["x"] + card["width"], "the error column is cut off"
+    worker = page.locator("#attempts tr[data-attempt='1'] td").nth(5)
+    expect(worker).to_have_attribute("title", re.compile(r"^wkr_"))
+
+    # An error message without a single space wraps instead of widening the page.
+    page.goto(stack.at(f"/runs/{report.id}"))
+    expect(page.locator("#run-error .error-message")).to_have_text("cannot render " + "x" * 400)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
