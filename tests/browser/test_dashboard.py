@@ -392,3 +392,27 @@ def test_run_page_errors_and_attempts_fit_a_laptop_screen(stack: Dashboard, page
     page.goto(stack.at(f"/runs/{report.id}"))
     expect(page.locator("#run-error .error-message")).to_have_text("cannot render " + "x" * 400)
     assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+
+
+def test_a_long_job_name_does_not_push_the_runs_columns_out_of_sight(
+    stack: Dashboard, page: Page
+) -> None:
+    long_name = "reconcile-" + "ledger-entries-for-every-merchant-" * 5 + "x"
+    run = stack.app.start(long_name, {"merchant": 1}, queue_name="q-" + "settlements-" * 8)
+    failed = stack.app.start("sync-invoice", {"invoice": "in_3"})
+    stack.wait_status(failed.id, "failed")
+
+    for path in ("/runs", "/queues/billing"):
+        page.goto(stack.at(path))
+        card = page.locator("table.trunc-table").locator("xpath=..").bounding_box()
+        assert card is not None
+        for header in page.locator("table.trunc-table th").all():
+            box = header.bounding_box()
+            assert box is not None
+            assert box["x"] + box["width"] <= card["x"] + card["width"] + 1, \
+                f"{header.text_content()} is cut off on {path}"
+    page.goto(stack.url)
+    cell = page.locator(f"tr[data-run-id='{run.id}'] td.job-cell span")
+    expect(cell).to_have_attribute("title", long_name)
+    expect(page.locator(f"tr[data-run-id='{failed.id}'] td.note")).to_contain_text(
+        "TimeoutError")
