@@ -508,6 +508,11 @@ class Service(FlowControl):
         """Names of the queues that hold runs."""
         return self.store.queue_names()
 
+    def queue_settings(self) -> dict[str, dict[str, Any]]:
+        """Stored settings of each configured queue by name: ``concurrency``,
+        ``rate_limit``, ``max_attempts`` and ``paused``."""
+        return {c["name"]: c for c in self.store.queue_configs()}
+
     def queue_stats(self) -> list[QueueStats]:
         """Each queue that holds runs: counts per status and its oldest queued run."""
         return self.store.queue_stats()

@@ -416,3 +416,27 @@ def test_a_long_job_name_does_not_push_the_runs_columns_out_of_sight(
     expect(cell).to_have_attribute("title", long_name)
     expect(page.locator(f"tr[data-run-id='{failed.id}'] td.note")).to_contain_text(
         "TimeoutError")
+
+
+def test_a_paused_queue_says_so_until_it_is_resumed(stack: Dashboard, page: Page) -> None:
+    app = stack.app
+    app.queue("media", concurrency=4, rate_limit="100/m").pause()
+    run = app.start("resize-image", {"image": "held"})
+    app.start("sync-invoice", {"invoice": "in_5", "reachable": True})
+
+    page.goto(stack.at("/queues"))
+    media = page.locator("tr", has=page.locator("a.queue-link:text-is('media')"))
+    expect(media.locator(".queue-paused")).to_have_text("paused")
+    billing = page.locator("tr", has=page.locator("a.queue-link:text-is('billing')"))
+    expect(billing.locator(".queue-paused")).to_have_count(0)
+
+    media.locator("a.queue-link").click()
+    expect(page.locator("#queue-paused")).to_contain_text("This queue is paused")
+    expect(page.locator(".page-head .sub")).to_contain_text("at most 4 running · rate limit 100/m")
+    expect(page.locator(".stat-queued .stat-value")).to_have_text("1")
+    assert app.runs.get(run.id).status == "queued"
+
+    app.queue("media").resume()
+    stack.wait_status(run.id, "completed")
+    expect(page.locator("#queue-paused")).to_have_count(0)
+    expect(page.locator(".stat-completed .stat-value")).to_have_text("1")

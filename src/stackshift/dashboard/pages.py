@@ -237,6 +237,7 @@ def _window(params: Mapping[str, str]) -> str:
 def queues_page(service: Service, params: Mapping[str, str], now: float) -> dict[str, Any]:
     window = _window(params)
     series = service.queue_throughput(window, buckets=WINDOWS[window][1])
+    settings = service.queue_settings()
     queues = []
     for stats in service.queue_stats():
         buckets = series.get(stats.name, [])
@@ -248,6 +249,7 @@ def queues_page(service: Service, params: Mapping[str, str], now: float) -> dict
             "completed": done,
             "failed": failed,
             "peak": max([b.completed + b.failed for b in buckets] or [0]),
+            "paused": settings.get(stats.name, {}).get("paused", False),
         })
     return {
         "page_title": "Queues",
@@ -273,10 +275,13 @@ def queue_page(service: Service, name: str, params: Mapping[str, str],
     failed = sum(b.failed for b in buckets)
     span = (buckets[-1].start - buckets[0].start).total_seconds() + (
         (buckets[1].start - buckets[0].start).total_seconds() if len(buckets) > 1 else 60)
+    settings = service.queue_settings().get(name, {})
     return {
         "page_title": f"Queue {name}",
         "nav": "queues",
         "queue": stats,
+        "settings": settings,
+        "paused": settings.get("paused", False),
         "buckets": buckets,
         "peak": max([b.completed + b.failed for b in buckets] or [0]),
         "completed": done,
