@@ -440,3 +440,18 @@ def test_a_paused_queue_says_so_until_it_is_resumed(stack: Dashboard, page: Page
     stack.wait_status(run.id, "completed")
     expect(page.locator("#queue-paused")).to_have_count(0)
     expect(page.locator(".stat-completed .stat-value")).to_have_text("1")
+
+
+def test_run_facts_name_the_start_time_of_runs_that_never_ran(
+    stack: Dashboard, page: Page
+) -> None:
+    later = stack.app.start("resize-image", {"image": "later"}, delay="2h")
+    stranded = stack.app.start("nightly-report", {"day": "2026-01-05"})  # no worker knows it
+    page.goto(stack.at(f"/runs/{later.id}"))
+    facts = page.locator("dl.facts > div")
+    expect(facts.filter(has_text="Starts").locator("dd")).to_have_text(
+        re.compile(r"in (1h 59m|2h)"))
+    expect(facts.filter(has_text="Next attempt")).to_have_count(0)
+    page.goto(stack.at(f"/runs/{stranded.id}"))
+    expect(facts.filter(has_text="Due").locator("dd")).to_have_text(re.compile(r"just now|ago"))
+    expect(facts.filter(has_text="Next attempt")).to_have_count(0)
