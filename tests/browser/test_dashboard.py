@@ -277,6 +277,8 @@ def test_overview_pages_events_jobs_workers_and_state(stack: Dashboard, page: Pa
     expect(page.locator("tr[data-job=resize-image]")).to_contain_text("1 live")
     expect(page.locator("tr[data-job=nightly-report]")).to_contain_text(
         "No live worker · 1 waiting")
+    # A run that no worker ever executed was created, not "started".
+    expect(page.locator("#jobs-table th").nth(2)).to_have_text("Newest run")
     expect(page.locator("tr[data-worker-id]")).to_have_count(1)
     expect(page.locator("tr[data-worker-id]")).to_contain_text("live")
     screenshot(page, "jobs", stack.store_kind)
