@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from typing import Any
 
 from dashboard_harness import Dashboard, pixel, screenshot, serve
 from dashboard_jobs import HOSTILE, register_jobs
@@ -457,3 +458,35 @@ def test_run_facts_name_the_start_time_of_runs_that_never_ran(
     page.goto(stack.at(f"/runs/{stranded.id}"))
     expect(facts.filter(has_text="Due").locator("dd")).to_have_text(re.compile(r"just now|ago"))
     expect(facts.filter(has_text="Next attempt")).to_have_count(0)
+
+
+def test_waterfall_ticks_after_a_long_sleep_are_distinct(
+    db_url: str, store_kind: str, page: Page
+) -> None:
+    """Ticks a fraction of a second apart, a minute and a half in, keep their decimals
+    (they read ``+1m 31s`` and ``+1m 32s`` for 91 s and 91.5 s)."""
+    clock = FakeClock(time.time() - 600)
+    app = StackShift(db_url, clock=clock)
+
+    @app.job("nap-between-chunks")
+    def nap(ctx: Any) -> str:
+        for name in ("chunk-1", "chunk-2"):
+            ctx.step.run(name, lambda: clock.advance(0.4))
+        ctx.step.sleep("nap", "90s")
+        ctx.step.run("chunk-3", lambda: clock.advance(1.2))
+        return "done"
+
+    try:
+        run = app.start("nap-between-chunks")
+        run_until_idle(app)
+        clock.advance("90s")
+        run_until_idle(app)
+        assert app.runs.get(run.id).status == "completed"
+        with serve(app, auth="open") as url:
+            page.goto(f"{url}/runs/{run.id}")
+            expect(page.locator("#waterfall .wf-gap-label")).to_have_count(1)
+            labels = page.locator("#waterfall .wf-tick").all_text_contents()
+            # 0.8 s of work, 90 s asleep (a shortened gap), then ticks every 0.5 s.
+            assert labels == ["0", "+500ms", "+1m 31s", "+1m 31.5s"], labels
+    finally:
+        app.close()

@@ -118,10 +118,32 @@ def _f(value: Any) -> float:
     return float(value)
 
 
-def _relative(seconds: float) -> str:
+def _relative(seconds: float, step: float) -> str:
+    """A tick's offset from the start, as precise as the tick ``step`` needs: ticks
+    0.2 s apart after a minute-long gap read ``+1m 26.2s``, ``+1m 26.4s``."""
     if seconds <= 0:
         return "0"
-    return "+" + duration(seconds).replace(" ms", "ms").replace(" s", "s")
+    if seconds < 1:
+        return f"+{seconds * 1000:.0f}ms"
+    decimals = next((d for d in range(4) if abs(step * 10**d - round(step * 10**d)) < 1e-6), 3)
+    units = [(86400, "d"), (3600, "h"), (60, "m"), (1, "s")]
+    finest = next(size for size, _ in units if step >= size) if step >= 1 else 1
+    parts: list[str] = []
+    rest = seconds
+    for size, name in units:
+        if size < finest:
+            break
+        if size == 1:
+            text = f"{rest:.{decimals}f}"
+            text = text.rstrip("0").rstrip(".") if "." in text else text
+            if float(text) or not parts:
+                parts.append(text + "s")
+            break
+        count = int((rest + 1e-6) // size) if size > finest else round(rest / size)
+        rest -= count * size
+        if count or (size == finest and not parts):
+            parts.append(f"{count}{name}")
+    return "+" + " ".join(parts)
 
 
 class _Axis:
@@ -194,7 +216,7 @@ class _Axis:
                 clear = all(not lo - 3 <= left <= hi + 3 for lo, hi in taken)
                 if (clear and left - found[-1].left >= TICK_SPACING
                         and left <= 100 - TICK_SPACING / 2):
-                    found.append(Tick(left, _relative(k * step)))
+                    found.append(Tick(left, _relative(k * step, step)))
                 k += 1
         return found
 
