@@ -490,3 +490,29 @@ def test_waterfall_ticks_after_a_long_sleep_are_distinct(
             assert labels == ["0", "+500ms", "+1m 31s", "+1m 31.5s"], labels
     finally:
         app.close()
+
+
+def test_jobs_page_lists_schedules_with_next_and_last_run_and_last_error(
+    stack: Dashboard, page: Page
+) -> None:
+    app = stack.app
+    ticking = app.schedules.create("sync-invoice", cron="@every 1s", payload={"invoice": "tick"})
+    nightly = app.schedules.create("import-feed", cron="30 2 * * 1", timezone="Europe/Berlin",
+                                   payload={"feed": "weekly.csv"})
+    app.schedules.pause(nightly.id)
+    failed = stack.wait_for(lambda: (s := app.schedules.get(ticking.id)).last_run_status
+                            == "failed" and s)
+    app.schedules.pause(ticking.id)
+
+    page.goto(stack.at("/jobs"))
+    expect(page.locator("tr[data-schedule-id]")).to_have_count(2)
+    row = page.locator(f"tr[data-schedule-id='{ticking.id}']")
+    expect(row).to_contain_text("@every 1s")
+    expect(row).to_contain_text('{"invoice": "tick"}')
+    expect(row.locator(".badge")).to_have_text("failed")
+    expect(row.locator("a.run-ref")).to_have_attribute("href", f"/runs/{failed.last_run_id}")
+    expect(row.locator("td.note")).to_contain_text("TimeoutError: ledger API timed out")
+    other = page.locator(f"tr[data-schedule-id='{nightly.id}']")
+    expect(other).to_contain_text("Europe/Berlin")
+    expect(other).to_contain_text("paused")
+    expect(other).to_contain_text("never ran")

@@ -332,6 +332,7 @@ def jobs_page(service: Service, params: Mapping[str, str], now: float) -> dict[s
             for w in workers
         ],
         "live_count": len(live),
+        "schedules": service.list_schedules(),
         "status_order": STATUS_ORDER,
         "live_heartbeat": LIVE_HEARTBEAT,
         "now": now,
