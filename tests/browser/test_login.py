@@ -149,3 +149,29 @@ def test_the_server_app_serves_the_api_and_the_dashboard_side_by_side(
         expect(page.locator(f"tr[data-run-id='{run.id}']")).to_contain_text("completed")
         # The dashboard session is no API key: the API still wants its bearer header.
         assert page.request.get(url + "/v1/runs").status == 401
+
+
+def test_login_fits_a_phone_and_a_long_key_name_stays_in_the_sidebar(
+    db_url: str, store_kind: str, page: Page
+) -> None:
+    app = StackShift(db_url)
+    name = "on-call rotation for the payments platform team, " + "x" * 120
+    _, key = app._service.create_api_key(name)
+    try:
+        with serve(app, auth="api_key") as url:
+            page.set_viewport_size({"width": 390, "height": 800})
+            page.goto(url + "/runs")
+            card = page.locator("form.login").bounding_box()
+            assert card is not None and card["x"] >= 0 and card["x"] + card["width"] <= 390
+            _log_in(page, key)
+            expect(page.locator("main h1")).to_have_text("Runs")
+
+            page.set_viewport_size({"width": 1280, "height": 800})
+            who = page.locator(".sidebar-foot .mode .who")
+            expect(who).to_have_attribute("title", name)
+            sidebar = page.locator(".sidebar").bounding_box()
+            box = who.bounding_box()
+            assert sidebar is not None and box is not None
+            assert box["x"] + box["width"] <= sidebar["x"] + sidebar["width"]
+    finally:
+        app.close()
