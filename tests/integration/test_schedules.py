@@ -315,3 +315,43 @@ def test_tick_keys_name_the_tick_in_utc() -> None:
 
     moment = datetime(2026, 3, 29, 1, 30, tzinfo=UTC).timestamp()
     assert tick_key("sch_1", moment) == "schedule:sch_1:2026-03-29T01:30:00Z"
+
+
+def test_queues_and_schedules_without_a_subcommand_list_what_the_list_commands_do(
+        server: tuple[str, str], tmp_path: Path) -> None:  # noqa: F811
+    """`stackshift queues` and `stackshift schedules` are their `list`: the same
+    client (here the server from STACKSHIFT_URL, not a new stackshift.db in the
+    working directory) and the same options."""
+    import os
+    import subprocess
+    import sys
+
+    url, key = server
+    remote = StackShift(api_key=key, base_url=url)
+    try:
+        remote.queue("mail").enqueue("send")
+        made = remote.schedules.create("send", cron="@daily")
+    finally:
+        remote.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STACKSHIFT_")}
+    env.update(STACKSHIFT_URL=url, STACKSHIFT_API_KEY=key)
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+
+    def run(*args: str, code: int = 0) -> str:
+        done = subprocess.run([sys.executable, "-m", "stackshift.cli.main", *args],
+                              capture_output=True, text=True, env=env, cwd=cwd,
+                              timeout=60)
+        assert done.returncode == code, (done.returncode, done.stdout, done.stderr)
+        return done.stdout
+
+    assert "mail" in run("queues")
+    assert made.id in run("schedules")
+    assert [q["name"] for q in json.loads(run("queues", "--json"))] == ["mail"]
+    assert [q["name"] for q in json.loads(run("queues", "--window", "5m", "--json"))] == [
+        "mail"]
+    assert [s["id"] for s in json.loads(run("schedules", "--json"))] == [made.id]
+    assert not (cwd / "stackshift.db").exists()
+    # An option before a subcommand would be ignored by it: refused instead.
+    run("queues", "--json", "show", "mail", code=2)
+    run("schedules", "--json", "show", made.id, code=2)

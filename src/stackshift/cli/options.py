@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from ..client import DEFAULT_DATABASE_URL, StackShift
 from ..durations import parse_duration
@@ -43,6 +44,20 @@ def not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     if value is not None and not value.strip():
         raise click.BadParameter("is empty")
     return value
+
+
+def refuse_group_options(ctx: click.Context) -> None:
+    """A usage error (exit 2) for options given to a group before its subcommand.
+
+    ``stackshift queues --json`` lists; in ``stackshift queues --json show q`` the
+    option would be ignored, so it is refused: options go after the subcommand.
+    """
+    given = [param.opts[0] for param in ctx.command.params
+             if ctx.get_parameter_source(param.name or "") is ParameterSource.COMMANDLINE]
+    if given:
+        raise click.UsageError(
+            f"{', '.join(given)} goes after the subcommand, e.g. "
+            f"stackshift {ctx.info_name} {ctx.invoked_subcommand} {given[0]}", ctx)
 
 
 def json_option(fn: F) -> F:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import click
 from rich.table import Table
 
-from ..client import DEFAULT_DATABASE_URL
 from ..models import QueueInfo
 from ..store.queues import KEEP
 from .failures import bad_input
-from .options import DATABASE_ENV, database_url_option, json_option, open_client
+from .options import database_url_option, json_option, open_client, refuse_group_options
 from .render import _table, console, echo_json, paused_text, runs_table, span, status_text
 
 _STATUSES = ("scheduled", "queued", "running", "waiting", "retrying", "completed", "failed",
@@ -86,16 +84,19 @@ def _show(queue: QueueInfo, as_json: bool) -> None:
 
 
 @click.group(invoke_without_command=True)
+@_window_option
+@json_option
+@database_url_option
 @click.pass_context
-def queues(ctx: click.Context) -> None:
+def queues(ctx: click.Context, window: str, as_json: bool, database_url: str | None) -> None:
     """Queue settings and numbers; pause, resume, limits, dead letters.
 
-    Without a subcommand: the same as `stackshift queues list`.
+    Without a subcommand: the same as `stackshift queues list` (and takes its options).
     """
     if ctx.invoked_subcommand is None:
-        # click does not read envvar defaults for an invoked command: pass it on.
-        url = os.environ.get(DATABASE_ENV) or DEFAULT_DATABASE_URL
-        ctx.invoke(list_queues, database_url=url)
+        ctx.invoke(list_queues, window=window, as_json=as_json, database_url=database_url)
+    else:
+        refuse_group_options(ctx)
 
 
 @queues.command("list")

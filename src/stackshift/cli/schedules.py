@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 from rich.table import Table
 
-from ..client import DEFAULT_DATABASE_URL
 from ..errors import ScheduleNotFoundError
 from ..models import Schedule
 from .failures import not_found
 from .options import (
-    DATABASE_ENV,
     database_url_option,
     json_option,
     open_client,
     parse_json_argument,
+    refuse_group_options,
 )
 from .render import _table, compact_json, console, echo_json, paused_text, status_text, when
 
@@ -67,16 +64,18 @@ def _show(s: Schedule, as_json: bool) -> None:
 
 
 @click.group(invoke_without_command=True)
+@json_option
+@database_url_option
 @click.pass_context
-def schedules(ctx: click.Context) -> None:
+def schedules(ctx: click.Context, as_json: bool, database_url: str | None) -> None:
     """Recurring schedules: list, create, show, pause, resume, delete.
 
-    Without a subcommand: the same as `stackshift schedules list`.
+    Without a subcommand: the same as `stackshift schedules list` (and takes its options).
     """
     if ctx.invoked_subcommand is None:
-        # click does not read envvar defaults for an invoked command: pass it on.
-        url = os.environ.get(DATABASE_ENV) or DEFAULT_DATABASE_URL
-        ctx.invoke(list_schedules, database_url=url)
+        ctx.invoke(list_schedules, as_json=as_json, database_url=database_url)
+    else:
+        refuse_group_options(ctx)
 
 
 @schedules.command("list")
