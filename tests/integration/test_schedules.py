@@ -184,6 +184,34 @@ def test_cron_grammar(fake_app: StackShift, cron: str, timezone: str, first: str
     assert schedule.next_run_at == at(first)
 
 
+def test_daylight_saving_changes_follow_debian_cron(fake_app: StackShift,
+                                                   clock: FakeClock) -> None:
+    """New York, 2026: 02:30 does not exist on March 8 and 01:00-02:00 happens twice
+    on November 1. A fixed time of day fires once each day; an expression whose
+    minute or hour is a wildcard follows the clock through both passes."""
+    fake_app.job("tick", lambda ctx: None)
+
+    def fired(cron: str, start: str, end: str) -> list[str]:
+        clock.set(start)
+        schedule = fake_app.schedules.create("tick", cron=cron, timezone="America/New_York")
+        while clock.now() < at(end).timestamp():
+            clock.advance("5m")
+            run_until_idle(fake_app)
+        fake_app.schedules.delete(schedule.id)
+        return ticks_of(fake_app, schedule.id)
+
+    # Spring forward: the missing 02:30 fires at 03:00 EDT, the first minute that exists.
+    assert fired("30 2 * * *", "2026-03-07T12:00:00Z", "2026-03-09T12:00:00Z") == [
+        "2026-03-08T07:00:00Z", "2026-03-09T06:30:00Z"]
+    # Fall back: 01:30 happens twice and fires once, at its first pass (EDT).
+    assert fired("30 1 * * *", "2026-10-31T12:00:00Z", "2026-11-02T12:00:00Z") == [
+        "2026-11-01T05:30:00Z", "2026-11-02T06:30:00Z"]
+    # Wildcard hour: every 30 minutes of real time, in both passes of 01:00-02:00.
+    assert fired("*/30 * * * *", "2026-11-01T04:45:00Z", "2026-11-01T07:15:00Z") == [
+        "2026-11-01T05:00:00Z", "2026-11-01T05:30:00Z", "2026-11-01T06:00:00Z",
+        "2026-11-01T06:30:00Z", "2026-11-01T07:00:00Z"]
+
+
 @pytest.mark.parametrize(("cron", "message"), [
     ("* * * *", "expected 5 fields"),
     ("0 0 * * * *", "expected 5 fields"),
