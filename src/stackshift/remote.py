@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import httpx
 
+from . import runlogs
 from .clock import Clock, SystemClock
 from .durations import parse_duration
 from .errors import (
@@ -154,10 +155,11 @@ class RemoteService(RemoteFlowControl):
               ok: tuple[int, ...] = (200, 201, 204)) -> httpx.Response:
         if params is not None:
             params = {k: v for k, v in params.items() if v is not None}
-        response = self._http.request(
-            method, path, json=json, params=params,
-            timeout=self.timeout if timeout is None else timeout,
-        )
+        with runlogs.engine_call():
+            response = self._http.request(
+                method, path, json=json, params=params,
+                timeout=self.timeout if timeout is None else timeout,
+            )
         if response.status_code not in ok:
             raise_for_error(response)
         return response

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
@@ -17,6 +19,19 @@ if TYPE_CHECKING:
 
 CURRENT: ContextVar[Invocation | None] = ContextVar("stackshift_invocation", default=None)
 CURRENT_STEP: ContextVar[str | None] = ContextVar("stackshift_step", default=None)
+#: True while the engine makes a request of its own (a remote client's call to the
+#: server): what the HTTP library logs about it belongs to no run.
+ENGINE_CALL: ContextVar[bool] = ContextVar("stackshift_engine_call", default=False)
+
+
+@contextmanager
+def engine_call() -> Iterator[None]:
+    """Mark the records logged inside as the engine's own, not the handler's."""
+    token = ENGINE_CALL.set(True)
+    try:
+        yield
+    finally:
+        ENGINE_CALL.reset(token)
 
 #: ``ctx.log`` writes here; it records everything from DEBUG up unless configured.
 RUN_LOGGER = "stackshift.run"
@@ -25,7 +40,7 @@ RUN_LOGGER = "stackshift.run"
 class _CaptureHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         invocation = CURRENT.get()
-        if invocation is None:
+        if invocation is None or ENGINE_CALL.get():
             return
         try:
             message = record.getMessage()

@@ -325,3 +325,25 @@ def test_database_or_server_is_chosen_as_for_clients(server: Server, tmp_path: P
         if proc.stderr is not None:
             proc.stderr.close()
     assert f"database {server.database_url}" in banner, banner
+
+
+def test_the_workers_own_requests_are_not_logged_as_the_runs(
+    server: Server, workers: RemoteWorkers, client: StackShift, tmp_path: Path
+) -> None:
+    """At --log-level INFO a run's logs hold what its handler logged, not the
+    checkpoints its worker sent to the server, and the worker's output is not a
+    line per claim request."""
+    workers.spawn("--log-level", "INFO")
+    run = client.start("remoteWaiter", {"tag": "logs"})
+    deadline = time.monotonic() + 20
+    while client.runs.get(run.id).status != "waiting":
+        assert time.monotonic() < deadline, client.runs.get(run.id)
+        workers.check_alive()
+        time.sleep(0.05)
+    client.events.send("approved", {"by": "ops"}, correlation_key="logs")
+    assert wait_done(client, run.id, workers).status == "completed"
+    assert [(e.logger, e.message) for e in client.runs.logs(run.id)] == [
+        ("stackshift.run", "approved by ops")]
+    time.sleep(2.5)  # an idle worker's claim long-polls end every 2 s
+    output = (tmp_path / "worker-0.out").read_text(errors="replace")
+    assert "/v1/worker/" not in output, output

@@ -19,9 +19,14 @@ from .render import console
 
 
 class _RunContext(logging.Filter):
-    """Adds ``run`` to each record: the job and run whose handler emitted it, if any."""
+    """Adds ``run`` to each record: the job and run whose handler emitted it, if any.
+
+    Leaves out what libraries log below WARNING about the engine's own requests.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if runlogs.ENGINE_CALL.get() and record.levelno < logging.WARNING:
+            return False  # e.g. a remote worker's every claim, as httpx logs it
         invocation = runlogs.CURRENT.get()
         record.run = (
             f"{invocation.run.job} {invocation.run.id}: " if invocation is not None else ""
