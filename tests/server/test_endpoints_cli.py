@@ -48,8 +48,11 @@ def test_endpoints_cli(db_url: str) -> None:
     finally:
         service.close()
 
-    removed = runner.invoke(endpoints, ["remove", shown["id"], "--database-url", db_url])
+    removed = runner.invoke(endpoints, ["remove", shown["id"], "--json", "--database-url",
+                                        db_url])
     assert removed.exit_code == 0, removed.output
+    assert (json.loads(removed.stdout)["id"], json.loads(removed.stdout)["url"]) == (
+        shown["id"], url)
     assert runner.invoke(endpoints, ["list", "--database-url", db_url]).stdout.startswith(
         "No endpoints")
     unknown = runner.invoke(endpoints, ["remove", shown["id"], "--database-url", db_url])

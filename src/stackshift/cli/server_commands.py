@@ -249,7 +249,8 @@ def list_endpoints(database_url: str, as_json: bool) -> None:
 @endpoints.command("remove")
 @click.argument("endpoint_id")
 @_database_url
-def remove_endpoint(endpoint_id: str, database_url: str) -> None:
+@_as_json
+def remove_endpoint(endpoint_id: str, database_url: str, as_json: bool) -> None:
     """Stop invoking the route ENDPOINT_ID (runs in flight finish)."""
     with _service(database_url) as service:
         try:
@@ -258,6 +259,9 @@ def remove_endpoint(endpoint_id: str, database_url: str) -> None:
             raise _NotFound(str(exc)) from None
         except ValidationError as exc:
             raise _BadInput(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(_endpoint_json(removed)))
+        return
     click.echo(f"Removed endpoint {removed.id} ({removed.url}).")
 
 
