@@ -7,10 +7,12 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from serverproc import running_server
 
 from stackshift import StackShift
 from stackshift.testing import run_until_idle
@@ -146,3 +148,37 @@ def test_metrics(http: httpx.Client, server: Any) -> None:
                    status="201") >= 4
     assert "# TYPE stackshift_runs gauge" in text
     assert httpx.get(f"{server.url}/metrics").status_code == 401
+
+
+def test_a_stopping_server_answers_its_long_polls_at_once(db_url: str, tmp_path: Path) -> None:
+    """SIGTERM ends the long-polls open at that moment (a client waiting for a run,
+    a remote worker's claim) with their usual answers, so that the server stops in
+    seconds rather than once they time out (up to a minute)."""
+    with running_server(db_url, tmp_path / "server.log") as server:
+        with server.http() as http:
+            run = http.post("/v1/runs", json={"job": tag("nobody-serves-this")}).json()
+        answers: dict[str, httpx.Response] = {}
+
+        def ask(name: str, method: str, path: str, **options: Any) -> None:
+            with server.http() as client:
+                answers[name] = client.request(method, path, timeout=90, **options)
+
+        asks = [
+            threading.Thread(target=ask, args=("wait", "GET", f"/v1/runs/{run['id']}/wait"),
+                             kwargs={"params": {"timeout": 60}}),
+            threading.Thread(target=ask, args=("claim", "POST", "/v1/worker/claim"), kwargs={
+                "json": {"workerId": "wkr_stopping", "jobs": ["nobody-serves-this"],
+                         "limit": 1, "leaseSeconds": 30, "waitSeconds": 30}}),
+        ]
+        for thread in asks:
+            thread.start()
+        time.sleep(1.0)  # both are held open by now
+        started = time.monotonic()
+        server.process.terminate()
+        server.process.wait(timeout=60)
+        stopped_in = time.monotonic() - started
+        for thread in asks:
+            thread.join()
+    assert answers["wait"].status_code == 200 and answers["wait"].json()["status"] == "queued"
+    assert answers["claim"].status_code == 200 and answers["claim"].json() == {"items": []}
+    assert stopped_in < 15, stopped_in

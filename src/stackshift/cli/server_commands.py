@@ -8,9 +8,11 @@ before any server runs.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from types import FrameType
 from typing import Any
 
 import click
@@ -95,6 +97,7 @@ def server(database_url: str, host: str, port: int, max_body_bytes: int, log_lev
     """
     try:
         import uvicorn
+        from uvicorn.config import STARTUP_FAILURE
 
         from ..dashboard import beside_api, create_dashboard
         from ..server.app import app_from_url
@@ -114,11 +117,25 @@ def server(database_url: str, host: str, port: int, max_body_bytes: int, log_lev
     # Push mode: the registered handler routes are invoked from this process.
     signal = api.state.claim_signal = ClaimSignal(service)
     dispatcher = Dispatcher(service, signal).start()
+    stopping = api.state.stopping
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            stopping.set()  # long-polls answer now, so that the stop takes no longer
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                            server_header=False)
+    serving = Server(config)
     try:
-        uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
+        serving.run()
+    except KeyboardInterrupt:
+        pass
     finally:
         dispatcher.stop()
         maintainer.stop()
+    if not serving.started:  # e.g. the port is taken: as uvicorn.run exits
+        sys.exit(STARTUP_FAILURE)
 
 
 @click.group()

@@ -8,6 +8,7 @@ the one :class:`~stackshift.service.Service`; nothing here touches storage.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -182,6 +183,9 @@ def create_app(service: Service, *, max_body_bytes: int = MiB) -> FastAPI:
         responses={},
     )
     app.state.service = service
+    # Set when the server begins to stop: long-polls then answer at once (with the
+    # run as it is, or no claimed runs) instead of holding the shutdown up.
+    app.state.stopping = threading.Event()
     counter = metrics.RequestCounter()
 
     app.add_exception_handler(RequestValidationError, _on_validation_error)

@@ -134,11 +134,12 @@ async def wait_run(
     The response is 200 either way; check ``status``, and poll again if needed.
     """
     service = service_of(request)
+    stopping = request.app.state.stopping
     deadline = time.monotonic() + timeout
     pause = 0.005
     while True:
         run = await anyio.to_thread.run_sync(service.get_run, run_id)
-        if run.is_terminal or time.monotonic() >= deadline:
+        if run.is_terminal or time.monotonic() >= deadline or stopping.is_set():
             return s.Run.of(run)
         await anyio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
         pause = min(pause * 1.5, 0.25)

@@ -150,16 +150,17 @@ async def claim_runs(body: w.Claim, request: Request) -> w.ClaimedRuns:
                                          body.lease_seconds, service.clock.now(),
                                          body.queues, rules)
 
+    stopping = request.app.state.stopping
     while True:
         seen = signal.generation
         claimed = await anyio.to_thread.run_sync(claim)
-        if claimed or time.monotonic() >= deadline or body.limit == 0:
+        if claimed or time.monotonic() >= deadline or body.limit == 0 or stopping.is_set():
             break
         fallback = time.monotonic() + _FALLBACK
         while (signal.generation == seen and time.monotonic() < min(deadline, fallback)
-               and not await request.is_disconnected()):
+               and not stopping.is_set() and not await request.is_disconnected()):
             await anyio.sleep(_TICK)
-        if await request.is_disconnected():
+        if stopping.is_set() or await request.is_disconnected():
             break
     return w.ClaimedRuns(items=[
         w.ClaimedRun(run=s.Run.of(c.run), attempt=c.lease.attempt, retry_base=c.retry_base,
