@@ -16,6 +16,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -327,6 +328,11 @@ def test_state_get_set_delete(db_url: str) -> None:
     assert [(k["key"], k["expires_at"] is not None) for k in keys] == [
         ("imports:42:progress", False), ("imports:43:progress", True)
     ]
+    # Times are ISO-8601 in UTC, as in the JSON of runs, events and schedules.
+    expires = datetime.fromisoformat(keys[1]["expires_at"].replace("Z", "+00:00"))
+    updated = datetime.fromisoformat(keys[1]["updated_at"].replace("Z", "+00:00"))
+    assert keys[1]["expires_at"].endswith("Z")
+    assert 599 <= (expires - updated).total_seconds() <= 601
     gone = cli(db_url, "state", "delete", "imports:42:progress")
     assert gone.returncode == 0
     assert cli(db_url, "state", "get", "imports:42:progress").returncode == 3

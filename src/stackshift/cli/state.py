@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import click
 
 from .failures import not_found
@@ -15,6 +17,10 @@ from .options import (
 from .render import console, echo_json, state_table
 
 _MISSING = object()
+
+
+def _moment(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
 
 
 @click.group()
@@ -84,7 +90,9 @@ def list_state(prefix: str | None, limit: int, as_json: bool, database_url: str 
     with open_client(database_url) as app:
         items = app.state.keys(prefix, limit)
     if as_json:
-        echo_json(items)
+        # Times as ISO-8601 in UTC, as in every other command's JSON.
+        echo_json([{**item, "expires_at": _moment(item["expires_at"]),
+                    "updated_at": _moment(item["updated_at"])} for item in items])
         return
     if not items:
         console().print("No state keys match.")
