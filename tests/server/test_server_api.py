@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -15,7 +16,12 @@ import pytest
 from serverproc import running_server
 
 from stackshift import StackShift
+from stackshift.store import open_store
 from stackshift.testing import run_until_idle
+
+POSTGRES_URL = os.environ.get(
+    "STACKSHIFT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
 
 
 @pytest.fixture
@@ -182,3 +188,58 @@ def test_a_stopping_server_answers_its_long_polls_at_once(db_url: str, tmp_path:
     assert answers["wait"].status_code == 200 and answers["wait"].json()["status"] == "queued"
     assert answers["claim"].status_code == 200 and answers["claim"].json() == {"items": []}
     assert stopped_in < 15, stopped_in
+
+
+def test_a_database_out_of_reach_is_a_503_not_an_internal_error(
+        store_kind: str, db_url: str, tmp_path: Path) -> None:
+    """While the database cannot be reached or answer in time (SQLite: another
+    process holds the write lock past the busy timeout; PostgreSQL: no connection
+    can be made), requests get 503 ``database_unavailable``, which says "retry",
+    rather than the 500 ``internal_error`` that stands for a bug."""
+    import sqlite3
+
+    import psycopg
+
+    store = open_store(db_url)
+    store.migrate()
+    store.close()
+    if store_kind == "sqlite":
+        served = f"{db_url}?busy_timeout=0.3"
+        lock_file = db_url.removeprefix("sqlite:///")
+    else:
+        role = f"r_{uuid.uuid4().hex[:12]}"
+        admin = psycopg.connect(POSTGRES_URL, autocommit=True)
+        admin.execute(f"CREATE ROLE {role} LOGIN SUPERUSER")
+        served = db_url.replace("://postgres@", f"://{role}@") + "&pool_timeout=1"
+    try:
+        with running_server(served, tmp_path / "server.log") as server, server.http() as http:
+            assert http.put("/v1/state/k", json={"value": 1}).status_code == 204
+            if store_kind == "sqlite":
+                holder = sqlite3.connect(lock_file, isolation_level=None)
+                holder.execute("BEGIN IMMEDIATE")
+            else:
+                admin.execute(f"ALTER ROLE {role} NOLOGIN")
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE usename = %s", (role,))
+            try:
+                refused = http.put("/v1/state/k", json={"value": 2})
+                assert refused.status_code == 503, refused.text
+                assert refused.json()["error"]["code"] == "database_unavailable"
+            finally:
+                if store_kind == "sqlite":
+                    holder.execute("ROLLBACK")
+                    holder.close()
+                else:
+                    admin.execute(f"ALTER ROLE {role} LOGIN")
+            deadline = time.monotonic() + 20
+            while (answer := http.put("/v1/state/k", json={"value": 3})).status_code != 204:
+                assert answer.status_code == 503 and time.monotonic() < deadline, answer.text
+                time.sleep(0.2)
+            assert http.get("/v1/state/k").json()["value"] == 3
+            assert "internal_error" not in server.log.read_text()
+    finally:
+        if store_kind == "postgres":
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE usename = %s", (role,))
+            admin.execute(f"DROP ROLE IF EXISTS {role}")
+            admin.close()

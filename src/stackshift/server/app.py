@@ -8,6 +8,7 @@ the one :class:`~stackshift.service.Service`; nothing here touches storage.
 from __future__ import annotations
 
 import re
+import sqlite3
 import threading
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
@@ -192,15 +193,19 @@ def create_app(service: Service, *, max_body_bytes: int = MiB) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     for kind in (ApiError, StackShiftError, ValueError, TypeError, LookupError, OverflowError):
         app.add_exception_handler(kind, _on_error)
+    # A database out of reach is a 503 (handled here, so not re-raised as a fault).
+    app.add_exception_handler(sqlite3.OperationalError, _on_error)
     try:  # a PostgreSQL refusal of a value sent by the client is the client's error
         import psycopg
 
         app.add_exception_handler(psycopg.DataError, _on_error)
+        app.add_exception_handler(psycopg.OperationalError, _on_error)
     except ImportError:  # pragma: no cover - PostgreSQL support not installed
         pass
     app.add_exception_handler(Exception, _on_error)
 
-    @app.get("/healthz", tags=["server"], summary="Liveness and database check (no key)")
+    @app.get("/healthz", tags=["server"], summary="Liveness and database check (no key)",
+             responses={503: routes.ERRORS[503]})
     def healthz() -> Health:
         return Health(status="ok", schema_version=service.schema_version())
 
@@ -253,7 +258,7 @@ def _document_auth(app: FastAPI) -> None:
                         responses.setdefault("401", {
                             "description": "Missing, unknown or revoked API key."})
                     for status, response in responses.items():
-                        if status.startswith("4"):  # errors are JSON on every route
+                        if status.startswith(("4", "5")):  # errors are JSON on every route
                             response["content"] = error
             app.openapi_schema = schema
         return app.openapi_schema

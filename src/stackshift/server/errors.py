@@ -2,8 +2,9 @@
 
 Every error the service raises on purpose maps to a 4xx with a stable code;
 the remote client maps the code back to the same exception class, so callers
-catch the same errors in both shapes. Anything else is a 500 ``internal_error``
-(and logged), which a client's input must never be able to cause.
+catch the same errors in both shapes. A database that cannot be reached is a 503
+``database_unavailable``. Anything else is a 500 ``internal_error`` (and logged),
+which a client's input must never be able to cause.
 """
 
 from __future__ import annotations
@@ -48,6 +49,17 @@ def _is_database_data_error(exc: BaseException) -> bool:
     )
 
 
+def is_database_unavailable(exc: BaseException) -> bool:
+    """The database could not be reached or did not answer in time: PostgreSQL
+    down, restarting or out of pool connections (psycopg's ``OperationalError``,
+    ``PoolTimeout`` included), SQLite locked past its busy timeout. Neither the
+    client's fault nor a bug: worth a retry."""
+    return any(
+        cls.__name__ == "OperationalError" and cls.__module__.startswith(("psycopg", "sqlite3"))
+        for cls in type(exc).__mro__
+    )
+
+
 def classify(exc: BaseException) -> tuple[int, str, str, dict[str, Any]]:
     """``(status, code, message, extra)`` for an exception raised while serving."""
     message = str(exc) or type(exc).__name__
@@ -74,5 +86,8 @@ def classify(exc: BaseException) -> tuple[int, str, str, dict[str, Any]]:
     if isinstance(exc, ValueError | OverflowError) or _is_database_data_error(exc):
         # ValidationError is a ValueError; so is UnicodeEncodeError (lone surrogates).
         return 422, "validation_error", message, {}
+    if is_database_unavailable(exc):
+        log.warning("the database is unavailable: %s: %s", type(exc).__name__, message)
+        return 503, "database_unavailable", "the database is unavailable; try again", {}
     log.exception("unexpected error while serving a request", exc_info=exc)
     return 500, "internal_error", "the server failed to handle the request", {}

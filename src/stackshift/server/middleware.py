@@ -15,7 +15,7 @@ from urllib.parse import unquote_to_bytes
 import anyio.to_thread
 
 from ..serialization import MiB
-from .errors import error_body
+from .errors import error_body, is_database_unavailable
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -79,7 +79,14 @@ class RequireApiKey:
                              "an API key is required: send 'Authorization: Bearer <key>'",
                              challenge)
             return
-        key = await anyio.to_thread.run_sync(self.verify, token)
+        try:
+            key = await anyio.to_thread.run_sync(self.verify, token)
+        except Exception as exc:
+            if not is_database_unavailable(exc):
+                raise
+            await send_error(send, 503, "database_unavailable",
+                             "the database is unavailable; try again")
+            return
         if key is None:
             await send_error(send, 401, "unauthorized", "the API key is unknown or revoked",
                              challenge)

@@ -33,6 +33,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     415: {"model": ErrorResponse,
           "description": "A body sent without `Content-Type: application/json`."},
     422: {"model": ErrorResponse, "description": "Invalid input."},
+    503: {"model": ErrorResponse,
+          "description": "The database cannot be reached or did not answer in time: retry."},
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "Unknown id."},
