@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import threading
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -102,3 +103,46 @@ def test_a_restart_in_the_middle_of_300_runs_loses_nothing(
                 count = executions[(run.id, str(n))]
                 assert 1 <= count <= attempts, (run.id, n, count, attempts)
         app.close()
+
+
+def test_after_a_long_outage_the_client_is_back_within_seconds(
+        request: pytest.FixtureRequest) -> None:
+    """The database is out of reach for this client's role for 16 s (its sessions
+    ended, new ones refused), then back. Calls fail meanwhile, with an error; the
+    first one after the outage that fails no more comes within a few seconds,
+    not when a connection retry delay grown during the outage runs out."""
+    with postgres_schema(request.config) as url:
+        role = f"r_{uuid.uuid4().hex[:12]}"
+        admin = psycopg.connect(url.split("?")[0], autocommit=True)
+        admin.execute(f"CREATE ROLE {role} LOGIN SUPERUSER")
+        app = StackShift(url.replace("://postgres@", f"://{role}@") + "&pool_timeout=1")
+        try:
+            app.state.set("k", 1)
+            admin.execute(f"ALTER ROLE {role} NOLOGIN")
+            admin.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                          "WHERE usename = %s", (role,))
+            failed = 0
+            outage_ends = time.monotonic() + 16
+            while time.monotonic() < outage_ends:
+                try:
+                    app.state.get("k")
+                except Exception:
+                    failed += 1
+                time.sleep(0.2)
+            assert failed > 0  # the outage was one for this client
+            admin.execute(f"ALTER ROLE {role} LOGIN")
+            back = time.monotonic()
+            while True:
+                try:
+                    assert app.state.get("k") == 1
+                    break
+                except psycopg.OperationalError:
+                    time.sleep(0.1)
+            assert time.monotonic() - back < 5
+        finally:
+            app.close()
+            admin.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                          "WHERE usename = %s", (role,))
+            admin.execute(f'DROP SCHEMA IF EXISTS "{url.split("schema=")[1]}" CASCADE')
+            admin.execute(f"DROP ROLE IF EXISTS {role}")
+            admin.close()

@@ -52,6 +52,9 @@ _OPTIONS = ("schema", "pool_size", "pool_min", "pool_timeout")
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 # Quoted text first, so that a ':name' or '%' inside a literal is left alone.
 _TOKEN = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|::|:([A-Za-z_]\w*)|%")
+#: Seconds the pool retries a connection it cannot make before giving up on it
+#: (a request that waits for one starts a new try).
+RECONNECT_SECONDS = 5.0
 #: Connection settings applied unless the URL chooses its own.
 _CONNECT_DEFAULTS = {
     "application_name": "stackshift",
@@ -257,6 +260,12 @@ class PostgresDatabase:
             min_size=min_size,
             max_size=max_size,
             timeout=self._timeout,
+            # A connection that cannot be made is retried with a doubling delay;
+            # the pool gives up on it after this long, and the next request that
+            # waits starts again at one second. So once the server is back, the
+            # pool is too within seconds, however long the outage (without it,
+            # the delay grows past a minute).
+            reconnect_timeout=RECONNECT_SECONDS,
             name="stackshift",
             open=True,
         )
