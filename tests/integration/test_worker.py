@@ -618,6 +618,52 @@ def test_a_cancel_made_between_two_steps_stops_the_run_before_the_second(
     assert [s.key for s in app.runs.steps(run.id)] == ["charge"]
 
 
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_run_cancelled_while_its_step_fails_is_cancelled_not_retried(
+        app: StackShift, flavour: str) -> None:
+    # The operator cancels a run stuck in a slow call that then fails: the
+    # attempt's error is kept, but no further attempt starts.
+    entered = threading.Event()
+    gate = threading.Event()
+    calls: list[int] = []
+
+    def call_provider() -> None:
+        calls.append(1)
+        entered.set()
+        gate.wait(10)
+        raise ConnectionError("provider timed out")
+
+    if flavour == "sync":
+
+        @app.job("sync-invoice", max_attempts=5, backoff={"base": "0.01s"})
+        def sync_invoice(ctx):  # type: ignore[no-untyped-def]
+            ctx.step.run("call-provider", call_provider)
+
+    else:
+
+        @app.job("sync-invoice", max_attempts=5, backoff={"base": "0.01s"})
+        async def sync_invoice_async(ctx):  # type: ignore[no-untyped-def]
+            await ctx.step.run("call-provider", call_provider)
+
+    with app.worker():
+        run = app.start("sync-invoice")
+        assert entered.wait(10)
+        assert app.runs.cancel(run.id, reason="stuck").status == "running"
+        gate.set()
+        done = app.runs.wait(run.id, timeout="10s")
+        time.sleep(0.3)  # a retry, if one were due, would have started by now
+    assert done.status == "cancelled"
+    assert done.error is not None and done.error.type == "Cancelled"
+    assert done.next_attempt_at is None and done.finished_at is not None
+    assert calls == [1]
+    assert [(a.number, a.status, a.error and a.error.type)
+            for a in app.runs.attempts(run.id)] == [(1, "failed", "ConnectionError")]
+    kinds = [e.kind for e in app.runs.timeline(run.id)]
+    assert kinds[-3:] == ["step.failed", "attempt.failed", "run.cancelled"]
+    assert "run.retrying" not in kinds
+    assert app.runs.get(run.id).status == "cancelled"
+
+
 # -- manual retry ----------------------------------------------------------------------
 
 

@@ -8,6 +8,10 @@ from ..errors import NonDeterminismError, NonRetriableError, RetryAfterError
 from ..store.base import Outcome
 from .retries import Backoff
 
+#: The error of a run stopped by a cancel requested while it ran.
+CANCELLED_WHILE_RUNNING: dict[str, str | None] = {
+    "type": "Cancelled", "message": "cancelled while running", "traceback": None}
+
 
 def error_dict(exc: BaseException, *, with_traceback: bool = True) -> dict[str, str | None]:
     """The stored form of an exception: type, message and formatted traceback."""

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, NamedTuple
 
+from ..engine.outcomes import CANCELLED_WHILE_RUNNING
 from ..engine.transitions import Status
 from ..errors import LeaseLost
 from ..models import Step
@@ -473,10 +474,16 @@ class ExecutionStore:
                 one_statement=self.db.dialect == "postgres" and not logs))
 
         def work(tx: Tx) -> bool:
-            moved = tx.one("finish_leased_run",
-                           **_ending(lease, outcome, now, expired_before, terminal))
+            ending = _ending(lease, outcome, now, expired_before, terminal)
+            if status == Status.RETRYING:
+                # A cancel requested while the attempt ran cancels the run instead.
+                moved = tx.one("retry_leased_run", **ending,
+                               cancel_error=dumps(CANCELLED_WHILE_RUNNING))
+            else:
+                moved = tx.one("finish_leased_run", **ending)
             if moved is None:
                 return False
+            ended = Status(moved["status"]) if status == Status.RETRYING else status
             attempt_status = "failed" if status == Status.RETRYING else status.value
             tx.run(
                 "update_attempt",
@@ -498,9 +505,9 @@ class ExecutionStore:
                     error={"type": error.get("type"), "message": error.get("message")},
                 )
             extra: dict[str, Any] = {"from": "running"}
-            if outcome.retry_at is not None:
+            if ended == Status.RETRYING and outcome.retry_at is not None:
                 extra["next_attempt_at"] = outcome.retry_at
-            add_timeline(tx, lease.run_id, f"run.{status.value}", now, attempt=lease.attempt,
+            add_timeline(tx, lease.run_id, f"run.{ended.value}", now, attempt=lease.attempt,
                          data=extra)
             if status == Status.FAILED:
                 start_failure_handler(tx, moved, outcome.error, now)

@@ -303,8 +303,7 @@ class Invocation:
         self._finish(outcome)
 
     def cancelled(self) -> None:
-        error = {"type": "Cancelled", "message": "cancelled while running", "traceback": None}
-        self._finish(Outcome("cancelled", error=error))
+        self._finish(Outcome("cancelled", error=dict(outcomes.CANCELLED_WHILE_RUNNING)))
 
     def _finish(self, outcome: Outcome) -> None:
         if self.abandoned:

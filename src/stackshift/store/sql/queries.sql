@@ -99,6 +99,21 @@ WHERE id = :id AND lease_owner = :worker_id AND attempt = :attempt AND status = 
   AND lease_expires_at <= :expired_before
 RETURNING id, job, queue, payload, attempt, idempotency_key, on_failure;
 
+-- name: retry_leased_run
+-- finish_leased_run for an attempt that failed with attempts left: the run waits
+-- to be retried, unless a cancel was requested while the attempt ran; then it is
+-- cancelled (:cancel_error) instead, and no further attempt starts.
+UPDATE runs
+SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'retrying' END,
+    error = CASE WHEN cancel_requested = 1 THEN :cancel_error ELSE :error END,
+    finished_at = CASE WHEN cancel_requested = 1 THEN :now END,
+    available_at = CASE WHEN cancel_requested = 1 THEN NULL ELSE :available_at END,
+    result = NULL, lease_owner = NULL, lease_expires_at = NULL, cancel_requested = 0,
+    updated_at = :now
+WHERE id = :id AND lease_owner = :worker_id AND attempt = :attempt AND status = 'running'
+  AND lease_expires_at <= :expired_before
+RETURNING id, job, queue, payload, attempt, idempotency_key, on_failure, status;
+
 -- name: suspend_leased_run
 UPDATE runs
 SET status = 'waiting', waiting_for = :waiting_for, available_at = :available_at,
