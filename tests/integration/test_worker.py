@@ -664,6 +664,43 @@ def test_a_run_cancelled_while_its_step_fails_is_cancelled_not_retried(
     assert app.runs.get(run.id).status == "cancelled"
 
 
+@pytest.mark.parametrize("pause", ["sleep", "wait"])
+def test_a_cancel_requested_just_before_a_sleep_or_wait_cancels_the_run(
+        fake_app: StackShift, clock: FakeClock, pause: str) -> None:
+    # The cancel comes while the run is running, moments before it would park:
+    # the run must not park (and later wake or time out) with the cancel forgotten.
+    effects: list[str] = []
+
+    @fake_app.job("remind")
+    def remind(ctx):  # type: ignore[no-untyped-def]
+        if not effects:
+            fake_app.runs.cancel(ctx.run.id, reason="user deleted")
+        effects.append("invoked")
+        if pause == "sleep":
+            ctx.step.sleep("a-day", "1d")
+        else:
+            fake_app.events.send("reply")  # an early event is not taken either
+            ctx.step.wait_for_event("reply", timeout="1h")
+        ctx.step.run("send", lambda: effects.append("sent"))
+        return "reminded"
+
+    run = fake_app.start("remind")
+    run_until_idle(fake_app)
+    cancelled = fake_app.runs.get(run.id)
+    assert cancelled.status == "cancelled"
+    assert cancelled.waiting_for is None and cancelled.finished_at is not None
+    assert cancelled.error is not None and cancelled.error.type == "Cancelled"
+    assert [a.status for a in fake_app.runs.attempts(run.id)] == ["cancelled"]
+    assert fake_app.runs.steps(run.id) == []
+    kinds = [e.kind for e in fake_app.runs.timeline(run.id)]
+    assert kinds == ["run.queued", "attempt.started", "run.cancel_requested", "run.cancelled"]
+
+    clock.advance("2d")
+    assert run_until_idle(fake_app) == 0
+    assert fake_app.runs.get(run.id).status == "cancelled"
+    assert effects == ["invoked"]
+
+
 # -- manual retry ----------------------------------------------------------------------
 
 

@@ -64,9 +64,10 @@ class EventStore(ExecutionStore):
         the run is now waiting and the invocation must end.
         """
         with self.db.write() as tx:
-            renew(tx, lease, now, lease_seconds)
+            # A run asked to cancel takes no event: _suspend cancels it.
+            cancel = renew(tx, lease, now, lease_seconds)
             tx.lock(f"event:{name}\x00{correlation_key}")
-            found = tx.one(
+            found = None if cancel else tx.one(
                 "oldest_unconsumed_event",
                 name=name,
                 correlation_key=correlation_key,
@@ -93,13 +94,13 @@ class EventStore(ExecutionStore):
                 "correlation_key": correlation_key or None,
                 "until": timeout_at,
             }
-            self._suspend(tx, lease, step, waiting, timeout_at, now)
-            tx.run("insert_wait", run_id=lease.run_id, step_key=step.key, event_name=name,
-                   correlation_key=correlation_key, now=now, timeout_at=timeout_at,
-                   on_timeout=on_timeout)
-            add_timeline(tx, lease.run_id, "run.waiting", now, attempt=lease.attempt,
-                         step=step.key,
-                         data={"from": "running", **waiting_data(waiting)})
+            if self._suspend(tx, lease, step, waiting, timeout_at, now):
+                tx.run("insert_wait", run_id=lease.run_id, step_key=step.key, event_name=name,
+                       correlation_key=correlation_key, now=now, timeout_at=timeout_at,
+                       on_timeout=on_timeout)
+                add_timeline(tx, lease.run_id, "run.waiting", now, attempt=lease.attempt,
+                             step=step.key,
+                             data={"from": "running", **waiting_data(waiting)})
             write_logs(tx, lease.run_id, logs)
             return None
 

@@ -521,16 +521,19 @@ class ExecutionStore:
         """Park the run until ``until``; it holds no worker slot meanwhile."""
         with self.db.write() as tx:
             waiting = {"kind": "sleep", "step": step.key, "until": until}
-            self._suspend(tx, lease, step, waiting, until, now)
-            add_timeline(tx, lease.run_id, "run.waiting", now, attempt=lease.attempt,
-                         step=step.key,
-                         data={"from": "running", **waiting_data(waiting)})
+            if self._suspend(tx, lease, step, waiting, until, now):
+                add_timeline(tx, lease.run_id, "run.waiting", now, attempt=lease.attempt,
+                             step=step.key,
+                             data={"from": "running", **waiting_data(waiting)})
             write_logs(tx, lease.run_id, logs)
 
     def _suspend(
         self, tx: Tx, lease: Lease, step: StepWrite, waiting: dict[str, Any], until: float,
         now: float,
-    ) -> None:
+    ) -> bool:
+        """Park the leased run; True if it now waits, False if it was cancelled
+        instead (a cancel was requested while it ran: it must not wait with
+        the cancel forgotten). Either way the invocation ends here."""
         moved = tx.one(
             "suspend_leased_run",
             id=lease.run_id,
@@ -538,13 +541,21 @@ class ExecutionStore:
             attempt=lease.attempt,
             waiting_for=dumps(waiting),
             available_at=until,
+            cancel_error=dumps(CANCELLED_WHILE_RUNNING),
             now=now,
         )
         if moved is None:
             raise LeaseLost(lease.run_id)
+        if moved["status"] == Status.CANCELLED:
+            tx.run("update_attempt", run_id=lease.run_id, number=lease.attempt,
+                   status="cancelled", finished_at=now, error=dumps(CANCELLED_WHILE_RUNNING))
+            add_timeline(tx, lease.run_id, "run.cancelled", now, attempt=lease.attempt,
+                         data={"from": "running"})
+            return False
         write_step(tx, lease.run_id, lease.attempt, step)
         tx.run("set_attempt_status", run_id=lease.run_id, number=lease.attempt,
                status="waiting", worker_id=lease.worker_id)
+        return True
 
     def release_run(self, lease: Lease, now: float) -> bool:
         """Hand a leased run back to the queue without ending its attempt."""

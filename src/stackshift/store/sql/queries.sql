@@ -115,11 +115,17 @@ WHERE id = :id AND lease_owner = :worker_id AND attempt = :attempt AND status = 
 RETURNING id, job, queue, payload, attempt, idempotency_key, on_failure, status;
 
 -- name: suspend_leased_run
+-- Parks a leased run (sleep or wait); a run asked to cancel while it ran is
+-- cancelled (:cancel_error) instead. The returned status says which.
 UPDATE runs
-SET status = 'waiting', waiting_for = :waiting_for, available_at = :available_at,
-    lease_owner = NULL, lease_expires_at = NULL, updated_at = :now
+SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'waiting' END,
+    waiting_for = CASE WHEN cancel_requested = 1 THEN NULL ELSE :waiting_for END,
+    available_at = CASE WHEN cancel_requested = 1 THEN NULL ELSE :available_at END,
+    finished_at = CASE WHEN cancel_requested = 1 THEN :now END,
+    error = CASE WHEN cancel_requested = 1 THEN :cancel_error ELSE error END,
+    lease_owner = NULL, lease_expires_at = NULL, cancel_requested = 0, updated_at = :now
 WHERE id = :id AND lease_owner = :worker_id AND attempt = :attempt AND status = 'running'
-RETURNING id;
+RETURNING id, status;
 
 -- name: get_step
 SELECT * FROM steps WHERE run_id = :run_id AND key = :key;
