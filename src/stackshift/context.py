@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .durations import parse_duration, parse_instant
-from .errors import ValidationError
+from .errors import HandlerSignal, ValidationError
 from .jobs import check_name
 from .models import Event
 from .runlogs import RUN_LOGGER
@@ -62,7 +62,7 @@ def _run_sync(value: Any) -> Any:
     return value
 
 
-def _capture(fn: Callable[..., Any], args: Any, kwargs: Any) -> tuple[Any, Exception | None]:
+def _capture(fn: Callable[..., Any], args: Any, kwargs: Any) -> tuple[Any, BaseException | None]:
     """Call ``fn`` in a worker thread, handing back its exception untouched.
 
     Through ``asyncio.to_thread`` a ``TimeoutError`` would come back as a new
@@ -70,8 +70,30 @@ def _capture(fn: Callable[..., Any], args: Any, kwargs: Any) -> tuple[Any, Excep
     """
     try:
         return fn(*args, **kwargs), None
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit too: it is the step's error
         return None, exc
+
+
+def _step_error(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by a step function, is the step's error.
+
+    Besides exceptions, a ``SystemExit``, ``KeyboardInterrupt`` or a
+    ``CancelledError`` raised by the function's own code are; StackShift's
+    signals and the cancellation of the handler's task (attempt timeout) are not.
+    """
+    if isinstance(exc, HandlerSignal):
+        return False
+    if isinstance(exc, asyncio.CancelledError):
+        task = _current_task()
+        return task is None or not task.cancelling()
+    return True
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running loop
+        return None
 
 
 class _StepsBase:
@@ -107,8 +129,9 @@ class Steps(_StepsBase):
         with inv.in_step(plan.key):
             try:
                 value = _run_sync(fn(*args, **kwargs))
-            except Exception as exc:
-                inv.record_failed(plan, exc)
+            except BaseException as exc:
+                if _step_error(exc):
+                    inv.record_failed(plan, exc)
                 raise
         return inv.record_completed(plan, value)
 
@@ -157,8 +180,9 @@ class AsyncSteps(_StepsBase):
                         raise error
                     if inspect.isawaitable(value):
                         value = await value
-            except Exception as exc:
-                await asyncio.to_thread(inv.record_failed, plan, exc)
+            except BaseException as exc:
+                if _step_error(exc):
+                    await asyncio.to_thread(inv.record_failed, plan, exc)
                 raise
         return await asyncio.to_thread(inv.record_completed, plan, value)
 

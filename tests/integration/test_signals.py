@@ -385,3 +385,68 @@ def test_handler_catching_base_exception_style_cleanup_still_suspends(
     run_until_idle(fake_app)
     assert fake_app.runs.get(run.id).status == "completed"
     assert cleanups == ["finally", "finally"]
+
+
+# -- other BaseExceptions from user code are errors, not lost workers ------------------------
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_step_raising_system_exit_or_cancelled_error_fails_the_attempt_honestly(
+    app: StackShift, flavour: str
+) -> None:
+    # A library that calls sys.exit() (a CLI entry point) or an async one that
+    # raises CancelledError of its own: the attempt fails with that error, at
+    # once, and is retried; the worker is alive and must not be reported lost.
+    calls: Counter[int] = Counter()
+
+    def export(attempt: int) -> str:
+        calls[attempt] += 1
+        if attempt == 1:
+            raise SystemExit(2)
+        return "exported"
+
+    async def export_async(attempt: int) -> str:
+        calls[attempt] += 1
+        if attempt == 1:
+            raise asyncio.CancelledError()
+        return "exported"
+
+    if flavour == "sync":
+
+        @app.job("export", max_attempts=2, backoff={"base": "0.05s"})
+        def job(ctx):  # type: ignore[no-untyped-def]
+            return ctx.step.run("export", export, ctx.run.attempt)
+
+    else:
+
+        @app.job("export", max_attempts=2, backoff={"base": "0.05s"})
+        async def job_async(ctx):  # type: ignore[no-untyped-def]
+            return await ctx.step.run("export", export_async, ctx.run.attempt)
+
+    with app.worker(lease="30s"):
+        run = app.start("export")
+        done = app.runs.wait(run.id, timeout="10s")  # far less than the lease
+    assert done.status == "completed"
+    assert done.result == "exported"
+    assert calls == {1: 1, 2: 1}
+    expected = "SystemExit" if flavour == "sync" else "CancelledError"
+    attempts = app.runs.attempts(run.id)
+    assert [(a.status, a.error and a.error.type) for a in attempts] == [
+        ("failed", expected), ("completed", None)]
+    failed = [e for e in app.runs.timeline(run.id) if e.kind == "step.failed"]
+    assert [(e.step, e.data["error"]["type"]) for e in failed] == [("export", expected)]
+
+
+def test_run_until_idle_records_a_system_exit_instead_of_raising_it(
+    fake_app: StackShift
+) -> None:
+    @fake_app.job("exits", max_attempts=1)
+    def exits(ctx):  # type: ignore[no-untyped-def]
+        raise SystemExit("bye")
+
+    run = fake_app.start("exits")
+    assert run_until_idle(fake_app) == 1
+    failed = fake_app.runs.get(run.id)
+    assert failed.status == "failed"
+    assert failed.error is not None
+    assert (failed.error.type, failed.error.message) == ("SystemExit", "bye")

@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from ..context import JobContext
-from ..errors import AttemptTimeoutError, HandlerSignal
+from ..errors import AttemptTimeoutError
 from ..runlogs import CURRENT
 from ..state import AsyncState, State
 from .invocation import Invocation
@@ -24,10 +24,12 @@ def execute_sync(invocation: Invocation, state: State) -> None:
         try:
             ctx: JobContext[Any] = JobContext(invocation, invocation.payload(), state)
             value = invocation.job.handler(ctx)
-        except (Exception, HandlerSignal) as exc:
+        except BaseException as exc:  # a SystemExit from user code fails the attempt too
             error = exc
         invocation.returned(error)
         invocation.conclude(error, value)
+        if isinstance(error, KeyboardInterrupt):
+            raise error  # recorded; a Ctrl-C still stops the caller
     except Exception:
         log.exception("run %s: could not record the attempt's outcome", invocation.run.id)
     finally:
@@ -54,10 +56,15 @@ async def execute_async(invocation: Invocation, state: AsyncState) -> None:
                     value = await asyncio.wait_for(coro, timeout)
                 except TimeoutError:
                     error = AttemptTimeoutError(f"attempt ran longer than {timeout:g}s")
-        except (Exception, HandlerSignal) as exc:
-            error = exc
+        except BaseException as exc:
+            task = asyncio.current_task()
+            if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
+                raise  # this task is being cancelled: not the handler's error
+            error = exc  # a CancelledError or SystemExit of the handler's own code too
         invocation.returned(error)
         await asyncio.to_thread(invocation.conclude, error, value)
+        if isinstance(error, KeyboardInterrupt):
+            raise error
     except Exception:
         log.exception("run %s: could not record the attempt's outcome", invocation.run.id)
     finally:
