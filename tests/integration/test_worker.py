@@ -351,6 +351,34 @@ def test_sigterm_past_the_grace_period_releases_the_attempt_to_continue_elsewher
     assert len(done_lines) == 1
 
 
+def test_a_run_asked_to_cancel_is_cancelled_not_released_when_the_grace_period_ends(
+    app: StackShift, spawn: Any
+) -> None:
+    # Step 2 hangs; the run is cancelled, then its worker is stopped. Handing
+    # the run back to the queue would let another worker run step 2 again.
+    worker = spawn("--hang-at", "2", "--grace", "0.2s")
+    run = app.start("fiveSteps", {})
+    worker.wait_for_line("start:step-2:")
+    assert app.runs.cancel(run.id, reason="not needed").status == "running"
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.proc.wait(timeout=20) == 0
+
+    cancelled = app.runs.get(run.id)
+    assert cancelled.status == "cancelled"
+    assert cancelled.finished_at is not None
+    assert cancelled.error is not None and cancelled.error.type == "Cancelled"
+    assert [a.status for a in app.runs.attempts(run.id)] == ["cancelled"]
+    assert app.runs.timeline(run.id)[-1].kind == "run.cancelled"
+
+    successor = spawn()
+    time.sleep(1.0)
+    successor.proc.send_signal(signal.SIGTERM)
+    assert successor.proc.wait(timeout=20) == 0
+    assert app.runs.get(run.id).status == "cancelled"
+    assert [x.split(":")[1] for x in worker.lines() if x.startswith("start:")] == [
+        "step-1", "step-2"]
+
+
 @pytest.mark.slow
 def test_a_handler_still_running_after_the_grace_period_does_not_keep_the_process_alive(
     app: StackShift, spawn: Any

@@ -558,11 +558,21 @@ class ExecutionStore:
         return True
 
     def release_run(self, lease: Lease, now: float) -> bool:
-        """Hand a leased run back to the queue without ending its attempt."""
+        """Hand a leased run back to the queue without ending its attempt (or,
+        when a cancel was requested, cancel it)."""
         with self.db.write() as tx:
-            if tx.one("release_leased_run", id=lease.run_id, worker_id=lease.worker_id,
-                      attempt=lease.attempt, now=now) is None:
+            moved = tx.one("release_leased_run", id=lease.run_id, worker_id=lease.worker_id,
+                           attempt=lease.attempt, cancel_error=dumps(CANCELLED_WHILE_RUNNING),
+                           now=now)
+            if moved is None:
                 return False
+            if moved["status"] == Status.CANCELLED:  # asked to cancel: not handed on
+                tx.run("update_attempt", run_id=lease.run_id, number=lease.attempt,
+                       status="cancelled", finished_at=now,
+                       error=dumps(CANCELLED_WHILE_RUNNING))
+                add_timeline(tx, lease.run_id, "run.cancelled", now, attempt=lease.attempt,
+                             released_by=lease.worker_id, data={"from": "running"})
+                return True
             add_timeline(tx, lease.run_id, "run.queued", now, attempt=lease.attempt,
                          released_by=lease.worker_id, data={"from": "running"})
         return True

@@ -292,12 +292,17 @@ DELETE FROM locks WHERE expires_at <= :now;
 
 -- name: release_leased_run
 -- A stopping worker hands back an attempt it could not finish: the next claim
--- continues the same attempt, reusing its completed steps.
+-- continues the same attempt, reusing its completed steps. A run asked to cancel
+-- while it ran is cancelled (:cancel_error) instead; the returned status says which.
 UPDATE runs
-SET status = 'queued', resuming = 1, available_at = :now, lease_owner = NULL,
-    lease_expires_at = NULL, updated_at = :now
+SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'queued' END,
+    resuming = CASE WHEN cancel_requested = 1 THEN 0 ELSE 1 END,
+    available_at = CASE WHEN cancel_requested = 1 THEN NULL ELSE :now END,
+    finished_at = CASE WHEN cancel_requested = 1 THEN :now END,
+    error = CASE WHEN cancel_requested = 1 THEN :cancel_error ELSE error END,
+    lease_owner = NULL, lease_expires_at = NULL, cancel_requested = 0, updated_at = :now
 WHERE id = :id AND lease_owner = :worker_id AND attempt = :attempt AND status = 'running'
-RETURNING id;
+RETURNING id, status;
 
 -- name: insert_api_key
 INSERT INTO api_keys (id, name, prefix, key_hash, created_at)
