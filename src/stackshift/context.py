@@ -165,9 +165,10 @@ class AsyncSteps(_StepsBase):
 
     async def run(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         inv = self._inv
+        key = inv.step_key(name, fn)  # before any await: in the order of the calls
         if inv.stale():  # the boundary would ask the store: not on the loop
             await asyncio.to_thread(inv.ask_store)
-        plan = inv.plan_run(name, fn)
+        plan = inv.plan_run(name, fn, key)
         if plan.replayed:
             return plan.result
         with inv.in_step(plan.key):
@@ -188,11 +189,13 @@ class AsyncSteps(_StepsBase):
 
     async def sleep(self, name: str, duration: Any) -> None:
         seconds = parse_duration(duration)
-        await asyncio.to_thread(self._inv.sleep_until, name, lambda now: now + seconds)
+        key = self._inv.pause_key(name)
+        await asyncio.to_thread(self._inv.sleep_until, name, lambda now: now + seconds, key)
 
     async def sleep_until(self, name: str, when: datetime | str) -> None:
         moment = parse_instant(when, name="when")
-        await asyncio.to_thread(self._inv.sleep_until, name, lambda now: moment)
+        key = self._inv.pause_key(name)
+        await asyncio.to_thread(self._inv.sleep_until, name, lambda now: moment, key)
 
     async def wait_for_event(
         self,
@@ -203,8 +206,9 @@ class AsyncSteps(_StepsBase):
         on_timeout: str = "fail",
     ) -> Event | None:
         seconds = _check_wait(event_name, correlation_key, timeout, on_timeout)
+        key = self._inv.next_key(event_name)
         return await asyncio.to_thread(
-            self._inv.wait_for_event, event_name, correlation_key, seconds, on_timeout
+            self._inv.wait_for_event, event_name, correlation_key, seconds, on_timeout, key
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
@@ -248,6 +249,41 @@ def test_repeated_step_names_are_numbered_occurrences_and_replayed(
     steps = fake_app.runs.steps(run.id)
     assert [(s.key, s.name, s.result) for s in steps] == [
         ("charge", "charge", 0), ("charge#2", "charge", 100), ("charge#3", "charge", 200)]
+
+
+def test_steps_started_together_with_gather_keep_their_identity_on_replay(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    # Occurrences follow the order of the calls, not the order in which the
+    # steps get going: after work outside steps (the boundary then asks the
+    # store first, off the loop) they could otherwise swap places, and a replay
+    # would hand each call another call's result.
+    calls: list[int] = []
+
+    async def price(n: int) -> int:
+        calls.append(n)
+        await asyncio.sleep(0.001 * (8 - n))
+        return n * 10
+
+    @fake_app.job("quote")
+    async def quote(ctx):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0.06)  # work that is not a step
+        prices = await asyncio.gather(*(ctx.step.run("price", price, n) for n in range(8)))
+        if ctx.run.attempt == 1:
+            raise RuntimeError("crash after the prices")
+        return prices
+
+    runs = [fake_app.start("quote") for _ in range(3)]
+    run_until_idle(fake_app)
+    clock.advance("1m")
+    run_until_idle(fake_app)
+    for run in runs:
+        done = fake_app.runs.get(run.id)
+        assert done.status == "completed"
+        assert done.result == [n * 10 for n in range(8)]
+        steps = {s.key: s.result for s in fake_app.runs.steps(run.id)}
+        assert steps == {("price" if n == 0 else f"price#{n + 1}"): n * 10 for n in range(8)}
+    assert sorted(calls) == sorted(list(range(8)) * 3)  # replays ran nothing again
 
 
 def test_step_results_come_back_as_json(fake_app: StackShift) -> None:

@@ -173,11 +173,21 @@ class Invocation:
 
     # -- ctx.step.run ----------------------------------------------------------------
 
-    def plan_run(self, name: str, fn: Callable[..., Any]) -> StepPlan:
+    def step_key(self, name: str, fn: Callable[..., Any]) -> str:
+        """Check a ``ctx.step.run`` call and give it its identity (``name#n``).
+
+        The identity follows the order of the calls: an async handler takes it
+        before its first ``await``, so that steps started together
+        (``asyncio.gather``) get the same keys on every invocation.
+        """
         check_name(name, "step name")
         if not callable(fn):
             raise TypeError(f"step {name!r}: {fn!r} is not callable")
-        key = self.next_key(name)
+        return self.next_key(name)
+
+    def plan_run(self, name: str, fn: Callable[..., Any], key: str | None = None) -> StepPlan:
+        if key is None:
+            key = self.step_key(name, fn)
         function = qualified_name(fn)
         step = self._replay(key, "run", function)
         if step is not None:
@@ -214,10 +224,16 @@ class Invocation:
 
     # -- sleeps and waits ------------------------------------------------------------
 
-    def sleep_until(self, name: str, until: Callable[[float], float]) -> None:
-        """Complete at once if due, else park the run (raises :class:`Suspend`)."""
+    def pause_key(self, name: str) -> str:
+        """Check a sleep's name and give it its identity (see :meth:`step_key`)."""
         check_name(name, "step name")
-        key = self.next_key(name)
+        return self.next_key(name)
+
+    def sleep_until(self, name: str, until: Callable[[float], float],
+                    key: str | None = None) -> None:
+        """Complete at once if due, else park the run (raises :class:`Suspend`)."""
+        if key is None:
+            key = self.pause_key(name)
         if self._replay(key, "sleep", None) is not None:
             return
         self.boundary()
@@ -231,9 +247,11 @@ class Invocation:
         raise Suspend(self.run.id)
 
     def wait_for_event(
-        self, name: str, correlation_key: str | None, timeout: float, on_timeout: str
+        self, name: str, correlation_key: str | None, timeout: float, on_timeout: str,
+        key: str | None = None,
     ) -> Event | None:
-        key = self.next_key(name)
+        if key is None:
+            key = self.next_key(name)
         step = self._replay(key, "wait", None)
         if step is not None:
             data = step.result
