@@ -450,3 +450,27 @@ def test_run_until_idle_records_a_system_exit_instead_of_raising_it(
     assert failed.status == "failed"
     assert failed.error is not None
     assert (failed.error.type, failed.error.message) == ("SystemExit", "bye")
+
+
+@pytest.mark.parametrize("signal_class", [SystemExit, KeyboardInterrupt])
+def test_an_async_handler_raising_system_exit_leaves_the_worker_running_others(
+    app: StackShift, signal_class: type[BaseException]
+) -> None:
+    # Raised out of a task, these would stop the worker's event loop: every
+    # async run it claimed afterwards would stay running, never executed.
+    @app.job("quits", max_attempts=1)
+    async def quits(ctx):  # type: ignore[no-untyped-def]
+        raise signal_class()
+
+    @app.job("greet")
+    async def greet(ctx):  # type: ignore[no-untyped-def]
+        return await ctx.step.run("hello", lambda: "hello")
+
+    with app.worker(lease="30s"):
+        quitting = app.start("quits")
+        failed = app.runs.wait(quitting.id, timeout="10s")
+        after = [app.start("greet") for _ in range(3)]
+        done = [app.runs.wait(r.id, timeout="10s") for r in after]
+    assert failed.status == "failed"
+    assert failed.error is not None and failed.error.type == signal_class.__name__
+    assert [d.status for d in done] == ["completed"] * 3

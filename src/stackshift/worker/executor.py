@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from typing import Any
 
 from ..context import JobContext
@@ -13,6 +14,9 @@ from ..state import AsyncState, State
 from .invocation import Invocation
 
 log = logging.getLogger("stackshift.worker")
+
+#: The thread a Ctrl-C interrupts.
+MAIN = threading.main_thread()
 
 
 def execute_sync(invocation: Invocation, state: State) -> None:
@@ -28,8 +32,8 @@ def execute_sync(invocation: Invocation, state: State) -> None:
             error = exc
         invocation.returned(error)
         invocation.conclude(error, value)
-        if isinstance(error, KeyboardInterrupt):
-            raise error  # recorded; a Ctrl-C still stops the caller
+        if isinstance(error, KeyboardInterrupt) and threading.current_thread() is MAIN:
+            raise error  # recorded; a Ctrl-C (run_until_idle) still stops the caller
     except Exception:
         log.exception("run %s: could not record the attempt's outcome", invocation.run.id)
     finally:
@@ -63,8 +67,6 @@ async def execute_async(invocation: Invocation, state: AsyncState) -> None:
             error = exc  # a CancelledError or SystemExit of the handler's own code too
         invocation.returned(error)
         await asyncio.to_thread(invocation.conclude, error, value)
-        if isinstance(error, KeyboardInterrupt):
-            raise error
     except Exception:
         log.exception("run %s: could not record the attempt's outcome", invocation.run.id)
     finally:
