@@ -351,6 +351,7 @@ def test_sigterm_past_the_grace_period_releases_the_attempt_to_continue_elsewher
     assert len(done_lines) == 1
 
 
+@pytest.mark.slow
 def test_a_run_asked_to_cancel_is_cancelled_not_released_when_the_grace_period_ends(
     app: StackShift, spawn: Any
 ) -> None:

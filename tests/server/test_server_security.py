@@ -478,3 +478,22 @@ def test_runs_started_over_http_get_the_defaults_the_jobs_workers_recorded(
     assert (run["queueName"], run["maxAttempts"]) == ("emails", 5)
     chosen = http.post("/v1/runs", json={"job": job, "queueName": "other"}).json()
     assert (chosen["queueName"], chosen["maxAttempts"]) == ("other", 5)
+
+
+def test_a_retry_without_its_time_is_422_and_the_run_keeps_running(
+        http: httpx.Client, unique: Any) -> None:
+    job = unique("retried")
+    run = http.post("/v1/runs", json={"job": job}).json()
+    claimed = claim_one(http, job)
+    lease = {"runId": run["id"], "workerId": "wkr_sec",
+             "attempt": claimed.json()["items"][0]["attempt"]}
+    error = assert_error(http.post("/v1/worker/finish", json={
+        "lease": lease, "outcome": {"status": "retrying"}}), 422, "validation_error")
+    assert "retryAt is required" in error["message"]
+    assert http.get(f"/v1/runs/{run['id']}").json()["status"] == "running"
+    # With its time, the retry is recorded.
+    retried = http.post("/v1/worker/finish", json={
+        "lease": lease, "outcome": {"status": "retrying", "retryAt": 1.0,
+                                    "error": {"type": "Boom", "message": "boom"}}})
+    assert retried.status_code == 200 and retried.json() == {"recorded": True}, retried.text
+    assert http.get(f"/v1/runs/{run['id']}").json()["status"] in ("retrying", "queued")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, StrictInt, StrictStr
+from pydantic import AfterValidator, Field, StrictInt, StrictStr, model_validator
 
 from ..flowcontrol import check_failure_handler
 from ..store.base import Lease, LogWrite, Outcome, StepWrite
@@ -188,6 +188,12 @@ class OutcomeBody(Body):
     result: JsonText | None = None
     error: StepError | None = None
     retry_at: Instant | None = None
+
+    @model_validator(mode="after")
+    def _retry_has_a_time(self) -> OutcomeBody:
+        if self.status == "retrying" and self.retry_at is None:
+            raise ValueError("retryAt is required when status is retrying")
+        return self
 
     def to_outcome(self) -> Outcome:
         error = None if self.error is None else self.error.model_dump()

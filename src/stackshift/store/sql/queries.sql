@@ -107,7 +107,8 @@ UPDATE runs
 SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'retrying' END,
     error = CASE WHEN cancel_requested = 1 THEN :cancel_error ELSE :error END,
     finished_at = CASE WHEN cancel_requested = 1 THEN :now END,
-    available_at = CASE WHEN cancel_requested = 1 THEN NULL ELSE :available_at END,
+    available_at = CASE WHEN cancel_requested = 1 THEN NULL
+                        ELSE CAST(:available_at AS DOUBLE PRECISION) END,
     result = NULL, lease_owner = NULL, lease_expires_at = NULL, cancel_requested = 0,
     updated_at = :now
 WHERE id = :id AND lease_owner = :worker_id AND attempt = :attempt AND status = 'running'
