@@ -15,10 +15,16 @@ import sqlite3
 import sys
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from stackshift import StackShift
 from stackshift.store import open_store
 from stackshift.store.queries import load_migrations
+from stackshift.testing import FakeClock, run_until_idle
 
 HERE = Path(__file__).parent
 
@@ -210,6 +216,150 @@ def test_processes_starting_together_apply_each_migration_once(db_url: str) -> N
     assert versions == [expected] * 8
     described, _ = build_and_describe(db_url)
     assert described == expected_file(_dialect(db_url)).read_text()
+
+
+def _build_at_level(db_url: str, level: int) -> None:
+    """Apply migrations 1 to ``level`` to the empty database at ``db_url``, as the
+    code of that level did (its ``schema_migrations`` rows included)."""
+    if db_url.startswith("sqlite"):
+        conn = sqlite3.connect(db_url.removeprefix("sqlite:///"))
+        conn.execute("CREATE TABLE schema_migrations ("
+                     " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)")
+        for version, name, script in load_migrations("sqlite"):
+            if version <= level:
+                conn.executescript(script)
+                conn.execute("INSERT INTO schema_migrations VALUES (?, ?, 0)", (version, name))
+        conn.commit()
+        conn.close()
+        return
+    import psycopg
+
+    from stackshift.store.postgres import parse_postgres_url
+
+    conninfo, options = parse_postgres_url(db_url)
+    schema = options["schema"]
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        conn.execute(f'SET search_path TO "{schema}"')
+        conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY,"
+                     " name text NOT NULL, applied_at double precision NOT NULL)")
+        for version, name, script in load_migrations("postgres"):
+            if version <= level:
+                conn.execute(script)  # type: ignore[call-overload]
+                conn.execute("INSERT INTO schema_migrations VALUES (%s, %s, 0)",
+                             (version, name))
+
+
+def _copy_data(source_url: str, target_url: str) -> None:
+    """Copy every row of ``source_url`` into the older schema at ``target_url``:
+    the columns that level has, as the code of that level wrote them."""
+    if source_url.startswith("sqlite"):
+        conn = sqlite3.connect(target_url.removeprefix("sqlite:///"))
+        conn.execute("ATTACH DATABASE ? AS source", (source_url.removeprefix("sqlite:///"),))
+        tables = [r[0] for r in conn.execute(
+            "SELECT name FROM main.sqlite_master WHERE type = 'table'"
+            " AND name NOT IN ('schema_migrations', 'sqlite_sequence')")]
+        for table in tables:
+            columns = ", ".join(r[1] for r in conn.execute(f"PRAGMA main.table_info({table})"))
+            conn.execute(f"INSERT INTO main.{table} ({columns})"
+                         f" SELECT {columns} FROM source.{table}")
+        conn.commit()
+        conn.close()
+        return
+    import psycopg
+
+    from stackshift.store.postgres import parse_postgres_url
+
+    conninfo, options = parse_postgres_url(target_url)
+    source, target = parse_postgres_url(source_url)[1]["schema"], options["schema"]
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s"
+            " AND table_name <> 'schema_migrations'", (target,))]
+        for table in tables:
+            columns = ", ".join(r[0] for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_schema = %s AND table_name = %s", (target, table)))
+            conn.execute(f'INSERT INTO "{target}".{table} ({columns})'  # type: ignore[arg-type]
+                         f' SELECT {columns} FROM "{source}".{table}')
+        for table, column in conn.execute(
+                "SELECT table_name, column_name FROM information_schema.columns"
+                " WHERE table_schema = %s AND is_identity = 'YES'", (target,)).fetchall():
+            conn.execute(  # type: ignore[call-overload]
+                f"SELECT setval(pg_get_serial_sequence('\"{target}\".{table}', '{column}'),"
+                f' (SELECT COALESCE(MAX({column}), 0) + 1 FROM "{target}".{table}), false)')
+
+
+@pytest.fixture
+def source_url(db_url: str, tmp_path: Path) -> Iterator[str]:
+    """A second empty database on the store of ``db_url``."""
+    if db_url.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path}/source.db"
+        return
+    import psycopg
+
+    from stackshift.store.postgres import parse_postgres_url
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    conninfo, _ = parse_postgres_url(db_url)
+    yield f"{db_url.split('?')[0]}?schema={schema}"
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+LEVELS = [version for version, _, _ in load_migrations("sqlite")][:-1]
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_a_database_of_each_older_level_upgrades_with_its_runs_intact(
+        db_url: str, source_url: str, level: int) -> None:
+    """Runs in flight when the code of an older level stopped carry on after the
+    upgrade: finished runs keep their results, and a sleeping run of priority 10
+    still goes before runs of priority 0 that became ready before it woke."""
+    clock = FakeClock("2026-01-05T09:00:00Z")
+    order: list[str] = []
+
+    def app_on(url: str) -> StackShift:
+        app = StackShift(url, clock=clock)
+
+        @app.job("urgent")
+        def urgent(ctx: Any) -> str:
+            ctx.step.sleep("nap", "60s")
+            order.append("urgent")
+            return "urgent done"
+
+        @app.job("routine")
+        def routine(ctx: Any) -> str:
+            order.append("routine")
+            return "routine done"
+
+        return app
+
+    before = app_on(source_url)
+    try:
+        done = before.start("routine", {"n": 1}).id
+        sleeping = before.start("urgent", priority=10).id
+        run_until_idle(before)
+        assert before.runs.get(sleeping).status == "waiting"
+    finally:
+        before.close()
+    _build_at_level(db_url, level)
+    _copy_data(source_url, db_url)
+
+    order.clear()
+    after = app_on(db_url)  # migrates
+    try:
+        assert after._service.schema_version() == len(load_migrations(_dialect(db_url)))
+        assert after.runs.get(done).result == "routine done"
+        clock.advance(30)
+        later = [after.start("routine", {"n": n}).id for n in (2, 3)]
+        clock.advance(31)  # the sleep is over: all three are ready
+        run_until_idle(after, concurrency=1)
+        assert order == ["urgent", "routine", "routine"]
+        for run_id in [sleeping, *later]:
+            assert after.runs.get(run_id).status == "completed"
+    finally:
+        after.close()
 
 
 def _write_expected_files() -> None:

@@ -40,8 +40,10 @@ ALTER TABLE runs ADD COLUMN claim_priority bigint NOT NULL DEFAULT 0;
 -- The job (and its queue) to start when this run fails for good, as JSON; set
 -- when a worker that knows the job's on_failure option claims the run.
 ALTER TABLE runs ADD COLUMN on_failure text;
+-- Every unfinished run claims at its own priority, running and waiting ones too:
+-- they become ready again (a sleep ends, a retry) without a claim in between.
 UPDATE runs SET claim_priority = priority
-WHERE status IN ('queued', 'scheduled', 'retrying') AND priority <> 0;
+WHERE status IN ('queued', 'scheduled', 'retrying', 'running', 'waiting') AND priority <> 0;
 
 DROP INDEX runs_ready;
 CREATE INDEX runs_ready ON runs (claim_priority DESC, available_at, id)
