@@ -80,6 +80,19 @@ def test_migrate_prints_the_schema_version(db_url: str) -> None:
     assert f"up to date at version {first['version']}" in again.stdout
 
 
+def test_migrate_refuses_a_schema_newer_than_it_knows(db_url: str, app: StackShift) -> None:
+    """A database migrated by a later release: this one has nothing to apply and
+    must not call it up to date."""
+    version = app._service.schema_version()
+    with app._service.store.db.write() as tx:
+        tx.raw("INSERT INTO schema_migrations (version, name, applied_at)"
+               f" VALUES ({version + 1}, 'later', 0) RETURNING version", {})
+    done = cli(db_url, "migrate")
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "up to date" not in done.stdout
+    assert f"at version {version + 1}, newer than this StackShift knows" in done.stderr
+
+
 def test_start_reports_one_run_per_idempotency_key_and_exit_4_on_conflict(
     db_url: str, app: StackShift
 ) -> None:

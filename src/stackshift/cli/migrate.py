@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..client import StackShift
+from ..store.queries import load_migrations
 from .options import database_url_option, json_option
 from .render import console, echo_json
 
@@ -16,10 +17,19 @@ def migrate(as_json: bool, database_url: str | None) -> None:
     """Apply pending migrations (forward only) and print the schema version."""
     app = StackShift(database_url, migrate=False)
     try:
-        before = app._service.store.db.schema_version()
+        db = app._service.store.db
+        before = db.schema_version()
         after = app.migrate()
+        known = len(load_migrations(db.dialect))
     finally:
         app.close()
+    if after > known:
+        # Nothing to apply, and nothing this code could check: the schema is
+        # from a later release (there is no downgrade).
+        raise click.ClickException(
+            f"the database schema is at version {after}, newer than this StackShift knows"
+            f" (version {known}): run `stackshift migrate` and the workers and servers with"
+            " the release that made it")
     if as_json:
         echo_json({"database_url": app.database_url, "version": after,
                    "previous_version": before})
