@@ -13,7 +13,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from stackshift import StackShift
+import pytest
+
+from stackshift import NonRetriableError, RunNotFoundError, StackShift
 from stackshift.ids import new_id
 from stackshift.testing import FakeClock, run_until_idle
 
@@ -107,3 +109,70 @@ def test_an_event_racing_a_wait_timeout_is_taken_or_refused_whole(
             assert takers == []
             outcomes.add("timeout")
     assert outcomes, "no round ran"
+
+
+def test_a_dead_letter_retried_as_retention_deletes_it_is_kept_or_was_gone(
+        fake_app: StackShift, clock: FakeClock) -> None:
+    """A retry wins (the run is queued again and stays) or retention does (the
+    retry finds no run); a retried run is never deleted."""
+    @fake_app.job("doomed")
+    def doomed(ctx: Any) -> Any:
+        raise NonRetriableError("no")
+
+    service = fake_app._service
+    outcomes = set()
+    for i in range(ROUNDS):
+        run = fake_app.start("doomed", {"i": i})
+        run_until_idle(fake_app)
+        assert fake_app.runs.get(run.id).status == "failed"
+        clock.advance("31d")
+
+        def retry(run_id: str = run.id) -> bool:
+            try:
+                fake_app.runs.retry(run_id)
+            except RunNotFoundError:
+                return False
+            return True
+
+        retried, _ = together(retry, lambda: service.apply_retention(clock.now()))
+        if retried:
+            assert fake_app.runs.get(run.id).status == "queued"
+            outcomes.add("retried")
+        else:
+            with pytest.raises(RunNotFoundError):
+                fake_app.runs.get(run.id)
+            outcomes.add("deleted")
+    assert outcomes, "no round ran"
+
+
+def test_a_key_taken_over_as_retention_deletes_it_stays_taken(
+        fake_app: StackShift, clock: FakeClock) -> None:
+    """An expired idempotency key is taken by a new start while retention deletes
+    expired keys: a repeated start within the new key's life returns that run."""
+    service = fake_app._service
+    for i in range(ROUNDS):
+        key = f"sync-{i}"
+        first = fake_app.start("sync", {"n": 1}, idempotency_key=key, idempotency_ttl="1h")
+        clock.advance("2h")
+        second, _ = together(
+            lambda key=key: fake_app.start("sync", {"n": 2}, idempotency_key=key,
+                                           idempotency_ttl="1h"),
+            lambda: service.apply_retention(clock.now()),
+        )
+        assert second.id != first.id
+        again = fake_app.start("sync", {"n": 2}, idempotency_key=key, idempotency_ttl="1h")
+        assert again.id == second.id
+
+
+def test_a_state_key_set_again_as_retention_deletes_it_keeps_its_value(
+        fake_app: StackShift, clock: FakeClock) -> None:
+    """A state key past its expiry is set again while retention deletes expired
+    keys: the new value stays."""
+    service = fake_app._service
+    for i in range(ROUNDS):
+        key = f"token-{i}"
+        fake_app.state.set(key, "old", ttl="1h")
+        clock.advance("2h")
+        together(lambda key=key: fake_app.state.set(key, "new", ttl="1d"),
+                 lambda: service.apply_retention(clock.now()))
+        assert fake_app.state.get(key) == "new"

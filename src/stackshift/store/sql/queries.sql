@@ -530,7 +530,11 @@ DELETE FROM schedules WHERE id = :id;
 -- kept until it expires, so a repeated start still finds its run. Only finished
 -- runs have a finished_at (a CHECK constraint of runs), so this reads the
 -- runs_finished index and never an unfinished run.
-DELETE FROM runs WHERE id IN (
+-- The condition is repeated outside the subquery (here and in the deletes below):
+-- a row changed by a transaction that commits while the delete waits for it
+-- (a run retried, a key taken over, a state key set again) is checked again as
+-- it now is, so it stays; the subquery's rows are not read again.
+DELETE FROM runs WHERE finished_at < :before AND id IN (
     SELECT r.id FROM runs r
     WHERE r.finished_at < :before
       AND (r.idempotency_key IS NULL OR NOT EXISTS (
@@ -541,18 +545,18 @@ DELETE FROM runs WHERE id IN (
 RETURNING id;
 
 -- name: delete_expired_events_batch
-DELETE FROM events WHERE id IN (
+DELETE FROM events WHERE expires_at <= :now AND id IN (
     SELECT id FROM events WHERE expires_at <= :now ORDER BY expires_at LIMIT :limit)
 RETURNING id;
 
 -- name: delete_expired_idempotency_keys_batch
-DELETE FROM idempotency_keys WHERE (scope, key) IN (
+DELETE FROM idempotency_keys WHERE expires_at <= :now AND (scope, key) IN (
     SELECT scope, key FROM idempotency_keys WHERE expires_at <= :now
     ORDER BY expires_at LIMIT :limit)
 RETURNING key;
 
 -- name: delete_expired_state_batch
-DELETE FROM state WHERE key IN (
+DELETE FROM state WHERE expires_at <= :now AND key IN (
     SELECT key FROM state WHERE expires_at IS NOT NULL AND expires_at <= :now
     ORDER BY expires_at LIMIT :limit)
 RETURNING key;
