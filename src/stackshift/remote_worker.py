@@ -15,8 +15,11 @@ server process, under the store's leader election; a remote worker never leads.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
+
+import httpx
 
 from .errors import LeaseLost, RemoteError
 from .flowcontrol import FlowControl
@@ -37,6 +40,11 @@ if TYPE_CHECKING:
 #: a stopping worker is never held up for long by its own idle claim.
 CLAIM_WAIT_SECONDS = 2.0
 
+#: First and longest pause between tries of a checkpoint or an ending that found
+#: the server refusing connections (see RemoteWorkerStore._post).
+UNREACHABLE_PAUSE = 0.05
+UNREACHABLE_MAX_PAUSE = 1.0
+
 
 class RemoteWorkerStore:
     """The execution operations of the store, as requests to ``/v1/worker``."""
@@ -47,13 +55,31 @@ class RemoteWorkerStore:
         #: set when the worker stops: claims stop waiting and hand back what they got
         self.closing = threading.Event()
 
-    def _post(self, path: str, body: dict[str, Any], timeout: float | None = None) -> Any:
-        return self._remote._call("POST", f"/v1/worker/{path}", json=body,
-                                  timeout=timeout).json()
+    def _post(self, path: str, body: dict[str, Any], timeout: float | None = None,
+              *, until_reached: bool = False) -> Any:
+        """POST to ``/v1/worker/{path}``.
+
+        ``until_reached``: while the server refuses connections (it is
+        restarting), try again for up to the request timeout. The request never
+        left, so this is safe for any write; without it, a checkpoint or an
+        attempt's ending made during a restart of a few seconds would fail the
+        attempt of a live worker and leave its run leased until the lease ran out.
+        """
+        deadline = time.monotonic() + self._remote.timeout
+        pause = UNREACHABLE_PAUSE
+        while True:
+            try:
+                return self._remote._call("POST", f"/v1/worker/{path}", json=body,
+                                          timeout=timeout).json()
+            except httpx.ConnectError:
+                if not until_reached or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, UNREACHABLE_MAX_PAUSE)
 
     def _leased(self, lease: Lease, path: str, body: dict[str, Any]) -> Any:
         try:
-            return self._post(path, body)
+            return self._post(path, body, until_reached=True)
         except RemoteError as exc:
             if exc.code == "lease_lost":
                 raise LeaseLost(lease.run_id) from None
@@ -153,7 +179,7 @@ class RemoteWorkerStore:
         answer = self._post("finish", {
             "lease": w.LeaseBody.of(lease), "outcome": w.OutcomeBody.of(outcome),
             "logs": [w.LogBody.of(log) for log in logs],
-        })
+        }, until_reached=True)
         return bool(w.Recorded.model_validate(answer).recorded)
 
     def release_run(self, lease: Lease, now: float) -> bool:

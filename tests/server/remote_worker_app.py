@@ -4,6 +4,7 @@ Built with ``StackShift()``: run as ``stackshift worker ... --url URL --api-key 
 it talks to the server only. Each step appends ``start:NAME:PID`` and
 ``done:NAME:PID`` to the file in ``REMOTE_EFFECTS`` (fsynced, so a killed process
 leaves an exact record); ``REMOTE_HANG_AT=NAME`` makes that step block.
+``remoteGated`` waits between its two steps until the file named in its payload exists.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 from stackshift import StackShift
@@ -48,6 +50,16 @@ def remote_flaky(ctx: Any) -> dict[str, Any]:
     if ctx.run.attempt < 3:
         raise RuntimeError(f"attempt {ctx.run.attempt} fails")
     return {"first": first["step"], "attempt": ctx.run.attempt}
+
+
+@app.job("remoteGated", max_attempts=1)
+def remote_gated(ctx: Any) -> str:
+    tag = ctx.payload["tag"]
+    ctx.step.run(f"{tag}-1", work, f"{tag}-1")
+    while not Path(ctx.payload["gate"]).exists():
+        time.sleep(0.01)
+    ctx.step.run(f"{tag}-2", work, f"{tag}-2")
+    return "through"
 
 
 @app.job("remoteSleeper")

@@ -47,14 +47,16 @@ class Server:
         return httpx.Client(base_url=self.url, headers=headers, timeout=30, **options)
 
 
-def start_server(database_url: str, log: Path, *extra: str) -> Server:
-    """``python -m stackshift.server`` (the ``stackshift server`` command) on a free port."""
+def start_server(database_url: str, log: Path, *extra: str, port: int | None = None) -> Server:
+    """``python -m stackshift.server`` (the ``stackshift server`` command) on ``port``,
+    else on a free one."""
     service = admin_service(database_url)
     try:
         _, key = service.create_api_key("tests")
     finally:
         service.close()
-    port = free_port()
+    if port is None:
+        port = free_port()
     out = log.open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "stackshift.server", "--database-url", database_url,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serverproc import Server, admin_service, running_server
+from serverproc import Server, admin_service, running_server, start_server, stop_server
 
 from processes import stop_processes
 from stackshift import StackShift
@@ -242,6 +242,36 @@ def test_a_remote_worker_takes_over_at_once_when_a_sibling_process_dies(
     assert lost.finished_at is not None
     assert killed_at <= lost.finished_at.timestamp() < killed_at + 10
     assert workers.lines().count(f"done:d-1:{first.pid}") == 1
+
+
+def test_a_server_restart_between_steps_neither_fails_nor_delays_the_run(
+    server: Server, workers: RemoteWorkers, client: StackShift, tmp_path: Path
+) -> None:
+    """``kill -9`` of the server, back a moment later: the step that finished while
+    it was down reaches it once it is back, and the run carries on in its only
+    attempt, instead of failing as ``WorkerLost`` when its lease runs out."""
+    gate = tmp_path / "gate"
+    worker = workers.spawn("--lease", "10s")
+    run = client.start("remoteGated", {"tag": "r", "gate": str(gate)}, max_attempts=1)
+    deadline = time.monotonic() + 20
+    while [s.status for s in client.runs.steps(run.id)] != ["completed"]:
+        assert time.monotonic() < deadline, client.runs.get(run.id)
+        time.sleep(0.02)
+    server.process.kill()
+    server.process.wait()
+    gate.touch()
+    workers.wait_for_line("done:r-2")  # its checkpoint finds no server
+    port = int(server.url.rsplit(":", 1)[1])
+    restarted = start_server(server.database_url, tmp_path / "restarted.log", port=port)
+    try:
+        done = wait_done(client, run.id, workers, timeout=8)  # well within the lease
+        assert done.status == "completed", done.error
+        assert done.result == "through"
+        assert [a.status for a in client.runs.attempts(run.id)] == ["completed"]
+        assert [s.status for s in client.runs.steps(run.id)] == ["completed", "completed"]
+        assert workers.lines().count(f"done:r-2:{worker.pid}") == 1
+    finally:
+        stop_server(restarted)
 
 
 def test_sigterm_hands_the_run_back_through_the_server(
