@@ -274,6 +274,27 @@ def test_a_server_restart_between_steps_neither_fails_nor_delays_the_run(
         stop_server(restarted)
 
 
+def test_sigterm_with_the_server_gone_still_stops_the_worker(
+    server: Server, workers: RemoteWorkers, client: StackShift
+) -> None:
+    """Two runs hang in a step; the server is killed, then the worker is told to
+    stop. It cannot hand the runs back (they are retried once their leases run
+    out), but it tries each, says so, and exits."""
+    worker = workers.spawn("--shutdown-grace", "0.3s", "--lease", "5s", hang_at="t-2")
+    runs = [client.start("remoteSteps", {"tag": "t"}) for _ in range(2)]
+    deadline = time.monotonic() + 20
+    while workers.lines().count("start:t-2:" + str(worker.pid)) < 2:
+        assert time.monotonic() < deadline, workers.lines()
+        time.sleep(0.02)
+    server.process.kill()
+    server.process.wait()
+    workers.terminate(worker)
+    assert worker.wait(30) == 0
+    output = (workers.tmp / "worker-0.out").read_text()
+    for run in runs:
+        assert f"run {run.id}: could not hand it back" in output, output
+
+
 def test_sigterm_hands_the_run_back_through_the_server(
     workers: RemoteWorkers, client: StackShift
 ) -> None:

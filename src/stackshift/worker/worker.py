@@ -229,7 +229,12 @@ class Worker:
             leftovers = list(self._active.values())
         for active in leftovers:
             active.invocation.abandoned = True
-            self.service.store.release_run(active.invocation.lease, self.service.clock.now())
+            lease = active.invocation.lease
+            try:
+                self.service.store.release_run(lease, self.service.clock.now())
+            except Exception as exc:  # the others are still handed back
+                log.warning("run %s: could not hand it back (%s: %s); it is retried when"
+                            " its lease runs out", lease.run_id, type(exc).__name__, exc)
         for thread in self._threads:
             if thread.name != "stackshift-loop":
                 thread.join(timeout=5)
