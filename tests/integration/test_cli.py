@@ -522,3 +522,11 @@ def test_dev_runs_the_example_shop_and_exits_cleanly_on_ctrl_c(
             again.wait()
     assert len(app.runs.list(limit=1000).items) == before
     assert len(app.runs.list(job="sendReceipt").items) == 1
+
+
+def test_a_database_file_that_cannot_be_opened_is_named_in_the_error(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-folder" / "app.db"
+    done = cli(f"sqlite:///{missing}", "runs", "list")
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert f"unable to open database file: {missing}" in done.stderr
+    assert not missing.parent.exists()

@@ -111,9 +111,11 @@ class SqliteDatabase:
     # -- connections -------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=self._busy_ms / 1000
-        )
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=self._busy_ms / 1000)
+        except sqlite3.OperationalError as exc:  # e.g. a missing folder: say which file
+            raise sqlite3.OperationalError(f"{exc}: {self.path}") from exc
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
         # WAL lets readers and the one writer proceed together.
