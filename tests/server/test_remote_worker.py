@@ -9,16 +9,19 @@ fsynced lines in an effects file, so a killed worker leaves an exact record.
 
 from __future__ import annotations
 
+import http.server
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from serverproc import Server, admin_service, running_server, start_server, stop_server
 
@@ -40,10 +43,11 @@ class RemoteWorkers:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.terminated: set[int] = set()  # pids sent SIGTERM: their exit is expected
 
-    def spawn(self, *args: str, hang_at: str | None = None) -> subprocess.Popen[bytes]:
+    def spawn(self, *args: str, hang_at: str | None = None,
+              url: str | None = None) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STACKSHIFT_")}
         env["REMOTE_EFFECTS"] = str(self.effects)
-        env["STACKSHIFT_URL"] = self.server.url
+        env["STACKSHIFT_URL"] = url or self.server.url
         env["STACKSHIFT_API_KEY"] = self.server.api_key
         if hang_at is not None:
             env["REMOTE_HANG_AT"] = hang_at
@@ -293,6 +297,75 @@ def test_sigterm_with_the_server_gone_still_stops_the_worker(
     output = (workers.tmp / "worker-0.out").read_text()
     for run in runs:
         assert f"run {run.id}: could not hand it back" in output, output
+
+
+class LosingProxy:
+    """An HTTP proxy on 127.0.0.1 in front of the server. It forwards every
+    request, but the first claim that leases a run gets no answer: the
+    connection closes after the server has committed the claim."""
+
+    def __init__(self, target: str) -> None:
+        self.lost: list[str] = []  # run ids of the claim whose answer was dropped
+        forward = httpx.Client(base_url=target, timeout=60)
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("host", "content-length", "connection")}
+                answer = forward.request(self.command, self.path, content=body,
+                                         headers=headers)
+                if (self.path == "/v1/worker/claim" and not proxy.lost
+                        and answer.status_code == 200 and answer.json()["items"]):
+                    proxy.lost = [item["run"]["id"] for item in answer.json()["items"]]
+                    self.close_connection = True  # and no answer
+                    return
+                self.send_response(answer.status_code)
+                for name in ("content-type", "www-authenticate", "allow"):
+                    if name in answer.headers:
+                        self.send_header(name, answer.headers[name])
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _forward
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        self._forward = forward
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._forward.close()
+
+
+def test_runs_leased_by_a_claim_whose_answer_was_lost_are_handed_back_at_once(
+    server: Server, workers: RemoteWorkers, client: StackShift
+) -> None:
+    """The server leases a run, but the answer never reaches the worker. The
+    worker finds the run leased to it without running it, and hands it back:
+    the run completes in its first attempt, long before its 60-second lease."""
+    proxy = LosingProxy(server.url)
+    try:
+        run = client.start("remoteSteps", {"tag": "l"})
+        started = time.monotonic()
+        workers.spawn("--lease", "60s", url=proxy.url)
+        done = wait_done(client, run.id, workers, timeout=20)
+        assert proxy.lost == [run.id]
+        assert done.status == "completed", done.error
+        assert time.monotonic() - started < 15
+        assert [a.status for a in client.runs.attempts(run.id)] == ["completed"]
+        kinds = [e.kind for e in client.runs.timeline(run.id)]
+        assert "attempt.failed" not in kinds
+    finally:
+        proxy.close()
 
 
 def test_sigterm_hands_the_run_back_through_the_server(

@@ -147,6 +147,8 @@ class Worker:
         self.maintenance_interval = parse_duration(maintenance_interval,
                                                    name="maintenance_interval")
         self._active: dict[str, _Active] = {}
+        #: a claim failed: it may have leased runs nobody executes (see _hand_back_strays)
+        self._strays_possible = False
         self._lock = threading.Lock()
         self._sibling_returned = threading.Condition(self._lock)
         self._wake = threading.Event()
@@ -302,6 +304,8 @@ class Worker:
                 store.changed()
                 free = self._gather_slots()
                 claimed: list[ClaimedRun] = []
+                if self._strays_possible and self._hand_back_strays():
+                    self._strays_possible = False
                 if free > 0:
                     claimed = store.claim_runs(self.id, self.jobs, free, self.lease_seconds,
                                                self.service.clock.now(), self.queues,
@@ -316,7 +320,34 @@ class Worker:
                 self._idle()
             except Exception:
                 log.exception("worker %s: claim failed; retrying", self.id)
+                # Its answer may be what failed, after the runs were leased.
+                self._strays_possible = True
                 self._stopping.wait(1.0)
+
+    def _hand_back_strays(self) -> bool:
+        """Hand back the runs leased to this worker that it is not executing; False
+        if they could not be looked up (tried again before the next claim).
+
+        A claim whose answer was lost (the connection cut as it committed, a
+        server killed before it answered) may have leased runs all the same.
+        Nothing runs them: left alone, they would wait for their leases to run
+        out and then count as lost attempts.
+        """
+        store = self.service.store
+        try:
+            held = store.leases_held_by(self.id)
+            with self._lock:
+                executing = set(self._active)
+            for stray in held:
+                if (stray.lease.run_id not in executing
+                        and store.release_run(stray.lease, self.service.clock.now())):
+                    log.warning("run %s: leased by a claim whose answer was lost; handed back",
+                                stray.lease.run_id)
+        except Exception:
+            log.warning("worker %s: could not look for runs leased by a failed claim",
+                        self.id, exc_info=True)
+            return False
+        return True
 
     def _gather_slots(self) -> int:
         """Free slots, after letting runs that end together free theirs.
