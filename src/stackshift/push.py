@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -53,6 +54,8 @@ log = logging.getLogger("stackshift.push")
 #: Largest request body the route reads (a run with its completed steps).
 MAX_BODY_BYTES = 64 * 1024 * 1024
 SECRET_ENV = "STACKSHIFT_SIGNING_SECRET"
+#: Seconds between looks at which leases of the runs executing are due for renewal.
+RENEW_TICK = 0.5
 
 Reply = tuple[int, dict[str, Any]]
 
@@ -97,6 +100,12 @@ class PushRoute:
                                           thread_name_prefix="stackshift-push-job")
         self._logs_lock = threading.Lock()
         self._logs_installed = False
+        # The runs executing here, whose leases the route renews itself: the server
+        # that delivered a run may restart meanwhile, and one that did not deliver
+        # it does not know it is in flight.
+        self._executing: set[Invocation] = set()
+        self._executing_lock = threading.Lock()
+        self._renewer: threading.Thread | None = None
 
     def register(self, url: str, *, concurrency: int = 10) -> Any:
         """Register ``url`` for every job of the client (again at each start is fine)."""
@@ -140,7 +149,9 @@ class PushRoute:
             new_attempt=delivery.claimed.new_attempt,
         )
         self._install_logs()
-        return Invocation(self.service, job, claimed, delivery.lease_seconds)  # type: ignore[arg-type]
+        invocation = Invocation(self.service, job, claimed, delivery.lease_seconds)  # type: ignore[arg-type]
+        self._track(invocation)
+        return invocation
 
     def _install_logs(self) -> None:
         with self._logs_lock:
@@ -148,25 +159,73 @@ class PushRoute:
                 runlogs.install()  # captures ctx.log and the logging of handlers
                 self._logs_installed = True
 
+    # -- renewing the leases of the runs executing ------------------------------------------
+
+    def _track(self, invocation: Invocation) -> None:
+        with self._executing_lock:
+            self._executing.add(invocation)
+            if self._renewer is None:
+                self._renewer = threading.Thread(target=self._renew_loop, daemon=True,
+                                                 name="stackshift-push-renew")
+                self._renewer.start()
+
+    def _untrack(self, invocation: Invocation) -> None:
+        with self._executing_lock:
+            self._executing.discard(invocation)
+
+    def _renew_loop(self) -> None:
+        """Renew, a third of a lease apart, the leases of the runs executing here,
+        taking in the cancels and lost leases the server reports (as a worker's
+        heartbeat does)."""
+        next_renewal: dict[Invocation, float] = {}
+        while True:
+            time.sleep(RENEW_TICK)
+            now = time.monotonic()
+            with self._executing_lock:
+                executing = list(self._executing)
+            next_renewal = {i: next_renewal.get(i, now + i.lease_seconds / 3)
+                            for i in executing}
+            due = [i for i in executing if next_renewal[i] <= now]
+            if not due:
+                continue
+            for invocation in due:
+                next_renewal[invocation] = now + invocation.lease_seconds / 3
+            lease_seconds = min(i.lease_seconds for i in due)
+            try:
+                cancels, lost = self.service.store.renew_leases(
+                    [i.lease for i in due], self.service.clock.now(), lease_seconds)
+            except Exception:
+                log.warning("push: could not renew the leases of %d runs", len(due),
+                            exc_info=True)
+                continue
+            for invocation in due:
+                invocation.renewed(cancels, lost, now)
+
     # -- executing -----------------------------------------------------------------------
 
     def execute_sync(self, invocation: Invocation) -> Reply:
         """Run a plain handler; a job ``timeout`` fails the attempt and abandons the thread."""
-        future = self.threads.submit(execute_sync, invocation, self.client.state)
         try:
-            future.result(invocation.job.timeout)
-        except FutureTimeout:
-            self.timed_out(invocation)
+            future = self.threads.submit(execute_sync, invocation, self.client.state)
+            try:
+                future.result(invocation.job.timeout)
+            except FutureTimeout:
+                self.timed_out(invocation)
+        finally:
+            self._untrack(invocation)
         return self._done(invocation)
 
     async def execute_sync_async(self, invocation: Invocation) -> Reply:
         """:meth:`execute_sync` from an event loop, without blocking it."""
-        future = asyncio.wrap_future(
-            self.threads.submit(execute_sync, invocation, self.client.state))
         try:
-            await asyncio.wait_for(asyncio.shield(future), invocation.job.timeout)
-        except TimeoutError:
-            await asyncio.to_thread(self.timed_out, invocation)
+            future = asyncio.wrap_future(
+                self.threads.submit(execute_sync, invocation, self.client.state))
+            try:
+                await asyncio.wait_for(asyncio.shield(future), invocation.job.timeout)
+            except TimeoutError:
+                await asyncio.to_thread(self.timed_out, invocation)
+        finally:
+            self._untrack(invocation)
         return self._done(invocation)
 
     @staticmethod
@@ -176,7 +235,10 @@ class PushRoute:
         invocation.abandoned = True
 
     async def execute_async(self, invocation: Invocation) -> Reply:
-        await execute_async(invocation, self.client.state_async)
+        try:
+            await execute_async(invocation, self.client.state_async)
+        finally:
+            self._untrack(invocation)
         return self._done(invocation)
 
     @staticmethod

@@ -4,7 +4,8 @@ Served by uvicorn in ``test_push.py``. Its client talks to the server only
 (``STACKSHIFT_URL`` and ``STACKSHIFT_API_KEY``); ``PUSH_URL`` is the route's
 public URL, registered at start-up. Each step appends ``start:NAME:PID`` and
 ``done:NAME:PID`` to the file in ``PUSH_EFFECTS`` (fsynced, so a killed process
-leaves an exact record); ``PUSH_HANG_AT=NAME`` makes that step block.
+leaves an exact record); ``PUSH_HANG_AT=NAME`` makes that step block (for
+``PUSH_HANG_SECONDS``, 600 by default).
 ``PUSH_RECORD=FILE`` saves every request the route receives (headers and
 body), so a test can send captured requests again.
 """
@@ -36,7 +37,7 @@ def effect(line: str) -> None:
 def work(name: str, value: Any = None) -> Any:
     effect(f"start:{name}")
     if os.environ.get("PUSH_HANG_AT") == name:
-        time.sleep(600)
+        time.sleep(float(os.environ.get("PUSH_HANG_SECONDS", "600")))
     effect(f"done:{name}")
     return value
 

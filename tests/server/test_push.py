@@ -24,7 +24,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import httpx
 import pytest
-from serverproc import Server, free_port, running_server
+from serverproc import Server, free_port, running_server, start_server, stop_server
 
 import stackshift
 from processes import stop_processes
@@ -62,13 +62,15 @@ class PushApp:
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
-    def start(self, *, hang_at: str | None = None) -> None:
+    def start(self, *, hang_at: str | None = None, hang_seconds: float | None = None) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("STACKSHIFT_", "PUSH_"))}
         env.update(STACKSHIFT_URL=self.server.url, STACKSHIFT_API_KEY=self.server.api_key,
                    PUSH_URL=self.url, PUSH_EFFECTS=str(self.effects),
                    PUSH_RECORD=str(self.record))
         if hang_at is not None:
             env["PUSH_HANG_AT"] = hang_at
+        if hang_seconds is not None:
+            env["PUSH_HANG_SECONDS"] = str(hang_seconds)
         log = self.tmp / f"app-{self.starts}.out"
         self.starts += 1
         with open(log, "wb") as out:
@@ -173,6 +175,31 @@ def test_user_onboarding_survives_a_killed_app_and_resumes_on_its_event(
     assert [a.status for a in client.runs.attempts(run.id)] == ["completed"]
     kinds = [e.kind for e in client.runs.timeline(run.id)]
     assert "run.queued" in kinds[1:]  # handed back after the kill
+
+
+def test_a_step_longer_than_the_lease_runs_once_across_a_server_restart(
+    client: StackShift, push_app: PushApp, server: Server, db_url: str, tmp_path: Path
+) -> None:
+    # The step outlasts the lease the server gave the run (30 s).
+    push_app.start(hang_at="echo-1", hang_seconds=40)
+    run = client.start("pushEcho", {"n": 1})
+    push_app.wait_for_line("start:echo-1")
+
+    # The server is restarted (a deploy) while the route executes the step: the
+    # new server process did not deliver the run and does not know it is in flight.
+    stop_server(server)
+    port = int(server.url.rsplit(":", 1)[1])
+    restarted = start_server(db_url, tmp_path / "server-2.log", port=port)
+    try:
+        done = client.runs.wait(run.id, timeout=90)
+        assert (done.status, done.result) == ("completed", {"echo": 1})
+        # The route kept the run's lease: the step was not delivered again while it
+        # still ran, and the attempt did not end as lost.
+        assert push_app.effects_of("start") == Counter({"echo-1": 1})
+        assert [(a.status, a.error) for a in client.runs.attempts(run.id)] == [
+            ("completed", None)]
+    finally:
+        stop_server(restarted)
 
 
 def _post(url: str, headers: dict[str, str], body: bytes) -> httpx.Response:
