@@ -20,6 +20,7 @@ import httpx
 from . import runlogs
 from .clock import Clock, SystemClock
 from .durations import parse_duration
+from .engine.transitions import parse_status
 from .errors import (
     AuthenticationError,
     EndpointNotFoundError,
@@ -236,6 +237,8 @@ class RemoteService(RemoteFlowControl):
     ) -> Page:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise ValidationError(f"limit must be an integer from 1 to 1000, got {limit!r}")
+        if status is not None:
+            parse_status(status)  # the embedded service's error for an unknown one
         response = self._call("GET", "/v1/runs", params={
             "status": status, "job": job, "queueName": queue,
             "idempotencyKey": idempotency_key, "correlationKey": correlation_key,

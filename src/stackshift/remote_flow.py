@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 import httpx
 
+from .engine.transitions import parse_status
 from .errors import ScheduleNotFoundError, StackShiftError, ValidationError
 from .models import Page, QueueInfo, Schedule
 from .serialization import to_jsonable
@@ -81,6 +82,7 @@ class RemoteFlowControl:
                    status: str = "failed", created_after: datetime | str | None = None,
                    created_before: datetime | str | None = None,
                    limit: int | None = None) -> list[str]:
+        parse_status(status)  # the embedded service's error for an unknown one
         body = {"queueName": queue, "job": job, "status": status,
                 "createdAfter": _when(created_after), "createdBefore": _when(created_before),
                 "limit": limit}

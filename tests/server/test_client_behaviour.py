@@ -248,10 +248,12 @@ def test_list_filters_and_pages(client: StackShift, unique: Names) -> None:
     assert [r.id for r in client.runs.list(idempotency_key=unique("key"))] == [keyed.id]
     future = datetime.now(UTC) + timedelta(days=1)
     assert len(client.runs.list(job=job, created_after=future)) == 0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValidationError):
         client.runs.list(limit=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValidationError, match="unknown status 'bogus'"):
         client.runs.list(status="bogus")
+    with pytest.raises(ValidationError, match="unknown status 'bogus'"):
+        client.runs.retry_many(status="bogus")
 
 
 # -- events --------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from ..errors import InvalidTransitionError
+from ..errors import InvalidTransitionError, ValidationError
 
 
 class Status(StrEnum):
@@ -71,4 +71,4 @@ def parse_status(value: str) -> Status:
         return Status(value)
     except ValueError:
         names = ", ".join(s.value for s in Status)
-        raise ValueError(f"unknown status {value!r}; expected one of: {names}") from None
+        raise ValidationError(f"unknown status {value!r}; expected one of: {names}") from None
