@@ -19,7 +19,7 @@ import httpx
 
 from . import runlogs
 from .clock import Clock, SystemClock
-from .durations import parse_duration
+from .durations import parse_duration, parse_instant
 from .engine.transitions import parse_status
 from .errors import (
     AuthenticationError,
@@ -33,7 +33,7 @@ from .errors import (
     RunNotFoundError,
     ValidationError,
 )
-from .jobs import JobRegistry
+from .jobs import JobRegistry, check_max_attempts, check_name
 from .models import Attempt, Endpoint, Event, LogEntry, Page, Run, SentEvent, Step, TimelineEntry
 from .remote_flow import RemoteFlowControl
 from .serialization import to_jsonable
@@ -83,16 +83,21 @@ def raise_for_error(response: httpx.Response) -> NoReturn:
     raise kind(message)
 
 
-def _when(value: datetime | str | None) -> str | None:
-    """A time for the wire; a naive ``datetime`` goes as is and is refused by the server."""
+def _when(value: datetime | str | None, name: str) -> str | None:
+    """A time for the wire, checked here first (the embedded service's errors)."""
+    if value is None:
+        return None
+    parse_instant(value, name=name)
     return value.isoformat() if isinstance(value, datetime) else value
 
 
-def _duration(value: Any) -> Any:
-    """Strings go as they are (the server parses them); anything else as seconds."""
-    if value is None or isinstance(value, str):
-        return value
-    return parse_duration(value)
+def _duration(value: Any, name: str) -> Any:
+    """A duration for the wire, checked here first (the embedded service's errors):
+    strings go as they are (the server parses them), anything else as seconds."""
+    if value is None:
+        return None
+    seconds = parse_duration(value, name=name)
+    return value if isinstance(value, str) else seconds
 
 
 def _segment(value: object, missing: type[Exception], what: str) -> str:
@@ -194,7 +199,13 @@ class RemoteService(RemoteFlowControl):
         priority: int | None = None,
         concurrency_key: str | None = None,
     ) -> Run:
-        registered = self.registry.get(job) if isinstance(job, str) else None
+        # The embedded service's checks, so that bad input raises the same errors.
+        check_name(job, "job name")
+        if queue_name is not None:
+            check_name(queue_name, "queue name")
+        if max_attempts is not None:
+            check_max_attempts(max_attempts)
+        registered = self.registry.get(job)
         if registered is not None:
             queue_name = queue_name or registered.queue
             if max_attempts is None:
@@ -204,10 +215,10 @@ class RemoteService(RemoteFlowControl):
             "payload": to_jsonable(payload, what="payload"),
             "queueName": queue_name,
             "idempotencyKey": idempotency_key,
-            "idempotencyTtl": _duration(idempotency_ttl),
+            "idempotencyTtl": _duration(idempotency_ttl, "idempotency_ttl"),
             "maxAttempts": max_attempts,
-            "scheduledAt": _when(scheduled_at),
-            "delay": _duration(delay),
+            "scheduledAt": _when(scheduled_at, "scheduled_at"),
+            "delay": _duration(delay, "delay"),
             "priority": priority,
             "concurrencyKey": concurrency_key,
         }
@@ -242,7 +253,8 @@ class RemoteService(RemoteFlowControl):
         response = self._call("GET", "/v1/runs", params={
             "status": status, "job": job, "queueName": queue,
             "idempotencyKey": idempotency_key, "correlationKey": correlation_key,
-            "createdAfter": _when(created_after), "createdBefore": _when(created_before),
+            "createdAfter": _when(created_after, "created_after"),
+            "createdBefore": _when(created_before, "created_before"),
             "search": search, "limit": limit, "cursor": cursor,
         })
         page = wire.RunPage.model_validate(response.json())
@@ -307,6 +319,7 @@ class RemoteService(RemoteFlowControl):
         correlation_key: str | None = None,
         idempotency_key: str | None = None,
     ) -> SentEvent:
+        check_name(name, "event name")
         body: dict[str, Any] = {"name": name,
                                 "payload": to_jsonable(payload, what="event payload")}
         if correlation_key is not None:
@@ -356,9 +369,9 @@ class RemoteService(RemoteFlowControl):
     ) -> None:
         body: dict[str, Any] = {"value": to_jsonable(value, what=f"state value for {key!r}")}
         if ttl is not None:
-            body["ttl"] = _duration(ttl)
+            body["ttl"] = _duration(ttl, "ttl")
         if expires_at is not None:
-            body["expiresAt"] = _when(expires_at)
+            body["expiresAt"] = _when(expires_at, "expires_at")
         self._call("PUT", f"/v1/state/{_state_key(key)}", json=body)
 
     def state_delete(self, key: str) -> bool:
@@ -399,7 +412,7 @@ class RemoteService(RemoteFlowControl):
     def lock_acquire(self, key: str, owner: str, ttl: Any) -> bool:
         _state_key(key)
         response = self._call("POST", "/v1/locks/acquire",
-                              json={"key": key, "owner": owner, "ttl": _duration(ttl)})
+                              json={"key": key, "owner": owner, "ttl": _duration(ttl, "ttl")})
         return bool(wire.LockResult.model_validate(response.json()).held)
 
     def lock_release(self, key: str, owner: str) -> bool:

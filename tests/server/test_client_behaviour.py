@@ -124,6 +124,35 @@ def test_bad_start_input_raises_and_writes_nothing(
         assert len(client.runs.list(job=name)) == 0
 
 
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda c: c.start("bad name!"), "job name 'bad name!' is invalid: use 1-200 letters"),
+        (lambda c: c.start("ok", queue_name=""), "queue name '' is invalid: use 1-200 letters"),
+        (lambda c: c.start("ok", max_attempts=0),
+         "max_attempts must be an integer from 1 to 1000, got 0"),
+        (lambda c: c.start("ok", delay="5 parsecs"),
+         "delay: '5 parsecs' is not a duration (use e.g. '30s', '15m', '1h30m', '7d')"),
+        (lambda c: c.start("ok", delay=-5), "delay: -5 must be a finite, non-negative duration"),
+        (lambda c: c.start("ok", idempotency_key="k", idempotency_ttl="zz"),
+         "idempotency_ttl: 'zz' is not a duration"),
+        (lambda c: c.start("ok", scheduled_at=datetime(2030, 1, 1)),
+         "scheduled_at: datetime.datetime(2030, 1, 1, 0, 0) has no time zone"),
+        (lambda c: c.runs.list(created_after="yesterday"),
+         "created_after: 'yesterday' is not an ISO-8601 time"),
+        (lambda c: c.events.send("", {}), "event name '' is invalid: use 1-200 letters"),
+        (lambda c: c.state.set("k", 1, ttl="forever"), "ttl: 'forever' is not a duration"),
+    ],
+)
+def test_bad_input_is_reported_in_the_same_words(
+    client: StackShift, call: Callable[[StackShift], Any], message: str
+) -> None:
+    """A remote client says what the embedded one says (not the server's schema)."""
+    with pytest.raises(ValidationError) as raised:
+        call(client)
+    assert str(raised.value).startswith(message)
+
+
 def test_oversize_payload_is_refused(client: StackShift, unique: Names) -> None:
     job = unique("big")
     with pytest.raises(PayloadTooLargeError):
