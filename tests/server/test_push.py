@@ -202,6 +202,44 @@ def test_a_step_longer_than_the_lease_runs_once_across_a_server_restart(
         stop_server(restarted)
 
 
+def test_a_url_answering_200_without_running_the_job_gets_the_run_handed_back(
+    client: StackShift, push_app: PushApp, server: Server
+) -> None:
+    # A URL that is not the handler route: the application's welcome page, which
+    # answers every POST with 200 and some HTML.
+    posts: list[bytes] = []
+
+    def welcome(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        posts.append(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)))
+        start_response("200 OK", [("Content-Type", "text/html")])
+        return [b"<html>Welcome!</html>"]
+
+    httpd = make_server("127.0.0.1", 0, welcome, handler_class=_Quiet)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with server.http() as http:
+            wrong = http.post("/v1/endpoints", json={
+                "url": f"http://127.0.0.1:{httpd.server_port}/", "jobs": ["pushEcho"]}).json()
+        run = client.start("pushEcho", {"n": 7})
+        deadline = time.monotonic() + 20
+        while not posts and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert posts, "the server never posted to the registered URL"
+
+        # The mistake is put right: the wrong URL is removed, the real route registered.
+        with server.http() as http:
+            assert http.delete(f"/v1/endpoints/{wrong['id']}").is_success
+        push_app.start()
+        # The run was not left running on a reply that is not the route's: it
+        # completes at once, in its first attempt (the lease was not waited out).
+        done = client.runs.wait(run.id, timeout=20)
+        assert (done.status, done.result) == ("completed", {"echo": 7})
+        assert [a.status for a in client.runs.attempts(run.id)] == ["completed"]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 def _post(url: str, headers: dict[str, str], body: bytes) -> httpx.Response:
     return httpx.post(url, content=body, headers={"content-type": "application/json",
                                                   **headers}, timeout=30)

@@ -9,9 +9,10 @@ durable through ``/v1/worker/...`` as a remote worker does, before it answers.
 While a request is open the dispatcher renews the run's lease. Each claim
 leases under an owner id of its own (``<dispatcher>.<n>``), so a run handed
 back and delivered again can never be checkpointed by the earlier request.
-When a route cannot be reached or answers with an error, its run is handed back
-(the next delivery replays the completed steps) and the endpoint is left alone
-for a while, longer after each failure in a row, up to ``MAX_BACKOFF``.
+When a route cannot be reached, answers with an error, or answers with anything
+but its acknowledgement of the run (a URL that is not the route), its run is
+handed back (the next delivery replays the completed steps) and the endpoint is
+left alone for a while, longer after each failure in a row, up to ``MAX_BACKOFF``.
 If the server itself dies, leases run out and the rescuer retries the runs.
 """
 
@@ -226,10 +227,14 @@ class Dispatcher:
             assert endpoint.secret is not None
             headers = sign(endpoint.secret, body, time.time())
             response = self._http.post(endpoint.url, content=body, headers=headers)
-            ok = response.is_success
-            if not ok:
+            ok = response.is_success and _acknowledges(response, lease)
+            if not response.is_success:
                 log.warning("push: %s answered %d for run %s: %s", endpoint.url,
                             response.status_code, lease.run_id, _reason(response))
+            elif not ok:
+                log.warning("push: %s answered %d for run %s, but not as a handler route "
+                            "does (is it the route's URL?): %s", endpoint.url,
+                            response.status_code, lease.run_id, response.text[:200])
         except httpx.HTTPError as exc:
             log.warning("push: could not deliver run %s to %s: %s", lease.run_id,
                         endpoint.url, exc)
@@ -255,6 +260,19 @@ class Dispatcher:
             except Exception:
                 log.warning("push: could not hand back run %s", lease.run_id, exc_info=True)
         self.signal.bump()
+
+
+def _acknowledges(response: httpx.Response, lease: Lease) -> bool:
+    """Whether ``response`` is a handler route's answer for the run it was given.
+
+    Any other success (a welcome page, a proxy's) ran nothing: the run is handed
+    back at once instead of staying leased until its lease runs out.
+    """
+    try:
+        done = response.json()
+        return bool(done["runId"] == lease.run_id and done["attempt"] == lease.attempt)
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def _reason(response: httpx.Response) -> str:
