@@ -380,6 +380,8 @@ class RemoteService(RemoteFlowControl):
 
     def state_increment(self, key: str, by: int = 1) -> int:
         _state_key(key)
+        if isinstance(by, bool) or not isinstance(by, int) or not -(2**63) <= by < 2**63:
+            raise ValidationError(f"by must be a 64-bit integer, got {by!r}")
         response = self._call("POST", "/v1/state/increment", json={"key": key, "by": by})
         return int(response.json()["value"])
 

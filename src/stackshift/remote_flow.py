@@ -12,8 +12,10 @@ from urllib.parse import quote
 
 import httpx
 
+from .engine.limits import check_concurrency, parse_rate_limit
 from .engine.transitions import parse_status
 from .errors import ScheduleNotFoundError, StackShiftError, ValidationError
+from .jobs import check_max_attempts
 from .models import Page, QueueInfo, Schedule
 from .serialization import to_jsonable
 from .server import flow_schemas as f
@@ -50,6 +52,11 @@ class RemoteFlowControl:
 
     def configure_queue(self, name: str, *, concurrency: Any = KEEP, rate_limit: Any = KEEP,
                         max_attempts: Any = KEEP) -> QueueInfo:
+        # The embedded service's checks, so that bad settings raise the same errors.
+        for value, check in ((concurrency, check_concurrency), (rate_limit, parse_rate_limit),
+                             (max_attempts, check_max_attempts)):
+            if value is not KEEP and value is not None:
+                check(value)
         body = {key: value for key, value in (("concurrency", concurrency),
                                               ("rateLimit", rate_limit),
                                               ("maxAttempts", max_attempts))

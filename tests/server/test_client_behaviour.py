@@ -142,6 +142,11 @@ def test_bad_start_input_raises_and_writes_nothing(
          "created_after: 'yesterday' is not an ISO-8601 time"),
         (lambda c: c.events.send("", {}), "event name '' is invalid: use 1-200 letters"),
         (lambda c: c.state.set("k", 1, ttl="forever"), "ttl: 'forever' is not a duration"),
+        (lambda c: c.state.increment("n", 1.5), "by must be a 64-bit integer, got 1.5"),
+        (lambda c: c.queue("billing", concurrency=-1),
+         "concurrency must be an integer from 1 to 100000, got -1"),
+        (lambda c: c.queue("billing").configure(max_attempts=0),
+         "max_attempts must be an integer from 1 to 1000, got 0"),
     ],
 )
 def test_bad_input_is_reported_in_the_same_words(
