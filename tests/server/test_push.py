@@ -19,8 +19,9 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import httpx
 import pytest
@@ -234,6 +235,47 @@ def test_a_url_answering_200_without_running_the_job_gets_the_run_handed_back(
         # completes at once, in its first attempt (the lease was not waited out).
         done = client.runs.wait(run.id, timeout=20)
         assert (done.status, done.result) == ("completed", {"echo": 7})
+        assert [a.status for a in client.runs.attempts(run.id)] == ["completed"]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_step_longer_than_a_proxys_timeout_runs_once(
+    client: StackShift, push_app: PushApp
+) -> None:
+    # The route is reached through a proxy that gives up after 2 s with a 504
+    # (as nginx does after its proxy_read_timeout), while the app carries on.
+    upstream = f"http://127.0.0.1:{push_app.port}"
+
+    def proxy(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        headers = {key[5:].replace("_", "-").lower(): value
+                   for key, value in environ.items() if key.startswith("HTTP_")}
+        try:
+            answer = httpx.post(upstream + environ["PATH_INFO"], content=body,
+                                headers=headers, timeout=2)
+        except httpx.TimeoutException:
+            start_response("504 Gateway Timeout", [("Content-Type", "text/html")])
+            return [b"<html>504 Gateway Time-out</html>"]
+        start_response(f"{answer.status_code} {answer.reason_phrase}",
+                       [("Content-Type", answer.headers.get("content-type", "text/plain"))])
+        return [answer.content]
+
+    class Threads(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    httpd = make_server("127.0.0.1", 0, proxy, server_class=Threads, handler_class=_Quiet)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        push_app.url = f"http://127.0.0.1:{httpd.server_port}/stackshift/"  # registered
+        push_app.start(hang_at="echo-1", hang_seconds=5)
+        run = client.start("pushEcho", {"n": 1})
+        done = client.runs.wait(run.id, timeout=30)
+        assert (done.status, done.result) == ("completed", {"echo": 1})
+        # The 504 did not hand the run to a second execution of the step while
+        # the first still ran: the route kept the run and recorded it.
+        assert push_app.effects_of("start") == Counter({"echo-1": 1})
         assert [a.status for a in client.runs.attempts(run.id)] == ["completed"]
     finally:
         httpd.shutdown()

@@ -13,6 +13,8 @@ When a route cannot be reached, answers with an error, or answers with anything
 but its acknowledgement of the run (a URL that is not the route), its run is
 handed back (the next delivery replays the completed steps) and the endpoint is
 left alone for a while, longer after each failure in a row, up to ``MAX_BACKOFF``.
+A ``504`` (a proxy's timeout) or no answer in ``request_timeout`` hands nothing
+back: the route may still be executing the run, and it renews the lease itself.
 If the server itself dies, leases run out and the rescuer retries the runs.
 """
 
@@ -48,6 +50,9 @@ MIN_BACKOFF = 0.25
 MAX_BACKOFF = 5.0
 #: Deliveries older than this are deleted; their signatures expired long before.
 DELIVERY_RETENTION = 3600.0
+#: How a delivery ended: the route answered for the run; it failed (hand the run
+#: back); or it is not known whether the route still executes it (a timeout).
+DONE, FAILED, UNKNOWN = "done", "failed", "unknown"
 
 
 @dataclass
@@ -211,7 +216,7 @@ class Dispatcher:
     def _deliver(self, route: _Route, claimed: ClaimedRun) -> None:
         endpoint = route.endpoint
         lease = claimed.lease
-        ok = False
+        outcome = FAILED
         try:
             delivery_id = new_id("dlv")
             self.service.store.insert_push_delivery(delivery_id, endpoint.id, lease.run_id,
@@ -227,38 +232,51 @@ class Dispatcher:
             assert endpoint.secret is not None
             headers = sign(endpoint.secret, body, time.time())
             response = self._http.post(endpoint.url, content=body, headers=headers)
-            ok = response.is_success and _acknowledges(response, lease)
-            if not response.is_success:
+            if response.is_success and _acknowledges(response, lease):
+                outcome = DONE
+            elif response.status_code == 504:
+                outcome = UNKNOWN
+                log.warning("push: %s answered 504 (a proxy's timeout) for run %s: the route "
+                            "may still be executing it, so the run stays with it until its "
+                            "lease runs out", endpoint.url, lease.run_id)
+            elif not response.is_success:
                 log.warning("push: %s answered %d for run %s: %s", endpoint.url,
                             response.status_code, lease.run_id, _reason(response))
-            elif not ok:
+            else:
                 log.warning("push: %s answered %d for run %s, but not as a handler route "
                             "does (is it the route's URL?): %s", endpoint.url,
                             response.status_code, lease.run_id, response.text[:200])
+        except httpx.ReadTimeout:
+            outcome = UNKNOWN
+            log.warning("push: %s did not answer for run %s in time: the route may still be "
+                        "executing it, so the run stays with it until its lease runs out",
+                        endpoint.url, lease.run_id)
         except httpx.HTTPError as exc:
             log.warning("push: could not deliver run %s to %s: %s", lease.run_id,
                         endpoint.url, exc)
         except Exception:
             log.exception("push: delivering run %s failed", lease.run_id)
         finally:
-            self._ended(route, lease, ok)
+            self._ended(route, lease, outcome)
 
-    def _ended(self, route: _Route, lease: Lease, ok: bool) -> None:
+    def _ended(self, route: _Route, lease: Lease, outcome: str) -> None:
         with self._lock:
             route.in_flight.pop(lease.run_id, None)
-            if ok:
+            if outcome == DONE:
                 route.failures = 0
                 route.paused_until = 0.0
-            else:
+            elif outcome == FAILED:
                 route.failures += 1
                 pause = min(MAX_BACKOFF, MIN_BACKOFF * 2 ** (route.failures - 1))
                 route.paused_until = time.monotonic() + pause
-        if not ok:
+        if outcome == FAILED:
             # Conditional on the lease: a no-op when the route recorded an ending.
             try:
                 self.service.store.release_run(lease, self.service.clock.now())
             except Exception:
                 log.warning("push: could not hand back run %s", lease.run_id, exc_info=True)
+        # UNKNOWN: the route renews the lease while it executes the run and records
+        # its ending; if it is gone, the lease runs out and the rescuer retries.
         self.signal.bump()
 
 
