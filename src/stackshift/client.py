@@ -347,7 +347,7 @@ class StackShift:
         ``key_concurrency`` (most runs with the same ``concurrency_key`` at
         once), ``on_failure`` (a job started with the failed run's id, job,
         payload and error), ``cron`` and ``timezone`` (a recurring schedule,
-        created when a worker serving the job starts).
+        created when a worker or a push-mode route serving the job starts).
         """
         def register(fn: F) -> F:
             self._registry.add(make_job(name, fn, **options))

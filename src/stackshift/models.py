@@ -284,7 +284,7 @@ class Schedule:
     """A recurring schedule: a job started once per tick of ``cron``.
 
     ``source`` is ``"code"`` for ``@job(cron=...)`` (kept in sync by the workers
-    serving the job) and ``"api"`` for ``schedules.create``. ``last_error`` is
+    and push-mode routes serving the job) and ``"api"`` for ``schedules.create``. ``last_error`` is
     why the last tick could not start a run, else the error of the last run
     when it failed.
     """

@@ -94,6 +94,11 @@ class PushRoute:
                 f"the route needs its endpoint's signing secret: pass url= to register it, "
                 f"or secret= (or {SECRET_ENV}) from `stackshift endpoints add`")
         self.secret = secret
+        # What a worker does when it starts: the server creates the jobs' cron=
+        # schedules, and runs started without the jobs' code (another service, the
+        # CLI) take their queue and max_attempts.
+        self.service.sync_code_schedules()
+        self.service.publish_jobs()
         # Sync handlers run here: enough threads for the runs the server posts at
         # once, plus those a timed-out handler still holds.
         self.threads = ThreadPoolExecutor(2 * concurrency + 4,

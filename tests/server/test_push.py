@@ -377,3 +377,21 @@ def test_wsgi_route_runs_a_sleeping_job_and_enforces_a_timeout(server: Server) -
         httpd.shutdown()
         httpd.server_close()
         app.close()
+
+
+def test_a_route_publishes_its_jobs_as_a_worker_does(server: Server, client: StackShift) -> None:
+    """The jobs' ``cron=`` schedules exist, and runs started without the jobs' code
+    (another service, the CLI) take their queue and max_attempts."""
+    app = StackShift(api_key=server.api_key, base_url=server.url)
+    app.job("nightlyReport", lambda ctx: None, cron="0 3 * * *", timezone="Europe/Paris")
+    app.job("resizeAvatar", lambda ctx: None, queue="media", max_attempts=7)
+    try:
+        stackshift.asgi_app(app, url=f"http://127.0.0.1:{free_port()}/stackshift/")
+        [schedule] = client.schedules.list()
+        assert (schedule.job, schedule.cron, schedule.timezone, schedule.source) == (
+            "nightlyReport", "0 3 * * *", "Europe/Paris", "code")
+        run = client.start("resizeAvatar", {"imageId": "img_1"})
+        assert (run.queue, run.max_attempts) == ("media", 7)
+    finally:
+        app.close()
+
