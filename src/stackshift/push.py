@@ -46,7 +46,7 @@ from .worker.executor import execute_async, execute_sync
 from .worker.invocation import Invocation
 
 if TYPE_CHECKING:
-    from .client import StackShift
+    from .client import AsyncStackShift, StackShift
     from .remote import RemoteService
 
 log = logging.getLogger("stackshift.push")
@@ -67,11 +67,14 @@ def _error(status: int, code: str, message: str) -> Reply:
 class PushRoute:
     """What both adapters share: check a request, then execute the run it carries."""
 
-    def __init__(self, client: StackShift, *, url: str | None = None,
+    def __init__(self, client: StackShift | AsyncStackShift, *, url: str | None = None,
                  secret: str | None = None, concurrency: int = 10) -> None:
+        from .client import AsyncStackShift
         from .remote import RemoteService
         from .remote_worker import RemoteWorkerService
 
+        if isinstance(client, AsyncStackShift):
+            client = client.sync  # the same jobs and server
         api = client._api
         if not isinstance(api, RemoteService):
             raise ValidationError(
@@ -343,9 +346,10 @@ class WsgiRoute:
         return [payload]
 
 
-def asgi_app(client: StackShift, *, url: str | None = None, secret: str | None = None,
-             concurrency: int = 10) -> AsgiRoute:
-    """The handler route for ``client``'s jobs, as an ASGI application.
+def asgi_app(client: StackShift | AsyncStackShift, *, url: str | None = None,
+             secret: str | None = None, concurrency: int = 10) -> AsgiRoute:
+    """The handler route for ``client``'s jobs, as an ASGI application
+    (``client`` made with ``api_key`` and ``base_url``, sync or async).
 
     ``url`` is the route's public URL: given, the route registers itself with
     the server now (for every job of ``client``) and signs with the secret the
@@ -356,7 +360,7 @@ def asgi_app(client: StackShift, *, url: str | None = None, secret: str | None =
     return AsgiRoute(PushRoute(client, url=url, secret=secret, concurrency=concurrency))
 
 
-def wsgi_app(client: StackShift, *, url: str | None = None, secret: str | None = None,
-             concurrency: int = 10) -> WsgiRoute:
+def wsgi_app(client: StackShift | AsyncStackShift, *, url: str | None = None,
+             secret: str | None = None, concurrency: int = 10) -> WsgiRoute:
     """The handler route as a WSGI application; the options are :func:`asgi_app`'s."""
     return WsgiRoute(PushRoute(client, url=url, secret=secret, concurrency=concurrency))

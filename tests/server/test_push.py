@@ -8,6 +8,7 @@ leaves an exact record of what ran.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -25,11 +26,12 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import httpx
 import pytest
+import uvicorn
 from serverproc import Server, free_port, running_server, start_server, stop_server
 
 import stackshift
 from processes import stop_processes
-from stackshift import StackShift
+from stackshift import AsyncStackShift, StackShift
 from stackshift.signing import sign
 
 HERE = Path(__file__).parent
@@ -395,3 +397,30 @@ def test_a_route_publishes_its_jobs_as_a_worker_does(server: Server, client: Sta
     finally:
         app.close()
 
+
+def test_an_async_client_serves_its_jobs_from_an_asgi_route(server: Server) -> None:
+    app = AsyncStackShift(api_key=server.api_key, base_url=server.url)
+
+    @app.job("asyncGreeting")
+    async def greeting(ctx: Any) -> dict[str, Any]:
+        name = await ctx.step.run("name", lambda: ctx.payload["name"])
+        return {"greeting": f"hello {name}"}
+
+    port = free_port()
+    route = stackshift.asgi_app(app, url=f"http://127.0.0.1:{port}/")
+    web = uvicorn.Server(uvicorn.Config(route, host="127.0.0.1", port=port,
+                                        log_level="warning"))
+    thread = threading.Thread(target=web.run, daemon=True)
+    thread.start()
+
+    async def scenario() -> Any:
+        run = await app.start("asyncGreeting", {"name": "ada"})
+        return await app.runs.wait(run.id, timeout=30)
+
+    try:
+        done = asyncio.run(scenario())
+        assert (done.status, done.result) == ("completed", {"greeting": "hello ada"})
+    finally:
+        web.should_exit = True
+        thread.join(timeout=10)
+        asyncio.run(app.close())
