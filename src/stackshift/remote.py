@@ -39,6 +39,7 @@ from .remote_flow import RemoteFlowControl
 from .serialization import to_jsonable
 from .server import push_schemas as push_wire
 from .server import schemas as wire
+from .service import check_reason
 from .settings import Settings
 
 #: Longest single long-poll; the server caps it at the same value.
@@ -283,6 +284,7 @@ class RemoteService(RemoteFlowControl):
         return wire.Run.model_validate(response.json()).to_model()
 
     def cancel_run(self, run_id: str, reason: str | None = None) -> Run:
+        check_reason(reason)
         return self._run_action(run_id, "cancel", {} if reason is None else {"reason": reason})
 
     def retry_run(self, run_id: str) -> Run:

@@ -86,6 +86,13 @@ def check_key(value: object, what: str, limit: int) -> str:
     return value
 
 
+def check_reason(reason: object) -> str | None:
+    """A cancel's reason: text (it becomes the run's error message), or None."""
+    if reason is not None and not isinstance(reason, str):
+        raise ValidationError(f"reason must be a string, got {reason!r}")
+    return reason
+
+
 def check_limit(limit: object) -> int:
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
         raise ValidationError(f"limit must be an integer from 1 to 1000, got {limit!r}")
@@ -277,7 +284,7 @@ class Service(FlowControl):
             pause = min(pause * 1.5, 0.1)
 
     def cancel_run(self, run_id: str, reason: str | None = None) -> Run:
-        return self.store.cancel_run(run_id, reason, self.clock.now())
+        return self.store.cancel_run(run_id, check_reason(reason), self.clock.now())
 
     def retry_run(self, run_id: str) -> Run:
         run = self.store.retry_run(run_id, self.clock.now())

@@ -233,6 +233,13 @@ def test_cancel(client: StackShift, unique: Names) -> None:
     assert client.runs.cancel(run.id).status == "cancelled"  # cancelling twice is fine
 
 
+def test_a_cancel_reason_is_text(client: StackShift, unique: Names) -> None:
+    run = client.start(unique("later"), delay="1h")
+    with pytest.raises(ValidationError, match="reason must be a string, got 5"):
+        client.runs.cancel(run.id, reason=5)  # type: ignore[arg-type]
+    assert client.runs.get(run.id).status == "scheduled"
+
+
 def test_cancel_of_a_finished_run_is_refused(
     client: StackShift, run_all: Callable[[], int], unique: Names
 ) -> None:
