@@ -39,7 +39,7 @@ from .remote_flow import RemoteFlowControl
 from .serialization import to_jsonable
 from .server import push_schemas as push_wire
 from .server import schemas as wire
-from .service import check_reason
+from .service import check_limit, check_reason
 from .settings import Settings
 
 #: Longest single long-poll; the server caps it at the same value.
@@ -388,6 +388,9 @@ class RemoteService(RemoteFlowControl):
         return int(response.json()["value"])
 
     def state_keys(self, prefix: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        if prefix is not None and not isinstance(prefix, str):
+            raise ValidationError(f"prefix must be a string, got {prefix!r}")
+        check_limit(limit)
         response = self._call("GET", "/v1/state", params={"prefix": prefix, "limit": limit})
         entries = wire.StateList.model_validate(response.json()).items
         return [{"key": e.key, "value": e.value, "expires_at": _epoch(e.expires_at),

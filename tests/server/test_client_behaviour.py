@@ -398,6 +398,13 @@ def test_state_counters_expiry_and_listing(client: StackShift, unique: Names) ->
         client.state.set(unique("x"), "x" * (256 * 1024 + 1))
 
 
+def test_state_listing_checks_its_arguments(client: StackShift) -> None:
+    with pytest.raises(ValidationError, match="prefix must be a string, got 5"):
+        client.state.keys(prefix=5)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="limit must be an integer from 1 to 1000, got 0"):
+        client.state.keys(limit=0)
+
+
 def test_locks(client: StackShift, engine: StackShift, unique: Names) -> None:
     key = unique("lock:customer:1")
     with client.state.lock(key, ttl="30s"):
