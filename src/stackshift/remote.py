@@ -39,7 +39,7 @@ from .remote_flow import RemoteFlowControl
 from .serialization import to_jsonable
 from .server import push_schemas as push_wire
 from .server import schemas as wire
-from .service import check_limit, check_reason
+from .service import check_key, check_limit, check_reason
 from .settings import Settings
 
 #: Longest single long-poll; the server caps it at the same value.
@@ -206,6 +206,18 @@ class RemoteService(RemoteFlowControl):
             check_name(queue_name, "queue name")
         if max_attempts is not None:
             check_max_attempts(max_attempts)
+        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)
+                                     or not -(2**31) <= priority < 2**31):
+            raise ValidationError(f"priority must be a 32-bit integer, got {priority!r}")
+        if concurrency_key is not None:
+            check_key(concurrency_key, "concurrency_key", 512)
+        if idempotency_key is not None:
+            check_key(idempotency_key, "idempotency_key",
+                      self.settings.max_idempotency_key_length)
+            if idempotency_ttl is not None:
+                ttl = parse_duration(idempotency_ttl, name="idempotency_ttl")
+                if ttl <= 0 or ttl > self.settings.max_idempotency_ttl:
+                    raise ValidationError("idempotency_ttl must be more than 0 and at most 365d")
         registered = self.registry.get(job)
         if registered is not None:
             queue_name = queue_name or registered.queue
@@ -325,9 +337,10 @@ class RemoteService(RemoteFlowControl):
         body: dict[str, Any] = {"name": name,
                                 "payload": to_jsonable(payload, what="event payload")}
         if correlation_key is not None:
-            body["correlationKey"] = correlation_key
+            body["correlationKey"] = check_key(correlation_key, "correlation_key", 512)
         if idempotency_key is not None:
-            body["idempotencyKey"] = idempotency_key
+            body["idempotencyKey"] = check_key(idempotency_key, "idempotency_key",
+                                               self.settings.max_idempotency_key_length)
         response = self._call("POST", "/v1/events", json=body)
         return wire.SentEvent.model_validate(response.json()).to_model()
 
@@ -354,7 +367,7 @@ class RemoteService(RemoteFlowControl):
     # -- state -----------------------------------------------------------------------------
 
     def state_get(self, key: str) -> tuple[bool, Any]:
-        response = self._call("GET", f"/v1/state/{_state_key(key)}", ok=(200, 404))
+        response = self._call("GET", f"/v1/state/{self._state_key(key)}", ok=(200, 404))
         if response.status_code == 404:
             if response.json().get("error", {}).get("code") != "state_key_not_found":
                 raise_for_error(response)
@@ -370,22 +383,30 @@ class RemoteService(RemoteFlowControl):
         expires_at: datetime | str | None = None,
     ) -> None:
         body: dict[str, Any] = {"value": to_jsonable(value, what=f"state value for {key!r}")}
+        path = f"/v1/state/{self._state_key(key)}"
         if ttl is not None:
             body["ttl"] = _duration(ttl, "ttl")
+            if parse_duration(ttl, name="ttl") <= 0:
+                raise ValidationError("ttl must be more than 0")
         if expires_at is not None:
             body["expiresAt"] = _when(expires_at, "expires_at")
-        self._call("PUT", f"/v1/state/{_state_key(key)}", json=body)
+        self._call("PUT", path, json=body)
 
     def state_delete(self, key: str) -> bool:
-        response = self._call("DELETE", f"/v1/state/{_state_key(key)}")
+        response = self._call("DELETE", f"/v1/state/{self._state_key(key)}")
         return bool(wire.StateDeleted.model_validate(response.json()).deleted)
 
     def state_increment(self, key: str, by: int = 1) -> int:
-        _state_key(key)
+        self._state_key(key)
         if isinstance(by, bool) or not isinstance(by, int) or not -(2**63) <= by < 2**63:
             raise ValidationError(f"by must be a 64-bit integer, got {by!r}")
         response = self._call("POST", "/v1/state/increment", json={"key": key, "by": by})
         return int(response.json()["value"])
+
+    def _state_key(self, key: object) -> str:
+        """``key`` as a path segment, checked as the embedded service does."""
+        check_key(key, "state key", self.settings.max_state_key_length)
+        return _state_key(key)
 
     def state_keys(self, prefix: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         if prefix is not None and not isinstance(prefix, str):
@@ -417,12 +438,12 @@ class RemoteService(RemoteFlowControl):
         return push_wire.Endpoint.model_validate(response.json()).to_model()
 
     def lock_acquire(self, key: str, owner: str, ttl: Any) -> bool:
-        _state_key(key)
+        self._state_key(key)
         response = self._call("POST", "/v1/locks/acquire",
                               json={"key": key, "owner": owner, "ttl": _duration(ttl, "ttl")})
         return bool(wire.LockResult.model_validate(response.json()).held)
 
     def lock_release(self, key: str, owner: str) -> bool:
-        _state_key(key)
+        self._state_key(key)
         response = self._call("POST", "/v1/locks/release", json={"key": key, "owner": owner})
         return bool(wire.LockResult.model_validate(response.json()).held)

@@ -15,11 +15,12 @@ import httpx
 from .engine.limits import check_concurrency, parse_rate_limit
 from .engine.transitions import parse_status
 from .errors import ScheduleNotFoundError, StackShiftError, ValidationError
-from .jobs import check_max_attempts
+from .jobs import check_max_attempts, check_name
 from .models import Page, QueueInfo, Schedule
 from .serialization import to_jsonable
 from .server import flow_schemas as f
 from .server import schemas as wire
+from .service import check_limit
 from .store.queues import KEEP
 
 
@@ -80,6 +81,7 @@ class RemoteFlowControl:
 
     def dead_letters(self, queue: str, *, job: str | None = None, limit: int = 50,
                      cursor: str | None = None) -> Page:
+        check_limit(limit)
         found = self._call("GET", f"/v1/queues/{_name(queue, 'queue name')}/dead-letters",
                            params={"job": job, "limit": limit, "cursor": cursor})
         page = wire.RunPage.model_validate(found.json())
@@ -90,6 +92,9 @@ class RemoteFlowControl:
                    created_before: datetime | str | None = None,
                    limit: int | None = None) -> list[str]:
         parse_status(status)  # the embedded service's error for an unknown one
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit < 1):
+            raise ValidationError(f"limit must be a positive integer, got {limit!r}")
         body = {"queueName": queue, "job": job, "status": status,
                 "createdAfter": _when(created_after), "createdBefore": _when(created_before),
                 "limit": limit}
@@ -112,6 +117,9 @@ class RemoteFlowControl:
 
     def create_schedule(self, job: str, *, cron: str, payload: Any = None,
                         timezone: str = "UTC", queue_name: str | None = None) -> Schedule:
+        check_name(job, "job name")
+        if queue_name is not None:
+            check_name(queue_name, "queue name")
         body = {"job": job, "cron": cron, "payload": to_jsonable(payload),
                 "timezone": timezone}
         if queue_name is not None:
