@@ -99,9 +99,10 @@ class PushRoute:
         self.secret = secret
         # What a worker does when it starts: the server creates the jobs' cron=
         # schedules, and runs started without the jobs' code (another service, the
-        # CLI) take their queue and max_attempts.
-        self.service.sync_code_schedules()
-        self.service.publish_jobs()
+        # CLI) take their queue and max_attempts. A server out of reach does not
+        # stop the application: the first delivery (the server is back) does it.
+        self._published = False
+        self._publish()
         # Sync handlers run here: enough threads for the runs the server posts at
         # once, plus those a timed-out handler still holds.
         self.threads = ThreadPoolExecutor(2 * concurrency + 4,
@@ -114,6 +115,16 @@ class PushRoute:
         self._executing: set[Invocation] = set()
         self._executing_lock = threading.Lock()
         self._renewer: threading.Thread | None = None
+
+    def _publish(self) -> None:
+        try:
+            self.service.sync_code_schedules()
+            self.service.publish_jobs()
+        except (httpx.HTTPError, RemoteError) as exc:
+            log.warning("push: could not publish the jobs' schedules and defaults to the"
+                        " server yet (%s); the first delivery will", exc)
+        else:
+            self._published = True
 
     def register(self, url: str, *, concurrency: int = 10) -> Any:
         """Register ``url`` for every job of the client (again at each start is fine)."""
@@ -156,6 +167,8 @@ class PushRoute:
             steps={step.key: step.to_model() for step in delivery.claimed.steps},
             new_attempt=delivery.claimed.new_attempt,
         )
+        if not self._published:
+            self._publish()
         self._install_logs()
         invocation = Invocation(self.service, job, claimed, delivery.lease_seconds)  # type: ignore[arg-type]
         self._track(invocation)

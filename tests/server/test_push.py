@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -424,3 +425,17 @@ def test_an_async_client_serves_its_jobs_from_an_asgi_route(server: Server) -> N
         web.should_exit = True
         thread.join(timeout=10)
         asyncio.run(app.close())
+
+
+def test_a_route_starts_while_the_server_is_out_of_reach(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The application's web process starts although the server is down; the
+    jobs are published with the first delivery instead."""
+    app = StackShift(api_key="sk_unused", base_url=f"http://127.0.0.1:{free_port()}")
+    app.job("resizeAvatar", lambda ctx: None, queue="media", max_attempts=7)
+    try:
+        with caplog.at_level(logging.WARNING, logger="stackshift.push"):
+            stackshift.asgi_app(app, secret="whsec_test")
+        assert "could not publish the jobs' schedules and defaults" in caplog.text
+    finally:
+        app.close()
