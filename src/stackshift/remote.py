@@ -39,7 +39,7 @@ from .remote_flow import RemoteFlowControl
 from .serialization import to_jsonable
 from .server import push_schemas as push_wire
 from .server import schemas as wire
-from .service import check_key, check_limit, check_reason
+from .service import check_int, check_key, check_limit, check_reason
 from .settings import Settings
 
 #: Longest single long-poll; the server caps it at the same value.
@@ -206,9 +206,8 @@ class RemoteService(RemoteFlowControl):
             check_name(queue_name, "queue name")
         if max_attempts is not None:
             check_max_attempts(max_attempts)
-        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)
-                                     or not -(2**31) <= priority < 2**31):
-            raise ValidationError(f"priority must be a 32-bit integer, got {priority!r}")
+        if priority is not None:
+            check_int(priority, "priority", 32)
         if concurrency_key is not None:
             check_key(concurrency_key, "concurrency_key", 512)
         if idempotency_key is not None:
@@ -398,8 +397,7 @@ class RemoteService(RemoteFlowControl):
 
     def state_increment(self, key: str, by: int = 1) -> int:
         self._state_key(key)
-        if isinstance(by, bool) or not isinstance(by, int) or not -(2**63) <= by < 2**63:
-            raise ValidationError(f"by must be a 64-bit integer, got {by!r}")
+        check_int(by, "by", 64)
         response = self._call("POST", "/v1/state/increment", json={"key": key, "by": by})
         return int(response.json()["value"])
 

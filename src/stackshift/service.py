@@ -86,6 +86,14 @@ def check_key(value: object, what: str, limit: int) -> str:
     return value
 
 
+def check_int(value: object, what: str, bits: int) -> int:
+    """A signed integer of ``bits`` bits (``bool`` is refused: it is not a number)."""
+    if (isinstance(value, bool) or not isinstance(value, int)
+            or not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1)):
+        raise ValidationError(f"{what} must be a {bits}-bit integer, got {value!r}")
+    return value
+
+
 def check_reason(reason: object) -> str | None:
     """A cancel's reason: text (it becomes the run's error message), or None."""
     if reason is not None and not isinstance(reason, str):
@@ -184,10 +192,7 @@ class Service(FlowControl):
                 check_max_attempts(max_attempts)
             if priority is None:
                 priority = 0
-            if isinstance(priority, bool) or not isinstance(priority, int) or not (
-                -(2**31) <= priority < 2**31
-            ):
-                raise ValidationError(f"priority must be a 32-bit integer, got {priority!r}")
+            check_int(priority, "priority", 32)
             if concurrency_key is not None:
                 check_key(concurrency_key, "concurrency_key", 512)
             now = self.clock.now()
@@ -392,8 +397,7 @@ class Service(FlowControl):
 
     def state_increment(self, key: str, by: int = 1) -> int:
         """Add ``by`` atomically (across processes and machines); a new key starts at 0."""
-        if isinstance(by, bool) or not isinstance(by, int) or not -(2**63) <= by < 2**63:
-            raise ValidationError(f"by must be a 64-bit integer, got {by!r}")
+        check_int(by, "by", 64)
         return self.store.state_increment(self._state_key(key), by, self.clock.now())
 
     def state_keys(self, prefix: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
