@@ -52,6 +52,23 @@ def _stats_window(window: Any) -> float:
     return seconds
 
 
+
+def check_retry_many(status: str, queue: str | None, job: str | None,
+                     limit: int | None) -> str:
+    """The checks of a bulk retry's arguments (shared with the remote client);
+    returns the status to retry."""
+    state = parse_status(status).value
+    if state not in RETRYABLE:
+        raise ValidationError(f"only failed or cancelled runs can be retried, not {state}")
+    if queue is not None:
+        check_name(queue, "queue name")
+    if job is not None:
+        check_name(job, "job name")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                              or limit < 1):
+        raise ValidationError(f"limit must be a positive integer, got {limit!r}")
+    return state
+
 class FlowControl:
     store: SqlStore
     clock: Clock
@@ -136,16 +153,7 @@ class FlowControl:
         with ``runs.retry``. Runs that change status meanwhile are skipped.
         Returns the ids of the runs retried, at most ``limit`` of them.
         """
-        state = parse_status(status).value
-        if state not in RETRYABLE:
-            raise ValidationError(f"only failed or cancelled runs can be retried, not {state}")
-        if queue is not None:
-            check_name(queue, "queue name")
-        if job is not None:
-            check_name(job, "job name")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
-                                  or limit < 1):
-            raise ValidationError(f"limit must be a positive integer, got {limit!r}")
+        state = check_retry_many(status, queue, job, limit)
         filters = RunFilter(
             status=state, queue=queue, job=job,
             created_after=None if created_after is None

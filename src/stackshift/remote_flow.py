@@ -13,8 +13,8 @@ from urllib.parse import quote
 import httpx
 
 from .engine.limits import check_concurrency, parse_rate_limit
-from .engine.transitions import parse_status
 from .errors import ScheduleNotFoundError, StackShiftError, ValidationError
+from .flowcontrol import check_retry_many
 from .jobs import check_max_attempts, check_name
 from .models import Page, QueueInfo, Schedule
 from .serialization import to_jsonable
@@ -91,10 +91,7 @@ class RemoteFlowControl:
                    status: str = "failed", created_after: datetime | str | None = None,
                    created_before: datetime | str | None = None,
                    limit: int | None = None) -> list[str]:
-        parse_status(status)  # the embedded service's error for an unknown one
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
-                                  or limit < 1):
-            raise ValidationError(f"limit must be a positive integer, got {limit!r}")
+        check_retry_many(status, queue, job, limit)  # the embedded service's errors
         body = {"queueName": queue, "job": job, "status": status,
                 "createdAfter": _when(created_after), "createdBefore": _when(created_before),
                 "limit": limit}
