@@ -39,7 +39,7 @@ from .remote_flow import RemoteFlowControl
 from .serialization import to_jsonable
 from .server import push_schemas as push_wire
 from .server import schemas as wire
-from .service import check_int, check_key, check_limit, check_reason
+from .service import check_idempotency, check_int, check_key, check_limit, check_reason
 from .settings import Settings
 
 #: Longest single long-poll; the server caps it at the same value.
@@ -211,12 +211,7 @@ class RemoteService(RemoteFlowControl):
         if concurrency_key is not None:
             check_key(concurrency_key, "concurrency_key", 512)
         if idempotency_key is not None:
-            check_key(idempotency_key, "idempotency_key",
-                      self.settings.max_idempotency_key_length)
-            if idempotency_ttl is not None:
-                ttl = parse_duration(idempotency_ttl, name="idempotency_ttl")
-                if ttl <= 0 or ttl > self.settings.max_idempotency_ttl:
-                    raise ValidationError("idempotency_ttl must be more than 0 and at most 365d")
+            check_idempotency(self.settings, idempotency_key, idempotency_ttl)
         registered = self.registry.get(job)
         if registered is not None:
             queue_name = queue_name or registered.queue

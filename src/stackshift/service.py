@@ -94,6 +94,17 @@ def check_int(value: object, what: str, bits: int) -> int:
     return value
 
 
+def check_idempotency(settings: Settings, key: object, ttl: Any) -> float:
+    """Check an idempotency key and its TTL (shared with the remote client); the
+    TTL in seconds, the installation's default when ``ttl`` is None."""
+    check_key(key, "idempotency_key", settings.max_idempotency_key_length)
+    seconds = (settings.default_idempotency_ttl if ttl is None
+               else parse_duration(ttl, name="idempotency_ttl"))
+    if seconds <= 0 or seconds > settings.max_idempotency_ttl:
+        raise ValidationError("idempotency_ttl must be more than 0 and at most 365d")
+    return seconds
+
+
 def check_reason(reason: object) -> str | None:
     """A cancel's reason: text (it becomes the run's error message), or None."""
     if reason is not None and not isinstance(reason, str):
@@ -207,15 +218,7 @@ class Service(FlowControl):
                 run_at = None  # due already: queue it now
             expires_at = None
             if idempotency_key is not None:
-                check_key(idempotency_key, "idempotency_key", s.max_idempotency_key_length)
-                ttl = (
-                    s.default_idempotency_ttl
-                    if idempotency_ttl is None
-                    else parse_duration(idempotency_ttl, name="idempotency_ttl")
-                )
-                if ttl <= 0 or ttl > s.max_idempotency_ttl:
-                    raise ValidationError("idempotency_ttl must be more than 0 and at most 365d")
-                expires_at = now + ttl
+                expires_at = now + check_idempotency(s, idempotency_key, idempotency_ttl)
             elif idempotency_ttl is not None:
                 raise ValidationError("idempotency_ttl needs an idempotency_key")
             run = self.store.start_run(
