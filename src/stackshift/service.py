@@ -119,10 +119,12 @@ def check_limit(limit: object) -> int:
 
 
 class Notifier:
-    """In-process wake-ups: lets a worker start a run the moment it is queued."""
+    """In-process wake-ups: lets a worker start a run the moment it is queued, and
+    know when a retry, timer or delayed start recorded in this process falls due."""
 
     def __init__(self) -> None:
         self._listeners: list[Callable[[], None]] = []
+        self._due_listeners: list[Callable[[float], None]] = []
         self._lock = threading.Lock()
 
     def subscribe(self, listener: Callable[[], None]) -> None:
@@ -139,6 +141,22 @@ class Notifier:
             listeners = list(self._listeners)
         for listener in listeners:
             listener()
+
+    def subscribe_due(self, listener: Callable[[float], None]) -> None:
+        with self._lock:
+            self._due_listeners.append(listener)
+
+    def unsubscribe_due(self, listener: Callable[[float], None]) -> None:
+        with self._lock:
+            if listener in self._due_listeners:
+                self._due_listeners.remove(listener)
+
+    def due(self, at: float) -> None:
+        """Something was recorded to happen at ``at`` (epoch seconds)."""
+        with self._lock:
+            listeners = list(self._due_listeners)
+        for listener in listeners:
+            listener(at)
 
 
 class Service(FlowControl):
@@ -239,6 +257,8 @@ class Service(FlowControl):
             )
             if run.created:
                 self.notifier.notify()
+                if run_at is not None:
+                    self.notifier.due(run_at)
             return run
 
     # -- runs ------------------------------------------------------------------------

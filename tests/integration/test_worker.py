@@ -372,7 +372,8 @@ def test_a_run_asked_to_cancel_is_cancelled_not_released_when_the_grace_period_e
     assert app.runs.timeline(run.id)[-1].kind == "run.cancelled"
 
     successor = spawn()
-    time.sleep(1.0)
+    successor.wait_for_line(f"ready:{successor.proc.pid}")
+    time.sleep(1.0)  # it would have claimed a run handed back by now
     successor.proc.send_signal(signal.SIGTERM)
     assert successor.proc.wait(timeout=20) == 0
     assert app.runs.get(run.id).status == "cancelled"

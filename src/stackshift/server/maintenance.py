@@ -51,6 +51,7 @@ class Maintainer:
     def start(self) -> Maintainer:
         if self._thread is None:
             self._stop.clear()
+            self.service.notifier.subscribe_due(self.worker.due_plan.note)
             self._thread = threading.Thread(target=self._loop, name="stackshift-maintenance",
                                             daemon=True)
             self._thread.start()
@@ -58,8 +59,14 @@ class Maintainer:
 
     def _loop(self) -> None:
         store = self.service.store
-        while not self._stop.wait(self.worker.maintenance_interval):
+        plan = self.worker.due_plan
+        while True:
+            # Each round plans the next one at the earliest due timer, retry or start.
+            plan.sleep(self.worker.maintenance_interval, self.service.clock.now())
+            if self._stop.is_set():
+                return
             try:
+                plan.take_passed(self.service.clock.now())
                 if store.try_lead(self.id) and self.worker.maintain():
                     self.service.notifier.notify()  # waiting claims look again
             except Exception:
@@ -67,6 +74,8 @@ class Maintainer:
 
     def stop(self) -> None:
         self._stop.set()
+        self.service.notifier.unsubscribe_due(self.worker.due_plan.note)
+        self.worker.due_plan.changed.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None

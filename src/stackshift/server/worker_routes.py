@@ -186,6 +186,7 @@ def suspend_for_sleep(body: w.Suspend, request: Request) -> w.Done:
     _leased(lambda: service.store.suspend_for_sleep(
         body.lease.to_lease(), body.step.to_write(), body.until, _logs(body.logs),
         service.clock.now()))
+    service.notifier.due(body.until)
     return w.Done()
 
 
@@ -196,6 +197,8 @@ def wait_for_event(body: w.WaitForEvent, request: Request) -> w.EventTaken:
         body.lease.to_lease(), body.step.to_write(), body.name, body.correlation_key,
         body.timeout_at, body.on_timeout, body.since, _logs(body.logs), service.clock.now(),
         body.lease_seconds))
+    if event is None:
+        service.notifier.due(body.timeout_at)
     return w.EventTaken(event=None if event is None else s.Event.of(event))
 
 
@@ -206,6 +209,8 @@ def finish_attempt(body: w.FinishAttempt, request: Request) -> w.Recorded:
                                         _logs(body.logs), service.clock.now())
     if done:
         service.notifier.notify()  # a retry or failure handler may be due now
+        if body.outcome.retry_at is not None:
+            service.notifier.due(body.outcome.retry_at)
     return w.Recorded(recorded=done)
 
 

@@ -244,6 +244,7 @@ class Invocation:
             self._save(StepWrite(key, name, "sleep", None, "completed", "null", None, now, now))
             return
         self.store.suspend_for_sleep(self.lease, write, wake, self.take_logs(), now)
+        self.service.notifier.due(wake)
         raise Suspend(self.run.id)
 
     def wait_for_event(
@@ -281,6 +282,7 @@ class Invocation:
             self.lease_seconds,
         )
         if event is None:
+            self.service.notifier.due(now + timeout)
             raise Suspend(self.run.id)
         return event
 
@@ -329,6 +331,9 @@ class Invocation:
         done = self.store.finish_attempt(self.lease, outcome, self.take_logs(), self.clock.now())
         if not done:
             log.warning("run %s: lease lost before the attempt could be recorded", self.run.id)
+        elif outcome.retry_at is not None:
+            self.service.notifier.due(outcome.retry_at)
+
 
     def conclude(self, error: BaseException | None, value: Any = None) -> None:
         """Record how the handler ended: returned ``value`` or raised ``error``."""

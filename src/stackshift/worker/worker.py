@@ -62,6 +62,44 @@ class _Active:
     returned: bool = field(default=False)
 
 
+class DuePlan:
+    """When the next timer, retry or scheduled start falls due, as far as this
+    process knows: the heartbeat wakes then, not at its next regular round.
+
+    Maintenance notes the earliest due time it read from the store; the
+    service's notifier brings the times recorded in this process since (a
+    retry, a run parked until a time or an event's timeout, a delayed start).
+    A time noted while the heartbeat sleeps wakes it to sleep again until then.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._due: float | None = None  # epoch seconds, as the service clock
+        self.changed = threading.Event()
+
+    def note(self, at: float) -> None:
+        with self._lock:
+            if self._due is None or at < self._due:
+                self._due = at
+                self.changed.set()
+
+    def sleep(self, interval: float, now: float) -> None:
+        """Sleep ``interval`` at most, less if something falls due sooner."""
+        with self._lock:
+            due = self._due
+        timeout = interval if due is None else min(interval, max(0.0, due - now))
+        self.changed.wait(timeout)
+        self.changed.clear()
+
+    def take_passed(self, now: float) -> bool:
+        """Forget the noted time if it has come; whether it had."""
+        with self._lock:
+            if self._due is None or self._due > now:
+                return False
+            self._due = None
+            return True
+
+
 class _HandlerThreads:
     """The threads that run sync handlers, started as needed up to ``limit``.
 
@@ -155,6 +193,7 @@ class Worker:
         self._stopping = threading.Event()
         # Set once draining is over: leases are renewed until then (SIGTERM grace).
         self._halted = threading.Event()
+        self.due_plan = DuePlan()
         self._threads: list[threading.Thread] = []
         self._threads_for_sync: _HandlerThreads | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -187,6 +226,7 @@ class Worker:
             self._loop = asyncio.new_event_loop()
             self._spawn("stackshift-loop", self._loop.run_forever)
         self.service.notifier.subscribe(self._wake.set)
+        self.service.notifier.subscribe_due(self.due_plan.note)
         self._rules = self.service.claim_rules()
         self.service.sync_code_schedules()
         self.service.publish_jobs()
@@ -220,6 +260,7 @@ class Worker:
         self._stopping.set()
         self._wake.set()
         self.service.notifier.unsubscribe(self._wake.set)
+        self.service.notifier.unsubscribe_due(self.due_plan.note)
         deadline = time.monotonic() + patience
         while time.monotonic() < deadline:
             with self._lock:
@@ -227,6 +268,7 @@ class Worker:
                     break
             time.sleep(0.01)
         self._halted.set()
+        self.due_plan.changed.set()
         with self._lock:
             leftovers = list(self._active.values())
         for active in leftovers:
@@ -474,8 +516,12 @@ class Worker:
         clock = self.service.clock
         next_renewal = 0.0
         next_look = time.monotonic() + self.ENDED_LOOK_INTERVAL
-        while not self._halted.wait(self.maintenance_interval):
+        while True:
+            self.due_plan.sleep(self.maintenance_interval, clock.now())
+            if self._halted.is_set():
+                return
             try:
+                passed = self.due_plan.take_passed(clock.now())
                 now_mono = time.monotonic()
                 if now_mono >= next_renewal:
                     next_renewal = now_mono + self.lease_seconds / 3
@@ -494,8 +540,11 @@ class Worker:
                 self._enforce_timeouts()
                 # One elected worker maintains for everyone (on PostgreSQL: one
                 # across all processes; another takes over when its process dies).
-                if store.try_lead(self.id) and self.maintain() and self._free_slots() > 0:
-                    self._wake.set()
+                if store.try_lead(self.id):
+                    if self.maintain() and self._free_slots() > 0:
+                        self._wake.set()
+                elif passed and self._free_slots() > 0:
+                    self._wake.set()  # a retry of a run that ended here is due: claim it
             except Exception:
                 log.exception("worker %s: heartbeat failed; retrying", self.id)
 
@@ -582,8 +631,14 @@ class Worker:
                 changed += 1
         due = store.next_due_at()
         if due is not None and due <= now:
-            changed += len(store.fire_timers(now))
-            changed += store.promote_due(now)
+            moved = len(store.fire_timers(now)) + store.promote_due(now)
+            changed += moved
+            # The next one, or more of these past a batch (while batches move).
+            due = store.next_due_at()
+            if due is not None and due <= now and not moved:
+                due = None
+        if due is not None:
+            self.due_plan.note(due)
         changed += len(self.service.fire_schedules(now))
         limit = self.service.settings.starvation_limit
         if now >= self._next_ageing:
