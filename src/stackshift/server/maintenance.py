@@ -62,7 +62,7 @@ class Maintainer:
         plan = self.worker.due_plan
         while True:
             # Each round plans the next one at the earliest due timer, retry or start.
-            plan.sleep(self.worker.maintenance_interval, self.service.clock.now())
+            plan.sleep(self.worker.maintenance_interval, self.service.clock.now(), self._stop)
             if self._stop.is_set():
                 return
             try:

@@ -83,13 +83,16 @@ class DuePlan:
                 self._due = at
                 self.changed.set()
 
-    def sleep(self, interval: float, now: float) -> None:
-        """Sleep ``interval`` at most, less if something falls due sooner."""
+    def sleep(self, interval: float, now: float, stop: threading.Event) -> None:
+        """Sleep ``interval`` at most, less if something falls due sooner, or until
+        ``stop`` is set (whoever sets it sets ``changed`` next)."""
+        self.changed.clear()  # what was noted so far is read below
+        if stop.is_set():
+            return
         with self._lock:
             due = self._due
         timeout = interval if due is None else min(interval, max(0.0, due - now))
         self.changed.wait(timeout)
-        self.changed.clear()
 
     def take_passed(self, now: float) -> bool:
         """Forget the noted time if it has come; whether it had."""
@@ -517,7 +520,7 @@ class Worker:
         next_renewal = 0.0
         next_look = time.monotonic() + self.ENDED_LOOK_INTERVAL
         while True:
-            self.due_plan.sleep(self.maintenance_interval, clock.now())
+            self.due_plan.sleep(self.maintenance_interval, clock.now(), self._halted)
             if self._halted.is_set():
                 return
             try:
