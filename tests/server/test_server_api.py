@@ -16,6 +16,7 @@ import pytest
 from serverproc import running_server
 
 from stackshift import StackShift
+from stackshift.engine.transitions import Status
 from stackshift.store import open_store
 from stackshift.testing import run_until_idle
 
@@ -154,6 +155,103 @@ def test_metrics(http: httpx.Client, server: Any) -> None:
                    status="201") >= 4
     assert "# TYPE stackshift_runs gauge" in text
     assert httpx.get(f"{server.url}/metrics").status_code == 401
+
+
+def _count(text: str, **labels: str) -> float:
+    """``stackshift_http_responses_total`` for ``labels``; 0 when not counted yet."""
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    found = re.search("^stackshift_http_responses_total" + re.escape("{" + want + "}")
+                      + r" (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_a_request_refused_for_its_key_is_counted_under_its_route(
+        http: httpx.Client, server: Any) -> None:
+    """A 401 carries the route template the request was sent to, like any answered
+    request; only a path that no route serves is ``unmatched``."""
+    run = http.post("/v1/runs", json={"job": tag("keyless")}).json()
+    refused = [
+        ("GET", "/v1/runs/{run_id}", f"/v1/runs/{run['id']}", None),
+        ("GET", "/v1/runs/{run_id}", "/v1/runs/run_does_not_matter", "ssk_not-a-real-key"),
+        ("POST", "/v1/runs", "/v1/runs", None),
+        ("POST", "/v1/state/increment", "/v1/state/increment", "ssk_not-a-real-key"),
+        ("GET", "/v1/state/{key:text}", "/v1/state/a/b/c", None),
+    ]
+    before = http.get("/metrics").text
+    for method, _, path, key in refused:
+        with server.http(api_key=key or "") as stranger:
+            assert stranger.request(method, path, json={} if method == "POST" else None
+                                    ).status_code == 401
+    with server.http(api_key="") as stranger:
+        assert stranger.get(f"/v1/no-such-thing/{uuid.uuid4().hex}").status_code == 401
+    after = http.get("/metrics").text
+    expected: dict[tuple[str, str], int] = {}
+    for method, route, _, _ in refused:
+        expected[(method, route)] = expected.get((method, route), 0) + 1
+    for (method, route), n in expected.items():
+        labels = {"method": method, "route": route, "status": "401"}
+        assert _count(after, **labels) - _count(before, **labels) == n, (method, route)
+    unmatched = {"method": "GET", "route": "unmatched", "status": "401"}
+    assert _count(after, **unmatched) - _count(before, **unmatched) == 1
+    assert "no-such-thing" not in after and run["id"] not in after
+
+
+def test_dashboard_requests_are_counted_under_their_route_templates(
+        http: httpx.Client, server: Any) -> None:
+    """The dashboard served by the server counts in the same request metrics, by
+    route template (never the run id or queue name in the path)."""
+    runs = [http.post("/v1/runs", json={"job": tag("shown"), "queueName": tag("shown")}).json()
+            for _ in range(2)]
+    before = http.get("/metrics").text
+    with httpx.Client(base_url=server.url, timeout=30) as browser:
+        assert browser.get("/").status_code == 303  # not logged in yet: to the login page
+        login = browser.get("/login")
+        assert login.status_code == 200
+        csrf = re.search(r'name="csrf" value="([^"]+)"', login.text)
+        assert csrf
+        logged_in = browser.post("/login", data={"csrf": csrf.group(1),
+                                                 "api_key": server.api_key})
+        assert logged_in.status_code == 303
+        for run in runs:
+            assert browser.get(f"/runs/{run['id']}").status_code == 200
+            assert browser.get(f"/queues/{run['queueName']}").status_code == 200
+        assert browser.get("/runs/run_not_there").status_code == 404
+        assert browser.get("/static/dashboard.css").status_code == 200
+        assert browser.get(f"/no-such-page-{uuid.uuid4().hex}").status_code == 404
+    after = http.get("/metrics").text
+
+    def counted(method: str, route: str, status: int) -> float:
+        labels = {"method": method, "route": route, "status": str(status)}
+        return _count(after, **labels) - _count(before, **labels)
+
+    assert counted("GET", "/", 303) == 1
+    assert counted("GET", "/login", 200) == 1
+    assert counted("POST", "/login", 303) == 1
+    assert counted("GET", "/runs/{run_id}", 200) == 2
+    assert counted("GET", "/runs/{run_id}", 404) == 1
+    assert counted("GET", "/queues/{name}", 200) == 2
+    assert counted("GET", "/static/{path}", 200) == 1
+    assert counted("GET", "unmatched", 404) == 1
+    for run in runs:
+        assert run["id"] not in after and run["queueName"] not in after.replace(
+            f'queue="{run["queueName"]}"', "")
+
+
+def test_a_configured_queue_without_runs_is_in_the_runs_gauge(http: httpx.Client) -> None:
+    """A paused queue, or one with a concurrency limit, shows in ``stackshift_runs``
+    and ``stackshift_queue_depth`` with zero counts before it holds any run."""
+    paused, limited = tag("paused-empty"), tag("limited-empty")
+    assert http.post(f"/v1/queues/{paused}/pause").status_code == 200
+    assert http.patch(f"/v1/queues/{limited}", json={"concurrency": 2}).status_code == 200
+    text = http.get("/metrics").text
+    for queue in (paused, limited):
+        for status in Status:
+            assert _metric(text, "stackshift_runs", queue=queue, status=status.value) == 0
+        assert _metric(text, "stackshift_queue_depth", queue=queue) == 0
+    http.post(f"/v1/queues/{paused}/runs", json={"job": tag("held")})
+    text = http.get("/metrics").text
+    assert _metric(text, "stackshift_runs", queue=paused, status="queued") == 1
+    assert _metric(text, "stackshift_runs", queue=limited, status="queued") == 0
 
 
 def test_a_stopping_server_answers_its_long_polls_at_once(db_url: str, tmp_path: Path) -> None:

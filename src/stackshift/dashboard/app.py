@@ -497,8 +497,13 @@ def beside_api(api: ASGIApp, dashboard: ASGIApp, api_paths: tuple[str, ...] = AP
     everywhere else (``/``), each with its own authentication.
 
     The API keeps its ``Authorization: Bearer`` check; the dashboard its login page
-    and session cookie. Lifespan events go to the API.
+    and session cookie. Lifespan events go to the API. When ``api`` counts its
+    responses for ``/metrics`` (:func:`stackshift.server.app.create_app`), the
+    dashboard's are counted there too, by the dashboard's route templates.
     """
+    count = getattr(getattr(api, "state", None), "count_responses", None)
+    if count is not None:
+        dashboard = count(dashboard)
 
     def is_api(path: str) -> bool:
         return any(path == p or (p.endswith("/") and path.startswith(p)) for p in api_paths)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match, compile_path
+from starlette.routing import BaseRoute, Match, Mount, Route, compile_path
 
 from ..clock import SystemClock
 from ..errors import StackShiftError
@@ -147,11 +147,20 @@ async def _on_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 class CountResponses:
-    """Counts responses by method, route template and status for ``/metrics``."""
+    """Counts responses by method, route template and status for ``/metrics``.
 
-    def __init__(self, app: ASGIApp, counter: metrics.RequestCounter) -> None:
+    The template is the route that served the request (``scope["route"]``, set by
+    the router), else the first of ``routes`` that the request matches: a request
+    refused before routing (no API key, a body over the limit) was still sent to
+    that route. A request that matches no route is counted as ``unmatched``, so
+    the labels stay as few as the routes whatever paths clients send.
+    """
+
+    def __init__(self, app: ASGIApp, counter: metrics.RequestCounter,
+                 routes: Sequence[BaseRoute] = ()) -> None:
         self.app = app
         self.counter = counter
+        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -168,8 +177,23 @@ class CountResponses:
         try:
             await self.app(scope, receive, record)
         finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.counter.add(scope["method"], route, status)
+            self.counter.add(scope["method"], self._template(scope), status)
+
+    def _template(self, scope: Scope) -> str:
+        route = scope.get("route")
+        if route is None:
+            partial = None
+            for candidate in self.routes:
+                match, _ = candidate.matches(scope)
+                if match == Match.FULL:
+                    route = candidate
+                    break
+                if match == Match.PARTIAL and partial is None:
+                    partial = candidate
+            route = route or partial
+        if isinstance(route, Mount):  # e.g. the dashboard's /static/{path}
+            return route.path_format
+        return getattr(route, "path", None) or "unmatched"
 
 
 def create_app(service: Service, *, max_body_bytes: int = MiB) -> FastAPI:
@@ -220,17 +244,22 @@ def create_app(service: Service, *, max_body_bytes: int = MiB) -> FastAPI:
         return PlainTextResponse(metrics.render(service, counter),
                                  media_type=metrics.CONTENT_TYPE)
 
-    app.include_router(routes.router)
-    app.include_router(flow_routes.router)
-    app.include_router(worker_routes.router)
-    app.include_router(push_routes.router)
+    routers = [routes.router, flow_routes.router, worker_routes.router, push_routes.router]
+    for router in routers:
+        app.include_router(router)
     _document_auth(app)
+    # Every route in the order the router tries them, those of included routers too.
+    served: list[BaseRoute] = [r for r in app.router.routes if isinstance(r, Route)]
+    served += [r for router in routers for r in router.routes]
 
     # Starlette applies the last added middleware outermost.
     app.add_middleware(LimitBody, limit=max_body_bytes)
     app.add_middleware(RequireUtf8Path)
     app.add_middleware(RequireApiKey, verify=service.verify_api_key)
-    app.add_middleware(CountResponses, counter=counter)
+    app.add_middleware(CountResponses, counter=counter, routes=served)
+    # Counts the responses of an app served beside this one (the dashboard, see
+    # :func:`stackshift.dashboard.beside_api`) in the same metrics.
+    app.state.count_responses = lambda inner: CountResponses(inner, counter)
     return app
 
 

@@ -48,7 +48,8 @@ class RequestCounter:
 
 def render(service: Service, requests: RequestCounter) -> str:
     counts = service.run_counts()
-    queues = sorted({queue for queue, _ in counts})
+    # A configured queue (paused, limited) is shown even while it holds no runs.
+    queues = sorted({queue for queue, _ in counts} | set(service.queue_settings()))
     lines = [
         "# HELP stackshift_runs Runs by queue and status.",
         "# TYPE stackshift_runs gauge",
