@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from stackshift import AsyncStackShift, LockNotAcquiredError, StackShift
+from stackshift import AsyncStackShift, LockNotAcquiredError, StackShift, ValidationError
 from stackshift.durations import to_datetime
 from stackshift.testing import FakeClock, run_until_idle
 
@@ -180,6 +180,30 @@ def test_increment_is_exact_under_eight_threads(app: StackShift) -> None:
     assert errors == []
     assert app.state.get("hits") == 8 * per_thread
     assert sorted(seen) == list(range(1, 8 * per_thread + 1))  # every value handed out once
+
+
+@pytest.mark.parametrize(("value", "by", "message"), [
+    ("five", 1, "state key 'counter' does not hold an integer"),
+    ("5", 1, "state key 'counter' does not hold an integer"),
+    (True, 1, "state key 'counter' does not hold an integer"),
+    (2.5, 1, "state key 'counter' does not hold an integer"),
+    ({"n": 1}, 1, "state key 'counter' does not hold an integer"),
+    (None, 1, "state key 'counter' does not hold an integer"),
+    (2**63 - 1, 1, "adding 1 to state key 'counter' leaves the 64-bit integer range"),
+    (-(2**63), -1, "adding -1 to state key 'counter' leaves the 64-bit integer range"),
+    (2**70, -1, "adding -1 to state key 'counter' leaves the 64-bit integer range"),
+])
+def test_increment_refuses_with_the_same_message_on_every_store(
+        app: StackShift, value: Any, by: int, message: str) -> None:
+    """Whichever store, the error names the key and says what is wrong, in the
+    same words; the value is left as it was."""
+    app.state.set("counter", value)
+    with pytest.raises(ValidationError) as refused:
+        app.state.increment("counter", by)
+    assert str(refused.value) == message
+    got = app.state.get("counter")
+    assert got == value and type(got) is type(value)
+    assert app.state.increment("other", by) == by  # the store still works
 
 
 INCREMENT_SCRIPT = """

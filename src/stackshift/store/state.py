@@ -6,7 +6,20 @@ from typing import Any
 
 from ..errors import ValidationError
 from ..serialization import loads
-from .database import Database
+from .database import Database, Row
+
+
+class _Refused(Exception):
+    """The database refused an increment (not an integer, or out of range)."""
+
+
+def _check_increment(key: str, row: Row | None, by: int) -> None:
+    """Refuse to add ``by`` to the value in ``row`` (``None``: no live value, 0)."""
+    current = 0 if row is None else loads(row["value"])
+    if isinstance(current, bool) or not isinstance(current, int):
+        raise ValidationError(f"state key {key!r} does not hold an integer")
+    if not -(2**63) <= current + by < 2**63:
+        raise ValidationError(f"adding {by} to state key {key!r} leaves the 64-bit integer range")
 
 
 class StateStore:
@@ -30,29 +43,29 @@ class StateStore:
         return live > 0
 
     def state_increment(self, key: str, by: int, now: float) -> int:
-        with self.db.write() as tx:
-            if tx.dialect == "sqlite":
-                # SQLite would turn true into 1 and an overflow into a float: refuse
-                # both here, as PostgreSQL's bigint cast does.
-                row = tx.one("state_get", key=key, now=now)
-                current = 0 if row is None else loads(row["value"])
-                if isinstance(current, bool) or not isinstance(current, int):
-                    raise ValidationError(f"state key {key!r} does not hold an integer")
-                if not -(2**63) <= current + by < 2**63:
-                    raise ValidationError(
-                        f"adding {by} to state key {key!r} leaves the 64-bit integer range"
-                    )
+        for _ in range(3):
             try:
-                result = tx.one("state_increment", key=key, by=by, now=now)
-            except Exception as exc:
-                if tx.is_data_error(exc):
-                    raise ValidationError(
-                        f"state key {key!r} does not hold an integer, or adding {by} "
-                        "leaves the 64-bit integer range"
-                    ) from None
-                raise
-        assert result is not None
-        return int(result["value"])
+                with self.db.write() as tx:
+                    if tx.dialect == "sqlite":
+                        # SQLite would turn true into 1 and an overflow into a float:
+                        # refuse both here, as PostgreSQL's bigint cast does.
+                        _check_increment(key, tx.one("state_get", key=key, now=now), by)
+                    try:
+                        result = tx.one("state_increment", key=key, by=by, now=now)
+                    except Exception as exc:
+                        if tx.is_data_error(exc):
+                            raise _Refused from None
+                        raise
+                assert result is not None
+                return int(result["value"])
+            except _Refused:
+                pass
+            # PostgreSQL refused the cast or the sum: say which, as for SQLite.
+            with self.db.read() as tx:
+                _check_increment(key, tx.one("state_get", key=key, now=now), by)
+            # The value changed in between to one that can be added to: try again.
+        raise ValidationError(f"state key {key!r} does not hold an integer, or adding {by} "
+                              "leaves the 64-bit integer range")
 
     def list_state(self, prefix: str | None, limit: int, now: float) -> list[dict[str, Any]]:
         sql = "SELECT * FROM state WHERE (expires_at IS NULL OR expires_at > :now)"
