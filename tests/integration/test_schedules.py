@@ -139,6 +139,35 @@ def test_ticks_missed_while_everything_was_down_run_once(fake_app: StackShift,
     assert ticks_of(fake_app, schedule.id)[-1] == "2026-01-05T15:00:00Z"
 
 
+@pytest.mark.parametrize(("gap", "missed", "latest", "next_at"), [
+    # 2 days of a minutely schedule: 09:01 on the 5th ... 08:59 on the 7th skipped.
+    ("2d30s", 2879, "2026-01-07T09:00:00Z", "2026-01-07T09:01:00Z"),
+    # 30 days: far more ticks than are counted; the count stops at the cap.
+    ("30d30s", 10_000, "2026-02-04T09:00:00Z", "2026-02-04T09:01:00Z"),
+])
+def test_a_minutely_schedule_catches_up_a_long_outage_with_one_run(
+        fake_app: StackShift, clock: FakeClock, gap: str, missed: int, latest: str,
+        next_at: str) -> None:
+    """After days with nothing maintaining, a minutely schedule starts one run, for
+    the latest due minute; the minutes before are counted as missed (up to 10,000)
+    and the next tick is the next minute."""
+    fake_app.job("minutely", lambda ctx: None)
+    schedule = fake_app.schedules.create("minutely", cron="* * * * *")
+    assert schedule.next_run_at == at("2026-01-05T09:01:00Z")
+    clock.advance(gap)
+    run_until_idle(fake_app)
+    assert ticks_of(fake_app, schedule.id) == [latest]
+    after = fake_app.schedules.get(schedule.id)
+    assert after.missed_ticks == missed
+    assert after.last_run_at == at(latest)
+    assert after.next_run_at == at(next_at)
+    assert after.last_run_status == "completed" and after.last_error is None
+    clock.advance("1m")
+    run_until_idle(fake_app)
+    assert ticks_of(fake_app, schedule.id) == [latest, next_at]
+    assert fake_app.schedules.get(schedule.id).missed_ticks == missed
+
+
 def test_last_run_and_errors_are_visible(fake_app: StackShift, clock: FakeClock) -> None:
     from stackshift import NonRetriableError
 

@@ -141,9 +141,13 @@ class ScheduleStore:
         with self.db.read() as tx:
             # A read first: maintenance runs every fraction of a second, and on
             # SQLite a write transaction would take the database's write lock.
-            found = tx.one("next_schedule_due")
-        if found is None or found["due"] is None or float(found["due"]) > now:
+            found = tx.all("peek_due_schedules", now=now, limit=limit)
+        if not found:
             return started
+        # Catching up after a long outage counts the missed ticks one by one (up
+        # to MAX_COUNTED, a good part of a second): done before the write
+        # transaction, so that it does not hold the write lock meanwhile.
+        counted = _count_missed(found, now)
         with self.db.write() as tx:
             for row in tx.all("due_schedules", now=now, limit=limit):
                 due = float(row["next_run_at"])
@@ -152,7 +156,9 @@ class ScheduleStore:
                 error: dict[str, Any] | None = None
                 try:
                     cron = parse_cron(row["cron"], row["timezone"])
-                    tick, missed = cron.latest_due(due, now)
+                    # Changed since the read (by another maintainer): counted here.
+                    known = counted.get((row["cron"], row["timezone"], due))
+                    tick, missed = known if known is not None else cron.latest_due(due, now)
                     next_at = cron.next_after(now)
                     run = insert_run(tx, make_run(row, tick), now)
                     run_id = run.id
@@ -164,6 +170,20 @@ class ScheduleStore:
                        run_id=run_id, error=dumps(error) if error else None, missed=missed,
                        now=now)
         return started
+
+
+def _count_missed(rows: list[Row], now: float) -> dict[tuple[str, str, float], tuple[float, int]]:
+    """``(tick, missed)`` of :meth:`Cron.latest_due` for each due schedule, by its
+    ``(cron, timezone, due tick)``: what the write transaction would compute."""
+    counted: dict[tuple[str, str, float], tuple[float, int]] = {}
+    for row in rows:
+        due = float(row["next_run_at"])
+        try:
+            counted[(row["cron"], row["timezone"], due)] = parse_cron(
+                row["cron"], row["timezone"]).latest_due(due, now)
+        except (StackShiftError, ValueError, TypeError):
+            continue  # met again in the write transaction, which records it
+    return counted
 
 
 def new_schedule_id() -> str:
