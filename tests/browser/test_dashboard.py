@@ -358,7 +358,8 @@ def test_narrow_screen_shows_titles_and_keeps_the_page_within_the_screen(
     run = stack.app.start("checkout", {"order": 77})
     stack.wait_status(run.id, "waiting")
     page.set_viewport_size({"width": 390, "height": 844})
-    for path in ("/runs", "/queues", "/jobs", "/events", "/state", f"/runs/{run.id}"):
+    for path in ("/runs", "/queues", "/queues/orders", "/jobs", "/events", "/state",
+                 f"/runs/{run.id}"):
         page.goto(stack.at(path))
         title = page.locator("main h1").first
         box = title.bounding_box()
@@ -443,6 +444,42 @@ def test_a_paused_queue_says_so_until_it_is_resumed(stack: Dashboard, page: Page
     stack.wait_status(run.id, "completed")
     expect(page.locator("#queue-paused")).to_have_count(0)
     expect(page.locator(".stat-completed .stat-value")).to_have_text("1")
+
+
+def test_queue_page_counts_scheduled_and_cancelled_runs(stack: Dashboard, page: Page) -> None:
+    app = stack.app
+    later = [app.start("resize-image", {"image": f"later-{i}"}, delay="1h") for i in range(2)]
+    dropped = app.start("resize-image", {"image": "dropped"}, delay="1h")
+    app.runs.cancel(dropped.id)
+    done = app.start("resize-image", {"image": "now"})
+    stack.wait_status(done.id, "completed")
+
+    page.goto(stack.at("/queues"))
+    media = page.locator("tr", has=page.locator("a.queue-link:text-is('media')"))
+    expect(media.locator(".pill-scheduled")).to_have_text("2 scheduled")
+    expect(media.locator(".pill-cancelled")).to_have_text("1 cancelled")
+    media.locator("a.queue-link").click()
+
+    tiles = page.locator("#queue-stats .stats-status .stat")
+    # Every status has its tile, in the order the runs list's tabs use.
+    expect(tiles.locator(".stat-label")).to_have_text(
+        ["Failed", "Running", "Waiting", "Retrying", "Queued", "Scheduled", "Completed",
+         "Cancelled"])
+    expect(page.locator(".stat-scheduled .stat-value")).to_have_text("2")
+    expect(page.locator(".stat-cancelled .stat-value")).to_have_text("1")
+    expect(page.locator(".stat-completed .stat-value")).to_have_text("1")
+    # On a wide screen the eight tiles share one row.
+    tops = {round(box["y"]) for box in (t.bounding_box() for t in tiles.all()) if box}
+    assert len(tops) == 1, tops
+
+    page.locator(".stat-scheduled").click()
+    expect(page).to_have_url(re.compile(r"/runs\?queue=media&status=scheduled$"))
+    expect(page.locator("tbody tr[data-run-id]")).to_have_count(2)
+    assert {r.get_attribute("data-run-id") for r in page.locator("tbody tr[data-run-id]").all()} \
+        == {r.id for r in later}
+    page.go_back()
+    page.locator(".stat-cancelled").click()
+    expect(page.locator("tbody tr[data-run-id]")).to_have_attribute("data-run-id", dropped.id)
 
 
 def test_run_facts_name_the_start_time_of_runs_that_never_ran(
