@@ -171,6 +171,42 @@ def test_run_with_three_attempts_eight_steps_and_a_wait_resumes_from_its_page(
     screenshot(page, "run", stack.store_kind)
 
 
+def test_a_refused_event_keeps_the_form_as_it_was_filled_in(
+    stack: Dashboard, page: Page
+) -> None:
+    run = stack.app.start("checkout", {"order": 1043})
+    stack.wait_status(run.id, "waiting")
+    page.goto(stack.at(f"/runs/{run.id}"))
+    form = page.locator("#send-event-form")
+    typed = '{"amount": 4200,\n "psp": acme}'
+    form.locator("textarea[name=payload]").fill(typed)
+    form.locator("input[name=correlation_key]").fill("order:1043")
+    form.locator("input[name=idempotency_key]").fill("settle:1043")
+    form.locator("#send-event").click()
+
+    expect(page.locator(".flash-error")).to_contain_text("The payload is not JSON")
+    expect(form.locator("textarea[name=payload]")).to_have_value(typed)
+    expect(form.locator("input[name=name]")).to_have_value("payment.settled")
+    expect(form.locator("input[name=correlation_key]")).to_have_value("order:1043")
+    expect(form.locator("input[name=idempotency_key]")).to_have_value("settle:1043")
+    # The address is the run's page again, and nothing was sent.
+    expect(page).to_have_url(re.compile(f"/runs/{run.id}$"))
+    assert stack.app.runs.get(run.id).status == "waiting"
+    assert stack.app.events.list(name="payment.settled").items == []
+
+    # Live updates refresh the page around the form and leave the form alone.
+    page.evaluate("document.querySelector('#waterfall .wf').__before = true")
+    stack.app.start("resize-image", {"image": "elsewhere"})
+    stack.wait_for(lambda: page.evaluate("!document.querySelector('#waterfall .wf').__before"))
+    expect(form.locator("textarea[name=payload]")).to_have_value(typed)
+
+    # Mended, it goes through.
+    form.locator("textarea[name=payload]").fill('{"amount": 4200, "psp": "acme"}')
+    form.locator("#send-event").click()
+    expect(page.locator(".flash-ok")).to_have_text("Event sent: the run resumed.")
+    assert stack.wait_status(run.id, "completed").result == {"order": 1043, "status": "closed"}
+
+
 def test_cancel_a_waiting_run(stack: Dashboard, page: Page) -> None:
     run = stack.app.start("send-email", {"user": "grace"})
     stack.wait_status(run.id, "waiting")

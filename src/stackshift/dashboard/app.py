@@ -39,6 +39,8 @@ STATIC = Path(__file__).parent / "static"
 MAX_FORM_BYTES = 2 * 1024 * 1024
 #: Seconds between checks that a session's API key is still active (not revoked).
 KEY_RECHECK = 2.0
+#: The fields of a run page's form that sends an event.
+EVENT_FIELDS = ("name", "correlation_key", "payload", "idempotency_key")
 
 SECURITY_HEADERS = [
     (b"content-security-policy",
@@ -130,7 +132,7 @@ class Dashboard:
             Route("/runs/{run_id}", self._run),
             Route("/runs/{run_id}/cancel", self._action(self._cancel), methods=["POST"]),
             Route("/runs/{run_id}/retry", self._action(self._retry), methods=["POST"]),
-            Route("/runs/{run_id}/event", self._action(self._send_event), methods=["POST"]),
+            Route("/runs/{run_id}/event", self._event, methods=["POST"]),
             Route("/events", page(pages.events_page, "events.html")),
             Route("/queues", page(pages.queues_page, "queues.html")),
             Route("/queues/{name}", self._queue),
@@ -190,7 +192,7 @@ class Dashboard:
 
     def _render(self, request: Request, template: str, context: dict[str, Any],
                 session: Session, *, status: int = 200, flash: tuple[str, str] | None = None,
-                marker: str = "") -> HTMLResponse:
+                marker: str = "", page_url: str = "") -> HTMLResponse:
         root = self._root(request)
         params = dict(request.query_params)
 
@@ -219,6 +221,7 @@ class Dashboard:
             live_url="" if template == "login.html" else root + "/api/live",
             params=params,
             server_now=f"{self._now():.3f}",
+            page_url=page_url,
         )
         return HTMLResponse(html, status_code=status)
 
@@ -230,7 +233,11 @@ class Dashboard:
         return RedirectResponse(f"{root}/login?{urlencode({'next': path})}", status_code=303)
 
     async def _show(self, request: Request, template: str,
-                    build: Callable[[], dict[str, Any]]) -> Response:
+                    build: Callable[[], dict[str, Any]], *,
+                    refused: tuple[str, str] | None = None, page_url: str = "") -> Response:
+        """Render ``template`` from ``build()``; with ``refused`` (a form's error), in
+        answer to that form's POST: status 400, the error as the flash, and
+        ``page_url`` the page's own address for the browser to show."""
         session, fresh = self._session(request)
         if not session.authenticated:
             response: Response = self._login_redirect(request)
@@ -241,11 +248,12 @@ class Dashboard:
                 marker = self.service.change_marker()
                 return build(), marker
 
-            flash = self.sessions.decode_flash(request.cookies.get(FLASH_COOKIE))
+            flash = refused or self.sessions.decode_flash(request.cookies.get(FLASH_COOKIE))
             try:
                 context, marker = await run_in_threadpool(work)
                 response = self._render(request, template, context, session, flash=flash,
-                                        marker=marker)
+                                        marker=marker, status=400 if refused else 200,
+                                        page_url=page_url)
             except pages.NotFound as exc:
                 response = self._render(request, "missing.html",
                                         {"page_title": "Not found", "nav": "",
@@ -254,7 +262,7 @@ class Dashboard:
                 response = self._render(request, "missing.html",
                                         {"page_title": "Cannot show this page", "nav": "",
                                          "message": str(exc)}, session, status=400)
-            if flash is not None:
+            if flash is not None and refused is None:
                 response.delete_cookie(FLASH_COOKIE, path=self._root(request) or "/")
         if fresh:
             self._set_session(response, request, session)
@@ -327,29 +335,43 @@ class Dashboard:
         """Wrap a POST handler: session, CSRF token and origin checks, then redirect."""
 
         async def endpoint(request: Request) -> Response:
-            now = time.time()
-            session = self.sessions.decode(request.cookies.get(SESSION_COOKIE), now)
-            form = await self._form(request)
-            if form is None:
-                return _forbidden("The form is too large or not UTF-8.", 413)
-            token = (form.get("csrf") or [""])[0]
-            if session is None or not same_token(token, session.csrf) or not \
-                    self._same_origin(request):
-                return _forbidden("This form has expired or did not come from the dashboard. "
-                                  "Go back, reload the page and try again.")
-            if login_required and not (session.authenticated and self._key_still_valid(session)):
-                return self._login_redirect(request)
+            checked = await self._checked_form(request, login_required=login_required)
+            if isinstance(checked, Response):
+                return checked
+            session, form = checked
             target, flash, new_session = await run_in_threadpool(handler, request, form, session)
-            response = RedirectResponse(self._root(request) + target, status_code=303)
-            if flash is not None:
-                response.set_cookie(FLASH_COOKIE, self.sessions.encode_flash(*flash), max_age=60,
-                                    path=self._root(request) or "/", httponly=True,
-                                    samesite="strict")
-            if new_session is not None:
-                self._set_session(response, request, new_session)
-            return response
+            return self._redirect(request, target, flash, new_session)
 
         return endpoint
+
+    async def _checked_form(self, request: Request, *, login_required: bool = True
+                            ) -> tuple[Session, dict[str, list[str]]] | Response:
+        """A POST's session and form once its CSRF token and origin check out, else the
+        response that refuses it (or sends the browser to the login page)."""
+        session = self.sessions.decode(request.cookies.get(SESSION_COOKIE), time.time())
+        form = await self._form(request)
+        if form is None:
+            return _forbidden("The form is too large or not UTF-8.", 413)
+        token = (form.get("csrf") or [""])[0]
+        if session is None or not same_token(token, session.csrf) or not \
+                self._same_origin(request):
+            return _forbidden("This form has expired or did not come from the dashboard. "
+                              "Go back, reload the page and try again.")
+        if login_required and not (session.authenticated and self._key_still_valid(session)):
+            return self._login_redirect(request)
+        return session, form
+
+    def _redirect(self, request: Request, target: str, flash: tuple[str, str] | None,
+                  new_session: Session | None) -> Response:
+        """After an action: back to ``target``, which shows ``flash`` once."""
+        response = RedirectResponse(self._root(request) + target, status_code=303)
+        if flash is not None:
+            response.set_cookie(FLASH_COOKIE, self.sessions.encode_flash(*flash), max_age=60,
+                                path=self._root(request) or "/", httponly=True,
+                                samesite="strict")
+        if new_session is not None:
+            self._set_session(response, request, new_session)
+        return response
 
     def _cancel(self, request: Request, form: dict[str, list[str]],
                 session: Session) -> tuple[str, tuple[str, str] | None, Session | None]:
@@ -371,10 +393,29 @@ class Dashboard:
             return f"/runs/{run_id}", ("error", str(exc)), None
         return f"/runs/{run_id}", ("ok", "Run queued for a new attempt."), None
 
-    def _send_event(self, request: Request, form: dict[str, list[str]],
-                    session: Session) -> tuple[str, tuple[str, str] | None, Session | None]:
+    async def _event(self, request: Request) -> Response:
+        """Send the event of a run's form. Input that is refused (a payload that is not
+        JSON, a name the service rejects) shows the run page again with the error and
+        the form as it was filled in; nothing is sent."""
+        checked = await self._checked_form(request)
+        if isinstance(checked, Response):
+            return checked
+        _, form = checked
         run_id = request.path_params["run_id"]
-        back = f"/runs/{run_id}"
+        flash, refused = await run_in_threadpool(self._send_event, run_id, form)
+        if not refused:
+            return self._redirect(request, f"/runs/{run_id}", flash, None)
+        submitted = {name: (form.get(name) or [""])[0] for name in EVENT_FIELDS}
+        params = dict(request.query_params)
+        return await self._show(
+            request, "run.html",
+            lambda: pages.run_page(self.service, run_id, params, self._now(),
+                                   submitted=submitted),
+            refused=flash, page_url=f"{self._root(request)}/runs/{run_id}")
+
+    def _send_event(self, run_id: str, form: dict[str, list[str]]
+                    ) -> tuple[tuple[str, str], bool]:
+        """Send the form's event: the message to show, and whether the input was refused."""
 
         def field(name: str) -> str | None:
             value = (form.get(name) or [""])[0].strip()
@@ -384,25 +425,25 @@ class Dashboard:
         try:
             payload = None if raw is None else json.loads(raw)
         except ValueError as exc:
-            return back, ("error", f"The payload is not JSON: {exc}"), None
+            return ("error", f"The payload is not JSON: {exc}"), True
         try:
             sent = self.service.send_event(
                 field("name") or "", payload, correlation_key=field("correlation_key"),
                 idempotency_key=field("idempotency_key"))
         except (StackShiftError, TypeError, ValueError) as exc:
-            return back, ("error", str(exc)), None
+            return ("error", str(exc)), True
         if sent.duplicate:
-            return back, ("info", "An event with this idempotency key was already sent; "
-                                  "nothing was resumed again."), None
+            return ("info", "An event with this idempotency key was already sent; "
+                            "nothing was resumed again."), False
         if run_id in sent.resumed_run_ids:
             others = len(sent.resumed_run_ids) - 1
             text = "Event sent: the run resumed." + (
                 f" It also resumed {others} other run{'s' if others != 1 else ''}."
                 if others else "")
-            return back, ("ok", text), None
+            return ("ok", text), False
         count = len(sent.resumed_run_ids)
-        return back, ("info", f"Event sent; it resumed {count} run{'s' if count != 1 else ''}, "
-                              "not this one (check the name and correlation key)."), None
+        return ("info", f"Event sent; it resumed {count} run{'s' if count != 1 else ''}, "
+                        "not this one (check the name and correlation key)."), False
 
     def _bulk_retry(self, request: Request, form: dict[str, list[str]],
                     session: Session) -> tuple[str, tuple[str, str] | None, Session | None]:

@@ -149,7 +149,9 @@ def run_row(run: Run, now: float) -> dict[str, Any]:
 
 
 def run_page(service: Service, run_id: str, params: Mapping[str, str],
-             now: float) -> dict[str, Any]:
+             now: float, *, submitted: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The run page; ``submitted`` refills the send-event form with what was sent
+    when the dashboard refused it."""
     try:
         run = service.get_run(run_id)
     except RunNotFoundError:
@@ -185,6 +187,7 @@ def run_page(service: Service, run_id: str, params: Mapping[str, str],
         "is_terminal": status in TERMINAL,
         "waits_for_event": wait is not None and wait.kind == "event",
         "wait": wait,
+        "submitted": submitted,
         "duration": None if run.started_at is None else (
             (run.finished_at.timestamp() if run.finished_at else now) - run.started_at.timestamp()),
         "now": now,

@@ -15,6 +15,11 @@
   var indicator = document.getElementById("live-state");
   var busy = false;
 
+  /* A form refused for its input comes back as its page, at the form's address:
+     show (and poll) the page's own address instead. */
+  var pageUrl = body.getAttribute("data-page-url");
+  if (pageUrl && window.history.replaceState) window.history.replaceState(null, "", pageUrl);
+
   function setState(name, text) {
     if (!indicator) return;
     indicator.classList.remove("paused", "offline");
