@@ -207,6 +207,71 @@ def test_a_refused_event_keeps_the_form_as_it_was_filled_in(
     assert stack.wait_status(run.id, "completed").result == {"order": 1043, "status": "closed"}
 
 
+def test_waterfall_step_rows_filter_the_logs_from_the_keyboard(
+    stack: Dashboard, page: Page
+) -> None:
+    run = stack.app.start("checkout", {"order": 1044})
+    stack.wait_status(run.id, "waiting")
+    page.goto(stack.at(f"/runs/{run.id}"))
+    lines = page.locator("#logs .log-line:visible")
+    expect(lines).to_have_count(6)
+    select = page.locator("[data-log-filter]")
+
+    def focused() -> str:
+        return str(page.evaluate(
+            "(e => `${e.getAttribute('data-step')}@${e.getAttribute('data-attempt')}`)"
+            "(document.activeElement)"))
+
+    # The step that logged (charge-card, in each of the three attempts) is a toggle
+    # button; Tab reaches its rows in order, after the form above the chart.
+    toggles = page.get_by_role("button", name="Show only the logs of step charge-card")
+    expect(toggles).to_have_count(3)
+    expect(page.locator("#waterfall .wf-row[data-step=load-cart]")).not_to_have_attribute(
+        "tabindex", "0")
+    page.focus("#send-event")
+    page.keyboard.press("Tab")
+    assert focused() == "charge-card@1"
+    # A visible focus ring.
+    assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") == "solid"
+    assert page.evaluate("parseFloat(getComputedStyle(document.activeElement).outlineWidth)") >= 2
+
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("button", name="Show only the logs of step charge-card",
+                            pressed=True)).to_have_count(3)
+    expect(lines).to_have_count(5)
+    expect(select).to_have_value("charge-card")
+    assert focused() == "charge-card@1"
+    page.keyboard.press("Space")
+    expect(page.get_by_role("button", name="Show only the logs of step charge-card",
+                            pressed=False)).to_have_count(3)
+    expect(lines).to_have_count(6)
+    expect(select).to_have_value("")
+
+    page.keyboard.press("Tab")
+    assert focused() == "charge-card@2"
+    page.keyboard.press("Space")
+    expect(toggles.nth(1)).to_have_attribute("aria-pressed", "true")
+    expect(lines).to_have_count(5)
+    page.keyboard.press("Tab")
+    assert focused() == "charge-card@3"
+    page.keyboard.press("Tab")
+    expect(select).to_be_focused()
+
+    # The pressed state follows the filter through live updates and the select.
+    page.evaluate("document.activeElement.blur()")
+    page.evaluate("document.querySelector('#waterfall .wf').__before = true")
+    stack.app.start("resize-image", {"image": "elsewhere"})
+    stack.wait_for(lambda: page.evaluate("!document.querySelector('#waterfall .wf').__before"))
+    expect(toggles.nth(0)).to_have_attribute("aria-pressed", "true")
+    select.select_option("")
+    expect(toggles.nth(0)).to_have_attribute("aria-pressed", "false")
+    # And the mouse toggles too.
+    toggles.nth(2).click()
+    expect(lines).to_have_count(5)
+    toggles.nth(2).click()
+    expect(lines).to_have_count(6)
+
+
 def test_cancel_a_waiting_run(stack: Dashboard, page: Page) -> None:
     run = stack.app.start("send-email", {"user": "grace"})
     stack.wait_status(run.id, "waiting")

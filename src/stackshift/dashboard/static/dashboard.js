@@ -58,6 +58,7 @@
       wire(old);
     });
     document.title = doc.title;
+    markStepRows();
     relativeTimes();
   }
 
@@ -123,6 +124,27 @@
       var visible = group.querySelectorAll(".log-line:not(.hidden)").length;
       group.style.display = visible ? "" : "none";
     });
+    markStepRows();
+  }
+
+  /* The waterfall's step rows are toggle buttons of the log filter: pressed while
+     the logs show only their step. */
+  function markStepRows() {
+    var select = document.querySelector("[data-log-filter]");
+    var chosen = select ? select.value : "";
+    document.querySelectorAll(".wf-row[data-step][role=button]").forEach(function (row) {
+      row.setAttribute("aria-pressed", String(!!chosen && row.getAttribute("data-step") === chosen));
+    });
+  }
+
+  function toggleStep(row) {
+    var select = document.querySelector("[data-log-filter]");
+    var step = row.getAttribute("data-step");
+    if (!select || !Array.prototype.some.call(select.options, function (o) { return o.value === step; })) return;
+    var on = select.value !== step;
+    select.value = on ? step : "";
+    applyLogFilter(select);
+    if (on) document.getElementById("logs").scrollIntoView({ behavior: "smooth", block: "start" });
   }
 
   function wire(root) {
@@ -158,15 +180,15 @@
     root.querySelectorAll("[data-log-filter]").forEach(function (select) {
       select.addEventListener("change", function () { applyLogFilter(select); });
     });
-    root.querySelectorAll("[data-step]").forEach(function (row) {
-      if (!row.classList.contains("wf-row")) return;
-      row.addEventListener("click", function () {
-        var select = document.querySelector("[data-log-filter]");
-        var step = row.getAttribute("data-step");
-        if (!select || !Array.prototype.some.call(select.options, function (o) { return o.value === step; })) return;
-        select.value = step;
-        applyLogFilter(select);
-        document.getElementById("logs").scrollIntoView({ behavior: "smooth", block: "start" });
+    root.querySelectorAll(".wf-row[data-step][role=button]").forEach(function (row) {
+      row.addEventListener("click", function () { toggleStep(row); });
+      /* As a button: Enter acts when pressed, Space when released (and does not scroll). */
+      row.addEventListener("keydown", function (e) {
+        if (e.key === "Enter" && !e.repeat) { e.preventDefault(); toggleStep(row); }
+        if (e.key === " ") e.preventDefault();
+      });
+      row.addEventListener("keyup", function (e) {
+        if (e.key === " ") { e.preventDefault(); toggleStep(row); }
       });
     });
   }
