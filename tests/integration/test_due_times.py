@@ -31,7 +31,8 @@ def test_a_retry_starts_when_its_backoff_ends(app: StackShift) -> None:
     assert done.status == "completed"
     first, second = app.runs.attempts(run.id)
     gap = (second.started_at - first.finished_at).total_seconds()
-    assert 0.3 <= gap < LATE, f"the retry started {gap:.2f} s after the failure"
+    # The retry's time is set as the attempt fails, a moment before its end is recorded.
+    assert 0.25 <= gap < LATE, f"the retry started {gap:.2f} s after the failure"
 
 
 def test_a_sleep_ends_on_time(app: StackShift) -> None:

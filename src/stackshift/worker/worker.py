@@ -568,6 +568,9 @@ class Worker:
             inv.fail(AttemptTimeoutError(f"attempt ran longer than {inv.job.timeout:g}s"))
             inv.abandoned = True
 
+    #: Seconds before maintenance looks again at a run left due by a round.
+    DUE_AGAIN = 0.02
+
     #: Seconds between looks for workers on this machine whose process has ended.
     ENDED_LOOK_INTERVAL = 1.0
 
@@ -636,10 +639,11 @@ class Worker:
         if due is not None and due <= now:
             moved = len(store.fire_timers(now)) + store.promote_due(now)
             changed += moved
-            # The next one, or more of these past a batch (while batches move).
             due = store.next_due_at()
             if due is not None and due <= now and not moved:
-                due = None
+                # Left due: on PostgreSQL a run locked by another writer at that
+                # moment is skipped. Look again soon, not at once.
+                due = now + self.DUE_AGAIN
         if due is not None:
             self.due_plan.note(due)
         changed += len(self.service.fire_schedules(now))
