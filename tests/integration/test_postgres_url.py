@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from stackshift import StackShift
+from urllib.parse import parse_qs, urlsplit
+
+import psycopg
+import pytest
+
+from stackshift import StackShift, ValidationError
 
 
 def test_a_space_in_a_libpq_option_stays_a_space(pg_url: str) -> None:
@@ -16,5 +21,25 @@ def test_a_space_in_a_libpq_option_stays_a_space(pg_url: str) -> None:
                            " current_setting('application_name') AS name", {})[0]
         assert found["timeout"] == "4321ms"
         assert found["name"] == "stackshift url test"
+    finally:
+        app.close()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon"])
+def test_a_pool_timeout_that_is_no_positive_number_is_refused(pg_url: str, value: str) -> None:
+    # Refused when the client is built, naming the option, before anything is
+    # written: no schema is created.
+    with pytest.raises(ValidationError, match=f"pool_timeout must be a positive number of "
+                                              f"seconds, got '{value}'"):
+        StackShift(f"{pg_url}&pool_timeout={value}")
+    schema = parse_qs(urlsplit(pg_url).query)["schema"][0]
+    with psycopg.connect(pg_url.split("?")[0]) as admin:
+        found = admin.execute("SELECT 1 FROM information_schema.schemata WHERE schema_name = %s",
+                              (schema,)).fetchall()
+    assert found == []
+    # A positive number of seconds is taken.
+    app = StackShift(f"{pg_url}&pool_timeout=2.5")
+    try:
+        assert app.start("job", {}).status == "queued"
     finally:
         app.close()

@@ -24,6 +24,7 @@ clients) retry or report it.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import select
 import threading
@@ -112,6 +113,19 @@ def parse_postgres_url(url: str) -> tuple[str, dict[str, str]]:
     # quote, not quote_plus: libpq reads a "+" in a URL as a plus sign, not a space.
     conninfo = urlunsplit(parts._replace(query=urlencode(kept, quote_via=quote)))
     return conninfo, options
+
+
+def _positive_seconds(options: Mapping[str, str], name: str, default: float) -> float:
+    raw = options.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValidationError(f"{name} must be a positive number of seconds, got {raw!r}")
+    return value
 
 
 def _positive_int(options: Mapping[str, str], name: str, default: int) -> int:
@@ -241,10 +255,7 @@ class PostgresDatabase:
             )
         max_size = _positive_int(options, "pool_size", 10)
         min_size = min(_positive_int(options, "pool_min", 1), max_size)
-        try:
-            self._timeout = float(options.get("pool_timeout", "30"))
-        except ValueError:
-            raise ValidationError("pool_timeout must be a number of seconds") from None
+        self._timeout = _positive_seconds(options, "pool_timeout", 30.0)
         params = conninfo_to_dict(conninfo)
         for key, value in _CONNECT_DEFAULTS.items():
             params.setdefault(key, value)
