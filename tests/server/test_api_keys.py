@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from serverproc import admin_service
 
-from stackshift.cli.server_commands import keys
+from stackshift.cli.server_commands import endpoints, keys
 
 
 def test_keys_verify_until_revoked(db_url: str) -> None:
@@ -81,3 +83,35 @@ def test_keys_cli(db_url: str) -> None:
     assert unknown.exit_code == 3 and "no API key" in unknown.stderr
     nameless = runner.invoke(keys, ["create", "--name", " ", "--database-url", db_url])
     assert nameless.exit_code == 2
+
+
+def test_keys_and_endpoints_refuse_a_server_url_in_place_of_the_database(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With only STACKSHIFT_URL set, the commands that work on the database stop
+    with exit code 2 instead of writing a key or an endpoint into a stray
+    stackshift.db in the current folder, unknown to that server."""
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    runner = CliRunner()
+    server_env: dict[str, str | None] = {
+        "STACKSHIFT_DATABASE_URL": None, "STACKSHIFT_URL": "http://127.0.0.1:9/",
+        "STACKSHIFT_API_KEY": "ssk_x"}
+    for group, args in ((keys, ["create", "--name", "billing"]), (keys, ["list"]),
+                        (keys, ["revoke", "key_x"]),
+                        (endpoints, ["add", "https://app.example.com/ss/", "--jobs", "a"]),
+                        (endpoints, ["list"]), (endpoints, ["remove", "ep_x"])):
+        done = runner.invoke(group, args, env=server_env)
+        assert done.exit_code == 2, (args, done.output)
+        assert "STACKSHIFT_URL names a server (http://127.0.0.1:9/)" in done.stderr
+        assert "--database-url or STACKSHIFT_DATABASE_URL" in done.stderr
+    assert list(work.iterdir()) == []
+
+    # The database, when named, is used (as StackShift() prefers it too).
+    created = runner.invoke(keys, ["create", "--name", "billing"],
+                            env={**server_env, "STACKSHIFT_DATABASE_URL": db_url})
+    assert created.exit_code == 0, created.output
+    listed = runner.invoke(keys, ["list", "--json", "--database-url", db_url], env=server_env)
+    assert [k["name"] for k in json.loads(listed.stdout)] == ["billing"]
+    assert list(work.iterdir()) == []

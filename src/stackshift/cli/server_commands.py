@@ -8,6 +8,7 @@ before any server runs.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from typing import Any
 
 import click
 
-from ..client import DEFAULT_DATABASE_URL
+from ..client import DEFAULT_DATABASE_URL, URL_ENV
 from ..clock import SystemClock
 from ..errors import ApiKeyNotFoundError, EndpointNotFoundError, ValidationError
 from ..jobs import JobRegistry
@@ -34,6 +35,16 @@ _database_url = click.option(
     default=DEFAULT_DATABASE_URL,
     show_default=True,
     help="sqlite:///path/to/file.db or postgresql://...",
+)
+# keys and endpoints work on the database only: left out, the URL is
+# STACKSHIFT_DATABASE_URL, else the default file, unless STACKSHIFT_URL names a
+# server (then nothing is opened, see _service).
+_admin_database_url = click.option(
+    "--database-url",
+    envvar="STACKSHIFT_DATABASE_URL",
+    show_envvar=True,
+    default=None,
+    help=f"sqlite:///path/to/file.db or postgresql://...  [default: {DEFAULT_DATABASE_URL}]",
 )
 _as_json = click.option("--json", "as_json", is_flag=True,
                         help="Print JSON (for scripts) instead of text.")
@@ -55,7 +66,16 @@ class _NotFound(_BadInput):
 
 
 @contextmanager
-def _service(database_url: str) -> Iterator[Service]:
+def _service(database_url: str | None) -> Iterator[Service]:
+    if database_url is None:
+        if os.environ.get(URL_ENV):
+            # Not the default file: a key or endpoint stored there would be
+            # unknown to the server the environment names.
+            raise _BadInput(
+                f"this command works on the database, and {URL_ENV} names a server "
+                f"({os.environ[URL_ENV]}): give --database-url or STACKSHIFT_DATABASE_URL"
+            )
+        database_url = DEFAULT_DATABASE_URL
     store = open_store(database_url)
     try:
         store.migrate()
@@ -145,9 +165,9 @@ def keys() -> None:
 
 @keys.command("create")
 @click.option("--name", required=True, help="What the key is for, e.g. 'billing-service'.")
-@_database_url
+@_admin_database_url
 @_as_json
-def create_key(name: str, database_url: str, as_json: bool) -> None:
+def create_key(name: str, database_url: str | None, as_json: bool) -> None:
     """Create a key and print it. It is shown this once: only its hash is stored."""
     with _service(database_url) as service:
         try:
@@ -163,9 +183,9 @@ def create_key(name: str, database_url: str, as_json: bool) -> None:
 
 
 @keys.command("list")
-@_database_url
+@_admin_database_url
 @_as_json
-def list_keys(database_url: str, as_json: bool) -> None:
+def list_keys(database_url: str | None, as_json: bool) -> None:
     """List keys (never the keys themselves: id, name, prefix, dates)."""
     with _service(database_url) as service:
         found = service.list_api_keys()
@@ -187,9 +207,9 @@ def list_keys(database_url: str, as_json: bool) -> None:
 
 @keys.command("revoke")
 @click.argument("key")
-@_database_url
+@_admin_database_url
 @_as_json
-def revoke_key(key: str, database_url: str, as_json: bool) -> None:
+def revoke_key(key: str, database_url: str | None, as_json: bool) -> None:
     """Revoke KEY (its id or listed prefix). Requests with it get 401 at once."""
     with _service(database_url) as service:
         try:
@@ -223,9 +243,9 @@ def _endpoint_json(e: Endpoint) -> dict[str, Any]:
               help="Comma-separated names of the jobs the route executes.")
 @click.option("--concurrency", default=10, show_default=True, type=click.IntRange(1, 1000),
               help="Runs posted to the route at once.")
-@_database_url
+@_admin_database_url
 @_as_json
-def add_endpoint(url: str, jobs: str, concurrency: int, database_url: str,
+def add_endpoint(url: str, jobs: str, concurrency: int, database_url: str | None,
                  as_json: bool) -> None:
     """Register the handler route at URL and print its signing secret.
 
@@ -247,9 +267,9 @@ def add_endpoint(url: str, jobs: str, concurrency: int, database_url: str,
 
 
 @endpoints.command("list")
-@_database_url
+@_admin_database_url
 @_as_json
-def list_endpoints(database_url: str, as_json: bool) -> None:
+def list_endpoints(database_url: str | None, as_json: bool) -> None:
     """List the registered handler routes (never their secrets)."""
     with _service(database_url) as service:
         found = service.list_endpoints()
@@ -265,9 +285,9 @@ def list_endpoints(database_url: str, as_json: bool) -> None:
 
 @endpoints.command("remove")
 @click.argument("endpoint_id")
-@_database_url
+@_admin_database_url
 @_as_json
-def remove_endpoint(endpoint_id: str, database_url: str, as_json: bool) -> None:
+def remove_endpoint(endpoint_id: str, database_url: str | None, as_json: bool) -> None:
     """Stop invoking the route ENDPOINT_ID (runs in flight finish)."""
     with _service(database_url) as service:
         try:
