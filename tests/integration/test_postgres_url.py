@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import psycopg
@@ -43,3 +48,40 @@ def test_a_pool_timeout_that_is_no_positive_number_is_refused(pg_url: str, value
         assert app.start("job", {}).status == "queued"
     finally:
         app.close()
+
+
+_WITHOUT_PSYCOPG = '''
+import sys
+
+class _NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("psycopg", "psycopg_pool"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, _NotInstalled())
+'''
+
+
+def test_without_the_driver_a_postgres_url_says_which_extra_to_install(
+    pg_url: str, tmp_path: Path
+) -> None:
+    # psycopg comes with the 'postgres' extra; an installation without it gets
+    # that instruction, not a bare "No module named 'psycopg'". SQLite needs no
+    # driver and still works there.
+    (tmp_path / "sitecustomize.py").write_text(_WITHOUT_PSYCOPG)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STACKSHIFT_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+
+    def cli(url: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "stackshift.cli", "runs", "list", "--json",
+                               "--database-url", url], capture_output=True, text=True,
+                              timeout=60, env=env, cwd=tmp_path)
+
+    refused = cli(pg_url)
+    assert refused.returncode == 1, (refused.stdout, refused.stderr)
+    assert ("a PostgreSQL URL needs the driver: pip install 'stackshift[postgres]'"
+            in refused.stderr)
+    on_sqlite = cli(f"sqlite:///{tmp_path / 'plain.db'}")
+    assert on_sqlite.returncode == 0, on_sqlite.stderr
+    assert json.loads(on_sqlite.stdout)["items"] == []

@@ -58,7 +58,15 @@ def open_store(url: str) -> SqlStore:
 
         return SqlStore(SqliteDatabase(url))
     if url.startswith(("postgresql:", "postgres:")):
-        from .postgres import PostgresDatabase
+        try:
+            from .postgres import PostgresDatabase
+        except ModuleNotFoundError as exc:
+            if not (exc.name or "").startswith("psycopg"):
+                raise
+            raise ModuleNotFoundError(
+                f"a PostgreSQL URL needs the driver: pip install 'stackshift[postgres]' ({exc})",
+                name=exc.name,
+            ) from exc
 
         return SqlStore(PostgresDatabase(url))
     raise ValueError(f"unsupported database URL {url!r}: use sqlite:///file.db or postgresql://...")
