@@ -530,3 +530,12 @@ def test_a_database_file_that_cannot_be_opened_is_named_in_the_error(tmp_path: P
     assert done.returncode == 1, (done.stdout, done.stderr)
     assert f"unable to open database file: {missing}" in done.stderr
     assert not missing.parent.exists()
+
+
+def test_python_dash_m_stackshift_is_the_command(db_url: str) -> None:
+    started = subprocess.run(
+        [sys.executable, "-m", "stackshift", "start", "someJob", '{"n": 1}', "--json"],
+        capture_output=True, text=True, timeout=60, env=_env(db_url))
+    assert started.returncode == 0, started.stderr
+    run = json.loads(started.stdout)
+    assert cli_json(db_url, "runs", "show", run["id"])["status"] == "queued"

@@ -1,0 +1,5 @@
+"""``python -m stackshift``: the same as the ``stackshift`` command."""
+
+from .cli.main import main
+
+main()
