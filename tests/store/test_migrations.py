@@ -15,7 +15,7 @@ import sqlite3
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -218,17 +218,25 @@ def test_processes_starting_together_apply_each_migration_once(db_url: str) -> N
     assert described == expected_file(_dialect(db_url)).read_text()
 
 
-def _build_at_level(db_url: str, level: int) -> None:
-    """Apply migrations 1 to ``level`` to the empty database at ``db_url``, as the
-    code of that level did (its ``schema_migrations`` rows included)."""
+def _build_at_level(db_url: str, level: int, *, start: int = 1,
+                    edit: Callable[[int, str], str] | None = None) -> None:
+    """Apply migrations ``start`` to ``level`` to the database at ``db_url``, as the
+    code of that level did (its ``schema_migrations`` rows included): from 1, the
+    database is empty. ``edit`` gets each migration's version and script and
+    returns the script to apply."""
+    def scripts(dialect: str) -> list[tuple[int, str, str]]:
+        return [(version, name, edit(version, script) if edit else script)
+                for version, name, script in load_migrations(dialect)
+                if start <= version <= level]
+
     if db_url.startswith("sqlite"):
         conn = sqlite3.connect(db_url.removeprefix("sqlite:///"))
-        conn.execute("CREATE TABLE schema_migrations ("
-                     " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)")
-        for version, name, script in load_migrations("sqlite"):
-            if version <= level:
-                conn.executescript(script)
-                conn.execute("INSERT INTO schema_migrations VALUES (?, ?, 0)", (version, name))
+        if start == 1:
+            conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY,"
+                         " name TEXT NOT NULL, applied_at REAL NOT NULL)")
+        for version, name, script in scripts("sqlite"):
+            conn.executescript(script)
+            conn.execute("INSERT INTO schema_migrations VALUES (?, ?, 0)", (version, name))
         conn.commit()
         conn.close()
         return
@@ -239,15 +247,15 @@ def _build_at_level(db_url: str, level: int) -> None:
     conninfo, options = parse_postgres_url(db_url)
     schema = options["schema"]
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
+        if start == 1:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
         conn.execute(f'SET search_path TO "{schema}"')
-        conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY,"
-                     " name text NOT NULL, applied_at double precision NOT NULL)")
-        for version, name, script in load_migrations("postgres"):
-            if version <= level:
-                conn.execute(script)  # type: ignore[call-overload]
-                conn.execute("INSERT INTO schema_migrations VALUES (%s, %s, 0)",
-                             (version, name))
+        if start == 1:
+            conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY,"
+                         " name text NOT NULL, applied_at double precision NOT NULL)")
+        for version, name, script in scripts("postgres"):
+            conn.execute(script)  # type: ignore[call-overload]
+            conn.execute("INSERT INTO schema_migrations VALUES (%s, %s, 0)", (version, name))
 
 
 def _copy_data(source_url: str, target_url: str) -> None:
@@ -310,44 +318,44 @@ def source_url(db_url: str, tmp_path: Path) -> Iterator[str]:
 LEVELS = [version for version, _, _ in load_migrations("sqlite")][:-1]
 
 
-@pytest.mark.parametrize("level", LEVELS)
-def test_a_database_of_each_older_level_upgrades_with_its_runs_intact(
-        db_url: str, source_url: str, level: int) -> None:
-    """Runs in flight when the code of an older level stopped carry on after the
-    upgrade: finished runs keep their results, and a sleeping run of priority 10
-    still goes before runs of priority 0 that became ready before it woke."""
-    clock = FakeClock("2026-01-05T09:00:00Z")
-    order: list[str] = []
+def _app_on(url: str, clock: FakeClock, order: list[str]) -> StackShift:
+    """``urgent`` sleeps a minute, then notes its turn; ``routine`` notes it at once."""
+    app = StackShift(url, clock=clock)
 
-    def app_on(url: str) -> StackShift:
-        app = StackShift(url, clock=clock)
+    @app.job("urgent")
+    def urgent(ctx: Any) -> str:
+        ctx.step.sleep("nap", "60s")
+        order.append("urgent")
+        return "urgent done"
 
-        @app.job("urgent")
-        def urgent(ctx: Any) -> str:
-            ctx.step.sleep("nap", "60s")
-            order.append("urgent")
-            return "urgent done"
+    @app.job("routine")
+    def routine(ctx: Any) -> str:
+        order.append("routine")
+        return "routine done"
 
-        @app.job("routine")
-        def routine(ctx: Any) -> str:
-            order.append("routine")
-            return "routine done"
+    return app
 
-        return app
 
-    before = app_on(source_url)
+def _sleeping_urgent_run(source_url: str, clock: FakeClock) -> tuple[str, str]:
+    """At ``source_url``: a completed routine run and an urgent run (priority 10)
+    sleeping for a minute. Returns their ids."""
+    before = _app_on(source_url, clock, [])
     try:
         done = before.start("routine", {"n": 1}).id
         sleeping = before.start("urgent", priority=10).id
         run_until_idle(before)
         assert before.runs.get(sleeping).status == "waiting"
+        return done, sleeping
     finally:
         before.close()
-    _build_at_level(db_url, level)
-    _copy_data(source_url, db_url)
 
-    order.clear()
-    after = app_on(db_url)  # migrates
+
+def _urgent_goes_first(db_url: str, clock: FakeClock, done: str, sleeping: str) -> None:
+    """Open ``db_url`` (which migrates it): while the urgent run sleeps two routine
+    runs are started; once all three are ready, one worker slot runs the urgent
+    one first."""
+    order: list[str] = []
+    after = _app_on(db_url, clock, order)
     try:
         assert after._service.schema_version() == len(load_migrations(_dialect(db_url)))
         assert after.runs.get(done).result == "routine done"
@@ -360,6 +368,44 @@ def test_a_database_of_each_older_level_upgrades_with_its_runs_intact(
             assert after.runs.get(run_id).status == "completed"
     finally:
         after.close()
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_a_database_of_each_older_level_upgrades_with_its_runs_intact(
+        db_url: str, source_url: str, level: int) -> None:
+    """Runs in flight when the code of an older level stopped carry on after the
+    upgrade: finished runs keep their results, and a sleeping run of priority 10
+    still goes before runs of priority 0 that became ready before it woke."""
+    clock = FakeClock("2026-01-05T09:00:00Z")
+    done, sleeping = _sleeping_urgent_run(source_url, clock)
+    _build_at_level(db_url, level)
+    _copy_data(source_url, db_url)
+    _urgent_goes_first(db_url, clock, done, sleeping)
+
+
+FIXED_0003 = "WHERE status IN ('queued', 'scheduled', 'retrying', 'running', 'waiting')"
+
+
+def _old_0003(version: int, script: str) -> str:
+    """Migration 0003 as it was first released: it set the claim priority of
+    ready runs only."""
+    if version != 3:
+        return script
+    assert FIXED_0003 in script
+    return script.replace(FIXED_0003, "WHERE status IN ('queued', 'scheduled', 'retrying')")
+
+
+def test_a_database_upgraded_by_the_first_0003_gets_its_priorities_back(
+        db_url: str, source_url: str) -> None:
+    """A database of schema 2 upgraded to 6 by the first release of 0003 left a
+    sleeping run of priority 10 at claim priority 0; the upgrade after 6 puts it
+    back before the runs of priority 0."""
+    clock = FakeClock("2026-01-05T09:00:00Z")
+    done, sleeping = _sleeping_urgent_run(source_url, clock)
+    _build_at_level(db_url, 2)
+    _copy_data(source_url, db_url)
+    _build_at_level(db_url, 6, start=3, edit=_old_0003)
+    _urgent_goes_first(db_url, clock, done, sleeping)
 
 
 def _write_expected_files() -> None:
