@@ -61,10 +61,22 @@ class Run:
     waiting_for: WaitingFor | None
     #: False when an idempotency key mapped a start to this existing run.
     created: bool = True
+    #: Attempts made before the last manual retry (0 for a run never retried by
+    #: hand). A manual retry gives the run a fresh budget of ``max_attempts``
+    #: that starts after them: see :attr:`budget_attempt`.
+    retry_base: int = 0
 
     @property
     def is_terminal(self) -> bool:
         return self.status in ("completed", "failed", "cancelled")
+
+    @property
+    def budget_attempt(self) -> int:
+        """The current attempt's number within the run's budget of
+        ``max_attempts``: ``attempt`` for a run never retried by hand, counted
+        again from 1 after a manual retry (0 until that retry's first attempt
+        starts). The run fails for good once it reaches ``max_attempts``."""
+        return self.attempt - self.retry_base
 
 
 @dataclass(frozen=True)

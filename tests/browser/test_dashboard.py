@@ -114,18 +114,31 @@ def test_failed_run_shows_error_attempts_logs_waterfall_and_retries_live(
     expect(chart.locator(".bar-backoff")).to_have_count(1)
     screenshot(page, "run-failed", stack.store_kind)
 
+    expect(page.locator("#run-attempt")).to_have_text("2 of 2")
     page.locator("#retry-run").click()
     expect(page.locator(".flash-ok")).to_have_text("Run queued for a new attempt.")
     _no_reload_marker(page)
     # Attempt 3 takes over a second: the page shows it running, then completed,
-    # with no reload in between.
+    # with no reload in between. While it runs, it is the first attempt of the
+    # fresh budget, and the error of attempt 2 is no longer shown as the run's.
     expect(head.locator(".badge").first).to_have_text(re.compile("queued|running"))
+    while_running = page.wait_for_function(
+        """() => document.querySelector('#run-head .badge').textContent.trim() === 'running'
+                 && {attempt: document.querySelector('#run-attempt').textContent.trim(),
+                     error: document.querySelector('#run-error') !== null}""",
+        timeout=15_000).json_value()
+    assert while_running == {"attempt": "1 of 2 after a manual retry (3 in all)",
+                             "error": False}
     expect(head.locator(".badge").first).to_have_text("completed", timeout=15_000)
     assert _still_same_document(page)
+    expect(page.locator("#run-attempt")).to_have_text("1 of 2 after a manual retry (3 in all)")
     expect(page.locator("#result pre")).to_contain_text('"rows": 120')
     expect(page.locator("#attempts tbody tr")).to_have_count(3)
+    expect(page.locator("#attempts tbody tr").nth(1)).to_contain_text("ValueError")
     expect(page.locator("#run-error")).to_have_count(0)
     expect(page.locator("#retry-run")).to_have_count(0)
+    page.goto(stack.at(f"/runs?q={run.id}"))
+    expect(page.locator(f"tr[data-run-id='{run.id}'] td.num").first).to_have_text("1/2 (3)")
 
 
 def test_run_with_three_attempts_eight_steps_and_a_wait_resumes_from_its_page(

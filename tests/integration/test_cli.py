@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -263,6 +264,63 @@ def test_runs_show_logs_timeline_retry_and_wait_follow_a_failed_run(
     assert again.returncode == 1 and "only failed or cancelled runs" in again.stderr
     cancel = cli(db_url, "runs", "cancel", run_id)
     assert cancel.returncode == 1 and "cannot be cancelled" in cancel.stderr
+
+
+def _field(shown: str, name: str) -> str:
+    """The value of field ``name`` in the output of ``runs show``."""
+    found = re.search(rf"^{name}  +(.*?) *$", shown, re.MULTILINE)
+    assert found, (name, shown)
+    return found.group(1)
+
+
+def test_runs_show_and_list_count_attempts_from_a_manual_retry(
+    db_url: str, app: StackShift
+) -> None:
+    """A run that used its 2 attempts and was retried by hand shows attempt 1 of its
+    fresh budget, with the attempts in all beside it, and while it runs again it
+    shows no error: the one it failed with is its attempts' record."""
+    shown_while_running: list[subprocess.CompletedProcess[str]] = []
+
+    @app.job("sync-ledger", max_attempts=2, backoff={"base": "0.01s"})
+    def sync_ledger(ctx: Any) -> str:
+        if ctx.run.attempt <= 2:
+            raise ConnectionError("ledger down")
+        shown_while_running.append(cli(db_url, "runs", "show", ctx.run.id))
+        return "synced"
+
+    run_id = app.start("sync-ledger").id
+    eventually(lambda: run_until_idle(app) >= 0 and app.runs.get(run_id).status == "failed",
+               what="both attempts failed")
+    failed = cli(db_url, "runs", "show", run_id)
+    assert failed.returncode == 0, failed.stderr
+    assert _field(failed.stdout, "attempt") == "2 of 2"
+    assert "ConnectionError: ledger down" in failed.stdout
+
+    retried = cli(db_url, "runs", "retry", run_id)
+    assert retried.returncode == 0, retried.stderr
+    assert "queued again with a fresh budget of 2 attempts (after 2 in all)" in retried.stdout
+    queued = cli(db_url, "runs", "show", run_id)
+    assert _field(queued.stdout, "attempt") == "0 of 2 after a manual retry (2 in all)"
+    assert "ConnectionError" not in queued.stdout.split("attempts")[0]
+
+    run_until_idle(app)
+    (running,) = shown_while_running
+    assert running.returncode == 0, running.stderr
+    assert _field(running.stdout, "status") == "running"
+    assert _field(running.stdout, "attempt") == "1 of 2 after a manual retry (3 in all)"
+    # The error section is gone; the attempts table still lists both failures.
+    before_attempts, attempts = running.stdout.split("attempts", 1)
+    assert "ledger down" not in before_attempts
+    assert attempts.count("ConnectionError: ledger down") == 2
+
+    done = cli(db_url, "runs", "show", run_id)
+    assert _field(done.stdout, "attempt") == "1 of 2 after a manual retry (3 in all)"
+    detail = cli_json(db_url, "runs", "show", run_id)
+    assert (detail["status"], detail["attempt"], detail["retry_base"]) == ("completed", 3, 2)
+    assert detail["error"] is None
+    table = cli(db_url, "runs", "list", "--job", "sync-ledger")
+    row = next(line for line in table.stdout.splitlines() if run_id in line)
+    assert " 1/2 (3) " in row
 
 
 def test_runs_list_filters_pages_and_cancels(db_url: str, app: StackShift) -> None:

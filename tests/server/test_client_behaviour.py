@@ -241,6 +241,44 @@ def test_failures_retry_and_manual_retry(
         client.runs.retry(client.start(unique("fresh")).id)
 
 
+def test_a_manual_retry_shows_the_budget_it_starts_and_drops_the_old_error(
+    client: StackShift, engine: StackShift, run_all: Callable[[], int], unique: Names
+) -> None:
+    job = unique("syncLedger")
+    seen: list[Run] = []
+
+    @client.job(job, max_attempts=2, backoff={"base": "0.01s"})
+    def sync_ledger(ctx: Any) -> str:
+        seen.append(client.runs.get(ctx.run.id))  # the run as the client sees it, running
+        if ctx.run.attempt <= 2:
+            raise ConnectionError("ledger down")
+        return "synced"
+
+    run = client.start(job)
+    deadline = time.monotonic() + 20
+    while client.runs.get(run.id).status != "failed" and time.monotonic() < deadline:
+        run_all()
+    failed = client.runs.get(run.id)
+    assert (failed.status, failed.attempt, failed.retry_base, failed.budget_attempt) == (
+        "failed", 2, 0, 2)
+    assert failed.error is not None and failed.error.message == "ledger down"
+
+    queued = client.runs.retry(run.id)
+    assert (queued.status, queued.error, queued.retry_base, queued.budget_attempt) == (
+        "queued", None, 2, 0)
+    run_all()
+    running = seen[-1]
+    assert (running.status, running.error, running.attempt, running.budget_attempt) == (
+        "running", None, 3, 1)
+    done = client.runs.get(run.id)
+    assert (done.status, done.error, done.retry_base, done.budget_attempt) == (
+        "completed", None, 2, 1)
+    # Embedded and remote clients read the same run.
+    assert done == engine.runs.get(run.id)
+    assert [a.error.message for a in client.runs.attempts(run.id) if a.error] == [
+        "ledger down", "ledger down"]
+
+
 def test_cancel(client: StackShift, unique: Names) -> None:
     run = client.start(unique("later"), delay="1h")
     cancelled = client.runs.cancel(run.id, reason="no longer needed")

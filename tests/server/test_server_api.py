@@ -95,6 +95,31 @@ def test_wait_long_polls(http: httpx.Client, server: Any) -> None:
     assert waited < 5  # answered when the run finished, not at the timeout
 
 
+def test_a_manual_retry_over_http_names_the_budget_it_starts(
+        http: httpx.Client, server: Any) -> None:
+    job = tag("syncLedger")
+    run = http.post("/v1/runs", json={"job": job, "maxAttempts": 1}).json()
+    assert (run["attempt"], run["retryBase"]) == (0, 0)
+    engine = StackShift(server.database_url)
+    try:
+        @engine.job(job, max_attempts=1)
+        def sync_ledger(ctx: Any) -> None:
+            raise ConnectionError("ledger down")
+
+        run_until_idle(engine)
+        failed = http.get(f"/v1/runs/{run['id']}").json()
+        assert (failed["status"], failed["attempt"], failed["retryBase"]) == ("failed", 1, 0)
+        assert failed["error"]["message"] == "ledger down"
+        retried = http.post(f"/v1/runs/{run['id']}/retry")
+        assert retried.status_code == 200
+        assert (retried.json()["status"], retried.json()["attempt"],
+                retried.json()["retryBase"], retried.json()["error"]) == ("queued", 1, 1, None)
+        listed = http.get("/v1/runs", params={"job": job}).json()["items"]
+        assert [(r["id"], r["retryBase"]) for r in listed] == [(run["id"], 1)]
+    finally:
+        engine.close()
+
+
 def test_events_and_state_over_http(http: httpx.Client) -> None:
     name, key = tag("order.paid"), tag("ev")
     first = http.post("/v1/events", json={"name": name, "payload": {"n": 1},

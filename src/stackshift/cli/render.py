@@ -212,7 +212,7 @@ def runs_table(
     rows = []
     for run in runs:
         cells = [run.id, run.job] + ([run.queue] if show_queue else [])
-        cells += [run.status, f"{run.attempt}/{run.max_attempts}", age(run.created_at, now)]
+        cells += [run.status, attempt_cell(run), age(run.created_at, now)]
         rows.append((cells, run_detail_line(run, now)))
     headers = ["RUN", "JOB"] + (["QUEUE"] if show_queue else []) + ["STATUS", "ATT", "AGE"]
     show_detail = True
@@ -248,6 +248,21 @@ def _json_block(value: Any) -> Text:
     return Text(json.dumps(value, indent=2, ensure_ascii=False))
 
 
+def attempt_text(run: Run) -> str:
+    """The run's attempt within its budget, e.g. ``2 of 3``; after a manual retry,
+    which starts a fresh budget, ``1 of 2 after a manual retry (3 in all)``."""
+    text = f"{run.budget_attempt} of {run.max_attempts}"
+    if run.retry_base:
+        text += f" after a manual retry ({run.attempt} in all)"
+    return text
+
+
+def attempt_cell(run: Run) -> str:
+    """:func:`attempt_text` for a table: ``2/3``, or ``1/2 (3)`` after a manual retry."""
+    text = f"{run.budget_attempt}/{run.max_attempts}"
+    return f"{text} ({run.attempt})" if run.retry_base else text
+
+
 def run_detail(run: Run, attempts: list[Attempt], steps: list[Step]) -> RenderableType:
     """``runs show``: the run, its payload, result, error, attempts and steps."""
     rows: list[tuple[str, Any]] = [
@@ -255,7 +270,7 @@ def run_detail(run: Run, attempts: list[Attempt], steps: list[Step]) -> Renderab
         ("job", run.job),
         ("queue", run.queue),
         ("status", status_text(run.status)),
-        ("attempt", f"{run.attempt} of {run.max_attempts}"),
+        ("attempt", attempt_text(run)),
     ]
     if run.idempotency_key:
         rows.append(("idempotency key", run.idempotency_key))

@@ -152,7 +152,9 @@ def retry(run_id: str, as_json: bool, database_url: str | None) -> None:
         echo_json(run)
         return
     console().print(f"Run {run.id} is ", status_text(run.status),
-                    " again; its completed steps will be reused.", sep="")
+                    f" again with a fresh budget of {run.max_attempts} attempt"
+                    f"{'s' if run.max_attempts != 1 else ''} (after {run.retry_base} in all);"
+                    " its completed steps will be reused.", sep="")
 
 
 @runs.command()

@@ -158,6 +158,11 @@ class Run(Wire):
     created: bool = Field(
         True, description="False when an idempotency key mapped the start to this existing run."
     )
+    retry_base: int = Field(
+        0, description="Attempts made before the last manual retry (0 if never retried by"
+        " hand): the run's current budget of `maxAttempts` counts from the attempt after"
+        " them, so the current attempt is number `attempt - retryBase` of that budget."
+    )
 
     @classmethod
     def of(cls, run: m.Run) -> Run:
@@ -170,6 +175,7 @@ class Run(Wire):
             scheduled_at=run.scheduled_at, started_at=run.started_at,
             finished_at=run.finished_at, next_attempt_at=run.next_attempt_at,
             waiting_for=WaitingFor.of(run.waiting_for), created=run.created,
+            retry_base=run.retry_base,
         )
 
     def to_model(self) -> m.Run:
@@ -183,7 +189,7 @@ class Run(Wire):
             scheduled_at=_utc(self.scheduled_at), started_at=_utc(self.started_at),
             finished_at=_utc(self.finished_at), next_attempt_at=_utc(self.next_attempt_at),
             waiting_for=None if self.waiting_for is None else self.waiting_for.to_model(),
-            created=self.created,
+            created=self.created, retry_base=self.retry_base,
         )
 
 

@@ -60,6 +60,7 @@ def run(row: Row, *, created: bool = True) -> Run:
         else None,
         waiting_for=waiting_for(row["waiting_for"]) if status == "waiting" else None,
         created=created,
+        retry_base=row["retry_base"],
     )
 
 

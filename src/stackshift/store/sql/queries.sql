@@ -157,9 +157,11 @@ UPDATE runs SET cancel_requested = 1, updated_at = :now
 WHERE id = :id AND status = 'running';
 
 -- name: manual_retry
+-- A fresh budget of max_attempts after the attempts made so far (retry_base),
+-- and no current error: each attempt's error stays in attempts.
 UPDATE runs
 SET status = 'queued', retry_base = attempt, resuming = 0, available_at = :now,
-    finished_at = NULL, cancel_requested = 0, waiting_for = NULL,
+    finished_at = NULL, error = NULL, cancel_requested = 0, waiting_for = NULL,
     claim_priority = priority, updated_at = :now
 WHERE id = :id AND status = :from_status
 RETURNING id;
