@@ -29,6 +29,8 @@ from .store.queues import KEEP
 from .store.schedules import TICK_KEY_TTL, code_schedule_id, new_schedule_id, tick_key
 
 if TYPE_CHECKING:
+    import threading
+
     from .service import Notifier
     from .store import SqlStore
 
@@ -234,6 +236,16 @@ class FlowControl:
                     "default_max_attempts": self.settings.default_max_attempts,
                 })
         return ClaimRules(key_limits, on_failure)
+
+    def prepare_worker(self, stopping: threading.Event) -> bool:
+        """What a worker does first: record the registry's schedules and job defaults.
+
+        ``True``: the database is there once the store is open (a remote
+        worker's service waits here for its server; ``False`` when stopped first).
+        """
+        self.sync_code_schedules()
+        self.publish_jobs()
+        return True
 
     def sync_code_schedules(self) -> None:
         """Create, update or remove the schedules of ``@job(cron=...)`` for this registry."""

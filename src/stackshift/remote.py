@@ -115,6 +115,12 @@ def _state_key(key: object) -> str:
     return quote(key, safe="").replace(".", "%2E")
 
 
+def check_base_url(base_url: str) -> None:
+    """Refuse a server URL that is not http:// or https:// (retrying would not help)."""
+    if not base_url.startswith(("http://", "https://")):
+        raise ValidationError(f"base_url must be an http:// or https:// URL, got {base_url!r}")
+
+
 def _epoch(value: datetime | None) -> float | None:
     return None if value is None else value.timestamp()
 
@@ -136,8 +142,7 @@ class RemoteService(RemoteFlowControl):
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        if not base_url.startswith(("http://", "https://")):
-            raise ValidationError(f"base_url must be an http:// or https:// URL, got {base_url!r}")
+        check_base_url(base_url)
         if not api_key:
             raise ValidationError(
                 f"an API key is needed to talk to {base_url} (STACKSHIFT_API_KEY)"

@@ -14,6 +14,7 @@ server process, under the store's leader election; a remote worker never leads.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 
-from .errors import LeaseLost, RemoteError
+from .errors import AuthenticationError, LeaseLost, RemoteError
 from .flowcontrol import FlowControl
 from .jobs import JobRegistry
 from .models import Event
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     from .remote import RemoteService
     from .state import AsyncState, State
 
+log = logging.getLogger("stackshift.worker")
+
 #: How long one claim may wait on the server while nothing is due. Short, so that
 #: a stopping worker is never held up for long by its own idle claim.
 CLAIM_WAIT_SECONDS = 2.0
@@ -44,6 +47,11 @@ CLAIM_WAIT_SECONDS = 2.0
 #: the server refusing connections (see RemoteWorkerStore._post).
 UNREACHABLE_PAUSE = 0.05
 UNREACHABLE_MAX_PAUSE = 1.0
+
+#: First and longest pause between tries to reach the server when a worker starts
+#: (see RemoteWorkerService.prepare_worker).
+START_PAUSE = 0.5
+START_MAX_PAUSE = 5.0
 
 
 class RemoteWorkerStore:
@@ -256,6 +264,33 @@ class RemoteWorkerService:
 
     def claim_rules(self) -> ClaimRules:
         return FlowControl.claim_rules(cast(Any, self))
+
+    def prepare_worker(self, stopping: threading.Event) -> bool:
+        """Send the registry's schedules and job defaults: a worker's first requests.
+
+        While the server cannot be reached (not started yet, restarting), try
+        again, ``START_PAUSE`` doubling up to ``START_MAX_PAUSE`` apart, with one
+        warning per failed try; ``False`` if ``stopping`` is set first. What
+        waiting cannot fix (a refused API key, any other error answer) raises
+        at once.
+        """
+        pause = START_PAUSE
+        while not stopping.is_set():
+            try:
+                self.sync_code_schedules()
+                self.publish_jobs()
+                return True
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                log.warning("server %s not reachable (%s: %s); trying again in %gs",
+                            self.remote.base_url, type(exc).__name__, exc, pause)
+            except AuthenticationError as exc:
+                raise AuthenticationError(
+                    f"the server at {self.remote.base_url} refused the API key: {exc}"
+                ) from None
+            if stopping.wait(pause):
+                break
+            pause = min(pause * 2, START_MAX_PAUSE)
+        return False
 
     def sync_code_schedules(self) -> None:
         """Send the ``@job(cron=...)`` schedules of the registry to the server."""

@@ -23,10 +23,18 @@ from typing import Any
 
 import httpx
 import pytest
-from serverproc import Server, admin_service, running_server, start_server, stop_server
+from serverproc import (
+    Server,
+    admin_service,
+    free_port,
+    running_server,
+    start_server,
+    stop_server,
+)
 
 from processes import stop_processes
 from stackshift import StackShift
+from stackshift.store import open_store
 
 APP = f"{Path(__file__).with_name('remote_worker_app.py')}:app"
 
@@ -36,8 +44,9 @@ pytestmark = pytest.mark.slow
 class RemoteWorkers:
     """``stackshift worker --url`` subprocesses for one test; stopped at the end."""
 
-    def __init__(self, server: Server, tmp: Path) -> None:
-        self.server = server
+    def __init__(self, url: str, api_key: str, tmp: Path) -> None:
+        self.url = url
+        self.api_key = api_key
         self.tmp = tmp
         self.effects = tmp / "effects.txt"
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -47,8 +56,8 @@ class RemoteWorkers:
               url: str | None = None) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STACKSHIFT_")}
         env["REMOTE_EFFECTS"] = str(self.effects)
-        env["STACKSHIFT_URL"] = url or self.server.url
-        env["STACKSHIFT_API_KEY"] = self.server.api_key
+        env["STACKSHIFT_URL"] = url or self.url
+        env["STACKSHIFT_API_KEY"] = self.api_key
         if hang_at is not None:
             env["REMOTE_HANG_AT"] = hang_at
         cwd = self.tmp / f"worker-{len(self.procs)}"
@@ -76,6 +85,18 @@ class RemoteWorkers:
             time.sleep(0.02)
         raise AssertionError(f"no {prefix!r} in the effects after {timeout}s: {self.lines()}")
 
+    def output(self, proc: subprocess.Popen[bytes]) -> str:
+        return (self.tmp / f"worker-{self.procs.index(proc)}.out").read_text(errors="replace")
+
+    def wait_for_output(self, proc: subprocess.Popen[bytes], text: str,
+                        timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output(proc):
+            assert proc.poll() is None, f"worker exited ({proc.returncode}):\n{self.output(proc)}"
+            assert time.monotonic() < deadline, f"no {text!r} after {timeout}s:\n" \
+                                                f"{self.output(proc)}"
+            time.sleep(0.02)
+
     def terminate(self, proc: subprocess.Popen[bytes]) -> None:
         self.terminated.add(proc.pid)
         proc.send_signal(signal.SIGTERM)
@@ -100,7 +121,7 @@ def server(db_url: str, tmp_path: Path) -> Iterator[Server]:
 
 @pytest.fixture
 def workers(server: Server, tmp_path: Path) -> Iterator[RemoteWorkers]:
-    pool = RemoteWorkers(server, tmp_path)
+    pool = RemoteWorkers(server.url, server.api_key, tmp_path)
     try:
         yield pool
     finally:
@@ -401,6 +422,110 @@ def test_remote_worker_refuses_to_start_without_a_key(server: Server, tmp_path: 
     )
     assert result.returncode == 2
     assert "API key" in result.stderr
+
+
+@pytest.fixture
+def absent_server(db_url: str, tmp_path: Path) -> Iterator[RemoteWorkers]:
+    """Workers of a server not started yet: the database is ready and holds their
+    key, but nothing listens on the server's port."""
+    store = open_store(db_url)
+    store.migrate()
+    store.close()
+    service = admin_service(db_url)
+    try:
+        _, key = service.create_api_key("early worker")
+    finally:
+        service.close()
+    pool = RemoteWorkers(f"http://127.0.0.1:{free_port()}", key, tmp_path)
+    try:
+        yield pool
+    finally:
+        pool.stop_all()
+
+
+def test_a_worker_started_before_its_server_waits_for_it(
+    absent_server: RemoteWorkers, db_url: str, tmp_path: Path
+) -> None:
+    workers = absent_server
+    worker = workers.spawn()
+    # It says, try after try, which server it waits for and for how long.
+    workers.wait_for_output(worker, "trying again in 1s")
+    output = workers.output(worker)
+    assert f"server {workers.url} not reachable" in output, output
+    assert "trying again in 0.5s" in output, output
+
+    port = int(workers.url.rsplit(":", 1)[1])
+    server = start_server(db_url, tmp_path / "server.log", port=port)
+    client = StackShift(api_key=server.api_key, base_url=server.url)
+    try:
+        run = client.start("remoteSteps", {"tag": "early"})
+        done = wait_done(client, run.id, workers, timeout=30)
+        assert done.status == "completed", done.error
+        assert done.result == {"pids": [worker.pid] * 3}
+        service = admin_service(db_url)
+        try:
+            assert worker.pid in [info.pid for info in service.list_workers()]
+        finally:
+            service.close()
+    finally:
+        client.close()
+        stop_server(server)
+
+
+def test_sigterm_stops_a_worker_waiting_for_its_server_at_once(
+    absent_server: RemoteWorkers
+) -> None:
+    workers = absent_server
+    worker = workers.spawn()
+    # Its next try is 4 s away: the signal does not wait for it.
+    workers.wait_for_output(worker, "trying again in 4s")
+    signalled = time.monotonic()
+    workers.terminate(worker)
+    assert worker.wait(10) == 0, workers.output(worker)
+    assert time.monotonic() - signalled < 3.0
+    assert "stopped." in workers.output(worker)
+
+    second = workers.spawn()
+    workers.wait_for_output(second, "trying again in 0.5s")
+    second.send_signal(signal.SIGINT)
+    assert second.wait(10) == 0, workers.output(second)
+
+
+def test_what_waiting_cannot_fix_ends_the_worker_at_once(
+    server: Server, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STACKSHIFT_")}
+
+    def worker(url: str, api_key: str) -> subprocess.CompletedProcess[str]:
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "stackshift.cli", "worker", APP, "--url", url,
+             "--api-key", api_key],
+            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
+        )
+        assert time.monotonic() - started < 15, result.stderr
+        assert "trying again" not in result.stderr
+        return result
+
+    wrong_key = worker(server.url, "sk_not_a_key")
+    assert wrong_key.returncode == 1, wrong_key.stderr
+    assert f"the server at {server.url} refused the API key" in wrong_key.stderr
+
+    not_http = worker("ftp://127.0.0.1:21", server.api_key)
+    assert not_http.returncode == 2, not_http.stderr
+    assert "must be an http:// or https:// URL, got 'ftp://127.0.0.1:21'" in not_http.stderr
+    assert "Traceback" not in not_http.stderr
+
+    # Not the server's API (a path below it): its 404 is no reason to wait.
+    elsewhere = worker(f"{server.url}/somewhere", server.api_key)
+    assert elsewhere.returncode == 1, elsewhere.stderr
+    assert "error:" in elsewhere.stderr
+
+    service = admin_service(server.database_url)
+    try:
+        assert service.list_workers() == []  # none of them registered
+    finally:
+        service.close()
 
 
 def test_a_lost_lease_refuses_the_checkpoint(server: Server, client: StackShift) -> None:

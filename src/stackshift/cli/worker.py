@@ -12,6 +12,8 @@ from rich.logging import RichHandler
 
 from .. import runlogs
 from ..client import API_KEY_ENV, URL_ENV, StackShift
+from ..errors import ValidationError
+from ..remote import check_base_url
 from .failures import bad_input
 from .loader import load_app
 from .options import DATABASE_ENV, duration, split_list
@@ -65,6 +67,11 @@ def load_app_through(spec: str, url: str, api_key: str | None) -> StackShift:
     An app built with ``StackShift()`` then talks to the server; the database
     URL, if any is set in the environment, is dropped so that it is never used.
     """
+    try:
+        check_base_url(url)
+    except ValidationError:
+        raise bad_input(f"--url ({URL_ENV}) must be an http:// or https:// URL, "
+                        f"got {url!r}") from None
     if not api_key:
         raise bad_input(f"a worker on {url} needs an API key (--api-key or {API_KEY_ENV})")
     os.environ.pop(DATABASE_ENV, None)
@@ -128,7 +135,9 @@ def worker(
 
     APP is module:attribute, path/to/file.py or path/to/file.py:attribute.
     With --url (and --api-key) the worker holds no database credentials: it
-    claims runs and records their steps through the server. On
+    claims runs and records their steps through the server. A server that
+    cannot be reached yet is waited for (tried again every few seconds); a
+    refused API key ends the worker at once. On
     SIGTERM the worker stops claiming, lets running attempts finish within the
     grace period and hands back the rest; nothing is lost.
     """

@@ -216,10 +216,22 @@ class Worker:
         return sorted(job.name for job in self.app._registry)
 
     def start(self) -> Worker:
+        """Start the worker's threads and return at once.
+
+        A remote worker first waits for its server while it cannot be reached
+        (see ``prepare_worker`` of its service); ``stop()`` from another thread
+        ends that wait, and the worker does not start.
+        """
+        if not self._started:
+            self._stopping.clear()
+        return self._start()
+
+    def _start(self) -> Worker:
         if self._started:
             return self
+        if not self.service.prepare_worker(self._stopping):
+            return self  # stopped before its server could be reached
         self._started = True
-        self._stopping.clear()
         self._halted.clear()
         runlogs.install()
         # Twice the slots: a thread recording an ending has already freed its slot
@@ -231,8 +243,6 @@ class Worker:
         self.service.notifier.subscribe(self._wake.set)
         self.service.notifier.subscribe_due(self.due_plan.note)
         self._rules = self.service.claim_rules()
-        self.service.sync_code_schedules()
-        self.service.publish_jobs()
         self._process = processes.current()
         self._register()
         try:
@@ -258,6 +268,7 @@ class Worker:
     def stop(self, grace: Any = None) -> None:
         """Stop claiming, let running attempts finish within ``grace``, release the rest."""
         if not self._started:
+            self._stopping.set()  # a start() still waiting for its server gives up
             return
         patience = self.shutdown_grace if grace is None else parse_duration(grace, name="grace")
         self._stopping.set()
@@ -305,11 +316,19 @@ class Worker:
         self._started = False
 
     def run(self) -> None:
-        """Start and block until SIGTERM/SIGINT (or ``stop()`` from another thread)."""
-        self.start()
+        """Start and block until SIGTERM/SIGINT (or ``stop()`` from another thread).
+
+        The signals are handled from the start on: one that comes while a remote
+        worker waits for its server ends the wait, and ``run()`` returns.
+        """
+        if not self._started:
+            self._stopping.clear()  # here, not in start(): a signal from now on counts
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self._stopping.set())
+        self._start()
+        if not self._started:
+            return
         try:
             while not self._stopping.wait(0.5):
                 pass
