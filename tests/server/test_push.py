@@ -28,7 +28,14 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import httpx
 import pytest
 import uvicorn
-from serverproc import Server, free_port, running_server, start_server, stop_server
+from serverproc import (
+    Server,
+    admin_service,
+    free_port,
+    running_server,
+    start_server,
+    stop_server,
+)
 
 import stackshift
 from processes import stop_processes
@@ -202,6 +209,83 @@ def test_a_step_longer_than_the_lease_runs_once_across_a_server_restart(
         assert push_app.effects_of("start") == Counter({"echo-1": 1})
         assert [(a.status, a.error) for a in client.runs.attempts(run.id)] == [
             ("completed", None)]
+    finally:
+        stop_server(restarted)
+
+
+def worker_pids(database_url: str) -> list[int]:
+    """The pids of the registered workers (a server's dispatcher is one)."""
+    service = admin_service(database_url)
+    try:
+        return [info.pid for info in service.list_workers()]
+    finally:
+        service.close()
+
+
+def wait_for_dispatcher(server: Server, timeout: float = 20.0) -> None:
+    """Until the server's dispatcher serves the registered route's jobs."""
+    deadline = time.monotonic() + timeout
+    while server.process.pid not in worker_pids(server.database_url):
+        assert time.monotonic() < deadline, "the dispatcher never registered"
+        time.sleep(0.05)
+
+
+def signal_server(server: Server, sig: signal.Signals) -> None:
+    """Send ``sig`` and wait for the server process to end (not killed by the test)."""
+    server.process.send_signal(sig)
+    try:
+        server.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+        raise AssertionError(f"the server did not stop on {sig.name}:\n"
+                             f"{server.log.read_text()}") from None
+
+
+def test_a_server_stopped_with_sigterm_leaves_the_workers_list(
+    server: Server, push_app: PushApp, db_url: str, tmp_path: Path
+) -> None:
+    push_app.start()
+    wait_for_dispatcher(server)
+    signal_server(server, signal.SIGTERM)
+    assert server.process.pid not in worker_pids(db_url)
+
+    port = int(server.url.rsplit(":", 1)[1])
+    restarted = start_server(db_url, tmp_path / "server-2.log", port=port)
+    try:
+        wait_for_dispatcher(restarted)
+        # Only the new server's dispatcher serves the route's jobs.
+        assert server.process.pid not in worker_pids(db_url)
+    finally:
+        stop_server(restarted)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_run_mid_step_when_the_server_stops_completes_once_on_the_next_server(
+    client: StackShift, push_app: PushApp, server: Server, db_url: str, tmp_path: Path,
+    sig: signal.Signals,
+) -> None:
+    push_app.start(hang_at="echo-1", hang_seconds=4)
+    wait_for_dispatcher(server)
+    run = client.start("pushEcho", {"n": 1})
+    push_app.wait_for_line("start:echo-1")
+
+    # Stopped while the route executes the step: the server leaves the workers
+    # list, but the run stays with its route; it is not handed back.
+    signal_server(server, sig)
+    assert server.process.pid not in worker_pids(db_url)
+    port = int(server.url.rsplit(":", 1)[1])
+    restarted = start_server(db_url, tmp_path / "server-2.log", port=port)
+    try:
+        done = client.runs.wait(run.id, timeout=60)
+        assert (done.status, done.result) == ("completed", {"echo": 1})
+        assert push_app.effects_of("start") == Counter({"echo-1": 1})
+        assert push_app.effects_of("done") == Counter({"echo-1": 1})
+        assert [(a.status, a.error) for a in client.runs.attempts(run.id)] == [
+            ("completed", None)]
+        kinds = [e.kind for e in client.runs.timeline(run.id)]
+        assert kinds.count("run.queued") == 1, kinds  # never handed back
+        assert server.process.pid not in worker_pids(db_url)
     finally:
         stop_server(restarted)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from types import FrameType
@@ -138,11 +138,31 @@ def server(database_url: str, host: str, port: int, max_body_bytes: int, log_lev
     signal = api.state.claim_signal = ClaimSignal(service)
     dispatcher = Dispatcher(service, signal).start()
     stopping = api.state.stopping
+    stopped = False
+
+    def stop_background() -> None:
+        """Leave the worker registry and the maintenance lead (once)."""
+        nonlocal stopped
+        if not stopped:
+            stopped = True
+            dispatcher.stop()
+            maintainer.stop()
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             stopping.set()  # long-polls answer now, so that the stop takes no longer
             super().handle_exit(sig, frame)
+
+        @contextmanager
+        def capture_signals(self) -> Generator[None, None, None]:
+            # Once shut down, uvicorn raises the signal that stopped it again,
+            # which ends the process (SIGTERM) before any `finally` below runs:
+            # stop the background work first, inside.
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    stop_background()
 
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                             server_header=False)
@@ -152,8 +172,7 @@ def server(database_url: str, host: str, port: int, max_body_bytes: int, log_lev
     except KeyboardInterrupt:
         pass
     finally:
-        dispatcher.stop()
-        maintainer.stop()
+        stop_background()
     if not serving.started:  # e.g. the port is taken: as uvicorn.run exits
         sys.exit(STARTUP_FAILURE)
 

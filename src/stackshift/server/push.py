@@ -15,7 +15,10 @@ handed back (the next delivery replays the completed steps) and the endpoint is
 left alone for a while, longer after each failure in a row, up to ``MAX_BACKOFF``.
 A ``504`` (a proxy's timeout) or no answer in ``request_timeout`` hands nothing
 back: the route may still be executing the run, and it renews the lease itself.
-If the server itself dies, leases run out and the rescuer retries the runs.
+So does a server that stops (SIGTERM): it hands back only the runs it claimed
+but had not sent yet, and leaves those sent with their routes, which finish
+them through the next server. If the server itself dies, leases run out and
+the rescuer retries the runs.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ import os
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import httpx
 
@@ -36,6 +39,7 @@ from ..service import Service
 from ..signing import sign
 from ..store.base import ClaimedRun, Lease
 from ..store.flow import ClaimRules
+from ..worker.worker import HandlerThreads
 from . import push_schemas as p
 from . import schemas as s
 from . import worker_schemas as w
@@ -59,6 +63,8 @@ DONE, FAILED, UNKNOWN = "done", "failed", "unknown"
 class _Route:
     endpoint: Endpoint
     in_flight: dict[str, Lease] = field(default_factory=dict)
+    #: the runs of in_flight whose request has gone (or is going) to the route
+    sent: set[str] = field(default_factory=set)
     failures: int = 0
     paused_until: float = 0.0
 
@@ -79,7 +85,9 @@ class Dispatcher:
         self._thread: threading.Thread | None = None
         self._claims = 0
         self._served: tuple[list[str], int] = ([], 0)
-        self._pool = ThreadPoolExecutor(64, thread_name_prefix="stackshift-push")
+        # Daemon threads: a request still open when the server stops does not keep
+        # the process from exiting (the route finishes the run; see stop()).
+        self._threads = HandlerThreads(64, "stackshift-push")
         self._http = httpx.Client(
             timeout=httpx.Timeout(request_timeout, connect=5.0),
             headers={"content-type": "application/json", "user-agent": "stackshift-server"},
@@ -100,20 +108,29 @@ class Dispatcher:
         return self
 
     def stop(self) -> None:
-        """Stop delivering; runs still in flight are handed back to their queue."""
+        """Stop delivering and leave the worker registry.
+
+        Runs claimed but not sent yet are handed back to their queue. Runs whose
+        request went to their route stay with it: the route executes them,
+        renews their leases and records their endings itself (through the next
+        server, if this one is gone by then); handing them back would have them
+        delivered, and their current step run, a second time.
+        """
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+        unsent: list[Lease] = []
         with self._lock:
-            leases = [lease for route in self._routes.values()
-                      for lease in route.in_flight.values()]
-        for lease in leases:
+            for route in self._routes.values():
+                for run_id in [r for r in route.in_flight if r not in route.sent]:
+                    unsent.append(route.in_flight.pop(run_id))
+        for lease in unsent:
             try:
                 self.service.store.release_run(lease, self.service.clock.now())
             except Exception:
                 log.warning("push: could not hand back run %s", lease.run_id, exc_info=True)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._threads.shutdown()
         self._http.close()
         try:
             self.service.store.unregister_worker(self.id)
@@ -207,7 +224,7 @@ class Dispatcher:
             for item in claimed:
                 with self._lock:
                     route.in_flight[item.run.id] = item.lease
-                self._pool.submit(self._deliver, route, item)
+                self._threads.submit(partial(self._deliver, route, item))
             busy = busy or (bool(claimed) and len(claimed) == free)
         return busy
 
@@ -231,6 +248,10 @@ class Dispatcher:
             ).model_dump_json(by_alias=True).encode()
             assert endpoint.secret is not None
             headers = sign(endpoint.secret, body, time.time())
+            with self._lock:
+                if self._stop.is_set() or lease.run_id not in route.in_flight:
+                    return  # stopping: not sent, so handed back (here or by stop())
+                route.sent.add(lease.run_id)
             response = self._http.post(endpoint.url, content=body, headers=headers)
             if response.is_success and _acknowledges(response, lease):
                 outcome = DONE
@@ -261,7 +282,14 @@ class Dispatcher:
 
     def _ended(self, route: _Route, lease: Lease, outcome: str) -> None:
         with self._lock:
-            route.in_flight.pop(lease.run_id, None)
+            held = route.in_flight.pop(lease.run_id, None) is not None
+            sent = lease.run_id in route.sent
+            route.sent.discard(lease.run_id)
+            if self._stop.is_set() and sent:
+                # Stopping: a request that failed may have failed because this
+                # process is closing it, not because of the route, which may still
+                # be executing the run. It keeps the run (see stop()).
+                outcome = UNKNOWN
             if outcome == DONE:
                 route.failures = 0
                 route.paused_until = 0.0
@@ -269,7 +297,7 @@ class Dispatcher:
                 route.failures += 1
                 pause = min(MAX_BACKOFF, MIN_BACKOFF * 2 ** (route.failures - 1))
                 route.paused_until = time.monotonic() + pause
-        if outcome == FAILED:
+        if outcome == FAILED and held:
             # Conditional on the lease: a no-op when the route recorded an ending.
             try:
                 self.service.store.release_run(lease, self.service.clock.now())

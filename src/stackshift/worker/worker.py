@@ -103,7 +103,7 @@ class DuePlan:
             return True
 
 
-class _HandlerThreads:
+class HandlerThreads:
     """The threads that run sync handlers, started as needed up to ``limit``.
 
     Leaner than a ``ThreadPoolExecutor`` (no future per call), and daemon
@@ -198,7 +198,7 @@ class Worker:
         self._halted = threading.Event()
         self.due_plan = DuePlan()
         self._threads: list[threading.Thread] = []
-        self._threads_for_sync: _HandlerThreads | None = None
+        self._threads_for_sync: HandlerThreads | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
         self._next_purge = 0.0
@@ -236,7 +236,7 @@ class Worker:
         runlogs.install()
         # Twice the slots: a thread recording an ending has already freed its slot
         # for the next run (see _returned).
-        self._threads_for_sync = _HandlerThreads(2 * self.concurrency, "stackshift-job")
+        self._threads_for_sync = HandlerThreads(2 * self.concurrency, "stackshift-job")
         if any(job.is_async for job in self.app._registry):
             self._loop = asyncio.new_event_loop()
             self._spawn("stackshift-loop", self._loop.run_forever)
