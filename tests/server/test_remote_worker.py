@@ -10,6 +10,7 @@ fsynced lines in an effects file, so a killed worker leaves an exact record.
 from __future__ import annotations
 
 import http.server
+import logging
 import os
 import signal
 import subprocess
@@ -489,6 +490,34 @@ def test_sigterm_stops_a_worker_waiting_for_its_server_at_once(
     workers.wait_for_output(second, "trying again in 0.5s")
     second.send_signal(signal.SIGINT)
     assert second.wait(10) == 0, workers.output(second)
+
+
+def test_stop_ends_a_start_waiting_for_its_server(caplog: pytest.LogCaptureFixture) -> None:
+    """In Python: ``start()`` waits while nothing listens at the server's address,
+    and ``stop()`` from another thread ends the wait; the worker never starts."""
+    url = f"http://127.0.0.1:{free_port()}"
+    app = StackShift(api_key="ssk_unused", base_url=url)
+    app.job("noop", lambda ctx: None)
+    worker = app.worker()
+    starting = threading.Thread(target=worker.start)
+    try:
+        with caplog.at_level(logging.WARNING, logger="stackshift.worker"):
+            starting.start()
+            deadline = time.monotonic() + 10
+            while "trying again in 1s" not in caplog.text:
+                assert time.monotonic() < deadline, caplog.text
+                time.sleep(0.02)
+            stopped = time.monotonic()
+            worker.stop()
+            starting.join(timeout=5)
+            assert not starting.is_alive()
+            assert time.monotonic() - stopped < 1.0
+        assert f"server {url} not reachable" in caplog.text
+        assert worker.active_runs == []
+        assert not worker._threads  # no claim loop, no heartbeat
+    finally:
+        worker.stop()
+        app.close()
 
 
 def test_what_waiting_cannot_fix_ends_the_worker_at_once(
