@@ -38,12 +38,16 @@ def _env(db_url: str | None) -> dict[str, str]:
 
 
 def cli(
-    db_url: str | None, *args: str, stdin: str | None = None
+    db_url: str | None, *args: str, stdin: str | None = None, columns: int | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``stackshift ARGS`` to completion with the database in the environment."""
+    """Run ``stackshift ARGS`` to completion with the database in the environment
+    (and a terminal ``columns`` wide, if given)."""
+    env = _env(db_url)
+    if columns is not None:
+        env["COLUMNS"] = str(columns)
     return subprocess.run(
         [*STACKSHIFT, *args], input=stdin, capture_output=True, text=True, timeout=60,
-        env=_env(db_url),
+        env=env,
     )
 
 
@@ -431,6 +435,38 @@ def test_tables_show_users_text_as_it_is(db_url: str, app: StackShift) -> None:
         shown = cli(db_url, *args)
         assert shown.returncode == 0, (args, shown.stderr)
         assert "bad index [/] in" in shown.stdout, (args, shown.stdout)
+
+
+def test_run_tables_keep_every_runs_id_and_status_readable(db_url: str, app: StackShift) -> None:
+    long_job = "invoice." + "x" * 110
+
+    @app.job(long_job, max_attempts=1)
+    def long_named(ctx: Any) -> None:
+        raise NonRetriableError("the upstream refused the invoice: " + "detail " * 30)
+
+    @app.job("chatty")
+    def chatty(ctx: Any) -> dict[str, str]:
+        return {"summary": "y" * 300}
+
+    failed = app.start(long_job)
+    completed = app.start("chatty")
+    run_until_idle(app)
+    expected = {failed.id: "failed", completed.id: "completed"}
+    for columns in (None, 100, 80):
+        for args in (["runs", "list"], ["queues", "dead-letters", "default"]):
+            shown = cli(db_url, *args, columns=columns)
+            assert shown.returncode == 0, (args, shown.stderr)
+            rows = {line.split()[0]: line for line in shown.stdout.splitlines()[2:]}
+            for run_id, status in expected.items():
+                if args[0] == "queues" and status != "failed":
+                    continue
+                assert run_id in rows, (columns, args, shown.stdout)
+                assert f" {status} " in rows[run_id], (columns, args, shown.stdout)
+                assert all(len(line) <= (columns or 160) for line in shown.stdout.splitlines())
+            assert "invoice.xxx" in rows[failed.id], (columns, args, shown.stdout)
+            if columns != 80:  # room for the error too, and at full width for the queue
+                assert "NonRetriableError" in rows[failed.id], (columns, args, shown.stdout)
+                assert (" default " in rows[failed.id]) == (columns is None)
 
 
 # -- stackshift worker ----------------------------------------------------------------------

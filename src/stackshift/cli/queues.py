@@ -197,12 +197,13 @@ def dead_letters(name: str, job: str | None, limit: int, cursor: str | None, as_
     if as_json:
         echo_json({"items": page.items, "next_cursor": page.next_cursor})
         return
+    out = console()
     if not page.items:
-        console().print("No dead letters.")
+        out.print("No dead letters.")
         return
-    console().print(runs_table(page.items))
+    out.print(runs_table(page.items, width=out.width))
     if page.next_cursor:
-        console().print(f"More: stackshift queues dead-letters {name} --cursor "
+        out.print(f"More: stackshift queues dead-letters {name} --cursor "
                         f"{page.next_cursor}", style="dim", markup=False)
 
 

@@ -207,7 +207,9 @@ def runs_table(
     width: int | None = None,
 ) -> Table:
     """Runs, one per row. With ``width`` the table fits it: on a narrow screen the
-    queue is left out and the detail column is shortened, never the id or status."""
+    queue is left out, long job and queue names are shortened (to 12 characters at
+    least) before the detail column is, and the detail column is shortened; never
+    the id or status."""
     show_queue = width is None or width >= 110
     rows = []
     for run in runs:
@@ -217,8 +219,19 @@ def runs_table(
     headers = ["RUN", "JOB"] + (["QUEUE"] if show_queue else []) + ["STATUS", "ATT", "AGE"]
     show_detail = True
     if width is not None:
-        used = sum(max([len(h)] + [len(c[i]) for c, _ in rows]) for i, h in enumerate(headers))
-        room = width - used - 3 * len(headers)  # three characters between columns
+        widths = [max([len(h)] + [len(c[i]) for c, _ in rows]) for i, h in enumerate(headers)]
+        gaps = 3 * len(headers)  # three characters between columns
+        detail_wanted = min(24, max(len(detail) for _, detail in rows)) if rows else 0
+        for name in ("QUEUE", "JOB"):  # names give way before the id, status and detail
+            if name not in headers:
+                continue
+            at = headers.index(name)
+            fit = max(12, widths[at] - (sum(widths) + gaps + detail_wanted - width))
+            if fit < widths[at]:
+                widths[at] = fit
+                rows = [([*cells[:at], _clip(cells[at], fit), *cells[at + 1:]], detail)
+                        for cells, detail in rows]
+        room = width - sum(widths) - gaps
         show_detail = room >= 12
         rows = [(cells, _clip(detail, room)) for cells, detail in rows]
     table = _table(title)

@@ -59,7 +59,7 @@ def list_runs(
     if not page.items:
         out.print("No runs match." if cursor is None else "No more runs.")
         return
-    out.print(runs_table(page.items))
+    out.print(runs_table(page.items, width=out.width))
     if page.next_cursor:
         out.print(f"More: stackshift runs list --cursor {page.next_cursor}", style="dim")
 
