@@ -464,6 +464,14 @@ class AsyncStackShift:
     def worker(self, **options: Any) -> Any:
         return self.sync.worker(**options)
 
+    async def migrate(self) -> int:
+        """Apply pending migrations (as :meth:`StackShift.migrate`); the schema version."""
+        return await asyncio.to_thread(self.sync.migrate)
+
+    @property
+    def clock(self) -> Clock:
+        return self.sync.clock
+
     async def close(self) -> None:
         await asyncio.to_thread(self.sync.close)
 

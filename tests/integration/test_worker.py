@@ -175,6 +175,24 @@ def test_worker_as_async_context_manager(db_url: str) -> None:
     assert asyncio.run(main()) == "ada"
 
 
+def test_async_client_migrates_and_tells_the_time_like_the_sync_one(db_url: str) -> None:
+    from stackshift import AsyncStackShift
+
+    async def main() -> tuple[int, int, str]:
+        async with AsyncStackShift(db_url, migrate=False) as app:
+            version = await app.migrate()
+            again = await app.migrate()
+            run = await app.start("later", delay="1h")
+            assert run.scheduled_at is not None
+            assert 3599 < run.scheduled_at.timestamp() - app.clock.now() <= 3600
+            return version, again, run.status
+
+    version, again, status = asyncio.run(main())
+    with StackShift(db_url) as sync:
+        assert version == again == sync.migrate() > 0
+    assert status == "scheduled"
+
+
 def test_start_and_stop(app: StackShift) -> None:
     @app.job("noop")
     def noop(ctx):  # type: ignore[no-untyped-def]
