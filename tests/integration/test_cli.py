@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -353,6 +355,63 @@ def test_runs_list_filters_pages_and_cancels(db_url: str, app: StackShift) -> No
     assert requeued["status"] == "queued"
     timed_out = cli(db_url, "runs", "wait", ids[2], "--timeout", "0.2")
     assert timed_out.returncode == 1 and "still queued" in timed_out.stderr
+
+
+def _on_terminal(db_url: str, *args: str) -> tuple[int, str, str]:
+    """Run ``stackshift ARGS`` with stderr on a pseudo-terminal, as in a shell;
+    its exit code, stdout and the text the terminal showed (colours left out)."""
+    controller, terminal = pty.openpty()
+    env = {**_env(db_url), "TERM": "xterm-256color", "COLUMNS": "200"}
+    process = subprocess.Popen([*STACKSHIFT, *args], stdout=subprocess.PIPE,
+                               stderr=terminal, text=True, env=env)
+    os.close(terminal)
+    shown = bytearray()
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # the process ended and closed its side
+                return
+            if not chunk:
+                return
+            shown.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    out, _ = process.communicate(timeout=60)
+    reader.join(timeout=10)
+    os.close(controller)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode(errors="replace"))
+    return process.returncode, out, text
+
+
+def test_waiting_on_a_terminal_shows_the_runs_progress(db_url: str, app: StackShift) -> None:
+    @app.job("slow")
+    def slow(ctx: Any) -> str:
+        for part in range(4):
+            ctx.step.run(f"part-{part}", time.sleep, 0.4)
+        return "rested"
+
+    with app.worker():
+        code, out, shown = _on_terminal(db_url, "start", "slow", "--wait")
+    assert code == 0, (out, shown)
+    assert "completed" in out and '"rested"' in out
+    assert "running" in shown and "attempt 1 of 3" in shown, shown
+    assert "steps done (last: part-" in shown, shown
+
+    # A script asking for JSON gets no progress line, terminal or not.
+    with app.worker():
+        code, out, shown = _on_terminal(db_url, "start", "slow", "--wait", "--json")
+    assert code == 0 and json.loads(out)["status"] == "completed"
+    assert "attempt" not in shown, shown
+
+    # A wait that times out still says so, and exits 1.
+    queued = app.start("notDeployed")
+    code, out, shown = _on_terminal(db_url, "runs", "wait", queued.id, "--timeout", "0.7")
+    assert code == 1, (out, shown)
+    assert f"Run {queued.id} queued · attempt 0 of 3" in shown, shown
+    assert f"run {queued.id} is still queued after 0.7s" in shown, shown
 
 
 # -- events and state ------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from .render import (
     timeline_table,
     to_data,
 )
-from .start import report_finished
+from .start import report_finished, wait_for_run
 
 
 @click.group()
@@ -170,5 +170,5 @@ def wait(run_id: str, timeout: str | None, as_json: bool, database_url: str | No
     limit = duration(timeout, "--timeout")
     with open_client(database_url) as app:
         app.runs.get(run_id)  # an unknown id is "not found", not a timeout
-        run = app.runs.wait(run_id, limit)
+        run = wait_for_run(app, run_id, limit, as_json)
     report_finished(run, as_json)

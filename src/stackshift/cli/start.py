@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.markup import escape
+from rich.text import Text
 
-from ..models import Run
+from ..durations import parse_duration
+from ..models import Run, Step
 from .failures import ExitCode, bad_input
 from .options import (
     database_url_option,
@@ -16,7 +19,13 @@ from .options import (
     open_client,
     parse_json_argument,
 )
-from .render import console, echo_json, run_detail_line, status_text, to_data, when
+from .render import console, echo_json, run_detail_line, span, status_text, to_data, when
+
+if TYPE_CHECKING:
+    from ..client import StackShift
+
+#: How often the progress line of a wait on a terminal is brought up to date.
+PROGRESS_EVERY = 0.25
 
 
 @click.command()
@@ -82,7 +91,7 @@ def start(
             return
         if not as_json:
             report_started(run, as_json)
-        final = app.runs.wait(run.id, wait_limit)
+        final = wait_for_run(app, run.id, wait_limit, as_json)
     report_finished(final, as_json, created=run.created)
 
 
@@ -103,6 +112,45 @@ def report_started(run: Run, as_json: bool) -> None:
             "); nothing new was started.",
             sep="",
         )
+
+
+def wait_for_run(app: StackShift, run_id: str, limit: float | str | None,
+                 as_json: bool) -> Run:
+    """Wait until the run is completed, failed or cancelled (``TimeoutError`` after
+    ``limit``, a duration). Meanwhile, when stderr is a terminal and the output is not
+    JSON, a line there shows how the run is getting on, and goes once it ends."""
+    err = console(stderr=True)
+    if as_json or not err.is_terminal or err.is_dumb_terminal:
+        return app.runs.wait(run_id, limit)
+    seconds = None if limit is None else parse_duration(limit, name="timeout")
+    began = time.monotonic()
+    deadline = None if seconds is None else began + seconds
+    with err.status(f"Waiting for run {run_id}", spinner="dots") as shown:
+        while True:
+            left = PROGRESS_EVERY if deadline is None else deadline - time.monotonic()
+            try:
+                return app.runs.wait(run_id, max(0.0, min(PROGRESS_EVERY, left)))
+            except TimeoutError:
+                pass
+            run = app.runs.get(run_id)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"run {run_id} is still {run.status} after {seconds:g}s")
+            shown.update(progress_line(run, app.runs.steps(run_id), time.monotonic() - began))
+
+
+def progress_line(run: Run, steps: list[Step], waited: float) -> Text:
+    """One line on a run that has not ended: status, attempt, steps done, waited."""
+    line = Text.assemble(f"Run {run.id} ", status_text(run.status),
+                         f" · attempt {run.attempt} of {run.max_attempts}")
+    done = [step for step in steps if step.status == "completed"]
+    if done:
+        line.append(f" · {len(done)} step{'s' if len(done) > 1 else ''} done "
+                    f"(last: {done[-1].key})")
+    detail = run_detail_line(run)
+    if detail:
+        line.append(f" · {detail}")
+    line.append(f" · {span(waited)}")
+    return line
 
 
 def report_finished(run: Run, as_json: bool, *, created: bool | None = None) -> None:
