@@ -192,6 +192,31 @@ def test_wrong_types_and_values_are_422(http: httpx.Client, method: str, path: s
     assert_error(http.request(method, path, json=body), 422, "validation_error")
 
 
+DURATION_HINT = "is not a duration (use e.g. '30s', '15m', '1h30m', '7d')"
+NAME_HINT = "is invalid: use 1-200 letters, digits, '.', '_', ':' or '-'"
+
+
+@pytest.mark.parametrize(("method", "path", "body", "message"), [
+    ("POST", "/v1/runs", {"job": "x", "delay": "5 minutes"}, f"delay: '5 minutes' {DURATION_HINT}"),
+    ("POST", "/v1/runs", {"job": "x", "idempotencyKey": "k", "idempotencyTtl": "soon"},
+     f"idempotencyTtl: 'soon' {DURATION_HINT}"),
+    ("POST", "/v1/runs", {"job": "x", "idempotencyKey": "k", "idempotencyTtl": "0s"},
+     "idempotencyTtl: '0s' must be more than 0"),
+    ("POST", "/v1/runs", {"job": "x", "delay": -1},
+     "delay: Input should be greater than or equal to 0"),
+    ("POST", "/v1/runs", {"job": "bad name"}, f"job 'bad name' {NAME_HINT}"),
+    ("POST", "/v1/runs", {"job": "x", "queueName": ""}, f"queueName '' {NAME_HINT}"),
+    ("POST", "/v1/events", {"name": "email verified"}, f"name 'email verified' {NAME_HINT}"),
+    ("PUT", "/v1/state/k", {"value": 1, "ttl": "forever"}, f"ttl: 'forever' {DURATION_HINT}"),
+    ("POST", "/v1/locks/acquire", {"key": "l", "owner": "me", "ttl": "1 minute"},
+     f"ttl: '1 minute' {DURATION_HINT}"),
+])
+def test_bad_names_and_durations_are_explained_as_the_sdk_explains_them(
+        http: httpx.Client, method: str, path: str, body: Any, message: str) -> None:
+    error = assert_error(http.request(method, path, json=body), 422, "validation_error")
+    assert error["message"] == message
+
+
 @pytest.mark.parametrize("query", ["limit=0", "limit=abc", "limit=1001", "status=bogus",
                                    "createdAfter=yesterday", "createdAfter=2026-01-01T00:00:00"])
 def test_bad_list_queries_are_422(http: httpx.Client, query: str) -> None:

@@ -21,8 +21,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match, Mount, Route, compile_path
 
 from ..clock import SystemClock
-from ..errors import StackShiftError
-from ..jobs import JobRegistry
+from ..durations import parse_duration
+from ..errors import StackShiftError, ValidationError
+from ..jobs import JobRegistry, check_name
 from ..serialization import MAX_DEPTH, MiB
 from ..service import Service
 from ..settings import Settings
@@ -38,7 +39,7 @@ from .middleware import (
     Scope,
     Send,
 )
-from .schemas import Health
+from .schemas import DURATION_PATTERN, NAME_PATTERN, POSITIVE_DURATION_PATTERN, Health
 
 DESCRIPTION = """\
 The StackShift HTTP API: start runs, send events, read and act on runs, and use
@@ -66,13 +67,49 @@ def _json_error(status: int, code: str, message: str, headers: Mapping[str, str]
     return JSONResponse(error_body(code, message, **extra), status_code=status, headers=headers)
 
 
+#: The part of an error's location that names a member of a union type (a duration
+#: is a string or a number), not a field.
+_UNION_MEMBER = re.compile(r"(constrained-)?(str|float|int|bool)|.*\[.*")
+
+
 def _describe(errors: list[Any]) -> str:
-    parts = []
-    for error in errors[:5]:
-        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{where}: {error.get('msg', 'invalid')}")
-    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    """One message for a request's validation errors, one part per field.
+
+    A value that fits no member of a union (a duration that is neither a number
+    nor a duration string) is described once, by the member of its own kind;
+    names and durations in the wrong form are described as the service does.
+    """
+    fields: dict[str, list[Any]] = {}
+    for error in errors:
+        loc = [str(p) for p in error.get("loc", ()) if p != "body"]
+        while loc and _UNION_MEMBER.fullmatch(loc[-1]):
+            loc.pop()
+        fields.setdefault(".".join(loc) or "body", []).append(error)
+    parts = [_field_message(where, found) for where, found in list(fields.items())[:5]]
+    more = f" (and {len(fields) - 5} more)" if len(fields) > 5 else ""
     return "; ".join(parts) + more
+
+
+def _field_message(where: str, errors: list[Any]) -> str:
+    error = errors[0]
+    if len(errors) > 1:  # union members: the one for the kind of value sent
+        kind = "str" if isinstance(error.get("input"), str) else "float"
+        error = next((e for e in errors if kind in str(e.get("loc", ())[-1])), error)
+    value = error.get("input")
+    pattern = (error.get("ctx") or {}).get("pattern")
+    if error.get("type") == "string_pattern_mismatch" and pattern == NAME_PATTERN:
+        try:
+            check_name(value, where)
+        except ValidationError as exc:
+            return str(exc)
+    if error.get("type") == "string_pattern_mismatch" and pattern in (
+            DURATION_PATTERN, POSITIVE_DURATION_PATTERN):
+        try:
+            if parse_duration(value, name=where) == 0:
+                return f"{where}: {value!r} must be more than 0"
+        except ValidationError as exc:
+            return str(exc)
+    return f"{where}: {error.get('msg', 'invalid')}"
 
 
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -25,8 +25,8 @@ from ..durations import MAX_DURATION
 # document states what is accepted; the service still checks everything.
 
 #: Job, queue and event names.
-Name = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9._:-]{1,200}$",
-                                  examples=["sendReceipt"])]
+NAME_PATTERN = r"^[A-Za-z0-9._:-]{1,200}$"
+Name = Annotated[StrictStr, Field(pattern=NAME_PATTERN, examples=["sendReceipt"])]
 #: Idempotency, correlation and concurrency keys.
 Key = Annotated[StrictStr, Field(min_length=1, max_length=512)]
 StateKey = Annotated[StrictStr, Field(min_length=1, max_length=512)]
@@ -34,16 +34,16 @@ Owner = Annotated[StrictStr, Field(min_length=1, max_length=200)]
 #: A point in time: ISO-8601 with an offset or ``Z``.
 Time = Annotated[StrictStr, Field(json_schema_extra={"format": "date-time"},
                                   examples=["2026-05-06T09:00:00Z"])]
-_DURATION = r"^\s*([0-9]+(\.[0-9]+)?([mM][sS]|[sSmMhHdDwW]))+\s*$"
+DURATION_PATTERN = r"^\s*([0-9]+(\.[0-9]+)?([mM][sS]|[sSmMhHdDwW]))+\s*$"
 #: A duration: seconds, or a string such as ``"30s"``, ``"15m"``, ``"1h30m"``, ``"30d"``.
 Duration = (
-    Annotated[StrictStr, Field(pattern=_DURATION, examples=["30s", "1h30m", "30d"])]
+    Annotated[StrictStr, Field(pattern=DURATION_PATTERN, examples=["30s", "1h30m", "30d"])]
     | Annotated[float, Field(ge=0, le=MAX_DURATION, allow_inf_nan=False)]
 )
 #: A duration that must be more than zero (TTLs): some digit is not a zero.
+POSITIVE_DURATION_PATTERN = r"^(?=[^1-9]*[1-9])" + DURATION_PATTERN[1:]
 PositiveDuration = (
-    Annotated[StrictStr, Field(pattern=r"^(?=[^1-9]*[1-9])" + _DURATION[1:],
-                               examples=["30s", "24h"])]
+    Annotated[StrictStr, Field(pattern=POSITIVE_DURATION_PATTERN, examples=["30s", "24h"])]
     | Annotated[float, Field(gt=0, le=MAX_DURATION, allow_inf_nan=False)]
 )
 Int32 = Annotated[StrictInt, Field(ge=-(2**31), lt=2**31)]
