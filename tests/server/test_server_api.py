@@ -15,7 +15,7 @@ import httpx
 import pytest
 from serverproc import running_server
 
-from stackshift import StackShift
+from stackshift import RetryAfterError, StackShift
 from stackshift.engine.transitions import Status
 from stackshift.store import open_store
 from stackshift.testing import run_until_idle
@@ -65,6 +65,36 @@ def test_start_and_enqueue_speak_camel_case(http: httpx.Client) -> None:
     listed = http.get("/v1/runs", params={"job": job, "queueName": "billing"}).json()
     assert [r["id"] for r in listed["items"]] == [enqueued.json()["id"]]
     assert listed["nextCursor"] is None
+
+
+def test_timeline_details_speak_camel_case_too(http: httpx.Client, server: Any,
+                                              served_db: str) -> None:
+    job = tag("flaky")
+    engine = StackShift(served_db)
+
+    @engine.job(job, max_attempts=2)
+    def flaky(ctx: Any) -> None:
+        raise RetryAfterError("1h")
+
+    try:
+        run = http.post("/v1/runs", json={"job": job, "delay": 3600}).json()
+        assert http.post(f"/v1/runs/{run['id']}/cancel", json={"reason": "not now"}).is_success
+        assert http.post(f"/v1/runs/{run['id']}/retry").is_success
+        run_until_idle(engine)  # attempt 1 fails: retrying, with the next attempt's time
+        entries = http.get(f"/v1/runs/{run['id']}/timeline").json()["items"]
+        details = {e["kind"]: e["data"] for e in entries}
+        assert "scheduledAt" in details["run.scheduled"], details
+        assert details["run.queued"] == {"from": "cancelled", "manualRetry": True}, details
+        assert isinstance(details["run.retrying"]["nextAttemptAt"], float), details
+        assert not [k for data in details.values() for k in data if "_" in k], details
+        # The remote client reads them back as the embedded one does.
+        remote = StackShift(api_key=server.api_key, base_url=server.url)
+        try:
+            assert remote.runs.timeline(run["id"]) == engine.runs.timeline(run["id"])
+        finally:
+            remote.close()
+    finally:
+        engine.close()
 
 
 def test_wait_long_polls(http: httpx.Client, server: Any) -> None:

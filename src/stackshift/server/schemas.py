@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
-from pydantic.alias_generators import to_camel
+from pydantic.alias_generators import to_camel, to_snake
 from pydantic.config import JsonDict
 
 from .. import models as m
@@ -256,12 +256,15 @@ class TimelineEntry(Wire):
 
     @classmethod
     def of(cls, t: m.TimelineEntry) -> TimelineEntry:
+        # The details' names are the engine's (snake_case); on the wire they are
+        # camelCase like every other field (``nextAttemptAt``, ``releasedBy``).
         return cls(id=t.id, run_id=t.run_id, at=t.at, kind=t.kind, attempt=t.attempt,
-                   step=t.step, data=t.data)
+                   step=t.step, data={to_camel(k): v for k, v in t.data.items()})
 
     def to_model(self) -> m.TimelineEntry:
+        data = {to_snake(k): v for k, v in self.data.items()}
         return m.TimelineEntry(self.id, self.run_id, _utc(self.at),  # type: ignore[arg-type]
-                             self.kind, self.attempt, self.step, self.data)
+                             self.kind, self.attempt, self.step, data)
 
 
 class LogEntry(Wire):
