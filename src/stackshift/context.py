@@ -116,11 +116,12 @@ class _StepsBase:
 class Steps(_StepsBase):
     """``ctx.step`` for plain (sync) handlers."""
 
-    def run(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run ``fn`` once per run and return its (stored) JSON result.
+    def run(self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` once per run and return its (stored) JSON result.
 
         A later invocation returns the stored result without calling ``fn``. An
-        exception is recorded on the step and raised here.
+        exception is recorded on the step and raised here. ``name`` and ``fn`` are
+        positional, so ``fn`` may take keyword arguments of any name.
         """
         inv = self._inv
         plan = inv.plan_run(name, fn)
@@ -163,7 +164,7 @@ class AsyncSteps(_StepsBase):
     Store writes run in a thread so that other handlers on the loop keep going.
     """
 
-    async def run(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def run(self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         inv = self._inv
         key = inv.step_key(name, fn)  # before any await: in the order of the calls
         if inv.stale():  # the boundary would ask the store: not on the loop

@@ -157,6 +157,32 @@ def test_sync_and_async_handlers_run_side_by_side(app: StackShift) -> None:
     assert all(d.result["loop"] for d in done[3:])
 
 
+def test_step_functions_may_take_keyword_arguments_called_name_or_fn(app: StackShift) -> None:
+    def create_user(*, name: str, fn: str) -> dict[str, str]:
+        return {"name": name, "fn": fn}
+
+    async def create_user_async(*, name: str, fn: str) -> dict[str, str]:
+        return {"name": name.upper(), "fn": fn}
+
+    @app.job("signUp")
+    def sign_up(ctx):  # type: ignore[no-untyped-def]
+        return ctx.step.run("create-user", create_user, name="Ada", fn="admin")
+
+    @app.job("signUpAsync")
+    async def sign_up_async(ctx):  # type: ignore[no-untyped-def]
+        first = await ctx.step.run("create-user", create_user_async, name="Ada", fn="admin")
+        second = await ctx.step.run("create-user", create_user, name="Bob", fn="dev")
+        return [first, second]
+
+    sync_run, async_run = app.start("signUp"), app.start("signUpAsync")
+    run_until_idle(app)
+    done = app.runs.get(sync_run.id)
+    assert (done.status, done.result) == ("completed", {"name": "Ada", "fn": "admin"})
+    done = app.runs.get(async_run.id)
+    assert (done.status, done.result) == (
+        "completed", [{"name": "ADA", "fn": "admin"}, {"name": "Bob", "fn": "dev"}])
+
+
 def test_worker_as_async_context_manager(db_url: str) -> None:
     from stackshift import AsyncStackShift
 
