@@ -47,7 +47,7 @@ def _optional(value: Any, check: Any) -> Any:
     return check(value)
 
 
-def _stats_window(window: Any) -> float:
+def check_stats_window(window: Any) -> float:
     seconds = parse_duration(window, name="window")
     if not 1 <= seconds <= 90 * 86400:
         raise ValidationError("window must be from 1s to 90d")
@@ -120,11 +120,11 @@ class FlowControl:
         """The queue's settings, runs per status, throughput and failure rate over
         ``window``, and the age of its oldest due run not yet started."""
         check_name(name, "queue name")
-        return self.store.queue_info(name, self.clock.now(), _stats_window(window))
+        return self.store.queue_info(name, self.clock.now(), check_stats_window(window))
 
     def list_queues(self, window: Any = DEFAULT_STATS_WINDOW) -> list[QueueInfo]:
         """Every queue that holds runs or has settings, by name."""
-        seconds = _stats_window(window)
+        seconds = check_stats_window(window)
         now = self.clock.now()
         return [self.store.queue_info(name, now, seconds) for name in self.store.all_queue_names()]
 
@@ -196,18 +196,18 @@ class FlowControl:
                                           "api", self.clock.now())
 
     def get_schedule(self, schedule_id: str) -> Schedule:
-        return self.store.get_schedule(_schedule_id(schedule_id))
+        return self.store.get_schedule(check_schedule_id(schedule_id))
 
     def list_schedules(self) -> list[Schedule]:
         return self.store.list_schedules()
 
     def pause_schedule(self, schedule_id: str) -> Schedule:
-        return self.store.set_schedule_paused(_schedule_id(schedule_id), True,
+        return self.store.set_schedule_paused(check_schedule_id(schedule_id), True,
                                               self.clock.now())
 
     def resume_schedule(self, schedule_id: str) -> Schedule:
         """Resume from now on: ticks that passed while paused do not run."""
-        return self.store.set_schedule_paused(_schedule_id(schedule_id), False,
+        return self.store.set_schedule_paused(check_schedule_id(schedule_id), False,
                                               self.clock.now())
 
     def delete_schedule(self, schedule_id: str) -> bool:
@@ -216,7 +216,7 @@ class FlowControl:
         A schedule defined with ``@job(cron=...)`` comes back when a worker
         serving the job starts; pause it instead, or remove ``cron`` from the code.
         """
-        return self.store.delete_schedule(_schedule_id(schedule_id))
+        return self.store.delete_schedule(check_schedule_id(schedule_id))
 
     # -- what workers do ----------------------------------------------------------------
 
@@ -313,7 +313,7 @@ class FlowControl:
         return full or any(expired[k] >= batch for k in ("events", "idempotency_keys", "state"))
 
 
-def _schedule_id(value: object) -> str:
+def check_schedule_id(value: object) -> str:
     if not isinstance(value, str) or not value or len(value) > 300:
         raise ValidationError(f"schedule id must be a non-empty string, got {value!r}")
     return value

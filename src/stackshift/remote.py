@@ -33,6 +33,7 @@ from .errors import (
     RunNotFoundError,
     ValidationError,
 )
+from .ids import check_cursor
 from .jobs import JobRegistry, check_max_attempts, check_name
 from .models import Attempt, Endpoint, Event, LogEntry, Page, Run, SentEvent, Step, TimelineEntry
 from .remote_flow import RemoteFlowControl
@@ -262,6 +263,7 @@ class RemoteService(RemoteFlowControl):
             raise ValidationError(f"limit must be an integer from 1 to 1000, got {limit!r}")
         if status is not None:
             parse_status(status)  # the embedded service's error for an unknown one
+        check_cursor(cursor, "run")
         response = self._call("GET", "/v1/runs", params={
             "status": status, "job": job, "queueName": queue,
             "idempotencyKey": idempotency_key, "correlationKey": correlation_key,
@@ -357,6 +359,7 @@ class RemoteService(RemoteFlowControl):
     ) -> Page:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise ValidationError(f"limit must be an integer from 1 to 1000, got {limit!r}")
+        check_cursor(cursor, "evt")
         response = self._call("GET", "/v1/events", params={
             "name": name, "correlationKey": correlation_key, "limit": limit, "cursor": cursor,
         })

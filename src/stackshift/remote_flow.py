@@ -12,9 +12,12 @@ from urllib.parse import quote
 
 import httpx
 
+from .durations import parse_instant
+from .engine.cron import parse_cron
 from .engine.limits import check_concurrency, parse_rate_limit
 from .errors import ScheduleNotFoundError, StackShiftError, ValidationError
-from .flowcontrol import check_retry_many
+from .flowcontrol import check_retry_many, check_schedule_id, check_stats_window
+from .ids import check_cursor
 from .jobs import check_max_attempts, check_name
 from .models import Page, QueueInfo, Schedule
 from .serialization import to_jsonable
@@ -31,12 +34,17 @@ def _name(value: object, what: str) -> str:
 
 
 def _schedule_path(schedule_id: object) -> str:
-    if not isinstance(schedule_id, str) or schedule_id in ("", ".", "..") or "/" in schedule_id:
+    schedule_id = check_schedule_id(schedule_id)  # the embedded service's error for a non-id
+    if schedule_id in (".", "..") or "/" in schedule_id:
         raise ScheduleNotFoundError(f"no schedule with id {schedule_id!r}")
     return "/v1/schedules/" + quote(schedule_id, safe="")
 
 
-def _when(value: datetime | str | None) -> str | None:
+def _when(value: datetime | str | None, name: str) -> str | None:
+    """A time for the wire, checked here first (the embedded service's errors)."""
+    if value is None:
+        return None
+    parse_instant(value, name=name)
     return value.isoformat() if isinstance(value, datetime) else value
 
 
@@ -81,7 +89,11 @@ class RemoteFlowControl:
 
     def dead_letters(self, queue: str, *, job: str | None = None, limit: int = 50,
                      cursor: str | None = None) -> Page:
+        check_name(queue, "queue name")
+        if job is not None:
+            check_name(job, "job name")
         check_limit(limit)
+        check_cursor(cursor, "run")
         found = self._call("GET", f"/v1/queues/{_name(queue, 'queue name')}/dead-letters",
                            params={"job": job, "limit": limit, "cursor": cursor})
         page = wire.RunPage.model_validate(found.json())
@@ -93,7 +105,8 @@ class RemoteFlowControl:
                    limit: int | None = None) -> list[str]:
         check_retry_many(status, queue, job, limit)  # the embedded service's errors
         body = {"queueName": queue, "job": job, "status": status,
-                "createdAfter": _when(created_after), "createdBefore": _when(created_before),
+                "createdAfter": _when(created_after, "created_after"),
+                "createdBefore": _when(created_before, "created_before"),
                 "limit": limit}
         found = self._call("POST", "/v1/runs/retry-many",
                            json={k: v for k, v in body.items() if v is not None})
@@ -115,6 +128,7 @@ class RemoteFlowControl:
     def create_schedule(self, job: str, *, cron: str, payload: Any = None,
                         timezone: str = "UTC", queue_name: str | None = None) -> Schedule:
         check_name(job, "job name")
+        parse_cron(cron, timezone)  # the embedded service's errors for a bad cron or zone
         if queue_name is not None:
             check_name(queue_name, "queue name")
         body = {"job": job, "cron": cron, "payload": to_jsonable(payload),
@@ -145,4 +159,6 @@ class RemoteFlowControl:
 
 
 def _window(window: Any) -> str:
-    return window if isinstance(window, str) else f"{float(window):g}s"
+    """``window`` for the wire, checked here first (the embedded service's errors)."""
+    seconds = check_stats_window(window)
+    return window if isinstance(window, str) else f"{seconds:g}s"

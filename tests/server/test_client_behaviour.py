@@ -163,6 +163,24 @@ def test_bad_start_input_raises_and_writes_nothing(
         (lambda c: c.queue("billing").dead_letters(limit=0),
          "limit must be an integer from 1 to 1000, got 0"),
         (lambda c: c.runs.retry_many(limit=0), "limit must be a positive integer, got 0"),
+        (lambda c: c.runs.retry_many(created_after=datetime(2020, 1, 1)),
+         "created_after: datetime.datetime(2020, 1, 1, 0, 0) has no time zone"),
+        (lambda c: c.runs.list(cursor=5), "cursor 5 is not one a list returned (a run_... id)"),
+        (lambda c: c.events.list(cursor=5), "cursor 5 is not one a list returned (a evt_... id)"),
+        (lambda c: c.queue("billing").dead_letters(cursor=5),
+         "cursor 5 is not one a list returned (a run_... id)"),
+        (lambda c: c.queue("billing").dead_letters(job="bad name!"),
+         "job name 'bad name!' is invalid: use 1-200 letters"),
+        (lambda c: c.queue("billing").info(-5), "window: -5 must be a finite, non-negative"),
+        (lambda c: c.queue("billing").info([1]), "window: expected a duration, got list"),
+        (lambda c: c.queues.list("0s"), "window must be from 1s to 90d"),
+        (lambda c: c.schedules.create("ok", cron=5),  # type: ignore[arg-type]
+         "cron expression must be a non-empty string, got 5"),
+        (lambda c: c.schedules.create("ok", cron="@daily", timezone=5),  # type: ignore[arg-type]
+         "timezone must be an IANA zone name such as 'UTC', got 5"),
+        (lambda c: c.schedules.get(5), "schedule id must be a non-empty string, got 5"),
+        (lambda c: c.schedules.pause(""), "schedule id must be a non-empty string, got ''"),
+        (lambda c: c.schedules.delete(5), "schedule id must be a non-empty string, got 5"),
     ],
 )
 def test_bad_input_is_reported_in_the_same_words(
