@@ -434,12 +434,23 @@ class _AsyncFacade:
         return call
 
 
+class _AsyncRuns(_AsyncFacade):
+    """``runs`` of :class:`AsyncStackShift`."""
+
+    _target: Runs
+
+    async def wait(self, run_id: str, timeout: Any = None) -> Run:
+        """Wait until the run is completed, failed or cancelled; the wait holds no
+        thread, so any number of runs can be awaited at once."""
+        return await self._target._s.wait_run_async(run_id, timeout)
+
+
 class AsyncStackShift:
     """The async twin of :class:`StackShift`: the same methods, awaitable."""
 
     def __init__(self, database_url: str | None = None, **options: Any) -> None:
         self.sync = StackShift(database_url, **options)
-        self.runs = _AsyncFacade(self.sync.runs)
+        self.runs = _AsyncRuns(self.sync.runs)
         self.events = _AsyncFacade(self.sync.events)
         self.queues = _AsyncFacade(self.sync.queues)
         self.schedules = _AsyncFacade(self.sync.schedules)

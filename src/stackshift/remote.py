@@ -40,7 +40,14 @@ from .remote_flow import RemoteFlowControl
 from .serialization import to_jsonable
 from .server import push_schemas as push_wire
 from .server import schemas as wire
-from .service import check_idempotency, check_int, check_key, check_limit, check_reason
+from .service import (
+    RunWait,
+    check_idempotency,
+    check_int,
+    check_key,
+    check_limit,
+    check_reason,
+)
 from .settings import Settings
 
 #: Longest single long-poll; the server caps it at the same value.
@@ -120,6 +127,13 @@ def check_base_url(base_url: str) -> None:
     """Refuse a server URL that is not http:// or https:// (retrying would not help)."""
     if not base_url.startswith(("http://", "https://")):
         raise ValidationError(f"base_url must be an http:// or https:// URL, got {base_url!r}")
+
+
+def _long_poll(waiting: RunWait) -> float:
+    """Seconds the server may hold the next long poll of ``waiting``."""
+    if waiting.deadline is None:
+        return WAIT_POLL_SECONDS
+    return max(0.0, min(WAIT_POLL_SECONDS, waiting.deadline - time.monotonic()))
 
 
 def _epoch(value: datetime | None) -> float | None:
@@ -276,20 +290,33 @@ class RemoteService(RemoteFlowControl):
 
     def wait_run(self, run_id: str, timeout: Any = None) -> Run:
         """Long-polls the server until the run is terminal; ``TimeoutError`` after ``timeout``."""
-        limit = None if timeout is None else parse_duration(timeout, name="timeout")
-        deadline = None if limit is None else time.monotonic() + limit
+        waiting = RunWait(run_id, timeout)
         path = f"/v1/runs/{_segment(run_id, RunNotFoundError, 'run')}/wait"
         while True:
-            remaining = WAIT_POLL_SECONDS if deadline is None else deadline - time.monotonic()
-            poll = max(0.0, min(WAIT_POLL_SECONDS, remaining))
+            poll = _long_poll(waiting)
             response = self._call("GET", path, params={"timeout": round(poll, 3)},
                                   timeout=poll + self.timeout)
-            run = wire.Run.model_validate(response.json()).to_model()
-            if run.is_terminal:
-                return run
-            if deadline is not None and time.monotonic() >= deadline:
-                assert limit is not None
-                raise TimeoutError(f"run {run_id} is still {run.status} after {limit:g}s")
+            if waiting.pause(wire.Run.model_validate(response.json()).to_model()) is None:
+                assert waiting.run is not None
+                return waiting.run
+
+    async def wait_run_async(self, run_id: str, timeout: Any = None) -> Run:
+        """:meth:`wait_run` for ``async`` code: the long polls are awaited on the
+        event loop, so that waiting holds no thread."""
+        waiting = RunWait(run_id, timeout)
+        path = f"/v1/runs/{_segment(run_id, RunNotFoundError, 'run')}/wait"
+        async with httpx.AsyncClient(base_url=self.base_url, headers=self._http.headers,
+                                     timeout=self.timeout) as http:
+            while True:
+                poll = _long_poll(waiting)
+                with runlogs.engine_call():
+                    response = await http.get(path, params={"timeout": round(poll, 3)},
+                                              timeout=poll + self.timeout)
+                if response.status_code != 200:
+                    raise_for_error(response)
+                if waiting.pause(wire.Run.model_validate(response.json()).to_model()) is None:
+                    assert waiting.run is not None
+                    return waiting.run
 
     def _run_action(self, run_id: str, action: str, body: dict[str, Any] | None = None) -> Run:
         path = f"/v1/runs/{_segment(run_id, RunNotFoundError, 'run')}/{action}"

@@ -6,6 +6,7 @@ reaches storage by another path, so every shell behaves the same.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import threading
@@ -116,6 +117,32 @@ def check_limit(limit: object) -> int:
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
         raise ValidationError(f"limit must be an integer from 1 to 1000, got {limit!r}")
     return limit
+
+
+class RunWait:
+    """The rules of waiting for a run to end: its timeout and the pauses between reads."""
+
+    def __init__(self, run_id: str, timeout: Any) -> None:
+        self.run_id = run_id
+        self.limit = None if timeout is None else parse_duration(timeout, name="timeout")
+        self.deadline = None if self.limit is None else time.monotonic() + self.limit
+        self.run: Run | None = None
+        self._pause = 0.005
+
+    def pause(self, run: Run) -> float | None:
+        """Seconds to wait before reading ``run`` again; ``None`` when it has ended.
+
+        ``TimeoutError`` once the timeout has passed with the run still going."""
+        self.run = run
+        if run.is_terminal:
+            return None
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            assert self.limit is not None
+            raise TimeoutError(f"run {self.run_id} is still {run.status} after {self.limit:g}s")
+        remaining = 3600.0 if self.deadline is None else self.deadline - time.monotonic()
+        pause = max(0.0, min(self._pause, remaining))
+        self._pause = min(self._pause * 1.5, 0.1)
+        return pause
 
 
 class Notifier:
@@ -298,18 +325,24 @@ class Service(FlowControl):
 
     def wait_run(self, run_id: str, timeout: Any = None) -> Run:
         """Block until the run is terminal; ``TimeoutError`` after ``timeout``."""
-        limit = None if timeout is None else parse_duration(timeout, name="timeout")
-        deadline = None if limit is None else time.monotonic() + limit
-        pause = 0.005
+        waiting = RunWait(run_id, timeout)
         while True:
-            run = self.store.get_run(run_id)
-            if run.is_terminal:
-                return run
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"run {run_id} is still {run.status} after {limit:g}s")
-            remaining = 3600.0 if deadline is None else deadline - time.monotonic()
-            time.sleep(max(0.0, min(pause, remaining)))
-            pause = min(pause * 1.5, 0.1)
+            pause = waiting.pause(self.store.get_run(run_id))
+            if pause is None:
+                assert waiting.run is not None
+                return waiting.run
+            time.sleep(pause)
+
+    async def wait_run_async(self, run_id: str, timeout: Any = None) -> Run:
+        """:meth:`wait_run` for ``async`` code: reads in a thread, sleeps on the event
+        loop, so that waiting holds no thread."""
+        waiting = RunWait(run_id, timeout)
+        while True:
+            pause = waiting.pause(await asyncio.to_thread(self.store.get_run, run_id))
+            if pause is None:
+                assert waiting.run is not None
+                return waiting.run
+            await asyncio.sleep(pause)
 
     def cancel_run(self, run_id: str, reason: str | None = None) -> Run:
         return self.store.cancel_run(run_id, check_reason(reason), self.clock.now())

@@ -492,12 +492,17 @@ def test_locks(client: StackShift, engine: StackShift, unique: Names) -> None:
 # -- the async client ------------------------------------------------------------------------
 
 
-def test_async_client(client: StackShift, unique: Names) -> None:
-    options: dict[str, Any] = (
+def _async_options(client: StackShift) -> dict[str, Any]:
+    """The arguments of an ``AsyncStackShift`` of the same shape as ``client``."""
+    return (
         {"database_url": client.database_url} if client.database_url
         else {"api_key": client._api._http.headers["Authorization"].split()[1],  # type: ignore[union-attr]
               "base_url": client.base_url}
     )
+
+
+def test_async_client(client: StackShift, unique: Names) -> None:
+    options = _async_options(client)
 
     async def scenario() -> tuple[Run, Run, Any, int]:
         async with AsyncStackShift(**options) as app:
@@ -508,8 +513,34 @@ def test_async_client(client: StackShift, unique: Names) -> None:
             count = await app.state.increment(unique("n"), 5)
             with pytest.raises(RunNotFoundError):
                 await app.runs.get("run_missing")
+            # the sync client's other members too
+            assert await app.migrate() == client.migrate()
+            assert abs(app.clock.now() - client.clock.now()) < 60
             return run, got, value, count
 
     run, got, value, count = asyncio.run(scenario())
     assert dataclasses.replace(run) == got
     assert (value, count) == ([1, 2], 5)
+
+
+def test_async_waits_hold_no_thread(client: StackShift, unique: Names) -> None:
+    """Many runs awaited at once leave the async client free for other calls."""
+    job = unique("awaited")
+
+    async def scenario() -> tuple[float, list[Any]]:
+        async with AsyncStackShift(**_async_options(client)) as app:
+            runs = [await app.start(job, {"i": i}) for i in range(40)]
+            waits = [asyncio.create_task(app.runs.wait(r.id, timeout=2)) for r in runs]
+            await asyncio.sleep(0.3)  # every wait has begun
+            began = time.monotonic()
+            await app.runs.get(runs[0].id)
+            took = time.monotonic() - began
+            await app.runs.cancel(runs[0].id)
+            ended = await asyncio.gather(*waits, return_exceptions=True)
+            return took, ended
+
+    took, ended = asyncio.run(scenario())
+    assert took < 1.0
+    assert isinstance(ended[0], Run) and ended[0].status == "cancelled"
+    assert all(isinstance(e, TimeoutError) and str(e).endswith("is still queued after 2s")
+               for e in ended[1:])
