@@ -36,7 +36,7 @@ from .errors import (
 from .ids import check_cursor
 from .jobs import JobRegistry, check_max_attempts, check_name
 from .models import Attempt, Endpoint, Event, LogEntry, Page, Run, SentEvent, Step, TimelineEntry
-from .remote_flow import RemoteFlowControl
+from .remote_flow import JSON_HEADERS, RemoteFlowControl, SizedBody
 from .serialization import to_jsonable
 from .server import push_schemas as push_wire
 from .server import schemas as wire
@@ -182,9 +182,12 @@ class RemoteService(RemoteFlowControl):
               ok: tuple[int, ...] = (200, 201, 204)) -> httpx.Response:
         if params is not None:
             params = {k: v for k, v in params.items() if v is not None}
+        content = headers = None
+        if isinstance(json, SizedBody):
+            content, headers, json = json.content, JSON_HEADERS, None
         with runlogs.engine_call():
             response = self._http.request(
-                method, path, json=json, params=params,
+                method, path, json=json, content=content, headers=headers, params=params,
                 timeout=self.timeout if timeout is None else timeout,
             )
         if response.status_code not in ok:
@@ -250,7 +253,8 @@ class RemoteService(RemoteFlowControl):
             "concurrencyKey": concurrency_key,
         }
         body = {k: v for k, v in body.items() if v is not None or k == "payload"}
-        response = self._call("POST", "/v1/runs", json=body)
+        response = self._call("POST", "/v1/runs", json=SizedBody(
+            body, "payload", "payload", self.settings.max_payload_bytes))
         return wire.Run.model_validate(response.json()).to_model()
 
     # -- runs ------------------------------------------------------------------------------
@@ -369,7 +373,8 @@ class RemoteService(RemoteFlowControl):
         if idempotency_key is not None:
             body["idempotencyKey"] = check_key(idempotency_key, "idempotency_key",
                                                self.settings.max_idempotency_key_length)
-        response = self._call("POST", "/v1/events", json=body)
+        response = self._call("POST", "/v1/events", json=SizedBody(
+            body, "payload", "event payload", self.settings.max_event_payload_bytes))
         return wire.SentEvent.model_validate(response.json()).to_model()
 
     def get_event(self, event_id: str) -> Event:
@@ -419,7 +424,8 @@ class RemoteService(RemoteFlowControl):
                 raise ValidationError("ttl must be more than 0")
         if expires_at is not None:
             body["expiresAt"] = _when(expires_at, "expires_at")
-        self._call("PUT", path, json=body)
+        self._call("PUT", path, json=SizedBody(body, "value", f"state value for {key!r}",
+                                               self.settings.max_state_value_bytes))
 
     def state_delete(self, key: str) -> bool:
         response = self._call("DELETE", f"/v1/state/{self._state_key(key)}")

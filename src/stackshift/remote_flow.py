@@ -20,11 +20,31 @@ from .flowcontrol import check_retry_many, check_schedule_id, check_stats_window
 from .ids import check_cursor
 from .jobs import check_max_attempts, check_name
 from .models import Page, QueueInfo, Schedule
-from .serialization import to_jsonable
+from .serialization import dumps, encode, to_jsonable
 from .server import flow_schemas as f
 from .server import schemas as wire
 from .service import check_limit
+from .settings import Settings
 from .store.queues import KEEP
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+class SizedBody:
+    """A request body carrying a value with a size limit (a payload, a state value),
+    encoded once. A body over the limit has its value checked against it, so that
+    an oversize value is refused before any request, in the embedded service's
+    words (not as an oversize request)."""
+
+    def __init__(self, body: dict[str, Any], field: str, what: str, limit: int) -> None:
+        try:
+            text = dumps(body)
+        except ValueError:  # an integer too long to write: encode says so
+            encode(body[field], what=what, limit=limit)
+            raise
+        self.content = text.encode()
+        if len(self.content) > limit:  # only then can the value be over its limit
+            encode(body[field], what=what, limit=limit)
 
 
 def _name(value: object, what: str) -> str:
@@ -49,6 +69,8 @@ def _when(value: datetime | str | None, name: str) -> str | None:
 
 
 class RemoteFlowControl:
+    settings: Settings
+
     def _call(self, method: str, path: str, *, json: Any = None,
               params: dict[str, Any] | None = None, timeout: float | None = None,
               ok: tuple[int, ...] = (200, 201, 204)) -> httpx.Response:
@@ -135,7 +157,9 @@ class RemoteFlowControl:
                 "timezone": timezone}
         if queue_name is not None:
             body["queueName"] = queue_name
-        return self._schedule(self._call("POST", "/v1/schedules", json=body))
+        limit = self.settings.max_payload_bytes
+        return self._schedule(self._call("POST", "/v1/schedules",
+                                         json=SizedBody(body, "payload", "payload", limit)))
 
     def get_schedule(self, schedule_id: str) -> Schedule:
         return self._schedule(self._on_schedule("GET", _schedule_path(schedule_id)))

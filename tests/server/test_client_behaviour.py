@@ -199,6 +199,34 @@ def test_oversize_payload_is_refused(client: StackShift, unique: Names) -> None:
     assert len(client.runs.list(job=job)) == 0
 
 
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda c, n: c.start(n, "x" * 2**20),
+         "payload is 1048578 bytes as JSON, over the limit of 1048576 bytes"),
+        (lambda c, n: c.events.send(n, "é" * 2**19),
+         "event payload is 1048578 bytes as JSON, over the limit of 1048576 bytes"),
+        (lambda c, n: c.schedules.create(n, cron="@daily", payload=["x" * 2**20]),
+         "payload is 1048580 bytes as JSON, over the limit of 1048576 bytes"),
+        (lambda c, n: c.state.set(n, "x" * 2**20),
+         "state value for '{name}' is 1048578 bytes as JSON, over the limit of 262144 bytes"),
+    ],
+)
+def test_oversize_values_are_refused_in_the_same_words(
+    client: StackShift, unique: Names, call: Callable[[StackShift, str], Any], message: str
+) -> None:
+    """A remote client names the oversize value as the embedded one does, not the
+    request that would carry it, and nothing is written."""
+    name = unique("big")
+    with pytest.raises(PayloadTooLargeError) as raised:
+        call(client, name)
+    assert str(raised.value) == message.format(name=name)
+    assert len(client.runs.list(job=name)) == 0
+    assert client.events.list(name=name).items == []
+    assert [s for s in client.schedules.list() if s.job == name] == []
+    assert client.state.get(name, default="missing") == "missing"
+
+
 # -- runs --------------------------------------------------------------------------------
 
 
