@@ -42,6 +42,7 @@ from .server import push_schemas as push_wire
 from .server import schemas as wire
 from .service import (
     RunWait,
+    check_filter,
     check_idempotency,
     check_int,
     check_key,
@@ -281,6 +282,9 @@ class RemoteService(RemoteFlowControl):
             raise ValidationError(f"limit must be an integer from 1 to 1000, got {limit!r}")
         if status is not None:
             parse_status(status)  # the embedded service's error for an unknown one
+        for value, what in ((job, "job"), (queue, "queue"), (idempotency_key, "idempotency_key"),
+                            (correlation_key, "correlation_key"), (search, "search")):
+            check_filter(value, what)
         check_cursor(cursor, "run")
         response = self._call("GET", "/v1/runs", params={
             "status": status, "job": job, "queueName": queue,
@@ -391,6 +395,8 @@ class RemoteService(RemoteFlowControl):
     ) -> Page:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise ValidationError(f"limit must be an integer from 1 to 1000, got {limit!r}")
+        check_filter(name, "name")
+        check_filter(correlation_key, "correlation_key")
         check_cursor(cursor, "evt")
         response = self._call("GET", "/v1/events", params={
             "name": name, "correlationKey": correlation_key, "limit": limit, "cursor": cursor,

@@ -87,6 +87,16 @@ def check_key(value: object, what: str, limit: int) -> str:
     return value
 
 
+def check_filter(value: object, what: str) -> str | None:
+    """A value a list is filtered by: text (or None for no filter)."""
+    if value is not None:
+        if not isinstance(value, str):
+            raise ValidationError(f"{what} must be a string, got {value!r}")
+        if "\x00" in value:  # PostgreSQL text cannot hold it; refused on every store alike
+            raise ValidationError(f"{what} must not contain the NUL character (U+0000)")
+    return value
+
+
 def check_int(value: object, what: str, bits: int) -> int:
     """A signed integer of ``bits`` bits (``bool`` is refused: it is not a number)."""
     if (isinstance(value, bool) or not isinstance(value, int)
@@ -309,17 +319,17 @@ class Service(FlowControl):
     ) -> Page:
         filters = RunFilter(
             status=parse_status(status).value if status is not None else None,
-            job=job,
-            queue=queue,
-            idempotency_key=idempotency_key,
-            correlation_key=correlation_key,
+            job=check_filter(job, "job"),
+            queue=check_filter(queue, "queue"),
+            idempotency_key=check_filter(idempotency_key, "idempotency_key"),
+            correlation_key=check_filter(correlation_key, "correlation_key"),
             created_after=None
             if created_after is None
             else parse_instant(created_after, name="created_after"),
             created_before=None
             if created_before is None
             else parse_instant(created_before, name="created_before"),
-            search=search,
+            search=check_filter(search, "search"),
         )
         return self.store.list_runs(filters, check_limit(limit), check_cursor(cursor, "run"))
 
@@ -396,7 +406,8 @@ class Service(FlowControl):
         return sent
 
     def get_event(self, event_id: str) -> Event:
-        found = self.store.get_event(event_id)
+        found = (self.store.get_event(event_id)
+                 if isinstance(event_id, str) and "\x00" not in event_id else None)
         if found is None:
             raise EventNotFoundError(f"no event with id {event_id!r}")
         return found[0]
@@ -409,6 +420,8 @@ class Service(FlowControl):
         limit: int = 50,
         cursor: str | None = None,
     ) -> Page:
+        check_filter(name, "name")
+        check_filter(correlation_key, "correlation_key")
         items, next_cursor = self.store.list_events(name, correlation_key, check_limit(limit),
                                                     check_cursor(cursor, "evt"))
         return Page(items, next_cursor)

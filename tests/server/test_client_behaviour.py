@@ -362,9 +362,41 @@ def test_wait_times_out_on_an_unfinished_run(client: StackShift, unique: Names) 
 @pytest.mark.parametrize("call", ["get", "wait", "cancel", "retry", "timeline", "logs",
                                   "attempts", "steps"])
 def test_unknown_run_ids(client: StackShift, call: str) -> None:
-    for run_id in ("run_00000000000000000000000000", "nope", "", "a/b", ".."):
-        with pytest.raises(RunNotFoundError):
+    for run_id in ("run_00000000000000000000000000", "nope", "", "a/b", "..", 5, None,
+                   "run_\x00"):
+        with pytest.raises(RunNotFoundError) as raised:
             getattr(client.runs, call)(run_id)
+        assert str(raised.value) == f"no run with id {run_id!r}"
+
+
+def test_unknown_event_ids(client: StackShift) -> None:
+    for event_id in ("evt_00000000000000000000000000", "nope", "a/b", 5, None, "evt_\x00"):
+        with pytest.raises(EventNotFoundError) as raised:
+            client.events.get(event_id)  # type: ignore[arg-type]
+        assert str(raised.value) == f"no event with id {event_id!r}"
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda c: c.runs.list(job=5), "job must be a string, got 5"),
+        (lambda c: c.runs.list(queue=["a"]), "queue must be a string, got ['a']"),
+        (lambda c: c.runs.list(idempotency_key=1), "idempotency_key must be a string, got 1"),
+        (lambda c: c.runs.list(correlation_key="a\x00"),
+         "correlation_key must not contain the NUL character (U+0000)"),
+        (lambda c: c.runs.list(job="a\x00"), "job must not contain the NUL character"),
+        (lambda c: c.events.list(name=5), "name must be a string, got 5"),
+        (lambda c: c.events.list(correlation_key="\x00"),
+         "correlation_key must not contain the NUL character"),
+    ],
+)
+def test_list_filters_are_text(client: StackShift, call: Callable[[StackShift], Any],
+                               message: str) -> None:
+    """A filter that is not text is refused alike on every store and shape (PostgreSQL
+    would otherwise fail with a database error, SQLite find nothing)."""
+    with pytest.raises(ValidationError) as raised:
+        call(client)
+    assert str(raised.value).startswith(message)
 
 
 def test_list_filters_and_pages(client: StackShift, unique: Names) -> None:

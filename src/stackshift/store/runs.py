@@ -62,7 +62,10 @@ def _conflict(key: str, target_id: str) -> IdempotencyConflictError:
 
 def load_run(tx: Tx, run_id: str, *, lock: bool = False) -> Row:
     """The run's row; with ``lock``, held against other writers until the transaction ends."""
-    row = tx.one("lock_run" if lock else "get_run", id=run_id)
+    # An id no run can have (not text, or text PostgreSQL cannot hold) is unknown
+    # on every store alike.
+    row = (tx.one("lock_run" if lock else "get_run", id=run_id)
+           if isinstance(run_id, str) and "\x00" not in run_id else None)
     if row is None:
         raise RunNotFoundError(f"no run with id {run_id!r}")
     return row
