@@ -449,8 +449,7 @@ class RemoteService(RemoteFlowControl):
         return _state_key(key)
 
     def state_keys(self, prefix: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        if prefix is not None and not isinstance(prefix, str):
-            raise ValidationError(f"prefix must be a string, got {prefix!r}")
+        check_filter(prefix, "prefix")
         check_limit(limit)
         response = self._call("GET", "/v1/state", params={"prefix": prefix, "limit": limit})
         entries = wire.StateList.model_validate(response.json()).items

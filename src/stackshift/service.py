@@ -471,8 +471,7 @@ class Service(FlowControl):
 
     def state_keys(self, prefix: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Live keys in key order, with their values and expiry (epoch seconds)."""
-        if prefix is not None and not isinstance(prefix, str):
-            raise ValidationError(f"prefix must be a string, got {prefix!r}")
+        check_filter(prefix, "prefix")
         return self.store.list_state(prefix, check_limit(limit), self.clock.now())
 
     def lock_acquire(self, key: str, owner: str, ttl: Any) -> bool:

@@ -25,6 +25,7 @@ from stackshift import (
     PayloadTooLargeError,
     Run,
     RunNotFoundError,
+    ScheduleNotFoundError,
     StackShift,
     ValidationError,
 )
@@ -369,6 +370,15 @@ def test_unknown_run_ids(client: StackShift, call: str) -> None:
         assert str(raised.value) == f"no run with id {run_id!r}"
 
 
+def test_unknown_schedule_ids(client: StackShift) -> None:
+    for schedule_id in ("sch_00000000000000000000000000", "nope", "a/b", "..", "sch_\x00"):
+        for call in ("get", "pause", "resume"):
+            with pytest.raises(ScheduleNotFoundError) as raised:
+                getattr(client.schedules, call)(schedule_id)
+            assert str(raised.value) == f"no schedule with id {schedule_id!r}"
+        assert client.schedules.delete(schedule_id) is False
+
+
 def test_unknown_event_ids(client: StackShift) -> None:
     for event_id in ("evt_00000000000000000000000000", "nope", "a/b", 5, None, "evt_\x00"):
         with pytest.raises(EventNotFoundError) as raised:
@@ -388,6 +398,7 @@ def test_unknown_event_ids(client: StackShift) -> None:
         (lambda c: c.events.list(name=5), "name must be a string, got 5"),
         (lambda c: c.events.list(correlation_key="\x00"),
          "correlation_key must not contain the NUL character"),
+        (lambda c: c.state.keys(prefix="a\x00"), "prefix must not contain the NUL character"),
     ],
 )
 def test_list_filters_are_text(client: StackShift, call: Callable[[StackShift], Any],

@@ -68,6 +68,12 @@ def _detail(tx: Tx, schedule_id: str) -> Schedule:
     return schedule(row)
 
 
+def _unknown(schedule_id: str) -> bool:
+    """An id no schedule can have: text PostgreSQL cannot hold is unknown on every
+    store alike."""
+    return "\x00" in schedule_id
+
+
 class ScheduleStore:
     db: Database
 
@@ -80,6 +86,8 @@ class ScheduleStore:
             return _detail(tx, schedule_id)
 
     def get_schedule(self, schedule_id: str) -> Schedule:
+        if _unknown(schedule_id):
+            raise ScheduleNotFoundError(f"no schedule with id {schedule_id!r}")
         with self.db.read() as tx:
             return _detail(tx, schedule_id)
 
@@ -89,6 +97,8 @@ class ScheduleStore:
 
     def set_schedule_paused(self, schedule_id: str, paused: bool, now: float) -> Schedule:
         """Pause, or resume from now on (ticks that passed while paused are skipped)."""
+        if _unknown(schedule_id):
+            raise ScheduleNotFoundError(f"no schedule with id {schedule_id!r}")
         with self.db.write() as tx:
             row = tx.one("get_schedule", id=schedule_id)
             if row is None:
@@ -101,6 +111,8 @@ class ScheduleStore:
             return _detail(tx, schedule_id)
 
     def delete_schedule(self, schedule_id: str) -> bool:
+        if _unknown(schedule_id):
+            return False
         with self.db.write() as tx:
             return tx.run("delete_schedule", id=schedule_id) > 0
 
