@@ -42,7 +42,11 @@ class SizedBody:
         except ValueError:  # an integer too long to write: encode says so
             encode(body[field], what=what, limit=limit)
             raise
-        self.content = text.encode()
+        try:
+            self.content = text.encode()
+        except UnicodeEncodeError:  # a lone surrogate: encode says where
+            encode(body[field], what=what, limit=limit)
+            raise
         if len(self.content) > limit:  # only then can the value be over its limit
             encode(body[field], what=what, limit=limit)
 

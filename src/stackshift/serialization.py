@@ -13,7 +13,7 @@ import math
 import sys
 from typing import Any
 
-from .errors import PayloadTooLargeError
+from .errors import PayloadTooLargeError, ValidationError
 
 MiB = 1024 * 1024
 
@@ -77,10 +77,16 @@ def encode(
     except ValueError:  # the one thing to_jsonable lets through that json cannot write
         raise TypeError(f"{what}: an integer of more than {sys.get_int_max_str_digits():,}"
                         " digits cannot be written as JSON") from None
-    if limit is not None and len(text.encode()) > limit:
-        raise too_large(
-            f"{what} is {len(text.encode())} bytes as JSON, over the limit of {limit} bytes"
-        )
+    if limit is not None:
+        try:
+            size = len(text.encode())
+        except UnicodeEncodeError as exc:  # a lone surrogate: no UTF-8 text holds it
+            raise ValidationError(
+                f"{what}: {exc.object[exc.start:exc.end]!r} is a lone surrogate, which "
+                "UTF-8 text cannot hold"
+            ) from None
+        if size > limit:
+            raise too_large(f"{what} is {size} bytes as JSON, over the limit of {limit} bytes")
     return text
 
 

@@ -200,6 +200,29 @@ def test_oversize_payload_is_refused(client: StackShift, unique: Names) -> None:
     assert len(client.runs.list(job=job)) == 0
 
 
+def test_text_utf8_cannot_hold_is_refused_in_the_same_words(
+    client: StackShift, unique: Names
+) -> None:
+    """A lone surrogate in a payload or value is a ValidationError naming the value,
+    on every shape (not a UnicodeEncodeError from wherever it was encoded)."""
+    name = unique("surrogate")
+    calls: list[tuple[Callable[[], Any], str]] = [
+        (lambda: client.start(name, {"k": "a\ud800"}), "payload"),
+        (lambda: client.events.send(name, ["\udfff"]), "event payload"),
+        (lambda: client.schedules.create(name, cron="@daily", payload="\ud800"), "payload"),
+        (lambda: client.state.set(name, {"v": "\ud800"}), f"state value for {name!r}"),
+    ]
+    for call, what in calls:
+        with pytest.raises(ValidationError) as raised:
+            call()
+        assert str(raised.value).startswith(f"{what}: ")
+        assert str(raised.value).endswith("is a lone surrogate, which UTF-8 text cannot hold")
+    assert len(client.runs.list(job=name)) == 0
+    assert client.events.list(name=name).items == []
+    assert [s for s in client.schedules.list() if s.job == name] == []
+    assert client.state.get(name, default="missing") == "missing"
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [
