@@ -78,16 +78,22 @@ def encode(
         raise TypeError(f"{what}: an integer of more than {sys.get_int_max_str_digits():,}"
                         " digits cannot be written as JSON") from None
     if limit is not None:
-        try:
-            size = len(text.encode())
-        except UnicodeEncodeError as exc:  # a lone surrogate: no UTF-8 text holds it
-            raise ValidationError(
-                f"{what}: {exc.object[exc.start:exc.end]!r} is a lone surrogate, which "
-                "UTF-8 text cannot hold"
-            ) from None
+        size = utf8_size(text, what)
         if size > limit:
             raise too_large(f"{what} is {size} bytes as JSON, over the limit of {limit} bytes")
     return text
+
+
+def utf8_size(text: str, what: str) -> int:
+    """Bytes of ``text`` in UTF-8; a ``ValidationError`` naming ``what`` for a lone
+    surrogate, which no UTF-8 text holds."""
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError as exc:
+        raise ValidationError(
+            f"{what}: {exc.object[exc.start:exc.end]!r} is a lone surrogate, which "
+            "UTF-8 text cannot hold"
+        ) from None
 
 
 def loads(text: str | None) -> Any:

@@ -47,7 +47,7 @@ from .models import (
     TimelineEntry,
     WorkerInfo,
 )
-from .serialization import encode
+from .serialization import encode, utf8_size
 from .settings import Settings
 from .signing import new_secret
 from .store import SqlStore
@@ -84,6 +84,8 @@ def check_key(value: object, what: str, limit: int) -> str:
         raise ValidationError(f"{what} is {len(value)} characters, over the limit of {limit}")
     if "\x00" in value:  # PostgreSQL text cannot hold it; refused on every store alike
         raise ValidationError(f"{what} must not contain the NUL character (U+0000)")
+    if not value.isascii():
+        utf8_size(value, what)
     return value
 
 
@@ -94,6 +96,8 @@ def check_filter(value: object, what: str) -> str | None:
             raise ValidationError(f"{what} must be a string, got {value!r}")
         if "\x00" in value:  # PostgreSQL text cannot hold it; refused on every store alike
             raise ValidationError(f"{what} must not contain the NUL character (U+0000)")
+        if not value.isascii():
+            utf8_size(value, what)
     return value
 
 
@@ -118,8 +122,11 @@ def check_idempotency(settings: Settings, key: object, ttl: Any) -> float:
 
 def check_reason(reason: object) -> str | None:
     """A cancel's reason: text (it becomes the run's error message), or None."""
-    if reason is not None and not isinstance(reason, str):
-        raise ValidationError(f"reason must be a string, got {reason!r}")
+    if reason is not None:
+        if not isinstance(reason, str):
+            raise ValidationError(f"reason must be a string, got {reason!r}")
+        if not reason.isascii():
+            utf8_size(reason, "reason")
     return reason
 
 

@@ -224,6 +224,32 @@ def test_text_utf8_cannot_hold_is_refused_in_the_same_words(
 
 
 @pytest.mark.parametrize(
+    ("call", "what"),
+    [
+        (lambda c, n: c.start(n, idempotency_key="k\ud800"), "idempotency_key"),
+        (lambda c, n: c.start(n, concurrency_key="k\udc00"), "concurrency_key"),
+        (lambda c, n: c.events.send(n, correlation_key="k\ud800"), "correlation_key"),
+        (lambda c, n: c.events.send(n, idempotency_key="k\ud800"), "idempotency_key"),
+        (lambda c, n: c.state.set(n + "\ud800", 1), "state key"),
+        (lambda c, n: c.state.get(n + "\ud800"), "state key"),
+        (lambda c, n: c.runs.list(job=n + "\ud800"), "job"),
+    ],
+)
+def test_a_lone_surrogate_in_a_key_is_refused_in_the_same_words(
+    client: StackShift, unique: Names, call: Callable[[StackShift, str], Any], what: str
+) -> None:
+    """Keys, names and filters are text that UTF-8 can hold, on every shape: a lone
+    surrogate is a ValidationError naming the argument, and nothing is written."""
+    name = unique("surrogate-key")
+    with pytest.raises(ValidationError) as raised:
+        call(client, name)
+    assert str(raised.value).startswith(f"{what}: ")
+    assert str(raised.value).endswith("is a lone surrogate, which UTF-8 text cannot hold")
+    assert len(client.runs.list(job=name)) == 0
+    assert client.events.list(name=name).items == []
+
+
+@pytest.mark.parametrize(
     ("call", "message"),
     [
         (lambda c, n: c.start(n, "x" * 2**20),
