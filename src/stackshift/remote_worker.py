@@ -225,6 +225,9 @@ class RemoteWorkerStore:
     def next_due_at(self) -> float | None:
         return None
 
+    def next_schedule_tick(self) -> float | None:
+        return None
+
     def fire_timers(self, now: float, limit: int = 500) -> list[str]:
         return []
 

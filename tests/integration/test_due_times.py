@@ -82,3 +82,18 @@ def test_a_delayed_start_starts_on_time(app: StackShift) -> None:
     assert done.status == "completed"
     waited = done.result - started
     assert 0.3 <= waited < LATE, f"a start delayed 0.3 s began after {waited:.2f} s"
+
+
+def test_a_schedule_ticks_on_time(app: StackShift) -> None:
+    @app.job("tick")
+    def tick(ctx: Any) -> float:
+        return time.time()
+
+    app.schedules.create("tick", cron="@every 1s")
+    with app.worker(**SLOW_ROUNDS):
+        time.sleep(3.5)
+    started = sorted(run.result for run in app.runs.list(job="tick", status="completed"))
+    assert len(started) >= 2, started
+    # @every 1s ticks at whole seconds: each run began shortly after its tick.
+    late = [at % 1 for at in started]
+    assert max(late) < 0.5, late

@@ -141,6 +141,12 @@ class ScheduleStore:
                 if row is not None and row["source"] == "code":
                     tx.run("delete_schedule", id=schedule_id)
 
+    def next_schedule_tick(self) -> float | None:
+        """When the next tick of an active schedule is due (epoch seconds), if any."""
+        with self.db.read() as tx:
+            row = tx.one("next_schedule_tick")
+        return None if row is None or row["due"] is None else float(row["due"])
+
     def fire_schedules(self, now: float, make_run: Callable[[Row, float], NewRun],
                        limit: int = 100) -> list[str]:
         """Start one run for each due schedule (its latest due tick); return run ids.

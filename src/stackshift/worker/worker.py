@@ -242,6 +242,8 @@ class Worker:
             self._spawn("stackshift-loop", self._loop.run_forever)
         self.service.notifier.subscribe(self._wake.set)
         self.service.notifier.subscribe_due(self.due_plan.note)
+        # A first maintenance round at once: what fell due while no worker ran.
+        self.due_plan.note(self.service.clock.now())
         self._rules = self.service.claim_rules()
         self._process = processes.current()
         self._register()
@@ -666,6 +668,9 @@ class Worker:
         if due is not None:
             self.due_plan.note(due)
         changed += len(self.service.fire_schedules(now))
+        tick = store.next_schedule_tick()
+        if tick is not None:  # one left due is past a batch, or locked: soon again
+            self.due_plan.note(tick if tick > now else now + self.DUE_AGAIN)
         limit = self.service.settings.starvation_limit
         if now >= self._next_ageing:
             # Runs ready for longer than the starvation limit go before any priority.

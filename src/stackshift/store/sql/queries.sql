@@ -502,6 +502,9 @@ WHERE s.id = :id;
 SELECT * FROM schedules WHERE paused = 0 AND next_run_at <= :now
 ORDER BY next_run_at LIMIT :limit;
 
+-- name: next_schedule_tick
+SELECT MIN(next_run_at) AS due FROM schedules WHERE paused = 0;
+
 -- name: peek_due_schedules
 -- Read without locks before the write transaction that fires them.
 SELECT id, cron, timezone, next_run_at FROM schedules WHERE paused = 0 AND next_run_at <= :now
