@@ -37,6 +37,12 @@ def new_id(prefix: str) -> str:
 _ID = re.compile(r"[a-z]+_[0-9a-f]{26}")
 
 
+def unknowable_id(value: object) -> bool:
+    """An id no row can have: not text, or text PostgreSQL cannot hold (NUL). Such
+    an id is unknown on every store alike, never sent to the database."""
+    return not isinstance(value, str) or "\x00" in value
+
+
 def check_cursor(cursor: str | None, prefix: str) -> str | None:
     """A page cursor as the list gave it (the last id of a page), or ``None``."""
     if cursor is not None and not (isinstance(cursor, str) and _ID.fullmatch(cursor)

@@ -28,7 +28,7 @@ from .errors import (
     ValidationError,
 )
 from .flowcontrol import FlowControl
-from .ids import check_cursor, new_id
+from .ids import check_cursor, new_id, unknowable_id
 from .jobs import JobRegistry, check_max_attempts, check_name
 from .models import (
     ApiKey,
@@ -82,7 +82,13 @@ def check_key(value: object, what: str, limit: int) -> str:
         raise ValidationError(f"{what} must be a non-empty string, got {value!r}")
     if len(value) > limit:
         raise ValidationError(f"{what} is {len(value)} characters, over the limit of {limit}")
-    if "\x00" in value:  # PostgreSQL text cannot hold it; refused on every store alike
+    return _storable(value, what)
+
+
+def _storable(value: str, what: str) -> str:
+    """Text every store can hold: no NUL (PostgreSQL's text cannot hold it, so it is
+    refused on every store alike) and no lone surrogate (UTF-8 cannot hold it)."""
+    if "\x00" in value:
         raise ValidationError(f"{what} must not contain the NUL character (U+0000)")
     if not value.isascii():
         utf8_size(value, what)
@@ -94,10 +100,7 @@ def check_filter(value: object, what: str) -> str | None:
     if value is not None:
         if not isinstance(value, str):
             raise ValidationError(f"{what} must be a string, got {value!r}")
-        if "\x00" in value:  # PostgreSQL text cannot hold it; refused on every store alike
-            raise ValidationError(f"{what} must not contain the NUL character (U+0000)")
-        if not value.isascii():
-            utf8_size(value, what)
+        _storable(value, what)
     return value
 
 
@@ -413,8 +416,7 @@ class Service(FlowControl):
         return sent
 
     def get_event(self, event_id: str) -> Event:
-        found = (self.store.get_event(event_id)
-                 if isinstance(event_id, str) and "\x00" not in event_id else None)
+        found = None if unknowable_id(event_id) else self.store.get_event(event_id)
         if found is None:
             raise EventNotFoundError(f"no event with id {event_id!r}")
         return found[0]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, cast
 from ..engine import transitions
 from ..engine.transitions import Status
 from ..errors import IdempotencyConflictError, InvalidTransitionError, RunNotFoundError
-from ..ids import new_id
+from ..ids import new_id, unknowable_id
 from ..models import Attempt, LogEntry, Page, Run, Step, TimelineEntry
 from ..serialization import digest, dumps, loads
 from . import rows
@@ -62,10 +62,8 @@ def _conflict(key: str, target_id: str) -> IdempotencyConflictError:
 
 def load_run(tx: Tx, run_id: str, *, lock: bool = False) -> Row:
     """The run's row; with ``lock``, held against other writers until the transaction ends."""
-    # An id no run can have (not text, or text PostgreSQL cannot hold) is unknown
-    # on every store alike.
-    row = (tx.one("lock_run" if lock else "get_run", id=run_id)
-           if isinstance(run_id, str) and "\x00" not in run_id else None)
+    row = (None if unknowable_id(run_id)
+           else tx.one("lock_run" if lock else "get_run", id=run_id))
     if row is None:
         raise RunNotFoundError(f"no run with id {run_id!r}")
     return row

@@ -21,7 +21,7 @@ from typing import Any
 from ..durations import to_datetime
 from ..engine.cron import Cron, parse_cron
 from ..errors import IdempotencyConflictError, ScheduleNotFoundError, StackShiftError
-from ..ids import new_id
+from ..ids import new_id, unknowable_id
 from ..models import RunError, Schedule
 from ..serialization import dumps, loads
 from .base import NewRun
@@ -68,12 +68,6 @@ def _detail(tx: Tx, schedule_id: str) -> Schedule:
     return schedule(row)
 
 
-def _unknown(schedule_id: str) -> bool:
-    """An id no schedule can have: text PostgreSQL cannot hold is unknown on every
-    store alike."""
-    return "\x00" in schedule_id
-
-
 class ScheduleStore:
     db: Database
 
@@ -86,7 +80,7 @@ class ScheduleStore:
             return _detail(tx, schedule_id)
 
     def get_schedule(self, schedule_id: str) -> Schedule:
-        if _unknown(schedule_id):
+        if unknowable_id(schedule_id):
             raise ScheduleNotFoundError(f"no schedule with id {schedule_id!r}")
         with self.db.read() as tx:
             return _detail(tx, schedule_id)
@@ -97,7 +91,7 @@ class ScheduleStore:
 
     def set_schedule_paused(self, schedule_id: str, paused: bool, now: float) -> Schedule:
         """Pause, or resume from now on (ticks that passed while paused are skipped)."""
-        if _unknown(schedule_id):
+        if unknowable_id(schedule_id):
             raise ScheduleNotFoundError(f"no schedule with id {schedule_id!r}")
         with self.db.write() as tx:
             row = tx.one("get_schedule", id=schedule_id)
@@ -111,7 +105,7 @@ class ScheduleStore:
             return _detail(tx, schedule_id)
 
     def delete_schedule(self, schedule_id: str) -> bool:
-        if _unknown(schedule_id):
+        if unknowable_id(schedule_id):
             return False
         with self.db.write() as tx:
             return tx.run("delete_schedule", id=schedule_id) > 0

@@ -66,7 +66,8 @@ class DuePlan:
     """When the next timer, retry or scheduled start falls due, as far as this
     process knows: the heartbeat wakes then, not at its next regular round.
 
-    Maintenance notes the earliest due time it read from the store; the
+    Maintenance notes the earliest due time it read from the store (runs and
+    schedule ticks); the
     service's notifier brings the times recorded in this process since (a
     retry, a run parked until a time or an event's timeout, a delayed start).
     A time noted while the heartbeat sleeps wakes it to sleep again until then.
