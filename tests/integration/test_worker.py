@@ -412,7 +412,9 @@ def test_a_run_asked_to_cancel_is_cancelled_not_released_when_the_grace_period_e
     assert cancelled.status == "cancelled"
     assert cancelled.finished_at is not None
     assert cancelled.error is not None and cancelled.error.type == "Cancelled"
-    assert [a.status for a in app.runs.attempts(run.id)] == ["cancelled"]
+    assert cancelled.error.message == "not needed"
+    assert [(a.status, a.error and a.error.message)
+            for a in app.runs.attempts(run.id)] == [("cancelled", "not needed")]
     assert app.runs.timeline(run.id)[-1].kind == "run.cancelled"
 
     successor = spawn()
@@ -641,10 +643,13 @@ def test_cancel_a_running_run_stops_it_at_the_next_step(app: StackShift,
         gate.set()
         done = app.runs.wait(run.id, timeout="10s")
     assert done.status == "cancelled"
+    # The reason given is the run's error, as for a run cancelled at once.
+    assert done.error is not None and done.error.message == "customer changed their mind"
     assert effects == ["charge"]
     steps = {s.key: s.status for s in app.runs.steps(run.id)}
     assert steps == {"charge": "completed"}  # the step in flight finished and was kept
-    assert [a.status for a in app.runs.attempts(run.id)] == ["cancelled"]
+    assert [(a.status, a.error and a.error.message) for a in app.runs.attempts(run.id)] == [
+        ("cancelled", "customer changed their mind")]
     kinds = [e.kind for e in app.runs.timeline(run.id)]
     assert kinds.index("run.cancel_requested") < kinds.index("run.cancelled")
     assert kinds[-1] == "run.cancelled"
@@ -688,6 +693,8 @@ def test_a_cancel_made_between_two_steps_stops_the_run_before_the_second(
         gate.set()
         done = app.runs.wait(run.id, timeout="10s")
     assert done.status == "cancelled"
+    # No reason given: the message says where the cancel caught it.
+    assert done.error is not None and done.error.message == "cancelled while running"
     assert effects == ["charge"]
     assert [s.key for s in app.runs.steps(run.id)] == ["charge"]
 
@@ -728,6 +735,7 @@ def test_a_run_cancelled_while_its_step_fails_is_cancelled_not_retried(
         time.sleep(0.3)  # a retry, if one were due, would have started by now
     assert done.status == "cancelled"
     assert done.error is not None and done.error.type == "Cancelled"
+    assert done.error.message == "stuck"
     assert done.next_attempt_at is None and done.finished_at is not None
     assert calls == [1]
     assert [(a.number, a.status, a.error and a.error.type)
@@ -764,7 +772,9 @@ def test_a_cancel_requested_just_before_a_sleep_or_wait_cancels_the_run(
     assert cancelled.status == "cancelled"
     assert cancelled.waiting_for is None and cancelled.finished_at is not None
     assert cancelled.error is not None and cancelled.error.type == "Cancelled"
-    assert [a.status for a in fake_app.runs.attempts(run.id)] == ["cancelled"]
+    assert cancelled.error.message == "user deleted"
+    assert [(a.status, a.error and a.error.message)
+            for a in fake_app.runs.attempts(run.id)] == [("cancelled", "user deleted")]
     assert fake_app.runs.steps(run.id) == []
     kinds = [e.kind for e in fake_app.runs.timeline(run.id)]
     assert kinds == ["run.queued", "attempt.started", "run.cancel_requested", "run.cancelled"]
@@ -773,6 +783,36 @@ def test_a_cancel_requested_just_before_a_sleep_or_wait_cancels_the_run(
     assert run_until_idle(fake_app) == 0
     assert fake_app.runs.get(run.id).status == "cancelled"
     assert effects == ["invoked"]
+
+
+def test_a_cancelled_runs_error_gives_the_reason_of_the_cancel_that_stopped_it(
+        fake_app: StackShift) -> None:
+    # Cancelled while running with a reason, retried by hand, cancelled again
+    # with none: the second ending must not take the first cancel's reason.
+    reasons = iter(["user deleted", None])
+    effects: list[str] = []
+
+    @fake_app.job("remind")
+    def remind(ctx):  # type: ignore[no-untyped-def]
+        fake_app.runs.cancel(ctx.run.id, reason=next(reasons))
+        n = ctx.run.attempt  # new steps each attempt: their checkpoints hear of the cancel
+        ctx.step.run(f"a{n}", lambda: effects.append(f"a{n}"))
+        ctx.step.run(f"b{n}", lambda: effects.append(f"b{n}"))
+
+    run = fake_app.start("remind")
+    run_until_idle(fake_app)
+    first = fake_app.runs.get(run.id)
+    assert first.status == "cancelled"
+    assert first.error is not None and first.error.message == "user deleted"
+    fake_app.runs.retry(run.id)
+    run_until_idle(fake_app)
+    second = fake_app.runs.get(run.id)
+    assert second.status == "cancelled"
+    assert second.error is not None and second.error.message == "cancelled while running"
+    assert [(a.status, a.error and a.error.message)
+            for a in fake_app.runs.attempts(run.id)] == [
+        ("cancelled", "user deleted"), ("cancelled", "cancelled while running")]
+    assert effects == ["a1", "a2"]
 
 
 # -- manual retry ----------------------------------------------------------------------

@@ -117,8 +117,8 @@ def timeline(run_id: str, as_json: bool, database_url: str | None) -> None:
 
 @runs.command()
 @click.argument("run_id")
-@click.option("--reason", help="Recorded on the run's timeline, and as its error message when "
-                               "it is cancelled at once (not running).")
+@click.option("--reason", help="Recorded on the run's timeline, and as its error message "
+                               "once it is cancelled.")
 @json_option
 @database_url_option
 def cancel(run_id: str, reason: str | None, as_json: bool, database_url: str | None) -> None:

@@ -17,7 +17,7 @@ from ..engine.transitions import Status
 from ..errors import LeaseLost
 from ..models import Step
 from ..processes import ProcessId
-from ..serialization import dumps
+from ..serialization import dumps, loads
 from . import rows
 from .base import ClaimedRun, ExpiredLease, Lease, LogWrite, Outcome, StepWrite
 from .database import Database, Row, Tx
@@ -65,6 +65,23 @@ def _ending(lease: Lease, outcome: Outcome, now: float, expired_before: float,
             "now": now}
 
 
+def _give_cancel_reason(tx: Tx, run_id: str, attempt: int) -> None:
+    """A run cancelled while running takes as its error message the reason its
+    cancel was asked with (the latest request that gave one), as a run
+    cancelled at once does; so does its attempt, when that ended cancelled.
+
+    The statements that end runs write ``CANCELLED_WHILE_RUNNING``: the reason
+    is read only here, on the way to a cancelled ending, never on the others.
+    """
+    reasons = [reason for row in tx.all("cancel_requests", run_id=run_id)
+               if isinstance(reason := (loads(row["data"]) or {}).get("reason"), str)]
+    if not reasons:
+        return
+    error = dumps({**CANCELLED_WHILE_RUNNING, "message": reasons[-1]})
+    tx.run("set_cancel_error", run_id=run_id, error=error)
+    tx.run("set_cancelled_attempt_error", run_id=run_id, number=attempt, error=error)
+
+
 def _finish_leased_sqlite(tx: Tx, endings: list[Any]) -> set[str]:
     """SQLite: end the leased runs of ``endings`` (as in :func:`_finish_recorded`);
     the ids of those whose lease was still held. Endings with short texts go in
@@ -108,9 +125,11 @@ def _finish_recorded(tx: Tx, endings: list[Any]) -> list[bool]:
             {"run_id": lease.run_id, "at": now, "kind": f"run.{outcome.status}",
              "attempt": lease.attempt, "step": None, "data": _FROM_RUNNING}
             for lease, outcome, _, now, _ in kept])
-    for lease, _, logs, _, _ in endings:
+    for lease, outcome, logs, _, _ in endings:
         if lease.run_id in ended:
             write_logs(tx, lease.run_id, logs)
+            if outcome.status == "cancelled":
+                _give_cancel_reason(tx, lease.run_id, lease.attempt)
     return [lease.run_id in ended for lease, *_ in endings]
 
 
@@ -471,7 +490,8 @@ class ExecutionStore:
             # handler); endings that share a transaction are written together.
             return bool(self.group_commit.run_combined(
                 _finish_recorded, (lease, outcome, logs, now, expired_before),
-                one_statement=self.db.dialect == "postgres" and not logs))
+                one_statement=self.db.dialect == "postgres" and not logs
+                and status == Status.COMPLETED))
 
         def work(tx: Tx) -> bool:
             ending = _ending(lease, outcome, now, expired_before, terminal)
@@ -509,6 +529,8 @@ class ExecutionStore:
                 extra["next_attempt_at"] = outcome.retry_at
             add_timeline(tx, lease.run_id, f"run.{ended.value}", now, attempt=lease.attempt,
                          data=extra)
+            if ended == Status.CANCELLED:  # a cancel was requested while it ran
+                _give_cancel_reason(tx, lease.run_id, lease.attempt)
             if status == Status.FAILED:
                 start_failure_handler(tx, moved, outcome.error, now)
             return True
@@ -551,6 +573,7 @@ class ExecutionStore:
                    status="cancelled", finished_at=now, error=dumps(CANCELLED_WHILE_RUNNING))
             add_timeline(tx, lease.run_id, "run.cancelled", now, attempt=lease.attempt,
                          data={"from": "running"})
+            _give_cancel_reason(tx, lease.run_id, lease.attempt)
             return False
         write_step(tx, lease.run_id, lease.attempt, step)
         tx.run("set_attempt_status", run_id=lease.run_id, number=lease.attempt,
@@ -572,6 +595,7 @@ class ExecutionStore:
                        error=dumps(CANCELLED_WHILE_RUNNING))
                 add_timeline(tx, lease.run_id, "run.cancelled", now, attempt=lease.attempt,
                              released_by=lease.worker_id, data={"from": "running"})
+                _give_cancel_reason(tx, lease.run_id, lease.attempt)
                 return True
             add_timeline(tx, lease.run_id, "run.queued", now, attempt=lease.attempt,
                          released_by=lease.worker_id, data={"from": "running"})

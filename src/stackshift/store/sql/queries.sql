@@ -156,6 +156,23 @@ RETURNING id;
 UPDATE runs SET cancel_requested = 1, updated_at = :now
 WHERE id = :id AND status = 'running';
 
+-- name: cancel_requests
+-- The cancel requests made since the run was last claimed, oldest first (their
+-- details hold the reasons). An earlier one was for an invocation that ended.
+SELECT data FROM timeline
+WHERE run_id = :run_id AND kind = 'run.cancel_requested'
+  AND id > (SELECT COALESCE(MAX(id), 0) FROM timeline
+            WHERE run_id = :run_id AND kind IN ('attempt.started', 'run.resumed'))
+ORDER BY id;
+
+-- name: set_cancel_error
+-- The error of a run cancelled while running, once its ending is written.
+UPDATE runs SET error = :error WHERE id = :run_id AND status = 'cancelled';
+
+-- name: set_cancelled_attempt_error
+UPDATE attempts SET error = :error
+WHERE run_id = :run_id AND number = :number AND status = 'cancelled';
+
 -- name: manual_retry
 -- A fresh budget of max_attempts after the attempts made so far (retry_base),
 -- and no current error: each attempt's error stays in attempts.
