@@ -6,7 +6,7 @@ All are frozen dataclasses; timestamps are aware UTC datetimes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -120,6 +120,22 @@ class TimelineEntry:
     attempt: int | None
     step: str | None
     data: dict[str, Any] = field(default_factory=dict)
+
+
+def is_time_detail(key: str) -> bool:
+    """Whether the timeline detail ``key`` is a point in time (epoch seconds in
+    ``TimelineEntry.data``): ``scheduled_at``, ``next_attempt_at``, ``until``."""
+    return key.endswith("_at") or key == "until"
+
+
+def details_with_datetimes(data: dict[str, Any]) -> dict[str, Any]:
+    """Timeline details with their points in time as aware UTC datetimes: what
+    JSON output shows (ISO-8601, like every other time), where ``data`` itself
+    keeps epoch seconds."""
+    return {key: datetime.fromtimestamp(value, UTC)
+            if is_time_detail(key) and isinstance(value, int | float)
+            and not isinstance(value, bool) else value
+            for key, value in data.items()}
 
 
 @dataclass(frozen=True)

@@ -279,6 +279,16 @@ def _field(shown: str, name: str) -> str:
     return found.group(1)
 
 
+def test_timeline_json_shows_its_times_as_iso(db_url: str, app: StackShift) -> None:
+    run = app.start("later", {}, delay="1h")
+    entries = cli_json(db_url, "runs", "timeline", run.id)
+    scheduled = entries[0]["data"]["scheduled_at"]
+    assert (entries[0]["kind"], scheduled) == ("run.scheduled", run.scheduled_at.isoformat()
+                                               .replace("+00:00", "Z"))
+    # The table still shows it from the run's creation.
+    assert "scheduled_at=+1h00m00s" in cli(db_url, "runs", "timeline", run.id).stdout
+
+
 def test_runs_show_and_list_count_attempts_from_a_manual_retry(
     db_url: str, app: StackShift
 ) -> None:

@@ -8,6 +8,8 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -85,16 +87,30 @@ def test_timeline_details_speak_camel_case_too(http: httpx.Client, server: Any,
         details = {e["kind"]: e["data"] for e in entries}
         assert "scheduledAt" in details["run.scheduled"], details
         assert details["run.queued"] == {"from": "cancelled", "manualRetry": True}, details
-        assert isinstance(details["run.retrying"]["nextAttemptAt"], float), details
         assert not [k for data in details.values() for k in data if "_" in k], details
-        # The remote client reads them back as the embedded one does.
+        # Their times are ISO-8601 like every other time in the API.
+        embedded = engine.runs.timeline(run["id"])
+        retrying = next(e for e in embedded if e.kind == "run.retrying")
+        wire = details["run.retrying"]["nextAttemptAt"]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", wire), details
+        assert abs(datetime.fromisoformat(wire).timestamp()
+                   - retrying.data["next_attempt_at"]) <= 1e-6
+        assert re.fullmatch(r"\d{4}-.*Z", details["run.scheduled"]["scheduledAt"]), details
+        # The remote client reads them back as the embedded one does: epoch
+        # seconds, to the microsecond.
         remote = StackShift(api_key=server.api_key, base_url=server.url)
         try:
-            assert remote.runs.timeline(run["id"]) == engine.runs.timeline(run["id"])
+            assert _to_microseconds(remote.runs.timeline(run["id"])) == _to_microseconds(
+                embedded)
         finally:
             remote.close()
     finally:
         engine.close()
+
+
+def _to_microseconds(entries: list[Any]) -> list[Any]:
+    return [replace(e, data={k: round(v, 6) if isinstance(v, float) else v
+                             for k, v in e.data.items()}) for e in entries]
 
 
 def test_wait_long_polls(http: httpx.Client, server: Any) -> None:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from stackshift import ValidationError
+from stackshift.cli.render import offset
 from stackshift.durations import parse_duration, parse_instant, to_datetime
 
 
@@ -149,3 +150,13 @@ def test_to_datetime_is_aware_utc_and_round_trips() -> None:
     assert moment.tzinfo is not None and moment.utcoffset() == timedelta(0)
     assert parse_instant(moment) == 1767603600.5
     assert to_datetime(None) is None
+
+
+@pytest.mark.parametrize(("seconds", "shown"), [
+    (0, "+0.000s"), (1.2345, "+1.234s"), (59.9994, "+59.999s"), (59.9996, "+1m00.0s"),
+    (119.96, "+2m00.0s"), (3599.94, "+59m59.9s"), (3599.99996, "+1h00m00s"),
+    (7322.6, "+2h02m03s"), (-5.5, "-5.500s"),
+])
+def test_timeline_offsets_round_before_they_carry(seconds: float, shown: str) -> None:
+    # A time a hair under a minute or an hour reads as the next one, never ":60".
+    assert offset(seconds) == shown

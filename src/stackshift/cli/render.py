@@ -16,7 +16,16 @@ from rich.style import StyleType
 from rich.table import Table
 from rich.text import Text
 
-from ..models import Attempt, Event, LogEntry, Run, Step, TimelineEntry
+from ..models import (
+    Attempt,
+    Event,
+    LogEntry,
+    Run,
+    Step,
+    TimelineEntry,
+    details_with_datetimes,
+    is_time_detail,
+)
 
 STATUS_STYLES = {
     "scheduled": "blue",
@@ -97,13 +106,15 @@ def offset(seconds: float) -> str:
     """A timeline offset from the run's creation: ``+0.000s``, ``+12.345s``, ``+4m05.2s``."""
     sign = "-" if seconds < 0 else "+"
     seconds = abs(seconds)
-    if seconds < 60:
+    # Each form rounds first: 3599.99996 s is +1h00m00s, not +59m60.0s.
+    if round(seconds, 3) < 60:
         return f"{sign}{seconds:.3f}s"
-    minutes, secs = divmod(seconds, 60)
-    if minutes < 60:
+    if round(seconds, 1) < 3600:
+        minutes, secs = divmod(round(seconds, 1), 60)
         return f"{sign}{int(minutes)}m{secs:04.1f}s"
-    hours, minutes = divmod(int(minutes), 60)
-    return f"{sign}{hours}h{minutes:02d}m{int(secs):02d}s"
+    hours, rest = divmod(round(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{sign}{hours}h{minutes:02d}m{secs:02d}s"
 
 
 def age(moment: datetime | None, now: datetime | None = None) -> str:
@@ -369,7 +380,7 @@ def _detail_value(key: str, value: Any, created: float) -> str:
         return f"{value['type']}: {value['message']}"
     if key == "duration" and isinstance(value, int | float):
         return span(float(value))
-    if (key.endswith("_at") or key == "until") and isinstance(value, int | float):
+    if is_time_detail(key) and isinstance(value, int | float):
         return offset(float(value) - created)
     if isinstance(value, str):
         return value
@@ -394,6 +405,7 @@ def timeline_rows(run: Run, entries: list[TimelineEntry]) -> list[dict[str, Any]
     rows = []
     for entry in entries:
         row = to_data(entry)
+        row["data"] = to_data(details_with_datetimes(entry.data))
         row["offset_seconds"] = round(entry.at.timestamp() - created, 6)
         rows.append(row)
     return rows

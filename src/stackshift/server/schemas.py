@@ -256,13 +256,18 @@ class TimelineEntry(Wire):
 
     @classmethod
     def of(cls, t: m.TimelineEntry) -> TimelineEntry:
-        # The details' names are the engine's (snake_case); on the wire they are
-        # camelCase like every other field (``nextAttemptAt``, ``releasedBy``).
+        # The details' names are the engine's (snake_case) and their times epoch
+        # seconds; on the wire they are camelCase and ISO-8601 like every other
+        # field (``nextAttemptAt``, ``releasedBy``).
+        data = m.details_with_datetimes(t.data)
         return cls(id=t.id, run_id=t.run_id, at=t.at, kind=t.kind, attempt=t.attempt,
-                   step=t.step, data={to_camel(k): v for k, v in t.data.items()})
+                   step=t.step, data={to_camel(k): v for k, v in data.items()})
 
     def to_model(self) -> m.TimelineEntry:
         data = {to_snake(k): v for k, v in self.data.items()}
+        data = {k: datetime.fromisoformat(v).timestamp()
+                if m.is_time_detail(k) and isinstance(v, str) else v
+                for k, v in data.items()}
         return m.TimelineEntry(self.id, self.run_id, _utc(self.at),  # type: ignore[arg-type]
                              self.kind, self.attempt, self.step, data)
 
