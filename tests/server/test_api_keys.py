@@ -72,7 +72,8 @@ def test_keys_cli(db_url: str) -> None:
     revoked = runner.invoke(keys, ["revoke", key[:12], "--database-url", db_url])
     assert revoked.exit_code == 0, revoked.output
     as_json = json.loads(runner.invoke(keys, ["list", "--json", "--database-url", db_url]).stdout)
-    assert as_json[0]["active"] is False and as_json[0]["revokedAt"]
+    # snake_case, like the JSON of every other command.
+    assert as_json[0]["active"] is False and as_json[0]["revoked_at"]
     service = admin_service(db_url)
     try:
         assert service.verify_api_key(key) is None

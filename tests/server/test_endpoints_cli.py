@@ -24,6 +24,7 @@ def test_endpoints_cli(db_url: str) -> None:
     [shown] = json.loads(listed.stdout)
     assert (shown["url"], shown["jobs"], shown["concurrency"]) == (
         url, ["sendReceipt", "userOnboarding"], 10)
+    assert set(shown) == {"id", "url", "jobs", "concurrency", "created_at", "updated_at"}
     assert secret not in listed.stdout
 
     # Adding the URL again updates what it serves and keeps its id and secret.

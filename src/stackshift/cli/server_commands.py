@@ -12,7 +12,6 @@ import os
 import sys
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from types import FrameType
 from typing import Any
 
@@ -27,6 +26,7 @@ from ..serialization import MiB
 from ..service import Service
 from ..settings import Settings
 from ..store import open_store
+from .render import iso
 
 _database_url = click.option(
     "--database-url",
@@ -84,15 +84,11 @@ def _service(database_url: str | None) -> Iterator[Service]:
         store.close()
 
 
-def _when(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
-
-
 def _key_json(key: ApiKey) -> dict[str, Any]:
     return {
         "id": key.id, "name": key.name, "prefix": key.prefix,
-        "createdAt": _when(key.created_at), "lastUsedAt": _when(key.last_used_at),
-        "revokedAt": _when(key.revoked_at), "active": key.active,
+        "created_at": iso(key.created_at), "last_used_at": iso(key.last_used_at),
+        "revoked_at": iso(key.revoked_at), "active": key.active,
     }
 
 
@@ -216,9 +212,9 @@ def list_keys(database_url: str | None, as_json: bool) -> None:
         return
     rows = [("ID", "NAME", "PREFIX", "CREATED", "LAST USED", "STATUS")]
     for k in found:
-        status = "active" if k.active else f"revoked {_when(k.revoked_at)}"
-        rows.append((k.id, k.name, k.prefix, _when(k.created_at) or "",
-                     _when(k.last_used_at) or "-", status))
+        status = "active" if k.active else f"revoked {iso(k.revoked_at)}"
+        rows.append((k.id, k.name, k.prefix, iso(k.created_at) or "",
+                     iso(k.last_used_at) or "-", status))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -250,7 +246,7 @@ def endpoints() -> None:
 
 def _endpoint_json(e: Endpoint) -> dict[str, Any]:
     shown = {"id": e.id, "url": e.url, "jobs": e.jobs, "concurrency": e.concurrency,
-             "createdAt": _when(e.created_at), "updatedAt": _when(e.updated_at)}
+             "created_at": iso(e.created_at), "updated_at": iso(e.updated_at)}
     if e.secret is not None:
         shown["secret"] = e.secret
     return shown
