@@ -88,11 +88,12 @@ def console(*, stderr: bool = False) -> Console:
 def span(seconds: float) -> str:
     """A short human duration: ``850ms``, ``12.3s``, ``4m05s``, ``2h10m``, ``3d4h``."""
     seconds = max(0.0, seconds)
-    if seconds < 1:
+    # Each form rounds first, so that 0.9996 s reads 1.0s, not 1000ms.
+    if round(seconds * 1000) < 1000:
         return f"{seconds * 1000:.0f}ms"
-    if seconds < 60:
+    if round(seconds, 1) < 60:
         return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
+    minutes, secs = divmod(round(seconds), 60)
     if minutes < 60:
         return f"{minutes}m{secs:02d}s"
     hours, minutes = divmod(minutes, 60)

@@ -16,14 +16,15 @@ def duration(seconds: float | None) -> str:
         return "—"
     if seconds < 0:
         seconds = 0.0
-    if seconds < 1:
+    # Each form rounds first, so that 59.96 s reads 1m, not 60.0 s.
+    if round(seconds * 1000) < 1000:
         ms = seconds * 1000
         if ms < 1:
             return "<1 ms"
         return f"{ms:.0f} ms"
-    if seconds < 10:
+    if round(seconds, 2) < 10:
         return f"{seconds:.2f} s"
-    if seconds < 60:
+    if round(seconds, 1) < 60:
         return f"{seconds:.1f} s"
     whole = round(seconds)
     days, rest = divmod(whole, 86400)
@@ -43,16 +44,26 @@ def between(start: datetime | None, end: datetime | None) -> str:
 
 
 def ago(moment: datetime | None, now: float) -> str:
-    """``3m ago`` / ``in 5m``; the page's script keeps these current."""
+    """``3m ago`` / ``in 5m``, as the page's script writes them when it keeps them
+    current (``ago`` in dashboard.js: keep the two alike)."""
     if moment is None:
         return "—"
     delta = now - moment.timestamp()
     if abs(delta) < 5:
         return "just now"
-    text = duration(abs(delta)).replace(" ms", "ms")
-    if "." in text:  # "12.5 s" -> "12s": an age needs no decimals
-        text = f"{round(abs(delta))}s"
-    text = text.replace(" s", "s")
+    r = int(abs(delta) + 0.5)  # whole seconds, rounded as the script's Math.round
+    if r < 60:
+        text = f"{r}s"
+    elif r < 3600:
+        text = f"{r // 60}m"
+        if r < 600 and r % 60:
+            text += f" {r % 60}s"
+    elif r < 86400:
+        hours, minutes = r // 3600, r % 3600 // 60
+        text = f"{hours}h {minutes}m" if minutes else f"{hours}h"
+    else:
+        days, hours = r // 86400, r % 86400 // 3600
+        text = f"{days}d {hours}h" if hours else f"{days}d"
     return f"{text} ago" if delta > 0 else f"in {text}"
 
 

@@ -92,15 +92,16 @@
       .then(function () { busy = false; });
   }
 
-  /* "3m ago" texts stay current between refreshes. */
+  /* "3m ago" texts stay current between refreshes (as formatting.ago writes them). */
   function ago(seconds) {
     var s = Math.abs(seconds);
     var text;
     if (s < 5) return "just now";
-    if (s < 60) text = Math.round(s) + "s";
-    else if (s < 3600) text = Math.floor(s / 60) + "m" + (s < 600 && s % 60 >= 1 ? " " + Math.floor(s % 60) + "s" : "");
-    else if (s < 86400) text = Math.floor(s / 3600) + "h" + (Math.floor(s % 3600 / 60) ? " " + Math.floor(s % 3600 / 60) + "m" : "");
-    else text = Math.floor(s / 86400) + "d" + (Math.floor(s % 86400 / 3600) ? " " + Math.floor(s % 86400 / 3600) + "h" : "");
+    var r = Math.round(s);
+    if (r < 60) text = r + "s";
+    else if (r < 3600) text = Math.floor(r / 60) + "m" + (r < 600 && r % 60 ? " " + (r % 60) + "s" : "");
+    else if (r < 86400) text = Math.floor(r / 3600) + "h" + (Math.floor(r % 3600 / 60) ? " " + Math.floor(r % 3600 / 60) + "m" : "");
+    else text = Math.floor(r / 86400) + "d" + (Math.floor(r % 86400 / 3600) ? " " + Math.floor(r % 86400 / 3600) + "h" : "");
     return seconds >= 0 ? text + " ago" : "in " + text;
   }
   /* The server's clock may differ from the browser's (or be a test clock). */

@@ -1,0 +1,42 @@
+"""How durations and ages read in the CLI and on the dashboard, at their edges."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from stackshift.cli.render import span
+from stackshift.dashboard.formatting import ago, duration
+
+
+@pytest.mark.parametrize(("seconds", "shown"), [
+    (0.0123, "12ms"), (0.9994, "999ms"), (0.9996, "1.0s"), (12.34, "12.3s"),
+    (59.96, "1m00s"), (245.6, "4m06s"), (3599.6, "1h00m"), (7830, "2h10m"),
+    (273600, "3d4h"), (-1, "0ms"),
+])
+def test_cli_durations_round_before_they_carry(seconds: float, shown: str) -> None:
+    # Never "1000ms" or "60.0s": a value that rounds up to a unit reads in it.
+    assert span(seconds) == shown
+
+
+@pytest.mark.parametrize(("seconds", "shown"), [
+    (None, "—"), (0.0004, "<1 ms"), (0.0123, "12 ms"), (0.9996, "1.00 s"),
+    (9.996, "10.0 s"), (59.96, "1m"), (75, "1m 15s"), (93784, "1d 2h"),
+])
+def test_dashboard_durations_round_before_they_carry(seconds: float | None,
+                                                     shown: str) -> None:
+    assert duration(seconds) == shown
+
+
+@pytest.mark.parametrize(("delta", "shown"), [
+    (2, "just now"), (-3, "just now"), (12.4, "12s ago"), (59.6, "1m ago"),
+    (75, "1m 15s ago"), (700, "11m ago"), (7260, "2h 1m ago"), (7200, "2h ago"),
+    (93784, "1d 2h ago"), (-300, "in 5m"), (-7140, "in 1h 59m"),
+])
+def test_dashboard_ages_read_as_the_pages_script_writes_them(delta: float,
+                                                             shown: str) -> None:
+    # dashboard.js rewrites these every few seconds with the same rules: the
+    # text must not change form when the script first takes over.
+    now = 1_800_000_000.0
+    assert ago(datetime.fromtimestamp(now - delta, UTC), now) == shown
