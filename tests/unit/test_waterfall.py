@@ -108,3 +108,10 @@ def test_a_run_still_waiting_has_an_open_bar_and_a_now_line() -> None:
     wait = next(r for r in chart.rows if r.kind == "wait")
     assert wait.bars[0].open and wait.detail == "waiting 10m"
     assert chart.now == 100.0
+
+
+def test_tick_labels_round_before_they_carry() -> None:
+    # A tick a hair under a second (as summed steps land) reads +1s, not +1000ms.
+    assert waterfall._relative(0.1 * 3 + 0.7 - 1e-12, 0.1) == "+1s"
+    assert waterfall._relative(0.2, 0.2) == "+200ms"
+    assert waterfall._relative(86.2, 0.2) == "+1m 26.2s"

@@ -123,7 +123,7 @@ def _relative(seconds: float, step: float) -> str:
     0.2 s apart after a minute-long gap read ``+1m 26.2s``, ``+1m 26.4s``."""
     if seconds <= 0:
         return "0"
-    if seconds < 1:
+    if round(seconds * 1000) < 1000:  # 0.9999999 s is +1s, not +1000ms
         return f"+{seconds * 1000:.0f}ms"
     decimals = next((d for d in range(4) if abs(step * 10**d - round(step * 10**d)) < 1e-6), 3)
     units = [(86400, "d"), (3600, "h"), (60, "m"), (1, "s")]
