@@ -6,8 +6,10 @@ from datetime import UTC, datetime
 
 import pytest
 
+from stackshift.cli.queues import _rate
 from stackshift.cli.render import span
-from stackshift.dashboard.formatting import ago, duration
+from stackshift.dashboard.formatting import ago, duration, percent
+from stackshift.models import QueueInfo
 
 
 @pytest.mark.parametrize(("seconds", "shown"), [
@@ -40,3 +42,22 @@ def test_dashboard_ages_read_as_the_pages_script_writes_them(delta: float,
     # text must not change form when the script first takes over.
     now = 1_800_000_000.0
     assert ago(datetime.fromtimestamp(now - delta, UTC), now) == shown
+
+
+@pytest.mark.parametrize(("part", "whole", "shown"), [
+    (0, 10, "0%"), (1, 10_000, "<0.1%"), (999, 10_000, "10%"),
+    (5, 100, "5.0%"), (9_999, 10_000, ">99%"), (10, 10, "100%"), (1, 0, "—"),
+])
+def test_dashboard_shares_say_none_or_all_only_when_so(part: int, whole: int,
+                                                       shown: str) -> None:
+    assert percent(part, whole) == shown
+
+
+@pytest.mark.parametrize(("failed", "finished", "shown"), [
+    (0, 10, "0%"), (1, 1000, "<1%"), (1, 4, "25%"), (999, 1000, ">99%"), (7, 7, "100%"),
+])
+def test_cli_failure_rates_say_none_or_all_only_when_so(failed: int, finished: int,
+                                                        shown: str) -> None:
+    queue = QueueInfo("q", None, None, None, False, {}, 900.0, finished - failed, failed,
+                      0.0, failed / finished, None)
+    assert _rate(queue) == shown

@@ -32,7 +32,15 @@ def _limit(queue: QueueInfo) -> str:
 
 
 def _rate(queue: QueueInfo) -> str:
-    return "-" if queue.failure_rate is None else f"{queue.failure_rate:.0%}"
+    """The failure rate; 0% and 100% only when none or all failed."""
+    rate = queue.failure_rate
+    if rate is None:
+        return "-"
+    if 0 < rate < 0.005:
+        return "<1%"
+    if 0.995 <= rate < 1:
+        return ">99%"
+    return f"{rate:.0%}"
 
 
 def _oldest(queue: QueueInfo) -> str:

@@ -99,9 +99,12 @@ def percent(part: float, whole: float) -> str:
     share = 100 * part / whole
     if share == 0:
         return "0%"
+    # 0% and 100% only when none or all: 9,999 of 10,000 is not "100%".
     if 0 < share < 0.1:
         return "<0.1%"
-    return f"{share:.1f}%" if share < 10 else f"{share:.0f}%"
+    if part < whole and round(share) >= 100:
+        return ">99%"
+    return f"{share:.1f}%" if round(share, 1) < 10 else f"{share:.0f}%"
 
 
 def plural(count: int, word: str) -> str:
