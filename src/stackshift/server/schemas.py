@@ -252,7 +252,9 @@ class TimelineEntry(Wire):
     kind: str
     attempt: int | None
     step: str | None
-    data: dict[str, Any]
+    data: dict[str, Any] = Field(description=(
+        "The entry's details, by kind (docs/state-machine.md): camelCase names, and "
+        "times (`scheduledAt`, `until`, `nextAttemptAt`) as ISO-8601."))
 
     @classmethod
     def of(cls, t: m.TimelineEntry) -> TimelineEntry:
