@@ -667,3 +667,21 @@ def test_jobs_page_lists_schedules_with_next_and_last_run_and_last_error(
     expect(other).to_contain_text("Europe/Berlin")
     expect(other).to_contain_text("paused")
     expect(other).to_contain_text("never ran")
+
+
+def test_a_long_correlation_key_wraps_inside_the_waiting_callout(
+    stack: Dashboard, page: Page
+) -> None:
+    user = "merchant-" + "0123456789abcdef" * 12
+    run = stack.app.start("send-email", {"user": user})
+    stack.wait_status(run.id, "waiting")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(stack.at(f"/runs/{run.id}"))
+    key = page.locator("#waiting-for h2 code").nth(1)
+    expect(key).to_have_text(f"user:{user}")
+    callout = page.locator("#waiting-for .callout-text").bounding_box()
+    box = key.bounding_box()
+    assert callout is not None and box is not None
+    assert box["x"] + box["width"] <= callout["x"] + callout["width"] + 1, \
+        "the correlation key runs out of the callout"
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
