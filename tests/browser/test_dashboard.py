@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from dashboard_harness import Dashboard, pixel, screenshot, serve
@@ -685,3 +686,25 @@ def test_a_long_correlation_key_wraps_inside_the_waiting_callout(
     assert box["x"] + box["width"] <= callout["x"] + callout["width"] + 1, \
         "the correlation key runs out of the callout"
     assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+
+
+def test_the_oldest_queued_run_of_days_ago_reads_with_its_date(
+    db_url: str, store_kind: str, page: Page
+) -> None:
+    """``waiting since 09:12:00 UTC`` would read as today for a run queued 3 days ago."""
+    clock = FakeClock(datetime(2026, 3, 2, 9, 12, tzinfo=UTC).timestamp())
+    app = StackShift(db_url, clock=clock)
+    try:
+        app.start("nightly-report", {"day": "2026-03-01"})  # no worker knows it
+        clock.advance("3d")
+        with serve(app, auth="open") as url:
+            page.goto(f"{url}/queues/default")
+            oldest = page.locator(".stat", has_text="Oldest queued")
+            expect(oldest.locator(".stat-value")).to_have_text("3d")
+            expect(oldest.locator(".stat-foot")).to_have_text(
+                "waiting since 2026-03-02 09:12:00 UTC")
+            clock.set(datetime(2026, 3, 2, 9, 13, tzinfo=UTC).timestamp())
+            page.reload()
+            expect(oldest.locator(".stat-foot")).to_have_text("waiting since 09:12:00 UTC")
+    finally:
+        app.close()

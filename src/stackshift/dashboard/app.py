@@ -117,6 +117,7 @@ class Dashboard:
         self.env.globals.update(
             ago=formatting.ago,
             between=formatting.between,
+            day_time=formatting.day_time,
             percent=formatting.percent,
             plural=formatting.plural,
             statuses=pages.STATUS_ORDER,

@@ -74,6 +74,17 @@ def clock_time(moment: datetime | None) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
+def day_time(moment: datetime | None, now: float) -> str:
+    """``09:12:00`` on the UTC day of ``now``, ``2026-03-02 09:12:00`` on any other,
+    so that a time of days ago does not read as today's."""
+    if moment is None:
+        return "—"
+    at = moment.astimezone(UTC)
+    if at.date() == datetime.fromtimestamp(now, UTC).date():
+        return at.strftime("%H:%M:%S")
+    return at.strftime("%Y-%m-%d %H:%M:%S")
+
+
 def iso(moment: datetime | None) -> str:
     if moment is None:
         return ""
