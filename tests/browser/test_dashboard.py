@@ -708,3 +708,18 @@ def test_the_oldest_queued_run_of_days_ago_reads_with_its_date(
             expect(oldest.locator(".stat-foot")).to_have_text("waiting since 09:12:00 UTC")
     finally:
         app.close()
+
+
+def test_a_huge_error_stays_a_few_lines_in_the_attempts_table(
+    stack: Dashboard, page: Page
+) -> None:
+    """The error box above shows it in full; its attempt row stays a row."""
+    report = stack.app.start("render-report", {"title": "row " * 800})
+    stack.wait_status(report.id, "failed")
+    page.goto(stack.at(f"/runs/{report.id}"))
+    cell = page.locator("#attempts tr[data-attempt='1'] td.note")
+    expect(cell).to_contain_text("NonRetriableError")
+    expect(cell.locator(".text-failed")).to_have_attribute(
+        "title", re.compile(r"^NonRetriableError: cannot render (row ){799}row ?$"))
+    box = cell.bounding_box()
+    assert box is not None and box["height"] < 100, f"the attempt row is {box} tall"
