@@ -723,3 +723,12 @@ def test_a_huge_error_stays_a_few_lines_in_the_attempts_table(
         "title", re.compile(r"^NonRetriableError: cannot render (row ){799}row ?$"))
     box = cell.bounding_box()
     assert box is not None and box["height"] < 100, f"the attempt row is {box} tall"
+
+
+def test_an_empty_runs_list_says_there_are_no_runs_yet(stack: Dashboard, page: Page) -> None:
+    """No run at all is not the same as no run matching the filters."""
+    page.goto(stack.url)
+    expect(page.locator("td.empty")).to_contain_text("No runs yet.")
+    expect(page.locator("td.empty code")).to_have_text(["stackshift start JOB", "app.start()"])
+    page.goto(stack.at("/runs?status=failed"))
+    expect(page.locator("td.empty")).to_have_text("No runs match these filters.")
