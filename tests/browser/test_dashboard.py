@@ -732,3 +732,23 @@ def test_an_empty_runs_list_says_there_are_no_runs_yet(stack: Dashboard, page: P
     expect(page.locator("td.empty code")).to_have_text(["stackshift start JOB", "app.start()"])
     page.goto(stack.at("/runs?status=failed"))
     expect(page.locator("td.empty")).to_have_text("No runs match these filters.")
+
+
+def test_a_refused_filter_shows_no_runs_or_events_outside_the_filters(
+    stack: Dashboard, page: Page
+) -> None:
+    """A stale cursor is reported; the page does not fall back to everything."""
+    app = stack.app
+    resized = app.start("resize-image", {"image": 1})
+    failed = app.start("sync-invoice", {"invoice": "in_9"})
+    stack.wait_status(resized.id, "completed")
+    stack.wait_status(failed.id, "failed")
+    app.events.send("email.verified", {"ok": True}, correlation_key="user:ada")
+    app.events.send("payment.settled", {"ok": True}, correlation_key="order:1")
+
+    page.goto(stack.at("/runs?job=sync-invoice&cursor=run_stale"))
+    expect(page.locator(".flash-error")).to_contain_text("cursor 'run_stale'")
+    expect(page.locator(f"tr[data-run-id='{resized.id}']")).to_have_count(0)
+    page.goto(stack.at("/events?name=payment.settled&cursor=evt_stale"))
+    expect(page.locator(".flash-error")).to_contain_text("cursor 'evt_stale'")
+    expect(page.locator("#events-table")).not_to_contain_text("email.verified")

@@ -15,7 +15,7 @@ from typing import Any
 from ..durations import parse_duration
 from ..engine.transitions import CANCELLABLE_AT_ONCE, RETRYABLE, TERMINAL, Status
 from ..errors import EventNotFoundError, RunNotFoundError, StackShiftError
-from ..models import LogEntry, Run
+from ..models import LogEntry, Page, Run
 from ..service import Service
 from . import waterfall
 
@@ -103,8 +103,10 @@ def runs_page(service: Service, params: Mapping[str, str], now: float) -> dict[s
         else:
             page = service.list_runs(**query)
     except StackShiftError as exc:
+        # Refused (a stale cursor, a NUL character): no rows, rather than runs
+        # outside the filters the page still shows as applied.
         problems.append(Problem(str(exc)))
-        page = service.list_runs(limit=PAGE_SIZE)
+        page = Page([], None)
     counts = service.count_runs_by_status()
     return {
         "page_title": "Runs",
@@ -207,7 +209,7 @@ def events_page(service: Service, params: Mapping[str, str], now: float) -> dict
                                    cursor=cursor)
     except StackShiftError as exc:
         problems.append(Problem(str(exc)))
-        page = service.list_events(limit=PAGE_SIZE)
+        page = Page([], None)  # no events outside the filters (see runs_page)
     consumers = service.event_consumers([e.id for e in page.items])
     return {
         "page_title": "Events",
