@@ -752,3 +752,17 @@ def test_a_refused_filter_shows_no_runs_or_events_outside_the_filters(
     page.goto(stack.at("/events?name=payment.settled&cursor=evt_stale"))
     expect(page.locator(".flash-error")).to_contain_text("cursor 'evt_stale'")
     expect(page.locator("#events-table")).not_to_contain_text("email.verified")
+
+
+def test_a_cut_off_error_in_the_runs_and_dead_letter_lists_reads_in_full_on_hover(
+    stack: Dashboard, page: Page
+) -> None:
+    report = stack.app.start("render-report", {"title": "quarterly-" * 40})
+    stack.wait_status(report.id, "failed")
+    full = "NonRetriableError: cannot render " + "quarterly-" * 40
+    for path in ("/runs", "/queues/reports"):
+        page.goto(stack.at(path))
+        note = page.locator(f"tr[data-run-id='{report.id}'] td.note .truncate")
+        expect(note).to_have_text(full)
+        assert note.evaluate("e => e.scrollWidth > e.clientWidth"), f"not cut off on {path}"
+        expect(note).to_have_attribute("title", full)
