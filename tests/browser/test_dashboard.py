@@ -766,3 +766,38 @@ def test_a_cut_off_error_in_the_runs_and_dead_letter_lists_reads_in_full_on_hove
         expect(note).to_have_text(full)
         assert note.evaluate("e => e.scrollWidth > e.clientWidth"), f"not cut off on {path}"
         expect(note).to_have_attribute("title", full)
+
+
+def test_logs_and_timeline_entries_after_a_long_sleep_read_with_their_date(
+    db_url: str, store_kind: str, page: Page
+) -> None:
+    """Two log lines three days apart must not read as five seconds apart."""
+    clock = FakeClock(datetime(2026, 3, 2, 9, 12, tzinfo=UTC).timestamp())
+    app = StackShift(db_url, clock=clock)
+
+    @app.job("slow-batch")
+    def batch(ctx: Any) -> None:
+        ctx.log.info("before the nap")
+        ctx.step.sleep("nap", "3d")
+        ctx.log.info("after the nap")
+
+    try:
+        run = app.start("slow-batch")
+        run_until_idle(app)
+        clock.advance(3 * 86400 + 5)
+        run_until_idle(app)
+        assert app.runs.get(run.id).status == "completed"
+        with serve(app, auth="open") as url:
+            page.goto(f"{url}/runs/{run.id}")
+            times = page.locator("#logs .log-time").all_text_contents()
+            assert times == ["09:12:00.000"] + ["2026-03-05 09:12:05.000"] * 2, times
+            line = page.locator("#logs .log-line").last
+            stamp, level = line.locator(".log-time").bounding_box(), \
+                line.locator(".log-level").bounding_box()
+            assert stamp is not None and level is not None
+            assert stamp["x"] + stamp["width"] <= level["x"], "the date runs into the level"
+            entries = page.locator("#raw-timeline tr td:first-child").all_text_contents()
+            assert entries[0] == "09:12:00.000", entries
+            assert entries[-1] == "2026-03-05 09:12:05.000", entries
+    finally:
+        app.close()

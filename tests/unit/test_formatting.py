@@ -8,7 +8,7 @@ import pytest
 
 from stackshift.cli.queues import _rate
 from stackshift.cli.render import span
-from stackshift.dashboard.formatting import ago, duration, percent
+from stackshift.dashboard.formatting import ago, day_time, duration, percent, time_in_run
 from stackshift.models import QueueInfo
 
 
@@ -61,3 +61,12 @@ def test_cli_failure_rates_say_none_or_all_only_when_so(failed: int, finished: i
     queue = QueueInfo("q", None, None, None, False, {}, 900.0, finished - failed, failed,
                       0.0, failed / finished, None)
     assert _rate(queue) == shown
+
+
+def test_dashboard_times_of_another_day_carry_their_date() -> None:
+    morning = datetime(2026, 3, 2, 9, 12, tzinfo=UTC)
+    later = datetime(2026, 3, 5, 9, 12, 5, 250000, tzinfo=UTC)
+    assert day_time(morning, morning.timestamp() + 3600) == "09:12:00"
+    assert day_time(morning, later.timestamp()) == "2026-03-02 09:12:00"
+    assert time_in_run(morning, morning) == "09:12:00.000"
+    assert time_in_run(later, morning) == "2026-03-05 09:12:05.250"

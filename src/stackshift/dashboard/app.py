@@ -120,6 +120,7 @@ class Dashboard:
             day_time=formatting.day_time,
             percent=formatting.percent,
             plural=formatting.plural,
+            time_in_run=formatting.time_in_run,
             statuses=pages.STATUS_ORDER,
         )
 

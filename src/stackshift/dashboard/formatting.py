@@ -85,6 +85,16 @@ def day_time(moment: datetime | None, now: float) -> str:
     return at.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def time_in_run(moment: datetime | None, first: datetime) -> str:
+    """``09:12:05.000`` on the UTC day of ``first`` (a run's creation), with the date
+    on a later one: log lines three days apart do not read as seconds apart."""
+    if moment is None:
+        return "—"
+    text = clock_time(moment)
+    same_day = moment.astimezone(UTC).date() == first.astimezone(UTC).date()
+    return text[11:] if same_day else text
+
+
 def iso(moment: datetime | None) -> str:
     if moment is None:
         return ""
