@@ -801,3 +801,17 @@ def test_logs_and_timeline_entries_after_a_long_sleep_read_with_their_date(
             assert entries[-1] == "2026-03-05 09:12:05.000", entries
     finally:
         app.close()
+
+
+def test_a_long_job_name_in_the_breadcrumbs_wraps_across_a_narrow_screen(
+    stack: Dashboard, page: Page
+) -> None:
+    """Not a one-word-wide column beside the run id."""
+    long_name = "reconcile-" + "ledger-entries-for-every-merchant-" * 5 + "x"
+    run = stack.app.start(long_name, {"merchant": 1})
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(stack.at(f"/runs/{run.id}"))
+    link = page.locator("nav.crumbs a").nth(1)
+    expect(link).to_have_text(long_name)
+    box = link.bounding_box()
+    assert box is not None and box["height"] < 80, f"the job's crumb is {box}"
