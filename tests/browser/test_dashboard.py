@@ -815,3 +815,20 @@ def test_a_long_job_name_in_the_breadcrumbs_wraps_across_a_narrow_screen(
     expect(link).to_have_text(long_name)
     box = link.bounding_box()
     assert box is not None and box["height"] < 80, f"the job's crumb is {box}"
+
+
+def test_retrying_selected_dead_letters_another_operator_retried_says_so(
+    stack: Dashboard, page: Page
+) -> None:
+    first, second = (stack.app.start("sync-invoice", {"invoice": f"in_{i}"}) for i in (1, 2))
+    for run in (first, second):
+        stack.wait_status(run.id, "failed")
+    page.goto(stack.at("/queues/billing"))
+    dead = page.locator("#dead-letters tbody tr[data-run-id]")
+    expect(dead).to_have_count(2)
+    dead.locator("input[type=checkbox]").nth(0).check()
+    dead.locator("input[type=checkbox]").nth(1).check()
+    stack.app.runs.retry(first.id)  # meanwhile, from the CLI or another tab
+    page.locator("#retry-selected").click()
+    expect(page.locator(".flash-ok")).to_have_text(
+        "1 of 2 selected runs queued for a new attempt; 1 was no longer failed.")

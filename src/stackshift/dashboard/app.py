@@ -454,10 +454,16 @@ class Dashboard:
         if (form.get("all") or [""])[0] == "1":
             count = self.service.retry_failed_runs(queue=name)
         else:
-            ids = form.get("run", [])[:1000]
+            ids = list(dict.fromkeys(form.get("run", [])))[:1000]
             if not ids:
                 return back, ("info", "Select the runs to retry first."), None
             count = len(self.service.retry_runs(ids))
+            if count < len(ids):
+                # Retried meanwhile by someone else (or not failed any more).
+                gone = len(ids) - count
+                return back, ("ok" if count else "info",
+                              f"{count} of {len(ids)} selected runs queued for a new attempt; "
+                              f"{gone} {'was' if gone == 1 else 'were'} no longer failed."), None
         return back, ("ok", f"{count} run{'s' if count != 1 else ''} queued for a new attempt."), \
             None
 
