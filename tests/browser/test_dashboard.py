@@ -832,3 +832,16 @@ def test_retrying_selected_dead_letters_another_operator_retried_says_so(
     page.locator("#retry-selected").click()
     expect(page.locator(".flash-ok")).to_have_text(
         "1 of 2 selected runs queued for a new attempt; 1 was no longer failed.")
+
+
+def test_a_stale_dead_letter_cursor_keeps_the_queue_page(stack: Dashboard, page: Page) -> None:
+    failed = stack.app.start("sync-invoice", {"invoice": "in_4"})
+    stack.wait_status(failed.id, "failed")
+    response = page.goto(stack.at("/queues/billing?cursor=run_stale"))
+    assert response is not None and response.status == 200
+    expect(page.locator(".stat-failed .stat-value")).to_have_text("1")
+    expect(page.locator("#dead-letters .flash-error")).to_contain_text("cursor 'run_stale'")
+    expect(page.locator("#dead-letters tbody tr[data-run-id]")).to_have_count(0)
+    expect(page.locator("#dead-letters td.empty")).not_to_contain_text("no run of this queue")
+    page.get_by_role("link", name="← Newest").click()
+    expect(page.locator(f"#dead-letters tr[data-run-id='{failed.id}']")).to_have_count(1)

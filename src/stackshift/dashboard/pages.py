@@ -275,7 +275,12 @@ def queue_page(service: Service, name: str, params: Mapping[str, str],
         raise NotFound(f"No queue named {name!r} holds any run.")
     buckets = service.queue_throughput(window, buckets=WINDOWS[window][1], queue=name)[name]
     cursor = _param(params, "cursor")
-    dead = service.list_runs(status="failed", queue=name, limit=PAGE_SIZE, cursor=cursor)
+    problems: list[Problem] = []
+    try:
+        dead = service.list_runs(status="failed", queue=name, limit=PAGE_SIZE, cursor=cursor)
+    except StackShiftError as exc:  # a stale cursor: the rest of the page still shows
+        problems.append(Problem(str(exc)))
+        dead = Page([], None)
     done = sum(b.completed for b in buckets)
     failed = sum(b.failed for b in buckets)
     span = (buckets[-1].start - buckets[0].start).total_seconds() + (
@@ -294,6 +299,7 @@ def queue_page(service: Service, name: str, params: Mapping[str, str],
         "per_minute": (done + failed) / (span / 60) if span > 0 else 0.0,
         "dead": [run_row(r, now) for r in dead.items],
         "dead_total": stats.counts.get("failed", 0),
+        "problems": problems,
         "next_cursor": dead.next_cursor,
         "cursor": cursor,
         "window": window,
