@@ -845,3 +845,15 @@ def test_a_stale_dead_letter_cursor_keeps_the_queue_page(stack: Dashboard, page:
     expect(page.locator("#dead-letters td.empty")).not_to_contain_text("no run of this queue")
     page.get_by_role("link", name="← Newest").click()
     expect(page.locator(f"#dead-letters tr[data-run-id='{failed.id}']")).to_have_count(1)
+
+
+def test_a_refused_state_prefix_is_shown_beside_its_search_box(
+    stack: Dashboard, page: Page
+) -> None:
+    """Like the runs and events filters: the error above the results, the box to fix it."""
+    stack.app.state.set("imports:1", 1)
+    response = page.goto(stack.at("/state?prefix=imports%00"))
+    assert response is not None and response.status == 200
+    expect(page.locator(".flash-error")).to_contain_text("NUL character")
+    expect(page.locator("input[name=prefix]")).to_be_visible()
+    expect(page.locator("td.key-cell")).to_have_count(0)

@@ -356,7 +356,12 @@ def jobs_page(service: Service, params: Mapping[str, str], now: float) -> dict[s
 def state_page(service: Service, params: Mapping[str, str], now: float) -> dict[str, Any]:
     prefix = _param(params, "prefix")
     limit = 200
-    entries = service.state_keys(prefix, limit + 1)
+    problems: list[Problem] = []
+    try:
+        entries = service.state_keys(prefix, limit + 1)
+    except StackShiftError as exc:  # shown above the (empty) results, like a runs filter
+        problems.append(Problem(str(exc)))
+        entries = []
     return {
         "page_title": "State",
         "nav": "state",
@@ -374,5 +379,6 @@ def state_page(service: Service, params: Mapping[str, str], now: float) -> dict[
         "more": len(entries) > limit,
         "limit": limit,
         "prefix": prefix,
+        "problems": problems,
         "now": now,
     }
