@@ -538,6 +538,28 @@ def test_run_tables_keep_every_runs_id_and_status_readable(db_url: str, app: Sta
                 assert (" default " in rows[failed.id]) == (columns is None)
 
 
+def test_run_tables_measure_wide_characters_by_the_cells_they_take(
+    db_url: str, app: StackShift
+) -> None:
+    from rich.cells import cell_len
+
+    @app.job("order.processing." + "x" * 50, queue="fulfilment-" + "q" * 30, max_attempts=1)
+    def wide_error(ctx: Any) -> None:
+        raise NonRetriableError("失敗しました 😀 倉庫が応答しません")
+
+    run = app.start("order.processing." + "x" * 50)
+    run_until_idle(app)
+    for columns in (None, 100):
+        for args in (["runs", "list"], ["queues", "dead-letters", "fulfilment-" + "q" * 30]):
+            shown = cli(db_url, *args, columns=columns)
+            assert shown.returncode == 0, (args, shown.stderr)
+            row = shown.stdout.splitlines()[2]
+            assert row.split()[0] == run.id, (columns, args, shown.stdout)
+            assert " failed " in row and " 1/1 " in row, (columns, args, shown.stdout)
+            assert "NonRetriableError: 失敗" in row, (columns, args, shown.stdout)
+            assert all(cell_len(line) <= (columns or 160) for line in shown.stdout.splitlines())
+
+
 # -- stackshift worker ----------------------------------------------------------------------
 
 WORKER_APP = """

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console, Group, RenderableType
 from rich.style import StyleType
 from rich.table import Table
@@ -208,7 +209,17 @@ def paused_text() -> Text:
 
 
 def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+    """``text`` cut to ``width`` terminal cells with an ellipsis (a wide character
+    such as 失 or 😀 takes two cells)."""
+    if cell_len(text) <= width:
+        return text
+    kept, used = [], 0
+    for char in text:
+        used += cell_len(char)
+        if used > width - 1:
+            break
+        kept.append(char)
+    return "".join(kept) + "…"
 
 
 def runs_table(
@@ -227,13 +238,15 @@ def runs_table(
     for run in runs:
         cells = [run.id, run.job] + ([run.queue] if show_queue else [])
         cells += [run.status, attempt_cell(run), age(run.created_at, now)]
-        rows.append((cells, run_detail_line(run, now)))
+        rows.append((cells, one_line(run_detail_line(run, now))))
     headers = ["RUN", "JOB"] + (["QUEUE"] if show_queue else []) + ["STATUS", "ATT", "AGE"]
     show_detail = True
     if width is not None:
-        widths = [max([len(h)] + [len(c[i]) for c, _ in rows]) for i, h in enumerate(headers)]
+        # Measured in terminal cells: a wide character takes two.
+        widths = [max([len(h)] + [cell_len(c[i]) for c, _ in rows])
+                  for i, h in enumerate(headers)]
         gaps = 3 * len(headers)  # three characters between columns
-        detail_wanted = min(24, max(len(detail) for _, detail in rows)) if rows else 0
+        detail_wanted = min(24, max(cell_len(detail) for _, detail in rows)) if rows else 0
         for name in ("QUEUE", "JOB"):  # names give way before the id, status and detail
             if name not in headers:
                 continue
