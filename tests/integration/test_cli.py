@@ -12,6 +12,7 @@ import json
 import os
 import pty
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -365,6 +366,40 @@ def test_runs_list_filters_pages_and_cancels(db_url: str, app: StackShift) -> No
     assert requeued["status"] == "queued"
     timed_out = cli(db_url, "runs", "wait", ids[2], "--timeout", "0.2")
     assert timed_out.returncode == 1 and "still queued" in timed_out.stderr
+
+
+def test_the_next_page_command_keeps_the_filters_and_page_size(
+    db_url: str, app: StackShift
+) -> None:
+    for job in ("import.a", "import.b"):
+        @app.job(job, queue="imports", max_attempts=1)
+        def fail(ctx: Any) -> None:
+            raise NonRetriableError("no")
+
+    for _ in range(3):
+        app.start("import.a")
+        app.start("import.b")
+    run_until_idle(app)
+    for event in ("paid", "shipped", "paid", "shipped"):
+        app.events.send(event, correlation_key="o 1")
+    for args, column, expected in [
+        (["runs", "list", "--job", "import.a", "--limit", "2"], 1, "import.a"),
+        (["queues", "dead-letters", "imports", "--job", "import.b", "--limit", "2"], 1,
+         "import.b"),
+        (["events", "list", "--name", "paid", "--limit", "1"], 1, "paid"),
+    ]:
+        first = cli(db_url, *args)
+        assert first.returncode == 0, first.stderr
+        hint = first.stdout.splitlines()[-1]
+        assert hint.startswith("More: stackshift "), first.stdout
+        words = shlex.split(hint.removeprefix("More: stackshift "))
+        assert words[:len(args) - 2] == args[:-2], hint  # same command, filters and size
+        following = cli(db_url, *words)
+        assert following.returncode == 0, following.stderr
+        rows = [line.split() for line in following.stdout.splitlines()[2:]]
+        rows = [row for row in rows if row and row[0][:4] in ("run_", "evt_")]
+        assert len(rows) == 1, following.stdout
+        assert all(row[column] == expected for row in rows), following.stdout
 
 
 def _on_terminal(db_url: str, *args: str) -> tuple[int, str, str]:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import click
 
-from .options import database_url_option, json_option, open_client, parse_json_argument
+from .options import (
+    database_url_option,
+    json_option,
+    next_page_command,
+    open_client,
+    parse_json_argument,
+)
 from .render import console, echo_json, events_table
 
 
@@ -77,4 +83,4 @@ def list_events(
         return
     out.print(events_table(page.items))
     if page.next_cursor:
-        out.print(f"More: stackshift events list --cursor {page.next_cursor}", style="dim")
+        out.print(f"More: {next_page_command(page.next_cursor)}", style="dim", markup=False)

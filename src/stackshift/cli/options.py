@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -129,3 +130,29 @@ def open_client(database_url: str | None) -> Iterator[StackShift]:
         yield app
     finally:
         app.close()
+
+
+def next_page_command(cursor: str) -> str:
+    """The command that lists the page after this one: the running command with the
+    arguments and options given on its command line (filters, ``--limit``) and
+    ``--cursor``, so that the next page holds the same kind of rows. The database
+    URL is left out (it may hold a password), and so are ``--json`` and the old
+    cursor."""
+    ctx = click.get_current_context()
+    names = []
+    at: click.Context | None = ctx
+    while at is not None and at.parent is not None:  # not "python -m stackshift"
+        names.append(at.info_name or "")
+        at = at.parent
+    words = ["stackshift", *reversed(names)]
+    for param in ctx.command.params:
+        name = param.name
+        if name is None or name in ("cursor", "as_json", "database_url"):
+            continue
+        value = ctx.params.get(name)
+        if isinstance(param, click.Argument):
+            words.append(shlex.quote(str(value)))
+        elif value is not None and ctx.get_parameter_source(name) not in (
+                ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
+            words += [param.opts[0], shlex.quote(str(value))]
+    return " ".join([*words, "--cursor", shlex.quote(cursor)])

@@ -10,7 +10,13 @@ from rich.table import Table
 from ..models import QueueInfo
 from ..store.queues import KEEP
 from .failures import bad_input
-from .options import database_url_option, json_option, open_client, refuse_group_options
+from .options import (
+    database_url_option,
+    json_option,
+    next_page_command,
+    open_client,
+    refuse_group_options,
+)
 from .render import _table, console, echo_json, paused_text, runs_table, span, status_text
 
 _STATUSES = ("scheduled", "queued", "running", "waiting", "retrying", "completed", "failed",
@@ -211,8 +217,7 @@ def dead_letters(name: str, job: str | None, limit: int, cursor: str | None, as_
         return
     out.print(runs_table(page.items, width=out.width))
     if page.next_cursor:
-        out.print(f"More: stackshift queues dead-letters {name} --cursor "
-                        f"{page.next_cursor}", style="dim", markup=False)
+        out.print(f"More: {next_page_command(page.next_cursor)}", style="dim", markup=False)
 
 
 @queues.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import database_url_option, duration, json_option, open_client
+from .options import database_url_option, duration, json_option, next_page_command, open_client
 from .render import (
     console,
     echo_json,
@@ -61,7 +61,7 @@ def list_runs(
         return
     out.print(runs_table(page.items, width=out.width))
     if page.next_cursor:
-        out.print(f"More: stackshift runs list --cursor {page.next_cursor}", style="dim")
+        out.print(f"More: {next_page_command(page.next_cursor)}", style="dim", markup=False)
 
 
 @runs.command()
