@@ -459,6 +459,24 @@ def test_waiting_on_a_terminal_shows_the_runs_progress(db_url: str, app: StackSh
     assert f"run {queued.id} is still queued after 0.7s" in shown, shown
 
 
+def test_the_progress_line_counts_attempts_as_runs_show_does_after_a_manual_retry(
+    db_url: str, app: StackShift
+) -> None:
+    @app.job("flaky-export", max_attempts=2, backoff={"base": "0.01s"})
+    def flaky_export(ctx: Any) -> None:
+        raise ConnectionError("bucket down")
+
+    run_id = app.start("flaky-export").id
+    eventually(lambda: run_until_idle(app) >= 0 and app.runs.get(run_id).status == "failed",
+               what="both attempts failed")
+    app.runs.retry(run_id)  # a fresh budget of 2; no worker takes it up here
+    shown = _field(cli(db_url, "runs", "show", run_id).stdout, "attempt")
+    assert shown == "0 of 2 after a manual retry (2 in all)"
+    code, out, progress = _on_terminal(db_url, "runs", "wait", run_id, "--timeout", "0.7")
+    assert code == 1, (out, progress)
+    assert f"Run {run_id} queued · attempt {shown} ·" in progress, progress
+
+
 # -- events and state ------------------------------------------------------------------------
 
 

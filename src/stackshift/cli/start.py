@@ -19,7 +19,16 @@ from .options import (
     open_client,
     parse_json_argument,
 )
-from .render import console, echo_json, run_detail_line, span, status_text, to_data, when
+from .render import (
+    attempt_text,
+    console,
+    echo_json,
+    run_detail_line,
+    span,
+    status_text,
+    to_data,
+    when,
+)
 
 if TYPE_CHECKING:
     from ..client import StackShift
@@ -141,7 +150,7 @@ def wait_for_run(app: StackShift, run_id: str, limit: float | str | None,
 def progress_line(run: Run, steps: list[Step], waited: float) -> Text:
     """One line on a run that has not ended: status, attempt, steps done, waited."""
     line = Text.assemble(f"Run {run.id} ", status_text(run.status),
-                         f" · attempt {run.attempt} of {run.max_attempts}")
+                         f" · attempt {attempt_text(run)}")
     done = [step for step in steps if step.status == "completed"]
     if done:
         line.append(f" · {len(done)} step{'s' if len(done) > 1 else ''} done "
