@@ -613,6 +613,27 @@ def test_run_tables_measure_wide_characters_by_the_cells_they_take(
             assert all(cell_len(line) <= (columns or 160) for line in shown.stdout.splitlines())
 
 
+def test_keys_list_reads_like_the_other_tables(db_url: str) -> None:
+    from rich.cells import cell_len
+
+    for name in ("請求サービス", "billing"):
+        assert cli(db_url, "keys", "create", "--name", name).returncode == 0
+    listed = cli_json(db_url, "keys", "list")
+    raw = cli(db_url, "keys", "list", "--json").stdout
+    assert '"name": "請求サービス"' in raw, raw  # as written, as in every command's JSON
+    shown = cli(db_url, "keys", "list")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    for key in listed:
+        line = next(line for line in lines if line.startswith(key["id"]))
+        # Times as in every other table (runs show, schedules, events, state).
+        created = datetime.fromisoformat(key["created_at"])
+        assert f" {created.strftime('%Y-%m-%d %H:%M:%S.%f')[:-3]}Z " in line, line
+        # The columns line up however wide the name's characters are.
+        prefix_at = line.index(key["prefix"])
+        assert cell_len(line[:prefix_at]) == lines[0].index("PREFIX"), shown.stdout
+
+
 # -- stackshift worker ----------------------------------------------------------------------
 
 WORKER_APP = """

@@ -7,7 +7,6 @@ before any server runs.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Generator, Iterator
@@ -26,7 +25,7 @@ from ..serialization import MiB
 from ..service import Service
 from ..settings import Settings
 from ..store import open_store
-from .render import iso
+from .render import _table, console, echo_json, iso, when
 
 _database_url = click.option(
     "--database-url",
@@ -190,7 +189,7 @@ def create_key(name: str, database_url: str | None, as_json: bool) -> None:
         except ValidationError as exc:
             raise _BadInput(str(exc)) from None
     if as_json:
-        click.echo(json.dumps({**_key_json(listed), "key": secret}))
+        echo_json({**_key_json(listed), "key": secret})
         return
     click.echo(secret)
     click.echo(f"Created key {listed.id} ({listed.name!r}, prefix {listed.prefix}). "
@@ -205,19 +204,18 @@ def list_keys(database_url: str | None, as_json: bool) -> None:
     with _service(database_url) as service:
         found = service.list_api_keys()
     if as_json:
-        click.echo(json.dumps([_key_json(k) for k in found]))
+        echo_json([_key_json(k) for k in found])
         return
     if not found:
         click.echo("No API keys. Create one with: stackshift keys create --name NAME")
         return
-    rows = [("ID", "NAME", "PREFIX", "CREATED", "LAST USED", "STATUS")]
+    table = _table()
+    for header in ("ID", "NAME", "PREFIX", "CREATED", "LAST USED", "STATUS"):
+        table.add_column(header, no_wrap=True)
     for k in found:
-        status = "active" if k.active else f"revoked {iso(k.revoked_at)}"
-        rows.append((k.id, k.name, k.prefix, iso(k.created_at) or "",
-                     iso(k.last_used_at) or "-", status))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        status = "active" if k.active else f"revoked {when(k.revoked_at)}"
+        table.add_row(k.id, k.name, k.prefix, when(k.created_at), when(k.last_used_at), status)
+    console().print(table)
 
 
 @keys.command("revoke")
@@ -234,7 +232,7 @@ def revoke_key(key: str, database_url: str | None, as_json: bool) -> None:
         except ValidationError as exc:
             raise _BadInput(str(exc)) from None
     if as_json:
-        click.echo(json.dumps(_key_json(revoked)))
+        echo_json(_key_json(revoked))
         return
     click.echo(f"Revoked key {revoked.id} ({revoked.name!r}, prefix {revoked.prefix}).")
 
@@ -274,7 +272,7 @@ def add_endpoint(url: str, jobs: str, concurrency: int, database_url: str | None
         except ValidationError as exc:
             raise _BadInput(str(exc)) from None
     if as_json:
-        click.echo(json.dumps(_endpoint_json(added)))
+        echo_json(_endpoint_json(added))
         return
     click.echo(added.secret)
     click.echo(f"Endpoint {added.id}: {added.url} executes {', '.join(added.jobs)}. "
@@ -289,7 +287,7 @@ def list_endpoints(database_url: str | None, as_json: bool) -> None:
     with _service(database_url) as service:
         found = service.list_endpoints()
     if as_json:
-        click.echo(json.dumps([_endpoint_json(e) for e in found]))
+        echo_json([_endpoint_json(e) for e in found])
         return
     if not found:
         click.echo("No endpoints. Register one with: stackshift endpoints add URL --jobs NAMES")
@@ -312,7 +310,7 @@ def remove_endpoint(endpoint_id: str, database_url: str | None, as_json: bool) -
         except ValidationError as exc:
             raise _BadInput(str(exc)) from None
     if as_json:
-        click.echo(json.dumps(_endpoint_json(removed)))
+        echo_json(_endpoint_json(removed))
         return
     click.echo(f"Removed endpoint {removed.id} ({removed.url}).")
 
