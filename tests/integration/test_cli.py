@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from stackshift import NonRetriableError, StackShift
+from stackshift.cli.liveview import change_line
 from stackshift.testing import run_until_idle
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -476,6 +477,9 @@ def test_the_progress_line_counts_attempts_as_runs_show_does_after_a_manual_retr
     assert code == 1, (out, progress)
     assert f"Run {run_id} queued · attempt {shown} ·" in progress, progress
 
+    # The lines `stackshift dev` prints when piped count them the same way.
+    assert "  attempt 0/2 (2)" in change_line(app.runs.get(run_id)).plain
+
 
 # -- events and state ------------------------------------------------------------------------
 
@@ -640,6 +644,7 @@ WORKER_APP = """
     import time
 
     from stackshift import NonRetriableError, StackShift
+from stackshift.cli.liveview import change_line
 
     app = StackShift()
 

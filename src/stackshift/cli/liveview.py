@@ -15,7 +15,7 @@ from rich.text import Text
 
 from ..client import StackShift
 from ..models import Run
-from .render import STATUS_STYLES, run_detail_line, runs_table, status_text
+from .render import STATUS_STYLES, attempt_cell, run_detail_line, runs_table, status_text
 
 REFRESH_SECONDS = 0.3
 
@@ -62,7 +62,7 @@ class RunBoard:
 def change_line(run: Run) -> Text:
     line = Text(f"{datetime.now(UTC):%H:%M:%S}  {run.id}  {run.job}  ")
     line.append_text(status_text(run.status))
-    line.append(f"  attempt {run.attempt}/{run.max_attempts}")
+    line.append(f"  attempt {attempt_cell(run)}")
     detail = run_detail_line(run)
     if detail:
         line.append(f"  {detail}", style="dim")
