@@ -291,6 +291,16 @@ def test_timeline_json_shows_its_times_as_iso(db_url: str, app: StackShift) -> N
     assert "scheduled_at=+1h00m00s" in cli(db_url, "runs", "timeline", run.id).stdout
 
 
+def test_the_timeline_heading_keeps_the_creation_time_whole(db_url: str,
+                                                            app: StackShift) -> None:
+    # A run with one short entry makes a table narrower than its heading.
+    run = app.start("later", {}, delay="5m")
+    shown = cli(db_url, "runs", "timeline", run.id)
+    assert shown.returncode == 0, shown.stderr
+    created = run.created_at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+    assert shown.stdout.splitlines()[0] == f"{run.id} · later · created {created}", shown.stdout
+
+
 def test_runs_show_and_list_count_attempts_from_a_manual_retry(
     db_url: str, app: StackShift
 ) -> None:

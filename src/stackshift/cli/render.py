@@ -425,9 +425,13 @@ def timeline_rows(run: Run, entries: list[TimelineEntry]) -> list[dict[str, Any]
     return rows
 
 
-def timeline_table(run: Run, entries: list[TimelineEntry]) -> Table:
+def timeline_table(run: Run, entries: list[TimelineEntry]) -> RenderableType:
+    """The run's line (id, job, creation) over a table of its entries. The line is
+    not the table's title, which would wrap to a narrow table's width and split
+    the creation time in two."""
     created = run.created_at.timestamp()
-    table = _table(f"{run.id} · {run.job} · created {when(run.created_at)}")
+    heading = Text(f"{run.id} · {run.job} · created {when(run.created_at)}")
+    table = _table()
     table.add_column("OFFSET", justify="right", no_wrap=True)
     table.add_column("EVENT", no_wrap=True)
     table.add_column("STEP", no_wrap=True)
@@ -447,7 +451,7 @@ def timeline_table(run: Run, entries: list[TimelineEntry]) -> Table:
             "" if entry.attempt is None else str(entry.attempt),
             timeline_details(entry, created),
         )
-    return table
+    return Group(heading, table)
 
 
 def log_lines(entries: list[LogEntry]) -> Text:
