@@ -648,6 +648,28 @@ def test_keys_list_reads_like_the_other_tables(db_url: str) -> None:
         assert cell_len(line[:prefix_at]) == lines[0].index("PREFIX"), shown.stdout
 
 
+def test_queue_throughput_reads_zero_only_when_nothing_finished(
+    db_url: str, app: StackShift
+) -> None:
+    @app.job("nightly-report", queue="reports")
+    def nightly_report(ctx: Any) -> str:
+        return "sent"
+
+    app.start("nightly-report")
+    app.start("nightly-report")
+    run_until_idle(app)
+    shown = cli(db_url, "queues", "show", "reports", "--window", "7d")
+    assert shown.returncode == 0, shown.stderr
+    # 2 runs in a week is 0.0002 a minute: not none. The window reads as given.
+    assert "last 7d  " in shown.stdout, shown.stdout
+    assert "2 completed, 0 failed (<0.1/min, failure rate 0%)" in shown.stdout, shown.stdout
+    listed = cli(db_url, "queues", "list", "--window", "7d")
+    row = next(line for line in listed.stdout.splitlines() if line.startswith("reports "))
+    assert row.split()[-3:] == ["<0.1", "0%", "-"], listed.stdout
+    hour = cli(db_url, "queues", "show", "reports", "--window", "90m").stdout
+    assert "last 1h30m  " in hour, hour
+
+
 # -- stackshift worker ----------------------------------------------------------------------
 
 WORKER_APP = """

@@ -49,6 +49,23 @@ def _rate(queue: QueueInfo) -> str:
     return f"{rate:.0%}"
 
 
+def _per_minute(queue: QueueInfo) -> str:
+    """Runs finished per minute; 0.0 only when none finished (2 in a week is <0.1)."""
+    if 0 < queue.throughput < 0.05:
+        return "<0.1"
+    return f"{queue.throughput:.1f}"
+
+
+def _window(seconds: float) -> str:
+    """The window as a duration is written: ``15m``, ``1h30m``, ``7d``."""
+    parts, rest = [], round(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, rest = divmod(rest, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"
+
+
 def _oldest(queue: QueueInfo) -> str:
     return "-" if queue.oldest_queued_age is None else span(queue.oldest_queued_age)
 
@@ -65,7 +82,7 @@ def queues_table(queues: list[QueueInfo]) -> Table:
             q.name, paused_text() if q.paused else "active", _limit(q),
             str(c.get("queued", 0) + c.get("scheduled", 0) + c.get("retrying", 0)),
             str(c.get("running", 0)), str(c.get("waiting", 0)), str(c.get("failed", 0)),
-            f"{q.throughput:.1f}", _rate(q), _oldest(q),
+            _per_minute(q), _rate(q), _oldest(q),
         )
     return table
 
@@ -83,9 +100,9 @@ def queue_detail(q: QueueInfo) -> Table:
     for status in _STATUSES:
         if q.counts.get(status):
             table.add_row(status_text(status), str(q.counts[status]))
-    table.add_row(f"last {span(q.window)}",
+    table.add_row(f"last {_window(q.window)}",
                   f"{q.completed_in_window} completed, {q.failed_in_window} failed "
-                  f"({q.throughput:.1f}/min, failure rate {_rate(q)})")
+                  f"({_per_minute(q)}/min, failure rate {_rate(q)})")
     table.add_row("oldest queued", _oldest(q))
     return table
 
