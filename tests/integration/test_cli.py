@@ -23,6 +23,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from stackshift import NonRetriableError, StackShift
 from stackshift.cli.liveview import change_line
@@ -676,7 +677,6 @@ WORKER_APP = """
     import time
 
     from stackshift import NonRetriableError, StackShift
-from stackshift.cli.liveview import change_line
 
     app = StackShift()
 
@@ -736,6 +736,39 @@ def test_worker_executes_runs_and_stops_gracefully_on_sigterm(
     assert app.runs.get(slow.id).status == "completed"
     output = (tmp_path / "worker.log").read_text()
     assert "3 job(s) (add, boom, slow)" in output and "stopped" in output
+
+
+def test_the_worker_banner_does_not_print_the_database_password(tmp_path: Path) -> None:
+    import psycopg
+
+    server = os.environ.get("STACKSHIFT_TEST_POSTGRES_URL",
+                            "postgresql://postgres@127.0.0.1:5432/test")
+    schema = f"t_{os.urandom(6).hex()}"
+    parts = urlsplit(server)  # the test server trusts any password
+    url = urlunsplit(parts._replace(netloc=f"{parts.username}:hunter2-s3cret@"
+                                           f"{parts.netloc.rsplit('@', 1)[-1]}",
+                                    query=f"schema={schema}"))
+    app_file = tmp_path / "tasks.py"
+    app_file.write_text(textwrap.dedent(WORKER_APP))
+    log_path = tmp_path / "worker.log"
+    try:
+        with log_path.open("w") as log:
+            worker = subprocess.Popen(
+                [*STACKSHIFT, "worker", f"{app_file}:app", "--database-url", url],
+                stdout=log, stderr=subprocess.STDOUT, text=True, env=_env(None), cwd=tmp_path)
+            try:
+                eventually(lambda: "Stop with" in log_path.read_text(), what="the banner")
+                assert _stop(worker, signal.SIGTERM, timeout=20) == 0
+            finally:
+                if worker.poll() is None:
+                    worker.kill()
+                    worker.wait()
+        banner = " ".join(log_path.read_text().split())
+        assert "hunter2" not in banner, banner
+        assert f"database postgresql://{parts.username}:***@" in banner, banner
+    finally:
+        with psycopg.connect(server, autocommit=True) as admin:
+            admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def test_worker_refuses_an_app_it_cannot_find(db_url: str, tmp_path: Path) -> None:

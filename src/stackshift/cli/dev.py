@@ -31,7 +31,7 @@ from ..worker import Worker
 from .liveview import RunBoard, show_board
 from .loader import load_app
 from .options import DATABASE_ENV, not_empty
-from .render import console
+from .render import console, shown_url
 from .worker import configure_logging
 
 SEED_HOOK = "dev_seed"
@@ -169,7 +169,7 @@ def banner(
     text = Text()
     text.append("StackShift dev", style="bold")
     text.append(f"  {spec}\n")
-    rows = [("database", f"{app.database_url} (schema version {version})")]
+    rows = [("database", f"{shown_url(app.database_url)} (schema version {version})")]
     rows += services.describe()
     for name, value in rows:
         text.append(f"  {name:<10}", style="bold")
@@ -243,7 +243,7 @@ def dev(app_spec: str, database_url: str, concurrency: int, port: int, no_dashbo
     app, module = load_app(app_spec)
     chosen = click.get_current_context().get_parameter_source("database_url")
     if app.database_url != database_url and chosen != ParameterSource.DEFAULT:
-        err.print(f"warning: {app_spec} uses its own database {app.database_url}",
+        err.print(f"warning: {app_spec} uses its own database {shown_url(app.database_url)}",
                   style="yellow", markup=False)
     if not app.jobs:
         err.print(f"warning: {app_spec} defines no jobs; the worker has nothing to run",

@@ -8,6 +8,7 @@ import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 from rich import box
@@ -71,6 +72,18 @@ def compact_json(value: Any, limit: int | None = None) -> str:
     if limit is not None and len(text) > limit:
         text = text[: limit - 1] + "…"
     return text
+
+
+def shown_url(url: str | None) -> str:
+    """A database URL to print in a banner or a warning: its password, if it has
+    one, as ``***`` (worker output ends up in logs)."""
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 # -- consoles ----------------------------------------------------------------------------

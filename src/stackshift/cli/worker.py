@@ -17,7 +17,7 @@ from ..remote import check_base_url
 from .failures import bad_input
 from .loader import load_app
 from .options import DATABASE_ENV, duration, split_list
-from .render import console
+from .render import console, shown_url
 
 
 class _RunContext(logging.Filter):
@@ -80,8 +80,8 @@ def load_app_through(spec: str, url: str, api_key: str | None) -> StackShift:
     app, _module = load_app(spec)
     if app.base_url is None:
         raise bad_input(
-            f"{spec} uses its own database {app.database_url}: build it with StackShift() "
-            "(no database_url) to run it as a remote worker"
+            f"{spec} uses its own database {shown_url(app.database_url)}: build it with "
+            "StackShift() (no database_url) to run it as a remote worker"
         )
     return app
 
@@ -97,7 +97,8 @@ def load_app_on(spec: str, database_url: str | None) -> StackShift:
     app, _module = load_app(spec)
     if database_url and app.database_url != database_url:
         click.echo(
-            f"warning: {spec} uses its own database {app.database_url}, not {database_url}",
+            f"warning: {spec} uses its own database {shown_url(app.database_url)}, "
+            f"not {shown_url(database_url)}",
             err=True,
         )
     return app
@@ -158,10 +159,12 @@ def worker(
         raise bad_input(f"{app_spec} defines no jobs; nothing to execute")
     configure_logging(log_level)
     err = console(stderr=True)
+    source = (f"server {app.base_url}" if app.base_url
+              else f"database {shown_url(app.database_url)}")
     err.print(
         f"worker {w.id}: {len(w.jobs)} job(s) ({', '.join(w.jobs)}), "
         f"queues {', '.join(served) if served else 'all'}, concurrency {concurrency}, "
-        f"{f'server {app.base_url}' if app.base_url else f'database {app.database_url}'}. "
+        f"{source}. "
         "Stop with Ctrl-C or SIGTERM.",
         markup=False,
     )
