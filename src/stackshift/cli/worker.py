@@ -159,12 +159,12 @@ def worker(
         raise bad_input(f"{app_spec} defines no jobs; nothing to execute")
     configure_logging(log_level)
     err = console(stderr=True)
-    source = (f"server {app.base_url}" if app.base_url
-              else f"database {shown_url(app.database_url)}")
+    serving = (f"server {app.base_url}" if app.base_url
+               else f"database {shown_url(app.database_url)}")
     err.print(
         f"worker {w.id}: {len(w.jobs)} job(s) ({', '.join(w.jobs)}), "
         f"queues {', '.join(served) if served else 'all'}, concurrency {concurrency}, "
-        f"{source}. "
+        f"{serving}. "
         "Stop with Ctrl-C or SIGTERM.",
         markup=False,
     )
