@@ -566,12 +566,24 @@ def test_tables_show_users_text_as_it_is(db_url: str, app: StackShift) -> None:
     def odd_error(ctx: Any) -> None:
         raise NonRetriableError("bad index [/] in\nrow [x]")
 
+    @app.job("oddResult")
+    def odd_result(ctx: Any) -> str:
+        return "[red]x[/]"
+
     run = app.start("oddError")
+    done = app.start("oddResult")
     run_until_idle(app)
     for args in (["runs", "list"], ["runs", "show", run.id]):
         shown = cli(db_url, *args)
         assert shown.returncode == 0, (args, shown.stderr)
         assert "bad index [/] in" in shown.stdout, (args, shown.stdout)
+    # The line a wait ends with shows them as they are too.
+    waited = cli(db_url, "runs", "wait", run.id)
+    assert waited.returncode == 1, waited.stderr
+    assert f"Run {run.id} failed: NonRetriableError: bad index [/] in" in waited.stdout
+    waited = cli(db_url, "runs", "wait", done.id)
+    assert waited.returncode == 0, waited.stderr
+    assert f'Run {done.id} completed: "[red]x[/]"' in waited.stdout, waited.stdout
 
 
 def test_run_tables_keep_every_runs_id_and_status_readable(db_url: str, app: StackShift) -> None:

@@ -170,10 +170,12 @@ def report_finished(run: Run, as_json: bool, *, created: bool | None = None) -> 
             data["created"] = created
         echo_json(data)
     else:
-        out = console()
-        out.print(f"Run [bold]{run.id}[/] ", status_text(run.status), sep="", end="")
+        # The detail is users' text (an error message, a result): never markup.
+        line = Text.assemble("Run ", (run.id, "bold"), " ", status_text(run.status))
         detail = run_detail_line(run)
-        out.print(f": {detail}" if detail else "")
+        if detail:
+            line.append(f": {detail}")
+        console().print(line)
         if run.error is not None and run.error.traceback and run.status == "failed":
             console(stderr=True).print(run.error.traceback.rstrip(), style="dim", markup=False)
     if run.status != "completed":
