@@ -586,6 +586,25 @@ def test_tables_show_users_text_as_it_is(db_url: str, app: StackShift) -> None:
     assert f'Run {done.id} completed: "[red]x[/]"' in waited.stdout, waited.stdout
 
 
+def test_escape_sequences_in_logs_and_errors_are_shown_not_obeyed(
+    db_url: str, app: StackShift
+) -> None:
+    @app.job("ansiJob", max_attempts=1)
+    def ansi_job(ctx: Any) -> None:
+        ctx.log.warning("progress\x1b[2J 50%\nsecond line")
+        raise NonRetriableError("upstream said \x1b[31mno")
+
+    run = app.start("ansiJob")
+    run_until_idle(app)
+    for args in (["runs", "logs", run.id], ["runs", "show", run.id], ["runs", "wait", run.id]):
+        shown = cli(db_url, *args)
+        assert shown.returncode == (1 if args[1] == "wait" else 0), (args, shown.stderr)
+        assert "\x1b" not in shown.stdout + shown.stderr, (args, shown.stdout, shown.stderr)
+        expected = "progress\\x1b[2J 50%\nsecond line" if args[1] == "logs" else \
+            "upstream said \\x1b[31mno"
+        assert expected in shown.stdout, (args, shown.stdout)
+
+
 def test_run_tables_keep_every_runs_id_and_status_readable(db_url: str, app: StackShift) -> None:
     long_job = "invoice." + "x" * 110
 

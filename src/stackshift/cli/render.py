@@ -210,6 +210,16 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
+def shown_as_is(text: str) -> str:
+    """Users' text that may span lines (a log message, an error, a traceback) with
+    its other control characters escaped, so that an escape sequence in it shows
+    as ``\x1b[2J`` instead of clearing or recolouring the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in "\n\t" else c.encode("unicode_escape").decode()
+                   for c in text)
+
+
 def _table(title: str | None = None) -> Table:
     return _PlainTable(title=Text(title) if title is not None else None, title_justify="left",
                        header_style="bold", box=box.SIMPLE_HEAD, show_edge=False,
@@ -348,10 +358,10 @@ def run_detail(run: Run, attempts: list[Attempt], steps: list[Step]) -> Renderab
         parts += [
             Text(""),
             Text("error", style="bold red"),
-            Text(f"{run.error.type}: {run.error.message}", style="red"),
+            Text(shown_as_is(f"{run.error.type}: {run.error.message}"), style="red"),
         ]
         if run.error.traceback:
-            parts.append(Text(run.error.traceback.rstrip(), style="dim"))
+            parts.append(Text(shown_as_is(run.error.traceback.rstrip()), style="dim"))
     if attempts:
         parts += [Text(""), attempts_table(attempts)]
     if steps:
@@ -476,8 +486,8 @@ def log_lines(entries: list[LogEntry]) -> Text:
             where += f" step {entry.step}"
         text.append(f"{when(entry.at)}  ", style="dim")
         text.append(f"{entry.level:<8}", style=style)
-        text.append(f" [{where}] {entry.logger}: ", style="dim")
-        text.append(entry.message + "\n", style=style)
+        text.append(shown_as_is(f" [{where}] {entry.logger}: "), style="dim")
+        text.append(shown_as_is(entry.message) + "\n", style=style)
     return text
 
 

@@ -24,6 +24,7 @@ from .render import (
     console,
     echo_json,
     run_detail_line,
+    shown_as_is,
     span,
     status_text,
     to_data,
@@ -174,9 +175,10 @@ def report_finished(run: Run, as_json: bool, *, created: bool | None = None) -> 
         line = Text.assemble("Run ", (run.id, "bold"), " ", status_text(run.status))
         detail = run_detail_line(run)
         if detail:
-            line.append(f": {detail}")
+            line.append(shown_as_is(f": {detail}"))
         console().print(line)
         if run.error is not None and run.error.traceback and run.status == "failed":
-            console(stderr=True).print(run.error.traceback.rstrip(), style="dim", markup=False)
+            console(stderr=True).print(shown_as_is(run.error.traceback.rstrip()), style="dim",
+                                       markup=False)
     if run.status != "completed":
         raise click.exceptions.Exit(int(ExitCode.FAILED))
