@@ -352,6 +352,28 @@ def test_runs_show_and_list_count_attempts_from_a_manual_retry(
     assert " 1/2 (3) " in row
 
 
+def test_runs_show_gives_a_next_attempt_only_to_a_retrying_run(
+    db_url: str, app: StackShift
+) -> None:
+    @app.job("push-invoice", max_attempts=3, backoff={"base": "1h"})
+    def push_invoice(ctx: Any) -> None:
+        raise ConnectionError("erp down")
+
+    retrying = app.start("push-invoice")
+    run_until_idle(app)
+    queued = app.start("push-invoice")
+    scheduled = app.start("push-invoice", delay="2d")
+    retrying_run = app.runs.get(retrying.id)
+    assert retrying_run.status == "retrying" and retrying_run.next_attempt_at is not None
+    shown = cli(db_url, "runs", "show", retrying.id).stdout
+    next_at = retrying_run.next_attempt_at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+    assert _field(shown, "next attempt") == next_at, shown
+    for run in (queued, scheduled):
+        shown = cli(db_url, "runs", "show", run.id).stdout
+        assert "next attempt" not in shown, shown  # no attempt failed; none is due
+    assert _field(shown, "scheduled")
+
+
 def test_runs_list_filters_pages_and_cancels(db_url: str, app: StackShift) -> None:
     ids = [app.start("report", {"n": n}).id for n in range(3)]
     other = app.start("cleanup", queue_name="maintenance").id

@@ -340,11 +340,13 @@ def run_detail(run: Run, attempts: list[Attempt], steps: list[Step]) -> Renderab
     if run.concurrency_key:
         rows.append(("concurrency key", run.concurrency_key))
     rows.append(("created", when(run.created_at)))
+    # The due time is the next attempt's only while retrying: a queued run's is
+    # when it became ready, a scheduled run's its start (shown as "scheduled").
     for name, moment in (
         ("scheduled", run.scheduled_at),
         ("started", run.started_at),
         ("finished", run.finished_at),
-        ("next attempt", run.next_attempt_at),
+        ("next attempt", run.next_attempt_at if run.status == "retrying" else None),
     ):
         if moment is not None:
             rows.append((name, when(moment)))
