@@ -155,7 +155,8 @@ def test_to_datetime_is_aware_utc_and_round_trips() -> None:
 @pytest.mark.parametrize(("seconds", "shown"), [
     (0, "+0.000s"), (1.2345, "+1.234s"), (59.9994, "+59.999s"), (59.9996, "+1m00.0s"),
     (119.96, "+2m00.0s"), (3599.94, "+59m59.9s"), (3599.99996, "+1h00m00s"),
-    (7322.6, "+2h02m03s"), (-5.5, "-5.500s"),
+    (7322.6, "+2h02m03s"), (-5.5, "-5.500s"), (47 * 3600 + 59 * 60 + 59.4, "+47h59m59s"),
+    (48 * 3600 - 0.4, "+2d00h00m"), (400 * 86400 + 3 * 3600 + 60, "+400d03h01m"),
 ])
 def test_timeline_offsets_round_before_they_carry(seconds: float, shown: str) -> None:
     # A time a hair under a minute or an hour reads as the next one, never ":60".

@@ -118,7 +118,8 @@ def span(seconds: float) -> str:
 
 
 def offset(seconds: float) -> str:
-    """A timeline offset from the run's creation: ``+0.000s``, ``+12.345s``, ``+4m05.2s``."""
+    """A timeline offset from the run's creation: ``+0.000s``, ``+12.345s``, ``+4m05.2s``,
+    ``+5h02m03s``, ``+400d00h00m``."""
     sign = "-" if seconds < 0 else "+"
     seconds = abs(seconds)
     # Each form rounds first: 3599.99996 s is +1h00m00s, not +59m60.0s.
@@ -129,7 +130,10 @@ def offset(seconds: float) -> str:
         return f"{sign}{int(minutes)}m{secs:04.1f}s"
     hours, rest = divmod(round(seconds), 3600)
     minutes, secs = divmod(rest, 60)
-    return f"{sign}{hours}h{minutes:02d}m{secs:02d}s"
+    if hours < 48:
+        return f"{sign}{hours}h{minutes:02d}m{secs:02d}s"
+    days, hours = divmod(hours, 24)  # a run scheduled weeks ahead: +400d00h00m
+    return f"{sign}{days}d{hours:02d}h{minutes:02d}m"
 
 
 def age(moment: datetime | None, now: datetime | None = None) -> str:
