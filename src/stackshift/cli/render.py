@@ -206,22 +206,25 @@ class _PlainTable(Table):
                           for cell in cells), style=style, end_section=end_section)
 
 
+def _escaped(text: str, keep: str = "") -> str:
+    """``text`` with its control characters but those in ``keep`` escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in keep else c.encode("unicode_escape").decode()
+                   for c in text)
+
+
 def one_line(text: str) -> str:
     """``text`` with control characters escaped (a newline shows as ``\\n``), so
     that a cell never spills into the rows below it."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    return _escaped(text)
 
 
 def shown_as_is(text: str) -> str:
     """Users' text that may span lines (a log message, an error, a traceback) with
     its other control characters escaped, so that an escape sequence in it shows
     as ``\x1b[2J`` instead of clearing or recolouring the terminal."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() or c in "\n\t" else c.encode("unicode_escape").decode()
-                   for c in text)
+    return _escaped(text, keep="\n\t")
 
 
 def _table(title: str | None = None) -> Table:
