@@ -760,6 +760,19 @@ def _stop(process: subprocess.Popen[str], sig: int, timeout: float) -> int:
         ) from None
 
 
+def _stop_after_banner(process: subprocess.Popen[str], log_path: Path, banner: str,
+                       what: str) -> None:
+    """Wait for ``banner`` in the process's log, then stop it with SIGTERM (exit 0);
+    kill it if it is still alive after all."""
+    try:
+        eventually(lambda: banner in log_path.read_text(), what=what)
+        assert _stop(process, signal.SIGTERM, timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def test_worker_executes_runs_and_stops_gracefully_on_sigterm(
     db_url: str, app: StackShift, tmp_path: Path
 ) -> None:
@@ -809,13 +822,7 @@ def test_the_worker_banner_does_not_print_the_database_password(tmp_path: Path) 
             worker = subprocess.Popen(
                 [*STACKSHIFT, "worker", f"{app_file}:app", "--database-url", url],
                 stdout=log, stderr=subprocess.STDOUT, text=True, env=_env(None), cwd=tmp_path)
-            try:
-                eventually(lambda: "Stop with" in log_path.read_text(), what="the banner")
-                assert _stop(worker, signal.SIGTERM, timeout=20) == 0
-            finally:
-                if worker.poll() is None:
-                    worker.kill()
-                    worker.wait()
+            _stop_after_banner(worker, log_path, "Stop with", "the banner")
         banner = " ".join(log_path.read_text().split())
         assert "hunter2" not in banner, banner
         assert f"database postgresql://{parts.username}:***@" in banner, banner
@@ -895,13 +902,7 @@ def test_dev_runs_the_example_shop_and_exits_cleanly_on_ctrl_c(
     # A restart seeds nothing new: the demo runs carry idempotency keys.
     before = len(app.runs.list(limit=1000).items)
     again, again_log = _start_dev(db_url, tmp_path, "dev-again.log")
-    try:
-        eventually(lambda: "Stop with Ctrl-C" in again_log.read_text(), what="the dev banner")
-        assert _stop(again, signal.SIGTERM, timeout=20) == 0
-    finally:
-        if again.poll() is None:
-            again.kill()
-            again.wait()
+    _stop_after_banner(again, again_log, "Stop with Ctrl-C", "the dev banner")
     assert len(app.runs.list(limit=1000).items) == before
     assert len(app.runs.list(job="sendReceipt").items) == 1
 
