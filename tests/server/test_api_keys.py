@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 from serverproc import admin_service
 
+from stackshift.cli.main import cli
 from stackshift.cli.server_commands import endpoints, keys
 
 
@@ -91,7 +92,8 @@ def test_keys_and_endpoints_refuse_a_server_url_in_place_of_the_database(
 ) -> None:
     """With only STACKSHIFT_URL set, the commands that work on the database stop
     with exit code 2 instead of writing a key or an endpoint into a stray
-    stackshift.db in the current folder, unknown to that server."""
+    stackshift.db in the current folder, unknown to that server; ``migrate``
+    likewise (it said so with exit code 1, in the SDK's words)."""
     work = tmp_path / "cwd"
     work.mkdir()
     monkeypatch.chdir(work)
@@ -102,7 +104,8 @@ def test_keys_and_endpoints_refuse_a_server_url_in_place_of_the_database(
     for group, args in ((keys, ["create", "--name", "billing"]), (keys, ["list"]),
                         (keys, ["revoke", "key_x"]),
                         (endpoints, ["add", "https://app.example.com/ss/", "--jobs", "a"]),
-                        (endpoints, ["list"]), (endpoints, ["remove", "ep_x"])):
+                        (endpoints, ["list"]), (endpoints, ["remove", "ep_x"]),
+                        (cli, ["migrate"]), (cli, ["migrate", "--json"])):
         done = runner.invoke(group, args, env=server_env)
         assert done.exit_code == 2, (args, done.output)
         assert "STACKSHIFT_URL names a server (http://127.0.0.1:9/)" in done.stderr

@@ -6,7 +6,7 @@ import click
 
 from ..client import StackShift
 from ..store.queries import load_migrations
-from .options import database_url_option, json_option
+from .options import database_only, database_url_option, json_option
 from .render import console, echo_json
 
 
@@ -15,7 +15,7 @@ from .render import console, echo_json
 @database_url_option
 def migrate(as_json: bool, database_url: str | None) -> None:
     """Apply pending migrations (forward only) and print the schema version."""
-    app = StackShift(database_url, migrate=False)
+    app = StackShift(database_only(database_url), migrate=False)
     try:
         db = app._service.store.db
         before = db.schema_version()

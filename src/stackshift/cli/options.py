@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from collections.abc import Callable, Iterator
@@ -12,7 +13,7 @@ from typing import Any, TypeVar
 import click
 from click.core import ParameterSource
 
-from ..client import DEFAULT_DATABASE_URL, StackShift
+from ..client import DEFAULT_DATABASE_URL, URL_ENV, StackShift
 from ..durations import parse_duration
 from ..errors import ValidationError
 from ..serialization import to_jsonable
@@ -38,6 +39,20 @@ def database_url_option(fn: F) -> F:
         help=f"sqlite:///path/to/file.db or postgresql://... [default: {DEFAULT_DATABASE_URL}, "
         "or the server at STACKSHIFT_URL when that is set]",
     )(fn)
+
+
+def database_only(database_url: str | None) -> str:
+    """The database of a command that works on the database only (``migrate``,
+    ``keys``, ``endpoints``): ``database_url``, else the default file, unless
+    ``STACKSHIFT_URL`` names a server (exit 2: that server does not read the file)."""
+    if database_url is not None:
+        return database_url
+    if os.environ.get(URL_ENV):
+        raise bad_input(
+            f"this command works on the database, and {URL_ENV} names a server "
+            f"({os.environ[URL_ENV]}): give --database-url or STACKSHIFT_DATABASE_URL"
+        )
+    return DEFAULT_DATABASE_URL
 
 
 def not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

@@ -7,7 +7,6 @@ before any server runs.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
@@ -16,7 +15,7 @@ from typing import Any
 
 import click
 
-from ..client import DEFAULT_DATABASE_URL, URL_ENV
+from ..client import DEFAULT_DATABASE_URL
 from ..clock import SystemClock
 from ..errors import ApiKeyNotFoundError, EndpointNotFoundError, ValidationError
 from ..jobs import JobRegistry
@@ -25,6 +24,7 @@ from ..serialization import MiB
 from ..service import Service
 from ..settings import Settings
 from ..store import open_store
+from .options import database_only
 from .render import _table, console, echo_json, iso, when
 
 _database_url = click.option(
@@ -37,7 +37,7 @@ _database_url = click.option(
 )
 # keys and endpoints work on the database only: left out, the URL is
 # STACKSHIFT_DATABASE_URL, else the default file, unless STACKSHIFT_URL names a
-# server (then nothing is opened, see _service).
+# server (then nothing is opened, see options.database_only).
 _admin_database_url = click.option(
     "--database-url",
     envvar="STACKSHIFT_DATABASE_URL",
@@ -66,16 +66,9 @@ class _NotFound(_BadInput):
 
 @contextmanager
 def _service(database_url: str | None) -> Iterator[Service]:
-    if database_url is None:
-        if os.environ.get(URL_ENV):
-            # Not the default file: a key or endpoint stored there would be
-            # unknown to the server the environment names.
-            raise _BadInput(
-                f"this command works on the database, and {URL_ENV} names a server "
-                f"({os.environ[URL_ENV]}): give --database-url or STACKSHIFT_DATABASE_URL"
-            )
-        database_url = DEFAULT_DATABASE_URL
-    store = open_store(database_url)
+    # Not the default file when STACKSHIFT_URL is set: a key or endpoint stored
+    # there would be unknown to the server the environment names.
+    store = open_store(database_only(database_url))
     try:
         store.migrate()
         yield Service(store, SystemClock(), Settings(), JobRegistry())
