@@ -4,7 +4,10 @@ The doc tests use this to run the Python examples and to check every
 ``stackshift`` command line the docs show. A Python block is a program a user
 can copy and run (fence ```` ```python ````), or a fragment that continues the
 page's other code (fence ```` ```python fragment ````); no other label is
-allowed, so a block cannot drop out of the tests unnoticed.
+allowed, so a block cannot drop out of the tests unnoticed. A program states
+what it prints as a comment on its ``print(...)`` lines (``print(run.status)  #
+completed``), and a ``# a, b: your own functions`` comment names what it leaves
+to the reader.
 """
 
 from __future__ import annotations
@@ -32,8 +35,12 @@ class Block:
     code: str  # dedented
 
     @property
+    def page(self) -> str:
+        return str(self.doc.relative_to(ROOT))
+
+    @property
     def where(self) -> str:
-        return f"{self.doc.relative_to(ROOT)}:{self.line}"
+        return f"{self.page}:{self.line}"
 
     @property
     def is_python(self) -> bool:

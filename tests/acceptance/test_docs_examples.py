@@ -61,7 +61,7 @@ def run_blocks(tmp_path: Path, blocks: list[Block], *, stubs: list[str],
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT / "src"), env.get("PYTHONPATH")) if p)
     spec = {"stubs": stubs, "setup": setup,
-            "blocks": [(b.where.split(":")[0], b.line, b.code) for b in blocks]}
+            "blocks": [(b.page, b.line, b.code) for b in blocks]}
     try:
         return subprocess.run(
             [sys.executable, "-c", RUNNER], input=json.dumps(spec), cwd=tmp_path, env=env,
@@ -83,7 +83,7 @@ def test_example_runs_as_written(block: Block, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("doc", sorted(FRAGMENT_SETUP))
 def test_fragments_run_after_their_setup(doc: str, tmp_path: Path) -> None:
-    fragments = [b for b in python_blocks() if b.is_fragment and b.where.startswith(doc + ":")]
+    fragments = [b for b in python_blocks() if b.is_fragment and b.page == doc]
     assert fragments, f"{doc} has no fragments any more: drop it from FRAGMENT_SETUP"
     done = run_blocks(tmp_path, fragments, stubs=[], setup=FRAGMENT_SETUP[doc])
     if done.returncode != 0:
@@ -92,8 +92,8 @@ def test_fragments_run_after_their_setup(doc: str, tmp_path: Path) -> None:
 
 def test_the_readme_and_the_guide_have_programs() -> None:
     """The examples users copy first are programs here, not fragments left unrun."""
-    docs = [b.where.split(":")[0] for b in PROGRAMS]
+    docs = [b.page for b in PROGRAMS]
     assert docs.count("README.md") == 1
     assert docs.count("docs/guide.md") == 2
-    readme = next(b for b in PROGRAMS if b.where.startswith("README.md:"))
+    readme = next(b for b in PROGRAMS if b.page == "README.md")
     assert readme.expected_output() == ["completed", "completed"]

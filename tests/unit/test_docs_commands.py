@@ -126,7 +126,7 @@ def test_every_python_block_is_a_program_or_a_marked_fragment() -> None:
     found = python_blocks()
     labels = {(b.where, b.info) for b in found if b.info not in {"python", "python fragment"}}
     assert labels == set(), "label each ```python block as a program or `python fragment`"
-    programs = [b.where.split(":")[0] for b in found if not b.is_fragment]
+    programs = [b.page for b in found if not b.is_fragment]
     assert programs.count("README.md") >= 1 and programs.count("docs/guide.md") >= 2
     for block in found:
         block.compiled()  # a SyntaxError names the doc and line
