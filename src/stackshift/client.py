@@ -97,14 +97,20 @@ class Runs:
         idempotency_key: str | None = None,
         correlation_key: str | None = None,
         created_after: datetime | str | None = None,
+        created_before: datetime | str | None = None,
+        search: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
     ) -> Page:
-        """Newest first; pass ``page.next_cursor`` as ``cursor`` for the next page."""
+        """Newest first; pass ``page.next_cursor`` as ``cursor`` for the next page.
+
+        ``created_after`` includes runs created at that instant, ``created_before``
+        excludes them; ``search`` matches a run id or an idempotency key exactly.
+        """
         return self._s.list_runs(
             status=status, job=job, queue=queue, idempotency_key=idempotency_key,
-            correlation_key=correlation_key, created_after=created_after, limit=limit,
-            cursor=cursor,
+            correlation_key=correlation_key, created_after=created_after,
+            created_before=created_before, search=search, limit=limit, cursor=cursor,
         )
 
     def wait(self, run_id: str, timeout: Any = None) -> Run:

@@ -1,0 +1,78 @@
+"""``runs.list`` filters on every store: the creation-time window (``created_after``
+keeps the instant it names, ``created_before`` leaves it out) and ``search`` (a
+run id or an idempotency key, matched exactly), combined with the other filters
+and with paging."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from stackshift import StackShift, ValidationError
+from stackshift.testing import FakeClock
+
+
+def _ids(page: object) -> list[str]:
+    return [run.id for run in page]  # type: ignore[attr-defined]
+
+
+def test_runs_are_listed_by_creation_time_window(fake_app: StackShift, clock: FakeClock) -> None:
+    monday = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+    runs = []
+    for day in range(4):  # one run a day, Monday 09:00 to Thursday 09:00
+        clock.set(monday + timedelta(days=day))
+        runs.append(fake_app.start("report", {"day": day}))
+    tuesday, thursday = monday + timedelta(days=1), monday + timedelta(days=3)
+
+    window = fake_app.runs.list(job="report", created_after=tuesday, created_before=thursday)
+    assert _ids(window) == [runs[2].id, runs[1].id]  # Tuesday's run is in, Thursday's out
+    assert _ids(fake_app.runs.list(created_before=tuesday)) == [runs[0].id]
+    assert _ids(fake_app.runs.list(created_before="2026-01-06T09:00:00.000001Z")) == [
+        runs[1].id, runs[0].id]
+    # An offset other than UTC names the same instant.
+    assert _ids(fake_app.runs.list(created_before="2026-01-06T10:00:00+01:00")) == [runs[0].id]
+    assert _ids(fake_app.runs.list(created_after=thursday, created_before=tuesday)) == []
+
+    first = fake_app.runs.list(created_before=thursday, limit=2)
+    assert _ids(first) == [runs[2].id, runs[1].id]
+    assert first.next_cursor is not None
+    rest = fake_app.runs.list(created_before=thursday, limit=2, cursor=first.next_cursor)
+    assert (_ids(rest), rest.next_cursor) == ([runs[0].id], None)
+
+
+def test_search_finds_a_run_by_id_or_idempotency_key(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    keyed = fake_app.start("charge", {"order": "o_1"}, idempotency_key="charge:o_1")
+    other = fake_app.start("charge", {"order": "o_2"}, idempotency_key="charge:o_2")
+    plain = fake_app.start("refund", {"order": "o_1"})
+
+    assert _ids(fake_app.runs.list(search=plain.id)) == [plain.id]
+    assert _ids(fake_app.runs.list(search="charge:o_1")) == [keyed.id]
+    assert _ids(fake_app.runs.list(search="charge:")) == []  # exact, not a prefix
+    assert _ids(fake_app.runs.list(search=keyed.id.upper())) == []
+    assert _ids(fake_app.runs.list(search=other.id, job="refund")) == []
+    assert _ids(fake_app.runs.list(search=other.id, status="queued")) == [other.id]
+    later = datetime.fromtimestamp(clock.now(), UTC) + timedelta(seconds=1)
+    assert _ids(fake_app.runs.list(search="charge:o_2", created_before=later)) == [other.id]
+    assert _ids(fake_app.runs.list(search="charge:o_2", created_after=later)) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"created_before": "next week"}, "created_before: 'next week' is not an ISO-8601 time"),
+        ({"created_before": datetime(2026, 1, 1)},
+         "created_before: datetime.datetime(2026, 1, 1, 0, 0) has no time zone"),
+        ({"created_before": 1767600000}, "created_before: expected a datetime or ISO-8601"),
+        ({"search": 5}, "search must be a string, got 5"),
+        ({"search": "run_\x00"}, "search must not contain the NUL character (U+0000)"),
+        ({"search": "k\ud800"}, "search: "),
+    ],
+)
+def test_bad_filters_are_refused(fake_app: StackShift, options: dict[str, object],
+                                 message: str) -> None:
+    with pytest.raises(ValidationError) as raised:
+        fake_app.runs.list(**options)  # type: ignore[arg-type]
+    assert str(raised.value).startswith(message)
