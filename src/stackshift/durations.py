@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -87,3 +88,35 @@ def to_datetime(epoch: float | None) -> datetime | None:
     if epoch is None:
         return None
     return datetime.fromtimestamp(epoch, UTC)
+
+
+def _read_back(epoch: float) -> datetime | None:
+    """``epoch`` as it reads back (:func:`to_datetime`); ``None`` before the year 1."""
+    try:
+        return datetime.fromtimestamp(epoch, UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def time_bound(value: Any, *, name: str) -> float:
+    """The bound of a time filter (``created_after``, ``created_before``) on stored times.
+
+    Times are stored as epoch seconds and read back as datetimes rounded to the
+    microsecond, so a run that shows ``created_at`` ``T`` may be stored a fraction
+    of a microsecond before ``T``. This is the earliest stored time that reads back
+    at or after the instant ``value`` names: a stored time ``>=`` it shows a time at
+    or after that instant, one ``<`` it a time before, so that filtering on a time
+    read from a run keeps that run on the side its time shows.
+    """
+    seconds = parse_instant(value, name=name)
+    target = _read_back(seconds)
+    if target is None:  # at the edge of the years a datetime holds: nothing reads back there
+        return seconds
+    micros = (target - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    bound = (micros - 0.5) / 1e6  # within a step or two of floats of the answer
+    while (shown := _read_back(bound)) is None or shown < target:
+        bound = math.nextafter(bound, math.inf)
+    while (shown := _read_back(lower := math.nextafter(bound, -math.inf))) is not None \
+            and shown >= target:
+        bound = lower
+    return bound

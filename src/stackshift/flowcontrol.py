@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .clock import Clock
-from .durations import parse_duration, parse_instant
+from .durations import parse_duration, time_bound
 from .engine.cron import parse_cron
 from .engine.limits import check_concurrency, parse_rate_limit
 from .engine.transitions import parse_status
@@ -159,9 +159,9 @@ class FlowControl:
         filters = RunFilter(
             status=state, queue=queue, job=job,
             created_after=None if created_after is None
-            else parse_instant(created_after, name="created_after"),
+            else time_bound(created_after, name="created_after"),
             created_before=None if created_before is None
-            else parse_instant(created_before, name="created_before"),
+            else time_bound(created_before, name="created_before"),
         )
         retried: list[str] = []
         cursor = None

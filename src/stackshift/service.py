@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .clock import Clock
-from .durations import parse_duration, parse_instant
+from .durations import parse_duration, parse_instant, time_bound
 from .engine.transitions import parse_status
 from .errors import (
     ApiKeyNotFoundError,
@@ -335,10 +335,10 @@ class Service(FlowControl):
             correlation_key=check_filter(correlation_key, "correlation_key"),
             created_after=None
             if created_after is None
-            else parse_instant(created_after, name="created_after"),
+            else time_bound(created_after, name="created_after"),
             created_before=None
             if created_before is None
-            else parse_instant(created_before, name="created_before"),
+            else time_bound(created_before, name="created_before"),
             search=check_filter(search, "search"),
         )
         return self.store.list_runs(filters, check_limit(limit), check_cursor(cursor, "run"))

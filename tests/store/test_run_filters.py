@@ -76,3 +76,29 @@ def test_bad_filters_are_refused(fake_app: StackShift, options: dict[str, object
     with pytest.raises(ValidationError) as raised:
         fake_app.runs.list(**options)  # type: ignore[arg-type]
     assert str(raised.value).startswith(message)
+
+
+def test_a_time_read_from_a_run_keeps_it_on_the_side_it_shows(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    """Times are stored as epoch seconds and read back to the microsecond: a run
+    created a fraction of a microsecond before the time it shows is still listed
+    from that time on, and not before it (it was left out or in by chance)."""
+    runs = []
+    for second, fraction in enumerate((0.1, 0.3, 0.5, 0.7, 0.9)):  # of a microsecond
+        clock.set(1767603600.123456 + second + fraction * 1e-6)
+        runs.append(fake_app.runs.cancel(fake_app.start("window", {"n": second}).id))
+    for run in runs:
+        shown = run.created_at
+        assert _ids(fake_app.runs.list(created_after=shown, search=run.id)) == [run.id]
+        assert _ids(fake_app.runs.list(created_before=shown, search=run.id)) == []
+        assert _ids(fake_app.runs.list(created_after=shown.isoformat(), search=run.id)) == [
+            run.id]
+        just_after = shown + timedelta(microseconds=1)
+        assert _ids(fake_app.runs.list(created_before=just_after, search=run.id)) == [run.id]
+        assert _ids(fake_app.runs.list(created_after=just_after, search=run.id)) == []
+    # A bulk retry selects by the same rule.
+    middle = runs[2].created_at
+    retried = fake_app.runs.retry_many(status="cancelled", created_after=middle,
+                                       created_before=runs[3].created_at)
+    assert retried == [runs[2].id]
