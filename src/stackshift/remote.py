@@ -224,32 +224,41 @@ class RemoteService(RemoteFlowControl):
         priority: int | None = None,
         concurrency_key: str | None = None,
     ) -> Run:
-        # The embedded service's checks, so that bad input raises the same errors.
+        # The embedded service's checks, in its order, so that bad input raises the
+        # same errors (an oversize payload is found last, as the body is encoded).
         check_name(job, "job name")
+        registered = self.registry.get(job)
+        if registered is not None:
+            if queue_name is None:
+                queue_name = registered.queue
+            if max_attempts is None:
+                max_attempts = registered.max_attempts
         if queue_name is not None:
             check_name(queue_name, "queue name")
+        payload = to_jsonable(payload, what="payload")
         if max_attempts is not None:
             check_max_attempts(max_attempts)
         if priority is not None:
             check_int(priority, "priority", 32)
         if concurrency_key is not None:
             check_key(concurrency_key, "concurrency_key", 512)
+        if scheduled_at is not None and delay is not None:
+            raise ValidationError("give scheduled_at or delay, not both")
+        scheduled_at = _when(scheduled_at, "scheduled_at")
+        delay = _duration(delay, "delay")
         if idempotency_key is not None:
             check_idempotency(self.settings, idempotency_key, idempotency_ttl)
-        registered = self.registry.get(job)
-        if registered is not None:
-            queue_name = queue_name or registered.queue
-            if max_attempts is None:
-                max_attempts = registered.max_attempts
+        elif idempotency_ttl is not None:
+            raise ValidationError("idempotency_ttl needs an idempotency_key")
         body = {
             "job": job,
-            "payload": to_jsonable(payload, what="payload"),
+            "payload": payload,
             "queueName": queue_name,
             "idempotencyKey": idempotency_key,
             "idempotencyTtl": _duration(idempotency_ttl, "idempotency_ttl"),
             "maxAttempts": max_attempts,
-            "scheduledAt": _when(scheduled_at, "scheduled_at"),
-            "delay": _duration(delay, "delay"),
+            "scheduledAt": scheduled_at,
+            "delay": delay,
             "priority": priority,
             "concurrencyKey": concurrency_key,
         }
@@ -278,19 +287,21 @@ class RemoteService(RemoteFlowControl):
         limit: int = 50,
         cursor: str | None = None,
     ) -> Page:
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
-            raise ValidationError(f"limit must be an integer from 1 to 1000, got {limit!r}")
+        # The embedded service's checks, in its order.
         if status is not None:
             parse_status(status)  # the embedded service's error for an unknown one
         for value, what in ((job, "job"), (queue, "queue"), (idempotency_key, "idempotency_key"),
-                            (correlation_key, "correlation_key"), (search, "search")):
+                            (correlation_key, "correlation_key")):
             check_filter(value, what)
+        after = _when(created_after, "created_after")
+        before = _when(created_before, "created_before")
+        check_filter(search, "search")
+        check_limit(limit)
         check_cursor(cursor, "run")
         response = self._call("GET", "/v1/runs", params={
             "status": status, "job": job, "queueName": queue,
             "idempotencyKey": idempotency_key, "correlationKey": correlation_key,
-            "createdAfter": _when(created_after, "created_after"),
-            "createdBefore": _when(created_before, "created_before"),
+            "createdAfter": after, "createdBefore": before,
             "search": search, "limit": limit, "cursor": cursor,
         })
         page = wire.RunPage.model_validate(response.json())
@@ -393,10 +404,9 @@ class RemoteService(RemoteFlowControl):
         limit: int = 50,
         cursor: str | None = None,
     ) -> Page:
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
-            raise ValidationError(f"limit must be an integer from 1 to 1000, got {limit!r}")
         check_filter(name, "name")
         check_filter(correlation_key, "correlation_key")
+        check_limit(limit)
         check_cursor(cursor, "evt")
         response = self._call("GET", "/v1/events", params={
             "name": name, "correlationKey": correlation_key, "limit": limit, "cursor": cursor,
@@ -422,8 +432,12 @@ class RemoteService(RemoteFlowControl):
         ttl: Any = None,
         expires_at: datetime | str | None = None,
     ) -> None:
-        body: dict[str, Any] = {"value": to_jsonable(value, what=f"state value for {key!r}")}
+        # The embedded service's checks, in its order (an oversize value is found
+        # last, as the body is encoded).
         path = f"/v1/state/{self._state_key(key)}"
+        body: dict[str, Any] = {"value": to_jsonable(value, what=f"state value for {key!r}")}
+        if ttl is not None and expires_at is not None:
+            raise ValidationError("give ttl or expires_at, not both")
         if ttl is not None:
             body["ttl"] = _duration(ttl, "ttl")
             if parse_duration(ttl, name="ttl") <= 0:
@@ -438,8 +452,8 @@ class RemoteService(RemoteFlowControl):
         return bool(wire.StateDeleted.model_validate(response.json()).deleted)
 
     def state_increment(self, key: str, by: int = 1) -> int:
-        self._state_key(key)
         check_int(by, "by", 64)
+        self._state_key(key)
         response = self._call("POST", "/v1/state/increment", json={"key": key, "by": by})
         return int(response.json()["value"])
 

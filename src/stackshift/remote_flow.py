@@ -15,7 +15,7 @@ import httpx
 from .durations import parse_instant
 from .engine.cron import parse_cron
 from .engine.limits import check_concurrency, parse_rate_limit
-from .errors import ScheduleNotFoundError, StackShiftError, ValidationError
+from .errors import ScheduleNotFoundError, StackShiftError
 from .flowcontrol import check_retry_many, check_schedule_id, check_stats_window
 from .ids import check_cursor
 from .jobs import check_max_attempts, check_name
@@ -51,10 +51,13 @@ class SizedBody:
             encode(body[field], what=what, limit=limit)
 
 
-def _name(value: object, what: str) -> str:
-    if not isinstance(value, str) or value in ("", ".", "..") or "/" in value:
-        raise ValidationError(f"{what} {value!r} is invalid")
-    return quote(value, safe="")
+def _queue_path(name: object) -> str:
+    """``/v1/queues/<name>``, the name checked as the embedded service checks it.
+
+    Dots are percent-encoded too, so that the valid queue names ``.`` and ``..``
+    are not read as path steps."""
+    checked = check_name(name, "queue name")
+    return "/v1/queues/" + quote(checked, safe="").replace(".", "%2E")
 
 
 def _schedule_path(schedule_id: object) -> str:
@@ -88,6 +91,7 @@ class RemoteFlowControl:
     def configure_queue(self, name: str, *, concurrency: Any = KEEP, rate_limit: Any = KEEP,
                         max_attempts: Any = KEEP) -> QueueInfo:
         # The embedded service's checks, so that bad settings raise the same errors.
+        path = _queue_path(name)
         for value, check in ((concurrency, check_concurrency), (rate_limit, parse_rate_limit),
                              (max_attempts, check_max_attempts)):
             if value is not KEEP and value is not None:
@@ -96,17 +100,16 @@ class RemoteFlowControl:
                                               ("rateLimit", rate_limit),
                                               ("maxAttempts", max_attempts))
                 if value is not KEEP}
-        return self._queue(self._call("PATCH", f"/v1/queues/{_name(name, 'queue name')}",
-                                      json=body))
+        return self._queue(self._call("PATCH", path, json=body))
 
     def pause_queue(self, name: str) -> QueueInfo:
-        return self._queue(self._call("POST", f"/v1/queues/{_name(name, 'queue name')}/pause"))
+        return self._queue(self._call("POST", _queue_path(name) + "/pause"))
 
     def resume_queue(self, name: str) -> QueueInfo:
-        return self._queue(self._call("POST", f"/v1/queues/{_name(name, 'queue name')}/resume"))
+        return self._queue(self._call("POST", _queue_path(name) + "/resume"))
 
     def queue_info(self, name: str, window: Any = "15m") -> QueueInfo:
-        return self._queue(self._call("GET", f"/v1/queues/{_name(name, 'queue name')}",
+        return self._queue(self._call("GET", _queue_path(name),
                                       params={"window": _window(window)}))
 
     def list_queues(self, window: Any = "15m") -> list[QueueInfo]:
@@ -120,7 +123,7 @@ class RemoteFlowControl:
             check_name(job, "job name")
         check_limit(limit)
         check_cursor(cursor, "run")
-        found = self._call("GET", f"/v1/queues/{_name(queue, 'queue name')}/dead-letters",
+        found = self._call("GET", _queue_path(queue) + "/dead-letters",
                            params={"job": job, "limit": limit, "cursor": cursor})
         page = wire.RunPage.model_validate(found.json())
         return Page([r.to_model() for r in page.items], page.next_cursor)

@@ -175,6 +175,18 @@ def test_bad_start_input_raises_and_writes_nothing(
         (lambda c: c.queue("billing").info(-5), "window: -5 must be a finite, non-negative"),
         (lambda c: c.queue("billing").info([1]), "window: expected a duration, got list"),
         (lambda c: c.queues.list("0s"), "window must be from 1s to 90d"),
+        (lambda c: c.queues.get("a/b"), "queue name 'a/b' is invalid: use 1-200 letters"),
+        (lambda c: c.queues.get(""), "queue name '' is invalid: use 1-200 letters"),
+        (lambda c: c.state.set("", object()), "state key must be a non-empty string, got ''"),
+        (lambda c: c.state.increment("", by=1.5), "by must be a 64-bit integer, got 1.5"),
+        (lambda c: c.state.set("k", 1, ttl="x", expires_at="2030-01-01T00:00:00Z"),
+         "give ttl or expires_at, not both"),
+        (lambda c: c.start("ok", delay="x", scheduled_at="y"),
+         "give scheduled_at or delay, not both"),
+        (lambda c: c.start("ok", idempotency_ttl="x"), "idempotency_ttl needs an idempotency_key"),
+        (lambda c: c.start("ok", delay="x", idempotency_key=""), "delay: 'x' is not a duration"),
+        (lambda c: c.runs.list(status="x", limit=0), "unknown status 'x'"),
+        (lambda c: c.events.list(name=5, limit=0), "name must be a string, got 5"),
         (lambda c: c.schedules.create("ok", cron=5),  # type: ignore[arg-type]
          "cron expression must be a non-empty string, got 5"),
         (lambda c: c.schedules.create("ok", cron="@daily", timezone=5),  # type: ignore[arg-type]
@@ -191,6 +203,25 @@ def test_bad_input_is_reported_in_the_same_words(
     with pytest.raises(ValidationError) as raised:
         call(client)
     assert str(raised.value).startswith(message)
+
+
+def test_a_payload_that_is_not_json_is_found_before_other_options(client: StackShift) -> None:
+    """The first thing wrong is reported first, as the embedded client checks."""
+    with pytest.raises(TypeError, match="payload: object is not JSON-serialisable"):
+        client.start("ok", object(), max_attempts=0)
+
+
+@pytest.mark.parametrize("name", [".", ".."])
+def test_queues_named_dots_are_managed_like_any_other(client: StackShift, name: str) -> None:
+    """``.`` and ``..`` are valid queue names: a remote client reaches them too (they
+    are not read as steps of the request's path)."""
+    queue = client.queue(name)
+    assert queue.configure(concurrency=3).concurrency == 3
+    assert (queue.pause().paused, client.queues.get(name).paused) == (True, True)
+    assert queue.resume().paused is False
+    assert queue.dead_letters().items == []
+    assert queue.configure(concurrency=None).concurrency is None
+    assert name in [q.name for q in client.queues.list()]
 
 
 def test_oversize_payload_is_refused(client: StackShift, unique: Names) -> None:
@@ -479,6 +510,11 @@ def test_list_filters_and_pages(client: StackShift, unique: Names) -> None:
     assert seen == newest_first
     keyed = client.start(job, idempotency_key=unique("key"))
     assert [r.id for r in client.runs.list(idempotency_key=unique("key"))] == [keyed.id]
+    assert [r.id for r in client.runs.list(search=unique("key"))] == [keyed.id]
+    assert [r.id for r in client.runs.list(search=runs[1].id)] == [runs[1].id]
+    assert keyed.id not in [r.id for r in client.runs.list(job=job,
+                                                           created_before=keyed.created_at)]
+    assert [r.id for r in client.runs.list(job=job, created_after=keyed.created_at)] == [keyed.id]
     future = datetime.now(UTC) + timedelta(days=1)
     assert len(client.runs.list(job=job, created_after=future)) == 0
     with pytest.raises(ValidationError):
