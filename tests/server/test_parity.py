@@ -1,0 +1,244 @@
+"""One program, two shapes: the same scenario through an embedded client and
+through a remote one (a real ``stackshift server``) must end the same way.
+
+The scenario is written once. It records every call's outcome (its result, or
+its exception class and message, and what the refused call left behind), with
+ids replaced by their order of appearance and names by a placeholder, so the
+two transcripts compare whole: values, fields, their types, errors, and which
+run an error names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from serverproc import Server
+
+from stackshift import NonRetriableError, Page, StackShift
+from stackshift.testing import run_until_idle
+
+Names = Callable[[str], str]
+_IDS = re.compile(r"\b(run|evt|sch|wkr)_[0-9a-z]{26}\b")
+
+
+@pytest.fixture
+def remote(server: Server) -> Iterator[StackShift]:
+    app = StackShift(api_key=server.api_key, base_url=server.url)
+    yield app
+    app.close()
+
+
+class Transcript:
+    """Outcomes of a scenario's calls, in a form two clients' runs can compare."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self.ids: dict[str, str] = {}
+        self.lines: list[tuple[str, Any]] = []
+
+    def _text(self, text: str) -> str:
+        def number(match: re.Match[str]) -> str:
+            return self.ids.setdefault(match.group(0), f"<{match.group(1)} {len(self.ids) + 1}>")
+
+        return _IDS.sub(number, text).replace(self.tag, "<tag>")
+
+    def value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self._text(value)
+        if isinstance(value, datetime):
+            return ("datetime", value.tzinfo)
+        if isinstance(value, float):
+            return "float"  # durations, rates and epoch times differ by when they ran
+        if isinstance(value, Page):
+            return ("page", self.value(value.items), value.next_cursor is not None)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            fields = {f.name: self.value(getattr(value, f.name))
+                      for f in dataclasses.fields(value)}
+            if isinstance(fields.get("id"), int):
+                fields["id"] = "sequence"  # log and timeline entries: the database's count
+            return (type(value).__name__, fields)
+        if isinstance(value, dict):
+            return {self._text(k): self.value(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.value(v) for v in value]
+        return value
+
+    def call(self, label: str, call: Callable[[], Any]) -> Any:
+        try:
+            result = call()
+        except Exception as exc:  # the outcome is what is compared
+            extra = getattr(exc, "existing_run_id", None)
+            self.lines.append((label, ("raised", type(exc).__name__, self._text(str(exc)),
+                                       None if extra is None else self._text(extra))))
+            return None
+        self.lines.append((label, self.value(result)))
+        return result
+
+
+def scenario(app: StackShift, engine: StackShift, tag: str) -> list[tuple[str, Any]]:
+    """What a program sees, calling ``app``; ``engine`` (embedded) runs the jobs."""
+    t = Transcript(tag)
+    job, waiter, queue = f"charge-{tag}", f"onboard-{tag}", f"billing-{tag}"
+
+    def register(name: str, handler: Callable[[Any], Any], **options: Any) -> None:
+        engine.job(name, handler, **options)
+        if app is not engine:
+            app.job(name, handler, **options)  # its defaults apply to the remote start
+
+    def charge(ctx: Any) -> Any:
+        ctx.log.info("charging %s", ctx.payload["order"])
+        total = ctx.step.run("total", lambda: ctx.payload["amount"] * 2)
+        if ctx.payload.get("declined"):
+            raise NonRetriableError("card declined")
+        return {"charged": total}
+
+    def onboard(ctx: Any) -> Any:
+        got = ctx.step.wait_for_event(f"verified-{tag}", correlation_key="user:1",
+                                      timeout="1h")
+        return got.payload
+
+    register(job, charge, queue=queue, max_attempts=2)
+    register(waiter, onboard)
+
+    # -- starting work, idempotency ---------------------------------------------------
+    first = t.call("start", lambda: app.start(job, {"order": "o1", "amount": 5},
+                                              idempotency_key=f"k-{tag}", priority=2))
+    t.call("start again", lambda: app.start(job, {"order": "o1", "amount": 5},
+                                            idempotency_key=f"k-{tag}"))
+    t.call("start conflicting", lambda: app.start(job, {"order": "o1", "amount": 6},
+                                                  idempotency_key=f"k-{tag}"))
+    t.call("scheduled", lambda: app.start(job, {"order": "o2", "amount": 1},
+                                          scheduled_at="2099-01-01T01:00:00+01:00"))
+
+    # -- refusals: the error a program sees first, and nothing written ------------------
+    refusals: list[tuple[str, Callable[[], Any]]] = [
+        ("bad payload and attempts", lambda: app.start(job, object(), max_attempts=0)),
+        ("bad payload and key", lambda: app.start(job, {1: 2}, idempotency_key="")),
+        ("delay and time, both bad", lambda: app.start(job, delay="x", scheduled_at="y")),
+        ("bad delay and key", lambda: app.start(job, delay="soon", idempotency_key="")),
+        ("ttl without key, bad", lambda: app.start(job, idempotency_ttl="x")),
+        ("explicit empty queue", lambda: app.start(job, queue_name="")),
+        ("state: bad key and value", lambda: app.state.set("", object())),
+        ("state: ttl and expiry", lambda: app.state.set(f"s-{tag}", 1, ttl="x",
+                                                         expires_at="2099-01-01T00:00:00Z")),
+        ("increment: bad key and by", lambda: app.state.increment("", 1.5)),
+        ("list: bad status and limit", lambda: app.runs.list(status="x", limit=0)),
+        ("list: bad time and cursor", lambda: app.runs.list(created_before="x", cursor=5)),
+        ("events: bad name and limit", lambda: app.events.list(name=5, limit=0)),  # type: ignore[arg-type]
+        ("queue name with a slash", lambda: app.queues.get("a/b")),
+        ("empty queue name", lambda: app.queue("").info()),
+        ("cancel of an unknown run", lambda: app.runs.cancel("run_00000000000000000000000000")),
+    ]
+    for label, call in refusals:
+        t.call(label, call)
+    t.call("nothing written", lambda: (len(app.runs.list(job=job)),
+                                       app.state.get(f"s-{tag}", "unset")))
+
+    # -- queues, the names "." and ".." included --------------------------------------
+    for name in (queue, ".", ".."):
+        label = "queue" if name == queue else f"queue {name!r}"
+        t.call(f"{label}: configure", lambda n=name: app.queue(n).configure(  # type: ignore[misc]
+            concurrency=4, rate_limit="100/m"))
+        t.call(f"{label}: pause", lambda n=name: app.queue(n).pause().paused)  # type: ignore[misc]
+        t.call(f"{label}: resume", lambda n=name: app.queue(n).resume().paused)  # type: ignore[misc]
+        t.call(f"{label}: dead letters", lambda n=name: app.queue(n).dead_letters())  # type: ignore[misc]
+        t.call(f"{label}: reset", lambda n=name: app.queue(n).configure(  # type: ignore[misc]
+            concurrency=None, rate_limit=None).concurrency)
+
+    # -- runs execute; their records read back ------------------------------------------
+    declined = t.call("start declined", lambda: app.start(
+        job, {"order": "o3", "amount": 1, "declined": True}))
+    waiting = t.call("start waiter", lambda: app.start(waiter, None))
+    run_until_idle(engine)
+    assert first is not None and declined is not None and waiting is not None
+    for run_id, label in ((first.id, "completed"), (declined.id, "failed"),
+                          (waiting.id, "waiting")):
+        t.call(f"{label}: get", lambda r=run_id: app.runs.get(r))  # type: ignore[misc]
+        t.call(f"{label}: steps", lambda r=run_id: app.runs.steps(r))  # type: ignore[misc]
+        t.call(f"{label}: attempts", lambda r=run_id: app.runs.attempts(r))  # type: ignore[misc]
+        t.call(f"{label}: logs", lambda r=run_id: app.runs.logs(r))  # type: ignore[misc]
+        t.call(f"{label}: timeline", lambda r=run_id: app.runs.timeline(r))  # type: ignore[misc]
+    t.call("cancel a completed run", lambda: app.runs.cancel(first.id))
+    t.call("retry a completed run", lambda: app.runs.retry(first.id))
+    t.call("cancel a failed run", lambda: app.runs.cancel(declined.id))
+    t.call("queue info", lambda: app.queue(queue).info())
+    t.call("dead letters", lambda: app.queue(queue).dead_letters())
+    t.call("retry dead letters", lambda: app.queue(queue).retry_dead_letters())
+    t.call("retried", lambda: app.runs.get(declined.id))
+    t.call("cancel retried", lambda: app.runs.cancel(declined.id, reason="refunded"))
+    t.call("list", lambda: app.runs.list(job=job))
+
+    # -- events resume a run --------------------------------------------------------------
+    t.call("send", lambda: app.events.send(f"verified-{tag}", {"user": 1},
+                                           correlation_key="user:1", idempotency_key=tag))
+    t.call("send again", lambda: app.events.send(f"verified-{tag}", {"user": 1},
+                                                 correlation_key="user:1", idempotency_key=tag))
+    run_until_idle(engine)
+    t.call("resumed", lambda: app.runs.wait(waiting.id, timeout="5s"))
+    t.call("events", lambda: app.events.list(name=f"verified-{tag}"))
+    t.call("by correlation", lambda: app.runs.list(correlation_key="user:1", job=waiter))
+
+    # -- listing by creation time and search ----------------------------------------------
+    created = first.created_at
+    t.call("created before", lambda: app.runs.list(job=job, created_before=created))
+    t.call("created from", lambda: app.runs.list(
+        job=job, created_after=created, created_before=created + timedelta(microseconds=1)))
+    t.call("search key", lambda: app.runs.list(search=f"k-{tag}"))
+    t.call("search id", lambda: app.runs.list(search=declined.id, status="cancelled"))
+
+    # -- state and locks ------------------------------------------------------------------
+    t.call("set", lambda: app.state.set(f"s-{tag}:a", {"n": [1, 2.5]}, ttl="1h"))
+    t.call("increment", lambda: [app.state.increment(f"s-{tag}:n", 2) for _ in range(2)])
+    t.call("keys", lambda: app.state.keys(prefix=f"s-{tag}:"))
+    t.call("increment text", lambda: app.state.increment(f"s-{tag}:a"))
+    t.call("delete", lambda: [app.state.delete(f"s-{tag}:a") for _ in range(2)])
+
+    def lock_twice() -> Any:
+        with app.state.lock(f"lock-{tag}"), app.state.lock(f"lock-{tag}", wait=0):
+            return "both held"
+
+    t.call("lock held", lock_twice)
+    t.call("lock free", lambda: app.state.lock(f"lock-{tag}", wait=0).__enter__().key)
+
+    # -- schedules ------------------------------------------------------------------------
+    schedule = t.call("schedule", lambda: app.schedules.create(
+        job, cron="0 9 * * 1", payload={"order": "weekly", "amount": 1},
+        timezone="Europe/Paris", queue_name=queue))
+    assert schedule is not None
+    t.call("schedule paused", lambda: app.schedules.pause(schedule.id))
+    t.call("schedule resumed", lambda: app.schedules.resume(schedule.id))
+    t.call("schedules listed", lambda: [s for s in app.schedules.list() if s.job == job])
+    t.call("schedule deleted", lambda: [app.schedules.delete(schedule.id) for _ in range(2)])
+    t.call("schedule gone", lambda: app.schedules.get(schedule.id))
+    return t.lines
+
+
+def test_the_same_program_ends_the_same_embedded_and_remote(
+    engine: StackShift, remote: StackShift, unique: Names
+) -> None:
+    embedded = scenario(engine, engine, unique("e"))
+    through_server = scenario(remote, engine, unique("r"))
+    labels = [label for label, _ in embedded]
+    assert [label for label, _ in through_server] == labels
+    assert len(set(labels)) == len(labels)
+    for (label, mine), (_, theirs) in zip(through_server, embedded, strict=True):
+        assert mine == theirs, label
+    # The transcript holds what it claims to (so that the comparison can fail).
+    outcomes = dict(embedded)
+    assert outcomes["start conflicting"] == (
+        "raised", "IdempotencyConflictError",
+        "idempotency key 'k-<tag>' belongs to run <run 1> with a different job or payload",
+        "<run 1>")
+    assert outcomes["bad payload and attempts"][:2] == ("raised", "TypeError")
+    assert outcomes["queue '..': pause"] is True
+    assert outcomes["resumed"][1]["result"] == {"user": 1}
+    assert outcomes["search key"][1][0][1]["id"] == "<run 1>"
+    assert [run[1]["id"] for run in outcomes["created from"][1]] == ["<run 1>"]
+    assert outcomes["created before"][1] == []
+    assert outcomes["nothing written"] == [2, "unset"]
+    assert datetime.now(UTC).year < 2099  # the scheduled run is still in the future
