@@ -192,4 +192,6 @@ class RemoteFlowControl:
 def _window(window: Any) -> str:
     """``window`` for the wire, checked here first (the embedded service's errors)."""
     seconds = check_stats_window(window)
-    return window if isinstance(window, str) else f"{seconds:g}s"
+    # repr: the shortest exact decimal, with no exponent from 1s to 90d (a duration
+    # string cannot have one).
+    return window if isinstance(window, str) else f"{seconds!r}s"

@@ -224,6 +224,18 @@ def test_queues_named_dots_are_managed_like_any_other(client: StackShift, name: 
     assert name in [q.name for q in client.queues.list()]
 
 
+@pytest.mark.parametrize(("window", "seconds"), [
+    (timedelta(days=30), 2592000.0), (7776000, 7776000.0), (100000.5, 100000.5), ("1h", 3600.0)])
+def test_a_queue_stats_window_is_the_one_given(client: StackShift, unique: Names, window: Any,
+                                               seconds: float) -> None:
+    """Any window from 1s to 90d, as a number or a timedelta: the numbers are over it."""
+    name = unique("windowed")
+    client.queue(name, concurrency=5)
+    assert client.queues.get(name, window).window == seconds
+    assert client.queue(name).info(window).window == seconds
+    assert {q.window for q in client.queues.list(window)} == {seconds}
+
+
 def test_oversize_payload_is_refused(client: StackShift, unique: Names) -> None:
     job = unique("big")
     with pytest.raises(PayloadTooLargeError):
