@@ -421,6 +421,15 @@ class StackShift:
         self.close()
 
 
+def _in_event_loop() -> bool:
+    """Whether an event loop is running in this thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 class _AsyncFacade:
     """Wraps a sync API object so that every public method is awaitable."""
 
@@ -474,9 +483,27 @@ class AsyncStackShift:
     async def start(self, job: str, payload: Any = None, **options: Any) -> Run:
         return await asyncio.to_thread(self.sync.start, job, payload, **options)
 
-    def queue(self, name: str, **options: Any) -> _AsyncFacade:
-        """The queue ``name`` (storing the options given, as :meth:`StackShift.queue`)."""
-        return _AsyncFacade(self.sync.queue(name, **options))
+    def queue(self, name: str, *, concurrency: int | None = None, rate_limit: str | None = None,
+              max_attempts: int | None = None) -> _AsyncFacade:
+        """The queue ``name``: the same methods as :class:`Queue`, awaitable.
+
+        Settings given here are stored before it returns, as :meth:`StackShift.queue`
+        does, which is fine while no event loop runs in this thread (module-level
+        set-up). In a running loop that write would block the loop, so it is
+        refused: ``await app.queue(name).configure(concurrency=...)`` stores them
+        without blocking.
+        """
+        settings: dict[str, Any] = {
+            k: v for k, v in (("concurrency", concurrency), ("rate_limit", rate_limit),
+                              ("max_attempts", max_attempts)) if v is not None}
+        if settings and _in_event_loop():
+            check_name(name, "queue name")
+            given = ", ".join(f"{k}={v!r}" for k, v in settings.items())
+            raise TypeError(
+                f"AsyncStackShift.queue({name!r}, {given}) in a running event loop would block "
+                f"it to store the settings: use `await app.queue({name!r}).configure({given})`"
+            )
+        return _AsyncFacade(self.sync.queue(name, **settings))
 
     def worker(self, **options: Any) -> Any:
         return self.sync.worker(**options)

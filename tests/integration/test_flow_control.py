@@ -9,6 +9,7 @@ claim transaction itself), and step by step on the fake clock.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -321,6 +322,41 @@ def test_queue_settings_are_stored_for_every_client(fake_app: StackShift,
         with pytest.raises(ValidationError):
             fake_app.queue("billing", **bad)
     assert q.info().concurrency == 2  # refused settings changed nothing
+
+
+def test_async_client_configures_queues_without_blocking_its_event_loop(db_url: str) -> None:
+    """In a running loop, settings go through ``await queue.configure``; settings
+    passed to ``queue()`` there are refused (storing them would block the loop)
+    and change nothing. Outside a loop, ``queue(name, ...)`` stores them as the
+    sync client does."""
+    from stackshift import AsyncStackShift
+
+    app = AsyncStackShift(db_url)
+    app.queue("setup", concurrency=5, rate_limit="10/s")  # module-level set-up: no loop
+
+    async def main() -> tuple[Any, Any]:
+        lane = app.queue("billing")
+        info = await lane.configure(concurrency=4, max_attempts=6)
+        with pytest.raises(TypeError, match=r"await app.queue\('billing'\)"
+                                            r".configure\(concurrency=2\)"):
+            app.queue("billing", concurrency=2)
+        with pytest.raises(ValidationError, match="queue name"):
+            app.queue("no spaces", concurrency=2)
+        with pytest.raises(ValidationError, match="concurrency"):
+            await lane.configure(concurrency=0)
+        run = await app.queue("billing").enqueue("syncInvoice", {"invoiceId": "in_1"})
+        return info, run
+
+    try:
+        info, run = asyncio.run(main())
+    finally:
+        asyncio.run(app.close())
+    assert (info.concurrency, info.max_attempts) == (4, 6)
+    assert (run.queue, run.max_attempts) == ("billing", 6)
+    with StackShift(db_url) as reader:
+        assert reader.queues.get("billing").concurrency == 4  # the refused calls changed nothing
+        setup = reader.queues.get("setup")
+        assert (setup.concurrency, setup.rate_limit) == (5, "10/s")
 
 
 def test_max_attempts_come_from_start_then_job_then_queue_then_three(
