@@ -62,13 +62,29 @@ def qualified_name(fn: Callable[..., Any]) -> str:
     return f"{module}.{name}" if module else name
 
 
+def is_async_handler(handler: Callable[..., Any]) -> bool:
+    """Whether calling ``handler`` gives a coroutine to await: an ``async def``
+    (or a ``functools.partial`` of one), an ``async def`` behind a decorator that
+    keeps ``__wrapped__`` (``functools.wraps``), or an object whose ``__call__``
+    is an ``async def``."""
+    target = inspect.unwrap(handler)
+    if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(target):
+        return True
+    if inspect.isroutine(target) or isinstance(target, type):
+        return False
+    return inspect.iscoroutinefunction(type(target).__call__)
+
+
 def _payload_model(handler: Callable[..., Any]) -> type | None:
     """The pydantic model ``M`` when the first parameter is annotated ``JobContext[M]``."""
     try:
+        if not inspect.isroutine(inspect.unwrap(handler)) and not isinstance(handler, type):
+            # an object with a __call__: its method's annotations (without self)
+            handler = type(handler).__call__.__get__(handler)
         hints = typing.get_type_hints(handler)
+        params = list(inspect.signature(handler).parameters)
     except Exception:
         return None
-    params = list(inspect.signature(handler).parameters)
     if not params or params[0] not in hints:
         return None
     args = typing.get_args(hints[params[0]])
@@ -114,7 +130,7 @@ def make_job(
         max_attempts=max_attempts,
         backoff=Backoff.parse(backoff),
         timeout=seconds,
-        is_async=inspect.iscoroutinefunction(handler),
+        is_async=is_async_handler(handler),
         payload_model=_payload_model(handler),
         key_concurrency=key_concurrency,
         on_failure=on_failure,

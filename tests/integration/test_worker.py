@@ -7,6 +7,7 @@ together come back exactly)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -15,14 +16,16 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
-from stackshift import InvalidTransitionError, StackShift
+from stackshift import InvalidTransitionError, JobContext, StackShift
 from stackshift.errors import LeaseLost
 from stackshift.store.base import Outcome, StepWrite
 from stackshift.store.database import Tx
@@ -155,6 +158,82 @@ def test_sync_and_async_handlers_run_side_by_side(app: StackShift) -> None:
     # Plain handlers run in worker threads, never on the caller's thread.
     assert all(d.result["thread"] != threading.current_thread().name for d in done[:3])
     assert all(d.result["loop"] for d in done[3:])
+
+
+class Order(BaseModel):
+    n: int
+
+
+def test_a_handler_annotated_with_a_payload_model_gets_the_model_or_fails_at_once(
+        app: StackShift) -> None:
+    """``ctx: JobContext[Order]`` gives ``ctx.payload`` as an ``Order``, in sync and
+    async handlers; a payload that does not fit fails the run on its first
+    attempt (a retry would not make it fit), naming the model."""
+    @app.job("typed", max_attempts=3)
+    def typed(ctx: JobContext[Order]) -> list[Any]:
+        return [type(ctx.payload).__name__, ctx.payload.n]
+
+    @app.job("typedAsync", max_attempts=3)
+    async def typed_async(ctx: JobContext[Order]) -> list[Any]:
+        return [type(ctx.payload).__name__, ctx.payload.n]
+
+    good = [app.start(job, {"n": 7}) for job in ("typed", "typedAsync")]
+    bad = [app.start(job, {"n": "seven"}) for job in ("typed", "typedAsync")]
+    run_until_idle(app)
+    assert [app.runs.get(r.id).result for r in good] == [["Order", 7], ["Order", 7]]
+    for run in bad:
+        failed = app.runs.get(run.id)
+        assert (failed.status, failed.attempt) == ("failed", 1)
+        assert failed.error is not None and failed.error.type == "NonRetriableError"
+        assert failed.error.message.startswith("payload does not match Order: ")
+
+
+def test_async_handlers_behind_decorators_partials_and_call_objects_are_awaited(
+        app: StackShift) -> None:
+    """Every handler that gives a coroutine when called runs as an async handler:
+    its ``ctx.step`` is awaitable, and its payload model is found, however it is
+    wrapped. One that cannot be recognised fails once with a message saying why,
+    not with "coroutine is not JSON-serialisable"."""
+    def traced(fn: Any) -> Any:  # a decorator with a plain wrapper, as tracing ones are
+        @functools.wraps(fn)
+        def wrapper(ctx: Any) -> Any:
+            return fn(ctx)
+        return wrapper
+
+    async def add(n: int) -> int:
+        await asyncio.sleep(0)
+        return n + 1
+
+    @app.job("decorated")
+    @traced
+    async def decorated(ctx: JobContext[Order]) -> int:
+        return int(await ctx.step.run("add", add, ctx.payload.n))
+
+    class Handler:
+        async def __call__(self, ctx: JobContext[Order]) -> int:
+            return int(await ctx.step.run("add", add, ctx.payload.n * 10))
+
+    async def scaled(ctx: Any, factor: int) -> int:
+        return int(await ctx.step.run("add", add, ctx.payload["n"] * factor))
+
+    app.job("callObject", Handler())
+    app.job("partial", functools.partial(scaled, factor=100))
+    app.job("hidden", lambda ctx: scaled(ctx, 1000), max_attempts=3)
+
+    runs = [app.start(job, {"n": 1}) for job in ("decorated", "callObject", "partial", "hidden")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "coroutine ... was never awaited"
+        run_until_idle(app)
+    done = [app.runs.get(r.id) for r in runs]
+    assert [(d.status, d.result) for d in done[:3]] == [
+        ("completed", 2), ("completed", 11), ("completed", 101)]
+    assert [s.key for s in app.runs.steps(runs[0].id)] == ["add"]
+    hidden = done[3]
+    assert (hidden.status, hidden.attempt) == ("failed", 1)
+    assert hidden.error is not None and hidden.error.type == "NonRetriableError"
+    assert hidden.error.message.startswith(
+        "the handler of job 'hidden' returned a coroutine instead of a result: it was called"
+        " as a plain function. Register an async def")
 
 
 def test_step_functions_may_take_keyword_arguments_called_name_or_fn(app: StackShift) -> None:

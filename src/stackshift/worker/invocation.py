@@ -8,6 +8,7 @@ and call ``record_*`` to make the result durable.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import time
 from collections import Counter
@@ -306,7 +307,7 @@ class Invocation:
                           limit=self.service.settings.max_step_result_bytes,
                           too_large=StepResultTooLargeError)
         except (TypeError, StepResultTooLargeError) as exc:
-            self.fail(NonRetriableError(str(exc)))
+            self.fail(NonRetriableError(_not_a_result(self.job.name, value, exc)))
             return
         self._finish(Outcome("completed", result=text))
 
@@ -347,3 +348,17 @@ class Invocation:
             self.cancelled()
         else:
             self.fail(error)
+
+
+def _not_a_result(job: str, value: Any, exc: Exception) -> str:
+    """Why ``value`` cannot be a run's result. An awaitable is a handler that the
+    worker took for a plain function: say so (and close a coroutine, which would
+    otherwise warn that it was never awaited)."""
+    if not inspect.isawaitable(value):
+        return str(exc)
+    if inspect.iscoroutine(value):
+        value.close()
+    return (f"the handler of job {job!r} returned a {type(value).__name__} instead of a "
+            "result: it was called as a plain function. Register an async def, an object "
+            "whose __call__ is an async def, or a decorator that keeps __wrapped__ "
+            "(functools.wraps)")
