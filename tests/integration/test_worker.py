@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from stackshift import InvalidTransitionError, JobContext, StackShift
+from stackshift import InvalidTransitionError, JobContext, StackShift, ValidationError
 from stackshift.errors import LeaseLost
 from stackshift.store.base import Outcome, StepWrite
 from stackshift.store.database import Tx
@@ -296,6 +296,33 @@ def test_async_client_migrates_and_tells_the_time_like_the_sync_one(db_url: str)
     with StackShift(db_url) as sync:
         assert version == again == sync.migrate() > 0
     assert status == "scheduled"
+
+
+BAD_WORKER_OPTIONS = [
+    ({"queues": "emails"}, r"queues must be a list of queue names .*: use queues=\['emails'\]"),
+    ({"queues": []}, "queues must name at least one queue"),
+    ({"queues": ["a b"]}, "queue name 'a b' is invalid"),
+    ({"concurrency": "4"}, "concurrency must be an integer from 1 to 100000, got '4'"),
+    ({"concurrency": 1.5}, "concurrency must be an integer"),
+    ({"concurrency": True}, "concurrency must be an integer"),
+    ({"concurrency": 0}, "concurrency must be an integer"),
+    ({"poll_interval": 0}, "poll_interval must be more than 0"),
+    ({"maintenance_interval": "0s"}, "maintenance_interval must be more than 0"),
+]
+
+
+def test_bad_worker_options_are_refused_before_the_worker_exists(app: StackShift) -> None:
+    """A string of queues is not read as the queues named by its letters (the
+    worker would never take a run of ``emails``), no queue at all is not a
+    worker that takes nothing, and a zero interval is not a busy loop."""
+    app.job("hello", lambda ctx: "hi")
+    for options, message in BAD_WORKER_OPTIONS:
+        with pytest.raises(ValidationError, match=message):
+            app.worker(**options)
+    assert app._service.list_workers() == []
+    run = app.start("hello", queue_name="emails")
+    with app.worker(queues=("emails",)):
+        assert app.runs.wait(run.id, timeout="10s").result == "hi"
 
 
 def test_start_and_stop(app: StackShift) -> None:

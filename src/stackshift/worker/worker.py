@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from .. import processes, runlogs
 from ..durations import parse_duration
 from ..engine import outcomes
+from ..engine.limits import check_concurrency
 from ..errors import AttemptTimeoutError, ValidationError
 from ..ids import new_id
 from ..jobs import check_name
@@ -148,6 +149,26 @@ class HandlerThreads:
             self._calls.put(None)
 
 
+def _check_queues(queues: object) -> list[str]:
+    """The queue names a worker is limited to: a non-empty list (or tuple) of names.
+
+    A string is refused rather than read as the queues named by its characters."""
+    if isinstance(queues, str) or not isinstance(queues, list | tuple | set | frozenset):
+        raise ValidationError(f"queues must be a list of queue names (None for every queue), "
+                              f"got {queues!r}" + (f": use queues=[{queues!r}]"
+                                                   if isinstance(queues, str) else ""))
+    if not queues:
+        raise ValidationError("queues must name at least one queue (None for every queue)")
+    return [check_name(q, "queue name") for q in queues]
+
+
+def _positive(value: Any, name: str) -> float:
+    seconds = parse_duration(value, name=name)
+    if seconds <= 0:
+        raise ValidationError(f"{name} must be more than 0, got {value!r}")
+    return seconds
+
+
 class Worker:
     """Executes runs for one :class:`~stackshift.StackShift` client.
 
@@ -172,22 +193,20 @@ class Worker:
         shutdown_grace: Any = "30s",
         maintenance_interval: Any = "0.25s",
     ) -> None:
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
-        self.app = app
-        self.service = app._service
-        self.id = new_id("wkr")
-        self.concurrency = concurrency
-        self.queues = None if queues is None else [check_name(q, "queue name") for q in queues]
+        self.concurrency = check_concurrency(concurrency)
+        self.queues = None if queues is None else _check_queues(queues)
         self.lease_seconds = parse_duration(lease, name="lease")
         if self.lease_seconds < 1:
             # Leases are renewed every third of their length: shorter ones would
             # run out between renewals and hand live attempts to other workers.
             raise ValidationError(f"lease must be at least 1s, got {lease!r}")
-        self.poll_interval = parse_duration(poll_interval, name="poll_interval")
+        # A zero interval would turn the claim or maintenance loop into a busy loop.
+        self.poll_interval = _positive(poll_interval, "poll_interval")
         self.shutdown_grace = parse_duration(shutdown_grace, name="shutdown_grace")
-        self.maintenance_interval = parse_duration(maintenance_interval,
-                                                   name="maintenance_interval")
+        self.maintenance_interval = _positive(maintenance_interval, "maintenance_interval")
+        self.app = app
+        self.service = app._service
+        self.id = new_id("wkr")
         self._active: dict[str, _Active] = {}
         #: a claim failed: it may have leased runs nobody executes (see _hand_back_strays)
         self._strays_possible = False
