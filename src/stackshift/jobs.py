@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .durations import parse_duration
-from .engine.cron import parse_cron
+from .engine.cron import check_timezone, parse_cron
 from .engine.limits import check_concurrency
 from .engine.retries import Backoff
 from .errors import ValidationError
@@ -118,6 +118,8 @@ def make_job(
         check_name(on_failure, "on_failure job name")
     if cron is not None:
         cron = parse_cron(cron, timezone).expression
+    else:
+        check_timezone(timezone)  # a misspelt zone is refused here, not when cron is added
     if not callable(handler):
         raise ValidationError(f"handler for job {name!r} is not callable")
     seconds = None if timeout is None else parse_duration(timeout, name="timeout")

@@ -265,6 +265,10 @@ def test_bad_cron_expressions_are_refused_with_a_clear_error(
 def test_bad_timezone_is_refused(fake_app: StackShift) -> None:
     with pytest.raises(ValidationError, match="unknown timezone"):
         fake_app.schedules.create("anything", cron="@daily", timezone="Mars/Olympus")
+    for options in ({"cron": "@daily"}, {}):  # without a cron too: not only once one is added
+        with pytest.raises(ValidationError, match="unknown timezone 'Mars/Olympus'"):
+            fake_app.job("anything", lambda ctx: None, timezone="Mars/Olympus", **options)
+    assert fake_app.jobs == [] and fake_app.schedules.list() == []
 
 
 def test_job_cron_schedules_are_kept_in_sync_by_workers(db_url: str, clock: FakeClock) -> None:
