@@ -123,11 +123,19 @@ def check_idempotency(settings: Settings, key: object, ttl: Any) -> float:
     return seconds
 
 
+#: The longest cancel reason: well under a server's request limit, so that an
+#: embedded and a remote client refuse the same reasons with the same error.
+MAX_REASON_LENGTH = 10_000
+
+
 def check_reason(reason: object) -> str | None:
     """A cancel's reason: text (it becomes the run's error message), or None."""
     if reason is not None:
         if not isinstance(reason, str):
             raise ValidationError(f"reason must be a string, got {reason!r}")
+        if len(reason) > MAX_REASON_LENGTH:
+            raise ValidationError(f"reason is {len(reason)} characters, over the limit of "
+                                  f"{MAX_REASON_LENGTH}")
         if not reason.isascii():
             utf8_size(reason, "reason")
     return reason

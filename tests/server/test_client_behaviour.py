@@ -430,7 +430,15 @@ def test_a_cancel_reason_is_text(client: StackShift, unique: Names) -> None:
     run = client.start(unique("later"), delay="1h")
     with pytest.raises(ValidationError, match="reason must be a string, got 5"):
         client.runs.cancel(run.id, reason=5)  # type: ignore[arg-type]
+    # A reason of megabytes is refused alike by both shapes (a server would refuse
+    # its request body, an embedded client used to store it as the run's error).
+    for reason in ("x" * 10_001, "é" * 2 * 1024 * 1024):
+        with pytest.raises(ValidationError, match=r"reason is \d+ characters, over the limit "
+                                                  "of 10000"):
+            client.runs.cancel(run.id, reason=reason)
     assert client.runs.get(run.id).status == "scheduled"
+    longest = client.runs.cancel(run.id, reason="x" * 10_000)
+    assert longest.error is not None and longest.error.message == "x" * 10_000
 
 
 def test_cancel_of_a_finished_run_is_refused(
