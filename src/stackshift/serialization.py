@@ -103,3 +103,25 @@ def loads(text: str | None) -> Any:
 def digest(text: str) -> str:
     """A short, stable fingerprint of canonical JSON text (for idempotency checks)."""
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def same_numbers(text: str) -> str | None:
+    """``text`` with every whole-number float written as an integer (``1.0`` as
+    ``1``, ``-0.0`` as ``0``), or ``None`` when it has none.
+
+    JSON has one kind of number, so ``{"n": 1}`` and ``{"n": 1.0}`` are the same
+    value (as RFC 8785's canonical form writes them, and as Python compares
+    them); idempotency compares payloads in this form.
+    """
+    changed = False
+
+    def number(literal: str) -> Any:
+        nonlocal changed
+        value = float(literal)
+        if value.is_integer():
+            changed = True
+            return int(value)
+        return value
+
+    value = json.loads(text, parse_float=number)
+    return dumps(value) if changed else None

@@ -161,6 +161,44 @@ def test_different_payload_raises_conflict_and_writes_nothing(app: StackShift) -
     assert app.runs.get(first.id).payload == PAYLOAD
 
 
+def test_payloads_are_compared_as_json_values_so_1_and_1_0_are_the_same(
+        app: StackShift) -> None:
+    """JSON has one kind of number: a start retried with ``10`` where the first
+    said ``10.0`` (one producer in JavaScript, one computing a float) is a
+    duplicate, not a conflict. Other numbers still differ."""
+    first = app.start("charge", {"amount": 10.0, "fee": -0.0, "rate": 0.5, "ids": [1e3]},
+                      idempotency_key="charge:1")
+    again = app.start("charge", {"amount": 10, "fee": 0, "rate": 0.5, "ids": [1000]},
+                      idempotency_key="charge:1")
+    assert (again.id, again.created) == (first.id, False)
+    assert app.runs.get(first.id).payload == {"amount": 10.0, "fee": -0.0, "rate": 0.5,
+                                              "ids": [1000.0]}  # stored as first given
+    with pytest.raises(IdempotencyConflictError):
+        app.start("charge", {"amount": 10.5, "fee": 0, "rate": 0.5, "ids": [1000]},
+                  idempotency_key="charge:1")
+    with pytest.raises(IdempotencyConflictError):
+        app.start("charge", {"amount": "10", "fee": 0, "rate": 0.5, "ids": [1000]},
+                  idempotency_key="charge:1")
+    assert [e.kind for e in app.runs.timeline(first.id)].count("run.duplicate_start") == 1
+
+
+def test_a_key_taken_before_numbers_were_compared_as_values_still_matches_its_payload(
+        app: StackShift) -> None:
+    """Keys taken by earlier versions hold the fingerprint of the payload's text as
+    it was: a duplicate of that very payload still maps to its run."""
+    from stackshift.serialization import digest
+
+    payload = {"amount": 10.0}
+    first = app.start("charge", payload, idempotency_key="charge:2")
+    with app._service.store.db.write() as tx:
+        tx.raw("UPDATE idempotency_keys SET fingerprint = :old WHERE key = :key",
+               {"old": digest('charge\n{"amount":10.0}'), "key": "charge:2"})
+    again = app.start("charge", payload, idempotency_key="charge:2")
+    assert (again.id, again.created) == (first.id, False)
+    with pytest.raises(IdempotencyConflictError):
+        app.start("charge", {"amount": 11.0}, idempotency_key="charge:2")
+
+
 def test_conflict_is_an_error_a_caller_can_catch_as_stackshift_error(app: StackShift) -> None:
     from stackshift import StackShiftError
 

@@ -9,7 +9,7 @@ from ..engine.transitions import Status
 from ..errors import IdempotencyConflictError, InvalidTransitionError, RunNotFoundError
 from ..ids import new_id, unknowable_id
 from ..models import Attempt, LogEntry, Page, Run, Step, TimelineEntry
-from ..serialization import digest, dumps, loads
+from ..serialization import digest, dumps, loads, same_numbers
 from . import rows
 from .base import NewRun, RunFilter
 from .database import Database, Row, Tx
@@ -49,8 +49,19 @@ def waiting_data(waiting: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if v is not None}
 
 
-def fingerprint(job: str, payload: str) -> str:
-    return digest(job + "\n" + payload)
+def fingerprints(job: str, payload: str) -> tuple[str, str]:
+    """The fingerprint of a start's job and payload, by which a duplicate start is
+    told from a conflicting one, and the one keys taken by earlier versions hold.
+
+    Payloads are compared with whole-number floats as integers (``{"n": 1.0}``
+    is ``{"n": 1}``: :func:`same_numbers`). Earlier versions compared the text
+    as it was, so a key taken by one of them for a payload with such a float
+    holds the second value, still accepted while it lives. The two are the
+    same for every other payload.
+    """
+    exact = digest(job + "\n" + payload)
+    normal = same_numbers(payload)
+    return (exact if normal is None else digest(job + "\n" + normal)), exact
 
 
 def _conflict(key: str, target_id: str) -> IdempotencyConflictError:
@@ -127,12 +138,14 @@ def insert_run(tx: Tx, new: NewRun, now: float) -> Run:
     return rows.run(row, created=created)
 
 
-def _insert_run_row(tx: Tx, new: NewRun, now: float) -> tuple[Row, bool]:
+def _insert_run_row(tx: Tx, new: NewRun, now: float,
+                    prints: tuple[str, str] | None = None) -> tuple[Row, bool]:
     """:func:`insert_run`'s writes: the run's row, and whether it was created (else
     it is the run the idempotency key already names). The row becomes a
-    :class:`Run` after the commit, so that the write lock is not held for that."""
+    :class:`Run` after the commit, so that the write lock is not held for that.
+    ``prints``: :func:`fingerprints` of ``new``, when worked out already."""
     if new.idempotency_key is not None:
-        print_ = fingerprint(new.job, new.payload)
+        print_, earlier = prints or fingerprints(new.job, new.payload)
         taken = tx.one(
             "claim_idempotency_key",
             scope="run",
@@ -145,7 +158,7 @@ def _insert_run_row(tx: Tx, new: NewRun, now: float) -> tuple[Row, bool]:
         if taken is None:
             existing = tx.one("get_idempotency_key", scope="run", key=new.idempotency_key)
             assert existing is not None  # the conflict proves the row exists
-            if existing["fingerprint"] != print_:
+            if existing["fingerprint"] not in (print_, earlier):
                 raise _conflict(new.idempotency_key, existing["target_id"])
             row = load_run(tx, existing["target_id"])
             add_timeline(tx, row["id"], "run.duplicate_start", now)
@@ -254,6 +267,8 @@ class RunStore:
         (``created=False``). Raises :class:`IdempotencyConflictError` when the key
         is bound to another job or payload; nothing is written then.
         """
+        # Worked out once, outside the transactions below.
+        prints = None if new.idempotency_key is None else fingerprints(new.job, new.payload)
         if new.idempotency_key is not None and self.db.dialect == "sqlite":
             with self.db.read() as tx:
                 key = tx.one("get_idempotency_key", scope="run", key=new.idempotency_key)
@@ -262,7 +277,8 @@ class RunStore:
                 # disk. Should the key have expired meanwhile, start over durably.
                 try:
                     with self.db.write(durable=False) as tx:
-                        run = insert_run(tx, new, now)
+                        row, created = _insert_run_row(tx, new, now, prints)
+                        run = rows.run(row, created=created)
                         if run.created:
                             raise _NotADuplicate
                     return run
@@ -272,9 +288,10 @@ class RunStore:
             # A duplicate in one statement and one round trip, its note not waiting
             # for the WAL flush (sql/postgres.sql, duplicate_start). A key that is
             # not live goes the durable way below.
+            assert prints is not None
             found = cast("PostgresDatabase", self.db).autocommit_one(
                 "duplicate_start", key=new.idempotency_key,
-                fingerprint=fingerprint(new.job, new.payload), now=now,
+                fingerprint=prints[0], earlier=prints[1], now=now,
             )
             if found is not None:
                 if not found["matched"]:
@@ -285,7 +302,8 @@ class RunStore:
         if new.idempotency_key is None and self.db.dialect == "postgres":
             return group_commit_of(self).run_combined(  # type: ignore[no-any-return]
                 _start_many, (new, now), one_statement=True)
-        row, created = group_commit_of(self).run(lambda tx: _insert_run_row(tx, new, now))
+        row, created = group_commit_of(self).run(
+            lambda tx: _insert_run_row(tx, new, now, prints))
         return rows.run(row, created=created)
 
     def get_run(self, run_id: str) -> Run:

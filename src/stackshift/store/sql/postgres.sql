@@ -370,7 +370,8 @@ SELECT * FROM started;
 -- name: duplicate_start
 -- A start whose idempotency key is live, in one statement sent as a transaction
 -- of its own (no BEGIN or COMMIT: one round trip; RunStore.start_run). The key
--- bound to the same job and payload (:fingerprint): the run.duplicate_start
+-- bound to the same job and payload (:fingerprint, or :earlier, the form keys
+-- taken by earlier versions hold: see runs.fingerprints): the run.duplicate_start
 -- note is written and the run is returned, matched true. Bound to another job
 -- or payload: the key's target_id only, matched false, nothing written. Missing
 -- or expired: no row, nothing written, and the caller starts the run durably
@@ -381,7 +382,8 @@ SELECT * FROM started;
 -- the server may drop the note, never a run or a key. Keep the checks in step
 -- with claim_idempotency_key and insert_run.
 WITH live AS (
-    SELECT target_id, fingerprint = CAST(:fingerprint AS text) AS matched
+    SELECT target_id,
+           fingerprint IN (CAST(:fingerprint AS text), CAST(:earlier AS text)) AS matched
     FROM idempotency_keys
     WHERE scope = 'run' AND key = CAST(:key AS text) AND expires_at > :now
 ), noted AS (
