@@ -462,10 +462,13 @@ class RemoteService(RemoteFlowControl):
         check_key(key, "state key", self.settings.max_state_key_length)
         return _state_key(key)
 
-    def state_keys(self, prefix: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def state_keys(self, prefix: str | None = None, limit: int = 100,
+                   after: str | None = None) -> list[dict[str, Any]]:
         check_filter(prefix, "prefix")
+        check_filter(after, "after")
         check_limit(limit)
-        response = self._call("GET", "/v1/state", params={"prefix": prefix, "limit": limit})
+        response = self._call("GET", "/v1/state",
+                              params={"prefix": prefix, "limit": limit, "after": after})
         entries = wire.StateList.model_validate(response.json()).items
         return [{"key": e.key, "value": e.value, "expires_at": _epoch(e.expires_at),
                  "updated_at": _epoch(e.updated_at)} for e in entries]

@@ -486,10 +486,13 @@ class Service(FlowControl):
         check_int(by, "by", 64)
         return self.store.state_increment(self._state_key(key), by, self.clock.now())
 
-    def state_keys(self, prefix: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """Live keys in key order, with their values and expiry (epoch seconds)."""
+    def state_keys(self, prefix: str | None = None, limit: int = 100,
+                   after: str | None = None) -> list[dict[str, Any]]:
+        """Live keys in key order, with their values and expiry (epoch seconds); only
+        keys after ``after`` when it is given (the last key of the previous page)."""
         check_filter(prefix, "prefix")
-        return self.store.list_state(prefix, check_limit(limit), self.clock.now())
+        check_filter(after, "after")
+        return self.store.list_state(prefix, check_limit(limit), self.clock.now(), after)
 
     def lock_acquire(self, key: str, owner: str, ttl: Any) -> bool:
         """Take ``key`` for ``owner`` for ``ttl`` unless another live owner holds it."""

@@ -50,8 +50,11 @@ class State:
         """Add ``by`` atomically (across processes and machines); a new key starts at 0."""
         return self._service.state_increment(key, by)
 
-    def keys(self, prefix: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        return self._service.state_keys(prefix, limit)
+    def keys(self, prefix: str | None = None, limit: int = 100, *,
+             after: str | None = None) -> list[dict[str, Any]]:
+        """Live keys in key order with their values, expiry and last update (epoch
+        seconds), at most ``limit``. For the next page pass the last key as ``after``."""
+        return self._service.state_keys(prefix, limit, after)
 
     def _lock_args(self, key: str, ttl: Any, wait: Any) -> tuple[str, float, float]:
         if not isinstance(key, str) or not key:
@@ -137,8 +140,9 @@ class AsyncState:
     async def increment(self, key: str, by: int = 1) -> int:
         return await asyncio.to_thread(self._state.increment, key, by)
 
-    async def keys(self, prefix: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self._state.keys, prefix, limit)
+    async def keys(self, prefix: str | None = None, limit: int = 100, *,
+                   after: str | None = None) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self._state.keys, prefix, limit, after=after)
 
     def lock(self, key: str, *, ttl: Any = "30s", wait: Any = None) -> Lock:
         """Use as ``async with ctx.state.lock(key):``."""

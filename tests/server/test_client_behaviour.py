@@ -636,6 +636,10 @@ def test_state_counters_expiry_and_listing(client: StackShift, unique: Names) ->
     listed = client.state.keys(prefix=prefix)
     assert [(e["key"], e["value"]) for e in listed] == [(f"{prefix}{i}", i) for i in range(3)]
     assert all(e["expires_at"] > time.time() + 3500 for e in listed)
+    # The last key of a page, as ``after``, gives the next page.
+    first = client.state.keys(prefix=prefix, limit=2)
+    rest = client.state.keys(prefix=prefix, limit=2, after=first[-1]["key"])
+    assert [e["key"] for e in first + rest] == [f"{prefix}{i}" for i in range(3)]
     with pytest.raises(ValidationError):
         client.state.set(unique("x"), 1, ttl="1h", expires_at="2030-01-01T00:00:00Z")
     with pytest.raises(ValidationError):

@@ -252,8 +252,10 @@ def list_state(
     request: Request,
     prefix: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
+    after: Annotated[str | None, Query(
+        description="Only keys after this one: the last key of the previous page.")] = None,
 ) -> s.StateList:
-    entries = service_of(request).state_keys(prefix, limit)
+    entries = service_of(request).state_keys(prefix, limit, after)
     return s.StateList(items=[
         s.StateEntry(key=e["key"], value=e["value"], expires_at=to_datetime(e["expires_at"]),
                      updated_at=to_datetime(e["updated_at"]))  # type: ignore[arg-type]

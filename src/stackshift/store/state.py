@@ -67,12 +67,18 @@ class StateStore:
         raise ValidationError(f"state key {key!r} does not hold an integer, or adding {by} "
                               "leaves the 64-bit integer range")
 
-    def list_state(self, prefix: str | None, limit: int, now: float) -> list[dict[str, Any]]:
+    def list_state(self, prefix: str | None, limit: int, now: float,
+                   after: str | None = None) -> list[dict[str, Any]]:
+        """Live keys in key order (by code point on every store), those after
+        ``after`` only when it is given: the last key of a page gives the next."""
         sql = "SELECT * FROM state WHERE (expires_at IS NULL OR expires_at > :now)"
         params: dict[str, Any] = {"now": now, "limit": limit}
         if prefix:
             sql += " AND key >= :lo AND key < :hi"
             params.update(lo=prefix, hi=prefix + "\U0010ffff")
+        if after is not None:
+            sql += " AND key > :after"
+            params["after"] = after
         sql += " ORDER BY key LIMIT :limit"
         with self.db.read() as tx:
             found = tx.raw(sql, params)
