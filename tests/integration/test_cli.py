@@ -557,8 +557,12 @@ def test_state_get_set_delete(db_url: str) -> None:
     value = {"done": 3, "of": 10, "files": ["a.csv"]}
     assert cli(db_url, "state", "set", "imports:42:progress", json.dumps(value)).returncode == 0
     assert cli_json(db_url, "state", "get", "imports:42:progress") == value
-    assert cli(db_url, "state", "set", "imports:43:progress", "0", "--ttl", "10m").returncode == 0
-    keys = cli_json(db_url, "state", "list", "--prefix", "imports:")
+    # --json shows the entry as the store holds it, as `state list` does: the
+    # expiry as a time, not the TTL as it was typed.
+    stored = cli_json(db_url, "state", "set", "imports:43:progress", "0", "--ttl", "10m")
+    assert set(stored) == {"key", "value", "expires_at", "updated_at"}
+    keys = cli_json(db_url, "state", "list", "--prefix", "imports:")["items"]
+    assert stored == keys[1]
     assert [(k["key"], k["expires_at"] is not None) for k in keys] == [
         ("imports:42:progress", False), ("imports:43:progress", True)
     ]
@@ -571,6 +575,44 @@ def test_state_get_set_delete(db_url: str) -> None:
     assert gone.returncode == 0
     assert cli(db_url, "state", "get", "imports:42:progress").returncode == 3
     assert cli_json(db_url, "state", "get", "imports:43:progress") == 0
+
+
+def test_state_list_pages_keep_the_prefix_and_page_size(db_url: str, app: StackShift) -> None:
+    odd = "imports:1\x1b[2J\nzz"  # the last key of the first page: the cursor of the next
+    for key in ("imports:1", odd, "imports:2", "imports:3", "imports:4", "other"):
+        app.state.set(key, 1)
+    first = cli_json(db_url, "state", "list", "--prefix", "imports:", "--limit", "2")
+    assert ([k["key"] for k in first["items"]], first["next_cursor"]) == (
+        ["imports:1", odd], odd)
+    rest = cli_json(db_url, "state", "list", "--prefix", "imports:", "--limit", "2",
+                    "--cursor", first["next_cursor"])
+    assert [k["key"] for k in rest["items"]] == ["imports:2", "imports:3"]
+    last = cli_json(db_url, "state", "list", "--prefix", "imports:", "--limit", "2",
+                    "--cursor", rest["next_cursor"])
+    assert ([k["key"] for k in last["items"]], last["next_cursor"]) == (["imports:4"], None)
+
+    # The text output ends with the command for the next page, run as printed.
+    shown = cli(db_url, "state", "list", "--prefix", "imports:", "--limit", "2")
+    pages, cursors = [], []
+    while True:
+        assert shown.returncode == 0, shown.stderr
+        pages.append(shown.stdout)
+        hint = shown.stdout.splitlines()[-1]
+        if not hint.startswith("More: stackshift "):
+            break
+        assert "\x1b" not in hint  # the key's escape sequence is not sent to the terminal
+        # What a shell makes of the command (bash reads $'...' as zsh does).
+        words = json.loads(subprocess.run(
+            ["bash", "-c", 'python3 -c "import json,sys; print(json.dumps(sys.argv[1:]))" '
+             + hint.removeprefix("More: stackshift ")],
+            capture_output=True, text=True, check=True).stdout)
+        assert words[:-1] == ["state", "list", "--prefix", "imports:", "--limit", "2",
+                              "--cursor"], hint
+        cursors.append(words[-1])
+        shown = cli(db_url, *words)
+    assert cursors == [odd, "imports:3"]
+    assert len(pages) == 3 and "imports:4" in pages[2]
+    assert cli(db_url, "state", "list", "--cursor", "zzz").stdout == "No more state keys.\n"
 
 
 def test_tables_show_users_text_as_it_is(db_url: str, app: StackShift) -> None:

@@ -166,8 +166,28 @@ def next_page_command(cursor: str) -> str:
             continue
         value = ctx.params.get(name)
         if isinstance(param, click.Argument):
-            words.append(shlex.quote(str(value)))
+            words.append(shell_word(str(value)))
         elif value is not None and ctx.get_parameter_source(name) not in (
                 ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
-            words += [param.opts[0], shlex.quote(str(value))]
-    return " ".join([*words, "--cursor", shlex.quote(cursor)])
+            words += [param.opts[0], shell_word(str(value))]
+    return " ".join([*words, "--cursor", shell_word(cursor)])
+
+
+def shell_word(text: str) -> str:
+    """``text`` quoted for a shell. Text with control characters (a state key may
+    hold any) is written ``$'...'`` with them escaped, as bash and zsh read it, so
+    that the command stays on one line and no escape sequence reaches the terminal."""
+    if text.isprintable():
+        return shlex.quote(text)
+    out = []
+    for char in text:
+        code = ord(char)
+        if char in "\\'":
+            out.append("\\" + char)
+        elif char.isprintable():
+            out.append(char)
+        elif code < 0x80:
+            out.append(f"\\x{code:02x}")
+        else:
+            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
+    return "$'" + "".join(out) + "'"

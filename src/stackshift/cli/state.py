@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
+from typing import Any
 
 import click
 
+from ..durations import parse_duration
 from .failures import not_found
 from .options import (
     database_url_option,
     duration,
     json_option,
+    next_page_command,
     open_client,
     parse_json_argument,
 )
@@ -57,9 +61,19 @@ def set_(
     value = parse_json_argument(value_json, "VALUE_JSON")
     seconds = duration(ttl, "--ttl")
     with open_client(database_url) as app:
+        began = time.time()
         app.state.set(key, value, ttl=seconds)
+        if as_json:
+            # What the store holds now, as `state list` shows it: of the keys
+            # starting with this one, the first is the key itself while it lives.
+            held = [item for item in app.state.keys(key, 1) if item["key"] == key]
     if as_json:
-        echo_json({"key": key, "value": value, "ttl": ttl})
+        if held:
+            echo_json(_entry(held[0]))
+        else:  # a TTL shorter than the round trip: it expired already
+            expires = None if seconds is None else began + parse_duration(seconds, name="--ttl")
+            echo_json(_entry({"key": key, "value": value, "expires_at": expires,
+                              "updated_at": began}))
         return
     console().print(f"Set {key!r}" + (f" (expires in {ttl})" if ttl else "") + ".", markup=False)
 
@@ -82,19 +96,34 @@ def delete(key: str, as_json: bool, database_url: str | None) -> None:
 
 @state.command("list")
 @click.option("--prefix", help="Only keys starting with this.")
-@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True,
+              help="Keys per page.")
+@click.option("--cursor", help="Next page: the cursor printed under the previous one.")
 @json_option
 @database_url_option
-def list_state(prefix: str | None, limit: int, as_json: bool, database_url: str | None) -> None:
+def list_state(prefix: str | None, limit: int, cursor: str | None, as_json: bool,
+               database_url: str | None) -> None:
     """Live keys in key order."""
     with open_client(database_url) as app:
-        items = app.state.keys(prefix, limit)
+        items = app.state.keys(prefix, limit, after=cursor)
+        # A full page has a next one when a live key follows its last.
+        more = len(items) == limit and bool(app.state.keys(prefix, 1, after=items[-1]["key"]))
+    # The cursor is the last key of the page: the next page starts after it.
+    next_cursor = items[-1]["key"] if more else None
     if as_json:
         # Times as ISO-8601 in UTC, as in every other command's JSON.
-        echo_json([{**item, "expires_at": _moment(item["expires_at"]),
-                    "updated_at": _moment(item["updated_at"])} for item in items])
+        echo_json({"items": [_entry(item) for item in items], "next_cursor": next_cursor})
         return
+    out = console()
     if not items:
-        console().print("No state keys match.")
+        out.print("No state keys match." if cursor is None else "No more state keys.")
         return
-    console().print(state_table(items))
+    out.print(state_table(items))
+    if next_cursor is not None:
+        out.print(f"More: {next_page_command(next_cursor)}", style="dim", markup=False)
+
+
+def _entry(item: dict[str, Any]) -> dict[str, Any]:
+    """A state entry as JSON: its times as ISO-8601 in UTC, as in every other command."""
+    return {**item, "expires_at": _moment(item["expires_at"]),
+            "updated_at": _moment(item["updated_at"])}
