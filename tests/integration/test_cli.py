@@ -194,6 +194,51 @@ def test_bad_input_exits_2_with_a_message_and_writes_nothing(
     assert app.state.get("greeting") is None
 
 
+#: Input the SDK refuses, with the message naming the option the user typed.
+REFUSED_OPTIONS = [
+    (["start", "job", "--scheduled-at", "soon"], "--scheduled-at: 'soon' is not an ISO-8601"),
+    (["start", "job", "--delay", "1h", "--scheduled-at", "2030-01-01T09:00:00Z"],
+     "give --scheduled-at or --delay, not both"),
+    (["start", "job", "--idempotency-ttl", "1h"], "--idempotency-ttl needs an --idempotency-key"),
+    (["start", "job", "--max-attempts", "0"], "--max-attempts must be an integer from 1"),
+    (["start", "job", "--priority", str(2**40)], "--priority must be a 32-bit integer"),
+    (["start", "job", "--concurrency-key", ""], "--concurrency-key must be a non-empty"),
+    (["start", "job", "--concurrency-key", "k" * 600], "--concurrency-key is 600 characters"),
+    (["runs", "list", "--limit", "0"], "--limit must be an integer from 1 to 1000"),
+    (["events", "send", "ev", "--correlation-key", ""], "--correlation-key must be a non-empty"),
+    (["events", "send", "ev", "--idempotency-key", ""], "--idempotency-key must be a non-empty"),
+    (["state", "set", "greeting", "1", "--ttl", "0"], "--ttl must be more than 0"),
+    (["schedules", "create", "job", "--cron", "@hourly", "--timezone", ""],
+     "--timezone must be an IANA zone name"),
+    (["queues", "set", "q", "--rate-limit", "fast"], "--rate-limit 'fast' is invalid"),
+    (["queues", "set", "q", "--concurrency", "0"], "--concurrency must be an integer from 1"),
+    (["queues", "set", "q", "--max-attempts", "0"], "--max-attempts must be an integer from 1"),
+    (["queues", "--window", "0"], "--window must be from 1s to 90d"),
+    (["queues", "show", "q", "--window", "100d"], "--window must be from 1s to 90d"),
+]
+
+
+def test_refused_input_is_named_by_the_option_the_user_typed(
+    db_url: str, app: StackShift
+) -> None:
+    for args, message in REFUSED_OPTIONS:
+        done = cli(db_url, *args)
+        assert done.returncode == 2, (args, done.returncode, done.stdout, done.stderr)
+        assert done.stderr.startswith(f"error: {message}"), (args, done.stderr)
+        # Not the SDK's parameter name (scheduled_at, limit) beside the option.
+        for word in args:
+            if word.startswith("--"):
+                name = word[2:].replace("-", "_")
+                assert not re.search(rf"(?<![\w-]){name}(?![\w-])", done.stderr), (
+                    args, done.stderr)
+        assert done.stdout == "", (args, done.stdout)
+    assert app.runs.list().items == []
+    assert app.events.list().items == []
+    assert app.state.get("greeting") is None
+    assert app.schedules.list() == []
+    assert app.queues.list() == []
+
+
 def test_unknown_ids_and_keys_exit_3(db_url: str) -> None:
     for args in (["runs", "show", "run_missing"], ["runs", "cancel", "run_missing"],
                  ["runs", "wait", "run_missing"]):

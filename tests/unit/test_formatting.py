@@ -1,4 +1,5 @@
-"""How durations and ages read in the CLI and on the dashboard, at their edges."""
+"""How durations, ages and error messages read in the CLI and on the dashboard,
+at their edges."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from stackshift.cli.failures import in_option_terms
 from stackshift.cli.queues import _rate
 from stackshift.cli.render import span
 from stackshift.dashboard.formatting import ago, day_time, duration, percent, time_in_run
@@ -70,3 +72,23 @@ def test_dashboard_times_of_another_day_carry_their_date() -> None:
     assert day_time(morning, later.timestamp()) == "2026-03-02 09:12:00"
     assert time_in_run(morning, morning) == "09:12:00.000"
     assert time_in_run(later, morning) == "2026-03-05 09:12:05.250"
+
+
+LIST_OPTIONS = {"limit": "--limit", "idempotency_key": "--idempotency-key", "job": "--job",
+                "scheduled_at": "--scheduled-at", "delay": "--delay"}
+
+
+@pytest.mark.parametrize(("sdk", "cli"), [
+    ("limit must be an integer from 1 to 1000, got 0",
+     "--limit must be an integer from 1 to 1000, got 0"),
+    # An identifier wherever it stands; a plain word only where a name stands.
+    ("idempotency_key is 600 characters, over the limit of 512",
+     "--idempotency-key is 600 characters, over the limit of 512"),
+    ("scheduled_at: 'x' is not an ISO-8601 time", "--scheduled-at: 'x' is not an ISO-8601 time"),
+    ("give scheduled_at or delay, not both", "give --scheduled-at or --delay, not both"),
+    ("job name '' is invalid", "job name '' is invalid"),
+    ("give ttl or expires_at, not both", "give ttl or expires_at, not both"),
+    ("max_attempts_total must be", "max_attempts_total must be"),
+])
+def test_cli_errors_name_the_options_the_user_typed(sdk: str, cli: str) -> None:
+    assert in_option_terms(sdk, LIST_OPTIONS) == cli

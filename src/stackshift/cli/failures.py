@@ -15,6 +15,8 @@ Messages go to stderr; a traceback only when ``STACKSHIFT_DEBUG`` is set.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from enum import IntEnum
 from typing import IO, Any
 
@@ -71,6 +73,28 @@ def failed(message: str) -> CliFailure:
 
 def debugging() -> bool:
     return os.environ.get("STACKSHIFT_DEBUG", "") not in ("", "0")
+
+
+def in_option_terms(message: str, options: Mapping[str, str]) -> str:
+    """An SDK message with the SDK's parameter names (``scheduled_at``) given as the
+    command's options the user typed (``--scheduled-at``); ``options`` maps each
+    parameter name to its option.
+
+    A name with an underscore is an identifier wherever it stands. A one-word
+    name (``limit``, ``ttl``) may be plain English, so it is taken as a name only
+    where the SDK puts one: as the subject the message opens with (``limit must
+    be``, ``window: '0' is not``) and in ``give A or B, not both``.
+    """
+    for name, option in options.items():
+        if "_" in name:
+            message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", option, message)
+        elif re.match(rf"{re.escape(name)}(:| must | needs )", message):
+            message = option + message[len(name):]
+    both = re.fullmatch(r"give ([\w-]+) or ([\w-]+), not both", message)
+    if both:
+        first, second = (options.get(word, word) for word in both.groups())
+        message = f"give {first} or {second}, not both"
+    return message
 
 
 def translate(exc: Exception) -> CliFailure:

@@ -11,7 +11,7 @@ import click
 from .bench import bench
 from .dev import dev
 from .events import events
-from .failures import debugging, translate
+from .failures import CliFailure, debugging, translate
 from .migrate import migrate
 from .options import DATABASE_ENV, not_empty
 from .queues import queues
@@ -29,6 +29,10 @@ class _Commands(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except CliFailure as exc:
+            if debugging() and exc.__cause__ is not None:  # an SDK error, reworded
+                traceback.print_exception(exc.__cause__)
+            raise
         except (click.ClickException, click.exceptions.Exit, click.Abort, BrokenPipeError):
             raise  # click reports these itself (a closed pipe ends quietly)
         except Exception as exc:

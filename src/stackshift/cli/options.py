@@ -17,7 +17,7 @@ from ..client import DEFAULT_DATABASE_URL, URL_ENV, StackShift
 from ..durations import parse_duration
 from ..errors import ValidationError
 from ..serialization import to_jsonable
-from .failures import bad_input
+from .failures import bad_input, in_option_terms
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -143,8 +143,18 @@ def open_client(database_url: str | None) -> Iterator[StackShift]:
     app = StackShift(database_url)
     try:
         yield app
+    except ValueError as exc:  # bad input the SDK refused: nothing was written
+        raise bad_input(in_option_terms(str(exc), _options_by_name())) from exc
     finally:
         app.close()
+
+
+def _options_by_name() -> dict[str, str]:
+    """The running command's options by their parameter names, which are the SDK's:
+    ``{"scheduled_at": "--scheduled-at", ...}``."""
+    ctx = click.get_current_context()
+    return {param.name: param.opts[0] for param in ctx.command.params
+            if isinstance(param, click.Option) and param.name is not None}
 
 
 def next_page_command(cursor: str) -> str:

@@ -12,6 +12,7 @@ from ..store.queues import KEEP
 from .failures import bad_input
 from .options import (
     database_url_option,
+    duration,
     json_option,
     next_page_command,
     open_client,
@@ -25,7 +26,7 @@ _STATUSES = ("scheduled", "queued", "running", "waiting", "retrying", "completed
 
 def _window_option(fn: Any) -> Any:
     return click.option("--window", default="15m", show_default=True,
-                        help="Throughput and failure rate over this long.")(fn)
+                        help="Throughput and failure rate over this long (1s to 90d).")(fn)
 
 
 def _limit(queue: QueueInfo) -> str:
@@ -137,8 +138,9 @@ def queues(ctx: click.Context, window: str, as_json: bool, database_url: str | N
 def list_queues(window: str = "15m", as_json: bool = False,
                 database_url: str | None = None) -> None:
     """Every queue that holds runs or has settings."""
+    seconds = duration(window, "--window")
     with open_client(database_url) as app:
-        found = app.queues.list(window)
+        found = app.queues.list(seconds)
     if as_json:
         echo_json(found)
         return
@@ -155,8 +157,9 @@ def list_queues(window: str = "15m", as_json: bool = False,
 @database_url_option
 def show(name: str, window: str, as_json: bool, database_url: str) -> None:
     """Settings, runs per status, throughput, failure rate and oldest queued run."""
+    seconds = duration(window, "--window")
     with open_client(database_url) as app:
-        _show(app.queues.get(name, window), as_json)
+        _show(app.queues.get(name, seconds), as_json)
 
 
 @queues.command()
