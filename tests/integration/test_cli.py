@@ -177,6 +177,7 @@ BAD_INPUT = [
     (["runs", "list", "--database-url", " "], "'--database-url'"),
     (["events", "send", "ev", '{"n": 1e999}'], "inf is not JSON"),
     (["state", "set", "greeting", "1e999"], "inf is not JSON"),
+    (["state", "list", "--cursor", ""], "'--cursor': is empty"),
 ]
 
 
@@ -607,6 +608,8 @@ def test_state_get_set_delete(db_url: str) -> None:
     assert cli_json(db_url, "state", "get", "imports:42:progress") == value
     # --json shows the entry as the store holds it, as `state list` does: the
     # expiry as a time, not the TTL as it was typed.
+    shown = cli(db_url, "state", "set", "imports:43:progress", "0", "--ttl", "90")
+    assert shown.stdout == "Set 'imports:43:progress' (expires in 1m30s).\n"  # seconds
     stored = cli_json(db_url, "state", "set", "imports:43:progress", "0", "--ttl", "10m")
     assert set(stored) == {"key", "value", "expires_at", "updated_at"}
     keys = cli_json(db_url, "state", "list", "--prefix", "imports:")["items"]
@@ -812,6 +815,10 @@ def test_queue_throughput_reads_zero_only_when_nothing_finished(
     assert row.split()[-3:] == ["<0.1", "0%", "-"], listed.stdout
     hour = cli(db_url, "queues", "show", "reports", "--window", "90m").stdout
     assert "last 1h30m  " in hour, hour
+    # A bare number is seconds, as for every other duration option.
+    seconds = cli(db_url, "queues", "show", "reports", "--window", "5400")
+    assert seconds.returncode == 0, seconds.stderr
+    assert "last 1h30m  " in seconds.stdout, seconds.stdout
 
 
 # -- stackshift worker ----------------------------------------------------------------------

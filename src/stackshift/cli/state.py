@@ -15,10 +15,11 @@ from .options import (
     duration,
     json_option,
     next_page_command,
+    not_empty,
     open_client,
     parse_json_argument,
 )
-from .render import console, echo_json, state_table
+from .render import console, echo_json, span, state_table
 
 _MISSING = object()
 
@@ -75,7 +76,9 @@ def set_(
             echo_json(_entry({"key": key, "value": value, "expires_at": expires,
                               "updated_at": began}))
         return
-    console().print(f"Set {key!r}" + (f" (expires in {ttl})" if ttl else "") + ".", markup=False)
+    # A bare number is seconds: "90" reads "1m30s", as durations do in every table.
+    lasts = "" if seconds is None else f" (expires in {span(parse_duration(seconds))})"
+    console().print(f"Set {key!r}{lasts}.", markup=False)
 
 
 @state.command()
@@ -98,7 +101,8 @@ def delete(key: str, as_json: bool, database_url: str | None) -> None:
 @click.option("--prefix", help="Only keys starting with this.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True,
               help="Keys per page.")
-@click.option("--cursor", help="Next page: the cursor printed under the previous one.")
+@click.option("--cursor", callback=not_empty,
+              help="Next page: the cursor printed under the previous one.")
 @json_option
 @database_url_option
 def list_state(prefix: str | None, limit: int, cursor: str | None, as_json: bool,
