@@ -936,8 +936,10 @@ def test_worker_refuses_an_app_it_cannot_find(db_url: str, tmp_path: Path) -> No
         ([f"{tmp_path / 'nojobs.py'}:x"], "not a StackShift"),
         ([str(tmp_path / "nojobs.py")], "defines no jobs"),
         (["no_such_module_here:app"], "cannot import module"),
-        ([str(SHOP), "--lease", "0s"], "lease must be at least 1s"),
-        ([str(SHOP), "--lease", "0.5"], "lease must be at least 1s"),
+        (["", "--lease", "1m"], "'' is not a module name"),
+        ([".shop"], "'.shop' is not a module name"),
+        ([str(SHOP), "--lease", "0s"], "error: --lease must be at least 1s"),
+        ([str(SHOP), "--lease", "0.5"], "error: --lease must be at least 1s"),
         ([str(SHOP), "--queues", "bad_q!"], "queue name 'bad_q!' is invalid"),
     ]
     for args, message in cases:

@@ -55,6 +55,10 @@ def _import_file(path: Path) -> ModuleType:
 
 
 def _import_module(name: str) -> ModuleType:
+    if not all(part.isidentifier() for part in name.split(".")):
+        # "", ".app", "my app": not a module name; importing would fail with a traceback.
+        raise bad_input(f"{name!r} is not a module name: give APP as package.module:attribute,"
+                        " path/to/file.py or path/to/file.py:attribute")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:

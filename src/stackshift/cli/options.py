@@ -142,11 +142,20 @@ def open_client(database_url: str | None) -> Iterator[StackShift]:
     SDK's own choice from the environment when it is ``None``."""
     app = StackShift(database_url)
     try:
-        yield app
-    except ValueError as exc:  # bad input the SDK refused: nothing was written
-        raise bad_input(in_option_terms(str(exc), _options_by_name())) from exc
+        with refusals_in_option_terms():
+            yield app
     finally:
         app.close()
+
+
+@contextmanager
+def refusals_in_option_terms() -> Iterator[None]:
+    """Bad input the SDK refuses in the block (nothing was written) ends the command
+    with exit 2 and its message naming the options the user typed."""
+    try:
+        yield
+    except ValueError as exc:
+        raise bad_input(in_option_terms(str(exc), _options_by_name())) from exc
 
 
 def _options_by_name() -> dict[str, str]:

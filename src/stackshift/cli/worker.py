@@ -16,7 +16,7 @@ from ..errors import ValidationError
 from ..remote import check_base_url
 from .failures import bad_input
 from .loader import load_app
-from .options import DATABASE_ENV, duration, split_list
+from .options import DATABASE_ENV, duration, refusals_in_option_terms, split_list
 from .render import console, shown_url
 
 
@@ -153,8 +153,9 @@ def worker(
             url = None  # as for clients, STACKSHIFT_DATABASE_URL wins over STACKSHIFT_URL
     app = load_app_through(app_spec, url, api_key) if url else load_app_on(app_spec, database_url)
     served = split_list(queues)
-    w = app.worker(concurrency=concurrency, queues=served, lease=lease_seconds,
-                   shutdown_grace=grace)
+    with refusals_in_option_terms():
+        w = app.worker(concurrency=concurrency, queues=served, lease=lease_seconds,
+                       shutdown_grace=grace)
     if not w.jobs:
         raise bad_input(f"{app_spec} defines no jobs; nothing to execute")
     configure_logging(log_level)
