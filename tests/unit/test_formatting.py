@@ -89,6 +89,11 @@ LIST_OPTIONS = {"limit": "--limit", "idempotency_key": "--idempotency-key", "job
     ("job name '' is invalid", "job name '' is invalid"),
     ("give ttl or expires_at, not both", "give ttl or expires_at, not both"),
     ("max_attempts_total must be", "max_attempts_total must be"),
+    # The user's own text, quoted, stays as typed.
+    ("scheduled_at: 'idempotency_key' is not an ISO-8601 time",
+     "--scheduled-at: 'idempotency_key' is not an ISO-8601 time"),
+    ('scheduled_at: "it\'s idempotency_key" is not',
+     '--scheduled-at: "it\'s idempotency_key" is not'),
 ])
 def test_cli_errors_name_the_options_the_user_typed(sdk: str, cli: str) -> None:
     assert in_option_terms(sdk, LIST_OPTIONS) == cli

@@ -83,18 +83,24 @@ def in_option_terms(message: str, options: Mapping[str, str]) -> str:
     A name with an underscore is an identifier wherever it stands. A one-word
     name (``limit``, ``ttl``) may be plain English, so it is taken as a name only
     where the SDK puts one: as the subject the message opens with (``limit must
-    be``, ``window: '0' is not``) and in ``give A or B, not both``.
+    be``, ``window: '0' is not``) and in ``give A or B, not both``. Quoted text
+    (the user's values, as ``repr`` shows them) is left as it is.
     """
-    for name, option in options.items():
-        if "_" in name:
-            message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", option, message)
-        elif re.match(rf"{re.escape(name)}(:| must | needs )", message):
-            message = option + message[len(name):]
-    both = re.fullmatch(r"give ([\w-]+) or ([\w-]+), not both", message)
+    both = re.fullmatch(r"give (\w+) or (\w+), not both", message)
     if both:
         first, second = (options.get(word, word) for word in both.groups())
-        message = f"give {first} or {second}, not both"
-    return message
+        return f"give {first} or {second}, not both"
+    parts = _QUOTED.split(message)  # the text between quotes, then each quoted part
+    for name, option in options.items():
+        if "_" in name:
+            word = re.compile(rf"(?<![\w-]){re.escape(name)}(?![\w-])")
+            parts[::2] = [word.sub(option, part) for part in parts[::2]]
+        elif re.match(rf"{re.escape(name)}(:| must | needs )", parts[0]):
+            parts[0] = option + parts[0][len(name):]
+    return "".join(parts)
+
+
+_QUOTED = re.compile(r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
 
 
 def translate(exc: Exception) -> CliFailure:

@@ -61,6 +61,7 @@ def set_(
     """Set KEY to VALUE_JSON ('-' reads it from stdin)."""
     value = parse_json_argument(value_json, "VALUE_JSON")
     seconds = duration(ttl, "--ttl")
+    held: list[dict[str, Any]] = []
     with open_client(database_url) as app:
         began = time.time()
         app.state.set(key, value, ttl=seconds)
@@ -69,12 +70,10 @@ def set_(
             # starting with this one, the first is the key itself while it lives.
             held = [item for item in app.state.keys(key, 1) if item["key"] == key]
     if as_json:
-        if held:
-            echo_json(_entry(held[0]))
-        else:  # a TTL shorter than the round trip: it expired already
-            expires = None if seconds is None else began + parse_duration(seconds, name="--ttl")
-            echo_json(_entry({"key": key, "value": value, "expires_at": expires,
-                              "updated_at": began}))
+        if not held:  # a TTL shorter than the round trip: it expired already
+            expires = None if seconds is None else began + parse_duration(seconds)
+            held = [{"key": key, "value": value, "expires_at": expires, "updated_at": began}]
+        echo_json(_entry(held[0]))
         return
     # A bare number is seconds: "90" reads "1m30s", as durations do in every table.
     lasts = "" if seconds is None else f" (expires in {span(parse_duration(seconds))})"
