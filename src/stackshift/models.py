@@ -242,9 +242,16 @@ class ThroughputBucket:
 
 @dataclass(frozen=True)
 class JobStats:
+    """A job's runs: counts per status and when the newest was created. ``due``
+    counts the queued, scheduled and retrying runs a worker could claim now;
+    ``next_due_at`` is the earliest due time among all of those (past or future),
+    None when none waits."""
+
     name: str
     counts: dict[str, int]
     last_created_at: datetime | None
+    due: int = 0
+    next_due_at: datetime | None = None
 
 
 @dataclass(frozen=True)

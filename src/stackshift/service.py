@@ -634,8 +634,9 @@ class Service(FlowControl):
         return self.store.throughput(end - size * buckets, size, buckets, queue)
 
     def job_stats(self) -> list[JobStats]:
-        """Each job that has runs: counts per status and its latest start."""
-        return self.store.job_stats()
+        """Each job that has runs: counts per status, its latest start, and its runs
+        due now (see :class:`JobStats`)."""
+        return self.store.job_stats(self.clock.now())
 
     def list_workers(self) -> list[WorkerInfo]:
         """Registered workers, oldest first (stale ones are removed after 5 minutes)."""

@@ -392,7 +392,7 @@ def test_overview_pages_events_jobs_workers_and_state(stack: Dashboard, page: Pa
     page.goto(stack.at("/jobs"))
     expect(page.locator("tr[data-job=resize-image]")).to_contain_text("1 live")
     expect(page.locator("tr[data-job=nightly-report]")).to_contain_text(
-        "No live worker · 1 waiting")
+        "No live worker · 1 due")
     # A run that no worker ever executed was created, not "started".
     expect(page.locator("#jobs-table th").nth(2)).to_have_text("Newest run")
     expect(page.locator("tr[data-worker-id]")).to_have_count(1)
@@ -857,3 +857,45 @@ def test_a_refused_state_prefix_is_shown_beside_its_search_box(
     expect(page.locator(".flash-error")).to_contain_text("NUL character")
     expect(page.locator("input[name=prefix]")).to_be_visible()
     expect(page.locator("td.key-cell")).to_have_count(0)
+
+
+def test_jobs_page_flags_a_missing_worker_only_for_runs_that_are_due(
+    db_url: str, store_kind: str, page: Page
+) -> None:
+    """Runs due in days need no worker yet: the page says when the next is due, and
+    flags the job once a run is due with no live worker to take it."""
+    clock = FakeClock(datetime(2026, 3, 2, 9, 12, tzinfo=UTC).timestamp())
+    app = StackShift(db_url, clock=clock)
+
+    @app.job("nightly-export", max_attempts=3, backoff={"base": "2d", "cap": "30d",
+                                                         "jitter": False})
+    def export(ctx: Any) -> None:
+        raise ConnectionError("warehouse API refused the connection")
+
+    try:
+        retried = app.start("nightly-export")
+        run_until_idle(app)  # attempt 1 fails: the next one is in 2 days
+        assert app.runs.get(retried.id).status == "retrying"
+        app.start("archive-orders", delay="3d")  # no worker knows this job
+        app.start("send-digest")  # due now, and no worker knows it either
+        with serve(app, auth="open") as url:
+            page.goto(f"{url}/jobs")
+            export_row = page.locator("tr[data-job=nightly-export]")
+            archive_row = page.locator("tr[data-job=archive-orders]")
+            digest_row = page.locator("tr[data-job=send-digest]")
+            expect(digest_row.locator(".pill-failed")).to_have_text("No live worker · 1 due")
+            for row, due_in in ((export_row, "in 2d"), (archive_row, "in 3d")):
+                expect(row.locator(".pill-failed")).to_have_count(0)
+                expect(row.locator(".next-due")).to_have_text(f"next run due {due_in}")
+                expect(row.locator(".next-due time")).to_have_attribute(
+                    "title", re.compile(r"^2026-03-0[45] 09:12:00\.000 UTC$"))
+
+            clock.advance("2d")
+            page.reload()
+            expect(export_row.locator(".pill-failed")).to_have_text("No live worker · 1 due")
+            expect(export_row.locator(".next-due")).to_have_count(0)
+            expect(archive_row.locator(".pill-failed")).to_have_count(0)
+            expect(archive_row.locator(".next-due")).to_have_text("next run due in 1d")
+    finally:
+        app.close()
+

@@ -325,14 +325,17 @@ def jobs_page(service: Service, params: Mapping[str, str], now: float) -> dict[s
     for name in names:
         js = stats.get(name)
         counts = js.counts if js else {}
-        waiting_work = sum(counts.get(s, 0) for s in ("queued", "scheduled", "retrying"))
+        due = js.due if js else 0
         jobs.append({
             "name": name,
             "counts": counts,
             "total": sum(counts.values()),
             "last": js.last_created_at if js else None,
             "workers": serving.get(name, 0),
-            "stranded": waiting_work if not serving.get(name) else 0,
+            # Runs due now that no live worker can take; runs due later need no
+            # worker yet: the page gives their due time instead.
+            "stranded": due if not serving.get(name) else 0,
+            "next_due": js.next_due_at if js and not due else None,
         })
     return {
         "page_title": "Jobs and workers",

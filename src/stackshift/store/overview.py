@@ -69,16 +69,25 @@ class OverviewStore:
             for name, cells in grid.items()
         }
 
-    def job_stats(self) -> list[JobStats]:
-        """Every job that has runs: counts per status and when it was last started."""
+    def job_stats(self, now: float) -> list[JobStats]:
+        """Every job that has runs: counts per status, when it was last started, and
+        how many of its runs a worker could claim at ``now`` (with the earliest due
+        time of those waiting, due or not)."""
         with self.db.read() as tx:
             found = tx.all("count_runs_by_job_status")
+            due = {r["job"]: (int(r["due"] or 0), r["next_due"])
+                   for r in tx.all("due_runs_by_job", now=now)}
         counts: dict[str, dict[str, int]] = {}
         last: dict[str, float] = {}
         for r in found:
             counts.setdefault(r["job"], {})[r["status"]] = int(r["n"])
             last[r["job"]] = max(last.get(r["job"], 0.0), float(r["last_created"]))
-        return [JobStats(name, counts[name], to_datetime(last[name])) for name in sorted(counts)]
+        return [
+            JobStats(name, counts[name], to_datetime(last[name]),
+                     due=due.get(name, (0, None))[0],
+                     next_due_at=to_datetime(due.get(name, (0, None))[1]))
+            for name in sorted(counts)
+        ]
 
     def workers(self) -> list[WorkerInfo]:
         with self.db.read() as tx:

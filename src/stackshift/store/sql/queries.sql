@@ -406,6 +406,14 @@ GROUP BY queue, (CAST(finished_at AS BIGINT) - :since) / :bucket, status;
 SELECT job, status, COUNT(*) AS n, MAX(created_at) AS last_created FROM runs
 GROUP BY job, status;
 
+-- name: due_runs_by_job
+-- Runs a worker of the job could claim at :now (as the claim queries pick them),
+-- and the earliest time any of them is (or was) due.
+SELECT job, SUM(CASE WHEN available_at <= :now THEN 1 ELSE 0 END) AS due,
+       MIN(available_at) AS next_due
+FROM runs WHERE status IN ('queued', 'scheduled', 'retrying')
+GROUP BY job;
+
 -- name: change_marker
 -- Cheap: each part is the end of an index (or a tiny table).
 SELECT (SELECT MAX(id) FROM timeline) AS timeline, (SELECT MAX(id) FROM logs) AS logs,
