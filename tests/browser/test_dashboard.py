@@ -890,8 +890,17 @@ def test_jobs_page_flags_a_missing_worker_only_for_runs_that_are_due(
                 expect(row.locator(".next-due time")).to_have_attribute(
                     "title", re.compile(r"^2026-03-0[45] 09:12:00\.000 UTC$"))
 
+            # A backoff of days: the list gives the next attempt's date, not only a time.
+            page.goto(f"{url}/runs")
+            note = page.locator(f"tr[data-run-id='{retried.id}'] td.note .truncate")
+            expect(note).to_have_text("next attempt at 2026-03-04 09:12:00 UTC · "
+                                      "ConnectionError: warehouse API refused the connection")
+            expect(note).to_have_attribute("title", re.compile(r"^next attempt at 2026-03-04 "))
+
             clock.advance("2d")
             page.reload()
+            expect(note).to_contain_text("next attempt at 09:12:00 UTC · ConnectionError")
+            page.goto(f"{url}/jobs")
             expect(export_row.locator(".pill-failed")).to_have_text("No live worker · 1 due")
             expect(export_row.locator(".next-due")).to_have_count(0)
             expect(archive_row.locator(".pill-failed")).to_have_count(0)

@@ -18,6 +18,7 @@ from ..errors import EventNotFoundError, RunNotFoundError, StackShiftError
 from ..models import LogEntry, Page, Run
 from ..service import Service
 from . import waterfall
+from .formatting import day_time
 
 STATUSES = [s.value for s in Status]
 #: The order statuses are shown in: what needs attention first.
@@ -127,9 +128,15 @@ def runs_page(service: Service, params: Mapping[str, str], now: float) -> dict[s
 
 
 def run_row(run: Run, now: float) -> dict[str, Any]:
-    """One line of a runs table: what a reader scans for."""
+    """One line of a runs table: what a reader scans for. A retrying run gives its
+    next attempt first, then the error; the time reads with its date when it falls
+    on another UTC day than ``now`` (a backoff of days)."""
     note = ""
-    if run.error is not None and run.status in ("failed", "retrying", "cancelled"):
+    if run.status == "retrying" and run.next_attempt_at is not None:
+        note = f"next attempt at {day_time(run.next_attempt_at, now)} UTC"
+        if run.error is not None:
+            note += f" · {run.error.type}: {run.error.message}"
+    elif run.error is not None and run.status in ("failed", "retrying", "cancelled"):
         note = f"{run.error.type}: {run.error.message}"
     elif run.waiting_for is not None:
         w = run.waiting_for
@@ -138,8 +145,6 @@ def run_row(run: Run, now: float) -> dict[str, Any]:
                                                    if w.correlation_key else "")
         elif w.until is not None:
             note = f"sleeps until {w.until.strftime('%Y-%m-%d %H:%M:%S')} UTC"
-    elif run.next_attempt_at is not None and run.status == "retrying":
-        note = f"next attempt at {run.next_attempt_at.strftime('%H:%M:%S')} UTC"
     elif run.next_attempt_at is not None and run.status == "scheduled":
         note = f"starts at {run.next_attempt_at.strftime('%Y-%m-%d %H:%M:%S')} UTC"
     start = run.started_at
