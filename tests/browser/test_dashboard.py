@@ -908,3 +908,30 @@ def test_jobs_page_flags_a_missing_worker_only_for_runs_that_are_due(
     finally:
         app.close()
 
+
+def test_a_long_idempotency_key_reads_in_full_on_hover_and_wraps_on_a_phone(
+    stack: Dashboard, page: Page
+) -> None:
+    key = "nightly-export:2026-11-29:" + "warehouse-eu-central-1-" * 12
+    run = stack.app.start("resize-image", {"image": "big"}, idempotency_key=key)
+    stack.wait_status(run.id, "completed")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(stack.at(f"/runs/{run.id}"))
+    shown = page.locator("#run-idempotency-key")
+    expect(shown).to_have_attribute("title", key)
+    assert shown.evaluate("e => e.scrollWidth > e.clientWidth"), "the key is not cut off"
+    facts = page.locator("dl.facts").bounding_box()
+    box = shown.bounding_box()
+    assert facts is not None and box is not None
+    assert box["x"] + box["width"] <= facts["x"] + facts["width"]
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.reload()
+    expect(shown).to_have_text(key)
+    assert shown.evaluate("e => e.scrollWidth <= e.clientWidth"), "the key is cut off"
+    facts = page.locator("dl.facts").bounding_box()
+    box = shown.bounding_box()
+    assert facts is not None and box is not None
+    assert box["x"] + box["width"] <= facts["x"] + facts["width"], "the key leaves its card"
+    assert box["height"] > 40, "the key does not wrap"
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
