@@ -935,3 +935,33 @@ def test_a_long_idempotency_key_reads_in_full_on_hover_and_wraps_on_a_phone(
     assert box["x"] + box["width"] <= facts["x"] + facts["width"], "the key leaves its card"
     assert box["height"] > 40, "the key does not wrap"
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
+
+
+def test_runs_list_on_a_laptop_screen_folds_run_ids_and_keeps_the_details_readable(
+    stack: Dashboard, page: Page
+) -> None:
+    """At 1280 px the full ids left the details column a word wide: the ids keep
+    their distinct end (and read whole on hover and when copied)."""
+    run = stack.app.start("send-email", {"user": "ada"})
+    stack.wait_status(run.id, "waiting")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(stack.url)
+    row = page.locator(f"tr[data-run-id='{run.id}']")
+    note = row.locator("td.note .truncate")
+    expect(note).to_have_text("waits for email.verified · user:ada")
+    assert note.evaluate("e => e.scrollWidth <= e.clientWidth"), "the details are cut off"
+    link = row.locator("a.run-link")
+    expect(link).to_have_attribute("title", run.id)
+    expect(link).to_have_text(run.id)  # the whole id is there to copy
+    box = link.bounding_box()
+    assert box is not None and box["width"] < 140, f"the run id takes {box}"
+    assert link.evaluate("e => e.scrollWidth > e.clientWidth"), "the id is not folded"
+    # What shows is the end of the id: it begins where the link's box ends, minus it.
+    end = page.evaluate(
+        """id => { const a = document.querySelector(`a.run-link[title='${id}']`);
+                   const r = document.createRange(); const t = a.firstChild;
+                   r.setStart(t, t.length - 1); r.setEnd(t, t.length);
+                   const last = r.getBoundingClientRect(), box = a.getBoundingClientRect();
+                   return box.right - last.right; }""", run.id)
+    assert abs(end) < 2, f"the id's last character is {end}px from the link's right edge"
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
