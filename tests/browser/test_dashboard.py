@@ -965,3 +965,32 @@ def test_runs_list_on_a_laptop_screen_folds_run_ids_and_keeps_the_details_readab
                    return box.right - last.right; }""", run.id)
     assert abs(end) < 2, f"the id's last character is {end}px from the link's right edge"
     assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+
+
+def test_run_page_on_a_phone_keeps_the_attempt_names_and_spaces_its_cards_evenly(
+    stack: Dashboard, page: Page
+) -> None:
+    """The waterfall's attempt rows read "Attempt 1" and "Not started" (their detail
+    gives way), and payload and result stack with the gap of every other card."""
+    waiting = stack.app.start("send-email", {"user": "ada"})
+    later = stack.app.start("resize-image", {"image": "later"}, delay="2h")
+    stack.wait_status(waiting.id, "waiting")
+    page.set_viewport_size({"width": 390, "height": 844})
+    for run, name, status in ((waiting, "Attempt 1", "waiting"),
+                              (later, "Not started", "scheduled")):
+        page.goto(stack.at(f"/runs/{run.id}"))
+        row = page.locator("#waterfall .wf-attempt").first
+        label = row.locator(".wf-name")
+        expect(label).to_have_text(name)
+        assert label.evaluate("e => e.scrollWidth <= e.clientWidth"), f"{name} is cut off"
+        expect(row.locator(".badge")).to_have_text(status)
+        payload = page.locator("#payload").locator("xpath=..").bounding_box()
+        result = page.locator("#result").bounding_box()
+        attempts = page.locator("#attempts").bounding_box()
+        assert payload is not None and result is not None and attempts is not None
+        gap = result["y"] - (payload["y"] + payload["height"])
+        below = attempts["y"] - (result["y"] + result["height"])
+        assert gap == below, f"payload to result {gap}px, result to attempts {below}px"
+    # A run that waits to start: the badge says so, the detail how long it has waited.
+    expect(page.locator("#waterfall .wf-attempt .wf-detail")).to_have_text(
+        re.compile(r"^(<1 ms|\d+(\.\d+)? m?s|\d+m( \d+s)?)$"))

@@ -364,7 +364,9 @@ def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
     ordered.extend(c for c in children if c.attempt not in attempt_rows)
     if not rows and run.status in ("queued", "scheduled"):
         since = t0
-        ordered.insert(0, Row("attempt", "Not started", f"{run.status} {duration(now - t0)}",
+        # The badge names the status: the detail is how long the run has waited, so
+        # that "Not started" keeps its room.
+        ordered.insert(0, Row("attempt", "Not started", duration(now - t0),
                               run.status, None,
                               bars=[Bar(since, horizon, "queued", "", run.status, open=True)]))
 
