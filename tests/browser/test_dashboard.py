@@ -994,3 +994,18 @@ def test_run_page_on_a_phone_keeps_the_attempt_names_and_spaces_its_cards_evenly
     # A run that waits to start: the badge says so, the detail how long it has waited.
     expect(page.locator("#waterfall .wf-attempt .wf-detail")).to_have_text(
         re.compile(r"^(<1 ms|\d+(\.\d+)? m?s|\d+m( \d+s)?)$"))
+
+
+def test_a_queue_with_nothing_finished_charts_an_empty_hour(
+    stack: Dashboard, page: Page
+) -> None:
+    """Not a blank cell beside the other queues' charts."""
+    done = stack.app.start("resize-image", {"image": 1})
+    stack.wait_status(done.id, "completed")
+    stack.app.start("resize-image", {"image": 2}, delay="2h", queue_name="later")
+    page.goto(stack.at("/queues"))
+    for name in ("media", "later"):
+        row = page.locator("#queues-table tr", has=page.locator(f"a.queue-link:text-is('{name}')"))
+        expect(row.locator("svg.spark g")).to_have_count(60)
+    later = page.locator("#queues-table tr", has=page.locator("a.queue-link:text-is('later')"))
+    expect(later.locator("svg.spark rect.none")).to_have_count(60)

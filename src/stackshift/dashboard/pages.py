@@ -250,7 +250,10 @@ def queues_page(service: Service, params: Mapping[str, str], now: float) -> dict
     settings = service.queue_settings()
     queues = []
     for stats in service.queue_stats():
-        buckets = series.get(stats.name, [])
+        buckets = series.get(stats.name)
+        if buckets is None:  # nothing finished in the window: an empty chart, not none
+            buckets = service.queue_throughput(window, buckets=WINDOWS[window][1],
+                                               queue=stats.name)[stats.name]
         done = sum(b.completed for b in buckets)
         failed = sum(b.failed for b in buckets)
         queues.append({
