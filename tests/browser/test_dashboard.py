@@ -394,7 +394,9 @@ def test_overview_pages_events_jobs_workers_and_state(stack: Dashboard, page: Pa
     expect(page.locator("tr[data-job=nightly-report]")).to_contain_text(
         "No live worker · 1 due")
     # A run that no worker ever executed was created, not "started".
-    expect(page.locator("#jobs-table th").nth(2)).to_have_text("Newest run")
+    expect(page.locator("#jobs-table th").nth(3)).to_have_text("Newest run")
+    # A job a worker knows but never ran: dashes, not an empty cell beside "0 runs".
+    expect(page.locator("tr[data-job=render-report] td").nth(1)).to_have_text("—")
     expect(page.locator("tr[data-worker-id]")).to_have_count(1)
     expect(page.locator("tr[data-worker-id]")).to_contain_text("live")
     screenshot(page, "jobs", stack.store_kind)
@@ -905,6 +907,15 @@ def test_jobs_page_flags_a_missing_worker_only_for_runs_that_are_due(
             expect(export_row.locator(".next-due")).to_have_count(0)
             expect(archive_row.locator(".pill-failed")).to_have_count(0)
             expect(archive_row.locator(".next-due")).to_have_text("next run due in 1d")
+
+            # On a phone the flag comes right after the runs (the table scrolls sideways):
+            # it starts within the screen, before the newest run's time.
+            page.set_viewport_size({"width": 390, "height": 844})
+            page.reload()
+            flag = export_row.locator(".pill-failed").bounding_box()
+            newest = page.locator("#jobs-table th", has_text="Newest run").bounding_box()
+            assert flag is not None and newest is not None
+            assert flag["x"] < min(390 - 30, newest["x"]), f"the flag is at {flag}"
     finally:
         app.close()
 
