@@ -1020,3 +1020,22 @@ def test_a_queue_with_nothing_finished_charts_an_empty_hour(
         expect(row.locator("svg.spark g")).to_have_count(60)
     later = page.locator("#queues-table tr", has=page.locator("a.queue-link:text-is('later')"))
     expect(later.locator("svg.spark rect.none")).to_have_count(60)
+
+
+def test_a_custom_time_range_fits_a_phone(stack: Dashboard, page: Page) -> None:
+    """Both times of a custom range stay on the screen, whole, side by side."""
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(stack.at("/runs?created=custom&from=2026-12-01T00:00&to=2026-12-02T23:45"))
+    form = page.locator("form.filters").bounding_box()
+    assert form is not None
+    boxes = []
+    for name in ("from", "to"):
+        field = page.locator(f".range input[name={name}]")
+        expect(field).to_be_visible()
+        box = field.bounding_box()
+        assert box is not None
+        assert box["x"] >= form["x"] and box["x"] + box["width"] <= form["x"] + form["width"], \
+            f"the {name} time leaves the form: {box}"
+        boxes.append(box)
+    assert boxes[0]["y"] == boxes[1]["y"], "the two times are not on one row"
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
