@@ -1039,3 +1039,18 @@ def test_a_custom_time_range_fits_a_phone(stack: Dashboard, page: Page) -> None:
         boxes.append(box)
     assert boxes[0]["y"] == boxes[1]["y"], "the two times are not on one row"
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
+
+
+def test_a_short_idempotency_key_keeps_its_place_beside_the_priority_on_a_phone(
+    stack: Dashboard, page: Page
+) -> None:
+    run = stack.app.start("resize-image", {"image": "small"}, idempotency_key="receipt:order_3011")
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(stack.at(f"/runs/{run.id}"))
+    key = page.locator("#run-idempotency-key")
+    expect(key).to_have_text("receipt:order_3011")
+    assert key.evaluate("e => e.scrollWidth <= e.clientWidth"), "the key is cut off"
+    priority = page.locator("dl.facts > div", has_text="Priority").bounding_box()
+    box = key.bounding_box()
+    assert priority is not None and box is not None
+    assert priority["x"] > box["x"] + box["width"], "the priority is not beside the key"
