@@ -670,6 +670,13 @@ def test_jobs_page_lists_schedules_with_next_and_last_run_and_last_error(
     expect(other).to_contain_text("Europe/Berlin")
     expect(other).to_contain_text("paused")
     expect(other).to_contain_text("never ran")
+    # On a laptop screen the three tables' first columns still line up.
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.reload()
+    lefts = {table: page.locator(f"#{table} tbody tr td").first.evaluate(
+        "e => e.getBoundingClientRect().x + parseFloat(getComputedStyle(e).paddingLeft)")
+        for table in ("jobs-table", "schedules-table", "workers-table")}
+    assert len(set(lefts.values())) == 1, lefts
 
 
 def test_a_long_correlation_key_wraps_inside_the_waiting_callout(
