@@ -1052,6 +1052,7 @@ def test_a_short_idempotency_key_keeps_its_place_beside_the_priority_on_a_phone(
     stack: Dashboard, page: Page
 ) -> None:
     run = stack.app.start("resize-image", {"image": "small"}, idempotency_key="receipt:order_3011")
+    stack.wait_status(run.id, "completed")
     page.set_viewport_size({"width": 390, "height": 844})
     page.goto(stack.at(f"/runs/{run.id}"))
     key = page.locator("#run-idempotency-key")
