@@ -7,6 +7,7 @@ import re
 import time
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from dashboard_harness import Dashboard, pixel, screenshot, serve
 from dashboard_jobs import HOSTILE, register_jobs
@@ -866,6 +867,73 @@ def test_a_refused_state_prefix_is_shown_beside_its_search_box(
     expect(page.locator(".flash-error")).to_contain_text("NUL character")
     expect(page.locator("input[name=prefix]")).to_be_visible()
     expect(page.locator("td.key-cell")).to_have_count(0)
+
+
+def test_state_pages_through_every_key_of_a_prefix_once_in_key_order(
+    stack: Dashboard, page: Page
+) -> None:
+    """Pages of 50: the next-page link starts after the page's last key, whatever it holds."""
+    app = stack.app
+    # It ends the first page, so the first next-page link carries it as the cursor:
+    # spaces (one at the end), '&', '#', '+', '%' and characters beyond ASCII.
+    odd = "batch:048 naïve & co #1 + 50% ✓ "
+    keys = [f"batch:{i:03d}" for i in range(120)] + [odd]
+    for key in keys:
+        app.state.set(key, {"len": len(key)})
+    for other in ("batch", "batch;000", "batcg:9", "Batch:1", "other:1"):
+        app.state.set(other, 0)
+
+    page.goto(stack.at("/state"))
+    page.fill("input[name=prefix]", "batch:")
+    page.keyboard.press("Enter")
+    cells = page.locator("td.key-cell")
+    expect(cells).to_have_count(50)
+    expect(page.get_by_role("link", name="← First")).to_have_count(0)
+    shown = cells.all_text_contents()
+    assert shown[-1] == odd
+    for count in (50, 21):
+        before = page.url
+        page.get_by_role("link", name="Next →").click()
+        page.wait_for_url(lambda url, before=before: url != before)
+        expect(cells).to_have_count(count)
+        assert parse_qs(urlsplit(page.url).query) == {"prefix": ["batch:"],
+                                                      "cursor": [shown[-1]]}
+        expect(page.locator("input[name=prefix]")).to_have_value("batch:")
+        expect(page.locator("footer.pager")).to_contain_text(f"{count} shown · in key order")
+        shown += cells.all_text_contents()
+    expect(page.get_by_role("link", name="Next →")).to_have_count(0)
+    assert shown == sorted(keys)
+
+    # The last page keeps within a phone's screen; "← First" leads back with the prefix.
+    page.set_viewport_size({"width": 390, "height": 844})
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, f"the last page of keys is {width}px wide on a 390px screen"
+    page.get_by_role("link", name="← First").click()
+    expect(cells.first).to_have_text("batch:000")
+    expect(cells).to_have_count(50)
+    expect(page.locator("input[name=prefix]")).to_have_value("batch:")
+
+
+def test_a_refused_state_cursor_shows_no_keys_and_leads_back_to_the_first_page(
+    stack: Dashboard, page: Page
+) -> None:
+    """As a refused runs cursor: the error above the results, no key outside the page."""
+    for key in ("imports:1", "imports:2", "other:1"):
+        stack.app.state.set(key, 1)
+    response = page.goto(stack.at("/state?prefix=imports%3A&cursor=imports%3A1%00"))
+    assert response is not None and response.status == 200
+    expect(page.locator(".flash-error")).to_have_text(
+        "cursor must not contain the NUL character (U+0000)")
+    expect(page.locator("td.key-cell")).to_have_count(0)
+    expect(page.locator("td.empty")).to_have_text(
+        "No more live keys on this page: go back to the first.")
+    expect(page.locator("input[name=prefix]")).to_have_value("imports:")
+    page.get_by_role("link", name="← First").click()
+    expect(page.locator("td.key-cell")).to_have_text(["imports:1", "imports:2"])
+    # A cursor that is not (or no longer) a key still pages on from where it sorts.
+    page.goto(stack.at("/state?prefix=imports%3A&cursor=imports%3A1%20deleted"))
+    expect(page.locator(".flash-error")).to_have_count(0)
+    expect(page.locator("td.key-cell")).to_have_text(["imports:2"])
 
 
 def test_jobs_page_flags_a_missing_worker_only_for_runs_that_are_due(

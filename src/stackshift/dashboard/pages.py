@@ -16,7 +16,7 @@ from ..durations import parse_duration
 from ..engine.transitions import CANCELLABLE_AT_ONCE, RETRYABLE, TERMINAL, Status
 from ..errors import EventNotFoundError, RunNotFoundError, StackShiftError
 from ..models import LogEntry, Page, Run
-from ..service import Service
+from ..service import Service, check_filter
 from . import waterfall
 from .formatting import day_time
 
@@ -366,13 +366,17 @@ def jobs_page(service: Service, params: Mapping[str, str], now: float) -> dict[s
 
 def state_page(service: Service, params: Mapping[str, str], now: float) -> dict[str, Any]:
     prefix = _param(params, "prefix")
-    limit = 200
+    # The cursor is the last key of the previous page, exactly: a key may begin or
+    # end with spaces, so it is not stripped like the prefix a user types.
+    cursor = params.get("cursor") or None
     problems: list[Problem] = []
     try:
-        entries = service.state_keys(prefix, limit + 1)
+        check_filter(cursor, "cursor")  # refused under the name the address gives it
+        entries = service.state_keys(prefix, PAGE_SIZE + 1, after=cursor)
     except StackShiftError as exc:  # shown above the (empty) results, like a runs filter
         problems.append(Problem(str(exc)))
         entries = []
+    shown = entries[:PAGE_SIZE]
     return {
         "page_title": "State",
         "nav": "state",
@@ -385,10 +389,12 @@ def state_page(service: Service, params: Mapping[str, str], now: float) -> dict[
                 "ttl": None if e["expires_at"] is None else e["expires_at"] - now,
                 "updated_at": datetime.fromtimestamp(e["updated_at"], UTC),
             }
-            for e in entries[:limit]
+            for e in shown
         ],
-        "more": len(entries) > limit,
-        "limit": limit,
+        # One key more than a page was read: when it came, the next page starts
+        # after this page's last key.
+        "next_cursor": shown[-1]["key"] if len(entries) > PAGE_SIZE else None,
+        "cursor": cursor,
         "prefix": prefix,
         "problems": problems,
         "now": now,
