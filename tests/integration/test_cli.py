@@ -181,15 +181,22 @@ BAD_INPUT = [
 ]
 
 
+def refused(db_url: str, args: list[str]) -> str:
+    """Run the CLI with ``args``, which it must refuse as bad input (exit 2, nothing
+    on stdout); its stderr."""
+    done = cli(db_url, *args)
+    assert done.returncode == 2, (args, done.returncode, done.stdout, done.stderr)
+    assert done.stdout == "", (args, done.stdout)
+    return done.stderr
+
+
 def test_bad_input_exits_2_with_a_message_and_writes_nothing(
     db_url: str, app: StackShift
 ) -> None:
     for args, message in BAD_INPUT:
-        done = cli(db_url, *args)
-        assert done.returncode == 2, (args, done.returncode, done.stdout, done.stderr)
-        assert message in done.stderr, (args, done.stderr)
-        assert "Traceback" not in done.stderr, (args, done.stderr)
-        assert done.stdout == "", (args, done.stdout)
+        stderr = refused(db_url, args)
+        assert message in stderr, (args, stderr)
+        assert "Traceback" not in stderr, (args, stderr)
     assert app.runs.list().items == []
     assert app.events.list().items == []
     assert app.state.get("greeting") is None
@@ -223,16 +230,13 @@ def test_refused_input_is_named_by_the_option_the_user_typed(
     db_url: str, app: StackShift
 ) -> None:
     for args, message in REFUSED_OPTIONS:
-        done = cli(db_url, *args)
-        assert done.returncode == 2, (args, done.returncode, done.stdout, done.stderr)
-        assert done.stderr.startswith(f"error: {message}"), (args, done.stderr)
+        stderr = refused(db_url, args)
+        assert stderr.startswith(f"error: {message}"), (args, stderr)
         # Not the SDK's parameter name (scheduled_at, limit) beside the option.
         for word in args:
             if word.startswith("--"):
                 name = word[2:].replace("-", "_")
-                assert not re.search(rf"(?<![\w-]){name}(?![\w-])", done.stderr), (
-                    args, done.stderr)
-        assert done.stdout == "", (args, done.stdout)
+                assert not re.search(rf"(?<![\w-]){name}(?![\w-])", stderr), (args, stderr)
     assert app.runs.list().items == []
     assert app.events.list().items == []
     assert app.state.get("greeting") is None

@@ -86,16 +86,20 @@ def engine(served_db: str) -> Iterator[StackShift]:
     app.close()
 
 
+@pytest.fixture
+def remote(server: Server) -> Iterator[StackShift]:
+    """A remote client, through the server (a module may give its own ``server``)."""
+    app = StackShift(api_key=server.api_key, base_url=server.url)
+    yield app
+    app.close()
+
+
 @pytest.fixture(params=["embedded", "remote"])
-def client(request: pytest.FixtureRequest, engine: StackShift) -> Iterator[StackShift]:
+def client(request: pytest.FixtureRequest, engine: StackShift) -> StackShift:
     """The client under test: embedded (on the database) or remote (through the server)."""
     if request.param == "embedded":
-        yield engine
-        return
-    srv: Server = request.getfixturevalue("server")
-    remote = StackShift(api_key=srv.api_key, base_url=srv.url)
-    yield remote
-    remote.close()
+        return engine
+    return request.getfixturevalue("remote")
 
 
 @pytest.fixture

@@ -12,25 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
-
-import pytest
-from serverproc import Server
 
 from stackshift import NonRetriableError, Page, StackShift
 from stackshift.testing import run_until_idle
 
 Names = Callable[[str], str]
 _IDS = re.compile(r"\b(run|evt|sch|wkr)_[0-9a-z]{26}\b")
-
-
-@pytest.fixture
-def remote(server: Server) -> Iterator[StackShift]:
-    app = StackShift(api_key=server.api_key, base_url=server.url)
-    yield app
-    app.close()
 
 
 class Transcript:

@@ -54,10 +54,9 @@ def server(db_url: str, tmp_path: Path) -> Iterator[Server]:
 
 
 @pytest.fixture
-def client(server: Server) -> Iterator[StackShift]:
-    remote = StackShift(api_key=server.api_key, base_url=server.url)
-    yield remote
-    remote.close()
+def client(remote: StackShift) -> StackShift:
+    """The remote client (conftest) through this module's server."""
+    return remote
 
 
 class PushApp:
