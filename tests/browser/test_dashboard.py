@@ -914,6 +914,38 @@ def test_state_pages_through_every_key_of_a_prefix_once_in_key_order(
     expect(page.locator("input[name=prefix]")).to_have_value("batch:")
 
 
+def test_a_state_prefix_keeps_its_spaces_in_the_list_and_the_next_page_link(
+    stack: Dashboard, page: Page
+) -> None:
+    """The prefix "my key " lists "my key 1" and not "my keyring", on every page."""
+    app = stack.app
+    keys = [f"my key {i}" for i in range(1, 56)]
+    for key in [*keys, "my keyring", "my keys"]:
+        app.state.set(key, 1)
+
+    page.goto(stack.at("/state"))
+    page.fill("input[name=prefix]", "my key ")
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r"prefix=my\+key\+"))
+    cells = page.locator("td.key-cell")
+    expect(cells).to_have_count(50)
+    expect(page.locator("input[name=prefix]")).to_have_value("my key ")
+    shown = cells.all_text_contents()
+    link = page.get_by_role("link", name="Next →")
+    assert parse_qs(urlsplit(link.get_attribute("href") or "").query)["prefix"] == ["my key "]
+    link.click()
+    page.wait_for_url(re.compile(r"cursor="))
+    expect(cells).to_have_count(5)
+    expect(page.locator("input[name=prefix]")).to_have_value("my key ")
+    shown += cells.all_text_contents()
+    assert shown == sorted(keys)
+    # Typed without the space, the prefix lists the other keys too.
+    page.goto(stack.at("/state?prefix=my%20key"))
+    expect(cells).to_have_count(50)
+    page.goto(stack.at("/state?prefix=my%20key&cursor=my%20key%209"))
+    expect(cells).to_have_text(["my keyring", "my keys"])
+
+
 def test_a_refused_state_cursor_shows_no_keys_and_leads_back_to_the_first_page(
     stack: Dashboard, page: Page
 ) -> None:

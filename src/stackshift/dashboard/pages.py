@@ -365,9 +365,10 @@ def jobs_page(service: Service, params: Mapping[str, str], now: float) -> dict[s
 
 
 def state_page(service: Service, params: Mapping[str, str], now: float) -> dict[str, Any]:
-    prefix = _param(params, "prefix")
-    # The cursor is the last key of the previous page, exactly: a key may begin or
-    # end with spaces, so it is not stripped like the prefix a user types.
+    # A key may begin or end with spaces, so neither the prefix (exactly as typed:
+    # "my key " must not list "my keyring") nor the cursor (the last key of the
+    # previous page) is stripped as the runs filters are.
+    prefix = params.get("prefix") or None
     cursor = params.get("cursor") or None
     problems: list[Problem] = []
     try:
