@@ -129,10 +129,16 @@ MAX_REASON_LENGTH = 10_000
 
 
 def check_reason(reason: object) -> str | None:
-    """A cancel's reason: text (it becomes the run's error message), or None."""
+    """A cancel's reason: text (it becomes the run's error message), or None.
+
+    Blank text (empty or only whitespace) is refused rather than recorded as a
+    reason that says nothing: leave the reason out for none."""
     if reason is not None:
         if not isinstance(reason, str):
             raise ValidationError(f"reason must be a string, got {reason!r}")
+        if not reason.strip():
+            raise ValidationError(f"reason must not be blank, got {reason!r}: "
+                                  "leave it out for no reason")
         if len(reason) > MAX_REASON_LENGTH:
             raise ValidationError(f"reason is {len(reason)} characters, over the limit of "
                                   f"{MAX_REASON_LENGTH}")

@@ -244,6 +244,81 @@ def test_refused_input_is_named_by_the_option_the_user_typed(
     assert app.queues.list() == []
 
 
+NAME_HINT = "is invalid: use 1-200 letters, digits, '.', '_', ':' or '-'"
+
+#: Filters that name nothing any run or event can have, for each list that takes them.
+EMPTY_FILTERS = [
+    (["runs", "list", "--job", ""], f"job name '' {NAME_HINT}"),
+    (["runs", "list", "--job", "  "], f"job name '  ' {NAME_HINT}"),
+    (["runs", "list", "--queue", ""], f"queue name '' {NAME_HINT}"),
+    (["runs", "list", "--queue", " "], f"queue name ' ' {NAME_HINT}"),
+    (["runs", "list", "--idempotency-key", ""], "--idempotency-key must be a non-empty string"),
+    (["runs", "list", "--correlation-key", ""], "--correlation-key must be a non-empty string"),
+    (["queues", "dead-letters", "billing", "--job", ""], f"job name '' {NAME_HINT}"),
+    (["queues", "dead-letters", "billing", "--job", " "], f"job name ' ' {NAME_HINT}"),
+    (["queues", "retry", "billing", "--job", ""], f"job name '' {NAME_HINT}"),
+    (["queues", "retry", "billing", "--job", "\t"], f"job name '\\t' {NAME_HINT}"),
+    (["events", "list", "--name", ""], f"event name '' {NAME_HINT}"),
+    (["events", "list", "--name", " "], f"event name ' ' {NAME_HINT}"),
+    (["events", "list", "--correlation-key", ""], "--correlation-key must be a non-empty string"),
+]
+
+
+def test_an_empty_filter_is_refused_by_every_list_not_answered_with_nothing(
+    db_url: str, app: StackShift
+) -> None:
+    """``runs list --job ''`` is refused as ``queues dead-letters --job ''`` is (exit 2),
+    not answered "No runs match." while runs exist; nothing changes."""
+    failed = app.start("charge", {"order": 1}, queue_name="billing")
+    app.runs.cancel(failed.id)
+    app.events.send("paid", {"order": 1}, correlation_key="order:1")
+    for args, message in EMPTY_FILTERS:
+        stderr = refused(db_url, args)
+        assert stderr.startswith(f"error: {message}"), (args, stderr)
+    assert app.runs.get(failed.id).status == "cancelled"  # the bulk retry retried nothing
+    # The same filters with a real value still list.
+    assert run_ids(db_url, "--job", "charge", "--queue", "billing") == [failed.id]
+    assert len(cli_json(db_url, "events", "list", "--name", "paid")["items"]) == 1
+
+
+def test_state_list_takes_a_prefix_exactly_as_given(db_url: str, app: StackShift) -> None:
+    """A prefix is not a name: '' starts every key (all are listed) and spaces are
+    part of it, so "my key " lists "my key 1" and not "my keyring"."""
+    for key in ("my key 1", "my keyring", " padded", "other"):
+        app.state.set(key, 1)
+
+    def keys(prefix: str) -> list[str]:
+        page = cli_json(db_url, "state", "list", "--prefix", prefix)
+        return [item["key"] for item in page["items"]]
+
+    assert keys("") == [" padded", "my key 1", "my keyring", "other"]
+    assert keys("my key ") == ["my key 1"]
+    assert keys(" ") == [" padded"]
+
+
+def test_an_empty_queues_list_is_refused_not_read_as_every_queue(db_url: str) -> None:
+    """``worker --queues "$QUEUES"`` with the variable unset must not serve every queue."""
+    for value in ("", " , "):
+        done = cli(db_url, "worker", str(SHOP), "--queues", value)
+        assert done.returncode == 2, (value, done.stdout, done.stderr)
+        assert done.stderr.startswith(f"error: --queues names no queue, got {value!r}"), (
+            value, done.stderr)
+
+
+def test_a_blank_cancel_reason_is_refused_and_the_run_stays_as_it_was(
+    db_url: str, app: StackShift
+) -> None:
+    run = app.start("report", delay="1h")
+    for reason in ("", "   "):
+        stderr = refused(db_url, ["runs", "cancel", run.id, "--reason", reason])
+        assert stderr == (f"error: --reason must not be blank, got {reason!r}: "
+                          "leave it out for no reason\n"), stderr
+    assert app.runs.get(run.id).status == "scheduled"
+    assert [e.kind for e in app.runs.timeline(run.id)] == ["run.scheduled"]
+    cancelled = cli_json(db_url, "runs", "cancel", run.id, "--reason", "duplicate order")
+    assert cancelled["error"]["message"] == "duplicate order"
+
+
 def test_unknown_ids_and_keys_exit_3(db_url: str) -> None:
     for args in (["runs", "show", "run_missing"], ["runs", "cancel", "run_missing"],
                  ["runs", "wait", "run_missing"]):

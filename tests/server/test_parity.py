@@ -102,8 +102,9 @@ def scenario(app: StackShift, engine: StackShift, tag: str) -> list[tuple[str, A
                                             idempotency_key=f"k-{tag}"))
     t.call("start conflicting", lambda: app.start(job, {"order": "o1", "amount": 6},
                                                   idempotency_key=f"k-{tag}"))
-    t.call("scheduled", lambda: app.start(job, {"order": "o2", "amount": 1},
-                                          scheduled_at="2099-01-01T01:00:00+01:00"))
+    later = t.call("scheduled", lambda: app.start(job, {"order": "o2", "amount": 1},
+                                                  scheduled_at="2099-01-01T01:00:00+01:00"))
+    assert later is not None
 
     # -- refusals: the error a program sees first, and nothing written ------------------
     refusals: list[tuple[str, Callable[[], Any]]] = [
@@ -123,11 +124,14 @@ def scenario(app: StackShift, engine: StackShift, tag: str) -> list[tuple[str, A
         ("queue name with a slash", lambda: app.queues.get("a/b")),
         ("empty queue name", lambda: app.queue("").info()),
         ("cancel of an unknown run", lambda: app.runs.cancel("run_00000000000000000000000000")),
+        ("cancel with an empty reason", lambda: app.runs.cancel(later.id, reason="")),
+        ("cancel with a blank reason", lambda: app.runs.cancel(later.id, reason=" \n ")),
     ]
     for label, call in refusals:
         t.call(label, call)
     t.call("nothing written", lambda: (len(app.runs.list(job=job)),
-                                       app.state.get(f"s-{tag}", "unset")))
+                                       app.state.get(f"s-{tag}", "unset"),
+                                       app.runs.get(later.id).status))
 
     # -- queues, the names "." and ".." included --------------------------------------
     for name in (queue, ".", ".."):
@@ -230,5 +234,8 @@ def test_the_same_program_ends_the_same_embedded_and_remote(
     assert outcomes["search key"][1][0][1]["id"] == "<run 1>"
     assert [run[1]["id"] for run in outcomes["created from"][1]] == ["<run 1>"]
     assert outcomes["created before"][1] == []
-    assert outcomes["nothing written"] == [2, "unset"]
+    assert outcomes["nothing written"] == [2, "unset", "scheduled"]
+    assert outcomes["cancel with a blank reason"] == (
+        "raised", "ValidationError",
+        "reason must not be blank, got ' \\n ': leave it out for no reason", None)
     assert datetime.now(UTC).year < 2099  # the scheduled run is still in the future

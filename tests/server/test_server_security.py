@@ -217,6 +217,20 @@ def test_bad_names_and_durations_are_explained_as_the_sdk_explains_them(
     assert error["message"] == message
 
 
+@pytest.mark.parametrize("reason", ["", "   ", "\n\t"])
+def test_a_blank_cancel_reason_is_422_and_the_run_is_not_cancelled(
+        http: httpx.Client, reason: str) -> None:
+    """As the SDK refuses it: a reason that says nothing is left out, not recorded."""
+    run = http.post("/v1/runs", json={"job": "cancelLater", "delay": 3600}).json()
+    error = assert_error(http.post(f"/v1/runs/{run['id']}/cancel", json={"reason": reason}),
+                         422, "validation_error")
+    assert error["message"] == (f"reason must not be blank, got {reason!r}: "
+                                "leave it out for no reason")
+    assert http.get(f"/v1/runs/{run['id']}").json()["status"] == "scheduled"
+    kinds = [e["kind"] for e in http.get(f"/v1/runs/{run['id']}/timeline").json()["items"]]
+    assert kinds == ["run.scheduled"]
+
+
 @pytest.mark.parametrize("query", ["limit=0", "limit=abc", "limit=1001", "status=bogus",
                                    "createdAfter=yesterday", "createdAfter=2026-01-01T00:00:00"])
 def test_bad_list_queries_are_422(http: httpx.Client, query: str) -> None:

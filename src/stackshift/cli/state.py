@@ -97,7 +97,8 @@ def delete(key: str, as_json: bool, database_url: str | None) -> None:
 
 
 @state.command("list")
-@click.option("--prefix", help="Only keys starting with this.")
+@click.option("--prefix", help="Only keys starting with this, spaces included "
+                               "('' starts every key: all are listed).")
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True,
               help="Keys per page.")
 @click.option("--cursor", callback=not_empty,

@@ -144,6 +144,10 @@ def worker(
     """
     lease_seconds = duration(lease, "--lease")
     grace = duration(shutdown_grace, "--shutdown-grace")
+    served = split_list(queues)
+    if queues is not None and served is None:  # e.g. --queues "$QUEUES" with it unset
+        raise bad_input(f"--queues names no queue, got {queues!r}: "
+                        "leave it out to serve every queue")
     if url and database_url:
         source = click.get_current_context().get_parameter_source
         given = click.core.ParameterSource.COMMANDLINE
@@ -152,7 +156,6 @@ def worker(
         if source("url") != given:
             url = None  # as for clients, STACKSHIFT_DATABASE_URL wins over STACKSHIFT_URL
     app = load_app_through(app_spec, url, api_key) if url else load_app_on(app_spec, database_url)
-    served = split_list(queues)
     with refusals_in_option_terms():
         w = app.worker(concurrency=concurrency, queues=served, lease=lease_seconds,
                        shutdown_grace=grace)
