@@ -968,6 +968,88 @@ def test_a_refused_state_cursor_shows_no_keys_and_leads_back_to_the_first_page(
     expect(page.locator("td.key-cell")).to_have_text(["imports:2"])
 
 
+def _box(page: Page, selector: str) -> dict[str, float]:
+    box = page.locator(selector).bounding_box()
+    assert box is not None, f"{selector} is not drawn"
+    return box
+
+
+def _overlap(a: dict[str, float], b: dict[str, float]) -> bool:
+    return (a["x"] < b["x"] + b["width"] and b["x"] < a["x"] + a["width"]
+            and a["y"] < b["y"] + b["height"] and b["y"] < a["y"] + a["height"])
+
+
+def test_a_short_backoffs_label_never_covers_the_next_attempts_bar(
+    db_url: str, store_kind: str, page: Page
+) -> None:
+    """A retry 291 ms after a 2 s attempt: its dashed line is too short for "retry in
+    291 ms", so the label goes where there is room (before the line), is shortened,
+    or is left out for the line's tooltip, at every width; it never covers attempt 2."""
+    clock = FakeClock(datetime(2026, 3, 2, 9, 12, tzinfo=UTC).timestamp())
+    app = StackShift(db_url, clock=clock)
+
+    @app.job("sync-ledger", max_attempts=3,
+             backoff={"base": 0.291, "factor": 2, "jitter": False})
+    def sync(ctx: Any) -> None:
+        clock.advance(2.0 if ctx.run.attempt == 1 else 0.5)
+        if ctx.run.attempt == 1:
+            raise ConnectionError("ledger reset the connection")
+
+    try:
+        run = app.start("sync-ledger")
+        run_until_idle(app)
+        clock.advance(0.291)
+        run_until_idle(app)
+        assert app.runs.get(run.id).status == "completed"
+        with serve(app, auth="open") as url:
+            page.goto(f"{url}/runs/{run.id}")
+            label = page.locator("#waterfall .bar-backoff .bar-label")
+            expect(page.locator("#waterfall .bar-backoff")).to_have_attribute(
+                "title", "backoff before attempt 2: 291 ms")
+            nxt = "#waterfall .wf-attempt[data-attempt='2'] .bar-attempt-completed"
+            for width in (1440, 1100, 900, 390):
+                page.set_viewport_size({"width": width, "height": 900})
+                page.wait_for_timeout(100)  # the resize handler places the label again
+                if width >= 1100:  # room before the line: the whole label shows there
+                    expect(label).to_have_text("retry in 291 ms")
+                    expect(label).to_be_visible()
+                if not label.is_visible():
+                    continue
+                drawn = _box(page, "#waterfall .bar-backoff .bar-label")
+                assert not _overlap(drawn, _box(page, nxt)), (width, drawn, _box(page, nxt))
+                track = _box(page, "#waterfall .wf-attempt[data-attempt='2'] .wf-track")
+                assert track["x"] <= drawn["x"], (width, drawn, track)
+                assert drawn["x"] + drawn["width"] <= track["x"] + track["width"], (width, drawn)
+    finally:
+        app.close()
+
+
+def test_the_queue_charts_axis_gives_the_year_when_it_reaches_into_last_year(
+    db_url: str, page: Page
+) -> None:
+    """On 2 January the last 7 days start in December of the year before: its labels
+    carry the year; the last hour and the last 24 hours keep short labels."""
+    clock = FakeClock(datetime(2027, 1, 2, 10, 0, tzinfo=UTC).timestamp())
+    app = StackShift(db_url, clock=clock)
+    try:
+        app.start("close-books", queue_name="ledger")
+        with serve(app, auth="open") as url:
+            labels = page.locator(".chart-axis span")
+            page.goto(f"{url}/queues/ledger?window=7d")
+            expect(labels).to_have_count(3)
+            first, middle, last = labels.all_text_contents()
+            assert re.fullmatch(r"2026-12-2\d \d\d:\d\d", first), first
+            assert re.fullmatch(r"20(26-12|27-01)-\d\d \d\d:\d\d", middle), middle
+            assert last == "now"
+            for window in ("1h", "24h"):
+                page.goto(f"{url}/queues/ledger?window={window}")
+                shown = labels.all_text_contents()
+                assert all(re.fullmatch(r"01-0[12] \d\d:\d\d", text) for text in shown[:2]), (
+                    window, shown)
+    finally:
+        app.close()
+
+
 def test_jobs_page_flags_a_missing_worker_only_for_runs_that_are_due(
     db_url: str, store_kind: str, page: Page
 ) -> None:

@@ -10,7 +10,14 @@ import pytest
 from stackshift.cli.failures import in_option_terms
 from stackshift.cli.queues import _rate
 from stackshift.cli.render import span
-from stackshift.dashboard.formatting import ago, day_time, duration, percent, time_in_run
+from stackshift.dashboard.formatting import (
+    ago,
+    chart_times,
+    day_time,
+    duration,
+    percent,
+    time_in_run,
+)
 from stackshift.models import QueueInfo
 
 
@@ -72,6 +79,21 @@ def test_dashboard_times_of_another_day_carry_their_date() -> None:
     assert day_time(morning, later.timestamp()) == "2026-03-02 09:12:00"
     assert time_in_run(morning, morning) == "09:12:00.000"
     assert time_in_run(later, morning) == "2026-03-05 09:12:05.250"
+
+
+def test_chart_axis_times_carry_the_year_only_when_the_chart_reaches_into_another() -> None:
+    now = datetime(2027, 1, 2, 10, 0, tzinfo=UTC).timestamp()
+    last_week = [datetime(2026, 12, 26, 10, 0, tzinfo=UTC), datetime(2026, 12, 29, 22, 0,
+                                                                     tzinfo=UTC)]
+    assert chart_times(last_week, now) == ["2026-12-26 10:00", "2026-12-29 22:00"]
+    # Both in now's year (even if the first is another year's in a local time zone).
+    yesterday = [datetime(2027, 1, 1, 10, 0, tzinfo=UTC), datetime(2027, 1, 1, 22, 0,
+                                                                   tzinfo=UTC)]
+    assert chart_times(yesterday, now) == ["01-01 10:00", "01-01 22:00"]
+    # One label in the old year is enough for every label to carry its year.
+    new_year = [datetime(2026, 12, 31, 22, 0, tzinfo=UTC), datetime(2027, 1, 1, 4, 0,
+                                                                    tzinfo=UTC)]
+    assert chart_times(new_year, now) == ["2026-12-31 22:00", "2027-01-01 04:00"]
 
 
 LIST_OPTIONS = {"limit": "--limit", "idempotency_key": "--idempotency-key", "job": "--job",

@@ -85,6 +85,17 @@ def day_time(moment: datetime | None, now: float) -> str:
     return at.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def chart_times(moments: list[datetime], now: float) -> list[str]:
+    """Axis labels of a chart that ends at ``now``: ``03-02 09:12`` in UTC, short,
+    unless the chart reaches back into a year other than now's: then every label
+    carries its year (``2026-12-30 09:12``), so that last December does not read
+    as this one."""
+    at = [m.astimezone(UTC) for m in moments]
+    year = datetime.fromtimestamp(now, UTC).year
+    shape = "%m-%d %H:%M" if all(m.year == year for m in at) else "%Y-%m-%d %H:%M"
+    return [m.strftime(shape) for m in at]
+
+
 def time_in_run(moment: datetime | None, first: datetime) -> str:
     """``09:12:05.000`` on the UTC day of ``first`` (a run's creation), with the date
     on a later one: log lines three days apart do not read as seconds apart."""

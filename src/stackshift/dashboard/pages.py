@@ -18,7 +18,7 @@ from ..errors import EventNotFoundError, RunNotFoundError, StackShiftError
 from ..models import LogEntry, Page, Run
 from ..service import Service, check_filter
 from . import waterfall
-from .formatting import day_time
+from .formatting import chart_times, day_time
 
 STATUSES = [s.value for s in Status]
 #: The order statuses are shown in: what needs attention first.
@@ -301,6 +301,9 @@ def queue_page(service: Service, name: str, params: Mapping[str, str],
         "settings": settings,
         "paused": settings.get("paused", False),
         "buckets": buckets,
+        # Under the chart: its first bucket's start and its middle one's (then "now").
+        "axis": chart_times([buckets[0].start, buckets[len(buckets) // 2].start], now)
+        if buckets else [],
         "peak": max([b.completed + b.failed for b in buckets] or [0]),
         "completed": done,
         "failed": failed,

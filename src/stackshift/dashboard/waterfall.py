@@ -40,6 +40,7 @@ class Bar:
     label: str = ""
     title: str = ""
     open: bool = False
+    short: str = ""  # the label where it has little room ("291 ms" for "retry in 291 ms")
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class PlacedBar:
     label: str
     title: str
     open: bool
+    short: str = ""
 
 
 @dataclass(frozen=True)
@@ -382,7 +384,7 @@ def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
         PlacedRow(
             r.kind, r.label, r.detail, r.status, r.attempt, r.step,
             [PlacedBar(axis.pos(b.start), round(axis.pos(b.end) - axis.pos(b.start), 3),
-                       b.kind, b.label, b.title, b.open) for b in r.bars],
+                       b.kind, b.label, b.title, b.open, b.short) for b in r.bars],
             [PlacedMark(axis.pos(m.at), m.kind, m.title) for m in r.marks],
         )
         for r in ordered
@@ -412,7 +414,8 @@ def _lead_in(entries: list[TimelineEntry], number: int, start: float,
     if retrying:
         at = retrying[-1].at.timestamp()
         return (Bar(at, start, "backoff", f"retry in {duration(start - at)}",
-                    f"backoff before attempt {number}: {duration(start - at)}"),
+                    f"backoff before attempt {number}: {duration(start - at)}",
+                    short=duration(start - at)),
                 [Mark(at, "retry", f"attempt {number - 1} failed; retrying")])
     if previous_end is not None:
         return Bar(previous_end, start, "queued", "", "queued"), []

@@ -148,7 +148,29 @@
     if (on) document.getElementById("logs").scrollIntoView({ behavior: "smooth", block: "start" });
   }
 
+  /* A backoff's label ("retry in 291 ms") goes on its dashed line when it fits there;
+     else before the line, in the empty track left of the retry mark; else shortened
+     ("291 ms") on the line; with no room for that either it is left out (the line's
+     tooltip and the axis give the same). So it never covers the next attempt's bar,
+     however short the backoff is drawn. */
+  function placeBackoffLabels(root) {
+    root.querySelectorAll(".bar-backoff .bar-label").forEach(function (label) {
+      var full = label.getAttribute("data-full") || label.textContent;
+      label.setAttribute("data-full", full);
+      label.textContent = full;
+      label.classList.remove("wf-before", "wf-off");
+      var fits = function () { return label.scrollWidth <= label.clientWidth; };
+      if (fits()) return;
+      label.classList.add("wf-before");
+      if (label.offsetWidth + 12 <= label.parentElement.offsetLeft) return;
+      label.classList.remove("wf-before");
+      label.textContent = label.getAttribute("data-short") || full;
+      if (!fits()) label.classList.add("wf-off");
+    });
+  }
+
   function wire(root) {
+    placeBackoffLabels(root);
     root.querySelectorAll("form[data-confirm]").forEach(function (form) {
       form.addEventListener("submit", function (e) {
         if (!window.confirm(form.getAttribute("data-confirm"))) e.preventDefault();
@@ -195,6 +217,10 @@
   }
 
   wire(document);
+  window.addEventListener("resize", function () { placeBackoffLabels(document); });
+  if (document.fonts && document.fonts.ready) {
+    document.fonts.ready.then(function () { placeBackoffLabels(document); });
+  }
   relativeTimes();
   setInterval(relativeTimes, 15000);
   if (liveUrl && poll > 0) {
