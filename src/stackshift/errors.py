@@ -79,8 +79,22 @@ class InvalidTransitionError(StackShiftError):
     """An operation asked for a status change the run state machine forbids."""
 
 
-class StepResultTooLargeError(PayloadTooLargeError):
-    """A step returned a result over the configured limit."""
+class StepResultTooLargeError(PayloadTooLargeError, NonRetriableError):
+    """A step returned a result over the configured limit.
+
+    The step's function ran but its result was not stored. Unless the handler
+    catches it, the run fails at once: another attempt would run the function
+    (and its side effects) again.
+    """
+
+
+class StepResultNotJSONError(NonRetriableError, TypeError):
+    """A step returned a result that is not JSON (a ``Decimal``, a ``set``, an object).
+
+    The step's function ran but its result was not stored. It is a ``TypeError``,
+    so a handler may catch it; unless it does, the run fails at once: another
+    attempt would run the function (and its side effects) again.
+    """
 
 
 class WorkerLost(StackShiftError):

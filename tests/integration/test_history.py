@@ -7,6 +7,7 @@ import itertools
 import logging
 import time
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from stackshift import (
     Settings,
     StackShift,
     Status,
+    StepResultNotJSONError,
     StepResultTooLargeError,
     TimelineEntry,
 )
@@ -355,41 +357,128 @@ def test_non_determinism_error_when_a_step_changes_kind(fake_app: StackShift,
     assert issubclass(NonDeterminismError, Exception)
 
 
-def test_step_result_over_the_size_limit_fails_the_step(db_url: str, clock: FakeClock) -> None:
+ALREADY_RAN = ("The step's function already ran, but its result was not stored; unless the"
+               " handler catches this error, the run fails now without retrying, as another"
+               " attempt would run the function again.")
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_step_result_over_the_size_limit_fails_the_run_without_retrying(
+        db_url: str, clock: FakeClock, flavour: str) -> None:
+    calls: list[str] = []
+
+    def dump(size: int) -> str:
+        calls.append(f"dump {size}")
+        return "x" * size
+
     with StackShift(db_url, clock=clock, settings=Settings(max_step_result_bytes=1000)) as app:
-        @app.job("big", max_attempts=1)
-        def big(ctx):  # type: ignore[no-untyped-def]
-            ctx.step.run("small", lambda: "x" * 10)
-            ctx.step.run("huge", lambda: "x" * 2000)
-            return "never"
+        if flavour == "sync":
+            @app.job("big", max_attempts=3)
+            def big(ctx):  # type: ignore[no-untyped-def]
+                ctx.step.run("small", dump, 10)
+                ctx.step.run("huge", dump, 2000)
+                return "never"
+        else:
+            @app.job("big", max_attempts=3)
+            async def big(ctx):  # type: ignore[no-untyped-def]
+                await ctx.step.run("small", dump, 10)
+                await ctx.step.run("huge", dump, 2000)
+                return "never"
 
         run = app.start("big")
         run_until_idle(app)
+        clock.advance("1h")  # a retry, had one been planned, would be due
+        run_until_idle(app)
         failed = app.runs.get(run.id)
         steps = {s.key: s for s in app.runs.steps(run.id)}
+    assert calls == ["dump 10", "dump 2000"]
     assert steps["small"].status == "completed"
     huge = steps["huge"]
     assert huge.status == "failed" and huge.result is None
     assert huge.error is not None and huge.error.type == "StepResultTooLargeError"
-    assert huge.error.message == ("result of step 'huge' is 2002 bytes as JSON, over the "
-                                  "limit of 1000 bytes")
-    assert failed.status == "failed"
+    assert huge.error.message == (
+        "result of step 'huge' is 2002 bytes as JSON, over the limit of 1000 bytes. "
+        + ALREADY_RAN + " Return less from the step's function (store large data elsewhere"
+        " and return a reference to it), or raise the limit with"
+        " Settings(max_step_result_bytes=...)")
+    assert (failed.status, failed.attempt) == ("failed", 1)
     assert failed.error is not None and failed.error.type == "StepResultTooLargeError"
+    assert failed.error.message == huge.error.message
     assert issubclass(StepResultTooLargeError, ValueError)
 
 
-def test_non_json_step_result_fails_the_step(fake_app: StackShift) -> None:
-    @fake_app.job("odd", max_attempts=1)
-    def odd(ctx):  # type: ignore[no-untyped-def]
-        ctx.step.run("when", lambda: datetime.now(UTC))
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_non_json_step_result_runs_its_function_once_and_fails_the_run(
+        fake_app: StackShift, clock: FakeClock, flavour: str) -> None:
+    """A step with a side effect (charging a card) whose result is not JSON: the
+    function ran, its result cannot be stored, and retrying would charge again."""
+    charges: list[str] = []
 
-    run = fake_app.start("odd")
+    def charge(order: str) -> dict[str, Any]:
+        charges.append(order)
+        return {"order": order, "amount": Decimal("12.50")}
+
+    if flavour == "sync":
+        @fake_app.job("checkout", max_attempts=3)
+        def checkout(ctx):  # type: ignore[no-untyped-def]
+            return ctx.step.run("charge-card", charge, ctx.payload["order"])
+    else:
+        @fake_app.job("checkout", max_attempts=3)
+        async def checkout(ctx):  # type: ignore[no-untyped-def]
+            return await ctx.step.run("charge-card", charge, ctx.payload["order"])
+
+    run = fake_app.start("checkout", {"order": "o-1"})
     run_until_idle(fake_app)
+    clock.advance("1h")
+    run_until_idle(fake_app)
+    failed = fake_app.runs.get(run.id)
     (step,) = fake_app.runs.steps(run.id)
-    assert step.status == "failed"
-    assert step.error is not None and step.error.type == "TypeError"
-    assert "datetime is not JSON-serialisable" in step.error.message
-    assert fake_app.runs.get(run.id).error.type == "TypeError"  # type: ignore[union-attr]
+    assert charges == ["o-1"]
+    assert (failed.status, failed.attempt) == ("failed", 1)
+    assert [a.error.type for a in fake_app.runs.attempts(run.id)  # type: ignore[union-attr]
+            ] == ["StepResultNotJSONError"]
+    assert step.status == "failed" and step.result is None
+    assert step.error is not None and step.error.type == "StepResultNotJSONError"
+    assert step.error.message == (
+        "result of step 'charge-card': Decimal is not JSON-serialisable (use dict, list, str,"
+        " int, float, bool, None, a pydantic model or a dataclass). " + ALREADY_RAN
+        + " Return JSON from the step's function instead (for example str() of a Decimal,"
+        " list() of a set)")
+    assert failed.error is not None and failed.error.type == "StepResultNotJSONError"
+    assert failed.error.message == step.error.message
+    assert issubclass(StepResultNotJSONError, TypeError)
+    assert issubclass(StepResultNotJSONError, NonRetriableError)
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_handler_may_catch_an_unstorable_step_result_as_a_type_error(
+        fake_app: StackShift, flavour: str) -> None:
+    def tags() -> set[str]:
+        return {"a"}
+
+    if flavour == "sync":
+        @fake_app.job("tagger", max_attempts=3)
+        def tagger(ctx):  # type: ignore[no-untyped-def]
+            try:
+                return ctx.step.run("tags", tags)
+            except TypeError as exc:
+                return {"fallback": type(exc).__name__}
+    else:
+        @fake_app.job("tagger", max_attempts=3)
+        async def tagger(ctx):  # type: ignore[no-untyped-def]
+            try:
+                return await ctx.step.run("tags", tags)
+            except TypeError as exc:
+                return {"fallback": type(exc).__name__}
+
+    run = fake_app.start("tagger")
+    run_until_idle(fake_app)
+    done = fake_app.runs.get(run.id)
+    (step,) = fake_app.runs.steps(run.id)
+    assert (done.status, done.attempt) == ("completed", 1)
+    assert done.result == {"fallback": "StepResultNotJSONError"}
+    assert step.status == "failed" and step.error is not None
+    assert step.error.message.startswith("result of step 'tags': set is not JSON-serialisable")
 
 
 def test_job_result_over_the_size_limit_fails_without_retrying(db_url: str,

@@ -20,6 +20,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -459,6 +460,46 @@ def test_wsgi_route_runs_a_sleeping_job_and_enforces_a_timeout(server: Server) -
         slow = app.runs.wait(app.start("wsgiSlow").id, timeout=30)
         assert slow.status == "failed"
         assert slow.error is not None and slow.error.type == "AttemptTimeoutError"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        app.close()
+
+
+def test_a_pushed_step_whose_result_is_not_json_runs_once_and_fails_the_run(
+        server: Server) -> None:
+    """Push mode records a step result that cannot be stored as an embedded worker
+    does: the step's function ran once, and the run fails on its first attempt."""
+    app = StackShift(api_key=server.api_key, base_url=server.url)
+    charges: list[str] = []
+
+    def charge(flavour: str) -> Any:
+        charges.append(flavour)
+        return {"amount": Decimal("12.50")}
+
+    @app.job("pushCharge", max_attempts=3)
+    def push_charge(ctx: Any) -> Any:
+        return ctx.step.run("charge-card", charge, "sync")
+
+    @app.job("pushChargeAsync", max_attempts=3)
+    async def push_charge_async(ctx: Any) -> Any:
+        return await ctx.step.run("charge-card", charge, "async")
+
+    port = free_port()
+    route = stackshift.wsgi_app(app, url=f"http://127.0.0.1:{port}/")
+    httpd = make_server("127.0.0.1", port, route, handler_class=_Quiet)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        for job in ("pushCharge", "pushChargeAsync"):
+            failed = app.runs.wait(app.start(job).id, timeout=30)
+            assert (failed.status, failed.attempt) == ("failed", 1)
+            assert failed.error is not None and failed.error.type == "StepResultNotJSONError"
+            assert failed.error.message.startswith(
+                "result of step 'charge-card': Decimal is not JSON-serialisable")
+            assert "The step's function already ran" in failed.error.message
+        time.sleep(2)  # a retry, had one been planned, would have been posted by now
+        assert charges == ["sync", "async"]
     finally:
         httpd.shutdown()
         httpd.server_close()

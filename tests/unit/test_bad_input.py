@@ -345,8 +345,8 @@ def test_over_size_step_result_fails_the_step_and_stores_nothing(
     assert step.status == "failed" and step.result is None
     assert [r["result"] for r in stored] == [None]
     assert step.error is not None
-    assert step.error.message == (
-        f"result of step 'dump' is {limit + 3} bytes as JSON, over the limit of {limit} bytes")
+    assert step.error.message.startswith(
+        f"result of step 'dump' is {limit + 3} bytes as JSON, over the limit of {limit} bytes. ")
     assert failed.status == "failed"
     assert failed.error is not None and failed.error.type == "StepResultTooLargeError"
 

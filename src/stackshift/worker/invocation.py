@@ -23,8 +23,10 @@ from ..errors import (
     LeaseLost,
     NonDeterminismError,
     NonRetriableError,
+    StepResultNotJSONError,
     StepResultTooLargeError,
     Suspend,
+    ValidationError,
 )
 from ..jobs import Job, check_name, qualified_name
 from ..models import Event, Run
@@ -197,20 +199,36 @@ class Invocation:
         return StepPlan(key, name, function, False, started_at=self.clock.now())
 
     def record_completed(self, plan: StepPlan, value: Any) -> Any:
-        """Save the step's result; return it as a replay would (through JSON)."""
+        """Save the step's result; return it as a replay would (through JSON).
+
+        A result that cannot be stored (not JSON, or over the limit) fails the
+        step with an error that fails the run at once unless the handler
+        catches it: the function has run, and another attempt would only run
+        it (and its side effects) again to fail the same way.
+        """
         try:
-            text = encode(
-                value,
-                what=f"result of step {plan.key!r}",
-                limit=self.service.settings.max_step_result_bytes,
-                too_large=StepResultTooLargeError,
-            )
-        except (TypeError, StepResultTooLargeError) as exc:
+            text = self._encode_result(plan, value)
+        except (StepResultNotJSONError, StepResultTooLargeError) as exc:
             self.record_failed(plan, exc)
             raise
         self._save(StepWrite(plan.key, plan.name, "run", plan.function, "completed", text, None,
                              plan.started_at, self.clock.now()))
         return loads(text)
+
+    def _encode_result(self, plan: StepPlan, value: Any) -> str:
+        try:
+            return encode(value, what=f"result of step {plan.key!r}",
+                          limit=self.service.settings.max_step_result_bytes,
+                          too_large=StepResultTooLargeError)
+        except StepResultTooLargeError as exc:
+            raise StepResultTooLargeError(
+                f"{exc}. {_ALREADY_RAN} Return less from the step's function (store large"
+                " data elsewhere and return a reference to it), or raise the limit with"
+                " Settings(max_step_result_bytes=...)") from None
+        except (TypeError, ValidationError) as exc:  # ValidationError: a lone surrogate
+            raise StepResultNotJSONError(
+                f"{exc}. {_ALREADY_RAN} Return JSON from the step's function instead (for"
+                " example str() of a Decimal, list() of a set)") from None
 
     def record_failed(self, plan: StepPlan, exc: BaseException) -> None:
         self._save(StepWrite(plan.key, plan.name, "run", plan.function, "failed", None,
@@ -306,7 +324,7 @@ class Invocation:
             text = encode(value, what="job result",
                           limit=self.service.settings.max_step_result_bytes,
                           too_large=StepResultTooLargeError)
-        except (TypeError, StepResultTooLargeError) as exc:
+        except (TypeError, ValidationError) as exc:  # over the limit, a lone surrogate
             self.fail(NonRetriableError(_not_a_result(self.job.name, value, exc)))
             return
         self._finish(Outcome("completed", result=text))
@@ -348,6 +366,12 @@ class Invocation:
             self.cancelled()
         else:
             self.fail(error)
+
+
+#: Said of a step result that cannot be stored.
+_ALREADY_RAN = ("The step's function already ran, but its result was not stored; unless the"
+                " handler catches this error, the run fails now without retrying, as another"
+                " attempt would run the function again.")
 
 
 def _not_a_result(job: str, value: Any, exc: Exception) -> str:
