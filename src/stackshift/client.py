@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 from .clock import Clock, SystemClock
 from .errors import StackShiftError, ValidationError
 from .jobs import JobRegistry, check_name, make_job
+from .keywords import public_calls, refuse_unknown_keywords
 from .models import (
     Attempt,
     Event,
@@ -78,6 +79,7 @@ def server_from_env(
     return url, key
 
 
+@public_calls("runs")
 class Runs:
     """``stackshift.runs``: read and act on runs."""
 
@@ -155,6 +157,7 @@ class Runs:
         return self._s.steps(run_id)
 
 
+@public_calls("events")
 class Events:
     """``stackshift.events``: send events that resume waiting runs."""
 
@@ -182,6 +185,7 @@ class Events:
                                    cursor=cursor)
 
 
+@public_calls("queue(name)")
 class Queue:
     """``stackshift.queue(name)``: a named lane of work, its limits and its numbers."""
 
@@ -189,11 +193,26 @@ class Queue:
         self._s = service
         self.name = check_name(name, "queue name")
 
-    def enqueue(self, job: str, payload: Any = None, **options: Any) -> Run:
+    def enqueue(
+        self,
+        job: str,
+        payload: Any = None,
+        *,
+        idempotency_key: str | None = None,
+        idempotency_ttl: Any = None,
+        max_attempts: int | None = None,
+        scheduled_at: datetime | str | None = None,
+        delay: Any = None,
+        priority: int | None = None,
+        concurrency_key: str | None = None,
+    ) -> Run:
         """Like ``start`` with this queue."""
-        if "queue_name" in options:
-            raise TypeError("enqueue() takes its queue from the Queue; drop queue_name")
-        return self._s.start(job, payload, queue_name=self.name, **options)
+        return self._s.start(
+            job, payload, queue_name=self.name, idempotency_key=idempotency_key,
+            idempotency_ttl=idempotency_ttl, max_attempts=max_attempts,
+            scheduled_at=scheduled_at, delay=delay, priority=priority,
+            concurrency_key=concurrency_key,
+        )
 
     def configure(self, *, concurrency: Any = KEEP, rate_limit: Any = KEEP,
                   max_attempts: Any = KEEP) -> QueueInfo:
@@ -231,6 +250,7 @@ class Queue:
         return self._s.retry_many(queue=self.name, job=job, status="failed")
 
 
+@public_calls("queues")
 class Queues:
     """``stackshift.queues``: every queue's settings and numbers."""
 
@@ -245,6 +265,7 @@ class Queues:
         return self._s.queue_info(name, window)
 
 
+@public_calls("schedules")
 class Schedules:
     """``stackshift.schedules``: recurring runs of a job on a cron expression."""
 
@@ -280,6 +301,7 @@ class Schedules:
         return self._s.delete_schedule(schedule_id)
 
 
+@public_calls(None)
 class StackShift:
     """The client: define jobs, start runs, send events, read runs, use state.
 
@@ -355,6 +377,8 @@ class StackShift:
         payload and error), ``cron`` and ``timezone`` (a recurring schedule,
         created when a worker or a push-mode route serving the job starts).
         """
+        refuse_unknown_keywords("job()", options, make_job, skip=2)
+
         def register(fn: F) -> F:
             self._registry.add(make_job(name, fn, **options))
             return fn
@@ -370,9 +394,27 @@ class StackShift:
 
     # -- starting work -----------------------------------------------------------------
 
-    def start(self, job: str, payload: Any = None, **options: Any) -> Run:
+    def start(
+        self,
+        job: str,
+        payload: Any = None,
+        *,
+        queue_name: str | None = None,
+        idempotency_key: str | None = None,
+        idempotency_ttl: Any = None,
+        max_attempts: int | None = None,
+        scheduled_at: datetime | str | None = None,
+        delay: Any = None,
+        priority: int | None = None,
+        concurrency_key: str | None = None,
+    ) -> Run:
         """Start a run of ``job``. See :meth:`stackshift.service.Service.start`."""
-        return self._api.start(job, payload, **options)
+        return self._api.start(
+            job, payload, queue_name=queue_name, idempotency_key=idempotency_key,
+            idempotency_ttl=idempotency_ttl, max_attempts=max_attempts,
+            scheduled_at=scheduled_at, delay=delay, priority=priority,
+            concurrency_key=concurrency_key,
+        )
 
     def queue(self, name: str, *, concurrency: int | None = None, rate_limit: str | None = None,
               max_attempts: int | None = None) -> Queue:
@@ -398,6 +440,7 @@ class StackShift:
         """
         from .worker import Worker
 
+        refuse_unknown_keywords("worker()", options, Worker, skip=1)
         if not isinstance(self._api, Service):
             from .remote_worker import RemoteWorkerApp
 
@@ -449,6 +492,7 @@ class _AsyncFacade:
         return call
 
 
+@public_calls("runs")
 class _AsyncRuns(_AsyncFacade):
     """``runs`` of :class:`AsyncStackShift`."""
 
@@ -460,11 +504,22 @@ class _AsyncRuns(_AsyncFacade):
         return await self._target._s.wait_run_async(run_id, timeout)
 
 
+@public_calls(None)
 class AsyncStackShift:
     """The async twin of :class:`StackShift`: the same methods, awaitable."""
 
-    def __init__(self, database_url: str | None = None, **options: Any) -> None:
-        self.sync = StackShift(database_url, **options)
+    def __init__(
+        self,
+        database_url: str | None = None,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        clock: Clock | None = None,
+        settings: Settings | None = None,
+        migrate: bool = True,
+    ) -> None:
+        self.sync = StackShift(database_url, api_key=api_key, base_url=base_url, clock=clock,
+                               settings=settings, migrate=migrate)
         self.runs = _AsyncRuns(self.sync.runs)
         self.events = _AsyncFacade(self.sync.events)
         self.queues = _AsyncFacade(self.sync.queues)
@@ -480,8 +535,27 @@ class AsyncStackShift:
     def jobs(self) -> list[str]:
         return self.sync.jobs
 
-    async def start(self, job: str, payload: Any = None, **options: Any) -> Run:
-        return await asyncio.to_thread(self.sync.start, job, payload, **options)
+    async def start(
+        self,
+        job: str,
+        payload: Any = None,
+        *,
+        queue_name: str | None = None,
+        idempotency_key: str | None = None,
+        idempotency_ttl: Any = None,
+        max_attempts: int | None = None,
+        scheduled_at: datetime | str | None = None,
+        delay: Any = None,
+        priority: int | None = None,
+        concurrency_key: str | None = None,
+    ) -> Run:
+        """Start a run of ``job``, as :meth:`StackShift.start`."""
+        return await asyncio.to_thread(
+            self.sync.start, job, payload, queue_name=queue_name,
+            idempotency_key=idempotency_key, idempotency_ttl=idempotency_ttl,
+            max_attempts=max_attempts, scheduled_at=scheduled_at, delay=delay,
+            priority=priority, concurrency_key=concurrency_key,
+        )
 
     def queue(self, name: str, *, concurrency: int | None = None, rate_limit: str | None = None,
               max_attempts: int | None = None) -> _AsyncFacade:

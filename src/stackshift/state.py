@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from .durations import parse_duration
 from .errors import LockNotAcquiredError, ValidationError
+from .keywords import public_calls
 
 if TYPE_CHECKING:
     from .remote import RemoteService
     from .service import Service
 
 
+@public_calls("state")
 class State:
     """Every call goes through the service, embedded or remote alike."""
 
@@ -121,6 +123,7 @@ class Lock:
         await asyncio.to_thread(self._state._release, self.key, self.owner)
 
 
+@public_calls("state")
 class AsyncState:
     """The same state API for ``async`` code; calls run in a thread."""
 

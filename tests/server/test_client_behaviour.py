@@ -22,6 +22,7 @@ from stackshift import (
     IdempotencyConflictError,
     InvalidTransitionError,
     LockNotAcquiredError,
+    Page,
     PayloadTooLargeError,
     Run,
     RunNotFoundError,
@@ -209,6 +210,106 @@ def test_a_payload_that_is_not_json_is_found_before_other_options(client: StackS
     """The first thing wrong is reported first, as the embedded client checks."""
     with pytest.raises(TypeError, match="payload: object is not JSON-serialisable"):
         client.start("ok", object(), max_attempts=0)
+
+
+UNKNOWN_KEYWORDS: list[tuple[Callable[[StackShift, str], Any], str]] = [
+    (lambda c, n: c.start(n, {}, queue="emails"),  # type: ignore[call-arg]
+     "start() got an unexpected keyword argument 'queue'; did you mean 'queue_name'?"),
+    (lambda c, n: c.start(n, {}, idempotencykey="k"),  # type: ignore[call-arg]
+     "start() got an unexpected keyword argument 'idempotencykey'; "
+     "did you mean 'idempotency_key'?"),
+    (lambda c, n: c.queue(n).enqueue(n, delay_seconds=5),  # type: ignore[call-arg]
+     "queue(name).enqueue() got an unexpected keyword argument 'delay_seconds'; "
+     "did you mean 'delay'?"),
+    (lambda c, n: c.runs.list(state="failed"),  # type: ignore[call-arg]
+     "runs.list() got an unexpected keyword argument 'state'; did you mean 'status'?"),
+    (lambda c, n: c.runs.cancel("run_00000000000000000000000000",
+                                why="x"),  # type: ignore[call-arg]
+     "runs.cancel() got an unexpected keyword argument 'why'; it takes run_id, reason"),
+    (lambda c, n: c.events.send(n, correlation="k"),  # type: ignore[call-arg]
+     "events.send() got an unexpected keyword argument 'correlation'; "
+     "did you mean 'correlation_key'?"),
+    (lambda c, n: c.state.set(n, 1, ttl_seconds=5),  # type: ignore[call-arg]
+     "state.set() got an unexpected keyword argument 'ttl_seconds'; did you mean 'ttl'?"),
+    (lambda c, n: c.state.increment(n, step=2),  # type: ignore[call-arg]
+     "state.increment() got an unexpected keyword argument 'step'; it takes key, by"),
+    (lambda c, n: c.queue(n, concurency=2),  # type: ignore[call-arg]
+     "queue() got an unexpected keyword argument 'concurency'; did you mean 'concurrency'?"),
+    (lambda c, n: c.schedules.create(n, cron="@daily", tz="UTC"),  # type: ignore[call-arg]
+     "schedules.create() got an unexpected keyword argument 'tz'; "
+     "it takes job, cron, payload, timezone, queue_name"),
+    (lambda c, n: c.job(n, lambda ctx: None, retries=3),
+     "job() got an unexpected keyword argument 'retries'; it takes queue, max_attempts, "
+     "backoff, timeout, key_concurrency, on_failure, cron, timezone"),
+    (lambda c, n: c.job(n, max_attemps=3),
+     "job() got an unexpected keyword argument 'max_attemps'; did you mean 'max_attempts'?"),
+    (lambda c, n: c.worker(concurency=2),
+     "worker() got an unexpected keyword argument 'concurency'; did you mean 'concurrency'?"),
+]
+
+
+@pytest.mark.parametrize(("call", "message"), UNKNOWN_KEYWORDS)
+def test_an_unknown_keyword_names_the_call_and_the_keyword_meant_and_writes_nothing(
+    client: StackShift, engine: StackShift, unique: Names,
+    call: Callable[[StackShift, str], Any], message: str,
+) -> None:
+    name = unique("misspelt")
+    with pytest.raises(TypeError) as raised:
+        call(client, name)
+    assert type(raised.value) is TypeError
+    assert str(raised.value) == message
+    assert raised.value.__cause__ is None  # no internal function named on the way
+    assert engine.runs.list(job=name).items == []
+    assert engine.state.get(name, "unset") == "unset"
+    assert engine.queue(name).info().concurrency is None
+    assert engine.events.list(name=name).items == []
+    assert [s for s in engine.schedules.list() if s.job == name] == []
+    assert client.jobs == []
+
+
+def test_the_async_client_names_unknown_keywords_in_the_same_words(
+        client: StackShift, unique: Names) -> None:
+    name = unique("misspelt")
+
+    async def refusals() -> list[str]:
+        messages = []
+        async with AsyncStackShift(**_async_options(client)) as app:
+            for call in (lambda: app.start(name, {}, queue="emails"),
+                         lambda: app.runs.list(state="failed"),
+                         lambda: app.runs.wait("run_00000000000000000000000000", timout=1),
+                         lambda: app.events.send(name, correlation="k"),
+                         lambda: app.state.set(name, 1, ttl_seconds=5),
+                         lambda: app.queue(name).enqueue(name, priorty=1)):
+                with pytest.raises(TypeError) as raised:
+                    await call()  # type: ignore[call-arg]
+                messages.append(str(raised.value))
+            with pytest.raises(TypeError) as raised:
+                app.worker(concurency=2)
+            messages.append(str(raised.value))
+            assert await app.runs.list(job=name) == Page([], None)
+            assert await app.state.get(name, "unset") == "unset"
+        return messages
+
+    assert asyncio.run(refusals()) == [
+        "start() got an unexpected keyword argument 'queue'; did you mean 'queue_name'?",
+        "runs.list() got an unexpected keyword argument 'state'; did you mean 'status'?",
+        "runs.wait() got an unexpected keyword argument 'timout'; did you mean 'timeout'?",
+        "events.send() got an unexpected keyword argument 'correlation'; "
+        "did you mean 'correlation_key'?",
+        "state.set() got an unexpected keyword argument 'ttl_seconds'; did you mean 'ttl'?",
+        "queue(name).enqueue() got an unexpected keyword argument 'priorty'; "
+        "did you mean 'priority'?",
+        "worker() got an unexpected keyword argument 'concurency'; did you mean 'concurrency'?",
+    ]
+
+
+def test_a_client_made_with_an_unknown_keyword_names_its_class(client: StackShift) -> None:
+    options = _async_options(client)
+    for make in (StackShift, AsyncStackShift):
+        with pytest.raises(TypeError) as raised:
+            make(**options, setings=None)  # type: ignore[operator]
+        assert str(raised.value) == (f"{make.__name__}() got an unexpected keyword argument "
+                                     "'setings'; did you mean 'settings'?")
 
 
 @pytest.mark.parametrize("name", [".", ".."])

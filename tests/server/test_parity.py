@@ -126,6 +126,18 @@ def scenario(app: StackShift, engine: StackShift, tag: str) -> list[tuple[str, A
         ("cancel of an unknown run", lambda: app.runs.cancel("run_00000000000000000000000000")),
         ("cancel with an empty reason", lambda: app.runs.cancel(later.id, reason="")),
         ("cancel with a blank reason", lambda: app.runs.cancel(later.id, reason=" \n ")),
+        # unknown keywords: the public call, the keyword, the one meant
+        ("start: queue=", lambda: app.start(job, {}, queue=queue)),  # type: ignore[call-arg]
+        ("enqueue: queue_name=", lambda: app.queue(queue).enqueue(
+            job, queue_name=queue)),  # type: ignore[call-arg]
+        ("list: state=", lambda: app.runs.list(state="failed")),  # type: ignore[call-arg]
+        ("send: correlation=", lambda: app.events.send(
+            f"verified-{tag}", correlation="user:1")),  # type: ignore[call-arg]
+        ("state: ttl_seconds=", lambda: app.state.set(
+            f"s-{tag}", 1, ttl_seconds=5)),  # type: ignore[call-arg]
+        ("schedule: tz=", lambda: app.schedules.create(
+            job, cron="@daily", tz="UTC")),  # type: ignore[call-arg]
+        ("worker: concurency=", lambda: app.worker(concurency=2)),
     ]
     for label, call in refusals:
         t.call(label, call)
@@ -238,4 +250,13 @@ def test_the_same_program_ends_the_same_embedded_and_remote(
     assert outcomes["cancel with a blank reason"] == (
         "raised", "ValidationError",
         "reason must not be blank, got ' \\n ': leave it out for no reason", None)
+    assert outcomes["start: queue="] == (
+        "raised", "TypeError",
+        "start() got an unexpected keyword argument 'queue'; did you mean 'queue_name'?", None)
+    assert outcomes["state: ttl_seconds="][2] == (
+        "state.set() got an unexpected keyword argument 'ttl_seconds'; did you mean 'ttl'?")
+    unknown = [outcome for label, outcome in embedded if label.endswith("=")]
+    assert len(unknown) == 7 and all(
+        outcome[:2] == ("raised", "TypeError") and " got an unexpected keyword argument " in
+        outcome[2] for outcome in unknown)
     assert datetime.now(UTC).year < 2099  # the scheduled run is still in the future
