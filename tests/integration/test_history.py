@@ -481,6 +481,30 @@ def test_a_handler_may_catch_an_unstorable_step_result_as_a_type_error(
     assert step.error.message.startswith("result of step 'tags': set is not JSON-serialisable")
 
 
+def test_text_utf8_cannot_hold_in_a_result_fails_the_run_without_retrying(
+        fake_app: StackShift) -> None:
+    calls: list[str] = []
+
+    def surrogate() -> str:
+        calls.append("step")
+        return "\ud800"
+
+    fake_app.job("in-a-step", lambda ctx: ctx.step.run("bad", surrogate), max_attempts=3)
+    fake_app.job("as-the-result", lambda ctx: "\ud800", max_attempts=3)
+    in_step = fake_app.start("in-a-step")
+    as_result = fake_app.start("as-the-result")
+    run_until_idle(fake_app)
+    step_run, result_run = fake_app.runs.get(in_step.id), fake_app.runs.get(as_result.id)
+    assert calls == ["step"]
+    assert (step_run.status, step_run.attempt) == ("failed", 1)
+    assert step_run.error is not None and step_run.error.type == "StepResultNotJSONError"
+    assert step_run.error.message.startswith(
+        "result of step 'bad': '\\ud800' is a lone surrogate, which UTF-8 text cannot hold. ")
+    assert (result_run.status, result_run.attempt) == ("failed", 1)
+    assert result_run.error is not None and result_run.error.message == (
+        "job result: '\\ud800' is a lone surrogate, which UTF-8 text cannot hold")
+
+
 def test_job_result_over_the_size_limit_fails_without_retrying(db_url: str,
                                                                clock: FakeClock) -> None:
     with StackShift(db_url, clock=clock, settings=Settings(max_step_result_bytes=100)) as app:
