@@ -95,12 +95,27 @@ def _storable(value: str, what: str) -> str:
     return value
 
 
+#: The list filters by a name a run or event is given (the SDK's parameter: what it
+#: names) and those by a key (``search`` is a run id or an idempotency key).
+NAME_FILTERS = {"job": "job name", "queue": "queue name", "name": "event name"}
+KEY_FILTERS = ("idempotency_key", "correlation_key", "search")
+
+
 def check_filter(value: object, what: str) -> str | None:
-    """A value a list is filtered by: text (or None for no filter)."""
+    """A value a list is filtered by: text (or None for no filter), named by its
+    parameter (``what``). A filter no run or event can match is refused rather than
+    answered with an empty list: a name no job, queue or event can be given
+    (:data:`NAME_FILTERS`: empty, blank, ``'a b'``) and an empty key
+    (:data:`KEY_FILTERS`), which no run is started and no event sent with. This is
+    the check of every shell: the SDK, the remote client, the HTTP API and the CLI."""
     if value is not None:
         if not isinstance(value, str):
             raise ValidationError(f"{what} must be a string, got {value!r}")
         _storable(value, what)
+        if what in NAME_FILTERS:
+            check_name(value, NAME_FILTERS[what])
+        elif what in KEY_FILTERS and not value:
+            raise ValidationError(f"{what} must be a non-empty string, got ''")
     return value
 
 

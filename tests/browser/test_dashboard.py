@@ -76,6 +76,14 @@ def test_runs_list_filters_searches_and_pages(stack: Dashboard, page: Page) -> N
     page.keyboard.press("Enter")
     expect(page.locator("td.empty")).to_be_visible()
 
+    # A box cleared (sent empty, or blank) is no filter: every run, and no error.
+    page.fill("input[name=q]", "")
+    page.keyboard.press("Enter")
+    expect(page.locator("tbody tr[data-run-id]")).to_have_count(50)
+    page.goto(stack.at("/runs?status=&job=&queue=&q=%20&created=&from=&to="))
+    expect(page.locator("tbody tr[data-run-id]")).to_have_count(50)
+    expect(page.locator(".flash-error")).to_have_count(0)
+
 
 def test_failed_run_shows_error_attempts_logs_waterfall_and_retries_live(
     stack: Dashboard, page: Page
@@ -762,6 +770,14 @@ def test_a_refused_filter_shows_no_runs_or_events_outside_the_filters(
     page.goto(stack.at("/events?name=payment.settled&cursor=evt_stale"))
     expect(page.locator(".flash-error")).to_contain_text("cursor 'evt_stale'")
     expect(page.locator("#events-table")).not_to_contain_text("email.verified")
+    # A job that is not a name is refused, as the SDK refuses it; an empty one is no filter.
+    page.goto(stack.at("/runs?job=sync%20invoice"))
+    expect(page.locator(".flash-error")).to_contain_text("job name 'sync invoice' is invalid")
+    expect(page.locator("tr[data-run-id]")).to_have_count(0)
+    page.goto(stack.at("/events?name=&key="))
+    expect(page.locator(".flash-error")).to_have_count(0)
+    expect(page.locator("#events-table")).to_contain_text("email.verified")
+    expect(page.locator("#events-table")).to_contain_text("payment.settled")
 
 
 def test_a_cut_off_error_in_the_runs_and_dead_letter_lists_reads_in_full_on_hover(

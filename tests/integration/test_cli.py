@@ -181,7 +181,7 @@ BAD_INPUT = [
 ]
 
 
-def refused(db_url: str, args: list[str]) -> str:
+def refused(db_url: str | None, args: list[str]) -> str:
     """Run the CLI with ``args``, which it must refuse as bad input (exit 2, nothing
     on stdout); its stderr."""
     done = cli(db_url, *args)
@@ -279,6 +279,16 @@ def test_an_empty_filter_is_refused_by_every_list_not_answered_with_nothing(
     # The same filters with a real value still list.
     assert run_ids(db_url, "--job", "charge", "--queue", "billing") == [failed.id]
     assert len(cli_json(db_url, "events", "list", "--name", "paid")["items"]) == 1
+
+
+def test_an_empty_filter_is_refused_before_the_database_is_opened(tmp_path: Path) -> None:
+    """The SDK's check of the filter is made on the option: a mistyped filter does not
+    create (and migrate) a database file that was not there."""
+    database = tmp_path / "never.db"
+    for args, message in EMPTY_FILTERS:
+        stderr = refused(None, [*args, "--database-url", f"sqlite:///{database}"])
+        assert stderr.startswith(f"error: {message}"), (args, stderr)
+    assert not database.exists()
 
 
 def test_state_list_takes_a_prefix_exactly_as_given(db_url: str, app: StackShift) -> None:

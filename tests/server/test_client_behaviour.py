@@ -611,6 +611,67 @@ def test_list_filters_are_text(client: StackShift, call: Callable[[StackShift], 
     assert str(raised.value).startswith(message)
 
 
+NAME_HINT = "is invalid: use 1-200 letters, digits, '.', '_', ':' or '-'"
+EMPTY = "must be a non-empty string, got ''"
+
+#: Filters no run or event can have, each with the error every list and bulk retry
+#: gives it: the error a job, queue or event name or a key gets when it is given.
+NOTHING_FILTERS: list[tuple[Callable[[StackShift], Any], str]] = [
+    (lambda c: c.runs.list(job=""), f"job name '' {NAME_HINT}"),
+    (lambda c: c.runs.list(job="  "), f"job name '  ' {NAME_HINT}"),
+    (lambda c: c.runs.list(job="send receipt"), f"job name 'send receipt' {NAME_HINT}"),
+    (lambda c: c.runs.list(queue=""), f"queue name '' {NAME_HINT}"),
+    (lambda c: c.runs.list(queue="\t", status="failed"), f"queue name '\\t' {NAME_HINT}"),
+    (lambda c: c.runs.list(idempotency_key=""), f"idempotency_key {EMPTY}"),
+    (lambda c: c.runs.list(correlation_key=""), f"correlation_key {EMPTY}"),
+    (lambda c: c.runs.list(search=""), f"search {EMPTY}"),
+    (lambda c: c.events.list(name=""), f"event name '' {NAME_HINT}"),
+    (lambda c: c.events.list(name="email verified"), f"event name 'email verified' {NAME_HINT}"),
+    (lambda c: c.events.list(correlation_key=""), f"correlation_key {EMPTY}"),
+    (lambda c: c.queue("billing").dead_letters(job=""), f"job name '' {NAME_HINT}"),
+]
+
+
+@pytest.mark.parametrize(("call", "message"), NOTHING_FILTERS)
+def test_a_filter_no_run_or_event_can_have_is_refused(
+        client: StackShift, unique: Names, call: Callable[[StackShift], Any],
+        message: str) -> None:
+    """Rather than answered with an empty list while runs and events exist."""
+    client.start(unique("listed"), queue_name="billing")
+    client.events.send(unique("sent"))
+    with pytest.raises(ValidationError) as raised:
+        call(client)
+    assert str(raised.value) == message
+
+
+def test_a_bulk_retry_by_a_filter_nothing_can_have_retries_nothing(
+        client: StackShift, unique: Names) -> None:
+    queue = unique("q")
+    cancelled = client.runs.cancel(client.start(unique("job"), queue_name=queue, delay="1h").id)
+    for retry in (lambda: client.runs.retry_many(queue=queue, job="", status="cancelled"),
+                  lambda: client.runs.retry_many(queue=" ", status="cancelled"),
+                  lambda: client.queue(queue).retry_dead_letters(job=" ")):
+        with pytest.raises(ValidationError, match=NAME_HINT):
+            retry()
+    assert client.runs.get(cancelled.id).status == "cancelled"
+    assert client.runs.retry_many(queue=queue, status="cancelled") == [cancelled.id]
+
+
+def test_the_async_client_refuses_a_filter_nothing_can_have(client: StackShift) -> None:
+    async def scenario() -> list[str]:
+        async with AsyncStackShift(**_async_options(client)) as app:
+            refused = []
+            for call in (lambda: app.runs.list(job=""), lambda: app.events.list(name=""),
+                         lambda: app.runs.retry_many(job="")):
+                with pytest.raises(ValidationError) as raised:
+                    await call()
+                refused.append(str(raised.value))
+            return refused
+
+    assert asyncio.run(scenario()) == [f"job name '' {NAME_HINT}", f"event name '' {NAME_HINT}",
+                                       f"job name '' {NAME_HINT}"]
+
+
 def test_list_filters_and_pages(client: StackShift, unique: Names) -> None:
     job = unique("listed")
     runs = [client.start(job, {"i": i}, queue_name=unique("q") if i == 0 else None)

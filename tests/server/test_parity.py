@@ -138,6 +138,15 @@ def scenario(app: StackShift, engine: StackShift, tag: str) -> list[tuple[str, A
         ("schedule: tz=", lambda: app.schedules.create(
             job, cron="@daily", tz="UTC")),  # type: ignore[call-arg]
         ("worker: concurency=", lambda: app.worker(concurency=2)),
+        # filters no run or event can have: refused, not answered with an empty list
+        ("list: empty job and key", lambda: app.runs.list(job="", idempotency_key="")),
+        ("list: blank queue", lambda: app.runs.list(queue=" ", status="queued")),
+        ("list: empty key", lambda: app.runs.list(idempotency_key="", search="")),
+        ("list: empty correlation key", lambda: app.runs.list(correlation_key="")),
+        ("list: empty search", lambda: app.runs.list(job=job, search="")),
+        ("events: empty name", lambda: app.events.list(name="", correlation_key="")),
+        ("events: empty correlation key", lambda: app.events.list(correlation_key="")),
+        ("dead letters: empty job", lambda: app.queue(queue).dead_letters(job="")),
     ]
     for label, call in refusals:
         t.call(label, call)
@@ -174,6 +183,9 @@ def scenario(app: StackShift, engine: StackShift, tag: str) -> list[tuple[str, A
     t.call("cancel a failed run", lambda: app.runs.cancel(declined.id))
     t.call("queue info", lambda: app.queue(queue).info())
     t.call("dead letters", lambda: app.queue(queue).dead_letters())
+    t.call("retry many: blank job", lambda: app.runs.retry_many(queue=queue, job=" "))
+    t.call("retry dead letters: empty job", lambda: app.queue(queue).retry_dead_letters(job=""))
+    t.call("not retried", lambda: app.runs.get(declined.id).status)
     t.call("retry dead letters", lambda: app.queue(queue).retry_dead_letters())
     t.call("retried", lambda: app.runs.get(declined.id))
     t.call("cancel retried", lambda: app.runs.cancel(declined.id, reason="refunded"))
@@ -259,4 +271,21 @@ def test_the_same_program_ends_the_same_embedded_and_remote(
     assert len(unknown) == 7 and all(
         outcome[:2] == ("raised", "TypeError") and " got an unexpected keyword argument " in
         outcome[2] for outcome in unknown)
+    name_hint = "is invalid: use 1-200 letters, digits, '.', '_', ':' or '-'"
+    filters_refused = {
+        "list: empty job and key": f"job name '' {name_hint}",
+        "list: blank queue": f"queue name ' ' {name_hint}",
+        "list: empty key": "idempotency_key must be a non-empty string, got ''",
+        "list: empty correlation key": "correlation_key must be a non-empty string, got ''",
+        "list: empty search": "search must be a non-empty string, got ''",
+        "events: empty name": f"event name '' {name_hint}",
+        "events: empty correlation key": "correlation_key must be a non-empty string, got ''",
+        "dead letters: empty job": f"job name '' {name_hint}",
+        "retry many: blank job": f"job name ' ' {name_hint}",
+        "retry dead letters: empty job": f"job name '' {name_hint}",
+    }
+    for label, message in filters_refused.items():
+        assert outcomes[label] == ("raised", "ValidationError", message, None), label
+    assert outcomes["not retried"] == "failed"
+    assert outcomes["retried"][1]["status"] == "queued"  # by the retry without a filter
     assert datetime.now(UTC).year < 2099  # the scheduled run is still in the future

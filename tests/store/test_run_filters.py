@@ -59,6 +59,20 @@ def test_search_finds_a_run_by_id_or_idempotency_key(
     assert _ids(fake_app.runs.list(search="charge:o_2", created_after=later)) == []
 
 
+def test_only_the_empty_key_is_refused_a_key_of_spaces_is_looked_for(
+    fake_app: StackShift
+) -> None:
+    """A run can be started with a key of spaces, so it is listed by it; an empty key,
+    which no run can have, is refused rather than answered with an empty list."""
+    keyed = fake_app.start("charge", idempotency_key="  ")
+    fake_app.start("charge")
+    assert _ids(fake_app.runs.list(idempotency_key="  ")) == [keyed.id]
+    assert _ids(fake_app.runs.list(search="  ")) == [keyed.id]
+    for options in ({"idempotency_key": ""}, {"search": ""}):
+        with pytest.raises(ValidationError, match="must be a non-empty string, got ''"):
+            fake_app.runs.list(**options)
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

@@ -7,8 +7,7 @@ import click
 from .options import (
     database_url_option,
     json_option,
-    key_filter,
-    name_filter,
+    list_filter,
     next_page_command,
     open_client,
     parse_json_argument,
@@ -58,8 +57,8 @@ def send(
 
 
 @events.command("list")
-@click.option("--name", callback=name_filter("event name"), help="Only events with this name.")
-@click.option("--correlation-key", callback=key_filter,
+@click.option("--name", callback=list_filter, help="Only events with this name.")
+@click.option("--correlation-key", callback=list_filter,
               help="Only events with this correlation key.")
 @click.option("--limit", type=int, default=20, show_default=True, help="Events per page (1-1000).")
 @click.option("--cursor", help="Next page: the cursor printed under the previous one.")

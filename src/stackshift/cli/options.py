@@ -16,8 +16,8 @@ from click.core import ParameterSource
 from ..client import DEFAULT_DATABASE_URL, URL_ENV, StackShift
 from ..durations import parse_duration
 from ..errors import ValidationError
-from ..jobs import check_name
 from ..serialization import to_jsonable
+from ..service import check_filter
 from .failures import bad_input, in_option_terms
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -63,30 +63,14 @@ def not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     return value
 
 
-def name_filter(what: str) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
-    """The callback of an option that filters by a job, queue or event name (``what``:
-    ``"job name"``): a value no name can be (empty, blank, ``'a b'``) is refused
-    (exit 2) before anything is opened, as every command that takes a name refuses
-    it, rather than answered with an empty list."""
-
-    def check(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                check_name(value, what)
-            except ValidationError as exc:
-                raise bad_input(str(exc)) from None
-        return value
-
-    return check
-
-
-def key_filter(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """The callback of an option that filters by a key (idempotency, correlation): an
-    empty key, which no run can be started and no event sent with, is refused (exit 2)
-    as ``start`` and ``events send`` refuse it. A key of spaces is a key like any
-    other there, so it is looked for here too."""
-    if value == "":
-        raise bad_input(f"{param.opts[0]} must be a non-empty string, got ''")
+def list_filter(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """The callback of a list's filter option (``--job``, ``--queue``, ``--name``,
+    ``--idempotency-key``, ``--correlation-key``): the SDK's check of the filter its
+    parameter name names (:func:`stackshift.service.check_filter`), made before
+    anything is opened, so that a value no run or event can have (``--job ''``) is
+    refused with exit 2 and the SDK's message in option terms."""
+    with refusals_in_option_terms():
+        check_filter(value, param.name or "")
     return value
 
 

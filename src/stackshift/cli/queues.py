@@ -14,7 +14,7 @@ from .options import (
     database_url_option,
     duration,
     json_option,
-    name_filter,
+    list_filter,
     next_page_command,
     open_client,
     refuse_group_options,
@@ -219,7 +219,7 @@ def set_(name: str, concurrency: str | None, rate_limit: str | None, max_attempt
 
 @queues.command("dead-letters")
 @click.argument("name")
-@click.option("--job", callback=name_filter("job name"), help="Only runs of this job.")
+@click.option("--job", callback=list_filter, help="Only runs of this job.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
 @click.option("--cursor", help="Next page: the cursor printed under the previous one.")
 @json_option
@@ -243,7 +243,7 @@ def dead_letters(name: str, job: str | None, limit: int, cursor: str | None, as_
 
 @queues.command()
 @click.argument("name")
-@click.option("--job", callback=name_filter("job name"), help="Only runs of this job.")
+@click.option("--job", callback=list_filter, help="Only runs of this job.")
 @click.option("--status", type=click.Choice(["failed", "cancelled"]), default="failed",
               show_default=True)
 @click.option("--limit", type=click.IntRange(1), help="Retry at most this many.")

@@ -8,8 +8,7 @@ from .options import (
     database_url_option,
     duration,
     json_option,
-    key_filter,
-    name_filter,
+    list_filter,
     next_page_command,
     open_client,
 )
@@ -35,10 +34,10 @@ def runs() -> None:
 @runs.command("list")
 @click.option("--status", help="scheduled, queued, running, waiting, retrying, completed, "
                                "failed or cancelled.")
-@click.option("--job", callback=name_filter("job name"), help="Only runs of this job.")
-@click.option("--queue", callback=name_filter("queue name"), help="Only runs on this queue.")
-@click.option("--idempotency-key", callback=key_filter, help="The run started with this key.")
-@click.option("--correlation-key", callback=key_filter,
+@click.option("--job", callback=list_filter, help="Only runs of this job.")
+@click.option("--queue", callback=list_filter, help="Only runs on this queue.")
+@click.option("--idempotency-key", callback=list_filter, help="The run started with this key.")
+@click.option("--correlation-key", callback=list_filter,
               help="Runs that waited for or received events with this key.")
 @click.option("--limit", type=int, default=20, show_default=True, help="Runs per page (1-1000).")
 @click.option("--cursor", help="Next page: the cursor printed under the previous one.")

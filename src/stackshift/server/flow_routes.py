@@ -15,7 +15,7 @@ from ..store.queues import KEEP
 from . import flow_schemas as f
 from . import schemas as s
 from .errors import ApiError
-from .routes import ERRORS, NOT_FOUND, Limit, service_of
+from .routes import ERRORS, NOT_FOUND, JobFilter, Limit, service_of
 
 router = APIRouter(prefix="/v1", responses=ERRORS)
 
@@ -65,7 +65,7 @@ def resume_queue(name: str, request: Request) -> f.Queue:
 
 @router.get("/queues/{name}/dead-letters", tags=["queues"],
             summary="Runs of the queue that failed for good, newest first")
-def dead_letters(name: str, request: Request, job: str | None = None, limit: Limit = 50,
+def dead_letters(name: str, request: Request, job: JobFilter = None, limit: Limit = 50,
                  cursor: str | None = None) -> s.RunPage:
     page = service_of(request).dead_letters(name, job=job, limit=limit, cursor=cursor)
     return s.RunPage(items=[s.Run.of(r) for r in page.items], next_cursor=page.next_cursor)

@@ -47,6 +47,11 @@ router = APIRouter(prefix="/v1", responses=ERRORS)
 
 RunId = Annotated[str, Path(description="A run id (`run_...`).")]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Page size.")]
+#: The job filter of a list of runs: a value no job name can be (``?job=``) is 422.
+JobFilter = Annotated[str | None, Query(
+    description="Only runs of this job; a value that is not a job name (empty, blank) is 422.")]
+#: The end of a key filter's description: an empty key, which no run or event has.
+NOT_EMPTY = "; empty is 422 (leave it out for no filter)."
 
 
 def service_of(request: Request) -> Service:
@@ -97,15 +102,21 @@ def enqueue_run(name: str, body: s.EnqueueRun, request: Request,
 def list_runs(
     request: Request,
     status: Status | None = None,
-    job: str | None = None,
-    queue_name: Annotated[str | None, Query(alias="queueName")] = None,
-    idempotency_key: Annotated[str | None, Query(alias="idempotencyKey")] = None,
-    correlation_key: Annotated[str | None, Query(alias="correlationKey")] = None,
+    job: JobFilter = None,
+    queue_name: Annotated[str | None, Query(
+        alias="queueName", description="Only runs on this queue; a value that is not a queue "
+                                       "name (empty, blank) is 422.")] = None,
+    idempotency_key: Annotated[str | None, Query(
+        alias="idempotencyKey", description="The run started with this key" + NOT_EMPTY)] = None,
+    correlation_key: Annotated[str | None, Query(
+        alias="correlationKey",
+        description="Runs that waited for or received events with this key" + NOT_EMPTY)] = None,
     created_after: Annotated[str | None, Query(alias="createdAfter",
                                                json_schema_extra={"format": "date-time"})] = None,
     created_before: Annotated[str | None, Query(alias="createdBefore",
                                                 json_schema_extra={"format": "date-time"})] = None,
-    search: Annotated[str | None, Query(description="A run id or idempotency key.")] = None,
+    search: Annotated[str | None, Query(
+        description="A run id or idempotency key" + NOT_EMPTY)] = None,
     limit: Limit = 50,
     cursor: str | None = None,
 ) -> s.RunPage:
@@ -206,8 +217,12 @@ def send_event(body: s.SendEvent, request: Request, response: Response) -> s.Sen
 @router.get("/events", tags=["events"], summary="List events, newest first")
 def list_events(
     request: Request,
-    name: str | None = None,
-    correlation_key: Annotated[str | None, Query(alias="correlationKey")] = None,
+    name: Annotated[str | None, Query(
+        description="Only events with this name; a value that is not an event name (empty, "
+                    "blank) is 422.")] = None,
+    correlation_key: Annotated[str | None, Query(
+        alias="correlationKey",
+        description="Only events with this correlation key" + NOT_EMPTY)] = None,
     limit: Limit = 50,
     cursor: str | None = None,
 ) -> s.EventPage:
