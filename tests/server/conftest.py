@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 from serverproc import Server, start_server, stop_server
 
@@ -76,6 +77,13 @@ def server(served_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield running
     finally:
         stop_server(running)
+
+
+@pytest.fixture
+def http(server: Server) -> Iterator[httpx.Client]:
+    """An HTTP client of the module's server, with its API key."""
+    with server.http() as client:
+        yield client
 
 
 @pytest.fixture

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,38 @@ from stackshift.store import open_store
 def admin_service(database_url: str) -> Service:
     """A service straight on the database (what ``stackshift keys`` uses)."""
     return Service(open_store(database_url), SystemClock(), Settings(), JobRegistry())
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error: dict[str, Any] = response.json()["error"]
+    assert error["code"] == code, error
+    assert isinstance(error["message"], str) and error["message"]
+    return error
+
+
+def database_rows(database_url: str, skip: Collection[str] = ()) -> dict[str, list[str]]:
+    """Every row of every table but those in ``skip``, as text, by table, read
+    through the database itself (rows in the order the database gives them)."""
+    if database_url.startswith("sqlite"):
+        conn = sqlite3.connect(database_url.removeprefix("sqlite:///"))
+        try:
+            tables = [r[0] for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'") if r[0] not in skip]
+            return {t: [repr(row) for row in conn.execute(f'SELECT * FROM "{t}"')]
+                    for t in tables}
+        finally:
+            conn.close()
+    import psycopg
+
+    base, schema = database_url.split("?schema=")
+    with psycopg.connect(base) as pg:
+        tables = [r[0] for r in pg.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+            (schema,)) if r[0] not in skip]
+        return {t: [str(row[0]) for row in pg.execute(
+            f'SELECT row_to_json(t)::text FROM "{schema}"."{t}" t')] for t in tables}
 
 
 def free_port() -> int:

@@ -7,14 +7,12 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from serverproc import running_server
 
 from stackshift import RetryAfterError, StackShift
@@ -25,12 +23,6 @@ from stackshift.testing import run_until_idle
 POSTGRES_URL = os.environ.get(
     "STACKSHIFT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
-
-
-@pytest.fixture
-def http(server: Any) -> Iterator[httpx.Client]:
-    with server.http() as client:
-        yield client
 
 
 def tag(base: str) -> str:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from serverproc import admin_service, start_server, stop_server
+from serverproc import (
+    admin_service,
+    assert_error,
+    database_rows,
+    start_server,
+    stop_server,
+)
 
 from stackshift.serialization import MiB
 
@@ -36,21 +41,6 @@ def endpoints() -> list[tuple[str, str]]:
 
 ENDPOINTS = endpoints()
 PROTECTED = [(m, p) for m, p in ENDPOINTS if p != "/healthz"]
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    error: dict[str, Any] = response.json()["error"]
-    assert error["code"] == code, error
-    assert isinstance(error["message"], str) and error["message"]
-    return error
-
-
-@pytest.fixture
-def http(server: Any) -> Iterator[httpx.Client]:
-    with server.http() as client:
-        yield client
 
 
 # -- API keys ------------------------------------------------------------------------------
@@ -95,28 +85,6 @@ def test_a_revoked_key_gets_401_at_once(server: Any) -> None:
         service.close()
 
 
-def _database_text(database_url: str) -> list[str]:
-    """Every row of every table, as text, read through the database itself."""
-    if database_url.startswith("sqlite"):
-        path = database_url.removeprefix("sqlite:///")
-        conn = sqlite3.connect(path)
-        try:
-            tables = [r[0] for r in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'")]
-            return [repr(row) for t in tables for row in conn.execute(f'SELECT * FROM "{t}"')]
-        finally:
-            conn.close()
-    import psycopg
-
-    base, schema = database_url.split("?schema=")
-    with psycopg.connect(base) as conn:
-        tables = [r[0] for r in conn.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
-            (schema,))]
-        return [str(row[0]) for t in tables for row in conn.execute(
-            f'SELECT row_to_json(t)::text FROM "{schema}"."{t}" t')]
-
-
 def test_the_database_holds_no_plain_text_key(server: Any) -> None:
     service = admin_service(server.database_url)
     try:
@@ -126,7 +94,7 @@ def test_the_database_holds_no_plain_text_key(server: Any) -> None:
     with server.http(api_key=key) as http:
         assert http.get("/v1/runs").status_code == 200  # a use is recorded too
     secret = key[len(listed.prefix):]
-    rows = _database_text(server.database_url)
+    rows = [row for table in database_rows(server.database_url).values() for row in table]
     assert any(listed.prefix in row for row in rows)  # the listed prefix is there
     assert not any(secret in row for row in rows)
     if server.database_url.startswith("sqlite"):

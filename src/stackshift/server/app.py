@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -178,6 +179,40 @@ def _documented_paths(app: FastAPI) -> list[tuple[re.Pattern[str], int, set[str]
     return found
 
 
+def _query_names(dependant: Dependant) -> frozenset[str]:
+    """The names of the query parameters of a route's function and its dependencies."""
+    names = {field.alias for field in dependant.query_params}
+    for dependency in dependant.dependencies:
+        names |= _query_names(dependency)
+    return frozenset(names)
+
+
+async def _known_query(request: Request) -> None:
+    """Refuse a query parameter the route does not take, or one given twice.
+
+    Left to the router, a misspelt filter (``?queue=`` for ``?queueName=``) would
+    be ignored and list everything, and a repeated one (``?status=failed&status=
+    cancelled``) would quietly keep its last value: bodies refuse unknown fields
+    the same way.
+    """
+    route = request.scope.get("route")
+    if route is None or not hasattr(route, "dependant"):
+        return
+    taken: frozenset[str] | None = getattr(route, "query_names", None)
+    if taken is None:  # found once per route
+        taken = route.query_names = _query_names(route.dependant)
+    seen: set[str] = set()
+    for name, _ in request.query_params.multi_items():
+        if name not in taken:
+            takes = f"it takes {', '.join(sorted(taken))}" if taken else "it takes none"
+            raise ApiError(422, "validation_error",
+                           f"query parameter {name!r} is unknown here ({takes})")
+        if name in seen:
+            raise ApiError(422, "validation_error",
+                           f"query parameter {name!r} is given more than once")
+        seen.add(name)
+
+
 async def _on_error(request: Request, exc: Exception) -> JSONResponse:
     status, code, message, extra = classify(exc)
     return _json_error(status, code, message, **extra)
@@ -283,7 +318,7 @@ def create_app(service: Service, *, max_body_bytes: int = MiB) -> FastAPI:
 
     routers = [routes.router, flow_routes.router, worker_routes.router, push_routes.router]
     for router in routers:
-        app.include_router(router)
+        app.include_router(router, dependencies=[Depends(_known_query)])
     _document_auth(app)
     # Every route in the order the router tries them, those of included routers too.
     served: list[BaseRoute] = [r for r in app.router.routes if isinstance(r, Route)]

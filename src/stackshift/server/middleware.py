@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: API key checks, the request body limit and UTF-8 paths.
+"""Pure ASGI middleware: API key checks, the request body limit, UTF-8 paths and queries.
 
 Both run before routing and before any body is parsed, so an unauthenticated
 request gets its 401 whatever it sends, and an over-size body never reaches
@@ -105,10 +105,11 @@ def _says_json(scope: Scope) -> bool:
 
 
 class RequireUtf8Path:
-    """Refuse with 400 a path that is not UTF-8 once percent-decoded.
+    """Refuse with 400 a path or query string that is not UTF-8 once percent-decoded.
 
-    Left to the router, its bytes would become replacement characters, and
-    two different state keys (``caf%E9``, ``caf%E8``) the same one.
+    Left to the router, its bytes would become replacement characters: two
+    different state keys (``caf%E9``, ``caf%E8``) the same one, and a filter
+    (``?job=caf%E9``) quietly one for a name nobody sent.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -117,12 +118,15 @@ class RequireUtf8Path:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             raw = scope.get("raw_path") or scope["path"].encode()
-            try:
-                unquote_to_bytes(raw.split(b"?", 1)[0]).decode("utf-8")
-            except UnicodeDecodeError:
-                await send_error(send, 400, "bad_path",
-                                 "the request path is not UTF-8 once percent-decoded")
-                return
+            for part, code, what in ((raw.split(b"?", 1)[0], "bad_path", "path"),
+                                     (scope.get("query_string", b""), "bad_query",
+                                      "query string")):
+                try:
+                    unquote_to_bytes(part).decode("utf-8")
+                except UnicodeDecodeError:
+                    await send_error(send, 400, code,
+                                     f"the request {what} is not UTF-8 once percent-decoded")
+                    return
         await self.app(scope, receive, send)
 
 

@@ -18,7 +18,7 @@ from .schemas import Body, Name, Wire
 
 Url = Annotated[StrictStr, Field(min_length=1, max_length=2000,
                                  examples=["https://app.example.com/api/stackshift"])]
-DeliveryId = Annotated[StrictStr, Field(min_length=1, max_length=200)]
+DeliveryId = Annotated[w.Column, Field(min_length=1, max_length=200)]
 
 
 class RegisterEndpoint(Body):

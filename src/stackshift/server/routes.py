@@ -27,7 +27,8 @@ MAX_WAIT_SECONDS = 60.0
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse,
-          "description": "Malformed JSON, or a path that is not UTF-8 once percent-decoded."},
+          "description": "Malformed JSON, or a path or query string that is not UTF-8 once "
+                         "percent-decoded."},
     401: {"model": ErrorResponse, "description": "Missing, unknown or revoked API key."},
     413: {"model": ErrorResponse, "description": "Request body over the size limit."},
     415: {"model": ErrorResponse,

@@ -13,8 +13,10 @@ import json
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, StrictInt, StrictStr, model_validator
+from pydantic_core import PydanticCustomError
 
 from ..flowcontrol import check_failure_handler
+from ..serialization import encode, utf8_size
 from ..store.base import Lease, LogWrite, Outcome, StepWrite
 from . import schemas as s
 from .schemas import Body, Wire
@@ -22,7 +24,28 @@ from .schemas import Body, Wire
 #: Longest single long-poll of ``POST /v1/worker/claim``; the worker asks again.
 MAX_CLAIM_WAIT_SECONDS = 30.0
 
-WorkerId = Annotated[StrictStr, Field(min_length=1, max_length=200)]
+
+def _storable(text: str) -> str:
+    if "\x00" in text:
+        raise PydanticCustomError("nul_character",
+                                  "must not contain the NUL character (U+0000)")
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError as exc:
+            raise PydanticCustomError(
+                "lone_surrogate", f"{exc.object[exc.start:exc.end]!r} is a lone surrogate, "
+                "which UTF-8 text cannot hold") from None
+    return text
+
+
+#: Text stored as it is in a column (ids, names, keys): no NUL, which PostgreSQL's
+#: text cannot hold, refused alike on every store, and no lone surrogate, which no
+#: store can. Error messages, tracebacks and results are stored inside JSON and
+#: keep NUL; log lines have it replaced (see ``store.execution``).
+Column = Annotated[StrictStr, AfterValidator(_storable)]
+
+WorkerId = Annotated[Column, Field(min_length=1, max_length=200)]
 Seconds = Annotated[float, Field(ge=0, le=1e10, allow_inf_nan=False)]
 LeaseSeconds = Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)]
 Instant = Annotated[float, Field(ge=0, le=1e11, allow_inf_nan=False,
@@ -32,12 +55,15 @@ Text = StrictStr
 
 
 def _json_text(text: str) -> str:
+    """JSON text of a value the engine would store: no NaN or infinity (``1e400``
+    included), nesting within ``MAX_DEPTH``, no lone surrogate."""
     def refuse(name: str) -> None:
         raise ValueError(f"{name} is not JSON")
 
     try:
-        json.loads(text, parse_constant=refuse)
-    except (ValueError, RecursionError):
+        utf8_size(encode(json.loads(text, parse_constant=refuse), what="result", limit=None),
+                  "result")
+    except (ValueError, TypeError, RecursionError):
         raise ValueError("must be JSON text (a result as the worker encodes it)") from None
     return text
 
@@ -48,7 +74,7 @@ JsonText = Annotated[StrictStr, AfterValidator(_json_text)]
 #: "default_max_attempts"} (see flowcontrol.check_failure_handler).
 FailureHandler = Annotated[StrictStr, Field(max_length=10_000),
                            AfterValidator(check_failure_handler)]
-Short = Annotated[StrictStr, Field(min_length=1, max_length=1000)]
+Short = Annotated[Column, Field(min_length=1, max_length=1000)]
 
 
 class LeaseBody(Body):
@@ -105,7 +131,7 @@ class StepBody(Body):
 
 class LogBody(Body):
     at: Instant
-    level: Annotated[StrictStr, Field(max_length=50)]
+    level: Annotated[Column, Field(max_length=50)]
     logger: Annotated[StrictStr, Field(max_length=1000)]
     message: Text
     step: Short | None = None
@@ -126,7 +152,7 @@ Logs = list[LogBody]
 # -- requests -----------------------------------------------------------------------------
 
 
-ProcessSpace = Annotated[StrictStr, Field(min_length=1, max_length=1000)]
+ProcessSpace = Annotated[Column, Field(min_length=1, max_length=1000)]
 
 
 class ProcessBody(Body):
@@ -140,7 +166,7 @@ class ProcessBody(Body):
 
 class RegisterWorker(Body):
     worker_id: WorkerId
-    hostname: Annotated[StrictStr, Field(max_length=1000)]
+    hostname: Annotated[Column, Field(max_length=1000)]
     pid: Annotated[StrictInt, Field(ge=0, lt=2**31)]
     jobs: list[s.Name]
     queues: list[s.Name] | None = None
@@ -229,7 +255,7 @@ class WaitForEvent(Body):
     lease: LeaseBody
     step: StepBody
     name: s.Name
-    correlation_key: Annotated[StrictStr, Field(max_length=512)] = ""
+    correlation_key: Annotated[Column, Field(max_length=512)] = ""
     timeout_at: Instant
     on_timeout: Literal["fail", "continue", "cancel"]
     since: Instant
