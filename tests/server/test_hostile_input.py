@@ -305,6 +305,19 @@ def test_every_hostile_field_value_is_refused_and_writes_nothing(
     assert snapshot(server.database_url) == before
 
 
+def test_an_integer_too_long_to_read_is_422_and_says_so(
+        http: httpx.Client, unchanged: None) -> None:
+    """Valid JSON all the same: not called malformed."""
+    for method, path, body in [("POST", "/v1/runs", '{"job": "x", "payload": 1%s}'),
+                               ("POST", "/v1/runs", '{"job": "x", "priority": -1%s}'),
+                               ("PUT", "/v1/state/long", '{"value": [1%s]}'),
+                               ("POST", "/v1/state/increment", '{"key": "k", "by": 1%s}')]:
+        response = http.request(method, path, content=body % ("0" * 5000),
+                                headers={"content-type": "application/json"})
+        error = assert_error(response, 422, "invalid_type")
+        assert error["message"] == "body: an integer of more than 4,300 digits"
+
+
 # -- path parameters ------------------------------------------------------------------------
 
 RUN = "run_00000000000000000000000000"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -129,6 +130,10 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc.__cause__, RecursionError):  # valid JSON, but too deep to read
             return _json_error(422, "invalid_type", f"body: arrays and objects nested more "
                                                     f"than {MAX_DEPTH} levels deep")
+        if isinstance(exc.__cause__, ValueError) and "digits" in str(exc.__cause__):
+            # valid JSON, but a number Python will not read (nor the SDK write)
+            return _json_error(422, "invalid_type", f"body: an integer of more than "
+                                                    f"{sys.get_int_max_str_digits():,} digits")
         message = ("the request body is not UTF-8 text"
                    if isinstance(exc.__cause__, UnicodeDecodeError)
                    else "the request body is not valid JSON")
