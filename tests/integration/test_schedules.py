@@ -105,6 +105,39 @@ def test_one_run_per_tick_with_three_worker_processes(db_url: str, tmp_path: Pat
         app.close()
 
 
+def test_one_run_per_tick_with_two_worker_processes_and_a_server_maintaining(
+        db_url: str, tmp_path: Path, server: tuple[str, str]) -> None:  # noqa: F811
+    """On the wall clock: two worker processes and a ``stackshift server`` (which
+    maintains too) are up while '@every 1s' ticks; each tick runs its job once."""
+    url, key = server
+    remote = StackShift(api_key=key, base_url=url)
+    app = StackShift(db_url)
+    record = tmp_path / "spans.txt"
+    try:
+        with worker_processes(db_url, record, 2, tmp_path):
+            schedule = remote.schedules.create("quick", cron="@every 1s")
+            time.sleep(5.2)
+            app.schedules.pause(schedule.id)
+            deadline = time.monotonic() + 20
+            while app.runs.list(job="quick", status="queued").items or app.runs.list(
+                    job="quick", status="running").items:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        ticks = ticks_of(app, schedule.id)
+        assert len(ticks) == len(set(ticks)) >= 4
+        seconds = [at(t).timestamp() for t in ticks]
+        after = app.schedules.get(schedule.id)
+        assert len(seconds) + after.missed_ticks == seconds[-1] - seconds[0] + 1
+        # The handlers' side: one execution per tick's run.
+        executed = [line.split()[2] for line in record.read_text().splitlines()]
+        assert sorted(executed) == sorted(
+            r.id for r in app.runs.list(job="quick", limit=1000).items)
+        assert len(executed) == len(ticks)
+    finally:
+        app.close()
+        remote.close()
+
+
 def test_a_paused_schedule_starts_nothing_and_resumes_from_now(
         fake_app: StackShift, clock: FakeClock) -> None:
     fake_app.job("tick", lambda ctx: None)
@@ -120,6 +153,23 @@ def test_a_paused_schedule_starts_nothing_and_resumes_from_now(
     run_until_idle(fake_app)
     assert ticks_of(fake_app, schedule.id) == ["2026-01-05T13:00:00Z"]
     assert fake_app.schedules.get(schedule.id).missed_ticks == 0
+
+
+def test_deleting_a_schedule_keeps_the_run_its_tick_already_queued(
+        fake_app: StackShift, clock: FakeClock) -> None:
+    ran: list[Any] = []
+    fake_app.job("tick", lambda ctx: ran.append(ctx.payload))
+    schedule = fake_app.schedules.create("tick", cron="@hourly", payload={"n": 7})
+    clock.advance("1h")
+    fake_app.worker().maintain()  # the tick fires; nothing executes yet
+    [queued] = fake_app.runs.list(job="tick").items
+    assert queued.status == "queued"
+    assert fake_app.schedules.delete(schedule.id) is True
+    run_until_idle(fake_app)
+    assert fake_app.runs.get(queued.id).status == "completed" and ran == [{"n": 7}]
+    clock.advance("1h")
+    run_until_idle(fake_app)
+    assert ran == [{"n": 7}]  # no tick after the delete
 
 
 def test_ticks_missed_while_everything_was_down_run_once(fake_app: StackShift,
@@ -239,6 +289,29 @@ def test_daylight_saving_changes_follow_debian_cron(fake_app: StackShift,
     assert fired("*/30 * * * *", "2026-11-01T04:45:00Z", "2026-11-01T07:15:00Z") == [
         "2026-11-01T05:00:00Z", "2026-11-01T05:30:00Z", "2026-11-01T06:00:00Z",
         "2026-11-01T06:30:00Z", "2026-11-01T07:00:00Z"]
+
+
+def test_an_outage_ending_in_the_repeated_hour_runs_that_days_tick(
+        fake_app: StackShift, clock: FakeClock) -> None:
+    """Nothing maintains from Saturday until 01:13 EST on Sunday 1 November 2026,
+    in the second pass of New York's repeated hour: Sunday's 01:30 (its first
+    pass, EDT) has passed, so that tick runs, once, and Saturday's is counted as
+    missed."""
+    fake_app.job("tick", lambda ctx: None)
+    clock.set("2026-10-31T00:00:00Z")
+    schedule = fake_app.schedules.create("tick", cron="30 1 * * *",
+                                         timezone="America/New_York")
+    assert schedule.next_run_at == at("2026-10-31T05:30:00Z")
+    clock.set("2026-11-01T06:13:00Z")
+    run_until_idle(fake_app)
+    assert ticks_of(fake_app, schedule.id) == ["2026-11-01T05:30:00Z"]
+    after = fake_app.schedules.get(schedule.id)
+    assert after.last_run_at == at("2026-11-01T05:30:00Z")
+    assert after.missed_ticks == 1
+    assert after.next_run_at == at("2026-11-02T06:30:00Z")
+    clock.set("2026-11-01T07:00:00Z")  # 02:00 EST: past the second 01:30, no run
+    run_until_idle(fake_app)
+    assert ticks_of(fake_app, schedule.id) == ["2026-11-01T05:30:00Z"]
 
 
 @pytest.mark.parametrize(("cron", "message"), [

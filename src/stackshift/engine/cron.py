@@ -67,22 +67,37 @@ class Cron:
     def latest_due(self, tick: float, now: float) -> tuple[float, int]:
         """From a due ``tick`` (``tick <= now``): the most recent tick at or before
         ``now``, and how many earlier due ticks that passes over (counted up to
-        :data:`MAX_COUNTED`)."""
+        :data:`MAX_COUNTED`).
+
+        The ticks are the ones :meth:`next_after` gives, walked forward from
+        ``tick``: the same instants a schedule kept up to date fires at, also
+        across daylight-saving changes.
+        """
         if self.interval is not None:
             latest = max(tick, math.floor(now / self.interval) * self.interval)
-            return latest, round((latest - tick) / self.interval)
-        latest = max(tick, self._at_or_before(now))
-        skipped = 0
-        moment = tick
-        while moment < latest and skipped < MAX_COUNTED:
-            skipped += 1
-            moment = self.next_after(moment)
-        return latest, skipped
+            return latest, min(round((latest - tick) / self.interval), MAX_COUNTED)
+        latest, skipped = tick, 0
+        while skipped < MAX_COUNTED:
+            following = self.next_after(latest)
+            if following > now:
+                return latest, skipped
+            latest, skipped = following, skipped + 1
+        return self._at_or_before(now, latest), skipped
 
-    def _at_or_before(self, now: float) -> float:
+    def _at_or_before(self, now: float, since: float) -> float:
+        """The last tick at or before ``now``, given a tick ``since`` at or before it."""
         assert self.fields is not None
-        start = datetime.fromtimestamp(math.floor(now) + 1, ZoneInfo(self.timezone))
-        return next(CronSim(self.fields, start, reverse=True)).timestamp()
+        span = 3600.0
+        while True:
+            # Forward from ever earlier points (an hour back, two, four ...) until
+            # one reaches a tick at or before now.
+            start = max(since, now - span)
+            moment = start if start == since else self.next_after(start)
+            if moment <= now:
+                while (following := self.next_after(moment)) <= now:
+                    moment = following
+                return moment
+            span *= 2
 
 
 def check_timezone(name: object) -> str:
