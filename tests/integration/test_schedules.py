@@ -317,9 +317,9 @@ def test_an_outage_ending_in_the_repeated_hour_runs_that_days_tick(
 @pytest.mark.parametrize(("cron", "message"), [
     ("* * * *", "expected 5 fields"),
     ("0 0 * * * *", "expected 5 fields"),
-    ("61 * * * *", "minute"),
-    ("0 25 * * *", "hour"),
-    ("0 0 31 2 *", "day-of-month"),
+    ("61 * * * *", "the minute field '61' is not valid"),
+    ("0 25 * * *", "the hour field '25' is not valid"),
+    ("0 0 31 2 *", "the day-of-month field '31' is not valid"),
     ("@fortnightly", "unknown descriptor"),
     ("@every", "needs a duration"),
     ("@every soon", "not a duration"),
@@ -333,6 +333,47 @@ def test_bad_cron_expressions_are_refused_with_a_clear_error(
     with pytest.raises(ValidationError, match=message):
         fake_app.job(f"bad-{abs(hash(cron))}", lambda ctx: None, cron=cron)
     assert fake_app.schedules.list() == []
+
+
+BAD_SCHEDULES = [
+    ({"cron": "61 * * * *"}, "the minute field '61' is not valid (minute: 0-59)"),
+    ({"cron": "0 0 30 2 *"}, "the day-of-month field '30' is not valid"),
+    ({"cron": "* * *"}, "expected 5 fields (minute hour day-of-month month day-of-week), got 3"),
+    ({"cron": "0 * * * * *"}, "expected 5 fields (minute hour day-of-month month day-of-week), "
+                              "got 6"),
+    ({"cron": "@every 0s"}, "@every needs at least 1s"),
+    ({"cron": "@every -5m"}, "'-5m' is not a duration"),
+    ({"cron": "@every 100y"}, "'100y' is not a duration"),
+    ({"cron": "@every 36600d"}, "'36600d' is longer than 100 years"),
+    ({"cron": "@daily", "timezone": "Mars/Olympus"}, "unknown timezone 'Mars/Olympus'"),
+]
+
+
+def test_bad_schedules_are_refused_alike_by_the_sdk_the_cli_and_the_http_api(
+        db_url: str, server: tuple[str, str]) -> None:  # noqa: F811
+    """Each says what is wrong in the same words (a ValidationError, exit code 2,
+    HTTP 422), and no schedule is written."""
+    url, key = server
+    app = StackShift(db_url)
+    http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    runner = CliRunner()
+    try:
+        for options, message in BAD_SCHEDULES:
+            with pytest.raises(ValidationError) as refused:
+                app.schedules.create("report", **options)
+            assert message in str(refused.value), (options, str(refused.value))
+            args = ["schedules", "create", "report", "--cron", options["cron"]]
+            if "timezone" in options:
+                args += ["--timezone", options["timezone"]]
+            result = runner.invoke(cli, args, env={"STACKSHIFT_DATABASE_URL": db_url})
+            assert result.exit_code == 2 and message in result.output, (args, result.output)
+            response = http.post("/v1/schedules", json={"job": "report", **options})
+            assert response.status_code == 422, response.text
+            assert message in response.json()["error"]["message"], response.text
+        assert app.schedules.list() == []
+    finally:
+        http.close()
+        app.close()
 
 
 def test_bad_timezone_is_refused(fake_app: StackShift) -> None:
@@ -384,6 +425,23 @@ def test_job_cron_schedules_are_kept_in_sync_by_workers(db_url: str, clock: Fake
             third.schedules.get("job:cleanup")
     finally:
         third.close()
+
+
+def test_a_new_time_zone_in_code_moves_the_next_run(db_url: str, clock: FakeClock) -> None:
+    """A deployment that only changes ``timezone=`` of ``@job(cron=...)`` moves the
+    next run to that zone's time; the same definition again leaves it alone."""
+    for timezone, expected in [("UTC", "2026-01-06T09:00:00Z"),
+                               ("America/New_York", "2026-01-05T14:00:00Z"),
+                               ("America/New_York", "2026-01-05T14:00:00Z")]:
+        app = StackShift(db_url, clock=clock)
+        try:
+            app.job("report", lambda ctx: None, cron="0 9 * * *", timezone=timezone)
+            app.worker().run_until_idle()
+            [schedule] = app.schedules.list()
+            assert (schedule.timezone, schedule.next_run_at) == (timezone, at(expected))
+        finally:
+            app.close()
+        clock.advance("1m")
 
 
 def test_schedules_command(db_url: str) -> None:

@@ -100,6 +100,25 @@ class Cron:
             span *= 2
 
 
+#: The five fields in order, with the values each takes.
+FIELDS = {
+    "minute": "0-59",
+    "hour": "0-23",
+    "day-of-month": "1-31 or L, on a day the months given have",
+    "month": "1-12 or JAN-DEC",
+    "day-of-week": "0-7 or SUN-SAT, 0 and 7 being Sunday",
+}
+
+
+def _field_problem(fields: str, exc: Exception) -> str:
+    """cronsim's ``Bad minute`` as ``the minute field '61' is not valid (minute: 0-59)``."""
+    name = str(exc).removeprefix("Bad ").strip()
+    if name not in FIELDS:
+        return str(exc)
+    value = fields.split(" ")[list(FIELDS).index(name)]
+    return f"the {name} field {value!r} is not valid ({name}: {FIELDS[name]})"
+
+
 def check_timezone(name: object) -> str:
     if not isinstance(name, str) or not name:
         raise ValidationError(f"timezone must be an IANA zone name such as 'UTC', got {name!r}")
@@ -148,7 +167,8 @@ def parse_cron(expression: object, timezone: str = "UTC") -> Cron:
     try:
         CronSim(fields, datetime.fromtimestamp(0, ZoneInfo(tz)))
     except (CronSimError, ValueError, IndexError) as exc:
-        raise ValidationError(f"invalid cron expression {text!r}: {exc}") from None
+        raise ValidationError(f"invalid cron expression {text!r}: {_field_problem(fields, exc)}"
+                              ) from None
     cron = Cron(text, tz, fields, None)
     try:
         cron.next_after(0.0)
