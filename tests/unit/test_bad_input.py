@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import math
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -191,6 +191,29 @@ def test_bad_scheduled_at(shop: StackShift, value: Any, match: str) -> None:
 def test_scheduled_at_and_delay_together_are_refused(shop: StackShift) -> None:
     refused(shop, ValueError, "give scheduled_at or delay, not both",
             scheduled_at="2026-05-06T09:00:00Z", delay="1h")
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        ("-5m", "'-5m' is not a duration"),
+        (timedelta(seconds=-5), "must be a finite, non-negative duration"),
+        (-1, "must be a finite, non-negative duration"),
+        ("36600d", "'36600d' is longer than 100 years"),
+        ("100y", "'100y' is not a duration"),
+    ],
+)
+def test_bad_delay(shop: StackShift, value: Any, match: str) -> None:
+    refused(shop, ValueError, f"delay: .*{match}", delay=value, idempotency_key=KEY)
+
+
+def test_a_zero_delay_queues_at_once_and_the_longest_waits(fake_app: StackShift,
+                                                           clock: FakeClock) -> None:
+    assert fake_app.start("a", delay="0s").status == "queued"
+    assert fake_app.start("a", delay=0).status == "queued"
+    longest = fake_app.start("a", delay="36500d")
+    assert longest.status == "scheduled"
+    assert longest.scheduled_at == datetime.fromtimestamp(clock.now() + 36500 * 86400, UTC)
 
 
 def test_scheduled_at_in_the_past_queues_at_once(fake_app: StackShift) -> None:
