@@ -138,6 +138,35 @@ def test_one_run_per_tick_with_two_worker_processes_and_a_server_maintaining(
         remote.close()
 
 
+def test_a_worker_starting_after_missed_ticks_runs_one_not_a_backlog(
+        db_url: str, tmp_path: Path) -> None:
+    """On the wall clock: '@every 1s' ticks for about 3 s with no worker up; the
+    worker that then starts runs the latest tick once, counts the others as
+    missed, and goes on with the next ticks."""
+    app = StackShift(db_url)
+    try:
+        schedule = app.schedules.create("quick", cron="@every 1s")
+        first = schedule.next_run_at
+        assert first is not None
+        time.sleep(3.5)
+        with worker_processes(db_url, tmp_path / "spans.txt", 1, tmp_path):
+            started = time.time()
+            while not ticks_of(app, schedule.id):
+                assert time.time() - started < 20
+                time.sleep(0.05)
+            time.sleep(1.6)
+            app.schedules.pause(schedule.id)
+        ticks = [at(t).timestamp() for t in ticks_of(app, schedule.id)]
+        # The first run is for the latest tick before the worker came, not the first.
+        assert ticks[0] >= first.timestamp() + 2
+        assert len(ticks) >= 2 and ticks == sorted(set(ticks))
+        # Every tick from the first either started its one run or was counted missed.
+        missed = app.schedules.get(schedule.id).missed_ticks
+        assert missed >= 2 and len(ticks) + missed == ticks[-1] - first.timestamp() + 1
+    finally:
+        app.close()
+
+
 def test_a_paused_schedule_starts_nothing_and_resumes_from_now(
         fake_app: StackShift, clock: FakeClock) -> None:
     fake_app.job("tick", lambda ctx: None)
