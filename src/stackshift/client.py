@@ -273,16 +273,22 @@ class Schedules:
         self._s = service
 
     def create(self, job: str, *, cron: str, payload: Any = None, timezone: str = "UTC",
-               queue_name: str | None = None) -> Schedule:
+               queue_name: str | None = None, schedule_id: str | None = None) -> Schedule:
         """Start ``job`` with ``payload`` once per tick of ``cron``.
 
         ``cron``: five fields, ``@hourly @daily @midnight @weekly @monthly
         @yearly``, or ``@every <duration>``; evaluated in ``timezone``. Each tick
         starts one run however many workers are up. Bad expressions raise
         :class:`ValidationError` saying what is wrong.
+
+        Without ``schedule_id`` each call makes a new schedule. With it, the
+        schedule of that id is created, or changed to this definition: calling
+        it again with the same arguments changes nothing; a new ``cron`` or
+        ``timezone`` restarts its ticks from now; a new payload, job or queue
+        applies from its next tick; a pause is kept.
         """
         return self._s.create_schedule(job, cron=cron, payload=payload, timezone=timezone,
-                                       queue_name=queue_name)
+                                       queue_name=queue_name, schedule_id=schedule_id)
 
     def get(self, schedule_id: str) -> Schedule:
         return self._s.get_schedule(schedule_id)

@@ -185,13 +185,23 @@ class FlowControl:
     # -- schedules ----------------------------------------------------------------------
 
     def create_schedule(self, job: str, *, cron: str, payload: Any = None,
-                        timezone: str = "UTC", queue_name: str | None = None) -> Schedule:
-        """A recurring schedule: one run of ``job`` with ``payload`` per tick of ``cron``."""
+                        timezone: str = "UTC", queue_name: str | None = None,
+                        schedule_id: str | None = None) -> Schedule:
+        """A recurring schedule: one run of ``job`` with ``payload`` per tick of ``cron``.
+
+        With ``schedule_id``: that schedule, created or else changed to this
+        definition (see :meth:`ScheduleStore.put_schedule`).
+        """
         check_name(job, "job name")
         parsed = parse_cron(cron, timezone)
         if queue_name is not None:
             check_name(queue_name, "queue name")
+        if schedule_id is not None:
+            check_own_schedule_id(schedule_id)
         text = encode(payload, what="payload", limit=self.settings.max_payload_bytes)
+        if schedule_id is not None:
+            return self.store.put_schedule(schedule_id, job, parsed, text, queue_name,
+                                           self.clock.now())
         return self.store.create_schedule(new_schedule_id(), job, parsed, text, queue_name,
                                           "api", self.clock.now())
 
@@ -311,6 +321,16 @@ class FlowControl:
             full = deleted >= batch
         expired = self.store.delete_expired(now, batch)
         return full or any(expired[k] >= batch for k in ("events", "idempotency_keys", "state"))
+
+
+def check_own_schedule_id(value: object) -> str:
+    """An id chosen for ``schedules.create(..., schedule_id=...)``."""
+    check_name(value, "schedule id")
+    assert isinstance(value, str)
+    if value.startswith("job:"):
+        raise ValidationError(f"schedule id {value!r} is invalid: ids starting with 'job:' "
+                              "are those of @job(cron=...) schedules")
+    return value
 
 
 def check_schedule_id(value: object) -> str:

@@ -16,7 +16,12 @@ from .durations import parse_instant
 from .engine.cron import parse_cron
 from .engine.limits import check_concurrency, parse_rate_limit
 from .errors import ScheduleNotFoundError, StackShiftError
-from .flowcontrol import check_retry_many, check_schedule_id, check_stats_window
+from .flowcontrol import (
+    check_own_schedule_id,
+    check_retry_many,
+    check_schedule_id,
+    check_stats_window,
+)
 from .ids import check_cursor
 from .jobs import check_max_attempts, check_name
 from .models import Page, QueueInfo, Schedule
@@ -155,15 +160,20 @@ class RemoteFlowControl:
             raise
 
     def create_schedule(self, job: str, *, cron: str, payload: Any = None,
-                        timezone: str = "UTC", queue_name: str | None = None) -> Schedule:
+                        timezone: str = "UTC", queue_name: str | None = None,
+                        schedule_id: str | None = None) -> Schedule:
         check_name(job, "job name")
         parse_cron(cron, timezone)  # the embedded service's errors for a bad cron or zone
         if queue_name is not None:
             check_name(queue_name, "queue name")
+        if schedule_id is not None:
+            check_own_schedule_id(schedule_id)
         body = {"job": job, "cron": cron, "payload": to_jsonable(payload),
                 "timezone": timezone}
         if queue_name is not None:
             body["queueName"] = queue_name
+        if schedule_id is not None:
+            body["scheduleId"] = schedule_id
         limit = self.settings.max_payload_bytes
         return self._schedule(self._call("POST", "/v1/schedules",
                                          json=SizedBody(body, "payload", "payload", limit)))

@@ -473,6 +473,71 @@ def test_a_new_time_zone_in_code_moves_the_next_run(db_url: str, clock: FakeCloc
         clock.advance("1m")
 
 
+def test_a_schedule_created_again_under_its_id_is_changed_not_doubled(
+        fake_app: StackShift, clock: FakeClock) -> None:
+    ran: list[Any] = []
+    fake_app.job("report", lambda ctx: ran.append(ctx.payload))
+
+    def put(**changes: Any) -> Any:
+        definition = {"cron": "0 9 * * *", "payload": {"v": 1}, **changes}
+        return fake_app.schedules.create("report", schedule_id="daily-report", **definition)
+
+    first = put()
+    assert (first.id, first.source, first.next_run_at) == (
+        "daily-report", "api", at("2026-01-06T09:00:00Z"))
+    clock.advance("1h")
+    assert put() == first  # the same definition again: nothing changes
+    # A new payload applies from the next tick, which stays where it was.
+    assert put(payload={"v": 2}).next_run_at == at("2026-01-06T09:00:00Z")
+    clock.set("2026-01-06T09:00:30Z")
+    run_until_idle(fake_app)
+    assert ran == [{"v": 2}]
+    # A new time zone or expression moves the next run.
+    moved = put(payload={"v": 2}, timezone="America/New_York")
+    assert moved.next_run_at == at("2026-01-06T14:00:00Z")
+    assert moved.last_run_at == at("2026-01-06T09:00:00Z")
+    moved = put(payload={"v": 2}, timezone="America/New_York", cron="30 10 * * *")
+    assert moved.next_run_at == at("2026-01-06T15:30:00Z")
+    fake_app.schedules.pause("daily-report")
+    assert put(cron="@hourly").paused  # a pause is kept
+    assert [s.id for s in fake_app.schedules.list()] == ["daily-report"]
+    for bad, message in [("job:report", "ids starting with 'job:'"),
+                         ("daily report", "schedule id 'daily report' is invalid")]:
+        with pytest.raises(ValidationError, match=message):
+            fake_app.schedules.create("report", cron="@daily", schedule_id=bad)
+    assert [s.id for s in fake_app.schedules.list()] == ["daily-report"]
+
+
+def test_a_schedule_id_over_http_the_remote_client_and_the_cli(
+        db_url: str, server: tuple[str, str]) -> None:  # noqa: F811
+    url, key = server
+    http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    remote = StackShift(api_key=key, base_url=url)
+    runner = CliRunner()
+    try:
+        made = remote.schedules.create("sync", cron="@hourly", schedule_id="sync-hourly")
+        again = remote.schedules.create("sync", cron="@every 10m", schedule_id="sync-hourly")
+        assert (made.id, again.id, again.cron) == ("sync-hourly", "sync-hourly", "@every 10m")
+        body = http.post("/v1/schedules", json={"job": "sync", "cron": "@every 10m",
+                                                "scheduleId": "sync-hourly"})
+        assert body.status_code == 201 and body.json()["id"] == "sync-hourly"
+        refused = http.post("/v1/schedules", json={"job": "sync", "cron": "@daily",
+                                                   "scheduleId": "job:sync"})
+        assert refused.status_code == 422 and "job:" in refused.json()["error"]["message"]
+        with pytest.raises(ValidationError, match="ids starting with 'job:'"):
+            remote.schedules.create("sync", cron="@daily", schedule_id="job:sync")
+        for cron in ("@daily", "@weekly"):
+            result = runner.invoke(cli, ["schedules", "create", "sync", "--cron", cron,
+                                         "--id", "sync-cli", "--json"],
+                                   env={"STACKSHIFT_DATABASE_URL": db_url})
+            assert result.exit_code == 0, result.output
+            assert json.loads(result.output)["cron"] == cron
+        assert sorted(s.id for s in remote.schedules.list()) == ["sync-cli", "sync-hourly"]
+    finally:
+        http.close()
+        remote.close()
+
+
 def test_schedules_command(db_url: str) -> None:
     runner = CliRunner()
 

@@ -102,15 +102,17 @@ def list_schedules(as_json: bool = False, database_url: str | None = None) -> No
 @click.option("--payload", "payload_json", help="The runs' payload as JSON ('-' reads stdin).")
 @click.option("--timezone", default="UTC", show_default=True, help="IANA zone of the fields.")
 @click.option("--queue", help="Queue of the runs (default: the job's).")
+@click.option("--id", "schedule_id",
+              help="Create the schedule under this id, or change the one that has it.")
 @json_option
 @database_url_option
 def create(job: str, cron: str, payload_json: str | None, timezone: str, queue: str | None,
-           as_json: bool, database_url: str) -> None:
+           schedule_id: str | None, as_json: bool, database_url: str) -> None:
     """Start JOB once per tick of --cron. Exit 2 for a bad expression."""
     payload = parse_json_argument(payload_json, "--payload")
     with open_client(database_url) as app:
         created = app.schedules.create(job, cron=cron, payload=payload, timezone=timezone,
-                                       queue_name=queue)
+                                       queue_name=queue, schedule_id=schedule_id)
     _show(created, as_json)
 
 

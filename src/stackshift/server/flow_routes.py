@@ -88,11 +88,12 @@ def list_schedules(request: Request) -> f.ScheduleList:
     return f.ScheduleList(items=[f.Schedule.of(x) for x in service_of(request).list_schedules()])
 
 
-@router.post("/schedules", status_code=201, tags=["schedules"], summary="Create a schedule")
+@router.post("/schedules", status_code=201, tags=["schedules"],
+             summary="Create a schedule (or, given its scheduleId, change it)")
 def create_schedule(body: f.CreateSchedule, request: Request) -> f.Schedule:
     created = service_of(request).create_schedule(
         body.job, cron=body.cron, payload=body.payload, timezone=body.timezone,
-        queue_name=body.queue_name,
+        queue_name=body.queue_name, schedule_id=body.schedule_id,
     )
     return f.Schedule.of(created)
 

@@ -131,6 +131,9 @@ class CreateSchedule(Body):
     payload: Any = None
     timezone: StrictStr = "UTC"
     queue_name: Name | None = None
+    schedule_id: Name | None = Field(
+        default=None, description="Create the schedule under this id, or change the one "
+        "that has it to this definition (ids starting with 'job:' are refused).")
 
 
 class ScheduleDeleted(Wire):

@@ -79,6 +79,27 @@ class ScheduleStore:
                    next_run_at=cron.next_after(now), now=now)
             return _detail(tx, schedule_id)
 
+    def put_schedule(self, schedule_id: str, job: str, cron: Cron, payload: str,
+                     queue: str | None, now: float) -> Schedule:
+        """Create the schedule ``schedule_id``, or make the existing one this
+        definition: a new expression or time zone restarts its ticks from ``now``;
+        a new job, payload or queue applies from its next tick; a pause is kept."""
+        with self.db.write() as tx:
+            tx.run("insert_schedule", id=schedule_id, job=job, cron=cron.expression,
+                   timezone=cron.timezone, payload=payload, queue=queue, source="api",
+                   next_run_at=cron.next_after(now), now=now)
+            row = tx.one("get_schedule", id=schedule_id)
+            assert row is not None  # inserted, or there already
+            wanted = (job, cron.expression, cron.timezone, payload, queue)
+            if (row["job"], row["cron"], row["timezone"], row["payload"], row["queue"]) != wanted:
+                next_at = row["next_run_at"]
+                if (row["cron"], row["timezone"]) != (cron.expression, cron.timezone):
+                    next_at = cron.next_after(now)
+                tx.run("update_schedule", id=schedule_id, job=job, cron=cron.expression,
+                       timezone=cron.timezone, payload=payload, queue=queue,
+                       next_run_at=next_at, now=now)
+            return _detail(tx, schedule_id)
+
     def get_schedule(self, schedule_id: str) -> Schedule:
         if unknowable_id(schedule_id):
             raise ScheduleNotFoundError(f"no schedule with id {schedule_id!r}")

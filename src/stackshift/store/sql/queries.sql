@@ -554,6 +554,13 @@ SET cron = :cron, timezone = :timezone, queue = :queue, next_run_at = :next_run_
     updated_at = :now
 WHERE id = :id;
 
+-- name: update_schedule
+-- A schedule created again under its id with another definition.
+UPDATE schedules
+SET job = :job, cron = :cron, timezone = :timezone, payload = :payload, queue = :queue,
+    next_run_at = :next_run_at, updated_at = :now
+WHERE id = :id;
+
 -- name: delete_schedule
 DELETE FROM schedules WHERE id = :id;
 
