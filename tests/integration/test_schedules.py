@@ -4,9 +4,12 @@ policy, the cron grammar, ``@job(cron=...)``, and the CLI and HTTP API."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -506,6 +509,66 @@ def test_a_schedule_created_again_under_its_id_is_changed_not_doubled(
         with pytest.raises(ValidationError, match=message):
             fake_app.schedules.create("report", cron="@daily", schedule_id=bad)
     assert [s.id for s in fake_app.schedules.list()] == ["daily-report"]
+
+
+@contextlib.contextmanager
+def another_writer(db_url: str) -> Iterator[Callable[[str], None]]:
+    """A transaction of another connection (a maintainer firing a tick, say): the
+    block runs statements in it; it commits when the block ends."""
+    if db_url.startswith("sqlite"):
+        conn = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield lambda sql: conn.execute(sql)
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        return
+    import psycopg
+
+    from stackshift.store.postgres import parse_postgres_url
+
+    conninfo, options = parse_postgres_url(db_url)
+    with psycopg.connect(conninfo) as pg:
+        pg.execute(f'SET search_path TO "{options["schema"]}"')
+        yield lambda sql: pg.execute(sql)  # type: ignore[arg-type]
+        pg.commit()
+
+
+def test_a_change_to_a_schedule_waits_for_a_tick_being_fired_and_keeps_its_move(
+        db_url: str, clock: FakeClock) -> None:
+    """Creating a schedule again under its id, or resuming it, while a maintainer
+    is moving it past a tick: the change applies after, and the next run stays
+    where the maintainer put it (not put back on the tick just fired)."""
+    app = StackShift(db_url, clock=clock)
+    try:
+        made = app.schedules.create("report", cron="@hourly", schedule_id="hourly")
+        assert made.next_run_at == at("2026-01-05T10:00:00Z")
+        for change in (lambda: app.schedules.create("report", cron="@hourly",
+                                                    payload={"v": 2}, schedule_id="hourly"),
+                       lambda: app.schedules.resume("hourly")):
+            errors: list[BaseException] = []
+
+            def run(change: Callable[[], Any] = change,
+                    errors: list[BaseException] = errors) -> None:
+                try:
+                    change()
+                except BaseException as exc:
+                    errors.append(exc)
+
+            thread = threading.Thread(target=run)
+            with another_writer(db_url) as execute:
+                execute("UPDATE schedules SET next_run_at = next_run_at + 3600 "
+                        "WHERE id = 'hourly'")
+                thread.start()
+                time.sleep(0.5)  # the change reads the schedule meanwhile
+            thread.join(30)
+            assert errors == []
+        after = app.schedules.get("hourly")
+        assert after.next_run_at == at("2026-01-05T12:00:00Z")
+        assert after.payload == {"v": 2}
+    finally:
+        app.close()
 
 
 def test_a_schedule_id_over_http_the_remote_client_and_the_cli(

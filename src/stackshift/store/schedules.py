@@ -88,7 +88,7 @@ class ScheduleStore:
             tx.run("insert_schedule", id=schedule_id, job=job, cron=cron.expression,
                    timezone=cron.timezone, payload=payload, queue=queue, source="api",
                    next_run_at=cron.next_after(now), now=now)
-            row = tx.one("get_schedule", id=schedule_id)
+            row = tx.one("lock_schedule", id=schedule_id)
             assert row is not None  # inserted, or there already
             wanted = (job, cron.expression, cron.timezone, payload, queue)
             if (row["job"], row["cron"], row["timezone"], row["payload"], row["queue"]) != wanted:
@@ -115,7 +115,7 @@ class ScheduleStore:
         if unknowable_id(schedule_id):
             raise ScheduleNotFoundError(f"no schedule with id {schedule_id!r}")
         with self.db.write() as tx:
-            row = tx.one("get_schedule", id=schedule_id)
+            row = tx.one("lock_schedule", id=schedule_id)
             if row is None:
                 raise ScheduleNotFoundError(f"no schedule with id {schedule_id!r}")
             next_at = row["next_run_at"]

@@ -229,6 +229,9 @@ SELECT job, concurrency_key, COUNT(*) AS n FROM runs
 WHERE status = 'running' AND concurrency_key IS NOT NULL AND job = ANY(:jobs)
 GROUP BY job, concurrency_key;
 
+-- name: lock_schedule
+SELECT * FROM schedules WHERE id = :id FOR UPDATE;
+
 -- name: due_schedules
 -- SKIP LOCKED: two maintainers never fire the same schedule at once.
 SELECT * FROM schedules WHERE paused = 0 AND next_run_at <= :now

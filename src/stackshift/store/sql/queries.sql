@@ -513,6 +513,11 @@ ON CONFLICT (id) DO NOTHING;
 -- name: get_schedule
 SELECT * FROM schedules WHERE id = :id;
 
+-- name: lock_schedule
+-- get_schedule in a write transaction that changes the schedule from what it read
+-- (PostgreSQL locks the row: a tick being fired meanwhile is waited for, not undone).
+SELECT * FROM schedules WHERE id = :id;
+
 -- name: list_schedules
 SELECT s.*, r.status AS last_run_status, r.error AS last_run_error
 FROM schedules s LEFT JOIN runs r ON r.id = s.last_run_id
