@@ -237,7 +237,7 @@ UNKNOWN_KEYWORDS: list[tuple[Callable[[StackShift, str], Any], str]] = [
      "queue() got an unexpected keyword argument 'concurency'; did you mean 'concurrency'?"),
     (lambda c, n: c.schedules.create(n, cron="@daily", tz="UTC"),  # type: ignore[call-arg]
      "schedules.create() got an unexpected keyword argument 'tz'; "
-     "it takes job, cron, payload, timezone, queue_name"),
+     "it takes job, cron, payload, timezone, queue_name, schedule_id"),
     (lambda c, n: c.job(n, lambda ctx: None, retries=3),
      "job() got an unexpected keyword argument 'retries'; it takes queue, max_attempts, "
      "backoff, timeout, key_concurrency, on_failure, cron, timezone"),
