@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .clock import Clock
-from .durations import parse_duration, parse_instant, time_bound
+from .durations import parse_duration, parse_instant, time_bound, to_datetime
 from .engine.transitions import parse_status
 from .errors import (
     ApiKeyNotFoundError,
@@ -496,6 +496,11 @@ class Service(FlowControl):
             deadline = now + seconds
         elif expires_at is not None:
             deadline = parse_instant(expires_at, name="expires_at")
+            if deadline <= now:
+                # As ttl=0 is refused: a value that is gone as it is written is a
+                # mistake (a wrong clock or time zone), and delete() says "remove".
+                raise ValidationError(
+                    f"expires_at must be in the future, got {to_datetime(deadline)}")
         self.store.state_set(key, text, deadline, now)
 
     def state_delete(self, key: str) -> bool:
@@ -526,8 +531,10 @@ class Service(FlowControl):
         return self.store.lock_acquire(key, owner, now + seconds, now)
 
     def lock_release(self, key: str, owner: str) -> bool:
-        """Release ``key`` if ``owner`` holds it; return whether it did."""
-        return self.store.lock_release(self._state_key(key), check_key(owner, "lock owner", 200))
+        """Release ``key`` if ``owner`` holds it; return whether ``owner`` still held it
+        (False when its TTL ran out first: another owner may have taken it since)."""
+        return self.store.lock_release(self._state_key(key), check_key(owner, "lock owner", 200),
+                                       self.clock.now())
 
     # -- API keys ------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ Keep code that must not repeat inside ``ctx.step.run``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from datetime import datetime
@@ -19,6 +20,8 @@ from .keywords import public_calls
 if TYPE_CHECKING:
     from .remote import RemoteService
     from .service import Service
+
+log = logging.getLogger("stackshift.state")
 
 
 @public_calls("state")
@@ -76,15 +79,22 @@ class State:
         """Hold ``key`` exclusively: ``with state.lock(k):`` or ``async with``.
 
         Raises :class:`LockNotAcquiredError` when another owner holds it for
-        longer than ``wait``. The TTL frees the lock if its owner dies; on exit
-        only this owner's lock is released.
+        longer than ``wait`` (``None`` or 0: try once). The TTL frees the lock if
+        its owner dies; on exit only this owner's lock is released. A block that
+        outlasts the TTL is not stopped: on exit the lock's ``lost`` is True and a
+        warning is logged (``stackshift.state``). Not reentrant: a second lock on
+        the same key, even in the same block, is another owner.
         """
         key, seconds, patience = self._lock_args(key, ttl, wait)
         return Lock(self, key, seconds, patience)
 
 
 class Lock:
-    """One attempt to own a lock; usable once, as a sync or async context manager."""
+    """One attempt to own a lock; usable once, as a sync or async context manager.
+
+    ``lost`` is set on exit: True when the TTL ran out before the block ended, so
+    another owner may have held the lock meanwhile.
+    """
 
     def __init__(self, state: State, key: str, ttl: float, wait: float) -> None:
         self._state = state
@@ -92,6 +102,14 @@ class Lock:
         self.ttl = ttl
         self.wait = wait
         self.owner = os.urandom(12).hex()
+        self.lost: bool | None = None
+
+    def _released(self, held: bool) -> None:
+        self.lost = not held
+        if not held:
+            log.warning("lock %r ran past its ttl of %ss before its block ended: another "
+                        "owner may have held it meanwhile (give the lock a longer ttl)",
+                        self.key, f"{self.ttl:g}")
 
     def _refused(self) -> LockNotAcquiredError:
         return LockNotAcquiredError(f"lock {self.key!r} is held by another owner")
@@ -107,7 +125,7 @@ class Lock:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._state._release(self.key, self.owner)
+        self._released(self._state._release(self.key, self.owner))
 
     async def __aenter__(self) -> Lock:
         deadline = time.monotonic() + self.wait
@@ -120,7 +138,7 @@ class Lock:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await asyncio.to_thread(self._state._release, self.key, self.owner)
+        self._released(await asyncio.to_thread(self._state._release, self.key, self.owner))
 
 
 @public_calls("state")

@@ -144,14 +144,33 @@ def test_expires_at_as_a_datetime_or_an_iso_string(
     state = fake_app.state
     deadline = to_datetime(clock.now()) + timedelta(days=7)
     state.set("dedupe:a", True, expires_at=deadline)
-    state.set("dedupe:b", True, expires_at="2026-01-05T10:00:00+01:00")  # 09:00Z: now
-    assert state.get("dedupe:b") is None  # expires_at not in the future: already gone
     clock.advance(timedelta(days=7) - timedelta(seconds=1))
     assert state.get("dedupe:a") is True
     clock.advance("1s")
     assert state.get("dedupe:a") is None
     listed = fake_app.state.keys()
     assert listed == []
+
+
+@pytest.mark.parametrize("when", [
+    "2026-01-05T10:00:00+01:00",  # 09:00Z: now
+    "2026-01-05T08:59:59Z",
+    "2020-01-01T00:00:00Z",
+])
+def test_an_expires_at_not_in_the_future_is_refused_and_changes_nothing(
+    fake_app: StackShift, when: str
+) -> None:
+    """As ttl=0 is: a value gone as it is written is a mistake (a wrong clock or
+    time zone); the key keeps the value and expiry it had."""
+    state = fake_app.state
+    state.set("dedupe:b", "kept", ttl="1h")
+    before = state.keys("dedupe:b")
+    with pytest.raises(ValidationError, match="expires_at must be in the future, got 20"):
+        state.set("dedupe:b", "new", expires_at=when)
+    with pytest.raises(ValidationError, match="expires_at must be in the future"):
+        state.set("dedupe:c", "new", expires_at=when)
+    assert state.keys("dedupe:") == before
+    assert state.get("dedupe:c", "missing") == "missing"
 
 
 # -- atomic increment -------------------------------------------------------------------
@@ -326,19 +345,68 @@ def test_the_ttl_frees_the_lock_of_a_killed_owner(
 
 
 def test_a_late_exit_of_an_expired_owner_does_not_release_the_next_owner(
-    fake_app: StackShift, clock: FakeClock
+    fake_app: StackShift, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     state = fake_app.state
     second = state.lock("billing:close-month", ttl="1m")
-    with state.lock("billing:close-month", ttl="10s"):
+    with state.lock("billing:close-month", ttl="10s") as first:
         clock.advance("11s")  # the first owner overran its TTL
         second.__enter__()
     # The first owner's exit came after the second took over: still held.
     with pytest.raises(LockNotAcquiredError), state.lock("billing:close-month"):
         pass
+    # The first owner learns it lost the lock, from the lock and from the log.
+    assert first.lost is True
+    assert ("lock 'billing:close-month' ran past its ttl of 10s before its block ended"
+            in caplog.text)
     second.__exit__(None, None, None)
-    with state.lock("billing:close-month"):
+    assert second.lost is False
+    with state.lock("billing:close-month") as third:
         pass
+    assert third.lost is False
+
+
+def test_an_owner_that_overran_its_ttl_learns_it_even_when_nobody_took_the_lock(
+    fake_app: StackShift, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its lock could have been taken and released meanwhile: past the TTL the
+    block was not exclusive, whoever holds the lock at its end."""
+    state = fake_app.state
+    with state.lock("reports:slow", ttl="10s") as sync_lock:
+        clock.advance("10s")
+    assert sync_lock.lost is True
+
+    async def async_owner() -> bool | None:
+        async with fake_app.state.lock("reports:slow", ttl="10s") as held:
+            clock.advance("9s")
+        assert held.lost is False
+        async with fake_app.state.lock("reports:slow", ttl="10s") as held:
+            clock.advance("1m")
+        return held.lost
+
+    assert asyncio.run(async_owner()) is True
+    assert caplog.text.count("lock 'reports:slow' ran past its ttl of 10s") == 2
+    with state.lock("reports:slow", wait=0):
+        pass  # every overrun lock was released on exit
+
+
+def test_locks_are_not_reentrant_and_apart_from_state_keys(fake_app: StackShift) -> None:
+    """A second lock on a key, in the same block, is another owner: refused at
+    once (wait=None and wait=0 try once), never a deadlock. A lock's key names no
+    state value: a value under the same key is neither read nor changed."""
+    state = fake_app.state
+    state.set("sync:acme", {"cursor": 7})
+    with state.lock("sync:acme"):
+        for wait in (None, 0, "0s"):
+            with pytest.raises(LockNotAcquiredError), state.lock("sync:acme", wait=wait):
+                pass
+        assert state.get("sync:acme") == {"cursor": 7}
+        state.set("sync:acme", {"cursor": 8})
+        assert state.delete("sync:acme") is True
+        with pytest.raises(LockNotAcquiredError), state.lock("sync:acme"):
+            pass  # deleting the value left the lock alone
+    assert state.get("sync:acme") is None
+    assert state.keys() == []
 
 
 def test_wait_waits_for_a_lock_to_be_freed(app: StackShift) -> None:

@@ -790,8 +790,13 @@ def test_state_counters_expiry_and_listing(client: StackShift, unique: Names) ->
     with pytest.raises(ValidationError):
         client.state.increment(counter, by="2")  # type: ignore[arg-type]
     gone = unique("gone")
-    client.state.set(gone, 1, expires_at=datetime.now(UTC) - timedelta(seconds=1))
+    with pytest.raises(ValidationError, match="expires_at must be in the future"):
+        client.state.set(gone, 1, expires_at=datetime.now(UTC) - timedelta(seconds=1))
+    client.state.set(gone, 1, expires_at=datetime.now(UTC) + timedelta(seconds=0.3))
+    assert client.state.get(gone) == 1
+    time.sleep(0.4)
     assert client.state.get(gone, default="expired") == "expired"
+    assert client.state.keys(prefix=gone) == []
     prefix = unique("listing") + ":"
     for i in range(3):
         client.state.set(f"{prefix}{i}", i, ttl="1h")
@@ -829,6 +834,24 @@ def test_locks(client: StackShift, engine: StackShift, unique: Names) -> None:
             pass
     with engine.state.lock(key, wait=0):
         pass  # released on exit
+
+
+def test_a_lock_that_outlasts_its_ttl_tells_its_owner_on_exit(
+        client: StackShift, engine: StackShift, unique: Names,
+        caplog: pytest.LogCaptureFixture) -> None:
+    key = unique("lock:slow")
+    with client.state.lock(key, ttl="5s") as kept:
+        pass
+    assert kept.lost is False
+    with client.state.lock(key, ttl=0.2) as slow:
+        time.sleep(0.3)  # the owner overran its TTL: the next owner takes the lock
+        with engine.state.lock(key, ttl="30s", wait=0) as next_owner:
+            pass
+    assert slow.lost is True and next_owner.lost is False
+    assert f"lock {key!r} ran past its ttl of 0.2s" in caplog.text
+    with client.state.lock(key, ttl=0.2) as overran:
+        time.sleep(0.3)  # overran, though nobody took the lock meanwhile
+    assert overran.lost is True
 
 
 # -- the async client ------------------------------------------------------------------------

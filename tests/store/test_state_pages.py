@@ -59,3 +59,24 @@ def test_a_key_after_that_no_store_can_hold_is_refused(fake_app: StackShift) -> 
         fake_app.state.keys(after="a\x00")
     with pytest.raises(ValidationError, match="after must be a string"):
         fake_app.state.keys(after=1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("prefix", "listed"), [
+    ("a%", ["a%", "a%b"]),
+    ("a_", ["a_b"]),
+    ("a\\", ["a\\b"]),
+    ("ab", ["ab", "abc", "ab\U0010ffff", "ab\U0010ffffx", "ab\U0010ffff\U0010ffffx"]),
+    ("ab\U0010ffff", ["ab\U0010ffff", "ab\U0010ffffx", "ab\U0010ffff\U0010ffffx"]),
+    ("ab\U0010ffff\U0010ffff", ["ab\U0010ffff\U0010ffffx"]),
+    ("\U0010ffff", ["\U0010ffff", "\U0010ffff\U0010ffff"]),
+    ("\ud7ff", ["\ud7ff\ue000"]),
+])
+def test_a_prefix_is_matched_literally_to_its_last_character(
+        fake_app: StackShift, prefix: str, listed: list[str]) -> None:
+    """No character of a prefix is a pattern ('%', '_', '\\' are themselves), and
+    keys that follow it with the last code point, U+10FFFF, are listed too."""
+    for key in ["a%", "a%b", "a_b", "a\\b", "axb", "a", "ab", "abc", "ab\U0010ffff",
+                "ab\U0010ffffx", "ab\U0010ffff\U0010ffffx", "ac", "\U0010ffff",
+                "\U0010ffff\U0010ffff", "\ud7ff\ue000", "\ue000"]:
+        fake_app.state.set(key, 1)
+    assert [e["key"] for e in fake_app.state.keys(prefix)] == listed

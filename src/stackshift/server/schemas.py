@@ -470,7 +470,8 @@ class ReleaseLock(Body):
 class LockResult(Wire):
     key: str
     held: bool = Field(description="Acquire: whether the caller now holds it. "
-                       "Release: whether the caller's lock was released.")
+                       "Release: whether the caller still held it (false when "
+                       "its TTL had run out: another owner may have held it since).")
 
 
 # -- API keys and health -----------------------------------------------------------------

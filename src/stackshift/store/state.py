@@ -22,6 +22,17 @@ def _check_increment(key: str, row: Row | None, by: int) -> None:
         raise ValidationError(f"adding {by} to state key {key!r} leaves the 64-bit integer range")
 
 
+def past_prefix(prefix: str) -> str | None:
+    """The least text after every text that starts with ``prefix``, in code point
+    order (``None``: there is none, the prefix is all U+10FFFF). Its last character
+    that is not U+10FFFF, moved on by one (over the surrogates, which no key holds)."""
+    kept = prefix.rstrip("\U0010ffff")
+    if not kept:
+        return None
+    following = ord(kept[-1]) + 1
+    return kept[:-1] + chr(0xE000 if 0xD800 <= following <= 0xDFFF else following)
+
+
 class StateStore:
     db: Database
 
@@ -74,8 +85,13 @@ class StateStore:
         sql = "SELECT * FROM state WHERE (expires_at IS NULL OR expires_at > :now)"
         params: dict[str, Any] = {"now": now, "limit": limit}
         if prefix:
-            sql += " AND key >= :lo AND key < :hi"
-            params.update(lo=prefix, hi=prefix + "\U0010ffff")
+            # A range, not LIKE: '%', '_' and '\\' in a prefix are literal, and the
+            # primary key's order serves it.
+            sql += " AND key >= :lo"
+            params["lo"] = prefix
+            if (hi := past_prefix(prefix)) is not None:
+                sql += " AND key < :hi"
+                params["hi"] = hi
         if after is not None:
             sql += " AND key > :after"
             params["after"] = after
@@ -93,6 +109,9 @@ class StateStore:
             return tx.one("lock_acquire", key=key, owner=owner, expires_at=expires_at,
                           now=now) is not None
 
-    def lock_release(self, key: str, owner: str) -> bool:
+    def lock_release(self, key: str, owner: str, now: float) -> bool:
+        """Delete ``owner``'s lock; return whether it still held it (its TTL had not
+        run out: no other owner can have taken it meanwhile)."""
         with self.db.write() as tx:
-            return tx.run("lock_release", key=key, owner=owner) > 0
+            row = tx.one("lock_release", key=key, owner=owner)
+        return row is not None and row["expires_at"] > now

@@ -305,7 +305,9 @@ ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.ex
 RETURNING owner;
 
 -- name: lock_release
-DELETE FROM locks WHERE key = :key AND owner = :owner;
+-- The owner's lock, gone whether or not it had expired; its expiry tells the
+-- owner whether it still held the lock (another owner may have had it since).
+DELETE FROM locks WHERE key = :key AND owner = :owner RETURNING expires_at;
 
 -- name: delete_expired_locks
 DELETE FROM locks WHERE expires_at <= :now;
