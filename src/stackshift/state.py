@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -103,6 +104,10 @@ class Lock:
         self.wait = wait
         self.owner = os.urandom(12).hex()
         self.lost: bool | None = None
+        # An async attempt cancelled while its thread runs (see _attempt).
+        self._guard = threading.Lock()
+        self._abandoned = False
+        self._taken = False
 
     def _released(self, held: bool) -> None:
         self.lost = not held
@@ -127,10 +132,35 @@ class Lock:
     def __exit__(self, *exc: object) -> None:
         self._released(self._state._release(self.key, self.owner))
 
+    def _attempt(self) -> bool:
+        """One try, in a thread of its own. A waiter cancelled meanwhile (a timeout,
+        a cancelled task) no longer takes the lock: taking it then would leave it
+        held, by nobody, for its whole TTL. So it is given back at once."""
+        taken = self._state._try_lock(self.key, self.owner, self.ttl)
+        with self._guard:
+            if not self._abandoned:
+                self._taken = taken
+                return taken
+        if taken:
+            self._state._release(self.key, self.owner)
+        return False
+
+    async def _attempt_async(self) -> bool:
+        try:
+            return await asyncio.to_thread(self._attempt)
+        except asyncio.CancelledError:
+            with self._guard:
+                self._abandoned = True
+                taken, self._taken = self._taken, False
+            if taken:  # the try took the lock just as the waiter was cancelled
+                threading.Thread(target=self._state._release, args=(self.key, self.owner),
+                                 name="stackshift-lock-release").start()
+            raise
+
     async def __aenter__(self) -> Lock:
         deadline = time.monotonic() + self.wait
         pause = 0.005
-        while not await asyncio.to_thread(self._state._try_lock, self.key, self.owner, self.ttl):
+        while not await self._attempt_async():
             if time.monotonic() >= deadline:
                 raise self._refused()
             await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))

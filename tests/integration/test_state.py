@@ -390,6 +390,42 @@ def test_an_owner_that_overran_its_ttl_learns_it_even_when_nobody_took_the_lock(
         pass  # every overrun lock was released on exit
 
 
+def test_an_async_wait_for_a_lock_cut_short_by_a_timeout_leaves_it_free(
+    app: StackShift, db_url: str
+) -> None:
+    """``asyncio.timeout`` (or a cancelled task) can end the wait while a try is
+    still in its thread, held up by a busy store; the try must not leave the lock
+    taken by nobody for its whole TTL."""
+    other = StackShift(db_url)
+    busy, free = threading.Event(), threading.Event()
+
+    def hold_the_store() -> None:
+        with other._service.store.db.write() as tx:
+            if tx.dialect == "postgres":
+                tx.raw("LOCK TABLE locks IN EXCLUSIVE MODE", {})
+            busy.set()
+            free.wait(20)
+
+    holder = threading.Thread(target=hold_the_store)
+    holder.start()
+    try:
+        assert busy.wait(10)
+
+        async def impatient() -> None:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.3), app.state.lock("exports:acme", ttl="1m"):
+                    pytest.fail("took the lock past a busy store")
+            free.set()  # the try goes on in its thread, and takes the lock
+
+        asyncio.run(impatient())  # returns once the try's thread has ended
+    finally:
+        free.set()
+        holder.join(20)
+        other.close()
+    with app.state.lock("exports:acme", wait=0):  # given back at once, not after 1m
+        pass
+
+
 def test_locks_are_not_reentrant_and_apart_from_state_keys(fake_app: StackShift) -> None:
     """A second lock on a key, in the same block, is another owner: refused at
     once (wait=None and wait=0 try once), never a deadlock. A lock's key names no
