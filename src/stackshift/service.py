@@ -12,12 +12,12 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 from .clock import Clock
-from .durations import parse_duration, parse_instant, time_bound, to_datetime
+from .durations import parse_duration, parse_instant, time_bound
 from .engine.transitions import parse_status
 from .errors import (
     ApiKeyNotFoundError,
@@ -499,8 +499,8 @@ class Service(FlowControl):
             if deadline <= now:
                 # As ttl=0 is refused: a value that is gone as it is written is a
                 # mistake (a wrong clock or time zone), and delete() says "remove".
-                raise ValidationError(
-                    f"expires_at must be in the future, got {to_datetime(deadline)}")
+                when = datetime.fromtimestamp(deadline, UTC).isoformat()
+                raise ValidationError(f"expires_at must be in the future, got {when}")
         self.store.state_set(key, text, deadline, now)
 
     def state_delete(self, key: str) -> bool:
