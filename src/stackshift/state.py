@@ -158,6 +158,8 @@ class Lock:
             raise
 
     async def __aenter__(self) -> Lock:
+        with self._guard:
+            self._abandoned = False  # a Lock entered again after a cancelled wait
         deadline = time.monotonic() + self.wait
         pause = 0.005
         while not await self._attempt_async():

@@ -411,9 +411,11 @@ def test_an_async_wait_for_a_lock_cut_short_by_a_timeout_leaves_it_free(
     try:
         assert busy.wait(10)
 
+        lock = app.state.lock("exports:acme", ttl="1m")
+
         async def impatient() -> None:
             with pytest.raises(TimeoutError):
-                async with asyncio.timeout(0.3), app.state.lock("exports:acme", ttl="1m"):
+                async with asyncio.timeout(0.3), lock:
                     pytest.fail("took the lock past a busy store")
             free.set()  # the try goes on in its thread, and takes the lock
 
@@ -424,6 +426,14 @@ def test_an_async_wait_for_a_lock_cut_short_by_a_timeout_leaves_it_free(
         other.close()
     with app.state.lock("exports:acme", wait=0):  # given back at once, not after 1m
         pass
+
+    async def patient() -> bool | None:
+        async with lock:  # the same lock, entered again, keeps what it takes
+            with pytest.raises(LockNotAcquiredError), app.state.lock("exports:acme"):
+                pass
+        return lock.lost
+
+    assert asyncio.run(patient()) is False
 
 
 def test_locks_are_not_reentrant_and_apart_from_state_keys(fake_app: StackShift) -> None:
