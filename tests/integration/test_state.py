@@ -225,6 +225,27 @@ def test_increment_refuses_with_the_same_message_on_every_store(
     assert app.state.increment("other", by) == by  # the store still works
 
 
+@pytest.mark.parametrize("old", ["five", True, 2**70, 2.5, {"n": 1}, 7])
+def test_increment_of_an_expired_key_starts_at_zero_whatever_it_held(
+        fake_app: StackShift, clock: FakeClock, old: Any) -> None:
+    """An expired value is missing, even one increment would refuse; the new
+    counter does not expire. A live counter keeps its expiry."""
+    state = fake_app.state
+    state.set("quota:acme", old, ttl="1m")
+    clock.advance("1m")
+    assert state.increment("quota:acme", 5) == 5
+    clock.advance("365d")
+    assert state.keys("quota:acme")[0]["value"] == 5
+    assert state.keys("quota:acme")[0]["expires_at"] is None
+
+    state.set("quota:acme", 1, ttl="1m")
+    expires = state.keys("quota:acme")[0]["expires_at"]
+    assert state.increment("quota:acme") == 2
+    assert state.keys("quota:acme")[0]["expires_at"] == expires
+    clock.advance("1m")
+    assert state.get("quota:acme") is None
+
+
 INCREMENT_SCRIPT = """
 import json, sys, time
 from stackshift import StackShift
@@ -236,20 +257,22 @@ with StackShift(sys.argv[1]) as app:
     got = []
     for _ in range(int(sys.argv[2])):
         got.append(app.state.increment("shared", 2))
-        time.sleep(0.001)  # a breath between writes, as real work has
+        time.sleep(0.0005)  # a breath between writes, as real work has
 print(json.dumps(got))
 """
 
 
-def test_increment_is_exact_across_two_processes(db_url: str, tmp_path: Path) -> None:
+def test_increment_is_exact_across_four_processes(db_url: str, tmp_path: Path) -> None:
+    """Four processes add 2 to one counter 1,000 times each: every value is handed
+    out exactly once and the total is exact."""
     script = tmp_path / "increment.py"
     script.write_text(textwrap.dedent(INCREMENT_SCRIPT))
     StackShift(db_url).close()  # create the schema once, before the race
-    count = 200
+    count, processes = 1000, 4
     procs = [
         subprocess.Popen([sys.executable, str(script), db_url, str(count)],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        for _ in range(2)
+        for _ in range(processes)
     ]
     outputs = []
     for proc in procs:
@@ -259,15 +282,17 @@ def test_increment_is_exact_across_two_processes(db_url: str, tmp_path: Path) ->
         proc.stdin.write("go\n")
         proc.stdin.flush()
     for proc in procs:
-        out, _ = proc.communicate(timeout=60)
+        out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0
         outputs.append(json.loads(out))
     with StackShift(db_url) as app:
-        assert app.state.get("shared") == 2 * 2 * count
-    values = sorted(outputs[0] + outputs[1])
-    assert values == list(range(2, 4 * count + 1, 2))
-    # The two processes really raced: their values interleave.
-    assert min(outputs[0]) < max(outputs[1]) and min(outputs[1]) < max(outputs[0])
+        assert app.state.get("shared") == 2 * processes * count
+    values = sorted(v for output in outputs for v in output)
+    assert values == list(range(2, 2 * processes * count + 1, 2))
+    # The processes really raced: each one's values interleave with the others'.
+    for mine in outputs:
+        others = [v for output in outputs if output is not mine for v in output]
+        assert min(mine) < max(others) and min(others) < max(mine)
 
 
 # -- locks ----------------------------------------------------------------------------------
