@@ -717,6 +717,33 @@ def test_state_get_set_delete(db_url: str) -> None:
     assert cli_json(db_url, "state", "get", "imports:43:progress") == 0
 
 
+def test_state_set_takes_an_expiry_time_in_the_future(db_url: str) -> None:
+    done = cli(db_url, "state", "set", "report:7", '"ready"', "--expires-at",
+               "2099-01-01T02:00:00+02:00")
+    assert done.stdout == "Set 'report:7' (expires at 2099-01-01 00:00:00 UTC).\n"
+    stored = cli_json(db_url, "state", "set", "report:8", "1", "--expires-at",
+                      "2099-01-01T00:00:00Z")
+    assert stored["expires_at"] == "2099-01-01T00:00:00Z"
+    for args, message in [
+        (("--expires-at", "2020-01-01T00:00:00Z"),
+         "--expires-at must be in the future, got 2020-01-01T00:00:00+00:00"),
+        (("--expires-at", "2099-01-01T00:00:00"), "has no time zone"),
+        (("--expires-at", "soon"), "is not an ISO-8601 time"),
+        (("--ttl", "1h", "--expires-at", "2099-01-01T00:00:00Z"),
+         "give --ttl or --expires-at, not both"),
+    ]:
+        refused = cli(db_url, "state", "set", "report:7", '"changed"', *args)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+    # Nothing was changed by the refused calls.
+    assert [(k["key"], k["value"], k["expires_at"])
+            for k in cli_json(db_url, "state", "list", "--prefix", "report:")["items"]] == [
+        ("report:7", "ready", "2099-01-01T00:00:00Z"), ("report:8", 1, "2099-01-01T00:00:00Z")]
+    # Set again without an expiry: the key no longer expires.
+    cli(db_url, "state", "set", "report:7", '"kept"')
+    assert cli_json(db_url, "state", "list", "--prefix", "report:7")["items"][0][
+        "expires_at"] is None
+
+
 def test_state_list_pages_keep_the_prefix_and_page_size(db_url: str, app: StackShift) -> None:
     odd = "imports:1\x1b[2J\nzz"  # the last key of the first page: the cursor of the next
     for key in ("imports:1", odd, "imports:2", "imports:3", "imports:4", "other"):

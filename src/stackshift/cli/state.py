@@ -8,8 +8,9 @@ from typing import Any
 
 import click
 
-from ..durations import parse_duration
-from .failures import not_found
+from ..durations import parse_duration, parse_instant
+from ..errors import ValidationError
+from .failures import bad_input, not_found
 from .options import (
     database_url_option,
     duration,
@@ -53,30 +54,44 @@ def get(key: str, as_json: bool, database_url: str | None) -> None:
 @click.argument("key")
 @click.argument("value_json")
 @click.option("--ttl", help="Expire after this long, e.g. 10m.")
+@click.option("--expires-at", help="Expire at this ISO-8601 time, e.g. 2026-05-06T09:00:00Z "
+                                   "(in the future; not with --ttl).")
 @json_option
 @database_url_option
 def set_(
-    key: str, value_json: str, ttl: str | None, as_json: bool, database_url: str | None
+    key: str, value_json: str, ttl: str | None, expires_at: str | None, as_json: bool,
+    database_url: str | None
 ) -> None:
-    """Set KEY to VALUE_JSON ('-' reads it from stdin)."""
+    """Set KEY to VALUE_JSON ('-' reads it from stdin). Without --ttl or
+    --expires-at the key does not expire, whatever expiry it had."""
     value = parse_json_argument(value_json, "VALUE_JSON")
     seconds = duration(ttl, "--ttl")
+    deadline = None
+    if expires_at is not None:
+        if ttl is not None:
+            raise bad_input("give --ttl or --expires-at, not both")
+        try:
+            deadline = parse_instant(expires_at, name="--expires-at")
+        except ValidationError as exc:
+            raise bad_input(str(exc)) from None
     held: list[dict[str, Any]] = []
     with open_client(database_url) as app:
         began = time.time()
-        app.state.set(key, value, ttl=seconds)
+        app.state.set(key, value, ttl=seconds, expires_at=expires_at)
         if as_json:
             # What the store holds now, as `state list` shows it: of the keys
             # starting with this one, the first is the key itself while it lives.
             held = [item for item in app.state.keys(key, 1) if item["key"] == key]
     if as_json:
         if not held:  # a TTL shorter than the round trip: it expired already
-            expires = None if seconds is None else began + parse_duration(seconds)
+            expires = deadline if seconds is None else began + parse_duration(seconds)
             held = [{"key": key, "value": value, "expires_at": expires, "updated_at": began}]
         echo_json(_entry(held[0]))
         return
     # A bare number is seconds: "90" reads "1m30s", as durations do in every table.
     lasts = "" if seconds is None else f" (expires in {span(parse_duration(seconds))})"
+    if deadline is not None:
+        lasts = f" (expires at {_moment(deadline):%Y-%m-%d %H:%M:%S} UTC)"
     console().print(f"Set {key!r}{lasts}.", markup=False)
 
 
