@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -118,6 +119,8 @@ def scenario(app: StackShift, engine: StackShift, tag: str) -> list[tuple[str, A
         ("state: ttl and expiry", lambda: app.state.set(f"s-{tag}", 1, ttl="x",
                                                          expires_at="2099-01-01T00:00:00Z")),
         ("increment: bad key and by", lambda: app.state.increment("", 1.5)),
+        ("state: expiry in the past", lambda: app.state.set(f"s-{tag}", 1,
+                                                            expires_at="2020-01-01T01:00:00+01:00")),
         ("list: bad status and limit", lambda: app.runs.list(status="x", limit=0)),
         ("list: bad time and cursor", lambda: app.runs.list(created_before="x", cursor=5)),
         ("events: bad name and limit", lambda: app.events.list(name=5, limit=0)),  # type: ignore[arg-type]
@@ -222,6 +225,15 @@ def scenario(app: StackShift, engine: StackShift, tag: str) -> list[tuple[str, A
 
     t.call("lock held", lock_twice)
     t.call("lock free", lambda: app.state.lock(f"lock-{tag}", wait=0).__enter__().key)
+
+    def lock_overrun() -> Any:
+        with app.state.lock(f"lock-{tag}:slow", ttl=0.05) as held:
+            time.sleep(0.1)
+        with app.state.lock(f"lock-{tag}:slow", ttl="1m") as kept:
+            pass
+        return held.lost, kept.lost
+
+    t.call("lock overrun", lock_overrun)
 
     # -- schedules ------------------------------------------------------------------------
     schedule = t.call("schedule", lambda: app.schedules.create(
