@@ -461,6 +461,25 @@ def test_an_async_wait_for_a_lock_cut_short_by_a_timeout_leaves_it_free(
     assert asyncio.run(patient()) is False
 
 
+def test_a_handler_whose_lock_outlasts_its_ttl_finds_the_warning_in_its_logs(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    @fake_app.job("closeMonth")
+    def close_month(ctx: Any) -> bool | None:
+        with ctx.state.lock("billing:close-month", ttl="10s") as held:
+            clock.advance("11s")  # slower than the TTL
+        return held.lost
+
+    run = fake_app.start("closeMonth")
+    run_until_idle(fake_app)
+    done = fake_app.runs.get(run.id)
+    assert (done.status, done.result) == ("completed", True)
+    [entry] = [e for e in fake_app.runs.logs(run.id) if e.logger == "stackshift.state"]
+    assert entry.level == "WARNING"
+    assert entry.message.startswith(
+        "lock 'billing:close-month' ran past its ttl of 10s before its block ended")
+
+
 def test_locks_are_not_reentrant_and_apart_from_state_keys(fake_app: StackShift) -> None:
     """A second lock on a key, in the same block, is another owner: refused at
     once (wait=None and wait=0 try once), never a deadlock. A lock's key names no
