@@ -1260,3 +1260,29 @@ def test_a_short_idempotency_key_keeps_its_place_beside_the_priority_on_a_phone(
     box = key.bounding_box()
     assert priority is not None and box is not None
     assert priority["x"] > box["x"] + box["width"], "the priority is not beside the key"
+
+
+def test_the_state_page_expands_a_large_value_only_in_part(
+    stack: Dashboard, page: Page
+) -> None:
+    """A value may hold 256 KiB: the page shows its first 10,000 characters and
+    says how many more there are, so a page of large values stays small."""
+    app = stack.app
+    big = {"rows": [{"id": i, "name": "x" * 20} for i in range(6000)]}
+    for i in range(5):
+        app.state.set(f"exports:{i}", big)
+    app.state.set("exports:small", {"rows": [1, 2]})
+    response = page.goto(stack.at("/state?prefix=exports:"))
+    assert response is not None and response.status == 200
+    assert len(response.body()) < 200_000  # 5 values of 250 KB in full: 2.7 MB
+    first = page.locator("tr", has=page.locator("td.key-cell", has_text="exports:0"))
+    first.locator("summary").click()
+    shown = first.locator("pre.code.json").text_content() or ""
+    whole = json.dumps(big, indent=2, sort_keys=True, ensure_ascii=False)
+    assert shown == whole[:10_000] + "…"
+    expect(first.locator(".cut-note")).to_have_text(
+        f"{len(whole) - 10_000:,} more characters not shown: stackshift state get or "
+        "GET /v1/state/{key} gives the whole value.")
+    small = page.locator("tr", has=page.locator("td.key-cell", has_text="exports:small"))
+    expect(small.locator(".cut-note")).to_have_count(0)
+    expect(small.locator("code")).to_have_text('{"rows": [1, 2]}')

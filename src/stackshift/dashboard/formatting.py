@@ -116,6 +116,18 @@ def pretty_json(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
 
 
+#: The most of one value a list page expands (a state value may hold 256 KiB: a page
+#: of 50 in full would be megabytes, fetched again at every refresh).
+LISTED_JSON = 10_000
+
+
+def json_head(value: Any, limit: int = LISTED_JSON) -> tuple[str, int]:
+    """``value`` as indented JSON, cut after ``limit`` characters, and how many
+    characters were cut (0: all of it is shown)."""
+    text = pretty_json(value)
+    return (text, 0) if len(text) <= limit else (text[:limit], len(text) - limit)
+
+
 def compact_json(value: Any, limit: int = 120) -> str:
     text = json.dumps(value, separators=(", ", ": "), ensure_ascii=False)
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -155,6 +167,7 @@ def short_id(value: str) -> str:
 FILTERS = {
     "duration": duration,
     "pretty_json": pretty_json,
+    "json_head": json_head,
     "compact_json": compact_json,
     "clock": clock_time,
     "iso": iso,
