@@ -25,12 +25,17 @@ class PayloadTooLargeError(ValidationError):
 class IdempotencyConflictError(StackShiftError):
     """The idempotency key is already bound to a different job or payload.
 
-    ``existing_run_id`` names the run that owns the key.
+    ``existing_run_id`` names the run that owns the key. For an event's key
+    (``events.send``: same key, another name, correlation key or payload),
+    ``existing_event_id`` names the event that owns it and ``existing_run_id``
+    is ``None``.
     """
 
-    def __init__(self, message: str, existing_run_id: str) -> None:
+    def __init__(self, message: str, existing_run_id: str | None = None, *,
+                 existing_event_id: str | None = None) -> None:
         super().__init__(message)
         self.existing_run_id = existing_run_id
+        self.existing_event_id = existing_event_id
 
 
 class NonRetriableError(StackShiftError):

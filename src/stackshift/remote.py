@@ -86,6 +86,9 @@ def raise_for_error(response: httpx.Response) -> NoReturn:
             response.status_code, "http_error",
         ) from None
     if code == "idempotency_conflict":
+        event_id = error.get("existingEventId")
+        if event_id is not None:
+            raise IdempotencyConflictError(message, existing_event_id=str(event_id))
         raise IdempotencyConflictError(message, str(error.get("existingRunId")))
     kind = _ERRORS.get(code)
     if kind is None:

@@ -680,6 +680,11 @@ def test_events_send_resumes_the_waiting_run(db_url: str, app: StackShift) -> No
     repeat = cli(db_url, "events", "send", "request.approved", '{"by": "ada"}',
                  "--correlation-key", "request:7", "--idempotency-key", "approve:7")
     assert repeat.returncode == 0 and "already sent" in repeat.stdout
+    # The key names that event: another payload under it is a conflict, as in the SDK.
+    reused = cli(db_url, "events", "send", "request.approved", '{"by": "eve"}',
+                 "--correlation-key", "request:7", "--idempotency-key", "approve:7")
+    assert reused.returncode == 4, (reused.stdout, reused.stderr)
+    assert sent["id"] in reused.stderr
 
     listed = cli_json(db_url, "events", "list", "--name", "request.approved",
                       "--correlation-key", "request:7")

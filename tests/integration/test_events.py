@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from stackshift import Event, EventNotFoundError, Settings, StackShift
+from processes import stop_processes
+from stackshift import Event, EventNotFoundError, IdempotencyConflictError, Settings, StackShift
 from stackshift.testing import FakeClock, run_until_idle
 
 
@@ -342,6 +343,43 @@ def test_a_duplicate_send_returns_the_first_event_and_resumes_nothing_again(
     assert calls[run.id] == 3
 
 
+@pytest.mark.parametrize("change", [
+    {"payload": {"n": 2}},
+    {"name": "payment.refunded"},
+    {"correlation_key": "pay:2"},
+    {"correlation_key": None},
+])
+def test_an_idempotency_key_reused_for_another_event_is_a_conflict_and_sends_nothing(
+    fake_app: StackShift, clock: FakeClock, change: dict[str, Any]
+) -> None:
+    """The key names one event: the same key with another name, correlation key or
+    payload is refused (as a start's key with another job or payload is), rather
+    than dropped as if it were a repeat of the first."""
+    calls: Counter[str] = Counter()
+    _waiter(fake_app, calls)
+    sent = {"name": "payment.settled", "payload": {"n": 1}, "correlation_key": "pay:1"}
+    first = fake_app.events.send(sent["name"], sent["payload"],
+                                 correlation_key=sent["correlation_key"], idempotency_key="k:1")
+    other = {**sent, **change}
+    clock.advance("1s")  # the first event is not this run's early event
+    run = fake_app.start("waiter", {"event": other["name"], "key": other["correlation_key"]})
+    run_until_idle(fake_app)
+    clock.advance("1m")
+
+    with pytest.raises(IdempotencyConflictError, match="k:1") as raised:
+        fake_app.events.send(other["name"], other["payload"],
+                             correlation_key=other["correlation_key"], idempotency_key="k:1")
+    assert raised.value.existing_event_id == first.id
+    assert raised.value.existing_run_id is None
+    assert _status(fake_app, run.id) == "waiting"
+    assert [e.id for e in fake_app.events.list()] == [first.id]
+
+    # A true repeat is still a duplicate; 1.0 and 1 are the same number, as in starts.
+    again = fake_app.events.send(sent["name"], {"n": 1.0},
+                                 correlation_key=sent["correlation_key"], idempotency_key="k:1")
+    assert (again.id, again.duplicate, again.resumed_run_ids) == (first.id, True, [])
+
+
 # -- visibility and cancel -------------------------------------------------------------------
 
 
@@ -615,3 +653,62 @@ def test_a_wait_returns_the_same_event_on_every_invocation(
     assert [label for label, _ in seen] == ["early", "early", "later", "early", "later"]
     for _, event in seen:
         assert event == stored[event.id]
+
+
+HAMMER_WORKER = """
+import random, sys, time
+from stackshift import StackShift
+
+app = StackShift(sys.argv[1])
+
+@app.job("hammer")
+def hammer(ctx):
+    ctx.step.run("begin", lambda: None)
+    # A little work of a random length: the event lands before, during or after the
+    # wait's own transaction.
+    time.sleep(random.random() * 0.05)
+    event = ctx.step.wait_for_event("hammer.go", correlation_key=ctx.payload["key"],
+                                    timeout="10m")
+    return event.id
+
+worker = app.worker(concurrency=3, poll_interval="2s")
+worker.start()
+print("ready", flush=True)
+sys.stdin.read()
+worker.stop(grace="5s")
+app.close()
+"""
+
+
+def test_an_event_sent_as_its_run_starts_to_wait_is_never_lost_across_processes(
+    db_url: str, tmp_path: Path
+) -> None:
+    """200 runs executed by two worker processes; this process sends each run's event
+    the moment it sees the run running (or already waiting). Every run completes with
+    its own event."""
+    script = tmp_path / "hammer_worker.py"
+    script.write_text(textwrap.dedent(HAMMER_WORKER))
+    with StackShift(db_url) as app:
+        app.migrate()
+        procs = [subprocess.Popen([sys.executable, str(script), db_url], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True) for _ in range(2)]
+        try:
+            for proc in procs:
+                assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            count = 200
+            runs = {app.start("hammer", {"key": f"h{i}"}).id: f"h{i}" for i in range(count)}
+            sent: dict[str, str] = {}
+            deadline = time.monotonic() + 120
+            while len(sent) < count:
+                assert time.monotonic() < deadline, f"only {len(sent)} runs ever started"
+                for status in ("running", "waiting"):
+                    for run in app.runs.list(status=status, job="hammer", limit=200):
+                        if run.id not in sent:
+                            key = runs[run.id]
+                            sent[run.id] = app.events.send("hammer.go", {},
+                                                           correlation_key=key).id
+            finished = {run_id: app.runs.wait(run_id, timeout=60) for run_id in runs}
+        finally:
+            stop_processes(procs)
+    assert Counter(f.status for f in finished.values()) == {"completed": count}
+    assert {run_id: f.result for run_id, f in finished.items()} == sent

@@ -63,7 +63,8 @@ class Transcript:
         try:
             result = call()
         except Exception as exc:  # the outcome is what is compared
-            extra = getattr(exc, "existing_run_id", None)
+            extra = getattr(exc, "existing_run_id", None) or getattr(
+                exc, "existing_event_id", None)
             self.lines.append((label, ("raised", type(exc).__name__, self._text(str(exc)),
                                        None if extra is None else self._text(extra))))
             return None
@@ -199,6 +200,9 @@ def scenario(app: StackShift, engine: StackShift, tag: str) -> list[tuple[str, A
                                            correlation_key="user:1", idempotency_key=tag))
     t.call("send again", lambda: app.events.send(f"verified-{tag}", {"user": 1},
                                                  correlation_key="user:1", idempotency_key=tag))
+    t.call("send conflicting", lambda: app.events.send(f"verified-{tag}", {"user": 2},
+                                                       correlation_key="user:1",
+                                                       idempotency_key=tag))
     run_until_idle(engine)
     t.call("resumed", lambda: app.runs.wait(waiting.id, timeout="5s"))
     t.call("events", lambda: app.events.list(name=f"verified-{tag}"))

@@ -6,7 +6,7 @@
       a database error, a wait that timed out)
 2     usage or bad input: nothing was written
 3     not found: no run, event or state key with that name
-4     idempotency conflict: the key belongs to another job or payload
+4     idempotency conflict: the key belongs to another job or payload (or event)
 ====  =====================================================================
 
 Messages go to stderr; a traceback only when ``STACKSHIFT_DEBUG`` is set.

@@ -66,6 +66,9 @@ def classify(exc: BaseException) -> tuple[int, str, str, dict[str, Any]]:
     if isinstance(exc, ApiError):
         return exc.status, exc.code, exc.message, exc.extra
     if isinstance(exc, IdempotencyConflictError):
+        if exc.existing_event_id is not None:
+            return 409, "idempotency_conflict", message, {
+                "existingEventId": exc.existing_event_id}
         return 409, "idempotency_conflict", message, {"existingRunId": exc.existing_run_id}
     if isinstance(exc, RunNotFoundError):
         return 404, "run_not_found", message, {}

@@ -87,7 +87,10 @@ class ErrorDetail(Wire):
     code: str = Field(description="A stable, machine-readable error code.")
     message: str = Field(description="What went wrong, for people.")
     existing_run_id: str | None = Field(
-        None, description="With `idempotency_conflict`: the run that owns the key."
+        None, description="With `idempotency_conflict` on a start: the run that owns the key."
+    )
+    existing_event_id: str | None = Field(
+        None, description="With `idempotency_conflict` on an event: the event that owns the key."
     )
 
 

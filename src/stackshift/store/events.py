@@ -13,13 +13,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..engine.transitions import Status
+from ..errors import IdempotencyConflictError
 from ..models import Event, SentEvent
-from ..serialization import digest, dumps, loads
+from ..serialization import dumps, loads
 from . import rows
 from .base import Lease, LogWrite, StepWrite
 from .database import Database, Row, Tx
 from .execution import ExecutionStore, renew, write_logs, write_step
-from .runs import add_timeline, move_run, waiting_data
+from .runs import add_timeline, fingerprints, move_run, waiting_data
 
 
 def event_json(event: Event) -> str:
@@ -118,18 +119,27 @@ class EventStore(ExecutionStore):
         """Store the event and resume every run waiting for its name and key."""
         with self.db.write() as tx:
             if idempotency_key is not None:
+                # Name, key and payload, compared as a start's job and payload are.
+                print_, earlier = fingerprints(f"{name}\n{correlation_key}", payload)
                 taken = tx.one(
                     "claim_idempotency_key",
                     scope="event",
                     key=idempotency_key,
                     target_id=event_id,
-                    fingerprint=digest(f"{name}\n{correlation_key}\n{payload}"),
+                    fingerprint=print_,
                     now=now,
                     expires_at=now + dedupe_window,
                 )
                 if taken is None:
                     first = tx.one("get_idempotency_key", scope="event", key=idempotency_key)
                     assert first is not None
+                    if first["fingerprint"] not in (print_, earlier):
+                        raise IdempotencyConflictError(
+                            f"idempotency key {idempotency_key!r} belongs to event"
+                            f" {first['target_id']} with a different name, correlation key"
+                            " or payload",
+                            existing_event_id=first["target_id"],
+                        )
                     return SentEvent(first["target_id"], True, [])
             if tx.dialect == "postgres":
                 return self._deliver_postgres(tx, event_id, name, payload, correlation_key,
