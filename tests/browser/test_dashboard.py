@@ -230,6 +230,22 @@ def test_a_refused_event_keeps_the_form_as_it_was_filled_in(
     assert stack.wait_status(run.id, "completed").result == {"order": 1043, "status": "closed"}
 
 
+def test_the_event_form_sends_keys_as_given_like_the_sdk(stack: Dashboard, page: Page) -> None:
+    """A correlation key with a space at its end is a key of its own in the SDK: the
+    form (filled in with the run's key) sends it as it is, and resumes the run."""
+    run = stack.app.start("send-email", {"user": "ada "})
+    stack.wait_status(run.id, "waiting")
+    page.goto(stack.at(f"/runs/{run.id}"))
+    form = page.locator("#send-event-form")
+    expect(form.locator("input[name=correlation_key]")).to_have_value("user:ada ")
+    form.locator("input[name=idempotency_key]").fill(" verify:ada")
+    form.locator("#send-event").click()
+    expect(page.locator(".flash-ok")).to_have_text("Event sent: the run resumed.")
+    assert stack.wait_status(run.id, "completed").result == {"verified": {}}
+    [sent] = stack.app.events.list(name="email.verified").items
+    assert (sent.correlation_key, sent.idempotency_key) == ("user:ada ", " verify:ada")
+
+
 def test_waterfall_step_rows_filter_the_logs_from_the_keyboard(
     stack: Dashboard, page: Page
 ) -> None:

@@ -419,9 +419,11 @@ class Dashboard:
                     ) -> tuple[tuple[str, str], bool]:
         """Send the form's event: the message to show, and whether the input was refused."""
 
-        def field(name: str) -> str | None:
-            value = (form.get(name) or [""])[0].strip()
-            return value or None
+        def field(name: str, *, strip: bool = True) -> str | None:
+            """The field's text, ``None`` when empty. Keys are kept as typed (the run's
+            own key may end in a space): a key of spaces is a key, as in the SDK."""
+            value = (form.get(name) or [""])[0]
+            return (value.strip() if strip else value) or None
 
         raw = field("payload")
         try:
@@ -430,8 +432,9 @@ class Dashboard:
             return ("error", f"The payload is not JSON: {exc}"), True
         try:
             sent = self.service.send_event(
-                field("name") or "", payload, correlation_key=field("correlation_key"),
-                idempotency_key=field("idempotency_key"))
+                field("name") or "", payload,
+                correlation_key=field("correlation_key", strip=False),
+                idempotency_key=field("idempotency_key", strip=False))
         except (StackShiftError, TypeError, ValueError) as exc:
             return ("error", str(exc)), True
         if sent.duplicate:
