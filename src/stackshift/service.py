@@ -445,7 +445,8 @@ class Service(FlowControl):
         return sent
 
     def get_event(self, event_id: str) -> Event:
-        found = None if unknowable_id(event_id) else self.store.get_event(event_id)
+        found = (None if unknowable_id(event_id)
+                 else self.store.get_event(event_id, self.clock.now()))
         if found is None:
             raise EventNotFoundError(f"no event with id {event_id!r}")
         return found[0]
@@ -461,7 +462,8 @@ class Service(FlowControl):
         check_filter(name, "name")
         check_filter(correlation_key, "correlation_key")
         items, next_cursor = self.store.list_events(name, correlation_key, check_limit(limit),
-                                                    check_cursor(cursor, "evt"))
+                                                    check_cursor(cursor, "evt"),
+                                                    self.clock.now())
         return Page(items, next_cursor)
 
     # -- state -------------------------------------------------------------------------

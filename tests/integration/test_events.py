@@ -539,6 +539,23 @@ def test_events_are_kept_seven_days_by_default(fake_app: StackShift, clock: Fake
     assert [e.id for e in fake_app.events.list(name="report.ready")] == []
 
 
+def test_an_event_past_its_retention_reads_as_missing_before_clean_up_deletes_it(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    """No worker runs maintenance here: the event is still in the table, but no wait
+    takes it any more, so reads do not show it either."""
+    kept = fake_app.events.send("report.ready", {"id": 1}, correlation_key="report:3")
+    clock.advance(timedelta(days=7) - timedelta(seconds=1))
+    assert fake_app.events.get(kept.id).id == kept.id
+    assert [e.id for e in fake_app.events.list(name="report.ready")] == [kept.id]
+
+    clock.advance("1s")
+    with pytest.raises(EventNotFoundError):
+        fake_app.events.get(kept.id)
+    assert fake_app.events.list(name="report.ready").items == []
+    assert fake_app.events.list().items == []
+
+
 def test_event_retention_is_configurable_and_an_expired_early_event_is_not_taken(
     db_url: str, clock: FakeClock
 ) -> None:

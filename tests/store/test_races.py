@@ -91,7 +91,7 @@ def test_an_event_racing_a_wait_timeout_is_taken_or_refused_whole(
         clock.advance("11s")
         run_until_idle(fake_app)
         done = fake_app.runs.get(run.id)
-        found = store.get_event(sent.id)
+        found = store.get_event(sent.id, clock.now())
         assert found is not None
         takers = [t["run_id"] for t in found[1]]
         attempts = [a.status for a in fake_app.runs.attempts(run.id)]

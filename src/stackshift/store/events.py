@@ -183,19 +183,21 @@ class EventStore(ExecutionStore):
             queued_data=dumps({"event_id": event_id, "from": Status.WAITING.value}))
         return SentEvent(event_id, False, [row["id"] for row in resumed])
 
-    def get_event(self, event_id: str) -> tuple[Event, list[dict[str, Any]]] | None:
-        """An event and the runs that took it."""
+    def get_event(self, event_id: str, now: float) -> tuple[Event, list[dict[str, Any]]] | None:
+        """An event and the runs that took it; ``None`` once past its retention (no
+        wait takes it then either), whether or not clean-up has deleted it yet."""
         with self.db.read() as tx:
             row = tx.one("get_event", id=event_id)
-            if row is None:
+            if row is None or row["expires_at"] <= now:
                 return None
             takers = [dict(r) for r in tx.all("consumers_of_event", event_id=event_id)]
         return rows.event(row), takers
 
     def list_events(self, name: str | None, correlation_key: str | None, limit: int,
-                    cursor: str | None) -> tuple[list[Event], str | None]:
-        where: list[str] = []
-        params: dict[str, Any] = {"limit": limit + 1}
+                    cursor: str | None, now: float) -> tuple[list[Event], str | None]:
+        """Events within their retention at ``now``, newest first."""
+        where: list[str] = ["expires_at > :now"]
+        params: dict[str, Any] = {"limit": limit + 1, "now": now}
         if name is not None:
             where.append("name = :name")
             params["name"] = name
@@ -205,9 +207,7 @@ class EventStore(ExecutionStore):
         if cursor is not None:
             where.append("id < :cursor")
             params["cursor"] = cursor
-        sql = "SELECT * FROM events"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        sql = "SELECT * FROM events WHERE " + " AND ".join(where)
         sql += " ORDER BY id DESC LIMIT :limit"
         with self.db.read() as tx:
             found = tx.raw(sql, params)
