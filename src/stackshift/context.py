@@ -46,6 +46,9 @@ def _check_wait(event_name: str, correlation_key: str | None, timeout: Any,
         check_key(correlation_key, "correlation_key", 512)
     if on_timeout not in ON_TIMEOUT:
         raise ValidationError(f"on_timeout must be one of {ON_TIMEOUT}, got {on_timeout!r}")
+    if timeout is None:
+        raise ValidationError("timeout: None is not a duration; every wait has a timeout"
+                              " (at most 100 years), e.g. '30d'")
     seconds = parse_duration(timeout, name="timeout")
     if seconds <= 0:
         raise ValidationError("timeout must be more than 0")

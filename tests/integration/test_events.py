@@ -303,6 +303,91 @@ def test_an_event_after_a_continue_timeout_is_not_handed_to_the_wait(
     assert fake_app.runs.get(run.id).result == {"events": [None]}
 
 
+def test_an_event_too_late_for_a_continued_wait_is_taken_by_the_next_wait(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    """The late event is not handed to the wait that timed out, but it is kept: the
+    run's next wait for that name and key takes it at once (an early event)."""
+    calls: Counter[str] = Counter()
+    _waiter(fake_app, calls, waits=2, timeout="1h", on_timeout="continue")
+    run = fake_app.start("waiter", {"event": "approval", "key": "doc:1"})
+    run_until_idle(fake_app)
+    clock.advance("1h")
+    fake_app.worker().maintain()  # the first wait times out; the run is queued
+    late = fake_app.events.send("approval", {"late": True}, correlation_key="doc:1")
+    assert late.resumed_run_ids == []
+
+    run_until_idle(fake_app)
+    done = fake_app.runs.get(run.id)
+    assert done.status == "completed"
+    assert done.result == {"events": [None, {"id": late.id, "payload": {"late": True},
+                                             "key": "doc:1"}]}
+    assert calls[run.id] == 2  # the second wait never suspended
+
+
+@pytest.mark.parametrize("on_timeout", ["fail", "cancel"])
+def test_a_retried_run_waits_again_and_takes_the_event_that_came_while_it_was_ended(
+    fake_app: StackShift, clock: FakeClock, on_timeout: str
+) -> None:
+    calls: Counter[str] = Counter()
+    _waiter(fake_app, calls, timeout="1h", on_timeout=on_timeout)
+    run = fake_app.start("waiter", {"event": "email.verified", "key": "user:10"})
+    run_until_idle(fake_app)
+    clock.advance("1h")
+    run_until_idle(fake_app)
+    assert _status(fake_app, run.id) in ("failed", "cancelled")
+
+    clock.advance("1m")
+    late = fake_app.events.send("email.verified", {"n": 1}, correlation_key="user:10")
+    clock.advance("1m")
+    later = fake_app.events.send("email.verified", {"n": 2}, correlation_key="user:10")
+    assert late.resumed_run_ids == later.resumed_run_ids == []
+    fake_app.runs.retry(run.id)
+    run_until_idle(fake_app)
+    done = fake_app.runs.get(run.id)
+    assert done.status == "completed"
+    assert [e["id"] for e in done.result["events"]] == [late.id]  # the oldest one
+
+
+def test_a_retried_run_waits_with_a_fresh_timeout(fake_app: StackShift, clock: FakeClock) -> None:
+    calls: Counter[str] = Counter()
+    _waiter(fake_app, calls, timeout="1h", on_timeout="fail")
+    run = fake_app.start("waiter", {"event": "email.verified", "key": "user:11"})
+    run_until_idle(fake_app)
+    clock.advance("1h")
+    run_until_idle(fake_app)
+    clock.advance("3h")
+    fake_app.runs.retry(run.id)
+    run_until_idle(fake_app)
+    waiting = fake_app.runs.get(run.id)
+    assert waiting.status == "waiting"
+    assert waiting.waiting_for is not None
+    assert waiting.waiting_for.until == clock_dt(clock) + timedelta(hours=1)
+    clock.advance("30m")
+    sent = fake_app.events.send("email.verified", {}, correlation_key="user:11")
+    assert sent.resumed_run_ids == [run.id]
+    run_until_idle(fake_app)
+    assert fake_app.runs.get(run.id).status == "completed"
+
+
+def test_a_cancelled_waiting_run_is_not_resumed_nor_listed_as_a_taker(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    calls: Counter[str] = Counter()
+    _waiter(fake_app, calls)
+    run = fake_app.start("waiter", {"event": "email.verified", "key": "user:12"})
+    other = fake_app.start("waiter", {"event": "email.verified", "key": "user:12"})
+    run_until_idle(fake_app)
+    fake_app.runs.cancel(run.id)
+    sent = fake_app.events.send("email.verified", {}, correlation_key="user:12")
+    assert sent.resumed_run_ids == [other.id]
+    run_until_idle(fake_app)
+    assert [e.kind for e in fake_app.runs.timeline(run.id) if e.kind == "event.received"] == []
+    assert fake_app.runs.get(other.id).status == "completed"
+    assert _status(fake_app, run.id) == "cancelled"
+    assert calls[run.id] == 1
+
+
 # -- idempotency ---------------------------------------------------------------------------
 
 
