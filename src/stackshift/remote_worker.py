@@ -171,13 +171,13 @@ class RemoteWorkerStore:
         })
 
     def wait_for_event(self, lease: Lease, step: StepWrite, name: str, correlation_key: str,
-                       timeout_at: float, on_timeout: str, since: float,
+                       timeout_at: float, on_timeout: str,
                        logs: Sequence[LogWrite], now: float,
                        lease_seconds: float) -> Event | None:
         answer = w.EventTaken.model_validate(self._leased(lease, "waits", {
             "lease": w.LeaseBody.of(lease), "step": w.StepBody.of(step), "name": name,
             "correlationKey": correlation_key, "timeoutAt": timeout_at,
-            "onTimeout": on_timeout, "since": since,
+            "onTimeout": on_timeout,
             "logs": [w.LogBody.of(log) for log in logs], "leaseSeconds": lease_seconds,
         }))
         return None if answer.event is None else answer.event.to_model()

@@ -93,6 +93,37 @@ def test_event_sent_before_the_run_was_created_is_not_taken(
     assert result["events"][0]["id"] == fresh.id != stale.id
 
 
+@pytest.mark.parametrize("created", [1767603600.0000007, 1767603600.0000004, 1767603600.0])
+def test_an_event_received_at_the_instant_the_run_was_created_is_taken(
+    db_url: str, created: float
+) -> None:
+    """"At or after the run was created", to the clock's last digit: the wait compares
+    with the creation time as stored, not as it reads back (to the microsecond)."""
+    clock = FakeClock(created)
+    with StackShift(db_url, clock=clock) as app:
+        calls: Counter[str] = Counter()
+        _waiter(app, calls)
+        run = app.start("waiter", {"event": "invoice.paid", "key": "invoice:3"})
+        sent = app.events.send("invoice.paid", {}, correlation_key="invoice:3")
+        clock.advance("1s")
+        run_until_idle(app)
+        done = app.runs.get(run.id)
+        assert done.status == "completed"
+        assert done.result["events"][0]["id"] == sent.id
+
+
+def test_an_event_received_just_before_the_run_was_created_is_not_taken(db_url: str) -> None:
+    clock = FakeClock(1767603600.0000004)
+    with StackShift(db_url, clock=clock) as app:
+        calls: Counter[str] = Counter()
+        _waiter(app, calls)
+        app.events.send("invoice.paid", {}, correlation_key="invoice:4")
+        clock.set(1767603600.0000007)  # the same microsecond, read back
+        run = app.start("waiter", {"event": "invoice.paid", "key": "invoice:4"})
+        run_until_idle(app)
+        assert app.runs.get(run.id).status == "waiting"
+
+
 def test_two_events_sent_while_a_run_waits_twice_are_both_used_in_order(
     fake_app: StackShift, clock: FakeClock
 ) -> None:

@@ -195,7 +195,7 @@ def wait_for_event(body: w.WaitForEvent, request: Request) -> w.EventTaken:
     service = service_of(request)
     event = _leased(lambda: service.store.wait_for_event(
         body.lease.to_lease(), body.step.to_write(), body.name, body.correlation_key,
-        body.timeout_at, body.on_timeout, body.since, _logs(body.logs), service.clock.now(),
+        body.timeout_at, body.on_timeout, _logs(body.logs), service.clock.now(),
         body.lease_seconds))
     if event is None:
         service.notifier.due(body.timeout_at)

@@ -258,7 +258,9 @@ class WaitForEvent(Body):
     correlation_key: Annotated[Column, Field(max_length=512)] = ""
     timeout_at: Instant
     on_timeout: Literal["fail", "continue", "cancel"]
-    since: Instant
+    since: Instant | None = Field(
+        None, description="Ignored (sent by earlier workers): early events are those received"
+        " at or after the run's creation as stored.")
     logs: Logs = Field(default_factory=list)
     lease_seconds: LeaseSeconds
 

@@ -54,12 +54,14 @@ class EventStore(ExecutionStore):
         correlation_key: str,
         timeout_at: float,
         on_timeout: str,
-        since: float,
         logs: Sequence[LogWrite],
         now: float,
         lease_seconds: float,
     ) -> Event | None:
         """Take a matching early event now, or park the run until one comes.
+
+        An early event is one received at or after the run's creation as stored
+        (not as the worker read it back: a datetime rounds to the microsecond).
 
         Returns the event taken (the step is completed with it), or ``None`` when
         the run is now waiting and the invocation must end.
@@ -72,7 +74,6 @@ class EventStore(ExecutionStore):
                 "oldest_unconsumed_event",
                 name=name,
                 correlation_key=correlation_key,
-                since=since,
                 run_id=lease.run_id,
                 now=now,
             )

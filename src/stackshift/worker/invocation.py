@@ -295,7 +295,6 @@ class Invocation:
             correlation_key or "",
             now + timeout,
             on_timeout,
-            self.run.created_at.timestamp(),
             self.take_logs(),
             now,
             self.lease_seconds,

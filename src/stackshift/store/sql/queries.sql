@@ -238,10 +238,12 @@ SELECT * FROM workers ORDER BY started_at;
 
 -- name: oldest_unconsumed_event
 -- Early events are not lost: a wait takes the oldest matching event received
--- since the run was created that this run has not taken yet.
+-- since the run was created that this run has not taken yet (compared with
+-- the creation time as stored: the one a worker reads back is rounded).
 SELECT * FROM events e
 WHERE e.name = :name AND e.correlation_key = :correlation_key
-  AND e.received_at >= :since AND e.expires_at > :now
+  AND e.received_at >= (SELECT created_at FROM runs WHERE id = :run_id)
+  AND e.expires_at > :now
   AND NOT EXISTS (SELECT 1 FROM event_consumptions c
                   WHERE c.run_id = :run_id AND c.event_id = e.id)
 ORDER BY e.received_at, e.id
