@@ -675,7 +675,7 @@ def test_an_event_past_its_retention_reads_as_missing_before_clean_up_deletes_it
 def test_event_retention_is_configurable_and_an_expired_early_event_is_not_taken(
     db_url: str, clock: FakeClock
 ) -> None:
-    with StackShift(db_url, clock=clock, settings=Settings(event_retention=3600.0)) as app:
+    with StackShift(db_url, clock=clock, settings=Settings(event_retention="1h")) as app:
         calls: Counter[str] = Counter()
         _waiter(app, calls)
         run = app.start("waiter", {"event": "report.ready", "key": "report:2"})

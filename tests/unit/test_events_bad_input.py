@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -12,6 +12,7 @@ import pytest
 from stackshift import (
     AsyncStackShift,
     PayloadTooLargeError,
+    Settings,
     StackShift,
     ValidationError,
 )
@@ -88,6 +89,30 @@ def test_a_bad_wait_fails_the_run_clearly_and_writes_no_wait(
     assert {k: after[k] for k in ("events", "waits", "steps", "event_consumptions")} == {
         k: before[k] for k in ("events", "waits", "steps", "event_consumptions")}
     assert app.runs.steps(run.id) == []
+
+
+@pytest.mark.parametrize("name", ["event_retention", "event_dedupe_window"])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (0, "must be more than 0"),
+        ("0s", "must be more than 0"),
+        (-60, "non-negative"),
+        (None, "expected a duration"),
+        (float("nan"), "non-negative"),
+        ("a week", "is not a duration"),
+    ],
+)
+def test_an_event_retention_that_keeps_nothing_is_refused_when_settings_are_made(
+    name: str, value: Any, message: str
+) -> None:
+    with pytest.raises(ValidationError, match=f"Settings.{name}.*{message}"):
+        Settings(**{name: value})
+
+
+def test_event_retention_settings_take_durations() -> None:
+    settings = Settings(event_retention="30d", event_dedupe_window=timedelta(hours=2))
+    assert (settings.event_retention, settings.event_dedupe_window) == (30 * 86400.0, 7200.0)
 
 
 # -- sending events ---------------------------------------------------------------------------
