@@ -124,6 +124,25 @@ def test_an_event_received_just_before_the_run_was_created_is_not_taken(db_url: 
         assert app.runs.get(run.id).status == "waiting"
 
 
+def test_a_waiting_run_is_resumed_by_an_event_stamped_by_a_clock_behind_its_own(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    """The run is waiting when the event comes, so it was created before: the sender's
+    clock, a few seconds behind the machine that started the run, does not matter."""
+    calls: Counter[str] = Counter()
+    _waiter(fake_app, calls)
+    clock.advance("5s")  # the starting machine's clock runs ahead
+    run = fake_app.start("waiter", {"event": "invoice.paid", "key": "invoice:5"})
+    run_until_idle(fake_app)
+    assert _status(fake_app, run.id) == "waiting"
+
+    clock.set(clock.now() - 3)  # the sender's clock, behind
+    sent = fake_app.events.send("invoice.paid", {}, correlation_key="invoice:5")
+    assert sent.resumed_run_ids == [run.id]
+    run_until_idle(fake_app)
+    assert fake_app.runs.get(run.id).result["events"][0]["id"] == sent.id
+
+
 def test_two_events_sent_while_a_run_waits_twice_are_both_used_in_order(
     fake_app: StackShift, clock: FakeClock
 ) -> None:

@@ -162,7 +162,6 @@ WITH matched AS MATERIALIZED (
         waiting_for = NULL, updated_at = :now
     FROM matched
     WHERE runs.id = matched.run_id AND (runs.status || '') = 'waiting'
-      AND runs.created_at <= :now
     RETURNING runs.id, runs.attempt, matched.step_key, matched.created_at
 ), consumed AS (
     INSERT INTO event_consumptions (run_id, event_id, step_key, at)

@@ -268,10 +268,12 @@ VALUES (:run_id, :step_key, :event_name, :correlation_key, :now, :timeout_at, :o
 
 -- name: matching_waits
 -- A wait past its timeout is over even before the timer has fired: it takes nothing.
+-- A run waiting now was created before this event came, whatever the clock of
+-- the process that started it said: its created_at is not compared.
 -- (PostgreSQL matches and resumes in one statement: resume_for_event.)
-SELECT w.*, r.created_at AS run_created_at FROM waits w JOIN runs r ON r.id = w.run_id
+SELECT w.* FROM waits w JOIN runs r ON r.id = w.run_id
 WHERE w.event_name = :name AND w.correlation_key = :correlation_key
-  AND r.status = 'waiting' AND r.created_at <= :now AND w.timeout_at > :now
+  AND r.status = 'waiting' AND w.timeout_at > :now
 ORDER BY w.created_at;
 
 -- name: get_wait
