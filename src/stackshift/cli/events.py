@@ -24,7 +24,8 @@ def events() -> None:
 @click.argument("name")
 @click.argument("payload_json", required=False, metavar="[PAYLOAD_JSON]")
 @click.option("--correlation-key", help="Resumes only runs waiting with this key.")
-@click.option("--idempotency-key", help="A repeat within 24h returns the first event.")
+@click.option("--idempotency-key", help="A repeat within 24h returns the first event; the key"
+              " with another name, correlation key or payload is refused (exit 4).")
 @json_option
 @database_url_option
 def send(
