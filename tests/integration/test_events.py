@@ -661,6 +661,34 @@ def test_an_event_after_the_timeout_is_refused_even_before_the_timer_has_fired(
     assert calls[run.id] == 1
 
 
+def test_a_run_is_found_by_its_correlation_key_after_its_wait_is_over(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    """Whether the wait took an event (since past its retention), took an early one,
+    timed out, or goes on: runs.list(correlation_key=) finds the run as long as it
+    is kept."""
+    calls: Counter[str] = Counter()
+    _waiter(fake_app, calls, timeout="1h", on_timeout="continue")
+    resumed = fake_app.start("waiter", {"event": "order.paid", "key": "order:42"})
+    timed_out = fake_app.start("waiter", {"event": "order.shipped", "key": "order:42"})
+    other = fake_app.start("waiter", {"event": "order.paid", "key": "order:43"})
+    run_until_idle(fake_app)
+    clock.advance("1m")
+    fake_app.events.send("order.paid", {}, correlation_key="order:42")
+    clock.advance("1s")
+    early = fake_app.start("waiter", {"event": "order.paid", "key": "order:42"})
+    fake_app.events.send("order.paid", {}, correlation_key="order:42")
+    run_until_idle(fake_app)
+    clock.advance("8d")  # the waits time out; the events pass their retention
+    run_until_idle(fake_app)
+    assert fake_app.events.list().items == []
+    assert {fake_app.runs.get(r.id).status for r in (resumed, timed_out, early)} == {
+        "completed"}
+    assert {r.id for r in fake_app.runs.list(correlation_key="order:42")} == {
+        resumed.id, timed_out.id, early.id}
+    assert [r.id for r in fake_app.runs.list(correlation_key="order:43")] == [other.id]
+
+
 def test_events_are_kept_seven_days_by_default(fake_app: StackShift, clock: FakeClock) -> None:
     sent = fake_app.events.send("report.ready", {"id": 1}, correlation_key="report:1")
     clock.advance(timedelta(days=7) - timedelta(seconds=1))

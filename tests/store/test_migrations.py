@@ -411,6 +411,30 @@ def test_a_database_upgraded_by_the_first_0003_gets_its_priorities_back(
     _urgent_goes_first(db_url, clock, done, sleeping)
 
 
+def test_runs_that_waited_before_0008_are_found_by_their_correlation_key(
+        db_url: str, source_url: str) -> None:
+    """0008 fills run_correlations from the waits and the taken events of the
+    runs already there."""
+    clock = FakeClock("2026-01-05T09:00:00Z")
+    with StackShift(source_url, clock=clock) as before:
+        @before.job("waiter")
+        def waiter(ctx: Any) -> str:
+            return ctx.step.wait_for_event("paid", correlation_key=ctx.payload["key"]).id
+
+        took = before.start("waiter", {"key": "order:1"})
+        waits = before.start("waiter", {"key": "order:2"})
+        run_until_idle(before)
+        before.events.send("paid", {}, correlation_key="order:1")
+        run_until_idle(before)
+        assert before.runs.get(took.id).status == "completed"
+    _build_at_level(db_url, 7)
+    _copy_data(source_url, db_url)
+    with StackShift(db_url, clock=clock) as after:
+        assert after._service.schema_version() == len(load_migrations(_dialect(db_url)))
+        assert [r.id for r in after.runs.list(correlation_key="order:1")] == [took.id]
+        assert [r.id for r in after.runs.list(correlation_key="order:2")] == [waits.id]
+
+
 def _write_expected_files() -> None:
     import tempfile
 

@@ -70,6 +70,9 @@ class EventStore(ExecutionStore):
             # A run asked to cancel takes no event: _suspend cancels it.
             cancel = renew(tx, lease, now, lease_seconds)
             tx.lock(f"event:{name}\x00{correlation_key}")
+            if correlation_key and not cancel:
+                tx.run("note_correlation", correlation_key=correlation_key,
+                       run_id=lease.run_id)
             found = None if cancel else tx.one(
                 "oldest_unconsumed_event",
                 name=name,

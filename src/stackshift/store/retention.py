@@ -1,8 +1,8 @@
 """Retention: deleting what has outlived its use, a batch per transaction.
 
 Finished runs older than the retention go with everything recorded about them
-(steps, attempts, logs, timeline, waits and event consumptions, through
-``ON DELETE CASCADE``). Unfinished runs are never touched, and a finished run
+(steps, attempts, logs, timeline, waits, event consumptions and run
+correlations, through ``ON DELETE CASCADE``). Unfinished runs are never touched, and a finished run
 whose idempotency key is still live is kept until the key expires, so that a
 repeated start still finds it. Events past their retention, expired
 idempotency keys, state keys and locks, and old rate-limit starts go too.

@@ -320,11 +320,7 @@ class RunStore:
                 where.append(f"{column} = :{column}")
                 params[column] = value
         if filters.correlation_key is not None:
-            where.append(
-                "id IN (SELECT run_id FROM waits WHERE correlation_key = :ck"
-                " UNION SELECT c.run_id FROM event_consumptions c"
-                " JOIN events e ON e.id = c.event_id WHERE e.correlation_key = :ck)"
-            )
+            where.append("id IN (SELECT run_id FROM run_correlations WHERE correlation_key = :ck)")
             params["ck"] = filters.correlation_key
         if filters.search is not None:
             where.append("(id = :search OR idempotency_key = :search)")

@@ -261,6 +261,12 @@ INSERT INTO event_consumptions (run_id, event_id, step_key, at)
 VALUES (:run_id, :event_id, :step_key, :now)
 ON CONFLICT (run_id, event_id) DO NOTHING;
 
+-- name: note_correlation
+-- The run waits with this correlation key: runs.list(correlation_key=) finds it
+-- from now on, as long as the run is kept.
+INSERT INTO run_correlations (correlation_key, run_id) VALUES (:correlation_key, :run_id)
+ON CONFLICT (correlation_key, run_id) DO NOTHING;
+
 -- name: insert_wait
 INSERT INTO waits (run_id, step_key, event_name, correlation_key, created_at, timeout_at,
                    on_timeout)
