@@ -158,6 +158,25 @@ def test_a_manual_retry_over_http_names_the_budget_it_starts(
         engine.close()
 
 
+def test_an_event_key_sent_by_the_sdk_is_the_same_key_over_http(
+        server: Any, http: httpx.Client) -> None:
+    name, key = tag("invoice.paid"), tag("ev")
+    engine = StackShift(server.database_url)
+    try:
+        first = engine.events.send(name, {"b": 1, "a": [1.0]}, correlation_key="inv:1",
+                                   idempotency_key=key)
+    finally:
+        engine.close()
+    body = {"name": name, "payload": {"a": [1], "b": 1}, "correlationKey": "inv:1",
+            "idempotencyKey": key}
+    again = http.post("/v1/events", json=body)
+    assert again.status_code == 200
+    assert again.json() == {"id": first.id, "duplicate": True, "resumedRunIds": []}
+    renamed = http.post("/v1/events", json={**body, "name": tag("invoice.voided")})
+    assert renamed.status_code == 409
+    assert renamed.json()["error"]["existingEventId"] == first.id
+
+
 def test_events_and_state_over_http(http: httpx.Client) -> None:
     name, key = tag("order.paid"), tag("ev")
     first = http.post("/v1/events", json={"name": name, "payload": {"n": 1},
@@ -167,6 +186,13 @@ def test_events_and_state_over_http(http: httpx.Client) -> None:
     again = http.post("/v1/events", json={"name": name, "payload": {"n": 1},
                                           "correlationKey": "order:1", "idempotencyKey": key})
     assert again.status_code == 200 and again.json()["duplicate"] is True
+    # The key names that event: another payload (or name, or key) under it is a conflict.
+    other = http.post("/v1/events", json={"name": name, "payload": {"n": 2},
+                                          "correlationKey": "order:1", "idempotencyKey": key})
+    assert other.status_code == 409
+    assert other.json()["error"]["code"] == "idempotency_conflict"
+    assert other.json()["error"]["existingEventId"] == first.json()["id"]
+    assert "existingRunId" not in other.json()["error"]
     event = http.get(f"/v1/events/{first.json()['id']}").json()
     assert (event["name"], event["correlationKey"], event["payload"]) == (name, "order:1",
                                                                          {"n": 1})
