@@ -1302,3 +1302,59 @@ def test_the_state_page_expands_a_large_value_only_in_part(
     small = page.locator("tr", has=page.locator("td.key-cell", has_text="exports:small"))
     expect(small.locator(".cut-note")).to_have_count(0)
     expect(small.locator("code")).to_have_text('{"rows": [1, 2]}')
+
+
+def test_the_events_page_expands_a_large_payload_only_in_part(
+    stack: Dashboard, page: Page
+) -> None:
+    """A payload may hold 1 MiB and the page is fetched again at every live update:
+    it shows a payload's first 10,000 characters and says how many more there are."""
+    app = stack.app
+    big = {"rows": [{"id": i, "name": "x" * 20} for i in range(6000)]}
+    sent = [app.events.send("export.ready", big, correlation_key=f"export:{i}")
+            for i in range(5)]
+    small = app.events.send("export.ready", {"rows": [1, 2]}, correlation_key="export:small")
+    response = page.goto(stack.at("/events?name=export.ready"))
+    assert response is not None and response.status == 200
+    assert len(response.body()) < 200_000  # 5 payloads of 400 KB in full: 2.9 MB
+    first = page.locator(f"tr[data-event-id='{sent[0].id}']")
+    first.locator("summary").click()
+    shown = first.locator("pre.code.json").text_content() or ""
+    whole = json.dumps(big, indent=2, sort_keys=True, ensure_ascii=False)
+    assert shown == whole[:10_000] + "…"
+    expect(first.locator(".cut-note")).to_have_text(
+        f"{len(whole) - 10_000:,} more characters not shown: events.get(\"{sent[0].id}\") or "
+        f"GET /v1/events/{sent[0].id} gives the whole payload.")
+    row = page.locator(f"tr[data-event-id='{small.id}']")
+    expect(row.locator(".cut-note")).to_have_count(0)
+    row.locator("summary").click()
+    expect(row.locator("pre.code.json")).to_have_text(
+        json.dumps({"rows": [1, 2]}, indent=2, sort_keys=True))
+
+
+def test_the_run_page_shows_a_large_payload_and_result_only_in_part(
+    stack: Dashboard, page: Page
+) -> None:
+    """A run's payload and result may hold 1 MiB each, and the run page is fetched again
+    whenever anything changes: each shows its first 10,000 characters and says how many
+    more there are, and a small one reads whole."""
+    rows = [{"id": i, "name": "x" * 20} for i in range(6000)]
+    run = stack.app.start("sync-invoice", {"invoice": rows, "reachable": True})
+    stack.wait_status(run.id, "completed")
+    response = page.goto(stack.at(f"/runs/{run.id}"))
+    assert response is not None and response.status == 200
+    assert len(response.body()) < 200_000  # the payload and result in full: 1.2 MB
+    for part, value in (("payload", {"invoice": rows, "reachable": True}),
+                        ("result", {"synced": rows})):
+        whole = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+        block = page.locator(f"#{part}")
+        expect(block.locator("pre.code.json")).to_have_text(whole[:10_000] + "…")
+        expect(block.locator(".cut-note")).to_have_text(
+            f"{len(whole) - 10_000:,} more characters not shown: stackshift runs show "
+            f"{run.id} --json or GET /v1/runs/{run.id} gives the whole {part}.")
+    small = stack.app.start("sync-invoice", {"invoice": "in_1", "reachable": True})
+    stack.wait_status(small.id, "completed")
+    page.goto(stack.at(f"/runs/{small.id}"))
+    expect(page.locator("#result pre.code.json")).to_have_text(
+        json.dumps({"synced": "in_1"}, indent=2))
+    expect(page.locator(".cut-note")).to_have_count(0)

@@ -116,8 +116,9 @@ def pretty_json(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
 
 
-#: The most of one value a list page expands (a state value may hold 256 KiB: a page
-#: of 50 in full would be megabytes, fetched again at every refresh).
+#: The most of one JSON value a page shows: a state value may hold 256 KiB, an event's
+#: payload and a run's payload and result 1 MiB each, and every page is fetched again
+#: at each live update (a list of 50 in full would be tens of megabytes).
 LISTED_JSON = 10_000
 
 
