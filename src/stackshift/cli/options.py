@@ -136,7 +136,11 @@ def duration(value: str | None, option: str) -> float | str | None:
     try:
         parse_duration(value if seconds is None else seconds, name=option)
     except ValidationError as exc:
-        raise bad_input(str(exc)) from None
+        message = str(exc)
+        if seconds is not None:
+            # The number as it was typed ('-5', '1e999'), not as read (-5.0, inf).
+            message = message.replace(f"{option}: {seconds!r}", f"{option}: {value!r}", 1)
+        raise bad_input(message) from None
     return value if seconds is None else seconds
 
 
