@@ -51,6 +51,14 @@ def parse_duration(value: Any, *, name: str = "duration") -> float:
     return seconds
 
 
+def format_duration(seconds: float) -> str:
+    """``seconds`` in the largest unit that holds it whole: ``"365d"``, ``"90m"``, ``"1.5s"``."""
+    for unit in ("d", "h", "m"):
+        if seconds and seconds % _UNITS[unit] == 0:
+            return f"{seconds / _UNITS[unit]:g}{unit}"
+    return f"{seconds:g}s"
+
+
 def parse_instant(value: Any, *, name: str = "time") -> float:
     """Return ``value`` (an aware ``datetime`` or an ISO-8601 string) as epoch seconds.
 

@@ -10,6 +10,7 @@ exception classes the embedded service raises. Network failures surface as
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn
@@ -169,6 +170,7 @@ class RemoteService(RemoteFlowControl):
         self.base_url = base_url.rstrip("/")
         self.registry = registry
         self.settings = settings or Settings()
+        self._limits: Settings | None = None
         self.clock: Clock = SystemClock()
         self.timeout = timeout
         self._http = httpx.Client(
@@ -197,6 +199,14 @@ class RemoteService(RemoteFlowControl):
         if response.status_code not in ok:
             raise_for_error(response)
         return response
+
+    def limits(self) -> Settings:
+        """The settings with the server's limits on values and keys (asked once, on
+        first use): the server is the judge of sizes, not this client's defaults."""
+        if self._limits is None:
+            found = wire.Limits.model_validate(self._call("GET", "/v1/limits").json())
+            self._limits = replace(self.settings, **found.model_dump(by_alias=False))
+        return self._limits
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -250,7 +260,7 @@ class RemoteService(RemoteFlowControl):
         scheduled_at = _when(scheduled_at, "scheduled_at")
         delay = _duration(delay, "delay")
         if idempotency_key is not None:
-            check_idempotency(self.settings, idempotency_key, idempotency_ttl)
+            check_idempotency(self.limits(), idempotency_key, idempotency_ttl)
         elif idempotency_ttl is not None:
             raise ValidationError("idempotency_ttl needs an idempotency_key")
         body = {
@@ -267,7 +277,7 @@ class RemoteService(RemoteFlowControl):
         }
         body = {k: v for k, v in body.items() if v is not None or k == "payload"}
         response = self._call("POST", "/v1/runs", json=SizedBody(
-            body, "payload", "payload", self.settings.max_payload_bytes))
+            body, "payload", "payload", self.limits().max_payload_bytes))
         return wire.Run.model_validate(response.json()).to_model()
 
     # -- runs ------------------------------------------------------------------------------
@@ -390,9 +400,9 @@ class RemoteService(RemoteFlowControl):
             body["correlationKey"] = check_key(correlation_key, "correlation_key", 512)
         if idempotency_key is not None:
             body["idempotencyKey"] = check_key(idempotency_key, "idempotency_key",
-                                               self.settings.max_idempotency_key_length)
+                                               self.limits().max_idempotency_key_length)
         response = self._call("POST", "/v1/events", json=SizedBody(
-            body, "payload", "event payload", self.settings.max_event_payload_bytes))
+            body, "payload", "event payload", self.limits().max_event_payload_bytes))
         return wire.SentEvent.model_validate(response.json()).to_model()
 
     def get_event(self, event_id: str) -> Event:
@@ -448,7 +458,7 @@ class RemoteService(RemoteFlowControl):
         if expires_at is not None:
             body["expiresAt"] = _when(expires_at, "expires_at")
         self._call("PUT", path, json=SizedBody(body, "value", f"state value for {key!r}",
-                                               self.settings.max_state_value_bytes))
+                                               self.limits().max_state_value_bytes))
 
     def state_delete(self, key: str) -> bool:
         response = self._call("DELETE", f"/v1/state/{self._state_key(key)}")
@@ -462,7 +472,7 @@ class RemoteService(RemoteFlowControl):
 
     def _state_key(self, key: object) -> str:
         """``key`` as a path segment, checked as the embedded service does."""
-        check_key(key, "state key", self.settings.max_state_key_length)
+        check_key(key, "state key", self.limits().max_state_key_length)
         return _state_key(key)
 
     def state_keys(self, prefix: str | None = None, limit: int = 100,

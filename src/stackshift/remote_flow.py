@@ -83,6 +83,9 @@ def _when(value: datetime | str | None, name: str) -> str | None:
 class RemoteFlowControl:
     settings: Settings
 
+    def limits(self) -> Settings:
+        raise NotImplementedError  # provided by RemoteService
+
     def _call(self, method: str, path: str, *, json: Any = None,
               params: dict[str, Any] | None = None, timeout: float | None = None,
               ok: tuple[int, ...] = (200, 201, 204)) -> httpx.Response:
@@ -174,7 +177,7 @@ class RemoteFlowControl:
             body["queueName"] = queue_name
         if schedule_id is not None:
             body["scheduleId"] = schedule_id
-        limit = self.settings.max_payload_bytes
+        limit = self.limits().max_payload_bytes
         return self._schedule(self._call("POST", "/v1/schedules",
                                          json=SizedBody(body, "payload", "payload", limit)))
 

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .clock import Clock
-from .durations import parse_duration, parse_instant, time_bound
+from .durations import format_duration, parse_duration, parse_instant, time_bound
 from .engine.transitions import parse_status
 from .errors import (
     ApiKeyNotFoundError,
@@ -134,7 +134,8 @@ def check_idempotency(settings: Settings, key: object, ttl: Any) -> float:
     seconds = (settings.default_idempotency_ttl if ttl is None
                else parse_duration(ttl, name="idempotency_ttl"))
     if seconds <= 0 or seconds > settings.max_idempotency_ttl:
-        raise ValidationError("idempotency_ttl must be more than 0 and at most 365d")
+        raise ValidationError("idempotency_ttl must be more than 0 and at most "
+                              f"{format_duration(settings.max_idempotency_ttl)}")
     return seconds
 
 

@@ -22,7 +22,7 @@ from ..jobs import JobRegistry
 from ..models import ApiKey, Endpoint
 from ..serialization import MiB
 from ..service import Service
-from ..settings import Settings
+from ..settings import Settings, parse_setting
 from ..store import open_store
 from .options import database_only
 from .render import _table, console, echo_json, iso, when
@@ -93,7 +93,11 @@ def _key_json(key: ApiKey) -> dict[str, Any]:
               help="Larger request bodies get 413.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def server(database_url: str, host: str, port: int, max_body_bytes: int, log_level: str) -> None:
+@click.option("--setting", "assignments", multiple=True, metavar="NAME=VALUE",
+              help="A setting of the server (repeatable), e.g. max_state_value_bytes=1048576"
+                   " or event_retention=30d; see docs/guide.md, Settings.")
+def server(database_url: str, host: str, port: int, max_body_bytes: int, log_level: str,
+           assignments: tuple[str, ...]) -> None:
     """Serve the HTTP API (/v1, /openapi.json, /healthz, /metrics) and the dashboard (/).
 
     Every endpoint but /healthz needs a key from `stackshift keys create`; the
@@ -117,7 +121,11 @@ def server(database_url: str, host: str, port: int, max_body_bytes: int, log_lev
     from ..server.push import Dispatcher
     from ..server.worker_routes import ClaimSignal
 
-    api = app_from_url(database_url, max_body_bytes=max_body_bytes)
+    try:  # before anything is opened: a bad setting changes nothing
+        settings = Settings(**dict(parse_setting(a) for a in assignments))
+    except ValidationError as exc:
+        raise _BadInput(f"--setting: {exc}") from None
+    api = app_from_url(database_url, max_body_bytes=max_body_bytes, settings=settings)
     service = api.state.service
     app = beside_api(api, create_dashboard(service, auth="api_key"))
     # Rescues, timers, schedules and retention for the runs of remote workers.

@@ -294,6 +294,11 @@ def acquire_lock(body: s.AcquireLock, request: Request) -> s.LockResult:
     return s.LockResult(key=body.key, held=held)
 
 
+@router.get("/limits", tags=["server"], summary="The server's limits on values and keys")
+def get_limits(request: Request) -> s.Limits:
+    return s.Limits.of(service_of(request).settings)
+
+
 @router.post("/locks/release", tags=["state"], summary="Release one's own lock")
 def release_lock(body: s.ReleaseLock, request: Request) -> s.LockResult:
     released = service_of(request).lock_release(body.key, body.owner)

@@ -20,6 +20,7 @@ from pydantic.config import JsonDict
 
 from .. import models as m
 from ..durations import MAX_DURATION
+from ..settings import Settings
 
 # The constraints below repeat the service's own checks, so that the OpenAPI
 # document states what is accepted; the service still checks everything.
@@ -338,7 +339,8 @@ class StartRun(Body):
     queue_name: Name | None = None
     idempotency_key: Key | None = None
     idempotency_ttl: PositiveDuration | None = Field(
-        None, description="Default `24h`, more than 0 and at most `365d`; needs `idempotencyKey`."
+        None, description="Default `24h`, more than 0 and at most `365d` (the server's "
+        "settings: `GET /v1/limits`); needs `idempotencyKey`."
     )
     max_attempts: Attempts | None = None
     scheduled_at: Time | None = Field(None, description="Not with `delay`.")
@@ -497,3 +499,21 @@ class ApiKey(Wire):
 class Health(Wire):
     status: str
     schema_version: int
+
+
+class Limits(Wire):
+    """The server's limits on what a client sends (its settings): a remote client
+    checks values against these, so that it refuses what the server would."""
+
+    max_payload_bytes: int
+    max_step_result_bytes: int
+    max_event_payload_bytes: int
+    max_state_value_bytes: int
+    max_state_key_length: int
+    max_idempotency_key_length: int
+    default_idempotency_ttl: float
+    max_idempotency_ttl: float
+
+    @classmethod
+    def of(cls, settings: Settings) -> Limits:
+        return cls(**{name: getattr(settings, name) for name in cls.model_fields})
