@@ -1030,6 +1030,40 @@ def test_worker_executes_runs_and_stops_gracefully_on_sigterm(
     assert "3 job(s) (add, boom, slow)" in output and "stopped" in output
 
 
+def test_ctrl_c_twice_stops_the_worker_at_once_and_hands_its_run_back(
+    db_url: str, app: StackShift, tmp_path: Path
+) -> None:
+    app_file = tmp_path / "tasks.py"
+    app_file.write_text(textwrap.dedent(WORKER_APP))
+    log_path = tmp_path / "worker.log"
+    with log_path.open("w") as log:
+        worker = subprocess.Popen(
+            [*STACKSHIFT, "worker", f"{app_file}:app", "--shutdown-grace", "60s",
+             "--database-url", db_url],
+            stdout=log, stderr=subprocess.STDOUT, text=True, env=_env(None), cwd=tmp_path,
+        )
+        try:
+            slow = app.start("slow", {"seconds": 60})
+            eventually(lambda: app.runs.get(slow.id).status == "running",
+                       what="slow run to start")
+            worker.send_signal(signal.SIGINT)
+            eventually(lambda: "signal again" in log_path.read_text(), what="the grace notice")
+            signalled = time.monotonic()
+            assert _stop(worker, signal.SIGINT, timeout=15) == 0
+            assert time.monotonic() - signalled < 8
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    output = log_path.read_text()
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+    assert "waiting up to 60s for 1 running attempt(s) to finish" in output, output
+    assert f"run {slow.id}: still running when the worker stopped; handed back" in output
+    assert "stopped." in output
+    released = app.runs.get(slow.id)
+    assert (released.status, released.attempt) == ("queued", 1)
+
+
 def test_the_worker_banner_does_not_print_the_database_password(tmp_path: Path) -> None:
     import psycopg
 

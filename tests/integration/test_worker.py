@@ -551,6 +551,56 @@ def test_a_handler_still_running_after_the_grace_period_does_not_keep_the_proces
     assert app.runs.steps(run.id) == []
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM])
+def test_a_second_signal_during_the_grace_period_hands_the_runs_back_at_once(
+    app: StackShift, spawn: Any, second: signal.Signals
+) -> None:
+    # Ctrl-C twice: the second one does not wait out the 60 s grace period.
+    worker = spawn("--hang-at", "2", "--grace", "60s")
+    run = app.start("fiveSteps", {})
+    worker.wait_for_line("start:step-2:")
+    worker.proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    assert worker.proc.poll() is None  # still in its grace period
+    signalled = time.monotonic()
+    worker.proc.send_signal(second)
+    assert worker.proc.wait(timeout=15) == 0
+    assert time.monotonic() - signalled < 8
+    output = worker.log.read_text()
+    assert "Traceback" not in output, output
+    assert worker.lines()[-1].startswith("exited:")
+
+    # Handed back, not failed: the same attempt continues elsewhere from step 2.
+    released = app.runs.get(run.id)
+    assert (released.status, released.attempt) == ("queued", 1)
+    assert "attempt.failed" not in [e.kind for e in app.runs.timeline(run.id)]
+    successor = spawn()
+    done = app.runs.wait(run.id, timeout="20s")
+    successor.proc.send_signal(signal.SIGTERM)
+    assert (done.status, done.attempt) == ("completed", 1)
+    pid = str(worker.proc.pid)
+    assert [x.split(":")[1] for x in worker.lines()
+            if x.startswith("done:") and x.endswith(f":{pid}")] == ["step-1"]
+    # The successor ran step 2 again (it never completed) and went on from there.
+    assert [x.split(":")[1] for x in worker.lines()
+            if x.startswith("start:") and not x.endswith(f":{pid}")] == [
+        "step-2", "step-3", "step-4", "step-5"]
+
+
+def test_run_gives_back_the_signal_handlers_it_replaced(app: StackShift) -> None:
+    @app.job("noop")
+    def noop(ctx):  # type: ignore[no-untyped-def]
+        return None
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    worker = app.worker()
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    worker.run()
+    # Ctrl-C after run() returned interrupts the program again.
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
 # -- attempt timeout -------------------------------------------------------------------
 
 

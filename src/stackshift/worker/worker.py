@@ -214,6 +214,8 @@ class Worker:
         self._sibling_returned = threading.Condition(self._lock)
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        #: a second SIGTERM/SIGINT during the grace period: hand the runs back now
+        self._hurry = threading.Event()
         # Set once draining is over: leases are renewed until then (SIGTERM grace).
         self._halted = threading.Event()
         self.due_plan = DuePlan()
@@ -244,6 +246,7 @@ class Worker:
         """
         if not self._started:
             self._stopping.clear()
+            self._hurry.clear()
         return self._start()
 
     def _start(self) -> Worker:
@@ -298,7 +301,13 @@ class Worker:
         self.service.notifier.unsubscribe(self._wake.set)
         self.service.notifier.unsubscribe_due(self.due_plan.note)
         deadline = time.monotonic() + patience
-        while time.monotonic() < deadline:
+        with self._lock:
+            running = len(self._active)
+        if running and patience > 0:
+            log.warning("worker %s: stopping; waiting up to %gs for %d running attempt(s)"
+                        " to finish (signal again to hand them back now)", self.id, patience,
+                        running)
+        while time.monotonic() < deadline and not self._hurry.is_set():
             with self._lock:
                 if not self._active:
                     break
@@ -311,7 +320,10 @@ class Worker:
             active.invocation.abandoned = True
             lease = active.invocation.lease
             try:
-                self.service.store.release_run(lease, self.service.clock.now())
+                if self.service.store.release_run(lease, self.service.clock.now()):
+                    log.warning("run %s: still running when the worker stopped; handed back"
+                                " to its queue (the attempt continues elsewhere from its"
+                                " completed steps)", lease.run_id)
             except Exception as exc:  # the others are still handed back
                 log.warning("run %s: could not hand it back (%s: %s); it is retried when"
                             " its lease runs out", lease.run_id, type(exc).__name__, exc)
@@ -345,17 +357,31 @@ class Worker:
         """
         if not self._started:
             self._stopping.clear()  # here, not in start(): a signal from now on counts
+            self._hurry.clear()
+        previous: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: self._stopping.set())
-        self._start()
-        if not self._started:
-            return
+                previous[sig] = signal.signal(sig, self._on_signal)
         try:
-            while not self._stopping.wait(0.5):
-                pass
+            self._start()
+            if not self._started:
+                return
+            try:
+                while not self._stopping.wait(0.5):
+                    pass
+            finally:
+                self.stop()
         finally:
-            self.stop()
+            for sig, handler in previous.items():  # Ctrl-C raises KeyboardInterrupt again
+                if handler is not None:
+                    signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        """SIGTERM or SIGINT: the first stops the worker gracefully; another one
+        during the grace period hands the runs still running back at once."""
+        if self._stopping.is_set():
+            self._hurry.set()
+        self._stopping.set()
 
     def __enter__(self) -> Worker:
         return self.start()
