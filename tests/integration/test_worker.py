@@ -652,6 +652,85 @@ def test_attempt_timeout_fails_a_slow_attempt_and_retries(
         assert finished_late == []  # the coroutine was cancelled, not left running
 
 
+def test_a_timed_out_sync_handler_keeps_its_slot_even_when_its_run_is_claimed_again(
+    app: StackShift
+) -> None:
+    # A thread cannot be killed: the timed-out attempt's thread keeps running,
+    # and keeps its slot, also while the next attempt of its run runs here.
+    lock = threading.Lock()
+    running = 0
+    peak = 0
+    release = threading.Event()
+    second_started = threading.Event()
+
+    def enter() -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+
+    def leave() -> None:
+        nonlocal running
+        with lock:
+            running -= 1
+
+    @app.job("stuck", timeout="1.5s", max_attempts=2, backoff={"base": "0.05s"})
+    def stuck(ctx):  # type: ignore[no-untyped-def]
+        enter()
+        try:
+            if ctx.run.attempt == 1:
+                release.wait(20)  # a blocking call the timeout cannot interrupt
+            else:
+                second_started.set()
+                time.sleep(1.0)
+            return ctx.run.attempt
+        finally:
+            leave()
+
+    @app.job("other")
+    def other(ctx):  # type: ignore[no-untyped-def]
+        enter()
+        leave()
+        return "done"
+
+    with app.worker(concurrency=2) as worker:
+        run = app.start("stuck")
+        assert second_started.wait(10)
+        # Two handlers run: the stuck first attempt and the second one.
+        extra = app.start("other")
+        time.sleep(0.5)
+        assert app.runs.get(extra.id).status == "queued"
+        assert app.runs.get(run.id).status == "running"
+        release.set()
+        assert app.runs.wait(extra.id, timeout="10s").status == "completed"
+        assert app.runs.wait(run.id, timeout="10s").result == 2
+        wait_until(lambda: worker._free_slots() == 2, what="every slot to free")
+    assert peak == 2
+    assert [a.error and a.error.type for a in app.runs.attempts(run.id)] == [
+        "AttemptTimeoutError", None]
+
+
+def test_stop_does_not_wait_for_a_handler_whose_attempt_already_timed_out(
+    app: StackShift
+) -> None:
+    release = threading.Event()
+
+    @app.job("stuck", timeout="0.2s", max_attempts=1)
+    def stuck(ctx):  # type: ignore[no-untyped-def]
+        release.wait(30)
+
+    worker = app.worker(shutdown_grace="20s").start()
+    try:
+        failed = app.runs.wait(app.start("stuck").id, timeout="10s")
+        assert failed.error is not None and failed.error.type == "AttemptTimeoutError"
+        asked = time.monotonic()
+        worker.stop()  # nothing of it is left to hand back: no grace period to wait out
+        assert time.monotonic() - asked < 5
+    finally:
+        release.set()
+    assert app.runs.get(failed.id).status == "failed"
+
+
 def test_attempt_timeout_on_the_last_attempt_fails_the_run(app: StackShift) -> None:
     @app.job("stuck", timeout="0.2s", max_attempts=1)
     async def stuck(ctx):  # type: ignore[no-untyped-def]

@@ -208,6 +208,10 @@ class Worker:
         self.service = app._service
         self.id = new_id("wkr")
         self._active: dict[str, _Active] = {}
+        #: sync handlers past their timeout, still running (a thread cannot be
+        #: killed): their attempt is recorded as failed, but each keeps its slot
+        #: until it returns (by id(); see _enforce_timeouts)
+        self._stuck: dict[int, _Active] = {}
         #: a claim failed: it may have leased runs nobody executes (see _hand_back_strays)
         self._strays_possible = False
         self._lock = threading.Lock()
@@ -404,7 +408,8 @@ class Worker:
 
     def _free_slots(self) -> int:
         with self._lock:
-            return self.concurrency - sum(1 for a in self._active.values() if not a.returned)
+            return (self.concurrency - len(self._stuck)
+                    - sum(1 for a in self._active.values() if not a.returned))
 
     def _claim_loop(self) -> None:
         store = self.service.store
@@ -474,7 +479,7 @@ class Worker:
             deadline = time.monotonic() + self.CLAIM_GATHER
             while True:
                 busy = [a for a in self._active.values() if not a.returned]
-                free = self.concurrency - len(busy)
+                free = self.concurrency - len(busy) - len(self._stuck)
                 if free in (0, self.concurrency):
                     return free
                 left = max([deadline] + [a.claim.hold_until for a in busy]) - time.monotonic()
@@ -552,6 +557,7 @@ class Worker:
         with self._lock:
             if active.returned:
                 return
+            self._stuck.pop(id(active), None)
             active.returned = True
             batch.returned += 1
             left = batch.hold_until - time.monotonic()
@@ -575,6 +581,7 @@ class Worker:
             # that newer invocation's entry alone.
             if self._active.get(run_id) is active:
                 del self._active[run_id]
+            self._stuck.pop(id(active), None)
             freed = not active.returned  # else _returned freed the slot and woke the loop
         if freed:
             self._wake.set()
@@ -621,14 +628,20 @@ class Worker:
     def _enforce_timeouts(self) -> None:
         """Fail sync attempts past their timeout; their thread is abandoned.
 
-        A thread cannot be killed: its handler keeps its slot until it returns,
-        and any write it tries later is refused because it no longer holds a lease.
+        A thread cannot be killed: its handler keeps its slot until it returns
+        (in ``_stuck``, also while the run's next attempt runs here), and any
+        write it tries later is refused because it no longer holds a lease. It
+        is no longer one of the active runs: its lease is not renewed, and
+        ``stop()`` does not wait for it.
         """
         now = time.monotonic()
         with self._lock:
             late = [a for a in self._active.values()
                     if a.deadline is not None and now > a.deadline and not a.timed_out
                     and not a.returned and not a.invocation.job.is_async]
+            for active in late:
+                del self._active[active.invocation.run.id]
+                self._stuck[id(active)] = active
         for active in late:
             active.timed_out = True
             inv = active.invocation
