@@ -25,7 +25,13 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from stackshift import InvalidTransitionError, JobContext, StackShift, ValidationError
+from stackshift import (
+    InvalidTransitionError,
+    JobContext,
+    NonRetriableError,
+    StackShift,
+    ValidationError,
+)
 from stackshift.errors import LeaseLost
 from stackshift.store.base import Outcome, StepWrite
 from stackshift.store.database import Tx
@@ -979,6 +985,76 @@ def test_a_run_cancelled_while_its_step_fails_is_cancelled_not_retried(
     assert kinds[-3:] == ["step.failed", "attempt.failed", "run.cancelled"]
     assert "run.retrying" not in kinds
     assert app.runs.get(run.id).status == "cancelled"
+
+
+@pytest.mark.parametrize("ending", ["last attempt", "NonRetriableError"])
+def test_a_run_cancelled_while_its_last_attempt_fails_is_cancelled_and_starts_no_failure_handler(
+        app: StackShift, ending: str) -> None:
+    # As with attempts left: the operator asked to cancel, so the run ends
+    # cancelled, not failed (no dead letter, no on_failure job).
+    entered = threading.Event()
+    gate = threading.Event()
+    handled: list[Any] = []
+
+    def call_provider() -> None:
+        entered.set()
+        gate.wait(10)
+        if ending == "NonRetriableError":
+            raise NonRetriableError("card declined")
+        raise ConnectionError("provider timed out")
+
+    @app.job("on-invoice-failure")
+    def on_invoice_failure(ctx):  # type: ignore[no-untyped-def]
+        handled.append(ctx.payload["run_id"])
+
+    @app.job("invoice", max_attempts=1 if ending == "last attempt" else 5,
+             on_failure="on-invoice-failure")
+    def invoice(ctx):  # type: ignore[no-untyped-def]
+        ctx.step.run("call-provider", call_provider)
+
+    with app.worker():
+        run = app.start("invoice")
+        assert entered.wait(10)
+        assert app.runs.cancel(run.id, reason="stuck").status == "running"
+        gate.set()
+        done = app.runs.wait(run.id, timeout="10s")
+        time.sleep(0.3)  # a failure handler, if one were started, would have run by now
+    assert done.status == "cancelled"
+    assert done.error is not None and (done.error.type, done.error.message) == (
+        "Cancelled", "stuck")
+    error = "ConnectionError" if ending == "last attempt" else "NonRetriableError"
+    assert [(a.status, a.error and a.error.type)
+            for a in app.runs.attempts(run.id)] == [("failed", error)]
+    kinds = [e.kind for e in app.runs.timeline(run.id)]
+    assert kinds[-2:] == ["attempt.failed", "run.cancelled"]
+    assert "run.failure_handler" not in kinds and "run.failed" not in kinds
+    assert handled == []
+    assert list(app.runs.list(job="on-invoice-failure")) == []
+    assert list(app.queue("default").dead_letters()) == []
+
+
+def test_a_handler_that_returns_after_a_cancel_was_requested_completes_the_run(
+        app: StackShift) -> None:
+    # No step boundary left to stop at: the work is done, and the run says so.
+    entered = threading.Event()
+    gate = threading.Event()
+
+    @app.job("report")
+    def report(ctx):  # type: ignore[no-untyped-def]
+        ctx.step.run("first", lambda: 1)
+        entered.set()
+        gate.wait(10)
+        return "sent"
+
+    with app.worker():
+        run = app.start("report")
+        assert entered.wait(10)
+        assert app.runs.cancel(run.id, reason="too late").status == "running"
+        gate.set()
+        done = app.runs.wait(run.id, timeout="10s")
+    assert (done.status, done.result, done.error) == ("completed", "sent", None)
+    kinds = [e.kind for e in app.runs.timeline(run.id)]
+    assert "run.cancel_requested" in kinds and kinds[-1] == "run.completed"
 
 
 @pytest.mark.parametrize("pause", ["sleep", "wait"])

@@ -495,15 +495,13 @@ class ExecutionStore:
 
         def work(tx: Tx) -> bool:
             ending = _ending(lease, outcome, now, expired_before, terminal)
-            if status == Status.RETRYING:
-                # A cancel requested while the attempt ran cancels the run instead.
-                moved = tx.one("retry_leased_run", **ending,
-                               cancel_error=dumps(CANCELLED_WHILE_RUNNING))
-            else:
-                moved = tx.one("finish_leased_run", **ending)
+            # A cancel requested while the attempt ran cancels the run instead.
+            moved = tx.one("retry_leased_run" if status == Status.RETRYING
+                           else "fail_leased_run", **ending,
+                           cancel_error=dumps(CANCELLED_WHILE_RUNNING))
             if moved is None:
                 return False
-            ended = Status(moved["status"]) if status == Status.RETRYING else status
+            ended = Status(moved["status"])
             attempt_status = "failed" if status == Status.RETRYING else status.value
             tx.run(
                 "update_attempt",
@@ -531,7 +529,7 @@ class ExecutionStore:
                          data=extra)
             if ended == Status.CANCELLED:  # a cancel was requested while it ran
                 _give_cancel_reason(tx, lease.run_id, lease.attempt)
-            if status == Status.FAILED:
+            if ended == Status.FAILED:
                 start_failure_handler(tx, moved, outcome.error, now)
             return True
 

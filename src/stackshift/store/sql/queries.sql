@@ -115,6 +115,20 @@ WHERE id = :id AND lease_owner = :worker_id AND attempt = :attempt AND status = 
   AND lease_expires_at <= :expired_before
 RETURNING id, job, queue, payload, attempt, idempotency_key, on_failure, status;
 
+-- name: fail_leased_run
+-- finish_leased_run for an attempt that failed with no retry left: the run
+-- fails, unless a cancel was requested while the attempt ran; then it is
+-- cancelled (:cancel_error) instead, as in retry_leased_run. The returned
+-- status says which.
+UPDATE runs
+SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'failed' END,
+    error = CASE WHEN cancel_requested = 1 THEN :cancel_error ELSE :error END,
+    result = NULL, finished_at = :finished_at, available_at = NULL,
+    lease_owner = NULL, lease_expires_at = NULL, cancel_requested = 0, updated_at = :now
+WHERE id = :id AND lease_owner = :worker_id AND attempt = :attempt AND status = 'running'
+  AND lease_expires_at <= :expired_before
+RETURNING id, job, queue, payload, attempt, idempotency_key, on_failure, status;
+
 -- name: suspend_leased_run
 -- Parks a leased run (sleep or wait); a run asked to cancel while it ran is
 -- cancelled (:cancel_error) instead. The returned status says which.
