@@ -540,12 +540,14 @@ def test_a_run_asked_to_cancel_is_cancelled_not_released_when_the_grace_period_e
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("flavour", ["sync", "async"])
 def test_a_handler_still_running_after_the_grace_period_does_not_keep_the_process_alive(
-    app: StackShift, spawn: Any
+    app: StackShift, spawn: Any, flavour: str
 ) -> None:
     # The step sleeps for a minute: the worker hands the run back after 0.2 s and
-    # the process exits at once, without waiting for the handler's thread.
-    worker = spawn("--step-seconds", "60", "--grace", "0.2s")
+    # the process exits at once, without waiting for the handler's thread (an
+    # async handler is cancelled, quietly).
+    worker = spawn("--step-seconds", "60", "--grace", "0.2s", "--flavour", flavour)
     run = app.start("fiveSteps", {})
     worker.wait_for_line("start:step-1:")
     signalled = time.monotonic()
@@ -555,6 +557,8 @@ def test_a_handler_still_running_after_the_grace_period_does_not_keep_the_proces
     released = app.runs.get(run.id)
     assert released.status == "queued"
     assert app.runs.steps(run.id) == []
+    output = worker.log.read_text()
+    assert "Traceback" not in output and "destroyed" not in output, output
 
 
 @pytest.mark.slow
@@ -735,6 +739,69 @@ def test_stop_does_not_wait_for_a_handler_whose_attempt_already_timed_out(
     finally:
         release.set()
     assert app.runs.get(failed.id).status == "failed"
+
+
+@pytest.mark.parametrize("how", ["catches the cancellation", "blocks the event loop"])
+def test_an_async_attempt_that_does_not_stop_when_cancelled_still_fails_on_time(
+        app: StackShift, how: str) -> None:
+    finished = threading.Event()
+
+    @app.job("stubborn", timeout="0.3s", max_attempts=1)
+    async def stubborn(ctx):  # type: ignore[no-untyped-def]
+        try:
+            if how == "blocks the event loop":
+                time.sleep(4)  # e.g. a sync HTTP client called from an async handler
+            else:
+                try:
+                    await asyncio.sleep(4)
+                except asyncio.CancelledError:
+                    await asyncio.sleep(4)  # "cleaning up"
+            return "done anyway"
+        finally:
+            finished.set()
+
+    with app.worker() as worker:
+        started = time.monotonic()
+        failed = app.runs.wait(app.start("stubborn").id, timeout="10s")
+        took = time.monotonic() - started
+        assert finished.wait(10)
+        wait_until(lambda: worker._free_slots() == worker.concurrency, what="its slot")
+    assert (failed.status, failed.result) == ("failed", None)
+    assert failed.error is not None and failed.error.type == "AttemptTimeoutError"
+    assert "did not stop when cancelled" in failed.error.message
+    assert took < 3, f"failed after {took:.1f}s"
+
+
+def test_an_async_attempt_that_catches_the_cancellation_and_returns_fails_as_timed_out(
+        app: StackShift) -> None:
+    @app.job("stubborn", timeout="0.3s", max_attempts=2, backoff={"base": "0.01s"})
+    async def stubborn(ctx):  # type: ignore[no-untyped-def]
+        if ctx.run.attempt == 1:
+            try:
+                await asyncio.sleep(4)
+            except asyncio.CancelledError:
+                return "too late"
+        return f"attempt {ctx.run.attempt}"
+
+    with app.worker():
+        done = app.runs.wait(app.start("stubborn").id, timeout="10s")
+    assert (done.status, done.result) == ("completed", "attempt 2")
+    first = app.runs.attempts(done.id)[0]
+    assert first.error is not None and first.error.type == "AttemptTimeoutError"
+
+
+def test_a_timeout_error_raised_by_an_async_handler_is_its_own_error_not_the_jobs_timeout(
+        app: StackShift) -> None:
+    @app.job("calls-out", timeout="30s", max_attempts=1)
+    async def calls_out(ctx):  # type: ignore[no-untyped-def]
+        async with asyncio.timeout(0.01):
+            await asyncio.sleep(1)  # the provider is slow: the handler's own limit
+
+    with app.worker():
+        failed = app.runs.wait(app.start("calls-out").id, timeout="10s")
+    assert failed.status == "failed"
+    assert failed.error is not None and failed.error.type == "TimeoutError"
+    assert "30s" not in failed.error.message
 
 
 def test_attempt_timeout_on_the_last_attempt_fails_the_run(app: StackShift) -> None:
@@ -1206,6 +1273,34 @@ def test_only_failed_or_cancelled_runs_can_be_retried(fake_app: StackShift) -> N
 
 
 # -- queues ------------------------------------------------------------------------------
+
+
+def test_workers_with_different_jobs_on_one_queue_each_take_only_the_runs_they_know(
+        app: StackShift, db_url: str) -> None:
+    other = StackShift(db_url)
+    ran: list[tuple[str, str]] = []
+
+    @app.job("alpha")
+    def alpha(ctx):  # type: ignore[no-untyped-def]
+        ran.append(("first", ctx.run.job))
+
+    @other.job("beta")
+    def beta(ctx):  # type: ignore[no-untyped-def]
+        ran.append(("second", ctx.run.job))
+
+    try:
+        # A backlog of a job no worker knows, ahead by priority, holds nobody up.
+        for _ in range(200):
+            app.start("gamma", priority=10)
+        runs = [app.start(job) for job in ("alpha", "beta") * 5]
+        with app.worker(concurrency=2), other.worker(concurrency=2):
+            for run in runs:
+                assert app.runs.wait(run.id, timeout="10s").status == "completed"
+        assert sorted(set(ran)) == [("first", "alpha"), ("second", "beta")]
+        assert len(ran) == 10
+        assert len(app.runs.list(job="gamma", status="queued", limit=500)) == 200
+    finally:
+        other.close()
 
 
 def test_worker_limited_to_queues_takes_runs_by_the_queue_they_were_started_on(

@@ -43,7 +43,8 @@ def execute_sync(invocation: Invocation, state: State) -> None:
 async def execute_async(invocation: Invocation, state: AsyncState) -> None:
     """Await an ``async def`` handler on this loop and record the outcome.
 
-    A job ``timeout`` cancels the handler task and fails the attempt.
+    A job ``timeout`` cancels the handler and fails the attempt, also when the
+    handler catches the cancellation and returns.
     """
     token = CURRENT.set(invocation)
     try:
@@ -56,9 +57,15 @@ async def execute_async(invocation: Invocation, state: AsyncState) -> None:
             if timeout is None:
                 value = await coro
             else:
+                limit = asyncio.timeout(timeout)
                 try:
-                    value = await asyncio.wait_for(coro, timeout)
+                    async with limit:
+                        value = await coro
                 except TimeoutError:
+                    if not limit.expired():
+                        raise  # the handler's own: its error
+                if limit.expired():  # also when the handler caught the cancellation
+                    value = None
                     error = AttemptTimeoutError(f"attempt ran longer than {timeout:g}s")
         except BaseException as exc:
             task = asyncio.current_task()

@@ -335,6 +335,7 @@ class Worker:
             if thread.name != "stackshift-loop":
                 thread.join(timeout=5)
         if self._loop is not None:
+            self._end_async_handlers(self._loop)
             self._loop.call_soon_threadsafe(self._loop.stop)
         for thread in self._threads:
             thread.join(timeout=5)
@@ -352,6 +353,28 @@ class Worker:
             log.warning("worker %s: could not unregister", self.id, exc_info=True)
         runlogs.uninstall()
         self._started = False
+
+    #: Seconds ``stop()`` gives the async handlers it cancels to end.
+    CANCEL_WAIT = 2.0
+
+    def _end_async_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Cancel the async handlers still running when the worker stops (their
+        runs were handed back, or their attempts timed out), and let them end:
+        a loop stopped under them would leave them to end at exit, with
+        tracebacks. A loop held up by a blocking call is not waited for long."""
+
+        async def cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=self.CANCEL_WAIT)
+
+        try:
+            asyncio.run_coroutine_threadsafe(cancel_all(), loop).result(self.CANCEL_WAIT + 1)
+        except Exception:
+            log.warning("worker %s: async handlers still running as it stops (a blocking"
+                        " call holds up the event loop?)", self.id)
 
     def run(self) -> None:
         """Start and block until SIGTERM/SIGINT (or ``stop()`` from another thread).
@@ -625,8 +648,18 @@ class Worker:
             except Exception:
                 log.exception("worker %s: heartbeat failed; retrying", self.id)
 
+    #: Seconds past its timeout after which an async attempt that did not stop
+    #: when cancelled is failed by the heartbeat, as a sync one is at its timeout.
+    ASYNC_TIMEOUT_GRACE = 1.0
+
     def _enforce_timeouts(self) -> None:
         """Fail sync attempts past their timeout; their thread is abandoned.
+
+        An async attempt is cancelled at its timeout by its own task (see
+        :func:`execute_async`); one still running ``ASYNC_TIMEOUT_GRACE`` later
+        did not stop when cancelled (a blocking call holds up the event loop,
+        or the handler caught the cancellation): it is failed and abandoned
+        the same way.
 
         A thread cannot be killed: its handler keeps its slot until it returns
         (in ``_stuck``, also while the run's next attempt runs here), and any
@@ -637,15 +670,21 @@ class Worker:
         now = time.monotonic()
         with self._lock:
             late = [a for a in self._active.values()
-                    if a.deadline is not None and now > a.deadline and not a.timed_out
-                    and not a.returned and not a.invocation.job.is_async]
+                    if a.deadline is not None and not a.timed_out and not a.returned
+                    and now > a.deadline + (self.ASYNC_TIMEOUT_GRACE
+                                            if a.invocation.job.is_async else 0.0)]
             for active in late:
                 del self._active[active.invocation.run.id]
                 self._stuck[id(active)] = active
         for active in late:
             active.timed_out = True
             inv = active.invocation
-            inv.fail(AttemptTimeoutError(f"attempt ran longer than {inv.job.timeout:g}s"))
+            message = f"attempt ran longer than {inv.job.timeout:g}s"
+            if inv.job.is_async:
+                message += (f" and did not stop when cancelled (for {self.ASYNC_TIMEOUT_GRACE:g}s"
+                            " more): a blocking call in the async handler holds up the"
+                            " worker's event loop, or the handler caught the cancellation")
+            inv.fail(AttemptTimeoutError(message))
             inv.abandoned = True
 
     #: Seconds before maintenance looks again at a run left due by a round.
