@@ -804,6 +804,20 @@ def test_a_timeout_error_raised_by_an_async_handler_is_its_own_error_not_the_job
     assert "30s" not in failed.error.message
 
 
+def test_attempt_timeout_counts_each_invocation_not_the_time_the_run_slept(
+        app: StackShift) -> None:
+    @app.job("two-halves", timeout="0.8s", max_attempts=1)
+    def two_halves(ctx):  # type: ignore[no-untyped-def]
+        ctx.step.run("first-half", time.sleep, 0.5)
+        ctx.step.sleep("pause", "0.5s")
+        ctx.step.run("second-half", time.sleep, 0.5)
+        return "done"
+
+    with app.worker():
+        done = app.runs.wait(app.start("two-halves").id, timeout="10s")
+    assert (done.status, done.result, done.attempt) == ("completed", "done", 1)
+
+
 def test_attempt_timeout_on_the_last_attempt_fails_the_run(app: StackShift) -> None:
     @app.job("stuck", timeout="0.2s", max_attempts=1)
     async def stuck(ctx):  # type: ignore[no-untyped-def]
