@@ -1169,6 +1169,37 @@ def test_dev_runs_the_example_shop_and_exits_cleanly_on_ctrl_c(
     assert len(app.runs.list(job="sendReceipt").items) == 1
 
 
+def test_dev_ctrl_c_twice_hands_running_runs_back_at_once(
+    db_url: str, app: StackShift, tmp_path: Path
+) -> None:
+    app_file = tmp_path / "tasks.py"
+    app_file.write_text(textwrap.dedent(WORKER_APP))
+    log_path = tmp_path / "dev.log"
+    with log_path.open("w") as log:
+        dev = subprocess.Popen(
+            [*STACKSHIFT, "dev", f"{app_file}:app", "--db", db_url, "--no-dashboard",
+             "--no-seed"],
+            stdout=log, stderr=subprocess.STDOUT, text=True, env=_env(None), cwd=tmp_path,
+        )
+    try:
+        eventually(lambda: "Stop with Ctrl-C" in log_path.read_text(), what="the dev banner")
+        slow = app.start("slow", {"seconds": 60})
+        eventually(lambda: app.runs.get(slow.id).status == "running", what="slow run to start")
+        dev.send_signal(signal.SIGINT)
+        eventually(lambda: "Ctrl-C again" in log_path.read_text(), what="the stopping notice")
+        assert _stop(dev, signal.SIGINT, timeout=15) == 130
+    finally:
+        if dev.poll() is None:
+            dev.kill()
+            dev.wait()
+    output = log_path.read_text()
+    assert "Traceback" not in output, output
+    assert "they were handed back to their queue" in output, output
+    # Handed back, not left leased until its lease runs out (and then a lost attempt).
+    released = app.runs.get(slow.id)
+    assert (released.status, released.attempt) == ("queued", 1)
+
+
 def test_a_database_file_that_cannot_be_opened_is_named_in_the_error(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-folder" / "app.db"
     done = cli(f"sqlite:///{missing}", "runs", "list")

@@ -197,11 +197,15 @@ def banner(
 
 
 class _Stopper:
-    """First Ctrl-C / SIGTERM asks for a clean stop; a second one forces it."""
+    """First Ctrl-C / SIGTERM asks for a clean stop; a second one forces it: once
+    the services are stopping (``stopping`` set), the worker hands its running
+    runs back at once (``forced``); before, it interrupts what is going on."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self._previous: dict[int, Any] = {}
+        self.stopping: Worker | None = None
+        self.forced = False
 
     def __enter__(self) -> _Stopper:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -209,9 +213,13 @@ class _Stopper:
         return self
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.event.is_set():
+        if not self.event.is_set():
+            self.event.set()
+        elif self.stopping is not None:
+            self.forced = True
+            self.stopping.hurry()
+        else:
             raise KeyboardInterrupt
-        self.event.set()
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
@@ -258,8 +266,10 @@ def dev(app_spec: str, database_url: str, concurrency: int, port: int, no_dashbo
                 hints = run_seed(module, app, err) if seed else []
                 out.print(banner(app_spec, app, version, services, hints))
                 show_board(RunBoard(app), out, stopper.event)
-                out.print("Stopping…", style="dim")
+                out.print("Stopping… (Ctrl-C again to hand running attempts back now)",
+                          style="dim")
             finally:
+                stopper.stopping = services.worker
                 services.stop()
         except KeyboardInterrupt:
             err.print("Stopped without waiting for running attempts; "
@@ -267,4 +277,8 @@ def dev(app_spec: str, database_url: str, concurrency: int, port: int, no_dashbo
             raise click.exceptions.Exit(130) from None
         finally:
             app.close()
+    if stopper.forced:
+        err.print("Stopped without waiting for running attempts; they were handed back "
+                  "to their queue.", style="yellow")
+        raise click.exceptions.Exit(130)
     out.print("Stopped.", style="dim")

@@ -407,8 +407,13 @@ class Worker:
         """SIGTERM or SIGINT: the first stops the worker gracefully; another one
         during the grace period hands the runs still running back at once."""
         if self._stopping.is_set():
-            self._hurry.set()
+            self.hurry()
         self._stopping.set()
+
+    def hurry(self) -> None:
+        """Cut short the grace period of a ``stop()`` under way (or to come): the
+        runs still running are handed back to their queue at once."""
+        self._hurry.set()
 
     def __enter__(self) -> Worker:
         return self.start()
