@@ -220,6 +220,8 @@ class Worker:
         self._stopping = threading.Event()
         #: a second SIGTERM/SIGINT during the grace period: hand the runs back now
         self._hurry = threading.Event()
+        #: run() handles SIGTERM and SIGINT (a second one hurries the stop)
+        self._on_signals = False
         # Set once draining is over: leases are renewed until then (SIGTERM grace).
         self._halted = threading.Event()
         self.due_plan = DuePlan()
@@ -308,9 +310,9 @@ class Worker:
         with self._lock:
             running = len(self._active)
         if running and patience > 0:
-            log.warning("worker %s: stopping; waiting up to %gs for %d running attempt(s)"
-                        " to finish (signal again to hand them back now)", self.id, patience,
-                        running)
+            log.info("worker %s: stopping; waiting up to %gs for %d running attempt(s) to"
+                     " finish%s", self.id, patience, running,
+                     " (signal again to hand them back now)" if self._on_signals else "")
         while time.monotonic() < deadline and not self._hurry.is_set():
             with self._lock:
                 if not self._active:
@@ -389,6 +391,7 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 previous[sig] = signal.signal(sig, self._on_signal)
+            self._on_signals = True
         try:
             self._start()
             if not self._started:
@@ -399,6 +402,7 @@ class Worker:
             finally:
                 self.stop()
         finally:
+            self._on_signals = False
             for sig, handler in previous.items():  # Ctrl-C raises KeyboardInterrupt again
                 if handler is not None:
                     signal.signal(sig, handler)
