@@ -348,22 +348,29 @@ def test_start_and_stop(app: StackShift) -> None:
     assert app.runs.get(later.id).status == "queued"
 
 
+class Overlap:
+    """How many handlers ran at once, at most: each calls ``enter()`` as it
+    begins and ``leave()`` as it ends."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.running = 0
+        self.peak = 0
+
+    def enter(self) -> None:
+        with self._lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+
+    def leave(self) -> None:
+        with self._lock:
+            self.running -= 1
+
+
 @pytest.mark.parametrize("flavour", ["sync", "async"])
 def test_concurrency_limit_is_respected(app: StackShift, flavour: str) -> None:
-    lock = threading.Lock()
-    running = 0
-    peak = 0
-
-    def enter() -> None:
-        nonlocal running, peak
-        with lock:
-            running += 1
-            peak = max(peak, running)
-
-    def leave() -> None:
-        nonlocal running
-        with lock:
-            running -= 1
+    handlers = Overlap()
+    enter, leave = handlers.enter, handlers.leave
 
     if flavour == "sync":
 
@@ -385,7 +392,7 @@ def test_concurrency_limit_is_respected(app: StackShift, flavour: str) -> None:
     with app.worker(concurrency=3):
         for r in runs:
             assert app.runs.wait(r.id, timeout="20s").status == "completed"
-    assert peak == 3
+    assert handlers.peak == 3
 
 
 # -- SIGTERM ---------------------------------------------------------------------------
@@ -667,22 +674,10 @@ def test_a_timed_out_sync_handler_keeps_its_slot_even_when_its_run_is_claimed_ag
 ) -> None:
     # A thread cannot be killed: the timed-out attempt's thread keeps running,
     # and keeps its slot, also while the next attempt of its run runs here.
-    lock = threading.Lock()
-    running = 0
-    peak = 0
+    handlers = Overlap()
+    enter, leave = handlers.enter, handlers.leave
     release = threading.Event()
     second_started = threading.Event()
-
-    def enter() -> None:
-        nonlocal running, peak
-        with lock:
-            running += 1
-            peak = max(peak, running)
-
-    def leave() -> None:
-        nonlocal running
-        with lock:
-            running -= 1
 
     @app.job("stuck", timeout="1.5s", max_attempts=2, backoff={"base": "0.05s"})
     def stuck(ctx):  # type: ignore[no-untyped-def]
@@ -715,7 +710,7 @@ def test_a_timed_out_sync_handler_keeps_its_slot_even_when_its_run_is_claimed_ag
         assert app.runs.wait(extra.id, timeout="10s").status == "completed"
         assert app.runs.wait(run.id, timeout="10s").result == 2
         wait_until(lambda: worker._free_slots() == 2, what="every slot to free")
-    assert peak == 2
+    assert handlers.peak == 2
     assert [a.error and a.error.type for a in app.runs.attempts(run.id)] == [
         "AttemptTimeoutError", None]
 
