@@ -321,7 +321,10 @@ def test_an_integer_too_long_to_read_is_422_and_says_so(
 # -- path parameters ------------------------------------------------------------------------
 
 RUN = "run_00000000000000000000000000"
-IDS = ["%00", "a%00b", "run_%00", "%2F", "a%2Fb", "%20", "k" * 60_000]
+# The long id stays under the HTTP parser's 16 KiB for a request line and
+# headers that arrive in pieces: past it the parser answers a plain-text 400
+# (docs/server.md, Errors) or the API a JSON one, by how the bytes arrive.
+IDS = ["%00", "a%00b", "run_%00", "%2F", "a%2Fb", "%20", "k" * 12_000]
 NOT_UTF8 = ["%FF", "%ED%A0%80", "%C0%80", "caf%E9"]  # 400 bad_path
 
 PATHS = [  # (method, path with {} for the parameter, body, segments refused)
@@ -374,7 +377,7 @@ LIMIT = ["-1", "0", "1001", "1" + "0" * 30, "1e400", "NaN", "Infinity", "true", 
 TIME = ["0000-01-01T00:00:00Z", "99999-01-01T00:00:00Z", "2026-05-06T09:00:00",
         "9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00%2B14:00", "", "%00", "yesterday",
         "1e400"]
-CURSOR = ["garbage", "%00", "run_%00", "k" * 60_000]
+CURSOR = ["garbage", "%00", "run_%00", "k" * 12_000]
 WINDOW = ["0", "-1", "NaN", "Infinity", "1e400", "forever", "", "%00"]
 
 QUERIES = [  # (path, {parameter: values refused})
@@ -435,7 +438,7 @@ def test_a_query_parameter_the_endpoint_does_not_take_is_422(
 
 @pytest.mark.parametrize("header", [
     "Token {key}", "{key}", "Bearer {key} extra", "Bearer{key}", "Bearer: {key}",
-    "Bearer {key}x", "Bearer {short}", "Bearer " + "x" * 60_000, "Bearer \u00e9",
+    "Bearer {key}x", "Bearer {short}", "Bearer " + "x" * 12_000, "Bearer \u00e9",
     "Bearer {key},Bearer {key}",
 ])
 def test_a_malformed_authorization_header_is_401_and_writes_nothing(
