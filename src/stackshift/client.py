@@ -534,6 +534,27 @@ class AsyncStackShift:
         self.database_url = self.sync.database_url
         self.base_url = self.sync.base_url
 
+    @classmethod
+    async def connect(
+        cls,
+        database_url: str | None = None,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        clock: Clock | None = None,
+        settings: Settings | None = None,
+        migrate: bool = True,
+    ) -> AsyncStackShift:
+        """Make the client in a thread: ``app = await AsyncStackShift.connect(...)``.
+
+        With a database URL the constructor opens the store and applies pending
+        migrations before it returns, which would block a running event loop (a
+        FastAPI lifespan, say); this does the same without blocking it. The
+        arguments are those of the constructor, and so are its errors."""
+        return await asyncio.to_thread(
+            cls, database_url, api_key=api_key, base_url=base_url, clock=clock,
+            settings=settings, migrate=migrate)
+
     def job(self, name: str, handler: Any = None, **options: Any) -> Any:
         return self.sync.job(name, handler, **options)
 

@@ -101,13 +101,18 @@ def public_calls(path: str | None) -> Callable[[T], T]:
     """
     def decorate(cls: T) -> T:
         for name, member in list(vars(cls).items()):
-            if not inspect.isfunction(member) or (name.startswith("_") and name != "__init__"):
+            on_class = isinstance(member, classmethod)
+            fn = member.__func__ if on_class else member
+            if not inspect.isfunction(fn) or (name.startswith("_") and name != "__init__"):
                 continue
             if name == "__init__":
                 call = f"{cls.__name__}()"
+            elif on_class:  # reached through the class: AsyncStackShift.connect()
+                call = f"{cls.__name__}.{name}()"
             else:
                 call = f"{path}.{name}()" if path else f"{name}()"
-            setattr(cls, name, _wrap(member, call))
+            wrapped = _wrap(fn, call)
+            setattr(cls, name, classmethod(wrapped) if on_class else wrapped)
         return cls
 
     return decorate

@@ -310,6 +310,43 @@ def test_a_client_made_with_an_unknown_keyword_names_its_class(client: StackShif
             make(**options, setings=None)  # type: ignore[operator]
         assert str(raised.value) == (f"{make.__name__}() got an unexpected keyword argument "
                                      "'setings'; did you mean 'settings'?")
+    with pytest.raises(TypeError) as raised:
+        asyncio.run(AsyncStackShift.connect(**options, setings=None))  # type: ignore[call-arg]
+    assert str(raised.value) == ("AsyncStackShift.connect() got an unexpected keyword "
+                                 "argument 'setings'; did you mean 'settings'?")
+
+
+def test_the_async_client_connects_without_blocking_the_event_loop(
+        client: StackShift, unique: Names) -> None:
+    """``await AsyncStackShift.connect(...)`` makes the client in a thread (opening
+    the store and migrating it): the loop's other tasks run meanwhile."""
+    options = _async_options(client)
+    job = unique("connected")
+
+    async def scenario() -> tuple[int, Run, Run]:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        ticker = asyncio.create_task(tick())
+        await asyncio.sleep(0)
+        before = ticks
+        app = await AsyncStackShift.connect(**options)
+        during = ticks - before
+        ticker.cancel()
+        async with app:
+            run = await app.start(job, {"a": 1})
+            return during, run, await app.runs.get(run.id)
+
+    during, run, got = asyncio.run(scenario())
+    assert during > 0
+    assert (got.id, got.job, got.payload) == (run.id, job, {"a": 1})
+    with pytest.raises(ValidationError, match="needs an api_key"):
+        asyncio.run(AsyncStackShift.connect(base_url="http://127.0.0.1:9"))
 
 
 @pytest.mark.parametrize("name", [".", ".."])
