@@ -118,8 +118,7 @@ class PushRoute:
 
     def _publish(self) -> None:
         try:
-            self.service.sync_code_schedules()
-            self.service.publish_jobs()
+            self.service.publish()
         except (httpx.HTTPError, RemoteError) as exc:
             log.warning("push: could not publish the jobs' schedules and defaults to the"
                         " server yet (%s); the first delivery will", exc)

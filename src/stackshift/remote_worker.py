@@ -269,7 +269,7 @@ class RemoteWorkerService:
         return FlowControl.claim_rules(cast(Any, self))
 
     def prepare_worker(self, stopping: threading.Event) -> bool:
-        """Send the registry's schedules and job defaults: a worker's first requests.
+        """:meth:`publish`: a worker's first requests.
 
         While the server cannot be reached (not started yet, restarting), try
         again, ``START_PAUSE`` doubling up to ``START_MAX_PAUSE`` apart, with one
@@ -280,8 +280,7 @@ class RemoteWorkerService:
         pause = START_PAUSE
         while not stopping.is_set():
             try:
-                self.sync_code_schedules()
-                self.publish_jobs()
+                self.publish()
                 return True
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 log.warning("server %s not reachable (%s: %s); trying again in %gs",
@@ -294,6 +293,14 @@ class RemoteWorkerService:
                 break
             pause = min(pause * 2, START_MAX_PAUSE)
         return False
+
+    def publish(self) -> None:
+        """Send the registry's schedules and job defaults, and take the server's
+        limits: step and job results are sized against the server's, not this
+        process's defaults."""
+        self.sync_code_schedules()
+        self.publish_jobs()
+        self.settings = self.remote.limits()
 
     def sync_code_schedules(self) -> None:
         """Send the ``@job(cron=...)`` schedules of the registry to the server."""

@@ -20,7 +20,7 @@ from stackshift.serialization import MiB
 #: Over the defaults (1 MiB of payload, 256 KiB of state value), under the body limit.
 LIMITS: dict[str, Any] = {
     "max_payload_bytes": 2 * MiB, "max_event_payload_bytes": 2 * MiB,
-    "max_state_value_bytes": 2 * MiB,
+    "max_state_value_bytes": 2 * MiB, "max_step_result_bytes": 2 * MiB,
     # under the defaults
     "max_state_key_length": 64, "max_idempotency_key_length": 64,
     "max_idempotency_ttl": "2d",
@@ -69,6 +69,30 @@ def test_values_over_the_default_limits_are_kept_when_the_server_allows_them(
     name = f"big-{uuid.uuid4().hex[:8]}"
     call(client, name)
     assert read(client, name) == BIG
+
+
+def test_a_worker_keeps_step_results_up_to_the_servers_limit(client: StackShift) -> None:
+    """A remote worker sizes step and job results against the server's limit,
+    as an embedded one does against its settings: over the default, under the
+    server's, a result is kept; over the server's, the step fails in the same words."""
+    name = f"results-{uuid.uuid4().hex[:8]}"
+
+    @client.job(name, max_attempts=1)
+    def results(ctx: Any) -> str:
+        kept = ctx.step.run("big", lambda: BIG)
+        if ctx.payload["over"]:
+            ctx.step.run("too-big", lambda: "x" * (2 * MiB))
+        return str(kept)
+
+    kept, refused = client.start(name, {"over": False}), client.start(name, {"over": True})
+    with client.worker(concurrency=2):
+        done = client.runs.wait(kept.id, timeout="30s")
+        failed = client.runs.wait(refused.id, timeout="30s")
+    assert (done.status, done.result == BIG) == ("completed", True)
+    assert failed.status == "failed"
+    assert failed.error is not None and failed.error.type == "StepResultTooLargeError"
+    assert failed.error.message.startswith(
+        "result of step 'too-big' is 2097154 bytes as JSON, over the limit of 2097152 bytes")
 
 
 @pytest.mark.parametrize(
