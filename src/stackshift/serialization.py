@@ -96,6 +96,30 @@ def utf8_size(text: str, what: str) -> int:
         ) from None
 
 
+class DuplicateKeyError(ValueError):
+    """JSON text that names one key twice in an object."""
+
+    def __init__(self, key: str) -> None:
+        shown = key if len(key) <= 200 else key[:200] + "..."
+        super().__init__(f"duplicate key {shown!r}")
+        self.key = key
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for :func:`json.loads` that refuses an object naming a
+    key twice (``{"a": 1, "a": 2}``), which readers take as either value: the
+    parser would keep the last one, another the first. Raises
+    :class:`DuplicateKeyError` naming the key."""
+    found = dict(pairs)
+    if len(found) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKeyError(key)
+            seen.add(key)
+    return found
+
+
 def loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 

@@ -2,11 +2,12 @@
 
 Whatever a client sends -- NUL characters, lone surrogates, 600 kB strings, JSON
 nested 10,000 levels deep, numbers past 64 bits, NaN and Infinity, wrong types,
-bodies that are not JSON or not UTF-8, odd path segments and query strings,
-absurd times, malformed ``Authorization`` headers -- gets a 4xx with the
-documented shape, ``{"error": {"code", "message"}}``, and leaves the database as
-it was: every row of every table is compared before and after (API key use and
-worker heartbeats, which the server updates itself, by their number of rows).
+bodies that are not JSON or not UTF-8, a key repeated in one object, odd path
+segments and query strings, absurd times, malformed ``Authorization`` headers --
+gets a 4xx with the documented shape, ``{"error": {"code", "message"}}``, and
+leaves the database as it was: every row of every table is compared before and
+after (API key use and worker heartbeats, which the server updates itself, by
+their number of rows).
 
 A few single cases live in ``test_server_security.py`` (malformed JSON, body
 limits, 415s on ``POST /v1/runs``); here every field of every body and every
@@ -516,3 +517,97 @@ def test_nul_in_json_values_round_trips_through_every_client(
     assert client.state.get(key) == value
     sent = client.events.send(event, value)
     assert client.events.get(sent.id).payload == value
+
+
+# -- a key repeated in one object -----------------------------------------------------------
+
+
+def repeating_first_key(body: dict[str, Any]) -> tuple[bytes, str]:
+    """``body`` as JSON with its first key given twice (the copy first, with the same
+    value), and that key."""
+    key, value = next(iter(body.items()))
+    text = json.dumps(body)
+    return ("{" + json.dumps(key) + ": " + json.dumps(value) + ", " + text[1:]).encode(), key
+
+
+def test_a_key_repeated_in_a_body_is_422_on_every_endpoint_and_writes_nothing(
+        server: Server, http: httpx.Client, unique: Callable[[str], str]) -> None:
+    """``{"job": "a", "job": "a"}`` is refused, not read as its last value, even when
+    both values are the same; the message names the key."""
+    bodies = endpoints(World(http, unique))
+    before = snapshot(server.database_url)
+    wrong = []
+    for endpoint in ENDPOINT_NAMES:
+        method, path, body, _ = bodies[endpoint]
+        content, key = repeating_first_key(body)
+        response = http.request(method, path, content=content,
+                                headers={"content-type": "application/json"})
+        expected = {"code": "validation_error",
+                    "message": f"duplicate key {key!r} in the JSON body"}
+        if response.status_code != 422 or response.json() != {"error": expected}:
+            wrong.append(f"{endpoint}: {response.status_code} {response.text[:200]}")
+    assert wrong == []
+    assert snapshot(server.database_url) == before
+
+
+def test_a_key_repeated_deep_inside_a_body_is_422_and_writes_nothing(
+        server: Server, http: httpx.Client, unique: Callable[[str], str]) -> None:
+    """At any depth: in a run's or an event's payload, a state value, a lease."""
+    world = World(http, unique)
+    lease = json.dumps(world.lease)[:-1] + f', "attempt": {world.lease["attempt"]}}}'
+    cases = [
+        ("POST", "/v1/runs",
+         f'{{"job": "{world.job}", "payload": {{"order": {{"id": 1, "total": 5, "id": 2}}}}}}',
+         "id"),
+        ("POST", "/v1/events",
+         '{"name": "dupEvent", "payload": [{"sku": "a"}, {"sku": "b", "sku": "b"}]}', "sku"),
+        ("PUT", "/v1/state/dupValue", '{"value": {"a": {"b": {"": 1, "": 2}}}}', ""),
+        ("POST", "/v1/schedules",
+         f'{{"job": "{world.job}", "cron": "@daily", "payload": {{"to": 1, "to": 2}}}}', "to"),
+        ("POST", "/v1/worker/release", f'{{"lease": {lease}}}', "attempt"),
+    ]
+    before = snapshot(server.database_url)
+    for method, path, content, key in cases:
+        response = http.request(method, path, content=content,
+                                headers={"content-type": "application/json"})
+        error = assert_error(response, 422, "validation_error")
+        assert error["message"] == f"duplicate key {key!r} in the JSON body", path
+    assert snapshot(server.database_url) == before
+    assert http.get("/v1/events", params={"name": "dupEvent"}).json()["items"] == []
+    assert http.get("/v1/runs", params={"job": world.job}).json()["items"] == [
+        http.get(f"/v1/runs/{world.queued}").json()]
+    assert_error(http.get("/v1/state/dupValue"), 404, "state_key_not_found")
+
+
+def test_a_step_result_that_repeats_a_key_is_422_and_the_run_records_nothing(
+        server: Server, http: httpx.Client, unique: Callable[[str], str]) -> None:
+    """A result is JSON text inside the body: held to the same rule."""
+    world = World(http, unique)
+    before = snapshot(server.database_url)
+    for path, body in [
+            ("/v1/worker/steps", {"lease": world.lease, "leaseSeconds": 60,
+                                  "step": {**STEP, "result": '{"n": 1, "n": 2}'}}),
+            ("/v1/worker/finish", {"lease": world.lease, "outcome": {
+                "status": "completed", "result": '[{"n": 1, "m": {"k": 1, "k": 1}}]'}})]:
+        error = assert_error(http.post(path, json=body), 422, "validation_error")
+        field = "step.result" if path.endswith("steps") else "outcome.result"
+        assert error["message"].startswith(f"{field}: ") and "must be JSON text" in \
+            error["message"], error
+    assert snapshot(server.database_url) == before
+    assert http.get(f"/v1/runs/{world.running}").json()["status"] == "running"
+
+
+def test_the_same_key_in_different_objects_is_kept(
+        http: httpx.Client, unique: Callable[[str], str]) -> None:
+    """Only a key repeated within one object is refused; bodies that name a key once
+    per object are read as before."""
+    value = {"id": 1, "child": {"id": 2, "child": {"id": 3}}, "items": [{"id": 4}, {"id": 5}]}
+    job, name, key = unique("dupFree"), unique("dupFree"), unique("dupFree")
+    run = http.post("/v1/runs", json={"job": job, "payload": value})
+    assert run.status_code == 201, run.text
+    assert http.get(f"/v1/runs/{run.json()['id']}").json()["payload"] == value
+    event = http.post("/v1/events", json={"name": name, "payload": value})
+    assert event.status_code == 201, event.text
+    assert http.get(f"/v1/events/{event.json()['id']}").json()["payload"] == value
+    assert http.put(f"/v1/state/{key}", json={"value": value}).status_code == 204
+    assert http.get(f"/v1/state/{key}").json()["value"] == value

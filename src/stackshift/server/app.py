@@ -26,7 +26,7 @@ from ..clock import SystemClock
 from ..durations import parse_duration
 from ..errors import StackShiftError, ValidationError
 from ..jobs import JobRegistry, check_name
-from ..serialization import MAX_DEPTH, MiB
+from ..serialization import MAX_DEPTH, DuplicateKeyError, MiB
 from ..service import Service
 from ..settings import Settings
 from ..store import open_store
@@ -127,6 +127,8 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     message = str(exc.detail)
     if exc.status_code == 400:  # FastAPI could not parse the body; the cause says why
+        if isinstance(exc.__cause__, DuplicateKeyError):  # valid JSON, but ambiguous
+            return _json_error(422, "validation_error", f"{exc.__cause__} in the JSON body")
         if isinstance(exc.__cause__, RecursionError):  # valid JSON, but too deep to read
             return _json_error(422, "invalid_type", f"body: arrays and objects nested more "
                                                     f"than {MAX_DEPTH} levels deep")

@@ -14,10 +14,11 @@ from ..errors import ScheduleNotFoundError
 from ..store.queues import KEEP
 from . import flow_schemas as f
 from . import schemas as s
+from .bodies import JsonBodyRoute
 from .errors import ApiError
 from .routes import ERRORS, NOT_FOUND, JobFilter, Limit, service_of
 
-router = APIRouter(prefix="/v1", responses=ERRORS)
+router = APIRouter(prefix="/v1", responses=ERRORS, route_class=JsonBodyRoute)
 
 T = TypeVar("T")
 Window = Annotated[str, Query(description="Duration of the throughput window, e.g. `15m`.")]

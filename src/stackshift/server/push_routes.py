@@ -13,9 +13,10 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 
 from . import push_schemas as p
+from .bodies import JsonBodyRoute
 from .routes import ERRORS, NOT_FOUND, service_of
 
-router = APIRouter(prefix="/v1", responses=ERRORS)
+router = APIRouter(prefix="/v1", responses=ERRORS, route_class=JsonBodyRoute)
 
 EndpointId = Annotated[str, Path(description="An endpoint id (`ep_...`).")]
 

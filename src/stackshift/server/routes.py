@@ -19,6 +19,7 @@ from ..durations import to_datetime
 from ..engine.transitions import Status
 from ..service import Service
 from . import schemas as s
+from .bodies import JsonBodyRoute
 from .errors import ApiError
 from .schemas import ErrorResponse
 
@@ -44,7 +45,7 @@ CONFLICT: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorResponse, "description": "Conflicts with the current state."},
 }
 
-router = APIRouter(prefix="/v1", responses=ERRORS)
+router = APIRouter(prefix="/v1", responses=ERRORS, route_class=JsonBodyRoute)
 
 RunId = Annotated[str, Path(description="A run id (`run_...`).")]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Page size.")]

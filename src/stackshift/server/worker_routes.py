@@ -31,10 +31,12 @@ from ..store.flow import ClaimRules
 from ..store.schedules import code_schedule_id
 from . import schemas as s
 from . import worker_schemas as w
+from .bodies import JsonBodyRoute
 from .errors import ApiError
 from .routes import CONFLICT, ERRORS, service_of
 
-router = APIRouter(prefix="/v1/worker", responses=ERRORS, tags=["remote workers"])
+router = APIRouter(prefix="/v1/worker", responses=ERRORS, tags=["remote workers"],
+                   route_class=JsonBodyRoute)
 
 T = TypeVar("T")
 

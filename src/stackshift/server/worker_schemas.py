@@ -16,7 +16,7 @@ from pydantic import AfterValidator, Field, StrictInt, StrictStr, model_validato
 from pydantic_core import PydanticCustomError
 
 from ..flowcontrol import check_failure_handler
-from ..serialization import encode, utf8_size
+from ..serialization import encode, unique_keys, utf8_size
 from ..store.base import Lease, LogWrite, Outcome, StepWrite
 from . import schemas as s
 from .schemas import Body, Wire
@@ -56,13 +56,14 @@ Text = StrictStr
 
 def _json_text(text: str) -> str:
     """JSON text of a value the engine would store: no NaN or infinity (``1e400``
-    included), nesting within ``MAX_DEPTH``, no lone surrogate."""
+    included), nesting within ``MAX_DEPTH``, no lone surrogate, no key repeated in
+    an object (as in a request body)."""
     def refuse(name: str) -> None:
         raise ValueError(f"{name} is not JSON")
 
     try:
-        utf8_size(encode(json.loads(text, parse_constant=refuse), what="result", limit=None),
-                  "result")
+        value = json.loads(text, parse_constant=refuse, object_pairs_hook=unique_keys)
+        utf8_size(encode(value, what="result", limit=None), "result")
     except (ValueError, TypeError, RecursionError):
         raise ValueError("must be JSON text (a result as the worker encodes it)") from None
     return text
