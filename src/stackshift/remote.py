@@ -9,6 +9,7 @@ exception classes the embedded service raises. Network failures surface as
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import replace
 from datetime import datetime
@@ -51,6 +52,8 @@ from .service import (
     check_reason,
 )
 from .settings import Settings
+
+log = logging.getLogger("stackshift.remote")
 
 #: Longest single long-poll; the server caps it at the same value.
 WAIT_POLL_SECONDS = 60.0
@@ -202,9 +205,19 @@ class RemoteService(RemoteFlowControl):
 
     def limits(self) -> Settings:
         """The settings with the server's limits on values and keys (asked once, on
-        first use): the server is the judge of sizes, not this client's defaults."""
+        first use): the server is the judge of sizes, not this client's defaults.
+
+        A server from before ``GET /v1/limits`` answers it with 404: it is taken to
+        have the default limits (those of ``Settings()``), remembered the same way.
+        """
         if self._limits is None:
-            found = wire.Limits.model_validate(self._call("GET", "/v1/limits").json())
+            response = self._call("GET", "/v1/limits", ok=(200, 404))
+            if response.status_code == 404:
+                log.debug("%s has no GET /v1/limits (a server from an earlier version): "
+                          "checking values against the default limits", self.base_url)
+                found = wire.Limits.of(Settings())
+            else:
+                found = wire.Limits.model_validate(response.json())
             self._limits = replace(self.settings, **found.model_dump(by_alias=False))
         return self._limits
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sqlite3
 import subprocess
@@ -80,9 +81,11 @@ class Server:
         return httpx.Client(base_url=self.url, headers=headers, timeout=30, **options)
 
 
-def start_server(database_url: str, log: Path, *extra: str, port: int | None = None) -> Server:
+def start_server(database_url: str, log: Path, *extra: str, port: int | None = None,
+                 asgi: str | None = None) -> Server:
     """``python -m stackshift.server`` (the ``stackshift server`` command) on ``port``,
-    else on a free one."""
+    else on a free one; or, given ``asgi`` (``module:app`` in this directory), that
+    app served by uvicorn, with the database in ``STACKSHIFT_DATABASE_URL``."""
     service = admin_service(database_url)
     try:
         _, key = service.create_api_key("tests")
@@ -90,12 +93,16 @@ def start_server(database_url: str, log: Path, *extra: str, port: int | None = N
         service.close()
     if port is None:
         port = free_port()
+    address = ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    env = None
+    if asgi is None:
+        command = ["stackshift.server", "--database-url", database_url, *address]
+    else:
+        command = ["uvicorn", asgi, "--app-dir", str(Path(__file__).parent), *address]
+        env = {**os.environ, "STACKSHIFT_DATABASE_URL": database_url}
     out = log.open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "stackshift.server", "--database-url", database_url,
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *extra],
-        stdout=out, stderr=subprocess.STDOUT,
-    )
+    process = subprocess.Popen([sys.executable, "-m", *command, *extra],
+                               stdout=out, stderr=subprocess.STDOUT, env=env)
     out.close()
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

@@ -1,0 +1,98 @@
+"""A new remote client against a server from an earlier version, which has no
+``GET /v1/limits`` (``older_server_app.py``: the real app without that route).
+
+The client takes such a server to have the default limits and works as before;
+any other failure to read the limits still surfaces.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+from serverproc import Server, assert_error, free_port, start_server, stop_server
+
+from stackshift import AuthenticationError, PayloadTooLargeError, RemoteError, StackShift
+from stackshift.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def server(served_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    running = start_server(served_db, tmp_path_factory.mktemp("log") / "server.log",
+                           asgi="older_server_app:app")
+    try:
+        yield running
+    finally:
+        stop_server(running)
+
+
+def limits_asked(http: httpx.Client) -> int:
+    """How many ``GET /v1/limits`` the server has answered (404s to no route)."""
+    found = re.search(r'stackshift_http_responses_total\{method="GET",route="unmatched",'
+                      r'status="404"\} (\d+)', http.get("/metrics").text)
+    return int(found.group(1)) if found else 0
+
+
+def test_a_remote_client_uses_the_default_limits_of_a_server_without_them(
+        server: Server, http: httpx.Client) -> None:
+    assert_error(http.get("/v1/limits"), 404, "not_found")
+    before = limits_asked(http)
+    name = f"older-{uuid.uuid4().hex[:8]}"
+    with StackShift(api_key=server.api_key, base_url=server.url) as app:
+        run = app.start(name, {"order": 42}, idempotency_key=name)
+        assert app.runs.get(run.id).payload == {"order": 42}
+        app.state.set(name, {"progress": 0.5})
+        assert app.state.get(name) == {"progress": 0.5}
+        sent = app.events.send(name, {"paid": True})
+        assert app.events.get(sent.id).payload == {"paid": True}
+        # the limits of Settings() hold, in the embedded words, checked before sending
+        limit = Settings().max_state_value_bytes
+        with pytest.raises(PayloadTooLargeError) as raised:
+            app.state.set(name, "x" * limit)
+        assert str(raised.value) == (f"state value for {name!r} is {limit + 2} bytes as JSON, "
+                                     f"over the limit of {limit} bytes")
+        assert app.state.get(name) == {"progress": 0.5}
+    # asked once, like a server's answer
+    assert limits_asked(http) == before + 1
+
+
+def test_other_failures_to_read_the_limits_still_surface(server: Server) -> None:
+    with (StackShift(api_key="ssk_unknown", base_url=server.url) as app,
+          pytest.raises(AuthenticationError)):
+        app.start("older", {"a": 1})
+    nobody = f"http://127.0.0.1:{free_port()}"
+    with (StackShift(api_key=server.api_key, base_url=nobody) as app,
+          pytest.raises(httpx.ConnectError)):
+        app.state.set("older", 1)
+
+    class Unavailable(BaseHTTPRequestHandler):
+        """A proxy whose server is down: 502 to everything."""
+
+        def do_GET(self) -> None:
+            self.send_response(502)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{proxy.server_address[1]}"
+        with StackShift(api_key=server.api_key, base_url=url) as app:
+            with pytest.raises(RemoteError) as raised:
+                app.start("older", {"a": 1})
+            assert raised.value.status == 502
+            with pytest.raises(RemoteError):  # not remembered: asked again
+                app.state.set("older", 1)
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join(timeout=10)
