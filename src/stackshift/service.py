@@ -50,6 +50,7 @@ from .models import (
 from .serialization import encode, utf8_size
 from .settings import Settings
 from .signing import new_secret
+from .state import lock_ttl
 from .store import SqlStore
 from .store.base import NewRun, RunFilter
 
@@ -527,11 +528,19 @@ class Service(FlowControl):
         """Take ``key`` for ``owner`` for ``ttl`` unless another live owner holds it."""
         key = self._state_key(key)
         check_key(owner, "lock owner", 200)
-        seconds = parse_duration(ttl, name="ttl")
-        if seconds <= 0:
-            raise ValidationError("lock ttl must be more than 0")
+        seconds = lock_ttl(ttl)
         now = self.clock.now()
         return self.store.lock_acquire(key, owner, now + seconds, now)
+
+    def lock_extend(self, key: str, owner: str, ttl: Any) -> bool:
+        """Make ``owner``'s lock on ``key`` expire ``ttl`` from now; return whether
+        ``owner`` still held it (False when its TTL had run out or another owner holds
+        it: the lock is not taken back)."""
+        key = self._state_key(key)
+        check_key(owner, "lock owner", 200)
+        seconds = lock_ttl(ttl)
+        now = self.clock.now()
+        return self.store.lock_extend(key, owner, now + seconds, now)
 
     def lock_release(self, key: str, owner: str) -> bool:
         """Release ``key`` if ``owner`` holds it; return whether ``owner`` still held it

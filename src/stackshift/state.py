@@ -25,6 +25,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("stackshift.state")
 
 
+def lock_ttl(ttl: Any) -> float:
+    """A lock's TTL in seconds: a duration of more than 0."""
+    seconds = parse_duration(ttl, name="ttl")
+    if seconds <= 0:
+        raise ValidationError("lock ttl must be more than 0")
+    return seconds
+
+
 @public_calls("state")
 class State:
     """Every call goes through the service, embedded or remote alike."""
@@ -65,10 +73,7 @@ class State:
     def _lock_args(self, key: str, ttl: Any, wait: Any) -> tuple[str, float, float]:
         if not isinstance(key, str) or not key:
             raise ValidationError(f"state key must be a non-empty string, got {key!r}")
-        seconds = parse_duration(ttl, name="ttl")
-        if seconds <= 0:
-            raise ValidationError("lock ttl must be more than 0")
-        return key, seconds, 0.0 if wait is None else parse_duration(wait, name="wait")
+        return key, lock_ttl(ttl), 0.0 if wait is None else parse_duration(wait, name="wait")
 
     def _try_lock(self, key: str, owner: str, ttl: float) -> bool:
         return self._service.lock_acquire(key, owner, ttl)

@@ -109,6 +109,13 @@ class StateStore:
             return tx.one("lock_acquire", key=key, owner=owner, expires_at=expires_at,
                           now=now) is not None
 
+    def lock_extend(self, key: str, owner: str, expires_at: float, now: float) -> bool:
+        """Move the expiry of ``owner``'s live lock to ``expires_at``; return whether
+        ``owner`` still held it (False when its TTL had run out: it is not taken back)."""
+        with self.db.write() as tx:
+            return tx.one("lock_extend", key=key, owner=owner, expires_at=expires_at,
+                          now=now) is not None
+
     def lock_release(self, key: str, owner: str, now: float) -> bool:
         """Delete ``owner``'s lock; return whether it still held it (its TTL had not
         run out: no other owner can have taken it meanwhile)."""

@@ -328,6 +328,13 @@ ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.ex
     WHERE locks.expires_at <= :now OR locks.owner = excluded.owner
 RETURNING owner;
 
+-- name: lock_extend
+-- Only a live lock of this owner: an expired one stays expired (another owner
+-- may have taken it meanwhile, or may take it now).
+UPDATE locks SET expires_at = :expires_at
+WHERE key = :key AND owner = :owner AND expires_at > :now
+RETURNING owner;
+
 -- name: lock_release
 -- The owner's lock, gone whether or not it had expired; its expiry tells the
 -- owner whether it still held the lock (another owner may have had it since).
