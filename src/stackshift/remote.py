@@ -525,6 +525,12 @@ class RemoteService(RemoteFlowControl):
                               json={"key": key, "owner": owner, "ttl": _duration(ttl, "ttl")})
         return bool(wire.LockResult.model_validate(response.json()).held)
 
+    def lock_extend(self, key: str, owner: str, ttl: Any) -> bool:
+        self._state_key(key)
+        response = self._call("POST", "/v1/locks/extend",
+                              json={"key": key, "owner": owner, "ttl": _duration(ttl, "ttl")})
+        return bool(wire.LockResult.model_validate(response.json()).held)
+
     def lock_release(self, key: str, owner: str) -> bool:
         self._state_key(key)
         response = self._call("POST", "/v1/locks/release", json={"key": key, "owner": owner})

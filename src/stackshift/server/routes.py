@@ -300,6 +300,12 @@ def get_limits(request: Request) -> s.Limits:
     return s.Limits.of(service_of(request).settings)
 
 
+@router.post("/locks/extend", tags=["state"], summary="Extend one's own lock")
+def extend_lock(body: s.ExtendLock, request: Request) -> s.LockResult:
+    held = service_of(request).lock_extend(body.key, body.owner, body.ttl)
+    return s.LockResult(key=body.key, held=held)
+
+
 @router.post("/locks/release", tags=["state"], summary="Release one's own lock")
 def release_lock(body: s.ReleaseLock, request: Request) -> s.LockResult:
     released = service_of(request).lock_release(body.key, body.owner)

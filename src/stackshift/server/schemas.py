@@ -467,6 +467,12 @@ class AcquireLock(Body):
     ttl: PositiveDuration = Field(description="The lock frees itself after this long.")
 
 
+class ExtendLock(Body):
+    key: StateKey
+    owner: Owner = Field(description="The token the lock was acquired with.")
+    ttl: PositiveDuration = Field(description="The lock frees itself this long from now.")
+
+
 class ReleaseLock(Body):
     key: StateKey
     owner: Owner
@@ -475,6 +481,8 @@ class ReleaseLock(Body):
 class LockResult(Wire):
     key: str
     held: bool = Field(description="Acquire: whether the caller now holds it. "
+                       "Extend: whether the caller still held it and it is extended "
+                       "(false when its TTL had run out: the lock is not taken back). "
                        "Release: whether the caller still held it (false when "
                        "its TTL had run out: another owner may have held it since).")
 
