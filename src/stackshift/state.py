@@ -78,6 +78,9 @@ class State:
     def _try_lock(self, key: str, owner: str, ttl: float) -> bool:
         return self._service.lock_acquire(key, owner, ttl)
 
+    def _extend(self, key: str, owner: str, ttl: float) -> bool:
+        return self._service.lock_extend(key, owner, ttl)
+
     def _release(self, key: str, owner: str) -> bool:
         return self._service.lock_release(key, owner)
 
@@ -86,7 +89,8 @@ class State:
 
         Raises :class:`LockNotAcquiredError` when another owner holds it for
         longer than ``wait`` (``None`` or 0: try once). The TTL frees the lock if
-        its owner dies; on exit only this owner's lock is released. A block that
+        its owner dies; on exit only this owner's lock is released. A long block
+        keeps the lock with ``extend()`` (``await extend_async()``). A block that
         outlasts the TTL is not stopped: on exit the lock's ``lost`` is True and a
         warning is logged (``stackshift.state``). Not reentrant: a second lock on
         the same key, even in the same block, is another owner.
@@ -95,6 +99,7 @@ class State:
         return Lock(self, key, seconds, patience)
 
 
+@public_calls("state.lock(key)")
 class Lock:
     """One attempt to own a lock; usable once, as a sync or async context manager.
 
@@ -113,13 +118,33 @@ class Lock:
         self._guard = threading.Lock()
         self._abandoned = False
         self._taken = False
+        self._held = False  # from a successful enter to the exit
+        self._last_ttl = ttl  # of the last acquire or extend: what ran out, if the lock is lost
+
+    def extend(self, ttl: Any = None) -> bool:
+        """Make the lock expire ``ttl`` from now (by default the lock's own ``ttl``),
+        inside its block. True when this owner still held it; False when its TTL had
+        already run out (another owner may hold it): the lock is not taken back, and
+        ``lost`` is True on exit."""
+        seconds = self.ttl if ttl is None else lock_ttl(ttl)
+        if not self._held:
+            raise RuntimeError(f"lock {self.key!r} is not held: extend() works only inside "
+                               "its with or async with block")
+        extended = self._state._extend(self.key, self.owner, seconds)
+        if extended:
+            self._last_ttl = seconds
+        return extended
+
+    async def extend_async(self, ttl: Any = None) -> bool:
+        """:meth:`extend` for an ``async with`` block: the call runs in a thread."""
+        return await asyncio.to_thread(self.extend, ttl)
 
     def _released(self, held: bool) -> None:
         self.lost = not held
         if not held:
             log.warning("lock %r ran past its ttl of %ss before its block ended: another "
-                        "owner may have held it meanwhile (give the lock a longer ttl)",
-                        self.key, f"{self.ttl:g}")
+                        "owner may have held it meanwhile (give the lock a longer ttl, or "
+                        "extend it sooner)", self.key, f"{self._last_ttl:g}")
 
     def _refused(self) -> LockNotAcquiredError:
         return LockNotAcquiredError(f"lock {self.key!r} is held by another owner")
@@ -132,9 +157,11 @@ class Lock:
                 raise self._refused()
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 2, 0.25)
+        self._held = True
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._held = False
         self._released(self._state._release(self.key, self.owner))
 
     def _attempt(self) -> bool:
@@ -172,9 +199,11 @@ class Lock:
                 raise self._refused()
             await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 2, 0.25)
+        self._held = True
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._held = False
         self._released(await asyncio.to_thread(self._state._release, self.key, self.owner))
 
 
