@@ -480,6 +480,148 @@ def test_a_handler_whose_lock_outlasts_its_ttl_finds_the_warning_in_its_logs(
         "lock 'billing:close-month' ran past its ttl of 10s before its block ended")
 
 
+def _taken_by_another(app: StackShift, key: str) -> bool:
+    """Whether another owner gets ``key`` now (taken and released at once)."""
+    try:
+        with app.state.lock(key, wait=0):
+            return True
+    except LockNotAcquiredError:
+        return False
+
+
+def test_extend_keeps_another_owner_out_past_the_original_ttl(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    state = fake_app.state
+    with state.lock("search-index:rebuild", ttl="10s") as held:
+        for _ in range(3):  # 24s in all, each step within the TTL
+            clock.advance("8s")
+            assert held.extend() is True  # another 10s from now
+            assert _taken_by_another(fake_app, "search-index:rebuild") is False
+        assert held.extend("1m") is True  # a ttl of its own, this once
+        clock.advance("59s")
+        assert _taken_by_another(fake_app, "search-index:rebuild") is False
+        assert held.extend("2s") is True  # sooner than before: now + ttl, not added to it
+        clock.advance("2s")
+        assert _taken_by_another(fake_app, "search-index:rebuild") is True
+        assert held.extend() is False
+    assert held.lost is True
+
+    with state.lock("search-index:rebuild", ttl="10s") as kept:
+        clock.advance("9s")
+        assert kept.extend() is True
+        clock.advance("9s")
+    assert kept.lost is False  # extended in time: the block was exclusive throughout
+    assert _taken_by_another(fake_app, "search-index:rebuild") is True  # released on exit
+
+    async def async_owner() -> list[bool]:
+        seen = []
+        async with fake_app.state.lock("search-index:rebuild", ttl="10s") as held:
+            clock.advance("9s")
+            seen.append(await held.extend_async("30s"))
+            clock.advance("29s")
+            seen.append(_taken_by_another(fake_app, "search-index:rebuild"))
+        seen.append(bool(held.lost))
+        return seen
+
+    assert asyncio.run(async_owner()) == [True, False, False]
+
+
+def test_extend_after_the_ttl_ran_out_does_not_take_the_lock_back(
+    fake_app: StackShift, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = fake_app.state
+    second = state.lock("billing:close-month", ttl="1m")
+    with state.lock("billing:close-month", ttl="10s") as first:
+        clock.advance("11s")
+        second.__enter__()  # the next owner took the expired lock
+        assert first.extend() is False
+        assert first.extend("1h") is False
+        assert _taken_by_another(fake_app, "billing:close-month") is False  # still second's
+        clock.advance("59s")
+        assert _taken_by_another(fake_app, "billing:close-month") is False  # for its own 1m
+        clock.advance("1s")
+    assert first.lost is True
+    assert ("lock 'billing:close-month' ran past its ttl of 10s before its block ended"
+            in caplog.text)
+    second.__exit__(None, None, None)
+    assert second.lost is True  # it did not extend: its 1m ran out too
+
+    # Expired and taken by nobody: extend() does not take it back either.
+    with state.lock("billing:close-month", ttl="10s") as late:
+        clock.advance("10s")
+        assert late.extend() is False
+        assert _taken_by_another(fake_app, "billing:close-month") is True
+    assert late.lost is True
+
+
+@pytest.mark.parametrize("ttl", [0, -5, "0s", "soon", float("nan"), float("inf"), 10**12])
+def test_extend_with_a_bad_ttl_is_refused_and_changes_nothing(
+    fake_app: StackShift, clock: FakeClock, ttl: Any
+) -> None:
+    with fake_app.state.lock("exports:acme", ttl="10s") as held:
+        clock.advance("5s")
+        with pytest.raises(ValidationError, match="ttl"):
+            held.extend(ttl)
+        clock.advance("4s")
+        assert _taken_by_another(fake_app, "exports:acme") is False  # not cut short
+        clock.advance("1s")
+        assert _taken_by_another(fake_app, "exports:acme") is True  # nor moved on
+    assert held.lost is True
+
+
+def test_extend_outside_its_block_is_an_error(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    lock = fake_app.state.lock("reports:nightly", ttl="10s")
+    with pytest.raises(RuntimeError, match="lock 'reports:nightly' is not held: extend"):
+        lock.extend()
+    with lock:
+        pass
+    with pytest.raises(RuntimeError, match="is not held"):
+        lock.extend()
+    with pytest.raises(RuntimeError, match="is not held"):
+        asyncio.run(lock.extend_async())
+    refused = fake_app.state.lock("reports:nightly")
+    with lock, pytest.raises(LockNotAcquiredError), refused:
+        pass
+    with pytest.raises(RuntimeError, match="is not held"):
+        refused.extend()  # its enter was refused: it holds nothing
+    with pytest.raises(TypeError, match=r"state.lock\(key\).extend\(\) got an unexpected "
+                       r"keyword argument 'ttl_seconds'; did you mean 'ttl'\?"):
+        lock.extend(ttl_seconds=5)  # type: ignore[call-arg]
+
+
+def test_a_handler_extends_its_lock_with_ctx_state(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    @fake_app.job("rebuildIndex")
+    def rebuild_index(ctx: Any) -> list[bool]:
+        seen = []
+        with ctx.state.lock("index:acme", ttl="1m") as held:
+            for _ in range(3):
+                clock.advance("50s")  # one batch
+                seen.append(held.extend())
+            seen.append(_taken_by_another(fake_app, "index:acme"))
+        return [*seen, held.lost]
+
+    @fake_app.job("rebuildIndexAsync")
+    async def rebuild_index_async(ctx: Any) -> list[bool]:
+        seen = []
+        async with ctx.state.lock("index:acme", ttl="1m") as held:
+            for _ in range(3):
+                clock.advance("50s")
+                seen.append(await held.extend_async())
+            seen.append(_taken_by_another(fake_app, "index:acme"))
+        return [*seen, held.lost]
+
+    for job in ("rebuildIndex", "rebuildIndexAsync"):
+        run = fake_app.start(job)
+        run_until_idle(fake_app)
+        done = fake_app.runs.get(run.id)
+        assert (done.status, done.result) == ("completed", [True, True, True, False, False])
+
+
 def test_locks_are_not_reentrant_and_apart_from_state_keys(fake_app: StackShift) -> None:
     """A second lock on a key, in the same block, is another owner: refused at
     once (wait=None and wait=0 try once), never a deadlock. A lock's key names no
