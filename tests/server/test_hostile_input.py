@@ -154,6 +154,8 @@ def endpoints(w: World) -> dict[str, tuple[str, str, dict[str, Any], dict[str, s
                       {"key": "key", "by": "int"}),
         "acquire": ("POST", "/v1/locks/acquire", {"key": "hostile", "owner": "o", "ttl": 60},
                     {"key": "key", "owner": "key", "ttl": "duration"}),
+        "extend": ("POST", "/v1/locks/extend", {"key": "hostile", "owner": "o", "ttl": 60},
+                   {"key": "key", "owner": "key", "ttl": "duration"}),
         "configure queue": ("PATCH", "/v1/queues/hostile", {
             "concurrency": 2, "rateLimit": "10/s", "maxAttempts": 3}, {
             "concurrency": "int", "rateLimit": "name", "maxAttempts": "int"}),
@@ -222,7 +224,7 @@ def endpoints(w: World) -> dict[str, tuple[str, str, dict[str, Any], dict[str, s
 
 ENDPOINT_NAMES = [
     "start", "start later", "enqueue", "cancel", "event", "set state", "set state until",
-    "increment", "acquire", "configure queue", "retry many", "schedule", "endpoint",
+    "increment", "acquire", "extend", "configure queue", "retry many", "schedule", "endpoint",
     "register", "peers", "held", "unregister", "claim", "save step", "sleep", "wait", "finish",
     "release", "renew", "publish jobs", "sync schedules", "accept delivery"]
 

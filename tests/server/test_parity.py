@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from stackshift import NonRetriableError, Page, StackShift
+from stackshift import LockNotAcquiredError, NonRetriableError, Page, StackShift
 from stackshift.testing import run_until_idle
 
 Names = Callable[[str], str]
@@ -239,6 +239,38 @@ def scenario(app: StackShift, engine: StackShift, tag: str) -> list[tuple[str, A
 
     t.call("lock overrun", lock_overrun)
 
+    def taken_by_another(key: str) -> bool:
+        try:
+            with app.state.lock(key, wait=0):
+                return True
+        except LockNotAcquiredError:
+            return False
+
+    def lock_extended() -> Any:
+        with app.state.lock(f"lock-{tag}:long", ttl=0.5) as held:
+            extended = held.extend("1m")
+            time.sleep(0.6)  # past the first TTL
+            taken = taken_by_another(f"lock-{tag}:long")
+        return extended, taken, held.lost
+
+    def lock_extended_late() -> Any:
+        with app.state.lock(f"lock-{tag}:late", ttl=0.05) as held:
+            time.sleep(0.1)
+            extended = held.extend()
+            taken = taken_by_another(f"lock-{tag}:late")
+        return extended, taken, held.lost
+
+    def lock_extended_by(ttl: Any) -> Any:
+        with app.state.lock(f"lock-{tag}:bad", ttl="1m") as held:
+            return held.extend(ttl)
+
+    t.call("lock extended", lock_extended)
+    t.call("lock extended late", lock_extended_late)
+    t.call("lock extended by 0", lambda: lock_extended_by(0))
+    t.call("lock extended by 'soon'", lambda: lock_extended_by("soon"))
+    t.call("lock extended outside its block",
+           lambda: app.state.lock(f"lock-{tag}:bad").extend())
+
     # -- schedules ------------------------------------------------------------------------
     schedule = t.call("schedule", lambda: app.schedules.create(
         job, cron="0 9 * * 1", payload={"order": "weekly", "amount": 1},
@@ -302,6 +334,14 @@ def test_the_same_program_ends_the_same_embedded_and_remote(
     }
     for label, message in filters_refused.items():
         assert outcomes[label] == ("raised", "ValidationError", message, None), label
+    assert outcomes["lock extended"] == [True, False, False]
+    assert outcomes["lock extended late"] == [False, True, True]
+    assert outcomes["lock extended by 0"] == (
+        "raised", "ValidationError", "lock ttl must be more than 0", None)
+    assert outcomes["lock extended outside its block"] == (
+        "raised", "RuntimeError",
+        "lock 'lock-<tag>:bad' is not held: extend() works only inside its with or async with "
+        "block", None)
     assert outcomes["not retried"] == "failed"
     assert outcomes["retried"][1]["status"] == "queued"  # by the retry without a filter
     assert datetime.now(UTC).year < 2099  # the scheduled run is still in the future

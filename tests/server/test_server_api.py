@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from serverproc import running_server
+from serverproc import assert_error, running_server
 
 from stackshift import RetryAfterError, StackShift
 from stackshift.engine.transitions import Status
@@ -222,6 +222,34 @@ def _metric(text: str, name: str, **labels: str) -> float:
     found = re.search("^" + pattern + "$", text, re.MULTILINE)
     assert found, f"no {name} {labels} in:\n{text}"
     return float(found.group(1))
+
+
+def test_locks_are_extended_over_http_by_their_owner_only(http: httpx.Client) -> None:
+    key = tag("lock")
+    lock = {"key": key, "owner": "a", "ttl": 0.5}
+    assert http.post("/v1/locks/acquire", json=lock).json()["held"] is True
+    assert http.post("/v1/locks/extend", json={**lock, "ttl": "30s"}).json() == {
+        "key": key, "held": True}
+    time.sleep(0.6)  # past the first TTL: still held
+    assert http.post("/v1/locks/acquire", json={**lock, "owner": "b"}).json()["held"] is False
+    # Another owner's extend neither extends nor takes the lock.
+    assert http.post("/v1/locks/extend", json={**lock, "owner": "b"}).json()["held"] is False
+    assert http.post("/v1/locks/acquire", json={**lock, "owner": "b"}).json()["held"] is False
+    for body in ({**lock, "ttl": 0}, {**lock, "ttl": -1}, {**lock, "ttl": "0s"},
+                 {**lock, "ttl": "soon"}, {**lock, "ttl": None}, {"key": key, "owner": "a"},
+                 {"key": key, "ttl": "1s"}, {**lock, "owner": ""}, {**lock, "key": ""},
+                 {**lock, "ttl": "1s", "wait": 1}):
+        assert_error(http.post("/v1/locks/extend", json=body), 422, "validation_error")
+    # The refused bodies changed nothing: still a's, for its 30s.
+    assert http.post("/v1/locks/acquire", json={**lock, "owner": "b"}).json()["held"] is False
+    assert http.post("/v1/locks/release", json={"key": key, "owner": "a"}).json()["held"] is True
+    assert http.post("/v1/locks/extend", json=lock).json()["held"] is False  # released
+
+    late = {"key": tag("lock"), "owner": "a", "ttl": 0.2}
+    assert http.post("/v1/locks/acquire", json=late).json()["held"] is True
+    time.sleep(0.3)  # its TTL ran out: extend does not take it back
+    assert http.post("/v1/locks/extend", json={**late, "ttl": "30s"}).json()["held"] is False
+    assert http.post("/v1/locks/acquire", json={**late, "owner": "b"}).json()["held"] is True
 
 
 def test_metrics(http: httpx.Client, server: Any) -> None:

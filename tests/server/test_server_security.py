@@ -110,7 +110,7 @@ def test_the_database_holds_no_plain_text_key(server: Any) -> None:
 @pytest.mark.parametrize(("method", "path"), [
     ("POST", "/v1/runs"), ("POST", "/v1/queues/emails/runs"), ("POST", "/v1/events"),
     ("PUT", "/v1/state/k"), ("POST", "/v1/state/increment"), ("POST", "/v1/locks/acquire"),
-    ("POST", "/v1/runs/run_x/cancel"),
+    ("POST", "/v1/locks/extend"), ("POST", "/v1/runs/run_x/cancel"),
 ])
 @pytest.mark.parametrize("body", [b"{not json", b'{"job": "x",}', b"\xff\xfe", b"[1, 2"])
 def test_malformed_json_is_400(http: httpx.Client, method: str, path: str, body: bytes) -> None:
@@ -147,6 +147,8 @@ def test_a_body_that_is_not_utf8_is_400_and_says_so(http: httpx.Client) -> None:
     ("PUT", "/v1/state/k", {"value": 1, "ttl": "forever"}),
     ("PUT", "/v1/state/k", {}),
     ("POST", "/v1/locks/acquire", {"key": "l", "owner": "me", "ttl": -1}),
+    ("POST", "/v1/locks/extend", {"key": "l", "owner": "me", "ttl": 0}),
+    ("POST", "/v1/locks/extend", {"key": "l", "owner": "me"}),
     ("POST", "/v1/runs/run_x/cancel", {"reason": 5}),
     ("POST", "/v1/endpoints", {"url": "ftp://app.example.com/", "jobs": ["x"]}),
     ("POST", "/v1/endpoints", {"url": "/stackshift", "jobs": ["x"]}),
@@ -178,6 +180,10 @@ NAME_HINT = "is invalid: use 1-200 letters, digits, '.', '_', ':' or '-'"
     ("PUT", "/v1/state/k", {"value": 1, "ttl": "forever"}, f"ttl: 'forever' {DURATION_HINT}"),
     ("POST", "/v1/locks/acquire", {"key": "l", "owner": "me", "ttl": "1 minute"},
      f"ttl: '1 minute' {DURATION_HINT}"),
+    ("POST", "/v1/locks/extend", {"key": "l", "owner": "me", "ttl": "1 minute"},
+     f"ttl: '1 minute' {DURATION_HINT}"),
+    ("POST", "/v1/locks/extend", {"key": "l", "owner": "me", "ttl": "0s"},
+     "ttl: '0s' must be more than 0"),
 ])
 def test_bad_names_and_durations_are_explained_as_the_sdk_explains_them(
         http: httpx.Client, method: str, path: str, body: Any, message: str) -> None:
