@@ -490,7 +490,7 @@ def _taken_by_another(app: StackShift, key: str) -> bool:
 
 
 def test_extend_keeps_another_owner_out_past_the_original_ttl(
-    fake_app: StackShift, clock: FakeClock
+    fake_app: StackShift, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     state = fake_app.state
     with state.lock("search-index:rebuild", ttl="10s") as held:
@@ -506,6 +506,9 @@ def test_extend_keeps_another_owner_out_past_the_original_ttl(
         assert _taken_by_another(fake_app, "search-index:rebuild") is True
         assert held.extend() is False
     assert held.lost is True
+    # The warning names the TTL that ran out: the last one given.
+    assert ("lock 'search-index:rebuild' ran past its ttl of 2s before its block ended"
+            in caplog.text)
 
     with state.lock("search-index:rebuild", ttl="10s") as kept:
         clock.advance("9s")
