@@ -442,7 +442,7 @@ class Service(FlowControl):
             s.event_retention,
             s.event_dedupe_window,
         )
-        if sent.resumed_run_ids:
+        if sent.resumed_run_ids and not sent.duplicate:
             self.notifier.notify()
         return sent
 

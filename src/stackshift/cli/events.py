@@ -46,11 +46,13 @@ def send(
         echo_json(sent)
         return
     out = console()
+    resumed = sent.resumed_run_ids
     if sent.duplicate:
         out.print(f"Event {sent.id} was already sent with this idempotency key; "
                   "nothing was resumed again.")
+        if resumed:
+            out.print(f"Its first send resumed {len(resumed)} run(s): {', '.join(resumed)}")
         return
-    resumed = sent.resumed_run_ids
     if resumed:
         out.print(f"Sent event {sent.id}; resumed {len(resumed)} run(s): {', '.join(resumed)}")
     else:

@@ -202,7 +202,8 @@ def run_steps(run_id: RunId, request: Request) -> s.StepList:
     "/events",
     status_code=201,
     responses={200: {"model": s.SentEvent, "description": "An idempotency key matched an "
-                     "earlier event (`duplicate` is true); nothing was resumed."},
+                     "earlier event (`duplicate` is true); nothing was resumed again, and "
+                     "`resumedRunIds` lists the runs the first send resumed."},
                409: {"model": ErrorResponse, "description": "The idempotency key belongs to "
                      "an event with another name, correlation key or payload "
                      "(`existingEventId`); nothing was written."}},

@@ -390,7 +390,9 @@ class SendEvent(Body):
 class SentEvent(Wire):
     id: str
     duplicate: bool = Field(description="True when the idempotency key matched an earlier event.")
-    resumed_run_ids: list[str]
+    resumed_run_ids: list[str] = Field(
+        description="The runs this send resumed, in id order; on a duplicate, the runs the "
+                    "first send resumed (empty once that event is past its retention).")
 
     @classmethod
     def of(cls, s: m.SentEvent) -> SentEvent:

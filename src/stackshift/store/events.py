@@ -120,7 +120,12 @@ class EventStore(ExecutionStore):
         retention: float,
         dedupe_window: float,
     ) -> SentEvent:
-        """Store the event and resume every run waiting for its name and key."""
+        """Store the event and resume every run waiting for its name and key.
+
+        A repeat of a live idempotency key resumes nothing and answers with the
+        first event's id and the runs its send resumed (none once that event is
+        past its retention). Either way the run ids come in id order.
+        """
         with self.db.write() as tx:
             if idempotency_key is not None:
                 # Name, key and payload, compared as a start's job and payload are.
@@ -144,7 +149,10 @@ class EventStore(ExecutionStore):
                             " or payload",
                             existing_event_id=first["target_id"],
                         )
-                    return SentEvent(first["target_id"], True, [])
+                    resumed_first = tx.all("runs_resumed_by_event",
+                                           event_id=first["target_id"], now=now)
+                    return SentEvent(first["target_id"], True,
+                                     [row["run_id"] for row in resumed_first])
             if tx.dialect == "postgres":
                 return self._deliver_postgres(tx, event_id, name, payload, correlation_key,
                                               idempotency_key, now, retention)
@@ -164,7 +172,7 @@ class EventStore(ExecutionStore):
                 move_run(tx, run, Status.QUEUED, now, available_at=now, resuming=True,
                          event_id=event_id)
                 resumed.append(run["id"])
-            return SentEvent(event_id, False, resumed)
+            return SentEvent(event_id, False, sorted(resumed))
 
     def _deliver_postgres(self, tx: Tx, event_id: str, name: str, payload: str,
                           correlation_key: str, idempotency_key: str | None, now: float,

@@ -146,15 +146,16 @@ FROM (SELECT pg_advisory_xact_lock(:lock)) AS locked;
 -- advisory lock, so that it reads the waits committed before the lock was
 -- granted. The UPDATE locks each run and checks again that it is still
 -- waiting: a run that a timer, a cancel or another event moved meanwhile drops
--- out. Returns the runs resumed, oldest wait first. The waits are found first
--- (MATERIALIZED) and their runs by primary key: the status is compared as
+-- out. Returns the runs resumed in run id order, the order in which
+-- runs_resumed_by_event answers a repeat of the send. The waits are found
+-- first (MATERIALIZED) and their runs by primary key: the status is compared as
 -- status || '' so that the planner cannot scan runs_timers instead (statistics
 -- taken before the runs began to wait make that index look nearly empty, and a
 -- scan of it reads every waiting run). Keep matched's WHERE clause in step
 -- with matching_waits in queries.sql, the rest with _take and move_run in
 -- store/events.py and store/runs.py.
 WITH matched AS MATERIALIZED (
-    SELECT run_id, step_key, created_at FROM waits
+    SELECT run_id, step_key FROM waits
     WHERE event_name = :name AND correlation_key = :correlation_key AND timeout_at > :now
 ), moved AS (
     UPDATE runs
@@ -162,7 +163,7 @@ WITH matched AS MATERIALIZED (
         waiting_for = NULL, updated_at = :now
     FROM matched
     WHERE runs.id = matched.run_id AND (runs.status || '') = 'waiting'
-    RETURNING runs.id, runs.attempt, matched.step_key, matched.created_at
+    RETURNING runs.id, runs.attempt, matched.step_key
 ), consumed AS (
     INSERT INTO event_consumptions (run_id, event_id, step_key, at)
     SELECT id, :event_id, step_key, :now FROM moved
@@ -183,7 +184,7 @@ WITH matched AS MATERIALIZED (
     SELECT id, :now, 'run.queued', NULLIF(attempt, 0), NULL, CAST(:queued_data AS text)
     FROM moved
 )
-SELECT id FROM moved ORDER BY created_at, id;
+SELECT id FROM moved ORDER BY id;
 
 -- name: lock_run
 -- A run about to be moved by an operator action (cancel, retry), locked so that

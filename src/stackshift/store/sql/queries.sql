@@ -306,6 +306,17 @@ WHERE run_id = :run_id AND key = :key AND status = 'waiting';
 -- name: consumers_of_event
 SELECT run_id, step_key, at FROM event_consumptions WHERE event_id = :event_id ORDER BY at;
 
+-- name: runs_resumed_by_event
+-- The runs that the send of event :event_id resumed, in run id order, as
+-- send_event returns them: the send stamps its takes with the event's own
+-- received_at (the same :now), a wait that takes the event later as an early
+-- event stamps its take with its own, later, time (only a clock that stands
+-- still, such as a test's fake clock, could stamp both alike). Nothing once the
+-- event is past its retention, whether or not clean-up has deleted it yet.
+SELECT c.run_id FROM event_consumptions c JOIN events e ON e.id = c.event_id
+WHERE c.event_id = :event_id AND c.at = e.received_at AND e.expires_at > :now
+ORDER BY c.run_id;
+
 -- name: state_get
 SELECT value, expires_at FROM state
 WHERE key = :key AND (expires_at IS NULL OR expires_at > :now);
