@@ -461,7 +461,7 @@ def test_a_duplicate_send_returns_the_first_event_and_resumes_nothing_again(
                                  idempotency_key="settled:pay:1")
     assert again.id == first.id
     assert again.duplicate is True
-    assert again.resumed_run_ids == []
+    assert again.resumed_run_ids == [run.id]  # what the first send did, not done again
     assert run_until_idle(fake_app) == 0
     assert _status(fake_app, run.id) == "waiting"
     assert [e.id for e in fake_app.events.list(name="payment.settled")] == [first.id]
@@ -476,6 +476,93 @@ def test_a_duplicate_send_returns_the_first_event_and_resumes_nothing_again(
     done = fake_app.runs.get(run.id)
     assert [e["id"] for e in done.result["events"]] == [first.id, later.id]
     assert calls[run.id] == 3
+
+
+def test_a_repeat_reports_the_runs_the_first_send_resumed_and_not_later_takers(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    """A client that lost the answer to its send and sends again learns which runs
+    its event resumed; a run that took the event afterwards, as an early event,
+    was not resumed by the send and is not listed."""
+    calls: Counter[str] = Counter()
+    _waiter(fake_app, calls)
+    wait = {"event": "invoice.paid", "key": "inv:1"}
+    # The run with the lower id starts to wait last: the answer is in run id
+    # order, the first send's as the repeat's, not in the order the waits began.
+    lower = fake_app.start("waiter", wait, delay="1m")
+    higher = fake_app.start("waiter", wait)
+    assert lower.id < higher.id
+    run_until_idle(fake_app)
+    clock.advance("1m")
+    run_until_idle(fake_app)
+    assert _status(fake_app, lower.id) == _status(fake_app, higher.id) == "waiting"
+    clock.advance("1s")
+
+    first = fake_app.events.send("invoice.paid", {"n": 1}, correlation_key="inv:1",
+                                 idempotency_key="paid:inv:1")
+    assert (first.duplicate, first.resumed_run_ids) == (False, [lower.id, higher.id])
+    run_until_idle(fake_app)
+    early = fake_app.start("waiter", wait)  # created as the event came: it may take it
+    clock.advance("1s")
+    run_until_idle(fake_app)  # its wait starts later and takes the event as an early one
+    assert fake_app.runs.get(early.id).result == {
+        "events": [{"id": first.id, "payload": {"n": 1}, "key": "inv:1"}]}
+
+    clock.advance("1h")
+    again = fake_app.events.send("invoice.paid", {"n": 1}, correlation_key="inv:1",
+                                 idempotency_key="paid:inv:1")
+    assert (again.id, again.duplicate, again.resumed_run_ids) == (
+        first.id, True, [lower.id, higher.id])
+    assert run_until_idle(fake_app) == 0
+    assert sum(calls.values()) == 5  # two invocations each for the resumed runs, one for early
+
+    # A send that resumed nothing is repeated as having resumed nothing, even after
+    # a run took its event as an early event.
+    alone = fake_app.events.send("invoice.paid", {"n": 2}, correlation_key="inv:2",
+                                 idempotency_key="paid:inv:2")
+    assert alone.resumed_run_ids == []
+    taker = fake_app.start("waiter", {"event": "invoice.paid", "key": "inv:2"})
+    clock.advance("1s")
+    run_until_idle(fake_app)
+    assert fake_app.runs.get(taker.id).result["events"][0]["id"] == alone.id
+    repeat = fake_app.events.send("invoice.paid", {"n": 2}, correlation_key="inv:2",
+                                  idempotency_key="paid:inv:2")
+    assert (repeat.id, repeat.duplicate, repeat.resumed_run_ids) == (alone.id, True, [])
+
+
+def test_a_repeat_after_the_first_event_is_past_its_retention_reports_no_runs(
+    db_url: str, clock: FakeClock
+) -> None:
+    """The key outlives an event kept less than its 24 hours: a repeat gets the id
+    of an event no longer there and no runs, before clean-up deletes it and after."""
+    with StackShift(db_url, clock=clock, settings=Settings(event_retention="1h")) as app:
+        calls: Counter[str] = Counter()
+        _waiter(app, calls)
+        run = app.start("waiter", {"event": "report.ready", "key": "report:3"})
+        run_until_idle(app)
+        clock.advance("1s")
+        first = app.events.send("report.ready", {}, correlation_key="report:3",
+                                idempotency_key="ready:3")
+        assert first.resumed_run_ids == [run.id]
+        run_until_idle(app)
+        assert app.runs.get(run.id).status == "completed"
+        again = app.events.send("report.ready", {}, correlation_key="report:3",
+                                idempotency_key="ready:3")
+        assert again.resumed_run_ids == [run.id]  # still kept
+
+        clock.advance("1h")
+        expired = app.events.send("report.ready", {}, correlation_key="report:3",
+                                  idempotency_key="ready:3")
+        assert (expired.id, expired.duplicate, expired.resumed_run_ids) == (first.id, True, [])
+        worker = app.worker()
+        for _ in range(5):
+            worker.maintain()
+        with app._service.store.db.read() as tx:
+            assert tx.raw("SELECT id FROM events", {}) == []
+        deleted = app.events.send("report.ready", {}, correlation_key="report:3",
+                                  idempotency_key="ready:3")
+        assert (deleted.id, deleted.duplicate, deleted.resumed_run_ids) == (first.id, True, [])
+        assert app.events.list().items == []  # and no repeat stored an event
 
 
 @pytest.mark.parametrize("change", [
@@ -765,7 +852,8 @@ def test_concurrent_duplicate_sends_make_one_event_and_one_resume(
     assert len({r.id for r in results}) == 1
     assert sorted(r.duplicate for r in results) == [False] + [True] * 7
     assert [r.resumed_run_ids for r in results if not r.duplicate] == [[run.id]]
-    assert all(r.resumed_run_ids == [] for r in results if r.duplicate)
+    # Each repeat waited for the first send to commit and reports its resume.
+    assert all(r.resumed_run_ids == [run.id] for r in results if r.duplicate)
     assert len(fake_app.events.list(name="refund.issued")) == 1
     run_until_idle(fake_app)
     assert _status(fake_app, run.id) == "waiting"  # the second wait got nothing
