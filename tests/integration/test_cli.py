@@ -688,6 +688,11 @@ def test_events_send_resumes_the_waiting_run(db_url: str, app: StackShift) -> No
     repeat = cli(db_url, "events", "send", "request.approved", '{"by": "ada"}',
                  "--correlation-key", "request:7", "--idempotency-key", "approve:7")
     assert repeat.returncode == 0 and "already sent" in repeat.stdout
+    assert f"Its first send resumed 1 run(s): {run_id}" in repeat.stdout
+    again = cli_json(db_url, "events", "send", "request.approved", '{"by": "ada"}',
+                     "--correlation-key", "request:7", "--idempotency-key", "approve:7")
+    assert (again["id"], again["duplicate"], again["resumed_run_ids"]) == (
+        sent["id"], True, [run_id])
     # The key names that event: another payload under it is a conflict, as in the SDK.
     reused = cli(db_url, "events", "send", "request.approved", '{"by": "eve"}',
                  "--correlation-key", "request:7", "--idempotency-key", "approve:7")

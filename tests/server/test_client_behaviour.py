@@ -771,9 +771,55 @@ def test_an_event_resumes_a_waiting_run(
     assert (sent.duplicate, sent.resumed_run_ids) == (False, [run.id])
     dup = client.events.send(event, {"userId": "42"}, correlation_key="user:42",
                              idempotency_key=unique("ev"))
-    assert (dup.id, dup.duplicate, dup.resumed_run_ids) == (sent.id, True, [])
+    assert (dup.id, dup.duplicate, dup.resumed_run_ids) == (sent.id, True, [run.id])
     run_all()
     assert client.runs.wait(run.id, timeout="5s").result == {"verified": "42"}
+
+
+def test_a_repeated_send_answers_with_the_runs_the_first_send_resumed(
+    client: StackShift, run_all: Callable[[], int], unique: Names, http: Any
+) -> None:
+    """A sender whose first answer was lost sends again and learns what its event
+    resumed, through either client and over plain HTTP; a run that took the event
+    later, as an early event, is not counted."""
+    job, event = unique("approval"), unique("request.approved")
+
+    @client.job(job)
+    def approval(ctx: Any) -> Any:
+        got = ctx.step.wait_for_event(event, correlation_key=ctx.payload["key"], timeout="1h")
+        return {"event": got.id}
+
+    waiting = [client.start(job, {"key": "req:1"}) for _ in range(2)]
+    run_all()
+    assert [client.runs.get(r.id).status for r in waiting] == ["waiting", "waiting"]
+    late = client.start(job, {"key": "req:1"})  # not executed yet: it waits after the send
+    body = {"name": event, "payload": {"by": "ada"}, "correlationKey": "req:1",
+            "idempotencyKey": unique("approved:1")}
+    first = client.events.send(event, {"by": "ada"}, correlation_key="req:1",
+                               idempotency_key=body["idempotencyKey"])
+    resumed = sorted(r.id for r in waiting)
+    assert (first.duplicate, first.resumed_run_ids) == (False, resumed)
+    run_all()
+    assert client.runs.wait(late.id, timeout="5s").result == {"event": first.id}
+
+    again = client.events.send(event, {"by": "ada"}, correlation_key="req:1",
+                               idempotency_key=body["idempotencyKey"])
+    assert (again.id, again.duplicate, again.resumed_run_ids) == (first.id, True, resumed)
+    over_http = http.post("/v1/events", json=body)
+    assert over_http.status_code == 200
+    assert over_http.json() == {"id": first.id, "duplicate": True, "resumedRunIds": resumed}
+    assert run_all() == 0
+
+    # A send that resumed nothing is repeated as such, though a run took its event since.
+    alone = {**body, "correlationKey": "req:2", "idempotencyKey": unique("approved:2")}
+    taker = client.start(job, {"key": "req:2"})
+    sent = http.post("/v1/events", json=alone)
+    assert (sent.status_code, sent.json()["resumedRunIds"]) == (201, [])
+    run_all()
+    assert client.runs.wait(taker.id, timeout="5s").result == {"event": sent.json()["id"]}
+    repeat = client.events.send(event, {"by": "ada"}, correlation_key="req:2",
+                                idempotency_key=alone["idempotencyKey"])
+    assert (repeat.id, repeat.duplicate, repeat.resumed_run_ids) == (sent.json()["id"], True, [])
 
 
 def test_events_read_back(client: StackShift, unique: Names) -> None:
