@@ -524,6 +524,19 @@ class Service(FlowControl):
         check_filter(after, "after")
         return self.store.list_state(prefix, check_limit(limit), self.clock.now(), after)
 
+    def lock_list(self, prefix: str | None = None, limit: int = 100,
+                  after: str | None = None) -> list[dict[str, Any]]:
+        """Live locks in key order, with their owner and expiry (epoch seconds); paged
+        and filtered as :meth:`state_keys` is."""
+        check_filter(prefix, "prefix")
+        check_filter(after, "after")
+        return self.store.list_locks(prefix, check_limit(limit), self.clock.now(), after)
+
+    def lock_break(self, key: str) -> bool:
+        """Delete the lock on ``key`` whatever its owner; return whether it was live.
+        Its owner's extend then returns False, and its release finds the lock lost."""
+        return self.store.lock_break(self._state_key(key), self.clock.now())
+
     def lock_acquire(self, key: str, owner: str, ttl: Any) -> bool:
         """Take ``key`` for ``owner`` for ``ttl`` unless another live owner holds it."""
         key = self._state_key(key)

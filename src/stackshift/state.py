@@ -70,6 +70,18 @@ class State:
         seconds), at most ``limit``. For the next page pass the last key as ``after``."""
         return self._service.state_keys(prefix, limit, after)
 
+    def locks(self, prefix: str | None = None, limit: int = 100, *,
+              after: str | None = None) -> list[dict[str, Any]]:
+        """Live (unexpired) locks in key order with their owner and expiry (epoch
+        seconds), at most ``limit``. For the next page pass the last key as ``after``."""
+        return self._service.lock_list(prefix, limit, after)
+
+    def break_lock(self, key: str) -> bool:
+        """Free ``key``'s lock whatever its owner (one that is stuck); return whether a
+        live lock was there. Its owner finds out: its ``extend()`` returns False and on
+        exit its ``lost`` is True."""
+        return self._service.lock_break(key)
+
     def _lock_args(self, key: str, ttl: Any, wait: Any) -> tuple[str, float, float]:
         if not isinstance(key, str) or not key:
             raise ValidationError(f"state key must be a non-empty string, got {key!r}")
@@ -230,6 +242,13 @@ class AsyncState:
     async def keys(self, prefix: str | None = None, limit: int = 100, *,
                    after: str | None = None) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self._state.keys, prefix, limit, after=after)
+
+    async def locks(self, prefix: str | None = None, limit: int = 100, *,
+                    after: str | None = None) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self._state.locks, prefix, limit, after=after)
+
+    async def break_lock(self, key: str) -> bool:
+        return await asyncio.to_thread(self._state.break_lock, key)
 
     def lock(self, key: str, *, ttl: Any = "30s", wait: Any = None) -> Lock:
         """Use as ``async with ctx.state.lock(key):``."""

@@ -722,3 +722,108 @@ def test_async_locks_in_a_handler_and_on_the_client(
     assert asyncio.run(client_side()) == ["sync client", "refused", "async client"]
     assert Counter(k["key"] for k in fake_app.state.keys(prefix="index:acme")) == Counter(
         ["index:acme:builds", "index:acme:note", "index:acme:owner"])
+
+
+# -- seeing and breaking locks -----------------------------------------------------------
+
+
+def _lock_keys(app: StackShift, prefix: str | None = None, limit: int = 100,
+               after: str | None = None) -> list[str]:
+    return [entry["key"] for entry in app.state.locks(prefix, limit, after=after)]
+
+
+def test_locks_lists_live_locks_in_key_order_with_owner_and_expiry(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    state = fake_app.state
+    state.set("imports:1", "a value, not a lock")
+    assert state.locks() == []
+    with state.lock("imports:2", ttl="1m") as second, state.lock("imports:10", ttl="10s"), \
+            state.lock("imports:%", ttl="1h"), state.lock("billing", ttl="1m"):
+        listed = state.locks()
+        assert [e["key"] for e in listed] == ["billing", "imports:%", "imports:10", "imports:2"]
+        assert listed[3] == {"key": "imports:2", "owner": second.owner,
+                             "expires_at": clock.now() + 60}
+        assert listed[2]["owner"] != second.owner  # each lock its own owner
+        # The prefix is literal ('%' is itself) and paging follows key order.
+        assert _lock_keys(fake_app, "imports:%") == ["imports:%"]
+        assert _lock_keys(fake_app, "imports:", 2) == ["imports:%", "imports:10"]
+        assert _lock_keys(fake_app, "imports:", 2, after="imports:10") == ["imports:2"]
+        assert _lock_keys(fake_app, after="imports:2") == []
+        clock.advance("10s")  # imports:10 ran out: no longer listed, though not released
+        assert _lock_keys(fake_app) == ["billing", "imports:%", "imports:2"]
+        assert _state_rows(fake_app, "locks") == 4
+        assert second.extend("2m") is True
+        assert state.locks("imports:2")[0]["expires_at"] == clock.now() + 120
+    assert state.locks() == []  # released on exit
+    assert [e["key"] for e in state.keys(None)] == ["imports:1"]  # locks are not state keys
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda state: state.locks(limit=0), "limit must be an integer from 1 to 1000"),
+    (lambda state: state.locks(limit=1001), "limit must be an integer from 1 to 1000"),
+    (lambda state: state.locks(after="a\x00"), "after must not contain the NUL"),
+    (lambda state: state.locks(prefix=5), "prefix must be a string"),
+    (lambda state: state.break_lock(""), "state key must be a non-empty string"),
+    (lambda state: state.break_lock("a\x00"), "state key must not contain the NUL"),
+])
+def test_bad_input_to_locks_and_break_lock_is_refused_and_changes_nothing(
+    fake_app: StackShift, call: Any, message: str
+) -> None:
+    with fake_app.state.lock("a", ttl="1m") as held:
+        with pytest.raises(ValidationError, match=message):
+            call(fake_app.state)
+        assert _lock_keys(fake_app) == ["a"]
+        assert held.extend() is True
+    assert held.lost is False
+
+
+def test_break_lock_frees_a_stuck_owner_s_lock_and_its_owner_finds_out(
+    fake_app: StackShift, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = fake_app.state
+    with state.lock("billing:close-month", ttl="1h") as stuck:
+        assert _taken_by_another(fake_app, "billing:close-month") is False
+        assert state.break_lock("billing:close-month") is True
+        assert state.locks() == []
+        assert state.break_lock("billing:close-month") is False  # nothing left to break
+        with state.lock("billing:close-month", ttl="1m") as next_owner:
+            assert stuck.extend() is False  # it is not taken back from the next owner
+            assert _lock_keys(fake_app) == ["billing:close-month"]
+            assert state.locks()[0]["owner"] == next_owner.owner
+        assert next_owner.lost is False
+    assert stuck.lost is True
+    assert ("lock 'billing:close-month' ran past its ttl of 3600s before its block ended"
+            in caplog.text)
+
+    # Broken and taken by nobody: the owner learns it all the same.
+    with state.lock("billing:close-month", ttl="1h") as alone:
+        assert state.break_lock("billing:close-month") is True
+        assert alone.extend() is False
+        assert _taken_by_another(fake_app, "billing:close-month") is True
+    assert alone.lost is True
+
+    # An expired lock is not live: breaking it says False and clears it.
+    with state.lock("billing:close-month", ttl="10s") as late:
+        clock.advance("10s")
+        assert state.break_lock("billing:close-month") is False
+        assert _state_rows(fake_app, "locks") == 0
+    assert late.lost is True
+    assert state.break_lock("never-locked") is False
+
+
+def test_locks_and_break_lock_on_the_async_client(
+    fake_app: StackShift, db_url: str, clock: FakeClock
+) -> None:
+    async def operator() -> list[Any]:
+        seen: list[Any] = []
+        async with AsyncStackShift(db_url, clock=clock) as client:
+            async with client.state.lock("index:acme", ttl="1m") as held:
+                seen.append([e["key"] for e in await client.state.locks("index:")])
+                seen.append(await client.state.break_lock("index:acme"))
+                seen.append(await held.extend_async())
+                seen.append(await client.state.locks(after="index:"))
+            seen.append(held.lost)
+        return seen
+
+    assert asyncio.run(operator()) == [["index:acme"], True, False, [], True]

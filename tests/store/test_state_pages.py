@@ -1,4 +1,4 @@
-"""Listing state keys page by page, on every store.
+"""Listing state keys (and locks) page by page, on every store.
 
 ``state.keys(prefix, limit, after=...)`` lists live keys in key order; the last
 key of one page, passed as ``after``, gives the next page. Keys are ordered by
@@ -7,6 +7,8 @@ compares UTF-8 bytes), so pages never skip or repeat a key.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 
@@ -80,3 +82,19 @@ def test_a_prefix_is_matched_literally_to_its_last_character(
                 "\U0010ffff\U0010ffff", "\ud7ff\ue000", "\ue000"]:
         fake_app.state.set(key, 1)
     assert [e["key"] for e in fake_app.state.keys(prefix)] == listed
+
+
+def test_locks_are_paged_and_matched_by_prefix_as_keys_are(fake_app: StackShift) -> None:
+    with contextlib.ExitStack() as held:
+        for key in [*KEYS, "a%", "a%b", "a_b", "a\\b"]:
+            held.enter_context(fake_app.state.lock(key, ttl="1m"))
+        pages: list[list[str]] = []
+        after = None
+        while page := [e["key"] for e in fake_app.state.locks("imports:", 2, after=after)]:
+            pages.append(page)
+            after = page[-1]
+        assert pages == [["imports:1", "imports:10"], ["imports:2", "imports:é"],
+                         ["imports:\uffff", "imports:\U0001f600"]]
+        assert [e["key"] for e in fake_app.state.locks("a%")] == ["a%", "a%b"]
+        assert [e["key"] for e in fake_app.state.locks("a_")] == ["a_b"]
+        assert [e["key"] for e in fake_app.state.locks("a\\")] == ["a\\b"]

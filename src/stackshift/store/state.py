@@ -78,11 +78,12 @@ class StateStore:
         raise ValidationError(f"state key {key!r} does not hold an integer, or adding {by} "
                               "leaves the 64-bit integer range")
 
-    def list_state(self, prefix: str | None, limit: int, now: float,
-                   after: str | None = None) -> list[dict[str, Any]]:
-        """Live keys in key order (by code point on every store), those after
-        ``after`` only when it is given: the last key of a page gives the next."""
-        sql = "SELECT * FROM state WHERE (expires_at IS NULL OR expires_at > :now)"
+    def _live_page(self, table: str, prefix: str | None, limit: int, now: float,
+                   after: str | None) -> list[Row]:
+        """Live rows of ``table`` (state or locks) in key order (by code point on every
+        store), those after ``after`` only when it is given: the last key of a page
+        gives the next."""
+        sql = f"SELECT * FROM {table} WHERE (expires_at IS NULL OR expires_at > :now)"
         params: dict[str, Any] = {"now": now, "limit": limit}
         if prefix:
             # A range, not LIKE: '%', '_' and '\\' in a prefix are literal, and the
@@ -97,11 +98,23 @@ class StateStore:
             params["after"] = after
         sql += " ORDER BY key LIMIT :limit"
         with self.db.read() as tx:
-            found = tx.raw(sql, params)
+            return tx.raw(sql, params)
+
+    def list_state(self, prefix: str | None, limit: int, now: float,
+                   after: str | None = None) -> list[dict[str, Any]]:
+        """Live keys in key order, as :meth:`_live_page` reads them."""
         return [
             {"key": r["key"], "value": loads(r["value"]), "expires_at": r["expires_at"],
              "updated_at": r["updated_at"]}
-            for r in found
+            for r in self._live_page("state", prefix, limit, now, after)
+        ]
+
+    def list_locks(self, prefix: str | None, limit: int, now: float,
+                   after: str | None = None) -> list[dict[str, Any]]:
+        """Live (unexpired) locks in key order, as :meth:`_live_page` reads them."""
+        return [
+            {"key": r["key"], "owner": r["owner"], "expires_at": r["expires_at"]}
+            for r in self._live_page("locks", prefix, limit, now, after)
         ]
 
     def lock_acquire(self, key: str, owner: str, expires_at: float, now: float) -> bool:
@@ -121,4 +134,11 @@ class StateStore:
         run out: no other owner can have taken it meanwhile)."""
         with self.db.write() as tx:
             row = tx.one("lock_release", key=key, owner=owner)
+        return row is not None and row["expires_at"] > now
+
+    def lock_break(self, key: str, now: float) -> bool:
+        """Delete the lock on ``key`` whatever its owner; return whether it was live.
+        Its owner finds out: its extend and release no longer find its lock."""
+        with self.db.write() as tx:
+            row = tx.one("lock_break", key=key)
         return row is not None and row["expires_at"] > now

@@ -351,6 +351,11 @@ RETURNING owner;
 -- owner whether it still held the lock (another owner may have had it since).
 DELETE FROM locks WHERE key = :key AND owner = :owner RETURNING expires_at;
 
+-- name: lock_break
+-- Any owner's lock (an operator frees a lock whose owner is stuck); its expiry
+-- tells whether it was live.
+DELETE FROM locks WHERE key = :key RETURNING expires_at;
+
 -- name: delete_expired_locks
 DELETE FROM locks WHERE expires_at <= :now;
 
