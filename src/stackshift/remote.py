@@ -535,3 +535,18 @@ class RemoteService(RemoteFlowControl):
         self._state_key(key)
         response = self._call("POST", "/v1/locks/release", json={"key": key, "owner": owner})
         return bool(wire.LockResult.model_validate(response.json()).held)
+
+    def lock_list(self, prefix: str | None = None, limit: int = 100,
+                  after: str | None = None) -> list[dict[str, Any]]:
+        check_filter(prefix, "prefix")
+        check_filter(after, "after")
+        check_limit(limit)
+        response = self._call("GET", "/v1/locks",
+                              params={"prefix": prefix, "limit": limit, "after": after})
+        entries = wire.LockList.model_validate(response.json()).items
+        return [{"key": e.key, "owner": e.owner, "expires_at": e.expires_at.timestamp()}
+                for e in entries]
+
+    def lock_break(self, key: str) -> bool:
+        response = self._call("DELETE", f"/v1/locks/{self._state_key(key)}")
+        return bool(wire.LockBroken.model_validate(response.json()).broken)

@@ -919,6 +919,46 @@ def test_locks(client: StackShift, engine: StackShift, unique: Names) -> None:
         pass  # released on exit
 
 
+def test_locks_are_listed_and_broken_through_the_server(
+        client: StackShift, engine: StackShift, unique: Names,
+        caplog: pytest.LogCaptureFixture) -> None:
+    base = unique("lock:stuck")
+    with client.state.lock(f"{base}/a.b", ttl="1m") as stuck, \
+            engine.state.lock(f"{base}/c", ttl="1m") as other:
+        listed = client.state.locks(base)
+        embedded = engine.state.locks(base)
+        # The same locks; times cross the wire to the microsecond.
+        assert [(e["key"], e["owner"]) for e in listed] == [
+            (e["key"], e["owner"]) for e in embedded]
+        assert all(abs(mine["expires_at"] - theirs["expires_at"]) < 1e-5
+                   for mine, theirs in zip(listed, embedded, strict=True))
+        assert [(e["key"], e["owner"]) for e in listed] == [
+            (f"{base}/a.b", stuck.owner), (f"{base}/c", other.owner)]
+        assert 50 < listed[0]["expires_at"] - time.time() <= 60
+        assert [e["key"] for e in client.state.locks(base, 1, after=f"{base}/a.b")] == [
+            f"{base}/c"]
+        assert client.state.break_lock(f"{base}/a.b") is True  # a "/" and a "." in the key
+        assert client.state.break_lock(f"{base}/a.b") is False
+        assert stuck.extend() is False
+        assert [e["key"] for e in engine.state.locks(base)] == [f"{base}/c"]
+        with pytest.raises(ValidationError, match="state key must be a non-empty string"):
+            client.state.break_lock("")
+        with pytest.raises(ValidationError, match="after must not contain the NUL"):
+            client.state.locks(after="a\x00")
+        assert other.extend() is True  # the refused calls broke nothing
+    assert stuck.lost is True and other.lost is False
+    assert f"lock {base + '/a.b'!r} ran past its ttl of 60s" in caplog.text
+
+    async def operator() -> tuple[list[str], bool, list[dict[str, Any]]]:
+        async with AsyncStackShift(**_async_options(client)) as app, \
+                app.state.lock(f"{base}/async", ttl="1m"):
+            listed = [e["key"] for e in await app.state.locks(base)]
+            broken = await app.state.break_lock(f"{base}/async")
+            return listed, broken, await app.state.locks(base)
+
+    assert asyncio.run(operator()) == ([f"{base}/async"], True, [])
+
+
 def test_a_lock_that_outlasts_its_ttl_tells_its_owner_on_exit(
         client: StackShift, engine: StackShift, unique: Names,
         caplog: pytest.LogCaptureFixture) -> None:

@@ -348,6 +348,7 @@ PATHS = [  # (method, path with {} for the parameter, body, segments refused)
     ("GET", "/v1/state/{}", None, ["%00", "a%00b", "k" * 600]),
     ("PUT", "/v1/state/{}", {"value": 1}, ["%00", "a%00b", "k" * 600]),
     ("DELETE", "/v1/state/{}", None, ["%00", "a%00b", "k" * 600]),
+    ("DELETE", "/v1/locks/{}", None, ["%00", "a%00b", "k" * 600]),
     ("GET", "/v1/queues/{}", None, ["%00", "a%2Fb", "a%20b", "k" * 300]),
     ("PATCH", "/v1/queues/{}", {"concurrency": 2}, ["%00", "a%2Fb", "a%20b", "k" * 300]),
     ("POST", "/v1/queues/{}/pause", None, ["%00", "a%2Fb", "a%20b", "k" * 300]),
@@ -392,6 +393,7 @@ QUERIES = [  # (path, {parameter: values refused})
     ("/v1/events", {"name": FILTER, "correlationKey": FILTER, "limit": LIMIT,
                     "cursor": [*CURSOR, "run_0123456789abcdef0123456789"]}),
     ("/v1/state", {"prefix": FILTER, "after": FILTER, "limit": LIMIT}),
+    ("/v1/locks", {"prefix": FILTER, "after": FILTER, "limit": LIMIT}),
     ("/v1/queues", {"window": WINDOW}),
     ("/v1/queues/emails", {"window": WINDOW}),
     ("/v1/queues/emails/dead-letters", {"job": FILTER, "limit": LIMIT,
@@ -425,6 +427,7 @@ def test_hostile_query_values_are_refused(http: httpx.Client, unchanged: None, p
     ("/v1/runs", "queue_name", None),
     ("/v1/events", "correlation_key", "correlationKey, cursor, limit, name"),
     ("/v1/state", "cursor", "after, limit, prefix"),
+    ("/v1/locks", "cursor", "after, limit, prefix"),
     (f"/v1/runs/{RUN}", "timeout", "none"),
 ])
 def test_a_query_parameter_the_endpoint_does_not_take_is_422(

@@ -32,7 +32,8 @@ def test_document_covers_the_api_in_camel_case() -> None:
     paths = doc["paths"]
     for path in ("/v1/runs", "/v1/queues/{name}/runs", "/v1/runs/{run_id}/wait",
                  "/v1/runs/{run_id}/cancel", "/v1/runs/{run_id}/retry", "/v1/events",
-                 "/v1/state/{key}", "/v1/state/increment", "/healthz", "/metrics"):
+                 "/v1/state/{key}", "/v1/state/increment", "/v1/locks", "/v1/locks/{key}",
+                 "/healthz", "/metrics"):
         assert path in paths, path
     start = doc["components"]["schemas"]["StartRun"]["properties"]
     assert {"queueName", "idempotencyKey", "idempotencyTtl", "maxAttempts", "scheduledAt",

@@ -271,6 +271,20 @@ def scenario(app: StackShift, engine: StackShift, tag: str) -> list[tuple[str, A
     t.call("lock extended outside its block",
            lambda: app.state.lock(f"lock-{tag}:bad").extend())
 
+    def locks_seen_and_broken() -> Any:
+        # "lock-<tag>" is still held by the "lock free" call, which never exited.
+        with app.state.lock(f"lock-{tag}:stuck", ttl="1m") as stuck:
+            listed = [{**e, "owner": e["owner"] == stuck.owner}
+                      for e in app.state.locks(f"lock-{tag}")]
+            broken = [app.state.break_lock(f"lock-{tag}:stuck") for _ in range(2)]
+            extended = stuck.extend()
+        return {"listed": listed, "broken": broken, "extended": extended, "lost": stuck.lost,
+                "left": [e["key"] for e in app.state.locks(f"lock-{tag}")]}
+
+    t.call("locks seen and broken", locks_seen_and_broken)
+    t.call("locks: limit 0", lambda: app.state.locks(limit=0))
+    t.call("break lock: empty key", lambda: app.state.break_lock(""))
+
     # -- schedules ------------------------------------------------------------------------
     schedule = t.call("schedule", lambda: app.schedules.create(
         job, cron="0 9 * * 1", payload={"order": "weekly", "amount": 1},
@@ -342,6 +356,12 @@ def test_the_same_program_ends_the_same_embedded_and_remote(
         "raised", "RuntimeError",
         "lock 'lock-<tag>:bad' is not held: extend() works only inside its with or async with "
         "block", None)
+    assert outcomes["locks seen and broken"] == {
+        "listed": [{"key": "lock-<tag>", "owner": False, "expires_at": "float"},
+                   {"key": "lock-<tag>:stuck", "owner": True, "expires_at": "float"}],
+        "broken": [True, False], "extended": False, "lost": True, "left": ["lock-<tag>"]}
+    assert outcomes["locks: limit 0"] == (
+        "raised", "ValidationError", "limit must be an integer from 1 to 1000, got 0", None)
     assert outcomes["not retried"] == "failed"
     assert outcomes["retried"][1]["status"] == "queued"  # by the retry without a filter
     assert datetime.now(UTC).year < 2099  # the scheduled run is still in the future

@@ -11,6 +11,7 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from serverproc import assert_error, running_server
@@ -250,6 +251,44 @@ def test_locks_are_extended_over_http_by_their_owner_only(http: httpx.Client) ->
     time.sleep(0.3)  # its TTL ran out: extend does not take it back
     assert http.post("/v1/locks/extend", json={**late, "ttl": "30s"}).json()["held"] is False
     assert http.post("/v1/locks/acquire", json={**late, "owner": "b"}).json()["held"] is True
+
+
+def test_locks_are_listed_and_broken_over_http(http: httpx.Client) -> None:
+    base = tag("locks")
+    keys = [f"{base}/a.b", f"{base}/acquire", f"{base}/z"]  # "/" and "." in keys
+    for key in keys:
+        body = {"key": key, "owner": "stuck", "ttl": "1m"}
+        assert http.post("/v1/locks/acquire", json=body).json()["held"] is True
+    assert http.post("/v1/locks/acquire", json={"key": f"{base}/gone", "owner": "o",
+                                                "ttl": 0.05}).json()["held"] is True
+    time.sleep(0.1)  # its TTL ran out: no longer listed
+    listed = http.get("/v1/locks", params={"prefix": base}).json()["items"]
+    assert [(e["key"], e["owner"]) for e in listed] == [(k, "stuck") for k in keys]
+    assert 50 < datetime.fromisoformat(listed[0]["expiresAt"]).timestamp() - time.time() <= 60
+    page = http.get("/v1/locks", params={"prefix": base, "limit": 2}).json()["items"]
+    assert [e["key"] for e in page] == keys[:2]
+    rest = http.get("/v1/locks", params={"prefix": base, "after": keys[1]}).json()["items"]
+    assert [e["key"] for e in rest] == keys[2:]
+    for query in ({"limit": 0}, {"limit": 1001}, {"limit": "x"}, {"prefix": "a\x00"}):
+        assert_error(http.get("/v1/locks", params=query), 422, "validation_error")
+
+    # Broken whatever its owner; the key travels percent-encoded, "/" and "." too.
+    path = "/v1/locks/" + keys[1].replace("/", "%2F").replace(".", "%2E")
+    assert http.delete(path).json() == {"key": keys[1], "broken": True}
+    assert http.delete(path).json() == {"key": keys[1], "broken": False}
+    assert http.delete("/v1/locks/" + quote(keys[0], safe="")).json()["broken"] is True
+    assert http.delete("/v1/locks/" + quote(f"{base}/gone", safe="")).json()["broken"] is False
+    # The owner finds out: it no longer extends or releases the lock.
+    stuck = {"key": keys[1], "owner": "stuck"}
+    assert http.post("/v1/locks/extend", json={**stuck, "ttl": "1m"}).json()["held"] is False
+    assert http.post("/v1/locks/release", json=stuck).json()["held"] is False
+    assert http.post("/v1/locks/acquire", json={**stuck, "owner": "next", "ttl": "1m"}
+                     ).json()["held"] is True
+    left = http.get("/v1/locks", params={"prefix": base}).json()["items"]
+    assert [(e["key"], e["owner"]) for e in left] == [(keys[1], "next"), (keys[2], "stuck")]
+    assert_error(http.delete("/v1/locks/a%00b"), 422, "validation_error")
+    assert [e["key"] for e in http.get("/v1/locks", params={"prefix": base}).json()["items"]
+            ] == [keys[1], keys[2]]
 
 
 def test_metrics(http: httpx.Client, server: Any) -> None:

@@ -268,13 +268,17 @@ StateKey = Annotated[str, Path(description="The state key, percent-encoded.", mi
                                 max_length=512)]
 
 
+#: Only keys after this one: a listing's next page (of state keys or locks).
+After = Annotated[str | None, Query(
+    description="Only keys after this one: the last key of the previous page.")]
+
+
 @router.get("/state", tags=["state"], summary="List live state keys")
 def list_state(
     request: Request,
     prefix: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
-    after: Annotated[str | None, Query(
-        description="Only keys after this one: the last key of the previous page.")] = None,
+    limit: Limit = 100,
+    after: After = None,
 ) -> s.StateList:
     entries = service_of(request).state_keys(prefix, limit, after)
     return s.StateList(items=[
@@ -335,3 +339,23 @@ def set_state(key: StateKey, body: s.SetState, request: Request) -> Response:
 @router.delete("/state/{key:text}", tags=["state"], summary="Delete a value")
 def delete_state(key: StateKey, request: Request) -> s.StateDeleted:
     return s.StateDeleted(key=key, deleted=service_of(request).state_delete(key))
+
+
+@router.get("/locks", tags=["state"], summary="List live locks")
+def list_locks(
+    request: Request,
+    prefix: str | None = None,
+    limit: Limit = 100,
+    after: After = None,
+) -> s.LockList:
+    entries = service_of(request).lock_list(prefix, limit, after)
+    return s.LockList(items=[
+        s.LockEntry(key=e["key"], owner=e["owner"],
+                    expires_at=to_datetime(e["expires_at"]))  # type: ignore[arg-type]
+        for e in entries
+    ])
+
+
+@router.delete("/locks/{key:text}", tags=["state"], summary="Break a lock, whatever its owner")
+def break_lock(key: StateKey, request: Request) -> s.LockBroken:
+    return s.LockBroken(key=key, broken=service_of(request).lock_break(key))

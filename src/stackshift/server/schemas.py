@@ -489,6 +489,21 @@ class LockResult(Wire):
                        "its TTL had run out: another owner may have held it since).")
 
 
+class LockEntry(Wire):
+    key: str
+    owner: str = Field(description="The token naming the lock's holder.")
+    expires_at: datetime = Field(description="When the lock frees itself, unless extended.")
+
+
+class LockList(Wire):
+    items: list[LockEntry]
+
+
+class LockBroken(Wire):
+    key: str
+    broken: bool = Field(description="Whether a live lock was there (it is gone either way).")
+
+
 # -- API keys and health -----------------------------------------------------------------
 
 
