@@ -800,6 +800,55 @@ def test_state_list_pages_keep_the_prefix_and_page_size(db_url: str, app: StackS
     assert cli(db_url, "state", "list", "--cursor", "zzz").stdout == "No more state keys.\n"
 
 
+def test_state_locks_lists_live_locks_page_by_page(db_url: str, app: StackShift) -> None:
+    assert cli(db_url, "state", "locks").stdout == "No locks are held.\n"
+    with app.state.lock("imports:1", ttl="1h") as first, app.state.lock("imports:2"), \
+            app.state.lock("imports:3"), app.state.lock("other", ttl="1h"):
+        app.state.set("imports:4", "a value, not a lock")
+        page = cli_json(db_url, "state", "locks", "--prefix", "imports:", "--limit", "2")
+        assert [k["key"] for k in page["items"]] == ["imports:1", "imports:2"]
+        assert page["next_cursor"] == "imports:2"
+        assert set(page["items"][0]) == {"key", "owner", "expires_at"}
+        assert page["items"][0]["owner"] == first.owner
+        expires = datetime.fromisoformat(page["items"][0]["expires_at"].replace("Z", "+00:00"))
+        assert 3590 < expires.timestamp() - time.time() <= 3600
+        rest = cli_json(db_url, "state", "locks", "--prefix", "imports:", "--limit", "2",
+                        "--cursor", page["next_cursor"])
+        assert ([k["key"] for k in rest["items"]], rest["next_cursor"]) == (["imports:3"], None)
+
+        shown = cli(db_url, "state", "locks", "--prefix", "imports:", "--limit", "2")
+        assert shown.returncode == 0, shown.stderr
+        lines = shown.stdout.splitlines()
+        assert lines[0].split() == ["KEY", "OWNER", "EXPIRES"]
+        assert lines[2].split()[:2] == ["imports:1", first.owner]
+        assert lines[-1] == ("More: stackshift state locks --prefix imports: --limit 2 "
+                             "--cursor imports:2")
+        assert cli(db_url, "state", "locks", "--cursor", "zzz").stdout == "No more locks.\n"
+        refused = cli(db_url, "state", "locks", "--limit", "0")
+        assert refused.returncode == 2 and "--limit" in refused.stderr
+    assert cli_json(db_url, "state", "locks")["items"] == []  # released on exit
+
+
+def test_state_unlock_breaks_a_lock_whatever_its_owner(db_url: str, app: StackShift) -> None:
+    with app.state.lock("billing:close-month", ttl="1h") as stuck:
+        app.state.set("billing:close-month", 7)
+        done = cli(db_url, "state", "unlock", "billing:close-month")
+        assert (done.returncode, done.stdout) == (0, "Broke the lock on 'billing:close-month'.\n")
+        assert stuck.extend() is False  # its owner finds out
+        # Like `state delete` of a missing key: exit 3.
+        again = cli(db_url, "state", "unlock", "billing:close-month")
+        assert again.returncode == 3
+        assert "no live lock on key 'billing:close-month'" in again.stderr
+        with app.state.lock("billing:close-month", ttl="1m"):
+            assert cli_json(db_url, "state", "unlock", "billing:close-month") == {
+                "key": "billing:close-month", "broken": True}
+        refused = cli(db_url, "state", "unlock", "")
+        assert refused.returncode == 2
+        assert "state key must be a non-empty string" in refused.stderr
+    assert stuck.lost is True
+    assert app.state.get("billing:close-month") == 7  # the value under the key is left alone
+
+
 def test_tables_show_users_text_as_it_is(db_url: str, app: StackShift) -> None:
     for key, value in [("a[/]b", "[/]"), ("[bold]z", "[red]x"), ("x\ny", 2)]:
         assert cli(db_url, "state", "set", key, json.dumps(value)).returncode == 0

@@ -529,3 +529,14 @@ def state_table(items: list[dict[str, Any]]) -> Table:
             "" if expires is None else when(datetime.fromtimestamp(expires, UTC)),
         )
     return table
+
+
+def locks_table(items: list[dict[str, Any]]) -> Table:
+    table = _table()
+    table.add_column("KEY", no_wrap=True)
+    table.add_column("OWNER", no_wrap=True)
+    table.add_column("EXPIRES", no_wrap=True)
+    for item in items:
+        table.add_row(item["key"], item["owner"],
+                      when(datetime.fromtimestamp(item["expires_at"], UTC)))
+    return table

@@ -1,8 +1,10 @@
-"""``stackshift state``: read and change the durable state store."""
+"""``stackshift state``: read and change the durable state store, and see and break
+its locks."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +22,7 @@ from .options import (
     open_client,
     parse_json_argument,
 )
-from .render import console, echo_json, span, state_table
+from .render import console, echo_json, locks_table, span, state_table
 
 _MISSING = object()
 
@@ -31,7 +33,7 @@ def _moment(epoch: float | None) -> datetime | None:
 
 @click.group()
 def state() -> None:
-    """Get, set, delete and list state keys."""
+    """Get, set, delete and list state keys; list and break locks."""
 
 
 @state.command()
@@ -124,11 +126,7 @@ def list_state(prefix: str | None, limit: int, cursor: str | None, as_json: bool
                database_url: str | None) -> None:
     """Live keys in key order."""
     with open_client(database_url) as app:
-        items = app.state.keys(prefix, limit, after=cursor)
-        # A full page has a next one when a live key follows its last.
-        more = len(items) == limit and bool(app.state.keys(prefix, 1, after=items[-1]["key"]))
-    # The cursor is the last key of the page: the next page starts after it.
-    next_cursor = items[-1]["key"] if more else None
+        items, next_cursor = _page(app.state.keys, prefix, limit, cursor)
     if as_json:
         # Times as ISO-8601 in UTC, as in every other command's JSON.
         echo_json({"items": [_entry(item) for item in items], "next_cursor": next_cursor})
@@ -140,6 +138,61 @@ def list_state(prefix: str | None, limit: int, cursor: str | None, as_json: bool
     out.print(state_table(items))
     if next_cursor is not None:
         out.print(f"More: {next_page_command(next_cursor)}", style="dim", markup=False)
+
+
+@state.command("locks")
+@click.option("--prefix", help="Only locks whose key starts with this, spaces included "
+                               "('' starts every key: all are listed).")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True,
+              help="Locks per page.")
+@click.option("--cursor", callback=not_empty,
+              help="Next page: the cursor printed under the previous one.")
+@json_option
+@database_url_option
+def list_locks(prefix: str | None, limit: int, cursor: str | None, as_json: bool,
+               database_url: str | None) -> None:
+    """Live locks in key order: who holds each, and until when."""
+    with open_client(database_url) as app:
+        items, next_cursor = _page(app.state.locks, prefix, limit, cursor)
+    if as_json:
+        echo_json({"items": [{**item, "expires_at": _moment(item["expires_at"])}
+                             for item in items], "next_cursor": next_cursor})
+        return
+    out = console()
+    if not items:
+        out.print("No locks are held." if cursor is None else "No more locks.")
+        return
+    out.print(locks_table(items))
+    if next_cursor is not None:
+        out.print(f"More: {next_page_command(next_cursor)}", style="dim", markup=False)
+
+
+@state.command()
+@click.argument("key")
+@json_option
+@database_url_option
+def unlock(key: str, as_json: bool, database_url: str | None) -> None:
+    """Break the lock on KEY, whatever its owner (one that is stuck). Its owner's
+    extend() then returns False and its block ends lost. Exit 3 when KEY held no
+    live lock."""
+    with open_client(database_url) as app:
+        broken = app.state.break_lock(key)
+    if not broken:
+        raise not_found(f"no live lock on key {key!r}")
+    if as_json:
+        echo_json({"key": key, "broken": True})
+        return
+    console().print(f"Broke the lock on {key!r}.", markup=False)
+
+
+def _page(listing: Callable[..., list[dict[str, Any]]], prefix: str | None, limit: int,
+          cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of ``listing`` (``state.keys`` or ``state.locks``) and the cursor of the
+    next: the last key of the page, when a live one follows it."""
+    items = listing(prefix, limit, after=cursor)
+    # A full page has a next one when a live key follows its last.
+    more = len(items) == limit and bool(listing(prefix, 1, after=items[-1]["key"]))
+    return items, items[-1]["key"] if more else None
 
 
 def _entry(item: dict[str, Any]) -> dict[str, Any]:
