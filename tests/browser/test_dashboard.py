@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -359,6 +360,8 @@ def test_user_content_is_rendered_as_text(stack: Dashboard, page: Page) -> None:
     stack.wait_status(run.id, "failed")
     stack.app.events.send("report.ready", {"title": HOSTILE}, correlation_key=HOSTILE)
     stack.app.state.set("reports:last-title", HOSTILE)
+    held = stack.app.state.lock(f"reports:{HOSTILE}", ttl="1m")
+    held.__enter__()  # listed under Locks on the State page
     dialogs: list[str] = []
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
 
@@ -373,6 +376,9 @@ def test_user_content_is_rendered_as_text(stack: Dashboard, page: Page) -> None:
         assert page.locator("main script, main img").count() == 0
     assert page.evaluate("window.__pwned === undefined")
     assert dialogs == []
+    page.goto(stack.at("/state"))
+    expect(page.locator("#locks-table td.key-cell")).to_have_text(f"reports:{HOSTILE}")
+    held.__exit__(None, None, None)
 
 
 def test_overview_pages_events_jobs_workers_and_state(stack: Dashboard, page: Page) -> None:
@@ -426,16 +432,21 @@ def test_overview_pages_events_jobs_workers_and_state(stack: Dashboard, page: Pa
     expect(page.locator("tr[data-worker-id]")).to_contain_text("live")
     screenshot(page, "jobs", stack.store_kind)
 
+    importing = app.state.lock("imports:42", ttl="5m")
+    importing.__enter__()  # shown under Locks
     page.goto(stack.at("/state"))
+    expect(page.locator("#locks-table tr[data-lock-key='imports:42']")).to_contain_text(
+        importing.owner)
     progress = page.locator("tr", has=page.locator("td.key-cell:text-is('imports:42:progress')"))
     expect(progress).to_contain_text('"done": 120')
     expect(progress).to_contain_text(re.compile(r"in 1h 59m|in 2h"))
     expect(page.locator("tr", has=page.locator("td.key-cell:text-is('images:resized')"))
            ).to_contain_text("never")
     screenshot(page, "state", stack.store_kind)
+    importing.__exit__(None, None, None)
     page.fill("input[name=prefix]", "imports:")
     page.keyboard.press("Enter")
-    expect(page.locator("td.key-cell")).to_have_count(1)
+    expect(page.locator("#state-table td.key-cell")).to_have_count(1)
 
 
 def test_queue_pages_chart_an_hour_of_work(db_url: str, store_kind: str, page: Page) -> None:
@@ -989,7 +1000,7 @@ def test_a_refused_state_cursor_shows_no_keys_and_leads_back_to_the_first_page(
     expect(page.locator(".flash-error")).to_have_text(
         "cursor must not contain the NUL character (U+0000)")
     expect(page.locator("td.key-cell")).to_have_count(0)
-    expect(page.locator("td.empty")).to_have_text(
+    expect(page.locator("#state-table td.empty")).to_have_text(
         "No more live keys on this page: go back to the first.")
     expect(page.locator("input[name=prefix]")).to_have_value("imports:")
     page.get_by_role("link", name="← First").click()
@@ -998,6 +1009,82 @@ def test_a_refused_state_cursor_shows_no_keys_and_leads_back_to_the_first_page(
     page.goto(stack.at("/state?prefix=imports%3A&cursor=imports%3A1%20deleted"))
     expect(page.locator(".flash-error")).to_have_count(0)
     expect(page.locator("td.key-cell")).to_have_text(["imports:2"])
+
+
+def test_the_state_page_lists_live_locks_and_breaks_one_after_a_confirm(
+    stack: Dashboard, page: Page
+) -> None:
+    app = stack.app
+    app.state.set("imports:7", {"done": 1})
+    page.goto(stack.at("/state"))
+    expect(page.locator("#locks-table td.empty")).to_have_text(
+        "No lock is held. Handlers take one with with ctx.state.lock(key):.")
+    # A refused locks cursor: the error above the results, the keys still listed.
+    page.goto(stack.at("/state?locks_cursor=a%00"))
+    expect(page.locator(".flash-error")).to_have_text(
+        "locks_cursor must not contain the NUL character (U+0000)")
+    expect(page.locator("#locks-table td.empty")).to_have_text(
+        "No more live locks on this page: go back to the first.")
+    expect(page.locator("#state-table td.key-cell")).to_have_text(["imports:7"])
+    with contextlib.ExitStack() as locks:
+        stuck = locks.enter_context(app.state.lock("imports:7", ttl="1h"))
+        for i in range(54):
+            locks.enter_context(app.state.lock(f"batch:{i:03d}", ttl="1m"))
+        ran_out = locks.enter_context(app.state.lock("imports:8", ttl=0.2))
+        time.sleep(0.3)  # its TTL ran out: not listed
+        page.goto(stack.at("/state"))
+        rows = page.locator("#locks-table tr[data-lock-key]")
+        expect(rows).to_have_count(50)
+        expect(rows.first.locator("td.key-cell")).to_have_text("batch:000")
+        page.locator("#locks-table").get_by_role("link", name="Next →").click()
+        page.wait_for_url(re.compile(r"locks_cursor=batch%3A049"))
+        expect(rows.locator("td.key-cell")).to_have_text(
+            ["batch:050", "batch:051", "batch:052", "batch:053", "imports:7"])
+        expect(page.locator("#state-table td.key-cell")).to_have_text(["imports:7"])
+        page.locator("#locks-table").get_by_role("link", name="← First").click()
+        expect(rows).to_have_count(50)
+
+        # The prefix filters the locks as it does the keys.
+        page.fill("input[name=prefix]", "imports:")
+        page.keyboard.press("Enter")
+        row = page.locator("#locks-table tr[data-lock-key='imports:7']")
+        expect(rows).to_have_count(1)
+        expect(row).to_contain_text(stuck.owner)
+        expect(row).to_contain_text(re.compile(r"in (59m|1h)"))
+
+        # A break needs the page's CSRF token; a key no store can hold is refused.
+        for form in ({"key": "imports:7"}, {"key": "imports:7", "csrf": "forged"}):
+            assert page.request.post(stack.at("/state/locks/break"), form=form).status == 403
+        csrf = page.locator("#locks-table input[name=csrf]").first.input_value()
+        refused = page.request.post(stack.at("/state/locks/break"), max_redirects=0, form={
+            "csrf": csrf, "key": "imports:7\x00", "prefix": "imports:"})
+        assert refused.status == 303
+        page.reload()
+        expect(page.locator(".flash-error")).to_have_text(
+            "state key must not contain the NUL character (U+0000)")
+        expect(rows).to_have_count(1)
+        assert stuck.extend() is True
+
+        # Dismissed, the confirm breaks nothing.
+        messages: list[str] = []
+        page.once("dialog", lambda dialog: (messages.append(dialog.message), dialog.dismiss()))
+        row.get_by_role("button", name="Break").click()
+        expect(rows).to_have_count(1)
+        assert messages == ["Break the lock on imports:7? Its owner may still be running: "
+                            "another may take the lock at once."]
+        page.once("dialog", lambda dialog: dialog.accept())
+        row.get_by_role("button", name="Break").click()
+        expect(page.locator(".flash-ok")).to_have_text(
+            "Broke the lock on 'imports:7': its owner's extend() now returns False, and "
+            "its block ends with the lock lost.")
+        assert parse_qs(urlsplit(page.url).query) == {"prefix": ["imports:"]}
+        expect(page.locator("#locks-table td.empty")).to_have_text(
+            "No lock is held on a key starting with imports:.")
+        expect(page.locator("#state-table td.key-cell")).to_have_text(["imports:7"])
+        assert stuck.extend() is False  # its owner finds out
+        assert [e["key"] for e in app.state.locks("batch:", 1)] == ["batch:000"]
+    assert stuck.lost is True and ran_out.lost is True
+    assert app.state.locks() == []
 
 
 def _box(page: Page, selector: str) -> dict[str, float]:

@@ -141,6 +141,7 @@ class Dashboard:
             Route("/queues/{name}/retry", self._action(self._bulk_retry), methods=["POST"]),
             Route("/jobs", page(pages.jobs_page, "jobs.html")),
             Route("/state", page(pages.state_page, "state.html")),
+            Route("/state/locks/break", self._action(self._break_lock), methods=["POST"]),
             Route("/login", self._login, methods=["GET", "POST"]),
             Route("/logout", self._action(self._logout, login_required=False),
                   methods=["POST"]),
@@ -394,6 +395,23 @@ class Dashboard:
         except StackShiftError as exc:
             return f"/runs/{run_id}", ("error", str(exc)), None
         return f"/runs/{run_id}", ("ok", "Run queued for a new attempt."), None
+
+    def _break_lock(self, request: Request, form: dict[str, list[str]],
+                    session: Session) -> tuple[str, tuple[str, str] | None, Session | None]:
+        """Break the form's lock whatever its owner, then back to the State page (with
+        the prefix it was listed under)."""
+        key = (form.get("key") or [""])[0]
+        prefix = (form.get("prefix") or [""])[0]
+        back = "/state" + ("?" + urlencode({"prefix": prefix}) if prefix else "")
+        try:
+            broken = self.service.lock_break(key)
+        except StackShiftError as exc:
+            return back, ("error", str(exc)), None
+        if not broken:
+            return back, ("info", f"No live lock on {key!r}: it was released or ran out "
+                                  "meanwhile."), None
+        return back, ("ok", f"Broke the lock on {key!r}: its owner's extend() now returns "
+                            "False, and its block ends with the lock lost."), None
 
     async def _event(self, request: Request) -> Response:
         """Send the event of a run's form. Input that is refused (a payload that is not

@@ -7,7 +7,7 @@ synchronous); rendering and HTTP live in :mod:`stackshift.dashboard.app`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -367,20 +367,43 @@ def jobs_page(service: Service, params: Mapping[str, str], now: float) -> dict[s
 # -- state ------------------------------------------------------------------------------
 
 
+Entries = list[dict[str, Any]]
+
+
+def _key_page(listing: Callable[..., Entries], prefix: str | None, cursor: str | None,
+              name: str, problems: list[Problem]) -> tuple[Entries, str | None]:
+    """A page of ``listing`` (state keys or locks) after ``cursor``, the query
+    parameter ``name``, and the cursor of the next page. Refused input is shown
+    once above the results (keys and locks share the prefix) and lists nothing."""
+    try:
+        check_filter(cursor, name)  # refused under the name the address gives it
+        entries = listing(prefix, PAGE_SIZE + 1, after=cursor)
+    except StackShiftError as exc:  # shown above the (empty) results, like a runs filter
+        if Problem(str(exc)) not in problems:
+            problems.append(Problem(str(exc)))
+        return [], None
+    # One key more than a page was read: when it came, the next page starts after
+    # this page's last key.
+    shown = entries[:PAGE_SIZE]
+    return shown, shown[-1]["key"] if len(entries) > PAGE_SIZE else None
+
+
+def _moment(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
+
+
 def state_page(service: Service, params: Mapping[str, str], now: float) -> dict[str, Any]:
     # A key may begin or end with spaces, so neither the prefix (exactly as typed:
-    # "my key " must not list "my keyring") nor the cursor (the last key of the
-    # previous page) is stripped as the runs filters are.
+    # "my key " must not list "my keyring") nor the cursors (the last key of the
+    # previous page) are stripped as the runs filters are. The prefix filters the
+    # locks too; each list pages on its own.
     prefix = params.get("prefix") or None
     cursor = params.get("cursor") or None
+    locks_cursor = params.get("locks_cursor") or None
     problems: list[Problem] = []
-    try:
-        check_filter(cursor, "cursor")  # refused under the name the address gives it
-        entries = service.state_keys(prefix, PAGE_SIZE + 1, after=cursor)
-    except StackShiftError as exc:  # shown above the (empty) results, like a runs filter
-        problems.append(Problem(str(exc)))
-        entries = []
-    shown = entries[:PAGE_SIZE]
+    shown, next_cursor = _key_page(service.state_keys, prefix, cursor, "cursor", problems)
+    locks, locks_next = _key_page(service.lock_list, prefix, locks_cursor, "locks_cursor",
+                                  problems)
     return {
         "page_title": "State",
         "nav": "state",
@@ -388,17 +411,21 @@ def state_page(service: Service, params: Mapping[str, str], now: float) -> dict[
             {
                 "key": e["key"],
                 "value": e["value"],
-                "expires_at": None if e["expires_at"] is None
-                else datetime.fromtimestamp(e["expires_at"], UTC),
+                "expires_at": _moment(e["expires_at"]),
                 "ttl": None if e["expires_at"] is None else e["expires_at"] - now,
-                "updated_at": datetime.fromtimestamp(e["updated_at"], UTC),
+                "updated_at": _moment(e["updated_at"]),
             }
             for e in shown
         ],
-        # One key more than a page was read: when it came, the next page starts
-        # after this page's last key.
-        "next_cursor": shown[-1]["key"] if len(entries) > PAGE_SIZE else None,
+        "next_cursor": next_cursor,
         "cursor": cursor,
+        "locks": [
+            {"key": lock["key"], "owner": lock["owner"],
+             "expires_at": _moment(lock["expires_at"]), "ttl": lock["expires_at"] - now}
+            for lock in locks
+        ],
+        "locks_next": locks_next,
+        "locks_cursor": locks_cursor,
         "prefix": prefix,
         "problems": problems,
         "now": now,
