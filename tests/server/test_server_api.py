@@ -287,6 +287,10 @@ def test_locks_are_listed_and_broken_over_http(http: httpx.Client) -> None:
     left = http.get("/v1/locks", params={"prefix": base}).json()["items"]
     assert [(e["key"], e["owner"]) for e in left] == [(keys[1], "next"), (keys[2], "stuck")]
     assert_error(http.delete("/v1/locks/a%00b"), 422, "validation_error")
+    # A key named like an action is a key: DELETE breaks the lock on "acquire".
+    assert http.post("/v1/locks/acquire", json={"key": "acquire", "owner": "o", "ttl": "1m"}
+                     ).json()["held"] is True
+    assert http.delete("/v1/locks/acquire").json() == {"key": "acquire", "broken": True}
     assert [e["key"] for e in http.get("/v1/locks", params={"prefix": base}).json()["items"]
             ] == [keys[1], keys[2]]
 

@@ -424,7 +424,9 @@ def test_405_lists_the_methods_the_path_serves(http: httpx.Client) -> None:
     for path, allowed in [("/v1/runs", "GET, POST"), ("/v1/state/k", "DELETE, GET, PUT"),
                           ("/v1/events", "GET, POST"), ("/healthz", "GET"),
                           # literal paths that a template (/v1/state/{key}) also matches
-                          ("/v1/state/increment", "POST"), ("/v1/runs/retry-many", "POST")]:
+                          ("/v1/state/increment", "POST"), ("/v1/runs/retry-many", "POST"),
+                          ("/v1/locks", "GET"), ("/v1/locks/k", "DELETE"),
+                          ("/v1/locks/acquire", "POST")]:
         response = http.patch(path, json={})
         assert_error(response, 405, "method_not_allowed")
         assert response.headers["allow"] == allowed, path
