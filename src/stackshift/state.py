@@ -115,8 +115,9 @@ class State:
 class Lock:
     """One attempt to own a lock; usable once, as a sync or async context manager.
 
-    ``lost`` is set on exit: True when the TTL ran out before the block ended, so
-    another owner may have held the lock meanwhile.
+    ``lost`` is set on exit: True when the TTL ran out before the block ended (or
+    an operator broke the lock, ``state.break_lock``), so another owner may have
+    held the lock meanwhile.
     """
 
     def __init__(self, state: State, key: str, ttl: float, wait: float) -> None:
@@ -136,8 +137,8 @@ class Lock:
     def extend(self, ttl: Any = None) -> bool:
         """Make the lock expire ``ttl`` from now (by default the lock's own ``ttl``),
         inside its block. True when this owner still held it; False when its TTL had
-        already run out (another owner may hold it): the lock is not taken back, and
-        ``lost`` is True on exit."""
+        already run out or the lock was broken (another owner may hold it): the lock
+        is not taken back, and ``lost`` is True on exit."""
         seconds = self.ttl if ttl is None else lock_ttl(ttl)
         if not self._held:
             raise RuntimeError(f"lock {self.key!r} is not held: extend() works only inside "

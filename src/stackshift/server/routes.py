@@ -245,8 +245,10 @@ def get_event(event_id: str, request: Request) -> s.Event:
 
 # -- state --------------------------------------------------------------------------------
 # Keys may hold any character, "/" included: they travel percent-encoded in the
-# path. Operations that are not plain reads and writes of one key take the key
-# in the body instead, so no key can be mistaken for an action.
+# path. Operations that are not plain reads, writes or deletes of one key (an
+# increment, an owner's acquire, extend and release) take the key in the body
+# instead, so no key can be mistaken for an action: DELETE /v1/locks/acquire
+# breaks the lock on the key "acquire".
 
 
 
