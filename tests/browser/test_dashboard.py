@@ -413,6 +413,7 @@ def test_overview_pages_events_jobs_workers_and_state(stack: Dashboard, page: Pa
     row = page.locator(f"tr[data-event-id='{sent.id}']")
     expect(row).to_contain_text("email.verified")
     expect(row.locator("a.run-ref")).to_have_count(2)
+    expect(page.locator("thead th").last).to_have_text("Taken by")
     page.fill("input[name=key]", "invoice:in_7")
     page.keyboard.press("Enter")
     expect(page.locator("tr[data-event-id]")).to_have_count(1)
