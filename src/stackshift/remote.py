@@ -488,14 +488,20 @@ class RemoteService(RemoteFlowControl):
         check_key(key, "state key", self.limits().max_state_key_length)
         return _state_key(key)
 
-    def state_keys(self, prefix: str | None = None, limit: int = 100,
-                   after: str | None = None) -> list[dict[str, Any]]:
+    def _key_page(self, path: str, prefix: str | None, limit: int,
+                  after: str | None) -> Any:
+        """The JSON of a page of keys (state keys or locks), its arguments checked
+        as the embedded service checks them."""
         check_filter(prefix, "prefix")
         check_filter(after, "after")
         check_limit(limit)
-        response = self._call("GET", "/v1/state",
-                              params={"prefix": prefix, "limit": limit, "after": after})
-        entries = wire.StateList.model_validate(response.json()).items
+        return self._call("GET", path,
+                          params={"prefix": prefix, "limit": limit, "after": after}).json()
+
+    def state_keys(self, prefix: str | None = None, limit: int = 100,
+                   after: str | None = None) -> list[dict[str, Any]]:
+        entries = wire.StateList.model_validate(
+            self._key_page("/v1/state", prefix, limit, after)).items
         return [{"key": e.key, "value": e.value, "expires_at": _epoch(e.expires_at),
                  "updated_at": _epoch(e.updated_at)} for e in entries]
 
@@ -538,12 +544,8 @@ class RemoteService(RemoteFlowControl):
 
     def lock_list(self, prefix: str | None = None, limit: int = 100,
                   after: str | None = None) -> list[dict[str, Any]]:
-        check_filter(prefix, "prefix")
-        check_filter(after, "after")
-        check_limit(limit)
-        response = self._call("GET", "/v1/locks",
-                              params={"prefix": prefix, "limit": limit, "after": after})
-        entries = wire.LockList.model_validate(response.json()).items
+        entries = wire.LockList.model_validate(
+            self._key_page("/v1/locks", prefix, limit, after)).items
         return [{"key": e.key, "owner": e.owner, "expires_at": e.expires_at.timestamp()}
                 for e in entries]
 

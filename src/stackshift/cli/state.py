@@ -113,58 +113,68 @@ def delete(key: str, as_json: bool, database_url: str | None) -> None:
     console().print(f"Deleted {key!r}.", markup=False)
 
 
+def _listing_options(noun: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The options of a paged listing of keys (state keys or locks)."""
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed([
+            click.option("--prefix", help="Only those whose key starts with this, spaces "
+                                          "included ('' starts every key: all are listed)."),
+            click.option("--limit", type=click.IntRange(1, 1000), default=100,
+                         show_default=True, help=f"{noun.capitalize()} per page."),
+            click.option("--cursor", callback=not_empty,
+                         help="Next page: the cursor printed under the previous one."),
+            json_option,
+            database_url_option,
+        ]):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def _show_page(listing: Callable[..., list[dict[str, Any]]], prefix: str | None, limit: int,
+               cursor: str | None, as_json: bool,
+               as_entry: Callable[[dict[str, Any]], dict[str, Any]],
+               table: Callable[[list[dict[str, Any]]], Any], none: str, no_more: str) -> None:
+    """Print a page of ``listing`` (``state.keys`` or ``state.locks``): as JSON with
+    each item made by ``as_entry`` and the next cursor, or as ``table`` with the
+    command for the next page. The cursor is the last key of the page: the next
+    page starts after it, and there is one when a live key follows it."""
+    items = listing(prefix, limit, after=cursor)
+    more = len(items) == limit and bool(listing(prefix, 1, after=items[-1]["key"]))
+    next_cursor = items[-1]["key"] if more else None
+    if as_json:
+        echo_json({"items": [as_entry(item) for item in items], "next_cursor": next_cursor})
+        return
+    out = console()
+    if not items:
+        out.print(none if cursor is None else no_more)
+        return
+    out.print(table(items))
+    if next_cursor is not None:
+        out.print(f"More: {next_page_command(next_cursor)}", style="dim", markup=False)
+
+
 @state.command("list")
-@click.option("--prefix", help="Only keys starting with this, spaces included "
-                               "('' starts every key: all are listed).")
-@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True,
-              help="Keys per page.")
-@click.option("--cursor", callback=not_empty,
-              help="Next page: the cursor printed under the previous one.")
-@json_option
-@database_url_option
+@_listing_options("keys")
 def list_state(prefix: str | None, limit: int, cursor: str | None, as_json: bool,
                database_url: str | None) -> None:
     """Live keys in key order."""
     with open_client(database_url) as app:
-        items, next_cursor = _page(app.state.keys, prefix, limit, cursor)
-    if as_json:
         # Times as ISO-8601 in UTC, as in every other command's JSON.
-        echo_json({"items": [_entry(item) for item in items], "next_cursor": next_cursor})
-        return
-    out = console()
-    if not items:
-        out.print("No state keys match." if cursor is None else "No more state keys.")
-        return
-    out.print(state_table(items))
-    if next_cursor is not None:
-        out.print(f"More: {next_page_command(next_cursor)}", style="dim", markup=False)
+        _show_page(app.state.keys, prefix, limit, cursor, as_json, _entry, state_table,
+                   "No state keys match.", "No more state keys.")
 
 
 @state.command("locks")
-@click.option("--prefix", help="Only locks whose key starts with this, spaces included "
-                               "('' starts every key: all are listed).")
-@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True,
-              help="Locks per page.")
-@click.option("--cursor", callback=not_empty,
-              help="Next page: the cursor printed under the previous one.")
-@json_option
-@database_url_option
+@_listing_options("locks")
 def list_locks(prefix: str | None, limit: int, cursor: str | None, as_json: bool,
                database_url: str | None) -> None:
     """Live locks in key order: who holds each, and until when."""
     with open_client(database_url) as app:
-        items, next_cursor = _page(app.state.locks, prefix, limit, cursor)
-    if as_json:
-        echo_json({"items": [{**item, "expires_at": _moment(item["expires_at"])}
-                             for item in items], "next_cursor": next_cursor})
-        return
-    out = console()
-    if not items:
-        out.print("No locks are held." if cursor is None else "No more locks.")
-        return
-    out.print(locks_table(items))
-    if next_cursor is not None:
-        out.print(f"More: {next_page_command(next_cursor)}", style="dim", markup=False)
+        _show_page(app.state.locks, prefix, limit, cursor, as_json,
+                   lambda item: {**item, "expires_at": _moment(item["expires_at"])},
+                   locks_table, "No locks are held.", "No more locks.")
 
 
 @state.command()
@@ -183,16 +193,6 @@ def unlock(key: str, as_json: bool, database_url: str | None) -> None:
         echo_json({"key": key, "broken": True})
         return
     console().print(f"Broke the lock on {key!r}.", markup=False)
-
-
-def _page(listing: Callable[..., list[dict[str, Any]]], prefix: str | None, limit: int,
-          cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
-    """A page of ``listing`` (``state.keys`` or ``state.locks``) and the cursor of the
-    next: the last key of the page, when a live one follows it."""
-    items = listing(prefix, limit, after=cursor)
-    # A full page has a next one when a live key follows its last.
-    more = len(items) == limit and bool(listing(prefix, 1, after=items[-1]["key"]))
-    return items, items[-1]["key"] if more else None
 
 
 def _entry(item: dict[str, Any]) -> dict[str, Any]:
