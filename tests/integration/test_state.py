@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from locking import taken_by_another
 from stackshift import AsyncStackShift, LockNotAcquiredError, StackShift, ValidationError
 from stackshift.durations import to_datetime
 from stackshift.testing import FakeClock, run_until_idle
@@ -480,14 +481,6 @@ def test_a_handler_whose_lock_outlasts_its_ttl_finds_the_warning_in_its_logs(
         "lock 'billing:close-month' ran past its ttl of 10s before its block ended")
 
 
-def _taken_by_another(app: StackShift, key: str) -> bool:
-    """Whether another owner gets ``key`` now (taken and released at once)."""
-    try:
-        with app.state.lock(key, wait=0):
-            return True
-    except LockNotAcquiredError:
-        return False
-
 
 def test_extend_keeps_another_owner_out_past_the_original_ttl(
     fake_app: StackShift, clock: FakeClock, caplog: pytest.LogCaptureFixture
@@ -497,13 +490,13 @@ def test_extend_keeps_another_owner_out_past_the_original_ttl(
         for _ in range(3):  # 24s in all, each step within the TTL
             clock.advance("8s")
             assert held.extend() is True  # another 10s from now
-            assert _taken_by_another(fake_app, "search-index:rebuild") is False
+            assert taken_by_another(fake_app, "search-index:rebuild") is False
         assert held.extend("1m") is True  # a ttl of its own, this once
         clock.advance("59s")
-        assert _taken_by_another(fake_app, "search-index:rebuild") is False
+        assert taken_by_another(fake_app, "search-index:rebuild") is False
         assert held.extend("2s") is True  # sooner than before: now + ttl, not added to it
         clock.advance("2s")
-        assert _taken_by_another(fake_app, "search-index:rebuild") is True
+        assert taken_by_another(fake_app, "search-index:rebuild") is True
         assert held.extend() is False
     assert held.lost is True
     # The warning names the TTL that ran out: the last one given.
@@ -515,7 +508,7 @@ def test_extend_keeps_another_owner_out_past_the_original_ttl(
         assert kept.extend() is True
         clock.advance("9s")
     assert kept.lost is False  # extended in time: the block was exclusive throughout
-    assert _taken_by_another(fake_app, "search-index:rebuild") is True  # released on exit
+    assert taken_by_another(fake_app, "search-index:rebuild") is True  # released on exit
 
     async def async_owner() -> list[bool]:
         seen = []
@@ -523,7 +516,7 @@ def test_extend_keeps_another_owner_out_past_the_original_ttl(
             clock.advance("9s")
             seen.append(await held.extend_async("30s"))
             clock.advance("29s")
-            seen.append(_taken_by_another(fake_app, "search-index:rebuild"))
+            seen.append(taken_by_another(fake_app, "search-index:rebuild"))
         seen.append(bool(held.lost))
         return seen
 
@@ -540,9 +533,9 @@ def test_extend_after_the_ttl_ran_out_does_not_take_the_lock_back(
         second.__enter__()  # the next owner took the expired lock
         assert first.extend() is False
         assert first.extend("1h") is False
-        assert _taken_by_another(fake_app, "billing:close-month") is False  # still second's
+        assert taken_by_another(fake_app, "billing:close-month") is False  # still second's
         clock.advance("59s")
-        assert _taken_by_another(fake_app, "billing:close-month") is False  # for its own 1m
+        assert taken_by_another(fake_app, "billing:close-month") is False  # for its own 1m
         clock.advance("1s")
     assert first.lost is True
     assert ("lock 'billing:close-month' ran past its ttl of 10s before its block ended"
@@ -554,7 +547,7 @@ def test_extend_after_the_ttl_ran_out_does_not_take_the_lock_back(
     with state.lock("billing:close-month", ttl="10s") as late:
         clock.advance("10s")
         assert late.extend() is False
-        assert _taken_by_another(fake_app, "billing:close-month") is True
+        assert taken_by_another(fake_app, "billing:close-month") is True
     assert late.lost is True
 
 
@@ -567,9 +560,9 @@ def test_extend_with_a_bad_ttl_is_refused_and_changes_nothing(
         with pytest.raises(ValidationError, match="ttl"):
             held.extend(ttl)
         clock.advance("4s")
-        assert _taken_by_another(fake_app, "exports:acme") is False  # not cut short
+        assert taken_by_another(fake_app, "exports:acme") is False  # not cut short
         clock.advance("1s")
-        assert _taken_by_another(fake_app, "exports:acme") is True  # nor moved on
+        assert taken_by_another(fake_app, "exports:acme") is True  # nor moved on
     assert held.lost is True
 
 
@@ -605,7 +598,7 @@ def test_a_handler_extends_its_lock_with_ctx_state(
             for _ in range(3):
                 clock.advance("50s")  # one batch
                 seen.append(held.extend())
-            seen.append(_taken_by_another(fake_app, "index:acme"))
+            seen.append(taken_by_another(fake_app, "index:acme"))
         return [*seen, held.lost]
 
     @fake_app.job("rebuildIndexAsync")
@@ -615,7 +608,7 @@ def test_a_handler_extends_its_lock_with_ctx_state(
             for _ in range(3):
                 clock.advance("50s")
                 seen.append(await held.extend_async())
-            seen.append(_taken_by_another(fake_app, "index:acme"))
+            seen.append(taken_by_another(fake_app, "index:acme"))
         return [*seen, held.lost]
 
     for job in ("rebuildIndex", "rebuildIndexAsync"):
@@ -783,7 +776,7 @@ def test_break_lock_frees_a_stuck_owner_s_lock_and_its_owner_finds_out(
 ) -> None:
     state = fake_app.state
     with state.lock("billing:close-month", ttl="1h") as stuck:
-        assert _taken_by_another(fake_app, "billing:close-month") is False
+        assert taken_by_another(fake_app, "billing:close-month") is False
         assert state.break_lock("billing:close-month") is True
         assert state.locks() == []
         assert state.break_lock("billing:close-month") is False  # nothing left to break
@@ -800,7 +793,7 @@ def test_break_lock_frees_a_stuck_owner_s_lock_and_its_owner_finds_out(
     with state.lock("billing:close-month", ttl="1h") as alone:
         assert state.break_lock("billing:close-month") is True
         assert alone.extend() is False
-        assert _taken_by_another(fake_app, "billing:close-month") is True
+        assert taken_by_another(fake_app, "billing:close-month") is True
     assert alone.lost is True
 
     # An expired lock is not live: breaking it says False and clears it.

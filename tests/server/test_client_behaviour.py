@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from locking import taken_by_another
 from stackshift import (
     AsyncStackShift,
     EventNotFoundError,
@@ -977,13 +978,6 @@ def test_a_lock_that_outlasts_its_ttl_tells_its_owner_on_exit(
     assert overran.lost is True
 
 
-def _taken_by_another(app: StackShift, key: str) -> bool:
-    try:
-        with app.state.lock(key, wait=0):
-            return True
-    except LockNotAcquiredError:
-        return False
-
 
 def test_an_extended_lock_stays_held_past_its_first_ttl(
         client: StackShift, engine: StackShift, unique: Names) -> None:
@@ -991,14 +985,14 @@ def test_an_extended_lock_stays_held_past_its_first_ttl(
     with client.state.lock(key, ttl=0.5) as held:
         assert held.extend("5s") is True
         time.sleep(0.6)  # past the first TTL
-        assert _taken_by_another(engine, key) is False
-        assert _taken_by_another(client, key) is False
+        assert taken_by_another(engine, key) is False
+        assert taken_by_another(client, key) is False
         for ttl in (0, -1, "0s", "soon"):
             with pytest.raises(ValidationError, match="ttl"):
                 held.extend(ttl)
-        assert _taken_by_another(engine, key) is False  # still held, for its 5s
+        assert taken_by_another(engine, key) is False  # still held, for its 5s
     assert held.lost is False
-    assert _taken_by_another(engine, key) is True  # released on exit
+    assert taken_by_another(engine, key) is True  # released on exit
     with pytest.raises(RuntimeError, match="is not held"):
         held.extend()
 
@@ -1011,7 +1005,7 @@ def test_an_extend_after_the_ttl_ran_out_does_not_take_the_lock_back(
         time.sleep(0.3)  # the owner overran its TTL: the next owner takes the lock
         with engine.state.lock(key, ttl="30s", wait=0) as next_owner:
             assert slow.extend("30s") is False
-            assert _taken_by_another(client, key) is False  # still the next owner's
+            assert taken_by_another(client, key) is False  # still the next owner's
     assert slow.lost is True and next_owner.lost is False
     assert f"lock {key!r} ran past its ttl of 0.2s" in caplog.text
 
@@ -1020,7 +1014,7 @@ def test_an_extend_after_the_ttl_ran_out_does_not_take_the_lock_back(
                 app.state.lock(key, ttl=0.2) as late:
             await asyncio.sleep(0.3)
             extended = await late.extend_async()
-            taken = _taken_by_another(engine, key)  # expired: free to another owner
+            taken = taken_by_another(engine, key)  # expired: free to another owner
         return extended, taken, late.lost
 
     assert asyncio.run(async_owner()) == (False, True, True)
