@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import click
 
-from ..durations import parse_duration, parse_instant
+from ..durations import parse_duration, parse_instant, to_datetime
 from ..errors import ValidationError
 from .failures import bad_input, not_found
 from .options import (
@@ -26,9 +25,6 @@ from .render import console, echo_json, locks_table, span, state_table
 
 _MISSING = object()
 
-
-def _moment(epoch: float | None) -> datetime | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
 
 
 @click.group()
@@ -93,7 +89,7 @@ def set_(
     # A bare number is seconds: "90" reads "1m30s", as durations do in every table.
     lasts = "" if seconds is None else f" (expires in {span(parse_duration(seconds))})"
     if deadline is not None:
-        lasts = f" (expires at {_moment(deadline):%Y-%m-%d %H:%M:%S} UTC)"
+        lasts = f" (expires at {to_datetime(deadline):%Y-%m-%d %H:%M:%S} UTC)"
     console().print(f"Set {key!r}{lasts}.", markup=False)
 
 
@@ -173,7 +169,7 @@ def list_locks(prefix: str | None, limit: int, cursor: str | None, as_json: bool
     """Live locks in key order: who holds each, and until when."""
     with open_client(database_url) as app:
         _show_page(app.state.locks, prefix, limit, cursor, as_json,
-                   lambda item: {**item, "expires_at": _moment(item["expires_at"])},
+                   lambda item: {**item, "expires_at": to_datetime(item["expires_at"])},
                    locks_table, "No locks are held.", "No more locks.")
 
 
@@ -197,5 +193,5 @@ def unlock(key: str, as_json: bool, database_url: str | None) -> None:
 
 def _entry(item: dict[str, Any]) -> dict[str, Any]:
     """A state entry as JSON: its times as ISO-8601 in UTC, as in every other command."""
-    return {**item, "expires_at": _moment(item["expires_at"]),
-            "updated_at": _moment(item["updated_at"])}
+    return {**item, "expires_at": to_datetime(item["expires_at"]),
+            "updated_at": to_datetime(item["updated_at"])}

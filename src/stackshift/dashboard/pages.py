@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ..durations import parse_duration
+from ..durations import parse_duration, to_datetime
 from ..engine.transitions import CANCELLABLE_AT_ONCE, RETRYABLE, TERMINAL, Status
 from ..errors import EventNotFoundError, RunNotFoundError, StackShiftError
 from ..models import LogEntry, Page, Run
@@ -388,9 +388,6 @@ def _key_page(listing: Callable[..., Entries], prefix: str | None, cursor: str |
     return shown, shown[-1]["key"] if len(entries) > PAGE_SIZE else None
 
 
-def _moment(epoch: float | None) -> datetime | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
-
 
 def state_page(service: Service, params: Mapping[str, str], now: float) -> dict[str, Any]:
     # A key may begin or end with spaces, so neither the prefix (exactly as typed:
@@ -411,9 +408,9 @@ def state_page(service: Service, params: Mapping[str, str], now: float) -> dict[
             {
                 "key": e["key"],
                 "value": e["value"],
-                "expires_at": _moment(e["expires_at"]),
+                "expires_at": to_datetime(e["expires_at"]),
                 "ttl": None if e["expires_at"] is None else e["expires_at"] - now,
-                "updated_at": _moment(e["updated_at"]),
+                "updated_at": to_datetime(e["updated_at"]),
             }
             for e in shown
         ],
@@ -421,7 +418,7 @@ def state_page(service: Service, params: Mapping[str, str], now: float) -> dict[
         "cursor": cursor,
         "locks": [
             {"key": lock["key"], "owner": lock["owner"],
-             "expires_at": _moment(lock["expires_at"]), "ttl": lock["expires_at"] - now}
+             "expires_at": to_datetime(lock["expires_at"]), "ttl": lock["expires_at"] - now}
             for lock in locks
         ],
         "locks_next": locks_next,
