@@ -456,16 +456,14 @@ class Dashboard:
         except (StackShiftError, TypeError, ValueError) as exc:
             return ("error", str(exc)), True
         if sent.duplicate:
-            return ("info", "An event with this idempotency key was already sent; "
-                            "nothing was resumed again."), False
+            return ("info", _repeated_send(run_id, sent.resumed_run_ids)), False
         if run_id in sent.resumed_run_ids:
             others = len(sent.resumed_run_ids) - 1
             text = "Event sent: the run resumed." + (
-                f" It also resumed {others} other run{'s' if others != 1 else ''}."
-                if others else "")
+                f" It also resumed {formatting.plural(others, 'other run')}." if others else "")
             return ("ok", text), False
         count = len(sent.resumed_run_ids)
-        return ("info", f"Event sent; it resumed {count} run{'s' if count != 1 else ''}, "
+        return ("info", f"Event sent; it resumed {formatting.plural(count, 'run')}, "
                         "not this one (check the name and correlation key)."), False
 
     def _bulk_retry(self, request: Request, form: dict[str, list[str]],
@@ -608,3 +606,17 @@ def create_dashboard(
     """
     return Dashboard(service, auth=auth, verify_key=verify_key, secret=secret,
                      session_max_age=session_max_age, poll_interval=poll_interval).asgi()
+
+
+def _repeated_send(run_id: str, first: list[str]) -> str:
+    """The message for a send that repeated an idempotency key: it resumed nothing,
+    so say what the first send resumed, and how to reach this run if not it."""
+    text = ("An event with this idempotency key was already sent, so nothing was "
+            "resumed now. Its first send ")
+    if run_id in first:
+        others = len(first) - 1
+        return text + "resumed this run" + (
+            f" and {formatting.plural(others, 'other run')}." if others else ".")
+    done = f"resumed {formatting.plural(len(first), 'run')}, not this one" if first else (
+        "resumed no run")
+    return text + done + ". Send it with another idempotency key to resume this run."
