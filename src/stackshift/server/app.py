@@ -111,6 +111,9 @@ def _field_message(where: str, errors: list[Any]) -> str:
                 return f"{where}: {value!r} must be more than 0"
         except ValidationError as exc:
             return str(exc)
+    cause = (error.get("ctx") or {}).get("error")
+    if error.get("type") == "value_error" and cause is not None:
+        return f"{where}: {cause}"  # a check of ours: its own words, without "Value error, "
     return f"{where}: {error.get('msg', 'invalid')}"
 
 

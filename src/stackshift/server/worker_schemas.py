@@ -16,7 +16,7 @@ from pydantic import AfterValidator, Field, StrictInt, StrictStr, model_validato
 from pydantic_core import PydanticCustomError
 
 from ..flowcontrol import check_failure_handler
-from ..serialization import encode, unique_keys, utf8_size
+from ..serialization import DuplicateKeyError, encode, unique_keys, utf8_size
 from ..store.base import Lease, LogWrite, Outcome, StepWrite
 from . import schemas as s
 from .schemas import Body, Wire
@@ -64,6 +64,8 @@ def _json_text(text: str) -> str:
     try:
         value = json.loads(text, parse_constant=refuse, object_pairs_hook=unique_keys)
         utf8_size(encode(value, what="result", limit=None), "result")
+    except DuplicateKeyError as exc:
+        raise ValueError(f"must be JSON text without a repeated key ({exc})") from None
     except (ValueError, TypeError, RecursionError):
         raise ValueError("must be JSON text (a result as the worker encodes it)") from None
     return text
