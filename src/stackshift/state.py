@@ -7,6 +7,7 @@ Keep code that must not repeat inside ``ctx.step.run``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -165,13 +166,25 @@ class Lock:
     def __enter__(self) -> Lock:
         deadline = time.monotonic() + self.wait
         pause = 0.005
-        while not self._state._try_lock(self.key, self.owner, self.ttl):
+        while not self._try():
             if time.monotonic() >= deadline:
                 raise self._refused()
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 2, 0.25)
         self._held = True
         return self
+
+    def _try(self) -> bool:
+        """One try. One cut short (Ctrl-C, a lost connection) may have taken the
+        lock before it could say so: the lock is given back (a release deletes only
+        this owner's lock), rather than left held by nobody for its whole TTL."""
+        try:
+            return self._state._try_lock(self.key, self.owner, self.ttl)
+        except BaseException:
+            # Should this fail too, the TTL frees the lock; the first error is told.
+            with contextlib.suppress(Exception):
+                self._state._release(self.key, self.owner)
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self._held = False

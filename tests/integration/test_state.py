@@ -462,6 +462,26 @@ def test_an_async_wait_for_a_lock_cut_short_by_a_timeout_leaves_it_free(
     assert asyncio.run(patient()) is False
 
 
+def test_a_sync_try_cut_short_after_it_took_the_lock_gives_it_back(app: StackShift) -> None:
+    """A Ctrl-C can land after the store took the lock and before the try returned
+    (here it is raised at that instant): the lock must not stay taken by nobody for
+    its whole TTL."""
+    service = app._service
+    take = service.lock_acquire
+
+    def interrupted(key: str, owner: str, ttl: Any) -> bool:
+        take(key, owner, ttl)
+        raise KeyboardInterrupt
+
+    service.lock_acquire = interrupted  # type: ignore[method-assign]
+    try:
+        with pytest.raises(KeyboardInterrupt), app.state.lock("exports:acme", ttl="1m"):
+            pytest.fail("entered the block")
+    finally:
+        del service.lock_acquire
+    assert taken_by_another(app, "exports:acme")
+
+
 def test_a_handler_whose_lock_outlasts_its_ttl_finds_the_warning_in_its_logs(
     fake_app: StackShift, clock: FakeClock
 ) -> None:
