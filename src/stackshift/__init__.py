@@ -3,7 +3,7 @@
 from typing import Any
 
 from .client import AsyncStackShift, StackShift
-from .context import JobContext, RunInfo
+from .context import AsyncJobContext, JobContext, RunInfo
 from .engine.retries import Backoff
 from .engine.transitions import Status
 from .errors import (
@@ -43,6 +43,7 @@ from .models import (
 from .settings import Settings
 
 __all__ = [
+    "AsyncJobContext",
     "AsyncStackShift",
     "Attempt",
     "AuthenticationError",

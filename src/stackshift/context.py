@@ -6,10 +6,10 @@ import asyncio
 import hashlib
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from .durations import parse_duration, parse_instant
 from .errors import HandlerSignal, ValidationError
@@ -17,12 +17,19 @@ from .jobs import check_name
 from .models import Event
 from .runlogs import RUN_LOGGER
 from .service import ON_TIMEOUT, check_key
+from .state import AsyncState, State
 
 if TYPE_CHECKING:
-    from .state import AsyncState, State
     from .worker.invocation import Invocation
 
-P = TypeVar("P")
+#: The payload's type: ``JobContext[Model]`` gives ``ctx.payload`` as a ``Model``.
+PayloadT = TypeVar("PayloadT")
+#: ``ctx.step`` and ``ctx.state``: the plain or the awaitable flavour.
+StepsT = TypeVar("StepsT", bound="_StepsBase")
+StateT = TypeVar("StateT", State, AsyncState)
+#: A step function's parameters and result, for ``ctx.step.run``.
+P = ParamSpec("P")
+T = TypeVar("T")
 
 #: ``ctx.log``: its records are captured into the run's logs (see runlogs).
 _RUN_LOG = logging.getLogger(RUN_LOGGER)
@@ -119,12 +126,20 @@ class _StepsBase:
 class Steps(_StepsBase):
     """``ctx.step`` for plain (sync) handlers."""
 
-    def run(self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    @overload
+    def run(self, name: str, fn: Callable[P, Awaitable[T]], /,
+            *args: P.args, **kwargs: P.kwargs) -> T: ...
+
+    @overload
+    def run(self, name: str, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T: ...
+
+    def run(self, name: str, fn: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> Any:
         """Run ``fn(*args, **kwargs)`` once per run and return its (stored) JSON result.
 
         A later invocation returns the stored result without calling ``fn``. An
         exception is recorded on the step and raised here. ``name`` and ``fn`` are
-        positional, so ``fn`` may take keyword arguments of any name.
+        positional, so ``fn`` may take keyword arguments of any name. An async
+        ``fn`` is run to completion: the result is what it returns.
         """
         inv = self._inv
         plan = inv.plan_run(name, fn)
@@ -167,7 +182,17 @@ class AsyncSteps(_StepsBase):
     Store writes run in a thread so that other handlers on the loop keep going.
     """
 
-    async def run(self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    @overload
+    async def run(self, name: str, fn: Callable[P, Awaitable[T]], /,
+                  *args: P.args, **kwargs: P.kwargs) -> T: ...
+
+    @overload
+    async def run(self, name: str, fn: Callable[P, T], /,
+                  *args: P.args, **kwargs: P.kwargs) -> T: ...
+
+    async def run(self, name: str, fn: Callable[P, Any], /,
+                  *args: P.args, **kwargs: P.kwargs) -> Any:
+        """The result of ``fn`` awaited, whether ``fn`` is sync (run in a thread) or async."""
         inv = self._inv
         key = inv.step_key(name, fn)  # before any await: in the order of the calls
         if inv.stale():  # the boundary would ask the store: not on the loop
@@ -216,16 +241,18 @@ class AsyncSteps(_StepsBase):
         )
 
 
-class JobContext(Generic[P]):
-    """What a handler receives. Annotate ``ctx: JobContext[Model]`` for a typed payload."""
+class _ContextBase(Generic[PayloadT, StepsT, StateT]):
+    """What every handler receives; :class:`JobContext` and :class:`AsyncJobContext`
+    name the flavour of ``step`` and ``state`` for the type checker."""
 
-    payload: P
+    payload: PayloadT
     run: RunInfo
-    step: Any
-    state: Any
+    step: StepsT
+    state: StateT
     log: logging.Logger
 
-    def __init__(self, invocation: Invocation, payload: P, state: State | AsyncState) -> None:
+    def __init__(self, invocation: Invocation, payload: PayloadT, step: StepsT,
+                 state: StateT) -> None:
         run = invocation.run
         self.payload = payload
         self.run = RunInfo(
@@ -237,6 +264,22 @@ class JobContext(Generic[P]):
             created_at=run.created_at,
             idempotency_key=run.idempotency_key,
         )
-        self.step = AsyncSteps(invocation) if invocation.job.is_async else Steps(invocation)
+        self.step = step
         self.state = state
         self.log = _RUN_LOG
+
+
+class JobContext(_ContextBase[PayloadT, Steps, State]):
+    """What a plain (sync) handler receives. Annotate ``ctx: JobContext[Model]``
+    for a typed payload."""
+
+    def __init__(self, invocation: Invocation, payload: PayloadT, state: State) -> None:
+        super().__init__(invocation, payload, Steps(invocation), state)
+
+
+class AsyncJobContext(_ContextBase[PayloadT, AsyncSteps, AsyncState]):
+    """What an ``async def`` handler receives: ``ctx.step`` and ``ctx.state`` are
+    awaitable. Annotate ``ctx: AsyncJobContext[Model]`` for a typed payload."""
+
+    def __init__(self, invocation: Invocation, payload: PayloadT, state: AsyncState) -> None:
+        super().__init__(invocation, payload, AsyncSteps(invocation), state)

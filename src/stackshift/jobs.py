@@ -76,7 +76,8 @@ def is_async_handler(handler: Callable[..., Any]) -> bool:
 
 
 def _payload_model(handler: Callable[..., Any]) -> type | None:
-    """The pydantic model ``M`` when the first parameter is annotated ``JobContext[M]``."""
+    """The pydantic model ``M`` when the first parameter is annotated ``JobContext[M]``
+    or ``AsyncJobContext[M]`` (either, whether the handler is sync or async)."""
     try:
         if not inspect.isroutine(inspect.unwrap(handler)) and not isinstance(handler, type):
             # an object with a __call__: its method's annotations (without self)

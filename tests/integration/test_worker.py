@@ -26,6 +26,7 @@ import pytest
 from pydantic import BaseModel
 
 from stackshift import (
+    AsyncJobContext,
     InvalidTransitionError,
     JobContext,
     NonRetriableError,
@@ -172,21 +173,31 @@ class Order(BaseModel):
 
 def test_a_handler_annotated_with_a_payload_model_gets_the_model_or_fails_at_once(
         app: StackShift) -> None:
-    """``ctx: JobContext[Order]`` gives ``ctx.payload`` as an ``Order``, in sync and
-    async handlers; a payload that does not fit fails the run on its first
-    attempt (a retry would not make it fit), naming the model."""
+    """``ctx: JobContext[Order]`` (or ``AsyncJobContext[Order]``) gives ``ctx.payload``
+    as an ``Order``, in sync and async handlers; a payload that does not fit fails
+    the run on its first attempt (a retry would not make it fit), naming the model.
+    An async handler annotated the old way (``JobContext``) gets the async context."""
     @app.job("typed", max_attempts=3)
     def typed(ctx: JobContext[Order]) -> list[Any]:
-        return [type(ctx.payload).__name__, ctx.payload.n]
+        return [type(ctx).__name__, type(ctx.payload).__name__, ctx.payload.n]
 
     @app.job("typedAsync", max_attempts=3)
     async def typed_async(ctx: JobContext[Order]) -> list[Any]:
-        return [type(ctx.payload).__name__, ctx.payload.n]
+        n = await ctx.step.run("n", lambda: ctx.payload.n)
+        return [type(ctx).__name__, type(ctx.payload).__name__, n]
 
-    good = [app.start(job, {"n": 7}) for job in ("typed", "typedAsync")]
-    bad = [app.start(job, {"n": "seven"}) for job in ("typed", "typedAsync")]
+    @app.job("typedAsyncContext", max_attempts=3)
+    async def typed_async_context(ctx: AsyncJobContext[Order]) -> list[Any]:
+        n = await ctx.step.run("n", lambda: ctx.payload.n)
+        return [type(ctx).__name__, type(ctx.payload).__name__, n]
+
+    jobs = ("typed", "typedAsync", "typedAsyncContext")
+    good = [app.start(job, {"n": 7}) for job in jobs]
+    bad = [app.start(job, {"n": "seven"}) for job in jobs]
     run_until_idle(app)
-    assert [app.runs.get(r.id).result for r in good] == [["Order", 7], ["Order", 7]]
+    assert [app.runs.get(r.id).result for r in good] == [
+        ["JobContext", "Order", 7], ["AsyncJobContext", "Order", 7],
+        ["AsyncJobContext", "Order", 7]]
     for run in bad:
         failed = app.runs.get(run.id)
         assert (failed.status, failed.attempt) == ("failed", 1)

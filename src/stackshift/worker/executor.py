@@ -7,7 +7,7 @@ import logging
 import threading
 from typing import Any
 
-from ..context import JobContext
+from ..context import AsyncJobContext, JobContext
 from ..errors import AttemptTimeoutError
 from ..runlogs import CURRENT
 from ..state import AsyncState, State
@@ -51,7 +51,7 @@ async def execute_async(invocation: Invocation, state: AsyncState) -> None:
         error: BaseException | None = None
         value: Any = None
         try:
-            ctx: JobContext[Any] = JobContext(invocation, invocation.payload(), state)
+            ctx: AsyncJobContext[Any] = AsyncJobContext(invocation, invocation.payload(), state)
             coro = invocation.job.handler(ctx)
             timeout = invocation.job.timeout
             if timeout is None:

@@ -1,0 +1,113 @@
+"""A user's app type-checks the way its handlers run: mypy (strict) on a small app.
+
+``ctx: JobContext[Model]`` gives a sync handler ``ctx.payload`` as a ``Model``,
+``ctx.step`` and the sync ``ctx.state``; ``ctx: AsyncJobContext[Model]`` gives an
+``async def`` handler the awaitable ones. ``ctx.step.run(name, fn, *args)``
+returns what ``fn`` returns (awaited, when ``fn`` is async) and checks ``args``
+against ``fn``'s parameters. Each line marked ``# E: text`` must get one mypy
+error whose message contains ``text``; no other line may get one. The guide's
+example of typed handlers is checked in the same run and must get none.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+from mypy import api
+
+from docblocks import ROOT, python_blocks
+
+APP = textwrap.dedent('''
+    from __future__ import annotations
+
+    from typing import Any, assert_type
+
+    from pydantic import BaseModel
+
+    from stackshift import AsyncJobContext, Event, JobContext, StackShift
+
+    app = StackShift()
+
+
+    class Order(BaseModel):
+        order_id: str
+
+
+    def price(order_id: str, quantity: int) -> int:
+        return quantity
+
+
+    async def fetch(order_id: str, *, retries: int = 0) -> str:
+        return order_id
+
+
+    @app.job("syncHandler")
+    def sync_handler(ctx: JobContext[Order]) -> dict[str, Any]:
+        assert_type(ctx.payload, Order)
+        assert_type(ctx.step.run("a", price, ctx.payload.order_id, 1), int)
+        assert_type(ctx.step.run("b", fetch, "o_1", retries=2), str)
+        assert_type(ctx.step.sleep("nap", "1s"), None)
+        assert_type(ctx.step.wait_for_event("paid", timeout="1h"), Event | None)
+        assert_type(ctx.state.increment("visits"), int)
+        ctx.step.run("c", price, "o_1", "one")  # E: No overload variant of "run" of "Steps"
+        ctx.step.run("d", price, "o_1")  # E: No overload variant of "run" of "Steps"
+        ctx.step.run("e", fetch, "o_1", retry=2)  # E: Unexpected keyword argument "retry"
+        ctx.payload.id  # E: "Order" has no attribute "id"
+        return {"ok": True}
+
+
+    @app.job("asyncHandler")
+    async def async_handler(ctx: AsyncJobContext[Order]) -> dict[str, Any]:
+        assert_type(ctx.payload, Order)
+        assert_type(await ctx.step.run("b", fetch, ctx.payload.order_id), str)
+        assert_type(await ctx.step.run("a", price, "o_1", 2), int)
+        assert_type(await ctx.step.sleep("nap", "1s"), None)
+        assert_type(await ctx.step.wait_for_event("paid"), Event | None)
+        assert_type(await ctx.state.increment("visits"), int)
+        await ctx.step.run("c", fetch, 42)  # E: No overload variant of "run" of "AsyncSteps"
+        ctx.step.run("d", price, "o_1", 2).bit_length()  # E: has no attribute "bit_length"
+        return {"ok": True}
+
+
+    @app.job("asyncHandlerSyncContext")
+    async def old_annotation(ctx: JobContext[Order]) -> None:
+        # JobContext is the sync context: awaiting its step is flagged.
+        await ctx.step.run("a", price, "o_1", 2)  # E: Incompatible types in "await"
+''')
+
+MARK = re.compile(r"#\s*E:\s*(?P<text>.+)$")
+ERROR = re.compile(r"^(?:.*[/\\])?(?P<file>\w+\.py):(?P<line>\d+): error: (?P<message>.+)$")
+
+
+def test_handler_context_types_steps_state_and_payload(tmp_path: Path) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(APP, encoding="utf-8")
+    [example] = [b for b in python_blocks()
+                 if b.page == "docs/guide.md" and "AsyncJobContext[" in b.code]
+    guide = tmp_path / "guide.py"
+    guide.write_text(example.code, encoding="utf-8")
+    config = tmp_path / "mypy.ini"
+    config.write_text(f"[mypy]\nstrict = True\nmypy_path = {ROOT / 'src'}\n", encoding="utf-8")
+    expected = {("app.py", number): m.group("text").strip()
+                for number, line in enumerate(APP.splitlines(), 1)
+                if (m := MARK.search(line))}
+
+    out, err, status = api.run([
+        "--config-file", str(config), "--cache-dir", str(tmp_path / "cache"),
+        "--no-error-summary", "--hide-error-context", str(app), str(guide),
+    ])
+
+    errors: dict[tuple[str, int], list[str]] = {}
+    for line in out.splitlines():
+        if ": note: " in line:  # the overloads mypy lists, "maybe you forgot to use await"
+            continue
+        found = ERROR.match(line)
+        assert found, f"unexpected mypy output: {line}\n{out}{err}"
+        where = (found.group("file"), int(found.group("line")))
+        errors.setdefault(where, []).append(found.group("message"))
+    assert sorted(errors) == sorted(expected), out + err
+    for where, text in expected.items():
+        assert len(errors[where]) == 1 and text in errors[where][0], (where, out)
+    assert status == 1, out + err
