@@ -131,3 +131,12 @@ def test_every_python_block_is_a_program_or_a_marked_fragment() -> None:
     assert programs.count("README.md") >= 1 and programs.count("docs/guide.md") >= 2
     for block in found:
         block.compiled()  # a SyntaxError names the doc and line
+
+
+def test_worker_queues_help_says_what_leaving_it_out_does() -> None:
+    """Without --queues a worker serves every queue, not only its jobs' own ones:
+    the README says so, and ``stackshift worker --help`` must not say otherwise."""
+    assert "leave it out to serve every queue" in " ".join((ROOT / "README.md").read_text().split())
+    option = _options(cli.commands["worker"])["--queues"]
+    assert option is not None and option.help is not None
+    assert "(default: every queue)" in option.help

@@ -106,7 +106,7 @@ def load_app_on(spec: str, database_url: str | None) -> StackShift:
 
 @click.command()
 @click.argument("app_spec", metavar="APP")
-@click.option("--queues", help="Comma-separated queues to serve (default: all of the app's).")
+@click.option("--queues", help="Comma-separated queues to serve (default: every queue).")
 @click.option("--concurrency", type=click.IntRange(min=1), default=10, show_default=True,
               help="Runs executed at once.")
 @click.option("--lease", default="30s", show_default=True,
