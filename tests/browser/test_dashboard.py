@@ -620,6 +620,23 @@ def test_a_long_job_name_does_not_push_the_runs_columns_out_of_sight(
         "TimeoutError")
 
 
+def test_a_queue_configured_before_its_first_run_is_listed(
+    stack: Dashboard, page: Page
+) -> None:
+    """A queue paused or limited before any run lands on it is on the Queues page
+    (as in ``stackshift queues`` and ``/metrics``), and its own page shows it."""
+    stack.app.queue("payouts", concurrency=2).pause()
+
+    page.goto(stack.at("/queues"))
+    payouts = page.locator("tr", has=page.locator("a.queue-link:text-is('payouts')"))
+    expect(payouts.locator(".queue-paused")).to_have_text("paused")
+    expect(payouts).to_contain_text("0 runs")
+
+    payouts.locator("a.queue-link").click()
+    expect(page.locator("#queue-paused")).to_contain_text("This queue is paused")
+    expect(page.locator(".page-head .sub")).to_contain_text("at most 2 running")
+
+
 def test_a_paused_queue_says_so_until_it_is_resumed(stack: Dashboard, page: Page) -> None:
     app = stack.app
     app.queue("media", concurrency=4, rate_limit="100/m").pause()

@@ -15,7 +15,7 @@ from typing import Any
 from ..durations import parse_duration, to_datetime
 from ..engine.transitions import CANCELLABLE_AT_ONCE, RETRYABLE, TERMINAL, Status
 from ..errors import EventNotFoundError, RunNotFoundError, StackShiftError
-from ..models import LogEntry, Page, Run
+from ..models import LogEntry, Page, QueueStats, Run
 from ..service import Service, check_filter
 from . import waterfall
 from .formatting import chart_times, day_time
@@ -244,12 +244,22 @@ def _window(params: Mapping[str, str]) -> str:
     return window if window in WINDOWS else "1h"
 
 
+def queue_stats(service: Service, settings: Mapping[str, Any]) -> list[QueueStats]:
+    """Each queue that holds runs or has settings, by name: a queue paused or
+    given a limit before its first run shows with no runs, as ``stackshift
+    queues`` and ``/metrics`` show it."""
+    found = {stats.name: stats for stats in service.queue_stats()}
+    for name in settings:
+        found.setdefault(name, QueueStats(name, {}, None))
+    return [found[name] for name in sorted(found)]
+
+
 def queues_page(service: Service, params: Mapping[str, str], now: float) -> dict[str, Any]:
     window = _window(params)
     series = service.queue_throughput(window, buckets=WINDOWS[window][1])
     settings = service.queue_settings()
     queues = []
-    for stats in service.queue_stats():
+    for stats in queue_stats(service, settings):
         buckets = series.get(stats.name)
         if buckets is None:  # nothing finished in the window: an empty chart, not none
             buckets = service.queue_throughput(window, buckets=WINDOWS[window][1],
@@ -278,9 +288,10 @@ def queues_page(service: Service, params: Mapping[str, str], now: float) -> dict
 def queue_page(service: Service, name: str, params: Mapping[str, str],
                now: float) -> dict[str, Any]:
     window = _window(params)
-    stats = next((q for q in service.queue_stats() if q.name == name), None)
+    all_settings = service.queue_settings()
+    stats = next((q for q in queue_stats(service, all_settings) if q.name == name), None)
     if stats is None:
-        raise NotFound(f"No queue named {name!r} holds any run.")
+        raise NotFound(f"No queue named {name!r} holds any run or has settings.")
     buckets = service.queue_throughput(window, buckets=WINDOWS[window][1], queue=name)[name]
     cursor = _param(params, "cursor")
     problems: list[Problem] = []
@@ -293,7 +304,7 @@ def queue_page(service: Service, name: str, params: Mapping[str, str],
     failed = sum(b.failed for b in buckets)
     span = (buckets[-1].start - buckets[0].start).total_seconds() + (
         (buckets[1].start - buckets[0].start).total_seconds() if len(buckets) > 1 else 60)
-    settings = service.queue_settings().get(name, {})
+    settings = all_settings.get(name, {})
     return {
         "page_title": f"Queue {name}",
         "nav": "queues",
