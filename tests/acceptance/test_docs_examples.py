@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -97,3 +98,18 @@ def test_the_readme_and_the_guide_have_programs() -> None:
     assert docs.count("docs/guide.md") == 5
     readme = next(b for b in PROGRAMS if b.page == "README.md")
     assert readme.expected_output() == ["completed", "completed"]
+
+
+def test_the_remote_client_example_talks_to_the_server_the_page_starts(tmp_path: Path) -> None:
+    """server.md's remote client builds as written (it sends no request until
+    used) and names the address its remote workers use: the server speaks plain
+    HTTP on that port, so an https:// there would fail the TLS handshake."""
+    block = next(b for b in python_blocks()
+                 if b.page == "docs/server.md" and "base_url=" in b.code)
+    done = run_blocks(tmp_path, [block], stubs=[])
+    if done.returncode != 0:
+        pytest.fail(f"{block.where} failed:\n{done.stderr}")
+    doc = (ROOT / "docs" / "server.md").read_text()
+    worker_urls = set(re.findall(r"stackshift worker \S+ --url (\S+)", doc))
+    client_urls = set(re.findall(r'base_url="([^"]+)"', block.code))
+    assert worker_urls and client_urls == worker_urls, (client_urls, worker_urls)
