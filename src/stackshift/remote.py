@@ -10,6 +10,7 @@ exception classes the embedded service raises. Network failures surface as
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import replace
 from datetime import datetime
@@ -79,16 +80,48 @@ _ERRORS: dict[str, type[Exception]] = {
 }
 
 
+def not_stackshift(response: httpx.Response) -> RemoteError:
+    """The error for an answer no StackShift server gives: a page of another web
+    server or of a proxy at the client's address (its title, not its markup), or
+    an empty error. Says to check the address."""
+    kind = response.headers.get("content-type", "").partition(";")[0].strip()
+    text = response.text
+    if kind == "text/html":
+        title = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+        text = title.group(1) if title else ""
+    said = " ".join(text.split())
+    said = said if len(said) <= 120 else said[:120] + "..."
+    what = (f"{kind or 'no content type'}, {len(response.content):,} bytes"
+            + (f": {said!r}" if said else ""))
+    return RemoteError(
+        f"HTTP {response.status_code} from {response.request.url} is not a StackShift "
+        f"server's answer ({what}); check the base_url", response.status_code, "http_error")
+
+
+def _is_json(response: httpx.Response) -> bool:
+    kind = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+    return kind == "application/json" or kind.endswith("+json")
+
+
+def checked(response: httpx.Response, ok: tuple[int, ...] = (200, 201, 204)) -> httpx.Response:
+    """``response`` if its status is one of ``ok`` and it is JSON (or empty);
+    else the error it stands for. An answer that is not JSON comes from another
+    web server at this address, whose pages would otherwise fail to read as one
+    of ours, or pass for a route missing from an older server."""
+    if response.status_code not in ok:
+        raise_for_error(response)
+    if response.content and not _is_json(response):
+        raise not_stackshift(response)
+    return response
+
+
 def raise_for_error(response: httpx.Response) -> NoReturn:
     """Raise the exception an error response stands for."""
     try:
         error = response.json()["error"]
         code, message = str(error["code"]), str(error["message"])
     except (ValueError, KeyError, TypeError):
-        raise RemoteError(
-            f"HTTP {response.status_code} from {response.request.url}: {response.text[:200]}",
-            response.status_code, "http_error",
-        ) from None
+        raise not_stackshift(response) from None
     if code == "idempotency_conflict":
         event_id = error.get("existingEventId")
         if event_id is not None:
@@ -199,9 +232,7 @@ class RemoteService(RemoteFlowControl):
                 method, path, json=json, content=content, headers=headers, params=params,
                 timeout=self.timeout if timeout is None else timeout,
             )
-        if response.status_code not in ok:
-            raise_for_error(response)
-        return response
+        return checked(response, ok)
 
     def limits(self) -> Settings:
         """The settings with the server's limits on values and keys (asked once, on
@@ -357,8 +388,7 @@ class RemoteService(RemoteFlowControl):
                 with runlogs.engine_call():
                     response = await http.get(path, params={"timeout": round(poll, 3)},
                                               timeout=poll + self.timeout)
-                if response.status_code != 200:
-                    raise_for_error(response)
+                checked(response, (200,))
                 if waiting.pause(wire.Run.model_validate(response.json()).to_model()) is None:
                     assert waiting.run is not None
                     return waiting.run

@@ -96,3 +96,48 @@ def test_other_failures_to_read_the_limits_still_surface(server: Server) -> None
         proxy.shutdown()
         proxy.server_close()
         thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("status", [200, 404])
+def test_another_web_server_at_the_address_is_told_apart(server: Server, status: int) -> None:
+    """A base_url that reaches a web site or a proxy's error page, not a StackShift
+    server: the client says so, with the page's title, instead of showing the page's
+    markup or failing to read it as JSON; a 404 page is not taken for an older server
+    without ``GET /v1/limits``."""
+    page = ("<!DOCTYPE html><html><head><title>Acme Intranet\n - Sign in</title>"
+            "<style>body{}</style></head><body>" + "<p>hello</p>" * 100 + "</body></html>")
+
+    class Website(BaseHTTPRequestHandler):
+        def _page(self) -> None:
+            body = page.encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = _page
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    site = ThreadingHTTPServer(("127.0.0.1", 0), Website)
+    thread = threading.Thread(target=site.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{site.server_address[1]}"
+        told = (f"HTTP {status} from {url}{{path}} is not a StackShift server's answer "
+                f"(text/html, {len(page):,} bytes: 'Acme Intranet - Sign in'); check the "
+                "base_url")
+        with StackShift(api_key=server.api_key, base_url=url) as app:
+            with pytest.raises(RemoteError) as raised:
+                app.runs.get("run_01")
+            assert str(raised.value) == told.format(path="/v1/runs/run_01")
+            assert raised.value.status == status
+            with pytest.raises(RemoteError) as raised:
+                app.state.set("older", 1)  # asks for the limits first
+            assert str(raised.value) == told.format(path="/v1/limits")
+    finally:
+        site.shutdown()
+        site.server_close()
+        thread.join(timeout=10)
