@@ -99,7 +99,7 @@ def not_stackshift(response: httpx.Response) -> RemoteError:
 
 
 def _is_json(response: httpx.Response) -> bool:
-    kind = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+    kind: str = response.headers.get("content-type", "").partition(";")[0].strip().lower()
     return kind == "application/json" or kind.endswith("+json")
 
 
