@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 from .durations import parse_duration, parse_instant
 from .errors import HandlerSignal, ValidationError
 from .jobs import check_name
+from .keywords import public_calls
 from .models import Event
 from .runlogs import RUN_LOGGER
 from .service import ON_TIMEOUT, check_key
@@ -106,6 +107,11 @@ def _current_task() -> asyncio.Task[Any] | None:
         return None
 
 
+def _refused(steps: _StepsBase, exc: TypeError) -> None:
+    """An unknown keyword to a ``ctx.step`` method is a refused call."""
+    steps._inv.refuse(exc)
+
+
 class _StepsBase:
     def __init__(self, invocation: Invocation) -> None:
         self._inv = invocation
@@ -123,8 +129,15 @@ class _StepsBase:
         return f"{self._inv.run.id}-{hashlib.sha256(raw.encode()).hexdigest()[:16]}"
 
 
+@public_calls("ctx.step", refused=_refused)
 class Steps(_StepsBase):
-    """``ctx.step`` for plain (sync) handlers."""
+    """``ctx.step`` for plain (sync) handlers.
+
+    Arguments the engine refuses (a bad name or duration, a keyword a method or
+    a step's function does not take) raise ``ValidationError`` or ``TypeError``
+    into the handler; if it lets one out, the run fails without retrying (see
+    :meth:`Invocation.refuse`).
+    """
 
     @overload
     def run(self, name: str, fn: Callable[P, Awaitable[T]], /,
@@ -142,7 +155,7 @@ class Steps(_StepsBase):
         ``fn`` is run to completion: the result is what it returns.
         """
         inv = self._inv
-        plan = inv.plan_run(name, fn)
+        plan = inv.plan_run(name, fn, inv.step_key(name, fn, kwargs))
         if plan.replayed:
             return plan.result
         with inv.in_step(plan.key):
@@ -156,11 +169,13 @@ class Steps(_StepsBase):
 
     def sleep(self, name: str, duration: Any) -> None:
         """Pause the run for ``duration``; no worker slot is held meanwhile."""
-        seconds = parse_duration(duration)
+        with self._inv.refusing():
+            seconds = parse_duration(duration)
         self._inv.sleep_until(name, lambda now: now + seconds)
 
     def sleep_until(self, name: str, when: datetime | str) -> None:
-        moment = parse_instant(when, name="when")
+        with self._inv.refusing():
+            moment = parse_instant(when, name="when")
         self._inv.sleep_until(name, lambda now: moment)
 
     def wait_for_event(
@@ -172,10 +187,12 @@ class Steps(_StepsBase):
         on_timeout: str = "fail",
     ) -> Event | None:
         """Pause until an event with this name and key arrives (see the events docs)."""
-        seconds = _check_wait(event_name, correlation_key, timeout, on_timeout)
+        with self._inv.refusing():
+            seconds = _check_wait(event_name, correlation_key, timeout, on_timeout)
         return self._inv.wait_for_event(event_name, correlation_key, seconds, on_timeout)
 
 
+@public_calls("ctx.step", refused=_refused)
 class AsyncSteps(_StepsBase):
     """``ctx.step`` for ``async def`` handlers: the same methods, awaitable.
 
@@ -194,7 +211,7 @@ class AsyncSteps(_StepsBase):
                   *args: P.args, **kwargs: P.kwargs) -> Any:
         """The result of ``fn`` awaited, whether ``fn`` is sync (run in a thread) or async."""
         inv = self._inv
-        key = inv.step_key(name, fn)  # before any await: in the order of the calls
+        key = inv.step_key(name, fn, kwargs)  # before any await: in the order of the calls
         if inv.stale():  # the boundary would ask the store: not on the loop
             await asyncio.to_thread(inv.ask_store)
         plan = inv.plan_run(name, fn, key)
@@ -217,12 +234,14 @@ class AsyncSteps(_StepsBase):
         return await asyncio.to_thread(inv.record_completed, plan, value)
 
     async def sleep(self, name: str, duration: Any) -> None:
-        seconds = parse_duration(duration)
+        with self._inv.refusing():
+            seconds = parse_duration(duration)
         key = self._inv.pause_key(name)
         await asyncio.to_thread(self._inv.sleep_until, name, lambda now: now + seconds, key)
 
     async def sleep_until(self, name: str, when: datetime | str) -> None:
-        moment = parse_instant(when, name="when")
+        with self._inv.refusing():
+            moment = parse_instant(when, name="when")
         key = self._inv.pause_key(name)
         await asyncio.to_thread(self._inv.sleep_until, name, lambda now: moment, key)
 
@@ -234,7 +253,8 @@ class AsyncSteps(_StepsBase):
         timeout: Any = "7d",
         on_timeout: str = "fail",
     ) -> Event | None:
-        seconds = _check_wait(event_name, correlation_key, timeout, on_timeout)
+        with self._inv.refusing():
+            seconds = _check_wait(event_name, correlation_key, timeout, on_timeout)
         key = self._inv.next_key(event_name)
         return await asyncio.to_thread(
             self._inv.wait_for_event, event_name, correlation_key, seconds, on_timeout, key

@@ -6,7 +6,8 @@ keyword, and the accepted one it was probably meant to be.
 nothing to a call that binds: it explains a ``TypeError`` only once Python has
 raised one, and only when a keyword the method does not take is why. Methods
 that pass ``**options`` on to another function check the names against that
-function's with :func:`refuse_unknown_keywords` before they do anything.
+function's with :func:`refuse_unknown_keywords` before they do anything; the
+wrapper leaves such methods as they are, having no keyword to explain.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 T = TypeVar("T", bound=type)
+
+#: Told of an explained error before it is raised: the instance (or class) the
+#: method was called on, and the error.
+Refused = Callable[[Any, TypeError], None]
 
 _BY_NAME = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
@@ -61,14 +66,25 @@ def _explained(call: str, fn: Callable[..., Any], kwargs: dict[str, Any]) -> Typ
     return None if accepted is None else unknown_keyword(call, kwargs, accepted)
 
 
-def _wrap(fn: Callable[..., Any], call: str) -> Callable[..., Any]:
+def _explain(call: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+             refused: Refused | None) -> TypeError | None:
+    """The explained error of a call of ``fn`` that raised a ``TypeError``, told
+    to ``refused``; ``None`` when no unknown keyword is why."""
+    explained = _explained(call, fn, kwargs) if kwargs else None
+    if explained is not None and refused is not None:
+        refused(args[0], explained)
+    return explained
+
+
+def _wrap(fn: Callable[..., Any], call: str, refused: Refused | None = None
+          ) -> Callable[..., Any]:
     if inspect.iscoroutinefunction(fn):
         @functools.wraps(fn)
         async def wrapper_async(*args: Any, **kwargs: Any) -> Any:
             try:
                 coroutine = fn(*args, **kwargs)
             except TypeError:  # binding failed: nothing ran
-                explained = _explained(call, fn, kwargs) if kwargs else None
+                explained = _explain(call, fn, args, kwargs, refused)
                 if explained is None:
                     raise
                 raise explained from None
@@ -84,7 +100,7 @@ def _wrap(fn: Callable[..., Any], call: str) -> Callable[..., Any]:
             # A method that binds raised it itself (a payload that is not JSON):
             # only an unknown keyword, which stops the call before its first
             # line, is explained.
-            explained = _explained(call, fn, kwargs) if kwargs else None
+            explained = _explain(call, fn, args, kwargs, refused)
             if explained is None:
                 raise
             raise explained from None
@@ -92,18 +108,21 @@ def _wrap(fn: Callable[..., Any], call: str) -> Callable[..., Any]:
     return wrapper
 
 
-def public_calls(path: str | None) -> Callable[[T], T]:
+def public_calls(path: str | None, *, refused: Refused | None = None) -> Callable[[T], T]:
     """Class decorator: explain unknown keywords to the class's public methods.
 
     ``path`` is how programs reach an instance from the client (``"runs"``,
     ``"queue(name)"``), or ``None`` for the client class itself, whose
-    constructor is then named after the class (``StackShift()``).
+    constructor is then named after the class (``StackShift()``). ``refused``,
+    if given, is told of each explained error before it is raised. A method
+    that takes any keyword (``**kwargs``) is left as it is.
     """
     def decorate(cls: T) -> T:
         for name, member in list(vars(cls).items()):
             on_class = isinstance(member, classmethod)
             fn = member.__func__ if on_class else member
-            if not inspect.isfunction(fn) or (name.startswith("_") and name != "__init__"):
+            if (not inspect.isfunction(fn) or (name.startswith("_") and name != "__init__")
+                    or accepted_keywords(fn) is None):
                 continue
             if name == "__init__":
                 call = f"{cls.__name__}()"
@@ -111,7 +130,7 @@ def public_calls(path: str | None) -> Callable[[T], T]:
                 call = f"{cls.__name__}.{name}()"
             else:
                 call = f"{path}.{name}()" if path else f"{name}()"
-            wrapped = _wrap(fn, call)
+            wrapped = _wrap(fn, call, refused)
             setattr(cls, name, classmethod(wrapped) if on_class else wrapped)
         return cls
 

@@ -22,6 +22,7 @@ def error_dict(exc: BaseException, *, with_traceback: bool = True) -> dict[str, 
 def failure(
     exc: BaseException,
     *,
+    retriable: bool = True,
     attempts_used: int,
     max_attempts: int,
     backoff: Backoff,
@@ -29,11 +30,12 @@ def failure(
 ) -> Outcome:
     """Retry with backoff while attempts remain, unless the error says not to.
 
-    ``NonRetriableError`` and ``NonDeterminismError`` fail the run at once;
-    ``RetryAfterError`` sets the delay itself.
+    ``NonRetriableError`` and ``NonDeterminismError`` fail the run at once, and
+    so does any error when ``retriable`` is false (a ``ctx.step`` call the engine
+    refused); ``RetryAfterError`` sets the delay itself.
     """
     error = error_dict(exc)
-    if isinstance(exc, NonRetriableError | NonDeterminismError):
+    if not retriable or isinstance(exc, NonRetriableError | NonDeterminismError):
         return Outcome("failed", error=error)
     if attempts_used >= max_attempts:
         return Outcome("failed", error=error)

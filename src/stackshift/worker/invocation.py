@@ -12,7 +12,7 @@ import inspect
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ from ..errors import (
     ValidationError,
 )
 from ..jobs import Job, check_name, qualified_name
+from ..keywords import accepted_keywords, unknown_keyword
 from ..models import Event, Run
 from ..runlogs import CURRENT_STEP
 from ..serialization import encode, loads
@@ -72,6 +73,8 @@ class Invocation:
         self._heard_at = time.monotonic()
         #: a NonDeterminismError fails the run even if the handler swallowed it
         self.fatal: BaseException | None = None
+        #: errors of ctx.step calls the engine refused (see :meth:`refuse`)
+        self.refused: list[BaseException] = []
         #: called once the handler has returned or raised, before its ending is
         #: recorded; gets whether an ending will be recorded
         self.on_return: Callable[[bool], None] | None = None
@@ -166,6 +169,32 @@ class Invocation:
             raise error
         return step
 
+    # -- refused calls ---------------------------------------------------------------
+
+    def refuse(self, exc: BaseException) -> None:
+        """Mark ``exc``, raised by the engine's own checks of a ``ctx.step`` call's
+        arguments, as a refusal: if the handler lets it out, the run fails at
+        once, as for a ``NonRetriableError`` (every attempt would make the same
+        call and be refused the same way). The error keeps its type and message."""
+        if self.was_refused(exc):
+            return
+        self.refused.append(exc)
+        exc.add_note(f"StackShift refused this ctx.step call's arguments: {_NOT_RETRIED}")
+
+    @contextlib.contextmanager
+    def refusing(self) -> Iterator[None]:
+        """Around the checks of a ``ctx.step`` call's arguments: what they raise
+        is a refusal (:meth:`refuse`)."""
+        try:
+            yield
+        except (ValueError, TypeError) as exc:
+            self.refuse(exc)
+            raise
+
+    def was_refused(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a refusal itself (not one the handler wrapped or copied)."""
+        return any(exc is known for known in self.refused)
+
     @contextlib.contextmanager
     def in_step(self, key: str) -> Iterator[None]:
         token = CURRENT_STEP.set(key)
@@ -176,21 +205,24 @@ class Invocation:
 
     # -- ctx.step.run ----------------------------------------------------------------
 
-    def step_key(self, name: str, fn: Callable[..., Any]) -> str:
+    def step_key(self, name: str, fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> str:
         """Check a ``ctx.step.run`` call and give it its identity (``name#n``).
 
         The identity follows the order of the calls: an async handler takes it
         before its first ``await``, so that steps started together
-        (``asyncio.gather``) get the same keys on every invocation.
+        (``asyncio.gather``) get the same keys on every invocation. A call
+        refused (a bad name, ``fn`` not callable, a keyword ``fn`` does not
+        take) takes none.
         """
-        check_name(name, "step name")
-        if not callable(fn):
-            raise TypeError(f"step {name!r}: {fn!r} is not callable")
+        with self.refusing():
+            check_name(name, "step name")
+            if not callable(fn):
+                raise TypeError(f"step {name!r}: {fn!r} is not callable")
+            if kwargs:
+                _check_keywords(name, fn, kwargs)
         return self.next_key(name)
 
-    def plan_run(self, name: str, fn: Callable[..., Any], key: str | None = None) -> StepPlan:
-        if key is None:
-            key = self.step_key(name, fn)
+    def plan_run(self, name: str, fn: Callable[..., Any], key: str) -> StepPlan:
         function = qualified_name(fn)
         step = self._replay(key, "run", function)
         if step is not None:
@@ -245,7 +277,8 @@ class Invocation:
 
     def pause_key(self, name: str) -> str:
         """Check a sleep's name and give it its identity (see :meth:`step_key`)."""
-        check_name(name, "step name")
+        with self.refusing():
+            check_name(name, "step name")
         return self.next_key(name)
 
     def sleep_until(self, name: str, until: Callable[[float], float],
@@ -333,6 +366,7 @@ class Invocation:
             exc = self.fatal
         outcome = outcomes.failure(
             exc,
+            retriable=not self.was_refused(exc),
             attempts_used=self.attempts_used,
             max_attempts=self.run.max_attempts,
             backoff=self.job.backoff,
@@ -366,6 +400,23 @@ class Invocation:
         else:
             self.fail(error)
 
+
+def _check_keywords(name: str, fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> None:
+    """Refuse, before ``fn`` runs, a keyword that it does not take, explained as
+    the client's calls explain theirs (see :mod:`stackshift.keywords`)."""
+    try:
+        accepted = accepted_keywords(fn)
+    except (TypeError, ValueError):  # no signature to read (some builtins): the call tells
+        return
+    if accepted is not None:
+        error = unknown_keyword(f"step {name!r}: {qualified_name(fn)}()", kwargs, accepted)
+        if error is not None:
+            raise error
+
+
+#: Said of a refused ctx.step call.
+_NOT_RETRIED = ("unless the handler catches this error, the run fails now without retrying,"
+                " as every attempt would make the same call")
 
 #: Said of a step result that cannot be stored.
 _ALREADY_RAN = ("The step's function already ran, but its result was not stored; unless the"
