@@ -7,7 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
+
+#: How a lock's owner had lost it by the time it released it: its TTL ran out
+#: (and no other owner took it meanwhile), an operator broke it while it was
+#: live (``state.break_lock``), or the lock is gone and which of the two it was
+#: cannot be told (another owner has taken the key since, or clean-up removed it).
+LockLoss = Literal["expired", "broken", "expired_or_broken"]
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,18 @@ from .errors import (
 )
 from .ids import check_cursor
 from .jobs import JobRegistry, check_max_attempts, check_name
-from .models import Attempt, Endpoint, Event, LogEntry, Page, Run, SentEvent, Step, TimelineEntry
+from .models import (
+    Attempt,
+    Endpoint,
+    Event,
+    LockLoss,
+    LogEntry,
+    Page,
+    Run,
+    SentEvent,
+    Step,
+    TimelineEntry,
+)
 from .remote_flow import JSON_HEADERS, RemoteFlowControl, SizedBody
 from .serialization import to_jsonable
 from .server import push_schemas as push_wire
@@ -567,10 +578,13 @@ class RemoteService(RemoteFlowControl):
                               json={"key": key, "owner": owner, "ttl": _duration(ttl, "ttl")})
         return bool(wire.LockResult.model_validate(response.json()).held)
 
-    def lock_release(self, key: str, owner: str) -> bool:
+    def lock_release(self, key: str, owner: str) -> LockLoss | None:
         self._state_key(key)
         response = self._call("POST", "/v1/locks/release", json={"key": key, "owner": owner})
-        return bool(wire.LockResult.model_validate(response.json()).held)
+        released = wire.LockReleased.model_validate(response.json())
+        if released.held:
+            return None
+        return released.lost or "expired_or_broken"  # an older server does not say
 
     def lock_list(self, prefix: str | None = None, limit: int = 100,
                   after: str | None = None) -> list[dict[str, Any]]:

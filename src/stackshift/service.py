@@ -37,6 +37,7 @@ from .models import (
     Event,
     EventConsumer,
     JobStats,
+    LockLoss,
     LogEntry,
     Page,
     QueueStats,
@@ -533,8 +534,8 @@ class Service(FlowControl):
         return self.store.list_locks(prefix, check_limit(limit), self.clock.now(), after)
 
     def lock_break(self, key: str) -> bool:
-        """Delete the lock on ``key`` whatever its owner; return whether it was live.
-        Its owner's extend then returns False, and its release finds the lock lost."""
+        """Free the live lock on ``key`` whatever its owner; return whether there was
+        one. Its owner's extend then returns False, and its release says it was broken."""
         return self.store.lock_break(self._state_key(key), self.clock.now())
 
     def lock_acquire(self, key: str, owner: str, ttl: Any) -> bool:
@@ -555,9 +556,9 @@ class Service(FlowControl):
         now = self.clock.now()
         return self.store.lock_extend(key, owner, now + seconds, now)
 
-    def lock_release(self, key: str, owner: str) -> bool:
-        """Release ``key`` if ``owner`` holds it; return whether ``owner`` still held it
-        (False when its TTL ran out first: another owner may have taken it since)."""
+    def lock_release(self, key: str, owner: str) -> LockLoss | None:
+        """Release ``key`` if ``owner`` holds it; return ``None`` when ``owner`` still
+        held it, else how it had lost it (see :data:`~stackshift.models.LockLoss`)."""
         return self.store.lock_release(self._state_key(key), check_key(owner, "lock owner", 200),
                                        self.clock.now())
 

@@ -18,12 +18,31 @@ from typing import TYPE_CHECKING, Any
 from .durations import parse_duration
 from .errors import LockNotAcquiredError, ValidationError
 from .keywords import public_calls
+from .models import LockLoss
 
 if TYPE_CHECKING:
     from .remote import RemoteService
     from .service import Service
 
 log = logging.getLogger("stackshift.state")
+
+#: The warning of an owner that had lost its lock by the end of its block, by how
+#: it lost it (:data:`~stackshift.models.LockLoss`); given the key and the TTL.
+_LOST: dict[LockLoss, str] = {
+    "expired": "lock %r ran past its ttl of %ss before its block ended; no other owner "
+               "took it meanwhile, but one could have (give the lock a longer ttl, or "
+               "extend it sooner)",
+    "broken": "lock %r was broken (released by someone else: state.break_lock, "
+              "`stackshift state unlock` or the dashboard) while its block held it, "
+              "before its ttl of %ss ran out: another owner may have held it meanwhile",
+    "expired_or_broken": "lock %r ran past its ttl of %ss before its block ended, or was "
+                         "broken (released by someone else: state.break_lock, `stackshift "
+                         "state unlock` or the dashboard) while its block held it: which "
+                         "of the two cannot be told, as the lock was taken by another "
+                         "owner since (who may have held it meanwhile) or cleaned up (if "
+                         "it ran past its ttl, give the lock a longer ttl, or extend it "
+                         "sooner)",
+}
 
 
 def lock_ttl(ttl: Any) -> float:
@@ -79,8 +98,8 @@ class State:
 
     def break_lock(self, key: str) -> bool:
         """Free ``key``'s lock whatever its owner (one that is stuck); return whether a
-        live lock was there. Its owner finds out: its ``extend()`` returns False and on
-        exit its ``lost`` is True."""
+        live lock was there. Its owner finds out: its ``extend()`` returns False, and on
+        exit its ``lost`` is True and a warning says the lock was broken."""
         return self._service.lock_break(key)
 
     def _lock_args(self, key: str, ttl: Any, wait: Any) -> tuple[str, float, float]:
@@ -94,7 +113,7 @@ class State:
     def _extend(self, key: str, owner: str, ttl: float) -> bool:
         return self._service.lock_extend(key, owner, ttl)
 
-    def _release(self, key: str, owner: str) -> bool:
+    def _release(self, key: str, owner: str) -> LockLoss | None:
         return self._service.lock_release(key, owner)
 
     def lock(self, key: str, *, ttl: Any = "30s", wait: Any = None) -> Lock:
@@ -105,7 +124,9 @@ class State:
         its owner dies; on exit only this owner's lock is released. A long block
         keeps the lock with ``extend()`` (``await extend_async()``). A block that
         outlasts the TTL is not stopped: on exit the lock's ``lost`` is True and a
-        warning is logged (``stackshift.state``). Not reentrant: a second lock on
+        warning is logged (``stackshift.state``), which says whether the TTL ran
+        out or the lock was broken (``break_lock``), or both possibilities when
+        another owner has taken the lock since. Not reentrant: a second lock on
         the same key, even in the same block, is another owner.
         """
         key, seconds, patience = self._lock_args(key, ttl, wait)
@@ -153,12 +174,10 @@ class Lock:
         """:meth:`extend` for an ``async with`` block: the call runs in a thread."""
         return await asyncio.to_thread(self.extend, ttl)
 
-    def _released(self, held: bool) -> None:
-        self.lost = not held
-        if not held:
-            log.warning("lock %r ran past its ttl of %ss before its block ended: another "
-                        "owner may have held it meanwhile (give the lock a longer ttl, or "
-                        "extend it sooner)", self.key, f"{self._last_ttl:g}")
+    def _released(self, lost: LockLoss | None) -> None:
+        self.lost = lost is not None
+        if lost is not None:
+            log.warning(_LOST[lost], self.key, f"{self._last_ttl:g}")
 
     def _refused(self) -> LockNotAcquiredError:
         return LockNotAcquiredError(f"lock {self.key!r} is held by another owner")

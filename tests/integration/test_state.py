@@ -791,6 +791,15 @@ def test_bad_input_to_locks_and_break_lock_is_refused_and_changes_nothing(
     assert held.lost is False
 
 
+BROKEN = ("lock 'billing:close-month' was broken (released by someone else: state.break_lock,"
+          " `stackshift state unlock` or the dashboard) while its block held it, before its"
+          " ttl of 3600s ran out: another owner may have held it meanwhile")
+EXPIRED_OR_BROKEN = ("lock 'billing:close-month' ran past its ttl of 3600s before its block"
+                     " ended, or was broken (released by someone else: state.break_lock,"
+                     " `stackshift state unlock` or the dashboard) while its block held it:"
+                     " which of the two cannot be told")
+
+
 def test_break_lock_frees_a_stuck_owner_s_lock_and_its_owner_finds_out(
     fake_app: StackShift, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -806,23 +815,79 @@ def test_break_lock_frees_a_stuck_owner_s_lock_and_its_owner_finds_out(
             assert state.locks()[0]["owner"] == next_owner.owner
         assert next_owner.lost is False
     assert stuck.lost is True
-    assert ("lock 'billing:close-month' ran past its ttl of 3600s before its block ended"
-            in caplog.text)
+    # Another owner took the key since: a break and an overrun look the same.
+    assert caplog.messages == [EXPIRED_OR_BROKEN + ", as the lock was taken by another owner"
+                               " since (who may have held it meanwhile) or cleaned up (if it"
+                               " ran past its ttl, give the lock a longer ttl, or extend it"
+                               " sooner)"]
+    caplog.clear()
 
-    # Broken and taken by nobody: the owner learns it all the same.
+    # Broken and taken by nobody: the owner is told it was broken.
     with state.lock("billing:close-month", ttl="1h") as alone:
         assert state.break_lock("billing:close-month") is True
         assert alone.extend() is False
-        assert taken_by_another(fake_app, "billing:close-month") is True
+        assert state.locks() == []
     assert alone.lost is True
+    assert caplog.messages == [BROKEN]
+    assert taken_by_another(fake_app, "billing:close-month") is True
+    caplog.clear()
 
-    # An expired lock is not live: breaking it says False and clears it.
+    # An expired lock is not live: breaking it says False and leaves it to its
+    # owner, who is told that its ttl ran out.
     with state.lock("billing:close-month", ttl="10s") as late:
         clock.advance("10s")
         assert state.break_lock("billing:close-month") is False
-        assert _state_rows(fake_app, "locks") == 0
+        assert state.locks() == []
     assert late.lost is True
+    assert caplog.messages == [
+        "lock 'billing:close-month' ran past its ttl of 10s before its block ended; no other"
+        " owner took it meanwhile, but one could have (give the lock a longer ttl, or extend"
+        " it sooner)"]
+    assert _state_rows(fake_app, "locks") == 0
     assert state.break_lock("never-locked") is False
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_handler_whose_lock_is_broken_is_told_so_in_its_logs(
+        fake_app: StackShift, flavour: str) -> None:
+    """Not that its lock "ran past its ttl": the TTL of an hour had not run out."""
+    if flavour == "sync":
+        @fake_app.job("closeMonth")
+        def close_month(ctx):  # type: ignore[no-untyped-def]
+            with ctx.state.lock("billing:close-month", ttl="1h") as held:
+                fake_app.state.break_lock("billing:close-month")  # an operator, meanwhile
+            return held.lost
+    else:
+        @fake_app.job("closeMonth")
+        async def close_month_async(ctx):  # type: ignore[no-untyped-def]
+            async with ctx.state.lock("billing:close-month", ttl="1h") as held:
+                await asyncio.to_thread(fake_app.state.break_lock, "billing:close-month")
+            return held.lost
+
+    run = fake_app.start("closeMonth")
+    run_until_idle(fake_app)
+    assert fake_app.runs.get(run.id).result is True
+    assert [(e.level, e.message) for e in fake_app.runs.logs(run.id)] == [("WARNING", BROKEN)]
+
+
+def test_the_mark_of_a_broken_lock_is_cleaned_up_a_day_later(
+        fake_app: StackShift, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    """Its row stays, expired, for its owner's exit to read; an owner gone for good
+    leaves it to clean-up, which removes it after a day (the owner is then told
+    both possibilities)."""
+    state = fake_app.state
+    hung = state.lock("billing:close-month", ttl="1h")
+    hung.__enter__()
+    assert state.break_lock("billing:close-month") is True
+    clock.advance("23h")
+    fake_app.worker().maintain()
+    assert _state_rows(fake_app, "locks") == 1
+    clock.advance("1h")
+    fake_app.worker().maintain()
+    assert _state_rows(fake_app, "locks") == 0
+    hung.__exit__(None, None, None)
+    assert hung.lost is True
+    assert caplog.messages[-1].startswith(EXPIRED_OR_BROKEN)
 
 
 def test_locks_and_break_lock_on_the_async_client(

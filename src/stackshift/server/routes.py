@@ -314,9 +314,9 @@ def extend_lock(body: s.ExtendLock, request: Request) -> s.LockResult:
 
 
 @router.post("/locks/release", tags=["state"], summary="Release one's own lock")
-def release_lock(body: s.ReleaseLock, request: Request) -> s.LockResult:
-    released = service_of(request).lock_release(body.key, body.owner)
-    return s.LockResult(key=body.key, held=released)
+def release_lock(body: s.ReleaseLock, request: Request) -> s.LockReleased:
+    lost = service_of(request).lock_release(body.key, body.owner)
+    return s.LockReleased(key=body.key, held=lost is None, lost=lost)
 
 
 @router.get(

@@ -486,7 +486,17 @@ class LockResult(Wire):
                        "Extend: whether the caller still held it and it is extended "
                        "(false when its TTL had run out: the lock is not taken back). "
                        "Release: whether the caller still held it (false when "
-                       "its TTL had run out: another owner may have held it since).")
+                       "its TTL had run out or the lock was broken: another owner may "
+                       "have held it since).")
+
+
+class LockReleased(LockResult):
+    lost: m.LockLoss | None = Field(
+        None, description="Release: null when the caller still held the lock; else how "
+        "it had lost it: `expired` (its TTL ran out; no other owner took it meanwhile), "
+        "`broken` (broken while live, `DELETE /v1/locks/{key}`), or `expired_or_broken` "
+        "(another owner has taken the key since, or the lock was cleaned up: which of "
+        "the two happened cannot be told).")
 
 
 class LockEntry(Wire):
@@ -501,7 +511,9 @@ class LockList(Wire):
 
 class LockBroken(Wire):
     key: str
-    broken: bool = Field(description="Whether a live lock was there (it is gone either way).")
+    broken: bool = Field(description="Whether a live lock was there (there is none now). "
+                         "Its owner's extend then fails, and its release says it was "
+                         "broken.")
 
 
 # -- API keys and health -----------------------------------------------------------------

@@ -5,7 +5,8 @@ Finished runs older than the retention go with everything recorded about them
 correlations, through ``ON DELETE CASCADE``). Unfinished runs are never touched, and a finished run
 whose idempotency key is still live is kept until the key expires, so that a
 repeated start still finds it. Events past their retention, expired
-idempotency keys, state keys and locks, and old rate-limit starts go too.
+idempotency keys, state keys and locks (the marks of broken locks a day after
+the break), and old rate-limit starts go too.
 Each batch is one short transaction, so clean-up never holds the database for
 long; the maintainer calls again while a batch comes back full.
 """
@@ -13,6 +14,7 @@ long; the maintainer calls again while a batch comes back full.
 from __future__ import annotations
 
 from .database import Database
+from .state import BROKEN_LOCK_KEPT
 
 
 class RetentionStore:
@@ -32,6 +34,7 @@ class RetentionStore:
                 "idempotency_keys": len(
                     tx.all("delete_expired_idempotency_keys_batch", now=now, limit=limit)),
                 "state": len(tx.all("delete_expired_state_batch", now=now, limit=limit)),
-                "locks": tx.run("delete_expired_locks", now=now),
+                "locks": tx.run("delete_expired_locks", now=now,
+                                broken_before=-(now - BROKEN_LOCK_KEPT)),
                 "queue_starts": tx.run("prune_all_queue_starts", now=now),
             }

@@ -5,8 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ValidationError
+from ..models import LockLoss
 from ..serialization import loads
 from .database import Database, Row
+
+#: How long the row of a broken lock stays (unless its owner releases it or
+#: another owner takes the key first) so that its owner can learn it was broken.
+BROKEN_LOCK_KEPT = 86400.0
 
 
 class _Refused(Exception):
@@ -129,16 +134,20 @@ class StateStore:
             return tx.one("lock_extend", key=key, owner=owner, expires_at=expires_at,
                           now=now) is not None
 
-    def lock_release(self, key: str, owner: str, now: float) -> bool:
-        """Delete ``owner``'s lock; return whether it still held it (its TTL had not
-        run out: no other owner can have taken it meanwhile)."""
+    def lock_release(self, key: str, owner: str, now: float) -> LockLoss | None:
+        """Delete ``owner``'s lock; return ``None`` when it still held it (its TTL had
+        not run out and nobody broke it: no other owner can have taken it meanwhile),
+        else how it had lost it."""
         with self.db.write() as tx:
             row = tx.one("lock_release", key=key, owner=owner)
-        return row is not None and row["expires_at"] > now
+        if row is None:  # another owner took the key after a break or the TTL, or clean-up
+            return "expired_or_broken"
+        if row["expires_at"] < 0:  # the mark of a break
+            return "broken"
+        return None if row["expires_at"] > now else "expired"
 
     def lock_break(self, key: str, now: float) -> bool:
-        """Delete the lock on ``key`` whatever its owner; return whether it was live.
-        Its owner finds out: its extend and release no longer find its lock."""
+        """Free the live lock on ``key`` whatever its owner; return whether there was
+        one. Its owner finds out: its extend fails, and its release says it was broken."""
         with self.db.write() as tx:
-            row = tx.one("lock_break", key=key)
-        return row is not None and row["expires_at"] > now
+            return tx.one("lock_break", key=key, now=now, broken_at=-now) is not None

@@ -348,16 +348,22 @@ RETURNING owner;
 
 -- name: lock_release
 -- The owner's lock, gone whether or not it had expired; its expiry tells the
--- owner whether it still held the lock (another owner may have had it since).
+-- owner whether it still held the lock, and if not, whether its TTL ran out or
+-- it was broken (an expiry below 0, see lock_break).
 DELETE FROM locks WHERE key = :key AND owner = :owner RETURNING expires_at;
 
 -- name: lock_break
--- Any owner's lock (an operator frees a lock whose owner is stuck); its expiry
--- tells whether it was live.
-DELETE FROM locks WHERE key = :key RETURNING expires_at;
+-- Any owner's live lock (an operator frees a lock whose owner is stuck). Its
+-- row stays as the mark of the break: expired, with minus the time of the break
+-- (:broken_at) as its expiry, until its owner releases it (and so learns that
+-- it was broken), another owner takes the key, or clean-up removes it.
+UPDATE locks SET expires_at = :broken_at WHERE key = :key AND expires_at > :now
+RETURNING owner;
 
 -- name: delete_expired_locks
-DELETE FROM locks WHERE expires_at <= :now;
+-- Expired locks, and the marks of broken ones made at or before the time whose
+-- minus is :broken_before (a mark's expiry is minus the time of its break).
+DELETE FROM locks WHERE expires_at <= :now AND expires_at >= :broken_before;
 
 -- name: release_leased_run
 -- A stopping worker hands back an attempt it could not finish: the next claim
