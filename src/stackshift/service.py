@@ -527,8 +527,10 @@ class Service(FlowControl):
 
     def lock_list(self, prefix: str | None = None, limit: int = 100,
                   after: str | None = None) -> list[dict[str, Any]]:
-        """Live locks in key order, with their owner and expiry (epoch seconds); paged
-        and filtered as :meth:`state_keys` is."""
+        """Live locks in key order, with who holds each (``holder``: words such as a
+        run and its attempt, or a host and a process; ``None`` when its owner did not
+        say) and its expiry (epoch seconds); paged and filtered as :meth:`state_keys`
+        is. Owners' tokens are not shown: only an owner can release its lock."""
         check_filter(prefix, "prefix")
         check_filter(after, "after")
         return self.store.list_locks(prefix, check_limit(limit), self.clock.now(), after)
@@ -538,13 +540,16 @@ class Service(FlowControl):
         one. Its owner's extend then returns False, and its release says it was broken."""
         return self.store.lock_break(self._state_key(key), self.clock.now())
 
-    def lock_acquire(self, key: str, owner: str, ttl: Any) -> bool:
-        """Take ``key`` for ``owner`` for ``ttl`` unless another live owner holds it."""
+    def lock_acquire(self, key: str, owner: str, ttl: Any, holder: str | None = None) -> bool:
+        """Take ``key`` for ``owner`` for ``ttl`` unless another live owner holds it.
+        ``holder`` says who the owner is, for listings and refusals."""
         key = self._state_key(key)
         check_key(owner, "lock owner", 200)
+        if holder is not None:
+            check_key(holder, "lock holder", 200)
         seconds = lock_ttl(ttl)
         now = self.clock.now()
-        return self.store.lock_acquire(key, owner, now + seconds, now)
+        return self.store.lock_acquire(key, owner, holder, now + seconds, now)
 
     def lock_extend(self, key: str, owner: str, ttl: Any) -> bool:
         """Make ``owner``'s lock on ``key`` expire ``ttl`` from now; return whether

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import threading
 import time
 from datetime import datetime
@@ -19,6 +20,7 @@ from .durations import parse_duration
 from .errors import LockNotAcquiredError, ValidationError
 from .keywords import public_calls
 from .models import LockLoss
+from .runlogs import CURRENT
 
 if TYPE_CHECKING:
     from .remote import RemoteService
@@ -43,6 +45,15 @@ _LOST: dict[LockLoss, str] = {
                          "it ran past its ttl, give the lock a longer ttl, or extend it "
                          "sooner)",
 }
+
+
+def lock_holder() -> str:
+    """Who takes a lock, in words, for listings and refusals: the run and attempt
+    of the handler taking it, else this host and process."""
+    invocation = CURRENT.get()
+    if invocation is not None:
+        return f"run {invocation.run.id} (attempt {invocation.lease.attempt})"
+    return f"{socket.gethostname()[:150]} (pid {os.getpid()})"
 
 
 def lock_ttl(ttl: Any) -> float:
@@ -107,8 +118,16 @@ class State:
             raise ValidationError(f"state key must be a non-empty string, got {key!r}")
         return key, lock_ttl(ttl), 0.0 if wait is None else parse_duration(wait, name="wait")
 
-    def _try_lock(self, key: str, owner: str, ttl: float) -> bool:
-        return self._service.lock_acquire(key, owner, ttl)
+    def _try_lock(self, key: str, owner: str, ttl: float, holder: str) -> bool:
+        return self._service.lock_acquire(key, owner, ttl, holder)
+
+    def _holding(self, key: str) -> tuple[str | None, float] | None:
+        """Who holds ``key``'s live lock and for how many seconds more; ``None``
+        when no lock on it is live."""
+        found = self._service.lock_list(key, 1)
+        if not found or found[0]["key"] != key:
+            return None
+        return found[0]["holder"], found[0]["expires_at"] - self._service.clock.now()
 
     def _extend(self, key: str, owner: str, ttl: float) -> bool:
         return self._service.lock_extend(key, owner, ttl)
@@ -147,7 +166,8 @@ class Lock:
         self.key = key
         self.ttl = ttl
         self.wait = wait
-        self.owner = os.urandom(12).hex()
+        self.owner = os.urandom(12).hex()  # a secret: it alone extends and releases
+        self.holder = lock_holder()
         self.lost: bool | None = None
         # An async attempt cancelled while its thread runs (see _attempt).
         self._guard = threading.Lock()
@@ -180,7 +200,18 @@ class Lock:
             log.warning(_LOST[lost], self.key, f"{self._last_ttl:g}")
 
     def _refused(self) -> LockNotAcquiredError:
-        return LockNotAcquiredError(f"lock {self.key!r} is held by another owner")
+        """The refusal, saying who holds the lock and for how long (one more read)."""
+        refused = f"lock {self.key!r} is held by another owner"
+        try:
+            holding = self._state._holding(self.key)
+        except Exception:  # the refusal stands; only its words are lost
+            log.debug("could not read who holds lock %r", self.key, exc_info=True)
+            holding = None
+        if holding is not None:
+            holder, left = holding
+            refused += (f": {holder}" if holder else " (who did not say who it is)") + (
+                f", for {max(0.0, left):.1f}s more unless it is released or extended")
+        return LockNotAcquiredError(refused)
 
     def __enter__(self) -> Lock:
         deadline = time.monotonic() + self.wait
@@ -198,7 +229,7 @@ class Lock:
         lock before it could say so: the lock is given back (a release deletes only
         this owner's lock), rather than left held by nobody for its whole TTL."""
         try:
-            return self._state._try_lock(self.key, self.owner, self.ttl)
+            return self._state._try_lock(self.key, self.owner, self.ttl, self.holder)
         except BaseException:
             # Should this fail too, the TTL frees the lock; the first error is told.
             with contextlib.suppress(Exception):
@@ -213,7 +244,7 @@ class Lock:
         """One try, in a thread of its own. A waiter cancelled meanwhile (a timeout,
         a cancelled task) no longer takes the lock: taking it then would leave it
         held, by nobody, for its whole TTL. So it is given back at once."""
-        taken = self._state._try_lock(self.key, self.owner, self.ttl)
+        taken = self._state._try_lock(self.key, self.owner, self.ttl, self.holder)
         with self._guard:
             if not self._abandoned:
                 self._taken = taken
@@ -241,7 +272,7 @@ class Lock:
         pause = 0.005
         while not await self._attempt_async():
             if time.monotonic() >= deadline:
-                raise self._refused()
+                raise await asyncio.to_thread(self._refused)
             await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 2, 0.25)
         self._held = True

@@ -481,7 +481,7 @@ def test_overview_pages_events_jobs_workers_and_state(stack: Dashboard, page: Pa
     importing.__enter__()  # shown under Locks
     page.goto(stack.at("/state"))
     expect(page.locator("#locks-table tr[data-lock-key='imports:42']")).to_contain_text(
-        importing.owner)
+        importing.holder)
     progress = page.locator("tr", has=page.locator("td.key-cell:text-is('imports:42:progress')"))
     expect(progress).to_contain_text('"done": 120')
     expect(progress).to_contain_text(re.compile(r"in 1h 59m|in 2h"))
@@ -1111,8 +1111,23 @@ def test_the_state_page_lists_live_locks_and_breaks_one_after_a_confirm(
         page.keyboard.press("Enter")
         row = page.locator("#locks-table tr[data-lock-key='imports:7']")
         expect(rows).to_have_count(1)
-        expect(row).to_contain_text(stuck.owner)
+        expect(row).to_contain_text(stuck.holder)
         expect(row).to_contain_text(re.compile(r"in (59m|1h)"))
+        # A lock taken in a handler links to its run; one whose owner did not say,
+        # says so.
+        run = app.start("resize-image", {"image": "holder"})
+        app._service.lock_acquire("imports:9", "a-token", "1h", f"run {run.id} (attempt 2)")
+        app._service.lock_acquire("imports:99", "b-token", "1h")
+        page.goto(stack.at("/state?prefix=imports:9"))
+        held = page.locator("#locks-table tr[data-lock-key='imports:9'] td").nth(1)
+        expect(held).to_have_text(f"run {run.id} (attempt 2)")
+        expect(held.get_by_role("link", name=run.id)).to_have_attribute(
+            "href", re.compile(f"/runs/{run.id}$"))
+        expect(page.locator("#locks-table tr[data-lock-key='imports:99'] td").nth(1)
+               ).to_have_text("not said")
+        app.state.break_lock("imports:9")
+        app.state.break_lock("imports:99")
+        page.goto(stack.at("/state?prefix=imports:"))
 
         # A break needs the page's CSRF token; a key no store can hold is refused.
         for form in ({"key": "imports:7"}, {"key": "imports:7", "csrf": "forged"}):

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -469,8 +470,8 @@ def test_a_sync_try_cut_short_after_it_took_the_lock_gives_it_back(app: StackShi
     service = app._service
     take = service.lock_acquire
 
-    def interrupted(key: str, owner: str, ttl: Any) -> bool:
-        take(key, owner, ttl)
+    def interrupted(*args: Any) -> bool:
+        take(*args)
         raise KeyboardInterrupt
 
     service.lock_acquire = interrupted  # type: ignore[method-assign]
@@ -638,6 +639,52 @@ def test_a_handler_extends_its_lock_with_ctx_state(
         assert (done.status, done.result) == ("completed", [True, True, True, False, False])
 
 
+def test_a_lock_says_who_holds_it_in_listings_and_refusals(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    """Taken in a handler, a lock names the run and attempt; elsewhere, the host and
+    process. Another owner refused is told who holds it and for how long."""
+    seen: dict[str, Any] = {}
+
+    @fake_app.job("exportOrders")
+    def export_orders(ctx: Any) -> None:
+        with ctx.state.lock("exports:acme", ttl="1m"):
+            clock.advance("20s")
+            seen["listed"] = fake_app.state.locks("exports:")
+            with pytest.raises(LockNotAcquiredError) as refused, \
+                    fake_app.state.lock("exports:acme"):
+                pass
+            seen["refused"] = str(refused.value)
+
+    @fake_app.job("exportOrdersAsync")
+    async def export_orders_async(ctx: Any) -> None:
+        async with ctx.state.lock("exports:acme", ttl="1m"):
+            seen["listed"] = await ctx.state.locks("exports:")
+
+    run = fake_app.start("exportOrders")
+    run_until_idle(fake_app)
+    assert fake_app.runs.get(run.id).status == "completed"
+    holder = f"run {run.id} (attempt 1)"
+    assert [(e["key"], e["holder"]) for e in seen["listed"]] == [("exports:acme", holder)]
+    assert seen["refused"] == (f"lock 'exports:acme' is held by another owner: {holder}, "
+                               "for 40.0s more unless it is released or extended")
+
+    run = fake_app.start("exportOrdersAsync")
+    run_until_idle(fake_app)
+    assert fake_app.runs.get(run.id).status == "completed"
+    assert [e["holder"] for e in seen["listed"]] == [f"run {run.id} (attempt 1)"]
+
+    # An owner over HTTP need not say who it is.
+    assert fake_app._service.lock_acquire("exports:beta", "a-token", "1m") is True
+    assert fake_app.state.locks("exports:beta") == [
+        {"key": "exports:beta", "holder": None, "expires_at": clock.now() + 60}]
+    with pytest.raises(LockNotAcquiredError) as refused, fake_app.state.lock("exports:beta"):
+        pass
+    assert str(refused.value) == (
+        "lock 'exports:beta' is held by another owner (who did not say who it is), for 60.0s "
+        "more unless it is released or extended")
+
+
 def test_locks_are_not_reentrant_and_apart_from_state_keys(fake_app: StackShift) -> None:
     """A second lock on a key, in the same block, is another owner: refused at
     once (wait=None and wait=0 try once), never a deadlock. A lock's key names no
@@ -745,7 +792,7 @@ def _lock_keys(app: StackShift, prefix: str | None = None, limit: int = 100,
     return [entry["key"] for entry in app.state.locks(prefix, limit, after=after)]
 
 
-def test_locks_lists_live_locks_in_key_order_with_owner_and_expiry(
+def test_locks_lists_live_locks_in_key_order_with_holder_and_expiry(
     fake_app: StackShift, clock: FakeClock
 ) -> None:
     state = fake_app.state
@@ -755,9 +802,11 @@ def test_locks_lists_live_locks_in_key_order_with_owner_and_expiry(
             state.lock("imports:%", ttl="1h"), state.lock("billing", ttl="1m"):
         listed = state.locks()
         assert [e["key"] for e in listed] == ["billing", "imports:%", "imports:10", "imports:2"]
-        assert listed[3] == {"key": "imports:2", "owner": second.owner,
+        # Who holds it, in words; never the owner's token, which alone releases it.
+        here = f"{socket.gethostname()} (pid {os.getpid()})"
+        assert listed[3] == {"key": "imports:2", "holder": here,
                              "expires_at": clock.now() + 60}
-        assert listed[2]["owner"] != second.owner  # each lock its own owner
+        assert second.owner not in str(listed)
         # The prefix is literal ('%' is itself) and paging follows key order.
         assert _lock_keys(fake_app, "imports:%") == ["imports:%"]
         assert _lock_keys(fake_app, "imports:", 2) == ["imports:%", "imports:10"]
@@ -812,7 +861,7 @@ def test_break_lock_frees_a_stuck_owner_s_lock_and_its_owner_finds_out(
         with state.lock("billing:close-month", ttl="1m") as next_owner:
             assert stuck.extend() is False  # it is not taken back from the next owner
             assert _lock_keys(fake_app) == ["billing:close-month"]
-            assert state.locks()[0]["owner"] == next_owner.owner
+            assert state.locks()[0]["expires_at"] == clock.now() + 60  # next_owner's
         assert next_owner.lost is False
     assert stuck.lost is True
     # Another owner took the key since: a break and an overrun look the same.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,7 +18,13 @@ import httpx
 import pytest
 from serverproc import Server, assert_error, free_port, start_server, stop_server
 
-from stackshift import AuthenticationError, PayloadTooLargeError, RemoteError, StackShift
+from stackshift import (
+    AuthenticationError,
+    LockNotAcquiredError,
+    PayloadTooLargeError,
+    RemoteError,
+    StackShift,
+)
 from stackshift.settings import Settings
 
 
@@ -141,3 +148,34 @@ def test_another_web_server_at_the_address_is_told_apart(server: Server, status:
         site.shutdown()
         site.server_close()
         thread.join(timeout=10)
+
+
+def test_locks_are_taken_from_a_server_without_lock_holders(
+        server: Server, http: httpx.Client) -> None:
+    """Such a server refuses a ``holder`` in an acquire as an unknown field: the
+    client takes its locks without saying who holds them, and asks so once."""
+    key = f"older-{uuid.uuid4().hex[:8]}"
+    body = {"key": key, "owner": "o", "ttl": "1m", "holder": "me"}
+    refused = assert_error(http.post("/v1/locks/acquire", json=body), 422, "validation_error")
+    assert refused["message"] == "holder: Extra inputs are not permitted"
+    before = refusals(http)
+    with StackShift(api_key=server.api_key, base_url=server.url) as app:
+        for _ in range(2):
+            with app.state.lock(key, ttl="1m") as held:
+                assert app.state.locks(key) == [
+                    {"key": key, "holder": None, "expires_at": pytest.approx(
+                        time.time() + 60, abs=5)}]
+            assert held.lost is False
+        with app.state.lock(key), pytest.raises(LockNotAcquiredError) as other, \
+                app.state.lock(key):
+            pass
+        assert str(other.value).startswith(
+            f"lock {key!r} is held by another owner (who did not say who it is), for ")
+    assert refusals(http) == before + 1  # four locks taken, the holder refused once
+
+
+def refusals(http: httpx.Client) -> int:
+    """How many acquires the server has refused with 422."""
+    found = re.search(r'stackshift_http_responses_total\{method="POST",'
+                      r'route="/v1/locks/acquire",status="422"\} (\d+)', http.get("/metrics").text)
+    return int(found.group(1)) if found else 0

@@ -274,7 +274,7 @@ def scenario(app: StackShift, engine: StackShift, tag: str) -> list[tuple[str, A
     def locks_seen_and_broken() -> Any:
         # "lock-<tag>" is still held by the "lock free" call, which never exited.
         with app.state.lock(f"lock-{tag}:stuck", ttl="1m") as stuck:
-            listed = [{**e, "owner": e["owner"] == stuck.owner}
+            listed = [{**e, "holder": e["holder"] == stuck.holder}
                       for e in app.state.locks(f"lock-{tag}")]
             broken = [app.state.break_lock(f"lock-{tag}:stuck") for _ in range(2)]
             extended = stuck.extend()
@@ -357,8 +357,8 @@ def test_the_same_program_ends_the_same_embedded_and_remote(
         "lock 'lock-<tag>:bad' is not held: extend() works only inside its with or async with "
         "block", None)
     assert outcomes["locks seen and broken"] == {
-        "listed": [{"key": "lock-<tag>", "owner": False, "expires_at": "float"},
-                   {"key": "lock-<tag>:stuck", "owner": True, "expires_at": "float"}],
+        "listed": [{"key": "lock-<tag>", "holder": True, "expires_at": "float"},
+                   {"key": "lock-<tag>:stuck", "holder": True, "expires_at": "float"}],
         "broken": [True, False], "extended": False, "lost": True, "left": ["lock-<tag>"]}
     assert outcomes["locks: limit 0"] == (
         "raised", "ValidationError", "limit must be an integer from 1 to 1000, got 0", None)

@@ -209,6 +209,9 @@ def test_events_and_state_over_http(http: httpx.Client) -> None:
     assert http.delete(path).json() == {"key": state_key, "deleted": True}
     assert http.get(path).status_code == 404
     lock = {"key": tag("lock"), "owner": "a", "ttl": "30s"}
+    for holder in ("", 5, "x" * 201, "a\x00b"):  # said, it is words of 1 to 200 characters
+        assert_error(http.post("/v1/locks/acquire", json={**lock, "holder": holder}),
+                     422, "validation_error")
     assert http.post("/v1/locks/acquire", json=lock).json()["held"] is True
     assert http.post("/v1/locks/acquire", json={**lock, "owner": "b"}).json()["held"] is False
     assert http.post("/v1/locks/release", json={"key": lock["key"], "owner": "b"}
@@ -257,13 +260,15 @@ def test_locks_are_listed_and_broken_over_http(http: httpx.Client) -> None:
     base = tag("locks")
     keys = [f"{base}/a.b", f"{base}/acquire", f"{base}/z"]  # "/" and "." in keys
     for key in keys:
-        body = {"key": key, "owner": "stuck", "ttl": "1m"}
+        body = {"key": key, "owner": "stuck", "ttl": "1m", "holder": "importer (pid 7)"}
         assert http.post("/v1/locks/acquire", json=body).json()["held"] is True
     assert http.post("/v1/locks/acquire", json={"key": f"{base}/gone", "owner": "o",
                                                 "ttl": 0.05}).json()["held"] is True
     time.sleep(0.1)  # its TTL ran out: no longer listed
     listed = http.get("/v1/locks", params={"prefix": base}).json()["items"]
-    assert [(e["key"], e["owner"]) for e in listed] == [(k, "stuck") for k in keys]
+    # Who holds each, as it said; the owner's token, which releases it, is not shown.
+    assert [(e["key"], e["holder"]) for e in listed] == [(k, "importer (pid 7)") for k in keys]
+    assert all("owner" not in e for e in listed)
     assert 50 < datetime.fromisoformat(listed[0]["expiresAt"]).timestamp() - time.time() <= 60
     page = http.get("/v1/locks", params={"prefix": base, "limit": 2}).json()["items"]
     assert [e["key"] for e in page] == keys[:2]
@@ -285,7 +290,8 @@ def test_locks_are_listed_and_broken_over_http(http: httpx.Client) -> None:
     assert http.post("/v1/locks/acquire", json={**stuck, "owner": "next", "ttl": "1m"}
                      ).json()["held"] is True
     left = http.get("/v1/locks", params={"prefix": base}).json()["items"]
-    assert [(e["key"], e["owner"]) for e in left] == [(keys[1], "next"), (keys[2], "stuck")]
+    assert [(e["key"], e["holder"]) for e in left] == [(keys[1], None),
+                                                       (keys[2], "importer (pid 7)")]
     assert_error(http.delete("/v1/locks/a%00b"), 422, "validation_error")
     # A key named like an action is a key: DELETE breaks the lock on "acquire".
     assert http.post("/v1/locks/acquire", json={"key": "acquire", "owner": "o", "ttl": "1m"}

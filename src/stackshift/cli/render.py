@@ -534,9 +534,9 @@ def state_table(items: list[dict[str, Any]]) -> Table:
 def locks_table(items: list[dict[str, Any]]) -> Table:
     table = _table()
     table.add_column("KEY", no_wrap=True)
-    table.add_column("OWNER", no_wrap=True)
+    table.add_column("HELD BY", no_wrap=True)
     table.add_column("EXPIRES", no_wrap=True)
     for item in items:
-        table.add_row(item["key"], item["owner"],
+        table.add_row(item["key"], item["holder"] or "(not said)",
                       when(datetime.fromtimestamp(item["expires_at"], UTC)))
     return table

@@ -7,6 +7,7 @@ synchronous); rendering and HTTP live in :mod:`stackshift.dashboard.app`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -400,6 +401,16 @@ def _key_page(listing: Callable[..., Entries], prefix: str | None, cursor: str |
 
 
 
+#: A lock taken in a handler says so: "run <id> (attempt <n>)" (state.lock_holder).
+_RUN_HOLDER = re.compile(r"run (run_[0-9a-z]+) \(attempt \d+\)")
+
+
+def _holder_run(holder: str | None) -> str | None:
+    """The run whose handler holds a lock, to link to; ``None`` for another holder."""
+    found = _RUN_HOLDER.fullmatch(holder or "")
+    return found.group(1) if found else None
+
+
 def state_page(service: Service, params: Mapping[str, str], now: float) -> dict[str, Any]:
     # A key may begin or end with spaces, so neither the prefix (exactly as typed:
     # "my key " must not list "my keyring") nor the cursors (the last key of the
@@ -428,7 +439,9 @@ def state_page(service: Service, params: Mapping[str, str], now: float) -> dict[
         "next_cursor": next_cursor,
         "cursor": cursor,
         "locks": [
-            {"key": lock["key"], "owner": lock["owner"],
+            {"key": lock["key"], "holder": lock["holder"],
+             "holder_run": _holder_run(lock["holder"]),
+             "holder_attempt": (lock["holder"] or "").rpartition(" (")[2].rstrip(")"),
              "expires_at": to_datetime(lock["expires_at"]), "ttl": lock["expires_at"] - now}
             for lock in locks
         ],

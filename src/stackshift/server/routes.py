@@ -298,7 +298,7 @@ def increment_state(body: s.IncrementState, request: Request) -> s.StateValue:
 
 @router.post("/locks/acquire", tags=["state"], summary="Try to take a lock")
 def acquire_lock(body: s.AcquireLock, request: Request) -> s.LockResult:
-    held = service_of(request).lock_acquire(body.key, body.owner, body.ttl)
+    held = service_of(request).lock_acquire(body.key, body.owner, body.ttl, body.holder)
     return s.LockResult(key=body.key, held=held)
 
 
@@ -352,7 +352,7 @@ def list_locks(
 ) -> s.LockList:
     entries = service_of(request).lock_list(prefix, limit, after)
     return s.LockList(items=[
-        s.LockEntry(key=e["key"], owner=e["owner"],
+        s.LockEntry(key=e["key"], holder=e["holder"],
                     expires_at=to_datetime(e["expires_at"]))  # type: ignore[arg-type]
         for e in entries
     ])

@@ -465,8 +465,12 @@ class StateList(Wire):
 
 class AcquireLock(Body):
     key: StateKey
-    owner: Owner = Field(description="A token naming the holder; only it can release.")
+    owner: Owner = Field(description="A token only the owner knows: it alone can extend "
+                         "and release the lock. Never listed.")
     ttl: PositiveDuration = Field(description="The lock frees itself after this long.")
+    holder: Owner | None = Field(None, description="Who the owner is, in words (a run and "
+                                 "its attempt, a host and a process), for listings and "
+                                 "refusals.")
 
 
 class ExtendLock(Body):
@@ -501,7 +505,8 @@ class LockReleased(LockResult):
 
 class LockEntry(Wire):
     key: str
-    owner: str = Field(description="The token naming the lock's holder.")
+    holder: str | None = Field(description="Who holds the lock, as its owner said "
+                               "when it took it; null when it did not say.")
     expires_at: datetime = Field(description="When the lock frees itself, unless extended.")
 
 

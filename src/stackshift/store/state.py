@@ -118,14 +118,17 @@ class StateStore:
                    after: str | None = None) -> list[dict[str, Any]]:
         """Live (unexpired) locks in key order, as :meth:`_live_page` reads them."""
         return [
-            {"key": r["key"], "owner": r["owner"], "expires_at": r["expires_at"]}
+            {"key": r["key"], "holder": r["holder"], "expires_at": r["expires_at"]}
             for r in self._live_page("locks", prefix, limit, now, after)
         ]
 
-    def lock_acquire(self, key: str, owner: str, expires_at: float, now: float) -> bool:
+    def lock_acquire(self, key: str, owner: str, holder: str | None, expires_at: float,
+                     now: float) -> bool:
+        """Take ``key`` for ``owner`` (``holder`` says who that is, in words) unless
+        another live owner holds it; return whether ``owner`` holds it now."""
         with self.db.write() as tx:
-            return tx.one("lock_acquire", key=key, owner=owner, expires_at=expires_at,
-                          now=now) is not None
+            return tx.one("lock_acquire", key=key, owner=owner, holder=holder,
+                          expires_at=expires_at, now=now) is not None
 
     def lock_extend(self, key: str, owner: str, expires_at: float, now: float) -> bool:
         """Move the expiry of ``owner``'s live lock to ``expires_at``; return whether

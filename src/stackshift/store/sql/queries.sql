@@ -334,8 +334,9 @@ DELETE FROM state WHERE key = :key;
 
 -- name: lock_acquire
 -- Free, expired, or already ours: take it. Held by a live owner: returns nothing.
-INSERT INTO locks (key, owner, expires_at) VALUES (:key, :owner, :expires_at)
-ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+INSERT INTO locks (key, owner, holder, expires_at) VALUES (:key, :owner, :holder, :expires_at)
+ON CONFLICT (key) DO UPDATE
+    SET owner = excluded.owner, holder = excluded.holder, expires_at = excluded.expires_at
     WHERE locks.expires_at <= :now OR locks.owner = excluded.owner
 RETURNING owner;
 
