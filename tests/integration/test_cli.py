@@ -929,11 +929,16 @@ def test_run_tables_keep_every_runs_id_and_status_readable(db_url: str, app: Sta
                     continue
                 assert run_id in rows, (columns, args, shown.stdout)
                 assert f" {status} " in rows[run_id], (columns, args, shown.stdout)
-                assert all(len(line) <= (columns or 160) for line in shown.stdout.splitlines())
+                if columns is not None:
+                    assert all(len(line) <= columns for line in shown.stdout.splitlines())
             assert "invoice.xxx" in rows[failed.id], (columns, args, shown.stdout)
             if columns != 80:  # room for the error too, and at full width for the queue
                 assert "NonRetriableError" in rows[failed.id], (columns, args, shown.stdout)
                 assert (" default " in rows[failed.id]) == (columns is None)
+            if columns is None:  # piped: every cell whole, nothing cut to a screen's width
+                assert f" {long_job} " in rows[failed.id], shown.stdout
+                assert ("detail " * 30).strip() in rows[failed.id], shown.stdout
+                assert "…" not in rows[failed.id], shown.stdout
 
 
 def test_run_tables_measure_wide_characters_by_the_cells_they_take(
@@ -955,7 +960,10 @@ def test_run_tables_measure_wide_characters_by_the_cells_they_take(
             assert row.split()[0] == run.id, (columns, args, shown.stdout)
             assert " failed " in row and " 1/1 " in row, (columns, args, shown.stdout)
             assert "NonRetriableError: 失敗" in row, (columns, args, shown.stdout)
-            assert all(cell_len(line) <= (columns or 160) for line in shown.stdout.splitlines())
+            if columns is not None:
+                assert all(cell_len(line) <= columns for line in shown.stdout.splitlines())
+            else:
+                assert "失敗しました 😀 倉庫が応答しません" in row, shown.stdout
 
 
 def test_keys_list_reads_like_the_other_tables(db_url: str) -> None:
@@ -1144,6 +1152,103 @@ def test_the_worker_banner_does_not_print_the_database_password(tmp_path: Path) 
     finally:
         with psycopg.connect(server, autocommit=True) as admin:
             admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+LONG_NAMED_APP = """
+    from stackshift import NonRetriableError, StackShift
+
+    app = StackShift()
+
+    for name in ("send-the-verification-email-to-a-newly-registered-customer",
+                 "synchronise-every-open-invoice-with-the-general-ledger",
+                 "build-the-monthly-revenue-report-for-the-finance-team"):
+        @app.job(name, max_attempts=1)
+        def refuse(ctx):
+            raise NonRetriableError("the upstream service refused the request: " + "why " * 40)
+"""
+LONG_NAMES = ("build-the-monthly-revenue-report-for-the-finance-team, "
+              "send-the-verification-email-to-a-newly-registered-customer, "
+              "synchronise-every-open-invoice-with-the-general-ledger")
+
+
+class _Piped:
+    """A ``stackshift`` process with its stdout and stderr on pipes, as under a log
+    collector or systemd; the lines each has written so far."""
+
+    def __init__(self, *args: str, cwd: Path) -> None:
+        self.process = subprocess.Popen([*STACKSHIFT, *args], stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, env=_env(None),
+                                        cwd=cwd)
+        self.lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self._readers = [threading.Thread(target=self._read, args=(name,), daemon=True)
+                         for name in self.lines]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, name: str) -> None:
+        for line in getattr(self.process, name):
+            self.lines[name].append(line)
+
+    def line_with(self, name: str, text: str) -> str:
+        return eventually(lambda: next((line for line in self.lines[name] if text in line), ""),
+                          what=f"{text!r} on {name}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        try:
+            return _stop(self.process, sig, timeout=20)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+            for reader in self._readers:
+                reader.join(timeout=10)
+            for stream in (self.process.stdout, self.process.stderr):
+                if stream is not None:
+                    stream.close()
+
+
+def test_piped_worker_lines_stay_whole_for_log_collectors(db_url: str, tmp_path: Path) -> None:
+    """Not on a terminal, each status line is one line, however long, with no
+    escape codes: a log collector gets one record per message."""
+    app_file = tmp_path / "tasks.py"
+    app_file.write_text(textwrap.dedent(LONG_NAMED_APP))
+    worker = _Piped("worker", f"{app_file}:app", "--database-url", db_url, cwd=tmp_path)
+    try:
+        banner = worker.line_with("stderr", "worker wkr_")
+    finally:
+        assert worker.stop() == 0
+    assert banner.startswith("worker wkr_") and f"3 job(s) ({LONG_NAMES})" in banner, banner
+    assert banner.rstrip("\n").endswith("Stop with Ctrl-C or SIGTERM."), worker.lines
+    shown = "".join(worker.lines["stdout"] + worker.lines["stderr"])
+    assert "\x1b" not in shown, shown
+    assert [line for line in worker.lines["stderr"] if line.startswith("worker wkr_")] == [
+        banner, f"{banner.split(':')[0]}: stopped.\n"], worker.lines
+
+
+def test_piped_dev_lines_stay_whole_for_log_collectors(
+    db_url: str, app: StackShift, tmp_path: Path
+) -> None:
+    app_file = tmp_path / "tasks.py"
+    app_file.write_text(textwrap.dedent(LONG_NAMED_APP))
+    dev = _Piped("dev", f"{app_file}:app", "--db", db_url, "--no-dashboard", "--no-seed",
+                 cwd=tmp_path)
+    try:
+        services = dev.line_with("stdout", "  worker ")
+        dev.line_with("stdout", "Stop with Ctrl-C")
+        run = app.start("synchronise-every-open-invoice-with-the-general-ledger")
+        change = dev.line_with("stdout", f"{run.id}  synchronise-every-open-invoice")
+        eventually(lambda: app.runs.get(run.id).status == "failed", what="the run to fail")
+        failed = dev.line_with("stdout", "  failed  ")
+    finally:
+        assert dev.stop(signal.SIGINT) == 0
+    assert f"jobs: {LONG_NAMES}\n" in services, services
+    assert re.match(rf"\d\d:\d\d:\d\d  {run.id}  synchronise-every-open-invoice-with-the-"
+                    r"general-ledger  (queued|running|failed)  ", change), change
+    # The board's change line for the failed run keeps its whole error on that line.
+    assert failed.rstrip().endswith(("why " * 40).strip()), failed
+    assert "…" not in failed, failed
+    shown = "".join(dev.lines["stdout"] + dev.lines["stderr"])
+    assert "\x1b" not in shown, shown
 
 
 def test_worker_refuses_an_app_it_cannot_find(db_url: str, tmp_path: Path) -> None:

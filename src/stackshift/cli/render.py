@@ -89,11 +89,26 @@ def shown_url(url: str | None) -> str:
 # -- consoles ----------------------------------------------------------------------------
 
 
+#: The width of a console that is not a terminal and was given no ``COLUMNS``:
+#: no limit, so that nothing is wrapped or cut to fit a screen there is none of.
+UNLIMITED_WIDTH = sys.maxsize
+
+
 def console(*, stderr: bool = False) -> Console:
-    """A console that does not squeeze tables to 80 columns when piped to a file."""
+    """A console on stdout (or stderr) as its reader needs it.
+
+    A terminal gets Rich's layout, colours and wrapping. Anything else (a file, a
+    pipe, a log collector, systemd's journal) gets one line per message, never
+    wrapped, without escape codes, and tables at their full width: a long status
+    line stays one record, and every cell of a table is whole, so that
+    ``stackshift runs list | grep`` finds full ids and names. ``COLUMNS`` set in
+    the environment still sets the width tables fit in.
+    """
     stream = sys.stderr if stderr else sys.stdout
-    wide = not stream.isatty() and "COLUMNS" not in os.environ
-    return Console(stderr=stderr, width=160 if wide else None, highlight=False)
+    if stream.isatty():
+        return Console(stderr=stderr, highlight=False)
+    width = None if "COLUMNS" in os.environ else UNLIMITED_WIDTH
+    return Console(stderr=stderr, width=width, soft_wrap=True, highlight=False)
 
 
 # -- times -------------------------------------------------------------------------------
