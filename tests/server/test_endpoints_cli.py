@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 from click.testing import CliRunner
 from serverproc import admin_service
 
+from stackshift.cli.render import when
 from stackshift.cli.server_commands import endpoints
 
 
@@ -26,6 +28,17 @@ def test_endpoints_cli(db_url: str) -> None:
         url, ["sendReceipt", "userOnboarding"], 10)
     assert set(shown) == {"id", "url", "jobs", "concurrency", "created_at", "updated_at"}
     assert secret not in listed.stdout
+
+    # Without --json, a table like the other lists (keys list, runs list).
+    table = runner.invoke(endpoints, ["list", "--database-url", db_url])
+    assert table.exit_code == 0, table.output
+    header, rule, row, *more = table.stdout.splitlines()
+    assert header.split() == ["ID", "URL", "CONCURRENCY", "JOBS", "CREATED"], table.stdout
+    assert set(rule) == {"─"} and not more, table.stdout
+    created = datetime.fromisoformat(shown["created_at"])
+    assert row.split() == [shown["id"], url, "10", "sendReceipt,", "userOnboarding",
+                           *when(created).split()], table.stdout
+    assert secret not in table.stdout
 
     # Adding the URL again updates what it serves and keeps its id and secret.
     again = runner.invoke(endpoints, ["add", url, "--jobs", "sendReceipt", "--concurrency", "3",

@@ -14,6 +14,7 @@ from types import FrameType
 from typing import Any
 
 import click
+from rich.table import Table
 
 from ..client import DEFAULT_DATABASE_URL
 from ..clock import SystemClock
@@ -293,8 +294,18 @@ def list_endpoints(database_url: str | None, as_json: bool) -> None:
     if not found:
         click.echo("No endpoints. Register one with: stackshift endpoints add URL --jobs NAMES")
         return
+    console().print(_endpoints_table(found))
+
+
+def _endpoints_table(found: list[Endpoint]) -> Table:
+    """One route per row: its id, URL, concurrency, jobs and when it was registered."""
+    table = _table()
+    for header in ("ID", "URL", "CONCURRENCY", "JOBS", "CREATED"):
+        table.add_column(header, no_wrap=header != "JOBS",
+                         justify="right" if header == "CONCURRENCY" else "left")
     for e in found:
-        click.echo(f"{e.id}  {e.url}  concurrency {e.concurrency}  jobs: {', '.join(e.jobs)}")
+        table.add_row(e.id, e.url, str(e.concurrency), ", ".join(e.jobs), when(e.created_at))
+    return table
 
 
 @endpoints.command("remove")
