@@ -46,6 +46,8 @@ def problems_with(command: Command) -> list[str]:
         i += 1
         if "..." in word or not word:
             break  # "stackshift queues ...": the rest is left to the reader
+        if word in ("|", "||", "&&", ";", ">", ">>"):
+            break  # "stackshift runs list | grep run_": the shell's, not the CLI's
         if word.startswith("-"):
             name = word.split("=", 1)[0]
             option = _options(current).get(name, False)
