@@ -520,9 +520,14 @@ class RemoteService(RemoteFlowControl):
         response = self._call("DELETE", f"/v1/state/{self._state_key(key)}")
         return bool(wire.StateDeleted.model_validate(response.json()).deleted)
 
-    def state_increment(self, key: str, by: int = 1) -> int:
+    def check_increment(self, key: object, by: object) -> str:
+        """The checks of :meth:`state_increment`'s arguments, as the embedded
+        service makes them; the key as a path segment."""
         check_int(by, "by", 64)
-        self._state_key(key)
+        return self._state_key(key)
+
+    def state_increment(self, key: str, by: int = 1) -> int:
+        self.check_increment(key, by)
         response = self._call("POST", "/v1/state/increment", json={"key": key, "by": by})
         return int(response.json()["value"])
 

@@ -512,10 +512,15 @@ class Service(FlowControl):
         """Remove ``key``; return whether it held a live value."""
         return self.store.state_delete(self._state_key(key), self.clock.now())
 
-    def state_increment(self, key: str, by: int = 1) -> int:
-        """Add ``by`` atomically (across processes and machines); a new key starts at 0."""
+    def check_increment(self, key: object, by: object) -> str:
+        """The checks of :meth:`state_increment`'s arguments; the key."""
         check_int(by, "by", 64)
-        return self.store.state_increment(self._state_key(key), by, self.clock.now())
+        return self._state_key(key)
+
+    def state_increment(self, key: str, by: int = 1) -> int:
+        """Add ``by`` atomically (across processes and machines); a new key starts at 0.
+        Refuses a stored value that is not an integer, or a sum out of range."""
+        return self.store.state_increment(self.check_increment(key, by), by, self.clock.now())
 
     def state_keys(self, prefix: str | None = None, limit: int = 100,
                    after: str | None = None) -> list[dict[str, Any]]:

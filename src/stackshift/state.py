@@ -2,6 +2,14 @@
 
 State calls are not steps: a value set in a handler is set again on a retry.
 Keep code that must not repeat inside ``ctx.step.run``.
+
+Inside a handler, a call whose arguments the engine's own checks refuse (a bad
+duration, key, value or limit, a keyword the method does not take) fails the
+run at once unless the handler catches the error, as a refused ``ctx.step``
+call does (:meth:`~stackshift.worker.invocation.Invocation.refuse`): every
+attempt would make the same call. What depends on what is stored (a key that
+does not hold an integer) or on other owners (:class:`LockNotAcquiredError`) is
+retried as usual; outside a handler (``app.state``) nothing of runs applies.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import os
 import socket
 import threading
 import time
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +65,24 @@ def lock_holder() -> str:
     return f"{socket.gethostname()[:150]} (pid {os.getpid()})"
 
 
+#: How a refusal names the calls of this module inside a handler.
+_API = "ctx.state"
+
+
+def _checking() -> AbstractContextManager[None]:
+    """Around the checks of a state call's arguments: inside a handler, what they
+    raise is a refused ``ctx.state`` call; outside one, the error is only raised."""
+    invocation = CURRENT.get()
+    return contextlib.nullcontext() if invocation is None else invocation.refusing(_API)
+
+
+def _refused(_: object, exc: TypeError) -> None:
+    """An unknown keyword to a state or lock method inside a handler is a refused call."""
+    invocation = CURRENT.get()
+    if invocation is not None:
+        invocation.refuse(exc, _API)
+
+
 def lock_ttl(ttl: Any) -> float:
     """A lock's TTL in seconds: a duration of more than 0."""
     seconds = parse_duration(ttl, name="ttl")
@@ -64,16 +91,23 @@ def lock_ttl(ttl: Any) -> float:
     return seconds
 
 
-@public_calls("state")
+@public_calls("state", refused=_refused)
 class State:
-    """Every call goes through the service, embedded or remote alike."""
+    """Every call goes through the service, embedded or remote alike.
+
+    The service checks a call's arguments before it writes or reads anything, and
+    what it raises then (``ValidationError``, ``TypeError``) is a refusal inside
+    a handler (:func:`_checking`); an increment checks its arguments first, as its
+    store may refuse the stored value, which can change before the next attempt.
+    """
 
     def __init__(self, service: Service | RemoteService) -> None:
         self._service = service
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value, or ``default`` when the key is missing or expired."""
-        found, value = self._service.state_get(key)
+        with _checking():
+            found, value = self._service.state_get(key)
         return value if found else default
 
     def set(
@@ -85,33 +119,41 @@ class State:
         expires_at: datetime | str | None = None,
     ) -> None:
         """Store a JSON value (256 KiB by default), optionally expiring."""
-        self._service.state_set(key, value, ttl=ttl, expires_at=expires_at)
+        with _checking():
+            self._service.state_set(key, value, ttl=ttl, expires_at=expires_at)
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; return whether it held a live value."""
-        return self._service.state_delete(key)
+        with _checking():
+            return self._service.state_delete(key)
 
     def increment(self, key: str, by: int = 1) -> int:
         """Add ``by`` atomically (across processes and machines); a new key starts at 0."""
+        with _checking():
+            self._service.check_increment(key, by)
+        # Not a refusal: a stored value that is not an integer may be replaced.
         return self._service.state_increment(key, by)
 
     def keys(self, prefix: str | None = None, limit: int = 100, *,
              after: str | None = None) -> list[dict[str, Any]]:
         """Live keys in key order with their values, expiry and last update (epoch
         seconds), at most ``limit``. For the next page pass the last key as ``after``."""
-        return self._service.state_keys(prefix, limit, after)
+        with _checking():
+            return self._service.state_keys(prefix, limit, after)
 
     def locks(self, prefix: str | None = None, limit: int = 100, *,
               after: str | None = None) -> list[dict[str, Any]]:
         """Live (unexpired) locks in key order with their owner and expiry (epoch
         seconds), at most ``limit``. For the next page pass the last key as ``after``."""
-        return self._service.lock_list(prefix, limit, after)
+        with _checking():
+            return self._service.lock_list(prefix, limit, after)
 
     def break_lock(self, key: str) -> bool:
         """Free ``key``'s lock whatever its owner (one that is stuck); return whether a
         live lock was there. Its owner finds out: its ``extend()`` returns False, and on
         exit its ``lost`` is True and a warning says the lock was broken."""
-        return self._service.lock_break(key)
+        with _checking():
+            return self._service.lock_break(key)
 
     def _lock_args(self, key: str, ttl: Any, wait: Any) -> tuple[str, float, float]:
         if not isinstance(key, str) or not key:
@@ -148,11 +190,12 @@ class State:
         another owner has taken the lock since. Not reentrant: a second lock on
         the same key, even in the same block, is another owner.
         """
-        key, seconds, patience = self._lock_args(key, ttl, wait)
+        with _checking():
+            key, seconds, patience = self._lock_args(key, ttl, wait)
         return Lock(self, key, seconds, patience)
 
 
-@public_calls("state.lock(key)")
+@public_calls("state.lock(key)", refused=_refused)
 class Lock:
     """One attempt to own a lock; usable once, as a sync or async context manager.
 
@@ -181,7 +224,8 @@ class Lock:
         inside its block. True when this owner still held it; False when its TTL had
         already run out or the lock was broken (another owner may hold it): the lock
         is not taken back, and ``lost`` is True on exit."""
-        seconds = self.ttl if ttl is None else lock_ttl(ttl)
+        with _checking():
+            seconds = self.ttl if ttl is None else lock_ttl(ttl)
         if not self._held:
             raise RuntimeError(f"lock {self.key!r} is not held: extend() works only inside "
                                "its with or async with block")
@@ -283,7 +327,7 @@ class Lock:
         self._released(await asyncio.to_thread(self._state._release, self.key, self.owner))
 
 
-@public_calls("state")
+@public_calls("state", refused=_refused)
 class AsyncState:
     """The same state API for ``async`` code; calls run in a thread."""
 

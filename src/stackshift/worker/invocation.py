@@ -73,7 +73,7 @@ class Invocation:
         self._heard_at = time.monotonic()
         #: a NonDeterminismError fails the run even if the handler swallowed it
         self.fatal: BaseException | None = None
-        #: errors of ctx.step calls the engine refused (see :meth:`refuse`)
+        #: errors of ctx.step and ctx.state calls the engine refused (see :meth:`refuse`)
         self.refused: list[BaseException] = []
         #: called once the handler has returned or raised, before its ending is
         #: recorded; gets whether an ending will be recorded
@@ -171,24 +171,25 @@ class Invocation:
 
     # -- refused calls ---------------------------------------------------------------
 
-    def refuse(self, exc: BaseException) -> None:
-        """Mark ``exc``, raised by the engine's own checks of a ``ctx.step`` call's
-        arguments, as a refusal: if the handler lets it out, the run fails at
-        once, as for a ``NonRetriableError`` (every attempt would make the same
-        call and be refused the same way). The error keeps its type and message."""
+    def refuse(self, exc: BaseException, api: str = "ctx.step") -> None:
+        """Mark ``exc``, raised by the engine's own checks of the arguments of a
+        call of ``api`` (``ctx.step``, ``ctx.state``), as a refusal: if the handler
+        lets it out, the run fails at once, as for a ``NonRetriableError`` (every
+        attempt would make the same call and be refused the same way). The error
+        keeps its type and message."""
         if self.was_refused(exc):
             return
         self.refused.append(exc)
-        exc.add_note(f"StackShift refused this ctx.step call's arguments: {_NOT_RETRIED}")
+        exc.add_note(f"StackShift refused this {api} call's arguments: {_NOT_RETRIED}")
 
     @contextlib.contextmanager
-    def refusing(self) -> Iterator[None]:
-        """Around the checks of a ``ctx.step`` call's arguments: what they raise
-        is a refusal (:meth:`refuse`)."""
+    def refusing(self, api: str = "ctx.step") -> Iterator[None]:
+        """Around the checks of the arguments of a call of ``api``: what they
+        raise is a refusal (:meth:`refuse`)."""
         try:
             yield
         except (ValueError, TypeError) as exc:
-            self.refuse(exc)
+            self.refuse(exc, api)
             raise
 
     def was_refused(self, exc: BaseException) -> bool:
@@ -414,7 +415,7 @@ def _check_keywords(name: str, fn: Callable[..., Any], kwargs: Mapping[str, Any]
             raise error
 
 
-#: Said of a refused ctx.step call.
+#: Said of a refused ctx.step or ctx.state call.
 _NOT_RETRIED = ("unless the handler catches this error, the run fails now without retrying,"
                 " as every attempt would make the same call")
 
