@@ -143,8 +143,9 @@ class State:
 
     def locks(self, prefix: str | None = None, limit: int = 100, *,
               after: str | None = None) -> list[dict[str, Any]]:
-        """Live (unexpired) locks in key order with their owner and expiry (epoch
-        seconds), at most ``limit``. For the next page pass the last key as ``after``."""
+        """Live (unexpired) locks in key order with who holds each (``holder``) and
+        their expiry (epoch seconds), at most ``limit``. For the next page pass the
+        last key as ``after``."""
         with _checking():
             return self._service.lock_list(prefix, limit, after)
 
