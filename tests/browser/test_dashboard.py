@@ -237,41 +237,34 @@ def test_a_repeated_event_send_says_what_its_first_send_resumed(
     """An event sent before the run began is not the run's to take; sending it again
     from the run's page with the same idempotency key resumes nothing, and the page
     says what the first send did and how to reach this run."""
+    def send(run_id: str, idempotency_key: str) -> None:
+        page.goto(stack.at(f"/runs/{run_id}"))
+        form = page.locator("#send-event-form")
+        form.locator("textarea[name=payload]").fill('{"amount": 1}')
+        form.locator("input[name=idempotency_key]").fill(idempotency_key)
+        form.locator("#send-event").click()
+
+    repeated = ("An event with this idempotency key was already sent, so nothing was resumed"
+                " now. Its first send resumed {}. Send it with another idempotency key to"
+                " resume this run.")
     stack.app.events.send("payment.settled", {"amount": 1}, correlation_key="order:1046",
                           idempotency_key="settle:1046")
     run = stack.app.start("checkout", {"order": 1046})
     stack.wait_status(run.id, "waiting")
-    page.goto(stack.at(f"/runs/{run.id}"))
-    form = page.locator("#send-event-form")
-    form.locator("textarea[name=payload]").fill('{"amount": 1}')
-    form.locator("input[name=idempotency_key]").fill("settle:1046")
-    form.locator("#send-event").click()
-    expect(page.locator(".flash-info")).to_have_text(
-        "An event with this idempotency key was already sent, so nothing was resumed now. "
-        "Its first send resumed no run. Send it with another idempotency key to resume "
-        "this run.")
+    send(run.id, "settle:1046")
+    expect(page.locator(".flash-info")).to_have_text(repeated.format("no run"))
     assert stack.app.runs.get(run.id).status == "waiting"
     assert len(stack.app.events.list(name="payment.settled").items) == 1
 
-    form = page.locator("#send-event-form")
-    form.locator("textarea[name=payload]").fill('{"amount": 1}')
-    form.locator("input[name=idempotency_key]").fill("settle:1046:again")
-    form.locator("#send-event").click()
+    send(run.id, "settle:1046:again")
     expect(page.locator(".flash-ok")).to_have_text("Event sent: the run resumed.")
     stack.wait_status(run.id, "completed")
 
-    # Sent again with that key, it resumes nothing and says it resumed this run.
+    # Sent again with that key from another run's page: it resumed the first run.
     other = stack.app.start("checkout", {"order": 1046})
     stack.wait_status(other.id, "waiting")
-    page.goto(stack.at(f"/runs/{other.id}"))
-    form = page.locator("#send-event-form")
-    form.locator("textarea[name=payload]").fill('{"amount": 1}')
-    form.locator("input[name=idempotency_key]").fill("settle:1046:again")
-    form.locator("#send-event").click()
-    expect(page.locator(".flash-info")).to_have_text(
-        "An event with this idempotency key was already sent, so nothing was resumed now. "
-        "Its first send resumed 1 run, not this one. Send it with another idempotency key "
-        "to resume this run.")
+    send(other.id, "settle:1046:again")
+    expect(page.locator(".flash-info")).to_have_text(repeated.format("1 run, not this one"))
     assert stack.app.runs.get(other.id).status == "waiting"
 
 

@@ -7,18 +7,17 @@ raises as it always did."""
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from refusals import add_job, failed_at_once, not_retried
 from stackshift import StackShift
 from stackshift.errors import LockNotAcquiredError, ValidationError
 from stackshift.testing import run_until_idle
 
-NOT_RETRIED = ("StackShift refused this ctx.state call's arguments: unless the handler"
-               " catches this error, the run fails now without retrying")
+NOT_RETRIED = not_retried("ctx.state")
 
 NOT_A_DURATION = "ttl: 'soon' is not a duration (use e.g. '30s', '15m', '1h30m', '7d')"
 
@@ -67,35 +66,16 @@ REFUSED: dict[str, tuple[Callable[[str], Callable[[Any], Any]], str, str]] = {
 }
 
 
-def add_job(app: StackShift, name: str, flavour: str, body: Callable[[Any], Any]) -> None:
-    """A job of three attempts whose handler calls ``body(ctx.state)``."""
-    if flavour == "sync":
-        @app.job(name, max_attempts=3)
-        def handler(ctx):  # type: ignore[no-untyped-def]
-            return body(ctx.state)
-    else:
-        @app.job(name, max_attempts=3)
-        async def handler_async(ctx):  # type: ignore[no-untyped-def]
-            value = body(ctx.state)
-            return await value if inspect.isawaitable(value) else value
-
-
 @pytest.mark.parametrize("flavour", ["sync", "async"])
 @pytest.mark.parametrize("case", list(REFUSED))
 def test_a_refused_state_call_fails_the_run_on_its_first_attempt(
         fake_app: StackShift, flavour: str, case: str) -> None:
     body, error_type, message = REFUSED[case]
-    add_job(fake_app, "misuse", flavour, body(flavour))
+    add_job(fake_app, "misuse", flavour, "state", body(flavour))
     run = fake_app.start("misuse")
     run_until_idle(fake_app)
 
-    failed = fake_app.runs.get(run.id)
-    assert (failed.status, failed.attempt) == ("failed", 1)
-    assert failed.error is not None
-    assert (failed.error.type, failed.error.message) == (error_type, message)
-    assert NOT_RETRIED in (failed.error.traceback or "")
-    assert [e.kind for e in fake_app.runs.timeline(run.id)][-2:] == [
-        "attempt.failed", "run.failed"]
+    failed_at_once(fake_app, run.id, "state", error_type, message)
     assert fake_app.state.keys() == []  # nothing was written
 
 
@@ -103,8 +83,8 @@ def test_a_refused_state_call_fails_the_run_on_its_first_attempt(
 def test_a_held_lock_and_a_stored_value_that_is_not_an_integer_are_still_retried(
         fake_app: StackShift, flavour: str) -> None:
     fake_app.state.set("visits", "many")
-    add_job(fake_app, "count", flavour, lambda state: state.increment("visits"))
-    add_job(fake_app, "report", flavour, lambda state: (
+    add_job(fake_app, "count", flavour, "state", lambda state: state.increment("visits"))
+    add_job(fake_app, "report", flavour, "state", lambda state: (
         state.lock("report").__enter__() if flavour == "sync"
         else state.lock("report").__aenter__()))
     with fake_app.state.lock("report", ttl="1h"):
@@ -129,7 +109,7 @@ def test_a_handler_may_catch_a_refused_state_call_and_go_on(
         except ValueError as exc:
             return f"no lock: {exc}"
 
-    add_job(fake_app, "fallback", flavour, body)
+    add_job(fake_app, "fallback", flavour, "state", body)
     run = fake_app.start("fallback")
     run_until_idle(fake_app)
     done = fake_app.runs.get(run.id)

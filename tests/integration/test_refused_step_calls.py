@@ -6,18 +6,15 @@ the handler's own code and of step functions are retried as before."""
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import pytest
 
+from refusals import add_job, failed_at_once
 from stackshift import StackShift
 from stackshift.testing import FakeClock, run_until_idle
-
-NOT_RETRIED = ("StackShift refused this ctx.step call's arguments: unless the handler"
-               " catches this error, the run fails now without retrying")
 
 
 def charge(amount: int) -> int:
@@ -63,37 +60,18 @@ REFUSED: dict[str, tuple[Callable[[Any], Any], str, str]] = {
 }
 
 
-def add_job(app: StackShift, name: str, flavour: str, body: Callable[[Any], Any]) -> None:
-    """A job of three attempts whose handler calls ``body(ctx.step)``."""
-    if flavour == "sync":
-        @app.job(name, max_attempts=3)
-        def handler(ctx):  # type: ignore[no-untyped-def]
-            return body(ctx.step)
-    else:
-        @app.job(name, max_attempts=3)
-        async def handler_async(ctx):  # type: ignore[no-untyped-def]
-            value = body(ctx.step)
-            return await value if inspect.isawaitable(value) else value
-
-
 @pytest.mark.parametrize("flavour", ["sync", "async"])
 @pytest.mark.parametrize("case", list(REFUSED))
 def test_a_refused_step_call_fails_the_run_on_its_first_attempt(
         fake_app: StackShift, flavour: str, case: str) -> None:
     call, error_type, message = REFUSED[case]
-    add_job(fake_app, "misuse", flavour, call)
+    add_job(fake_app, "misuse", flavour, "step", call)
     run = fake_app.start("misuse")
     run_until_idle(fake_app)
 
-    failed = fake_app.runs.get(run.id)
-    assert (failed.status, failed.attempt) == ("failed", 1)
-    assert failed.error is not None
-    assert (failed.error.type, failed.error.message) == (error_type, message)
-    assert NOT_RETRIED in (failed.error.traceback or "")
+    failed_at_once(fake_app, run.id, "step", error_type, message)
     assert [(a.status, a.error and a.error.message) for a in fake_app.runs.attempts(run.id)] == [
         ("failed", message)]
-    assert [e.kind for e in fake_app.runs.timeline(run.id)][-2:] == [
-        "attempt.failed", "run.failed"]
     assert fake_app.runs.steps(run.id) == []
 
 
@@ -105,7 +83,7 @@ def test_an_unknown_keyword_to_a_step_function_is_refused_before_it_runs(
     def send_invoice(to: str, amount: int) -> None:
         calls.append((to, amount))
 
-    add_job(fake_app, "invoice", flavour,
+    add_job(fake_app, "invoice", flavour, "step",
             lambda step: step.run("send", send_invoice, to="a@example.com", amout=5))
     run = fake_app.start("invoice")
     run_until_idle(fake_app)
@@ -123,9 +101,9 @@ def test_errors_of_the_handler_and_of_step_functions_are_still_retried(
     def own_check(step: Any) -> None:
         raise ValueError("the order has no lines")
 
-    add_job(fake_app, "own", flavour, own_check)
-    add_job(fake_app, "stepFails", flavour, lambda step: step.run("charge", declined, 5))
-    add_job(fake_app, "takesAny", flavour,  # a function taking **kwargs decides itself
+    add_job(fake_app, "own", flavour, "step", own_check)
+    add_job(fake_app, "stepFails", flavour, "step", lambda step: step.run("charge", declined, 5))
+    add_job(fake_app, "takesAny", flavour, "step",  # a function taking **kwargs decides itself
             lambda step: step.run("charge", lambda **kw: declined(**kw), amout=5))
     runs = [fake_app.start(job) for job in ("own", "stepFails", "takesAny")]
     run_until_idle(fake_app)

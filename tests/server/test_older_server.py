@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -36,6 +37,21 @@ def server(served_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield running
     finally:
         stop_server(running)
+
+
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A plain HTTP server on 127.0.0.1 (not a StackShift one) answering with
+    ``handler``, for as long as the block runs; gives its address."""
+    site = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=site.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{site.server_address[1]}"
+    finally:
+        site.shutdown()
+        site.server_close()
+        thread.join(timeout=10)
 
 
 def limits_asked(http: httpx.Client) -> int:
@@ -88,21 +104,13 @@ def test_other_failures_to_read_the_limits_still_surface(server: Server) -> None
         def log_message(self, *args: object) -> None:
             pass
 
-    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{proxy.server_address[1]}"
-        with StackShift(api_key=server.api_key, base_url=url) as app:
-            with pytest.raises(RemoteError) as raised:
-                app.start("older", {"a": 1})
-            assert raised.value.status == 502
-            with pytest.raises(RemoteError):  # not remembered: asked again
-                app.state.set("older", 1)
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
-        thread.join(timeout=10)
+    with serving(Unavailable) as url, \
+            StackShift(api_key=server.api_key, base_url=url) as app:
+        with pytest.raises(RemoteError) as raised:
+            app.start("older", {"a": 1})
+        assert raised.value.status == 502
+        with pytest.raises(RemoteError):  # not remembered: asked again
+            app.state.set("older", 1)
 
 
 @pytest.mark.parametrize("status", [200, 404])
@@ -128,11 +136,7 @@ def test_another_web_server_at_the_address_is_told_apart(server: Server, status:
         def log_message(self, *args: object) -> None:
             pass
 
-    site = ThreadingHTTPServer(("127.0.0.1", 0), Website)
-    thread = threading.Thread(target=site.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{site.server_address[1]}"
+    with serving(Website) as url:
         told = (f"HTTP {status} from {url}{{path}} is not a StackShift server's answer "
                 f"(text/html, {len(page):,} bytes: 'Acme Intranet - Sign in'); check the "
                 "base_url")
@@ -144,10 +148,6 @@ def test_another_web_server_at_the_address_is_told_apart(server: Server, status:
             with pytest.raises(RemoteError) as raised:
                 app.state.set("older", 1)  # asks for the limits first
             assert str(raised.value) == told.format(path="/v1/limits")
-    finally:
-        site.shutdown()
-        site.server_close()
-        thread.join(timeout=10)
 
 
 def test_locks_are_taken_from_a_server_without_lock_holders(

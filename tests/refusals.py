@@ -1,0 +1,45 @@
+"""What the tests of refused ``ctx.step`` and ``ctx.state`` calls share: a job whose
+handler makes one call, and the run a refusal leaves."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from stackshift import StackShift
+from stackshift.models import Run
+
+
+def not_retried(api: str) -> str:
+    """The note a refused call's error carries in its traceback."""
+    return (f"StackShift refused this {api} call's arguments: unless the handler catches"
+            " this error, the run fails now without retrying")
+
+
+def add_job(app: StackShift, name: str, flavour: str, api: str,
+            body: Callable[[Any], Any]) -> None:
+    """A job of three attempts whose handler (``flavour``: sync or async) calls
+    ``body`` with ``ctx.step`` or ``ctx.state`` (``api``: "step" or "state")."""
+    if flavour == "sync":
+        @app.job(name, max_attempts=3)
+        def handler(ctx):  # type: ignore[no-untyped-def]
+            return body(getattr(ctx, api))
+    else:
+        @app.job(name, max_attempts=3)
+        async def handler_async(ctx):  # type: ignore[no-untyped-def]
+            value = body(getattr(ctx, api))
+            return await value if inspect.isawaitable(value) else value
+
+
+def failed_at_once(app: StackShift, run_id: str, api: str, error_type: str,
+                   message: str) -> Run:
+    """Assert the run failed on its first attempt with this error and the refusal's
+    note, its timeline ending attempt.failed then run.failed; return it."""
+    failed = app.runs.get(run_id)
+    assert (failed.status, failed.attempt) == ("failed", 1)
+    assert failed.error is not None
+    assert (failed.error.type, failed.error.message) == (error_type, message)
+    assert not_retried(f"ctx.{api}") in (failed.error.traceback or "")
+    assert [e.kind for e in app.runs.timeline(run_id)][-2:] == ["attempt.failed", "run.failed"]
+    return failed
