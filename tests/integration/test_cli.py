@@ -1375,3 +1375,111 @@ def test_python_dash_m_stackshift_is_the_command(db_url: str) -> None:
     assert started.returncode == 0, started.stderr
     run = json.loads(started.stdout)
     assert cli_json(db_url, "runs", "show", run["id"])["status"] == "queued"
+
+
+def _header_and_rows(shown: str) -> tuple[str, list[str]]:
+    """A table's header (the lines above its rule, when a header wraps) and the
+    lines below."""
+    lines = shown.splitlines()
+    rule = next(at for at, line in enumerate(lines) if line.strip() and set(line) <= {"─"})
+    return " ".join(lines[:rule]), lines[rule + 1:]
+
+
+def test_narrow_terminals_get_every_column_and_every_id_whole(
+    db_url: str, app: StackShift
+) -> None:
+    """On a screen too narrow for a table, free text gives way (wrapped, or
+    shortened with …), and ids, keys, names and URLs stay whole on one line,
+    pushing the table past the screen's edge if they must; no column is left out."""
+    long_job = "billing.reconcile-invoices-for-the-european-region"
+    long_queue = "fulfilment-warehouse-priority-" + "q" * 20
+    step_key = "charge-card-of-customer-0000000042-for-invoice-0000017"
+
+    @app.job(long_job, queue=long_queue, max_attempts=1)
+    def reconcile(ctx: Any) -> None:
+        ctx.step.run(step_key, lambda: {"summary": "y" * 200})
+        raise NonRetriableError("the card processor refused the charge: " + "details " * 12)
+
+    run = app.start(long_job, {"customer": "c" * 80})
+    run_until_idle(app)
+    key_name = "billing-service-for-the-european-region-and-its-partners"
+    assert cli(db_url, "keys", "create", "--name", key_name).returncode == 0
+    [listed_key] = cli_json(db_url, "keys", "list")
+    url = "https://app.example.com/api/stackshift/handlers/push/for/the/european/region/"
+    assert cli(db_url, "endpoints", "add", url, "--jobs",
+               f"{long_job},userOnboarding,sendReceipt").returncode == 0
+    [endpoint] = cli_json(db_url, "endpoints", "list")
+    schedule = cli_json(db_url, "schedules", "create", long_job, "--cron", "*/5 * * * *",
+                        "--timezone", "America/Argentina/ComodRivadavia")
+    state_key = "imports:customer-0000000042:progress:phase-two:batch-000017"
+    assert cli(db_url, "state", "set", state_key, json.dumps({"note": "z" * 90})).returncode == 0
+    event_name = "email.verified.for.the.european.region"
+    correlation = "user:0000000000000000000000000000000042"
+    sent = cli_json(db_url, "events", "send", event_name, json.dumps({"userId": "4" * 70}),
+                    "--correlation-key", correlation)
+    [attempt] = app.runs.attempts(run.id)
+    tables: list[tuple[list[str], list[str], list[str]]] = [
+        (["keys", "list"], ["ID", "NAME", "PREFIX", "CREATED", "LAST USED", "STATUS"],
+         [listed_key["id"], listed_key["prefix"]]),
+        (["endpoints", "list"], ["ID", "URL", "CONCURRENCY", "JOBS", "CREATED"],
+         [endpoint["id"], url, long_job]),
+        (["schedules", "list"], ["SCHEDULE", "JOB", "CRON", "TZ", "STATE", "NEXT RUN",
+                                 "LAST RUN", "LAST", "LAST ERROR"],
+         [schedule["id"], long_job, "*/5 * * * *", "America/Argentina/ComodRivadavia"]),
+        (["state", "list"], ["KEY", "VALUE", "EXPIRES"], [state_key]),
+        (["events", "list"], ["EVENT", "NAME", "CORRELATION KEY", "RECEIVED", "PAYLOAD"],
+         [sent["id"], event_name, correlation]),
+        (["queues"], ["QUEUE", "STATE", "LIMITS", "QUEUED", "RUNNING", "WAITING", "FAILED",
+                      "PER MIN", "FAIL %", "OLDEST"], [long_queue]),
+        (["runs", "timeline", run.id], ["OFFSET", "EVENT", "STEP", "ATTEMPT", "DETAILS"],
+         [step_key]),
+    ]
+    with app.state.lock("lock:" + state_key, ttl="1h"):
+        for columns in (80, 60):
+            for args, headers, whole in [
+                *tables, (["state", "locks"], ["KEY", "HELD BY", "EXPIRES"],
+                          ["lock:" + state_key]),
+            ]:
+                shown = cli(db_url, *args, columns=columns)
+                assert shown.returncode == 0, (args, shown.stderr)
+                header, rows = _header_and_rows(shown.stdout)
+                for name in headers:  # a header may wrap at its space
+                    assert all(word in header.split() for word in name.split()), (
+                        columns, args, name, shown.stdout)
+                for text in whole:
+                    assert any(text in row for row in rows), (columns, args, text,
+                                                              shown.stdout)
+            # runs show: the attempts and steps tables, with the worker's id whole.
+            shown = cli(db_url, "runs", "show", run.id, columns=columns)
+            assert shown.returncode == 0, shown.stderr
+            for name in ("WORKER", "ERROR", "STEP", "RESULT", "/"):
+                assert name in shown.stdout.split(), (columns, shown.stdout)
+            assert step_key in shown.stdout, (columns, shown.stdout)
+            assert attempt.worker_id and attempt.worker_id in shown.stdout, shown.stdout
+
+
+def test_a_terminal_too_narrow_for_the_ids_gets_them_whole_not_cut(db_url: str) -> None:
+    """On a real terminal, a table wider than the screen runs past its edge (the
+    terminal wraps the line) rather than have the id cut at the edge."""
+    state_key = "imports:customer-0000000042:progress:phase-two:batch-000017"
+    assert cli(db_url, "state", "set", state_key, '{"done": 17}').returncode == 0
+    controller, terminal = pty.openpty()
+    env = {**_env(db_url), "TERM": "xterm-256color", "COLUMNS": "40"}
+    process = subprocess.Popen([*STACKSHIFT, "state", "list"], stdout=terminal,
+                               stderr=subprocess.STDOUT, env=env)
+    os.close(terminal)
+    shown = bytearray()
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # the process ended and closed its side
+            break
+        if not chunk:
+            break
+        shown.extend(chunk)
+    os.close(controller)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode(errors="replace"))
+    assert process.wait(timeout=60) == 0, text
+    header, rows = _header_and_rows(text.replace("\r\n", "\n"))
+    assert header.split() == ["KEY", "VALUE", "EXPIRES"], text
+    assert any(state_key in row for row in rows), text

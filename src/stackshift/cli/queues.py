@@ -76,7 +76,7 @@ def queues_table(queues: list[QueueInfo]) -> Table:
     table = _table()
     for header in ("QUEUE", "STATE", "LIMITS", "QUEUED", "RUNNING", "WAITING", "FAILED",
                    "PER MIN", "FAIL %", "OLDEST"):
-        table.add_column(header, no_wrap=True,
+        table.add_column(header, fit="whole" if header == "QUEUE" else "folds",
                          justify="left" if header in ("QUEUE", "STATE", "LIMITS") else "right")
     for q in queues:
         c = q.counts
@@ -92,8 +92,8 @@ def queues_table(queues: list[QueueInfo]) -> Table:
 def queue_detail(q: QueueInfo) -> Table:
     table = _table()
     table.show_header = False
-    table.add_column("", style="bold", no_wrap=True)
-    table.add_column("")
+    table.add_column("", style="bold")
+    table.add_column("", fit="wraps")
     table.add_row("queue", q.name)
     table.add_row("state", paused_text() if q.paused else "active")
     table.add_row("concurrency", "-" if q.concurrency is None else str(q.concurrency))

@@ -6,14 +6,17 @@ import dataclasses
 import json
 import os
 import sys
+from collections.abc import Iterable
+from copy import copy
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import click
 from rich import box
 from rich.cells import cell_len
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.measure import Measurement
 from rich.style import StyleType
 from rich.table import Table
 from rich.text import Text
@@ -106,9 +109,18 @@ def console(*, stderr: bool = False) -> Console:
     """
     stream = sys.stderr if stderr else sys.stdout
     if stream.isatty():
-        return Console(stderr=stderr, highlight=False)
+        return _TerminalConsole(stderr=stderr, highlight=False)
     width = None if "COLUMNS" in os.environ else UNLIMITED_WIDTH
     return Console(stderr=stderr, width=width, soft_wrap=True, highlight=False)
+
+
+class _TerminalConsole(Console):
+    """A terminal's console, whose lines are never cut at the screen's edge: a
+    table whose ids alone are wider than the screen runs past it (and the
+    terminal wraps it), the ids whole."""
+
+    def print(self, *objects: Any, crop: bool = False, **options: Any) -> None:
+        super().print(*objects, crop=crop, **options)
 
 
 # -- times -------------------------------------------------------------------------------
@@ -210,15 +222,105 @@ def run_detail_line(run: Run, now: datetime | None = None) -> str:
     return ""
 
 
+#: How a column of a table gives way on a screen too narrow for it:
+#:
+#: - ``whole``: ids, keys, names, URLs, cron lines, which users copy; never
+#:   wrapped nor cut (only its header may wrap);
+#: - ``folds`` (the default): short values (times, statuses, counts) and lists
+#:   of names, wrapped at spaces, never inside a word;
+#: - ``wraps``: users' free text (errors, details, a key's name), wrapped;
+#: - ``shortened``: one-line previews (payloads, values), cut with "…".
+#:
+#: Free text gives way first (down to :data:`_TEXT_FLOOR` cells), then the other
+#: columns fold; no column is left out. A table that is still too wide runs
+#: past the screen's edge rather than cut an id.
+Fit = Literal["whole", "folds", "wraps", "shortened"]
+
+#: Cells between two columns of a :func:`_table`: padding, the rule, padding.
+_GAP = 3
+
+#: How narrow free text gets before the other columns give way.
+_TEXT_FLOOR = 12
+
+
 class _PlainTable(Table):
     """A table whose text cells are shown as they are, never read as markup: keys,
     payloads and error messages are users' text, and ``[/]`` in a state key
-    would otherwise stop the command. Styled cells are ``Text`` objects."""
+    would otherwise stop the command. Styled cells are ``Text`` objects.
+
+    Each column says how it gives way (:data:`Fit`) when the table is wider than
+    the screen; at its full width every cell is whole on one line."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fits: list[Fit] = []
+
+    def add_column(self, header: RenderableType = "", footer: RenderableType = "", *,
+                   fit: Fit = "folds", **options: Any) -> None:
+        shortened = fit == "shortened"
+        options.setdefault("no_wrap", shortened)
+        options.setdefault("overflow", "ellipsis" if shortened else "fold")
+        super().add_column(header, footer, **options)
+        self.fits.append(fit)
 
     def add_row(self, *cells: RenderableType | None, style: StyleType | None = None,
                 end_section: bool = False) -> None:
         super().add_row(*(Text(one_line(cell)) if isinstance(cell, str) else cell
                           for cell in cells), style=style, end_section=end_section)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        widths = self._fitted_widths(console, options)
+        if widths is None:
+            yield from super().__rich_console__(console, options)
+            return
+        fitted = copy(self)
+        fitted.columns = [dataclasses.replace(column, width=width, min_width=None,
+                                              max_width=None)
+                          for column, width in zip(self.columns, widths, strict=True)]
+        wide = max(options.max_width, sum(widths) + _GAP * (len(widths) - 1))
+        yield from Table.__rich_console__(fitted, console, options.update_width(wide))
+
+    def _fitted_widths(self, console: Console, options: ConsoleOptions) -> list[int] | None:
+        """The columns' widths on a screen too narrow for the table, by their
+        :data:`Fit`; ``None`` when it is wide enough for every cell whole."""
+        unlimited = options.update_width(UNLIMITED_WIDTH)
+        widths, floors = [], []
+        for column, fit in zip(self.columns, self.fits, strict=True):
+            header = Measurement.get(console, unlimited, column.header)
+            cells = [Measurement.get(console, unlimited, cell) for cell in column.cells]
+            longest = max([header.maximum, *(cell.maximum for cell in cells)])
+            if column.max_width is not None:
+                longest = min(longest, column.max_width)
+            if fit == "whole":
+                floor = max([header.minimum, *(cell.maximum for cell in cells)])
+            elif fit == "folds":
+                floor = max([header.minimum, *(cell.minimum for cell in cells)])
+            else:
+                floor = max(header.minimum, min(longest, _TEXT_FLOOR))
+            widths.append(longest)
+            floors.append(min(floor, longest))
+        excess = sum(widths) + _GAP * (len(widths) - 1) - options.max_width
+        if excess <= 0:
+            return None
+        for giving in (("wraps", "shortened"), ("folds", "whole")):
+            excess = _narrow(widths, floors, [fit in giving for fit in self.fits], excess)
+        return widths
+
+
+def _narrow(widths: list[int], floors: list[int], may: Iterable[bool], excess: int) -> int:
+    """Take up to ``excess`` cells off the ``widths`` that ``may`` give way, the
+    widest first and none below its floor; the cells still to take."""
+    narrowable = [at for at, allowed in enumerate(may) if allowed]
+    while excess > 0:
+        left = [at for at in narrowable if widths[at] > floors[at]]
+        if not left:
+            break
+        widest = max(widths[at] for at in left)
+        for at in left:
+            if widths[at] == widest and excess > 0:
+                widths[at] -= 1
+                excess -= 1
+    return excess
 
 
 def _escaped(text: str, keep: str = "") -> str:
@@ -242,7 +344,8 @@ def shown_as_is(text: str) -> str:
     return _escaped(text, keep="\n\t")
 
 
-def _table(title: str | None = None) -> Table:
+def _table(title: str | None = None) -> _PlainTable:
+    """A table as every command shows one; see :data:`Fit` for its columns."""
     return _PlainTable(title=Text(title) if title is not None else None, title_justify="left",
                        header_style="bold", box=box.SIMPLE_HEAD, show_edge=False,
                        pad_edge=False)
@@ -306,10 +409,10 @@ def runs_table(
         rows = [(cells, _clip(detail, room)) for cells, detail in rows]
     table = _table(title)
     for header in headers:
-        table.add_column(header, no_wrap=True, justify="right" if header in ("ATT", "AGE")
-                         else "left")
+        table.add_column(header, fit="whole" if header == "RUN" else "folds",
+                         justify="right" if header in ("ATT", "AGE") else "left")
     if show_detail:
-        table.add_column("DETAIL", no_wrap=True, overflow="ellipsis")
+        table.add_column("DETAIL", fit="shortened")
     status_at = headers.index("STATUS")
     for cells, detail in rows:
         shown: list[str | Text] = list(cells)
@@ -395,8 +498,11 @@ def run_detail(run: Run, attempts: list[Attempt], steps: list[Step]) -> Renderab
 
 def attempts_table(attempts: list[Attempt]) -> Table:
     table = _table("attempts")
-    for name in ("#", "STATUS", "STARTED", "DURATION", "WORKER", "ERROR"):
-        table.add_column(name, no_wrap=name != "ERROR")
+    fits: tuple[tuple[str, Fit], ...] = (("#", "folds"), ("STATUS", "folds"),
+                                         ("STARTED", "folds"), ("DURATION", "folds"),
+                                         ("WORKER", "whole"), ("ERROR", "wraps"))
+    for name, fit in fits:
+        table.add_column(name, fit=fit)
     for attempt in attempts:
         duration = attempt.duration
         error = attempt.error
@@ -413,8 +519,11 @@ def attempts_table(attempts: list[Attempt]) -> Table:
 
 def steps_table(steps: list[Step]) -> Table:
     table = _table("steps")
-    for name in ("STEP", "KIND", "STATUS", "ATTEMPT", "DURATION", "RESULT / ERROR"):
-        table.add_column(name, no_wrap=name != "RESULT / ERROR")
+    fits: tuple[tuple[str, Fit], ...] = (("STEP", "whole"), ("KIND", "folds"),
+                                         ("STATUS", "folds"), ("ATTEMPT", "folds"),
+                                         ("DURATION", "folds"), ("RESULT / ERROR", "wraps"))
+    for name, fit in fits:
+        table.add_column(name, fit=fit)
     for step in steps:
         duration = (
             span((step.finished_at - step.started_at).total_seconds())
@@ -479,11 +588,11 @@ def timeline_table(run: Run, entries: list[TimelineEntry]) -> RenderableType:
     created = run.created_at.timestamp()
     heading = Text(f"{run.id} · {run.job} · created {when(run.created_at)}")
     table = _table()
-    table.add_column("OFFSET", justify="right", no_wrap=True)
-    table.add_column("EVENT", no_wrap=True)
-    table.add_column("STEP", no_wrap=True)
-    table.add_column("ATTEMPT", justify="right", no_wrap=True)
-    table.add_column("DETAILS")
+    table.add_column("OFFSET", justify="right")
+    table.add_column("EVENT")
+    table.add_column("STEP", fit="whole")
+    table.add_column("ATTEMPT", justify="right")
+    table.add_column("DETAILS", fit="wraps")
     for entry in entries:
         kind = entry.kind
         style = ""
@@ -520,11 +629,11 @@ def log_lines(entries: list[LogEntry]) -> Text:
 
 def events_table(events: list[Event]) -> Table:
     table = _table()
-    table.add_column("EVENT", no_wrap=True)
-    table.add_column("NAME", no_wrap=True)
-    table.add_column("CORRELATION KEY")
-    table.add_column("RECEIVED", no_wrap=True)
-    table.add_column("PAYLOAD", overflow="ellipsis", no_wrap=True, max_width=60)
+    table.add_column("EVENT", fit="whole")
+    table.add_column("NAME", fit="whole")
+    table.add_column("CORRELATION KEY", fit="whole")
+    table.add_column("RECEIVED")
+    table.add_column("PAYLOAD", fit="shortened", max_width=60)
     for event in events:
         table.add_row(event.id, event.name, event.correlation_key or "", when(event.received_at),
                       compact_json(event.payload, 60))
@@ -533,9 +642,9 @@ def events_table(events: list[Event]) -> Table:
 
 def state_table(items: list[dict[str, Any]]) -> Table:
     table = _table()
-    table.add_column("KEY", no_wrap=True)
-    table.add_column("VALUE", overflow="ellipsis", no_wrap=True, max_width=60)
-    table.add_column("EXPIRES", no_wrap=True)
+    table.add_column("KEY", fit="whole")
+    table.add_column("VALUE", fit="shortened", max_width=60)
+    table.add_column("EXPIRES")
     for item in items:
         expires = item.get("expires_at")
         table.add_row(
@@ -548,9 +657,9 @@ def state_table(items: list[dict[str, Any]]) -> Table:
 
 def locks_table(items: list[dict[str, Any]]) -> Table:
     table = _table()
-    table.add_column("KEY", no_wrap=True)
-    table.add_column("HELD BY", no_wrap=True)
-    table.add_column("EXPIRES", no_wrap=True)
+    table.add_column("KEY", fit="whole")
+    table.add_column("HELD BY")
+    table.add_column("EXPIRES")
     for item in items:
         table.add_row(item["key"], item["holder"] or "(not said)",
                       when(datetime.fromtimestamp(item["expires_at"], UTC)))

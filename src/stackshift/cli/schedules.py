@@ -15,14 +15,18 @@ from .options import (
     parse_json_argument,
     refuse_group_options,
 )
-from .render import _table, compact_json, console, echo_json, paused_text, status_text, when
+from .render import Fit, _table, compact_json, console, echo_json, paused_text, status_text, when
+
+#: How the columns of ``schedules list`` give way on a narrow screen (the others fold).
+_SCHEDULE_FITS: dict[str, Fit] = {"SCHEDULE": "whole", "JOB": "whole", "CRON": "whole",
+                                  "TZ": "whole", "LAST ERROR": "wraps"}
 
 
 def schedules_table(items: list[Schedule]) -> Table:
     table = _table()
     for header in ("SCHEDULE", "JOB", "CRON", "TZ", "STATE", "NEXT RUN", "LAST RUN", "LAST",
                    "LAST ERROR"):
-        table.add_column(header, no_wrap=header != "LAST ERROR")
+        table.add_column(header, fit=_SCHEDULE_FITS.get(header, "folds"))
     for s in items:
         error = f"{s.last_error.type}: {s.last_error.message}" if s.last_error else ""
         table.add_row(
@@ -36,8 +40,8 @@ def schedules_table(items: list[Schedule]) -> Table:
 def schedule_detail(s: Schedule) -> Table:
     table = _table()
     table.show_header = False
-    table.add_column("", style="bold", no_wrap=True)
-    table.add_column("")
+    table.add_column("", style="bold")
+    table.add_column("", fit="wraps")
     table.add_row("schedule", s.id)
     table.add_row("job", s.job)
     table.add_row("cron", f"{s.cron} ({s.timezone})")

@@ -26,7 +26,7 @@ from ..service import Service
 from ..settings import Settings, parse_setting
 from ..store import open_store
 from .options import database_only
-from .render import _table, console, echo_json, iso, when
+from .render import Fit, _table, console, echo_json, iso, when
 
 _database_url = click.option(
     "--database-url",
@@ -212,8 +212,11 @@ def list_keys(database_url: str | None, as_json: bool) -> None:
         click.echo("No API keys. Create one with: stackshift keys create --name NAME")
         return
     table = _table()
-    for header in ("ID", "NAME", "PREFIX", "CREATED", "LAST USED", "STATUS"):
-        table.add_column(header, no_wrap=True)
+    columns: tuple[tuple[str, Fit], ...] = (
+        ("ID", "whole"), ("NAME", "wraps"), ("PREFIX", "whole"), ("CREATED", "folds"),
+        ("LAST USED", "folds"), ("STATUS", "folds"))
+    for header, fit in columns:
+        table.add_column(header, fit=fit)
     for k in found:
         status = "active" if k.active else f"revoked {when(k.revoked_at)}"
         table.add_row(k.id, k.name, k.prefix, when(k.created_at), when(k.last_used_at), status)
@@ -300,8 +303,11 @@ def list_endpoints(database_url: str | None, as_json: bool) -> None:
 def _endpoints_table(found: list[Endpoint]) -> Table:
     """One route per row: its id, URL, concurrency, jobs and when it was registered."""
     table = _table()
-    for header in ("ID", "URL", "CONCURRENCY", "JOBS", "CREATED"):
-        table.add_column(header, no_wrap=header != "JOBS",
+    columns: tuple[tuple[str, Fit], ...] = (
+        ("ID", "whole"), ("URL", "whole"), ("CONCURRENCY", "folds"), ("JOBS", "folds"),
+        ("CREATED", "folds"))
+    for header, fit in columns:
+        table.add_column(header, fit=fit,
                          justify="right" if header == "CONCURRENCY" else "left")
     for e in found:
         table.add_row(e.id, e.url, str(e.concurrency), ", ".join(e.jobs), when(e.created_at))
