@@ -582,6 +582,19 @@ def test_the_next_page_command_keeps_the_filters_and_page_size(
         assert all(row[column] == expected for row in rows), following.stdout
 
 
+def read_terminal(controller: int, shown: bytearray) -> None:
+    """Add what a process writes to its pseudo-terminal (``controller`` is our side)
+    to ``shown``, until the process ends and closes its side."""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # the process ended and closed its side
+            return
+        if not chunk:
+            return
+        shown.extend(chunk)
+
+
 def _on_terminal(db_url: str, *args: str) -> tuple[int, str, str]:
     """Run ``stackshift ARGS`` with stderr on a pseudo-terminal, as in a shell;
     its exit code, stdout and the text the terminal showed (colours left out)."""
@@ -591,18 +604,7 @@ def _on_terminal(db_url: str, *args: str) -> tuple[int, str, str]:
                                stderr=terminal, text=True, env=env)
     os.close(terminal)
     shown = bytearray()
-
-    def read() -> None:
-        while True:
-            try:
-                chunk = os.read(controller, 4096)
-            except OSError:  # the process ended and closed its side
-                return
-            if not chunk:
-                return
-            shown.extend(chunk)
-
-    reader = threading.Thread(target=read, daemon=True)
+    reader = threading.Thread(target=read_terminal, args=(controller, shown), daemon=True)
     reader.start()
     out, _ = process.communicate(timeout=60)
     reader.join(timeout=10)
@@ -1469,14 +1471,7 @@ def test_a_terminal_too_narrow_for_the_ids_gets_them_whole_not_cut(db_url: str) 
                                stderr=subprocess.STDOUT, env=env)
     os.close(terminal)
     shown = bytearray()
-    while True:
-        try:
-            chunk = os.read(controller, 4096)
-        except OSError:  # the process ended and closed its side
-            break
-        if not chunk:
-            break
-        shown.extend(chunk)
+    read_terminal(controller, shown)
     os.close(controller)
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode(errors="replace"))
     assert process.wait(timeout=60) == 0, text
