@@ -116,6 +116,22 @@ class _StepsBase:
     def __init__(self, invocation: Invocation) -> None:
         self._inv = invocation
 
+    # The checks of the pauses' arguments, shared by both flavours: what they raise
+    # is a refused call (Invocation.refusing).
+
+    def _sleep_seconds(self, duration: Any) -> float:
+        with self._inv.refusing():
+            return parse_duration(duration)
+
+    def _moment(self, when: datetime | str) -> float:
+        with self._inv.refusing():
+            return parse_instant(when, name="when")
+
+    def _wait_seconds(self, event_name: str, correlation_key: str | None, timeout: Any,
+                      on_timeout: str) -> float:
+        with self._inv.refusing():
+            return _check_wait(event_name, correlation_key, timeout, on_timeout)
+
     def idempotency_key(self, suffix: str | None = None) -> str:
         """A key stable across retries of the current step, for external APIs.
 
@@ -169,13 +185,11 @@ class Steps(_StepsBase):
 
     def sleep(self, name: str, duration: Any) -> None:
         """Pause the run for ``duration``; no worker slot is held meanwhile."""
-        with self._inv.refusing():
-            seconds = parse_duration(duration)
+        seconds = self._sleep_seconds(duration)
         self._inv.sleep_until(name, lambda now: now + seconds)
 
     def sleep_until(self, name: str, when: datetime | str) -> None:
-        with self._inv.refusing():
-            moment = parse_instant(when, name="when")
+        moment = self._moment(when)
         self._inv.sleep_until(name, lambda now: moment)
 
     def wait_for_event(
@@ -187,8 +201,7 @@ class Steps(_StepsBase):
         on_timeout: str = "fail",
     ) -> Event | None:
         """Pause until an event with this name and key arrives (see the events docs)."""
-        with self._inv.refusing():
-            seconds = _check_wait(event_name, correlation_key, timeout, on_timeout)
+        seconds = self._wait_seconds(event_name, correlation_key, timeout, on_timeout)
         return self._inv.wait_for_event(event_name, correlation_key, seconds, on_timeout)
 
 
@@ -234,14 +247,12 @@ class AsyncSteps(_StepsBase):
         return await asyncio.to_thread(inv.record_completed, plan, value)
 
     async def sleep(self, name: str, duration: Any) -> None:
-        with self._inv.refusing():
-            seconds = parse_duration(duration)
+        seconds = self._sleep_seconds(duration)
         key = self._inv.pause_key(name)
         await asyncio.to_thread(self._inv.sleep_until, name, lambda now: now + seconds, key)
 
     async def sleep_until(self, name: str, when: datetime | str) -> None:
-        with self._inv.refusing():
-            moment = parse_instant(when, name="when")
+        moment = self._moment(when)
         key = self._inv.pause_key(name)
         await asyncio.to_thread(self._inv.sleep_until, name, lambda now: moment, key)
 
@@ -253,8 +264,7 @@ class AsyncSteps(_StepsBase):
         timeout: Any = "7d",
         on_timeout: str = "fail",
     ) -> Event | None:
-        with self._inv.refusing():
-            seconds = _check_wait(event_name, correlation_key, timeout, on_timeout)
+        seconds = self._wait_seconds(event_name, correlation_key, timeout, on_timeout)
         key = self._inv.next_key(event_name)
         return await asyncio.to_thread(
             self._inv.wait_for_event, event_name, correlation_key, seconds, on_timeout, key
