@@ -1,5 +1,6 @@
 """What the tests of refused ``ctx.step`` and ``ctx.state`` calls share: a job whose
-handler makes one call, and the run a refusal leaves."""
+handler makes one call (or several, their errors raised together), and the run a
+refusal leaves."""
 
 from __future__ import annotations
 
@@ -43,3 +44,31 @@ def failed_at_once(app: StackShift, run_id: str, api: str, error_type: str,
     assert not_retried(f"ctx.{api}") in (failed.error.traceback or "")
     assert [e.kind for e in app.runs.timeline(run_id)][-2:] == ["attempt.failed", "run.failed"]
     return failed
+
+
+def together(flavour: str, *calls: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A body making each call in turn and raising the errors of all of them
+    together, in an ``ExceptionGroup``, as a handler gathering the errors of
+    several calls does (awaiting each call when ``flavour`` is async)."""
+    if flavour == "sync":
+        def gather(api: Any) -> None:
+            errors: list[Exception] = []
+            for call in calls:
+                try:
+                    call(api)
+                except Exception as exc:
+                    errors.append(exc)
+            raise ExceptionGroup("checks failed", errors)
+        return gather
+
+    async def gather_async(api: Any) -> None:
+        errors: list[Exception] = []
+        for call in calls:
+            try:
+                value = call(api)
+                if inspect.isawaitable(value):
+                    await value
+            except Exception as exc:
+                errors.append(exc)
+        raise ExceptionGroup("checks failed", errors)
+    return gather_async

@@ -9,12 +9,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from types import CodeType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from .durations import parse_duration, parse_instant
 from .errors import HandlerSignal, ValidationError
 from .jobs import check_name
-from .keywords import public_calls
+from .keywords import NOT_GIVEN, public_calls
 from .models import Event
 from .runlogs import RUN_LOGGER
 from .service import ON_TIMEOUT, check_key
@@ -108,8 +109,37 @@ def _current_task() -> asyncio.Task[Any] | None:
 
 
 def _refused(steps: _StepsBase, exc: TypeError) -> None:
-    """An unknown keyword to a ``ctx.step`` method is a refused call."""
+    """Arguments a ``ctx.step`` method's signature does not take (an unknown
+    keyword, a missing or an extra positional argument) are a refused call."""
     steps._inv.refuse(exc)
+
+
+#: The code that calls a step's function (filled in below the classes): where
+#: Python raises the ``TypeError`` of arguments the function does not take.
+_CALLERS: frozenset[CodeType] = frozenset()
+
+
+def _not_taken(exc: BaseException, name: str, fn: Callable[..., Any], args: Any,
+               kwargs: Any) -> TypeError | None:
+    """The refusal of a step function's arguments, if ``exc`` (raised by calling
+    ``fn``) is Python's error for arguments that ``fn``'s signature does not take
+    (a missing or an extra positional argument): raised at the call itself, so
+    that none of ``fn``'s code ran. ``None`` for any other error, such as a
+    ``TypeError`` raised by the function's own code."""
+    if not isinstance(exc, TypeError) or exc.__traceback__ is None:
+        return None
+    innermost = exc.__traceback__
+    while innermost.tb_next is not None:
+        innermost = innermost.tb_next
+    if innermost.tb_frame.f_code not in _CALLERS:
+        return None
+    try:
+        inspect.signature(fn).bind(*args, **kwargs)
+    except TypeError:
+        return TypeError(f"step {name!r}: {exc}")
+    except ValueError:  # no signature to read (some builtins): its own error
+        return None
+    return None  # the arguments bind: a builtin function raised it itself
 
 
 class _StepsBase:
@@ -149,11 +179,14 @@ class _StepsBase:
 class Steps(_StepsBase):
     """``ctx.step`` for plain (sync) handlers.
 
-    Arguments the engine refuses (a bad name or duration, a keyword a method or
-    a step's function does not take) raise ``ValidationError`` or ``TypeError``
-    into the handler; if it lets one out, the run fails without retrying (see
-    :meth:`Invocation.refuse`).
+    Arguments the engine refuses (a bad name or duration, arguments that a
+    method's or a step's function's signature does not take) raise
+    ``ValidationError`` or ``TypeError`` into the handler; if it lets one out,
+    the run fails without retrying (see :meth:`Invocation.refuse`).
     """
+
+    # Its own member, for public_calls to wrap as it wraps the others.
+    idempotency_key = _StepsBase.idempotency_key
 
     @overload
     def run(self, name: str, fn: Callable[P, Awaitable[T]], /,
@@ -162,13 +195,15 @@ class Steps(_StepsBase):
     @overload
     def run(self, name: str, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T: ...
 
-    def run(self, name: str, fn: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> Any:
+    def run(self, name: str = NOT_GIVEN, fn: Callable[P, Any] = NOT_GIVEN, /,
+            *args: P.args, **kwargs: P.kwargs) -> Any:
         """Run ``fn(*args, **kwargs)`` once per run and return its (stored) JSON result.
 
         A later invocation returns the stored result without calling ``fn``. An
         exception is recorded on the step and raised here. ``name`` and ``fn`` are
         positional, so ``fn`` may take keyword arguments of any name. An async
-        ``fn`` is run to completion: the result is what it returns.
+        ``fn`` is run to completion: the result is what it returns. Arguments
+        that ``fn`` does not take are a refused call: no step is recorded.
         """
         inv = self._inv
         plan = inv.plan_run(name, fn, inv.step_key(name, fn, kwargs))
@@ -178,6 +213,10 @@ class Steps(_StepsBase):
             try:
                 value = _run_sync(fn(*args, **kwargs))
             except BaseException as exc:
+                refused = _not_taken(exc, name, fn, args, kwargs)
+                if refused is not None:
+                    inv.refuse(refused)
+                    raise refused from None
                 if _step_error(exc):
                     inv.record_failed(plan, exc)
                 raise
@@ -212,6 +251,8 @@ class AsyncSteps(_StepsBase):
     Store writes run in a thread so that other handlers on the loop keep going.
     """
 
+    idempotency_key = _StepsBase.idempotency_key
+
     @overload
     async def run(self, name: str, fn: Callable[P, Awaitable[T]], /,
                   *args: P.args, **kwargs: P.kwargs) -> T: ...
@@ -220,7 +261,7 @@ class AsyncSteps(_StepsBase):
     async def run(self, name: str, fn: Callable[P, T], /,
                   *args: P.args, **kwargs: P.kwargs) -> T: ...
 
-    async def run(self, name: str, fn: Callable[P, Any], /,
+    async def run(self, name: str = NOT_GIVEN, fn: Callable[P, Any] = NOT_GIVEN, /,
                   *args: P.args, **kwargs: P.kwargs) -> Any:
         """The result of ``fn`` awaited, whether ``fn`` is sync (run in a thread) or async."""
         inv = self._inv
@@ -241,6 +282,10 @@ class AsyncSteps(_StepsBase):
                     if inspect.isawaitable(value):
                         value = await value
             except BaseException as exc:
+                refused = _not_taken(exc, name, fn, args, kwargs)
+                if refused is not None:
+                    inv.refuse(refused)
+                    raise refused from None
                 if _step_error(exc):
                     await asyncio.to_thread(inv.record_failed, plan, exc)
                 raise
@@ -269,6 +314,10 @@ class AsyncSteps(_StepsBase):
         return await asyncio.to_thread(
             self._inv.wait_for_event, event_name, correlation_key, seconds, on_timeout, key
         )
+
+
+_CALLERS = frozenset({_capture.__code__, vars(Steps)["run"].__code__,
+                      vars(AsyncSteps)["run"].__code__})
 
 
 class _ContextBase(Generic[PayloadT, StepsT, StateT]):

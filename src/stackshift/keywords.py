@@ -27,6 +27,28 @@ Refused = Callable[[Any, TypeError], None]
 _BY_NAME = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
 
+class _NotGiven:
+    def __repr__(self) -> str:
+        return "<not given>"
+
+
+#: The default of a required positional parameter of a method that also takes
+#: ``*args`` and ``**kwargs`` (which :func:`public_calls` leaves as it is): the
+#: method itself raises the ``TypeError`` of :func:`missing` when it is left out.
+NOT_GIVEN: Any = _NotGiven()
+
+
+def missing(call: str, names: list[str]) -> TypeError:
+    """The error of a call that left out required positional arguments, worded as
+    Python words it."""
+    quoted = [repr(name) for name in names]
+    listed = (" and ".join(quoted) if len(quoted) <= 2
+              else f"{', '.join(quoted[:-1])}, and {quoted[-1]}")
+    plural = "" if len(names) == 1 else "s"
+    return TypeError(f"{call} missing {len(names)} required positional argument{plural}: "
+                     f"{listed}")
+
+
 def accepted_keywords(fn: Callable[..., Any], *, skip: int = 0) -> list[str] | None:
     """The parameters of ``fn`` a caller may name, after the first ``skip``;
     ``None`` when ``fn`` takes any keyword (``**kwargs``)."""
@@ -67,13 +89,28 @@ def _explained(call: str, fn: Callable[..., Any], kwargs: dict[str, Any]) -> Typ
 
 
 def _explain(call: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-             refused: Refused | None) -> TypeError | None:
-    """The explained error of a call of ``fn`` that raised a ``TypeError``, told
-    to ``refused``; ``None`` when no unknown keyword is why."""
+             error: TypeError, refused: Refused | None) -> TypeError | None:
+    """The explained error of a call of ``fn`` that raised ``error``; ``None`` when
+    no unknown keyword is why. ``refused`` is told of the error that will be raised
+    when the arguments do not bind (nothing of ``fn`` ran): the explained one, or
+    ``error`` as Python raised it (a missing or extra positional argument)."""
     explained = _explained(call, fn, kwargs) if kwargs else None
-    if explained is not None and refused is not None:
-        refused(args[0], explained)
+    if refused is not None and args:
+        if explained is not None:
+            refused(args[0], explained)
+        elif not _binds(fn, args, kwargs):
+            refused(args[0], error)
     return explained
+
+
+def _binds(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether ``fn``'s signature takes these arguments (asked only once a call
+    raised a ``TypeError``: if they do not bind, Python raised it at the call)."""
+    try:
+        inspect.signature(fn).bind(*args, **kwargs)
+    except TypeError:
+        return False
+    return True
 
 
 def _wrap(fn: Callable[..., Any], call: str, refused: Refused | None = None
@@ -83,8 +120,8 @@ def _wrap(fn: Callable[..., Any], call: str, refused: Refused | None = None
         async def wrapper_async(*args: Any, **kwargs: Any) -> Any:
             try:
                 coroutine = fn(*args, **kwargs)
-            except TypeError:  # binding failed: nothing ran
-                explained = _explain(call, fn, args, kwargs, refused)
+            except TypeError as error:  # binding failed: nothing ran
+                explained = _explain(call, fn, args, kwargs, error, refused)
                 if explained is None:
                     raise
                 raise explained from None
@@ -96,11 +133,11 @@ def _wrap(fn: Callable[..., Any], call: str, refused: Refused | None = None
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except TypeError:
+        except TypeError as error:
             # A method that binds raised it itself (a payload that is not JSON):
             # only an unknown keyword, which stops the call before its first
             # line, is explained.
-            explained = _explain(call, fn, args, kwargs, refused)
+            explained = _explain(call, fn, args, kwargs, error, refused)
             if explained is None:
                 raise
             raise explained from None
@@ -114,8 +151,10 @@ def public_calls(path: str | None, *, refused: Refused | None = None) -> Callabl
     ``path`` is how programs reach an instance from the client (``"runs"``,
     ``"queue(name)"``), or ``None`` for the client class itself, whose
     constructor is then named after the class (``StackShift()``). ``refused``,
-    if given, is told of each explained error before it is raised. A method
-    that takes any keyword (``**kwargs``) is left as it is.
+    if given, is told before it is raised of each error of a call whose
+    arguments the method's signature does not take (an unknown keyword, a
+    missing or an extra positional argument). A method that takes any keyword
+    (``**kwargs``) is left as it is.
     """
     def decorate(cls: T) -> T:
         for name, member in list(vars(cls).items()):

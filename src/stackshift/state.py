@@ -4,10 +4,11 @@ State calls are not steps: a value set in a handler is set again on a retry.
 Keep code that must not repeat inside ``ctx.step.run``.
 
 Inside a handler, a call whose arguments the engine's own checks refuse (a bad
-duration, key, value or limit, a keyword the method does not take) fails the
-run at once unless the handler catches the error, as a refused ``ctx.step``
-call does (:meth:`~stackshift.worker.invocation.Invocation.refuse`): every
-attempt would make the same call. What depends on what is stored (a key that
+duration, key, value or limit, arguments the method's signature does not take,
+a lock's ``extend()`` outside its block) fails the run at once unless the
+handler catches the error, as a refused ``ctx.step`` call does
+(:meth:`~stackshift.worker.invocation.Invocation.refuse`): every attempt would
+make the same call. What depends on what is stored (a key that
 does not hold an integer) or on other owners (:class:`LockNotAcquiredError`) is
 retried as usual; outside a handler (``app.state``) nothing of runs applies.
 """
@@ -76,8 +77,10 @@ def _checking() -> AbstractContextManager[None]:
     return contextlib.nullcontext() if invocation is None else invocation.refusing(_API)
 
 
-def _refused(_: object, exc: TypeError) -> None:
-    """An unknown keyword to a state or lock method inside a handler is a refused call."""
+def _refused(_: object, exc: Exception) -> None:
+    """Inside a handler, arguments that a state or lock method's signature does not
+    take (an unknown keyword, a missing or an extra positional argument) and a
+    lock's ``extend()`` outside its block are a refused call."""
     invocation = CURRENT.get()
     if invocation is not None:
         invocation.refuse(exc, _API)
@@ -227,9 +230,11 @@ class Lock:
         is not taken back, and ``lost`` is True on exit."""
         with _checking():
             seconds = self.ttl if ttl is None else lock_ttl(ttl)
-        if not self._held:
-            raise RuntimeError(f"lock {self.key!r} is not held: extend() works only inside "
-                               "its with or async with block")
+        if not self._held:  # the handler's own flow: every attempt would get here
+            error = RuntimeError(f"lock {self.key!r} is not held: extend() works only inside "
+                                 "its with or async with block")
+            _refused(self, error)
+            raise error
         extended = self._state._extend(self.key, self.owner, seconds)
         if extended:
             self._last_ttl = seconds

@@ -1,18 +1,19 @@
 """A ``ctx.state`` call whose arguments the engine refuses (a bad duration, key,
-value or limit, a keyword the method does not take) fails the run at once, as a
-refused ``ctx.step`` call does: every attempt would make the same call. A lock
-held by another owner and a stored value that is not an integer can change
-before the next attempt, and are retried; ``app.state`` outside a handler
-raises as it always did."""
+value or limit, arguments the method does not take, a lock's ``extend()``
+outside its block) fails the run at once, as a refused ``ctx.step`` call does:
+every attempt would make the same call. A lock held by another owner and a
+stored value that is not an integer can change before the next attempt, and are
+retried; ``app.state`` outside a handler raises as it always did."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from refusals import add_job, failed_at_once, not_retried
+from refusals import add_job, failed_at_once, not_retried, together
 from stackshift import StackShift
 from stackshift.errors import LockNotAcquiredError, ValidationError
 from stackshift.testing import run_until_idle
@@ -36,7 +37,38 @@ def extend_by_nothing(flavour: str) -> Callable[[Any], Any]:
     return extend_async
 
 
-#: A refused call of ctx.state (given the flavour), and the error it fails the run with.
+def extend_with_extra_argument(flavour: str) -> Callable[[Any], Any]:
+    """A body that holds a lock and extends it with one argument too many."""
+    if flavour == "sync":
+        def extend(state: Any) -> None:
+            with state.lock("report") as lock:
+                lock.extend("1m", "2m")
+        return extend
+
+    async def extend_async(state: Any) -> None:
+        async with state.lock("report") as lock:
+            await lock.extend_async("1m", "2m")
+    return extend_async
+
+
+def extend_after_the_block(flavour: str) -> Callable[[Any], Any]:
+    """A body that extends a lock once its block has ended."""
+    if flavour == "sync":
+        def extend(state: Any) -> None:
+            with state.lock("report") as lock:
+                pass
+            lock.extend()
+        return extend
+
+    async def extend_async(state: Any) -> None:
+        async with state.lock("report") as lock:
+            pass
+        await lock.extend_async()
+    return extend_async
+
+
+#: A refused call of ctx.state (given the flavour), and the error it fails the run with
+#: (Python's errors name the classes of the flavour: {State}, {extend}).
 REFUSED: dict[str, tuple[Callable[[str], Callable[[Any], Any]], str, str]] = {
     "bad ttl to set": (
         lambda flavour: lambda state: state.set("greeting", "hi", ttl="soon"),
@@ -63,7 +95,26 @@ REFUSED: dict[str, tuple[Callable[[str], Callable[[Any], Any]], str, str]] = {
         "TypeError",
         "state value for 'tags': set is not JSON-serialisable (use dict, list, str, int,"
         " float, bool, None, a pydantic model or a dataclass)"),
+    "get without a key": (
+        lambda flavour: lambda state: state.get(),
+        "TypeError", "{State}.get() missing 1 required positional argument: 'key'"),
+    "set without a value": (
+        lambda flavour: lambda state: state.set("greeting"),
+        "TypeError", "{State}.set() missing 1 required positional argument: 'value'"),
+    "ttl to lock as a positional argument": (
+        lambda flavour: lambda state: state.lock("report", "5s"),
+        "TypeError", "{State}.lock() takes 2 positional arguments but 3 were given"),
+    "extra argument to extend": (
+        extend_with_extra_argument, "TypeError",
+        "Lock.{extend}() takes from 1 to 2 positional arguments but 3 were given"),
+    "extend after the lock's block": (
+        extend_after_the_block, "RuntimeError",
+        "lock 'report' is not held: extend() works only inside its with or async with block"),
 }
+
+#: How Python's errors name the state classes and methods, by flavour.
+NAMES = {"sync": {"State": "State", "extend": "extend"},
+         "async": {"State": "AsyncState", "extend": "extend_async"}}
 
 
 @pytest.mark.parametrize("flavour", ["sync", "async"])
@@ -75,8 +126,51 @@ def test_a_refused_state_call_fails_the_run_on_its_first_attempt(
     run = fake_app.start("misuse")
     run_until_idle(fake_app)
 
-    failed_at_once(fake_app, run.id, "state", error_type, message)
+    failed_at_once(fake_app, run.id, "state", error_type, message.format(**NAMES[flavour]))
     assert fake_app.state.keys() == []  # nothing was written
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_refused_state_calls_raised_together_fail_the_run_at_once(
+        fake_app: StackShift, flavour: str) -> None:
+    """An ``ExceptionGroup`` of refusals only fails the run at once; with a lock
+    another owner holds among them, the run is retried."""
+    def no_key(state: Any) -> Any:
+        return state.get()
+
+    def bad_ttl(state: Any) -> Any:
+        return state.set("greeting", "hi", ttl="soon")
+
+    def held(state: Any) -> Any:
+        lock = state.lock("report")
+        return lock.__enter__() if flavour == "sync" else lock.__aenter__()
+
+    add_job(fake_app, "refusalsOnly", flavour, "state", together(flavour, no_key, bad_ttl))
+    add_job(fake_app, "withHeldLock", flavour, "state", together(flavour, bad_ttl, held))
+    with fake_app.state.lock("report", ttl="1h"):
+        refused = fake_app.start("refusalsOnly")
+        mixed = fake_app.start("withHeldLock")
+        run_until_idle(fake_app)
+
+    failed_at_once(fake_app, refused.id, "state", "ExceptionGroup",
+                   "checks failed (2 sub-exceptions)")
+    retrying = fake_app.runs.get(mixed.id)
+    assert (retrying.status, retrying.attempt) == ("retrying", 1)
+    assert fake_app.state.keys() == []
+
+
+def test_a_refused_state_call_in_a_task_group_fails_the_run_at_once(
+        fake_app: StackShift) -> None:
+    @fake_app.job("fanOut", max_attempts=3)
+    async def fan_out(ctx):  # type: ignore[no-untyped-def]
+        async with asyncio.TaskGroup() as group:
+            group.create_task(ctx.state.increment("visits", by="2"))
+            group.create_task(ctx.state.get("greeting"))
+
+    run = fake_app.start("fanOut")
+    run_until_idle(fake_app)
+    failed_at_once(fake_app, run.id, "state", "ExceptionGroup",
+                   "unhandled errors in a TaskGroup (1 sub-exception)")
 
 
 @pytest.mark.parametrize("flavour", ["sync", "async"])
@@ -129,6 +223,12 @@ def test_app_state_outside_a_handler_raises_as_before(fake_app: StackShift) -> N
         fake_app.state.increment("visits")
     with fake_app.state.lock("report"), pytest.raises(LockNotAcquiredError):
         fake_app.state.lock("report").__enter__()
-    for raised in (bad_ttl, unknown, bad_by):
+    with pytest.raises(TypeError, match="missing 1 required positional argument") as no_key:
+        fake_app.state.get()  # type: ignore[call-arg]
+    with fake_app.state.lock("report") as lock:
+        pass
+    with pytest.raises(RuntimeError, match="is not held") as not_held:
+        lock.extend()
+    for raised in (bad_ttl, unknown, bad_by, no_key, not_held):
         assert getattr(raised.value, "__notes__", []) == []
     assert str(bad_ttl.value) == NOT_A_DURATION

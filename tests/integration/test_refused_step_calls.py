@@ -1,18 +1,21 @@
 """A ``ctx.step`` call whose arguments the engine refuses (a bad duration, name
-or ``on_timeout``, a naive datetime, a keyword the method or the step's function
+or ``on_timeout``, a naive datetime, arguments the method or the step's function
 does not take) fails the run at once, keeping the error's type and message:
-every attempt would make the same call and be refused the same way. Errors of
-the handler's own code and of step functions are retried as before."""
+every attempt would make the same call and be refused the same way, also when
+the handler raises the refusals together (an ``ExceptionGroup``). Errors of the
+handler's own code and of step functions, ``TypeError``s included, are retried
+as before."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import pytest
 
-from refusals import add_job, failed_at_once
+from refusals import add_job, failed_at_once, together
 from stackshift import StackShift
 from stackshift.testing import FakeClock, run_until_idle
 
@@ -57,7 +60,38 @@ REFUSED: dict[str, tuple[Callable[[Any], Any], str, str]] = {
         "TypeError",
         f"step 'charge': {__name__}.charge() got an unexpected keyword argument 'amout';"
         " did you mean 'amount'?"),
+    # Arguments a method's own signature does not take: Python's TypeError, which
+    # names the class of the flavour ({Steps}).
+    "run without its function": (
+        lambda step: step.run("charge"),
+        "TypeError", "ctx.step.run() missing 1 required positional argument: 'fn'"),
+    "run without arguments": (
+        lambda step: step.run(),
+        "TypeError", "ctx.step.run() missing 2 required positional arguments: 'name' and 'fn'"),
+    "sleep without arguments": (
+        lambda step: step.sleep(),
+        "TypeError",
+        "{Steps}.sleep() missing 2 required positional arguments: 'name' and 'duration'"),
+    "sleep with extra arguments": (
+        lambda step: step.sleep("nap", 1, 2, 3),
+        "TypeError", "{Steps}.sleep() takes 3 positional arguments but 5 were given"),
+    "timeout to wait_for_event as a positional argument": (
+        lambda step: step.wait_for_event("approved", "1h"),
+        "TypeError", "{Steps}.wait_for_event() takes 2 positional arguments but 3 were given"),
+    "extra argument to idempotency_key": (
+        lambda step: step.idempotency_key("card", "again"),
+        "TypeError",
+        "_StepsBase.idempotency_key() takes from 1 to 2 positional arguments but 3 were given"),
+    "step function without its argument": (
+        lambda step: step.run("charge", charge),
+        "TypeError", "step 'charge': charge() missing 1 required positional argument: 'amount'"),
+    "step function with an extra argument": (
+        lambda step: step.run("charge", charge, 5, 6),
+        "TypeError", "step 'charge': charge() takes 1 positional argument but 2 were given"),
 }
+
+#: How the class of ``ctx.step`` is named in Python's errors, by flavour.
+STEPS = {"sync": "Steps", "async": "AsyncSteps"}
 
 
 @pytest.mark.parametrize("flavour", ["sync", "async"])
@@ -65,6 +99,7 @@ REFUSED: dict[str, tuple[Callable[[Any], Any], str, str]] = {
 def test_a_refused_step_call_fails_the_run_on_its_first_attempt(
         fake_app: StackShift, flavour: str, case: str) -> None:
     call, error_type, message = REFUSED[case]
+    message = message.format(Steps=STEPS[flavour])
     add_job(fake_app, "misuse", flavour, "step", call)
     run = fake_app.start("misuse")
     run_until_idle(fake_app)
@@ -95,29 +130,97 @@ def test_an_unknown_keyword_to_a_step_function_is_refused_before_it_runs(
     assert calls == []
 
 
+def has_no_lines(step: Any) -> Any:
+    raise ValueError("the order has no lines")
+
+
+def misuses_charge(step: Any) -> Any:
+    """The handler's own code calls a function with an argument missing."""
+    charge()  # type: ignore[call-arg]
+
+
+#: Jobs whose errors come from the handler's own code or from a step's function
+#: (``TypeError``s of their own calls included), and the error each ends with.
+RETRIED: dict[str, tuple[Callable[[Any], Any], tuple[str, str]]] = {
+    "own": (has_no_lines, ("ValueError", "the order has no lines")),
+    "stepFails": (lambda step: step.run("charge", declined, 5),
+                  ("ValueError", "amount 5 declined")),
+    # a function taking **kwargs decides itself
+    "takesAny": (lambda step: step.run("charge", lambda **kw: declined(**kw), amout=5),
+                 ("TypeError", "declined() got an unexpected keyword argument 'amout'")),
+    "ownTypeError": (misuses_charge,
+                     ("TypeError", "charge() missing 1 required positional argument: 'amount'")),
+    "stepTypeError": (lambda step: step.run("charge", lambda: charge()),  # type: ignore[call-arg]
+                      ("TypeError", "charge() missing 1 required positional argument: 'amount'")),
+    "builtinTypeError": (lambda step: step.run("count", len, 5),
+                         ("TypeError", "object of type 'int' has no len()")),
+}
+
+
 @pytest.mark.parametrize("flavour", ["sync", "async"])
 def test_errors_of_the_handler_and_of_step_functions_are_still_retried(
         fake_app: StackShift, clock: FakeClock, flavour: str) -> None:
-    def own_check(step: Any) -> None:
-        raise ValueError("the order has no lines")
-
-    add_job(fake_app, "own", flavour, "step", own_check)
-    add_job(fake_app, "stepFails", flavour, "step", lambda step: step.run("charge", declined, 5))
-    add_job(fake_app, "takesAny", flavour, "step",  # a function taking **kwargs decides itself
-            lambda step: step.run("charge", lambda **kw: declined(**kw), amout=5))
-    runs = [fake_app.start(job) for job in ("own", "stepFails", "takesAny")]
+    for job, (body, _) in RETRIED.items():
+        add_job(fake_app, job, flavour, "step", body)
+    runs = {job: fake_app.start(job).id for job in RETRIED}
     run_until_idle(fake_app)
-    assert [(fake_app.runs.get(r.id).status, fake_app.runs.get(r.id).attempt)
-            for r in runs] == [("retrying", 1)] * 3
+    assert [(fake_app.runs.get(r).status, fake_app.runs.get(r).attempt)
+            for r in runs.values()] == [("retrying", 1)] * len(RETRIED)
 
     for _ in range(2):
         clock.advance("1h")
         run_until_idle(fake_app)
-    done = [fake_app.runs.get(r.id) for r in runs]
-    assert [(d.status, d.attempt) for d in done] == [("failed", 3)] * 3
+    done = [fake_app.runs.get(r) for r in runs.values()]
+    assert [(d.status, d.attempt) for d in done] == [("failed", 3)] * len(RETRIED)
     assert [d.error and (d.error.type, d.error.message) for d in done] == [
-        ("ValueError", "the order has no lines"), ("ValueError", "amount 5 declined"),
-        ("TypeError", "declined() got an unexpected keyword argument 'amout'")]
+        error for _, error in RETRIED.values()]
+    # The step function that raised its own TypeError ran: its step failed.
+    assert [s.status for s in fake_app.runs.steps(runs["stepTypeError"])] == ["failed"]
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_refusals_raised_together_fail_the_run_at_once_unless_another_error_is_with_them(
+        fake_app: StackShift, flavour: str) -> None:
+    """A handler raising the errors of several calls in an ``ExceptionGroup``: the run
+    fails at once when each of them is a refusal, else it is retried."""
+    def bad_sleep(step: Any) -> Any:
+        return step.sleep("nap", "a while")
+
+    def bad_wait(step: Any) -> Any:
+        return step.wait_for_event("approved", timeout="soon")
+
+    def own_error(step: Any) -> Any:
+        raise ValueError("the order has no lines")
+
+    add_job(fake_app, "refusalsOnly", flavour, "step", together(flavour, bad_sleep, bad_wait))
+    add_job(fake_app, "withOwnError", flavour, "step", together(flavour, bad_sleep, own_error))
+    refused = fake_app.start("refusalsOnly")
+    mixed = fake_app.start("withOwnError")
+    run_until_idle(fake_app)
+
+    failed_at_once(fake_app, refused.id, "step", "ExceptionGroup",
+                   "checks failed (2 sub-exceptions)")
+    retrying = fake_app.runs.get(mixed.id)
+    assert (retrying.status, retrying.attempt) == ("retrying", 1)
+    assert retrying.error is not None
+    assert retrying.error.message == "checks failed (2 sub-exceptions)"
+
+
+def test_a_refused_call_in_a_task_group_fails_the_run_at_once(fake_app: StackShift) -> None:
+    """Calls made together in an ``asyncio.TaskGroup``: the group that the refusal
+    of one of them ends in fails the run at once."""
+    @fake_app.job("fanOut", max_attempts=3)
+    async def fan_out(ctx):  # type: ignore[no-untyped-def]
+        async with asyncio.TaskGroup() as group:
+            group.create_task(ctx.step.sleep("nap", "a while"))
+            group.create_task(ctx.step.run("charge", charge, 5))
+
+    run = fake_app.start("fanOut")
+    run_until_idle(fake_app)
+    failed = failed_at_once(fake_app, run.id, "step", "ExceptionGroup",
+                            "unhandled errors in a TaskGroup (1 sub-exception)")
+    assert failed.error is not None and failed.error.traceback is not None
+    assert "duration: 'a while' is not a duration" in failed.error.traceback
 
 
 @pytest.mark.parametrize("flavour", ["sync", "async"])

@@ -29,7 +29,7 @@ from ..errors import (
     ValidationError,
 )
 from ..jobs import Job, check_name, qualified_name
-from ..keywords import accepted_keywords, unknown_keyword
+from ..keywords import NOT_GIVEN, accepted_keywords, missing, unknown_keyword
 from ..models import Event, Run
 from ..runlogs import CURRENT_STEP
 from ..serialization import encode, loads
@@ -193,7 +193,11 @@ class Invocation:
             raise
 
     def was_refused(self, exc: BaseException) -> bool:
-        """Whether ``exc`` is a refusal itself (not one the handler wrapped or copied)."""
+        """Whether ``exc`` is a refusal itself (not one the handler wrapped or copied),
+        or a group of refusals only (calls made in an ``asyncio.TaskGroup``): one
+        other error in a group may have another end on the next attempt."""
+        if isinstance(exc, BaseExceptionGroup):
+            return all(self.was_refused(inner) for inner in exc.exceptions)
         return any(exc is known for known in self.refused)
 
     @contextlib.contextmanager
@@ -212,13 +216,20 @@ class Invocation:
         The identity follows the order of the calls: an async handler takes it
         before its first ``await``, so that steps started together
         (``asyncio.gather``) get the same keys on every invocation. A call
-        refused (a bad name, ``fn`` not callable, a keyword ``fn`` does not
-        take) takes none.
+        refused (a bad name, ``fn`` not callable or left out, a keyword ``fn``
+        does not take) takes none.
         """
         with self.refusing():
-            check_name(name, "step name")
-            if not callable(fn):
-                raise TypeError(f"step {name!r}: {fn!r} is not callable")
+            try:
+                check_name(name, "step name")
+                if not callable(fn):
+                    raise TypeError(f"step {name!r}: {fn!r} is not callable")
+            except (ValidationError, TypeError):
+                left_out = [arg for arg, value in (("name", name), ("fn", fn))
+                            if value is NOT_GIVEN]
+                if left_out:
+                    raise missing("ctx.step.run()", left_out) from None
+                raise
             if kwargs:
                 _check_keywords(name, fn, kwargs)
         return self.next_key(name)
