@@ -1,10 +1,10 @@
-"""Unknown keyword arguments to the public API: a ``TypeError`` that names the
-call as the program wrote it (``runs.list()``, not an internal function), the
-keyword, and the accepted one it was probably meant to be.
+"""Arguments the public API does not take: a ``TypeError`` that names the call
+as the program wrote it (``runs.list()``, not an internal function) and, for an
+unknown keyword, the accepted one it was probably meant to be.
 
 :func:`public_calls` wraps every public method of a class. The wrapper adds
 nothing to a call that binds: it explains a ``TypeError`` only once Python has
-raised one, and only when a keyword the method does not take is why. Methods
+raised one, and only when arguments the method does not take are why. Methods
 that pass ``**options`` on to another function check the names against that
 function's with :func:`refuse_unknown_keywords` before they do anything; the
 wrapper leaves such methods as they are, having no keyword to explain.
@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import re
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -91,15 +92,15 @@ def _explained(call: str, fn: Callable[..., Any], kwargs: dict[str, Any]) -> Typ
 def _explain(call: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
              error: TypeError, refused: Refused | None) -> TypeError | None:
     """The explained error of a call of ``fn`` that raised ``error``; ``None`` when
-    no unknown keyword is why. ``refused`` is told of the error that will be raised
-    when the arguments do not bind (nothing of ``fn`` ran): the explained one, or
-    ``error`` as Python raised it (a missing or extra positional argument)."""
+    the arguments bind (the method raised it itself). An unknown keyword is
+    explained with a suggestion; other arguments the signature does not take (a
+    missing or an extra positional argument) get Python's words about the call as
+    written (:func:`_reworded`). ``refused`` is told of the explained error."""
     explained = _explained(call, fn, kwargs) if kwargs else None
-    if refused is not None and args:
-        if explained is not None:
-            refused(args[0], explained)
-        elif not _binds(fn, args, kwargs):
-            refused(args[0], error)
+    if explained is None and not _binds(fn, args, kwargs):
+        explained = _reworded(call, fn, args, error)
+    if refused is not None and args and explained is not None:
+        refused(args[0], explained)
     return explained
 
 
@@ -111,6 +112,38 @@ def _binds(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     except TypeError:
         return False
     return True
+
+
+def _reworded(call: str, fn: Callable[..., Any], args: tuple[Any, ...],
+              error: TypeError) -> TypeError:
+    """Python's error for arguments that a method's signature does not take, about
+    the call as the program wrote it: ``ctx.step.sleep() takes 2 positional
+    arguments but 3 were given``, where Python names the internal method and
+    counts ``self`` (``Steps.sleep() takes 3 positional arguments but 4 were
+    given``)."""
+    message = str(error)
+    internal = f"{fn.__code__.co_qualname}() "
+    if not message.startswith(internal):
+        return error
+    rest = message[len(internal):]
+    if rest.startswith("takes "):
+        positional = [p for p in list(inspect.signature(fn).parameters.values())[1:]
+                      if p.kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                    inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        most = len(positional)
+        least = sum(1 for p in positional if p.default is inspect.Parameter.empty)
+        given = len(args) - 1
+        takes = str(most) if least == most else f"from {least} to {most}"
+        # "but 3 were given", or "but 3 positional arguments (and 1 keyword-only
+        # argument) were given" when keywords came too: the count is all that changes.
+        words = re.sub(r"^\d+", str(given), rest.split(" but ", 1)[1])
+        if given == 1:
+            words = words.replace("1 positional arguments", "1 positional argument")
+            if "(" not in words:
+                words = words.replace(" were given", " was given")
+        plural = "" if takes == "1" else "s"  # as Python words it: "from 0 to 1 ...s"
+        rest = f"takes {takes} positional argument{plural} but {words}"
+    return TypeError(f"{call} {rest}")
 
 
 def _wrap(fn: Callable[..., Any], call: str, refused: Refused | None = None

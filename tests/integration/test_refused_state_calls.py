@@ -68,7 +68,7 @@ def extend_after_the_block(flavour: str) -> Callable[[Any], Any]:
 
 
 #: A refused call of ctx.state (given the flavour), and the error it fails the run with
-#: (Python's errors name the classes of the flavour: {State}, {extend}).
+#: ({extend}: the method of the flavour).
 REFUSED: dict[str, tuple[Callable[[str], Callable[[Any], Any]], str, str]] = {
     "bad ttl to set": (
         lambda flavour: lambda state: state.set("greeting", "hi", ttl="soon"),
@@ -97,24 +97,23 @@ REFUSED: dict[str, tuple[Callable[[str], Callable[[Any], Any]], str, str]] = {
         " float, bool, None, a pydantic model or a dataclass)"),
     "get without a key": (
         lambda flavour: lambda state: state.get(),
-        "TypeError", "{State}.get() missing 1 required positional argument: 'key'"),
+        "TypeError", "state.get() missing 1 required positional argument: 'key'"),
     "set without a value": (
         lambda flavour: lambda state: state.set("greeting"),
-        "TypeError", "{State}.set() missing 1 required positional argument: 'value'"),
+        "TypeError", "state.set() missing 1 required positional argument: 'value'"),
     "ttl to lock as a positional argument": (
         lambda flavour: lambda state: state.lock("report", "5s"),
-        "TypeError", "{State}.lock() takes 2 positional arguments but 3 were given"),
+        "TypeError", "state.lock() takes 1 positional argument but 2 were given"),
     "extra argument to extend": (
         extend_with_extra_argument, "TypeError",
-        "Lock.{extend}() takes from 1 to 2 positional arguments but 3 were given"),
+        "state.lock(key).{extend}() takes from 0 to 1 positional arguments but 2 were given"),
     "extend after the lock's block": (
         extend_after_the_block, "RuntimeError",
         "lock 'report' is not held: extend() works only inside its with or async with block"),
 }
 
 #: How Python's errors name the state classes and methods, by flavour.
-NAMES = {"sync": {"State": "State", "extend": "extend"},
-         "async": {"State": "AsyncState", "extend": "extend_async"}}
+NAMES = {"sync": {"extend": "extend"}, "async": {"extend": "extend_async"}}
 
 
 @pytest.mark.parametrize("flavour", ["sync", "async"])

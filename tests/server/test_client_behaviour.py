@@ -246,11 +246,24 @@ UNKNOWN_KEYWORDS: list[tuple[Callable[[StackShift, str], Any], str]] = [
      "job() got an unexpected keyword argument 'max_attemps'; did you mean 'max_attempts'?"),
     (lambda c, n: c.worker(concurency=2),
      "worker() got an unexpected keyword argument 'concurency'; did you mean 'concurrency'?"),
+    # Positional arguments the call does not take: Python's words about the call as
+    # written, counting what the program passed (not the internal class and self).
+    (lambda c, n: c.start(),  # type: ignore[call-arg]
+     "start() missing 1 required positional argument: 'job'"),
+    (lambda c, n: c.runs.get(),  # type: ignore[call-arg]
+     "runs.get() missing 1 required positional argument: 'run_id'"),
+    (lambda c, n: c.runs.get("run_00000000000000000000000000", "x"),  # type: ignore[call-arg]
+     "runs.get() takes 1 positional argument but 2 were given"),
+    (lambda c, n: c.runs.cancel("run_00000000000000000000000000", "why",
+                                "x"),  # type: ignore[call-arg]
+     "runs.cancel() takes from 1 to 2 positional arguments but 3 were given"),
+    (lambda c, n: c.state.set(n),  # type: ignore[call-arg]
+     "state.set() missing 1 required positional argument: 'value'"),
 ]
 
 
 @pytest.mark.parametrize(("call", "message"), UNKNOWN_KEYWORDS)
-def test_an_unknown_keyword_names_the_call_and_the_keyword_meant_and_writes_nothing(
+def test_arguments_a_call_does_not_take_are_named_with_the_call_and_write_nothing(
     client: StackShift, engine: StackShift, unique: Names,
     call: Callable[[StackShift, str], Any], message: str,
 ) -> None:
