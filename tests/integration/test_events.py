@@ -313,6 +313,50 @@ def test_on_timeout_cancel_cancels_the_run(fake_app: StackShift, clock: FakeCloc
     assert len(timed_out) == 1 and timed_out[0].data["on_timeout"] == "cancel"
 
 
+@pytest.mark.parametrize("ending", ["fail", "cancel", "runs.cancel"])
+def test_a_wait_that_ends_with_its_run_is_not_left_waiting_and_a_retry_waits_again(
+    fake_app: StackShift, clock: FakeClock, ending: str
+) -> None:
+    """A run that ends while it waits (its wait timed out with on_timeout "fail" or
+    "cancel", or it was cancelled) does not keep a step that says "waiting": the
+    wait's step failed with the run's error, as its attempt did. A retry waits in
+    that step again, and an event completes it."""
+    calls: Counter[str] = Counter()
+    _waiter(fake_app, calls, timeout="1h", on_timeout="cancel" if ending == "cancel" else "fail")
+    run = fake_app.start("waiter", {"event": "email.verified", "key": "user:9"})
+    run_until_idle(fake_app)
+    (waiting,) = fake_app.runs.steps(run.id)
+    assert (waiting.kind, waiting.status, waiting.finished_at) == ("wait", "waiting", None)
+
+    if ending == "runs.cancel":
+        fake_app.runs.cancel(run.id, reason="order withdrawn")
+    else:
+        clock.advance("1h")
+        run_until_idle(fake_app)
+    ended = fake_app.runs.get(run.id)
+    assert ended.status == ("failed" if ending == "fail" else "cancelled")
+    assert ended.error is not None
+    (step,) = fake_app.runs.steps(run.id)
+    assert (step.key, step.status, step.result) == ("email.verified", "failed", None)
+    assert step.error is not None
+    assert (step.error.type, step.error.message) == (ended.error.type, ended.error.message)
+    assert step.finished_at == ended.finished_at
+    (attempt,) = fake_app.runs.attempts(run.id)
+    assert attempt.error is not None and attempt.error.type == step.error.type
+
+    fake_app.runs.retry(run.id)
+    run_until_idle(fake_app)
+    (again,) = fake_app.runs.steps(run.id)
+    assert (again.status, again.error, again.finished_at, again.attempt) == (
+        "waiting", None, None, 2)
+    sent = fake_app.events.send("email.verified", {"ok": True}, correlation_key="user:9")
+    assert sent.resumed_run_ids == [run.id]
+    run_until_idle(fake_app)
+    assert fake_app.runs.get(run.id).status == "completed"
+    (done,) = fake_app.runs.steps(run.id)
+    assert (done.status, done.error, done.result["payload"]) == ("completed", None, {"ok": True})
+
+
 @pytest.mark.parametrize("on_timeout", ["fail", "cancel"])
 def test_an_event_after_the_timeout_does_not_revive_a_finished_wait(
     fake_app: StackShift, clock: FakeClock, on_timeout: str

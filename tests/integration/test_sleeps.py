@@ -211,3 +211,10 @@ def test_cancelling_a_sleeping_run_works_at_once_and_the_timer_stays_quiet(
     assert run_until_idle(fake_app) == 0
     assert fake_app.runs.get(run.id).status == "cancelled"
     assert effects == Counter({"before": 1})
+    # The sleep ended with the run: its step is not left sleeping ("waiting").
+    steps = {s.key: s for s in fake_app.runs.steps(run.id)}
+    assert steps["cool-off"].status == "failed"
+    assert steps["cool-off"].error is not None
+    assert (steps["cool-off"].error.type, steps["cool-off"].error.message) == (
+        "Cancelled", "cancelled")
+    assert steps["cool-off"].finished_at == cancelled.finished_at

@@ -265,6 +265,7 @@ class EventStore(ExecutionStore):
         move_run(tx, row, target, now, error=error)
         tx.run("update_attempt", run_id=row["id"], number=row["attempt"], status=target.value,
                finished_at=now, error=dumps(error))
+        tx.run("end_waiting_step", run_id=row["id"], error=dumps(error), now=now)
 
 
 def waiting_label(row: Row) -> str:

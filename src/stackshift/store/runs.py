@@ -375,6 +375,7 @@ class RunStore:
                         finished_at=now,
                         error=dumps(error),
                     )
+                    tx.run("end_waiting_step", run_id=run_id, error=dumps(error), now=now)
             else:
                 raise InvalidTransitionError(
                     f"run {run_id} is {status.value}; it cannot be cancelled"

@@ -303,6 +303,13 @@ SELECT * FROM waits WHERE run_id = :run_id;
 UPDATE steps SET status = 'completed', result = :result, finished_at = :now
 WHERE run_id = :run_id AND key = :key AND status = 'waiting';
 
+-- name: end_waiting_step
+-- The wait or sleep of a run that ends while it waits (a wait timed out with
+-- on_timeout "fail" or "cancel", a cancel) ends with it: failed, with the run's
+-- error, as its attempt does. A retry that waits again rewrites the step.
+UPDATE steps SET status = 'failed', error = :error, finished_at = :now
+WHERE run_id = :run_id AND status = 'waiting';
+
 -- name: consumers_of_event
 SELECT run_id, step_key, at FROM event_consumptions WHERE event_id = :event_id ORDER BY at;
 
