@@ -231,6 +231,32 @@ def test_a_refused_event_keeps_the_form_as_it_was_filled_in(
     assert stack.wait_status(run.id, "completed").result == {"order": 1043, "status": "closed"}
 
 
+def test_a_form_sent_after_its_run_stopped_waiting_sends_nothing(
+    stack: Dashboard, page: Page
+) -> None:
+    """Live updates leave a form being filled in alone, so it can outlive the wait it
+    was for: sent once the run no longer waits (resumed meanwhile by an event sent
+    elsewhere), it sends nothing and says what became of the run, rather than store
+    an event that no run is waiting for."""
+    run = stack.app.start("send-email", {"user": "lin"})
+    stack.wait_status(run.id, "waiting")
+    page.goto(stack.at(f"/runs/{run.id}"))
+    form = page.locator("#send-event-form")
+    form.locator("textarea[name=payload]").fill('{"by": "dashboard"}')
+
+    stack.app.events.send("email.verified", {"by": "sdk"}, correlation_key="user:lin")
+    stack.wait_status(run.id, "completed")
+    expect(page.locator("#run-head .badge").first).to_have_text("completed")
+    expect(form.locator("textarea[name=payload]")).to_have_value('{"by": "dashboard"}')
+    form.locator("#send-event").click()
+
+    expect(page.locator(".flash-error")).to_have_text(
+        "This run no longer waits for an event (it is completed), so nothing was sent.")
+    expect(page.locator("#send-event-form")).to_have_count(0)
+    assert [e.payload for e in stack.app.events.list(name="email.verified").items] == [
+        {"by": "sdk"}]
+
+
 def test_a_repeated_event_send_says_what_its_first_send_resumed(
     stack: Dashboard, page: Page
 ) -> None:

@@ -443,6 +443,12 @@ class Dashboard:
             value = (form.get(name) or [""])[0]
             return (value.strip() if strip else value) or None
 
+        # The form is this run's: one filled in while the run stopped waiting (the page
+        # keeps a form being filled in through live updates) would send an event that
+        # resumes nothing here, yet is kept and taken by later waits.
+        stopped = self._not_waiting(run_id)
+        if stopped is not None:
+            return ("error", stopped), True
         raw = field("payload")
         try:
             payload = None if raw is None else json.loads(raw)
@@ -465,6 +471,23 @@ class Dashboard:
         count = len(sent.resumed_run_ids)
         return ("info", f"Event sent; it resumed {formatting.plural(count, 'run')}, "
                         "not this one (check the name and correlation key)."), False
+
+    def _not_waiting(self, run_id: str) -> str | None:
+        """Why the run's send-event form may not send (``None`` when it may): the
+        run is gone, no longer waits for an event, or its wait has timed out."""
+        try:
+            run = self.service.get_run(run_id)
+        except StackShiftError:
+            return f"No run with id {run_id!r}, so nothing was sent."
+        wait = run.waiting_for
+        if run.status != "waiting" or wait is None or wait.kind != "event":
+            now = "sleeping" if wait is not None and wait.kind == "sleep" else run.status
+            return (f"This run no longer waits for an event (it is {now}), so nothing "
+                    "was sent.")
+        if wait.until is not None and wait.until.timestamp() <= self._now():
+            return (f"This run's wait timed out at {wait.until:%Y-%m-%d %H:%M:%S} UTC, so "
+                    "nothing was sent.")
+        return None
 
     def _bulk_retry(self, request: Request, form: dict[str, list[str]],
                     session: Session) -> tuple[str, tuple[str, str] | None, Session | None]:
