@@ -711,6 +711,28 @@ def test_events_send_resumes_the_waiting_run(db_url: str, app: StackShift) -> No
     assert (final["status"], final["result"]) == ("completed", {"by": "ada"})
 
 
+def test_events_get_shows_one_event_with_its_whole_payload(db_url: str, app: StackShift) -> None:
+    """`events list` shortens payloads to fit its table; `events get` shows one
+    event whole, and an id no event has exits 3 (not found), as `runs show` does."""
+    payload = {"note": "n" * 200, "lines": [1, 2, 3]}
+    sent = app.events.send("order.shipped", payload, correlation_key="order:9",
+                           idempotency_key="ship:9")
+    assert "n" * 200 not in cli(db_url, "events", "list").stdout  # shortened
+
+    shown = cli_json(db_url, "events", "get", sent.id)
+    assert shown == cli_json(db_url, "events", "list")["items"][0]
+    assert (shown["id"], shown["name"], shown["payload"], shown["correlation_key"],
+            shown["idempotency_key"]) == (sent.id, "order.shipped", payload, "order:9", "ship:9")
+    table = cli(db_url, "events", "get", sent.id)
+    assert table.returncode == 0, table.stderr
+    assert "n" * 200 in table.stdout and "order:9" in table.stdout and sent.id in table.stdout
+
+    for unknown in ("evt_0000000000000000000000000f", "not-an-id"):
+        missing = cli(db_url, "events", "get", unknown)
+        assert missing.returncode == 3, (missing.stdout, missing.stderr)
+        assert f"no event with id {unknown!r}" in missing.stderr and missing.stdout == ""
+
+
 def test_state_get_set_delete(db_url: str) -> None:
     value = {"done": 3, "of": 10, "files": ["a.csv"]}
     assert cli(db_url, "state", "set", "imports:42:progress", json.dumps(value)).returncode == 0

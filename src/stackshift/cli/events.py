@@ -1,4 +1,4 @@
-"""``stackshift events``: send events that resume waiting runs, and list them."""
+"""``stackshift events``: send events that resume waiting runs, list them, show one."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from .options import (
     open_client,
     parse_json_argument,
 )
-from .render import console, echo_json, events_table
+from .render import console, echo_json, event_detail, events_table
 
 
 @click.group()
 def events() -> None:
-    """Send events and list stored ones."""
+    """Send events, list stored ones and show one."""
 
 
 @events.command()
@@ -89,3 +89,18 @@ def list_events(
     out.print(events_table(page.items))
     if page.next_cursor:
         out.print(f"More: {next_page_command(page.next_cursor)}", style="dim", markup=False)
+
+
+@events.command("get")
+@click.argument("event_id")
+@json_option
+@database_url_option
+def get_event(event_id: str, as_json: bool, database_url: str | None) -> None:
+    """Event EVENT_ID with its whole payload (exit 3 when no event has that id, or
+    it is past its retention)."""
+    with open_client(database_url) as app:
+        event = app.events.get(event_id)
+    if as_json:
+        echo_json(event)
+        return
+    console().print(event_detail(event))

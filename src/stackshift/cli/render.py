@@ -627,6 +627,18 @@ def log_lines(entries: list[LogEntry]) -> Text:
 # -- events and state -------------------------------------------------------------------------
 
 
+def event_detail(event: Event) -> RenderableType:
+    """``events get``: the event and its whole payload."""
+    rows: list[tuple[str, Any]] = [("id", event.id), ("name", event.name)]
+    if event.correlation_key is not None:
+        rows.append(("correlation key", one_line(event.correlation_key)))
+    if event.idempotency_key is not None:
+        rows.append(("idempotency key", one_line(event.idempotency_key)))
+    rows.append(("received", when(event.received_at)))
+    return Group(_fields(rows), Text(""), Text("payload", style="bold"),
+                 Text(shown_as_is(json.dumps(event.payload, indent=2, ensure_ascii=False))))
+
+
 def events_table(events: list[Event]) -> Table:
     table = _table()
     table.add_column("EVENT", fit="whole")
