@@ -1506,7 +1506,7 @@ def test_the_events_page_expands_a_large_payload_only_in_part(
     whole = json.dumps(big, indent=2, sort_keys=True, ensure_ascii=False)
     assert shown == whole[:10_000] + "…"
     expect(first.locator(".cut-note")).to_have_text(
-        f"{len(whole) - 10_000:,} more characters not shown: events.get(\"{sent[0].id}\") or "
+        f"{len(whole) - 10_000:,} more characters not shown: stackshift events get {sent[0].id} or "
         f"GET /v1/events/{sent[0].id} gives the whole payload.")
     row = page.locator(f"tr[data-event-id='{small.id}']")
     expect(row.locator(".cut-note")).to_have_count(0)
