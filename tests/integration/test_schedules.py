@@ -346,6 +346,32 @@ def test_an_outage_ending_in_the_repeated_hour_runs_that_days_tick(
     assert ticks_of(fake_app, schedule.id) == ["2026-11-01T05:30:00Z"]
 
 
+def test_minutes_of_a_repeated_hour_are_created_and_caught_up_in_its_second_pass(
+        fake_app: StackShift, clock: FakeClock) -> None:
+    """Every five minutes of 01:00 in New York, which happens twice on Sunday 1
+    November 2026: the minutes fire in the first pass (EDT). Created in the
+    second pass (EST), the schedule's next run is the next day's 01:00; a
+    schedule that nothing maintained through the first pass runs its last
+    minute, 01:55 EDT, once, and goes on to the next day, not to an error."""
+    fake_app.job("tick", lambda ctx: None)
+    cron = ",".join(str(m) for m in range(0, 60, 5)) + " 1 * * *"
+    clock.set("2026-10-31T12:00:00Z")
+    waiting = fake_app.schedules.create("tick", cron=cron, timezone="America/New_York")
+    assert waiting.next_run_at == at("2026-11-01T05:00:00Z")
+    clock.set("2026-11-01T06:02:00Z")  # 01:02 EST
+    made = fake_app.schedules.create("tick", cron=cron, timezone="America/New_York")
+    assert made.next_run_at == at("2026-11-02T06:00:00Z")
+    run_until_idle(fake_app)
+    caught_up = fake_app.schedules.get(waiting.id)
+    assert caught_up.last_error is None
+    assert ticks_of(fake_app, waiting.id) == ["2026-11-01T05:55:00Z"]
+    assert (caught_up.missed_ticks, caught_up.next_run_at) == (11, at("2026-11-02T06:00:00Z"))
+    clock.set("2026-11-02T06:00:30Z")
+    run_until_idle(fake_app)
+    assert ticks_of(fake_app, waiting.id)[-1] == "2026-11-02T06:00:00Z"
+    assert ticks_of(fake_app, made.id) == ["2026-11-02T06:00:00Z"]
+
+
 @pytest.mark.parametrize(("cron", "message"), [
     ("* * * *", "expected 5 fields"),
     ("0 0 * * * *", "expected 5 fields"),

@@ -111,3 +111,17 @@ def test_every_is_anchored_to_the_epoch_not_to_when_it_is_asked() -> None:
     assert iso(parsed.next_after(epoch("2026-01-05T09:00:00Z"))) == "2026-01-05T10:30:00Z"
     assert iso(parsed.next_after(epoch("2026-01-05T10:29:59Z"))) == "2026-01-05T10:30:00Z"
     assert iso(parsed.next_after(epoch("2026-01-05T10:47:13Z"))) == "2026-01-05T12:00:00Z"
+
+
+@pytest.mark.parametrize(("cron", "timezone", "after", "expected"), [
+    # 01:02 EST, in the second pass of New York's repeated hour: the eleven
+    # minutes named after 01:02 fired in the first pass (EDT), so the next tick
+    # is the next day's 01:00.
+    (",".join(str(m) for m in range(0, 60, 5)) + " 1 * * *", "America/New_York",
+     "2026-11-01T06:02:00Z", "2026-11-02T06:00:00Z"),
+    ("0-59 1 * * *", "America/New_York", "2026-11-01T06:02:00Z", "2026-11-02T06:00:00Z"),
+    ("0-59 2 * * *", "Europe/Paris", "2026-10-25T01:00:30Z", "2026-10-26T01:00:00Z"),
+])
+def test_the_next_tick_from_the_second_pass_of_a_repeated_hour(
+        cron: str, timezone: str, after: str, expected: str) -> None:
+    assert iso(parse_cron(cron, timezone).next_after(epoch(after))) == expected

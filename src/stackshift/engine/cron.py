@@ -34,6 +34,10 @@ DESCRIPTORS = {
 MIN_INTERVAL = 1.0
 #: Missed ticks are counted up to this many (a schedule down for years stops there).
 MAX_COUNTED = 10_000
+#: How many ticks at or before ``after`` :meth:`Cron.next_after` passes over:
+#: every minute of a repeated stretch of the clock (an hour at most; two in
+#: Antarctica/Troll), with room to spare.
+PASSED_TICKS = 24 * 60
 
 
 @dataclass(frozen=True)
@@ -55,8 +59,11 @@ class Cron:
         zone = ZoneInfo(self.timezone)
         ticks = CronSim(self.fields, datetime.fromtimestamp(math.floor(after), zone))
         try:
-            for _ in range(10):
+            for _ in range(PASSED_TICKS):
                 # Ticks go forward in real time, also across daylight-saving changes.
+                # From the second pass of a repeated hour, an expression naming its
+                # hour gives that hour's remaining minutes first, at their first
+                # pass: already gone, they are passed over.
                 tick = next(ticks).timestamp()
                 if tick > after:
                     return tick
