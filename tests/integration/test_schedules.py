@@ -654,6 +654,34 @@ def test_schedules_command(db_url: str) -> None:
     assert "No schedules" in invoke("schedules")
 
 
+def test_deleting_a_schedule_of_the_code_says_it_comes_back_and_how_to_stop_it(
+        db_url: str) -> None:
+    """`stackshift schedules delete job:NAME` deletes it, and says that a worker
+    serving the job creates it again while the job has `cron=`: pause it, or
+    remove `cron=`. Deleting a schedule made with the API says no more."""
+    app = StackShift(db_url)
+    try:
+        app.job("cleanup", lambda ctx: None, cron="0 3 * * *")
+        app.worker().run_until_idle()
+        made = app.schedules.create("report", cron="@daily")
+    finally:
+        app.close()
+    runner = CliRunner(env={"COLUMNS": "200"})
+    env = {"STACKSHIFT_DATABASE_URL": db_url}
+    said = runner.invoke(cli, ["schedules", "delete", "job:cleanup"], env=env)
+    assert said.exit_code == 0, said.output
+    expected = ("Deleted schedule job:cleanup. It was defined in code: while job cleanup has "
+                "@job(cron=...), a worker serving it creates the schedule again when it "
+                "starts. To stop it for good, remove cron= from the job; to stop it until "
+                "resumed, pause it (stackshift schedules pause job:cleanup) rather than "
+                "delete it.")
+    assert " ".join(said.output.split()) == expected
+    plain = runner.invoke(cli, ["schedules", "delete", made.id], env=env)
+    assert plain.exit_code == 0 and plain.output == f"Deleted schedule {made.id}.\n"
+    again = runner.invoke(cli, ["schedules", "delete", "job:cleanup", "--json"], env=env)
+    assert again.exit_code == 3  # gone until a worker starts
+
+
 def test_schedules_over_http_and_the_remote_client(server: tuple[str, str]) -> None:  # noqa: F811
     url, key = server
     http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)

@@ -161,7 +161,10 @@ def resume(schedule_id: str, as_json: bool, database_url: str) -> None:
 @json_option
 @database_url_option
 def delete(schedule_id: str, as_json: bool, database_url: str) -> None:
-    """Delete a schedule (its runs stay). Exit 3 when there is none with that id."""
+    """Delete a schedule (its runs stay). Exit 3 when there is none with that id.
+
+    A schedule of @job(cron=...) (id job:NAME) comes back when a worker serving
+    the job starts: pause it instead, or remove cron= from the job."""
     with open_client(database_url) as app:
         deleted = app.schedules.delete(schedule_id)
     if not deleted:
@@ -170,3 +173,10 @@ def delete(schedule_id: str, as_json: bool, database_url: str) -> None:
         echo_json({"id": schedule_id, "deleted": True})
         return
     console().print(f"Deleted schedule {schedule_id}.", markup=False)
+    if schedule_id.startswith("job:"):
+        job = schedule_id.removeprefix("job:")
+        console().print(
+            f"It was defined in code: while job {job} has @job(cron=...), a worker serving "
+            f"it creates the schedule again when it starts. To stop it for good, remove "
+            f"cron= from the job; to stop it until resumed, pause it (stackshift schedules "
+            f"pause {schedule_id}) rather than delete it.", markup=False)
