@@ -443,6 +443,42 @@ def test_bad_timezone_is_refused(fake_app: StackShift) -> None:
     assert fake_app.jobs == [] and fake_app.schedules.list() == []
 
 
+WITHOUT_SYSTEM_ZONES = """
+import json, sys
+from stackshift import StackShift
+app = StackShift(sys.argv[1])
+try:
+    app.job("cleanup", lambda ctx: None, cron="0 3 * * *")
+    made = app.schedules.create("report", cron="30 2 * * *", timezone="Europe/Paris")
+    app.worker().run_until_idle()
+    print(json.dumps({"created": made.created_at.timestamp(), "next": made.next_run_at.timestamp(),
+                      "ids": sorted(s.id for s in app.schedules.list())}))
+finally:
+    app.close()
+"""
+
+
+def test_schedules_work_on_a_machine_without_a_system_time_zone_database(db_url: str) -> None:
+    """Where the system has no IANA time zone database (Windows, a slim container:
+    here PYTHONTZPATH is emptied), zones come from the tzdata package StackShift
+    depends on: a schedule in Europe/Paris and a job's cron (UTC) are created and
+    fire as they do with the system's database."""
+    import os
+    import subprocess
+    import sys
+
+    from stackshift.engine.cron import parse_cron
+
+    done = subprocess.run([sys.executable, "-c", WITHOUT_SYSTEM_ZONES, db_url],
+                          env={**os.environ, "PYTHONTZPATH": ""}, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    paris = parse_cron("30 2 * * *", "Europe/Paris")
+    assert seen["next"] == paris.next_after(seen["created"])
+    assert seen["ids"][0] == "job:cleanup" and len(seen["ids"]) == 2
+
+
 def test_job_cron_schedules_are_kept_in_sync_by_workers(db_url: str, clock: FakeClock) -> None:
     first = StackShift(db_url, clock=clock)
     ran: list[str] = []
