@@ -308,6 +308,10 @@ def test_on_timeout_cancel_cancels_the_run(fake_app: StackShift, clock: FakeCloc
     cancelled = fake_app.runs.get(run.id)
     assert cancelled.status == "cancelled"
     assert cancelled.waiting_for is None
+    # Its error names what it waited for, as on_timeout="fail" does.
+    assert cancelled.error is not None
+    assert (cancelled.error.type, cancelled.error.message) == (
+        "Cancelled", "no 'email.verified' (key 'user:3') event arrived before the timeout")
     assert calls[run.id] == 1
     timed_out = [e for e in fake_app.runs.timeline(run.id) if e.kind == "wait.timed_out"]
     assert len(timed_out) == 1 and timed_out[0].data["on_timeout"] == "cancel"

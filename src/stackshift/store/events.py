@@ -255,7 +255,9 @@ class EventStore(ExecutionStore):
             return
         if on_timeout == "cancel":
             target, error = Status.CANCELLED, {
-                "type": "Cancelled", "message": "wait timed out", "traceback": None}
+                "type": "Cancelled",
+                "message": f"no {waiting_label(row)} event arrived before the timeout",
+                "traceback": None}
         else:
             target, error = Status.FAILED, {
                 "type": "WaitTimeoutError",
