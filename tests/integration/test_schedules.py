@@ -794,3 +794,81 @@ def test_queues_and_schedules_without_a_subcommand_list_what_the_list_commands_d
     # An option before a subcommand would be ignored by it: refused instead.
     run("queues", "--json", "show", "mail", code=2)
     run("schedules", "--json", "show", made.id, code=2)
+
+
+def read_value(db_url: str, sql: str) -> Any:
+    """One value read by a connection of its own (not the client's)."""
+    if db_url.startswith("sqlite"):
+        conn = sqlite3.connect(db_url.removeprefix("sqlite:///"), timeout=30)
+        try:
+            return conn.execute(sql).fetchone()[0]
+        finally:
+            conn.close()
+    import psycopg
+
+    from stackshift.store.postgres import parse_postgres_url
+
+    conninfo, options = parse_postgres_url(db_url)
+    with psycopg.connect(conninfo, autocommit=True) as pg:
+        pg.execute(f'SET search_path TO "{options["schema"]}"')
+        row = pg.execute(sql).fetchone()  # type: ignore[arg-type]
+        assert row is not None
+        return row[0]
+
+
+def test_a_catch_up_of_many_overdue_schedules_does_not_hold_up_lease_renewals(
+        db_url: str) -> None:
+    """A worker starting after a long outage finds 120 minutely schedules ~2,000
+    ticks behind (their missed ticks are counted one by one in Europe/Paris, a
+    good part of a second per ten schedules) while it runs a job on a 1 s lease:
+    the lease keeps being renewed throughout the catch-up, the attempt is not
+    lost, and each schedule still starts one run and counts the ticks it missed."""
+    app = StackShift(db_url)
+    try:
+        release = threading.Event()
+        attempts: list[int] = []
+
+        @app.job("long", max_attempts=3)
+        def long(ctx: Any) -> str:
+            attempts.append(ctx.run.attempt)
+            release.wait(60)
+            return "done"
+
+        app.job("tick", lambda ctx: None)
+        ids = [app.schedules.create("tick", cron="* * * * *", timezone="Europe/Paris").id
+               for _ in range(120)]
+        behind = (int(time.time() // 60) - 2000) * 60
+        with another_writer(db_url) as execute:
+            execute(f"UPDATE schedules SET next_run_at = {behind}")
+        run = app.start("long")
+        worker = app.worker(lease="1s", concurrency=2).start()
+        try:
+            started = time.time()
+            while not attempts:
+                assert time.time() - started < 30
+                time.sleep(0.01)
+            lapses: list[float] = []
+            while any(app.schedules.get(i).last_run_at is None for i in ids):
+                assert time.time() - started < 120, "the catch-up did not finish"
+                expires = read_value(
+                    db_url, f"SELECT lease_expires_at FROM runs WHERE id = '{run.id}'")
+                if expires is None or float(expires) < time.time():
+                    lapses.append(time.time() - started)
+                time.sleep(0.05)
+            release.set()
+            finished = app.runs.wait(run.id, timeout=30)
+        finally:
+            release.set()
+            worker.stop()
+        assert lapses == []  # never past its lease while the schedules were caught up
+        assert finished.status == "completed" and finished.attempt == 1 and attempts == [1]
+        for schedule_id in ids:
+            after = app.schedules.get(schedule_id)
+            assert after.last_run_at is not None and after.last_error is None
+            assert ticks_of(app, schedule_id) == [
+                after.last_run_at.isoformat().replace("+00:00", "Z")]
+            # Every minute from the first overdue one ran once or was counted missed.
+            passed = round((after.last_run_at.timestamp() - behind) / 60)
+            assert passed >= 2000 and after.missed_ticks == passed
+    finally:
+        app.close()

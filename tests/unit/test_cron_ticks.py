@@ -3,6 +3,7 @@ changes, after an outage, and for ``@every``."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -91,6 +92,36 @@ def test_latest_due_agrees_with_the_ticks_walked_one_by_one() -> None:
             assert parsed.latest_due(walked[0], now) == (passed[-1], len(passed) - 1), (
                 cron, timezone, iso(now))
             now += 7 * 60 + 13
+
+
+@pytest.mark.parametrize("cron", ["* * * * *", "*/7 */3 * * *", "5,55 9-17 * * *",
+                                  "@hourly", "@daily", "59 23 * * *"])
+def test_latest_due_in_utc_agrees_with_the_ticks_walked_one_by_one(cron: str) -> None:
+    """Every-day UTC expressions, whose missed ticks are counted without walking
+    them: the same tick and count as walking, from any due tick to any moment."""
+    parsed = parse_cron(cron)
+    start = epoch("2026-12-30T22:00:00Z")
+    walked = [parsed.next_after(start)]
+    while walked[-1] < start + 2 * 86400:
+        walked.append(parsed.next_after(walked[-1]))
+    for first in walked[:: max(1, len(walked) // 40)]:
+        now = first
+        while now < walked[-1]:
+            passed = [t for t in walked if first <= t <= now]
+            assert parsed.latest_due(first, now) == (passed[-1], len(passed) - 1), (
+                cron, iso(first), iso(now))
+            now += 17 * 60 + 29
+
+
+def test_counting_a_long_outage_of_a_minutely_utc_schedule_is_cheap() -> None:
+    """A hundred catch-ups of a month of a minutely schedule: well under a
+    second, where walking the 10,000 ticks each took about 0.15 s."""
+    parsed = parse_cron("* * * * *")
+    due = epoch("2026-01-05T09:01:00Z")
+    started = time.monotonic()
+    for _ in range(100):
+        assert parsed.latest_due(due, epoch("2026-02-04T09:00:30Z"))[1] == MAX_COUNTED
+    assert time.monotonic() - started < 1.0
 
 
 @pytest.mark.parametrize("cron", ["@every 1m", "* * * * *"])

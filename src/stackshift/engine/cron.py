@@ -11,6 +11,7 @@ multiples of the interval since the Unix epoch, so ``@every 5m`` fires at
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -83,6 +84,11 @@ class Cron:
         if self.interval is not None:
             latest = max(tick, math.floor(now / self.interval) * self.interval)
             return latest, min(round((latest - tick) / self.interval), MAX_COUNTED)
+        daily = self._daily_ticks()
+        if daily is not None:
+            latest = max(tick, _daily_at_or_before(daily, now))
+            passed = _daily_count(daily, latest) - _daily_count(daily, tick)
+            return latest, min(passed, MAX_COUNTED)
         latest, skipped = tick, 0
         while skipped < MAX_COUNTED:
             following = self.next_after(latest)
@@ -90,6 +96,19 @@ class Cron:
                 return latest, skipped
             latest, skipped = following, skipped + 1
         return self._at_or_before(now, latest), skipped
+
+    def _daily_ticks(self) -> list[int] | None:
+        """For an expression in UTC that fires every day at the same times (its
+        day-of-month, month and day-of-week fields ``*``): those times, in
+        seconds since midnight, sorted. Its ticks are then counted by
+        arithmetic rather than one by one. None for any other expression."""
+        if self.fields is None or self.timezone not in UTC_NAMES:
+            return None
+        parts = self.fields.split(" ")
+        if parts[2:] != ["*", "*", "*"]:
+            return None
+        sim = CronSim(self.fields, datetime.fromtimestamp(0, ZoneInfo(self.timezone)))
+        return sorted(h * 3600 + m * 60 for h in sim.hours for m in sim.minutes)
 
     def _at_or_before(self, now: float, since: float) -> float:
         """The last tick at or before ``now``, given a tick ``since`` at or before it."""
@@ -105,6 +124,28 @@ class Cron:
                     moment = following
                 return moment
             span *= 2
+
+
+#: Zone names without daylight-saving changes whose cron ticks are counted by
+#: arithmetic (see Cron._daily_ticks).
+UTC_NAMES = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Etc/Universal", "Universal",
+                       "Etc/Zulu", "Zulu", "GMT", "Etc/GMT", "Etc/GMT0", "Etc/GMT+0",
+                       "Etc/GMT-0", "Etc/Greenwich", "Greenwich", "GMT0", "GMT+0", "GMT-0"})
+
+
+def _daily_count(daily: list[int], moment: float) -> int:
+    """How many ticks at the ``daily`` times there are from the epoch to ``moment``."""
+    day = math.floor(moment / 86400)
+    return day * len(daily) + bisect_right(daily, moment - day * 86400)
+
+
+def _daily_at_or_before(daily: list[int], moment: float) -> float:
+    """The last tick at the ``daily`` times at or before ``moment``."""
+    day = math.floor(moment / 86400)
+    index = bisect_right(daily, moment - day * 86400)
+    if index:
+        return float(day * 86400 + daily[index - 1])
+    return float((day - 1) * 86400 + daily[-1])
 
 
 #: The five fields in order, with the values each takes.

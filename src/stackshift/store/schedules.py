@@ -9,11 +9,16 @@ PostgreSQL maintainers also skip schedules another one is firing
 
 Missed ticks: when a schedule is found with several ticks due (everything was
 down), only the most recent due tick starts a run; the earlier ones are counted
-in ``missed_ticks`` and skipped.
+in ``missed_ticks`` and skipped. Counting them can take a good part of a second
+per schedule after a long outage: a round fires the schedules it could count
+within :data:`COUNT_BUDGET` (at least one), and leaves the others due for the
+next round, so that maintenance, and the lease renewals of a worker's heartbeat
+that runs it, are never held up long by a catch-up.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +36,10 @@ from .runs import insert_run
 #: How long a tick's idempotency key is kept: far longer than any two
 #: maintainers could race on one tick.
 TICK_KEY_TTL = 86400.0
+
+#: Seconds of missed-tick counting a round of :meth:`ScheduleStore.fire_schedules`
+#: does at most, past the first schedule counted: the rest waits for the next round.
+COUNT_BUDGET = 0.05
 
 
 def tick_key(schedule_id: str, tick: float) -> str:
@@ -179,18 +188,21 @@ class ScheduleStore:
             return started
         # Catching up after a long outage counts the missed ticks one by one (up
         # to MAX_COUNTED, a good part of a second): done before the write
-        # transaction, so that it does not hold the write lock meanwhile.
-        counted = _count_missed(found, now)
+        # transaction, so that it does not hold the write lock meanwhile, and
+        # within COUNT_BUDGET, so that it does not hold up the caller's round.
+        counted = _count_missed(found, now, COUNT_BUDGET)
         with self.db.write() as tx:
-            for row in tx.all("due_schedules", now=now, limit=limit):
+            for row in tx.all("due_schedules", now=now, limit=len(counted)):
                 due = float(row["next_run_at"])
+                key = (row["id"], row["cron"], row["timezone"], due)
+                if key not in counted:
+                    continue  # not counted (changed since the read): next round
                 tick, missed, next_at = due, 0, None
                 run_id = row["last_run_id"]
                 error: dict[str, Any] | None = None
                 try:
                     cron = parse_cron(row["cron"], row["timezone"])
-                    # Changed since the read (by another maintainer): counted here.
-                    known = counted.get((row["cron"], row["timezone"], due))
+                    known = counted[key]
                     tick, missed = known if known is not None else cron.latest_due(due, now)
                     next_at = cron.next_after(now)
                     run = insert_run(tx, make_run(row, tick), now)
@@ -205,17 +217,27 @@ class ScheduleStore:
         return started
 
 
-def _count_missed(rows: list[Row], now: float) -> dict[tuple[str, str, float], tuple[float, int]]:
-    """``(tick, missed)`` of :meth:`Cron.latest_due` for each due schedule, by its
-    ``(cron, timezone, due tick)``: what the write transaction would compute."""
-    counted: dict[tuple[str, str, float], tuple[float, int]] = {}
+def _count_missed(rows: list[Row], now: float, budget: float
+                  ) -> dict[tuple[str, str, str, float], tuple[float, int] | None]:
+    """``(tick, missed)`` of :meth:`Cron.latest_due` for due schedules, by their
+    ``(id, cron, timezone, due tick)``: what the write transaction would compute.
+
+    Counts the first schedule, then the next ones while ``budget`` seconds have
+    not passed; the rest are left out (fired by a later round). None for one
+    whose expression fails: the write transaction meets the error again and
+    records it.
+    """
+    counted: dict[tuple[str, str, str, float], tuple[float, int] | None] = {}
+    stop = time.monotonic() + budget
     for row in rows:
+        if counted and time.monotonic() >= stop:
+            break
         due = float(row["next_run_at"])
+        key = (row["id"], row["cron"], row["timezone"], due)
         try:
-            counted[(row["cron"], row["timezone"], due)] = parse_cron(
-                row["cron"], row["timezone"]).latest_due(due, now)
+            counted[key] = parse_cron(row["cron"], row["timezone"]).latest_due(due, now)
         except (StackShiftError, ValueError, TypeError):
-            continue  # met again in the write transaction, which records it
+            counted[key] = None
     return counted
 
 
