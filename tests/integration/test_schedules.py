@@ -820,7 +820,7 @@ def test_a_catch_up_of_many_overdue_schedules_does_not_hold_up_lease_renewals(
         db_url: str) -> None:
     """A worker starting after a long outage finds 120 minutely schedules ~2,000
     ticks behind (their missed ticks are counted one by one in Europe/Paris, a
-    good part of a second per ten schedules) while it runs a job on a 1 s lease:
+    good part of a second per ten schedules) while it runs a job on a 2 s lease:
     the lease keeps being renewed throughout the catch-up, the attempt is not
     lost, and each schedule still starts one run and counts the ticks it missed."""
     app = StackShift(db_url)
@@ -841,7 +841,7 @@ def test_a_catch_up_of_many_overdue_schedules_does_not_hold_up_lease_renewals(
         with another_writer(db_url) as execute:
             execute(f"UPDATE schedules SET next_run_at = {behind}")
         run = app.start("long")
-        worker = app.worker(lease="1s", concurrency=2).start()
+        worker = app.worker(lease="2s", concurrency=2).start()
         try:
             started = time.time()
             while not attempts:

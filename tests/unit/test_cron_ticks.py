@@ -3,7 +3,6 @@ changes, after an outage, and for ``@every``."""
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 
 import pytest
@@ -111,17 +110,6 @@ def test_latest_due_in_utc_agrees_with_the_ticks_walked_one_by_one(cron: str) ->
             assert parsed.latest_due(first, now) == (passed[-1], len(passed) - 1), (
                 cron, iso(first), iso(now))
             now += 17 * 60 + 29
-
-
-def test_counting_a_long_outage_of_a_minutely_utc_schedule_is_cheap() -> None:
-    """A hundred catch-ups of a month of a minutely schedule: well under a
-    second, where walking the 10,000 ticks each took about 0.15 s."""
-    parsed = parse_cron("* * * * *")
-    due = epoch("2026-01-05T09:01:00Z")
-    started = time.monotonic()
-    for _ in range(100):
-        assert parsed.latest_due(due, epoch("2026-02-04T09:00:30Z"))[1] == MAX_COUNTED
-    assert time.monotonic() - started < 1.0
 
 
 @pytest.mark.parametrize("cron", ["@every 1m", "* * * * *"])
