@@ -324,6 +324,32 @@ def test_queue_settings_are_stored_for_every_client(fake_app: StackShift,
     assert q.info().concurrency == 2  # refused settings changed nothing
 
 
+def test_a_queue_without_runs_or_settings_is_not_listed(fake_app: StackShift) -> None:
+    """Resuming a name that is no queue (a typo), or removing a queue's last
+    setting, leaves no empty queue behind in the lists (SDK, CLI, dashboard data)."""
+    import json
+
+    fake_app.queue("emials").resume()  # meant "emails": nothing was paused
+    fake_app.queue("brief").pause()
+    fake_app.queue("brief").resume()
+    fake_app.queue("legacy", concurrency=3, rate_limit="10/s").configure(
+        concurrency=None, rate_limit=None)
+    fake_app.queue("busy", concurrency=2).enqueue("note", "kept")
+    fake_app.queue("busy").configure(concurrency=None)
+    fake_app.queue("defaults", max_attempts=7)
+    fake_app.queue("held").pause()
+    expected = ["busy", "defaults", "held"]
+    assert [q.name for q in fake_app.queues.list()] == expected
+    listed = json.loads(invoke(fake_app.database_url or "", "queues", "--json"))
+    assert [q["name"] for q in listed] == expected
+    service = fake_app._service
+    assert sorted(service.queue_settings()) == ["defaults", "held"]
+    # Such a name still reads as an empty queue, and can be configured again.
+    assert fake_app.queue("emials").info().counts == {}
+    assert fake_app.queue("legacy", concurrency=1).info().concurrency == 1
+    assert "legacy" in [q.name for q in fake_app.queues.list()]
+
+
 def test_async_client_configures_queues_without_blocking_its_event_loop(db_url: str) -> None:
     """In a running loop, settings go through ``await queue.configure``; settings
     passed to ``queue()`` there are refused (storing them would block the loop)

@@ -506,11 +506,20 @@ SELECT * FROM queues WHERE name = :name;
 SELECT * FROM queues WHERE name = :name;
 
 -- name: all_queue_names
-SELECT name FROM (SELECT DISTINCT queue AS name FROM runs UNION SELECT name FROM queues) q
+-- Queues that hold runs or have a setting. A row whose settings were all removed
+-- (limits set to none, resumed, or a name only ever resumed) is no queue of its own.
+SELECT name FROM (SELECT DISTINCT queue AS name FROM runs
+                  UNION SELECT name FROM queues
+                        WHERE paused <> 0 OR concurrency IS NOT NULL OR rate_count IS NOT NULL
+                           OR max_attempts IS NOT NULL) q
 ORDER BY name;
 
 -- name: list_queues
-SELECT * FROM queues ORDER BY name;
+-- Queues with a setting (see all_queue_names).
+SELECT * FROM queues
+WHERE paused <> 0 OR concurrency IS NOT NULL OR rate_count IS NOT NULL
+   OR max_attempts IS NOT NULL
+ORDER BY name;
 
 -- name: ensure_queue
 INSERT INTO queues (name, created_at, updated_at) VALUES (:name, :now, :now)
