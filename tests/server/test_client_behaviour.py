@@ -372,8 +372,10 @@ def test_queues_named_dots_are_managed_like_any_other(client: StackShift, name: 
     assert (queue.pause().paused, client.queues.get(name).paused) == (True, True)
     assert queue.resume().paused is False
     assert queue.dead_letters().items == []
-    assert queue.configure(concurrency=None).concurrency is None
     assert name in [q.name for q in client.queues.list()]
+    assert queue.configure(concurrency=None).concurrency is None
+    # No runs and no setting left: no longer listed.
+    assert name not in [q.name for q in client.queues.list()]
 
 
 @pytest.mark.parametrize(("window", "seconds"), [
