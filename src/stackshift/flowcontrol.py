@@ -171,7 +171,7 @@ class FlowControl:
                 if limit is not None and len(retried) >= limit:
                     break
                 try:
-                    self.store.retry_run(run.id, self.clock.now())
+                    self.store.retry_run(run.id, self.clock.now(), only=state)
                 except (RunNotFoundError, InvalidTransitionError):
                     continue
                 retried.append(run.id)

@@ -712,16 +712,19 @@ class Service(FlowControl):
             raise ValidationError("at most 1000 event ids at once")
         return self.store.event_consumers(event_ids)
 
-    def retry_runs(self, run_ids: list[str]) -> list[str]:
-        """Retry each failed or cancelled run of ``run_ids``; return those retried.
+    def retry_runs(self, run_ids: list[str], *, queue: str | None = None) -> list[str]:
+        """Retry each run of ``run_ids`` that is failed (a dead letter) and, with
+        ``queue``, in that queue; return those retried.
 
-        Runs that are unknown or not retryable (any more) are skipped, so a bulk
-        retry racing with another operator does not fail half-way.
+        Runs that are unknown or not dead letters (any more: retried, or retried
+        and cancelled, by another operator meanwhile) are skipped, so a bulk
+        retry from a page read a while ago neither fails half-way nor brings back
+        a run someone cancelled.
         """
         retried = []
         for run_id in run_ids:
             try:
-                self.store.retry_run(run_id, self.clock.now())
+                self.store.retry_run(run_id, self.clock.now(), only="failed", queue=queue)
             except (RunNotFoundError, InvalidTransitionError):
                 continue
             retried.append(run_id)
@@ -736,7 +739,7 @@ class Service(FlowControl):
         cursor = None
         while True:
             page = self.store.list_runs(filters, 500, cursor)
-            count += len(self.retry_runs([run.id for run in page.items]))
+            count += len(self.retry_runs([run.id for run in page.items], queue=queue))
             if page.next_cursor is None:
                 return count
             cursor = page.next_cursor

@@ -418,6 +418,33 @@ def test_bulk_retry_dead_letters_of_a_queue(stack: Dashboard, page: Page) -> Non
         assert stack.wait_status(run.id, "completed").result == {"synced": run.payload["invoice"]}
 
 
+def test_retrying_selected_dead_letters_leaves_a_run_cancelled_meanwhile_alone(
+        stack: Dashboard, page: Page) -> None:
+    """Runs selected on a dead-letter page that another operator has since retried
+    and cancelled stay cancelled: only runs still failed are retried."""
+    app = stack.app
+    runs = [app.start("sync-invoice", {"invoice": f"in_{i}"}) for i in range(2)]
+    for run in runs:
+        stack.wait_status(run.id, "failed")
+    page.goto(stack.at("/queues/billing"))
+    dead = page.locator("#dead-letters tbody tr[data-run-id]")
+    expect(dead).to_have_count(2)
+    for n in range(2):
+        dead.nth(n).locator("input[type=checkbox]").check()
+
+    # Meanwhile, elsewhere: the queue is paused, one run retried, then cancelled.
+    app.queue("billing").pause()
+    cancelled, other = runs
+    app.runs.retry(cancelled.id)
+    app.runs.cancel(cancelled.id, reason="not to be sent again")
+
+    page.locator("#retry-selected").click()
+    expect(page.locator(".flash-ok")).to_have_text(
+        "1 of 2 selected runs queued for a new attempt; 1 was no longer failed.")
+    assert app.runs.get(cancelled.id).status == "cancelled"
+    assert app.runs.get(other.id).status == "queued"
+
+
 def test_user_content_is_rendered_as_text(stack: Dashboard, page: Page) -> None:
     run = stack.app.start("render-report", {"title": HOSTILE})
     stack.wait_status(run.id, "failed")

@@ -499,7 +499,7 @@ class Dashboard:
             ids = list(dict.fromkeys(form.get("run", [])))[:1000]
             if not ids:
                 return back, ("info", "Select the runs to retry first."), None
-            count = len(self.service.retry_runs(ids))
+            count = len(self.service.retry_runs(ids, queue=name))
             if count < len(ids):
                 # Retried meanwhile by someone else (or not failed any more).
                 gone = len(ids) - count

@@ -382,8 +382,14 @@ class RunStore:
                 )
             return rows.run(load_run(tx, run_id))
 
-    def retry_run(self, run_id: str, now: float) -> Run:
-        """Put a failed or cancelled run back in line with a fresh attempt budget."""
+    def retry_run(self, run_id: str, now: float, *, only: str | None = None,
+                  queue: str | None = None) -> Run:
+        """Put a failed or cancelled run back in line with a fresh attempt budget.
+
+        ``only``: retry it only if it has that status (a bulk retry of failed
+        runs leaves a run cancelled meanwhile alone); ``queue``: only if it is
+        in that queue. Otherwise ``InvalidTransitionError``, and nothing changes.
+        """
         with self.db.write() as tx:
             row = load_run(tx, run_id, lock=True)
             status = Status(row["status"])
@@ -391,6 +397,10 @@ class RunStore:
                 raise InvalidTransitionError(
                     f"run {run_id} is {status.value}; only failed or cancelled runs can be retried"
                 )
+            if only is not None and status.value != only:
+                raise InvalidTransitionError(f"run {run_id} is {status.value}, not {only}")
+            if queue is not None and row["queue"] != queue:
+                raise InvalidTransitionError(f"run {run_id} is not in queue {queue}")
             tx.one("manual_retry", id=run_id, from_status=status.value, now=now)
             add_timeline(tx, run_id, "run.queued", now, manual_retry=True,
                          data={"from": status.value})
