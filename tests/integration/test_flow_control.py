@@ -10,6 +10,8 @@ claim transaction itself), and step by step on the fake clock.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,8 +21,9 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
-from flow_app import most_at_once, read_spans, worker_processes
+from flow_app import HERE, most_at_once, read_spans, worker_processes
 
+from processes import stop_processes
 from stackshift import StackShift, ValidationError
 from stackshift.cli.main import cli
 from stackshift.testing import FakeClock, run_until_idle
@@ -94,6 +97,46 @@ def test_rate_limit_caps_attempts_started_in_any_window(db_url: str, tmp_path: P
         assert 0 <= delay < 1.0
         assert max_in_window(sorted(s.begin for s in spans), 1.0 - delay) <= 10
     finally:
+        app.close()
+
+
+def test_resuming_or_raising_a_limit_starts_runs_in_other_processes_at_once(
+        db_url: str, tmp_path: Path) -> None:
+    """A worker process polling only every 5 s starts a run within a second of its
+    queue being resumed, or its concurrency raised, by another process."""
+    app = StackShift(db_url)
+    record = tmp_path / "spans.txt"
+    lane = app.queue("lane")
+    lane.pause()
+    with open(tmp_path / "worker.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, str(HERE), db_url, str(record),
+                                 "--concurrency", "4", "--poll", "5s"],
+                                stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().startswith("ready")
+
+        def started_within(run_id: str, seconds: float) -> float:
+            began = time.time()
+            while app.runs.get(run_id).status == "queued":
+                assert time.time() - began < seconds, (
+                    f"not started {seconds}s after: " + (tmp_path / "worker.log").read_text())
+                time.sleep(0.01)
+            return time.time() - began
+
+        held = lane.enqueue("held", {"seconds": 3})
+        time.sleep(1.0)  # the worker has looked, found the queue paused, and idles
+        assert app.runs.get(held.id).status == "queued"
+        lane.resume()
+        started_within(held.id, 1.0)
+        lane.configure(concurrency=1)
+        second = lane.enqueue("held", {"seconds": 0})
+        time.sleep(1.0)
+        assert app.runs.get(second.id).status == "queued"  # the one slot is taken
+        lane.configure(concurrency=2)
+        started_within(second.id, 1.0)
+        wait_all(app, [held.id, second.id], timeout=30)
+    finally:
+        stop_processes([proc], grace=20)
         app.close()
 
 

@@ -69,6 +69,10 @@ class QueueStore:
                 rate_period=values["rate_period"], max_attempts=values["max_attempts"],
                 paused=values["paused"], now=now,
             )
+            if tx.dialect == "postgres" and not values["paused"]:
+                # Resumed, or a limit raised: idle workers of other processes
+                # claim now, not at their next poll (SQLite's see the commit).
+                tx.one("wake_workers")
         return _config(updated, name)
 
     def queue_config(self, name: str) -> dict[str, Any]:

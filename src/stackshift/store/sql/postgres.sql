@@ -409,3 +409,8 @@ SELECT (SELECT MAX(id) FROM timeline) AS timeline, (SELECT MAX(id) FROM logs) AS
        (SELECT MAX(started_at) FROM workers) AS joined,
        (SELECT string_agg(x::text, ',' ORDER BY x::text)
           FROM pg_snapshot_xip(pg_current_snapshot()) AS x) AS in_flight;
+
+-- name: wake_workers
+-- A queue resumed or given new limits: wake every idle worker listening, in every
+-- process (delivered at commit), as a run becoming ready does.
+SELECT pg_notify('stackshift', current_schema());
