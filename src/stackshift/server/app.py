@@ -236,6 +236,12 @@ class CountResponses:
     refused before routing (no API key, a body over the limit) was still sent to
     that route. A request that matches no route is counted as ``unmatched``, so
     the labels stay as few as the routes whatever paths clients send.
+
+    A request left unanswered because its client went away (it closed the
+    connection before sending its whole body) is not counted: no response was
+    served, and counting it as a ``500`` would report a server fault that never
+    happened. A request whose handling raised is counted as the ``500`` the
+    server then answers.
     """
 
     def __init__(self, app: ASGIApp, counter: metrics.RequestCounter,
@@ -248,7 +254,7 @@ class CountResponses:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 500
+        status: int | None = None
 
         async def record(message: Any) -> None:
             nonlocal status
@@ -258,7 +264,12 @@ class CountResponses:
 
         try:
             await self.app(scope, receive, record)
-        finally:
+        except Exception:
+            # Answered with a 500 by the server's outermost error handler.
+            self.counter.add(scope["method"], self._template(scope),
+                             500 if status is None else status)
+            raise
+        if status is not None:  # else the client left before any answer
             self.counter.add(scope["method"], self._template(scope), status)
 
     def _template(self, scope: Scope) -> str:
