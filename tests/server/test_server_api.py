@@ -404,6 +404,38 @@ def test_dashboard_requests_are_counted_under_their_route_templates(
             f'queue="{run["queueName"]}"', "")
 
 
+def test_an_endpoint_that_takes_no_body_refuses_one_with_fields(http: httpx.Client) -> None:
+    """Options an endpoint does not have are refused, as unknown fields are in
+    bodies: ``{"until": ...}`` on a pause would otherwise pause for good, and
+    ``{"maxAttempts": ...}`` on a retry be dropped. Nothing is changed. No body,
+    ``{}`` and ``null`` are still fine."""
+    queue = tag("no-body")
+    refused = http.post(f"/v1/queues/{queue}/pause", json={"until": "2030-01-01T00:00:00Z"})
+    error = assert_error(refused, 422, "validation_error")
+    assert "'until'" in error["message"]
+    assert http.get(f"/v1/queues/{queue}").json()["paused"] is False
+    run = http.post("/v1/runs", json={"job": tag("no-body"), "queueName": queue}).json()
+    http.post(f"/v1/runs/{run['id']}/cancel")
+    assert_error(http.post(f"/v1/runs/{run['id']}/retry", json={"maxAttempts": 10}),
+                 422, "validation_error")
+    assert http.get(f"/v1/runs/{run['id']}").json()["status"] == "cancelled"
+    http.put("/v1/state/" + queue, json={"value": 1})
+    assert_error(http.request("DELETE", f"/v1/state/{queue}", json={"ifValue": 2}),
+                 422, "validation_error")
+    assert http.get(f"/v1/state/{queue}").json()["value"] == 1
+    assert_error(http.post(f"/v1/queues/{queue}/pause", json=[1]), 422, "validation_error")
+    assert_error(http.post(f"/v1/queues/{queue}/pause", content=b"{oops",
+                           headers={"Content-Type": "application/json"}), 400, "malformed_json")
+    assert http.get(f"/v1/queues/{queue}").json()["paused"] is False
+    # No body, {} and null: as before.
+    assert http.post(f"/v1/queues/{queue}/pause", json={}).json()["paused"] is True
+    assert http.post(f"/v1/queues/{queue}/resume").json()["paused"] is False
+    assert http.post(f"/v1/queues/{queue}/pause", content=b"null",
+                     headers={"Content-Type": "application/json"}).json()["paused"] is True
+    retried = http.post(f"/v1/runs/{run['id']}/retry")
+    assert retried.status_code == 200 and retried.json()["status"] == "queued"
+
+
 def test_a_client_that_leaves_before_its_body_ends_is_no_server_error(
         http: httpx.Client, server: Any) -> None:
     """A client that closes its connection before sending the body its

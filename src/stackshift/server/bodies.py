@@ -15,10 +15,11 @@ import json
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import Request, Response
+from fastapi import HTTPException, Request, Response
 from fastapi.routing import APIRoute
 
 from ..serialization import unique_keys
+from .errors import ApiError
 
 
 class JsonBodyRequest(Request):
@@ -34,12 +35,41 @@ class JsonBodyRequest(Request):
 
 
 class JsonBodyRoute(APIRoute):
-    """A route that reads its body as a :class:`JsonBodyRequest`."""
+    """A route that reads its body as a :class:`JsonBodyRequest`.
+
+    A route that takes no body (``POST /v1/runs/{id}/retry``, ``POST
+    /v1/queues/{name}/pause``, ...) refuses one that names fields, as bodies
+    refuse unknown fields: an option it does not have (``{"until": ...}``) is an
+    error, not silently ignored. An empty body, ``{}`` and ``null`` are fine.
+    """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        takes_body = self.body_field is not None
 
         async def handle(request: Request) -> Response:
-            return await handler(JsonBodyRequest(request.scope, request.receive))
+            request = JsonBodyRequest(request.scope, request.receive)
+            if not takes_body and await request.body():
+                await _no_fields(request)
+            return await handler(request)
 
         return handle
+
+
+async def _no_fields(request: JsonBodyRequest) -> None:
+    """Refuse the body of a route that takes none, unless it is ``{}`` or ``null``."""
+    try:
+        body = await request.json()
+    except UnicodeDecodeError as exc:
+        raise HTTPException(400, "the request body is not UTF-8 text") from exc
+    except (ValueError, RecursionError) as exc:  # as FastAPI reports a body it cannot read
+        raise HTTPException(400, "the request body is not valid JSON") from exc
+    if body is None or body == {}:
+        return
+    if isinstance(body, dict):
+        names = ", ".join(repr(name) for name in list(body)[:5])
+        more = f" (and {len(body) - 5} more)" if len(body) > 5 else ""
+        raise ApiError(422, "validation_error",
+                       f"this endpoint takes no request body: {names}{more} not permitted")
+    raise ApiError(422, "validation_error",
+                   "this endpoint takes no request body (send none, or {})")
