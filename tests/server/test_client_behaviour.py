@@ -193,6 +193,10 @@ def test_bad_start_input_raises_and_writes_nothing(
          "cron expression must be a non-empty string, got 5"),
         (lambda c: c.schedules.create("ok", cron="@daily", timezone=5),  # type: ignore[arg-type]
          "timezone must be an IANA zone name such as 'UTC', got 5"),
+        (lambda c: c.schedules.create("ok", cron="@daily", timezone="Europe"),
+         "unknown timezone 'Europe': use an IANA name such as 'UTC' or 'Europe/Paris'"),
+        (lambda c: c.schedules.create("ok", cron="@daily", timezone="k" * 300),
+         "unknown timezone 'kkk"),
         (lambda c: c.schedules.get(5), "schedule id must be a non-empty string, got 5"),
         (lambda c: c.schedules.pause(""), "schedule id must be a non-empty string, got ''"),
         (lambda c: c.schedules.delete(5), "schedule id must be a non-empty string, got 5"),

@@ -404,6 +404,27 @@ def test_dashboard_requests_are_counted_under_their_route_templates(
             f'queue="{run["queueName"]}"', "")
 
 
+def test_a_timezone_that_is_a_region_or_too_long_is_refused_not_a_server_error(
+        http: httpx.Client) -> None:
+    """``Europe`` (a region, not a zone) and a name too long for a file name are
+    unknown time zones, 422, wherever the zones are read from (the tzdata
+    package reads them as paths): not a 500. No schedule is made."""
+    job = tag("zoned")
+    for zone in ("Europe", "America", "Etc", "k" * 300):
+        for body in ({"job": job, "cron": "0 9 * * *", "timezone": zone},
+                     {"job": job, "cron": "@daily", "timezone": zone,
+                      "scheduleId": tag("zoned")}):
+            error = assert_error(http.post("/v1/schedules", json=body), 422,
+                                 "validation_error")
+            assert error["message"] == (f"unknown timezone {zone!r}: use an IANA name such as "
+                                        "'UTC' or 'Europe/Paris'")
+    assert [x for x in http.get("/v1/schedules").json()["items"] if x["job"] == job] == []
+    made = http.post("/v1/schedules", json={"job": job, "cron": "0 9 * * *",
+                                            "timezone": "Europe/Paris"})
+    assert made.status_code == 201 and made.json()["timezone"] == "Europe/Paris"
+    assert http.delete(f"/v1/schedules/{made.json()['id']}").json()["deleted"] is True
+
+
 def test_an_endpoint_that_takes_no_body_refuses_one_with_fields(http: httpx.Client) -> None:
     """Options an endpoint does not have are refused, as unknown fields are in
     bodies: ``{"until": ...}`` on a pause would otherwise pause for good, and

@@ -172,7 +172,10 @@ def check_timezone(name: object) -> str:
         raise ValidationError(f"timezone must be an IANA zone name such as 'UTC', got {name!r}")
     try:
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        # OSError: a name the tzdata package reads as a path that is not a zone
+        # file, such as a region ("Europe": a directory) or one too long for a
+        # file name.
         raise ValidationError(
             f"unknown timezone {name!r}: use an IANA name such as 'UTC' or 'Europe/Paris'"
         ) from None
