@@ -38,6 +38,13 @@ def test_healthz_needs_no_key(server: Any) -> None:
     assert response.json()["schemaVersion"] >= 2
 
 
+def test_healthz_answers_head_as_load_balancers_ask(server: Any) -> None:
+    """Load balancers and uptime checks often ask with HEAD: the status alone."""
+    response = httpx.head(f"{server.url}/healthz")
+    assert response.status_code == 200
+    assert response.content == b""
+
+
 def test_start_and_enqueue_speak_camel_case(http: httpx.Client) -> None:
     job, key = tag("sendReceipt"), tag("receipt")
     body = {"job": job, "payload": {"orderId": "o_1"}, "queueName": "emails",

@@ -422,7 +422,7 @@ def test_cursors_a_list_returned_page_through_it(http: httpx.Client) -> None:
 
 def test_405_lists_the_methods_the_path_serves(http: httpx.Client) -> None:
     for path, allowed in [("/v1/runs", "GET, POST"), ("/v1/state/k", "DELETE, GET, PUT"),
-                          ("/v1/events", "GET, POST"), ("/healthz", "GET"),
+                          ("/v1/events", "GET, POST"), ("/healthz", "GET, HEAD"),
                           # literal paths that a template (/v1/state/{key}) also matches
                           ("/v1/state/increment", "POST"), ("/v1/runs/retry-many", "POST"),
                           ("/v1/locks", "GET"), ("/v1/locks/k", "DELETE"),

@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match, Mount, Route, compile_path
 
@@ -325,6 +325,13 @@ def create_app(service: Service, *, max_body_bytes: int = MiB) -> FastAPI:
              responses={503: routes.ERRORS[503]})
     def healthz() -> Health:
         return Health(status="ok", schema_version=service.schema_version())
+
+    # Load balancers and uptime checks often ask with HEAD: the same database read,
+    # answered with the status alone (503 when the database does not answer).
+    @app.head("/healthz", include_in_schema=False)
+    def healthz_head() -> Response:
+        service.schema_version()
+        return Response(status_code=200)
 
     @app.get(
         "/metrics",
