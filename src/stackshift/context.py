@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 from .durations import parse_duration, parse_instant
 from .errors import HandlerSignal, ValidationError
 from .jobs import check_name
-from .keywords import NOT_GIVEN, public_calls
+from .keywords import NOT_GIVEN, binds, public_calls
 from .models import Event
 from .runlogs import RUN_LOGGER
 from .service import ON_TIMEOUT, check_key
@@ -134,12 +134,11 @@ def _not_taken(exc: BaseException, name: str, fn: Callable[..., Any], args: Any,
     if innermost.tb_frame.f_code not in _CALLERS:
         return None
     try:
-        inspect.signature(fn).bind(*args, **kwargs)
-    except TypeError:
-        return TypeError(f"step {name!r}: {exc}")
+        if binds(fn, args, kwargs):
+            return None  # the arguments bind: a builtin function raised it itself
     except ValueError:  # no signature to read (some builtins): its own error
         return None
-    return None  # the arguments bind: a builtin function raised it itself
+    return TypeError(f"step {name!r}: {exc}")
 
 
 class _StepsBase:

@@ -97,16 +97,17 @@ def _explain(call: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: d
     missing or an extra positional argument) get Python's words about the call as
     written (:func:`_reworded`). ``refused`` is told of the explained error."""
     explained = _explained(call, fn, kwargs) if kwargs else None
-    if explained is None and not _binds(fn, args, kwargs):
+    if explained is None and not binds(fn, args, kwargs):
         explained = _reworded(call, fn, args, error)
     if refused is not None and args and explained is not None:
         refused(args[0], explained)
     return explained
 
 
-def _binds(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+def binds(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     """Whether ``fn``'s signature takes these arguments (asked only once a call
-    raised a ``TypeError``: if they do not bind, Python raised it at the call)."""
+    raised a ``TypeError``: if they do not bind, Python raised it at the call).
+    ``ValueError`` when ``fn`` has no signature to read (some builtins)."""
     try:
         inspect.signature(fn).bind(*args, **kwargs)
     except TypeError:
