@@ -13,7 +13,13 @@ from typing import Any
 
 import pytest
 
-from refusals import add_job, failed_at_once, not_retried, together
+from refusals import (
+    add_job,
+    failed_at_once,
+    group_failed_at_once_mixed_retried,
+    not_retried,
+    together,
+)
 from stackshift import StackShift
 from stackshift.errors import LockNotAcquiredError, ValidationError
 from stackshift.testing import run_until_idle
@@ -151,10 +157,7 @@ def test_refused_state_calls_raised_together_fail_the_run_at_once(
         mixed = fake_app.start("withHeldLock")
         run_until_idle(fake_app)
 
-    failed_at_once(fake_app, refused.id, "state", "ExceptionGroup",
-                   "checks failed (2 sub-exceptions)")
-    retrying = fake_app.runs.get(mixed.id)
-    assert (retrying.status, retrying.attempt) == ("retrying", 1)
+    group_failed_at_once_mixed_retried(fake_app, "state", refused.id, mixed.id)
     assert fake_app.state.keys() == []
 
 

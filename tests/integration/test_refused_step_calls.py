@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from refusals import add_job, failed_at_once, together
+from refusals import add_job, failed_at_once, group_failed_at_once_mixed_retried, together
 from stackshift import StackShift
 from stackshift.testing import FakeClock, run_until_idle
 
@@ -193,10 +193,7 @@ def test_refusals_raised_together_fail_the_run_at_once_unless_another_error_is_w
     mixed = fake_app.start("withOwnError")
     run_until_idle(fake_app)
 
-    failed_at_once(fake_app, refused.id, "step", "ExceptionGroup",
-                   "checks failed (2 sub-exceptions)")
-    retrying = fake_app.runs.get(mixed.id)
-    assert (retrying.status, retrying.attempt) == ("retrying", 1)
+    retrying = group_failed_at_once_mixed_retried(fake_app, "step", refused.id, mixed.id)
     assert retrying.error is not None
     assert retrying.error.message == "checks failed (2 sub-exceptions)"
 
