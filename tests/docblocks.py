@@ -2,12 +2,14 @@
 
 The doc tests use this to run the Python examples and to check every
 ``stackshift`` command line the docs show. A Python block is a program a user
-can copy and run (fence ```` ```python ````), or a fragment that continues the
-page's other code (fence ```` ```python fragment ````); no other label is
-allowed, so a block cannot drop out of the tests unnoticed. A program states
-what it prints as a comment on its ``print(...)`` lines (``print(run.status)  #
-completed``), and a ``# a, b: your own functions`` comment names what it leaves
-to the reader.
+can copy and run (fence ```` ```python ````), a module that builds an ASGI
+application ``app`` (fence ```` ```python app ````: a test serves it with
+uvicorn, giving it the addresses the page leaves as placeholders), or a
+fragment that continues the page's other code (fence ```` ```python fragment
+````); no other label is allowed, so a block cannot drop out of the tests
+unnoticed. A program states what it prints as a comment on its ``print(...)``
+lines (``print(run.status)  # completed``), and a ``# a, b: your own
+functions`` comment names what it leaves to the reader.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Block:
     line: int  # of the first line of code, 1-based
     info: str  # the fence's info string: "python", "python fragment", "bash", ...
     code: str  # dedented
+    heading: str  # of the section the block is in ("" before the first heading)
 
     @property
     def page(self) -> str:
@@ -47,8 +50,16 @@ class Block:
         return self.info.split()[:1] in (["python"], ["py"], ["python3"], ["pycon"])
 
     @property
+    def is_program(self) -> bool:
+        return self.info == "python"
+
+    @property
     def is_fragment(self) -> bool:
         return self.info == "python fragment"
+
+    @property
+    def is_app(self) -> bool:
+        return self.info == "python app"
 
     def compiled(self) -> object:
         """The block compiled with its doc's name and line numbers, for tracebacks."""
@@ -68,10 +79,13 @@ class Block:
 def blocks(doc: Path) -> list[Block]:
     found: list[Block] = []
     lines = doc.read_text(encoding="utf-8").splitlines()
+    heading = ""
     i = 0
     while i < len(lines):
         opening = _FENCE.match(lines[i])
         if opening is None:
+            if lines[i].startswith("#"):
+                heading = lines[i].lstrip("#").strip()
             i += 1
             continue
         indent = opening.group("indent")
@@ -80,7 +94,7 @@ def blocks(doc: Path) -> list[Block]:
             end += 1
         body = [ln[len(indent):] if ln.startswith(indent) else ln for ln in lines[i + 1:end]]
         code = textwrap.dedent("\n".join(body)) + "\n"
-        found.append(Block(doc, i + 2, opening.group("info").strip(), code))
+        found.append(Block(doc, i + 2, opening.group("info").strip(), code, heading))
         i = end + 1
     return found
 

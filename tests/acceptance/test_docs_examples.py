@@ -1,16 +1,17 @@
 """The Python examples of README.md and docs/*.md run as written.
 
 Each ```` ```python ```` block is a program: it runs in a subprocess of its
-own, in an empty folder, on a new SQLite database (``STACKSHIFT_DATABASE_URL``),
-with the real engine and, where the example starts one, a real worker. The only
-glue is what the text leaves to the reader: the functions a ``# a, b: your own
-functions`` comment names are given as plain stubs. A block passes when it
-exits 0 (its own ``assert`` lines hold) and prints what its ``print(...)  #
-shown`` comments say.
+own, in an empty folder, on a new database (``STACKSHIFT_DATABASE_URL``: a
+SQLite file, then a PostgreSQL schema), with the real engine and, where the
+example starts one, a real worker. The only glue is what the text leaves to the
+reader: the functions a ``# a, b: your own functions`` comment names are given
+as plain stubs. A block passes when it exits 0 (its own ``assert`` lines hold)
+and prints what its ``print(...)  # shown`` comments say.
 
 ```` ```python fragment ```` blocks continue code the page shows elsewhere; those
 of the pages in ``FRAGMENT_SETUP`` run too, in page order in one process, after
-that setup.
+that setup. ```` ```python app ```` blocks are served by
+``tests/server/test_docs_apps.py``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from docblocks import ROOT, Block, python_blocks
 
 TIMEOUT = 30  # seconds; each example takes about one
 
-PROGRAMS = [b for b in python_blocks() if not b.is_fragment]
+PROGRAMS = [b for b in python_blocks() if b.is_program]
 
 # Pages whose fragments all work on the `app` of the guide's first example.
 FRAGMENT_SETUP = {
@@ -55,10 +56,10 @@ RUNNER = textwrap.dedent('''
 ''')
 
 
-def run_blocks(tmp_path: Path, blocks: list[Block], *, stubs: list[str],
-               setup: str = "") -> subprocess.CompletedProcess[str]:
+def run_blocks(tmp_path: Path, blocks: list[Block], *, stubs: list[str], setup: str = "",
+               database_url: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STACKSHIFT_")}
-    env["STACKSHIFT_DATABASE_URL"] = f"sqlite:///{tmp_path}/stackshift.db"
+    env["STACKSHIFT_DATABASE_URL"] = database_url or f"sqlite:///{tmp_path}/stackshift.db"
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT / "src"), env.get("PYTHONPATH")) if p)
     spec = {"stubs": stubs, "setup": setup,
@@ -75,18 +76,19 @@ def run_blocks(tmp_path: Path, blocks: list[Block], *, stubs: list[str],
 
 
 @pytest.mark.parametrize("block", PROGRAMS, ids=[b.where for b in PROGRAMS])
-def test_example_runs_as_written(block: Block, tmp_path: Path) -> None:
-    done = run_blocks(tmp_path, [block], stubs=block.own_functions())
+def test_example_runs_as_written(block: Block, db_url: str, tmp_path: Path) -> None:
+    done = run_blocks(tmp_path, [block], stubs=block.own_functions(), database_url=db_url)
     if done.returncode != 0:
         pytest.fail(f"{block.where} failed:\n{done.stderr}")
     assert done.stdout.splitlines() == block.expected_output(), done.stderr
 
 
 @pytest.mark.parametrize("doc", sorted(FRAGMENT_SETUP))
-def test_fragments_run_after_their_setup(doc: str, tmp_path: Path) -> None:
+def test_fragments_run_after_their_setup(doc: str, db_url: str, tmp_path: Path) -> None:
     fragments = [b for b in python_blocks() if b.is_fragment and b.page == doc]
     assert fragments, f"{doc} has no fragments any more: drop it from FRAGMENT_SETUP"
-    done = run_blocks(tmp_path, fragments, stubs=[], setup=FRAGMENT_SETUP[doc])
+    done = run_blocks(tmp_path, fragments, stubs=[], setup=FRAGMENT_SETUP[doc],
+                      database_url=db_url)
     if done.returncode != 0:
         pytest.fail(f"{doc} failed:\n{done.stderr}")
 

@@ -3,7 +3,7 @@
 Every ``stackshift ...`` command in README.md and docs/*.md (shell blocks and
 inline code) is checked against the CLI's click command tree: each subcommand,
 each option's spelling, and no more arguments than the command takes. Every
-Python block is labelled a program or a fragment, and compiles.
+Python block is labelled a program, an app or a fragment, and compiles.
 """
 
 from __future__ import annotations
@@ -125,11 +125,13 @@ def test_server_options_table_matches_both_server_commands() -> None:
             assert f"`{option.default}`" in default, (name, option.default, default)
 
 
-def test_every_python_block_is_a_program_or_a_marked_fragment() -> None:
+def test_every_python_block_is_a_program_an_app_or_a_marked_fragment() -> None:
     found = python_blocks()
-    labels = {(b.where, b.info) for b in found if b.info not in {"python", "python fragment"}}
-    assert labels == set(), "label each ```python block as a program or `python fragment`"
-    programs = [b.page for b in found if not b.is_fragment]
+    labels = {(b.where, b.info) for b in found
+              if b.info not in {"python", "python app", "python fragment"}}
+    assert labels == set(), \
+        "label each ```python block as a program, a `python app` or a `python fragment`"
+    programs = [b.page for b in found if b.is_program]
     assert programs.count("README.md") >= 1 and programs.count("docs/guide.md") >= 2
     for block in found:
         block.compiled()  # a SyntaxError names the doc and line
