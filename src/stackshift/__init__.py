@@ -86,7 +86,7 @@ __all__ = [
 ]
 
 
-def asgi_app(client: StackShift, **options: Any) -> Any:
+def asgi_app(client: StackShift | AsyncStackShift, **options: Any) -> Any:
     """The push-mode handler route of ``client``'s jobs, for an ASGI app.
 
     See :func:`stackshift.push.asgi_app`.
@@ -96,7 +96,7 @@ def asgi_app(client: StackShift, **options: Any) -> Any:
     return build(client, **options)
 
 
-def wsgi_app(client: StackShift, **options: Any) -> Any:
+def wsgi_app(client: StackShift | AsyncStackShift, **options: Any) -> Any:
     """The push-mode handler route of ``client``'s jobs, for a WSGI app (Flask, Django).
 
     See :func:`stackshift.push.wsgi_app`.

@@ -6,7 +6,8 @@
 returns what ``fn`` returns (awaited, when ``fn`` is async) and checks ``args``
 against ``fn``'s parameters. Each line marked ``# E: text`` must get one mypy
 error whose message contains ``text``; no other line may get one. The guide's
-example of typed handlers is checked in the same run and must get none.
+example of typed handlers is checked in the same run and must get none, as must
+the push-mode route built on an ``AsyncStackShift``, which server.md allows.
 """
 
 from __future__ import annotations
@@ -26,9 +27,15 @@ APP = textwrap.dedent('''
 
     from pydantic import BaseModel
 
-    from stackshift import AsyncJobContext, Event, JobContext, StackShift
+    import stackshift
+    from stackshift import AsyncJobContext, AsyncStackShift, Event, JobContext, StackShift
 
     app = StackShift()
+
+    # The push-mode route takes a sync or an async remote client (server.md).
+    remote = AsyncStackShift(api_key="ssk_...", base_url="http://jobs.internal:8000")
+    stackshift.asgi_app(remote, url="https://app.example.com/stackshift/")
+    stackshift.wsgi_app(remote, url="https://app.example.com/stackshift/")
 
 
     class Order(BaseModel):
