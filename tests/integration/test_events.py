@@ -19,7 +19,14 @@ from typing import Any
 import pytest
 
 from processes import stop_processes
-from stackshift import Event, EventNotFoundError, IdempotencyConflictError, Settings, StackShift
+from stackshift import (
+    Event,
+    EventNotFoundError,
+    IdempotencyConflictError,
+    NonDeterminismError,
+    Settings,
+    StackShift,
+)
 from stackshift.testing import FakeClock, run_until_idle
 
 
@@ -969,6 +976,119 @@ def test_a_wait_returns_the_same_event_on_every_invocation(
     assert [label for label, _ in seen] == ["early", "early", "later", "early", "later"]
     for _, event in seen:
         assert event == stored[event.id]
+
+
+# -- replays that wait for another event -------------------------------------------------
+
+
+def _checkout(app: StackShift, flavour: str, key: dict[str, str | None],
+              outcomes: list[str]) -> None:
+    """Job ``checkout`` (a plain or an ``async def`` handler) waits for ``order.paid``
+    with ``key["now"]``, which a test changes as a deploy would; the handler
+    swallows a NonDeterminismError, as careless code would."""
+    if flavour == "sync":
+        @app.job("checkout", max_attempts=3)
+        def checkout(ctx: Any) -> Any:
+            try:
+                event = ctx.step.wait_for_event("order.paid", correlation_key=key["now"])
+            except NonDeterminismError as exc:
+                outcomes.append(str(exc))
+                return "went on"
+            outcomes.append(f"paid {event.correlation_key}")
+            return event.payload
+    else:
+        @app.job("checkout", max_attempts=3)
+        async def checkout_async(ctx: Any) -> Any:
+            try:
+                event = await ctx.step.wait_for_event("order.paid",
+                                                      correlation_key=key["now"])
+            except NonDeterminismError as exc:
+                outcomes.append(str(exc))
+                return "went on"
+            outcomes.append(f"paid {event.correlation_key}")
+            return event.payload
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+@pytest.mark.parametrize(("recorded", "changed", "said"), [
+    ("order:1", "order:2", "with correlation key 'order:2'"),
+    ("order:1", None, "without a correlation key"),
+    (None, " order:1", "with correlation key ' order:1'"),
+])
+def test_a_replayed_wait_whose_correlation_key_changed_fails_with_non_determinism_error(
+    fake_app: StackShift, clock: FakeClock, flavour: str, recorded: str | None,
+    changed: str | None, said: str
+) -> None:
+    """A deploy between the wait and its replay changes the key the handler waits
+    with: the event taken for the old key is not handed to the new one."""
+    key: dict[str, str | None] = {"now": recorded}
+    outcomes: list[str] = []
+    _checkout(fake_app, flavour, key, outcomes)
+    run = fake_app.start("checkout", {})
+    run_until_idle(fake_app)
+    assert _status(fake_app, run.id) == "waiting"
+    sent = fake_app.events.send("order.paid", {"amount": 30}, correlation_key=recorded)
+    assert sent.resumed_run_ids == [run.id]
+
+    key["now"] = changed
+    run_until_idle(fake_app)
+    failed = fake_app.runs.get(run.id)
+    # Failed, although the handler caught the error and returned, and not retried.
+    assert failed.status == "failed" and failed.result is None
+    assert failed.error is not None and failed.error.type == "NonDeterminismError"
+    was = "without a correlation key" if recorded is None else f"with correlation key {recorded!r}"
+    assert failed.error.message == (
+        f"step 'order.paid' was recorded as a wait for event 'order.paid' {was}, but"
+        f" this replay waits for event 'order.paid' {said}: its recorded event is not"
+        " returned for another key")
+    assert outcomes == [failed.error.message]
+    clock.advance("1h")
+    assert run_until_idle(fake_app) == 0
+    assert _status(fake_app, run.id) == "failed"
+    # The recorded wait keeps the event it took; an event for the new key resumes nothing.
+    (step,) = fake_app.runs.steps(run.id)
+    assert step.status == "completed" and step.result["id"] == sent.id
+    assert fake_app.events.send("order.paid", {}, correlation_key=changed).resumed_run_ids == []
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_replayed_wait_with_the_recorded_key_returns_the_recorded_event(
+    fake_app: StackShift, flavour: str
+) -> None:
+    """The check compares keys exactly: the same key, spaces and all, replays."""
+    key: dict[str, str | None] = {"now": " order:1 "}
+    outcomes: list[str] = []
+    _checkout(fake_app, flavour, key, outcomes)
+    run = fake_app.start("checkout", {})
+    run_until_idle(fake_app)
+    fake_app.events.send("order.paid", {"amount": 30}, correlation_key=" order:1 ")
+    run_until_idle(fake_app)
+    done = fake_app.runs.get(run.id)
+    assert done.status == "completed" and done.result == {"amount": 30}
+    assert outcomes == ["paid  order:1 "]
+
+
+def test_a_replayed_sleep_whose_duration_changed_keeps_its_recorded_wake_time(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    """A sleep's duration may be computed (a deadline minus now): a replay does not
+    compare it, and the sleep that was served is not slept again."""
+    duration = {"now": "1h"}
+    calls: Counter[str] = Counter()
+
+    @fake_app.job("napper")
+    def napper(ctx: Any) -> str:
+        calls[ctx.run.id] += 1
+        ctx.step.sleep("nap", duration["now"])
+        return "rested"
+
+    run = fake_app.start("napper", {})
+    run_until_idle(fake_app)
+    duration["now"] = "3h"
+    clock.advance("1h")
+    assert run_until_idle(fake_app) == 1
+    assert fake_app.runs.get(run.id).status == "completed"
+    assert calls[run.id] == 2
 
 
 HAMMER_WORKER = """

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from ..durations import to_datetime
 from ..engine import outcomes
@@ -162,12 +162,16 @@ class Invocation:
         if step.kind != kind or (function is not None and step.function != function):
             recorded = f"{step.kind} step" + (f" of {step.function}" if step.function else "")
             now = f"{kind} step" + (f" of {function}" if function else "")
-            error = NonDeterminismError(
-                f"step {key!r} was recorded as a {recorded}, but this replay reached a {now}"
-            )
-            self.fatal = error
-            raise error
+            self._nondeterministic(
+                f"step {key!r} was recorded as a {recorded}, but this replay reached a {now}")
         return step
+
+    def _nondeterministic(self, message: str) -> NoReturn:
+        """Fail the run: this replay took another path than the one recorded. The
+        run fails even if the handler catches the error (see :attr:`fatal`)."""
+        error = NonDeterminismError(message)
+        self.fatal = error
+        raise error
 
     # -- refused calls ---------------------------------------------------------------
 
@@ -321,7 +325,14 @@ class Invocation:
         if step is not None:
             data = step.result
             if data is None:
-                return None  # timed out with on_timeout="continue"
+                return None  # timed out with on_timeout="continue": no event to compare
+            recorded = data.get("correlation_key")
+            if recorded != correlation_key:
+                self._nondeterministic(
+                    f"step {key!r} was recorded as a wait for"
+                    f" {_awaited(data.get('name', name), recorded)}, but this replay waits"
+                    f" for {_awaited(name, correlation_key)}: its recorded event is not"
+                    " returned for another key")
             return Event(
                 id=data["id"],
                 name=data["name"],
@@ -411,6 +422,13 @@ class Invocation:
             self.cancelled()
         else:
             self.fail(error)
+
+
+def _awaited(name: str, correlation_key: str | None) -> str:
+    """A wait's event, as a non-determinism error names it."""
+    if correlation_key is None:
+        return f"event {name!r} without a correlation key"
+    return f"event {name!r} with correlation key {correlation_key!r}"
 
 
 def _check_keywords(name: str, fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> None:
