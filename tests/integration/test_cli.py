@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from stackshift import NonRetriableError, StackShift
+from stackshift import NonRetriableError, Settings, StackShift
 from stackshift.cli.liveview import change_line
 from stackshift.testing import run_until_idle
 
@@ -711,6 +711,30 @@ def test_events_send_resumes_the_waiting_run(db_url: str, app: StackShift) -> No
     assert (final["status"], final["result"]) == ("completed", {"by": "ada"})
 
 
+def test_events_send_idempotency_key_holds_for_the_first_senders_dedupe_window(
+    db_url: str
+) -> None:
+    """The help names the setting rather than a fixed 24h, and says whose window
+    counts: a key first sent by an app with a five-second window is free again
+    for this command's send once those seconds have passed."""
+    shown = " ".join(cli(None, "events", "send", "--help").stdout.split())
+    assert "within 24h" not in shown
+    assert ("The key holds for the event_dedupe_window of the process that sent it first:"
+            " 24h for this command on a database; through a server (STACKSHIFT_URL), the"
+            " server's (--setting event_dedupe_window=...).") in shown
+
+    with StackShift(db_url, settings=Settings(event_dedupe_window="5s")) as brief:
+        first = brief.events.send("invoice.paid", {"n": 1}, idempotency_key="pay:1")
+        sent_at = time.monotonic()
+    repeat = cli_json(db_url, "events", "send", "invoice.paid", '{"n": 1}',
+                      "--idempotency-key", "pay:1")
+    assert (repeat["id"], repeat["duplicate"]) == (first.id, True)
+    time.sleep(max(0.0, sent_at + 5.2 - time.monotonic()))
+    later = cli_json(db_url, "events", "send", "invoice.paid", '{"n": 1}',
+                     "--idempotency-key", "pay:1")
+    assert later["duplicate"] is False and later["id"] != first.id
+
+
 def test_events_get_shows_one_event_with_its_whole_payload(db_url: str, app: StackShift) -> None:
     """`events list` shortens payloads to fit its table; `events get` shows one
     event whole, and an id no event has exits 3 (not found), as `runs show` does."""
@@ -1042,7 +1066,7 @@ def test_queue_throughput_reads_zero_only_when_nothing_finished(
 WORKER_APP = """
     import time
 
-    from stackshift import NonRetriableError, StackShift
+    from stackshift import NonRetriableError, Settings, StackShift
 
     app = StackShift()
 
@@ -1179,7 +1203,7 @@ def test_the_worker_banner_does_not_print_the_database_password(tmp_path: Path) 
 
 
 LONG_NAMED_APP = """
-    from stackshift import NonRetriableError, StackShift
+    from stackshift import NonRetriableError, Settings, StackShift
 
     app = StackShift()
 

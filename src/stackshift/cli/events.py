@@ -24,8 +24,11 @@ def events() -> None:
 @click.argument("name")
 @click.argument("payload_json", required=False, metavar="[PAYLOAD_JSON]")
 @click.option("--correlation-key", help="Resumes only runs waiting with this key.")
-@click.option("--idempotency-key", help="A repeat within 24h returns the first event; the key"
-              " with another name, correlation key or payload is refused (exit 4).")
+@click.option("--idempotency-key", help="A repeat while the key holds returns the first event;"
+              " the key with another name, correlation key or payload is refused (exit 4)."
+              " The key holds for the event_dedupe_window of the process that sent it"
+              " first: 24h for this command on a database; through a server"
+              " (STACKSHIFT_URL), the server's (--setting event_dedupe_window=...).")
 @json_option
 @database_url_option
 def send(
