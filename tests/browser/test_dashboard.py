@@ -86,6 +86,42 @@ def test_runs_list_filters_searches_and_pages(stack: Dashboard, page: Page) -> N
     expect(page.locator(".flash-error")).to_have_count(0)
 
 
+def test_keys_with_surrounding_spaces_are_searched_as_typed(stack: Dashboard,
+                                                            page: Page) -> None:
+    """A correlation key may begin or end with spaces: the runs search and the
+    events filter look for it as typed, not for the key without them (another
+    run's, another event's). A run id pasted with a space is still found."""
+    app = stack.app
+    spaced = app.start("send-email", {"user": "ada "})  # waits with key "user:ada "
+    plain = app.start("send-email", {"user": "ada"})
+    stack.wait_status(spaced.id, "waiting")
+    stack.wait_status(plain.id, "waiting")
+
+    rows = page.locator("tbody tr[data-run-id]")
+    for term, expected in (("user:ada ", spaced.id), ("user:ada", plain.id),
+                           (f" {plain.id} ", plain.id)):
+        page.goto(stack.url)
+        page.fill("input[name=q]", term)
+        page.keyboard.press("Enter")
+        expect(rows).to_have_count(1)
+        expect(rows).to_have_attribute("data-run-id", expected)
+
+    first = app.events.send("email.verified", {"n": 1}, correlation_key="user:bo ")
+    app.events.send("email.verified", {"n": 2}, correlation_key="user:bo")
+    page.goto(stack.at("/events"))
+    page.fill("input[name=key]", "user:bo ")
+    page.keyboard.press("Enter")
+    events = page.locator("#events-table tr[data-event-id]")
+    expect(events).to_have_count(1)
+    expect(events).to_have_attribute("data-event-id", first.id)
+    # The key's chip leads to the events of that very key.
+    page.goto(stack.at("/events"))
+    page.locator(f"tr[data-event-id='{first.id}'] a.chip").click()
+    expect(page).to_have_url(re.compile(r"key=user%3Abo(\+|%20)$"))
+    expect(events).to_have_count(1)
+    expect(events).to_have_attribute("data-event-id", first.id)
+
+
 def test_failed_run_shows_error_attempts_logs_waterfall_and_retries_live(
     stack: Dashboard, page: Page
 ) -> None:

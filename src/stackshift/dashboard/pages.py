@@ -51,6 +51,13 @@ def _param(params: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
+def _key_param(params: Mapping[str, str], name: str) -> str | None:
+    """A key filter, exactly as typed: a key may begin or end with spaces, as in
+    the SDK. A blank box is no filter."""
+    value = params.get(name, "")
+    return value if value.strip() else None
+
+
 def _local_time(value: str, name: str) -> float:
     """A ``datetime-local`` input (read as UTC) or an ISO-8601 time with an offset."""
     text = value.strip().replace(" ", "T")
@@ -67,8 +74,9 @@ def _local_time(value: str, name: str) -> float:
 
 
 def runs_page(service: Service, params: Mapping[str, str], now: float) -> dict[str, Any]:
-    filters = {k: _param(params, k) for k in ("status", "job", "queue", "q", "created", "from",
+    filters = {k: _param(params, k) for k in ("status", "job", "queue", "created", "from",
                                               "to", "cursor")}
+    filters["q"] = _key_param(params, "q")
     problems: list[Problem] = []
     query: dict[str, Any] = {"limit": PAGE_SIZE, "cursor": filters["cursor"]}
     for key in ("status", "job", "queue"):
@@ -94,14 +102,7 @@ def runs_page(service: Service, params: Mapping[str, str], now: float) -> dict[s
     by = params.get("by")
     try:
         if term:
-            # One box finds runs by id or idempotency key, else by correlation key.
-            page = None
-            if by != "key":
-                page = service.list_runs(search=term, **query)
-                matched_by = "id"
-            if page is None or not page.items:
-                page = service.list_runs(correlation_key=term, **query)
-                matched_by = "key"
+            page, matched_by, filters["q"] = _search_runs(service, term, by, query)
         else:
             page = service.list_runs(**query)
     except StackShiftError as exc:
@@ -126,6 +127,24 @@ def runs_page(service: Service, params: Mapping[str, str], now: float) -> dict[s
         "presets": CREATED_PRESETS,
         "now": now,
     }
+
+
+def _search_runs(service: Service, term: str, by: str | None,
+                 query: dict[str, Any]) -> tuple[Page, str, str]:
+    """What the runs search box finds, how, and for which term. One box finds runs
+    by id or idempotency key, else by correlation key (``by`` = ``"key"``: by
+    correlation key only, for the next pages of such a search), the term as
+    typed: keys may begin or end with spaces. When that finds no run, the term
+    without its surrounding spaces is tried (a run id pasted with a space)."""
+    for candidate in dict.fromkeys((term, term.strip())):
+        if by != "key":
+            page = service.list_runs(search=candidate, **query)
+            if page.items:
+                return page, "id", candidate
+        page = service.list_runs(correlation_key=candidate, **query)
+        if page.items:
+            return page, "key", candidate
+    return page, "key", term
 
 
 def run_row(run: Run, now: float) -> dict[str, Any]:
@@ -207,7 +226,7 @@ def run_page(service: Service, run_id: str, params: Mapping[str, str],
 
 def events_page(service: Service, params: Mapping[str, str], now: float) -> dict[str, Any]:
     name = _param(params, "name")
-    key = _param(params, "key")
+    key = _key_param(params, "key")
     cursor = _param(params, "cursor")
     problems: list[Problem] = []
     try:
