@@ -80,6 +80,15 @@ def remote_waiter(ctx: Any) -> dict[str, Any]:
     return {"approvedBy": event.payload["by"]}
 
 
+@app.job("remoteKeyChange", max_attempts=3)
+def remote_key_change(ctx: Any) -> str:
+    """Waits with the correlation key in the file named in its payload, which a
+    test rewrites between the wait and its replay, as a deploy would change it."""
+    key = Path(ctx.payload["keyfile"]).read_text()
+    event = ctx.step.wait_for_event("approved", correlation_key=key, timeout="5m")
+    return f"approved for {event.correlation_key}"
+
+
 async def add_one(n: int) -> int:
     return n + 1
 

@@ -202,6 +202,31 @@ def test_remote_worker_runs_steps_retries_sleeps_and_event_waits(
         service.close()
 
 
+def test_a_remote_workers_replayed_wait_with_another_key_fails_with_non_determinism_error(
+    client: StackShift, workers: RemoteWorkers, tmp_path: Path
+) -> None:
+    """The replay check of a wait's correlation key holds on a remote worker too:
+    the event taken for the old key is not returned for the new one."""
+    workers.spawn()
+    keyfile = tmp_path / "key"
+    keyfile.write_text("order-1")
+    run = client.start("remoteKeyChange", {"keyfile": str(keyfile)})
+    deadline = time.monotonic() + 20
+    while client.runs.get(run.id).status != "waiting":
+        assert time.monotonic() < deadline, client.runs.get(run.id)
+        workers.check_alive()
+        time.sleep(0.05)
+    keyfile.write_text("order-2")
+    client.events.send("approved", {"by": "ops"}, correlation_key="order-1")
+    failed = wait_done(client, run.id, workers)
+    assert failed.status == "failed" and failed.attempt == 1
+    assert failed.error is not None and failed.error.type == "NonDeterminismError"
+    assert failed.error.message == (
+        "step 'approved' was recorded as a wait for event 'approved' with correlation key"
+        " 'order-1', but this replay waits for event 'approved' with correlation key"
+        " 'order-2': its recorded event is not returned for another key")
+
+
 def test_idle_remote_worker_starts_a_queued_run_quickly(
     workers: RemoteWorkers, client: StackShift
 ) -> None:
