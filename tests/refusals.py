@@ -75,10 +75,12 @@ def together(flavour: str, *calls: Callable[[Any], Any]) -> Callable[[Any], Any]
 
 
 def group_failed_at_once_mixed_retried(app: StackShift, api: str, refused_id: str,
-                                       mixed_id: str) -> Run:
-    """Assert that the run whose group held refusals only failed at once and the
-    run whose group also held another error is retrying; return the latter."""
-    failed_at_once(app, refused_id, api, "ExceptionGroup", "checks failed (2 sub-exceptions)")
+                                       mixed_id: str, *refusals: str) -> Run:
+    """Assert that the run whose group held refusals only (``refusals``: each as
+    ``Type: message``) failed at once, its message naming them, and the run whose
+    group also held another error is retrying; return the latter."""
+    failed_at_once(app, refused_id, api, "ExceptionGroup",
+                   "checks failed (2 sub-exceptions): " + "; ".join(refusals))
     retrying = app.runs.get(mixed_id)
     assert (retrying.status, retrying.attempt) == ("retrying", 1)
     return retrying

@@ -193,9 +193,16 @@ def test_refusals_raised_together_fail_the_run_at_once_unless_another_error_is_w
     mixed = fake_app.start("withOwnError")
     run_until_idle(fake_app)
 
-    retrying = group_failed_at_once_mixed_retried(fake_app, "step", refused.id, mixed.id)
+    retrying = group_failed_at_once_mixed_retried(
+        fake_app, "step", refused.id, mixed.id,
+        "ValidationError: duration: 'a while' is not a duration (use e.g. '30s', '15m',"
+        " '1h30m', '7d')",
+        "ValidationError: timeout: 'soon' is not a duration (use e.g. '30s', '15m', '1h30m',"
+        " '7d')")
     assert retrying.error is not None
-    assert retrying.error.message == "checks failed (2 sub-exceptions)"
+    assert retrying.error.message == (
+        "checks failed (2 sub-exceptions): ValidationError: duration: 'a while' is not a"
+        " duration (use e.g. '30s', '15m', '1h30m', '7d'); ValueError: the order has no lines")
 
 
 def test_a_refused_call_in_a_task_group_fails_the_run_at_once(fake_app: StackShift) -> None:
@@ -210,7 +217,9 @@ def test_a_refused_call_in_a_task_group_fails_the_run_at_once(fake_app: StackShi
     run = fake_app.start("fanOut")
     run_until_idle(fake_app)
     failed = failed_at_once(fake_app, run.id, "step", "ExceptionGroup",
-                            "unhandled errors in a TaskGroup (1 sub-exception)")
+                            "unhandled errors in a TaskGroup (1 sub-exception): ValidationError:"
+                            " duration: 'a while' is not a duration (use e.g. '30s', '15m',"
+                            " '1h30m', '7d')")
     assert failed.error is not None and failed.error.traceback is not None
     assert "duration: 'a while' is not a duration" in failed.error.traceback
 

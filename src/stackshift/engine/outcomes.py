@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import traceback as tb
+from collections.abc import Iterator
 
 from ..errors import NonDeterminismError, NonRetriableError, RetryAfterError
 from ..store.base import Outcome
@@ -13,10 +14,38 @@ CANCELLED_WHILE_RUNNING: dict[str, str | None] = {
     "type": "Cancelled", "message": "cancelled while running", "traceback": None}
 
 
+#: How many of a group's errors its stored message names.
+GROUP_ERRORS_NAMED = 5
+
+
+def leaves(exc: BaseException) -> Iterator[BaseException]:
+    """The errors ``exc`` stands for: itself, or those of a group (an
+    ``ExceptionGroup``, as an ``asyncio.TaskGroup`` raises), nested groups included."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from leaves(inner)
+    else:
+        yield exc
+
+
 def error_dict(exc: BaseException, *, with_traceback: bool = True) -> dict[str, str | None]:
-    """The stored form of an exception: type, message and formatted traceback."""
+    """The stored form of an exception: type, message and formatted traceback.
+
+    A group's message also names the errors it holds (the first
+    ``GROUP_ERRORS_NAMED``), as lists of runs show the message alone.
+    """
     text = "".join(tb.format_exception(exc)) if with_traceback else None
-    return {"type": type(exc).__name__, "message": str(exc), "traceback": text}
+    return {"type": type(exc).__name__, "message": _message(exc), "traceback": text}
+
+
+def _message(exc: BaseException) -> str:
+    if not isinstance(exc, BaseExceptionGroup):
+        return str(exc)
+    held = list(leaves(exc))
+    named = [type(e).__name__ + (f": {e}" if str(e) else "") for e in held[:GROUP_ERRORS_NAMED]]
+    if len(held) > GROUP_ERRORS_NAMED:
+        named.append(f"and {len(held) - GROUP_ERRORS_NAMED} more")
+    return f"{exc}: " + "; ".join(named)
 
 
 def failure(
@@ -32,15 +61,21 @@ def failure(
 
     ``NonRetriableError`` and ``NonDeterminismError`` fail the run at once, and
     so does any error when ``retriable`` is false (a ``ctx.step`` call the engine
-    refused); ``RetryAfterError`` sets the delay itself.
+    refused); ``RetryAfterError`` sets the delay itself. A group of errors
+    (:func:`leaves`) fails the run at once if it holds either of the first two,
+    and is otherwise retried after the longest delay its errors ask for: each
+    ``RetryAfterError`` its own, any other error the job's backoff.
     """
     error = error_dict(exc)
-    if not retriable or isinstance(exc, NonRetriableError | NonDeterminismError):
+    held = list(leaves(exc))
+    if not retriable or any(isinstance(e, NonRetriableError | NonDeterminismError) for e in held):
         return Outcome("failed", error=error)
     if attempts_used >= max_attempts:
         return Outcome("failed", error=error)
-    delay = exc.delay if isinstance(exc, RetryAfterError) else backoff.delay(attempts_used)
-    return Outcome("retrying", error=error, retry_at=now + delay)
+    delays = [e.delay for e in held if isinstance(e, RetryAfterError)]
+    if len(delays) < len(held):
+        delays.append(backoff.delay(attempts_used))
+    return Outcome("retrying", error=error, retry_at=now + max(delays))
 
 
 def lost_worker(*, attempts_used: int, max_attempts: int, now: float,
