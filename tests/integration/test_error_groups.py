@@ -2,11 +2,14 @@
 run at once in an ``asyncio.TaskGroup``): the group fails the run at once when it
 holds a ``NonRetriableError`` (nested groups included), is retried no sooner than
 the longest delay its errors ask for, and is recorded as the group, its message
-naming what it held."""
+naming what it held. A cancel that stops such a handler ends its attempt as a
+cancel, not as a failed group of signals."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -141,3 +144,62 @@ def test_a_retry_after_error_with_other_errors_waits_for_the_longer_of_it_and_th
     assert (retrying.status, retrying.attempt) == ("retrying", 1)
     assert retrying.next_attempt_at == to_datetime(clock.now()) + after
 
+
+def test_a_cancel_that_stops_steps_run_in_a_task_group_ends_the_attempt_cancelled(
+        fake_app: StackShift) -> None:
+    """Each step stopped by the cancel raises its signal; the group of them is a
+    cancel, as the signal alone is: the attempt ends cancelled with the reason."""
+    started, go = threading.Event(), threading.Event()
+
+    def slow(amount: int) -> int:
+        started.set()
+        go.wait(10)
+        return amount
+
+    @fake_app.job("pair", max_attempts=3)
+    async def pair(ctx):  # type: ignore[no-untyped-def]
+        async with asyncio.TaskGroup() as group:
+            group.create_task(ctx.step.run("a", slow, 1))
+            group.create_task(ctx.step.run("b", slow, 2))
+        async with asyncio.TaskGroup() as group:
+            group.create_task(ctx.step.run("c", charge, 3))
+            group.create_task(ctx.step.run("d", charge, 4))
+
+    run = fake_app.start("pair")
+    worker = threading.Thread(target=run_until_idle, args=(fake_app,))
+    worker.start()
+    assert started.wait(10)
+    fake_app.runs.cancel(run.id, reason="customer asked")
+    go.set()
+    worker.join(30)
+
+    cancelled = fake_app.runs.get(run.id)
+    assert cancelled.status == "cancelled"
+    assert cancelled.error is not None and cancelled.error.message == "customer asked"
+    [attempt] = fake_app.runs.attempts(run.id)
+    assert attempt.status == "cancelled"
+    assert attempt.error is not None
+    assert (attempt.error.type, attempt.error.message) == ("Cancelled", "customer asked")
+
+
+def test_sleeps_begun_together_in_a_task_group_park_the_run_without_a_warning(
+        fake_app: StackShift, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    """The first sleep parks the run; the group it ends the handler in is no
+    failure to record (nor a lease lost, as the worker used to warn)."""
+    @fake_app.job("naps", max_attempts=3)
+    async def naps(ctx):  # type: ignore[no-untyped-def]
+        async with asyncio.TaskGroup() as group:
+            group.create_task(ctx.step.sleep("short", "1h"))
+            group.create_task(ctx.step.sleep("long", "2h"))
+        return "rested"
+
+    run = fake_app.start("naps")
+    with caplog.at_level(logging.WARNING, logger="stackshift"):
+        run_until_idle(fake_app)
+        assert fake_app.runs.get(run.id).status == "waiting"
+        for _ in range(3):
+            clock.advance("2h")
+            run_until_idle(fake_app)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    done = fake_app.runs.get(run.id)
+    assert (done.status, done.attempt, done.result) == ("completed", 1, "rested")

@@ -94,6 +94,7 @@ class Invocation:
         """The handler is done (``error``: what it raised): its worker slot may
         take the next run while the ending is recorded (the run stays leased
         until then)."""
+        error = _signal(error)
         if self.on_return is not None:
             # A suspended run was written when it suspended; an abandoned one
             # writes nothing: neither has an ending left to record.
@@ -412,6 +413,7 @@ class Invocation:
 
     def conclude(self, error: BaseException | None, value: Any = None) -> None:
         """Record how the handler ended: returned ``value`` or raised ``error``."""
+        error = _signal(error)
         if error is None:
             self.complete(value)
         elif isinstance(error, Suspend):
@@ -429,6 +431,25 @@ def _awaited(name: str, correlation_key: str | None) -> str:
     if correlation_key is None:
         return f"event {name!r} without a correlation key"
     return f"event {name!r} with correlation key {correlation_key!r}"
+
+
+def _signal(error: BaseException | None) -> BaseException | None:
+    """What a group of errors (calls made in an ``asyncio.TaskGroup``) ends the
+    invocation as when it holds a signal: a :class:`Suspend` (the run is parked
+    already) or a :class:`LeaseLost` (nothing may be written) whatever else it
+    holds, a :class:`CancelSignal` when it holds nothing else (else it is an
+    attempt that failed after a cancel was requested, which keeps its errors).
+    Any other error as it is."""
+    if not isinstance(error, BaseExceptionGroup):
+        return error
+    held = list(outcomes.leaves(error))
+    for signal in (Suspend, LeaseLost):
+        found = next((e for e in held if isinstance(e, signal)), None)
+        if found is not None:
+            return found
+    if all(isinstance(e, CancelSignal) for e in held):
+        return held[0]
+    return error
 
 
 def _check_keywords(name: str, fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> None:
