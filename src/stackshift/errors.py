@@ -48,7 +48,7 @@ class RetryAfterError(StackShiftError):
     def __init__(self, delay: Any, message: str | None = None) -> None:
         from .durations import parse_duration
 
-        self.delay = parse_duration(delay)
+        self.delay = parse_duration(delay, name="RetryAfterError delay")
         super().__init__(message or f"retry after {self.delay:g}s")
 
 

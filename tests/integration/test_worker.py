@@ -10,6 +10,7 @@ import asyncio
 import functools
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -27,12 +28,14 @@ from pydantic import BaseModel
 
 from stackshift import (
     AsyncJobContext,
+    Backoff,
     InvalidTransitionError,
     JobContext,
     NonRetriableError,
     StackShift,
     ValidationError,
 )
+from stackshift.durations import to_datetime
 from stackshift.errors import LeaseLost
 from stackshift.store.base import Outcome, StepWrite
 from stackshift.store.database import Tx
@@ -833,6 +836,36 @@ def test_attempt_timeout_on_the_last_attempt_fails_the_run(app: StackShift) -> N
         failed = app.runs.wait(app.start("stuck").id, timeout="10s")
     assert failed.status == "failed"
     assert failed.error is not None and failed.error.type == "AttemptTimeoutError"
+
+
+# -- backoff ---------------------------------------------------------------------------
+
+
+def test_a_backoff_object_takes_durations_and_is_checked_when_the_job_is_defined(
+        fake_app: StackShift, clock: FakeClock) -> None:
+    """``Backoff(...)`` takes what ``backoff={...}`` takes, and refuses what it
+    refuses at once (it used to be taken as given: a duration such as "5m" made
+    the attempt's ending impossible to record, leaving the run running)."""
+    @fake_app.job("patient", max_attempts=2, backoff=Backoff(base="5m", jitter=False))
+    def patient(ctx):  # type: ignore[no-untyped-def]
+        if ctx.run.attempt == 1:
+            raise ConnectionError("bank unreachable")
+        return ctx.run.attempt
+
+    run = fake_app.start("patient")
+    run_until_idle(fake_app)
+    retrying = fake_app.runs.get(run.id)
+    assert retrying.status == "retrying"
+    assert retrying.next_attempt_at == to_datetime(clock.now() + 300)
+    clock.advance("5m")
+    run_until_idle(fake_app)
+    assert fake_app.runs.get(run.id).result == 2
+
+    for bad, message in [({"base": -5}, "backoff.base: -5 must be a finite, non-negative"),
+                         ({"factor": 0.5}, "backoff.factor: expected a number >= 1, got 0.5"),
+                         ({"cap": "soon"}, "backoff.cap: 'soon' is not a duration")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            Backoff(**bad)
 
 
 # -- lost workers ----------------------------------------------------------------------

@@ -65,6 +65,15 @@ def test_custom_backoff_from_job_options() -> None:
     assert [b.delay(n) for n in range(1, 6)] == [2, 6, 18, 54, 60]
 
 
+def test_a_backoff_object_takes_durations_and_refuses_what_the_options_refuse() -> None:
+    assert Backoff(base="2s", cap="1m") == Backoff(base=2.0, cap=60.0)
+    assert Backoff(base=timedelta(minutes=1)).base == 60.0
+    for bad in ({"base": "soon"}, {"base": None}, {"cap": -1}, {"factor": 0.5},
+                {"factor": True}):
+        with pytest.raises(ValueError, match="backoff"):
+            Backoff(**bad)  # type: ignore[arg-type]
+
+
 def test_backoff_parse_defaults_and_passthrough() -> None:
     assert Backoff.parse(None) == Backoff()
     custom = Backoff(base=5)
@@ -110,9 +119,11 @@ def test_retry_after_error_keeps_a_custom_message() -> None:
     )
 
 
-def test_retry_after_error_refuses_a_bad_duration() -> None:
-    with pytest.raises(ValueError, match="not a duration"):
+def test_retry_after_error_refuses_a_bad_duration_naming_its_delay() -> None:
+    with pytest.raises(ValueError, match=r"^RetryAfterError delay: 'later' is not a duration"):
         RetryAfterError("later")
+    with pytest.raises(ValueError, match=r"^RetryAfterError delay: -1 must be a finite"):
+        RetryAfterError(-1)
 
 
 # -- deciding how an attempt ends ------------------------------------------------------

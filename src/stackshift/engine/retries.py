@@ -27,6 +27,15 @@ class Backoff:
     cap: float = 600.0
     jitter: bool = True
 
+    def __post_init__(self) -> None:
+        """Check the fields as :meth:`parse` checks a dict's (``base`` and ``cap``
+        may be durations such as ``"30s"``): a bad one is refused when the job is
+        registered, not when an attempt fails."""
+        object.__setattr__(self, "base", parse_duration(self.base, name="backoff.base"))
+        object.__setattr__(self, "factor", _factor(self.factor))
+        object.__setattr__(self, "cap", parse_duration(self.cap, name="backoff.cap"))
+        object.__setattr__(self, "jitter", bool(self.jitter))
+
     @classmethod
     def parse(cls, value: object) -> Backoff:
         """Accept a ``Backoff``, a dict of its fields, or ``None`` for the default."""
@@ -38,12 +47,7 @@ class Backoff:
             unknown = set(value) - {"base", "factor", "cap", "jitter"}
             if unknown:
                 raise ValueError(f"backoff: unknown option(s) {sorted(unknown)}")
-            return cls(
-                base=parse_duration(value.get("base", 1.0), name="backoff.base"),
-                factor=_factor(value.get("factor", 2.0)),
-                cap=parse_duration(value.get("cap", 600.0), name="backoff.cap"),
-                jitter=bool(value.get("jitter", True)),
-            )
+            return cls(**value)
         raise ValueError(f"backoff: expected a Backoff or a dict, got {value!r}")
 
     def delay(self, failures: int, rng: random.Random | None = None) -> float:
