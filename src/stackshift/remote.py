@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 from urllib.parse import quote
 
 import httpx
+from pydantic.alias_generators import to_snake
 
 from . import runlogs
 from .clock import Clock, SystemClock
@@ -54,6 +55,7 @@ from .remote_flow import JSON_HEADERS, RemoteFlowControl, SizedBody
 from .serialization import to_jsonable
 from .server import push_schemas as push_wire
 from .server import schemas as wire
+from .server.errors import rename_fields
 from .service import (
     RunWait,
     check_filter,
@@ -141,7 +143,18 @@ def raise_for_error(response: httpx.Response) -> NoReturn:
     kind = _ERRORS.get(code)
     if kind is None:
         raise RemoteError(message, response.status_code, code)
+    if kind in (ValidationError, TypeError):  # fields named as this SDK's keywords
+        message = rename_fields(message, _keyword)
     raise kind(message)
+
+
+#: A field named as the API's JSON spells it (``scheduledAt``).
+_CAMEL_CASE = re.compile(r"[a-z][a-z0-9]*(?:[A-Z][a-z0-9]*)+")
+
+
+def _keyword(word: str) -> str:
+    """The SDK's keyword for a field of the API: ``scheduledAt`` is ``scheduled_at``."""
+    return to_snake(word) if _CAMEL_CASE.fullmatch(word) else word
 
 
 def _when(value: datetime | str | None, name: str) -> str | None:

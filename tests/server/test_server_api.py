@@ -15,9 +15,10 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import pytest
 from serverproc import assert_error, running_server
 
-from stackshift import RetryAfterError, StackShift
+from stackshift import RetryAfterError, StackShift, ValidationError
 from stackshift.engine.transitions import Status
 from stackshift.store import open_store
 from stackshift.testing import run_until_idle
@@ -591,3 +592,95 @@ def test_a_database_out_of_reach_is_a_503_not_an_internal_error(
                           "WHERE usename = %s", (role,))
             admin.execute(f"DROP ROLE IF EXISTS {role}")
             admin.close()
+
+
+TIME_HINT = "is not an ISO-8601 time (e.g. '2026-05-06T09:00:00Z')"
+NAME_HINT = "is invalid: use 1-200 letters, digits, '.', '_', ':' or '-'"
+
+
+@pytest.mark.parametrize(("method", "path", "body", "message"), [
+    ("POST", "/v1/runs", {"scheduledAt": "soon"}, f"scheduledAt: 'soon' {TIME_HINT}"),
+    ("POST", "/v1/runs", {"scheduledAt": "2030-01-01T00:00:00Z", "delay": "1h"},
+     "give scheduledAt or delay, not both"),
+    ("POST", "/v1/runs", {"idempotencyTtl": "1h"}, "idempotencyTtl needs an idempotencyKey"),
+    ("GET", "/v1/runs?createdAfter=yesterday", None, f"createdAfter: 'yesterday' {TIME_HINT}"),
+    ("GET", "/v1/runs?idempotencyKey=", None,
+     "idempotencyKey must be a non-empty string, got ''"),
+    ("GET", "/v1/runs?limit=0", None, "limit: Input should be greater than or equal to 1"),
+    ("GET", "/v1/runs/run_x/wait?timeout=61", None,
+     "timeout: Input should be less than or equal to 60"),
+    ("GET", "/v1/events?correlationKey=", None,
+     "correlationKey must be a non-empty string, got ''"),
+    ("POST", "/v1/runs/retry-many", {"createdBefore": "later"},
+     f"createdBefore: 'later' {TIME_HINT}"),
+    ("PATCH", "/v1/queues/{tag}", {"rateLimit": "often"},
+     "rateLimit 'often' is invalid: use COUNT/PERIOD such as '100/m', '10/s', '1000/h' or "
+     "'20/30s'"),
+    ("PUT", "/v1/state/{tag}", {"value": 1, "expiresAt": "never"},
+     f"expiresAt: 'never' {TIME_HINT}"),
+    ("PUT", "/v1/state/{tag}", {"value": 1, "ttl": "1h", "expiresAt": "2030-01-01T00:00:00Z"},
+     "give ttl or expiresAt, not both"),
+    ("PUT", "/v1/state/{tag}", {"value": 1, "expiresAt": "2001-01-01T00:00:00Z"},
+     "expiresAt must be in the future, got 2001-01-01T00:00:00+00:00"),
+    ("GET", "/v1/state/" + "k" * 513, None,
+     "key: String should have at most 512 characters"),
+])
+def test_refusals_name_fields_as_the_request_spelt_them(
+        http: httpx.Client, method: str, path: str, body: Any, message: str) -> None:
+    """A client in another language sent ``scheduledAt`` or ``?createdAfter=``: the
+    message names that, not the SDK's Python keyword nor where FastAPI found it
+    (``query.limit``). Nothing is written."""
+    name = tag("wording")
+    path = path.replace("{tag}", name)
+    if method == "POST" and path == "/v1/runs":
+        body = {"job": name, **body}
+    error = assert_error(http.request(method, path, json=body), 422, "validation_error")
+    assert error["message"] == message
+    assert http.get("/v1/runs", params={"job": name}).json()["items"] == []
+    assert http.get("/v1/state", params={"prefix": name}).json()["items"] == []
+    assert http.get(f"/v1/queues/{name}").json()["rateLimit"] is None
+
+
+def test_a_value_sent_keeps_its_spelling_in_a_refusal(http: httpx.Client) -> None:
+    """Only names are respelt: a value quoted in the message is the one sent."""
+    job = tag("wording")
+    for value in ("scheduled_at", "created_after 'x'", 'say "expires_at"'):
+        error = assert_error(http.post("/v1/runs", json={"job": job, "scheduledAt": value}),
+                             422, "validation_error")
+        assert error["message"] == f"scheduledAt: {value!r} {TIME_HINT}"
+    error = assert_error(http.get("/v1/runs", params={"createdBefore": "queue_name"}),
+                         422, "validation_error")
+    assert error["message"] == f"createdBefore: 'queue_name' {TIME_HINT}"
+    assert http.get("/v1/runs", params={"job": job}).json()["items"] == []
+
+
+@pytest.mark.parametrize(("path", "body", "message"), [
+    ("/v1/events", {"name": "email verified"}, f"name: event name 'email verified' {NAME_HINT}"),
+    ("/v1/runs", {"job": "send receipt"}, f"job: job name 'send receipt' {NAME_HINT}"),
+    ("/v1/runs", {"job": "ok", "queueName": "e mails"},
+     f"queueName: queue name 'e mails' {NAME_HINT}"),
+    ("/v1/schedules", {"job": "ok", "cron": "@daily", "scheduleId": "daily report"},
+     f"scheduleId: schedule id 'daily report' {NAME_HINT}"),
+])
+def test_a_bad_name_is_explained_with_the_field_and_what_it_names(
+        http: httpx.Client, path: str, body: dict[str, Any], message: str) -> None:
+    """As the SDK says ``event name 'x' is invalid``, and naming the field sent."""
+    before = http.get(path).json()["items"]
+    error = assert_error(http.post(path, json=body), 422, "validation_error")
+    assert error["message"] == message
+    assert http.get(path).json()["items"] == before
+
+
+def test_the_remote_client_names_fields_as_its_keywords(
+        http: httpx.Client, remote: StackShift) -> None:
+    """The server says ``expiresAt`` (the client cannot judge the server's clock);
+    the remote client raises it as the SDK words it, ``expires_at``."""
+    key, past = tag("past"), "2001-01-01T00:00:00Z"
+    error = assert_error(http.put(f"/v1/state/{key}", json={"value": 1, "expiresAt": past}),
+                         422, "validation_error")
+    assert error["message"] == "expiresAt must be in the future, got 2001-01-01T00:00:00+00:00"
+    with pytest.raises(ValidationError) as refused:
+        remote.state.set(key, 1, expires_at=past)
+    assert str(refused.value) == "expires_at must be in the future, got 2001-01-01T00:00:00+00:00"
+    assert remote.state.get(key, default="unset") == "unset"
+

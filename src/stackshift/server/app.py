@@ -19,6 +19,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic.alias_generators import to_snake
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match, Mount, Route, compile_path
 
@@ -31,7 +32,7 @@ from ..service import Service
 from ..settings import Settings
 from ..store import open_store
 from . import flow_routes, metrics, push_routes, routes, worker_routes
-from .errors import ApiError, classify, error_body
+from .errors import ApiError, classify, error_body, rename_fields
 from .middleware import (
     ASGIApp,
     LimitBody,
@@ -74,6 +75,14 @@ def _json_error(status: int, code: str, message: str, headers: Mapping[str, str]
 _UNION_MEMBER = re.compile(r"(constrained-)?(str|float|int|bool)|.*\[.*")
 
 
+#: Where a request's value was sent, first in a validation error's location.
+_SOURCES = {"body", "query", "path", "header", "cookie"}
+
+#: What a name field names, as the SDK words it (``event name 'x' is invalid``).
+_NAME_NOUNS = {"job": "job name", "queueName": "queue name", "name": "event name",
+               "scheduleId": "schedule id"}
+
+
 def _describe(errors: list[Any]) -> str:
     """One message for a request's validation errors, one part per field.
 
@@ -83,7 +92,9 @@ def _describe(errors: list[Any]) -> str:
     """
     fields: dict[str, list[Any]] = {}
     for error in errors:
-        loc = [str(p) for p in error.get("loc", ()) if p != "body"]
+        loc = [str(p) for p in error.get("loc", ())]
+        if loc and loc[0] in _SOURCES:  # where it was sent: the name says enough
+            loc.pop(0)
         while loc and _UNION_MEMBER.fullmatch(loc[-1]):
             loc.pop()
         fields.setdefault(".".join(loc) or "body", []).append(error)
@@ -100,10 +111,11 @@ def _field_message(where: str, errors: list[Any]) -> str:
     value = error.get("input")
     pattern = (error.get("ctx") or {}).get("pattern")
     if error.get("type") == "string_pattern_mismatch" and pattern == NAME_PATTERN:
+        noun = _NAME_NOUNS.get(where, where)
         try:
-            check_name(value, where)
+            check_name(value, noun)
         except ValidationError as exc:
-            return str(exc)
+            return str(exc) if noun == where else f"{where}: {exc}"
     if error.get("type") == "string_pattern_mismatch" and pattern in (
             DURATION_PATTERN, POSITIVE_DURATION_PATTERN):
         try:
@@ -122,7 +134,7 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
     errors = list(exc.errors())
     if any(e.get("type") == "json_invalid" for e in errors):
         return _json_error(400, "malformed_json", "the request body is not valid JSON")
-    return _json_error(422, "validation_error", _describe(errors))
+    return _json_error(422, "validation_error", _in_api_words(request, _describe(errors)))
 
 
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -225,7 +237,32 @@ async def _known_query(request: Request) -> None:
 
 async def _on_error(request: Request, exc: Exception) -> JSONResponse:
     status, code, message, extra = classify(exc)
+    if status == 422:
+        message = _in_api_words(request, message)
     return _json_error(status, code, message, **extra)
+
+
+def _in_api_words(request: Request, message: str) -> str:
+    """``message`` naming fields as the API does: the service's checks name them
+    as the SDK's keywords (``scheduled_at``), clients sent ``scheduledAt``."""
+    names = _api_names(request.app)
+    return rename_fields(message, lambda word: names.get(word, word))
+
+
+def _api_names(app: FastAPI) -> dict[str, str]:
+    """The API's camelCase names (fields of its JSON, query parameters) by the
+    snake_case name of the same thing in the SDK and the service."""
+    found: dict[str, str] | None = getattr(app.state, "api_names", None)
+    if found is None:
+        document = app.openapi()
+        names = {prop for schema in document.get("components", {}).get("schemas", {}).values()
+                 for prop in schema.get("properties", {})}
+        names |= {param["name"] for operations in document.get("paths", {}).values()
+                  for operation in operations.values() if isinstance(operation, dict)
+                  for param in operation.get("parameters", ()) if param.get("in") == "query"}
+        found = app.state.api_names = {to_snake(name): name for name in names
+                                       if to_snake(name) != name}
+    return found
 
 
 class CountResponses:

@@ -10,6 +10,8 @@ which a client's input must never be able to cause.
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import (
@@ -35,6 +37,24 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.extra = extra
+
+
+#: A quoted value (a string as Python writes it; not the apostrophe of "server's")
+#: or a word of a message.
+_QUOTED_OR_WORD = re.compile(
+    r"""(?<!\w)(?:'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")|[A-Za-z_][A-Za-z0-9_]*""")
+
+
+def rename_fields(message: str, rename: Callable[[str], str]) -> str:
+    """``message`` with each of its words passed through ``rename``; quoted values
+    (``'scheduled_at'`` as a client sent it) are kept as they are.
+
+    The service names fields as the SDK's keywords (``scheduled_at: 'x' is not an
+    ISO-8601 time``); over HTTP the server renames them as the API's JSON spells
+    them (``scheduledAt``), and the remote client renames them back.
+    """
+    return _QUOTED_OR_WORD.sub(
+        lambda found: found[0] if found[0][0] in "'\"" else rename(found[0]), message)
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
