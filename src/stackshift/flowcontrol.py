@@ -192,6 +192,14 @@ class FlowControl:
         With ``schedule_id``: that schedule, created or else changed to this
         definition (see :meth:`ScheduleStore.put_schedule`).
         """
+        return self.save_schedule(job, cron=cron, payload=payload, timezone=timezone,
+                                  queue_name=queue_name, schedule_id=schedule_id)[0]
+
+    def save_schedule(self, job: str, *, cron: str, payload: Any = None,
+                      timezone: str = "UTC", queue_name: str | None = None,
+                      schedule_id: str | None = None) -> tuple[Schedule, bool]:
+        """:meth:`create_schedule`, and whether the schedule was created (false
+        when ``schedule_id`` named an existing one, now changed or as it was)."""
         check_name(job, "job name")
         parsed = parse_cron(cron, timezone)
         if queue_name is not None:
@@ -203,7 +211,7 @@ class FlowControl:
             return self.store.put_schedule(schedule_id, job, parsed, text, queue_name,
                                            self.clock.now())
         return self.store.create_schedule(new_schedule_id(), job, parsed, text, queue_name,
-                                          "api", self.clock.now())
+                                          "api", self.clock.now()), True
 
     def get_schedule(self, schedule_id: str) -> Schedule:
         return self.store.get_schedule(check_schedule_id(schedule_id))

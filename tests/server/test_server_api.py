@@ -684,3 +684,25 @@ def test_the_remote_client_names_fields_as_its_keywords(
     assert str(refused.value) == "expires_at must be in the future, got 2001-01-01T00:00:00+00:00"
     assert remote.state.get(key, default="unset") == "unset"
 
+
+def test_a_change_to_a_schedule_answers_200_and_a_new_one_201(
+        http: httpx.Client, remote: StackShift) -> None:
+    job, sid = tag("report"), tag("daily")
+    body = {"job": job, "cron": "0 9 * * *", "scheduleId": sid}
+    made = http.post("/v1/schedules", json=body)
+    assert (made.status_code, made.json()["id"], made.json()["cron"]) == (201, sid, "0 9 * * *")
+    same = http.post("/v1/schedules", json=body)
+    assert (same.status_code, same.json()) == (200, made.json())
+    changed = http.post("/v1/schedules", json={**body, "cron": "0 18 * * *"})
+    assert (changed.status_code, changed.json()["id"]) == (200, sid)
+    assert http.get(f"/v1/schedules/{sid}").json()["cron"] == "0 18 * * *"
+    # Without an id, each is a new schedule.
+    fresh = [http.post("/v1/schedules", json={"job": job, "cron": "@hourly"}) for _ in range(2)]
+    assert [r.status_code for r in fresh] == [201, 201]
+    assert fresh[0].json()["id"] != fresh[1].json()["id"]
+    # The remote client reads either answer as the schedule.
+    assert remote.schedules.create(job, cron="@daily", schedule_id=sid).cron == "@daily"
+    other = tag("weekly")
+    assert remote.schedules.create(job, cron="@weekly", schedule_id=other).id == other
+    mine = sorted(s["id"] for s in http.get("/v1/schedules").json()["items"] if s["job"] == job)
+    assert mine == sorted([sid, other, fresh[0].json()["id"], fresh[1].json()["id"]])

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 
 from ..errors import ScheduleNotFoundError
 from ..store.queues import KEEP
@@ -90,13 +90,17 @@ def list_schedules(request: Request) -> f.ScheduleList:
 
 
 @router.post("/schedules", status_code=201, tags=["schedules"],
+             responses={200: {"model": f.Schedule, "description": "The `scheduleId` named an "
+                              "existing schedule: it now has this definition."}},
              summary="Create a schedule (or, given its scheduleId, change it)")
-def create_schedule(body: f.CreateSchedule, request: Request) -> f.Schedule:
-    created = service_of(request).create_schedule(
+def create_schedule(body: f.CreateSchedule, request: Request,
+                    response: Response) -> f.Schedule:
+    saved, created = service_of(request).save_schedule(
         body.job, cron=body.cron, payload=body.payload, timezone=body.timezone,
         queue_name=body.queue_name, schedule_id=body.schedule_id,
     )
-    return f.Schedule.of(created)
+    response.status_code = 201 if created else 200
+    return f.Schedule.of(saved)
 
 
 @router.get("/schedules/{schedule_id}", responses=NOT_FOUND, tags=["schedules"],

@@ -89,14 +89,15 @@ class ScheduleStore:
             return _detail(tx, schedule_id)
 
     def put_schedule(self, schedule_id: str, job: str, cron: Cron, payload: str,
-                     queue: str | None, now: float) -> Schedule:
+                     queue: str | None, now: float) -> tuple[Schedule, bool]:
         """Create the schedule ``schedule_id``, or make the existing one this
         definition: a new expression or time zone restarts its ticks from ``now``;
-        a new job, payload or queue applies from its next tick; a pause is kept."""
+        a new job, payload or queue applies from its next tick; a pause is kept.
+        The schedule, and whether it was created."""
         with self.db.write() as tx:
-            tx.run("insert_schedule", id=schedule_id, job=job, cron=cron.expression,
-                   timezone=cron.timezone, payload=payload, queue=queue, source="api",
-                   next_run_at=cron.next_after(now), now=now)
+            created = tx.run("insert_schedule", id=schedule_id, job=job, cron=cron.expression,
+                             timezone=cron.timezone, payload=payload, queue=queue,
+                             source="api", next_run_at=cron.next_after(now), now=now) > 0
             row = tx.one("lock_schedule", id=schedule_id)
             assert row is not None  # inserted, or there already
             wanted = (job, cron.expression, cron.timezone, payload, queue)
@@ -107,7 +108,7 @@ class ScheduleStore:
                 tx.run("update_schedule", id=schedule_id, job=job, cron=cron.expression,
                        timezone=cron.timezone, payload=payload, queue=queue,
                        next_run_at=next_at, now=now)
-            return _detail(tx, schedule_id)
+            return _detail(tx, schedule_id), created
 
     def get_schedule(self, schedule_id: str) -> Schedule:
         if unknowable_id(schedule_id):
