@@ -17,7 +17,6 @@ from .options import (
     duration,
     json_option,
     next_page_command,
-    not_empty,
     open_client,
     parse_json_argument,
 )
@@ -109,6 +108,15 @@ def delete(key: str, as_json: bool, database_url: str | None) -> None:
     console().print(f"Deleted {key!r}.", markup=False)
 
 
+def _key_cursor(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--cursor`` of a listing of keys: the last key of a page, taken as given,
+    blank included (``' '`` is a key, and the cursor after it); only empty text,
+    which no key is, is refused."""
+    if value == "":
+        raise click.BadParameter("is empty")
+    return value
+
+
 def _listing_options(noun: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """The options of a paged listing of keys (state keys or locks)."""
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -117,7 +125,7 @@ def _listing_options(noun: str) -> Callable[[Callable[..., Any]], Callable[..., 
                                           "included ('' starts every key: all are listed)."),
             click.option("--limit", type=click.IntRange(1, 1000), default=100,
                          show_default=True, help=f"{noun.capitalize()} per page."),
-            click.option("--cursor", callback=not_empty,
+            click.option("--cursor", callback=_key_cursor,
                          help="Next page: the cursor printed under the previous one."),
             json_option,
             database_url_option,

@@ -1,0 +1,81 @@
+"""The command a paged CLI list prints for its next page runs as printed, page
+after page, whatever the keys and names it carries: on the database (SQLite and
+PostgreSQL) and through a real server (``STACKSHIFT_URL``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from serverproc import running_server
+
+from stackshift import StackShift
+
+_SCRIPT = Path(sys.executable).with_name("stackshift")
+STACKSHIFT = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "stackshift.cli.main"]
+
+
+@pytest.fixture(params=["database", "server"])
+def cli_env(request: pytest.FixtureRequest, db_url: str,
+            tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The environment of a CLI on ``db_url``: straight on the database, or through
+    a server on it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STACKSHIFT_")}
+    if request.param == "database":
+        env["STACKSHIFT_DATABASE_URL"] = db_url
+        yield env
+        return
+    with running_server(db_url, tmp_path / "server.log") as server:
+        env.update(STACKSHIFT_URL=server.url, STACKSHIFT_API_KEY=server.api_key)
+        yield env
+
+
+def _pages(env: dict[str, str], *args: str) -> list[list[str]]:
+    """The first column of each page's rows, running ``stackshift ARGS`` and then
+    each next-page command it prints (as a shell reads it) until there is none."""
+    pages: list[list[str]] = []
+    words = list(args)
+    while True:
+        # --json goes before any "--" that ends the options.
+        end = words.index("--") if "--" in words else len(words)
+        done = subprocess.run([*STACKSHIFT, *words[:end], "--json", *words[end:]],
+                              capture_output=True, text=True, timeout=60, env=env)
+        assert done.returncode == 0, (words, done.stderr)
+        listed = json.loads(done.stdout)
+        shown = subprocess.run([*STACKSHIFT, *words], capture_output=True, text=True,
+                               timeout=60, env=env)
+        assert shown.returncode == 0, (words, shown.stderr)
+        first = [item.get("key", item.get("id")) for item in listed["items"]]
+        pages.append(first)
+        hint = shown.stdout.splitlines()[-1]
+        if listed["next_cursor"] is None:
+            assert not hint.startswith("More:"), shown.stdout
+            return pages
+        assert hint.startswith("More: stackshift "), shown.stdout
+        words = shlex.split(hint.removeprefix("More: stackshift "))
+        assert words[words.index("--cursor") + 1] == listed["next_cursor"], hint
+
+
+def test_pages_of_keys_that_end_on_a_blank_key_go_on(
+        cli_env: dict[str, str], db_url: str) -> None:
+    app = StackShift(db_url)
+    try:
+        for key in (" ", "  ", "a"):  # keys of spaces are keys; they sort first
+            app.state.set(key, 1)
+        assert _pages(cli_env, "state", "list", "--limit", "1") == [[" "], ["  "], ["a"]]
+        with app.state.lock(" ", ttl="1m"), app.state.lock("  ", ttl="1m"), \
+                app.state.lock("a", ttl="1m"):
+            assert _pages(cli_env, "state", "locks", "--limit", "1") == [[" "], ["  "], ["a"]]
+    finally:
+        app.close()
+    # An empty cursor is still refused: no page ends on an empty key.
+    refused = subprocess.run([*STACKSHIFT, "state", "list", "--cursor", ""],
+                             capture_output=True, text=True, timeout=60, env=cli_env)
+    assert refused.returncode == 2 and "'--cursor': is empty" in refused.stderr
+
