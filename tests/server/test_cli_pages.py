@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from serverproc import running_server
 
-from stackshift import StackShift
+from stackshift import NonRetriableError, StackShift
+from stackshift.testing import run_until_idle
 
 _SCRIPT = Path(sys.executable).with_name("stackshift")
 STACKSHIFT = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "stackshift.cli.main"]
@@ -79,3 +80,18 @@ def test_pages_of_keys_that_end_on_a_blank_key_go_on(
                              capture_output=True, text=True, timeout=60, env=cli_env)
     assert refused.returncode == 2 and "'--cursor': is empty" in refused.stderr
 
+
+def test_the_dead_letters_of_a_queue_named_like_an_option_page_on(
+        cli_env: dict[str, str], db_url: str) -> None:
+    app = StackShift(db_url)
+    try:
+        @app.job("import", max_attempts=1)
+        def fail(ctx: object) -> None:
+            raise NonRetriableError("no")
+
+        started = [app.start("import", queue_name="-retry").id for _ in range(3)]
+        run_until_idle(app)
+    finally:
+        app.close()
+    pages = _pages(cli_env, "queues", "dead-letters", "--limit", "1", "--", "-retry")
+    assert pages == [[run_id] for run_id in reversed(started)]

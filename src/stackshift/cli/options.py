@@ -187,25 +187,31 @@ def next_page_command(cursor: str) -> str:
     arguments and options given on its command line (filters, ``--limit``) and
     ``--cursor``, so that the next page holds the same kind of rows. The database
     URL is left out (it may hold a password), and so are ``--json`` and the old
-    cursor."""
+    cursor. Arguments come after ``--`` when one starts with ``-`` (a queue named
+    ``-x``), so that it is not read as an option."""
     ctx = click.get_current_context()
     names = []
     at: click.Context | None = ctx
     while at is not None and at.parent is not None:  # not "python -m stackshift"
         names.append(at.info_name or "")
         at = at.parent
-    words = ["stackshift", *reversed(names)]
+    arguments: list[str] = []
+    options: list[str] = []
     for param in ctx.command.params:
         name = param.name
         if name is None or name in ("cursor", "as_json", "database_url"):
             continue
         value = ctx.params.get(name)
         if isinstance(param, click.Argument):
-            words.append(shell_word(str(value)))
+            arguments.append(str(value))
         elif value is not None and ctx.get_parameter_source(name) not in (
                 ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
-            words += [param.opts[0], shell_word(str(value))]
-    return " ".join([*words, "--cursor", shell_word(cursor)])
+            options += [param.opts[0], shell_word(str(value))]
+    options += ["--cursor", shell_word(cursor)]
+    quoted = [shell_word(argument) for argument in arguments]
+    if any(argument.startswith("-") for argument in arguments):
+        return " ".join(["stackshift", *reversed(names), *options, "--", *quoted])
+    return " ".join(["stackshift", *reversed(names), *quoted, *options])
 
 
 def shell_word(text: str) -> str:
