@@ -59,6 +59,21 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+def _plus_read_as_space(text: str) -> str:
+    """The end of the error for a time whose offset has a space in place of its
+    ``+`` (``2026-05-06T09:00:00 02:00``): how a ``+`` left as it is in a URL's
+    query string arrives (``?createdAfter=...+02:00``)."""
+    head, space, offset = text.rpartition(" ")
+    if space and re.fullmatch(r"\d\d(:?\d\d)?", offset):
+        try:
+            datetime.fromisoformat(f"{head}+{offset}")
+        except ValueError:
+            return ""
+        return ("; a space stands where its offset's '+' goes: in a URL's query string "
+                "'+' reads as a space, so write it %2B (or give the time in UTC with 'Z')")
+    return ""
+
+
 def parse_instant(value: Any, *, name: str = "time") -> float:
     """Return ``value`` (an aware ``datetime`` or an ISO-8601 string) as epoch seconds.
 
@@ -76,7 +91,7 @@ def parse_instant(value: Any, *, name: str = "time") -> float:
         except ValueError:
             raise ValidationError(
                 f"{name}: {value!r} is not an ISO-8601 time (e.g. '2026-05-06T09:00:00Z')"
-            ) from None
+                + _plus_read_as_space(text)) from None
     else:
         raise ValidationError(f"{name}: expected a datetime or ISO-8601 string, got {value!r}")
     if moment.tzinfo is None or moment.utcoffset() is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +212,23 @@ def test_a_blank_cancel_reason_is_422_and_the_run_is_not_cancelled(
                                    "createdAfter=yesterday", "createdAfter=2026-01-01T00:00:00"])
 def test_bad_list_queries_are_422(http: httpx.Client, query: str) -> None:
     assert_error(http.get(f"/v1/runs?{query}"), 422, "validation_error")
+
+
+def test_a_time_whose_plus_was_left_unescaped_in_the_query_is_422_saying_so(
+        http: httpx.Client) -> None:
+    """``?createdAfter=...+02:00`` as typed: the query string reads its ``+`` as a
+    space. The error says so, and the same time with ``%2B`` lists the run."""
+    run = http.post("/v1/runs", json={"job": "plusOffset"}).json()
+    when = datetime.fromisoformat(run["createdAt"].replace("Z", "+00:00"))
+    typed = when.astimezone(timezone(timedelta(hours=2))).isoformat()  # ...+02:00
+    error = assert_error(http.get(f"/v1/runs?job=plusOffset&createdAfter={typed}"), 422,
+                         "validation_error")
+    assert error["message"] == (
+        f"created_after: {typed.replace('+', ' ')!r} is not an ISO-8601 time (e.g. "
+        "'2026-05-06T09:00:00Z'); a space stands where its offset's '+' goes: in a URL's "
+        "query string '+' reads as a space, so write it %2B (or give the time in UTC with 'Z')")
+    escaped = http.get(f"/v1/runs?job=plusOffset&createdAfter={typed.replace('+', '%2B')}")
+    assert [r["id"] for r in escaped.json()["items"]] == [run["id"]]
 
 
 @pytest.mark.parametrize(("path", "message"), [

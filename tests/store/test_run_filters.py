@@ -116,3 +116,13 @@ def test_a_time_read_from_a_run_keeps_it_on_the_side_it_shows(
     retried = fake_app.runs.retry_many(status="cancelled", created_after=middle,
                                        created_before=runs[3].created_at)
     assert retried == [runs[2].id]
+
+
+def test_a_time_with_a_space_for_its_offsets_plus_is_refused_saying_so(
+        fake_app: StackShift) -> None:
+    """The form a ``+`` left unescaped in a URL arrives in: refused with the reason,
+    not read as some other time."""
+    run = fake_app.start("report")
+    with pytest.raises(ValidationError, match=r"'\+' reads as a space, so write it %2B"):
+        fake_app.runs.list(created_after="2026-01-05T11:00:00 02:00")
+    assert _ids(fake_app.runs.list(created_after="2026-01-05T11:00:00+02:00")) == [run.id]

@@ -138,6 +138,20 @@ def test_garbage_instant_strings_are_refused(text: str) -> None:
         parse_instant(text, name="scheduled_at")
 
 
+@pytest.mark.parametrize("text", ["2026-05-06T09:00:00 02:00", "2026-05-06 09:00:00.5 0200",
+                                  " 2026-05-06T09:00 02 "])
+def test_an_offset_whose_plus_reads_as_a_space_is_refused_saying_so(text: str) -> None:
+    with pytest.raises(ValueError, match=r"is not an ISO-8601 time .*"
+                       r"'\+' reads as a space, so write it %2B"):
+        parse_instant(text, name="created_after")
+
+
+@pytest.mark.parametrize("text", ["2026-05-06T09:00:00 99:00", "2026-05-06T09:00:00 2"])
+def test_a_space_before_no_offset_gets_no_hint_about_plus(text: str) -> None:
+    with pytest.raises(ValueError, match=r"is not an ISO-8601 time \(e.g. '[^']*'\)$"):
+        parse_instant(text, name="created_after")
+
+
 @pytest.mark.parametrize("value", [None, 1767603600, 1767603600.0, b"2026-05-06T09:00:00Z"])
 def test_instants_of_the_wrong_type_are_refused(value: object) -> None:
     with pytest.raises(ValueError, match="expected a datetime or ISO-8601 string"):
