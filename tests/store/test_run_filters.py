@@ -126,3 +126,23 @@ def test_a_time_with_a_space_for_its_offsets_plus_is_refused_saying_so(
     with pytest.raises(ValidationError, match=r"'\+' reads as a space, so write it %2B"):
         fake_app.runs.list(created_after="2026-01-05T11:00:00 02:00")
     assert _ids(fake_app.runs.list(created_after="2026-01-05T11:00:00+02:00")) == [run.id]
+
+
+def test_pages_neither_repeat_nor_skip_runs_while_runs_start_and_change_status(
+        fake_app: StackShift) -> None:
+    """The paging rules the guide gives: runs sharing one ``created_at`` are paged
+    by id, a run started after the first page is not on later ones, and a run that
+    leaves the filter is simply not listed again."""
+    runs = [fake_app.start("paged", {"i": i}).id for i in range(7)]  # one created_at
+    first = fake_app.runs.list(status="queued", limit=3)
+    assert _ids(first) == [runs[6], runs[5], runs[4]]
+    newer = fake_app.start("paged").id
+    fake_app.runs.cancel(runs[5])  # listed already
+    fake_app.runs.cancel(runs[2])  # not listed yet: it no longer matches
+    rest, cursor = [], first.next_cursor
+    while cursor is not None:
+        page = fake_app.runs.list(status="queued", limit=2, cursor=cursor)
+        rest += _ids(page)
+        cursor = page.next_cursor
+    assert rest == [runs[3], runs[1], runs[0]]
+    assert _ids(fake_app.runs.list(status="queued", limit=1)) == [newer]
