@@ -594,6 +594,11 @@ class Service(FlowControl):
             raise ApiKeyNotFoundError(f"no API key with id or prefix {key!r}")
         return revoked
 
+    def api_key_active(self, key_id: str) -> bool:
+        """Whether the key with id ``key_id`` exists and is not revoked."""
+        found = self.store.api_key_by_id(key_id)
+        return found is not None and found.active
+
     def verify_api_key(self, key: str) -> ApiKey | None:
         """The active key ``key`` is, or ``None`` for an unknown or revoked one."""
         if not key.startswith(API_KEY_PREFIX) or len(key) > 200:

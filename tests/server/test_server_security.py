@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -82,6 +84,49 @@ def test_a_revoked_key_gets_401_at_once(server: Any) -> None:
                 assert_error(http.request(method, path, json={}), 401, "unauthorized")
         with server.http() as http:  # other keys still work
             assert http.get("/v1/runs").status_code == 200
+    finally:
+        service.close()
+
+
+@contextmanager
+def dashboard_login(server: Any, key: str) -> Iterator[httpx.Client]:
+    """A browser's cookie jar logged in to the server's dashboard with ``key``."""
+    with httpx.Client(base_url=server.url, timeout=30) as browser:
+        csrf = re.search(r'name="csrf" value="([^"]+)"', browser.get("/login").text)
+        assert csrf
+        logged_in = browser.post("/login", data={"csrf": csrf.group(1), "api_key": key})
+        assert logged_in.status_code == 303, logged_in.text
+        yield browser
+
+
+def test_revoking_a_key_ends_its_dashboard_sessions_at_once(server: Any) -> None:
+    """Right after `keys revoke` (another process, on the database), the session made
+    with that key is refused on its next request: the page, the live poll and an
+    action (which does nothing); a session made with another key goes on."""
+    service = admin_service(server.database_url)
+    try:
+        listed, key = service.create_api_key("dashboard-revoke")
+        with server.http() as http:
+            run_id = http.post("/v1/runs", json={"job": "revoke-check"}).json()["id"]
+        with dashboard_login(server, key) as revoked, \
+                dashboard_login(server, server.api_key) as other:
+            page = revoked.get(f"/runs/{run_id}")
+            assert page.status_code == 200
+            csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+            assert csrf
+            assert revoked.get("/api/live").status_code == 200
+            service.revoke_api_key(listed.id)
+
+            cancel = revoked.post(f"/runs/{run_id}/cancel", data={"csrf": csrf.group(1)})
+            assert cancel.status_code == 303
+            assert cancel.headers["location"].startswith("/login?")
+            assert revoked.get("/api/live").status_code == 401
+            shown = revoked.get(f"/runs/{run_id}")
+            assert shown.status_code == 303 and shown.headers["location"].startswith("/login?")
+            assert service.get_run(run_id).status == "queued"  # the cancel did nothing
+
+            assert other.get(f"/runs/{run_id}").status_code == 200
+            assert other.get("/api/live").status_code == 200
     finally:
         service.close()
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -37,8 +36,6 @@ from .sessions import FLASH_COOKIE, SESSION_COOKIE, Session, Sessions, same_toke
 AuthMode = Literal["open", "api_key"]
 STATIC = Path(__file__).parent / "static"
 MAX_FORM_BYTES = 2 * 1024 * 1024
-#: Seconds between checks that a session's API key is still active (not revoked).
-KEY_RECHECK = 2.0
 #: The fields of a run page's form that sends an event.
 EVENT_FIELDS = ("name", "correlation_key", "payload", "idempotency_key")
 
@@ -104,8 +101,6 @@ class Dashboard:
         self.sessions = Sessions(secret or os.urandom(32), session_max_age)
         self.poll_ms = int(poll_interval * 1000)
         self.version = _asset_version()
-        self._key_checks: dict[str, tuple[float, bool]] = {}
-        self._key_lock = threading.Lock()
         self.env = Environment(
             loader=PackageLoader("stackshift.dashboard", "templates"),
             autoescape=True,
@@ -155,12 +150,12 @@ class Dashboard:
     def _now(self) -> float:
         return self.service.clock.now()
 
-    def _session(self, request: Request) -> tuple[Session, bool]:
+    async def _session(self, request: Request) -> tuple[Session, bool]:
         """The request's session, or a new anonymous one (then True: set the cookie)."""
         now = time.time()
         session = self.sessions.decode(request.cookies.get(SESSION_COOKIE), now)
         if (session is not None and session.authenticated and self.auth == "api_key"
-                and not self._key_still_valid(session)):
+                and not await self._key_still_valid(session)):
             session = None
         if session is None:
             return self.sessions.new(now, authenticated=self.auth == "open"), True
@@ -168,20 +163,13 @@ class Dashboard:
             return self.sessions.new(now, authenticated=True), True
         return session, False
 
-    def _key_still_valid(self, session: Session) -> bool:
-        """A revoked key ends the sessions opened with it within ``KEY_RECHECK`` seconds."""
+    async def _key_still_valid(self, session: Session) -> bool:
+        """Whether the API key the session was opened with is still active: checked on
+        every request, so revoking the key ends its sessions at once."""
         if self._verify_key is not None or session.key_name is None:
             return True
         key_id = session.key_name.split("\x00", 1)[0]
-        now = time.monotonic()
-        with self._key_lock:
-            cached = self._key_checks.get(key_id)
-        if cached is not None and now - cached[0] < KEY_RECHECK:
-            return cached[1]
-        valid = any(k.id == key_id and k.active for k in self.service.list_api_keys())
-        with self._key_lock:
-            self._key_checks[key_id] = (now, valid)
-        return valid
+        return await run_in_threadpool(self.service.api_key_active, key_id)
 
     def _set_session(self, response: Response, request: Request, session: Session) -> None:
         response.set_cookie(
@@ -241,7 +229,7 @@ class Dashboard:
         """Render ``template`` from ``build()``; with ``refused`` (a form's error), in
         answer to that form's POST: status 400, the error as the flash, and
         ``page_url`` the page's own address for the browser to show."""
-        session, fresh = self._session(request)
+        session, fresh = await self._session(request)
         if not session.authenticated:
             response: Response = self._login_redirect(request)
         else:
@@ -296,7 +284,7 @@ class Dashboard:
 
     async def _live(self, request: Request) -> Response:
         """The small JSON the pages poll: a marker that changes when anything changes."""
-        session, _ = self._session(request)
+        session, _ = await self._session(request)
         if not session.authenticated:
             return JSONResponse({"error": {"code": "unauthorized",
                                            "message": "log in to the dashboard"}},
@@ -360,7 +348,7 @@ class Dashboard:
                 self._same_origin(request):
             return _forbidden("This form has expired or did not come from the dashboard. "
                               "Go back, reload the page and try again.")
-        if login_required and not (session.authenticated and self._key_still_valid(session)):
+        if login_required and not (session.authenticated and await self._key_still_valid(session)):
             return self._login_redirect(request)
         return session, form
 
@@ -530,7 +518,7 @@ class Dashboard:
             target = "/"
         if self.auth == "open":
             return RedirectResponse(root + "/", status_code=303)
-        session, fresh = self._session(request)
+        session, fresh = await self._session(request)
         error = None
         status = 200
         if request.method == "POST":

@@ -42,6 +42,12 @@ class KeyStore:
             row = tx.one("api_key_by_hash", key_hash=key_hash)
         return None if row is None else api_key(row)
 
+    def api_key_by_id(self, key_id: str) -> ApiKey | None:
+        """The key with this id, revoked or not; ``None`` when there is none."""
+        with self.db.read() as tx:
+            row = tx.one("api_key_by_id", id=key_id)
+        return None if row is None else api_key(row)
+
     def touch_api_key(self, key_id: str, now: float) -> None:
         with self.db.write() as tx:
             tx.run("touch_api_key", id=key_id, now=now)

@@ -395,6 +395,9 @@ VALUES (:id, :name, :prefix, :key_hash, :now);
 -- Revoked keys are returned too: the caller tells "revoked" from "unknown".
 SELECT * FROM api_keys WHERE key_hash = :key_hash;
 
+-- name: api_key_by_id
+SELECT * FROM api_keys WHERE id = :id;
+
 -- name: list_api_keys
 SELECT * FROM api_keys ORDER BY created_at, id;
 
