@@ -188,6 +188,30 @@ def _state_key(key: object) -> str:
     return quote(key, safe="").replace(".", "%2E")
 
 
+#: What an API key may hold once its surrounding whitespace is dropped: visible ASCII.
+_KEY_TEXT = re.compile(r"[!-~]+")
+
+
+def check_api_key(api_key: str, base_url: str) -> str:
+    """``api_key`` without surrounding whitespace (a key read from a file keeps its
+    newline), as the server and the dashboard's login take it.
+
+    A key that is still no header value is refused without showing it: the HTTP
+    library's error would print the whole ``Authorization`` header.
+    """
+    if not isinstance(api_key, str):
+        raise ValidationError(f"api_key must be a string, got {type(api_key).__name__}")
+    key = api_key.strip()
+    if not key:
+        raise ValidationError(f"an API key is needed to talk to {base_url} (STACKSHIFT_API_KEY)")
+    if not _KEY_TEXT.fullmatch(key):
+        raise ValidationError(
+            "the API key holds a space, a control character or a non-ASCII character "
+            "inside it, which no key has: check how it was copied (the key is not shown "
+            "here, so that it stays out of logs)")
+    return key
+
+
 def check_base_url(base_url: str) -> None:
     """Refuse a server URL that is not http:// or https:// (retrying would not help)."""
     if not base_url.startswith(("http://", "https://")):
@@ -223,10 +247,7 @@ class RemoteService(RemoteFlowControl):
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         check_base_url(base_url)
-        if not api_key:
-            raise ValidationError(
-                f"an API key is needed to talk to {base_url} (STACKSHIFT_API_KEY)"
-            )
+        api_key = check_api_key(api_key, base_url)
         self.base_url = base_url.rstrip("/")
         self.registry = registry
         self.settings = settings or Settings()

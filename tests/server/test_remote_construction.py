@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from stackshift import AuthenticationError, StackShift, StackShiftError, ValidationError
+from stackshift.cli.main import cli
 from stackshift.testing import FakeClock
 
 
@@ -59,3 +61,46 @@ def test_a_remote_client_gives_a_remote_worker(server: Any) -> None:
         assert worker.jobs == ["remoteJob"]
         assert isinstance(worker.service.store, RemoteWorkerStore)
         assert app.migrate() >= 2  # the server's schema version
+
+
+@pytest.mark.parametrize("pasted", ["{key}\n", " {key} ", "\t{key}\r\n"])
+def test_a_key_pasted_with_surrounding_whitespace_is_the_key(server: Any, pasted: str) -> None:
+    """As the server and the dashboard's login take it: a key read from a file keeps
+    its newline, which used to make every request fail."""
+    key = pasted.format(key=server.api_key)
+    with StackShift(api_key=key, base_url=server.url) as app:
+        run = app.start("pastedKey")
+        assert app.runs.get(run.id).id == run.id
+    env = {"STACKSHIFT_DATABASE_URL": None, "STACKSHIFT_URL": server.url,
+           "STACKSHIFT_API_KEY": key}
+    listed = CliRunner().invoke(cli, ["runs", "show", run.id, "--json"], env=env)
+    assert listed.exit_code == 0, listed.output
+    assert run.id in listed.stdout
+
+
+def _broken_keys(key: str) -> list[str]:
+    return [key[:20] + "\n" + key[20:], key[:20] + " " + key[20:], key + "\x00",
+            key + "\u00e9", "\n" + key + "\x7f"]
+
+
+def test_a_key_no_header_can_carry_is_refused_without_being_shown(server: Any) -> None:
+    """The HTTP library's own error for such a key printed the whole Authorization
+    header: the key, in the caller's logs (and a worker's, a route's, the server's)."""
+    key = server.api_key
+    for broken in _broken_keys(key):
+        with pytest.raises(ValidationError, match="how it was copied") as refused:
+            StackShift(api_key=broken, base_url=server.url)
+        message = str(refused.value)
+        assert key[12:20] not in message and key[20:] not in message, message
+
+
+def test_the_cli_refuses_such_a_key_with_exit_code_2_and_does_not_show_it(
+        server: Any) -> None:
+    key = server.api_key
+    for broken in (k for k in _broken_keys(key) if "\x00" not in k):  # no NUL in os.environ
+        env = {"STACKSHIFT_DATABASE_URL": None, "STACKSHIFT_URL": server.url,
+               "STACKSHIFT_API_KEY": broken}
+        result = CliRunner().invoke(cli, ["runs", "list"], env=env)
+        assert result.exit_code == 2, result.output
+        assert "how it was copied" in result.output
+        assert key[12:20] not in result.output and key[20:] not in result.output
