@@ -131,6 +131,58 @@ def test_revoking_a_key_ends_its_dashboard_sessions_at_once(server: Any) -> None
         service.close()
 
 
+def set_cookies(response: httpx.Response) -> dict[str, tuple[str, set[str]]]:
+    """The cookies a response sets: name to (value, its attributes in lower case)."""
+    found = {}
+    for header in response.headers.get_list("set-cookie"):
+        first, *attributes = header.split("; ")
+        name, _, value = first.partition("=")
+        found[name] = (value.strip('"'), {a.lower() for a in attributes})
+    return found
+
+
+def test_dashboard_cookies_are_secure_when_it_is_served_over_https(server: Any) -> None:
+    """Behind a TLS proxy (here on the same host, which the server trusts for
+    X-Forwarded-Proto), every cookie the dashboard sets or clears, the flash of an
+    action included, is Secure, so that a browser never sends it over plain http."""
+    https = {"X-Forwarded-Proto": "https"}
+    with server.http() as http:
+        run_id = http.post("/v1/runs", json={"job": "https-flash"}).json()["id"]
+    with httpx.Client(base_url=server.url, headers=https, timeout=30) as browser:
+        # Secure cookies are not sent back over the test's plain http: by hand instead.
+        def send(method: str, path: str, cookies: dict[str, str], **extra: Any
+                 ) -> httpx.Response:
+            browser.cookies.clear()
+            cookie = "; ".join(f"{name}={value}" for name, value in cookies.items())
+            return browser.request(method, path, headers={"Cookie": cookie}, **extra)
+
+        login = send("GET", "/login", {})
+        session = set_cookies(login)["stackshift_session"]
+        csrf = re.search(r'name="csrf" value="([^"]+)"', login.text)
+        assert csrf
+        logged_in = send("POST", "/login", {"stackshift_session": session[0]},
+                         data={"csrf": csrf.group(1), "api_key": server.api_key})
+        assert logged_in.status_code == 303
+        session = set_cookies(logged_in)["stackshift_session"]
+        page = send("GET", f"/runs/{run_id}", {"stackshift_session": session[0]})
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert csrf
+        cancelled = send("POST", f"/runs/{run_id}/cancel", {"stackshift_session": session[0]},
+                         data={"csrf": csrf.group(1)})
+        assert cancelled.status_code == 303
+        flash = set_cookies(cancelled)["stackshift_flash"]
+        shown = send("GET", f"/runs/{run_id}", {"stackshift_session": session[0],
+                                                "stackshift_flash": flash[0]})
+        assert "Run cancelled." in shown.text
+        cleared = set_cookies(shown)["stackshift_flash"]
+        for _, attributes in (session, flash, cleared):
+            assert {"secure", "httponly", "samesite=strict"} <= attributes, attributes
+    # Over plain http (a dashboard on 127.0.0.1) the cookies are not Secure, or the
+    # browser would drop them.
+    with httpx.Client(base_url=server.url, timeout=30) as plain:
+        assert "secure" not in set_cookies(plain.get("/login"))["stackshift_session"][1]
+
+
 def test_the_database_holds_no_plain_text_key(server: Any) -> None:
     service = admin_service(server.database_url)
     try:

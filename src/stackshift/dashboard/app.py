@@ -171,12 +171,16 @@ class Dashboard:
         key_id = session.key_name.split("\x00", 1)[0]
         return await run_in_threadpool(self.service.api_key_active, key_id)
 
+    def _cookie(self, request: Request) -> dict[str, Any]:
+        """How the dashboard's cookies (the session, a flash) are kept: below its mount
+        point, out of scripts' reach, never sent by other sites' requests, and over
+        https only when the dashboard is served over https."""
+        return {"path": self._root(request) or "/", "httponly": True, "samesite": "strict",
+                "secure": request.url.scheme == "https"}
+
     def _set_session(self, response: Response, request: Request, session: Session) -> None:
-        response.set_cookie(
-            SESSION_COOKIE, self.sessions.encode(session), max_age=int(self.sessions.max_age),
-            path=self._root(request) or "/", httponly=True, samesite="strict",
-            secure=request.url.scheme == "https",
-        )
+        response.set_cookie(SESSION_COOKIE, self.sessions.encode(session),
+                            max_age=int(self.sessions.max_age), **self._cookie(request))
 
     def _root(self, request: Request) -> str:
         return str(request.scope.get("root_path", "")).rstrip("/")
@@ -254,7 +258,7 @@ class Dashboard:
                                         {"page_title": "Cannot show this page", "nav": "",
                                          "message": str(exc)}, session, status=400)
             if flash is not None and refused is None:
-                response.delete_cookie(FLASH_COOKIE, path=self._root(request) or "/")
+                response.delete_cookie(FLASH_COOKIE, **self._cookie(request))
         if fresh:
             self._set_session(response, request, session)
         response.headers["cache-control"] = "no-store"
@@ -358,8 +362,7 @@ class Dashboard:
         response = RedirectResponse(self._root(request) + target, status_code=303)
         if flash is not None:
             response.set_cookie(FLASH_COOKIE, self.sessions.encode_flash(*flash), max_age=60,
-                                path=self._root(request) or "/", httponly=True,
-                                samesite="strict")
+                                **self._cookie(request))
         if new_session is not None:
             self._set_session(response, request, new_session)
         return response
@@ -546,7 +549,7 @@ class Dashboard:
                                 {"page_title": "Log in", "nav": "", "error": error,
                                  "next": target}, session, status=status, flash=flash)
         if flash is not None:
-            response.delete_cookie(FLASH_COOKIE, path=root or "/")
+            response.delete_cookie(FLASH_COOKIE, **self._cookie(request))
         if fresh:
             self._set_session(response, request, session)
         response.headers["cache-control"] = "no-store"
