@@ -321,7 +321,7 @@ def test_a_time_whose_plus_was_left_unescaped_in_the_query_is_422_saying_so(
     error = assert_error(http.get(f"/v1/runs?job=plusOffset&createdAfter={typed}"), 422,
                          "validation_error")
     assert error["message"] == (
-        f"created_after: {typed.replace('+', ' ')!r} is not an ISO-8601 time (e.g. "
+        f"createdAfter: {typed.replace('+', ' ')!r} is not an ISO-8601 time (e.g. "
         "'2026-05-06T09:00:00Z'); a space stands where its offset's '+' goes: in a URL's "
         "query string '+' reads as a space, so write it %2B (or give the time in UTC with 'Z')")
     escaped = http.get(f"/v1/runs?job=plusOffset&createdAfter={typed.replace('+', '%2B')}")
