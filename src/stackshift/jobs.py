@@ -161,6 +161,13 @@ class JobRegistry:
     def names(self) -> list[str]:
         return sorted(self._jobs)
 
+    def unknown_failure_handlers(self) -> list[tuple[str, str]]:
+        """``(job, on_failure)`` for each job whose ``on_failure`` names a job
+        not registered here: its handler runs go to the default queue and wait
+        there for a worker that knows that job."""
+        return sorted((job.name, job.on_failure) for job in self._jobs.values()
+                      if job.on_failure is not None and job.on_failure not in self._jobs)
+
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self._jobs.values())
 

@@ -563,6 +563,33 @@ def test_a_failing_failure_handler_starts_no_handler_of_its_own(
     assert sorted((r.job, r.status) for r in runs) == [("ping", "failed"), ("pong", "failed")]
 
 
+def test_a_worker_warns_of_an_on_failure_job_it_does_not_know(
+        app: StackShift, caplog: pytest.LogCaptureFixture) -> None:
+    @app.job("typo", max_attempts=1, on_failure="alertOpps")
+    def typo(ctx: Any) -> None:
+        raise RuntimeError("declined")
+
+    @app.job("fine", max_attempts=1, on_failure="typo")
+    def fine(ctx: Any) -> None:
+        raise RuntimeError("declined")
+
+    worker = app.worker(concurrency=1)
+    with caplog.at_level("WARNING", logger="stackshift"):
+        worker.start()
+        try:
+            run = app.start("typo")
+            assert app.runs.wait(run.id, timeout=30).status == "failed"
+        finally:
+            worker.stop()
+    warnings = [r.getMessage() for r in caplog.records if "on_failure" in r.getMessage()]
+    assert warnings == [
+        "job 'typo' has on_failure='alertOpps', a job this worker does not know: its failure"
+        " handler runs are started in queue 'default' and wait there until a worker that"
+        " knows 'alertOpps' takes them"]
+    [handler] = app.runs.list(job="alertOpps").items
+    assert (handler.status, handler.queue) == ("queued", "default")
+
+
 def test_bulk_retry_by_filter(fake_app: StackShift, clock: FakeClock,
                               failing: dict[str, Any]) -> None:
     @fake_app.job("other", queue="billing", max_attempts=1)

@@ -274,6 +274,11 @@ class Worker:
         # A first maintenance round at once: what fell due while no worker ran.
         self.due_plan.note(self.service.clock.now())
         self._rules = self.service.claim_rules()
+        for job, handler in self.app._registry.unknown_failure_handlers():
+            log.warning("job %r has on_failure=%r, a job this worker does not know: its failure"
+                        " handler runs are started in queue %r and wait there until a worker"
+                        " that knows %r takes them", job, handler,
+                        self.service.settings.default_queue, handler)
         self._process = processes.current()
         self._register()
         try:
