@@ -71,6 +71,10 @@ class Run:
     #: hand). A manual retry gives the run a fresh budget of ``max_attempts``
     #: that starts after them: see :attr:`budget_attempt`.
     retry_base: int = 0
+    #: True while the run is ``running`` and a cancel was requested: its handler
+    #: stops at its next step boundary and the run ends ``cancelled`` (or
+    #: ``completed``, when the handler returns first).
+    cancel_requested: bool = False
 
     @property
     def is_terminal(self) -> bool:

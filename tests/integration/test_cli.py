@@ -337,6 +337,25 @@ def test_a_blank_cancel_reason_is_refused_and_the_run_stays_as_it_was(
     assert cancelled["error"]["message"] == "duplicate order"
 
 
+def test_runs_show_and_list_tell_a_running_run_asked_to_cancel(
+    db_url: str, app: StackShift
+) -> None:
+    run = app.start("report")
+    [claimed] = app._service.store.claim_runs("busy-worker", ["report"], 1, 60, time.time())
+    requested = cli(db_url, "runs", "cancel", run.id)
+    assert requested.returncode == 0 and "Cancel requested" in requested.stdout
+    shown = cli(db_url, "runs", "show", run.id, columns=200)
+    assert shown.returncode == 0, shown.stderr
+    assert "running (cancel requested: stops at its next step boundary)" in shown.stdout
+    assert cli_json(db_url, "runs", "show", run.id)["cancel_requested"] is True
+    listed = cli(db_url, "runs", "list", columns=200)
+    assert "cancel requested: stops at its next step boundary" in listed.stdout
+    assert app._service.store.release_run(claimed.lease, time.time())
+    shown = cli(db_url, "runs", "show", run.id, columns=200)
+    assert "cancel requested" not in shown.stdout
+    assert cli_json(db_url, "runs", "show", run.id)["cancel_requested"] is False
+
+
 def test_unknown_ids_and_keys_exit_3(db_url: str) -> None:
     for args in (["runs", "show", "run_missing"], ["runs", "cancel", "run_missing"],
                  ["runs", "wait", "run_missing"]):

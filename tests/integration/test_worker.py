@@ -999,11 +999,12 @@ def test_cancel_a_running_run_stops_it_at_the_next_step(app: StackShift,
         run = app.start("order")
         assert entered.wait(10)
         requested = app.runs.cancel(run.id, reason="customer changed their mind")
-        # Still running until it reaches a step boundary.
-        assert requested.status == "running"
+        # Still running until it reaches a step boundary, and saying it was asked.
+        assert (requested.status, requested.cancel_requested) == ("running", True)
+        assert app.runs.get(run.id).cancel_requested
         gate.set()
         done = app.runs.wait(run.id, timeout="10s")
-    assert done.status == "cancelled"
+    assert (done.status, done.cancel_requested) == ("cancelled", False)
     # The reason given is the run's error, as for a run cancelled at once.
     assert done.error is not None and done.error.message == "customer changed their mind"
     assert effects == ["charge"]

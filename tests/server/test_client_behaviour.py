@@ -599,6 +599,34 @@ def test_a_cancel_reason_is_text(client: StackShift, unique: Names) -> None:
     assert longest.error is not None and longest.error.message == "x" * 10_000
 
 
+def test_a_running_run_asked_to_cancel_says_so_until_it_ends(
+    client: StackShift, engine: StackShift, unique: Names
+) -> None:
+    job = unique("longStep")
+    run = client.start(job)
+    other = client.start(job)
+    # A worker holds the run, inside a long step: the cancel is only requested.
+    store = engine._service.store
+    claimed = store.claim_runs("busy-worker", [job], 1, 60, time.time())
+    [lease] = [c.lease for c in claimed]
+    held = lease.run_id
+    assert not client.runs.get(held).cancel_requested
+    requested = client.runs.cancel(held, reason="stop the import")
+    assert (requested.status, requested.cancel_requested) == ("running", True)
+    assert client.runs.get(held).cancel_requested
+    assert [r.cancel_requested for r in client.runs.list(job=job).items
+            if r.id == held] == [True]
+    # A run cancelled at once, and one never asked, say nothing of the kind.
+    waiting = other.id if held == run.id else run.id
+    assert client.runs.get(waiting).cancel_requested is False
+    assert client.runs.cancel(waiting).cancel_requested is False
+    assert store.release_run(lease, time.time())  # the worker stops: the run ends
+    ended = client.runs.get(held)
+    assert (ended.status, ended.error and ended.error.message) == ("cancelled",
+                                                                   "stop the import")
+    assert ended.cancel_requested is False
+
+
 def test_cancel_of_a_finished_run_is_refused(
     client: StackShift, run_all: Callable[[], int], unique: Names
 ) -> None:

@@ -371,6 +371,37 @@ def test_a_request_refused_for_its_key_is_counted_under_its_route(
     assert "no-such-thing" not in after and run["id"] not in after
 
 
+def test_a_running_run_asked_to_cancel_says_so_over_http_and_on_its_dashboard_page(
+        http: httpx.Client, server: Any, served_db: str) -> None:
+    job = tag("longStep")
+    run = http.post("/v1/runs", json={"job": job}).json()
+    store = open_store(served_db)
+    try:
+        [claimed] = store.claim_runs("busy-worker", [job], 1, 60, time.time())
+        assert http.get(f"/v1/runs/{run['id']}").json()["cancelRequested"] is False
+        requested = http.post(f"/v1/runs/{run['id']}/cancel", json={"reason": "stop"})
+        assert requested.status_code == 200, requested.text
+        assert (requested.json()["status"], requested.json()["cancelRequested"]) == (
+            "running", True)
+        assert http.get(f"/v1/runs/{run['id']}").json()["cancelRequested"] is True
+        with httpx.Client(base_url=server.url, timeout=30) as browser:
+            login = browser.get("/login")
+            csrf = re.search(r'name="csrf" value="([^"]+)"', login.text)
+            assert csrf
+            assert browser.post("/login", data={"csrf": csrf.group(1),
+                                                "api_key": server.api_key}).status_code == 303
+            page = browser.get(f"/runs/{run['id']}").text
+            assert ('<span class="muted" id="run-cancel-requested">cancel requested: stops at'
+                    ' its next step boundary</span>') in page
+            assert store.release_run(claimed.lease, time.time())
+            page = browser.get(f"/runs/{run['id']}").text
+            assert 'id="run-cancel-requested"' not in page
+        ended = http.get(f"/v1/runs/{run['id']}").json()
+        assert (ended["status"], ended["cancelRequested"]) == ("cancelled", False)
+    finally:
+        store.close()
+
+
 def test_dashboard_requests_are_counted_under_their_route_templates(
         http: httpx.Client, server: Any) -> None:
     """The dashboard served by the server counts in the same request metrics, by

@@ -201,6 +201,10 @@ def _until(moment: datetime | None, now: datetime) -> str:
     return "now" if seconds <= 0 else f"in {span(seconds)}"
 
 
+#: What a running run asked to cancel shows beside its status.
+CANCEL_REQUESTED = "cancel requested: stops at its next step boundary"
+
+
 def run_detail_line(run: Run, now: datetime | None = None) -> str:
     """What is most worth knowing about a run beside its status, in one line."""
     now = now or datetime.now(UTC)
@@ -215,6 +219,8 @@ def run_detail_line(run: Run, now: datetime | None = None) -> str:
                 f"{_until(run.next_attempt_at, now)}")
     if run.error is not None and run.status in ("failed", "cancelled"):
         return f"{run.error.type}: {run.error.message}"
+    if run.cancel_requested:
+        return CANCEL_REQUESTED
     if run.status == "scheduled":
         return f"starts {_until(run.scheduled_at, now)}"
     if run.status == "completed":
@@ -455,7 +461,8 @@ def run_detail(run: Run, attempts: list[Attempt], steps: list[Step]) -> Renderab
         ("id", run.id),
         ("job", run.job),
         ("queue", run.queue),
-        ("status", status_text(run.status)),
+        ("status", status_text(run.status) + (f" ({CANCEL_REQUESTED})"
+                                              if run.cancel_requested else "")),
         ("attempt", attempt_text(run)),
     ]
     if run.idempotency_key:

@@ -167,6 +167,11 @@ class Run(Wire):
         " hand): the run's current budget of `maxAttempts` counts from the attempt after"
         " them, so the current attempt is number `attempt - retryBase` of that budget."
     )
+    cancel_requested: bool = Field(
+        False, description="True while the run is `running` and a cancel was requested: its"
+        " handler stops at its next step boundary and the run ends `cancelled` (or"
+        " `completed`, when the handler returns first)."
+    )
 
     @classmethod
     def of(cls, run: m.Run) -> Run:
@@ -179,7 +184,7 @@ class Run(Wire):
             scheduled_at=run.scheduled_at, started_at=run.started_at,
             finished_at=run.finished_at, next_attempt_at=run.next_attempt_at,
             waiting_for=WaitingFor.of(run.waiting_for), created=run.created,
-            retry_base=run.retry_base,
+            retry_base=run.retry_base, cancel_requested=run.cancel_requested,
         )
 
     def to_model(self) -> m.Run:
@@ -194,6 +199,7 @@ class Run(Wire):
             finished_at=_utc(self.finished_at), next_attempt_at=_utc(self.next_attempt_at),
             waiting_for=None if self.waiting_for is None else self.waiting_for.to_model(),
             created=self.created, retry_base=self.retry_base,
+            cancel_requested=self.cancel_requested,
         )
 
 

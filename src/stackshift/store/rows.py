@@ -61,6 +61,7 @@ def run(row: Row, *, created: bool = True) -> Run:
         waiting_for=waiting_for(row["waiting_for"]) if status == "waiting" else None,
         created=created,
         retry_base=row["retry_base"],
+        cancel_requested=status == "running" and bool(row["cancel_requested"]),
     )
 
 
