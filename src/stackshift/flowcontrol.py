@@ -16,7 +16,7 @@ from .durations import parse_duration, time_bound
 from .engine.cron import parse_cron
 from .engine.limits import check_concurrency, parse_rate_limit
 from .engine.transitions import parse_status
-from .errors import InvalidTransitionError, RunNotFoundError, ValidationError
+from .errors import ValidationError
 from .ids import check_cursor, new_id
 from .jobs import JobRegistry, check_max_attempts, check_name
 from .models import Page, QueueInfo, Schedule
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 #: Statuses a bulk retry may select.
 RETRYABLE = ("failed", "cancelled")
+#: Runs a bulk retry reads and retries per transaction.
+RETRY_BATCH = 200
 #: Default window of a queue's throughput and failure rate.
 DEFAULT_STATS_WINDOW = "15m"
 
@@ -166,15 +168,14 @@ class FlowControl:
         retried: list[str] = []
         cursor = None
         while limit is None or len(retried) < limit:
-            page = self.store.list_runs(filters, 500, cursor)
-            for run in page.items:
-                if limit is not None and len(retried) >= limit:
-                    break
-                try:
-                    self.store.retry_run(run.id, self.clock.now(), only=state)
-                except (RunNotFoundError, InvalidTransitionError):
-                    continue
-                retried.append(run.id)
+            page = self.store.list_runs(filters, RETRY_BATCH, cursor)
+            ids = [run.id for run in page.items]
+            while ids and (limit is None or len(retried) < limit):
+                # A batch per transaction; with a limit, only as many as it has
+                # room for, and again while some turned out retried meanwhile.
+                room = len(ids) if limit is None else limit - len(retried)
+                batch, ids = ids[:room], ids[room:]
+                retried += self.store.retry_runs(batch, self.clock.now(), only=state)
             if page.next_cursor is None:
                 break
             cursor = page.next_cursor

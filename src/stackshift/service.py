@@ -23,11 +23,9 @@ from .errors import (
     ApiKeyNotFoundError,
     EndpointNotFoundError,
     EventNotFoundError,
-    InvalidTransitionError,
-    RunNotFoundError,
     ValidationError,
 )
-from .flowcontrol import FlowControl
+from .flowcontrol import RETRY_BATCH, FlowControl
 from .ids import check_cursor, new_id, unknowable_id
 from .jobs import JobRegistry, check_max_attempts, check_name
 from .models import (
@@ -726,13 +724,10 @@ class Service(FlowControl):
         retry from a page read a while ago neither fails half-way nor brings back
         a run someone cancelled.
         """
-        retried = []
-        for run_id in run_ids:
-            try:
-                self.store.retry_run(run_id, self.clock.now(), only="failed", queue=queue)
-            except (RunNotFoundError, InvalidTransitionError):
-                continue
-            retried.append(run_id)
+        retried: list[str] = []
+        for start in range(0, len(run_ids), RETRY_BATCH):
+            retried += self.store.retry_runs(run_ids[start:start + RETRY_BATCH],
+                                             self.clock.now(), only="failed", queue=queue)
         if retried:
             self.notifier.notify()
         return retried
@@ -743,7 +738,7 @@ class Service(FlowControl):
         count = 0
         cursor = None
         while True:
-            page = self.store.list_runs(filters, 500, cursor)
+            page = self.store.list_runs(filters, RETRY_BATCH, cursor)
             count += len(self.retry_runs([run.id for run in page.items], queue=queue))
             if page.next_cursor is None:
                 return count

@@ -91,3 +91,29 @@ def test_a_cancelled_run_retried_by_hand_no_longer_shows_the_cancel(
     done = fake_app.runs.get(run.id)
     assert (done.status, done.result, done.attempt, done.budget_attempt) == (
         "completed", "ran", 1, 1)
+
+
+def test_a_batch_of_retries_takes_only_the_runs_it_may_and_changes_nothing_else(
+    fake_app: StackShift,
+) -> None:
+    @fake_app.job("flaky", max_attempts=1)
+    def flaky(ctx: Any) -> str:
+        if ctx.payload == "ok":
+            return "fine"
+        raise RuntimeError("down")
+
+    failed = [fake_app.start("flaky", n).id for n in range(3)]
+    elsewhere = fake_app.start("flaky", 9, queue_name="eu").id
+    completed = fake_app.start("flaky", "ok").id
+    run_until_idle(fake_app)
+    cancelled = fake_app.start("flaky", 10, delay="1h").id
+    fake_app.runs.cancel(cancelled)
+    store = fake_app._service.store
+    batch = [failed[0], "run_unknown", completed, elsewhere, cancelled, failed[1]]
+    retried = store.retry_runs(batch, fake_app.clock.now(), only="failed", queue="default")
+    assert retried == [failed[0], failed[1]]
+    assert [fake_app.runs.get(i).status for i in failed] == ["queued", "queued", "failed"]
+    for run_id, status in ((completed, "completed"), (elsewhere, "failed"),
+                           (cancelled, "cancelled")):
+        assert fake_app.runs.get(run_id).status == status
+        assert not [e for e in fake_app.runs.timeline(run_id) if e.data.get("manual_retry")]

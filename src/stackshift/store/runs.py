@@ -253,6 +253,25 @@ def start_failure_handler(tx: Tx, row: Row, error: dict[str, Any] | None, now: f
                  handler_job=spec["job"])
 
 
+def _retry_in(tx: Tx, run_id: str, now: float, *, only: str | None,
+              queue: str | None) -> None:
+    """Move a failed or cancelled run back to ``queued`` inside ``tx`` (see
+    :meth:`RunStore.retry_run`); raises before writing anything when it may not."""
+    row = load_run(tx, run_id, lock=True)
+    status = Status(row["status"])
+    if status not in transitions.RETRYABLE:
+        raise InvalidTransitionError(
+            f"run {run_id} is {status.value}; only failed or cancelled runs can be retried"
+        )
+    if only is not None and status.value != only:
+        raise InvalidTransitionError(f"run {run_id} is {status.value}, not {only}")
+    if queue is not None and row["queue"] != queue:
+        raise InvalidTransitionError(f"run {run_id} is not in queue {queue}")
+    tx.one("manual_retry", id=run_id, from_status=status.value, now=now)
+    add_timeline(tx, run_id, "run.queued", now, manual_retry=True,
+                 data={"from": status.value})
+
+
 class _NotADuplicate(Exception):
     """Rolls back a start that turned out to create a run in a non-durable transaction."""
 
@@ -391,20 +410,24 @@ class RunStore:
         in that queue. Otherwise ``InvalidTransitionError``, and nothing changes.
         """
         with self.db.write() as tx:
-            row = load_run(tx, run_id, lock=True)
-            status = Status(row["status"])
-            if status not in transitions.RETRYABLE:
-                raise InvalidTransitionError(
-                    f"run {run_id} is {status.value}; only failed or cancelled runs can be retried"
-                )
-            if only is not None and status.value != only:
-                raise InvalidTransitionError(f"run {run_id} is {status.value}, not {only}")
-            if queue is not None and row["queue"] != queue:
-                raise InvalidTransitionError(f"run {run_id} is not in queue {queue}")
-            tx.one("manual_retry", id=run_id, from_status=status.value, now=now)
-            add_timeline(tx, run_id, "run.queued", now, manual_retry=True,
-                         data={"from": status.value})
+            _retry_in(tx, run_id, now, only=only, queue=queue)
             return rows.run(load_run(tx, run_id))
+
+    def retry_runs(self, run_ids: list[str], now: float, *, only: str,
+                   queue: str | None = None) -> list[str]:
+        """:meth:`retry_run` for each of ``run_ids``, in one transaction (a bulk
+        retry writes a batch at a time, not a run at a time); returns the ids
+        retried. Runs unknown, or not ``only`` (nor in ``queue``), are skipped.
+        """
+        retried: list[str] = []
+        with self.db.write() as tx:
+            for run_id in run_ids:
+                try:
+                    _retry_in(tx, run_id, now, only=only, queue=queue)
+                except (RunNotFoundError, InvalidTransitionError):
+                    continue  # nothing was written for it
+                retried.append(run_id)
+        return retried
 
     def timeline(self, run_id: str) -> list[TimelineEntry]:
         with self.db.read() as tx:
