@@ -570,6 +570,10 @@ class RemoteService(RemoteFlowControl):
         check_key(key, "state key", self.limits().max_state_key_length)
         return _state_key(key)
 
+    def check_state_key(self, key: object) -> None:
+        """Refuse a key the embedded service refuses (against the server's limit)."""
+        self._state_key(key)
+
     def _key_page(self, path: str, prefix: str | None, limit: int,
                   after: str | None) -> Any:
         """The JSON of a page of keys (state keys or locks), its arguments checked

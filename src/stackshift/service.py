@@ -472,6 +472,11 @@ class Service(FlowControl):
     def _state_key(self, key: object) -> str:
         return check_key(key, "state key", self.settings.max_state_key_length)
 
+    def check_state_key(self, key: object) -> None:
+        """Refuse a key no state call takes: not text, empty, over the limit, or
+        holding what no store can (a NUL character, a lone surrogate)."""
+        self._state_key(key)
+
     def state_get(self, key: str) -> tuple[bool, Any]:
         """``(found, value)``; an expired key reads as missing."""
         return self.store.state_get(self._state_key(key), self.clock.now())

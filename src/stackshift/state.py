@@ -160,8 +160,9 @@ class State:
             return self._service.lock_break(key)
 
     def _lock_args(self, key: str, ttl: Any, wait: Any) -> tuple[str, float, float]:
-        if not isinstance(key, str) or not key:
-            raise ValidationError(f"state key must be a non-empty string, got {key!r}")
+        # The key as every state call checks it (its length, a NUL character), here
+        # rather than on entering the block: inside a handler a refused call.
+        self._service.check_state_key(key)
         return key, lock_ttl(ttl), 0.0 if wait is None else parse_duration(wait, name="wait")
 
     def _try_lock(self, key: str, owner: str, ttl: float, holder: str) -> bool:

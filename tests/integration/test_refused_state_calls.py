@@ -57,6 +57,11 @@ def extend_with_extra_argument(flavour: str) -> Callable[[Any], Any]:
     return extend_async
 
 
+def enter(flavour: str, lock: Any) -> Any:
+    """Enter ``lock``'s block as a handler of ``flavour`` does (the async one awaits it)."""
+    return lock.__enter__() if flavour == "sync" else lock.__aenter__()
+
+
 def extend_after_the_block(flavour: str) -> Callable[[Any], Any]:
     """A body that extends a lock once its block has ended."""
     if flavour == "sync":
@@ -90,6 +95,12 @@ REFUSED: dict[str, tuple[Callable[[str], Callable[[Any], Any]], str, str]] = {
         lambda flavour: lambda state: state.lock("report", ttl="soon"),
         "ValidationError", NOT_A_DURATION),
     "bad ttl to extend": (extend_by_nothing, "ValidationError", "lock ttl must be more than 0"),
+    "key over the limit to lock": (
+        lambda flavour: lambda state: enter(flavour, state.lock("report:" + "x" * 506)),
+        "ValidationError", "state key is 513 characters, over the limit of 512"),
+    "NUL character in the key of a lock": (
+        lambda flavour: lambda state: enter(flavour, state.lock("report\x00")),
+        "ValidationError", "state key must not contain the NUL character (U+0000)"),
     "empty key to get": (
         lambda flavour: lambda state: state.get(""),
         "ValidationError", "state key must be a non-empty string, got ''"),

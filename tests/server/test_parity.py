@@ -284,6 +284,8 @@ def scenario(app: StackShift, engine: StackShift, tag: str) -> list[tuple[str, A
     t.call("locks seen and broken", locks_seen_and_broken)
     t.call("locks: limit 0", lambda: app.state.locks(limit=0))
     t.call("break lock: empty key", lambda: app.state.break_lock(""))
+    t.call("lock: key over the limit", lambda: app.state.lock("k" * 513))
+    t.call("lock: NUL in the key", lambda: app.state.lock("k\x00"))
 
     # -- schedules ------------------------------------------------------------------------
     schedule = t.call("schedule", lambda: app.schedules.create(
@@ -360,6 +362,11 @@ def test_the_same_program_ends_the_same_embedded_and_remote(
         "listed": [{"key": "lock-<tag>", "holder": True, "expires_at": "float"},
                    {"key": "lock-<tag>:stuck", "holder": True, "expires_at": "float"}],
         "broken": [True, False], "extended": False, "lost": True, "left": ["lock-<tag>"]}
+    assert outcomes["lock: key over the limit"] == (
+        "raised", "ValidationError", "state key is 513 characters, over the limit of 512", None)
+    assert outcomes["lock: NUL in the key"] == (
+        "raised", "ValidationError", "state key must not contain the NUL character (U+0000)",
+        None)
     assert outcomes["locks: limit 0"] == (
         "raised", "ValidationError", "limit must be an integer from 1 to 1000, got 0", None)
     assert outcomes["not retried"] == "failed"
