@@ -1216,11 +1216,17 @@ def test_the_state_page_lists_live_locks_and_breaks_one_after_a_confirm(
             assert page.request.post(stack.at("/state/locks/break"), form=form).status == 403
         csrf = page.locator("#locks-table input[name=csrf]").first.input_value()
         refused = page.request.post(stack.at("/state/locks/break"), max_redirects=0, form={
-            "csrf": csrf, "key": "imports:7\x00", "prefix": "imports:"})
+            "csrf": csrf, "key": json.dumps("imports:7\x00"), "prefix": "imports:"})
         assert refused.status == 303
         page.reload()
         expect(page.locator(".flash-error")).to_have_text(
             "state key must not contain the NUL character (U+0000)")
+        # The form gives the key as a JSON string; one that is not is refused.
+        assert page.request.post(stack.at("/state/locks/break"), max_redirects=0, form={
+            "csrf": csrf, "key": "imports:7", "prefix": "imports:"}).status == 303
+        page.reload()
+        expect(page.locator(".flash-error")).to_have_text(
+            "The form's lock key is not a JSON string: reload the page and try again.")
         expect(rows).to_have_count(1)
         assert stuck.extend() is True
 
@@ -1243,6 +1249,30 @@ def test_the_state_page_lists_live_locks_and_breaks_one_after_a_confirm(
         assert stuck.extend() is False  # its owner finds out
         assert [e["key"] for e in app.state.locks("batch:", 1)] == ["batch:000"]
     assert stuck.lost is True and ran_out.lost is True
+    assert app.state.locks() == []
+
+
+def test_the_state_page_breaks_a_lock_whose_key_holds_line_breaks(
+    stack: Dashboard, page: Page
+) -> None:
+    """A browser sends a line break in a form field as CR LF: the Break button still
+    breaks the lock on the key as it is, and no other."""
+    app = stack.app
+    keys = ["report:\nmonthly", "report:\rweekly", "report:\r\ndaily"]
+    locks = [app.state.lock(key, ttl="1h") for key in keys]
+    for lock in locks:
+        lock.__enter__()
+    page.on("dialog", lambda dialog: dialog.accept())
+    for key, lock in zip(keys, locks, strict=True):
+        page.goto(stack.at("/state?prefix=report:"))
+        rows = page.locator("#locks-table tr[data-lock-key]")
+        expect(rows).to_have_count(len(app.state.locks("report:")))
+        rows.filter(has_text=key.split()[-1]).get_by_role("button", name="Break").click()
+        expect(page.locator(".flash-ok")).to_have_text(
+            f"Broke the lock on {key!r}: its owner's extend() now returns False, and its "
+            "block ends with the lock lost.")
+        assert key not in [e["key"] for e in app.state.locks("report:")]
+        assert lock.extend() is False  # its owner finds out
     assert app.state.locks() == []
 
 

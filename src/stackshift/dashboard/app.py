@@ -390,10 +390,15 @@ class Dashboard:
     def _break_lock(self, request: Request, form: dict[str, list[str]],
                     session: Session) -> tuple[str, tuple[str, str] | None, Session | None]:
         """Break the form's lock whatever its owner, then back to the State page (with
-        the prefix it was listed under)."""
-        key = (form.get("key") or [""])[0]
+        the prefix it was listed under). The form gives the key as a JSON string: a
+        browser sends a line break in a field as CR LF, which would name another key."""
         prefix = (form.get("prefix") or [""])[0]
         back = "/state" + ("?" + urlencode({"prefix": prefix}) if prefix else "")
+        try:
+            key = json.loads((form.get("key") or [""])[0])
+        except (ValueError, RecursionError):
+            return back, ("error", "The form's lock key is not a JSON string: reload the "
+                                   "page and try again."), None
         try:
             broken = self.service.lock_break(key)
         except StackShiftError as exc:

@@ -7,6 +7,7 @@ synchronous); rendering and HTTP live in :mod:`stackshift.dashboard.app`.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -458,7 +459,7 @@ def state_page(service: Service, params: Mapping[str, str], now: float) -> dict[
         "next_cursor": next_cursor,
         "cursor": cursor,
         "locks": [
-            {"key": lock["key"], "holder": lock["holder"],
+            {"key": lock["key"], "form_key": json.dumps(lock["key"]), "holder": lock["holder"],
              "holder_run": _holder_run(lock["holder"]),
              "holder_attempt": (lock["holder"] or "").rpartition(" (")[2].rstrip(")"),
              "expires_at": to_datetime(lock["expires_at"]), "ttl": lock["expires_at"] - now}
