@@ -177,6 +177,11 @@ BAD_INPUT = [
     (["runs", "list", "--database-url", " "], "'--database-url'"),
     (["events", "send", "ev", '{"n": 1e999}'], "inf is not JSON"),
     (["state", "set", "greeting", "1e999"], "inf is not JSON"),
+    (["state", "set", "greeting", '{"to": "ann", "to": "bob"}'],
+     "VALUE_JSON: duplicate key 'to' in one object (readers disagree on which value it means)"),
+    (["start", "job", '[{"n": 1}, {"a": {"n": 1, "n": 2}}]'],
+     "PAYLOAD_JSON: duplicate key 'n' in one object"),
+    (["events", "send", "ev", '{"n": 1, "n": 1}'], "PAYLOAD_JSON: duplicate key 'n'"),
     (["state", "list", "--cursor", ""], "'--cursor': is empty"),
 ]
 

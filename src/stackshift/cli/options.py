@@ -16,7 +16,7 @@ from click.core import ParameterSource
 from ..client import DEFAULT_DATABASE_URL, URL_ENV, StackShift
 from ..durations import parse_duration
 from ..errors import ValidationError
-from ..serialization import to_jsonable
+from ..serialization import DuplicateKeyError, to_jsonable, unique_keys
 from ..service import check_filter
 from .failures import bad_input, in_option_terms
 
@@ -101,14 +101,19 @@ def _refuse_constant(name: str) -> Any:
 def parse_json_argument(text: str | None, what: str) -> Any:
     """``text`` as JSON (``-`` reads stdin); ``None`` stays ``None``.
 
-    Raises a bad-input failure (exit 2) naming ``what`` for anything that is not JSON.
+    Raises a bad-input failure (exit 2) naming ``what`` for anything that is not JSON,
+    and for an object naming a key twice, as the HTTP API refuses it.
     """
     if text is None:
         return None
     if text == "-":
         text = sys.stdin.read()
     try:
-        value = json.loads(text, parse_constant=_refuse_constant)
+        value = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=unique_keys)
+    except DuplicateKeyError as exc:
+        # Readers disagree on which value such an object means: the last, or the first.
+        raise bad_input(f"{what}: {exc} in one object (readers disagree on which value it "
+                        "means)") from None
     except (ValueError, RecursionError) as exc:
         shown = text if len(text) <= 60 else text[:57] + "..."
         reason = exc if isinstance(exc, ValueError) else "nested too deeply"
