@@ -57,7 +57,7 @@ def test_start_and_enqueue_speak_camel_case(http: httpx.Client) -> None:
     assert {"id", "job", "queueName", "status", "payload", "result", "error", "attempt",
             "maxAttempts", "idempotencyKey", "priority", "concurrencyKey", "createdAt",
             "scheduledAt", "startedAt", "finishedAt", "nextAttemptAt", "waitingFor",
-            "created", "retryBase"} == set(run)
+            "created", "retryBase", "cancelRequested"} == set(run)
     assert (run["queueName"], run["status"], run["maxAttempts"], run["created"]) == (
         "emails", "scheduled", 5, True)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", run["createdAt"])
