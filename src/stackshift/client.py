@@ -235,14 +235,17 @@ class Queue:
 
     def info(self, window: Any = "15m") -> QueueInfo:
         """Settings, runs per status, throughput and failure rate over ``window``,
-        and the age of the oldest due run not yet started."""
+        and the age of the oldest due run not yet started. A name that holds no
+        runs and has no settings raises :class:`QueueNotFoundError`."""
         return self._s.queue_info(self.name, window)
 
     stats = info
 
     def dead_letters(self, *, job: str | None = None, limit: int = 50,
                      cursor: str | None = None) -> Page:
-        """Runs of this queue that failed for good, newest first."""
+        """Runs of this queue that failed for good, the latest failure first (by
+        ``finished_at``); raises :class:`QueueNotFoundError` for a name that holds no
+        runs and has no settings."""
         return self._s.dead_letters(self.name, job=job, limit=limit, cursor=cursor)
 
     def retry_dead_letters(self, *, job: str | None = None) -> builtins.list[str]:

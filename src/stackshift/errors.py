@@ -144,3 +144,12 @@ class LeaseLost(HandlerSignal):
 
 class ScheduleNotFoundError(StackShiftError, LookupError):
     """No schedule has the given id."""
+
+
+class QueueNotFoundError(StackShiftError, LookupError):
+    """No queue has the given name: it holds no runs and has no settings, so no
+    list shows it (configuring a queue of a new name is not refused)."""
+
+    @classmethod
+    def named(cls, name: str) -> QueueNotFoundError:
+        return cls(f"no queue named {name!r}: it holds no runs and has no settings")

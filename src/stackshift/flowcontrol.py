@@ -17,7 +17,7 @@ from .engine.cron import parse_cron
 from .engine.limits import check_concurrency, parse_rate_limit
 from .engine.transitions import parse_status
 from .errors import ValidationError
-from .ids import check_cursor, new_id
+from .ids import check_failure_cursor, new_id
 from .jobs import JobRegistry, check_max_attempts, check_name
 from .models import Page, QueueInfo, Schedule
 from .serialization import dumps, encode
@@ -104,25 +104,36 @@ class FlowControl:
         }
         self.store.configure_queue(name, self.clock.now(), **limits)
         self.notifier.notify()  # a raised limit may let waiting runs start
-        return self.queue_info(name)
+        return self._configured(name)
 
     def pause_queue(self, name: str) -> QueueInfo:
         """Start nothing more from ``name`` until resumed; running runs carry on."""
         check_name(name, "queue name")
         self.store.configure_queue(name, self.clock.now(), paused=True)
-        return self.queue_info(name)
+        return self._configured(name)
 
     def resume_queue(self, name: str) -> QueueInfo:
         check_name(name, "queue name")
         self.store.configure_queue(name, self.clock.now(), paused=False)
         self.notifier.notify()
-        return self.queue_info(name)
+        return self._configured(name)
+
+    def _configured(self, name: str) -> QueueInfo:
+        """A queue just configured: a new name too (zero counts), or one whose
+        settings were all removed and holds no runs, which the lists leave out."""
+        window = check_stats_window(DEFAULT_STATS_WINDOW)
+        return self.store.queue_info(name, self.clock.now(), window)
 
     def queue_info(self, name: str, window: Any = DEFAULT_STATS_WINDOW) -> QueueInfo:
         """The queue's settings, runs per status, throughput and failure rate over
-        ``window``, and the age of its oldest due run not yet started."""
+        ``window``, and the age of its oldest due run not yet started.
+
+        A queue that holds no runs and has no settings (which no list shows: a
+        typo, say) raises :class:`QueueNotFoundError`.
+        """
         check_name(name, "queue name")
-        return self.store.queue_info(name, self.clock.now(), check_stats_window(window))
+        return self.store.queue_info(name, self.clock.now(), check_stats_window(window),
+                                     known=True)
 
     def list_queues(self, window: Any = DEFAULT_STATS_WINDOW) -> list[QueueInfo]:
         """Every queue that holds runs or has settings, by name."""
@@ -132,14 +143,15 @@ class FlowControl:
 
     def dead_letters(self, queue: str, *, job: str | None = None, limit: int = 50,
                      cursor: str | None = None) -> Page:
-        """Runs of ``queue`` that failed for good, newest first."""
+        """Runs of ``queue`` that failed for good, the latest failure first (by
+        ``finished_at``, then newest id). A queue that holds no runs and has no
+        settings raises :class:`QueueNotFoundError`."""
         check_name(queue, "queue name")
         if job is not None:
             check_name(job, "job name")
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise ValidationError(f"limit must be an integer from 1 to 1000, got {limit!r}")
-        return self.store.list_runs(RunFilter(status="failed", queue=queue, job=job), limit,
-                                    check_cursor(cursor, "run"))
+        return self.store.dead_letters(queue, job, limit, check_failure_cursor(cursor))
 
     def retry_many(
         self,

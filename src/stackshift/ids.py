@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import threading
@@ -50,3 +51,24 @@ def check_cursor(cursor: str | None, prefix: str) -> str | None:
         raise ValidationError(f"cursor {cursor!r} is not one a list returned"
                               f" (a {prefix}_... id)")
     return cursor
+
+
+def failure_cursor(finished_at: float, run_id: str) -> str:
+    """The cursor after a run in a list by failure time (dead letters):
+    ``<finished_at>:<run id>``, the time as exactly as it is stored."""
+    return f"{finished_at!r}:{run_id}"
+
+
+def check_failure_cursor(cursor: str | None) -> tuple[float, str] | None:
+    """``(finished_at, run id)`` of a cursor :func:`failure_cursor` made, or ``None``."""
+    if cursor is None:
+        return None
+    at, _, run_id = cursor.partition(":") if isinstance(cursor, str) else ("", "", "")
+    try:
+        finished_at = float(at)
+    except ValueError:
+        finished_at = math.nan
+    if not (math.isfinite(finished_at) and _ID.fullmatch(run_id) and run_id.startswith("run_")):
+        raise ValidationError(f"cursor {cursor!r} is not one a list of dead letters returned"
+                              " (a failure time and a run_... id)")
+    return finished_at, run_id

@@ -230,7 +230,8 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class QueueStats:
-    """A queue as operators see it: runs per status and its oldest queued run."""
+    """A queue as operators see it: runs per status, and since when its oldest due
+    run not yet started (``QueueInfo.oldest_queued_age``) has been due."""
 
     name: str
     counts: dict[str, int]

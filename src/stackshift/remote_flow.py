@@ -22,7 +22,7 @@ from .flowcontrol import (
     check_schedule_id,
     check_stats_window,
 )
-from .ids import check_cursor
+from .ids import check_failure_cursor
 from .jobs import check_max_attempts, check_name
 from .models import Page, QueueInfo, Schedule
 from .serialization import dumps, encode, to_jsonable
@@ -130,7 +130,7 @@ class RemoteFlowControl:
         if job is not None:
             check_name(job, "job name")
         check_limit(limit)
-        check_cursor(cursor, "run")
+        check_failure_cursor(cursor)
         found = self._call("GET", _queue_path(queue) + "/dead-letters",
                            params={"job": job, "limit": limit, "cursor": cursor})
         page = wire.RunPage.model_validate(found.json())

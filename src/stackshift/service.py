@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from .clock import Clock
 from .durations import format_duration, parse_duration, parse_instant, time_bound
+from .engine.limits import check_concurrency
 from .engine.transitions import parse_status
 from .errors import (
     ApiKeyNotFoundError,
@@ -638,6 +639,8 @@ class Service(FlowControl):
         failures = dict(on_failure or {})
         for name in (*limits, *failures):
             check_name(name, "job name")
+        for limit in limits.values():
+            check_concurrency(limit, "key_concurrency")
         return self.store.upsert_endpoint(new_id("ep"), url, new_secret(), jobs, limits,
                                           failures, concurrency, self.clock.now())
 
@@ -685,8 +688,10 @@ class Service(FlowControl):
         return {c["name"]: c for c in self.store.queue_configs()}
 
     def queue_stats(self) -> list[QueueStats]:
-        """Each queue that holds runs: counts per status and its oldest queued run."""
-        return self.store.queue_stats()
+        """Each queue that holds runs: counts per status and its oldest due run not
+        yet started (queued, or a scheduled or retrying run whose time has come),
+        as :meth:`queue_info` counts it."""
+        return self.store.queue_stats(self.clock.now())
 
     def queue_throughput(
         self, window: Any = "1h", *, buckets: int = 30, queue: str | None = None

@@ -632,6 +632,42 @@ def test_queue_pages_chart_an_hour_of_work(db_url: str, store_kind: str, page: P
         app.close()
 
 
+def test_oldest_queued_is_the_oldest_due_run_not_yet_started_as_the_sdk_counts_it(
+        db_url: str) -> None:
+    """A queue whose only waiting runs are a retry and a delayed start, both due for
+    a while and not yet moved to ``queued`` (nothing maintains here), shows on its
+    page and in the list the age ``Queue.info()`` (and so the CLI and the API)
+    gives, not "nothing waiting to start"."""
+    import httpx
+
+    clock = FakeClock((int(time.time()) // 60) * 60 - 20 * 60)
+    app = StackShift(db_url, clock=clock)
+    try:
+        @app.job("bumpy", max_attempts=3, backoff={"base": "5m", "jitter": False})
+        def bumpy(ctx: Any) -> None:
+            raise RuntimeError("not yet")
+
+        later = app.queue("later")
+        later.enqueue("bumpy")
+        run_until_idle(app)  # its first attempt fails: retrying in 5 minutes
+        later.enqueue("bumpy", delay="10m")
+        clock.advance("20m")
+        info = later.info()
+        assert sorted(info.counts) == ["retrying", "scheduled"]
+        assert info.oldest_queued_age == 15 * 60
+        with serve(app, auth="open") as url, httpx.Client(base_url=url) as browser:
+            page = browser.get("/queues/later").text
+            stat = re.search(r'Oldest queued</span><span class="stat-value">([^<]*)<.*?'
+                             r'stat-foot muted">([^<]*)<', page, re.DOTALL)
+            assert stat and stat.group(1) == "15m", stat
+            assert stat.group(2).startswith("waiting since")
+            listed = browser.get("/queues").text
+            row = re.search(r"queue-link[^>]*>later</a>.*?</tr>", listed, re.DOTALL)
+            assert row and ">15m</td>" in row.group(0), row
+    finally:
+        app.close()
+
+
 def test_narrow_screen_shows_titles_and_keeps_the_page_within_the_screen(
     stack: Dashboard, page: Page
 ) -> None:

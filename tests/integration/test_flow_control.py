@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from flow_app import HERE, most_at_once, read_spans, worker_processes
 
 from processes import stop_processes
-from stackshift import StackShift, ValidationError
+from stackshift import QueueNotFoundError, StackShift, ValidationError
 from stackshift.cli.main import cli
 from stackshift.testing import FakeClock, run_until_idle
 
@@ -387,8 +387,9 @@ def test_a_queue_without_runs_or_settings_is_not_listed(fake_app: StackShift) ->
     assert [q["name"] for q in listed] == expected
     service = fake_app._service
     assert sorted(service.queue_settings()) == ["defaults", "held"]
-    # Such a name still reads as an empty queue, and can be configured again.
-    assert fake_app.queue("emials").info().counts == {}
+    # Such a name is no queue to a lookup either, and can be configured again.
+    with pytest.raises(QueueNotFoundError, match="no queue named 'emials'"):
+        fake_app.queue("emials").info()
     assert fake_app.queue("legacy", concurrency=1).info().concurrency == 1
     assert "legacy" in [q.name for q in fake_app.queues.list()]
 
@@ -751,3 +752,202 @@ def test_queues_over_http_and_the_remote_client(db_url: str,
         http.close()
         remote.close()
         engine.close()
+
+
+# -- one answer from every shell: SDK, CLI, HTTP API and dashboard --------------------------
+
+
+def dashboard_session(url: str, key: str) -> httpx.Client:
+    """A browser's session on the server's dashboard, logged in with ``key``."""
+    import re
+
+    browser = httpx.Client(base_url=url, timeout=30)
+    login = browser.get("/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', login.text)
+    assert csrf, login.text
+    assert browser.post("/login", data={"csrf": csrf.group(1), "api_key": key}
+                        ).status_code == 303
+    return browser
+
+
+def test_a_queue_that_holds_no_runs_and_has_no_settings_is_unknown_in_every_shell(
+        db_url: str, server: tuple[str, str]) -> None:
+    """The lists leave such a name out; a lookup of it (a typo) is refused alike:
+    QueueNotFoundError in the SDK (embedded and remote), exit code 3 from the CLI,
+    404 ``queue_not_found`` from the API and 404 from the dashboard. Configuring
+    it is not refused, and makes it a queue everywhere."""
+    url, key = server
+    engine = StackShift(db_url)
+    remote = StackShift(api_key=key, base_url=url)
+    http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    browser = dashboard_session(url, key)
+
+    def everywhere(name: str) -> dict[str, object]:
+        found: dict[str, object] = {}
+        for kind, client in (("sdk", engine), ("remote", remote)):
+            for what, lookup in (("info", lambda c: c.queue(name).info()),
+                                 ("get", lambda c: c.queues.get(name)),
+                                 ("dead letters", lambda c: c.queue(name).dead_letters())):
+                try:
+                    lookup(client)
+                    found[f"{kind} {what}"] = "found"
+                except QueueNotFoundError as exc:
+                    found[f"{kind} {what}"] = str(exc)
+        for command in ("show", "dead-letters"):
+            result = CliRunner().invoke(cli, ["queues", command, name],
+                                        env={"STACKSHIFT_DATABASE_URL": db_url})
+            found[f"cli {command}"] = (result.exit_code, result.output.strip())
+        for path in (f"/v1/queues/{name}", f"/v1/queues/{name}/dead-letters"):
+            answer = http.get(path)
+            found[path] = (answer.status_code, answer.json().get("error", {}).get("code"))
+        found["dashboard"] = browser.get(f"/queues/{name}").status_code
+        return found
+
+    try:
+        message = "no queue named 'emials': it holds no runs and has no settings"
+        unknown = everywhere("emials")
+        assert unknown == {
+            **{f"{kind} {what}": message for kind in ("sdk", "remote")
+               for what in ("info", "get", "dead letters")},
+            "cli show": (3, f"error: {message}"),
+            "cli dead-letters": (3, f"error: {message}"),
+            "/v1/queues/emials": (404, "queue_not_found"),
+            "/v1/queues/emials/dead-letters": (404, "queue_not_found"),
+            "dashboard": 404,
+        }
+        assert "emials" not in [q.name for q in engine.queues.list()]
+        # Resuming the name (nothing to resume) answers, and leaves no queue behind.
+        assert http.post("/v1/queues/emials/resume").json()["counts"] == {}
+        assert remote.queue("emials").resume().paused is False
+        assert everywhere("emials") == unknown
+        # Configured, the same name is a queue in every shell, before its first run.
+        assert engine.queue("emials", concurrency=2).info().concurrency == 2
+        known = everywhere("emials")
+        assert {k: v for k, v in known.items() if k.startswith(("sdk", "remote"))} == {
+            f"{kind} {what}": "found" for kind in ("sdk", "remote")
+            for what in ("info", "get", "dead letters")}
+        assert known["cli show"][0] == 0 and known["cli dead-letters"] == (0, "No dead letters.")
+        assert known["/v1/queues/emials"] == known["/v1/queues/emials/dead-letters"] == (
+            200, None)
+        assert known["dashboard"] == 200
+        # Its last setting removed, with no runs, it is no queue again.
+        http.patch("/v1/queues/emials", json={"concurrency": None}).raise_for_status()
+        assert everywhere("emials") == unknown
+    finally:
+        browser.close()
+        http.close()
+        remote.close()
+        engine.close()
+
+
+def test_key_concurrency_has_one_limit_and_one_message_in_the_sdk_and_both_apis(
+        app: StackShift, server: tuple[str, str]) -> None:
+    """100,000 at most, refused in the same words by ``@job(key_concurrency=...)``,
+    the worker API's claim and the push API's endpoint registration, which write
+    nothing; 100,000 itself is taken by all three."""
+    url, key = server
+    http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    endpoint = "http://127.0.0.1:9/key-limits"
+    try:
+        def refusals(limit: Any) -> dict[str, object]:
+            found: dict[str, object] = {}
+            try:
+                app.job("keyed", key_concurrency=limit)(lambda ctx: None)
+                found["sdk"] = "taken"
+            except ValidationError as exc:
+                found["sdk"] = str(exc)
+            for name, path, body in (
+                    ("claim", "/v1/worker/claim", {
+                        "workerId": "wkr_keys", "jobs": ["keyed"], "limit": 1,
+                        "leaseSeconds": 60, "keyLimits": {"keyed": limit}}),
+                    ("push", "/v1/endpoints", {
+                        "url": endpoint, "jobs": ["keyed"], "keyLimits": {"keyed": limit}})):
+                answer = http.post(path, json=body)
+                found[name] = "taken" if answer.status_code in (200, 201) else (
+                    answer.status_code, answer.json()["error"]["message"])
+            return found
+
+        for bad in (100_001, 2**31 - 1, 0):
+            said = f"key_concurrency must be an integer from 1 to 100000, got {bad}"
+            assert refusals(bad) == {"sdk": said,
+                                     "claim": (422, f"keyLimits.keyed: {said}"),
+                                     "push": (422, f"keyLimits.keyed: {said}")}
+        assert http.get("/v1/endpoints").json()["items"] == []  # nothing registered
+        assert refusals(100_000) == {"sdk": "taken", "claim": "taken", "push": "taken"}
+    finally:
+        http.close()
+
+
+def test_dead_letters_are_listed_by_when_they_failed_in_every_shell(
+        db_url: str, server: tuple[str, str]) -> None:
+    """Newest failure first (then newest run), across pages: a run started early
+    that failed last comes first, in the SDK (embedded and remote), the CLI, the
+    API and on the dashboard's queue page."""
+    import json
+    import re
+
+    from stackshift import NonRetriableError
+
+    url, key = server
+    clock = FakeClock(time.time() - 3600)
+    past = StackShift(db_url, clock=clock)
+    remote = StackShift(api_key=key, base_url=url)
+    http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    browser = dashboard_session(url, key)
+    try:
+        @past.job("doomed")
+        def doomed(ctx: Any) -> None:
+            raise NonRetriableError(f"no {ctx.payload}")
+
+        mail = past.queue("mail")
+        # Started in this order; they fail 3, then 1 and 4 together, then 2.
+        runs = [mail.enqueue("doomed", n, delay=delay).id
+                for n, delay in ((1, "2m"), (2, "3m"), (3, "1m"), (4, "2m"))]
+        for _ in range(3):
+            clock.advance("1m")
+            run_until_idle(past)
+        expected = [runs[1], runs[3], runs[0], runs[2]]
+        assert expected != sorted(runs, reverse=True)  # not the order they were started in
+
+        def pages(read: Any) -> list[str]:
+            ids: list[str] = []
+            cursor = None
+            while True:
+                items, cursor = read(cursor)
+                ids += items
+                if cursor is None:
+                    return ids
+
+        def sdk(client: StackShift) -> Any:
+            def read(cursor: str | None) -> tuple[list[str], str | None]:
+                page = client.queue("mail").dead_letters(limit=2, cursor=cursor)
+                return [r.id for r in page.items], page.next_cursor
+            return read
+
+        def cli_page(cursor: str | None) -> tuple[list[str], str | None]:
+            found = json.loads(invoke(db_url, "queues", "dead-letters", "mail", "--limit", "3",
+                                      "--json", *(["--cursor", cursor] if cursor else [])))
+            return [r["id"] for r in found["items"]], found["next_cursor"]
+
+        def api_page(cursor: str | None) -> tuple[list[str], str | None]:
+            found = http.get("/v1/queues/mail/dead-letters",
+                             params={"limit": 1, **({"cursor": cursor} if cursor else {})})
+            assert found.status_code == 200, found.text
+            return [r["id"] for r in found.json()["items"]], found.json()["nextCursor"]
+
+        assert pages(sdk(past)) == expected
+        assert pages(sdk(remote)) == expected
+        assert pages(cli_page) == expected
+        assert pages(api_page) == expected
+        shown = re.findall(r'<tr data-run-id="(run_[0-9a-f]+)"', browser.get("/queues/mail").text)
+        assert shown == expected
+        # A page cursor a list did not return is refused, as before.
+        with pytest.raises(ValidationError, match="not one a list of dead letters returned"):
+            past.queue("mail").dead_letters(cursor=runs[0])
+        assert http.get("/v1/queues/mail/dead-letters",
+                        params={"cursor": "soon:" + runs[0]}).status_code == 422
+    finally:
+        browser.close()
+        http.close()
+        remote.close()
+        past.close()

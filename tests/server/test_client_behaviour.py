@@ -25,6 +25,7 @@ from stackshift import (
     LockNotAcquiredError,
     Page,
     PayloadTooLargeError,
+    QueueNotFoundError,
     Run,
     RunNotFoundError,
     ScheduleNotFoundError,
@@ -171,7 +172,7 @@ def test_bad_start_input_raises_and_writes_nothing(
         (lambda c: c.runs.list(cursor=5), "cursor 5 is not one a list returned (a run_... id)"),
         (lambda c: c.events.list(cursor=5), "cursor 5 is not one a list returned (a evt_... id)"),
         (lambda c: c.queue("billing").dead_letters(cursor=5),
-         "cursor 5 is not one a list returned (a run_... id)"),
+         "cursor 5 is not one a list of dead letters returned (a failure time and a run_... id)"),
         (lambda c: c.queue("billing").dead_letters(job="bad name!"),
          "job name 'bad name!' is invalid: use 1-200 letters"),
         (lambda c: c.queue("billing").info(-5), "window: -5 must be a finite, non-negative"),
@@ -279,7 +280,8 @@ def test_arguments_a_call_does_not_take_are_named_with_the_call_and_write_nothin
     assert raised.value.__cause__ is None  # no internal function named on the way
     assert engine.runs.list(job=name).items == []
     assert engine.state.get(name, "unset") == "unset"
-    assert engine.queue(name).info().concurrency is None
+    with pytest.raises(QueueNotFoundError):  # no run and no setting under the name
+        engine.queue(name).info()
     assert engine.events.list(name=name).items == []
     assert [s for s in engine.schedules.list() if s.job == name] == []
     assert client.jobs == []

@@ -5,7 +5,7 @@
 1     the operation failed (a run waited on failed, a refused transition,
       a database error, a wait that timed out)
 2     usage or bad input: nothing was written
-3     not found: no run, event or state key with that name
+3     not found: no run, event, queue or state key with that name
 4     idempotency conflict: the key belongs to another job or payload (or event)
 ====  =====================================================================
 
@@ -25,6 +25,7 @@ import click
 from ..errors import (
     EventNotFoundError,
     IdempotencyConflictError,
+    QueueNotFoundError,
     RunNotFoundError,
     StackShiftError,
 )
@@ -107,7 +108,7 @@ def translate(exc: Exception) -> CliFailure:
     """The exit code and message for an error raised by the SDK."""
     if isinstance(exc, IdempotencyConflictError):
         return Conflict(str(exc))
-    if isinstance(exc, RunNotFoundError | EventNotFoundError):
+    if isinstance(exc, RunNotFoundError | EventNotFoundError | QueueNotFoundError):
         return not_found(str(exc))
     if isinstance(exc, ValueError):  # ValidationError and the SDK's other refusals
         return bad_input(str(exc))

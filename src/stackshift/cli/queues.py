@@ -226,7 +226,7 @@ def set_(name: str, concurrency: str | None, rate_limit: str | None, max_attempt
 @database_url_option
 def dead_letters(name: str, job: str | None, limit: int, cursor: str | None, as_json: bool,
                  database_url: str) -> None:
-    """Runs of NAME that failed their last attempt, newest first."""
+    """Runs of NAME that failed their last attempt, the latest failure first."""
     with open_client(database_url) as app:
         page = app.queue(name).dead_letters(job=job, limit=limit, cursor=cursor)
     if as_json:

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..durations import parse_duration, to_datetime
 from ..engine.transitions import CANCELLABLE_AT_ONCE, RETRYABLE, TERMINAL, Status
-from ..errors import EventNotFoundError, RunNotFoundError, StackShiftError
+from ..errors import EventNotFoundError, QueueNotFoundError, RunNotFoundError, StackShiftError
 from ..models import LogEntry, Page, QueueStats, Run
 from ..service import Service, check_filter
 from . import waterfall
@@ -312,12 +312,12 @@ def queue_page(service: Service, name: str, params: Mapping[str, str],
     all_settings = service.queue_settings()
     stats = next((q for q in queue_stats(service, all_settings) if q.name == name), None)
     if stats is None:
-        raise NotFound(f"No queue named {name!r} holds any run or has settings.")
+        raise NotFound(str(QueueNotFoundError.named(name)))
     buckets = service.queue_throughput(window, buckets=WINDOWS[window][1], queue=name)[name]
     cursor = _param(params, "cursor")
     problems: list[Problem] = []
     try:
-        dead = service.list_runs(status="failed", queue=name, limit=PAGE_SIZE, cursor=cursor)
+        dead = service.dead_letters(name, limit=PAGE_SIZE, cursor=cursor)
     except StackShiftError as exc:  # a stale cursor: the rest of the page still shows
         problems.append(Problem(str(exc)))
         dead = Page([], None)

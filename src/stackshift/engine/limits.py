@@ -14,6 +14,9 @@ _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\S+)\s*$")
 MAX_RATE_COUNT = 1_000_000
 #: Longest rate-limit period.
 MAX_RATE_PERIOD = 7 * 86400.0
+#: Largest concurrency limit: a queue's ``concurrency``, a job's ``key_concurrency``
+#: (SDK, worker API and push API alike) and a worker's slots.
+MAX_CONCURRENCY = 100_000
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ def parse_rate_limit(value: object) -> RateLimit:
 
 
 def check_concurrency(value: object, what: str = "concurrency") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100_000:
-        raise ValidationError(f"{what} must be an integer from 1 to 100000, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) \
+            or not 1 <= value <= MAX_CONCURRENCY:
+        raise ValidationError(
+            f"{what} must be an integer from 1 to {MAX_CONCURRENCY}, got {value!r}")
     return value

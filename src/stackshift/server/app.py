@@ -125,7 +125,10 @@ def _field_message(where: str, errors: list[Any]) -> str:
             return str(exc)
     cause = (error.get("ctx") or {}).get("error")
     if error.get("type") == "value_error" and cause is not None:
-        return f"{where}: {cause}"  # a check of ours: its own words, without "Value error, "
+        # A check of ours: its own words, without "Value error, " (nor the field's
+        # name twice when they start with it).
+        said = str(cause)
+        return said if said.startswith(f"{where} ") else f"{where}: {said}"
     return f"{where}: {error.get('msg', 'invalid')}"
 
 

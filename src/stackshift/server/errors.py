@@ -22,6 +22,7 @@ from ..errors import (
     InvalidTransitionError,
     LockNotAcquiredError,
     PayloadTooLargeError,
+    QueueNotFoundError,
     RunNotFoundError,
 )
 
@@ -98,6 +99,8 @@ def classify(exc: BaseException) -> tuple[int, str, str, dict[str, Any]]:
         return 404, "api_key_not_found", message, {}
     if isinstance(exc, EndpointNotFoundError):
         return 404, "endpoint_not_found", message, {}
+    if isinstance(exc, QueueNotFoundError):
+        return 404, "queue_not_found", message, {}
     if isinstance(exc, InvalidTransitionError):
         return 409, "invalid_transition", message, {}
     if isinstance(exc, LockNotAcquiredError):

@@ -17,6 +17,7 @@ from . import schemas as s
 from .bodies import JsonBodyRoute
 from .errors import ApiError
 from .routes import ERRORS, NOT_FOUND, JobFilter, Limit, service_of
+from .schemas import ErrorResponse
 
 router = APIRouter(prefix="/v1", responses=ERRORS, route_class=JsonBodyRoute)
 
@@ -39,7 +40,15 @@ def list_queues(request: Request, window: Window = "15m") -> f.QueueList:
     return f.QueueList(items=[f.Queue.of(q) for q in service_of(request).list_queues(window)])
 
 
-@router.get("/queues/{name}", tags=["queues"], summary="A queue's settings and numbers")
+#: A queue that holds no runs and has no settings (which no list shows) is unknown.
+QUEUE_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse,
+          "description": "`queue_not_found`: the queue holds no runs and has no settings."},
+}
+
+
+@router.get("/queues/{name}", tags=["queues"], summary="A queue's settings and numbers",
+            responses=QUEUE_NOT_FOUND)
 def get_queue(name: str, request: Request, window: Window = "15m") -> f.Queue:
     return f.Queue.of(service_of(request).queue_info(name, window))
 
@@ -64,8 +73,8 @@ def resume_queue(name: str, request: Request) -> f.Queue:
     return f.Queue.of(service_of(request).resume_queue(name))
 
 
-@router.get("/queues/{name}/dead-letters", tags=["queues"],
-            summary="Runs of the queue that failed for good, newest first")
+@router.get("/queues/{name}/dead-letters", tags=["queues"], responses=QUEUE_NOT_FOUND,
+            summary="Runs of the queue that failed for good, the latest failure first")
 def dead_letters(name: str, request: Request, job: JobFilter = None, limit: Limit = 50,
                  cursor: str | None = None) -> s.RunPage:
     page = service_of(request).dead_letters(name, job=job, limit=limit, cursor=cursor)

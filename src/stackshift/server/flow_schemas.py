@@ -12,9 +12,8 @@ from typing import Annotated, Any
 from pydantic import Field, StrictInt, StrictStr
 
 from .. import models as m
-from .schemas import Body, Name, RunError, Time, Wire, _utc
+from .schemas import Body, Concurrency, Name, RunError, Time, Wire, _utc
 
-Concurrency = Annotated[StrictInt, Field(ge=1, le=100_000)]
 RateLimitText = Annotated[StrictStr, Field(examples=["100/m", "10/s"], max_length=50)]
 Attempts = Annotated[StrictInt, Field(ge=1, le=1000)]
 

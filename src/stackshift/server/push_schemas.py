@@ -14,7 +14,7 @@ from pydantic import Field, StrictInt, StrictStr
 
 from .. import models as m
 from . import worker_schemas as w
-from .schemas import Body, Name, Wire
+from .schemas import Body, KeyConcurrency, Name, Wire
 
 Url = Annotated[StrictStr, Field(min_length=1, max_length=2000,
                                  examples=["https://app.example.com/api/stackshift"])]
@@ -25,7 +25,7 @@ class RegisterEndpoint(Body):
     url: Url
     jobs: Annotated[list[Name], Field(min_length=1, max_length=10_000)]
     concurrency: Annotated[StrictInt, Field(ge=1, le=1000)] = 10
-    key_limits: dict[Name, Annotated[StrictInt, Field(ge=1, le=1_000_000)]] = Field(
+    key_limits: dict[Name, KeyConcurrency] = Field(
         default_factory=dict, description="Per-job concurrency-key limits of the application.")
     on_failure: dict[Name, w.FailureHandler] = Field(
         default_factory=dict, description="Per-job failure handlers of the application.")

@@ -14,12 +14,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from pydantic.alias_generators import to_camel, to_snake
 from pydantic.config import JsonDict
 
 from .. import models as m
 from ..durations import MAX_DURATION
+from ..engine.limits import MAX_CONCURRENCY, check_concurrency
 from ..settings import Settings
 
 # The constraints below repeat the service's own checks, so that the OpenAPI
@@ -50,6 +51,14 @@ PositiveDuration = (
 Int32 = Annotated[StrictInt, Field(ge=-(2**31), lt=2**31)]
 Int64 = Annotated[StrictInt, Field(ge=-(2**63), lt=2**63)]
 Attempts = Annotated[StrictInt, Field(ge=1, le=1000)]
+_CONCURRENCY_RANGE = Field(json_schema_extra={"minimum": 1, "maximum": MAX_CONCURRENCY})
+#: A queue's ``concurrency``: the service's check, so the same range and message.
+Concurrency = Annotated[StrictInt, AfterValidator(check_concurrency), _CONCURRENCY_RANGE]
+#: A job's ``key_concurrency`` (in ``keyLimits`` of the worker and push APIs): the
+#: SDK's check, so the same range and message as ``@job(key_concurrency=...)``.
+KeyConcurrency = Annotated[
+    StrictInt, AfterValidator(lambda value: check_concurrency(value, "key_concurrency")),
+    _CONCURRENCY_RANGE]
 
 
 def _utc(value: datetime | None) -> datetime | None:

@@ -196,7 +196,7 @@ class Claim(Body):
     limit: Annotated[StrictInt, Field(ge=0, le=1000)]
     lease_seconds: LeaseSeconds
     queues: list[s.Name] | None = None
-    key_limits: dict[s.Name, Annotated[StrictInt, Field(ge=1, lt=2**31)]] = Field(
+    key_limits: dict[s.Name, s.KeyConcurrency] = Field(
         default_factory=dict, description="Job name to its `key_concurrency`.")
     on_failure: dict[s.Name, FailureHandler] = Field(
         default_factory=dict, description="Job name to its failure handler (JSON text).")

@@ -26,11 +26,13 @@ class OverviewStore:
         with self.db.read() as tx:
             return [r["queue"] for r in tx.all("queue_names")]
 
-    def queue_stats(self) -> list[QueueStats]:
-        """Every queue that holds runs: counts per status and its oldest queued run."""
+    def queue_stats(self, now: float) -> list[QueueStats]:
+        """Every queue that holds runs: counts per status and since when its oldest
+        run due at ``now`` and not yet started has been due (as in ``queue_info``)."""
         with self.db.read() as tx:
             counts = tx.all("count_runs_by_queue_status")
-            oldest = {r["queue"]: r["oldest"] for r in tx.all("oldest_queued_by_queue")}
+            oldest = {r["queue"]: r["oldest"]
+                      for r in tx.all("oldest_ready_by_queue", now=now)}
         by_queue: dict[str, dict[str, int]] = {}
         for r in counts:
             by_queue.setdefault(r["queue"], {})[r["status"]] = int(r["n"])

@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from ..engine.limits import RateLimit
-from ..models import QueueInfo
-from .database import Database, Row
+from ..errors import QueueNotFoundError
+from ..ids import failure_cursor
+from ..models import Page, QueueInfo
+from . import rows
+from .database import Database, Row, Tx
 
 #: ``claim_priority`` of a run that has waited past the starvation limit: above
 #: every 32-bit priority, so such runs go first, oldest first.
@@ -14,6 +17,12 @@ AGED_PRIORITY = 2**31
 
 #: Sentinel for "leave this setting as it is" in :meth:`QueueStore.configure_queue`.
 KEEP: Any = object()
+
+
+def _check_known(tx: Tx, name: str) -> None:
+    """Raise :class:`QueueNotFoundError` unless a list would show queue ``name``."""
+    if tx.one("queue_known", name=name) is None:
+        raise QueueNotFoundError.named(name)
 
 
 def _config(row: Row | None, name: str) -> dict[str, Any]:
@@ -89,9 +98,16 @@ class QueueStore:
         with self.db.read() as tx:
             return [_config(r, r["name"]) for r in tx.all("list_queues")]
 
-    def queue_info(self, name: str, now: float, window: float) -> QueueInfo:
-        """Configuration and numbers of one queue, from one consistent snapshot."""
+    def queue_info(self, name: str, now: float, window: float, *,
+                   known: bool = False) -> QueueInfo:
+        """Configuration and numbers of one queue, from one consistent snapshot.
+
+        With ``known``, a queue no list shows (no runs, no settings) raises
+        :class:`QueueNotFoundError`; without, it has zero counts.
+        """
         with self.db.read() as tx:
+            if known:
+                _check_known(tx, name)
             config = _config(tx.one("get_queue", name=name), name)
             counts = {r["status"]: int(r["n"]) for r in tx.all("queue_status_counts", queue=name)}
             finished = {r["status"]: int(r["n"])
@@ -113,6 +129,30 @@ class QueueStore:
             failure_rate=failed / (done + failed) if done + failed else None,
             oldest_queued_age=None if oldest_at is None else max(0.0, now - float(oldest_at)),
         )
+
+    def dead_letters(self, queue: str, job: str | None, limit: int,
+                     after: tuple[float, str] | None) -> Page:
+        """Failed runs of ``queue`` (of ``job``), the latest failure first, after the
+        ``(finished_at, id)`` of the previous page's last run. A queue no list shows
+        raises :class:`QueueNotFoundError`."""
+        where = ["status = 'failed'", "queue = :queue"]
+        params: dict[str, Any] = {"queue": queue, "limit": limit + 1}
+        if job is not None:
+            where.append("job = :job")
+            params["job"] = job
+        if after is not None:
+            where.append("(finished_at < :at OR (finished_at = :at AND id < :id))")
+            params["at"], params["id"] = after
+        sql = (f"SELECT * FROM runs WHERE {' AND '.join(where)}"
+               " ORDER BY finished_at DESC, id DESC LIMIT :limit")
+        with self.db.read() as tx:
+            found = tx.raw(sql, params)
+            if not found and after is None:
+                _check_known(tx, queue)
+        items = [rows.run(r) for r in found[:limit]]
+        last = found[limit - 1] if len(found) > limit else None
+        return Page(items, None if last is None else failure_cursor(last["finished_at"],
+                                                                     last["id"]))
 
     def age_ready_runs(self, before: float) -> int:
         """Runs ready since before ``before`` now claim ahead of every priority."""

@@ -450,8 +450,12 @@ SELECT COUNT(*) AS n FROM events WHERE expires_at > :now;
 -- Operational read models (store/overview.py): the dashboard's queue, job,
 -- worker and change views.
 
--- name: oldest_queued_by_queue
-SELECT queue, MIN(available_at) AS oldest FROM runs WHERE status = 'queued' GROUP BY queue;
+-- name: oldest_ready_by_queue
+-- Per queue, when its oldest run that is due and not yet started became due:
+-- queue_oldest_ready for every queue at once.
+SELECT queue, MIN(available_at) AS oldest FROM runs
+WHERE status IN ('queued', 'scheduled', 'retrying') AND available_at <= :now
+GROUP BY queue;
 
 -- name: throughput_by_queue
 -- Finished runs per bucket of :bucket seconds since :since (whole seconds). The
@@ -572,6 +576,14 @@ SELECT status, COUNT(*) AS n FROM runs WHERE queue = :queue GROUP BY status;
 SELECT status, COUNT(*) AS n FROM runs
 WHERE queue = :queue AND finished_at >= :since
 GROUP BY status;
+
+-- name: queue_known
+-- A queue the lists show (see all_queue_names): it holds runs or has a setting.
+SELECT 1 AS known
+WHERE EXISTS (SELECT 1 FROM runs WHERE queue = :name)
+   OR EXISTS (SELECT 1 FROM queues
+              WHERE name = :name AND (paused <> 0 OR concurrency IS NOT NULL
+                                      OR rate_count IS NOT NULL OR max_attempts IS NOT NULL));
 
 -- name: queue_oldest_ready
 -- The oldest run of the queue that is due and not yet started.
