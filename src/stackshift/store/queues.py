@@ -141,7 +141,7 @@ class QueueStore:
             where.append("job = :job")
             params["job"] = job
         if after is not None:
-            where.append("(finished_at < :at OR (finished_at = :at AND id < :id))")
+            where.append("(finished_at, id) < (:at, :id)")
             params["at"], params["id"] = after
         sql = (f"SELECT * FROM runs WHERE {' AND '.join(where)}"
                " ORDER BY finished_at DESC, id DESC LIMIT :limit")
