@@ -402,6 +402,32 @@ def test_a_running_run_asked_to_cancel_says_so_over_http_and_on_its_dashboard_pa
         store.close()
 
 
+def test_methods_http_does_not_define_count_as_other(http: httpx.Client, server: Any) -> None:
+    """A client may send any word as its method, with a key or without: each is
+    answered (405, 401), and all are counted under ``method="other"``, so the
+    series stay as few as HTTP's methods whatever clients send."""
+    words = [f"X{uuid.uuid4().hex[:8].upper()}" for _ in range(3)]
+    before = http.get("/metrics").text
+    for word in words:
+        assert http.request(word, "/v1/runs").status_code == 405
+    with server.http(api_key="") as stranger:
+        assert stranger.request(words[0], "/v1/runs").status_code == 401
+    assert http.request("PROPFIND", "/metrics").status_code == 405
+    assert http.request("OPTIONS", "/v1/runs").status_code == 405
+    after = http.get("/metrics").text
+
+    def counted(method: str, route: str, status: int) -> float:
+        labels = {"method": method, "route": route, "status": str(status)}
+        return _count(after, **labels) - _count(before, **labels)
+
+    assert counted("other", "/v1/runs", 405) == 3
+    assert counted("other", "/v1/runs", 401) == 1
+    assert counted("other", "/metrics", 405) == 1
+    assert counted("OPTIONS", "/v1/runs", 405) == 1  # a method of HTTP keeps its name
+    for word in [*words, "PROPFIND"]:
+        assert word not in after
+
+
 def test_dashboard_requests_are_counted_under_their_route_templates(
         http: httpx.Client, server: Any) -> None:
     """The dashboard served by the server counts in the same request metrics, by

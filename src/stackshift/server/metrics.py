@@ -20,6 +20,12 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: Statuses that count towards a queue's depth: runs due or about to be due.
 DEPTH_STATUSES = (Status.QUEUED.value, Status.RETRYING.value)
 
+#: The methods of HTTP (RFC 9110, and PATCH) that ``method`` keeps as they are. A
+#: client may send any token as its method, and each would be a series of its own
+#: (even without a key: the ``401`` is counted): the others count as ``other``.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE",
+                     "CONNECT"})
+
 
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
@@ -31,13 +37,16 @@ def _labels(**labels: str) -> str:
 
 
 class RequestCounter:
-    """HTTP responses served, by method, route template and status code."""
+    """HTTP responses served, by method (one of :data:`METHODS`, else ``other``),
+    route template and status code."""
 
     def __init__(self) -> None:
         self._counts: Counter[tuple[str, str, int]] = Counter()
         self._lock = threading.Lock()
 
     def add(self, method: str, route: str, status: int) -> None:
+        if method not in METHODS:
+            method = "other"
         with self._lock:
             self._counts[(method, route, status)] += 1
 
