@@ -202,7 +202,7 @@ SELECT MIN(available_at) AS due FROM runs
 WHERE status IN ('scheduled', 'retrying', 'waiting');
 
 -- name: timeline
-SELECT * FROM timeline WHERE run_id = :run_id ORDER BY id;
+SELECT * FROM timeline WHERE run_id = :run_id ORDER BY at, id;
 
 -- name: logs
 SELECT * FROM logs WHERE run_id = :run_id ORDER BY id;
