@@ -36,6 +36,22 @@ def engine_call() -> Iterator[None]:
 #: ``ctx.log`` writes here; it records everything from DEBUG up unless configured.
 RUN_LOGGER = "stackshift.run"
 
+#: Characters of a record's message (traceback included) kept with the run: a longer
+#: one keeps its beginning and its end (where a traceback names the exception).
+#: A remote worker sends the records with its next checkpoint, which must fit the
+#: server's request body limit: a record of megabytes would fail the step.
+MAX_MESSAGE = 64 * 1024
+
+
+def shortened(message: str) -> str:
+    """``message``, or its first and last ``MAX_MESSAGE // 2`` characters with
+    what was cut between them."""
+    if len(message) <= MAX_MESSAGE:
+        return message
+    keep = MAX_MESSAGE // 2
+    return (f"{message[:keep]}\n[... {len(message) - 2 * keep} characters cut ...]\n"
+            f"{message[-keep:]}")
+
 
 class _CaptureHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
@@ -48,7 +64,8 @@ class _CaptureHandler(logging.Handler):
                 message += "\n" + logging.Formatter().formatException(record.exc_info)
         except Exception:  # a broken format string must not break the handler
             message = str(record.msg)
-        invocation.add_log(record.levelname, record.name, message, CURRENT_STEP.get())
+        invocation.add_log(record.levelname, record.name, shortened(message),
+                           CURRENT_STEP.get())
 
 
 _handler = _CaptureHandler(level=logging.DEBUG)

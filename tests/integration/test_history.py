@@ -618,6 +618,33 @@ def test_logged_exceptions_keep_their_traceback(fake_app: StackShift) -> None:
     assert "KeyError: 'missing'" in entry.message
 
 
+def test_a_very_long_log_message_keeps_its_beginning_and_its_end(fake_app: StackShift) -> None:
+    """A record of megabytes is kept as its first and last 32,768 characters with
+    the count of those cut between them: a traceback still names its exception."""
+    @fake_app.job("verbose")
+    def verbose(ctx):  # type: ignore[no-untyped-def]
+        ctx.log.info("head " + "x" * 2_000_000 + " tail")
+        try:
+            raise ValueError("deep" * 100_000)
+        except ValueError:
+            ctx.log.exception("failed")
+        ctx.log.info("y" * 65_536)  # at the limit: kept whole
+        return None
+
+    run = fake_app.start("verbose")
+    run_until_idle(fake_app)
+    assert fake_app.runs.get(run.id).status == "completed"
+    long, failed, whole = fake_app.runs.logs(run.id)
+    cut = len("head ") + 2_000_000 + len(" tail") - 65_536
+    assert long.message == ("head " + "x" * (32_768 - 5) + f"\n[... {cut} characters cut ...]\n"
+                            + "x" * (32_768 - 5) + " tail")
+    assert failed.level == "ERROR"
+    assert failed.message.startswith("failed\nTraceback (most recent call last):")
+    assert failed.message.endswith("deepdeep") and "ValueError: deep" in failed.message
+    assert len(failed.message) < 65_600 and "characters cut ...]" in failed.message
+    assert whole.message == "y" * 65_536
+
+
 def test_logs_of_a_threaded_worker_go_to_the_right_runs(app: StackShift) -> None:
     @app.job("talk")
     def talk(ctx):  # type: ignore[no-untyped-def]

@@ -646,3 +646,26 @@ def test_the_workers_own_requests_are_not_logged_as_the_runs(
     time.sleep(2.5)  # an idle worker's claim long-polls end every 2 s
     output = (tmp_path / "worker-0.out").read_text(errors="replace")
     assert "/v1/worker/" not in output, output
+
+
+def test_a_log_record_of_megabytes_does_not_fail_a_remote_workers_step(
+        server: Server, client: StackShift) -> None:
+    """A remote worker sends a run's records with its next checkpoint, through the
+    server's request body limit (1 MiB): a record of 2 MB is kept shortened
+    rather than fail the step with a 413, and the run completes."""
+    @client.job("remote-verbose", max_attempts=1)
+    def verbose(ctx):  # type: ignore[no-untyped-def]
+        ctx.log.info("before " + "x" * 2_000_000)
+        ctx.step.run("fetch", lambda: 1)
+        ctx.log.warning("z" * 2_000_000 + " after")
+        return "done"
+
+    with client.worker(concurrency=1):
+        run = client.start("remote-verbose")
+        done = client.runs.wait(run.id, timeout="20s")
+    assert (done.status, done.result, done.error) == ("completed", "done", None)
+    before, after = client.runs.logs(run.id)
+    assert (before.step, before.level, after.level) == (None, "INFO", "WARNING")
+    assert before.message.startswith("before xxx") and after.message.endswith("zzz after")
+    assert all(len(e.message) < 70_000 and "characters cut ...]" in e.message
+               for e in (before, after))
