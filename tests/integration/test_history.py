@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -643,6 +645,30 @@ def test_a_very_long_log_message_keeps_its_beginning_and_its_end(fake_app: Stack
     assert failed.message.endswith("deepdeep") and "ValueError: deep" in failed.message
     assert len(failed.message) < 65_600 and "characters cut ...]" in failed.message
     assert whole.message == "y" * 65_536
+
+
+def test_records_of_a_handlers_threads_are_kept_when_they_run_in_its_context(
+        fake_app: StackShift) -> None:
+    """As the guide says: a thread run in a copy of the handler's context logs to
+    the run (with the step it was started in); a bare thread does not."""
+    def in_thread(target: Any) -> None:
+        thread = threading.Thread(target=target)
+        thread.start()
+        thread.join()
+
+    @fake_app.job("threads")
+    def threads(ctx):  # type: ignore[no-untyped-def]
+        in_thread(lambda: ctx.log.info("bare thread"))
+        def work() -> None:
+            copied = contextvars.copy_context()  # taken in the handler's thread
+            in_thread(lambda: copied.run(ctx.log.info, "copied context"))
+
+        ctx.step.run("work", work)
+
+    run = fake_app.start("threads")
+    run_until_idle(fake_app)
+    assert [(e.step, e.message) for e in fake_app.runs.logs(run.id)] == [
+        ("work", "copied context")]
 
 
 def test_logs_of_a_threaded_worker_go_to_the_right_runs(app: StackShift) -> None:
