@@ -530,9 +530,13 @@ class Service(FlowControl):
                    after: str | None = None) -> list[dict[str, Any]]:
         """Live keys in key order, with their values and expiry (epoch seconds); only
         keys after ``after`` when it is given (the last key of the previous page)."""
-        check_filter(prefix, "prefix")
-        check_filter(after, "after")
-        return self.store.list_state(prefix, check_limit(limit), self.clock.now(), after)
+        return self.state_page(prefix, limit, after).items
+
+    def state_page(self, prefix: str | None = None, limit: int = 100,
+                   after: str | None = None) -> Page:
+        """:meth:`state_keys` as a page, with its ``next_cursor``: the last key of the
+        page when a live key follows it (pass it as ``after``), else None."""
+        return self._key_page(self.store.list_state, prefix, limit, after)
 
     def lock_list(self, prefix: str | None = None, limit: int = 100,
                   after: str | None = None) -> list[dict[str, Any]]:
@@ -540,9 +544,23 @@ class Service(FlowControl):
         run and its attempt, or a host and a process; ``None`` when its owner did not
         say) and its expiry (epoch seconds); paged and filtered as :meth:`state_keys`
         is. Owners' tokens are not shown: only an owner can release its lock."""
+        return self.lock_page(prefix, limit, after).items
+
+    def lock_page(self, prefix: str | None = None, limit: int = 100,
+                  after: str | None = None) -> Page:
+        """:meth:`lock_list` as a page, with its ``next_cursor`` as :meth:`state_page`'s."""
+        return self._key_page(self.store.list_locks, prefix, limit, after)
+
+    def _key_page(self, listing: Callable[..., list[dict[str, Any]]], prefix: str | None,
+                  limit: int, after: str | None) -> Page:
+        """A page of ``listing`` (of state keys or locks), read with one more key than
+        asked for in the same query: whether a live key follows the page."""
         check_filter(prefix, "prefix")
         check_filter(after, "after")
-        return self.store.list_locks(prefix, check_limit(limit), self.clock.now(), after)
+        items = listing(prefix, check_limit(limit) + 1, self.clock.now(), after)
+        if len(items) <= limit:
+            return Page(items, None)
+        return Page(items[:limit], items[limit - 1]["key"])
 
     def lock_break(self, key: str) -> bool:
         """Free the live lock on ``key`` whatever its owner; return whether there was

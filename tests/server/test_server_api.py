@@ -310,6 +310,51 @@ def test_locks_are_listed_and_broken_over_http(http: httpx.Client) -> None:
             ] == [keys[1], keys[2]]
 
 
+def test_state_and_lock_listings_say_where_the_next_page_starts(
+        http: httpx.Client, remote: StackShift) -> None:
+    """As runs and events do, a page of keys or locks gives its ``nextCursor``: its
+    last key when a live one follows it (pass it as ``after``), null on the last page,
+    a full one included, so a client in any language pages to the end."""
+    base = tag("paged")
+    keys = [f"{base}/{name}" for name in ("a", "b c", "d/e", "f")]
+    for key in keys:
+        assert http.put("/v1/state/" + quote(key, safe=""), json={"value": key}
+                        ).status_code == 204
+        assert http.post("/v1/locks/acquire", json={"key": key, "owner": "o", "ttl": "1m"}
+                         ).json()["held"] is True
+    gone = f"{base}/z"  # expired, after every live key: it is no next page
+    assert http.put("/v1/state/" + quote(gone, safe=""), json={"value": 0, "ttl": 0.05}
+                    ).status_code == 204
+    assert http.post("/v1/locks/acquire", json={"key": gone, "owner": "o", "ttl": 0.05}
+                     ).json()["held"] is True
+    time.sleep(0.1)
+
+    def walk(path: str, limit: int) -> list[tuple[list[str], str | None]]:
+        pages: list[tuple[list[str], str | None]] = []
+        after = None
+        while True:
+            query = {"prefix": base, "limit": limit} | ({} if after is None else {"after": after})
+            body = http.get(path, params=query).json()
+            assert set(body) == {"items", "nextCursor"}
+            pages.append(([e["key"] for e in body["items"]], body["nextCursor"]))
+            if body["nextCursor"] is None:
+                return pages
+            after = body["nextCursor"]
+
+    for path in ("/v1/state", "/v1/locks"):
+        assert walk(path, 3) == [(keys[:3], keys[2]), (keys[3:], None)]
+        assert walk(path, 2) == [(keys[:2], keys[1]), (keys[2:], None)]  # full last page
+        assert walk(path, 4) == [(keys, None)]
+        assert walk(path, 1000) == [(keys, None)]
+        assert http.get(path, params={"prefix": tag("none")}).json() == {
+            "items": [], "nextCursor": None}
+    # The remote client pages through the server as the embedded one does.
+    assert [e["key"] for e in remote.state.keys(base, 2)] == keys[:2]
+    assert [e["key"] for e in remote.state.keys(base, 2, after=keys[1])] == keys[2:]
+    assert [e["key"] for e in remote.state.locks(base, 3, after=keys[2])] == keys[3:]
+    assert remote.state.keys(base, 2, after=keys[3]) == []
+
+
 def test_metrics(http: httpx.Client, server: Any) -> None:
     queue = tag("metered")
     for _ in range(3):

@@ -402,23 +402,19 @@ def jobs_page(service: Service, params: Mapping[str, str], now: float) -> dict[s
 Entries = list[dict[str, Any]]
 
 
-def _key_page(listing: Callable[..., Entries], prefix: str | None, cursor: str | None,
+def _key_page(listing: Callable[..., Page], prefix: str | None, cursor: str | None,
               name: str, problems: list[Problem]) -> tuple[Entries, str | None]:
-    """A page of ``listing`` (state keys or locks) after ``cursor``, the query
-    parameter ``name``, and the cursor of the next page. Refused input is shown
+    """A page of ``listing`` (``state_page`` or ``lock_page``) after ``cursor``, the
+    query parameter ``name``, and the cursor of the next page. Refused input is shown
     once above the results (keys and locks share the prefix) and lists nothing."""
     try:
         check_filter(cursor, name)  # refused under the name the address gives it
-        entries = listing(prefix, PAGE_SIZE + 1, after=cursor)
+        page = listing(prefix, PAGE_SIZE, cursor)
     except StackShiftError as exc:  # shown above the (empty) results, like a runs filter
         if Problem(str(exc)) not in problems:
             problems.append(Problem(str(exc)))
         return [], None
-    # One key more than a page was read: when it came, the next page starts after
-    # this page's last key.
-    shown = entries[:PAGE_SIZE]
-    return shown, shown[-1]["key"] if len(entries) > PAGE_SIZE else None
-
+    return page.items, page.next_cursor
 
 
 #: A lock taken in a handler says so: "run <id> (attempt <n>)" (state.lock_holder).
@@ -440,8 +436,8 @@ def state_page(service: Service, params: Mapping[str, str], now: float) -> dict[
     cursor = params.get("cursor") or None
     locks_cursor = params.get("locks_cursor") or None
     problems: list[Problem] = []
-    shown, next_cursor = _key_page(service.state_keys, prefix, cursor, "cursor", problems)
-    locks, locks_next = _key_page(service.lock_list, prefix, locks_cursor, "locks_cursor",
+    shown, next_cursor = _key_page(service.state_page, prefix, cursor, "cursor", problems)
+    locks, locks_next = _key_page(service.lock_page, prefix, locks_cursor, "locks_cursor",
                                   problems)
     return {
         "page_title": "State",

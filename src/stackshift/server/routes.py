@@ -272,7 +272,8 @@ StateKey = Annotated[str, Path(description="The state key, percent-encoded.", mi
 
 #: Only keys after this one: a listing's next page (of state keys or locks).
 After = Annotated[str | None, Query(
-    description="Only keys after this one: the last key of the previous page.")]
+    description="Only keys after this one: the previous page's `nextCursor` (its last "
+    "key).")]
 
 
 @router.get("/state", tags=["state"], summary="List live state keys")
@@ -282,12 +283,12 @@ def list_state(
     limit: Limit = 100,
     after: After = None,
 ) -> s.StateList:
-    entries = service_of(request).state_keys(prefix, limit, after)
+    page = service_of(request).state_page(prefix, limit, after)
     return s.StateList(items=[
         s.StateEntry(key=e["key"], value=e["value"], expires_at=to_datetime(e["expires_at"]),
                      updated_at=to_datetime(e["updated_at"]))  # type: ignore[arg-type]
-        for e in entries
-    ])
+        for e in page.items
+    ], next_cursor=page.next_cursor)
 
 
 @router.post("/state/increment", tags=["state"], summary="Add to a counter atomically")
@@ -350,12 +351,12 @@ def list_locks(
     limit: Limit = 100,
     after: After = None,
 ) -> s.LockList:
-    entries = service_of(request).lock_list(prefix, limit, after)
+    page = service_of(request).lock_page(prefix, limit, after)
     return s.LockList(items=[
         s.LockEntry(key=e["key"], holder=e["holder"],
                     expires_at=to_datetime(e["expires_at"]))  # type: ignore[arg-type]
-        for e in entries
-    ])
+        for e in page.items
+    ], next_cursor=page.next_cursor)
 
 
 @router.delete("/locks/{key:text}", tags=["state"], summary="Break a lock, whatever its owner")

@@ -474,8 +474,22 @@ class StateEntry(Wire):
     updated_at: datetime
 
 
-class StateList(Wire):
+#: The next page of a listing of keys (state keys or locks). Left out by servers from
+#: before it: a remote client reads their pages without it.
+NextKey = Annotated[str | None, Field(
+    description="The last key of the page when a live key follows it: pass it as "
+    "`after` for the next page; null on the last page.")]
+
+
+class KeyPage(Wire):
+    """A page of keys: its ``nextCursor`` is always sent (required in the schema)."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+
+class StateList(KeyPage):
     items: list[StateEntry]
+    next_cursor: NextKey = None
 
 
 class AcquireLock(Body):
@@ -525,8 +539,9 @@ class LockEntry(Wire):
     expires_at: datetime = Field(description="When the lock frees itself, unless extended.")
 
 
-class LockList(Wire):
+class LockList(KeyPage):
     items: list[LockEntry]
+    next_cursor: NextKey = None
 
 
 class LockBroken(Wire):
