@@ -606,6 +606,34 @@ def test_the_next_page_command_keeps_the_filters_and_page_size(
         assert all(row[column] == expected for row in rows), following.stdout
 
 
+def test_an_empty_later_page_says_there_are_no_more(db_url: str, app: StackShift) -> None:
+    """Past the last item, every list says "No more ..." (as state keys and locks
+    do); with no cursor, that nothing matches."""
+    @app.job("import.c", queue="imports", max_attempts=1)
+    def fail(ctx: Any) -> None:
+        raise NonRetriableError("no")
+
+    ids = [app.start("import.c").id for _ in range(2)]
+    run_until_idle(app)
+    for event in ("paid", "shipped", "paid", "shipped"):
+        app.events.send(event, correlation_key="o 1")
+    dead = cli_json(db_url, "queues", "dead-letters", "imports", "--limit", "1")
+    assert dead["next_cursor"] is not None
+    assert cli_json(db_url, "runs", "retry", ids[0])["status"] == "queued"  # the older one
+    assert cli(db_url, "queues", "dead-letters", "imports", "--cursor", dead["next_cursor"]
+               ).stdout == "No more dead letters.\n"
+    assert cli(db_url, "queues", "dead-letters", "billing").stdout == "No dead letters.\n"
+    # The oldest "shipped" is the newest but two: no "shipped" comes after it.
+    events = cli_json(db_url, "events", "list", "--limit", "3")
+    assert events["next_cursor"] is not None
+    assert cli(db_url, "events", "list", "--name", "shipped", "--cursor",
+               events["next_cursor"]).stdout == "No more events.\n"
+    assert cli(db_url, "events", "list", "--name", "refunded").stdout == "No events match.\n"
+    runs = cli_json(db_url, "runs", "list", "--limit", "1")
+    assert cli(db_url, "runs", "list", "--cursor", runs["next_cursor"], "--status", "running"
+               ).stdout == "No more runs.\n"
+
+
 def read_terminal(controller: int, shown: bytearray) -> None:
     """Add what a process writes to its pseudo-terminal (``controller`` is our side)
     to ``shown``, until the process ends and closes its side."""

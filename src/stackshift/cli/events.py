@@ -87,7 +87,7 @@ def list_events(
         return
     out = console()
     if not page.items:
-        out.print("No events match.")
+        out.print("No events match." if cursor is None else "No more events.")
         return
     out.print(events_table(page.items))
     if page.next_cursor:

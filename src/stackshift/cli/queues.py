@@ -234,7 +234,7 @@ def dead_letters(name: str, job: str | None, limit: int, cursor: str | None, as_
         return
     out = console()
     if not page.items:
-        out.print("No dead letters.")
+        out.print("No dead letters." if cursor is None else "No more dead letters.")
         return
     out.print(runs_table(page.items, width=out.width))
     if page.next_cursor:
