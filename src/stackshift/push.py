@@ -64,6 +64,27 @@ def _error(status: int, code: str, message: str) -> Reply:
     return status, {"error": {"code": code, "message": message}}
 
 
+def check_secret(secret: object, given: str) -> str:
+    """An endpoint's signing secret as the route is ``given`` it (``secret=`` or the
+    environment), without surrounding whitespace, as API keys are taken: one read
+    from a file or a secret store keeps its newline, and the server issues none with
+    whitespace. One that is still no secret is refused at start-up, without showing
+    it, rather than every delivery failing as ``bad_signature``."""
+    if not isinstance(secret, str):
+        raise ValidationError(f"the signing secret ({given}) must be a string, "
+                              f"got {type(secret).__name__}")
+    stripped = secret.strip()
+    if not stripped:
+        raise ValidationError(f"the signing secret ({given}) is blank: give the one "
+                              f"`stackshift endpoints add` printed")
+    if any(char.isspace() or not char.isprintable() for char in stripped):
+        raise ValidationError(
+            f"the signing secret ({given}) holds a space or a control character inside "
+            "it, which no secret has: check how it was copied (it is not shown here, so "
+            "that it stays out of logs)")
+    return stripped
+
+
 class PushRoute:
     """What both adapters share: check a request, then execute the run it carries."""
 
@@ -91,12 +112,14 @@ class PushRoute:
             registered = self.register(url, concurrency=concurrency)
             secret = registered.secret
             self.endpoint_id = registered.id
-        secret = secret or os.environ.get(SECRET_ENV)
+        given = "secret="
+        if not secret:
+            secret, given = os.environ.get(SECRET_ENV), SECRET_ENV
         if not secret:
             raise ValidationError(
                 f"the route needs its endpoint's signing secret: pass url= to register it, "
                 f"or secret= (or {SECRET_ENV}) from `stackshift endpoints add`")
-        self.secret = secret
+        self.secret = check_secret(secret, given)
         # What a worker does when it starts: the server creates the jobs' cron=
         # schedules, and runs started without the jobs' code (another service, the
         # CLI) take their queue and max_attempts. A server out of reach does not
@@ -366,8 +389,8 @@ def asgi_app(client: StackShift | AsyncStackShift, *, url: str | None = None,
     ``url`` is the route's public URL: given, the route registers itself with
     the server now (for every job of ``client``) and signs with the secret the
     server keeps for that URL. Without it, pass ``secret`` (or set
-    ``STACKSHIFT_SIGNING_SECRET``) from ``stackshift endpoints add``.
-    ``concurrency`` bounds the runs the server posts to the route at once.
+    ``STACKSHIFT_SIGNING_SECRET``) from ``stackshift endpoints add``, taken without
+    surrounding whitespace. ``concurrency`` bounds the runs the server posts to the route at once.
     """
     return AsgiRoute(PushRoute(client, url=url, secret=secret, concurrency=concurrency))
 

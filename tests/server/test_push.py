@@ -40,7 +40,8 @@ from serverproc import (
 
 import stackshift
 from processes import stop_processes
-from stackshift import AsyncStackShift, StackShift
+from stackshift import AsyncStackShift, StackShift, ValidationError
+from stackshift.push import SECRET_ENV
 from stackshift.signing import sign
 
 HERE = Path(__file__).parent
@@ -562,4 +563,60 @@ def test_a_route_starts_while_the_server_is_out_of_reach(
             stackshift.asgi_app(app, secret="whsec_test")
         assert "could not publish the jobs' schedules and defaults" in caplog.text
     finally:
+        app.close()
+
+
+def test_a_secret_pasted_with_whitespace_signs_and_one_that_is_no_secret_is_refused(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signing secret read from a file or a secret store keeps its newline: the
+    route takes it without surrounding whitespace, as API keys are taken, so the
+    server's deliveries run. One that can still be no secret is refused when the
+    route is made, without showing it, and nothing is published."""
+    app = StackShift(api_key=server.api_key, base_url=server.url)
+    app.job("pastedEcho", lambda ctx: {"echo": ctx.payload["n"]})
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    with server.http() as http:  # as `stackshift endpoints add URL --jobs pastedEcho`
+        secret = http.post("/v1/endpoints", json={"url": url, "jobs": ["pastedEcho"]}
+                           ).json()["secret"]
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    current: list[Any] = [stackshift.wsgi_app(app, secret=f"  {secret}\r\n")]
+    httpd = make_server("127.0.0.1", port, lambda env, start: current[0](env, start),
+                        handler_class=_Quiet)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        done = app.runs.wait(app.start("pastedEcho", {"n": 1}).id, timeout=15)
+        assert (done.status, done.result) == ("completed", {"echo": 1})
+        monkeypatch.setenv(SECRET_ENV, f"{secret}\n")
+        current[0] = stackshift.wsgi_app(app)
+        done = app.runs.wait(app.start("pastedEcho", {"n": 2}).id, timeout=15)
+        assert (done.status, done.result) == ("completed", {"echo": 2})
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+    refused = StackShift(api_key=server.api_key, base_url=server.url)
+    refused.job("pastedNightly", lambda ctx: None, cron="0 3 * * *")
+    inside = f"{secret[:9]} {secret[9:]}"
+    try:
+        for make in (stackshift.asgi_app, stackshift.wsgi_app):
+            for given, message in [
+                (" \n", "the signing secret (secret=) is blank"),
+                (inside, "the signing secret (secret=) holds a space or a control "
+                         "character inside it"),
+                (secret.encode(), "the signing secret (secret=) must be a string, got bytes"),
+            ]:
+                with pytest.raises(ValidationError) as refusal:
+                    make(refused, secret=given)  # type: ignore[arg-type]
+                assert str(refusal.value).startswith(message)
+                assert secret[9:] not in str(refusal.value)
+            monkeypatch.setenv(SECRET_ENV, f"{secret[:9]}\t{secret[9:]}\n")
+            with pytest.raises(ValidationError, match=rf"^the signing secret \({SECRET_ENV}\) "
+                                                      "holds a space"):
+                make(refused)
+            monkeypatch.delenv(SECRET_ENV)
+        assert app.schedules.list() == []  # the refused routes published nothing
+    finally:
+        refused.close()
         app.close()
