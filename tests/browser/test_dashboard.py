@@ -1036,6 +1036,40 @@ def test_logs_and_timeline_entries_after_a_long_sleep_read_with_their_date(
         app.close()
 
 
+def test_timeline_entries_give_their_times_and_durations_as_times_and_durations(
+    db_url: str, store_kind: str, page: Page
+) -> None:
+    """A retry's next attempt, a sleep's end and a step's duration read as the rest of
+    the page reads them, not as epoch seconds (1772619180.0) or bare seconds."""
+    clock = FakeClock(datetime(2026, 3, 2, 9, 12, tzinfo=UTC).timestamp())
+    app = StackShift(db_url, clock=clock)
+
+    @app.job("nightly-report", max_attempts=2, backoff={"base": "30s", "jitter": False})
+    def report(ctx: Any) -> None:
+        ctx.step.run("load", lambda: 1)
+        if ctx.run.attempt == 1:
+            raise ConnectionError("warehouse timed out")
+        ctx.step.sleep("cool-down", "3d")
+
+    try:
+        run = app.start("nightly-report")
+        run_until_idle(app)
+        clock.advance(30)
+        run_until_idle(app)
+        assert app.runs.get(run.id).status == "waiting"
+        with serve(app, auth="open") as url:
+            page.goto(f"{url}/runs/{run.id}")
+            rows = page.locator("#raw-timeline tr")
+            details = {row.locator("td").nth(1).text_content():
+                       row.locator("td").last.text_content() for row in rows.all()}
+            assert details["run.retrying"] == \
+                '{"from": "running", "next_attempt_at": "09:12:30.000"}', details
+            assert '"until": "2026-03-05 09:12:30.000"' in details["run.waiting"], details
+            assert '"duration": "<1 ms"' in details["step.completed"], details
+    finally:
+        app.close()
+
+
 def test_a_long_job_name_in_the_breadcrumbs_wraps_across_a_narrow_screen(
     stack: Dashboard, page: Page
 ) -> None:

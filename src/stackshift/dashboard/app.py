@@ -116,6 +116,7 @@ class Dashboard:
             percent=formatting.percent,
             plural=formatting.plural,
             time_in_run=formatting.time_in_run,
+            timeline_details=formatting.timeline_details,
             statuses=pages.STATUS_ORDER,
         )
 

@@ -9,6 +9,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from ..models import details_with_datetimes
+
 
 def duration(seconds: float | None) -> str:
     """``0.0123`` -> ``12 ms``, ``75`` -> ``1m 15s``, ``93784`` -> ``1d 2h``."""
@@ -104,6 +106,17 @@ def time_in_run(moment: datetime | None, first: datetime) -> str:
     text = clock_time(moment)
     same_day = moment.astimezone(UTC).date() == first.astimezone(UTC).date()
     return text[11:] if same_day else text
+
+
+def timeline_details(data: dict[str, Any], first: datetime) -> dict[str, Any]:
+    """A timeline entry's details as the run page lists them: its points in time
+    (epoch seconds in the entry: ``next_attempt_at``, ``until``) as times in the run,
+    as the entries' own times read, and a step's ``duration`` as other durations
+    read (``53 ms``), not as raw numbers of seconds."""
+    return {key: time_in_run(value, first) if isinstance(value, datetime)
+            else duration(value) if key == "duration" and isinstance(value, int | float)
+            and not isinstance(value, bool) else value
+            for key, value in details_with_datetimes(data).items()}
 
 
 def iso(moment: datetime | None) -> str:
