@@ -207,6 +207,25 @@ def test_bad_input_exits_2_with_a_message_and_writes_nothing(
     assert app.state.get("greeting") is None
 
 
+def test_a_bare_word_where_json_goes_is_refused_with_the_quoting_that_works(
+    db_url: str, app: StackShift
+) -> None:
+    """``state set greeting hello``: the message shows how to write the string, and
+    what it shows, typed as shown, sets it."""
+    stderr = refused(db_url, ["state", "set", "greeting", "hello there"])
+    assert stderr.rstrip().endswith(
+        """; a string is written in double quotes, e.g. '"hello there"'"""), stderr
+    suggested = shlex.split(stderr.rstrip().rpartition("e.g. ")[2])
+    assert cli(db_url, "state", "set", "greeting", *suggested).returncode == 0
+    assert app.state.get("greeting") == "hello there"
+    for args in (["start", "job", "order_1"], ["events", "send", "ev", "ann@example.com"]):
+        assert "a string is written in double quotes" in refused(db_url, args), args
+    # Not for what was meant as an object, an array or a number: quoting is not the fix.
+    for text in ("{orderId: 1}", "[1,", "1.2.3", "'hello'", "x" * 61):
+        assert "double quotes, e.g." not in refused(db_url, ["start", "job", text]), text
+    assert app.runs.list().items == [] and app.events.list().items == []
+
+
 #: Input the SDK refuses, with the message naming the option the user typed.
 REFUSED_OPTIONS = [
     (["start", "job", "--scheduled-at", "soon"], "--scheduled-at: 'soon' is not an ISO-8601"),

@@ -117,13 +117,23 @@ def parse_json_argument(text: str | None, what: str) -> Any:
     except (ValueError, RecursionError) as exc:
         shown = text if len(text) <= 60 else text[:57] + "..."
         reason = exc if isinstance(exc, ValueError) else "nested too deeply"
-        raise bad_input(f"{what} is not valid JSON ({reason}): {shown!r}") from None
+        raise bad_input(f"{what} is not valid JSON ({reason}): {shown!r}"
+                        f"{_string_hint(text)}") from None
     try:
         # What the engine would refuse: a number too large (1e999 reads as
         # infinity) or arrays and objects nested too deeply.
         return to_jsonable(value, what=what)
     except TypeError as exc:
         raise bad_input(str(exc)) from None
+
+
+def _string_hint(text: str) -> str:
+    """For a bare word given where JSON goes (``state set greeting hello``): how to
+    write it as a JSON string, quoted for the shell; otherwise nothing."""
+    word = text.strip()
+    if not word or len(word) > 60 or not (word[0].isalpha() or word[0] == "_"):
+        return ""
+    return f"; a string is written in double quotes, e.g. {shell_word(json.dumps(word))}"
 
 
 def duration(value: str | None, option: str) -> float | str | None:
