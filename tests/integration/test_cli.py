@@ -1375,7 +1375,7 @@ def test_worker_refuses_an_app_it_cannot_find(db_url: str, tmp_path: Path) -> No
                                         "app = StackShift()\n")
     cases = [
         ([str(tmp_path / "missing.py")], "no such file"),
-        ([f"{tmp_path / 'nojobs.py'}:x"], "not a StackShift"),
+        ([f"{tmp_path / 'nojobs.py'}:x"], "x is an int, not a StackShift"),
         ([str(tmp_path / "nojobs.py")], "defines no jobs"),
         (["no_such_module_here:app"], "cannot import module"),
         (["", "--lease", "1m"], "'' is not a module name"),

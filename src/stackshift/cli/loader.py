@@ -98,7 +98,9 @@ def find_app(module: ModuleType, attribute: str | None, spec: str) -> StackShift
             value = getattr(value, part)
         app = _client(value)
         if app is None:
-            raise bad_input(f"{spec}: {attribute} is a {type(value).__name__}, not a StackShift")
+            kind = type(value).__name__
+            article = "an" if kind[:1].lower() in "aeiou" else "a"
+            raise bad_input(f"{spec}: {attribute} is {article} {kind}, not a StackShift")
         return app
     for value in vars(module).values():
         app = _client(value)
