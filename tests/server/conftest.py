@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from serverproc import Server, start_server, stop_server
+from serverproc import Server, running_server, start_server, stop_server
 
 from stackshift import StackShift
 from stackshift.store import open_store
@@ -100,6 +101,16 @@ def remote(server: Server) -> Iterator[StackShift]:
     app = StackShift(api_key=server.api_key, base_url=server.url)
     yield app
     app.close()
+
+
+@pytest.fixture
+def own_remote(db_url: str, tmp_path: Path) -> Iterator[StackShift]:
+    """A remote client through a server of its own, on a new database: the test's
+    runs alone, for a remote worker that runs everything due (``run_until_idle``)."""
+    with running_server(db_url, tmp_path / "server.log") as server:
+        app = StackShift(api_key=server.api_key, base_url=server.url)
+        yield app
+        app.close()
 
 
 @pytest.fixture(params=["embedded", "remote"])

@@ -5,25 +5,14 @@ once, and ``RetryAfterError``s in it set the next attempt's time."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
-from serverproc import running_server
 
 from stackshift import NonRetriableError, RetryAfterError, StackShift
 from stackshift.testing import run_until_idle
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def remote(db_url: str, tmp_path: Path) -> Iterator[StackShift]:
-    with running_server(db_url, tmp_path / "server.log") as server:
-        client = StackShift(api_key=server.api_key, base_url=server.url)
-        yield client
-        client.close()
 
 
 def charge(amount: int) -> int:
@@ -34,21 +23,21 @@ def refuse_card(amount: int) -> None:
     raise NonRetriableError(f"card declined for good ({amount})")
 
 
-def test_error_groups_on_a_remote_worker(remote: StackShift) -> None:
-    @remote.job("charge", max_attempts=3)
+def test_error_groups_on_a_remote_worker(own_remote: StackShift) -> None:
+    @own_remote.job("charge", max_attempts=3)
     async def charge_all(ctx):  # type: ignore[no-untyped-def]
         async with asyncio.TaskGroup() as group:
             group.create_task(ctx.step.run("declined", refuse_card, 5))
             group.create_task(ctx.step.run("charged", charge, 6))
 
-    @remote.job("limited", max_attempts=3)
+    @own_remote.job("limited", max_attempts=3)
     async def limited(ctx):  # type: ignore[no-untyped-def]
         raise ExceptionGroup("rate limits", [RetryAfterError("1h"), RetryAfterError("3h")])
 
-    declined, throttled = remote.start("charge"), remote.start("limited")
-    run_until_idle(remote)
+    declined, throttled = own_remote.start("charge"), own_remote.start("limited")
+    run_until_idle(own_remote)
 
-    failed = remote.runs.get(declined.id)
+    failed = own_remote.runs.get(declined.id)
     assert (failed.status, failed.attempt) == ("failed", 1)
     assert failed.error is not None
     assert (failed.error.type, failed.error.message) == (
@@ -56,12 +45,12 @@ def test_error_groups_on_a_remote_worker(remote: StackShift) -> None:
         " NonRetriableError: card declined for good (5)")
     assert "in refuse_card" in (failed.error.traceback or "")
 
-    retrying = remote.runs.get(throttled.id)
+    retrying = own_remote.runs.get(throttled.id)
     assert (retrying.status, retrying.attempt) == ("retrying", 1)
     assert retrying.error is not None and retrying.error.message == (
         "rate limits (2 sub-exceptions): RetryAfterError: retry after 3600s;"
         " RetryAfterError: retry after 10800s")
-    [attempt] = remote.runs.attempts(throttled.id)
+    [attempt] = own_remote.runs.attempts(throttled.id)
     assert attempt.finished_at is not None and retrying.next_attempt_at is not None
     # The worker sets the time, the server records the attempt's end: seconds apart.
     waited = retrying.next_attempt_at - attempt.finished_at

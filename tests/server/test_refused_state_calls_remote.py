@@ -4,11 +4,7 @@ the server's refusal of a stored value that is not an integer is retried."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
-from serverproc import running_server
 
 from stackshift import StackShift
 from stackshift.testing import run_until_idle
@@ -16,29 +12,21 @@ from stackshift.testing import run_until_idle
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def remote(db_url: str, tmp_path: Path) -> Iterator[StackShift]:
-    with running_server(db_url, tmp_path / "server.log") as server:
-        client = StackShift(api_key=server.api_key, base_url=server.url)
-        yield client
-        client.close()
-
-
 def test_a_refused_state_call_fails_at_once_and_a_stored_value_is_retried(
-        remote: StackShift) -> None:
-    @remote.job("misuse", max_attempts=3)
+        own_remote: StackShift) -> None:
+    @own_remote.job("misuse", max_attempts=3)
     def misuse(ctx):  # type: ignore[no-untyped-def]
         ctx.state.set("greeting", "hi", ttl="soon")
 
-    @remote.job("count", max_attempts=2, backoff={"base": 0.01, "jitter": 0})
+    @own_remote.job("count", max_attempts=2, backoff={"base": 0.01, "jitter": 0})
     def count(ctx):  # type: ignore[no-untyped-def]
         return ctx.state.increment("visits")
 
-    remote.state.set("visits", "many")
-    refused, stored = remote.start("misuse"), remote.start("count")
-    run_until_idle(remote)
+    own_remote.state.set("visits", "many")
+    refused, stored = own_remote.start("misuse"), own_remote.start("count")
+    run_until_idle(own_remote)
 
-    failed, retried = remote.runs.get(refused.id), remote.runs.get(stored.id)
+    failed, retried = own_remote.runs.get(refused.id), own_remote.runs.get(stored.id)
     assert (failed.status, failed.attempt) == ("failed", 1)
     assert failed.error is not None and failed.error.message == (
         "ttl: 'soon' is not a duration (use e.g. '30s', '15m', '1h30m', '7d')")
