@@ -641,7 +641,8 @@ def test_an_empty_later_page_says_there_are_no_more(db_url: str, app: StackShift
     assert cli_json(db_url, "runs", "retry", ids[0])["status"] == "queued"  # the older one
     assert cli(db_url, "queues", "dead-letters", "imports", "--cursor", dead["next_cursor"]
                ).stdout == "No more dead letters.\n"
-    assert cli(db_url, "queues", "dead-letters", "billing").stdout == "No dead letters.\n"
+    assert cli(db_url, "queues", "dead-letters", "imports", "--job", "import.d"
+               ).stdout == "No dead letters.\n"
     # The oldest "shipped" is the newest but two: no "shipped" comes after it.
     events = cli_json(db_url, "events", "list", "--limit", "3")
     assert events["next_cursor"] is not None
