@@ -30,6 +30,7 @@ from .errors import (
 from .models import (
     Attempt,
     Event,
+    JobInfo,
     LogEntry,
     Page,
     QueueInfo,
@@ -55,6 +56,7 @@ __all__ = [
     "IdempotencyConflictError",
     "InvalidTransitionError",
     "JobContext",
+    "JobInfo",
     "LockNotAcquiredError",
     "LogEntry",
     "NonDeterminismError",

@@ -23,6 +23,7 @@ from .keywords import public_calls, refuse_unknown_keywords
 from .models import (
     Attempt,
     Event,
+    JobInfo,
     LogEntry,
     Page,
     QueueInfo,
@@ -401,6 +402,13 @@ class StackShift:
     def jobs(self) -> list[str]:
         return self._registry.names()
 
+    def list_jobs(self) -> list[JobInfo]:
+        """The jobs some worker has registered (workers, remote workers and push routes
+        with their code), with the live workers serving each now, as the dashboard's
+        Jobs page shows them. A job not listed has never had a worker: its runs wait
+        until one starts (:attr:`jobs` is this client's own registrations)."""
+        return self._api.list_jobs()
+
     # -- starting work -----------------------------------------------------------------
 
     def start(
@@ -564,6 +572,10 @@ class AsyncStackShift:
     @property
     def jobs(self) -> list[str]:
         return self.sync.jobs
+
+    async def list_jobs(self) -> list[JobInfo]:
+        """The jobs some worker has registered, as :meth:`StackShift.list_jobs`."""
+        return await asyncio.to_thread(self.sync.list_jobs)
 
     async def start(
         self,

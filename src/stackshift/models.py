@@ -266,6 +266,20 @@ class JobStats:
 
 
 @dataclass(frozen=True)
+class JobInfo:
+    """A job some worker has registered (a worker, remote worker or push route that
+    has its code): its ``queue`` and ``max_attempts`` as its workers last published
+    them (None when they set none), when that was, and how many live workers serve
+    it now (0: its runs wait until one starts)."""
+
+    name: str
+    queue: str | None
+    max_attempts: int | None
+    live_workers: int
+    registered_at: datetime
+
+
+@dataclass(frozen=True)
 class WorkerInfo:
     """A registered worker; its ``heartbeat_at`` tells whether it is alive."""
 

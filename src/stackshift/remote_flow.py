@@ -24,7 +24,7 @@ from .flowcontrol import (
 )
 from .ids import check_failure_cursor
 from .jobs import check_max_attempts, check_name
-from .models import Page, QueueInfo, Schedule
+from .models import JobInfo, Page, QueueInfo, Schedule
 from .serialization import dumps, encode, to_jsonable
 from .server import flow_schemas as f
 from .server import schemas as wire
@@ -148,6 +148,12 @@ class RemoteFlowControl:
         found = self._call("POST", "/v1/runs/retry-many",
                            json={k: v for k, v in body.items() if v is not None})
         return list(f.Retried.model_validate(found.json()).retried)
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    def list_jobs(self) -> list[JobInfo]:
+        found = self._call("GET", "/v1/jobs")
+        return [j.to_model() for j in f.JobList.model_validate(found.json()).items]
 
     # -- schedules ------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,6 +36,7 @@ from .models import (
     Endpoint,
     Event,
     EventConsumer,
+    JobInfo,
     JobStats,
     LockLoss,
     LogEntry,
@@ -60,6 +62,10 @@ ON_TIMEOUT = ("fail", "continue", "cancel")
 #: first characters are kept in clear as the key's listed prefix.
 API_KEY_PREFIX = "ssk_"
 API_KEY_SHOWN = 12
+
+#: A worker whose heartbeat is older than this is not live (stale): it no longer
+#: counts as serving its jobs.
+LIVE_HEARTBEAT = 60.0
 
 
 def check_endpoint_url(url: object) -> str:
@@ -736,6 +742,23 @@ class Service(FlowControl):
     def list_workers(self) -> list[WorkerInfo]:
         """Registered workers, oldest first (stale ones are removed after 5 minutes)."""
         return self.store.workers()
+
+    def list_jobs(self) -> list[JobInfo]:
+        """Every job some worker has registered, by name, with the live workers that
+        serve it now. A job no worker has ever registered is not listed: its runs
+        wait until a worker with its code starts (a mistyped name, or code not
+        deployed yet)."""
+        now = self.clock.now()
+        found = {name: JobInfo(name, queue, max_attempts, 0, at)
+                 for name, queue, max_attempts, at in self.store.published_jobs()}
+        for worker in self.list_workers():
+            live = now - worker.heartbeat_at.timestamp() <= LIVE_HEARTBEAT
+            for name in worker.jobs:
+                # A worker publishes its jobs before it registers; one of an earlier
+                # version, which does not, registered them when it started.
+                job = found.get(name) or JobInfo(name, None, None, 0, worker.started_at)
+                found[name] = replace(job, live_workers=job.live_workers + int(live))
+        return [found[name] for name in sorted(found)]
 
     def event_consumers(self, event_ids: list[str]) -> dict[str, list[EventConsumer]]:
         """For each event id, the runs that took (were resumed by) that event."""

@@ -113,6 +113,21 @@ def own_remote(db_url: str, tmp_path: Path) -> Iterator[StackShift]:
         app.close()
 
 
+@pytest.fixture(params=["database", "server"])
+def cli_env(request: pytest.FixtureRequest, db_url: str,
+            tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The environment of a CLI on ``db_url``: straight on the database, or through
+    a server on it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STACKSHIFT_")}
+    if request.param == "database":
+        env["STACKSHIFT_DATABASE_URL"] = db_url
+        yield env
+        return
+    with running_server(db_url, tmp_path / "server.log") as server:
+        env.update(STACKSHIFT_URL=server.url, STACKSHIFT_API_KEY=server.api_key)
+        yield env
+
+
 @pytest.fixture(params=["embedded", "remote"])
 def client(request: pytest.FixtureRequest, engine: StackShift) -> StackShift:
     """The client under test: embedded (on the database) or remote (through the server)."""

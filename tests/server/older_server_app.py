@@ -1,7 +1,7 @@
 """The API as a server from an earlier version serves it: the real app over the
-database in ``STACKSHIFT_DATABASE_URL``, without ``GET /v1/limits``, and with
-``POST /v1/locks/acquire`` taking the body it took before lock holders (a
-``holder`` field is refused as unknown, as any unknown field is).
+database in ``STACKSHIFT_DATABASE_URL``, without ``GET /v1/limits`` and ``GET
+/v1/jobs``, and with ``POST /v1/locks/acquire`` taking the body it took before
+lock holders (a ``holder`` field is refused as unknown, as any unknown field is).
 
 Served by uvicorn in ``test_older_server.py`` (its own process: the routes are
 changed in the module's router before the app is built).
@@ -13,7 +13,7 @@ import os
 
 from fastapi import Request
 
-from stackshift.server import routes
+from stackshift.server import flow_routes, routes
 from stackshift.server import schemas as s
 from stackshift.server.app import app_from_url
 from stackshift.server.routes import service_of
@@ -21,6 +21,8 @@ from stackshift.server.routes import service_of
 routes.router.routes[:] = [route for route in routes.router.routes
                            if getattr(route, "path", None) not in ("/v1/limits",
                                                                    "/v1/locks/acquire")]
+flow_routes.router.routes[:] = [route for route in flow_routes.router.routes
+                                if getattr(route, "path", None) != "/v1/jobs"]
 
 
 class AcquireLock(s.Body):

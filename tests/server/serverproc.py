@@ -22,6 +22,10 @@ from stackshift.service import Service
 from stackshift.settings import Settings
 from stackshift.store import open_store
 
+_SCRIPT = Path(sys.executable).with_name("stackshift")
+#: The ``stackshift`` command, as the user runs it.
+STACKSHIFT = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "stackshift.cli.main"]
+
 
 def admin_service(database_url: str) -> Service:
     """A service straight on the database (what ``stackshift keys`` uses)."""

@@ -5,36 +5,13 @@ PostgreSQL) and through a real server (``STACKSHIFT_URL``)."""
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-from serverproc import running_server
+from serverproc import STACKSHIFT
 
 from stackshift import NonRetriableError, StackShift
 from stackshift.testing import run_until_idle
-
-_SCRIPT = Path(sys.executable).with_name("stackshift")
-STACKSHIFT = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "stackshift.cli.main"]
-
-
-@pytest.fixture(params=["database", "server"])
-def cli_env(request: pytest.FixtureRequest, db_url: str,
-            tmp_path: Path) -> Iterator[dict[str, str]]:
-    """The environment of a CLI on ``db_url``: straight on the database, or through
-    a server on it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STACKSHIFT_")}
-    if request.param == "database":
-        env["STACKSHIFT_DATABASE_URL"] = db_url
-        yield env
-        return
-    with running_server(db_url, tmp_path / "server.log") as server:
-        env.update(STACKSHIFT_URL=server.url, STACKSHIFT_API_KEY=server.api_key)
-        yield env
 
 
 def _pages(env: dict[str, str], *args: str) -> list[list[str]]:

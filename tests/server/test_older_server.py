@@ -7,7 +7,10 @@ any other failure to read the limits still surfaces.
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
 import threading
 import time
 import uuid
@@ -17,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-from serverproc import Server, assert_error, free_port, start_server, stop_server
+from serverproc import STACKSHIFT, Server, assert_error, free_port, start_server, stop_server
 
 from stackshift import (
     AuthenticationError,
@@ -111,6 +114,20 @@ def test_other_failures_to_read_the_limits_still_surface(server: Server) -> None
         assert raised.value.status == 502
         with pytest.raises(RemoteError):  # not remembered: asked again
             app.state.set("older", 1)
+
+
+def test_the_command_line_starts_runs_through_a_server_that_lists_no_jobs(
+        server: Server) -> None:
+    """Such a server cannot say which jobs workers have registered: ``stackshift
+    start`` starts the run as before, without a warning it cannot back."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STACKSHIFT_")}
+    env.update(STACKSHIFT_URL=server.url, STACKSHIFT_API_KEY=server.api_key)
+    job = f"older-{uuid.uuid4().hex[:8]}"
+    done = subprocess.run([*STACKSHIFT, "start", job, "--json"], capture_output=True,
+                          text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert json.loads(done.stdout)["job"] == job
 
 
 @pytest.mark.parametrize("status", [200, 404])

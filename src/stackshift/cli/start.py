@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +11,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from ..durations import parse_duration
+from ..errors import RemoteError
 from ..models import Run, Step
 from .failures import ExitCode, bad_input
 from .options import (
@@ -96,6 +98,7 @@ def start(
             priority=priority,
             concurrency_key=concurrency_key,
         )
+        warn_if_no_worker_knows(app, run)
         if not wait:
             report_started(run, as_json)
             return
@@ -103,6 +106,25 @@ def start(
             report_started(run, as_json)
         final = wait_for_run(app, run.id, wait_limit, as_json)
     report_finished(final, as_json, created=run.created)
+
+
+def warn_if_no_worker_knows(app: StackShift, run: Run) -> None:
+    """Say on stderr when no worker has ever registered the run's job (a mistyped
+    name, or code not deployed yet), with the closest job names workers have
+    registered: the run is started all the same, and waits until a worker with the
+    job's code starts. A server too old to list jobs says nothing."""
+    job = run.job
+    try:
+        known = [j.name for j in app.list_jobs()]
+    except RemoteError:
+        return
+    if job in known:
+        return
+    close = difflib.get_close_matches(job, known, n=3)
+    guess = f" (did you mean {' or '.join(repr(name) for name in close)}?)" if close else ""
+    waits = "waits queued" if run.status == "queued" else "waits"
+    click.echo(f"warning: no worker has registered job {job!r}{guess}; the run {waits} "
+               "until one does", err=True)
 
 
 def report_started(run: Run, as_json: bool) -> None:

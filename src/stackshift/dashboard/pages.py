@@ -18,7 +18,7 @@ from ..durations import parse_duration, to_datetime
 from ..engine.transitions import CANCELLABLE_AT_ONCE, RETRYABLE, TERMINAL, Status
 from ..errors import EventNotFoundError, QueueNotFoundError, RunNotFoundError, StackShiftError
 from ..models import LogEntry, Page, QueueStats, Run
-from ..service import Service, check_filter
+from ..service import LIVE_HEARTBEAT, Service, check_filter
 from . import waterfall
 from .formatting import chart_times, day_time
 
@@ -29,8 +29,6 @@ STATUS_ORDER = ["failed", "running", "waiting", "retrying", "queued", "scheduled
 CREATED_PRESETS = {"15m": "Last 15 minutes", "1h": "Last hour", "24h": "Last 24 hours",
                    "7d": "Last 7 days"}
 WINDOWS = {"1h": ("Last hour", 60), "24h": ("Last 24 hours", 48), "7d": ("Last 7 days", 56)}
-#: A worker whose heartbeat is older than this is shown as stale, not live.
-LIVE_HEARTBEAT = 60.0
 PAGE_SIZE = 50
 #: Most log lines a run page shows (the newest); the CLI and API give all of them.
 MAX_LOG_LINES = 2000
@@ -358,12 +356,10 @@ def queue_page(service: Service, name: str, params: Mapping[str, str],
 def jobs_page(service: Service, params: Mapping[str, str], now: float) -> dict[str, Any]:
     workers = service.list_workers()
     live = [w for w in workers if now - w.heartbeat_at.timestamp() <= LIVE_HEARTBEAT]
-    serving: dict[str, int] = {}
-    for w in live:
-        for job in w.jobs:
-            serving[job] = serving.get(job, 0) + 1
+    # The jobs workers have registered (as GET /v1/jobs lists them) and those with runs.
+    serving = {j.name: j.live_workers for j in service.list_jobs()}
     stats = {j.name: j for j in service.job_stats()}
-    names = sorted(set(stats) | {job for w in workers for job in w.jobs})
+    names = sorted(set(stats) | set(serving))
     jobs = []
     for name in names:
         js = stats.get(name)

@@ -1,4 +1,5 @@
-"""``/v1/queues``, ``/v1/schedules`` and ``/v1/runs/retry-many``: flow control over HTTP.
+"""``/v1/queues``, ``/v1/jobs``, ``/v1/schedules`` and ``/v1/runs/retry-many``: flow
+control over HTTP.
 
 Each route is one call on the service, as in :mod:`stackshift.server.routes`.
 """
@@ -88,6 +89,17 @@ def retry_many(body: f.RetryMany, request: Request) -> f.Retried:
         created_after=body.created_after, created_before=body.created_before, limit=body.limit,
     )
     return f.Retried(retried=retried, count=len(retried))
+
+
+# -- jobs ---------------------------------------------------------------------------------
+
+
+@router.get("/jobs", tags=["jobs"], summary="List the jobs workers have registered")
+def list_jobs(request: Request) -> f.JobList:
+    """Every job some worker has registered, with the live workers that serve it now
+    (as the dashboard's Jobs page shows them). A job no worker has ever registered
+    is not listed: runs started for it wait until a worker with its code starts."""
+    return f.JobList(items=[f.Job.of(j) for j in service_of(request).list_jobs()])
 
 
 # -- schedules ----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""JSON shapes of queues, schedules and bulk retry (camelCase on the wire).
+"""JSON shapes of queues, jobs, schedules and bulk retry (camelCase on the wire).
 
 Like :mod:`stackshift.server.schemas`, this needs pydantic only: the remote
 client converts responses back to the SDK's models with ``to_model``.
@@ -56,6 +56,31 @@ class Queue(Wire):
 
 class QueueList(Wire):
     items: list[Queue]
+
+
+class Job(Wire):
+    name: str
+    queue_name: str | None = Field(description="The job's queue as its workers define it "
+                                   "(null: the default queue).")
+    max_attempts: int | None = Field(description="The job's attempts as its workers define "
+                                     "them (null: the queue's, else the default).")
+    live_workers: int = Field(description="Live workers that serve the job now (0: its "
+                              "runs wait until one starts).")
+    registered_at: datetime = Field(description="When a worker last registered the job.")
+
+    @classmethod
+    def of(cls, j: m.JobInfo) -> Job:
+        return cls(name=j.name, queue_name=j.queue, max_attempts=j.max_attempts,
+                   live_workers=j.live_workers, registered_at=j.registered_at)
+
+    def to_model(self) -> m.JobInfo:
+        return m.JobInfo(name=self.name, queue=self.queue_name, max_attempts=self.max_attempts,
+                         live_workers=self.live_workers,
+                         registered_at=_utc(self.registered_at))  # type: ignore[arg-type]
+
+
+class JobList(Wire):
+    items: list[Job] = Field(description="Every job some worker has registered, by name.")
 
 
 class ConfigureQueue(Body):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from ..durations import to_datetime
@@ -90,6 +91,15 @@ class OverviewStore:
                      next_due_at=to_datetime(due.get(name, (0, None))[1]))
             for name in sorted(counts)
         ]
+
+    def published_jobs(self) -> list[tuple[str, str | None, int | None, datetime]]:
+        """Each job some worker has published, by name: ``(name, queue,
+        max_attempts, when it last did)``."""
+        with self.db.read() as tx:
+            found = tx.all("list_jobs")
+        return [(r["name"], r["queue"],
+                 None if r["max_attempts"] is None else int(r["max_attempts"]),
+                 to_datetime(r["updated_at"])) for r in found]  # type: ignore[misc]
 
     def workers(self) -> list[WorkerInfo]:
         with self.db.read() as tx:

@@ -232,6 +232,9 @@ ON CONFLICT (name) DO UPDATE SET queue = excluded.queue,
 -- name: get_job
 SELECT * FROM jobs WHERE name = :name;
 
+-- name: list_jobs
+SELECT name, queue, max_attempts, updated_at FROM jobs ORDER BY name;
+
 -- name: workers_in_space
 -- The other workers whose process is in :space (see stackshift/processes.py).
 SELECT id, pid, process_started FROM workers

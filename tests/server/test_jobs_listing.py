@@ -1,0 +1,126 @@
+"""Which jobs some worker has registered, and how many live workers serve each:
+``list_jobs()`` of an embedded and a remote client alike, ``GET /v1/jobs``, the
+dashboard's Jobs page, and the warning of ``stackshift start`` for a job no worker
+has registered (a mistyped name), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from serverproc import STACKSHIFT
+
+from stackshift import JobInfo, StackShift
+from stackshift.dashboard.pages import jobs_page
+from stackshift.testing import FakeClock
+
+
+def _noop(ctx: Any) -> None:
+    pass
+
+
+def test_list_jobs_gives_the_registered_jobs_with_their_live_workers(
+        client: StackShift, engine: StackShift, unique: Callable[[str], str]) -> None:
+    receipt, export, typo = unique("sendReceipt"), unique("nightlyExport"), unique("sendRecipt")
+    emails = unique("emails")
+    engine.job(receipt, _noop, queue=emails, max_attempts=5)
+    engine.job(export, _noop)
+
+    def ours() -> dict[str, JobInfo]:
+        return {j.name: j for j in client.list_jobs() if j.name in (receipt, export, typo)}
+
+    client.start(typo)  # a run alone does not make a job known to any worker
+    assert ours() == {}
+    before = datetime.now(UTC)
+    with engine.worker(concurrency=1):
+        serving = ours()
+        # The embedded and the remote client answer alike.
+        assert [j for j in engine.list_jobs() if j.name in serving] == list(serving.values())
+    assert sorted(serving) == [export, receipt]
+    assert serving[receipt] == JobInfo(receipt, emails, 5, 1, serving[receipt].registered_at)
+    assert serving[export] == JobInfo(export, None, None, 1, serving[export].registered_at)
+    for job in serving.values():
+        assert before - timedelta(seconds=5) <= job.registered_at <= datetime.now(UTC)
+        assert job.registered_at.tzinfo is not None
+    # Once the worker has stopped, its jobs are still known, with no live worker.
+    stopped = ours()
+    assert {name: j.live_workers for name, j in stopped.items()} == {export: 0, receipt: 0}
+    assert stopped[receipt].registered_at == serving[receipt].registered_at
+    assert client.start(typo).status == "queued"  # still started, and still not listed
+    assert typo not in {j.name for j in client.list_jobs()}
+
+
+def test_get_v1_jobs_lists_jobs_in_camel_case(
+        http: httpx.Client, engine: StackShift, unique: Callable[[str], str]) -> None:
+    name, queue = unique("resizeImage"), unique("images")
+    engine.job(name, _noop, queue=queue, max_attempts=2)
+    with engine.worker(concurrency=1):
+        served = http.get("/v1/jobs")
+    assert served.status_code == 200, served.text
+    items = served.json()["items"]
+    assert [i["name"] for i in items] == sorted(i["name"] for i in items)
+    item = next(i for i in items if i["name"] == name)
+    assert set(item) == {"name", "queueName", "maxAttempts", "liveWorkers", "registeredAt"}
+    assert (item["queueName"], item["maxAttempts"], item["liveWorkers"]) == (queue, 2, 1)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", item["registeredAt"])
+
+
+def test_a_stale_worker_serves_no_job_and_a_stopped_one_leaves_its_jobs_on_the_jobs_page(
+        fake_app: StackShift, clock: FakeClock) -> None:
+    """A worker whose heartbeat is over 60 s old (its process was killed) counts as
+    serving nothing; the Jobs page still lists the jobs of workers that have gone."""
+    fake_app.job("sendReceipt", _noop)
+    service = fake_app._service
+    service.publish_jobs()  # what a worker does when it starts, then it registers:
+    service.store.register_worker("w1", "host-a", 4242, ["sendReceipt"], None, 4, clock.now())
+    assert [j.live_workers for j in fake_app.list_jobs()] == [1]
+    clock.advance("61s")
+    assert [(j.name, j.live_workers) for j in fake_app.list_jobs()] == [("sendReceipt", 0)]
+
+    service.store.unregister_worker("w1")
+    page = jobs_page(service, {}, clock.now())
+    assert [(j["name"], j["workers"], j["total"]) for j in page["jobs"]] == [
+        ("sendReceipt", 0, 0)]
+    assert page["workers"] == []
+
+
+def _start(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*STACKSHIFT, "start", *args], capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+def test_start_warns_of_a_job_no_worker_has_registered_and_still_starts_it(
+        cli_env: dict[str, str], db_url: str) -> None:
+    app = StackShift(db_url)
+    try:
+        app.job("sendReceipt", _noop)
+        app.job("nightlyExport", _noop)
+        with app.worker(concurrency=1):
+            pass  # registers the jobs, as any worker with their code does
+
+        typo = _start(cli_env, "sendRecipt", '{"orderId": "o_1"}', "--json")
+        assert typo.returncode == 0, typo.stderr
+        assert typo.stderr == (
+            "warning: no worker has registered job 'sendRecipt' (did you mean "
+            "'sendReceipt'?); the run waits queued until one does\n")
+        run = json.loads(typo.stdout)  # stdout is the run's JSON alone
+        assert (run["job"], run["status"]) == ("sendRecipt", "queued")
+        assert app.runs.get(run["id"]).payload == {"orderId": "o_1"}
+
+        later = _start(cli_env, "archiveOrders", "--delay", "1h")
+        assert later.returncode == 0, later.stderr
+        assert later.stderr == ("warning: no worker has registered job 'archiveOrders'; "
+                                "the run waits until one does\n")
+        assert later.stdout.startswith("Started run ")
+
+        known = _start(cli_env, "sendReceipt", "--json")
+        assert known.returncode == 0 and known.stderr == ""
+        assert json.loads(known.stdout)["status"] == "queued"
+        assert len(app.runs.list(limit=10).items) == 3
+    finally:
+        app.close()
