@@ -14,6 +14,7 @@ server process, under the store's leader election; a remote worker never leads.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -52,6 +53,43 @@ UNREACHABLE_MAX_PAUSE = 1.0
 #: (see RemoteWorkerService.prepare_worker).
 START_PAUSE = 0.5
 START_MAX_PAUSE = 5.0
+
+#: Bytes of log records (as JSON) one checkpoint or ending carries at most: half the
+#: server's default request body limit (1 MiB), the rest left to the step result.
+#: Records over it are dropped from the middle (see :func:`sent_logs`).
+LOG_BUDGET = 512 * 1024
+
+
+def sent_logs(logs: Sequence[LogWrite], budget: int = LOG_BUDGET) -> list[dict[str, Any]]:
+    """The bodies of ``logs`` as one request sends them, within ``budget`` bytes.
+
+    A handler that logs more than that between two checkpoints must not fail its
+    step with a request over the server's body limit (413, on every try). Over
+    the budget, the first records are sent up to half of it and the latest ones
+    up to the other half; the ones between them are replaced by one warning
+    saying how many were dropped, at the time and step of the first one dropped.
+    """
+    bodies = [w.LogBody.of(record) for record in logs]
+    sizes = [len(json.dumps(body, ensure_ascii=False).encode(errors="surrogatepass")) + 1
+             for body in bodies]
+    if sum(sizes) <= budget:
+        return bodies
+    half = (budget - 1024) // 2  # 1 KiB: the warning's own room
+    first = used = 0
+    while used + sizes[first] <= half:
+        used += sizes[first]
+        first += 1
+    last, used = len(bodies), 0
+    while last > first and used + sizes[last - 1] <= half:
+        used += sizes[last - 1]
+        last -= 1
+    dropped = logs[first:last]
+    warning = LogWrite(
+        dropped[0].at, "WARNING", log.name,
+        f"[... {len(dropped)} log records ({sum(sizes[first:last])} bytes) dropped here:"
+        f" a remote worker sends at most {budget} bytes of log records with one checkpoint,"
+        " the first and the latest ...]", dropped[0].step, dropped[0].attempt)
+    return [*bodies[:first], w.LogBody.of(warning), *bodies[last:]]
 
 
 class RemoteWorkerStore:
@@ -159,7 +197,7 @@ class RemoteWorkerStore:
                   lease_seconds: float) -> bool:
         answer = self._leased(lease, "steps", {
             "lease": w.LeaseBody.of(lease), "step": w.StepBody.of(step),
-            "logs": [w.LogBody.of(log) for log in logs], "leaseSeconds": lease_seconds,
+            "logs": sent_logs(logs), "leaseSeconds": lease_seconds,
         })
         return bool(w.StepSaved.model_validate(answer).cancel_requested)
 
@@ -167,7 +205,7 @@ class RemoteWorkerStore:
                           logs: Sequence[LogWrite], now: float) -> None:
         self._leased(lease, "sleep", {
             "lease": w.LeaseBody.of(lease), "step": w.StepBody.of(step), "until": until,
-            "logs": [w.LogBody.of(log) for log in logs],
+            "logs": sent_logs(logs),
         })
 
     def wait_for_event(self, lease: Lease, step: StepWrite, name: str, correlation_key: str,
@@ -178,7 +216,7 @@ class RemoteWorkerStore:
             "lease": w.LeaseBody.of(lease), "step": w.StepBody.of(step), "name": name,
             "correlationKey": correlation_key, "timeoutAt": timeout_at,
             "onTimeout": on_timeout,
-            "logs": [w.LogBody.of(log) for log in logs], "leaseSeconds": lease_seconds,
+            "logs": sent_logs(logs), "leaseSeconds": lease_seconds,
         }))
         return None if answer.event is None else answer.event.to_model()
 
@@ -186,7 +224,7 @@ class RemoteWorkerStore:
                        now: float, *, expired_before: float | None = None) -> bool:
         answer = self._post("finish", {
             "lease": w.LeaseBody.of(lease), "outcome": w.OutcomeBody.of(outcome),
-            "logs": [w.LogBody.of(log) for log in logs],
+            "logs": sent_logs(logs),
         }, until_reached=True)
         return bool(w.Recorded.model_validate(answer).recorded)
 

@@ -669,3 +669,40 @@ def test_a_log_record_of_megabytes_does_not_fail_a_remote_workers_step(
     assert before.message.startswith("before xxx") and after.message.endswith("zzz after")
     assert all(len(e.message) < 70_000 and "characters cut ...]" in e.message
                for e in (before, after))
+
+
+def test_a_handler_logging_megabytes_between_two_steps_completes_on_a_remote_worker(
+        server: Server, client: StackShift) -> None:
+    """3 MB of records between two steps, each record short, would make the
+    checkpoint's request pass the server's body limit (1 MiB) and fail the step
+    on every try: the checkpoint carries the first and the latest records, within
+    512 KiB, and one warning in place of those dropped between them."""
+    @client.job("remote-chatty", max_attempts=1)
+    def chatty(ctx):  # type: ignore[no-untyped-def]
+        ctx.step.run("first", lambda: 1)
+        for n in range(2_000):
+            ctx.log.info("record %04d %s", n, "x" * 1_500)
+        ctx.step.run("second", lambda: 2)
+        ctx.log.info("last words")
+        return "done"
+
+    with client.worker(concurrency=1):
+        run = client.start("remote-chatty")
+        done = client.runs.wait(run.id, timeout="60s")
+    assert (done.status, done.result, done.error) == ("completed", "done", None)
+    entries = client.runs.logs(run.id)
+    assert entries[-1].message == "last words"
+    warnings = [n for n, e in enumerate(entries) if e.level == "WARNING"]
+    assert len(warnings) == 1, [e.message[:80] for e in entries if e.level == "WARNING"]
+    at = warnings[0]
+    head = [int(e.message.split()[1]) for e in entries[:at]]
+    tail = [int(e.message.split()[1]) for e in entries[at + 1:-1]]
+    assert head == list(range(len(head))) and len(head) > 100
+    assert tail == list(range(2_000 - len(tail), 2_000)) and len(tail) > 100
+    dropped = 2_000 - len(head) - len(tail)
+    warning = entries[at]
+    assert (warning.logger, warning.step, warning.attempt) == ("stackshift.worker", None, 1)
+    assert warning.message.startswith(f"[... {dropped} log records (")
+    assert "dropped here" in warning.message
+    kept = sum(len(e.message) for e in entries[:-1])
+    assert 400 * 1024 < kept < 512 * 1024
