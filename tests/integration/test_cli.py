@@ -14,6 +14,7 @@ import pty
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -1596,3 +1597,132 @@ def test_a_terminal_too_narrow_for_the_ids_gets_them_whole_not_cut(db_url: str) 
     header, rows = _header_and_rows(text.replace("\r\n", "\n"))
     assert header.split() == ["KEY", "VALUE", "EXPIRES"], text
     assert any(state_key in row for row in rows), text
+
+
+RETRIED_ONCE_APP = """
+    from stackshift import StackShift
+
+    app = StackShift()
+
+    @app.job("flaky", max_attempts=3, backoff={"base": "0.9s", "jitter": False})
+    def flaky(ctx):
+        if ctx.run.attempt == 1:
+            raise ConnectionError("mail provider timed out")
+        return "sent"
+"""
+
+
+def _listening(port: int) -> socket.socket | None:
+    """A socket listening on 127.0.0.1:``port`` (0: any free port), as another
+    program's server; None when the port is already taken by one."""
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        holder.bind(("127.0.0.1", port))
+    except OSError:
+        holder.close()
+        return None
+    holder.listen()
+    return holder
+
+
+def test_dev_says_when_the_default_port_is_in_use_and_how_to_get_an_api_key(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Port 8000 busy: the banner says so beside the port dev took, and its
+    command for an API key makes one the /v1 it prints accepts."""
+    import httpx
+
+    app_file = tmp_path / "tasks.py"
+    app_file.write_text(textwrap.dedent(RETRIED_ONCE_APP))
+    holder = _listening(8000)  # None: another program holds 8000 already
+    try:
+        dev = _Piped("dev", f"{app_file}:app", "--db", db_url, "--no-seed", cwd=tmp_path)
+        try:
+            dashboard = dev.line_with("stdout", "  dashboard ")
+            moved = dev.line_with("stdout", "is in use")
+            export = dev.line_with("stdout", "export STACKSHIFT_DATABASE_URL=")
+            hint = dev.line_with("stdout", "keys create --name dev")
+            dev.line_with("stdout", "Stop with Ctrl-C")
+            port = int(re.fullmatch(r" +port 8000 is in use: serving on (\d+)\n",
+                                    moved).group(1))  # type: ignore[union-attr]
+            url = f"http://127.0.0.1:{port}"
+            assert port != 8000
+            assert dashboard == f"  dashboard {url}/  (API under {url}/v1)\n", dashboard
+            assert httpx.get(f"{url}/", timeout=10).status_code == 200
+            assert httpx.get(f"{url}/v1/runs", timeout=10).status_code == 401
+            # The banner's command, run as printed after its export, gives a key.
+            assert export == f"  export STACKSHIFT_DATABASE_URL='{db_url}'\n", export
+            command, comment = hint.split("#", 1)
+            assert comment.strip() == "a key for the /v1 API (Authorization: Bearer KEY)"
+            made = subprocess.run(shlex.split(command), capture_output=True, text=True,
+                                  timeout=60, env=_env(db_url), cwd=tmp_path)
+            assert made.returncode == 0, made.stderr
+            key = made.stdout.strip()
+            listed = httpx.get(f"{url}/v1/runs", headers={"Authorization": f"Bearer {key}"},
+                               timeout=10)
+            assert listed.status_code == 200, listed.text
+        finally:
+            assert dev.stop(signal.SIGINT) == 0
+    finally:
+        if holder is not None:
+            holder.close()
+
+
+def test_dev_refuses_a_port_given_with_port_that_is_in_use(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A port asked for by name is not swapped for another: dev stops with exit 2
+    before it migrates, seeds or serves anything."""
+    holder = _listening(0)
+    assert holder is not None
+    port = holder.getsockname()[1]
+    try:
+        dev = subprocess.Popen(
+            [*STACKSHIFT, "dev", str(SHOP), "--db", db_url, "--port", str(port)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(None),
+            cwd=tmp_path)
+        try:
+            out, err = dev.communicate(timeout=30)
+        finally:
+            if dev.poll() is None:
+                dev.kill()
+                dev.communicate()
+    finally:
+        holder.close()
+    assert dev.returncode == 2, (out, err)
+    assert err == (f"error: port {port} on 127.0.0.1 is in use: give another --port, "
+                   "or leave it out to take a free one\n"), err
+    assert out == ""
+    untouched = StackShift(db_url, migrate=False)
+    try:
+        assert untouched._service.schema_version() == 0
+    finally:
+        untouched.close()
+
+
+def test_dev_gives_the_delay_before_a_retry_not_what_was_left_of_it(
+    db_url: str, app: StackShift, tmp_path: Path
+) -> None:
+    """The board's line for a retrying run gives the backoff the engine chose
+    (0.9 s here), not the part of it left when the board read the run, which a
+    short backoff made "next attempt now"."""
+    app_file = tmp_path / "tasks.py"
+    app_file.write_text(textwrap.dedent(RETRIED_ONCE_APP))
+    dev = _Piped("dev", f"{app_file}:app", "--db", db_url, "--no-dashboard", "--no-seed",
+                 cwd=tmp_path)
+    try:
+        dev.line_with("stdout", "Stop with Ctrl-C")
+        run = app.start("flaky")
+        retrying = dev.line_with("stdout", f"{run.id}  flaky  retrying")
+        assert app.runs.wait(run.id, timeout=30).status == "completed"
+    finally:
+        assert dev.stop(signal.SIGINT) == 0
+    # The delay from the failed attempt's end to the next attempt's due time.
+    failed_at = app.runs.attempts(run.id)[0].finished_at
+    retry = next(e for e in app.runs.timeline(run.id) if e.kind == "run.retrying")
+    assert failed_at is not None
+    delay = retry.data["next_attempt_at"] - failed_at.timestamp()
+    assert 0.85 < delay <= 0.9, delay
+    assert retrying.rstrip("\n").endswith(
+        f"ConnectionError: mail provider timed out; next attempt in {delay * 1000:.0f}ms"
+    ), retrying

@@ -28,6 +28,7 @@ from rich.text import Text
 
 from ..client import DEFAULT_DATABASE_URL, StackShift
 from ..worker import Worker
+from .failures import bad_input
 from .liveview import RunBoard, show_board
 from .loader import load_app
 from .options import DATABASE_ENV, not_empty
@@ -36,6 +37,8 @@ from .worker import configure_logging
 
 SEED_HOOK = "dev_seed"
 SHUTDOWN_GRACE = "5s"
+#: Beside the banner's command for an API key: without one, /v1 answers 401.
+API_KEY_HINT = "# a key for the /v1 API (Authorization: Bearer KEY)"
 
 
 @dataclass
@@ -51,6 +54,9 @@ class DevServices:
         rows = [("worker", f"{w.id}, concurrency {w.concurrency}, jobs: {', '.join(w.jobs)}")]
         if self.dashboard is not None:
             rows.append(("dashboard", f"{self.dashboard.url}  (API under {self.dashboard.url}v1)"))
+            if self.dashboard.busy_port is not None:
+                rows.append(("", f"port {self.dashboard.busy_port} is in use: "
+                                 f"serving on {self.dashboard.port}"))
         elif self.dashboard_error:
             rows.append(("dashboard", f"not started: {self.dashboard_error}"))
         return rows
@@ -68,21 +74,37 @@ class DashboardServer:
     server: Any
     thread: threading.Thread
     url: str
+    port: int
+    #: The port asked for when it was busy and another was taken instead.
+    busy_port: int | None = None
 
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=5)
 
 
+HOST = "127.0.0.1"
+
+
+def bindable(host: str, port: int) -> int | None:
+    """The port a socket gets when bound to ``port`` (any free one for 0), or
+    None when that port is in use. As for the server's own socket, a port left
+    in TIME_WAIT by the connections of a dev just stopped counts as free."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return None
+        return int(probe.getsockname()[1])
+
+
 def free_port(host: str, wanted: int) -> int:
     """``wanted`` if it can be bound, else any free port."""
     for port in (wanted, 0):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind((host, port))
-            except OSError:
-                continue
-            return int(probe.getsockname()[1])
+        found = bindable(host, port)
+        if found is not None:
+            return found
     raise OSError(f"no free port on {host}")
 
 
@@ -93,8 +115,8 @@ def start_dashboard(app: StackShift, port: int) -> DashboardServer:
     from ..dashboard import beside_api, create_dashboard
     from ..server.app import create_app
 
-    host = "127.0.0.1"
-    port = free_port(host, port)
+    host = HOST
+    wanted, port = port, free_port(host, port)
     service = app._service
     asgi = beside_api(create_app(service), create_dashboard(service, auth="open"))
     config = uvicorn.Config(asgi, host=host, port=port, log_level="warning", lifespan="off")
@@ -105,7 +127,8 @@ def start_dashboard(app: StackShift, port: int) -> DashboardServer:
         time.sleep(0.01)
     if not server.started:
         raise OSError(f"could not serve on {host}:{port}")
-    return DashboardServer(server, thread, f"http://{host}:{port}/")
+    return DashboardServer(server, thread, f"http://{host}:{port}/", port,
+                           busy_port=wanted if wanted not in (0, port) else None)
 
 
 def start_services(app: StackShift, *, concurrency: int, port: int | None = 8000) -> DevServices:
@@ -187,6 +210,8 @@ def banner(
         "stackshift runs show RUN_ID        # also: runs logs, runs timeline, runs retry",
         "stackshift events send NAME '{...}' --correlation-key KEY",
     ]
+    if services.dashboard is not None:
+        commands.append(f"stackshift keys create --name dev   {API_KEY_HINT}")
     program = program_name()
     for command in commands:
         if command.startswith("stackshift "):
@@ -233,7 +258,8 @@ class _Stopper:
               help="Database for an app built with StackShift().")
 @click.option("--concurrency", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
-              help="Dashboard port on 127.0.0.1 (a free one is taken if it is busy).")
+              help="Dashboard port on 127.0.0.1. When the default is busy a free one is "
+                   "taken; a port given here that is busy is refused (exit 2).")
 @click.option("--no-dashboard", is_flag=True, help="Run only the worker and the run board.")
 @click.option("--seed/--no-seed", default=True, show_default=True,
               help=f"Call the app's {SEED_HOOK}(app) hook to enqueue demo runs.")
@@ -247,6 +273,12 @@ def dev(app_spec: str, database_url: str, concurrency: int, port: int, no_dashbo
     """
     out = console()
     err = console(stderr=True)
+    port_given = click.get_current_context().get_parameter_source("port")
+    if port_given != ParameterSource.DEFAULT and not no_dashboard and bindable(HOST, port) is None:
+        # A port asked for by name is kept (a bookmark, a proxy), never swapped
+        # for another; only the default gives way to a free one.
+        raise bad_input(f"port {port} on {HOST} is in use: give another --port, or leave "
+                        "it out to take a free one")
     os.environ[DATABASE_ENV] = database_url
     app, module = load_app(app_spec)
     chosen = click.get_current_context().get_parameter_source("database_url")

@@ -58,12 +58,24 @@ class RunBoard:
                 changed.append(run)
         return changed
 
+    def failed_at(self, run: Run) -> datetime | None:
+        """When a retrying run's last attempt failed: its next attempt's delay
+        counts from then. None for a run not retrying."""
+        if run.status != "retrying":
+            return None
+        ends = [a.finished_at for a in self.app.runs.attempts(run.id) if a.number == run.attempt]
+        return ends[0] if ends else None
 
-def change_line(run: Run) -> Text:
+
+def change_line(run: Run, since: datetime | None = None) -> Text:
+    """One line for a run that changed. Its detail's times count from ``since``
+    (default now): for a retrying run, from its failure, so that the line gives
+    the delay before the next attempt, not what was left of it when the board
+    read the run (a short backoff is often over by then)."""
     line = Text(f"{datetime.now(UTC):%H:%M:%S}  {run.id}  {run.job}  ")
     line.append_text(status_text(run.status))
     line.append(f"  attempt {attempt_cell(run)}")
-    detail = run_detail_line(run)
+    detail = run_detail_line(run, since)
     if detail:
         line.append(f"  {detail}", style="dim")
     return line
@@ -81,7 +93,7 @@ def show_board(board: RunBoard, out: Console, stop: threading.Event) -> None:
         return
     while True:
         for run in board.changes():
-            out.print(change_line(run))
+            out.print(change_line(run, board.failed_at(run)))
         if stopping:
             return
         stopping = stop.wait(REFRESH_SECONDS)
