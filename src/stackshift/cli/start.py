@@ -11,7 +11,6 @@ from rich.markup import escape
 from rich.text import Text
 
 from ..durations import parse_duration
-from ..errors import RemoteError
 from ..models import Run, Step
 from .failures import ExitCode, bad_input
 from .options import (
@@ -112,11 +111,12 @@ def warn_if_no_worker_knows(app: StackShift, run: Run) -> None:
     """Say on stderr when no worker has ever registered the run's job (a mistyped
     name, or code not deployed yet), with the closest job names workers have
     registered: the run is started all the same, and waits until a worker with the
-    job's code starts. A server too old to list jobs says nothing."""
+    job's code starts. A server too old to list jobs, or one that cannot be asked
+    just now, says nothing: the run is started, and the command's answer is about it."""
     job = run.job
     try:
         known = [j.name for j in app.list_jobs()]
-    except RemoteError:
+    except Exception:  # advice only: the run is started, whatever this says
         return
     if job in known:
         return
