@@ -627,6 +627,17 @@ class Service(FlowControl):
         found = self.store.api_key_by_id(key_id)
         return found is not None and found.active
 
+    def end_dashboard_session(self, session_id: str, expires_at: float) -> None:
+        """Record the dashboard session ``session_id`` as ended (logged out) until
+        ``expires_at``, when its cookie expires anyway; durable once this returns."""
+        check_key(session_id, "session id", 200)
+        self.store.end_dashboard_session(session_id, float(expires_at))
+
+    def dashboard_session_open(self, session_id: str, key_id: str | None) -> bool:
+        """Whether the dashboard session ``session_id`` was not ended and, given
+        ``key_id``, the API key it was opened with exists and is not revoked."""
+        return self.store.dashboard_session_open(session_id, key_id)
+
     def verify_api_key(self, key: str) -> ApiKey | None:
         """The active key ``key`` is, or ``None`` for an unknown or revoked one."""
         if not key.startswith(API_KEY_PREFIX) or len(key) > 200:

@@ -156,7 +156,7 @@ class Dashboard:
         now = time.time()
         session = self.sessions.decode(request.cookies.get(SESSION_COOKIE), now)
         if (session is not None and session.authenticated and self.auth == "api_key"
-                and not await self._key_still_valid(session)):
+                and not await self._still_open(session)):
             session = None
         if session is None:
             return self.sessions.new(now, authenticated=self.auth == "open"), True
@@ -164,13 +164,17 @@ class Dashboard:
             return self.sessions.new(now, authenticated=True), True
         return session, False
 
-    async def _key_still_valid(self, session: Session) -> bool:
-        """Whether the API key the session was opened with is still active: checked on
-        every request, so revoking the key ends its sessions at once."""
-        if self._verify_key is not None or session.key_name is None:
-            return True
-        key_id = session.key_name.split("\x00", 1)[0]
-        return await run_in_threadpool(self.service.api_key_active, key_id)
+    async def _still_open(self, session: Session) -> bool:
+        """Whether the signed-in session was not ended by logging out and the API key
+        it was opened with is still active: checked on every request (one statement
+        on the database), so logging out, or revoking the key, ends it at once in
+        every process on the database, whatever copies of the cookie were kept.
+        With ``verify_key`` (keys checked elsewhere) only the logout is checked."""
+        key_id = None
+        if self._verify_key is None and session.key_name is not None:
+            key_id = session.key_name.split("\x00", 1)[0]
+        return await run_in_threadpool(self.service.dashboard_session_open, session.id,
+                                       key_id)
 
     def _cookie(self, request: Request) -> dict[str, Any]:
         """How the dashboard's cookies (the session, a flash) are kept: below its mount
@@ -353,7 +357,8 @@ class Dashboard:
                 self._same_origin(request):
             return _forbidden("This form has expired or did not come from the dashboard. "
                               "Go back, reload the page and try again.")
-        if login_required and not (session.authenticated and await self._key_still_valid(session)):
+        if login_required and not (session.authenticated and (
+                self.auth == "open" or await self._still_open(session))):
             return self._login_redirect(request)
         return session, form
 
@@ -508,6 +513,11 @@ class Dashboard:
 
     def _logout(self, request: Request, form: dict[str, list[str]],
                 session: Session) -> tuple[str, tuple[str, str] | None, Session | None]:
+        """End the session for good: its id is recorded in the database until its
+        cookie expires, so a copy of the cookie is refused too. (Open mode has no
+        login: any request gets a new session, so there is nothing to end.)"""
+        if self.auth == "api_key" and session.authenticated:
+            self.service.end_dashboard_session(session.id, session.expires_at)
         return "/login", ("info", "You are logged out."), self.sessions.new(
             time.time(), authenticated=False)
 
@@ -619,7 +629,9 @@ def create_dashboard(
     ``auth="open"``: no login (for ``stackshift dev`` on 127.0.0.1). ``"api_key"``:
     every page asks for an API key once (checked by ``verify_key``, by default
     the service's own API keys), then keeps a signed, HttpOnly, SameSite=Strict
-    session cookie for ``session_max_age`` seconds; revoking the key ends it.
+    session cookie for ``session_max_age`` seconds; logging out or revoking the key
+    ends it, for every copy of the cookie (logouts are recorded in the service's
+    database, which every dashboard on it reads).
     ``secret`` signs the cookies; without one, a random secret is drawn and
     sessions end when the process restarts. Pages poll for changes every
     ``poll_interval`` seconds.

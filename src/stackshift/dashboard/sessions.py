@@ -6,6 +6,11 @@ It is ``HttpOnly`` (scripts cannot read it) and ``SameSite=Strict`` (other sites
 cannot make the browser send it). Every form that acts (POST) also carries the
 session's CSRF token, compared in constant time.
 
+Each session has a random id. The cookie is not stored on the server while it
+lasts; logging out records its id as ended in the database (see
+:mod:`stackshift.store.sessions`), so that a copy of the cookie is refused too.
+A cookie without an id (signed before sessions had one) is no session.
+
 Open mode (``stackshift dev``) has sessions too, without a login: the CSRF
 token still keeps a page on another site from acting on a local dashboard.
 """
@@ -25,6 +30,7 @@ FLASH_COOKIE = "stackshift_flash"
 
 @dataclass(frozen=True)
 class Session:
+    id: str
     csrf: str
     authenticated: bool
     issued_at: float
@@ -72,13 +78,13 @@ class Sessions:
         self.max_age = max_age
 
     def new(self, now: float, *, authenticated: bool, key_name: str | None = None) -> Session:
-        return Session(secrets.token_urlsafe(24), authenticated, now, now + self.max_age,
-                       key_name)
+        return Session(secrets.token_urlsafe(16), secrets.token_urlsafe(24), authenticated, now,
+                       now + self.max_age, key_name)
 
     def encode(self, session: Session) -> str:
         return self._sessions.sign({
-            "csrf": session.csrf, "auth": session.authenticated, "iat": session.issued_at,
-            "exp": session.expires_at, "key": session.key_name,
+            "sid": session.id, "csrf": session.csrf, "auth": session.authenticated,
+            "iat": session.issued_at, "exp": session.expires_at, "key": session.key_name,
         })
 
     def decode(self, token: str | None, now: float) -> Session | None:
@@ -86,10 +92,12 @@ class Sessions:
         if data is None:
             return None
         try:
-            session = Session(str(data["csrf"]), bool(data["auth"]), float(data["iat"]),  # type: ignore[arg-type]
-                              float(data["exp"]), None if data.get("key") is None  # type: ignore[arg-type]
-                              else str(data["key"]))
+            session = Session(str(data["sid"]), str(data["csrf"]), bool(data["auth"]),
+                              float(data["iat"]), float(data["exp"]),  # type: ignore[arg-type]
+                              None if data.get("key") is None else str(data["key"]))
         except (KeyError, TypeError, ValueError):
+            return None
+        if not session.id:
             return None
         return session if session.expires_at > now else None
 

@@ -6,7 +6,8 @@ correlations, through ``ON DELETE CASCADE``). Unfinished runs are never touched,
 whose idempotency key is still live is kept until the key expires, so that a
 repeated start still finds it. Events past their retention, expired
 idempotency keys, state keys and locks (the marks of broken locks a day after
-the break), and old rate-limit starts go too.
+the break), old rate-limit starts, and the records of dashboard sessions ended
+by logging out once their cookies have expired go too.
 Each batch is one short transaction, so clean-up never holds the database for
 long; the maintainer calls again while a batch comes back full.
 """
@@ -27,7 +28,8 @@ class RetentionStore:
 
     def delete_expired(self, now: float, limit: int) -> dict[str, int]:
         """Delete up to ``limit`` each of expired events, idempotency keys and state keys,
-        and every expired lock and old rate-limit start."""
+        and every expired lock, old rate-limit start and ended dashboard session's
+        record whose cookie has expired."""
         with self.db.write() as tx:
             return {
                 "events": len(tx.all("delete_expired_events_batch", now=now, limit=limit)),
@@ -37,4 +39,5 @@ class RetentionStore:
                 "locks": tx.run("delete_expired_locks", now=now,
                                 broken_before=-(now - BROKEN_LOCK_KEPT)),
                 "queue_starts": tx.run("prune_all_queue_starts", now=now),
+                "ended_sessions": tx.run("delete_ended_sessions", now=now),
             }

@@ -12,11 +12,12 @@ from .queues import QueueStore
 from .retention import RetentionStore
 from .runs import RunStore
 from .schedules import ScheduleStore
+from .sessions import SessionStore
 from .state import StateStore
 
 
 class SqlStore(RunStore, EventStore, StateStore, KeyStore, MetricsStore, OverviewStore,
-               QueueStore, ScheduleStore, RetentionStore, EndpointStore):
+               QueueStore, ScheduleStore, RetentionStore, EndpointStore, SessionStore):
     """All storage operations, each one short transaction on ``db``.
 
     SQLite and PostgreSQL differ only below this class: connections, the claim

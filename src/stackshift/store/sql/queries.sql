@@ -416,6 +416,24 @@ RETURNING *;
 -- name: touch_api_key
 UPDATE api_keys SET last_used_at = :now WHERE id = :id;
 
+-- name: end_dashboard_session
+-- Logging out twice (or from two tabs) keeps the first record.
+INSERT INTO ended_sessions (id, expires_at) VALUES (:id, :expires_at)
+ON CONFLICT (id) DO NOTHING;
+
+-- name: dashboard_session_open
+-- Every request of a signed-in dashboard asks this: one statement, by primary
+-- keys, for both the session (not ended) and its API key (not revoked; no key
+-- to check when :key_id is NULL).
+SELECT NOT EXISTS (SELECT 1 FROM ended_sessions WHERE id = :id)
+       AND (CAST(:key_id AS TEXT) IS NULL
+            OR EXISTS (SELECT 1 FROM api_keys WHERE id = :key_id AND revoked_at IS NULL))
+       AS open;
+
+-- name: delete_ended_sessions
+-- Records of sessions whose cookies have expired anyway.
+DELETE FROM ended_sessions WHERE expires_at <= :now;
+
 -- name: upsert_endpoint
 -- Registering a URL again keeps its id and secret and replaces what it serves.
 INSERT INTO endpoints (id, url, secret, jobs, rules, concurrency, created_at, updated_at)
