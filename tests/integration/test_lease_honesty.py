@@ -9,11 +9,15 @@ the worker lives.
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
+from test_schedules import read_value
 
 from stackshift import StackShift
+from stackshift.worker import Worker
 
 pytestmark = pytest.mark.slow
 
@@ -54,5 +58,59 @@ def test_a_run_whose_ending_could_not_be_recorded_is_rescued_and_finished(
         attempts = app.runs.attempts(run.id)
         assert [a.status for a in attempts] == ["failed", "completed"]
         assert attempts[0].error is not None and attempts[0].error.type == "WorkerLost"
+    finally:
+        app.close()
+
+
+def test_a_slow_maintenance_round_does_not_hold_up_lease_renewals(db_url: str) -> None:
+    """Maintenance (due runs, timers, schedules, retention) and lease renewal are
+    separate threads: while a maintenance round takes four times the lease (a
+    database slow to answer, a large backlog to promote), the running attempt's
+    lease is still renewed, so the attempt is never found expired and retried."""
+    slow = threading.Event()
+
+    class SlowMaintenance(Worker):
+        def maintain(self) -> int:
+            changed = super().maintain()
+            if slow.is_set():
+                time.sleep(6.0)
+            return changed
+
+    app = StackShift(db_url)
+    try:
+        release = threading.Event()
+        attempts: list[int] = []
+
+        @app.job("long", max_attempts=3)
+        def long(ctx: Any) -> str:
+            attempts.append(ctx.run.attempt)
+            release.wait(60)
+            return "done"
+
+        run = app.start("long")
+        worker = SlowMaintenance(app, lease="1.5s").start()
+        try:
+            started = time.time()
+            while not attempts:
+                assert time.time() - started < 30
+                time.sleep(0.01)
+            slow.set()  # from the next round on, each takes 6 s
+            lapses: list[float] = []
+            watch_until = time.time() + 8.0
+            while time.time() < watch_until:
+                expires = read_value(
+                    db_url, f"SELECT lease_expires_at FROM runs WHERE id = '{run.id}'")
+                if expires is None or float(expires) < time.time():
+                    lapses.append(time.time() - started)
+                time.sleep(0.05)
+            release.set()
+            slow.clear()
+            finished = app.runs.wait(run.id, timeout=30)
+        finally:
+            release.set()
+            slow.clear()
+            worker.stop()
+        assert lapses == []  # never past its lease while maintenance was slow
+        assert finished.status == "completed" and finished.attempt == 1 and attempts == [1]
     finally:
         app.close()

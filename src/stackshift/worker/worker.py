@@ -286,6 +286,7 @@ class Worker:
         except Exception:
             log.exception("worker %s: could not take over the runs of ended workers", self.id)
         self._spawn("stackshift-claim", self._claim_loop)
+        self._spawn("stackshift-leases", self._lease_loop)
         self._spawn("stackshift-heartbeat", self._heartbeat_loop)
         return self
 
@@ -625,10 +626,43 @@ class Worker:
 
     # -- heartbeat and maintenance -----------------------------------------------------
 
+    #: Seconds before a lease renewal that failed (the database unreachable) is
+    #: tried again, when that is sooner than the next one.
+    RENEWAL_RETRY = 1.0
+
+    def _lease_loop(self) -> None:
+        """Renew the leases of the attempts running here, and the worker's
+        registration, every third of the lease time.
+
+        A thread of its own: no maintenance round, however slow (a catch-up, a
+        large promotion of due runs, retention), delays a renewal, so a running
+        attempt is never taken over or recorded lost because this worker was
+        busy maintaining. A renewal that fails is tried again after
+        ``RENEWAL_RETRY`` seconds.
+        """
+        store = self.service.store
+        clock = self.service.clock
+        interval = self.lease_seconds / 3
+        while True:
+            try:
+                with self._lock:
+                    renewing = [a.invocation for a in self._active.values()]
+                asked_at = time.monotonic()
+                cancels, lost = store.renew_leases([i.lease for i in renewing], clock.now(),
+                                                   self.lease_seconds)
+                self._register()
+                for invocation in renewing:
+                    invocation.renewed(cancels, lost, asked_at)
+                wait = interval
+            except Exception:
+                log.exception("worker %s: lease renewal failed; retrying", self.id)
+                wait = min(interval, self.RENEWAL_RETRY)
+            if self._halted.wait(wait):
+                return
+
     def _heartbeat_loop(self) -> None:
         store = self.service.store
         clock = self.service.clock
-        next_renewal = 0.0
         next_look = time.monotonic() + self.ENDED_LOOK_INTERVAL
         while True:
             self.due_plan.sleep(self.maintenance_interval, clock.now(), self._halted)
@@ -637,16 +671,6 @@ class Worker:
             try:
                 passed = self.due_plan.take_passed(clock.now())
                 now_mono = time.monotonic()
-                if now_mono >= next_renewal:
-                    next_renewal = now_mono + self.lease_seconds / 3
-                    with self._lock:
-                        renewing = [a.invocation for a in self._active.values()]
-                    asked_at = time.monotonic()
-                    cancels, lost = store.renew_leases([i.lease for i in renewing], clock.now(),
-                                                       self.lease_seconds)
-                    self._register()
-                    for invocation in renewing:
-                        invocation.renewed(cancels, lost, asked_at)
                 if now_mono >= next_look:
                     next_look = now_mono + self.ENDED_LOOK_INTERVAL
                     if self.take_over_ended() and self._free_slots() > 0:
