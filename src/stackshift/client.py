@@ -14,7 +14,7 @@ import builtins
 import os
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
 from .clock import Clock, SystemClock
 from .errors import StackShiftError, ValidationError
@@ -277,7 +277,8 @@ class Schedules:
         self._s = service
 
     def create(self, job: str, *, cron: str, payload: Any = None, timezone: str = "UTC",
-               queue_name: str | None = None, schedule_id: str | None = None) -> Schedule:
+               queue_name: str | None = None, schedule_id: str | None = None,
+               overlap: Literal["allow", "skip"] = "allow") -> Schedule:
         """Start ``job`` with ``payload`` once per tick of ``cron``.
 
         ``cron``: five fields, ``@hourly @daily @midnight @weekly @monthly
@@ -285,14 +286,20 @@ class Schedules:
         starts one run however many workers are up. Bad expressions raise
         :class:`ValidationError` saying what is wrong.
 
+        ``overlap``: ``"allow"`` (the default) starts a run at every tick, even
+        while the previous tick's run is still going; ``"skip"`` starts none
+        while that run is unfinished (queued, running, waiting, sleeping or
+        retrying) and counts the tick in ``skipped_ticks``.
+
         Without ``schedule_id`` each call makes a new schedule. With it, the
         schedule of that id is created, or changed to this definition: calling
         it again with the same arguments changes nothing; a new ``cron`` or
-        ``timezone`` restarts its ticks from now; a new payload, job or queue
-        applies from its next tick; a pause is kept.
+        ``timezone`` restarts its ticks from now; a new payload, job, queue or
+        overlap applies from its next tick; a pause is kept.
         """
         return self._s.create_schedule(job, cron=cron, payload=payload, timezone=timezone,
-                                       queue_name=queue_name, schedule_id=schedule_id)
+                                       queue_name=queue_name, schedule_id=schedule_id,
+                                       overlap=overlap)
 
     def get(self, schedule_id: str) -> Schedule:
         return self._s.get_schedule(schedule_id)
@@ -385,7 +392,9 @@ class StackShift:
         ``key_concurrency`` (most runs with the same ``concurrency_key`` at
         once), ``on_failure`` (a job started with the failed run's id, job,
         payload and error), ``cron`` and ``timezone`` (a recurring schedule,
-        created when a worker or a push-mode route serving the job starts).
+        created when a worker or a push-mode route serving the job starts) and
+        ``overlap`` (``"skip"``: a tick starts no run while the previous tick's
+        run is unfinished; see :meth:`Schedules.create`).
         """
         refuse_unknown_keywords("job()", options, make_job, skip=2)
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .clock import Clock
 from .durations import parse_duration, time_bound
-from .engine.cron import parse_cron
+from .engine.cron import check_overlap, parse_cron
 from .engine.limits import check_concurrency, parse_rate_limit
 from .engine.transitions import parse_status
 from .errors import ValidationError
@@ -199,18 +199,20 @@ class FlowControl:
 
     def create_schedule(self, job: str, *, cron: str, payload: Any = None,
                         timezone: str = "UTC", queue_name: str | None = None,
-                        schedule_id: str | None = None) -> Schedule:
+                        schedule_id: str | None = None, overlap: str = "allow") -> Schedule:
         """A recurring schedule: one run of ``job`` with ``payload`` per tick of ``cron``.
 
         With ``schedule_id``: that schedule, created or else changed to this
         definition (see :meth:`ScheduleStore.put_schedule`).
         """
         return self.save_schedule(job, cron=cron, payload=payload, timezone=timezone,
-                                  queue_name=queue_name, schedule_id=schedule_id)[0]
+                                  queue_name=queue_name, schedule_id=schedule_id,
+                                  overlap=overlap)[0]
 
     def save_schedule(self, job: str, *, cron: str, payload: Any = None,
                       timezone: str = "UTC", queue_name: str | None = None,
-                      schedule_id: str | None = None) -> tuple[Schedule, bool]:
+                      schedule_id: str | None = None,
+                      overlap: str = "allow") -> tuple[Schedule, bool]:
         """:meth:`create_schedule`, and whether the schedule was created (false
         when ``schedule_id`` named an existing one, now changed or as it was)."""
         check_name(job, "job name")
@@ -219,12 +221,13 @@ class FlowControl:
             check_name(queue_name, "queue name")
         if schedule_id is not None:
             check_own_schedule_id(schedule_id)
+        check_overlap(overlap)
         text = encode(payload, what="payload", limit=self.settings.max_payload_bytes)
         if schedule_id is not None:
             return self.store.put_schedule(schedule_id, job, parsed, text, queue_name,
-                                           self.clock.now())
+                                           self.clock.now(), overlap)
         return self.store.create_schedule(new_schedule_id(), job, parsed, text, queue_name,
-                                          "api", self.clock.now()), True
+                                          "api", self.clock.now(), overlap), True
 
     def get_schedule(self, schedule_id: str) -> Schedule:
         return self.store.get_schedule(check_schedule_id(schedule_id))
@@ -285,7 +288,7 @@ class FlowControl:
         for job in self.registry:
             if job.cron is not None:
                 wanted[code_schedule_id(job.name)] = (job.name, parse_cron(job.cron, job.timezone),
-                                                      job.queue)
+                                                      job.queue, job.overlap)
             else:
                 unwanted.append(code_schedule_id(job.name))
         self.store.sync_code_schedules(wanted, unwanted, self.clock.now())

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .durations import parse_duration
-from .engine.cron import check_timezone, parse_cron
+from .engine.cron import check_overlap, check_timezone, parse_cron
 from .engine.limits import check_concurrency
 from .engine.retries import Backoff
 from .errors import ValidationError
@@ -50,6 +50,9 @@ class Job:
     #: recurring schedule (see :mod:`stackshift.engine.cron`) and its time zone
     cron: str | None = None
     timezone: str = "UTC"
+    #: the schedule's overlap policy: "allow", or "skip" a tick while the previous
+    #: tick's run is unfinished
+    overlap: str = "allow"
 
     @property
     def function_name(self) -> str:
@@ -106,6 +109,7 @@ def make_job(
     on_failure: str | None = None,
     cron: str | None = None,
     timezone: str = "UTC",
+    overlap: str = "allow",
 ) -> Job:
     """Validate options and build a :class:`Job`; raises ``ValueError`` on bad options."""
     check_name(name, "job name")
@@ -121,6 +125,9 @@ def make_job(
         cron = parse_cron(cron, timezone).expression
     else:
         check_timezone(timezone)  # a misspelt zone is refused here, not when cron is added
+    check_overlap(overlap)
+    if overlap != "allow" and cron is None:
+        raise ValidationError(f"overlap={overlap!r} needs cron: it applies to a job's schedule")
     if not callable(handler):
         raise ValidationError(f"handler for job {name!r} is not callable")
     seconds = None if timeout is None else parse_duration(timeout, name="timeout")
@@ -139,6 +146,7 @@ def make_job(
         on_failure=on_failure,
         cron=cron,
         timezone=timezone,
+        overlap=overlap,
     )
 
 

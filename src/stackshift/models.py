@@ -346,7 +346,9 @@ class Schedule:
     ``source`` is ``"code"`` for ``@job(cron=...)`` (kept in sync by the workers
     and push-mode routes serving the job) and ``"api"`` for ``schedules.create``. ``last_error`` is
     why the last tick could not start a run, else the error of the last run
-    when it failed.
+    when it failed. ``overlap`` is ``"allow"`` (every tick starts a run) or
+    ``"skip"`` (a tick starts none while the previous tick's run is unfinished;
+    ``skipped_ticks`` counts those ticks).
     """
 
     id: str
@@ -364,3 +366,5 @@ class Schedule:
     last_error: RunError | None
     missed_ticks: int
     created_at: datetime
+    overlap: str = "allow"
+    skipped_ticks: int = 0

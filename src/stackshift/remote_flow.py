@@ -13,7 +13,7 @@ from urllib.parse import quote
 import httpx
 
 from .durations import parse_instant
-from .engine.cron import parse_cron
+from .engine.cron import check_overlap, parse_cron
 from .engine.limits import check_concurrency, parse_rate_limit
 from .errors import ScheduleNotFoundError, StackShiftError
 from .flowcontrol import (
@@ -170,9 +170,10 @@ class RemoteFlowControl:
 
     def create_schedule(self, job: str, *, cron: str, payload: Any = None,
                         timezone: str = "UTC", queue_name: str | None = None,
-                        schedule_id: str | None = None) -> Schedule:
+                        schedule_id: str | None = None, overlap: str = "allow") -> Schedule:
         check_name(job, "job name")
         parse_cron(cron, timezone)  # the embedded service's errors for a bad cron or zone
+        check_overlap(overlap)
         if queue_name is not None:
             check_name(queue_name, "queue name")
         if schedule_id is not None:
@@ -183,6 +184,8 @@ class RemoteFlowControl:
             body["queueName"] = queue_name
         if schedule_id is not None:
             body["scheduleId"] = schedule_id
+        if overlap != "allow":  # left out otherwise: a server without overlaps takes the rest
+            body["overlap"] = overlap
         limit = self.limits().max_payload_bytes
         return self._schedule(self._call("POST", "/v1/schedules",
                                          json=SizedBody(body, "payload", "payload", limit)))

@@ -342,8 +342,13 @@ class RemoteWorkerService:
 
     def sync_code_schedules(self) -> None:
         """Send the ``@job(cron=...)`` schedules of the registry to the server."""
-        schedules = [{"job": job.name, "cron": job.cron, "timezone": job.timezone,
-                      "queue": job.queue} for job in self.registry if job.cron is not None]
+        schedules: list[dict[str, Any]] = []
+        for job in self.registry:
+            if job.cron is not None:
+                schedules.append({"job": job.name, "cron": job.cron, "timezone": job.timezone,
+                                  "queue": job.queue})
+                if job.overlap != "allow":  # a server without overlaps takes the rest
+                    schedules[-1]["overlap"] = job.overlap
         without = [job.name for job in self.registry if job.cron is None]
         self.store._post("schedules", {"schedules": schedules, "without": without})
 

@@ -870,12 +870,25 @@ def test_jobs_page_lists_schedules_with_next_and_last_run_and_last_error(
     nightly = app.schedules.create("import-feed", cron="30 2 * * 1", timezone="Europe/Berlin",
                                    payload={"feed": "weekly.csv"})
     app.schedules.pause(nightly.id)
+    # Its run waits for an event: the ticks after the first are skipped.
+    one_at_a_time = app.schedules.create("send-email", cron="@every 1s",
+                                         payload={"user": "sched"}, overlap="skip")
     failed = stack.wait_for(lambda: (s := app.schedules.get(ticking.id)).last_run_status
                             == "failed" and s)
     app.schedules.pause(ticking.id)
+    skipping = stack.wait_for(lambda: (s := app.schedules.get(one_at_a_time.id)).skipped_ticks
+                              >= 2 and s)
+    app.schedules.pause(one_at_a_time.id)
+    skipped = app.schedules.get(one_at_a_time.id).skipped_ticks
 
     page.goto(stack.at("/jobs"))
-    expect(page.locator("tr[data-schedule-id]")).to_have_count(2)
+    expect(page.locator("tr[data-schedule-id]")).to_have_count(3)
+    waiting = page.locator(f"tr[data-schedule-id='{one_at_a_time.id}']")
+    expect(waiting).to_contain_text("skips overlaps")
+    expect(waiting).to_contain_text(f"{skipped} skipped ticks")
+    expect(waiting.locator(".badge")).to_have_text("waiting")
+    expect(waiting.locator("a.run-ref")).to_have_attribute("href",
+                                                           f"/runs/{skipping.last_run_id}")
     row = page.locator(f"tr[data-schedule-id='{ticking.id}']")
     expect(row).to_contain_text("@every 1s")
     expect(row).to_contain_text('{"invoice": "tick"}')

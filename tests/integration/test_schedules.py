@@ -877,3 +877,131 @@ def test_a_catch_up_of_many_overdue_schedules_does_not_hold_up_lease_renewals(
             assert passed >= 2000 and after.missed_ticks == passed
     finally:
         app.close()
+
+
+def test_overlap_skip_starts_no_run_while_the_previous_tick_s_run_is_unfinished(
+        fake_app: StackShift, clock: FakeClock) -> None:
+    """``overlap="skip"``: a tick while the run of an earlier tick still waits starts
+    nothing, counted in ``skipped_ticks``; once that run has finished, the next
+    tick starts one. The default (``"allow"``) starts a run at every tick."""
+    def export(ctx: Any) -> None:
+        ctx.step.wait_for_event("export.done")
+
+    fake_app.job("export", export)
+    skip = fake_app.schedules.create("export", cron="@hourly", overlap="skip")
+    allow = fake_app.schedules.create("export", cron="@hourly")
+    assert (skip.overlap, allow.overlap, skip.skipped_ticks) == ("skip", "allow", 0)
+    for _ in range(3):  # 10:00, 11:00, 12:00
+        clock.advance("1h")
+        run_until_idle(fake_app)
+    assert ticks_of(fake_app, skip.id) == ["2026-01-05T10:00:00Z"]
+    assert ticks_of(fake_app, allow.id) == [
+        "2026-01-05T10:00:00Z", "2026-01-05T11:00:00Z", "2026-01-05T12:00:00Z"]
+    skipping = fake_app.schedules.get(skip.id)
+    first = skipping.last_run_id or ""
+    assert fake_app.runs.get(first).status == "waiting"
+    assert (skipping.skipped_ticks, skipping.last_run_at, skipping.next_run_at,
+            skipping.last_error, skipping.missed_ticks) == (
+        2, at("2026-01-05T10:00:00Z"), at("2026-01-05T13:00:00Z"), None, 0)
+    assert fake_app.schedules.get(allow.id).skipped_ticks == 0
+    fake_app.events.send("export.done")
+    run_until_idle(fake_app)
+    assert fake_app.runs.get(first).status == "completed"
+    clock.advance("1h")  # 13:00: the run of 10:00 has finished
+    run_until_idle(fake_app)
+    assert ticks_of(fake_app, skip.id) == ["2026-01-05T10:00:00Z", "2026-01-05T13:00:00Z"]
+    after = fake_app.schedules.get(skip.id)
+    assert after.last_run_id != first and after.skipped_ticks == 2
+
+
+def test_overlap_skip_counts_a_retrying_run_as_unfinished_and_a_failed_one_as_finished(
+        fake_app: StackShift, clock: FakeClock) -> None:
+    def flaky(ctx: Any) -> None:
+        raise RuntimeError("upstream down")
+
+    fake_app.job("sync", flaky, max_attempts=2, backoff={"base": "90m", "jitter": False})
+    schedule = fake_app.schedules.create("sync", cron="@hourly", overlap="skip")
+    clock.advance("1h")  # 10:00: the run fails once and waits 90 minutes to retry
+    run_until_idle(fake_app)
+    run_id = fake_app.schedules.get(schedule.id).last_run_id or ""
+    assert fake_app.runs.get(run_id).status == "retrying"
+    clock.advance("1h")  # 11:00: still retrying, skipped; at 11:30 it fails for good
+    run_until_idle(fake_app)
+    assert fake_app.schedules.get(schedule.id).skipped_ticks == 1
+    clock.advance("30m")
+    run_until_idle(fake_app)
+    assert fake_app.runs.get(run_id).status == "failed"
+    clock.advance("30m")  # 12:00 starts a run again
+    run_until_idle(fake_app)
+    assert ticks_of(fake_app, schedule.id) == ["2026-01-05T10:00:00Z", "2026-01-05T12:00:00Z"]
+
+
+def test_overlap_in_code_is_kept_in_sync_and_checked(db_url: str, clock: FakeClock) -> None:
+    """``@job(cron=..., overlap="skip")``: the code schedule takes the policy; a later
+    deployment that changes only the policy keeps the next run where it was. A
+    bad policy, or one without ``cron``, is refused when the job is defined."""
+    for overlap in ("skip", "allow"):
+        app = StackShift(db_url, clock=clock)
+        try:
+            app.job("cleanup", lambda ctx: None, cron="0 3 * * *", overlap=overlap)
+            app.worker().run_until_idle()
+            [schedule] = app.schedules.list()
+            assert (schedule.overlap, schedule.next_run_at) == (
+                overlap, at("2026-01-06T03:00:00Z"))
+        finally:
+            app.close()
+        clock.advance("1m")
+    app = StackShift(db_url, clock=clock)
+    try:
+        with pytest.raises(ValidationError, match="overlap must be 'allow' or 'skip'"):
+            app.job("a", lambda ctx: None, cron="@daily", overlap="queue")
+        with pytest.raises(ValidationError, match="needs cron"):
+            app.job("b", lambda ctx: None, overlap="skip")
+        with pytest.raises(ValidationError, match="overlap must be 'allow' or 'skip'"):
+            app.schedules.create("a", cron="@daily", overlap="Skip")  # type: ignore[arg-type]
+        assert [s.id for s in app.schedules.list()] == ["job:cleanup"]
+    finally:
+        app.close()
+
+
+def test_overlap_over_http_the_remote_client_a_remote_worker_and_the_cli(
+        db_url: str, server: tuple[str, str]) -> None:  # noqa: F811
+    url, key = server
+    http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    remote = StackShift(api_key=key, base_url=url)
+    runner = CliRunner(env={"COLUMNS": "200"})
+    env = {"STACKSHIFT_DATABASE_URL": db_url}
+    try:
+        made = http.post("/v1/schedules", json={"job": "sync", "cron": "@hourly",
+                                                "overlap": "skip"})
+        assert made.status_code == 201, made.text
+        assert (made.json()["overlap"], made.json()["skippedTicks"]) == ("skip", 0)
+        plain = http.post("/v1/schedules", json={"job": "sync", "cron": "@hourly"})
+        assert plain.json()["overlap"] == "allow"
+        bad = http.post("/v1/schedules", json={"job": "sync", "cron": "@hourly",
+                                               "overlap": "never"})
+        assert bad.status_code == 422 and "overlap" in bad.json()["error"]["message"]
+        changed = remote.schedules.create("sync", cron="@hourly", overlap="skip",
+                                          schedule_id=plain.json()["id"])
+        assert changed.overlap == "skip"
+        assert remote.schedules.get(made.json()["id"]).overlap == "skip"
+        with pytest.raises(ValidationError, match="overlap must be 'allow' or 'skip'"):
+            remote.schedules.create("sync", cron="@hourly", overlap="no")  # type: ignore[arg-type]
+        remote.job("nightly", lambda ctx: None, cron="@daily", overlap="skip")
+        remote.worker().run_until_idle()
+        assert remote.schedules.get("job:nightly").overlap == "skip"
+        created = runner.invoke(cli, ["schedules", "create", "sync", "--cron", "@daily",
+                                      "--overlap", "skip", "--json"], env=env)
+        assert created.exit_code == 0, created.output
+        sid = json.loads(created.output)["id"]
+        assert json.loads(created.output)["overlap"] == "skip"
+        shown = runner.invoke(cli, ["schedules", "show", sid], env=env)
+        assert "skip: no run while the last one is unfinished (0 ticks skipped)" in \
+            " ".join(shown.output.split())
+        refused = runner.invoke(cli, ["schedules", "create", "sync", "--cron", "@daily",
+                                      "--overlap", "maybe"], env=env)
+        assert refused.exit_code == 2 and "maybe" in refused.output
+        assert len(remote.schedules.list()) == 4  # the refusals made nothing
+    finally:
+        http.close()
+        remote.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import click
 from rich.table import Table
 
@@ -57,6 +59,10 @@ def schedule_detail(s: Schedule) -> Table:
         table.add_row("last error", f"{s.last_error.type}: {s.last_error.message}")
     if s.missed_ticks:
         table.add_row("missed ticks", str(s.missed_ticks))
+    if s.overlap == "skip":
+        table.add_row("overlap", "skip: no run while the last one is unfinished"
+                      f" ({s.skipped_ticks} {'tick' if s.skipped_ticks == 1 else 'ticks'}"
+                      " skipped)")
     return table
 
 
@@ -108,15 +114,20 @@ def list_schedules(as_json: bool = False, database_url: str | None = None) -> No
 @click.option("--queue", help="Queue of the runs (default: the job's).")
 @click.option("--id", "schedule_id",
               help="Create the schedule under this id, or change the one that has it.")
+@click.option("--overlap", type=click.Choice(["allow", "skip"]), default="allow",
+              show_default=True,
+              help="skip: a tick starts no run while the previous tick's run is unfinished.")
 @json_option
 @database_url_option
 def create(job: str, cron: str, payload_json: str | None, timezone: str, queue: str | None,
-           schedule_id: str | None, as_json: bool, database_url: str) -> None:
+           schedule_id: str | None, overlap: Literal["allow", "skip"], as_json: bool,
+           database_url: str) -> None:
     """Start JOB once per tick of --cron. Exit 2 for a bad expression."""
     payload = parse_json_argument(payload_json, "--payload")
     with open_client(database_url) as app:
         created = app.schedules.create(job, cron=cron, payload=payload, timezone=timezone,
-                                       queue_name=queue, schedule_id=schedule_id)
+                                       queue_name=queue, schedule_id=schedule_id,
+                                       overlap=overlap)
     _show(created, as_json)
 
 

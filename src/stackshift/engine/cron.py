@@ -167,6 +167,17 @@ def _field_problem(fields: str, exc: Exception) -> str:
     return f"the {name} field {value!r} is not valid ({name}: {FIELDS[name]})"
 
 
+#: What a schedule does with a tick while the run of its previous tick has not
+#: finished: start one anyway, or skip the tick (store/schedules.py).
+OVERLAP_POLICIES = ("allow", "skip")
+
+
+def check_overlap(value: object) -> str:
+    if not isinstance(value, str) or value not in OVERLAP_POLICIES:
+        raise ValidationError(f"overlap must be 'allow' or 'skip', got {value!r}")
+    return value
+
+
 def check_timezone(name: object) -> str:
     if not isinstance(name, str) or not name:
         raise ValidationError(f"timezone must be an IANA zone name such as 'UTC', got {name!r}")

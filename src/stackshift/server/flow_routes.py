@@ -118,7 +118,7 @@ def create_schedule(body: f.CreateSchedule, request: Request,
                     response: Response) -> f.Schedule:
     saved, created = service_of(request).save_schedule(
         body.job, cron=body.cron, payload=body.payload, timezone=body.timezone,
-        queue_name=body.queue_name, schedule_id=body.schedule_id,
+        queue_name=body.queue_name, schedule_id=body.schedule_id, overlap=body.overlap,
     )
     response.status_code = 201 if created else 200
     return f.Schedule.of(saved)

@@ -7,7 +7,7 @@ client converts responses back to the SDK's models with ``to_model``.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, StrictInt, StrictStr
 
@@ -121,6 +121,11 @@ class Schedule(Wire):
     last_error: RunError | None
     missed_ticks: int = Field(description="Ticks skipped because nothing was running then.")
     created_at: datetime
+    overlap: Literal["allow", "skip"] = Field(
+        "allow", description="`allow`: every tick starts a run. `skip`: a tick starts none "
+        "while the run of the previous tick is unfinished.")
+    skipped_ticks: int = Field(0, description="Ticks that started no run because the "
+                               "previous tick's run was unfinished (`overlap: skip`).")
 
     @classmethod
     def of(cls, s: m.Schedule) -> Schedule:
@@ -130,6 +135,8 @@ class Schedule(Wire):
             last_run_at=s.last_run_at, last_run_id=s.last_run_id,
             last_run_status=s.last_run_status, last_error=RunError.of(s.last_error),
             missed_ticks=s.missed_ticks, created_at=s.created_at,
+            overlap=s.overlap,  # type: ignore[arg-type]
+            skipped_ticks=s.skipped_ticks,
         )
 
     def to_model(self) -> m.Schedule:
@@ -142,6 +149,7 @@ class Schedule(Wire):
             last_error=None if self.last_error is None else self.last_error.to_model(),
             missed_ticks=self.missed_ticks,
             created_at=_utc(self.created_at),  # type: ignore[arg-type]
+            overlap=self.overlap, skipped_ticks=self.skipped_ticks,
         )
 
 
@@ -158,6 +166,9 @@ class CreateSchedule(Body):
     schedule_id: Name | None = Field(
         default=None, description="Create the schedule under this id, or change the one "
         "that has it to this definition (ids starting with 'job:' are refused).")
+    overlap: Literal["allow", "skip"] = Field(
+        "allow", description="`skip`: a tick starts no run while the run of the previous "
+        "tick is unfinished (counted in `skippedTicks`). `allow`: every tick starts one.")
 
 
 class ScheduleDeleted(Wire):

@@ -245,7 +245,8 @@ def publish_jobs(body: w.PublishJobs, request: Request) -> w.Done:
 def sync_schedules(body: w.SyncSchedules, request: Request) -> w.Done:
     service = service_of(request)
     wanted = {
-        code_schedule_id(item.job): (item.job, parse_cron(item.cron, item.timezone), item.queue)
+        code_schedule_id(item.job): (item.job, parse_cron(item.cron, item.timezone), item.queue,
+                                     item.overlap)
         for item in body.schedules
     }
     unwanted = [code_schedule_id(job) for job in body.without]

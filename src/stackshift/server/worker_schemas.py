@@ -282,6 +282,7 @@ class CodeSchedule(Body):
     cron: Annotated[StrictStr, Field(min_length=1, max_length=200)]
     timezone: Annotated[StrictStr, Field(min_length=1, max_length=200)] = "UTC"
     queue: s.Name | None = None
+    overlap: Literal["allow", "skip"] = "allow"
 
 
 class JobDefaults(Body):

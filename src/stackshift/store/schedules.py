@@ -7,6 +7,11 @@ leader, and briefly two during a change of leader), each tick starts one run.
 PostgreSQL maintainers also skip schedules another one is firing
 (``FOR UPDATE SKIP LOCKED``).
 
+Overlap: a schedule made with ``overlap="skip"`` starts no run for a tick
+while the run of its previous tick has not finished (completed, failed or
+cancelled); the schedule moves on to its next tick and counts the tick in
+``skipped_ticks``. The default, ``"allow"``, starts a run for every tick.
+
 Missed ticks: when a schedule is found with several ticks due (everything was
 down), only the most recent due tick starts a run; the earlier ones are counted
 in ``missed_ticks`` and skipped. Counting them can take a good part of a second
@@ -19,7 +24,7 @@ that runs it, are never held up long by a catch-up.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -66,6 +71,8 @@ def schedule(row: Row) -> Schedule:
         last_run_status=row["last_run_status"],
         last_error=RunError.from_dict(error),
         missed_ticks=int(row["missed_ticks"]),
+        overlap=row["overlap"],
+        skipped_ticks=int(row["skipped_ticks"]),
         created_at=to_datetime(row["created_at"]),  # type: ignore[arg-type]
     )
 
@@ -81,32 +88,36 @@ class ScheduleStore:
     db: Database
 
     def create_schedule(self, schedule_id: str, job: str, cron: Cron, payload: str,
-                        queue: str | None, source: str, now: float) -> Schedule:
+                        queue: str | None, source: str, now: float,
+                        overlap: str = "allow") -> Schedule:
         with self.db.write() as tx:
             tx.run("insert_schedule", id=schedule_id, job=job, cron=cron.expression,
-                   timezone=cron.timezone, payload=payload, queue=queue, source=source,
-                   next_run_at=cron.next_after(now), now=now)
+                   timezone=cron.timezone, payload=payload, queue=queue, overlap=overlap,
+                   source=source, next_run_at=cron.next_after(now), now=now)
             return _detail(tx, schedule_id)
 
     def put_schedule(self, schedule_id: str, job: str, cron: Cron, payload: str,
-                     queue: str | None, now: float) -> tuple[Schedule, bool]:
+                     queue: str | None, now: float,
+                     overlap: str = "allow") -> tuple[Schedule, bool]:
         """Create the schedule ``schedule_id``, or make the existing one this
         definition: a new expression or time zone restarts its ticks from ``now``;
-        a new job, payload or queue applies from its next tick; a pause is kept.
-        The schedule, and whether it was created."""
+        a new job, payload, queue or overlap policy applies from its next tick; a
+        pause is kept. The schedule, and whether it was created."""
         with self.db.write() as tx:
             created = tx.run("insert_schedule", id=schedule_id, job=job, cron=cron.expression,
                              timezone=cron.timezone, payload=payload, queue=queue,
-                             source="api", next_run_at=cron.next_after(now), now=now) > 0
+                             overlap=overlap, source="api", next_run_at=cron.next_after(now),
+                             now=now) > 0
             row = tx.one("lock_schedule", id=schedule_id)
             assert row is not None  # inserted, or there already
-            wanted = (job, cron.expression, cron.timezone, payload, queue)
-            if (row["job"], row["cron"], row["timezone"], row["payload"], row["queue"]) != wanted:
+            wanted = (job, cron.expression, cron.timezone, payload, queue, overlap)
+            if (row["job"], row["cron"], row["timezone"], row["payload"], row["queue"],
+                    row["overlap"]) != wanted:
                 next_at = row["next_run_at"]
                 if (row["cron"], row["timezone"]) != (cron.expression, cron.timezone):
                     next_at = cron.next_after(now)
                 tx.run("update_schedule", id=schedule_id, job=job, cron=cron.expression,
-                       timezone=cron.timezone, payload=payload, queue=queue,
+                       timezone=cron.timezone, payload=payload, queue=queue, overlap=overlap,
                        next_run_at=next_at, now=now)
             return _detail(tx, schedule_id), created
 
@@ -141,26 +152,31 @@ class ScheduleStore:
         with self.db.write() as tx:
             return tx.run("delete_schedule", id=schedule_id) > 0
 
-    def sync_code_schedules(self, wanted: dict[str, tuple[str, Cron, str | None]],
+    def sync_code_schedules(self, wanted: Mapping[str, tuple[str, Cron, str | None, str]],
                             unwanted: list[str], now: float) -> None:
         """Make the ``code`` schedules match the jobs a worker serves.
 
-        ``wanted`` maps schedule id to ``(job, cron, queue)``; ``unwanted`` lists
-        ids of jobs served without a cron, whose code schedule is removed. A
-        changed expression restarts the ticks from ``now``; a pause is kept.
+        ``wanted`` maps schedule id to ``(job, cron, queue, overlap)``;
+        ``unwanted`` lists ids of jobs served without a cron, whose code schedule
+        is removed. A changed expression restarts the ticks from ``now``; a new
+        queue or overlap policy applies from the next tick; a pause is kept.
         """
         with self.db.write() as tx:
-            for schedule_id, (job, cron, queue) in sorted(wanted.items()):
+            for schedule_id, (job, cron, queue, overlap) in sorted(wanted.items()):
                 row = tx.one("get_schedule", id=schedule_id)
                 if row is None:
                     tx.run("insert_schedule", id=schedule_id, job=job, cron=cron.expression,
-                           timezone=cron.timezone, payload="null", queue=queue, source="code",
-                           next_run_at=cron.next_after(now), now=now)
-                elif (row["cron"], row["timezone"], row["queue"]) != (
-                        cron.expression, cron.timezone, queue):
+                           timezone=cron.timezone, payload="null", queue=queue,
+                           overlap=overlap, source="code", next_run_at=cron.next_after(now),
+                           now=now)
+                elif (row["cron"], row["timezone"], row["queue"], row["overlap"]) != (
+                        cron.expression, cron.timezone, queue, overlap):
+                    next_at = row["next_run_at"]
+                    if (row["cron"], row["timezone"]) != (cron.expression, cron.timezone):
+                        next_at = cron.next_after(now)
                     tx.run("update_code_schedule", id=schedule_id, cron=cron.expression,
-                           timezone=cron.timezone, queue=queue,
-                           next_run_at=cron.next_after(now), now=now)
+                           timezone=cron.timezone, queue=queue, overlap=overlap,
+                           next_run_at=next_at, now=now)
             for schedule_id in unwanted:
                 row = tx.one("get_schedule", id=schedule_id)
                 if row is not None and row["source"] == "code":
@@ -198,7 +214,7 @@ class ScheduleStore:
                 key = (row["id"], row["cron"], row["timezone"], due)
                 if key not in counted:
                     continue  # not counted (changed since the read): next round
-                tick, missed, next_at = due, 0, None
+                tick, missed, skipped, next_at = due, 0, 0, None
                 run_id = row["last_run_id"]
                 error: dict[str, Any] | None = None
                 try:
@@ -206,15 +222,22 @@ class ScheduleStore:
                     known = counted[key]
                     tick, missed = known if known is not None else cron.latest_due(due, now)
                     next_at = cron.next_after(now)
-                    run = insert_run(tx, make_run(row, tick), now)
-                    run_id = run.id
-                    if run.created:
-                        started.append(run.id)
+                    if (row["overlap"] == "skip" and run_id is not None
+                            and tx.one("schedule_run_unfinished", id=run_id) is not None):
+                        # The previous tick's run is still going: this tick starts
+                        # none; last_run_at and last_error stay (no run, no failure).
+                        skipped, tick = 1, row["last_tick_at"]
+                        error = loads(row["last_error"]) if row["last_error"] else None
+                    else:
+                        run = insert_run(tx, make_run(row, tick), now)
+                        run_id = run.id
+                        if run.created:
+                            started.append(run.id)
                 except (StackShiftError, IdempotencyConflictError, ValueError, TypeError) as exc:
                     error = {"type": type(exc).__name__, "message": str(exc)}
                 tx.run("schedule_fired", id=row["id"], due=due, next_run_at=next_at, tick=tick,
                        run_id=run_id, error=dumps(error) if error else None, missed=missed,
-                       now=now)
+                       skipped=skipped, now=now)
         return started
 
 

@@ -613,9 +613,10 @@ WHERE queue = :queue AND status IN ('queued', 'scheduled', 'retrying')
   AND available_at <= :now;
 
 -- name: insert_schedule
-INSERT INTO schedules (id, job, cron, timezone, payload, queue, source, paused,
+INSERT INTO schedules (id, job, cron, timezone, payload, queue, overlap, source, paused,
                        next_run_at, created_at, updated_at)
-VALUES (:id, :job, :cron, :timezone, :payload, :queue, :source, 0, :next_run_at, :now, :now)
+VALUES (:id, :job, :cron, :timezone, :payload, :queue, :overlap, :source, 0, :next_run_at,
+        :now, :now)
 ON CONFLICT (id) DO NOTHING;
 
 -- name: get_schedule
@@ -652,8 +653,15 @@ ORDER BY next_run_at LIMIT :limit;
 -- Conditional on the tick read, so a tick is moved past once.
 UPDATE schedules
 SET next_run_at = :next_run_at, last_tick_at = :tick, last_run_id = :run_id,
-    last_error = :error, missed_ticks = missed_ticks + :missed, updated_at = :now
+    last_error = :error, missed_ticks = missed_ticks + :missed,
+    skipped_ticks = skipped_ticks + :skipped, updated_at = :now
 WHERE id = :id AND next_run_at = :due;
+
+-- name: schedule_run_unfinished
+-- Whether the run an overlap='skip' schedule started last is still to finish
+-- (a run removed by retention has finished).
+SELECT 1 AS unfinished FROM runs
+WHERE id = :id AND status NOT IN ('completed', 'failed', 'cancelled');
 
 -- name: set_schedule_paused
 UPDATE schedules SET paused = :paused, next_run_at = :next_run_at, updated_at = :now
@@ -663,15 +671,15 @@ RETURNING id;
 -- name: update_code_schedule
 -- A schedule defined in code whose expression changed: ticks restart from now.
 UPDATE schedules
-SET cron = :cron, timezone = :timezone, queue = :queue, next_run_at = :next_run_at,
-    updated_at = :now
+SET cron = :cron, timezone = :timezone, queue = :queue, overlap = :overlap,
+    next_run_at = :next_run_at, updated_at = :now
 WHERE id = :id;
 
 -- name: update_schedule
 -- A schedule created again under its id with another definition.
 UPDATE schedules
 SET job = :job, cron = :cron, timezone = :timezone, payload = :payload, queue = :queue,
-    next_run_at = :next_run_at, updated_at = :now
+    overlap = :overlap, next_run_at = :next_run_at, updated_at = :now
 WHERE id = :id;
 
 -- name: delete_schedule
