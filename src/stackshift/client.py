@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
 from .clock import Clock, SystemClock
 from .errors import StackShiftError, ValidationError
+from .flowcontrol import RETRY_PAGE
 from .jobs import JobRegistry, check_name, make_job
 from .keywords import public_calls, refuse_unknown_keywords
 from .models import (
@@ -135,15 +136,20 @@ class Runs:
         created_after: datetime | str | None = None,
         created_before: datetime | str | None = None,
         limit: int | None = None,
+        page_size: int = RETRY_PAGE,
+        progress: Callable[[int], None] | None = None,
     ) -> builtins.list[str]:
         """Retry every failed (or ``status="cancelled"``) run matching the filter.
 
         Returns the ids retried; each gets a fresh attempt budget and keeps its
-        completed steps.
+        completed steps. Runs are taken newest first, ``page_size`` at a time
+        (one request each through a server, however many match); each is
+        retried once by the call, even one that fails again meanwhile.
+        ``progress`` is called with the total retried after each page.
         """
         return self._s.retry_many(queue=queue, job=job, status=status,
                                   created_after=created_after, created_before=created_before,
-                                  limit=limit)
+                                  limit=limit, page_size=page_size, progress=progress)
 
     def timeline(self, run_id: str) -> builtins.list[TimelineEntry]:
         return self._s.timeline(run_id)

@@ -8,6 +8,7 @@ validates its input, asks the engine's rules and calls the store. Every shell
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ from .engine.cron import check_overlap, parse_cron
 from .engine.limits import check_concurrency, parse_rate_limit
 from .engine.transitions import parse_status
 from .errors import ValidationError
-from .ids import check_failure_cursor, new_id
+from .ids import check_cursor, check_failure_cursor, new_id
 from .jobs import JobRegistry, check_max_attempts, check_name
 from .models import Page, QueueInfo, Schedule
 from .serialization import dumps, encode
@@ -38,6 +39,11 @@ if TYPE_CHECKING:
 RETRYABLE = ("failed", "cancelled")
 #: Runs a bulk retry reads and retries per transaction.
 RETRY_BATCH = 200
+#: Runs a bulk retry retries per page (per request through a server): about a
+#: second of work on PostgreSQL, far inside the remote client's 30 s timeout.
+RETRY_PAGE = 1000
+#: The most ``page_size`` takes.
+MAX_RETRY_PAGE = 100_000
 #: Default window of a queue's throughput and failure rate.
 DEFAULT_STATS_WINDOW = "15m"
 
@@ -58,7 +64,7 @@ def check_stats_window(window: Any) -> float:
 
 
 def check_retry_many(status: str, queue: str | None, job: str | None,
-                     limit: int | None) -> str:
+                     limit: int | None, page_size: int = 1) -> str:
     """The checks of a bulk retry's arguments (shared with the remote client);
     returns the status to retry."""
     state = parse_status(status).value
@@ -71,7 +77,32 @@ def check_retry_many(status: str, queue: str | None, job: str | None,
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
                               or limit < 1):
         raise ValidationError(f"limit must be a positive integer, got {limit!r}")
+    if isinstance(page_size, bool) or not isinstance(page_size, int) \
+            or not 1 <= page_size <= MAX_RETRY_PAGE:
+        raise ValidationError(
+            f"page_size must be an integer from 1 to {MAX_RETRY_PAGE}, got {page_size!r}")
     return state
+
+
+def retry_in_pages(retry_page: Callable[[int | None, str | None], Page], limit: int | None,
+                   page_size: int, progress: Callable[[int], None] | None) -> list[str]:
+    """A bulk retry as pages of at most ``page_size`` runs (each one call of
+    ``retry_page(limit, cursor)``, embedded or one HTTP request), each page
+    starting below the last run the one before looked at: no run is looked at
+    twice. ``progress`` gets the total retried after each page."""
+    retried: list[str] = []
+    cursor = None
+    while limit is None or len(retried) < limit:
+        room = page_size if limit is None else min(page_size, limit - len(retried))
+        page = retry_page(room, cursor)
+        retried += page.items
+        if progress is not None:
+            progress(len(retried))
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    return retried
+
 
 class FlowControl:
     store: SqlStore
@@ -162,12 +193,42 @@ class FlowControl:
         created_after: datetime | str | None = None,
         created_before: datetime | str | None = None,
         limit: int | None = None,
+        page_size: int = RETRY_PAGE,
+        progress: Callable[[int], None] | None = None,
     ) -> list[str]:
         """Retry every run that matches (``failed`` by default, or ``cancelled``).
 
         Each run gets a fresh attempt budget and keeps its completed steps, as
         with ``runs.retry``. Runs that change status meanwhile are skipped.
         Returns the ids of the runs retried, at most ``limit`` of them.
+
+        The matches are taken from the newest id down, ``page_size`` runs at a
+        time (``progress`` is called with the total retried after each page), so
+        a run retried by the call that fails again before the call ends is not
+        retried a second time, nor is a run started after the call began.
+        """
+        check_retry_many(status, queue, job, limit, page_size)
+        return retry_in_pages(
+            lambda room, cursor: self.retry_page(
+                queue=queue, job=job, status=status, created_after=created_after,
+                created_before=created_before, limit=room, cursor=cursor),
+            limit, page_size, progress)
+
+    def retry_page(
+        self,
+        *,
+        queue: str | None = None,
+        job: str | None = None,
+        status: str = "failed",
+        created_after: datetime | str | None = None,
+        created_before: datetime | str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Page:
+        """One page of :meth:`retry_many`: the matching runs with an id below
+        ``cursor`` (every match without one), newest first, until ``limit`` are
+        retried. Returns the ids retried and the cursor of the next page: the
+        last run looked at, or ``None`` when no match is left below it.
         """
         state = check_retry_many(status, queue, job, limit)
         filters = RunFilter(
@@ -177,9 +238,9 @@ class FlowControl:
             created_before=None if created_before is None
             else time_bound(created_before, name="created_before"),
         )
+        cursor = check_cursor(cursor, "run")
         retried: list[str] = []
-        cursor = None
-        while limit is None or len(retried) < limit:
+        while True:
             page = self.store.list_runs(filters, RETRY_BATCH, cursor)
             ids = [run.id for run in page.items]
             while ids and (limit is None or len(retried) < limit):
@@ -188,12 +249,19 @@ class FlowControl:
                 room = len(ids) if limit is None else limit - len(retried)
                 batch, ids = ids[:room], ids[room:]
                 retried += self.store.retry_runs(batch, self.clock.now(), only=state)
-            if page.next_cursor is None:
+                cursor = batch[-1]
+            if ids or page.next_cursor is None:
+                # Stopped at the limit inside this read (the rest of it is the
+                # next page's), or nothing is left.
+                next_cursor = cursor if ids else None
+                break
+            if limit is not None and len(retried) >= limit:
+                next_cursor = page.next_cursor  # more may match below it
                 break
             cursor = page.next_cursor
         if retried:
             self.notifier.notify()
-        return retried
+        return Page(retried, next_cursor)
 
     # -- schedules ----------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ results and errors as :class:`stackshift.flowcontrol.FlowControl` embedded.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -17,10 +18,12 @@ from .engine.cron import check_overlap, parse_cron
 from .engine.limits import check_concurrency, parse_rate_limit
 from .errors import ScheduleNotFoundError, StackShiftError
 from .flowcontrol import (
+    RETRY_PAGE,
     check_own_schedule_id,
     check_retry_many,
     check_schedule_id,
     check_stats_window,
+    retry_in_pages,
 )
 from .ids import check_failure_cursor
 from .jobs import check_max_attempts, check_name
@@ -138,16 +141,32 @@ class RemoteFlowControl:
 
     def retry_many(self, *, queue: str | None = None, job: str | None = None,
                    status: str = "failed", created_after: datetime | str | None = None,
-                   created_before: datetime | str | None = None,
-                   limit: int | None = None) -> list[str]:
-        check_retry_many(status, queue, job, limit)  # the embedded service's errors
-        body = {"queueName": queue, "job": job, "status": status,
-                "createdAfter": _when(created_after, "created_after"),
-                "createdBefore": _when(created_before, "created_before"),
-                "limit": limit}
-        found = self._call("POST", "/v1/runs/retry-many",
-                           json={k: v for k, v in body.items() if v is not None})
-        return list(f.Retried.model_validate(found.json()).retried)
+                   created_before: datetime | str | None = None, limit: int | None = None,
+                   page_size: int = RETRY_PAGE,
+                   progress: Callable[[int], None] | None = None) -> list[str]:
+        check_retry_many(status, queue, job, limit, page_size)  # the embedded service's errors
+        after = _when(created_after, "created_after")
+        before = _when(created_before, "created_before")
+        older = False  # the server is from before pages
+
+        def retry_page(room: int | None, cursor: str | None) -> Page:
+            nonlocal older
+            body = {"queueName": queue, "job": job, "status": status, "createdAfter": after,
+                    "createdBefore": before, "limit": room, "cursor": cursor}
+            found = self._call("POST", "/v1/runs/retry-many",
+                               json={k: v for k, v in body.items() if v is not None})
+            answer = found.json()
+            page = f.Retried.model_validate({"nextCursor": None, **answer})
+            retried = list(page.retried)
+            if "nextCursor" in answer or older or (room is not None and len(retried) < room):
+                return Page(retried, page.next_cursor)
+            # A server from before pages leaves nextCursor out and takes no cursor:
+            # after a full first page, the rest goes as one request, as it did then.
+            older = True
+            rest = None if limit is None else limit - len(retried)
+            return Page(retried + (retry_page(rest, None).items if rest != 0 else []), None)
+
+        return retry_in_pages(retry_page, limit, page_size, progress)
 
     # -- jobs -----------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from .errors import (
     ApiKeyNotFoundError,
     EndpointNotFoundError,
     EventNotFoundError,
+    InvalidTransitionError,
     ValidationError,
 )
 from .flowcontrol import RETRY_BATCH, FlowControl
@@ -615,11 +616,19 @@ class Service(FlowControl):
         return self.store.list_api_keys()
 
     def revoke_api_key(self, key: str) -> ApiKey:
-        """Revoke by id or listed prefix; :class:`ApiKeyNotFoundError` when none matches."""
+        """Revoke by id or listed prefix; :class:`ApiKeyNotFoundError` when none
+        matches, :class:`InvalidTransitionError` when it was revoked already (it
+        stays revoked as of then)."""
         check_key(key, "key id", 200)
-        revoked = self.store.revoke_api_key(key, self.clock.now())
-        if revoked is None:
+        found = self.store.revoke_api_key(key, self.clock.now())
+        if found is None:
             raise ApiKeyNotFoundError(f"no API key with id or prefix {key!r}")
+        revoked, now = found
+        if not now:
+            assert revoked.revoked_at is not None
+            raise InvalidTransitionError(
+                f"key {revoked.id} ({revoked.name!r}, prefix {revoked.prefix}) was already "
+                f"revoked at {revoked.revoked_at.isoformat().replace('+00:00', 'Z')}")
         return revoked
 
     def api_key_active(self, key_id: str) -> bool:

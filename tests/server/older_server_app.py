@@ -1,7 +1,9 @@
 """The API as a server from an earlier version serves it: the real app over the
 database in ``STACKSHIFT_DATABASE_URL``, without ``GET /v1/limits`` and ``GET
-/v1/jobs``, and with ``POST /v1/locks/acquire`` taking the body it took before
-lock holders (a ``holder`` field is refused as unknown, as any unknown field is).
+/v1/jobs``, with ``POST /v1/locks/acquire`` taking the body it took before
+lock holders (a ``holder`` field is refused as unknown, as any unknown field is),
+and with ``POST /v1/runs/retry-many`` as before pages (no ``cursor``, no
+``nextCursor``).
 
 Served by uvicorn in ``test_older_server.py`` (its own process: the routes are
 changed in the module's router before the app is built).
@@ -10,8 +12,10 @@ changed in the module's router before the app is built).
 from __future__ import annotations
 
 import os
+from typing import Annotated
 
 from fastapi import Request
+from pydantic import Field, StrictInt, StrictStr
 
 from stackshift.server import flow_routes, routes
 from stackshift.server import schemas as s
@@ -22,7 +26,8 @@ routes.router.routes[:] = [route for route in routes.router.routes
                            if getattr(route, "path", None) not in ("/v1/limits",
                                                                    "/v1/locks/acquire")]
 flow_routes.router.routes[:] = [route for route in flow_routes.router.routes
-                                if getattr(route, "path", None) != "/v1/jobs"]
+                                if getattr(route, "path", None) not in ("/v1/jobs",
+                                                                        "/v1/runs/retry-many")]
 
 
 class AcquireLock(s.Body):
@@ -35,6 +40,29 @@ class AcquireLock(s.Body):
 def acquire_lock(body: AcquireLock, request: Request) -> s.LockResult:
     held = service_of(request).lock_acquire(body.key, body.owner, body.ttl)
     return s.LockResult(key=body.key, held=held)
+
+
+class OlderRetryMany(s.Body):
+    queue_name: s.Name | None = None
+    job: s.Name | None = None
+    status: StrictStr = "failed"
+    created_after: s.Time | None = None
+    created_before: s.Time | None = None
+    limit: Annotated[StrictInt, Field(ge=1)] | None = None
+
+
+class OlderRetried(s.Wire):
+    retried: list[str]
+    count: int
+
+
+@flow_routes.router.post("/runs/retry-many", tags=["runs"])
+def retry_many(body: OlderRetryMany, request: Request) -> OlderRetried:
+    retried = service_of(request).retry_many(
+        queue=body.queue_name, job=body.job, status=body.status,
+        created_after=body.created_after, created_before=body.created_before, limit=body.limit,
+        page_size=100_000)
+    return OlderRetried(retried=retried, count=len(retried))
 
 
 app = app_from_url(os.environ["STACKSHIFT_DATABASE_URL"], migrate=False)

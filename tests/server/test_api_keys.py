@@ -119,3 +119,25 @@ def test_keys_and_endpoints_refuse_a_server_url_in_place_of_the_database(
     listed = runner.invoke(keys, ["list", "--json", "--database-url", db_url], env=server_env)
     assert [k["name"] for k in json.loads(listed.stdout)] == ["billing"]
     assert list(work.iterdir()) == []
+
+
+def test_revoking_a_key_revoked_already_says_so_and_exits_1(db_url: str) -> None:
+    """A second ``keys revoke`` names the key and when it was revoked, on stderr,
+    and exits 1 (the operation was refused, as ``runs retry`` of a run that is not
+    failed): a script tells it from a revocation. The first time stays."""
+    runner = CliRunner()
+    key = runner.invoke(keys, ["create", "--name", "ops", "--database-url", db_url]).stdout.strip()
+    first = runner.invoke(keys, ["revoke", key[:12], "--json", "--database-url", db_url])
+    assert first.exit_code == 0, first.output
+    revoked_at = json.loads(first.stdout)["revoked_at"]
+    key_id = json.loads(first.stdout)["id"]
+    for by in (key[:12], key_id):
+        for extra in ([], ["--json"]):
+            again = runner.invoke(keys, ["revoke", by, *extra, "--database-url", db_url])
+            assert again.exit_code == 1, again.output
+            assert again.stdout == ""
+            assert again.stderr == (f"error: key {key_id} ('ops', prefix {key[:12]}) was "
+                                    f"already revoked at {revoked_at}\n")
+    listed = json.loads(runner.invoke(keys, ["list", "--json", "--database-url", db_url]).stdout)
+    assert [(k["id"], k["active"], k["revoked_at"]) for k in listed] == [
+        (key_id, False, revoked_at)]

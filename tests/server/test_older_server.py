@@ -196,3 +196,30 @@ def refusals(http: httpx.Client) -> int:
     found = re.search(r'stackshift_http_responses_total\{method="POST",'
                       r'route="/v1/locks/acquire",status="422"\} (\d+)', http.get("/metrics").text)
     return int(found.group(1)) if found else 0
+
+
+def test_a_bulk_retry_through_a_server_without_pages_retries_every_match_once(
+        server: Server, served_db: str) -> None:
+    """Such a server takes no ``cursor`` and answers no ``nextCursor``: after a full
+    first page the client asks for the rest in one request, as before pages."""
+    from stackshift import NonRetriableError
+    from stackshift.testing import run_until_idle
+
+    queue, job = f"older-{uuid.uuid4().hex[:8]}", f"broken-{uuid.uuid4().hex[:8]}"
+    with StackShift(served_db) as engine:
+        @engine.job(job, queue=queue, max_attempts=1)
+        def always_fails(ctx: object) -> None:
+            raise NonRetriableError("still broken")
+
+        ids = sorted((engine.queue(queue).enqueue(job).id for _ in range(5)), reverse=True)
+        run_until_idle(engine)
+        with StackShift(api_key=server.api_key, base_url=server.url) as app:
+            totals: list[int] = []
+            assert app.runs.retry_many(queue=queue, page_size=2,
+                                       progress=totals.append) == ids
+            assert totals == [5]
+            run_until_idle(engine)
+            assert app.runs.retry_many(queue=queue, limit=3, page_size=2) == ids[:3]
+            run_until_idle(engine)
+            assert app.runs.retry_many(queue=queue, limit=2, page_size=2) == ids[:2]
+            assert app.runs.retry_many(queue=queue, page_size=10) == ids[2:]

@@ -809,3 +809,34 @@ def test_a_change_to_a_schedule_answers_200_and_a_new_one_201(
     assert remote.schedules.create(job, cron="@weekly", schedule_id=other).id == other
     mine = sorted(s["id"] for s in http.get("/v1/schedules").json()["items"] if s["job"] == job)
     assert mine == sorted([sid, other, fresh[0].json()["id"], fresh[1].json()["id"]])
+
+
+def test_worker_registration_refuses_the_concurrency_the_sdk_refuses(
+        http: httpx.Client, served_db: str) -> None:
+    """``POST /v1/worker/register`` takes a ``concurrency`` from 1 to 100,000, as
+    ``Worker(concurrency=...)`` does, and refuses the rest in the SDK's words
+    under the API's field name (it took up to 2**31 - 1 slots)."""
+    app = StackShift(served_db)
+    job = tag("registered")
+    app.job(job, lambda ctx: None)
+
+    def register(concurrency: int) -> httpx.Response:
+        return http.post("/v1/worker/register", json={
+            "workerId": f"wkr_{uuid.uuid4().hex[:12]}", "hostname": "h", "pid": 1,
+            "jobs": [job], "concurrency": concurrency})
+
+    try:
+        for bad in (100_001, 2**31 - 1, 0):
+            with pytest.raises(ValidationError) as refused:
+                app.worker(concurrency=bad)
+            said = str(refused.value)
+            assert said == f"concurrency must be an integer from 1 to 100000, got {bad}"
+            error = assert_error(register(bad), 422, "validation_error")
+            assert error["message"] == said
+            # As a queue's concurrency is refused.
+            queue = assert_error(http.patch(f"/v1/queues/{tag('q')}", json={
+                "concurrency": bad}), 422, "validation_error")
+            assert queue["message"] == said
+        assert register(100_000).status_code == 200
+    finally:
+        app.close()

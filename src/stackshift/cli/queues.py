@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import click
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ..flowcontrol import MAX_RETRY_PAGE, RETRY_PAGE
 from ..models import QueueInfo
 from ..store.queues import KEEP
 from .failures import bad_input
@@ -247,13 +249,28 @@ def dead_letters(name: str, job: str | None, limit: int, cursor: str | None, as_
 @click.option("--status", type=click.Choice(["failed", "cancelled"]), default="failed",
               show_default=True)
 @click.option("--limit", type=click.IntRange(1), help="Retry at most this many.")
+@click.option("--page-size", type=click.IntRange(1, MAX_RETRY_PAGE), default=RETRY_PAGE,
+              show_default=True,
+              help="Runs retried per request through a server (per read on the database).")
 @json_option
 @database_url_option
-def retry(name: str, job: str | None, status: str, limit: int | None, as_json: bool,
-          database_url: str) -> None:
-    """Retry NAME's failed (or cancelled) runs with a fresh attempt budget."""
-    with open_client(database_url) as app:
-        retried = app.runs.retry_many(queue=name, job=job, status=status, limit=limit)
+def retry(name: str, job: str | None, status: str, limit: int | None, page_size: int,
+          as_json: bool, database_url: str) -> None:
+    """Retry NAME's failed (or cancelled) runs with a fresh attempt budget.
+
+    Runs are taken newest first, a page at a time, so any number can be retried
+    (through a server too); a run this command retried that fails again before
+    it ends is not retried twice.
+    """
+    err = console(stderr=True)
+    shown = not as_json and err.is_terminal and not err.is_dumb_terminal
+    with open_client(database_url) as app, Progress(
+            SpinnerColumn(), TextColumn("Retried {task.completed:,} runs"), TimeElapsedColumn(),
+            console=err, transient=True, disable=not shown) as bar:
+        task = bar.add_task("retry", total=None)
+        retried = app.runs.retry_many(
+            queue=name, job=job, status=status, limit=limit, page_size=page_size,
+            progress=lambda total: bar.update(task, completed=total))
     if as_json:
         echo_json({"retried": retried, "count": len(retried)})
         return

@@ -18,7 +18,12 @@ from rich.table import Table
 
 from ..client import DEFAULT_DATABASE_URL
 from ..clock import SystemClock
-from ..errors import ApiKeyNotFoundError, EndpointNotFoundError, ValidationError
+from ..errors import (
+    ApiKeyNotFoundError,
+    EndpointNotFoundError,
+    InvalidTransitionError,
+    ValidationError,
+)
 from ..jobs import JobRegistry
 from ..models import ApiKey, Endpoint
 from ..serialization import MiB
@@ -63,6 +68,12 @@ class _NotFound(_BadInput):
     """Exit code 3: no such key."""
 
     exit_code = 3
+
+
+class _Refused(_BadInput):
+    """Exit code 1: the operation was refused (a key revoked already)."""
+
+    exit_code = 1
 
 
 @contextmanager
@@ -234,6 +245,8 @@ def revoke_key(key: str, database_url: str | None, as_json: bool) -> None:
             revoked = service.revoke_api_key(key)
         except ApiKeyNotFoundError as exc:
             raise _NotFound(str(exc)) from None
+        except InvalidTransitionError as exc:
+            raise _Refused(str(exc)) from None
         except ValidationError as exc:
             raise _BadInput(str(exc)) from None
     if as_json:

@@ -84,11 +84,16 @@ def dead_letters(name: str, request: Request, job: JobFilter = None, limit: Limi
 
 @router.post("/runs/retry-many", tags=["runs"], summary="Retry failed or cancelled runs in bulk")
 def retry_many(body: f.RetryMany, request: Request) -> f.Retried:
-    retried = service_of(request).retry_many(
+    """Retries the matching runs from the newest id down, at most `limit` of them,
+    200 to a transaction. A large bulk retry goes as requests of a bounded `limit`,
+    each with the `nextCursor` of the one before as `cursor`, until it is `null`
+    (the remote client and `stackshift queues retry` ask for 1,000 at a time)."""
+    page = service_of(request).retry_page(
         queue=body.queue_name, job=body.job, status=body.status,
         created_after=body.created_after, created_before=body.created_before, limit=body.limit,
+        cursor=body.cursor,
     )
-    return f.Retried(retried=retried, count=len(retried))
+    return f.Retried(retried=page.items, count=len(page.items), next_cursor=page.next_cursor)
 
 
 # -- jobs ---------------------------------------------------------------------------------

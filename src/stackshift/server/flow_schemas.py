@@ -97,12 +97,21 @@ class RetryMany(Body):
     status: StrictStr = Field("failed", description="`failed` or `cancelled`.")
     created_after: Time | None = None
     created_before: Time | None = None
-    limit: Annotated[StrictInt, Field(ge=1)] | None = None
+    limit: Annotated[StrictInt, Field(ge=1)] | None = Field(
+        None, description="Retry at most this many (every match without it, in one "
+                          "request: give a limit and follow `nextCursor` for many).")
+    cursor: Annotated[StrictStr, Field(max_length=100)] | None = Field(
+        None, description="The `nextCursor` of the request before: only runs with an id "
+                          "below it (newest first), so that a run this bulk retry "
+                          "retried and that failed again is not retried twice.")
 
 
 class Retried(Wire):
     retried: list[str] = Field(description="Ids of the runs put back in line.")
     count: int
+    next_cursor: str | None = Field(
+        description="Send it as `cursor` (with the same filters) for the rest; `null` "
+                    "when no match is left.")
 
 
 class Schedule(Wire):

@@ -173,7 +173,8 @@ class RegisterWorker(Body):
     pid: Annotated[StrictInt, Field(ge=0, lt=2**31)]
     jobs: list[s.Name]
     queues: list[s.Name] | None = None
-    concurrency: Annotated[StrictInt, Field(ge=1, lt=2**31)]
+    concurrency: s.Concurrency = Field(
+        description="Runs the worker runs at once: from 1 to 100000, as `Worker(concurrency=...)`.")
     process: ProcessBody | None = Field(
         None, description="The worker's process: lets workers on its machine take its runs "
                           "over as soon as it ends, without waiting for the lease.")

@@ -56,8 +56,10 @@ class KeyStore:
         with self.db.read() as tx:
             return [api_key(r) for r in tx.all("list_api_keys")]
 
-    def revoke_api_key(self, key: str, now: float) -> ApiKey | None:
-        """Revoke the key with this id or listed prefix; ``None`` when none matches.
+    def revoke_api_key(self, key: str, now: float) -> tuple[ApiKey, bool] | None:
+        """Revoke the key with this id or listed prefix: the key, and whether this
+        call revoked it (false: it was revoked before, and keeps that time);
+        ``None`` when none matches.
 
         Raises :class:`ValidationError` when a prefix matches more than one key.
         """
@@ -69,4 +71,4 @@ class KeyStore:
                 raise ValidationError(f"{key!r} matches {len(found)} keys; revoke by id")
             row = tx.one("revoke_api_key", id=found[0]["id"], now=now)
         assert row is not None
-        return api_key(row)
+        return api_key(row), found[0]["revoked_at"] is None

@@ -2,6 +2,11 @@
 
 A block starts with ``-- name: <name>``; comment lines right after it document
 the query. The dialect's own file overrides the shared one query by query.
+
+A block that starts with ``-- fragment: <name>`` is a piece of SQL that queries
+include as ``{{<name>}}``, for a condition several queries must state alike: it
+is written into their text once, as they are loaded, so each query runs exactly
+as if it were written out there.
 """
 
 from __future__ import annotations
@@ -10,26 +15,41 @@ import re
 from collections.abc import Callable
 from importlib import resources
 
-_NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+_BLOCK = re.compile(r"^--\s*(name|fragment):\s*(\w+)\s*$", re.MULTILINE)
+_INCLUDE = re.compile(r"\{\{(\w+)\}\}")
 
 
-def _parse(text: str) -> dict[str, str]:
-    blocks: dict[str, str] = {}
-    matches = list(_NAME.finditer(text))
+def _parse(text: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The queries and the fragments of one file, by name."""
+    blocks: dict[str, dict[str, str]] = {"name": {}, "fragment": {}}
+    matches = list(_BLOCK.finditer(text))
     for i, match in enumerate(matches):
         end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
         body = "\n".join(
             line for line in text[match.end() : end].splitlines() if not line.startswith("--")
         ).strip()
-        blocks[match.group(1)] = body.rstrip(";")
-    return blocks
+        blocks[match.group(1)][match.group(2)] = body.rstrip(";")
+    return blocks["name"], blocks["fragment"]
+
+
+def _include(name: str, sql: str, fragments: dict[str, str]) -> str:
+    def fragment(found: re.Match[str]) -> str:
+        if found[1] not in fragments:
+            raise LookupError(f"query {name} includes no fragment {found[1]!r}")
+        return fragments[found[1]]
+
+    return _INCLUDE.sub(fragment, sql)
 
 
 def load_queries(dialect: str, convert: Callable[[str], str] | None = None) -> dict[str, str]:
-    """All named queries for ``dialect``, with placeholders passed through ``convert``."""
+    """All named queries for ``dialect``, with their fragments included and
+    placeholders passed through ``convert``."""
     folder = resources.files(__package__) / "sql"
-    queries = _parse((folder / "queries.sql").read_text())
-    queries.update(_parse((folder / f"{dialect}.sql").read_text()))
+    queries, fragments = _parse((folder / "queries.sql").read_text())
+    own_queries, own_fragments = _parse((folder / f"{dialect}.sql").read_text())
+    queries.update(own_queries)
+    fragments.update(own_fragments)
+    queries = {name: _include(name, sql, fragments) for name, sql in queries.items()}
     if convert is not None:
         queries = {name: convert(sql) for name, sql in queries.items()}
     return queries

@@ -533,21 +533,22 @@ SELECT * FROM queues WHERE name = :name;
 -- name: get_queue
 SELECT * FROM queues WHERE name = :name;
 
+-- fragment: queue_has_setting
+-- A row of queues that has a setting. A row whose settings were all removed
+-- (limits set to none, resumed, or a name only ever resumed) is no queue of its
+-- own: the lists show a queue that holds runs or has a setting.
+(paused <> 0 OR concurrency IS NOT NULL OR rate_count IS NOT NULL
+ OR max_attempts IS NOT NULL)
+
 -- name: all_queue_names
--- Queues that hold runs or have a setting. A row whose settings were all removed
--- (limits set to none, resumed, or a name only ever resumed) is no queue of its own.
+-- Queues that hold runs or have a setting (queue_has_setting).
 SELECT name FROM (SELECT DISTINCT queue AS name FROM runs
-                  UNION SELECT name FROM queues
-                        WHERE paused <> 0 OR concurrency IS NOT NULL OR rate_count IS NOT NULL
-                           OR max_attempts IS NOT NULL) q
+                  UNION SELECT name FROM queues WHERE {{queue_has_setting}}) q
 ORDER BY name;
 
 -- name: list_queues
--- Queues with a setting (see all_queue_names).
-SELECT * FROM queues
-WHERE paused <> 0 OR concurrency IS NOT NULL OR rate_count IS NOT NULL
-   OR max_attempts IS NOT NULL
-ORDER BY name;
+-- Queues with a setting.
+SELECT * FROM queues WHERE {{queue_has_setting}} ORDER BY name;
 
 -- name: ensure_queue
 INSERT INTO queues (name, created_at, updated_at) VALUES (:name, :now, :now)
@@ -602,9 +603,7 @@ GROUP BY status;
 -- A queue the lists show (see all_queue_names): it holds runs or has a setting.
 SELECT 1 AS known
 WHERE EXISTS (SELECT 1 FROM runs WHERE queue = :name)
-   OR EXISTS (SELECT 1 FROM queues
-              WHERE name = :name AND (paused <> 0 OR concurrency IS NOT NULL
-                                      OR rate_count IS NOT NULL OR max_attempts IS NOT NULL));
+   OR EXISTS (SELECT 1 FROM queues WHERE name = :name AND {{queue_has_setting}});
 
 -- name: queue_oldest_ready
 -- The oldest run of the queue that is due and not yet started.
