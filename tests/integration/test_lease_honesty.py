@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 import pytest
-from test_schedules import read_value
+from test_schedules import hold_a_long_run, lease_lapsed
 
 from stackshift import StackShift
 from stackshift.worker import Worker
@@ -78,15 +78,7 @@ def test_a_slow_maintenance_round_does_not_hold_up_lease_renewals(db_url: str) -
 
     app = StackShift(db_url)
     try:
-        release = threading.Event()
-        attempts: list[int] = []
-
-        @app.job("long", max_attempts=3)
-        def long(ctx: Any) -> str:
-            attempts.append(ctx.run.attempt)
-            release.wait(60)
-            return "done"
-
+        release, attempts = hold_a_long_run(app)
         run = app.start("long")
         worker = SlowMaintenance(app, lease="1.5s").start()
         try:
@@ -98,9 +90,7 @@ def test_a_slow_maintenance_round_does_not_hold_up_lease_renewals(db_url: str) -
             lapses: list[float] = []
             watch_until = time.time() + 8.0
             while time.time() < watch_until:
-                expires = read_value(
-                    db_url, f"SELECT lease_expires_at FROM runs WHERE id = '{run.id}'")
-                if expires is None or float(expires) < time.time():
+                if lease_lapsed(db_url, run.id):
                     lapses.append(time.time() - started)
                 time.sleep(0.05)
             release.set()

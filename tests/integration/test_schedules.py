@@ -816,6 +816,27 @@ def read_value(db_url: str, sql: str) -> Any:
         return row[0]
 
 
+def hold_a_long_run(app: StackShift) -> tuple[threading.Event, list[int]]:
+    """Job ``long``, which runs until the event returned is set; the list holds
+    the attempt number of every execution."""
+    release = threading.Event()
+    attempts: list[int] = []
+
+    @app.job("long", max_attempts=3)
+    def long(ctx: Any) -> str:
+        attempts.append(ctx.run.attempt)
+        release.wait(60)
+        return "done"
+
+    return release, attempts
+
+
+def lease_lapsed(db_url: str, run_id: str) -> bool:
+    """Whether the run's lease is gone or past, read by a connection of its own."""
+    expires = read_value(db_url, f"SELECT lease_expires_at FROM runs WHERE id = '{run_id}'")
+    return expires is None or float(expires) < time.time()
+
+
 def test_a_catch_up_of_many_overdue_schedules_does_not_hold_up_lease_renewals(
         db_url: str) -> None:
     """A worker starting after a long outage finds 120 minutely schedules ~2,000
@@ -825,15 +846,7 @@ def test_a_catch_up_of_many_overdue_schedules_does_not_hold_up_lease_renewals(
     lost, and each schedule still starts one run and counts the ticks it missed."""
     app = StackShift(db_url)
     try:
-        release = threading.Event()
-        attempts: list[int] = []
-
-        @app.job("long", max_attempts=3)
-        def long(ctx: Any) -> str:
-            attempts.append(ctx.run.attempt)
-            release.wait(60)
-            return "done"
-
+        release, attempts = hold_a_long_run(app)
         app.job("tick", lambda ctx: None)
         ids = [app.schedules.create("tick", cron="* * * * *", timezone="Europe/Paris").id
                for _ in range(120)]
@@ -850,9 +863,7 @@ def test_a_catch_up_of_many_overdue_schedules_does_not_hold_up_lease_renewals(
             lapses: list[float] = []
             while any(app.schedules.get(i).last_run_at is None for i in ids):
                 assert time.time() - started < 120, "the catch-up did not finish"
-                expires = read_value(
-                    db_url, f"SELECT lease_expires_at FROM runs WHERE id = '{run.id}'")
-                if expires is None or float(expires) < time.time():
+                if lease_lapsed(db_url, run.id):
                     lapses.append(time.time() - started)
                 time.sleep(0.05)
             release.set()
