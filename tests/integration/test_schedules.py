@@ -915,6 +915,10 @@ def test_overlap_skip_starts_no_run_while_the_previous_tick_s_run_is_unfinished(
             skipping.last_error, skipping.missed_ticks) == (
         2, at("2026-01-05T10:00:00Z"), at("2026-01-05T13:00:00Z"), None, 0)
     assert fake_app.schedules.get(allow.id).skipped_ticks == 0
+    held_back = [(e.data["schedule_id"], e.data["tick_at"])
+                 for e in fake_app.runs.timeline(first) if e.kind == "schedule.tick_skipped"]
+    assert held_back == [(skip.id, at("2026-01-05T11:00:00Z").timestamp()),
+                         (skip.id, at("2026-01-05T12:00:00Z").timestamp())]
     fake_app.events.send("export.done")
     run_until_idle(fake_app)
     assert fake_app.runs.get(first).status == "completed"

@@ -36,7 +36,7 @@ from ..models import RunError, Schedule
 from ..serialization import dumps, loads
 from .base import NewRun
 from .database import Database, Row, Tx
-from .runs import insert_run
+from .runs import add_timeline, insert_run
 
 #: How long a tick's idempotency key is kept: far longer than any two
 #: maintainers could race on one tick.
@@ -226,6 +226,9 @@ class ScheduleStore:
                             and tx.one("schedule_run_unfinished", id=run_id) is not None):
                         # The previous tick's run is still going: this tick starts
                         # none; last_run_at and last_error stay (no run, no failure).
+                        # That run's timeline says which tick it held back.
+                        add_timeline(tx, run_id, "schedule.tick_skipped", now,
+                                     schedule_id=row["id"], tick_at=tick)
                         skipped, tick = 1, row["last_tick_at"]
                         error = loads(row["last_error"]) if row["last_error"] else None
                     else:
