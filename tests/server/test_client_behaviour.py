@@ -243,10 +243,10 @@ UNKNOWN_KEYWORDS: list[tuple[Callable[[StackShift, str], Any], str]] = [
      "queue() got an unexpected keyword argument 'concurency'; did you mean 'concurrency'?"),
     (lambda c, n: c.schedules.create(n, cron="@daily", tz="UTC"),  # type: ignore[call-arg]
      "schedules.create() got an unexpected keyword argument 'tz'; "
-     "it takes job, cron, payload, timezone, queue_name, schedule_id"),
+     "it takes job, cron, payload, timezone, queue_name, schedule_id, overlap"),
     (lambda c, n: c.job(n, lambda ctx: None, retries=3),
      "job() got an unexpected keyword argument 'retries'; it takes queue, max_attempts, "
-     "backoff, timeout, key_concurrency, on_failure, cron, timezone"),
+     "backoff, timeout, key_concurrency, on_failure, cron, timezone, overlap"),
     (lambda c, n: c.job(n, max_attemps=3),
      "job() got an unexpected keyword argument 'max_attemps'; did you mean 'max_attempts'?"),
     (lambda c, n: c.worker(concurency=2),
