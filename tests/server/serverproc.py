@@ -86,10 +86,11 @@ class Server:
 
 
 def start_server(database_url: str, log: Path, *extra: str, port: int | None = None,
-                 asgi: str | None = None) -> Server:
+                 asgi: str | None = None, env: dict[str, str] | None = None) -> Server:
     """``python -m stackshift.server`` (the ``stackshift server`` command) on ``port``,
     else on a free one; or, given ``asgi`` (``module:app`` in this directory), that
-    app served by uvicorn, with the database in ``STACKSHIFT_DATABASE_URL``."""
+    app served by uvicorn, with the database in ``STACKSHIFT_DATABASE_URL``. ``env``
+    adds to the process's environment."""
     service = admin_service(database_url)
     try:
         _, key = service.create_api_key("tests")
@@ -98,15 +99,15 @@ def start_server(database_url: str, log: Path, *extra: str, port: int | None = N
     if port is None:
         port = free_port()
     address = ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    env = None
+    environment = {**os.environ, **(env or {})}
     if asgi is None:
         command = ["stackshift.server", "--database-url", database_url, *address]
     else:
         command = ["uvicorn", asgi, "--app-dir", str(Path(__file__).parent), *address]
-        env = {**os.environ, "STACKSHIFT_DATABASE_URL": database_url}
+        environment["STACKSHIFT_DATABASE_URL"] = database_url
     out = log.open("wb")
     process = subprocess.Popen([sys.executable, "-m", *command, *extra],
-                               stdout=out, stderr=subprocess.STDOUT, env=env)
+                               stdout=out, stderr=subprocess.STDOUT, env=environment)
     out.close()
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

@@ -5,7 +5,10 @@ the database and after a restart, while another session of the same key goes on.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -139,3 +142,54 @@ def test_every_process_on_the_database_refuses_it_and_a_restart_too(
         assert_signed_in(restarted.url, kept)
     finally:
         stop_server(restarted)
+
+
+SECRET = "a-session-secret-of-forty-characters-xyz"
+
+
+def test_servers_given_one_session_secret_take_each_others_sessions_and_keep_them(
+    db_url: str, tmp_path: Path
+) -> None:
+    """``stackshift server`` with ``STACKSHIFT_SESSION_SECRET``: a session signed in
+    on one server is signed in on another with the same secret and on a restart
+    with it; a server without it, or with another, signs it out."""
+    store = open_store(db_url)
+    store.migrate()
+    store.close()
+    service = admin_service(db_url)
+    _, key = service.create_api_key("session-secret")
+    service.close()
+
+    def serve(name: str, secret: str | None) -> Server:
+        env = {} if secret is None else {"STACKSHIFT_SESSION_SECRET": f"{secret}\n"}
+        return start_server(db_url, tmp_path / f"{name}.log", env=env)
+
+    first, second = serve("first", SECRET), serve("second", SECRET)
+    try:
+        with browser(first.url, key) as tab:
+            cookie = tab.cookies[COOKIE]
+        assert_signed_in(second.url, cookie)
+    finally:
+        stop_server(first)
+        stop_server(second)
+    for name, secret, signed_in in [("restarted", SECRET, True), ("random", None, False),
+                                    ("another", SECRET[::-1], False)]:
+        server = serve(name, secret)
+        try:
+            (assert_signed_in if signed_in else assert_signed_out)(server.url, cookie)
+        finally:
+            stop_server(server)
+
+
+def test_a_short_session_secret_is_refused_before_anything_is_opened(tmp_path: Path) -> None:
+    database = tmp_path / "never.db"
+    done = subprocess.run(
+        [sys.executable, "-m", "stackshift.server", "--database-url",
+         f"sqlite:///{database}", "--port", "0"],
+        env={**os.environ, "STACKSHIFT_SESSION_SECRET": "  too-short  "},
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(
+        "error: --session-secret (STACKSHIFT_SESSION_SECRET) must have at least 32"
+        " characters, got 9;"), done.stderr
+    assert not database.exists()

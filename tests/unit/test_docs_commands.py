@@ -112,7 +112,8 @@ def test_server_options_table_matches_both_server_commands() -> None:
     doc = (ROOT / "docs" / "server.md").read_text()
     rows = re.findall(r"^\| `(--[\w-]+)` \| (.+?) \|", doc, flags=re.M)
     assert [name for name, _ in rows] == [
-        "--database-url", "--host", "--port", "--max-body-bytes", "--log-level", "--setting"]
+        "--database-url", "--host", "--port", "--max-body-bytes", "--log-level", "--setting",
+        "--session-secret"]
     server = cli.commands["server"]
     assert module_server is server  # "python -m stackshift.server takes the same options"
     options = _options(server)
@@ -120,8 +121,9 @@ def test_server_options_table_matches_both_server_commands() -> None:
     for name, default in rows:
         option = options[name]
         assert option is not None
-        # --database-url's default comes from the environment; --setting has none
-        if name not in {"--database-url", "--setting"}:
+        # --database-url's default comes from the environment; --setting has none;
+        # --session-secret's is drawn at random
+        if name not in {"--database-url", "--setting", "--session-secret"}:
             assert f"`{option.default}`" in default, (name, option.default, default)
 
 

@@ -96,6 +96,11 @@ def _key_json(key: ApiKey) -> dict[str, Any]:
     }
 
 
+#: Characters of ``--session-secret`` at least: a guessable secret would let anyone
+#: sign a session cookie.
+MIN_SESSION_SECRET = 32
+
+
 @click.command()
 @_database_url
 @click.option("--host", default="127.0.0.1", show_default=True,
@@ -108,8 +113,14 @@ def _key_json(key: ApiKey) -> dict[str, Any]:
 @click.option("--setting", "assignments", multiple=True, metavar="NAME=VALUE",
               help="A setting of the server (repeatable), e.g. max_state_value_bytes=1048576"
                    " or event_retention=30d; see docs/guide.md, Settings.")
+@click.option("--session-secret", envvar="STACKSHIFT_SESSION_SECRET", show_envvar=True,
+              default=None, metavar="TEXT",
+              help="Signs the dashboard's session cookies (at least"
+                   f" {MIN_SESSION_SECRET} characters). Give every server on the database"
+                   " the same one and sessions outlive restarts and work on each of them;"
+                   " left out, each process draws its own and a restart signs everyone out.")
 def server(database_url: str, host: str, port: int, max_body_bytes: int, log_level: str,
-           assignments: tuple[str, ...]) -> None:
+           assignments: tuple[str, ...], session_secret: str | None) -> None:
     """Serve the HTTP API (/v1, /openapi.json, /healthz, /metrics) and the dashboard (/).
 
     Every endpoint but /healthz needs a key from `stackshift keys create`; the
@@ -137,9 +148,17 @@ def server(database_url: str, host: str, port: int, max_body_bytes: int, log_lev
         settings = Settings(**dict(parse_setting(a) for a in assignments))
     except ValidationError as exc:
         raise _BadInput(f"--setting: {exc}") from None
+    # Surrounding blanks (a newline from a file) are no part of the secret.
+    stripped = None if session_secret is None else session_secret.strip()
+    if stripped is not None and len(stripped) < MIN_SESSION_SECRET:
+        raise _BadInput(
+            f"--session-secret (STACKSHIFT_SESSION_SECRET) must have at least"
+            f" {MIN_SESSION_SECRET} characters, got {len(stripped)}; make one with"
+            " python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    secret = None if stripped is None else stripped.encode()
     api = app_from_url(database_url, max_body_bytes=max_body_bytes, settings=settings)
     service = api.state.service
-    app = beside_api(api, create_dashboard(service, auth="api_key"))
+    app = beside_api(api, create_dashboard(service, auth="api_key", secret=secret))
     # Rescues, timers, schedules and retention for the runs of remote workers.
     maintainer = Maintainer(service).start()
     # Push mode: the registered handler routes are invoked from this process.
