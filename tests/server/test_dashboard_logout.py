@@ -66,6 +66,18 @@ def assert_signed_out(url: str, cookie: str) -> None:
     assert login.status_code == 200 and 'name="api_key"' in login.text
 
 
+def migrated_with_key(db_url: str, name: str) -> str:
+    """Migrate the database at ``db_url`` and return a new API key named ``name``."""
+    store = open_store(db_url)
+    store.migrate()
+    store.close()
+    service = admin_service(db_url)
+    try:
+        return service.create_api_key(name)[1]
+    finally:
+        service.close()
+
+
 def assert_signed_in(url: str, cookie: str) -> None:
     shown = with_cookie(url, "GET", "/queues", cookie)
     assert shown.status_code == 200, shown.headers.get("location")
@@ -112,12 +124,7 @@ def test_every_process_on_the_database_refuses_it_and_a_restart_too(
     """Two processes of a user's app with the dashboard mounted and one cookie
     secret (dashboard_app.py): a logout on one is refused by the other, and by
     the app restarted; the other session of the key outlives the restart."""
-    store = open_store(db_url)
-    store.migrate()
-    store.close()
-    service = admin_service(db_url)
-    _, key = service.create_api_key("logout-restart")
-    service.close()
+    key = migrated_with_key(db_url, "logout-restart")
 
     def serve(name: str) -> Server:
         return start_server(db_url, tmp_path / f"{name}.log", asgi="dashboard_app:app")
@@ -153,12 +160,7 @@ def test_servers_given_one_session_secret_take_each_others_sessions_and_keep_the
     """``stackshift server`` with ``STACKSHIFT_SESSION_SECRET``: a session signed in
     on one server is signed in on another with the same secret and on a restart
     with it; a server without it, or with another, signs it out."""
-    store = open_store(db_url)
-    store.migrate()
-    store.close()
-    service = admin_service(db_url)
-    _, key = service.create_api_key("session-secret")
-    service.close()
+    key = migrated_with_key(db_url, "session-secret")
 
     def serve(name: str, secret: str | None) -> Server:
         env = {} if secret is None else {"STACKSHIFT_SESSION_SECRET": f"{secret}\n"}
