@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from stackshift import Backoff, Run, StackShift, ValidationError
+from stackshift import Backoff, RetryAfterError, Run, StackShift, ValidationError
 from stackshift.testing import run_until_idle
 
 Names = Callable[[str], str]
@@ -104,3 +105,179 @@ def test_every_refused_backoff_is_a_validation_error(
     with pytest.raises(ValidationError) as caught:
         client.job(unique("badBackoff"), lambda ctx: None, backoff=backoff)
     assert str(caught.value) == message
+
+
+# -- 2. a RetryAfterError with no usable delay ------------------------------------------------
+
+
+class NoSuperInit(RetryAfterError):
+    """Forgets ``super().__init__``: no ``delay`` at all."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class OwnDelay(RetryAfterError):
+    """Sets ``delay`` itself, to whatever it was given."""
+
+    def __init__(self, delay: Any) -> None:
+        Exception.__init__(self, f"rate limited, delay {delay!r}")
+        self.delay = delay
+
+
+class RaisingDelay(RetryAfterError):
+    """A ``delay`` property that raises."""
+
+    def __init__(self) -> None:
+        Exception.__init__(self, "upstream busy")
+
+    @property  # type: ignore[override]
+    def delay(self) -> float:
+        raise RuntimeError("no header to read it from")
+
+
+BACKOFF = {"base": "1h", "cap": "3h", "jitter": False}
+
+
+def _about(when: datetime | None, seconds: float) -> bool:
+    assert when is not None
+    expected = datetime.now(UTC) + timedelta(seconds=seconds)
+    return abs((when - expected).total_seconds()) < 60
+
+
+def _warnings(app: StackShift, run: Run) -> list[str]:
+    return [e.message for e in app.runs.logs(run.id)
+            if e.level == "WARNING" and e.logger == "stackshift.worker"]
+
+
+@pytest.mark.parametrize(("error", "error_type", "message", "why"), [
+    (lambda: NoSuperInit("rate limited"), "NoSuperInit", "rate limited",
+     "NoSuperInit: it has no delay attribute (does its __init__ call "
+     "super().__init__(delay, message)?)"),
+    (lambda: OwnDelay("later"), "OwnDelay", "rate limited, delay 'later'",
+     "OwnDelay: its delay: 'later' is not a duration (use e.g. '30s', '15m', '1h30m', '7d')"),
+    (lambda: OwnDelay(float("nan")), "OwnDelay", "rate limited, delay nan",
+     "OwnDelay: its delay: nan must be a finite, non-negative duration"),
+    (lambda: OwnDelay(-5), "OwnDelay", "rate limited, delay -5",
+     "OwnDelay: its delay: -5 must be a finite, non-negative duration"),
+    (lambda: OwnDelay(None), "OwnDelay", "rate limited, delay None",
+     "OwnDelay: its delay: expected a duration, got NoneType"),
+    (lambda: OwnDelay(1e12), "OwnDelay", "rate limited, delay 1000000000000.0",
+     "OwnDelay: its delay: 1000000000000.0 is longer than 100 years"),
+    (lambda: RaisingDelay(), "RaisingDelay", "upstream busy",
+     "RaisingDelay: reading its delay raised RuntimeError: no header to read it from"),
+], ids=["no-super-init", "not-a-duration", "nan", "negative", "none", "past-100-years",
+        "raising-property"])
+def test_a_retry_after_error_without_a_usable_delay_is_retried_with_the_jobs_backoff(
+        executor: Executor, unique: Names, error: Callable[[], Exception], error_type: str,
+        message: str, why: str) -> None:
+    """The worker neither crashes nor loses the attempt: it is recorded as failed
+    with the handler's error, the run is retried after the job's own backoff, and
+    the run's logs say why the error's delay was not used."""
+    app = executor.app
+    job = unique("rateLimited")
+
+    @app.job(job, max_attempts=3, backoff=BACKOFF)
+    def handler(ctx: Any) -> None:
+        ctx.log.info("calling upstream")
+        raise error()
+
+    run = executor.run(job)
+    assert run.status == "retrying", run
+    assert run.error is not None
+    assert (run.error.type, run.error.message) == (error_type, message)
+    assert _about(run.next_attempt_at, 3600), run.next_attempt_at  # the backoff's base
+    [attempt] = app.runs.attempts(run.id)
+    assert attempt.status == "failed"
+    assert attempt.error is not None and attempt.error.type == error_type
+    assert _warnings(app, run) == [
+        f"the RetryAfterError had no usable delay ({why}); the run is retried after the "
+        "job's backoff instead"]
+    logs = app.runs.logs(run.id)
+    assert logs[0].message == "calling upstream"
+    assert all(e.attempt == 1 for e in logs)
+
+
+def _raising(error: Exception) -> Callable[[Any], None]:
+    def handler(ctx: Any) -> None:
+        raise error
+    return handler
+
+
+def test_a_retry_after_errors_delay_set_to_a_duration_is_used(
+        executor: Executor, unique: Names) -> None:
+    """A subclass that sets ``delay`` to a duration of its own (a string, a
+    ``timedelta``) is retried after it, as ``RetryAfterError(delay)`` would be."""
+    app = executor.app
+    for n, delay in enumerate(["2h", timedelta(hours=2)]):
+        job = unique(f"ownDelay{n}")
+        app.job(job, _raising(OwnDelay(delay)), max_attempts=3, backoff=BACKOFF)
+        run = executor.run(job)
+        assert run.status == "retrying", run
+        assert _about(run.next_attempt_at, 7200), run.next_attempt_at
+        assert _warnings(app, run) == []
+
+
+def test_a_retry_after_error_without_a_delay_on_the_last_attempt_fails_the_run(
+        executor: Executor, unique: Names) -> None:
+    app = executor.app
+    job = unique("lastTry")
+
+    @app.job(job, max_attempts=1, backoff=BACKOFF)
+    def handler(ctx: Any) -> None:
+        raise NoSuperInit("still limited")
+
+    run = executor.run(job)
+    assert run.status == "failed", run
+    assert run.error is not None
+    assert (run.error.type, run.error.message) == ("NoSuperInit", "still limited")
+    [warning] = _warnings(app, run)
+    assert warning.startswith("the RetryAfterError had no usable delay (NoSuperInit: it has "
+                              "no delay attribute")
+    assert warning.endswith("; no retry follows this attempt")
+
+
+def test_a_group_with_a_retry_after_error_without_a_delay_takes_the_backoff(
+        executor: Executor, unique: Names) -> None:
+    """In a group, an error without a usable delay counts as any other error (the
+    job's backoff, 1 h) next to a ``RetryAfterError`` that has one (30 min)."""
+    app = executor.app
+    job = unique("grouped")
+
+    @app.job(job, max_attempts=3, backoff=BACKOFF)
+    def handler(ctx: Any) -> None:
+        raise ExceptionGroup("calls failed", [RetryAfterError("30m"), NoSuperInit("b")])
+
+    run = executor.run(job)
+    assert run.status == "retrying", run
+    assert run.error is not None and run.error.type == "ExceptionGroup"
+    assert _about(run.next_attempt_at, 3600), run.next_attempt_at
+    [warning] = _warnings(app, run)
+    assert "(NoSuperInit: it has no delay attribute" in warning
+
+
+class BrokenStr(RetryAfterError):
+    """Forgets ``super().__init__`` and has a ``__str__`` that reads ``delay``."""
+
+    def __init__(self) -> None:
+        pass
+
+    def __str__(self) -> str:
+        return f"retry after {self.delay}s"
+
+
+def test_an_error_whose_str_raises_is_still_recorded(
+        executor: Executor, unique: Names) -> None:
+    app = executor.app
+    job = unique("brokenStr")
+
+    @app.job(job, max_attempts=3, backoff=BACKOFF)
+    def handler(ctx: Any) -> None:
+        raise BrokenStr()
+
+    run = executor.run(job)
+    assert run.status == "retrying", run
+    assert run.error is not None and run.error.type == "BrokenStr"
+    assert run.error.message == ("<str() of the BrokenStr raised AttributeError: "
+                                 "'BrokenStr' object has no attribute 'delay'>")
+    assert len(_warnings(app, run)) == 1

@@ -396,7 +396,19 @@ class Invocation:
             backoff=self.job.backoff,
             now=self.clock.now(),
         )
+        for reason in outcomes.unusable_retry_after(exc):
+            self._warn_unusable_delay(reason, outcome)
         self._finish(outcome)
+
+    def _warn_unusable_delay(self, reason: str, outcome: Outcome) -> None:
+        """Say in the run's logs that a ``RetryAfterError`` had no usable delay,
+        and what the attempt's ending did instead."""
+        if outcome.status == "retrying":
+            instead = "the run is retried after the job's backoff instead"
+        else:
+            instead = "no retry follows this attempt"
+        self.add_log("WARNING", log.name,
+                     f"the RetryAfterError had no usable delay ({reason}); {instead}", None)
 
     def cancelled(self) -> None:
         self._finish(Outcome("cancelled", error=dict(outcomes.CANCELLED_WHILE_RUNNING)))
