@@ -9,6 +9,7 @@ through a remote worker (in this process) of a real ``stackshift server`` on
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -281,3 +282,79 @@ def test_an_error_whose_str_raises_is_still_recorded(
     assert run.error.message == ("<str() of the BrokenStr raised AttributeError: "
                                  "'BrokenStr' object has no attribute 'delay'>")
     assert len(_warnings(app, run)) == 1
+
+
+# -- 3. run logs keep stacks and messages that cannot be formatted ----------------------------
+
+
+def test_a_record_logged_with_stack_info_keeps_its_stack(
+        executor: Executor, unique: Names) -> None:
+    app = executor.app
+    job = unique("stacked")
+
+    def where_it_was_logged(ctx: Any) -> None:
+        ctx.log.warning("slow path taken", stack_info=True)
+        try:
+            {}["missing"]
+        except KeyError:
+            ctx.log.exception("lookup %s failed", "missing", stack_info=True)
+
+    app.job(job, where_it_was_logged, max_attempts=1)
+    run = executor.run(job)
+    assert run.status == "completed", run.error
+    stacked, both = app.runs.logs(run.id)
+    head, stack = stacked.message.split("\n", 1)
+    assert head == "slow path taken"
+    assert stack.startswith("Stack (most recent call last):\n")
+    assert "in where_it_was_logged" in stack
+    assert 'ctx.log.warning("slow path taken", stack_info=True)' in stack
+    # As logging.Formatter lays them out: message, traceback, then stack.
+    lines = both.message.split("\n")
+    assert lines[0] == "lookup missing failed"
+    assert lines[1] == "Traceback (most recent call last):"
+    assert "KeyError: 'missing'" in both.message
+    assert both.message.index("KeyError: 'missing'") < both.message.index("Stack (most recent")
+
+
+def test_a_message_that_cannot_be_formatted_keeps_its_text_args_and_the_error(
+        executor: Executor, unique: Names, monkeypatch: pytest.MonkeyPatch) -> None:
+    # pytest's own log capture raises on such a record (to show the mistake in a
+    # test); outside pytest logging reports it on stderr and carries on.
+    monkeypatch.setattr(logging, "raiseExceptions", False)
+    app = executor.app
+    job = unique("badFormat")
+
+    class Unprintable:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    def handler(ctx: Any) -> str:
+        ctx.log.info("%d items left", "x")
+        ctx.log.info("two %s %s", "args")
+        ctx.log.info("%s", Unprintable())
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            ctx.log.error("failed for %d", "abc", exc_info=True)
+        return "done"
+
+    app.job(job, handler, max_attempts=1)
+    run = executor.run(job)
+    assert (run.status, run.result) == ("completed", "done"), run.error
+    entries = app.runs.logs(run.id)
+    assert [e.message.split("\n")[:2] for e in entries[:2]] == [
+        ["%d items left", "[formatting the message failed: TypeError: %d format: a real "
+         "number is required, not str; its arguments: ('x',)]"],
+        ["two %s %s", "[formatting the message failed: TypeError: not enough arguments "
+         "for format string; its arguments: ('args',)]"],
+    ]
+    assert entries[2].message == (
+        "%s\n[formatting the message failed: RuntimeError: no repr; its arguments: "
+        "<repr() of a tuple raised RuntimeError>]")
+    failed = entries[3].message.split("\n")
+    assert failed[0] == "failed for %d"
+    assert failed[1].startswith("[formatting the message failed: TypeError: %d format")
+    assert failed[1].endswith("its arguments: ('abc',)]")
+    assert failed[2] == "Traceback (most recent call last):"
+    assert failed[-1] == "ValueError: boom"
+    assert entries[3].level == "ERROR"
