@@ -358,3 +358,79 @@ def test_a_message_that_cannot_be_formatted_keeps_its_text_args_and_the_error(
     assert failed[2] == "Traceback (most recent call last):"
     assert failed[-1] == "ValueError: boom"
     assert entries[3].level == "ERROR"
+
+
+# -- 4. a remote worker holds a bounded amount of a run's records ----------------------------
+
+
+def test_a_remote_worker_holds_at_most_its_log_budget_between_checkpoints(
+        remote: StackShift, unique: Names) -> None:
+    """A handler logging 4 MB in a tight loop between two checkpoints (twice)
+    leaves its remote worker holding no more than 512 KiB of records at any time:
+    the first and the latest, and one warning per checkpoint for those dropped."""
+    from stackshift import runlogs
+
+    job = unique("remoteLoop")
+    held: list[int] = []
+
+    @remote.job(job, max_attempts=1)
+    def loop(ctx: Any) -> str:
+        invocation = runlogs.CURRENT.get()
+        assert invocation is not None
+        for segment in ("a", "b"):
+            for n in range(20_000):
+                ctx.log.info("%s %05d %s", segment, n, "x" * 200)
+                if n % 1_000 == 999:
+                    held.append(len(invocation._logs))
+            ctx.step.run(f"after-{segment}", lambda: 1)
+        return "done"
+
+    with remote.worker(concurrency=1):
+        run = remote.start(job)
+        done = remote.runs.wait(run.id, timeout="120s")
+    assert (done.status, done.result, done.error) == ("completed", "done", None)
+    # About 330 bytes a record as sent: some 1,550 records fit in 512 KiB.
+    assert max(held) < 1_700, held
+    entries = remote.runs.logs(run.id)
+    warnings = [n for n, e in enumerate(entries) if e.level == "WARNING"]
+    assert len(warnings) == 2, [e.message[:100] for e in entries if e.level == "WARNING"]
+    for segment, at in zip(("a", "b"), warnings, strict=True):
+        words = [e.message.split()[:2] for e in entries]
+        head = [w for w in words[:at] if w[0] == segment]
+        tail = [w for w in words[at + 1:] if w[0] == segment]
+        assert head == [[segment, f"{n:05d}"] for n in range(len(head))] and len(head) > 500
+        assert tail == [[segment, f"{n:05d}"] for n in range(20_000 - len(tail), 20_000)]
+        assert len(tail) > 500
+        dropped = 20_000 - len(head) - len(tail)
+        warning = entries[at]
+        assert (warning.logger, warning.attempt) == ("stackshift.worker", 1)
+        assert warning.message.startswith(f"[... {dropped} log records (")
+        assert ("bytes) dropped here: a remote worker holds at most 524288 bytes of a run's "
+                "log records until its next checkpoint, the first and the latest ...]"
+                ) in warning.message
+    kept = sum(len(e.message) for e in entries[:warnings[1]])
+    assert 350 * 1024 < kept < 512 * 1024
+
+
+def test_bounded_logs_keep_the_first_and_the_latest_and_count_the_rest() -> None:
+    from stackshift.remote_worker import BoundedLogs, sent_size
+    from stackshift.store.base import LogWrite
+
+    logs = BoundedLogs(budget=4096)
+    records = [LogWrite(float(n), "INFO", "app", f"record {n:03d}", "s", 1) for n in range(200)]
+    for record in records:
+        logs.add(record)
+        assert logs.held_bytes <= 4096 - 1024
+    taken = logs.take()
+    at = next(n for n, r in enumerate(taken) if r.level == "WARNING")
+    head, warning, tail = taken[:at], taken[at], taken[at + 1:]
+    assert head == records[:len(head)] and tail == records[-len(tail):]
+    dropped = records[len(head):len(records) - len(tail)]
+    assert warning.message.startswith(
+        f"[... {len(dropped)} log records ({sum(map(sent_size, dropped))} bytes) dropped here")
+    assert (warning.at, warning.step, warning.attempt) == (dropped[0].at, "s", 1)
+    assert sum(map(sent_size, taken)) <= 4096
+    # Taken, they are gone: the next checkpoint starts again from its first record.
+    assert len(logs) == 0 and logs.take() == []
+    logs.add(records[0])
+    assert logs.take() == [records[0]]
