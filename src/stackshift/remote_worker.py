@@ -18,6 +18,7 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -32,6 +33,7 @@ from .server import worker_schemas as w
 from .service import Notifier
 from .store.base import ClaimedRun, ExpiredLease, Lease, LogWrite, Outcome, StepWrite
 from .store.flow import NO_RULES, ClaimRules
+from .worker.invocation import PendingLogs
 
 if TYPE_CHECKING:
     from .client import StackShift
@@ -60,6 +62,85 @@ START_MAX_PAUSE = 5.0
 LOG_BUDGET = 512 * 1024
 
 
+def sent_size(record: LogWrite) -> int:
+    """Bytes ``record`` takes in a request's list of log records."""
+    body = w.LogBody.of(record)
+    return len(json.dumps(body, ensure_ascii=False).encode(errors="surrogatepass")) + 1
+
+
+class BoundedLogs(PendingLogs):
+    """A remote invocation's log records until its next checkpoint, within ``budget``
+    bytes (as :func:`sent_size` counts them).
+
+    A handler that logs in a loop between two checkpoints must not grow its
+    worker's memory without bound, when the checkpoint would send no more than
+    ``budget`` bytes of them anyway (:func:`sent_logs`). Over the budget, the
+    first records are kept up to half of it and the latest ones up to the other
+    half; those between them are counted, and :meth:`take` puts one warning in
+    their place saying how many records (and bytes) were dropped, at the time
+    and step of the first one dropped. What it gives fits one request whole.
+    """
+
+    def __init__(self, budget: int = LOG_BUDGET) -> None:
+        self.budget = budget
+        self.half = (budget - 1024) // 2  # 1 KiB: the warning's own room, as in sent_logs
+        self._lock = threading.Lock()
+        self._clear()
+
+    def _clear(self) -> None:
+        self._head: list[LogWrite] = []
+        self._head_bytes = 0
+        self._head_full = False
+        self._tail: deque[tuple[LogWrite, int]] = deque()
+        self._tail_bytes = 0
+        self._dropped = 0
+        self._dropped_bytes = 0
+        self._first_dropped: LogWrite | None = None
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the records held now (the warning to come aside)."""
+        return self._head_bytes + self._tail_bytes
+
+    def add(self, record: LogWrite) -> None:
+        size = sent_size(record)
+        with self._lock:
+            if not self._head_full:
+                if self._head_bytes + size <= self.half:
+                    self._head.append(record)
+                    self._head_bytes += size
+                    return
+                self._head_full = True  # the first records end here, the latest begin
+            self._tail.append((record, size))
+            self._tail_bytes += size
+            while self._tail_bytes > self.half:
+                dropped, dropped_size = self._tail.popleft()
+                self._tail_bytes -= dropped_size
+                self._dropped += 1
+                self._dropped_bytes += dropped_size
+                if self._first_dropped is None:
+                    self._first_dropped = dropped
+
+    def take(self) -> list[LogWrite]:
+        with self._lock:
+            records = list(self._head)
+            first = self._first_dropped
+            if first is not None:
+                records.append(LogWrite(
+                    first.at, "WARNING", log.name,
+                    f"[... {self._dropped} log records ({self._dropped_bytes} bytes) dropped"
+                    f" here: a remote worker holds at most {self.budget} bytes of a run's log"
+                    " records until its next checkpoint, the first and the latest ...]",
+                    first.step, first.attempt))
+            records.extend(record for record, _ in self._tail)
+            self._clear()
+        return records
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._head) + len(self._tail)
+
+
 def sent_logs(logs: Sequence[LogWrite], budget: int = LOG_BUDGET) -> list[dict[str, Any]]:
     """The bodies of ``logs`` as one request sends them, within ``budget`` bytes.
 
@@ -70,8 +151,7 @@ def sent_logs(logs: Sequence[LogWrite], budget: int = LOG_BUDGET) -> list[dict[s
     saying how many were dropped, at the time and step of the first one dropped.
     """
     bodies = [w.LogBody.of(record) for record in logs]
-    sizes = [len(json.dumps(body, ensure_ascii=False).encode(errors="surrogatepass")) + 1
-             for body in bodies]
+    sizes = [sent_size(record) for record in logs]
     if sum(sizes) <= budget:
         return bodies
     half = (budget - 1024) // 2  # 1 KiB: the warning's own room
@@ -100,6 +180,11 @@ class RemoteWorkerStore:
         self.claim_wait = claim_wait
         #: set when the worker stops: claims stop waiting and hand back what they got
         self.closing = threading.Event()
+
+    def pending_logs(self) -> BoundedLogs:
+        """Where an invocation keeps its log records until its next checkpoint:
+        within the budget one checkpoint sends (see :class:`BoundedLogs`)."""
+        return BoundedLogs()
 
     def _post(self, path: str, body: dict[str, Any], timeout: float | None = None,
               *, until_reached: bool = False) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
@@ -58,14 +58,43 @@ class _CaptureHandler(logging.Handler):
         invocation = CURRENT.get()
         if invocation is None or ENGINE_CALL.get():
             return
-        try:
-            message = record.getMessage()
-            if record.exc_info:
-                message += "\n" + logging.Formatter().formatException(record.exc_info)
-        except Exception:  # a broken format string must not break the handler
-            message = str(record.msg)
-        invocation.add_log(record.levelname, record.name, shortened(message),
+        invocation.add_log(record.levelname, record.name, shortened(stored_message(record)),
                            CURRENT_STEP.get())
+
+
+_formatter = logging.Formatter()
+
+
+def stored_message(record: logging.LogRecord) -> str:
+    """The text kept for ``record``: its message, then its exception's traceback and
+    its stack (``stack_info=True``), as :class:`logging.Formatter` lays them out.
+
+    A message that cannot be formatted (``log.info("%d", "x")``: arguments that
+    do not fit it) keeps its unformatted text, its arguments and a line saying
+    why, rather than break the handler or lose what was logged.
+    """
+    try:
+        message = record.getMessage()
+    except Exception as error:
+        message = (f"{_text(record.msg)}\n[formatting the message failed: "
+                   f"{type(error).__name__}: {_text(error)}; its arguments: "
+                   f"{_text(record.args, repr)}]")
+    if record.exc_info:
+        try:
+            message += "\n" + _formatter.formatException(record.exc_info)
+        except Exception as error:
+            message += f"\n[formatting the exception failed: {type(error).__name__}]"
+    if record.stack_info:
+        message += "\n" + _formatter.formatStack(record.stack_info)
+    return message
+
+
+def _text(value: object, show: Callable[[object], str] = str) -> str:
+    """``show(value)``, or a placeholder when the object's own method raises."""
+    try:
+        return show(value)
+    except Exception as error:
+        return f"<{show.__name__}() of a {type(value).__name__} raised {type(error).__name__}>"
 
 
 _handler = _CaptureHandler(level=logging.DEBUG)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import traceback as tb
 from collections.abc import Iterator
 
+from ..durations import parse_duration
 from ..errors import NonDeterminismError, NonRetriableError, RetryAfterError
 from ..store.base import Outcome
 from .retries import Backoff
@@ -40,12 +41,57 @@ def error_dict(exc: BaseException, *, with_traceback: bool = True) -> dict[str, 
 
 def _message(exc: BaseException) -> str:
     if not isinstance(exc, BaseExceptionGroup):
-        return str(exc)
+        return _str(exc)
     held = list(leaves(exc))
-    named = [type(e).__name__ + (f": {e}" if str(e) else "") for e in held[:GROUP_ERRORS_NAMED]]
+    named = [type(e).__name__ + (f": {_str(e)}" if _str(e) else "")
+             for e in held[:GROUP_ERRORS_NAMED]]
     if len(held) > GROUP_ERRORS_NAMED:
         named.append(f"and {len(held) - GROUP_ERRORS_NAMED} more")
-    return f"{exc}: " + "; ".join(named)
+    return f"{_str(exc)}: " + "; ".join(named)
+
+
+def retry_after(exc: RetryAfterError) -> float | None:
+    """The delay a ``RetryAfterError`` asks for, in seconds, or ``None`` when it has
+    no usable one: a subclass that did not call ``super().__init__`` has no
+    ``delay`` at all, and one may set a ``delay`` that is not a duration."""
+    try:
+        return parse_duration(exc.delay, name="RetryAfterError delay")
+    except Exception:  # no attribute, a broken property, not a duration
+        return None
+
+
+def unusable_retry_after(exc: BaseException) -> list[str]:
+    """Why each ``RetryAfterError`` ``exc`` stands for (:func:`leaves`) has no
+    usable delay: one line per such error, empty when all have one."""
+    reasons = []
+    for e in leaves(exc):
+        if isinstance(e, RetryAfterError) and retry_after(e) is None:
+            reasons.append(f"{type(e).__name__}: {_unusable(e)}")
+    return reasons
+
+
+def _unusable(exc: RetryAfterError) -> str:
+    try:
+        delay = exc.delay
+    except AttributeError:
+        return ("it has no delay attribute (does its __init__ call "
+                "super().__init__(delay, message)?)")
+    except Exception as error:  # a property that raises
+        return f"reading its delay raised {type(error).__name__}: {error}"
+    try:
+        parse_duration(delay, name="its delay")
+    except Exception as error:  # a ValidationError naming what is wrong with it
+        return str(error)
+    return "its delay is usable"  # only called for an unusable one
+
+
+def _str(exc: BaseException) -> str:
+    """``str(exc)``, or what stands for it when the error's ``__str__`` raises
+    (one that reads an attribute its ``__init__`` never set)."""
+    try:
+        return str(exc)
+    except Exception as error:
+        return f"<str() of the {type(exc).__name__} raised {type(error).__name__}: {error}>"
 
 
 def failure(
@@ -64,7 +110,9 @@ def failure(
     refused); ``RetryAfterError`` sets the delay itself. A group of errors
     (:func:`leaves`) fails the run at once if it holds either of the first two,
     and is otherwise retried after the longest delay its errors ask for: each
-    ``RetryAfterError`` its own, any other error the job's backoff.
+    ``RetryAfterError`` its own, any other error the job's backoff. A
+    ``RetryAfterError`` with no usable delay (:func:`retry_after`) counts as any
+    other error: the attempt fails with it and the job's backoff sets the delay.
     """
     error = error_dict(exc)
     held = list(leaves(exc))
@@ -72,7 +120,8 @@ def failure(
         return Outcome("failed", error=error)
     if attempts_used >= max_attempts:
         return Outcome("failed", error=error)
-    delays = [e.delay for e in held if isinstance(e, RetryAfterError)]
+    asked = [retry_after(e) for e in held if isinstance(e, RetryAfterError)]
+    delays = [delay for delay in asked if delay is not None]
     if len(delays) < len(held):
         delays.append(backoff.delay(attempts_used))
     return Outcome("retrying", error=error, retry_at=now + max(delays))

@@ -6,12 +6,23 @@ import random
 from dataclasses import dataclass
 
 from ..durations import parse_duration
+from ..errors import ValidationError
 
 
 def _factor(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 1:
-        raise ValueError(f"backoff.factor: expected a number >= 1, got {value!r}")
+        raise ValidationError(f"backoff.factor: expected a number >= 1, got {value!r}")
     return float(value)
+
+
+def _jitter(value: object) -> bool:
+    """``True`` or ``False`` (``1`` and ``0`` read as them); anything else is refused:
+    ``bool("no")`` is ``True``, so a string or ``None`` would silently mean jitter."""
+    if isinstance(value, bool):
+        return value
+    if type(value) is int and value in (0, 1):
+        return bool(value)
+    raise ValidationError(f"backoff.jitter: expected True or False, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -34,11 +45,14 @@ class Backoff:
         object.__setattr__(self, "base", parse_duration(self.base, name="backoff.base"))
         object.__setattr__(self, "factor", _factor(self.factor))
         object.__setattr__(self, "cap", parse_duration(self.cap, name="backoff.cap"))
-        object.__setattr__(self, "jitter", bool(self.jitter))
+        object.__setattr__(self, "jitter", _jitter(self.jitter))
 
     @classmethod
     def parse(cls, value: object) -> Backoff:
-        """Accept a ``Backoff``, a dict of its fields, or ``None`` for the default."""
+        """Accept a ``Backoff``, a dict of its fields, or ``None`` for the default.
+
+        Anything else, an unknown field or a bad value raises
+        :class:`~stackshift.errors.ValidationError` naming the field."""
         if value is None:
             return cls()
         if isinstance(value, Backoff):
@@ -46,9 +60,9 @@ class Backoff:
         if isinstance(value, dict):
             unknown = set(value) - {"base", "factor", "cap", "jitter"}
             if unknown:
-                raise ValueError(f"backoff: unknown option(s) {sorted(unknown)}")
+                raise ValidationError(f"backoff: unknown option(s) {sorted(unknown)}")
             return cls(**value)
-        raise ValueError(f"backoff: expected a Backoff or a dict, got {value!r}")
+        raise ValidationError(f"backoff: expected a Backoff or a dict, got {value!r}")
 
     def delay(self, failures: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after the ``failures``-th failed attempt (1-based)."""

@@ -51,6 +51,26 @@ class StepPlan:
     started_at: float = 0.0
 
 
+class PendingLogs:
+    """The log records of an invocation not yet written: each checkpoint (a step's
+    result, a sleep, a wait, the attempt's ending) takes them all. A store may
+    hold them otherwise (``store.pending_logs()``: a remote worker's keeps them
+    within a budget)."""
+
+    def __init__(self) -> None:
+        self._records: list[LogWrite] = []
+
+    def add(self, record: LogWrite) -> None:
+        self._records.append(record)
+
+    def take(self) -> list[LogWrite]:
+        records, self._records = self._records, []
+        return records
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+
 class Invocation:
     def __init__(
         self, service: Service, job: Job, claimed: ClaimedRun, lease_seconds: float
@@ -65,7 +85,8 @@ class Invocation:
         self.steps = claimed.steps
         self.lease_seconds = lease_seconds
         self._occurrences: Counter[str] = Counter()
-        self._logs: list[LogWrite] = []
+        make_logs: Callable[[], PendingLogs] | None = getattr(self.store, "pending_logs", None)
+        self._logs = make_logs() if make_logs is not None else PendingLogs()
         self.cancel_requested = False
         self.abandoned = False
         #: when the store last told this invocation about its run (the claim, a
@@ -82,13 +103,12 @@ class Invocation:
     # -- bookkeeping ---------------------------------------------------------------
 
     def add_log(self, level: str, logger: str, message: str, step: str | None) -> None:
-        self._logs.append(
+        self._logs.add(
             LogWrite(self.clock.now(), level, logger, message, step, self.lease.attempt)
         )
 
     def take_logs(self) -> list[LogWrite]:
-        logs, self._logs = self._logs, []
-        return logs
+        return self._logs.take()
 
     def returned(self, error: BaseException | None) -> None:
         """The handler is done (``error``: what it raised): its worker slot may
@@ -396,7 +416,19 @@ class Invocation:
             backoff=self.job.backoff,
             now=self.clock.now(),
         )
+        for reason in outcomes.unusable_retry_after(exc):
+            self._warn_unusable_delay(reason, outcome)
         self._finish(outcome)
+
+    def _warn_unusable_delay(self, reason: str, outcome: Outcome) -> None:
+        """Say in the run's logs that a ``RetryAfterError`` had no usable delay,
+        and what the attempt's ending did instead."""
+        if outcome.status == "retrying":
+            instead = "the run is retried after the job's backoff instead"
+        else:
+            instead = "no retry follows this attempt"
+        self.add_log("WARNING", log.name,
+                     f"the RetryAfterError had no usable delay ({reason}); {instead}", None)
 
     def cancelled(self) -> None:
         self._finish(Outcome("cancelled", error=dict(outcomes.CANCELLED_WHILE_RUNNING)))
