@@ -42,6 +42,7 @@ from .store.queues import KEEP
 
 if TYPE_CHECKING:
     # The remote client pulls in httpx and the wire schemas: import it only when used.
+    from .push import AsgiRoute, WsgiRoute
     from .remote import RemoteService
 
 URL_ENV = "STACKSHIFT_URL"
@@ -325,7 +326,29 @@ class Schedules:
 
 
 @public_calls(None)
-class StackShift:
+class _HandlerRoutes:
+    """Push mode's handler routes, made from a client of a server (sync or async)."""
+
+    def asgi_app(self, *, url: str | None = None, secret: str | None = None,
+                 concurrency: int = 10) -> AsgiRoute:
+        """This client's jobs as a handler route that the server invokes (push
+        mode), an ASGI application: ``stackshift.asgi_app(client, ...)``, whose
+        options it takes (see :func:`stackshift.push.asgi_app`)."""
+        from .push import asgi_app
+
+        return asgi_app(cast("StackShift | AsyncStackShift", self), url=url, secret=secret,
+                        concurrency=concurrency)
+
+    def wsgi_app(self, *, url: str | None = None, secret: str | None = None,
+                 concurrency: int = 10) -> WsgiRoute:
+        """The handler route of :meth:`asgi_app` as a WSGI application."""
+        from .push import wsgi_app
+
+        return wsgi_app(cast("StackShift | AsyncStackShift", self), url=url, secret=secret,
+                        concurrency=concurrency)
+
+
+class StackShift(_HandlerRoutes):
     """The client: define jobs, start runs, send events, read runs, use state.
 
     ``StackShift(database_url="sqlite:///app.db")`` or a ``postgresql://`` URL
@@ -537,7 +560,7 @@ class _AsyncRuns(_AsyncFacade):
 
 
 @public_calls(None)
-class AsyncStackShift:
+class AsyncStackShift(_HandlerRoutes):
     """The async twin of :class:`StackShift`: the same methods, awaitable."""
 
     def __init__(

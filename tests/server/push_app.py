@@ -20,7 +20,6 @@ from typing import Any
 
 from fastapi import FastAPI
 
-import stackshift
 from stackshift import StackShift
 
 PID = os.getpid()
@@ -93,7 +92,7 @@ class Recorder:
 
 
 app = FastAPI()
-route = stackshift.asgi_app(client, url=os.environ["PUSH_URL"])
+route = client.asgi_app(url=os.environ["PUSH_URL"])
 record = os.environ.get("PUSH_RECORD")
 app.mount("/stackshift", Recorder(route, record) if record else route)
 

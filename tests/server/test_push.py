@@ -445,7 +445,7 @@ def test_wsgi_route_runs_a_sleeping_job_and_enforces_a_timeout(server: Server) -
 
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    route = stackshift.wsgi_app(app, url=url)
+    route = app.wsgi_app(url=url)  # the client's method: stackshift.wsgi_app(app, ...)
     httpd = make_server("127.0.0.1", port, route, handler_class=_Quiet)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -533,7 +533,7 @@ def test_an_async_client_serves_its_jobs_from_an_asgi_route(server: Server) -> N
         return {"greeting": f"hello {name}"}
 
     port = free_port()
-    route = stackshift.asgi_app(app, url=f"http://127.0.0.1:{port}/")
+    route = app.asgi_app(url=f"http://127.0.0.1:{port}/")  # the async client's method
     web = uvicorn.Server(uvicorn.Config(route, host="127.0.0.1", port=port,
                                         log_level="warning"))
     thread = threading.Thread(target=web.run, daemon=True)

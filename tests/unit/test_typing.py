@@ -36,6 +36,9 @@ APP = textwrap.dedent('''
     remote = AsyncStackShift(api_key="ssk_...", base_url="http://jobs.internal:8000")
     stackshift.asgi_app(remote, url="https://app.example.com/stackshift/")
     stackshift.wsgi_app(remote, url="https://app.example.com/stackshift/")
+    # ... or the client's own methods, as the route's options are the same.
+    remote.asgi_app(url="https://app.example.com/stackshift/", concurrency=4)
+    app.wsgi_app(secret="whsec_...")
 
 
     class Order(BaseModel):
