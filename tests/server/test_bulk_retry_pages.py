@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -144,3 +145,46 @@ def test_the_command_line_retries_every_page_through_a_server(
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"Retried 5 failed runs of queue {queue}.\n"
     assert [manual_retries(engine, run_id) for run_id in ids] == [2] * 5
+
+
+@pytest.mark.parametrize("through", ["database", "server"])
+def test_runs_retry_many_retries_a_job_across_queues_by_creation_time(
+        server: Server, served_db: str, engine: StackShift, unique: Callable[[str], str],
+        through: str) -> None:
+    """``stackshift runs retry-many``: a job's failed runs on every queue, not another
+    job's on the same queue; ``--created-after`` leaves out the older ones; a time
+    that is no time exits 2 and retries nothing."""
+    job, other = unique("broken"), unique("other")
+    first = failed_runs(engine, job, unique("east"), 2)
+    cut = engine.clock.now()
+    west = engine.queue(unique("west"))
+    later = sorted((west.enqueue(job).id for _ in range(2)), reverse=True)
+    run_until_idle(engine)
+    kept = failed_runs(engine, other, unique("east"), 1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STACKSHIFT_")}
+    if through == "database":
+        env["STACKSHIFT_DATABASE_URL"] = served_db
+    else:
+        env.update(STACKSHIFT_URL=server.url, STACKSHIFT_API_KEY=server.api_key)
+
+    def retry_many(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*STACKSHIFT, "runs", "retry-many", *args], capture_output=True,
+                              text=True, timeout=60, env=env)
+
+    refused = retry_many("--job", job, "--created-after", "yesterday")
+    assert refused.returncode == 2
+    assert "--created-after: 'yesterday' is not an ISO-8601 time" in refused.stderr
+    assert [manual_retries(engine, run_id) for run_id in first + later + kept] == [0] * 5
+
+    done = retry_many("--job", job, "--page-size", "3")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"Retried 4 failed runs of job {job} on every queue.\n"
+    assert [manual_retries(engine, run_id) for run_id in first + later + kept] == \
+        [1] * 4 + [0]
+    run_until_idle(engine)  # all four fail again
+
+    since = datetime.fromtimestamp(cut, UTC).isoformat()
+    done = retry_many("--job", job, "--created-after", since, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"retried": later, "count": 2}
+    assert [manual_retries(engine, run_id) for run_id in first + later] == [1, 1, 2, 2]

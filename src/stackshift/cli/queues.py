@@ -262,6 +262,14 @@ def retry(name: str, job: str | None, status: str, limit: int | None, page_size:
     (through a server too); a run this command retried that fails again before
     it ends is not retried twice.
     """
+    retry_with_progress(database_url, as_json, f"of queue {name}", queue=name, job=job,
+                        status=status, limit=limit, page_size=page_size)
+
+
+def retry_with_progress(database_url: str | None, as_json: bool, which: str,
+                        **filters: Any) -> None:
+    """``runs.retry_many(**filters)`` with a running count on a terminal's stderr,
+    then the ids (``--json``) or one line: "Retried N failed runs {which}."."""
     err = console(stderr=True)
     shown = not as_json and err.is_terminal and not err.is_dumb_terminal
     with open_client(database_url) as app, Progress(
@@ -269,10 +277,10 @@ def retry(name: str, job: str | None, status: str, limit: int | None, page_size:
             console=err, transient=True, disable=not shown) as bar:
         task = bar.add_task("retry", total=None)
         retried = app.runs.retry_many(
-            queue=name, job=job, status=status, limit=limit, page_size=page_size,
-            progress=lambda total: bar.update(task, completed=total))
+            **filters, progress=lambda total: bar.update(task, completed=total))
     if as_json:
         echo_json({"retried": retried, "count": len(retried)})
         return
-    console().print(f"Retried {len(retried)} {status} run{'s' if len(retried) != 1 else ''} "
-                    f"of queue {name}.", markup=False)
+    count = len(retried)
+    console().print(f"Retried {count} {filters['status']} run{'s' if count != 1 else ''} "
+                    f"{which}.", markup=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..flowcontrol import MAX_RETRY_PAGE, RETRY_PAGE
 from .options import (
     database_url_option,
     duration,
@@ -12,6 +13,7 @@ from .options import (
     next_page_command,
     open_client,
 )
+from .queues import retry_with_progress
 from .render import (
     console,
     echo_json,
@@ -164,6 +166,39 @@ def retry(run_id: str, as_json: bool, database_url: str | None) -> None:
                     f" again with a fresh budget of {run.max_attempts} attempt"
                     f"{'s' if run.max_attempts != 1 else ''} (after {run.retry_base} in all);"
                     " its completed steps will be reused.", sep="")
+
+
+@runs.command("retry-many")
+@click.option("--queue", callback=list_filter, help="Only runs on this queue.")
+@click.option("--job", callback=list_filter, help="Only runs of this job.")
+@click.option("--status", type=click.Choice(["failed", "cancelled"]), default="failed",
+              show_default=True)
+@click.option("--created-after", metavar="TIME",
+              help="Only runs created at or after TIME (ISO 8601, e.g. 2026-12-01T09:00Z).")
+@click.option("--created-before", metavar="TIME", help="Only runs created before TIME.")
+@click.option("--limit", type=click.IntRange(1), help="Retry at most this many.")
+@click.option("--page-size", type=click.IntRange(1, MAX_RETRY_PAGE), default=RETRY_PAGE,
+              show_default=True,
+              help="Runs retried per request through a server (per read on the database).")
+@json_option
+@database_url_option
+def retry_many(queue: str | None, job: str | None, status: str, created_after: str | None,
+               created_before: str | None, limit: int | None, page_size: int,
+               as_json: bool, database_url: str | None) -> None:
+    """Retry every failed (or cancelled) run matching the filters, on every queue
+    unless --queue is given, each with a fresh attempt budget.
+
+    Runs are taken newest first, a page at a time, so any number can be retried
+    (through a server too); a run this command retried that fails again before
+    it ends is not retried twice. Completed steps are reused.
+    """
+    which = " ".join(part for part in (
+        f"of job {job}" if job else "", f"on queue {queue}" if queue else "on every queue",
+        f"created at or after {created_after}" if created_after else "",
+        f"created before {created_before}" if created_before else "") if part)
+    retry_with_progress(database_url, as_json, which, queue=queue, job=job, status=status,
+                        created_after=created_after, created_before=created_before,
+                        limit=limit, page_size=page_size)
 
 
 @runs.command()
