@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -22,6 +23,8 @@ from .options import (
     refuse_group_options,
 )
 from .render import _table, console, echo_json, paused_text, runs_table, span, status_text
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 _STATUSES = ("scheduled", "queued", "running", "waiting", "retrying", "completed", "failed",
              "cancelled")
@@ -243,15 +246,24 @@ def dead_letters(name: str, job: str | None, limit: int, cursor: str | None, as_
         out.print(f"More: {next_page_command(page.next_cursor)}", style="dim", markup=False)
 
 
+def retry_options(command: F) -> F:
+    """The options of a bulk retry: --status, --limit and --page-size."""
+    for option in reversed([
+        click.option("--status", type=click.Choice(["failed", "cancelled"]),
+                     default="failed", show_default=True),
+        click.option("--limit", type=click.IntRange(1), help="Retry at most this many."),
+        click.option("--page-size", type=click.IntRange(1, MAX_RETRY_PAGE), default=RETRY_PAGE,
+                     show_default=True, help="Runs retried per request through a server"
+                                             " (per read on the database)."),
+    ]):
+        command = option(command)
+    return command
+
+
 @queues.command()
 @click.argument("name")
 @click.option("--job", callback=list_filter, help="Only runs of this job.")
-@click.option("--status", type=click.Choice(["failed", "cancelled"]), default="failed",
-              show_default=True)
-@click.option("--limit", type=click.IntRange(1), help="Retry at most this many.")
-@click.option("--page-size", type=click.IntRange(1, MAX_RETRY_PAGE), default=RETRY_PAGE,
-              show_default=True,
-              help="Runs retried per request through a server (per read on the database).")
+@retry_options
 @json_option
 @database_url_option
 def retry(name: str, job: str | None, status: str, limit: int | None, page_size: int,

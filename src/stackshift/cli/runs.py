@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from ..flowcontrol import MAX_RETRY_PAGE, RETRY_PAGE
 from .options import (
     database_url_option,
     duration,
@@ -13,7 +12,7 @@ from .options import (
     next_page_command,
     open_client,
 )
-from .queues import retry_with_progress
+from .queues import retry_options, retry_with_progress
 from .render import (
     console,
     echo_json,
@@ -171,15 +170,10 @@ def retry(run_id: str, as_json: bool, database_url: str | None) -> None:
 @runs.command("retry-many")
 @click.option("--queue", callback=list_filter, help="Only runs on this queue.")
 @click.option("--job", callback=list_filter, help="Only runs of this job.")
-@click.option("--status", type=click.Choice(["failed", "cancelled"]), default="failed",
-              show_default=True)
 @click.option("--created-after", metavar="TIME",
               help="Only runs created at or after TIME (ISO 8601, e.g. 2026-12-01T09:00Z).")
 @click.option("--created-before", metavar="TIME", help="Only runs created before TIME.")
-@click.option("--limit", type=click.IntRange(1), help="Retry at most this many.")
-@click.option("--page-size", type=click.IntRange(1, MAX_RETRY_PAGE), default=RETRY_PAGE,
-              show_default=True,
-              help="Runs retried per request through a server (per read on the database).")
+@retry_options
 @json_option
 @database_url_option
 def retry_many(queue: str | None, job: str | None, status: str, created_after: str | None,
