@@ -348,6 +348,7 @@ class _HandlerRoutes:
                         concurrency=concurrency)
 
 
+@public_calls(None)
 class StackShift(_HandlerRoutes):
     """The client: define jobs, start runs, send events, read runs, use state.
 
