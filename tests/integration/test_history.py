@@ -689,6 +689,74 @@ def test_logs_of_a_threaded_worker_go_to_the_right_runs(app: StackShift) -> None
             ("say", f"{who} says 0"), ("say#2", f"{who} says 1"), ("say#3", f"{who} says 2")]
 
 
+def wait_for(predicate: Any, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_long_steps_records_show_while_it_runs(app: StackShift, flavour: str) -> None:
+    """A worker on the database writes pending records with each lease renewal
+    (every third of the lease), not only at the step's checkpoint."""
+    release = threading.Event()
+
+    if flavour == "sync":
+        @app.job("long")
+        def long(ctx):  # type: ignore[no-untyped-def]
+            def work() -> None:
+                ctx.log.info("started")
+                release.wait(20)
+            ctx.step.run("work", work)
+            ctx.log.info("done")
+    else:
+        @app.job("long")
+        async def long(ctx):  # type: ignore[no-untyped-def]
+            async def work() -> None:
+                ctx.log.info("started")
+                await asyncio.to_thread(release.wait, 20)
+            await ctx.step.run("work", work)
+            ctx.log.info("done")
+
+    with app.worker(concurrency=1, lease="3s"):
+        run = app.start("long")
+        wait_for(lambda: app.runs.logs(run.id), "the first record, while the step runs")
+        assert app.runs.get(run.id).status == "running"
+        assert [(e.step, e.message) for e in app.runs.logs(run.id)] == [("work", "started")]
+        release.set()
+        app.runs.wait(run.id, timeout="10s")
+    assert [(e.step, e.message) for e in app.runs.logs(run.id)] == [
+        ("work", "started"), (None, "done")]
+
+
+def test_a_tight_logging_loop_is_written_in_batches_and_kept_whole(app: StackShift) -> None:
+    """Records pile up in the worker's memory only to a bound: every thousand are
+    written at once, and none is lost or written twice."""
+    release = threading.Event()
+
+    @app.job("chatty")
+    def chatty(ctx):  # type: ignore[no-untyped-def]
+        def work() -> None:
+            for i in range(2_500):
+                ctx.log.info("line %d", i)
+            release.wait(20)
+        ctx.step.run("work", work)
+        ctx.log.info("after")
+
+    with app.worker(concurrency=1, lease="60s"):  # renewals every 20 s: not in this test
+        run = app.start("chatty")
+        wait_for(lambda: len(app.runs.logs(run.id)) >= 2_000, "two thousand records")
+        assert app.runs.get(run.id).status == "running"
+        written = [e.message for e in app.runs.logs(run.id)]
+        assert written == [f"line {i}" for i in range(len(written))]
+        release.set()
+        app.runs.wait(run.id, timeout="10s")
+    assert [e.message for e in app.runs.logs(run.id)] == [
+        *(f"line {i}" for i in range(2_500)), "after"]
+
+
 # -- the runs API -----------------------------------------------------------------------
 
 

@@ -600,7 +600,8 @@ class ExecutionStore:
         return True
 
     def renew_leases(
-        self, leases: Sequence[Lease], now: float, lease_seconds: float
+        self, leases: Sequence[Lease], now: float, lease_seconds: float,
+        logs: Mapping[str, Sequence[LogWrite]] | None = None,
     ) -> tuple[set[str], set[str]]:
         """Extend ``leases``; return ``(runs asked to cancel, runs whose lease is lost)``.
 
@@ -608,6 +609,10 @@ class ExecutionStore:
         longer executes (its ending could not be recorded, say the database
         went away at that moment) then expires and is rescued, instead of
         staying leased for as long as the worker lives.
+
+        ``logs``: run id -> log records to write in the same transaction, for
+        the runs whose lease still holds (those of a lost lease are dropped, as
+        a checkpoint refused for it drops its own).
         """
         if not leases:
             return set(), set()
@@ -618,14 +623,18 @@ class ExecutionStore:
                 found = tx.all("renew_many", leases=dumps([
                     {"id": lease.run_id, "worker_id": lease.worker_id, "attempt": lease.attempt}
                     for lease in leases]), lease_expires_at=now + lease_seconds, now=now)
-                return {row["id"]: bool(row["cancel_requested"]) for row in found}
-            held = {}
-            for lease in leases:
-                row = tx.one("renew_lease", id=lease.run_id, worker_id=lease.worker_id,
-                             attempt=lease.attempt, lease_expires_at=now + lease_seconds,
-                             now=now)
-                if row is not None:
-                    held[lease.run_id] = bool(row["cancel_requested"])
+                held = {row["id"]: bool(row["cancel_requested"]) for row in found}
+            else:
+                held = {}
+                for lease in leases:
+                    row = tx.one("renew_lease", id=lease.run_id, worker_id=lease.worker_id,
+                                 attempt=lease.attempt, lease_expires_at=now + lease_seconds,
+                                 now=now)
+                    if row is not None:
+                        held[lease.run_id] = bool(row["cancel_requested"])
+            for run_id, records in (logs or {}).items():
+                if run_id in held:
+                    write_logs(tx, run_id, records)
             return held
 
         # In the shared transactions of this process's worker writes: never waiting

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
 
+from ..runlogs import engine_call
 from .database import Database, Tx
 
 T = TypeVar("T")
@@ -179,7 +180,10 @@ class GroupCommit:
                 del self._queue[: self.MAX_BATCH - 1]
             successor = None
             try:
-                self._commit(batch)
+                # Whatever is logged meanwhile is about writes of several runs:
+                # not a record of the run whose thread leads the batch.
+                with engine_call():
+                    self._commit(batch)
             finally:
                 with self._cond:
                     for other in batch:

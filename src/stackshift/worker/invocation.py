@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -31,7 +32,7 @@ from ..errors import (
 from ..jobs import Job, check_name, qualified_name
 from ..keywords import NOT_GIVEN, accepted_keywords, missing, unknown_keyword
 from ..models import Event, Run
-from ..runlogs import CURRENT_STEP
+from ..runlogs import CURRENT_STEP, engine_call
 from ..serialization import encode, loads
 from ..service import Service
 from ..store.base import ClaimedRun, LogWrite, Outcome, StepWrite
@@ -67,8 +68,94 @@ class PendingLogs:
         records, self._records = self._records, []
         return records
 
+    @contextlib.contextmanager
+    def ahead(self) -> Iterator[list[LogWrite]]:
+        """Records to write before the next checkpoint, with a lease renewal: none here."""
+        yield []
+
     def __len__(self) -> int:
         return len(self._records)
+
+
+class LogsWrittenAhead(PendingLogs):
+    """A database worker's log records: besides each checkpoint, written ahead of
+    it with the lease's renewals (:meth:`ahead`, every third of the lease) and, once
+    ``FLUSH_RECORDS`` records or ``FLUSH_CHARS`` characters of messages wait, at
+    once by the thread that logs (``write(records)``, a renewal of the lease that
+    writes them).
+
+    So a long step's records show while it runs, and a handler that logs in a tight
+    loop between checkpoints holds a bounded number of them in memory, keeping
+    every one. Records are written in the order they were logged: a checkpoint
+    takes its records only once a write ahead in flight is done.
+    """
+
+    FLUSH_RECORDS = 1000
+    FLUSH_CHARS = 256 * 1024
+    #: Seconds the thread that logs leaves the records to the renewals after a write
+    #: ahead failed (the database unreachable): logging does not wait on it each time.
+    PAUSE_AFTER_FAILURE = 1.0
+
+    def __init__(self, write: Callable[[list[LogWrite]], None]) -> None:
+        super().__init__()
+        self._write = write
+        self._chars = 0
+        self._lock = threading.Lock()  # the list
+        self._writing = threading.Lock()  # held from taking records until they are written
+        self._pause_until = 0.0
+
+    def add(self, record: LogWrite) -> None:
+        with self._lock:
+            self._records.append(record)
+            self._chars += len(record.message)
+            full = len(self._records) >= self.FLUSH_RECORDS or self._chars >= self.FLUSH_CHARS
+        if (not full or time.monotonic() < self._pause_until
+                or not self._writing.acquire(blocking=False)):
+            return  # a write ahead in flight takes what it finds next time
+        try:
+            records = self._swap()
+            try:
+                self._write(records)
+            except Exception:
+                self._put_back(records)
+                self._pause_until = time.monotonic() + self.PAUSE_AFTER_FAILURE
+        finally:
+            self._writing.release()
+
+    def take(self) -> list[LogWrite]:
+        with self._writing:
+            return self._swap()
+
+    @contextlib.contextmanager
+    def ahead(self) -> Iterator[list[LogWrite]]:
+        """The records pending now, for a renewal to write; put back should it fail.
+        None while another write ahead is in flight (it holds the older ones)."""
+        if not self._writing.acquire(blocking=False):
+            yield []
+            return
+        try:
+            records = self._swap()
+            try:
+                yield records
+            except BaseException:
+                self._put_back(records)
+                raise
+        finally:
+            self._writing.release()
+
+    def _swap(self) -> list[LogWrite]:
+        with self._lock:
+            records, self._records, self._chars = self._records, [], 0
+        return records
+
+    def _put_back(self, records: list[LogWrite]) -> None:
+        with self._lock:
+            self._records[:0] = records
+            self._chars += sum(len(record.message) for record in records)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._records)
 
 
 class Invocation:
@@ -86,7 +173,7 @@ class Invocation:
         self.lease_seconds = lease_seconds
         self._occurrences: Counter[str] = Counter()
         make_logs: Callable[[], PendingLogs] | None = getattr(self.store, "pending_logs", None)
-        self._logs = make_logs() if make_logs is not None else PendingLogs()
+        self._logs = make_logs() if make_logs is not None else LogsWrittenAhead(self._write_ahead)
         self.cancel_requested = False
         self.abandoned = False
         #: when the store last told this invocation about its run (the claim, a
@@ -109,6 +196,18 @@ class Invocation:
 
     def take_logs(self) -> list[LogWrite]:
         return self._logs.take()
+
+    def logs_ahead(self) -> contextlib.AbstractContextManager[list[LogWrite]]:
+        """Records a lease renewal may write for this invocation (see :class:`LogsWrittenAhead`)."""
+        return self._logs.ahead()
+
+    def _write_ahead(self, records: list[LogWrite]) -> None:
+        """Write ``records`` now, with a renewal of the lease (nothing if it was lost)."""
+        asked_at = time.monotonic()
+        with engine_call():  # what the store logs meanwhile belongs to no run
+            cancels, lost = self.store.renew_leases([self.lease], self.clock.now(),
+                                                    self.lease_seconds, {self.run.id: records})
+        self.renewed(cancels, lost, asked_at)
 
     def returned(self, error: BaseException | None) -> None:
         """The handler is done (``error``: what it raised): its worker slot may

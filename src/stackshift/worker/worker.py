@@ -13,6 +13,7 @@ Threads, each with one job:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import queue
@@ -632,7 +633,8 @@ class Worker:
 
     def _lease_loop(self) -> None:
         """Renew the leases of the attempts running here, and the worker's
-        registration, every third of the lease time.
+        registration, every third of the lease time; on the database, write
+        their pending log records with the renewal.
 
         A thread of its own: no maintenance round, however slow (a catch-up, a
         large promotion of due runs, retention), delays a renewal, so a running
@@ -647,9 +649,20 @@ class Worker:
             try:
                 with self._lock:
                     renewing = [a.invocation for a in self._active.values()]
-                asked_at = time.monotonic()
-                cancels, lost = store.renew_leases([i.lease for i in renewing], clock.now(),
-                                                   self.lease_seconds)
+                leases = [i.lease for i in renewing]
+                with contextlib.ExitStack() as taken:
+                    # Log records pending, written ahead of the next checkpoints
+                    # (put back should the renewal fail). A remote worker has none
+                    # here: its records go with its checkpoints.
+                    logs = {i.run.id: records for i in renewing
+                            if (records := taken.enter_context(i.logs_ahead()))}
+                    asked_at = time.monotonic()
+                    if logs:
+                        cancels, lost = store.renew_leases(leases, clock.now(),
+                                                           self.lease_seconds, logs)
+                    else:
+                        cancels, lost = store.renew_leases(leases, clock.now(),
+                                                           self.lease_seconds)
                 self._register()
                 for invocation in renewing:
                     invocation.renewed(cancels, lost, asked_at)
