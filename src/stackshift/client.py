@@ -155,8 +155,10 @@ class Runs:
     def timeline(self, run_id: str) -> builtins.list[TimelineEntry]:
         return self._s.timeline(run_id)
 
-    def logs(self, run_id: str) -> builtins.list[LogEntry]:
-        return self._s.logs(run_id)
+    def logs(self, run_id: str, *, after: int | None = None) -> builtins.list[LogEntry]:
+        """The run's log records, oldest first; ``after``: only those logged after
+        the record with that id (the last one read), to follow a running run."""
+        return self._s.logs(run_id, after)
 
     def attempts(self, run_id: str) -> builtins.list[Attempt]:
         return self._s.attempts(run_id)

@@ -59,6 +59,7 @@ from .server import schemas as wire
 from .server.errors import rename_fields
 from .service import (
     RunWait,
+    check_after,
     check_filter,
     check_idempotency,
     check_int,
@@ -454,18 +455,20 @@ class RemoteService(RemoteFlowControl):
     def retry_run(self, run_id: str) -> Run:
         return self._run_action(run_id, "retry")
 
-    def _run_items(self, run_id: str, what: str) -> list[Any]:
+    def _run_items(self, run_id: str, what: str,
+                   params: dict[str, Any] | None = None) -> list[Any]:
         path = f"/v1/runs/{_segment(run_id, RunNotFoundError, 'run')}/{what}"
-        items: list[Any] = self._call("GET", path).json()["items"]
+        items: list[Any] = self._call("GET", path, params=params).json()["items"]
         return items
 
     def timeline(self, run_id: str) -> list[TimelineEntry]:
         return [wire.TimelineEntry.model_validate(x).to_model()
                 for x in self._run_items(run_id, "timeline")]
 
-    def logs(self, run_id: str) -> list[LogEntry]:
+    def logs(self, run_id: str, after: int | None = None) -> list[LogEntry]:
+        params = None if after is None else {"after": check_after(after)}
         return [wire.LogEntry.model_validate(x).to_model()
-                for x in self._run_items(run_id, "logs")]
+                for x in self._run_items(run_id, "logs", params)]
 
     def attempts(self, run_id: str) -> list[Attempt]:
         return [wire.Attempt.model_validate(x).to_model()

@@ -135,6 +135,14 @@ def check_int(value: object, what: str, bits: int) -> int:
     return value
 
 
+def check_after(after: object) -> int:
+    """``runs.logs``'s ``after``: the id of the last record read (0: from the first)."""
+    if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after < 2 ** 63:
+        raise ValidationError("after must be the id of a log record (a whole number of 0"
+                              f" or more), got {after!r}")
+    return after
+
+
 def check_idempotency(settings: Settings, key: object, ttl: Any) -> float:
     """Check an idempotency key and its TTL (shared with the remote client); the
     TTL in seconds, the installation's default when ``ttl`` is None."""
@@ -413,8 +421,8 @@ class Service(FlowControl):
     def timeline(self, run_id: str) -> list[TimelineEntry]:
         return self.store.timeline(run_id)
 
-    def logs(self, run_id: str) -> list[LogEntry]:
-        return self.store.logs(run_id)
+    def logs(self, run_id: str, after: int | None = None) -> list[LogEntry]:
+        return self.store.logs(run_id, 0 if after is None else check_after(after))
 
     def attempts(self, run_id: str) -> list[Attempt]:
         return self.store.attempts(run_id)

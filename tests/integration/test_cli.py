@@ -383,7 +383,7 @@ def test_runs_show_and_list_tell_a_running_run_asked_to_cancel(
 
 def test_unknown_ids_and_keys_exit_3(db_url: str) -> None:
     for args in (["runs", "show", "run_missing"], ["runs", "cancel", "run_missing"],
-                 ["runs", "wait", "run_missing"]):
+                 ["runs", "wait", "run_missing"], ["runs", "logs", "run_missing", "--follow"]):
         done = cli(db_url, *args)
         assert done.returncode == 3, (args, done.returncode, done.stderr)
         assert "no run with id 'run_missing'" in done.stderr
@@ -460,6 +460,70 @@ def test_runs_show_logs_timeline_retry_and_wait_follow_a_failed_run(
     assert again.returncode == 1 and "only failed or cancelled runs" in again.stderr
     cancel = cli(db_url, "runs", "cancel", run_id)
     assert cancel.returncode == 1 and "cannot be cancelled" in cancel.stderr
+
+
+def test_runs_logs_follow_prints_a_running_runs_records_as_they_are_saved(
+    db_url: str, app: StackShift
+) -> None:
+    release = threading.Event()
+
+    @app.job("long")
+    def long(ctx: Any) -> str:
+        ctx.step.run("first", lambda: ctx.log.info("first part done"))
+
+        def wait() -> None:
+            ctx.log.info("waiting for the release")
+            release.wait(30)
+
+        ctx.step.run("wait", wait)
+        ctx.log.warning("all done")
+        return "ok"
+
+    # Leases of 3 s: the worker writes pending records with each renewal (every 1 s).
+    with app.worker(lease="3s"):
+        run = app.start("long")
+        lines: list[str] = []
+        with subprocess.Popen([*STACKSHIFT, "runs", "logs", run.id, "--follow"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=_env(db_url)) as follow:
+            assert follow.stdout is not None and follow.stderr is not None
+            reader = threading.Thread(target=lambda: lines.extend(follow.stdout), daemon=True)
+            reader.start()
+            try:
+                eventually(lambda: any("waiting for the release" in line for line in lines),
+                           what="the record of the step still running")
+                assert app.runs.get(run.id).status == "running"
+                assert follow.poll() is None  # still following
+                release.set()
+                assert follow.wait(timeout=30) == 0, follow.stderr.read()
+            finally:
+                release.set()
+                follow.kill()
+                reader.join(10)
+    messages = [line for line in lines if "stackshift.run:" in line]
+    assert [m.split("stackshift.run: ", 1)[1].strip() for m in messages] == [
+        "first part done", "waiting for the release", "all done"]
+    assert "[attempt 1 step wait]" in messages[1] and "WARNING" in messages[2]
+    assert re.search(rf"Run {run.id} completed: \"ok\"", lines[-1]), lines[-1]
+
+
+def test_runs_logs_follow_json_of_a_failed_run_prints_one_object_a_line_and_exits_1(
+    db_url: str, app: StackShift
+) -> None:
+    @app.job("doomed")
+    def doomed(ctx: Any) -> None:
+        for i in range(3):
+            ctx.log.info("try %d", i)
+        raise NonRetriableError("no luck")
+
+    run = app.start("doomed")
+    run_until_idle(app)
+    done = cli(db_url, "runs", "logs", run.id, "--follow", "--json")
+    assert done.returncode == 1, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["message"] for r in records] == ["try 0", "try 1", "try 2"]
+    assert [r["id"] for r in records] == sorted(r["id"] for r in records)
+    assert all(r["run_id"] == run.id for r in records)
 
 
 def _field(shown: str, name: str) -> str:

@@ -182,6 +182,11 @@ def scenario(app: StackShift, engine: StackShift, tag: str) -> list[tuple[str, A
         t.call(f"{label}: attempts", lambda r=run_id: app.runs.attempts(r))  # type: ignore[misc]
         t.call(f"{label}: logs", lambda r=run_id: app.runs.logs(r))  # type: ignore[misc]
         t.call(f"{label}: timeline", lambda r=run_id: app.runs.timeline(r))  # type: ignore[misc]
+    last_log = app.runs.logs(first.id)[-1].id
+    t.call("logs after 0", lambda: app.runs.logs(first.id, after=0))
+    t.call("logs after the last", lambda: app.runs.logs(first.id, after=last_log))
+    for bad in (-1, True, "3"):
+        t.call(f"logs after {bad!r}", lambda b=bad: app.runs.logs(first.id, after=b))
     t.call("cancel a completed run", lambda: app.runs.cancel(first.id))
     t.call("retry a completed run", lambda: app.runs.retry(first.id))
     t.call("cancel a failed run", lambda: app.runs.cancel(declined.id))
@@ -350,6 +355,12 @@ def test_the_same_program_ends_the_same_embedded_and_remote(
     }
     for label, message in filters_refused.items():
         assert outcomes[label] == ("raised", "ValidationError", message, None), label
+    assert [entry[1]["message"] for entry in outcomes["logs after 0"]] == ["charging o1"]
+    assert outcomes["logs after the last"] == []
+    for bad in ("-1", "True", "'3'"):
+        assert outcomes[f"logs after {bad}"] == (
+            "raised", "ValidationError", "after must be the id of a log record (a whole number"
+            f" of 0 or more), got {bad}", None)
     assert outcomes["lock extended"] == [True, False, False]
     assert outcomes["lock extended late"] == [False, True, True]
     assert outcomes["lock extended by 0"] == (

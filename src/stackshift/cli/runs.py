@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import time
+from typing import TYPE_CHECKING
+
 import click
 
+from ..engine.transitions import TERMINAL
+from .failures import ExitCode
 from .options import (
     database_url_option,
     duration,
@@ -25,6 +31,9 @@ from .render import (
     to_data,
 )
 from .start import report_finished, wait_for_run
+
+if TYPE_CHECKING:
+    from ..client import StackShift
 
 
 @click.group()
@@ -92,12 +101,25 @@ def show(run_id: str, as_json: bool, database_url: str | None) -> None:
     console().print(run_detail(run, attempts, steps))
 
 
+#: Seconds between two looks for new records with ``runs logs --follow``.
+FOLLOW_EVERY = 0.5
+
+
 @runs.command()
 @click.argument("run_id")
+@click.option("--follow", "-f", is_flag=True,
+              help="Keep printing records as they are saved (a worker on the database saves"
+                   " a long step's records with each lease renewal) until the run is"
+                   " completed, failed or cancelled; then exit 0 if it completed, 1 if not."
+                   " With --json, one JSON object per line.")
 @json_option
 @database_url_option
-def logs(run_id: str, as_json: bool, database_url: str | None) -> None:
+def logs(run_id: str, follow: bool, as_json: bool, database_url: str | None) -> None:
     """Log records saved while the run's handler ran, oldest first."""
+    if follow:
+        with open_client(database_url) as app:
+            follow_logs(app, run_id, as_json)
+        return
     with open_client(database_url) as app:
         entries = app.runs.logs(run_id)
     if as_json:
@@ -107,6 +129,30 @@ def logs(run_id: str, as_json: bool, database_url: str | None) -> None:
         console().print("No logs for this run.", style="dim")
         return
     console().print(log_lines(entries), end="")
+
+
+def follow_logs(app: StackShift, run_id: str, as_json: bool) -> None:
+    """Print the run's records as they come, until it ends; exit 1 unless it completed."""
+    out = console()
+    last = 0
+    while True:
+        # The status first: a run seen ended has saved every record it will.
+        run = app.runs.get(run_id)
+        entries = app.runs.logs(run_id, after=last)
+        if entries:
+            last = entries[-1].id
+            if as_json:
+                for entry in entries:
+                    click.echo(json.dumps(to_data(entry), ensure_ascii=False))
+            else:
+                out.print(log_lines(entries), end="")
+        if run.status in TERMINAL:
+            break
+        time.sleep(FOLLOW_EVERY)
+    if not as_json:
+        report_finished(run, False)
+    elif run.status != "completed":
+        raise click.exceptions.Exit(int(ExitCode.FAILED))
 
 
 @runs.command()

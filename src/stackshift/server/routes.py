@@ -180,8 +180,11 @@ def run_timeline(run_id: RunId, request: Request) -> s.TimelineList:
 
 
 @router.get("/runs/{run_id}/logs", responses=NOT_FOUND, tags=["runs"])
-def run_logs(run_id: RunId, request: Request) -> s.LogList:
-    return s.LogList(items=[s.LogEntry.of(e) for e in service_of(request).logs(run_id)])
+def run_logs(run_id: RunId, request: Request, after: Annotated[int | None, Query(
+        ge=0, lt=2 ** 63, description="Only the records logged after the one with this id"
+        " (the last one read), to follow a running run.")] = None) -> s.LogList:
+    items = service_of(request).logs(run_id, after)
+    return s.LogList(items=[s.LogEntry.of(e) for e in items])
 
 
 @router.get("/runs/{run_id}/attempts", responses=NOT_FOUND, tags=["runs"])

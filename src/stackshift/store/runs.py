@@ -434,10 +434,11 @@ class RunStore:
             load_run(tx, run_id)
             return [rows.timeline_entry(r) for r in tx.all("timeline", run_id=run_id)]
 
-    def logs(self, run_id: str) -> list[LogEntry]:
+    def logs(self, run_id: str, after: int = 0) -> list[LogEntry]:
+        """The run's log records with an id over ``after``, oldest first."""
         with self.db.read() as tx:
             load_run(tx, run_id)
-            return [rows.log_entry(r) for r in tx.all("logs", run_id=run_id)]
+            return [rows.log_entry(r) for r in tx.all("logs", run_id=run_id, after=after)]
 
     def attempts(self, run_id: str) -> list[Attempt]:
         with self.db.read() as tx:

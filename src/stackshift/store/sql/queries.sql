@@ -205,7 +205,7 @@ WHERE status IN ('scheduled', 'retrying', 'waiting');
 SELECT * FROM timeline WHERE run_id = :run_id ORDER BY at, id;
 
 -- name: logs
-SELECT * FROM logs WHERE run_id = :run_id ORDER BY id;
+SELECT * FROM logs WHERE run_id = :run_id AND id > :after ORDER BY id;
 
 -- name: attempts
 SELECT * FROM attempts WHERE run_id = :run_id ORDER BY number;
