@@ -116,11 +116,10 @@ FOLLOW_EVERY = 0.5
 @database_url_option
 def logs(run_id: str, follow: bool, as_json: bool, database_url: str | None) -> None:
     """Log records saved while the run's handler ran, oldest first."""
-    if follow:
-        with open_client(database_url) as app:
-            follow_logs(app, run_id, as_json)
-        return
     with open_client(database_url) as app:
+        if follow:
+            follow_logs(app, run_id, as_json)
+            return
         entries = app.runs.logs(run_id)
     if as_json:
         echo_json(entries)

@@ -7,6 +7,7 @@ and call ``record_*`` to make the result durable.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import inspect
 import logging
@@ -52,29 +53,26 @@ class StepPlan:
     started_at: float = 0.0
 
 
-class PendingLogs:
-    """The log records of an invocation not yet written: each checkpoint (a step's
-    result, a sleep, a wait, the attempt's ending) takes them all. A store may
-    hold them otherwise (``store.pending_logs()``: a remote worker's keeps them
-    within a budget)."""
+class PendingLogs(abc.ABC):
+    """Where an invocation keeps its log records not yet written: each checkpoint (a
+    step's result, a sleep, a wait, the attempt's ending) takes them all. A worker
+    on the database writes them ahead of checkpoints too (:class:`LogsWrittenAhead`);
+    a store may hold them otherwise (``store.pending_logs()``: a remote worker's
+    keeps them within a budget)."""
 
-    def __init__(self) -> None:
-        self._records: list[LogWrite] = []
+    @abc.abstractmethod
+    def add(self, record: LogWrite) -> None: ...
 
-    def add(self, record: LogWrite) -> None:
-        self._records.append(record)
-
-    def take(self) -> list[LogWrite]:
-        records, self._records = self._records, []
-        return records
+    @abc.abstractmethod
+    def take(self) -> list[LogWrite]: ...
 
     @contextlib.contextmanager
     def ahead(self) -> Iterator[list[LogWrite]]:
         """Records to write before the next checkpoint, with a lease renewal: none here."""
         yield []
 
-    def __len__(self) -> int:
-        return len(self._records)
+    @abc.abstractmethod
+    def __len__(self) -> int: ...
 
 
 class LogsWrittenAhead(PendingLogs):
@@ -97,7 +95,7 @@ class LogsWrittenAhead(PendingLogs):
     PAUSE_AFTER_FAILURE = 1.0
 
     def __init__(self, write: Callable[[list[LogWrite]], None]) -> None:
-        super().__init__()
+        self._records: list[LogWrite] = []
         self._write = write
         self._chars = 0
         self._lock = threading.Lock()  # the list
