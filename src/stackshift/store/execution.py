@@ -30,18 +30,14 @@ NO_DEADLINE = 1e300
 
 
 def write_logs(tx: Tx, run_id: str, logs: Sequence[LogWrite]) -> None:
-    for log in logs:
-        tx.run(
-            "insert_log",
-            run_id=run_id,
-            attempt=log.attempt,
-            step=log.step,
-            at=log.at,
-            level=log.level,
-            # PostgreSQL text cannot hold NUL; a log line must never fail its step.
-            logger=log.logger.replace("\x00", "\ufffd"),
-            message=log.message.replace("\x00", "\ufffd"),
-        )
+    if not logs:
+        return
+    # PostgreSQL text cannot hold NUL; a log line must never fail its step.
+    tx.many("insert_log", [
+        {"run_id": run_id, "attempt": log.attempt, "step": log.step, "at": log.at,
+         "level": log.level, "logger": log.logger.replace("\x00", "\ufffd"),
+         "message": log.message.replace("\x00", "\ufffd")}
+        for log in logs])
 
 
 #: The data of the timeline entry of an ending.
