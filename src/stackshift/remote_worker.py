@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import httpx
@@ -33,7 +33,7 @@ from .server import worker_schemas as w
 from .service import Notifier
 from .store.base import ClaimedRun, ExpiredLease, Lease, LogWrite, Outcome, StepWrite
 from .store.flow import NO_RULES, ClaimRules
-from .worker.invocation import PendingLogs
+from .worker.invocation import LogsWrittenAhead, PendingLogs
 
 if TYPE_CHECKING:
     from .client import StackShift
@@ -64,7 +64,10 @@ LOG_BUDGET = 512 * 1024
 
 def sent_size(record: LogWrite) -> int:
     """Bytes ``record`` takes in a request's list of log records."""
-    body = w.LogBody.of(record)
+    return _body_size(w.LogBody.of(record))
+
+
+def _body_size(body: dict[str, Any]) -> int:
     return len(json.dumps(body, ensure_ascii=False).encode(errors="surrogatepass")) + 1
 
 
@@ -85,6 +88,9 @@ class BoundedLogs(PendingLogs):
         self.budget = budget
         self.half = (budget - 1024) // 2  # 1 KiB: the warning's own room, as in sent_logs
         self._lock = threading.Lock()
+        #: id of each warning taken since the last take() -> (it, first dropped,
+        #: count, bytes): put back, it counts the records it stands for again
+        self._warnings: dict[int, tuple[LogWrite, LogWrite, int, int]] = {}
         self._clear()
 
     def _clear(self) -> None:
@@ -105,40 +111,105 @@ class BoundedLogs(PendingLogs):
     def add(self, record: LogWrite) -> None:
         size = sent_size(record)
         with self._lock:
-            if not self._head_full:
-                if self._head_bytes + size <= self.half:
-                    self._head.append(record)
-                    self._head_bytes += size
-                    return
-                self._head_full = True  # the first records end here, the latest begin
-            self._tail.append((record, size))
-            self._tail_bytes += size
-            while self._tail_bytes > self.half:
-                dropped, dropped_size = self._tail.popleft()
-                self._tail_bytes -= dropped_size
-                self._dropped += 1
-                self._dropped_bytes += dropped_size
-                if self._first_dropped is None:
-                    self._first_dropped = dropped
+            self._add(record, size)
+
+    def _add(self, record: LogWrite, size: int) -> None:
+        if not self._head_full:
+            if self._head_bytes + size <= self.half:
+                self._head.append(record)
+                self._head_bytes += size
+                return
+            self._head_full = True  # the first records end here, the latest begin
+        self._tail.append((record, size))
+        self._tail_bytes += size
+        while self._tail_bytes > self.half:
+            dropped, dropped_size = self._tail.popleft()
+            self._tail_bytes -= dropped_size
+            self._dropped += 1
+            self._dropped_bytes += dropped_size
+            if self._first_dropped is None:
+                self._first_dropped = dropped
 
     def take(self) -> list[LogWrite]:
         with self._lock:
-            records = list(self._head)
-            first = self._first_dropped
-            if first is not None:
-                records.append(LogWrite(
-                    first.at, "WARNING", log.name,
-                    f"[... {self._dropped} log records ({self._dropped_bytes} bytes) dropped"
-                    f" here: a remote worker holds at most {self.budget} bytes of a run's log"
-                    " records until its next checkpoint, the first and the latest ...]",
-                    first.step, first.attempt))
-            records.extend(record for record, _ in self._tail)
-            self._clear()
+            self._warnings.clear()
+            return self._take()
+
+    def _take(self) -> list[LogWrite]:
+        records = list(self._head)
+        first = self._first_dropped
+        if first is not None:
+            warning = LogWrite(
+                first.at, "WARNING", log.name,
+                f"[... {self._dropped} log records ({self._dropped_bytes} bytes) dropped"
+                f" here: a remote worker holds at most {self.budget} bytes of a run's log"
+                " records not yet sent, the first and the latest ...]",
+                first.step, first.attempt)
+            self._warnings[id(warning)] = (warning, first, self._dropped, self._dropped_bytes)
+            records.append(warning)
+        records.extend(record for record, _ in self._tail)
+        self._clear()
         return records
+
+    def put_back(self, records: Sequence[LogWrite]) -> None:
+        """Hold ``records`` (taken, then not sent) again, ahead of those held now,
+        within the budget as ever. A warning :meth:`take` put among them is not
+        held as a record: the records it stands for are counted as dropped again."""
+        with self._lock:
+            held = self._take()
+            for record in [*records, *held]:
+                made = self._warnings.get(id(record))
+                if made is not None and made[0] is record:
+                    _, first, count, size = made
+                    self._head_full = True
+                    if self._first_dropped is None:
+                        self._first_dropped = first
+                    self._dropped += count
+                    self._dropped_bytes += size
+                else:
+                    self._add(record, sent_size(record))
+            self._warnings.clear()
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._head) + len(self._tail)
+
+
+class LogsSentAhead(LogsWrittenAhead):
+    """A remote worker's log records, where the server takes them with lease
+    renewals: sent ahead of checkpoints as a database worker writes them (with each
+    renewal, and at once from the thread that logs once ``FLUSH_RECORDS`` records
+    or a quarter of ``budget`` in bytes wait, well before any is dropped), and
+    held meanwhile within that budget as :class:`BoundedLogs` holds them, so that
+    while the server cannot be reached a handler logging in a loop still holds a
+    bounded amount of them."""
+
+    def __init__(self, write: Callable[[list[LogWrite]], None],
+                 budget: int = LOG_BUDGET) -> None:
+        super().__init__(write)
+        self._held = BoundedLogs(budget)
+        self._flush_bytes = budget // 4
+
+    def _hold(self, record: LogWrite) -> bool:
+        self._held.add(record)
+        return (len(self._held) >= self.FLUSH_RECORDS
+                or self._held.held_bytes >= self._flush_bytes)
+
+    def _swap(self) -> list[LogWrite]:
+        return self._held.take()
+
+    def _put_back(self, records: list[LogWrite]) -> None:
+        self._held.put_back(records)
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+
+def takes_logs_ahead(registered: Any) -> bool:
+    """Whether the server's answer to ``POST /v1/worker/register`` says its lease
+    renewals take log records (a server from an earlier version says nothing and
+    refuses them)."""
+    return isinstance(registered, dict) and registered.get("renewTakesLogs") is True
 
 
 def sent_logs(logs: Sequence[LogWrite], budget: int = LOG_BUDGET) -> list[dict[str, Any]]:
@@ -172,6 +243,26 @@ def sent_logs(logs: Sequence[LogWrite], budget: int = LOG_BUDGET) -> list[dict[s
     return [*bodies[:first], w.LogBody.of(warning), *bodies[last:]]
 
 
+def _log_batches(logs: Mapping[str, Sequence[LogWrite]],
+                 budget: int = LOG_BUDGET) -> list[dict[str, list[dict[str, Any]]]]:
+    """``logs`` (run id -> records) as run id -> record bodies, in batches of
+    runs whose records fit ``budget`` bytes together (a run's own within it:
+    :func:`sent_logs`)."""
+    batches: list[dict[str, list[dict[str, Any]]]] = []
+    used = budget
+    for run_id, records in logs.items():
+        if not records:
+            continue
+        bodies = sent_logs(records, budget)
+        size = sum(map(_body_size, bodies))
+        if used + size > budget:
+            batches.append({})
+            used = 0
+        batches[-1][run_id] = bodies
+        used += size
+    return batches
+
+
 class RemoteWorkerStore:
     """The execution operations of the store, as requests to ``/v1/worker``."""
 
@@ -180,11 +271,15 @@ class RemoteWorkerStore:
         self.claim_wait = claim_wait
         #: set when the worker stops: claims stop waiting and hand back what they got
         self.closing = threading.Event()
+        #: the server's lease renewals take log records (its answer to the registration)
+        self.renew_takes_logs = False
 
-    def pending_logs(self) -> BoundedLogs:
-        """Where an invocation keeps its log records until its next checkpoint:
-        within the budget one checkpoint sends (see :class:`BoundedLogs`)."""
-        return BoundedLogs()
+    def pending_logs(self, write: Callable[[list[LogWrite]], None]) -> PendingLogs:
+        """Where an invocation keeps its log records not yet sent, within the budget
+        one request carries: sent ahead of checkpoints with lease renewals
+        (``write``, :class:`LogsSentAhead`) where the server takes them, held until
+        the next checkpoint otherwise (:class:`BoundedLogs`)."""
+        return LogsSentAhead(write) if self.renew_takes_logs else BoundedLogs()
 
     def _post(self, path: str, body: dict[str, Any], timeout: float | None = None,
               *, until_reached: bool = False) -> Any:
@@ -223,12 +318,13 @@ class RemoteWorkerStore:
                         process: ProcessId | None = None) -> None:
         # With its process, when known: the server has no view of the worker's
         # machine, but other workers on that machine do (see take_over_ended).
-        self._post("register", {
+        answer = self._post("register", {
             "workerId": worker_id, "hostname": hostname, "pid": pid, "jobs": list(jobs),
             "queues": list(queues) if queues else None, "concurrency": concurrency,
             "process": None if process is None else {"space": process.space,
                                                      "started": process.started},
         })
+        self.renew_takes_logs = takes_logs_ahead(answer)
 
     def unregister_worker(self, worker_id: str) -> None:
         self._post("unregister", {"workerId": worker_id})
@@ -317,15 +413,28 @@ class RemoteWorkerStore:
         answer = self._post("release", {"lease": w.LeaseBody.of(lease)})
         return bool(w.Recorded.model_validate(answer).recorded)
 
-    def renew_leases(self, leases: Sequence[Lease], now: float,
-                     lease_seconds: float) -> tuple[set[str], set[str]]:
+    def renew_leases(self, leases: Sequence[Lease], now: float, lease_seconds: float,
+                     logs: Mapping[str, Sequence[LogWrite]] | None = None,
+                     ) -> tuple[set[str], set[str]]:
+        """One request renewing ``leases`` with as many runs' ``logs`` as fit
+        ``LOG_BUDGET``; one more for each further such batch, renewing those runs
+        again with their records."""
         if not leases:
             return set(), set()
-        answer = w.Renewed.model_validate(self._post("renew", {
-            "leases": [w.LeaseBody.of(lease) for lease in leases],
-            "leaseSeconds": lease_seconds,
-        }))
-        return set(answer.cancel_requested), set(answer.lost)
+        batches = _log_batches(logs or {})
+        by_run = {lease.run_id: lease for lease in leases}
+        cancels: set[str] = set()
+        lost: set[str] = set()
+        for n, batch in enumerate(batches or [{}]):
+            renewed = leases if n == 0 else [by_run[run_id] for run_id in batch]
+            body: dict[str, Any] = {"leases": [w.LeaseBody.of(lease) for lease in renewed],
+                                    "leaseSeconds": lease_seconds}
+            if batch:
+                body["logs"] = batch
+            answer = w.Renewed.model_validate(self._post("renew", body))
+            cancels.update(answer.cancel_requested)
+            lost.update(answer.lost)
+        return cancels, lost
 
     # -- workers whose process ended on this worker's machine ------------------------------
 

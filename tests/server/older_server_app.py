@@ -2,8 +2,9 @@
 database in ``STACKSHIFT_DATABASE_URL``, without ``GET /v1/limits`` and ``GET
 /v1/jobs``, with ``POST /v1/locks/acquire`` taking the body it took before
 lock holders (a ``holder`` field is refused as unknown, as any unknown field is),
-and with ``POST /v1/runs/retry-many`` as before pages (no ``cursor``, no
-``nextCursor``).
+with ``POST /v1/runs/retry-many`` as before pages (no ``cursor``, no
+``nextCursor``), and with ``POST /v1/worker/renew`` as before it took log records
+(``POST /v1/worker/register`` answering without ``renewTakesLogs``).
 
 Served by uvicorn in ``test_older_server.py`` (its own process: the routes are
 changed in the module's router before the app is built).
@@ -17,8 +18,9 @@ from typing import Annotated
 from fastapi import Request
 from pydantic import Field, StrictInt, StrictStr
 
-from stackshift.server import flow_routes, routes
+from stackshift.server import flow_routes, routes, worker_routes
 from stackshift.server import schemas as s
+from stackshift.server import worker_schemas as w
 from stackshift.server.app import app_from_url
 from stackshift.server.routes import service_of
 
@@ -28,6 +30,10 @@ routes.router.routes[:] = [route for route in routes.router.routes
 flow_routes.router.routes[:] = [route for route in flow_routes.router.routes
                                 if getattr(route, "path", None) not in ("/v1/jobs",
                                                                         "/v1/runs/retry-many")]
+
+worker_routes.router.routes[:] = [
+    route for route in worker_routes.router.routes
+    if getattr(route, "path", None) not in ("/v1/worker/register", "/v1/worker/renew")]
 
 
 class AcquireLock(s.Body):
@@ -63,6 +69,23 @@ def retry_many(body: OlderRetryMany, request: Request) -> OlderRetried:
         created_after=body.created_after, created_before=body.created_before, limit=body.limit,
         page_size=100_000)
     return OlderRetried(retried=retried, count=len(retried))
+
+
+@worker_routes.router.post("/register")
+def register_worker(body: w.RegisterWorker, request: Request) -> w.Done:
+    worker_routes.register_worker(body, request)
+    return w.Done()
+
+
+class OlderRenewLeases(s.Body):
+    leases: list[w.LeaseBody]
+    lease_seconds: w.LeaseSeconds
+
+
+@worker_routes.router.post("/renew")
+def renew_leases(body: OlderRenewLeases, request: Request) -> w.Renewed:
+    return worker_routes.renew_leases(
+        w.RenewLeases.model_validate(body.model_dump(by_alias=True)), request)
 
 
 app = app_from_url(os.environ["STACKSHIFT_DATABASE_URL"], migrate=False)

@@ -206,9 +206,11 @@ def endpoints(w: World) -> dict[str, tuple[str, str, dict[str, Any], dict[str, s
              "outcome.result": "json text"}),
         "release": ("POST", "/v1/worker/release", {"lease": lease}, LEASE_KEYS),
         "renew": ("POST", "/v1/worker/renew", {
-            "leases": [lease], "leaseSeconds": 60}, {
+            "leases": [lease], "leaseSeconds": 60, "logs": {lease["runId"]: [LOG]}}, {
             "leases.0.runId": "key", "leases.0.workerId": "key", "leases.0.attempt": "int",
-            "leaseSeconds": "duration"}),
+            "leaseSeconds": "duration",
+            **{f"logs.{lease['runId']}.{key[len('logs.'):]}": kind
+               for key, kind in LOG_KEYS.items()}}),
         "publish jobs": ("POST", "/v1/worker/jobs", {
             "jobs": [{"job": w.job, "queue": "q", "maxAttempts": 2}]}, {
             "jobs.0.job": "name", "jobs.0.queue": "name", "jobs.0.maxAttempts": "int"}),

@@ -1,5 +1,6 @@
 """A new remote client against a server from an earlier version, which has no
-``GET /v1/limits`` (``older_server_app.py``: the real app without that route).
+``GET /v1/limits`` (``older_server_app.py``: the real app without that route, and
+other routes as they were before; see there).
 
 The client takes such a server to have the default limits and works as before;
 any other failure to read the limits still surfaces.
@@ -17,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import httpx
 import pytest
@@ -223,3 +225,56 @@ def test_a_bulk_retry_through_a_server_without_pages_retries_every_match_once(
             run_until_idle(engine)
             assert app.runs.retry_many(queue=queue, limit=2, page_size=2) == ids[:2]
             assert app.runs.retry_many(queue=queue, page_size=10) == ids[2:]
+
+
+def test_a_remote_worker_holds_a_runs_records_within_its_budget_for_a_server_without_them(
+        server: Server) -> None:
+    """Such a server's lease renewals take no log records (its registration says
+    nothing of them): a remote worker sends a run's records with its checkpoints
+    only, and a handler logging 4 MB in a tight loop between two of them (twice)
+    leaves it holding no more than 512 KiB at any time: the first and the latest,
+    and one warning per checkpoint for those dropped. Its renewals still hold
+    the lease."""
+    from stackshift import runlogs
+
+    job = f"older-loop-{uuid.uuid4().hex[:8]}"
+    held: list[int] = []
+    with StackShift(api_key=server.api_key, base_url=server.url) as remote:
+        @remote.job(job, max_attempts=1)
+        def loop(ctx: Any) -> str:
+            invocation = runlogs.CURRENT.get()
+            assert invocation is not None
+            for segment in ("a", "b"):
+                for n in range(20_000):
+                    ctx.log.info("%s %05d %s", segment, n, "x" * 200)
+                    if n % 1_000 == 999:
+                        held.append(len(invocation._logs))
+                ctx.step.run(f"after-{segment}", lambda: 1)
+                time.sleep(1.2)  # a renewal (every second) meanwhile
+            return "done"
+
+        with remote.worker(concurrency=1, lease="3s"):
+            run = remote.start(job)
+            done = remote.runs.wait(run.id, timeout="120s")
+        assert (done.status, done.result, done.error) == ("completed", "done", None)
+        assert [a.status for a in remote.runs.attempts(run.id)] == ["completed"]
+        entries = remote.runs.logs(run.id)
+    # About 330 bytes a record as sent: some 1,550 records fit in 512 KiB.
+    assert max(held) < 1_700, held
+    warnings = [n for n, e in enumerate(entries) if e.level == "WARNING"]
+    assert len(warnings) == 2, [e.message[:100] for e in entries if e.level == "WARNING"]
+    words = [e.message.split()[:2] for e in entries]
+    for segment, at in zip(("a", "b"), warnings, strict=True):
+        head = [w for w in words[:at] if w[0] == segment]
+        tail = [w for w in words[at + 1:] if w[0] == segment]
+        assert head == [[segment, f"{n:05d}"] for n in range(len(head))] and len(head) > 500
+        assert tail == [[segment, f"{n:05d}"] for n in range(20_000 - len(tail), 20_000)]
+        assert len(tail) > 500
+        dropped = 20_000 - len(head) - len(tail)
+        warning = entries[at]
+        assert (warning.logger, warning.attempt) == ("stackshift.worker", 1)
+        assert warning.message.startswith(f"[... {dropped} log records (")
+        assert ("bytes) dropped here: a remote worker holds at most 524288 bytes of a run's "
+                "log records not yet sent, the first and the latest ...]") in warning.message
+    kept = sum(len(e.message) for e in entries[:warnings[1]])
+    assert 350 * 1024 < kept < 512 * 1024

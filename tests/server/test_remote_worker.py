@@ -673,10 +673,10 @@ def test_a_log_record_of_megabytes_does_not_fail_a_remote_workers_step(
 
 def test_a_handler_logging_megabytes_between_two_steps_completes_on_a_remote_worker(
         server: Server, client: StackShift) -> None:
-    """3 MB of records between two steps, each record short, would make the
-    checkpoint's request pass the server's body limit (1 MiB) and fail the step
-    on every try: the checkpoint carries the first and the latest records, within
-    512 KiB, and one warning in place of those dropped between them."""
+    """3 MB of records between two steps, each record short, would make one
+    checkpoint's request pass the server's body limit (1 MiB): the worker sends
+    them ahead of the checkpoint with lease renewals, in batches within it, and
+    every record is kept, in order."""
     @client.job("remote-chatty", max_attempts=1)
     def chatty(ctx):  # type: ignore[no-untyped-def]
         ctx.step.run("first", lambda: 1)
@@ -691,18 +691,71 @@ def test_a_handler_logging_megabytes_between_two_steps_completes_on_a_remote_wor
         done = client.runs.wait(run.id, timeout="60s")
     assert (done.status, done.result, done.error) == ("completed", "done", None)
     entries = client.runs.logs(run.id)
-    assert entries[-1].message == "last words"
-    warnings = [n for n, e in enumerate(entries) if e.level == "WARNING"]
-    assert len(warnings) == 1, [e.message[:80] for e in entries if e.level == "WARNING"]
-    at = warnings[0]
-    head = [int(e.message.split()[1]) for e in entries[:at]]
-    tail = [int(e.message.split()[1]) for e in entries[at + 1:-1]]
-    assert head == list(range(len(head))) and len(head) > 100
-    assert tail == list(range(2_000 - len(tail), 2_000)) and len(tail) > 100
-    dropped = 2_000 - len(head) - len(tail)
-    warning = entries[at]
-    assert (warning.logger, warning.step, warning.attempt) == ("stackshift.worker", None, 1)
-    assert warning.message.startswith(f"[... {dropped} log records (")
-    assert "dropped here" in warning.message
-    kept = sum(len(e.message) for e in entries[:-1])
-    assert 400 * 1024 < kept < 512 * 1024
+    assert [e.message[:11] for e in entries] == [
+        *(f"record {n:04d}" for n in range(2_000)), "last words"]
+    assert {e.level for e in entries} == {"INFO"}
+
+
+def test_a_long_steps_records_show_while_it_runs_on_a_remote_worker(
+        server: Server, client: StackShift) -> None:
+    """A remote worker sends a running step's records with its lease renewals
+    (every third of the lease), not only with the step's checkpoint."""
+    release = threading.Event()
+
+    @client.job("remote-long", max_attempts=1)
+    def long(ctx):  # type: ignore[no-untyped-def]
+        def work() -> None:
+            ctx.log.info("started")
+            release.wait(20)
+        ctx.step.run("work", work)
+        ctx.log.info("done")
+
+    with client.worker(concurrency=1, lease="3s"):
+        run = client.start("remote-long")
+        deadline = time.monotonic() + 10
+        while not client.runs.logs(run.id):
+            assert time.monotonic() < deadline, "no record while the step runs"
+            time.sleep(0.05)
+        assert client.runs.get(run.id).status == "running"
+        assert [(e.step, e.message) for e in client.runs.logs(run.id)] == [("work", "started")]
+        release.set()
+        client.runs.wait(run.id, timeout="10s")
+    assert [(e.step, e.message) for e in client.runs.logs(run.id)] == [
+        ("work", "started"), (None, "done")]
+
+
+def test_a_renewal_writes_log_records_of_the_runs_it_renews_only(
+        server: Server, client: StackShift) -> None:
+    """``POST /v1/worker/renew`` writes the records it carries for a run whose
+    lease holds, drops those of a lease lost, and refuses (422, nothing written)
+    records of a run it does not renew."""
+    record = {"at": 1.0, "level": "INFO", "logger": "app", "message": "ahead",
+              "step": "a", "attempt": 1}
+    run = client.start("remote-renewed")
+    with server.http() as http:
+        registered = http.post("/v1/worker/register", json={
+            "workerId": "wkr_renewing", "hostname": "h", "pid": 1, "jobs": ["remote-renewed"],
+            "concurrency": 1})
+        assert registered.json() == {"ok": True, "renewTakesLogs": True}
+        items = http.post("/v1/worker/claim", json={
+            "workerId": "wkr_renewing", "jobs": ["remote-renewed"], "limit": 1,
+            "leaseSeconds": 60}).json()["items"]
+        lease = {"runId": run.id, "workerId": "wkr_renewing", "attempt": items[0]["attempt"]}
+        other = client.start("remote-renewed-other")
+
+        refused = http.post("/v1/worker/renew", json={
+            "leases": [lease], "leaseSeconds": 60, "logs": {other.id: [record]}})
+        assert refused.status_code == 422, refused.text
+        assert other.id in refused.json()["error"]["message"]
+        assert client.runs.logs(run.id) == [] and client.runs.logs(other.id) == []
+
+        renewed = http.post("/v1/worker/renew", json={
+            "leases": [lease], "leaseSeconds": 60, "logs": {run.id: [record]}})
+        assert renewed.json() == {"cancelRequested": [], "lost": []}
+        assert [(e.step, e.message) for e in client.runs.logs(run.id)] == [("a", "ahead")]
+
+        stale = {**lease, "attempt": lease["attempt"] + 1}
+        lost = http.post("/v1/worker/renew", json={
+            "leases": [stale], "leaseSeconds": 60, "logs": {run.id: [record]}})
+        assert lost.json() == {"cancelRequested": [], "lost": [run.id]}
+        assert len(client.runs.logs(run.id)) == 1

@@ -84,3 +84,65 @@ def test_a_second_renewal_takes_nothing_while_one_is_in_flight() -> None:
         with logs.ahead() as second:
             assert second == []
     assert first == [record(0)] and logs.take() == [record(1)]
+
+
+# -- a remote worker's: sent ahead, and within a budget while they cannot be sent ----------
+
+
+def test_a_remote_workers_records_are_sent_in_batches_of_a_quarter_of_its_budget() -> None:
+    from stackshift.remote_worker import LOG_BUDGET, LogsSentAhead, sent_size
+
+    server = Database()
+    logs = LogsSentAhead(server.write)
+    wide = [LogWrite(float(n), "INFO", "app", f"{n:04d} " + "x" * 1_000, "s", 1)
+            for n in range(1_000)]
+    for item in wide:
+        logs.add(item)
+    assert server.tries > 1
+    assert logs.take() == wide[len(server.rows):] and server.rows == wide[:len(server.rows)]
+    assert sum(map(sent_size, server.rows)) / server.tries <= LOG_BUDGET // 4 + 1_100
+
+
+def test_while_a_remote_workers_records_cannot_be_sent_it_holds_them_within_its_budget() -> None:
+    """The server unreachable: records put back after each failed send, and those
+    logged meanwhile, are held as :class:`BoundedLogs` holds them; sent whole, with
+    one warning for those dropped, once the server answers again."""
+    from stackshift.remote_worker import LogsSentAhead, sent_size
+
+    class Quick(LogsSentAhead):
+        PAUSE_AFTER_FAILURE = 0.0
+
+    server = Database()
+    server.down = True
+    logs = Quick(server.write, budget=16 * 1024)
+    records = [record(n) for n in range(600)]
+    for item in records:
+        logs.add(item)
+        assert logs._held.held_bytes <= 16 * 1024
+    assert server.tries > 10 and server.rows == []
+    server.down = False
+    with logs.ahead() as taken:
+        server.write(taken)
+    warnings = [n for n, r in enumerate(server.rows) if r.level == "WARNING"]
+    assert len(warnings) == 1
+    at = warnings[0]
+    head, tail = server.rows[:at], server.rows[at + 1:]
+    assert head == records[:len(head)] and tail == records[-len(tail):]
+    assert len(head) > 50 and len(tail) > 50
+    assert server.rows[at].message.startswith(
+        f"[... {600 - len(head) - len(tail)} log records (")
+    assert sum(map(sent_size, server.rows)) <= 16 * 1024
+    assert len(logs) == 0
+
+
+def test_a_remote_workers_renewal_carries_runs_records_in_batches_within_a_request() -> None:
+    from stackshift.remote_worker import LOG_BUDGET, _log_batches, sent_size
+
+    wide = {f"run_{k}": [LogWrite(float(n), "INFO", "app", "x" * 10_000, "s", 1)
+                         for n in range(20)] for k in range(60)}
+    batches = _log_batches({**wide, "run_quiet": []})
+    assert [run for batch in batches for run in batch] == list(wide)
+    for batch in batches:
+        assert sum(sent_size(r) for run in batch for r in wide[run]) <= LOG_BUDGET
+    # A run's records are some 200 KB: two runs' fit one request, three do not.
+    assert [len(batch) for batch in batches] == [2] * 30

@@ -104,13 +104,13 @@ def _logs(logs: list[w.LogBody]) -> list[Any]:
 
 
 @router.post("/register", summary="Register or refresh a remote worker (heartbeat)")
-def register_worker(body: w.RegisterWorker, request: Request) -> w.Done:
+def register_worker(body: w.RegisterWorker, request: Request) -> w.Registered:
     service = service_of(request)
     process = None if body.process is None else ProcessId(body.process.space, body.pid,
                                                              body.process.started)
     service.store.register_worker(body.worker_id, body.hostname, body.pid, body.jobs,
                                   body.queues, body.concurrency, service.clock.now(), process)
-    return w.Done()
+    return w.Registered()
 
 
 @router.post("/peers", summary="The other workers whose process is in the same space")
@@ -228,8 +228,10 @@ def release_run(body: w.Release, request: Request) -> w.Recorded:
 @router.post("/renew", summary="Extend the leases of the runs a worker executes")
 def renew_leases(body: w.RenewLeases, request: Request) -> w.Renewed:
     service = service_of(request)
+    logs = {run_id: _logs(records) for run_id, records in body.logs.items() if records}
     cancels, lost = service.store.renew_leases([lease.to_lease() for lease in body.leases],
-                                               service.clock.now(), body.lease_seconds)
+                                               service.clock.now(), body.lease_seconds,
+                                               logs or None)
     return w.Renewed(cancel_requested=sorted(cancels), lost=sorted(lost))
 
 

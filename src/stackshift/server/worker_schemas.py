@@ -276,6 +276,19 @@ class Release(Body):
 class RenewLeases(Body):
     leases: list[LeaseBody]
     lease_seconds: LeaseSeconds
+    logs: dict[Short, Logs] = Field(
+        default_factory=dict,
+        description="Run id to log records to write with the renewal, ahead of the run's next"
+        " checkpoint (dropped for a lease that no longer holds). Each run id must be among"
+        " `leases`. Sent only to a server whose `POST /v1/worker/register` answered"
+        " `renewTakesLogs`.")
+
+    @model_validator(mode="after")
+    def _logs_of_renewed_runs(self) -> RenewLeases:
+        renewed = {lease.run_id for lease in self.leases}
+        if unknown := sorted(set(self.logs) - renewed):
+            raise ValueError(f"logs for runs whose lease is not renewed here: {unknown}")
+        return self
 
 
 class CodeSchedule(Body):
@@ -364,3 +377,8 @@ class HeldLeases(Wire):
 class Done(Wire):
     ok: Literal[True] = True
 
+
+class Registered(Done):
+    renew_takes_logs: Annotated[bool, Field(
+        description="`POST /v1/worker/renew` takes log records (its `logs`). Absent from the"
+        " answer of a server from an earlier version, which refuses that field.")] = True

@@ -57,8 +57,8 @@ class PendingLogs(abc.ABC):
     """Where an invocation keeps its log records not yet written: each checkpoint (a
     step's result, a sleep, a wait, the attempt's ending) takes them all. A worker
     on the database writes them ahead of checkpoints too (:class:`LogsWrittenAhead`);
-    a store may hold them otherwise (``store.pending_logs()``: a remote worker's
-    keeps them within a budget)."""
+    a store may hold them otherwise (``store.pending_logs(write)``: a remote
+    worker's keep within a budget, and are sent ahead where the server takes them)."""
 
     @abc.abstractmethod
     def add(self, record: LogWrite) -> None: ...
@@ -76,7 +76,7 @@ class PendingLogs(abc.ABC):
 
 
 class LogsWrittenAhead(PendingLogs):
-    """A database worker's log records: besides each checkpoint, written ahead of
+    """A worker's log records: besides each checkpoint, written ahead of
     it with the lease's renewals (:meth:`ahead`, every third of the lease) and, once
     ``FLUSH_RECORDS`` records or ``FLUSH_CHARS`` characters of messages wait, at
     once by the thread that logs (``write(records)``, a renewal of the lease that
@@ -103,11 +103,7 @@ class LogsWrittenAhead(PendingLogs):
         self._pause_until = 0.0
 
     def add(self, record: LogWrite) -> None:
-        with self._lock:
-            self._records.append(record)
-            self._chars += len(record.message)
-            full = len(self._records) >= self.FLUSH_RECORDS or self._chars >= self.FLUSH_CHARS
-        if (not full or time.monotonic() < self._pause_until
+        if (not self._hold(record) or time.monotonic() < self._pause_until
                 or not self._writing.acquire(blocking=False)):
             return  # a write ahead in flight takes what it finds next time
         try:
@@ -141,12 +137,21 @@ class LogsWrittenAhead(PendingLogs):
         finally:
             self._writing.release()
 
+    def _hold(self, record: LogWrite) -> bool:
+        """Keep ``record`` until it is written; whether enough wait to write them now."""
+        with self._lock:
+            self._records.append(record)
+            self._chars += len(record.message)
+            return len(self._records) >= self.FLUSH_RECORDS or self._chars >= self.FLUSH_CHARS
+
     def _swap(self) -> list[LogWrite]:
+        """All the records held, oldest first; none are held then."""
         with self._lock:
             records, self._records, self._chars = self._records, [], 0
         return records
 
     def _put_back(self, records: list[LogWrite]) -> None:
+        """Hold ``records`` (a write that failed) again, ahead of those held now."""
         with self._lock:
             self._records[:0] = records
             self._chars += sum(len(record.message) for record in records)
@@ -170,8 +175,10 @@ class Invocation:
         self.steps = claimed.steps
         self.lease_seconds = lease_seconds
         self._occurrences: Counter[str] = Counter()
-        make_logs: Callable[[], PendingLogs] | None = getattr(self.store, "pending_logs", None)
-        self._logs = make_logs() if make_logs is not None else LogsWrittenAhead(self._write_ahead)
+        make_logs: Callable[[Callable[[list[LogWrite]], None]], PendingLogs] | None = getattr(
+            self.store, "pending_logs", None)
+        self._logs = (LogsWrittenAhead(self._write_ahead) if make_logs is None
+                      else make_logs(self._write_ahead))
         self.cancel_requested = False
         self.abandoned = False
         #: when the store last told this invocation about its run (the claim, a

@@ -633,8 +633,8 @@ class Worker:
 
     def _lease_loop(self) -> None:
         """Renew the leases of the attempts running here, and the worker's
-        registration, every third of the lease time; on the database, write
-        their pending log records with the renewal.
+        registration, every third of the lease time, writing their pending
+        log records with the renewal.
 
         A thread of its own: no maintenance round, however slow (a catch-up, a
         large promotion of due runs, retention), delays a renewal, so a running
@@ -652,8 +652,9 @@ class Worker:
                 leases = [i.lease for i in renewing]
                 with contextlib.ExitStack() as taken:
                     # Log records pending, written ahead of the next checkpoints
-                    # (put back should the renewal fail). A remote worker has none
-                    # here: its records go with its checkpoints.
+                    # (put back should the renewal fail). A remote worker whose
+                    # server takes none with renewals has none here: its records
+                    # go with its checkpoints.
                     logs = {i.run.id: records for i in renewing
                             if (records := taken.enter_context(i.logs_ahead()))}
                     asked_at = time.monotonic()
