@@ -759,3 +759,44 @@ def test_a_renewal_writes_log_records_of_the_runs_it_renews_only(
             "leases": [stale], "leaseSeconds": 60, "logs": {run.id: [record]}})
         assert lost.json() == {"cancelRequested": [], "lost": [run.id]}
         assert len(client.runs.logs(run.id)) == 1
+
+
+def test_records_a_remote_worker_could_not_send_while_its_server_was_down_are_kept(
+        server: Server, client: StackShift, tmp_path: Path) -> None:
+    """``kill -9`` of the server while a step logs: the records sent ahead before
+    it are stored, those its worker could not send are kept and sent once the
+    server is back, and every record is stored once, in order."""
+    down, back = threading.Event(), threading.Event()
+
+    @client.job("remote-outage", max_attempts=1)
+    def outage(ctx):  # type: ignore[no-untyped-def]
+        def work() -> None:
+            ctx.log.info("before")
+            down.wait(30)
+            for n in range(1_200):  # a write ahead at the 1,000th, refused
+                ctx.log.info("during %04d", n)
+            back.wait(30)
+            ctx.log.info("after")
+        ctx.step.run("work", work)
+
+    with client.worker(concurrency=1, lease="10s"):
+        run = client.start("remote-outage")
+        deadline = time.monotonic() + 15
+        while not client.runs.logs(run.id):  # sent with a renewal (every 3.3 s)
+            assert time.monotonic() < deadline, "no record while the step runs"
+            time.sleep(0.05)
+        server.process.kill()
+        server.process.wait()
+        down.set()
+        time.sleep(0.5)
+        port = int(server.url.rsplit(":", 1)[1])
+        restarted = start_server(server.database_url, tmp_path / "restarted.log", port=port)
+        try:
+            back.set()
+            done = client.runs.wait(run.id, timeout="20s")
+            assert done.status == "completed", done.error
+            assert [a.status for a in client.runs.attempts(run.id)] == ["completed"]
+            messages = [e.message for e in client.runs.logs(run.id)]
+        finally:
+            stop_server(restarted)
+    assert messages == ["before", *(f"during {n:04d}" for n in range(1_200)), "after"]
