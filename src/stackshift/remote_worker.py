@@ -14,17 +14,18 @@ server process, under the store's leader election; a remote worker never leads.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 
-from .errors import AuthenticationError, LeaseLost, RemoteError
+from .errors import AuthenticationError, LeaseLost, RemoteError, ValidationError
 from .flowcontrol import FlowControl
 from .jobs import JobRegistry
 from .models import Event
@@ -176,24 +177,35 @@ class BoundedLogs(PendingLogs):
 
 
 class LogsSentAhead(LogsWrittenAhead):
-    """A remote worker's log records, where the server takes them with lease
-    renewals: sent ahead of checkpoints as a database worker writes them (with each
-    renewal, and at once from the thread that logs once ``FLUSH_RECORDS`` records
-    or a quarter of ``budget`` in bytes wait, well before any is dropped), and
-    held meanwhile within that budget as :class:`BoundedLogs` holds them, so that
-    while the server cannot be reached a handler logging in a loop still holds a
-    bounded amount of them."""
+    """A remote worker's log records, held within ``budget`` as :class:`BoundedLogs`
+    holds them, so that a handler logging in a loop never grows its worker's
+    memory without bound.
+
+    While ``sending()`` (the server takes records with lease renewals), they are
+    sent ahead of checkpoints as a database worker writes them: with each renewal,
+    and at once from the thread that logs once ``FLUSH_RECORDS`` records or a
+    quarter of ``budget`` in bytes wait, well before any is dropped. Otherwise
+    (a server from an earlier version) they wait for the next checkpoint."""
 
     def __init__(self, write: Callable[[list[LogWrite]], None],
-                 budget: int = LOG_BUDGET) -> None:
+                 budget: int = LOG_BUDGET, sending: Callable[[], bool] = lambda: True) -> None:
         super().__init__(write)
         self._held = BoundedLogs(budget)
         self._flush_bytes = budget // 4
+        self._sending = sending
 
     def _hold(self, record: LogWrite) -> bool:
         self._held.add(record)
         return (len(self._held) >= self.FLUSH_RECORDS
-                or self._held.held_bytes >= self._flush_bytes)
+                or self._held.held_bytes >= self._flush_bytes) and self._sending()
+
+    @contextlib.contextmanager
+    def ahead(self) -> Iterator[list[LogWrite]]:
+        if not self._sending():
+            yield []
+            return
+        with super().ahead() as records:
+            yield records
 
     def _swap(self) -> list[LogWrite]:
         return self._held.take()
@@ -277,9 +289,9 @@ class RemoteWorkerStore:
     def pending_logs(self, write: Callable[[list[LogWrite]], None]) -> PendingLogs:
         """Where an invocation keeps its log records not yet sent, within the budget
         one request carries: sent ahead of checkpoints with lease renewals
-        (``write``, :class:`LogsSentAhead`) where the server takes them, held until
-        the next checkpoint otherwise (:class:`BoundedLogs`)."""
-        return LogsSentAhead(write) if self.renew_takes_logs else BoundedLogs()
+        (``write``) while the server takes them, held until the next checkpoint
+        otherwise (:class:`LogsSentAhead`)."""
+        return LogsSentAhead(write, sending=lambda: self.renew_takes_logs)
 
     def _post(self, path: str, body: dict[str, Any], timeout: float | None = None,
               *, until_reached: bool = False) -> Any:
@@ -431,7 +443,15 @@ class RemoteWorkerStore:
                                     "leaseSeconds": lease_seconds}
             if batch:
                 body["logs"] = batch
-            answer = w.Renewed.model_validate(self._post("renew", body))
+            try:
+                answer = w.Renewed.model_validate(self._post("renew", body))
+            except ValidationError as exc:
+                if batch and "logs" in str(exc) and "not permitted" in str(exc):
+                    # A server from an earlier version now answers in place of the
+                    # one this worker registered with: the records go with
+                    # checkpoints again (until a registration says otherwise).
+                    self.renew_takes_logs = False
+                raise
             cancels.update(answer.cancel_requested)
             lost.update(answer.lost)
         return cancels, lost

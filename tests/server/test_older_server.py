@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -278,3 +279,61 @@ def test_a_remote_worker_holds_a_runs_records_within_its_budget_for_a_server_wit
                 "log records not yet sent, the first and the latest ...]") in warning.message
     kept = sum(len(e.message) for e in entries[:warnings[1]])
     assert 350 * 1024 < kept < 512 * 1024
+
+
+def test_a_remote_worker_whose_server_is_replaced_by_an_earlier_version_keeps_runs_and_records(
+        served_db: str, tmp_path: Path) -> None:
+    """The server a worker registered with (its renewals take log records) is
+    replaced, on the same address, by one from an earlier version (they take
+    none): the first renewal, carrying the records logged meanwhile, is refused;
+    the worker sends them with its checkpoints from then on, and its run keeps
+    its lease and completes in its only attempt, with every record."""
+    job = f"downgraded-{uuid.uuid4().hex[:8]}"
+    stopped, logged, go = threading.Event(), threading.Event(), threading.Event()
+    port = free_port()
+    newer = start_server(served_db, tmp_path / "newer.log", port=port)
+    older = None
+    try:
+        with StackShift(api_key=newer.api_key, base_url=newer.url) as remote:
+            @remote.job(job, max_attempts=1)
+            def logs_across(ctx: Any) -> str:
+                def work() -> None:
+                    ctx.log.info("before")
+                    stopped.wait(30)
+                    for n in range(5):
+                        ctx.log.info("during %d", n)
+                    logged.set()
+                    go.wait(30)
+                ctx.step.run("work", work)
+                ctx.log.info("after")
+                return "done"
+
+            with remote.worker(concurrency=1, lease="6s"):
+                run = remote.start(job)
+                deadline = time.monotonic() + 15
+                while not remote.runs.logs(run.id):  # sent with a renewal (every 2 s)
+                    assert time.monotonic() < deadline, "no record while the step runs"
+                    time.sleep(0.05)
+                stop_server(newer)
+                stopped.set()
+                assert logged.wait(10)  # records no renewal can send: the server is away
+                older = start_server(served_db, tmp_path / "older.log", port=port,
+                                     asgi="older_server_app:app")
+                time.sleep(4.5)  # renewals meanwhile: the first, with the records, refused
+                go.set()
+                done = remote.runs.wait(run.id, timeout="30s")
+            assert (done.status, done.result, done.error) == ("completed", "done", None)
+            assert [a.status for a in remote.runs.attempts(run.id)] == ["completed"]
+            messages = [e.message for e in remote.runs.logs(run.id)]
+        assert messages == ["before", *(f"during {n}" for n in range(5)), "after"]
+        with older.http() as http:
+            metrics = http.get("/metrics").text
+        renewals = {int(status): int(count) for status, count in re.findall(
+            r'stackshift_http_responses_total\{method="POST",route="/v1/worker/renew",'
+            r'status="(\d+)"\} (\d+)', metrics)}
+        # Refused once, then renewed without records, as often as every 2 s.
+        assert renewals.get(422) == 1 and renewals.get(200, 0) >= 1, renewals
+    finally:
+        stop_server(newer)
+        if older is not None:
+            stop_server(older)
