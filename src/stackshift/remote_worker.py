@@ -156,6 +156,8 @@ class BoundedLogs(PendingLogs):
         """Hold ``records`` (taken, then not sent) again, ahead of those held now,
         within the budget as ever. A warning :meth:`take` put among them is not
         held as a record: the records it stands for are counted as dropped again."""
+        if not records:
+            return
         with self._lock:
             held = self._take()
             for record in [*records, *held]:
@@ -430,7 +432,11 @@ class RemoteWorkerStore:
                      ) -> tuple[set[str], set[str]]:
         """One request renewing ``leases`` with as many runs' ``logs`` as fit
         ``LOG_BUDGET``; one more for each further such batch, renewing those runs
-        again with their records."""
+        again with their records.
+
+        Should a later request fail, the lists of records already sent are
+        emptied before it raises, so that what the caller puts back (see
+        ``LogsWrittenAhead.ahead``) is only what was not written."""
         if not leases:
             return set(), set()
         batches = _log_batches(logs or {})
@@ -452,6 +458,10 @@ class RemoteWorkerStore:
                     # checkpoints again (until a registration says otherwise).
                     self.renew_takes_logs = False
                 raise
+            for run_id in batch:
+                records = (logs or {})[run_id]
+                if isinstance(records, list):
+                    del records[:]  # written: not to be put back, should a later batch fail
             cancels.update(answer.cancel_requested)
             lost.update(answer.lost)
         return cancels, lost

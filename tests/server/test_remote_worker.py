@@ -9,7 +9,9 @@ fsynced lines in an effects file, so a killed worker leaves an exact record.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
+import json
 import logging
 import os
 import signal
@@ -34,7 +36,7 @@ from serverproc import (
 )
 
 from processes import stop_processes
-from stackshift import StackShift
+from stackshift import RemoteError, StackShift
 from stackshift.store import open_store
 
 APP = f"{Path(__file__).with_name('remote_worker_app.py')}:app"
@@ -800,3 +802,62 @@ def test_records_a_remote_worker_could_not_send_while_its_server_was_down_are_ke
         finally:
             stop_server(restarted)
     assert messages == ["before", *(f"during {n:04d}" for n in range(1_200)), "after"]
+
+
+def test_a_renewal_sent_in_parts_that_fails_midway_puts_back_only_what_it_did_not_write(
+) -> None:
+    """Runs' records over one request's budget go in several renewals; should a
+    later one fail, the records the earlier ones wrote are not put back (they
+    would be stored twice) and the rest are, each run's in order."""
+    from stackshift.jobs import JobRegistry
+    from stackshift.remote import RemoteService
+    from stackshift.remote_worker import LogsSentAhead, RemoteWorkerStore
+    from stackshift.store.base import Lease, LogWrite
+
+    received: list[dict[str, Any]] = []
+
+    class Flaky(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            if len(received) == 1:
+                status, body = 200, {"cancelRequested": [], "lost": []}
+            else:
+                status, body = 503, {"error": {"code": "unavailable", "message": "restarting"}}
+            payload = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    thread = threading.Thread(target=site.serve_forever, daemon=True)
+    thread.start()
+    remote = RemoteService(f"http://127.0.0.1:{site.server_address[1]}", "ss_test_key",
+                           JobRegistry())
+    try:
+        store = RemoteWorkerStore(remote)
+        runs = [f"run_{n}" for n in range(4)]
+        pending = {run: LogsSentAhead(lambda records: None) for run in runs}
+        written = {run: [LogWrite(float(n), "INFO", "app", f"{run} {n} " + "x" * 1_500, "s", 1)
+                         for n in range(100)] for run in runs}  # some 160 KB a run
+        for run in runs:
+            for item in written[run]:
+                pending[run]._held.add(item)
+        leases = [Lease(run, "wkr_parts", 1) for run in runs]
+        with pytest.raises(RemoteError), contextlib.ExitStack() as taken:
+            logs = {run: taken.enter_context(pending[run].ahead()) for run in runs}
+            store.renew_leases(leases, time.time(), 30, logs)
+    finally:
+        remote.close()
+        site.shutdown()
+        site.server_close()
+    assert len(received) == 2  # three runs' records in 512 KiB, the fourth's in another
+    first = list(received[0]["logs"])
+    assert first == runs[:3] and list(received[1]["logs"]) == runs[3:]
+    assert [lease["runId"] for lease in received[0]["leases"]] == runs
+    for run in runs:
+        assert pending[run].take() == ([] if run in first else written[run])

@@ -122,8 +122,10 @@ class LogsWrittenAhead(PendingLogs):
 
     @contextlib.contextmanager
     def ahead(self) -> Iterator[list[LogWrite]]:
-        """The records pending now, for a renewal to write; put back should it fail.
-        None while another write ahead is in flight (it holds the older ones)."""
+        """The records pending now, for a renewal to write; put back should it fail
+        (those left in the list then: a renewal written in parts empties it of
+        those it wrote). None while another write ahead is in flight (it holds
+        the older ones)."""
         if not self._writing.acquire(blocking=False):
             yield []
             return
