@@ -85,6 +85,13 @@ def register_jobs(app: StackShift) -> None:
         ctx.log.info("title was %s", ctx.payload["title"])
         raise NonRetriableError(f"cannot render {ctx.payload['title']}")
 
+    @app.job("crunch-numbers", queue="reports", max_attempts=1)
+    def crunch_numbers(ctx: Any) -> dict[str, Any]:
+        """A quick step, then one that takes ``seconds``."""
+        ctx.step.run("load", _pause(0.01))
+        ctx.step.run("crunch", _pause(ctx.payload["seconds"]))
+        return {"crunched": True}
+
     @app.job("resize-image", queue="media")
     def resize_image(ctx: Any) -> dict[str, Any]:
         ctx.step.run("resize", _pause(0.005))

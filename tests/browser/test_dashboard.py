@@ -188,6 +188,35 @@ def test_failed_run_shows_error_attempts_logs_waterfall_and_retries_live(
     expect(page.locator(f"tr[data-run-id='{run.id}'] td.num").first).to_have_text("1/2 (3)")
 
 
+def test_a_running_step_shows_on_the_run_page_until_it_is_recorded(
+    stack: Dashboard, page: Page
+) -> None:
+    """Steps are recorded when they end: while one runs, the waterfall and the
+    steps table show a row for it, open-ended, which gives way to the recorded
+    step once it ends, with no reload."""
+    run = stack.app.start("crunch-numbers", {"seconds": 4})
+    stack.wait_status(run.id, "running")
+    page.goto(stack.at(f"/runs/{run.id}"))
+    _no_reload_marker(page)
+    chart = page.locator("#waterfall")
+    expect(chart.locator(".wf-step[data-step=load] .bar-step-completed")).to_have_count(1)
+    running = chart.locator(".wf-step.wf-status-running")
+    expect(running.locator(".bar-step-running.bar-open")).to_have_count(1)
+    expect(running.locator(".wf-detail")).to_have_text(re.compile(r"so far$"))
+    in_progress = page.locator("#steps tr.in-progress")
+    expect(in_progress).to_have_count(1)
+    expect(in_progress.locator(".badge")).to_have_text("running")
+    expect(in_progress).to_contain_text("recorded when it ends")
+    screenshot(page, "run-step-in-progress", stack.store_kind)
+
+    expect(page.locator("#run-head .badge").first).to_have_text("completed", timeout=15_000)
+    expect(chart.locator(".wf-step[data-step=crunch] .bar-step-completed")).to_have_count(1)
+    expect(chart.locator(".bar-step-running")).to_have_count(0)
+    expect(in_progress).to_have_count(0)
+    expect(page.locator("#steps tbody tr")).to_have_count(2)
+    assert _still_same_document(page)
+
+
 def test_run_with_three_attempts_eight_steps_and_a_wait_resumes_from_its_page(
     stack: Dashboard, page: Page
 ) -> None:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from stackshift.dashboard import waterfall
-from stackshift.models import Attempt, Run, RunError, TimelineEntry
+from stackshift.models import Attempt, LogEntry, Run, RunError, TimelineEntry
 
 T0 = 1_800_000_000.0
 
@@ -115,3 +115,51 @@ def test_tick_labels_round_before_they_carry() -> None:
     assert waterfall._relative(0.1 * 3 + 0.7 - 1e-12, 0.1) == "+1s"
     assert waterfall._relative(0.2, 0.2) == "+200ms"
     assert waterfall._relative(86.2, 0.2) == "+1m 26.2s"
+
+
+def _running_after_a_step() -> tuple[Run, list[TimelineEntry], list[Attempt]]:
+    timeline = _entries(
+        (0.0, "run.queued", None, None, {}),
+        (1.0, "attempt.started", 1, None, {}),
+        (1.0, "step.completed", 1, "load", {"duration": 0.5}),
+    )
+    attempts = [Attempt("run_1", 1, "running", "w", _at(1.0), None, None)]
+    return _run(status="running", finished_at=None), timeline, attempts
+
+
+def test_a_running_attempt_shows_what_it_executes_since_its_last_recorded_step() -> None:
+    """Steps are recorded when they end: the last row is the time since the last
+    one ended, named after the step its log records (logged since) name."""
+    run, timeline, attempts = _running_after_a_step()
+    logs = [LogEntry(1, "run_1", 1, "load", _at(1.2), "INFO", "app", "loading"),
+            LogEntry(2, "run_1", 1, "import", _at(3.0), "INFO", "app", "importing")]
+    chart = waterfall.build(run, timeline, attempts, now=T0 + 11.5, logs=logs)
+    assert chart.in_progress == waterfall.InProgress(1, T0 + 1.5, 10.0, "import")
+    *_, load, running = chart.rows
+    assert (load.step, load.status) == ("load", "completed")
+    assert (running.kind, running.label, running.step, running.status, running.detail) == (
+        "step", "import", "import", "running", "10.0 s so far")
+    [bar] = running.bars
+    assert bar.kind == "step-running" and bar.open
+    assert abs(bar.left - (load.bars[0].left + load.bars[0].width)) < 0.01
+    assert abs(bar.left + bar.width - 100) < 0.01
+    assert "named by its log records" in bar.title
+
+    # Nothing logged since: the row has no name.
+    chart = waterfall.build(run, timeline, attempts, now=T0 + 11.5, logs=logs[:1])
+    assert chart.in_progress == waterfall.InProgress(1, T0 + 1.5, 10.0, None)
+    assert (chart.rows[-1].label, chart.rows[-1].step) == ("in progress", None)
+
+
+def test_only_a_running_attempt_shows_what_it_executes() -> None:
+    _, timeline, attempts = _running_after_a_step()
+    waiting = timeline + _entries((2.0, "run.waiting", 1, "approval",
+                                   {"waiting_for": "event", "event": "approved"}))[-1:]
+    chart = waterfall.build(_run(status="waiting", finished_at=None), waiting, attempts,
+                            now=T0 + 5)
+    assert chart.in_progress is None
+    assert [r.status for r in chart.rows if r.kind == "step"] == ["completed"]
+    ended = timeline + _entries((2.0, "run.completed", 1, None, {"from": "running"}))[-1:]
+    done = [Attempt("run_1", 1, "completed", "w", _at(1.0), _at(2.0), None)]
+    chart = waterfall.build(_run(finished_at=_at(2.0)), ended, done, now=T0 + 5)
+    assert chart.in_progress is None

@@ -189,7 +189,7 @@ def run_page(service: Service, run_id: str, params: Mapping[str, str],
     hidden_logs = max(0, len(logs) - MAX_LOG_LINES)
     logs = logs[hidden_logs:]
     status = Status(run.status)
-    chart = waterfall.build(run, timeline, attempts, now)
+    chart = waterfall.build(run, timeline, attempts, now, logs)
     log_groups: dict[int | None, list[LogEntry]] = {}
     for entry in logs:
         log_groups.setdefault(entry.attempt, []).append(entry)

@@ -17,7 +17,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..models import Attempt, Run, TimelineEntry
+from ..models import Attempt, LogEntry, Run, TimelineEntry
 from .formatting import duration
 
 #: Idle stretches longer than this share of the busy time are compressed to it.
@@ -114,6 +114,20 @@ class Waterfall:
     total: float  # real seconds from creation to the last thing drawn
     now: float | None  # percent position of "now" while the run is not finished
     hidden_steps: int = 0
+    #: what the running attempt executes now, not recorded until it ends
+    in_progress: InProgress | None = None
+
+
+@dataclass(frozen=True)
+class InProgress:
+    """The part of a running attempt since its last recorded step (or since it
+    started or resumed): a step not yet recorded, or the handler between steps.
+    ``step`` is the step its log records name, when it has logged."""
+
+    attempt: int
+    since: float
+    seconds: float
+    step: str | None
 
 
 def _f(value: Any) -> float:
@@ -249,8 +263,11 @@ def _merge(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
 
 
 def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
-          now: float) -> Waterfall:
-    """Lay out ``run``'s history as rows of bars and marks on one time axis."""
+          now: float, logs: list[LogEntry] | None = None) -> Waterfall:
+    """Lay out ``run``'s history as rows of bars and marks on one time axis.
+
+    While an attempt runs, a last row shows what it executes now (see
+    :class:`InProgress`), named after the step of ``logs`` logged since."""
     entries = sorted(timeline, key=lambda e: (e.at.timestamp(), e.id))
     t0 = run.created_at.timestamp()
     finished = run.finished_at.timestamp() if run.finished_at else None
@@ -357,6 +374,22 @@ def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
         elif e.kind == "run.cancelled" and not e.attempt and rows:
             rows[-1].marks.append(Mark(at, "cancel", "cancelled"))
 
+    in_progress = _in_progress(run, attempts, entries, running_since, horizon, logs or [])
+    if in_progress is not None:
+        name = in_progress.step
+        so_far = duration(in_progress.seconds)
+        if name:
+            title = (f"{name}: running for {so_far} so far (named by its log records);"
+                     " a step is recorded when it ends")
+        else:
+            title = (f"Running for {so_far} since the last recorded step ended (or the attempt"
+                     " started or resumed): a step not recorded until it ends, or the handler"
+                     " between steps")
+        row = Row("step", name or "in progress", f"{so_far} so far", "running",
+                  in_progress.attempt, name, start=in_progress.since)
+        row.bars.append(Bar(in_progress.since, horizon, "step-running", so_far, title, open=True))
+        children.append(row)
+
     hidden = max(0, len(children) - MAX_STEP_ROWS)
     children = sorted(children, key=lambda r: (r.attempt or 0, r.start))[:MAX_STEP_ROWS]
     ordered: list[Row] = []
@@ -396,7 +429,26 @@ def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
         total=last - t0,
         now=None if finished is not None else axis.pos(now),
         hidden_steps=hidden,
+        in_progress=in_progress,
     )
+
+
+def _in_progress(run: Run, attempts: list[Attempt], entries: list[TimelineEntry],
+                 running_since: float | None, horizon: float,
+                 logs: list[LogEntry]) -> InProgress | None:
+    """What the running attempt executes now: from the end of its last recorded
+    step (or when it started or resumed) until now."""
+    open_attempts = [a for a in attempts if a.finished_at is None]
+    if run.status != "running" or running_since is None or not open_attempts:
+        return None
+    number = max(a.number for a in open_attempts)
+    since = running_since
+    for e in entries:
+        if e.attempt == number and e.kind in ("step.completed", "step.failed"):
+            since = max(since, e.at.timestamp() + _f(e.data.get("duration") or 0.0))
+    named = [e for e in logs if e.attempt == number and e.step and e.at.timestamp() >= since]
+    return InProgress(number, since, max(0.0, horizon - since),
+                      named[-1].step if named else None)
 
 
 def _lead_in(entries: list[TimelineEntry], number: int, start: float,
