@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from chatty import register_logging_loop
 
 from stackshift import Backoff, RetryAfterError, Run, StackShift, ValidationError
 from stackshift.testing import run_until_idle
@@ -369,22 +370,9 @@ def test_a_remote_worker_sends_a_logging_loops_records_ahead_and_keeps_every_one
     its remote worker sends the records ahead of the checkpoints, with lease
     renewals, a batch at a time, and holds no more than one batch; every record
     is stored once, in order."""
-    from stackshift import runlogs
-
     job = unique("remoteLoop")
     held: list[int] = []
-
-    @remote.job(job, max_attempts=1)
-    def loop(ctx: Any) -> str:
-        invocation = runlogs.CURRENT.get()
-        assert invocation is not None
-        for segment in ("a", "b"):
-            for n in range(20_000):
-                ctx.log.info("%s %05d %s", segment, n, "x" * 200)
-                if n % 1_000 == 999:
-                    held.append(len(invocation._logs))
-            ctx.step.run(f"after-{segment}", lambda: 1)
-        return "done"
+    register_logging_loop(remote, job, held)
 
     with remote.worker(concurrency=1):
         run = remote.start(job)

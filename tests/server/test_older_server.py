@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+from chatty import register_logging_loop
 from serverproc import STACKSHIFT, Server, assert_error, free_port, start_server, stop_server
 
 from stackshift import (
@@ -236,23 +237,11 @@ def test_a_remote_worker_holds_a_runs_records_within_its_budget_for_a_server_wit
     leaves it holding no more than 512 KiB at any time: the first and the latest,
     and one warning per checkpoint for those dropped. Its renewals still hold
     the lease."""
-    from stackshift import runlogs
-
     job = f"older-loop-{uuid.uuid4().hex[:8]}"
     held: list[int] = []
     with StackShift(api_key=server.api_key, base_url=server.url) as remote:
-        @remote.job(job, max_attempts=1)
-        def loop(ctx: Any) -> str:
-            invocation = runlogs.CURRENT.get()
-            assert invocation is not None
-            for segment in ("a", "b"):
-                for n in range(20_000):
-                    ctx.log.info("%s %05d %s", segment, n, "x" * 200)
-                    if n % 1_000 == 999:
-                        held.append(len(invocation._logs))
-                ctx.step.run(f"after-{segment}", lambda: 1)
-                time.sleep(1.2)  # a renewal (every second) meanwhile
-            return "done"
+        # A renewal (every second) after each step, while nothing is logged.
+        register_logging_loop(remote, job, held, pause=1.2)
 
         with remote.worker(concurrency=1, lease="3s"):
             run = remote.start(job)
