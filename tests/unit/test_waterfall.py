@@ -163,3 +163,13 @@ def test_only_a_running_attempt_shows_what_it_executes() -> None:
     done = [Attempt("run_1", 1, "completed", "w", _at(1.0), _at(2.0), None)]
     chart = waterfall.build(_run(finished_at=_at(2.0)), ended, done, now=T0 + 5)
     assert chart.in_progress is None
+
+
+def test_what_a_running_attempt_executes_is_drawn_past_the_most_step_rows() -> None:
+    run, timeline, attempts = _running_after_a_step()
+    many = timeline + [TimelineEntry(10 + n, "run_1", _at(2.0 + n / 100), "step.completed", 1,
+                                     f"row-{n}", {"duration": 0.005})
+                       for n in range(waterfall.MAX_STEP_ROWS + 50)]
+    chart = waterfall.build(run, many, attempts, now=T0 + 10)
+    assert chart.hidden_steps == 51  # "load" and fifty more
+    assert (chart.rows[-1].status, chart.rows[-1].label) == ("running", "in progress")

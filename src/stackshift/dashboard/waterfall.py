@@ -375,6 +375,7 @@ def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
             rows[-1].marks.append(Mark(at, "cancel", "cancelled"))
 
     in_progress = _in_progress(run, attempts, entries, running_since, horizon, logs or [])
+    current: Row | None = None
     if in_progress is not None:
         name = in_progress.step
         so_far = duration(in_progress.seconds)
@@ -385,13 +386,15 @@ def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
             title = (f"Running for {so_far} since the last recorded step ended (or the attempt"
                      " started or resumed): a step not recorded until it ends, or the handler"
                      " between steps")
-        row = Row("step", name or "in progress", f"{so_far} so far", "running",
-                  in_progress.attempt, name, start=in_progress.since)
-        row.bars.append(Bar(in_progress.since, horizon, "step-running", so_far, title, open=True))
-        children.append(row)
+        current = Row("step", name or "in progress", f"{so_far} so far", "running",
+                      in_progress.attempt, name, start=in_progress.since,
+                      bars=[Bar(in_progress.since, horizon, "step-running", so_far, title,
+                                open=True)])
 
     hidden = max(0, len(children) - MAX_STEP_ROWS)
     children = sorted(children, key=lambda r: (r.attempt or 0, r.start))[:MAX_STEP_ROWS]
+    if current is not None:  # drawn however many steps are not
+        children.append(current)
     ordered: list[Row] = []
     for row in rows:
         ordered.append(row)
