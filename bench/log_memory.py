@@ -26,12 +26,11 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
 
-from bench.common import helper_parser, scratch_url
+from bench.common import helper_parser, scratch_url, wait_until
 from stackshift import StackShift
 from stackshift.clock import SystemClock
 from stackshift.jobs import JobRegistry
@@ -47,7 +46,7 @@ def resident() -> int:
         return int(statm.read().split()[1]) * PAGE
 
 
-@contextmanager
+@contextlib.contextmanager
 def served(url: str) -> Iterator[StackShift]:
     """A remote client through a ``stackshift server`` on ``url``, for the block."""
     service = Service(open_store(url), SystemClock(), Settings(), JobRegistry())
@@ -63,17 +62,17 @@ def served(url: str) -> Iterator[StackShift]:
         [sys.executable, "-m", "stackshift.server", "--database-url", url, "--host",
          "127.0.0.1", "--port", str(port), "--log-level", "warning"])
     base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited ({server.returncode})")
+        try:
+            return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.05)
+        wait_until(up, 60, "the server to answer", interval=0.05)
         yield StackShift(api_key=key, base_url=base)
     finally:
         server.terminate()
