@@ -89,9 +89,9 @@ class BoundedLogs(PendingLogs):
         self.budget = budget
         self.half = (budget - 1024) // 2  # 1 KiB: the warning's own room, as in sent_logs
         self._lock = threading.Lock()
-        #: id of each warning taken since the last take() -> (it, first dropped,
-        #: count, bytes): put back, it counts the records it stands for again
-        self._warnings: dict[int, tuple[LogWrite, LogWrite, int, int]] = {}
+        #: the warning the last take() put among its records, with what it stands
+        #: for (first record dropped, count, bytes): put back, those are dropped again
+        self._taken: tuple[LogWrite, LogWrite, int, int] | None = None
         self._clear()
 
     def _clear(self) -> None:
@@ -126,52 +126,57 @@ class BoundedLogs(PendingLogs):
         while self._tail_bytes > self.half:
             dropped, dropped_size = self._tail.popleft()
             self._tail_bytes -= dropped_size
-            self._dropped += 1
-            self._dropped_bytes += dropped_size
-            if self._first_dropped is None:
-                self._first_dropped = dropped
+            self._drop(dropped, 1, dropped_size)
+
+    def _drop(self, first: LogWrite, count: int, size: int) -> None:
+        """Count ``count`` records of ``size`` bytes, ``first`` the earliest, as
+        dropped after the first records held."""
+        self._head_full = True
+        if self._first_dropped is None:
+            self._first_dropped = first
+        self._dropped += count
+        self._dropped_bytes += size
 
     def take(self) -> list[LogWrite]:
         with self._lock:
-            self._warnings.clear()
-            return self._take()
-
-    def _take(self) -> list[LogWrite]:
-        records = list(self._head)
-        first = self._first_dropped
-        if first is not None:
-            warning = LogWrite(
-                first.at, "WARNING", log.name,
-                f"[... {self._dropped} log records ({self._dropped_bytes} bytes) dropped"
-                f" here: a remote worker holds at most {self.budget} bytes of a run's log"
-                " records not yet sent, the first and the latest ...]",
-                first.step, first.attempt)
-            self._warnings[id(warning)] = (warning, first, self._dropped, self._dropped_bytes)
-            records.append(warning)
-        records.extend(record for record, _ in self._tail)
-        self._clear()
+            records = list(self._head)
+            self._taken = None
+            first = self._first_dropped
+            if first is not None:
+                warning = LogWrite(
+                    first.at, "WARNING", log.name,
+                    f"[... {self._dropped} log records ({self._dropped_bytes} bytes) dropped"
+                    f" here: a remote worker holds at most {self.budget} bytes of a run's log"
+                    " records not yet sent, the first and the latest ...]",
+                    first.step, first.attempt)
+                self._taken = (warning, first, self._dropped, self._dropped_bytes)
+                records.append(warning)
+            records.extend(record for record, _ in self._tail)
+            self._clear()
         return records
 
     def put_back(self, records: Sequence[LogWrite]) -> None:
         """Hold ``records`` (taken, then not sent) again, ahead of those held now,
-        within the budget as ever. A warning :meth:`take` put among them is not
+        within the budget as ever. The warning :meth:`take` put among them is not
         held as a record: the records it stands for are counted as dropped again."""
         if not records:
             return
         with self._lock:
-            held = self._take()
-            for record in [*records, *held]:
-                made = self._warnings.get(id(record))
-                if made is not None and made[0] is record:
-                    _, first, count, size = made
-                    self._head_full = True
-                    if self._first_dropped is None:
-                        self._first_dropped = first
-                    self._dropped += count
-                    self._dropped_bytes += size
+            head, tail = self._head, self._tail
+            first, count, size = self._first_dropped, self._dropped, self._dropped_bytes
+            self._clear()
+            for record in records:
+                if self._taken is not None and record is self._taken[0]:
+                    self._drop(*self._taken[1:])
                 else:
                     self._add(record, sent_size(record))
-            self._warnings.clear()
+            for record in head:
+                self._add(record, sent_size(record))
+            if first is not None:
+                self._drop(first, count, size)
+            for record, record_size in tail:
+                self._add(record, record_size)
+            self._taken = None
 
     def __len__(self) -> int:
         with self._lock:
@@ -235,10 +240,16 @@ def sent_logs(logs: Sequence[LogWrite], budget: int = LOG_BUDGET) -> list[dict[s
     up to the other half; the ones between them are replaced by one warning
     saying how many were dropped, at the time and step of the first one dropped.
     """
+    return _sent_logs(logs, budget)[0]
+
+
+def _sent_logs(logs: Sequence[LogWrite],
+               budget: int) -> tuple[list[dict[str, Any]], int]:
+    """:func:`sent_logs`, and the bytes those bodies take."""
     bodies = [w.LogBody.of(record) for record in logs]
-    sizes = [sent_size(record) for record in logs]
+    sizes = [_body_size(body) for body in bodies]
     if sum(sizes) <= budget:
-        return bodies
+        return bodies, sum(sizes)
     half = (budget - 1024) // 2  # 1 KiB: the warning's own room
     first = used = 0
     while used + sizes[first] <= half:
@@ -254,7 +265,8 @@ def sent_logs(logs: Sequence[LogWrite], budget: int = LOG_BUDGET) -> list[dict[s
         f"[... {len(dropped)} log records ({sum(sizes[first:last])} bytes) dropped here:"
         f" a remote worker sends at most {budget} bytes of log records with one checkpoint,"
         " the first and the latest ...]", dropped[0].step, dropped[0].attempt)
-    return [*bodies[:first], w.LogBody.of(warning), *bodies[last:]]
+    kept = sum(sizes[:first]) + sum(sizes[last:]) + sent_size(warning)
+    return [*bodies[:first], w.LogBody.of(warning), *bodies[last:]], kept
 
 
 def _log_batches(logs: Mapping[str, Sequence[LogWrite]],
@@ -267,8 +279,7 @@ def _log_batches(logs: Mapping[str, Sequence[LogWrite]],
     for run_id, records in logs.items():
         if not records:
             continue
-        bodies = sent_logs(records, budget)
-        size = sum(map(_body_size, bodies))
+        bodies, size = _sent_logs(records, budget)
         if used + size > budget:
             batches.append({})
             used = 0
