@@ -58,6 +58,7 @@ from .server import push_schemas as push_wire
 from .server import schemas as wire
 from .server.errors import rename_fields
 from .service import (
+    MAX_LOG_PAGE,
     RunWait,
     check_after,
     check_filter,
@@ -65,6 +66,7 @@ from .service import (
     check_int,
     check_key,
     check_limit,
+    check_log_limit,
     check_reason,
 )
 from .settings import Settings
@@ -257,6 +259,8 @@ class RemoteService(RemoteFlowControl):
         self._limits: Settings | None = None
         #: whether the server takes a lock's holder (servers from before it refuse it)
         self._says_holders = True
+        #: whether the server reads a run's log records in pages (``limit``)
+        self._pages_logs = True
         self.clock: Clock = SystemClock()
         self.timeout = timeout
         self._http = httpx.Client(
@@ -465,10 +469,34 @@ class RemoteService(RemoteFlowControl):
         return [wire.TimelineEntry.model_validate(x).to_model()
                 for x in self._run_items(run_id, "timeline")]
 
-    def logs(self, run_id: str, after: int | None = None) -> list[LogEntry]:
-        params = None if after is None else {"after": check_after(after)}
-        return [wire.LogEntry.model_validate(x).to_model()
-                for x in self._run_items(run_id, "logs", params)]
+    def logs(self, run_id: str, after: int | None = None,
+             limit: int | None = None) -> list[LogEntry]:
+        """Without ``limit``, every record, read :data:`MAX_LOG_PAGE` records at a
+        time (no one answer of the server holds a long log whole)."""
+        last = 0 if after is None else check_after(after)
+        wanted = check_log_limit(limit)
+        page = wanted or MAX_LOG_PAGE
+        entries: list[LogEntry] = []
+        while True:
+            items = self._log_items(run_id, last, page)
+            entries += [wire.LogEntry.model_validate(x).to_model() for x in items]
+            if wanted is not None:
+                return entries[:wanted]
+            if len(items) < page:
+                return entries
+            last = entries[-1].id
+
+    def _log_items(self, run_id: str, after: int, limit: int) -> list[Any]:
+        """The first ``limit`` records after ``after``; every one after it from a
+        server from before ``limit``, which refuses it (and is not asked again)."""
+        if self._pages_logs:
+            try:
+                return self._run_items(run_id, "logs", {"after": after, "limit": limit})
+            except ValidationError as exc:
+                if not str(exc).startswith("query parameter 'limit' is unknown here"):
+                    raise
+                self._pages_logs = False
+        return self._run_items(run_id, "logs", {"after": after})
 
     def attempts(self, run_id: str) -> list[Attempt]:
         return [wire.Attempt.model_validate(x).to_model()

@@ -143,6 +143,20 @@ def check_after(after: object) -> int:
     return after
 
 
+#: The most log records one read of ``runs.logs`` (one ``GET .../logs``) asks for.
+MAX_LOG_PAGE = 10_000
+
+
+def check_log_limit(limit: object) -> int | None:
+    """``runs.logs``'s ``limit``: None (every record) or 1 to :data:`MAX_LOG_PAGE`."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LOG_PAGE:
+        raise ValidationError(f"limit must be a whole number from 1 to {MAX_LOG_PAGE:,},"
+                              f" got {limit!r}")
+    return limit
+
+
 def check_idempotency(settings: Settings, key: object, ttl: Any) -> float:
     """Check an idempotency key and its TTL (shared with the remote client); the
     TTL in seconds, the installation's default when ``ttl`` is None."""
@@ -421,8 +435,14 @@ class Service(FlowControl):
     def timeline(self, run_id: str) -> list[TimelineEntry]:
         return self.store.timeline(run_id)
 
-    def logs(self, run_id: str, after: int | None = None) -> list[LogEntry]:
-        return self.store.logs(run_id, 0 if after is None else check_after(after))
+    def logs(self, run_id: str, after: int | None = None,
+             limit: int | None = None) -> list[LogEntry]:
+        return self.store.logs(run_id, 0 if after is None else check_after(after),
+                               check_log_limit(limit))
+
+    def latest_logs(self, run_id: str, limit: int) -> tuple[list[LogEntry], int]:
+        """The run's last ``limit`` log records, oldest first, and how many came before."""
+        return self.store.latest_logs(run_id, limit)
 
     def attempts(self, run_id: str) -> list[Attempt]:
         return self.store.attempts(run_id)

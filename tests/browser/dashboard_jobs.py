@@ -92,6 +92,15 @@ def register_jobs(app: StackShift) -> None:
         ctx.step.run("crunch", _pause(ctx.payload["seconds"]))
         return {"crunched": True}
 
+    @app.job("chatter", queue="reports", max_attempts=1)
+    def chatter(ctx: Any) -> None:
+        """Logs ``lines`` numbered lines in one step."""
+        def talk() -> None:
+            for n in range(ctx.payload["lines"]):
+                ctx.log.info("line %d", n)
+
+        ctx.step.run("talk", talk)
+
     @app.job("resize-image", queue="media")
     def resize_image(ctx: Any) -> dict[str, Any]:
         ctx.step.run("resize", _pause(0.005))

@@ -217,6 +217,24 @@ def test_a_running_step_shows_on_the_run_page_until_it_is_recorded(
     assert _still_same_document(page)
 
 
+def test_a_run_that_logged_more_than_the_page_shows_its_latest_lines_and_the_count(
+    stack: Dashboard, page: Page
+) -> None:
+    """The page shows a run's last 2,000 lines, says how many came before them
+    and where to read them all, and counts every line."""
+    run = stack.app.start("chatter", {"lines": 2_030})
+    stack.wait_status(run.id, "completed")
+    page.goto(stack.at(f"/runs/{run.id}"))
+    logs = page.locator("#logs")
+    expect(logs.locator("h2 .count")).to_have_text("2,030")
+    expect(logs.locator(".log-note")).to_have_text(
+        f"The first 30 lines are not shown here; stackshift runs logs {run.id} prints them all.")
+    lines = logs.locator(".log-line .log-msg")
+    expect(lines).to_have_count(2_000)
+    expect(lines.first).to_have_text("line 30")
+    expect(lines.last).to_have_text("line 2029")
+
+
 def test_run_with_three_attempts_eight_steps_and_a_wait_resumes_from_its_page(
     stack: Dashboard, page: Page
 ) -> None:

@@ -603,6 +603,54 @@ def test_logs_are_stored_with_run_attempt_and_step(fake_app: StackShift, clock: 
     assert {e.run_id for e in fake_app.runs.logs(other.id)} == {other.id}
 
 
+def test_a_long_log_is_read_in_pages_and_its_latest_records_alone(
+        fake_app: StackShift) -> None:
+    """``runs.logs(limit=)`` gives the first records after ``after``; pages read
+    that way add up to the whole log, once each, in order, and never reach into
+    another run's. The dashboard reads only a run's latest records and how many
+    came before them."""
+    @fake_app.job("counting")
+    def counting(ctx):  # type: ignore[no-untyped-def]
+        for n in range(ctx.payload):
+            ctx.log.info("record %d", n)
+
+    run = fake_app.start("counting", 25)
+    other = fake_app.start("counting", 3)
+    quiet = fake_app.start("counting", 0)
+    run_until_idle(fake_app)
+    whole = fake_app.runs.logs(run.id)
+    assert [e.message for e in whole] == [f"record {n}" for n in range(25)]
+
+    pages, after = [], 0
+    while True:
+        page = fake_app.runs.logs(run.id, after=after, limit=10)
+        pages.append([e.message for e in page])
+        if len(page) < 10:
+            break
+        after = page[-1].id
+    assert [len(p) for p in pages] == [10, 10, 5]
+    assert [m for p in pages for m in p] == [e.message for e in whole]
+    assert fake_app.runs.logs(run.id, after=whole[-1].id, limit=10) == []
+    assert [e.message for e in fake_app.runs.logs(run.id, after=whole[3].id, limit=2)] == [
+        "record 4", "record 5"]
+    assert len(fake_app.runs.logs(run.id, limit=10_000)) == 25
+    for bad in (0, -1, 10_001, True, "5", 2.0):
+        with pytest.raises(ValueError, match="limit must be a whole number from 1 to 10,000"):
+            fake_app.runs.logs(run.id, limit=bad)  # type: ignore[arg-type]
+    with pytest.raises(RunNotFoundError):
+        fake_app.runs.logs("run_missing", limit=5)
+
+    service = fake_app._service
+    latest, earlier = service.latest_logs(run.id, 10)
+    assert [e.message for e in latest] == [f"record {n}" for n in range(15, 25)]
+    assert earlier == 15
+    assert service.latest_logs(run.id, 25) == (whole, 0)
+    assert service.latest_logs(run.id, 100) == (whole, 0)
+    assert [e.message for e in service.latest_logs(other.id, 2)[0]] == ["record 1", "record 2"]
+    assert service.latest_logs(other.id, 2)[1] == 1
+    assert service.latest_logs(quiet.id, 10) == ([], 0)
+
+
 def test_logged_exceptions_keep_their_traceback(fake_app: StackShift) -> None:
     @fake_app.job("oops")
     def oops(ctx):  # type: ignore[no-untyped-def]

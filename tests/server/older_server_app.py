@@ -3,7 +3,8 @@ database in ``STACKSHIFT_DATABASE_URL``, without ``GET /v1/limits`` and ``GET
 /v1/jobs``, with ``POST /v1/locks/acquire`` taking the body it took before
 lock holders (a ``holder`` field is refused as unknown, as any unknown field is),
 with ``POST /v1/runs/retry-many`` as before pages (no ``cursor``, no
-``nextCursor``), and with ``POST /v1/worker/renew`` as before it took log records
+``nextCursor``), with ``GET /v1/runs/{run_id}/logs`` as before pages (no
+``limit``), and with ``POST /v1/worker/renew`` as before it took log records
 (``POST /v1/worker/register`` answering without ``renewTakesLogs``).
 
 Served by uvicorn in ``test_older_server.py`` (its own process: the routes are
@@ -15,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import Annotated
 
-from fastapi import Request
+from fastapi import Query, Request
 from pydantic import Field, StrictInt, StrictStr
 
 from stackshift.server import flow_routes, routes, worker_routes
@@ -25,8 +26,8 @@ from stackshift.server.app import app_from_url
 from stackshift.server.routes import service_of
 
 routes.router.routes[:] = [route for route in routes.router.routes
-                           if getattr(route, "path", None) not in ("/v1/limits",
-                                                                   "/v1/locks/acquire")]
+                           if getattr(route, "path", None) not in (
+                               "/v1/limits", "/v1/locks/acquire", "/v1/runs/{run_id}/logs")]
 flow_routes.router.routes[:] = [route for route in flow_routes.router.routes
                                 if getattr(route, "path", None) not in ("/v1/jobs",
                                                                         "/v1/runs/retry-many")]
@@ -46,6 +47,13 @@ class AcquireLock(s.Body):
 def acquire_lock(body: AcquireLock, request: Request) -> s.LockResult:
     held = service_of(request).lock_acquire(body.key, body.owner, body.ttl)
     return s.LockResult(key=body.key, held=held)
+
+
+@routes.router.get("/runs/{run_id}/logs", tags=["runs"])
+def run_logs(run_id: routes.RunId, request: Request,
+             after: Annotated[int | None, Query(ge=0, lt=2 ** 63)] = None) -> s.LogList:
+    items = service_of(request).logs(run_id, after)
+    return s.LogList(items=[s.LogEntry.of(e) for e in items])
 
 
 class OlderRetryMany(s.Body):

@@ -72,3 +72,36 @@ def test_the_dead_letters_of_a_queue_named_like_an_option_page_on(
         app.close()
     pages = _pages(cli_env, "queues", "dead-letters", "--limit", "1", "--", "-retry")
     assert pages == [[run_id] for run_id in reversed(started)]
+
+
+def test_runs_logs_prints_a_log_longer_than_a_page_whole_and_in_order(
+        cli_env: dict[str, str], db_url: str) -> None:
+    """``runs logs`` reads a long log 10,000 records at a time: every record is
+    printed once, in order, across the page boundary (and so is ``--json``)."""
+    from stackshift.store.base import LogWrite
+    from stackshift.store.execution import write_logs
+
+    count = 10_050
+    app = StackShift(db_url)
+    try:
+        app.job("quiet", lambda ctx: None)
+        run = app.start("quiet")
+        other = app.start("quiet")
+        db = app._service.store.db
+        with db.write() as tx:
+            write_logs(tx, run.id, [LogWrite(1.0 + n / 1e4, "INFO", "app", f"line {n}", "s", 1)
+                                    for n in range(count)])
+            write_logs(tx, other.id, [LogWrite(1.0, "INFO", "app", "other run", "s", 1)])
+    finally:
+        app.close()
+    shown = subprocess.run([*STACKSHIFT, "runs", "logs", run.id], capture_output=True,
+                           text=True, timeout=120, env=cli_env)
+    assert shown.returncode == 0, shown.stderr
+    assert [line.rsplit(": ", 1)[-1] for line in shown.stdout.splitlines()] == [
+        f"line {n}" for n in range(count)]
+    listed = subprocess.run([*STACKSHIFT, "runs", "logs", run.id, "--json"],
+                            capture_output=True, text=True, timeout=120, env=cli_env)
+    assert listed.returncode == 0, listed.stderr
+    entries = json.loads(listed.stdout)
+    assert [e["message"] for e in entries] == [f"line {n}" for n in range(count)]
+    assert len({e["id"] for e in entries}) == count

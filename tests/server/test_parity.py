@@ -187,6 +187,12 @@ def scenario(app: StackShift, engine: StackShift, tag: str) -> list[tuple[str, A
     t.call("logs after the last", lambda: app.runs.logs(first.id, after=last_log))
     for bad in (-1, True, "3"):
         t.call(f"logs after {bad!r}", lambda b=bad: app.runs.logs(first.id, after=b))
+    t.call("logs limit 1", lambda: app.runs.logs(first.id, limit=1))
+    t.call("logs after the first, limit 1", lambda: app.runs.logs(
+        first.id, after=app.runs.logs(first.id)[0].id, limit=1))
+    for bad in (0, 10_001, True, "3", 1.0):
+        t.call(f"logs limit {bad!r}", lambda b=bad: app.runs.logs(first.id, limit=b))
+    t.call("logs of a missing run, limit 1", lambda: app.runs.logs("run_missing", limit=1))
     t.call("cancel a completed run", lambda: app.runs.cancel(first.id))
     t.call("retry a completed run", lambda: app.runs.retry(first.id))
     t.call("cancel a failed run", lambda: app.runs.cancel(declined.id))

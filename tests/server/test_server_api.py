@@ -840,3 +840,33 @@ def test_worker_registration_refuses_the_concurrency_the_sdk_refuses(
         assert register(100_000).status_code == 200
     finally:
         app.close()
+
+
+def test_a_long_log_is_read_in_pages_through_the_server(
+        http: httpx.Client, remote: StackShift, served_db: str) -> None:
+    """``GET /v1/runs/{id}/logs?limit=`` gives the first records after ``after``;
+    the remote client reads a whole log in pages of 10,000 (two requests for
+    10,050 records), not in one answer."""
+    from stackshift.store.base import LogWrite
+    from stackshift.store.execution import write_logs
+
+    count = 10_050
+    with StackShift(served_db) as engine:
+        engine.job("quiet", lambda ctx: None)
+        run = engine.start("quiet")
+        with engine._service.store.db.write() as tx:
+            write_logs(tx, run.id, [LogWrite(1.0, "INFO", "app", f"line {n}", None, None)
+                                    for n in range(count)])
+    page = http.get(f"/v1/runs/{run.id}/logs", params={"limit": 3}).json()["items"]
+    assert [e["message"] for e in page] == ["line 0", "line 1", "line 2"]
+    rest = http.get(f"/v1/runs/{run.id}/logs",
+                    params={"after": page[-1]["id"], "limit": 2}).json()["items"]
+    assert [e["message"] for e in rest] == ["line 3", "line 4"]
+    assert_error(http.get(f"/v1/runs/{run.id}/logs", params={"limit": 10_001}), 422,
+                 "validation_error")
+
+    route = {"method": "GET", "route": "/v1/runs/{run_id}/logs", "status": "200"}
+    before = _count(http.get("/metrics").text, **route)
+    entries = remote.runs.logs(run.id)
+    assert [e.message for e in entries] == [f"line {n}" for n in range(count)]
+    assert _count(http.get("/metrics").text, **route) - before == 2

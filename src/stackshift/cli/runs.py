@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import click
 
 from ..engine.transitions import TERMINAL
+from ..service import MAX_LOG_PAGE
 from .failures import ExitCode
 from .options import (
     database_url_option,
@@ -34,6 +36,7 @@ from .start import report_finished, wait_for_run
 
 if TYPE_CHECKING:
     from ..client import StackShift
+    from ..models import LogEntry
 
 
 @click.group()
@@ -120,14 +123,28 @@ def logs(run_id: str, follow: bool, as_json: bool, database_url: str | None) -> 
         if follow:
             follow_logs(app, run_id, as_json)
             return
-        entries = app.runs.logs(run_id)
-    if as_json:
-        echo_json(entries)
-        return
-    if not entries:
+        if as_json:
+            echo_json([entry for page in log_pages(app, run_id) for entry in page])
+            return
+        printed = False
+        for page in log_pages(app, run_id):  # printed as they are read
+            console().print(log_lines(page), end="")
+            printed = True
+    if not printed:
         console().print("No logs for this run.", style="dim")
-        return
-    console().print(log_lines(entries), end="")
+
+
+def log_pages(app: StackShift, run_id: str, after: int = 0) -> Iterator[list[LogEntry]]:
+    """The run's records after ``after``, oldest first, in pages of
+    :data:`~stackshift.service.MAX_LOG_PAGE` (none empty): a long log is neither
+    read nor held whole."""
+    while True:
+        page = app.runs.logs(run_id, after=after, limit=MAX_LOG_PAGE)
+        if page:
+            yield page
+            after = page[-1].id
+        if len(page) < MAX_LOG_PAGE:
+            return
 
 
 def follow_logs(app: StackShift, run_id: str, as_json: bool) -> None:
@@ -137,14 +154,13 @@ def follow_logs(app: StackShift, run_id: str, as_json: bool) -> None:
     while True:
         # The status first: a run seen ended has saved every record it will.
         run = app.runs.get(run_id)
-        entries = app.runs.logs(run_id, after=last)
-        if entries:
-            last = entries[-1].id
+        for page in log_pages(app, run_id, after=last):
+            last = page[-1].id
             if as_json:
-                for entry in entries:
+                for entry in page:
                     click.echo(json.dumps(to_data(entry), ensure_ascii=False))
             else:
-                out.print(log_lines(entries), end="")
+                out.print(log_lines(page), end="")
         if run.status in TERMINAL:
             break
         time.sleep(FOLLOW_EVERY)

@@ -17,7 +17,7 @@ from starlette.convertors import Convertor, register_url_convertor
 
 from ..durations import to_datetime
 from ..engine.transitions import Status
-from ..service import Service
+from ..service import MAX_LOG_PAGE, Service
 from . import schemas as s
 from .bodies import JsonBodyRoute
 from .errors import ApiError
@@ -182,8 +182,13 @@ def run_timeline(run_id: RunId, request: Request) -> s.TimelineList:
 @router.get("/runs/{run_id}/logs", responses=NOT_FOUND, tags=["runs"])
 def run_logs(run_id: RunId, request: Request, after: Annotated[int | None, Query(
         ge=0, lt=2 ** 63, description="Only the records logged after the one with this id"
-        " (the last one read), to follow a running run.")] = None) -> s.LogList:
-    items = service_of(request).logs(run_id, after)
+        " (the last one read), to follow a running run.")] = None,
+        limit: Annotated[int | None, Query(
+            ge=1, le=MAX_LOG_PAGE, description="At most this many records, the first"
+            " ones after `after`: a long log is read in pages, each `after` the last"
+            " record's id of the page before, until a page comes back shorter. Without"
+            " it, every record in one answer.")] = None) -> s.LogList:
+    items = service_of(request).logs(run_id, after, limit)
     return s.LogList(items=[s.LogEntry.of(e) for e in items])
 
 

@@ -207,6 +207,9 @@ def _start_many(tx: Tx, starts: list[tuple[NewRun, float]]) -> list[Run]:
     return [rows.run(by_id[new.id]) for new, _ in starts]
 
 
+#: ``LIMIT`` for "all of them", in both dialects.
+_ALL = 2 ** 62
+
 #: How long a failure handler's idempotency key (``on_failure:<run>:<attempt>``) lives.
 FAILURE_HANDLER_KEY_TTL = 7 * 86400.0
 
@@ -434,11 +437,25 @@ class RunStore:
             load_run(tx, run_id)
             return [rows.timeline_entry(r) for r in tx.all("timeline", run_id=run_id)]
 
-    def logs(self, run_id: str, after: int = 0) -> list[LogEntry]:
-        """The run's log records with an id over ``after``, oldest first."""
+    def logs(self, run_id: str, after: int = 0, limit: int | None = None) -> list[LogEntry]:
+        """The run's log records with an id over ``after``, oldest first; the first
+        ``limit`` of them, if given."""
         with self.db.read() as tx:
             load_run(tx, run_id)
-            return [rows.log_entry(r) for r in tx.all("logs", run_id=run_id, after=after)]
+            return [rows.log_entry(r) for r in tx.all(
+                "logs", run_id=run_id, after=after, limit=_ALL if limit is None else limit)]
+
+    def latest_logs(self, run_id: str, limit: int) -> tuple[list[LogEntry], int]:
+        """The run's last ``limit`` log records, oldest first, and how many it has
+        before them. Reads those records only, however many the run logged."""
+        with self.db.read() as tx:
+            load_run(tx, run_id)
+            entries = [rows.log_entry(r) for r in reversed(
+                tx.all("latest_logs", run_id=run_id, limit=limit))]
+            if len(entries) < limit:
+                return entries, 0
+            earlier = tx.all("count_logs_before", run_id=run_id, before=entries[0].id)
+            return entries, int(earlier[0]["n"])
 
     def attempts(self, run_id: str) -> list[Attempt]:
         with self.db.read() as tx:

@@ -205,7 +205,14 @@ WHERE status IN ('scheduled', 'retrying', 'waiting');
 SELECT * FROM timeline WHERE run_id = :run_id ORDER BY at, id;
 
 -- name: logs
-SELECT * FROM logs WHERE run_id = :run_id AND id > :after ORDER BY id;
+SELECT * FROM logs WHERE run_id = :run_id AND id > :after ORDER BY id LIMIT :limit;
+
+-- name: latest_logs
+-- The run's last :limit records, newest first (RunStore.latest_logs turns them).
+SELECT * FROM logs WHERE run_id = :run_id ORDER BY id DESC LIMIT :limit;
+
+-- name: count_logs_before
+SELECT COUNT(*) AS n FROM logs WHERE run_id = :run_id AND id < :before;
 
 -- name: attempts
 SELECT * FROM attempts WHERE run_id = :run_id ORDER BY number;
