@@ -24,7 +24,7 @@ from .queues import retry_options, retry_with_progress
 from .render import (
     console,
     echo_json,
-    log_lines,
+    print_logs,
     run_detail,
     runs_table,
     status_text,
@@ -128,7 +128,7 @@ def logs(run_id: str, follow: bool, as_json: bool, database_url: str | None) -> 
             return
         printed = False
         for page in log_pages(app, run_id):  # printed as they are read
-            console().print(log_lines(page), end="")
+            print_logs(console(), page)
             printed = True
     if not printed:
         console().print("No logs for this run.", style="dim")
@@ -160,7 +160,7 @@ def follow_logs(app: StackShift, run_id: str, as_json: bool) -> None:
                 for entry in page:
                     click.echo(json.dumps(to_data(entry), ensure_ascii=False))
             else:
-                out.print(log_lines(page), end="")
+                print_logs(out, page)
         if run.status in TERMINAL:
             break
         time.sleep(FOLLOW_EVERY)
