@@ -138,10 +138,8 @@ def test_log_records_written_to_a_pipe_read_as_rich_lays_them_out() -> None:
                 "line\u2028sep\ttab", "trailing  ", "", "combining e\u0301\t|",
                 "Traceback (most recent call last):\n  File \"x.py\"\n\tKeyError: 'k'"]
     entries = [LogEntry(n, "run_1", None if n % 3 == 0 else n, "step\t1" if n % 2 else None,
-                        at, level, "app.logger", message)
-               for n, (message, level) in enumerate(
-                   (m, ("INFO", "WARNING", "ERROR", "DEBUG")[i % 4])
-                   for i, m in enumerate(messages))]
+                        at, ("INFO", "WARNING", "ERROR", "DEBUG")[n % 4], "app.logger", message)
+               for n, message in enumerate(messages)]
 
     def piped() -> tuple[Console, io.StringIO]:
         sink = io.StringIO()
