@@ -155,13 +155,14 @@ class Runs:
     def timeline(self, run_id: str) -> builtins.list[TimelineEntry]:
         return self._s.timeline(run_id)
 
-    def logs(self, run_id: str, *, after: int | None = None,
-             limit: int | None = None) -> builtins.list[LogEntry]:
+    def logs(self, run_id: str, *, after: int | None = None, limit: int | None = None,
+             last: int | None = None) -> builtins.list[LogEntry]:
         """The run's log records, oldest first; ``after``: only those logged after
         the record with that id (the last one read), to follow a running run;
         ``limit`` (1 to 10,000): at most that many, to read a long log in pages
-        (the next page is ``after`` the last record's id)."""
-        return self._s.logs(run_id, after, limit)
+        (the next page is ``after`` the last record's id); ``last`` (1 to 10,000,
+        without ``after`` or ``limit``): the latest that many records only."""
+        return self._s.logs(run_id, after, limit, last)
 
     def attempts(self, run_id: str) -> builtins.list[Attempt]:
         return self._s.attempts(run_id)

@@ -60,13 +60,12 @@ from .server.errors import rename_fields
 from .service import (
     MAX_LOG_PAGE,
     RunWait,
-    check_after,
     check_filter,
     check_idempotency,
     check_int,
     check_key,
     check_limit,
-    check_log_limit,
+    check_log_window,
     check_reason,
 )
 from .settings import Settings
@@ -259,8 +258,9 @@ class RemoteService(RemoteFlowControl):
         self._limits: Settings | None = None
         #: whether the server takes a lock's holder (servers from before it refuse it)
         self._says_holders = True
-        #: whether the server reads a run's log records in pages (``limit``)
-        self._pages_logs = True
+        #: whether the server reads a run's log records in pages (``limit``) and
+        #: its latest ones (``last``)
+        self._pages_logs = self._tails_logs = True
         self.clock: Clock = SystemClock()
         self.timeout = timeout
         self._http = httpx.Client(
@@ -469,22 +469,34 @@ class RemoteService(RemoteFlowControl):
         return [wire.TimelineEntry.model_validate(x).to_model()
                 for x in self._run_items(run_id, "timeline")]
 
-    def logs(self, run_id: str, after: int | None = None,
-             limit: int | None = None) -> list[LogEntry]:
-        """Without ``limit``, every record, read :data:`MAX_LOG_PAGE` records at a
-        time (no one answer of the server holds a long log whole)."""
-        last = 0 if after is None else check_after(after)
-        wanted = check_log_limit(limit)
+    def logs(self, run_id: str, after: int | None = None, limit: int | None = None,
+             last: int | None = None) -> list[LogEntry]:
+        """Without ``limit`` or ``last``, every record, read :data:`MAX_LOG_PAGE`
+        records at a time (no one answer of the server holds a long log whole)."""
+        first, wanted, last = check_log_window(after, limit, last)
+        if last is not None:
+            if self._tails_logs:
+                try:
+                    return self._log_entries(self._run_items(run_id, "logs", {"last": last}))
+                except ValidationError as exc:
+                    if not str(exc).startswith("query parameter 'last' is unknown here"):
+                        raise
+                    self._tails_logs = False  # a server from before last: not asked again
+            return self.logs(run_id)[-last:]
         page = wanted or MAX_LOG_PAGE
         entries: list[LogEntry] = []
         while True:
-            items = self._log_items(run_id, last, page)
-            entries += [wire.LogEntry.model_validate(x).to_model() for x in items]
+            items = self._log_items(run_id, first, page)
+            entries += self._log_entries(items)
             if wanted is not None:
                 return entries[:wanted]
             if len(items) < page:
                 return entries
-            last = entries[-1].id
+            first = entries[-1].id
+
+    @staticmethod
+    def _log_entries(items: list[Any]) -> list[LogEntry]:
+        return [wire.LogEntry.model_validate(x).to_model() for x in items]
 
     def _log_items(self, run_id: str, after: int, limit: int) -> list[Any]:
         """The first ``limit`` records after ``after``; every one after it from a

@@ -147,14 +147,27 @@ def check_after(after: object) -> int:
 MAX_LOG_PAGE = 10_000
 
 
-def check_log_limit(limit: object) -> int | None:
-    """``runs.logs``'s ``limit``: None (every record) or 1 to :data:`MAX_LOG_PAGE`."""
+def check_log_limit(limit: object, name: str = "limit") -> int | None:
+    """``runs.logs``'s ``limit`` (or ``last``): None (every record) or 1 to
+    :data:`MAX_LOG_PAGE`."""
     if limit is None:
         return None
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LOG_PAGE:
-        raise ValidationError(f"limit must be a whole number from 1 to {MAX_LOG_PAGE:,},"
+        raise ValidationError(f"{name} must be a whole number from 1 to {MAX_LOG_PAGE:,},"
                               f" got {limit!r}")
     return limit
+
+
+def check_log_window(after: object, limit: object,
+                     last: object) -> tuple[int, int | None, int | None]:
+    """``runs.logs``'s ``after``, ``limit`` and ``last``, checked: ``last`` (the
+    latest records) goes with neither of the others (the first ones after a record)."""
+    checked = (0 if after is None else check_after(after), check_log_limit(limit),
+               check_log_limit(last, "last"))
+    if last is not None and (after is not None or limit is not None):
+        raise ValidationError("give last (the latest records) or after and limit (the first"
+                              " ones after a record), not both")
+    return checked
 
 
 def check_idempotency(settings: Settings, key: object, ttl: Any) -> float:
@@ -435,10 +448,12 @@ class Service(FlowControl):
     def timeline(self, run_id: str) -> list[TimelineEntry]:
         return self.store.timeline(run_id)
 
-    def logs(self, run_id: str, after: int | None = None,
-             limit: int | None = None) -> list[LogEntry]:
-        return self.store.logs(run_id, 0 if after is None else check_after(after),
-                               check_log_limit(limit))
+    def logs(self, run_id: str, after: int | None = None, limit: int | None = None,
+             last: int | None = None) -> list[LogEntry]:
+        first, limit, last = check_log_window(after, limit, last)
+        if last is not None:
+            return self.store.latest_logs(run_id, last, count_earlier=False)[0]
+        return self.store.logs(run_id, first, limit)
 
     def latest_logs(self, run_id: str, limit: int) -> tuple[list[LogEntry], int]:
         """The run's last ``limit`` log records, oldest first, and how many came before."""

@@ -507,6 +507,60 @@ def test_runs_logs_follow_prints_a_running_runs_records_as_they_are_saved(
     assert re.search(rf"Run {run.id} completed: \"ok\"", lines[-1]), lines[-1]
 
 
+def test_runs_logs_tail_prints_the_latest_records_and_follows_from_them(
+    db_url: str, app: StackShift
+) -> None:
+    release = threading.Event()
+
+    @app.job("chatty-then-long")
+    def chatty(ctx: Any) -> str:
+        def talk() -> None:
+            for n in range(6):
+                ctx.log.info("n %d", n)
+
+        ctx.step.run("talk", talk)  # saved with the step's checkpoint
+        ctx.step.run("wait", lambda: release.wait(30))
+        ctx.log.info("after")
+        return "ok"
+
+    def said(lines: list[str]) -> list[str]:
+        return [line.split("stackshift.run: ", 1)[1].strip() for line in lines
+                if "stackshift.run: " in line]
+
+    with app.worker():
+        run = app.start("chatty-then-long")
+        try:
+            eventually(lambda: len(app.runs.logs(run.id)) == 6, what="the first six records")
+            tail = cli(db_url, "runs", "logs", run.id, "--tail", "2")
+            assert tail.returncode == 0, tail.stderr
+            assert said(tail.stdout.splitlines()) == ["n 4", "n 5"]
+            assert [r["message"] for r in cli_json(db_url, "runs", "logs", run.id, "-n", "3")] \
+                == ["n 3", "n 4", "n 5"]
+            for bad in ("0", "10001", "x"):
+                refused = cli(db_url, "runs", "logs", run.id, "--tail", bad)
+                assert refused.returncode == 2 and "'--tail'" in refused.stderr, refused.stderr
+            lines: list[str] = []
+            with subprocess.Popen([*STACKSHIFT, "runs", "logs", run.id, "--tail", "1",
+                                   "--follow"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env=_env(db_url)) as follow:
+                assert follow.stdout is not None and follow.stderr is not None
+                reader = threading.Thread(target=lambda: lines.extend(follow.stdout),
+                                          daemon=True)
+                reader.start()
+                try:
+                    eventually(lambda: said(lines) == ["n 5"], what="the latest record")
+                    assert follow.poll() is None  # still following
+                    release.set()
+                    assert follow.wait(timeout=30) == 0, follow.stderr.read()
+                finally:
+                    follow.kill()
+                    reader.join(10)
+        finally:
+            release.set()
+    assert said(lines) == ["n 5", "after"]
+    assert re.search(rf"Run {run.id} completed: \"ok\"", lines[-1]), lines[-1]
+
+
 def test_runs_logs_follow_json_of_a_failed_run_prints_one_object_a_line_and_exits_1(
     db_url: str, app: StackShift
 ) -> None:

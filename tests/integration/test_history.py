@@ -607,8 +607,8 @@ def test_a_long_log_is_read_in_pages_and_its_latest_records_alone(
         fake_app: StackShift) -> None:
     """``runs.logs(limit=)`` gives the first records after ``after``; pages read
     that way add up to the whole log, once each, in order, and never reach into
-    another run's. The dashboard reads only a run's latest records and how many
-    came before them."""
+    another run's. ``runs.logs(last=)`` gives the latest records alone. The
+    dashboard reads only a run's latest records and how many came before them."""
     @fake_app.job("counting")
     def counting(ctx):  # type: ignore[no-untyped-def]
         for n in range(ctx.payload):
@@ -639,6 +639,21 @@ def test_a_long_log_is_read_in_pages_and_its_latest_records_alone(
             fake_app.runs.logs(run.id, limit=bad)  # type: ignore[arg-type]
     with pytest.raises(RunNotFoundError):
         fake_app.runs.logs("run_missing", limit=5)
+
+    # The latest records alone, oldest first.
+    assert [e.message for e in fake_app.runs.logs(run.id, last=3)] == [
+        "record 22", "record 23", "record 24"]
+    assert fake_app.runs.logs(run.id, last=25) == whole
+    assert fake_app.runs.logs(run.id, last=10_000) == whole
+    assert fake_app.runs.logs(quiet.id, last=5) == []
+    for bad in (0, -1, 10_001, True, "5", 2.0):
+        with pytest.raises(ValueError, match="last must be a whole number from 1 to 10,000"):
+            fake_app.runs.logs(run.id, last=bad)  # type: ignore[arg-type]
+    for mixed in ({"after": 0}, {"limit": 5}, {"after": whole[3].id, "limit": 2}):
+        with pytest.raises(ValueError, match=r"give last .* or after and limit .*, not both"):
+            fake_app.runs.logs(run.id, last=3, **mixed)
+    with pytest.raises(RunNotFoundError):
+        fake_app.runs.logs("run_missing", last=5)
 
     service = fake_app._service
     latest, earlier = service.latest_logs(run.id, 10)

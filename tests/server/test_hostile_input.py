@@ -394,7 +394,9 @@ QUERIES = [  # (path, {parameter: values refused})
     (f"/v1/runs/{RUN}/wait", {"timeout": ["-1", "61", "NaN", "Infinity", "1e400", "%00"]}),
     (f"/v1/runs/{RUN}/logs", {"after": ["-1", "9223372036854775808", "1e400", "NaN", "true",
                                         "", "1.5", "%00", "last"],
-                              "limit": [*LIMIT[:2], "10001", *LIMIT[3:]]}),
+                              "limit": [*LIMIT[:2], "10001", *LIMIT[3:]],
+                              "last": [*LIMIT[:2], "10001", *LIMIT[3:], "5&after=0",
+                                       "5&limit=5"]}),
     ("/v1/events", {"name": FILTER, "correlationKey": FILTER, "limit": LIMIT,
                     "cursor": [*CURSOR, "run_0123456789abcdef0123456789"]}),
     ("/v1/state", {"prefix": FILTER, "after": FILTER, "limit": LIMIT}),
@@ -434,7 +436,7 @@ def test_hostile_query_values_are_refused(http: httpx.Client, unchanged: None, p
     ("/v1/state", "cursor", "after, limit, prefix"),
     ("/v1/locks", "cursor", "after, limit, prefix"),
     (f"/v1/runs/{RUN}", "timeout", "none"),
-    (f"/v1/runs/{RUN}/logs", "since", "after, limit"),
+    (f"/v1/runs/{RUN}/logs", "since", "after, last, limit"),
 ])
 def test_a_query_parameter_the_endpoint_does_not_take_is_422(
         http: httpx.Client, unchanged: None, path: str, misspelt: str, takes: str | None) -> None:

@@ -231,9 +231,10 @@ def test_a_bulk_retry_through_a_server_without_pages_retries_every_match_once(
 
 def test_logs_are_read_whole_and_in_pages_from_a_server_without_pages(
         server: Server, served_db: str) -> None:
-    """Such a server takes no ``limit`` (it refuses it as unknown): the client
-    asks once, then reads a run's records after ``after`` whole and gives the
-    first ``limit`` of them; ``stackshift runs logs`` prints every record."""
+    """Such a server takes no ``limit`` or ``last`` (it refuses them as unknown):
+    the client asks once, then reads a run's records after ``after`` whole and
+    gives the first ``limit`` of them, or the whole log and gives its last
+    ``last``; ``stackshift runs logs`` prints every record, or the latest."""
     from stackshift.testing import run_until_idle
 
     job = f"older-logs-{uuid.uuid4().hex[:8]}"
@@ -253,14 +254,17 @@ def test_logs_are_read_whole_and_in_pages_from_a_server_without_pages(
         assert [e.message for e in app.runs.logs(run.id, after=first[-1].id, limit=5)] == \
             expected[5:10]
         assert [e.message for e in app.runs.logs(run.id)] == expected
+        assert [e.message for e in app.runs.logs(run.id, last=3)] == expected[-3:]
+        assert [e.message for e in app.runs.logs(run.id, last=50)] == expected
         with pytest.raises(ValueError, match="limit must be a whole number from 1 to 10,000"):
             app.runs.logs(run.id, limit=0)
     env = {k: v for k, v in os.environ.items() if not k.startswith("STACKSHIFT_")}
     env.update(STACKSHIFT_URL=server.url, STACKSHIFT_API_KEY=server.api_key)
-    done = subprocess.run([*STACKSHIFT, "runs", "logs", run.id], capture_output=True,
-                          text=True, timeout=60, env=env)
-    assert done.returncode == 0, done.stderr
-    assert [line.rsplit(": ", 1)[-1] for line in done.stdout.splitlines()] == expected
+    for tail, shown in (([], expected), (["--tail", "2"], expected[-2:])):
+        done = subprocess.run([*STACKSHIFT, "runs", "logs", run.id, *tail], capture_output=True,
+                              text=True, timeout=60, env=env)
+        assert done.returncode == 0, done.stderr
+        assert [line.rsplit(": ", 1)[-1] for line in done.stdout.splitlines()] == shown
 
 
 def test_a_remote_worker_holds_a_runs_records_within_its_budget_for_a_server_without_them(

@@ -193,6 +193,11 @@ def scenario(app: StackShift, engine: StackShift, tag: str) -> list[tuple[str, A
     for bad in (0, 10_001, True, "3", 1.0):
         t.call(f"logs limit {bad!r}", lambda b=bad: app.runs.logs(first.id, limit=b))
     t.call("logs of a missing run, limit 1", lambda: app.runs.logs("run_missing", limit=1))
+    t.call("logs last 2", lambda: app.runs.logs(first.id, last=2))
+    t.call("logs last 2 after 0", lambda: app.runs.logs(first.id, last=2, after=0))
+    t.call("logs last 2, limit 2", lambda: app.runs.logs(first.id, last=2, limit=2))
+    for bad in (0, 10_001, True, "3", 1.0):
+        t.call(f"logs last {bad!r}", lambda b=bad: app.runs.logs(first.id, last=b))
     t.call("cancel a completed run", lambda: app.runs.cancel(first.id))
     t.call("retry a completed run", lambda: app.runs.retry(first.id))
     t.call("cancel a failed run", lambda: app.runs.cancel(declined.id))

@@ -844,9 +844,9 @@ def test_worker_registration_refuses_the_concurrency_the_sdk_refuses(
 
 def test_a_long_log_is_read_in_pages_through_the_server(
         http: httpx.Client, remote: StackShift, served_db: str) -> None:
-    """``GET /v1/runs/{id}/logs?limit=`` gives the first records after ``after``;
-    the remote client reads a whole log in pages of 10,000 (two requests for
-    10,050 records), not in one answer."""
+    """``GET /v1/runs/{id}/logs?limit=`` gives the first records after ``after``,
+    ``?last=`` the latest; the remote client reads a whole log in pages of
+    10,000 (two requests for 10,050 records), not in one answer."""
     from stackshift.store.base import LogWrite
     from stackshift.store.execution import write_logs
 
@@ -864,6 +864,11 @@ def test_a_long_log_is_read_in_pages_through_the_server(
     assert [e["message"] for e in rest] == ["line 3", "line 4"]
     assert_error(http.get(f"/v1/runs/{run.id}/logs", params={"limit": 10_001}), 422,
                  "validation_error")
+    latest = http.get(f"/v1/runs/{run.id}/logs", params={"last": 2}).json()["items"]
+    assert [e["message"] for e in latest] == [f"line {count - 2}", f"line {count - 1}"]
+    error = assert_error(http.get(f"/v1/runs/{run.id}/logs", params={"last": 2, "limit": 2}),
+                         422, "validation_error")
+    assert error["message"].endswith("not both")
 
     route = {"method": "GET", "route": "/v1/runs/{run_id}/logs", "status": "200"}
     before = _count(http.get("/metrics").text, **route)

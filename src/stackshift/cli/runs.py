@@ -115,21 +115,27 @@ FOLLOW_EVERY = 0.5
                    " a long step's records with each lease renewal) until the run is"
                    " completed, failed or cancelled; then exit 0 if it completed, 1 if not."
                    " With --json, one JSON object per line.")
+@click.option("--tail", "-n", type=click.IntRange(1, MAX_LOG_PAGE), metavar="N",
+              help=f"Only the latest N records (1 to {MAX_LOG_PAGE:,}); with --follow, then"
+                   " those saved after them.")
 @json_option
 @database_url_option
-def logs(run_id: str, follow: bool, as_json: bool, database_url: str | None) -> None:
+def logs(run_id: str, follow: bool, tail: int | None, as_json: bool,
+         database_url: str | None) -> None:
     """Log records saved while the run's handler ran, oldest first."""
     with open_client(database_url) as app:
         if follow:
-            follow_logs(app, run_id, as_json)
+            follow_logs(app, run_id, as_json, tail)
             return
+        pages = [app.runs.logs(run_id, last=tail)] if tail else log_pages(app, run_id)
         if as_json:
-            echo_json([entry for page in log_pages(app, run_id) for entry in page])
+            echo_json([entry for page in pages for entry in page])
             return
         printed = False
-        for page in log_pages(app, run_id):  # printed as they are read
-            print_logs(console(), page)
-            printed = True
+        for page in pages:  # printed as they are read
+            if page:
+                print_logs(console(), page)
+                printed = True
     if not printed:
         console().print("No logs for this run.", style="dim")
 
@@ -147,14 +153,20 @@ def log_pages(app: StackShift, run_id: str, after: int = 0) -> Iterator[list[Log
             return
 
 
-def follow_logs(app: StackShift, run_id: str, as_json: bool) -> None:
-    """Print the run's records as they come, until it ends; exit 1 unless it completed."""
+def follow_logs(app: StackShift, run_id: str, as_json: bool, tail: int | None = None) -> None:
+    """Print the run's records as they come (from its latest ``tail``, if given),
+    until it ends; exit 1 unless it completed."""
     out = console()
-    last = 0
+    last, tailed = 0, tail is None
     while True:
         # The status first: a run seen ended has saved every record it will.
         run = app.runs.get(run_id)
-        for page in log_pages(app, run_id, after=last):
+        pages = log_pages(app, run_id, after=last) if tailed else [
+            app.runs.logs(run_id, last=tail)]
+        tailed = True
+        for page in pages:
+            if not page:
+                continue
             last = page[-1].id
             if as_json:
                 for entry in page:

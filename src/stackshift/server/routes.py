@@ -187,8 +187,11 @@ def run_logs(run_id: RunId, request: Request, after: Annotated[int | None, Query
             ge=1, le=MAX_LOG_PAGE, description="At most this many records, the first"
             " ones after `after`: a long log is read in pages, each `after` the last"
             " record's id of the page before, until a page comes back shorter. Without"
-            " it, every record in one answer.")] = None) -> s.LogList:
-    items = service_of(request).logs(run_id, after, limit)
+            " it, every record in one answer.")] = None,
+        last: Annotated[int | None, Query(
+            ge=1, le=MAX_LOG_PAGE, description="Only the latest this many records (oldest"
+            " first), without `after` or `limit`.")] = None) -> s.LogList:
+    items = service_of(request).logs(run_id, after, limit, last)
     return s.LogList(items=[s.LogEntry.of(e) for e in items])
 
 

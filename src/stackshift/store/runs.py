@@ -445,14 +445,16 @@ class RunStore:
             return [rows.log_entry(r) for r in tx.all(
                 "logs", run_id=run_id, after=after, limit=_ALL if limit is None else limit)]
 
-    def latest_logs(self, run_id: str, limit: int) -> tuple[list[LogEntry], int]:
+    def latest_logs(self, run_id: str, limit: int,
+                    count_earlier: bool = True) -> tuple[list[LogEntry], int]:
         """The run's last ``limit`` log records, oldest first, and how many it has
-        before them. Reads those records only, however many the run logged."""
+        before them (0 unless ``count_earlier``). Reads those records only,
+        however many the run logged."""
         with self.db.read() as tx:
             load_run(tx, run_id)
             entries = [rows.log_entry(r) for r in reversed(
                 tx.all("latest_logs", run_id=run_id, limit=limit))]
-            if len(entries) < limit:
+            if len(entries) < limit or not count_earlier:
                 return entries, 0
             earlier = tx.all("count_logs_before", run_id=run_id, before=entries[0].id)
             return entries, int(earlier[0]["n"])
