@@ -462,6 +462,63 @@ def test_runs_show_logs_timeline_retry_and_wait_follow_a_failed_run(
     assert cancel.returncode == 1 and "cannot be cancelled" in cancel.stderr
 
 
+def test_runs_show_says_what_a_running_attempt_executes_since_its_last_recorded_step(
+    db_url: str, app: StackShift
+) -> None:
+    """Steps are recorded when they end: while one runs, ``runs show`` ends its
+    steps with a row for it (named after the step its saved records name, else
+    ``in progress``), and ``--json`` gives it as ``in_progress``; once it ends,
+    the recorded step takes its place."""
+    started, release = threading.Event(), threading.Event()
+
+    @app.job("crunch")
+    def crunch(ctx: Any) -> str:
+        ctx.step.run("load", lambda: 1)
+        ctx.step.run("quiet", lambda: started.set() or release.wait(30))
+
+        def work() -> None:
+            ctx.log.info("crunching")
+            release.wait(30)
+
+        ctx.step.run("work", work)
+        return "ok"
+
+    def rows(shown: str) -> list[list[str]]:
+        table = shown[shown.index("STEP"):].splitlines()[2:]
+        return [line.split() for line in table if line.strip()]
+
+    # Leases of 3 s: the worker writes pending records with each renewal (every 1 s).
+    with app.worker(lease="3s"):
+        run = app.start("crunch")
+        try:
+            assert started.wait(20)
+            shown = cli(db_url, "runs", "show", run.id)
+            assert shown.returncode == 0, shown.stderr
+            assert [r[:2] for r in rows(shown.stdout)] == [["load", "run"], ["in", "progress"]]
+            assert rows(shown.stdout)[1][2:4] == ["running", "1"]
+            assert "so far" in shown.stdout and "recorded when it ends" in shown.stdout
+            release.set()  # the quiet step ends; the next logs, then waits again
+            release.clear()
+            eventually(lambda: [s.key for s in app.runs.steps(run.id)] == ["load", "quiet"]
+                       and app.runs.logs(run.id), what="the quiet step, then a saved record")
+            data = cli_json(db_url, "runs", "show", run.id)
+            progress = data["in_progress"]
+            assert (progress["attempt"], progress["step"]) == (1, "work")
+            assert progress["seconds"] >= 0
+            assert datetime.fromisoformat(progress["since"]) >= datetime.fromisoformat(
+                data["steps"][-1]["finished_at"])
+            shown = cli(db_url, "runs", "show", run.id)
+            assert rows(shown.stdout)[-1][:3] == ["work", "running", "1"]
+            assert "named by its log records; recorded when it ends" in shown.stdout
+        finally:
+            release.set()
+        assert app.runs.wait(run.id, timeout="20s").status == "completed"
+    done = cli_json(db_url, "runs", "show", run.id)
+    assert done["in_progress"] is None
+    assert [s["key"] for s in done["steps"]] == ["load", "quiet", "work"]
+    assert "so far" not in cli(db_url, "runs", "show", run.id).stdout
+
+
 def test_runs_logs_follow_prints_a_running_runs_records_as_they_are_saved(
     db_url: str, app: StackShift
 ) -> None:

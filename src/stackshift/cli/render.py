@@ -31,6 +31,7 @@ from ..models import (
     details_with_datetimes,
     is_time_detail,
 )
+from ..progress import InProgress
 
 STATUS_STYLES = {
     "scheduled": "blue",
@@ -455,8 +456,10 @@ def attempt_cell(run: Run) -> str:
     return f"{text} ({run.attempt})" if run.retry_base else text
 
 
-def run_detail(run: Run, attempts: list[Attempt], steps: list[Step]) -> RenderableType:
-    """``runs show``: the run, its payload, result, error, attempts and steps."""
+def run_detail(run: Run, attempts: list[Attempt], steps: list[Step],
+               current: InProgress | None = None) -> RenderableType:
+    """``runs show``: the run, its payload, result, error, attempts and steps, the
+    last row of which says what a running attempt executes (``current``)."""
     rows: list[tuple[str, Any]] = [
         ("id", run.id),
         ("job", run.job),
@@ -498,8 +501,8 @@ def run_detail(run: Run, attempts: list[Attempt], steps: list[Step]) -> Renderab
             parts.append(Text(shown_as_is(run.error.traceback.rstrip()), style="dim"))
     if attempts:
         parts += [Text(""), attempts_table(attempts)]
-    if steps:
-        parts += [Text(""), steps_table(steps)]
+    if steps or current:
+        parts += [Text(""), steps_table(steps, current)]
     return Group(*parts)
 
 
@@ -524,7 +527,7 @@ def attempts_table(attempts: list[Attempt]) -> Table:
     return table
 
 
-def steps_table(steps: list[Step]) -> Table:
+def steps_table(steps: list[Step], current: InProgress | None = None) -> Table:
     table = _table("steps")
     fits: tuple[tuple[str, Fit], ...] = (("STEP", "whole"), ("KIND", "folds"),
                                          ("STATUS", "folds"), ("ATTEMPT", "folds"),
@@ -546,6 +549,12 @@ def steps_table(steps: list[Step]) -> Table:
         )
         table.add_row(step.key, step.kind, status_text(step.status), str(step.attempt),
                       duration, outcome)
+    if current is not None:
+        table.add_row(current.step or Text("in progress", style="dim"), "",
+                      status_text("running"), str(current.attempt),
+                      f"{span(current.seconds)} so far",
+                      ("named by its log records; " if current.step else "")
+                      + "recorded when it ends")
     return table
 
 

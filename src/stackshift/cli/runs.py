@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import click
 
 from ..engine.transitions import TERMINAL
+from ..progress import in_progress
 from ..service import MAX_LOG_PAGE
 from .failures import ExitCode
 from .options import (
@@ -24,6 +26,7 @@ from .queues import retry_options, retry_with_progress
 from .render import (
     console,
     echo_json,
+    iso,
     print_logs,
     run_detail,
     runs_table,
@@ -90,18 +93,33 @@ def list_runs(
 @json_option
 @database_url_option
 def show(run_id: str, as_json: bool, database_url: str | None) -> None:
-    """Status, payload, result, error with traceback, attempts and steps of a run."""
+    """Status, payload, result, error with traceback, attempts and steps of a run
+    (and, while it runs, what its attempt executes since its last recorded step)."""
     with open_client(database_url) as app:
         run = app.runs.get(run_id)
         attempts = app.runs.attempts(run_id)
         steps = app.runs.steps(run_id)
+        current = None
+        if run.status == "running":  # steps are recorded when they end
+            timeline = sorted(app.runs.timeline(run_id), key=lambda e: (e.at, e.id))
+            current = in_progress(run, attempts, timeline,
+                                  app.runs.logs(run_id, last=NAMING_RECORDS), time.time())
     if as_json:
         data = to_data(run)
         data["attempts"] = to_data(attempts)
         data["steps"] = to_data(steps)
+        data["in_progress"] = None if current is None else {
+            "attempt": current.attempt, "step": current.step,
+            "since": iso(datetime.fromtimestamp(current.since, UTC)),
+            "seconds": round(current.seconds, 3)}
         echo_json(data)
         return
-    console().print(run_detail(run, attempts, steps))
+    console().print(run_detail(run, attempts, steps, current))
+
+
+#: The latest log records ``runs show`` reads to name the step a running attempt
+#: executes (the step of the latest one logged since its last recorded step).
+NAMING_RECORDS = 50
 
 
 #: Seconds between two looks for new records with ``runs logs --follow``.

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..models import Attempt, LogEntry, Run, TimelineEntry
+from ..progress import InProgress, executing
+from ..progress import in_progress as find_in_progress
 from .formatting import duration
 
 #: Idle stretches longer than this share of the busy time are compressed to it.
@@ -28,8 +30,6 @@ MAX_STEP_ROWS = 250
 TICK_SPACING = 9.0
 
 _ENDS_WAIT = ("run.queued", "wait.timed_out", "run.cancelled", "run.failed", "run.completed")
-_ENDS_RUNNING = ("run.waiting", "run.completed", "run.failed", "run.retrying", "run.cancelled",
-                 "run.queued")
 
 
 @dataclass(frozen=True)
@@ -116,18 +116,6 @@ class Waterfall:
     hidden_steps: int = 0
     #: what the running attempt executes now, not recorded until it ends
     in_progress: InProgress | None = None
-
-
-@dataclass(frozen=True)
-class InProgress:
-    """The part of a running attempt since its last recorded step (or since it
-    started or resumed): a step not yet recorded, or the handler between steps.
-    ``step`` is the step its log records name, when it has logged."""
-
-    attempt: int
-    since: float
-    seconds: float
-    step: str | None
 
 
 def _f(value: Any) -> float:
@@ -273,17 +261,8 @@ def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
     finished = run.finished_at.timestamp() if run.finished_at else None
     horizon = finished if finished is not None else max(now, t0)
 
-    busy: list[tuple[float, float]] = []
     # -- the time the handler was actually executing (between resumes and pauses)
-    running_since: float | None = None
-    for e in entries:
-        at = e.at.timestamp()
-        if e.kind in ("attempt.started", "run.resumed"):
-            running_since = at
-        elif (e.kind in _ENDS_RUNNING and running_since is not None
-              and (e.kind != "run.queued" or e.data.get("from") == "running")):
-            busy.append((running_since, at))
-            running_since = None
+    busy, running_since = executing(entries)
     if running_since is not None:
         busy.append((running_since, horizon))
 
@@ -374,7 +353,7 @@ def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
         elif e.kind == "run.cancelled" and not e.attempt and rows:
             rows[-1].marks.append(Mark(at, "cancel", "cancelled"))
 
-    in_progress = _in_progress(run, attempts, entries, running_since, horizon, logs or [])
+    in_progress = find_in_progress(run, attempts, entries, logs or [], horizon)
     current: Row | None = None
     if in_progress is not None:
         name = in_progress.step
@@ -434,24 +413,6 @@ def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
         hidden_steps=hidden,
         in_progress=in_progress,
     )
-
-
-def _in_progress(run: Run, attempts: list[Attempt], entries: list[TimelineEntry],
-                 running_since: float | None, horizon: float,
-                 logs: list[LogEntry]) -> InProgress | None:
-    """What the running attempt executes now: from the end of its last recorded
-    step (or when it started or resumed) until now."""
-    open_attempts = [a for a in attempts if a.finished_at is None]
-    if run.status != "running" or running_since is None or not open_attempts:
-        return None
-    number = max(a.number for a in open_attempts)
-    since = running_since
-    for e in entries:
-        if e.attempt == number and e.kind in ("step.completed", "step.failed"):
-            since = max(since, e.at.timestamp() + _f(e.data.get("duration") or 0.0))
-    named = [e for e in logs if e.attempt == number and e.step and e.at.timestamp() >= since]
-    return InProgress(number, since, max(0.0, horizon - since),
-                      named[-1].step if named else None)
 
 
 def _lead_in(entries: list[TimelineEntry], number: int, start: float,
