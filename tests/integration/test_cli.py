@@ -20,7 +20,8 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -462,6 +463,25 @@ def test_runs_show_logs_timeline_retry_and_wait_follow_a_failed_run(
     assert cancel.returncode == 1 and "cannot be cancelled" in cancel.stderr
 
 
+@contextmanager
+def following(db_url: str, run_id: str,
+              *args: str) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """``stackshift runs logs RUN_ID --follow ARGS`` running for the block, with the
+    lines it prints as they come."""
+    lines: list[str] = []
+    with subprocess.Popen([*STACKSHIFT, "runs", "logs", run_id, "--follow", *args],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=_env(db_url)) as follow:
+        assert follow.stdout is not None
+        reader = threading.Thread(target=lambda: lines.extend(follow.stdout), daemon=True)
+        reader.start()
+        try:
+            yield follow, lines
+        finally:
+            follow.kill()
+            reader.join(10)
+
+
 def test_runs_show_says_what_a_running_attempt_executes_since_its_last_recorded_step(
     db_url: str, app: StackShift
 ) -> None:
@@ -539,24 +559,16 @@ def test_runs_logs_follow_prints_a_running_runs_records_as_they_are_saved(
     # Leases of 3 s: the worker writes pending records with each renewal (every 1 s).
     with app.worker(lease="3s"):
         run = app.start("long")
-        lines: list[str] = []
-        with subprocess.Popen([*STACKSHIFT, "runs", "logs", run.id, "--follow"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=_env(db_url)) as follow:
-            assert follow.stdout is not None and follow.stderr is not None
-            reader = threading.Thread(target=lambda: lines.extend(follow.stdout), daemon=True)
-            reader.start()
-            try:
+        try:
+            with following(db_url, run.id) as (follow, lines):
                 eventually(lambda: any("waiting for the release" in line for line in lines),
                            what="the record of the step still running")
                 assert app.runs.get(run.id).status == "running"
                 assert follow.poll() is None  # still following
                 release.set()
-                assert follow.wait(timeout=30) == 0, follow.stderr.read()
-            finally:
-                release.set()
-                follow.kill()
-                reader.join(10)
+                assert follow.wait(timeout=30) == 0, lines
+        finally:
+            release.set()
     messages = [line for line in lines if "stackshift.run:" in line]
     assert [m.split("stackshift.run: ", 1)[1].strip() for m in messages] == [
         "first part done", "waiting for the release", "all done"]
@@ -596,22 +608,11 @@ def test_runs_logs_tail_prints_the_latest_records_and_follows_from_them(
             for bad in ("0", "10001", "x"):
                 refused = cli(db_url, "runs", "logs", run.id, "--tail", bad)
                 assert refused.returncode == 2 and "'--tail'" in refused.stderr, refused.stderr
-            lines: list[str] = []
-            with subprocess.Popen([*STACKSHIFT, "runs", "logs", run.id, "--tail", "1",
-                                   "--follow"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True, env=_env(db_url)) as follow:
-                assert follow.stdout is not None and follow.stderr is not None
-                reader = threading.Thread(target=lambda: lines.extend(follow.stdout),
-                                          daemon=True)
-                reader.start()
-                try:
-                    eventually(lambda: said(lines) == ["n 5"], what="the latest record")
-                    assert follow.poll() is None  # still following
-                    release.set()
-                    assert follow.wait(timeout=30) == 0, follow.stderr.read()
-                finally:
-                    follow.kill()
-                    reader.join(10)
+            with following(db_url, run.id, "--tail", "1") as (follow, lines):
+                eventually(lambda: said(lines) == ["n 5"], what="the latest record")
+                assert follow.poll() is None  # still following
+                release.set()
+                assert follow.wait(timeout=30) == 0, lines
         finally:
             release.set()
     assert said(lines) == ["n 5", "after"]
