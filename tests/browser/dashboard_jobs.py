@@ -101,6 +101,13 @@ def register_jobs(app: StackShift) -> None:
 
         ctx.step.run("talk", talk)
 
+    @app.job("many-items", queue="reports", max_attempts=1)
+    def many_items(ctx: Any) -> int:
+        """A step for each of ``items`` items."""
+        for n in range(ctx.payload["items"]):
+            ctx.step.run(f"item-{n}", lambda n=n: n)
+        return int(ctx.payload["items"])
+
     @app.job("resize-image", queue="media")
     def resize_image(ctx: Any) -> dict[str, Any]:
         ctx.step.run("resize", _pause(0.005))

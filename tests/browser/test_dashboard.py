@@ -235,6 +235,34 @@ def test_a_run_that_logged_more_than_the_page_shows_its_latest_lines_and_the_cou
     expect(lines.last).to_have_text("line 2029")
 
 
+def test_a_run_of_many_steps_shows_its_latest_steps_and_timeline_entries_and_the_counts(
+    stack: Dashboard, page: Page
+) -> None:
+    """The steps table and the list of timeline entries show their latest 500
+    rows, say how many came before them and where to read them all, and count
+    every one."""
+    run = stack.app.start("many-items", {"items": 520})
+    stack.wait_status(run.id, "completed", timeout=60)
+    entries = len(stack.app.runs.timeline(run.id))
+    page.goto(stack.at(f"/runs/{run.id}"))
+    steps = page.locator("#steps")
+    expect(steps.locator("h2 .count")).to_have_text("520")
+    expect(steps.locator(".log-note")).to_have_text(
+        f"The first 20 steps are not shown here; stackshift runs show {run.id} lists them all.")
+    rows = steps.locator("tbody tr")
+    expect(rows).to_have_count(500)
+    expect(rows.first.locator("td").first).to_have_text("item-20")
+    expect(rows.last.locator("td").first).to_have_text("item-519")
+    expect(page.locator(".wf-more")).to_contain_text(
+        "270 more steps are not drawn; see the steps table below (its latest 500;")
+    timeline = page.locator("#raw-timeline")
+    expect(timeline.locator("h2 .count")).to_have_text(f"{entries:,}")
+    expect(timeline.locator(".log-note")).to_have_text(
+        f"The first {entries - 500} entries are not shown here; stackshift runs timeline"
+        f" {run.id} prints them all.")
+    expect(timeline.locator("tbody tr")).to_have_count(500)
+
+
 def test_run_with_three_attempts_eight_steps_and_a_wait_resumes_from_its_page(
     stack: Dashboard, page: Page
 ) -> None:

@@ -32,6 +32,9 @@ WINDOWS = {"1h": ("Last hour", 60), "24h": ("Last 24 hours", 48), "7d": ("Last 7
 PAGE_SIZE = 50
 #: Most log lines a run page shows (the newest); the CLI and API give all of them.
 MAX_LOG_LINES = 2000
+#: Most rows of the run page's steps table and of its list of timeline entries
+#: (the latest ones; the CLI lists them all).
+MAX_TABLE_ROWS = 500
 
 
 class NotFound(Exception):
@@ -195,18 +198,27 @@ def run_page(service: Service, run_id: str, params: Mapping[str, str],
         log_groups.setdefault(entry.attempt, []).append(entry)
     attempt_by_number = {a.number: a for a in attempts}
     wait = run.waiting_for
+    # A run that loops over thousands of steps: its latest rows only, so that the
+    # page (sent again at each change while it runs) stays light.
+    hidden_steps = max(0, len(steps) - MAX_TABLE_ROWS)
+    ordered = sorted(timeline, key=lambda e: (e.at, e.id))
+    hidden_entries = max(0, len(ordered) - MAX_TABLE_ROWS)
     return {
         "page_title": f"{run.job} · {run.id}",
         "nav": "runs",
         "run": run,
         "attempts": attempts,
         "attempt_by_number": attempt_by_number,
-        "steps": steps,
+        "steps": steps[hidden_steps:],
+        "step_count": len(steps),
+        "hidden_steps": hidden_steps,
         "log_groups": sorted(log_groups.items(), key=lambda kv: kv[0] or 0),
         "log_count": len(logs) + hidden_logs,
         "hidden_logs": hidden_logs,
         "log_steps": sorted({e.step for e in logs if e.step}),
-        "timeline": sorted(timeline, key=lambda e: (e.at, e.id)),
+        "timeline": ordered[hidden_entries:],
+        "timeline_count": len(ordered),
+        "hidden_entries": hidden_entries,
         "chart": chart,
         "can_cancel": status in CANCELLABLE_AT_ONCE or status == Status.RUNNING,
         "can_retry": status in RETRYABLE,
