@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from dashboard_harness import Dashboard, pixel, screenshot, serve
 from dashboard_jobs import HOSTILE, register_jobs
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Locator, Page, expect
 
 from stackshift import StackShift
 from stackshift.testing import FakeClock, run_until_idle
@@ -225,14 +225,23 @@ def test_a_run_that_logged_more_than_the_page_shows_its_latest_lines_and_the_cou
     run = stack.app.start("chatter", {"lines": 2_030})
     stack.wait_status(run.id, "completed")
     page.goto(stack.at(f"/runs/{run.id}"))
-    logs = page.locator("#logs")
-    expect(logs.locator("h2 .count")).to_have_text("2,030")
-    expect(logs.locator(".log-note")).to_have_text(
-        f"The first 30 lines are not shown here; stackshift runs logs {run.id} prints them all.")
-    lines = logs.locator(".log-line .log-msg")
-    expect(lines).to_have_count(2_000)
-    expect(lines.first).to_have_text("line 30")
-    expect(lines.last).to_have_text("line 2029")
+    _shows_the_latest(page.locator("#logs"), ".log-line .log-msg", "2,030",
+                      f"The first 30 lines are not shown here; stackshift runs logs {run.id}"
+                      " prints them all.", 2_000, ("line 30", "line 2029"))
+
+
+def _shows_the_latest(section: Locator, row: str, total: str, note: str, shown: int,
+                      ends: tuple[str, str] | None = None) -> None:
+    """``section`` counts ``total`` rows in its heading, says ``note`` of those not
+    shown, and shows ``shown`` rows (matching ``row``) from the first to the last of
+    ``ends``."""
+    expect(section.locator("h2 .count")).to_have_text(total)
+    expect(section.locator(".log-note")).to_have_text(note)
+    rows = section.locator(row)
+    expect(rows).to_have_count(shown)
+    if ends is not None:
+        expect(rows.first).to_have_text(ends[0])
+        expect(rows.last).to_have_text(ends[1])
 
 
 def test_a_run_of_many_steps_shows_its_latest_steps_and_timeline_entries_and_the_counts(
@@ -245,22 +254,14 @@ def test_a_run_of_many_steps_shows_its_latest_steps_and_timeline_entries_and_the
     stack.wait_status(run.id, "completed", timeout=60)
     entries = len(stack.app.runs.timeline(run.id))
     page.goto(stack.at(f"/runs/{run.id}"))
-    steps = page.locator("#steps")
-    expect(steps.locator("h2 .count")).to_have_text("520")
-    expect(steps.locator(".log-note")).to_have_text(
-        f"The first 20 steps are not shown here; stackshift runs show {run.id} lists them all.")
-    rows = steps.locator("tbody tr")
-    expect(rows).to_have_count(500)
-    expect(rows.first.locator("td").first).to_have_text("item-20")
-    expect(rows.last.locator("td").first).to_have_text("item-519")
+    _shows_the_latest(page.locator("#steps"), "tbody tr td:first-child", "520",
+                      f"The first 20 steps are not shown here; stackshift runs show {run.id}"
+                      " lists them all.", 500, ("item-20", "item-519"))
     expect(page.locator(".wf-more")).to_contain_text(
         "270 more steps are not drawn; see the steps table below (its latest 500;")
-    timeline = page.locator("#raw-timeline")
-    expect(timeline.locator("h2 .count")).to_have_text(f"{entries:,}")
-    expect(timeline.locator(".log-note")).to_have_text(
-        f"The first {entries - 500} entries are not shown here; stackshift runs timeline"
-        f" {run.id} prints them all.")
-    expect(timeline.locator("tbody tr")).to_have_count(500)
+    _shows_the_latest(page.locator("#raw-timeline"), "tbody tr", f"{entries:,}",
+                      f"The first {entries - 500} entries are not shown here; stackshift runs"
+                      f" timeline {run.id} prints them all.", 500)
 
 
 def test_run_with_three_attempts_eight_steps_and_a_wait_resumes_from_its_page(
