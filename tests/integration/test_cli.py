@@ -710,8 +710,10 @@ def test_runs_show_and_list_count_attempts_from_a_manual_retry(
     detail = cli_json(db_url, "runs", "show", run_id)
     assert (detail["status"], detail["attempt"], detail["retry_base"]) == ("completed", 3, 2)
     assert detail["error"] is None
-    # One run reads the same in show and list (show adds its attempts and steps).
+    # One run reads the same in show and list (show adds its attempts and steps,
+    # and what a running attempt executes: none here).
     (listed,) = cli_json(db_url, "runs", "list", "--job", "sync-ledger")["items"]
+    assert detail.pop("in_progress") is None
     assert {k: v for k, v in detail.items() if k not in ("attempts", "steps")} == listed
     table = cli(db_url, "runs", "list", "--job", "sync-ledger")
     row = next(line for line in table.stdout.splitlines() if run_id in line)
