@@ -233,6 +233,12 @@ def _epoch(value: datetime | None) -> float | None:
     return None if value is None else value.timestamp()
 
 
+def _unknown_query(refused: ValidationError, name: str) -> bool:
+    """Whether the server refused query parameter ``name`` as one it does not take
+    (a server from an earlier version)."""
+    return str(refused).startswith(f"query parameter {name!r} is unknown here")
+
+
 class RemoteService(RemoteFlowControl):
     """The client's operations as requests to ``stackshift server`` at ``base_url``.
 
@@ -479,7 +485,7 @@ class RemoteService(RemoteFlowControl):
                 try:
                     return self._log_entries(self._run_items(run_id, "logs", {"last": last}))
                 except ValidationError as exc:
-                    if not str(exc).startswith("query parameter 'last' is unknown here"):
+                    if not _unknown_query(exc, "last"):
                         raise
                     self._tails_logs = False  # a server from before last: not asked again
             return self.logs(run_id)[-last:]
@@ -505,7 +511,7 @@ class RemoteService(RemoteFlowControl):
             try:
                 return self._run_items(run_id, "logs", {"after": after, "limit": limit})
             except ValidationError as exc:
-                if not str(exc).startswith("query parameter 'limit' is unknown here"):
+                if not _unknown_query(exc, "limit"):
                     raise
                 self._pages_logs = False
         return self._run_items(run_id, "logs", {"after": after})

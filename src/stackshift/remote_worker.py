@@ -248,8 +248,9 @@ def _sent_logs(logs: Sequence[LogWrite],
     """:func:`sent_logs`, and the bytes those bodies take."""
     bodies = [w.LogBody.of(record) for record in logs]
     sizes = [_body_size(body) for body in bodies]
-    if sum(sizes) <= budget:
-        return bodies, sum(sizes)
+    total = sum(sizes)
+    if total <= budget:
+        return bodies, total
     half = (budget - 1024) // 2  # 1 KiB: the warning's own room
     first = used = 0
     while used + sizes[first] <= half:
