@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -158,6 +159,8 @@ class SqliteDatabase:
             conn.execute("PRAGMA busy_timeout = 0")
             conn.execute("PRAGMA wal_autocheckpoint = 0")
             self._checkpointer = _Checkpointer(self._open(), self._write_lock)
+            # The commit that starts the WAL over cuts its file back to this size.
+            conn.execute(f"PRAGMA journal_size_limit = {self._checkpointer.limit}")
             self._writer = conn
         return self._writer
 
@@ -323,6 +326,11 @@ def _retry_busy(attempt: Callable[[], bool], seconds: float) -> bool:
     return False
 
 
+#: Bytes of a WAL file's header and of each frame's header, before its page.
+_WAL_HEADER = 32
+_WAL_FRAME_HEADER = 24
+
+
 class _Checkpointer:
     """Copies the WAL back into the database file from a thread of its own.
 
@@ -338,6 +346,15 @@ class _Checkpointer:
     until it has copied everything (``RESTART``): this process's through its
     write lock, other processes' by taking SQLite's, retried as writers retry
     it, for at most ``RESTART_WAIT`` seconds (a later tick tries again).
+
+    A checkpoint finds how long the WAL is only when no other process's
+    checkpoint runs. When one does, the length is read off the WAL file: the
+    commit that starts the WAL over cuts the file back to ``limit`` bytes
+    (room for twice ``RESTART_PAGES`` pages, which a WAL this process
+    restarts seldom reaches), so a longer file means a WAL that has outgrown
+    it. Two processes writing back to back would otherwise keep each other's
+    checkpoints from learning it, and the WAL would hold every page written
+    until they stopped.
     """
 
     TICK = 0.05
@@ -350,6 +367,10 @@ class _Checkpointer:
         self._write_lock = write_lock
         self._stopping = threading.Event()
         conn.execute("PRAGMA busy_timeout = 0")  # _retry_busy waits instead
+        self._wal = conn.execute("PRAGMA database_list").fetchone()["file"] + "-wal"
+        # A WAL file is a header and, per page, a frame header and the page.
+        frame = int(conn.execute("PRAGMA page_size").fetchone()[0]) + _WAL_FRAME_HEADER
+        self.limit = _WAL_HEADER + 2 * self.RESTART_PAGES * frame
         self._thread = threading.Thread(target=self._loop, name="stackshift-checkpoint",
                                         daemon=True)
         self._thread.start()
@@ -362,7 +383,8 @@ class _Checkpointer:
             seen = self.commits
             try:
                 busy, pages = self._checkpoint("PASSIVE")
-                if not busy and pages > self.RESTART_PAGES:
+                # (busy: another process's checkpoint runs, and it cannot tell)
+                if self._file_outgrown() if busy else pages > self.RESTART_PAGES:
                     with self._write_lock:
                         _retry_busy(lambda: not self._checkpoint("RESTART")[0],
                                     self.RESTART_WAIT)
@@ -375,6 +397,14 @@ class _Checkpointer:
         in the WAL."""
         busy, pages, _copied = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
         return bool(busy), int(pages)
+
+    def _file_outgrown(self) -> bool:
+        """Whether the WAL file is longer than ``limit``: the WAL has outgrown
+        it (or has just started over, until the next commit cuts the file)."""
+        try:
+            return os.stat(self._wal).st_size > self.limit
+        except FileNotFoundError:
+            return False
 
     def stop(self) -> None:
         self._stopping.set()
