@@ -152,3 +152,21 @@ def test_log_records_written_to_a_pipe_read_as_rich_lays_them_out() -> None:
     assert sink.getvalue() == rich_sink.getvalue()
     assert "\\x1b[2J" in sink.getvalue() and "\x1b" not in sink.getvalue()
     assert sink.getvalue().count("\n") == len(messages) + 3  # a line each, and 3 within
+
+
+@pytest.mark.parametrize("sizes", [[], [0], [1], [3, 0, 2], [0, 4, 0]])
+def test_a_list_printed_page_by_page_is_the_json_printed_whole(
+        sizes: list[int], capsys: pytest.CaptureFixture[str]) -> None:
+    """``runs logs --json`` prints a run's records as they are read, page by
+    page; the output is the one JSON list it printed holding them all."""
+    from stackshift.cli.render import echo_json, echo_json_list
+    from stackshift.models import LogEntry
+
+    at = datetime(2026, 5, 6, 9, 0, 0, 123000, tzinfo=UTC)
+    texts = iter(["two\nlines", "失 \u2028 \t", '"quoted" \\', "", "😀", "plain", "x"])
+    pages = [[LogEntry(n * 10 + i, "run_1", n or None, "step", at, "INFO", "app", next(texts))
+              for i in range(size)] for n, size in enumerate(sizes)]
+    echo_json([entry for page in pages for entry in page])
+    whole = capsys.readouterr().out
+    echo_json_list(iter(pages))
+    assert capsys.readouterr().out == whole

@@ -71,6 +71,19 @@ def echo_json(value: Any) -> None:
     click.echo(json.dumps(to_data(value), indent=2, ensure_ascii=False))
 
 
+def echo_json_list(pages: Iterable[Iterable[Any]]) -> None:
+    """The items of ``pages`` as one JSON list, the characters :func:`echo_json`
+    writes for it, printed page by page: a long list is not held whole."""
+    encoder = json.JSONEncoder(indent=2, ensure_ascii=False)
+    started = False
+    for page in pages:
+        items = to_data(list(page))
+        if items:  # the page's list, less its opening "[\n" and closing "\n]"
+            click.echo((",\n" if started else "[\n") + encoder.encode(items)[2:-2], nl=False)
+            started = True
+    click.echo("\n]" if started else "[]")
+
+
 def compact_json(value: Any, limit: int | None = None) -> str:
     text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
     if limit is not None and len(text) > limit:

@@ -26,6 +26,7 @@ from .queues import retry_options, retry_with_progress
 from .render import (
     console,
     echo_json,
+    echo_json_list,
     iso,
     print_logs,
     run_detail,
@@ -147,7 +148,7 @@ def logs(run_id: str, follow: bool, tail: int | None, as_json: bool,
             return
         pages = [app.runs.logs(run_id, last=tail)] if tail else log_pages(app, run_id)
         if as_json:
-            echo_json([entry for page in pages for entry in page])
+            echo_json_list(pages)
             return
         printed = False
         for page in pages:  # printed as they are read
