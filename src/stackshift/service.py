@@ -465,6 +465,10 @@ class Service(FlowControl):
     def steps(self, run_id: str) -> list[Step]:
         return self.store.steps(run_id)
 
+    def latest_steps(self, run_id: str, limit: int) -> tuple[list[Step], int]:
+        """The run's last ``limit`` steps, oldest first, and how many came before."""
+        return self.store.latest_steps(run_id, limit)
+
     # -- events ------------------------------------------------------------------------
 
     def send_event(

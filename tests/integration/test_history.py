@@ -666,6 +666,34 @@ def test_a_long_log_is_read_in_pages_and_its_latest_records_alone(
     assert service.latest_logs(quiet.id, 10) == ([], 0)
 
 
+def test_the_dashboard_reads_a_runs_latest_steps_alone(fake_app: StackShift) -> None:
+    """The run page's steps table reads a run's latest steps and how many came
+    before them: the end of what ``runs.steps`` lists, in its order."""
+    @fake_app.job("looping")
+    def looping(ctx):  # type: ignore[no-untyped-def]
+        for n in range(ctx.payload):
+            ctx.step.run(f"item-{n}", lambda n=n: n * n)
+            ctx.step.run("again", lambda: None)  # one name, many occurrences
+
+    run = fake_app.start("looping", 13)
+    other = fake_app.start("looping", 2)
+    quiet = fake_app.start("looping", 0)
+    run_until_idle(fake_app)
+    service = fake_app._service
+    whole = service.steps(run.id)
+    assert len(whole) == 26
+    latest, earlier = service.latest_steps(run.id, 10)
+    assert (latest, earlier) == (whole[16:], 16)
+    assert {s.name: s.result for s in latest if s.name != "again"} == {
+        s.name: s.result for s in whole[16:] if s.name != "again"}
+    assert service.latest_steps(run.id, 26) == (whole, 0)
+    assert service.latest_steps(run.id, 500) == (whole, 0)
+    assert service.latest_steps(other.id, 3) == (service.steps(other.id)[1:], 1)
+    assert service.latest_steps(quiet.id, 10) == ([], 0)
+    with pytest.raises(RunNotFoundError):
+        service.latest_steps("run_missing", 10)
+
+
 def test_logged_exceptions_keep_their_traceback(fake_app: StackShift) -> None:
     @fake_app.job("oops")
     def oops(ctx):  # type: ignore[no-untyped-def]

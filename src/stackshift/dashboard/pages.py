@@ -187,7 +187,6 @@ def run_page(service: Service, run_id: str, params: Mapping[str, str],
         raise NotFound(f"No run with id {run_id!r}.") from None
     timeline = service.timeline(run_id)
     attempts = service.attempts(run_id)
-    steps = service.steps(run_id)
     # The last lines only: a run that logged a million records is read as fast
     # as one that logged a few (the page reloads each time it logs more).
     logs, hidden_logs = service.latest_logs(run_id, MAX_LOG_LINES)
@@ -199,8 +198,9 @@ def run_page(service: Service, run_id: str, params: Mapping[str, str],
     attempt_by_number = {a.number: a for a in attempts}
     wait = run.waiting_for
     # A run that loops over thousands of steps: its latest rows only, so that the
-    # page (sent again at each change while it runs) stays light.
-    hidden_steps = max(0, len(steps) - MAX_TABLE_ROWS)
+    # page (sent again at each change while it runs) stays light; only those
+    # steps and their results are read.
+    steps, hidden_steps = service.latest_steps(run_id, MAX_TABLE_ROWS)
     ordered = sorted(timeline, key=lambda e: (e.at, e.id))
     hidden_entries = max(0, len(ordered) - MAX_TABLE_ROWS)
     return {
@@ -209,8 +209,8 @@ def run_page(service: Service, run_id: str, params: Mapping[str, str],
         "run": run,
         "attempts": attempts,
         "attempt_by_number": attempt_by_number,
-        "steps": steps[hidden_steps:],
-        "step_count": len(steps),
+        "steps": steps,
+        "step_count": len(steps) + hidden_steps,
         "hidden_steps": hidden_steps,
         "log_groups": sorted(log_groups.items(), key=lambda kv: kv[0] or 0),
         "log_count": len(logs) + hidden_logs,

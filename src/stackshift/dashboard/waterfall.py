@@ -295,25 +295,14 @@ def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
         attempt_rows[attempt.number] = row
         previous_end = attempt.finished_at.timestamp() if attempt.finished_at else None
 
-    children: list[Row] = []
+    # The rows under the attempts, in the order drawn (attempt, start, then the
+    # order of the entries): a step's row is made only if it is among those drawn.
+    children: list[tuple[int, float, int, Row | TimelineEntry]] = []
     waits: dict[tuple[int | None, str | None], Row] = {}
     for i, e in enumerate(entries):
         at = e.at.timestamp()
         if e.kind in ("step.completed", "step.failed"):
-            dur = _f(e.data.get("duration") or 0.0)
-            status = e.kind.split(".")[1]
-            title = f"{e.step}: {status} in {duration(dur)}"
-            if e.data.get("function"):
-                title += f"\n{e.data['function']}"
-            error = e.data.get("error")
-            if error:
-                title += f"\n{error.get('type')}: {error.get('message')}"
-            row = Row("step", e.step or "?", duration(dur), status, e.attempt, e.step, start=at)
-            row.bars.append(Bar(at, at + dur, f"step-{status}", duration(dur), title))
-            if error:
-                row.marks.append(Mark(at + dur, "failed", f"{error.get('type')}: "
-                                                         f"{error.get('message')}"))
-            children.append(row)
+            children.append((e.attempt or 0, at, i, e))
         elif e.kind == "run.waiting":
             kind = "sleep" if e.data.get("waiting_for") == "sleep" else "wait"
             end_entry = next((x for x in entries[i + 1:] if x.kind in _ENDS_WAIT), None)
@@ -335,7 +324,7 @@ def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
             if end_entry is not None and end_entry.kind == "wait.timed_out":
                 row.marks.append(Mark(end, "timeout",
                                       f"timed out ({end_entry.data.get('on_timeout')})"))
-            children.append(row)
+            children.append((e.attempt or 0, at, i, row))
             waits[(e.attempt, e.step)] = row
         elif e.kind == "event.received":
             title = f"event {e.data.get('event')!r} received ({e.data.get('event_id')})"
@@ -343,7 +332,7 @@ def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
             if found is None:  # an early event: the wait took it without pausing
                 found = Row("wait", e.step or "event", "event already there", "done", e.attempt,
                             e.step, start=at)
-                children.append(found)
+                children.append((e.attempt or 0, at, i, found))
                 waits[(e.attempt, e.step)] = found
             found.marks.append(Mark(at, "event", title))
         elif e.kind == "run.cancel_requested":
@@ -371,14 +360,15 @@ def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
                                 open=True)])
 
     hidden = max(0, len(children) - MAX_STEP_ROWS)
-    children = sorted(children, key=lambda r: (r.attempt or 0, r.start))[:MAX_STEP_ROWS]
+    drawn = [item if isinstance(item, Row) else _step_row(item)
+             for *_, item in sorted(children, key=lambda c: c[:3])[:MAX_STEP_ROWS]]
     if current is not None:  # drawn however many steps are not
-        children.append(current)
+        drawn.append(current)
     ordered: list[Row] = []
     for row in rows:
         ordered.append(row)
-        ordered.extend(c for c in children if c.attempt == row.attempt)
-    ordered.extend(c for c in children if c.attempt not in attempt_rows)
+        ordered.extend(c for c in drawn if c.attempt == row.attempt)
+    ordered.extend(c for c in drawn if c.attempt not in attempt_rows)
     if not rows and run.status in ("queued", "scheduled"):
         since = t0
         # The badge names the status: the detail is how long the run has waited, so
@@ -413,6 +403,25 @@ def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
         hidden_steps=hidden,
         in_progress=in_progress,
     )
+
+
+def _step_row(e: TimelineEntry) -> Row:
+    """The row of a step's ``step.completed`` or ``step.failed`` entry."""
+    at = e.at.timestamp()
+    dur = _f(e.data.get("duration") or 0.0)
+    status = e.kind.split(".")[1]
+    title = f"{e.step}: {status} in {duration(dur)}"
+    if e.data.get("function"):
+        title += f"\n{e.data['function']}"
+    error = e.data.get("error")
+    if error:
+        title += f"\n{error.get('type')}: {error.get('message')}"
+    row = Row("step", e.step or "?", duration(dur), status, e.attempt, e.step, start=at)
+    row.bars.append(Bar(at, at + dur, f"step-{status}", duration(dur), title))
+    if error:
+        row.marks.append(Mark(at + dur, "failed", f"{error.get('type')}: "
+                                                 f"{error.get('message')}"))
+    return row
 
 
 def _lead_in(entries: list[TimelineEntry], number: int, start: float,

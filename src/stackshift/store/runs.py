@@ -468,3 +468,14 @@ class RunStore:
         with self.db.read() as tx:
             load_run(tx, run_id)
             return [rows.step(r) for r in tx.all("steps", run_id=run_id)]
+
+    def latest_steps(self, run_id: str, limit: int) -> tuple[list[Step], int]:
+        """The run's last ``limit`` steps, in the order of :meth:`steps`, and how
+        many it has before them. Reads those steps only."""
+        with self.db.read() as tx:
+            load_run(tx, run_id)
+            found = [rows.step(r) for r in reversed(
+                tx.all("latest_steps", run_id=run_id, limit=limit))]
+            if len(found) < limit:
+                return found, 0
+            return found, int(tx.all("count_steps", run_id=run_id)[0]["n"]) - len(found)

@@ -220,6 +220,14 @@ SELECT * FROM attempts WHERE run_id = :run_id ORDER BY number;
 -- name: steps
 SELECT * FROM steps WHERE run_id = :run_id ORDER BY started_at, key;
 
+-- name: latest_steps
+-- The run's last :limit steps in the order of `steps`, newest first (each
+-- database sorts NULLs at the same end both ways; RunStore.latest_steps turns them).
+SELECT * FROM steps WHERE run_id = :run_id ORDER BY started_at DESC, key DESC LIMIT :limit;
+
+-- name: count_steps
+SELECT COUNT(*) AS n FROM steps WHERE run_id = :run_id;
+
 -- name: delete_wait
 DELETE FROM waits WHERE run_id = :run_id;
 
