@@ -350,11 +350,10 @@ class _Checkpointer:
     A checkpoint finds how long the WAL is only when no other process's
     checkpoint runs. When one does, the length is read off the WAL file: the
     commit that starts the WAL over cuts the file back to ``limit`` bytes
-    (room for twice ``RESTART_PAGES`` pages, which a WAL this process
-    restarts seldom reaches), so a longer file means a WAL that has outgrown
-    it. Two processes writing back to back would otherwise keep each other's
-    checkpoints from learning it, and the WAL would hold every page written
-    until they stopped.
+    (room for twice ``RESTART_PAGES`` pages), so a longer file means a WAL
+    that has outgrown it. Two processes writing back to back would otherwise
+    keep each other's checkpoints from learning it, and the WAL would hold
+    every page written until they stopped.
     """
 
     TICK = 0.05
