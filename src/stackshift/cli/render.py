@@ -67,19 +67,22 @@ def to_data(value: Any) -> Any:
     return value
 
 
+#: The JSON the commands print with ``--json``.
+_JSON = json.JSONEncoder(indent=2, ensure_ascii=False)
+
+
 def echo_json(value: Any) -> None:
-    click.echo(json.dumps(to_data(value), indent=2, ensure_ascii=False))
+    click.echo(_JSON.encode(to_data(value)))
 
 
 def echo_json_list(pages: Iterable[Iterable[Any]]) -> None:
     """The items of ``pages`` as one JSON list, the characters :func:`echo_json`
     writes for it, printed page by page: a long list is not held whole."""
-    encoder = json.JSONEncoder(indent=2, ensure_ascii=False)
     started = False
     for page in pages:
         items = to_data(list(page))
         if items:  # the page's list, less its opening "[\n" and closing "\n]"
-            click.echo((",\n" if started else "[\n") + encoder.encode(items)[2:-2], nl=False)
+            click.echo((",\n" if started else "[\n") + _JSON.encode(items)[2:-2], nl=False)
             started = True
     click.echo("\n]" if started else "[]")
 
