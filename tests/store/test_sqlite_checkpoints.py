@@ -83,6 +83,33 @@ def test_the_wal_file_is_cut_back_after_a_burst(
     app.close()
 
 
+def test_writes_wait_for_a_slow_checkpoint_once_the_wal_is_twice_its_limit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A disk slower than the writers: each checkpoint takes 100 ms more.
+    monkeypatch.setattr(_Checkpointer, "TICK", 0.005)
+    monkeypatch.setattr(_Checkpointer, "RESTART_PAGES", 100)
+    checkpoint = _Checkpointer._checkpoint
+
+    def slow(self: _Checkpointer, mode: str) -> tuple[bool, int]:
+        time.sleep(0.1)
+        return checkpoint(self, mode)
+
+    monkeypatch.setattr(_Checkpointer, "_checkpoint", slow)
+    db, wal = tmp_path / "s.db", tmp_path / "s.db-wal"
+    app = _app(db)
+    app.start("job", {})
+    limit = app._service.store.db._checkpointer.limit
+    largest = 0
+    for i in range(600):
+        app.start("job", {"i": i})
+        largest = max(largest, wal.stat().st_size)
+    # Writes wait once it is past twice the limit (1.6 MB); some go in between
+    # checkpoints. Without the wait, the WAL grew to some 24 MB here.
+    assert largest < 4 * limit, f"the WAL grew to {largest:,} bytes, limit {limit:,}"
+    app.close()
+    assert _runs_in(db) == 601
+
+
 def test_closing_the_store_stops_its_checkpoint_thread(tmp_path: Path) -> None:
     before = len(_checkpoint_threads())
     app = _app(tmp_path / "s.db")

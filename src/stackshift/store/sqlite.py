@@ -168,6 +168,8 @@ class SqliteDatabase:
     def write(self, durable: bool = True) -> Iterator[_SqliteTx]:
         # Writers of this process queue on a lock that wakes the next one at once;
         # left to SQLite, they would poll the file lock with sleeps of up to 100 ms.
+        if (checkpointer := self._checkpointer) is not None:
+            checkpointer.hold_back()
         with self._write_lock:
             conn = self._writer_conn()
             relaxed = not durable and self._synchronous in ("FULL", "EXTRA")
@@ -354,11 +356,20 @@ class _Checkpointer:
     that has outgrown it. Two processes writing back to back would otherwise
     keep each other's checkpoints from learning it, and the WAL would hold
     every page written until they stopped.
+
+    A checkpoint cannot outrun a disk slower than the writers: while it waits
+    on the disk, commits (which, on ``synchronous=NORMAL``, wait for nothing)
+    go on appending. Once the WAL file is twice ``limit`` long, a write
+    therefore waits for a checkpoint under way, and the restart it leads to,
+    to end (``hold_back``), for at most ``HOLD_WAIT`` seconds. It does not wait
+    between checkpoints: a WAL kept from starting over by a reader's snapshot
+    slows writes no more than before.
     """
 
     TICK = 0.05
     RESTART_PAGES = 4000
     RESTART_WAIT = 0.1
+    HOLD_WAIT = 1.0
 
     def __init__(self, conn: sqlite3.Connection, write_lock: threading.Lock) -> None:
         self.commits = 0  # counted by the writer, under the write lock
@@ -370,6 +381,8 @@ class _Checkpointer:
         # A WAL file is a header and, per page, a frame header and the page.
         frame = int(conn.execute("PRAGMA page_size").fetchone()[0]) + _WAL_FRAME_HEADER
         self.limit = _WAL_HEADER + 2 * self.RESTART_PAGES * frame
+        self._copying = False  # a checkpoint runs; under _copied
+        self._copied = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="stackshift-checkpoint",
                                         daemon=True)
         self._thread.start()
@@ -380,15 +393,30 @@ class _Checkpointer:
             if self.commits == seen:
                 continue
             seen = self.commits
+            with self._copied:
+                self._copying = True
             try:
                 busy, pages = self._checkpoint("PASSIVE")
                 # (busy: another process's checkpoint runs, and it cannot tell)
-                if self._file_outgrown() if busy else pages > self.RESTART_PAGES:
+                if self._file_outgrown(self.limit) if busy else pages > self.RESTART_PAGES:
                     with self._write_lock:
                         _retry_busy(lambda: not self._checkpoint("RESTART")[0],
                                     self.RESTART_WAIT)
             except sqlite3.Error:
                 log.warning("SQLite checkpoint failed; retrying", exc_info=True)
+            finally:
+                with self._copied:
+                    self._copying = False
+                    self._copied.notify_all()
+
+    def hold_back(self) -> None:
+        """Called by a writer before it writes: if the WAL file is more than
+        twice ``limit`` long, wait for the checkpoint under way, if one is, to
+        end, at most ``HOLD_WAIT`` seconds."""
+        if not self._copying or not self._file_outgrown(2 * self.limit):
+            return
+        with self._copied:
+            self._copied.wait_for(lambda: not self._copying, self.HOLD_WAIT)
 
     def _checkpoint(self, mode: str) -> tuple[bool, int]:
         """A checkpoint: whether it was kept from finishing (by another
@@ -397,11 +425,12 @@ class _Checkpointer:
         busy, pages, _copied = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
         return bool(busy), int(pages)
 
-    def _file_outgrown(self) -> bool:
-        """Whether the WAL file is longer than ``limit``: the WAL has outgrown
-        it (or has just started over, until the next commit cuts the file)."""
+    def _file_outgrown(self, size: int) -> bool:
+        """Whether the WAL file is longer than ``size`` (at least ``limit``):
+        the WAL has outgrown it (or has just started over, until the next
+        commit cuts the file)."""
         try:
-            return os.stat(self._wal).st_size > self.limit
+            return os.stat(self._wal).st_size > size
         except FileNotFoundError:
             return False
 
