@@ -258,7 +258,10 @@ def test_a_run_of_many_steps_shows_its_latest_steps_and_timeline_entries_and_the
                       f"The first 20 steps are not shown here; stackshift runs show {run.id}"
                       " lists them all.", 500, ("item-20", "item-519"))
     expect(page.locator(".wf-more")).to_contain_text(
-        "270 more steps are not drawn; see the steps table below (its latest 500;")
+        "The first 270 steps are not drawn; see the steps table below (its latest 500;")
+    drawn = page.locator("#waterfall .wf-step .wf-name")
+    expect(drawn.first).to_have_text("item-270")
+    expect(drawn.last).to_have_text("item-519")
     _shows_the_latest(page.locator("#raw-timeline"), "tbody tr", f"{entries:,}",
                       f"The first {entries - 500} entries are not shown here; stackshift runs"
                       f" timeline {run.id} prints them all.", 500)

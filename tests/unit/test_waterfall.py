@@ -171,5 +171,7 @@ def test_what_a_running_attempt_executes_is_drawn_past_the_most_step_rows() -> N
                                      f"row-{n}", {"duration": 0.005})
                        for n in range(waterfall.MAX_STEP_ROWS + 50)]
     chart = waterfall.build(run, many, attempts, now=T0 + 10)
-    assert chart.hidden_steps == 51  # "load" and fifty more
+    assert chart.hidden_steps == 51  # "load" and the first fifty
+    steps = [r.label for r in chart.rows if r.kind == "step"]
+    assert (steps[0], steps[-2]) == ("row-50", f"row-{waterfall.MAX_STEP_ROWS + 49}")
     assert (chart.rows[-1].status, chart.rows[-1].label) == ("running", "in progress")

@@ -24,7 +24,8 @@ from .formatting import duration
 
 #: Idle stretches longer than this share of the busy time are compressed to it.
 IDLE_SHARE = 0.12
-#: Most step rows drawn; a run looping over thousands of steps gets a note instead.
+#: Most step rows drawn, the latest; a run looping over thousands of steps gets a
+#: note of those before them.
 MAX_STEP_ROWS = 250
 #: Least distance between two tick labels, in percent of the width.
 TICK_SPACING = 9.0
@@ -361,7 +362,7 @@ def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
 
     hidden = max(0, len(children) - MAX_STEP_ROWS)
     drawn = [item if isinstance(item, Row) else _step_row(item)
-             for *_, item in sorted(children, key=lambda c: c[:3])[:MAX_STEP_ROWS]]
+             for *_, item in sorted(children, key=lambda c: c[:3])[hidden:]]
     if current is not None:  # drawn however many steps are not
         drawn.append(current)
     ordered: list[Row] = []
