@@ -448,6 +448,16 @@ class Service(FlowControl):
     def timeline(self, run_id: str) -> list[TimelineEntry]:
         return self.store.timeline(run_id)
 
+    def latest_timeline(self, run_id: str, limit: int) -> tuple[list[TimelineEntry], int]:
+        """The run's last ``limit`` timeline entries, oldest first, and how many came
+        before."""
+        return self.store.latest_timeline(run_id, limit)
+
+    def timeline_outline(self, run_id: str, steps: int) -> tuple[list[TimelineEntry], int]:
+        """The run's timeline with the entries of its last ``steps`` steps alone,
+        and how many step entries it leaves out."""
+        return self.store.timeline_outline(run_id, steps)
+
     def logs(self, run_id: str, after: int | None = None, limit: int | None = None,
              last: int | None = None) -> list[LogEntry]:
         first, limit, last = check_log_window(after, limit, last)

@@ -24,6 +24,7 @@ from stackshift import (
     StepResultTooLargeError,
     TimelineEntry,
 )
+from stackshift.dashboard import waterfall
 from stackshift.engine.transitions import TERMINAL, check
 from stackshift.testing import FakeClock, run_until_idle
 
@@ -692,6 +693,64 @@ def test_the_dashboard_reads_a_runs_latest_steps_alone(fake_app: StackShift) -> 
     assert service.latest_steps(quiet.id, 10) == ([], 0)
     with pytest.raises(RunNotFoundError):
         service.latest_steps("run_missing", 10)
+
+
+def _declined() -> None:
+    raise ValueError("declined")
+
+
+def test_the_run_pages_waterfall_reads_the_entries_of_the_latest_steps_alone(
+        fake_app: StackShift, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run page reads the timeline entries of a run's latest steps, with the
+    rest of its timeline, and draws from them the waterfall the whole timeline
+    gives (its latest steps), across attempts, a failed step, a sleep, a wait and
+    an early event, wherever the cut falls; its table of entries reads the latest."""
+    @fake_app.job("journey", max_attempts=2)
+    def journey(ctx):  # type: ignore[no-untyped-def]
+        for n in range(4):
+            ctx.step.run(f"a-{n}", lambda n=n: n)
+        if ctx.run.attempt == 1:
+            ctx.step.run("charge", _declined)
+        ctx.step.sleep("rest", "10m")
+        for n in range(3):
+            ctx.step.run(f"b-{n}", lambda n=n: n)
+        ctx.step.wait_for_event("paid", correlation_key="k", timeout="1h")
+        ctx.step.wait_for_event("shipped", correlation_key="k", timeout="1h")
+        for n in range(3):
+            ctx.step.run(f"c-{n}", lambda n=n: n)
+
+    run = fake_app.start("journey")
+    run_until_idle(fake_app)  # attempt 1 fails on its fifth step
+    clock.advance("1h")
+    run_until_idle(fake_app)  # attempt 2 sleeps
+    clock.advance("10m")
+    run_until_idle(fake_app)  # and waits for "paid"
+    fake_app.events.send("shipped", correlation_key="k")  # before its wait
+    fake_app.events.send("paid", correlation_key="k")
+    run_until_idle(fake_app)
+    assert fake_app.runs.get(run.id).status == "completed"
+    service = fake_app._service
+    whole = service.timeline(run.id)
+    kinds = [e.kind for e in whole]
+    assert kinds.count("step.completed") == 10 and kinds.count("step.failed") == 1
+    done, attempts = service.get_run(run.id), service.attempts(run.id)
+    drawn: list[list[str]] = []
+    for most in range(1, 20):
+        monkeypatch.setattr(waterfall, "MAX_STEP_ROWS", most)
+        chart = waterfall.build(done, whole, attempts, clock.now())
+        outline, earlier = service.timeline_outline(run.id, most)
+        assert len([e for e in outline if e.kind.startswith("step.")]) == min(most, 11)
+        assert earlier == max(0, 11 - most)
+        assert repr(waterfall.build(done, outline, attempts, clock.now(),
+                                    earlier_steps=earlier)) == repr(chart)
+        drawn.append([r.label for r in chart.rows if r.kind != "attempt"])
+    every = ["a-0", "a-1", "a-2", "a-3", "charge", "rest", "b-0", "b-1", "b-2", "paid", "shipped",
+             "c-0", "c-1", "c-2"]
+    assert drawn == [every[-most:] for most in range(1, 20)]  # the latest
+    assert service.latest_timeline(run.id, 5) == (whole[-5:], len(whole) - 5)
+    assert service.latest_timeline(run.id, len(whole)) == (whole, 0)
+    with pytest.raises(RunNotFoundError):
+        service.timeline_outline("run_missing", 10)
 
 
 def test_logged_exceptions_keep_their_traceback(fake_app: StackShift) -> None:

@@ -185,13 +185,15 @@ def run_page(service: Service, run_id: str, params: Mapping[str, str],
         run = service.get_run(run_id)
     except RunNotFoundError:
         raise NotFound(f"No run with id {run_id!r}.") from None
-    timeline = service.timeline(run_id)
+    # Of a run that loops over thousands of steps, the waterfall draws the latest:
+    # only their entries are read, with the rest of the timeline.
+    outline, earlier_steps = service.timeline_outline(run_id, waterfall.MAX_STEP_ROWS)
     attempts = service.attempts(run_id)
     # The last lines only: a run that logged a million records is read as fast
     # as one that logged a few (the page reloads each time it logs more).
     logs, hidden_logs = service.latest_logs(run_id, MAX_LOG_LINES)
     status = Status(run.status)
-    chart = waterfall.build(run, timeline, attempts, now, logs)
+    chart = waterfall.build(run, outline, attempts, now, logs, earlier_steps=earlier_steps)
     log_groups: dict[int | None, list[LogEntry]] = {}
     for entry in logs:
         log_groups.setdefault(entry.attempt, []).append(entry)
@@ -199,10 +201,9 @@ def run_page(service: Service, run_id: str, params: Mapping[str, str],
     wait = run.waiting_for
     # A run that loops over thousands of steps: its latest rows only, so that the
     # page (sent again at each change while it runs) stays light; only those
-    # steps and their results are read.
+    # steps (with their results) and entries are read.
     steps, hidden_steps = service.latest_steps(run_id, MAX_TABLE_ROWS)
-    ordered = sorted(timeline, key=lambda e: (e.at, e.id))
-    hidden_entries = max(0, len(ordered) - MAX_TABLE_ROWS)
+    entries, hidden_entries = service.latest_timeline(run_id, MAX_TABLE_ROWS)
     return {
         "page_title": f"{run.job} · {run.id}",
         "nav": "runs",
@@ -216,8 +217,8 @@ def run_page(service: Service, run_id: str, params: Mapping[str, str],
         "log_count": len(logs) + hidden_logs,
         "hidden_logs": hidden_logs,
         "log_steps": sorted({e.step for e in logs if e.step}),
-        "timeline": ordered[hidden_entries:],
-        "timeline_count": len(ordered),
+        "timeline": entries,
+        "timeline_count": len(entries) + hidden_entries,
         "hidden_entries": hidden_entries,
         "chart": chart,
         "can_cancel": status in CANCELLABLE_AT_ONCE or status == Status.RUNNING,

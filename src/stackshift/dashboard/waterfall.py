@@ -252,11 +252,15 @@ def _merge(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
 
 
 def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
-          now: float, logs: list[LogEntry] | None = None) -> Waterfall:
+          now: float, logs: list[LogEntry] | None = None, *,
+          earlier_steps: int = 0) -> Waterfall:
     """Lay out ``run``'s history as rows of bars and marks on one time axis.
 
     While an attempt runs, a last row shows what it executes now (see
-    :class:`InProgress`), named after the step of ``logs`` logged since."""
+    :class:`InProgress`), named after the step of ``logs`` logged since.
+    ``timeline`` may leave out the entries of the run's first ``earlier_steps``
+    steps (:meth:`RunStore.timeline_outline`), as long as it holds those of the
+    last ``MAX_STEP_ROWS``: only those are drawn."""
     entries = sorted(timeline, key=lambda e: (e.at.timestamp(), e.id))
     t0 = run.created_at.timestamp()
     finished = run.finished_at.timestamp() if run.finished_at else None
@@ -360,9 +364,9 @@ def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
                       bars=[Bar(in_progress.since, horizon, "step-running", so_far, title,
                                 open=True)])
 
-    hidden = max(0, len(children) - MAX_STEP_ROWS)
+    hidden = max(0, earlier_steps + len(children) - MAX_STEP_ROWS)
     drawn = [item if isinstance(item, Row) else _step_row(item)
-             for *_, item in sorted(children, key=lambda c: c[:3])[hidden:]]
+             for *_, item in sorted(children, key=lambda c: c[:3])[-MAX_STEP_ROWS:]]
     if current is not None:  # drawn however many steps are not
         drawn.append(current)
     ordered: list[Row] = []

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ..engine import transitions
 from ..engine.transitions import Status
@@ -209,6 +210,21 @@ def _start_many(tx: Tx, starts: list[tuple[NewRun, float]]) -> list[Run]:
 
 #: ``LIMIT`` for "all of them", in both dialects.
 _ALL = 2 ** 62
+
+
+_T = TypeVar("_T")
+
+
+def _latest(tx: Tx, make: Callable[[Row], _T], limit: int, query: str, count: str,
+            run_id: str) -> tuple[list[_T], int]:
+    """A run's last ``limit`` rows of ``query`` (which gives them newest first),
+    oldest first, and how many it has before them (rows of ``count`` that are
+    not among them)."""
+    found = [make(r) for r in reversed(tx.all(query, run_id=run_id, limit=limit))]
+    if len(found) < limit:
+        return found, 0
+    return found, int(tx.all(count, run_id=run_id)[0]["n"]) - len(found)
+
 
 #: How long a failure handler's idempotency key (``on_failure:<run>:<attempt>``) lives.
 FAILURE_HANDLER_KEY_TTL = 7 * 86400.0
@@ -437,6 +453,27 @@ class RunStore:
             load_run(tx, run_id)
             return [rows.timeline_entry(r) for r in tx.all("timeline", run_id=run_id)]
 
+    def latest_timeline(self, run_id: str, limit: int) -> tuple[list[TimelineEntry], int]:
+        """The run's last ``limit`` timeline entries, in the order of
+        :meth:`timeline`, and how many it has before them. Reads those only."""
+        with self.db.read() as tx:
+            load_run(tx, run_id)
+            return _latest(tx, rows.timeline_entry, limit, "latest_timeline", "count_timeline",
+                           run_id)
+
+    def timeline_outline(self, run_id: str, steps: int) -> tuple[list[TimelineEntry], int]:
+        """The run's timeline, in the order of :meth:`timeline`, with the entries
+        (``step.completed``, ``step.failed``) of its last ``steps`` steps alone,
+        and how many step entries it leaves out: what the dashboard's waterfall,
+        which draws a run's latest steps, reads of a run that loops over
+        thousands."""
+        with self.db.read() as tx:
+            load_run(tx, run_id)
+            latest, left_out = _latest(tx, rows.timeline_entry, steps, "latest_step_entries",
+                                       "count_step_entries", run_id)
+            outline = [rows.timeline_entry(r) for r in tx.all("timeline_outline", run_id=run_id)]
+        return sorted(outline + latest, key=lambda e: (e.at, e.id)), left_out
+
     def logs(self, run_id: str, after: int = 0, limit: int | None = None) -> list[LogEntry]:
         """The run's log records with an id over ``after``, oldest first; the first
         ``limit`` of them, if given."""
@@ -474,8 +511,4 @@ class RunStore:
         many it has before them. Reads those steps only."""
         with self.db.read() as tx:
             load_run(tx, run_id)
-            found = [rows.step(r) for r in reversed(
-                tx.all("latest_steps", run_id=run_id, limit=limit))]
-            if len(found) < limit:
-                return found, 0
-            return found, int(tx.all("count_steps", run_id=run_id)[0]["n"]) - len(found)
+            return _latest(tx, rows.step, limit, "latest_steps", "count_steps", run_id)

@@ -204,6 +204,30 @@ WHERE status IN ('scheduled', 'retrying', 'waiting');
 -- name: timeline
 SELECT * FROM timeline WHERE run_id = :run_id ORDER BY at, id;
 
+-- name: latest_timeline
+-- The run's last :limit entries in the order of `timeline`, newest first
+-- (RunStore.latest_timeline turns them).
+SELECT * FROM timeline WHERE run_id = :run_id ORDER BY at DESC, id DESC LIMIT :limit;
+
+-- name: count_timeline
+SELECT COUNT(*) AS n FROM timeline WHERE run_id = :run_id;
+
+-- name: timeline_outline
+-- The run's timeline without its steps' entries (RunStore.timeline_outline
+-- adds those of the latest steps: latest_step_entries).
+SELECT * FROM timeline
+WHERE run_id = :run_id AND kind NOT IN ('step.completed', 'step.failed')
+ORDER BY at, id;
+
+-- name: latest_step_entries
+SELECT * FROM timeline
+WHERE run_id = :run_id AND kind IN ('step.completed', 'step.failed')
+ORDER BY at DESC, id DESC LIMIT :limit;
+
+-- name: count_step_entries
+SELECT COUNT(*) AS n FROM timeline
+WHERE run_id = :run_id AND kind IN ('step.completed', 'step.failed');
+
 -- name: logs
 SELECT * FROM logs WHERE run_id = :run_id AND id > :after ORDER BY id LIMIT :limit;
 
