@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 from .models import Attempt, LogEntry, Run, TimelineEntry
 
+#: The timeline entries of a step, written when it ends (the store's
+#: ``timeline_outline`` and ``latest_step_entries`` statements name them too).
+STEP_ENDED = ("step.completed", "step.failed")
 #: The timeline entries that pause or end the handler's execution.
 ENDS_RUNNING = ("run.waiting", "run.completed", "run.failed", "run.retrying", "run.cancelled",
                 "run.queued")
@@ -59,7 +62,7 @@ def in_progress(run: Run, attempts: Sequence[Attempt], entries: Sequence[Timelin
     number = max(a.number for a in open_attempts)
     since = running_since
     for e in entries:
-        if e.attempt == number and e.kind in ("step.completed", "step.failed"):
+        if e.attempt == number and e.kind in STEP_ENDED:
             since = max(since, e.at.timestamp() + float(e.data.get("duration") or 0.0))
     named = [e for e in logs if e.attempt == number and e.step and e.at.timestamp() >= since]
     return InProgress(number, since, max(0.0, now - since), named[-1].step if named else None)

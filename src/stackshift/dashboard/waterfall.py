@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..models import Attempt, LogEntry, Run, TimelineEntry
-from ..progress import InProgress, executing
+from ..progress import STEP_ENDED, InProgress, executing
 from ..progress import in_progress as find_in_progress
 from .formatting import duration
 
@@ -306,7 +306,7 @@ def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
     waits: dict[tuple[int | None, str | None], Row] = {}
     for i, e in enumerate(entries):
         at = e.at.timestamp()
-        if e.kind in ("step.completed", "step.failed"):
+        if e.kind in STEP_ENDED:
             children.append((e.attempt or 0, at, i, e))
         elif e.kind == "run.waiting":
             kind = "sleep" if e.data.get("waiting_for") == "sleep" else "wait"

@@ -213,8 +213,9 @@ SELECT * FROM timeline WHERE run_id = :run_id ORDER BY at DESC, id DESC LIMIT :l
 SELECT COUNT(*) AS n FROM timeline WHERE run_id = :run_id;
 
 -- name: timeline_outline
--- The run's timeline without its steps' entries (RunStore.timeline_outline
--- adds those of the latest steps: latest_step_entries).
+-- The run's timeline without its steps' entries, the kinds of
+-- progress.STEP_ENDED (RunStore.timeline_outline adds those of the latest
+-- steps: latest_step_entries).
 SELECT * FROM timeline
 WHERE run_id = :run_id AND kind NOT IN ('step.completed', 'step.failed')
 ORDER BY at, id;
