@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime
 from typing import Any
 
@@ -174,4 +175,66 @@ def test_what_a_running_attempt_executes_is_drawn_past_the_most_step_rows() -> N
     assert chart.hidden_steps == 51  # "load" and the first fifty
     steps = [r.label for r in chart.rows if r.kind == "step"]
     assert (steps[0], steps[-2]) == ("row-50", f"row-{waterfall.MAX_STEP_ROWS + 49}")
+    # what came before the first drawn is folded into the first tenth of the width
+    first = next(r for r in chart.rows if r.kind == "step")
+    assert first.bars[0].left == 100 * waterfall.FOLD_SHARE == chart.gaps[0].width
     assert (chart.rows[-1].status, chart.rows[-1].label) == ("running", "in progress")
+
+
+def _poller(pauses: int) -> tuple[Run, list[TimelineEntry], list[Attempt]]:
+    """A run that checks for 10 ms, then sleeps a minute, ``pauses`` times."""
+    rows: list[tuple[float, str, int | None, str | None, dict[str, Any]]] = [
+        (0.0, "run.queued", None, None, {}), (0.0, "attempt.started", 1, None, {})]
+    at = 0.0
+    for n in range(pauses):
+        rows += [(at, "step.completed", 1, f"check-{n}", {"duration": 0.01}),
+                 (at + 0.01, "run.waiting", 1, f"pause-{n}",
+                  {"waiting_for": "sleep", "until": T0 + at + 60.01}),
+                 (at + 60.01, "run.queued", 1, None, {"from": "waiting"}),
+                 (at + 60.01, "run.resumed", 1, None, {})]
+        at += 60.01
+    rows.append((at + 0.01, "run.completed", 1, None, {"from": "running"}))
+    attempts = [Attempt("run_1", 1, "completed", "w", _at(0.0), _at(at + 0.01), None)]
+    return _run(started_at=_at(0.0), finished_at=_at(at + 0.01)), _entries(*rows), attempts
+
+
+def _executing(chart: waterfall.Waterfall) -> list[waterfall.PlacedBar]:
+    [attempt] = [r for r in chart.rows if r.kind == "attempt"]
+    return [b for b in attempt.bars if b.kind == "active"]
+
+
+def test_a_run_that_paused_thousands_of_times_draws_its_latest_rows_past_a_fold() -> None:
+    run, timeline, attempts = _poller(3000)
+    chart = waterfall.build(run, timeline, attempts, now=T0 + 10**6)
+    fold = 100 * waterfall.FOLD_SHARE
+    rows = [r for r in chart.rows if r.kind != "attempt"]
+    assert (rows[0].label, rows[-1].label) == ("check-2875", "pause-2999")
+    assert chart.hidden_steps == 5750
+    # Before the first row drawn: one gap of its real length, a tenth of the width.
+    first = chart.gaps[0]
+    assert (first.left, first.width, first.label, first.labelled) == (0.0, fold, "1d 23h", True)
+    assert rows[0].bars[0].left == fold
+    # The 2,875 stretches of execution before it are one band in it (with the one
+    # that starts at its edge); the 125 after, each a minute from the next, are
+    # drawn one by one.
+    executing = _executing(chart)
+    assert executing[0].left == 0.0 and fold < executing[0].width < fold + 0.1
+    assert len(executing) == 1 + 125
+    # The minute-long sleeps drawn are 125 gaps, labelled where a label has room.
+    assert len(chart.gaps) == 1 + 125
+    centres = [g.left + g.width / 2 for g in chart.gaps if g.labelled]
+    assert 1 < len(centres) < 20
+    assert all(b - a >= waterfall.GAP_LABEL for a, b in itertools.pairwise(centres))
+
+
+def test_an_attempt_that_paused_a_few_times_draws_each_stretch_of_execution() -> None:
+    run, timeline, attempts = _poller(3)
+    chart = waterfall.build(run, timeline, attempts, now=T0 + 10**6)
+    bars = _executing(chart)
+    assert len(bars) == 4
+    assert all(g.labelled for g in chart.gaps) and len(chart.gaps) == 3
+    sleeps = [r for r in chart.rows if r.kind == "sleep"]
+    for before, sleep, after in zip(bars, sleeps, bars[1:], strict=False):
+        # each pause lies between the stretches around it
+        assert before.left + before.width <= sleep.bars[0].left + 1e-6
+        assert sleep.bars[0].left + sleep.bars[0].width <= after.left + 1e-6

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..models import Attempt, LogEntry, Run, TimelineEntry
@@ -27,6 +27,14 @@ IDLE_SHARE = 0.12
 #: Most step rows drawn, the latest; a run looping over thousands of steps gets a
 #: note of those before them.
 MAX_STEP_ROWS = 250
+#: "Executing" bars of one attempt closer than this, in percent of the width, are
+#: drawn as one: less than a pixel apart on any chart narrower than 1,000 px.
+ACTIVE_JOIN = 0.1
+#: The share of the width of the stretch before the first row drawn, when a run has
+#: more rows than MAX_STEP_ROWS: the rows drawn get the rest.
+FOLD_SHARE = 0.1
+#: Room a gap's label takes, in percent of the width ("⋯ 2h 5m ⋯").
+GAP_LABEL = 11.0
 #: Least distance between two tick labels, in percent of the width.
 TICK_SPACING = 9.0
 
@@ -105,6 +113,7 @@ class Gap:
     left: float
     width: float
     label: str
+    labelled: bool = True  # False where the label would cover another
 
 
 @dataclass(frozen=True)
@@ -114,7 +123,7 @@ class Waterfall:
     gaps: list[Gap]
     total: float  # real seconds from creation to the last thing drawn
     now: float | None  # percent position of "now" while the run is not finished
-    hidden_steps: int = 0
+    hidden_steps: int = 0  # the run's first steps (sleeps and waits too), not drawn
     #: what the running attempt executes now, not recorded until it ends
     in_progress: InProgress | None = None
 
@@ -155,16 +164,21 @@ class _Axis:
     """Maps real time to a position in percent, compressing long idle stretches."""
 
     def __init__(self, t0: float, t1: float, busy: list[tuple[float, float]],
-                 points: list[float]) -> None:
+                 points: list[float], fold: float | None = None) -> None:
         self.t0 = t0
         self.t1 = max(t1, t0)
-        bounds = sorted({t0, self.t1, *(min(max(p, t0), self.t1) for p in points)})
+        # Before ``fold`` (the first row drawn of a run whose earlier rows are
+        # not), one stretch drawn as a gap of FOLD_SHARE of the width.
+        fold = None if fold is None or fold <= t0 else min(fold, self.t1)
+        start = t0 if fold is None else fold
+        bounds = sorted({start, self.t1, *(min(max(p, start), self.t1) for p in points)})
         spans = [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
         merged = _merge(busy)
+        merged_starts = [s for s, _ in merged]
 
         def is_busy(a: float, b: float) -> bool:
             mid = (a + b) / 2
-            i = bisect.bisect_right([s for s, _ in merged], mid) - 1
+            i = bisect.bisect_right(merged_starts, mid) - 1
             return i >= 0 and merged[i][0] <= mid <= merged[i][1]
 
         flags = [is_busy(a, b) for a, b in spans]
@@ -177,7 +191,6 @@ class _Axis:
                 joined[-1] = (joined[-1][0], b, False)
             else:
                 joined.append((a, b, f))
-        self.starts: list[float] = []
         self.pieces: list[tuple[float, float, float]] = []  # (start, end, weight)
         self.compressed: list[tuple[float, float]] = []
         for a, b, f in joined:
@@ -185,8 +198,13 @@ class _Axis:
             if not f and weight > cap:
                 weight = cap
                 self.compressed.append((a, b))
-            self.starts.append(a)
             self.pieces.append((a, b, weight))
+        if fold is not None:
+            rest = sum(w for _, _, w in self.pieces)
+            self.pieces.insert(0, (t0, fold, rest * FOLD_SHARE / (1 - FOLD_SHARE) or 1.0))
+            self.compressed.insert(0, (t0, fold))
+        self._compressed = set(self.compressed)
+        self.starts = [a for a, _, _ in self.pieces]
         self.weight_total = sum(w for _, _, w in self.pieces)
         self.cum: list[float] = []
         acc = 0.0
@@ -204,15 +222,16 @@ class _Axis:
         return round(100 * (self.cum[i] + inside) / self.weight_total, 3)
 
     def ticks(self) -> list[Tick]:
-        linear = sum(b - a for a, b, _ in self.pieces if (a, b) not in self.compressed)
+        linear = sum(b - a for a, b, _ in self.pieces if (a, b) not in self._compressed)
         if linear <= 0:
             return [Tick(0.0, "0")]
         step = _nice_step(linear / 5)
         found = [Tick(0.0, "0")]
         # Gap labels (about 7% wide, centred on their gap) keep their space.
-        taken = [(g.left + g.width / 2 - 5.5, g.left + g.width / 2 + 5.5) for g in self.gaps()]
+        taken = [(g.left + g.width / 2 - GAP_LABEL / 2, g.left + g.width / 2 + GAP_LABEL / 2)
+                 for g in self.gaps() if g.labelled]
         for a, b, _ in self.pieces:
-            if (a, b) in self.compressed:
+            if (a, b) in self._compressed:
                 continue
             k = int((a - self.t0) // step) + 1
             while self.t0 + k * step <= b:
@@ -226,10 +245,17 @@ class _Axis:
         return found
 
     def gaps(self) -> list[Gap]:
+        """The shortened stretches; those whose label would cover the one before
+        it are drawn without one (a run that paused hundreds of times)."""
         out = []
+        labelled_at = -GAP_LABEL
         for a, b in self.compressed:
             left = self.pos(a)
-            out.append(Gap(left, round(self.pos(b) - left, 3), duration(b - a)))
+            width = round(self.pos(b) - left, 3)
+            labelled = left + width / 2 - labelled_at >= GAP_LABEL
+            if labelled:
+                labelled_at = left + width / 2
+            out.append(Gap(left, width, duration(b - a), labelled))
         return out
 
 
@@ -304,13 +330,20 @@ def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
     # order of the entries): a step's row is made only if it is among those drawn.
     children: list[tuple[int, float, int, Row | TimelineEntry]] = []
     waits: dict[tuple[int | None, str | None], Row] = {}
+    # The entry that ends a pause begun at each index: the first of _ENDS_WAIT after it.
+    ends: list[TimelineEntry | None] = [None] * len(entries)
+    end_entry: TimelineEntry | None = None
+    for i in range(len(entries) - 1, -1, -1):
+        ends[i] = end_entry
+        if entries[i].kind in _ENDS_WAIT:
+            end_entry = entries[i]
     for i, e in enumerate(entries):
         at = e.at.timestamp()
         if e.kind in STEP_ENDED:
             children.append((e.attempt or 0, at, i, e))
         elif e.kind == "run.waiting":
             kind = "sleep" if e.data.get("waiting_for") == "sleep" else "wait"
-            end_entry = next((x for x in entries[i + 1:] if x.kind in _ENDS_WAIT), None)
+            end_entry = ends[i]
             end = end_entry.at.timestamp() if end_entry else horizon
             until = e.data.get("until")
             if kind == "sleep":
@@ -364,9 +397,11 @@ def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
                       bars=[Bar(in_progress.since, horizon, "step-running", so_far, title,
                                 open=True)])
 
-    hidden = max(0, earlier_steps + len(children) - MAX_STEP_ROWS)
-    drawn = [item if isinstance(item, Row) else _step_row(item)
-             for *_, item in sorted(children, key=lambda c: c[:3])[-MAX_STEP_ROWS:]]
+    children.sort(key=lambda c: c[:3])
+    cut = max(0, len(children) - MAX_STEP_ROWS)
+    drawn = [item if isinstance(item, Row) else _step_row(item) for *_, item in children[cut:]]
+    # The stretch before the first row drawn is folded into a gap.
+    fold = min(r.start for r in drawn) if drawn and (cut or earlier_steps) else None
     if current is not None:  # drawn however many steps are not
         drawn.append(current)
     ordered: list[Row] = []
@@ -389,12 +424,11 @@ def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
         points += [m.at for m in row.marks]
     last = max(points)
     axis = _Axis(t0, last, busy + [(b.start, b.end) for r in ordered for b in r.bars
-                                   if b.kind.startswith("step-")], points)
+                                   if b.kind.startswith("step-")], points, fold)
     placed = [
         PlacedRow(
             r.kind, r.label, r.detail, r.status, r.attempt, r.step,
-            [PlacedBar(axis.pos(b.start), round(axis.pos(b.end) - axis.pos(b.start), 3),
-                       b.kind, b.label, b.title, b.open, b.short) for b in r.bars],
+            _place_bars(r.bars, axis),
             [PlacedMark(axis.pos(m.at), m.kind, m.title) for m in r.marks],
         )
         for r in ordered
@@ -405,9 +439,27 @@ def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
         gaps=axis.gaps(),
         total=last - t0,
         now=None if finished is not None else axis.pos(now),
-        hidden_steps=hidden,
+        hidden_steps=earlier_steps + cut,
         in_progress=in_progress,
     )
+
+
+def _place_bars(bars: list[Bar], axis: _Axis) -> list[PlacedBar]:
+    """``bars`` placed on ``axis``; "executing" bars closer than ``ACTIVE_JOIN``
+    percent to the one before become one bar (a run that paused thousands of times
+    draws a band, not thousands of bars a pixel apart)."""
+    placed: list[PlacedBar] = []
+    for b in bars:
+        left = axis.pos(b.start)
+        width = round(axis.pos(b.end) - left, 3)
+        last = placed[-1] if placed else None
+        if (b.kind == "active" and last is not None and last.kind == "active"
+                and left - (last.left + last.width) < ACTIVE_JOIN):
+            width = round(max(last.left + last.width, left + width) - last.left, 3)
+            placed[-1] = replace(last, width=width)
+            continue
+        placed.append(PlacedBar(left, width, b.kind, b.label, b.title, b.open, b.short))
+    return placed
 
 
 def _step_row(e: TimelineEntry) -> Row:
