@@ -227,7 +227,7 @@ class _Axis:
             return [Tick(0.0, "0")]
         step = _nice_step(linear / 5)
         found = [Tick(0.0, "0")]
-        # Gap labels (about 7% wide, centred on their gap) keep their space.
+        # Gap labels (GAP_LABEL wide, centred on their gap) keep their space.
         taken = [(g.left + g.width / 2 - GAP_LABEL / 2, g.left + g.width / 2 + GAP_LABEL / 2)
                  for g in self.gaps() if g.labelled]
         for a, b, _ in self.pieces:
