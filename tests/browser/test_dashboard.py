@@ -262,6 +262,13 @@ def test_a_run_of_many_steps_shows_its_latest_steps_and_timeline_entries_and_the
     drawn = page.locator("#waterfall .wf-step .wf-name")
     expect(drawn.first).to_have_text("item-270")
     expect(drawn.last).to_have_text("item-519")
+    # The time before item-270 is folded into the first tenth of the axis, a gap
+    # labelled with its length; the steps drawn spread over the rest.
+    row = page.locator("#waterfall .wf-step").first
+    track, first = row.locator(".wf-track").bounding_box(), row.locator(".bar").bounding_box()
+    assert track is not None and first is not None
+    assert abs((first["x"] - track["x"]) / track["width"] - 0.1) < 0.01
+    expect(page.locator("#waterfall .wf-gap-label").first).to_contain_text("⋯")
     _shows_the_latest(page.locator("#raw-timeline"), "tbody tr", f"{entries:,}",
                       f"The first {entries - 500} entries are not shown here; stackshift runs"
                       f" timeline {run.id} prints them all.", 500)
