@@ -170,3 +170,86 @@ def test_a_list_printed_page_by_page_is_the_json_printed_whole(
     whole = capsys.readouterr().out
     echo_json_list(iter(pages))
     assert capsys.readouterr().out == whole
+
+
+def test_tables_written_to_a_pipe_read_as_rich_lays_them_out() -> None:
+    """Tables into a file or a pipe are laid out without Rich (the timeline of a run
+    of 12,000 entries in about a sixth of the time): the characters are those Rich
+    would have written there, wide characters, escaped control characters, right
+    justified and empty cells, titles and empty tables included."""
+    import io
+    from copy import copy
+
+    from rich.console import Console, ConsoleOptions, Group, RenderableType
+    from rich.text import Text
+
+    from stackshift.cli import render
+    from stackshift.models import Attempt, Event, Run, RunError, Step, TimelineEntry
+
+    class RichLaidOut(render._PlainTable):
+        def _plain_lines(self, console: Console, options: ConsoleOptions) -> None:
+            return None
+
+    def laid_out_by_rich(renderable: RenderableType) -> RenderableType:
+        if isinstance(renderable, render._PlainTable):
+            twin = copy(renderable)
+            twin.__class__ = RichLaidOut
+            return twin
+        if isinstance(renderable, Group):
+            return Group(*map(laid_out_by_rich, renderable.renderables))
+        return renderable
+
+    def piped(renderable: RenderableType) -> str:
+        sink = io.StringIO()
+        Console(file=sink, width=render.UNLIMITED_WIDTH, soft_wrap=True,
+                highlight=False).print(renderable)
+        return sink.getvalue()
+
+    at = datetime(2026, 5, 6, 9, 0, 0, 123000, tzinfo=UTC)
+    later = datetime(2026, 5, 6, 9, 0, 2, 500000, tzinfo=UTC)
+    names = ["fetch", "失败-步骤", "😀 emoji", "tab\there", "line\nbreak", "esc \x1b[2J", "",
+             "combining e\u0301", "x" * 90]
+    run = Run(id="run_1", job="订单-sync", queue="默认", status="failed", payload={},
+              result=None, error=RunError("KeyError", "'k'"), attempt=2, max_attempts=3,
+              idempotency_key=None, priority=0, concurrency_key=None, created_at=at,
+              scheduled_at=None, started_at=at, finished_at=later, next_attempt_at=None,
+              waiting_for=None)
+    steps = [Step("run_1", name, name, "run", None, ("completed", "failed")[n % 2],
+                  {"n": n, "名": name}, RunError("ValueError", name) if n % 2 else None,
+                  1 + n % 2, at, later if n % 3 else None)
+             for n, name in enumerate(names)]
+    timeline = [TimelineEntry(n, "run_1", at, kind, n % 3 or None, name or None,
+                              {"from": "queued", "note": name})
+                for n, (kind, name) in enumerate(zip(
+                    ["run.queued", "attempt.started", "step.failed", "run.retrying",
+                     "wait.timed_out", "run.completed", "event.received", "run.waiting",
+                     "step.completed"], names, strict=True))]
+    attempts = [Attempt("run_1", 1, "failed", "wkr_1", at, later, RunError("KeyError", "失")),
+                Attempt("run_1", 2, "running", None, later, None, None)]
+    events = [Event(f"evt_{n}", name or "e", {"k": name}, name or None, at)
+              for n, name in enumerate(names)]
+    state = [{"key": name or "k", "value": {"v": name}, "expires_at": None if n % 2 else 1.8e9}
+             for n, name in enumerate(names)]
+    locks = [{"key": name or "k", "holder": name or None, "expires_at": 1.8e9} for name in names]
+    right = render._table("right and centred")
+    right.add_column("N", justify="right")
+    right.add_column("MIDDLE", justify="center")
+    right.add_column("LAST")
+    for n, name in enumerate(names):
+        right.add_row(str(10 ** n), name, Text(render.one_line(name), style="red"))
+    tables: list[RenderableType] = [
+        render.runs_table([run] * 3), render.runs_table([]),
+        render.attempts_table(attempts), render.steps_table(steps), render.steps_table([]),
+        render.timeline_table(run, timeline), render.events_table(events),
+        render.state_table(state), render.locks_table(locks), right,
+    ]
+    for table in tables:
+        assert piped(table) == piped(laid_out_by_rich(table))
+        assert "\x1b" not in piped(table)
+    # Laid out here, not by Rich: each of these tables takes the quick way.
+    options = Console(width=render.UNLIMITED_WIDTH).options
+    timeline_group = tables[5]
+    assert isinstance(timeline_group, Group)
+    for table in [*tables[:5], timeline_group.renderables[1], *tables[6:]]:
+        assert isinstance(table, render._PlainTable)
+        assert table._plain_lines(Console(file=io.StringIO()), options) is not None, table
