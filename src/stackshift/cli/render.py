@@ -320,20 +320,20 @@ class _PlainTable(Table):
                 or self.row_styles or self.leading
                 or any(row.style is not None or row.end_section for row in self.rows)):
             return None
-        columns: list[tuple[list[str], int, str]] = []
+        columns: list[tuple[list[tuple[str, int]], int, str]] = []
         for column in self.columns:
             if (column.width is not None or column.min_width is not None
                     or column.ratio is not None
                     or column.justify not in ("left", "right", "center")):
                 return None
-            texts: list[str] = []
+            texts: list[tuple[str, int]] = []  # each cell's text and terminal cells
             for cell in (column.header, *column.cells):
                 if isinstance(cell, Text) and cell.justify is None:
                     cell = cell.plain
                 if not isinstance(cell, str) or not cell.isprintable():  # a line break, a tab
                     return None
-                texts.append(cell)
-            width = max(cell_len(text) for text in texts)
+                texts.append((cell, cell_len(cell)))
+            width = max(cells for _, cells in texts)
             if column.max_width is not None and width > column.max_width:
                 return None
             columns.append((texts, width, column.justify))
@@ -347,8 +347,8 @@ class _PlainTable(Table):
         for at in range(len(self.rows) + 1):
             line = []
             for n, (texts, width, justify) in enumerate(columns):
-                text = texts[at]
-                room = width - cell_len(text)
+                text, cells = texts[at]
+                room = width - cells
                 if justify == "right":
                     text = " " * room + text
                 elif justify == "center":

@@ -221,7 +221,7 @@ class _Axis:
         inside = 0.0 if b <= a else (t - a) / (b - a) * w
         return round(100 * (self.cum[i] + inside) / self.weight_total, 3)
 
-    def ticks(self) -> list[Tick]:
+    def ticks(self, gaps: list[Gap]) -> list[Tick]:
         linear = sum(b - a for a, b, _ in self.pieces if (a, b) not in self._compressed)
         if linear <= 0:
             return [Tick(0.0, "0")]
@@ -229,7 +229,7 @@ class _Axis:
         found = [Tick(0.0, "0")]
         # Gap labels (GAP_LABEL wide, centred on their gap) keep their space.
         taken = [(g.left + g.width / 2 - GAP_LABEL / 2, g.left + g.width / 2 + GAP_LABEL / 2)
-                 for g in self.gaps() if g.labelled]
+                 for g in gaps if g.labelled]
         for a, b, _ in self.pieces:
             if (a, b) in self._compressed:
                 continue
@@ -332,11 +332,11 @@ def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
     waits: dict[tuple[int | None, str | None], Row] = {}
     # The entry that ends a pause begun at each index: the first of _ENDS_WAIT after it.
     ends: list[TimelineEntry | None] = [None] * len(entries)
-    end_entry: TimelineEntry | None = None
+    following: TimelineEntry | None = None
     for i in range(len(entries) - 1, -1, -1):
-        ends[i] = end_entry
+        ends[i] = following
         if entries[i].kind in _ENDS_WAIT:
-            end_entry = entries[i]
+            following = entries[i]
     for i, e in enumerate(entries):
         at = e.at.timestamp()
         if e.kind in STEP_ENDED:
@@ -425,6 +425,7 @@ def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
     last = max(points)
     axis = _Axis(t0, last, busy + [(b.start, b.end) for r in ordered for b in r.bars
                                    if b.kind.startswith("step-")], points, fold)
+    gaps = axis.gaps()
     placed = [
         PlacedRow(
             r.kind, r.label, r.detail, r.status, r.attempt, r.step,
@@ -435,8 +436,8 @@ def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
     ]
     return Waterfall(
         rows=placed,
-        ticks=axis.ticks(),
-        gaps=axis.gaps(),
+        ticks=axis.ticks(gaps),
+        gaps=gaps,
         total=last - t0,
         now=None if finished is not None else axis.pos(now),
         hidden_steps=earlier_steps + cut,
