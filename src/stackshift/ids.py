@@ -14,6 +14,17 @@ _lock = threading.Lock()
 _last = (0, 0)  # (milliseconds, random part) of the last id made in this process
 
 
+def _after_fork() -> None:
+    """A forked child draws its own random part: carrying on from the parent's
+    last id, both processes would make the same ids within that millisecond."""
+    global _lock, _last
+    _lock = threading.Lock()
+    _last = (0, 0)
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 def new_id(prefix: str) -> str:
     """A 26-character, time-ordered, random id with a readable prefix (``run_...``).
 

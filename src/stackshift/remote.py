@@ -21,7 +21,7 @@ from urllib.parse import quote
 import httpx
 from pydantic.alias_generators import to_snake
 
-from . import runlogs
+from . import forks, runlogs
 from .clock import Clock, SystemClock
 from .durations import parse_duration, parse_instant
 from .engine.transitions import parse_status
@@ -269,13 +269,26 @@ class RemoteService(RemoteFlowControl):
         self._pages_logs = self._tails_logs = True
         self.clock: Clock = SystemClock()
         self.timeout = timeout
-        self._http = httpx.Client(
+        self._api_key = api_key
+        self._transport = transport
+        self._http = self._new_http()
+        forks.register(self)
+
+    def _new_http(self) -> httpx.Client:
+        return httpx.Client(
             base_url=self.base_url,
-            headers={"Authorization": f"Bearer {api_key}",
+            headers={"Authorization": f"Bearer {self._api_key}",
                      "User-Agent": f"stackshift-python/{_VERSION}"},
-            timeout=timeout,
-            transport=transport,
+            timeout=self.timeout,
+            transport=self._transport,
         )
+
+    def _after_fork(self) -> None:
+        """In a forked child (see :mod:`stackshift.forks`): leave the parent's
+        connections to it and open this process's own (a transport given to
+        the constructor is the caller's to make fork-safe)."""
+        forks.keep(self._http)
+        self._http = self._new_http()
 
     # -- plumbing ------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import forks
 from .clock import Clock
 from .durations import format_duration, parse_duration, parse_instant, time_bound
 from .engine.limits import check_concurrency
@@ -243,6 +244,14 @@ class Notifier:
     know when a retry, timer or delayed start recorded in this process falls due."""
 
     def __init__(self) -> None:
+        self._start_over()
+        forks.register(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's workers are not there to wake."""
+        self._start_over()
+
+    def _start_over(self) -> None:
         self._listeners: list[Callable[[], None]] = []
         self._due_listeners: list[Callable[[float], None]] = []
         self._lock = threading.Lock()

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
 
+from .. import forks
 from ..runlogs import engine_call
 from .database import Database, Tx
 
@@ -65,6 +66,11 @@ class GroupCommit:
         #: time anyway, and on PostgreSQL more lanes (smaller batches) measured
         #: no faster.
         self.lanes = lanes or 1
+        self._start_over()
+        forks.register(self)
+
+    def _start_over(self) -> None:
+        """Nothing queued, no transaction under way."""
         self._cond = threading.Condition()
         self._queue: list[_Item[Any]] = []
         self._busy = 0
@@ -74,6 +80,10 @@ class GroupCommit:
         # Threads inside preparing() that have not queued their write yet.
         self._preparing = 0
         self._local = threading.local()
+
+    def _after_fork(self) -> None:
+        """In a forked child: the writes queued by the parent's threads are theirs."""
+        self._start_over()
 
     def expect(self, count: int, within: float) -> None:
         """``count`` writes are about to come, within ``within`` seconds: the next

@@ -42,6 +42,7 @@ from psycopg.pq import ExecStatus
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
+from .. import forks
 from ..errors import ValidationError
 from .database import Row
 from .queries import load_migrations, load_queries
@@ -264,12 +265,19 @@ class PostgresDatabase:
             params["options"] = f"{params.get('options') or ''} {search_path}".strip()
         self._conninfo = make_conninfo("", **params)
         self._queries = load_queries("postgres", to_psycopg)
+        self._min_size, self._max_size = min_size, max_size
+        self._closed = False
+        self._start_over()
+        forks.register(self)
+
+    def _start_over(self) -> None:
+        """No connections yet (the pool opens on first use), no lock held."""
         self._pool: ConnectionPool[PgConnection] = ConnectionPool(
             self._conninfo,
             connection_class=PgConnection,
             kwargs={"autocommit": True, "row_factory": dict_row},
-            min_size=min_size,
-            max_size=max_size,
+            min_size=self._min_size,
+            max_size=self._max_size,
             timeout=self._timeout,
             # A connection that cannot be made is retried with a doubling delay;
             # the pool gives up on it after this long, and the next request that
@@ -278,9 +286,8 @@ class PostgresDatabase:
             # the delay grows past a minute).
             reconnect_timeout=RECONNECT_SECONDS,
             name="stackshift",
-            open=True,
+            open=False,
         )
-        self._closed = False
         self._reached = False
         # LISTEN connection (wake-ups) and leader connection (maintenance
         # election): dedicated, outside the pool, opened on first use.
@@ -294,6 +301,13 @@ class PostgresDatabase:
         self._leader_owner: str | None = None
         self._lead_retry_at = 0.0
 
+    def _after_fork(self) -> None:
+        """In a forked child (see :mod:`stackshift.forks`): leave the parent's
+        connections to it, unclosed (a close would end its sessions), and
+        start over. The parent keeps leading maintenance, if it did."""
+        forks.keep(self._pool, self._listener, self._leader)
+        self._start_over()
+
     # -- connections -------------------------------------------------------------
 
     def _connect(self) -> PgConnection:
@@ -304,7 +318,10 @@ class PostgresDatabase:
         that a wrong URL or password fails at once with the server's own message
         instead of after ``pool_timeout`` with a bare timeout."""
         if not self._reached:
+            if self._closed:
+                raise RuntimeError("the store is closed")
             self._connect().close()
+            self._pool.open()  # (a no-op on an open pool)
             self._reached = True
         return self._pool.getconn()
 

@@ -22,6 +22,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from .. import forks
 from ..errors import ValidationError
 from .database import Row, split_statements
 from .queries import load_migrations, load_queries
@@ -100,14 +101,42 @@ class SqliteDatabase:
         self._synchronous = _SYNC_MODES[sync]
         self._busy_ms = int(float(options.get("busy_timeout", "30")) * 1000)
         self._queries = load_queries("sqlite")
+        self._closed = False
+        self._start_over()
+        forks.register(self)
+
+    def _start_over(self) -> None:
+        """No connections yet, no lock held."""
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
+        #: the thread-local connections in use (read() and the like)
+        self._reading: set[sqlite3.Connection] = set()
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._data_version: int | None = None
-        self._closed = False
         self._writer: sqlite3.Connection | None = None
         self._checkpointer: _Checkpointer | None = None
+
+    def _after_fork(self) -> None:
+        """In a forked child (see :mod:`stackshift.forks`): close the parent's
+        connections, which SQLite would otherwise count as this process's own
+        and spare the file locks of the child's new ones, and start over.
+
+        A connection another thread was using at the fork is only kept: its
+        close would wait on that thread's hold on it.
+        """
+        busy = set(self._reading)
+        if self._write_lock.locked() and self._writer is not None:
+            busy.add(self._writer)
+        if self._checkpointer is not None and self._checkpointer.copying:
+            busy.add(self._checkpointer.conn)
+        for conn in self._all:
+            if conn in busy or conn.in_transaction:
+                forks.keep(conn)
+            else:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+        self._start_over()
 
     # -- connections -------------------------------------------------------------
 
@@ -222,44 +251,59 @@ class SqliteDatabase:
     @contextmanager
     def read(self) -> Iterator[_SqliteTx]:
         conn = self._conn()
-        conn.execute("BEGIN")
+        self._reading.add(conn)
         try:
-            yield _SqliteTx(conn, self._queries)
+            conn.execute("BEGIN")
+            try:
+                yield _SqliteTx(conn, self._queries)
+            finally:
+                conn.execute("COMMIT")
         finally:
-            conn.execute("COMMIT")
+            self._reading.discard(conn)
+
+    @contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection, for statements outside :meth:`read`."""
+        conn = self._conn()
+        self._reading.add(conn)
+        try:
+            yield conn
+        finally:
+            self._reading.discard(conn)
 
     # -- schema ------------------------------------------------------------------
 
     def migrate(self) -> int:
-        conn = self._conn()
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
-        )
-        for version, name, script in load_migrations("sqlite"):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                done = conn.execute(
-                    "SELECT 1 FROM schema_migrations WHERE version = ?", (version,)
-                ).fetchone()
-                if not done:
-                    for statement in split_statements(script):
-                        conn.execute(statement)
-                    conn.execute(
-                        "INSERT INTO schema_migrations VALUES (?, ?, ?)",
-                        (version, name, time.time()),
-                    )
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._reader() as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
+            for version, name, script in load_migrations("sqlite"):
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    done = conn.execute(
+                        "SELECT 1 FROM schema_migrations WHERE version = ?", (version,)
+                    ).fetchone()
+                    if not done:
+                        for statement in split_statements(script):
+                            conn.execute(statement)
+                        conn.execute(
+                            "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                            (version, name, time.time()),
+                        )
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
         return self.schema_version()
 
     def schema_version(self) -> int:
-        try:
-            row = self._conn().execute("SELECT MAX(version) FROM schema_migrations").fetchone()
-        except sqlite3.OperationalError:
-            return 0
+        with self._reader() as conn:
+            try:
+                row = conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+            except sqlite3.OperationalError:
+                return 0
         return int(row[0] or 0)
 
     # -- change detection ----------------------------------------------------------
@@ -267,7 +311,8 @@ class SqliteDatabase:
     def changed(self) -> bool:
         # data_version changes whenever another connection commits; reading it
         # touches only the WAL index in shared memory.
-        version = int(self._conn().execute("PRAGMA data_version").fetchone()[0])
+        with self._reader() as conn:
+            version = int(conn.execute("PRAGMA data_version").fetchone()[0])
         changed = version != self._data_version
         self._data_version = version
         return changed
@@ -373,7 +418,7 @@ class _Checkpointer:
 
     def __init__(self, conn: sqlite3.Connection, write_lock: threading.Lock) -> None:
         self.commits = 0  # counted by the writer, under the write lock
-        self._conn = conn
+        self.conn = conn
         self._write_lock = write_lock
         self._stopping = threading.Event()
         conn.execute("PRAGMA busy_timeout = 0")  # _retry_busy waits instead
@@ -381,7 +426,7 @@ class _Checkpointer:
         # A WAL file is a header and, per page, a frame header and the page.
         frame = int(conn.execute("PRAGMA page_size").fetchone()[0]) + _WAL_FRAME_HEADER
         self.limit = _WAL_HEADER + 2 * self.RESTART_PAGES * frame
-        self._copying = False  # a checkpoint runs; under _copied
+        self.copying = False  # a checkpoint runs; under _copied
         self._copied = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="stackshift-checkpoint",
                                         daemon=True)
@@ -394,7 +439,7 @@ class _Checkpointer:
                 continue
             seen = self.commits
             with self._copied:
-                self._copying = True
+                self.copying = True
             try:
                 busy, pages = self._checkpoint("PASSIVE")
                 # (busy: another process's checkpoint runs, and it cannot tell)
@@ -406,23 +451,23 @@ class _Checkpointer:
                 log.warning("SQLite checkpoint failed; retrying", exc_info=True)
             finally:
                 with self._copied:
-                    self._copying = False
+                    self.copying = False
                     self._copied.notify_all()
 
     def hold_back(self) -> None:
         """Called by a writer before it writes: if the WAL file is more than
         twice ``limit`` long, wait for the checkpoint under way, if one is, to
         end, at most ``HOLD_WAIT`` seconds."""
-        if not self._copying or not self._file_outgrown(2 * self.limit):
+        if not self.copying or not self._file_outgrown(2 * self.limit):
             return
         with self._copied:
-            self._copied.wait_for(lambda: not self._copying, self.HOLD_WAIT)
+            self._copied.wait_for(lambda: not self.copying, self.HOLD_WAIT)
 
     def _checkpoint(self, mode: str) -> tuple[bool, int]:
         """A checkpoint: whether it was kept from finishing (by another
         checkpoint, or in RESTART mode by a writer or reader), and the pages
         in the WAL."""
-        busy, pages, _copied = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        busy, pages, _copied = self.conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
         return bool(busy), int(pages)
 
     def _file_outgrown(self, size: int) -> bool:
