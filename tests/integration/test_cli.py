@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from stackshift import NonRetriableError, Settings, StackShift
-from stackshift.cli.liveview import change_line
+from stackshift.cli.liveview import STATUS_OF, change_line
 from stackshift.testing import run_until_idle
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -1790,6 +1790,20 @@ RETRIED_ONCE_APP = """
 """
 
 
+QUICK_RETRY_APP = """
+    from stackshift import StackShift
+
+    app = StackShift()
+
+    @app.job("flaky", max_attempts=3, backoff={"base": "0.05s", "jitter": False})
+    def flaky(ctx):
+        if ctx.run.attempt == 1:
+            raise ConnectionError("mail provider timed out")
+        ctx.step.sleep("pause", "0.05s")
+        return "sent"
+"""
+
+
 def _listening(port: int) -> socket.socket | None:
     """A socket listening on 127.0.0.1:``port`` (0: any free port), as another
     program's server; None when the port is already taken by one."""
@@ -1876,6 +1890,42 @@ def test_dev_refuses_a_port_given_with_port_that_is_in_use(
         assert untouched._service.schema_version() == 0
     finally:
         untouched.close()
+
+
+def test_piped_dev_prints_every_status_a_run_went_through(
+    db_url: str, app: StackShift, tmp_path: Path
+) -> None:
+    """The run fails, waits 50 ms for its retry, sleeps 50 ms and completes,
+    all between two looks of the board (0.3 s apart): each change still gets
+    its line, in order, with the time it happened."""
+    app_file = tmp_path / "tasks.py"
+    app_file.write_text(textwrap.dedent(QUICK_RETRY_APP))
+    dev = _Piped("dev", f"{app_file}:app", "--db", db_url, "--no-dashboard", "--no-seed",
+                 cwd=tmp_path)
+    try:
+        dev.line_with("stdout", "Stop with Ctrl-C")
+        # A run of a job the worker does not have stays queued: once its line is
+        # out, the board has had its first look, and prints changes from then on.
+        parked = app.start("parked")
+        dev.line_with("stdout", f"{parked.id}  parked  queued")
+        run = app.start("flaky")
+        dev.line_with("stdout", f"{run.id}  flaky  completed")
+    finally:
+        assert dev.stop(signal.SIGINT) == 0
+    lines = [line.rstrip("\n") for line in dev.lines["stdout"] if f"{run.id}  flaky  " in line]
+    changes = [e for e in app.runs.timeline(run.id) if e.kind in STATUS_OF]
+    assert [line.split("  ")[:4] for line in lines] == [
+        [f"{e.at:%H:%M:%S}", run.id, "flaky", STATUS_OF[e.kind]] for e in changes]
+    assert [STATUS_OF[e.kind] for e in changes] == [
+        "queued", "running", "retrying", "queued", "running", "waiting", "queued", "running",
+        "completed"]
+    retry = changes[2]
+    delay = retry.data["next_attempt_at"] - retry.at.timestamp()
+    assert lines[2].endswith("  attempt 1/3  ConnectionError: mail provider timed out; "
+                             f"next attempt in {delay * 1000:.0f}ms"), lines[2]
+    assert lines[5].endswith("  attempt 2/3  sleeping (pause), wakes in 50ms"), lines[5]
+    assert lines[7].endswith("  attempt 2/3  resumed"), lines[7]
+    assert lines[8].endswith('  attempt 2/3  "sent"'), lines[8]
 
 
 def test_dev_gives_the_delay_before_a_retry_not_what_was_left_of_it(

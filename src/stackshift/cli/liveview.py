@@ -1,11 +1,14 @@
 """The run board ``stackshift dev`` shows: recent runs, updating as they progress.
 
-On a terminal it is a live table; piped to a file it prints one line per change,
-so logs of a dev session stay readable.
+On a terminal it is a live table; piped to a file it prints one line per change
+of a run's status, read from the runs' timelines, so logs of a dev session stay
+readable and show every step a run went through (a retry after a short
+backoff included, over before the board looks again).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from datetime import UTC, datetime
 
@@ -14,10 +17,24 @@ from rich.live import Live
 from rich.text import Text
 
 from ..client import StackShift
-from ..models import Run
+from ..errors import RunNotFoundError
+from ..models import Run, RunError, TimelineEntry, WaitingFor
 from .render import STATUS_STYLES, attempt_cell, run_detail_line, runs_table, status_text
 
 REFRESH_SECONDS = 0.3
+
+#: The status each timeline entry of :meth:`RunStore.status_changes_after` brings.
+STATUS_OF = {
+    "run.queued": "queued", "run.scheduled": "scheduled", "attempt.started": "running",
+    "run.resumed": "running", "run.retrying": "retrying", "run.waiting": "waiting",
+    "run.completed": "completed", "run.failed": "failed", "run.cancelled": "cancelled",
+}
+#: Status changes shown per look at most; past them the board skips to the latest.
+MAX_LINES = 200
+#: Timeline ids below the last one read that are read again at the next look: on
+#: PostgreSQL an id is handed out before its transaction commits, so an entry
+#: can become visible after higher ones have been shown.
+LOOKBACK = 100
 
 
 class RunBoard:
@@ -26,7 +43,15 @@ class RunBoard:
     def __init__(self, app: StackShift, limit: int = 15) -> None:
         self.app = app
         self.limit = limit
-        self._seen: dict[str, tuple[str, int]] = {}
+        #: The last timeline entry read (None before the first look).
+        self._horizon: int | None = None
+        #: Entries up to this one are not shown: those before the first look
+        #: (which shows the runs as they are) or before the board skipped ahead.
+        self._floor = 0
+        #: Entries shown within LOOKBACK of the horizon.
+        self._shown: set[int] = set()
+        #: The error of each run's last failed attempt, until its status line.
+        self._errors: dict[str, RunError] = {}
 
     def recent(self) -> list[Run]:
         return list(self.app.runs.list(limit=self.limit).items)
@@ -48,16 +73,6 @@ class RunBoard:
                            title=f"newest {self.limit} runs · {now:%H:%M:%S} UTC")
         return Group(summary, table)
 
-    def changes(self) -> list[Run]:
-        """Runs whose status or attempt changed since the last call, oldest first."""
-        changed = []
-        for run in reversed(self.recent()):
-            marker = (run.status, run.attempt)
-            if self._seen.get(run.id) != marker:
-                self._seen[run.id] = marker
-                changed.append(run)
-        return changed
-
     def failed_at(self, run: Run) -> datetime | None:
         """When a retrying run's last attempt failed: its next attempt's delay
         counts from then. None for a run not retrying."""
@@ -65,6 +80,45 @@ class RunBoard:
             return None
         ends = [a.finished_at for a in self.app.runs.attempts(run.id) if a.number == run.attempt]
         return ends[0] if ends else None
+
+    def change_lines(self) -> list[Text]:
+        """The lines to print since the last call: at the first, the newest runs as
+        they are; then every change of a run's status since, oldest first."""
+        store = self.app._service.store
+        if self._horizon is None:
+            newest, self._horizon = store.newest_runs_and_last_entry(self.limit)
+            self._floor = self._horizon
+            return [change_line(run, self.failed_at(run)) for run in reversed(newest)]
+        entries = store.status_changes_after(max(self._floor, self._horizon - LOOKBACK),
+                                             LOOKBACK + MAX_LINES + 1)
+        fresh = [entry for entry in entries if entry.id not in self._shown]
+        runs: dict[str, Run | None] = {}
+        lines = []
+        for entry in fresh[:MAX_LINES]:
+            self._shown.add(entry.id)
+            if entry.kind == "attempt.failed":
+                error = entry.data.get("error") or {}
+                self._errors[entry.run_id] = RunError(error.get("type") or "Error",
+                                                      error.get("message") or "")
+                continue
+            if entry.run_id not in runs:
+                try:
+                    runs[entry.run_id] = self.app.runs.get(entry.run_id)
+                except RunNotFoundError:  # deleted since (retention)
+                    runs[entry.run_id] = None
+            run = runs[entry.run_id]
+            if run is not None:
+                lines.append(transition_line(entry, run, self._errors.pop(entry.run_id, None)))
+        if len(fresh) > MAX_LINES:
+            self._horizon = self._floor = store.last_timeline_id()
+            self._errors.clear()
+            lines.append(Text("… more status changes than the board prints at once: skipped "
+                              "to the latest (`stackshift runs list` shows every run)",
+                              style="dim"))
+        elif entries:
+            self._horizon = max(self._horizon, entries[-1].id)
+        self._shown = {i for i in self._shown if i > self._horizon - LOOKBACK}
+        return lines
 
 
 def change_line(run: Run, since: datetime | None = None) -> Text:
@@ -81,6 +135,45 @@ def change_line(run: Run, since: datetime | None = None) -> Text:
     return line
 
 
+def transition_line(entry: TimelineEntry, run: Run, error: RunError | None = None) -> Text:
+    """One line for a change of ``run``'s status that ``entry`` recorded, as it
+    was then: its time, the attempt it belongs to and what the entry says
+    (``error``: that of the failed attempt before a retrying or failed run)."""
+    status = STATUS_OF[entry.kind]
+    data = entry.data
+    waiting = None
+    if status == "waiting":
+        waiting = WaitingFor(kind=data.get("waiting_for", "sleep"), step=entry.step or "",
+                             until=_instant(data.get("until")),
+                             event_name=data.get("event"),
+                             correlation_key=data.get("correlation_key"))
+    then = dataclasses.replace(
+        run, status=status, attempt=entry.attempt if entry.attempt is not None else 0,
+        waiting_for=waiting, error=error or (run.error if status in ("failed", "cancelled")
+                                             else None),
+        next_attempt_at=_instant(data.get("next_attempt_at")),
+        scheduled_at=_instant(data.get("scheduled_at")), cancel_requested=False)
+    line = Text(f"{entry.at:%H:%M:%S}  {run.id}  {run.job}  ")
+    line.append_text(status_text(status))
+    line.append(f"  attempt {_attempt(then, run.retry_base)}")
+    detail = "resumed" if entry.kind == "run.resumed" else run_detail_line(then, entry.at)
+    if detail:
+        line.append(f"  {detail}", style="dim")
+    return line
+
+
+def _attempt(then: Run, retry_base: int) -> str:
+    """:func:`attempt_cell` for an attempt made before the run's last manual
+    retry too (counted from the start, as it was then)."""
+    if then.attempt <= retry_base:
+        return attempt_cell(dataclasses.replace(then, retry_base=0))
+    return attempt_cell(then)
+
+
+def _instant(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
+
+
 def show_board(board: RunBoard, out: Console, stop: threading.Event) -> None:
     """Show the board on ``out`` until ``stop`` is set; what changed since its last
     look is still shown once ``stop`` is set."""
@@ -92,8 +185,8 @@ def show_board(board: RunBoard, out: Console, stop: threading.Event) -> None:
                 live.update(board.render(out.width))
         return
     while True:
-        for run in board.changes():
-            out.print(change_line(run, board.failed_at(run)))
+        for line in board.change_lines():
+            out.print(line)
         if stopping:
             return
         stopping = stop.wait(REFRESH_SECONDS)

@@ -291,6 +291,11 @@ def _retry_in(tx: Tx, run_id: str, now: float, *, only: str | None,
                  data={"from": status.value})
 
 
+def _last_timeline_id(tx: Tx) -> int:
+    row = tx.one("last_timeline_id")
+    return int(row["id"]) if row is not None else 0
+
+
 class _NotADuplicate(Exception):
     """Rolls back a start that turned out to create a run in a non-durable transaction."""
 
@@ -452,6 +457,27 @@ class RunStore:
         with self.db.read() as tx:
             load_run(tx, run_id)
             return [rows.timeline_entry(r) for r in tx.all("timeline", run_id=run_id)]
+
+    def status_changes_after(self, after: int, limit: int) -> list[TimelineEntry]:
+        """Up to ``limit`` timeline entries of any run after entry ``after`` that
+        change a run's status (``run.queued`` ... ``run.cancelled``, and
+        ``attempt.started``), with the ``attempt.failed`` entries whose errors
+        they give, oldest first."""
+        with self.db.read() as tx:
+            return [rows.timeline_entry(r)
+                    for r in tx.all("status_changes_after", after=after, limit=limit)]
+
+    def last_timeline_id(self) -> int:
+        """The id of the newest timeline entry of any run (0 for none)."""
+        with self.db.read() as tx:
+            return _last_timeline_id(tx)
+
+    def newest_runs_and_last_entry(self, limit: int) -> tuple[list[Run], int]:
+        """The newest ``limit`` runs, newest first, and :meth:`last_timeline_id`,
+        read together: the entries after that id are the changes since."""
+        with self.db.read() as tx:
+            found = tx.raw("SELECT * FROM runs ORDER BY id DESC LIMIT :limit", {"limit": limit})
+            return [rows.run(r) for r in found], _last_timeline_id(tx)
 
     def latest_timeline(self, run_id: str, limit: int) -> tuple[list[TimelineEntry], int]:
         """The run's last ``limit`` timeline entries, in the order of

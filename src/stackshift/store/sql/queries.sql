@@ -204,6 +204,19 @@ WHERE status IN ('scheduled', 'retrying', 'waiting');
 -- name: timeline
 SELECT * FROM timeline WHERE run_id = :run_id ORDER BY at, id;
 
+-- name: status_changes_after
+-- The entries after entry :after that change a run's status, and the failed
+-- attempts whose errors they give, oldest first (RunStore.status_changes_after).
+SELECT * FROM timeline
+WHERE id > :after
+  AND kind IN ('run.queued', 'run.scheduled', 'attempt.started', 'run.resumed',
+               'attempt.failed', 'run.retrying', 'run.waiting', 'run.completed',
+               'run.failed', 'run.cancelled')
+ORDER BY id LIMIT :limit;
+
+-- name: last_timeline_id
+SELECT COALESCE(MAX(id), 0) AS id FROM timeline;
+
 -- name: latest_timeline
 -- The run's last :limit entries in the order of `timeline`, newest first
 -- (RunStore.latest_timeline turns them).
