@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from pydantic import ValidationError as PydanticValidationError
 
-from . import runlogs
+from . import forks, runlogs
 from .errors import AttemptTimeoutError, AuthenticationError, RemoteError, ValidationError
 from .server import push_schemas as p
 from .server import worker_schemas as w
@@ -126,18 +126,31 @@ class PushRoute:
         # stop the application: the first delivery (the server is back) does it.
         self._published = False
         self._publish()
+        self._concurrency = concurrency
+        self._logs_installed = False
+        self._start_threads()
+        forks.register(self)
+
+    def _start_threads(self) -> None:
         # Sync handlers run here: enough threads for the runs the server posts at
         # once, plus those a timed-out handler still holds.
-        self.threads = ThreadPoolExecutor(2 * concurrency + 4,
+        self.threads = ThreadPoolExecutor(2 * self._concurrency + 4,
                                           thread_name_prefix="stackshift-push-job")
         self._logs_lock = threading.Lock()
-        self._logs_installed = False
         # The runs executing here, whose leases the route renews itself: the server
         # that delivered a run may restart meanwhile, and one that did not deliver
         # it does not know it is in flight.
         self._executing: set[Invocation] = set()
         self._executing_lock = threading.Lock()
         self._renewer: threading.Thread | None = None
+
+    def _after_fork(self) -> None:
+        """In a forked child (see :mod:`stackshift.forks`): none of the parent's
+        threads came along, so the handler threads its pool counts as idle and the
+        lease renewer are not there; nor are the runs they were executing. The
+        child starts its own on its first delivery."""
+        forks.keep(self.threads)
+        self._start_threads()
 
     def _publish(self) -> None:
         try:

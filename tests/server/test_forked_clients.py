@@ -12,13 +12,16 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
+from serverproc import free_port, running_server
 
 from stackshift import StackShift, ids
 from stackshift.testing import run_until_idle
@@ -172,3 +175,51 @@ def test_ids_made_on_both_sides_of_a_fork_differ(
     theirs = child.join()
     assert len({first, *mine, *theirs}) == 201
     assert sorted(mine) == mine and sorted(theirs) == theirs
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_a_push_route_that_served_before_a_fork_serves_in_the_child(
+        db_url: str, tmp_path: Path) -> None:
+    # The parent's handler thread, idle in the route's pool at the fork, is
+    # not in the child: a pool that still counted it handed the child's first
+    # delivery to no thread, and the run never finished.
+    with running_server(db_url, tmp_path / "server.log") as server:
+        app = StackShift(api_key=server.api_key, base_url=server.url)
+
+        @app.job("forkedEcho")
+        def forked_echo(ctx: Any) -> dict[str, int]:
+            return {"pid": ctx.step.run("pid", os.getpid)}
+
+        port = free_port()
+        route = app.wsgi_app(url=f"http://127.0.0.1:{port}/")
+        httpd = make_server("127.0.0.1", port, route, handler_class=_Quiet)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        stop_r, stop_w = os.pipe()
+        ready_r, ready_w = os.pipe()
+        try:
+            first = app.runs.wait(app.start("forkedEcho").id, timeout=30)
+            assert (first.status, first.result) == ("completed", {"pid": os.getpid()})
+            httpd.shutdown()
+            httpd.server_close()
+
+            def serve_in_child() -> None:
+                served = make_server("127.0.0.1", port, route, handler_class=_Quiet)
+                threading.Thread(target=served.serve_forever, daemon=True).start()
+                os.write(ready_w, b".")
+                os.read(stop_r, 1)
+
+            child = Child(serve_in_child, tmp_path / "child.json")
+            assert os.read(ready_r, 1) == b"."
+            second = app.runs.wait(app.start("forkedEcho").id, timeout=30)
+            assert (second.status, second.result) == ("completed", {"pid": child.pid})
+            os.write(stop_w, b".")
+            child.join()
+        finally:
+            os.write(stop_w, b".")
+            app.close()
+            for fd in (stop_r, stop_w, ready_r, ready_w):
+                os.close(fd)
