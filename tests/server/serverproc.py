@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler
 
 import httpx
 
@@ -144,3 +145,10 @@ def running_server(database_url: str, log: Path) -> Iterator[Server]:
         yield running
     finally:
         stop_server(running)
+
+
+class QuietHandler(WSGIRequestHandler):
+    """A ``wsgiref`` request handler that logs no line per request."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass

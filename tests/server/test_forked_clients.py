@@ -18,10 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, make_server
+from wsgiref.simple_server import make_server
 
 import pytest
-from serverproc import free_port, running_server
+from serverproc import QuietHandler, free_port, running_server
 
 from stackshift import StackShift, ids
 from stackshift.testing import run_until_idle
@@ -177,11 +177,6 @@ def test_ids_made_on_both_sides_of_a_fork_differ(
     assert sorted(mine) == mine and sorted(theirs) == theirs
 
 
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 def test_a_push_route_that_served_before_a_fork_serves_in_the_child(
         db_url: str, tmp_path: Path) -> None:
     # The parent's handler thread, idle in the route's pool at the fork, is
@@ -196,7 +191,7 @@ def test_a_push_route_that_served_before_a_fork_serves_in_the_child(
 
         port = free_port()
         route = app.wsgi_app(url=f"http://127.0.0.1:{port}/")
-        httpd = make_server("127.0.0.1", port, route, handler_class=_Quiet)
+        httpd = make_server("127.0.0.1", port, route, handler_class=QuietHandler)
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
         stop_r, stop_w = os.pipe()
         ready_r, ready_w = os.pipe()
@@ -207,7 +202,7 @@ def test_a_push_route_that_served_before_a_fork_serves_in_the_child(
             httpd.server_close()
 
             def serve_in_child() -> None:
-                served = make_server("127.0.0.1", port, route, handler_class=_Quiet)
+                served = make_server("127.0.0.1", port, route, handler_class=QuietHandler)
                 threading.Thread(target=served.serve_forever, daemon=True).start()
                 os.write(ready_w, b".")
                 os.read(stop_r, 1)

@@ -24,12 +24,13 @@ from decimal import Decimal
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import WSGIServer, make_server
 
 import httpx
 import pytest
 import uvicorn
 from serverproc import (
+    QuietHandler,
     Server,
     admin_service,
     free_port,
@@ -303,7 +304,7 @@ def test_a_url_answering_200_without_running_the_job_gets_the_run_handed_back(
         start_response("200 OK", [("Content-Type", "text/html")])
         return [b"<html>Welcome!</html>"]
 
-    httpd = make_server("127.0.0.1", 0, welcome, handler_class=_Quiet)
+    httpd = make_server("127.0.0.1", 0, welcome, handler_class=QuietHandler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         with server.http() as http:
@@ -353,7 +354,7 @@ def test_a_step_longer_than_a_proxys_timeout_runs_once(
     class Threads(ThreadingMixIn, WSGIServer):
         daemon_threads = True
 
-    httpd = make_server("127.0.0.1", 0, proxy, server_class=Threads, handler_class=_Quiet)
+    httpd = make_server("127.0.0.1", 0, proxy, server_class=Threads, handler_class=QuietHandler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         push_app.url = f"http://127.0.0.1:{httpd.server_port}/stackshift/"  # registered
@@ -423,11 +424,6 @@ def test_forged_tampered_stale_and_replayed_requests_get_401_and_run_nothing(
     assert client.runs.wait(second.id, timeout=30).result == {"echo": 2}
 
 
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 def test_wsgi_route_runs_a_sleeping_job_and_enforces_a_timeout(server: Server) -> None:
     app = StackShift(api_key=server.api_key, base_url=server.url)
     invocations: list[int] = []
@@ -446,7 +442,7 @@ def test_wsgi_route_runs_a_sleeping_job_and_enforces_a_timeout(server: Server) -
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     route = app.wsgi_app(url=url)  # the client's method: stackshift.wsgi_app(app, ...)
-    httpd = make_server("127.0.0.1", port, route, handler_class=_Quiet)
+    httpd = make_server("127.0.0.1", port, route, handler_class=QuietHandler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
@@ -488,7 +484,7 @@ def test_a_pushed_step_whose_result_is_not_json_runs_once_and_fails_the_run(
 
     port = free_port()
     route = stackshift.wsgi_app(app, url=f"http://127.0.0.1:{port}/")
-    httpd = make_server("127.0.0.1", port, route, handler_class=_Quiet)
+    httpd = make_server("127.0.0.1", port, route, handler_class=QuietHandler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
@@ -582,7 +578,7 @@ def test_a_secret_pasted_with_whitespace_signs_and_one_that_is_no_secret_is_refu
     monkeypatch.delenv(SECRET_ENV, raising=False)
     current: list[Any] = [stackshift.wsgi_app(app, secret=f"  {secret}\r\n")]
     httpd = make_server("127.0.0.1", port, lambda env, start: current[0](env, start),
-                        handler_class=_Quiet)
+                        handler_class=QuietHandler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
