@@ -463,8 +463,10 @@ class Service(FlowControl):
         return self.store.latest_timeline(run_id, limit)
 
     def timeline_outline(self, run_id: str, steps: int) -> tuple[list[TimelineEntry], int]:
-        """The run's timeline with the entries of its last ``steps`` steps alone,
-        and how many step entries it leaves out."""
+        """What the run page's waterfall reads of the run's timeline: everything from
+        the first of its last ``steps`` steps on, and before it what began and
+        ended the attempts; and how many rows (steps, sleeps, waits) it leaves out
+        (:meth:`RunStore.timeline_outline`)."""
         return self.store.timeline_outline(run_id, steps)
 
     def logs(self, run_id: str, after: int | None = None, limit: int | None = None,

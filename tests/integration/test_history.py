@@ -734,23 +734,63 @@ def test_the_run_pages_waterfall_reads_the_entries_of_the_latest_steps_alone(
     kinds = [e.kind for e in whole]
     assert kinds.count("step.completed") == 10 and kinds.count("step.failed") == 1
     done, attempts = service.get_run(run.id), service.attempts(run.id)
+    every = ["a-0", "a-1", "a-2", "a-3", "charge", "rest", "b-0", "b-1", "b-2", "paid", "shipped",
+             "c-0", "c-1", "c-2"]
+    steps_at = [i for i, label in enumerate(every) if label not in ("rest", "paid", "shipped")]
+    pauses = ("run.waiting", "run.resumed", "event.received", "wait.timed_out")
     drawn: list[list[str]] = []
     for most in range(1, 20):
         monkeypatch.setattr(waterfall, "MAX_STEP_ROWS", most)
         chart = waterfall.build(done, whole, attempts, clock.now())
         outline, earlier = service.timeline_outline(run.id, most)
-        assert len([e for e in outline if e.kind.startswith("step.")]) == min(most, 11)
-        assert earlier == max(0, 11 - most)
+        read = [e for e in outline if e.kind.startswith("step.")]
+        assert len(read) == min(most, 11)
+        # Left out: the rows before the first step read, steps, sleeps and waits,
+        # whose pauses are not read either.
+        assert earlier == (steps_at[-most] if most <= 11 else 0)
+        assert not [e for e in outline if (e.at, e.id) < (read[0].at, read[0].id) and (
+            e.kind in pauses or e.data.get("from") == "waiting")]
         assert repr(waterfall.build(done, outline, attempts, clock.now(),
                                     earlier_steps=earlier)) == repr(chart)
         drawn.append([r.label for r in chart.rows if r.kind != "attempt"])
-    every = ["a-0", "a-1", "a-2", "a-3", "charge", "rest", "b-0", "b-1", "b-2", "paid", "shipped",
-             "c-0", "c-1", "c-2"]
     assert drawn == [every[-most:] for most in range(1, 20)]  # the latest
     assert service.latest_timeline(run.id, 5) == (whole[-5:], len(whole) - 5)
     assert service.latest_timeline(run.id, len(whole)) == (whole, 0)
     with pytest.raises(RunNotFoundError):
         service.timeline_outline("run_missing", 10)
+
+
+def test_the_run_pages_waterfall_reads_as_much_of_a_poller_however_often_it_slept(
+        fake_app: StackShift, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that checked and slept 40 and then 120 times: the waterfall of its
+    latest 10 steps reads the same number of entries, draws what the whole
+    timeline gives, and counts every earlier check and sleep as not drawn."""
+    monkeypatch.setattr(waterfall, "MAX_STEP_ROWS", 10)
+
+    @fake_app.job("poller")
+    def poller(ctx):  # type: ignore[no-untyped-def]
+        for n in range(ctx.payload["times"]):
+            ctx.step.run(f"check-{n}", lambda: None)
+            ctx.step.sleep(f"pause-{n}", "1m")
+
+    service = fake_app._service
+    read = []
+    for times in (40, 120):
+        run = fake_app.start("poller", {"times": times})
+        for _ in range(times + 1):
+            run_until_idle(fake_app)
+            clock.advance("1m")
+        done = service.get_run(run.id)
+        assert done.status == "completed"
+        whole, attempts = service.timeline(run.id), service.attempts(run.id)
+        chart = waterfall.build(done, whole, attempts, clock.now())
+        outline, earlier = service.timeline_outline(run.id, 10)
+        assert earlier == chart.hidden_steps - 10 == 2 * times - 20
+        assert repr(waterfall.build(done, outline, attempts, clock.now(),
+                                    earlier_steps=earlier)) == repr(chart)
+        assert [r.label for r in chart.rows][-2:] == [f"check-{times - 1}", f"pause-{times - 1}"]
+        read.append(len(outline))
+    assert len(whole) > 4 * 120 and read[0] == read[1] < 60
 
 
 def test_logged_exceptions_keep_their_traceback(fake_app: StackShift) -> None:

@@ -214,12 +214,12 @@ def test_a_run_that_paused_thousands_of_times_draws_its_latest_rows_past_a_fold(
     first = chart.gaps[0]
     assert (first.left, first.width, first.label, first.labelled) == (0.0, fold, "1d 23h", True)
     assert rows[0].bars[0].left == fold
-    # The 2,875 stretches of execution before it are one band in it (with the one
-    # that starts at its edge); the 125 after, each a minute from the next, are
-    # drawn one by one.
+    # The 2,875 stretches of execution before it are not drawn (the page reads no
+    # pauses there); the 126 from its edge on (before each of the 125 sleeps drawn,
+    # a minute apart, and after the last), one by one.
     executing = _executing(chart)
-    assert executing[0].left == 0.0 and fold < executing[0].width < fold + 0.1
-    assert len(executing) == 1 + 125
+    assert executing[0].left == fold and executing[0].width < 0.1
+    assert len(executing) == 126
     # The minute-long sleeps drawn are 125 gaps, labelled where a label has room.
     assert len(chart.gaps) == 1 + 125
     centres = [g.left + g.width / 2 for g in chart.gaps if g.labelled]

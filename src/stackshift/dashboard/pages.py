@@ -185,8 +185,9 @@ def run_page(service: Service, run_id: str, params: Mapping[str, str],
         run = service.get_run(run_id)
     except RunNotFoundError:
         raise NotFound(f"No run with id {run_id!r}.") from None
-    # Of a run that loops over thousands of steps, the waterfall draws the latest:
-    # only their entries are read, with the rest of the timeline.
+    # Of a run that loops over thousands of steps or pauses, the waterfall draws
+    # the latest: only the entries from the first of them on are read, with what
+    # began and ended the attempts before.
     outline, earlier_steps = service.timeline_outline(run_id, waterfall.MAX_STEP_ROWS)
     attempts = service.attempts(run_id)
     # The last lines only: a run that logged a million records is read as fast

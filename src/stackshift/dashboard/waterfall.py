@@ -285,8 +285,10 @@ def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
     While an attempt runs, a last row shows what it executes now (see
     :class:`InProgress`), named after the step of ``logs`` logged since.
     ``timeline`` may leave out the entries of the run's first ``earlier_steps``
-    steps (:meth:`RunStore.timeline_outline`), as long as it holds those of the
-    last ``MAX_STEP_ROWS``: only those are drawn."""
+    rows, its steps and the pauses of its sleeps and waits
+    (:meth:`RunStore.timeline_outline`), as long as it holds every entry from the
+    first of its last ``MAX_STEP_ROWS`` steps on: only rows from there are drawn,
+    and what the handler executed before the first row drawn is not."""
     entries = sorted(timeline, key=lambda e: (e.at.timestamp(), e.id))
     t0 = run.created_at.timestamp()
     finished = run.finished_at.timestamp() if run.finished_at else None
@@ -299,6 +301,7 @@ def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
 
     rows: list[Row] = []
     attempt_rows: dict[int, Row] = {}
+    spans: list[tuple[Row, float, float]] = []  # each attempt's row, start and end
     previous_end: float | None = None
     for attempt in sorted(attempts, key=lambda a: a.number):
         start = attempt.started_at.timestamp()
@@ -316,9 +319,7 @@ def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
             title += f" on {attempt.worker_id}"
         row.bars.append(Bar(start, end, f"attempt-{outcome}", "", title,
                             open=attempt.finished_at is None))
-        for a, b in busy:
-            if a >= start - 1e-9 and a < end + 1e-9:
-                row.bars.append(Bar(a, min(b, end), "active", "", "executing"))
+        spans.append((row, start, end))
         if attempt.error is not None and outcome in ("failed", "cancelled"):
             kind = "failed" if outcome == "failed" else "cancel"
             row.marks.append(Mark(end, kind, f"{attempt.error.type}: {attempt.error.message}"))
@@ -404,6 +405,14 @@ def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
     fold = min(r.start for r in drawn) if drawn and (cut or earlier_steps) else None
     if current is not None:  # drawn however many steps are not
         drawn.append(current)
+    # What the handler executed, on each attempt's row; before the fold, nothing
+    # (the run's outline holds no pauses there: timeline_outline).
+    if fold is not None:
+        busy = [(max(a, fold), b) for a, b in busy if b > fold]
+    for row, start, end in spans:
+        for a, b in busy:
+            if a >= start - 1e-9 and a < end + 1e-9:
+                row.bars.append(Bar(a, min(b, end), "active", "", "executing"))
     ordered: list[Row] = []
     for row in rows:
         ordered.append(row)

@@ -215,6 +215,26 @@ _ALL = 2 ** 62
 _T = TypeVar("_T")
 
 
+def _in_order(found: list[Row]) -> list[TimelineEntry]:
+    """The entries of ``found``, in the order of :meth:`RunStore.timeline`."""
+    return [rows.timeline_entry(r) for r in sorted(found, key=lambda r: (r["at"], r["id"]))]
+
+
+def _pause_rows(pauses: list[Row]) -> int:
+    """How many rows of sleeps and waits the waterfall draws for ``pauses`` (the
+    ``run.waiting`` and ``event.received`` entries of a run, in time order): one
+    for each ``run.waiting``, and one for each event a wait took without pausing
+    (the first entry of its attempt and step)."""
+    seen: set[tuple[Any, Any]] = set()
+    count = 0
+    for row in pauses:
+        key = (row["attempt"], row["step"])
+        if row["kind"] == "run.waiting" or key not in seen:
+            count += 1
+        seen.add(key)
+    return count
+
+
 def _latest(tx: Tx, make: Callable[[Row], _T], limit: int, query: str, count: str,
             run_id: str) -> tuple[list[_T], int]:
     """A run's last ``limit`` rows of ``query`` (which gives them newest first),
@@ -488,17 +508,33 @@ class RunStore:
                            run_id)
 
     def timeline_outline(self, run_id: str, steps: int) -> tuple[list[TimelineEntry], int]:
-        """The run's timeline, in the order of :meth:`timeline`, with the entries
-        (``step.completed``, ``step.failed``) of its last ``steps`` steps alone,
-        and how many step entries it leaves out: what the dashboard's waterfall,
-        which draws a run's latest steps, reads of a run that loops over
-        thousands."""
+        """What the dashboard's waterfall, which draws a run's latest rows, reads of
+        a run that loops over thousands of steps or pauses: the run's timeline, in
+        the order of :meth:`timeline`, with the entries of its last ``steps`` steps
+        (``step.completed``, ``step.failed``) and everything after the first of
+        them, and how many rows it leaves out.
+
+        Before that first step, the entries of the steps and of the pauses
+        (``run.waiting`` and what ends a pause: ``run.resumed``, ``event.received``,
+        ``wait.timed_out``, ``run.queued`` from waiting) are left out; the rows
+        left out are those steps, and the sleeps and waits those pauses began
+        (a ``run.waiting``, or an event a wait took without pausing). What
+        began and ended the attempts is kept.
+        """
         with self.db.read() as tx:
             load_run(tx, run_id)
-            latest, left_out = _latest(tx, rows.timeline_entry, steps, "latest_step_entries",
-                                       "count_step_entries", run_id)
-            outline = [rows.timeline_entry(r) for r in tx.all("timeline_outline", run_id=run_id)]
-        return sorted(outline + latest, key=lambda e: (e.at, e.id)), left_out
+            found = tx.all("latest_step_entries", run_id=run_id, limit=steps)
+            if len(found) < steps:
+                return _in_order([*tx.all("timeline_outline", run_id=run_id), *found]), 0
+            earlier_steps = int(tx.all("count_step_entries", run_id=run_id)[0]["n"]) - len(found)
+            if not found:  # steps == 0
+                return _in_order(tx.all("timeline_outline", run_id=run_id)), earlier_steps
+            first = found[-1]  # newest first
+            since = {"run_id": run_id, "at": first["at"], "id": first["id"]}
+            pauses = tx.all("pauses_before", **since)
+            kept = [*tx.all("timeline_outline_before", **since),
+                    *tx.all("timeline_outline_since", **since)]
+        return _in_order([*kept, *found]), earlier_steps + _pause_rows(pauses)
 
     def logs(self, run_id: str, after: int = 0, limit: int | None = None) -> list[LogEntry]:
         """The run's log records with an id over ``after``, oldest first; the first

@@ -414,3 +414,7 @@ SELECT (SELECT MAX(id) FROM timeline) AS timeline, (SELECT MAX(id) FROM logs) AS
 -- A queue resumed or given new limits: wake every idle worker listening, in every
 -- process (delivered at commit), as a run becoming ready does.
 SELECT pg_notify('stackshift', current_schema());
+
+-- fragment: timeline_from
+-- The state a timeline entry's run moved from (its data's "from"), or NULL.
+CAST(data AS jsonb) ->> 'from'

@@ -233,6 +233,30 @@ SELECT * FROM timeline
 WHERE run_id = :run_id AND kind NOT IN ('step.completed', 'step.failed')
 ORDER BY at, id;
 
+-- name: timeline_outline_since
+-- The run's entries from entry (:at, :id) on, but those of steps.
+SELECT * FROM timeline
+WHERE run_id = :run_id AND kind NOT IN ('step.completed', 'step.failed')
+  AND (at > :at OR (at = :at AND id >= :id))
+ORDER BY at, id;
+
+-- name: timeline_outline_before
+-- The run's entries before entry (:at, :id) but those of steps and pauses:
+-- what began and ended its attempts (RunStore.timeline_outline).
+SELECT * FROM timeline
+WHERE run_id = :run_id AND (at < :at OR (at = :at AND id < :id))
+  AND kind NOT IN ('step.completed', 'step.failed', 'run.waiting', 'run.resumed',
+                   'event.received', 'wait.timed_out')
+  AND NOT (kind = 'run.queued' AND COALESCE({{timeline_from}}, '') = 'waiting')
+ORDER BY at, id;
+
+-- name: pauses_before
+-- What began the rows of sleeps and waits before entry (:at, :id).
+SELECT kind, attempt, step FROM timeline
+WHERE run_id = :run_id AND kind IN ('run.waiting', 'event.received')
+  AND (at < :at OR (at = :at AND id < :id))
+ORDER BY at, id;
+
 -- name: latest_step_entries
 SELECT * FROM timeline
 WHERE run_id = :run_id AND kind IN ('step.completed', 'step.failed')

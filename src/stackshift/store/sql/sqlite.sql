@@ -113,3 +113,7 @@ FROM (SELECT json_extract(value, '$.id') AS id,
 WHERE runs.id = i.id AND runs.lease_owner = i.worker_id AND runs.attempt = i.attempt
   AND +runs.status = 'running' AND +runs.lease_expires_at <= i.expired_before
 RETURNING runs.id;
+
+-- fragment: timeline_from
+-- The state a timeline entry's run moved from (its data's "from"), or NULL.
+json_extract(data, '$.from')
