@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -525,8 +525,11 @@ def test_runs_show_says_what_a_running_attempt_executes_since_its_last_recorded_
             progress = data["in_progress"]
             assert (progress["attempt"], progress["step"]) == (1, "work")
             assert progress["seconds"] >= 0
-            assert datetime.fromisoformat(progress["since"]) >= datetime.fromisoformat(
-                data["steps"][-1]["finished_at"])
+            # Since the end of the quiet step: its start plus its duration, in float
+            # seconds, which may land a microsecond off its recorded end.
+            since = datetime.fromisoformat(progress["since"])
+            ended = datetime.fromisoformat(data["steps"][-1]["finished_at"])
+            assert abs(since - ended) < timedelta(milliseconds=1)
             shown = cli(db_url, "runs", "show", run.id)
             assert rows(shown.stdout)[-1][:3] == ["work", "running", "1"]
             assert "named by its log records; recorded when it ends" in shown.stdout
