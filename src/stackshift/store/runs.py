@@ -523,18 +523,15 @@ class RunStore:
         """
         with self.db.read() as tx:
             load_run(tx, run_id)
-            found = tx.all("latest_step_entries", run_id=run_id, limit=steps)
-            if len(found) < steps:
-                return _in_order([*tx.all("timeline_outline", run_id=run_id), *found]), 0
-            earlier_steps = int(tx.all("count_step_entries", run_id=run_id)[0]["n"]) - len(found)
-            if not found:  # steps == 0
-                return _in_order(tx.all("timeline_outline", run_id=run_id)), earlier_steps
-            first = found[-1]  # newest first
-            since = {"run_id": run_id, "at": first["at"], "id": first["id"]}
+            found, earlier_steps = _latest(tx, lambda r: r, steps, "latest_step_entries",
+                                           "count_step_entries", run_id)
+            if len(found) < steps or not found:  # all the steps, or none
+                outline = tx.all("timeline_outline", run_id=run_id)
+                return _in_order([*outline, *found]), earlier_steps
+            since = {"run_id": run_id, "at": found[0]["at"], "id": found[0]["id"]}
             pauses = tx.all("pauses_before", **since)
-            kept = [*tx.all("timeline_outline_before", **since),
-                    *tx.all("timeline_outline_since", **since)]
-        return _in_order([*kept, *found]), earlier_steps + _pause_rows(pauses)
+            outline = tx.all("timeline_outline_since", **since)
+        return _in_order([*outline, *found]), earlier_steps + _pause_rows(pauses)
 
     def logs(self, run_id: str, after: int = 0, limit: int | None = None) -> list[LogEntry]:
         """The run's log records with an id over ``after``, oldest first; the first

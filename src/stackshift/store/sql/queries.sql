@@ -234,20 +234,14 @@ WHERE run_id = :run_id AND kind NOT IN ('step.completed', 'step.failed')
 ORDER BY at, id;
 
 -- name: timeline_outline_since
--- The run's entries from entry (:at, :id) on, but those of steps.
+-- The run's entries from entry (:at, :id) on but those of steps, and before it
+-- those that are neither of steps nor of pauses: what began and ended its
+-- attempts (RunStore.timeline_outline).
 SELECT * FROM timeline
 WHERE run_id = :run_id AND kind NOT IN ('step.completed', 'step.failed')
-  AND (at > :at OR (at = :at AND id >= :id))
-ORDER BY at, id;
-
--- name: timeline_outline_before
--- The run's entries before entry (:at, :id) but those of steps and pauses:
--- what began and ended its attempts (RunStore.timeline_outline).
-SELECT * FROM timeline
-WHERE run_id = :run_id AND (at < :at OR (at = :at AND id < :id))
-  AND kind NOT IN ('step.completed', 'step.failed', 'run.waiting', 'run.resumed',
-                   'event.received', 'wait.timed_out')
-  AND NOT (kind = 'run.queued' AND COALESCE({{timeline_from}}, '') = 'waiting')
+  AND (at > :at OR (at = :at AND id >= :id)
+       OR (kind NOT IN ('run.waiting', 'run.resumed', 'event.received', 'wait.timed_out')
+           AND NOT (kind = 'run.queued' AND COALESCE({{timeline_from}}, '') = 'waiting')))
 ORDER BY at, id;
 
 -- name: pauses_before
