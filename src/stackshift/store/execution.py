@@ -15,7 +15,6 @@ from typing import Any, NamedTuple
 from ..engine.outcomes import CANCELLED_WHILE_RUNNING
 from ..engine.transitions import Status
 from ..errors import LeaseLost
-from ..models import Step
 from ..processes import ProcessId
 from ..serialization import dumps, loads
 from . import rows
@@ -190,7 +189,8 @@ class _Claimed(NamedTuple):
 
     row: Row
     lease: Lease
-    steps: dict[str, Step]
+    #: the rows of its completed steps: they become steps after the commit
+    steps: Sequence[Row]
     new_attempt: bool
 
 
@@ -349,9 +349,11 @@ class ExecutionStore:
         # claims as soon as a handler returns), but goes first: capacity those
         # endings free in a limited queue is then seen by every worker at once,
         # instead of passing straight to the worker that held it.
-        # The rows become runs after the commit: the write lock is not held for that.
+        # The rows become runs and steps after the commit: the write lock is not
+        # held for that (a run that resumes after thousands of steps reads them all).
         return [ClaimedRun(run=rows.run(c.row), lease=c.lease, retry_base=c.row["retry_base"],
-                           steps=c.steps, new_attempt=c.new_attempt)
+                           steps={s["key"]: rows.step(s) for s in c.steps},
+                           new_attempt=c.new_attempt)
                 for c in self.group_commit.run(work, first=True)]
 
     def _claim_plain(self, tx: Tx, worker_id: str, jobs: Sequence[str], limit: int,
@@ -374,7 +376,7 @@ class ExecutionStore:
             _Claimed(
                 row=row,
                 lease=Lease(row["id"], worker_id, row["attempt"]),
-                steps={s["key"]: rows.step(s) for s in row["completed_steps"] or ()},
+                steps=row["completed_steps"] or (),
                 new_attempt=not row["was_resuming"],
             )
             for row in moved
@@ -411,13 +413,9 @@ class ExecutionStore:
                 later.started.append({"run_id": row["id"], "number": attempt,
                                       "worker_id": worker_id, "now": now})
                 later.timeline(row["id"], "attempt.started", now, attempt, started_by)
-            steps = {}
             # A first attempt that is not resuming has no steps yet: skip the read.
-            if resuming or attempt > 1:
-                steps = {
-                    s["key"]: rows.step(s)
-                    for s in tx.all("completed_steps", run_id=row["id"])
-                }
+            steps = (tx.all("completed_steps", run_id=row["id"]) if resuming or attempt > 1
+                     else ())
             claimed.append(_Claimed(row, Lease(row["id"], worker_id, attempt), steps,
                                     not resuming))
         later.write(tx)
