@@ -97,7 +97,7 @@ def test_the_readme_and_the_guide_have_programs() -> None:
     """The examples users copy first are programs here, not fragments left unrun."""
     docs = [b.page for b in PROGRAMS]
     assert docs.count("README.md") == 1
-    assert docs.count("docs/guide.md") == 5
+    assert docs.count("docs/guide.md") == 6
     readme = next(b for b in PROGRAMS if b.page == "README.md")
     assert readme.expected_output() == ["completed", "completed"]
 
