@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from datetime import UTC, datetime, timedelta
@@ -29,18 +30,14 @@ def parse_duration(value: Any, *, name: str = "duration") -> float:
     elif isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str):
-        text = value.strip().lower()
-        pos = 0
-        seconds = 0.0
-        for match in _PART.finditer(text):
-            if match.start() != pos:
-                break
-            seconds += float(match.group(1)) * _UNITS[match.group(2)]
-            pos = match.end()
-        if not text or pos != len(text):
+        # Short strings, the durations written in code, are parsed once: a
+        # loop's ctx.step.sleep("5m") parses its duration again on every replay.
+        parsed = _parsed_short(value) if len(value) <= 40 else _text_seconds(value)
+        if parsed is None:
             raise ValidationError(
                 f"{name}: {value!r} is not a duration (use e.g. '30s', '15m', '1h30m', '7d')"
             )
+        seconds = parsed
     else:
         raise ValidationError(f"{name}: expected a duration, got {type(value).__name__}")
     if seconds != seconds or seconds < 0 or seconds == float("inf"):
@@ -49,6 +46,22 @@ def parse_duration(value: Any, *, name: str = "duration") -> float:
         # Longer would put times past what datetimes (and readers of runs) can hold.
         raise ValidationError(f"{name}: {value!r} is longer than 100 years")
     return seconds
+
+
+def _text_seconds(value: str) -> float | None:
+    """The seconds ``value`` (``"1h30m"``) names, or None if it names none."""
+    text = value.strip().lower()
+    pos = 0
+    seconds = 0.0
+    for match in _PART.finditer(text):
+        if match.start() != pos:
+            break
+        seconds += float(match.group(1)) * _UNITS[match.group(2)]
+        pos = match.end()
+    return seconds if text and pos == len(text) else None
+
+
+_parsed_short = functools.lru_cache(maxsize=1024)(_text_seconds)
 
 
 def format_duration(seconds: float) -> str:

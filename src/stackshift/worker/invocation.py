@@ -16,7 +16,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from types import TracebackType
+from typing import Any, Literal, NoReturn
 
 from ..durations import to_datetime
 from ..engine import outcomes
@@ -190,6 +191,7 @@ class Invocation:
         self.fatal: BaseException | None = None
         #: errors of ctx.step and ctx.state calls the engine refused (see :meth:`refuse`)
         self.refused: list[BaseException] = []
+        self._refusing: dict[str, _Refusing] = {}
         #: called once the handler has returned or raised, before its ending is
         #: recorded; gets whether an ending will be recorded
         self.on_return: Callable[[bool], None] | None = None
@@ -313,15 +315,14 @@ class Invocation:
         self.refused.append(exc)
         exc.add_note(f"StackShift refused this {api} call's arguments: {_NOT_RETRIED}")
 
-    @contextlib.contextmanager
-    def refusing(self, api: str = "ctx.step") -> Iterator[None]:
+    def refusing(self, api: str = "ctx.step") -> _Refusing:
         """Around the checks of the arguments of a call of ``api``: what they
-        raise is a refusal (:meth:`refuse`)."""
-        try:
-            yield
-        except (ValueError, TypeError) as exc:
-            self.refuse(exc, api)
-            raise
+        raise is a refusal (:meth:`refuse`). Every step call enters one, replays
+        included, so it is an object made once per ``api``, not a generator."""
+        found = self._refusing.get(api)
+        if found is None:
+            found = self._refusing[api] = _Refusing(self, api)
+        return found
 
     def was_refused(self, exc: BaseException) -> bool:
         """Whether ``exc`` is a refusal itself (not one the handler wrapped or copied),
@@ -625,3 +626,24 @@ def _not_a_result(job: str, value: Any, exc: Exception) -> str:
             "result: it was called as a plain function. Register an async def, an object "
             "whose __call__ is an async def, or a decorator that keeps __wrapped__ "
             "(functools.wraps)")
+
+
+class _Refusing:
+    """:meth:`Invocation.refusing`: marks a ``ValueError`` or ``TypeError`` raised
+    inside as a refused call and lets it out. It keeps no state of its own, so
+    one serves every use, nested ones included."""
+
+    __slots__ = ("_api", "_invocation")
+
+    def __init__(self, invocation: Invocation, api: str) -> None:
+        self._invocation = invocation
+        self._api = api
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> Literal[False]:
+        if isinstance(exc, (ValueError, TypeError)):
+            self._invocation.refuse(exc, self._api)
+        return False
