@@ -218,3 +218,43 @@ def test_cancelling_a_sleeping_run_works_at_once_and_the_timer_stays_quiet(
     assert (steps["cool-off"].error.type, steps["cool-off"].error.message) == (
         "Cancelled", "cancelled")
     assert steps["cool-off"].finished_at == cancelled.finished_at
+
+
+def test_a_poller_that_hands_over_to_a_new_run_starts_it_once_across_a_retry(
+        fake_app: StackShift, clock: FakeClock) -> None:
+    """The guide's pattern for work without end: after a few rounds the run
+    starts its successor from a step, keyed by its own id. The first attempt
+    fails right after the successor was started, before the step is recorded:
+    the retry's start finds that run by its key, so the chain does not fork."""
+    failed_once: set[str] = set()
+
+    @fake_app.job("track", max_attempts=2, backoff={"base": "1s", "jitter": False})
+    def track(ctx: Any) -> str:
+        checks = ctx.payload["checks"]
+        for n in range(2):
+            checks += 1
+            if ctx.step.run(f"check-{n}", lambda c=checks: c >= 5):
+                return f"done after {checks}"
+            ctx.step.sleep(f"pause-{n}", "1m")
+
+        def hand_over() -> str:
+            successor = fake_app.start("track", {"checks": checks},
+                                       idempotency_key=f"{ctx.run.id}:next")
+            if ctx.run.id not in failed_once:
+                failed_once.add(ctx.run.id)
+                raise ConnectionError("lost before the step was recorded")
+            return successor.id
+
+        return ctx.step.run("hand-over", hand_over)
+
+    first = fake_app.start("track", {"checks": 0})
+    for _ in range(20):
+        run_until_idle(fake_app)
+        clock.advance("1m")
+    runs = sorted(fake_app.runs.list(job="track").items, key=lambda r: r.created_at)
+    assert [r.status for r in runs] == ["completed"] * 3
+    assert runs[0].id == first.id and runs[-1].result == "done after 5"
+    assert [r.result for r in runs[:2]] == [runs[1].id, runs[2].id]
+    assert [r.attempt for r in runs] == [2, 2, 1]
+    assert [r.idempotency_key for r in runs] == [None, f"{runs[0].id}:next",
+                                                 f"{runs[1].id}:next"]
