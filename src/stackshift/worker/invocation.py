@@ -191,7 +191,6 @@ class Invocation:
         self.fatal: BaseException | None = None
         #: errors of ctx.step and ctx.state calls the engine refused (see :meth:`refuse`)
         self.refused: list[BaseException] = []
-        self._refusing: dict[str, _Refusing] = {}
         #: called once the handler has returned or raised, before its ending is
         #: recorded; gets whether an ending will be recorded
         self.on_return: Callable[[bool], None] | None = None
@@ -318,11 +317,8 @@ class Invocation:
     def refusing(self, api: str = "ctx.step") -> _Refusing:
         """Around the checks of the arguments of a call of ``api``: what they
         raise is a refusal (:meth:`refuse`). Every step call enters one, replays
-        included, so it is an object made once per ``api``, not a generator."""
-        found = self._refusing.get(api)
-        if found is None:
-            found = self._refusing[api] = _Refusing(self, api)
-        return found
+        included: a plain object is cheaper to make than a generator's."""
+        return _Refusing(self, api)
 
     def was_refused(self, exc: BaseException) -> bool:
         """Whether ``exc`` is a refusal itself (not one the handler wrapped or copied),
@@ -630,8 +626,7 @@ def _not_a_result(job: str, value: Any, exc: Exception) -> str:
 
 class _Refusing:
     """:meth:`Invocation.refusing`: marks a ``ValueError`` or ``TypeError`` raised
-    inside as a refused call and lets it out. It keeps no state of its own, so
-    one serves every use, nested ones included."""
+    inside as a refused call and lets it out."""
 
     __slots__ = ("_api", "_invocation")
 
