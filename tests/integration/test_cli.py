@@ -1619,6 +1619,8 @@ def test_dev_runs_the_example_shop_and_exits_cleanly_on_ctrl_c(
             dev.wait()
     output = log_path.read_text()
     assert "stackshift start sendReceipt" in output  # the banner's hint
+    # The banner comes first: the worker starts, and logs, only after it.
+    assert output.index("Stop with Ctrl-C") < output.index("loading order order_1001")
     assert "events send email.verified" in output
     assert f"{receipt.id}  sendReceipt  completed" in output  # the board's change lines
     assert "Stopped." in output and "Traceback" not in output

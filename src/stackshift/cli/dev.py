@@ -1,9 +1,9 @@
 """``stackshift dev APP``: everything a developer needs on one machine, in one command.
 
-It migrates the database, starts the services (a worker, and the dashboard with
-the HTTP API on 127.0.0.1, open without login), lets the app enqueue demo runs
-through an optional ``dev_seed(app)`` hook, and shows the run board until
-Ctrl-C or SIGTERM.
+It migrates the database, starts the dashboard with the HTTP API on 127.0.0.1
+(open without login), lets the app enqueue demo runs through an optional
+``dev_seed(app)`` hook, prints its banner, starts a worker, and shows the run
+board until Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -132,13 +132,14 @@ def start_dashboard(app: StackShift, port: int) -> DashboardServer:
 
 
 def start_services(app: StackShift, *, concurrency: int, port: int | None = 8000) -> DevServices:
-    """Start the worker and (unless ``port`` is None) the dashboard in background threads.
+    """Make the worker and start (unless ``port`` is None) the dashboard in a
+    background thread. The worker starts later, with ``services.worker.start()``:
+    dev starts it after its banner, so nothing the worker logs comes before it.
 
     Without the server extra installed, dev still runs the worker and says why
     there is no dashboard.
     """
     worker = app.worker(concurrency=concurrency, shutdown_grace=SHUTDOWN_GRACE)
-    worker.start()
     services = DevServices(worker)
     if port is None:
         return services
@@ -269,7 +270,8 @@ def dev(app_spec: str, database_url: str, concurrency: int, port: int, no_dashbo
 
     APP is module:attribute, path/to/file.py or path/to/file.py:attribute. If
     the module defines dev_seed(app), it is called once at start to enqueue
-    demo runs (use idempotency keys so a restart adds nothing).
+    demo runs (use idempotency keys so a restart adds nothing). It is called
+    before the worker starts: it can start runs, not wait for them.
     """
     out = console()
     err = console(stderr=True)
@@ -297,6 +299,7 @@ def dev(app_spec: str, database_url: str, concurrency: int, port: int, no_dashbo
             try:
                 hints = run_seed(module, app, err) if seed else []
                 out.print(banner(app_spec, app, version, services, hints))
+                services.worker.start()
                 show_board(RunBoard(app), out, stopper.event)
                 out.print("Stopping… (Ctrl-C again to hand running attempts back now)",
                           style="dim")
