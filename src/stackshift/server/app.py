@@ -11,7 +11,7 @@ import re
 import sqlite3
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -83,12 +83,14 @@ _NAME_NOUNS = {"job": "job name", "queueName": "queue name", "name": "event name
                "scheduleId": "schedule id"}
 
 
-def _describe(errors: list[Any]) -> str:
-    """One message for a request's validation errors, one part per field.
+def _describe(errors: list[Any], rename: Callable[[str], str]) -> str:
+    """One message for a request's validation errors, one part per field, its
+    fields named as the API names them (``rename``: the SDK's name to the API's).
 
     A value that fits no member of a union (a duration that is neither a number
     nor a duration string) is described once, by the member of its own kind;
-    names and durations in the wrong form are described as the service does.
+    names and durations in the wrong form are described as the service does. A
+    field the body does not have keeps the name it was sent with.
     """
     fields: dict[str, list[Any]] = {}
     for error in errors:
@@ -98,9 +100,20 @@ def _describe(errors: list[Any]) -> str:
         while loc and _UNION_MEMBER.fullmatch(loc[-1]):
             loc.pop()
         fields.setdefault(".".join(loc) or "body", []).append(error)
-    parts = [_field_message(where, found) for where, found in list(fields.items())[:5]]
+    parts = [_unknown_field(where, rename) if found[0].get("type") == "extra_forbidden"
+             else rename_fields(_field_message(where, found), rename)
+             for where, found in list(fields.items())[:5]]
     more = f" (and {len(fields) - 5} more)" if len(fields) > 5 else ""
     return "; ".join(parts) + more
+
+
+def _unknown_field(where: str, rename: Callable[[str], str]) -> str:
+    """A field the body does not have, named as it was sent (``idempotency_key``
+    is not ``idempotencyKey``); a snake_case name that the API spells in
+    camelCase elsewhere gets a word on how the API spells its names."""
+    name = where.rpartition(".")[2]
+    hint = " (the API's field names are camelCase)" if rename(name) != name else ""
+    return f"{where}: Extra inputs are not permitted{hint}"
 
 
 def _field_message(where: str, errors: list[Any]) -> str:
@@ -137,7 +150,9 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
     errors = list(exc.errors())
     if any(e.get("type") == "json_invalid" for e in errors):
         return _json_error(400, "malformed_json", "the request body is not valid JSON")
-    return _json_error(422, "validation_error", _in_api_words(request, _describe(errors)))
+    names = _api_names(request.app)
+    return _json_error(422, "validation_error",
+                       _describe(errors, lambda word: names.get(word, word)))
 
 
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
