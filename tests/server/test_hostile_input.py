@@ -563,6 +563,36 @@ def test_a_key_repeated_in_a_body_is_422_on_every_endpoint_and_writes_nothing(
     assert snapshot(server.database_url) == before
 
 
+def test_a_field_a_body_does_not_have_is_named_with_the_fields_it_takes(
+        server: Server, http: httpx.Client, unique: Callable[[str], str]) -> None:
+    """On every endpoint, and inside a body's objects: the unknown field keeps the
+    name it was sent with (``idempotency_key``, not respelt as ``idempotencyKey``)
+    and the message lists the fields taken there, the ones the body sent among
+    them. Nothing is written."""
+    bodies = endpoints(World(http, unique))
+    before = snapshot(server.database_url)
+    wrong = []
+    for endpoint in ENDPOINT_NAMES:
+        method, path, body, _ = bodies[endpoint]
+        response = http.request(method, path, json={**body, "idempotency_key": "k"})
+        said = "idempotency_key: Extra inputs are not permitted (the body takes "
+        message = response.json().get("error", {}).get("message", "")
+        taken = message[len(said):-1].split(", ")
+        if (response.status_code != 422 or not message.startswith(said)
+                or not set(body) <= set(taken)):
+            wrong.append(f"{endpoint}: {response.status_code} {message[:200]}")
+    assert wrong == []
+    method, path, body, _ = bodies["finish"]
+    nested = {**body, "lease": {**body["lease"], "colour": "red"},
+              "logs": [{**LOG, "colour": "red"}]}
+    error = assert_error(http.request(method, path, json=nested), 422, "validation_error")
+    assert error["message"] == (
+        "lease.colour: Extra inputs are not permitted (lease takes attempt, runId, workerId); "
+        "logs.0.colour: Extra inputs are not permitted (logs.0 takes "
+        "at, attempt, level, logger, message, step)")
+    assert snapshot(server.database_url) == before
+
+
 def test_a_key_repeated_deep_inside_a_body_is_422_and_writes_nothing(
         server: Server, http: httpx.Client, unique: Callable[[str], str]) -> None:
     """At any depth: in a run's or an event's payload, a state value, a lease."""

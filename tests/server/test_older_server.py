@@ -178,7 +178,8 @@ def test_locks_are_taken_from_a_server_without_lock_holders(
     key = f"older-{uuid.uuid4().hex[:8]}"
     body = {"key": key, "owner": "o", "ttl": "1m", "holder": "me"}
     refused = assert_error(http.post("/v1/locks/acquire", json=body), 422, "validation_error")
-    assert refused["message"] == "holder: Extra inputs are not permitted"
+    # Servers of that time said no more; this one lists the fields it takes too.
+    assert refused["message"].startswith("holder: Extra inputs are not permitted")
     before = refusals(http)
     with StackShift(api_key=server.api_key, base_url=server.url) as app:
         for _ in range(2):

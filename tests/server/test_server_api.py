@@ -727,10 +727,14 @@ NAME_HINT = "is invalid: use 1-200 letters, digits, '.', '_', ':' or '-'"
      "expiresAt must be in the future, got 2001-01-01T00:00:00+00:00"),
     ("GET", "/v1/state/" + "k" * 513, None,
      "key: String should have at most 512 characters"),
-    # A field the body does not have keeps the name it was sent with.
+    # A field the body does not have keeps the name it was sent with, beside
+    # the names the body takes.
     ("POST", "/v1/runs", {"idempotency_key": "k"},
-     "idempotency_key: Extra inputs are not permitted (the API's field names are camelCase)"),
-    ("POST", "/v1/runs", {"colour": "red"}, "colour: Extra inputs are not permitted"),
+     "idempotency_key: Extra inputs are not permitted (the body takes concurrencyKey, delay, "
+     "idempotencyKey, idempotencyTtl, job, maxAttempts, payload, priority, queueName, "
+     "scheduledAt)"),
+    ("POST", "/v1/runs/{tag}/cancel", {"why": "x"},
+     "why: Extra inputs are not permitted (the body takes reason)"),
 ])
 def test_refusals_name_fields_as_the_request_spelt_them(
         http: httpx.Client, method: str, path: str, body: Any, message: str) -> None:

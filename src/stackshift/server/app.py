@@ -13,12 +13,13 @@ import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, get_args
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel
 from pydantic.alias_generators import to_snake
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match, Mount, Route, compile_path
@@ -83,14 +84,16 @@ _NAME_NOUNS = {"job": "job name", "queueName": "queue name", "name": "event name
                "scheduleId": "schedule id"}
 
 
-def _describe(errors: list[Any], rename: Callable[[str], str]) -> str:
+def _describe(errors: list[Any], rename: Callable[[str], str],
+              body: type[BaseModel] | None) -> str:
     """One message for a request's validation errors, one part per field, its
     fields named as the API names them (``rename``: the SDK's name to the API's).
 
     A value that fits no member of a union (a duration that is neither a number
     nor a duration string) is described once, by the member of its own kind;
     names and durations in the wrong form are described as the service does. A
-    field the body does not have keeps the name it was sent with.
+    field the body (``body``, its model) does not have keeps the name it was
+    sent with, and the message lists the fields taken where it was sent.
     """
     fields: dict[str, list[Any]] = {}
     for error in errors:
@@ -100,20 +103,45 @@ def _describe(errors: list[Any], rename: Callable[[str], str]) -> str:
         while loc and _UNION_MEMBER.fullmatch(loc[-1]):
             loc.pop()
         fields.setdefault(".".join(loc) or "body", []).append(error)
-    parts = [_unknown_field(where, rename) if found[0].get("type") == "extra_forbidden"
+    parts = [_unknown_field(where, body) if found[0].get("type") == "extra_forbidden"
              else rename_fields(_field_message(where, found), rename)
              for where, found in list(fields.items())[:5]]
     more = f" (and {len(fields) - 5} more)" if len(fields) > 5 else ""
     return "; ".join(parts) + more
 
 
-def _unknown_field(where: str, rename: Callable[[str], str]) -> str:
+def _unknown_field(where: str, body: type[BaseModel] | None) -> str:
     """A field the body does not have, named as it was sent (``idempotency_key``
-    is not ``idempotencyKey``); a snake_case name that the API spells in
-    camelCase elsewhere gets a word on how the API spells its names."""
-    name = where.rpartition(".")[2]
-    hint = " (the API's field names are camelCase)" if rename(name) != name else ""
-    return f"{where}: Extra inputs are not permitted{hint}"
+    is not ``idempotencyKey``), with the fields taken where it was sent."""
+    parent, _, _ = where.rpartition(".")
+    taken = _fields_at(body, parent.split(".") if parent else [])
+    said = f"{where}: Extra inputs are not permitted"
+    return f"{said} ({parent or 'the body'} takes {', '.join(taken)})" if taken else said
+
+
+def _fields_at(model: type[BaseModel] | None, path: list[str]) -> list[str]:
+    """The API's names of the fields of the object at ``path`` in a body of
+    ``model`` (none when the path leads to no single model: a union of models,
+    a value that is not one)."""
+    for segment in path:
+        if model is None:
+            return []
+        if segment.isdigit():  # an item of a list of models
+            continue
+        field = next((f for f in model.model_fields.values() if f.alias == segment), None)
+        model = None if field is None else _model_of(field.annotation)
+    if model is None:
+        return []
+    return sorted(field.alias or name for name, field in model.model_fields.items())
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The model ``annotation`` names: ``Model``, ``Model | None`` or ``list[Model]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    models = [arg for arg in get_args(annotation)
+              if isinstance(arg, type) and issubclass(arg, BaseModel)]
+    return models[0] if len(models) == 1 else None
 
 
 def _field_message(where: str, errors: list[Any]) -> str:
@@ -151,8 +179,10 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
     if any(e.get("type") == "json_invalid" for e in errors):
         return _json_error(400, "malformed_json", "the request body is not valid JSON")
     names = _api_names(request.app)
+    field = getattr(request.scope.get("route"), "body_field", None)
+    body = None if field is None else _model_of(field.field_info.annotation)
     return _json_error(422, "validation_error",
-                       _describe(errors, lambda word: names.get(word, word)))
+                       _describe(errors, lambda word: names.get(word, word), body))
 
 
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
