@@ -58,7 +58,7 @@ def cli(
     )
 
 
-def cli_json(db_url: str, *args: str, code: int = 0) -> Any:
+def cli_json(db_url: str | None, *args: str, code: int = 0) -> Any:
     done = cli(db_url, *args, "--json")
     assert done.returncode == code, (done.returncode, done.stdout, done.stderr)
     return json.loads(done.stdout)
@@ -123,6 +123,11 @@ def test_start_reports_one_run_per_idempotency_key_and_exit_4_on_conflict(
     assert f"{first['id']} already exists" in second.stdout
     third = cli_json(db_url, *keyed, "--database-url", db_url)
     assert (third["id"], third["created"]) == (first["id"], False)
+    # --db, as dev takes it, is the same option on every command and on the group.
+    fourth = cli_json(None, *keyed, "--db", db_url)
+    assert (fourth["id"], fourth["created"]) == (first["id"], False)
+    listed = cli_json(None, "--db", db_url, "runs", "list", "--idempotency-key", "verify:u1")
+    assert [run["id"] for run in listed["items"]] == [first["id"]]
 
     conflict = cli(db_url, "start", "send-verification-email", '{"userId": "u2"}',
                    "--idempotency-key", "verify:u1")

@@ -43,7 +43,7 @@ class _Commands(click.Group):
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="stackshift")
-@click.option("--database-url", metavar="URL", callback=not_empty,
+@click.option("--db", "--database-url", "database_url", metavar="URL", callback=not_empty,
               help="Database for every command (sets STACKSHIFT_DATABASE_URL).")
 def cli(database_url: str | None) -> None:
     """StackShift: durable jobs with steps, retries, idempotency, events and state.

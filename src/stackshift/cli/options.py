@@ -32,7 +32,9 @@ def database_url_option(fn: F) -> F:
     (with ``STACKSHIFT_API_KEY``), else ``sqlite:///stackshift.db``.
     """
     return click.option(
+        "--db",
         "--database-url",
+        "database_url",
         envvar=DATABASE_ENV,
         show_envvar=True,
         default=None,

@@ -34,7 +34,9 @@ from .options import database_only
 from .render import Fit, _table, console, echo_json, iso, when
 
 _database_url = click.option(
+    "--db",
     "--database-url",
+    "database_url",
     envvar="STACKSHIFT_DATABASE_URL",
     show_envvar=True,
     default=DEFAULT_DATABASE_URL,
@@ -45,7 +47,9 @@ _database_url = click.option(
 # STACKSHIFT_DATABASE_URL, else the default file, unless STACKSHIFT_URL names a
 # server (then nothing is opened, see options.database_only).
 _admin_database_url = click.option(
+    "--db",
     "--database-url",
+    "database_url",
     envvar="STACKSHIFT_DATABASE_URL",
     show_envvar=True,
     default=None,

@@ -115,7 +115,8 @@ def load_app_on(spec: str, database_url: str | None) -> StackShift:
               help="On SIGTERM, how long running attempts may take to finish.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-@click.option("--database-url", envvar=DATABASE_ENV, show_envvar=True, default=None,
+@click.option("--db", "--database-url", "database_url", envvar=DATABASE_ENV, show_envvar=True,
+              default=None,
               help="Database for an app built with StackShift() (default: the app's own).")
 @click.option("--url", envvar=URL_ENV, show_envvar=True, default=None,
               help="Work through the `stackshift server` at URL instead of the database.")
