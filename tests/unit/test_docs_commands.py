@@ -110,14 +110,16 @@ def test_readme_says_which_commands_take_database_url_and_json() -> None:
 
 def test_server_options_table_matches_both_server_commands() -> None:
     doc = (ROOT / "docs" / "server.md").read_text()
-    rows = re.findall(r"^\| `(--[\w-]+)` \| (.+?) \|", doc, flags=re.M)
+    cells = re.findall(r"^\| (`--[\w-]+`(?:, `--[\w-]+`)*) \| (.+?) \|", doc, flags=re.M)
+    rows = [(names.split("`")[1], default) for names, default in cells]
     assert [name for name, _ in rows] == [
         "--database-url", "--host", "--port", "--max-body-bytes", "--log-level", "--setting",
         "--session-secret"]
     server = cli.commands["server"]
     assert module_server is server  # "python -m stackshift.server takes the same options"
     options = _options(server)
-    assert set(options) == {name for name, _ in rows} | {"--help", "-h"}
+    named = {name for names, _ in cells for name in re.findall(r"`(--[\w-]+)`", names)}
+    assert set(options) == named | {"--help", "-h"}
     for name, default in rows:
         option = options[name]
         assert option is not None
