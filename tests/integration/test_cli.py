@@ -214,6 +214,22 @@ def test_bad_input_exits_2_with_a_message_and_writes_nothing(
     assert app.state.get("greeting") is None
 
 
+def test_a_server_out_of_reach_is_named_in_the_failure() -> None:
+    """``STACKSHIFT_URL`` naming a port nobody listens on: exit 1, and the message
+    says which server did not answer, without a traceback."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    env = {**_env(None), "STACKSHIFT_URL": f"http://127.0.0.1:{port}",
+           "STACKSHIFT_API_KEY": "ssk_unused"}
+    done = subprocess.run([*STACKSHIFT, "runs", "list"], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert done.stderr.startswith(
+        f"error: the server at http://127.0.0.1:{port} did not answer: ConnectError"), done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_a_bare_word_where_json_goes_is_refused_with_the_quoting_that_works(
     db_url: str, app: StackShift
 ) -> None:

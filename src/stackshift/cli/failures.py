@@ -21,6 +21,7 @@ from enum import IntEnum
 from typing import IO, Any
 
 import click
+import httpx
 
 from ..errors import (
     EventNotFoundError,
@@ -115,4 +116,16 @@ def translate(exc: Exception) -> CliFailure:
     if isinstance(exc, TimeoutError | StackShiftError):
         return failed(str(exc))
     hint = "" if debugging() else " (set STACKSHIFT_DEBUG=1 for the traceback)"
+    if isinstance(exc, httpx.TransportError):  # the server at STACKSHIFT_URL, out of reach
+        return failed(f"the server{_server_of(exc)} did not answer: "
+                      f"{type(exc).__name__}: {exc}{hint}")
     return failed(f"{type(exc).__name__}: {exc}{hint}")
+
+
+def _server_of(exc: httpx.TransportError) -> str:
+    """`` at URL``: the server a request that failed was sent to (its origin)."""
+    try:
+        url = exc.request.url
+    except RuntimeError:  # an error raised without its request
+        return ""
+    return f" at {url.scheme}://{url.netloc.decode('ascii')}"
