@@ -1530,16 +1530,26 @@ class _Piped:
                     stream.close()
 
 
-def test_piped_worker_lines_stay_whole_for_log_collectors(db_url: str, tmp_path: Path) -> None:
+def test_piped_worker_lines_stay_whole_for_log_collectors(
+    db_url: str, app: StackShift, tmp_path: Path
+) -> None:
     """Not on a terminal, each status line is one line, however long, with no
-    escape codes: a log collector gets one record per message."""
+    escape codes: a log collector gets one record per message. A failed attempt
+    is one of them."""
     app_file = tmp_path / "tasks.py"
     app_file.write_text(textwrap.dedent(LONG_NAMED_APP))
     worker = _Piped("worker", f"{app_file}:app", "--database-url", db_url, cwd=tmp_path)
     try:
         banner = worker.line_with("stderr", "worker wkr_")
+        run = app.start("synchronise-every-open-invoice-with-the-general-ledger")
+        failed = worker.line_with("stderr", f"{run.id}: failed for good")
     finally:
         assert worker.stop() == 0
+    assert re.fullmatch(
+        r"\d\d:\d\d:\d\d  ERROR   synchronise-every-open-invoice-with-the-general-ledger "
+        rf"{run.id}: failed for good on attempt 1 of 1: NonRetriableError: the upstream "
+        rf"service refused the request: {('why ' * 40).strip()}  \[stackshift\.attempts\]\n",
+        failed), failed
     assert banner.startswith("worker wkr_") and f"3 job(s) ({LONG_NAMES})" in banner, banner
     assert banner.rstrip("\n").endswith("Stop with Ctrl-C or SIGTERM."), worker.lines
     shown = "".join(worker.lines["stdout"] + worker.lines["stderr"])
@@ -1572,6 +1582,8 @@ def test_piped_dev_lines_stay_whole_for_log_collectors(
     assert "…" not in failed, failed
     shown = "".join(dev.lines["stdout"] + dev.lines["stderr"])
     assert "\x1b" not in shown, shown
+    # The board says how attempts end: the worker's records of them are not repeated.
+    assert "[stackshift.attempts]" not in shown and "failed for good" not in shown, shown
 
 
 def test_worker_refuses_an_app_it_cannot_find(db_url: str, tmp_path: Path) -> None:

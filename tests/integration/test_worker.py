@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import os
 import re
 import signal
@@ -1305,6 +1306,45 @@ def test_retry_of_a_failed_run_reuses_completed_steps_with_a_fresh_budget(
     assert [a.number for a in fake_app.runs.attempts(run.id)] == [1, 2, 3, 4, 5]
     manual = [e for e in fake_app.runs.timeline(run.id) if e.data.get("manual_retry")]
     assert [(e.kind, e.data["from"]) for e in manual] == [("run.queued", "failed")] * 2
+
+
+def test_each_failed_attempt_is_one_record_for_the_worker_s_output_not_the_run_s_logs(
+    fake_app: StackShift, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``stackshift.attempts`` says how each failed attempt ended, on one line:
+    retried after how long (WARNING), or failed for good (ERROR), its attempt
+    counted in the run's budget as ``runs show`` counts it. The run's own logs
+    hold what its handler logged, and nothing of these."""
+    @fake_app.job("charge", max_attempts=2, backoff={"base": "2s", "jitter": False})
+    def charge(ctx):  # type: ignore[no-untyped-def]
+        ctx.log.info("charging")
+        raise ConnectionError("bank\n   unreachable")
+
+    @fake_app.job("refund", max_attempts=3)
+    def refund(ctx):  # type: ignore[no-untyped-def]
+        raise NonRetriableError("declined " * 100)
+
+    charged, refunded = fake_app.start("charge"), fake_app.start("refund")
+    with caplog.at_level(logging.INFO, logger="stackshift.attempts"):
+        run_until_idle(fake_app)
+        clock.advance("2s")
+        run_until_idle(fake_app)
+        fake_app.runs.retry(charged.id)  # a fresh budget: its attempts count from 1 again
+        run_until_idle(fake_app)
+    said = [(r.levelname, r.getMessage()) for r in caplog.records
+            if r.name == "stackshift.attempts"]
+    bank = "ConnectionError: bank unreachable"
+    declined = ("NonRetriableError: " + "declined " * 100)[:499] + "…"
+    assert sorted(said) == sorted([
+        ("WARNING", f"charge {charged.id}: attempt 1 of 2 failed: {bank}; retrying in 2s"),
+        ("ERROR", f"charge {charged.id}: failed for good on attempt 2 of 2: {bank}"),
+        ("WARNING", f"charge {charged.id}: attempt 1 of 2 failed: {bank}; retrying in 2s"),
+        ("ERROR", f"refund {refunded.id}: failed for good on attempt 1 of 3: {declined}"),
+    ])
+    assert [entry.message for entry in fake_app.runs.logs(charged.id)] == ["charging"] * 3
+    assert fake_app.runs.logs(refunded.id) == []
+    run = fake_app.runs.get(refunded.id)
+    assert run.error is not None and run.error.message.count("declined") == 100  # whole
 
 
 def test_retry_of_a_cancelled_run(fake_app: StackShift) -> None:

@@ -291,7 +291,7 @@ def dev(app_spec: str, database_url: str, concurrency: int, port: int, no_dashbo
         err.print(f"warning: {app_spec} defines no jobs; the worker has nothing to run",
                   style="yellow", markup=False)
     version = app.migrate()
-    configure_logging("INFO", out)
+    configure_logging("INFO", out, attempts=False)  # the board says how attempts end
     with _Stopper() as stopper:
         try:
             services = start_services(app, concurrency=concurrency,

@@ -14,6 +14,7 @@ from .. import runlogs
 from ..client import API_KEY_ENV, URL_ENV, StackShift
 from ..errors import ValidationError
 from ..remote import check_base_url
+from ..worker.invocation import attempts_log
 from .failures import bad_input
 from .loader import load_app
 from .options import DATABASE_ENV, duration, refusals_in_option_terms, split_list
@@ -36,8 +37,10 @@ class _RunContext(logging.Filter):
         return True
 
 
-def configure_logging(level: str, out: Console | None = None) -> None:
-    """Show worker warnings and the handlers' own log records on ``out`` (default stderr).
+def configure_logging(level: str, out: Console | None = None, *, attempts: bool = True) -> None:
+    """Show worker warnings, failed attempts (``stackshift.attempts``, unless
+    ``attempts`` is false) and the handlers' own log records on ``out`` (default
+    stderr).
 
     A terminal gets Rich's layout; a file or pipe gets one plain line per record.
     """
@@ -54,6 +57,8 @@ def configure_logging(level: str, out: Console | None = None) -> None:
         formatter.converter = time.gmtime
         handler.setFormatter(formatter)
     handler.addFilter(_RunContext())
+    if not attempts:
+        handler.addFilter(lambda record: record.name != attempts_log.name)
     handler.setLevel(level.upper())
     root = logging.getLogger()
     root.addHandler(handler)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, NoReturn
 
-from ..durations import to_datetime
+from ..durations import format_duration, to_datetime
 from ..engine import outcomes
 from ..errors import (
     CancelSignal,
@@ -34,12 +34,18 @@ from ..errors import (
 from ..jobs import Job, check_name, qualified_name
 from ..keywords import NOT_GIVEN, accepted_keywords, missing, unknown_keyword
 from ..models import Event, Run
-from ..runlogs import CURRENT_STEP, engine_call
+from ..runlogs import CURRENT, CURRENT_STEP, engine_call
 from ..serialization import encode, loads
 from ..service import Service
 from ..store.base import ClaimedRun, LogWrite, Outcome, StepWrite
 
 log = logging.getLogger("stackshift.worker")
+#: One record per failed attempt, for whoever reads the worker's output: WARNING
+#: when the run is retried, ERROR when it failed for good. The run keeps the whole
+#: error with its traceback.
+attempts_log = logging.getLogger("stackshift.attempts")
+#: Characters of an error's message in that record (its whitespace made single spaces).
+SAID_OF_ERROR = 500
 
 
 @dataclass(frozen=True)
@@ -539,11 +545,34 @@ class Invocation:
     def _finish(self, outcome: Outcome) -> None:
         if self.abandoned:
             return
-        done = self.store.finish_attempt(self.lease, outcome, self.take_logs(), self.clock.now())
+        now = self.clock.now()
+        done = self.store.finish_attempt(self.lease, outcome, self.take_logs(), now)
         if not done:
             log.warning("run %s: lease lost before the attempt could be recorded", self.run.id)
-        elif outcome.retry_at is not None:
+            return
+        if outcome.retry_at is not None:
             self.service.notifier.due(outcome.retry_at)
+        if outcome.status in ("retrying", "failed"):
+            self._say_failed(outcome, now)
+
+    def _say_failed(self, outcome: Outcome, now: float) -> None:
+        """Log the recorded failure of this attempt on ``stackshift.attempts``, as
+        the engine's own record: not one of the run's logs."""
+        error = outcome.error or {}
+        said = " ".join(f"{error.get('type', 'Error')}: {error.get('message', '')}".split())
+        if len(said) > SAID_OF_ERROR:
+            said = said[:SAID_OF_ERROR - 1] + "…"
+        which = f"attempt {self.attempts_used} of {self.run.max_attempts}"
+        token = CURRENT.set(None)
+        try:
+            if outcome.retry_at is not None:
+                attempts_log.warning("%s %s: %s failed: %s; retrying in %s", self.job.name,
+                                     self.run.id, which, said, _delay(outcome.retry_at - now))
+            else:
+                attempts_log.error("%s %s: failed for good on %s: %s", self.job.name,
+                                   self.run.id, which, said)
+        finally:
+            CURRENT.reset(token)
 
 
     def conclude(self, error: BaseException | None, value: Any = None) -> None:
@@ -559,6 +588,15 @@ class Invocation:
             self.cancelled()
         else:
             self.fail(error)
+
+
+def _delay(seconds: float) -> str:
+    """A retry's delay for a log line: ``438ms``, ``2.5s``, ``90m``."""
+    if seconds < 1:
+        return f"{max(seconds, 0) * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.3g}s"
+    return format_duration(round(seconds))
 
 
 def _awaited(name: str, correlation_key: str | None) -> str:
