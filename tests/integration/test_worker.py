@@ -873,7 +873,7 @@ def test_a_backoff_object_takes_durations_and_is_checked_when_the_job_is_defined
 
 
 def test_an_attempt_lost_with_its_worker_is_retried_at_once_without_backoff(
-        fake_app: StackShift, clock: FakeClock) -> None:
+        fake_app: StackShift, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
     @fake_app.job("patient", max_attempts=2, backoff={"base": "1h", "jitter": False})
     def patient(ctx):  # type: ignore[no-untyped-def]
         if ctx.run.attempt == 1:
@@ -883,6 +883,7 @@ def test_an_attempt_lost_with_its_worker_is_retried_at_once_without_backoff(
         return ctx.run.attempt
 
     run = fake_app.start("patient")
+    caplog.set_level(logging.INFO, logger="stackshift.attempts")
     run_until_idle(fake_app)  # no clock.advance: the next attempt is due at once
     done = fake_app.runs.get(run.id)
     assert (done.status, done.result, done.attempt) == ("completed", 2, 2)
@@ -906,6 +907,13 @@ def test_an_attempt_lost_with_its_worker_is_retried_at_once_without_backoff(
     failed = fake_app.runs.get(last.id)
     assert failed.status == "failed"
     assert failed.error is not None and failed.error.type == "WorkerLost"
+
+    # The worker that recorded each loss logged it as any failed attempt is logged.
+    lost_worker = "WorkerLost: the worker running this attempt stopped renewing its lease"
+    assert [(r.levelname, r.getMessage()) for r in caplog.records
+            if r.name == "stackshift.attempts"] == [
+        ("WARNING", f"patient {run.id}: attempt 1 of 2 failed: {lost_worker}; retrying in 0ms"),
+        ("ERROR", f"patient {last.id}: failed for good on attempt 1 of 1: {lost_worker}")]
 
 
 # -- cancel ----------------------------------------------------------------------------

@@ -556,21 +556,11 @@ class Invocation:
             self._say_failed(outcome, now)
 
     def _say_failed(self, outcome: Outcome, now: float) -> None:
-        """Log the recorded failure of this attempt on ``stackshift.attempts``, as
-        the engine's own record: not one of the run's logs."""
-        error = outcome.error or {}
-        said = " ".join(f"{error.get('type', 'Error')}: {error.get('message', '')}".split())
-        if len(said) > SAID_OF_ERROR:
-            said = said[:SAID_OF_ERROR - 1] + "…"
-        which = f"attempt {self.attempts_used} of {self.run.max_attempts}"
-        token = CURRENT.set(None)
+        """Log the recorded failure of this attempt (see :func:`say_failed`)."""
+        token = CURRENT.set(None)  # the engine's own record, not one of the run's logs
         try:
-            if outcome.retry_at is not None:
-                attempts_log.warning("%s %s: %s failed: %s; retrying in %s", self.job.name,
-                                     self.run.id, which, said, _delay(outcome.retry_at - now))
-            else:
-                attempts_log.error("%s %s: failed for good on %s: %s", self.job.name,
-                                   self.run.id, which, said)
+            say_failed(self.job.name, self.run.id, self.attempts_used, self.run.max_attempts,
+                       outcome, now)
         finally:
             CURRENT.reset(token)
 
@@ -588,6 +578,23 @@ class Invocation:
             self.cancelled()
         else:
             self.fail(error)
+
+
+def say_failed(job: str, run_id: str, attempts_used: int, max_attempts: int,
+               outcome: Outcome, now: float) -> None:
+    """Log a recorded failed attempt on ``stackshift.attempts``: retried after how
+    long (WARNING), or failed for good (ERROR), its attempt counted in the run's
+    budget, its error on one line of at most ``SAID_OF_ERROR`` characters."""
+    error = outcome.error or {}
+    said = " ".join(f"{error.get('type', 'Error')}: {error.get('message', '')}".split())
+    if len(said) > SAID_OF_ERROR:
+        said = said[:SAID_OF_ERROR - 1] + "…"
+    which = f"attempt {attempts_used} of {max_attempts}"
+    if outcome.retry_at is not None:
+        attempts_log.warning("%s %s: %s failed: %s; retrying in %s", job, run_id, which, said,
+                             _delay(outcome.retry_at - now))
+    else:
+        attempts_log.error("%s %s: failed for good on %s: %s", job, run_id, which, said)
 
 
 def _delay(seconds: float) -> str:

@@ -34,7 +34,7 @@ from ..ids import new_id
 from ..jobs import check_name
 from ..store.base import ClaimedRun
 from .executor import execute_async, execute_sync
-from .invocation import Invocation
+from .invocation import Invocation, say_failed
 
 if TYPE_CHECKING:
     from ..client import StackShift
@@ -777,6 +777,8 @@ class Worker:
                         log.warning("run %s: worker %s's process (pid %d) ended; attempt %d"
                                     " recorded as WorkerLost", lost.lease.run_id, worker_id,
                                     pid, lost.lease.attempt)
+                        say_failed(lost.job, lost.lease.run_id, lost.attempts_used,
+                                   lost.max_attempts, outcome, now)
                         ended += 1
                 taken += ended
                 if not ended:
@@ -805,6 +807,8 @@ class Worker:
                 log.warning("run %s: worker %s lost; attempt %d recorded as WorkerLost",
                             expired.lease.run_id, expired.lease.worker_id,
                             expired.lease.attempt)
+                say_failed(expired.job, expired.lease.run_id, expired.attempts_used,
+                           expired.max_attempts, outcome, now)
                 changed += 1
         due = store.next_due_at()
         if due is not None and due <= now:
