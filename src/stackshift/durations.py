@@ -72,6 +72,24 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+def span(seconds: float) -> str:
+    """A short human duration: ``850ms``, ``12.3s``, ``4m05s``, ``2h10m``, ``3d4h``."""
+    seconds = max(0.0, seconds)
+    # Each form rounds first, so that 0.9996 s reads 1.0s, not 1000ms.
+    if round(seconds * 1000) < 1000:
+        return f"{seconds * 1000:.0f}ms"
+    if round(seconds, 1) < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours}h"
+
+
 def _plus_read_as_space(text: str) -> str:
     """The end of the error for a time whose offset has a space in place of its
     ``+`` (``2026-05-06T09:00:00 02:00``): how a ``+`` left as it is in a URL's

@@ -1344,9 +1344,9 @@ def test_each_failed_attempt_is_one_record_for_the_worker_s_output_not_the_run_s
     bank = "ConnectionError: bank unreachable"
     declined = ("NonRetriableError: " + "declined " * 100)[:499] + "…"
     assert sorted(said) == sorted([
-        ("WARNING", f"charge {charged.id}: attempt 1 of 2 failed: {bank}; retrying in 2s"),
+        ("WARNING", f"charge {charged.id}: attempt 1 of 2 failed: {bank}; retrying in 2.0s"),
         ("ERROR", f"charge {charged.id}: failed for good on attempt 2 of 2: {bank}"),
-        ("WARNING", f"charge {charged.id}: attempt 1 of 2 failed: {bank}; retrying in 2s"),
+        ("WARNING", f"charge {charged.id}: attempt 1 of 2 failed: {bank}; retrying in 2.0s"),
         ("ERROR", f"refund {refunded.id}: failed for good on attempt 1 of 3: {declined}"),
     ])
     assert [entry.message for entry in fake_app.runs.logs(charged.id)] == ["charging"] * 3

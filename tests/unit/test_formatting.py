@@ -9,7 +9,6 @@ import pytest
 
 from stackshift.cli.failures import in_option_terms
 from stackshift.cli.queues import _rate
-from stackshift.cli.render import span
 from stackshift.dashboard.formatting import (
     ago,
     chart_times,
@@ -18,6 +17,7 @@ from stackshift.dashboard.formatting import (
     percent,
     time_in_run,
 )
+from stackshift.durations import span
 from stackshift.models import QueueInfo
 
 

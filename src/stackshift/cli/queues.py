@@ -9,6 +9,7 @@ import click
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ..durations import span
 from ..flowcontrol import MAX_RETRY_PAGE, RETRY_PAGE
 from ..models import QueueInfo
 from ..store.queues import KEEP
@@ -22,7 +23,7 @@ from .options import (
     open_client,
     refuse_group_options,
 )
-from .render import _table, console, echo_json, paused_text, runs_table, span, status_text
+from .render import _table, console, echo_json, paused_text, runs_table, status_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 

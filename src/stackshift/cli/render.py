@@ -22,6 +22,7 @@ from rich.style import StyleType
 from rich.table import Table
 from rich.text import Text
 
+from ..durations import span
 from ..models import (
     Attempt,
     Event,
@@ -142,24 +143,6 @@ class _TerminalConsole(Console):
 
 
 # -- times -------------------------------------------------------------------------------
-
-
-def span(seconds: float) -> str:
-    """A short human duration: ``850ms``, ``12.3s``, ``4m05s``, ``2h10m``, ``3d4h``."""
-    seconds = max(0.0, seconds)
-    # Each form rounds first, so that 0.9996 s reads 1.0s, not 1000ms.
-    if round(seconds * 1000) < 1000:
-        return f"{seconds * 1000:.0f}ms"
-    if round(seconds, 1) < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours}h{minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d{hours}h"
 
 
 def offset(seconds: float) -> str:

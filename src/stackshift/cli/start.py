@@ -10,7 +10,7 @@ import click
 from rich.markup import escape
 from rich.text import Text
 
-from ..durations import parse_duration
+from ..durations import parse_duration, span
 from ..models import Run, Step
 from .failures import ExitCode, bad_input
 from .options import (
@@ -26,7 +26,6 @@ from .render import (
     echo_json,
     run_detail_line,
     shown_as_is,
-    span,
     status_text,
     to_data,
     when,

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..durations import parse_duration, parse_instant, to_datetime
+from ..durations import parse_duration, parse_instant, span, to_datetime
 from ..errors import ValidationError
 from .failures import bad_input, not_found
 from .options import (
@@ -20,7 +20,7 @@ from .options import (
     open_client,
     parse_json_argument,
 )
-from .render import console, echo_json, locks_table, span, state_table
+from .render import console, echo_json, locks_table, state_table
 
 _MISSING = object()
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, NoReturn
 
-from ..durations import format_duration, to_datetime
+from ..durations import span, to_datetime
 from ..engine import outcomes
 from ..errors import (
     CancelSignal,
@@ -553,16 +553,8 @@ class Invocation:
         if outcome.retry_at is not None:
             self.service.notifier.due(outcome.retry_at)
         if outcome.status in ("retrying", "failed"):
-            self._say_failed(outcome, now)
-
-    def _say_failed(self, outcome: Outcome, now: float) -> None:
-        """Log the recorded failure of this attempt (see :func:`say_failed`)."""
-        token = CURRENT.set(None)  # the engine's own record, not one of the run's logs
-        try:
             say_failed(self.job.name, self.run.id, self.attempts_used, self.run.max_attempts,
                        outcome, now)
-        finally:
-            CURRENT.reset(token)
 
 
     def conclude(self, error: BaseException | None, value: Any = None) -> None:
@@ -590,20 +582,15 @@ def say_failed(job: str, run_id: str, attempts_used: int, max_attempts: int,
     if len(said) > SAID_OF_ERROR:
         said = said[:SAID_OF_ERROR - 1] + "…"
     which = f"attempt {attempts_used} of {max_attempts}"
-    if outcome.retry_at is not None:
-        attempts_log.warning("%s %s: %s failed: %s; retrying in %s", job, run_id, which, said,
-                             _delay(outcome.retry_at - now))
-    else:
-        attempts_log.error("%s %s: failed for good on %s: %s", job, run_id, which, said)
-
-
-def _delay(seconds: float) -> str:
-    """A retry's delay for a log line: ``438ms``, ``2.5s``, ``90m``."""
-    if seconds < 1:
-        return f"{max(seconds, 0) * 1000:.0f}ms"
-    if seconds < 60:
-        return f"{seconds:.3g}s"
-    return format_duration(round(seconds))
+    token = CURRENT.set(None)  # the engine's own record, not one of a run's logs
+    try:
+        if outcome.retry_at is not None:
+            attempts_log.warning("%s %s: %s failed: %s; retrying in %s", job, run_id, which,
+                                 said, span(outcome.retry_at - now))
+        else:
+            attempts_log.error("%s %s: failed for good on %s: %s", job, run_id, which, said)
+    finally:
+        CURRENT.reset(token)
 
 
 def _awaited(name: str, correlation_key: str | None) -> str:
