@@ -1541,10 +1541,9 @@ def test_piped_worker_lines_stay_whole_for_log_collectors(
     worker = _Piped("worker", f"{app_file}:app", "--database-url", db_url, cwd=tmp_path)
     try:
         banner = worker.line_with("stderr", "worker wkr_")
-        # Its budget given here: the job's own (1) reaches this client only once
-        # the worker has recorded its jobs.
-        run = app.start("synchronise-every-open-invoice-with-the-general-ledger",
-                        max_attempts=1)
+        # The banner comes once the worker has recorded its jobs: this client,
+        # without their code, starts the run with the job's budget (1).
+        run = app.start("synchronise-every-open-invoice-with-the-general-ledger")
         failed = worker.line_with("stderr", f"{run.id}: failed for good")
     finally:
         assert worker.stop() == 0

@@ -633,6 +633,37 @@ def test_run_gives_back_the_signal_handlers_it_replaced(app: StackShift) -> None
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
+def test_run_calls_ready_once_other_processes_start_runs_with_the_jobs_defaults(
+    app: StackShift, db_url: str
+) -> None:
+    """``ready`` (what `stackshift worker` prints its banner on) comes once a
+    client without the jobs' code gets their queue and ``max_attempts``, and
+    before the worker takes anything."""
+
+    @app.job("post-ledger", queue="ledger", max_attempts=1, cron="0 3 * * *")
+    def post_ledger(ctx):  # type: ignore[no-untyped-def]
+        return "posted"
+
+    seen: dict[str, Any] = {}
+    worker = app.worker()
+
+    def ready() -> None:
+        elsewhere = StackShift(db_url)  # knows no job
+        try:
+            run = elsewhere.start("post-ledger")
+            seen.update(queue=run.queue, max_attempts=run.max_attempts,
+                        status=elsewhere.runs.get(run.id).status,
+                        workers=[(j.name, j.live_workers) for j in elsewhere.list_jobs()],
+                        schedules=[s.job for s in elsewhere.schedules.list()])
+        finally:
+            elsewhere.close()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    worker.run(ready=ready)
+    assert seen == {"queue": "ledger", "max_attempts": 1, "status": "queued",
+                    "workers": [("post-ledger", 1)], "schedules": ["post-ledger"]}
+
+
 # -- attempt timeout -------------------------------------------------------------------
 
 

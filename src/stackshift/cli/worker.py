@@ -144,7 +144,9 @@ def worker(
     With --url (and --api-key) the worker holds no database credentials: it
     claims runs and records their steps through the server. A server that
     cannot be reached yet is waited for (tried again every few seconds); a
-    refused API key ends the worker at once. On
+    refused API key ends the worker at once. Its banner comes once it is
+    registered and its jobs' defaults are recorded: runs started from then on,
+    from anywhere, get their jobs' queue and max_attempts. On
     SIGTERM the worker stops claiming, lets running attempts finish within the
     grace period and hands back the rest; nothing is lost.
     """
@@ -171,15 +173,18 @@ def worker(
     err = console(stderr=True)
     serving = (f"server {app.base_url}" if app.base_url
                else f"database {shown_url(app.database_url)}")
-    err.print(
-        f"worker {w.id}: {len(w.jobs)} job(s) ({', '.join(w.jobs)}), "
-        f"queues {', '.join(served) if served else 'all'}, concurrency {concurrency}, "
-        f"{serving}. "
-        "Stop with Ctrl-C or SIGTERM.",
-        markup=False,
-    )
+
+    def say_ready() -> None:
+        err.print(
+            f"worker {w.id}: {len(w.jobs)} job(s) ({', '.join(w.jobs)}), "
+            f"queues {', '.join(served) if served else 'all'}, concurrency {concurrency}, "
+            f"{serving}. "
+            "Stop with Ctrl-C or SIGTERM.",
+            markup=False,
+        )
+
     try:
-        w.run()
+        w.run(ready=say_ready)  # the banner once runs started elsewhere get the jobs' defaults
     finally:
         app.close()
     err.print(f"worker {w.id}: stopped.", markup=False)

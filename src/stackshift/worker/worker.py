@@ -256,7 +256,7 @@ class Worker:
             self._hurry.clear()
         return self._start()
 
-    def _start(self) -> Worker:
+    def _start(self, ready: Callable[[], None] | None = None) -> Worker:
         if self._started:
             return self
         if not self.service.prepare_worker(self._stopping):
@@ -282,6 +282,8 @@ class Worker:
                         self.service.settings.default_queue, handler)
         self._process = processes.current()
         self._register()
+        if ready is not None:
+            ready()
         try:
             self.take_over_ended()
         except Exception:
@@ -385,11 +387,15 @@ class Worker:
             log.warning("worker %s: async handlers still running as it stops (a blocking"
                         " call holds up the event loop?)", self.id)
 
-    def run(self) -> None:
+    def run(self, ready: Callable[[], None] | None = None) -> None:
         """Start and block until SIGTERM/SIGINT (or ``stop()`` from another thread).
 
         The signals are handled from the start on: one that comes while a remote
         worker waits for its server ends the wait, and ``run()`` returns.
+        ``ready`` is called once the worker is registered and its jobs' defaults
+        and schedules are recorded, before it takes any run: from then on a
+        process without the jobs' code starts runs with their queue and
+        ``max_attempts``. It is not called when ``run()`` returns before that.
         """
         if not self._started:
             self._stopping.clear()  # here, not in start(): a signal from now on counts
@@ -400,7 +406,7 @@ class Worker:
                 previous[sig] = signal.signal(sig, self._on_signal)
             self._on_signals = True
         try:
-            self._start()
+            self._start(ready)
             if not self._started:
                 return
             try:
