@@ -828,6 +828,35 @@ def test_the_next_page_command_keeps_the_filters_and_page_size(
         assert all(row[column] == expected for row in rows), following.stdout
 
 
+def test_the_next_page_command_keeps_a_database_given_on_the_command_line(
+    db_url: str, app: StackShift, tmp_path: Path
+) -> None:
+    """Run elsewhere, with no database in the environment, the printed command
+    lists the next page of the same database; a URL with a password is not
+    printed again, and the command says to add it."""
+    ids = {app.start("import.d").id for _ in range(3)}
+    first = cli(None, "runs", "list", "--limit", "2", "--db", db_url)
+    assert first.returncode == 0, first.stderr
+    hint = first.stdout.splitlines()[-1].removeprefix("More: ")
+    assert shlex.split(hint)[:6] == ["stackshift", "runs", "list", "--limit", "2", "--db"], hint
+    following = subprocess.run(hint, shell=True, capture_output=True, text=True, timeout=60,
+                               env={**_env(None), "PATH": f"{Path(sys.executable).parent}:"
+                                    + os.environ["PATH"]}, cwd=tmp_path)
+    assert following.returncode == 0, following.stderr
+    shown = {word for word in (first.stdout + following.stdout).split() if word in ids}
+    assert shown == ids, (first.stdout, following.stdout)
+
+    parts = urlsplit(db_url)
+    if parts.scheme.startswith("postgresql"):  # trust auth takes any password
+        secret = urlunsplit(parts._replace(netloc=f"postgres:s3cret@{parts.hostname}:"
+                                                  f"{parts.port}"))
+        guarded = cli(None, "runs", "list", "--limit", "2", "--db", secret)
+        assert guarded.returncode == 0, guarded.stderr
+        assert "s3cret" not in guarded.stdout, guarded.stdout
+        assert guarded.stdout.splitlines()[-1].endswith(
+            "  # and your --db (its password is not repeated here)"), guarded.stdout
+
+
 def test_an_empty_later_page_says_there_are_no_more(db_url: str, app: StackShift) -> None:
     """Past the last item, every list says "No more ..." (as state keys and locks
     do); with no cursor, that nothing matches."""

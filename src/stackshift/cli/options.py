@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import click
 from click.core import ParameterSource
@@ -202,10 +203,12 @@ def _options_by_name() -> dict[str, str]:
 def next_page_command(cursor: str) -> str:
     """The command that lists the page after this one: the running command with the
     arguments and options given on its command line (filters, ``--limit``) and
-    ``--cursor``, so that the next page holds the same kind of rows. The database
-    URL is left out (it may hold a password), and so are ``--json`` and the old
-    cursor. Arguments come after ``--`` when one starts with ``-`` (a queue named
-    ``-x``), so that it is not read as an option."""
+    ``--cursor``, so that the next page holds the same kind of rows. A database
+    URL given on the command line is kept as ``--db``, unless it holds a
+    password: then a shell comment after the command says to add it (the
+    password stays off the screen and out of the shell's history). ``--json``
+    and the old cursor are left out. Arguments come after ``--`` when one starts
+    with ``-`` (a queue named ``-x``), so that it is not read as an option."""
     ctx = click.get_current_context()
     names = []
     at: click.Context | None = ctx
@@ -214,21 +217,29 @@ def next_page_command(cursor: str) -> str:
         at = at.parent
     arguments: list[str] = []
     options: list[str] = []
+    addition = ""
     for param in ctx.command.params:
         name = param.name
-        if name is None or name in ("cursor", "as_json", "database_url"):
+        if name is None or name in ("cursor", "as_json"):
             continue
         value = ctx.params.get(name)
         if isinstance(param, click.Argument):
             arguments.append(str(value))
-        elif value is not None and ctx.get_parameter_source(name) not in (
-                ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
+        elif value is None or ctx.get_parameter_source(name) != ParameterSource.COMMANDLINE:
+            continue
+        elif name != "database_url":
             options += [param.opts[0], shell_word(str(value))]
+        elif urlsplit(str(value)).password is None:
+            options += ["--db", shell_word(str(value))]
+        else:
+            addition = "  # and your --db (its password is not repeated here)"
     options += ["--cursor", shell_word(cursor)]
     quoted = [shell_word(argument) for argument in arguments]
     if any(argument.startswith("-") for argument in arguments):
-        return " ".join(["stackshift", *reversed(names), *options, "--", *quoted])
-    return " ".join(["stackshift", *reversed(names), *quoted, *options])
+        words = ["stackshift", *reversed(names), *options, "--", *quoted]
+    else:
+        words = ["stackshift", *reversed(names), *quoted, *options]
+    return " ".join(words) + addition
 
 
 def shell_word(text: str) -> str:
