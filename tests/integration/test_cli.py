@@ -835,16 +835,21 @@ def test_the_next_page_command_keeps_a_database_given_on_the_command_line(
     lists the next page of the same database; a URL with a password is not
     printed again, and the command says to add it."""
     ids = {app.start("import.d").id for _ in range(3)}
-    first = cli(None, "runs", "list", "--limit", "2", "--db", db_url)
-    assert first.returncode == 0, first.stderr
-    hint = first.stdout.splitlines()[-1].removeprefix("More: ")
-    assert shlex.split(hint)[:6] == ["stackshift", "runs", "list", "--limit", "2", "--db"], hint
-    following = subprocess.run(hint, shell=True, capture_output=True, text=True, timeout=60,
-                               env={**_env(None), "PATH": f"{Path(sys.executable).parent}:"
-                                    + os.environ["PATH"]}, cwd=tmp_path)
-    assert following.returncode == 0, following.stderr
-    shown = {word for word in (first.stdout + following.stdout).split() if word in ids}
-    assert shown == ids, (first.stdout, following.stdout)
+    # On the command, or on stackshift itself for every command.
+    for where in (["runs", "list", "--limit", "2", "--db", db_url],
+                  ["--db", db_url, "runs", "list", "--limit", "2"]):
+        first = cli(None, *where)
+        assert first.returncode == 0, first.stderr
+        hint = first.stdout.splitlines()[-1].removeprefix("More: ")
+        assert shlex.split(hint)[:7] == ["stackshift", "runs", "list", "--limit", "2", "--db",
+                                         db_url], hint
+        following = subprocess.run(hint, shell=True, capture_output=True, text=True,
+                                   timeout=60, cwd=tmp_path,
+                                   env={**_env(None), "PATH": f"{Path(sys.executable).parent}:"
+                                        + os.environ["PATH"]})
+        assert following.returncode == 0, following.stderr
+        shown = {word for word in (first.stdout + following.stdout).split() if word in ids}
+        assert shown == ids, (first.stdout, following.stdout)
 
     parts = urlsplit(db_url)
     if parts.scheme.startswith("postgresql"):  # trust auth takes any password

@@ -204,35 +204,39 @@ def next_page_command(cursor: str) -> str:
     """The command that lists the page after this one: the running command with the
     arguments and options given on its command line (filters, ``--limit``) and
     ``--cursor``, so that the next page holds the same kind of rows. A database
-    URL given on the command line is kept as ``--db``, unless it holds a
+    URL given on the command line (to the command or to ``stackshift`` itself) is
+    kept as the command's ``--db``, unless it holds a
     password: then a shell comment after the command says to add it (the
     password stays off the screen and out of the shell's history). ``--json``
     and the old cursor are left out. Arguments come after ``--`` when one starts
     with ``-`` (a queue named ``-x``), so that it is not read as an option."""
     ctx = click.get_current_context()
     names = []
+    database = None  # given to the command or a group above it (stackshift --db URL runs list)
     at: click.Context | None = ctx
-    while at is not None and at.parent is not None:  # not "python -m stackshift"
-        names.append(at.info_name or "")
+    while at is not None:
+        given = at.get_parameter_source("database_url") is ParameterSource.COMMANDLINE
+        if database is None and given:
+            database = str(at.params["database_url"])
+        if at.parent is not None:  # not "python -m stackshift"
+            names.append(at.info_name or "")
         at = at.parent
     arguments: list[str] = []
     options: list[str] = []
-    addition = ""
     for param in ctx.command.params:
         name = param.name
-        if name is None or name in ("cursor", "as_json"):
+        if name is None or name in ("cursor", "as_json", "database_url"):
             continue
         value = ctx.params.get(name)
         if isinstance(param, click.Argument):
             arguments.append(str(value))
-        elif value is None or ctx.get_parameter_source(name) != ParameterSource.COMMANDLINE:
-            continue
-        elif name != "database_url":
+        elif value is not None and ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
             options += [param.opts[0], shell_word(str(value))]
-        elif urlsplit(str(value)).password is None:
-            options += ["--db", shell_word(str(value))]
-        else:
-            addition = "  # and your --db (its password is not repeated here)"
+    addition = ""
+    if database is not None and urlsplit(database).password is None:
+        options += ["--db", shell_word(database)]
+    elif database is not None:
+        addition = "  # and your --db (its password is not repeated here)"
     options += ["--cursor", shell_word(cursor)]
     quoted = [shell_word(argument) for argument in arguments]
     if any(argument.startswith("-") for argument in arguments):
