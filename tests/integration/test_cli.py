@@ -1690,6 +1690,9 @@ def test_dev_runs_the_example_shop_and_exits_cleanly_on_ctrl_c(
     assert "stackshift start sendReceipt" in output  # the banner's hint
     # The banner comes first: the worker starts, and logs, only after it.
     assert output.index("Stop with Ctrl-C") < output.index("loading order order_1001")
+    # The handler's log line comes after the board's line for the attempt that logged it.
+    assert (output.index(f"{receipt.id}  sendReceipt  running  attempt 1/5")
+            < output.index("loading order order_1001")), output
     assert "events send email.verified" in output
     assert f"{receipt.id}  sendReceipt  completed" in output  # the board's change lines
     assert "Stopped." in output and "Traceback" not in output
@@ -1865,12 +1868,15 @@ RETRIED_ONCE_APP = """
 
 
 QUICK_RETRY_APP = """
+    import logging
+
     from stackshift import StackShift
 
     app = StackShift()
 
     @app.job("flaky", max_attempts=3, backoff={"base": "0.05s", "jitter": False})
     def flaky(ctx):
+        logging.getLogger("tasks").info("sending, attempt %d", ctx.run.attempt)
         if ctx.run.attempt == 1:
             raise ConnectionError("mail provider timed out")
         ctx.step.sleep("pause", "0.05s")
@@ -1971,7 +1977,8 @@ def test_piped_dev_prints_every_status_a_run_went_through(
 ) -> None:
     """The run fails, waits 50 ms for its retry, sleeps 50 ms and completes,
     all between two looks of the board (0.3 s apart): each change still gets
-    its line, in order, with the time it happened."""
+    its line, in order, with the time it happened, and the handler's log
+    records come between them, where they happened."""
     app_file = tmp_path / "tasks.py"
     app_file.write_text(textwrap.dedent(QUICK_RETRY_APP))
     dev = _Piped("dev", f"{app_file}:app", "--db", db_url, "--no-dashboard", "--no-seed",
@@ -2000,6 +2007,13 @@ def test_piped_dev_prints_every_status_a_run_went_through(
     assert lines[5].endswith("  attempt 2/3  sleeping (pause), wakes in 50ms"), lines[5]
     assert lines[7].endswith("  attempt 2/3  resumed"), lines[7]
     assert lines[8].endswith('  attempt 2/3  "sent"'), lines[8]
+    told = [f"log {line.split(': ', 1)[1].split('  [')[0]}" if f"flaky {run.id}: " in line
+            else line.split("  ")[3] for line in dev.lines["stdout"]
+            if f"{run.id}  flaky  " in line or f"flaky {run.id}: " in line]
+    assert told == [
+        "queued", "running", "log sending, attempt 1", "retrying", "queued", "running",
+        "log sending, attempt 2", "waiting", "queued", "running", "log sending, attempt 2",
+        "completed"], told
 
 
 def test_dev_gives_the_delay_before_a_retry_not_what_was_left_of_it(

@@ -291,7 +291,7 @@ def dev(app_spec: str, database_url: str, concurrency: int, port: int, no_dashbo
         err.print(f"warning: {app_spec} defines no jobs; the worker has nothing to run",
                   style="yellow", markup=False)
     version = app.migrate()
-    configure_logging("INFO", out, attempts=False)  # the board says how attempts end
+    log = configure_logging("INFO", out, attempts=False)  # the board says how attempts end
     with _Stopper() as stopper:
         try:
             services = start_services(app, concurrency=concurrency,
@@ -299,8 +299,7 @@ def dev(app_spec: str, database_url: str, concurrency: int, port: int, no_dashbo
             try:
                 hints = run_seed(module, app, err) if seed else []
                 out.print(banner(app_spec, app, version, services, hints))
-                services.worker.start()
-                show_board(RunBoard(app), out, stopper.event)
+                show_board(RunBoard(app), out, stopper.event, services.worker.start, log)
                 out.print("Stopping… (Ctrl-C again to hand running attempts back now)",
                           style="dim")
             finally:

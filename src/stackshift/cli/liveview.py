@@ -9,7 +9,10 @@ backoff included, over before the board looks again).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from rich.console import Console, Group, RenderableType
@@ -20,6 +23,7 @@ from ..client import StackShift
 from ..errors import RunNotFoundError
 from ..models import Run, RunError, TimelineEntry, WaitingFor
 from .render import STATUS_STYLES, attempt_cell, run_detail_line, runs_table, status_text
+from .worker import HeldLines
 
 REFRESH_SECONDS = 0.3
 
@@ -84,16 +88,22 @@ class RunBoard:
     def change_lines(self) -> list[Text]:
         """The lines to print since the last call: at the first, the newest runs as
         they are; then every change of a run's status since, oldest first."""
+        return [line for _, line in self.timed_changes()]
+
+    def timed_changes(self) -> list[tuple[float, Text]]:
+        """:meth:`change_lines`, each with the time it tells of: that of the
+        change, or now for the first look and for a skip to the latest."""
         store = self.app._service.store
+        now = time.time()
         if self._horizon is None:
             newest, self._horizon = store.newest_runs_and_last_entry(self.limit)
             self._floor = self._horizon
-            return [change_line(run, self.failed_at(run)) for run in reversed(newest)]
+            return [(now, change_line(run, self.failed_at(run))) for run in reversed(newest)]
         entries = store.status_changes_after(max(self._floor, self._horizon - LOOKBACK),
                                              LOOKBACK + MAX_LINES + 1)
         fresh = [entry for entry in entries if entry.id not in self._shown]
         runs: dict[str, Run | None] = {}
-        lines = []
+        lines: list[tuple[float, Text]] = []
         for entry in fresh[:MAX_LINES]:
             self._shown.add(entry.id)
             if entry.kind == "attempt.failed":
@@ -108,13 +118,14 @@ class RunBoard:
                     runs[entry.run_id] = None
             run = runs[entry.run_id]
             if run is not None:
-                lines.append(transition_line(entry, run, self._errors.pop(entry.run_id, None)))
+                lines.append((entry.at.timestamp(),
+                              transition_line(entry, run, self._errors.pop(entry.run_id, None))))
         if len(fresh) > MAX_LINES:
             self._horizon = self._floor = store.last_timeline_id()
             self._errors.clear()
-            lines.append(Text("… more status changes than the board prints at once: skipped "
-                              "to the latest (`stackshift runs list` shows every run)",
-                              style="dim"))
+            lines.append((now, Text("… more status changes than the board prints at once: "
+                                    "skipped to the latest (`stackshift runs list` shows every"
+                                    " run)", style="dim")))
         elif entries:
             self._horizon = max(self._horizon, entries[-1].id)
         self._shown = {i for i in self._shown if i > self._horizon - LOOKBACK}
@@ -174,19 +185,44 @@ def _instant(seconds: float | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
 
 
-def show_board(board: RunBoard, out: Console, stop: threading.Event) -> None:
+def show_board(board: RunBoard, out: Console, stop: threading.Event,
+               start: Callable[[], object], log: logging.Handler | None = None) -> None:
     """Show the board on ``out`` until ``stop`` is set; what changed since its last
-    look is still shown once ``stop`` is set."""
+    look is still shown once ``stop`` is set. ``start`` starts the worker.
+
+    Into a file or pipe the board has its first look before ``start``, so that
+    it shows the runs as they were before the worker took any; from then on
+    the lines of ``log`` (a :class:`HeldLines`) wait for each look and print
+    among its lines in time order: a handler's log records of an attempt come
+    after the line that says it started, and before the one that says how it
+    ended.
+    """
     stopping = False
     if out.is_terminal:
+        start()
         with Live(board.render(out.width), console=out, refresh_per_second=4) as live:
             while not stopping:
                 stopping = stop.wait(REFRESH_SECONDS)
                 live.update(board.render(out.width))
         return
-    while True:
-        for line in board.change_lines():
-            out.print(line)
-        if stopping:
-            return
-        stopping = stop.wait(REFRESH_SECONDS)
+    for first in board.change_lines():
+        out.print(first)
+    held = log if isinstance(log, HeldLines) else None
+    if held is not None:
+        held.hold()
+    try:
+        start()
+        while not stopping:
+            stopping = stop.wait(REFRESH_SECONDS)
+            lines: list[tuple[float, Text | str]] = [*board.timed_changes()]
+            if held is not None:
+                lines += held.take()
+            for _, line in sorted(lines, key=lambda timed: timed[0]):
+                if isinstance(line, str):  # a log line, written as the handler writes it
+                    out.file.write(line + "\n")
+                else:
+                    out.print(line)
+            out.file.flush()
+    finally:
+        if held is not None:
+            held.stop_holding()

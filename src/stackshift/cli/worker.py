@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import Any
 
 import click
 from rich.console import Console
@@ -37,12 +38,63 @@ class _RunContext(logging.Filter):
         return True
 
 
-def configure_logging(level: str, out: Console | None = None, *, attempts: bool = True) -> None:
+class HeldLines(logging.StreamHandler):  # type: ignore[type-arg]
+    """One plain line per record on a stream; between :meth:`hold` and
+    :meth:`stop_holding`, the lines wait, with their records' times, for whoever
+    prints them among lines of its own in time order (:meth:`take`)."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._held: list[tuple[float, str]] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:  # under the handler's lock
+        if self._held is None:
+            super().emit(record)
+            return
+        try:
+            self._held.append((record.created, self.format(record)))
+        except Exception:
+            self.handleError(record)
+
+    def hold(self) -> None:
+        self.acquire()
+        try:
+            if self._held is None:
+                self._held = []
+        finally:
+            self.release()
+
+    def take(self) -> list[tuple[float, str]]:
+        """The lines held since the last call, oldest first."""
+        self.acquire()
+        try:
+            taken = self._held or []
+            if self._held is not None:
+                self._held = []
+        finally:
+            self.release()
+        return taken
+
+    def stop_holding(self) -> None:
+        """Write what is still held, and each record at once from now on."""
+        self.acquire()
+        try:
+            for _, line in self._held or []:
+                self.stream.write(line + self.terminator)
+            self._held = None
+            self.flush()
+        finally:
+            self.release()
+
+
+def configure_logging(level: str, out: Console | None = None, *,
+                      attempts: bool = True) -> logging.Handler:
     """Show worker warnings, failed attempts (``stackshift.attempts``, unless
     ``attempts`` is false) and the handlers' own log records on ``out`` (default
-    stderr).
+    stderr); return the handler that does.
 
-    A terminal gets Rich's layout; a file or pipe gets one plain line per record.
+    A terminal gets Rich's layout; a file or pipe gets one plain line per record
+    (a :class:`HeldLines`).
     """
     out = out or console(stderr=True)
     handler: logging.Handler
@@ -50,7 +102,7 @@ def configure_logging(level: str, out: Console | None = None, *, attempts: bool 
         handler = RichHandler(console=out, show_path=False, markup=False, rich_tracebacks=False)
         handler.setFormatter(logging.Formatter("%(run)s%(message)s"))
     else:
-        handler = logging.StreamHandler(out.file)
+        handler = HeldLines(out.file)
         formatter = logging.Formatter(
             "%(asctime)s  %(levelname)-7s %(run)s%(message)s  [%(name)s]", "%H:%M:%S"
         )
@@ -64,6 +116,7 @@ def configure_logging(level: str, out: Console | None = None, *, attempts: bool 
     root.addHandler(handler)
     if root.level == logging.NOTSET or root.level > handler.level:
         root.setLevel(handler.level)
+    return handler
 
 
 def load_app_through(spec: str, url: str, api_key: str | None) -> StackShift:
