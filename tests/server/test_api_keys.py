@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 from click.testing import CliRunner
 from serverproc import admin_service
 
+from processes import stop_processes
 from stackshift.cli.main import cli
 from stackshift.cli.server_commands import endpoints, keys
 
@@ -141,3 +147,49 @@ def test_revoking_a_key_revoked_already_says_so_and_exits_1(db_url: str) -> None
     listed = json.loads(runner.invoke(keys, ["list", "--json", "--database-url", db_url]).stdout)
     assert [(k["id"], k["active"], k["revoked_at"]) for k in listed] == [
         (key_id, False, revoked_at)]
+
+
+def _banner(database_url: str, log: Path) -> tuple[str, int]:
+    """What ``stackshift server --port 0`` prints on stderr once it listens (up to the
+    end of its banner), and the status of ``GET /v1/runs`` without a key at the
+    address the banner gives."""
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "stackshift.server", "--db", database_url,
+                                 "--port", "0", "--log-level", "warning"],
+                                stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 30
+        while "Stop with Ctrl-C" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        time.sleep(0.2)  # a warning line follows at once, if any
+        url = re.search(r"server at (http://\S+/) ", log.read_text())
+        assert url is not None, log.read_text()
+        answer = httpx.get(f"{url[1]}v1/runs", timeout=10).status_code
+    finally:
+        stop_processes([proc])
+    return log.read_text(), answer
+
+
+def test_the_server_says_where_it_listens_and_warns_when_no_key_lets_anyone_in(
+    db_url: str, tmp_path: Path
+) -> None:
+    shown, answer = _banner(db_url, tmp_path / "first.log")
+    assert answer == 401
+    assert re.match(r"StackShift server at http://127\.0\.0\.1:(\d+)/ \(API http://127\.0\.0\.1:"
+                    r"\1/v1, dashboard http://127\.0\.0\.1:\1/\), database "
+                    rf"{re.escape(db_url)} \(schema version \d+\), 0 active API key\(s\)\. "
+                    r"Stop with Ctrl-C or SIGTERM\.\n", shown), shown
+    assert ("warning: no active API key: every request but /healthz is refused (401) and the"
+            " dashboard lets no one in; make one with `stackshift keys create --name NAME` on"
+            " this database\n") in shown, shown
+
+    service = admin_service(db_url)
+    try:
+        service.create_api_key("billing")
+        revoked, _ = service.create_api_key("old")
+        service.revoke_api_key(revoked.id)
+    finally:
+        service.close()
+    shown, _ = _banner(db_url, tmp_path / "second.log")
+    assert "), 1 active API key(s). Stop with Ctrl-C" in shown and "warning" not in shown, shown

@@ -7,6 +7,7 @@ before any server runs.
 
 from __future__ import annotations
 
+import socket
 import sys
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ from ..service import Service
 from ..settings import Settings, parse_setting
 from ..store import open_store
 from .options import database_only
-from .render import Fit, _table, console, echo_json, iso, when
+from .render import Fit, _table, console, echo_json, iso, shown_url, when
 
 _database_url = click.option(
     "--db",
@@ -180,6 +181,12 @@ def server(database_url: str, host: str, port: int, max_body_bytes: int, log_lev
             maintainer.stop()
 
     class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                bound = self.servers[0].sockets[0].getsockname()
+                say_serving(service, database_url, f"http://{host_in_url(host)}:{bound[1]}/")
+
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             stopping.set()  # long-polls answer now, so that the stop takes no longer
             super().handle_exit(sig, frame)
@@ -206,6 +213,27 @@ def server(database_url: str, host: str, port: int, max_body_bytes: int, log_lev
         stop_background()
     if not serving.started:  # e.g. the port is taken: as uvicorn.run exits
         sys.exit(STARTUP_FAILURE)
+
+
+def say_serving(service: Service, database_url: str, url: str) -> None:
+    """The server's banner on stderr, once it listens: where, on which database,
+    and with how many API keys; with none, that every request is refused."""
+    err = console(stderr=True)
+    active = sum(key.active for key in service.list_api_keys())
+    version = service.store.db.schema_version()
+    err.print(f"StackShift server at {url} (API {url}v1, dashboard {url}), database "
+              f"{shown_url(database_url)} (schema version {version}), "
+              f"{active} active API key(s). Stop with Ctrl-C or SIGTERM.", markup=False)
+    if not active:
+        err.print("warning: no active API key: every request but /healthz is refused (401)"
+                  " and the dashboard lets no one in; make one with"
+                  " `stackshift keys create --name NAME` on this database", style="yellow",
+                  markup=False)
+
+
+def host_in_url(host: str) -> str:
+    """``host`` as a URL writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
 
 
 @click.group()
