@@ -1923,7 +1923,7 @@ def test_dev_says_when_the_default_port_is_in_use_and_how_to_get_an_api_key(
             assert httpx.get(f"{url}/", timeout=10).status_code == 200
             assert httpx.get(f"{url}/v1/runs", timeout=10).status_code == 401
             # The banner's command, run as printed after its export, gives a key.
-            assert export == f"  export STACKSHIFT_DATABASE_URL='{db_url}'\n", export
+            assert shlex.split(export) == ["export", f"STACKSHIFT_DATABASE_URL={db_url}"], export
             command, comment = hint.split("#", 1)
             assert comment.strip() == "a key for the /v1 API (Authorization: Bearer KEY)"
             made = subprocess.run(shlex.split(command), capture_output=True, text=True,

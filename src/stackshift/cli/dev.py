@@ -31,7 +31,7 @@ from ..worker import Worker
 from .failures import bad_input
 from .liveview import RunBoard, show_board
 from .loader import load_app
-from .options import DATABASE_ENV, not_empty
+from .options import DATABASE_ENV, not_empty, shell_word
 from .render import console, shown_url
 from .worker import configure_logging
 
@@ -201,7 +201,7 @@ def banner(
     text.append("\nFrom another terminal (in this folder):\n", style="bold")
     commands: list[str] = []
     if app.database_url != DEFAULT_DATABASE_URL:
-        commands.append(f"export {DATABASE_ENV}='{app.database_url}'")
+        commands.append(f"export {DATABASE_ENV}={shell_word(app.database_url)}")
     if hints:
         commands += hints
     elif app.jobs:
