@@ -4,6 +4,7 @@ and sends what it accepts, whatever the client's own defaults."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import uuid
@@ -165,3 +166,21 @@ def test_a_bad_setting_stops_the_server_before_it_opens_the_database(
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith(f"error: --setting: {message}")
     assert not database.exists()
+
+
+def test_a_port_in_use_ends_the_server_with_a_failure_that_names_it(tmp_path: Path) -> None:
+    with socket.socket() as holder:  # another program's server on the port
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "stackshift.server", "--db",
+             f"sqlite:///{tmp_path / 'jobs.db'}", "--port", str(port), "--log-level", "warning"],
+            capture_output=True, text=True, timeout=60,
+        )
+    assert done.returncode == 1, done.stderr  # 3 would say "not found"
+    assert "address already in use" in done.stderr, done.stderr
+    assert done.stderr.endswith(
+        f"error: the server did not start on 127.0.0.1:{port} (see the error above)\n"
+    ), done.stderr
+    assert "StackShift server at" not in done.stderr, done.stderr

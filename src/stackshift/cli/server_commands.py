@@ -8,7 +8,6 @@ before any server runs.
 from __future__ import annotations
 
 import socket
-import sys
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -31,6 +30,7 @@ from ..serialization import MiB
 from ..service import Service
 from ..settings import Settings, parse_setting
 from ..store import open_store
+from .failures import failed
 from .options import database_only
 from .render import Fit, _table, console, echo_json, iso, shown_url, when
 
@@ -137,7 +137,6 @@ def server(database_url: str, host: str, port: int, max_body_bytes: int, log_lev
     """
     try:
         import uvicorn
-        from uvicorn.config import STARTUP_FAILURE
 
         from ..dashboard import beside_api, create_dashboard
         from ..server.app import app_from_url
@@ -209,10 +208,13 @@ def server(database_url: str, host: str, port: int, max_body_bytes: int, log_lev
         serving.run()
     except KeyboardInterrupt:
         pass
+    except SystemExit:  # uvicorn's own exit code when it cannot start
+        if serving.started:
+            raise
     finally:
         stop_background()
-    if not serving.started:  # e.g. the port is taken: as uvicorn.run exits
-        sys.exit(STARTUP_FAILURE)
+    if not serving.started:  # e.g. the port is taken; uvicorn has logged why
+        raise failed(f"the server did not start on {host}:{port} (see the error above)")
 
 
 def say_serving(service: Service, database_url: str, url: str) -> None:
