@@ -200,7 +200,7 @@ def banner(
         text.append(f"{value}\n")
     text.append("\nFrom another terminal (in this folder):\n", style="bold")
     commands: list[str] = []
-    if app.database_url != DEFAULT_DATABASE_URL:
+    if app.database_url and app.database_url != DEFAULT_DATABASE_URL:
         commands.append(f"export {DATABASE_ENV}={shell_word(app.database_url)}")
     if hints:
         commands += hints

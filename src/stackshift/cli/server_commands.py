@@ -30,7 +30,7 @@ from ..serialization import MiB
 from ..service import Service
 from ..settings import Settings, parse_setting
 from ..store import open_store
-from .failures import failed
+from .failures import bad_input, failed, not_found
 from .options import database_only
 from .render import Fit, _table, console, echo_json, iso, shown_url, when
 
@@ -58,27 +58,6 @@ _admin_database_url = click.option(
 )
 _as_json = click.option("--json", "as_json", is_flag=True,
                         help="Print JSON (for scripts) instead of text.")
-
-
-class _BadInput(click.ClickException):
-    """Exit code 2: usage or bad input, nothing written."""
-
-    exit_code = 2
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True, file=file)
-
-
-class _NotFound(_BadInput):
-    """Exit code 3: no such key."""
-
-    exit_code = 3
-
-
-class _Refused(_BadInput):
-    """Exit code 1: the operation was refused (a key revoked already)."""
-
-    exit_code = 1
 
 
 @contextmanager
@@ -141,7 +120,7 @@ def server(database_url: str, host: str, port: int, max_body_bytes: int, log_lev
         from ..dashboard import beside_api, create_dashboard
         from ..server.app import app_from_url
     except ImportError as exc:
-        raise _BadInput(
+        raise bad_input(
             f"the server needs its extra: pip install 'stackshift[server]' ({exc})"
         ) from None
     from ..server.maintenance import Maintainer
@@ -151,11 +130,11 @@ def server(database_url: str, host: str, port: int, max_body_bytes: int, log_lev
     try:  # before anything is opened: a bad setting changes nothing
         settings = Settings(**dict(parse_setting(a) for a in assignments))
     except ValidationError as exc:
-        raise _BadInput(f"--setting: {exc}") from None
+        raise bad_input(f"--setting: {exc}") from None
     # Surrounding blanks (a newline from a file) are no part of the secret.
     stripped = None if session_secret is None else session_secret.strip()
     if stripped is not None and len(stripped) < MIN_SESSION_SECRET:
-        raise _BadInput(
+        raise bad_input(
             f"--session-secret (STACKSHIFT_SESSION_SECRET) must have at least"
             f" {MIN_SESSION_SECRET} characters, got {len(stripped)}; make one with"
             " python -c 'import secrets; print(secrets.token_urlsafe(32))'")
@@ -253,7 +232,7 @@ def create_key(name: str, database_url: str | None, as_json: bool) -> None:
         try:
             listed, secret = service.create_api_key(name)
         except ValidationError as exc:
-            raise _BadInput(str(exc)) from None
+            raise bad_input(str(exc)) from None
     if as_json:
         echo_json({**_key_json(listed), "key": secret})
         return
@@ -297,11 +276,11 @@ def revoke_key(key: str, database_url: str | None, as_json: bool) -> None:
         try:
             revoked = service.revoke_api_key(key)
         except ApiKeyNotFoundError as exc:
-            raise _NotFound(str(exc)) from None
+            raise not_found(str(exc)) from None
         except InvalidTransitionError as exc:
-            raise _Refused(str(exc)) from None
+            raise failed(str(exc)) from None
         except ValidationError as exc:
-            raise _BadInput(str(exc)) from None
+            raise bad_input(str(exc)) from None
     if as_json:
         echo_json(_key_json(revoked))
         return
@@ -341,7 +320,7 @@ def add_endpoint(url: str, jobs: str, concurrency: int, database_url: str | None
         try:
             added = service.register_endpoint(url, names, concurrency=concurrency)
         except ValidationError as exc:
-            raise _BadInput(str(exc)) from None
+            raise bad_input(str(exc)) from None
     if as_json:
         echo_json(_endpoint_json(added))
         return
@@ -390,9 +369,9 @@ def remove_endpoint(endpoint_id: str, database_url: str | None, as_json: bool) -
         try:
             removed = service.remove_endpoint(endpoint_id)
         except EndpointNotFoundError as exc:
-            raise _NotFound(str(exc)) from None
+            raise not_found(str(exc)) from None
         except ValidationError as exc:
-            raise _BadInput(str(exc)) from None
+            raise bad_input(str(exc)) from None
     if as_json:
         echo_json(_endpoint_json(removed))
         return
