@@ -21,7 +21,9 @@ import asyncio
 import logging
 from typing import Any
 
-from stackshift import StackShift
+from pydantic import BaseModel
+
+from stackshift import AsyncJobContext, StackShift
 
 # STACKSHIFT_DATABASE_URL, or sqlite:///stackshift.db in the working directory.
 stackshift = StackShift()
@@ -76,10 +78,17 @@ def send_receipt(ctx: Any) -> dict[str, Any]:
     return {"sent": True, "messageId": email["messageId"]}
 
 
+class NewUser(BaseModel):
+    userId: str
+    email: str
+
+
 @stackshift.job("userOnboarding")
-async def user_onboarding(ctx: Any) -> dict[str, Any]:
-    user_id = ctx.payload["userId"]
-    user = await ctx.step.run("create-user", create_user, user_id, ctx.payload["email"])
+async def user_onboarding(ctx: AsyncJobContext[NewUser]) -> dict[str, Any]:
+    # ctx.payload is a NewUser: a payload without "email" fails the run at once,
+    # naming the field, rather than in a step on every attempt.
+    user_id = ctx.payload.userId
+    user = await ctx.step.run("create-user", create_user, user_id, ctx.payload.email)
     await ctx.step.run("send-verification-email", send_verification_email, user["email"])
     # The run waits here without holding a worker until the event arrives:
     #   stackshift events send email.verified '{"userId": "42"}' --correlation-key user:42

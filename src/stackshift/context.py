@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from types import CodeType
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from .durations import parse_duration, parse_instant
 from .errors import HandlerSignal, ValidationError
@@ -230,6 +230,14 @@ class Steps(_StepsBase):
         moment = self._moment(when)
         self._inv.sleep_until(name, lambda now: moment)
 
+    @overload
+    def wait_for_event(self, event_name: str, *, correlation_key: str | None = None,
+                       timeout: Any = "7d", on_timeout: Literal["fail"] = "fail") -> Event: ...
+
+    @overload
+    def wait_for_event(self, event_name: str, *, correlation_key: str | None = None,
+                       timeout: Any = "7d", on_timeout: str) -> Event | None: ...
+
     def wait_for_event(
         self,
         event_name: str,
@@ -238,7 +246,11 @@ class Steps(_StepsBase):
         timeout: Any = "7d",
         on_timeout: str = "fail",
     ) -> Event | None:
-        """Pause until an event with this name and key arrives (see the events docs)."""
+        """Pause until an event with this name and key arrives (see the events docs).
+
+        None only when the wait timed out with ``on_timeout="continue"``: with
+        the default ``"fail"`` a timeout fails the run, and type checkers see an
+        :class:`Event`."""
         seconds = self._wait_seconds(event_name, correlation_key, timeout, on_timeout)
         return self._inv.wait_for_event(event_name, correlation_key, seconds, on_timeout)
 
@@ -299,6 +311,15 @@ class AsyncSteps(_StepsBase):
         moment = self._moment(when)
         key = self._inv.pause_key(name)
         await asyncio.to_thread(self._inv.sleep_until, name, lambda now: moment, key)
+
+    @overload
+    async def wait_for_event(self, event_name: str, *, correlation_key: str | None = None,
+                             timeout: Any = "7d",
+                             on_timeout: Literal["fail"] = "fail") -> Event: ...
+
+    @overload
+    async def wait_for_event(self, event_name: str, *, correlation_key: str | None = None,
+                             timeout: Any = "7d", on_timeout: str) -> Event | None: ...
 
     async def wait_for_event(
         self,

@@ -175,6 +175,15 @@ class Order(BaseModel):
     n: int
 
 
+class Item(BaseModel):
+    sku: str
+
+
+class Many(BaseModel):
+    items: list[Item]
+    note: str
+
+
 def test_a_handler_annotated_with_a_payload_model_gets_the_model_or_fails_at_once(
         app: StackShift) -> None:
     """``ctx: JobContext[Order]`` (or ``AsyncJobContext[Order]``) gives ``ctx.payload``
@@ -206,7 +215,24 @@ def test_a_handler_annotated_with_a_payload_model_gets_the_model_or_fails_at_onc
         failed = app.runs.get(run.id)
         assert (failed.status, failed.attempt) == ("failed", 1)
         assert failed.error is not None and failed.error.type == "NonRetriableError"
-        assert failed.error.message.startswith("payload does not match Order: ")
+        assert failed.error.message == (
+            "payload does not match Order: n: Input should be a valid integer, unable to parse"
+            " string as an integer"), failed.error.message
+    # Every field that does not fit, on one line; past ten, how many more.
+    @app.job("typedMany", max_attempts=3)
+    def typed_many(ctx: JobContext[Many]) -> None:
+        return None
+
+    missing = app.start("typedMany", {"items": [{}, {"sku": 1}]})
+    crowded = app.start("typedMany", {"items": [{} for _ in range(12)]})
+    run_until_idle(app)
+    assert app.runs.get(missing.id).error.message == (  # type: ignore[union-attr]
+        "payload does not match Many: items.0.sku: Field required; items.1.sku: Input should"
+        " be a valid string; note: Field required")
+    message = app.runs.get(crowded.id).error.message  # type: ignore[union-attr]
+    assert message.startswith("payload does not match Many: items.0.sku: Field required; "
+                              "items.1.sku: Field required; "), message
+    assert message.endswith("items.9.sku: Field required (and 3 more)"), message
 
 
 def test_async_handlers_behind_decorators_partials_and_call_objects_are_awaited(

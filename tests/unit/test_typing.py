@@ -7,7 +7,10 @@ returns what ``fn`` returns (awaited, when ``fn`` is async) and checks ``args``
 against ``fn``'s parameters. Each line marked ``# E: text`` must get one mypy
 error whose message contains ``text``; no other line may get one. The guide's
 example of typed handlers is checked in the same run and must get none, as must
-the push-mode route built on an ``AsyncStackShift``, which server.md allows.
+the push-mode route built on an ``AsyncStackShift``, which server.md allows, and
+the example shop of ``stackshift dev`` (examples/shop.py).
+``wait_for_event`` gives an ``Event``, or ``Event | None`` with an ``on_timeout``
+that may let the wait end without one.
 """
 
 from __future__ import annotations
@@ -59,7 +62,8 @@ APP = textwrap.dedent('''
         assert_type(ctx.step.run("a", price, ctx.payload.order_id, 1), int)
         assert_type(ctx.step.run("b", fetch, "o_1", retries=2), str)
         assert_type(ctx.step.sleep("nap", "1s"), None)
-        assert_type(ctx.step.wait_for_event("paid", timeout="1h"), Event | None)
+        assert_type(ctx.step.wait_for_event("paid", timeout="1h"), Event)
+        assert_type(ctx.step.wait_for_event("paid", on_timeout="continue"), Event | None)
         assert_type(ctx.state.increment("visits"), int)
         ctx.step.run("c", price, "o_1", "one")  # E: No overload variant of "run" of "Steps"
         ctx.step.run("d", price, "o_1")  # E: No overload variant of "run" of "Steps"
@@ -74,7 +78,8 @@ APP = textwrap.dedent('''
         assert_type(await ctx.step.run("b", fetch, ctx.payload.order_id), str)
         assert_type(await ctx.step.run("a", price, "o_1", 2), int)
         assert_type(await ctx.step.sleep("nap", "1s"), None)
-        assert_type(await ctx.step.wait_for_event("paid"), Event | None)
+        assert_type(await ctx.step.wait_for_event("paid"), Event)
+        assert_type(await ctx.step.wait_for_event("paid", on_timeout="continue"), Event | None)
         assert_type(await ctx.state.increment("visits"), int)
         await ctx.step.run("c", fetch, 42)  # E: No overload variant of "run" of "AsyncSteps"
         ctx.step.run("d", price, "o_1", 2).bit_length()  # E: has no attribute "bit_length"
@@ -107,6 +112,7 @@ def test_handler_context_types_steps_state_and_payload(tmp_path: Path) -> None:
     out, err, status = api.run([
         "--config-file", str(config), "--cache-dir", str(tmp_path / "cache"),
         "--no-error-summary", "--hide-error-context", str(app), str(guide),
+        str(ROOT / "examples" / "shop.py"),
     ])
 
     errors: dict[tuple[str, int], list[str]] = {}

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, NoReturn
 
+import pydantic
+
 from ..durations import span, to_datetime
 from ..engine import outcomes
 from ..errors import (
@@ -499,7 +501,8 @@ class Invocation:
         try:
             return model.model_validate(self.run.payload)  # type: ignore[attr-defined]
         except Exception as exc:
-            raise NonRetriableError(f"payload does not match {model.__name__}: {exc}") from exc
+            raise NonRetriableError(
+                f"payload does not match {model.__name__}: {_mismatch(exc)}") from exc
 
     def complete(self, value: Any) -> None:
         if self.fatal is not None:
@@ -674,3 +677,19 @@ class _Refusing:
         if isinstance(exc, (ValueError, TypeError)):
             self._invocation.refuse(exc, self._api)
         return False
+
+
+#: Fields a payload's mismatch names at most; the run's traceback has them all.
+MISMATCHES_SHOWN = 10
+
+
+def _mismatch(exc: Exception) -> str:
+    """What is wrong with a payload, one ``field: message`` per field on one line
+    (``items.0.sku: Field required; total: Input should be a valid number``),
+    for pydantic's errors; else the exception's own text."""
+    if not isinstance(exc, pydantic.ValidationError):
+        return str(exc)
+    said = [f"{'.'.join(str(part) for part in error['loc']) or 'payload'}: {error['msg']}"
+            for error in exc.errors(include_url=False)]
+    more = len(said) - MISMATCHES_SHOWN
+    return "; ".join(said[:MISMATCHES_SHOWN]) + (f" (and {more} more)" if more > 0 else "")
