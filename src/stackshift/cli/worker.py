@@ -226,8 +226,11 @@ def worker(
     err = console(stderr=True)
     serving = (f"server {app.base_url}" if app.base_url
                else f"database {shown_url(app.database_url)}")
+    started = False
 
     def say_ready() -> None:
+        nonlocal started
+        started = True
         err.print(
             f"worker {w.id}: {len(w.jobs)} job(s) ({', '.join(w.jobs)}), "
             f"queues {', '.join(served) if served else 'all'}, concurrency {concurrency}, "
@@ -240,4 +243,7 @@ def worker(
         w.run(ready=say_ready)  # the banner once runs started elsewhere get the jobs' defaults
     finally:
         app.close()
-    err.print(f"worker {w.id}: stopped.", markup=False)
+    if started:
+        err.print(f"worker {w.id}: stopped.", markup=False)
+    else:  # stopped while it waited for its server
+        err.print(f"worker {w.id}: stopped before the {serving} answered.", markup=False)
