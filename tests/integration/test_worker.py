@@ -689,6 +689,15 @@ def test_run_calls_ready_once_other_processes_start_runs_with_the_jobs_defaults(
     assert seen == {"queue": "ledger", "max_attempts": 1, "status": "queued",
                     "workers": [("post-ledger", 1)], "schedules": ["post-ledger"]}
 
+    # A ready that raises: run() raises it, and the worker does not stay behind.
+    def broken() -> None:
+        raise BrokenPipeError("stderr is gone")
+
+    again = app.worker()
+    with pytest.raises(BrokenPipeError):
+        again.run(ready=broken)
+    assert [(j.name, j.live_workers) for j in app.list_jobs()] == [("post-ledger", 0)]
+
 
 # -- attempt timeout -------------------------------------------------------------------
 

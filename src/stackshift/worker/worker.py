@@ -406,11 +406,9 @@ class Worker:
                 previous[sig] = signal.signal(sig, self._on_signal)
             self._on_signals = True
         try:
-            self._start(ready)
-            if not self._started:
-                return
             try:
-                while not self._stopping.wait(0.5):
+                self._start(ready)  # should ``ready`` raise, the worker stops again
+                while self._started and not self._stopping.wait(0.5):
                     pass
             finally:
                 self.stop()
