@@ -94,7 +94,7 @@ def _start(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
                           timeout=60, env=env)
 
 
-def test_start_warns_of_a_job_no_worker_has_registered_and_still_starts_it(
+def test_start_warns_of_a_job_no_worker_has_registered_or_runs_and_still_starts_it(
         cli_env: dict[str, str], db_url: str) -> None:
     app = StackShift(db_url)
     try:
@@ -118,9 +118,17 @@ def test_start_warns_of_a_job_no_worker_has_registered_and_still_starts_it(
                                 "the run waits until one does\n")
         assert later.stdout.startswith("Started run ")
 
-        known = _start(cli_env, "sendReceipt", "--json")
+        # A job workers have registered, none of which runs now: the run waits too.
+        idle = _start(cli_env, "sendReceipt", "--json")
+        assert idle.returncode == 0, idle.stderr
+        assert idle.stderr == ("warning: no worker serving job 'sendReceipt' is running now;"
+                               " the run waits queued until one starts\n")
+        assert json.loads(idle.stdout)["status"] == "queued"
+
+        with app.worker(concurrency=1, queues=["elsewhere"]):  # serving, not taking it
+            known = _start(cli_env, "sendReceipt", "--json")
         assert known.returncode == 0 and known.stderr == ""
         assert json.loads(known.stdout)["status"] == "queued"
-        assert len(app.runs.list(limit=10).items) == 3
+        assert len(app.runs.list(limit=10).items) == 4
     finally:
         app.close()

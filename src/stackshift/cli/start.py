@@ -109,19 +109,23 @@ def start(
 def warn_if_no_worker_knows(app: StackShift, run: Run) -> None:
     """Say on stderr when no worker has ever registered the run's job (a mistyped
     name, or code not deployed yet), with the closest job names workers have
-    registered: the run is started all the same, and waits until a worker with the
-    job's code starts. A server too old to list jobs, or one that cannot be asked
-    just now, says nothing: the run is started, and the command's answer is about it."""
+    registered, or when none of the workers that did is running now: the run is
+    started all the same, and waits until a worker with the job's code starts. A
+    server too old to list jobs, or one that cannot be asked just now, says
+    nothing: the run is started, and the command's answer is about it."""
     job = run.job
     try:
-        known = [j.name for j in app.list_jobs()]
+        known = {info.name: info for info in app.list_jobs()}
     except Exception:  # advice only: the run is started, whatever this says
         return
-    if job in known:
-        return
-    close = difflib.get_close_matches(job, known, n=3)
-    guess = f" (did you mean {' or '.join(repr(name) for name in close)}?)" if close else ""
     waits = "waits queued" if run.status == "queued" else "waits"
+    if job in known:
+        if not known[job].live_workers:
+            click.echo(f"warning: no worker serving job {job!r} is running now; the run "
+                       f"{waits} until one starts", err=True)
+        return
+    close = difflib.get_close_matches(job, list(known), n=3)
+    guess = f" (did you mean {' or '.join(repr(name) for name in close)}?)" if close else ""
     click.echo(f"warning: no worker has registered job {job!r}{guess}; the run {waits} "
                "until one does", err=True)
 
