@@ -205,11 +205,11 @@ def next_page_command(cursor: str) -> str:
     arguments and options given on its command line (filters, ``--limit``) and
     ``--cursor``, so that the next page holds the same kind of rows. A database
     URL given on the command line (to the command or to ``stackshift`` itself) is
-    kept as the command's ``--db``, unless it holds a
-    password: then a shell comment after the command says to add it (the
-    password stays off the screen and out of the shell's history). ``--json``
-    and the old cursor are left out. Arguments come after ``--`` when one starts
-    with ``-`` (a queue named ``-x``), so that it is not read as an option."""
+    kept as the command's ``--db``, unless it holds a password: then a shell
+    comment after the command says to add it (the password stays off the screen
+    and out of the shell's history). ``--json`` and the old cursor are left out.
+    Arguments come after ``--`` when one starts with ``-`` (a queue named
+    ``-x``), so that it is not read as an option."""
     ctx = click.get_current_context()
     names = []
     database = None  # given to the command or a group above it (stackshift --db URL runs list)
