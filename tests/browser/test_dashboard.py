@@ -865,6 +865,42 @@ def test_a_paused_queue_says_so_until_it_is_resumed(stack: Dashboard, page: Page
     expect(page.locator(".stat-completed .stat-value")).to_have_text("1")
 
 
+def test_a_queue_no_live_worker_takes_says_so_until_one_does(db_url: str, page: Page) -> None:
+    """A worker started with ``queues`` leaves the others' due runs waiting: the
+    Queues page and the queue's own page say that no live worker takes them."""
+    app = StackShift(db_url)
+    register_jobs(app)
+    workers = [app.worker(queues=["emails"], poll_interval=0.05)]
+    workers[0].start()
+    try:
+        held = app.start("resize-image", {"image": "held"})  # the media queue
+        later = app.start("send-email", {"user": "u_later"}, queue_name="digest", delay="1h")
+        with serve(app, auth="open") as url:
+            page.goto(url + "/queues")
+            media = page.locator("tr", has=page.locator("a.queue-link:text-is('media')"))
+            expect(media.locator(".queue-unserved")).to_have_text("no live worker")
+            # Nothing due there yet: nothing waits for a worker.
+            digest = page.locator("tr", has=page.locator("a.queue-link:text-is('digest')"))
+            expect(digest).to_contain_text("1 run")
+            expect(digest.locator(".queue-unserved")).to_have_count(0)
+
+            media.locator("a.queue-link").click()
+            expect(page.locator("#queue-unserved")).to_contain_text(
+                "No live worker takes this queue: its due runs wait until one does.")
+            assert app.runs.get(held.id).status == "queued"
+
+            workers.append(app.worker(poll_interval=0.05))  # every queue
+            workers[-1].start()
+            assert app.runs.wait(held.id, timeout="15s").status == "completed"
+            expect(page.locator("#queue-unserved")).to_have_count(0)
+            expect(page.locator(".stat-completed .stat-value")).to_have_text("1")
+        assert app.runs.get(later.id).status == "scheduled"
+    finally:
+        for worker in workers:
+            worker.stop(grace=2)
+        app.close()
+
+
 def test_queue_page_counts_scheduled_and_cancelled_runs(stack: Dashboard, page: Page) -> None:
     app = stack.app
     later = [app.start("resize-image", {"image": f"later-{i}"}, delay="1h") for i in range(2)]

@@ -17,7 +17,7 @@ from typing import Any
 from ..durations import parse_duration, to_datetime
 from ..engine.transitions import CANCELLABLE_AT_ONCE, RETRYABLE, TERMINAL, Status
 from ..errors import EventNotFoundError, QueueNotFoundError, RunNotFoundError, StackShiftError
-from ..models import LogEntry, Page, QueueStats, Run
+from ..models import LogEntry, Page, QueueStats, Run, WorkerInfo
 from ..service import LIVE_HEARTBEAT, Service, check_filter
 from . import waterfall
 from .formatting import chart_times, day_time
@@ -287,10 +287,24 @@ def queue_stats(service: Service, settings: Mapping[str, Any]) -> list[QueueStat
     return [found[name] for name in sorted(found)]
 
 
+def live_workers(service: Service, now: float) -> list[WorkerInfo]:
+    """The workers whose heartbeat is recent enough to count them as running."""
+    return [w for w in service.list_workers()
+            if now - w.heartbeat_at.timestamp() <= LIVE_HEARTBEAT]
+
+
+def unserved(queue: QueueStats, live: list[WorkerInfo]) -> bool:
+    """Whether runs of ``queue`` are due and no live worker takes that queue (none
+    runs, or each was started with ``queues`` that leave it out)."""
+    return queue.oldest_queued_at is not None and not any(
+        w.queues is None or queue.name in w.queues for w in live)
+
+
 def queues_page(service: Service, params: Mapping[str, str], now: float) -> dict[str, Any]:
     window = _window(params)
     series = service.queue_throughput(window, buckets=WINDOWS[window][1])
     settings = service.queue_settings()
+    live = live_workers(service, now)
     queues = []
     for stats in queue_stats(service, settings):
         buckets = series.get(stats.name)
@@ -306,6 +320,7 @@ def queues_page(service: Service, params: Mapping[str, str], now: float) -> dict
             "failed": failed,
             "peak": max([b.completed + b.failed for b in buckets] or [0]),
             "paused": settings.get(stats.name, {}).get("paused", False),
+            "unserved": unserved(stats, live),
         })
     return {
         "page_title": "Queues",
@@ -344,6 +359,7 @@ def queue_page(service: Service, name: str, params: Mapping[str, str],
         "queue": stats,
         "settings": settings,
         "paused": settings.get("paused", False),
+        "unserved": unserved(stats, live_workers(service, now)),
         "buckets": buckets,
         # Under the chart: its first bucket's start and its middle one's (then "now").
         "axis": chart_times([buckets[0].start, buckets[len(buckets) // 2].start], now)
