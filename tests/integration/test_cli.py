@@ -853,8 +853,8 @@ def test_the_next_page_command_keeps_a_database_given_on_the_command_line(
 
     parts = urlsplit(db_url)
     if parts.scheme.startswith("postgresql"):  # trust auth takes any password
-        secret = urlunsplit(parts._replace(netloc=f"postgres:s3cret@{parts.hostname}:"
-                                                  f"{parts.port}"))
+        host = parts.netloc.rsplit("@", 1)[-1]
+        secret = urlunsplit(parts._replace(netloc=f"{parts.username or 'postgres'}:s3cret@{host}"))
         guarded = cli(None, "runs", "list", "--limit", "2", "--db", secret)
         assert guarded.returncode == 0, guarded.stderr
         assert "s3cret" not in guarded.stdout, guarded.stdout
