@@ -104,8 +104,10 @@ def test_writes_wait_for_a_slow_checkpoint_once_the_wal_is_twice_its_limit(
         app.start("job", {"i": i})
         largest = max(largest, wal.stat().st_size)
     # Writes wait once it is past twice the limit (1.6 MB); some go in between
-    # checkpoints. Without the wait, the WAL grew to some 24 MB here.
-    assert largest < 4 * limit, f"the WAL grew to {largest:,} bytes, limit {limit:,}"
+    # checkpoints. With the wait the file reached 2.9 to 4.3 times the limit
+    # over 18 runs on one machine (4 failed a bound of 4 times); without it,
+    # 37.7 times (31 MB) on the same machine.
+    assert largest < 8 * limit, f"the WAL grew to {largest:,} bytes, limit {limit:,}"
     app.close()
     assert _runs_in(db) == 601
 
