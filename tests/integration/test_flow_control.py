@@ -38,12 +38,14 @@ def wait_all(app: StackShift, run_ids: list[str], timeout: float) -> None:
 
 def test_queue_concurrency_caps_running_runs_across_worker_processes(
         db_url: str, tmp_path: Path) -> None:
-    """Concurrency 3, four processes of four slots each: never more than 3 at once."""
+    """Concurrency 3, four processes of one slot each: only the four of them together
+    could pass the cap, and never more than 3 run at once. (With four slots each,
+    one process could take the whole cap and every run.)"""
     app = StackShift(db_url)
     record = tmp_path / "spans.txt"
     try:
         app.queue("capped", concurrency=3)
-        with worker_processes(db_url, record, 4, tmp_path, concurrency=4):
+        with worker_processes(db_url, record, 4, tmp_path, concurrency=1):
             ids = [app.queue("capped").enqueue("held", {"seconds": 0.2}).id for _ in range(18)]
             wait_all(app, ids, timeout=60)
         spans = read_spans(record)
