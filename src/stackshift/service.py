@@ -70,6 +70,11 @@ API_KEY_SHOWN = 12
 LIVE_HEARTBEAT = 60.0
 
 
+def is_live(worker: WorkerInfo, now: float) -> bool:
+    """Whether ``worker``'s heartbeat is recent enough for it to count as running."""
+    return now - worker.heartbeat_at.timestamp() <= LIVE_HEARTBEAT
+
+
 def check_endpoint_url(url: object) -> str:
     """An absolute ``http(s)://`` URL with a host, at most 2,000 characters."""
     if not isinstance(url, str) or len(url) > 2000:
@@ -840,7 +845,7 @@ class Service(FlowControl):
         found = {name: JobInfo(name, queue, max_attempts, 0, at)
                  for name, queue, max_attempts, at in self.store.published_jobs()}
         for worker in self.list_workers():
-            live = now - worker.heartbeat_at.timestamp() <= LIVE_HEARTBEAT
+            live = is_live(worker, now)
             for name in worker.jobs:
                 # A worker publishes its jobs before it registers; one of an earlier
                 # version, which does not, registered them when it started.

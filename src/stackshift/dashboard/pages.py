@@ -18,7 +18,7 @@ from ..durations import parse_duration, to_datetime
 from ..engine.transitions import CANCELLABLE_AT_ONCE, RETRYABLE, TERMINAL, Status
 from ..errors import EventNotFoundError, QueueNotFoundError, RunNotFoundError, StackShiftError
 from ..models import LogEntry, Page, QueueStats, Run, WorkerInfo
-from ..service import LIVE_HEARTBEAT, Service, check_filter
+from ..service import LIVE_HEARTBEAT, Service, check_filter, is_live
 from . import waterfall
 from .formatting import chart_times, day_time
 
@@ -289,8 +289,7 @@ def queue_stats(service: Service, settings: Mapping[str, Any]) -> list[QueueStat
 
 def live_workers(service: Service, now: float) -> list[WorkerInfo]:
     """The workers whose heartbeat is recent enough to count them as running."""
-    return [w for w in service.list_workers()
-            if now - w.heartbeat_at.timestamp() <= LIVE_HEARTBEAT]
+    return [w for w in service.list_workers() if is_live(w, now)]
 
 
 def unserved(queue: QueueStats, live: list[WorkerInfo]) -> bool:
@@ -385,7 +384,7 @@ def queue_page(service: Service, name: str, params: Mapping[str, str],
 
 def jobs_page(service: Service, params: Mapping[str, str], now: float) -> dict[str, Any]:
     workers = service.list_workers()
-    live = [w for w in workers if now - w.heartbeat_at.timestamp() <= LIVE_HEARTBEAT]
+    live = [w for w in workers if is_live(w, now)]
     # The jobs workers have registered (as GET /v1/jobs lists them) and those with runs.
     serving = {j.name: j.live_workers for j in service.list_jobs()}
     stats = {j.name: j for j in service.job_stats()}
@@ -411,7 +410,7 @@ def jobs_page(service: Service, params: Mapping[str, str], now: float) -> dict[s
         "nav": "jobs",
         "jobs": jobs,
         "workers": [
-            {"worker": w, "live": now - w.heartbeat_at.timestamp() <= LIVE_HEARTBEAT}
+            {"worker": w, "live": is_live(w, now)}
             for w in workers
         ],
         "live_count": len(live),
