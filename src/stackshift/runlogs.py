@@ -12,7 +12,9 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from .tracebacks import format_exception
 
 if TYPE_CHECKING:
     from .worker.invocation import Invocation
@@ -67,7 +69,8 @@ _formatter = logging.Formatter()
 
 def stored_message(record: logging.LogRecord) -> str:
     """The text kept for ``record``: its message, then its exception's traceback and
-    its stack (``stack_info=True``), as :class:`logging.Formatter` lays them out.
+    its stack (``stack_info=True``), as :class:`logging.Formatter` lays them out
+    (the traceback without StackShift's own frames).
 
     A message that cannot be formatted (``log.info("%d", "x")``: arguments that
     do not fit it) keeps its unformatted text, its arguments and a line saying
@@ -81,12 +84,21 @@ def stored_message(record: logging.LogRecord) -> str:
                    f"{_text(record.args, repr)}]")
     if record.exc_info:
         try:
-            message += "\n" + _formatter.formatException(record.exc_info)
+            message += "\n" + _exception_text(record.exc_info)
         except Exception as error:
             message += f"\n[formatting the exception failed: {type(error).__name__}]"
     if record.stack_info:
         message += "\n" + _formatter.formatStack(record.stack_info)
     return message
+
+
+def _exception_text(exc_info: Any) -> str:
+    """A record's exception as :class:`logging.Formatter` lays it out, less
+    StackShift's own frames (see :mod:`stackshift.tracebacks`)."""
+    value = exc_info[1]
+    if isinstance(value, BaseException) and value.__traceback__ is exc_info[2]:
+        return format_exception(value).rstrip("\n")
+    return _formatter.formatException(exc_info)
 
 
 def _text(value: object, show: Callable[[object], str] = str) -> str:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import traceback as tb
 from collections.abc import Iterator
 
 from ..durations import parse_duration
 from ..errors import NonDeterminismError, NonRetriableError, RetryAfterError
 from ..store.base import Outcome
+from ..tracebacks import format_exception
 from .retries import Backoff
 
 #: The error of a run stopped by a cancel requested while it ran.
@@ -30,12 +30,13 @@ def leaves(exc: BaseException) -> Iterator[BaseException]:
 
 
 def error_dict(exc: BaseException, *, with_traceback: bool = True) -> dict[str, str | None]:
-    """The stored form of an exception: type, message and formatted traceback.
+    """The stored form of an exception: type, message and formatted traceback
+    (without StackShift's own frames: see :mod:`stackshift.tracebacks`).
 
     A group's message also names the errors it holds (the first
     ``GROUP_ERRORS_NAMED``), as lists of runs show the message alone.
     """
-    text = "".join(tb.format_exception(exc)) if with_traceback else None
+    text = format_exception(exc) if with_traceback else None
     return {"type": type(exc).__name__, "message": _message(exc), "traceback": text}
 
 
