@@ -270,7 +270,8 @@ class JobInfo:
     """A job some worker has registered (a worker, remote worker or push route that
     has its code): its ``queue`` and ``max_attempts`` as its workers last published
     them (None when they set none), when that was, and how many live workers serve
-    it now (0: its runs wait until one starts)."""
+    it now: that know it and take its queue (0: its runs there wait until one
+    starts)."""
 
     name: str
     queue: str | None

@@ -75,6 +75,12 @@ def is_live(worker: WorkerInfo, now: float) -> bool:
     return now - worker.heartbeat_at.timestamp() <= LIVE_HEARTBEAT
 
 
+def takes(worker: WorkerInfo, queue: str) -> bool:
+    """Whether ``worker`` claims runs of ``queue``: one started without ``queues``
+    takes every queue."""
+    return worker.queues is None or queue in worker.queues
+
+
 def check_endpoint_url(url: object) -> str:
     """An absolute ``http(s)://`` URL with a host, at most 2,000 characters."""
     if not isinstance(url, str) or len(url) > 2000:
@@ -838,9 +844,10 @@ class Service(FlowControl):
 
     def list_jobs(self) -> list[JobInfo]:
         """Every job some worker has registered, by name, with the live workers that
-        serve it now. A job no worker has ever registered is not listed: its runs
-        wait until a worker with its code starts (a mistyped name, or code not
-        deployed yet)."""
+        serve it now: those that know the job and take its queue (a worker started
+        with ``queues`` that leave it out runs none of the job's runs there). A job
+        no worker has ever registered is not listed: its runs wait until a worker
+        with its code starts (a mistyped name, or code not deployed yet)."""
         now = self.clock.now()
         found = {name: JobInfo(name, queue, max_attempts, 0, at)
                  for name, queue, max_attempts, at in self.store.published_jobs()}
@@ -850,7 +857,8 @@ class Service(FlowControl):
                 # A worker publishes its jobs before it registers; one of an earlier
                 # version, which does not, registered them when it started.
                 job = found.get(name) or JobInfo(name, None, None, 0, worker.started_at)
-                found[name] = replace(job, live_workers=job.live_workers + int(live))
+                serves = live and takes(worker, job.queue or self.settings.default_queue)
+                found[name] = replace(job, live_workers=job.live_workers + int(serves))
         return [found[name] for name in sorted(found)]
 
     def event_consumers(self, event_ids: list[str]) -> dict[str, list[EventConsumer]]:

@@ -54,6 +54,14 @@ def test_list_jobs_gives_the_registered_jobs_with_their_live_workers(
     assert client.start(typo).status == "queued"  # still started, and still not listed
     assert typo not in {j.name for j in client.list_jobs()}
 
+    # A worker serves a job when it also takes the job's queue.
+    with engine.worker(concurrency=1, queues=[emails]):
+        assert {name: j.live_workers for name, j in ours().items()} == {export: 0, receipt: 1}
+    with engine.worker(concurrency=1, queues=[unique("elsewhere")]):
+        assert {name: j.live_workers for name, j in ours().items()} == {export: 0, receipt: 0}
+    with engine.worker(concurrency=1, queues=["default", emails]):
+        assert {name: j.live_workers for name, j in ours().items()} == {export: 1, receipt: 1}
+
 
 def test_get_v1_jobs_lists_jobs_in_camel_case(
         http: httpx.Client, engine: StackShift, unique: Callable[[str], str]) -> None:
@@ -88,6 +96,21 @@ def test_a_stale_worker_serves_no_job_and_a_stopped_one_leaves_its_jobs_on_the_j
         ("sendReceipt", 0, 0)]
     assert page["workers"] == []
 
+    # A live worker that knows the job but takes other queues leaves its due runs
+    # stranded, as the page says; one that takes the job's queue serves them.
+    fake_app.start("sendReceipt")
+    service.store.register_worker("w2", "host-b", 4343, ["sendReceipt"], ["reports"], 4,
+                                  clock.now())
+    page = jobs_page(service, {}, clock.now())
+    assert [(j["name"], j["workers"], j["stranded"]) for j in page["jobs"]] == [
+        ("sendReceipt", 0, 1)]
+    assert page["live_count"] == 1
+    service.store.register_worker("w3", "host-c", 4444, ["sendReceipt"], ["default"], 4,
+                                  clock.now())
+    page = jobs_page(service, {}, clock.now())
+    assert [(j["name"], j["workers"], j["stranded"]) for j in page["jobs"]] == [
+        ("sendReceipt", 1, 0)]
+
 
 def _start(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*STACKSHIFT, "start", *args], capture_output=True, text=True,
@@ -121,14 +144,23 @@ def test_start_warns_of_a_job_no_worker_has_registered_or_runs_and_still_starts_
         # A job workers have registered, none of which runs now: the run waits too.
         idle = _start(cli_env, "sendReceipt", "--json")
         assert idle.returncode == 0, idle.stderr
-        assert idle.stderr == ("warning: no worker serving job 'sendReceipt' is running now;"
-                               " the run waits queued until one starts\n")
+        assert idle.stderr == ("warning: no worker serving job 'sendReceipt' on queue "
+                               "'default' is running now; the run waits queued until one "
+                               "starts\n")
         assert json.loads(idle.stdout)["status"] == "queued"
 
-        with app.worker(concurrency=1, queues=["elsewhere"]):  # serving, not taking it
-            known = _start(cli_env, "sendReceipt", "--json")
+        # A running worker that knows the job but takes other queues serves none of it
+        # on the job's queue; on a queue chosen with --queue the count says nothing.
+        with app.worker(concurrency=1, queues=["elsewhere"]):
+            aside = _start(cli_env, "sendReceipt", "--json")
+            chosen = _start(cli_env, "nightlyExport", "--queue", "elsewhere", "--json")
+        assert aside.returncode == 0, aside.stderr
+        assert aside.stderr == idle.stderr
+        assert chosen.returncode == 0 and chosen.stderr == ""
+        with app.worker(concurrency=1, queues=["default"]):  # taking it
+            known = _start(cli_env, "sendReceipt", "--json", "--delay", "1h")
         assert known.returncode == 0 and known.stderr == ""
-        assert json.loads(known.stdout)["status"] == "queued"
-        assert len(app.runs.list(limit=10).items) == 4
+        assert json.loads(known.stdout)["status"] == "scheduled"
+        assert len(app.runs.list(limit=10).items) == 6
     finally:
         app.close()

@@ -96,7 +96,7 @@ def start(
             priority=priority,
             concurrency_key=concurrency_key,
         )
-        warn_if_no_worker_knows(app, run)
+        warn_if_no_worker_knows(app, run, chosen_queue=queue_name is not None)
         if not wait:
             report_started(run, as_json)
             return
@@ -106,13 +106,18 @@ def start(
     report_finished(final, as_json, created=run.created)
 
 
-def warn_if_no_worker_knows(app: StackShift, run: Run) -> None:
+def warn_if_no_worker_knows(app: StackShift, run: Run, *, chosen_queue: bool) -> None:
     """Say on stderr when no worker has ever registered the run's job (a mistyped
     name, or code not deployed yet), with the closest job names workers have
-    registered, or when none of the workers that did is running now: the run is
-    started all the same, and waits until a worker with the job's code starts. A
-    server too old to list jobs, or one that cannot be asked just now, says
-    nothing: the run is started, and the command's answer is about it."""
+    registered, or when none of the workers that did is running now and takes
+    the job's queue: the run is started all the same, and waits until a worker
+    with the job's code starts. A server too old to list jobs, or one that
+    cannot be asked just now, says nothing: the run is started, and the
+    command's answer is about it.
+
+    Live workers are counted for the job's own queue (``JobInfo.live_workers``):
+    a run put on another queue (``chosen_queue``, when the job names none) gets
+    no warning about them, rather than one that may be wrong."""
     job = run.job
     try:
         known = {info.name: info for info in app.list_jobs()}
@@ -120,9 +125,11 @@ def warn_if_no_worker_knows(app: StackShift, run: Run) -> None:
         return
     waits = "waits queued" if run.status == "queued" else "waits"
     if job in known:
-        if not known[job].live_workers:
-            click.echo(f"warning: no worker serving job {job!r} is running now; the run "
-                       f"{waits} until one starts", err=True)
+        info = known[job]
+        counted = run.queue == info.queue if info.queue else not chosen_queue
+        if counted and not info.live_workers:
+            click.echo(f"warning: no worker serving job {job!r} on queue {run.queue!r} is "
+                       f"running now; the run {waits} until one starts", err=True)
         return
     close = difflib.get_close_matches(job, list(known), n=3)
     guess = f" (did you mean {' or '.join(repr(name) for name in close)}?)" if close else ""

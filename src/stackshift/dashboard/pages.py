@@ -18,7 +18,7 @@ from ..durations import parse_duration, to_datetime
 from ..engine.transitions import CANCELLABLE_AT_ONCE, RETRYABLE, TERMINAL, Status
 from ..errors import EventNotFoundError, QueueNotFoundError, RunNotFoundError, StackShiftError
 from ..models import LogEntry, Page, QueueStats, Run, WorkerInfo
-from ..service import LIVE_HEARTBEAT, Service, check_filter, is_live
+from ..service import LIVE_HEARTBEAT, Service, check_filter, is_live, takes
 from . import waterfall
 from .formatting import chart_times, day_time
 
@@ -295,8 +295,7 @@ def live_workers(service: Service, now: float) -> list[WorkerInfo]:
 def unserved(queue: QueueStats, live: list[WorkerInfo]) -> bool:
     """Whether runs of ``queue`` are due and no live worker takes that queue (none
     runs, or each was started with ``queues`` that leave it out)."""
-    return queue.oldest_queued_at is not None and not any(
-        w.queues is None or queue.name in w.queues for w in live)
+    return queue.oldest_queued_at is not None and not any(takes(w, queue.name) for w in live)
 
 
 def queues_page(service: Service, params: Mapping[str, str], now: float) -> dict[str, Any]:

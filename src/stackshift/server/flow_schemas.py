@@ -64,8 +64,9 @@ class Job(Wire):
                                    "(null: the default queue).")
     max_attempts: int | None = Field(description="The job's attempts as its workers define "
                                      "them (null: the queue's, else the default).")
-    live_workers: int = Field(description="Live workers that serve the job now (0: its "
-                              "runs wait until one starts).")
+    live_workers: int = Field(description="Live workers that serve the job now: that "
+                              "know it and take its queue (0: its runs there wait until "
+                              "one starts).")
     registered_at: datetime = Field(description="When a worker last registered the job.")
 
     @classmethod
