@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -153,7 +154,13 @@ class FlowControl:
         """A queue just configured: a new name too (zero counts), or one whose
         settings were all removed and holds no runs, which the lists leave out."""
         window = check_stats_window(DEFAULT_STATS_WINDOW)
-        return self.store.queue_info(name, self.clock.now(), window)
+        now = self.clock.now()
+        return self._counted([self.store.queue_info(name, now, window)], now)[0]
+
+    def _counted(self, queues: list[QueueInfo], now: float) -> list[QueueInfo]:
+        """``queues`` with the live workers that take each counted."""
+        live = [w for w in self.store.workers() if w.is_live(now)]
+        return [replace(q, live_workers=sum(w.takes(q.name) for w in live)) for q in queues]
 
     def queue_info(self, name: str, window: Any = DEFAULT_STATS_WINDOW) -> QueueInfo:
         """The queue's settings, runs per status, throughput and failure rate over
@@ -163,14 +170,16 @@ class FlowControl:
         typo, say) raises :class:`QueueNotFoundError`.
         """
         check_name(name, "queue name")
-        return self.store.queue_info(name, self.clock.now(), check_stats_window(window),
-                                     known=True)
+        now = self.clock.now()
+        info = self.store.queue_info(name, now, check_stats_window(window), known=True)
+        return self._counted([info], now)[0]
 
     def list_queues(self, window: Any = DEFAULT_STATS_WINDOW) -> list[QueueInfo]:
         """Every queue that holds runs or has settings, by name."""
         seconds = check_stats_window(window)
         now = self.clock.now()
-        return [self.store.queue_info(name, now, seconds) for name in self.store.all_queue_names()]
+        return self._counted([self.store.queue_info(name, now, seconds)
+                              for name in self.store.all_queue_names()], now)
 
     def dead_letters(self, queue: str, *, job: str | None = None, limit: int = 50,
                      cursor: str | None = None) -> Page:

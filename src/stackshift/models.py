@@ -280,6 +280,11 @@ class JobInfo:
     registered_at: datetime
 
 
+#: A worker whose heartbeat is older than this, in seconds, is not live (stale): it
+#: no longer counts as serving its jobs or taking its queues.
+LIVE_HEARTBEAT = 60.0
+
+
 @dataclass(frozen=True)
 class WorkerInfo:
     """A registered worker; its ``heartbeat_at`` tells whether it is alive."""
@@ -292,6 +297,15 @@ class WorkerInfo:
     concurrency: int
     started_at: datetime
     heartbeat_at: datetime
+
+    def is_live(self, now: float) -> bool:
+        """Whether the heartbeat is recent enough for the worker to count as running."""
+        return now - self.heartbeat_at.timestamp() <= LIVE_HEARTBEAT
+
+    def takes(self, queue: str) -> bool:
+        """Whether the worker claims runs of ``queue``: one started without
+        ``queues`` takes every queue."""
+        return self.queues is None or queue in self.queues
 
 
 @dataclass(frozen=True)
@@ -314,7 +328,10 @@ class QueueInfo:
     ``throughput`` is runs finished (completed or failed) per minute over the
     last ``window`` seconds; ``failure_rate`` is the failed share of those
     (``None`` when none finished); ``oldest_queued_age`` is how long, in
-    seconds, the oldest due run not yet started has waited.
+    seconds, the oldest due run not yet started has waited; ``live_workers``
+    counts the live workers that take the queue (started without ``queues``, or
+    with it among theirs), whatever jobs they know: with none, its due runs
+    wait. ``None`` when a server too old to count them answered.
     """
 
     name: str
@@ -329,6 +346,7 @@ class QueueInfo:
     throughput: float
     failure_rate: float | None
     oldest_queued_age: float | None
+    live_workers: int | None = None
 
     @property
     def running(self) -> int:

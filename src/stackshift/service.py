@@ -65,21 +65,6 @@ ON_TIMEOUT = ("fail", "continue", "cancel")
 API_KEY_PREFIX = "ssk_"
 API_KEY_SHOWN = 12
 
-#: A worker whose heartbeat is older than this is not live (stale): it no longer
-#: counts as serving its jobs.
-LIVE_HEARTBEAT = 60.0
-
-
-def is_live(worker: WorkerInfo, now: float) -> bool:
-    """Whether ``worker``'s heartbeat is recent enough for it to count as running."""
-    return now - worker.heartbeat_at.timestamp() <= LIVE_HEARTBEAT
-
-
-def takes(worker: WorkerInfo, queue: str) -> bool:
-    """Whether ``worker`` claims runs of ``queue``: one started without ``queues``
-    takes every queue."""
-    return worker.queues is None or queue in worker.queues
-
 
 def check_endpoint_url(url: object) -> str:
     """An absolute ``http(s)://`` URL with a host, at most 2,000 characters."""
@@ -852,12 +837,12 @@ class Service(FlowControl):
         found = {name: JobInfo(name, queue, max_attempts, 0, at)
                  for name, queue, max_attempts, at in self.store.published_jobs()}
         for worker in self.list_workers():
-            live = is_live(worker, now)
+            live = worker.is_live(now)
             for name in worker.jobs:
                 # A worker publishes its jobs before it registers; one of an earlier
                 # version, which does not, registered them when it started.
                 job = found.get(name) or JobInfo(name, None, None, 0, worker.started_at)
-                serves = live and takes(worker, job.queue or self.settings.default_queue)
+                serves = live and worker.takes(job.queue or self.settings.default_queue)
                 found[name] = replace(job, live_workers=job.live_workers + int(serves))
         return [found[name] for name in sorted(found)]
 

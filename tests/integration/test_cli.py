@@ -1805,8 +1805,8 @@ def test_narrow_terminals_get_every_column_and_every_id_whole(
         (["state", "list"], ["KEY", "VALUE", "EXPIRES"], [state_key]),
         (["events", "list"], ["EVENT", "NAME", "CORRELATION KEY", "RECEIVED", "PAYLOAD"],
          [sent["id"], event_name, correlation]),
-        (["queues"], ["QUEUE", "STATE", "LIMITS", "QUEUED", "RUNNING", "WAITING", "FAILED",
-                      "PER MIN", "FAIL %", "OLDEST"], [long_queue]),
+        (["queues"], ["QUEUE", "STATE", "WORKERS", "LIMITS", "QUEUED", "RUNNING", "WAITING",
+                      "FAILED", "PER MIN", "FAIL %", "OLDEST"], [long_queue]),
         (["runs", "timeline", run.id], ["OFFSET", "EVENT", "STEP", "ATTEMPT", "DETAILS"],
          [step_key]),
     ]

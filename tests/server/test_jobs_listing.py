@@ -1,7 +1,8 @@
-"""Which jobs some worker has registered, and how many live workers serve each:
-``list_jobs()`` of an embedded and a remote client alike, ``GET /v1/jobs``, the
-dashboard's Jobs page, and the warning of ``stackshift start`` for a job no worker
-has registered (a mistyped name), on SQLite and PostgreSQL."""
+"""Which jobs some worker has registered, and how many live workers serve each
+job and take each queue: ``list_jobs()`` and the queues' numbers of an embedded
+and a remote client alike, ``GET /v1/jobs``, the dashboard's Jobs page, ``stackshift
+queues``, and the warnings of ``stackshift start`` for a job no worker has
+registered (a mistyped name) or no running worker takes, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -63,6 +64,31 @@ def test_list_jobs_gives_the_registered_jobs_with_their_live_workers(
         assert {name: j.live_workers for name, j in ours().items()} == {export: 1, receipt: 1}
 
 
+def test_a_queue_counts_the_live_workers_that_take_it(
+        client: StackShift, engine: StackShift, unique: Callable[[str], str]) -> None:
+    emails, reports = unique("emails"), unique("reports")
+    engine.job(unique("sendReceipt"), _noop, queue=emails)
+    client.queue(emails, concurrency=3)  # listed before its first run, as configured
+    client.queue(reports, concurrency=3)
+
+    def counted() -> dict[str, int | None]:
+        listed = {q.name: q.live_workers for q in client.queues.list()
+                  if q.name in (emails, reports)}
+        # One queue read alone counts as the list does.
+        assert listed == {name: client.queues.get(name).live_workers for name in listed}
+        return listed
+
+    assert counted() == {emails: 0, reports: 0}
+    with engine.worker(concurrency=1, queues=[emails]):
+        assert counted() == {emails: 1, reports: 0}
+        # What a change of settings answers is counted too.
+        assert client.queue(reports).pause().live_workers == 0
+        assert client.queue(emails).resume().live_workers == 1
+        with engine.worker(concurrency=1):  # no queues: it takes every queue
+            assert counted() == {emails: 2, reports: 1}
+    assert counted() == {emails: 0, reports: 0}
+
+
 def test_get_v1_jobs_lists_jobs_in_camel_case(
         http: httpx.Client, engine: StackShift, unique: Callable[[str], str]) -> None:
     name, queue = unique("resizeImage"), unique("images")
@@ -87,8 +113,11 @@ def test_a_stale_worker_serves_no_job_and_a_stopped_one_leaves_its_jobs_on_the_j
     service.publish_jobs()  # what a worker does when it starts, then it registers:
     service.store.register_worker("w1", "host-a", 4242, ["sendReceipt"], None, 4, clock.now())
     assert [j.live_workers for j in fake_app.list_jobs()] == [1]
+    fake_app.queue("default", concurrency=2)
+    assert fake_app.queues.get("default").live_workers == 1
     clock.advance("61s")
     assert [(j.name, j.live_workers) for j in fake_app.list_jobs()] == [("sendReceipt", 0)]
+    assert fake_app.queues.get("default").live_workers == 0
 
     service.store.unregister_worker("w1")
     page = jobs_page(service, {}, clock.now())
@@ -157,10 +186,27 @@ def test_start_warns_of_a_job_no_worker_has_registered_or_runs_and_still_starts_
         assert aside.returncode == 0, aside.stderr
         assert aside.stderr == idle.stderr
         assert chosen.returncode == 0 and chosen.stderr == ""
+        # A queue chosen with --queue that no running worker takes.
+        nowhere = _start(cli_env, "nightlyExport", "--queue", "nowhere", "--json")
+        assert nowhere.returncode == 0, nowhere.stderr
+        assert nowhere.stderr == ("warning: no worker taking queue 'nowhere' is running "
+                                  "now; the run waits queued until one starts\n")
+        shown = subprocess.run([*STACKSHIFT, "queues", "show", "nowhere"], capture_output=True,
+                               text=True, timeout=60, env=cli_env)
+        assert shown.returncode == 0, shown.stderr
+        assert re.search(r"^live workers +0 \(its due runs wait until a worker that takes "
+                         r"this queue starts\)$", shown.stdout, re.MULTILINE), shown.stdout
         with app.worker(concurrency=1, queues=["default"]):  # taking it
             known = _start(cli_env, "sendReceipt", "--json", "--delay", "1h")
         assert known.returncode == 0 and known.stderr == ""
         assert json.loads(known.stdout)["status"] == "scheduled"
-        assert len(app.runs.list(limit=10).items) == 6
+        # A key's earlier run that finished waits for no worker: no warning.
+        with app.worker(concurrency=1):
+            done = app.start("sendReceipt", idempotency_key="receipt:o_9")
+            assert app.runs.wait(done.id, timeout="30s").status == "completed"
+        again = _start(cli_env, "sendReceipt", "--idempotency-key", "receipt:o_9")
+        assert again.returncode == 0 and again.stderr == "", again.stderr
+        assert "already exists" in again.stdout
+        assert len(app.runs.list(limit=10).items) == 8
     finally:
         app.close()

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 import click
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from ..durations import span
 from ..flowcontrol import MAX_RETRY_PAGE, RETRY_PAGE
@@ -78,16 +79,25 @@ def _oldest(queue: QueueInfo) -> str:
     return "-" if queue.oldest_queued_age is None else span(queue.oldest_queued_age)
 
 
+def _workers(queue: QueueInfo) -> Text:
+    """The live workers that take the queue; none, while runs of it are due, in red
+    (``-`` from a server too old to count them)."""
+    if queue.live_workers is None:
+        return Text("-")
+    stranded = queue.live_workers == 0 and queue.oldest_queued_age is not None
+    return Text(str(queue.live_workers), style="red" if stranded else "")
+
+
 def queues_table(queues: list[QueueInfo]) -> Table:
     table = _table()
-    for header in ("QUEUE", "STATE", "LIMITS", "QUEUED", "RUNNING", "WAITING", "FAILED",
-                   "PER MIN", "FAIL %", "OLDEST"):
+    for header in ("QUEUE", "STATE", "WORKERS", "LIMITS", "QUEUED", "RUNNING", "WAITING",
+                   "FAILED", "PER MIN", "FAIL %", "OLDEST"):
         table.add_column(header, fit="whole" if header == "QUEUE" else "folds",
                          justify="left" if header in ("QUEUE", "STATE", "LIMITS") else "right")
     for q in queues:
         c = q.counts
         table.add_row(
-            q.name, paused_text() if q.paused else "active", _limit(q),
+            q.name, paused_text() if q.paused else "active", _workers(q), _limit(q),
             str(c.get("queued", 0) + c.get("scheduled", 0) + c.get("retrying", 0)),
             str(c.get("running", 0)), str(c.get("waiting", 0)), str(c.get("failed", 0)),
             _per_minute(q), _rate(q), _oldest(q),
@@ -102,6 +112,10 @@ def queue_detail(q: QueueInfo) -> Table:
     table.add_column("", fit="wraps")
     table.add_row("queue", q.name)
     table.add_row("state", paused_text() if q.paused else "active")
+    workers = _workers(q)
+    if q.live_workers == 0 and q.oldest_queued_age is not None:
+        workers.append(" (its due runs wait until a worker that takes this queue starts)")
+    table.add_row("live workers", workers)
     table.add_row("concurrency", "-" if q.concurrency is None else str(q.concurrency))
     table.add_row("rate limit", q.rate_limit or "-")
     table.add_row("max attempts", "-" if q.max_attempts is None else str(q.max_attempts))

@@ -115,9 +115,13 @@ def warn_if_no_worker_knows(app: StackShift, run: Run, *, chosen_queue: bool) ->
     cannot be asked just now, says nothing: the run is started, and the
     command's answer is about it.
 
-    Live workers are counted for the job's own queue (``JobInfo.live_workers``):
-    a run put on another queue (``chosen_queue``, when the job names none) gets
-    no warning about them, rather than one that may be wrong."""
+    Live workers are counted for the job's own queue (``JobInfo.live_workers``);
+    for a run put on another queue (``chosen_queue``, when the job names none),
+    those that take that queue (``QueueInfo.live_workers``), whatever jobs they
+    know. A run that waits for no worker (an idempotency key's earlier run that
+    has finished, or that one is running) gets no warning."""
+    if run.status not in ("queued", "scheduled", "retrying"):
+        return
     job = run.job
     try:
         known = {info.name: info for info in app.list_jobs()}
@@ -126,10 +130,18 @@ def warn_if_no_worker_knows(app: StackShift, run: Run, *, chosen_queue: bool) ->
     waits = "waits queued" if run.status == "queued" else "waits"
     if job in known:
         info = known[job]
-        counted = run.queue == info.queue if info.queue else not chosen_queue
-        if counted and not info.live_workers:
-            click.echo(f"warning: no worker serving job {job!r} on queue {run.queue!r} is "
-                       f"running now; the run {waits} until one starts", err=True)
+        if run.queue == info.queue if info.queue else not chosen_queue:
+            if not info.live_workers:
+                click.echo(f"warning: no worker serving job {job!r} on queue {run.queue!r} "
+                           f"is running now; the run {waits} until one starts", err=True)
+            return
+        try:
+            takers = app.queues.get(run.queue).live_workers
+        except Exception:  # advice only, as above
+            return
+        if takers == 0:
+            click.echo(f"warning: no worker taking queue {run.queue!r} is running now; the "
+                       f"run {waits} until one starts", err=True)
         return
     close = difflib.get_close_matches(job, list(known), n=3)
     guess = f" (did you mean {' or '.join(repr(name) for name in close)}?)" if close else ""

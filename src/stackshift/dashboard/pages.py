@@ -17,8 +17,8 @@ from typing import Any
 from ..durations import parse_duration, to_datetime
 from ..engine.transitions import CANCELLABLE_AT_ONCE, RETRYABLE, TERMINAL, Status
 from ..errors import EventNotFoundError, QueueNotFoundError, RunNotFoundError, StackShiftError
-from ..models import LogEntry, Page, QueueStats, Run, WorkerInfo
-from ..service import LIVE_HEARTBEAT, Service, check_filter, is_live, takes
+from ..models import LIVE_HEARTBEAT, LogEntry, Page, QueueStats, Run, WorkerInfo
+from ..service import Service, check_filter
 from . import waterfall
 from .formatting import chart_times, day_time
 
@@ -289,13 +289,13 @@ def queue_stats(service: Service, settings: Mapping[str, Any]) -> list[QueueStat
 
 def live_workers(service: Service, now: float) -> list[WorkerInfo]:
     """The workers whose heartbeat is recent enough to count them as running."""
-    return [w for w in service.list_workers() if is_live(w, now)]
+    return [w for w in service.list_workers() if w.is_live(now)]
 
 
 def unserved(queue: QueueStats, live: list[WorkerInfo]) -> bool:
     """Whether runs of ``queue`` are due and no live worker takes that queue (none
     runs, or each was started with ``queues`` that leave it out)."""
-    return queue.oldest_queued_at is not None and not any(takes(w, queue.name) for w in live)
+    return queue.oldest_queued_at is not None and not any(w.takes(queue.name) for w in live)
 
 
 def queues_page(service: Service, params: Mapping[str, str], now: float) -> dict[str, Any]:
@@ -383,7 +383,7 @@ def queue_page(service: Service, name: str, params: Mapping[str, str],
 
 def jobs_page(service: Service, params: Mapping[str, str], now: float) -> dict[str, Any]:
     workers = service.list_workers()
-    live = [w for w in workers if is_live(w, now)]
+    live = [w for w in workers if w.is_live(now)]
     # The jobs workers have registered (as GET /v1/jobs lists them) and those with runs.
     serving = {j.name: j.live_workers for j in service.list_jobs()}
     stats = {j.name: j for j in service.job_stats()}
@@ -409,7 +409,7 @@ def jobs_page(service: Service, params: Mapping[str, str], now: float) -> dict[s
         "nav": "jobs",
         "jobs": jobs,
         "workers": [
-            {"worker": w, "live": is_live(w, now)}
+            {"worker": w, "live": w.is_live(now)}
             for w in workers
         ],
         "live_count": len(live),

@@ -33,6 +33,10 @@ class Queue(Wire):
                                        "the window (null when none finished).")
     oldest_queued_age: float | None = Field(
         description="Seconds the oldest due run not yet started has waited.")
+    live_workers: int | None = Field(
+        default=None, description="Live workers that take this queue now, whatever jobs "
+        "they know (0: its due runs wait until one starts; null from a server too old to "
+        "count them).")
 
     @classmethod
     def of(cls, q: m.QueueInfo) -> Queue:
@@ -41,7 +45,7 @@ class Queue(Wire):
             max_attempts=q.max_attempts, paused=q.paused, counts=q.counts, window=q.window,
             completed_in_window=q.completed_in_window, failed_in_window=q.failed_in_window,
             throughput=q.throughput, failure_rate=q.failure_rate,
-            oldest_queued_age=q.oldest_queued_age,
+            oldest_queued_age=q.oldest_queued_age, live_workers=q.live_workers,
         )
 
     def to_model(self) -> m.QueueInfo:
@@ -51,6 +55,7 @@ class Queue(Wire):
             window=self.window, completed_in_window=self.completed_in_window,
             failed_in_window=self.failed_in_window, throughput=self.throughput,
             failure_rate=self.failure_rate, oldest_queued_age=self.oldest_queued_age,
+            live_workers=self.live_workers,
         )
 
 
