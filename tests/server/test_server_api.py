@@ -591,6 +591,37 @@ def test_a_client_that_leaves_before_its_body_ends_is_no_server_error(
     assert _count(after, **sent, status="500") == _count(before, **sent, status="500") == 0
 
 
+def test_metrics_count_the_live_workers_that_take_each_queue(
+        http: httpx.Client, engine: StackShift) -> None:
+    """``stackshift_queue_live_workers`` per queue (an alert on 0 beside a depth
+    finds runs no worker will take) and ``stackshift_workers_live`` in all."""
+    emails, reports = tag("emails"), tag("reports")
+    http.post(f"/v1/queues/{emails}/runs", json={"job": tag("unknown")})
+    assert http.patch(f"/v1/queues/{reports}", json={"concurrency": 2}).status_code == 200
+    engine.job(tag("noop"), lambda ctx: None)
+
+    def gauges() -> tuple[float, float, float]:
+        text = http.get("/metrics").text
+        return (_metric(text, "stackshift_queue_live_workers", queue=emails),
+                _metric(text, "stackshift_queue_live_workers", queue=reports),
+                _metric(text, "stackshift_workers_live"))
+
+    # Counted from what runs before: a worker of another test on the server's
+    # database that takes every queue takes these too.
+    before = gauges()
+    others = before[2]
+    with engine.worker(concurrency=1, queues=[emails]):
+        emails_only = gauges()
+        with engine.worker(concurrency=1, queues=[reports, emails]):
+            both = gauges()
+    after = gauges()
+    assert after == before
+    assert emails_only[2] == others + 1 and both[2] == others + 2
+    assert emails_only[:2] == (after[0] + 1, after[1])
+    assert both[:2] == (after[0] + 2, after[1] + 1)
+    assert "# TYPE stackshift_queue_live_workers gauge" in http.get("/metrics").text
+
+
 def test_a_configured_queue_without_runs_is_in_the_runs_gauge(http: httpx.Client) -> None:
     """A paused queue, or one with a concurrency limit, shows in ``stackshift_runs``
     and ``stackshift_queue_depth`` with zero counts before it holds any run."""

@@ -74,7 +74,19 @@ def render(service: Service, requests: RequestCounter) -> str:
     for queue in queues:
         depth = sum(counts.get((queue, s), 0) for s in DEPTH_STATUSES)
         lines.append(f"stackshift_queue_depth{_labels(queue=queue)} {depth}")
+    now = service.clock.now()
+    live = [worker for worker in service.list_workers() if worker.is_live(now)]
     lines += [
+        "# HELP stackshift_queue_live_workers Live workers that take the queue.",
+        "# TYPE stackshift_queue_live_workers gauge",
+    ]
+    for queue in queues:
+        takers = sum(worker.takes(queue) for worker in live)
+        lines.append(f"stackshift_queue_live_workers{_labels(queue=queue)} {takers}")
+    lines += [
+        "# HELP stackshift_workers_live Live workers (a heartbeat within the last minute).",
+        "# TYPE stackshift_workers_live gauge",
+        f"stackshift_workers_live {len(live)}",
         "# HELP stackshift_events Events kept (within their retention).",
         "# TYPE stackshift_events gauge",
         f"stackshift_events {service.event_count()}",
