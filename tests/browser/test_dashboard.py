@@ -140,6 +140,9 @@ def test_failed_run_shows_error_attempts_logs_waterfall_and_retries_live(
         "row 17: unexpected column 'price' in prices.csv")
     expect(error.locator("pre.traceback")).to_contain_text("Traceback (most recent call last)")
     expect(error.locator("pre.traceback")).to_contain_text("in parse")
+    # The handler's line, then the step function's: no frame of StackShift's own.
+    expect(error.locator("pre.traceback")).to_contain_text("in import_feed")
+    expect(error.locator("pre.traceback")).not_to_contain_text("executor.py")
 
     attempts = page.locator("#attempts tbody tr")
     expect(attempts).to_have_count(2)
