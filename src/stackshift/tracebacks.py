@@ -6,7 +6,9 @@ function) would sit between the lines of the user's code in every stored error.
 They are left out of each traceback of a chain (``raise ... from``, an error
 raised while handling another, the errors of a group) that also holds a frame of
 other code. An error raised wholly inside StackShift keeps every frame: there is
-nothing else to show, and that is the traceback to report.
+nothing else to show, and that is the traceback to report. With
+``STACKSHIFT_TRACEBACKS=full`` in a worker's environment, every traceback it
+stores keeps every frame (to look into StackShift itself).
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import traceback
 
 #: Frames whose file lies under this folder are StackShift's own.
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+#: The environment variable that, set to ``full``, keeps StackShift's frames.
+FULL_ENV = "STACKSHIFT_TRACEBACKS"
 
 
 def _ours(frame: traceback.FrameSummary) -> bool:
@@ -35,7 +40,9 @@ def _trim(report: traceback.TracebackException, seen: set[int]) -> None:
 
 
 def format_exception(exc: BaseException) -> str:
-    """``exc`` and its chain as Python prints them, less StackShift's own frames."""
+    """``exc`` and its chain as Python prints them, less StackShift's own frames
+    (all of them with ``STACKSHIFT_TRACEBACKS=full``)."""
     report = traceback.TracebackException.from_exception(exc)
-    _trim(report, set())
+    if os.environ.get(FULL_ENV) != "full":
+        _trim(report, set())
     return "".join(report.format())

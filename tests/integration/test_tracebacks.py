@@ -6,6 +6,8 @@ import asyncio
 import os
 import re
 
+import pytest
+
 import stackshift
 from stackshift import StackShift
 from stackshift.durations import parse_duration
@@ -109,6 +111,25 @@ def test_a_refused_call_ends_on_the_users_line(fake_app: StackShift) -> None:
     assert functions(error.traceback) == ["napping"]
     assert 'ctx.step.sleep("nap")' in error.traceback
     assert "StackShift refused this ctx.step call's arguments" in error.traceback
+
+
+def test_stackshift_tracebacks_full_keeps_every_frame(
+        fake_app: StackShift, monkeypatch: pytest.MonkeyPatch) -> None:
+    @fake_app.job("importRow", max_attempts=1)
+    def import_row(ctx):  # type: ignore[no-untyped-def]
+        return ctx.step.run("parse", parse, "seven")
+
+    monkeypatch.setenv("STACKSHIFT_TRACEBACKS", "full")
+    run = fake_app.start("importRow")
+    run_until_idle(fake_app)
+    error = fake_app.runs.get(run.id).error
+    assert error is not None and error.traceback is not None
+    found = frames(error.traceback)
+    # The executor calls the handler, ctx.step.run calls the function.
+    assert [name for _, name in found if name in ("import_row", "parse")] == [
+        "import_row", "parse"]
+    ours = [f for f, _ in found if f.startswith(PACKAGE)]
+    assert os.path.join(PACKAGE, "context.py") in ours and len(ours) >= 2
 
 
 def test_an_error_raised_wholly_inside_stackshift_keeps_every_frame() -> None:
