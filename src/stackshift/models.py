@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 #: How a lock's owner had lost it by the time it released it: its TTL ran out
 #: (and no other owner took it meanwhile), an operator broke it while it was
@@ -45,8 +45,31 @@ class WaitingFor:
     correlation_key: str | None = None
 
 
+#: What a run's handle does in other engines, and how a client does it here
+#: (``stackshift`` standing for the client): a :class:`Run` is the run as it was
+#: read, with no link back.
+RUN_HANDLE_CALLS = {
+    "wait": "the client waits for it: stackshift.runs.wait(run.id, timeout=...)",
+    "get_result": "the client waits for it: stackshift.runs.wait(run.id, timeout=...).result",
+    "refresh": "the client reads it again: stackshift.runs.get(run.id)",
+    "reload": "the client reads it again: stackshift.runs.get(run.id)",
+    "get": "the client reads it again: stackshift.runs.get(run.id)",
+    "get_status": "the client reads it again: stackshift.runs.get(run.id).status",
+    "cancel": "the client cancels it: stackshift.runs.cancel(run.id)",
+    "retry": "the client retries it: stackshift.runs.retry(run.id)",
+    "logs": "the client reads them: stackshift.runs.logs(run.id)",
+    "timeline": "the client reads it: stackshift.runs.timeline(run.id)",
+    "steps": "the client reads them: stackshift.runs.steps(run.id)",
+    "attempts": "the client reads them: stackshift.runs.attempts(run.id)",
+}
+
+
 @dataclass(frozen=True)
 class Run:
+    """A run as it was when read: a value, with no link back to the client that
+    read it (``app.runs.get(run.id)`` reads it again, ``app.runs.wait(run.id)``
+    waits for it to finish)."""
+
     id: str
     job: str
     queue: str
@@ -87,6 +110,18 @@ class Run:
         again from 1 after a manual retry (0 until that retry's first attempt
         starts). The run fails for good once it reaches ``max_attempts``."""
         return self.attempt - self.retry_base
+
+    if not TYPE_CHECKING:  # type checkers still see only the fields
+        def __getattr__(self, name: str) -> Any:
+            """Only for a name the run does not have: the client call that does
+            what a run handle's method does elsewhere (``run.wait()``)."""
+            call = RUN_HANDLE_CALLS.get(name)
+            if call is None:
+                raise AttributeError(f"'Run' object has no attribute {name!r}", name=name,
+                                     obj=self)
+            raise AttributeError(
+                f"'Run' object has no attribute {name!r}: a Run is the run as it was "
+                f"read, not a handle on it; {call}", name=name, obj=self)
 
 
 @dataclass(frozen=True)

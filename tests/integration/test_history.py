@@ -970,6 +970,28 @@ def test_get_returns_every_field(fake_app: StackShift, clock: FakeClock) -> None
     assert done.next_attempt_at is None and done.attempt == 1
 
 
+def test_a_run_is_a_value_and_a_handles_method_names_the_clients_call(
+        fake_app: StackShift) -> None:
+    fake_app.job("full", lambda ctx: 1)
+    run = fake_app.start("full")
+    for name, call in [("wait", "stackshift.runs.wait(run.id, timeout=...)"),
+                       ("refresh", "stackshift.runs.get(run.id)"),
+                       ("cancel", "stackshift.runs.cancel(run.id)")]:
+        with pytest.raises(AttributeError, match=r"a Run is the run as it was read") as caught:
+            getattr(run, name)
+        assert str(caught.value).endswith(call) and caught.value.name == name
+    with pytest.raises(AttributeError) as caught:
+        run.nonsense  # noqa: B018
+    assert str(caught.value) == "'Run' object has no attribute 'nonsense'"
+    assert not hasattr(run, "wait")
+    # Still a plain value: copied, pickled and compared as its fields.
+    import copy
+    import pickle
+    assert copy.deepcopy(run) == pickle.loads(pickle.dumps(run)) == run
+    run_until_idle(fake_app)
+    assert run.status == "queued" and fake_app.runs.get(run.id).status == "completed"
+
+
 def test_list_filters(fake_app: StackShift, clock: FakeClock) -> None:
     fake_app.job("ok", lambda ctx: 1)
     fake_app.job("bad", lambda ctx: 1 / 0, max_attempts=1)
