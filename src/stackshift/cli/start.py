@@ -130,7 +130,9 @@ def warn_if_no_worker_knows(app: StackShift, run: Run, *, chosen_queue: bool) ->
     waits = "waits queued" if run.status == "queued" else "waits"
     if job in known:
         info = known[job]
-        if run.queue == info.queue if info.queue else not chosen_queue:
+        # The job's own queue: the one it names, else where a run goes without --queue.
+        on_jobs_queue = run.queue == info.queue if info.queue else not chosen_queue
+        if on_jobs_queue:
             if not info.live_workers:
                 click.echo(f"warning: no worker serving job {job!r} on queue {run.queue!r} "
                            f"is running now; the run {waits} until one starts", err=True)
