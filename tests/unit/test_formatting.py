@@ -175,8 +175,9 @@ def test_a_list_printed_page_by_page_is_the_json_printed_whole(
 def test_tables_written_to_a_pipe_read_as_rich_lays_them_out() -> None:
     """Tables into a file or a pipe are laid out without Rich (the timeline of a run
     of 12,000 entries in about a sixth of the time): the characters are those Rich
-    would have written there, wide characters, escaped control characters, right
-    justified and empty cells, titles and empty tables included."""
+    would have written there, less the spaces that end its lines, wide characters,
+    escaped control characters, right justified and empty cells, titles and empty
+    tables included."""
     import io
     from copy import copy
 
@@ -246,6 +247,8 @@ def test_tables_written_to_a_pipe_read_as_rich_lays_them_out() -> None:
     for table in tables:
         assert piped(table) == piped(laid_out_by_rich(table))
         assert "\x1b" not in piped(table)
+        # No line is padded with spaces to the table's width, the rule included.
+        assert not [line for line in piped(table).splitlines() if line.endswith(" ")]
     # Laid out here, not by Rich: each of these tables takes the quick way.
     options = Console(width=render.UNLIMITED_WIDTH).options
     timeline_group = tables[5]

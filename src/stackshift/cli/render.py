@@ -280,6 +280,17 @@ class _PlainTable(Table):
         if plain is not None:
             yield Segment("".join(plain))
             return
+        laid_out = self._laid_out(console, options)
+        if console.is_terminal or console.color_system is not None:
+            yield from laid_out
+            return
+        # Into a file or a pipe, as _plain_lines writes it: no line ends in the
+        # spaces that pad it to the table's width.
+        for line in Segment.split_lines(laid_out):
+            yield Segment("".join(segment.text for segment in line).rstrip(" ") + "\n")
+
+    def _laid_out(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        """Rich's layout, its columns fitted to a screen too narrow for it."""
         widths = self._fitted_widths(console, options)
         if widths is None:
             yield from super().__rich_console__(console, options)
@@ -292,7 +303,8 @@ class _PlainTable(Table):
         yield from Table.__rich_console__(fitted, console, options.update_width(wide))
 
     def _plain_lines(self, console: Console, options: ConsoleOptions) -> list[str] | None:
-        """The lines Rich would print, laid out here: on a console without colours
+        """The lines Rich would print, laid out here, without the spaces that pad
+        each to the table's width: on a console without colours
         (a file, a pipe), for a table of one-line text cells that fits its width.
         Rich takes about 0.1 ms a cell, seconds for the timeline of a long run sent
         to ``grep``; ``None`` for any other table, which Rich lays out."""
@@ -339,7 +351,7 @@ class _PlainTable(Table):
                 else:
                     text += " " * room
                 line.append(text if n == last else text + " ")
-            lines.append("  ".join(line) + "\n")
+            lines.append("  ".join(line).rstrip(" ") + "\n")
             if at == 0:
                 lines.append("\u2500" * wide + "\n")
         return lines
