@@ -638,6 +638,9 @@ def test_overview_pages_events_jobs_workers_and_state(stack: Dashboard, page: Pa
 
     page.goto(stack.at("/jobs"))
     expect(page.locator("tr[data-job=resize-image]")).to_contain_text("1 live")
+    # A registered job names its queue (a run alone does not make it known).
+    expect(page.locator("tr[data-job=resize-image] .job-queue")).to_have_text("queue media")
+    expect(page.locator("tr[data-job=nightly-report] .job-queue")).to_have_count(0)
     expect(page.locator("tr[data-job=nightly-report]")).to_contain_text(
         "No live worker · 1 due")
     # A run that no worker ever executed was created, not "started".

@@ -385,7 +385,8 @@ def jobs_page(service: Service, params: Mapping[str, str], now: float) -> dict[s
     workers = service.list_workers()
     live = [w for w in workers if w.is_live(now)]
     # The jobs workers have registered (as GET /v1/jobs lists them) and those with runs.
-    serving = {j.name: j.live_workers for j in service.list_jobs()}
+    registered = {j.name: j for j in service.list_jobs()}
+    serving = {name: j.live_workers for name, j in registered.items()}
     stats = {j.name: j for j in service.job_stats()}
     names = sorted(set(stats) | set(serving))
     jobs = []
@@ -399,6 +400,9 @@ def jobs_page(service: Service, params: Mapping[str, str], now: float) -> dict[s
             "total": sum(counts.values()),
             "last": js.last_created_at if js else None,
             "workers": serving.get(name, 0),
+            # Where its runs go unless started elsewhere: the queue its workers take.
+            "queue": (registered[name].queue or service.settings.default_queue)
+            if name in registered else None,
             # Runs due now that no live worker can take; runs due later need no
             # worker yet: the page gives their due time instead.
             "stranded": due if not serving.get(name) else 0,
