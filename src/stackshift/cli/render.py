@@ -286,7 +286,9 @@ class _PlainTable(Table):
             return
         # Into a file or a pipe, as _plain_lines writes it: no line ends in the
         # spaces that pad it to the table's width.
-        for line in Segment.split_lines(laid_out):
+        segments = (part for item in laid_out for part in (
+            [item] if isinstance(item, Segment) else console.render(item, options)))
+        for line in Segment.split_lines(segments):
             yield Segment("".join(segment.text for segment in line).rstrip(" ") + "\n")
 
     def _laid_out(self, console: Console, options: ConsoleOptions) -> RenderResult:
