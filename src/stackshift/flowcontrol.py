@@ -21,7 +21,7 @@ from .engine.transitions import parse_status
 from .errors import ValidationError
 from .ids import check_cursor, check_failure_cursor, new_id
 from .jobs import JobRegistry, check_max_attempts, check_name
-from .models import Page, QueueInfo, Schedule
+from .models import Page, QueueInfo, Schedule, WorkerInfo
 from .serialization import dumps, encode
 from .settings import Settings
 from .store.base import NewRun, RunFilter
@@ -157,9 +157,14 @@ class FlowControl:
         now = self.clock.now()
         return self._counted([self.store.queue_info(name, now, window)], now)[0]
 
+    def live_workers(self, now: float) -> list[WorkerInfo]:
+        """The registered workers whose heartbeat at ``now`` is recent enough for
+        them to count as running."""
+        return [w for w in self.store.workers() if w.is_live(now)]
+
     def _counted(self, queues: list[QueueInfo], now: float) -> list[QueueInfo]:
         """``queues`` with the live workers that take each counted."""
-        live = [w for w in self.store.workers() if w.is_live(now)]
+        live = self.live_workers(now)
         return [replace(q, live_workers=sum(w.takes(q.name) for w in live)) for q in queues]
 
     def queue_info(self, name: str, window: Any = DEFAULT_STATS_WINDOW) -> QueueInfo:

@@ -287,11 +287,6 @@ def queue_stats(service: Service, settings: Mapping[str, Any]) -> list[QueueStat
     return [found[name] for name in sorted(found)]
 
 
-def live_workers(service: Service, now: float) -> list[WorkerInfo]:
-    """The workers whose heartbeat is recent enough to count them as running."""
-    return [w for w in service.list_workers() if w.is_live(now)]
-
-
 def unserved(queue: QueueStats, live: list[WorkerInfo]) -> bool:
     """Whether runs of ``queue`` are due and no live worker takes that queue (none
     runs, or each was started with ``queues`` that leave it out)."""
@@ -302,7 +297,7 @@ def queues_page(service: Service, params: Mapping[str, str], now: float) -> dict
     window = _window(params)
     series = service.queue_throughput(window, buckets=WINDOWS[window][1])
     settings = service.queue_settings()
-    live = live_workers(service, now)
+    live = service.live_workers(now)
     queues = []
     for stats in queue_stats(service, settings):
         buckets = series.get(stats.name)
@@ -357,7 +352,7 @@ def queue_page(service: Service, name: str, params: Mapping[str, str],
         "queue": stats,
         "settings": settings,
         "paused": settings.get("paused", False),
-        "unserved": unserved(stats, live_workers(service, now)),
+        "unserved": unserved(stats, service.live_workers(now)),
         "buckets": buckets,
         # Under the chart: its first bucket's start and its middle one's (then "now").
         "axis": chart_times([buckets[0].start, buckets[len(buckets) // 2].start], now)

@@ -74,8 +74,7 @@ def render(service: Service, requests: RequestCounter) -> str:
     for queue in queues:
         depth = sum(counts.get((queue, s), 0) for s in DEPTH_STATUSES)
         lines.append(f"stackshift_queue_depth{_labels(queue=queue)} {depth}")
-    now = service.clock.now()
-    live = [worker for worker in service.list_workers() if worker.is_live(now)]
+    live = service.live_workers(service.clock.now())
     lines += [
         "# HELP stackshift_queue_live_workers Live workers that take the queue.",
         "# TYPE stackshift_queue_live_workers gauge",
