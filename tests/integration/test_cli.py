@@ -1744,6 +1744,19 @@ def test_a_database_file_that_cannot_be_opened_is_named_in_the_error(tmp_path: P
     assert not missing.parent.exists()
 
 
+def test_a_relative_sqlite_url_meant_as_absolute_gets_the_four_slash_form(tmp_path: Path) -> None:
+    """sqlite:///tmp/x/app.db is tmp/x/app.db under the current folder: say so."""
+    relative = str(tmp_path / "app.db").lstrip("/")
+    done = subprocess.run(
+        [*STACKSHIFT, "runs", "list"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env=_env(f"sqlite:///{relative}"))
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert f"there is no folder {tmp_path}/{Path(relative).parent}" in done.stderr
+    assert f"write sqlite:////{relative}, with four slashes" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_python_dash_m_stackshift_is_the_command(db_url: str) -> None:
     started = subprocess.run(
         [sys.executable, "-m", "stackshift", "start", "someJob", '{"n": 1}', "--json"],

@@ -48,6 +48,18 @@ def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
     return path, options
 
 
+def _cannot_open(exc: sqlite3.OperationalError, path: str) -> str:
+    """The error naming the file, its missing folder, and the URL a slash short of one."""
+    message = f"{exc}: {path}"
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(folder):
+        return message
+    message += f" (there is no folder {folder})"
+    if not os.path.isabs(path) and os.path.isdir(os.path.dirname("/" + path)):
+        message += f"; for /{path} write sqlite:////{path}, with four slashes"
+    return message
+
+
 class _SqliteTx:
     dialect = "sqlite"
 
@@ -145,7 +157,7 @@ class SqliteDatabase:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                    timeout=self._busy_ms / 1000)
         except sqlite3.OperationalError as exc:  # e.g. a missing folder: say which file
-            raise sqlite3.OperationalError(f"{exc}: {self.path}") from exc
+            raise sqlite3.OperationalError(_cannot_open(exc, self.path)) from exc
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
         # WAL lets readers and the one writer proceed together.
