@@ -794,6 +794,37 @@ def test_runs_list_filters_pages_and_cancels(db_url: str, app: StackShift) -> No
     assert timed_out.returncode == 1 and "still queued" in timed_out.stderr
 
 
+def test_a_group_with_a_list_lists_when_given_no_other_command(
+        db_url: str, app: StackShift) -> None:
+    failed = app.start("report", {"n": 1})
+    app.runs.cancel(failed.id)
+    kept = app.start("report", {"n": 2})
+    app.events.send("order.paid", {"orderId": "o1"})
+    app.state.set("imports:42", {"done": 3})
+
+    bare = cli(db_url, "runs")
+    assert bare.returncode == 0 and failed.id in bare.stdout and kept.id in bare.stdout
+    assert run_ids(db_url, "--status", "cancelled") == [failed.id]
+    listed = cli_json(db_url, "runs", "--status", "cancelled")
+    assert [r["id"] for r in listed["items"]] == [failed.id]
+    assert "order.paid" in cli(db_url, "events").stdout
+    assert [e["name"] for e in cli_json(db_url, "events")["items"]] == ["order.paid"]
+    assert "imports:42" in cli(db_url, "state", "--prefix", "imports:").stdout
+    assert "No API keys" in cli(db_url, "keys").stdout
+    assert "No endpoints" in cli(db_url, "endpoints").stdout
+    assert "Usage:" in cli(db_url, "runs", "--help").stdout
+
+    # Before another command, a list's option would be ignored: refused, nothing done.
+    misplaced = cli(db_url, "runs", "--status", "failed", "cancel", kept.id)
+    assert misplaced.returncode == 2
+    assert ("--status is an option of `stackshift runs list`, not of `stackshift runs cancel`"
+            in misplaced.stderr)
+    assert app.runs.get(kept.id).status == "queued"
+    early = cli(db_url, "runs", "--json", "show", kept.id)
+    assert early.returncode == 2
+    assert "--json goes after the subcommand, e.g. stackshift runs show ... --json" in early.stderr
+
+
 def test_the_next_page_command_keeps_the_filters_and_page_size(
     db_url: str, app: StackShift
 ) -> None:

@@ -13,7 +13,7 @@ from .dev import dev
 from .events import events
 from .failures import CliFailure, debugging, translate
 from .migrate import migrate
-from .options import DATABASE_ENV, not_empty
+from .options import DATABASE_ENV, list_by_default, not_empty
 from .queues import queues
 from .runs import runs
 from .schedules import schedules
@@ -59,6 +59,8 @@ def cli(database_url: str | None) -> None:
 for command in (worker, dev, start, runs, events, state, migrate, queues, schedules, bench,
                 *SERVER_COMMANDS):
     cli.add_command(command)
+    if isinstance(command, click.Group) and "list" in command.commands:
+        list_by_default(command)  # `stackshift runs` lists runs
 
 
 def main() -> None:

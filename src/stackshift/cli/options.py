@@ -77,18 +77,55 @@ def list_filter(ctx: click.Context, param: click.Parameter, value: str | None) -
     return value
 
 
+def list_by_default(group: click.Group) -> None:
+    """Make ``stackshift GROUP [OPTIONS]`` the same as ``stackshift GROUP list [OPTIONS]``.
+
+    The group takes the options of its ``list`` subcommand; given before another
+    subcommand, they are refused (:func:`refuse_group_options`).
+    """
+    listing = group.commands["list"]
+    group.invoke_without_command = True
+    group.no_args_is_help = False
+    group.params = list(listing.params)
+    group.help = (f"{group.help}\n\nWithout a subcommand: the same as "
+                  f"`stackshift {group.name} list` (and takes its options).")
+
+    def list_or_refuse(**options: Any) -> None:
+        ctx = click.get_current_context()
+        if ctx.invoked_subcommand is None:
+            ctx.invoke(listing, **options)
+        else:
+            refuse_group_options(ctx)
+
+    group.callback = list_or_refuse
+
+
 def refuse_group_options(ctx: click.Context) -> None:
-    """A usage error (exit 2) for options given to a group before its subcommand.
+    """A usage error (exit 2) for options given to a group before another subcommand.
 
     ``stackshift queues --json`` lists; in ``stackshift queues --json show q`` the
     option would be ignored, so it is refused: options go after the subcommand.
     """
-    given = [param.opts[0] for param in ctx.command.params
+    given = [param for param in ctx.command.params
              if ctx.get_parameter_source(param.name or "") is ParameterSource.COMMANDLINE]
-    if given:
+    if not given:
+        return
+    group, name = ctx.info_name, ctx.invoked_subcommand
+    assert isinstance(ctx.command, click.Group) and name is not None
+    theirs = {param.name for param in ctx.command.commands[name].params}
+    listing_only = [param.opts[0] for param in given if param.name not in theirs]
+    if listing_only:
         raise click.UsageError(
-            f"{', '.join(given)} goes after the subcommand, e.g. "
-            f"stackshift {ctx.info_name} {ctx.invoked_subcommand} {given[0]}", ctx)
+            f"{', '.join(listing_only)} {_is_are(listing_only)} of `stackshift {group} list`,"
+            f" not of `stackshift {group} {name}`", ctx)
+    options = [param.opts[0] for param in given]
+    raise click.UsageError(
+        f"{', '.join(options)} {'goes' if len(options) == 1 else 'go'} after the subcommand,"
+        f" e.g. stackshift {group} {name} ... {' '.join(options)}", ctx)
+
+
+def _is_are(options: list[str]) -> str:
+    return "is an option" if len(options) == 1 else "are options"
 
 
 def json_option(fn: F) -> F:

@@ -22,7 +22,6 @@ from .options import (
     list_filter,
     next_page_command,
     open_client,
-    refuse_group_options,
 )
 from .render import _table, console, echo_json, paused_text, runs_table, status_text
 
@@ -136,20 +135,9 @@ def _show(queue: QueueInfo, as_json: bool) -> None:
         console().print(queue_detail(queue))
 
 
-@click.group(invoke_without_command=True)
-@_window_option
-@json_option
-@database_url_option
-@click.pass_context
-def queues(ctx: click.Context, window: str, as_json: bool, database_url: str | None) -> None:
-    """Queue settings and numbers; pause, resume, limits, dead letters.
-
-    Without a subcommand: the same as `stackshift queues list` (and takes its options).
-    """
-    if ctx.invoked_subcommand is None:
-        ctx.invoke(list_queues, window=window, as_json=as_json, database_url=database_url)
-    else:
-        refuse_group_options(ctx)
+@click.group()
+def queues() -> None:
+    """Queue settings and numbers; pause, resume, limits, dead letters."""
 
 
 @queues.command("list")

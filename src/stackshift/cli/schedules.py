@@ -15,7 +15,6 @@ from .options import (
     json_option,
     open_client,
     parse_json_argument,
-    refuse_group_options,
 )
 from .render import Fit, _table, compact_json, console, echo_json, paused_text, status_text, when
 
@@ -73,19 +72,9 @@ def _show(s: Schedule, as_json: bool) -> None:
         console().print(schedule_detail(s))
 
 
-@click.group(invoke_without_command=True)
-@json_option
-@database_url_option
-@click.pass_context
-def schedules(ctx: click.Context, as_json: bool, database_url: str | None) -> None:
-    """Recurring schedules: list, create, show, pause, resume, delete.
-
-    Without a subcommand: the same as `stackshift schedules list` (and takes its options).
-    """
-    if ctx.invoked_subcommand is None:
-        ctx.invoke(list_schedules, as_json=as_json, database_url=database_url)
-    else:
-        refuse_group_options(ctx)
+@click.group()
+def schedules() -> None:
+    """Recurring schedules: list, create, show, pause, resume, delete."""
 
 
 @schedules.command("list")
