@@ -7,12 +7,12 @@ the JSON parser.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import anyio.to_thread
+from starlette.responses import JSONResponse
 
 from ..serialization import MiB
 from .errors import error_body, is_database_unavailable
@@ -33,7 +33,7 @@ DRAIN_LIMIT = 64 * MiB
 
 async def send_error(send: Send, status: int, code: str, message: str,
                      headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    body = json.dumps(error_body(code, message)).encode()
+    body = JSONResponse(error_body(code, message)).body  # as the routes' errors are written
     await send({
         "type": "http.response.start",
         "status": status,
