@@ -256,3 +256,7 @@ def test_tables_written_to_a_pipe_read_as_rich_lays_them_out() -> None:
     for table in [*tables[:5], timeline_group.renderables[1], *tables[6:]]:
         assert isinstance(table, render._PlainTable)
         assert table._plain_lines(Console(file=io.StringIO()), options) is not None, table
+    # Nor the fields of `runs show` and `events get`, whose values differ in width.
+    for detail in (render.run_detail(run, attempts, steps), render.event_detail(events[1])):
+        lines = piped(detail).splitlines()
+        assert lines[0].startswith("id") and not [line for line in lines if line.endswith(" ")]

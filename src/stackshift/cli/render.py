@@ -500,9 +500,9 @@ def runs_table(
 
 
 def _fields(rows: list[tuple[str, Any]]) -> Table:
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold", no_wrap=True)
-    grid.add_column()
+    grid = _PlainTable.grid(padding=(0, 2))  # piped, its lines end without padding
+    grid.add_column(style="bold", fit="whole")
+    grid.add_column(fit="wraps")  # an id too: wrapped on a narrow screen, never cut
     for name, value in rows:
         grid.add_row(name, value if isinstance(value, Text) else Text(str(value)))
     return grid
