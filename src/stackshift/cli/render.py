@@ -500,7 +500,9 @@ def runs_table(
 
 
 def _fields(rows: list[tuple[str, Any]]) -> Table:
-    grid = _PlainTable.grid(padding=(0, 2))  # piped, its lines end without padding
+    # Table.grid's settings; piped, the lines end without the padding.
+    grid = _PlainTable(box=None, padding=(0, 2), collapse_padding=True, show_header=False,
+                       show_edge=False, pad_edge=False)
     grid.add_column(style="bold", fit="whole")
     grid.add_column(fit="wraps")  # an id too: wrapped on a narrow screen, never cut
     for name, value in rows:
