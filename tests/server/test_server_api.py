@@ -494,7 +494,14 @@ def test_dashboard_requests_are_counted_under_their_route_templates(
             assert browser.get(f"/queues/{run['queueName']}").status_code == 200
         assert browser.get("/runs/run_not_there").status_code == 404
         assert browser.get("/static/dashboard.css").status_code == 200
-        assert browser.get(f"/no-such-page-{uuid.uuid4().hex}").status_code == 404
+        nowhere = f"/no-such-page-{uuid.uuid4().hex}"
+        missing = browser.get(nowhere)
+        # The dashboard's own page, with its menu, naming the path it has no page at.
+        assert missing.status_code == 404
+        assert f"There is no dashboard page at {nowhere}." in missing.text
+        assert 'href="/jobs"' in missing.text
+        no_file = browser.get("/static/no-such-file.css")
+        assert (no_file.status_code, no_file.text) == (404, "Not Found")
     after = http.get("/metrics").text
 
     def counted(method: str, route: str, status: int) -> float:
@@ -508,6 +515,7 @@ def test_dashboard_requests_are_counted_under_their_route_templates(
     assert counted("GET", "/runs/{run_id}", 404) == 1
     assert counted("GET", "/queues/{name}", 200) == 2
     assert counted("GET", "/static/{path}", 200) == 1
+    assert counted("GET", "/static/{path}", 404) == 1
     assert counted("GET", "unmatched", 404) == 1
     for run in runs:
         assert run["id"] not in after and run["queueName"] not in after.replace(

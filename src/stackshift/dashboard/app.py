@@ -22,8 +22,15 @@ from urllib.parse import parse_qsl, urlencode
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -71,6 +78,18 @@ class _SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class _Files(StaticFiles):
+    """The dashboard's files. A missing one is answered here, plainly, instead of
+    by the dashboard's page for a path it has no page at."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        try:
+            return await super().get_response(path, scope)
+        except HTTPException as exc:
+            return PlainTextResponse(exc.detail, status_code=exc.status_code,
+                                     headers=exc.headers)
 
 
 def _asset_version() -> str:
@@ -142,9 +161,10 @@ class Dashboard:
             Route("/logout", self._action(self._logout, login_required=False),
                   methods=["POST"]),
             Route("/api/live", self._live),
-            Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+            Mount("/static", app=_Files(directory=STATIC), name="static"),
         ]
-        return _SecurityHeaders(Starlette(routes=routes))
+        return _SecurityHeaders(Starlette(routes=routes,
+                                          exception_handlers={404: self._no_such_page}))
 
     # -- sessions and rendering ------------------------------------------------------------
 
@@ -290,6 +310,17 @@ class Dashboard:
         return await self._show(
             request, "queue.html", lambda: pages.queue_page(self.service, name, params,
                                                              self._now()))
+
+    async def _no_such_page(self, request: Request, exc: Exception) -> Response:
+        """A path no route takes: a dashboard page that says so."""
+        path = request.url.path  # as the address bar shows it, mounted or not
+
+        def missing() -> dict[str, Any]:
+            raise pages.NotFound(
+                f"There is no dashboard page at {path}. The menu lists the pages; "
+                "schedules and workers are on Jobs & workers.")
+
+        return await self._show(request, "missing.html", missing)
 
     async def _live(self, request: Request) -> Response:
         """The small JSON the pages poll: a marker that changes when anything changes."""
