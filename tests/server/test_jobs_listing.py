@@ -210,3 +210,29 @@ def test_start_warns_of_a_job_no_worker_has_registered_or_runs_and_still_starts_
         assert len(app.runs.list(limit=10).items) == 8
     finally:
         app.close()
+
+
+def test_creating_a_schedule_for_a_job_no_worker_has_registered_warns_and_creates_it(
+        cli_env: dict[str, str], db_url: str) -> None:
+    app = StackShift(db_url)
+    try:
+        app.job("sendReceipt", _noop)
+        with app.worker(concurrency=1):
+            pass  # registers the job
+
+        def create(job: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([*STACKSHIFT, "schedules", "create", job, "--cron", "@daily",
+                                   "--json"], capture_output=True, text=True, timeout=60,
+                                  env=cli_env)
+
+        typo = create("sendReciept")
+        assert typo.returncode == 0, typo.stderr
+        assert typo.stderr == ("warning: no worker has registered job 'sendReciept' (did you "
+                               "mean 'sendReceipt'?); its runs wait until one does\n")
+        known = create("sendReceipt")
+        assert known.returncode == 0 and known.stderr == "", known.stderr
+        assert sorted(s.job for s in app.schedules.list()) == ["sendReceipt", "sendReciept"]
+        assert json.loads(typo.stdout)["job"] == "sendReciept"  # stdout is the JSON alone
+    finally:
+        app.close()
+

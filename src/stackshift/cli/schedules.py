@@ -17,6 +17,7 @@ from .options import (
     parse_json_argument,
 )
 from .render import Fit, _table, compact_json, console, echo_json, paused_text, status_text, when
+from .start import warn_if_no_worker_registered
 
 #: How the columns of ``schedules list`` give way on a narrow screen (the others fold).
 _SCHEDULE_FITS: dict[str, Fit] = {"SCHEDULE": "whole", "JOB": "whole", "CRON": "whole",
@@ -117,6 +118,7 @@ def create(job: str, cron: str, payload_json: str | None, timezone: str, queue: 
         created = app.schedules.create(job, cron=cron, payload=payload, timezone=timezone,
                                        queue_name=queue, schedule_id=schedule_id,
                                        overlap=overlap)
+        warn_if_no_worker_registered(app, job, "its runs")
     _show(created, as_json)
 
 

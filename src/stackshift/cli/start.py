@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -145,10 +146,27 @@ def warn_if_no_worker_knows(app: StackShift, run: Run, *, chosen_queue: bool) ->
             click.echo(f"warning: no worker taking queue {run.queue!r} is running now; the "
                        f"run {waits} until one starts", err=True)
         return
+    click.echo(f"warning: {unregistered(job, known)}; the run {waits} until one does",
+               err=True)
+
+
+def unregistered(job: str, known: Iterable[str]) -> str:
+    """That no worker has registered ``job``, with the closest names that some has."""
     close = difflib.get_close_matches(job, list(known), n=3)
     guess = f" (did you mean {' or '.join(repr(name) for name in close)}?)" if close else ""
-    click.echo(f"warning: no worker has registered job {job!r}{guess}; the run {waits} "
-               "until one does", err=True)
+    return f"no worker has registered job {job!r}{guess}"
+
+
+def warn_if_no_worker_registered(app: StackShift, job: str, what: str) -> None:
+    """Say on stderr when no worker has registered ``job``: ``what`` (a schedule's
+    runs) wait until one does. Silent when the jobs cannot be listed."""
+    try:
+        known = {info.name for info in app.list_jobs()}
+    except Exception:  # advice only
+        return
+    if job not in known:
+        click.echo(f"warning: {unregistered(job, known)}; {what} wait until one does",
+                   err=True)
 
 
 def report_started(run: Run, as_json: bool) -> None:
