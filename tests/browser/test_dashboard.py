@@ -1008,9 +1008,14 @@ def test_jobs_page_lists_schedules_with_next_and_last_run_and_last_error(
                               >= 2 and s)
     app.schedules.pause(one_at_a_time.id)
     skipped = app.schedules.get(one_at_a_time.id).skipped_ticks
+    mistyped = app.schedules.create("sync-invoce", cron="@daily")
 
     page.goto(stack.at("/jobs"))
-    expect(page.locator("tr[data-schedule-id]")).to_have_count(3)
+    expect(page.locator("tr[data-schedule-id]")).to_have_count(4)
+    # Only the schedule of a job no worker has registered says so.
+    expect(page.locator("tr[data-schedule-id] .unregistered")).to_have_count(1)
+    expect(page.locator(f"tr[data-schedule-id='{mistyped.id}'] .unregistered")).to_have_text(
+        "no worker has registered this job")
     waiting = page.locator(f"tr[data-schedule-id='{one_at_a_time.id}']")
     expect(waiting).to_contain_text("skips overlaps")
     expect(waiting).to_contain_text(f"{skipped} skipped ticks")

@@ -413,6 +413,7 @@ def jobs_page(service: Service, params: Mapping[str, str], now: float) -> dict[s
         ],
         "live_count": len(live),
         "schedules": service.list_schedules(),
+        "registered": set(registered),
         "status_order": STATUS_ORDER,
         "live_heartbeat": LIVE_HEARTBEAT,
         "now": now,
