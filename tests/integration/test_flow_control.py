@@ -666,6 +666,21 @@ def test_queues_command(db_url: str) -> None:
     assert json.loads(invoke(db_url, "queues", "show", "mail", "--json"))["counts"] == {
         "queued": 2}
 
+    # A queue nothing has used yet (a mistyped name?) is set all the same, with a warning.
+    env = {"STACKSHIFT_DATABASE_URL": db_url}
+    typo = CliRunner().invoke(cli, ["queues", "set", "maill", "--concurrency", "2", "--json"],
+                              env=env)
+    assert typo.exit_code == 0, typo.output
+    assert typo.stderr == ("warning: no run, setting or registered job has used queue 'maill' "
+                           "yet (did you mean 'mail'?); its settings are saved for runs to "
+                           "come\n")
+    assert json.loads(typo.stdout)["concurrency"] == 2
+    again = CliRunner().invoke(cli, ["queues", "set", "maill", "--concurrency", "none"], env=env)
+    assert again.exit_code == 0 and again.stderr == "", again.output  # it has a setting now
+    paused = CliRunner().invoke(cli, ["queues", "pause", "nightly"], env=env)
+    assert paused.exit_code == 0 and "'nightly' yet; its settings are saved" in paused.stderr
+    assert json.loads(invoke(db_url, "queues", "show", "nightly", "--json"))["paused"] is True
+
 
 @pytest.fixture
 def server(db_url: str, tmp_path: Path) -> Iterator[tuple[str, str]]:

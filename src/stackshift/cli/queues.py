@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -13,6 +13,7 @@ from rich.text import Text
 from ..durations import span
 from ..flowcontrol import MAX_RETRY_PAGE, RETRY_PAGE
 from ..models import QueueInfo
+from ..settings import Settings
 from ..store.queues import KEEP
 from .failures import bad_input
 from .options import (
@@ -23,7 +24,18 @@ from .options import (
     next_page_command,
     open_client,
 )
-from .render import _table, console, echo_json, paused_text, runs_table, status_text
+from .render import (
+    _table,
+    console,
+    did_you_mean,
+    echo_json,
+    paused_text,
+    runs_table,
+    status_text,
+)
+
+if TYPE_CHECKING:
+    from ..client import StackShift
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -178,6 +190,7 @@ def show(name: str, window: str, as_json: bool, database_url: str) -> None:
 def pause(name: str, as_json: bool, database_url: str) -> None:
     """Start nothing more from NAME until resumed (running runs carry on)."""
     with open_client(database_url) as app:
+        _warn_if_new(app, name)
         _show(app.queue(name).pause(), as_json)
 
 
@@ -188,6 +201,7 @@ def pause(name: str, as_json: bool, database_url: str) -> None:
 def resume(name: str, as_json: bool, database_url: str) -> None:
     """Let NAME's runs start again."""
     with open_client(database_url) as app:
+        _warn_if_new(app, name)
         _show(app.queue(name).resume(), as_json)
 
 
@@ -222,7 +236,23 @@ def set_(name: str, concurrency: str | None, rate_limit: str | None, max_attempt
     if all(value is KEEP for value in changes.values()):
         raise bad_input("give at least one of --concurrency, --rate-limit, --max-attempts")
     with open_client(database_url) as app:
+        _warn_if_new(app, name)
         _show(app.queue(name).configure(**changes), as_json)
+
+
+def _warn_if_new(app: StackShift, name: str) -> None:
+    """Say on stderr when no run, setting or registered job has used queue ``name``
+    (a mistyped name?): its settings are saved all the same, for runs to come."""
+    try:
+        used = {q.name for q in app.queues.list()}
+        # A job that names no queue runs on the default one.
+        used |= {j.queue or Settings.default_queue for j in app.list_jobs()}
+    except Exception:  # advice only
+        return
+    if name not in used:
+        click.echo(f"warning: no run, setting or registered job has used queue {name!r} "
+                   f"yet{did_you_mean(name, used)}; its settings are saved for runs to come",
+                   err=True)
 
 
 @queues.command("dead-letters")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from .options import (
 from .render import (
     attempt_text,
     console,
+    did_you_mean,
     echo_json,
     run_detail_line,
     shown_as_is,
@@ -152,9 +152,7 @@ def warn_if_no_worker_knows(app: StackShift, run: Run, *, chosen_queue: bool) ->
 
 def unregistered(job: str, known: Iterable[str]) -> str:
     """That no worker has registered ``job``, with the closest names that some has."""
-    close = difflib.get_close_matches(job, list(known), n=3)
-    guess = f" (did you mean {' or '.join(repr(name) for name in close)}?)" if close else ""
-    return f"no worker has registered job {job!r}{guess}"
+    return f"no worker has registered job {job!r}{did_you_mean(job, known)}"
 
 
 def warn_if_no_worker_registered(app: StackShift, job: str, what: str) -> None:
