@@ -1267,7 +1267,8 @@ def test_tables_show_users_text_as_it_is(db_url: str, app: StackShift) -> None:
     # The line a wait ends with shows them as they are too.
     waited = cli(db_url, "runs", "wait", run.id)
     assert waited.returncode == 1, waited.stderr
-    assert f"Run {run.id} failed: NonRetriableError: bad index [/] in" in waited.stdout
+    assert (f"Run {run.id} failed on attempt 1 of 1: NonRetriableError: bad index [/] in"
+            in waited.stdout), waited.stdout
     waited = cli(db_url, "runs", "wait", done.id)
     assert waited.returncode == 0, waited.stderr
     assert f'Run {done.id} completed: "[red]x[/]"' in waited.stdout, waited.stdout

@@ -235,6 +235,8 @@ def report_finished(run: Run, as_json: bool, *, created: bool | None = None) -> 
     else:
         # The detail is users' text (an error message, a result): never markup.
         line = Text.assemble("Run ", (run.id, "bold"), " ", status_text(run.status))
+        if run.status == "failed" and run.attempt:  # as the worker's log says it
+            line.append(f" on attempt {attempt_text(run)}")
         detail = run_detail_line(run)
         if detail:
             line.append(shown_as_is(f": {detail}"))
