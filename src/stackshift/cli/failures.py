@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Mapping
 from enum import IntEnum
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
-import httpx
 
 from ..errors import (
     EventNotFoundError,
@@ -30,6 +30,9 @@ from ..errors import (
     RunNotFoundError,
     StackShiftError,
 )
+
+if TYPE_CHECKING:
+    import httpx
 
 
 class ExitCode(IntEnum):
@@ -116,13 +119,16 @@ def translate(exc: Exception) -> CliFailure:
     if isinstance(exc, TimeoutError | StackShiftError):
         return failed(str(exc))
     hint = "" if debugging() else " (set STACKSHIFT_DEBUG=1 for the traceback)"
-    if isinstance(exc, httpx.TransportError):  # the server at STACKSHIFT_URL, out of reach
+    # httpx is loaded by the commands that talk to a server, and only by them: an
+    # error of its own cannot come from a command that has not loaded it.
+    http = sys.modules.get("httpx")
+    if http is not None and isinstance(exc, http.TransportError):  # out of reach
         return failed(f"the server{_server_of(exc)} did not answer: "
                       f"{type(exc).__name__}: {exc}{hint}")
     return failed(f"{type(exc).__name__}: {exc}{hint}")
 
 
-def _server_of(exc: httpx.TransportError) -> str:
+def _server_of(exc: httpx.TransportError) -> str:  # the server at STACKSHIFT_URL
     """`` at URL``: the server a request that failed was sent to (its origin)."""
     try:
         url = exc.request.url

@@ -14,7 +14,6 @@ from rich.logging import RichHandler
 from .. import runlogs
 from ..client import API_KEY_ENV, URL_ENV, StackShift
 from ..errors import ValidationError
-from ..remote import check_base_url
 from ..worker.invocation import attempts_log
 from .failures import bad_input
 from .loader import load_app
@@ -125,6 +124,10 @@ def load_app_through(spec: str, url: str, api_key: str | None) -> StackShift:
     An app built with ``StackShift()`` then talks to the server; the database
     URL, if any is set in the environment, is dropped so that it is never used.
     """
+    # Imported here: the HTTP client's schemas take a tenth of a second, which
+    # every other command would pay at start-up.
+    from ..remote import check_base_url
+
     try:
         check_base_url(url)
     except ValidationError:
