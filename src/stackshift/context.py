@@ -12,6 +12,7 @@ from datetime import datetime
 from types import CodeType
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
 
+from .awaits import noted
 from .durations import parse_duration, parse_instant
 from .errors import HandlerSignal, ValidationError
 from .jobs import check_name
@@ -19,7 +20,7 @@ from .keywords import NOT_GIVEN, binds, public_calls
 from .models import Event
 from .runlogs import RUN_LOGGER
 from .service import ON_TIMEOUT, check_key
-from .state import AsyncState, State
+from .state import AsyncState, HandlerAsyncState, State
 
 if TYPE_CHECKING:
     from .worker.invocation import Invocation
@@ -255,6 +256,7 @@ class Steps(_StepsBase):
         return self._inv.wait_for_event(event_name, correlation_key, seconds, on_timeout)
 
 
+@noted("ctx.step")
 @public_calls("ctx.step", refused=_refused)
 class AsyncSteps(_StepsBase):
     """``ctx.step`` for ``async def`` handlers: the same methods, awaitable.
@@ -336,8 +338,8 @@ class AsyncSteps(_StepsBase):
         )
 
 
-_CALLERS = frozenset({_capture.__code__, vars(Steps)["run"].__code__,
-                      vars(AsyncSteps)["run"].__code__})
+_CALLERS = frozenset({_capture.__code__, inspect.unwrap(vars(Steps)["run"]).__code__,
+                      inspect.unwrap(vars(AsyncSteps)["run"]).__code__})
 
 
 class _ContextBase(Generic[PayloadT, StepsT, StateT]):
@@ -381,4 +383,4 @@ class AsyncJobContext(_ContextBase[PayloadT, AsyncSteps, AsyncState]):
     awaitable. Annotate ``ctx: AsyncJobContext[Model]`` for a typed payload."""
 
     def __init__(self, invocation: Invocation, payload: PayloadT, state: AsyncState) -> None:
-        super().__init__(invocation, payload, AsyncSteps(invocation), state)
+        super().__init__(invocation, payload, AsyncSteps(invocation), HandlerAsyncState(state))

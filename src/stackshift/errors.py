@@ -102,6 +102,12 @@ class StepResultNotJSONError(NonRetriableError, TypeError):
     """
 
 
+class StepNotAwaitedError(NonRetriableError):
+    """An async handler called a ``ctx.step`` or ``ctx.state`` method without
+    ``await``: the call did nothing. The run fails at once: every attempt would
+    make the same mistake. The message names each such call and its line."""
+
+
 class WorkerLost(StackShiftError):
     """Recorded on an attempt whose worker stopped renewing its lease."""
 

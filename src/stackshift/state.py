@@ -26,6 +26,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from .awaits import noted
 from .durations import parse_duration
 from .errors import LockNotAcquiredError, ValidationError
 from .keywords import public_calls
@@ -368,3 +369,14 @@ class AsyncState:
     def lock(self, key: str, *, ttl: Any = "30s", wait: Any = None) -> Lock:
         """Use as ``async with ctx.state.lock(key):``."""
         return self._state.lock(key, ttl=ttl, wait=wait)
+
+
+@noted("ctx.state")
+class HandlerAsyncState(AsyncState):
+    """``ctx.state`` of an ``async def`` handler: the calls of :class:`AsyncState`,
+    each noted with the invocation, so that one never awaited fails the run
+    (:mod:`stackshift.awaits`). ``app.state_async`` is left as it is."""
+
+    def __init__(self, state: AsyncState) -> None:
+        super().__init__(state._state)
+

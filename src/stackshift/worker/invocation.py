@@ -21,6 +21,7 @@ from typing import Any, Literal, NoReturn
 
 import pydantic
 
+from ..awaits import Issued
 from ..durations import span, to_datetime
 from ..engine import outcomes
 from ..errors import (
@@ -199,6 +200,8 @@ class Invocation:
         self.fatal: BaseException | None = None
         #: errors of ctx.step and ctx.state calls the engine refused (see :meth:`refuse`)
         self.refused: list[BaseException] = []
+        #: an async handler's ctx.step and ctx.state calls, to tell one never awaited
+        self.issued = Issued()
         #: called once the handler has returned or raised, before its ending is
         #: recorded; gets whether an ending will be recorded
         self.on_return: Callable[[bool], None] | None = None
@@ -513,7 +516,7 @@ class Invocation:
                           limit=self.service.settings.max_step_result_bytes,
                           too_large=StepResultTooLargeError)
         except (TypeError, ValidationError) as exc:  # over the limit, a lone surrogate
-            self.fail(NonRetriableError(_not_a_result(self.job.name, value, exc)))
+            self.fail(NonRetriableError(_not_a_result(self.job, value, exc)))
             return
         self._finish(Outcome("completed", result=text))
 
@@ -645,18 +648,24 @@ _ALREADY_RAN = ("The step's function already ran, but its result was not stored;
                 " attempt would run the function again.")
 
 
-def _not_a_result(job: str, value: Any, exc: Exception) -> str:
-    """Why ``value`` cannot be a run's result. An awaitable is a handler that the
-    worker took for a plain function: say so (and close a coroutine, which would
-    otherwise warn that it was never awaited)."""
+def _not_a_result(job: Job, value: Any, exc: Exception) -> str:
+    """Why ``value`` cannot be a run's result. An awaitable from a handler that was
+    awaited is a call inside it left without ``await``; from one that was not, a
+    handler that the worker took for a plain function: say which (and close a
+    coroutine, which would otherwise warn that it was never awaited)."""
     if not inspect.isawaitable(value):
         return str(exc)
     if inspect.iscoroutine(value):
         value.close()
-    return (f"the handler of job {job!r} returned a {type(value).__name__} instead of a "
-            "result: it was called as a plain function. Register an async def, an object "
-            "whose __call__ is an async def, or a decorator that keeps __wrapped__ "
-            "(functools.wraps)")
+    returned = f"the handler of job {job.name!r} returned a {type(value).__name__}"
+    if job.is_async:
+        what = getattr(value, "__qualname__", type(value).__name__)
+        return (f"{returned} ({what}) instead of a result: the call that made it was not "
+                "awaited. In an async handler, await the ctx.step and ctx.state calls, e.g. "
+                "return await ctx.step.run(...)")
+    return (f"{returned} instead of a result: it was called as a plain function. "
+            "Register an async def, an object whose __call__ is an async def, or a "
+            "decorator that keeps __wrapped__ (functools.wraps)")
 
 
 class _Refusing:

@@ -1,0 +1,120 @@
+"""Calls of an async handler's ``ctx.step`` and ``ctx.state`` that are never awaited.
+
+In an ``async def`` handler, ``ctx.step.run("charge", charge)`` without ``await``
+makes a coroutine and nothing else: the step does not run, and Python only says
+so on stderr when the coroutine is collected. Each such call is noted with the
+invocation it was made in; when the handler ends, a call whose coroutine never
+started fails the run (:class:`~stackshift.errors.StepNotAwaitedError`), naming
+the call and the line that made it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import sys
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .errors import StepNotAwaitedError
+from .runlogs import CURRENT
+
+T = TypeVar("T")
+
+#: Notes kept before those of started calls are dropped.
+_PRUNE_AT = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    coroutine: Coroutine[Any, Any, Any]
+    #: how the program wrote it, e.g. ``ctx.step.run('charge')``
+    call: str
+    #: where: ``file:line``
+    where: str
+
+
+class Issued:
+    """The awaitable calls made during one invocation (see the module's text)."""
+
+    __slots__ = ("_calls",)
+
+    def __init__(self) -> None:
+        self._calls: list[Call] = []
+
+    def add(self, call: Call) -> None:
+        if len(self._calls) >= _PRUNE_AT:
+            self._calls = [c for c in self._calls if _unstarted(c.coroutine)]
+        self._calls.append(call)
+
+    def error(self, cause: BaseException | None) -> StepNotAwaitedError | None:
+        """The error to end the run with when a call was never awaited, its
+        coroutines closed (Python would otherwise warn of each); ``cause`` is
+        what the handler raised, if anything (``'coroutine' object is not
+        subscriptable`` is often what the missing ``await`` led to)."""
+        never = [c for c in self._calls if _unstarted(c.coroutine)]
+        self._calls = []
+        if not never:
+            return None
+        # One handed to asyncio.create_task and left to run after the handler:
+        # its task is cancelled before it starts (closing the coroutine under
+        # it would make the task fail when it does).
+        tasks = {id(task.get_coro()): task for task in asyncio.all_tasks()}
+        for call in never:
+            task = tasks.get(id(call.coroutine))
+            if task is not None:
+                task.cancel()
+            else:
+                call.coroutine.close()
+        listed = "; ".join(f"{c.call} at {c.where}" for c in never[:5])
+        more = f" and {len(never) - 5} more" if len(never) > 5 else ""
+        what = "call was" if len(never) == 1 else "calls were"
+        error = StepNotAwaitedError(
+            f"{len(never)} {what} not awaited before the handler ended, so what "
+            f"{'it does' if len(never) == 1 else 'they do'} did not happen: {listed}{more}. "
+            "In an async handler, await every ctx.step and ctx.state call (or hand it to "
+            "asyncio.gather or a TaskGroup); the run fails now without retrying, as every "
+            "attempt would do the same")
+        error.__cause__ = cause
+        return error
+
+
+def _unstarted(coroutine: Coroutine[Any, Any, Any]) -> bool:
+    return inspect.getcoroutinestate(coroutine) == inspect.CORO_CREATED
+
+
+def noted(api: str) -> Callable[[type[T]], type[T]]:
+    """Class decorator: each public ``async def`` of the class, its own or
+    inherited (``api`` is how a handler reaches it, e.g. ``ctx.step``), notes the
+    coroutine it returns with the current invocation, if any. Apply it above the
+    decorators that wrap the methods: it wraps what they made. On Python 3.11,
+    ``inspect.iscoroutinefunction`` then says False of the methods, which return
+    coroutines all the same."""
+    def decorate(cls: type[T]) -> type[T]:
+        for name in dir(cls):
+            member = inspect.getattr_static(cls, name)
+            if not name.startswith("_") and inspect.iscoroutinefunction(member):
+                setattr(cls, name, _noting(member, f"{api}.{name}"))
+        return cls
+
+    return decorate
+
+
+def _noting(method: Callable[..., Coroutine[Any, Any, Any]], api: str
+            ) -> Callable[..., Coroutine[Any, Any, Any]]:
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]:
+        coroutine = method(*args, **kwargs)
+        invocation = CURRENT.get()
+        if invocation is not None:
+            caller = sys._getframe(1)
+            first = f"{args[1]!r}" if len(args) > 1 and isinstance(args[1], str) else ""
+            invocation.issued.add(Call(coroutine, f"{api}({first})",
+                                       f"{caller.f_code.co_filename}:{caller.f_lineno}"))
+        return coroutine
+
+    # Still reported as an async def where Python can be told (3.12 and later).
+    mark: Callable[[Any], Any] | None = getattr(inspect, "markcoroutinefunction", None)
+    return call if mark is None else mark(call)
