@@ -5,7 +5,8 @@ makes a coroutine and nothing else: the step does not run, and Python only says
 so on stderr when the coroutine is collected. Each such call is noted with the
 invocation it was made in; when the handler ends, a call whose coroutine never
 started fails the run (:class:`~stackshift.errors.StepNotAwaitedError`), naming
-the call and the line that made it.
+the call and the line that made it, unless the handler raised an error of its
+own, which may have come before the ``await`` (see :meth:`Issued.ending`).
 """
 
 from __future__ import annotations
@@ -49,15 +50,21 @@ class Issued:
             self._calls = [c for c in self._calls if _unstarted(c.coroutine)]
         self._calls.append(call)
 
-    def error(self, cause: BaseException | None) -> StepNotAwaitedError | None:
-        """The error to end the run with when a call was never awaited, its
-        coroutines closed (Python would otherwise warn of each); ``cause`` is
-        what the handler raised, if anything (``'coroutine' object is not
-        subscriptable`` is often what the missing ``await`` led to)."""
+    def ending(self, error: BaseException | None) -> BaseException | None:
+        """What the handler ended with (``error``: what it raised, if anything),
+        given the calls it made that were never awaited, whose coroutines are
+        closed here (Python would otherwise warn of each):
+
+        - it returned, or raised the ``TypeError`` or ``AttributeError`` of
+          using a coroutine as a value (``'coroutine' object is not
+          subscriptable``): :class:`StepNotAwaitedError`, that error its cause;
+        - it raised another error, which may have come before the ``await`` the
+          handler would have reached: that error, with a note naming the calls.
+        """
         never = [c for c in self._calls if _unstarted(c.coroutine)]
         self._calls = []
         if not never:
-            return None
+            return error
         # One handed to asyncio.create_task and left to run after the handler:
         # its task is cancelled before it starts (closing the coroutine under
         # it would make the task fail when it does).
@@ -69,16 +76,26 @@ class Issued:
             else:
                 call.coroutine.close()
         listed = "; ".join(f"{c.call} at {c.where}" for c in never[:5])
-        more = f" and {len(never) - 5} more" if len(never) > 5 else ""
+        if len(never) > 5:
+            listed += f" and {len(never) - 5} more"
         what = "call was" if len(never) == 1 else "calls were"
-        error = StepNotAwaitedError(
+        if error is not None and not _of_a_coroutine(error):
+            error.add_note(f"StackShift: {len(never)} {what} not awaited when the handler "
+                           f"raised this: {listed}")
+            return error
+        ended = StepNotAwaitedError(
             f"{len(never)} {what} not awaited before the handler ended, so what "
-            f"{'it does' if len(never) == 1 else 'they do'} did not happen: {listed}{more}. "
+            f"{'it does' if len(never) == 1 else 'they do'} did not happen: {listed}. "
             "In an async handler, await every ctx.step and ctx.state call (or hand it to "
             "asyncio.gather or a TaskGroup); the run fails now without retrying, as every "
             "attempt would do the same")
-        error.__cause__ = cause
-        return error
+        ended.__cause__ = error
+        return ended
+
+
+def _of_a_coroutine(error: BaseException) -> bool:
+    """Whether ``error`` is what using a coroutine as a value raises."""
+    return isinstance(error, TypeError | AttributeError) and "coroutine" in str(error)
 
 
 def _unstarted(coroutine: Coroutine[Any, Any, Any]) -> bool:

@@ -86,6 +86,29 @@ def test_a_result_used_without_await_is_named_as_the_cause(fake_app: StackShift)
     assert "'coroutine' object is not subscriptable" in run.error.traceback
 
 
+def test_an_error_raised_before_a_pending_call_is_awaited_is_the_runs_error(
+        fake_app: StackShift) -> None:
+    """The handler would have awaited the call after the failing one: the run
+    fails with the step's error and is retried as usual, a note naming the call."""
+    @fake_app.job("interrupted", max_attempts=2)
+    async def interrupted(ctx: Any) -> int:
+        later = ctx.step.run("later", lambda: 2)
+        await ctx.step.run("flaky", _declined)
+        result: int = await later
+        return result
+
+    run = _ended(fake_app, "interrupted")
+    assert (run.status, run.attempt, run.error.type) == ("retrying", 1, "ValueError")
+    assert run.error.message == "card declined"
+    assert (f"StackShift: 1 call was not awaited when the handler raised this: "
+            f"ctx.step.run('later') at {HERE}:{_line_of('later = ctx.step.run')}"
+            in run.error.traceback)
+
+
+def _declined() -> None:
+    raise ValueError("card declined")
+
+
 def test_calls_awaited_gathered_or_in_a_task_group_complete(fake_app: StackShift) -> None:
     @fake_app.job("careful")
     async def careful(ctx: Any) -> list[int]:

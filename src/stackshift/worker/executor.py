@@ -73,7 +73,7 @@ async def execute_async(invocation: Invocation, state: AsyncState) -> None:
                 raise  # this task is being cancelled: not the handler's error
             error = exc  # a CancelledError or SystemExit of the handler's own code too
         if not isinstance(error, HandlerSignal):  # a wait or sleep parks the run as it is
-            error = invocation.issued.error(error) or error
+            error = invocation.issued.ending(error)
         invocation.returned(error)
         await asyncio.to_thread(invocation.conclude, error, value)
     except Exception:
