@@ -59,7 +59,9 @@ class Issued:
           using a coroutine as a value (``'coroutine' object is not
           subscriptable``): :class:`StepNotAwaitedError`, that error its cause;
         - it raised another error, which may have come before the ``await`` the
-          handler would have reached: that error, with a note naming the calls.
+          handler would have reached: that error, with a note naming the calls;
+        - it was stopped by a signal (a wait or sleep that parks the run, a
+          cancel), or a ``BaseException``: that, as it is.
         """
         never = [c for c in self._calls if _unstarted(c.coroutine)]
         self._calls = []
@@ -75,6 +77,8 @@ class Issued:
                 task.cancel()
             else:
                 call.coroutine.close()
+        if error is not None and not isinstance(error, Exception):
+            return error  # a wait or sleep that parks the run, a cancel: nothing to judge
         listed = "; ".join(f"{c.call} at {c.where}" for c in never[:5])
         if len(never) > 5:
             listed += f" and {len(never) - 5} more"

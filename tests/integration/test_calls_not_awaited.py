@@ -129,12 +129,18 @@ def test_calls_awaited_gathered_or_in_a_task_group_complete(fake_app: StackShift
 def test_a_wait_parks_the_run_and_its_resumption_still_checks(fake_app: StackShift) -> None:
     @fake_app.job("approval")
     async def approval(ctx: Any) -> str:
+        early = ctx.step.run("early", lambda: None)  # never awaited: the wait parks first
         await ctx.step.wait_for_event("approved", correlation_key=ctx.payload, timeout="1h")
+        await early
         ctx.step.run("notify", lambda: None)  # no await, after the resumption
         return "approved"
 
     run = fake_app.start("approval", "order:1")
-    run_until_idle(fake_app)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_until_idle(fake_app)
+        gc.collect()
+    assert not [w for w in caught if "was never awaited" in str(w.message)]
     assert fake_app.runs.get(run.id).status == "waiting"
     fake_app.events.send("approved", {}, correlation_key="order:1")
     ended = _ended(fake_app, "approval", "order:2")  # another run, to drain both

@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 from ..context import AsyncJobContext, JobContext
-from ..errors import AttemptTimeoutError, HandlerSignal
+from ..errors import AttemptTimeoutError
 from ..runlogs import CURRENT
 from ..state import AsyncState, State
 from .invocation import Invocation
@@ -72,8 +72,7 @@ async def execute_async(invocation: Invocation, state: AsyncState) -> None:
             if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
                 raise  # this task is being cancelled: not the handler's error
             error = exc  # a CancelledError or SystemExit of the handler's own code too
-        if not isinstance(error, HandlerSignal):  # a wait or sleep parks the run as it is
-            error = invocation.issued.ending(error)
+        error = invocation.issued.ending(error)
         invocation.returned(error)
         await asyncio.to_thread(invocation.conclude, error, value)
     except Exception:
