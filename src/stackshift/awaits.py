@@ -40,14 +40,18 @@ class Call:
 class Issued:
     """The awaitable calls made during one invocation (see the module's text)."""
 
-    __slots__ = ("_calls",)
+    __slots__ = ("_calls", "_prune_at")
 
     def __init__(self) -> None:
         self._calls: list[Call] = []
+        self._prune_at = _PRUNE_AT
 
     def add(self, call: Call) -> None:
-        if len(self._calls) >= _PRUNE_AT:
+        if len(self._calls) >= self._prune_at:
             self._calls = [c for c in self._calls if _unstarted(c.coroutine)]
+            # Twice what is still unstarted: 10,000 calls made before one gather
+            # are looked at a few times each, not 10,000 times.
+            self._prune_at = max(_PRUNE_AT, 2 * len(self._calls))
         self._calls.append(call)
 
     def ending(self, error: BaseException | None) -> BaseException | None:

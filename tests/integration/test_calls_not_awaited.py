@@ -149,6 +149,22 @@ def test_a_wait_parks_the_run_and_its_resumption_still_checks(fake_app: StackShi
     assert ended.status == "waiting"  # parked at its wait: nothing to tell yet
 
 
+def test_one_call_forgotten_among_hundreds_gathered_is_found(fake_app: StackShift) -> None:
+    @fake_app.job("fan-out")
+    async def fan_out(ctx: Any) -> int:
+        calls = [ctx.step.run(f"item-{n}", lambda n=n: n) for n in range(600)]
+        ctx.step.run("forgotten", lambda: None)
+        total = sum(await asyncio.gather(*calls))
+        more = [await ctx.step.run(f"after-{n}", lambda n=n: n) for n in range(300)]
+        return total + sum(more)
+
+    run = _ended(fake_app, "fan-out")
+    assert (run.status, run.error.type) == ("failed", "StepNotAwaitedError")
+    assert "1 call was not awaited" in run.error.message
+    assert "ctx.step.run('forgotten')" in run.error.message
+    assert len(fake_app.runs.steps(run.id)) == 900
+
+
 def test_a_sync_handler_is_not_affected(fake_app: StackShift) -> None:
     @fake_app.job("plain")
     def plain(ctx: Any) -> int:
