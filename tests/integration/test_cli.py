@@ -794,6 +794,16 @@ def test_runs_list_filters_pages_and_cancels(db_url: str, app: StackShift) -> No
     assert timed_out.returncode == 1 and "still queued" in timed_out.stderr
 
 
+def test_empty_lists_say_how_to_fill_them_unless_a_filter_emptied_them(
+        db_url: str, app: StackShift) -> None:
+    assert cli(db_url, "runs").stdout == (
+        "No runs yet. Start one with: stackshift start JOB '{...}'\n")
+    assert cli(db_url, "events", "list").stdout == (
+        "No events yet. Send one with: stackshift events send NAME '{...}'\n")
+    assert cli(db_url, "runs", "list", "--status", "failed").stdout == "No runs match.\n"
+    assert cli(db_url, "events", "--name", "paid").stdout == "No events match.\n"
+
+
 def test_a_group_with_a_list_lists_when_given_no_other_command(
         db_url: str, app: StackShift) -> None:
     failed = app.start("report", {"n": 1})

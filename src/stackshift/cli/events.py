@@ -87,7 +87,13 @@ def list_events(
         return
     out = console()
     if not page.items:
-        out.print("No events match." if cursor is None else "No more events.")
+        if cursor is not None:
+            out.print("No more events.")
+        elif (name, correlation_key) == (None, None):
+            out.print("No events yet. Send one with: stackshift events send NAME '{...}'",
+                      markup=False)
+        else:
+            out.print("No events match.")
         return
     out.print(events_table(page.items))
     if page.next_cursor:

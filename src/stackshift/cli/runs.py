@@ -82,7 +82,12 @@ def list_runs(
         return
     out = console()
     if not page.items:
-        out.print("No runs match." if cursor is None else "No more runs.")
+        if cursor is not None:
+            out.print("No more runs.")
+        elif (status, job, queue, idempotency_key, correlation_key) == (None,) * 5:
+            out.print("No runs yet. Start one with: stackshift start JOB '{...}'", markup=False)
+        else:
+            out.print("No runs match.")
         return
     out.print(runs_table(page.items, width=out.width))
     if page.next_cursor:
