@@ -379,4 +379,3 @@ class HandlerAsyncState(AsyncState):
 
     def __init__(self, state: AsyncState) -> None:
         super().__init__(state._state)
-

@@ -165,6 +165,23 @@ def test_one_call_forgotten_among_hundreds_gathered_is_found(fake_app: StackShif
     assert len(fake_app.runs.steps(run.id)) == 900
 
 
+async def _total() -> int:
+    return 3
+
+
+def test_a_coroutine_of_the_handlers_own_returned_unawaited_is_named(
+        fake_app: StackShift) -> None:
+    @fake_app.job("returns-a-coroutine")
+    async def returns_a_coroutine(ctx: Any) -> Any:
+        return _total()  # no await
+
+    run = _ended(fake_app, "returns-a-coroutine")
+    assert (run.status, run.attempt, run.error.type) == ("failed", 1, "NonRetriableError")
+    assert run.error.message == (
+        "the handler of job 'returns-a-coroutine' returned a coroutine (_total) instead of "
+        "a result: the call that made it was not awaited (return await _total(...))")
+
+
 def test_a_sync_handler_is_not_affected(fake_app: StackShift) -> None:
     @fake_app.job("plain")
     def plain(ctx: Any) -> int:

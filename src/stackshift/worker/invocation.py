@@ -661,8 +661,7 @@ def _not_a_result(job: Job, value: Any, exc: Exception) -> str:
     if job.is_async:
         what = getattr(value, "__qualname__", type(value).__name__)
         return (f"{returned} ({what}) instead of a result: the call that made it was not "
-                "awaited. In an async handler, await the ctx.step and ctx.state calls, e.g. "
-                "return await ctx.step.run(...)")
+                f"awaited (return await {what}(...))")
     return (f"{returned} instead of a result: it was called as a plain function. "
             "Register an async def, an object whose __call__ is an async def, or a "
             "decorator that keeps __wrapped__ (functools.wraps)")
