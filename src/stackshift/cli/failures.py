@@ -122,13 +122,13 @@ def translate(exc: Exception) -> CliFailure:
     # httpx is loaded by the commands that talk to a server, and only by them: an
     # error of its own cannot come from a command that has not loaded it.
     http = sys.modules.get("httpx")
-    if http is not None and isinstance(exc, http.TransportError):  # out of reach
+    if http is not None and isinstance(exc, http.TransportError):  # STACKSHIFT_URL's server
         return failed(f"the server{_server_of(exc)} did not answer: "
                       f"{type(exc).__name__}: {exc}{hint}")
     return failed(f"{type(exc).__name__}: {exc}{hint}")
 
 
-def _server_of(exc: httpx.TransportError) -> str:  # the server at STACKSHIFT_URL
+def _server_of(exc: httpx.TransportError) -> str:
     """`` at URL``: the server a request that failed was sent to (its origin)."""
     try:
         url = exc.request.url
