@@ -656,7 +656,8 @@ def test_a_schedule_id_over_http_the_remote_client_and_the_cli(
                                          "--id", "sync-cli", "--json"],
                                    env={"STACKSHIFT_DATABASE_URL": db_url})
             assert result.exit_code == 0, result.output
-            assert json.loads(result.output)["cron"] == cron
+            assert json.loads(result.stdout)["cron"] == cron  # stderr: no worker knows 'sync'
+            assert "no worker has registered job 'sync'" in result.stderr
         assert sorted(s.id for s in remote.schedules.list()) == ["sync-cli", "sync-hourly"]
     finally:
         http.close()
@@ -669,7 +670,7 @@ def test_schedules_command(db_url: str) -> None:
     def invoke(*args: str, code: int = 0) -> str:
         result = runner.invoke(cli, list(args), env={"STACKSHIFT_DATABASE_URL": db_url})
         assert result.exit_code == code, (result.exit_code, result.output)
-        return result.output
+        return result.stdout  # warnings go to stderr
 
     created = json.loads(invoke("schedules", "create", "nightly", "--cron", "0 2 * * *",
                                 "--payload", '{"full": true}', "--timezone", "Europe/Paris",
@@ -1008,8 +1009,8 @@ def test_overlap_over_http_the_remote_client_a_remote_worker_and_the_cli(
         created = runner.invoke(cli, ["schedules", "create", "sync", "--cron", "@daily",
                                       "--overlap", "skip", "--json"], env=env)
         assert created.exit_code == 0, created.output
-        sid = json.loads(created.output)["id"]
-        assert json.loads(created.output)["overlap"] == "skip"
+        sid = json.loads(created.stdout)["id"]
+        assert json.loads(created.stdout)["overlap"] == "skip"
         shown = runner.invoke(cli, ["schedules", "show", sid], env=env)
         assert "skip: no run while the last one is unfinished (0 ticks skipped)" in \
             " ".join(shown.output.split())

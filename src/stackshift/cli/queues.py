@@ -190,8 +190,7 @@ def show(name: str, window: str, as_json: bool, database_url: str) -> None:
 def pause(name: str, as_json: bool, database_url: str) -> None:
     """Start nothing more from NAME until resumed (running runs carry on)."""
     with open_client(database_url) as app:
-        _warn_if_new(app, name)
-        _show(app.queue(name).pause(), as_json)
+        _show(_warning_if_new(app, name, app.queue(name).pause), as_json)
 
 
 @queues.command()
@@ -201,8 +200,7 @@ def pause(name: str, as_json: bool, database_url: str) -> None:
 def resume(name: str, as_json: bool, database_url: str) -> None:
     """Let NAME's runs start again."""
     with open_client(database_url) as app:
-        _warn_if_new(app, name)
-        _show(app.queue(name).resume(), as_json)
+        _show(_warning_if_new(app, name, app.queue(name).resume), as_json)
 
 
 def _setting(value: str | None, option: str, convert: Any) -> Any:
@@ -236,23 +234,28 @@ def set_(name: str, concurrency: str | None, rate_limit: str | None, max_attempt
     if all(value is KEEP for value in changes.values()):
         raise bad_input("give at least one of --concurrency, --rate-limit, --max-attempts")
     with open_client(database_url) as app:
-        _warn_if_new(app, name)
-        _show(app.queue(name).configure(**changes), as_json)
+        _show(_warning_if_new(app, name, lambda: app.queue(name).configure(**changes)),
+              as_json)
 
 
-def _warn_if_new(app: StackShift, name: str) -> None:
-    """Say on stderr when no run, setting or registered job has used queue ``name``
-    (a mistyped name?): its settings are saved all the same, for runs to come."""
+def _warning_if_new(app: StackShift, name: str, change: Callable[[], QueueInfo]
+                    ) -> QueueInfo:
+    """``change()``'s queue, said on stderr once it is made when no run, setting or
+    registered job had used queue ``name`` before (a mistyped name?): its settings
+    are saved all the same, for runs to come. A refused change says nothing more."""
+    used: set[str] | None
     try:
-        used = {q.name for q in app.queues.list()}
         # A job that names no queue runs on the default one.
-        used |= {j.queue or Settings.default_queue for j in app.list_jobs()}
+        used = ({q.name for q in app.queues.list()}
+                | {j.queue or Settings.default_queue for j in app.list_jobs()})
     except Exception:  # advice only
-        return
-    if name not in used:
+        used = None
+    changed = change()
+    if used is not None and name not in used:
         click.echo(f"warning: no run, setting or registered job has used queue {name!r} "
                    f"yet{did_you_mean(name, used)}; its settings are saved for runs to come",
                    err=True)
+    return changed
 
 
 @queues.command("dead-letters")
