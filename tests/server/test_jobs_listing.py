@@ -235,4 +235,3 @@ def test_creating_a_schedule_for_a_job_no_worker_has_registered_warns_and_create
         assert json.loads(typo.stdout)["job"] == "sendReciept"  # stdout is the JSON alone
     finally:
         app.close()
-
