@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..durations import span
+from ..errors import QueueNotFoundError
 from ..flowcontrol import MAX_RETRY_PAGE, RETRY_PAGE
 from ..models import QueueInfo
 from ..settings import Settings
@@ -243,19 +244,31 @@ def _warning_if_new(app: StackShift, name: str, change: Callable[[], QueueInfo]
     """``change()``'s queue, said on stderr once it is made when no run, setting or
     registered job had used queue ``name`` before (a mistyped name?): its settings
     are saved all the same, for runs to come. A refused change says nothing more."""
-    used: set[str] | None
-    try:
-        # A job that names no queue runs on the default one.
-        used = ({q.name for q in app.queues.list()}
-                | {j.queue or Settings.default_queue for j in app.list_jobs()})
-    except Exception:  # advice only
-        used = None
+    used = _names_in_use_if_new(app, name)
     changed = change()
     if used is not None and name not in used:
         click.echo(f"warning: no run, setting or registered job has used queue {name!r} "
                    f"yet{did_you_mean(name, used)}; its settings are saved for runs to come",
                    err=True)
     return changed
+
+
+def _names_in_use_if_new(app: StackShift, name: str) -> set[str] | None:
+    """The queue names runs, settings and registered jobs use, when ``name`` holds
+    no runs and has no settings; ``None`` when it has, or cannot be asked."""
+    try:
+        app.queues.get(name)
+        return None
+    except QueueNotFoundError:
+        pass
+    except Exception:  # advice only
+        return None
+    try:
+        # A job that names no queue runs on the default one.
+        return ({q.name for q in app.queues.list()}
+                | {j.queue or Settings.default_queue for j in app.list_jobs()})
+    except Exception:  # advice only
+        return None
 
 
 @queues.command("dead-letters")
