@@ -30,11 +30,19 @@ _PRUNE_AT = 256
 
 @dataclass(frozen=True, slots=True)
 class Call:
+    """A noted call; the text is made only for a call that is reported."""
+
     coroutine: Coroutine[Any, Any, Any]
-    #: how the program wrote it, e.g. ``ctx.step.run('charge')``
-    call: str
-    #: where: ``file:line``
-    where: str
+    #: the method, e.g. ``ctx.step.run``
+    api: str
+    #: its first argument when a string (a step's name, a key), else None
+    first: str | None
+    filename: str
+    line: int
+
+    def __str__(self) -> str:  # ctx.step.run('charge') at app.py:12
+        first = "" if self.first is None else repr(self.first)
+        return f"{self.api}({first}) at {self.filename}:{self.line}"
 
 
 class Issued:
@@ -83,7 +91,7 @@ class Issued:
                 call.coroutine.close()
         if error is not None and not isinstance(error, Exception):
             return error  # a wait or sleep that parks the run, a cancel: nothing to judge
-        listed = "; ".join(f"{c.call} at {c.where}" for c in never[:5])
+        listed = "; ".join(map(str, never[:5]))
         if len(never) > 5:
             listed += f" and {len(never) - 5} more"
         what = "call was" if len(never) == 1 else "calls were"
@@ -135,9 +143,9 @@ def _noting(method: Callable[..., Coroutine[Any, Any, Any]], api: str
         invocation = CURRENT.get()
         if invocation is not None:
             caller = sys._getframe(1)
-            first = f"{args[1]!r}" if len(args) > 1 and isinstance(args[1], str) else ""
-            invocation.issued.add(Call(coroutine, f"{api}({first})",
-                                       f"{caller.f_code.co_filename}:{caller.f_lineno}"))
+            first = args[1] if len(args) > 1 and isinstance(args[1], str) else None
+            invocation.issued.add(Call(coroutine, api, first, caller.f_code.co_filename,
+                                       caller.f_lineno))
         return coroutine
 
     # Still reported as an async def where Python can be told (3.12 and later).
