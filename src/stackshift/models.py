@@ -193,6 +193,8 @@ class LogEntry:
     level: str
     logger: str
     message: str
+    #: what the record was logged with besides its message (``extra=``)
+    fields: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ server process, under the store's leader election; a remote worker never leads.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import threading
@@ -30,6 +31,7 @@ from .flowcontrol import FlowControl
 from .jobs import JobRegistry
 from .models import Event
 from .processes import ProcessId
+from .runlogs import fields_line
 from .server import worker_schemas as w
 from .service import Notifier
 from .store.base import ClaimedRun, ExpiredLease, Lease, LogWrite, Outcome, StepWrite
@@ -195,13 +197,17 @@ class LogsSentAhead(LogsWrittenAhead):
     (a server from an earlier version) they wait for the next checkpoint."""
 
     def __init__(self, write: Callable[[list[LogWrite]], None],
-                 budget: int = LOG_BUDGET, sending: Callable[[], bool] = lambda: True) -> None:
+                 budget: int = LOG_BUDGET, sending: Callable[[], bool] = lambda: True,
+                 fields: Callable[[], bool] = lambda: True) -> None:
         super().__init__(write)
         self._held = BoundedLogs(budget)
         self._flush_bytes = budget // 4
         self._sending = sending
+        self._fields = fields
 
     def _hold(self, record: LogWrite) -> bool:
+        if record.fields is not None and not self._fields():
+            record = with_fields_in_message(record)
         self._held.add(record)
         return (len(self._held) >= self.FLUSH_RECORDS
                 or self._held.held_bytes >= self._flush_bytes) and self._sending()
@@ -222,6 +228,14 @@ class LogsSentAhead(LogsWrittenAhead):
 
     def __len__(self) -> int:
         return len(self._held)
+
+
+def with_fields_in_message(record: LogWrite) -> LogWrite:
+    """``record`` for a server that takes no fields (one from an earlier version):
+    its fields at the end of its message, as ``name=value`` pairs."""
+    fields = fields_line(json.loads(record.fields or "{}"))
+    joint = "\n" if "\n" in record.message else " "
+    return dataclasses.replace(record, message=f"{record.message}{joint}{fields}", fields=None)
 
 
 def takes_logs_ahead(registered: Any) -> bool:
@@ -299,13 +313,16 @@ class RemoteWorkerStore:
         self.closing = threading.Event()
         #: the server's lease renewals take log records (its answer to the registration)
         self.renew_takes_logs = False
+        #: log records may carry fields (the answer to the registration too)
+        self.logs_take_fields = False
 
     def pending_logs(self, write: Callable[[list[LogWrite]], None]) -> PendingLogs:
         """Where an invocation keeps its log records not yet sent, within the budget
         one request carries: sent ahead of checkpoints with lease renewals
         (``write``) while the server takes them, held until the next checkpoint
         otherwise (:class:`LogsSentAhead`)."""
-        return LogsSentAhead(write, sending=lambda: self.renew_takes_logs)
+        return LogsSentAhead(write, sending=lambda: self.renew_takes_logs,
+                             fields=lambda: self.logs_take_fields)
 
     def _post(self, path: str, body: dict[str, Any], timeout: float | None = None,
               *, until_reached: bool = False) -> Any:
@@ -351,6 +368,7 @@ class RemoteWorkerStore:
                                                      "started": process.started},
         })
         self.renew_takes_logs = takes_logs_ahead(answer)
+        self.logs_take_fields = isinstance(answer, dict) and answer.get("logsTakeFields") is True
 
     def unregister_worker(self, worker_id: str) -> None:
         self._post("unregister", {"workerId": worker_id})

@@ -7,7 +7,12 @@ a handler into its threads (``asyncio.to_thread``) and tasks.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import json
 import logging
+import math
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -55,13 +60,108 @@ def shortened(message: str) -> str:
             f"{message[-keep:]}")
 
 
+#: Characters of JSON a record's fields (its ``extra``) take at most, and of one
+#: field's value: a longer value is kept as the start of its JSON text.
+MAX_FIELDS = 16 * 1024
+MAX_FIELD_VALUE = 1024
+#: Arrays and objects nested deeper than this in a field are kept as their ``repr``.
+MAX_FIELD_DEPTH = 20
+
+#: The attributes every record has: the others came with ``extra=`` (or were set
+#: by a filter or an adapter), and are the record's fields.
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message", "asctime", "taskName"}
+
+
 class _CaptureHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         invocation = CURRENT.get()
         if invocation is None or ENGINE_CALL.get():
             return
-        invocation.add_log(record.levelname, record.name, shortened(stored_message(record)),
-                           CURRENT_STEP.get())
+        message = stored_message(record)
+        fields, left_out = record_fields(record)
+        if left_out:
+            message += (f"\n[fields left out, past {MAX_FIELDS} characters of them: "
+                        f"{', '.join(left_out)}]")
+        invocation.add_log(record.levelname, record.name, shortened(message),
+                           CURRENT_STEP.get(), fields)
+
+
+def record_fields(record: logging.LogRecord) -> tuple[str | None, list[str]]:
+    """The JSON object of ``record``'s fields (``log.info("paid", extra={"order":
+    "o-1"})``), in the order they were given, or None when it has none; and the
+    names of the fields left out past ``MAX_FIELDS`` characters.
+
+    A value that is not JSON is kept as text: a date or time as ISO 8601, any
+    other as its ``repr``; a value whose JSON is longer than ``MAX_FIELD_VALUE``
+    characters is kept as a string, its JSON text's start and what was cut."""
+    names = [name for name in record.__dict__
+             if name not in _STANDARD and not name.startswith("_")]
+    if not names:
+        return None, []
+    kept: list[str] = []
+    left_out: list[str] = []
+    used = 2
+    for name in names:
+        item = f"{_json(name)}:{_json(_field_value(record.__dict__[name]))}"
+        if used + len(item) + 1 > MAX_FIELDS:
+            left_out.append(name)
+            continue
+        kept.append(item)
+        used += len(item) + 1
+    return ("{" + ",".join(kept) + "}" if kept else None), left_out
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _field_value(value: Any) -> Any:
+    value = _as_json(value, 0)
+    text = _json(value)
+    if len(text) <= MAX_FIELD_VALUE:
+        return value
+    return f"{text[:MAX_FIELD_VALUE]}[... {len(text) - MAX_FIELD_VALUE} characters cut ...]"
+
+
+def _as_json(value: Any, depth: int) -> Any:
+    """``value`` as JSON data, each part that is not JSON as text (a date or time
+    as ISO 8601, any other as its ``repr``)."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    if depth < MAX_FIELD_DEPTH:
+        if isinstance(value, dict):
+            return {str(key): _as_json(item, depth + 1) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [_as_json(item, depth + 1) for item in value]
+        try:
+            if callable(getattr(value, "model_dump", None)) and hasattr(type(value),
+                                                                       "model_fields"):
+                return _as_json(value.model_dump(mode="json"), depth + 1)
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                return _as_json({f.name: getattr(value, f.name)
+                                 for f in dataclasses.fields(value)}, depth + 1)
+        except Exception:  # a model_dump() or a field of its own that broke
+            pass
+    return _text(value, repr)
+
+
+_BARE = re.compile(r"[^\s\"=\\]+")
+
+
+def field_text(value: Any) -> str:
+    """A field's value as a line of text shows it: a string without spaces,
+    quotes or ``=`` as it is, any other value as JSON."""
+    return value if isinstance(value, str) and _BARE.fullmatch(value) else _json(value)
+
+
+def fields_line(fields: dict[str, Any]) -> str:
+    """``fields`` as ``name=value`` pairs for a line of text."""
+    return " ".join(f"{name}={field_text(value)}" for name, value in fields.items())
 
 
 _formatter = logging.Formatter()

@@ -35,6 +35,7 @@ from ..models import (
     is_time_detail,
 )
 from ..progress import InProgress
+from ..runlogs import fields_line
 
 STATUS_STYLES = {
     "scheduled": "blue",
@@ -710,13 +711,17 @@ def timeline_table(run: Run, entries: list[TimelineEntry]) -> RenderableType:
 _LEVEL_STYLES = {"WARNING": "yellow", "ERROR": "red", "CRITICAL": "bold red"}
 
 
-def _log_parts(entry: LogEntry) -> tuple[str, str, str, str]:
-    """A record's line: its time, level, where it was logged, and its message."""
+def _log_parts(entry: LogEntry) -> tuple[str, str, str, str, str, str]:
+    """A record's lines: its time, level, where it was logged, its message's
+    first line, its fields (``name=value`` pairs) and the rest of its message
+    (a traceback)."""
     where = f"attempt {entry.attempt}" if entry.attempt is not None else "-"
     if entry.step:
         where += f" step {entry.step}"
+    first, newline, rest = shown_as_is(entry.message).partition("\n")
+    fields = "  " + one_line(fields_line(entry.fields)) if entry.fields else ""
     return (f"{when(entry.at)}  ", f"{entry.level:<8}",
-            shown_as_is(f" [{where}] {entry.logger}: "), shown_as_is(entry.message) + "\n")
+            shown_as_is(f" [{where}] {entry.logger}: "), first, fields, newline + rest + "\n")
 
 
 def log_lines(entries: list[LogEntry]) -> Text:
@@ -724,11 +729,13 @@ def log_lines(entries: list[LogEntry]) -> Text:
     text = Text()
     for entry in entries:
         style = _LEVEL_STYLES.get(entry.level, "")
-        at, level, where, message = _log_parts(entry)
+        at, level, where, first, fields, rest = _log_parts(entry)
         text.append(at, style="dim")
         text.append(level, style=style)
         text.append(where, style="dim")
-        text.append(message, style=style)
+        text.append(first, style=style)
+        text.append(fields, style="cyan")
+        text.append(rest, style=style)
     return text
 
 

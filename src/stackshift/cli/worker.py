@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -22,7 +23,9 @@ from .render import console, shown_url
 
 
 class _RunContext(logging.Filter):
-    """Adds ``run`` to each record: the job and run whose handler emitted it, if any.
+    """Adds ``_stackshift_run`` to each record: the job and run whose handler
+    emitted it, if any; and ``_stackshift_fields``: its fields as ``name=value``
+    pairs (private names: not fields of the record themselves).
 
     Leaves out what libraries log below WARNING about the engine's own requests.
     """
@@ -31,9 +34,12 @@ class _RunContext(logging.Filter):
         if runlogs.ENGINE_CALL.get() and record.levelno < logging.WARNING:
             return False  # e.g. a remote worker's every claim, as httpx logs it
         invocation = runlogs.CURRENT.get()
-        record.run = (
+        record._stackshift_run = (
             f"{invocation.run.job} {invocation.run.id}: " if invocation is not None else ""
         )
+        fields = runlogs.record_fields(record)[0]
+        record._stackshift_fields = (
+            "" if fields is None else "  " + runlogs.fields_line(json.loads(fields)))
         return True
 
 
@@ -99,12 +105,12 @@ def configure_logging(level: str, out: Console | None = None, *,
     handler: logging.Handler
     if out.is_terminal:
         handler = RichHandler(console=out, show_path=False, markup=False, rich_tracebacks=False)
-        handler.setFormatter(logging.Formatter("%(run)s%(message)s"))
+        handler.setFormatter(logging.Formatter("%(_stackshift_run)s%(message)s%(_stackshift_fields)s"))
     else:
         handler = HeldLines(out.file)
         formatter = logging.Formatter(
-            "%(asctime)s  %(levelname)-7s %(run)s%(message)s  [%(name)s]", "%H:%M:%S"
-        )
+            "%(asctime)s  %(levelname)-7s %(_stackshift_run)s%(message)s%(_stackshift_fields)s"
+            "  [%(name)s]", "%H:%M:%S")
         formatter.converter = time.gmtime
         handler.setFormatter(formatter)
     handler.addFilter(_RunContext())

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..models import details_with_datetimes
+from ..runlogs import field_text
 
 
 def duration(seconds: float | None) -> str:
@@ -183,6 +184,7 @@ FILTERS = {
     "pretty_json": pretty_json,
     "json_head": json_head,
     "compact_json": compact_json,
+    "field_text": field_text,
     "clock": clock_time,
     "iso": iso,
     "number": number,

@@ -302,16 +302,19 @@ class LogEntry(Wire):
     level: str
     logger: str
     message: str
+    fields: dict[str, Any] = Field(default_factory=dict, description=(
+        "What the record was logged with besides its message (`extra=` in Python's"
+        " `logging`), in the order given; values that are not JSON as text."))
 
     @classmethod
     def of(cls, e: m.LogEntry) -> LogEntry:
         return cls(id=e.id, run_id=e.run_id, attempt=e.attempt, step=e.step, at=e.at,
-                   level=e.level, logger=e.logger, message=e.message)
+                   level=e.level, logger=e.logger, message=e.message, fields=e.fields)
 
     def to_model(self) -> m.LogEntry:
         return m.LogEntry(self.id, self.run_id, self.attempt, self.step,
                         _utc(self.at),  # type: ignore[arg-type]
-                        self.level, self.logger, self.message)
+                        self.level, self.logger, self.message, self.fields)
 
 
 class TimelineList(Wire):

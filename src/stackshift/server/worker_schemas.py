@@ -16,6 +16,7 @@ from pydantic import AfterValidator, Field, StrictInt, StrictStr, model_validato
 from pydantic_core import PydanticCustomError
 
 from ..flowcontrol import check_failure_handler
+from ..runlogs import MAX_FIELDS
 from ..serialization import DuplicateKeyError, encode, unique_keys, utf8_size
 from ..store.base import Lease, LogWrite, Outcome, StepWrite
 from . import schemas as s
@@ -73,6 +74,16 @@ def _json_text(text: str) -> str:
 
 #: A result as JSON text: stored as it is and read back by everyone who shows the run.
 JsonText = Annotated[StrictStr, AfterValidator(_json_text)]
+
+
+def _fields_text(text: str) -> str:
+    if len(text) > MAX_FIELDS or not isinstance(json.loads(text), dict):
+        raise ValueError(f"must be the JSON text of an object, at most {MAX_FIELDS} characters")
+    return text
+
+
+#: A log record's fields as JSON text (see runlogs.record_fields).
+FieldsText = Annotated[JsonText, AfterValidator(_fields_text)]
 #: A job's failure handler as JSON text: {"job", "queue", "max_attempts",
 #: "default_max_attempts"} (see flowcontrol.check_failure_handler).
 FailureHandler = Annotated[StrictStr, Field(max_length=10_000),
@@ -139,14 +150,22 @@ class LogBody(Body):
     message: Text
     step: Short | None = None
     attempt: Annotated[StrictInt, Field(ge=1, lt=2**31)] | None = None
+    fields: FieldsText | None = Field(None, description=(
+        "What the record was logged with besides its message, as the JSON text of an"
+        " object. Sent only to a server whose `POST /v1/worker/register` answered"
+        " `logsTakeFields`."))
 
     def to_write(self) -> LogWrite:
-        return LogWrite(self.at, self.level, self.logger, self.message, self.step, self.attempt)
+        return LogWrite(self.at, self.level, self.logger, self.message, self.step, self.attempt,
+                        self.fields)
 
     @classmethod
     def of(cls, log: LogWrite) -> dict[str, Any]:
-        return {"at": log.at, "level": log.level, "logger": log.logger, "message": log.message,
+        body = {"at": log.at, "level": log.level, "logger": log.logger, "message": log.message,
                 "step": log.step, "attempt": log.attempt}
+        if log.fields is not None:
+            body["fields"] = log.fields
+        return body
 
 
 Logs = list[LogBody]
@@ -382,3 +401,7 @@ class Registered(Done):
     renew_takes_logs: Annotated[bool, Field(
         description="`POST /v1/worker/renew` takes log records (its `logs`). Absent from the"
         " answer of a server from an earlier version, which refuses that field.")] = True
+    logs_take_fields: Annotated[bool, Field(
+        description="Log records may carry `fields`. Absent from the answer of a server from"
+        " an earlier version, which refuses them: a worker then puts a record's fields at"
+        " the end of its message.")] = True

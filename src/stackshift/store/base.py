@@ -69,6 +69,13 @@ class LogWrite:
     message: str
     step: str | None
     attempt: int | None
+    #: the record's fields as a JSON object's text (see runlogs.record_fields)
+    fields: str | None = None
+
+    @property
+    def chars(self) -> int:
+        """Characters of its message and fields."""
+        return len(self.message) + len(self.fields or "")
 
 
 @dataclass(frozen=True)

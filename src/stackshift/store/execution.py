@@ -35,7 +35,7 @@ def write_logs(tx: Tx, run_id: str, logs: Sequence[LogWrite]) -> None:
     tx.many("insert_log", [
         {"run_id": run_id, "attempt": log.attempt, "step": log.step, "at": log.at,
          "level": log.level, "logger": log.logger.replace("\x00", "\ufffd"),
-         "message": log.message.replace("\x00", "\ufffd")}
+         "message": log.message.replace("\x00", "\ufffd"), "fields": log.fields}
         for log in logs])
 
 

@@ -115,6 +115,7 @@ def log_entry(row: Row) -> LogEntry:
         level=row["level"],
         logger=row["logger"],
         message=row["message"],
+        fields=loads(row["fields"]) or {},
     )
 
 

@@ -153,7 +153,7 @@ class LogsWrittenAhead(PendingLogs):
         """Keep ``record`` until it is written; whether enough wait to write them now."""
         with self._lock:
             self._records.append(record)
-            self._chars += len(record.message)
+            self._chars += record.chars
             return len(self._records) >= self.FLUSH_RECORDS or self._chars >= self.FLUSH_CHARS
 
     def _swap(self) -> list[LogWrite]:
@@ -166,7 +166,7 @@ class LogsWrittenAhead(PendingLogs):
         """Hold ``records`` (a write that failed) again, ahead of those held now."""
         with self._lock:
             self._records[:0] = records
-            self._chars += sum(len(record.message) for record in records)
+            self._chars += sum(record.chars for record in records)
 
     def __len__(self) -> int:
         with self._lock:
@@ -208,9 +208,10 @@ class Invocation:
 
     # -- bookkeeping ---------------------------------------------------------------
 
-    def add_log(self, level: str, logger: str, message: str, step: str | None) -> None:
+    def add_log(self, level: str, logger: str, message: str, step: str | None,
+                fields: str | None = None) -> None:
         self._logs.add(
-            LogWrite(self.clock.now(), level, logger, message, step, self.lease.attempt)
+            LogWrite(self.clock.now(), level, logger, message, step, self.lease.attempt, fields)
         )
 
     def take_logs(self) -> list[LogWrite]:

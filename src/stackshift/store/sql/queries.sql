@@ -43,8 +43,8 @@ INSERT INTO timeline (run_id, at, kind, attempt, step, data)
 VALUES (:run_id, :at, :kind, :attempt, :step, :data);
 
 -- name: insert_log
-INSERT INTO logs (run_id, attempt, step, at, level, logger, message)
-VALUES (:run_id, :attempt, :step, :at, :level, :logger, :message);
+INSERT INTO logs (run_id, attempt, step, at, level, logger, message, fields)
+VALUES (:run_id, :attempt, :step, :at, :level, :logger, :message, :fields);
 
 -- name: insert_attempt
 INSERT INTO attempts (run_id, number, status, worker_id, started_at)
