@@ -155,8 +155,10 @@ _BARE = re.compile(r"[^\s\"=\\]+")
 
 def field_text(value: Any) -> str:
     """A field's value as a line of text shows it: a string without spaces,
-    quotes or ``=`` as it is, any other value as JSON."""
-    return value if isinstance(value, str) and _BARE.fullmatch(value) else _json(value)
+    quotes, ``=`` or control characters as it is, any other value as JSON."""
+    if isinstance(value, str) and value.isprintable() and _BARE.fullmatch(value):
+        return value
+    return _json(value)
 
 
 def fields_line(fields: dict[str, Any]) -> str:

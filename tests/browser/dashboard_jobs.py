@@ -51,7 +51,8 @@ def register_jobs(app: StackShift) -> None:
     def import_feed(ctx: Any) -> dict[str, Any]:
         """Fails both attempts; a manual retry (attempt 3) succeeds, slowly."""
         ctx.step.run("download", _pause(0.01))
-        ctx.log.info("parsing feed %s, attempt %d", ctx.payload["feed"], ctx.run.attempt)
+        ctx.log.info("parsing feed %s, attempt %d", ctx.payload["feed"], ctx.run.attempt,
+                     extra={"feed": ctx.payload["feed"], "columns": ["sku", "cost"]})
 
         def parse() -> int:
             if ctx.run.attempt <= 2:
@@ -82,7 +83,7 @@ def register_jobs(app: StackShift) -> None:
     @app.job("render-report", queue="reports", max_attempts=1)
     def render_report(ctx: Any) -> None:
         """Puts hostile markup in its payload, a log line and its error."""
-        ctx.log.info("title was %s", ctx.payload["title"])
+        ctx.log.info("title was %s", ctx.payload["title"], extra={"title": ctx.payload["title"]})
         raise NonRetriableError(f"cannot render {ctx.payload['title']}")
 
     @app.job("crunch-numbers", queue="reports", max_attempts=1)

@@ -154,8 +154,14 @@ def test_failed_run_shows_error_attempts_logs_waterfall_and_retries_live(
     groups = page.locator("#logs .log-group")
     expect(groups).to_have_count(2)
     expect(groups.nth(0)).to_contain_text("Attempt 1")
-    expect(groups.nth(0).locator(".log-msg")).to_have_text("parsing feed prices.csv, attempt 1")
-    expect(groups.nth(1).locator(".log-msg")).to_have_text("parsing feed prices.csv, attempt 2")
+    # A record's fields (extra=) follow its message.
+    fields = ' feed=prices.csv columns=["sku","cost"]'
+    expect(groups.nth(0).locator(".log-msg")).to_have_text(
+        "parsing feed prices.csv, attempt 1" + fields)
+    expect(groups.nth(1).locator(".log-msg")).to_have_text(
+        "parsing feed prices.csv, attempt 2" + fields)
+    expect(groups.nth(1).locator(".log-field")).to_have_text(
+        ["feed=prices.csv", 'columns=["sku","cost"]'])
 
     chart = page.locator("#waterfall")
     expect(chart.locator(".wf-attempt")).to_have_count(2)
@@ -582,7 +588,8 @@ def test_user_content_is_rendered_as_text(stack: Dashboard, page: Page) -> None:
 
     page.goto(stack.at(f"/runs/{run.id}"))
     expect(page.locator("#payload pre")).to_contain_text(json.dumps(HOSTILE))
-    expect(page.locator("#logs .log-msg")).to_have_text(f"title was {HOSTILE}")
+    expect(page.locator("#logs .log-msg")).to_have_text(
+        f"title was {HOSTILE} title={json.dumps(HOSTILE, ensure_ascii=False)}")
     expect(page.locator("#run-error .error-message")).to_have_text(f"cannot render {HOSTILE}")
     assert page.locator("#payload script, #logs script, #run-error script, main img").count() == 0
     for path in ("/runs", f"/runs?q={run.id}", "/events", "/state", "/queues/reports"):

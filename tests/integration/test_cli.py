@@ -1303,6 +1303,34 @@ def test_escape_sequences_in_logs_and_errors_are_shown_not_obeyed(
         assert expected in shown.stdout, (args, shown.stdout)
 
 
+def test_runs_logs_prints_a_records_fields_after_its_first_line(
+    db_url: str, app: StackShift
+) -> None:
+    """Fields show as ``name=value`` (a value with spaces, or not a string, as
+    JSON) after the message's first line, before a traceback; ``--json`` gives
+    them as an object, and the worker's own output shows them too."""
+    @app.job("fieldsJob", max_attempts=1)
+    def fields_job(ctx: Any) -> None:
+        ctx.log.info("charging", extra={"order": "o-1", "note": "two words", "n": [1, 2]})
+        try:
+            raise KeyError("card")
+        except KeyError:
+            ctx.log.exception("declined", extra={"code": "51\x1b[2J"})
+
+    run = app.start("fieldsJob")
+    run_until_idle(app)
+    shown = cli(db_url, "runs", "logs", run.id)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].endswith(' stackshift.run: charging  order=o-1 note="two words" n=[1,2]')
+    assert lines[1].endswith(" stackshift.run: declined  code=\"51\\u001b[2J\"")
+    assert lines[2] == "Traceback (most recent call last):"
+    assert lines[-1] == "KeyError: 'card'"
+    as_json = json.loads(cli(db_url, "runs", "logs", run.id, "--json").stdout)
+    assert [e["fields"] for e in as_json] == [
+        {"order": "o-1", "note": "two words", "n": [1, 2]}, {"code": "51\x1b[2J"}]
+
+
 def test_run_tables_keep_every_runs_id_and_status_readable(db_url: str, app: StackShift) -> None:
     long_job = "invoice." + "x" * 110
 
@@ -1563,6 +1591,7 @@ LONG_NAMED_APP = """
                  "build-the-monthly-revenue-report-for-the-finance-team"):
         @app.job(name, max_attempts=1)
         def refuse(ctx):
+            ctx.log.warning("refusing", extra={"upstream": "ledger", "tries": [1, 2]})
             raise NonRetriableError("the upstream service refused the request: " + "why " * 40)
 """
 LONG_NAMES = ("build-the-monthly-revenue-report-for-the-finance-team, "
@@ -1611,7 +1640,7 @@ def test_piped_worker_lines_stay_whole_for_log_collectors(
 ) -> None:
     """Not on a terminal, each status line is one line, however long, with no
     escape codes: a log collector gets one record per message. A failed attempt
-    is one of them."""
+    is one of them, and so is a record the handler logged, its fields included."""
     app_file = tmp_path / "tasks.py"
     app_file.write_text(textwrap.dedent(LONG_NAMED_APP))
     worker = _Piped("worker", f"{app_file}:app", "--database-url", db_url, cwd=tmp_path)
@@ -1623,6 +1652,10 @@ def test_piped_worker_lines_stay_whole_for_log_collectors(
         failed = worker.line_with("stderr", f"{run.id}: failed for good")
     finally:
         assert worker.stop() == 0
+    assert re.fullmatch(
+        r"\d\d:\d\d:\d\d  WARNING synchronise-every-open-invoice-with-the-general-ledger "
+        rf"{run.id}: refusing  upstream=ledger tries=\[1,2\]  \[stackshift\.run\]\n",
+        worker.line_with("stderr", "refusing")), worker.lines
     assert re.fullmatch(
         r"\d\d:\d\d:\d\d  ERROR   synchronise-every-open-invoice-with-the-general-ledger "
         rf"{run.id}: failed for good on attempt 1 of 1: NonRetriableError: the upstream "

@@ -810,6 +810,74 @@ def test_logged_exceptions_keep_their_traceback(fake_app: StackShift) -> None:
     assert "KeyError: 'missing'" in entry.message
 
 
+class _Tagged(logging.Filter):
+    """Sets a field on every record of its logger, as a logging filter may."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.region = "eu-west"
+        record._private = "left out"  # a private name is not a field
+        return True
+
+
+def test_a_records_fields_are_kept_with_it_in_the_order_given(fake_app: StackShift) -> None:
+    """What a record is logged with besides its message (``extra=``, or what a
+    filter of its logger sets) is kept as a JSON object: JSON values as they
+    are, dates and times in ISO 8601, any other value as its ``repr``."""
+    tagged = logging.getLogger("tagged")
+    tag = _Tagged()
+    tagged.addFilter(tag)
+
+    class Opaque:
+        def __repr__(self) -> str:
+            return "<Opaque 7>"
+
+    @fake_app.job("charge")
+    def charge(ctx):  # type: ignore[no-untyped-def]
+        ctx.log.info("charging %s", "o-1", extra={
+            "order": "o-1", "amount": 12.5, "paid": False, "items": [{"sku": "a", "n": 2}],
+            "when": datetime(2026, 1, 5, 9, 30, tzinfo=UTC), "price": Decimal("9.99"),
+            "opaque": Opaque(), "ratio": float("nan"), "nothing": None})
+        ctx.step.run("fetch", lambda: tagged.warning("from a library"))
+        ctx.log.info("no fields")
+        return None
+
+    try:
+        run = fake_app.start("charge")
+        run_until_idle(fake_app)
+    finally:
+        tagged.removeFilter(tag)
+    first, second, third = fake_app.runs.logs(run.id)
+    assert first.message == "charging o-1"
+    assert list(first.fields.items()) == [
+        ("order", "o-1"), ("amount", 12.5), ("paid", False), ("items", [{"sku": "a", "n": 2}]),
+        ("when", "2026-01-05T09:30:00+00:00"), ("price", "Decimal('9.99')"),
+        ("opaque", "<Opaque 7>"), ("ratio", "nan"), ("nothing", None)]
+    assert (second.step, second.logger, second.fields) == ("fetch", "tagged",
+                                                           {"region": "eu-west"})
+    assert third.fields == {}
+
+
+def test_long_fields_are_cut_and_those_past_the_limit_are_named_in_the_message(
+        fake_app: StackShift) -> None:
+    """A value of more than 1,024 characters of JSON keeps its start; fields
+    past 16 KiB of JSON in all are left out, and the message names them."""
+    @fake_app.job("verbose")
+    def verbose(ctx):  # type: ignore[no-untyped-def]
+        ctx.log.info("long value", extra={"body": "x" * 5_000, "short": 1})
+        ctx.log.info("many", extra={f"f{n:02}": "y" * 1_000 for n in range(20)})
+        return None
+
+    run = fake_app.start("verbose")
+    run_until_idle(fake_app)
+    long, many = fake_app.runs.logs(run.id)
+    assert long.fields == {
+        "body": '"' + "x" * 1_023 + "[... 3978 characters cut ...]", "short": 1}
+    kept = list(many.fields)
+    assert kept == [f"f{n:02}" for n in range(len(kept))] and 10 < len(kept) < 20
+    left_out = ", ".join(f"f{n:02}" for n in range(len(kept), 20))
+    assert many.message == f"many\n[fields left out, past 16384 characters of them: {left_out}]"
+
+
 def test_a_very_long_log_message_keeps_its_beginning_and_its_end(fake_app: StackShift) -> None:
     """A record of megabytes is kept as its first and last 32,768 characters with
     the count of those cut between them: a traceback still names its exception."""

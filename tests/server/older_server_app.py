@@ -5,7 +5,9 @@ lock holders (a ``holder`` field is refused as unknown, as any unknown field is)
 with ``POST /v1/runs/retry-many`` as before pages (no ``cursor``, no
 ``nextCursor``), with ``GET /v1/runs/{run_id}/logs`` as before pages (no
 ``limit``), and with ``POST /v1/worker/renew`` as before it took log records
-(``POST /v1/worker/register`` answering without ``renewTakesLogs``).
+(``POST /v1/worker/register`` answering without ``renewTakesLogs``), and with log
+records as before they had fields (a ``fields`` in one refused, and
+``logsTakeFields`` not in that answer).
 
 Served by uvicorn in ``test_older_server.py`` (its own process: the routes are
 changed in the module's router before the app is built).
@@ -13,10 +15,12 @@ changed in the module's router before the app is built).
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Query, Request
+from fastapi.responses import JSONResponse
 from pydantic import Field, StrictInt, StrictStr
 
 from stackshift.server import flow_routes, routes, worker_routes
@@ -97,3 +101,22 @@ def renew_leases(body: OlderRenewLeases, request: Request) -> w.Renewed:
 
 
 app = app_from_url(os.environ["STACKSHIFT_DATABASE_URL"], migrate=False)
+
+
+def _log_with_fields(value: Any) -> bool:
+    if isinstance(value, dict):
+        return ({"level", "logger", "fields"} <= value.keys()
+                or any(_log_with_fields(item) for item in value.values()))
+    return isinstance(value, list) and any(_log_with_fields(item) for item in value)
+
+
+@app.middleware("http")
+async def refuse_log_fields(request: Request, call_next: Any) -> Any:
+    """A log record's ``fields`` is refused as unknown, as any unknown field is."""
+    if request.url.path.startswith("/v1/worker/"):
+        body = await request.body()
+        if body and _log_with_fields(json.loads(body)):
+            return JSONResponse({"error": {
+                "code": "validation_error",
+                "message": "logs.0.fields: Extra inputs are not permitted"}}, status_code=422)
+    return await call_next(request)

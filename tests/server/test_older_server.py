@@ -268,6 +268,33 @@ def test_logs_are_read_whole_and_in_pages_from_a_server_without_pages(
         assert [line.rsplit(": ", 1)[-1] for line in done.stdout.splitlines()] == shown
 
 
+def test_a_remote_worker_puts_fields_in_the_message_for_a_server_without_them(
+        server: Server) -> None:
+    """Such a server refuses a log record's ``fields`` (its registration says
+    nothing of them): a remote worker puts them at the end of the message, as
+    ``name=value`` pairs, and the run completes."""
+    job = f"older-fields-{uuid.uuid4().hex[:8]}"
+    with StackShift(api_key=server.api_key, base_url=server.url) as remote:
+        @remote.job(job, max_attempts=1)
+        def charge(ctx: Any) -> str:
+            ctx.log.info("charging", extra={"order": "o 1", "amount": 12.5})
+            ctx.step.run("fetch", lambda: 1)
+            try:
+                raise KeyError("card")
+            except KeyError:
+                ctx.log.exception("declined", extra={"code": 51})
+            return "done"
+
+        with remote.worker(concurrency=1):
+            run = remote.start(job)
+            done = remote.runs.wait(run.id, timeout="30s")
+        assert (done.status, done.error) == ("completed", None)
+        charging, declined = remote.runs.logs(run.id)
+    assert (charging.message, charging.fields) == ('charging order="o 1" amount=12.5', {})
+    assert declined.message.startswith("declined\nTraceback")
+    assert declined.message.endswith("KeyError: 'card'\ncode=51") and declined.fields == {}
+
+
 def test_a_remote_worker_holds_a_runs_records_within_its_budget_for_a_server_without_them(
         server: Server) -> None:
     """Such a server's lease renewals take no log records (its registration says

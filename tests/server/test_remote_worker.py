@@ -654,6 +654,28 @@ def test_the_workers_own_requests_are_not_logged_as_the_runs(
     assert "/v1/worker/" not in output, output
 
 
+def test_a_remote_workers_records_keep_their_fields(
+        server: Server, client: StackShift) -> None:
+    """A record's fields (``extra=``) go to the server with the record, with its
+    checkpoint and with a lease renewal alike, and read back as they were given."""
+    @client.job("remote-fields", max_attempts=1)
+    def fields(ctx):  # type: ignore[no-untyped-def]
+        ctx.log.info("charging", extra={"order": "o-1", "amount": 12.5, "tags": ["a", "b"]})
+        ctx.step.run("fetch", lambda: 1)
+        ctx.log.info("waited", extra={"order": "o-1"})
+        time.sleep(1.5)  # a renewal of the 3 s lease sends this one ahead
+        ctx.log.info("plain")
+        return "done"
+
+    with client.worker(concurrency=1, lease="3s"):
+        run = client.start("remote-fields")
+        done = client.runs.wait(run.id, timeout="20s")
+    assert (done.status, done.error) == ("completed", None)
+    assert [(e.message, e.fields) for e in client.runs.logs(run.id)] == [
+        ("charging", {"order": "o-1", "amount": 12.5, "tags": ["a", "b"]}),
+        ("waited", {"order": "o-1"}), ("plain", {})]
+
+
 def test_a_log_record_of_megabytes_does_not_fail_a_remote_workers_step(
         server: Server, client: StackShift) -> None:
     """A remote worker sends a run's records with its next checkpoint, through the
@@ -742,7 +764,7 @@ def test_a_renewal_writes_log_records_of_the_runs_it_renews_only(
         registered = http.post("/v1/worker/register", json={
             "workerId": "wkr_renewing", "hostname": "h", "pid": 1, "jobs": ["remote-renewed"],
             "concurrency": 1})
-        assert registered.json() == {"ok": True, "renewTakesLogs": True}
+        assert registered.json() == {"ok": True, "renewTakesLogs": True, "logsTakeFields": True}
         items = http.post("/v1/worker/claim", json={
             "workerId": "wkr_renewing", "jobs": ["remote-renewed"], "limit": 1,
             "leaseSeconds": 60}).json()["items"]
