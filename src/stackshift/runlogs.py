@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from .serialization import utf8
 from .tracebacks import format_exception
 
 if TYPE_CHECKING:
@@ -83,8 +84,8 @@ class _CaptureHandler(logging.Handler):
         if left_out:
             message += (f"\n[fields left out, past {MAX_FIELDS} characters of them: "
                         f"{', '.join(left_out)}]")
-        invocation.add_log(record.levelname, record.name, shortened(message),
-                           CURRENT_STEP.get(), fields)
+        invocation.add_log(record.levelname, utf8(record.name), utf8(shortened(message)),
+                           CURRENT_STEP.get(), None if fields is None else utf8(fields))
 
 
 def record_fields(record: logging.LogRecord) -> tuple[str | None, list[str]]:

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import sys
 from typing import Any
 
@@ -81,6 +82,23 @@ def encode(
         size = utf8_size(text, what)
         if size > limit:
             raise too_large(f"{what} is {size} bytes as JSON, over the limit of {limit} bytes")
+    return text
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def utf8(text: str) -> str:
+    """``text`` with each lone surrogate (of a file name decoded with
+    ``surrogateescape``, say) made U+FFFD, for text the engine stores as it is
+    (a log record, an error): no store can hold one, and such text must never
+    fail the step or the attempt that gave it."""
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
     return text
 
 

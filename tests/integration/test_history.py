@@ -878,6 +878,33 @@ def test_long_fields_are_cut_and_those_past_the_limit_are_named_in_the_message(
     assert many.message == f"many\n[fields left out, past 16384 characters of them: {left_out}]"
 
 
+def test_a_file_name_no_store_can_hold_is_logged_and_fails_the_run_readably(
+        fake_app: StackShift) -> None:
+    """A name decoded with ``surrogateescape`` (``os.listdir`` of a file whose
+    name is not UTF-8) holds lone surrogates, which no store can hold: logged,
+    in a field or in an error, each shows as U+FFFD rather than leave the run
+    running with nothing recorded."""
+    name = b"report-\xff.csv".decode("utf-8", "surrogateescape")
+
+    @fake_app.job("import", max_attempts=1)
+    def import_file(ctx):  # type: ignore[no-untyped-def]
+        ctx.log.info("opening %s", name, extra={"file": name, "names": [name]})
+        raise FileNotFoundError(f"no such file: {name}")
+
+    run = fake_app.start("import")
+    run_until_idle(fake_app)
+    failed = fake_app.runs.get(run.id)
+    assert failed.status == "failed" and failed.error is not None
+    assert failed.error.message == "no such file: report-\ufffd.csv"
+    assert failed.error.traceback is not None
+    assert "FileNotFoundError: no such file: report-\ufffd.csv" in failed.error.traceback
+    (entry,) = fake_app.runs.logs(run.id)
+    assert entry.message == "opening report-\ufffd.csv"
+    assert entry.fields == {"file": "report-\ufffd.csv", "names": ["report-\ufffd.csv"]}
+    (attempt,) = fake_app.runs.attempts(run.id)
+    assert attempt.error is not None and attempt.error.message == failed.error.message
+
+
 def test_a_very_long_log_message_keeps_its_beginning_and_its_end(fake_app: StackShift) -> None:
     """A record of megabytes is kept as its first and last 32,768 characters with
     the count of those cut between them: a traceback still names its exception."""

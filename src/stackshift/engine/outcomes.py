@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 from ..durations import parse_duration
 from ..errors import NonDeterminismError, NonRetriableError, RetryAfterError
+from ..serialization import utf8
 from ..store.base import Outcome
 from ..tracebacks import format_exception
 from .retries import Backoff
@@ -36,8 +37,8 @@ def error_dict(exc: BaseException, *, with_traceback: bool = True) -> dict[str, 
     A group's message also names the errors it holds (the first
     ``GROUP_ERRORS_NAMED``), as lists of runs show the message alone.
     """
-    text = format_exception(exc) if with_traceback else None
-    return {"type": type(exc).__name__, "message": _message(exc), "traceback": text}
+    text = utf8(format_exception(exc)) if with_traceback else None
+    return {"type": type(exc).__name__, "message": utf8(_message(exc)), "traceback": text}
 
 
 def _message(exc: BaseException) -> str:
