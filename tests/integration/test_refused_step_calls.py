@@ -55,6 +55,16 @@ REFUSED: dict[str, tuple[Callable[[Any], Any], str, str]] = {
         lambda step: step.run("charge card", charge, 5),
         "ValidationError",
         "step name 'charge card' is invalid: use 1-200 letters, digits, '.', '_', ':' or '-'"),
+    "the function's result in place of the function": (
+        lambda step: step.run("charge", charge(5)),
+        "TypeError",
+        "step 'charge': 5 is not callable; ctx.step.run() takes the function to run, not what"
+        " it returns: ctx.step.run('charge', fn, *args, **kwargs) calls fn(*args, **kwargs)"),
+    "the function in place of the name": (
+        lambda step: step.run(charge, 5),
+        "TypeError",
+        "ctx.step.run() takes the step's name first, then its function and arguments:"
+        " ctx.step.run('charge', charge, ...)"),
     "unknown keyword to a step function": (
         lambda step: step.run("charge", charge, amout=5),
         "TypeError",

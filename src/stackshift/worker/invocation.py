@@ -361,9 +361,17 @@ class Invocation:
         """
         with self.refusing():
             try:
+                if callable(name):
+                    called = getattr(name, "__name__", "fn")
+                    raise TypeError(
+                        "ctx.step.run() takes the step's name first, then its function and"
+                        f" arguments: ctx.step.run({called!r}, {called}, ...)")
                 check_name(name, "step name")
                 if not callable(fn):
-                    raise TypeError(f"step {name!r}: {fn!r} is not callable")
+                    raise TypeError(
+                        f"step {name!r}: {_short_repr(fn)} is not callable; ctx.step.run()"
+                        " takes the function to run, not what it returns: ctx.step.run("
+                        f"{name!r}, fn, *args, **kwargs) calls fn(*args, **kwargs)")
             except (ValidationError, TypeError):
                 left_out = [arg for arg, value in (("name", name), ("fn", fn))
                             if value is NOT_GIVEN]
@@ -624,6 +632,14 @@ def _signal(error: BaseException | None) -> BaseException | None:
     if all(isinstance(e, CancelSignal) for e in held):
         return held[0]
     return error
+
+
+def _short_repr(value: object, limit: int = 100) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        return f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _check_keywords(name: str, fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> None:
