@@ -794,6 +794,27 @@ def test_runs_list_filters_pages_and_cancels(db_url: str, app: StackShift) -> No
     assert timed_out.returncode == 1 and "still queued" in timed_out.stderr
 
 
+def test_runs_list_takes_the_sdks_time_and_search_filters(db_url: str, app: StackShift) -> None:
+    """--created-after (at or after), --created-before (strictly before) and
+    --search (a run id or an idempotency key) select as ``runs.list`` does; a
+    time that is not one, or has no time zone, is refused naming the option."""
+    first = app.start("report", {"n": 1}, idempotency_key="report:1")
+    second = app.start("report", {"n": 2})
+    at = second.created_at.isoformat()
+    assert run_ids(db_url, "--created-after", at) == [second.id]
+    assert run_ids(db_url, "--created-before", at) == [first.id]
+    assert run_ids(db_url, "--created-before", at, "--created-after", at) == []
+    assert run_ids(db_url, "--search", "report:1") == [first.id]
+    assert run_ids(db_url, "--search", second.id) == [second.id]
+    assert cli(db_url, "runs", "--created-after", "2020-01-01T00:00Z", "--created-before",
+               "2020-01-02T00:00Z").stdout == "No runs match.\n"
+    for value, said in (("yesterday", "is not an ISO-8601 time"),
+                        ("2026-12-05T09:00", "has no time zone; give an offset or 'Z'")):
+        refused = cli(db_url, "runs", "--created-after", value)
+        assert refused.returncode == 2 and refused.stdout == ""
+        assert f"error: --created-after: '{value}' {said}" in refused.stderr, refused.stderr
+
+
 def test_empty_lists_say_how_to_fill_them_unless_a_filter_emptied_them(
         db_url: str, app: StackShift) -> None:
     assert cli(db_url, "runs").stdout == (

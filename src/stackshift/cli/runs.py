@@ -56,6 +56,11 @@ def runs() -> None:
 @click.option("--idempotency-key", callback=list_filter, help="The run started with this key.")
 @click.option("--correlation-key", callback=list_filter,
               help="Runs that waited for or received events with this key.")
+@click.option("--search", callback=list_filter, metavar="ID_OR_KEY",
+              help="The run with this id or idempotency key.")
+@click.option("--created-after", metavar="TIME",
+              help="Only runs created at or after TIME (ISO 8601, e.g. 2026-12-01T09:00Z).")
+@click.option("--created-before", metavar="TIME", help="Only runs created before TIME.")
 @click.option("--limit", type=int, default=20, show_default=True, help="Runs per page (1-1000).")
 @click.option("--cursor", help="Next page: the cursor printed under the previous one.")
 @json_option
@@ -66,6 +71,9 @@ def list_runs(
     queue: str | None,
     idempotency_key: str | None,
     correlation_key: str | None,
+    search: str | None,
+    created_after: str | None,
+    created_before: str | None,
     limit: int,
     cursor: str | None,
     as_json: bool,
@@ -75,7 +83,8 @@ def list_runs(
     with open_client(database_url) as app:
         page = app.runs.list(
             status=status, job=job, queue=queue, idempotency_key=idempotency_key,
-            correlation_key=correlation_key, limit=limit, cursor=cursor,
+            correlation_key=correlation_key, search=search, created_after=created_after,
+            created_before=created_before, limit=limit, cursor=cursor,
         )
     if as_json:
         echo_json({"items": page.items, "next_cursor": page.next_cursor})
@@ -84,7 +93,8 @@ def list_runs(
     if not page.items:
         if cursor is not None:
             out.print("No more runs.")
-        elif (status, job, queue, idempotency_key, correlation_key) == (None,) * 5:
+        elif (status, job, queue, idempotency_key, correlation_key, search, created_after,
+              created_before) == (None,) * 8:
             out.print("No runs yet. Start one with: stackshift start JOB '{...}'", markup=False)
         else:
             out.print("No runs match.")
