@@ -443,6 +443,22 @@ def test_bad_timezone_is_refused(fake_app: StackShift) -> None:
     assert fake_app.jobs == [] and fake_app.schedules.list() == []
 
 
+@pytest.mark.parametrize(("zone", "said"), [
+    ("Paris", "did you mean 'Europe/Paris'?"),
+    ("new york", "did you mean 'America/New_York'?"),
+    ("europe/paris", "did you mean 'Europe/Paris'?"),
+    ("utc", "did you mean 'UTC'?"),
+    ("Buenos Aires", "did you mean 'America/Argentina/Buenos_Aires' or 'America/Buenos_Aires'?"),
+    ("Mars", "use an IANA name such as 'UTC' or 'Europe/Paris'"),
+])
+def test_a_city_or_a_zone_in_other_case_is_refused_naming_the_zone(
+        fake_app: StackShift, zone: str, said: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        fake_app.schedules.create("report", cron="@daily", timezone=zone)
+    assert str(refused.value) == f"unknown timezone {zone!r}: {said}"
+    assert fake_app.schedules.list() == []
+
+
 WITHOUT_SYSTEM_ZONES = """
 import json, sys
 from stackshift import StackShift

@@ -14,7 +14,7 @@ import math
 from bisect import bisect_right
 from dataclasses import dataclass
 from datetime import datetime
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from cronsim import CronSim, CronSimError
 
@@ -187,10 +187,24 @@ def check_timezone(name: object) -> str:
         # OSError: a name the tzdata package reads as a path that is not a zone
         # file, such as a region ("Europe": a directory) or one too long for a
         # file name.
-        raise ValidationError(
-            f"unknown timezone {name!r}: use an IANA name such as 'UTC' or 'Europe/Paris'"
-        ) from None
+        like = _zones_like(name)
+        advice = (f"did you mean {' or '.join(map(repr, like))}?" if like
+                  else "use an IANA name such as 'UTC' or 'Europe/Paris'")
+        raise ValidationError(f"unknown timezone {name!r}: {advice}") from None
     return name
+
+
+def _zones_like(name: str) -> list[str]:
+    """Zones ``name`` may stand for: the same name in other case, or a city's
+    (``Paris``, ``new york``) in its region, at most three."""
+    wanted = name.strip().replace(" ", "_").casefold()
+    if not wanted:
+        return []
+    zones = [zone for zone in available_timezones()
+             if not zone.startswith(("posix/", "right/"))]
+    same = [zone for zone in zones if zone.casefold() == wanted]
+    return same or sorted(zone for zone in zones
+                          if zone.rsplit("/", 1)[-1].casefold() == wanted)[:3]
 
 
 def parse_cron(expression: object, timezone: str = "UTC") -> Cron:
