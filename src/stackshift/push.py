@@ -187,6 +187,8 @@ class PushRoute:
         if job is None:
             return _error(404, "unknown_job", f"this route does not serve job {run.job!r}")
         lease = Lease(run.id, delivery.worker_id, delivery.claimed.attempt)
+        # The server that delivered it says whether it takes log records' fields.
+        self.service.store.logs_take_fields = delivery.logs_take_fields
         try:
             accepted = self.remote._call("POST", "/v1/worker/push/accept", json={
                 "deliveryId": delivery.delivery_id, "lease": w.LeaseBody.of(lease)}).json()

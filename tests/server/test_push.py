@@ -432,6 +432,7 @@ def test_wsgi_route_runs_a_sleeping_job_and_enforces_a_timeout(server: Server) -
     def wsgi_nap(ctx: Any) -> dict[str, Any]:
         invocations.append(ctx.run.attempt)
         before = ctx.step.run("before", lambda: "slept")
+        ctx.log.info("napping", extra={"for": "1s", "invocation": len(invocations)})
         ctx.step.sleep("nap", "1s")
         return {"before": before, "invocations": len(invocations)}
 
@@ -451,6 +452,10 @@ def test_wsgi_route_runs_a_sleeping_job_and_enforces_a_timeout(server: Server) -
         assert done.status == "completed"
         assert done.result == {"before": "slept", "invocations": 2}
         assert invocations == [1, 1]  # before the sleep and after it, one attempt
+        # A record's fields reach the server with it, as from a worker (logged
+        # outside a step, the record is logged again by the second invocation).
+        assert [(e.message, e.fields) for e in app.runs.logs(run.id)] == [
+            ("napping", {"for": "1s", "invocation": n}) for n in (1, 2)]
         [endpoint] = [e for e in app._api.list_endpoints() if e.url == url]
         assert endpoint.jobs == ["wsgiNap", "wsgiSlow"] and endpoint.secret is None
 

@@ -245,6 +245,7 @@ class Dispatcher:
                     run=s.Run.of(claimed.run), attempt=lease.attempt,
                     retry_base=claimed.retry_base, new_attempt=claimed.new_attempt,
                     steps=[s.Step.of(step) for step in claimed.steps.values()]),
+                logs_take_fields=True,
             ).model_dump_json(by_alias=True).encode()
             assert endpoint.secret is not None
             headers = sign(endpoint.secret, body, time.time())

@@ -74,3 +74,7 @@ class Delivery(Wire):
     worker_id: str = Field(description="Holds the run's lease; the route checkpoints as it.")
     lease_seconds: float
     claimed: w.ClaimedRun
+    logs_take_fields: bool = Field(False, description=(
+        "The server takes log records with `fields` (see `POST /v1/worker/register`)."
+        " A server from an earlier version leaves it out: the route then puts a record's"
+        " fields at the end of its message."))
