@@ -233,9 +233,28 @@ class LogsSentAhead(LogsWrittenAhead):
 def with_fields_in_message(record: LogWrite) -> LogWrite:
     """``record`` for a server that takes no fields (one from an earlier version):
     its fields at the end of its message, as ``name=value`` pairs."""
-    fields = fields_line(json.loads(record.fields or "{}"))
-    joint = "\n" if "\n" in record.message else " "
-    return dataclasses.replace(record, message=f"{record.message}{joint}{fields}", fields=None)
+    body = w.LogBody.of(record)
+    _fields_in_messages([body])
+    return dataclasses.replace(record, message=body["message"], fields=None)
+
+
+def _fields_refused(error: Exception) -> bool:
+    """Whether ``error`` is a server's refusal of log records' ``fields`` as unknown."""
+    return ".fields" in str(error) and "not permitted" in str(error)
+
+
+def _fields_in_messages(bodies: list[dict[str, Any]]) -> bool:
+    """Put the fields of the log record ``bodies`` (as :meth:`LogBody.of` makes
+    them) at the end of their messages, as :func:`with_fields_in_message` does;
+    whether any had fields."""
+    found = False
+    for body in bodies:
+        fields = body.pop("fields", None)
+        if fields is not None:
+            found = True
+            joint = "\n" if "\n" in body["message"] else " "
+            body["message"] += joint + fields_line(json.loads(fields))
+    return found
 
 
 def takes_logs_ahead(registered: Any) -> bool:
@@ -353,6 +372,14 @@ class RemoteWorkerStore:
             if exc.code == "lease_lost":
                 raise LeaseLost(lease.run_id) from None
             raise
+        except ValidationError as exc:
+            if not (_fields_refused(exc) and _fields_in_messages(body.get("logs") or [])):
+                raise
+        # A server from an earlier version now answers in place of the one this
+        # worker registered with, and refused the records' fields (nothing was
+        # written): they go in the messages from now on.
+        self.logs_take_fields = False
+        return self._leased(lease, path, body)
 
     # -- the worker registry ---------------------------------------------------------------
 
@@ -480,7 +507,14 @@ class RemoteWorkerStore:
             if batch:
                 body["logs"] = batch
             try:
-                answer = w.Renewed.model_validate(self._post("renew", body))
+                try:
+                    answer = w.Renewed.model_validate(self._post("renew", body))
+                except ValidationError as exc:
+                    if not (_fields_refused(exc) and any(
+                            [_fields_in_messages(bodies) for bodies in batch.values()])):
+                        raise
+                    self.logs_take_fields = False  # as in _leased
+                    answer = w.Renewed.model_validate(self._post("renew", body))
             except ValidationError as exc:
                 if batch and "logs" in str(exc) and "not permitted" in str(exc):
                     # A server from an earlier version now answers in place of the

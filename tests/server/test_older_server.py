@@ -342,7 +342,9 @@ def test_a_remote_worker_whose_server_is_replaced_by_an_earlier_version_keeps_ru
     replaced, on the same address, by one from an earlier version (they take
     none): the first renewal, carrying the records logged meanwhile, is refused;
     the worker sends them with its checkpoints from then on, and its run keeps
-    its lease and completes in its only attempt, with every record."""
+    its lease and completes in its only attempt, with every record. Their fields,
+    refused too, go in their messages from then on: those of the records logged
+    before the change as well."""
     job = f"downgraded-{uuid.uuid4().hex[:8]}"
     stopped, logged, go = threading.Event(), threading.Event(), threading.Event()
     port = free_port()
@@ -353,14 +355,14 @@ def test_a_remote_worker_whose_server_is_replaced_by_an_earlier_version_keeps_ru
             @remote.job(job, max_attempts=1)
             def logs_across(ctx: Any) -> str:
                 def work() -> None:
-                    ctx.log.info("before")
+                    ctx.log.info("before", extra={"phase": "before"})
                     stopped.wait(30)
                     for n in range(5):
-                        ctx.log.info("during %d", n)
+                        ctx.log.info("during %d", n, extra={"n": n})
                     logged.set()
                     go.wait(30)
                 ctx.step.run("work", work)
-                ctx.log.info("after")
+                ctx.log.info("after", extra={"phase": "after"})
                 return "done"
 
             with remote.worker(concurrency=1, lease="6s"):
@@ -379,8 +381,10 @@ def test_a_remote_worker_whose_server_is_replaced_by_an_earlier_version_keeps_ru
                 done = remote.runs.wait(run.id, timeout="30s")
             assert (done.status, done.result, done.error) == ("completed", "done", None)
             assert [a.status for a in remote.runs.attempts(run.id)] == ["completed"]
-            messages = [e.message for e in remote.runs.logs(run.id)]
-        assert messages == ["before", *(f"during {n}" for n in range(5)), "after"]
+            records = [(e.message, e.fields) for e in remote.runs.logs(run.id)]
+        assert records == [("before", {"phase": "before"}),
+                           *((f"during {n} n={n}", {}) for n in range(5)),
+                           ("after phase=after", {})]
         with older.http() as http:
             metrics = http.get("/metrics").text
         renewals = {int(status): int(count) for status, count in re.findall(
