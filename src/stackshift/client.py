@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
@@ -478,6 +478,31 @@ class StackShift(_HandlerRoutes):
             concurrency_key=concurrency_key,
         )
 
+    def start_many(
+        self,
+        job: str,
+        payloads: Sequence[Any],
+        *,
+        queue_name: str | None = None,
+        idempotency_keys: Sequence[str | None] | None = None,
+        idempotency_ttl: Any = None,
+        max_attempts: int | None = None,
+        scheduled_at: datetime | str | None = None,
+        delay: Any = None,
+        priority: int | None = None,
+        concurrency_keys: Sequence[str | None] | None = None,
+    ) -> builtins.list[Run]:
+        """Start a run of ``job`` for each of ``payloads`` (at most 1,000) in one
+        transaction, with a key of ``idempotency_keys`` and ``concurrency_keys``
+        each (lists as long as ``payloads``, ``None`` for no key); the runs in
+        the order of ``payloads``. See :meth:`stackshift.service.Service.start_many`."""
+        return self._api.start_many(
+            job, payloads, queue_name=queue_name, idempotency_keys=idempotency_keys,
+            idempotency_ttl=idempotency_ttl, max_attempts=max_attempts,
+            scheduled_at=scheduled_at, delay=delay, priority=priority,
+            concurrency_keys=concurrency_keys,
+        )
+
     def queue(self, name: str, *, concurrency: int | None = None, rate_limit: str | None = None,
               max_attempts: int | None = None) -> Queue:
         """The queue ``name``; the options given are stored for every worker and server.
@@ -642,6 +667,28 @@ class AsyncStackShift(_HandlerRoutes):
             idempotency_key=idempotency_key, idempotency_ttl=idempotency_ttl,
             max_attempts=max_attempts, scheduled_at=scheduled_at, delay=delay,
             priority=priority, concurrency_key=concurrency_key,
+        )
+
+    async def start_many(
+        self,
+        job: str,
+        payloads: Sequence[Any],
+        *,
+        queue_name: str | None = None,
+        idempotency_keys: Sequence[str | None] | None = None,
+        idempotency_ttl: Any = None,
+        max_attempts: int | None = None,
+        scheduled_at: datetime | str | None = None,
+        delay: Any = None,
+        priority: int | None = None,
+        concurrency_keys: Sequence[str | None] | None = None,
+    ) -> list[Run]:
+        """Start runs of ``job`` in one transaction, as :meth:`StackShift.start_many`."""
+        return await asyncio.to_thread(
+            self.sync.start_many, job, payloads, queue_name=queue_name,
+            idempotency_keys=idempotency_keys, idempotency_ttl=idempotency_ttl,
+            max_attempts=max_attempts, scheduled_at=scheduled_at, delay=delay,
+            priority=priority, concurrency_keys=concurrency_keys,
         )
 
     def queue(self, name: str, *, concurrency: int | None = None, rate_limit: str | None = None,

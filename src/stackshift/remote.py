@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -53,7 +54,7 @@ from .models import (
     TimelineEntry,
 )
 from .remote_flow import JSON_HEADERS, RemoteFlowControl, SizedBody
-from .serialization import to_jsonable
+from .serialization import encode, to_jsonable
 from .server import push_schemas as push_wire
 from .server import schemas as wire
 from .server.errors import rename_fields
@@ -66,7 +67,9 @@ from .service import (
     check_key,
     check_limit,
     check_log_window,
+    check_many,
     check_reason,
+    idempotency_seconds,
 )
 from .settings import Settings
 
@@ -396,6 +399,72 @@ class RemoteService(RemoteFlowControl):
         response = self._call("POST", "/v1/runs", json=SizedBody(
             body, "payload", "payload", self.limits().max_payload_bytes))
         return wire.Run.model_validate(response.json()).to_model()
+
+    def start_many(
+        self,
+        job: str,
+        payloads: Sequence[Any],
+        *,
+        queue_name: str | None = None,
+        idempotency_keys: Sequence[str | None] | None = None,
+        idempotency_ttl: Any = None,
+        max_attempts: int | None = None,
+        scheduled_at: datetime | str | None = None,
+        delay: Any = None,
+        priority: int | None = None,
+        concurrency_keys: Sequence[str | None] | None = None,
+    ) -> list[Run]:
+        # The embedded service's checks, in its order.
+        check_many(payloads, idempotency_keys, concurrency_keys)
+        check_name(job, "job name")
+        if not payloads:
+            return []
+        registered = self.registry.get(job)
+        if registered is not None:
+            if queue_name is None:
+                queue_name = registered.queue
+            if max_attempts is None:
+                max_attempts = registered.max_attempts
+        if queue_name is not None:
+            check_name(queue_name, "queue name")
+        limits = self.limits()
+        values = [to_jsonable(payload, what=f"payloads[{n}]")
+                  for n, payload in enumerate(payloads)]
+        for n, value in enumerate(values):
+            encode(value, what=f"payloads[{n}]", limit=limits.max_payload_bytes)
+        if max_attempts is not None:
+            check_max_attempts(max_attempts)
+        if priority is not None:
+            check_int(priority, "priority", 32)
+        for n, ckey in enumerate(concurrency_keys or []):
+            if ckey is not None:
+                check_key(ckey, f"concurrency_keys[{n}]", 512)
+        if scheduled_at is not None and delay is not None:
+            raise ValidationError("give scheduled_at or delay, not both")
+        scheduled_at = _when(scheduled_at, "scheduled_at")
+        delay = _duration(delay, "delay")
+        if any(key is not None for key in idempotency_keys or []):
+            for n, key in enumerate(idempotency_keys or []):
+                if key is not None:
+                    check_key(key, f"idempotency_keys[{n}]", limits.max_idempotency_key_length)
+            idempotency_seconds(limits, idempotency_ttl)
+        elif idempotency_ttl is not None:
+            raise ValidationError("idempotency_ttl needs an idempotency_key")
+        body = {
+            "job": job,
+            "payloads": values,
+            "queueName": queue_name,
+            "idempotencyKeys": None if idempotency_keys is None else list(idempotency_keys),
+            "idempotencyTtl": _duration(idempotency_ttl, "idempotency_ttl"),
+            "maxAttempts": max_attempts,
+            "scheduledAt": scheduled_at,
+            "delay": delay,
+            "priority": priority,
+            "concurrencyKeys": None if concurrency_keys is None else list(concurrency_keys),
+        }
+        body = {k: v for k, v in body.items() if v is not None}
+        response = self._call("POST", "/v1/runs/many", json=body)
+        return [item.to_model() for item in wire.RunList.model_validate(response.json()).items]
 
     # -- runs ------------------------------------------------------------------------------
 

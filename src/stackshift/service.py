@@ -11,7 +11,7 @@ import hashlib
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -171,12 +171,46 @@ def check_idempotency(settings: Settings, key: object, ttl: Any) -> float:
     """Check an idempotency key and its TTL (shared with the remote client); the
     TTL in seconds, the installation's default when ``ttl`` is None."""
     check_key(key, "idempotency_key", settings.max_idempotency_key_length)
+    return idempotency_seconds(settings, ttl)
+
+
+def idempotency_seconds(settings: Settings, ttl: Any) -> float:
+    """An idempotency key's TTL in seconds, the installation's default when
+    ``ttl`` is None."""
     seconds = (settings.default_idempotency_ttl if ttl is None
                else parse_duration(ttl, name="idempotency_ttl"))
     if seconds <= 0 or seconds > settings.max_idempotency_ttl:
         raise ValidationError("idempotency_ttl must be more than 0 and at most "
                               f"{format_duration(settings.max_idempotency_ttl)}")
     return seconds
+
+
+#: Runs one ``start_many`` call starts at most.
+MAX_START_MANY = 1000
+
+
+def check_many(payloads: object, idempotency_keys: object, concurrency_keys: object) -> None:
+    """Check the lists of ``start_many`` (shared with the remote client): the
+    payloads a list, at most ``MAX_START_MANY`` of them, and each list of keys,
+    when given, a list as long (``None`` for a run without a key)."""
+    if not isinstance(payloads, list | tuple):
+        raise ValidationError(f"payloads must be a list of payloads, one per run, got a "
+                              f"{type(payloads).__name__}")
+    if len(payloads) > MAX_START_MANY:
+        raise ValidationError(f"start_many starts at most {MAX_START_MANY:,} runs a call, "
+                              f"got {len(payloads):,} payloads")
+    for name, keys in (("idempotency_keys", idempotency_keys),
+                       ("concurrency_keys", concurrency_keys)):
+        if keys is None:
+            continue
+        if not isinstance(keys, list | tuple):
+            raise ValidationError(f"{name} must be a list (a key or None per payload), got a "
+                                  f"{type(keys).__name__}")
+        if len(keys) != len(payloads):
+            raise ValidationError(
+                f"{name} has {len(keys)} key{'s' if len(keys) != 1 else ''} for"
+                f" {len(payloads)} payload{'s' if len(payloads) != 1 else ''}: give one per"
+                " payload (None for a run without one)")
 
 
 #: The longest cancel reason: well under a server's request limit, so that an
@@ -328,63 +362,127 @@ class Service(FlowControl):
         # Other threads' transactions wait a moment for this start (see
         # GroupCommit.preparing).
         with self.store.preparing_write():
-            s = self.settings
-            check_name(job, "job name")
-            # The registered job's, else (started without its code: the CLI, the
-            # HTTP server) what its workers recorded; read only when needed.
-            job_queue, job_attempts = (
-                self.job_defaults(job) if queue_name is None or max_attempts is None
-                else (None, None))
-            if queue_name is not None:
-                queue = check_name(queue_name, "queue name")
-            else:
-                queue = job_queue or s.default_queue
-            payload_text = encode(payload, what="payload", limit=s.max_payload_bytes)
-            if max_attempts is None:
-                max_attempts = job_attempts
-            if max_attempts is not None:  # else the queue's default, else the installation's
-                check_max_attempts(max_attempts)
-            if priority is None:
-                priority = 0
-            check_int(priority, "priority", 32)
-            if concurrency_key is not None:
-                check_key(concurrency_key, "concurrency_key", 512)
-            now = self.clock.now()
-            run_at: float | None = None
-            if scheduled_at is not None and delay is not None:
-                raise ValidationError("give scheduled_at or delay, not both")
-            if scheduled_at is not None:
-                run_at = parse_instant(scheduled_at, name="scheduled_at")
-            elif delay is not None:
-                run_at = now + parse_duration(delay, name="delay")
-            if run_at is not None and run_at <= now:
-                run_at = None  # due already: queue it now
-            expires_at = None
-            if idempotency_key is not None:
-                expires_at = now + check_idempotency(s, idempotency_key, idempotency_ttl)
-            elif idempotency_ttl is not None:
-                raise ValidationError("idempotency_ttl needs an idempotency_key")
-            run = self.store.start_run(
-                NewRun(
-                    id=new_id("run"),
-                    job=job,
-                    queue=queue,
-                    payload=payload_text,
-                    max_attempts=max_attempts,
-                    priority=priority,
-                    concurrency_key=concurrency_key,
-                    scheduled_at=run_at,
-                    idempotency_key=idempotency_key,
-                    idempotency_expires_at=expires_at,
-                    default_max_attempts=s.default_max_attempts,
-                ),
-                now,
-            )
-            if run.created:
-                self.notifier.notify()
-                if run_at is not None:
-                    self.notifier.due(run_at)
+            (new,), now = self._new_runs(
+                job, [payload], queue_name=queue_name,
+                idempotency_keys=None if idempotency_key is None else [idempotency_key],
+                idempotency_ttl=idempotency_ttl, max_attempts=max_attempts,
+                scheduled_at=scheduled_at, delay=delay, priority=priority,
+                concurrency_keys=None if concurrency_key is None else [concurrency_key],
+                many=False)
+            run = self.store.start_run(new, now)
+            self._started([run], new.scheduled_at)
             return run
+
+    def start_many(
+        self,
+        job: str,
+        payloads: Sequence[Any],
+        *,
+        queue_name: str | None = None,
+        idempotency_keys: Sequence[str | None] | None = None,
+        idempotency_ttl: Any = None,
+        max_attempts: int | None = None,
+        scheduled_at: datetime | str | None = None,
+        delay: Any = None,
+        priority: int | None = None,
+        concurrency_keys: Sequence[str | None] | None = None,
+    ) -> list[Run]:
+        """Durably create a run of ``job`` for each of ``payloads`` in one
+        transaction (all on disk before this returns), or return the runs their
+        idempotency keys map to; in the order of ``payloads``.
+
+        Everything is validated before anything is written, and an
+        :class:`IdempotencyConflictError` of any one of them writes none."""
+        check_many(payloads, idempotency_keys, concurrency_keys)
+        if not payloads:
+            check_name(job, "job name")
+            return []
+        with self.store.preparing_write():
+            news, now = self._new_runs(
+                job, payloads, queue_name=queue_name, idempotency_keys=idempotency_keys,
+                idempotency_ttl=idempotency_ttl, max_attempts=max_attempts,
+                scheduled_at=scheduled_at, delay=delay, priority=priority,
+                concurrency_keys=concurrency_keys, many=True)
+            runs = self.store.start_runs(news, now)
+            self._started(runs, news[0].scheduled_at)
+            return runs
+
+    def _new_runs(
+        self,
+        job: str,
+        payloads: Sequence[Any],
+        *,
+        queue_name: str | None,
+        idempotency_keys: Sequence[str | None] | None,
+        idempotency_ttl: Any,
+        max_attempts: int | None,
+        scheduled_at: datetime | str | None,
+        delay: Any,
+        priority: int | None,
+        concurrency_keys: Sequence[str | None] | None,
+        many: bool,
+    ) -> tuple[list[NewRun], float]:
+        """The runs to start, every argument checked (in the order the remote
+        client checks them), and the time they start at."""
+        s = self.settings
+
+        def named(what: str, n: int) -> str:
+            return f"{what}s[{n}]" if many else what
+
+        check_name(job, "job name")
+        # The registered job's, else (started without its code: the CLI, the
+        # HTTP server) what its workers recorded; read only when needed.
+        job_queue, job_attempts = (
+            self.job_defaults(job) if queue_name is None or max_attempts is None
+            else (None, None))
+        if queue_name is not None:
+            queue = check_name(queue_name, "queue name")
+        else:
+            queue = job_queue or s.default_queue
+        texts = [encode(payload, what=named("payload", n), limit=s.max_payload_bytes)
+                 for n, payload in enumerate(payloads)]
+        if max_attempts is None:
+            max_attempts = job_attempts
+        if max_attempts is not None:  # else the queue's default, else the installation's
+            check_max_attempts(max_attempts)
+        if priority is None:
+            priority = 0
+        check_int(priority, "priority", 32)
+        ckeys = list(concurrency_keys) if concurrency_keys is not None else [None] * len(texts)
+        for n, ckey in enumerate(ckeys):
+            if ckey is not None:
+                check_key(ckey, named("concurrency_key", n), 512)
+        now = self.clock.now()
+        run_at: float | None = None
+        if scheduled_at is not None and delay is not None:
+            raise ValidationError("give scheduled_at or delay, not both")
+        if scheduled_at is not None:
+            run_at = parse_instant(scheduled_at, name="scheduled_at")
+        elif delay is not None:
+            run_at = now + parse_duration(delay, name="delay")
+        if run_at is not None and run_at <= now:
+            run_at = None  # due already: queue it now
+        ikeys = list(idempotency_keys) if idempotency_keys is not None else [None] * len(texts)
+        expires_at = None
+        if any(key is not None for key in ikeys):
+            for n, key in enumerate(ikeys):
+                if key is not None:
+                    check_key(key, named("idempotency_key", n), s.max_idempotency_key_length)
+            expires_at = now + idempotency_seconds(s, idempotency_ttl)
+        elif idempotency_ttl is not None:
+            raise ValidationError("idempotency_ttl needs an idempotency_key")
+        return [NewRun(id=new_id("run"), job=job, queue=queue, payload=text,
+                       max_attempts=max_attempts, priority=priority, concurrency_key=ckey,
+                       scheduled_at=run_at, idempotency_key=key,
+                       idempotency_expires_at=None if key is None else expires_at,
+                       default_max_attempts=s.default_max_attempts)
+                for text, key, ckey in zip(texts, ikeys, ckeys, strict=True)], now
+
+    def _started(self, runs: list[Run], run_at: float | None) -> None:
+        if any(run.created for run in runs):
+            self.notifier.notify()
+            if run_at is not None:
+                self.notifier.due(run_at)
 
     # -- runs ------------------------------------------------------------------------
 

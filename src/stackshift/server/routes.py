@@ -83,6 +83,23 @@ def start_run(body: s.StartRun, request: Request, response: Response) -> s.Run:
 
 
 @router.post(
+    "/runs/many",
+    status_code=201,
+    responses={200: {"model": s.RunList, "description": "No run was created: every"
+                     " payload's idempotency key matched an existing run (each `created` is"
+                     " false), or `payloads` was empty."}, **CONFLICT},
+    tags=["runs"],
+    summary="Start many runs of a job in one transaction",
+)
+def start_runs(body: s.StartRuns, request: Request, response: Response) -> s.RunList:
+    """Durably create a run per payload (or return the run each idempotency key maps
+    to), all in one transaction: an idempotency conflict of any one writes none."""
+    runs = service_of(request).start_many(body.job, body.payloads, **body.options())
+    response.status_code = 201 if any(run.created for run in runs) else 200
+    return s.RunList(items=[s.Run.of(run) for run in runs])
+
+
+@router.post(
     "/queues/{name}/runs",
     status_code=201,
     responses={200: {"model": s.Run, "description": "An idempotency key matched an "

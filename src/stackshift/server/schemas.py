@@ -375,6 +375,39 @@ class StartRun(Body):
         }
 
 
+class StartRuns(Body):
+    model_config = ConfigDict(json_schema_extra=_ONE_TIME)
+
+    job: Name = Field(description="The job's name.")
+    payloads: list[Any] = Field(max_length=1000, description=(
+        "One payload per run to start, at most 1,000."))
+    queue_name: Name | None = None
+    idempotency_keys: list[Key | None] | None = Field(None, description=(
+        "An idempotency key per payload (`null` for a run without one), as many as"
+        " `payloads`. A key given twice names one run, created by the first."))
+    idempotency_ttl: PositiveDuration | None = Field(
+        None, description="As for one start; needs `idempotencyKeys`.")
+    max_attempts: Attempts | None = None
+    scheduled_at: Time | None = Field(None, description="Not with `delay`.")
+    delay: Duration | None = Field(None, description="Not with `scheduledAt`.")
+    priority: Int32 | None = Field(None, description="Higher runs first within a queue.")
+    concurrency_keys: list[Key | None] | None = Field(None, description=(
+        "A concurrency key per payload (`null` for a run without one), as many as"
+        " `payloads`."))
+
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments of ``Service.start_many`` (job and payloads excluded)."""
+        return {
+            name: getattr(self, name)
+            for name in ("queue_name", "idempotency_keys", "idempotency_ttl", "max_attempts",
+                         "scheduled_at", "delay", "priority", "concurrency_keys")
+        }
+
+
+class RunList(Wire):
+    items: list[Run]
+
+
 class EnqueueRun(Body):
     """``StartRun`` without ``queueName``: the queue comes from the path."""
 

@@ -369,6 +369,20 @@ class RunStore:
             lambda tx: _insert_run_row(tx, new, now, prints))
         return rows.run(row, created=created)
 
+    def start_runs(self, news: list[NewRun], now: float) -> list[Run]:
+        """:meth:`start_run` for each of ``news``, in one transaction: all of them or,
+        should one's key be bound to other work (:class:`IdempotencyConflictError`),
+        none. A key given twice names one run, created by the first."""
+        prints = [None if new.idempotency_key is None else fingerprints(new.job, new.payload)
+                  for new in news]
+        if self.db.dialect == "postgres" and all(p is None for p in prints):
+            return group_commit_of(self).run(
+                lambda tx: _start_many(tx, [(new, now) for new in news]))
+        found = group_commit_of(self).run(
+            lambda tx: [_insert_run_row(tx, new, now, p) for new, p in zip(news, prints,
+                                                                           strict=True)])
+        return [rows.run(row, created=created) for row, created in found]
+
     def get_run(self, run_id: str) -> Run:
         with self.db.read() as tx:
             return rows.run(load_run(tx, run_id))
