@@ -198,6 +198,22 @@ def test_bad_start_input_raises_and_writes_nothing(
          "unknown timezone 'Europe': use an IANA name such as 'UTC' or 'Europe/Paris'"),
         (lambda c: c.schedules.create("ok", cron="@daily", timezone="k" * 300),
          "unknown timezone 'kkk"),
+        (lambda c: c.start_many("ok", {"n": 1}),
+         "payloads must be a list of payloads, one per run, got a dict"),
+        (lambda c: c.start_many("ok", [1, 2], idempotency_keys=["a"]),
+         "idempotency_keys has 1 key for 2 payloads: give one per payload"),
+        (lambda c: c.start_many("ok", [1] * 1001),
+         "start_many starts at most 1,000 runs a call, got 1,001 payloads"),
+        (lambda c: c.start_many("ok", [1, 2], idempotency_keys=[None, ""]),
+         "idempotency_keys[1] must be a non-empty string, got ''"),
+        (lambda c: c.start_many("ok", [1, 2], concurrency_keys=[None, "k" * 513]),
+         "concurrency_keys[1] is 513 characters, over the limit of 512"),
+        (lambda c: c.start_many("ok", [1], max_attempts=0),
+         "max_attempts must be an integer from 1 to 1000, got 0"),
+        (lambda c: c.start_many("ok", [1], idempotency_ttl="1h"),
+         "idempotency_ttl needs an idempotency_key"),
+        (lambda c: c.start_many("bad name!", [1]),
+         "job name 'bad name!' is invalid: use 1-200 letters"),
         (lambda c: c.schedules.get(5), "schedule id must be a non-empty string, got 5"),
         (lambda c: c.schedules.pause(""), "schedule id must be a non-empty string, got ''"),
         (lambda c: c.schedules.delete(5), "schedule id must be a non-empty string, got 5"),
@@ -210,6 +226,24 @@ def test_bad_input_is_reported_in_the_same_words(
     with pytest.raises(ValidationError) as raised:
         call(client)
     assert str(raised.value).startswith(message)
+
+
+def test_start_many_through_either_client(client: StackShift, unique: Names) -> None:
+    """Embedded or through a server: a run per payload in their order, a key
+    naming one run within the call and across calls, and a conflict (with an
+    earlier call's run) that starts none of the call's runs."""
+    job = unique("many")
+    runs = client.start_many(job, [{"n": 1}, {"n": 2}, {"n": 1}],
+                             idempotency_keys=[f"{job}:1", None, f"{job}:1"])
+    assert [(r.payload, r.created) for r in runs] == [
+        ({"n": 1}, True), ({"n": 2}, True), ({"n": 1}, False)]
+    assert runs[0].id == runs[2].id and runs[0].id != runs[1].id
+    with pytest.raises(IdempotencyConflictError) as refused:
+        client.start_many(job, [{"n": 3}, {"n": 4}], idempotency_keys=[None, f"{job}:1"])
+    assert refused.value.existing_run_id == runs[0].id
+    assert sorted(r.id for r in client.runs.list(job=job).items) == sorted(
+        {r.id for r in runs})
+    assert client.start_many(job, []) == []
 
 
 def test_a_payload_that_is_not_json_is_found_before_other_options(client: StackShift) -> None:

@@ -137,6 +137,13 @@ def endpoints(w: World) -> dict[str, tuple[str, str, dict[str, Any], dict[str, s
             "job": "name", "payload": "json", "queueName": "name", "idempotencyKey": "key",
             "idempotencyTtl": "duration", "maxAttempts": "int", "priority": "int",
             "concurrencyKey": "key"}),
+        "start many": ("POST", "/v1/runs/many", {
+            "job": w.job, "payloads": [1, 2], "queueName": "q", "idempotencyKeys": ["k9", None],
+            "idempotencyTtl": "1h", "maxAttempts": 2, "priority": 1,
+            "concurrencyKeys": [None, "c"]}, {
+            "job": "name", "payloads.1": "json", "queueName": "name",
+            "idempotencyKeys.0": "key", "idempotencyTtl": "duration", "maxAttempts": "int",
+            "priority": "int", "concurrencyKeys.1": "key"}),
         "start later": ("POST", "/v1/runs", {"job": w.job, "scheduledAt": "2030-01-01T00:00:00Z"},
                         {"scheduledAt": "time"}),
         "enqueue": ("POST", "/v1/queues/hostile/runs", {"job": w.job, "delay": 5},
@@ -225,8 +232,9 @@ def endpoints(w: World) -> dict[str, tuple[str, str, dict[str, Any], dict[str, s
 
 
 ENDPOINT_NAMES = [
-    "start", "start later", "enqueue", "cancel", "event", "set state", "set state until",
-    "increment", "acquire", "extend", "configure queue", "retry many", "schedule", "endpoint",
+    "start", "start many", "start later", "enqueue", "cancel", "event", "set state",
+    "set state until", "increment", "acquire", "extend", "configure queue", "retry many",
+    "schedule", "endpoint",
     "register", "peers", "held", "unregister", "claim", "save step", "sleep", "wait", "finish",
     "release", "renew", "publish jobs", "sync schedules", "accept delivery"]
 
@@ -589,7 +597,7 @@ def test_a_field_a_body_does_not_have_is_named_with_the_fields_it_takes(
     assert error["message"] == (
         "lease.colour: Extra inputs are not permitted (lease takes attempt, runId, workerId); "
         "logs.0.colour: Extra inputs are not permitted (logs.0 takes "
-        "at, attempt, level, logger, message, step)")
+        "at, attempt, fields, level, logger, message, step)")
     assert snapshot(server.database_url) == before
 
 

@@ -71,6 +71,41 @@ def test_start_and_enqueue_speak_camel_case(http: httpx.Client) -> None:
     assert listed["nextCursor"] is None
 
 
+def test_many_runs_start_in_one_request(http: httpx.Client) -> None:
+    """``POST /v1/runs/many``: a run per payload, in their order (201), the runs
+    the keys name when every one is a duplicate (200), and a key bound to other
+    work (409) or lists that do not match (422) starting none."""
+    job, key = tag("sendReceipt"), tag("receipt")
+    body = {"job": job, "payloads": [{"n": 1}, {"n": 2}, {"n": 3}], "queueName": "emails",
+            "idempotencyKeys": [key, None, None], "concurrencyKeys": ["c:1", "c:1", None],
+            "maxAttempts": 4, "priority": 3, "delay": "1h"}
+    created = http.post("/v1/runs/many", json=body)
+    assert created.status_code == 201, created.text
+    runs = created.json()["items"]
+    assert [r["payload"] for r in runs] == [{"n": 1}, {"n": 2}, {"n": 3}]
+    assert [(r["queueName"], r["status"], r["maxAttempts"], r["priority"], r["created"])
+            for r in runs] == [("emails", "scheduled", 4, 3, True)] * 3
+    assert [r["idempotencyKey"] for r in runs] == [key, None, None]
+    assert [r["concurrencyKey"] for r in runs] == ["c:1", "c:1", None]
+    again = http.post("/v1/runs/many", json={"job": job, "payloads": [{"n": 1}],
+                                            "idempotencyKeys": [key]})
+    assert again.status_code == 200
+    assert [(r["id"], r["created"]) for r in again.json()["items"]] == [(runs[0]["id"], False)]
+    conflict = http.post("/v1/runs/many", json={"job": job, "payloads": [{"n": 5}, {"n": 6}],
+                                               "idempotencyKeys": [tag("fresh"), key]})
+    error = assert_error(conflict, 409, "idempotency_conflict")
+    assert error["existingRunId"] == runs[0]["id"]
+    for bad in ({"job": job, "payloads": [1, 2], "idempotencyKeys": ["a"]},
+                {"job": job, "payloads": [1] * 1001},
+                {"job": job, "payloads": [1], "idempotencyKeys": [""]},
+                {"job": job, "payloads": {"n": 1}}):
+        assert_error(http.post("/v1/runs/many", json=bad), 422, "validation_error")
+    listed = http.get("/v1/runs", params={"job": job, "limit": 100}).json()["items"]
+    assert sorted(r["id"] for r in listed) == sorted(r["id"] for r in runs)
+    empty = http.post("/v1/runs/many", json={"job": job, "payloads": []})
+    assert (empty.status_code, empty.json()) == (200, {"items": []})
+
+
 def test_timeline_details_speak_camel_case_too(http: httpx.Client, server: Any,
                                               served_db: str) -> None:
     job = tag("flaky")
