@@ -8,6 +8,7 @@ writes none of them."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
@@ -142,3 +143,32 @@ def test_the_async_client_starts_many_runs(db_url: str) -> None:
             return [(r.payload, r.idempotency_key, r.created) for r in runs]
 
     assert asyncio.run(scenario()) == [({"n": 1}, None, True), ({"n": 2}, "k", True)]
+
+
+def test_two_calls_claiming_the_same_keys_in_opposite_orders_both_finish(db_url: str) -> None:
+    """Two processes' calls (two clients) with the same keys, one in the other's
+    reverse order, at once and again: neither waits on the other for ever (on
+    PostgreSQL, a deadlock), and each key names one run both calls return."""
+    keys = [f"k{n:02}" for n in range(40)]
+    results: dict[str, list[list[Any]]] = {"forward": [], "backward": []}
+    errors: list[BaseException] = []
+    with StackShift(db_url) as one, StackShift(db_url) as other:
+        def call(app: StackShift, name: str, order: list[str]) -> None:
+            try:
+                for _ in range(5):
+                    runs = app.start_many("send", [{"key": k} for k in order],
+                                          idempotency_keys=order)
+                    results[name].append(sorted((r.idempotency_key, r.id) for r in runs))
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=call, args=(one, "forward", keys)),
+                   threading.Thread(target=call, args=(other, "backward", keys[::-1]))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert errors == []
+        assert len(one.runs.list(limit=1000).items) == 40
+    every = results["forward"] + results["backward"]
+    assert len(every) == 10 and all(found == every[0] for found in every)

@@ -378,10 +378,13 @@ class RunStore:
         if self.db.dialect == "postgres" and all(p is None for p in prints):
             return group_commit_of(self).run(
                 lambda tx: _start_many(tx, [(new, now) for new in news]))
+        # Keys are claimed in their order, so that two calls claiming the same keys
+        # at once on PostgreSQL wait for each other rather than deadlock.
+        order = sorted(range(len(news)), key=lambda n: news[n].idempotency_key or "")
         found = group_commit_of(self).run(
-            lambda tx: [_insert_run_row(tx, new, now, p) for new, p in zip(news, prints,
-                                                                           strict=True)])
-        return [rows.run(row, created=created) for row, created in found]
+            lambda tx: {n: _insert_run_row(tx, news[n], now, prints[n]) for n in order})
+        return [rows.run(row, created=created)
+                for row, created in (found[n] for n in range(len(news)))]
 
     def get_run(self, run_id: str) -> Run:
         with self.db.read() as tx:
