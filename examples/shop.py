@@ -44,7 +44,9 @@ def send_receipt_email(order: dict[str, Any], attempt: int) -> dict[str, Any]:
         # Mail providers time out now and then; the engine retries the run and
         # replays "load-order" from its stored result instead of running it again.
         raise ConnectionError("mail provider timed out (simulated)")
-    log.info("receipt for %s sent to %s", order["orderId"], order["email"])
+    # Fields given with extra= are kept with the record (runs logs, the dashboard).
+    log.info("receipt for %s sent to %s", order["orderId"], order["email"],
+             extra={"orderId": order["orderId"], "total": order["total"]})
     return {"to": order["email"], "messageId": f"msg_{order['orderId']}"}
 
 
