@@ -428,10 +428,10 @@ class RemoteService(RemoteFlowControl):
         if queue_name is not None:
             check_name(queue_name, "queue name")
         limits = self.limits()
-        values = [to_jsonable(payload, what=f"payloads[{n}]")
-                  for n, payload in enumerate(payloads)]
-        for n, value in enumerate(values):
-            encode(value, what=f"payloads[{n}]", limit=limits.max_payload_bytes)
+        values = []
+        for n, payload in enumerate(payloads):
+            values.append(to_jsonable(payload, what=f"payloads[{n}]"))
+            encode(values[-1], what=f"payloads[{n}]", limit=limits.max_payload_bytes)
         if max_attempts is not None:
             check_max_attempts(max_attempts)
         if priority is not None:
