@@ -322,7 +322,18 @@ def test_run_with_three_attempts_eight_steps_and_a_wait_resumes_from_its_page(
     expect(page.locator("#logs .log-group")).to_have_count(3)
     page.select_option("[data-log-filter]", "charge-card")
     expect(page.locator("#logs .log-line:visible")).to_have_count(5)
+    # The level filter narrows what the step filter shows, and the other way round.
+    page.select_option("[data-log-level]", "30")
+    lines = page.locator("#logs .log-line:visible")
+    expect(lines).to_have_count(2)
+    expect(lines.locator(".log-level")).to_have_text(["WARNING", "WARNING"])
     page.select_option("[data-log-filter]", "")
+    expect(lines).to_have_count(2)
+    page.select_option("[data-log-level]", "40")
+    expect(lines).to_have_count(0)
+    expect(page.locator("#logs .log-group:visible")).to_have_count(0)
+    page.select_option("[data-log-level]", "")
+    expect(lines).to_have_count(8)
     screenshot(page, "run", stack.store_kind)
 
 

@@ -6,6 +6,7 @@ These are Jinja filters. They return plain text; the templates escape it.
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -179,12 +180,20 @@ def short_id(value: str) -> str:
     return f"{prefix}_…{rest[-10:]}" if rest else value[:8] + "…" + value[-8:]
 
 
+def level_number(level: str) -> int:
+    """A record's level as a number (``WARNING``: 30); 0 for a level of the
+    program's own that this process does not know."""
+    number = logging.getLevelName(level)
+    return number if isinstance(number, int) else 0
+
+
 FILTERS = {
     "duration": duration,
     "pretty_json": pretty_json,
     "json_head": json_head,
     "compact_json": compact_json,
     "field_text": field_text,
+    "level_number": level_number,
     "clock": clock_time,
     "iso": iso,
     "number": number,

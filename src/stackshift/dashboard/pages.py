@@ -8,6 +8,7 @@ synchronous); rendering and HTTP live in :mod:`stackshift.dashboard.app`.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from ..errors import EventNotFoundError, QueueNotFoundError, RunNotFoundError, S
 from ..models import LIVE_HEARTBEAT, LogEntry, Page, QueueStats, Run, WorkerInfo
 from ..service import Service, check_filter
 from . import waterfall
-from .formatting import chart_times, day_time
+from .formatting import chart_times, day_time, level_number
 
 STATUSES = [s.value for s in Status]
 #: The order statuses are shown in: what needs attention first.
@@ -218,6 +219,8 @@ def run_page(service: Service, run_id: str, params: Mapping[str, str],
         "log_count": len(logs) + hidden_logs,
         "hidden_logs": hidden_logs,
         "log_steps": sorted({e.step for e in logs if e.step}),
+        # The level filter, when the lines shown mix warnings or errors with others.
+        "log_levels": len({level_number(e.level) >= logging.WARNING for e in logs}) > 1,
         "timeline": entries,
         "timeline_count": len(entries) + hidden_entries,
         "hidden_entries": hidden_entries,

@@ -46,15 +46,21 @@
       if (old.innerHTML === next.innerHTML) return;
       var open = openDetails(old);
       if (old.tagName === "DETAILS") open[old.id] = old.open;
-      var filter = old.querySelector("[data-log-filter]");
-      var chosen = filter ? filter.value : "";
+      var chosen = {};
+      old.querySelectorAll("[data-log-filter], [data-log-level]").forEach(function (s) {
+        chosen[s.hasAttribute("data-log-level") ? "level" : "step"] = s.value;
+      });
       old.innerHTML = next.innerHTML;
       Object.keys(open).forEach(function (id) {
         var d = document.getElementById(id);
         if (d && d.tagName === "DETAILS") d.open = open[id];
       });
-      var again = old.querySelector("[data-log-filter]");
-      if (again && chosen) { again.value = chosen; applyLogFilter(again); }
+      var again = null;
+      old.querySelectorAll("[data-log-filter], [data-log-level]").forEach(function (s) {
+        var value = chosen[s.hasAttribute("data-log-level") ? "level" : "step"];
+        if (value) { s.value = value; again = s; }
+      });
+      if (again) applyLogFilter(again);
       wire(old);
     });
     document.title = doc.title;
@@ -115,11 +121,17 @@
     });
   }
 
+  /* The log lines of the chosen step (if one is) at the chosen level or above. */
   function applyLogFilter(select) {
-    var step = select.value;
     var card = select.closest("section") || document;
+    var stepSelect = card.querySelector("[data-log-filter]");
+    var levelSelect = card.querySelector("[data-log-level]");
+    var step = stepSelect ? stepSelect.value : "";
+    var level = levelSelect && levelSelect.value ? Number(levelSelect.value) : 0;
     card.querySelectorAll(".log-line").forEach(function (line) {
-      line.classList.toggle("hidden", !!step && line.getAttribute("data-step") !== step);
+      var hidden = (!!step && line.getAttribute("data-step") !== step)
+        || Number(line.getAttribute("data-level")) < level;
+      line.classList.toggle("hidden", hidden);
     });
     card.querySelectorAll(".log-group").forEach(function (group) {
       var visible = group.querySelectorAll(".log-line:not(.hidden)").length;
@@ -200,7 +212,7 @@
         form.querySelectorAll("input[type=checkbox][name=run]").forEach(function (c) { c.checked = box.checked; });
       });
     });
-    root.querySelectorAll("[data-log-filter]").forEach(function (select) {
+    root.querySelectorAll("[data-log-filter], [data-log-level]").forEach(function (select) {
       select.addEventListener("change", function () { applyLogFilter(select); });
     });
     root.querySelectorAll(".wf-row[data-step][role=button]").forEach(function (row) {
