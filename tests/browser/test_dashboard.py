@@ -516,6 +516,18 @@ def test_waterfall_step_rows_filter_the_logs_from_the_keyboard(
     toggles.nth(2).click()
     expect(lines).to_have_count(6)
 
+    # Both filters are kept by live updates: the run, resumed from elsewhere,
+    # logs more lines, which arrive filtered.
+    select.select_option("charge-card")
+    page.select_option("[data-log-level]", "30")
+    expect(lines).to_have_count(2)
+    stack.app.events.send("payment.settled", {"amount": 4200}, correlation_key="order:1044")
+    expect(page.locator("#run-head .badge").first).to_have_text("completed")
+    expect(page.locator("#logs h2 .count")).to_have_text("8")
+    expect(select).to_have_value("charge-card")
+    expect(page.locator("[data-log-level]")).to_have_value("30")
+    expect(lines).to_have_count(2)
+
 
 def test_cancel_a_waiting_run(stack: Dashboard, page: Page) -> None:
     run = stack.app.start("send-email", {"user": "grace"})
