@@ -343,6 +343,21 @@ class RemoteService(RemoteFlowControl):
 
     # -- starting work ---------------------------------------------------------------------
 
+    def _job_options(self, job: str, queue_name: str | None,
+                     max_attempts: int | None) -> tuple[str | None, int | None]:
+        """The job's name checked, and the queue and ``max_attempts`` of a start:
+        those given, else the registered job's (the queue checked)."""
+        check_name(job, "job name")
+        registered = self.registry.get(job)
+        if registered is not None:
+            if queue_name is None:
+                queue_name = registered.queue
+            if max_attempts is None:
+                max_attempts = registered.max_attempts
+        if queue_name is not None:
+            check_name(queue_name, "queue name")
+        return queue_name, max_attempts
+
     def start(
         self,
         job: str,
@@ -359,15 +374,7 @@ class RemoteService(RemoteFlowControl):
     ) -> Run:
         # The embedded service's checks, in its order, so that bad input raises the
         # same errors (an oversize payload is found last, as the body is encoded).
-        check_name(job, "job name")
-        registered = self.registry.get(job)
-        if registered is not None:
-            if queue_name is None:
-                queue_name = registered.queue
-            if max_attempts is None:
-                max_attempts = registered.max_attempts
-        if queue_name is not None:
-            check_name(queue_name, "queue name")
+        queue_name, max_attempts = self._job_options(job, queue_name, max_attempts)
         payload = to_jsonable(payload, what="payload")
         if max_attempts is not None:
             check_max_attempts(max_attempts)
@@ -416,17 +423,10 @@ class RemoteService(RemoteFlowControl):
     ) -> list[Run]:
         # The embedded service's checks, in its order.
         check_many(payloads, idempotency_keys, concurrency_keys)
-        check_name(job, "job name")
         if not payloads:
+            check_name(job, "job name")
             return []
-        registered = self.registry.get(job)
-        if registered is not None:
-            if queue_name is None:
-                queue_name = registered.queue
-            if max_attempts is None:
-                max_attempts = registered.max_attempts
-        if queue_name is not None:
-            check_name(queue_name, "queue name")
+        queue_name, max_attempts = self._job_options(job, queue_name, max_attempts)
         limits = self.limits()
         values = []
         for n, payload in enumerate(payloads):
