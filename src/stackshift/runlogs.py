@@ -151,6 +151,13 @@ def _as_json(value: Any, depth: int) -> Any:
     return _text(value, repr)
 
 
+def level_number(level: str) -> int:
+    """A record's level as a number (``WARNING``: 30); 0 for a level of the
+    program's own that this process does not know."""
+    number = logging.getLevelName(level)
+    return number if isinstance(number, int) else 0
+
+
 _BARE = re.compile(r"[^\s\"=\\]+")
 
 

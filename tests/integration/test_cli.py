@@ -643,6 +643,65 @@ def test_runs_logs_tail_prints_the_latest_records_and_follows_from_them(
     assert re.search(rf"Run {run.id} completed: \"ok\"", lines[-1]), lines[-1]
 
 
+def test_runs_logs_level_keeps_records_at_that_level_or_above(
+    db_url: str, app: StackShift
+) -> None:
+    """``--level`` with the whole log, the latest N of those records (``--tail``:
+    the latest N at that level, not those among the latest N records), and
+    ``--follow``, which goes on past records below the level without printing
+    them again."""
+    release = threading.Event()
+
+    @app.job("mixed")
+    def mixed(ctx: Any) -> str:
+        def talk() -> None:
+            for n in range(4):
+                ctx.log.warning("w %d", n)
+                ctx.log.info("i %d", n)
+            ctx.log.error("e 0")
+            ctx.log.debug("d 0")
+
+        ctx.step.run("talk", talk)  # saved with the step's checkpoint
+        ctx.step.run("wait", lambda: release.wait(30))
+        ctx.log.info("i after")
+        ctx.log.critical("c after")
+        return "ok"
+
+    def said(lines: list[str]) -> list[str]:
+        return [line.split("stackshift.run: ", 1)[1].strip() for line in lines
+                if "stackshift.run: " in line]
+
+    with app.worker():
+        run = app.start("mixed")
+        try:
+            eventually(lambda: len(app.runs.logs(run.id)) == 10, what="the first ten records")
+            for args, expected in (
+                    (["--level", "warning"], ["w 0", "w 1", "w 2", "w 3", "e 0"]),
+                    (["--level", "ERROR"], ["e 0"]),
+                    (["--level", "warning", "--tail", "2"], ["w 3", "e 0"]),
+                    (["--level", "info", "--tail", "3"], ["w 3", "i 3", "e 0"]),
+                    (["--level", "debug"], [m for n in range(4) for m in (f"w {n}", f"i {n}")]
+                     + ["e 0", "d 0"])):
+                shown = cli(db_url, "runs", "logs", run.id, *args)
+                assert shown.returncode == 0, shown.stderr
+                assert said(shown.stdout.splitlines()) == expected, (args, shown.stdout)
+            assert [r["message"] for r in cli_json(
+                db_url, "runs", "logs", run.id, "--level", "error")] == ["e 0"]
+            none = cli(db_url, "runs", "logs", run.id, "--level", "critical")
+            assert none.stdout == "No logs at CRITICAL or above for this run.\n"
+            refused = cli(db_url, "runs", "logs", run.id, "--level", "loud")
+            assert refused.returncode == 2 and "'--level'" in refused.stderr, refused.stderr
+            with following(db_url, run.id, "--level", "warning", "--tail", "1") as (
+                    follow, lines):
+                eventually(lambda: said(lines) == ["e 0"], what="the latest warning")
+                assert follow.poll() is None  # still following
+                release.set()
+                assert follow.wait(timeout=30) == 0, lines
+        finally:
+            release.set()
+    assert said(lines) == ["e 0", "c after"]
+
+
 def test_runs_logs_follow_json_of_a_failed_run_prints_one_object_a_line_and_exits_1(
     db_url: str, app: StackShift
 ) -> None:

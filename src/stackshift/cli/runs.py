@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -12,6 +13,7 @@ import click
 
 from ..engine.transitions import TERMINAL
 from ..progress import in_progress
+from ..runlogs import level_number
 from ..service import MAX_LOG_PAGE
 from .failures import ExitCode
 from .options import (
@@ -141,6 +143,9 @@ NAMING_RECORDS = 50
 #: Seconds between two looks for new records with ``runs logs --follow``.
 FOLLOW_EVERY = 0.5
 
+#: The levels ``runs logs --level`` takes.
+LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
 
 @runs.command()
 @click.argument("run_id")
@@ -152,16 +157,19 @@ FOLLOW_EVERY = 0.5
 @click.option("--tail", "-n", type=click.IntRange(1, MAX_LOG_PAGE), metavar="N",
               help=f"Only the latest N records (1 to {MAX_LOG_PAGE:,}); with --follow, then"
                    " those saved after them.")
+@click.option("--level", type=click.Choice(LEVELS, case_sensitive=False),
+              help="Only records at this level or above (with --tail, the latest N of"
+                   " those).")
 @json_option
 @database_url_option
-def logs(run_id: str, follow: bool, tail: int | None, as_json: bool,
+def logs(run_id: str, follow: bool, tail: int | None, level: str | None, as_json: bool,
          database_url: str | None) -> None:
     """Log records saved while the run's handler ran, oldest first."""
     with open_client(database_url) as app:
         if follow:
-            follow_logs(app, run_id, as_json, tail)
+            follow_logs(app, run_id, as_json, tail, level)
             return
-        pages = [app.runs.logs(run_id, last=tail)] if tail else log_pages(app, run_id)
+        pages = first_pages(app, run_id, tail, level)[0]
         if as_json:
             echo_json_list(pages)
             return
@@ -171,7 +179,8 @@ def logs(run_id: str, follow: bool, tail: int | None, as_json: bool,
                 print_logs(console(), page)
                 printed = True
     if not printed:
-        console().print("No logs for this run.", style="dim")
+        console().print(f"No logs at {level.upper()} or above for this run." if level
+                        else "No logs for this run.", style="dim")
 
 
 def log_pages(app: StackShift, run_id: str, after: int = 0) -> Iterator[list[LogEntry]]:
@@ -187,26 +196,68 @@ def log_pages(app: StackShift, run_id: str, after: int = 0) -> Iterator[list[Log
             return
 
 
-def follow_logs(app: StackShift, run_id: str, as_json: bool, tail: int | None = None) -> None:
-    """Print the run's records as they come (from its latest ``tail``, if given),
-    until it ends; exit 1 unless it completed."""
+def first_pages(app: StackShift, run_id: str, tail: int | None,
+                level: str | None) -> tuple[Iterator[list[LogEntry]], list[int]]:
+    """The pages ``runs logs`` prints first: the run's records, or its latest
+    ``tail``, those at ``level`` or above when it is given; and (filled in as the
+    pages are read) the id of the last record read, whatever its level."""
+    read: list[int] = [0]
+
+    def pages() -> Iterator[list[LogEntry]]:
+        if tail and not level:
+            page = app.runs.logs(run_id, last=tail)
+            read[0] = page[-1].id if page else 0
+            yield page
+            return
+        kept: deque[LogEntry] = deque(maxlen=tail)
+        for page in log_pages(app, run_id):
+            read[0] = page[-1].id
+            page = at_level(page, level)
+            if tail:
+                kept.extend(page)
+            else:
+                yield page
+        if tail:
+            yield list(kept)
+
+    return pages(), read
+
+
+def at_level(entries: list[LogEntry], level: str | None) -> list[LogEntry]:
+    """The records of ``entries`` at ``level`` or above (all when it is None)."""
+    if level is None:
+        return entries
+    floor = level_number(level.upper())
+    return [entry for entry in entries if level_number(entry.level) >= floor]
+
+
+def follow_logs(app: StackShift, run_id: str, as_json: bool, tail: int | None = None,
+                level: str | None = None) -> None:
+    """Print the run's records as they come (from its latest ``tail``, if given;
+    those at ``level`` or above, if given), until it ends; exit 1 unless it
+    completed."""
     out = console()
-    last, tailed = 0, tail is None
+
+    def show(page: list[LogEntry]) -> None:
+        if as_json:
+            for entry in page:
+                click.echo(json.dumps(to_data(entry), ensure_ascii=False))
+        elif page:
+            print_logs(out, page)
+
+    last: int | None = None  # the id of the last record read, whatever its level
     while True:
         # The status first: a run seen ended has saved every record it will.
         run = app.runs.get(run_id)
-        pages = log_pages(app, run_id, after=last) if tailed else [
-            app.runs.logs(run_id, last=tail)]
-        tailed = True
-        for page in pages:
-            if not page:
-                continue
-            last = page[-1].id
-            if as_json:
-                for entry in page:
-                    click.echo(json.dumps(to_data(entry), ensure_ascii=False))
-            else:
-                print_logs(out, page)
+        if last is None:
+            pages, read = first_pages(app, run_id, tail, level)
+            for page in pages:
+                show(page)
+            last = read[0]
+        else:
+            for page in log_pages(app, run_id, after=last):
+                last = page[-1].id
+                show(at_level(page, level))
         if run.status in TERMINAL:
             break
         time.sleep(FOLLOW_EVERY)

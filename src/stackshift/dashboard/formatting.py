@@ -6,12 +6,11 @@ These are Jinja filters. They return plain text; the templates escape it.
 from __future__ import annotations
 
 import json
-import logging
 from datetime import UTC, datetime
 from typing import Any
 
 from ..models import details_with_datetimes
-from ..runlogs import field_text
+from ..runlogs import field_text, level_number
 
 
 def duration(seconds: float | None) -> str:
@@ -178,13 +177,6 @@ def short_id(value: str) -> str:
         return value
     prefix, _, rest = value.partition("_")
     return f"{prefix}_…{rest[-10:]}" if rest else value[:8] + "…" + value[-8:]
-
-
-def level_number(level: str) -> int:
-    """A record's level as a number (``WARNING``: 30); 0 for a level of the
-    program's own that this process does not know."""
-    number = logging.getLevelName(level)
-    return number if isinstance(number, int) else 0
 
 
 FILTERS = {

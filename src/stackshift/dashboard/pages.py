@@ -19,9 +19,10 @@ from ..durations import parse_duration, to_datetime
 from ..engine.transitions import CANCELLABLE_AT_ONCE, RETRYABLE, TERMINAL, Status
 from ..errors import EventNotFoundError, QueueNotFoundError, RunNotFoundError, StackShiftError
 from ..models import LIVE_HEARTBEAT, LogEntry, Page, QueueStats, Run, WorkerInfo
+from ..runlogs import level_number
 from ..service import Service, check_filter
 from . import waterfall
-from .formatting import chart_times, day_time, level_number
+from .formatting import chart_times, day_time
 
 STATUSES = [s.value for s in Status]
 #: The order statuses are shown in: what needs attention first.
