@@ -463,7 +463,12 @@ class RemoteService(RemoteFlowControl):
             "concurrencyKeys": None if concurrency_keys is None else list(concurrency_keys),
         }
         body = {k: v for k, v in body.items() if v is not None}
-        response = self._call("POST", "/v1/runs/many", json=body)
+        response = self._call("POST", "/v1/runs/many", json=body, ok=(200, 201, 404, 405))
+        if response.status_code in (404, 405):
+            raise RemoteError(
+                f"the server at {self.base_url} has no POST /v1/runs/many (a server from an"
+                " earlier version): upgrade it, or start the runs one at a time with start()",
+                response.status_code, "not_supported")
         return [item.to_model() for item in wire.RunList.model_validate(response.json()).items]
 
     # -- runs ------------------------------------------------------------------------------

@@ -91,6 +91,20 @@ def test_a_remote_client_uses_the_default_limits_of_a_server_without_them(
     assert limits_asked(http) == before + 1
 
 
+def test_start_many_through_a_server_without_it_says_so_and_starts_nothing(
+        server: Server) -> None:
+    job = f"older-many-{uuid.uuid4().hex[:8]}"
+    with StackShift(api_key=server.api_key, base_url=server.url) as app:
+        with pytest.raises(RemoteError) as refused:
+            app.start_many(job, [{"n": 1}, {"n": 2}])
+        assert str(refused.value) == (
+            f"the server at {server.url} has no POST /v1/runs/many (a server from an earlier"
+            " version): upgrade it, or start the runs one at a time with start()")
+        assert refused.value.code == "not_supported"
+        assert app.runs.list(job=job).items == []
+        assert app.start(job, {"n": 1}).created  # one at a time works
+
+
 def test_other_failures_to_read_the_limits_still_surface(server: Server) -> None:
     with (StackShift(api_key="ssk_unknown", base_url=server.url) as app,
           pytest.raises(AuthenticationError)):
