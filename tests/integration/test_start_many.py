@@ -118,7 +118,8 @@ BAD: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"payloads": [1], "delay": "1h", "scheduled_at": "2030-01-01T00:00:00Z"},
      ValidationError, "give scheduled_at or delay, not both"),
     ({"payloads": [1], "queue_name": "a b"}, ValidationError, "queue name 'a b' is invalid"),
-    ({"payloads": [1], "max_attempts": 0}, ValidationError, "max_attempts"),
+    ({"payloads": [1], "max_attempts": 0}, ValidationError,
+     "max_attempts must be an integer from 1 to 1000, got 0"),
 ]
 
 
