@@ -165,6 +165,183 @@ def test_start_uses_the_queue_and_attempts_the_jobs_workers_recorded(
     assert (other["queue"], other["max_attempts"]) == ("default", 3)
 
 
+def test_start_payloads_starts_a_run_per_line_with_keys_from_their_fields(
+    db_url: str, app: StackShift, tmp_path: Path
+) -> None:
+    orders = tmp_path / "orders.jsonl"
+    orders.write_text('{"order_id": "o-1", "total": 12.5}\n\n{"order_id": 2}\n'
+                      '{"order_id": "o-3", "shop": "north"}\n', encoding="utf-8")
+    options = ["--idempotency-key", "import:{order_id}", "--concurrency-key", "shop-{order_id}",
+               "--priority", "3", "--queue", "imports"]
+    runs = cli_json(db_url, "start", "importOrder", "--payloads", str(orders), *options)
+    assert [run["payload"] for run in runs] == [
+        {"order_id": "o-1", "total": 12.5}, {"order_id": 2},
+        {"order_id": "o-3", "shop": "north"}]
+    assert [(run["idempotency_key"], run["concurrency_key"]) for run in runs] == [
+        ("import:o-1", "shop-o-1"), ("import:2", "shop-2"), ("import:o-3", "shop-o-3")]
+    assert {(run["created"], run["queue"], run["priority"], run["status"]) for run in runs} == {
+        (True, "imports", 3, "queued")}
+
+    # Again, with one new line read from stdin: the keys name the runs already started.
+    again = cli(db_url, "start", "importOrder", "--payloads", "-", *options,
+                stdin=orders.read_text(encoding="utf-8") + '{"order_id": "o-4"}\n')
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines() == [
+        "Started 1 run of job importOrder on queue imports (1 queued).",
+        "3 lines named runs that already existed for their idempotency keys; nothing new was"
+        " started for them."]
+    assert again.stderr == ("warning: no worker has registered job 'importOrder'; the runs wait"
+                            " queued until one does\n")
+    assert len(app.runs.list().items) == 4
+
+    # An idempotency key the same on every line would name one run: refused.
+    same = refused(db_url, ["start", "importOrder", "--payloads", str(orders),
+                            "--idempotency-key", "nightly"])
+    assert "--idempotency-key 'nightly' would give every line of --payloads the same key" in same
+    assert "--idempotency-key 'nightly:{id}'" in same
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n  \n", encoding="utf-8")
+    none = cli(db_url, "start", "importOrder", "--payloads", str(empty))
+    assert (none.returncode, none.stdout) == (0, f"No runs started: {empty} has no payloads.\n")
+    assert cli_json(db_url, "start", "importOrder", "--payloads", str(empty)) == []
+    assert len(app.runs.list().items) == 4
+
+
+def test_start_payloads_starts_a_thousand_lines_a_transaction_and_says_how_far_it_got(
+    db_url: str, app: StackShift, tmp_path: Path
+) -> None:
+    taken = app.start("importOrder", {"order_id": 1001, "note": "by hand"},
+                      idempotency_key="import:1001")
+    lines = tmp_path / "lines.jsonl"
+    lines.write_text("".join(json.dumps({"order_id": n}) + "\n" for n in range(1, 1202)),
+                     encoding="utf-8")
+    done = cli(db_url, "start", "importOrder", "--payloads", str(lines),
+               "--idempotency-key", "import:{order_id}")
+    # Line 1,001's key names a run of another payload: its batch is refused whole.
+    assert done.returncode == 4, (done.stdout, done.stderr)
+    assert done.stdout == ""
+    assert ("note: the runs of lines 1 to 1000 were started; none from line 1001 on (starting"
+            " again with the same idempotency keys starts only the rest)") in done.stderr
+    assert taken.id in done.stderr and "Traceback" not in done.stderr
+    keys = {run.idempotency_key for run in every_run(app)}
+    assert len(keys) == 1001 and "import:1000" in keys and "import:1002" not in keys
+
+    # Without that line, the rest start and the first thousand are found again.
+    kept = [line for line in lines.read_text(encoding="utf-8").splitlines()
+            if json.loads(line)["order_id"] != 1001]
+    lines.write_text("\n".join(kept) + "\n", encoding="utf-8")
+    runs = cli_json(db_url, "start", "importOrder", "--payloads", str(lines),
+                    "--idempotency-key", "import:{order_id}")
+    assert [run["payload"]["order_id"] for run in runs] == [
+        n for n in range(1, 1202) if n != 1001]
+    assert [run["created"] for run in runs] == [False] * 1000 + [True] * 200
+    assert len(every_run(app)) == 1201
+
+
+def every_run(app: StackShift) -> list[Any]:
+    page = app.runs.list(limit=1000)
+    runs = list(page.items)
+    while page.next_cursor:
+        page = app.runs.list(limit=1000, cursor=page.next_cursor)
+        runs += page.items
+    return runs
+
+
+def test_start_payloads_wait_reports_how_the_runs_ended(
+    db_url: str, app: StackShift, tmp_path: Path
+) -> None:
+    @app.job("tally", max_attempts=1)
+    def tally(ctx: Any) -> int:
+        if ctx.payload.get("fail"):
+            raise NonRetriableError(f"row {ctx.payload['n']} is broken")
+        return int(ctx.payload["n"]) * 2
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"n": 1}\n{"n": 2, "fail": true}\n{"n": 3}\n', encoding="utf-8")
+    # No worker yet: the time given runs out with the runs queued.
+    late = cli(db_url, "start", "tally", "--payloads", str(rows), "--idempotency-key",
+               "tally:{n}", "--wait", "--timeout", "0.5")
+    assert late.returncode == 1, (late.stdout, late.stderr)
+    assert late.stdout.startswith("Started 3 runs of job tally on queue default (3 queued).")
+    first = app.runs.list(idempotency_key="tally:1").items[0]
+    assert (f"error: 3 of the 3 runs had not ended after 0.5s (run {first.id} is still queued)"
+            in late.stderr)
+
+    with app.worker(concurrency=2):
+        done = cli(db_url, "start", "tally", "--payloads", str(rows), "--idempotency-key",
+                   "tally:{n}", "--wait")
+        assert done.returncode == 1, (done.stdout, done.stderr)
+        shown = done.stdout.splitlines()
+        assert shown[:2] == [
+            "Started 0 runs of job tally on queue default.",
+            "3 lines named runs that already existed for their idempotency keys; nothing new"
+            " was started for them."]
+        failed = app.runs.list(status="failed").items
+        assert len(failed) == 1
+        # Started before a worker registered the job: the default of 3 attempts.
+        assert shown[2:] == ["Waited for 3 runs: 2 completed, 1 failed.",
+                             f"Run {failed[0].id} failed on attempt 1 of 3: NonRetriableError: "
+                             "row 2 is broken"]
+
+        rows.write_text('{"n": 4}\n{"n": 5}\n', encoding="utf-8")
+        ended = cli_json(db_url, "start", "tally", "--payloads", str(rows), "--wait")
+    assert [(run["status"], run["result"], run["created"]) for run in ended] == [
+        ("completed", 8, True), ("completed", 10, True)]
+
+
+def test_start_payloads_refuses_a_bad_line_or_template_and_starts_nothing(
+    db_url: str, app: StackShift, tmp_path: Path
+) -> None:
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"id": "a"}\n{"id": 7}\n', encoding="utf-8")
+
+    def lines(name: str, text: str | bytes) -> str:
+        path = tmp_path / name
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(text, encoding="utf-8")
+        return str(path)
+
+    cases = [
+        (["--payloads", lines("a.jsonl", '{"id": 1}\nhello\n')],
+         'a.jsonl line 2 is not valid JSON (Expecting value: line 1 column 1 (char 0)): '
+         "'hello'; a string is written in double quotes, e.g. \"hello\""),
+        (["--payloads", lines("b.jsonl", '{"id": 1, "id": 2}\n')],
+         "b.jsonl line 1: duplicate key 'id' in one object"),
+        (["--payloads", lines("c.jsonl", b'{"id": "\xff"}\n')], "c.jsonl is not UTF-8 text"),
+        (["--payloads", str(tmp_path / "missing.jsonl")], "No such file or directory"),
+        (["{}", "--payloads", str(good)], "give PAYLOAD_JSON or --payloads, not both"),
+        (["--payloads", str(good), "--idempotency-key", "k:{"], "Single '{' encountered"),
+        (["--payloads", str(good), "--idempotency-key", "k:{id!r}"],
+         "name a payload field in braces"),
+        (["--payloads", str(good), "--concurrency-key", "{user.id}"],
+         "name a payload field in braces"),
+        (["--payloads", lines("d.jsonl", '{"id": 1}\n\n{"name": "x"}\n'),
+          "--idempotency-key", "k:{id}"],
+         "line 3: --idempotency-key 'k:{id}' needs field 'id', which the payload does not have"),
+        (["--payloads", lines("e.jsonl", '{"id": 1.5}\n'), "--concurrency-key", "{id}"],
+         "line 1: --concurrency-key '{id}' needs field 'id' to be text or an integer, not 1.5"),
+        (["--payloads", lines("f.jsonl", '[1, 2]\n'), "--idempotency-key", "k:{id}"],
+         "needs field 'id' of the payload, which is not an object but [1, 2]"),
+        (["--payloads", lines("g.jsonl", '{"id": 1}\n1e999\n')], "inf is not JSON"),
+        (["--payloads", str(good), "--queue", ""], "queue name '' is invalid"),
+        # What start_many refuses names the line, not the item of its batch.
+        (["--payloads", lines("h.jsonl", '{"id": "a"}\n\n{"id": "' + "x" * 600 + '"}\n'),
+          "--idempotency-key", "k:{id}"],
+         "the --idempotency-key of line 3 is 602 characters, over the limit of 512"),
+    ]
+    for args, message in cases:
+        stderr = refused(db_url, ["start", "importOrder", *args])
+        assert message in stderr, (args, stderr)
+        assert "Traceback" not in stderr, (args, stderr)
+    assert app.runs.list().items == []
+    # A brace doubled is a brace.
+    runs = cli_json(db_url, "start", "importOrder", "--payloads", str(good),
+                    "--idempotency-key", "{{k}}:{id}")
+    assert [run["idempotency_key"] for run in runs] == ["{k}:a", "{k}:7"]
+
+
 BAD_INPUT = [
     (["start", "job", "{not json"], "PAYLOAD_JSON is not valid JSON"),
     (["start", "job", "[1, NaN]", "--max-attempts", "0"], "NaN is not allowed"),

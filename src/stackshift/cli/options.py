@@ -146,8 +146,13 @@ def parse_json_argument(text: str | None, what: str) -> Any:
     """
     if text is None:
         return None
-    if text == "-":
-        text = sys.stdin.read()
+    return parse_json_text(sys.stdin.read() if text == "-" else text, what)
+
+
+def parse_json_text(text: str, what: str, *, typed: bool = True) -> Any:
+    """``text`` as JSON, refused as :func:`parse_json_argument` refuses it;
+    ``typed`` when it was typed on the command line rather than read from a file
+    (a hint to quote a bare word then quotes it for the shell too)."""
     try:
         value = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=unique_keys)
     except DuplicateKeyError as exc:
@@ -158,7 +163,7 @@ def parse_json_argument(text: str | None, what: str) -> Any:
         shown = text if len(text) <= 60 else text[:57] + "..."
         reason = exc if isinstance(exc, ValueError) else "nested too deeply"
         raise bad_input(f"{what} is not valid JSON ({reason}): {shown!r}"
-                        f"{_string_hint(text)}") from None
+                        f"{_string_hint(text, typed)}") from None
     try:
         # What the engine would refuse: a number too large (1e999 reads as
         # infinity) or arrays and objects nested too deeply.
@@ -167,13 +172,14 @@ def parse_json_argument(text: str | None, what: str) -> Any:
         raise bad_input(str(exc)) from None
 
 
-def _string_hint(text: str) -> str:
+def _string_hint(text: str, typed: bool) -> str:
     """For a bare word given where JSON goes (``state set greeting hello``): how to
     write it as a JSON string, quoted for the shell; otherwise nothing."""
     word = text.strip()
     if not word or len(word) > 60 or not (word[0].isalpha() or word[0] == "_"):
         return ""
-    return f"; a string is written in double quotes, e.g. {shell_word(json.dumps(word))}"
+    quoted = json.dumps(word)
+    return f"; a string is written in double quotes, e.g. {shell_word(quoted) if typed else quoted}"
 
 
 def duration(value: str | None, option: str) -> float | str | None:

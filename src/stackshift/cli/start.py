@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import re
+import string
 import time
+from collections import Counter
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 import click
 from rich.markup import escape
 from rich.text import Text
 
 from ..durations import parse_duration, span
+from ..errors import ValidationError
 from ..models import Run, Step
+from ..service import MAX_START_MANY
 from .failures import ExitCode, bad_input
 from .options import (
     database_url_option,
@@ -19,9 +24,11 @@ from .options import (
     json_option,
     open_client,
     parse_json_argument,
+    parse_json_text,
 )
 from .render import (
     attempt_text,
+    compact_json,
     console,
     did_you_mean,
     echo_json,
@@ -52,7 +59,13 @@ PROGRESS_EVERY = 0.25
 @click.option("--scheduled-at", help="Start at this ISO-8601 time, e.g. 2026-05-06T09:00:00Z.")
 @click.option("--priority", type=int, help="Higher runs first within the queue.")
 @click.option("--concurrency-key", help="Groups runs for per-key concurrency limits.")
-@click.option("--wait", is_flag=True, help="Wait until the run is completed, failed or cancelled.")
+@click.option("--payloads", "payloads_file", type=click.File("r", encoding="utf-8-sig"),
+              metavar="FILE",
+              help="Start a run per line of FILE, each line a payload (JSON Lines; '-' reads"
+                   " stdin), in transactions of 1,000 lines.")
+@click.option("--wait", is_flag=True,
+              help="Wait until the run (with --payloads, each) is completed, failed or"
+                   " cancelled.")
 @click.option("--timeout", help="With --wait: give up after this long (exit 1).")
 @json_option
 @database_url_option
@@ -67,6 +80,7 @@ def start(
     scheduled_at: str | None,
     priority: int | None,
     concurrency_key: str | None,
+    payloads_file: IO[str] | None,
     wait: bool,
     timeout: str | None,
     as_json: bool,
@@ -75,15 +89,41 @@ def start(
     """Start a run of JOB with PAYLOAD_JSON ('-' reads it from stdin).
 
     With an idempotency key that already names a run, that run is reported
-    and nothing new starts. Exit codes: 0 ok, 1 the awaited run did not
+    and nothing new starts. Exit codes: 0 ok, 1 a run waited for did not
     complete, 2 bad input, 4 the key belongs to another job or payload.
+
+    With --payloads, --idempotency-key and --concurrency-key are templates
+    that name fields of each payload in braces, e.g. 'import:{order_id}'.
     """
-    payload = parse_json_argument(payload_json, "PAYLOAD_JSON")
     if timeout is not None and not wait:
         raise bad_input("--timeout only applies with --wait")
     wait_limit = duration(timeout, "--timeout")
     ttl = duration(idempotency_ttl, "--idempotency-ttl")
     after = duration(delay, "--delay")
+    if payloads_file is not None:
+        if payload_json is not None:
+            raise bad_input("give PAYLOAD_JSON or --payloads, not both")
+        lines = read_payloads(payloads_file)
+        keys = keys_from(idempotency_key, "--idempotency-key", lines, each=True)
+        groups = keys_from(concurrency_key, "--concurrency-key", lines, each=False)
+        source = source_name(payloads_file)
+        with open_client(database_url) as app:
+            runs = start_in_batches(
+                app, job, lines, keys, groups, queue_name=queue_name, idempotency_ttl=ttl,
+                max_attempts=max_attempts, delay=after, scheduled_at=scheduled_at,
+                priority=priority)
+            if runs:
+                first = next((run for run in runs if run.created), runs[0])
+                warn_if_no_worker_knows(app, first, chosen_queue=queue_name is not None,
+                                        count=len(runs))
+            if not wait or not as_json:
+                report_started_many(runs, job, source, as_json)
+            if not wait:
+                return
+            finals = wait_for_runs(app, runs, wait_limit)
+        report_finished_many(finals, runs, as_json)
+        return
+    payload = parse_json_argument(payload_json, "PAYLOAD_JSON")
     with open_client(database_url) as app:
         run = app.start(
             job,
@@ -107,7 +147,154 @@ def start(
     report_finished(final, as_json, created=run.created)
 
 
-def warn_if_no_worker_knows(app: StackShift, run: Run, *, chosen_queue: bool) -> None:
+class Line(NamedTuple):
+    """A payload of a --payloads file, with the number of the line it was on."""
+
+    number: int
+    payload: Any
+
+
+def read_payloads(file: IO[str]) -> list[Line]:
+    """The payloads of a JSON Lines file, one a line (blank lines skipped), each
+    checked as PAYLOAD_JSON is: a line that is not JSON is refused by number."""
+    source = source_name(file)
+    lines = []
+    try:
+        for number, text in enumerate(file, 1):
+            text = text.strip()
+            if text:
+                where = f"{source} line {number}"
+                lines.append(Line(number, parse_json_text(text, where, typed=False)))
+    except UnicodeDecodeError as exc:
+        raise bad_input(f"{source} is not UTF-8 text ({exc})") from None
+    return lines
+
+
+def source_name(file: IO[str]) -> str:
+    return "stdin" if file.name == "<stdin>" else file.name
+
+
+def keys_from(template: str | None, option: str, lines: list[Line], *,
+              each: bool) -> list[str | None] | None:
+    """The key of each line that ``template`` makes: its text with each
+    ``{field}`` replaced by the line's payload's field of that name (text, or an
+    integer written in decimal). ``each`` when the key must differ from line to
+    line (an idempotency key given to every line would name one run), so must
+    name a field."""
+    if template is None:
+        return None
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise bad_input(f"{option} {template!r}: {exc} (write a brace as {{{{ or }}}})"
+                        ) from None
+    for _, field, spec, conversion in parts:
+        if field is not None and (not field or spec or conversion or "." in field
+                                  or "[" in field):
+            raise bad_input(f"{option} {template!r}: name a payload field in braces, as in "
+                            "{order_id}, with no format, conversion or nested name")
+    fields = [field for _, field, _, _ in parts if field is not None]
+    if each and not fields:
+        raise bad_input(f"{option} {template!r} would give every line of --payloads the same "
+                        f"key, so one run: name a field of the payloads in it, e.g. "
+                        f"{option} '{template}:{{id}}'")
+    return [_key(template, parts, option, line) for line in lines]
+
+
+def _key(template: str, parts: list[tuple[str, str | None, str | None, str | None]],
+         option: str, line: Line) -> str:
+    pieces = []
+    for literal, field, _, _ in parts:
+        pieces.append(literal)
+        if field is None:
+            continue
+        payload = line.payload
+        if not isinstance(payload, dict):
+            raise bad_input(f"line {line.number}: {option} {template!r} needs field "
+                            f"{field!r} of the payload, which is not an object but "
+                            f"{compact_json(payload, 60)}")
+        if field not in payload:
+            raise bad_input(f"line {line.number}: {option} {template!r} needs field "
+                            f"{field!r}, which the payload does not have")
+        value = payload[field]
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise bad_input(f"line {line.number}: {option} {template!r} needs field "
+                            f"{field!r} to be text or an integer, not "
+                            f"{compact_json(value, 60)}")
+        pieces.append(str(value))
+    return "".join(pieces)
+
+
+def start_in_batches(app: StackShift, job: str, lines: list[Line],
+                     keys: list[str | None] | None, groups: list[str | None] | None,
+                     **options: Any) -> list[Run]:
+    """Start a run per line with ``start_many``, ``MAX_START_MANY`` lines a
+    transaction. A refused batch writes none of its runs; the batches before it
+    stay started, and the failure says how far they went."""
+    if not lines:
+        app.start_many(job, [], **options)  # the job's name is still checked
+        return []
+    runs: list[Run] = []
+    for first in range(0, len(lines), MAX_START_MANY):
+        batch = slice(first, first + MAX_START_MANY)
+        try:
+            runs += app.start_many(
+                job, [line.payload for line in lines[batch]],
+                idempotency_keys=None if keys is None else keys[batch],
+                concurrency_keys=None if groups is None else groups[batch], **options)
+        except Exception as exc:
+            if runs:
+                again = (" (starting again with the same idempotency keys starts only the"
+                         " rest)" if keys is not None else "")
+                click.echo(f"note: the runs of lines {lines[0].number} to "
+                           f"{lines[first - 1].number} were started; none from line "
+                           f"{lines[first].number} on{again}", err=True)
+            if isinstance(exc, ValidationError):
+                raise bad_input(by_line(str(exc), lines[batch])) from exc
+            raise
+    return runs
+
+
+_ITEM = re.compile(r"\b(payloads|idempotency_keys|concurrency_keys)\[(\d+)\]")
+
+
+def by_line(message: str, lines: list[Line]) -> str:
+    """A ``start_many`` refusal, its items (``payloads[3]``, ``idempotency_keys[3]``,
+    numbered within the batch) named by the lines they came from."""
+    def line_of(item: re.Match[str]) -> str:
+        number = lines[int(item[2])].number
+        if item[1] == "payloads":
+            return f"the payload of line {number}"
+        option = "--" + item[1][:-1].replace("_", "-")
+        return f"the {option} of line {number}"
+    return _ITEM.sub(line_of, message)
+
+
+def report_started_many(runs: list[Run], job: str, source: str, as_json: bool) -> None:
+    if as_json:
+        echo_json(runs)
+        return
+    out = console()
+    if not runs:
+        out.print(f"No runs started: {source} has no payloads.", markup=False)
+        return
+    created = [run for run in runs if run.created]
+    statuses = Counter(run.status for run in created)
+    counts = ", ".join(f"{count:,} {status}" for status, count in statuses.items())
+    out.print(f"Started {len(created):,} run{'s' if len(created) != 1 else ''} of job "
+              f"{job} on queue {runs[0].queue}" + (f" ({counts})" if counts else "") + ".",
+              markup=False)
+    existing = len(runs) - len(created)
+    if existing:
+        out.print(f"{existing:,} line{'s' if existing != 1 else ''} named "
+                  f"run{'s' if existing != 1 else ''} that already existed for "
+                  f"{'their' if existing != 1 else 'its'} idempotency "
+                  f"key{'s' if existing != 1 else ''}; nothing new was started for "
+                  f"{'them' if existing != 1 else 'it'}.", markup=False)
+
+
+def warn_if_no_worker_knows(app: StackShift, run: Run, *, chosen_queue: bool,
+                            count: int = 1) -> None:
     """Say on stderr when no worker has ever registered the run's job (a mistyped
     name, or code not deployed yet), with the closest job names workers have
     registered, or when none of the workers that did is running now and takes
@@ -120,7 +307,8 @@ def warn_if_no_worker_knows(app: StackShift, run: Run, *, chosen_queue: bool) ->
     for a run put on another queue (``chosen_queue``, when the job names none),
     those that take that queue (``QueueInfo.live_workers``), whatever jobs they
     know. A run that waits for no worker (an idempotency key's earlier run that
-    has finished, or that one is running) gets no warning."""
+    has finished, or that one is running) gets no warning. ``count`` runs like
+    ``run`` were started (``start --payloads``): the warning speaks of them."""
     if run.status not in ("queued", "scheduled", "retrying"):
         return
     job = run.job
@@ -128,7 +316,8 @@ def warn_if_no_worker_knows(app: StackShift, run: Run, *, chosen_queue: bool) ->
         known = {info.name: info for info in app.list_jobs()}
     except Exception:  # advice only: the run is started, whatever this says
         return
-    waits = "waits queued" if run.status == "queued" else "waits"
+    waits = ("the run waits" if count == 1 else "the runs wait") + (
+        " queued" if run.status == "queued" else "")
     if job in known:
         info = known[job]
         # The job's own queue: the one it names, else where a run goes without --queue.
@@ -136,18 +325,17 @@ def warn_if_no_worker_knows(app: StackShift, run: Run, *, chosen_queue: bool) ->
         if on_jobs_queue:
             if not info.live_workers:
                 click.echo(f"warning: no worker serving job {job!r} on queue {run.queue!r} "
-                           f"is running now; the run {waits} until one starts", err=True)
+                           f"is running now; {waits} until one starts", err=True)
             return
         try:
             takers = app.queues.get(run.queue).live_workers
         except Exception:  # advice only, as above
             return
         if takers == 0:
-            click.echo(f"warning: no worker taking queue {run.queue!r} is running now; the "
-                       f"run {waits} until one starts", err=True)
+            click.echo(f"warning: no worker taking queue {run.queue!r} is running now; "
+                       f"{waits} until one starts", err=True)
         return
-    click.echo(f"warning: {unregistered(job, known)}; the run {waits} until one does",
-               err=True)
+    click.echo(f"warning: {unregistered(job, known)}; {waits} until one does", err=True)
 
 
 def unregistered(job: str, known: Iterable[str]) -> str:
@@ -225,6 +413,66 @@ def progress_line(run: Run, steps: list[Step], waited: float) -> Text:
     return line
 
 
+def finished_line(run: Run) -> Text:
+    """``Run ID STATUS``, with the attempt a failed run ended on and its detail."""
+    # The detail is users' text (an error message, a result): never markup.
+    line = Text.assemble("Run ", (run.id, "bold"), " ", status_text(run.status))
+    if run.status == "failed" and run.attempt:  # as the worker's log says it
+        line.append(f" on attempt {attempt_text(run)}")
+    detail = run_detail_line(run)
+    if detail:
+        line.append(shown_as_is(f": {detail}"))
+    return line
+
+
+#: How many of the runs a ``start --payloads --wait`` waited for that did not
+#: complete are shown one a line.
+SHOWN_UNFINISHED = 10
+
+
+def wait_for_runs(app: StackShift, runs: list[Run], limit: float | str | None) -> list[Run]:
+    """Each of ``runs`` once it is completed, failed or cancelled, in their order
+    (``TimeoutError`` when ``limit``, a duration, passes before they all have)."""
+    seconds = None if limit is None else parse_duration(limit, name="timeout")
+    deadline = None if seconds is None else time.monotonic() + seconds
+    finals: list[Run] = []
+    for run in runs:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            finals.append(app.runs.wait(run.id, left))
+        except TimeoutError:
+            rest = [app.runs.get(other.id) for other in runs[len(finals):]]
+            waiting = [other for other in rest if not other.is_terminal]
+            if not waiting:  # the last of them ended as the time ran out
+                return finals + rest
+            raise TimeoutError(f"{len(waiting):,} of the {len(runs):,} runs had not ended "
+                               f"after {seconds:g}s (run {waiting[0].id} is still "
+                               f"{waiting[0].status})") from None
+    return finals
+
+
+def report_finished_many(finals: list[Run], started: list[Run], as_json: bool) -> None:
+    """Print how the runs of ``start --payloads --wait`` ended, those that did not
+    complete one a line; exit 1 unless they all completed."""
+    unfinished = [run for run in finals if run.status != "completed"]
+    if as_json:
+        echo_json([{**to_data(final), "created": run.created}
+                   for final, run in zip(finals, started, strict=True)])
+    else:
+        statuses = Counter(run.status for run in finals)
+        counts = ", ".join(f"{count:,} {status}" for status, count in statuses.items())
+        out = console()
+        out.print(f"Waited for {len(finals):,} run{'s' if len(finals) != 1 else ''}"
+                  + (f": {counts}." if counts else "."), markup=False)
+        for run in unfinished[:SHOWN_UNFINISHED]:
+            out.print(finished_line(run))
+        if len(unfinished) > SHOWN_UNFINISHED:
+            out.print(f"... and {len(unfinished) - SHOWN_UNFINISHED:,} more that did not "
+                      "complete", markup=False)
+    if unfinished:
+        raise click.exceptions.Exit(int(ExitCode.FAILED))
+
+
 def report_finished(run: Run, as_json: bool, *, created: bool | None = None) -> None:
     """Print the final state of a run; exit 1 unless it completed."""
     if as_json:
@@ -233,14 +481,7 @@ def report_finished(run: Run, as_json: bool, *, created: bool | None = None) -> 
             data["created"] = created
         echo_json(data)
     else:
-        # The detail is users' text (an error message, a result): never markup.
-        line = Text.assemble("Run ", (run.id, "bold"), " ", status_text(run.status))
-        if run.status == "failed" and run.attempt:  # as the worker's log says it
-            line.append(f" on attempt {attempt_text(run)}")
-        detail = run_detail_line(run)
-        if detail:
-            line.append(shown_as_is(f": {detail}"))
-        console().print(line)
+        console().print(finished_line(run))
         if run.error is not None and run.error.traceback and run.status == "failed":
             console(stderr=True).print(shown_as_is(run.error.traceback.rstrip()), style="dim",
                                        markup=False)
