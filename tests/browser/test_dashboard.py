@@ -542,6 +542,40 @@ def test_cancel_a_waiting_run(stack: Dashboard, page: Page) -> None:
     assert stack.app.runs.get(run.id).status == "cancelled"
 
 
+def test_start_again_starts_a_new_run_with_the_runs_payload(
+    stack: Dashboard, page: Page
+) -> None:
+    run = stack.app.start("send-email", {"user": "ada"}, priority=3, max_attempts=5,
+                          idempotency_key="welcome:ada")
+    stack.wait_status(run.id, "waiting")
+    page.goto(stack.at(f"/runs/{run.id}"))
+    # Dismissed, the confirm starts nothing.
+    asked: list[str] = []
+
+    def dismiss(dialog: Any) -> None:
+        asked.append(dialog.message)
+        dialog.dismiss()
+
+    page.once("dialog", dismiss)
+    page.locator("#start-again").click()
+    assert asked == ["Start a new run of send-email with this run's payload?"]
+    assert [r.id for r in stack.app.runs.list(job="send-email").items] == [run.id]
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#start-again").click()
+    expect(page.locator(".flash-ok")).to_have_text(f"Started with the payload of run {run.id}.")
+    new_id = page.locator("#run-id").inner_text().strip()
+    assert new_id != run.id
+    again = stack.app.runs.get(new_id)
+    assert (again.job, again.payload, again.queue, again.priority, again.max_attempts) == (
+        "send-email", {"user": "ada"}, "emails", 3, 5)
+    # Not the key: it names the first run, and would have given it back.
+    assert again.idempotency_key is None
+    stack.wait_status(new_id, "waiting")
+    expect(page.locator("#run-head .badge").first).to_have_text("waiting")
+    assert stack.app.runs.get(run.id).status == "waiting"
+
+
 def test_bulk_retry_dead_letters_of_a_queue(stack: Dashboard, page: Page) -> None:
     runs = [stack.app.start("sync-invoice", {"invoice": f"in_{i}"}) for i in range(4)]
     stack.app.start("resize-image", {"image": "x"}, queue_name="billing")

@@ -149,6 +149,7 @@ class Dashboard:
             Route("/runs/{run_id}", self._run),
             Route("/runs/{run_id}/cancel", self._action(self._cancel), methods=["POST"]),
             Route("/runs/{run_id}/retry", self._action(self._retry), methods=["POST"]),
+            Route("/runs/{run_id}/again", self._action(self._start_again), methods=["POST"]),
             Route("/runs/{run_id}/event", self._event, methods=["POST"]),
             Route("/events", page(pages.events_page, "events.html")),
             Route("/queues", page(pages.queues_page, "queues.html")),
@@ -423,6 +424,21 @@ class Dashboard:
         except StackShiftError as exc:
             return f"/runs/{run_id}", ("error", str(exc)), None
         return f"/runs/{run_id}", ("ok", "Run queued for a new attempt."), None
+
+    def _start_again(self, request: Request, form: dict[str, list[str]],
+                     session: Session) -> tuple[str, tuple[str, str] | None, Session | None]:
+        """Start a new run of the run's job with its payload, queue, priority,
+        concurrency key and attempts (not its idempotency key, which names the run
+        itself), then go to the new run's page."""
+        run_id = request.path_params["run_id"]
+        try:
+            run = self.service.get_run(run_id)
+            new = self.service.start(
+                run.job, run.payload, queue_name=run.queue, max_attempts=run.max_attempts,
+                priority=run.priority, concurrency_key=run.concurrency_key)
+        except StackShiftError as exc:
+            return f"/runs/{run_id}", ("error", str(exc)), None
+        return f"/runs/{new.id}", ("ok", f"Started with the payload of run {run_id}."), None
 
     def _break_lock(self, request: Request, form: dict[str, list[str]],
                     session: Session) -> tuple[str, tuple[str, str] | None, Session | None]:
