@@ -36,6 +36,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import StackShiftError
+from ..serialization import DuplicateKeyError, unique_keys
 from ..service import Service
 from . import formatting, pages
 from .sessions import FLASH_COOKIE, SESSION_COOKIE, Session, Sessions, same_token
@@ -45,6 +46,8 @@ STATIC = Path(__file__).parent / "static"
 MAX_FORM_BYTES = 2 * 1024 * 1024
 #: The fields of a run page's form that sends an event.
 EVENT_FIELDS = ("name", "correlation_key", "payload", "idempotency_key")
+#: The fields of the Jobs page's form that starts a run.
+START_FIELDS = ("job", "payload", "idempotency_key")
 
 SECURITY_HEADERS = [
     (b"content-security-policy",
@@ -156,6 +159,7 @@ class Dashboard:
             Route("/queues/{name}", self._queue),
             Route("/queues/{name}/retry", self._action(self._bulk_retry), methods=["POST"]),
             Route("/jobs", page(pages.jobs_page, "jobs.html")),
+            Route("/jobs/start", self._start_run, methods=["POST"]),
             Route("/state", page(pages.state_page, "state.html")),
             Route("/state/locks/break", self._action(self._break_lock), methods=["POST"]),
             Route("/login", self._login, methods=["GET", "POST"]),
@@ -481,6 +485,48 @@ class Dashboard:
             lambda: pages.run_page(self.service, run_id, params, self._now(),
                                    submitted=submitted),
             refused=flash, page_url=f"{self._root(request)}/runs/{run_id}")
+
+    async def _start_run(self, request: Request) -> Response:
+        """Start a run of the Jobs page's form, then show its page. Input that is
+        refused (a payload that is not JSON, a job name the service rejects, a key
+        bound to another payload) shows the Jobs page again with the error and the
+        form as it was filled in; nothing is started."""
+        checked = await self._checked_form(request)
+        if isinstance(checked, Response):
+            return checked
+        _, form = checked
+        started, flash = await run_in_threadpool(self._start_from_form, form)
+        if started is not None:
+            return self._redirect(request, f"/runs/{started}", flash, None)
+        submitted = {name: (form.get(name) or [""])[0] for name in START_FIELDS}
+        params = dict(request.query_params)
+        return await self._show(
+            request, "jobs.html",
+            lambda: {**pages.jobs_page(self.service, params, self._now()),
+                     "submitted": submitted},
+            refused=flash, page_url=f"{self._root(request)}/jobs")
+
+    def _start_from_form(self, form: dict[str, list[str]]
+                         ) -> tuple[str | None, tuple[str, str]]:
+        """Start the form's run: its id (``None`` when the input was refused) and the
+        message to show."""
+        job = (form.get("job") or [""])[0].strip()
+        raw = (form.get("payload") or [""])[0].strip()
+        key = (form.get("idempotency_key") or [""])[0] or None  # as typed, as in the SDK
+        try:
+            payload = None if not raw else json.loads(raw, object_pairs_hook=unique_keys)
+        except DuplicateKeyError as exc:
+            return None, ("error", f"The payload is refused: {exc} in one object.")
+        except (ValueError, RecursionError) as exc:
+            return None, ("error", f"The payload is not JSON: {exc}")
+        try:
+            run = self.service.start(job, payload, idempotency_key=key)
+        except (StackShiftError, TypeError, ValueError) as exc:
+            return None, ("error", str(exc))
+        if not run.created:
+            return run.id, ("info", f"A run already exists for idempotency key {key!r}: "
+                                    "nothing new was started.")
+        return run.id, ("ok", "Run started.")
 
     def _send_event(self, run_id: str, form: dict[str, list[str]]
                     ) -> tuple[tuple[str, str], bool]:

@@ -418,6 +418,7 @@ def jobs_page(service: Service, params: Mapping[str, str], now: float) -> dict[s
         "live_count": len(live),
         "schedules": service.list_schedules(),
         "registered": set(registered),
+        "submitted": None,  # the start form as sent, when it was refused
         "status_order": STATUS_ORDER,
         "live_heartbeat": LIVE_HEARTBEAT,
         "now": now,
