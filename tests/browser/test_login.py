@@ -124,6 +124,18 @@ def test_open_mode_has_no_login_but_still_checks_csrf(stack: Dashboard, page: Pa
         headers={"Origin": "http://evil.example"})
     assert cross_site.status == 403
     assert stack.app.runs.get(run.id).status == "waiting"
+    # The forms that start runs, with the page's own token but from another site,
+    # or with a forged token: refused, nothing started.
+    page.goto(stack.at(f"/runs/{run.id}"))
+    token = page.locator("input[name=csrf]").first.input_value()
+    starts = [(f"/runs/{run.id}/again", {}),
+              ("/jobs/start", {"job": "send-email", "payload": '{"user": "eve"}'})]
+    for path, fields in starts:
+        forged = page.request.post(stack.at(path), form={**fields, "csrf": "forged"})
+        other_site = page.request.post(stack.at(path), form={**fields, "csrf": token},
+                                       headers={"Origin": "http://evil.example"})
+        assert (forged.status, other_site.status) == (403, 403), path
+    assert [r.id for r in stack.app.runs.list().items] == [run.id]
 
 
 def test_the_server_app_serves_the_api_and_the_dashboard_side_by_side(
