@@ -423,9 +423,6 @@ class RemoteService(RemoteFlowControl):
     ) -> list[Run]:
         # The embedded service's checks, in its order.
         check_many(payloads, idempotency_keys, concurrency_keys)
-        if not payloads:
-            check_name(job, "job name")
-            return []
         queue_name, max_attempts = self._job_options(job, queue_name, max_attempts)
         limits = self.limits()
         values = []
@@ -449,7 +446,11 @@ class RemoteService(RemoteFlowControl):
                     check_key(key, f"idempotency_keys[{n}]", limits.max_idempotency_key_length)
             idempotency_seconds(limits, idempotency_ttl)
         elif idempotency_ttl is not None:
-            raise ValidationError("idempotency_ttl needs an idempotency_key")
+            if payloads or idempotency_keys is None:
+                raise ValidationError("idempotency_ttl needs an idempotency_key")
+            idempotency_seconds(limits, idempotency_ttl)  # none to start: checked all the same
+        if not payloads:  # every option checked, as the embedded client does; nothing to send
+            return []
         body = {
             "job": job,
             "payloads": values,

@@ -391,11 +391,16 @@ class Service(FlowControl):
         transaction (all on disk before this returns), or return the runs their
         idempotency keys map to; in the order of ``payloads``.
 
-        Everything is validated before anything is written, and an
-        :class:`IdempotencyConflictError` of any one of them writes none."""
+        Everything is validated before anything is written (an empty list's
+        options too), and an :class:`IdempotencyConflictError` of any one of them
+        writes none."""
         check_many(payloads, idempotency_keys, concurrency_keys)
         if not payloads:
-            check_name(job, "job name")
+            self._new_runs(
+                job, [], queue_name=queue_name, idempotency_keys=idempotency_keys,
+                idempotency_ttl=idempotency_ttl, max_attempts=max_attempts,
+                scheduled_at=scheduled_at, delay=delay, priority=priority,
+                concurrency_keys=concurrency_keys, many=True)
             return []
         with self.store.preparing_write():
             news, now = self._new_runs(
@@ -470,7 +475,9 @@ class Service(FlowControl):
                     check_key(key, named("idempotency_key", n), s.max_idempotency_key_length)
             expires_at = now + idempotency_seconds(s, idempotency_ttl)
         elif idempotency_ttl is not None:
-            raise ValidationError("idempotency_ttl needs an idempotency_key")
+            if texts or idempotency_keys is None:
+                raise ValidationError("idempotency_ttl needs an idempotency_key")
+            idempotency_seconds(s, idempotency_ttl)  # no runs to start: checked all the same
         return [NewRun(id=new_id("run"), job=job, queue=queue, payload=text,
                        max_attempts=max_attempts, priority=priority, concurrency_key=ckey,
                        scheduled_at=run_at, idempotency_key=key,

@@ -248,6 +248,9 @@ def test_a_body_that_is_not_utf8_is_400_and_says_so(http: httpx.Client) -> None:
     ("POST", "/v1/locks/extend", {"key": "l", "owner": "me", "ttl": 0}),
     ("POST", "/v1/locks/extend", {"key": "l", "owner": "me"}),
     ("POST", "/v1/runs/run_x/cancel", {"reason": 5}),
+    # An empty list of payloads starts nothing, and its options are checked all the same.
+    ("POST", "/v1/runs/many", {"job": "x", "payloads": [], "scheduledAt": "AAA"}),
+    ("POST", "/v1/runs/many", {"job": "x", "payloads": [], "queueName": "a b"}),
     ("POST", "/v1/endpoints", {"url": "ftp://app.example.com/", "jobs": ["x"]}),
     ("POST", "/v1/endpoints", {"url": "/stackshift", "jobs": ["x"]}),
     ("POST", "/v1/endpoints", {"url": "http://app.example.com/", "jobs": []}),
