@@ -232,7 +232,7 @@ def start_in_batches(app: StackShift, job: str, lines: list[Line],
     transaction. A refused batch writes none of its runs; the batches before it
     stay started, and the failure says how far they went."""
     if not lines:
-        app.start_many(job, [], **options)  # the job's name is still checked
+        app.start_many(job, [], **options)  # the job's name and options are still checked
         return []
     runs: list[Run] = []
     for first in range(0, len(lines), MAX_START_MANY):
