@@ -326,6 +326,9 @@ def test_start_payloads_refuses_a_bad_line_or_template_and_starts_nothing(
          "needs field 'id' of the payload, which is not an object but [1, 2]"),
         (["--payloads", lines("g.jsonl", '{"id": 1}\n1e999\n')], "inf is not JSON"),
         (["--payloads", str(good), "--queue", ""], "queue name '' is invalid"),
+        # A file with no payloads starts nothing; its options are checked all the same.
+        (["--payloads", lines("i.jsonl", "\n"), "--scheduled-at", "soon"],
+         "--scheduled-at: 'soon' is not an ISO-8601 time"),
         # What start_many refuses names the line, not the item of its batch.
         (["--payloads", lines("h.jsonl", '{"id": "a"}\n\n{"id": "' + "x" * 600 + '"}\n'),
           "--idempotency-key", "k:{id}"],
