@@ -582,6 +582,13 @@ def test_the_jobs_page_starts_a_run_and_keeps_a_refused_form_as_it_was_sent(
     page.goto(stack.at("/jobs"))
     form = page.locator("#start-run-form")
     expect(page.locator("#job-names option[value='send-email']")).to_have_count(1)
+
+    def submit(job: str, payload: str, key: str = "") -> None:
+        form.locator("[name=job]").fill(job)
+        form.locator("[name=payload]").fill(payload)
+        form.locator("[name=idempotency_key]").fill(key)
+        form.locator("#start-run-submit").click()
+
     refusals = [
         ("send-email", '{"user": "lin", "user": "max"}',
          "The payload is refused: duplicate key 'user' in one object."),
@@ -590,9 +597,7 @@ def test_the_jobs_page_starts_a_run_and_keeps_a_refused_form_as_it_was_sent(
         ("send-email", '[1, NaN]', "NaN"),
     ]
     for job, payload, message in refusals:
-        form.locator("[name=job]").fill(job)
-        form.locator("[name=payload]").fill(payload)
-        form.locator("#start-run-submit").click()
+        submit(job, payload)
         expect(page.locator(".flash-error")).to_contain_text(message)
         # Back as it was sent, on the Jobs page.
         expect(form.locator("[name=job]")).to_have_value(job)
@@ -600,10 +605,7 @@ def test_the_jobs_page_starts_a_run_and_keeps_a_refused_form_as_it_was_sent(
         expect(page.locator("#jobs-table")).to_be_visible()
     assert stack.app.runs.list().items == []
 
-    form.locator("[name=job]").fill("send-email")
-    form.locator("[name=payload]").fill('{"user": "lin"}')
-    form.locator("[name=idempotency_key]").fill("welcome:lin")
-    form.locator("#start-run-submit").click()
+    submit("send-email", '{"user": "lin"}', "welcome:lin")
     expect(page.locator(".flash-ok")).to_have_text("Run started.")
     run_id = page.locator("#run-id").inner_text().strip()
     run = stack.app.runs.get(run_id)
@@ -614,27 +616,19 @@ def test_the_jobs_page_starts_a_run_and_keeps_a_refused_form_as_it_was_sent(
 
     # The same key again: that run, and nothing new.
     page.goto(stack.at("/jobs"))
-    form.locator("[name=job]").fill("send-email")
-    form.locator("[name=payload]").fill('{"user": "lin"}')
-    form.locator("[name=idempotency_key]").fill("welcome:lin")
-    form.locator("#start-run-submit").click()
+    submit("send-email", '{"user": "lin"}', "welcome:lin")
     expect(page.locator(".flash-info")).to_have_text(
         "A run already exists for idempotency key 'welcome:lin': nothing new was started.")
     expect(page.locator("#run-id")).to_have_text(run_id)
     # A key bound to another payload: refused, the form kept.
     page.goto(stack.at("/jobs"))
-    form.locator("[name=job]").fill("send-email")
-    form.locator("[name=payload]").fill('{"user": "max"}')
-    form.locator("[name=idempotency_key]").fill("welcome:lin")
-    form.locator("#start-run-submit").click()
+    submit("send-email", '{"user": "max"}', "welcome:lin")
     expect(page.locator(".flash-error")).to_contain_text(
         f"idempotency key 'welcome:lin' belongs to run {run_id}")
     expect(form.locator("[name=idempotency_key]")).to_have_value("welcome:lin")
     assert len(stack.app.runs.list().items) == 1
     # No payload is a null payload.
-    form.locator("[name=idempotency_key]").fill("")
-    form.locator("[name=payload]").fill("")
-    form.locator("#start-run-submit").click()
+    submit("send-email", "")
     expect(page.locator(".flash-ok")).to_have_text("Run started.")
     other = stack.app.runs.get(page.locator("#run-id").inner_text().strip())
     assert other.payload is None and other.id != run_id
