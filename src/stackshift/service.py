@@ -395,19 +395,14 @@ class Service(FlowControl):
         options too), and an :class:`IdempotencyConflictError` of any one of them
         writes none."""
         check_many(payloads, idempotency_keys, concurrency_keys)
-        if not payloads:
-            self._new_runs(
-                job, [], queue_name=queue_name, idempotency_keys=idempotency_keys,
-                idempotency_ttl=idempotency_ttl, max_attempts=max_attempts,
-                scheduled_at=scheduled_at, delay=delay, priority=priority,
-                concurrency_keys=concurrency_keys, many=True)
-            return []
         with self.store.preparing_write():
             news, now = self._new_runs(
                 job, payloads, queue_name=queue_name, idempotency_keys=idempotency_keys,
                 idempotency_ttl=idempotency_ttl, max_attempts=max_attempts,
                 scheduled_at=scheduled_at, delay=delay, priority=priority,
                 concurrency_keys=concurrency_keys, many=True)
+            if not news:  # an empty list: its options checked all the same
+                return []
             runs = self.store.start_runs(news, now)
             self._started(runs, news[0].scheduled_at)
             return runs
