@@ -366,6 +366,15 @@ def test_a_refused_event_keeps_the_form_as_it_was_filled_in(
     stack.wait_for(lambda: page.evaluate("!document.querySelector('#waterfall .wf').__before"))
     expect(form.locator("textarea[name=payload]")).to_have_value(typed)
 
+    # An object naming a key twice is refused too, as the HTTP API refuses it.
+    twice = '{"amount": 4200, "psp": "acme", "psp": "other"}'
+    form.locator("textarea[name=payload]").fill(twice)
+    form.locator("#send-event").click()
+    expect(page.locator(".flash-error")).to_have_text(
+        "The payload is refused: duplicate key 'psp' in one object.")
+    expect(form.locator("textarea[name=payload]")).to_have_value(twice)
+    assert stack.app.events.list(name="payment.settled").items == []
+
     # Mended, it goes through.
     form.locator("textarea[name=payload]").fill('{"amount": 4200, "psp": "acme"}')
     form.locator("#send-event").click()

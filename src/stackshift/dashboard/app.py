@@ -514,11 +514,9 @@ class Dashboard:
         raw = (form.get("payload") or [""])[0].strip()
         key = (form.get("idempotency_key") or [""])[0] or None  # as typed, as in the SDK
         try:
-            payload = None if not raw else json.loads(raw, object_pairs_hook=unique_keys)
-        except DuplicateKeyError as exc:
-            return None, ("error", f"The payload is refused: {exc} in one object.")
-        except (ValueError, RecursionError) as exc:
-            return None, ("error", f"The payload is not JSON: {exc}")
+            payload = None if not raw else form_json(raw)
+        except ValueError as exc:
+            return None, ("error", str(exc))
         try:
             run = self.service.start(job, payload, idempotency_key=key)
         except (StackShiftError, TypeError, ValueError) as exc:
@@ -546,9 +544,9 @@ class Dashboard:
             return ("error", stopped), True
         raw = field("payload")
         try:
-            payload = None if raw is None else json.loads(raw)
+            payload = None if raw is None else form_json(raw)
         except ValueError as exc:
-            return ("error", f"The payload is not JSON: {exc}"), True
+            return ("error", str(exc)), True
         try:
             sent = self.service.send_event(
                 field("name") or "", payload,
@@ -668,6 +666,18 @@ class Dashboard:
 def _under(root: str, path: str) -> str:
     """``path`` below the dashboard's mount point (``next`` may already include it)."""
     return path if root and (path == root or path.startswith(root + "/")) else root + path
+
+
+def form_json(text: str) -> Any:
+    """A form's payload field as JSON; ``ValueError`` with the message to show for
+    text that is not JSON, or an object naming a key twice (refused as the HTTP
+    API refuses it: readers disagree on which value it means)."""
+    try:
+        return json.loads(text, object_pairs_hook=unique_keys)
+    except DuplicateKeyError as exc:
+        raise ValueError(f"The payload is refused: {exc} in one object.") from None
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"The payload is not JSON: {exc}") from None
 
 
 def _forbidden(text: str, status: int = 403) -> Response:
