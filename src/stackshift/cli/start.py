@@ -17,6 +17,7 @@ from ..durations import parse_duration, span
 from ..errors import ValidationError
 from ..models import Run, Step
 from ..service import MAX_START_MANY
+from ..wording import plural
 from .failures import ExitCode, bad_input
 from .options import (
     database_url_option,
@@ -103,10 +104,10 @@ def start(
     if payloads_file is not None:
         if payload_json is not None:
             raise bad_input("give PAYLOAD_JSON or --payloads, not both")
-        lines = read_payloads(payloads_file)
+        source = "stdin" if payloads_file.name == "<stdin>" else payloads_file.name
+        lines = read_payloads(payloads_file, source)
         keys = keys_from(idempotency_key, "--idempotency-key", lines, each=True)
         groups = keys_from(concurrency_key, "--concurrency-key", lines, each=False)
-        source = source_name(payloads_file)
         with open_client(database_url) as app:
             runs = start_in_batches(
                 app, job, lines, keys, groups, queue_name=queue_name, idempotency_ttl=ttl,
@@ -154,10 +155,10 @@ class Line(NamedTuple):
     payload: Any
 
 
-def read_payloads(file: IO[str]) -> list[Line]:
-    """The payloads of a JSON Lines file, one a line (blank lines skipped), each
-    checked as PAYLOAD_JSON is: a line that is not JSON is refused by number."""
-    source = source_name(file)
+def read_payloads(file: IO[str], source: str) -> list[Line]:
+    """The payloads of a JSON Lines file (``source`` names it), one a line (blank
+    lines skipped), each checked as PAYLOAD_JSON is: a line that is not JSON is
+    refused by number."""
     lines = []
     try:
         for number, text in enumerate(file, 1):
@@ -168,10 +169,6 @@ def read_payloads(file: IO[str]) -> list[Line]:
     except UnicodeDecodeError as exc:
         raise bad_input(f"{source} is not UTF-8 text ({exc})") from None
     return lines
-
-
-def source_name(file: IO[str]) -> str:
-    return "stdin" if file.name == "<stdin>" else file.name
 
 
 def keys_from(template: str | None, option: str, lines: list[Line], *,
@@ -209,18 +206,15 @@ def _key(template: str, parts: list[tuple[str, str | None, str | None, str | Non
         if field is None:
             continue
         payload = line.payload
+        needs = f"line {line.number}: {option} {template!r} needs field {field!r}"
         if not isinstance(payload, dict):
-            raise bad_input(f"line {line.number}: {option} {template!r} needs field "
-                            f"{field!r} of the payload, which is not an object but "
+            raise bad_input(f"{needs} of the payload, which is not an object but "
                             f"{compact_json(payload, 60)}")
         if field not in payload:
-            raise bad_input(f"line {line.number}: {option} {template!r} needs field "
-                            f"{field!r}, which the payload does not have")
+            raise bad_input(f"{needs}, which the payload does not have")
         value = payload[field]
         if isinstance(value, bool) or not isinstance(value, str | int):
-            raise bad_input(f"line {line.number}: {option} {template!r} needs field "
-                            f"{field!r} to be text or an integer, not "
-                            f"{compact_json(value, 60)}")
+            raise bad_input(f"{needs} to be text or an integer, not {compact_json(value, 60)}")
         pieces.append(str(value))
     return "".join(pieces)
 
@@ -279,18 +273,23 @@ def report_started_many(runs: list[Run], job: str, source: str, as_json: bool) -
         out.print(f"No runs started: {source} has no payloads.", markup=False)
         return
     created = [run for run in runs if run.created]
-    statuses = Counter(run.status for run in created)
-    counts = ", ".join(f"{count:,} {status}" for status, count in statuses.items())
-    out.print(f"Started {len(created):,} run{'s' if len(created) != 1 else ''} of job "
-              f"{job} on queue {runs[0].queue}" + (f" ({counts})" if counts else "") + ".",
-              markup=False)
+    counts = status_counts(created)
+    out.print(f"Started {plural(len(created), 'run')} of job {job} on queue {runs[0].queue}"
+              + (f" ({counts})" if counts else "") + ".", markup=False)
     existing = len(runs) - len(created)
-    if existing:
-        out.print(f"{existing:,} line{'s' if existing != 1 else ''} named "
-                  f"run{'s' if existing != 1 else ''} that already existed for "
-                  f"{'their' if existing != 1 else 'its'} idempotency "
-                  f"key{'s' if existing != 1 else ''}; nothing new was started for "
-                  f"{'them' if existing != 1 else 'it'}.", markup=False)
+    if existing == 1:
+        out.print("1 line named a run that already existed for its idempotency key; nothing "
+                  "new was started for it.", markup=False)
+    elif existing:
+        out.print(f"{existing:,} lines named runs that already existed for their idempotency "
+                  "keys; nothing new was started for them.", markup=False)
+
+
+def status_counts(runs: list[Run]) -> str:
+    """``2 completed, 1 failed``: how many of ``runs`` have each status, in the
+    order the statuses first come."""
+    return ", ".join(f"{count:,} {status}"
+                     for status, count in Counter(run.status for run in runs).items())
 
 
 def warn_if_no_worker_knows(app: StackShift, run: Run, *, chosen_queue: bool,
@@ -459,10 +458,9 @@ def report_finished_many(finals: list[Run], started: list[Run], as_json: bool) -
         echo_json([{**to_data(final), "created": run.created}
                    for final, run in zip(finals, started, strict=True)])
     else:
-        statuses = Counter(run.status for run in finals)
-        counts = ", ".join(f"{count:,} {status}" for status, count in statuses.items())
+        counts = status_counts(finals)
         out = console()
-        out.print(f"Waited for {len(finals):,} run{'s' if len(finals) != 1 else ''}"
+        out.print(f"Waited for {plural(len(finals), 'run')}"
                   + (f": {counts}." if counts else "."), markup=False)
         for run in unfinished[:SHOWN_UNFINISHED]:
             out.print(finished_line(run))

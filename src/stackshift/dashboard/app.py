@@ -38,6 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..errors import StackShiftError
 from ..serialization import DuplicateKeyError, unique_keys
 from ..service import Service
+from ..wording import plural
 from . import formatting, pages
 from .sessions import FLASH_COOKIE, SESSION_COOKIE, Session, Sessions, same_token
 
@@ -136,7 +137,7 @@ class Dashboard:
             between=formatting.between,
             day_time=formatting.day_time,
             percent=formatting.percent,
-            plural=formatting.plural,
+            plural=plural,
             time_in_run=formatting.time_in_run,
             timeline_details=formatting.timeline_details,
             statuses=pages.STATUS_ORDER,
@@ -559,10 +560,10 @@ class Dashboard:
         if run_id in sent.resumed_run_ids:
             others = len(sent.resumed_run_ids) - 1
             text = "Event sent: the run resumed." + (
-                f" It also resumed {formatting.plural(others, 'other run')}." if others else "")
+                f" It also resumed {plural(others, 'other run')}." if others else "")
             return ("ok", text), False
         count = len(sent.resumed_run_ids)
-        return ("info", f"Event sent; it resumed {formatting.plural(count, 'run')}, "
+        return ("info", f"Event sent; it resumed {plural(count, 'run')}, "
                         "not this one (check the name and correlation key)."), False
 
     def _not_waiting(self, run_id: str) -> str | None:
@@ -751,7 +752,7 @@ def _repeated_send(run_id: str, first: list[str]) -> str:
     if run_id in first:
         others = len(first) - 1
         return text + "resumed this run" + (
-            f" and {formatting.plural(others, 'other run')}." if others else ".")
-    done = f"resumed {formatting.plural(len(first), 'run')}, not this one" if first else (
+            f" and {plural(others, 'other run')}." if others else ".")
+    done = f"resumed {plural(len(first), 'run')}, not this one" if first else (
         "resumed no run")
     return text + done + ". Send it with another idempotency key to resume this run."

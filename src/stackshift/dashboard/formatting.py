@@ -166,11 +166,6 @@ def percent(part: float, whole: float) -> str:
     return f"{share:.1f}%" if round(share, 1) < 10 else f"{share:.0f}%"
 
 
-def plural(count: int, word: str) -> str:
-    """``1 run``, ``2 runs``, ``1,204 runs``."""
-    return f"{count:,} {word}{'' if count == 1 else 's'}"
-
-
 def short_id(value: str) -> str:
     """``run_01a229d363f102f55f8b68b4c2`` -> ``run_…f55f8b68b4c2``."""
     if len(value) <= 18:
