@@ -128,6 +128,14 @@ class Runs:
     def retry(self, run_id: str) -> Run:
         return self._s.retry_run(run_id)
 
+    def start_again(self, run_id: str) -> Run:
+        """Start a new run of the run's job with its payload, queue, priority,
+        concurrency key and ``max_attempts``, whatever its status; not with its
+        idempotency key, which names the run it started. Returns the new run;
+        the two timelines name each other (``run.started_again``,
+        ``again_of``)."""
+        return self._s.start_again(run_id)
+
     def retry_many(
         self,
         *,

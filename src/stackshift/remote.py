@@ -135,6 +135,14 @@ def checked(response: httpx.Response, ok: tuple[int, ...] = (200, 201, 204)) -> 
     return response
 
 
+def _error_code(response: httpx.Response) -> str | None:
+    """The ``code`` of an error answer, or ``None`` when it has none."""
+    try:
+        return str(response.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def raise_for_error(response: httpx.Response) -> NoReturn:
     """Raise the exception an error response stands for."""
     try:
@@ -552,6 +560,19 @@ class RemoteService(RemoteFlowControl):
 
     def retry_run(self, run_id: str) -> Run:
         return self._run_action(run_id, "retry")
+
+    def start_again(self, run_id: str) -> Run:
+        path = f"/v1/runs/{_segment(run_id, RunNotFoundError, 'run')}/again"
+        response = self._call("POST", path, ok=(201, 404, 405))
+        if response.status_code == 201:
+            return wire.Run.model_validate(response.json()).to_model()
+        # An unknown run is run_not_found; a route the server does not have, not_found.
+        if response.status_code == 404 and _error_code(response) != "not_found":
+            raise_for_error(response)
+        raise RemoteError(
+            f"the server at {self.base_url} has no POST /v1/runs/{{id}}/again (a server from an"
+            " earlier version): upgrade it, or start the run's job with its payload with"
+            " start()", response.status_code, "not_supported")
 
     def _run_items(self, run_id: str, what: str,
                    params: dict[str, Any] | None = None) -> list[Any]:

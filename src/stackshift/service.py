@@ -545,6 +545,11 @@ class Service(FlowControl):
     def cancel_run(self, run_id: str, reason: str | None = None) -> Run:
         return self.store.cancel_run(run_id, check_reason(reason), self.clock.now())
 
+    def start_again(self, run_id: str) -> Run:
+        run = self.store.start_again(run_id, new_id("run"), self.clock.now())
+        self.notifier.notify()
+        return run
+
     def retry_run(self, run_id: str) -> Run:
         run = self.store.retry_run(run_id, self.clock.now())
         self.notifier.notify()

@@ -583,6 +583,29 @@ def test_start_again_starts_a_new_run_with_the_runs_payload(
     stack.wait_status(new_id, "waiting")
     expect(page.locator("#run-head .badge").first).to_have_text("waiting")
     assert stack.app.runs.get(run.id).status == "waiting"
+    # Each run's page names the other, and links to it; so do their timelines.
+    page.locator("#raw-timeline summary").click()
+    origin = page.locator("#raw-timeline tr", has_text="run.queued").first
+    expect(origin).to_contain_text(f'{{"again_of": "{run.id}"}}')
+    expect(origin.get_by_role("link", name=run.id)).to_have_count(1)
+    expect(page.locator("#run-started-again")).to_have_count(0)
+    page.locator("#run-again-of").get_by_role("link", name=run.id).click()
+    expect(page.locator("#run-id")).to_have_text(run.id)
+    expect(page.locator("#run-started-again")).to_have_text(new_id)
+    expect(page.locator("#run-again-of")).to_have_count(0)
+    page.locator("#raw-timeline summary").click()
+    noted = page.locator("#raw-timeline tr", has_text="run.started_again")
+    expect(noted).to_contain_text(f'{{"new_run_id": "{new_id}"}}')
+    noted.get_by_role("link", name=new_id).click()
+    expect(page.locator("#run-id")).to_have_text(new_id)
+    # The latest three of the runs started again from a run, and how many more.
+    for _ in range(3):
+        stack.app.runs.start_again(run.id)
+    page.goto(stack.at(f"/runs/{run.id}"))
+    latest = [e.data["new_run_id"] for e in stack.app.runs.timeline(run.id)
+              if e.kind == "run.started_again"][::-1]
+    expect(page.locator("#run-started-again")).to_have_text(
+        ", ".join(latest[:3]) + " and 1 earlier")
 
 
 def test_the_jobs_page_starts_a_run_and_keeps_a_refused_form_as_it_was_sent(
@@ -592,27 +615,41 @@ def test_the_jobs_page_starts_a_run_and_keeps_a_refused_form_as_it_was_sent(
     form = page.locator("#start-run-form")
     expect(page.locator("#job-names option[value='send-email']")).to_have_count(1)
 
-    def submit(job: str, payload: str, key: str = "") -> None:
+    def submit(job: str, payload: str, key: str = "", **options: str) -> None:
         form.locator("[name=job]").fill(job)
         form.locator("[name=payload]").fill(payload)
         form.locator("[name=idempotency_key]").fill(key)
+        for name in ("queue", "delay", "priority"):
+            form.locator(f"[name={name}]").fill(options.get(name, ""))
         form.locator("#start-run-submit").click()
 
-    refusals = [
-        ("send-email", '{"user": "lin", "user": "max"}',
+    refusals: list[tuple[str, str, dict[str, str], str]] = [
+        ("send-email", '{"user": "lin", "user": "max"}', {},
          "The payload is refused: duplicate key 'user' in one object."),
-        ("send-email", '{"user": ', "The payload is not JSON: Expecting value"),
-        ("send email", '{"user": "lin"}', "job name 'send email' is invalid"),
-        ("send-email", '[1, NaN]', "NaN"),
+        ("send-email", '{"user": ', {}, "The payload is not JSON: Expecting value"),
+        ("send email", '{"user": "lin"}', {}, "job name 'send email' is invalid"),
+        ("send-email", '[1, NaN]', {}, "NaN"),
+        ("send-email", '{"user": "lin"}', {"queue": "a b", "delay": "1h", "priority": "2"},
+         "queue name 'a b' is invalid"),
+        ("send-email", '{"user": "lin"}', {"queue": "emails", "delay": "soon"},
+         "delay: 'soon' is not a duration (use e.g. '30s', '15m', '1h30m', '7d')"),
+        ("send-email", '{"user": "lin"}', {"priority": "high"},
+         "priority must be a 32-bit integer, got 'high'"),
+        ("send-email", '{"user": "lin"}', {"priority": "9999999999"},
+         "priority must be a 32-bit integer, got 9999999999"),
     ]
-    for job, payload, message in refusals:
-        submit(job, payload)
+    for job, payload, options, message in refusals:
+        submit(job, payload, **options)
         expect(page.locator(".flash-error")).to_contain_text(message)
         # Back as it was sent, on the Jobs page.
         expect(form.locator("[name=job]")).to_have_value(job)
         expect(form.locator("[name=payload]")).to_have_value(payload)
+        for name in ("queue", "delay", "priority"):
+            expect(form.locator(f"[name={name}]")).to_have_value(options.get(name, ""))
         expect(page.locator("#jobs-table")).to_be_visible()
     assert stack.app.runs.list().items == []
+    # The queues the jobs' workers take are suggested.
+    expect(page.locator("#queue-names option[value='emails']")).to_have_count(1)
 
     submit("send-email", '{"user": "lin"}', "welcome:lin")
     expect(page.locator(".flash-ok")).to_have_text("Run started.")
@@ -641,6 +678,15 @@ def test_the_jobs_page_starts_a_run_and_keeps_a_refused_form_as_it_was_sent(
     expect(page.locator(".flash-ok")).to_have_text("Run started.")
     other = stack.app.runs.get(page.locator("#run-id").inner_text().strip())
     assert other.payload is None and other.id != run_id
+    # On another queue, an hour from now, at a priority: as the SDK starts it.
+    page.goto(stack.at("/jobs"))
+    submit("send-email", '{"user": "max"}', queue="billing", delay="1h", priority="-3")
+    expect(page.locator(".flash-ok")).to_have_text("Run started.")
+    later = stack.app.runs.get(page.locator("#run-id").inner_text().strip())
+    assert (later.queue, later.status, later.priority) == ("billing", "scheduled", -3)
+    assert later.scheduled_at is not None
+    assert 3590 < (later.scheduled_at - later.created_at).total_seconds() <= 3600
+    expect(page.locator("#run-head .badge").first).to_have_text("scheduled")
 
 
 def test_bulk_retry_dead_letters_of_a_queue(stack: Dashboard, page: Page) -> None:

@@ -663,6 +663,29 @@ def test_runs_show_logs_timeline_retry_and_wait_follow_a_failed_run(
     cancel = cli(db_url, "runs", "cancel", run_id)
     assert cancel.returncode == 1 and "cannot be cancelled" in cancel.stderr
 
+    # A completed run can be started again: a new run, with its payload.
+    fresh = cli_json(db_url, "runs", "again", run_id)
+    assert fresh["id"] != run_id
+    assert (fresh["job"], fresh["payload"], fresh["status"]) == ("charge", {"amount": 5},
+                                                                 "queued")
+    told = cli(db_url, "runs", "again", run_id)
+    assert told.returncode == 0, told.stderr
+    [newer] = [r for r in app.runs.list(job="charge").items if r.id not in (run_id, fresh["id"])]
+    assert told.stdout.splitlines()[:2] == [
+        f"Started run {newer.id} · job charge · queue default · queued",
+        f"It has the payload and options of run {run_id}."]
+    entries = cli_json(db_url, "runs", "timeline", run_id)
+    assert [e["data"] for e in entries if e["kind"] == "run.started_again"] == [
+        {"new_run_id": fresh["id"]}, {"new_run_id": newer.id}]
+    # An unknown run, and --timeout without --wait: refused, nothing started.
+    unknown = cli(db_url, "runs", "again", "run_00000000000000000000000000")
+    assert (unknown.returncode, unknown.stderr.strip()) == (
+        3, "error: no run with id 'run_00000000000000000000000000'")
+    refused = cli(db_url, "runs", "again", run_id, "--timeout", "5s")
+    assert (refused.returncode, refused.stderr.strip()) == (
+        2, "error: --timeout only applies with --wait")
+    assert len(app.runs.list(job="charge").items) == 3
+
 
 @contextmanager
 def following(db_url: str, run_id: str,
@@ -1251,6 +1274,36 @@ def test_waiting_on_a_terminal_shows_the_runs_progress(db_url: str, app: StackSh
     assert f"run {queued.id} is still queued after 0.7s" in shown, shown
 
 
+def test_waiting_for_the_runs_of_a_file_on_a_terminal_shows_the_one_waited_for(
+    db_url: str, app: StackShift, tmp_path: Path
+) -> None:
+    @app.job("slow")
+    def slow(ctx: Any) -> str:
+        for part in range(4):
+            ctx.step.run(f"part-{part}", time.sleep, 0.4)
+        return "rested"
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"n": 1}\n{"n": 2}\n', encoding="utf-8")
+    with app.worker():
+        code, out, shown = _on_terminal(db_url, "start", "slow", "--payloads", str(rows),
+                                        "--wait")
+    assert code == 0, (out, shown)
+    assert out.splitlines()[-1] == "Waited for 2 runs: 2 completed.", out
+    first = min(app.runs.list(job="slow").items, key=lambda run: run.id)
+    assert f"1 of 2 · Run {first.id} running · attempt 1 of 3" in shown, shown
+    assert "steps done (last: part-" in shown, shown
+
+    # The time runs out: the line named the run waited for, the error says how many.
+    code, out, shown = _on_terminal(db_url, "start", "notDeployed", "--payloads", str(rows),
+                                    "--wait", "--timeout", "0.7")
+    assert code == 1, (out, shown)
+    waited = min(app.runs.list(job="notDeployed").items, key=lambda run: run.id)
+    assert f"1 of 2 · Run {waited.id} queued · attempt 0 of 3" in shown, shown
+    assert (f"2 of the 2 runs had not ended after 0.7s (run {waited.id} is still queued)"
+            in shown), shown
+
+
 def test_the_progress_line_counts_attempts_as_runs_show_does_after_a_manual_retry(
     db_url: str, app: StackShift
 ) -> None:
@@ -1765,6 +1818,10 @@ def test_worker_executes_runs_and_stops_gracefully_on_sigterm(
         assert (added["status"], added["result"]) == ("completed", 3)
         failed = cli(db_url, "start", "boom", "--wait", "--timeout", "30s")
         assert failed.returncode == 1 and "NonRetriableError: boom" in failed.stdout
+        again = cli_json(db_url, "runs", "again", added["id"], "--wait", "--timeout", "30s")
+        assert again["id"] != added["id"]
+        assert (again["status"], again["result"], again["payload"]) == (
+            "completed", 3, {"a": 1, "b": 2})
 
         slow = app.start("slow", {"seconds": 1.0})
         eventually(lambda: app.runs.get(slow.id).status == "running", what="slow run to start")

@@ -1,13 +1,13 @@
 """The API as a server from an earlier version serves it: the real app over the
 database in ``STACKSHIFT_DATABASE_URL``, without ``GET /v1/limits``, ``GET
-/v1/jobs`` and ``POST /v1/runs/many``, with ``POST /v1/locks/acquire`` taking
-the body it took before lock holders (a ``holder`` field is refused as unknown,
-as any unknown field is), with ``POST /v1/runs/retry-many`` as before pages (no ``cursor``, no
-``nextCursor``), with ``GET /v1/runs/{run_id}/logs`` as before pages (no
-``limit``), and with ``POST /v1/worker/renew`` as before it took log records
-(``POST /v1/worker/register`` answering without ``renewTakesLogs``), and with log
-records as before they had fields (a ``fields`` in one refused, and
-``logsTakeFields`` not in that answer).
+/v1/jobs``, ``POST /v1/runs/many`` and ``POST /v1/runs/{run_id}/again``, with
+``POST /v1/locks/acquire`` taking the body it took before lock holders (a
+``holder`` field is refused as unknown, as any unknown field is), with ``POST
+/v1/runs/retry-many`` as before pages (no ``cursor``, no ``nextCursor``), with
+``GET /v1/runs/{run_id}/logs`` as before pages (no ``limit``), and with ``POST
+/v1/worker/renew`` as before it took log records (``POST /v1/worker/register``
+answering without ``renewTakesLogs``), and with log records as before they had
+fields (a ``fields`` in one refused, and ``logsTakeFields`` not in that answer).
 
 Served by uvicorn in ``test_older_server.py`` (its own process: the routes are
 changed in the module's router before the app is built).
@@ -32,7 +32,7 @@ from stackshift.server.routes import service_of
 routes.router.routes[:] = [route for route in routes.router.routes
                            if getattr(route, "path", None) not in (
                                "/v1/limits", "/v1/locks/acquire", "/v1/runs/{run_id}/logs",
-                               "/v1/runs/many")]
+                               "/v1/runs/many", "/v1/runs/{run_id}/again")]
 flow_routes.router.routes[:] = [route for route in flow_routes.router.routes
                                 if getattr(route, "path", None) not in ("/v1/jobs",
                                                                         "/v1/runs/retry-many")]

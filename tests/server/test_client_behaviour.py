@@ -621,6 +621,54 @@ def test_a_manual_retry_shows_the_budget_it_starts_and_drops_the_old_error(
         "ledger down", "ledger down"]
 
 
+def test_start_again_starts_the_same_work_as_a_new_run_and_each_names_the_other(
+    client: StackShift, engine: StackShift, run_all: Callable[[], int], unique: Names
+) -> None:
+    job = unique("importOrders")
+
+    @client.job(job)
+    def import_orders(ctx: Any) -> int:
+        if ctx.payload["count"] < 0:
+            raise ValueError("a count cannot be negative")
+        return int(ctx.payload["count"]) * 2
+
+    key = unique("import:1")
+    run = client.start(job, {"count": 21}, queue_name="imports", max_attempts=4, priority=2,
+                       concurrency_key="shop:1", idempotency_key=key)
+    run_all()
+    done = client.runs.get(run.id)
+    assert (done.status, done.result) == ("completed", 42)
+
+    again = client.runs.start_again(run.id)
+    assert again.id != run.id and again.created
+    assert (again.job, again.payload, again.queue, again.max_attempts, again.priority,
+            again.concurrency_key) == (job, {"count": 21}, "imports", 4, 2, "shop:1")
+    assert (again.idempotency_key, again.status, again.attempt, again.result) == (
+        None, "queued", 0, None)
+    assert client.runs.get(again.id) == again
+    [created] = client.runs.timeline(again.id)
+    assert (created.kind, created.data) == ("run.queued", {"again_of": run.id})
+    noted = client.runs.timeline(run.id)[-1]
+    assert (noted.kind, noted.data, noted.at) == (
+        "run.started_again", {"new_run_id": again.id}, created.at)
+    assert client.runs.get(run.id) == done  # the first run is as it was
+    assert engine.runs.timeline(again.id) == [created]  # either client reads the same
+    # Not the key: it names the first run, so a start with it still finds that one.
+    assert client.start(job, {"count": 21}, queue_name="imports",
+                        idempotency_key=key).id == run.id
+    run_all()
+    assert client.runs.get(again.id).result == 42
+
+    # Whatever the run's status: a failed one too, and one that has not run yet.
+    failing = client.start(job, {"count": -1}, max_attempts=1)
+    run_all()
+    assert client.runs.get(failing.id).status == "failed"
+    assert client.runs.start_again(failing.id).payload == {"count": -1}
+    later = client.start(job, {"count": 1}, delay="1h")
+    assert (client.runs.start_again(later.id).status, client.runs.get(later.id).status) == (
+        "queued", "scheduled")
+
+
 def test_cancel(client: StackShift, unique: Names) -> None:
     run = client.start(unique("later"), delay="1h")
     cancelled = client.runs.cancel(run.id, reason="no longer needed")
@@ -691,8 +739,8 @@ def test_wait_times_out_on_an_unfinished_run(client: StackShift, unique: Names) 
     assert 0.25 <= time.monotonic() - started < 5
 
 
-@pytest.mark.parametrize("call", ["get", "wait", "cancel", "retry", "timeline", "logs",
-                                  "attempts", "steps"])
+@pytest.mark.parametrize("call", ["get", "wait", "cancel", "retry", "start_again", "timeline",
+                                  "logs", "attempts", "steps"])
 def test_unknown_run_ids(client: StackShift, call: str) -> None:
     for run_id in ("run_00000000000000000000000000", "nope", "", "a/b", "..", 5, None,
                    "run_\x00"):

@@ -105,6 +105,21 @@ def test_start_many_through_a_server_without_it_says_so_and_starts_nothing(
         assert app.start(job, {"n": 1}).created  # one at a time works
 
 
+def test_start_again_through_a_server_without_it_says_so_and_starts_nothing(
+        server: Server) -> None:
+    job = f"older-again-{uuid.uuid4().hex[:8]}"
+    with StackShift(api_key=server.api_key, base_url=server.url) as app:
+        run = app.start(job, {"n": 1})
+        with pytest.raises(RemoteError) as refused:
+            app.runs.start_again(run.id)
+        assert str(refused.value) == (
+            f"the server at {server.url} has no POST /v1/runs/{{id}}/again (a server from an"
+            " earlier version): upgrade it, or start the run's job with its payload with"
+            " start()")
+        assert refused.value.code == "not_supported"
+        assert [r.id for r in app.runs.list(job=job).items] == [run.id]
+
+
 def test_other_failures_to_read_the_limits_still_surface(server: Server) -> None:
     with (StackShift(api_key="ssk_unknown", base_url=server.url) as app,
           pytest.raises(AuthenticationError)):

@@ -578,6 +578,30 @@ def test_a_timezone_that_is_a_region_or_too_long_is_refused_not_a_server_error(
     assert http.delete(f"/v1/schedules/{made.json()['id']}").json()["deleted"] is True
 
 
+def test_a_run_started_again_over_http(http: httpx.Client) -> None:
+    """``POST /v1/runs/{id}/again`` answers ``201`` with the new run; it takes no
+    options (the new run has the run's), so a body with fields is refused, as is
+    an unknown run, and neither starts anything."""
+    job = tag("again")
+    run = http.post("/v1/runs", json={"job": job, "payload": {"n": 1}, "priority": 2,
+                                      "idempotencyKey": tag("again")}).json()
+    assert_error(http.post(f"/v1/runs/{run['id']}/again", json={"payload": {"n": 2}}),
+                 422, "validation_error")
+    assert_error(http.post("/v1/runs/run_00000000000000000000000000/again"),
+                 404, "run_not_found")
+    assert [r["id"] for r in http.get("/v1/runs", params={"job": job}).json()["items"]] == [
+        run["id"]]
+    again = http.post(f"/v1/runs/{run['id']}/again")
+    assert again.status_code == 201, again.text
+    new = again.json()
+    assert (new["job"], new["payload"], new["priority"], new["idempotencyKey"],
+            new["status"]) == (job, {"n": 1}, 2, None, "queued")
+    created = http.get(f"/v1/runs/{new['id']}/timeline").json()["items"]
+    assert [e["data"] for e in created] == [{"againOf": run["id"]}]
+    noted = http.get(f"/v1/runs/{run['id']}/timeline").json()["items"][-1]
+    assert (noted["kind"], noted["data"]) == ("run.started_again", {"newRunId": new["id"]})
+
+
 def test_an_endpoint_that_takes_no_body_refuses_one_with_fields(http: httpx.Client) -> None:
     """Options an endpoint does not have are refused, as unknown fields are in
     bodies: ``{"until": ...}`` on a pause would otherwise pause for good, and

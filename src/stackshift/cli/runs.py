@@ -15,7 +15,7 @@ from ..engine.transitions import TERMINAL
 from ..progress import in_progress
 from ..runlogs import level_number
 from ..service import MAX_LOG_PAGE
-from .failures import ExitCode
+from .failures import ExitCode, bad_input
 from .options import (
     database_url_option,
     duration,
@@ -38,7 +38,7 @@ from .render import (
     timeline_table,
     to_data,
 )
-from .start import report_finished, wait_for_run
+from .start import report_finished, report_started, wait_for_run, warn_if_no_worker_knows
 
 if TYPE_CHECKING:
     from ..client import StackShift
@@ -323,6 +323,39 @@ def retry(run_id: str, as_json: bool, database_url: str | None) -> None:
                     f" again with a fresh budget of {run.max_attempts} attempt"
                     f"{'s' if run.max_attempts != 1 else ''} (after {run.retry_base} in all);"
                     " its completed steps will be reused.", sep="")
+
+
+@runs.command()
+@click.argument("run_id")
+@click.option("--wait", is_flag=True,
+              help="Wait until the new run is completed, failed or cancelled.")
+@click.option("--timeout", help="With --wait: give up after this long (exit 1).")
+@json_option
+@database_url_option
+def again(run_id: str, wait: bool, timeout: str | None, as_json: bool,
+          database_url: str | None) -> None:
+    """Start a new run of RUN_ID's job with its payload, queue, priority,
+    concurrency key and attempts, whatever its status (not with its idempotency
+    key, which names RUN_ID).
+
+    The two runs' timelines name each other. Exit codes: 0 ok, 1 the new run
+    waited for did not complete, 3 no run RUN_ID.
+    """
+    if timeout is not None and not wait:
+        raise bad_input("--timeout only applies with --wait")
+    limit = duration(timeout, "--timeout")
+    with open_client(database_url) as app:
+        run = app.runs.start_again(run_id)
+        warn_if_no_worker_knows(app, run, chosen_queue=True)
+        if not as_json:
+            report_started(run, as_json)
+            console().print(f"It has the payload and options of run {run_id}.")
+        elif not wait:
+            echo_json(run)
+        if not wait:
+            return
+        final = wait_for_run(app, run.id, limit, as_json)
+    report_finished(final, as_json)
 
 
 @runs.command("retry-many")

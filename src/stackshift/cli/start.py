@@ -7,6 +7,7 @@ import string
 import time
 from collections import Counter
 from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 import click
@@ -41,6 +42,8 @@ from .render import (
 )
 
 if TYPE_CHECKING:
+    from rich.status import Status
+
     from ..client import StackShift
 
 #: How often the progress line of a wait on a terminal is brought up to date.
@@ -121,7 +124,7 @@ def start(
                 report_started_many(runs, job, source, as_json)
             if not wait:
                 return
-            finals = wait_for_runs(app, runs, wait_limit)
+            finals = wait_for_runs(app, runs, wait_limit, as_json)
         report_finished_many(finals, runs, as_json)
         return
     payload = parse_json_argument(payload_json, "PAYLOAD_JSON")
@@ -378,23 +381,41 @@ def wait_for_run(app: StackShift, run_id: str, limit: float | str | None,
     """Wait until the run is completed, failed or cancelled (``TimeoutError`` after
     ``limit``, a duration). Meanwhile, when stderr is a terminal and the output is not
     JSON, a line there shows how the run is getting on, and goes once it ends."""
+    with progress_shown(as_json, f"Waiting for run {run_id}") as shown:
+        if shown is None:
+            return app.runs.wait(run_id, limit)
+        seconds = None if limit is None else parse_duration(limit, name="timeout")
+        began = time.monotonic()
+        return wait_showing(app, run_id, shown, began,
+                            None if seconds is None else began + seconds)
+
+
+def progress_shown(as_json: bool, first: str) -> AbstractContextManager[Status | None]:
+    """The progress line of a wait, ``first`` until it has more to say: on stderr
+    when it is a terminal and the output is not JSON, else ``None``."""
     err = console(stderr=True)
     if as_json or not err.is_terminal or err.is_dumb_terminal:
-        return app.runs.wait(run_id, limit)
-    seconds = None if limit is None else parse_duration(limit, name="timeout")
-    began = time.monotonic()
-    deadline = None if seconds is None else began + seconds
-    with err.status(f"Waiting for run {run_id}", spinner="dots") as shown:
-        while True:
-            left = PROGRESS_EVERY if deadline is None else deadline - time.monotonic()
-            try:
-                return app.runs.wait(run_id, max(0.0, min(PROGRESS_EVERY, left)))
-            except TimeoutError:
-                pass
-            run = app.runs.get(run_id)
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"run {run_id} is still {run.status} after {seconds:g}s")
-            shown.update(progress_line(run, app.runs.steps(run_id), time.monotonic() - began))
+        return nullcontext()
+    return err.status(first, spinner="dots")
+
+
+def wait_showing(app: StackShift, run_id: str, shown: Status, began: float,
+                 deadline: float | None, prefix: str = "") -> Run:
+    """The run once it is completed, failed or cancelled, with ``shown`` brought up
+    to date meanwhile (``prefix``, then the run's :func:`progress_line` with the
+    time since ``began``); ``TimeoutError`` at ``deadline`` (monotonic)."""
+    while True:
+        left = PROGRESS_EVERY if deadline is None else deadline - time.monotonic()
+        try:
+            return app.runs.wait(run_id, max(0.0, min(PROGRESS_EVERY, left)))
+        except TimeoutError:
+            pass
+        run = app.runs.get(run_id)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError(f"run {run_id} is still {run.status} after "
+                               f"{deadline - began:g}s")
+        shown.update(Text.assemble(prefix, progress_line(run, app.runs.steps(run_id),
+                                                         time.monotonic() - began)))
 
 
 def progress_line(run: Run, steps: list[Step], waited: float) -> Text:
@@ -429,16 +450,25 @@ def finished_line(run: Run) -> Text:
 SHOWN_UNFINISHED = 10
 
 
-def wait_for_runs(app: StackShift, runs: list[Run], limit: float | str | None) -> list[Run]:
+def wait_for_runs(app: StackShift, runs: list[Run], limit: float | str | None,
+                  as_json: bool) -> list[Run]:
     """Each of ``runs`` once it is completed, failed or cancelled, in their order
-    (``TimeoutError`` when ``limit``, a duration, passes before they all have)."""
+    (``TimeoutError`` when ``limit``, a duration, passes before they all have).
+    Meanwhile, as for one run (:func:`wait_for_run`), a line shows the run waited
+    for, with its place among them."""
     seconds = None if limit is None else parse_duration(limit, name="timeout")
-    deadline = None if seconds is None else time.monotonic() + seconds
+    began = time.monotonic()
+    deadline = None if seconds is None else began + seconds
     finals: list[Run] = []
-    for run in runs:
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+    with progress_shown(as_json, f"Waiting for {plural(len(runs), 'run')}") as shown:
         try:
-            finals.append(app.runs.wait(run.id, left))
+            for number, run in enumerate(runs, 1):
+                if shown is None:
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    finals.append(app.runs.wait(run.id, left))
+                else:
+                    finals.append(wait_showing(app, run.id, shown, began, deadline,
+                                               f"{number:,} of {len(runs):,} · "))
         except TimeoutError:
             rest = [app.runs.get(other.id) for other in runs[len(finals):]]
             waiting = [other for other in rest if not other.is_terminal]

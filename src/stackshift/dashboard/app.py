@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -37,7 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import StackShiftError
 from ..serialization import DuplicateKeyError, unique_keys
-from ..service import Service
+from ..service import Service, check_int
 from ..wording import plural
 from . import formatting, pages
 from .sessions import FLASH_COOKIE, SESSION_COOKIE, Session, Sessions, same_token
@@ -48,7 +49,7 @@ MAX_FORM_BYTES = 2 * 1024 * 1024
 #: The fields of a run page's form that sends an event.
 EVENT_FIELDS = ("name", "correlation_key", "payload", "idempotency_key")
 #: The fields of the Jobs page's form that starts a run.
-START_FIELDS = ("job", "payload", "idempotency_key")
+START_FIELDS = ("job", "payload", "idempotency_key", "queue", "delay", "priority")
 
 SECURITY_HEADERS = [
     (b"content-security-policy",
@@ -139,6 +140,7 @@ class Dashboard:
             percent=formatting.percent,
             plural=plural,
             time_in_run=formatting.time_in_run,
+            link_runs=formatting.link_runs,
             timeline_details=formatting.timeline_details,
             statuses=pages.STATUS_ORDER,
         )
@@ -433,14 +435,11 @@ class Dashboard:
     def _start_again(self, request: Request, form: dict[str, list[str]],
                      session: Session) -> tuple[str, tuple[str, str] | None, Session | None]:
         """Start a new run of the run's job with its payload, queue, priority,
-        concurrency key and attempts (not its idempotency key, which names the run
-        itself), then go to the new run's page."""
+        concurrency key and attempts (``runs.start_again``), then go to the new
+        run's page."""
         run_id = request.path_params["run_id"]
         try:
-            run = self.service.get_run(run_id)
-            new = self.service.start(
-                run.job, run.payload, queue_name=run.queue, max_attempts=run.max_attempts,
-                priority=run.priority, concurrency_key=run.concurrency_key)
+            new = self.service.start_again(run_id)
         except StackShiftError as exc:
             return f"/runs/{run_id}", ("error", str(exc)), None
         return f"/runs/{new.id}", ("ok", f"Started with the payload of run {run_id}."), None
@@ -511,15 +510,23 @@ class Dashboard:
                          ) -> tuple[str | None, tuple[str, str]]:
         """Start the form's run: its id (``None`` when the input was refused) and the
         message to show."""
-        job = (form.get("job") or [""])[0].strip()
-        raw = (form.get("payload") or [""])[0].strip()
+        job, raw, queue, delay, priority = (
+            (form.get(name) or [""])[0].strip()
+            for name in ("job", "payload", "queue", "delay", "priority"))
         key = (form.get("idempotency_key") or [""])[0] or None  # as typed, as in the SDK
         try:
             payload = None if not raw else form_json(raw)
         except ValueError as exc:
             return None, ("error", str(exc))
         try:
-            run = self.service.start(job, payload, idempotency_key=key)
+            # A whole number as such; other text as it was typed, refused in the
+            # words the SDK's start uses.
+            rank = None if not priority else check_int(
+                int(priority) if re.fullmatch(r"[+-]?\d{1,12}", priority) else priority,
+                "priority", 32)
+            run = self.service.start(job, payload, idempotency_key=key,
+                                     queue_name=queue or None, delay=delay or None,
+                                     priority=rank)
         except (StackShiftError, TypeError, ValueError) as exc:
             return None, ("error", str(exc))
         if not run.created:

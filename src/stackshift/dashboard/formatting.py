@@ -1,13 +1,17 @@
 """How values read on the dashboard: durations, ages, times and JSON.
 
-These are Jinja filters. They return plain text; the templates escape it.
+These are Jinja filters and globals. They return plain text, which the templates
+escape, but for :func:`link_runs`, which escapes its text itself and adds links.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
+
+from markupsafe import Markup, escape
 
 from ..models import details_with_datetimes
 from ..runlogs import field_text, level_number
@@ -118,6 +122,18 @@ def timeline_details(data: dict[str, Any], first: datetime) -> dict[str, Any]:
             else duration(value) if key == "duration" and isinstance(value, int | float)
             and not isinstance(value, bool) else value
             for key, value in details_with_datetimes(data).items()}
+
+
+#: A run's id, whole (a shortened text's last id may be cut).
+RUN_ID = re.compile(r"\brun_[0-9a-f]{26}\b")
+
+
+def link_runs(text: str, runs_url: str) -> Markup:
+    """``text``, escaped, with each run id in it a link to that run's page
+    (``runs_url`` + id): the run a timeline entry names (``again_of``,
+    ``new_run_id``, ``handler_run_id``) is a click away."""
+    return Markup(RUN_ID.sub(lambda found: f'<a href="{escape(runs_url)}{found[0]}">'
+                                           f'{found[0]}</a>', str(escape(text))))
 
 
 def iso(moment: datetime | None) -> str:

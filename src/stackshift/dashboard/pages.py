@@ -34,6 +34,8 @@ WINDOWS = {"1h": ("Last hour", 60), "24h": ("Last 24 hours", 48), "7d": ("Last 7
 PAGE_SIZE = 50
 #: Most log lines a run page shows (the newest); the CLI and API give all of them.
 MAX_LOG_LINES = 2000
+#: Most of the runs started again from a run that its page links to (the latest).
+MAX_STARTED_AGAIN = 3
 #: Most rows of the run page's steps table and of its list of timeline entries
 #: (the latest ones; the CLI lists them all).
 MAX_TABLE_ROWS = 500
@@ -207,6 +209,10 @@ def run_page(service: Service, run_id: str, params: Mapping[str, str],
     # steps (with their results) and entries are read.
     steps, hidden_steps = service.latest_steps(run_id, MAX_TABLE_ROWS)
     entries, hidden_entries = service.latest_timeline(run_id, MAX_TABLE_ROWS)
+    # The outline holds every entry but those of steps: the run's first, which names
+    # the run it was started again from, and each start again of it.
+    again_of = outline[0].data.get("again_of") if outline else None
+    started_again = [e.data["new_run_id"] for e in outline if e.kind == "run.started_again"]
     return {
         "page_title": f"{run.job} · {run.id}",
         "nav": "runs",
@@ -225,6 +231,10 @@ def run_page(service: Service, run_id: str, params: Mapping[str, str],
         "timeline": entries,
         "timeline_count": len(entries) + hidden_entries,
         "hidden_entries": hidden_entries,
+        "again_of": again_of,
+        # The latest first, a few of them.
+        "started_again": started_again[::-1][:MAX_STARTED_AGAIN],
+        "started_again_count": len(started_again),
         "chart": chart,
         "can_cancel": status in CANCELLABLE_AT_ONCE or status == Status.RUNNING,
         "can_retry": status in RETRYABLE,
@@ -418,6 +428,8 @@ def jobs_page(service: Service, params: Mapping[str, str], now: float) -> dict[s
         "live_count": len(live),
         "schedules": service.list_schedules(),
         "registered": set(registered),
+        # The start form's suggestions: the queues the jobs' workers take.
+        "queue_names": sorted({job["queue"] for job in jobs if job["queue"]}),
         "submitted": None,  # the start form as sent, when it was refused
         "status_order": STATUS_ORDER,
         "live_heartbeat": LIVE_HEARTBEAT,

@@ -190,6 +190,12 @@ def retry_run(run_id: RunId, request: Request) -> s.Run:
     return s.Run.of(service_of(request).retry_run(run_id))
 
 
+@router.post("/runs/{run_id}/again", status_code=201, responses=NOT_FOUND, tags=["runs"],
+             summary="Start a new run with a run's payload and options")
+def start_again(run_id: RunId, request: Request) -> s.Run:
+    return s.Run.of(service_of(request).start_again(run_id))
+
+
 @router.get("/runs/{run_id}/timeline", responses=NOT_FOUND, tags=["runs"])
 def run_timeline(run_id: RunId, request: Request) -> s.TimelineList:
     items = service_of(request).timeline(run_id)

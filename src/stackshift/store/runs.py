@@ -140,11 +140,13 @@ def insert_run(tx: Tx, new: NewRun, now: float) -> Run:
 
 
 def _insert_run_row(tx: Tx, new: NewRun, now: float,
-                    prints: tuple[str, str] | None = None) -> tuple[Row, bool]:
+                    prints: tuple[str, str] | None = None,
+                    again_of: str | None = None) -> tuple[Row, bool]:
     """:func:`insert_run`'s writes: the run's row, and whether it was created (else
     it is the run the idempotency key already names). The row becomes a
     :class:`Run` after the commit, so that the write lock is not held for that.
-    ``prints``: :func:`fingerprints` of ``new``, when worked out already."""
+    ``prints``: :func:`fingerprints` of ``new``, when worked out already;
+    ``again_of``: the run ``new`` starts again, named on its first entry."""
     if new.idempotency_key is not None:
         print_, earlier = prints or fingerprints(new.job, new.payload)
         taken = tx.one(
@@ -181,13 +183,10 @@ def _insert_run_row(tx: Tx, new: NewRun, now: float,
         scheduled_at=new.scheduled_at,
         available_at=new.scheduled_at if new.scheduled_at is not None else now,
     )
-    add_timeline(
-        tx,
-        new.id,
-        f"run.{status.value}",
-        now,
-        data={"scheduled_at": new.scheduled_at} if new.scheduled_at else None,
-    )
+    data: dict[str, Any] = {"scheduled_at": new.scheduled_at} if new.scheduled_at else {}
+    if again_of is not None:
+        data["again_of"] = again_of
+    add_timeline(tx, new.id, f"run.{status.value}", now, data=data)
     assert inserted is not None  # RETURNING the new row
     return inserted, True
 
@@ -461,6 +460,22 @@ class RunStore:
                     f"run {run_id} is {status.value}; it cannot be cancelled"
                 )
             return rows.run(load_run(tx, run_id))
+
+    def start_again(self, run_id: str, new_run_id: str, now: float) -> Run:
+        """Start a new run, ``new_run_id``, of ``run_id``'s job with its payload,
+        queue, priority, concurrency key and number of attempts, but no idempotency
+        key (the key names the run it started). Each run's timeline names the
+        other: the new run's first entry (``again_of``) and the run's
+        ``run.started_again`` (``new_run_id``), written in the same transaction."""
+        with self.db.write() as tx:
+            row = load_run(tx, run_id)
+            new = NewRun(id=new_run_id, job=row["job"], queue=row["queue"],
+                         payload=row["payload"], max_attempts=row["max_attempts"],
+                         priority=row["priority"], concurrency_key=row["concurrency_key"],
+                         scheduled_at=None, idempotency_key=None, idempotency_expires_at=None)
+            inserted, _ = _insert_run_row(tx, new, now, again_of=run_id)
+            add_timeline(tx, run_id, "run.started_again", now, new_run_id=new_run_id)
+        return rows.run(inserted)
 
     def retry_run(self, run_id: str, now: float, *, only: str | None = None,
                   queue: str | None = None) -> Run:
