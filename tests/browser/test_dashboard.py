@@ -608,6 +608,35 @@ def test_start_again_starts_a_new_run_with_the_runs_payload(
         ", ".join(latest[:3]) + " and 1 earlier")
 
 
+def test_edit_and_start_fills_the_start_form_with_a_runs_work(
+    stack: Dashboard, page: Page
+) -> None:
+    run = stack.app.start("resize-image", {"image": "cat.png", "sizes": [64, 128]},
+                          queue_name="billing", priority=4, idempotency_key="resize:cat")
+    page.goto(stack.at(f"/runs/{run.id}"))
+    page.locator("#edit-and-start").click()
+    form = page.locator("#start-run-form")
+    expect(page.locator("#filled-from")).to_contain_text(f"Filled in from run {run.id}")
+    values = {name: form.locator(f"[name={name}]").input_value()
+              for name in ("job", "payload", "idempotency_key", "queue", "delay", "priority")}
+    assert values == {"job": "resize-image",
+                      "payload": '{\n  "image": "cat.png",\n  "sizes": [\n    64,\n    128\n  ]\n}',
+                      "idempotency_key": "", "queue": "billing", "delay": "", "priority": "4"}
+    # Edited, it starts a new run; the first is left as it was.
+    form.locator("[name=payload]").fill('{"image": "dog.png"}')
+    form.locator("#start-run-submit").click()
+    expect(page.locator(".flash-ok")).to_have_text("Run started.")
+    new = stack.app.runs.get(page.locator("#run-id").inner_text().strip())
+    assert (new.job, new.payload, new.queue, new.priority, new.idempotency_key) == (
+        "resize-image", {"image": "dog.png"}, "billing", 4, None)
+    assert new.id != run.id and stack.app.runs.get(run.id).payload["image"] == "cat.png"
+    # A run that is not there fills in nothing, and says so.
+    page.goto(stack.at("/jobs?from_run=run_00000000000000000000000000"))
+    expect(page.locator("#fill-error")).to_have_text(
+        "Nothing to fill the form in with: no run with id 'run_00000000000000000000000000'.")
+    expect(form.locator("[name=job]")).to_have_value("")
+
+
 def test_the_jobs_page_starts_a_run_and_keeps_a_refused_form_as_it_was_sent(
     stack: Dashboard, page: Page
 ) -> None:

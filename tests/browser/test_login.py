@@ -107,6 +107,10 @@ def test_revoking_the_key_ends_its_sessions(guarded: tuple[Dashboard, str], page
     expect(fresh).to_have_url(stack.at("/login?next=%2Fqueues"))
     _log_in(fresh, key)
     expect(fresh.locator(".flash-error")).to_contain_text("not valid")
+    fresh.close()
+    # The open page's live updates found the session gone and took it to the login
+    # page; nothing is left moving when the test ends and its tabs close.
+    expect(page).to_have_url(stack.at("/login?next=%2Fqueues"))
 
 
 def test_open_mode_has_no_login_but_still_checks_csrf(stack: Dashboard, page: Page) -> None:

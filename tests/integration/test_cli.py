@@ -2396,6 +2396,10 @@ def test_piped_dev_prints_every_status_a_run_went_through(
         dev.line_with("stdout", f"{parked.id}  parked  queued")
         run = app.start("flaky")
         dev.line_with("stdout", f"{run.id}  flaky  completed")
+        # A run started again says which run it was started from.
+        again = app.runs.start_again(parked.id)
+        assert dev.line_with("stdout", f"{again.id}  parked  queued").rstrip("\n").endswith(
+            f"  attempt 0/3  started again from {parked.id}")
     finally:
         assert dev.stop(signal.SIGINT) == 0
     lines = [line.rstrip("\n") for line in dev.lines["stdout"] if f"{run.id}  flaky  " in line]

@@ -167,7 +167,9 @@ def transition_line(entry: TimelineEntry, run: Run, error: RunError | None = Non
     line = Text(f"{entry.at:%H:%M:%S}  {run.id}  {run.job}  ")
     line.append_text(status_text(status))
     line.append(f"  attempt {_attempt(then, run.retry_base)}")
-    detail = "resumed" if entry.kind == "run.resumed" else run_detail_line(then, entry.at)
+    detail = ("resumed" if entry.kind == "run.resumed"
+              else f"started again from {data['again_of']}" if "again_of" in data
+              else run_detail_line(then, entry.at))
     if detail:
         line.append(f"  {detail}", style="dim")
     return line

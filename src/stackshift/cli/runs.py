@@ -334,12 +334,12 @@ def retry(run_id: str, as_json: bool, database_url: str | None) -> None:
 @database_url_option
 def again(run_id: str, wait: bool, timeout: str | None, as_json: bool,
           database_url: str | None) -> None:
-    """Start a new run of RUN_ID's job with its payload, queue, priority,
-    concurrency key and attempts, whatever its status (not with its idempotency
-    key, which names RUN_ID).
+    """Start a new run with RUN_ID's job, payload and options.
 
-    The two runs' timelines name each other. Exit codes: 0 ok, 1 the new run
-    waited for did not complete, 3 no run RUN_ID.
+    Whatever RUN_ID's status, the new run is queued at once with its queue,
+    priority, concurrency key and attempts, but not its idempotency key (which
+    names RUN_ID). The two runs' timelines name each other. Exit codes: 0 ok,
+    1 the new run waited for did not complete, 3 no run RUN_ID.
     """
     if timeout is not None and not wait:
         raise bad_input("--timeout only applies with --wait")

@@ -390,6 +390,26 @@ def queue_page(service: Service, name: str, params: Mapping[str, str],
 # -- jobs and workers --------------------------------------------------------------------
 
 
+def _filled_from(service: Service, run_id: str | None) -> dict[str, Any]:
+    """The start form filled in from run ``run_id`` (``?from_run=``, the run page's
+    Edit and start): its job, payload, queue and priority, to edit before starting
+    a new run. ``submitted`` is the form as shown; ``filled_from`` the run, or
+    ``fill_error`` why the form is empty."""
+    if not run_id:
+        return {"submitted": None, "filled_from": None, "fill_error": None}
+    try:
+        run = service.get_run(run_id)
+    except RunNotFoundError as exc:
+        return {"submitted": None, "filled_from": None,
+                "fill_error": f"Nothing to fill the form in with: {exc}."}
+    payload = "" if run.payload is None else json.dumps(run.payload, indent=2,
+                                                         ensure_ascii=False)
+    return {"submitted": {"job": run.job, "payload": payload, "idempotency_key": "",
+                          "queue": run.queue, "delay": "",
+                          "priority": str(run.priority) if run.priority else ""},
+            "filled_from": run.id, "fill_error": None}
+
+
 def jobs_page(service: Service, params: Mapping[str, str], now: float) -> dict[str, Any]:
     workers = service.list_workers()
     live = [w for w in workers if w.is_live(now)]
@@ -430,7 +450,7 @@ def jobs_page(service: Service, params: Mapping[str, str], now: float) -> dict[s
         "registered": set(registered),
         # The start form's suggestions: the queues the jobs' workers take.
         "queue_names": sorted({job["queue"] for job in jobs if job["queue"]}),
-        "submitted": None,  # the start form as sent, when it was refused
+        **_filled_from(service, params.get("from_run")),
         "status_order": STATUS_ORDER,
         "live_heartbeat": LIVE_HEARTBEAT,
         "now": now,
