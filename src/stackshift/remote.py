@@ -474,10 +474,8 @@ class RemoteService(RemoteFlowControl):
         body = {k: v for k, v in body.items() if v is not None}
         response = self._call("POST", "/v1/runs/many", json=body, ok=(200, 201, 404, 405))
         if response.status_code in (404, 405):
-            raise RemoteError(
-                f"the server at {self.base_url} has no POST /v1/runs/many (a server from an"
-                " earlier version): upgrade it, or start the runs one at a time with start()",
-                response.status_code, "not_supported")
+            raise self._not_supported("POST /v1/runs/many", response,
+                                      "start the runs one at a time with start()")
         return [item.to_model() for item in wire.RunList.model_validate(response.json()).items]
 
     # -- runs ------------------------------------------------------------------------------
@@ -561,6 +559,14 @@ class RemoteService(RemoteFlowControl):
     def retry_run(self, run_id: str) -> Run:
         return self._run_action(run_id, "retry")
 
+    def _not_supported(self, route: str, response: httpx.Response,
+                       instead: str) -> RemoteError:
+        """The error for ``route``, which this server, from an earlier version, does
+        not have (it answered 404 or 405): what to do ``instead``."""
+        return RemoteError(f"the server at {self.base_url} has no {route} (a server from an"
+                           f" earlier version): upgrade it, or {instead}",
+                           response.status_code, "not_supported")
+
     def start_again(self, run_id: str) -> Run:
         path = f"/v1/runs/{_segment(run_id, RunNotFoundError, 'run')}/again"
         response = self._call("POST", path, ok=(201, 404, 405))
@@ -569,10 +575,8 @@ class RemoteService(RemoteFlowControl):
         # An unknown run is run_not_found; a route the server does not have, not_found.
         if response.status_code == 404 and _error_code(response) != "not_found":
             raise_for_error(response)
-        raise RemoteError(
-            f"the server at {self.base_url} has no POST /v1/runs/{{id}}/again (a server from an"
-            " earlier version): upgrade it, or start the run's job with its payload with"
-            " start()", response.status_code, "not_supported")
+        raise self._not_supported("POST /v1/runs/{id}/again", response,
+                                  "start the run's job with its payload with start()")
 
     def _run_items(self, run_id: str, what: str,
                    params: dict[str, Any] | None = None) -> list[Any]:
