@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import os
+import weakref
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     # The remote client pulls in httpx and the wire schemas: import it only when used.
     from .push import AsgiRoute, WsgiRoute
     from .remote import RemoteService
+    from .worker import Worker
 
 URL_ENV = "STACKSHIFT_URL"
 API_KEY_ENV = "STACKSHIFT_API_KEY"
@@ -386,6 +388,8 @@ class StackShift(_HandlerRoutes):
     ) -> None:
         self._registry = JobRegistry()
         self._api: Service | RemoteService
+        #: the workers made by :meth:`worker`, for :meth:`close` to stop
+        self._workers: weakref.WeakSet[Worker] = weakref.WeakSet()
         server = server_from_env(database_url, api_key, base_url)
         if server is not None:
             if clock is not None:
@@ -527,11 +531,12 @@ class StackShift(_HandlerRoutes):
 
     # -- workers -------------------------------------------------------------------------
 
-    def worker(self, **options: Any) -> Any:
+    def worker(self, **options: Any) -> Worker:
         """A worker for this client's jobs; see :class:`stackshift.worker.Worker`.
 
         On a client of a server it is a remote worker: it claims and checkpoints
-        through the server (see :mod:`stackshift.remote_worker`).
+        through the server (see :mod:`stackshift.remote_worker`). :meth:`close`
+        stops it if it is still running.
         """
         from .worker import Worker
 
@@ -539,8 +544,11 @@ class StackShift(_HandlerRoutes):
         if not isinstance(self._api, Service):
             from .remote_worker import RemoteWorkerApp
 
-            return Worker(cast("StackShift", RemoteWorkerApp(self, self._api)), **options)
-        return Worker(self, **options)
+            worker = Worker(cast("StackShift", RemoteWorkerApp(self, self._api)), **options)
+        else:
+            worker = Worker(self, **options)
+        self._workers.add(worker)
+        return worker
 
     def migrate(self) -> int:
         return self._api.migrate()
@@ -550,6 +558,11 @@ class StackShift(_HandlerRoutes):
         return self._api.clock
 
     def close(self) -> None:
+        """Stop this client's workers that still run (as their ``stop()`` does:
+        running attempts may finish within the grace period, the rest are
+        handed back), then close its connections."""
+        for worker in list(self._workers):
+            worker.stop()
         self._api.close()
 
     def __enter__(self) -> StackShift:
@@ -721,7 +734,7 @@ class AsyncStackShift(_HandlerRoutes):
             )
         return _AsyncFacade(self.sync.queue(name, **settings))
 
-    def worker(self, **options: Any) -> Any:
+    def worker(self, **options: Any) -> Worker:
         return self.sync.worker(**options)
 
     async def migrate(self) -> int:

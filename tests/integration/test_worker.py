@@ -389,6 +389,44 @@ def test_start_and_stop(app: StackShift) -> None:
     assert app.runs.get(later.id).status == "queued"
 
 
+CLOSE_WITH_A_WORKER_RUNNING = """
+import sys, time
+from stackshift import StackShift
+
+for round in range(4):
+    with StackShift(sys.argv[1]) as app:
+        @app.job("stepper")
+        def stepper(ctx):
+            return ctx.step.run("one", lambda: 1) + ctx.step.run("two", lambda: 1)
+
+        app.worker().start()  # never stopped: leaving the block closes the client
+        app.start_many("stepper", [{}] * 100)
+        time.sleep(0.01 * round)
+"""
+
+
+def test_closing_a_client_stops_the_workers_it_made_first(app: StackShift) -> None:
+    """A client closed while its worker runs (never stopped, or left running by
+    ``with StackShift() as app:``) stops it first: no handler writes through
+    closed connections (the process crashed), and every run is either done or
+    handed back for the next worker."""
+    assert app.database_url is not None
+    done = subprocess.run([sys.executable, "-c", CLOSE_WITH_A_WORKER_RUNNING,
+                           app.database_url], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    runs = app.runs.list(limit=1000).items
+    assert len(runs) == 400
+    assert {r.status for r in runs} <= {"completed", "queued"}
+
+    @app.job("stepper")
+    def stepper(ctx):  # type: ignore[no-untyped-def]
+        return ctx.step.run("one", lambda: 1) + ctx.step.run("two", lambda: 1)
+
+    with app.worker():
+        ended = [app.runs.wait(r.id, timeout="60s") for r in runs]
+    assert {(r.status, r.result) for r in ended} == {("completed", 2)}
+
+
 class Overlap:
     """How many handlers ran at once, at most: each calls ``enter()`` as it
     begins and ``leave()`` as it ends."""

@@ -311,11 +311,16 @@ class Worker:
             self._stopping.set()  # a start() still waiting for its server gives up
             return
         patience = self.shutdown_grace if grace is None else parse_duration(grace, name="grace")
+        deadline = time.monotonic() + patience
         self._stopping.set()
         self._wake.set()
         self.service.notifier.unsubscribe(self._wake.set)
         self.service.notifier.unsubscribe_due(self.due_plan.note)
-        deadline = time.monotonic() + patience
+        # No claim under way from here on: what one took as the stop came is
+        # handed back or among the attempts waited for below.
+        for thread in self._threads:
+            if thread.name == "stackshift-claim":
+                thread.join(timeout=max(patience, 5))
         with self._lock:
             running = len(self._active)
         if running and patience > 0:
@@ -470,6 +475,9 @@ class Worker:
                     claimed = store.claim_runs(self.id, self.jobs, free, self.lease_seconds,
                                                self.service.clock.now(), self.queues,
                                                self._rules)
+                    if claimed and self._stopping.is_set():
+                        self._hand_back(claimed)  # stop() came during the claim
+                        return
                     if claimed:
                         self._last_claimed = time.monotonic()
                         batch = _Claim(len(claimed), self._last_claimed + self.ENDING_HOLD)
@@ -483,6 +491,16 @@ class Worker:
                 # Its answer may be what failed, after the runs were leased.
                 self._strays_possible = True
                 self._stopping.wait(1.0)
+
+    def _hand_back(self, claimed: list[ClaimedRun]) -> None:
+        """Hand back runs claimed as the worker stops, before any of them ran (a
+        later claim takes them as if this one had not happened)."""
+        for item in claimed:
+            try:
+                self.service.store.release_run(item.lease, self.service.clock.now())
+            except Exception as exc:  # the others are still handed back
+                log.warning("run %s: could not hand it back (%s: %s); it is retried when"
+                            " its lease runs out", item.lease.run_id, type(exc).__name__, exc)
 
     def _hand_back_strays(self) -> bool:
         """Hand back the runs leased to this worker that it is not executing; False
