@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 import typing
@@ -20,6 +21,12 @@ NAME = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
 
 def check_name(value: object, what: str) -> str:
     """Job, queue and event names: 1-200 letters, digits, ``.``, ``_``, ``:`` or ``-``."""
+    if callable(value) and not isinstance(value, str):
+        called = getattr(value, "__name__", type(value).__name__)
+        hint = (": jobs are named by strings: @app.job(\"name\") registers a function,"
+                " app.start(\"name\", payload) starts a run of it" if what == "job name"
+                else "; give the name as a string")
+        raise ValidationError(f"{what} must be a string, got the function {called}{hint}")
     if not isinstance(value, str) or not NAME.fullmatch(value):
         raise ValidationError(
             f"{what} {value!r} is invalid: use 1-200 letters, digits, '.', '_', ':' or '-'"
@@ -60,6 +67,14 @@ class Job:
 
 
 def qualified_name(fn: Callable[..., Any]) -> str:
+    """``module.qualname`` of a function, the same in every process: a step's
+    recorded function, which a replay compares. A ``functools.partial`` is named
+    by the function it calls, an object with a ``__call__`` by its class (never by
+    a repr, which holds a memory address)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if not hasattr(fn, "__qualname__") and not hasattr(fn, "__name__"):
+        fn = type(fn)
     module = getattr(fn, "__module__", None) or ""
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
     return f"{module}.{name}" if module else name
@@ -130,6 +145,7 @@ def make_job(
         raise ValidationError(f"overlap={overlap!r} needs cron: it applies to a job's schedule")
     if not callable(handler):
         raise ValidationError(f"handler for job {name!r} is not callable")
+    _check_takes_ctx(name, handler)
     seconds = None if timeout is None else parse_duration(timeout, name="timeout")
     if seconds is not None and seconds <= 0:
         raise ValidationError(f"timeout must be more than 0 (None for no timeout), got {timeout!r}")
@@ -148,6 +164,22 @@ def make_job(
         timezone=timezone,
         overlap=overlap,
     )
+
+
+def _check_takes_ctx(name: str, handler: Callable[..., Any]) -> None:
+    """Refuse a handler that cannot be called with the run's context alone (every
+    attempt would fail the same way)."""
+    try:
+        signature = inspect.signature(handler)
+    except (TypeError, ValueError):  # some builtins have none to read
+        return
+    try:
+        signature.bind(None)
+    except TypeError:
+        raise ValidationError(
+            f"handler for job {name!r} must take one argument, the run's context"
+            f" (def handler(ctx): ...); {qualified_name(handler)}{signature} cannot be"
+            " called with it alone") from None
 
 
 class JobRegistry:

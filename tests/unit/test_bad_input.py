@@ -250,6 +250,39 @@ def test_bad_job_name_at_registration(fake_app: StackShift) -> None:
     assert fake_app.jobs == []
 
 
+def test_a_function_given_as_a_job_name_is_named_as_such(fake_app: StackShift) -> None:
+    def send_receipt(ctx):  # type: ignore[no-untyped-def]
+        return None
+
+    said = ("job name must be a string, got the function send_receipt: jobs are named by"
+            ' strings: @app.job("name") registers a function, app.start("name", payload)'
+            " starts a run of it")
+    with pytest.raises(ValidationError) as without_parentheses:
+        fake_app.job(send_receipt)  # type: ignore[call-overload]
+    with pytest.raises(ValidationError) as started:
+        fake_app.start(send_receipt)  # type: ignore[arg-type]
+    assert str(without_parentheses.value) == str(started.value) == said
+    assert fake_app.jobs == [] and fake_app.runs.list().items == []
+
+
+@pytest.mark.parametrize("handler, shown", [
+    (lambda: None, "<lambda>()"),
+    (lambda ctx, order: None, "<lambda>(ctx, order)"),
+])
+def test_a_handler_that_cannot_take_the_context_alone_is_refused_at_registration(
+        fake_app: StackShift, handler: Any, shown: str) -> None:
+    with pytest.raises(ValidationError) as refused_handler:
+        fake_app.job("receipt", handler)
+    assert str(refused_handler.value) == (
+        "handler for job 'receipt' must take one argument, the run's context"
+        f" (def handler(ctx): ...); {__name__}.{shown} cannot be called with it alone")
+    assert fake_app.jobs == []
+    # Defaults and *args are fine: the context alone is a valid call.
+    fake_app.job("withDefaults", lambda ctx, order=None: None)
+    fake_app.job("anyArgs", lambda *args, **kwargs: None)
+    assert fake_app.jobs == ["anyArgs", "withDefaults"]
+
+
 def test_bad_queue_name(shop: StackShift) -> None:
     refused(shop, ValidationError, "queue name 'no spaces please' is invalid",
             queue_name="no spaces please")

@@ -193,6 +193,11 @@ class Invocation:
                       else make_logs(self._write_ahead))
         self.cancel_requested = False
         self.abandoned = False
+        #: the run was parked (a sleep or a wait): the invocation ends here, and a
+        #: step the handler still calls (in a ``finally``, say) raises Suspend again
+        self.suspended = False
+        #: the handler has returned or raised: its ctx takes no more steps
+        self.ended = False
         #: when the store last told this invocation about its run (the claim, a
         #: checkpoint, a renewal asked at a step boundary): time.monotonic()
         self._heard_at = time.monotonic()
@@ -233,13 +238,15 @@ class Invocation:
         """The handler is done (``error``: what it raised): its worker slot may
         take the next run while the ending is recorded (the run stays leased
         until then)."""
+        self.ended = True
         error = _signal(error)
         if self.on_return is not None:
             # A suspended run was written when it suspended; an abandoned one
             # writes nothing: neither has an ending left to record.
-            self.on_return(not isinstance(error, (Suspend, LeaseLost)))
+            self.on_return(not (self.suspended or isinstance(error, (Suspend, LeaseLost))))
 
     def next_key(self, name: str) -> str:
+        self._may_step(name)
         self._occurrences[name] += 1
         n = self._occurrences[name]
         return name if n == 1 else f"{name}#{n}"
@@ -247,6 +254,25 @@ class Invocation:
     #: Seconds after which a step boundary asks the store about the run first
     #: (see :meth:`boundary`).
     FRESH_FOR = 0.05
+
+    def _may_step(self, name: str) -> None:
+        """Refuse a step ``name`` the handler may not take now: after its handler
+        ended, inside another step's function, or once the run was parked."""
+        if self.ended:
+            raise RuntimeError(
+                f"step {name!r}: the handler of run {self.run.id} has already ended; its"
+                " ctx takes no more steps (a thread or task the handler starts must end"
+                " before it returns)")
+        if self.suspended:
+            raise Suspend(self.run.id)
+        inside = CURRENT_STEP.get()
+        if inside is not None:
+            error = RuntimeError(
+                f"step {name!r} was called inside the function of step {inside!r}: steps"
+                " do not nest (a replay returns the outer step's result without calling"
+                " its function); call the steps one after the other in the handler")
+            self.refuse(error, call="this ctx.step call inside another step")
+            raise error
 
     def boundary(self) -> None:
         """Stop here if the run was cancelled or this attempt was given up.
@@ -257,6 +283,8 @@ class Invocation:
         first (:meth:`ask_store`), which reports a cancel or a lost lease.
         Steps back to back, each checkpoint fresh, cost nothing more.
         """
+        if self.suspended:
+            raise Suspend(self.run.id)
         if self.stale():
             self.ask_store()
         if self.abandoned:
@@ -299,7 +327,8 @@ class Invocation:
         step = self.steps.get(key)
         if step is None:
             return None
-        if step.kind != kind or (function is not None and step.function != function):
+        if step.kind != kind or (function is not None and step.function != function
+                                 and not _addressed(step.function)):
             recorded = f"{step.kind} step" + (f" of {step.function}" if step.function else "")
             now = f"{kind} step" + (f" of {function}" if function else "")
             self._nondeterministic(
@@ -315,16 +344,19 @@ class Invocation:
 
     # -- refused calls ---------------------------------------------------------------
 
-    def refuse(self, exc: BaseException, api: str = "ctx.step") -> None:
+    def refuse(self, exc: BaseException, api: str = "ctx.step", call: str | None = None) -> None:
         """Mark ``exc``, raised by the engine's own checks of the arguments of a
         call of ``api`` (``ctx.step``, ``ctx.state``), as a refusal: if the handler
         lets it out, the run fails at once, as for a ``NonRetriableError`` (every
         attempt would make the same call and be refused the same way). The error
-        keeps its type and message."""
+        keeps its type and message. ``call``: what was refused, when it is not
+        the call's arguments."""
         if self.was_refused(exc):
             return
         self.refused.append(exc)
-        exc.add_note(f"StackShift refused this {api} call's arguments: {_NOT_RETRIED}")
+        if call is None:
+            call = f"this {api} call's arguments"
+        exc.add_note(f"StackShift refused {call}: {_NOT_RETRIED}")
 
     def refusing(self, api: str = "ctx.step") -> _Refusing:
         """Around the checks of the arguments of a call of ``api``: what they
@@ -456,6 +488,7 @@ class Invocation:
             self._save(StepWrite(key, name, "sleep", None, "completed", "null", None, now, now))
             return
         self.store.suspend_for_sleep(self.lease, write, wake, self.take_logs(), now)
+        self.suspended = True
         self.service.notifier.due(wake)
         raise Suspend(self.run.id)
 
@@ -500,6 +533,7 @@ class Invocation:
             self.lease_seconds,
         )
         if event is None:
+            self.suspended = True
             self.service.notifier.due(now + timeout)
             raise Suspend(self.run.id)
         return event
@@ -574,7 +608,10 @@ class Invocation:
 
     def conclude(self, error: BaseException | None, value: Any = None) -> None:
         """Record how the handler ended: returned ``value`` or raised ``error``."""
+        self.ended = True
         error = _signal(error)
+        if self.suspended:
+            return  # parked already, whatever the handler did after (caught Suspend?)
         if error is None:
             self.complete(value)
         elif isinstance(error, Suspend):
@@ -606,6 +643,13 @@ def say_failed(job: str, run_id: str, attempts_used: int, max_attempts: int,
             attempts_log.error("%s %s: failed for good on %s: %s", job, run_id, which, said)
     finally:
         CURRENT.reset(token)
+
+
+def _addressed(recorded: str | None) -> bool:
+    """Whether a step's recorded function is named by a repr holding a memory
+    address (a partial or an object with a ``__call__``, as steps recorded by
+    earlier versions name them): no replay can match it, so it is not compared."""
+    return recorded is not None and " at 0x" in recorded
 
 
 def _awaited(name: str, correlation_key: str | None) -> str:
