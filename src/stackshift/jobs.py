@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pydantic
+
 from .durations import parse_duration
 from .engine.cron import check_overlap, check_timezone, parse_cron
 from .engine.limits import check_concurrency
@@ -49,7 +51,8 @@ class Job:
     backoff: Backoff
     timeout: float | None
     is_async: bool
-    payload_model: type | None
+    #: what ``ctx.payload`` is validated into (``JobContext[Model]``), if anything
+    payload_type: PayloadType | None
     #: most runs of this job with the same concurrency_key running at once
     key_concurrency: int | None = None
     #: job started with the failed run's id, job, payload and error when a run fails for good
@@ -93,9 +96,41 @@ def is_async_handler(handler: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(type(target).__call__)
 
 
-def _payload_model(handler: Callable[..., Any]) -> type | None:
-    """The pydantic model ``M`` when the first parameter is annotated ``JobContext[M]``
-    or ``AsyncJobContext[M]`` (either, whether the handler is sync or async)."""
+@dataclass(frozen=True)
+class PayloadType:
+    """The type a handler's payload is validated into before it runs."""
+
+    #: as a payload that does not fit names it (``Order``, ``Order | None``)
+    name: str
+    #: the payload's JSON value in, the handler's ``ctx.payload`` out (raises
+    #: ``pydantic.ValidationError`` for a payload that does not fit)
+    validate: Callable[[Any], Any]
+
+
+def _payload_type(name: str, handler: Callable[..., Any]) -> PayloadType | None:
+    """The type ``T`` when the first parameter is annotated ``JobContext[T]`` or
+    ``AsyncJobContext[T]`` (either, whether the handler is sync or async): a
+    pydantic model, or anything pydantic validates (a dataclass, a ``TypedDict``,
+    ``Model | None``, ``list[int]``...). ``Any`` (and a bare ``JobContext``)
+    validates nothing."""
+    annotated = _payload_annotation(handler)
+    if annotated is None or annotated is Any or isinstance(annotated, typing.TypeVar):
+        return None
+    shown = annotated.__name__ if isinstance(annotated, type) else str(annotated)
+    if isinstance(annotated, type) and hasattr(annotated, "model_validate"):
+        return PayloadType(shown, annotated.model_validate)
+    try:
+        adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(annotated)
+    except Exception as exc:  # a type pydantic cannot validate into
+        raise ValidationError(
+            f"handler for job {name!r}: its payload type {shown} cannot be validated"
+            f" ({str(exc).splitlines()[0]}); annotate JobContext with a pydantic model,"
+            " a dataclass, a TypedDict or JSON types") from None
+    return PayloadType(shown, adapter.validate_python)
+
+
+def _payload_annotation(handler: Callable[..., Any]) -> Any:
+    """``T`` of the handler's first parameter annotated ``JobContext[T]``, if any."""
     try:
         if not inspect.isroutine(inspect.unwrap(handler)) and not isinstance(handler, type):
             # an object with a __call__: its method's annotations (without self)
@@ -106,10 +141,11 @@ def _payload_model(handler: Callable[..., Any]) -> type | None:
         return None
     if not params or params[0] not in hints:
         return None
-    args = typing.get_args(hints[params[0]])
-    if len(args) == 1 and hasattr(args[0], "model_validate"):
-        return typing.cast(type, args[0])
-    return None
+    hint = hints[params[0]]
+    if getattr(typing.get_origin(hint), "__name__", None) not in ("JobContext", "AsyncJobContext"):
+        return None
+    args = typing.get_args(hint)
+    return args[0] if len(args) == 1 else None
 
 
 def make_job(
@@ -157,7 +193,7 @@ def make_job(
         backoff=Backoff.parse(backoff),
         timeout=seconds,
         is_async=is_async_handler(handler),
-        payload_model=_payload_model(handler),
+        payload_type=_payload_type(name, handler),
         key_concurrency=key_concurrency,
         on_failure=on_failure,
         cron=cron,

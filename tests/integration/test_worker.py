@@ -7,6 +7,7 @@ together come back exactly)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import logging
@@ -233,6 +234,67 @@ def test_a_handler_annotated_with_a_payload_model_gets_the_model_or_fails_at_onc
     assert message.startswith("payload does not match Many: items.0.sku: Field required; "
                               "items.1.sku: Field required; "), message
     assert message.endswith("items.9.sku: Field required (and 3 more)"), message
+
+
+@dataclasses.dataclass
+class Parcel:
+    weight: int
+    label: str = "-"
+
+
+class Unvalidated:
+    """A class pydantic knows no way to validate a payload into."""
+
+
+def test_a_payload_annotated_with_a_dataclass_or_any_type_pydantic_validates_gets_it(
+        app: StackShift) -> None:
+    """Not only pydantic models: a dataclass, ``Model | None``, ``list[int]``...
+    are validated (and converted) before the handler runs, as the type checker
+    is told; ``Any`` is left alone, and a type nothing can validate into is
+    refused when the job is registered."""
+    @app.job("parcel", max_attempts=3)
+    def parcel(ctx: JobContext[Parcel]) -> list[Any]:
+        return [type(ctx.payload).__name__, ctx.payload.weight, ctx.payload.label]
+
+    @app.job("maybeOrder")
+    async def maybe_order(ctx: AsyncJobContext[Order | None]) -> str:
+        return type(ctx.payload).__name__
+
+    @app.job("counts")
+    def counts(ctx: JobContext[list[int]]) -> int:
+        return sum(ctx.payload)
+
+    @app.job("anything")
+    def anything(ctx: JobContext[Any]) -> Any:
+        return ctx.payload
+
+    with pytest.raises(ValidationError, match=r"^handler for job 'opaque': its payload type"
+                                              r" Unvalidated cannot be validated \("):
+        @app.job("opaque")
+        def opaque(ctx: JobContext[Unvalidated]) -> None:
+            return None
+    assert "opaque" not in app.jobs
+
+    started = {
+        "parcel": app.start("parcel", {"weight": "3"}),
+        "parcelBad": app.start("parcel", {"label": "x"}),
+        "none": app.start("maybeOrder", None),
+        "order": app.start("maybeOrder", {"n": 1}),
+        "counts": app.start("counts", [1, "2", 3]),
+        "countsBad": app.start("counts", {"n": 1}),
+        "anything": app.start("anything", {"free": ["form"]}),
+    }
+    run_until_idle(app)
+    ended = {name: app.runs.get(run.id) for name, run in started.items()}
+    assert {name: run.result for name, run in ended.items() if run.status == "completed"} == {
+        "parcel": ["Parcel", 3, "-"], "none": "NoneType", "order": "Order", "counts": 6,
+        "anything": {"free": ["form"]}}
+    for name, message in [("parcelBad", "payload does not match Parcel: weight: Field required"),
+                          ("countsBad", "payload does not match list[int]: payload: Input"
+                                        " should be a valid list")]:
+        failed = ended[name]
+        assert (failed.status, failed.attempt) == ("failed", 1)
+        assert failed.error is not None and failed.error.message == message
 
 
 def test_async_handlers_behind_decorators_partials_and_call_objects_are_awaited(

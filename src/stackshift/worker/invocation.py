@@ -541,14 +541,14 @@ class Invocation:
     # -- the ending ------------------------------------------------------------------
 
     def payload(self) -> Any:
-        model = self.job.payload_model
-        if model is None:
+        expected = self.job.payload_type
+        if expected is None:
             return self.run.payload
         try:
-            return model.model_validate(self.run.payload)  # type: ignore[attr-defined]
+            return expected.validate(self.run.payload)
         except Exception as exc:
             raise NonRetriableError(
-                f"payload does not match {model.__name__}: {_mismatch(exc)}") from exc
+                f"payload does not match {expected.name}: {_mismatch(exc)}") from exc
 
     def complete(self, value: Any) -> None:
         if self.fatal is not None:
