@@ -657,7 +657,14 @@ class AsyncStackShift(_HandlerRoutes):
             cls, database_url, api_key=api_key, base_url=base_url, clock=clock,
             settings=settings, migrate=migrate)
 
+    @overload
+    def job(self, name: str, handler: F, **options: Any) -> F: ...
+
+    @overload
+    def job(self, name: str, handler: None = None, **options: Any) -> Callable[[F], F]: ...
+
     def job(self, name: str, handler: Any = None, **options: Any) -> Any:
+        """Register a handler, as :meth:`StackShift.job`."""
         return self.sync.job(name, handler, **options)
 
     @property

@@ -8,7 +8,8 @@ against ``fn``'s parameters. Each line marked ``# E: text`` must get one mypy
 error whose message contains ``text``; no other line may get one. The guide's
 example of typed handlers is checked in the same run and must get none, as must
 the push-mode route built on an ``AsyncStackShift``, which server.md allows, and
-the example shop of ``stackshift dev`` (examples/shop.py).
+the example shop of ``stackshift dev`` (examples/shop.py). The async client's
+``job`` decorator keeps the handler's type, and ``worker()`` gives a ``Worker``.
 ``wait_for_event`` gives an ``Event``, or ``Event | None`` with an ``on_timeout``
 that may let the wait end without one.
 """
@@ -90,6 +91,17 @@ APP = textwrap.dedent('''
     async def old_annotation(ctx: JobContext[Order]) -> None:
         # JobContext is the sync context: awaiting its step is flagged.
         await ctx.step.run("a", price, "o_1", 2)  # E: Incompatible types in "await"
+
+
+    # The async client registers typed handlers and makes typed workers, as the sync one.
+    @remote.job("onAsyncClient")
+    async def on_async_client(ctx: AsyncJobContext[Order]) -> int:
+        return len(ctx.payload.order_id)
+
+
+    pending = on_async_client(42)  # E: Argument 1 to "on_async_client" has incompatible type "int"
+    remote.worker().strat()  # E: "Worker" has no attribute "strat"
+    app.worker(concurrency=2).stop(grace="1s")
 ''')
 
 MARK = re.compile(r"#\s*E:\s*(?P<text>.+)$")
