@@ -233,7 +233,8 @@ class Steps(_StepsBase):
 
     @overload
     def wait_for_event(self, event_name: str, *, correlation_key: str | None = None,
-                       timeout: Any = "7d", on_timeout: Literal["fail"] = "fail") -> Event: ...
+                       timeout: Any = "7d",
+                       on_timeout: Literal["fail", "cancel"] = "fail") -> Event: ...
 
     @overload
     def wait_for_event(self, event_name: str, *, correlation_key: str | None = None,
@@ -250,8 +251,8 @@ class Steps(_StepsBase):
         """Pause until an event with this name and key arrives (see the events docs).
 
         None only when the wait timed out with ``on_timeout="continue"``: with
-        the default ``"fail"`` a timeout fails the run, and type checkers see an
-        :class:`Event`."""
+        the default ``"fail"`` a timeout fails the run (``"cancel"`` cancels it),
+        and type checkers see an :class:`Event`."""
         seconds = self._wait_seconds(event_name, correlation_key, timeout, on_timeout)
         return self._inv.wait_for_event(event_name, correlation_key, seconds, on_timeout)
 
@@ -317,7 +318,7 @@ class AsyncSteps(_StepsBase):
     @overload
     async def wait_for_event(self, event_name: str, *, correlation_key: str | None = None,
                              timeout: Any = "7d",
-                             on_timeout: Literal["fail"] = "fail") -> Event: ...
+                             on_timeout: Literal["fail", "cancel"] = "fail") -> Event: ...
 
     @overload
     async def wait_for_event(self, event_name: str, *, correlation_key: str | None = None,

@@ -65,6 +65,7 @@ APP = textwrap.dedent('''
         assert_type(ctx.step.sleep("nap", "1s"), None)
         assert_type(ctx.step.wait_for_event("paid", timeout="1h"), Event)
         assert_type(ctx.step.wait_for_event("paid", on_timeout="continue"), Event | None)
+        assert_type(ctx.step.wait_for_event("paid", on_timeout="cancel"), Event)
         assert_type(ctx.state.increment("visits"), int)
         ctx.step.run("c", price, "o_1", "one")  # E: No overload variant of "run" of "Steps"
         ctx.step.run("d", price, "o_1")  # E: No overload variant of "run" of "Steps"
@@ -81,6 +82,7 @@ APP = textwrap.dedent('''
         assert_type(await ctx.step.sleep("nap", "1s"), None)
         assert_type(await ctx.step.wait_for_event("paid"), Event)
         assert_type(await ctx.step.wait_for_event("paid", on_timeout="continue"), Event | None)
+        assert_type(await ctx.step.wait_for_event("paid", on_timeout="cancel"), Event)
         assert_type(await ctx.state.increment("visits"), int)
         await ctx.step.run("c", fetch, 42)  # E: No overload variant of "run" of "AsyncSteps"
         ctx.step.run("d", price, "o_1", 2).bit_length()  # E: has no attribute "bit_length"
