@@ -13,7 +13,9 @@ from .errors import ValidationError
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 #: The longest duration accepted anywhere: 100 years.
 MAX_DURATION = 100 * 365.25 * 86400.0
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+#: ASCII digits only: ``\d`` would take the digits of any script (Arabic-Indic ones),
+#: which the API refuses.
+_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d|w)")
 
 
 def parse_duration(value: Any, *, name: str = "duration") -> float:

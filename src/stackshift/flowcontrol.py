@@ -59,7 +59,7 @@ def _optional(value: Any, check: Any) -> Any:
 def check_stats_window(window: Any) -> float:
     seconds = parse_duration(window, name="window")
     if not 1 <= seconds <= 90 * 86400:
-        raise ValidationError("window must be from 1s to 90d")
+        raise ValidationError("window: must be from 1s to 90d")
     return seconds
 
 

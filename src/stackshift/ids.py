@@ -59,8 +59,9 @@ def check_cursor(cursor: str | None, prefix: str) -> str | None:
     """A page cursor as the list gave it (the last id of a page), or ``None``."""
     if cursor is not None and not (isinstance(cursor, str) and _ID.fullmatch(cursor)
                                    and cursor.startswith(prefix + "_")):
+        article = "an" if prefix[0] in "aeiou" else "a"  # an evt_... id, a run_... id
         raise ValidationError(f"cursor {cursor!r} is not one a list returned"
-                              f" (a {prefix}_... id)")
+                              f" ({article} {prefix}_... id)")
     return cursor
 
 

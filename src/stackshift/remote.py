@@ -59,9 +59,12 @@ from .server import push_schemas as push_wire
 from .server import schemas as wire
 from .server.errors import rename_fields
 from .service import (
+    IDEMPOTENCY_TTL_MANY,
     MAX_LOG_PAGE,
     RunWait,
+    check_endpoint_url,
     check_filter,
+    check_holder,
     check_idempotency,
     check_int,
     check_key,
@@ -168,7 +171,10 @@ _CAMEL_CASE = re.compile(r"[a-z][a-z0-9]*(?:[A-Z][a-z0-9]*)+")
 
 
 def _keyword(word: str) -> str:
-    """The SDK's keyword for a field of the API: ``scheduledAt`` is ``scheduled_at``."""
+    """The SDK's keyword for a field of the API: ``scheduledAt`` is ``scheduled_at``
+    (and the API's ``null`` is ``None``)."""
+    if word == "null":
+        return "None"
     return to_snake(word) if _CAMEL_CASE.fullmatch(word) else word
 
 
@@ -455,7 +461,7 @@ class RemoteService(RemoteFlowControl):
             idempotency_seconds(limits, idempotency_ttl)
         elif idempotency_ttl is not None:
             if payloads or idempotency_keys is None:
-                raise ValidationError("idempotency_ttl needs an idempotency_key")
+                raise ValidationError(IDEMPOTENCY_TTL_MANY)
             idempotency_seconds(limits, idempotency_ttl)  # none to start: checked all the same
         if not payloads:  # every option checked, as the embedded client does; nothing to send
             return []
@@ -760,6 +766,7 @@ class RemoteService(RemoteFlowControl):
     def register_endpoint(self, url: str, jobs: list[str], *, concurrency: int = 10,
                           key_limits: dict[str, int] | None = None,
                           on_failure: dict[str, str] | None = None) -> Endpoint:
+        check_endpoint_url(url)
         response = self._call("POST", "/v1/endpoints", json={
             "url": url, "jobs": jobs, "concurrency": concurrency,
             "keyLimits": key_limits or {}, "onFailure": on_failure or {},
@@ -777,6 +784,8 @@ class RemoteService(RemoteFlowControl):
 
     def lock_acquire(self, key: str, owner: str, ttl: Any, holder: str | None = None) -> bool:
         self._state_key(key)
+        if holder is not None:
+            check_holder(holder)
         body = {"key": key, "owner": owner, "ttl": _duration(ttl, "ttl")}
         if holder is None or not self._says_holders:
             response = self._call("POST", "/v1/locks/acquire", json=body)

@@ -11,6 +11,7 @@ import hashlib
 import secrets
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -67,14 +68,33 @@ API_KEY_SHOWN = 12
 
 
 def check_endpoint_url(url: object) -> str:
-    """An absolute ``http(s)://`` URL with a host, at most 2,000 characters."""
+    """An absolute ``http(s)://`` URL with a host, at most 2,000 characters, that the
+    server can post to: no whitespace or control characters, a port from 1 to 65535."""
     if not isinstance(url, str) or len(url) > 2000:
-        raise ValidationError(f"endpoint url must be a string of at most 2000 characters, "
+        raise ValidationError(f"url: must be a string of at most 2000 characters, "
                               f"got {url!r}")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
-        raise ValidationError(f"endpoint url must be an absolute http:// or https:// URL, "
+    for position, char in enumerate(url):
+        if char.isspace() or unicodedata.category(char) == "Cc":
+            raise ValidationError(
+                f"url: {url!r} has {char!r} at position {position}: a URL has no whitespace "
+                f"or control characters (percent-encode them, e.g. %20 for a space)")
+    import httpx  # here: commands that never register a route start without it
+
+    try:
+        port = httpx.URL(url).port  # as the server reads it to post to the route
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise ValidationError(f"url: {url!r} is not a URL the server can call: {exc}"
+                              ) from None
+    if parts.scheme not in ("http", "https") or not hostname:
+        raise ValidationError(f"url: must be an absolute http:// or https:// URL, "
                               f"got {url!r}")
+    if parts.fragment:
+        raise ValidationError(f"url: {url!r} has a #fragment, which is never sent to the "
+                              f"route: leave it out")
+    if port is not None and not 1 <= port <= 65535:
+        raise ValidationError(f"url: {url!r} has port {port}: a port is from 1 to 65535")
     return url
 
 
@@ -189,6 +209,10 @@ def idempotency_seconds(settings: Settings, ttl: Any) -> float:
 MAX_START_MANY = 1000
 
 
+#: A ``start_many`` given an ``idempotency_ttl`` and no key to keep for that long.
+IDEMPOTENCY_TTL_MANY = "idempotency_ttl needs idempotency_keys with at least one key"
+
+
 def check_many(payloads: object, idempotency_keys: object, concurrency_keys: object) -> None:
     """Check the lists of ``start_many`` (shared with the remote client): the
     payloads a list, at most ``MAX_START_MANY`` of them, and each list of keys,
@@ -218,6 +242,20 @@ def check_many(payloads: object, idempotency_keys: object, concurrency_keys: obj
 MAX_REASON_LENGTH = 10_000
 
 
+def check_not_blank(text: str, what: str, advice: str) -> str:
+    """``text`` unless it is blank (empty or only whitespace): words that say
+    nothing are refused rather than recorded; ``advice`` says what to do instead."""
+    if not text.strip():
+        raise ValidationError(f"{what} must not be blank, got {text!r}: {advice}")
+    return text
+
+
+def check_holder(holder: object) -> str:
+    """A lock's ``holder``: who its owner is, in words of 1 to 200 characters."""
+    return check_not_blank(check_key(holder, "holder", 200), "holder",
+                           "leave it out when the owner does not say")
+
+
 def check_reason(reason: object) -> str | None:
     """A cancel's reason: text (it becomes the run's error message), or None.
 
@@ -226,9 +264,7 @@ def check_reason(reason: object) -> str | None:
     if reason is not None:
         if not isinstance(reason, str):
             raise ValidationError(f"reason must be a string, got {reason!r}")
-        if not reason.strip():
-            raise ValidationError(f"reason must not be blank, got {reason!r}: "
-                                  "leave it out for no reason")
+        check_not_blank(reason, "reason", "leave it out for no reason")
         if len(reason) > MAX_REASON_LENGTH:
             raise ValidationError(f"reason is {len(reason)} characters, over the limit of "
                                   f"{MAX_REASON_LENGTH}")
@@ -471,7 +507,8 @@ class Service(FlowControl):
             expires_at = now + idempotency_seconds(s, idempotency_ttl)
         elif idempotency_ttl is not None:
             if texts or idempotency_keys is None:
-                raise ValidationError("idempotency_ttl needs an idempotency_key")
+                raise ValidationError(IDEMPOTENCY_TTL_MANY if many
+                                      else "idempotency_ttl needs an idempotency_key")
             idempotency_seconds(s, idempotency_ttl)  # no runs to start: checked all the same
         return [NewRun(id=new_id("run"), job=job, queue=queue, payload=text,
                        max_attempts=max_attempts, priority=priority, concurrency_key=ckey,
@@ -749,7 +786,7 @@ class Service(FlowControl):
         key = self._state_key(key)
         check_key(owner, "lock owner", 200)
         if holder is not None:
-            check_key(holder, "lock holder", 200)
+            check_holder(holder)
         seconds = lock_ttl(ttl)
         now = self.clock.now()
         return self.store.lock_acquire(key, owner, holder, now + seconds, now)

@@ -456,8 +456,8 @@ REFUSED_OPTIONS = [
     (["queues", "set", "q", "--rate-limit", "fast"], "--rate-limit 'fast' is invalid"),
     (["queues", "set", "q", "--concurrency", "0"], "--concurrency must be an integer from 1"),
     (["queues", "set", "q", "--max-attempts", "0"], "--max-attempts must be an integer from 1"),
-    (["queues", "--window", "0"], "--window must be from 1s to 90d"),
-    (["queues", "show", "q", "--window", "100d"], "--window must be from 1s to 90d"),
+    (["queues", "--window", "0"], "--window: must be from 1s to 90d"),
+    (["queues", "show", "q", "--window", "100d"], "--window: must be from 1s to 90d"),
 ]
 
 

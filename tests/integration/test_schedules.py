@@ -404,6 +404,9 @@ BAD_SCHEDULES = [
     ({"cron": "@every 100y"}, "'100y' is not a duration"),
     ({"cron": "@every 36600d"}, "'36600d' is longer than 100 years"),
     ({"cron": "@daily", "timezone": "Mars/Olympus"}, "unknown timezone 'Mars/Olympus'"),
+    # The host's own setting, which some hosts keep beside the zones: not an IANA name.
+    ({"cron": "@daily", "timezone": "localtime"},
+     "unknown timezone 'localtime': use an IANA name such as 'UTC' or 'Europe/Paris'"),
 ]
 
 
@@ -450,6 +453,7 @@ def test_bad_timezone_is_refused(fake_app: StackShift) -> None:
     ("utc", "did you mean 'UTC'?"),
     ("Buenos Aires", "did you mean 'America/Argentina/Buenos_Aires' or 'America/Buenos_Aires'?"),
     ("Mars", "use an IANA name such as 'UTC' or 'Europe/Paris'"),
+    ("localtime", "use an IANA name such as 'UTC' or 'Europe/Paris'"),
 ])
 def test_a_city_or_a_zone_in_other_case_is_refused_naming_the_zone(
         fake_app: StackShift, zone: str, said: str) -> None:

@@ -114,7 +114,7 @@ BAD: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"payloads": [1, 2], "concurrency_keys": [None, 5]}, ValidationError,
      "concurrency_keys[1] must be a non-empty string, got 5"),
     ({"payloads": [1], "idempotency_ttl": "1h"}, ValidationError,
-     "idempotency_ttl needs an idempotency_key"),
+     "idempotency_ttl needs idempotency_keys with at least one key"),
     ({"payloads": [1], "delay": "1h", "scheduled_at": "2030-01-01T00:00:00Z"},
      ValidationError, "give scheduled_at or delay, not both"),
     ({"payloads": [1], "queue_name": "a b"}, ValidationError, "queue name 'a b' is invalid"),

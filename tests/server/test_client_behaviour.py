@@ -170,14 +170,14 @@ def test_bad_start_input_raises_and_writes_nothing(
         (lambda c: c.runs.retry_many(created_after=datetime(2020, 1, 1)),
          "created_after: datetime.datetime(2020, 1, 1, 0, 0) has no time zone"),
         (lambda c: c.runs.list(cursor=5), "cursor 5 is not one a list returned (a run_... id)"),
-        (lambda c: c.events.list(cursor=5), "cursor 5 is not one a list returned (a evt_... id)"),
+        (lambda c: c.events.list(cursor=5), "cursor 5 is not one a list returned (an evt_... id)"),
         (lambda c: c.queue("billing").dead_letters(cursor=5),
          "cursor 5 is not one a list of dead letters returned (a failure time and a run_... id)"),
         (lambda c: c.queue("billing").dead_letters(job="bad name!"),
          "job name 'bad name!' is invalid: use 1-200 letters"),
         (lambda c: c.queue("billing").info(-5), "window: -5 must be a finite, non-negative"),
         (lambda c: c.queue("billing").info([1]), "window: expected a duration, got list"),
-        (lambda c: c.queues.list("0s"), "window must be from 1s to 90d"),
+        (lambda c: c.queues.list("0s"), "window: must be from 1s to 90d"),
         (lambda c: c.queues.get("a/b"), "queue name 'a/b' is invalid: use 1-200 letters"),
         (lambda c: c.queues.get(""), "queue name '' is invalid: use 1-200 letters"),
         (lambda c: c.state.set("", object()), "state key must be a non-empty string, got ''"),
@@ -198,6 +198,13 @@ def test_bad_start_input_raises_and_writes_nothing(
          "unknown timezone 'Europe': use an IANA name such as 'UTC' or 'Europe/Paris'"),
         (lambda c: c.schedules.create("ok", cron="@daily", timezone="k" * 300),
          "unknown timezone 'kkk"),
+        # The host's own zone (a file beside the IANA zones on some hosts): not a zone name.
+        (lambda c: c.schedules.create("ok", cron="@daily", timezone="localtime"),
+         "unknown timezone 'localtime': use an IANA name such as 'UTC' or 'Europe/Paris'"),
+        # Digits of another script are not a duration's (ASCII) digits.
+        (lambda c: c.start("ok", delay="\u0661\u0662s"),
+         "delay: '\u0661\u0662s' is not a duration (use e.g. '30s', '15m', '1h30m', '7d')"),
+        (lambda c: c.state.set("k", 1, ttl="\uff11s"), "ttl: '\uff11s' is not a duration"),
         (lambda c: c.start_many("ok", {"n": 1}),
          "payloads must be a list of payloads, one per run, got a dict"),
         (lambda c: c.start_many("ok", [1, 2], idempotency_keys=["a"]),
@@ -211,7 +218,9 @@ def test_bad_start_input_raises_and_writes_nothing(
         (lambda c: c.start_many("ok", [1], max_attempts=0),
          "max_attempts must be an integer from 1 to 1000, got 0"),
         (lambda c: c.start_many("ok", [1], idempotency_ttl="1h"),
-         "idempotency_ttl needs an idempotency_key"),
+         "idempotency_ttl needs idempotency_keys with at least one key"),
+        (lambda c: c.start_many("ok", [1], idempotency_keys=[None], idempotency_ttl="1h"),
+         "idempotency_ttl needs idempotency_keys with at least one key"),
         (lambda c: c.start_many("bad name!", [1]),
          "job name 'bad name!' is invalid: use 1-200 letters"),
         # An empty list starts nothing, and its options are checked all the same.
@@ -220,7 +229,7 @@ def test_bad_start_input_raises_and_writes_nothing(
         (lambda c: c.start_many("ok", [], queue_name="a b"), "queue name 'a b' is invalid"),
         (lambda c: c.start_many("ok", [], priority=2**40), "priority must be"),
         (lambda c: c.start_many("ok", [], idempotency_ttl="1h"),
-         "idempotency_ttl needs an idempotency_key"),
+         "idempotency_ttl needs idempotency_keys with at least one key"),
         (lambda c: c.start_many("ok", [], idempotency_keys=[], idempotency_ttl="soon"),
          "idempotency_ttl: 'soon' is not a duration"),
         (lambda c: c.schedules.get(5), "schedule id must be a non-empty string, got 5"),
@@ -493,6 +502,22 @@ def test_a_lone_surrogate_in_a_key_is_refused_in_the_same_words(
     assert str(raised.value).endswith("is a lone surrogate, which UTF-8 text cannot hold")
     assert len(client.runs.list(job=name)) == 0
     assert client.events.list(name=name).items == []
+
+
+@pytest.mark.parametrize("holder", ["   ", "\n\t"])
+def test_a_blank_lock_holder_is_refused_in_the_same_words(
+    client: StackShift, unique: Names, holder: str
+) -> None:
+    """As a blank cancel reason is: a holder that says nothing is refused, and the
+    lock is not taken."""
+    key = unique("blank-holder")
+    with pytest.raises(ValidationError) as raised:
+        client._api.lock_acquire(key, "a-token", "1m", holder)
+    assert str(raised.value) == (f"holder must not be blank, got {holder!r}: "
+                                 "leave it out when the owner does not say")
+    assert client.state.locks(prefix=key) == []
+    assert client._api.lock_acquire(key, "b-token", "1m", "worker 2") is True
+    assert [lock["holder"] for lock in client.state.locks(prefix=key)] == ["worker 2"]
 
 
 @pytest.mark.parametrize(

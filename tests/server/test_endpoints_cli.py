@@ -56,6 +56,16 @@ def test_endpoints_cli(db_url: str) -> None:
         refused = runner.invoke(endpoints, [*bad, "--database-url", db_url])
         assert refused.exit_code == 2, (bad, refused.output)
         assert refused.stderr.startswith("error: ")
+    # A URL the server could never post to: named, with what is wrong with it.
+    for bad_url, said in (
+            ("http://127.0.0.1:abc/x", "is not a URL the server can call: Invalid port: 'abc'"),
+            ("http://127.0.0.1:99999/x", "has port 99999: a port is from 1 to 65535"),
+            ("http://x y/", "has ' ' at position 8: a URL has no whitespace or control"),
+            ("http://h/a\nb", "has '\\n' at position 10: a URL has no whitespace or control")):
+        refused = runner.invoke(endpoints, ["add", bad_url, "--jobs", "x",
+                                            "--database-url", db_url])
+        assert refused.exit_code == 2, (bad_url, refused.output)
+        assert refused.stderr.startswith(f"error: url: {bad_url!r} {said}"), refused.stderr
     service = admin_service(db_url)
     try:
         assert [e.url for e in service.list_endpoints()] == [url]

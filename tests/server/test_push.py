@@ -42,8 +42,9 @@ from serverproc import (
 import stackshift
 from processes import stop_processes
 from stackshift import AsyncStackShift, StackShift, ValidationError
+from stackshift.ids import new_id
 from stackshift.push import SECRET_ENV
-from stackshift.signing import sign
+from stackshift.signing import new_secret, sign
 
 HERE = Path(__file__).parent
 
@@ -328,6 +329,103 @@ def test_a_url_answering_200_without_running_the_job_gets_the_run_handed_back(
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+UNUSABLE_URLS = [
+    ("http://127.0.0.1:abc/x", "url: 'http://127.0.0.1:abc/x' is not a URL the server can call: "
+                               "Invalid port: 'abc'"),
+    ("http://h/a\u0000b", "url: 'http://h/a\\x00b' has '\\x00' at position 10: a URL has no "
+                          "whitespace or control characters"),
+    ("http://h/a\nb", "url: 'http://h/a\\nb' has '\\n' at position 10: a URL has no "
+                      "whitespace or control characters"),
+    ("http://x y/", "url: 'http://x y/' has ' ' at position 8: a URL has no whitespace or "
+                    "control characters"),
+    ("http://127.0.0.1:99999/x", "url: 'http://127.0.0.1:99999/x' has port 99999: a port is "
+                                 "from 1 to 65535"),
+    ("http://127.0.0.1:0/x", "url: 'http://127.0.0.1:0/x' has port 0: a port is from 1 to "
+                             "65535"),
+]
+
+
+def test_a_url_the_server_cannot_call_is_refused_and_nothing_is_stored(
+        server: Server) -> None:
+    """Over the API (422) and through the SDK (a route's ``url=``: ValidationError)."""
+    app = StackShift(api_key=server.api_key, base_url=server.url)
+    app.job("neverCalled", lambda ctx: None)
+    try:
+        with server.http() as http:
+            for url, message in UNUSABLE_URLS:
+                refused = http.post("/v1/endpoints", json={"url": url, "jobs": ["neverCalled"]})
+                assert refused.status_code == 422, (url, refused.text)
+                error = refused.json()["error"]
+                assert error["code"] == "validation_error"
+                assert error["message"].startswith(message), (url, error)
+                with pytest.raises(ValidationError) as raised:
+                    stackshift.asgi_app(app, url=url)
+                assert str(raised.value).startswith(message), url
+            assert http.get("/v1/endpoints").json()["items"] == []
+    finally:
+        app.close()
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:abc/x", "http://127.0.0.1:99999/x"])
+def test_a_stored_url_the_server_cannot_call_fails_the_attempts_instead_of_looping(
+        server: Server, client: StackShift, url: str) -> None:
+    """An endpoint stored with such a URL (by an earlier version, which checked
+    less): each delivery fails its attempt, as a handler's error does, so the run
+    follows its max_attempts and ends failed rather than going round for ever."""
+    service = admin_service(server.database_url)
+    try:
+        endpoint = service.store.upsert_endpoint(
+            new_id("ep"), url, new_secret(), ["undeliverable"], {}, {}, 10,
+            service.clock.now())
+    finally:
+        service.close()
+    run = client.start("undeliverable", {"n": 1}, max_attempts=2)
+    failed = wait_status(client, run.id, "failed")
+    assert failed.error is not None and failed.error.type == "UndeliverableEndpointURL"
+    assert failed.error.message.startswith(f"endpoint {endpoint.id}: url: {url!r} ")
+    assert failed.error.message.endswith("register the route again with a URL the server "
+                                         "can call")
+    attempts = client.runs.attempts(run.id)
+    assert [(a.status, a.error and a.error.type) for a in attempts] == [
+        ("failed", "UndeliverableEndpointURL"), ("failed", "UndeliverableEndpointURL")]
+    time.sleep(1.5)  # nothing more happens to it
+    kinds = [e.kind for e in client.runs.timeline(run.id)]
+    assert kinds == ["run.queued", "attempt.started", "attempt.failed", "run.retrying",
+                     "run.queued", "attempt.started", "attempt.failed", "run.failed"], kinds
+    assert client.runs.get(run.id).attempt == 2
+
+
+def test_removing_the_last_endpoint_takes_the_dispatcher_off_the_workers_list(
+        server: Server) -> None:
+    """Its jobs stop counting it as a live worker at once, not when its heartbeat
+    has aged out."""
+    app = StackShift(api_key=server.api_key, base_url=server.url)
+    app.job("pushedReport", lambda ctx: None)
+    url = f"http://127.0.0.1:{free_port()}/stackshift/"
+    try:
+        route = stackshift.asgi_app(app, url=url)  # registers the endpoint, publishes the job
+        with server.http() as http:
+            wait_for_dispatcher(server)
+            [job] = http.get("/v1/jobs").json()["items"]
+            assert (job["name"], job["liveWorkers"]) == ("pushedReport", 1)
+            assert "\nstackshift_workers_live 1\n" in http.get("/metrics").text
+            assert http.delete(f"/v1/endpoints/{route.route.endpoint_id}").status_code == 200
+            deadline = time.monotonic() + 5
+            while server.process.pid in worker_pids(server.database_url):
+                assert time.monotonic() < deadline, "the dispatcher is still registered"
+                time.sleep(0.05)
+            [job] = http.get("/v1/jobs").json()["items"]
+            assert (job["name"], job["liveWorkers"]) == ("pushedReport", 0)
+            assert "\nstackshift_workers_live 0\n" in http.get("/metrics").text
+            # Registered again, it serves (and shows) again.
+            stackshift.asgi_app(app, url=url)
+            wait_for_dispatcher(server)
+            [job] = http.get("/v1/jobs").json()["items"]
+            assert (job["name"], job["liveWorkers"]) == ("pushedReport", 1)
+    finally:
+        app.close()
 
 
 def test_a_step_longer_than_a_proxys_timeout_runs_once(

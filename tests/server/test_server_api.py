@@ -809,7 +809,17 @@ NAME_HINT = "is invalid: use 1-200 letters, digits, '.', '_', ':' or '-'"
      "idempotencyKey must be a non-empty string, got ''"),
     ("GET", "/v1/runs?limit=0", None, "limit: Input should be greater than or equal to 1"),
     ("GET", "/v1/runs/run_x/wait?timeout=61", None,
-     "timeout: Input should be less than or equal to 60"),
+     "timeout: must be a number of seconds from 0 to 60, got 61"),
+    ("GET", "/v1/runs/run_x/wait?timeout=nan", None,
+     "timeout: must be a number of seconds from 0 to 60, got nan"),
+    ("GET", "/v1/runs/run_x/wait?timeout=-0.5", None,
+     "timeout: must be a number of seconds from 0 to 60, got -0.5"),
+    ("GET", "/v1/events?cursor=nope", None,
+     "cursor 'nope' is not one a list returned (an evt_... id)"),
+    ("GET", "/v1/queues/{tag}?window=0s", None, "window: must be from 1s to 90d"),
+    ("GET", "/v1/queues?window=91d", None, "window: must be from 1s to 90d"),
+    ("GET", "/v1/queues/{tag}?window=999999d", None,
+     "window: '999999d' is longer than 100 years"),
     ("GET", "/v1/events?correlationKey=", None,
      "correlationKey must be a non-empty string, got ''"),
     ("POST", "/v1/runs/retry-many", {"createdBefore": "later"},
@@ -848,6 +858,45 @@ def test_refusals_name_fields_as_the_request_spelt_them(
     assert http.get("/v1/runs", params={"job": name}).json()["items"] == []
     assert http.get("/v1/state", params={"prefix": name}).json()["items"] == []
     assert http.get(f"/v1/queues/{name}").status_code == 404  # no queue was made
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"payloads": [1, 2], "idempotencyKeys": ["a"]},
+     "idempotencyKeys has 1 key for 2 payloads: give one per payload (null for a run "
+     "without one)"),
+    ({"payloads": [1], "concurrencyKeys": ["a", None]},
+     "concurrencyKeys has 2 keys for 1 payload: give one per payload (null for a run "
+     "without one)"),
+    ({"payloads": [1], "idempotencyTtl": "5s"},
+     "idempotencyTtl needs idempotencyKeys with at least one key"),
+    ({"payloads": [1, 2], "idempotencyKeys": [None, None], "idempotencyTtl": "5s"},
+     "idempotencyTtl needs idempotencyKeys with at least one key"),
+])
+def test_start_many_refusals_name_its_fields_and_json_values(
+        http: httpx.Client, body: dict[str, Any], message: str) -> None:
+    """``/v1/runs/many`` says ``idempotencyKeys`` (not the one start's field) and
+    ``null`` (not Python's ``None``); the SDK says ``None``. Nothing is started."""
+    job = tag("many")
+    error = assert_error(http.post("/v1/runs/many", json={"job": job, **body}), 422,
+                         "validation_error")
+    assert error["message"] == message
+    assert http.get("/v1/runs", params={"job": job}).json()["items"] == []
+
+
+def test_the_remote_client_says_none_where_the_api_says_null(remote: StackShift) -> None:
+    """The server's refusal in the SDK's words: ``idempotency_keys`` and ``None``."""
+    job = tag("many")
+    with pytest.raises(ValidationError) as refused:
+        remote._api._call(  # type: ignore[union-attr]
+            "POST", "/v1/runs/many", json={"job": job, "payloads": [1, 2],
+                                           "idempotencyKeys": ["a"]})
+    assert str(refused.value) == ("idempotency_keys has 1 key for 2 payloads: give one per "
+                                  "payload (None for a run without one)")
+    with pytest.raises(ValidationError) as refused:
+        remote.start_many(job, [1, 2], idempotency_keys=["a"])
+    assert str(refused.value) == ("idempotency_keys has 1 key for 2 payloads: give one per "
+                                  "payload (None for a run without one)")
+    assert remote.runs.list(job=job).items == []
 
 
 def test_a_value_sent_keeps_its_spelling_in_a_refusal(http: httpx.Client) -> None:

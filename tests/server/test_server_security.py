@@ -287,6 +287,15 @@ NAME_HINT = "is invalid: use 1-200 letters, digits, '.', '_', ':' or '-'"
      f"ttl: '1 minute' {DURATION_HINT}"),
     ("POST", "/v1/locks/extend", {"key": "l", "owner": "me", "ttl": "0s"},
      "ttl: '0s' must be more than 0"),
+    # Digits of another script (Arabic-Indic, full-width) are not a duration's digits.
+    ("POST", "/v1/runs", {"job": "zzz", "delay": "\u0661\u0662s"},
+     f"delay: '\u0661\u0662s' {DURATION_HINT}"),
+    ("PUT", "/v1/state/t1", {"value": 1, "ttl": "\u0661\u0662s"},
+     f"ttl: '\u0661\u0662s' {DURATION_HINT}"),
+    ("POST", "/v1/locks/acquire", {"key": "l", "owner": "me", "ttl": "\uff11\uff12s"},
+     f"ttl: '\uff11\uff12s' {DURATION_HINT}"),
+    ("POST", "/v1/runs/many", {"job": "zzz", "payloads": [1], "delay": "1h\u0663m"},
+     f"delay: '1h\u0663m' {DURATION_HINT}"),
 ])
 def test_bad_names_and_durations_are_explained_as_the_sdk_explains_them(
         http: httpx.Client, method: str, path: str, body: Any, message: str) -> None:
@@ -306,6 +315,22 @@ def test_a_blank_cancel_reason_is_422_and_the_run_is_not_cancelled(
     assert http.get(f"/v1/runs/{run['id']}").json()["status"] == "scheduled"
     kinds = [e["kind"] for e in http.get(f"/v1/runs/{run['id']}/timeline").json()["items"]]
     assert kinds == ["run.scheduled"]
+
+
+@pytest.mark.parametrize("holder", ["   ", "\n\t", "\u3000"])
+def test_a_blank_lock_holder_is_422_and_the_lock_is_not_taken(
+        http: httpx.Client, holder: str) -> None:
+    """As a blank cancel reason is: a holder that says nothing is left out, not listed."""
+    key = f"blank-holder-{len(holder)}-{ord(holder[0])}"
+    lock = {"key": key, "owner": "a", "ttl": "30s"}
+    error = assert_error(http.post("/v1/locks/acquire", json={**lock, "holder": holder}),
+                         422, "validation_error")
+    assert error["message"] == (f"holder must not be blank, got {holder!r}: "
+                                "leave it out when the owner does not say")
+    assert http.get("/v1/locks", params={"prefix": key}).json()["items"] == []
+    # Free: another owner takes it.
+    assert http.post("/v1/locks/acquire", json={**lock, "owner": "b"}).json()["held"] is True
+    assert http.post("/v1/locks/release", json={"key": key, "owner": "b"}).json()["held"]
 
 
 @pytest.mark.parametrize("query", ["limit=0", "limit=abc", "limit=1001", "status=bogus",

@@ -62,6 +62,9 @@ def test_durations_as_numbers_and_timedeltas(value: object, seconds: float) -> N
         "1e3s",
         "30 seconds",
         "1h30",
+        "\u0661\u0662s",  # Arabic-Indic digits: a duration's digits are ASCII ones
+        "\uff15m",  # a full-width 5
+        "1h\u0663m",
     ],
 )
 def test_bad_duration_strings_are_refused_with_the_grammar(value: str) -> None:

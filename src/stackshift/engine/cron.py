@@ -178,10 +178,18 @@ def check_overlap(value: object) -> str:
     return value
 
 
+#: Names some hosts' zone directories hold that are not IANA zones: ``localtime``
+#: is the host's own setting (a link to /etc/localtime), so a schedule in it would
+#: tick at other times on another host.
+_HOST_ZONES = frozenset({"localtime"})
+
+
 def check_timezone(name: object) -> str:
     if not isinstance(name, str) or not name:
         raise ValidationError(f"timezone must be an IANA zone name such as 'UTC', got {name!r}")
     try:
+        if name in _HOST_ZONES:
+            raise ZoneInfoNotFoundError(name)
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
         # OSError: a name the tzdata package reads as a path that is not a zone
@@ -201,7 +209,7 @@ def _zones_like(name: str) -> list[str]:
     if not wanted:
         return []
     zones = [zone for zone in available_timezones()
-             if not zone.startswith(("posix/", "right/"))]
+             if not zone.startswith(("posix/", "right/")) and zone not in _HOST_ZONES]
     same = [zone for zone in zones if zone.casefold() == wanted]
     return same or sorted(zone for zone in zones
                           if zone.rsplit("/", 1)[-1].casefold() == wanted)[:3]

@@ -299,7 +299,8 @@ def _in_api_words(request: Request, message: str) -> str:
 
 def _api_names(app: FastAPI) -> dict[str, str]:
     """The API's camelCase names (fields of its JSON, query parameters) by the
-    snake_case name of the same thing in the SDK and the service."""
+    snake_case name of the same thing in the SDK and the service, and ``null``
+    by Python's ``None`` (``a key or None per payload``)."""
     found: dict[str, str] | None = getattr(app.state, "api_names", None)
     if found is None:
         document = app.openapi()
@@ -310,6 +311,7 @@ def _api_names(app: FastAPI) -> dict[str, str]:
                   for param in operation.get("parameters", ()) if param.get("in") == "query"}
         found = app.state.api_names = {to_snake(name): name for name in names
                                        if to_snake(name) != name}
+        found["None"] = "null"
     return found
 
 

@@ -13,6 +13,9 @@ When a route cannot be reached, answers with an error, or answers with anything
 but its acknowledgement of the run (a URL that is not the route), its run is
 handed back (the next delivery replays the completed steps) and the endpoint is
 left alone for a while, longer after each failure in a row, up to ``MAX_BACKOFF``.
+A URL the server cannot call at all (one registered with an earlier version,
+such as ``http://host:abc/``) fails the attempt instead, as a handler's error
+does: the run is retried while its ``max_attempts`` allow, then fails.
 A ``504`` (a proxy's timeout) or no answer in ``request_timeout`` hands nothing
 back: the route may still be executing the run, and it renews the lease itself.
 So does a server that stops (SIGTERM): it hands back only the runs it claimed
@@ -33,11 +36,13 @@ from functools import partial
 
 import httpx
 
+from ..engine.retries import Backoff
+from ..errors import ValidationError
 from ..ids import new_id
 from ..models import Endpoint
-from ..service import Service
+from ..service import Service, check_endpoint_url
 from ..signing import sign
-from ..store.base import ClaimedRun, Lease
+from ..store.base import ClaimedRun, Lease, Outcome
 from ..store.flow import ClaimRules
 from ..worker.worker import HandlerThreads
 from . import push_schemas as p
@@ -57,6 +62,8 @@ DELIVERY_RETENTION = 3600.0
 #: How a delivery ended: the route answered for the run; it failed (hand the run
 #: back); or it is not known whether the route still executes it (a timeout).
 DONE, FAILED, UNKNOWN = "done", "failed", "unknown"
+#: The error type of an attempt failed because its endpoint's URL cannot be called.
+UNDELIVERABLE = "UndeliverableEndpointURL"
 
 
 @dataclass
@@ -85,6 +92,7 @@ class Dispatcher:
         self._thread: threading.Thread | None = None
         self._claims = 0
         self._served: tuple[list[str], int] = ([], 0)
+        self._registered = False  # in the worker registry
         # Daemon threads: a request still open when the server stops does not keep
         # the process from exiting (the route finishes the run; see stop()).
         self._threads = HandlerThreads(64, "stackshift-push")
@@ -188,11 +196,17 @@ class Dispatcher:
             self._register()
 
     def _register(self) -> None:
-        """Show the dispatcher in the worker registry (the dashboard's workers)."""
+        """Show the dispatcher in the worker registry (the dashboard's workers) while
+        it serves some job; once the last endpoint is removed, leave it at once (its
+        jobs would otherwise show it live until its heartbeat ran out)."""
         jobs, concurrency = self._served
         if jobs:
             self.service.store.register_worker(self.id, socket.gethostname(), os.getpid(), jobs,
                                                None, concurrency, self.service.clock.now())
+            self._registered = True
+        elif self._registered:
+            self.service.store.unregister_worker(self.id)
+            self._registered = False
 
     def _renew(self) -> None:
         """Renew the leases of the runs in flight, and the registry heartbeat."""
@@ -235,6 +249,16 @@ class Dispatcher:
         lease = claimed.lease
         outcome = FAILED
         try:
+            try:
+                check_endpoint_url(endpoint.url)
+            except ValidationError as exc:
+                # A URL registered with an earlier version, which checked less: no
+                # delivery to it can ever succeed, so handing the run back would
+                # deliver it again without end. The attempt fails instead.
+                self._fail_undeliverable(claimed, f"endpoint {endpoint.id}: {exc}; register "
+                                                  f"the route again with a URL the server "
+                                                  f"can call")
+                return
             delivery_id = new_id("dlv")
             self.service.store.insert_push_delivery(delivery_id, endpoint.id, lease.run_id,
                                                     lease.attempt, self.service.clock.now())
@@ -268,6 +292,10 @@ class Dispatcher:
                 log.warning("push: %s answered %d for run %s, but not as a handler route "
                             "does (is it the route's URL?): %s", endpoint.url,
                             response.status_code, lease.run_id, response.text[:200])
+        except httpx.InvalidURL as exc:  # as above, for a URL the check let through
+            self._fail_undeliverable(claimed, f"endpoint {endpoint.id}: url "
+                                              f"{endpoint.url!r} is not a URL the server "
+                                              f"can call: {exc}")
         except httpx.ReadTimeout:
             outcome = UNKNOWN
             log.warning("push: %s did not answer for run %s in time: the route may still be "
@@ -280,6 +308,23 @@ class Dispatcher:
             log.exception("push: delivering run %s failed", lease.run_id)
         finally:
             self._ended(route, lease, outcome)
+
+    def _fail_undeliverable(self, claimed: ClaimedRun, message: str) -> None:
+        """Record the attempt of a run that could not be sent as failed, as a
+        handler's error is: retried after the default backoff while the run's
+        ``max_attempts`` allow, then failed (its failure handler, if any, starts)."""
+        lease, run = claimed.lease, claimed.run
+        log.warning("push: could not deliver run %s: %s", lease.run_id, message)
+        now = self.service.clock.now()
+        attempts_used = lease.attempt - claimed.retry_base
+        error = {"type": UNDELIVERABLE, "message": message, "traceback": None}
+        outcome = (Outcome("failed", error=error) if attempts_used >= run.max_attempts
+                   else Outcome("retrying", error=error,
+                                retry_at=now + Backoff().delay(attempts_used)))
+        if self.service.store.finish_attempt(lease, outcome, [], now):
+            self.service.notifier.notify()
+            if outcome.retry_at is not None:
+                self.service.notifier.due(outcome.retry_at)
 
     def _ended(self, route: _Route, lease: Lease, outcome: str) -> None:
         with self._lock:

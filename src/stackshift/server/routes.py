@@ -13,6 +13,7 @@ from typing import Annotated, Any, cast
 import anyio
 import anyio.to_thread
 from fastapi import APIRouter, Path, Query, Request, Response
+from pydantic import AfterValidator
 from starlette.convertors import Convertor, register_url_convertor
 
 from ..durations import to_datetime
@@ -25,6 +26,20 @@ from .schemas import ErrorResponse
 
 #: Longest single long-poll of ``GET /v1/runs/{id}/wait``; clients poll again.
 MAX_WAIT_SECONDS = 60.0
+
+
+def _wait_timeout(value: float) -> float:
+    """The ``timeout`` of a long-poll: one message for any value out of range,
+    ``nan`` included (which is in no range)."""
+    if not 0 <= value <= MAX_WAIT_SECONDS:
+        raise ValueError(f"must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}, "
+                         f"got {value:g}")
+    return value
+
+
+WaitTimeout = Annotated[float, AfterValidator(_wait_timeout), Query(
+    description="Seconds to wait at most.",
+    json_schema_extra={"maximum": MAX_WAIT_SECONDS, "minimum": 0})]
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse,
@@ -158,8 +173,7 @@ def get_run(run_id: RunId, request: Request) -> s.Run:
 async def wait_run(
     run_id: RunId,
     request: Request,
-    timeout: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS,
-                                    description="Seconds to wait at most.")] = 30.0,
+    timeout: WaitTimeout = 30.0,
 ) -> s.Run:
     """The run once it is completed, failed or cancelled, or as it is after ``timeout``.
 

@@ -341,12 +341,17 @@ def _not_both(a: str, b: str) -> JsonDict:
     return {"not": {"required": [a, b], "properties": {a: _SET, b: _SET}}}
 
 
+def _ttl_needs(keys: str) -> JsonDict:
+    """JSON Schema for "``idempotencyTtl`` needs ``keys``"."""
+    return {"if": {"required": ["idempotencyTtl"], "properties": {"idempotencyTtl": _SET}},
+            "then": {"required": [keys], "properties": {keys: _SET}}}
+
+
 #: Rules across fields, stated in the schema too.
-_ONE_TIME: JsonDict = {"allOf": [
-    _not_both("delay", "scheduledAt"),
-    {"if": {"required": ["idempotencyTtl"], "properties": {"idempotencyTtl": _SET}},
-     "then": {"required": ["idempotencyKey"], "properties": {"idempotencyKey": _SET}}},
-]}
+_ONE_TIME: JsonDict = {"allOf": [_not_both("delay", "scheduledAt"),
+                                 _ttl_needs("idempotencyKey")]}
+_MANY_TIMES: JsonDict = {"allOf": [_not_both("delay", "scheduledAt"),
+                                   _ttl_needs("idempotencyKeys")]}
 
 
 class StartRun(Body):
@@ -376,7 +381,7 @@ class StartRun(Body):
 
 
 class StartRuns(Body):
-    model_config = ConfigDict(json_schema_extra=_ONE_TIME)
+    model_config = ConfigDict(json_schema_extra=_MANY_TIMES)
 
     job: Name = Field(description="The job's name.")
     payloads: list[Any] = Field(max_length=1000, description=(
