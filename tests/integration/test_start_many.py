@@ -79,22 +79,34 @@ def test_an_idempotency_key_names_one_run_within_the_call_and_across_calls(
     assert [(r.id, r.created) for r in again] == [(runs[1].id, False)]
 
 
-@pytest.mark.parametrize("keys", [["fresh", "k1"], ["dup", "dup"]])
-def test_a_key_bound_to_other_work_writes_none_of_the_runs(
-        fake_app: StackShift, keys: list[str]) -> None:
-    """Against a run started before, or a run earlier in the same call: the
-    conflict names the key and the run it belongs to, and no run of the call
-    is written (nor a key it would have claimed)."""
+def test_a_key_bound_to_other_work_writes_none_of_the_runs(fake_app: StackShift) -> None:
+    """Against a run started before: the conflict names the key and the run it
+    belongs to, and no run of the call is written (nor a key it would have
+    claimed)."""
     first = fake_app.start("send", {"n": 1}, idempotency_key="k1")
     with pytest.raises(IdempotencyConflictError) as refused:
-        fake_app.start_many("send", [{"n": 5}, {"n": 6}], idempotency_keys=keys)
-    assert f"idempotency key {keys[1]!r} belongs to run" in str(refused.value)
-    assert refused.value.existing_run_id is not None
-    if keys[0] != keys[1]:
-        assert refused.value.existing_run_id == first.id
+        fake_app.start_many("send", [{"n": 5}, {"n": 6}], idempotency_keys=["fresh", "k1"])
+    assert "idempotency key 'k1' belongs to run" in str(refused.value)
+    assert refused.value.existing_run_id == first.id
     assert [r.id for r in fake_app.runs.list().items] == [first.id]
     # The keys it would have taken are free: a start with them creates a run.
-    assert fake_app.start("send", {"n": 7}, idempotency_key=keys[0]).created
+    assert fake_app.start("send", {"n": 7}, idempotency_key="fresh").created
+
+
+def test_one_key_given_to_two_payloads_of_a_call_is_refused_naming_both(
+        fake_app: StackShift) -> None:
+    """Not a conflict with a run: the run the key would name is one the call
+    itself would have started, so the error names the two items instead."""
+    with pytest.raises(ValidationError) as refused:
+        fake_app.start_many("send", [{"n": 5}, {"n": 6}, {"n": 7}, {"n": 8}],
+                            idempotency_keys=["a", "dup", "b", "dup"])
+    assert str(refused.value) == (
+        "idempotency_keys[3] repeats idempotency_keys[1] ('dup') with another payload:"
+        " a key names one run, so nothing was started")
+    assert _count(fake_app) == 0
+    # The same payload (whole-number floats as integers) is one run, as across calls.
+    runs = fake_app.start_many("send", [{"n": 7.0}, {"n": 7}], idempotency_keys=["dup", "dup"])
+    assert [r.created for r in runs] == [True, False] and runs[0].id == runs[1].id
 
 
 BAD: list[tuple[dict[str, Any], type[Exception], str]] = [

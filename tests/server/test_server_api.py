@@ -871,6 +871,9 @@ def test_refusals_name_fields_as_the_request_spelt_them(
      "idempotencyTtl needs idempotencyKeys with at least one key"),
     ({"payloads": [1, 2], "idempotencyKeys": [None, None], "idempotencyTtl": "5s"},
      "idempotencyTtl needs idempotencyKeys with at least one key"),
+    ({"payloads": [1, 2], "idempotencyKeys": ["m1", "m1"]},
+     "idempotencyKeys[1] repeats idempotencyKeys[0] ('m1') with another payload: a key"
+     " names one run, so nothing was started"),
 ])
 def test_start_many_refusals_name_its_fields_and_json_values(
         http: httpx.Client, body: dict[str, Any], message: str) -> None:

@@ -7,7 +7,12 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ..engine import transitions
 from ..engine.transitions import Status
-from ..errors import IdempotencyConflictError, InvalidTransitionError, RunNotFoundError
+from ..errors import (
+    IdempotencyConflictError,
+    InvalidTransitionError,
+    RunNotFoundError,
+    ValidationError,
+)
 from ..ids import new_id, unknowable_id
 from ..models import Attempt, LogEntry, Page, Run, Step, TimelineEntry
 from ..serialization import digest, dumps, loads, same_numbers
@@ -70,6 +75,22 @@ def _conflict(key: str, target_id: str) -> IdempotencyConflictError:
         f"idempotency key {key!r} belongs to run {target_id} with a different job or payload",
         target_id,
     )
+
+
+def _check_keys_agree(news: list[NewRun], prints: list[tuple[str, str] | None]) -> None:
+    """Refuse one call's starts that give one idempotency key to different payloads:
+    the key would name the first of them, a run that the conflict rolls back."""
+    first: dict[str, int] = {}
+    for n, new in enumerate(news):
+        key = new.idempotency_key
+        if key is None:
+            continue
+        m = first.setdefault(key, n)
+        taken, given = prints[m], prints[n]
+        if m != n and taken is not None and given is not None and taken[0] not in given:
+            raise ValidationError(
+                f"idempotency_keys[{n}] repeats idempotency_keys[{m}] ({key!r}) with another"
+                " payload: a key names one run, so nothing was started")
 
 
 def load_run(tx: Tx, run_id: str, *, lock: bool = False) -> Row:
@@ -374,6 +395,7 @@ class RunStore:
         none. A key given twice names one run, created by the first."""
         prints = [None if new.idempotency_key is None else fingerprints(new.job, new.payload)
                   for new in news]
+        _check_keys_agree(news, prints)
         if self.db.dialect == "postgres" and all(p is None for p in prints):
             return group_commit_of(self).run(
                 lambda tx: _start_many(tx, [(new, now) for new in news]))
