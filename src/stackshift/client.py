@@ -84,6 +84,15 @@ def server_from_env(
     return url, key
 
 
+def _run_id(run_id: str) -> str:
+    """``run_id``, refusing a :class:`Run` given in its place (``runs.get(run)``),
+    which would otherwise be looked up as an id no run has."""
+    if isinstance(run_id, Run):
+        raise TypeError(f"a run's id was expected, got the run itself: pass run.id"
+                        f" ({run_id.id!r})")
+    return run_id
+
+
 @public_calls("runs")
 class Runs:
     """``stackshift.runs``: read and act on runs."""
@@ -93,7 +102,7 @@ class Runs:
 
     def get(self, run_id: str) -> Run:
         """The run; :class:`RunNotFoundError` for an unknown id."""
-        return self._s.get_run(run_id)
+        return self._s.get_run(_run_id(run_id))
 
     def list(
         self,
@@ -122,13 +131,13 @@ class Runs:
 
     def wait(self, run_id: str, timeout: Any = None) -> Run:
         """Block until the run is completed, failed or cancelled."""
-        return self._s.wait_run(run_id, timeout)
+        return self._s.wait_run(_run_id(run_id), timeout)
 
     def cancel(self, run_id: str, reason: str | None = None) -> Run:
-        return self._s.cancel_run(run_id, reason)
+        return self._s.cancel_run(_run_id(run_id), reason)
 
     def retry(self, run_id: str) -> Run:
-        return self._s.retry_run(run_id)
+        return self._s.retry_run(_run_id(run_id))
 
     def start_again(self, run_id: str) -> Run:
         """Start a new run of the run's job with its payload, queue, priority,
@@ -136,7 +145,7 @@ class Runs:
         idempotency key, which names the run it started. Returns the new run;
         the two timelines name each other (``run.started_again``,
         ``again_of``)."""
-        return self._s.start_again(run_id)
+        return self._s.start_again(_run_id(run_id))
 
     def retry_many(
         self,
@@ -163,7 +172,7 @@ class Runs:
                                   limit=limit, page_size=page_size, progress=progress)
 
     def timeline(self, run_id: str) -> builtins.list[TimelineEntry]:
-        return self._s.timeline(run_id)
+        return self._s.timeline(_run_id(run_id))
 
     def logs(self, run_id: str, *, after: int | None = None, limit: int | None = None,
              last: int | None = None) -> builtins.list[LogEntry]:
@@ -172,13 +181,13 @@ class Runs:
         ``limit`` (1 to 10,000): at most that many, to read a long log in pages
         (the next page is ``after`` the last record's id); ``last`` (1 to 10,000,
         without ``after`` or ``limit``): the latest that many records only."""
-        return self._s.logs(run_id, after, limit, last)
+        return self._s.logs(_run_id(run_id), after, limit, last)
 
     def attempts(self, run_id: str) -> builtins.list[Attempt]:
-        return self._s.attempts(run_id)
+        return self._s.attempts(_run_id(run_id))
 
     def steps(self, run_id: str) -> builtins.list[Step]:
-        return self._s.steps(run_id)
+        return self._s.steps(_run_id(run_id))
 
 
 @public_calls("events")
@@ -609,7 +618,7 @@ class _AsyncRuns(_AsyncFacade):
     async def wait(self, run_id: str, timeout: Any = None) -> Run:
         """Wait until the run is completed, failed or cancelled; the wait holds no
         thread, so any number of runs can be awaited at once."""
-        return await self._target._s.wait_run_async(run_id, timeout)
+        return await self._target._s.wait_run_async(_run_id(run_id), timeout)
 
 
 @public_calls(None)

@@ -124,6 +124,9 @@ def _storable(value: str, what: str) -> str:
 #: names) and those by a key (``search`` is a run id or an idempotency key).
 NAME_FILTERS = {"job": "job name", "queue": "queue name", "name": "event name"}
 KEY_FILTERS = ("idempotency_key", "correlation_key", "search")
+#: The longest idempotency or correlation key any run can have (the most
+#: ``Settings.max_idempotency_key_length`` allows, and a correlation key's limit).
+LONGEST_KEY = 512
 
 
 def check_filter(value: object, what: str) -> str | None:
@@ -141,6 +144,9 @@ def check_filter(value: object, what: str) -> str | None:
             check_name(value, NAME_FILTERS[what])
         elif what in KEY_FILTERS and not value:
             raise ValidationError(f"{what} must be a non-empty string, got ''")
+        elif what in KEY_FILTERS and len(value) > LONGEST_KEY:
+            raise ValidationError(f"{what} is {len(value)} characters, longer than any key or"
+                                  f" id can be ({LONGEST_KEY} at most)")
     return value
 
 

@@ -52,6 +52,26 @@ def test_start_returns_the_stored_run(client: StackShift, unique: Names) -> None
     assert client.runs.get(run.id) == run
 
 
+def test_a_run_given_where_its_id_goes_is_refused_naming_the_id(
+        client: StackShift, unique: Names) -> None:
+    run = client.start(unique("sendReceipt"))
+    said = f"a run's id was expected, got the run itself: pass run.id ({run.id!r})"
+    for call in (client.runs.get, client.runs.wait, client.runs.cancel, client.runs.retry,
+                 client.runs.start_again, client.runs.timeline, client.runs.logs,
+                 client.runs.attempts, client.runs.steps):
+        with pytest.raises(TypeError) as refused:
+            call(run)  # type: ignore[operator]
+        assert str(refused.value) == said, call
+
+    async def wait_on_the_async_client() -> None:
+        async with AsyncStackShift(**_async_options(client)) as app:
+            await app.runs.wait(run)  # type: ignore[arg-type]
+
+    with pytest.raises(TypeError, match=r"pass run\.id"):
+        asyncio.run(wait_on_the_async_client())
+    assert client.runs.get(run.id).status == "queued"  # nothing was cancelled or retried
+
+
 def test_enqueue_on_a_queue_and_scheduling(client: StackShift, unique: Names) -> None:
     job = unique("syncInvoice")
     when = datetime.now(UTC) + timedelta(days=2)
@@ -160,6 +180,8 @@ def test_bad_start_input_raises_and_writes_nothing(
          "idempotency_ttl must be more than 0 and at most 365d"),
         (lambda c: c.events.send("ok", {}, correlation_key=""),
          "correlation_key must be a non-empty string, got ''"),
+        (lambda c: c.runs.list(search="r" * 513),
+         "search is 513 characters, longer than any key or id can be (512 at most)"),
         (lambda c: c.state.get("k" * 513), "state key is 513 characters, over the limit of 512"),
         (lambda c: c.state.set("k", 1, ttl=0), "ttl must be more than 0"),
         (lambda c: c.schedules.create("bad name!", cron="@daily"),
