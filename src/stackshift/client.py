@@ -43,6 +43,7 @@ from .store.queues import KEEP
 
 if TYPE_CHECKING:
     # The remote client pulls in httpx and the wire schemas: import it only when used.
+    from .asynctypes import AsyncEvents, AsyncQueue, AsyncQueues, AsyncRuns, AsyncSchedules
     from .push import AsgiRoute, WsgiRoute
     from .remote import RemoteService
     from .worker import Worker
@@ -637,10 +638,11 @@ class AsyncStackShift(_HandlerRoutes):
     ) -> None:
         self.sync = StackShift(database_url, api_key=api_key, base_url=base_url, clock=clock,
                                settings=settings, migrate=migrate)
-        self.runs = _AsyncRuns(self.sync.runs)
-        self.events = _AsyncFacade(self.sync.events)
-        self.queues = _AsyncFacade(self.sync.queues)
-        self.schedules = _AsyncFacade(self.sync.schedules)
+        # Typed for the checker by the protocols of stackshift.asynctypes.
+        self.runs = cast("AsyncRuns", _AsyncRuns(self.sync.runs))
+        self.events = cast("AsyncEvents", _AsyncFacade(self.sync.events))
+        self.queues = cast("AsyncQueues", _AsyncFacade(self.sync.queues))
+        self.schedules = cast("AsyncSchedules", _AsyncFacade(self.sync.schedules))
         self.state = self.sync.state_async
         self.database_url = self.sync.database_url
         self.base_url = self.sync.base_url
@@ -729,7 +731,7 @@ class AsyncStackShift(_HandlerRoutes):
         )
 
     def queue(self, name: str, *, concurrency: int | None = None, rate_limit: str | None = None,
-              max_attempts: int | None = None) -> _AsyncFacade:
+              max_attempts: int | None = None) -> AsyncQueue:
         """The queue ``name``: the same methods as :class:`Queue`, awaitable.
 
         Settings given here are stored before it returns, as :meth:`StackShift.queue`
@@ -748,7 +750,7 @@ class AsyncStackShift(_HandlerRoutes):
                 f"AsyncStackShift.queue({name!r}, {given}) in a running event loop would block "
                 f"it to store the settings: use `await app.queue({name!r}).configure({given})`"
             )
-        return _AsyncFacade(self.sync.queue(name, **settings))
+        return cast("AsyncQueue", _AsyncFacade(self.sync.queue(name, **settings)))
 
     def worker(self, **options: Any) -> Worker:
         return self.sync.worker(**options)

@@ -9,20 +9,25 @@ error whose message contains ``text``; no other line may get one. The guide's
 example of typed handlers is checked in the same run and must get none, as must
 the push-mode route built on an ``AsyncStackShift``, which server.md allows, and
 the example shop of ``stackshift dev`` (examples/shop.py). The async client's
-``job`` decorator keeps the handler's type, and ``worker()`` gives a ``Worker``.
+``job`` decorator keeps the handler's type, ``worker()`` gives a ``Worker``, and
+its ``runs``, ``events``, ``queues``, ``schedules`` and ``queue(name)`` have the
+sync methods' types, awaitable.
 ``wait_for_event`` gives an ``Event``, or ``Event | None`` with an ``on_timeout``
 that may let the wait end without one.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 import textwrap
 from pathlib import Path
 
+import pytest
 from mypy import api
 
 from docblocks import ROOT, python_blocks
+from stackshift import asynctypes, client
 
 APP = textwrap.dedent('''
     from __future__ import annotations
@@ -33,6 +38,7 @@ APP = textwrap.dedent('''
 
     import stackshift
     from stackshift import AsyncJobContext, AsyncStackShift, Event, JobContext, StackShift
+    from stackshift.models import Page, QueueInfo, Run, SentEvent, TimelineEntry
 
     app = StackShift()
 
@@ -104,6 +110,21 @@ APP = textwrap.dedent('''
     pending = on_async_client(42)  # E: Argument 1 to "on_async_client" has incompatible type "int"
     remote.worker().strat()  # E: "Worker" has no attribute "strat"
     app.worker(concurrency=2).stop(grace="1s")
+
+
+    async def use_the_async_client() -> None:
+        # runs, events, queues, schedules and queue(name): the sync methods, awaitable.
+        run = await remote.start("onAsyncClient", {"order_id": "o_1"})
+        assert_type(await remote.runs.get(run.id), Run)
+        assert_type(await remote.runs.list(status="failed"), Page)
+        assert_type(await remote.runs.timeline(run.id), list[TimelineEntry])
+        assert_type(await remote.events.send("paid", correlation_key="o_1"), SentEvent)
+        assert_type(await remote.queues.list(), list[QueueInfo])
+        assert_type(await remote.queue("emails").pause(), QueueInfo)
+        assert_type(await remote.schedules.delete("sch_1"), bool)
+        await remote.events.sned("paid")  # E: "AsyncEvents" has no attribute "sned"
+        await remote.runs.cancel(run.id, reson="stop")  # E: Unexpected keyword argument "reson"
+        remote.schedules.list().sort()  # E: has no attribute "sort"
 ''')
 
 MARK = re.compile(r"#\s*E:\s*(?P<text>.+)$")
@@ -141,3 +162,28 @@ def test_handler_context_types_steps_state_and_payload(tmp_path: Path) -> None:
     for where, text in expected.items():
         assert len(errors[where]) == 1 and text in errors[where][0], (where, out)
     assert status == 1, out + err
+
+
+def _methods(cls: type) -> dict[str, inspect.Signature]:
+    return {name: inspect.signature(member) for name, member in vars(cls).items()
+            if callable(member) and not name.startswith("_")}
+
+
+@pytest.mark.parametrize(("declared", "sync"), [
+    (asynctypes.AsyncRuns, client.Runs), (asynctypes.AsyncEvents, client.Events),
+    (asynctypes.AsyncQueue, client.Queue), (asynctypes.AsyncQueues, client.Queues),
+    (asynctypes.AsyncSchedules, client.Schedules),
+], ids=lambda cls: cls.__name__)
+def test_the_async_clients_declared_methods_are_the_sync_ones(declared: type,
+                                                              sync: type) -> None:
+    """What the type checker is told of ``AsyncStackShift.runs`` and the others
+    (stackshift.asynctypes) keeps up with the sync classes whose methods they
+    run: the same methods, parameters (names, kinds) and defaults."""
+    theirs, ours = _methods(sync), _methods(declared)
+    assert sorted(ours) == sorted(theirs)
+    for name, signature in theirs.items():
+        said = list(ours[name].parameters.values())
+        real = list(signature.parameters.values())
+        assert [(p.name, p.kind) for p in said] == [(p.name, p.kind) for p in real], name
+        assert [p.default for p in said if p.default is not ...] == [
+            p.default for p, q in zip(real, said, strict=True) if q.default is not ...], name
