@@ -1150,6 +1150,11 @@ def test_the_next_page_command_keeps_the_filters_and_page_size(
         rows = [row for row in rows if row and row[0][:4] in ("run_", "evt_")]
         assert len(rows) == 1, following.stdout
         assert all(row[column] == expected for row in rows), following.stdout
+        # `stackshift runs [OPTIONS]` lists as `stackshift runs list [OPTIONS]` does,
+        # and prints the same next page command.
+        if args[1] == "list":
+            grouped = cli(db_url, args[0], *args[2:])
+            assert grouped.stdout.splitlines()[-1] == hint, grouped.stdout
 
 
 def test_the_next_page_command_keeps_a_database_given_on_the_command_line(

@@ -77,6 +77,16 @@ def list_filter(ctx: click.Context, param: click.Parameter, value: str | None) -
     return value
 
 
+def _typed(ctx: click.Context, name: str) -> bool:
+    """Whether option ``name`` of the running command was given on the command line:
+    to the command, or to its group when ``stackshift GROUP [OPTIONS]`` lists
+    (:func:`list_by_default`, whose ``list`` then gets the group's values)."""
+    source = ctx.get_parameter_source(name)
+    if source is None and ctx.parent is not None:
+        source = ctx.parent.get_parameter_source(name)
+    return source is ParameterSource.COMMANDLINE
+
+
 def list_by_default(group: click.Group) -> None:
     """Make ``stackshift GROUP [OPTIONS]`` the same as ``stackshift GROUP list [OPTIONS]``.
 
@@ -273,7 +283,7 @@ def next_page_command(cursor: str) -> str:
         value = ctx.params.get(name)
         if isinstance(param, click.Argument):
             arguments.append(str(value))
-        elif value is not None and ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
+        elif value is not None and _typed(ctx, name):
             options += [param.opts[0], shell_word(str(value))]
     addition = ""
     if database is not None and urlsplit(database).password is None:
