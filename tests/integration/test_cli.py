@@ -266,6 +266,16 @@ def test_start_payloads_wait_reports_how_the_runs_ended(
     first = app.runs.list(idempotency_key="tally:1").items[0]
     assert (f"error: 3 of the 3 runs had not ended after 0.5s (run {first.id} is still queued)"
             in late.stderr)
+    # With --json, the runs as they stand: a script keeps their ids.
+    late = cli(db_url, "start", "tally", "--payloads", str(rows), "--idempotency-key",
+               "tally:{n}", "--wait", "--timeout", "0.3", "--json")
+    assert late.returncode == 1 and "error: 3 of the 3 runs had not ended" in late.stderr
+    assert [(r["id"], r["status"], r["created"]) for r in json.loads(late.stdout)] == [
+        (app.runs.list(idempotency_key=f"tally:{n}").items[0].id, "queued", False)
+        for n in (1, 2, 3)]
+    one = cli(db_url, "start", "tally", '{"n": 4}', "--wait", "--timeout", "0.2", "--json")
+    assert one.returncode == 1 and "is still queued after 0.2s" in one.stderr
+    assert json.loads(one.stdout)["status"] == "queued" and json.loads(one.stdout)["created"]
 
     with app.worker(concurrency=2):
         done = cli(db_url, "start", "tally", "--payloads", str(rows), "--idempotency-key",
@@ -1054,6 +1064,10 @@ def test_runs_list_filters_pages_and_cancels(db_url: str, app: StackShift) -> No
     assert requeued["status"] == "queued"
     timed_out = cli(db_url, "runs", "wait", ids[2], "--timeout", "0.2")
     assert timed_out.returncode == 1 and "still queued" in timed_out.stderr
+    # With --json, a script still gets the run as it stands.
+    timed_out = cli(db_url, "runs", "wait", ids[2], "--timeout", "0.2", "--json")
+    assert timed_out.returncode == 1 and "still queued" in timed_out.stderr
+    assert json.loads(timed_out.stdout)["status"] == "queued"
 
 
 def test_runs_list_takes_the_sdks_time_and_search_filters(db_url: str, app: StackShift) -> None:

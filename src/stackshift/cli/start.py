@@ -124,7 +124,12 @@ def start(
                 report_started_many(runs, job, source, as_json)
             if not wait:
                 return
-            finals = wait_for_runs(app, runs, wait_limit, as_json)
+            try:
+                finals = wait_for_runs(app, runs, wait_limit, as_json)
+            except TimeoutError as timed_out:
+                if as_json:  # the runs as they stand, then the error and exit 1
+                    echo_runs_json(timed_out_runs(timed_out, app, runs), runs, one=False)
+                raise
         report_finished_many(finals, runs, as_json)
         return
     payload = parse_json_argument(payload_json, "PAYLOAD_JSON")
@@ -147,7 +152,12 @@ def start(
             return
         if not as_json:
             report_started(run, as_json)
-        final = wait_for_run(app, run.id, wait_limit, as_json)
+        try:
+            final = wait_for_run(app, run.id, wait_limit, as_json)
+        except TimeoutError as timed_out:
+            if as_json:  # the run as it stands, then the error and exit 1
+                echo_runs_json(timed_out_runs(timed_out, app, [run]), [run], one=True)
+            raise
     report_finished(final, as_json, created=run.created)
 
 
@@ -474,10 +484,34 @@ def wait_for_runs(app: StackShift, runs: list[Run], limit: float | str | None,
             waiting = [other for other in rest if not other.is_terminal]
             if not waiting:  # the last of them ended as the time ran out
                 return finals + rest
-            raise TimeoutError(f"{len(waiting):,} of the {len(runs):,} runs had not ended "
+            raise WaitTimedOut(f"{len(waiting):,} of the {len(runs):,} runs had not ended "
                                f"after {seconds:g}s (run {waiting[0].id} is still "
-                               f"{waiting[0].status})") from None
+                               f"{waiting[0].status})", finals + rest) from None
     return finals
+
+
+class WaitTimedOut(TimeoutError):
+    """A wait's time ran out before every run waited for ended; ``runs``: each of
+    them as it stands (a script given ``--json`` still gets their ids and
+    statuses)."""
+
+    def __init__(self, message: str, runs: list[Run]) -> None:
+        super().__init__(message)
+        self.runs = runs
+
+
+def timed_out_runs(error: TimeoutError, app: StackShift, started: list[Run]) -> list[Run]:
+    """The runs of a wait that ran out of time, as they stand now."""
+    if isinstance(error, WaitTimedOut):
+        return error.runs
+    return [app.runs.get(run.id) for run in started]
+
+
+def echo_runs_json(finals: list[Run], started: list[Run], *, one: bool) -> None:
+    """Print runs as ``--json`` gives them, each with ``created`` from its start."""
+    data = [{**to_data(final), "created": run.created}
+            for final, run in zip(finals, started, strict=True)]
+    echo_json(data[0] if one else data)
 
 
 def report_finished_many(finals: list[Run], started: list[Run], as_json: bool) -> None:
@@ -485,8 +519,7 @@ def report_finished_many(finals: list[Run], started: list[Run], as_json: bool) -
     complete one a line; exit 1 unless they all completed."""
     unfinished = [run for run in finals if run.status != "completed"]
     if as_json:
-        echo_json([{**to_data(final), "created": run.created}
-                   for final, run in zip(finals, started, strict=True)])
+        echo_runs_json(finals, started, one=False)
     else:
         counts = status_counts(finals)
         out = console()
