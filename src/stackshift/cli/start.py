@@ -90,7 +90,8 @@ def start(
     as_json: bool,
     database_url: str | None,
 ) -> None:
-    """Start a run of JOB with PAYLOAD_JSON ('-' reads it from stdin).
+    """Start a run of JOB with PAYLOAD_JSON ('-' reads it from stdin; left out,
+    the payload is null).
 
     With an idempotency key that already names a run, that run is reported
     and nothing new starts. Exit codes: 0 ok, 1 a run waited for did not
