@@ -1927,8 +1927,9 @@ LONG_NAMED_APP = """
                  "build-the-monthly-revenue-report-for-the-finance-team"):
         @app.job(name, max_attempts=1)
         def refuse(ctx):
-            ctx.log.warning("refusing", extra={"upstream": "ledger", "tries": [1, 2]})
-            raise NonRetriableError("the upstream service refused the request: " + "why " * 40)
+            ctx.log.warning("refusing\\n\\x1b[31mfor now\\x1b[0m",
+                            extra={"upstream": "ledger", "tries": [1, 2]})
+            raise NonRetriableError("the upstream service refused the request:\\n" + "why " * 40)
 """
 LONG_NAMES = ("build-the-monthly-revenue-report-for-the-finance-team, "
               "send-the-verification-email-to-a-newly-registered-customer, "
@@ -1976,7 +1977,8 @@ def test_piped_worker_lines_stay_whole_for_log_collectors(
 ) -> None:
     """Not on a terminal, each status line is one line, however long, with no
     escape codes: a log collector gets one record per message. A failed attempt
-    is one of them, and so is a record the handler logged, its fields included."""
+    is one of them, and so is a record the handler logged, its fields included,
+    its newline and escape sequence shown escaped."""
     app_file = tmp_path / "tasks.py"
     app_file.write_text(textwrap.dedent(LONG_NAMED_APP))
     worker = _Piped("worker", f"{app_file}:app", "--database-url", db_url, cwd=tmp_path)
@@ -1990,7 +1992,8 @@ def test_piped_worker_lines_stay_whole_for_log_collectors(
         assert worker.stop() == 0
     assert re.fullmatch(
         r"\d\d:\d\d:\d\d  WARNING synchronise-every-open-invoice-with-the-general-ledger "
-        rf"{run.id}: refusing  upstream=ledger tries=\[1,2\]  \[stackshift\.run\]\n",
+        rf"{run.id}: refusing\\n\\x1b\[31mfor now\\x1b\[0m  upstream=ledger tries=\[1,2\]"
+        r"  \[stackshift\.run\]\n",
         worker.line_with("stderr", "refusing")), worker.lines
     assert re.fullmatch(
         r"\d\d:\d\d:\d\d  ERROR   synchronise-every-open-invoice-with-the-general-ledger "
@@ -2024,8 +2027,9 @@ def test_piped_dev_lines_stay_whole_for_log_collectors(
     assert f"jobs: {LONG_NAMES}\n" in services, services
     assert re.match(rf"\d\d:\d\d:\d\d  {run.id}  synchronise-every-open-invoice-with-the-"
                     r"general-ledger  (queued|running|failed)  ", change), change
-    # The board's change line for the failed run keeps its whole error on that line.
-    assert failed.rstrip().endswith(("why " * 40).strip()), failed
+    # The board's change line for the failed run keeps its whole error on that line,
+    # its newline shown escaped.
+    assert failed.rstrip().endswith("request:\\n" + ("why " * 40).strip()), failed
     assert "…" not in failed, failed
     shown = "".join(dev.lines["stdout"] + dev.lines["stderr"])
     assert "\x1b" not in shown, shown

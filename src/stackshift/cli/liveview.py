@@ -22,7 +22,14 @@ from rich.text import Text
 from ..client import StackShift
 from ..errors import RunNotFoundError
 from ..models import Run, RunError, TimelineEntry, WaitingFor
-from .render import STATUS_STYLES, attempt_cell, run_detail_line, runs_table, status_text
+from .render import (
+    STATUS_STYLES,
+    attempt_cell,
+    one_line,
+    run_detail_line,
+    runs_table,
+    status_text,
+)
 from .worker import HeldLines
 
 REFRESH_SECONDS = 0.3
@@ -141,8 +148,8 @@ def change_line(run: Run, since: datetime | None = None) -> Text:
     line.append_text(status_text(run.status))
     line.append(f"  attempt {attempt_cell(run)}")
     detail = run_detail_line(run, since)
-    if detail:
-        line.append(f"  {detail}", style="dim")
+    if detail:  # an error's message may span lines: one line per change, escaped
+        line.append(f"  {one_line(detail)}", style="dim")
     return line
 
 
@@ -170,8 +177,8 @@ def transition_line(entry: TimelineEntry, run: Run, error: RunError | None = Non
     detail = ("resumed" if entry.kind == "run.resumed"
               else f"started again from {data['again_of']}" if "again_of" in data
               else run_detail_line(then, entry.at))
-    if detail:
-        line.append(f"  {detail}", style="dim")
+    if detail:  # an error's message may span lines: one line per change, escaped
+        line.append(f"  {one_line(detail)}", style="dim")
     return line
 
 

@@ -19,7 +19,7 @@ from ..worker.invocation import attempts_log
 from .failures import bad_input
 from .loader import load_app
 from .options import DATABASE_ENV, duration, refusals_in_option_terms, split_list
-from .render import console, shown_url
+from .render import console, one_line, shown_url
 
 
 class _RunContext(logging.Filter):
@@ -51,6 +51,12 @@ class HeldLines(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self, stream: Any) -> None:
         super().__init__(stream)
         self._held: list[tuple[float, str]] | None = None
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record on one line, its control characters escaped (a message or
+        traceback of several lines shows its newlines as ``\\n``): one record per
+        line for a log collector, no escape sequence passed on."""
+        return one_line(super().format(record))
 
     def emit(self, record: logging.LogRecord) -> None:  # under the handler's lock
         if self._held is None:
