@@ -1418,12 +1418,12 @@ def test_events_send_idempotency_key_holds_for_the_first_senders_dedupe_window(
 
 
 def test_events_get_shows_one_event_with_its_whole_payload(db_url: str, app: StackShift) -> None:
-    """`events list` shortens payloads to fit its table; `events get` shows one
+    """`events list` shortens payloads to fit its table on a screen; `events get` shows one
     event whole, and an id no event has exits 3 (not found), as `runs show` does."""
     payload = {"note": "n" * 200, "lines": [1, 2, 3]}
     sent = app.events.send("order.shipped", payload, correlation_key="order:9",
                            idempotency_key="ship:9")
-    assert "n" * 200 not in cli(db_url, "events", "list").stdout  # shortened
+    assert "n" * 200 not in cli(db_url, "events", "list", columns=120).stdout  # shortened
 
     shown = cli_json(db_url, "events", "get", sent.id)
     assert shown == cli_json(db_url, "events", "list")["items"][0]
@@ -1698,6 +1698,26 @@ def test_run_tables_keep_every_runs_id_and_status_readable(db_url: str, app: Sta
                 assert f" {long_job} " in rows[failed.id], shown.stdout
                 assert ("detail " * 30).strip() in rows[failed.id], shown.stdout
                 assert "…" not in rows[failed.id], shown.stdout
+
+
+def test_state_and_event_tables_keep_values_whole_unless_a_screen_is_narrower(
+    db_url: str, app: StackShift
+) -> None:
+    """Piped, a long state value or event payload is whole on its row (``| grep``
+    finds it); on a screen it is shortened to the screen's width."""
+    value = {"note": "v" * 300}
+    app.state.set("long", value)
+    app.events.send("order.noted", value)
+    whole = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+    for args in (["state", "list"], ["events", "list"]):
+        piped = cli(db_url, *args)
+        assert piped.returncode == 0, piped.stderr
+        assert whole in piped.stdout and "…" not in piped.stdout, piped.stdout
+        narrow = cli(db_url, *args, columns=80)
+        if args[0] == "state":  # the event's id, name and time take more than 80 cells
+            assert all(len(line) <= 80 for line in narrow.stdout.splitlines()), narrow.stdout
+        assert whole not in narrow.stdout and '{"note": "v' in narrow.stdout, narrow.stdout
+        assert "…" in narrow.stdout, narrow.stdout
 
 
 def test_run_tables_measure_wide_characters_by_the_cells_they_take(

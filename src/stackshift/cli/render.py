@@ -782,23 +782,23 @@ def events_table(events: list[Event]) -> Table:
     table.add_column("NAME", fit="whole")
     table.add_column("CORRELATION KEY", fit="whole")
     table.add_column("RECEIVED")
-    table.add_column("PAYLOAD", fit="shortened", max_width=60)
+    table.add_column("PAYLOAD", fit="shortened")
     for event in events:
         table.add_row(event.id, event.name, event.correlation_key or "", when(event.received_at),
-                      compact_json(event.payload, 60))
+                      compact_json(event.payload))
     return table
 
 
 def state_table(items: list[dict[str, Any]]) -> Table:
     table = _table()
     table.add_column("KEY", fit="whole")
-    table.add_column("VALUE", fit="shortened", max_width=60)
+    table.add_column("VALUE", fit="shortened")
     table.add_column("EXPIRES")
     for item in items:
         expires = item.get("expires_at")
         table.add_row(
             item["key"],
-            compact_json(item["value"], 60),
+            compact_json(item["value"]),
             "" if expires is None else when(datetime.fromtimestamp(expires, UTC)),
         )
     return table
