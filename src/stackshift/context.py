@@ -13,13 +13,13 @@ from types import CodeType
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from .awaits import noted
+from .checks import ON_TIMEOUT, check_key
 from .durations import parse_duration, parse_instant
 from .errors import HandlerSignal, ValidationError
 from .jobs import check_name
 from .keywords import NOT_GIVEN, binds, public_calls
 from .models import Event
 from .runlogs import RUN_LOGGER
-from .service import ON_TIMEOUT, check_key
 from .state import AsyncState, HandlerAsyncState, State
 
 if TYPE_CHECKING:

@@ -23,6 +23,21 @@ import httpx
 from pydantic.alias_generators import to_snake
 
 from . import forks, runlogs
+from .checks import (
+    IDEMPOTENCY_TTL_MANY,
+    MAX_LOG_PAGE,
+    check_endpoint_url,
+    check_filter,
+    check_holder,
+    check_idempotency,
+    check_int,
+    check_key,
+    check_limit,
+    check_log_window,
+    check_many,
+    check_reason,
+    idempotency_seconds,
+)
 from .clock import Clock, SystemClock
 from .durations import parse_duration, parse_instant
 from .engine.transitions import parse_status
@@ -58,22 +73,7 @@ from .serialization import encode, to_jsonable
 from .server import push_schemas as push_wire
 from .server import schemas as wire
 from .server.errors import rename_fields
-from .service import (
-    IDEMPOTENCY_TTL_MANY,
-    MAX_LOG_PAGE,
-    RunWait,
-    check_endpoint_url,
-    check_filter,
-    check_holder,
-    check_idempotency,
-    check_int,
-    check_key,
-    check_limit,
-    check_log_window,
-    check_many,
-    check_reason,
-    idempotency_seconds,
-)
+from .service import RunWait
 from .settings import Settings
 
 log = logging.getLogger("stackshift.remote")

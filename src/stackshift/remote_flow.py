@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 import httpx
 
+from .checks import check_limit
 from .durations import parse_instant
 from .engine.cron import check_overlap, parse_cron
 from .engine.limits import check_concurrency, parse_rate_limit
@@ -31,7 +32,6 @@ from .models import JobInfo, Page, QueueInfo, Schedule
 from .serialization import dumps, encode, to_jsonable
 from .server import flow_schemas as f
 from .server import schemas as wire
-from .service import check_limit
 from .settings import Settings
 from .store.queues import KEEP
 

@@ -14,11 +14,11 @@ from urllib.parse import urlsplit
 import click
 from click.core import ParameterSource
 
+from ..checks import check_filter
 from ..client import DEFAULT_DATABASE_URL, URL_ENV, StackShift
 from ..durations import parse_duration
 from ..errors import ValidationError
 from ..serialization import DuplicateKeyError, to_jsonable, unique_keys
-from ..service import check_filter
 from .failures import bad_input, in_option_terms
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -69,7 +69,7 @@ def not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 def list_filter(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """The callback of a list's filter option (``--job``, ``--queue``, ``--name``,
     ``--idempotency-key``, ``--correlation-key``): the SDK's check of the filter its
-    parameter name names (:func:`stackshift.service.check_filter`), made before
+    parameter name names (:func:`stackshift.checks.check_filter`), made before
     anything is opened, so that a value no run or event can have (``--job ''``) is
     refused with exit 2 and the SDK's message in option terms."""
     with refusals_in_option_terms():

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ..checks import MAX_LOG_PAGE
 from ..engine.transitions import TERMINAL
 from ..progress import in_progress
 from ..runlogs import level_number
-from ..service import MAX_LOG_PAGE
 from .failures import ExitCode, bad_input
 from .options import (
     database_url_option,
@@ -185,7 +185,7 @@ def logs(run_id: str, follow: bool, tail: int | None, level: str | None, as_json
 
 def log_pages(app: StackShift, run_id: str, after: int = 0) -> Iterator[list[LogEntry]]:
     """The run's records after ``after``, oldest first, in pages of
-    :data:`~stackshift.service.MAX_LOG_PAGE` (none empty): a long log is neither
+    :data:`~stackshift.checks.MAX_LOG_PAGE` (none empty): a long log is neither
     read nor held whole."""
     while True:
         page = app.runs.logs(run_id, after=after, limit=MAX_LOG_PAGE)

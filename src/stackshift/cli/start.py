@@ -14,10 +14,10 @@ import click
 from rich.markup import escape
 from rich.text import Text
 
+from ..checks import MAX_START_MANY
 from ..durations import parse_duration, span
 from ..errors import ValidationError
 from ..models import Run, Step
-from ..service import MAX_START_MANY
 from ..wording import plural
 from .failures import ExitCode, bad_input
 from .options import (

@@ -36,9 +36,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..checks import check_int
 from ..errors import StackShiftError
 from ..serialization import DuplicateKeyError, unique_keys
-from ..service import Service, check_int
+from ..service import Service
 from ..wording import plural
 from . import formatting, pages
 from .sessions import FLASH_COOKIE, SESSION_COOKIE, Session, Sessions, same_token

@@ -36,11 +36,12 @@ from functools import partial
 
 import httpx
 
+from ..checks import check_endpoint_url
 from ..engine.retries import Backoff
 from ..errors import ValidationError
 from ..ids import new_id
 from ..models import Endpoint
-from ..service import Service, check_endpoint_url
+from ..service import Service
 from ..signing import sign
 from ..store.base import ClaimedRun, Lease, Outcome
 from ..store.flow import ClaimRules

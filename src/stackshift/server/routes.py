@@ -16,9 +16,10 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import AfterValidator
 from starlette.convertors import Convertor, register_url_convertor
 
+from ..checks import MAX_LOG_PAGE
 from ..durations import to_datetime
 from ..engine.transitions import Status
-from ..service import MAX_LOG_PAGE, Service
+from ..service import Service
 from . import schemas as s
 from .bodies import JsonBodyRoute
 from .errors import ApiError
