@@ -143,6 +143,22 @@ def lost_worker(*, attempts_used: int, max_attempts: int, now: float,
     failed as ``WorkerLost`` before the next one started.
     """
     error = {"type": "WorkerLost", "message": message, "traceback": None}
+    return _retry_or_fail(error, attempts_used=attempts_used, max_attempts=max_attempts,
+                          retry_at=now)
+
+
+def unsent(error_type: str, message: str, *, attempts_used: int, max_attempts: int,
+           now: float) -> Outcome:
+    """The outcome recorded for an attempt the engine could not hand to its handler
+    (a push route's URL the server cannot call): it fails as a handler's error does,
+    retried after the default backoff while ``max_attempts`` allow, then failed."""
+    error = {"type": error_type, "message": message, "traceback": None}
+    return _retry_or_fail(error, attempts_used=attempts_used, max_attempts=max_attempts,
+                          retry_at=now + Backoff().delay(attempts_used))
+
+
+def _retry_or_fail(error: dict[str, str | None], *, attempts_used: int, max_attempts: int,
+                   retry_at: float) -> Outcome:
     if attempts_used >= max_attempts:
         return Outcome("failed", error=error)
-    return Outcome("retrying", error=error, retry_at=now)
+    return Outcome("retrying", error=error, retry_at=retry_at)

@@ -37,13 +37,13 @@ from functools import partial
 import httpx
 
 from ..checks import check_endpoint_url
-from ..engine.retries import Backoff
+from ..engine.outcomes import unsent
 from ..errors import ValidationError
 from ..ids import new_id
 from ..models import Endpoint
 from ..service import Service
 from ..signing import sign
-from ..store.base import ClaimedRun, Lease, Outcome
+from ..store.base import ClaimedRun, Lease
 from ..store.flow import ClaimRules
 from ..worker.worker import HandlerThreads
 from . import push_schemas as p
@@ -314,14 +314,11 @@ class Dispatcher:
         """Record the attempt of a run that could not be sent as failed, as a
         handler's error is: retried after the default backoff while the run's
         ``max_attempts`` allow, then failed (its failure handler, if any, starts)."""
-        lease, run = claimed.lease, claimed.run
+        lease = claimed.lease
         log.warning("push: could not deliver run %s: %s", lease.run_id, message)
         now = self.service.clock.now()
-        attempts_used = lease.attempt - claimed.retry_base
-        error = {"type": UNDELIVERABLE, "message": message, "traceback": None}
-        outcome = (Outcome("failed", error=error) if attempts_used >= run.max_attempts
-                   else Outcome("retrying", error=error,
-                                retry_at=now + Backoff().delay(attempts_used)))
+        outcome = unsent(UNDELIVERABLE, message, attempts_used=lease.attempt - claimed.retry_base,
+                         max_attempts=claimed.run.max_attempts, now=now)
         if self.service.store.finish_attempt(lease, outcome, [], now):
             self.service.notifier.notify()
             if outcome.retry_at is not None:
