@@ -283,7 +283,10 @@ class Queue:
         return self._s.dead_letters(self.name, job=job, limit=limit, cursor=cursor)
 
     def retry_dead_letters(self, *, job: str | None = None) -> builtins.list[str]:
-        """Retry every failed run of this queue (of ``job`` only, if given)."""
+        """Retry every failed run of this queue (of ``job`` only, if given); raises
+        :class:`QueueNotFoundError` for a name that holds no runs and has no settings
+        (a mistyped name retries nothing and says so)."""
+        self._s.queue_info(self.name)
         return self._s.retry_many(queue=self.name, job=job, status="failed")
 
 

@@ -804,13 +804,15 @@ def test_a_queue_that_holds_no_runs_and_has_no_settings_is_unknown_in_every_shel
         for kind, client in (("sdk", engine), ("remote", remote)):
             for what, lookup in (("info", lambda c: c.queue(name).info()),
                                  ("get", lambda c: c.queues.get(name)),
-                                 ("dead letters", lambda c: c.queue(name).dead_letters())):
+                                 ("dead letters", lambda c: c.queue(name).dead_letters()),
+                                 ("retry dead letters",
+                                  lambda c: c.queue(name).retry_dead_letters())):
                 try:
                     lookup(client)
                     found[f"{kind} {what}"] = "found"
                 except QueueNotFoundError as exc:
                     found[f"{kind} {what}"] = str(exc)
-        for command in ("show", "dead-letters"):
+        for command in ("show", "dead-letters", "retry"):
             result = CliRunner().invoke(cli, ["queues", command, name],
                                         env={"STACKSHIFT_DATABASE_URL": db_url})
             found[f"cli {command}"] = (result.exit_code, result.output.strip())
@@ -825,9 +827,10 @@ def test_a_queue_that_holds_no_runs_and_has_no_settings_is_unknown_in_every_shel
         unknown = everywhere("emials")
         assert unknown == {
             **{f"{kind} {what}": message for kind in ("sdk", "remote")
-               for what in ("info", "get", "dead letters")},
+               for what in ("info", "get", "dead letters", "retry dead letters")},
             "cli show": (3, f"error: {message}"),
             "cli dead-letters": (3, f"error: {message}"),
+            "cli retry": (3, f"error: {message}"),
             "/v1/queues/emials": (404, "queue_not_found"),
             "/v1/queues/emials/dead-letters": (404, "queue_not_found"),
             "dashboard": 404,
@@ -842,8 +845,9 @@ def test_a_queue_that_holds_no_runs_and_has_no_settings_is_unknown_in_every_shel
         known = everywhere("emials")
         assert {k: v for k, v in known.items() if k.startswith(("sdk", "remote"))} == {
             f"{kind} {what}": "found" for kind in ("sdk", "remote")
-            for what in ("info", "get", "dead letters")}
+            for what in ("info", "get", "dead letters", "retry dead letters")}
         assert known["cli show"][0] == 0 and known["cli dead-letters"] == (0, "No dead letters.")
+        assert known["cli retry"] == (0, "Retried 0 failed runs of queue emials.")
         assert known["/v1/queues/emials"] == known["/v1/queues/emials/dead-letters"] == (
             200, None)
         assert known["dashboard"] == 200

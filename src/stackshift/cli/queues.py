@@ -324,18 +324,23 @@ def retry(name: str, job: str | None, status: str, limit: int | None, page_size:
     it ends is not retried twice.
     """
     retry_with_progress(database_url, as_json, f"of queue {name}", queue=name, job=job,
-                        status=status, limit=limit, page_size=page_size)
+                        status=status, limit=limit, page_size=page_size,
+                        check=lambda app: app.queue(name).info())
 
 
 def retry_with_progress(database_url: str | None, as_json: bool, which: str,
+                        check: Callable[[StackShift], object] | None = None,
                         **filters: Any) -> None:
     """``runs.retry_many(**filters)`` with a running count on a terminal's stderr,
-    then the ids (``--json``) or one line: "Retried N failed runs {which}."."""
+    then the ids (``--json``) or one line: "Retried N failed runs {which}.".
+    ``check(app)`` runs first: a queue's lookup, refusing a name no queue has."""
     err = console(stderr=True)
     shown = not as_json and err.is_terminal and not err.is_dumb_terminal
     with open_client(database_url) as app, Progress(
             SpinnerColumn(), TextColumn("Retried {task.completed:,} runs"), TimeElapsedColumn(),
             console=err, transient=True, disable=not shown) as bar:
+        if check is not None:
+            check(app)
         task = bar.add_task("retry", total=None)
         retried = app.runs.retry_many(
             **filters, progress=lambda total: bar.update(task, completed=total))
