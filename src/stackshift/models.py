@@ -5,6 +5,7 @@ All are frozen dataclasses; timestamps are aware UTC datetimes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -165,6 +166,15 @@ class TimelineEntry:
     attempt: int | None
     step: str | None
     data: dict[str, Any] = field(default_factory=dict)
+
+
+def again_links(entries: Sequence[TimelineEntry]) -> tuple[str | None, list[str]]:
+    """From a run's timeline in time order (at least its first entry and its
+    ``run.started_again`` ones): the run it was started again from, if any, and
+    the runs started again from it, oldest first."""
+    again_of = entries[0].data.get("again_of") if entries else None
+    return again_of, [entry.data["new_run_id"] for entry in entries
+                      if entry.kind == "run.started_again"]
 
 
 def is_time_detail(key: str) -> bool:

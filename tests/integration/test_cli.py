@@ -687,6 +687,15 @@ def test_runs_show_logs_timeline_retry_and_wait_follow_a_failed_run(
     entries = cli_json(db_url, "runs", "timeline", run_id)
     assert [e["data"] for e in entries if e["kind"] == "run.started_again"] == [
         {"new_run_id": fresh["id"]}, {"new_run_id": newer.id}]
+    # `runs show` names the runs each way: from the original, the latest first.
+    shown = cli_json(db_url, "runs", "show", run_id)
+    assert (shown["again_of"], shown["started_again"]) == (None, [fresh["id"], newer.id])
+    assert (cli_json(db_url, "runs", "show", newer.id)["again_of"],
+            cli_json(db_url, "runs", "show", newer.id)["started_again"]) == (run_id, [])
+    lines = cli(db_url, "runs", "show", run_id).stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("started again as"))
+    assert [line.split()[-1] for line in lines[at:at + 2]] == [newer.id, fresh["id"]]
+    assert f"started again from  {run_id}" in cli(db_url, "runs", "show", fresh["id"]).stdout
     # An unknown run, and --timeout without --wait: refused, nothing started.
     unknown = cli(db_url, "runs", "again", "run_00000000000000000000000000")
     assert (unknown.returncode, unknown.stderr.strip()) == (
@@ -1007,9 +1016,11 @@ def test_runs_show_and_list_count_attempts_from_a_manual_retry(
     assert (detail["status"], detail["attempt"], detail["retry_base"]) == ("completed", 3, 2)
     assert detail["error"] is None
     # One run reads the same in show and list (show adds its attempts and steps,
-    # and what a running attempt executes: none here).
+    # what a running attempt executes, and the runs it was started again from
+    # and as: none here).
     (listed,) = cli_json(db_url, "runs", "list", "--job", "sync-ledger")["items"]
-    assert detail.pop("in_progress") is None
+    assert (detail.pop("in_progress"), detail.pop("again_of"), detail.pop("started_again")
+            ) == (None, None, [])
     assert {k: v for k, v in detail.items() if k not in ("attempts", "steps")} == listed
     table = cli(db_url, "runs", "list", "--job", "sync-ledger")
     row = next(line for line in table.stdout.splitlines() if run_id in line)

@@ -7,7 +7,7 @@ import difflib
 import json
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from copy import copy
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -538,10 +538,17 @@ def attempt_cell(run: Run) -> str:
     return f"{text} ({run.attempt})" if run.retry_base else text
 
 
+#: How many of the runs started again from a run ``runs show`` names, the latest first.
+STARTED_AGAIN_SHOWN = 3
+
+
 def run_detail(run: Run, attempts: list[Attempt], steps: list[Step],
-               current: InProgress | None = None) -> RenderableType:
+               current: InProgress | None = None, *, again_of: str | None = None,
+               started_again: Sequence[str] = ()) -> RenderableType:
     """``runs show``: the run, its payload, result, error, attempts and steps, the
-    last row of which says what a running attempt executes (``current``)."""
+    last row of which says what a running attempt executes (``current``), and
+    the run it was started again from and those started again from it (the
+    latest few, with their count)."""
     rows: list[tuple[str, Any]] = [
         ("id", run.id),
         ("job", run.job),
@@ -569,6 +576,13 @@ def run_detail(run: Run, attempts: list[Attempt], steps: list[Step],
             rows.append((name, when(moment)))
     if run.waiting_for is not None:
         rows.append(("waiting for", waiting_text(run)))
+    if again_of is not None:
+        rows.append(("started again from", again_of))
+    if started_again:
+        latest = list(reversed(started_again[-STARTED_AGAIN_SHOWN:]))
+        if len(started_again) > STARTED_AGAIN_SHOWN:
+            latest.append(f"(the latest {STARTED_AGAIN_SHOWN} of {len(started_again)})")
+        rows.append(("started again as", "\n".join(latest)))
     parts: list[RenderableType] = [_fields(rows), Text(""), Text("payload", style="bold")]
     parts.append(_json_block(run.payload))
     if run.status == "completed" or run.result is not None:

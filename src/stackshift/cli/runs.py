@@ -13,6 +13,7 @@ import click
 
 from ..checks import MAX_LOG_PAGE
 from ..engine.transitions import TERMINAL
+from ..models import again_links
 from ..progress import in_progress
 from ..runlogs import level_number
 from .failures import ExitCode, bad_input
@@ -112,18 +113,22 @@ def list_runs(
 @database_url_option
 def show(run_id: str, as_json: bool, database_url: str | None) -> None:
     """Status, payload, result, error with traceback, attempts and steps of a run
-    (and, while it runs, what its attempt executes since its last recorded step)."""
+    (and, while it runs, what its attempt executes since its last recorded step),
+    and the runs it was started again from and as."""
     with open_client(database_url) as app:
         run = app.runs.get(run_id)
         attempts = app.runs.attempts(run_id)
         steps = app.runs.steps(run_id)
+        timeline = sorted(app.runs.timeline(run_id), key=lambda e: (e.at, e.id))
+        again_of, started_again = again_links(timeline)
         current = None
         if run.status == "running":  # steps are recorded when they end
-            timeline = sorted(app.runs.timeline(run_id), key=lambda e: (e.at, e.id))
             current = in_progress(run, attempts, timeline,
                                   app.runs.logs(run_id, last=NAMING_RECORDS), time.time())
     if as_json:
         data = to_data(run)
+        data["again_of"] = again_of
+        data["started_again"] = started_again
         data["attempts"] = to_data(attempts)
         data["steps"] = to_data(steps)
         data["in_progress"] = None if current is None else {
@@ -132,7 +137,8 @@ def show(run_id: str, as_json: bool, database_url: str | None) -> None:
             "seconds": round(current.seconds, 3)}
         echo_json(data)
         return
-    console().print(run_detail(run, attempts, steps, current))
+    console().print(run_detail(run, attempts, steps, current, again_of=again_of,
+                               started_again=started_again))
 
 
 #: The latest log records ``runs show`` reads to name the step a running attempt

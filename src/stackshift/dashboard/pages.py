@@ -19,7 +19,7 @@ from ..checks import check_filter
 from ..durations import parse_duration, to_datetime
 from ..engine.transitions import CANCELLABLE_AT_ONCE, RETRYABLE, TERMINAL, Status
 from ..errors import EventNotFoundError, QueueNotFoundError, RunNotFoundError, StackShiftError
-from ..models import LIVE_HEARTBEAT, LogEntry, Page, QueueStats, Run, WorkerInfo
+from ..models import LIVE_HEARTBEAT, LogEntry, Page, QueueStats, Run, WorkerInfo, again_links
 from ..runlogs import level_number
 from ..service import Service
 from . import waterfall
@@ -212,8 +212,7 @@ def run_page(service: Service, run_id: str, params: Mapping[str, str],
     entries, hidden_entries = service.latest_timeline(run_id, MAX_TABLE_ROWS)
     # The outline holds every entry but those of steps: the run's first, which names
     # the run it was started again from, and each start again of it.
-    again_of = outline[0].data.get("again_of") if outline else None
-    started_again = [e.data["new_run_id"] for e in outline if e.kind == "run.started_again"]
+    again_of, started_again = again_links(outline)
     return {
         "page_title": f"{run.job} · {run.id}",
         "nav": "runs",
