@@ -40,13 +40,31 @@ def test_endpoints_cli(db_url: str) -> None:
                            *when(created).split()], table.stdout
     assert secret not in table.stdout
 
-    # Adding the URL again updates what it serves and keeps its id and secret.
-    again = runner.invoke(endpoints, ["add", url, "--jobs", "sendReceipt", "--concurrency", "3",
-                                      "--json", "--database-url", db_url])
-    assert again.exit_code == 0, again.output
-    updated = json.loads(again.stdout)
-    assert (updated["id"], updated["secret"], updated["jobs"], updated["concurrency"]) == (
-        shown["id"], secret, ["sendReceipt"], 3)
+    # The application registers its route with rules of its own.
+    service = admin_service(db_url)
+    try:
+        service.register_endpoint(url, ["sendReceipt", "userOnboarding"], concurrency=7,
+                                  key_limits={"sendReceipt": 2, "userOnboarding": 1},
+                                  on_failure={"sendReceipt": "alertOps",
+                                              "userOnboarding": "alertOps"})
+    finally:
+        service.close()
+    # Adding the URL again sets what it serves and keeps its id and secret, its
+    # concurrency unless given, and the rules of the jobs it keeps.
+    for args, concurrency in (([], 7), (["--concurrency", "3"], 3)):
+        again = runner.invoke(endpoints, ["add", url, "--jobs", "sendReceipt", *args,
+                                          "--json", "--database-url", db_url])
+        assert again.exit_code == 0, again.output
+        updated = json.loads(again.stdout)
+        assert (updated["id"], updated["secret"], updated["jobs"], updated["concurrency"]) == (
+            shown["id"], secret, ["sendReceipt"], concurrency)
+        service = admin_service(db_url)
+        try:
+            [kept] = service.list_endpoints()
+        finally:
+            service.close()
+        assert (kept.key_limits, kept.on_failure) == ({"sendReceipt": 2},
+                                                      {"sendReceipt": "alertOps"})
 
     # Bad input: a clear error, exit code 2, nothing written.
     for bad in (["add", "ftp://app.example.com/", "--jobs", "x"],

@@ -300,25 +300,40 @@ def _endpoint_json(e: Endpoint) -> dict[str, Any]:
     return shown
 
 
+#: The concurrency of a route ``endpoints add`` registers for the first time.
+NEW_ENDPOINT_CONCURRENCY = 10
+
+
 @endpoints.command("add")
 @click.argument("url")
 @click.option("--jobs", "jobs", required=True,
               help="Comma-separated names of the jobs the route executes.")
-@click.option("--concurrency", default=10, show_default=True, type=click.IntRange(1, 1000),
-              help="Runs posted to the route at once.")
+@click.option("--concurrency", type=click.IntRange(1, 1000),
+              help=f"Runs posted to the route at once [default: {NEW_ENDPOINT_CONCURRENCY}"
+                   ", or as it was for a URL added before].")
 @_admin_database_url
 @_as_json
-def add_endpoint(url: str, jobs: str, concurrency: int, database_url: str | None,
+def add_endpoint(url: str, jobs: str, concurrency: int | None, database_url: str | None,
                  as_json: bool) -> None:
     """Register the handler route at URL and print its signing secret.
 
     Give the secret to the application (STACKSHIFT_SIGNING_SECRET). Adding the
-    same URL again updates its jobs and keeps its secret.
+    same URL again sets the jobs it executes and keeps its id, its secret, its
+    concurrency (unless --concurrency is given) and the rules its application
+    registered for the jobs it keeps (key concurrency limits, failure handlers).
     """
     names = [name.strip() for name in jobs.split(",") if name.strip()]
     with _service(database_url) as service:
+        before = next((e for e in service.list_endpoints() if e.url == url), None)
         try:
-            added = service.register_endpoint(url, names, concurrency=concurrency)
+            if before is None:
+                added = service.register_endpoint(
+                    url, names, concurrency=concurrency or NEW_ENDPOINT_CONCURRENCY)
+            else:
+                added = service.register_endpoint(
+                    url, names, concurrency=concurrency or before.concurrency,
+                    key_limits={j: n for j, n in before.key_limits.items() if j in names},
+                    on_failure={j: h for j, h in before.on_failure.items() if j in names})
         except ValidationError as exc:
             raise bad_input(str(exc)) from None
     if as_json:
