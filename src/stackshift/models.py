@@ -270,6 +270,9 @@ class Endpoint:
     key_limits: dict[str, int] = field(default_factory=dict)
     on_failure: dict[str, str] = field(default_factory=dict)
     secret: str | None = field(default=None, repr=False)
+    #: True when the call that returned it registered the URL: False when the URL
+    #: was registered before (it keeps its id and secret), and in listings.
+    created: bool = False
 
 
 # -- operational views: queues, jobs, workers --------------------------------------

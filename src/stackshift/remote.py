@@ -771,7 +771,8 @@ class RemoteService(RemoteFlowControl):
             "url": url, "jobs": jobs, "concurrency": concurrency,
             "keyLimits": key_limits or {}, "onFailure": on_failure or {},
         })
-        return push_wire.Endpoint.model_validate(response.json()).to_model()
+        registered = push_wire.Endpoint.model_validate(response.json()).to_model()
+        return replace(registered, created=response.status_code == 201)
 
     def list_endpoints(self) -> list[Endpoint]:
         response = self._call("GET", "/v1/endpoints")

@@ -675,7 +675,8 @@ class Service(FlowControl):
         """Register the handler route at ``url`` for ``jobs``; returned with its secret.
 
         Registering a URL again replaces its jobs, rules and concurrency and keeps
-        its id and secret, so an application can register at every start.
+        its id and secret, so an application can register at every start
+        (``created`` says which it was).
         """
         url = check_endpoint_url(url)
         if not isinstance(jobs, list) or not jobs:
@@ -692,8 +693,10 @@ class Service(FlowControl):
             check_name(name, "job name")
         for limit in limits.values():
             check_concurrency(limit, "key_concurrency")
-        return self.store.upsert_endpoint(new_id("ep"), url, new_secret(), jobs, limits,
-                                          failures, concurrency, self.clock.now())
+        endpoint_id = new_id("ep")
+        registered = self.store.upsert_endpoint(endpoint_id, url, new_secret(), jobs, limits,
+                                                failures, concurrency, self.clock.now())
+        return replace(registered, created=registered.id == endpoint_id)
 
     def list_endpoints(self) -> list[Endpoint]:
         return self.store.list_endpoints()

@@ -43,10 +43,12 @@ def test_endpoints_cli(db_url: str) -> None:
     # The application registers its route with rules of its own.
     service = admin_service(db_url)
     try:
-        service.register_endpoint(url, ["sendReceipt", "userOnboarding"], concurrency=7,
-                                  key_limits={"sendReceipt": 2, "userOnboarding": 1},
-                                  on_failure={"sendReceipt": "alertOps",
-                                              "userOnboarding": "alertOps"})
+        registered = service.register_endpoint(
+            url, ["sendReceipt", "userOnboarding"], concurrency=7,
+            key_limits={"sendReceipt": 2, "userOnboarding": 1},
+            on_failure={"sendReceipt": "alertOps", "userOnboarding": "alertOps"})
+        assert (registered.id, registered.secret, registered.created) == (
+            shown["id"], secret, False)
     finally:
         service.close()
     # Adding the URL again sets what it serves and keeps its id and secret, its

@@ -308,9 +308,21 @@ def test_a_url_answering_200_without_running_the_job_gets_the_run_handed_back(
     httpd = make_server("127.0.0.1", 0, welcome, handler_class=QuietHandler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
+        url = f"http://127.0.0.1:{httpd.server_port}/"
         with server.http() as http:
-            wrong = http.post("/v1/endpoints", json={
-                "url": f"http://127.0.0.1:{httpd.server_port}/", "jobs": ["pushEcho"]}).json()
+            first = http.post("/v1/endpoints", json={"url": url, "jobs": ["neverCalled"]})
+            again = http.post("/v1/endpoints", json={"url": url, "jobs": ["pushEcho"]})
+        # 201 for the URL's registration, 200 for its update: one endpoint, one secret.
+        assert (first.status_code, again.status_code) == (201, 200)
+        wrong = again.json()
+        assert ((wrong["id"], wrong["secret"], wrong["jobs"])
+                == (first.json()["id"], first.json()["secret"], ["pushEcho"]))
+        # The remote client tells them apart as the embedded service does.
+        remote = client._api
+        assert remote.register_endpoint(url, ["pushEcho"]).created is False
+        assert remote.register_endpoint(url + "other", ["pushEcho"]).created is True
+        assert remote.remove_endpoint(
+            next(e.id for e in remote.list_endpoints() if e.url == url + "other"))
         run = client.start("pushEcho", {"n": 7})
         deadline = time.monotonic() + 20
         while not posts and time.monotonic() < deadline:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Request, Response
 
 from . import push_schemas as p
 from .bodies import JsonBodyRoute
@@ -21,14 +21,19 @@ router = APIRouter(prefix="/v1", responses=ERRORS, route_class=JsonBodyRoute)
 EndpointId = Annotated[str, Path(description="An endpoint id (`ep_...`).")]
 
 
-@router.post("/endpoints", tags=["push endpoints"],
+@router.post("/endpoints", status_code=201, tags=["push endpoints"],
+             responses={200: {"model": p.Endpoint, "description": "The URL was registered"
+                              " before: it keeps its id and secret and now serves these"
+                              " jobs, with these rules."}},
              summary="Register a handler route, or update what it serves")
-def register_endpoint(body: p.RegisterEndpoint, request: Request) -> p.Endpoint:
+def register_endpoint(body: p.RegisterEndpoint, request: Request,
+                      response: Response) -> p.Endpoint:
     """Returns the endpoint with its signing secret. Registering the same URL again
     keeps its id and secret, so an application may register at every start."""
     registered = service_of(request).register_endpoint(
         body.url, list(body.jobs), concurrency=body.concurrency,
         key_limits=dict(body.key_limits), on_failure=dict(body.on_failure))
+    response.status_code = 201 if registered.created else 200
     return p.Endpoint.of(registered)
 
 
