@@ -1443,6 +1443,10 @@ def test_events_get_shows_one_event_with_its_whole_payload(db_url: str, app: Sta
     table = cli(db_url, "events", "get", sent.id)
     assert table.returncode == 0, table.stderr
     assert "n" * 200 in table.stdout and "order:9" in table.stdout and sent.id in table.stdout
+    # `events show`, as `runs show` is named, is the same command, not listed twice.
+    assert cli(db_url, "events", "show", sent.id).stdout == table.stdout
+    listed = cli(db_url, "events", "--help").stdout
+    assert "  get " in listed and "  show " not in listed
 
     for unknown in ("evt_0000000000000000000000000f", "not-an-id"):
         missing = cli(db_url, "events", "get", unknown)

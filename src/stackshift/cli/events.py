@@ -6,6 +6,7 @@ import click
 
 from .options import (
     database_url_option,
+    hidden_alias,
     json_option,
     list_filter,
     next_page_command,
@@ -113,3 +114,7 @@ def get_event(event_id: str, as_json: bool, database_url: str | None) -> None:
         echo_json(event)
         return
     console().print(event_detail(event))
+
+
+# `events show ID` as `runs show`, `queues show` and `schedules show` read one.
+hidden_alias(events, get_event, "show")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shlex
@@ -108,6 +109,13 @@ def list_by_default(group: click.Group) -> None:
             refuse_group_options(ctx)
 
     group.callback = list_or_refuse
+
+
+def hidden_alias(group: click.Group, command: click.Command, name: str) -> None:
+    """``command`` under a second ``name`` too, left out of the group's help."""
+    alias = copy.copy(command)
+    alias.hidden = True
+    group.add_command(alias, name)
 
 
 def refuse_group_options(ctx: click.Context) -> None:
