@@ -7,7 +7,10 @@ cancel or abandon a handler derive from :class:`BaseException` so that a handler
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
+
+from .wording import did_you_mean
 
 
 class StackShiftError(Exception):
@@ -157,5 +160,7 @@ class QueueNotFoundError(StackShiftError, LookupError):
     list shows it (configuring a queue of a new name is not refused)."""
 
     @classmethod
-    def named(cls, name: str) -> QueueNotFoundError:
-        return cls(f"no queue named {name!r}: it holds no runs and has no settings")
+    def named(cls, name: str, known: Iterable[str] = ()) -> QueueNotFoundError:
+        """The error for ``name``, naming the queues of ``known`` whose names are close."""
+        return cls(f"no queue named {name!r}: it holds no runs and has no settings"
+                   f"{did_you_mean(name, known)}")

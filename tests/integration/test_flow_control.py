@@ -392,6 +392,14 @@ def test_a_queue_without_runs_or_settings_is_not_listed(fake_app: StackShift) ->
     # Such a name is no queue to a lookup either, and can be configured again.
     with pytest.raises(QueueNotFoundError, match="no queue named 'emials'"):
         fake_app.queue("emials").info()
+    # A name close to a queue's is told which queue it may have meant.
+    for lookup in (lambda: fake_app.queue("hold").info(),
+                   lambda: fake_app.queue("hold").dead_letters(),
+                   lambda: fake_app.queue("hold").retry_dead_letters()):
+        with pytest.raises(QueueNotFoundError) as refused:
+            lookup()
+        assert str(refused.value) == ("no queue named 'hold': it holds no runs and has no"
+                                      " settings (did you mean 'held'?)")
     assert fake_app.queue("legacy", concurrency=1).info().concurrency == 1
     assert "legacy" in [q.name for q in fake_app.queues.list()]
 

@@ -16,6 +16,7 @@ from ..flowcontrol import MAX_RETRY_PAGE, RETRY_PAGE
 from ..models import QueueInfo
 from ..settings import Settings
 from ..store.queues import KEEP
+from ..wording import did_you_mean
 from .failures import bad_input
 from .options import (
     database_url_option,
@@ -28,7 +29,6 @@ from .options import (
 from .render import (
     _table,
     console,
-    did_you_mean,
     echo_json,
     paused_text,
     runs_table,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import os
 import sys
@@ -108,13 +107,6 @@ def shown_url(url: str | None) -> str:
         return url
     host = parts.netloc.rsplit("@", 1)[1]
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
-
-
-def did_you_mean(name: str, known: Iterable[str]) -> str:
-    """`` (did you mean 'a' or 'b'?)`` with the names of ``known`` closest to
-    ``name``; empty when none is close."""
-    close = difflib.get_close_matches(name, list(known), n=3)
-    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
 # -- consoles ----------------------------------------------------------------------------

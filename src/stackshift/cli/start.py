@@ -18,7 +18,7 @@ from ..checks import MAX_START_MANY
 from ..durations import parse_duration, span
 from ..errors import ValidationError
 from ..models import Run, Step
-from ..wording import plural
+from ..wording import did_you_mean, plural
 from .failures import ExitCode, bad_input
 from .options import (
     database_url_option,
@@ -32,7 +32,6 @@ from .render import (
     attempt_text,
     compact_json,
     console,
-    did_you_mean,
     echo_json,
     run_detail_line,
     shown_as_is,

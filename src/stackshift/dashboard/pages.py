@@ -344,9 +344,10 @@ def queue_page(service: Service, name: str, params: Mapping[str, str],
                now: float) -> dict[str, Any]:
     window = _window(params)
     all_settings = service.queue_settings()
-    stats = next((q for q in queue_stats(service, all_settings) if q.name == name), None)
+    queues = queue_stats(service, all_settings)
+    stats = next((q for q in queues if q.name == name), None)
     if stats is None:
-        raise NotFound(str(QueueNotFoundError.named(name)))
+        raise NotFound(str(QueueNotFoundError.named(name, (q.name for q in queues))))
     buckets = service.queue_throughput(window, buckets=WINDOWS[window][1], queue=name)[name]
     cursor = _param(params, "cursor")
     problems: list[Problem] = []

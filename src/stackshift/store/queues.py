@@ -22,7 +22,7 @@ KEEP: Any = object()
 def _check_known(tx: Tx, name: str) -> None:
     """Raise :class:`QueueNotFoundError` unless a list would show queue ``name``."""
     if tx.one("queue_known", name=name) is None:
-        raise QueueNotFoundError.named(name)
+        raise QueueNotFoundError.named(name, (r["name"] for r in tx.all("all_queue_names")))
 
 
 def _config(row: Row | None, name: str) -> dict[str, Any]:
