@@ -287,9 +287,10 @@ class FlowControl:
         With ``schedule_id``: that schedule, created or else changed to this
         definition (see :meth:`ScheduleStore.put_schedule`).
         """
-        return self.save_schedule(job, cron=cron, payload=payload, timezone=timezone,
-                                  queue_name=queue_name, schedule_id=schedule_id,
-                                  overlap=overlap)[0]
+        saved, created = self.save_schedule(job, cron=cron, payload=payload,
+                                            timezone=timezone, queue_name=queue_name,
+                                            schedule_id=schedule_id, overlap=overlap)
+        return replace(saved, created=created)
 
     def save_schedule(self, job: str, *, cron: str, payload: Any = None,
                       timezone: str = "UTC", queue_name: str | None = None,

@@ -437,3 +437,6 @@ class Schedule:
     created_at: datetime
     overlap: str = "allow"
     skipped_ticks: int = 0
+    #: True when the ``schedules.create`` that returned it made the schedule: False
+    #: when its ``schedule_id`` named one (now with this definition), and in reads.
+    created: bool = False

@@ -7,6 +7,7 @@ results and errors as :class:`stackshift.flowcontrol.FlowControl` embedded.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -206,8 +207,9 @@ class RemoteFlowControl:
         if overlap != "allow":  # left out otherwise: a server without overlaps takes the rest
             body["overlap"] = overlap
         limit = self.limits().max_payload_bytes
-        return self._schedule(self._call("POST", "/v1/schedules",
-                                         json=SizedBody(body, "payload", "payload", limit)))
+        response = self._call("POST", "/v1/schedules",
+                              json=SizedBody(body, "payload", "payload", limit))
+        return replace(self._schedule(response), created=response.status_code == 201)
 
     def get_schedule(self, schedule_id: str) -> Schedule:
         return self._schedule(self._on_schedule("GET", _schedule_path(schedule_id)))

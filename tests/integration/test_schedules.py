@@ -10,6 +10,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -568,10 +569,11 @@ def test_a_schedule_created_again_under_its_id_is_changed_not_doubled(
         return fake_app.schedules.create("report", schedule_id="daily-report", **definition)
 
     first = put()
-    assert (first.id, first.source, first.next_run_at) == (
-        "daily-report", "api", at("2026-01-06T09:00:00Z"))
+    assert (first.id, first.source, first.next_run_at, first.created) == (
+        "daily-report", "api", at("2026-01-06T09:00:00Z"), True)
     clock.advance("1h")
-    assert put() == first  # the same definition again: nothing changes
+    again = put()  # the same definition again: nothing changes
+    assert (again.created, replace(again, created=True)) == (False, first)
     # A new payload applies from the next tick, which stays where it was.
     assert put(payload={"v": 2}).next_run_at == at("2026-01-06T09:00:00Z")
     clock.set("2026-01-06T09:00:30Z")
@@ -663,6 +665,7 @@ def test_a_schedule_id_over_http_the_remote_client_and_the_cli(
         made = remote.schedules.create("sync", cron="@hourly", schedule_id="sync-hourly")
         again = remote.schedules.create("sync", cron="@every 10m", schedule_id="sync-hourly")
         assert (made.id, again.id, again.cron) == ("sync-hourly", "sync-hourly", "@every 10m")
+        assert (made.created, again.created) == (True, False)  # as the answers' 201 and 200
         body = http.post("/v1/schedules", json={"job": "sync", "cron": "@every 10m",
                                                 "scheduleId": "sync-hourly"})
         assert body.status_code == 200 and body.json()["id"] == "sync-hourly"  # a change
@@ -671,13 +674,16 @@ def test_a_schedule_id_over_http_the_remote_client_and_the_cli(
         assert refused.status_code == 422 and "job:" in refused.json()["error"]["message"]
         with pytest.raises(ValidationError, match="ids starting with 'job:'"):
             remote.schedules.create("sync", cron="@daily", schedule_id="job:sync")
-        for cron in ("@daily", "@weekly"):
+        for cron, created in (("@daily", True), ("@weekly", False)):
             result = runner.invoke(cli, ["schedules", "create", "sync", "--cron", cron,
                                          "--id", "sync-cli", "--json"],
                                    env={"STACKSHIFT_DATABASE_URL": db_url})
             assert result.exit_code == 0, result.output
-            assert json.loads(result.stdout)["cron"] == cron  # stderr: no worker knows 'sync'
+            shown = json.loads(result.stdout)  # stderr: no worker knows 'sync'
+            assert (shown["cron"], shown["created"]) == (cron, created)
             assert "no worker has registered job 'sync'" in result.stderr
+            changed = "Schedule sync-cli existed: it now has this definition."
+            assert (changed in result.stderr) is not created
         assert sorted(s.id for s in remote.schedules.list()) == ["sync-cli", "sync-hourly"]
     finally:
         http.close()

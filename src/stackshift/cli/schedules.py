@@ -112,13 +112,19 @@ def list_schedules(as_json: bool = False, database_url: str | None = None) -> No
 def create(job: str, cron: str, payload_json: str | None, timezone: str, queue: str | None,
            schedule_id: str | None, overlap: Literal["allow", "skip"], as_json: bool,
            database_url: str) -> None:
-    """Start JOB once per tick of --cron. Exit 2 for a bad expression."""
+    """Start JOB once per tick of --cron. Exit 2 for a bad expression.
+
+    With --id of an existing schedule, that schedule gets this definition (said
+    on stderr; with --json, "created" is false).
+    """
     payload = parse_json_argument(payload_json, "--payload")
     with open_client(database_url) as app:
         created = app.schedules.create(job, cron=cron, payload=payload, timezone=timezone,
                                        queue_name=queue, schedule_id=schedule_id,
                                        overlap=overlap)
         warn_if_no_worker_registered(app, job, "its runs")
+    if not created.created:
+        click.echo(f"Schedule {created.id} existed: it now has this definition.", err=True)
     _show(created, as_json)
 
 
