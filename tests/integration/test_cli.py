@@ -1110,6 +1110,12 @@ def test_empty_lists_say_how_to_fill_them_unless_a_filter_emptied_them(
         "No events yet. Send one with: stackshift events send NAME '{...}'\n")
     assert cli(db_url, "runs", "list", "--status", "failed").stdout == "No runs match.\n"
     assert cli(db_url, "events", "--name", "paid").stdout == "No events match.\n"
+    # A queue no run has, named like one that has runs: that one, perhaps.
+    app.start("report", queue_name="emails")
+    assert cli(db_url, "runs", "--queue", "emials").stdout == (
+        "No runs match. No queue is named 'emials' (did you mean 'emails'?).\n")
+    for filters in (["--queue", "zzz"], ["--queue", "emails", "--status", "failed"]):
+        assert cli(db_url, "runs", *filters).stdout == "No runs match.\n"
 
 
 def test_a_group_with_a_list_lists_when_given_no_other_command(

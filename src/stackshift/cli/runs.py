@@ -16,6 +16,7 @@ from ..engine.transitions import TERMINAL
 from ..models import again_links
 from ..progress import in_progress
 from ..runlogs import level_number
+from ..wording import did_you_mean
 from .failures import ExitCode, bad_input
 from .options import (
     database_url_option,
@@ -89,6 +90,8 @@ def list_runs(
             correlation_key=correlation_key, search=search, created_after=created_after,
             created_before=created_before, limit=limit, cursor=cursor,
         )
+        unknown_queue = (not as_json and not page.items and cursor is None and queue is not None
+                         and _unknown_queue(app, queue))
     if as_json:
         echo_json({"items": page.items, "next_cursor": page.next_cursor})
         return
@@ -100,11 +103,20 @@ def list_runs(
               created_before) == (None,) * 8:
             out.print("No runs yet. Start one with: stackshift start JOB '{...}'", markup=False)
         else:
-            out.print("No runs match.")
+            out.print("No runs match." + (f" {unknown_queue}" if unknown_queue else ""),
+                      markup=False)
         return
     out.print(runs_table(page.items, width=out.width))
     if page.next_cursor:
         out.print(f"More: {next_page_command(page.next_cursor)}", style="dim", markup=False)
+
+
+def _unknown_queue(app: StackShift, queue: str) -> str:
+    """Why no run matched, when ``queue`` is no queue (no run, no setting): the
+    queues whose names are close to it; empty when it is one, or none is close."""
+    known = [q.name for q in app.queues.list()]
+    hint = "" if queue in known else did_you_mean(queue, known)
+    return f"No queue is named {queue!r}{hint}." if hint else ""
 
 
 @runs.command()
