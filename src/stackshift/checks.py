@@ -15,7 +15,7 @@ from .durations import format_duration, parse_duration
 from .errors import ValidationError
 from .jobs import check_name
 from .serialization import utf8_size
-from .settings import Settings
+from .settings import LONGEST_KEY, Settings
 
 ON_TIMEOUT = ("fail", "continue", "cancel")
 
@@ -72,9 +72,6 @@ def _storable(value: str, what: str) -> str:
 #: names) and those by a key (``search`` is a run id or an idempotency key).
 NAME_FILTERS = {"job": "job name", "queue": "queue name", "name": "event name"}
 KEY_FILTERS = ("idempotency_key", "correlation_key", "search")
-#: The longest idempotency or correlation key any run can have (the most
-#: ``Settings.max_idempotency_key_length`` allows, and a correlation key's limit).
-LONGEST_KEY = 512
 
 
 def check_filter(value: object, what: str) -> str | None:

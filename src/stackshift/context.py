@@ -20,6 +20,7 @@ from .jobs import check_name
 from .keywords import NOT_GIVEN, binds, public_calls
 from .models import Event
 from .runlogs import RUN_LOGGER
+from .settings import LONGEST_KEY
 from .state import AsyncState, HandlerAsyncState, State
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ def _check_wait(event_name: str, correlation_key: str | None, timeout: Any,
                 on_timeout: str) -> float:
     check_name(event_name, "event name")
     if correlation_key is not None:
-        check_key(correlation_key, "correlation_key", 512)
+        check_key(correlation_key, "correlation_key", LONGEST_KEY)
     if on_timeout not in ON_TIMEOUT:
         raise ValidationError(f"on_timeout must be one of {ON_TIMEOUT}, got {on_timeout!r}")
     if timeout is None:

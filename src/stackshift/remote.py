@@ -74,7 +74,7 @@ from .server import push_schemas as push_wire
 from .server import schemas as wire
 from .server.errors import rename_fields
 from .service import RunWait
-from .settings import Settings
+from .settings import LONGEST_KEY, Settings
 
 log = logging.getLogger("stackshift.remote")
 
@@ -395,7 +395,7 @@ class RemoteService(RemoteFlowControl):
         if priority is not None:
             check_int(priority, "priority", 32)
         if concurrency_key is not None:
-            check_key(concurrency_key, "concurrency_key", 512)
+            check_key(concurrency_key, "concurrency_key", LONGEST_KEY)
         if scheduled_at is not None and delay is not None:
             raise ValidationError("give scheduled_at or delay, not both")
         scheduled_at = _when(scheduled_at, "scheduled_at")
@@ -449,7 +449,7 @@ class RemoteService(RemoteFlowControl):
             check_int(priority, "priority", 32)
         for n, ckey in enumerate(concurrency_keys or []):
             if ckey is not None:
-                check_key(ckey, f"concurrency_keys[{n}]", 512)
+                check_key(ckey, f"concurrency_keys[{n}]", LONGEST_KEY)
         if scheduled_at is not None and delay is not None:
             raise ValidationError("give scheduled_at or delay, not both")
         scheduled_at = _when(scheduled_at, "scheduled_at")
@@ -657,7 +657,7 @@ class RemoteService(RemoteFlowControl):
         body: dict[str, Any] = {"name": name,
                                 "payload": to_jsonable(payload, what="event payload")}
         if correlation_key is not None:
-            body["correlationKey"] = check_key(correlation_key, "correlation_key", 512)
+            body["correlationKey"] = check_key(correlation_key, "correlation_key", LONGEST_KEY)
         if idempotency_key is not None:
             body["idempotencyKey"] = check_key(idempotency_key, "idempotency_key",
                                                self.limits().max_idempotency_key_length)

@@ -64,7 +64,7 @@ from .models import (
     WorkerInfo,
 )
 from .serialization import encode
-from .settings import Settings
+from .settings import LONGEST_KEY, Settings
 from .signing import new_secret
 from .state import lock_ttl
 from .store import SqlStore
@@ -288,7 +288,7 @@ class Service(FlowControl):
         ckeys = list(concurrency_keys) if concurrency_keys is not None else [None] * len(texts)
         for n, ckey in enumerate(ckeys):
             if ckey is not None:
-                check_key(ckey, named("concurrency_key", n), 512)
+                check_key(ckey, named("concurrency_key", n), LONGEST_KEY)
         now = self.clock.now()
         run_at: float | None = None
         if scheduled_at is not None and delay is not None:
@@ -443,7 +443,7 @@ class Service(FlowControl):
         check_name(name, "event name")
         text = encode(payload, what="event payload", limit=s.max_event_payload_bytes)
         if correlation_key is not None:
-            check_key(correlation_key, "correlation_key", 512)
+            check_key(correlation_key, "correlation_key", LONGEST_KEY)
         if idempotency_key is not None:
             check_key(idempotency_key, "idempotency_key", s.max_idempotency_key_length)
         sent = self.store.send_event(

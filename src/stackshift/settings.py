@@ -14,15 +14,18 @@ from .serialization import MiB
 #: What a time setting takes: seconds, a duration such as ``"30d"``, or a timedelta.
 DurationLike = float | str | timedelta
 
-#: Whole-number settings and the least and most each takes. Keys are at most 512
-#: characters: the HTTP API and the database's indexes hold no longer ones.
+#: The longest key of any kind (idempotency, correlation, concurrency, state):
+#: the HTTP API and the database's indexes hold no longer ones.
+LONGEST_KEY = 512
+
+#: Whole-number settings and the least and most each takes.
 _WHOLE = {
     "max_payload_bytes": (1, None),
     "max_step_result_bytes": (1, None),
     "max_event_payload_bytes": (1, None),
     "max_state_value_bytes": (1, None),
-    "max_state_key_length": (1, 512),
-    "max_idempotency_key_length": (1, 512),
+    "max_state_key_length": (1, LONGEST_KEY),
+    "max_idempotency_key_length": (1, LONGEST_KEY),
     "default_max_attempts": (1, 1000),
     "retention_batch": (1, None),
 }

@@ -20,6 +20,7 @@ from ..checks import MAX_LOG_PAGE
 from ..durations import to_datetime
 from ..engine.transitions import Status
 from ..service import Service
+from ..settings import LONGEST_KEY
 from . import schemas as s
 from .bodies import JsonBodyRoute
 from .errors import ApiError
@@ -316,7 +317,7 @@ class _AnyText(Convertor[str]):
 register_url_convertor("text", _AnyText())
 
 StateKey = Annotated[str, Path(description="The state key, percent-encoded.", min_length=1,
-                                max_length=512)]
+                                max_length=LONGEST_KEY)]
 
 
 #: Only keys after this one: a listing's next page (of state keys or locks).

@@ -21,7 +21,7 @@ from pydantic.config import JsonDict
 from .. import models as m
 from ..durations import MAX_DURATION
 from ..engine.limits import MAX_CONCURRENCY, check_concurrency
-from ..settings import Settings
+from ..settings import LONGEST_KEY, Settings
 
 # The constraints below repeat the service's own checks, so that the OpenAPI
 # document states what is accepted; the service still checks everything.
@@ -30,8 +30,8 @@ from ..settings import Settings
 NAME_PATTERN = r"^[A-Za-z0-9._:-]{1,200}$"
 Name = Annotated[StrictStr, Field(pattern=NAME_PATTERN, examples=["sendReceipt"])]
 #: Idempotency, correlation and concurrency keys.
-Key = Annotated[StrictStr, Field(min_length=1, max_length=512)]
-StateKey = Annotated[StrictStr, Field(min_length=1, max_length=512)]
+Key = Annotated[StrictStr, Field(min_length=1, max_length=LONGEST_KEY)]
+StateKey = Annotated[StrictStr, Field(min_length=1, max_length=LONGEST_KEY)]
 Owner = Annotated[StrictStr, Field(min_length=1, max_length=200)]
 #: A point in time: ISO-8601 with an offset or ``Z``.
 Time = Annotated[StrictStr, Field(json_schema_extra={"format": "date-time"},

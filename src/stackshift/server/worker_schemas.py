@@ -18,6 +18,7 @@ from pydantic_core import PydanticCustomError
 from ..flowcontrol import check_failure_handler
 from ..runlogs import MAX_FIELDS
 from ..serialization import DuplicateKeyError, encode, unique_keys, utf8_size
+from ..settings import LONGEST_KEY
 from ..store.base import Lease, LogWrite, Outcome, StepWrite
 from . import schemas as s
 from .schemas import Body, Wire
@@ -278,7 +279,7 @@ class WaitForEvent(Body):
     lease: LeaseBody
     step: StepBody
     name: s.Name
-    correlation_key: Annotated[Column, Field(max_length=512)] = ""
+    correlation_key: Annotated[Column, Field(max_length=LONGEST_KEY)] = ""
     timeout_at: Instant
     on_timeout: Literal["fail", "continue", "cancel"]
     since: Instant | None = Field(
