@@ -165,7 +165,8 @@ def test_failed_run_shows_error_attempts_logs_waterfall_and_retries_live(
     # No line was logged inside a step: no empty step column between level and message.
     expect(page.locator("#logs .log-step")).to_have_count(0)
     line = groups.nth(0).locator(".log-line")
-    level, message = line.locator(".log-level").bounding_box(), line.locator(".log-msg").bounding_box()
+    level = line.locator(".log-level").bounding_box()
+    message = line.locator(".log-msg").bounding_box()
     assert level and message and message["x"] - (level["x"] + level["width"]) < 80
 
     chart = page.locator("#waterfall")

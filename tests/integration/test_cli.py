@@ -1116,6 +1116,18 @@ def test_empty_lists_say_how_to_fill_them_unless_a_filter_emptied_them(
         "No runs match. No queue is named 'emials' (did you mean 'emails'?).\n")
     for filters in (["--queue", "zzz"], ["--queue", "emails", "--status", "failed"]):
         assert cli(db_url, "runs", *filters).stdout == "No runs match.\n"
+    # A job no worker has registered, named like one that a worker has.
+    app.job("report", lambda ctx: None)
+    with app.worker(concurrency=1):
+        pass  # registers the job, as any worker with its code does
+    assert "report" in [info.name for info in app.list_jobs()]
+    assert cli(db_url, "runs", "--job", "reprot").stdout == (
+        "No runs match. No worker has registered job 'reprot' (did you mean 'report'?).\n")
+    assert cli(db_url, "runs", "--job", "reprot", "--queue", "emials").stdout == (
+        "No runs match. No worker has registered job 'reprot' (did you mean 'report'?). "
+        "No queue is named 'emials' (did you mean 'emails'?).\n")
+    for filters in (["--job", "zzz"], ["--job", "report", "--status", "failed"]):
+        assert cli(db_url, "runs", *filters).stdout == "No runs match.\n"
 
 
 def test_a_group_with_a_list_lists_when_given_no_other_command(

@@ -90,8 +90,11 @@ def list_runs(
             correlation_key=correlation_key, search=search, created_after=created_after,
             created_before=created_before, limit=limit, cursor=cursor,
         )
-        unknown_queue = (not as_json and not page.items and cursor is None and queue is not None
-                         and _unknown_queue(app, queue))
+        unknown = ""
+        if not as_json and not page.items and cursor is None:
+            unknown = " ".join(hint for hint in (
+                _unknown_job(app, job) if job is not None else "",
+                _unknown_queue(app, queue) if queue is not None else "") if hint)
     if as_json:
         echo_json({"items": page.items, "next_cursor": page.next_cursor})
         return
@@ -103,12 +106,23 @@ def list_runs(
               created_before) == (None,) * 8:
             out.print("No runs yet. Start one with: stackshift start JOB '{...}'", markup=False)
         else:
-            out.print("No runs match." + (f" {unknown_queue}" if unknown_queue else ""),
-                      markup=False)
+            out.print("No runs match." + (f" {unknown}" if unknown else ""), markup=False)
         return
     out.print(runs_table(page.items, width=out.width))
     if page.next_cursor:
         out.print(f"More: {next_page_command(page.next_cursor)}", style="dim", markup=False)
+
+
+def _unknown_job(app: StackShift, job: str) -> str:
+    """Why no run matched, when no worker has registered ``job``: the job names
+    close to it that workers have registered; empty when one has registered it,
+    none is close, or the jobs cannot be listed (the list is the answer)."""
+    try:
+        known = [info.name for info in app.list_jobs()]
+    except Exception:  # advice only
+        return ""
+    hint = "" if job in known else did_you_mean(job, known)
+    return f"No worker has registered job {job!r}{hint}." if hint else ""
 
 
 def _unknown_queue(app: StackShift, queue: str) -> str:
