@@ -1778,6 +1778,29 @@ def test_run_tables_measure_wide_characters_by_the_cells_they_take(
                 assert "失敗しました 😀 倉庫が応答しません" in row, shown.stdout
 
 
+def test_a_narrow_run_table_shortens_job_names_only_for_a_detail_column_it_shows(
+    db_url: str, app: StackShift
+) -> None:
+    """80 columns leave no room for the detail beside the id, job, status,
+    attempt and age: the job's name, which fits, is shown whole. At 90 the
+    detail fits once the name gives way, as names do before the detail."""
+
+    @app.job("userOnboarding")
+    def onboarding(ctx: Any) -> dict[str, str]:
+        return {"welcomed": "ada@example.com", "note": "x" * 40}
+
+    run = app.start("userOnboarding")
+    run_until_idle(app)
+    narrow = cli(db_url, "runs", "list", columns=80).stdout.splitlines()
+    assert narrow[0].split() == ["RUN", "JOB", "STATUS", "ATT", "AGE"], narrow
+    assert narrow[2].split()[:3] == [run.id, "userOnboarding", "completed"], narrow
+    assert all(len(line) <= 80 for line in narrow), narrow
+    wider = cli(db_url, "runs", "list", columns=90).stdout.splitlines()
+    assert wider[0].split()[-1] == "DETAIL", wider
+    assert wider[2].split()[:3] == [run.id, "userOnboard…", "completed"], wider
+    assert '{"note": "xx' in wider[2] and all(len(line) <= 90 for line in wider), wider
+
+
 def test_keys_list_reads_like_the_other_tables(db_url: str) -> None:
     from rich.cells import cell_len
 

@@ -458,8 +458,9 @@ def runs_table(
 ) -> Table:
     """Runs, one per row. With ``width`` the table fits it: on a narrow screen the
     queue is left out, long job and queue names are shortened (to 12 characters at
-    least) before the detail column is, and the detail column is shortened; never
-    the id or status."""
+    least) before the detail column is, and the detail column is shortened, or
+    left out when fewer than 12 cells would remain for it (the names then keep
+    all they can); never the id or status."""
     show_queue = width is None or width >= 110
     rows = []
     for run in runs:
@@ -474,17 +475,15 @@ def runs_table(
                   for i, h in enumerate(headers)]
         gaps = 3 * len(headers)  # three characters between columns
         detail_wanted = min(24, max(cell_len(detail) for _, detail in rows)) if rows else 0
-        for name in ("QUEUE", "JOB"):  # names give way before the id, status and detail
-            if name not in headers:
-                continue
-            at = headers.index(name)
-            fit = max(12, widths[at] - (sum(widths) + gaps + detail_wanted - width))
+        fitted = _names_fitted(headers, widths, width - gaps - detail_wanted)
+        room = width - sum(fitted) - gaps
+        show_detail = room >= 12
+        if not show_detail:  # no detail column to make room for: names keep all they can
+            fitted = _names_fitted(headers, widths, width - gaps + 3)  # one gap fewer
+        for at, fit in enumerate(fitted):
             if fit < widths[at]:
-                widths[at] = fit
                 rows = [([*cells[:at], _clip(cells[at], fit), *cells[at + 1:]], detail)
                         for cells, detail in rows]
-        room = width - sum(widths) - gaps
-        show_detail = room >= 12
         rows = [(cells, _clip(detail, room)) for cells, detail in rows]
     table = _table(title)
     for header in headers:
@@ -498,6 +497,17 @@ def runs_table(
         shown[status_at] = status_text(cells[status_at])
         table.add_row(*shown, *([detail] if show_detail else []))
     return table
+
+
+def _names_fitted(headers: list[str], widths: list[int], room: int) -> list[int]:
+    """``widths`` with the queue's, then the job's, column shortened (to 12 cells
+    at least) until all of them take at most ``room`` cells."""
+    fitted = list(widths)
+    for name in ("QUEUE", "JOB"):  # names give way before the id, status and detail
+        if name in headers:
+            at = headers.index(name)
+            fitted[at] = min(fitted[at], max(12, fitted[at] - (sum(fitted) - room)))
+    return fitted
 
 
 def _fields(rows: list[tuple[str, Any]]) -> Table:
