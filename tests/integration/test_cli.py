@@ -2338,6 +2338,28 @@ def test_narrow_terminals_get_every_column_and_every_id_whole(
             assert attempt.worker_id and attempt.worker_id in shown.stdout, shown.stdout
 
 
+def test_a_table_of_short_values_fits_80_columns_with_its_columns_closer(
+    db_url: str, app: StackShift
+) -> None:
+    """The queues table's eleven columns of short values take 95 cells three
+    apart: on 80 columns they stand closer rather than run past the edge, every
+    header and value on its row; with room, they are three apart again."""
+    app.start("report", queue_name="emails")
+    app.queue("billing", concurrency=5)
+    for columns, gap in ((80, " "), (100, "   ")):
+        shown = cli(db_url, "queues", columns=columns)
+        assert shown.returncode == 0, shown.stderr
+        assert all(len(line) <= columns for line in shown.stdout.splitlines()), shown.stdout
+        header, rows = _header_and_rows(shown.stdout)
+        for name in ("QUEUE", "STATE", "WORKERS", "LIMITS", "QUEUED", "RUNNING", "WAITING",
+                     "FAILED", "PER", "MIN", "FAIL", "%", "OLDEST"):
+            assert name in header.split(), (columns, shown.stdout)
+        assert f"WORKERS{gap}LIMITS" in header, (columns, shown.stdout)
+        [emails] = [row for row in rows if row.startswith("emails ")]
+        assert emails.split()[:8] == ["emails", "active", "0", "-", "1", "0", "0", "0"], emails
+        assert any(row.split()[:4] == ["billing", "active", "0", "5"] for row in rows), rows
+
+
 def test_a_terminal_too_narrow_for_the_ids_gets_them_whole_not_cut(db_url: str) -> None:
     """On a real terminal, a table wider than the screen runs past its edge (the
     terminal wraps the line) rather than have the id cut at the edge."""

@@ -240,12 +240,18 @@ def run_detail_line(run: Run, now: datetime | None = None) -> str:
 #: - ``shortened``: one-line previews (payloads, values), cut with "…".
 #:
 #: Free text gives way first (down to :data:`_TEXT_FLOOR` cells), then the other
-#: columns fold; no column is left out. A table that is still too wide runs
-#: past the screen's edge rather than cut an id.
+#: columns fold; no column is left out. A table that is still too wide sets its
+#: columns closer if that makes it fit (:data:`_NARROWER_GAPS`), and otherwise
+#: runs past the screen's edge rather than cut an id.
 Fit = Literal["whole", "folds", "wraps", "shortened"]
 
 #: Cells between two columns of a :func:`_table`: padding, the rule, padding.
 _GAP = 3
+
+#: Narrower gaps a table too wide for the screen at :data:`_GAP` takes, the
+#: widest that lets it fit, and the padding (top, right, bottom, left) of each.
+_NARROWER_GAPS = (2, 1)
+_PADDING = {3: (0, 1, 0, 1), 2: (0, 1, 0, 0), 1: (0, 0, 0, 0)}
 
 #: How narrow free text gets before the other columns give way.
 _TEXT_FLOOR = 12
@@ -294,15 +300,27 @@ class _PlainTable(Table):
 
     def _laid_out(self, console: Console, options: ConsoleOptions) -> RenderResult:
         """Rich's layout, its columns fitted to a screen too narrow for it."""
-        widths = self._fitted_widths(console, options)
+        widths, excess = self._fitted_widths(console, options, _GAP)
         if widths is None:
             yield from super().__rich_console__(console, options)
             return
+        gap = _GAP
+        # Still too wide: closer columns, if that fits (a table as _table makes them).
+        standard = self.padding == _PADDING[_GAP] and self.box is box.SIMPLE_HEAD
+        for narrower in _NARROWER_GAPS if standard else ():
+            if excess <= 0:
+                break
+            closer, excess = self._fitted_widths(console, options, narrower)
+            if excess <= 0:
+                widths = closer or [width for width, _ in self._measured(console, options)]
+                gap = narrower
         fitted = copy(self)
         fitted.columns = [dataclasses.replace(column, width=width, min_width=None,
                                               max_width=None)
                           for column, width in zip(self.columns, widths, strict=True)]
-        wide = max(options.max_width, sum(widths) + _GAP * (len(widths) - 1))
+        if gap != _GAP:
+            fitted.padding = _PADDING[gap]
+        wide = max(options.max_width, sum(widths) + gap * (len(widths) - 1))
         yield from Table.__rich_console__(fitted, console, options.update_width(wide))
 
     def _plain_lines(self, console: Console, options: ConsoleOptions) -> list[str] | None:
@@ -359,11 +377,11 @@ class _PlainTable(Table):
                 lines.append("\u2500" * wide + "\n")
         return lines
 
-    def _fitted_widths(self, console: Console, options: ConsoleOptions) -> list[int] | None:
-        """The columns' widths on a screen too narrow for the table, by their
-        :data:`Fit`; ``None`` when it is wide enough for every cell whole."""
+    def _measured(self, console: Console, options: ConsoleOptions) -> list[tuple[int, int]]:
+        """Each column's width with every cell whole on one line, and the floor
+        its :data:`Fit` lets it give way to."""
         unlimited = options.update_width(UNLIMITED_WIDTH)
-        widths, floors = [], []
+        measured = []
         for column, fit in zip(self.columns, self.fits, strict=True):
             header = Measurement.get(console, unlimited, column.header)
             cells = [Measurement.get(console, unlimited, cell) for cell in column.cells]
@@ -376,14 +394,23 @@ class _PlainTable(Table):
                 floor = max([header.minimum, *(cell.minimum for cell in cells)])
             else:
                 floor = max(header.minimum, min(longest, _TEXT_FLOOR))
-            widths.append(longest)
-            floors.append(min(floor, longest))
-        excess = sum(widths) + _GAP * (len(widths) - 1) - options.max_width
+            measured.append((longest, min(floor, longest)))
+        return measured
+
+    def _fitted_widths(self, console: Console, options: ConsoleOptions,
+                       gap: int) -> tuple[list[int] | None, int]:
+        """The columns' widths, ``gap`` cells apart, on a screen too narrow for the
+        table, by their :data:`Fit` (``None`` when it is wide enough for every
+        cell whole), and the cells by which they still exceed it."""
+        measured = self._measured(console, options)
+        widths = [longest for longest, _ in measured]
+        floors = [floor for _, floor in measured]
+        excess = sum(widths) + gap * (len(widths) - 1) - options.max_width
         if excess <= 0:
-            return None
+            return None, excess
         for giving in (("wraps", "shortened"), ("folds", "whole")):
             excess = _narrow(widths, floors, [fit in giving for fit in self.fits], excess)
-        return widths
+        return widths, excess
 
 
 def _narrow(widths: list[int], floors: list[int], may: Iterable[bool], excess: int) -> int:
