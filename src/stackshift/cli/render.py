@@ -300,20 +300,21 @@ class _PlainTable(Table):
 
     def _laid_out(self, console: Console, options: ConsoleOptions) -> RenderResult:
         """Rich's layout, its columns fitted to a screen too narrow for it."""
-        widths, excess = self._fitted_widths(console, options, _GAP)
-        if widths is None:
-            yield from super().__rich_console__(console, options)
+        measured = self._measured(console, options)
+        if sum(longest for longest, _ in measured) + _GAP * (len(measured) - 1) \
+                <= options.max_width:
+            yield from super().__rich_console__(console, options)  # every cell whole
             return
+        widths, excess = self._fitted_widths(measured, _GAP, options.max_width)
         gap = _GAP
         # Still too wide: closer columns, if that fits (a table as _table makes them).
         standard = self.padding == _PADDING[_GAP] and self.box is box.SIMPLE_HEAD
         for narrower in _NARROWER_GAPS if standard else ():
             if excess <= 0:
                 break
-            closer, excess = self._fitted_widths(console, options, narrower)
+            closer, excess = self._fitted_widths(measured, narrower, options.max_width)
             if excess <= 0:
-                widths = closer or [width for width, _ in self._measured(console, options)]
-                gap = narrower
+                widths, gap = closer, narrower
         fitted = copy(self)
         fitted.columns = [dataclasses.replace(column, width=width, min_width=None,
                                               max_width=None)
@@ -397,17 +398,16 @@ class _PlainTable(Table):
             measured.append((longest, min(floor, longest)))
         return measured
 
-    def _fitted_widths(self, console: Console, options: ConsoleOptions,
-                       gap: int) -> tuple[list[int] | None, int]:
-        """The columns' widths, ``gap`` cells apart, on a screen too narrow for the
-        table, by their :data:`Fit` (``None`` when it is wide enough for every
-        cell whole), and the cells by which they still exceed it."""
-        measured = self._measured(console, options)
+    def _fitted_widths(self, measured: list[tuple[int, int]], gap: int,
+                       room: int) -> tuple[list[int], int]:
+        """The columns' widths (of :meth:`_measured`), ``gap`` cells apart, in
+        ``room`` cells, by their :data:`Fit` (each whole when they fit), and the
+        cells by which they still exceed it."""
         widths = [longest for longest, _ in measured]
         floors = [floor for _, floor in measured]
-        excess = sum(widths) + gap * (len(widths) - 1) - options.max_width
+        excess = sum(widths) + gap * (len(widths) - 1) - room
         if excess <= 0:
-            return None, excess
+            return widths, excess
         for giving in (("wraps", "shortened"), ("folds", "whole")):
             excess = _narrow(widths, floors, [fit in giving for fit in self.fits], excess)
         return widths, excess
