@@ -500,13 +500,13 @@ def runs_table(
         # Measured in terminal cells: a wide character takes two.
         widths = [max([len(h)] + [cell_len(c[i]) for c, _ in rows])
                   for i, h in enumerate(headers)]
-        gaps = 3 * len(headers)  # three characters between columns
+        gaps = _GAP * len(headers)  # between the columns, the detail's included
         detail_wanted = min(24, max(cell_len(detail) for _, detail in rows)) if rows else 0
         fitted = _names_fitted(headers, widths, width - gaps - detail_wanted)
         room = width - sum(fitted) - gaps
         show_detail = room >= 12
         if not show_detail:  # no detail column to make room for: names keep all they can
-            fitted = _names_fitted(headers, widths, width - gaps + 3)  # one gap fewer
+            fitted = _names_fitted(headers, widths, width - gaps + _GAP)  # one gap fewer
         for at, fit in enumerate(fitted):
             if fit < widths[at]:
                 rows = [([*cells[:at], _clip(cells[at], fit), *cells[at + 1:]], detail)

@@ -121,16 +121,20 @@ def _unknown_job(app: StackShift, job: str) -> str:
         known = [info.name for info in app.list_jobs()]
     except Exception:  # advice only
         return ""
-    hint = "" if job in known else did_you_mean(job, known)
-    return f"No worker has registered job {job!r}{hint}." if hint else ""
+    return _close_to(job, known, f"No worker has registered job {job!r}")
 
 
 def _unknown_queue(app: StackShift, queue: str) -> str:
     """Why no run matched, when ``queue`` is no queue (no run, no setting): the
     queues whose names are close to it; empty when it is one, or none is close."""
-    known = [q.name for q in app.queues.list()]
-    hint = "" if queue in known else did_you_mean(queue, known)
-    return f"No queue is named {queue!r}{hint}." if hint else ""
+    return _close_to(queue, [q.name for q in app.queues.list()], f"No queue is named {queue!r}")
+
+
+def _close_to(name: str, known: list[str], sentence: str) -> str:
+    """``sentence`` and the names of ``known`` close to ``name``, when ``name`` is
+    not one of them and some are close; else empty."""
+    hint = "" if name in known else did_you_mean(name, known)
+    return f"{sentence}{hint}." if hint else ""
 
 
 @runs.command()
