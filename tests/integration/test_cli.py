@@ -1108,8 +1108,17 @@ def test_empty_lists_say_how_to_fill_them_unless_a_filter_emptied_them(
         "No runs yet. Start one with: stackshift start JOB '{...}'\n")
     assert cli(db_url, "events", "list").stdout == (
         "No events yet. Send one with: stackshift events send NAME '{...}'\n")
+    assert cli(db_url, "queues").stdout == (
+        "No queues yet. One is listed once a run is started on it (stackshift start JOB "
+        "--queue NAME) or it has settings (stackshift queues set NAME ...).\n")
+    assert cli(db_url, "schedules").stdout == (
+        "No schedules yet. Create one with: stackshift schedules create JOB --cron "
+        "'0 * * * *' (or give a job cron=... in its code).\n")
+    assert cli(db_url, "state").stdout == (
+        "No state keys yet. Set one with: stackshift state set KEY VALUE_JSON\n")
     assert cli(db_url, "runs", "list", "--status", "failed").stdout == "No runs match.\n"
     assert cli(db_url, "events", "--name", "paid").stdout == "No events match.\n"
+    assert cli(db_url, "state", "--prefix", "imports:").stdout == "No state keys match.\n"
     # A queue no run has, named like one that has runs: that one, perhaps.
     app.start("report", queue_name="emails")
     assert cli(db_url, "runs", "--queue", "emials").stdout == (

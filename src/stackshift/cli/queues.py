@@ -167,7 +167,9 @@ def list_queues(window: str = "15m", as_json: bool = False,
         echo_json(found)
         return
     if not found:
-        console().print("No queues yet.")
+        console().print("No queues yet. One is listed once a run is started on it "
+                        "(stackshift start JOB --queue NAME) or it has settings "
+                        "(stackshift queues set NAME ...).", markup=False)
         return
     console().print(queues_table(found))
 

@@ -89,7 +89,9 @@ def list_schedules(as_json: bool = False, database_url: str | None = None) -> No
         echo_json(items)
         return
     if not items:
-        console().print("No schedules.")
+        console().print("No schedules yet. Create one with: stackshift schedules create "
+                        "JOB --cron '0 * * * *' (or give a job cron=... in its code).",
+                        markup=False)
         return
     console().print(schedules_table(items))
 
