@@ -1113,7 +1113,7 @@ def test_empty_lists_say_how_to_fill_them_unless_a_filter_emptied_them(
         "--queue NAME) or it has settings (stackshift queues set NAME ...).\n")
     assert cli(db_url, "schedules").stdout == (
         "No schedules yet. Create one with: stackshift schedules create JOB --cron "
-        "'0 * * * *' (or give a job cron=... in its code).\n")
+        "'0 * * * *', or with @job(cron=...) in the code.\n")
     assert cli(db_url, "state").stdout == (
         "No state keys yet. Set one with: stackshift state set KEY VALUE_JSON\n")
     assert cli(db_url, "runs", "list", "--status", "failed").stdout == "No runs match.\n"

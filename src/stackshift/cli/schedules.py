@@ -90,7 +90,7 @@ def list_schedules(as_json: bool = False, database_url: str | None = None) -> No
         return
     if not items:
         console().print("No schedules yet. Create one with: stackshift schedules create "
-                        "JOB --cron '0 * * * *' (or give a job cron=... in its code).",
+                        "JOB --cron '0 * * * *', or with @job(cron=...) in the code.",
                         markup=False)
         return
     console().print(schedules_table(items))
