@@ -819,16 +819,19 @@ def event_detail(event: Event) -> RenderableType:
                  Text(shown_as_is(json.dumps(event.payload, indent=2, ensure_ascii=False))))
 
 
-def events_table(events: list[Event]) -> Table:
+def events_table(events: list[Event], now: datetime | None = None) -> Table:
+    """Events, one per row, with their age as ``runs list`` gives a run's (``events
+    get`` gives the time received)."""
     table = _table()
     table.add_column("EVENT", fit="whole")
     table.add_column("NAME", fit="whole")
     table.add_column("CORRELATION KEY", fit="whole")
-    table.add_column("RECEIVED")
+    table.add_column("AGE", justify="right")
     table.add_column("PAYLOAD", fit="shortened")
+    now = now or datetime.now(UTC)
     for event in events:
-        table.add_row(event.id, event.name, event.correlation_key or "", when(event.received_at),
-                      compact_json(event.payload))
+        table.add_row(event.id, event.name, event.correlation_key or "",
+                      age(event.received_at, now), compact_json(event.payload))
     return table
 
 
