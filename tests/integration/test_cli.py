@@ -1114,8 +1114,9 @@ def test_empty_lists_say_how_to_fill_them_unless_a_filter_emptied_them(
     assert cli(db_url, "schedules").stdout == (
         "No schedules yet. Create one with: stackshift schedules create JOB --cron "
         "'0 * * * *', or with @job(cron=...) in the code.\n")
-    assert cli(db_url, "state").stdout == (
-        "No state keys yet. Set one with: stackshift state set KEY VALUE_JSON\n")
+    for every_key in ([], ["--prefix", ""]):
+        assert cli(db_url, "state", *every_key).stdout == (
+            "No state keys yet. Set one with: stackshift state set KEY VALUE_JSON\n")
     assert cli(db_url, "runs", "list", "--status", "failed").stdout == "No runs match.\n"
     assert cli(db_url, "events", "--name", "paid").stdout == "No events match.\n"
     assert cli(db_url, "state", "--prefix", "imports:").stdout == "No state keys match.\n"

@@ -167,7 +167,7 @@ def list_state(prefix: str | None, limit: int, cursor: str | None, as_json: bool
     with open_client(database_url) as app:
         # Times as ISO-8601 in UTC, as in every other command's JSON.
         _show_page(app.state.keys, prefix, limit, cursor, as_json, _entry, state_table,
-                   "No state keys match." if prefix is not None else
+                   "No state keys match." if prefix else  # '' lists every key
                    "No state keys yet. Set one with: stackshift state set KEY VALUE_JSON",
                    "No more state keys.")
 
