@@ -819,7 +819,7 @@ def event_detail(event: Event) -> RenderableType:
                  Text(shown_as_is(json.dumps(event.payload, indent=2, ensure_ascii=False))))
 
 
-def events_table(events: list[Event], now: datetime | None = None) -> Table:
+def events_table(events: list[Event]) -> Table:
     """Events, one per row, with their age as ``runs list`` gives a run's (``events
     get`` gives the time received)."""
     table = _table()
@@ -828,7 +828,7 @@ def events_table(events: list[Event], now: datetime | None = None) -> Table:
     table.add_column("CORRELATION KEY", fit="whole")
     table.add_column("AGE", justify="right")
     table.add_column("PAYLOAD", fit="shortened")
-    now = now or datetime.now(UTC)
+    now = datetime.now(UTC)  # every row's age from one instant
     for event in events:
         table.add_row(event.id, event.name, event.correlation_key or "",
                       age(event.received_at, now), compact_json(event.payload))
