@@ -29,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from stackshift import NonRetriableError, Settings, StackShift, TimelineEntry
 from stackshift.cli.liveview import STATUS_OF, change_line
+from stackshift.cli.render import when
 from stackshift.testing import run_until_idle
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -1138,6 +1139,36 @@ def test_empty_lists_say_how_to_fill_them_unless_a_filter_emptied_them(
         "No queue is named 'emials' (did you mean 'emails'?).\n")
     for filters in (["--job", "zzz"], ["--job", "report", "--status", "failed"]):
         assert cli(db_url, "runs", *filters).stdout == "No runs match.\n"
+
+
+def test_schedules_list_gives_how_far_off_each_next_run_is_and_how_long_ago_the_last_was(
+        db_url: str, app: StackShift) -> None:
+    """As the dashboard does: ``in 59m02s``, ``2.1s ago``; a tick due that no worker
+    has fired reads ``overdue``, a paused schedule has no next run, and
+    ``schedules show`` keeps the times in UTC."""
+    app.job("report", lambda ctx: None)
+    hourly = app.schedules.create("report", cron="@hourly")
+    every = app.schedules.create("report", cron="@every 1s")
+    paused = app.schedules.pause(app.schedules.create("report", cron="@daily").id)
+    time.sleep(1.1)  # the first tick of `every` passes with no worker up
+
+    def row_of(schedule_id: str) -> str:
+        listed = cli(db_url, "schedules")
+        assert listed.returncode == 0, listed.stderr
+        [row] = [line for line in listed.stdout.splitlines() if schedule_id in line]
+        return row
+
+    span = r"\d+(?:ms|\.\ds|m\d\ds|h\d\dm)"
+    assert re.search(rf" active +in {span} +- +- *$", row_of(hourly.id)), row_of(hourly.id)
+    assert re.search(rf" active +{span} overdue +- +- *$", row_of(every.id)), row_of(every.id)
+    assert re.search(r" paused +- +- +- *$", row_of(paused.id)), row_of(paused.id)
+    run_until_idle(app)  # fires the tick due, and runs its run
+    fired = app.schedules.get(every.id)
+    assert fired.last_run_status == "completed"
+    assert re.search(rf" {span} ago +completed *$", row_of(every.id)), row_of(every.id)
+    shown = cli(db_url, "schedules", "show", every.id).stdout
+    assert re.search(rf"^last run +{re.escape(when(fired.last_run_at))} {fired.last_run_id}$",
+                     shown, re.M), shown
 
 
 def test_a_group_with_a_list_lists_when_given_no_other_command(

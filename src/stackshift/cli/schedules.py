@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Literal
 
 import click
 from rich.table import Table
 
+from ..durations import span
 from ..errors import ScheduleNotFoundError
 from ..models import Schedule
 from .failures import not_found
@@ -16,24 +18,50 @@ from .options import (
     open_client,
     parse_json_argument,
 )
-from .render import Fit, _table, compact_json, console, echo_json, paused_text, status_text, when
+from .render import (
+    Fit,
+    _table,
+    age,
+    compact_json,
+    console,
+    echo_json,
+    paused_text,
+    status_text,
+    when,
+)
 from .start import warn_if_no_worker_registered
 
 #: How the columns of ``schedules list`` give way on a narrow screen (the others fold).
 _SCHEDULE_FITS: dict[str, Fit] = {"SCHEDULE": "whole", "JOB": "whole", "CRON": "whole",
-                                  "TZ": "whole", "LAST ERROR": "wraps"}
+                                  "TZ": "whole", "NEXT RUN": "whole", "LAST RUN": "whole",
+                                  "LAST ERROR": "wraps"}
 
 
-def schedules_table(items: list[Schedule]) -> Table:
+def next_run_text(next_run_at: datetime | None, now: datetime) -> str:
+    """When a schedule's next tick is: ``in 4m05s``; ``12.0s overdue`` for a tick
+    that has passed and not fired (no worker is up to fire it); ``-`` when
+    paused."""
+    if next_run_at is None:
+        return "-"
+    seconds = (next_run_at - now).total_seconds()
+    return f"in {span(seconds)}" if seconds >= 0 else f"{span(-seconds)} overdue"
+
+
+def schedules_table(items: list[Schedule], now: datetime | None = None) -> Table:
+    """The schedules, their next and last runs as spans from ``now`` (``schedules
+    show`` gives the times)."""
+    now = now or datetime.now(UTC)
     table = _table()
     for header in ("SCHEDULE", "JOB", "CRON", "TZ", "STATE", "NEXT RUN", "LAST RUN", "LAST",
                    "LAST ERROR"):
-        table.add_column(header, fit=_SCHEDULE_FITS.get(header, "folds"))
+        table.add_column(header, fit=_SCHEDULE_FITS.get(header, "folds"),
+                         justify="right" if header in ("NEXT RUN", "LAST RUN") else "left")
     for s in items:
         error = f"{s.last_error.type}: {s.last_error.message}" if s.last_error else ""
         table.add_row(
             s.id, s.job, s.cron, s.timezone, paused_text() if s.paused else "active",
-            when(s.next_run_at), when(s.last_run_at),
+            next_run_text(s.next_run_at, now),
+            f"{age(s.last_run_at, now)} ago" if s.last_run_at else "-",
             status_text(s.last_run_status) if s.last_run_status else "-", error,
         )
     return table
