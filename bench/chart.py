@@ -43,16 +43,21 @@ def draw(data: dict[str, Any], out: Path) -> None:
     cols = 2
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(13, 3.4 * rows), squeeze=False)
-    width = 0.8 / max(1, len(engines))
     for ax, (workload, key, title, _higher) in zip(axes.flat, panels, strict=False):
         shown: list[float] = []
-        for i, engine in enumerate(engines):
+        # Each store's bars stand centred on its label, as many as the engines
+        # that measured it (a peer without the workload leaves no gap).
+        measured = {store: [e for e in engines if isinstance(
+            cells.get(f"{e}/{store}/{workload}", {}).get(key), dict)] for store in stores}
+        width = min(0.3, 0.8 / max(1, *map(len, measured.values())))
+        for engine in engines:
             xs, heights, lows, highs = [], [], [], []
             for j, store in enumerate(stores):
-                value = cells.get(f"{engine}/{store}/{workload}", {}).get(key)
-                if not isinstance(value, dict):
+                if engine not in measured[store]:
                     continue
-                xs.append(j + (i - (len(engines) - 1) / 2) * width)
+                value = cells[f"{engine}/{store}/{workload}"][key]
+                k, n = measured[store].index(engine), len(measured[store])
+                xs.append(j + (k - (n - 1) / 2) * width)
                 heights.append(value["median"])
                 lows.append(value["median"] - value["min"])
                 highs.append(value["max"] - value["median"])
@@ -62,6 +67,7 @@ def draw(data: dict[str, Any], out: Path) -> None:
                 shown += heights
         ax.set_title(title, fontsize=10)
         ax.set_xticks(range(len(stores)))
+        ax.set_xlim(-0.5, len(stores) - 0.5)
         ax.set_xticklabels([STORE_LABELS[s] for s in stores], fontsize=9)
         positive = [v for v in shown if v > 0]
         if positive and max(positive) / min(positive) > 30:  # else a linear axis reads better
