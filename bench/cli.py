@@ -1,6 +1,6 @@
 """``python -m bench``: run the workloads for every engine and store, write the results.
 
-    python -m bench                      # everything, 3 repetitions (about 20 minutes)
+    python -m bench                      # everything, 3 repetitions (about 35 minutes on 2 cores)
     python -m bench --quick              # a smoke run: small sizes, 1 repetition
     python -m bench --workloads W1,W6 --engines stackshift,dbos --stores postgres --reps 5
     python -m bench --workloads W4 --engines stackshift,dbos --out /tmp/w4
@@ -235,9 +235,11 @@ def fairness(args: argparse.Namespace, pg: dict[str, str], versions: dict[str, s
         " backlog is loaded (W1, W2, W3) every engine's tables are analyzed, as autovacuum"
         " would have done (without statistics PostgreSQL picks poor plans for every"
         " engine's queue queries).",
-        f"{args.reps} repetition(s) of every cell, each in a fresh process on a fresh database"
-        " (a new SQLite file, a new PostgreSQL schema); medians with min and max. The"
-        " memory check runs once per store.",
+        (f"{args.reps} repetitions" if args.reps > 1 else "One repetition")
+        + " of every cell, each in a fresh process on a fresh database"
+        " (a new SQLite file, a new PostgreSQL schema)"
+        + ("; medians with min and max" if args.reps > 1 else "")
+        + ". The memory check runs once per store.",
         "Repetitions are interleaved (every engine runs a workload before the next"
         " repetition starts), so load from elsewhere on the machine falls on all engines"
         " alike.",

@@ -323,6 +323,12 @@ def targets_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+#: Said at the top of the results of a ``--quick`` run.
+QUICK_NOTE = ("A smoke run (`--quick`): small sizes and one repetition, to see every"
+              " workload run end to end. Its figures are not those of the workloads below"
+              " at full size, and its targets table is no verdict on them.")
+
+
 def markdown(data: dict[str, Any]) -> str:
     info = data["run"]
     cells = data["cells"]
@@ -346,11 +352,13 @@ def markdown(data: dict[str, Any]) -> str:
             f" after {u['load_after']:.2f}, at most {u['load_max']:.2f}. The rows, targets"
             f" and ratios of {' and '.join(u['workloads'])} come from that run, every engine"
             " measured in it side by side.", "")],
-        "Every figure is the median of "
-        f"{info['repetitions']} repetitions"
-        f"{' (unless said otherwise above)' if info.get('updates') else ''},"
-        " with the minimum and maximum in brackets."
-        " Ratios compare engines measured in this same run, never across runs.",
+        *([QUICK_NOTE, ""] if info.get("quick") else []),
+        ("Every figure is the median of "
+         f"{info['repetitions']} repetitions"
+         f"{' (unless said otherwise above)' if info.get('updates') else ''},"
+         " with the minimum and maximum in brackets." if info["repetitions"] > 1
+         else "Every figure is from one repetition.")
+        + " Ratios compare engines measured in this same run, never across runs.",
         "",
         "## Fairness",
         "",

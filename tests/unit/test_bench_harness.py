@@ -18,7 +18,14 @@ if str(ROOT) not in sys.path:
 
 from bench.cli import plan  # noqa: E402
 from bench.common import RESULT_MARK, drain_rate, percentile  # noqa: E402
-from bench.report import advantage, check_targets, markdown, merge, summarise  # noqa: E402
+from bench.report import (  # noqa: E402
+    QUICK_NOTE,
+    advantage,
+    check_targets,
+    markdown,
+    merge,
+    summarise,
+)
 
 
 def test_percentile_takes_the_nearest_rank() -> None:
@@ -160,3 +167,39 @@ def test_a_workload_script_prints_one_result_line(tmp_path: Path) -> None:
     result = json.loads(lines[0][len(RESULT_MARK):])
     assert result["extra_runs"] == 0
     assert result["dup_ms"] > 0
+
+
+def test_the_entry_point_runs_the_workloads_asked_for_and_writes_what_ran(
+    store_kind: str, db_url: str, tmp_path: Path
+) -> None:
+    """``python -m bench --quick`` for StackShift on one store, as a user runs it:
+    every cell ends without an error, W4 stores no extra run, and results.json and
+    results.md say what ran and that it was a smoke run. (``db_url`` only makes a
+    PostgreSQL that is not there fail or skip as elsewhere; the benchmark makes
+    schemas of its own.)"""
+    from conftest import POSTGRES_URL
+
+    store = {"sqlite": "sqlite-full", "postgres": "postgres"}[store_kind]
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--engines", "stackshift", "--stores", store,
+         "--workloads", "W1,W4", "--no-install", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "STACKSHIFT_BENCH_POSTGRES_URL": POSTGRES_URL},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = json.loads((out / "results.json").read_text())
+    assert (data["run"]["quick"], data["run"]["repetitions"]) == (True, 1)
+    assert (data["run"]["workloads"], data["run"]["stores"]) == (["W1", "W4"], [store])
+    w1, w4 = data["cells"][f"stackshift/{store}/W1"], data["cells"][f"stackshift/{store}/W4"]
+    assert w1["errors"] == [] and w4["errors"] == [], (w1, w4)
+    assert w1["drained"]["median"] > 0 and w1["steady_rps"]["median"] > 0
+    assert (w4["extra_runs"]["median"], w4["dup_ms"]["median"] > 0) == (0, True)
+    assert {(t["workload"], t["store"]) for t in data["targets"]} == {
+        ("W1", store), ("W4", store)}
+    text = (out / "results.md").read_text()
+    assert text.startswith("# Benchmark results\n")
+    assert QUICK_NOTE in text and "Every figure is from one repetition." in text
+    for heading in ("## Targets (StackShift)", "### W1: No-op job throughput",
+                    "### W4: Duplicate start, same idempotency key"):
+        assert heading in text
