@@ -47,10 +47,10 @@ def next_run_text(next_run_at: datetime | None, now: datetime) -> str:
     return f"in {span(seconds)}" if seconds >= 0 else f"{span(-seconds)} overdue"
 
 
-def schedules_table(items: list[Schedule], now: datetime | None = None) -> Table:
-    """The schedules, their next and last runs as spans from ``now`` (``schedules
-    show`` gives the times)."""
-    now = now or datetime.now(UTC)
+def schedules_table(items: list[Schedule]) -> Table:
+    """The schedules, their next and last runs as spans from now (``schedules show``
+    gives the times)."""
+    now = datetime.now(UTC)  # every row's spans from one instant
     table = _table()
     for header in ("SCHEDULE", "JOB", "CRON", "TZ", "STATE", "NEXT RUN", "LAST RUN", "LAST",
                    "LAST ERROR"):
