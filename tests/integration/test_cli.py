@@ -1145,7 +1145,7 @@ def test_schedules_list_gives_how_far_off_each_next_run_is_and_how_long_ago_the_
         db_url: str, app: StackShift) -> None:
     """As the dashboard does: ``in 25d23h``, ``2.1s ago``; a tick due that no worker
     has fired reads ``overdue``, a paused schedule has no next run, and
-    ``schedules show`` keeps the times in UTC."""
+    ``schedules show`` gives the times in UTC, the next with its span."""
     app.job("report", lambda ctx: None)
     yearly = app.schedules.create("report", cron="@yearly")
     every = app.schedules.create("report", cron="@every 1s")
@@ -1167,6 +1167,9 @@ def test_schedules_list_gives_how_far_off_each_next_run_is_and_how_long_ago_the_
     assert fired.last_run_status == "completed"
     assert re.search(rf" {span} ago +completed *$", row_of(every.id)), row_of(every.id)
     shown = cli(db_url, "schedules", "show", every.id).stdout
+    next_at = when(app.schedules.get(every.id).next_run_at)
+    assert re.search(rf"^next run +{re.escape(next_at)} \((in {span}|{span} overdue)\)$",
+                     shown, re.M), shown
     assert re.search(rf"^last run +{re.escape(when(fired.last_run_at))} {fired.last_run_id}$",
                      shown, re.M), shown
 

@@ -79,7 +79,8 @@ def schedule_detail(s: Schedule) -> Table:
     table.add_row("queue", s.queue or "(the job's)")
     table.add_row("defined in", "code (@job cron=...)" if s.source == "code" else "the API")
     table.add_row("state", paused_text() if s.paused else "active")
-    table.add_row("next run", when(s.next_run_at))
+    table.add_row("next run", when(s.next_run_at) if s.next_run_at is None else
+                  f"{when(s.next_run_at)} ({next_run_text(s.next_run_at, datetime.now(UTC))})")
     table.add_row("last run", f"{when(s.last_run_at)} {s.last_run_id or ''}".strip())
     if s.last_run_status:
         table.add_row("last status", status_text(s.last_run_status))
