@@ -1144,7 +1144,7 @@ def test_empty_lists_say_how_to_fill_them_unless_a_filter_emptied_them(
 def test_schedules_list_gives_how_far_off_each_next_run_is_and_how_long_ago_the_last_was(
         db_url: str, app: StackShift) -> None:
     """As the dashboard does: ``in 25d23h``, ``2.1s ago``; a tick due that no worker
-    has fired reads ``overdue``, a paused schedule has no next run, and
+    has fired reads ``due ... ago``, a paused schedule has no next run, and
     ``schedules show`` gives the times in UTC, the next with its span."""
     app.job("report", lambda ctx: None)
     yearly = app.schedules.create("report", cron="@yearly")
@@ -1160,7 +1160,7 @@ def test_schedules_list_gives_how_far_off_each_next_run_is_and_how_long_ago_the_
 
     span = r"\d+(?:ms|\.\ds|m\d\ds|h\d\dm|d\d+h)"
     assert re.search(rf" active +in {span} +- +- *$", row_of(yearly.id)), row_of(yearly.id)
-    assert re.search(rf" active +{span} overdue +- +- *$", row_of(every.id)), row_of(every.id)
+    assert re.search(rf" active +due {span} ago +- +- *$", row_of(every.id)), row_of(every.id)
     assert re.search(r" paused +- +- +- *$", row_of(paused.id)), row_of(paused.id)
     run_until_idle(app)  # fires the tick due, and runs its run
     fired = app.schedules.get(every.id)
@@ -1168,7 +1168,7 @@ def test_schedules_list_gives_how_far_off_each_next_run_is_and_how_long_ago_the_
     assert re.search(rf" {span} ago +completed *$", row_of(every.id)), row_of(every.id)
     shown = cli(db_url, "schedules", "show", every.id).stdout
     next_at = when(app.schedules.get(every.id).next_run_at)
-    assert re.search(rf"^next run +{re.escape(next_at)} \((in {span}|{span} overdue)\)$",
+    assert re.search(rf"^next run +{re.escape(next_at)} \((in {span}|due {span} ago)\)$",
                      shown, re.M), shown
     assert re.search(rf"^last run +{re.escape(when(fired.last_run_at))} {fired.last_run_id}$",
                      shown, re.M), shown

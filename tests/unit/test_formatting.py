@@ -53,6 +53,15 @@ def test_dashboard_ages_read_as_the_pages_script_writes_them(delta: float,
     assert ago(datetime.fromtimestamp(now - delta, UTC), now) == shown
 
 
+@pytest.mark.parametrize(("delta", "shown"), [
+    (2, "just now"), (75, "due 1m 15s ago"), (7200, "due 2h ago"), (-300, "in 5m"),
+])
+def test_a_due_time_past_reads_due(delta: float, shown: str) -> None:
+    """A schedule's next run that has passed has not happened: ``due 1m 15s ago``."""
+    now = 1_800_000_000.0
+    assert ago(datetime.fromtimestamp(now - delta, UTC), now, due=True) == shown
+
+
 @pytest.mark.parametrize(("part", "whole", "shown"), [
     (0, 10, "0%"), (1, 10_000, "<0.1%"), (999, 10_000, "10%"),
     (5, 100, "5.0%"), (9_999, 10_000, ">99%"), (10, 10, "100%"), (1, 0, "—"),

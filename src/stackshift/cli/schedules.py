@@ -38,13 +38,13 @@ _SCHEDULE_FITS: dict[str, Fit] = {"SCHEDULE": "whole", "JOB": "whole", "CRON": "
 
 
 def next_run_text(next_run_at: datetime | None, now: datetime) -> str:
-    """When a schedule's next tick is: ``in 4m05s``; ``12.0s overdue`` for a tick
-    that has passed and not fired (no worker is up to fire it); ``-`` when
-    paused."""
+    """When a schedule's next tick is: ``in 4m05s``; ``due 12.0s ago`` for a tick
+    that has passed and not fired (no worker is up to fire it), as the
+    dashboard says; ``-`` when paused."""
     if next_run_at is None:
         return "-"
     seconds = (next_run_at - now).total_seconds()
-    return f"in {span(seconds)}" if seconds >= 0 else f"{span(-seconds)} overdue"
+    return f"in {span(seconds)}" if seconds >= 0 else f"due {span(-seconds)} ago"
 
 
 def schedules_table(items: list[Schedule]) -> Table:

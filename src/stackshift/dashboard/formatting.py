@@ -50,9 +50,11 @@ def between(start: datetime | None, end: datetime | None) -> str:
     return duration((end - start).total_seconds())
 
 
-def ago(moment: datetime | None, now: float) -> str:
+def ago(moment: datetime | None, now: float, due: bool = False) -> str:
     """``3m ago`` / ``in 5m``, as the page's script writes them when it keeps them
-    current (``ago`` in dashboard.js: keep the two alike)."""
+    current (``ago`` in dashboard.js: keep the two alike). ``due``: the moment
+    is when something should happen (a schedule's next run), so once past it
+    reads ``due 3m ago``: it has not happened."""
     if moment is None:
         return "—"
     delta = now - moment.timestamp()
@@ -71,7 +73,9 @@ def ago(moment: datetime | None, now: float) -> str:
     else:
         days, hours = r // 86400, r % 86400 // 3600
         text = f"{days}d {hours}h" if hours else f"{days}d"
-    return f"{text} ago" if delta > 0 else f"in {text}"
+    if delta < 0:
+        return f"in {text}"
+    return f"due {text} ago" if due else f"{text} ago"
 
 
 def clock_time(moment: datetime | None) -> str:

@@ -98,8 +98,9 @@
       .then(function () { busy = false; });
   }
 
-  /* "3m ago" texts stay current between refreshes (as formatting.ago writes them). */
-  function ago(seconds) {
+  /* "3m ago" texts stay current between refreshes (as formatting.ago writes them);
+     a due time past reads "due 3m ago". */
+  function ago(seconds, due) {
     var s = Math.abs(seconds);
     var text;
     if (s < 5) return "just now";
@@ -108,7 +109,8 @@
     else if (r < 3600) text = Math.floor(r / 60) + "m" + (r < 600 && r % 60 ? " " + (r % 60) + "s" : "");
     else if (r < 86400) text = Math.floor(r / 3600) + "h" + (Math.floor(r % 3600 / 60) ? " " + Math.floor(r % 3600 / 60) + "m" : "");
     else text = Math.floor(r / 86400) + "d" + (Math.floor(r % 86400 / 3600) ? " " + Math.floor(r % 86400 / 3600) + "h" : "");
-    return seconds >= 0 ? text + " ago" : "in " + text;
+    if (seconds < 0) return "in " + text;
+    return (due ? "due " : "") + text + " ago";
   }
   /* The server's clock may differ from the browser's (or be a test clock). */
   var skew = parseFloat(body.getAttribute("data-now") || "0") - Date.now() / 1000;
@@ -117,7 +119,7 @@
     var now = Date.now() / 1000 + skew;
     document.querySelectorAll("time[data-rel][datetime]").forEach(function (t) {
       var at = Date.parse(t.getAttribute("datetime")) / 1000;
-      if (!isNaN(at)) t.textContent = ago(now - at);
+      if (!isNaN(at)) t.textContent = ago(now - at, t.hasAttribute("data-due"));
     });
   }
 
