@@ -1253,16 +1253,16 @@ def test_jobs_page_lists_schedules_with_next_and_last_run_and_last_error(
     assert len(set(lefts.values())) == 1, lefts
 
 
-def test_a_schedule_tick_no_worker_has_fired_reads_due_on_the_jobs_page(
-    db_url: str, page: Page
-) -> None:
-    """A next run that has passed reads ``due 2m 30s ago``, not ``2m 30s ago`` (a run
-    that happened), as the server writes it and as the page's script keeps it."""
+def test_a_time_due_that_passed_unmet_reads_due(db_url: str, page: Page) -> None:
+    """A schedule's next run, or a delayed run's start, that has passed with no
+    worker up reads ``due 2m 30s ago``, not ``2m 30s ago`` (as if it had
+    happened), as the server writes it and as the page's script keeps it."""
     clock = FakeClock(time.time() - 600)
     app = StackShift(db_url, clock=clock)
     try:
         late = app.schedules.create("sync-invoice", cron="@every 1m")
         ahead = app.schedules.create("sync-invoice", cron="@yearly")
+        delayed = app.start("sync-invoice", {"invoice": "later"}, delay="1m")
         clock.advance("3m")  # no worker: the ticks of `late` pass unfired
         with serve(app, auth="open") as url:
             page.goto(f"{url}/jobs")
@@ -1270,6 +1270,10 @@ def test_a_schedule_tick_no_worker_has_fired_reads_due_on_the_jobs_page(
                 re.compile(r"^due [23]m( \d+s)? ago$"))
             expect(page.locator(f"tr[data-schedule-id='{ahead.id}'] time")).to_have_text(
                 re.compile(r"^in \d+d( \d+h)?$"))
+            page.goto(f"{url}/runs/{delayed.id}")
+            starts = page.locator("dl.facts > div").filter(has_text="Starts").locator("dd")
+            expect(starts).to_have_text(re.compile(r"^due 2m( \d+s)? ago$"))
+            assert app.runs.get(delayed.id).status == "scheduled"
     finally:
         app.close()
 
