@@ -30,7 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 from stackshift import NonRetriableError, Settings, StackShift, TimelineEntry
 from stackshift.cli.liveview import STATUS_OF, change_line
 from stackshift.cli.render import when
-from stackshift.testing import run_until_idle
+from stackshift.testing import FakeClock, run_until_idle
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOP = ROOT / "examples" / "shop.py"
@@ -1172,6 +1172,37 @@ def test_schedules_list_gives_how_far_off_each_next_run_is_and_how_long_ago_the_
                      shown, re.M), shown
     assert re.search(rf"^last run +{re.escape(when(fired.last_run_at))} {fired.last_run_id}$",
                      shown, re.M), shown
+
+
+def test_runs_list_says_when_a_time_went_by_with_nothing_done(db_url: str) -> None:
+    """A start, wake-up, timeout or next attempt whose time went by while no worker
+    was up reads ``start due 9m00s ago``, as the dashboard says, not ``starts now``."""
+    clock = FakeClock(time.time() - 600)
+    app = StackShift(db_url, clock=clock)
+    try:
+        app.job("nap", lambda ctx: ctx.step.sleep("rest", "1m"))
+        app.job("await", lambda ctx: ctx.step.wait_for_event(
+            "paid", correlation_key="o1", timeout="1m"))
+
+        @app.job("flaky", max_attempts=3)
+        def flaky(ctx: Any) -> None:
+            raise ConnectionError("down")
+
+        later = app.start("nap", delay="1m")
+        napping, waiting, retrying = (app.start(job) for job in ("nap", "await", "flaky"))
+        run_until_idle(app)  # at the start of the ten minutes: nothing more is due
+        assert [app.runs.get(r.id).status for r in (later, napping, waiting, retrying)] == [
+            "scheduled", "waiting", "waiting", "retrying"]
+    finally:
+        app.close()
+    listed = cli(db_url, "runs")
+    assert listed.returncode == 0, listed.stderr
+    ago = r"due (9|10)m\d\ds ago$"
+    for run, detail in ((later, "start"), (napping, r"sleeping \(rest\), wake-up"),
+                        (waiting, r"for paid \(o1\), timeout"),
+                        (retrying, "ConnectionError: down; next attempt")):
+        [row] = [line for line in listed.stdout.splitlines() if run.id in line]
+        assert re.search(rf"  {detail} {ago}", row), row
 
 
 def test_a_group_with_a_list_lists_when_given_no_other_command(

@@ -196,11 +196,14 @@ def waiting_text(run: Run) -> str:
     return f"sleep {waiting.step} until {when(waiting.until)}"
 
 
-def _until(moment: datetime | None, now: datetime) -> str:
-    if moment is None:
-        return ""
+def _due(future: str, past: str, moment: datetime, now: datetime) -> str:
+    """``starts in 4m05s``, ``starts now``; once ``moment`` is more than a second
+    gone and it has not happened (no worker is up to do it), ``start due 2m05s
+    ago``, as the dashboard says."""
     seconds = (moment - now).total_seconds()
-    return "now" if seconds <= 0 else f"in {span(seconds)}"
+    if seconds > 0:
+        return f"{future} in {span(seconds)}"
+    return f"{future} now" if seconds > -1 else f"{past} due {span(-seconds)} ago"
 
 
 #: What a running run asked to cancel shows beside its status.
@@ -214,17 +217,22 @@ def run_detail_line(run: Run, now: datetime | None = None) -> str:
     if waiting is not None:
         if waiting.kind == "event":
             key = f" ({waiting.correlation_key})" if waiting.correlation_key else ""
-            return f"for {waiting.event_name}{key}, times out {_until(waiting.until, now)}"
-        return f"sleeping ({waiting.step}), wakes {_until(waiting.until, now)}"
+            what = f"for {waiting.event_name}{key}"
+            return what if waiting.until is None else (
+                f"{what}, {_due('times out', 'timeout', waiting.until, now)}")
+        what = f"sleeping ({waiting.step})"
+        return what if waiting.until is None else (
+            f"{what}, {_due('wakes', 'wake-up', waiting.until, now)}")
     if run.status == "retrying" and run.error is not None:
-        return (f"{run.error.type}: {run.error.message}; next attempt "
-                f"{_until(run.next_attempt_at, now)}")
+        error = f"{run.error.type}: {run.error.message}"
+        return error if run.next_attempt_at is None else (
+            f"{error}; {_due('next attempt', 'next attempt', run.next_attempt_at, now)}")
     if run.error is not None and run.status in ("failed", "cancelled"):
         return f"{run.error.type}: {run.error.message}"
     if run.cancel_requested:
         return CANCEL_REQUESTED
-    if run.status == "scheduled":
-        return f"starts {_until(run.scheduled_at, now)}"
+    if run.status == "scheduled" and run.scheduled_at:
+        return _due("starts", "start", run.scheduled_at, now)
     if run.status == "completed":
         return compact_json(run.result, 60)
     return ""
