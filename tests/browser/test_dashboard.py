@@ -1256,7 +1256,8 @@ def test_jobs_page_lists_schedules_with_next_and_last_run_and_last_error(
 def test_a_time_due_that_passed_unmet_reads_due(db_url: str, page: Page) -> None:
     """A schedule's next run, or a delayed run's start, that has passed with no
     worker up reads ``due 2m 30s ago``, not ``2m 30s ago`` (as if it had
-    happened), as the server writes it and as the page's script keeps it."""
+    happened), as the server writes it and as the page's script keeps it; in
+    the runs list, ``start due since`` its time."""
     clock = FakeClock(time.time() - 600)
     app = StackShift(db_url, clock=clock)
     try:
@@ -1273,6 +1274,10 @@ def test_a_time_due_that_passed_unmet_reads_due(db_url: str, page: Page) -> None
             page.goto(f"{url}/runs/{delayed.id}")
             starts = page.locator("dl.facts > div").filter(has_text="Starts").locator("dd")
             expect(starts).to_have_text(re.compile(r"^due 2m( \d+s)? ago$"))
+            page.goto(f"{url}/runs")
+            note = page.locator(f"tr[data-run-id='{delayed.id}'] td.note .truncate")
+            expect(note).to_have_text(re.compile(
+                r"^start due since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$"))
             assert app.runs.get(delayed.id).status == "scheduled"
     finally:
         app.close()

@@ -154,13 +154,22 @@ def _search_runs(service: Service, term: str, by: str | None,
     return page, "key", term
 
 
+def _due_note(to_come: str, gone_by: str, moment: datetime, now: float, shown: str) -> str:
+    """``starts at 09:12:00 UTC``; once ``moment`` is more than a second gone by and
+    it has not happened (no worker is up to see to it), ``start due since 09:12:00
+    UTC``."""
+    lead = to_come if moment.timestamp() > now - 1 else f"{gone_by} due since"
+    return f"{lead} {shown} UTC"
+
+
 def run_row(run: Run, now: float) -> dict[str, Any]:
     """One line of a runs table: what a reader scans for. A retrying run gives its
     next attempt first, then the error; the time reads with its date when it falls
     on another UTC day than ``now`` (a backoff of days)."""
     note = ""
     if run.status == "retrying" and run.next_attempt_at is not None:
-        note = f"next attempt at {day_time(run.next_attempt_at, now)} UTC"
+        note = _due_note("next attempt at", "next attempt", run.next_attempt_at, now,
+                         day_time(run.next_attempt_at, now))
         if run.error is not None:
             note += f" · {run.error.type}: {run.error.message}"
     elif run.error is not None and run.status in ("failed", "retrying", "cancelled"):
@@ -171,9 +180,11 @@ def run_row(run: Run, now: float) -> dict[str, Any]:
             note = f"waits for {w.event_name}" + (f" · {w.correlation_key}"
                                                    if w.correlation_key else "")
         elif w.until is not None:
-            note = f"sleeps until {w.until.strftime('%Y-%m-%d %H:%M:%S')} UTC"
+            note = _due_note("sleeps until", "wake-up", w.until, now,
+                             w.until.strftime("%Y-%m-%d %H:%M:%S"))
     elif run.next_attempt_at is not None and run.status == "scheduled":
-        note = f"starts at {run.next_attempt_at.strftime('%Y-%m-%d %H:%M:%S')} UTC"
+        note = _due_note("starts at", "start", run.next_attempt_at, now,
+                         run.next_attempt_at.strftime("%Y-%m-%d %H:%M:%S"))
     start = run.started_at
     end = run.finished_at
     elapsed = None
