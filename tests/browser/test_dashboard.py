@@ -1254,16 +1254,20 @@ def test_jobs_page_lists_schedules_with_next_and_last_run_and_last_error(
 
 
 def test_a_time_due_that_passed_unmet_reads_due(db_url: str, page: Page) -> None:
-    """A schedule's next run, or a delayed run's start, that has passed with no
-    worker up reads ``due 2m 30s ago``, not ``2m 30s ago`` (as if it had
-    happened), as the server writes it and as the page's script keeps it; in
-    the runs list, ``start due since`` its time."""
+    """A schedule's next run, a delayed run's start or a wait's timeout that has
+    passed with no worker up reads ``due 2m 30s ago``, not ``2m 30s ago`` (as if
+    it had happened), as the server writes it and as the page's script keeps
+    it; in the runs list, ``start due since`` its time."""
     clock = FakeClock(time.time() - 600)
     app = StackShift(db_url, clock=clock)
     try:
         late = app.schedules.create("sync-invoice", cron="@every 1m")
         ahead = app.schedules.create("sync-invoice", cron="@yearly")
         delayed = app.start("sync-invoice", {"invoice": "later"}, delay="1m")
+        app.job("await-payment", lambda ctx: ctx.step.wait_for_event(
+            "payment.settled", correlation_key="order:7", timeout="1m"))
+        waiting = app.start("await-payment")
+        run_until_idle(app)  # it waits, for a minute at most
         clock.advance("3m")  # no worker: the ticks of `late` pass unfired
         with serve(app, auth="open") as url:
             page.goto(f"{url}/jobs")
@@ -1274,11 +1278,15 @@ def test_a_time_due_that_passed_unmet_reads_due(db_url: str, page: Page) -> None
             page.goto(f"{url}/runs/{delayed.id}")
             starts = page.locator("dl.facts > div").filter(has_text="Starts").locator("dd")
             expect(starts).to_have_text(re.compile(r"^due 2m( \d+s)? ago$"))
+            page.goto(f"{url}/runs/{waiting.id}")
+            expect(page.locator("#waiting-for p")).to_have_text(re.compile(
+                r"^Step payment\.settled · timeout due 2m( \d+s)? ago\. The run holds"))
             page.goto(f"{url}/runs")
             note = page.locator(f"tr[data-run-id='{delayed.id}'] td.note .truncate")
             expect(note).to_have_text(re.compile(
                 r"^start due since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$"))
-            assert app.runs.get(delayed.id).status == "scheduled"
+            assert [app.runs.get(r.id).status for r in (delayed, waiting)] == [
+                "scheduled", "waiting"]
     finally:
         app.close()
 
