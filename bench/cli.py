@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -351,8 +352,14 @@ def main(argv: list[str] | None = None) -> None:
             if "error" in result:
                 progress.console.print(f"[red]{workload} {engine} {store}: {result['error']}"
                                        f" (logs in {workdir})")
+            else:  # its databases and logs hold nothing more to look into
+                shutil.rmtree(workdir, ignore_errors=True)
             loads.append(os.getloadavg()[0])
             progress.advance(task)
+    if any(scratch.iterdir()):
+        console.print(f"[yellow]The logs of the cells that failed are kept in {scratch}")
+    else:
+        scratch.rmdir()
     load_after = os.getloadavg()[0]
     summary = {key: summarise(reps) for key, reps in raw.items()}
     busy = max(loads) > LOAD_LIMIT

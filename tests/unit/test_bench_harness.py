@@ -173,19 +173,23 @@ def test_the_entry_point_runs_the_workloads_asked_for_and_writes_what_ran(
     store_kind: str, db_url: str, tmp_path: Path
 ) -> None:
     """``python -m bench --quick`` for StackShift on one store, as a user runs it:
-    every cell ends without an error, W4 stores no extra run, and results.json and
-    results.md say what ran and that it was a smoke run. (The benchmark makes
-    schemas of its own on the server of ``db_url``.)"""
+    every cell ends without an error, W4 stores no extra run, results.json and
+    results.md say what ran and that it was a smoke run, and the cells'
+    databases are gone. (The benchmark makes schemas of its own on the server of
+    ``db_url``.)"""
     store = {"sqlite": "sqlite-full", "postgres": "postgres"}[store_kind]
-    out = tmp_path / "out"
+    out, scratch = tmp_path / "out", tmp_path / "tmp"
+    scratch.mkdir()
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--engines", "stackshift", "--stores", store,
          "--workloads", "W1,W4", "--no-install", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env={**os.environ, **({"STACKSHIFT_BENCH_POSTGRES_URL": db_url.partition("?")[0]}
-                              if store == "postgres" else {})},
+        env={**os.environ, "TMPDIR": str(scratch),
+             **({"STACKSHIFT_BENCH_POSTGRES_URL": db_url.partition("?")[0]}
+                if store == "postgres" else {})},
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    assert list(scratch.iterdir()) == []
     data = json.loads((out / "results.json").read_text())
     assert (data["run"]["quick"], data["run"]["repetitions"]) == (True, 1)
     assert (data["run"]["workloads"], data["run"]["stores"]) == (["W1", "W4"], [store])
@@ -201,3 +205,25 @@ def test_the_entry_point_runs_the_workloads_asked_for_and_writes_what_ran(
     for heading in ("## Targets (StackShift)", "### W1: No-op job throughput",
                     "### W4: Duplicate start, same idempotency key"):
         assert heading in text
+
+
+def test_a_cell_that_fails_keeps_its_logs_and_says_where(tmp_path: Path) -> None:
+    """A cell stopped by ``--timeout`` is an error in the results, and its folder
+    (its database and the engine's log) stays where the run says."""
+    out, scratch = tmp_path / "out", tmp_path / "tmp"
+    scratch.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--engines", "stackshift", "--stores",
+         "sqlite-normal", "--workloads", "W1", "--no-install", "--timeout", "1",
+         "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TMPDIR": str(scratch), "COLUMNS": "400"},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    cell = json.loads((out / "results.json").read_text())["cells"][
+        "stackshift/sqlite-normal/W1"]
+    assert cell["errors"] == ["timed out after 1s"], cell
+    [kept] = scratch.iterdir()
+    assert [p.name for p in kept.iterdir()] == ["stackshift-sqlite-normal-W1-r1"]
+    assert (kept / "stackshift-sqlite-normal-W1-r1" / "stderr.log").exists()
+    assert f"The logs of the cells that failed are kept in {kept}" in done.stdout
