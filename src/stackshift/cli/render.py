@@ -198,8 +198,9 @@ def waiting_text(run: Run) -> str:
 
 def _due(future: str, past: str, moment: datetime, now: datetime) -> str:
     """``starts in 4m05s``, ``starts now``; once ``moment`` is more than a second
-    gone and it has not happened (no worker is up to do it), ``start due 2m05s
-    ago``, as the dashboard says."""
+    gone and it has not happened (no worker is up, or none may take the run yet:
+    its queue is full, paused or at a limit), ``start due 2m05s ago``, as the
+    dashboard says."""
     seconds = (moment - now).total_seconds()
     if seconds > 0:
         return f"{future} in {span(seconds)}"

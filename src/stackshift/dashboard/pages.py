@@ -156,8 +156,8 @@ def _search_runs(service: Service, term: str, by: str | None,
 
 def _due_note(to_come: str, gone_by: str, moment: datetime, now: float, shown: str) -> str:
     """``starts at 09:12:00 UTC``; once ``moment`` is more than a second gone by and
-    it has not happened (no worker is up to see to it), ``start due since 09:12:00
-    UTC``."""
+    it has not happened (no worker is up, or none may take the run yet: its queue
+    is full, paused or at a limit), ``start due since 09:12:00 UTC``."""
     lead = to_come if moment.timestamp() > now - 1 else f"{gone_by} due since"
     return f"{lead} {shown} UTC"
 
