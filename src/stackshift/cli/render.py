@@ -196,15 +196,21 @@ def waiting_text(run: Run) -> str:
     return f"sleep {waiting.step} until {when(waiting.until)}"
 
 
-def _due(future: str, past: str, moment: datetime, now: datetime) -> str:
-    """``starts in 4m05s``, ``starts now``; once ``moment`` is more than a second
-    gone and it has not happened (no worker is up, or none may take the run yet:
-    its queue is full, paused or at a limit), ``start due 2m05s ago``, as the
+def due(moment: datetime, now: datetime, to_come: str = "", gone_by: str = "", *,
+        grace: float = 1.0) -> str:
+    """When something is to happen: ``starts in 4m05s`` (``to_come`` first), ``starts
+    now``; once ``moment`` is more than ``grace`` seconds gone and it has not
+    happened (no worker is up, or none may take the run yet: its queue is full,
+    paused or at a limit), ``start due 2m05s ago`` (``gone_by`` first), as the
     dashboard says."""
     seconds = (moment - now).total_seconds()
     if seconds > 0:
-        return f"{future} in {span(seconds)}"
-    return f"{future} now" if seconds > -1 else f"{past} due {span(-seconds)} ago"
+        lead, text = to_come, f"in {span(seconds)}"
+    elif seconds > -grace:
+        lead, text = to_come, "now"
+    else:
+        lead, text = gone_by, f"due {span(-seconds)} ago"
+    return f"{lead} {text}" if lead else text
 
 
 #: What a running run asked to cancel shows beside its status.
@@ -220,20 +226,20 @@ def run_detail_line(run: Run, now: datetime | None = None) -> str:
             key = f" ({waiting.correlation_key})" if waiting.correlation_key else ""
             what = f"for {waiting.event_name}{key}"
             return what if waiting.until is None else (
-                f"{what}, {_due('times out', 'timeout', waiting.until, now)}")
+                f"{what}, {due(waiting.until, now, 'times out', 'timeout')}")
         what = f"sleeping ({waiting.step})"
         return what if waiting.until is None else (
-            f"{what}, {_due('wakes', 'wake-up', waiting.until, now)}")
+            f"{what}, {due(waiting.until, now, 'wakes', 'wake-up')}")
     if run.status == "retrying" and run.error is not None:
         error = f"{run.error.type}: {run.error.message}"
         return error if run.next_attempt_at is None else (
-            f"{error}; {_due('next attempt', 'next attempt', run.next_attempt_at, now)}")
+            f"{error}; {due(run.next_attempt_at, now, 'next attempt', 'next attempt')}")
     if run.error is not None and run.status in ("failed", "cancelled"):
         return f"{run.error.type}: {run.error.message}"
     if run.cancel_requested:
         return CANCEL_REQUESTED
     if run.status == "scheduled" and run.scheduled_at:
-        return _due("starts", "start", run.scheduled_at, now)
+        return due(run.scheduled_at, now, "starts", "start")
     if run.status == "completed":
         return compact_json(run.result, 60)
     return ""

@@ -8,7 +8,6 @@ from typing import Literal
 import click
 from rich.table import Table
 
-from ..durations import span
 from ..errors import ScheduleNotFoundError
 from ..models import Schedule
 from .failures import not_found
@@ -24,6 +23,7 @@ from .render import (
     age,
     compact_json,
     console,
+    due,
     echo_json,
     paused_text,
     status_text,
@@ -39,12 +39,9 @@ _SCHEDULE_FITS: dict[str, Fit] = {"SCHEDULE": "whole", "JOB": "whole", "CRON": "
 
 def next_run_text(next_run_at: datetime | None, now: datetime) -> str:
     """When a schedule's next tick is: ``in 4m05s``; ``due 12.0s ago`` for a tick
-    that has passed and not fired (no worker is up to fire it), as the
-    dashboard says; ``-`` when paused."""
-    if next_run_at is None:
-        return "-"
-    seconds = (next_run_at - now).total_seconds()
-    return f"in {span(seconds)}" if seconds >= 0 else f"due {span(-seconds)} ago"
+    that has passed and not fired (no worker is up to fire it); ``-`` when
+    paused."""
+    return "-" if next_run_at is None else due(next_run_at, now, grace=0)
 
 
 def schedules_table(items: list[Schedule]) -> Table:

@@ -138,6 +138,7 @@ class Dashboard:
             ago=formatting.ago,
             between=formatting.between,
             day_time=formatting.day_time,
+            gone_by=formatting.gone_by,
             percent=formatting.percent,
             plural=plural,
             time_in_run=formatting.time_in_run,

@@ -78,6 +78,13 @@ def ago(moment: datetime | None, now: float, due: bool = False) -> str:
     return f"due {text} ago" if due else f"{text} ago"
 
 
+def gone_by(moment: datetime, now: float) -> bool:
+    """Whether a time something was to happen at is more than a second past: if
+    the thing is still to happen, it is due (no worker is up, or none may take
+    the run yet: its queue is full, paused or at a limit)."""
+    return moment.timestamp() <= now - 1
+
+
 def clock_time(moment: datetime | None) -> str:
     """``2026-01-05 09:00:01.234`` in UTC."""
     if moment is None:

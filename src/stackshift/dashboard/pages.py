@@ -23,7 +23,7 @@ from ..models import LIVE_HEARTBEAT, LogEntry, Page, QueueStats, Run, WorkerInfo
 from ..runlogs import level_number
 from ..service import Service
 from . import waterfall
-from .formatting import chart_times, day_time
+from .formatting import chart_times, day_time, gone_by
 
 STATUSES = [s.value for s in Status]
 #: The order statuses are shown in: what needs attention first.
@@ -154,11 +154,10 @@ def _search_runs(service: Service, term: str, by: str | None,
     return page, "key", term
 
 
-def _due_note(to_come: str, gone_by: str, moment: datetime, now: float, shown: str) -> str:
-    """``starts at 09:12:00 UTC``; once ``moment`` is more than a second gone by and
-    it has not happened (no worker is up, or none may take the run yet: its queue
-    is full, paused or at a limit), ``start due since 09:12:00 UTC``."""
-    lead = to_come if moment.timestamp() > now - 1 else f"{gone_by} due since"
+def _due_note(to_come: str, due: str, moment: datetime, now: float, shown: str) -> str:
+    """``starts at 09:12:00 UTC``; once ``moment`` is :func:`gone_by` and it has not
+    happened, ``start due since 09:12:00 UTC``."""
+    lead = f"{due} due since" if gone_by(moment, now) else to_come
     return f"{lead} {shown} UTC"
 
 
