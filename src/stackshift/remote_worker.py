@@ -408,7 +408,7 @@ class RemoteWorkerStore:
         """Nothing to do here: each write is a request of its own, and the server
         lets concurrent requests share its transactions."""
 
-    def try_lead(self, worker_id: str) -> bool:
+    def try_lead(self, worker_id: str, silence: float = 0.0) -> bool:
         """Never: the server maintains for its remote workers."""
         return False
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from stackshift import StackShift
 from stackshift.store import open_store
+from stackshift.store.database import LEAD_SILENCE
 
 JOB = "fiveEffects"
 
@@ -106,6 +107,8 @@ def main() -> None:
     parser.add_argument("--step-seconds", type=float, default=0.0)
     parser.add_argument("--poll-interval", default="0.5s")
     parser.add_argument("--times", type=int, default=200)
+    parser.add_argument("--silence", type=float, default=LEAD_SILENCE,
+                        help="lead: seconds the lead may go unconfirmed")
     args = parser.parse_args()
     if args.mode in ("starts", "increments"):
         client = StackShift(args.url, migrate=False)
@@ -124,10 +127,10 @@ def main() -> None:
         return
     if args.mode == "lead":
         store = open_store(args.url)
-        while not store.try_lead(f"holder-{os.getpid()}"):
+        while not store.try_lead(f"holder-{os.getpid()}", args.silence):
             time.sleep(0.05)
         print("leading", flush=True)
-        while True:
+        while True:  # and never calls again, like a hung process
             time.sleep(60)
     app = build(args.url, args.effects, args.step_seconds)
     print(f"ready {os.getpid()}", flush=True)

@@ -92,3 +92,52 @@ def test_when_the_leading_process_is_killed_another_rescues_the_lost_runs(
         assert attempts[0].error is not None and attempts[0].error.type == "WorkerLost"
     finally:
         app.close()
+
+
+def test_a_leader_that_hangs_loses_the_lead_and_another_rescues_the_lost_runs(
+        pg_url: str, processes: Processes) -> None:
+    # The holder takes the lead and never calls again: alive, connected, silent,
+    # as a stopped process or a frozen machine would be.
+    app = StackShift(pg_url)
+
+    @app.job("quick")
+    def quick(ctx: Any) -> str:
+        return "done"
+
+    try:
+        holder = processes.spawn("lead", pg_url, "--silence", "3")
+        processes.wait_for(holder, "leading")
+        led_at = time.monotonic()
+        run = app.start("quick")
+        app._service.store.claim_runs("ghost-worker", ["quick"], 1, 0.2, app.clock.now())
+        with app.worker(lease="2s", maintenance_interval="0.05s"):
+            time.sleep(1.0)
+            assert app.runs.get(run.id).status == "running", "the silent leader lost the lead early"
+            done = app.runs.wait(run.id, timeout=15)
+            rescued_after = time.monotonic() - led_at
+        assert done.status == "completed"
+        assert holder.poll() is None, "the holder was meant to stay alive"
+        assert rescued_after >= 3.0, rescued_after
+        attempts = app.runs.attempts(run.id)
+        assert [a.status for a in attempts] == ["failed", "completed"]
+        assert attempts[0].error is not None and attempts[0].error.type == "WorkerLost"
+    finally:
+        app.close()
+
+
+def test_a_leader_that_keeps_calling_keeps_the_lead_past_its_silence(pg_url: str) -> None:
+    stores = [open_store(pg_url) for _ in range(2)]
+    try:
+        stores[0].migrate()
+        assert stores[0].try_lead("worker-0", 1.0)
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            assert stores[0].try_lead("worker-0", 1.0)
+            assert not stores[1].try_lead("worker-1", 1.0)
+            time.sleep(0.3)
+        time.sleep(1.5)  # silent for longer than its silence: the server ends its session
+        assert eventually(lambda: stores[1].try_lead("worker-1", 1.0), 5)
+        assert not stores[0].try_lead("worker-0", 1.0)
+    finally:
+        for store in stores:
+            store.close()

@@ -67,7 +67,7 @@ class Maintainer:
                 return
             try:
                 plan.take_passed(self.service.clock.now())
-                if store.try_lead(self.id) and self.worker.maintain():
+                if store.try_lead(self.id, self.worker.lead_silence) and self.worker.maintain():
                     self.service.notifier.notify()  # waiting claims look again
             except Exception:
                 log.exception("maintenance round failed; retrying")

@@ -12,6 +12,10 @@ from typing import Any, Protocol
 
 Row = Mapping[str, Any]
 
+#: Seconds a maintenance leader may go without calling ``try_lead`` again before
+#: another process may take the lead from it (see :meth:`Database.try_lead`).
+LEAD_SILENCE = 5.0
+
 
 class Tx(Protocol):
     """One open transaction. Queries are referred to by their name in ``sql/``."""
@@ -99,11 +103,13 @@ class Database(Protocol):
         """
         ...
 
-    def try_lead(self, owner: str) -> bool:
+    def try_lead(self, owner: str, silence: float = LEAD_SILENCE) -> bool:
         """Whether ``owner`` may run maintenance now (held until :meth:`resign` or death).
 
         Several processes may call this; at most one of them is told yes at a time
-        where the dialect can share a database between machines.
+        where the dialect can share a database between machines. A leader calls
+        again every maintenance round; one that goes ``silence`` seconds without
+        calling (hung, stopped, cut off) may lose the lead to another process.
         """
         ...
 

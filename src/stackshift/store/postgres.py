@@ -24,6 +24,7 @@ clients) retry or report it.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import re
 import select
@@ -44,8 +45,10 @@ from psycopg_pool import ConnectionPool
 
 from .. import forks
 from ..errors import ValidationError
-from .database import Row
+from .database import LEAD_SILENCE, Row
 from .queries import load_migrations, load_queries
+
+log = logging.getLogger("stackshift.store")
 
 #: The channel every StackShift schema notifies on; the payload names the schema.
 CHANNEL = "stackshift"
@@ -62,7 +65,8 @@ _CONNECT_DEFAULTS = {
     "application_name": "stackshift",
     "connect_timeout": "10",
     # Find a dead peer within about a minute, even on an idle connection; the
-    # leader's connection depends on it to give up leadership on a lost link.
+    # leader's connection depends on it to stop leading on a lost link (the
+    # server, for its part, ends a silent leader's session: see try_lead).
     "keepalives": "1",
     "keepalives_idle": "30",
     "keepalives_interval": "10",
@@ -299,6 +303,7 @@ class PostgresDatabase:
         self._lead_lock = threading.Lock()
         self._leader: PgConnection | None = None
         self._leader_owner: str | None = None
+        self._leader_silence: float | None = None
         self._lead_retry_at = 0.0
 
     def _after_fork(self) -> None:
@@ -536,13 +541,18 @@ class PostgresDatabase:
 
     # -- maintenance election --------------------------------------------------------
 
-    def try_lead(self, owner: str) -> bool:
+    def try_lead(self, owner: str, silence: float = LEAD_SILENCE) -> bool:
         """Whether ``owner`` is (now) the one process that runs maintenance.
 
         Leadership is a session advisory lock held on a dedicated connection:
         when the leading process dies, its connection closes and the server
-        releases the lock, so the next caller anywhere takes over. Within a
-        process only one owner leads.
+        releases the lock, so the next caller anywhere takes over. A leader
+        that stays alive but silent (a hung or stopped process, a frozen
+        machine, a lost network) keeps its connection open: the server ends
+        that session once it has been idle for ``silence`` seconds
+        (``idle_session_timeout``, PostgreSQL 14 and later), which frees the
+        lock too. A leader calls again every maintenance round, each call a
+        statement on that connection. Within a process only one owner leads.
         """
         with self._lead_lock:
             if self._closed or self._leader_owner not in (None, owner):
@@ -552,6 +562,13 @@ class PostgresDatabase:
             try:
                 if self._leader is None:
                     self._leader = self._connect()
+                    self._leader_silence = None
+                if silence != self._leader_silence:
+                    if self._leader.info.server_version >= 140000:
+                        self._leader.execute(
+                            "SELECT set_config('idle_session_timeout', %s, false)",
+                            (str(max(1, math.ceil(silence * 1000))),))
+                    self._leader_silence = silence
                 if self._leader_owner == owner:
                     # Still connected means still holding the lock.
                     self._leader.execute("SELECT 1")
@@ -563,7 +580,10 @@ class PostgresDatabase:
                     self._leader_owner = owner
                     return True
                 return False
-            except psycopg.Error:
+            except psycopg.Error as exc:
+                if self._leader_owner == owner:
+                    log.warning("maintenance: %s lost the lead (%s); another worker can"
+                                " take it over", owner, str(exc).strip() or type(exc).__name__)
                 self._drop_leader()
                 self._lead_retry_at = time.monotonic() + 1.0
                 return False

@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .. import forks
 from ..errors import ValidationError
-from .database import Row, split_statements
+from .database import LEAD_SILENCE, Row, split_statements
 from .queries import load_migrations, load_queries
 
 log = logging.getLogger("stackshift.store")
@@ -331,7 +331,7 @@ class SqliteDatabase:
 
     # -- maintenance election ---------------------------------------------------------
 
-    def try_lead(self, owner: str) -> bool:
+    def try_lead(self, owner: str, silence: float = LEAD_SILENCE) -> bool:
         """Always yes: every maintenance write is conditional and SQLite serialises
         writers, so workers sharing the file can all maintain without harm."""
         return True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .database import Database
+from .database import LEAD_SILENCE, Database
 from .endpoints import EndpointStore
 from .events import EventStore
 from .keys import KeyStore
@@ -37,13 +37,14 @@ class SqlStore(RunStore, EventStore, StateStore, KeyStore, MetricsStore, Overvie
     def changed(self) -> bool:
         return self.db.changed()
 
-    def try_lead(self, worker_id: str) -> bool:
+    def try_lead(self, worker_id: str, silence: float = LEAD_SILENCE) -> bool:
         """Whether ``worker_id`` is the elected maintainer (rescuer, timers, clean-up).
 
         On PostgreSQL one worker across all processes and machines is elected, and
-        another takes over when its process dies; on SQLite every worker is.
+        another takes over when its process dies or it goes ``silence`` seconds
+        without calling again; on SQLite every worker is.
         """
-        return self.db.try_lead(worker_id)
+        return self.db.try_lead(worker_id, silence)
 
     def resign(self, worker_id: str) -> None:
         self.db.resign(worker_id)

@@ -33,6 +33,7 @@ from ..errors import AttemptTimeoutError, ValidationError
 from ..ids import new_id
 from ..jobs import check_name
 from ..store.base import ClaimedRun
+from ..store.database import LEAD_SILENCE
 from .executor import execute_async, execute_sync
 from .invocation import Invocation, say_failed
 
@@ -205,6 +206,9 @@ class Worker:
         self.poll_interval = _positive(poll_interval, "poll_interval")
         self.shutdown_grace = parse_duration(shutdown_grace, name="shutdown_grace")
         self.maintenance_interval = _positive(maintenance_interval, "maintenance_interval")
+        #: Seconds the maintenance leader may go without a round before another
+        #: process may take the lead from it (PostgreSQL; see Database.try_lead).
+        self.lead_silence = max(LEAD_SILENCE, 10 * self.maintenance_interval)
         self.app = app
         self.service = app._service
         self.id = new_id("wkr")
@@ -714,7 +718,7 @@ class Worker:
                 self._enforce_timeouts()
                 # One elected worker maintains for everyone (on PostgreSQL: one
                 # across all processes; another takes over when its process dies).
-                if store.try_lead(self.id):
+                if store.try_lead(self.id, self.lead_silence):
                     if self.maintain() and self._free_slots() > 0:
                         self._wake.set()
                 elif passed and self._free_slots() > 0:
