@@ -612,8 +612,12 @@ class Service(FlowControl):
 
     def create_api_key(self, name: str) -> tuple[ApiKey, str]:
         """A new key named ``name``: ``(listing, key)``. The key is not stored, only its hash."""
-        if not isinstance(name, str) or not name.strip() or len(name) > 200:
-            raise ValidationError(f"key name must be 1-200 characters, got {name!r}")
+        if not isinstance(name, str):
+            raise ValidationError(f"key name must be text, got {type(name).__name__}")
+        if not name.strip():
+            raise ValidationError(f"key name must not be blank, got {name!r}")
+        if len(name) > 200:
+            raise ValidationError(f"key name must be 1-200 characters, got {len(name):,}")
         secret = API_KEY_PREFIX + secrets.token_urlsafe(32)
         listed = self.store.insert_api_key(new_id("key"), name.strip(), secret[:API_KEY_SHOWN],
                                            hash_api_key(secret), self.clock.now())

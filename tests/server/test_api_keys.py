@@ -89,8 +89,14 @@ def test_keys_cli(db_url: str) -> None:
 
     unknown = runner.invoke(keys, ["revoke", "key_nope", "--database-url", db_url])
     assert unknown.exit_code == 3 and "no API key" in unknown.stderr
-    nameless = runner.invoke(keys, ["create", "--name", " ", "--database-url", db_url])
+    nameless = runner.invoke(keys, ["create", "--name", "   ", "--database-url", db_url])
     assert nameless.exit_code == 2
+    assert "key name must not be blank, got '   '" in nameless.stderr
+    too_long = runner.invoke(keys, ["create", "--name", "k" * 201, "--database-url", db_url])
+    assert too_long.exit_code == 2
+    assert "key name must be 1-200 characters, got 201" in too_long.stderr
+    assert [k["name"] for k in json.loads(
+        runner.invoke(keys, ["list", "--json", "--database-url", db_url]).stdout)] == ["billing"]
 
 
 def test_keys_and_endpoints_refuse_a_server_url_in_place_of_the_database(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -217,11 +217,26 @@ def test_malformed_json_is_400(http: httpx.Client, method: str, path: str, body:
     assert_error(response, 400, "malformed_json")
 
 
-def test_a_body_that_is_not_utf8_is_400_and_says_so(http: httpx.Client) -> None:
-    response = http.post("/v1/runs", content=b'{"job": "\x80"}',
-                         headers={"content-type": "application/json"})
+@pytest.mark.parametrize("body", [
+    b'{"job": "\x80"}',
+    # Valid JSON in another Unicode encoding is not UTF-8 either: not read, nothing started.
+    *('{"job": "utf16job", "payload": "\u00e9"}'.encode(codec)
+      for codec in ("utf-16", "utf-16-le", "utf-16-be", "utf-32")),
+])
+def test_a_body_that_is_not_utf8_is_400_and_says_so(http: httpx.Client, body: bytes) -> None:
+    response = http.post("/v1/runs", content=body, headers={"content-type": "application/json"})
     error = assert_error(response, 400, "malformed_json")
     assert error["message"] == "the request body is not UTF-8 text"
+    assert http.get("/v1/runs", params={"job": "utf16job"}).json()["items"] == []
+
+
+def test_a_utf8_body_may_start_with_a_byte_order_mark(
+        http: httpx.Client, unique: Callable[[str], str]) -> None:
+    job = unique("bom")
+    response = http.post("/v1/runs", content=b"\xef\xbb\xbf" + json.dumps({"job": job}).encode(),
+                         headers={"content-type": "application/json"})
+    assert response.status_code == 201, response.text
+    assert response.json()["job"] == job
 
 
 @pytest.mark.parametrize(("method", "path", "body"), [
@@ -337,6 +352,19 @@ def test_a_blank_lock_holder_is_422_and_the_lock_is_not_taken(
                                    "createdAfter=yesterday", "createdAfter=2026-01-01T00:00:00"])
 def test_bad_list_queries_are_422(http: httpx.Client, query: str) -> None:
     assert_error(http.get(f"/v1/runs?{query}"), 422, "validation_error")
+
+
+@pytest.mark.parametrize("typed", ["1.0", "1_0", "%205", "%2B5", "1e1", "0x10", "", "\uff15"])
+@pytest.mark.parametrize("path", ["/v1/runs?limit=", "/v1/state?limit=", "/v1/events?limit=",
+                                  "/v1/runs/run_x/logs?after=", "/v1/runs/run_x/logs?last="])
+def test_a_whole_number_in_a_query_is_digits_only(http: httpx.Client, path: str,
+                                                   typed: str) -> None:
+    """``int()`` would read ``1_0`` as 10 and `` 5`` as 5; the API takes digits (and a
+    minus sign), so that a typo is refused, not read as another number."""
+    name = path.split("?")[1].removesuffix("=")
+    shown = typed.replace("%20", " ").replace("%2B", "+")
+    error = assert_error(http.get(path + typed), 422, "validation_error")
+    assert error["message"] == f"{name}: must be a whole number written in digits, got {shown!r}"
 
 
 def test_a_time_whose_plus_was_left_unescaped_in_the_query_is_422_saying_so(

@@ -30,7 +30,10 @@ class JsonBodyRequest(Request):
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            self._json = json.loads(await self.body(), object_pairs_hook=unique_keys)
+            # UTF-8 only (a leading byte order mark is allowed): json.loads would
+            # take UTF-16 and UTF-32 bytes as well, which JSON over HTTP is not.
+            text = (await self.body()).decode("utf-8-sig")
+            self._json = json.loads(text, object_pairs_hook=unique_keys)
         return self._json
 
 

@@ -7,13 +7,14 @@ turned into responses by :mod:`stackshift.server.errors`.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Annotated, Any, cast
 
 import anyio
 import anyio.to_thread
 from fastapi import APIRouter, Path, Query, Request, Response
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BeforeValidator
 from starlette.convertors import Convertor, register_url_convertor
 
 from ..checks import MAX_LOG_PAGE
@@ -38,6 +39,21 @@ def _wait_timeout(value: float) -> float:
                          f"got {value:g}")
     return value
 
+
+_WHOLE = re.compile(r"-?[0-9]+")
+
+
+def _whole_number(value: object) -> object:
+    """A query string's whole number: digits, with a minus sign for a negative one;
+    not ``1.0``, ``1_0``, ``+5`` or `` 5``, which Python's ``int()`` would also read."""
+    if isinstance(value, str) and not _WHOLE.fullmatch(value):
+        raise ValueError(f"must be a whole number written in digits, got {value!r}")
+    return value
+
+
+#: Follows the ``Query(...)`` of a whole-number query parameter (after it, so that
+#: the API document keeps the bounds the ``Query`` sets).
+DIGITS_ONLY = BeforeValidator(_whole_number)
 
 WaitTimeout = Annotated[float, AfterValidator(_wait_timeout), Query(
     description="Seconds to wait at most.",
@@ -65,7 +81,7 @@ CONFLICT: dict[int | str, dict[str, Any]] = {
 router = APIRouter(prefix="/v1", responses=ERRORS, route_class=JsonBodyRoute)
 
 RunId = Annotated[str, Path(description="A run id (`run_...`).")]
-Limit = Annotated[int, Query(ge=1, le=1000, description="Page size.")]
+Limit = Annotated[int, Query(ge=1, le=1000, description="Page size."), DIGITS_ONLY]
 #: The job filter of a list of runs: a value no job name can be (``?job=``) is 422.
 JobFilter = Annotated[str | None, Query(
     description="Only runs of this job; a value that is not a job name (empty, blank) is 422.")]
@@ -221,15 +237,15 @@ def run_timeline(run_id: RunId, request: Request) -> s.TimelineList:
 @router.get("/runs/{run_id}/logs", responses=NOT_FOUND, tags=["runs"])
 def run_logs(run_id: RunId, request: Request, after: Annotated[int | None, Query(
         ge=0, lt=2 ** 63, description="Only the records logged after the one with this id"
-        " (the last one read), to follow a running run.")] = None,
+        " (the last one read), to follow a running run."), DIGITS_ONLY] = None,
         limit: Annotated[int | None, Query(
             ge=1, le=MAX_LOG_PAGE, description="At most this many records, the first"
             " ones after `after`: a long log is read in pages, each `after` the last"
             " record's id of the page before, until a page comes back shorter. Without"
-            " it, every record in one answer.")] = None,
+            " it, every record in one answer."), DIGITS_ONLY] = None,
         last: Annotated[int | None, Query(
             ge=1, le=MAX_LOG_PAGE, description="Only the latest this many records (oldest"
-            " first), without `after` or `limit`.")] = None) -> s.LogList:
+            " first), without `after` or `limit`."), DIGITS_ONLY] = None) -> s.LogList:
     items = service_of(request).logs(run_id, after, limit, last)
     return s.LogList(items=[s.LogEntry.of(e) for e in items])
 
