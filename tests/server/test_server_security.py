@@ -385,21 +385,22 @@ def test_a_time_whose_plus_was_left_unescaped_in_the_query_is_422_saying_so(
 
 
 @pytest.mark.parametrize(("path", "message"), [
-    ("/v1/runs?job=", f"job name '' {NAME_HINT}"),
-    ("/v1/runs?job=%20", f"job name ' ' {NAME_HINT}"),
-    ("/v1/runs?queueName=", f"queue name '' {NAME_HINT}"),
-    ("/v1/runs?queueName=a%20b&status=failed", f"queue name 'a b' {NAME_HINT}"),
+    ("/v1/runs?job=", f"job: job name '' {NAME_HINT}"),
+    ("/v1/runs?job=%20", f"job: job name ' ' {NAME_HINT}"),
+    ("/v1/runs?queueName=", f"queueName: queue name '' {NAME_HINT}"),
+    ("/v1/runs?queueName=a%20b&status=failed", f"queueName: queue name 'a b' {NAME_HINT}"),
     ("/v1/runs?idempotencyKey=", "idempotencyKey must be a non-empty string, got ''"),
     ("/v1/runs?correlationKey=", "correlationKey must be a non-empty string, got ''"),
     ("/v1/runs?search=", "search must be a non-empty string, got ''"),
-    ("/v1/events?name=", f"event name '' {NAME_HINT}"),
+    ("/v1/events?name=", f"name: event name '' {NAME_HINT}"),
     ("/v1/events?correlationKey=", "correlationKey must be a non-empty string, got ''"),
-    ("/v1/queues/filtered/dead-letters?job=", f"job name '' {NAME_HINT}"),
+    ("/v1/queues/filtered/dead-letters?job=", f"job: job name '' {NAME_HINT}"),
 ])
 def test_a_list_filter_no_run_or_event_can_have_is_422(
         http: httpx.Client, path: str, message: str) -> None:
     """``?job=`` is a filter sent empty: refused as the SDK refuses it, not answered
-    with an empty list while runs and events exist."""
+    with an empty list while runs and events exist; the message names the query
+    parameter, as it names a body's field."""
     assert http.post("/v1/runs", json={"job": "filtered", "queueName": "filtered",
                                        "idempotencyKey": "filtered"}).status_code in (200, 201)
     assert http.post("/v1/events", json={"name": "filtered"}).status_code in (200, 201)

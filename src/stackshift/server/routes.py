@@ -25,7 +25,7 @@ from ..settings import LONGEST_KEY
 from . import schemas as s
 from .bodies import JsonBodyRoute
 from .errors import ApiError
-from .schemas import ErrorResponse
+from .schemas import NAME_PATTERN, ErrorResponse
 
 #: Longest single long-poll of ``GET /v1/runs/{id}/wait``; clients poll again.
 MAX_WAIT_SECONDS = 60.0
@@ -84,6 +84,7 @@ RunId = Annotated[str, Path(description="A run id (`run_...`).")]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Page size."), DIGITS_ONLY]
 #: The job filter of a list of runs: a value no job name can be (``?job=``) is 422.
 JobFilter = Annotated[str | None, Query(
+    pattern=NAME_PATTERN,
     description="Only runs of this job; a value that is not a job name (empty, blank) is 422.")]
 #: The end of a key filter's description: an empty key, which no run or event has.
 NOT_EMPTY = "; empty is 422 (leave it out for no filter)."
@@ -156,8 +157,9 @@ def list_runs(
     status: Status | None = None,
     job: JobFilter = None,
     queue_name: Annotated[str | None, Query(
-        alias="queueName", description="Only runs on this queue; a value that is not a queue "
-                                       "name (empty, blank) is 422.")] = None,
+        alias="queueName", pattern=NAME_PATTERN,
+        description="Only runs on this queue; a value that is not a queue name (empty, blank)"
+                    " is 422.")] = None,
     idempotency_key: Annotated[str | None, Query(
         alias="idempotencyKey", description="The run started with this key" + NOT_EMPTY)] = None,
     correlation_key: Annotated[str | None, Query(
@@ -290,6 +292,7 @@ def send_event(body: s.SendEvent, request: Request, response: Response) -> s.Sen
 def list_events(
     request: Request,
     name: Annotated[str | None, Query(
+        pattern=NAME_PATTERN,
         description="Only events with this name; a value that is not an event name (empty, "
                     "blank) is 422.")] = None,
     correlation_key: Annotated[str | None, Query(
