@@ -441,8 +441,10 @@ def check_own_schedule_id(value: object) -> str:
 
 
 def check_schedule_id(value: object) -> str:
-    if not isinstance(value, str) or not value or len(value) > 300:
+    if not isinstance(value, str) or not value:
         raise ValidationError(f"schedule id must be a non-empty string, got {value!r}")
+    if len(value) > 300:
+        raise ValidationError(f"schedule id is {len(value):,} characters, over the limit of 300")
     return value
 
 

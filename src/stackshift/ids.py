@@ -9,6 +9,7 @@ import threading
 import time
 
 from .errors import ValidationError
+from .wording import quoted
 
 _lock = threading.Lock()
 _last = (0, 0)  # (milliseconds, random part) of the last id made in this process
@@ -60,7 +61,7 @@ def check_cursor(cursor: str | None, prefix: str) -> str | None:
     if cursor is not None and not (isinstance(cursor, str) and _ID.fullmatch(cursor)
                                    and cursor.startswith(prefix + "_")):
         article = "an" if prefix[0] in "aeiou" else "a"  # an evt_... id, a run_... id
-        raise ValidationError(f"cursor {cursor!r} is not one a list returned"
+        raise ValidationError(f"cursor {quoted(cursor)} is not one a list returned"
                               f" ({article} {prefix}_... id)")
     return cursor
 
@@ -81,6 +82,6 @@ def check_failure_cursor(cursor: str | None) -> tuple[float, str] | None:
     except ValueError:
         finished_at = math.nan
     if not (math.isfinite(finished_at) and _ID.fullmatch(run_id) and run_id.startswith("run_")):
-        raise ValidationError(f"cursor {cursor!r} is not one a list of dead letters returned"
+        raise ValidationError(f"cursor {quoted(cursor)} is not one a list of dead letters returned"
                               " (a failure time and a run_... id)")
     return finished_at, run_id

@@ -17,6 +17,7 @@ from .engine.cron import check_overlap, check_timezone, parse_cron
 from .engine.limits import check_concurrency
 from .engine.retries import Backoff
 from .errors import ValidationError
+from .wording import quoted
 
 NAME = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
 
@@ -31,7 +32,7 @@ def check_name(value: object, what: str) -> str:
         raise ValidationError(f"{what} must be a string, got the function {called}{hint}")
     if not isinstance(value, str) or not NAME.fullmatch(value):
         raise ValidationError(
-            f"{what} {value!r} is invalid: use 1-200 letters, digits, '.', '_', ':' or '-'"
+            f"{what} {quoted(value)} is invalid: use 1-200 letters, digits, '.', '_', ':' or '-'"
         )
     return value
 

@@ -35,6 +35,7 @@ from .server import flow_schemas as f
 from .server import schemas as wire
 from .settings import Settings
 from .store.queues import KEEP
+from .wording import quoted
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -72,7 +73,7 @@ def _queue_path(name: object) -> str:
 def _schedule_path(schedule_id: object) -> str:
     schedule_id = check_schedule_id(schedule_id)  # the embedded service's error for a non-id
     if schedule_id in (".", "..") or "/" in schedule_id:
-        raise ScheduleNotFoundError(f"no schedule with id {schedule_id!r}")
+        raise ScheduleNotFoundError(f"no schedule with id {quoted(schedule_id)}")
     return "/v1/schedules/" + quote(schedule_id, safe="")
 
 

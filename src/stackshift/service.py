@@ -69,6 +69,7 @@ from .signing import new_secret
 from .state import lock_ttl
 from .store import SqlStore
 from .store.base import NewRun, RunFilter
+from .wording import quoted
 
 #: API keys look like ``ssk_`` + 43 URL-safe characters (256 random bits); the
 #: first characters are kept in clear as the key's listed prefix.
@@ -464,7 +465,7 @@ class Service(FlowControl):
         found = (None if unknowable_id(event_id)
                  else self.store.get_event(event_id, self.clock.now()))
         if found is None:
-            raise EventNotFoundError(f"no event with id {event_id!r}")
+            raise EventNotFoundError(f"no event with id {quoted(event_id)}")
         return found[0]
 
     def list_events(
@@ -633,7 +634,7 @@ class Service(FlowControl):
         check_key(key, "key id", 200)
         found = self.store.revoke_api_key(key, self.clock.now())
         if found is None:
-            raise ApiKeyNotFoundError(f"no API key with id or prefix {key!r}")
+            raise ApiKeyNotFoundError(f"no API key with id or prefix {quoted(key)}")
         revoked, now = found
         if not now:
             assert revoked.revoked_at is not None
@@ -709,7 +710,7 @@ class Service(FlowControl):
         check_key(endpoint_id, "endpoint id", 200)
         removed = self.store.delete_endpoint(endpoint_id)
         if removed is None:
-            raise EndpointNotFoundError(f"no endpoint with id {endpoint_id!r}")
+            raise EndpointNotFoundError(f"no endpoint with id {quoted(endpoint_id)}")
         return removed
 
     def accept_push_delivery(self, delivery_id: str, run_id: str, attempt: int) -> bool:

@@ -16,6 +16,7 @@ from ..errors import (
 from ..ids import new_id, unknowable_id
 from ..models import Attempt, LogEntry, Page, Run, Step, TimelineEntry
 from ..serialization import digest, dumps, loads, same_numbers
+from ..wording import quoted
 from . import rows
 from .base import NewRun, RunFilter
 from .database import Database, Row, Tx
@@ -98,7 +99,7 @@ def load_run(tx: Tx, run_id: str, *, lock: bool = False) -> Row:
     row = (None if unknowable_id(run_id)
            else tx.one("lock_run" if lock else "get_run", id=run_id))
     if row is None:
-        raise RunNotFoundError(f"no run with id {run_id!r}")
+        raise RunNotFoundError(f"no run with id {quoted(run_id)}")
     return row
 
 

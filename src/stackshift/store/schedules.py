@@ -34,6 +34,7 @@ from ..errors import IdempotencyConflictError, ScheduleNotFoundError, StackShift
 from ..ids import new_id, unknowable_id
 from ..models import RunError, Schedule
 from ..serialization import dumps, loads
+from ..wording import quoted
 from .base import NewRun
 from .database import Database, Row, Tx
 from .runs import add_timeline, insert_run
@@ -80,7 +81,7 @@ def schedule(row: Row) -> Schedule:
 def _detail(tx: Tx, schedule_id: str) -> Schedule:
     row = tx.one("get_schedule_detail", id=schedule_id)
     if row is None:
-        raise ScheduleNotFoundError(f"no schedule with id {schedule_id!r}")
+        raise ScheduleNotFoundError(f"no schedule with id {quoted(schedule_id)}")
     return schedule(row)
 
 
@@ -123,7 +124,7 @@ class ScheduleStore:
 
     def get_schedule(self, schedule_id: str) -> Schedule:
         if unknowable_id(schedule_id):
-            raise ScheduleNotFoundError(f"no schedule with id {schedule_id!r}")
+            raise ScheduleNotFoundError(f"no schedule with id {quoted(schedule_id)}")
         with self.db.read() as tx:
             return _detail(tx, schedule_id)
 
@@ -134,11 +135,11 @@ class ScheduleStore:
     def set_schedule_paused(self, schedule_id: str, paused: bool, now: float) -> Schedule:
         """Pause, or resume from now on (ticks that passed while paused are skipped)."""
         if unknowable_id(schedule_id):
-            raise ScheduleNotFoundError(f"no schedule with id {schedule_id!r}")
+            raise ScheduleNotFoundError(f"no schedule with id {quoted(schedule_id)}")
         with self.db.write() as tx:
             row = tx.one("lock_schedule", id=schedule_id)
             if row is None:
-                raise ScheduleNotFoundError(f"no schedule with id {schedule_id!r}")
+                raise ScheduleNotFoundError(f"no schedule with id {quoted(schedule_id)}")
             next_at = row["next_run_at"]
             if not paused and row["paused"]:
                 next_at = parse_cron(row["cron"], row["timezone"]).next_after(now)
