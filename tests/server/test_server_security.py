@@ -408,6 +408,24 @@ def test_a_list_filter_no_run_or_event_can_have_is_422(
     assert error["message"] == message
 
 
+@pytest.mark.parametrize(("method", "path", "body", "status", "said"), [
+    ("GET", "/v1/runs?cursor=" + "x" * 10_000, None, 422, "cursor 'xxx"),
+    ("GET", "/v1/runs/run_" + "a" * 5_000, None, 404, "no run with id 'run_aaa"),
+    ("GET", "/v1/events/evt_" + "a" * 5_000, None, 404, "no event with id 'evt_aaa"),
+    ("GET", "/v1/schedules/sch_" + "a" * 290, None, 404, "no schedule with id 'sch_aaa"),
+    ("POST", "/v1/runs", {"job": "bad name" * 1_000}, 422, "job: job name 'bad namebad"),
+])
+def test_an_error_quotes_a_long_input_in_part_with_its_length(
+        http: httpx.Client, method: str, path: str, body: Any, status: int, said: str) -> None:
+    response = http.request(method, path, json=body)
+    assert response.status_code == status, response.text
+    message = response.json()["error"]["message"]
+    assert message.startswith(said), message
+    assert len(message) < 300, message
+    length = len(body["job"]) if body else len(path.rpartition("/")[2].rpartition("=")[2])
+    assert f"… ({length:,} characters)" in message
+
+
 @pytest.mark.parametrize("body", [{"job": ""}, {"job": " "}, {"queueName": ""}])
 def test_a_bulk_retry_by_a_filter_nothing_can_have_is_422_and_retries_nothing(
         http: httpx.Client, body: dict[str, str]) -> None:
@@ -685,6 +703,44 @@ def test_a_result_that_is_not_json_is_422_and_the_run_stays_readable(
         "lease": lease, "outcome": {"status": "completed", "result": '{"ok": true}'}})
     assert done.status_code == 200, done.text
     assert http.get(f"/v1/runs/{run['id']}").json()["result"] == {"ok": True}
+
+
+def test_a_completed_step_keeps_its_result_whatever_a_worker_sends_again(
+        http: httpx.Client, unique: Any) -> None:
+    job = unique("steady")
+    run = http.post("/v1/runs", json={"job": job}).json()
+    claimed = claim_one(http, job)
+    lease = {"runId": run["id"], "workerId": "wkr_sec",
+             "attempt": claimed.json()["items"][0]["attempt"]}
+
+    def save(step: dict[str, Any]) -> None:
+        answer = http.post("/v1/worker/steps", json={"lease": lease, "step": {
+            "key": "a", "name": "a", "kind": "run", "startedAt": 1.0, "finishedAt": 2.0,
+            **step}, "leaseSeconds": 30})
+        assert answer.status_code == 200, answer.text
+
+    save({"status": "failed", "error": {"type": "Boom", "message": "boom"}})
+    save({"status": "completed", "result": "1"})  # a failed step is replaced
+    save({"status": "completed", "result": "2"})  # a completed one is not
+    save({"status": "waiting"})
+    steps = http.get(f"/v1/runs/{run['id']}/steps").json()["items"]
+    assert [(s["key"], s["status"], s["result"]) for s in steps] == [("a", "completed", 1)]
+    timeline = http.get(f"/v1/runs/{run['id']}/timeline").json()["items"]
+    assert [t["kind"] for t in timeline if t["step"] == "a"] == ["step.failed", "step.completed"]
+
+
+@pytest.mark.parametrize("status", ["failed", "retrying"])
+def test_a_failed_ending_without_its_error_is_422_and_the_run_goes_on(
+        http: httpx.Client, unique: Any, status: str) -> None:
+    job = unique("errorless")
+    run = http.post("/v1/runs", json={"job": job}).json()
+    claimed = claim_one(http, job)
+    lease = {"runId": run["id"], "workerId": "wkr_sec",
+             "attempt": claimed.json()["items"][0]["attempt"]}
+    error = assert_error(http.post("/v1/worker/finish", json={
+        "lease": lease, "outcome": {"status": status, "retryAt": 4e9}}), 422, "validation_error")
+    assert f"error is required when status is {status}" in error["message"]
+    assert http.get(f"/v1/runs/{run['id']}").json()["status"] == "running"
 
 
 def test_runs_started_over_http_get_the_defaults_the_jobs_workers_recorded(

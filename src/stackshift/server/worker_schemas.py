@@ -243,6 +243,10 @@ class OutcomeBody(Body):
     def _retry_has_a_time(self) -> OutcomeBody:
         if self.status == "retrying" and self.retry_at is None:
             raise ValueError("retryAt is required when status is retrying")
+        if self.status in ("failed", "retrying") and self.error is None:
+            # A run that failed says why: the error the run, its attempt and the
+            # dashboard show.
+            raise ValueError(f"error is required when status is {self.status}")
         return self
 
     def to_outcome(self) -> Outcome:

@@ -152,8 +152,10 @@ def _save_steps(tx: Tx, saves: list[Any]) -> list[int | None]:
     return cancels
 
 
-def write_step(tx: Tx, run_id: str, attempt: int, step: StepWrite) -> None:
-    tx.run(
+def write_step(tx: Tx, run_id: str, attempt: int, step: StepWrite) -> bool:
+    """Record ``step``; ``False`` when its key is a step completed already, whose
+    result stays as it is (nothing is written)."""
+    return tx.run(
         "upsert_step",
         run_id=run_id,
         key=step.key,
@@ -166,7 +168,7 @@ def write_step(tx: Tx, run_id: str, attempt: int, step: StepWrite) -> None:
         attempt=attempt,
         started_at=step.started_at,
         finished_at=step.finished_at,
-    )
+    ) > 0
 
 
 def renew(tx: Tx, lease: Lease, now: float, lease_seconds: float) -> bool:
@@ -451,7 +453,9 @@ class ExecutionStore:
 
         def work(tx: Tx) -> bool:
             cancel = renew(tx, lease, now, lease_seconds)
-            write_step(tx, lease.run_id, lease.attempt, step)
+            if not write_step(tx, lease.run_id, lease.attempt, step):
+                write_logs(tx, lease.run_id, logs)
+                return cancel
             add_timeline(
                 tx,
                 lease.run_id,

@@ -304,7 +304,7 @@ RETURNING r.id, r.cancel_requested;
 
 -- name: save_many_recorded
 -- Step checkpoints: renew_lease, then upsert_step and the step's timeline
--- entry. Returns (ord: the element's place) each kept checkpoint's
+-- entry (none for a checkpoint of a step completed already, which is kept). Returns (ord: the element's place) each kept checkpoint's
 -- cancel_requested; a checkpoint whose lease was lost is left out, and nothing
 -- of it is written.
 WITH input AS (
@@ -337,9 +337,12 @@ WITH input AS (
             status = excluded.status, result = excluded.result, error = excluded.error,
             attempt = excluded.attempt, started_at = excluded.started_at,
             finished_at = excluded.finished_at
+        WHERE steps.status <> 'completed'
+    RETURNING run_id, key
 ), noted AS (
     INSERT INTO timeline (run_id, at, kind, attempt, step, data)
-    SELECT run_id, started_at, timeline_kind, attempt, key, data FROM kept ORDER BY ord
+    SELECT k.run_id, k.started_at, k.timeline_kind, k.attempt, k.key, k.data
+    FROM kept k JOIN saved s ON s.run_id = k.run_id AND s.key = k.key ORDER BY k.ord
 )
 SELECT ord, cancel_requested FROM kept;
 

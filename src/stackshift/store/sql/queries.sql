@@ -79,6 +79,8 @@ WHERE id = :id AND lease_owner = :worker_id AND attempt = :attempt AND status = 
 RETURNING cancel_requested;
 
 -- name: upsert_step
+-- A failed or waiting step is replaced by its next checkpoint; a completed one
+-- keeps its result for good (the checkpoint changes nothing: 0 rows).
 INSERT INTO steps (run_id, key, name, kind, function, status, result, error, attempt,
                    started_at, finished_at)
 VALUES (:run_id, :key, :name, :kind, :function, :status, :result, :error, :attempt,
@@ -87,7 +89,8 @@ ON CONFLICT (run_id, key) DO UPDATE
     SET name = excluded.name, kind = excluded.kind, function = excluded.function,
         status = excluded.status, result = excluded.result, error = excluded.error,
         attempt = excluded.attempt, started_at = excluded.started_at,
-        finished_at = excluded.finished_at;
+        finished_at = excluded.finished_at
+    WHERE steps.status <> 'completed';
 
 -- name: finish_leased_run
 -- Ends the current attempt of a leased run. Only the lease owner can do it.
