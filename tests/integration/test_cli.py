@@ -1727,6 +1727,43 @@ def test_tables_show_users_text_as_it_is(db_url: str, app: StackShift) -> None:
     assert f'Run {done.id} completed: "[red]x[/]"' in waited.stdout, waited.stdout
 
 
+def test_ctrl_c_on_a_wait_exits_130_not_as_a_failed_run(db_url: str, app: StackShift) -> None:
+    run = app.start("neverTaken")  # no worker: the wait goes on until interrupted
+    for args in (["runs", "wait", run.id], ["runs", "logs", run.id, "--follow"]):
+        process = subprocess.Popen([*STACKSHIFT, *args], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, env=_env(db_url))
+        time.sleep(2.0)  # well into the wait
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+        assert process.returncode == 130, (args, out, err)
+        assert "Traceback" not in err and "Aborted" not in err, (args, err)
+    assert app.runs.get(run.id).status == "queued"
+
+
+def test_the_line_a_wait_ends_with_gives_the_whole_result(db_url: str, app: StackShift) -> None:
+    """A list's cell previews a result; the end of a wait is where a script or a
+    user reads it, so it is whole, however long (up to 10,000 characters)."""
+    @app.job("longResult")
+    def long_result(ctx: Any) -> dict[str, Any]:
+        return {"text": ctx.payload["text"], "end": "here"}
+
+    text = "a fairly long sentence the job hands back to whoever waits for it " * 3
+    done = app.start("longResult", {"text": text})
+    huge = app.start("longResult", {"text": "x" * 20_000})
+    run_until_idle(app)
+    waited = cli(db_url, "runs", "wait", done.id)
+    assert waited.returncode == 0, waited.stderr
+    assert waited.stdout.strip() == (
+        f'Run {done.id} completed: {{"end": "here", "text": "{text}"}}'), waited.stdout
+    waited = cli(db_url, "runs", "wait", huge.id)
+    assert waited.returncode == 0, waited.stderr
+    shown = waited.stdout.strip()
+    assert shown.startswith(f'Run {huge.id} completed: {{"end": "here", "text": "xxx'), shown[:200]
+    whole = len(json.dumps({"end": "here", "text": "x" * 20_000}))
+    assert shown.endswith(f"… ({whole - 10_000:,} characters more: stackshift runs show"
+                          f" {huge.id} --json gives it whole)"), shown[-200:]
+
+
 def test_escape_sequences_in_logs_and_errors_are_shown_not_obeyed(
     db_url: str, app: StackShift
 ) -> None:
@@ -2443,19 +2480,45 @@ def test_a_terminal_too_narrow_for_the_ids_gets_them_whole_not_cut(db_url: str) 
     terminal wraps the line) rather than have the id cut at the edge."""
     state_key = "imports:customer-0000000042:progress:phase-two:batch-000017"
     assert cli(db_url, "state", "set", state_key, '{"done": 17}').returncode == 0
+    code, text = _output_on_terminal(db_url, 40, "state", "list")
+    assert code == 0, text
+    header, rows = _header_and_rows(text)
+    assert header.split() == ["KEY", "VALUE", "EXPIRES"], text
+    assert any(state_key in row for row in rows), text
+
+
+def _output_on_terminal(db_url: str, columns: int, *args: str) -> tuple[int, str]:
+    """Run ``stackshift ARGS`` with its output on a pseudo-terminal ``columns``
+    wide; its exit code and the text shown (colours left out, lines ending in
+    ``\\n``: a line break the program wrote, not the terminal's own wrapping)."""
     controller, terminal = pty.openpty()
-    env = {**_env(db_url), "TERM": "xterm-256color", "COLUMNS": "40"}
-    process = subprocess.Popen([*STACKSHIFT, "state", "list"], stdout=terminal,
+    env = {**_env(db_url), "TERM": "xterm-256color", "COLUMNS": str(columns)}
+    process = subprocess.Popen([*STACKSHIFT, *args], stdout=terminal,
                                stderr=subprocess.STDOUT, env=env)
     os.close(terminal)
     shown = bytearray()
     read_terminal(controller, shown)
     os.close(controller)
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode(errors="replace"))
-    assert process.wait(timeout=60) == 0, text
-    header, rows = _header_and_rows(text.replace("\r\n", "\n"))
-    assert header.split() == ["KEY", "VALUE", "EXPIRES"], text
-    assert any(state_key in row for row in rows), text
+    return process.wait(timeout=60), text.replace("\r\n", "\n")
+
+
+def test_the_next_page_command_is_one_line_on_a_narrow_terminal(
+        db_url: str, app: StackShift) -> None:
+    """Copied from an 80-column terminal, the command runs as printed: the
+    program writes no line break into it (the terminal wraps it as it shows it)."""
+    for n in range(3):
+        app.start("narrowPagesOfAVeryLongJobName", {"n": n})
+    args = ["runs", "list", "--limit", "1", "--job", "narrowPagesOfAVeryLongJobName",
+            "--status", "queued"]
+    code, text = _output_on_terminal(db_url, 80, *args)
+    assert code == 0, text
+    [hint] = [line for line in text.splitlines() if line.startswith("More: ")]
+    assert len(hint) > 80, hint
+    words = shlex.split(hint.removeprefix("More: stackshift "))
+    assert "--cursor" in words and words[words.index("--cursor") + 1].startswith("run_"), hint
+    second = cli(db_url, *words[words.index("runs"):])
+    assert second.returncode == 0, second.stderr
 
 
 RETRIED_ONCE_APP = """

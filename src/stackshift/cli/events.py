@@ -9,9 +9,9 @@ from .options import (
     hidden_alias,
     json_option,
     list_filter,
-    next_page_command,
     open_client,
     parse_json_argument,
+    say_next_page,
 )
 from .render import console, echo_json, event_detail, events_table
 
@@ -98,7 +98,7 @@ def list_events(
         return
     out.print(events_table(page.items))
     if page.next_cursor:
-        out.print(f"More: {next_page_command(page.next_cursor)}", style="dim", markup=False)
+        say_next_page(out, page.next_cursor)
 
 
 @events.command("get")

@@ -35,6 +35,10 @@ class _Commands(click.Group):
             raise
         except (click.ClickException, click.exceptions.Exit, click.Abort, BrokenPipeError):
             raise  # click reports these itself (a closed pipe ends quietly)
+        except KeyboardInterrupt:
+            # Ctrl-C on a wait or a follow: 130 (128 + SIGINT), as a shell reports
+            # it, not 1, which says the run failed.
+            raise click.exceptions.Exit(130) from None
         except Exception as exc:
             if debugging():
                 traceback.print_exc()
@@ -49,7 +53,7 @@ def cli(database_url: str | None) -> None:
     """StackShift: durable jobs with steps, retries, idempotency, events and state.
 
     Exit codes: 0 ok, 1 operation failed, 2 usage or bad input (nothing
-    written), 3 not found, 4 idempotency conflict.
+    written), 3 not found, 4 idempotency conflict, 130 interrupted (Ctrl-C).
     """
     if database_url:
         # Each command reads the variable as its --database-url default.

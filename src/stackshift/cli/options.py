@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import click
 from click.core import ParameterSource
+from rich.console import Console
 
 from ..checks import check_filter
 from ..client import DEFAULT_DATABASE_URL, URL_ENV, StackShift
@@ -259,6 +260,12 @@ def _options_by_name() -> dict[str, str]:
     ctx = click.get_current_context()
     return {param.name: param.opts[0] for param in ctx.command.params
             if isinstance(param, click.Option) and param.name is not None}
+
+
+def say_next_page(out: Console, cursor: str) -> None:
+    """``More: <the command for the next page>``, as one line however narrow the
+    screen (the terminal wraps it as it shows it), so that it is copied whole."""
+    out.print(f"More: {next_page_command(cursor)}", style="dim", markup=False, soft_wrap=True)
 
 
 def next_page_command(cursor: str) -> str:

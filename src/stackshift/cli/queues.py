@@ -23,8 +23,8 @@ from .options import (
     duration,
     json_option,
     list_filter,
-    next_page_command,
     open_client,
+    say_next_page,
 )
 from .render import (
     _table,
@@ -294,7 +294,7 @@ def dead_letters(name: str, job: str | None, limit: int, cursor: str | None, as_
         return
     out.print(runs_table(page.items, width=out.width))
     if page.next_cursor:
-        out.print(f"More: {next_page_command(page.next_cursor)}", style="dim", markup=False)
+        say_next_page(out, page.next_cursor)
 
 
 def retry_options(command: F) -> F:

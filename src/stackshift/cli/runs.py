@@ -23,8 +23,8 @@ from .options import (
     duration,
     json_option,
     list_filter,
-    next_page_command,
     open_client,
+    say_next_page,
 )
 from .queues import retry_options, retry_with_progress
 from .render import (
@@ -110,7 +110,7 @@ def list_runs(
         return
     out.print(runs_table(page.items, width=out.width))
     if page.next_cursor:
-        out.print(f"More: {next_page_command(page.next_cursor)}", style="dim", markup=False)
+        say_next_page(out, page.next_cursor)
 
 
 def _unknown_job(app: StackShift, job: str) -> str:

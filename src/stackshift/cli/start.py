@@ -443,13 +443,25 @@ def progress_line(run: Run, steps: list[Step], waited: float) -> Text:
     return line
 
 
+#: Characters of a result the line a wait ends with shows; past them it says
+#: where the whole of it is.
+SHOWN_RESULT = 10_000
+
+
 def finished_line(run: Run) -> Text:
-    """``Run ID STATUS``, with the attempt a failed run ended on and its detail."""
+    """``Run ID STATUS``, with the attempt a failed run ended on and its detail:
+    for a completed run its result, whole (a list's cell gives a preview only),
+    up to :data:`SHOWN_RESULT` characters."""
     # The detail is users' text (an error message, a result): never markup.
     line = Text.assemble("Run ", (run.id, "bold"), " ", status_text(run.status))
     if run.status == "failed" and run.attempt:  # as the worker's log says it
         line.append(f" on attempt {attempt_text(run)}")
     detail = run_detail_line(run)
+    if run.status == "completed":
+        detail = compact_json(run.result)
+        if len(detail) > SHOWN_RESULT:
+            detail = (f"{detail[:SHOWN_RESULT]}… ({len(detail) - SHOWN_RESULT:,} characters"
+                      f" more: stackshift runs show {run.id} --json gives it whole)")
     if detail:
         line.append(shown_as_is(f": {detail}"))
     return line

@@ -16,9 +16,9 @@ from .options import (
     database_url_option,
     duration,
     json_option,
-    next_page_command,
     open_client,
     parse_json_argument,
+    say_next_page,
 )
 from .render import console, echo_json, locks_table, state_table
 
@@ -156,7 +156,7 @@ def _show_page(listing: Callable[..., list[dict[str, Any]]], prefix: str | None,
         return
     out.print(table(items))
     if next_cursor is not None:
-        out.print(f"More: {next_page_command(next_cursor)}", style="dim", markup=False)
+        say_next_page(out, next_cursor)
 
 
 @state.command("list")
