@@ -2248,6 +2248,26 @@ def test_worker_refuses_an_app_it_cannot_find(db_url: str, tmp_path: Path) -> No
         assert message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
 
 
+def test_a_database_the_app_cannot_open_is_named_not_blamed_on_the_apps_code(
+        tmp_path: Path) -> None:
+    """The app's client opens the database as the app is imported: a wrong --db
+    is said to be the database's fault, with no traceback through the app, and
+    an error in the app's own code keeps its traceback."""
+    for url in (f"sqlite:///{tmp_path}/no/such/folder/x.db",
+                "postgresql://postgres@127.0.0.1:1/nowhere"):
+        done = cli(None, "worker", str(SHOP), "--db", url)
+        assert done.returncode == 1, (url, done.stderr)
+        assert (f"error: importing {SHOP} failed: the database {url} could not be opened:"
+                f" OperationalError: ") in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
+    broken = tmp_path / "broken.py"
+    broken.write_text("from stackshift import StackShift\napp = StackShift()\n1 / 0\n")
+    done = cli(f"sqlite:///{tmp_path}/ok.db", "worker", str(broken))
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" in done.stderr and 'broken.py", line 3' in done.stderr, done.stderr
+    assert f"error: importing {broken} failed: ZeroDivisionError" in done.stderr, done.stderr
+
+
 # -- stackshift dev ---------------------------------------------------------------------------
 
 

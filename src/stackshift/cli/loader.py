@@ -10,13 +10,16 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import sqlite3
 import sys
 import traceback
 from pathlib import Path
 from types import ModuleType
 
 from ..client import AsyncStackShift, StackShift
-from .failures import bad_input, failed
+from .failures import CliFailure, bad_input, debugging, failed
+from .options import DATABASE_ENV
+from .render import shown_url
 
 
 def _split(spec: str) -> tuple[str, str | None]:
@@ -49,9 +52,30 @@ def _import_file(path: Path) -> ModuleType:
         spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[name]
-        traceback.print_exc()
-        raise failed(f"importing {path} failed: {type(exc).__name__}: {exc}") from None
+        raise _import_failed(str(path), exc) from None
     return module
+
+
+def _import_failed(what: str, exc: Exception) -> CliFailure:
+    """The error for an app whose import raised ``exc``, after its traceback,
+    which points at the line of the app at fault. A database that cannot be
+    opened (the client an app builds as it is imported opens it: a wrong URL, a
+    folder that does not exist, a server down) is no fault of the app's code:
+    the error names the database instead, without the traceback."""
+    if not _is_database_error(exc) or debugging():
+        traceback.print_exc()
+        return failed(f"importing {what} failed: {type(exc).__name__}: {exc}")
+    url = os.environ.get(DATABASE_ENV)
+    where = f" {shown_url(url)}" if url else ""
+    return failed(f"importing {what} failed: the database{where} could not be opened:"
+                  f" {type(exc).__name__}: {exc} (set STACKSHIFT_DEBUG=1 for the traceback)")
+
+
+def _is_database_error(exc: Exception) -> bool:
+    if isinstance(exc, sqlite3.Error):
+        return True
+    psycopg = sys.modules.get("psycopg")  # loaded only for a PostgreSQL URL
+    return psycopg is not None and isinstance(exc, psycopg.OperationalError)
 
 
 def _import_module(name: str) -> ModuleType:
@@ -69,8 +93,7 @@ def _import_module(name: str) -> ModuleType:
         traceback.print_exc()
         raise failed(f"importing {name} failed: {exc}") from None
     except Exception as exc:
-        traceback.print_exc()
-        raise failed(f"importing {name} failed: {type(exc).__name__}: {exc}") from None
+        raise _import_failed(name, exc) from None
 
 
 def _client(value: object) -> StackShift | None:
