@@ -635,15 +635,17 @@ def test_a_path_that_is_not_utf8_is_400_and_writes_nothing(http: httpx.Client) -
 
 def test_a_body_not_said_to_be_json_is_415(http: httpx.Client, served_db: str) -> None:
     before = run_count(served_db)
-    for content_type in (None, "application/x-www-form-urlencoded", "text/plain"):
+    for content_type in (None, "application/x-www-form-urlencoded", "text/plain",
+                         "application/json; charset=latin-1", "application/json;charset=UTF-16"):
         headers = {"content-type": content_type} if content_type else {}
         response = http.post("/v1/runs", content=b'{"job": "x"}', headers=headers)
         error = assert_error(response, 415, "unsupported_media_type")
         assert "Content-Type: application/json" in error["message"]
     assert run_count(served_db) == before
-    ok = http.post("/v1/runs", content=b'{"job": "x"}',
-                   headers={"content-type": "application/json; charset=utf-8"})
-    assert ok.status_code == 201, ok.text
+    for content_type in ("application/json; charset=utf-8", 'application/json;charset="UTF-8"',
+                         "application/vnd.api+json"):
+        ok = http.post("/v1/runs", content=b'{"job": "x"}', headers={"content-type": content_type})
+        assert ok.status_code == 201, (content_type, ok.text)
 
 
 def claim_one(http: httpx.Client, job: str, **extra: Any) -> httpx.Response:

@@ -96,11 +96,17 @@ class RequireApiKey:
 
 
 def _says_json(scope: Scope) -> bool:
-    """The request's Content-Type is JSON (``application/json``, ``...+json``)."""
+    """The request's Content-Type is JSON (``application/json``, ``...+json``) in
+    UTF-8: without a ``charset``, or with ``charset=utf-8`` (the API reads no
+    other; a body declared in another would be read as what it is not)."""
     for name, value in scope.get("headers", []):
         if name == b"content-type":
-            kind: bytes = value.split(b";", 1)[0].strip().lower()
-            return kind == b"application/json" or kind.endswith(b"+json")
+            kind, *params = value.lower().split(b";")
+            kind = kind.strip()
+            charsets = [param.partition(b"=")[2].strip().strip(b'"') for param in params
+                        if param.partition(b"=")[0].strip() == b"charset"]
+            return ((kind == b"application/json" or kind.endswith(b"+json"))
+                    and all(charset in (b"utf-8", b"utf8") for charset in charsets))
     return False
 
 
@@ -174,7 +180,8 @@ class LimitBody:
         body = b"".join(chunks)
         if body and scope["path"].startswith("/v1/") and not _says_json(scope):
             await send_error(send, 415, "unsupported_media_type",
-                             "the API reads JSON bodies: send Content-Type: application/json")
+                             "the API reads JSON bodies in UTF-8: send Content-Type:"
+                             " application/json")
             return
         replayed = False
 

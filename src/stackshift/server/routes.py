@@ -66,7 +66,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "Missing, unknown or revoked API key."},
     413: {"model": ErrorResponse, "description": "Request body over the size limit."},
     415: {"model": ErrorResponse,
-          "description": "A body sent without `Content-Type: application/json`."},
+          "description": "A body sent without `Content-Type: application/json` (or another"
+                         " JSON type), or declared in a charset other than UTF-8."},
     422: {"model": ErrorResponse, "description": "Invalid input."},
     503: {"model": ErrorResponse,
           "description": "The database cannot be reached or did not answer in time: retry."},
