@@ -256,8 +256,19 @@ def test_events_and_state_over_http(http: httpx.Client) -> None:
     for holder in ("", 5, "x" * 201, "a\x00b"):  # said, it is words of 1 to 200 characters
         assert_error(http.post("/v1/locks/acquire", json={**lock, "holder": holder}),
                      422, "validation_error")
+    assert http.post("/v1/locks/acquire", json={**lock, "holder": "importer"}).json()["held"]
+
+    def holders() -> list[Any]:
+        return [e["holder"] for e in http.get("/v1/locks", params={"prefix": lock["key"]}
+                                              ).json()["items"]]
+
+    # Taken again by its owner: a holder said again replaces it, none keeps it.
     assert http.post("/v1/locks/acquire", json=lock).json()["held"] is True
+    assert holders() == ["importer"]
+    assert http.post("/v1/locks/acquire", json={**lock, "holder": "importer 2"}).json()["held"]
+    assert holders() == ["importer 2"]
     assert http.post("/v1/locks/acquire", json={**lock, "owner": "b"}).json()["held"] is False
+    assert holders() == ["importer 2"]
     assert http.post("/v1/locks/release", json={"key": lock["key"], "owner": "b"}
                      ).json()["held"] is False
     assert http.post("/v1/locks/release", json={"key": lock["key"], "owner": "a"}

@@ -418,9 +418,12 @@ DELETE FROM state WHERE key = :key;
 
 -- name: lock_acquire
 -- Free, expired, or already ours: take it. Held by a live owner: returns nothing.
+-- Taken again by its live owner without a holder, it keeps the one it was taken with.
 INSERT INTO locks (key, owner, holder, expires_at) VALUES (:key, :owner, :holder, :expires_at)
 ON CONFLICT (key) DO UPDATE
-    SET owner = excluded.owner, holder = excluded.holder, expires_at = excluded.expires_at
+    SET owner = excluded.owner, expires_at = excluded.expires_at,
+        holder = CASE WHEN locks.expires_at > :now AND excluded.holder IS NULL
+                      THEN locks.holder ELSE excluded.holder END
     WHERE locks.expires_at <= :now OR locks.owner = excluded.owner
 RETURNING owner;
 
