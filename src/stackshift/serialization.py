@@ -108,8 +108,10 @@ def utf8_size(text: str, what: str) -> int:
     try:
         return len(text.encode())
     except UnicodeEncodeError as exc:
+        # The first one only: two in a row (a UTF-16 pair left as two code
+        # points) are each a surrogate alone in Python's text.
         raise ValidationError(
-            f"{what}: {exc.object[exc.start:exc.end]!r} is a lone surrogate, which "
+            f"{what}: {exc.object[exc.start]!r} is a lone surrogate, which "
             "UTF-8 text cannot hold"
         ) from None
 

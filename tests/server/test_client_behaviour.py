@@ -488,12 +488,15 @@ def test_text_utf8_cannot_hold_is_refused_in_the_same_words(
         (lambda: client.events.send(name, ["\udfff"]), "event payload"),
         (lambda: client.schedules.create(name, cron="@daily", payload="\ud800"), "payload"),
         (lambda: client.state.set(name, {"v": "\ud800"}), f"state value for {name!r}"),
+        # A UTF-16 pair left as two code points: two surrogates, each alone; the first named.
+        (lambda: client.start(name, {"k": "\ud83d\ude00"}), "payload"),
     ]
     for call, what in calls:
         with pytest.raises(ValidationError) as raised:
             call()
         assert str(raised.value).startswith(f"{what}: ")
-        assert str(raised.value).endswith("is a lone surrogate, which UTF-8 text cannot hold")
+        assert str(raised.value).endswith("' is a lone surrogate, which UTF-8 text cannot hold")
+        assert str(raised.value).count("\\u") == 1, str(raised.value)
     assert len(client.runs.list(job=name)) == 0
     assert client.events.list(name=name).items == []
     assert [s for s in client.schedules.list() if s.job == name] == []
