@@ -117,9 +117,16 @@ def test_revoking_a_key_ends_its_dashboard_sessions_at_once(server: Any) -> None
             assert revoked.get("/api/live").status_code == 200
             service.revoke_api_key(listed.id)
 
-            cancel = revoked.post(f"/runs/{run_id}/cancel", data={"csrf": csrf.group(1)})
+            # Back to the page the form was on after the login (not to the action's
+            # address, which has no page), or to the runs list when it is not known.
+            cancel = revoked.post(f"/runs/{run_id}/cancel", data={"csrf": csrf.group(1)},
+                                  headers={"referer": f"{server.url}/runs/{run_id}?x=1"})
             assert cancel.status_code == 303
-            assert cancel.headers["location"].startswith("/login?")
+            assert cancel.headers["location"] == f"/login?next=%2Fruns%2F{run_id}%3Fx%3D1"
+            for referer in ({}, {"referer": "https://elsewhere.example/runs/x"}):
+                cancel = revoked.post(f"/runs/{run_id}/cancel", data={"csrf": csrf.group(1)},
+                                      headers=referer)
+                assert cancel.headers["location"] == "/login?next=%2F", referer
             assert revoked.get("/api/live").status_code == 401
             shown = revoked.get(f"/runs/{run_id}")
             assert shown.status_code == 303 and shown.headers["location"].startswith("/login?")

@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from starlette.applications import Starlette
@@ -256,9 +256,15 @@ class Dashboard:
         return HTMLResponse(html, status_code=status)
 
     def _login_redirect(self, request: Request) -> RedirectResponse:
-        path = request.url.path
-        if request.url.query:
-            path += "?" + request.url.query
+        """To the login page, which sends the browser back here afterwards: to the
+        page asked for, or for an action (a form's POST, whose address has no page)
+        to the page its form was on, else the runs list."""
+        if request.method == "GET":
+            path = request.url.path
+            if request.url.query:
+                path += "?" + request.url.query
+        else:
+            path = _page_of_form(request)
         root = self._root(request)
         return RedirectResponse(f"{root}/login?{urlencode({'next': path})}", status_code=303)
 
@@ -671,6 +677,15 @@ class Dashboard:
             self._set_session(response, request, session)
         response.headers["cache-control"] = "no-store"
         return response
+
+
+def _page_of_form(request: Request) -> str:
+    """The path and query of the dashboard page a form was sent from (its
+    ``Referer``, when on this host), else ``/``."""
+    referer = urlsplit(request.headers.get("referer", ""))
+    if referer.netloc != request.headers.get("host") or not referer.path.startswith("/"):
+        return "/"
+    return referer.path + (f"?{referer.query}" if referer.query else "")
 
 
 def _under(root: str, path: str) -> str:
