@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import shlex
 from collections.abc import Iterable
 
 
@@ -29,3 +30,31 @@ def quoted(value: object, limit: int = QUOTED) -> str:
     if isinstance(value, str) and len(value) > limit:
         return f"{value[:limit]!r}… ({len(value):,} characters)"
     return repr(value)
+
+
+def shell_word(text: str) -> str:
+    """``text`` quoted for a shell. Text with control characters (a state key may
+    hold any) is written ``$'...'`` with them escaped, as bash and zsh read it, so
+    that the command stays on one line and no escape sequence reaches the terminal."""
+    if text.isprintable():
+        return shlex.quote(text)
+    out = []
+    for char in text:
+        code = ord(char)
+        if char in "\\'":
+            out.append("\\" + char)
+        elif char.isprintable():
+            out.append(char)
+        elif code < 0x80:
+            out.append(f"\\x{code:02x}")
+        else:
+            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
+    return "$'" + "".join(out) + "'"
+
+
+def per_minute(rate: float) -> str:
+    """Runs finished per minute, to a tenth; ``0.0`` only when none finished (two
+    in a week read ``<0.1``)."""
+    if 0 < rate < 0.05:
+        return "<0.1"
+    return f"{rate:.1f}"

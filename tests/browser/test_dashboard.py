@@ -8,7 +8,7 @@ import re
 import time
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from dashboard_harness import Dashboard, pixel, screenshot, serve
 from dashboard_jobs import HOSTILE, register_jobs
@@ -779,6 +779,25 @@ def test_retrying_selected_dead_letters_leaves_a_run_cancelled_meanwhile_alone(
         "1 of 2 selected runs queued for a new attempt; 1 was no longer failed.")
     assert app.runs.get(cancelled.id).status == "cancelled"
     assert app.runs.get(other.id).status == "queued"
+
+
+def test_characters_that_reorder_text_show_as_their_escapes(
+        stack: Dashboard, page: Page) -> None:
+    """An error, a log line or a key holding a right-to-left override would read
+    reversed (``rows: 5 \u202edeleted`` shows ``rows: 5 deteled``): the page writes
+    such characters as their escapes, as the command line does; a form sends the
+    key back as it is."""
+    title = "rows: 5 \u202edeleted\u202c"
+    run = stack.app.start("render-report", {"title": title})
+    stack.wait_status(run.id, "failed")
+    page.goto(stack.at(f"/runs/{run.id}"))
+    expect(page.locator("#run-error .error-message")).to_have_text(
+        "cannot render rows: 5 \\u202edeleted\\u202c")
+    expect(page.locator("#logs .log-msg")).to_contain_text("title was rows: 5 \\u202edeleted")
+    assert "\u202e" not in page.locator("main").inner_text()
+    # A search box keeps the key as typed: searched again, it finds the same runs.
+    page.goto(stack.at("/runs?" + urlencode({"q": "key\u202eyek"})))
+    assert page.locator("input[name=q]").input_value() == "key\u202eyek"
 
 
 def test_user_content_is_rendered_as_text(stack: Dashboard, page: Page) -> None:
@@ -1651,6 +1670,14 @@ def test_the_state_page_lists_live_locks_and_breaks_one_after_a_confirm(
         expect(rows.locator("td.key-cell")).to_have_text(
             ["batch:050", "batch:051", "batch:052", "batch:053", "imports:7"])
         expect(page.locator("#state-table td.key-cell")).to_have_text(["imports:7"])
+        # A lock broken on the second page: back on that page, not the first.
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.locator("#locks-table tr[data-lock-key='batch:053']").get_by_role(
+            "button", name="Break").click()
+        expect(page.locator(".flash-ok")).to_contain_text("Broke the lock on 'batch:053'")
+        assert parse_qs(urlsplit(page.url).query) == {"locks_cursor": ["batch:049"]}
+        expect(rows.locator("td.key-cell")).to_have_text(
+            ["batch:050", "batch:051", "batch:052", "imports:7"])
         page.locator("#locks-table").get_by_role("link", name="← First").click()
         expect(rows).to_have_count(50)
 
@@ -1714,6 +1741,7 @@ def test_the_state_page_lists_live_locks_and_breaks_one_after_a_confirm(
         expect(page.locator("#state-table td.key-cell")).to_have_text(["imports:7"])
         assert stuck.extend() is False  # its owner finds out
         assert [e["key"] for e in app.state.locks("batch:", 1)] == ["batch:000"]
+        assert len(app.state.locks("batch:")) == 53
     assert stuck.lost is True and ran_out.lost is True
     assert app.state.locks() == []
 
@@ -2039,8 +2067,8 @@ def test_the_state_page_expands_a_large_value_only_in_part(
     whole = json.dumps(big, indent=2, sort_keys=True, ensure_ascii=False)
     assert shown == whole[:10_000] + "…"
     expect(first.locator(".cut-note")).to_have_text(
-        f"{len(whole) - 10_000:,} more characters not shown: stackshift state get or "
-        "GET /v1/state/{key} gives the whole value.")
+        f"{len(whole) - 10_000:,} more characters not shown: stackshift state get exports:0"
+        " or GET /v1/state/exports%3A0 gives the whole value.")
     small = page.locator("tr", has=page.locator("td.key-cell", has_text="exports:small"))
     expect(small.locator(".cut-note")).to_have_count(0)
     expect(small.locator("code")).to_have_text('{"rows": [1, 2]}')

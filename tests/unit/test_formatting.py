@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from markupsafe import Markup
 
 from stackshift.cli.failures import in_option_terms
 from stackshift.cli.queues import _rate
@@ -15,10 +16,13 @@ from stackshift.dashboard.formatting import (
     day_time,
     duration,
     percent,
+    shown,
     time_in_run,
+    verbatim,
 )
 from stackshift.durations import span
 from stackshift.models import QueueInfo
+from stackshift.wording import per_minute
 
 
 @pytest.mark.parametrize(("seconds", "shown"), [
@@ -269,3 +273,19 @@ def test_tables_written_to_a_pipe_read_as_rich_lays_them_out() -> None:
     for detail in (render.run_detail(run, attempts, steps), render.event_detail(events[1])):
         lines = piped(detail).splitlines()
         assert lines[0].startswith("id") and not [line for line in lines if line.endswith(" ")]
+
+
+@pytest.mark.parametrize(("rate", "said"), [
+    (0.0, "0.0"), (1 / 60, "<0.1"), (0.049, "<0.1"), (0.05, "0.1"), (2.345, "2.3"),
+])
+def test_a_rate_reads_none_only_when_none_finished(rate: float, said: str) -> None:
+    assert per_minute(rate) == said
+
+
+def test_characters_that_reorder_text_are_shown_as_escapes_but_in_verbatim_text() -> None:
+    assert shown("a\u202eb\u2066c\u200fd") == "a\\u202eb\\u2066c\\u200fd"
+    assert shown("plain: \u05e9\u05dc\u05d5\u05dd") == "plain: \u05e9\u05dc\u05d5\u05dd"
+    marked = shown(Markup("<b>\u202e</b>"))
+    assert isinstance(marked, Markup) and marked == Markup("<b>\\u202e</b>")
+    assert shown(verbatim("key\u202e")) == "key\u202e"
+    assert shown(5) == 5

@@ -27,11 +27,12 @@ from rich.console import Console
 from rich.text import Text
 
 from ..client import DEFAULT_DATABASE_URL, StackShift
+from ..wording import shell_word
 from ..worker import Worker
 from .failures import bad_input
 from .liveview import RunBoard, show_board
 from .loader import load_app
-from .options import DATABASE_ENV, not_empty, shell_word
+from .options import DATABASE_ENV, not_empty
 from .render import console, shown_url
 from .worker import configure_logging
 

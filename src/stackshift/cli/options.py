@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shlex
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from ..client import DEFAULT_DATABASE_URL, URL_ENV, StackShift
 from ..durations import parse_duration
 from ..errors import ValidationError
 from ..serialization import DuplicateKeyError, to_jsonable, unique_keys
+from ..wording import shell_word
 from .failures import bad_input, in_option_terms
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -314,21 +314,3 @@ def next_page_command(cursor: str) -> str:
     return " ".join(words) + addition
 
 
-def shell_word(text: str) -> str:
-    """``text`` quoted for a shell. Text with control characters (a state key may
-    hold any) is written ``$'...'`` with them escaped, as bash and zsh read it, so
-    that the command stays on one line and no escape sequence reaches the terminal."""
-    if text.isprintable():
-        return shlex.quote(text)
-    out = []
-    for char in text:
-        code = ord(char)
-        if char in "\\'":
-            out.append("\\" + char)
-        elif char.isprintable():
-            out.append(char)
-        elif code < 0x80:
-            out.append(f"\\x{code:02x}")
-        else:
-            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
-    return "$'" + "".join(out) + "'"

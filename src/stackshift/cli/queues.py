@@ -16,7 +16,7 @@ from ..flowcontrol import MAX_RETRY_PAGE, RETRY_PAGE
 from ..models import QueueInfo
 from ..settings import Settings
 from ..store.queues import KEEP
-from ..wording import did_you_mean
+from ..wording import did_you_mean, per_minute
 from .failures import bad_input
 from .options import (
     database_url_option,
@@ -71,10 +71,7 @@ def _rate(queue: QueueInfo) -> str:
 
 
 def _per_minute(queue: QueueInfo) -> str:
-    """Runs finished per minute; 0.0 only when none finished (2 in a week is <0.1)."""
-    if 0 < queue.throughput < 0.05:
-        return "<0.1"
-    return f"{queue.throughput:.1f}"
+    return per_minute(queue.throughput)
 
 
 def _window(seconds: float) -> str:

@@ -132,6 +132,7 @@ class Dashboard:
             undefined=StrictUndefined,
             trim_blocks=True,
             lstrip_blocks=True,
+            finalize=formatting.shown,
         )
         self.env.filters.update(formatting.FILTERS)
         self.env.globals.update(
@@ -454,11 +455,13 @@ class Dashboard:
 
     def _break_lock(self, request: Request, form: dict[str, list[str]],
                     session: Session) -> tuple[str, tuple[str, str] | None, Session | None]:
-        """Break the form's lock whatever its owner, then back to the State page (with
-        the prefix it was listed under). The form gives the key as a JSON string: a
-        browser sends a line break in a field as CR LF, which would name another key."""
-        prefix = (form.get("prefix") or [""])[0]
-        back = "/state" + ("?" + urlencode({"prefix": prefix}) if prefix else "")
+        """Break the form's lock whatever its owner, then back to the State page as it
+        was listed (its prefix and the pages of keys and locks it was on). The form
+        gives the key as a JSON string: a browser sends a line break in a field as
+        CR LF, which would name another key."""
+        listed = {name: form[name][0] for name in ("prefix", "cursor", "locks_cursor")
+                  if form.get(name) and form[name][0]}
+        back = "/state" + ("?" + urlencode(listed) if listed else "")
         try:
             key = json.loads((form.get("key") or [""])[0])
         except (ValueError, RecursionError):

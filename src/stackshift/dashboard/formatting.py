@@ -15,6 +15,7 @@ from markupsafe import Markup, escape
 
 from ..models import details_with_datetimes
 from ..runlogs import field_text, level_number
+from ..wording import per_minute, shell_word
 
 
 def duration(seconds: float | None) -> str:
@@ -201,7 +202,36 @@ def short_id(value: str) -> str:
     return f"{prefix}_…{rest[-10:]}" if rest else value[:8] + "…" + value[-8:]
 
 
+#: The characters that reorder the text around them (bidirectional embeddings,
+#: overrides, isolates and marks): users' text holding them could read on a page
+#: as something else than it is (``abc\u202edef`` shows ``abcfed``).
+_BIDI_CONTROLS = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+class Verbatim(str):
+    """Text a page must hold exactly as it is (a form field's value, sent back as
+    typed): :func:`shown` leaves it alone."""
+
+
+def verbatim(value: Any) -> Verbatim:
+    return Verbatim("" if value is None else value)
+
+
+def shown(value: Any) -> Any:
+    """What the page shows for a value it prints (Jinja's ``finalize``): text with
+    any character that reorders the text around it written as its escape
+    (``\\u202e``), as the command line shows it; a :class:`Verbatim` as it is."""
+    if not isinstance(value, str) or isinstance(value, Verbatim) \
+            or not _BIDI_CONTROLS.search(value):
+        return value
+    text = _BIDI_CONTROLS.sub(lambda found: f"\\u{ord(found.group()):04x}", value)
+    return Markup(text) if isinstance(value, Markup) else text
+
+
 FILTERS = {
+    "verbatim": verbatim,
+    "rate": per_minute,
+    "shell_word": shell_word,
     "duration": duration,
     "pretty_json": pretty_json,
     "json_head": json_head,
