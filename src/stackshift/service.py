@@ -156,6 +156,30 @@ class Notifier:
             listener(at)
 
 
+def run_filter(*, status: str | None = None, job: str | None = None,
+               queue: str | None = None, idempotency_key: str | None = None,
+               correlation_key: str | None = None,
+               created_after: datetime | str | None = None,
+               created_before: datetime | str | None = None,
+               search: str | None = None) -> RunFilter:
+    """The filters of a list of runs, checked (a name no run can have, a time that
+    is not one: ``ValidationError``)."""
+    return RunFilter(
+        status=parse_status(status).value if status is not None else None,
+        job=check_filter(job, "job"),
+        queue=check_filter(queue, "queue"),
+        idempotency_key=check_filter(idempotency_key, "idempotency_key"),
+        correlation_key=check_filter(correlation_key, "correlation_key"),
+        created_after=None
+        if created_after is None
+        else time_bound(created_after, name="created_after"),
+        created_before=None
+        if created_before is None
+        else time_bound(created_before, name="created_before"),
+        search=check_filter(search, "search"),
+    )
+
+
 class Service(FlowControl):
     def __init__(
         self, store: SqlStore, clock: Clock, settings: Settings, registry: JobRegistry
@@ -344,20 +368,10 @@ class Service(FlowControl):
         limit: int = 50,
         cursor: str | None = None,
     ) -> Page:
-        filters = RunFilter(
-            status=parse_status(status).value if status is not None else None,
-            job=check_filter(job, "job"),
-            queue=check_filter(queue, "queue"),
-            idempotency_key=check_filter(idempotency_key, "idempotency_key"),
-            correlation_key=check_filter(correlation_key, "correlation_key"),
-            created_after=None
-            if created_after is None
-            else time_bound(created_after, name="created_after"),
-            created_before=None
-            if created_before is None
-            else time_bound(created_before, name="created_before"),
-            search=check_filter(search, "search"),
-        )
+        filters = run_filter(status=status, job=job, queue=queue,
+                             idempotency_key=idempotency_key, correlation_key=correlation_key,
+                             created_after=created_after, created_before=created_before,
+                             search=search)
         return self.store.list_runs(filters, check_limit(limit), check_cursor(cursor, "run"))
 
     def wait_run(self, run_id: str, timeout: Any = None) -> Run:
@@ -729,9 +743,13 @@ class Service(FlowControl):
 
     # -- operational views (the dashboard) -------------------------------------------------
 
-    def count_runs_by_status(self) -> dict[str, int]:
-        """Runs per status, across every queue and job."""
-        return self.store.count_runs_by_status()
+    def count_runs_by_status(self, *, job: str | None = None, queue: str | None = None,
+                             created_after: datetime | str | None = None,
+                             created_before: datetime | str | None = None) -> dict[str, int]:
+        """Runs per status, of a job, a queue and a time of creation if given, else
+        across every queue and job."""
+        return self.store.count_runs_by_status(run_filter(
+            job=job, queue=queue, created_after=created_after, created_before=created_before))
 
     def job_names(self) -> list[str]:
         """Names of the jobs that have runs."""

@@ -57,7 +57,20 @@ def test_runs_list_filters_searches_and_pages(stack: Dashboard, page: Page) -> N
     page.get_by_role("button", name="Apply").click()
     expect(page.locator("tbody tr[data-run-id]")).to_have_count(1)
     expect(page.locator(f"tr[data-run-id='{waiting.id}']")).to_contain_text("email.verified")
+    # The tabs count the runs of the job chosen, and lead to those of each status.
+    expect(page.locator("#runs-sub")).to_have_text("1 run matches the job, queue and time filters")
+    expect(page.locator(".tab[data-status=waiting] .count")).to_have_text("1")
+    expect(page.locator(".tab[data-status=completed] .count")).to_have_text("0")
+    expect(page.locator(".tab:not([data-status]) .count")).to_have_text("1")
+    page.goto(stack.at("/runs?queue=media&to=2000-01-01T00:00"))
+    expect(page.locator(".tab[data-status=completed] .count")).to_have_text("0")
+    # A custom range the wrong way round matches nothing, and says why.
+    page.goto(stack.at("/runs?created=custom&from=2030-01-07T00:00&to=2030-01-01T00:00"))
+    expect(page.locator(".flash-error")).to_have_text(
+        "The custom range is empty: From is not before To, so no run was created in it.")
+    expect(page.locator("td.empty")).to_have_text("No runs match these filters.")
     page.goto(stack.url)
+    expect(page.locator("#runs-sub")).to_have_text("57 runs stored")
     page.select_option("select[name=queue]", "media")
     page.select_option("select[name=created]", "1h")
     page.get_by_role("button", name="Apply").click()

@@ -104,6 +104,10 @@ def runs_page(service: Service, params: Mapping[str, str], now: float) -> dict[s
                 query[arg] = datetime.fromtimestamp(_local_time(filters[key] or "", key), UTC)
             except ValueError as exc:
                 problems.append(Problem(str(exc)))
+    after, before = query.get("created_after"), query.get("created_before")
+    if after is not None and before is not None and after >= before:
+        problems.append(Problem("The custom range is empty: From is not before To, so no"
+                                " run was created in it."))
     matched_by = None
     term = filters["q"]
     by = params.get("by")
@@ -117,9 +121,17 @@ def runs_page(service: Service, params: Mapping[str, str], now: float) -> dict[s
         # outside the filters the page still shows as applied.
         problems.append(Problem(str(exc)))
         page = Page([], None)
-    counts = service.count_runs_by_status()
+    # The tabs count the runs of the job, queue and time of creation chosen (a
+    # search aside: it names one run, or a few).
+    chosen = {k: query[k] for k in ("job", "queue", "created_after", "created_before")
+              if k in query}
+    try:
+        counts = service.count_runs_by_status(**chosen)
+    except StackShiftError:  # a filter refused above: the page says so
+        counts = service.count_runs_by_status()
     return {
         "page_title": "Runs",
+        "counted": chosen,
         "nav": "runs",
         "runs": [run_row(r, now) for r in page.items],
         "next_cursor": page.next_cursor,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ..engine import transitions
@@ -414,25 +415,8 @@ class RunStore:
 
     def list_runs(self, filters: RunFilter, limit: int, cursor: str | None) -> Page:
         """Newest first. Filters are fixed column comparisons; values are parameters."""
-        where: list[str] = []
-        params: dict[str, Any] = {"limit": limit + 1}
-        for column in ("status", "job", "queue", "idempotency_key"):
-            value = getattr(filters, column)
-            if value is not None:
-                where.append(f"{column} = :{column}")
-                params[column] = value
-        if filters.correlation_key is not None:
-            where.append("id IN (SELECT run_id FROM run_correlations WHERE correlation_key = :ck)")
-            params["ck"] = filters.correlation_key
-        if filters.search is not None:
-            where.append("(id = :search OR idempotency_key = :search)")
-            params["search"] = filters.search
-        if filters.created_after is not None:
-            where.append("created_at >= :created_after")
-            params["created_after"] = filters.created_after
-        if filters.created_before is not None:
-            where.append("created_at < :created_before")
-            params["created_before"] = filters.created_before
+        where, params = _run_filter(filters)
+        params["limit"] = limit + 1
         if cursor is not None:
             where.append("id < :cursor")
             params["cursor"] = cursor
@@ -446,9 +430,14 @@ class RunStore:
         next_cursor = items[-1].id if len(found) > limit and items else None
         return Page(items, next_cursor)
 
-    def count_runs_by_status(self) -> dict[str, int]:
+    def count_runs_by_status(self, filters: RunFilter | None = None) -> dict[str, int]:
+        """Runs per status, of those ``filters`` select (its status aside)."""
+        where, params = _run_filter(replace(filters, status=None) if filters else RunFilter())
+        sql = "SELECT status, COUNT(*) AS n FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
         with self.db.read() as tx:
-            found = tx.raw("SELECT status, COUNT(*) AS n FROM runs GROUP BY status", {})
+            found = tx.raw(sql + " GROUP BY status", params)
         return {r["status"]: int(r["n"]) for r in found}
 
     def cancel_run(self, run_id: str, reason: str | None, now: float) -> Run:
@@ -626,3 +615,27 @@ class RunStore:
         with self.db.read() as tx:
             load_run(tx, run_id)
             return _latest(tx, rows.step, limit, "latest_steps", "count_steps", run_id)
+
+
+def _run_filter(filters: RunFilter) -> tuple[list[str], dict[str, Any]]:
+    """The conditions (fixed column comparisons) and parameters of ``filters``."""
+    where: list[str] = []
+    params: dict[str, Any] = {}
+    for column in ("status", "job", "queue", "idempotency_key"):
+        value = getattr(filters, column)
+        if value is not None:
+            where.append(f"{column} = :{column}")
+            params[column] = value
+    if filters.correlation_key is not None:
+        where.append("id IN (SELECT run_id FROM run_correlations WHERE correlation_key = :ck)")
+        params["ck"] = filters.correlation_key
+    if filters.search is not None:
+        where.append("(id = :search OR idempotency_key = :search)")
+        params["search"] = filters.search
+    if filters.created_after is not None:
+        where.append("created_at >= :created_after")
+        params["created_after"] = filters.created_after
+    if filters.created_before is not None:
+        where.append("created_at < :created_before")
+        params["created_before"] = filters.created_before
+    return where, params
