@@ -111,6 +111,15 @@ def test_keys_with_surrounding_spaces_are_searched_as_typed(stack: Dashboard,
     stack.wait_status(plain.id, "waiting")
 
     rows = page.locator("tbody tr[data-run-id]")
+    # Listed, the two keys read apart: the one with a space at its end in quotes.
+    page.goto(stack.url)
+    expect(page.locator(f"tr[data-run-id='{spaced.id}']")).to_contain_text(
+        'waits for email.verified · "user:ada "')
+    expect(page.locator(f"tr[data-run-id='{plain.id}']")).to_contain_text(
+        "waits for email.verified · user:ada")
+    page.goto(stack.at(f"/runs/{spaced.id}"))
+    expect(page.locator("main h2", has_text="Waiting for the event")).to_have_text(
+        'Waiting for the event email.verified with key "user:ada "')
     for term, expected in (("user:ada ", spaced.id), ("user:ada", plain.id),
                            (f" {plain.id} ", plain.id)):
         page.goto(stack.url)
@@ -127,6 +136,7 @@ def test_keys_with_surrounding_spaces_are_searched_as_typed(stack: Dashboard,
     events = page.locator("#events-table tr[data-event-id]")
     expect(events).to_have_count(1)
     expect(events).to_have_attribute("data-event-id", first.id)
+    expect(events.locator("a.chip")).to_have_text('"user:bo "')
     # The key's chip leads to the events of that very key.
     page.goto(stack.at("/events"))
     page.locator(f"tr[data-event-id='{first.id}'] a.chip").click()

@@ -260,6 +260,22 @@ def test_old_work_goes_first_once_it_has_waited_past_the_starvation_limit(
     assert [claim_one() for _ in range(4)] == ["low", "high-2", "high-3", "high-4"]
 
 
+def test_a_worker_that_starts_takes_the_runs_past_the_starvation_limit_first(
+        fake_app: StackShift, clock: FakeClock, order: list[Any]) -> None:
+    """A run left ready past the limit while no worker ran goes before newer runs
+    of any priority from the first claim of the worker that starts, not from its
+    first maintenance round after that."""
+    fake_app.start("note", "low", priority=-5)
+    clock.advance("6m")
+    for n in range(4):
+        fake_app.start("note", f"high-{n}", priority=100)
+    with fake_app.worker(concurrency=1, poll_interval="0.05s"):
+        deadline = time.monotonic() + 20
+        while len(order) < 5 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert order == ["low", "high-0", "high-1", "high-2", "high-3"]
+
+
 def test_a_paused_queue_starts_nothing_until_resumed(fake_app: StackShift, clock: FakeClock,
                                                      order: list[Any]) -> None:
     @fake_app.job("napper")

@@ -228,8 +228,16 @@ def shown(value: Any) -> Any:
     return Markup(text) if isinstance(value, Markup) else text
 
 
+def key_text(key: str) -> str:
+    """A key as a page shows it: as it is, or in quotes when it starts or ends with
+    a space (or another blank), which would not show (``"user:ada "`` is not the
+    key ``user:ada``)."""
+    return f'"{key}"' if key != key.strip() else key
+
+
 FILTERS = {
     "verbatim": verbatim,
+    "key_text": key_text,
     "rate": per_minute,
     "shell_word": shell_word,
     "duration": duration,

@@ -23,7 +23,7 @@ from ..models import LIVE_HEARTBEAT, LogEntry, Page, QueueStats, Run, WorkerInfo
 from ..runlogs import level_number
 from ..service import Service
 from . import waterfall
-from .formatting import chart_times, day_time, gone_by
+from .formatting import chart_times, day_time, gone_by, key_text
 
 STATUSES = [s.value for s in Status]
 #: The order statuses are shown in: what needs attention first.
@@ -188,7 +188,7 @@ def run_row(run: Run, now: float) -> dict[str, Any]:
     elif run.waiting_for is not None:
         w = run.waiting_for
         if w.kind == "event":
-            note = f"waits for {w.event_name}" + (f" · {w.correlation_key}"
+            note = f"waits for {w.event_name}" + (f" · {key_text(w.correlation_key)}"
                                                    if w.correlation_key else "")
         elif w.until is not None:
             note = _due_note("sleeps until", "wake-up", w.until, now,

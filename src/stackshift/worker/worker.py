@@ -292,6 +292,14 @@ class Worker:
             self.take_over_ended()
         except Exception:
             log.exception("worker %s: could not take over the runs of ended workers", self.id)
+        try:
+            # Runs ready for longer than the starvation limit go first from this
+            # worker's first claim, not from a maintenance round after it (on
+            # PostgreSQL a worker that does not lead runs none).
+            self.service.store.age_ready_runs(
+                self.service.clock.now() - self.service.settings.starvation_limit)
+        except Exception:
+            log.exception("worker %s: could not age the runs ready for long", self.id)
         self._spawn("stackshift-claim", self._claim_loop)
         self._spawn("stackshift-leases", self._lease_loop)
         self._spawn("stackshift-heartbeat", self._heartbeat_loop)
