@@ -9,6 +9,7 @@ once and completes. No call made after the cut fails.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from typing import Any
@@ -105,3 +106,52 @@ def test_a_start_after_the_cut_creates_its_run_once(pg_url: str) -> None:
         assert found == {before.id, after.id}
     finally:
         app.close()
+
+
+def test_a_checkpoint_cut_off_midway_is_made_again_and_costs_the_attempt_nothing(
+        pg_url: str) -> None:
+    """The connection of a step's checkpoint ends while its statement waits (here
+    on a row lock an administrator holds): the worker makes the checkpoint again
+    on a new connection, and the run goes on in the same attempt, with its one
+    attempt allowed, each step run once."""
+    name = f"cut_{uuid.uuid4().hex[:8]}"
+    app = StackShift(f"{pg_url}&application_name={name}")
+    in_step, locked = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    @app.job("twoSteps", max_attempts=1)
+    def two_steps(ctx: Any) -> str:
+        def first() -> int:
+            ran.append("first")
+            in_step.set()
+            assert locked.wait(10)
+            return 1
+
+        ctx.step.run("first", first)
+        ctx.step.run("second", lambda: ran.append("second") or 2)
+        return "done"
+
+    try:
+        with app.worker(concurrency=1), psycopg.connect(POSTGRES_URL) as admin:
+            run = app.start("twoSteps")
+            assert in_step.wait(10)
+            schema = pg_url.rsplit("schema=", 1)[1]
+            admin.execute(f'SELECT 1 FROM "{schema}".runs WHERE id = %s FOR UPDATE', (run.id,))
+            locked.set()
+            deadline = time.monotonic() + 10
+            cut = 0
+            while not cut and time.monotonic() < deadline:  # the checkpoint waits on the row
+                cut = admin.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE application_name = %s AND wait_event_type = 'Lock'",
+                    (name,)).fetchone()[0]
+                time.sleep(0.02)
+            assert cut == 1
+            admin.rollback()  # the row is free again
+            done = app.runs.wait(run.id, timeout=15)
+        assert (done.status, done.result, done.attempt) == ("completed", "done", 1)
+        assert ran == ["first", "second"]
+        assert [a.status for a in app.runs.attempts(run.id)] == ["completed"]
+    finally:
+        app.close()
+

@@ -25,6 +25,7 @@ from ..errors import (
     QueueNotFoundError,
     RunNotFoundError,
 )
+from ..store.database import is_database_unavailable
 
 log = logging.getLogger("stackshift.server")
 
@@ -66,17 +67,6 @@ def _is_database_data_error(exc: BaseException) -> bool:
     """A database refusing a value (PostgreSQL ``DataError``): the input's fault."""
     return any(
         cls.__name__ == "DataError" and cls.__module__.startswith("psycopg")
-        for cls in type(exc).__mro__
-    )
-
-
-def is_database_unavailable(exc: BaseException) -> bool:
-    """The database could not be reached or did not answer in time: PostgreSQL
-    down, restarting or out of pool connections (psycopg's ``OperationalError``,
-    ``PoolTimeout`` included), SQLite locked past its busy timeout. Neither the
-    client's fault nor a bug: worth a retry."""
-    return any(
-        cls.__name__ == "OperationalError" and cls.__module__.startswith(("psycopg", "sqlite3"))
         for cls in type(exc).__mro__
     )
 

@@ -15,7 +15,8 @@ import anyio.to_thread
 from starlette.responses import JSONResponse
 
 from ..serialization import MiB
-from .errors import error_body, is_database_unavailable
+from ..store.database import is_database_unavailable
+from .errors import error_body
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

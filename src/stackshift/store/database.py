@@ -12,6 +12,18 @@ from typing import Any, Protocol
 
 Row = Mapping[str, Any]
 
+def is_database_unavailable(exc: BaseException) -> bool:
+    """The database could not be reached or did not answer in time: PostgreSQL
+    down, restarting, a connection dropped or out of pool connections (psycopg's
+    ``OperationalError``, ``AdminShutdown`` and ``PoolTimeout`` included), SQLite
+    locked past its busy timeout. Neither the caller's fault nor a bug: worth a
+    retry."""
+    return any(
+        cls.__name__ == "OperationalError" and cls.__module__.startswith(("psycopg", "sqlite3"))
+        for cls in type(exc).__mro__
+    )
+
+
 #: Seconds a maintenance leader may go without calling ``try_lead`` again before
 #: another process may take the lead from it (see :meth:`Database.try_lead`).
 LEAD_SILENCE = 5.0

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, TypeVar
 
 import pydantic
 
@@ -41,8 +41,11 @@ from ..runlogs import CURRENT, CURRENT_STEP, engine_call
 from ..serialization import encode, loads
 from ..service import Service
 from ..store.base import ClaimedRun, LogWrite, Outcome, StepWrite
+from ..store.database import is_database_unavailable
 
 log = logging.getLogger("stackshift.worker")
+
+T = TypeVar("T")
 #: One record per failed attempt, for whoever reads the worker's output: WARNING
 #: when the run is retried, ERROR when it failed for good. The run keeps the whole
 #: error with its traceback.
@@ -460,10 +463,37 @@ class Invocation:
 
     def _save(self, write: StepWrite) -> None:
         asked_at = time.monotonic()
-        if self.store.save_step(self.lease, write, self.take_logs(), self.clock.now(),
-                                self.lease_seconds):
+        logs = self.take_logs()
+        if self._through_outages(lambda: self.store.save_step(
+                self.lease, write, logs, self.clock.now(), self.lease_seconds)):
             self.cancel_requested = True
         self._heard_at = asked_at
+
+    #: Seconds between tries of a write while the database is unavailable, at first
+    #: and at most (doubling in between).
+    OUTAGE_PAUSES = (0.05, 2.0)
+
+    def _through_outages(self, write: Callable[[], T]) -> T:
+        """``write()``, tried again while the database is unavailable (a connection
+        dropped, a server restarting), for as long as the run's lease may still be
+        this worker's: a blip costs the attempt nothing. Only for writes that can
+        be made twice: a step's checkpoint (a completed step keeps its first
+        result), parking a run, ending the attempt (the lease they check is gone
+        once they are made). Past the lease, the error is raised as before."""
+        pause, longest = self.OUTAGE_PAUSES
+        while True:
+            try:
+                return write()
+            except Exception as exc:
+                if not is_database_unavailable(exc) or \
+                        time.monotonic() + pause - self._heard_at >= self.lease_seconds:
+                    raise
+                log.warning("run %s: the database is unavailable (%s: %s); trying again in"
+                            " %s", self.run.id, type(exc).__name__,
+                            str(exc).strip().splitlines()[0] if str(exc).strip() else "",
+                            span(pause))
+            time.sleep(pause)
+            pause = min(pause * 2, longest)
 
     # -- sleeps and waits ------------------------------------------------------------
 
@@ -487,7 +517,9 @@ class Invocation:
         if wake <= now:
             self._save(StepWrite(key, name, "sleep", None, "completed", "null", None, now, now))
             return
-        self.store.suspend_for_sleep(self.lease, write, wake, self.take_logs(), now)
+        logs = self.take_logs()
+        self._through_outages(
+            lambda: self.store.suspend_for_sleep(self.lease, write, wake, logs, now))
         self.suspended = True
         self.service.notifier.due(wake)
         raise Suspend(self.run.id)
@@ -595,9 +627,12 @@ class Invocation:
         if self.abandoned:
             return
         now = self.clock.now()
-        done = self.store.finish_attempt(self.lease, outcome, self.take_logs(), now)
+        logs = self.take_logs()
+        done = self._through_outages(
+            lambda: self.store.finish_attempt(self.lease, outcome, logs, now))
         if not done:
-            log.warning("run %s: lease lost before the attempt could be recorded", self.run.id)
+            log.warning("run %s: lease lost before the attempt could be recorded (or a"
+                        " try the database did not confirm recorded it)", self.run.id)
             return
         if outcome.retry_at is not None:
             self.service.notifier.due(outcome.retry_at)
