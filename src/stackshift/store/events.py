@@ -69,6 +69,11 @@ class EventStore(ExecutionStore):
         with self.db.write() as tx:
             # A run asked to cancel takes no event: _suspend cancels it.
             cancel = renew(tx, lease, now, lease_seconds)
+            taken = _taken_already(tx, lease.run_id, step.key)
+            if taken is not None:
+                # A try whose answer was lost (a connection cut at its commit) took
+                # this event: the same one again, not a second.
+                return taken
             tx.lock(f"event:{name}\x00{correlation_key}")
             if correlation_key and not cancel:
                 tx.run("note_correlation", correlation_key=correlation_key,
@@ -274,3 +279,13 @@ def waiting_label(row: Row) -> str:
     waiting = loads(row["waiting_for"]) or {}
     key = waiting.get("correlation_key")
     return repr(waiting.get("event")) + (f" (key {key!r})" if key else "")
+
+
+def _taken_already(tx: Tx, run_id: str, key: str) -> Event | None:
+    """The event the wait step ``key`` of the run completed with, if it has."""
+    step = tx.one("get_step", run_id=run_id, key=key)
+    if step is None or step["status"] != "completed" or step["kind"] != "wait":
+        return None
+    taken = loads(step["result"])
+    found = tx.one("get_event", id=taken["id"]) if isinstance(taken, dict) else None
+    return None if found is None else rows.event(found)

@@ -478,8 +478,9 @@ class Invocation:
         dropped, a server restarting), for as long as the run's lease may still be
         this worker's: a blip costs the attempt nothing. Only for writes that can
         be made twice: a step's checkpoint (a completed step keeps its first
-        result), parking a run, ending the attempt (the lease they check is gone
-        once they are made). Past the lease, the error is raised as before."""
+        result), a wait (one whose step completed gives the event it took),
+        parking a run, ending the attempt (the lease they check is gone once they
+        are made). Past the lease, the error is raised as before."""
         pause, longest = self.OUTAGE_PAUSES
         while True:
             try:
@@ -553,17 +554,10 @@ class Invocation:
         self.boundary()
         now = self.clock.now()
         write = StepWrite(key, name, "wait", None, "waiting", None, None, now, None)
-        event = self.store.wait_for_event(
-            self.lease,
-            write,
-            name,
-            correlation_key or "",
-            now + timeout,
-            on_timeout,
-            self.take_logs(),
-            now,
-            self.lease_seconds,
-        )
+        logs = self.take_logs()
+        event = self._through_outages(lambda: self.store.wait_for_event(
+            self.lease, write, name, correlation_key or "", now + timeout, on_timeout, logs,
+            now, self.lease_seconds))
         if event is None:
             self.suspended = True
             self.service.notifier.due(now + timeout)
