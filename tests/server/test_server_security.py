@@ -660,6 +660,14 @@ def claim_one(http: httpx.Client, job: str, **extra: Any) -> httpx.Response:
                                                "limit": 1, "leaseSeconds": 30, **extra})
 
 
+def leased_run(http: httpx.Client, job: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A new run of ``job``, claimed as a remote worker claims it, and its lease."""
+    run = http.post("/v1/runs", json={"job": job}).json()
+    claimed = claim_one(http, job)
+    return run, {"runId": run["id"], "workerId": "wkr_sec",
+                 "attempt": claimed.json()["items"][0]["attempt"]}
+
+
 @pytest.mark.parametrize("handler", [
     '{"x": 1}', "{bad json", '"text"',
     '{"job": "h", "queue": "default", "max_attempts": null}',
@@ -694,10 +702,7 @@ def test_a_well_formed_failure_handler_starts_the_handler(
 def test_a_result_that_is_not_json_is_422_and_the_run_stays_readable(
         http: httpx.Client, unique: Any) -> None:
     job = unique("results")
-    run = http.post("/v1/runs", json={"job": job}).json()
-    claimed = claim_one(http, job)
-    lease = {"runId": run["id"], "workerId": "wkr_sec",
-             "attempt": claimed.json()["items"][0]["attempt"]}
+    run, lease = leased_run(http, job)
     step = {"key": "a", "name": "a", "kind": "run", "status": "completed",
             "result": "{not json", "startedAt": 1.0, "finishedAt": 2.0}
     assert_error(http.post("/v1/worker/steps", json={"lease": lease, "step": step,
@@ -717,10 +722,7 @@ def test_a_result_that_is_not_json_is_422_and_the_run_stays_readable(
 def test_a_completed_step_keeps_its_result_whatever_a_worker_sends_again(
         http: httpx.Client, unique: Any) -> None:
     job = unique("steady")
-    run = http.post("/v1/runs", json={"job": job}).json()
-    claimed = claim_one(http, job)
-    lease = {"runId": run["id"], "workerId": "wkr_sec",
-             "attempt": claimed.json()["items"][0]["attempt"]}
+    run, lease = leased_run(http, job)
 
     def save(step: dict[str, Any]) -> None:
         answer = http.post("/v1/worker/steps", json={"lease": lease, "step": {
@@ -742,10 +744,7 @@ def test_a_completed_step_keeps_its_result_whatever_a_worker_sends_again(
 def test_a_failed_ending_without_its_error_is_422_and_the_run_goes_on(
         http: httpx.Client, unique: Any, status: str) -> None:
     job = unique("errorless")
-    run = http.post("/v1/runs", json={"job": job}).json()
-    claimed = claim_one(http, job)
-    lease = {"runId": run["id"], "workerId": "wkr_sec",
-             "attempt": claimed.json()["items"][0]["attempt"]}
+    run, lease = leased_run(http, job)
     error = assert_error(http.post("/v1/worker/finish", json={
         "lease": lease, "outcome": {"status": status, "retryAt": 4e9}}), 422, "validation_error")
     assert f"error is required when status is {status}" in error["message"]
@@ -771,10 +770,7 @@ def test_runs_started_over_http_get_the_defaults_the_jobs_workers_recorded(
 def test_a_retry_without_its_time_is_422_and_the_run_keeps_running(
         http: httpx.Client, unique: Any) -> None:
     job = unique("retried")
-    run = http.post("/v1/runs", json={"job": job}).json()
-    claimed = claim_one(http, job)
-    lease = {"runId": run["id"], "workerId": "wkr_sec",
-             "attempt": claimed.json()["items"][0]["attempt"]}
+    run, lease = leased_run(http, job)
     error = assert_error(http.post("/v1/worker/finish", json={
         "lease": lease, "outcome": {"status": "retrying"}}), 422, "validation_error")
     assert "retryAt is required" in error["message"]

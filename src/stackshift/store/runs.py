@@ -632,10 +632,9 @@ def _run_filter(filters: RunFilter) -> tuple[list[str], dict[str, Any]]:
     if filters.search is not None:
         where.append("(id = :search OR idempotency_key = :search)")
         params["search"] = filters.search
-    if filters.created_after is not None:
-        where.append("created_at >= :created_after")
-        params["created_after"] = filters.created_after
-    if filters.created_before is not None:
-        where.append("created_at < :created_before")
-        params["created_before"] = filters.created_before
+    for bound, compared in (("created_after", ">="), ("created_before", "<")):
+        value = getattr(filters, bound)
+        if value is not None:
+            where.append(f"created_at {compared} :{bound}")
+            params[bound] = value
     return where, params
