@@ -72,7 +72,7 @@ def _import_failed(what: str, exc: Exception) -> CliFailure:
 
 
 def _is_database_error(exc: Exception) -> bool:
-    if isinstance(exc, sqlite3.Error):
+    if isinstance(exc, sqlite3.OperationalError):
         return True
     psycopg = sys.modules.get("psycopg")  # loaded only for a PostgreSQL URL
     return psycopg is not None and isinstance(exc, psycopg.OperationalError)

@@ -46,6 +46,7 @@ from ..store.database import is_database_unavailable
 log = logging.getLogger("stackshift.worker")
 
 T = TypeVar("T")
+
 #: One record per failed attempt, for whoever reads the worker's output: WARNING
 #: when the run is retried, ERROR when it failed for good. The run keeps the whole
 #: error with its traceback.
