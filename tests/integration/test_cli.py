@@ -1727,14 +1727,27 @@ def test_tables_show_users_text_as_it_is(db_url: str, app: StackShift) -> None:
     assert f'Run {done.id} completed: "[red]x[/]"' in waited.stdout, waited.stdout
 
 
+def _interruptible() -> None:
+    """In the child before it runs: Ctrl-C's default, as in a terminal (a shell
+    starts a background job, such as a CI run, with SIGINT ignored, which its
+    children inherit)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_on_a_wait_exits_130_not_as_a_failed_run(db_url: str, app: StackShift) -> None:
     run = app.start("neverTaken")  # no worker: the wait goes on until interrupted
     for args in (["runs", "wait", run.id], ["runs", "logs", run.id, "--follow"]):
         process = subprocess.Popen([*STACKSHIFT, *args], stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, env=_env(db_url))
-        time.sleep(2.0)  # well into the wait
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=30)
+                                   stderr=subprocess.PIPE, text=True, env=_env(db_url),
+                                   preexec_fn=_interruptible)
+        try:
+            time.sleep(2.0)  # well into the wait
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
         assert process.returncode == 130, (args, out, err)
         assert "Traceback" not in err and "Aborted" not in err, (args, err)
     assert app.runs.get(run.id).status == "queued"
