@@ -10,13 +10,13 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-import sqlite3
 import sys
 import traceback
 from pathlib import Path
 from types import ModuleType
 
 from ..client import AsyncStackShift, StackShift
+from ..store.database import is_database_unavailable
 from .failures import CliFailure, bad_input, debugging, failed
 from .options import DATABASE_ENV
 from .render import shown_url
@@ -62,20 +62,13 @@ def _import_failed(what: str, exc: Exception) -> CliFailure:
     opened (the client an app builds as it is imported opens it: a wrong URL, a
     folder that does not exist, a server down) is no fault of the app's code:
     the error names the database instead, without the traceback."""
-    if not _is_database_error(exc) or debugging():
+    if not is_database_unavailable(exc) or debugging():
         traceback.print_exc()
         return failed(f"importing {what} failed: {type(exc).__name__}: {exc}")
     url = os.environ.get(DATABASE_ENV)
     where = f" {shown_url(url)}" if url else ""
     return failed(f"importing {what} failed: the database{where} could not be opened:"
                   f" {type(exc).__name__}: {exc} (set STACKSHIFT_DEBUG=1 for the traceback)")
-
-
-def _is_database_error(exc: Exception) -> bool:
-    if isinstance(exc, sqlite3.OperationalError):
-        return True
-    psycopg = sys.modules.get("psycopg")  # loaded only for a PostgreSQL URL
-    return psycopg is not None and isinstance(exc, psycopg.OperationalError)
 
 
 def _import_module(name: str) -> ModuleType:
