@@ -1197,3 +1197,24 @@ def test_unknown_run_id_raises_run_not_found(fake_app: StackShift, call: str) ->
     with pytest.raises(RunNotFoundError, match=UNKNOWN):
         method(UNKNOWN)
     assert issubclass(RunNotFoundError, LookupError)
+
+
+def test_a_step_during_which_the_clock_steps_back_finishes_when_it_started(
+        fake_app: StackShift, clock: FakeClock) -> None:
+    def stepped_back(fail: bool) -> str:
+        clock.set(clock.now() - 30)  # the wall clock set back by half a minute
+        if fail:
+            raise ValueError("no")
+        return "done"
+
+    @fake_app.job("clock-back")
+    def job(ctx: Any) -> None:
+        ctx.step.run("ok", stepped_back, False)
+        ctx.step.run("fails", stepped_back, True)
+
+    run = fake_app.start("clock-back", None, max_attempts=1)
+    run_until_idle(fake_app)
+    steps = fake_app.runs.steps(run.id)
+    assert sorted((s.key, s.status) for s in steps) == [("fails", "failed"), ("ok", "completed")]
+    for step in steps:
+        assert step.started_at is not None and step.finished_at == step.started_at

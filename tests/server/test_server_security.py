@@ -740,6 +740,18 @@ def test_a_completed_step_keeps_its_result_whatever_a_worker_sends_again(
     assert [t["kind"] for t in timeline if t["step"] == "a"] == ["step.failed", "step.completed"]
 
 
+def test_a_step_that_finished_before_it_started_is_422_and_nothing_is_saved(
+        http: httpx.Client, unique: Any) -> None:
+    job = unique("backwards")
+    run, lease = leased_run(http, job)
+    error = assert_error(http.post("/v1/worker/steps", json={"lease": lease, "step": {
+        "key": "a", "name": "a", "kind": "run", "status": "completed", "result": "1",
+        "startedAt": 2.0, "finishedAt": 1.0}, "leaseSeconds": 30}), 422, "validation_error")
+    assert "finishedAt must not be before startedAt" in error["message"]
+    assert http.get(f"/v1/runs/{run['id']}/steps").json()["items"] == []
+    assert http.get(f"/v1/runs/{run['id']}").json()["status"] == "running"
+
+
 @pytest.mark.parametrize("status", ["failed", "retrying"])
 def test_a_failed_ending_without_its_error_is_422_and_the_run_goes_on(
         http: httpx.Client, unique: Any, status: str) -> None:

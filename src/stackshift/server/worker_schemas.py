@@ -126,6 +126,13 @@ class StepBody(Body):
     started_at: Instant
     finished_at: Instant | None = None
 
+    @model_validator(mode="after")
+    def _finished_after_it_started(self) -> StepBody:
+        # The timeline and the step's duration are read from these two.
+        if self.finished_at is not None and self.finished_at < self.started_at:
+            raise ValueError("finishedAt must not be before startedAt")
+        return self
+
     def to_write(self) -> StepWrite:
         error = None if self.error is None else self.error.model_dump()
         return StepWrite(self.key, self.name, self.kind, self.function, self.status,

@@ -440,7 +440,7 @@ class Invocation:
             self.record_failed(plan, exc)
             raise
         self._save(StepWrite(plan.key, plan.name, "run", plan.function, "completed", text, None,
-                             plan.started_at, self.clock.now()))
+                             plan.started_at, self._finished_at(plan)))
         return loads(text)
 
     def _encode_result(self, plan: StepPlan, value: Any) -> str:
@@ -460,7 +460,12 @@ class Invocation:
 
     def record_failed(self, plan: StepPlan, exc: BaseException) -> None:
         self._save(StepWrite(plan.key, plan.name, "run", plan.function, "failed", None,
-                             outcomes.error_dict(exc), plan.started_at, self.clock.now()))
+                             outcomes.error_dict(exc), plan.started_at, self._finished_at(plan)))
+
+    def _finished_at(self, plan: StepPlan) -> float:
+        # Never before the step started, should the wall clock step back meanwhile:
+        # a server refuses such a step (422).
+        return max(plan.started_at, self.clock.now())
 
     def _save(self, write: StepWrite) -> None:
         asked_at = time.monotonic()
