@@ -136,7 +136,12 @@ def parse_instant(value: Any, *, name: str = "time") -> float:
     except OverflowError:
         raise ValidationError(f"{name}: {value!r} is outside the years 1 to 9999 in UTC"
                               ) from None
-    return moment.timestamp()
+    seconds = moment.timestamp()
+    if _read_back(seconds) is None:
+        # Stored as epoch seconds, the last microseconds of 9999 round up into 10000.
+        raise ValidationError(f"{name}: {value!r} is too close to the end of the year 9999"
+                              " in UTC to be stored")
+    return seconds
 
 
 def to_datetime(epoch: float | None) -> datetime | None:

@@ -596,6 +596,10 @@ def test_a_time_past_the_year_9999_in_utc_is_422_and_writes_nothing(
     assert "outside the years 1 to 9999 in UTC" in error["message"]
     assert_error(http.put("/v1/state/late", json={"value": 1, "expiresAt": late}),
                  422, "validation_error")
+    last = "9999-12-31T23:59:59.999999Z"  # rounds up into the year 10000 as stored
+    error = assert_error(http.post("/v1/runs", json={"job": "late", "scheduledAt": last}),
+                         422, "validation_error")
+    assert "scheduledAt" in error["message"] and "end of the year 9999" in error["message"]
     assert run_count(served_db) == before
     assert http.get("/v1/runs").status_code == 200
     assert http.get("/v1/state").status_code == 200

@@ -181,6 +181,11 @@ def test_ttl_without_a_key_is_refused(shop: StackShift) -> None:
         ("2026-02-30T09:00:00Z", "is not an ISO-8601 time"),
         ("", "is not an ISO-8601 time"),
         (1767603600, "expected a datetime or ISO-8601 string"),
+        ("9999-12-31T23:59:59-01:00", "is outside the years 1 to 9999 in UTC"),
+        # Stored as epoch seconds, these would round up into the year 10000.
+        ("9999-12-31T23:59:59.999999Z", "is too close to the end of the year 9999"),
+        (datetime(9999, 12, 31, 23, 59, 59, 999990, tzinfo=UTC),
+         "is too close to the end of the year 9999"),
     ],
 )
 def test_bad_scheduled_at(shop: StackShift, value: Any, match: str) -> None:
