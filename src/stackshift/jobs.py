@@ -178,8 +178,12 @@ def make_job(
     else:
         check_timezone(timezone)  # a misspelt zone is refused here, not when cron is added
     check_overlap(overlap)
-    if overlap != "allow" and cron is None:
-        raise ValidationError(f"overlap={overlap!r} needs cron: it applies to a job's schedule")
+    if cron is None:
+        for option, value, default in (("timezone", timezone, "UTC"),
+                                       ("overlap", overlap, "allow")):
+            if value != default:
+                raise ValidationError(
+                    f"{option}={value!r} needs cron: it applies to a job's schedule")
     if not callable(handler):
         raise ValidationError(f"handler for job {name!r} is not callable")
     _check_takes_ctx(name, handler)

@@ -408,6 +408,11 @@ BAD_SCHEDULES = [
     # The host's own setting, which some hosts keep beside the zones: not an IANA name.
     ({"cron": "@daily", "timezone": "localtime"},
      "unknown timezone 'localtime': use an IANA name such as 'UTC' or 'Europe/Paris'"),
+    # Each tick parses the expression again: a long one would cost every tick.
+    ({"cron": "0 9 * * " + ",".join(["1-5"] * 50)},
+     "cron expression is 207 characters long; at most 200 are taken"),
+    ({"cron": "@daily", "timezone": "Europe/" + "x" * 300},
+     "timezone is 307 characters long; at most 200 are taken"),
 ]
 
 
@@ -455,6 +460,10 @@ def test_bad_timezone_is_refused(fake_app: StackShift) -> None:
     ("Buenos Aires", "did you mean 'America/Argentina/Buenos_Aires' or 'America/Buenos_Aires'?"),
     ("Mars", "use an IANA name such as 'UTC' or 'Europe/Paris'"),
     ("localtime", "use an IANA name such as 'UTC' or 'Europe/Paris'"),
+    # Copies some hosts keep beside the zones (right/ ones misread by an hour here).
+    ("right/Europe/Paris", "zones under right/ are copies only some hosts hold; use"
+                           " 'Europe/Paris'"),
+    ("posix/UTC", "zones under posix/ are copies only some hosts hold; use 'UTC'"),
 ])
 def test_a_city_or_a_zone_in_other_case_is_refused_naming_the_zone(
         fake_app: StackShift, zone: str, said: str) -> None:
@@ -999,6 +1008,10 @@ def test_overlap_in_code_is_kept_in_sync_and_checked(db_url: str, clock: FakeClo
             app.job("a", lambda ctx: None, cron="@daily", overlap="queue")
         with pytest.raises(ValidationError, match="needs cron"):
             app.job("b", lambda ctx: None, overlap="skip")
+        with pytest.raises(ValidationError,
+                           match="timezone='Europe/Paris' needs cron: it applies to a job's"):
+            app.job("b", lambda ctx: None, timezone="Europe/Paris")
+        assert app.jobs == []
         with pytest.raises(ValidationError, match="overlap must be 'allow' or 'skip'"):
             app.schedules.create("a", cron="@daily", overlap="Skip")  # type: ignore[arg-type]
         assert [s.id for s in app.schedules.list()] == ["job:cleanup"]

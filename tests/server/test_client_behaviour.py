@@ -218,8 +218,10 @@ def test_bad_start_input_raises_and_writes_nothing(
          "timezone must be an IANA zone name such as 'UTC', got 5"),
         (lambda c: c.schedules.create("ok", cron="@daily", timezone="Europe"),
          "unknown timezone 'Europe': use an IANA name such as 'UTC' or 'Europe/Paris'"),
-        (lambda c: c.schedules.create("ok", cron="@daily", timezone="k" * 300),
+        (lambda c: c.schedules.create("ok", cron="@daily", timezone="k" * 200),
          "unknown timezone 'kkk"),
+        (lambda c: c.schedules.create("ok", cron="@daily", timezone="k" * 300),
+         "timezone is 300 characters long; at most 200 are taken"),
         # The host's own zone (a file beside the IANA zones on some hosts): not a zone name.
         (lambda c: c.schedules.create("ok", cron="@daily", timezone="localtime"),
          "unknown timezone 'localtime': use an IANA name such as 'UTC' or 'Europe/Paris'"),

@@ -33,6 +33,10 @@ DESCRIPTORS = {
 
 #: The shortest ``@every`` interval.
 MIN_INTERVAL = 1.0
+
+#: The longest cron expression and zone name a new schedule takes, in characters:
+#: each tick parses its expression again.
+LONGEST_CRON = 200
 #: Missed ticks are counted up to this many (a schedule down for years stops there).
 MAX_COUNTED = 10_000
 #: How many ticks at or before ``after`` :meth:`Cron.next_after` passes over:
@@ -183,10 +187,20 @@ def check_overlap(value: object) -> str:
 #: tick at other times on another host.
 _HOST_ZONES = frozenset({"localtime"})
 
+#: Copies of the zones some hosts' zone directories hold besides them: not every
+#: host has them (the tzdata package has neither), and ``right/`` zones count leap
+#: seconds, which zoneinfo misreads (``right/Europe/Paris`` as UTC+2 in December).
+_HOST_COPIES = ("posix/", "right/")
+
 
 def check_timezone(name: object) -> str:
     if not isinstance(name, str) or not name:
         raise ValidationError(f"timezone must be an IANA zone name such as 'UTC', got {name!r}")
+    if name.startswith(_HOST_COPIES):
+        zone = name.split("/", 1)[1]
+        raise ValidationError(
+            f"unknown timezone {name!r}: zones under {name.split('/', 1)[0]}/ are copies only"
+            f" some hosts hold; use {zone!r}")
     try:
         if name in _HOST_ZONES:
             raise ZoneInfoNotFoundError(name)
@@ -209,14 +223,22 @@ def _zones_like(name: str) -> list[str]:
     if not wanted:
         return []
     zones = [zone for zone in available_timezones()
-             if not zone.startswith(("posix/", "right/")) and zone not in _HOST_ZONES]
+             if not zone.startswith(_HOST_COPIES) and zone not in _HOST_ZONES]
     same = [zone for zone in zones if zone.casefold() == wanted]
     return same or sorted(zone for zone in zones
                           if zone.rsplit("/", 1)[-1].casefold() == wanted)[:3]
 
 
-def parse_cron(expression: object, timezone: str = "UTC") -> Cron:
-    """Parse ``expression``; :class:`ValidationError` says what is wrong with a bad one."""
+def parse_cron(expression: object, timezone: str = "UTC", *, stored: bool = False) -> Cron:
+    """Parse ``expression``; :class:`ValidationError` says what is wrong with a bad one.
+
+    ``stored``: a schedule's, read back, which :data:`LONGEST_CRON` (newer than
+    some schedules) does not bound."""
+    if not stored:
+        for what, text in (("cron expression", expression), ("timezone", timezone)):
+            if isinstance(text, str) and len(text) > LONGEST_CRON:
+                raise ValidationError(f"{what} is {len(text):,} characters long; at most"
+                                      f" {LONGEST_CRON} are taken")
     tz = check_timezone(timezone)
     if not isinstance(expression, str) or not expression.strip():
         raise ValidationError(f"cron expression must be a non-empty string, got {expression!r}")

@@ -142,7 +142,7 @@ class ScheduleStore:
                 raise ScheduleNotFoundError(f"no schedule with id {quoted(schedule_id)}")
             next_at = row["next_run_at"]
             if not paused and row["paused"]:
-                next_at = parse_cron(row["cron"], row["timezone"]).next_after(now)
+                next_at = parse_cron(row["cron"], row["timezone"], stored=True).next_after(now)
             tx.one("set_schedule_paused", id=schedule_id, paused=1 if paused else 0,
                    next_run_at=next_at, now=now)
             return _detail(tx, schedule_id)
@@ -219,7 +219,7 @@ class ScheduleStore:
                 run_id = row["last_run_id"]
                 error: dict[str, Any] | None = None
                 try:
-                    cron = parse_cron(row["cron"], row["timezone"])
+                    cron = parse_cron(row["cron"], row["timezone"], stored=True)
                     known = counted[key]
                     tick, missed = known if known is not None else cron.latest_due(due, now)
                     next_at = cron.next_after(now)
@@ -263,7 +263,8 @@ def _count_missed(rows: list[Row], now: float, budget: float
         due = float(row["next_run_at"])
         key = (row["id"], row["cron"], row["timezone"], due)
         try:
-            counted[key] = parse_cron(row["cron"], row["timezone"]).latest_due(due, now)
+            cron = parse_cron(row["cron"], row["timezone"], stored=True)
+            counted[key] = cron.latest_due(due, now)
         except (StackShiftError, ValueError, TypeError):
             counted[key] = None
     return counted
