@@ -171,6 +171,27 @@ def test_a_worker_starting_after_missed_ticks_runs_one_not_a_backlog(
         app.close()
 
 
+def test_a_schedule_kept_up_to_date_fires_on_time_while_others_catch_up(
+        fake_app: StackShift, clock: FakeClock) -> None:
+    """Schedules forty days behind (their missed ticks counted one by one, each a
+    good part of the maintenance round's budget) do not hold up one that came due
+    just now: it fires in the round it is due, with no tick missed."""
+    fake_app.job("tick", lambda ctx: None)
+    behind = [fake_app.schedules.create("tick", cron="* * * * 1-5", timezone="Europe/Paris")
+              for _ in range(10)]
+    clock.advance("40d")
+    fresh = fake_app.schedules.create("tick", cron="@every 5s")
+    clock.advance("5s")
+    started = fake_app._service.fire_schedules(clock.now())  # one maintenance round
+    assert started and ticks_of(fake_app, fresh.id) == ["2026-02-14T09:00:05Z"]
+    assert fake_app.schedules.get(fresh.id).missed_ticks == 0
+    run_until_idle(fake_app)  # the others catch up over the next rounds
+    for schedule in behind:
+        caught_up = fake_app.schedules.get(schedule.id)
+        assert len(ticks_of(fake_app, schedule.id)) == 1
+        assert caught_up.missed_ticks == 10_000  # the most counted
+
+
 def test_a_paused_schedule_starts_nothing_and_resumes_from_now(
         fake_app: StackShift, clock: FakeClock) -> None:
     fake_app.job("tick", lambda ctx: None)

@@ -233,9 +233,10 @@ GROUP BY job, concurrency_key;
 SELECT * FROM schedules WHERE id = :id FOR UPDATE;
 
 -- name: due_schedules
--- SKIP LOCKED: two maintainers never fire the same schedule at once.
+-- SKIP LOCKED: two maintainers never fire the same schedule at once. The most
+-- recently due first, in the order of peek_due_schedules.
 SELECT * FROM schedules WHERE paused = 0 AND next_run_at <= :now
-ORDER BY next_run_at LIMIT :limit
+ORDER BY next_run_at DESC, id LIMIT :limit
 FOR UPDATE SKIP LOCKED;
 
 -- name: claim_update_many

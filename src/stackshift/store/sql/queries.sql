@@ -714,16 +714,19 @@ FROM schedules s LEFT JOIN runs r ON r.id = s.last_run_id
 WHERE s.id = :id;
 
 -- name: due_schedules
+-- In the order of peek_due_schedules.
 SELECT * FROM schedules WHERE paused = 0 AND next_run_at <= :now
-ORDER BY next_run_at LIMIT :limit;
+ORDER BY next_run_at DESC, id LIMIT :limit;
 
 -- name: next_schedule_tick
 SELECT MIN(next_run_at) AS due FROM schedules WHERE paused = 0;
 
 -- name: peek_due_schedules
--- Read without locks before the write transaction that fires them.
+-- Read without locks before the write transaction that fires them. The most
+-- recently due first: a schedule kept up to date fires on time while others
+-- catch up after an outage, whose missed ticks take long to count.
 SELECT id, cron, timezone, next_run_at FROM schedules WHERE paused = 0 AND next_run_at <= :now
-ORDER BY next_run_at LIMIT :limit;
+ORDER BY next_run_at DESC, id LIMIT :limit;
 
 -- name: schedule_fired
 -- Conditional on the tick read, so a tick is moved past once.
