@@ -50,6 +50,22 @@ def parse_duration(value: Any, *, name: str = "duration") -> float:
     return seconds
 
 
+def parse_typed_duration(text: str, *, name: str) -> float:
+    """A duration typed as text (a command-line option, a form field) as seconds: a
+    bare number is seconds (``10``, ``1.5``), other text one of the forms of
+    :func:`parse_duration`. An error quotes the text as typed."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        return parse_duration(text, name=name)
+    try:
+        return parse_duration(seconds, name=name)
+    except ValidationError as exc:
+        # The number as it was typed ('-5', '1e999'), not as read (-5.0, inf).
+        raise ValidationError(str(exc).replace(f"{name}: {seconds!r}", f"{name}: {text!r}", 1)
+                              ) from None
+
+
 def _text_seconds(value: str) -> float | None:
     """The seconds ``value`` (``"1h30m"``) names, or None if it names none."""
     text = value.strip().lower()

@@ -691,6 +691,8 @@ def test_the_jobs_page_starts_a_run_and_keeps_a_refused_form_as_it_was_sent(
          "queue name 'a b' is invalid"),
         ("send-email", '{"user": "lin"}', {"queue": "emails", "delay": "soon"},
          "delay: 'soon' is not a duration (use e.g. '30s', '15m', '1h30m', '7d')"),
+        ("send-email", '{"user": "lin"}', {"delay": "-5"},
+         "delay: '-5' must be a finite, non-negative duration"),
         ("send-email", '{"user": "lin"}', {"priority": "high"},
          "priority must be a 32-bit integer, got 'high'"),
         ("send-email", '{"user": "lin"}', {"priority": "9999999999"},
@@ -745,6 +747,13 @@ def test_the_jobs_page_starts_a_run_and_keeps_a_refused_form_as_it_was_sent(
     assert later.scheduled_at is not None
     assert 3590 < (later.scheduled_at - later.created_at).total_seconds() <= 3600
     expect(page.locator("#run-head .badge").first).to_have_text("scheduled")
+    # A bare number is seconds, as `stackshift start --delay 90` reads it.
+    page.goto(stack.at("/jobs"))
+    submit("send-email", '{"user": "kim"}', delay="90")
+    expect(page.locator(".flash-ok")).to_have_text("Run started.")
+    soon = stack.app.runs.get(page.locator("#run-id").inner_text().strip())
+    assert soon.scheduled_at is not None
+    assert 80 < (soon.scheduled_at - soon.created_at).total_seconds() <= 90
 
 
 def test_bulk_retry_dead_letters_of_a_queue(stack: Dashboard, page: Page) -> None:

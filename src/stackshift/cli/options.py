@@ -17,7 +17,7 @@ from rich.console import Console
 
 from ..checks import check_filter
 from ..client import DEFAULT_DATABASE_URL, URL_ENV, StackShift
-from ..durations import parse_duration
+from ..durations import parse_typed_duration
 from ..errors import ValidationError
 from ..serialization import DuplicateKeyError, to_jsonable, unique_keys
 from ..wording import shell_word
@@ -210,18 +210,18 @@ def duration(value: str | None, option: str) -> float | str | None:
     if value is None:
         return None
     try:
-        seconds = float(value)
-    except ValueError:
-        seconds = None
-    try:
-        parse_duration(value if seconds is None else seconds, name=option)
+        seconds = parse_typed_duration(value, name=option)
     except ValidationError as exc:
-        message = str(exc)
-        if seconds is not None:
-            # The number as it was typed ('-5', '1e999'), not as read (-5.0, inf).
-            message = message.replace(f"{option}: {seconds!r}", f"{option}: {value!r}", 1)
-        raise bad_input(message) from None
-    return value if seconds is None else seconds
+        raise bad_input(str(exc)) from None
+    return seconds if _is_number(value) else value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def split_list(value: str | None) -> list[str] | None:

@@ -37,6 +37,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..checks import check_int
+from ..durations import parse_typed_duration
 from ..errors import StackShiftError
 from ..serialization import DuplicateKeyError, unique_keys
 from ..service import Service
@@ -535,9 +536,10 @@ class Dashboard:
             rank = None if not priority else check_int(
                 int(priority) if re.fullmatch(r"[+-]?\d{1,12}", priority) else priority,
                 "priority", 32)
+            # A bare number is seconds, as for `stackshift start --delay`.
+            after = parse_typed_duration(delay, name="delay") if delay else None
             run = self.service.start(job, payload, idempotency_key=key,
-                                     queue_name=queue or None, delay=delay or None,
-                                     priority=rank)
+                                     queue_name=queue or None, delay=after, priority=rank)
         except (StackShiftError, TypeError, ValueError) as exc:
             return None, ("error", str(exc))
         if not run.created:
