@@ -81,10 +81,14 @@ def test_a_cancelled_run_retried_by_hand_no_longer_shows_the_cancel(
     run = fake_app.start("later", delay="1h")
     cancelled = fake_app.runs.cancel(run.id, reason="wrong customer")
     assert cancelled.error is not None and cancelled.error.message == "wrong customer"
+    clock.advance("10m")
     queued = fake_app.runs.retry(run.id)
     # No attempt had started: the budget is the first one still.
     assert (queued.status, queued.error, queued.retry_base, queued.budget_attempt) == (
         "queued", None, 0, 0)
+    # Queued now, so scheduled for now: not for the hour it was to start at.
+    assert queued.scheduled_at is not None
+    assert queued.scheduled_at.timestamp() == pytest.approx(clock.now())
     cancels = [e for e in fake_app.runs.timeline(run.id) if e.kind == "run.cancelled"]
     assert len(cancels) == 1
     run_until_idle(fake_app)

@@ -192,10 +192,12 @@ WHERE run_id = :run_id AND number = :number AND status = 'cancelled';
 
 -- name: manual_retry
 -- A fresh budget of max_attempts after the attempts made so far (retry_base),
--- and no current error: each attempt's error stays in attempts.
+-- and no current error: each attempt's error stays in attempts. A run cancelled
+-- before the time it was scheduled for is now scheduled for now, when it is queued.
 UPDATE runs
 SET status = 'queued', retry_base = attempt, resuming = 0, available_at = :now,
     finished_at = NULL, error = NULL, cancel_requested = 0, waiting_for = NULL,
+    scheduled_at = CASE WHEN scheduled_at > :now THEN :now ELSE scheduled_at END,
     claim_priority = priority, updated_at = :now
 WHERE id = :id AND status = :from_status
 RETURNING id;
