@@ -160,15 +160,19 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=21)
     args = parser.parse_args()
-    folder = tempfile.mkdtemp(prefix="stackshift-dashboard-bench-")
-    url = args.url or f"sqlite:///{os.path.join(folder, 'bench.db')}"
+    with tempfile.TemporaryDirectory(prefix="stackshift-dashboard-bench-") as folder:
+        bench(args.url or f"sqlite:///{os.path.join(folder, 'bench.db')}", args.runs,
+              args.requests)
+
+
+def bench(url: str, runs: int, requests: int) -> None:
     app = StackShift(url)
     register(app)
     print(f"database: {url}")
     # The real run first, so that the worker does not pick up the stored history.
     run_id = showcase_run(app)
     began = time.perf_counter()
-    seed(app, args.runs)
+    seed(app, runs)
     print(f"  seeded in {time.perf_counter() - began:.1f}s")
     server, thread, base = serve(app)
     pages = [
@@ -184,12 +188,12 @@ def main() -> None:
         ("queues", "/queues"),
         ("jobs and workers", "/jobs"),
     ]
-    print(f"\n{'page':<40} {'median':>9} {'p95':>9}   ({args.requests} requests each)")
+    print(f"\n{'page':<40} {'median':>9} {'p95':>9}   ({requests} requests each)")
     with httpx.Client(base_url=base, timeout=30) as client:
         second = app.runs.list(limit=50).next_cursor
         for label, path in pages:
             target = path or f"/?cursor={second}"
-            median, p95 = measure(client, target, args.requests)
+            median, p95 = measure(client, target, requests)
             print(f"{label:<40} {median:>7.1f}ms {p95:>7.1f}ms")
     server.should_exit = True
     thread.join(timeout=10)

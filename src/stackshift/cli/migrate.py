@@ -6,13 +6,13 @@ import click
 
 from ..client import StackShift
 from ..store.queries import load_migrations
-from .options import database_only, database_url_option, json_option
+from .options import database_only, database_only_option, json_option
 from .render import console, echo_json
 
 
 @click.command()
 @json_option
-@database_url_option
+@database_only_option
 def migrate(as_json: bool, database_url: str | None) -> None:
     """Apply pending migrations (forward only) and print the schema version."""
     app = StackShift(database_only(database_url), migrate=False)

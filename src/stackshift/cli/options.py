@@ -47,6 +47,21 @@ def database_url_option(fn: F) -> F:
     )(fn)
 
 
+def database_only_option(fn: F) -> F:
+    """``--database-url`` of a command that works on the database only: see
+    :func:`database_only`."""
+    return click.option(
+        "--db",
+        "--database-url",
+        "database_url",
+        envvar=DATABASE_ENV,
+        show_envvar=True,
+        default=None,
+        callback=not_empty,
+        help=f"sqlite:///path/to/file.db or postgresql://...  [default: {DEFAULT_DATABASE_URL}]",
+    )(fn)
+
+
 def database_only(database_url: str | None) -> str:
     """The database of a command that works on the database only (``migrate``,
     ``keys``, ``endpoints``): ``database_url``, else the default file, unless

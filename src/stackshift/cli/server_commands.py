@@ -31,7 +31,7 @@ from ..service import Service
 from ..settings import Settings, parse_setting
 from ..store import open_store
 from .failures import bad_input, failed, not_found
-from .options import database_only
+from .options import database_only, database_only_option
 from .render import Fit, _table, console, echo_json, iso, shown_url, when
 
 _database_url = click.option(
@@ -43,18 +43,6 @@ _database_url = click.option(
     default=DEFAULT_DATABASE_URL,
     show_default=True,
     help="sqlite:///path/to/file.db or postgresql://...",
-)
-# keys and endpoints work on the database only: left out, the URL is
-# STACKSHIFT_DATABASE_URL, else the default file, unless STACKSHIFT_URL names a
-# server (then nothing is opened, see options.database_only).
-_admin_database_url = click.option(
-    "--db",
-    "--database-url",
-    "database_url",
-    envvar="STACKSHIFT_DATABASE_URL",
-    show_envvar=True,
-    default=None,
-    help=f"sqlite:///path/to/file.db or postgresql://...  [default: {DEFAULT_DATABASE_URL}]",
 )
 _as_json = click.option("--json", "as_json", is_flag=True,
                         help="Print JSON (for scripts) instead of text.")
@@ -224,7 +212,7 @@ def keys() -> None:
 
 @keys.command("create")
 @click.option("--name", required=True, help="What the key is for, e.g. 'billing-service'.")
-@_admin_database_url
+@database_only_option
 @_as_json
 def create_key(name: str, database_url: str | None, as_json: bool) -> None:
     """Create a key and print it. It is shown this once: only its hash is stored."""
@@ -242,7 +230,7 @@ def create_key(name: str, database_url: str | None, as_json: bool) -> None:
 
 
 @keys.command("list")
-@_admin_database_url
+@database_only_option
 @_as_json
 def list_keys(database_url: str | None, as_json: bool) -> None:
     """List keys (never the keys themselves: id, name, prefix, dates)."""
@@ -268,7 +256,7 @@ def list_keys(database_url: str | None, as_json: bool) -> None:
 
 @keys.command("revoke")
 @click.argument("key")
-@_admin_database_url
+@database_only_option
 @_as_json
 def revoke_key(key: str, database_url: str | None, as_json: bool) -> None:
     """Revoke KEY (its id or listed prefix). Requests with it get 401 at once."""
@@ -311,7 +299,7 @@ NEW_ENDPOINT_CONCURRENCY = 10
 @click.option("--concurrency", type=click.IntRange(1, 1000),
               help=f"Runs posted to the route at once [default: {NEW_ENDPOINT_CONCURRENCY}"
                    ", or as it was for a URL added before].")
-@_admin_database_url
+@database_only_option
 @_as_json
 def add_endpoint(url: str, jobs: str, concurrency: int | None, database_url: str | None,
                  as_json: bool) -> None:
@@ -345,7 +333,7 @@ def add_endpoint(url: str, jobs: str, concurrency: int | None, database_url: str
 
 
 @endpoints.command("list")
-@_admin_database_url
+@database_only_option
 @_as_json
 def list_endpoints(database_url: str | None, as_json: bool) -> None:
     """List the registered handler routes (never their secrets)."""
@@ -376,7 +364,7 @@ def _endpoints_table(found: list[Endpoint]) -> Table:
 
 @endpoints.command("remove")
 @click.argument("endpoint_id")
-@_admin_database_url
+@database_only_option
 @_as_json
 def remove_endpoint(endpoint_id: str, database_url: str | None, as_json: bool) -> None:
     """Stop invoking the route ENDPOINT_ID (runs in flight finish)."""
