@@ -394,6 +394,40 @@ def test_minutes_of_a_repeated_hour_are_created_and_caught_up_in_its_second_pass
     assert ticks_of(fake_app, made.id) == ["2026-11-02T06:00:00Z"]
 
 
+def test_a_schedule_whose_zone_this_host_lacks_says_why_and_is_tried_again(
+        fake_app: StackShift, clock: FakeClock) -> None:
+    """A zone another host's time zone database has and this one's does not: the
+    tick records why it could not start a run, and the schedule is tried again a
+    minute later rather than stopping for good."""
+    fake_app.job("tick", lambda ctx: None)
+    schedule = fake_app.schedules.create("tick", cron="@hourly", timezone="Europe/Paris")
+    with fake_app._service.store.db.write() as tx:
+        tx.raw("UPDATE schedules SET timezone = 'Mars/Olympus' WHERE id = :id RETURNING id",
+               {"id": schedule.id})
+    clock.advance("1h")
+    run_until_idle(fake_app)
+    unread = fake_app.schedules.get(schedule.id)
+    assert unread.last_error is not None
+    assert "unknown timezone 'Mars/Olympus'" in unread.last_error.message
+    assert not unread.paused and unread.next_run_at is not None
+    assert unread.next_run_at.timestamp() == clock.now() + 60
+    assert ticks_of(fake_app, schedule.id) == []
+    with fake_app._service.store.db.write() as tx:  # the host's database brought up to date
+        tx.raw("UPDATE schedules SET timezone = 'Europe/Paris' WHERE id = :id RETURNING id",
+               {"id": schedule.id})
+    clock.advance("1m")
+    run_until_idle(fake_app)
+    # Read at last, it goes on from its next tick: the one it could not read
+    # started nothing.
+    read = fake_app.schedules.get(schedule.id)
+    assert (read.last_error, read.next_run_at) == (None, at("2026-01-05T11:00:00Z"))
+    assert ticks_of(fake_app, schedule.id) == []
+    clock.advance("59m")
+    run_until_idle(fake_app)
+    assert ticks_of(fake_app, schedule.id) == ["2026-01-05T11:00:00Z"]
+    assert fake_app.schedules.get(schedule.id).missed_ticks == 0
+
+
 @pytest.mark.parametrize(("cron", "message"), [
     ("* * * *", "expected 5 fields"),
     ("0 0 * * * *", "expected 5 fields"),

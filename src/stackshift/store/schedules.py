@@ -47,6 +47,10 @@ TICK_KEY_TTL = 86400.0
 #: does at most, past the first schedule counted: the rest waits for the next round.
 COUNT_BUDGET = 0.05
 
+#: Seconds after which a schedule whose expression or zone could not be read
+#: (a zone missing from this host's time zone database) is tried again.
+UNREADABLE_RETRY = 60.0
+
 
 def tick_key(schedule_id: str, tick: float) -> str:
     moment = datetime.fromtimestamp(tick, UTC).isoformat().replace("+00:00", "Z")
@@ -223,7 +227,11 @@ class ScheduleStore:
                     known = counted[key]
                     tick, missed = known if known is not None else cron.latest_due(due, now)
                     next_at = cron.next_after(now)
-                    if (row["overlap"] == "skip" and run_id is not None
+                    if tick == due and row["last_error"] and cron.next_after(due - 1) != due:
+                        # Due at a retry (UNREADABLE_RETRY), not at a tick, and no tick
+                        # since: read at last, the schedule goes on from its next tick.
+                        tick = row["last_tick_at"]
+                    elif (row["overlap"] == "skip" and run_id is not None
                             and tx.one("schedule_run_unfinished", id=run_id) is not None):
                         # The previous tick's run is still going: this tick starts
                         # none; last_run_at and last_error stay (no run, no failure).
@@ -239,6 +247,8 @@ class ScheduleStore:
                             started.append(run.id)
                 except (StackShiftError, IdempotencyConflictError, ValueError, TypeError) as exc:
                     error = {"type": type(exc).__name__, "message": str(exc)}
+                    if next_at is None:  # not read here: again later, here or elsewhere
+                        next_at = now + UNREADABLE_RETRY
                 tx.run("schedule_fired", id=row["id"], due=due, next_run_at=next_at, tick=tick,
                        run_id=run_id, error=dumps(error) if error else None, missed=missed,
                        skipped=skipped, now=now)
