@@ -114,7 +114,7 @@ def _payload_type(name: str, handler: Callable[..., Any]) -> PayloadType | None:
     pydantic model, or anything pydantic validates (a dataclass, a ``TypedDict``,
     ``Model | None``, ``list[int]``...). ``Any`` (and a bare ``JobContext``)
     validates nothing."""
-    annotated = _payload_annotation(handler)
+    annotated = _payload_annotation(name, handler)
     if annotated is None or annotated is Any or isinstance(annotated, typing.TypeVar):
         return None
     shown = annotated.__name__ if isinstance(annotated, type) else str(annotated)
@@ -130,23 +130,52 @@ def _payload_type(name: str, handler: Callable[..., Any]) -> PayloadType | None:
     return PayloadType(shown, adapter.validate_python)
 
 
-def _payload_annotation(handler: Callable[..., Any]) -> Any:
+def _payload_annotation(name: str, handler: Callable[..., Any]) -> Any:
     """``T`` of the handler's first parameter annotated ``JobContext[T]``, if any."""
     try:
         if not inspect.isroutine(inspect.unwrap(handler)) and not isinstance(handler, type):
             # an object with a __call__: its method's annotations (without self)
             handler = type(handler).__call__.__get__(handler)
-        hints = typing.get_type_hints(handler)
-        params = list(inspect.signature(handler).parameters)
+        params = list(inspect.signature(handler).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if not params:
+        return None
+    try:
+        hint = typing.get_type_hints(handler).get(params[0].name)
     except Exception:
-        return None
-    if not params or params[0] not in hints:
-        return None
-    hint = hints[params[0]]
+        # Another of its annotations may be one only a type checker resolves (a
+        # return type imported under TYPE_CHECKING): the context's alone.
+        hint = _context_hint(name, handler, params[0])
     if getattr(typing.get_origin(hint), "__name__", None) not in ("JobContext", "AsyncJobContext"):
         return None
     args = typing.get_args(hint)
     return args[0] if len(args) == 1 else None
+
+
+def _context_hint(name: str, handler: Callable[..., Any], param: inspect.Parameter) -> Any:
+    """The annotation of the handler's context parameter, resolved on its own in the
+    handler's module. One naming ``JobContext`` that cannot be resolved is refused:
+    taken for no annotation, the payload would reach the handler unvalidated."""
+    annotation = param.annotation
+    if not isinstance(annotation, str):
+        return None if annotation is inspect.Parameter.empty else annotation
+
+    def alone() -> None: ...
+
+    alone.__annotations__ = {param.name: annotation}
+    try:
+        return typing.get_type_hints(
+            alone, globalns=getattr(inspect.unwrap(handler), "__globals__", None))[param.name]
+    except Exception as exc:
+        if "JobContext" not in annotation:
+            return None
+        raise ValidationError(
+            f"handler for job {name!r}: the annotation {annotation!r} of its context cannot"
+            f" be resolved ({type(exc).__name__}: {exc}), so its payload could not be"
+            " validated; define the payload type at the top level of its module (a class"
+            " defined in a function is not found when annotations are strings, as with"
+            " `from __future__ import annotations`)") from None
 
 
 def make_job(

@@ -56,7 +56,9 @@ def run_until_idle(app: StackShift | AsyncStackShift, **worker_options: Any) -> 
     """Execute due runs (timers and rescues included) until nothing is due.
 
     Returns the number of handler invocations. Runs in the calling thread; call it
-    from sync test code.
+    from sync test code, or from async test code in a thread (``await
+    asyncio.to_thread(run_until_idle, app)``): inside a running event loop it
+    raises ``RuntimeError`` before it claims anything.
     """
     client = app.sync if isinstance(app, AsyncStackShift) else app
     return int(client.worker(**worker_options).run_until_idle())

@@ -297,6 +297,38 @@ def test_a_payload_annotated_with_a_dataclass_or_any_type_pydantic_validates_get
         assert failed.error is not None and failed.error.message == message
 
 
+def test_a_payload_type_is_kept_when_another_annotation_cannot_be_resolved(
+        fake_app: StackShift) -> None:
+    """Annotations are strings in this module (``from __future__ import
+    annotations``). A return type only a type checker resolves (imported under
+    ``TYPE_CHECKING``) leaves the context's payload type in force; a context whose
+    payload type cannot be resolved (a class defined in the test) is refused when
+    the job is defined, not taken for no payload type."""
+    @fake_app.job("typedReturn")
+    def typed_return(ctx: JobContext[Order]) -> OnlyForTypeCheckers:  # noqa: F821
+        return type(ctx.payload).__name__  # type: ignore[no-any-return]
+
+    class Local(BaseModel):
+        n: int
+
+    with pytest.raises(ValidationError, match=r"^handler for job 'local': the annotation"
+                                              r" 'JobContext\[Local\]' of its context cannot be"
+                                              r" resolved \(NameError: name 'Local' is not"):
+        @fake_app.job("local")
+        def local(ctx: JobContext[Local]) -> None:
+            return None
+    assert "local" not in fake_app.jobs
+
+    good = fake_app.start("typedReturn", {"n": "1"})
+    bad = fake_app.start("typedReturn", {"m": 1})
+    run_until_idle(fake_app)
+    assert fake_app.runs.get(good.id).result == "Order"
+    failed = fake_app.runs.get(bad.id)
+    assert (failed.status, failed.attempt) == ("failed", 1)
+    assert failed.error is not None
+    assert failed.error.message.startswith("payload does not match Order: n: Field required")
+
+
 def test_async_handlers_behind_decorators_partials_and_call_objects_are_awaited(
         app: StackShift) -> None:
     """Every handler that gives a coroutine when called runs as an async handler:
@@ -1879,3 +1911,21 @@ def test_a_checkpoint_whose_lease_was_lost_fails_alone_in_a_shared_transaction(
     kinds = [e.kind for e in app.runs.timeline(lost_id)]
     assert "step.completed" not in kinds
 
+
+
+def test_run_until_idle_inside_an_event_loop_is_refused_before_it_takes_a_run(
+        fake_app: StackShift) -> None:
+    @fake_app.job("inLoop")
+    async def in_loop(ctx: AsyncJobContext[Any]) -> int:
+        return int(await ctx.step.run("three", lambda: 3))
+
+    run = fake_app.start("inLoop")
+
+    async def test_body() -> int:
+        with pytest.raises(RuntimeError, match=r"to_thread\(run_until_idle, app\)"):
+            run_until_idle(fake_app)
+        assert fake_app.runs.get(run.id).status == "queued"  # not taken
+        return await asyncio.to_thread(run_until_idle, fake_app)
+
+    assert asyncio.run(test_body()) == 1
+    assert fake_app.runs.get(run.id).result == 3

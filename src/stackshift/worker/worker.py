@@ -875,8 +875,20 @@ class Worker:
     def run_until_idle(self, max_invocations: int = 100_000) -> int:
         """Execute due work in this thread until nothing is due; return invocations.
 
-        For tests with a fake clock: advance the clock, then call this.
+        For tests with a fake clock: advance the clock, then call this. From async
+        code, call it in a thread (``await asyncio.to_thread(...)``): inside a
+        running event loop it is refused before anything is claimed, as it runs
+        async handlers with an event loop of its own.
         """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass  # none: the usual case
+        else:
+            raise RuntimeError(
+                "run_until_idle() runs handlers in the calling thread, which here runs an"
+                " event loop; from async code call it in a thread: await"
+                " asyncio.to_thread(run_until_idle, app)")
         store = self.service.store
         runlogs.install()
         self._rules = self.service.claim_rules()
