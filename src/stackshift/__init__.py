@@ -7,6 +7,7 @@ from .context import AsyncJobContext, JobContext, RunInfo
 from .engine.retries import Backoff
 from .engine.transitions import Status
 from .errors import (
+    AttemptTimeoutError,
     AuthenticationError,
     EndpointNotFoundError,
     EventNotFoundError,
@@ -27,6 +28,7 @@ from .errors import (
     StepResultTooLargeError,
     ValidationError,
     WaitTimeoutError,
+    WorkerLost,
 )
 from .models import (
     Attempt,
@@ -49,6 +51,7 @@ __all__ = [
     "AsyncJobContext",
     "AsyncStackShift",
     "Attempt",
+    "AttemptTimeoutError",
     "AuthenticationError",
     "Backoff",
     "EndpointNotFoundError",
@@ -87,6 +90,7 @@ __all__ = [
     "ValidationError",
     "WaitTimeoutError",
     "WaitingFor",
+    "WorkerLost",
     "asgi_app",
     "wsgi_app",
 ]

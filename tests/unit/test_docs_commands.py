@@ -148,3 +148,21 @@ def test_worker_queues_help_says_what_leaving_it_out_does() -> None:
     option = _options(cli.commands["worker"])["--queues"]
     assert option is not None and option.help is not None
     assert "(default: every queue)" in option.help
+
+
+def test_every_error_the_docs_name_is_exported_from_the_package() -> None:
+    """``from stackshift import XError`` works for each error class of
+    ``stackshift.errors`` that README.md or docs/*.md name."""
+    import stackshift
+    from stackshift import errors
+
+    text = "\n".join(page.read_text() for page in [ROOT / "README.md",
+                                                   *sorted((ROOT / "docs").glob("*.md"))])
+    named = sorted(name for name, value in vars(errors).items()
+                   if isinstance(value, type) and issubclass(value, errors.StackShiftError)
+                   and re.search(rf"\b{name}\b", text))
+    assert "WorkerLost" in named and "AttemptTimeoutError" in named
+    missing = [name for name in named
+               if getattr(stackshift, name, None) is not getattr(errors, name)
+               or name not in stackshift.__all__]
+    assert missing == []

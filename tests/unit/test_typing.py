@@ -32,6 +32,7 @@ from stackshift import asynctypes, client
 APP = textwrap.dedent('''
     from __future__ import annotations
 
+    from datetime import timedelta
     from typing import Any, assert_type
 
     from pydantic import BaseModel
@@ -57,6 +58,11 @@ APP = textwrap.dedent('''
 
     def price(order_id: str, quantity: int) -> int:
         return quantity
+
+
+    # Backoff takes durations as the backoff={...} dict does, and keeps seconds.
+    assert_type(stackshift.Backoff(base="2s", cap=timedelta(minutes=5)).base, float)
+    stackshift.Backoff(base=[2])  # E: Argument "base" to "Backoff" has incompatible type
 
 
     async def fetch(order_id: str, *, retries: int = 0) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from datetime import timedelta
 
 from ..durations import parse_duration
 from ..errors import ValidationError
@@ -25,7 +26,7 @@ def _jitter(value: object) -> bool:
     raise ValidationError(f"backoff.jitter: expected True or False, got {value!r}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Backoff:
     """Exponential backoff with full jitter over the upper half of each step.
 
@@ -38,14 +39,15 @@ class Backoff:
     cap: float = 600.0
     jitter: bool = True
 
-    def __post_init__(self) -> None:
+    def __init__(self, base: float | str | timedelta = 1.0, factor: float = 2.0,
+                 cap: float | str | timedelta = 600.0, jitter: bool = True) -> None:
         """Check the fields as :meth:`parse` checks a dict's (``base`` and ``cap``
-        may be durations such as ``"30s"``): a bad one is refused when the job is
-        registered, not when an attempt fails."""
-        object.__setattr__(self, "base", parse_duration(self.base, name="backoff.base"))
-        object.__setattr__(self, "factor", _factor(self.factor))
-        object.__setattr__(self, "cap", parse_duration(self.cap, name="backoff.cap"))
-        object.__setattr__(self, "jitter", _jitter(self.jitter))
+        may be durations such as ``"30s"``, kept as seconds): a bad one is refused
+        when the job is registered, not when an attempt fails."""
+        object.__setattr__(self, "base", parse_duration(base, name="backoff.base"))
+        object.__setattr__(self, "factor", _factor(factor))
+        object.__setattr__(self, "cap", parse_duration(cap, name="backoff.cap"))
+        object.__setattr__(self, "jitter", _jitter(jitter))
 
     @classmethod
     def parse(cls, value: object) -> Backoff:
