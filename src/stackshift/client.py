@@ -118,7 +118,7 @@ class Runs:
         search: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
-    ) -> Page:
+    ) -> Page[Run]:
         """Newest first; pass ``page.next_cursor`` as ``cursor`` for the next page.
 
         ``created_after`` includes runs created at that instant, ``created_before``
@@ -214,7 +214,7 @@ class Events:
         return self._s.get_event(event_id)
 
     def list(self, *, name: str | None = None, correlation_key: str | None = None,
-             limit: int = 50, cursor: str | None = None) -> Page:
+             limit: int = 50, cursor: str | None = None) -> Page[Event]:
         return self._s.list_events(name=name, correlation_key=correlation_key, limit=limit,
                                    cursor=cursor)
 
@@ -276,7 +276,7 @@ class Queue:
     stats = info
 
     def dead_letters(self, *, job: str | None = None, limit: int = 50,
-                     cursor: str | None = None) -> Page:
+                     cursor: str | None = None) -> Page[Run]:
         """Runs of this queue that failed for good, the latest failure first (by
         ``finished_at``); raises :class:`QueueNotFoundError` for a name that holds no
         runs and has no settings."""

@@ -21,7 +21,7 @@ from .engine.transitions import parse_status
 from .errors import ValidationError
 from .ids import check_cursor, check_failure_cursor, new_id
 from .jobs import JobRegistry, check_max_attempts, check_name
-from .models import Page, QueueInfo, Schedule, WorkerInfo
+from .models import Page, QueueInfo, Run, Schedule, WorkerInfo
 from .serialization import dumps, encode
 from .settings import Settings
 from .store.base import NewRun, RunFilter
@@ -85,7 +85,7 @@ def check_retry_many(status: str, queue: str | None, job: str | None,
     return state
 
 
-def retry_in_pages(retry_page: Callable[[int | None, str | None], Page], limit: int | None,
+def retry_in_pages(retry_page: Callable[[int | None, str | None], Page[str]], limit: int | None,
                    page_size: int, progress: Callable[[int], None] | None) -> list[str]:
     """A bulk retry as pages of at most ``page_size`` runs (each one call of
     ``retry_page(limit, cursor)``, embedded or one HTTP request), each page
@@ -187,7 +187,7 @@ class FlowControl:
                               for name in self.store.all_queue_names()], now)
 
     def dead_letters(self, queue: str, *, job: str | None = None, limit: int = 50,
-                     cursor: str | None = None) -> Page:
+                     cursor: str | None = None) -> Page[Run]:
         """Runs of ``queue`` that failed for good, the latest failure first (by
         ``finished_at``, then newest id). A queue that holds no runs and has no
         settings raises :class:`QueueNotFoundError`."""
@@ -238,7 +238,7 @@ class FlowControl:
         created_before: datetime | str | None = None,
         limit: int | None = None,
         cursor: str | None = None,
-    ) -> Page:
+    ) -> Page[str]:
         """One page of :meth:`retry_many`: the matching runs with an id below
         ``cursor`` (every match without one), newest first, until ``limit`` are
         retried. Returns the ids retried and the cursor of the next page: the

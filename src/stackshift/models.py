@@ -5,10 +5,10 @@ All are frozen dataclasses; timestamps are aware UTC datetimes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 #: How a lock's owner had lost it by the time it released it: its TTL ran out
 #: (and no other owner took it meanwhile), an operator broke it while it was
@@ -224,14 +224,18 @@ class SentEvent:
     resumed_run_ids: list[str]
 
 
+#: What a page holds: runs, events, state keys...
+T = TypeVar("T")
+
+
 @dataclass(frozen=True)
-class Page:
+class Page(Generic[T]):
     """One page of a list; pass ``next_cursor`` back as ``cursor`` for the next."""
 
-    items: list[Any]
+    items: list[T]
     next_cursor: str | None
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[T]:
         return iter(self.items)
 
     def __len__(self) -> int:

@@ -503,7 +503,7 @@ class RemoteService(RemoteFlowControl):
         search: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
-    ) -> Page:
+    ) -> Page[Run]:
         # The embedded service's checks, in its order.
         if status is not None:
             parse_status(status)  # the embedded service's error for an unknown one
@@ -676,7 +676,7 @@ class RemoteService(RemoteFlowControl):
         correlation_key: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
-    ) -> Page:
+    ) -> Page[Event]:
         check_filter(name, "name")
         check_filter(correlation_key, "correlation_key")
         check_limit(limit)

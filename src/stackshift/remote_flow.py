@@ -29,7 +29,7 @@ from .flowcontrol import (
 )
 from .ids import check_failure_cursor
 from .jobs import check_max_attempts, check_name
-from .models import JobInfo, Page, QueueInfo, Schedule
+from .models import JobInfo, Page, QueueInfo, Run, Schedule
 from .serialization import dumps, encode, to_jsonable
 from .server import flow_schemas as f
 from .server import schemas as wire
@@ -130,7 +130,7 @@ class RemoteFlowControl:
         return [q.to_model() for q in f.QueueList.model_validate(found.json()).items]
 
     def dead_letters(self, queue: str, *, job: str | None = None, limit: int = 50,
-                     cursor: str | None = None) -> Page:
+                     cursor: str | None = None) -> Page[Run]:
         check_name(queue, "queue name")
         if job is not None:
             check_name(job, "job name")
@@ -151,7 +151,7 @@ class RemoteFlowControl:
         before = _when(created_before, "created_before")
         older = False  # the server is from before pages
 
-        def retry_page(room: int | None, cursor: str | None) -> Page:
+        def retry_page(room: int | None, cursor: str | None) -> Page[str]:
             nonlocal older
             body = {"queueName": queue, "job": job, "status": status, "createdAfter": after,
                     "createdBefore": before, "limit": room, "cursor": cursor}

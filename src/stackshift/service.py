@@ -367,7 +367,7 @@ class Service(FlowControl):
         search: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
-    ) -> Page:
+    ) -> Page[Run]:
         filters = run_filter(status=status, job=job, queue=queue,
                              idempotency_key=idempotency_key, correlation_key=correlation_key,
                              created_after=created_after, created_before=created_before,
@@ -489,7 +489,7 @@ class Service(FlowControl):
         correlation_key: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
-    ) -> Page:
+    ) -> Page[Event]:
         check_filter(name, "name")
         check_filter(correlation_key, "correlation_key")
         items, next_cursor = self.store.list_events(name, correlation_key, check_limit(limit),
@@ -562,7 +562,7 @@ class Service(FlowControl):
         return self.state_page(prefix, limit, after).items
 
     def state_page(self, prefix: str | None = None, limit: int = 100,
-                   after: str | None = None) -> Page:
+                   after: str | None = None) -> Page[dict[str, Any]]:
         """:meth:`state_keys` as a page, with its ``next_cursor``: the last key of the
         page when a live key follows it (pass it as ``after``), else None."""
         return self._key_page(self.store.list_state, prefix, limit, after)
@@ -576,12 +576,12 @@ class Service(FlowControl):
         return self.lock_page(prefix, limit, after).items
 
     def lock_page(self, prefix: str | None = None, limit: int = 100,
-                  after: str | None = None) -> Page:
+                  after: str | None = None) -> Page[dict[str, Any]]:
         """:meth:`lock_list` as a page, with its ``next_cursor`` as :meth:`state_page`'s."""
         return self._key_page(self.store.list_locks, prefix, limit, after)
 
     def _key_page(self, listing: Callable[..., list[dict[str, Any]]], prefix: str | None,
-                  limit: int, after: str | None) -> Page:
+                  limit: int, after: str | None) -> Page[dict[str, Any]]:
         """A page of ``listing`` (of state keys or locks), read with one more key than
         asked for in the same query: whether a live key follows the page."""
         check_filter(prefix, "prefix")

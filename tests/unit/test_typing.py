@@ -122,7 +122,11 @@ APP = textwrap.dedent('''
         # runs, events, queues, schedules and queue(name): the sync methods, awaitable.
         run = await remote.start("onAsyncClient", {"order_id": "o_1"})
         assert_type(await remote.runs.get(run.id), Run)
-        assert_type(await remote.runs.list(status="failed"), Page)
+        assert_type(await remote.runs.list(status="failed"), Page[Run])
+        for listed in await remote.runs.list():
+            listed.statuss  # E: "Run" has no attribute "statuss"
+        assert_type((await remote.events.list()).items, list[Event])
+        assert_type(await remote.queue("emails").dead_letters(), Page[Run])
         assert_type(await remote.runs.timeline(run.id), list[TimelineEntry])
         assert_type(await remote.events.send("paid", correlation_key="o_1"), SentEvent)
         assert_type(await remote.queues.list(), list[QueueInfo])

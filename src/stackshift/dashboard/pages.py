@@ -149,7 +149,7 @@ def runs_page(service: Service, params: Mapping[str, str], now: float) -> dict[s
 
 
 def _search_runs(service: Service, term: str, by: str | None,
-                 query: dict[str, Any]) -> tuple[Page, str, str]:
+                 query: dict[str, Any]) -> tuple[Page[Run], str, str]:
     """What the runs search box finds, how, and for which term. One box finds runs
     by id or idempotency key, else by correlation key (``by`` = ``"key"``: by
     correlation key only, for the next pages of such a search), the term as
@@ -486,7 +486,7 @@ def jobs_page(service: Service, params: Mapping[str, str], now: float) -> dict[s
 Entries = list[dict[str, Any]]
 
 
-def _key_page(listing: Callable[..., Page], prefix: str | None, cursor: str | None,
+def _key_page(listing: Callable[..., Page[dict[str, Any]]], prefix: str | None, cursor: str | None,
               name: str, problems: list[Problem]) -> tuple[Entries, str | None]:
     """A page of ``listing`` (``state_page`` or ``lock_page``) after ``cursor``, the
     query parameter ``name``, and the cursor of the next page. Refused input is shown

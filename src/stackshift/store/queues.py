@@ -7,7 +7,7 @@ from typing import Any
 from ..engine.limits import RateLimit
 from ..errors import QueueNotFoundError
 from ..ids import failure_cursor
-from ..models import Page, QueueInfo
+from ..models import Page, QueueInfo, Run
 from . import rows
 from .database import Database, Row, Tx
 
@@ -131,7 +131,7 @@ class QueueStore:
         )
 
     def dead_letters(self, queue: str, job: str | None, limit: int,
-                     after: tuple[float, str] | None) -> Page:
+                     after: tuple[float, str] | None) -> Page[Run]:
         """Failed runs of ``queue`` (of ``job``), the latest failure first, after the
         ``(finished_at, id)`` of the previous page's last run. A queue no list shows
         raises :class:`QueueNotFoundError`."""

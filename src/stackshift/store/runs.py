@@ -413,7 +413,7 @@ class RunStore:
         with self.db.read() as tx:
             return rows.run(load_run(tx, run_id))
 
-    def list_runs(self, filters: RunFilter, limit: int, cursor: str | None) -> Page:
+    def list_runs(self, filters: RunFilter, limit: int, cursor: str | None) -> Page[Run]:
         """Newest first. Filters are fixed column comparisons; values are parameters."""
         where, params = _run_filter(filters)
         params["limit"] = limit + 1
