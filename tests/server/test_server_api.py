@@ -572,9 +572,13 @@ def test_a_timezone_that_is_a_region_or_too_long_is_refused_not_a_server_error(
         http: httpx.Client) -> None:
     """``Europe`` (a region, not a zone) and a name too long for a file name are
     unknown time zones, 422, wherever the zones are read from (the tzdata
-    package reads them as paths): not a 500. No schedule is made."""
+    package reads them as paths): not a 500; a longer one is refused for its
+    length. No schedule is made."""
     job = tag("zoned")
-    for zone in ("Europe", "America", "Etc", "k" * 300):
+    too_long = {"job": job, "cron": "@daily", "timezone": "k" * 300}
+    error = assert_error(http.post("/v1/schedules", json=too_long), 422, "validation_error")
+    assert error["message"] == "timezone is 300 characters long; at most 200 are taken"
+    for zone in ("Europe", "America", "Etc", "k" * 200):
         for body in ({"job": job, "cron": "0 9 * * *", "timezone": zone},
                      {"job": job, "cron": "@daily", "timezone": zone,
                       "scheduleId": tag("zoned")}):
