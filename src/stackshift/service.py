@@ -642,10 +642,18 @@ class Service(FlowControl):
         return self.store.list_api_keys()
 
     def revoke_api_key(self, key: str) -> ApiKey:
-        """Revoke by id or listed prefix; :class:`ApiKeyNotFoundError` when none
-        matches, :class:`InvalidTransitionError` when it was revoked already (it
-        stays revoked as of then)."""
+        """Revoke by id, listed prefix or the whole key; :class:`ApiKeyNotFoundError`
+        when none matches (a whole key is not repeated in its message),
+        :class:`InvalidTransitionError` when it was revoked already (it stays
+        revoked as of then)."""
         check_key(key, "key id", 200)
+        if key.startswith(API_KEY_PREFIX) and len(key) > API_KEY_SHOWN:
+            # The whole key pasted: revoke the key it is, and never show it.
+            whole = self.store.api_key_by_hash(hash_api_key(key))
+            if whole is None:
+                raise ApiKeyNotFoundError(
+                    f"no API key is {key[:API_KEY_SHOWN]}... (the whole key given, not shown)")
+            key = whole.id
         found = self.store.revoke_api_key(key, self.clock.now())
         if found is None:
             raise ApiKeyNotFoundError(f"no API key with id or prefix {quoted(key)}")

@@ -69,5 +69,6 @@ def verify(secret: str, headers: dict[str, str], body: bytes, now: float) -> Non
     if abs(now - timestamp) > TOLERANCE_SECONDS:
         raise SignatureError(
             "stale_signature",
-            f"the request was signed {abs(now - timestamp):.0f}s from now; "
-            f"at most {TOLERANCE_SECONDS}s are accepted")
+            f"the request was signed {abs(now - timestamp):.0f}s"
+            f" {'ago' if timestamp < now else 'ahead of the receiving clock'};"
+            f" at most {TOLERANCE_SECONDS}s either way are accepted")

@@ -89,6 +89,17 @@ def test_keys_cli(db_url: str) -> None:
 
     unknown = runner.invoke(keys, ["revoke", "key_nope", "--database-url", db_url])
     assert unknown.exit_code == 3 and "no API key" in unknown.stderr
+    # A whole key pasted revokes the key it is; one that is no key is not repeated.
+    other = runner.invoke(keys, ["create", "--name", "other", "--database-url", db_url])
+    other_key = other.stdout.strip()
+    whole = runner.invoke(keys, ["revoke", other_key, "--json", "--database-url", db_url])
+    assert whole.exit_code == 0, whole.output
+    assert json.loads(whole.stdout)["prefix"] == other_key[:12]
+    assert other_key not in whole.output
+    forged = other_key[:12] + "x" * (len(other_key) - 12)
+    wrong = runner.invoke(keys, ["revoke", forged, "--database-url", db_url])
+    assert wrong.exit_code == 3 and forged not in wrong.output
+    assert f"no API key is {other_key[:12]}... (the whole key given, not shown)" in wrong.stderr
     nameless = runner.invoke(keys, ["create", "--name", "   ", "--database-url", db_url])
     assert nameless.exit_code == 2
     assert "key name must not be blank, got '   '" in nameless.stderr
@@ -96,7 +107,8 @@ def test_keys_cli(db_url: str) -> None:
     assert too_long.exit_code == 2
     assert "key name must be 1-200 characters, got 201" in too_long.stderr
     assert [k["name"] for k in json.loads(
-        runner.invoke(keys, ["list", "--json", "--database-url", db_url]).stdout)] == ["billing"]
+        runner.invoke(keys, ["list", "--json", "--database-url", db_url]).stdout)] == [
+        "billing", "other"]
 
 
 def test_keys_and_endpoints_refuse_a_server_url_in_place_of_the_database(

@@ -13,6 +13,7 @@ import base64
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -520,6 +521,9 @@ def test_forged_tampered_stale_and_replayed_requests_get_401_and_run_nothing(
         response = _post(push_app.url, headers, content)
         assert response.status_code == 401, (what, response.text)
         codes[what] = response.json()["error"]["code"]
+        if what == "stale":
+            assert re.search(r"signed 30\ds ago; at most 300s either way",
+                             response.json()["error"]["message"])
     assert codes == {"replayed": "replayed", "unsigned": "unsigned", "forged": "bad_signature",
                      "tampered": "bad_signature", "stale": "stale_signature",
                      "unknown delivery": "replayed"}

@@ -259,7 +259,8 @@ def list_keys(database_url: str | None, as_json: bool) -> None:
 @database_only_option
 @_as_json
 def revoke_key(key: str, database_url: str | None, as_json: bool) -> None:
-    """Revoke KEY (its id or listed prefix). Requests with it get 401 at once."""
+    """Revoke KEY (its id, listed prefix, or the key itself, which is not shown
+    back). Requests with it get 401 at once."""
     with _service(database_url) as service:
         try:
             revoked = service.revoke_api_key(key)
