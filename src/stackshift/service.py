@@ -189,6 +189,8 @@ class Service(FlowControl):
         self.settings = settings
         self.registry = registry
         self.notifier = Notifier()
+        #: Told when an endpoint is removed here (a server's push dispatcher).
+        self.endpoint_watchers: list[Callable[[], None]] = []
 
     def migrate(self) -> int:
         return self.store.migrate()
@@ -733,6 +735,8 @@ class Service(FlowControl):
         removed = self.store.delete_endpoint(endpoint_id)
         if removed is None:
             raise EndpointNotFoundError(f"no endpoint with id {quoted(endpoint_id)}")
+        for watcher in self.endpoint_watchers:
+            watcher()
         return removed
 
     def accept_push_delivery(self, delivery_id: str, run_id: str, attempt: int) -> bool:

@@ -410,6 +410,27 @@ def test_a_stored_url_the_server_cannot_call_fails_the_attempts_instead_of_loopi
     assert client.runs.get(run.id).attempt == 2
 
 
+def test_a_removed_endpoint_gets_no_new_delivery_while_one_is_in_flight(
+        client: StackShift, push_app: PushApp, server: Server) -> None:
+    """The run being delivered when its endpoint is removed finishes there; runs
+    started after the removal wait for a route, however long that one runs."""
+    push_app.start(hang_at="echo-1", hang_seconds=4)
+    first = client.start("pushEcho", {"n": 1})
+    push_app.wait_for_line("start:echo-1")
+    with server.http() as http:
+        [endpoint] = [e for e in http.get("/v1/endpoints").json()["items"]
+                      if e["url"] == push_app.url]
+        assert http.delete(f"/v1/endpoints/{endpoint['id']}").status_code == 200
+    later = [client.start("pushEcho", {"n": 2})]
+    time.sleep(1.5)  # past the dispatcher's reload of the endpoints
+    later.append(client.start("pushEcho", {"n": 3}))
+    assert wait_status(client, first.id, "completed").result == {"echo": 1}
+    time.sleep(1.5)
+    assert [client.runs.get(run.id).status for run in later] == ["queued", "queued"]
+    assert not any(line.startswith(("start:echo-2", "start:echo-3"))
+                   for line in push_app.lines())
+
+
 def test_removing_the_last_endpoint_takes_the_dispatcher_off_the_workers_list(
         server: Server) -> None:
     """Its jobs stop counting it as a live worker at once, not when its heartbeat

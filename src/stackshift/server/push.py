@@ -75,6 +75,8 @@ class _Route:
     sent: set[str] = field(default_factory=set)
     failures: int = 0
     paused_until: float = 0.0
+    #: the endpoint was removed: no new claims; kept until its in-flight runs end
+    removed: bool = False
 
 
 class Dispatcher:
@@ -94,6 +96,8 @@ class Dispatcher:
         self._claims = 0
         self._served: tuple[list[str], int] = ([], 0)
         self._registered = False  # in the worker registry
+        self._reload = False  # an endpoint was removed here: reload the endpoints
+        service.endpoint_watchers.append(self._endpoints_removed)
         # Daemon threads: a request still open when the server stops does not keep
         # the process from exiting (the route finishes the run; see stop()).
         self._threads = HandlerThreads(64, "stackshift-push")
@@ -148,13 +152,19 @@ class Dispatcher:
 
     # -- the loop ------------------------------------------------------------------------
 
+    def _endpoints_removed(self) -> None:
+        """An endpoint was removed through this server: reload before the next claim."""
+        self._reload = True
+        self.signal.bump()
+
     def _loop(self) -> None:
         next_refresh = next_renewal = next_purge = 0.0
         while not self._stop.is_set():
             seen = self.signal.generation
             try:
                 now = time.monotonic()
-                if now >= next_refresh:
+                if now >= next_refresh or self._reload:
+                    self._reload = False
                     next_refresh = now + REFRESH_SECONDS
                     self._refresh()
                 if now >= next_renewal:
@@ -181,15 +191,18 @@ class Dispatcher:
     def _refresh(self) -> None:
         endpoints = {e.id: e for e in self.service.store.list_endpoints(with_secrets=True)}
         with self._lock:
-            for endpoint_id in list(self._routes):
-                if endpoint_id not in endpoints and not self._routes[endpoint_id].in_flight:
-                    del self._routes[endpoint_id]
+            for endpoint_id, route in list(self._routes.items()):
+                if endpoint_id not in endpoints:
+                    # Removed: no new deliveries; the ones in flight finish first.
+                    route.removed = True
+                    if not route.in_flight:
+                        del self._routes[endpoint_id]
             for endpoint_id, endpoint in endpoints.items():
-                route = self._routes.get(endpoint_id)
-                if route is None:
+                known = self._routes.get(endpoint_id)
+                if known is None:
                     self._routes[endpoint_id] = _Route(endpoint)
                 else:
-                    route.endpoint = endpoint
+                    known.endpoint, known.removed = endpoint, False
             served = (sorted({job for e in endpoints.values() for job in e.jobs}),
                       sum(e.concurrency for e in endpoints.values()))
         if served != self._served:
@@ -224,7 +237,8 @@ class Dispatcher:
         busy = False
         now = time.monotonic()
         with self._lock:
-            routes = [r for r in self._routes.values() if r.paused_until <= now]
+            routes = [r for r in self._routes.values()
+                      if r.paused_until <= now and not r.removed]
         for route in routes:
             endpoint = route.endpoint
             with self._lock:
