@@ -192,7 +192,10 @@ class PushRoute:
         try:
             accepted = self.remote._call("POST", "/v1/worker/push/accept", json={
                 "deliveryId": delivery.delivery_id, "lease": w.LeaseBody.of(lease)}).json()
-        except (httpx.HTTPError, RemoteError, AuthenticationError) as exc:
+        except AuthenticationError as exc:
+            return _error(503, "key_refused",
+                          f"could not accept the delivery with the server: {exc}")
+        except (httpx.HTTPError, RemoteError) as exc:
             return _error(503, "server_unreachable",
                           f"could not accept the delivery with the server: {exc}")
         if not p.Accepted.model_validate(accepted).accepted:
@@ -301,6 +304,13 @@ class PushRoute:
 
     @staticmethod
     def _done(invocation: Invocation) -> Reply:
+        failed = invocation.unrecorded
+        if failed is not None:
+            # Not 200: the server hands the run back rather than wait out its lease.
+            refused = isinstance(failed, AuthenticationError)
+            return _error(503, "key_refused" if refused else "not_recorded",
+                          f"the attempt's outcome could not be recorded with the server:"
+                          f" {failed}")
         return 200, {"runId": invocation.run.id, "attempt": invocation.lease.attempt}
 
     def handle(self, method: str, headers: dict[str, str], body: bytes) -> Reply:

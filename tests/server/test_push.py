@@ -77,9 +77,11 @@ class PushApp:
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
-    def start(self, *, hang_at: str | None = None, hang_seconds: float | None = None) -> None:
+    def start(self, *, hang_at: str | None = None, hang_seconds: float | None = None,
+              api_key: str | None = None) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("STACKSHIFT_", "PUSH_"))}
-        env.update(STACKSHIFT_URL=self.server.url, STACKSHIFT_API_KEY=self.server.api_key,
+        env.update(STACKSHIFT_URL=self.server.url,
+                   STACKSHIFT_API_KEY=api_key or self.server.api_key,
                    PUSH_URL=self.url, PUSH_EFFECTS=str(self.effects),
                    PUSH_RECORD=str(self.record))
         if hang_at is not None:
@@ -408,6 +410,34 @@ def test_a_stored_url_the_server_cannot_call_fails_the_attempts_instead_of_loopi
     assert kinds == ["run.queued", "attempt.started", "attempt.failed", "run.retrying",
                      "run.queued", "attempt.started", "attempt.failed", "run.failed"], kinds
     assert client.runs.get(run.id).attempt == 2
+
+
+def test_a_route_whose_key_is_revoked_mid_run_answers_503_and_the_run_is_handed_back(
+        client: StackShift, push_app: PushApp, server: Server, tmp_path: Path) -> None:
+    """Its checkpoints refused (401), the route cannot record the attempt's
+    outcome: it says so (503, key_refused) rather than 200, so the server hands
+    the run back at once instead of leaving it running until its lease runs out
+    (and then counting the attempt lost)."""
+    service = admin_service(server.database_url)
+    try:
+        listed, key = service.create_api_key("route")
+        push_app.start(hang_at="echo-1", hang_seconds=1.5, api_key=key)
+        run = client.start("pushEcho", {"n": 1})
+        push_app.wait_for_line("start:echo-1")
+        service.revoke_api_key(listed.id)
+    finally:
+        service.close()
+    deadline = time.monotonic() + 10  # well within the 30 s lease
+    while "run.queued" not in [e.kind for e in client.runs.timeline(run.id)][1:]:
+        assert time.monotonic() < deadline, client.runs.timeline(run.id)
+        time.sleep(0.05)
+    log = (tmp_path / "server.log").read_text()
+    assert f"answered 503 for run {run.id}" in log and "key_refused" in log
+    # Served again with a key: the run completes in its first attempt.
+    push_app.stop()
+    push_app.start()
+    assert client.runs.wait(run.id, timeout=30).result == {"echo": 1}
+    assert [a.status for a in client.runs.attempts(run.id)] == ["completed"]
 
 
 def test_a_removed_endpoint_gets_no_new_delivery_while_one_is_in_flight(

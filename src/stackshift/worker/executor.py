@@ -34,7 +34,8 @@ def execute_sync(invocation: Invocation, state: State) -> None:
         invocation.conclude(error, value)
         if isinstance(error, KeyboardInterrupt) and threading.current_thread() is MAIN:
             raise error  # recorded; a Ctrl-C (run_until_idle) still stops the caller
-    except Exception:
+    except Exception as exc:
+        invocation.unrecorded = exc
         log.exception("run %s: could not record the attempt's outcome", invocation.run.id)
     finally:
         CURRENT.reset(token)
@@ -75,7 +76,8 @@ async def execute_async(invocation: Invocation, state: AsyncState) -> None:
         error = invocation.issued.ending(error)
         invocation.returned(error)
         await asyncio.to_thread(invocation.conclude, error, value)
-    except Exception:
+    except Exception as exc:
+        invocation.unrecorded = exc
         log.exception("run %s: could not record the attempt's outcome", invocation.run.id)
     finally:
         CURRENT.reset(token)

@@ -202,6 +202,9 @@ class Invocation:
         self.suspended = False
         #: the handler has returned or raised: its ctx takes no more steps
         self.ended = False
+        #: why the attempt's outcome could not be recorded, if it could not (a push
+        #: route answers with it, so that the server hands the run back)
+        self.unrecorded: Exception | None = None
         #: when the store last told this invocation about its run (the claim, a
         #: checkpoint, a renewal asked at a step boundary): time.monotonic()
         self._heard_at = time.monotonic()
