@@ -440,6 +440,22 @@ def test_a_route_whose_key_is_revoked_mid_run_answers_503_and_the_run_is_handed_
     assert [a.status for a in client.runs.attempts(run.id)] == ["completed"]
 
 
+def test_a_route_that_is_down_costs_its_runs_no_claim_after_the_first(
+        client: StackShift, push_app: PushApp) -> None:
+    """While the application is down, the server probes its route rather than
+    claim a run and hand it back every few seconds (two timeline entries each
+    time); once the route answers, the run goes to it."""
+    push_app.start()
+    push_app.kill()
+    run = client.start("pushEcho", {"n": 5})
+    time.sleep(5)  # four backoffs: 0.25 s, 0.5, 1 and 2
+    kinds = [e.kind for e in client.runs.timeline(run.id)]
+    assert kinds.count("run.queued") <= 2, kinds  # created, and one hand-back at most
+    push_app.start()
+    assert client.runs.wait(run.id, timeout=30).result == {"echo": 5}
+    assert [a.status for a in client.runs.attempts(run.id)] == ["completed"]
+
+
 def test_a_removed_endpoint_gets_no_new_delivery_while_one_is_in_flight(
         client: StackShift, push_app: PushApp, server: Server) -> None:
     """The run being delivered when its endpoint is removed finishes there; runs

@@ -58,6 +58,8 @@ REFRESH_SECONDS = 1.0
 #: First and longest pause of an endpoint after failed deliveries.
 MIN_BACKOFF = 0.25
 MAX_BACKOFF = 5.0
+#: Seconds a probe of a route that could not be reached waits for its answer.
+PROBE_SECONDS = 2.0
 #: Deliveries older than this are deleted; their signatures expired long before.
 DELIVERY_RETENTION = 3600.0
 #: How a delivery ended: the route answered for the run; it failed (hand the run
@@ -77,6 +79,8 @@ class _Route:
     paused_until: float = 0.0
     #: the endpoint was removed: no new claims; kept until its in-flight runs end
     removed: bool = False
+    #: the last delivery could not reach the route: it is probed before a claim
+    unreachable: bool = False
 
 
 class Dispatcher:
@@ -245,6 +249,8 @@ class Dispatcher:
                 free = endpoint.concurrency - len(route.in_flight)
             if free <= 0 or endpoint.id not in self._routes:
                 continue
+            if route.unreachable and not self._reachable(route):
+                continue
             self._claims += 1
             owner = f"{self.id}.{self._claims}"
             claimed = self.service.store.claim_runs(
@@ -319,10 +325,36 @@ class Dispatcher:
         except httpx.HTTPError as exc:
             log.warning("push: could not deliver run %s to %s: %s", lease.run_id,
                         endpoint.url, exc)
+            if isinstance(exc, httpx.TransportError):
+                with self._lock:
+                    route.unreachable = True
         except Exception:
             log.exception("push: delivering run %s failed", lease.run_id)
         finally:
             self._ended(route, lease, outcome)
+
+    @staticmethod
+    def _back_off(route: _Route) -> None:
+        """Leave the route alone for a while, longer after each failure in a row."""
+        route.failures += 1
+        pause = min(MAX_BACKOFF, MIN_BACKOFF * 2 ** (route.failures - 1))
+        route.paused_until = time.monotonic() + pause
+
+    def _reachable(self, route: _Route) -> bool:
+        """Whether a route the last delivery could not reach answers now: any answer
+        to a plain GET (its 401 or 405) will do. Probed before a run is claimed for
+        it, so that an application that is down costs its runs no claim and hand-back
+        each time (two timeline entries a run, every few seconds, for as long as it
+        is down)."""
+        try:
+            self._http.get(route.endpoint.url, timeout=PROBE_SECONDS)
+        except httpx.HTTPError:
+            with self._lock:
+                self._back_off(route)
+            return False
+        with self._lock:
+            route.unreachable = False
+        return True
 
     def _fail_undeliverable(self, claimed: ClaimedRun, message: str) -> None:
         """Record the attempt of a run that could not be sent as failed, as a
@@ -351,10 +383,9 @@ class Dispatcher:
             if outcome == DONE:
                 route.failures = 0
                 route.paused_until = 0.0
+                route.unreachable = False
             elif outcome == FAILED:
-                route.failures += 1
-                pause = min(MAX_BACKOFF, MIN_BACKOFF * 2 ** (route.failures - 1))
-                route.paused_until = time.monotonic() + pause
+                self._back_off(route)
         if outcome == FAILED and held:
             # Conditional on the lease: a no-op when the route recorded an ending.
             try:
