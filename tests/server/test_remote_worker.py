@@ -452,6 +452,35 @@ def test_remote_worker_refuses_to_start_without_a_key(server: Server, tmp_path: 
     assert "API key" in result.stderr
 
 
+def test_a_remote_worker_whose_key_is_revoked_while_it_runs_says_so_once_and_exits_1(
+        server: Server, tmp_path: Path) -> None:
+    """No retry can mend a revoked key: the worker stops, rather than fail every
+    claim, renewal and heartbeat from then on."""
+    service = admin_service(server.database_url)
+    listed, key = service.create_api_key("revoked-later")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STACKSHIFT_")}
+    err = tmp_path / "worker.err"
+    with open(err, "w") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "stackshift.cli", "worker", APP, "--url", server.url,
+             "--api-key", key], stdout=subprocess.DEVNULL, stderr=out, env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while "Stop with Ctrl-C" not in err.read_text():
+            assert worker.poll() is None and time.monotonic() < deadline, err.read_text()
+            time.sleep(0.05)
+        service.revoke_api_key(listed.id)
+        assert worker.wait(20) == 1, err.read_text()
+    finally:
+        stop_processes([worker])
+        service.close()
+    said = err.read_text()
+    assert said.count("the server refused its API key") == 1, said
+    assert f"stopped: the server at {server.url} refused the API key" in said
+    assert "claim failed" not in said and "heartbeat failed" not in said
+    assert "Traceback" not in said
+
+
 @pytest.fixture
 def absent_server(db_url: str, tmp_path: Path) -> Iterator[RemoteWorkers]:
     """Workers of a server not started yet: the database is ready and holds their

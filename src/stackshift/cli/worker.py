@@ -14,7 +14,7 @@ from rich.logging import RichHandler
 
 from .. import runlogs
 from ..client import API_KEY_ENV, URL_ENV, StackShift
-from ..errors import ValidationError
+from ..errors import AuthenticationError, ValidationError
 from ..worker.invocation import attempts_log
 from .failures import bad_input
 from .loader import load_app
@@ -258,6 +258,10 @@ def worker(
         w.run(ready=say_ready)  # the banner once runs started elsewhere get the jobs' defaults
     finally:
         app.close()
+    if w.refused is not None:  # its API key, revoked while it ran: exit 1
+        raise AuthenticationError(
+            f"worker {w.id}: stopped: the server at {app.base_url} refused the API key:"
+            f" {w.refused}")
     if started:
         err.print(f"worker {w.id}: stopped.", markup=False)
     else:  # stopped while it waited for its server

@@ -29,7 +29,7 @@ from .. import processes, runlogs
 from ..durations import parse_duration
 from ..engine import outcomes
 from ..engine.limits import check_concurrency
-from ..errors import AttemptTimeoutError, ValidationError
+from ..errors import AttemptTimeoutError, AuthenticationError, ValidationError
 from ..ids import new_id
 from ..jobs import check_name
 from ..store.base import ClaimedRun
@@ -219,6 +219,8 @@ class Worker:
         self._stuck: dict[int, _Active] = {}
         #: a claim failed: it may have leased runs nobody executes (see _hand_back_strays)
         self._strays_possible = False
+        #: the server refused the worker's API key (revoked while it ran): it stops
+        self.refused: AuthenticationError | None = None
         self._lock = threading.Lock()
         self._sibling_returned = threading.Condition(self._lock)
         self._wake = threading.Event()
@@ -378,7 +380,8 @@ class Worker:
             self.service.store.resign(self.id)
             self.service.store.unregister_worker(self.id)
         except Exception:
-            log.warning("worker %s: could not unregister", self.id, exc_info=True)
+            if self.refused is None:  # else said already: the server takes no call
+                log.warning("worker %s: could not unregister", self.id, exc_info=True)
         runlogs.uninstall()
         self._started = False
 
@@ -498,11 +501,29 @@ class Worker:
                 if claimed and len(claimed) == free:
                     continue  # maybe more is due; claim again once a slot frees
                 self._idle()
-            except Exception:
+            except Exception as exc:
+                if self._key_refused(exc):
+                    return
                 log.exception("worker %s: claim failed; retrying", self.id)
                 # Its answer may be what failed, after the runs were leased.
                 self._strays_possible = True
                 self._stopping.wait(1.0)
+
+    def _key_refused(self, exc: Exception) -> bool:
+        """Whether ``exc`` is a remote worker's server refusing its API key (revoked
+        while it ran). No retry can mend that: the worker says so once and stops
+        (``run()`` returns; ``stackshift worker`` exits 1), rather than fail every
+        claim, renewal and heartbeat from then on."""
+        if not isinstance(exc, AuthenticationError):
+            return False
+        with self._lock:
+            first, self.refused = self.refused is None, self.refused or exc
+        if first:
+            log.error("worker %s: the server refused its API key (%s); stopping. Its runs"
+                      " in flight are retried once their leases run out", self.id, exc)
+            self._stopping.set()
+            self._wake.set()
+        return True
 
     def _hand_back(self, claimed: list[ClaimedRun]) -> None:
         """Hand back runs claimed as the worker stops, before any of them ran (a
@@ -702,8 +723,9 @@ class Worker:
                 for invocation in renewing:
                     invocation.renewed(cancels, lost, asked_at)
                 wait = interval
-            except Exception:
-                log.exception("worker %s: lease renewal failed; retrying", self.id)
+            except Exception as exc:
+                if not self._key_refused(exc):
+                    log.exception("worker %s: lease renewal failed; retrying", self.id)
                 wait = min(interval, self.RENEWAL_RETRY)
             if self._halted.wait(wait):
                 return
@@ -731,8 +753,9 @@ class Worker:
                         self._wake.set()
                 elif passed and self._free_slots() > 0:
                     self._wake.set()  # a retry of a run that ended here is due: claim it
-            except Exception:
-                log.exception("worker %s: heartbeat failed; retrying", self.id)
+            except Exception as exc:
+                if not self._key_refused(exc):
+                    log.exception("worker %s: heartbeat failed; retrying", self.id)
 
     #: Seconds past its timeout after which an async attempt that did not stop
     #: when cancelled is failed by the heartbeat, as a sync one is at its timeout.
