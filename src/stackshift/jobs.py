@@ -146,6 +146,8 @@ def _payload_annotation(name: str, handler: Callable[..., Any]) -> Any:
     except Exception:
         # Another of its annotations may be one only a type checker resolves (a
         # return type imported under TYPE_CHECKING): the context's alone.
+        hint = None
+    if hint is None:  # also a partial's, whose hints typing does not read
         hint = _context_hint(name, handler, params[0])
     if getattr(typing.get_origin(hint), "__name__", None) not in ("JobContext", "AsyncJobContext"):
         return None
@@ -161,12 +163,17 @@ def _context_hint(name: str, handler: Callable[..., Any], param: inspect.Paramet
     if not isinstance(annotation, str):
         return None if annotation is inspect.Parameter.empty else annotation
 
+    target = inspect.unwrap(handler)
+    space = getattr(inspect.unwrap(getattr(target, "func", target)),  # a partial's function
+                    "__globals__", None)
+    if space is None:
+        return None  # no module to resolve it in
+
     def alone() -> None: ...
 
     alone.__annotations__ = {param.name: annotation}
     try:
-        return typing.get_type_hints(
-            alone, globalns=getattr(inspect.unwrap(handler), "__globals__", None))[param.name]
+        return typing.get_type_hints(alone, globalns=space)[param.name]
     except Exception as exc:
         if "JobContext" not in annotation:
             return None

@@ -37,6 +37,7 @@ MIN_INTERVAL = 1.0
 #: The longest cron expression and zone name a new schedule takes, in characters:
 #: each tick parses its expression again.
 LONGEST_CRON = 200
+
 #: Missed ticks are counted up to this many (a schedule down for years stops there).
 MAX_COUNTED = 10_000
 #: How many ticks at or before ``after`` :meth:`Cron.next_after` passes over:
