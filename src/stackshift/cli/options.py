@@ -28,40 +28,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 DATABASE_ENV = "STACKSHIFT_DATABASE_URL"
 
 
-def database_url_option(fn: F) -> F:
-    """``--database-url``; without it the SDK decides, as ``StackShift()`` does.
-
-    That is ``STACKSHIFT_DATABASE_URL``, else a server at ``STACKSHIFT_URL``
-    (with ``STACKSHIFT_API_KEY``), else ``sqlite:///stackshift.db``.
-    """
-    return click.option(
-        "--db",
-        "--database-url",
-        "database_url",
-        envvar=DATABASE_ENV,
-        show_envvar=True,
-        default=None,
-        callback=not_empty,
-        help=f"sqlite:///path/to/file.db or postgresql://... [default: {DEFAULT_DATABASE_URL}, "
-        "or the server at STACKSHIFT_URL when that is set]",
-    )(fn)
-
-
-def database_only_option(fn: F) -> F:
-    """``--database-url`` of a command that works on the database only: see
-    :func:`database_only`."""
-    return click.option(
-        "--db",
-        "--database-url",
-        "database_url",
-        envvar=DATABASE_ENV,
-        show_envvar=True,
-        default=None,
-        callback=not_empty,
-        help=f"sqlite:///path/to/file.db or postgresql://...  [default: {DEFAULT_DATABASE_URL}]",
-    )(fn)
-
-
 def database_only(database_url: str | None) -> str:
     """The database of a command that works on the database only (``migrate``,
     ``keys``, ``endpoints``): ``database_url``, else the default file, unless
@@ -81,6 +47,32 @@ def not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     if value is not None and not value.strip():
         raise click.BadParameter("is empty")
     return value
+
+
+def _database_option(default: str) -> Callable[[F], F]:
+    """``--db``/``--database-url``, left out: ``STACKSHIFT_DATABASE_URL``, else
+    ``default`` (the words its help gives)."""
+    return click.option(
+        "--db",
+        "--database-url",
+        "database_url",
+        envvar=DATABASE_ENV,
+        show_envvar=True,
+        default=None,
+        callback=not_empty,
+        help=f"sqlite:///path/to/file.db or postgresql://...  [default: {default}]",
+    )
+
+
+#: ``--database-url``; without it the SDK decides, as ``StackShift()`` does: that is
+#: ``STACKSHIFT_DATABASE_URL``, else a server at ``STACKSHIFT_URL`` (with
+#: ``STACKSHIFT_API_KEY``), else ``sqlite:///stackshift.db``.
+database_url_option = _database_option(
+    f"{DEFAULT_DATABASE_URL}, or the server at STACKSHIFT_URL when that is set")
+
+#: ``--database-url`` of a command that works on the database only: see
+#: :func:`database_only`.
+database_only_option = _database_option(DEFAULT_DATABASE_URL)
 
 
 def list_filter(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
