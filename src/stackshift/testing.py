@@ -55,10 +55,10 @@ class FakeClock:
 def run_until_idle(app: StackShift | AsyncStackShift, **worker_options: Any) -> int:
     """Execute due runs (timers and rescues included) until nothing is due.
 
-    Returns the number of handler invocations. Runs in the calling thread; call it
-    from sync test code, or from async test code in a thread (``await
-    asyncio.to_thread(run_until_idle, app)``): inside a running event loop it
-    raises ``RuntimeError`` before it claims anything.
+    Returns the number of handler invocations. Runs in the calling thread (async
+    handlers on an event loop of their own, in a thread of their own when the
+    calling thread runs one already, as an async test does, which it then holds
+    up until it returns).
     """
     client = app.sync if isinstance(app, AsyncStackShift) else app
     return int(client.worker(**worker_options).run_until_idle())

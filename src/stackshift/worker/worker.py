@@ -13,6 +13,7 @@ Threads, each with one job:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -21,8 +22,9 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .. import processes, runlogs
@@ -898,20 +900,11 @@ class Worker:
     def run_until_idle(self, max_invocations: int = 100_000) -> int:
         """Execute due work in this thread until nothing is due; return invocations.
 
-        For tests with a fake clock: advance the clock, then call this. From async
-        code, call it in a thread (``await asyncio.to_thread(...)``): inside a
-        running event loop it is refused before anything is claimed, as it runs
-        async handlers with an event loop of its own.
+        For tests with a fake clock: advance the clock, then call this. Async
+        handlers run on an event loop of their own: in a thread of their own when
+        the calling thread runs one already (an async test, Playwright's sync API),
+        which this call then holds up until it returns.
         """
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            pass  # none: the usual case
-        else:
-            raise RuntimeError(
-                "run_until_idle() runs handlers in the calling thread, which here runs an"
-                " event loop; from async code call it in a thread: await"
-                " asyncio.to_thread(run_until_idle, app)")
         store = self.service.store
         runlogs.install()
         self._rules = self.service.claim_rules()
@@ -931,10 +924,25 @@ class Worker:
                     assert job is not None
                     invocation = Invocation(self.service, job, item, self.lease_seconds)
                     if job.is_async:
-                        asyncio.run(execute_async(invocation, self.app.state_async))
+                        _run_apart(partial(execute_async, invocation, self.app.state_async))
                     else:
                         execute_sync(invocation, self.app.state)
                     count += 1
             return count
         finally:
             runlogs.uninstall()
+
+
+def _run_apart(coroutine: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``coroutine()`` to its end on an event loop of its own: in this thread, or
+    in a thread of its own when this one runs an event loop already."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(coroutine())
+        return
+    done = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stackshift-apart")
+    try:
+        done.submit(lambda: asyncio.run(coroutine())).result()
+    finally:
+        done.shutdown()
