@@ -936,9 +936,14 @@ class Worker:
 def _run_apart(coroutine: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run ``coroutine()`` to its end on an event loop of its own: in this thread, or
     in a thread of its own when this one runs an event loop already."""
+    # Found out first, and run outside the except block: an error the handler
+    # raises would otherwise carry "no running event loop" as its context.
     try:
         asyncio.get_running_loop()
+        looping = True
     except RuntimeError:
+        looping = False
+    if not looping:
         asyncio.run(coroutine())
         return
     done = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stackshift-apart")
