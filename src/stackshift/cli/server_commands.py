@@ -26,7 +26,6 @@ from ..errors import (
 )
 from ..jobs import JobRegistry
 from ..models import ApiKey, Endpoint
-from ..serialization import MiB
 from ..service import Service
 from ..settings import Settings, parse_setting
 from ..store import open_store
@@ -78,7 +77,9 @@ MIN_SESSION_SECRET = 32
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to listen on (0.0.0.0 for all).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--max-body-bytes", default=MiB, show_default=True, type=click.IntRange(1),
+@click.option("--max-body-bytes", default=None, type=click.IntRange(1),
+              show_default="twice the largest value limit (--setting) plus 1 MiB,"
+                           " 3145728 with the default settings",
               help="Larger request bodies get 413.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
@@ -91,7 +92,7 @@ MIN_SESSION_SECRET = 32
                    f" {MIN_SESSION_SECRET} characters). Give every server on the database"
                    " the same one and sessions outlive restarts and work on each of them;"
                    " left out, each process draws its own and a restart signs everyone out.")
-def server(database_url: str, host: str, port: int, max_body_bytes: int, log_level: str,
+def server(database_url: str, host: str, port: int, max_body_bytes: int | None, log_level: str,
            assignments: tuple[str, ...], session_secret: str | None) -> None:
     """Serve the HTTP API (/v1, /openapi.json, /healthz, /metrics) and the dashboard (/).
 

@@ -376,8 +376,24 @@ class CountResponses:
         return getattr(route, "path", None) or "unmatched"
 
 
-def create_app(service: Service, *, max_body_bytes: int = MiB) -> FastAPI:
-    """The API over ``service``. Bodies over ``max_body_bytes`` get 413."""
+def body_limit(settings: Settings) -> int:
+    """The request body limit that lets every value within ``settings``' limits
+    through: twice the largest value limit plus 1 MiB (3 MiB with the defaults).
+
+    A worker sends a step's or a run's result as JSON text inside the body's
+    JSON, where each ``"`` and ``\\`` it holds takes two bytes, so a result at
+    the limit may take twice its size; the 1 MiB is room for the log records a
+    checkpoint carries (512 KiB at most, see ``remote_worker.LOG_BUDGET``), an
+    error's traceback and the rest of the body.
+    """
+    largest = max(settings.max_payload_bytes, settings.max_step_result_bytes,
+                  settings.max_event_payload_bytes, settings.max_state_value_bytes)
+    return 2 * largest + MiB
+
+
+def create_app(service: Service, *, max_body_bytes: int | None = None) -> FastAPI:
+    """The API over ``service``. Bodies over ``max_body_bytes`` get 413 (by
+    default :func:`body_limit` of the service's settings)."""
     app = FastAPI(
         title="StackShift",
         version=VERSION,
@@ -440,7 +456,8 @@ def create_app(service: Service, *, max_body_bytes: int = MiB) -> FastAPI:
     served += [r for router in routers for r in router.routes]
 
     # Starlette applies the last added middleware outermost.
-    app.add_middleware(LimitBody, limit=max_body_bytes)
+    limit = body_limit(service.settings) if max_body_bytes is None else max_body_bytes
+    app.add_middleware(LimitBody, limit=limit)
     app.add_middleware(RequireUtf8Path)
     app.add_middleware(RequireApiKey, verify=service.verify_api_key)
     app.add_middleware(CountResponses, counter=counter, routes=served)
@@ -482,7 +499,7 @@ def _document_auth(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def app_from_url(database_url: str, *, max_body_bytes: int = MiB,
+def app_from_url(database_url: str, *, max_body_bytes: int | None = None,
                  settings: Settings | None = None, migrate: bool = True) -> FastAPI:
     """The API over the database at ``database_url`` (migrated first by default)."""
     store = open_store(database_url)

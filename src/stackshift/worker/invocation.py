@@ -29,6 +29,7 @@ from ..errors import (
     LeaseLost,
     NonDeterminismError,
     NonRetriableError,
+    PayloadTooLargeError,
     StepResultNotJSONError,
     StepResultTooLargeError,
     Suspend,
@@ -79,6 +80,11 @@ class PendingLogs(abc.ABC):
 
     @abc.abstractmethod
     def take(self) -> list[LogWrite]: ...
+
+    @abc.abstractmethod
+    def put_back(self, records: list[LogWrite]) -> None:
+        """Hold ``records`` (taken for a write that was refused) again, ahead of
+        those held now."""
 
     @contextlib.contextmanager
     def ahead(self) -> Iterator[list[LogWrite]]:
@@ -165,6 +171,9 @@ class LogsWrittenAhead(PendingLogs):
         with self._lock:
             records, self._records, self._chars = self._records, [], 0
         return records
+
+    def put_back(self, records: list[LogWrite]) -> None:
+        self._put_back(records)
 
     def _put_back(self, records: list[LogWrite]) -> None:
         """Hold ``records`` (a write that failed) again, ahead of those held now."""
@@ -442,8 +451,14 @@ class Invocation:
         except (StepResultNotJSONError, StepResultTooLargeError) as exc:
             self.record_failed(plan, exc)
             raise
-        self._save(StepWrite(plan.key, plan.name, "run", plan.function, "completed", text, None,
-                             plan.started_at, self._finished_at(plan)))
+        try:
+            self._save(StepWrite(plan.key, plan.name, "run", plan.function, "completed", text,
+                                 None, plan.started_at, self._finished_at(plan)))
+        except PayloadTooLargeError as exc:
+            refused = StepResultTooLargeError(
+                f"{_not_sent(f'result of step {plan.key!r}', text, exc)}. {_ALREADY_RAN}")
+            self.record_failed(plan, refused)
+            raise refused from None
         return loads(text)
 
     def _encode_result(self, plan: StepPlan, value: Any) -> str:
@@ -473,9 +488,13 @@ class Invocation:
     def _save(self, write: StepWrite) -> None:
         asked_at = time.monotonic()
         logs = self.take_logs()
-        if self._through_outages(lambda: self.store.save_step(
-                self.lease, write, logs, self.clock.now(), self.lease_seconds)):
-            self.cancel_requested = True
+        try:
+            if self._through_outages(lambda: self.store.save_step(
+                    self.lease, write, logs, self.clock.now(), self.lease_seconds)):
+                self.cancel_requested = True
+        except PayloadTooLargeError:  # refused for its size: nothing was written
+            self._logs.put_back(logs)
+            raise
         self._heard_at = asked_at
 
     #: Seconds between tries of a write while the database is unavailable, at first
@@ -601,7 +620,13 @@ class Invocation:
     def fail(self, exc: BaseException) -> None:
         if self.fatal is not None:
             exc = self.fatal
-        outcome = outcomes.failure(
+        outcome = self._failure(exc)
+        for reason in outcomes.unusable_retry_after(exc):
+            self._warn_unusable_delay(reason, outcome)
+        self._finish(outcome)
+
+    def _failure(self, exc: BaseException) -> Outcome:
+        return outcomes.failure(
             exc,
             retriable=not self.was_refused(exc),
             attempts_used=self.attempts_used,
@@ -609,9 +634,6 @@ class Invocation:
             backoff=self.job.backoff,
             now=self.clock.now(),
         )
-        for reason in outcomes.unusable_retry_after(exc):
-            self._warn_unusable_delay(reason, outcome)
-        self._finish(outcome)
 
     def _warn_unusable_delay(self, reason: str, outcome: Outcome) -> None:
         """Say in the run's logs that a ``RetryAfterError`` had no usable delay,
@@ -631,8 +653,20 @@ class Invocation:
             return
         now = self.clock.now()
         logs = self.take_logs()
-        done = self._through_outages(
-            lambda: self.store.finish_attempt(self.lease, outcome, logs, now))
+        try:
+            done = self._through_outages(
+                lambda: self.store.finish_attempt(self.lease, outcome, logs, now))
+        except PayloadTooLargeError as exc:
+            if outcome.result is None:
+                raise
+            # A server whose request body limit the result's JSON does not fit (413):
+            # nothing was written. The attempt fails with no retry (each would send
+            # the same result), its log records with it.
+            outcome = self._failure(StepResultTooLargeError(
+                f"{_not_sent('job result', outcome.result, exc)}. The job's handler"
+                " returned, but its result was not stored"))
+            done = self._through_outages(
+                lambda: self.store.finish_attempt(self.lease, outcome, logs, now))
         if not done:
             log.warning("run %s: lease lost before the attempt could be recorded (or a"
                         " try the database did not confirm recorded it)", self.run.id)
@@ -742,6 +776,15 @@ _NOT_RETRIED = ("unless the handler catches this error, the run fails now withou
                 " as every attempt would make the same call")
 
 #: Said of a step result that cannot be stored.
+def _not_sent(what: str, text: str, refusal: PayloadTooLargeError) -> str:
+    """Why a result within the limits was not stored: the server refused the
+    request carrying it for its size (``refusal``, a 413)."""
+    return (f"{what} is {len(text.encode())} bytes as JSON, within the limit, but the server"
+            f" refused the request carrying it ({refusal}): raise the server's"
+            " --max-body-bytes (its default takes every result within the limits) or"
+            " return less")
+
+
 _ALREADY_RAN = ("The step's function already ran, but its result was not stored; unless the"
                 " handler catches this error, the run fails now without retrying, as another"
                 " attempt would run the function again.")
