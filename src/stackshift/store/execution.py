@@ -391,8 +391,9 @@ class ExecutionStore:
         by_handler: dict[str | None, list[str]] = {}
         for cand in cands:
             if cand["status"] != Status.QUEUED:
-                later.timeline(cand["id"], "run.queued", cand["available_at"], None,
-                               dumps({"from": cand["status"]}))
+                # the attempt before this claim, as when maintenance queues it (move_run)
+                later.timeline(cand["id"], "run.queued", cand["available_at"],
+                               cand["attempt"] or None, dumps({"from": cand["status"]}))
             by_handler.setdefault(rules.on_failure.get(cand["job"]), []).append(cand["id"])
         moved: dict[str, Row] = {}
         for on_failure, ids in by_handler.items():

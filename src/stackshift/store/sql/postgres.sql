@@ -68,7 +68,9 @@ WITH ctl AS (
     WHERE m.was_resuming <> 0 AND a.run_id = m.id AND a.number = m.attempt
 ), noted AS (
     INSERT INTO timeline (run_id, at, kind, attempt, step, data)
-    SELECT id, was_available, 'run.queued', NULL, NULL, '{"from":"' || was || '"}'
+    -- the attempt before this claim, as when maintenance queues the run (move_run)
+    SELECT id, was_available, 'run.queued', NULLIF(attempt - 1 + was_resuming, 0), NULL,
+           '{"from":"' || was || '"}'
     FROM moved WHERE was <> 'queued'
     UNION ALL
     SELECT id, :now,
