@@ -14,13 +14,14 @@ in the calling thread::
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from datetime import datetime
 from typing import Any
 
 from .client import AsyncStackShift, StackShift
-from .durations import parse_duration, parse_instant
+from .durations import parse_duration, parse_instant, to_datetime
 
 __all__ = ["FakeClock", "run_until_idle"]
 
@@ -48,8 +49,34 @@ class FakeClock:
             return self._now
 
     def set(self, when: datetime | str | float) -> None:
+        """Move to ``when``: epoch seconds as given, or a time (a ``datetime``, an
+        ISO-8601 string) to the microsecond, its last instant.
+
+        The engine keeps times as epoch seconds and shows them to the microsecond
+        (``run.scheduled_at``, ``run.next_attempt_at``): a time read from a run is
+        that instant rounded. Set to such a time, the clock reads the last
+        instant that still shows as it, so what is due at a time shown at or
+        before it is due.
+        """
+        if isinstance(when, int | float):
+            moment = float(when)
+        else:
+            moment = _last_instant_shown_as(parse_instant(when))
         with self._lock:
-            self._now = float(when) if isinstance(when, int | float) else parse_instant(when)
+            self._now = moment
+
+
+def _last_instant_shown_as(seconds: float) -> float:
+    """The greatest epoch seconds that show (``to_datetime``) as ``seconds`` does."""
+    shown = to_datetime(seconds)
+    while True:
+        later = math.nextafter(seconds, math.inf)
+        try:
+            if to_datetime(later) != shown:
+                return seconds
+        except (ValueError, OverflowError, OSError):  # past the year 9999
+            return seconds
+        seconds = later
 
 
 def run_until_idle(app: StackShift | AsyncStackShift, **worker_options: Any) -> int:
