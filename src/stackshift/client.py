@@ -15,9 +15,10 @@ import os
 import weakref
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, Unpack, cast, overload
 
 from .clock import Clock, SystemClock
+from .engine.retries import Backoff
 from .errors import StackShiftError, ValidationError
 from .flowcontrol import RETRY_PAGE
 from .jobs import JobRegistry, check_name, make_job
@@ -36,7 +37,7 @@ from .models import (
     TimelineEntry,
 )
 from .service import Service
-from .settings import Settings
+from .settings import DurationLike, Settings
 from .state import AsyncState, State
 from .store import SqlStore, open_store
 from .store.queues import KEEP
@@ -54,6 +55,44 @@ API_KEY_ENV = "STACKSHIFT_API_KEY"
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_DATABASE_URL = "sqlite:///stackshift.db"
+
+
+class BackoffOptions(TypedDict, total=False):
+    """``backoff={...}`` of a job: the fields of :class:`~stackshift.Backoff`, any left out
+    taking their default."""
+
+    base: DurationLike
+    factor: float
+    cap: DurationLike
+    jitter: bool
+
+
+class JobOptions(TypedDict, total=False):
+    """The options of ``job()`` (see :func:`stackshift.jobs.make_job`), for type
+    checkers; each left out takes its default."""
+
+    queue: str | None
+    max_attempts: int | None
+    backoff: Backoff | BackoffOptions | None
+    timeout: DurationLike | None
+    key_concurrency: int | None
+    on_failure: str | None
+    cron: str | None
+    timezone: str
+    overlap: Literal["allow", "skip"]
+
+
+class WorkerOptions(TypedDict, total=False):
+    """The options of ``worker()`` (see :class:`stackshift.worker.Worker`), for
+    type checkers; each left out takes its default."""
+
+    concurrency: int
+    #: the queues the worker is limited to: names in a list, tuple or set
+    queues: list[str] | tuple[str, ...] | set[str] | frozenset[str] | None
+    lease: DurationLike
+    poll_interval: DurationLike
+    shutdown_grace: DurationLike
+    maintenance_interval: DurationLike
 
 
 def database_url_from_env() -> str:
@@ -439,11 +478,14 @@ class StackShift(_HandlerRoutes):
 
     # -- jobs ------------------------------------------------------------------------
 
+    # The options, for type checkers; the implementation checks them against
+    # make_job's at runtime (a misspelt one is refused with the one it was meant to be).
     @overload
-    def job(self, name: str, handler: F, **options: Any) -> F: ...
+    def job(self, name: str, handler: F, **options: Unpack[JobOptions]) -> F: ...
 
     @overload
-    def job(self, name: str, handler: None = None, **options: Any) -> Callable[[F], F]: ...
+    def job(self, name: str, handler: None = None,
+            **options: Unpack[JobOptions]) -> Callable[[F], F]: ...
 
     def job(self, name: str, handler: Any = None, **options: Any) -> Any:
         """Register a handler: ``@stackshift.job("name", queue=..., max_attempts=...)``.
@@ -544,16 +586,17 @@ class StackShift(_HandlerRoutes):
 
     # -- workers -------------------------------------------------------------------------
 
-    def worker(self, **options: Any) -> Worker:
+    def worker(self, **options: Unpack[WorkerOptions]) -> Worker:
         """A worker for this client's jobs; see :class:`stackshift.worker.Worker`.
 
-        On a client of a server it is a remote worker: it claims and checkpoints
-        through the server (see :mod:`stackshift.remote_worker`). :meth:`close`
-        stops it if it is still running.
+        Its options are those of ``Worker`` (:class:`WorkerOptions`). On a client
+        of a server it is a remote worker: it claims and checkpoints through the
+        server (see :mod:`stackshift.remote_worker`). :meth:`close` stops it if it
+        is still running.
         """
         from .worker import Worker
 
-        refuse_unknown_keywords("worker()", options, Worker, skip=1)
+        refuse_unknown_keywords("worker()", dict(options), Worker, skip=1)
         if not isinstance(self._api, Service):
             from .remote_worker import RemoteWorkerApp
 
@@ -672,10 +715,11 @@ class AsyncStackShift(_HandlerRoutes):
             settings=settings, migrate=migrate)
 
     @overload
-    def job(self, name: str, handler: F, **options: Any) -> F: ...
+    def job(self, name: str, handler: F, **options: Unpack[JobOptions]) -> F: ...
 
     @overload
-    def job(self, name: str, handler: None = None, **options: Any) -> Callable[[F], F]: ...
+    def job(self, name: str, handler: None = None,
+            **options: Unpack[JobOptions]) -> Callable[[F], F]: ...
 
     def job(self, name: str, handler: Any = None, **options: Any) -> Any:
         """Register a handler, as :meth:`StackShift.job`."""
@@ -755,7 +799,8 @@ class AsyncStackShift(_HandlerRoutes):
             )
         return cast("AsyncQueue", _AsyncFacade(self.sync.queue(name, **settings)))
 
-    def worker(self, **options: Any) -> Worker:
+    def worker(self, **options: Unpack[WorkerOptions]) -> Worker:
+        """A worker for this client's jobs, as :meth:`StackShift.worker`."""
         return self.sync.worker(**options)
 
     async def migrate(self) -> int:

@@ -164,10 +164,17 @@ class _StepsBase:
             return _check_wait(event_name, correlation_key, timeout, on_timeout)
 
     def idempotency_key(self, suffix: str | None = None) -> str:
-        """A key stable across retries of the current step, for external APIs.
+        """A key for an external API's idempotency, the same on every attempt.
 
-        Inside ``ctx.step.run`` it names that step; outside, the next step. Pass
-        ``suffix`` to derive several keys within one step.
+        Made inside the function of ``ctx.step.run``, it is that step's key: it
+        names the step and its occurrence (a run's second step ``"charge"`` gets
+        another key than its first). Made in the handler outside any step, it
+        names the handler's place among its steps: it counts the steps (runs,
+        sleeps and waits) taken so far, so a key made just before a step, to pass
+        to its function, is the same on every attempt, but it is not the key
+        that step's function would make. Keys made at one place (inside one
+        step, or with no step taken between them) are the same: pass ``suffix``
+        to derive several from it.
         """
         from .runlogs import CURRENT_STEP
 

@@ -36,6 +36,8 @@ def parse_duration(value: Any, *, name: str = "duration") -> float:
         # loop's ctx.step.sleep("5m") parses its duration again on every replay.
         parsed = _parsed_short(value) if len(value) <= 40 else _text_seconds(value)
         if parsed is None:
+            if _negated(value):
+                raise ValidationError(f"{name}: {value!r} must be a finite, non-negative duration")
             raise ValidationError(
                 f"{name}: {value!r} is not a duration (use e.g. '30s', '15m', '1h30m', '7d')"
             )
@@ -80,6 +82,16 @@ def _text_seconds(value: str) -> float | None:
 
 
 _parsed_short = functools.lru_cache(maxsize=1024)(_text_seconds)
+
+
+def _negated(value: str) -> bool:
+    """Whether ``value`` is a duration of more than zero with a minus sign before
+    it (``"-5m"``): refused as negative rather than as text of no duration."""
+    text = value.strip()
+    if not re.match(r"-[0-9]", text):
+        return False
+    seconds = _text_seconds(text[1:])
+    return seconds is not None and seconds > 0
 
 
 def format_duration(seconds: float) -> str:

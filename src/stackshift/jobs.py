@@ -23,7 +23,8 @@ NAME = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
 
 
 def check_name(value: object, what: str) -> str:
-    """Job, queue and event names: 1-200 letters, digits, ``.``, ``_``, ``:`` or ``-``."""
+    """Job, queue, event and step names: 1-200 ASCII letters, digits, ``.``, ``_``, ``:``
+    or ``-``."""
     if callable(value) and not isinstance(value, str):
         called = getattr(value, "__name__", type(value).__name__)
         hint = (": jobs are named by strings: @app.job(\"name\") registers a function,"
@@ -31,9 +32,8 @@ def check_name(value: object, what: str) -> str:
                 else "; give the name as a string")
         raise ValidationError(f"{what} must be a string, got the function {called}{hint}")
     if not isinstance(value, str) or not NAME.fullmatch(value):
-        raise ValidationError(
-            f"{what} {quoted(value)} is invalid: use 1-200 letters, digits, '.', '_', ':' or '-'"
-        )
+        raise ValidationError(f"{what} {quoted(value)} is invalid: use 1-200 ASCII letters,"
+                              " digits, '.', '_', ':' or '-'")
     return value
 
 

@@ -462,6 +462,7 @@ REFUSED_OPTIONS = [
     (["state", "set", "greeting", "1", "--ttl", "4e9"], "--ttl: '4e9' is longer than 100 years"),
     (["start", "job", "--delay", "-1.50"],
      "--delay: '-1.50' must be a finite, non-negative duration"),
+    (["start", "job", "--delay", "-5m"], "--delay: '-5m' must be a finite, non-negative duration"),
     (["schedules", "create", "job", "--cron", "@hourly", "--timezone", ""],
      "--timezone must be an IANA zone name"),
     (["queues", "set", "q", "--rate-limit", "fast"], "--rate-limit 'fast' is invalid"),
@@ -490,7 +491,7 @@ def test_refused_input_is_named_by_the_option_the_user_typed(
     assert app.queues.list() == []
 
 
-NAME_HINT = "is invalid: use 1-200 letters, digits, '.', '_', ':' or '-'"
+NAME_HINT = "is invalid: use 1-200 ASCII letters, digits, '.', '_', ':' or '-'"
 
 #: Filters that name nothing any run or event can have, for each list that takes them.
 EMPTY_FILTERS = [

@@ -54,7 +54,8 @@ REFUSED: dict[str, tuple[Callable[[Any], Any], str, str]] = {
     "bad step name": (
         lambda step: step.run("charge card", charge, 5),
         "ValidationError",
-        "step name 'charge card' is invalid: use 1-200 letters, digits, '.', '_', ':' or '-'"),
+        "step name 'charge card' is invalid: use 1-200 ASCII letters, digits, '.', '_', ':'"
+        " or '-'"),
     "the function's result in place of the function": (
         lambda step: step.run("charge", charge(5)),
         "TypeError",

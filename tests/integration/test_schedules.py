@@ -456,7 +456,7 @@ BAD_SCHEDULES = [
     ({"cron": "0 * * * * *"}, "expected 5 fields (minute hour day-of-month month day-of-week), "
                               "got 6"),
     ({"cron": "@every 0s"}, "@every needs at least 1s"),
-    ({"cron": "@every -5m"}, "'-5m' is not a duration"),
+    ({"cron": "@every -5m"}, "'-5m' must be a finite, non-negative duration"),
     ({"cron": "@every 100y"}, "'100y' is not a duration"),
     ({"cron": "@every 36600d"}, "'36600d' is longer than 100 years"),
     ({"cron": "@daily", "timezone": "Mars/Olympus"}, "unknown timezone 'Mars/Olympus'"),

@@ -151,8 +151,10 @@ def test_bad_start_input_raises_and_writes_nothing(
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda c: c.start("bad name!"), "job name 'bad name!' is invalid: use 1-200 letters"),
-        (lambda c: c.start("ok", queue_name=""), "queue name '' is invalid: use 1-200 letters"),
+        (lambda c: c.start("bad name!"),
+         "job name 'bad name!' is invalid: use 1-200 ASCII letters"),
+        (lambda c: c.start("ok", queue_name=""),
+         "queue name '' is invalid: use 1-200 ASCII letters"),
         (lambda c: c.start("ok", max_attempts=0),
          "max_attempts must be an integer from 1 to 1000, got 0"),
         (lambda c: c.start("ok", delay="5 parsecs"),
@@ -164,7 +166,7 @@ def test_bad_start_input_raises_and_writes_nothing(
          "scheduled_at: datetime.datetime(2030, 1, 1, 0, 0) has no time zone"),
         (lambda c: c.runs.list(created_after="yesterday"),
          "created_after: 'yesterday' is not an ISO-8601 time"),
-        (lambda c: c.events.send("", {}), "event name '' is invalid: use 1-200 letters"),
+        (lambda c: c.events.send("", {}), "event name '' is invalid: use 1-200 ASCII letters"),
         (lambda c: c.state.set("k", 1, ttl="forever"), "ttl: 'forever' is not a duration"),
         (lambda c: c.state.increment("n", 1.5), "by must be a 64-bit integer, got 1.5"),
         (lambda c: c.queue("billing", concurrency=-1),
@@ -185,7 +187,7 @@ def test_bad_start_input_raises_and_writes_nothing(
         (lambda c: c.state.get("k" * 513), "state key is 513 characters, over the limit of 512"),
         (lambda c: c.state.set("k", 1, ttl=0), "ttl must be more than 0"),
         (lambda c: c.schedules.create("bad name!", cron="@daily"),
-         "job name 'bad name!' is invalid: use 1-200 letters"),
+         "job name 'bad name!' is invalid: use 1-200 ASCII letters"),
         (lambda c: c.queue("billing").dead_letters(limit=0),
          "limit must be an integer from 1 to 1000, got 0"),
         (lambda c: c.runs.retry_many(limit=0), "limit must be a positive integer, got 0"),
@@ -196,12 +198,12 @@ def test_bad_start_input_raises_and_writes_nothing(
         (lambda c: c.queue("billing").dead_letters(cursor=5),
          "cursor 5 is not one a list of dead letters returned (a failure time and a run_... id)"),
         (lambda c: c.queue("billing").dead_letters(job="bad name!"),
-         "job name 'bad name!' is invalid: use 1-200 letters"),
+         "job name 'bad name!' is invalid: use 1-200 ASCII letters"),
         (lambda c: c.queue("billing").info(-5), "window: -5 must be a finite, non-negative"),
         (lambda c: c.queue("billing").info([1]), "window: expected a duration, got list"),
         (lambda c: c.queues.list("0s"), "window: must be from 1s to 90d"),
-        (lambda c: c.queues.get("a/b"), "queue name 'a/b' is invalid: use 1-200 letters"),
-        (lambda c: c.queues.get(""), "queue name '' is invalid: use 1-200 letters"),
+        (lambda c: c.queues.get("a/b"), "queue name 'a/b' is invalid: use 1-200 ASCII letters"),
+        (lambda c: c.queues.get(""), "queue name '' is invalid: use 1-200 ASCII letters"),
         (lambda c: c.state.set("", object()), "state key must be a non-empty string, got ''"),
         (lambda c: c.state.increment("", by=1.5), "by must be a 64-bit integer, got 1.5"),
         (lambda c: c.state.set("k", 1, ttl="x", expires_at="2030-01-01T00:00:00Z"),
@@ -246,7 +248,7 @@ def test_bad_start_input_raises_and_writes_nothing(
         (lambda c: c.start_many("ok", [1], idempotency_keys=[None], idempotency_ttl="1h"),
          "idempotency_ttl needs idempotency_keys with at least one key"),
         (lambda c: c.start_many("bad name!", [1]),
-         "job name 'bad name!' is invalid: use 1-200 letters"),
+         "job name 'bad name!' is invalid: use 1-200 ASCII letters"),
         # An empty list starts nothing, and its options are checked all the same.
         (lambda c: c.start_many("bad name!", []), "job name 'bad name!' is invalid"),
         (lambda c: c.start_many("ok", [], scheduled_at="AAA"), "scheduled_at: 'AAA' is not"),
@@ -320,12 +322,12 @@ UNKNOWN_KEYWORDS: list[tuple[Callable[[StackShift, str], Any], str]] = [
     (lambda c, n: c.schedules.create(n, cron="@daily", tz="UTC"),  # type: ignore[call-arg]
      "schedules.create() got an unexpected keyword argument 'tz'; "
      "it takes job, cron, payload, timezone, queue_name, schedule_id, overlap"),
-    (lambda c, n: c.job(n, lambda ctx: None, retries=3),
+    (lambda c, n: c.job(n, lambda ctx: None, retries=3),  # type: ignore[call-overload]
      "job() got an unexpected keyword argument 'retries'; it takes queue, max_attempts, "
      "backoff, timeout, key_concurrency, on_failure, cron, timezone, overlap"),
-    (lambda c, n: c.job(n, max_attemps=3),
+    (lambda c, n: c.job(n, max_attemps=3),  # type: ignore[call-overload]
      "job() got an unexpected keyword argument 'max_attemps'; did you mean 'max_attempts'?"),
-    (lambda c, n: c.worker(concurency=2),
+    (lambda c, n: c.worker(concurency=2),  # type: ignore[call-arg]
      "worker() got an unexpected keyword argument 'concurency'; did you mean 'concurrency'?"),
     # Positional arguments the call does not take: Python's words about the call as
     # written, counting what the program passed (not the internal class and self).
@@ -380,7 +382,7 @@ def test_the_async_client_names_unknown_keywords_in_the_same_words(
                     await call()  # type: ignore[call-arg]
                 messages.append(str(raised.value))
             with pytest.raises(TypeError) as raised:
-                app.worker(concurency=2)
+                app.worker(concurency=2)  # type: ignore[call-arg]
             messages.append(str(raised.value))
             assert await app.runs.list(job=name) == Page([], None)
             assert await app.state.get(name, "unset") == "unset"
@@ -841,7 +843,7 @@ def test_list_filters_are_text(client: StackShift, call: Callable[[StackShift], 
     assert str(raised.value).startswith(message)
 
 
-NAME_HINT = "is invalid: use 1-200 letters, digits, '.', '_', ':' or '-'"
+NAME_HINT = "is invalid: use 1-200 ASCII letters, digits, '.', '_', ':' or '-'"
 EMPTY = "must be a non-empty string, got ''"
 
 #: Filters no run or event can have, each with the error every list and bulk retry

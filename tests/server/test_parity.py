@@ -351,7 +351,7 @@ def test_the_same_program_ends_the_same_embedded_and_remote(
     assert len(unknown) == 7 and all(
         outcome[:2] == ("raised", "TypeError") and " got an unexpected keyword argument " in
         outcome[2] for outcome in unknown)
-    name_hint = "is invalid: use 1-200 letters, digits, '.', '_', ':' or '-'"
+    name_hint = "is invalid: use 1-200 ASCII letters, digits, '.', '_', ':' or '-'"
     filters_refused = {
         "list: empty job and key": f"job name '' {name_hint}",
         "list: blank queue": f"queue name ' ' {name_hint}",

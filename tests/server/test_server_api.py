@@ -584,8 +584,8 @@ def test_a_timezone_that_is_a_region_or_too_long_is_refused_not_a_server_error(
                       "scheduleId": tag("zoned")}):
             error = assert_error(http.post("/v1/schedules", json=body), 422,
                                  "validation_error")
-            assert error["message"] == (f"unknown timezone {zone!r}: use an IANA name such as "
-                                        "'UTC' or 'Europe/Paris'")
+            assert error["message"] == (f"timezone: unknown timezone {zone!r}: use an IANA "
+                                        "name such as 'UTC' or 'Europe/Paris'")
     assert [x for x in http.get("/v1/schedules").json()["items"] if x["job"] == job] == []
     made = http.post("/v1/schedules", json={"job": job, "cron": "0 9 * * *",
                                             "timezone": "Europe/Paris"})
@@ -811,7 +811,7 @@ def test_a_database_out_of_reach_is_a_503_not_an_internal_error(
 
 
 TIME_HINT = "is not an ISO-8601 time (e.g. '2026-05-06T09:00:00Z')"
-NAME_HINT = "is invalid: use 1-200 letters, digits, '.', '_', ':' or '-'"
+NAME_HINT = "is invalid: use 1-200 ASCII letters, digits, '.', '_', ':' or '-'"
 
 
 @pytest.mark.parametrize(("method", "path", "body", "message"), [

@@ -286,7 +286,7 @@ def test_wrong_types_and_values_are_422(http: httpx.Client, method: str, path: s
 
 
 DURATION_HINT = "is not a duration (use e.g. '30s', '15m', '1h30m', '7d')"
-NAME_HINT = "is invalid: use 1-200 letters, digits, '.', '_', ':' or '-'"
+NAME_HINT = "is invalid: use 1-200 ASCII letters, digits, '.', '_', ':' or '-'"
 
 
 @pytest.mark.parametrize(("method", "path", "body", "message"), [
@@ -297,6 +297,10 @@ NAME_HINT = "is invalid: use 1-200 letters, digits, '.', '_', ':' or '-'"
      "idempotencyTtl: '0s' must be more than 0"),
     ("POST", "/v1/runs", {"job": "x", "delay": -1},
      "delay: Input should be greater than or equal to 0"),
+    ("POST", "/v1/runs", {"job": "x", "delay": "-5m"},
+     "delay: '-5m' must be a finite, non-negative duration"),
+    ("PUT", "/v1/state/k", {"value": 1, "ttl": "-5s"},
+     "ttl: '-5s' must be a finite, non-negative duration"),
     ("POST", "/v1/runs", {"job": "bad name"}, f"job: job name 'bad name' {NAME_HINT}"),
     ("POST", "/v1/runs", {"job": "x", "queueName": ""},
      f"queueName: queue name '' {NAME_HINT}"),
@@ -451,8 +455,9 @@ def test_wait_timeout_is_bounded(http: httpx.Client) -> None:
                      "validation_error")
 
 
-def test_a_2_mib_body_is_413(http: httpx.Client) -> None:
-    body = json.dumps({"job": "big", "payload": "x" * (2 * MiB)}).encode()
+def test_a_body_over_the_default_limit_is_413(http: httpx.Client) -> None:
+    # The default limit: twice the largest value limit (1 MiB) plus 1 MiB.
+    body = json.dumps({"job": "big", "payload": "x" * (3 * MiB)}).encode()
     assert_error(http.post("/v1/runs", content=body,
                            headers={"content-type": "application/json"}),
                  413, "body_too_large")
@@ -468,11 +473,14 @@ def test_a_2_mib_body_is_413(http: httpx.Client) -> None:
     assert http.post("/v1/runs", json={"job": "small"}).status_code == 201
 
 
-def test_a_payload_over_the_limit_inside_a_small_enough_body(http: httpx.Client) -> None:
-    # 1 MiB of payload plus the envelope is over the body limit as well: one error code
+def test_a_payload_over_its_limit_inside_a_body_within_the_default_limit(
+        http: httpx.Client) -> None:
     response = http.post("/v1/runs", json={"job": "big", "payload": "x" * MiB})
-    assert_error(response, 413, "body_too_large")
-    ok = http.post("/v1/runs", json={"job": "big", "payload": "x" * (MiB - 1024)})
+    error = assert_error(response, 413, "payload_too_large")
+    assert error["message"] == "payload is 1048578 bytes as JSON, over the limit of 1048576 bytes"
+    assert http.get("/v1/runs?job=big").json()["items"] == []
+    # At the limit exactly, with the envelope around it: the body limit leaves it room.
+    ok = http.post("/v1/runs", json={"job": "big", "payload": "x" * (MiB - 2)})
     assert ok.status_code == 201, ok.text
 
 

@@ -14,8 +14,10 @@ import click
 import pytest
 
 from docblocks import ROOT, Command, commands, python_blocks
+from stackshift import Settings
 from stackshift.cli.main import cli
 from stackshift.server.__main__ import server as module_server
+from stackshift.server.app import body_limit
 
 
 def _leaves(command: click.Command, path: tuple[str, ...] = ()) -> list[tuple[str, click.Command]]:
@@ -124,8 +126,12 @@ def test_server_options_table_matches_both_server_commands() -> None:
         option = options[name]
         assert option is not None
         # --database-url's default comes from the environment; --setting has none;
-        # --session-secret's is drawn at random
-        if name not in {"--database-url", "--setting", "--session-secret"}:
+        # --session-secret's is drawn at random; --max-body-bytes's follows the settings
+        if name == "--max-body-bytes":
+            assert option.default is None
+            limit = body_limit(Settings())
+            assert f"`{limit}`" in default and str(limit) in str(option.show_default)
+        elif name not in {"--database-url", "--setting", "--session-secret"}:
             assert f"`{option.default}`" in default, (name, option.default, default)
 
 

@@ -8,7 +8,12 @@ import pytest
 
 from stackshift import ValidationError
 from stackshift.cli.render import offset
-from stackshift.durations import parse_duration, parse_instant, to_datetime
+from stackshift.durations import (
+    parse_duration,
+    parse_instant,
+    parse_typed_duration,
+    to_datetime,
+)
 
 
 @pytest.mark.parametrize(
@@ -57,7 +62,10 @@ def test_durations_as_numbers_and_timedeltas(value: object, seconds: float) -> N
         "s",
         "1h 30m",
         "h1",
-        "-5s",
+        "-0s",  # no sign is part of a duration; minus nothing is not negative
+        "- 5s",
+        "--5s",
+        "-5",
         "5s-",
         "1e3s",
         "30 seconds",
@@ -79,6 +87,26 @@ def test_bad_duration_strings_are_refused_with_the_grammar(value: str) -> None:
 def test_negative_and_non_finite_durations_are_refused(value: object) -> None:
     with pytest.raises(ValidationError, match="finite, non-negative"):
         parse_duration(value)
+
+
+@pytest.mark.parametrize("value", ["-5s", "-5m", " -1h30m ", "-0.5s", "-2W", "-" + "9" * 60 + "d"])
+def test_negative_duration_strings_are_refused_as_negative(value: str) -> None:
+    # As the number -5 is: the text says a duration, only its sign is wrong.
+    with pytest.raises(ValidationError) as raised:
+        parse_duration(value, name="delay")
+    assert str(raised.value) == f"delay: {value!r} must be a finite, non-negative duration"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("-5m", "--delay: '-5m' must be a finite, non-negative duration"),
+    ("-5", "--delay: '-5' must be a finite, non-negative duration"),
+    ("-5x", "--delay: '-5x' is not a duration (use e.g. '30s', '15m', '1h30m', '7d')"),
+])
+def test_typed_durations_say_a_negative_one_is_negative_however_written(
+        text: str, message: str) -> None:
+    with pytest.raises(ValidationError) as raised:
+        parse_typed_duration(text, name="--delay")
+    assert str(raised.value) == message
 
 
 @pytest.mark.parametrize("value", [None, True, False, [1], {"s": 1}, object()])

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 from urllib.parse import urlsplit
 
 import click
@@ -206,6 +206,14 @@ def _string_hint(text: str, typed: bool) -> str:
         return ""
     quoted = json.dumps(word)
     return f"; a string is written in double quotes, e.g. {shell_word(quoted) if typed else quoted}"
+
+
+@overload
+def duration(value: str, option: str) -> float | str: ...
+
+
+@overload
+def duration(value: str | None, option: str) -> float | str | None: ...
 
 
 def duration(value: str | None, option: str) -> float | str | None:

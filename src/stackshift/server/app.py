@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match, Mount, Route, compile_path
 
 from ..clock import SystemClock
-from ..durations import parse_duration
+from ..durations import parse_duration, parse_typed_duration
 from ..errors import StackShiftError, ValidationError
 from ..jobs import JobRegistry, check_name
 from ..serialization import MAX_DEPTH, DuplicateKeyError, MiB
@@ -33,6 +33,7 @@ from ..service import Service
 from ..settings import Settings
 from ..store import open_store
 from . import flow_routes, metrics, push_routes, routes, worker_routes
+from .bodies import JsonBodyRoute
 from .errors import ApiError, classify, error_body, rename_fields
 from .middleware import (
     ASGIApp,
@@ -43,7 +44,13 @@ from .middleware import (
     Scope,
     Send,
 )
-from .schemas import DURATION_PATTERN, NAME_PATTERN, POSITIVE_DURATION_PATTERN, Health
+from .schemas import (
+    DURATION_PATTERN,
+    NAME_PATTERN,
+    POSITIVE_DURATION_PATTERN,
+    QUERY_DURATION_PATTERN,
+    Health,
+)
 
 DESCRIPTION = """\
 The StackShift HTTP API: start runs, send events, read and act on runs, and use
@@ -164,6 +171,13 @@ def _field_message(where: str, errors: list[Any]) -> str:
                 return f"{where}: {value!r} must be more than 0"
         except ValidationError as exc:
             return str(exc)
+    if error.get("type") == "string_pattern_mismatch" and pattern == QUERY_DURATION_PATTERN:
+        try:
+            parse_typed_duration(value, name=where)
+        except ValidationError as exc:
+            return str(exc)
+        # A number Python reads but not in digits alone ('1e3', '1_0', '+5').
+        return f"{where}: seconds are written in digits (e.g. '60', '1.5'), got {value!r}"
     cause = (error.get("ctx") or {}).get("error")
     if error.get("type") == "value_error" and cause is not None:
         # A check of ours: its own words, without "Value error, " (nor the field's
@@ -400,9 +414,14 @@ def create_app(service: Service, *, max_body_bytes: int | None = None) -> FastAP
         description=DESCRIPTION,
         docs_url=None,
         redoc_url=None,
+        openapi_url=None,  # served below, as the other routes are
         redirect_slashes=False,
         responses={},
     )
+    # The routes of the server itself (/healthz, /metrics, /openapi.json) take a body
+    # and a query string as those of /v1 do: no fields, no parameter they do not take.
+    app.router.route_class = JsonBodyRoute
+    known = [Depends(_known_query)]
     app.state.service = service
     # Set when the server begins to stop: long-polls then answer at once (with the
     # run as it is, or no claimed runs) instead of holding the shutdown up.
@@ -425,13 +444,14 @@ def create_app(service: Service, *, max_body_bytes: int | None = None) -> FastAP
     app.add_exception_handler(Exception, _on_error)
 
     @app.get("/healthz", tags=["server"], summary="Liveness and database check (no key)",
-             responses={503: routes.ERRORS[503]})
+             responses={status: error for status, error in routes.ERRORS.items()
+                        if status != 401}, dependencies=known)
     def healthz() -> Health:
         return Health(status="ok", schema_version=service.schema_version())
 
     # Load balancers and uptime checks often ask with HEAD: the same database read,
     # answered with the status alone (503 when the database does not answer).
-    @app.head("/healthz", include_in_schema=False)
+    @app.head("/healthz", include_in_schema=False, dependencies=known)
     def healthz_head() -> Response:
         service.schema_version()
         return Response(status_code=200)
@@ -442,14 +462,24 @@ def create_app(service: Service, *, max_body_bytes: int | None = None) -> FastAP
         summary="Prometheus metrics",
         response_class=PlainTextResponse,
         responses={200: {"content": {metrics.CONTENT_TYPE: {}}}, **routes.ERRORS},
+        dependencies=known,
     )
     def prometheus_metrics() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(service, counter),
                                  media_type=metrics.CONTENT_TYPE)
 
+    @app.api_route("/openapi.json", methods=["GET", "HEAD"], include_in_schema=False,
+                   dependencies=known)
+    def openapi_document(request: Request) -> JSONResponse:
+        document = app.openapi()
+        root = str(request.scope.get("root_path", "")).rstrip("/")
+        if root:  # served below a path (mounted): the document says where
+            document = {**document, "servers": [{"url": root}, *document.get("servers", [])]}
+        return JSONResponse(document)
+
     routers = [routes.router, flow_routes.router, worker_routes.router, push_routes.router]
     for router in routers:
-        app.include_router(router, dependencies=[Depends(_known_query)])
+        app.include_router(router, dependencies=known)
     _document_auth(app)
     # Every route in the order the router tries them, those of included routers too.
     served: list[BaseRoute] = [r for r in app.router.routes if isinstance(r, Route)]

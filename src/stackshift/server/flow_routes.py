@@ -11,19 +11,30 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Query, Request, Response
 
+from ..durations import parse_typed_duration
 from ..errors import ScheduleNotFoundError
 from ..store.queues import KEEP
 from . import flow_schemas as f
 from . import schemas as s
 from .bodies import JsonBodyRoute
 from .errors import ApiError
-from .routes import ERRORS, NOT_FOUND, JobFilter, Limit, service_of
-from .schemas import ErrorResponse
+from .routes import ERRORS, NOT_FOUND, JobFilter, Limit, QueueName, service_of
+from .schemas import QUERY_DURATION_PATTERN, ErrorResponse
 
 router = APIRouter(prefix="/v1", responses=ERRORS, route_class=JsonBodyRoute)
 
 T = TypeVar("T")
-Window = Annotated[str, Query(description="Duration of the throughput window, e.g. `15m`.")]
+#: The window of a queue's numbers: text, as every query value is, so a bare number
+#: is seconds (as a duration typed on the command line is).
+Window = Annotated[str, Query(
+    pattern=QUERY_DURATION_PATTERN, examples=["15m", "3600"],
+    description="The window over which throughput and failure rate count: a number of "
+                "seconds (`3600`, `1.5`) or a duration (`15m`, `1h30m`), from 1s to 90d; "
+                "any other is 422.")]
+
+
+def _seconds(window: str) -> float:
+    return parse_typed_duration(window, name="window")
 
 
 def _schedule(call: Callable[[], T]) -> T:
@@ -38,7 +49,8 @@ def _schedule(call: Callable[[], T]) -> T:
 
 @router.get("/queues", tags=["queues"], summary="List queues with settings and numbers")
 def list_queues(request: Request, window: Window = "15m") -> f.QueueList:
-    return f.QueueList(items=[f.Queue.of(q) for q in service_of(request).list_queues(window)])
+    queues = service_of(request).list_queues(_seconds(window))
+    return f.QueueList(items=[f.Queue.of(q) for q in queues])
 
 
 #: A queue that holds no runs and has no settings (which no list shows) is unknown.
@@ -50,12 +62,12 @@ QUEUE_NOT_FOUND: dict[int | str, dict[str, Any]] = {
 
 @router.get("/queues/{name}", tags=["queues"], summary="A queue's settings and numbers",
             responses=QUEUE_NOT_FOUND)
-def get_queue(name: str, request: Request, window: Window = "15m") -> f.Queue:
-    return f.Queue.of(service_of(request).queue_info(name, window))
+def get_queue(name: QueueName, request: Request, window: Window = "15m") -> f.Queue:
+    return f.Queue.of(service_of(request).queue_info(name, _seconds(window)))
 
 
 @router.patch("/queues/{name}", tags=["queues"], summary="Change a queue's settings")
-def configure_queue(name: str, body: f.ConfigureQueue, request: Request) -> f.Queue:
+def configure_queue(name: QueueName, body: f.ConfigureQueue, request: Request) -> f.Queue:
     """Fields left out keep their value; `null` removes a limit."""
     given: dict[str, Any] = {
         field: getattr(body, field) if field in body.model_fields_set else KEEP
@@ -65,18 +77,18 @@ def configure_queue(name: str, body: f.ConfigureQueue, request: Request) -> f.Qu
 
 
 @router.post("/queues/{name}/pause", tags=["queues"], summary="Pause a queue")
-def pause_queue(name: str, request: Request) -> f.Queue:
+def pause_queue(name: QueueName, request: Request) -> f.Queue:
     return f.Queue.of(service_of(request).pause_queue(name))
 
 
 @router.post("/queues/{name}/resume", tags=["queues"], summary="Resume a paused queue")
-def resume_queue(name: str, request: Request) -> f.Queue:
+def resume_queue(name: QueueName, request: Request) -> f.Queue:
     return f.Queue.of(service_of(request).resume_queue(name))
 
 
 @router.get("/queues/{name}/dead-letters", tags=["queues"], responses=QUEUE_NOT_FOUND,
             summary="Runs of the queue that failed for good, the latest failure first")
-def dead_letters(name: str, request: Request, job: JobFilter = None, limit: Limit = 50,
+def dead_letters(name: QueueName, request: Request, job: JobFilter = None, limit: Limit = 50,
                  cursor: str | None = None) -> s.RunPage:
     page = service_of(request).dead_letters(name, job=job, limit=limit, cursor=cursor)
     return s.RunPage(items=[s.Run.of(r) for r in page.items], next_cursor=page.next_cursor)

@@ -9,13 +9,33 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StrictInt, StrictStr
+from pydantic import AfterValidator, Field, StrictInt, StrictStr
 
 from .. import models as m
+from ..engine.cron import parse_cron
+from ..flowcontrol import check_own_schedule_id, check_retry_many
 from .schemas import Body, Concurrency, Name, RunError, Time, Wire, _utc
 
 RateLimitText = Annotated[StrictStr, Field(examples=["100/m", "10/s"], max_length=50)]
 Attempts = Annotated[StrictInt, Field(ge=1, le=1000)]
+
+# The service's checks of these fields, run on each field alone so that a refusal
+# names the field at fault (``cron: invalid cron expression 'x': ...``); the service
+# checks them again together.
+
+
+def _cron(expression: str) -> str:
+    parse_cron(expression)  # in UTC: the zone is a field of its own
+    return expression
+
+
+def _timezone(name: str) -> str:
+    parse_cron("@daily", name)  # an expression that passes: the zone's length and name
+    return name
+
+
+def _retried_status(status: str) -> str:
+    return check_retry_many(status, None, None, None)
 
 
 class Queue(Wire):
@@ -100,7 +120,8 @@ class ConfigureQueue(Body):
 class RetryMany(Body):
     queue_name: Name | None = None
     job: Name | None = None
-    status: StrictStr = Field("failed", description="`failed` or `cancelled`.")
+    status: Annotated[StrictStr, AfterValidator(_retried_status)] = Field(
+        "failed", description="`failed` or `cancelled`.")
     created_after: Time | None = None
     created_before: Time | None = None
     limit: Annotated[StrictInt, Field(ge=1)] | None = Field(
@@ -174,11 +195,12 @@ class ScheduleList(Wire):
 
 class CreateSchedule(Body):
     job: Name
-    cron: StrictStr = Field(examples=["0 3 * * *", "@hourly", "@every 5m"])
+    cron: Annotated[StrictStr, AfterValidator(_cron)] = Field(
+        examples=["0 3 * * *", "@hourly", "@every 5m"])
     payload: Any = None
-    timezone: StrictStr = "UTC"
+    timezone: Annotated[StrictStr, AfterValidator(_timezone)] = "UTC"
     queue_name: Name | None = None
-    schedule_id: Name | None = Field(
+    schedule_id: Annotated[Name, AfterValidator(check_own_schedule_id)] | None = Field(
         default=None, description="Create the schedule under this id, or change the one "
         "that has it to this definition (ids starting with 'job:' are refused).")
     overlap: Literal["allow", "skip"] = Field(

@@ -27,6 +27,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 #: Paths served without a key.
 OPEN_PATHS = frozenset({"/healthz"})
 
+#: The API's paths outside ``/v1/``: their bodies are JSON too (none, ``{}`` or ``null``).
+SERVER_PATHS = frozenset({"/healthz", "/metrics", "/openapi.json"})
+
 #: How much of an over-size body is read (and dropped) before answering 413, so
 #: that a client still writing its body reads the answer instead of a reset.
 DRAIN_LIMIT = 64 * MiB
@@ -179,7 +182,8 @@ class LimitBody:
                              [(b"connection", b"close")] if size > DRAIN_LIMIT else None)
             return
         body = b"".join(chunks)
-        if body and scope["path"].startswith("/v1/") and not _says_json(scope):
+        path = scope["path"]
+        if body and (path.startswith("/v1/") or path in SERVER_PATHS) and not _says_json(scope):
             await send_error(send, 415, "unsupported_media_type",
                              "the API reads JSON bodies in UTF-8: send Content-Type:"
                              " application/json")

@@ -20,6 +20,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from ..checks import MAX_LOG_PAGE
 from ..durations import to_datetime
 from ..engine.transitions import Status
+from ..jobs import check_name
 from ..service import Service
 from ..settings import LONGEST_KEY
 from . import schemas as s
@@ -82,6 +83,11 @@ CONFLICT: dict[int | str, dict[str, Any]] = {
 router = APIRouter(prefix="/v1", responses=ERRORS, route_class=JsonBodyRoute)
 
 RunId = Annotated[str, Path(description="A run id (`run_...`).")]
+#: A queue named in the path, checked as the service checks a queue name, so that a
+#: name in the wrong form is refused naming the parameter (``name: queue name ...``).
+QueueName = Annotated[str, Path(description="A queue name.",
+                                json_schema_extra={"pattern": NAME_PATTERN}),
+                      AfterValidator(lambda name: check_name(name, "queue name"))]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Page size."), DIGITS_ONLY]
 #: The job filter of a list of runs: a value no job name can be (``?job=``) is 422.
 JobFilter = Annotated[str | None, Query(
@@ -142,7 +148,7 @@ def start_runs(body: s.StartRuns, request: Request, response: Response) -> s.Run
     tags=["runs"],
     summary="Enqueue a run on a queue",
 )
-def enqueue_run(name: str, body: s.EnqueueRun, request: Request,
+def enqueue_run(name: QueueName, body: s.EnqueueRun, request: Request,
                 response: Response) -> s.Run:
     options = body.model_dump(exclude={"job", "payload"})
     run = service_of(request).start(body.job, body.payload, queue_name=name, **options)
@@ -337,7 +343,7 @@ class _AnyText(Convertor[str]):
 register_url_convertor("text", _AnyText())
 
 StateKey = Annotated[str, Path(description="The state key, percent-encoded.", min_length=1,
-                                max_length=LONGEST_KEY)]
+                                max_length=LONGEST_KEY), AfterValidator(s.check_state_key)]
 
 
 #: Only keys after this one: a listing's next page (of state keys or locks).

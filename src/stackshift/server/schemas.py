@@ -19,6 +19,7 @@ from pydantic.alias_generators import to_camel, to_snake
 from pydantic.config import JsonDict
 
 from .. import models as m
+from ..checks import check_key
 from ..durations import MAX_DURATION
 from ..engine.limits import MAX_CONCURRENCY, check_concurrency
 from ..settings import LONGEST_KEY, Settings
@@ -31,8 +32,20 @@ NAME_PATTERN = r"^[A-Za-z0-9._:-]{1,200}$"
 Name = Annotated[StrictStr, Field(pattern=NAME_PATTERN, examples=["sendReceipt"])]
 #: Idempotency, correlation and concurrency keys.
 Key = Annotated[StrictStr, Field(min_length=1, max_length=LONGEST_KEY)]
-StateKey = Annotated[StrictStr, Field(min_length=1, max_length=LONGEST_KEY)]
+
+
+def check_state_key(key: str) -> str:
+    """The service's check of a state key (up to the longest a server takes; its own
+    limit is checked by the service), so that a key no store can hold is refused
+    naming the field: ``key: state key must not contain the NUL character``."""
+    return check_key(key, "state key", LONGEST_KEY)
+
+
+StateKey = Annotated[StrictStr, Field(min_length=1, max_length=LONGEST_KEY),
+                     AfterValidator(check_state_key)]
 Owner = Annotated[StrictStr, Field(min_length=1, max_length=200)]
+#: A lock's owner: the service's check, naming the field (``owner: lock owner ...``).
+LockOwner = Annotated[Owner, AfterValidator(lambda owner: check_key(owner, "lock owner", 200))]
 #: A point in time: ISO-8601 with an offset or ``Z``.
 Time = Annotated[StrictStr, Field(json_schema_extra={"format": "date-time"},
                                   examples=["2026-05-06T09:00:00Z"])]
@@ -48,6 +61,11 @@ PositiveDuration = (
     Annotated[StrictStr, Field(pattern=POSITIVE_DURATION_PATTERN, examples=["30s", "24h"])]
     | Annotated[float, Field(gt=0, le=MAX_DURATION, allow_inf_nan=False)]
 )
+#: A duration in a query string, where every value is text: a number of seconds
+#: (``60``, ``1.5``) or a duration string.
+QUERY_DURATION_PATTERN = (r"^\s*([0-9]+(\.[0-9]+)?|"
+                          + DURATION_PATTERN.removeprefix(r"^\s*").removesuffix(r"\s*$")
+                          + r")\s*$")
 Int32 = Annotated[StrictInt, Field(ge=-(2**31), lt=2**31)]
 Int64 = Annotated[StrictInt, Field(ge=-(2**63), lt=2**63)]
 Attempts = Annotated[StrictInt, Field(ge=1, le=1000)]
@@ -535,8 +553,8 @@ class StateList(KeyPage):
 
 class AcquireLock(Body):
     key: StateKey
-    owner: Owner = Field(description="A token only the owner knows: it alone can extend "
-                         "and release the lock. Never listed.")
+    owner: LockOwner = Field(description="A token only the owner knows: it alone can "
+                             "extend and release the lock. Never listed.")
     ttl: PositiveDuration = Field(description="The lock frees itself after this long.")
     holder: Owner | None = Field(None, description="Who the owner is, in words (a run and "
                                  "its attempt, a host and a process), for listings and "
@@ -545,13 +563,13 @@ class AcquireLock(Body):
 
 class ExtendLock(Body):
     key: StateKey
-    owner: Owner = Field(description="The token the lock was acquired with.")
+    owner: LockOwner = Field(description="The token the lock was acquired with.")
     ttl: PositiveDuration = Field(description="The lock frees itself this long from now.")
 
 
 class ReleaseLock(Body):
     key: StateKey
-    owner: Owner
+    owner: LockOwner
 
 
 class LockResult(Wire):

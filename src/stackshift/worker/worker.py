@@ -191,7 +191,7 @@ class Worker:
         app: StackShift,
         *,
         concurrency: int = 10,
-        queues: list[str] | None = None,
+        queues: list[str] | tuple[str, ...] | set[str] | frozenset[str] | None = None,
         lease: Any = "30s",
         poll_interval: Any = "1s",
         shutdown_grace: Any = "30s",
