@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from .client import AsyncStackShift, StackShift
+from .client import AsyncStackShift, BackoffOptions, JobOptions, StackShift, WorkerOptions
 from .context import AsyncJobContext, JobContext, RunInfo
 from .engine.retries import Backoff
 from .engine.transitions import Status
@@ -54,6 +54,7 @@ __all__ = [
     "AttemptTimeoutError",
     "AuthenticationError",
     "Backoff",
+    "BackoffOptions",
     "EndpointNotFoundError",
     "Event",
     "EventNotFoundError",
@@ -61,6 +62,7 @@ __all__ = [
     "InvalidTransitionError",
     "JobContext",
     "JobInfo",
+    "JobOptions",
     "LockNotAcquiredError",
     "LogEntry",
     "NonDeterminismError",
@@ -91,6 +93,7 @@ __all__ = [
     "WaitTimeoutError",
     "WaitingFor",
     "WorkerLost",
+    "WorkerOptions",
     "asgi_app",
     "wsgi_app",
 ]

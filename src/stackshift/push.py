@@ -27,7 +27,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from http import HTTPStatus
@@ -334,7 +334,7 @@ class AsgiRoute:
     def __init__(self, route: PushRoute) -> None:
         self.route = route
 
-    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Any],
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Callable[[], Any],
                        send: Callable[[dict[str, Any]], Any]) -> None:
         if scope["type"] == "lifespan":
             while True:

@@ -34,7 +34,8 @@ APP = textwrap.dedent('''
     from datetime import timedelta
     from typing import Any, assert_type
 
-    from stackshift import AsyncStackShift, Backoff, JobContext, StackShift
+    from stackshift import (AsyncStackShift, Backoff, JobContext, JobOptions, StackShift,
+                            WorkerOptions)
     from stackshift.worker import Worker
 
     app = StackShift()
@@ -65,6 +66,10 @@ APP = textwrap.dedent('''
     app.job("poll", receipt, backoff={"base": 1, "factor": 3, "cap": "10m", "jitter": False},
             timeout=2.5, max_attempts=None, queue=None)
     remote.job("onRemote", receipt, queue="emails", max_attempts=3)
+    defaults: JobOptions = {"queue": "emails", "max_attempts": 5}
+    app.job("fromDict", receipt, **defaults)
+    sized: WorkerOptions = {"concurrency": 4, "queues": ["emails"]}
+    assert_type(app.worker(**sized), Worker)
     assert_type(app.worker(), Worker)
     app.worker(concurrency=10, lease="30s", poll_interval="1s", shutdown_grace="30s")
     app.worker(queues=["emails"], maintenance_interval=0.5, lease=timedelta(minutes=1))
@@ -97,6 +102,7 @@ APP = textwrap.dedent('''
 
 
     remote.worker(concurency=2)  # E: Unexpected keyword argument "concurency" for "worker"
+    wrong: JobOptions = {"queu": "q"}  # E: Extra key "queu" for TypedDict "JobOptions"
 ''')
 
 MARK = re.compile(r"#\s*E:\s*(?P<text>.+)$")
@@ -173,3 +179,28 @@ def test_misspelt_options_are_refused_at_runtime_with_the_one_meant(tmp_path: Pa
         assert app.jobs == []
     finally:
         app.close()
+
+
+MOUNTED = textwrap.dedent('''
+    from fastapi import FastAPI
+    from starlette.applications import Starlette
+
+    import stackshift
+
+    client = stackshift.StackShift(api_key="ssk_...", base_url="http://jobs.internal:8000")
+    app = FastAPI()
+    app.mount("/stackshift", client.asgi_app(url="https://shop.example.com/stackshift"))
+    Starlette().mount("/jobs", stackshift.asgi_app(client, secret="whsec_..."))
+''')
+
+
+def test_a_handler_route_mounts_in_a_starlette_app_as_the_docs_show(tmp_path: Path) -> None:
+    """The push route is an ASGI application to a type checker too: docs/server.md
+    mounts it in a FastAPI app."""
+    app = tmp_path / "mounted.py"
+    app.write_text(MOUNTED, encoding="utf-8")
+    config = tmp_path / "mypy.ini"
+    config.write_text(f"[mypy]\nstrict = True\nmypy_path = {ROOT / 'src'}\n", encoding="utf-8")
+    out, err, status = api.run(["--config-file", str(config), "--cache-dir",
+                                str(tmp_path / "cache"), str(app)])
+    assert status == 0, out + err
