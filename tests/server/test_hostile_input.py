@@ -383,6 +383,19 @@ def test_hostile_path_segments_are_refused_and_write_nothing(
         assert_error(send(segment), 400, "bad_path")
 
 
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/v1/runs/{}"), ("GET", "/v1/events/{}"), ("GET", "/v1/schedules/{}"),
+    ("DELETE", "/v1/schedules/{}"), ("DELETE", "/v1/endpoints/{}")])
+def test_an_id_holding_nul_is_an_unknown_id(http: httpx.Client, unchanged: None, method: str,
+                                             path: str) -> None:
+    """No row can have such an id: 404, as docs/server.md says, on every store."""
+    for segment in ["%00", "ep_%00", "a%00b"]:
+        url = httpx.URL(str(http.base_url).rstrip("/") + path.format(segment))
+        response = http.request(method, url)
+        assert response.status_code == 404, (segment, response.text)
+        assert response.json()["error"]["code"].endswith("_not_found")
+
+
 # -- query parameters -----------------------------------------------------------------------
 
 FILTER = ["%00", "a%00b"]
