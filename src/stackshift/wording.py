@@ -19,6 +19,11 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
     return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
+def unregistered(job: str, known: Iterable[str]) -> str:
+    """That no worker has registered ``job``, with the closest names that some has."""
+    return f"no worker has registered job {job!r}{did_you_mean(job, known)}"
+
+
 #: Characters of a long input an error message quotes before it cuts it short.
 QUOTED = 80
 

@@ -596,6 +596,7 @@ def test_runs_show_and_list_tell_a_running_run_asked_to_cancel(
 
 
 def test_unknown_ids_and_keys_exit_3(db_url: str) -> None:
+    assert cli(db_url, "migrate").returncode == 0
     for args in (["runs", "show", "run_missing"], ["runs", "cancel", "run_missing"],
                  ["runs", "wait", "run_missing"], ["runs", "logs", "run_missing", "--follow"]):
         done = cli(db_url, *args)
@@ -2382,6 +2383,25 @@ def test_a_database_file_that_cannot_be_opened_is_named_in_the_error(tmp_path: P
     assert done.returncode == 1, (done.stdout, done.stderr)
     assert f"unable to open database file: {missing}" in done.stderr
     assert not missing.parent.exists()
+
+
+def test_a_command_that_reads_refuses_a_database_file_that_does_not_exist(
+        tmp_path: Path) -> None:
+    """A mistyped --db, or a command run in another folder, is said so: not an empty
+    installation made on the spot and answered as if it had nothing yet."""
+    missing = tmp_path / "typo.db"
+    url = f"sqlite:///{missing}"
+    for args in (["runs", "list"], ["runs", "show", "run_x"], ["runs", "cancel", "run_x"],
+                 ["events", "list"], ["state", "get", "k"], ["queues", "list"],
+                 ["schedules", "list"], ["keys", "list"], ["endpoints", "list"]):
+        done = cli(url, *args)
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert f"no database at {missing} ({url})" in done.stderr
+        assert "`stackshift migrate` creates a new one" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+    # A command that makes something creates the file, as the SDK does.
+    assert cli(url, "state", "set", "k", "1").returncode == 0
+    assert cli(url, "state", "get", "k").stdout.strip() == "1"
 
 
 def test_a_relative_sqlite_url_meant_as_absolute_gets_the_four_slash_form(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ def send(
 ) -> None:
     """Send event NAME with PAYLOAD_JSON ('-' reads it from stdin)."""
     payload = parse_json_argument(payload_json, "PAYLOAD_JSON")
-    with open_client(database_url) as app:
+    with open_client(database_url, creates=True) as app:
         sent = app.events.send(
             name, payload, correlation_key=correlation_key, idempotency_key=idempotency_key
         )

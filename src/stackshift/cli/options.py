@@ -16,10 +16,17 @@ from click.core import ParameterSource
 from rich.console import Console
 
 from ..checks import check_filter
-from ..client import DEFAULT_DATABASE_URL, URL_ENV, StackShift
+from ..client import (
+    DEFAULT_DATABASE_URL,
+    URL_ENV,
+    StackShift,
+    database_url_from_env,
+    server_from_env,
+)
 from ..durations import parse_typed_duration
 from ..errors import ValidationError
 from ..serialization import DuplicateKeyError, to_jsonable, unique_keys
+from ..store.sqlite import parse_sqlite_url
 from ..wording import shell_word
 from .failures import bad_input, in_option_terms
 
@@ -247,10 +254,35 @@ def split_list(value: str | None) -> list[str] | None:
     return items or None
 
 
+def require_database(database_url: str) -> None:
+    """Refuse (exit 2) an SQLite URL whose file does not exist, for a command that
+    only reads or changes what is there: opening it would create an empty
+    database and answer as if the installation had nothing yet, where the
+    mistake is a ``--db`` mistyped or a command run in another folder."""
+    if not database_url.startswith("sqlite:"):
+        return
+    try:
+        path, _ = parse_sqlite_url(database_url)
+    except ValidationError:
+        return  # opening it says what is wrong with the URL
+    # No folder either: opening it fails, naming the folder (and a slash missing).
+    if not os.path.exists(path) and os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise bad_input(
+            f"no database at {os.path.abspath(path)} ({database_url}): check --db"
+            f" ({DATABASE_ENV}) and the folder the command runs in; `stackshift"
+            " migrate` creates a new one, as do `start` and `worker`")
+
+
 @contextmanager
-def open_client(database_url: str | None) -> Iterator[StackShift]:
+def open_client(database_url: str | None, *, creates: bool = False) -> Iterator[StackShift]:
     """A client on ``database_url`` (migrated on first use, as the SDK does), or the
-    SDK's own choice from the environment when it is ``None``."""
+    SDK's own choice from the environment when it is ``None``.
+
+    ``creates``: the command makes something (a run, an event, a setting), so
+    an SQLite file that does not exist yet is created; otherwise it is refused
+    (:func:`require_database`)."""
+    if not creates and server_from_env(database_url, None, None) is None:
+        require_database(database_url or database_url_from_env())
     app = StackShift(database_url)
     try:
         with refusals_in_option_terms():

@@ -189,7 +189,7 @@ def show(name: str, window: str, as_json: bool, database_url: str) -> None:
 @database_url_option
 def pause(name: str, as_json: bool, database_url: str) -> None:
     """Start nothing more from NAME until resumed (running runs carry on)."""
-    with open_client(database_url) as app:
+    with open_client(database_url, creates=True) as app:
         _show(_warning_if_new(app, name, app.queue(name).pause), as_json)
 
 
@@ -199,7 +199,7 @@ def pause(name: str, as_json: bool, database_url: str) -> None:
 @database_url_option
 def resume(name: str, as_json: bool, database_url: str) -> None:
     """Let NAME's runs start again."""
-    with open_client(database_url) as app:
+    with open_client(database_url, creates=True) as app:
         _show(_warning_if_new(app, name, app.queue(name).resume), as_json)
 
 
@@ -233,7 +233,7 @@ def set_(name: str, concurrency: str | None, rate_limit: str | None, max_attempt
     }
     if all(value is KEEP for value in changes.values()):
         raise bad_input("give at least one of --concurrency, --rate-limit, --max-attempts")
-    with open_client(database_url) as app:
+    with open_client(database_url, creates=True) as app:
         _show(_warning_if_new(app, name, lambda: app.queue(name).configure(**changes)),
               as_json)
 

@@ -146,7 +146,7 @@ def create(job: str, cron: str, payload_json: str | None, timezone: str, queue: 
     on stderr; with --json, "created" is false).
     """
     payload = parse_json_argument(payload_json, "--payload")
-    with open_client(database_url) as app:
+    with open_client(database_url, creates=True) as app:
         created = app.schedules.create(job, cron=cron, payload=payload, timezone=timezone,
                                        queue_name=queue, schedule_id=schedule_id,
                                        overlap=overlap)

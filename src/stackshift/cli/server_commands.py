@@ -30,7 +30,7 @@ from ..service import Service
 from ..settings import Settings, parse_setting
 from ..store import open_store
 from .failures import bad_input, failed, not_found
-from .options import database_only, database_only_option
+from .options import database_only, database_only_option, require_database
 from .render import Fit, _table, console, echo_json, iso, shown_url, when
 
 _database_url = click.option(
@@ -48,10 +48,13 @@ _as_json = click.option("--json", "as_json", is_flag=True,
 
 
 @contextmanager
-def _service(database_url: str | None) -> Iterator[Service]:
+def _service(database_url: str | None, *, creates: bool = False) -> Iterator[Service]:
     # Not the default file when STACKSHIFT_URL is set: a key or endpoint stored
     # there would be unknown to the server the environment names.
-    store = open_store(database_only(database_url))
+    url = database_only(database_url)
+    if not creates:  # a key or an endpoint to list, revoke or remove: none in no file
+        require_database(url)
+    store = open_store(url)
     try:
         store.migrate()
         yield Service(store, SystemClock(), Settings(), JobRegistry())
@@ -217,7 +220,7 @@ def keys() -> None:
 @_as_json
 def create_key(name: str, database_url: str | None, as_json: bool) -> None:
     """Create a key and print it. It is shown this once: only its hash is stored."""
-    with _service(database_url) as service:
+    with _service(database_url, creates=True) as service:
         try:
             listed, secret = service.create_api_key(name)
         except ValidationError as exc:
@@ -313,7 +316,7 @@ def add_endpoint(url: str, jobs: str, concurrency: int | None, database_url: str
     registered for the jobs it keeps (key concurrency limits, failure handlers).
     """
     names = [name.strip() for name in jobs.split(",") if name.strip()]
-    with _service(database_url) as service:
+    with _service(database_url, creates=True) as service:
         before = next((e for e in service.list_endpoints() if e.url == url), None)
         try:
             if before is None:

@@ -6,7 +6,6 @@ import re
 import string
 import time
 from collections import Counter
-from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
@@ -18,7 +17,7 @@ from ..checks import MAX_START_MANY
 from ..durations import parse_duration, span
 from ..errors import ValidationError
 from ..models import Run, Step
-from ..wording import did_you_mean, plural
+from ..wording import plural, unregistered
 from .failures import ExitCode, bad_input
 from .options import (
     database_url_option,
@@ -111,7 +110,7 @@ def start(
         lines = read_payloads(payloads_file, source)
         keys = keys_from(idempotency_key, "--idempotency-key", lines, each=True)
         groups = keys_from(concurrency_key, "--concurrency-key", lines, each=False)
-        with open_client(database_url) as app:
+        with open_client(database_url, creates=True) as app:
             runs = start_in_batches(
                 app, job, lines, keys, groups, queue_name=queue_name, idempotency_ttl=ttl,
                 max_attempts=max_attempts, delay=after, scheduled_at=scheduled_at,
@@ -133,7 +132,7 @@ def start(
         report_finished_many(finals, runs, as_json)
         return
     payload = parse_json_argument(payload_json, "PAYLOAD_JSON")
-    with open_client(database_url) as app:
+    with open_client(database_url, creates=True) as app:
         run = app.start(
             job,
             payload,
@@ -348,11 +347,6 @@ def warn_if_no_worker_knows(app: StackShift, run: Run, *, chosen_queue: bool,
                        f"{waits} until one starts", err=True)
         return
     click.echo(f"warning: {unregistered(job, known)}; {waits} until one does", err=True)
-
-
-def unregistered(job: str, known: Iterable[str]) -> str:
-    """That no worker has registered ``job``, with the closest names that some has."""
-    return f"no worker has registered job {job!r}{did_you_mean(job, known)}"
 
 
 def warn_if_no_worker_registered(app: StackShift, job: str, what: str) -> None:

@@ -72,7 +72,7 @@ def set_(
         except ValidationError as exc:
             raise bad_input(str(exc)) from None
     held: list[dict[str, Any]] = []
-    with open_client(database_url) as app:
+    with open_client(database_url, creates=True) as app:
         began = time.time()
         app.state.set(key, value, ttl=seconds, expires_at=expires_at)
         if as_json:
