@@ -2160,3 +2160,215 @@ def test_the_run_page_shows_a_large_payload_and_result_only_in_part(
     expect(page.locator("#result pre.code.json")).to_have_text(
         json.dumps({"synced": "in_1"}, indent=2))
     expect(page.locator(".cut-note")).to_have_count(0)
+
+
+def test_starting_a_run_of_a_job_no_worker_has_registered_warns_as_the_cli_does(
+    stack: Dashboard, page: Page
+) -> None:
+    """The run is started, and waits until a worker with the job's code starts: its
+    page says so in the words of ``stackshift start``, closest names included."""
+    form = page.locator("#start-run-form")
+    for job, delay, warning in (
+        ("nosuchJob", "", "no worker has registered job 'nosuchJob'; the run waits queued "
+                          "until one does"),
+        ("send-emails", "1h", "no worker has registered job 'send-emails' (did you mean "
+                              "'send-email'?); the run waits until one does"),
+    ):
+        page.goto(stack.at("/jobs"))
+        form.locator("[name=job]").fill(job)
+        form.locator("[name=delay]").fill(delay)
+        form.locator("#start-run-submit").click()
+        expect(page.locator(".flash-warning")).to_have_text(f"Run started, but {warning}.")
+        run = stack.app.runs.get(page.locator("#run-id").inner_text().strip())
+        assert (run.job, run.status) == (job, "scheduled" if delay else "queued")
+    # The same key again: that run, still waiting for a worker, and nothing new.
+    for _ in range(2):
+        page.goto(stack.at("/jobs"))
+        form.locator("[name=job]").fill("nosuchJob")
+        form.locator("[name=idempotency_key]").fill("first")
+        form.locator("#start-run-submit").click()
+    expect(page.locator(".flash-warning")).to_have_text(
+        "A run already exists for idempotency key 'first': nothing new was started, and no "
+        "worker has registered job 'nosuchJob'; the run waits queued until one does.")
+    # A job a worker has registered: no warning.
+    page.goto(stack.at("/jobs"))
+    form.locator("[name=job]").fill("resize-image")
+    form.locator("#start-run-submit").click()
+    expect(page.locator(".flash-ok")).to_have_text("Run started.")
+
+
+def test_the_attempt_after_a_manual_retry_reads_whole_on_a_laptop_and_a_phone(
+    stack: Dashboard, page: Page
+) -> None:
+    run = stack.app.start("import-feed", {"feed": "prices.csv"})
+    stack.wait_status(run.id, "failed")
+    stack.app.runs.retry(run.id)
+    stack.wait_status(run.id, "completed")
+    for width in (1280, 390):
+        page.set_viewport_size({"width": width, "height": 900})
+        page.goto(stack.at(f"/runs/{run.id}"))
+        attempt = page.locator("#run-attempt")
+        expect(attempt).to_have_text("1 of 2 after a manual retry (3 in all)")
+        assert attempt.evaluate("e => e.scrollWidth <= e.clientWidth"), \
+            f"the attempt is cut off at {width}px"
+        facts = page.locator("dl.facts").bounding_box()
+        box = attempt.bounding_box()
+        assert facts is not None and box is not None
+        assert box["x"] + box["width"] <= facts["x"] + facts["width"], \
+            f"the attempt leaves its card at {width}px"
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+
+
+def test_the_events_table_fits_its_card_on_a_laptop_screen(
+    stack: Dashboard, page: Page
+) -> None:
+    """Every column shows, the runs that took an event whole: the payload gives way,
+    cut with an ellipsis, and reads on hover."""
+    app = stack.app
+    user = "ada.lovelace-analytical-engine"
+    run = app.start("send-email", {"user": user})
+    stack.wait_status(run.id, "waiting")
+    payload = {"note": "x" * 300, "user": user}
+    taken = app.events.send("email.verified", payload, correlation_key=f"user:{user}")
+    stack.wait_status(run.id, "completed")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(stack.at("/events"))
+    card = page.locator("#events-table")
+    assert card.evaluate("e => e.scrollWidth <= e.clientWidth"), "the table is wider than its card"
+    box = card.bounding_box()
+    assert box is not None
+    for header in card.locator("th").all():
+        cell = header.bounding_box()
+        assert cell is not None
+        assert cell["x"] + cell["width"] <= box["x"] + box["width"] + 1, \
+            f"{header.text_content()} is cut off"
+    row = card.locator(f"tr[data-event-id='{taken.id}']")
+    link = row.get_by_role("link", name=run.id[-10:])
+    expect(link).to_have_attribute("href", re.compile(f"/runs/{run.id}$"))
+    link_box = link.bounding_box()
+    assert link_box is not None
+    assert link_box["x"] + link_box["width"] <= box["x"] + box["width"], "the run is cut off"
+    summary = row.locator("summary code")
+    expect(summary).to_have_attribute("title", json.dumps(payload, separators=(", ", ": ")))
+    assert summary.evaluate("e => e.scrollWidth > e.clientWidth"), "the payload is not cut"
+
+
+def test_a_custom_time_range_shows_its_times_whole(stack: Dashboard, page: Page) -> None:
+    """Each time takes the width the browser draws it whole in, its calendar button
+    beside it ("11:00 PM", not "11:00 P" under the button)."""
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(stack.at("/runs?created=custom&from=2026-12-06T23:00&to=2026-12-07T20:00"))
+    for name in ("from", "to"):
+        field = page.locator(f".range input[name={name}]")
+        expect(field).to_be_visible()
+        width, whole = field.evaluate(
+            """e => { const width = e.getBoundingClientRect().width;
+                      e.style.width = "auto"; e.style.flex = "none";
+                      const whole = e.getBoundingClientRect().width;
+                      e.style.width = e.style.flex = "";
+                      return [width, whole]; }""")
+        assert width >= whole, f"the {name} time is {width}px wide, {whole}px drawn whole"
+
+
+def test_cancelling_from_a_stale_page_a_run_cancelled_meanwhile_says_so(
+    stack: Dashboard, page: Page
+) -> None:
+    """The page was read before another operator (or the command line) cancelled the
+    run: its Cancel button does nothing more, and says the run was already cancelled,
+    not that this click cancelled it; a cancel requested already is said so too."""
+    waiting = stack.app.start("send-email", {"user": "grace"})
+    busy = stack.app.start("crunch-numbers", {"seconds": 3})
+    stack.wait_status(waiting.id, "waiting")
+    stack.wait_status(busy.id, "running")
+    page.route("**/api/live", lambda route: route.abort())  # no live update: a stale page
+    for run in (waiting, busy):
+        page.goto(stack.at(f"/runs/{run.id}"))
+        expect(page.locator("#cancel-run")).to_be_visible()
+        stack.app.runs.cancel(run.id, reason="cancelled from the command line")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.locator("#cancel-run").click()
+        if run is waiting:
+            at = stack.app.runs.get(run.id).finished_at
+            assert at is not None
+            expect(page.locator(".flash-info")).to_have_text(
+                f"This run was already cancelled at {at:%H:%M:%S} UTC: nothing was changed.")
+            expect(page.locator("#run-head .badge").first).to_have_text("cancelled")
+            expect(page.locator("#run-error .error-message")).to_have_text(
+                "cancelled from the command line")
+        else:
+            expect(page.locator(".flash-info")).to_have_text(
+                "A cancel was already requested: the run stops at its next step.")
+    stack.wait_status(busy.id, "cancelled", "completed")  # its last step was under way
+
+
+def test_a_refused_event_shows_its_error_at_the_top_of_the_page(
+    stack: Dashboard, page: Page
+) -> None:
+    """As docs/dashboard.md says: a banner above the page's heading, the form below
+    as it was filled in."""
+    run = stack.app.start("send-email", {"user": "kim"})
+    stack.wait_status(run.id, "waiting")
+    page.goto(stack.at(f"/runs/{run.id}"))
+    form = page.locator("#send-event-form")
+    form.locator("textarea[name=payload]").fill("{oops}")
+    form.locator("#send-event").click()
+    banner = page.locator("main > .flash-error")
+    expect(banner).to_contain_text("The payload is not JSON")
+    top, crumbs, sent = (page.locator(selector).bounding_box()
+                         for selector in ("main > .flash-error", "nav.crumbs",
+                                          "#send-event-form"))
+    assert top is not None and crumbs is not None and sent is not None
+    assert top["y"] < crumbs["y"] < sent["y"]
+    expect(form.locator("textarea[name=payload]")).to_have_value("{oops}")
+
+
+def test_a_phone_shows_the_jobs_flags_whole_and_the_waterfall_from_its_bars(
+    stack: Dashboard, page: Page
+) -> None:
+    """The flag of a job no live worker serves stays within its card, and the
+    waterfall's labels leave the bars about half the screen."""
+    stranded = stack.app.start("nosuchJob")
+    run = stack.app.start("checkout", {"order": 88})
+    stack.wait_status(run.id, "waiting")
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(stack.at("/jobs"))
+    card = page.locator("#jobs-table").bounding_box()
+    flag = page.locator(f"tr[data-job='{stranded.job}'] .pill-failed")
+    expect(flag).to_have_text("No live worker · 1 due")
+    box = flag.bounding_box()
+    assert card is not None and box is not None
+    assert box["x"] + box["width"] <= card["x"] + card["width"], f"the flag is at {box}"
+    assert flag.evaluate("e => e.scrollWidth <= e.clientWidth"), "the flag is cut off"
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+
+    page.goto(stack.at(f"/runs/{run.id}"))
+    chart = page.locator("#waterfall").bounding_box()
+    label = page.locator("#waterfall .wf-attempt .wf-label").first.bounding_box()
+    assert chart is not None and label is not None
+    assert label["width"] <= chart["width"] * 0.56, f"the labels take {label['width']}px"
+    expect(page.locator("#waterfall .wf-attempt .wf-name").first).to_have_text("Attempt 1")
+    name = page.locator("#waterfall .wf-step[data-step='load-cart'] .wf-name")
+    expect(name).to_have_text("load-cart")
+    assert name.evaluate("e => e.scrollWidth <= e.clientWidth"), "the step name is cut off"
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+
+
+def test_a_delayed_start_into_a_paused_queue_reads_start_due_since(
+    stack: Dashboard, page: Page
+) -> None:
+    """Once its start time comes, the worker's maintenance moves the run to queued:
+    no worker may take it from its paused queue, and the runs list says since when
+    it is due."""
+    stack.app.queue("media").pause()
+    run = stack.app.start("resize-image", {"image": "held"}, delay="1s")
+    queued = stack.wait_status(run.id, "queued")
+    assert queued.next_attempt_at is not None
+    # More than a second past its time: due, not about to start.
+    time.sleep(max(0.0, queued.next_attempt_at.timestamp() + 1.2 - time.time()))
+    page.goto(stack.url)
+    note = page.locator(f"tr[data-run-id='{run.id}'] td.note .truncate")
+    expect(note).to_have_text(
+        f"start due since {queued.next_attempt_at:%Y-%m-%d %H:%M:%S} UTC")
+    plain = stack.app.start("resize-image", {"image": "plain"})
+    page.reload()
+    expect(page.locator(f"tr[data-run-id='{plain.id}'] td.note")).to_have_text("")

@@ -16,6 +16,7 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -39,9 +40,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..checks import check_int
 from ..durations import parse_typed_duration
 from ..errors import StackShiftError
+from ..models import Run
 from ..serialization import DuplicateKeyError, unique_keys
 from ..service import Service
-from ..wording import plural
+from ..wording import plural, unregistered
 from . import formatting, pages
 from .sessions import FLASH_COOKIE, SESSION_COOKIE, Session, Sessions, same_token
 
@@ -424,14 +426,27 @@ class Dashboard:
 
     def _cancel(self, request: Request, form: dict[str, list[str]],
                 session: Session) -> tuple[str, tuple[str, str] | None, Session | None]:
+        """Cancel the run, or ask its worker to stop it. The page may be stale: a run
+        cancelled meanwhile (the CLI, another operator) is left as it is, and the
+        message says this click did not cancel it, as the service changes nothing
+        then and answers with the run as it was."""
         run_id = request.path_params["run_id"]
+        back = f"/runs/{run_id}"
         try:
+            before = self.service.get_run(run_id)
+            if before.status == "cancelled":
+                return back, ("info", "This run was already cancelled"
+                                      f"{_since(before.finished_at, self._now())}: nothing "
+                                      "was changed."), None
             run = self.service.cancel_run(run_id, reason="cancelled from the dashboard")
         except StackShiftError as exc:
-            return f"/runs/{run_id}", ("error", str(exc)), None
-        text = ("Run cancelled." if run.status == "cancelled"
-                else "Cancel requested: the run stops at its next step.")
-        return f"/runs/{run_id}", ("ok", text), None
+            return back, ("error", str(exc)), None
+        if run.status == "cancelled":
+            return back, ("ok", "Run cancelled."), None
+        if before.cancel_requested:
+            return back, ("info", "A cancel was already requested: the run stops at its "
+                                  "next step."), None
+        return back, ("ok", "Cancel requested: the run stops at its next step."), None
 
     def _retry(self, request: Request, form: dict[str, list[str]],
                session: Session) -> tuple[str, tuple[str, str] | None, Session | None]:
@@ -542,10 +557,32 @@ class Dashboard:
                                      queue_name=queue or None, delay=after, priority=rank)
         except (StackShiftError, TypeError, ValueError) as exc:
             return None, ("error", str(exc))
+        unserved = self._no_worker_registered(run)
         if not run.created:
-            return run.id, ("info", f"A run already exists for idempotency key {key!r}: "
-                                    "nothing new was started.")
+            text = f"A run already exists for idempotency key {key!r}: nothing new was started"
+            if unserved is not None:
+                return run.id, ("warning", f"{text}, and {unserved}.")
+            return run.id, ("info", f"{text}.")
+        if unserved is not None:
+            return run.id, ("warning", f"Run started, but {unserved}.")
         return run.id, ("ok", "Run started.")
+
+    def _no_worker_registered(self, run: Run) -> str | None:
+        """The warning ``stackshift start`` gives when no worker has registered the
+        run's job (a mistyped name, or code not deployed yet), in its words, with
+        the closest names workers have registered: the run is started all the
+        same and waits until a worker with the job's code starts. ``None`` when a
+        worker has registered the job, or when the run waits for none."""
+        if run.status not in ("queued", "scheduled", "retrying"):
+            return None
+        try:
+            known = {info.name for info in self.service.list_jobs()}
+        except StackShiftError:  # advice only: the run is started, whatever this says
+            return None
+        if run.job in known:
+            return None
+        waits = "the run waits" + (" queued" if run.status == "queued" else "")
+        return f"{unregistered(run.job, known)}; {waits} until one does"
 
     def _send_event(self, run_id: str, form: dict[str, list[str]]
                     ) -> tuple[tuple[str, str], bool]:
@@ -691,6 +728,11 @@ def _page_of_form(request: Request) -> str:
     if referer.netloc != request.headers.get("host") or not referer.path.startswith("/"):
         return "/"
     return referer.path + (f"?{referer.query}" if referer.query else "")
+
+
+def _since(moment: datetime | None, now: float) -> str:
+    """`` at 09:12:00 UTC`` (with the date when not on ``now``'s UTC day), or nothing."""
+    return "" if moment is None else f" at {formatting.day_time(moment, now)} UTC"
 
 
 def _under(root: str, path: str) -> str:

@@ -173,6 +173,13 @@ def _due_note(to_come: str, due: str, moment: datetime, now: float, shown: str) 
     return f"{lead} {shown} UTC"
 
 
+def _start_due(run: Run) -> bool:
+    """Whether ``run`` was scheduled and is now queued, never started: once its start
+    time comes, maintenance (of a worker or a server) moves it to ``queued``, due
+    since that time, whether or not any worker may take it."""
+    return run.status == "queued" and run.scheduled_at is not None and run.attempt == 0
+
+
 def run_row(run: Run, now: float) -> dict[str, Any]:
     """One line of a runs table: what a reader scans for. A retrying run gives its
     next attempt first, then the error; the time reads with its date when it falls
@@ -193,7 +200,7 @@ def run_row(run: Run, now: float) -> dict[str, Any]:
         elif w.until is not None:
             note = _due_note("sleeps until", "wake-up", w.until, now,
                              w.until.strftime("%Y-%m-%d %H:%M:%S"))
-    elif run.next_attempt_at is not None and run.status == "scheduled":
+    elif run.next_attempt_at is not None and (run.status == "scheduled" or _start_due(run)):
         note = _due_note("starts at", "start", run.next_attempt_at, now,
                          run.next_attempt_at.strftime("%Y-%m-%d %H:%M:%S"))
     start = run.started_at
