@@ -2385,6 +2385,15 @@ def test_a_database_file_that_cannot_be_opened_is_named_in_the_error(tmp_path: P
     assert not missing.parent.exists()
 
 
+def test_a_file_that_is_not_a_database_is_named_in_the_error(tmp_path: Path) -> None:
+    other = tmp_path / "notes.txt"
+    other.write_text("not a database\n")
+    done = cli(f"sqlite:///{other}", "runs", "list")
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert f"file is not a database: {other}" in done.stderr
+    assert other.read_text() == "not a database\n"
+
+
 def test_a_command_that_reads_refuses_a_database_file_that_does_not_exist(
         tmp_path: Path) -> None:
     """A mistyped --db, or a command run in another folder, is said so: not an empty

@@ -159,16 +159,23 @@ class SqliteDatabase:
         except sqlite3.OperationalError as exc:  # e.g. a missing folder: say which file
             raise sqlite3.OperationalError(_cannot_open(exc, self.path)) from exc
         conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
-        # WAL lets readers and the one writer proceed together.
-        for _ in range(50):
-            try:
-                conn.execute("PRAGMA journal_mode = WAL")
-                break
-            except sqlite3.OperationalError:  # another process is creating the file
-                time.sleep(0.05)
-        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-        conn.execute("PRAGMA foreign_keys = ON")
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            # WAL lets readers and the one writer proceed together.
+            for _ in range(50):
+                try:
+                    conn.execute("PRAGMA journal_mode = WAL")
+                    break
+                except sqlite3.OperationalError:  # another process is creating the file
+                    time.sleep(0.05)
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.OperationalError):
+                raise
+            # Some other file (a typo in the URL), or one damaged: say which.
+            raise sqlite3.DatabaseError(f"{exc}: {self.path}") from exc
         return conn
 
     def _open(self) -> sqlite3.Connection:
