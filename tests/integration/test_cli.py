@@ -2385,6 +2385,24 @@ def test_a_database_file_that_cannot_be_opened_is_named_in_the_error(tmp_path: P
     assert not missing.parent.exists()
 
 
+def test_json_from_stdin_that_is_empty_or_not_utf8_is_refused_saying_so(db_url: str) -> None:
+    def start(data: bytes) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([*STACKSHIFT, "start", "fromStdin", "-"], input=data,
+                              capture_output=True, timeout=60, env=_env(db_url))
+
+    for data, said in [(b"", "PAYLOAD_JSON read from stdin is empty"),
+                       (b"  \n", "PAYLOAD_JSON read from stdin is empty"),
+                       (b'{"a": "caf\xe9"}', "PAYLOAD_JSON read from stdin is not UTF-8 text"
+                                            " (byte 11 is 0xe9)")]:
+        done = start(data)
+        assert (done.returncode, said in done.stderr.decode()) == (2, True), done.stderr
+    assert cli_json(db_url, "runs", "list", "--job", "fromStdin")["items"] == []
+    started = start(b'\xef\xbb\xbf{"a": "caf\xc3\xa9"}')  # UTF-8, with a byte order mark
+    assert started.returncode == 0, started.stderr
+    assert [r["payload"] for r in cli_json(db_url, "runs", "list", "--job", "fromStdin")[
+        "items"]] == [{"a": "café"}]
+
+
 def test_a_file_that_is_not_a_database_is_named_in_the_error(tmp_path: Path) -> None:
     other = tmp_path / "notes.txt"
     other.write_text("not a database\n")

@@ -179,7 +179,18 @@ def parse_json_argument(text: str | None, what: str) -> Any:
     """
     if text is None:
         return None
-    return parse_json_text(sys.stdin.read() if text == "-" else text, what)
+    if text != "-":
+        return parse_json_text(text, what)
+    data = sys.stdin.buffer.read()
+    try:
+        read = data.decode("utf-8-sig")  # JSON is UTF-8 (a byte order mark is dropped)
+    except UnicodeDecodeError as exc:
+        raise bad_input(f"{what} read from stdin is not UTF-8 text (byte {exc.start + 1}"
+                        f" is {data[exc.start]:#04x})") from None
+    if not read.strip():
+        raise bad_input(f"{what} read from stdin is empty: pipe JSON into the command"
+                        " (e.g. echo '{...}' | stackshift ...)")
+    return parse_json_text(read, what, typed=False)
 
 
 def parse_json_text(text: str, what: str, *, typed: bool = True) -> Any:
