@@ -2390,6 +2390,7 @@ def test_json_from_stdin_that_is_empty_or_not_utf8_is_refused_saying_so(db_url: 
         return subprocess.run([*STACKSHIFT, "start", "fromStdin", "-"], input=data,
                               capture_output=True, timeout=60, env=_env(db_url))
 
+    assert cli(db_url, "migrate").returncode == 0
     for data, said in [(b"", "PAYLOAD_JSON read from stdin is empty"),
                        (b"  \n", "PAYLOAD_JSON read from stdin is empty"),
                        (b'{"a": "caf\xe9"}', "PAYLOAD_JSON read from stdin is not UTF-8 text"
