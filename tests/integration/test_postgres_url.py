@@ -73,15 +73,17 @@ def test_without_the_driver_a_postgres_url_says_which_extra_to_install(
     env = {k: v for k, v in os.environ.items() if not k.startswith("STACKSHIFT_")}
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
 
-    def cli(url: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "stackshift.cli", "runs", "list", "--json",
-                               "--database-url", url], capture_output=True, text=True,
-                              timeout=60, env=env, cwd=tmp_path)
+    def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "stackshift.cli", *args, "--database-url",
+                               url], capture_output=True, text=True, timeout=60, env=env,
+                              cwd=tmp_path)
 
-    refused = cli(pg_url)
+    refused = cli(pg_url, "runs", "list", "--json")
     assert refused.returncode == 1, (refused.stdout, refused.stderr)
     assert ("a PostgreSQL URL needs the driver: pip install 'stackshift[postgres]'"
             in refused.stderr)
-    on_sqlite = cli(f"sqlite:///{tmp_path / 'plain.db'}")
+    plain = f"sqlite:///{tmp_path / 'plain.db'}"
+    assert cli(plain, "migrate").returncode == 0
+    on_sqlite = cli(plain, "runs", "list", "--json")
     assert on_sqlite.returncode == 0, on_sqlite.stderr
     assert json.loads(on_sqlite.stdout)["items"] == []
