@@ -1179,7 +1179,7 @@ def test_schedules_list_gives_how_far_off_each_next_run_is_and_how_long_ago_the_
 def test_runs_list_says_when_a_time_went_by_with_nothing_done(db_url: str) -> None:
     """A start, wake-up, timeout or next attempt whose time went by while no worker
     was up reads ``start due 9m00s ago``, as the dashboard says, not ``starts now``."""
-    clock = FakeClock(time.time() - 600)
+    clock = FakeClock(time.time() - 602)
     app = StackShift(db_url, clock=clock)
     try:
         app.job("nap", lambda ctx: ctx.step.sleep("rest", "1m"))
@@ -1190,17 +1190,24 @@ def test_runs_list_says_when_a_time_went_by_with_nothing_done(db_url: str) -> No
         def flaky(ctx: Any) -> None:
             raise ConnectionError("down")
 
+        app.job("held", lambda ctx: None, queue="held")
+        app.queue("held").pause()
+        # Its start came while its queue was paused: queued, never started.
+        held = app.start("held", delay="1s")
+        clock.advance("2s")
         later = app.start("nap", delay="1m")
         napping, waiting, retrying = (app.start(job) for job in ("nap", "await", "flaky"))
         run_until_idle(app)  # at the start of the ten minutes: nothing more is due
-        assert [app.runs.get(r.id).status for r in (later, napping, waiting, retrying)] == [
-            "scheduled", "waiting", "waiting", "retrying"]
+        assert [app.runs.get(r.id).status for r in (
+            later, napping, waiting, retrying, held)] == [
+            "scheduled", "waiting", "waiting", "retrying", "queued"]
     finally:
         app.close()
     listed = cli(db_url, "runs")
     assert listed.returncode == 0, listed.stderr
     ago = r"due (9|10)m\d\ds ago$"
-    for run, detail in ((later, "start"), (napping, r"sleeping \(rest\), wake-up"),
+    for run, detail in ((later, "start"), (held, "start"),
+                        (napping, r"sleeping \(rest\), wake-up"),
                         (waiting, r"for paid \(o1\), timeout"),
                         (retrying, "ConnectionError: down; next attempt")):
         [row] = [line for line in listed.stdout.splitlines() if run.id in line]

@@ -238,7 +238,10 @@ def run_detail_line(run: Run, now: datetime | None = None) -> str:
         return f"{run.error.type}: {run.error.message}"
     if run.cancel_requested:
         return CANCEL_REQUESTED
-    if run.status == "scheduled" and run.scheduled_at:
+    if run.scheduled_at is not None and (
+            run.status == "scheduled" or (run.status == "queued" and run.attempt == 0)):
+        # A delayed start that has come is queued, due since then, until a worker
+        # may take it (none is up, or its queue is paused or full).
         return due(run.scheduled_at, now, "starts", "start")
     if run.status == "completed":
         return compact_json(run.result, 60)
