@@ -325,6 +325,37 @@ def test_waiting_and_sleeping_runs_hold_no_concurrency(fake_app: StackShift, clo
     assert order == ["while-it-sleeps"]
 
 
+@pytest.mark.parametrize("limit", ["queue", "key"])
+def test_a_run_that_stops_running_in_any_way_lets_the_next_start_at_once(
+        app: StackShift, limit: str) -> None:
+    """A run that completes, fails, waits to be retried, sleeps or waits for an event
+    frees its place in a queue of concurrency 1 (or under a key of key_concurrency
+    1), and the next run starts then, not at the worker's next poll (30 s here)."""
+    options: dict[str, Any] = ({"queue": "single"} if limit == "queue"
+                               else {"key_concurrency": 1})
+
+    @app.job("ends", max_attempts=2, backoff={"base": "1h"}, **options)
+    def ends(ctx: Any) -> str:
+        how = ctx.payload
+        if how == "fails" or (how == "retries" and ctx.run.attempt == 1):
+            raise ValueError(how)
+        if how == "sleeps":
+            ctx.step.sleep("nap", "1h")
+        if how == "waits":
+            ctx.step.wait_for_event("go", timeout="1h")
+        return how
+
+    if limit == "queue":
+        app.queue("single", concurrency=1)
+    ways = ["completes", "fails", "retries", "sleeps", "waits", "completes"]
+    runs = [app.start("ends", way, max_attempts=1 if way == "fails" else None,
+                      concurrency_key="k") for way in ways]
+    with app.worker(concurrency=4, poll_interval="30s", maintenance_interval="30s"):
+        assert app.runs.wait(runs[-1].id, timeout=10).status == "completed"
+    assert [app.runs.get(run.id).status for run in runs] == [
+        "completed", "failed", "retrying", "waiting", "waiting", "completed"]
+
+
 def test_claims_respect_each_limit_one_claim_at_a_time(fake_app: StackShift,
                                                        clock: FakeClock) -> None:
     """What a single claim may take: queue concurrency, key limit, rate window."""

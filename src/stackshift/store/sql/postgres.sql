@@ -278,7 +278,8 @@ WITH input AS (
     FROM input i
     WHERE r.id = i.id AND r.lease_owner = i.worker_id AND r.attempt = i.attempt
       AND r.status = 'running' AND r.lease_expires_at <= i.expired_before
-    RETURNING r.id, r.attempt, r.queue, i.status, i.error, i.now, i.kind, i.data
+    RETURNING r.id, r.attempt, r.queue, r.concurrency_key, i.status, i.error, i.now, i.kind,
+              i.data
 ), ended AS (
     UPDATE attempts a SET status = m.status, finished_at = m.now, error = m.error
     FROM moved m
@@ -287,11 +288,13 @@ WITH input AS (
     INSERT INTO timeline (run_id, at, kind, attempt, step, data)
     SELECT id, now, kind, attempt, NULL, data FROM moved
 ), freed AS (
-    -- A run that stops running in a limited queue frees room in it: wake every
-    -- idle worker (delivered at commit), not only the one that ended it.
-    SELECT pg_notify('stackshift', current_schema()) FROM queues q
-    WHERE q.name IN (SELECT queue FROM moved)
-      AND (q.concurrency IS NOT NULL OR q.rate_count IS NOT NULL)
+    -- A run that stops running in a limited queue, or with a concurrency key, frees
+    -- room: wake every idle worker (delivered at commit), not only the one that
+    -- ended it (as notify_freed does for the other ways out of running).
+    SELECT pg_notify('stackshift', current_schema())
+    FROM moved m LEFT JOIN queues q ON q.name = m.queue
+    WHERE m.concurrency_key IS NOT NULL OR q.concurrency IS NOT NULL
+       OR q.rate_count IS NOT NULL
     LIMIT 1
 )
 -- "woken" is read by no one: a plain SELECT in WITH runs only when referenced.
@@ -415,6 +418,15 @@ SELECT (SELECT MAX(id) FROM timeline) AS timeline, (SELECT MAX(id) FROM logs) AS
        (SELECT MAX(started_at) FROM workers) AS joined,
        (SELECT string_agg(x::text, ',' ORDER BY x::text)
           FROM pg_snapshot_xip(pg_current_snapshot()) AS x) AS in_flight;
+
+-- name: notify_freed
+-- A run that failed, waits to be retried or paused in a limited queue, or with a
+-- concurrency key, frees room there: wake every idle worker listening (delivered
+-- at commit), which would otherwise see it only at its next poll.
+SELECT pg_notify('stackshift', current_schema())
+WHERE CAST(:concurrency_key AS text) IS NOT NULL
+   OR EXISTS (SELECT 1 FROM queues
+              WHERE name = :queue AND (concurrency IS NOT NULL OR rate_count IS NOT NULL));
 
 -- name: wake_workers
 -- A queue resumed or given new limits: wake every idle worker listening, in every

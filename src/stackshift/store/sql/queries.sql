@@ -116,7 +116,8 @@ SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'retrying' END
     updated_at = :now
 WHERE id = :id AND lease_owner = :worker_id AND attempt = :attempt AND status = 'running'
   AND lease_expires_at <= :expired_before
-RETURNING id, job, queue, payload, attempt, idempotency_key, on_failure, status;
+RETURNING id, job, queue, payload, attempt, idempotency_key, on_failure, status,
+          concurrency_key;
 
 -- name: fail_leased_run
 -- finish_leased_run for an attempt that failed with no retry left: the run
@@ -130,7 +131,8 @@ SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'failed' END,
     lease_owner = NULL, lease_expires_at = NULL, cancel_requested = 0, updated_at = :now
 WHERE id = :id AND lease_owner = :worker_id AND attempt = :attempt AND status = 'running'
   AND lease_expires_at <= :expired_before
-RETURNING id, job, queue, payload, attempt, idempotency_key, on_failure, status;
+RETURNING id, job, queue, payload, attempt, idempotency_key, on_failure, status,
+          concurrency_key;
 
 -- name: suspend_leased_run
 -- Parks a leased run (sleep or wait); a run asked to cancel while it ran is
@@ -143,7 +145,7 @@ SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'waiting' END,
     error = CASE WHEN cancel_requested = 1 THEN :cancel_error ELSE error END,
     lease_owner = NULL, lease_expires_at = NULL, cancel_requested = 0, updated_at = :now
 WHERE id = :id AND lease_owner = :worker_id AND attempt = :attempt AND status = 'running'
-RETURNING id, status;
+RETURNING id, status, queue, concurrency_key;
 
 -- name: get_step
 SELECT * FROM steps WHERE run_id = :run_id AND key = :key;
