@@ -14,6 +14,8 @@ import re
 import sys
 from typing import Any
 
+from pydantic_core import PydanticSerializationError, to_jsonable_python
+
 from .errors import PayloadTooLargeError, ValidationError
 
 MiB = 1024 * 1024
@@ -45,11 +47,19 @@ def to_jsonable(value: Any, *, what: str = "payload", _depth: int = 0) -> Any:
         return out
     if isinstance(value, list | tuple):
         return [to_jsonable(item, what=what, _depth=_depth + 1) for item in value]
+    # A pydantic model or a dataclass becomes what pydantic makes of it in JSON
+    # mode (datetimes and UUIDs as strings, as in a model's JSON), which is then
+    # checked as any other value: a float field may still hold NaN.
     model_dump = getattr(value, "model_dump", None)
     if callable(model_dump) and hasattr(type(value), "model_fields"):
-        return model_dump(mode="json")
+        return to_jsonable(model_dump(mode="json"), what=what, _depth=_depth)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return to_jsonable(dataclasses.asdict(value), what=what, _depth=_depth)
+        try:
+            data = to_jsonable_python(value)
+        except (PydanticSerializationError, ValueError) as exc:
+            raise TypeError(f"{what}: {type(value).__name__} (a dataclass) is not"
+                            f" JSON-serialisable: {exc}") from None
+        return to_jsonable(data, what=what, _depth=_depth)
     raise TypeError(
         f"{what}: {type(value).__name__} is not JSON-serialisable "
         "(use dict, list, str, int, float, bool, None, a pydantic model or a dataclass)"

@@ -22,6 +22,8 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -295,6 +297,33 @@ def test_a_payload_annotated_with_a_dataclass_or_any_type_pydantic_validates_get
         failed = ended[name]
         assert (failed.status, failed.attempt) == ("failed", 1)
         assert failed.error is not None and failed.error.message == message
+
+
+@dataclasses.dataclass
+class Shipment:
+    sent_at: datetime
+    weight: Decimal
+
+
+def test_a_dataclass_with_times_and_decimals_goes_in_and_comes_back_as_itself(
+        app: StackShift) -> None:
+    """A dataclass whose fields pydantic writes as JSON text (a datetime, a Decimal)
+    is a payload, a step's result, an event's payload and a state value, stored as
+    a pydantic model with those fields is; a handler typed with it gets it back."""
+    sent = Shipment(datetime(2026, 3, 1, 8, 0, tzinfo=UTC), Decimal("2.5"))
+
+    @app.job("ship")
+    def ship(ctx: JobContext[Shipment]) -> list[Any]:
+        again = ctx.step.run("copy", lambda: ctx.payload)
+        return [ctx.payload == sent, again]
+
+    run = app.start("ship", sent)
+    run_until_idle(app)
+    stored = {"sent_at": "2026-03-01T08:00:00Z", "weight": "2.5"}
+    assert app.runs.get(run.id).result == [True, stored]
+    app.state.set("last", sent)
+    assert app.state.get("last") == stored
+    assert app.events.get(app.events.send("shipped", sent).id).payload == stored
 
 
 def test_a_payload_type_is_kept_when_another_annotation_cannot_be_resolved(

@@ -82,6 +82,19 @@ SELF_REFERENCE: dict[str, Any] = {}
 SELF_REFERENCE["me"] = SELF_REFERENCE
 
 
+class Reading(BaseModel):
+    value: float
+
+
+@dataclasses.dataclass
+class Sample:
+    value: Any
+
+
+CIRCLE = Sample(None)
+CIRCLE.value = CIRCLE
+
+
 @pytest.mark.parametrize(
     ("payload", "match"),
     [
@@ -97,6 +110,12 @@ SELF_REFERENCE["me"] = SELF_REFERENCE
         ({"deep": nested(100)}, "nested more than 100 levels deep"),
         (SELF_REFERENCE, "or a value that contains itself"),
         ({"n": 10**5000}, "an integer of more than 4,300 digits cannot be written as JSON"),
+        # Inside a pydantic model or a dataclass, as anywhere else.
+        (Reading(value=math.nan), "NaN and infinity are refused"),
+        ({"r": [Reading(value=-math.inf)]}, "NaN and infinity are refused"),
+        (Sample(math.inf), "NaN and infinity are refused"),
+        (Sample(Opaque()), r"Sample \(a dataclass\) is not JSON-serialisable: .*Opaque"),
+        (CIRCLE, r"Sample \(a dataclass\) is not JSON-serialisable: Circular reference"),
     ],
 )
 def test_non_json_payload_is_a_type_error(shop: StackShift, payload: Any, match: str) -> None:
@@ -142,6 +161,22 @@ def test_dataclass_and_pydantic_payloads_are_accepted_as_json(fake_app: StackShi
 
     assert fake_app.start("a", Order("o1", 10)).payload == {"order_id": "o1", "total": 10}
     assert fake_app.start("a", Customer(id="c1")).payload == {"id": "c1", "vip": False}
+
+    # Fields pydantic writes as JSON text (times, decimals) are written alike in both.
+    @dataclasses.dataclass
+    class Placed:
+        placed_at: datetime
+        amount: Decimal
+
+    class PlacedModel(BaseModel):
+        placed_at: datetime
+        amount: Decimal
+
+    when = datetime(2026, 1, 1, 9, 30, tzinfo=UTC)
+    stored = {"placed_at": "2026-01-01T09:30:00Z", "amount": "12.50"}
+    assert fake_app.start("a", Placed(when, Decimal("12.50"))).payload == stored
+    assert fake_app.start("a", PlacedModel(placed_at=when, amount=Decimal("12.50"))
+                          ).payload == stored
     assert fake_app.start("a", ["list", 1, 2.5, None, True]).payload == [
         "list", 1, 2.5, None, True]
     assert fake_app.start("a").payload is None
