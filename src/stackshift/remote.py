@@ -103,6 +103,23 @@ _ERRORS: dict[str, type[Exception]] = {
 }
 
 
+#: Statuses of a server that is there but cannot answer now: the database behind it
+#: unavailable (503), or a proxy in front of it finding it down (502, 504).
+_UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
+
+
+def is_server_unavailable(exc: BaseException) -> bool:
+    """The server could not be reached, or its answer was lost on the way (a
+    connection refused, reset or closed mid-answer, a timeout), or it said it
+    cannot answer now: worth trying again, as :func:`~stackshift.store.database.
+    is_database_unavailable` is for the database. A request whose answer was lost
+    may have been carried out: only writes that can be made twice are tried again."""
+    if isinstance(exc, RemoteError):
+        return exc.status in _UNAVAILABLE_STATUSES
+    return isinstance(exc, httpx.NetworkError | httpx.TimeoutException
+                      | httpx.RemoteProtocolError)
+
+
 def not_stackshift(response: httpx.Response) -> RemoteError:
     """The error for an answer no StackShift server gives: a page of another web
     server or of a proxy at the client's address (its title, not its markup), or

@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -350,11 +350,16 @@ def test_sigterm_with_the_server_gone_still_stops_the_worker(
 
 class LosingProxy:
     """An HTTP proxy on 127.0.0.1 in front of the server. It forwards every
-    request, but the first claim that leases a run gets no answer: the
-    connection closes after the server has committed the claim."""
+    request, but the first to ``path`` that succeeds (for a claim: the first
+    that leases a run) gets no answer: the connection closes after the server
+    has carried it out (``after``), or before it reaches the server
+    (``before``); or it gets the server's 503 for a database it cannot reach
+    (``unavailable``), without reaching it."""
 
-    def __init__(self, target: str) -> None:
-        self.lost: list[str] = []  # run ids of the claim whose answer was dropped
+    def __init__(self, target: str, path: str = "/v1/worker/claim", *,
+                 lost: Literal["before", "after", "unavailable"] = "after") -> None:
+        #: the run ids of the claim whose answer was dropped; of another path, the path
+        self.lost: list[str] = []
         forward = httpx.Client(base_url=target, timeout=60)
         proxy = self
 
@@ -363,11 +368,28 @@ class LosingProxy:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 headers = {k: v for k, v in self.headers.items()
                            if k.lower() not in ("host", "content-length", "connection")}
+                dropped = self.path == path and not proxy.lost
+                if dropped and lost == "before":
+                    proxy.lost = [path]
+                    self.close_connection = True  # the request goes no further
+                    return
+                if dropped and lost == "unavailable":
+                    proxy.lost = [path]
+                    refusal = json.dumps({"error": {
+                        "code": "database_unavailable",
+                        "message": "the database is unavailable; try again"}}).encode()
+                    self.send_response(503)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("Content-Length", str(len(refusal)))
+                    self.end_headers()
+                    self.wfile.write(refusal)
+                    return
                 answer = forward.request(self.command, self.path, content=body,
                                          headers=headers)
-                if (self.path == "/v1/worker/claim" and not proxy.lost
-                        and answer.status_code == 200 and answer.json()["items"]):
-                    proxy.lost = [item["run"]["id"] for item in answer.json()["items"]]
+                if dropped and answer.status_code == 200 and (
+                        path != "/v1/worker/claim" or answer.json()["items"]):
+                    proxy.lost = ([item["run"]["id"] for item in answer.json()["items"]]
+                                  if path == "/v1/worker/claim" else [path])
                     self.close_connection = True  # and no answer
                     return
                 self.send_response(answer.status_code)
@@ -413,6 +435,34 @@ def test_runs_leased_by_a_claim_whose_answer_was_lost_are_handed_back_at_once(
         assert [a.status for a in client.runs.attempts(run.id)] == ["completed"]
         kinds = [e.kind for e in client.runs.timeline(run.id)]
         assert "attempt.failed" not in kinds
+    finally:
+        proxy.close()
+
+
+@pytest.mark.parametrize(("path", "lost"), [
+    ("/v1/worker/steps", "before"), ("/v1/worker/steps", "after"),
+    ("/v1/worker/steps", "unavailable"), ("/v1/worker/finish", "before"),
+    ("/v1/worker/finish", "after")])
+def test_a_write_whose_connection_drops_is_sent_again_and_costs_the_attempt_nothing(
+    server: Server, workers: RemoteWorkers, client: StackShift, path: str,
+    lost: Literal["before", "after", "unavailable"]
+) -> None:
+    """A step's checkpoint or an attempt's ending whose connection closes with no
+    answer (a server paused or restarting, a proxy cut), before or after the server
+    carried it out, or that the server refuses for its database (503), is sent
+    again: the run completes in its only attempt, each step done once, not failed
+    with the network error as the handler's own."""
+    proxy = LosingProxy(server.url, path, lost=lost)
+    try:
+        worker = workers.spawn("--lease", "10s", url=proxy.url)
+        run = client.start("remoteSteps", {"tag": "c"}, max_attempts=1)
+        done = wait_done(client, run.id, workers, timeout=20)
+        assert proxy.lost == [path]
+        assert done.status == "completed", done.error
+        assert done.result == {"pids": [worker.pid] * 3}
+        assert [a.status for a in client.runs.attempts(run.id)] == ["completed"]
+        assert [workers.lines().count(f"done:c-{n}:{worker.pid}") for n in (1, 2, 3)] == [
+            1, 1, 1]
     finally:
         proxy.close()
 

@@ -503,7 +503,8 @@ class Invocation:
 
     def _through_outages(self, write: Callable[[], T]) -> T:
         """``write()``, tried again while the database is unavailable (a connection
-        dropped, a server restarting), for as long as the run's lease may still be
+        dropped, a server restarting) or, for a remote worker, the server is (not
+        reached, its answer lost, a 503), for as long as the run's lease may still be
         this worker's: a blip costs the attempt nothing. Only for writes that can
         be made twice: a step's checkpoint (a completed step keeps its first
         result), a wait (one whose step completed gives the event it took),
@@ -514,11 +515,13 @@ class Invocation:
             try:
                 return write()
             except Exception as exc:
-                if not is_database_unavailable(exc) or \
-                        time.monotonic() + pause - self._heard_at >= self.lease_seconds:
+                what = _outage(exc)
+                if what is None:
                     raise
-                log.warning("run %s: the database is unavailable (%s: %s); trying again in"
-                            " %s", self.run.id, type(exc).__name__,
+                if time.monotonic() + pause - self._heard_at >= self.lease_seconds:
+                    raise
+                log.warning("run %s: %s (%s: %s); trying again in"
+                            " %s", self.run.id, what, type(exc).__name__,
                             str(exc).strip().splitlines()[0] if str(exc).strip() else "",
                             span(pause))
             time.sleep(pause)
@@ -669,7 +672,7 @@ class Invocation:
                 lambda: self.store.finish_attempt(self.lease, outcome, logs, now))
         if not done:
             log.warning("run %s: lease lost before the attempt could be recorded (or a"
-                        " try the database did not confirm recorded it)", self.run.id)
+                        " try whose answer was lost recorded it)", self.run.id)
             return
         if outcome.retry_at is not None:
             self.service.notifier.due(outcome.retry_at)
@@ -694,6 +697,18 @@ class Invocation:
             self.cancelled()
         else:
             self.fail(error)
+
+
+def _outage(exc: Exception) -> str | None:
+    """What ``exc`` says is unavailable, when it is worth trying again."""
+    if is_database_unavailable(exc):
+        return "the database is unavailable"
+    # Imported here: a worker on the database never loads the HTTP client.
+    from ..remote import is_server_unavailable
+
+    if is_server_unavailable(exc):  # a remote worker's
+        return "the server is unavailable or its answer was lost"
+    return None
 
 
 def say_failed(job: str, run_id: str, attempts_used: int, max_attempts: int,
