@@ -538,6 +538,32 @@ def test_an_empty_filter_is_refused_before_the_database_is_opened(tmp_path: Path
     assert not database.exists()
 
 
+def test_a_command_that_creates_leaves_no_database_when_it_refuses_its_input(
+        tmp_path: Path) -> None:
+    """A command that may create the SQLite file (``start``, ``queues set``...) but
+    refuses its input (exit 2, nothing written) leaves no file behind: a mistyped
+    ``--db`` is still refused by the next read command, not taken for an empty
+    installation. One that succeeds keeps it."""
+    database = tmp_path / "typo.db"
+    url = f"sqlite:///{database}"
+    for args, message in [
+        (["start", ""], "job name '' "),
+        (["queues", "set", "x", "--concurrency", "0"], "--concurrency must be"),
+        (["queues", "pause", ""], "queue name '' "),
+        (["schedules", "create", "report", "--cron", "bad"], "invalid cron expression"),
+        (["events", "send", "", "{}"], "event name '' "),
+        (["state", "set", "", "1"], "state key"),
+        (["keys", "create", "--name", ""], "key name must not be blank"),
+    ]:
+        stderr = refused(None, [*args, "--database-url", url])
+        assert stderr.startswith("error: ") and message in stderr, (args, stderr)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [], args
+    assert "error: no database at" in refused(None, ["runs", "list", "--database-url", url])
+    started = cli(None, "start", "report", "--database-url", url)
+    assert started.returncode == 0, started.stderr
+    assert database.exists()
+
+
 def test_state_list_takes_a_prefix_exactly_as_given(db_url: str, app: StackShift) -> None:
     """A prefix is not a name: '' starts every key (all are listed) and spaces are
     part of it, so "my key " lists "my key 1" and not "my keyring"."""

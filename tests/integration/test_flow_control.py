@@ -720,6 +720,14 @@ def test_queues_command(db_url: str) -> None:
     assert retried["count"] == 2
     assert json.loads(invoke(db_url, "queues", "show", "mail", "--json"))["counts"] == {
         "queued": 2}
+    # QUEUED counts the runs due now, not those whose start is to come (`show` has them).
+    with StackShift(db_url) as later:
+        later.queue("later").enqueue("flaky")
+        later.queue("later").enqueue("flaky", delay="1h")
+    [row] = [line for line in invoke(db_url, "queues").splitlines()
+             if line.startswith("later ")]
+    assert row.split()[:5] == ["later", "active", "0", "-", "1"], row
+    assert "scheduled" in invoke(db_url, "queues", "show", "later")
 
     # A queue nothing has used yet (a mistyped name?) is set all the same, with a warning.
     env = {"STACKSHIFT_DATABASE_URL": db_url}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -285,21 +286,47 @@ def require_database(database_url: str) -> None:
 
 
 @contextmanager
+def removed_if_refused(database_url: str) -> Iterator[None]:
+    """For a command that creates the SQLite file it makes something in: when the
+    file does not exist yet and the command refuses its input (exit 2: nothing
+    written), the file opened in the block (migrated, empty) is removed again, so
+    a mistyped ``--db`` leaves nothing that later commands would take for an
+    installation with nothing yet."""
+    try:
+        path = parse_sqlite_url(database_url)[0] if database_url.startswith("sqlite:") else None
+    except ValidationError:
+        path = None  # opening it says what is wrong with the URL
+    fresh = path is not None and not os.path.exists(path)
+    try:
+        yield
+    except (ValueError, TypeError, click.ClickException) as exc:
+        if fresh and path is not None and (
+                not isinstance(exc, click.ClickException) or exc.exit_code == 2):
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path + suffix)
+        raise
+
+
+@contextmanager
 def open_client(database_url: str | None, *, creates: bool = False) -> Iterator[StackShift]:
     """A client on ``database_url`` (migrated on first use, as the SDK does), or the
     SDK's own choice from the environment when it is ``None``.
 
     ``creates``: the command makes something (a run, an event, a setting), so
-    an SQLite file that does not exist yet is created; otherwise it is refused
-    (:func:`require_database`)."""
-    if not creates and server_from_env(database_url, None, None) is None:
+    an SQLite file that does not exist yet is created (and removed again if the
+    command refuses its input: :func:`removed_if_refused`); otherwise it is
+    refused (:func:`require_database`)."""
+    on_database = server_from_env(database_url, None, None) is None
+    if not creates and on_database:
         require_database(database_url or database_url_from_env())
-    app = StackShift(database_url)
-    try:
-        with refusals_in_option_terms():
-            yield app
-    finally:
-        app.close()
+    with removed_if_refused((database_url or database_url_from_env()) if on_database else ""):
+        app = StackShift(database_url)
+        try:
+            with refusals_in_option_terms():
+                yield app
+        finally:
+            app.close()
 
 
 @contextmanager

@@ -107,7 +107,7 @@ def queues_table(queues: list[QueueInfo]) -> Table:
         c = q.counts
         table.add_row(
             q.name, paused_text() if q.paused else "active", _workers(q), _limit(q),
-            str(c.get("queued", 0) + c.get("scheduled", 0) + c.get("retrying", 0)),
+            str(c.get("queued", 0)),  # due now: scheduled and retrying ones are in `show`
             str(c.get("running", 0)), str(c.get("waiting", 0)), str(c.get("failed", 0)),
             _per_minute(q), _rate(q), _oldest(q),
         )

@@ -30,7 +30,7 @@ from ..service import Service
 from ..settings import Settings, parse_setting
 from ..store import open_store
 from .failures import bad_input, failed, not_found
-from .options import database_only, database_only_option, require_database
+from .options import database_only, database_only_option, removed_if_refused, require_database
 from .render import Fit, _table, console, echo_json, iso, shown_url, when
 
 _database_url = click.option(
@@ -54,12 +54,13 @@ def _service(database_url: str | None, *, creates: bool = False) -> Iterator[Ser
     url = database_only(database_url)
     if not creates:  # a key or an endpoint to list, revoke or remove: none in no file
         require_database(url)
-    store = open_store(url)
-    try:
-        store.migrate()
-        yield Service(store, SystemClock(), Settings(), JobRegistry())
-    finally:
-        store.close()
+    with removed_if_refused(url):
+        store = open_store(url)
+        try:
+            store.migrate()
+            yield Service(store, SystemClock(), Settings(), JobRegistry())
+        finally:
+            store.close()
 
 
 def _key_json(key: ApiKey) -> dict[str, Any]:
