@@ -94,15 +94,6 @@ def _finish_leased_sqlite(tx: Tx, endings: list[Any]) -> set[str]:
     return ended
 
 
-def _notify_freed(tx: Tx, moved: Row) -> None:
-    """PostgreSQL: wake every idle worker when the run that stopped running freed
-    room in a limited queue or under its concurrency key (``notify_freed``; the
-    completed and cancelled endings of ``finish_many_recorded`` do it in their
-    statement). SQLite's workers see every commit (``data_version``)."""
-    if tx.dialect == "postgres":
-        tx.run("notify_freed", queue=moved["queue"], concurrency_key=moved["concurrency_key"])
-
-
 def _finish_recorded(tx: Tx, endings: list[Any]) -> list[bool]:
     """Completed and cancelled endings: the run, its attempt, its timeline entry.
 
@@ -509,7 +500,6 @@ class ExecutionStore:
                            cancel_error=dumps(CANCELLED_WHILE_RUNNING))
             if moved is None:
                 return False
-            _notify_freed(tx, moved)
             ended = Status(moved["status"])
             attempt_status = "failed" if status == Status.RETRYING else status.value
             tx.run(
@@ -575,7 +565,6 @@ class ExecutionStore:
         )
         if moved is None:
             raise LeaseLost(lease.run_id)
-        _notify_freed(tx, moved)
         if moved["status"] == Status.CANCELLED:
             tx.run("update_attempt", run_id=lease.run_id, number=lease.attempt,
                    status="cancelled", finished_at=now, error=dumps(CANCELLED_WHILE_RUNNING))

@@ -288,16 +288,8 @@ WITH input AS (
     INSERT INTO timeline (run_id, at, kind, attempt, step, data)
     SELECT id, now, kind, attempt, NULL, data FROM moved
 ), freed AS (
-    -- A run that stops running in a limited queue, or with a concurrency key, frees
-    -- room: wake every idle worker (delivered at commit), not only the one that
-    -- ended it (as notify_freed does for the other ways out of running).
-    SELECT pg_notify('stackshift', current_schema())
-    FROM moved m LEFT JOIN queues q ON q.name = m.queue
-    WHERE m.concurrency_key IS NOT NULL OR q.concurrency IS NOT NULL
-       OR q.rate_count IS NOT NULL
-    LIMIT 1
+    {{room_freed}}
 )
--- "woken" is read by no one: a plain SELECT in WITH runs only when referenced.
 SELECT id, (SELECT COUNT(*) FROM freed) AS woken FROM moved;
 
 -- name: renew_many
@@ -419,14 +411,33 @@ SELECT (SELECT MAX(id) FROM timeline) AS timeline, (SELECT MAX(id) FROM logs) AS
        (SELECT string_agg(x::text, ',' ORDER BY x::text)
           FROM pg_snapshot_xip(pg_current_snapshot()) AS x) AS in_flight;
 
--- name: notify_freed
--- A run that failed, waits to be retried or paused in a limited queue, or with a
--- concurrency key, frees room there: wake every idle worker listening (delivered
--- at commit), which would otherwise see it only at its next poll.
+-- fragment: room_freed
+-- Of the runs that stopped running (`moved`: their queue and concurrency key), one
+-- in a limited queue or with a concurrency key frees room there: wake every idle
+-- worker listening (delivered at commit), not only the one that ran it, which
+-- would otherwise see it only at its next poll. A plain SELECT in WITH runs only
+-- when referenced: the statements that include it read its count ("woken", read
+-- by no one).
 SELECT pg_notify('stackshift', current_schema())
-WHERE CAST(:concurrency_key AS text) IS NOT NULL
-   OR EXISTS (SELECT 1 FROM queues
-              WHERE name = :queue AND (concurrency IS NOT NULL OR rate_count IS NOT NULL));
+FROM moved m LEFT JOIN queues q ON q.name = m.queue
+WHERE m.concurrency_key IS NOT NULL OR q.concurrency IS NOT NULL
+   OR q.rate_count IS NOT NULL
+LIMIT 1;
+
+-- name: retry_leased_run
+-- queries.sql's, waking idle workers when it frees room (room_freed).
+WITH moved AS ({{retry_leased}}), freed AS ({{room_freed}})
+SELECT m.*, (SELECT COUNT(*) FROM freed) AS woken FROM moved m;
+
+-- name: fail_leased_run
+-- queries.sql's, waking idle workers when it frees room (room_freed).
+WITH moved AS ({{fail_leased}}), freed AS ({{room_freed}})
+SELECT m.*, (SELECT COUNT(*) FROM freed) AS woken FROM moved m;
+
+-- name: suspend_leased_run
+-- queries.sql's, waking idle workers when it frees room (room_freed).
+WITH moved AS ({{suspend_leased}}), freed AS ({{room_freed}})
+SELECT m.*, (SELECT COUNT(*) FROM freed) AS woken FROM moved m;
 
 -- name: wake_workers
 -- A queue resumed or given new limits: wake every idle worker listening, in every

@@ -106,6 +106,11 @@ RETURNING id, job, queue, payload, attempt, idempotency_key, on_failure;
 -- finish_leased_run for an attempt that failed with attempts left: the run waits
 -- to be retried, unless a cancel was requested while the attempt ran; then it is
 -- cancelled (:cancel_error) instead, and no further attempt starts.
+-- (On PostgreSQL, the same statement also wakes idle workers when it frees
+-- room: postgres.sql.)
+{{retry_leased}};
+
+-- fragment: retry_leased
 UPDATE runs
 SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'retrying' END,
     error = CASE WHEN cancel_requested = 1 THEN :cancel_error ELSE :error END,
@@ -124,6 +129,11 @@ RETURNING id, job, queue, payload, attempt, idempotency_key, on_failure, status,
 -- fails, unless a cancel was requested while the attempt ran; then it is
 -- cancelled (:cancel_error) instead, as in retry_leased_run. The returned
 -- status says which.
+-- (On PostgreSQL, the same statement also wakes idle workers when it frees
+-- room: postgres.sql.)
+{{fail_leased}};
+
+-- fragment: fail_leased
 UPDATE runs
 SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'failed' END,
     error = CASE WHEN cancel_requested = 1 THEN :cancel_error ELSE :error END,
@@ -137,6 +147,11 @@ RETURNING id, job, queue, payload, attempt, idempotency_key, on_failure, status,
 -- name: suspend_leased_run
 -- Parks a leased run (sleep or wait); a run asked to cancel while it ran is
 -- cancelled (:cancel_error) instead. The returned status says which.
+-- (On PostgreSQL, the same statement also wakes idle workers when it frees
+-- room: postgres.sql.)
+{{suspend_leased}};
+
+-- fragment: suspend_leased
 UPDATE runs
 SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'waiting' END,
     waiting_for = CASE WHEN cancel_requested = 1 THEN NULL ELSE :waiting_for END,
