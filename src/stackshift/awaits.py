@@ -12,10 +12,11 @@ own, which may have come before the ``await`` (see :meth:`Issued.ending`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -107,6 +108,43 @@ class Issued:
             "attempt would do the same")
         ended.__cause__ = error
         return ended
+
+
+class StepsRunning:
+    """The steps of an async handler's invocation running now.
+
+    A handler that runs steps side by side (``asyncio.gather``, a TaskGroup) may
+    end, when one of them fails, or park the run (a sleep or a wait among them)
+    while others still run. Their functions have started, so they are let end and
+    their checkpoints written first (:meth:`settled`): the attempt's ending, or the
+    parking, then comes after them, and a later invocation replays their results
+    instead of calling the functions a second time alongside the first.
+    """
+
+    __slots__ = ("_count", "_none")
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._none: asyncio.Event | None = None  # made on the handler's loop
+
+    @contextlib.contextmanager
+    def one(self) -> Iterator[None]:
+        """Around a step's function and its checkpoint."""
+        if self._none is None:
+            self._none = asyncio.Event()
+        self._count += 1
+        self._none.clear()
+        try:
+            yield
+        finally:
+            self._count -= 1
+            if self._count == 0:
+                self._none.set()
+
+    async def settled(self) -> None:
+        """Return once no step of the invocation is running (at once if none is)."""
+        if self._count and self._none is not None:
+            await self._none.wait()
 
 
 def _of_a_coroutine(error: BaseException) -> bool:

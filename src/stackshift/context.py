@@ -293,34 +293,41 @@ class AsyncSteps(_StepsBase):
         plan = inv.plan_run(name, fn, key)
         if plan.replayed:
             return plan.result
-        with inv.in_step(plan.key):
-            try:
-                if inspect.iscoroutinefunction(fn):
-                    value = await fn(*args, **kwargs)
-                else:
-                    value, error = await asyncio.to_thread(_capture, fn, args, kwargs)
-                    if error is not None:
-                        raise error
-                    if inspect.isawaitable(value):
-                        value = await value
-            except BaseException as exc:
-                refused = _not_taken(exc, name, fn, args, kwargs)
-                if refused is not None:
-                    inv.refuse(refused)
-                    raise refused from None
-                if _step_error(exc):
-                    await asyncio.to_thread(inv.record_failed, plan, exc)
-                raise
-        return await asyncio.to_thread(inv.record_completed, plan, value)
+        with inv.steps_running.one():
+            with inv.in_step(plan.key):
+                try:
+                    if inspect.iscoroutinefunction(fn):
+                        value = await fn(*args, **kwargs)
+                    else:
+                        value, error = await asyncio.to_thread(_capture, fn, args, kwargs)
+                        if error is not None:
+                            raise error
+                        if inspect.isawaitable(value):
+                            value = await value
+                except BaseException as exc:
+                    refused = _not_taken(exc, name, fn, args, kwargs)
+                    if refused is not None:
+                        inv.refuse(refused)
+                        raise refused from None
+                    if _step_error(exc):
+                        await asyncio.to_thread(inv.record_failed, plan, exc)
+                    raise
+            return await asyncio.to_thread(inv.record_completed, plan, value)
+
+    # A sleep or a wait may park the run: the steps running beside it (a gather)
+    # end first (StepsRunning), so that none is left running, or called again
+    # by the invocation that resumes the run.
 
     async def sleep(self, name: str, duration: Any) -> None:
         seconds = self._sleep_seconds(duration)
         key = self._inv.pause_key(name)
+        await self._inv.steps_running.settled()
         await asyncio.to_thread(self._inv.sleep_until, name, lambda now: now + seconds, key)
 
     async def sleep_until(self, name: str, when: datetime | str) -> None:
         moment = self._moment(when)
         key = self._inv.pause_key(name)
+        await self._inv.steps_running.settled()
         await asyncio.to_thread(self._inv.sleep_until, name, lambda now: moment, key)
 
     @overload
@@ -342,6 +349,7 @@ class AsyncSteps(_StepsBase):
     ) -> Event | None:
         seconds = self._wait_seconds(event_name, correlation_key, timeout, on_timeout)
         key = self._inv.next_key(event_name)
+        await self._inv.steps_running.settled()
         return await asyncio.to_thread(
             self._inv.wait_for_event, event_name, correlation_key, seconds, on_timeout, key
         )

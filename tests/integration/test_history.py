@@ -319,6 +319,63 @@ def test_steps_started_together_with_gather_keep_their_identity_on_replay(
     assert sorted(calls) == sorted(list(range(8)) * 3)  # replays ran nothing again
 
 
+def test_a_step_still_running_when_a_gathered_one_fails_or_parks_the_run_ends_first(
+    fake_app: StackShift, clock: FakeClock
+) -> None:
+    """Steps gathered with one that fails, a sleep or a wait end, and are recorded,
+    before the attempt ends or the run parks: the next invocation replays their
+    results instead of calling their functions again beside the first calls."""
+    calls: list[str] = []
+
+    async def slow(what: str) -> str:
+        calls.append(f"{what} start")
+        await asyncio.sleep(0.2)
+        calls.append(f"{what} done")
+        return what
+
+    def slow_in_a_thread(what: str) -> str:
+        calls.append(f"{what} start")
+        time.sleep(0.2)
+        calls.append(f"{what} done")
+        return what
+
+    async def stock(attempt: int) -> str:
+        if attempt == 1:
+            raise ConnectionError("stock service blip")
+        return "in stock"
+
+    @fake_app.job("order", max_attempts=2)
+    async def order(ctx):  # type: ignore[no-untyped-def]
+        return await asyncio.gather(ctx.step.run("charge", slow, "charge"),
+                                    ctx.step.run("stock", stock, ctx.run.attempt))
+
+    @fake_app.job("mail")
+    async def mail(ctx):  # type: ignore[no-untyped-def]
+        sent, _ = await asyncio.gather(ctx.step.run("email", slow_in_a_thread, "email"),
+                                       ctx.step.sleep("nap", "1m"))
+        return sent
+
+    @fake_app.job("ping")
+    async def ping(ctx):  # type: ignore[no-untyped-def]
+        pinged, event = await asyncio.gather(ctx.step.run("ping", slow, "ping"),
+                                             ctx.step.wait_for_event("go", timeout="1h"))
+        return [pinged, event.payload]
+
+    runs = [fake_app.start(job) for job in ("order", "mail", "ping")]
+    run_until_idle(fake_app)
+    assert [fake_app.runs.get(r.id).status for r in runs] == ["retrying", "waiting", "waiting"]
+    assert sorted(calls) == sorted(f"{what} {when}" for what in ("charge", "email", "ping")
+                                   for when in ("start", "done"))
+    clock.advance("1m")
+    fake_app.events.send("go", "now")
+    run_until_idle(fake_app)
+    assert [fake_app.runs.get(r.id).result for r in runs] == [
+        ["charge", "in stock"], "email", ["ping", "now"]]
+    assert len(calls) == 6  # each function once
+    assert [(s.key, s.attempt) for s in fake_app.runs.steps(runs[0].id)] == [
+        ("charge", 1), ("stock", 2)]
+
+
 def test_step_results_come_back_as_json(fake_app: StackShift) -> None:
     seen: list[Any] = []
 

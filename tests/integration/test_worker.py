@@ -7,8 +7,10 @@ together come back exactly)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
+import gc
 import json
 import logging
 import os
@@ -1007,6 +1009,30 @@ def test_an_async_attempt_that_does_not_stop_when_cancelled_still_fails_on_time(
     assert failed.error is not None and failed.error.type == "AttemptTimeoutError"
     assert "did not stop when cancelled" in failed.error.message
     assert took < 3, f"failed after {took:.1f}s"
+
+
+def test_a_worker_that_stops_with_an_async_handler_that_never_stops_says_so_once(
+        app: StackShift, caplog: pytest.LogCaptureFixture) -> None:
+    """A handler that catches every cancellation goes on after its attempt failed at
+    its timeout: the worker that stops says so in one warning, not in tracebacks
+    ("could not record", "Task was destroyed but it is pending!") when the
+    handler's task is collected."""
+    @app.job("endless", timeout="0.2s", max_attempts=1)
+    async def endless(ctx):  # type: ignore[no-untyped-def]
+        while True:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(10)
+
+    worker = app.worker()
+    worker.CANCEL_WAIT = 0.2
+    with worker:
+        failed = app.runs.wait(app.start("endless").id, timeout="10s")
+    del worker
+    gc.collect()
+    assert failed.error is not None and failed.error.type == "AttemptTimeoutError"
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len([m for m in said if "did not stop when cancelled; left behind" in m]) == 1, said
+    assert not [m for m in said if "destroyed" in m or "could not record" in m], said
 
 
 def test_an_async_attempt_that_catches_the_cancellation_and_returns_fails_as_timed_out(

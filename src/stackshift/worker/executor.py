@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from ..context import AsyncJobContext, JobContext
 from ..errors import AttemptTimeoutError
 from ..runlogs import CURRENT
 from ..state import AsyncState, State
 from .invocation import Invocation
+
+T = TypeVar("T")
 
 log = logging.getLogger("stackshift.worker")
 
@@ -41,19 +45,29 @@ def execute_sync(invocation: Invocation, state: State) -> None:
         CURRENT.reset(token)
 
 
+async def _with_its_steps(invocation: Invocation, handler: Awaitable[T]) -> T:
+    """What the handler returns or raises, once the steps it started have ended
+    too: one of several it gathered may fail while the others still run (see
+    :class:`~stackshift.awaits.StepsRunning`). Within the job's timeout."""
+    try:
+        return await handler
+    finally:
+        await invocation.steps_running.settled()
+
+
 async def execute_async(invocation: Invocation, state: AsyncState) -> None:
     """Await an ``async def`` handler on this loop and record the outcome.
 
     A job ``timeout`` cancels the handler and fails the attempt, also when the
     handler catches the cancellation and returns.
     """
-    token = CURRENT.set(invocation)
+    token: contextvars.Token[Invocation | None] | None = CURRENT.set(invocation)
     try:
         error: BaseException | None = None
         value: Any = None
         try:
             ctx: AsyncJobContext[Any] = AsyncJobContext(invocation, invocation.payload(), state)
-            coro = invocation.job.handler(ctx)
+            coro = _with_its_steps(invocation, invocation.job.handler(ctx))
             timeout = invocation.job.timeout
             if timeout is None:
                 value = await coro
@@ -68,6 +82,13 @@ async def execute_async(invocation: Invocation, state: AsyncState) -> None:
                 if limit.expired():  # also when the handler caught the cancellation
                     value = None
                     error = AttemptTimeoutError(f"attempt ran longer than {timeout:g}s")
+        except GeneratorExit:
+            # Closed, never to resume: the task of a handler that would not stop
+            # when cancelled, collected after its worker stopped (its attempt was
+            # failed by the heartbeat). Nothing is left to record, nor a context
+            # to restore (the collector's is another).
+            token = None
+            raise
         except BaseException as exc:
             task = asyncio.current_task()
             if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
@@ -80,4 +101,5 @@ async def execute_async(invocation: Invocation, state: AsyncState) -> None:
         invocation.unrecorded = exc
         log.exception("run %s: could not record the attempt's outcome", invocation.run.id)
     finally:
-        CURRENT.reset(token)
+        if token is not None:
+            CURRENT.reset(token)

@@ -21,7 +21,7 @@ from typing import Any, Literal, NoReturn, TypeVar
 
 import pydantic
 
-from ..awaits import Issued
+from ..awaits import Issued, StepsRunning
 from ..durations import span, to_datetime
 from ..engine import outcomes
 from ..errors import (
@@ -223,6 +223,9 @@ class Invocation:
         self.refused: list[BaseException] = []
         #: an async handler's ctx.step and ctx.state calls, to tell one never awaited
         self.issued = Issued()
+        #: an async handler's steps running now, let end before the attempt ends or
+        #: the run is parked
+        self.steps_running = StepsRunning()
         #: called once the handler has returned or raised, before its ending is
         #: recorded; gets whether an ending will be recorded
         self.on_return: Callable[[bool], None] | None = None

@@ -396,18 +396,35 @@ class Worker:
         a loop stopped under them would leave them to end at exit, with
         tracebacks. A loop held up by a blocking call is not waited for long."""
 
-        async def cancel_all() -> None:
+        async def cancel_all() -> list[asyncio.Task[Any]]:
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for task in tasks:
                 task.cancel()
             if tasks:
                 await asyncio.wait(tasks, timeout=self.CANCEL_WAIT)
+            return [task for task in tasks if not task.done()]
 
         try:
-            asyncio.run_coroutine_threadsafe(cancel_all(), loop).result(self.CANCEL_WAIT + 1)
+            left = asyncio.run_coroutine_threadsafe(cancel_all(), loop).result(
+                self.CANCEL_WAIT + 1)
         except Exception:
             log.warning("worker %s: async handlers still running as it stops (a blocking"
                         " call holds up the event loop?)", self.id)
+            return
+        if not left:
+            return
+        # Handlers that caught the cancellation and go on (their attempts were failed
+        # at their timeout, or their runs handed back): said once here, rather than
+        # as "Task was destroyed but it is pending!" when each is collected.
+        log.warning("worker %s: %d async handler(s) did not stop when cancelled; left"
+                    " behind as the worker stops", self.id, len(left))
+        behind = set(left)
+
+        def quiet(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            if context.get("task") not in behind:
+                loop.default_exception_handler(context)
+
+        loop.set_exception_handler(quiet)
 
     def run(self, ready: Callable[[], None] | None = None) -> None:
         """Start and block until SIGTERM/SIGINT (or ``stop()`` from another thread).
