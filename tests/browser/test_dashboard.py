@@ -2134,6 +2134,64 @@ def test_the_events_page_expands_a_large_payload_only_in_part(
         json.dumps({"rows": [1, 2]}, indent=2, sort_keys=True))
 
 
+def test_an_expanded_payload_or_value_stays_open_when_the_page_updates_live(
+    stack: Dashboard, page: Page
+) -> None:
+    """A payload or a value the reader expanded stays open when its table is
+    replaced by a live update (another event received, another key set), and one
+    the reader closed stays closed."""
+    app = stack.app
+    long = {"note": "y" * 120}
+    first = app.events.send("export.ready", long, correlation_key="export:1")
+    page.goto(stack.at("/events?name=export.ready"))
+    opened = page.locator(f"tr[data-event-id='{first.id}'] details")
+    opened.locator("summary").click()
+    expect(opened).to_have_attribute("open", "")
+    page.evaluate("document.activeElement.blur()")  # a block holding the focus is left
+    later = app.events.send("export.ready", long, correlation_key="export:2")
+    expect(page.locator(f"tr[data-event-id='{later.id}']")).to_have_count(1)
+    expect(opened).to_have_attribute("open", "")
+    expect(page.locator(f"tr[data-event-id='{later.id}'] details")).not_to_have_attribute(
+        "open", "")
+
+    app.state.set("exports:a", long)
+    app.state.set("exports:b", long)
+    page.goto(stack.at("/state?prefix=exports:"))
+    value = page.locator("tr", has=page.locator("td.key-cell", has_text="exports:a")
+                         ).locator("details")
+    value.locator("summary").click()
+    page.evaluate("document.activeElement.blur()")
+    app.state.set("exports:c", long)
+    expect(page.locator("td.key-cell", has_text="exports:c")).to_have_count(1)
+    expect(value).to_have_attribute("open", "")
+    value.locator("summary").click()  # closed again, it stays closed
+    page.evaluate("document.activeElement.blur()")
+    app.state.set("exports:d", long)
+    expect(page.locator("td.key-cell", has_text="exports:d")).to_have_count(1)
+    expect(value).not_to_have_attribute("open", "")
+
+
+def test_state_lock_and_run_keys_that_begin_or_end_with_a_space_read_in_quotes(
+    stack: Dashboard, page: Page
+) -> None:
+    """``"sku 2 "`` is not the key ``sku 2``: a state key, a lock's key and a run's
+    idempotency and concurrency keys with a blank at an end show in quotes."""
+    app = stack.app
+    app.state.set("inventory:sku 2 ", 1)
+    app.state.set("inventory:sku 2", 2)
+    app._service.lock_acquire(" batch", "a-token", "1h")
+    page.goto(stack.at("/state?prefix=inventory:"))
+    expect(page.locator("td.key-cell")).to_have_text(['inventory:sku 2', '"inventory:sku 2 "'])
+    page.goto(stack.at("/state"))
+    expect(page.locator("#locks-table td.key-cell")).to_have_text('" batch"')
+    run = app.start("sync-invoice", {"invoice": [], "reachable": True},
+                    idempotency_key=" order 7 ", concurrency_key="tenant ")
+    page.goto(stack.at(f"/runs/{run.id}"))
+    expect(page.locator("#run-idempotency-key")).to_have_text('" order 7 "')
+    expect(page.locator("dd", has_text="· key")).to_contain_text('· key "tenant "')
+    app.state.break_lock(" batch")
+
+
 def test_the_run_page_shows_a_large_payload_and_result_only_in_part(
     stack: Dashboard, page: Page
 ) -> None:

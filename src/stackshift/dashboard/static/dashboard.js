@@ -28,10 +28,30 @@
     if (label) label.textContent = text;
   }
 
-  function openDetails(root) {
+  /* A <details> by its id, else its data-key (a row's payload or value), else its
+     summary's text and how many before it in the block have the same. */
+  function detailsKeys(root) {
+    var seen = {};
+    return Array.prototype.map.call(root.querySelectorAll("details"), function (d) {
+      if (d.id) return "#" + d.id;
+      if (d.hasAttribute("data-key")) return "@" + d.getAttribute("data-key");
+      var summary = d.querySelector("summary");
+      var text = summary ? summary.textContent.trim() : "";
+      seen[text] = (seen[text] || 0) + 1;
+      return text + "\u0000" + seen[text];
+    });
+  }
+
+  /* What the reader opened or closed in ``old`` stays so in ``next`` (set before
+     the two are compared: a block changes only when its content does). */
+  function keepOpen(old, next) {
     var open = {};
-    root.querySelectorAll("details[id]").forEach(function (d) { open[d.id] = d.open; });
-    return open;
+    var found = old.querySelectorAll("details");
+    detailsKeys(old).forEach(function (key, i) { open[key] = found[i].open; });
+    var fresh = next.querySelectorAll("details");
+    detailsKeys(next).forEach(function (key, i) {
+      if (Object.prototype.hasOwnProperty.call(open, key)) fresh[i].open = open[key];
+    });
   }
 
   function swap(html) {
@@ -43,18 +63,13 @@
       if (!next) return;
       if (old.contains(document.activeElement) && document.activeElement !== document.body) return;
       if (old.querySelector("form.dirty") || old.classList.contains("dirty")) return;
+      keepOpen(old, next);
       if (old.innerHTML === next.innerHTML) return;
-      var open = openDetails(old);
-      if (old.tagName === "DETAILS") open[old.id] = old.open;
       var chosen = {};
       old.querySelectorAll("[data-log-filter], [data-log-level]").forEach(function (s) {
         chosen[s.hasAttribute("data-log-level") ? "level" : "step"] = s.value;
       });
       old.innerHTML = next.innerHTML;
-      Object.keys(open).forEach(function (id) {
-        var d = document.getElementById(id);
-        if (d && d.tagName === "DETAILS") d.open = open[id];
-      });
       var again = null;
       old.querySelectorAll("[data-log-filter], [data-log-level]").forEach(function (s) {
         var value = chosen[s.hasAttribute("data-log-level") ? "level" : "step"];
