@@ -19,7 +19,9 @@ from ..wording import per_minute, shell_word
 
 
 def duration(seconds: float | None) -> str:
-    """``0.0123`` -> ``12 ms``, ``75`` -> ``1m 15s``, ``93784`` -> ``1d 2h``."""
+    """``0.0123`` -> ``12 ms``, ``75`` -> ``1m 15s``, ``93784`` -> ``1d 2h``, as the
+    page's script writes a duration it keeps current (``duration`` in dashboard.js:
+    keep the two alike)."""
     if seconds is None:
         return "—"
     if seconds < 0:

@@ -130,11 +130,29 @@
   /* The server's clock may differ from the browser's (or be a test clock). */
   var skew = parseFloat(body.getAttribute("data-now") || "0") - Date.now() / 1000;
   if (isNaN(skew) || !body.getAttribute("data-now")) skew = 0;
+  /* "12 ms", "4.20 s", "1m 15s", as formatting.duration writes them (keep the two alike). */
+  function duration(s) {
+    if (s < 0) s = 0;
+    if (Math.round(s * 1000) < 1000) return s * 1000 < 1 ? "<1 ms" : (s * 1000).toFixed(0) + " ms";
+    if (Math.round(s * 100) / 100 < 10) return s.toFixed(2) + " s";
+    if (Math.round(s * 10) / 10 < 60) return s.toFixed(1) + " s";
+    var whole = Math.round(s);
+    var days = Math.floor(whole / 86400), hours = Math.floor(whole % 86400 / 3600);
+    var minutes = Math.floor(whole % 3600 / 60), secs = whole % 60;
+    if (days) return days + "d" + (hours ? " " + hours + "h" : "");
+    if (hours) return hours + "h" + (minutes ? " " + minutes + "m" : "");
+    return minutes + "m" + (secs ? " " + secs + "s" : "");
+  }
+  /* Times kept current: "3m ago" (data-rel), a run's duration so far (data-elapsed)
+     and the age of the oldest queued run (data-age, "3m"). */
   function relativeTimes() {
     var now = Date.now() / 1000 + skew;
-    document.querySelectorAll("time[data-rel][datetime]").forEach(function (t) {
+    document.querySelectorAll("time[datetime]").forEach(function (t) {
       var at = Date.parse(t.getAttribute("datetime")) / 1000;
-      if (!isNaN(at)) t.textContent = ago(now - at, t.hasAttribute("data-due"));
+      if (isNaN(at)) return;
+      if (t.hasAttribute("data-rel")) t.textContent = ago(now - at, t.hasAttribute("data-due"));
+      else if (t.hasAttribute("data-elapsed")) t.textContent = duration(now - at);
+      else if (t.hasAttribute("data-age")) t.textContent = ago(now - at, false).replace(" ago", "");
     });
   }
 
