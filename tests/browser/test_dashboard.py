@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import time
 from datetime import UTC, datetime
@@ -1886,6 +1887,61 @@ def test_a_short_backoffs_label_never_covers_the_next_attempts_bar(
                 track = _box(page, "#waterfall .wf-attempt[data-attempt='2'] .wf-track")
                 assert track["x"] <= drawn["x"], (width, drawn, track)
                 assert drawn["x"] + drawn["width"] <= track["x"] + track["width"], (width, drawn)
+    finally:
+        app.close()
+
+
+def test_a_wait_or_sleep_label_stays_within_its_bar_and_clear_of_the_event(
+    db_url: str, page: Page
+) -> None:
+    """A wait of 15.8 s between steps of a few ms is drawn shortened: its label
+    ("waited 15.8 s") is shortened to its duration, or left out for the bar's
+    tooltip, at every width; it never runs past its bar nor under the event that
+    ended the wait. So is a sleep's."""
+    clock = FakeClock(datetime(2026, 3, 2, 9, 12, tzinfo=UTC).timestamp())
+    app = StackShift(db_url, clock=clock)
+
+    @app.job("ship")
+    def ship(ctx: Any) -> None:
+        ctx.step.run("prep", lambda: clock.advance(0.003))
+        ctx.step.wait_for_event("order.shipped", correlation_key="o1", timeout="1h")
+        ctx.step.run("finish", lambda: clock.advance(0.004))
+        ctx.step.sleep("cool-down", "9m")
+        ctx.step.run("close", lambda: clock.advance(0.002))
+
+    try:
+        run = app.start("ship")
+        run_until_idle(app)
+        clock.advance(15.8)
+        app.events.send("order.shipped", correlation_key="o1")
+        run_until_idle(app)
+        clock.advance("9m")
+        run_until_idle(app)
+        assert app.runs.get(run.id).status == "completed"
+        with serve(app, auth="open") as url:
+            page.goto(f"{url}/runs/{run.id}")
+            for width in (1440, 1100, 900, 390):
+                page.set_viewport_size({"width": width, "height": 900})
+                page.wait_for_timeout(100)  # the resize handler fits the labels again
+                for kind, whole, short in (("wait", "waited 15.8 s", "15.8 s"),
+                                           ("sleep", "slept 9m", "9m")):
+                    bar = f"#waterfall .bar-{kind}"
+                    label = page.locator(f"{bar} .bar-label")
+                    if width == 1440:  # room for it, shortened or whole
+                        expect(label).to_be_visible()
+                        if os.environ.get("SHOT"):
+                            page.locator("#waterfall").screenshot(path=os.environ["SHOT"])
+                    if not label.is_visible():
+                        continue
+                    assert label.text_content() in (whole, short), (width, kind)
+                    drawn = _box(page, f"{bar} .bar-label")
+                    assert label.evaluate("e => e.scrollWidth <= e.clientWidth"), (width, kind)
+                    box = _box(page, bar)
+                    assert drawn["x"] + drawn["width"] <= box["x"] + box["width"], (
+                        width, kind, drawn, box)
+                    if kind == "wait":
+                        event = _box(page, "#waterfall .wf-wait .mark-event")
+                        assert not _overlap(drawn, event), (width, drawn, event)
     finally:
         app.close()
 

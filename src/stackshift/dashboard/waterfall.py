@@ -359,7 +359,8 @@ def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
                 title += f"; until +{duration(_f(until) - t0)} after creation"
             row = Row(kind, e.step or kind, label, "waiting" if end_entry is None else "done",
                       e.attempt, e.step, start=at)
-            row.bars.append(Bar(at, end, kind, label, title, open=end_entry is None))
+            row.bars.append(Bar(at, end, kind, label, title, open=end_entry is None,
+                                short=duration(end - at)))
             if end_entry is not None and end_entry.kind == "wait.timed_out":
                 row.marks.append(Mark(end, "timeout",
                                       f"timed out ({end_entry.data.get('on_timeout')})"))

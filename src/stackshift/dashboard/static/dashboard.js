@@ -216,8 +216,24 @@
     });
   }
 
-  function wire(root) {
+  /* Another bar's label (a step's duration, "waited 3m 5s") stays within its bar:
+     its short form ("3m 5s") where the whole does not fit, or nothing. */
+  function fitBarLabels(root) {
     placeBackoffLabels(root);
+    root.querySelectorAll(".bar:not(.bar-backoff) .bar-label").forEach(function (label) {
+      var full = label.getAttribute("data-full") || label.textContent;
+      label.setAttribute("data-full", full);
+      label.textContent = full;
+      label.classList.remove("wf-off");
+      var fits = function () { return label.scrollWidth <= label.clientWidth; };
+      if (fits()) return;
+      label.textContent = label.getAttribute("data-short") || full;
+      if (!fits()) label.classList.add("wf-off");
+    });
+  }
+
+  function wire(root) {
+    fitBarLabels(root);
     root.querySelectorAll("form[data-confirm]").forEach(function (form) {
       form.addEventListener("submit", function (e) {
         if (!window.confirm(form.getAttribute("data-confirm"))) e.preventDefault();
@@ -264,9 +280,9 @@
   }
 
   wire(document);
-  window.addEventListener("resize", function () { placeBackoffLabels(document); });
+  window.addEventListener("resize", function () { fitBarLabels(document); });
   if (document.fonts && document.fonts.ready) {
-    document.fonts.ready.then(function () { placeBackoffLabels(document); });
+    document.fonts.ready.then(function () { fitBarLabels(document); });
   }
   relativeTimes();
   setInterval(relativeTimes, 15000);
