@@ -146,3 +146,49 @@ def test_after_a_long_outage_the_client_is_back_within_seconds(
             admin.execute(f'DROP SCHEMA IF EXISTS "{url.split("schema=")[1]}" CASCADE')
             admin.execute(f"DROP ROLE IF EXISTS {role}")
             admin.close()
+
+
+
+def test_a_call_that_waits_for_a_connection_through_an_outage_gets_one_once_it_ends(
+        request: pytest.FixtureRequest) -> None:
+    """A call made as the database goes away waits for a connection (up to the pool's
+    30 s); the outage lasts 8 s, longer than the pool keeps trying a connection at a
+    time. Once the database is back the pool connects again within seconds and the
+    waiting call gets its answer, as a worker's lease renewal or claim waiting
+    there does: not a timeout at 30 s, the attempt's lease lost meanwhile."""
+    with postgres_schema(request.config) as url:
+        role = f"r_{uuid.uuid4().hex[:12]}"
+        admin = psycopg.connect(url.split("?")[0], autocommit=True)
+        admin.execute(f"CREATE ROLE {role} LOGIN SUPERUSER")
+        app = StackShift(url.replace("://postgres@", f"://{role}@"))
+        answered: dict[str, object] = {}
+
+        def wait_for_it() -> None:
+            try:
+                answered["value"] = app.state.get("k")
+            except Exception as exc:
+                answered["error"] = exc
+            answered["at"] = time.monotonic()
+
+        try:
+            app.state.set("k", 1)
+            admin.execute(f"ALTER ROLE {role} NOLOGIN")
+            admin.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                          "WHERE usename = %s", (role,))
+            waiting = threading.Thread(target=wait_for_it)
+            waiting.start()
+            time.sleep(8)
+            assert not answered, answered  # still waiting: the database is away
+            admin.execute(f"ALTER ROLE {role} LOGIN")
+            back = time.monotonic()
+            waiting.join(40)
+            assert answered.get("value") == 1, answered
+            assert float(answered["at"]) - back < 5, (  # type: ignore[arg-type]
+                f"answered {float(answered['at']) - back:.1f}s after the outage")  # type: ignore[arg-type]
+        finally:
+            app.close()
+            admin.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                          "WHERE usename = %s", (role,))
+            admin.execute(f'DROP SCHEMA IF EXISTS "{url.split("schema=")[1]}" CASCADE')
+            admin.execute(f"DROP ROLE IF EXISTS {role}")
+            admin.close()

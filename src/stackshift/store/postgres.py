@@ -289,6 +289,7 @@ class PostgresDatabase:
             # pool is too within seconds, however long the outage (without it,
             # the delay grows past a minute).
             reconnect_timeout=RECONNECT_SECONDS,
+            reconnect_failed=self._reconnect_again,
             name="stackshift",
             open=False,
         )
@@ -305,6 +306,30 @@ class PostgresDatabase:
         self._leader_owner: str | None = None
         self._leader_silence: float | None = None
         self._lead_retry_at = 0.0
+
+    #: Seconds after the pool gives up making a connection before it starts again.
+    RECONNECT_PAUSE = 1.0
+
+    def _reconnect_again(self, pool: ConnectionPool[PgConnection]) -> None:
+        """The pool gave up making a connection (the server away for
+        ``RECONNECT_SECONDS``): it starts again a moment later, and so on while the
+        server is away. A request made later would start it too, but the requests
+        already waiting (a worker's checkpoint, its lease renewal, its claim) would
+        otherwise get no connection until they time out, however soon the server
+        is back."""
+        if self._closed or pool is not self._pool:
+            return
+        again = threading.Timer(self.RECONNECT_PAUSE, self._check_pool, args=(pool,))
+        again.daemon = True
+        again.start()
+
+    def _check_pool(self, pool: ConnectionPool[PgConnection]) -> None:
+        if self._closed or pool is not self._pool:
+            return
+        try:
+            pool.check()  # grows the pool again if it holds no connection
+        except Exception:  # closed meanwhile, or the server still away: tried again
+            log.debug("checking the connection pool failed", exc_info=True)
 
     def _after_fork(self) -> None:
         """In a forked child (see :mod:`stackshift.forks`): leave the parent's
