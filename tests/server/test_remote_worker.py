@@ -323,6 +323,10 @@ def test_a_server_restart_between_steps_neither_fails_nor_delays_the_run(
         assert [a.status for a in client.runs.attempts(run.id)] == ["completed"]
         assert [s.status for s in client.runs.steps(run.id)] == ["completed", "completed"]
         assert workers.lines().count(f"done:r-2:{worker.pid}") == 1
+        # The restart is said in a line or two per loop, not in tracebacks.
+        said = (workers.tmp / "worker-0.out").read_text()
+        assert "Traceback" not in said and "ERROR" not in said, said
+        assert "failed, the server is unavailable or its answer was lost (" in said, said
     finally:
         stop_server(restarted)
 

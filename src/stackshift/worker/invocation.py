@@ -518,14 +518,14 @@ class Invocation:
             try:
                 return write()
             except Exception as exc:
-                what = _outage(exc)
+                what = outage_of(exc)
                 if what is None:
                     raise
                 if time.monotonic() + pause - self._heard_at >= self.lease_seconds:
                     raise
                 log.warning("run %s: %s (%s: %s); trying again in"
                             " %s", self.run.id, what, type(exc).__name__,
-                            str(exc).strip().splitlines()[0] if str(exc).strip() else "",
+                            first_line(exc),
                             span(pause))
             time.sleep(pause)
             pause = min(pause * 2, longest)
@@ -702,7 +702,13 @@ class Invocation:
             self.fail(error)
 
 
-def _outage(exc: Exception) -> str | None:
+def first_line(exc: BaseException) -> str:
+    """The first line of what ``exc`` says (a driver's error runs over several)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def outage_of(exc: BaseException) -> str | None:
     """What ``exc`` says is unavailable, when it is worth trying again."""
     if is_database_unavailable(exc):
         return "the database is unavailable"

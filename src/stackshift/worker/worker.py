@@ -37,7 +37,7 @@ from ..jobs import check_name
 from ..store.base import ClaimedRun
 from ..store.database import LEAD_SILENCE
 from .executor import execute_async, execute_sync
-from .invocation import Invocation, say_failed
+from .invocation import Invocation, first_line, outage_of, say_failed
 
 if TYPE_CHECKING:
     from ..client import StackShift
@@ -241,6 +241,8 @@ class Worker:
         self._next_purge = 0.0
         self._next_ageing = 0.0
         self._last_claimed = float("-inf")
+        #: when each loop last said it failed for an outage (see _retrying)
+        self._outage_said: dict[str, float] = {}
         self._rules = self.service.claim_rules()
         self._process: processes.ProcessId | None = None  # known once started
 
@@ -523,10 +525,29 @@ class Worker:
             except Exception as exc:
                 if self._key_refused(exc):
                     return
-                log.exception("worker %s: claim failed; retrying", self.id)
+                self._retrying("claim", exc)
                 # Its answer may be what failed, after the runs were leased.
                 self._strays_possible = True
                 self._stopping.wait(1.0)
+
+    #: Seconds between two warnings of one loop failing while the database (or, for
+    #: a remote worker, the server) is unavailable.
+    OUTAGE_SAID_EVERY = 30.0
+
+    def _retrying(self, what: str, exc: Exception) -> None:
+        """Say that ``what`` (a loop of the worker) failed and is tried again: with
+        its traceback, unless the database or the server is unavailable (a restart,
+        a dropped connection), which is said in a line, at most every
+        ``OUTAGE_SAID_EVERY`` seconds for each loop while it lasts."""
+        outage = outage_of(exc)
+        if outage is None:
+            log.exception("worker %s: %s failed; retrying", self.id, what)
+            return
+        now = time.monotonic()
+        if now - self._outage_said.get(what, float("-inf")) >= self.OUTAGE_SAID_EVERY:
+            self._outage_said[what] = now
+            log.warning("worker %s: %s failed, %s (%s: %s); retrying", self.id, what, outage,
+                        type(exc).__name__, first_line(exc))
 
     def _key_refused(self, exc: Exception) -> bool:
         """Whether ``exc`` is a remote worker's server refusing its API key (revoked
@@ -573,9 +594,10 @@ class Worker:
                         and store.release_run(stray.lease, self.service.clock.now())):
                     log.warning("run %s: leased by a claim whose answer was lost; handed back",
                                 stray.lease.run_id)
-        except Exception:
-            log.warning("worker %s: could not look for runs leased by a failed claim",
-                        self.id, exc_info=True)
+        except Exception as exc:
+            if outage_of(exc) is None:
+                log.warning("worker %s: could not look for runs leased by a failed claim",
+                            self.id, exc_info=True)
             return False
         return True
 
@@ -744,7 +766,7 @@ class Worker:
                 wait = interval
             except Exception as exc:
                 if not self._key_refused(exc):
-                    log.exception("worker %s: lease renewal failed; retrying", self.id)
+                    self._retrying("lease renewal", exc)
                 wait = min(interval, self.RENEWAL_RETRY)
             if self._halted.wait(wait):
                 return
@@ -774,7 +796,7 @@ class Worker:
                     self._wake.set()  # a retry of a run that ended here is due: claim it
             except Exception as exc:
                 if not self._key_refused(exc):
-                    log.exception("worker %s: heartbeat failed; retrying", self.id)
+                    self._retrying("heartbeat", exc)
 
     #: Seconds past its timeout after which an async attempt that did not stop
     #: when cancelled is failed by the heartbeat, as a sync one is at its timeout.
