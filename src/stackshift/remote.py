@@ -175,6 +175,12 @@ def raise_for_error(response: httpx.Response) -> NoReturn:
         if event_id is not None:
             raise IdempotencyConflictError(message, existing_event_id=str(event_id))
         raise IdempotencyConflictError(message, str(error.get("existingRunId")))
+    if code == "not_found":  # no such route: the base_url names a path below the server
+        url = response.request.url
+        raise RemoteError(
+            f"the StackShift server at {url.scheme}://{url.netloc.decode()} has no route"
+            f" {response.request.method} {url.path} ({message}); check the base_url: the"
+            " server's address, with no path of the API", response.status_code, code)
     kind = _ERRORS.get(code)
     if kind is None:
         raise RemoteError(message, response.status_code, code)
@@ -251,9 +257,14 @@ def check_api_key(api_key: str, base_url: str) -> str:
 
 
 def check_base_url(base_url: str) -> None:
-    """Refuse a server URL that is not http:// or https:// (retrying would not help)."""
+    """Refuse a server URL that is not http:// or https://, or that ends in the API's
+    /v1 (the server prints its API's address so): retrying would not help."""
     if not base_url.startswith(("http://", "https://")):
         raise ValidationError(f"base_url must be an http:// or https:// URL, got {base_url!r}")
+    if base_url.rstrip("/").endswith("/v1"):
+        raise ValidationError(
+            f"base_url must be the server's address, without the API's /v1: use"
+            f" {base_url.rstrip('/')[:-3]!r}, not {base_url!r}")
 
 
 def _long_poll(waiting: RunWait) -> float:

@@ -656,13 +656,25 @@ def test_what_waiting_cannot_fix_ends_the_worker_at_once(
 
     not_http = worker("ftp://127.0.0.1:21", server.api_key)
     assert not_http.returncode == 2, not_http.stderr
-    assert "must be an http:// or https:// URL, got 'ftp://127.0.0.1:21'" in not_http.stderr
+    assert ("--url (STACKSHIFT_URL) must be an http:// or https:// URL, got"
+            " 'ftp://127.0.0.1:21'") in not_http.stderr, not_http.stderr
     assert "Traceback" not in not_http.stderr
 
-    # Not the server's API (a path below it): its 404 is no reason to wait.
+    # Not the server's API (a path below it): its 404 is no reason to wait, and says
+    # to check the address.
     elsewhere = worker(f"{server.url}/somewhere", server.api_key)
     assert elsewhere.returncode == 1, elsewhere.stderr
-    assert "error:" in elsewhere.stderr
+    assert "check the base_url" in elsewhere.stderr, elsewhere.stderr
+    below = worker(f"{server.url}/v1/runs", server.api_key)
+    assert below.returncode == 1, below.stderr
+    assert (f"error: the StackShift server at {server.url} has no route POST"
+            " /v1/runs/v1/worker/") in below.stderr, below.stderr
+    assert "check the base_url" in below.stderr
+    # The API's address, as the server prints it: refused, saying which to use.
+    api = worker(f"{server.url}/v1", server.api_key)
+    assert api.returncode == 2, api.stderr
+    assert (f"--url (STACKSHIFT_URL) must be the server's address, without the API's /v1:"
+            f" use '{server.url}', not '{server.url}/v1'") in api.stderr, api.stderr
 
     service = admin_service(server.database_url)
     try:

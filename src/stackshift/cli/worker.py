@@ -142,9 +142,8 @@ def load_app_through(spec: str, url: str, api_key: str | None) -> StackShift:
 
     try:
         check_base_url(url)
-    except ValidationError:
-        raise bad_input(f"--url ({URL_ENV}) must be an http:// or https:// URL, "
-                        f"got {url!r}") from None
+    except ValidationError as exc:
+        raise bad_input(f"--url ({URL_ENV}) {str(exc).removeprefix('base_url ')}") from None
     if not api_key:
         raise bad_input(f"a worker on {url} needs an API key (--api-key or {API_KEY_ENV})")
     os.environ.pop(DATABASE_ENV, None)
