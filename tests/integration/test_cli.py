@@ -2466,15 +2466,18 @@ def test_a_command_that_reads_refuses_a_database_file_that_does_not_exist(
 
 
 def test_a_relative_sqlite_url_meant_as_absolute_gets_the_four_slash_form(tmp_path: Path) -> None:
-    """sqlite:///tmp/x/app.db is tmp/x/app.db under the current folder: say so."""
+    """sqlite:///tmp/x/app.db is tmp/x/app.db under the current folder: say so, a
+    read command refusing it as bad input (2), one that would create it failing to
+    (1), nothing created by either."""
     relative = str(tmp_path / "app.db").lstrip("/")
-    done = subprocess.run(
-        [*STACKSHIFT, "runs", "list"],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
-        env=_env(f"sqlite:///{relative}"))
-    assert done.returncode == 1, (done.stdout, done.stderr)
-    assert f"there is no folder {tmp_path}/{Path(relative).parent}" in done.stderr
-    assert f"write sqlite:////{relative}, with four slashes" in done.stderr
+    for args, code in ((["runs", "list"], 2), (["start", "report"], 1)):
+        done = subprocess.run(
+            [*STACKSHIFT, *args],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+            env=_env(f"sqlite:///{relative}"))
+        assert done.returncode == code, (args, done.stdout, done.stderr)
+        assert f"there is no folder {tmp_path}/{Path(relative).parent}" in done.stderr
+        assert f"write sqlite:////{relative}, with four slashes" in done.stderr
     assert list(tmp_path.iterdir()) == []
 
 

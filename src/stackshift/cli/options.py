@@ -27,7 +27,7 @@ from ..client import (
 from ..durations import parse_typed_duration
 from ..errors import ValidationError
 from ..serialization import DuplicateKeyError, to_jsonable, unique_keys
-from ..store.sqlite import parse_sqlite_url
+from ..store.sqlite import missing_folder, parse_sqlite_url
 from ..wording import shell_word
 from .failures import bad_input, in_option_terms
 
@@ -277,12 +277,16 @@ def require_database(database_url: str) -> None:
         path, _ = parse_sqlite_url(database_url)
     except ValidationError:
         return  # opening it says what is wrong with the URL
-    # No folder either: opening it fails, naming the folder (and a slash missing).
-    if not os.path.exists(path) and os.path.isdir(os.path.dirname(os.path.abspath(path))):
-        raise bad_input(
-            f"no database at {os.path.abspath(path)} ({database_url}): check --db"
-            f" ({DATABASE_ENV}) and the folder the command runs in; `stackshift"
-            " migrate` creates a new one, as do `start` and `worker`")
+    if os.path.exists(path):
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):  # the folder too: named, and a slash missing if it is
+        raise bad_input(f"no database at {os.path.abspath(path)} ({database_url}):"
+                        f" {missing_folder(path)}; check --db ({DATABASE_ENV})")
+    raise bad_input(
+        f"no database at {os.path.abspath(path)} ({database_url}): check --db"
+        f" ({DATABASE_ENV}) and the folder the command runs in; `stackshift"
+        " migrate` creates a new one, as do `start` and `worker`")
 
 
 @contextmanager

@@ -51,13 +51,18 @@ def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
 def _cannot_open(exc: sqlite3.OperationalError, path: str) -> str:
     """The error naming the file, its missing folder, and the URL a slash short of one."""
     message = f"{exc}: {path}"
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(folder):
+    if os.path.isdir(os.path.dirname(os.path.abspath(path))):
         return message
-    message += f" (there is no folder {folder})"
+    return f"{message} ({missing_folder(path)})"
+
+
+def missing_folder(path: str) -> str:
+    """What to say of ``path`` (a database file) whose folder does not exist: the
+    folder, and the URL to write when a slash short of an absolute path."""
+    said = f"there is no folder {os.path.dirname(os.path.abspath(path))}"
     if not os.path.isabs(path) and os.path.isdir(os.path.dirname("/" + path)):
-        message += f"; for /{path} write sqlite:////{path}, with four slashes"
-    return message
+        said += f"; for /{path} write sqlite:////{path}, with four slashes"
+    return said
 
 
 class _SqliteTx:
