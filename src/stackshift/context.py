@@ -143,6 +143,16 @@ def _not_taken(exc: BaseException, name: str, fn: Callable[..., Any], args: Any,
     return TypeError(f"step {name!r}: {exc}")
 
 
+def _refuse_if_not_taken(inv: Invocation, exc: BaseException, name: str,
+                         fn: Callable[..., Any], args: Any, kwargs: Any) -> None:
+    """Raise the refusal of the step's arguments (see :func:`_not_taken`), noted
+    with the invocation, if ``exc`` is Python's error for them."""
+    refused = _not_taken(exc, name, fn, args, kwargs)
+    if refused is not None:
+        inv.refuse(refused)
+        raise refused from None
+
+
 class _StepsBase:
     def __init__(self, invocation: Invocation) -> None:
         self._inv = invocation
@@ -221,10 +231,7 @@ class Steps(_StepsBase):
             try:
                 value = _run_sync(fn(*args, **kwargs))
             except BaseException as exc:
-                refused = _not_taken(exc, name, fn, args, kwargs)
-                if refused is not None:
-                    inv.refuse(refused)
-                    raise refused from None
+                _refuse_if_not_taken(inv, exc, name, fn, args, kwargs)
                 if _step_error(exc):
                     inv.record_failed(plan, exc)
                 raise
@@ -305,10 +312,7 @@ class AsyncSteps(_StepsBase):
                         if inspect.isawaitable(value):
                             value = await value
                 except BaseException as exc:
-                    refused = _not_taken(exc, name, fn, args, kwargs)
-                    if refused is not None:
-                        inv.refuse(refused)
-                        raise refused from None
+                    _refuse_if_not_taken(inv, exc, name, fn, args, kwargs)
                     if _step_error(exc):
                         await asyncio.to_thread(inv.record_failed, plan, exc)
                     raise

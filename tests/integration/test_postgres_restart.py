@@ -10,13 +10,16 @@ often than the run's attempts).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -105,22 +108,60 @@ def test_a_restart_in_the_middle_of_300_runs_loses_nothing(
         app.close()
 
 
+class RoleOutage:
+    """A schema of its own and a role to reach it by: ``url`` connects as the role,
+    ``begin()`` puts the database out of its reach (its sessions ended, new ones
+    refused), ``end()`` brings it back."""
+
+    def __init__(self, url: str) -> None:
+        self.schema_url = url
+        self.role = f"r_{uuid.uuid4().hex[:12]}"
+        self.admin = psycopg.connect(url.split("?")[0], autocommit=True)
+        self.admin.execute(f"CREATE ROLE {self.role} LOGIN SUPERUSER")
+        self.url = url.replace("://postgres@", f"://{self.role}@")
+
+    def _end_sessions(self) -> None:
+        self.admin.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                           "WHERE usename = %s", (self.role,))
+
+    def begin(self) -> None:
+        self.admin.execute(f"ALTER ROLE {self.role} NOLOGIN")
+        self._end_sessions()
+
+    def end(self) -> float:
+        """The database back for the role; returns when (time.monotonic())."""
+        self.admin.execute(f"ALTER ROLE {self.role} LOGIN")
+        return time.monotonic()
+
+    def close(self) -> None:
+        self._end_sessions()
+        schema = self.schema_url.split("schema=")[1]
+        self.admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        self.admin.execute(f"DROP ROLE IF EXISTS {self.role}")
+        self.admin.close()
+
+
+@contextlib.contextmanager
+def role_outage(request: pytest.FixtureRequest) -> Iterator[RoleOutage]:
+    with postgres_schema(request.config) as url:
+        outage = RoleOutage(url)
+        try:
+            yield outage
+        finally:
+            outage.close()
+
+
 def test_after_a_long_outage_the_client_is_back_within_seconds(
         request: pytest.FixtureRequest) -> None:
     """The database is out of reach for this client's role for 16 s (its sessions
     ended, new ones refused), then back. Calls fail meanwhile, with an error; the
     first one after the outage that fails no more comes within a few seconds,
     not when a connection retry delay grown during the outage runs out."""
-    with postgres_schema(request.config) as url:
-        role = f"r_{uuid.uuid4().hex[:12]}"
-        admin = psycopg.connect(url.split("?")[0], autocommit=True)
-        admin.execute(f"CREATE ROLE {role} LOGIN SUPERUSER")
-        app = StackShift(url.replace("://postgres@", f"://{role}@") + "&pool_timeout=1")
+    with role_outage(request) as outage:
+        app = StackShift(outage.url + "&pool_timeout=1")
         try:
             app.state.set("k", 1)
-            admin.execute(f"ALTER ROLE {role} NOLOGIN")
-            admin.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
-                          "WHERE usename = %s", (role,))
+            outage.begin()
             failed = 0
             outage_ends = time.monotonic() + 16
             while time.monotonic() < outage_ends:
@@ -130,8 +171,7 @@ def test_after_a_long_outage_the_client_is_back_within_seconds(
                     failed += 1
                 time.sleep(0.2)
             assert failed > 0  # the outage was one for this client
-            admin.execute(f"ALTER ROLE {role} LOGIN")
-            back = time.monotonic()
+            back = outage.end()
             while True:
                 try:
                     assert app.state.get("k") == 1
@@ -141,12 +181,6 @@ def test_after_a_long_outage_the_client_is_back_within_seconds(
             assert time.monotonic() - back < 5
         finally:
             app.close()
-            admin.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
-                          "WHERE usename = %s", (role,))
-            admin.execute(f'DROP SCHEMA IF EXISTS "{url.split("schema=")[1]}" CASCADE')
-            admin.execute(f"DROP ROLE IF EXISTS {role}")
-            admin.close()
-
 
 
 def test_a_call_that_waits_for_a_connection_through_an_outage_gets_one_once_it_ends(
@@ -156,12 +190,9 @@ def test_a_call_that_waits_for_a_connection_through_an_outage_gets_one_once_it_e
     time. Once the database is back the pool connects again within seconds and the
     waiting call gets its answer, as a worker's lease renewal or claim waiting
     there does: not a timeout at 30 s, the attempt's lease lost meanwhile."""
-    with postgres_schema(request.config) as url:
-        role = f"r_{uuid.uuid4().hex[:12]}"
-        admin = psycopg.connect(url.split("?")[0], autocommit=True)
-        admin.execute(f"CREATE ROLE {role} LOGIN SUPERUSER")
-        app = StackShift(url.replace("://postgres@", f"://{role}@"))
-        answered: dict[str, object] = {}
+    with role_outage(request) as outage:
+        app = StackShift(outage.url)
+        answered: dict[str, Any] = {}
 
         def wait_for_it() -> None:
             try:
@@ -172,23 +203,14 @@ def test_a_call_that_waits_for_a_connection_through_an_outage_gets_one_once_it_e
 
         try:
             app.state.set("k", 1)
-            admin.execute(f"ALTER ROLE {role} NOLOGIN")
-            admin.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
-                          "WHERE usename = %s", (role,))
+            outage.begin()
             waiting = threading.Thread(target=wait_for_it)
             waiting.start()
             time.sleep(8)
             assert not answered, answered  # still waiting: the database is away
-            admin.execute(f"ALTER ROLE {role} LOGIN")
-            back = time.monotonic()
+            back = outage.end()
             waiting.join(40)
             assert answered.get("value") == 1, answered
-            assert float(answered["at"]) - back < 5, (  # type: ignore[arg-type]
-                f"answered {float(answered['at']) - back:.1f}s after the outage")  # type: ignore[arg-type]
+            assert answered["at"] - back < 5, f"answered {answered['at'] - back:.1f}s after"
         finally:
             app.close()
-            admin.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
-                          "WHERE usename = %s", (role,))
-            admin.execute(f'DROP SCHEMA IF EXISTS "{url.split("schema=")[1]}" CASCADE')
-            admin.execute(f"DROP ROLE IF EXISTS {role}")
-            admin.close()
