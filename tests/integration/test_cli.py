@@ -2411,10 +2411,17 @@ def test_dev_ctrl_c_twice_hands_running_runs_back_at_once(
 
 
 def test_a_database_file_that_cannot_be_opened_is_named_in_the_error(tmp_path: Path) -> None:
+    """Its folder missing: a read command refuses it as bad input (2), one that would
+    create it fails to open it (1); each names the file and the folder."""
     missing = tmp_path / "no-such-folder" / "app.db"
     done = cli(f"sqlite:///{missing}", "runs", "list")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert f"no database at {missing}" in done.stderr
+    assert f"there is no folder {missing.parent}" in done.stderr
+    done = cli(f"sqlite:///{missing}", "start", "report")
     assert done.returncode == 1, (done.stdout, done.stderr)
     assert f"unable to open database file: {missing}" in done.stderr
+    assert f"there is no folder {missing.parent}" in done.stderr
     assert not missing.parent.exists()
 
 
