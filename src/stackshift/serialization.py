@@ -50,14 +50,15 @@ def to_jsonable(value: Any, *, what: str = "payload", _depth: int = 0) -> Any:
     # A pydantic model or a dataclass becomes what pydantic makes of it in JSON
     # mode (datetimes and UUIDs as strings, as in a model's JSON), which is then
     # checked as any other value: a float field may still hold NaN.
-    model_dump = getattr(value, "model_dump", None)
-    if callable(model_dump) and hasattr(type(value), "model_fields"):
-        return to_jsonable(model_dump(mode="json"), what=what, _depth=_depth)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    is_model = callable(getattr(value, "model_dump", None)) and hasattr(type(value),
+                                                                        "model_fields")
+    is_dataclass = dataclasses.is_dataclass(value) and not isinstance(value, type)
+    if is_model or is_dataclass:
         try:
             data = to_jsonable_python(value)
         except (PydanticSerializationError, ValueError) as exc:
-            raise TypeError(f"{what}: {type(value).__name__} (a dataclass) is not"
+            kind = "a pydantic model" if is_model else "a dataclass"
+            raise TypeError(f"{what}: {type(value).__name__} ({kind}) is not"
                             f" JSON-serialisable: {exc}") from None
         return to_jsonable(data, what=what, _depth=_depth)
     raise TypeError(
