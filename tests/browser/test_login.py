@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
+import httpx
 import pytest
 from dashboard_harness import Dashboard, screenshot, serve, serve_asgi
 from dashboard_jobs import register_jobs
@@ -140,6 +142,31 @@ def test_open_mode_has_no_login_but_still_checks_csrf(stack: Dashboard, page: Pa
                                        headers={"Origin": "http://evil.example"})
         assert (forged.status, other_site.status) == (403, 403), path
     assert [r.id for r in stack.app.runs.list().items] == [run.id]
+
+
+def test_open_mode_answers_only_loopback_host_names(stack: Dashboard) -> None:
+    """A page on another site whose name it points at 127.0.0.1 (DNS rebinding) is the
+    dashboard's own origin to the browser, Host and Origin headers included: an open
+    dashboard refuses that name, so the page gets no page, session or CSRF token, and
+    a form sent with a token taken elsewhere acts on nothing."""
+    run = stack.app.start("send-email", {"user": "rey"})
+    stack.wait_status(run.id, "waiting")
+    port = urlsplit(stack.url).port
+    with httpx.Client(base_url=stack.url) as browser:
+        for name in ("127.0.0.1", "localhost", "dev.localhost"):
+            shown = browser.get(f"/runs/{run.id}", headers={"Host": f"{name}:{port}"})
+            assert shown.status_code == 200, name
+        token = re.search(r'name="csrf" value="([^"]+)"', shown.text)
+        assert token is not None
+        other = {"Host": f"attacker.example:{port}", "Origin": f"http://attacker.example:{port}"}
+        refused = browser.get(f"/runs/{run.id}", headers=other)
+        assert (refused.status_code, refused.text) == (400, "Invalid host header")
+        assert "set-cookie" not in refused.headers
+        cancel = browser.post(f"/runs/{run.id}/cancel", data={"csrf": token[1]}, headers=other)
+        assert cancel.status_code == 400
+        # The same form from the dashboard's own name goes through.
+        assert browser.post(f"/runs/{run.id}/cancel", data={"csrf": token[1]}).status_code == 303
+    assert stack.app.runs.get(run.id).status == "cancelled"
 
 
 def test_the_server_app_serves_the_api_and_the_dashboard_side_by_side(

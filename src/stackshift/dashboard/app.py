@@ -25,6 +25,8 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import (
     HTMLResponse,
@@ -50,6 +52,10 @@ from .sessions import FLASH_COOKIE, SESSION_COOKIE, Session, Sessions, same_toke
 AuthMode = Literal["open", "api_key"]
 STATIC = Path(__file__).parent / "static"
 MAX_FORM_BYTES = 2 * 1024 * 1024
+#: The only ``Host`` names an open dashboard answers (any other: 400). A page on
+#: another site whose name it points at 127.0.0.1 (DNS rebinding) would otherwise
+#: be the dashboard's own origin to the browser, session and CSRF token included.
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "*.localhost", "[::1]"]
 #: The fields of a run page's form that sends an event.
 EVENT_FIELDS = ("name", "correlation_key", "payload", "idempotency_key")
 #: The fields of the Jobs page's form that starts a run.
@@ -177,7 +183,9 @@ class Dashboard:
             Route("/api/live", self._live),
             Mount("/static", app=_Files(directory=STATIC), name="static"),
         ]
-        return _SecurityHeaders(Starlette(routes=routes,
+        hosts = ([Middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK_HOSTS)]
+                 if self.auth == "open" else [])
+        return _SecurityHeaders(Starlette(routes=routes, middleware=hosts,
                                           exception_handlers={404: self._no_such_page}))
 
     # -- sessions and rendering ------------------------------------------------------------
