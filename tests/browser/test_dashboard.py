@@ -70,6 +70,12 @@ def test_runs_list_filters_searches_and_pages(stack: Dashboard, page: Page) -> N
     expect(page.locator(".flash-error")).to_have_text(
         "The custom range is empty: From is not before To, so no run was created in it.")
     expect(page.locator("td.empty")).to_have_text("No runs match these filters.")
+    # So does a job name no run can have: no rows, and no counts of other runs.
+    page.goto(stack.at("/runs?job=bad%20name"))
+    expect(page.locator(".flash-error")).to_contain_text("job")
+    expect(page.locator("td.empty")).to_have_text("No runs match these filters.")
+    expect(page.locator("#runs-sub")).to_have_text("0 runs match the job, queue and time filters")
+    expect(page.locator(".tab:not([data-status]) .count")).to_have_text("0")
     page.goto(stack.url)
     expect(page.locator("#runs-sub")).to_have_text("57 runs stored")
     page.select_option("select[name=queue]", "media")

@@ -127,8 +127,8 @@ def runs_page(service: Service, params: Mapping[str, str], now: float) -> dict[s
               if k in query}
     try:
         counts = service.count_runs_by_status(**chosen)
-    except StackShiftError:  # a filter refused above: the page says so
-        counts = service.count_runs_by_status()
+    except StackShiftError:  # a filter refused above (the page says so) selects no run
+        counts = {}
     return {
         "page_title": "Runs",
         "counted": chosen,
