@@ -196,10 +196,13 @@ def make_job(
     key_concurrency: int | None = None,
     on_failure: str | None = None,
     cron: str | None = None,
-    timezone: str = "UTC",
-    overlap: str = "allow",
+    timezone: str | None = None,
+    overlap: str | None = None,
 ) -> Job:
-    """Validate options and build a :class:`Job`; raises ``ValueError`` on bad options."""
+    """Validate options and build a :class:`Job`; raises ``ValueError`` on bad options.
+
+    ``timezone`` (``"UTC"`` when left out) and ``overlap`` (``"allow"``) need ``cron``:
+    given without it, even with their default values, they are refused."""
     check_name(name, "job name")
     if queue is not None:
         check_name(queue, "queue name")
@@ -210,14 +213,14 @@ def make_job(
     if on_failure is not None:
         check_name(on_failure, "on_failure job name")
     if cron is not None:
-        cron = parse_cron(cron, timezone).expression
-    else:
+        cron = parse_cron(cron, timezone or "UTC").expression
+    elif timezone is not None:
         check_timezone(timezone)  # a misspelt zone is refused here, not when cron is added
-    check_overlap(overlap)
+    if overlap is not None:
+        check_overlap(overlap)
     if cron is None:
-        for option, value, default in (("timezone", timezone, "UTC"),
-                                       ("overlap", overlap, "allow")):
-            if value != default:
+        for option, value in (("timezone", timezone), ("overlap", overlap)):
+            if value is not None:
                 raise ValidationError(
                     f"{option}={value!r} needs cron: it applies to a job's schedule")
     if not callable(handler):
@@ -238,8 +241,8 @@ def make_job(
         key_concurrency=key_concurrency,
         on_failure=on_failure,
         cron=cron,
-        timezone=timezone,
-        overlap=overlap,
+        timezone=timezone or "UTC",
+        overlap=overlap or "allow",
     )
 
 

@@ -412,6 +412,11 @@ def test_a_schedule_whose_zone_this_host_lacks_says_why_and_is_tried_again(
     assert not unread.paused and unread.next_run_at is not None
     assert unread.next_run_at.timestamp() == clock.now() + 60
     assert ticks_of(fake_app, schedule.id) == []
+    clock.advance("1m")  # tried again, still unread: no tick fired, none is said to have
+    run_until_idle(fake_app)
+    again = fake_app.schedules.get(schedule.id)
+    assert again.last_error is not None and again.next_run_at.timestamp() == clock.now() + 60
+    assert (again.last_run_at, again.last_run_id) == (None, None)
     with fake_app._service.store.db.write() as tx:  # the host's database brought up to date
         tx.raw("UPDATE schedules SET timezone = 'Europe/Paris' WHERE id = :id RETURNING id",
                {"id": schedule.id})
@@ -515,6 +520,8 @@ def test_bad_timezone_is_refused(fake_app: StackShift) -> None:
     ("Buenos Aires", "did you mean 'America/Argentina/Buenos_Aires' or 'America/Buenos_Aires'?"),
     ("Mars", "use an IANA name such as 'UTC' or 'Europe/Paris'"),
     ("localtime", "use an IANA name such as 'UTC' or 'Europe/Paris'"),
+    # A host's file (a link to America/New_York here) that the tzdata package lacks.
+    ("posixrules", "use an IANA name such as 'UTC' or 'Europe/Paris'"),
     # Copies some hosts keep beside the zones (right/ ones misread by an hour here).
     ("right/Europe/Paris", "zones under right/ are copies only some hosts hold; use"
                            " 'Europe/Paris'"),
@@ -1066,6 +1073,10 @@ def test_overlap_in_code_is_kept_in_sync_and_checked(db_url: str, clock: FakeClo
         with pytest.raises(ValidationError,
                            match="timezone='Europe/Paris' needs cron: it applies to a job's"):
             app.job("b", lambda ctx: None, timezone="Europe/Paris")
+        # Their default values too: the schedule they were meant for is missing.
+        for option, value in (("timezone", "UTC"), ("overlap", "allow")):
+            with pytest.raises(ValidationError, match=f"{option}='{value}' needs cron"):
+                app.job("b", lambda ctx: None, **{option: value})
         assert app.jobs == []
         with pytest.raises(ValidationError, match="overlap must be 'allow' or 'skip'"):
             app.schedules.create("a", cron="@daily", overlap="Skip")  # type: ignore[arg-type]

@@ -132,6 +132,18 @@ def test_every_is_anchored_to_the_epoch_not_to_when_it_is_asked() -> None:
     assert iso(parsed.next_after(epoch("2026-01-05T10:47:13Z"))) == "2026-01-05T12:00:00Z"
 
 
+def test_every_of_a_fraction_of_a_second_moves_past_each_of_its_ticks() -> None:
+    """``@every 3.3s``: each tick's next tick is the one after it, and a tick is due
+    at its own instant, where dividing the tick by 3.3 rounds below a whole
+    number (one tick in five of these)."""
+    parsed = parse_cron("@every 3.3s")
+    for k in range(515_171_500, 515_172_500):
+        tick = k * 3.3
+        assert parsed.next_after(tick) == (k + 1) * 3.3, k
+        assert parsed.next_after(tick - 0.001) == tick, k
+        assert parsed.latest_due((k - 2) * 3.3, tick) == (tick, 2), k
+
+
 @pytest.mark.parametrize(("cron", "timezone", "after", "expected"), [
     # 01:02 EST, in the second pass of New York's repeated hour: the eleven
     # minutes named after 01:02 fired in the first pass (EDT), so the next tick

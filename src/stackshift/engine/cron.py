@@ -57,10 +57,21 @@ class Cron:
     #: seconds between ticks for ``@every``
     interval: float | None
 
+    def _multiples_to(self, moment: float) -> int:
+        """The largest ``k`` whose tick ``k * interval`` is at or before ``moment``.
+
+        The division alone may round across a tick: ``k * 3.3 / 3.3`` is just below
+        ``k`` for some ``k``, and a tick would be its own next tick."""
+        assert self.interval is not None
+        k = math.floor(moment / self.interval)
+        if (k + 1) * self.interval <= moment:
+            return k + 1
+        return k - 1 if k * self.interval > moment else k
+
     def next_after(self, after: float) -> float:
         """The first tick strictly after ``after`` (epoch seconds)."""
         if self.interval is not None:
-            return (math.floor(after / self.interval) + 1) * self.interval
+            return (self._multiples_to(after) + 1) * self.interval
         assert self.fields is not None
         zone = ZoneInfo(self.timezone)
         ticks = CronSim(self.fields, datetime.fromtimestamp(math.floor(after), zone))
@@ -87,7 +98,7 @@ class Cron:
         across daylight-saving changes.
         """
         if self.interval is not None:
-            latest = max(tick, math.floor(now / self.interval) * self.interval)
+            latest = max(tick, self._multiples_to(now) * self.interval)
             return latest, min(round((latest - tick) / self.interval), MAX_COUNTED)
         daily = self._daily_ticks()
         if daily is not None:
@@ -184,9 +195,11 @@ def check_overlap(value: object) -> str:
 
 
 #: Names some hosts' zone directories hold that are not IANA zones: ``localtime``
-#: is the host's own setting (a link to /etc/localtime), so a schedule in it would
-#: tick at other times on another host.
-_HOST_ZONES = frozenset({"localtime"})
+#: is the host's own setting (a link to /etc/localtime) and ``posixrules`` the
+#: rules a host applies to POSIX TZ strings (often a link to America/New_York), so
+#: a schedule in either would tick at other times, or not at all, on another host
+#: (the tzdata package has neither).
+_HOST_ZONES = frozenset({"localtime", "posixrules"})
 
 #: Copies of the zones some hosts' zone directories hold besides them: not every
 #: host has them (the tzdata package has neither), and ``right/`` zones count leap

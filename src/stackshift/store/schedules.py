@@ -248,7 +248,8 @@ class ScheduleStore:
                 except (StackShiftError, IdempotencyConflictError, ValueError, TypeError) as exc:
                     error = {"type": type(exc).__name__, "message": str(exc)}
                     if next_at is None:  # not read here: again later, here or elsewhere
-                        next_at = now + UNREADABLE_RETRY
+                        # (no tick fired: last_run_at stays)
+                        next_at, tick = now + UNREADABLE_RETRY, row["last_tick_at"]
                 tx.run("schedule_fired", id=row["id"], due=due, next_run_at=next_at, tick=tick,
                        run_id=run_id, error=dumps(error) if error else None, missed=missed,
                        skipped=skipped, now=now)
