@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import threading
@@ -987,6 +988,37 @@ def test_a_very_long_log_message_keeps_its_beginning_and_its_end(fake_app: Stack
     assert failed.message.endswith("deepdeep") and "ValueError: deep" in failed.message
     assert len(failed.message) < 65_600 and "characters cut ...]" in failed.message
     assert whole.message == "y" * 65_536
+
+
+def test_errors_of_megabytes_keep_their_beginning_and_their_end(fake_app: StackShift) -> None:
+    """As a log record's message: a step's error and the run's error (message and
+    traceback) keep their first and last 32,768 characters, with what was cut
+    between them; a NonRetriableError still fails the run at once."""
+    def upstream() -> None:
+        raise ValueError("upstream said: " + "q" * 2_000_000 + " end")
+
+    @fake_app.job("loud", max_attempts=3)
+    def loud(ctx):  # type: ignore[no-untyped-def]
+        with contextlib.suppress(ValueError):
+            ctx.step.run("call", upstream)
+        raise NonRetriableError("card declined; " + "z" * 3_500_000 + " end")
+
+    run = fake_app.start("loud")
+    run_until_idle(fake_app)
+    done = fake_app.runs.get(run.id)
+    assert (done.status, done.attempt) == ("failed", 1)
+    assert done.error is not None and done.error.type == "NonRetriableError"
+    cut = len("card declined; ") + 3_500_000 + len(" end") - 65_536
+    assert done.error.message == ("card declined; " + "z" * (32_768 - 15)
+                                  + f"\n[... {cut} characters cut ...]\n" + "z" * (32_768 - 4)
+                                  + " end")
+    assert done.error.traceback is not None and len(done.error.traceback) < 65_600
+    assert "characters cut ...]" in done.error.traceback
+    (attempt,) = fake_app.runs.attempts(run.id)
+    assert attempt.error is not None and attempt.error.message == done.error.message
+    (step,) = fake_app.runs.steps(run.id)
+    assert step.error is not None and step.error.message.endswith("qqq end")
+    assert len(step.error.message) < 65_600
 
 
 def test_records_of_a_handlers_threads_are_kept_when_they_run_in_its_context(

@@ -36,7 +36,7 @@ from serverproc import (
 )
 
 from processes import stop_processes
-from stackshift import RemoteError, StackShift
+from stackshift import NonRetriableError, RemoteError, StackShift
 from stackshift.store import open_store
 
 APP = f"{Path(__file__).with_name('remote_worker_app.py')}:app"
@@ -792,6 +792,42 @@ def test_a_log_record_of_megabytes_does_not_fail_a_remote_workers_step(
     assert before.message.startswith("before xxx") and after.message.endswith("zzz after")
     assert all(len(e.message) < 70_000 and "characters cut ...]" in e.message
                for e in (before, after))
+
+
+class UpstreamError(Exception):
+    pass
+
+
+def _call_loud_upstream() -> None:
+    raise UpstreamError("upstream said: " + "q" * 2_000_000 + " end")
+
+
+def test_errors_of_megabytes_are_recorded_shortened_by_a_remote_worker(
+        server: Server, client: StackShift) -> None:
+    """A step's error and an attempt's error of megabytes keep their beginning and
+    their end, as a log record does, rather than make the request recording them
+    pass the server's body limit (1 MiB): the step's own error reaches the handler
+    and is recorded on the step, and a NonRetriableError fails the run at once."""
+    @client.job("remote-loud", max_attempts=3)
+    def loud(ctx):  # type: ignore[no-untyped-def]
+        with contextlib.suppress(UpstreamError):
+            ctx.step.run("call", _call_loud_upstream)
+        raise NonRetriableError("card declined; " + "z" * 3_500_000 + " end")
+
+    with client.worker(concurrency=1):
+        run = client.start("remote-loud")
+        done = client.runs.wait(run.id, timeout="20s")
+    assert (done.status, done.attempt) == ("failed", 1)
+    assert done.error is not None and done.error.type == "NonRetriableError"
+    message, traceback = done.error.message, done.error.traceback or ""
+    assert message.startswith("card declined; zzz") and message.endswith("zzz end")
+    assert "characters cut ...]" in message and len(message) < 70_000
+    assert "characters cut ...]" in traceback and len(traceback) < 70_000
+    assert traceback.startswith("Traceback (most recent call last):")
+    (step,) = client.runs.steps(run.id)
+    assert (step.name, step.status) == ("call", "failed")
+    assert step.error is not None and step.error.type == "UpstreamError"
+    assert step.error.message.endswith("qqq end") and len(step.error.message) < 70_000
 
 
 def test_a_handler_logging_megabytes_between_two_steps_completes_on_a_remote_worker(

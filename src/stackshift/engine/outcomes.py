@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 from ..durations import parse_duration
 from ..errors import NonDeterminismError, NonRetriableError, RetryAfterError
+from ..runlogs import shortened
 from ..serialization import utf8
 from ..store.base import Outcome
 from ..tracebacks import format_exception
@@ -36,9 +37,16 @@ def error_dict(exc: BaseException, *, with_traceback: bool = True) -> dict[str, 
 
     A group's message also names the errors it holds (the first
     ``GROUP_ERRORS_NAMED``), as lists of runs show the message alone.
+
+    The message and the traceback are kept as a log record's message is
+    (:func:`~stackshift.runlogs.shortened`): a longer one keeps its beginning and
+    its end. An error of megabytes would otherwise be stored several times over
+    (attempt, run, step), and a remote worker's request carrying it would pass
+    the server's body limit, leaving the attempt or the step unrecorded.
     """
-    text = utf8(format_exception(exc)) if with_traceback else None
-    return {"type": type(exc).__name__, "message": utf8(_message(exc)), "traceback": text}
+    text = utf8(shortened(format_exception(exc))) if with_traceback else None
+    return {"type": type(exc).__name__, "message": utf8(shortened(_message(exc))),
+            "traceback": text}
 
 
 def _message(exc: BaseException) -> str:
