@@ -59,6 +59,38 @@ def test_a_retry_is_due_at_the_next_attempt_time_it_shows(fine_app: StackShift,
     assert fine_app.runs.get(run.id).result == 2
 
 
+def test_a_failure_slow_to_format_is_in_the_timeline_before_the_retry_it_schedules(
+        fine_app: StackShift, clock: FakeClock) -> None:
+    """The error of an attempt is formatted (its message, its traceback's source
+    lines) after the handler raised; here that takes two seconds of the clock,
+    four times the backoff. The attempt still ends at the time its retry is
+    counted from: the timeline reads failed, retrying, then queued again."""
+    class SlowToSay(Exception):
+        def __str__(self) -> str:
+            clock.advance("1s")
+            return "slow to say"
+
+    @fine_app.job("slow-error", max_attempts=2,
+                  backoff={"base": "500ms", "jitter": False})
+    def slow_error(ctx: Any) -> int:
+        if ctx.run.attempt == 1:
+            raise SlowToSay()
+        return ctx.run.attempt
+
+    run = fine_app.start("slow-error")
+    run_until_idle(fine_app)  # the retry is due by the time the failure is recorded
+    assert fine_app.runs.get(run.id).result == 2
+    timeline = fine_app.runs.timeline(run.id)
+    kinds = [(e.kind, e.data.get("from")) for e in timeline]
+    assert kinds == [("run.queued", None), ("attempt.started", None),
+                     ("attempt.failed", None), ("run.retrying", "running"),
+                     ("run.queued", "retrying"), ("attempt.started", None),
+                     ("run.completed", "running")], kinds
+    first = fine_app.runs.attempts(run.id)[0]
+    assert first.finished_at is not None
+    assert timeline[4].at - first.finished_at == timedelta(milliseconds=500)
+
+
 def test_set_to_a_time_shows_that_time_and_seconds_are_taken_exactly() -> None:
     clock = FakeClock()
     when = datetime(2026, 1, 5, 10, 0, 0, 1, tzinfo=UTC)

@@ -626,19 +626,23 @@ class Invocation:
     def fail(self, exc: BaseException) -> None:
         if self.fatal is not None:
             exc = self.fatal
-        outcome = self._failure(exc)
+        # One time for the ending and the retry time counted from it: formatting the
+        # error (reading source lines, a slow __str__) must not stamp the ending
+        # after the retry it schedules.
+        now = self.clock.now()
+        outcome = self._failure(exc, now)
         for reason in outcomes.unusable_retry_after(exc):
             self._warn_unusable_delay(reason, outcome)
-        self._finish(outcome)
+        self._finish(outcome, now)
 
-    def _failure(self, exc: BaseException) -> Outcome:
+    def _failure(self, exc: BaseException, now: float) -> Outcome:
         return outcomes.failure(
             exc,
             retriable=not self.was_refused(exc),
             attempts_used=self.attempts_used,
             max_attempts=self.run.max_attempts,
             backoff=self.job.backoff,
-            now=self.clock.now(),
+            now=now,
         )
 
     def _warn_unusable_delay(self, reason: str, outcome: Outcome) -> None:
@@ -654,10 +658,10 @@ class Invocation:
     def cancelled(self) -> None:
         self._finish(Outcome("cancelled", error=dict(outcomes.CANCELLED_WHILE_RUNNING)))
 
-    def _finish(self, outcome: Outcome) -> None:
+    def _finish(self, outcome: Outcome, now: float | None = None) -> None:
         if self.abandoned:
             return
-        now = self.clock.now()
+        now = self.clock.now() if now is None else now
         logs = self.take_logs()
         try:
             done = self._through_outages(
@@ -668,7 +672,7 @@ class Invocation:
             # A server whose request body limit the result's JSON does not fit (413):
             # nothing was written. The attempt fails with no retry (each would send
             # the same result), its log records with it.
-            outcome = self._failure(StepResultTooLargeError(
+            outcome = self._failure(now=now, exc=StepResultTooLargeError(
                 f"{_not_sent('job result', outcome.result, exc)}. The job's handler"
                 " returned, but its result was not stored"))
             done = self._through_outages(
