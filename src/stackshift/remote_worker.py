@@ -480,9 +480,12 @@ class RemoteWorkerStore:
         }, until_reached=True)
         return bool(w.Recorded.model_validate(answer).recorded)
 
-    def release_run(self, lease: Lease, now: float) -> bool:
+    def release_run(self, lease: Lease, now: float) -> str | None:
         answer = self._post("release", {"lease": w.LeaseBody.of(lease)})
-        return bool(w.Recorded.model_validate(answer).recorded)
+        released = w.Released.model_validate(answer)
+        if not released.recorded:
+            return None
+        return released.status or "queued"  # a server older than the field: queued
 
     def renew_leases(self, leases: Sequence[Lease], now: float, lease_seconds: float,
                      logs: Mapping[str, Sequence[LogWrite]] | None = None,

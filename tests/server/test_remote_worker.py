@@ -38,6 +38,7 @@ from serverproc import (
 from processes import stop_processes
 from stackshift import NonRetriableError, RemoteError, StackShift
 from stackshift.store import open_store
+from stopping import stop_with_a_cancel_requested
 
 APP = f"{Path(__file__).with_name('remote_worker_app.py')}:app"
 
@@ -792,6 +793,11 @@ def test_a_log_record_of_megabytes_does_not_fail_a_remote_workers_step(
     assert before.message.startswith("before xxx") and after.message.endswith("zzz after")
     assert all(len(e.message) < 70_000 and "characters cut ...]" in e.message
                for e in (before, after))
+
+
+def test_a_remote_worker_stopped_as_its_run_is_cancelled_says_cancelled(
+        client: StackShift, caplog: pytest.LogCaptureFixture) -> None:
+    stop_with_a_cancel_requested(client, caplog)
 
 
 class UpstreamError(Exception):

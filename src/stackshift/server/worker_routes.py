@@ -217,12 +217,12 @@ def finish_attempt(body: w.FinishAttempt, request: Request) -> w.Recorded:
 
 
 @router.post("/release", summary="Hand a leased run back to the queue")
-def release_run(body: w.Release, request: Request) -> w.Recorded:
+def release_run(body: w.Release, request: Request) -> w.Released:
     service = service_of(request)
-    done = service.store.release_run(body.lease.to_lease(), service.clock.now())
-    if done:
+    status = service.store.release_run(body.lease.to_lease(), service.clock.now())
+    if status is not None:  # queued again, or room freed in a limited queue
         service.notifier.notify()
-    return w.Recorded(recorded=done)
+    return w.Released(recorded=status is not None, status=status)
 
 
 @router.post("/renew", summary="Extend the leases of the runs a worker executes")

@@ -373,6 +373,12 @@ class Recorded(Wire):
     recorded: bool = Field(description="False when the worker no longer held the lease.")
 
 
+class Released(Recorded):
+    status: str | None = Field(
+        None, description="The run's status after it: queued (handed back), or cancelled (a"
+        " cancel was requested); null when the worker no longer held the lease.")
+
+
 class EventTaken(Wire):
     event: s.Event | None = Field(description="The event taken, or null: the run now waits.")
 

@@ -577,15 +577,16 @@ class ExecutionStore:
                status="waiting", worker_id=lease.worker_id)
         return True
 
-    def release_run(self, lease: Lease, now: float) -> bool:
+    def release_run(self, lease: Lease, now: float) -> str | None:
         """Hand a leased run back to the queue without ending its attempt (or,
-        when a cancel was requested, cancel it)."""
+        when a cancel was requested, cancel it): the run's status after it,
+        ``"queued"`` or ``"cancelled"``, or None when the lease was no longer held."""
         with self.db.write() as tx:
             moved = tx.one("release_leased_run", id=lease.run_id, worker_id=lease.worker_id,
                            attempt=lease.attempt, cancel_error=dumps(CANCELLED_WHILE_RUNNING),
                            now=now)
             if moved is None:
-                return False
+                return None
             if moved["status"] == Status.CANCELLED:  # asked to cancel: not handed on
                 tx.run("update_attempt", run_id=lease.run_id, number=lease.attempt,
                        status="cancelled", finished_at=now,
@@ -593,10 +594,10 @@ class ExecutionStore:
                 add_timeline(tx, lease.run_id, "run.cancelled", now, attempt=lease.attempt,
                              released_by=lease.worker_id, data={"from": "running"})
                 _give_cancel_reason(tx, lease.run_id, lease.attempt)
-                return True
+                return Status.CANCELLED.value
             add_timeline(tx, lease.run_id, "run.queued", now, attempt=lease.attempt,
                          released_by=lease.worker_id, data={"from": "running"})
-        return True
+        return Status.QUEUED.value
 
     def renew_leases(
         self, leases: Sequence[Lease], now: float, lease_seconds: float,

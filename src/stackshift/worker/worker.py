@@ -358,7 +358,11 @@ class Worker:
             active.invocation.abandoned = True
             lease = active.invocation.lease
             try:
-                if self.service.store.release_run(lease, self.service.clock.now()):
+                status = self.service.store.release_run(lease, self.service.clock.now())
+                if status == "cancelled":
+                    log.warning("run %s: still running when the worker stopped, with a cancel"
+                                " requested; cancelled", lease.run_id)
+                elif status is not None:
                     log.warning("run %s: still running when the worker stopped; handed back"
                                 " to its queue (the attempt continues elsewhere from its"
                                 " completed steps)", lease.run_id)
