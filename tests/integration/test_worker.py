@@ -1198,6 +1198,10 @@ def test_cancel_a_queued_run(app: StackShift) -> None:
     # Cancelling again changes nothing; a worker never runs it.
     assert app.runs.cancel(run.id).status == "cancelled"
     assert len(app.runs.timeline(run.id)) == 2
+    # Without a reason, the entry has none (not a null one).
+    other = app.start("never", {})
+    app.runs.cancel(other.id)
+    assert app.runs.timeline(other.id)[-1].data == {"from": "queued"}
     assert run_until_idle(app) == 0
     assert ran == []
 

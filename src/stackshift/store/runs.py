@@ -451,12 +451,13 @@ class RunStore:
             status = Status(row["status"])
             if status == Status.CANCELLED:
                 return rows.run(row)
+            given = {} if reason is None else {"reason": reason}  # no "reason": null
             if status == Status.RUNNING:
                 tx.run("request_cancel", id=run_id, now=now)
-                add_timeline(tx, run_id, "run.cancel_requested", now, reason=reason)
+                add_timeline(tx, run_id, "run.cancel_requested", now, **given)
             elif status in transitions.CANCELLABLE_AT_ONCE:
                 error = {"type": "Cancelled", "message": reason or "cancelled", "traceback": None}
-                move_run(tx, row, Status.CANCELLED, now, error=error, reason=reason)
+                move_run(tx, row, Status.CANCELLED, now, error=error, **given)
                 if status == Status.WAITING:
                     tx.run(
                         "update_attempt",
