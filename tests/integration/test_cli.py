@@ -2145,10 +2145,12 @@ def test_the_worker_banner_does_not_print_the_database_password(tmp_path: Path) 
     try:
         with log_path.open("w") as log:
             worker = subprocess.Popen(
-                [*STACKSHIFT, "worker", f"{app_file}:app", "--database-url", url],
+                [*STACKSHIFT, "worker", f"{app_file}:app", "--database-url", url,
+                 "--queues", "default, mail,default"],
                 stdout=log, stderr=subprocess.STDOUT, text=True, env=_env(None), cwd=tmp_path)
             _stop_after_banner(worker, log_path, "Stop with", "the banner")
         banner = " ".join(log_path.read_text().split())
+        assert "queues default, mail, concurrency" in banner, banner  # each queue once
         assert "hunter2" not in banner, banner
         assert f"database postgresql://{parts.username}:***@" in banner, banner
     finally:

@@ -259,11 +259,12 @@ def _is_number(text: str) -> bool:
 
 
 def split_list(value: str | None) -> list[str] | None:
-    """``"a,b"`` to ``["a", "b"]``; ``None`` or empty stays ``None``."""
+    """``"a,b"`` to ``["a", "b"]`` (a name given twice, once); ``None`` or empty
+    stays ``None``."""
     if not value:
         return None
     items = [item.strip() for item in value.split(",") if item.strip()]
-    return items or None
+    return list(dict.fromkeys(items)) or None
 
 
 def require_database(database_url: str) -> None:
