@@ -141,8 +141,16 @@ class StepsRunning:
             if self._count == 0:
                 self._none.set()
 
-    async def settled(self) -> None:
-        """Return once no step of the invocation is running (at once if none is)."""
+    async def settled(self, *, let_start: bool = False) -> None:
+        """Return once no step of the invocation is running (at once if none is).
+
+        A step counts from its call's first line, before any await of its own.
+        ``let_start`` (a sleep or a wait about to park the run): the tasks ready
+        to run start first, so that of the calls gathered with it
+        (``gather(sleep, step)``: the step's task not started yet) none is missed.
+        """
+        if let_start:
+            await asyncio.sleep(0)
         if self._count and self._none is not None:
             await self._none.wait()
 

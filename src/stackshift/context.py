@@ -295,12 +295,14 @@ class AsyncSteps(_StepsBase):
         """The result of ``fn`` awaited, whether ``fn`` is sync (run in a thread) or async."""
         inv = self._inv
         key = inv.step_key(name, fn, kwargs)  # before any await: in the order of the calls
-        if inv.stale():  # the boundary would ask the store: not on the loop
-            await asyncio.to_thread(inv.ask_store)
-        plan = inv.plan_run(name, fn, key)
-        if plan.replayed:
-            return plan.result
+        # Counted as running from here, before any await: a sleep or a wait gathered
+        # with it sees it (StepsRunning), even while it asks the store first.
         with inv.steps_running.one():
+            if inv.stale():  # the boundary would ask the store: not on the loop
+                await asyncio.to_thread(inv.ask_store)
+            plan = inv.plan_run(name, fn, key)
+            if plan.replayed:
+                return plan.result
             with inv.in_step(plan.key):
                 try:
                     if inspect.iscoroutinefunction(fn):
@@ -325,13 +327,13 @@ class AsyncSteps(_StepsBase):
     async def sleep(self, name: str, duration: Any) -> None:
         seconds = self._sleep_seconds(duration)
         key = self._inv.pause_key(name)
-        await self._inv.steps_running.settled()
+        await self._inv.steps_running.settled(let_start=True)
         await asyncio.to_thread(self._inv.sleep_until, name, lambda now: now + seconds, key)
 
     async def sleep_until(self, name: str, when: datetime | str) -> None:
         moment = self._moment(when)
         key = self._inv.pause_key(name)
-        await self._inv.steps_running.settled()
+        await self._inv.steps_running.settled(let_start=True)
         await asyncio.to_thread(self._inv.sleep_until, name, lambda now: moment, key)
 
     @overload
@@ -353,7 +355,7 @@ class AsyncSteps(_StepsBase):
     ) -> Event | None:
         seconds = self._wait_seconds(event_name, correlation_key, timeout, on_timeout)
         key = self._inv.next_key(event_name)
-        await self._inv.steps_running.settled()
+        await self._inv.steps_running.settled(let_start=True)
         return await asyncio.to_thread(
             self._inv.wait_for_event, event_name, correlation_key, seconds, on_timeout, key
         )

@@ -362,17 +362,36 @@ def test_a_step_still_running_when_a_gathered_one_fails_or_parks_the_run_ends_fi
                                              ctx.step.wait_for_event("go", timeout="1h"))
         return [pinged, event.payload]
 
-    runs = [fake_app.start(job) for job in ("order", "mail", "ping")]
+    # The sleep first: it waits for the step gathered after it to start and end.
+    @fake_app.job("nap-first")
+    async def nap_first(ctx):  # type: ignore[no-untyped-def]
+        _, sent = await asyncio.gather(ctx.step.sleep("nap", "1m"),
+                                       ctx.step.run("email", slow_in_a_thread, "late"))
+        return sent
+
+    # Work since the last checkpoint: the step asks the store for a cancel before
+    # it starts, while the sleep beside it would park the run.
+    @fake_app.job("busy-first")
+    async def busy_first(ctx):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0.2)
+        pinged, _ = await asyncio.gather(ctx.step.run("ping", slow, "busy"),
+                                         ctx.step.sleep("nap", "1m"))
+        return pinged
+
+    jobs = ("order", "mail", "ping", "nap-first", "busy-first")
+    runs = [fake_app.start(job) for job in jobs]
     run_until_idle(fake_app)
-    assert [fake_app.runs.get(r.id).status for r in runs] == ["retrying", "waiting", "waiting"]
-    assert sorted(calls) == sorted(f"{what} {when}" for what in ("charge", "email", "ping")
+    assert [fake_app.runs.get(r.id).status for r in runs] == [
+        "retrying", "waiting", "waiting", "waiting", "waiting"]
+    started = ("charge", "email", "ping", "late", "busy")
+    assert sorted(calls) == sorted(f"{what} {when}" for what in started
                                    for when in ("start", "done"))
     clock.advance("1m")
     fake_app.events.send("go", "now")
     run_until_idle(fake_app)
     assert [fake_app.runs.get(r.id).result for r in runs] == [
-        ["charge", "in stock"], "email", ["ping", "now"]]
-    assert len(calls) == 6  # each function once
+        ["charge", "in stock"], "email", ["ping", "now"], "late", "busy"]
+    assert len(calls) == 10  # each function once
     assert [(s.key, s.attempt) for s in fake_app.runs.steps(runs[0].id)] == [
         ("charge", 1), ("stock", 2)]
 
