@@ -451,7 +451,7 @@ class RunStore:
             status = Status(row["status"])
             if status == Status.CANCELLED:
                 return rows.run(row)
-            given = {} if reason is None else {"reason": reason}  # no "reason": null
+            given: dict[str, Any] = {} if reason is None else {"reason": reason}  # no null
             if status == Status.RUNNING:
                 tx.run("request_cancel", id=run_id, now=now)
                 add_timeline(tx, run_id, "run.cancel_requested", now, **given)
