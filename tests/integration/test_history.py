@@ -6,10 +6,14 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -408,6 +412,56 @@ def test_step_results_come_back_as_json(fake_app: StackShift) -> None:
     run_until_idle(fake_app)
     # The first run sees what a replay would see.
     assert seen == [[1, 2]]
+
+
+SHIPPING = """
+import os
+from stackshift import StackShift
+from stackshift.testing import run_until_idle
+
+app = StackShift(os.environ["SHIPPING_DB"])
+
+
+def load(order):
+    return {"order": order}
+
+
+@app.job("ship")
+def ship(ctx):
+    order = ctx.step.run("load", load, ctx.payload["order"])
+    ctx.step.sleep("cool-off", "1s")
+    return order
+
+
+if __name__ == "__main__":
+    run_until_idle(app)  # a worker in this program: the run sleeps
+    app.close()
+"""
+
+
+def test_a_program_and_a_worker_importing_it_replay_the_same_functions(
+        fake_app: StackShift, db_url: str, tmp_path: Path) -> None:
+    """A run started and executed by ``python shipping.py`` (its functions in
+    ``__main__``) resumes in a process that imports the file as ``shipping`` (as
+    ``stackshift worker shipping:app`` does): the same code, no non-determinism."""
+    (tmp_path / "shipping.py").write_text(SHIPPING)
+    env = {**os.environ, "SHIPPING_DB": db_url}
+    app = StackShift(db_url)
+    try:
+        run = app.start("ship", {"order": 7})
+        subprocess.run([sys.executable, "shipping.py"], cwd=tmp_path, env=env, check=True,
+                       timeout=60)
+        (load,) = app.runs.steps(run.id)[:1]
+        assert (app.runs.get(run.id).status, load.function) == ("waiting", "__main__.load")
+        time.sleep(1.1)
+        resume = "import shipping; from stackshift.testing import run_until_idle; " \
+                 "run_until_idle(shipping.app); shipping.app.close()"
+        subprocess.run([sys.executable, "-c", resume], cwd=tmp_path, env=env, check=True,
+                       timeout=60)
+        done = app.runs.get(run.id)
+        assert (done.status, done.result, done.error) == ("completed", {"order": 7}, None)
+    finally:
+        app.close()
 
 
 def test_non_determinism_error_when_a_replay_finds_another_function(

@@ -346,8 +346,8 @@ class Invocation:
         step = self.steps.get(key)
         if step is None:
             return None
-        if step.kind != kind or (function is not None and step.function != function
-                                 and not _addressed(step.function)):
+        if step.kind != kind or (function is not None and (
+                step.function is None or not _same_function(step.function, function))):
             recorded = f"{step.kind} step" + (f" of {step.function}" if step.function else "")
             now = f"{kind} step" + (f" of {function}" if function else "")
             self._nondeterministic(
@@ -745,11 +745,26 @@ def say_failed(job: str, run_id: str, attempts_used: int, max_attempts: int,
         CURRENT.reset(token)
 
 
-def _addressed(recorded: str | None) -> bool:
-    """Whether a step's recorded function is named by a repr holding a memory
-    address (a partial or an object with a ``__call__``, as steps recorded by
-    earlier versions name them): no replay can match it, so it is not compared."""
-    return recorded is not None and " at 0x" in recorded
+def _same_function(recorded: str, reached: str) -> bool:
+    """Whether a replay that reached the function named ``reached`` (see
+    :func:`~stackshift.jobs.qualified_name`) reached the step's ``recorded`` one.
+
+    A recorded name holding a memory address (a partial or an object with a
+    ``__call__``, as steps recorded by earlier versions name them) matches
+    anything: no replay could match it. A module run as a program (``python
+    app.py``, ``python -m app``) is ``__main__`` there and ``app`` where it is
+    imported (``stackshift worker app:app``): a function of ``__main__`` matches
+    one of the same qualified name in any module.
+    """
+    if recorded == reached or " at 0x" in recorded:
+        return True
+    for one, other in ((recorded, reached), (reached, recorded)):
+        if one.startswith(_MAIN):
+            return other.endswith("." + one.removeprefix(_MAIN))
+    return False
+
+
+_MAIN = "__main__."
 
 
 def _awaited(name: str, correlation_key: str | None) -> str:
