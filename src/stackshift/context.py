@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from types import CodeType
@@ -67,13 +69,21 @@ def _check_wait(event_name: str, correlation_key: str | None, timeout: Any,
 
 
 def _run_sync(value: Any) -> Any:
-    """A sync handler calling an async step function: run it to completion here."""
-    if inspect.isawaitable(value):
-        async def _await() -> Any:
-            return await value
+    """A sync handler calling an async step function: run it to completion here, or,
+    when this thread runs an event loop already (``run_until_idle`` in an async
+    test), on a loop of its own in another thread, in this thread's context."""
+    if not inspect.isawaitable(value):
+        return value
 
+    async def _await() -> Any:
+        return await value
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
         return asyncio.run(_await())
-    return value
+    with ThreadPoolExecutor(1, thread_name_prefix="stackshift-step") as thread:
+        return thread.submit(contextvars.copy_context().run, asyncio.run, _await()).result()
 
 
 def _capture(fn: Callable[..., Any], args: Any, kwargs: Any) -> tuple[Any, BaseException | None]:

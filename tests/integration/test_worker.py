@@ -1994,3 +1994,27 @@ def test_run_until_idle_inside_an_event_loop_runs_async_handlers_on_a_loop_of_th
 
     assert asyncio.run(test_body()) == 2
     assert [fake_app.runs.get(run.id).result for run in runs] == [3, "plain"]
+
+
+def test_run_until_idle_inside_an_event_loop_runs_a_plain_handlers_async_step(
+        fake_app: StackShift) -> None:
+    """A plain handler's step whose function is ``async def`` runs to completion
+    on a loop of its own, even where the calling thread runs one (an async test);
+    what it logs goes to its step."""
+    async def fetch() -> int:
+        logging.getLogger("shop").warning("fetched")
+        return 5
+
+    @fake_app.job("mixed")
+    def mixed(ctx: Any) -> int:
+        return int(ctx.step.run("fetch", fetch)) + 1
+
+    run = fake_app.start("mixed")
+
+    async def test_body() -> int:
+        return run_until_idle(fake_app)
+
+    assert asyncio.run(test_body()) == 1
+    done = fake_app.runs.get(run.id)
+    assert (done.status, done.result, done.error) == ("completed", 6, None)
+    assert [(e.step, e.message) for e in fake_app.runs.logs(run.id)] == [("fetch", "fetched")]
