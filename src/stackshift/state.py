@@ -265,7 +265,18 @@ class Lock:
                 f", for {max(0.0, left):.1f}s more unless it is released or extended")
         return LockNotAcquiredError(refused)
 
+    def _not_held(self) -> None:
+        """Refuse entering a lock whose block is still running: the inner block's
+        exit would release the lock the outer one still relies on."""
+        if self._held:
+            error = RuntimeError(
+                f"lock {self.key!r} is held by this Lock's block already: locks are not"
+                " reentrant, and its exit would release the lock the outer block holds")
+            _refused(self, error)
+            raise error
+
     def __enter__(self) -> Lock:
+        self._not_held()
         deadline = time.monotonic() + self.wait
         pause = 0.005
         while not self._try():
@@ -318,6 +329,7 @@ class Lock:
             raise
 
     async def __aenter__(self) -> Lock:
+        self._not_held()
         with self._guard:
             self._abandoned = False  # a Lock entered again after a cancelled wait
         deadline = time.monotonic() + self.wait

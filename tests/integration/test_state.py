@@ -702,6 +702,15 @@ def test_locks_are_not_reentrant_and_apart_from_state_keys(fake_app: StackShift)
             pass  # deleting the value left the lock alone
     assert state.get("sync:acme") is None
     assert state.keys() == []
+    # The same Lock entered in its own block: refused, and the outer block keeps it.
+    for lock in (state.lock("sync:acme"), fake_app.state_async.lock("sync:acme")):
+        with lock:
+            with pytest.raises(RuntimeError, match="not reentrant"), lock:
+                pass
+            with pytest.raises(RuntimeError, match="not reentrant"):
+                asyncio.run(lock.__aenter__())
+            assert [held["key"] for held in state.locks()] == ["sync:acme"]
+        assert lock.lost is False and state.locks() == []
 
 
 def test_wait_waits_for_a_lock_to_be_freed(app: StackShift) -> None:
