@@ -733,18 +733,19 @@ class RemoteService(RemoteFlowControl):
         ttl: Any = None,
         expires_at: datetime | str | None = None,
     ) -> None:
-        # The embedded service's checks, in its order (an oversize value is found
-        # last, as the body is encoded).
+        # The embedded service's checks, in its order: the key, the expiry, then the
+        # value (an oversize one is found last, as the body is encoded).
         path = f"/v1/state/{self._state_key(key)}"
-        body: dict[str, Any] = {"value": to_jsonable(value, what=f"state value for {key!r}")}
+        expiry: dict[str, Any] = {}
         if ttl is not None and expires_at is not None:
             raise ValidationError("give ttl or expires_at, not both")
         if ttl is not None:
-            body["ttl"] = _duration(ttl, "ttl")
+            expiry["ttl"] = _duration(ttl, "ttl")
             if parse_duration(ttl, name="ttl") <= 0:
                 raise ValidationError("ttl must be more than 0")
         if expires_at is not None:
-            body["expiresAt"] = _when(expires_at, "expires_at")
+            expiry["expiresAt"] = _when(expires_at, "expires_at")
+        body = {"value": to_jsonable(value, what=f"state value for {key!r}"), **expiry}
         self._call("PUT", path, json=SizedBody(body, "value", f"state value for {key!r}",
                                                self.limits().max_state_value_bytes))
 

@@ -522,9 +522,9 @@ class Service(FlowControl):
         expires_at: datetime | str | None = None,
     ) -> None:
         """Store a JSON value (256 KiB by default), optionally expiring."""
+        # The checks of the key, the expiry, then the value (its size last), in the
+        # order of the remote client's, which finds an oversize value as it sends it.
         key = self._state_key(key)
-        text = encode(value, what=f"state value for {key!r}",
-                      limit=self.settings.max_state_value_bytes)
         now = self.clock.now()
         if ttl is not None and expires_at is not None:
             raise ValidationError("give ttl or expires_at, not both")
@@ -541,6 +541,8 @@ class Service(FlowControl):
                 # mistake (a wrong clock or time zone), and delete() says "remove".
                 when = datetime.fromtimestamp(deadline, UTC).isoformat()
                 raise ValidationError(f"expires_at must be in the future, got {when}")
+        text = encode(value, what=f"state value for {key!r}",
+                      limit=self.settings.max_state_value_bytes)
         self.store.state_set(key, text, deadline, now)
 
     def state_delete(self, key: str) -> bool:

@@ -119,6 +119,10 @@ def scenario(app: StackShift, engine: StackShift, tag: str) -> list[tuple[str, A
         ("state: bad key and value", lambda: app.state.set("", object())),
         ("state: ttl and expiry", lambda: app.state.set(f"s-{tag}", 1, ttl="x",
                                                          expires_at="2099-01-01T00:00:00Z")),
+        ("state: oversize value, bad ttl", lambda: app.state.set(f"s-{tag}", "x" * 300_000,
+                                                                 ttl=0)),
+        ("state: value not JSON, bad ttl", lambda: app.state.set(f"s-{tag}", {1, 2},
+                                                                 ttl="abc")),
         ("increment: bad key and by", lambda: app.state.increment("", 1.5)),
         ("state: expiry in the past", lambda: app.state.set(f"s-{tag}", 1,
                                                             expires_at="2020-01-01T01:00:00+01:00")),
@@ -244,6 +248,13 @@ def scenario(app: StackShift, engine: StackShift, tag: str) -> list[tuple[str, A
             return "both held"
 
     t.call("lock held", lock_twice)
+
+    def lock_within_itself() -> Any:
+        held = app.state.lock(f"lock-{tag}:again")
+        with held, held:
+            return "entered twice"
+
+    t.call("lock entered in its own block", lock_within_itself)
     t.call("lock free", lambda: app.state.lock(f"lock-{tag}", wait=0).__enter__().key)
 
     def lock_overrun() -> Any:
