@@ -114,6 +114,12 @@ def server_from_env(
     if api_key is None and base_url is None and (
         os.environ.get("STACKSHIFT_DATABASE_URL") or not os.environ.get(URL_ENV)
     ):
+        if not os.environ.get("STACKSHIFT_DATABASE_URL") and os.environ.get(API_KEY_ENV):
+            # As api_key= without base_url=: a server was meant, not a new SQLite file.
+            raise ValidationError(
+                f"{API_KEY_ENV} is set but {URL_ENV} is not: set {URL_ENV} to the server's"
+                f" address, or unset {API_KEY_ENV} to use the database (STACKSHIFT_DATABASE_URL,"
+                f" else {DEFAULT_DATABASE_URL})")
         return None
     url = base_url or os.environ.get(URL_ENV)
     key = api_key or os.environ.get(API_KEY_ENV)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +26,26 @@ def test_environment_selects_the_server(server: Any, monkeypatch: pytest.MonkeyP
     with StackShift() as app:
         assert (app.database_url, app.base_url) == (server.database_url, None)
         assert app.runs.get(run.id).id == run.id
+
+
+def test_an_api_key_in_the_environment_without_its_server_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``STACKSHIFT_API_KEY`` alone, as ``api_key=`` alone: a server was meant, and
+    is not named. Refused, rather than a new SQLite file taking the run; with
+    ``STACKSHIFT_DATABASE_URL`` set, the database is used as before."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("STACKSHIFT_DATABASE_URL", raising=False)
+    monkeypatch.delenv("STACKSHIFT_URL", raising=False)
+    monkeypatch.setenv("STACKSHIFT_API_KEY", "ssk_anything")
+    with pytest.raises(ValidationError, match="STACKSHIFT_API_KEY is set but STACKSHIFT_URL"):
+        StackShift()
+    done = CliRunner().invoke(cli, ["start", "sendReceipt", "{}"])
+    assert done.exit_code == 2, done.output
+    assert "STACKSHIFT_API_KEY is set but STACKSHIFT_URL is not" in done.stderr
+    assert list(tmp_path.iterdir()) == []  # no stackshift.db
+    monkeypatch.setenv("STACKSHIFT_DATABASE_URL", f"sqlite:///{tmp_path / 'jobs.db'}")
+    with StackShift() as app:
+        assert app.base_url is None and app.start("sendReceipt").status == "queued"
 
 
 def test_a_server_needs_both_url_and_key(server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
