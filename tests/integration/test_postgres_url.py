@@ -50,6 +50,24 @@ def test_a_pool_timeout_that_is_no_positive_number_is_refused(pg_url: str, value
         app.close()
 
 
+@pytest.mark.parametrize(("option", "said"), [
+    ("schema=", "schema must be letters, digits and underscores (at most 63), got ''"),
+    ("pool_min=20&pool_size=5", "pool_min (20) must not be more than pool_size (5)"),
+])
+def test_an_empty_schema_or_a_pool_min_over_the_pool_size_is_refused(
+        pg_url: str, option: str, said: str) -> None:
+    """An empty schema (``?schema=$SCHEMA``, the variable unset) would put the
+    tables in the role's default schema, beside other installations'."""
+    schema = parse_qs(urlsplit(pg_url).query)["schema"][0]
+    with pytest.raises(ValidationError) as refused:
+        StackShift(f"{pg_url}&{option}")
+    assert str(refused.value) == said
+    with psycopg.connect(pg_url.split("?")[0]) as admin:
+        found = admin.execute("SELECT 1 FROM information_schema.schemata WHERE schema_name = %s",
+                              (schema,)).fetchall()
+    assert found == []
+
+
 _WITHOUT_PSYCOPG = '''
 import sys
 

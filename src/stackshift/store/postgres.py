@@ -253,13 +253,20 @@ class PostgresDatabase:
     def __init__(self, url: str) -> None:
         self.url = url
         conninfo, options = parse_postgres_url(url)
-        self.schema = options.get("schema") or None
+        # An empty schema= (often "?schema=$SCHEMA" with the variable unset) is
+        # refused, not read as the role's default schema, where it would mix
+        # installations meant to be apart.
+        self.schema = options.get("schema")
         if self.schema is not None and not _SCHEMA_NAME.fullmatch(self.schema):
             raise ValidationError(
                 f"schema must be letters, digits and underscores (at most 63), got {self.schema!r}"
             )
         max_size = _positive_int(options, "pool_size", 10)
-        min_size = min(_positive_int(options, "pool_min", 1), max_size)
+        min_size = _positive_int(options, "pool_min", 1)
+        if "pool_min" in options and min_size > max_size:
+            raise ValidationError(f"pool_min ({min_size}) must not be more than pool_size"
+                                  f" ({max_size})")
+        min_size = min(min_size, max_size)
         self._timeout = _positive_seconds(options, "pool_timeout", 30.0)
         params = conninfo_to_dict(conninfo)
         for key, value in _CONNECT_DEFAULTS.items():
