@@ -22,7 +22,7 @@ class Operator:
     def __init__(self, app: StackShift) -> None:
         self.http = httpx.AsyncClient(
             transport=httpx.ASGITransport(create_dashboard(app._service, auth="open")),
-            base_url="http://testserver", follow_redirects=True)
+            base_url="http://127.0.0.1", follow_redirects=True)
 
     async def act(self, page: str, action: str, **form: str) -> str:
         """Send the form of ``action`` from ``page``: the message shown after it."""
@@ -93,11 +93,45 @@ def test_a_delayed_start_that_maintenance_queued_reads_start_due_since(
     fake_app.queue("media").pause()
     delayed = fake_app.start("resize-image", delay="1m")
     plain = fake_app.start("resize-image")
+    later = fake_app.start("resize-image", delay="2d")  # another day: with its date
     assert run_row(fake_app.runs.get(delayed.id), clock.now())["note"] == (
-        "starts at 2026-01-05 09:01:00 UTC")
+        "starts at 09:01:00 UTC")
+    assert run_row(fake_app.runs.get(later.id), clock.now())["note"] == (
+        "starts at 2026-01-07 09:00:00 UTC")
     clock.advance("3m")
     run_until_idle(fake_app)
     queued = fake_app.runs.get(delayed.id)
     assert queued.status == "queued"
-    assert run_row(queued, clock.now())["note"] == "start due since 2026-01-05 09:01:00 UTC"
+    assert run_row(queued, clock.now())["note"] == "start due since 09:01:00 UTC"
     assert run_row(fake_app.runs.get(plain.id), clock.now())["note"] == ""
+
+
+def test_keys_that_would_read_as_others_are_quoted_wherever_the_dashboard_shows_them(
+    fake_app: StackShift
+) -> None:
+    """A search term or a key prefix repeated back, and a lock's key, read as what
+    they are: a trailing space or a line break would otherwise not show, or show as
+    a plain space."""
+    @fake_app.job("greet")
+    async def greet(ctx):  # type: ignore[no-untyped-def]
+        await ctx.step.wait_for_event("verified", correlation_key="user:bob ")
+
+    fake_app.start("greet")
+    run_until_idle(fake_app)
+    held = fake_app.state.lock("resource:1\nline2")
+    held.__enter__()
+    operator = Operator(fake_app)
+
+    async def read(*paths: str) -> list[str]:
+        pages = [(await operator.http.get(path)).text for path in paths]
+        return [html.unescape(re.sub(r"<[^>]+>", "", page)) for page in pages]
+
+    try:
+        found, missing, state, prefixed = asyncio.run(read(
+            "/?q=user:bob%20", "/?q=%20spacey%20", "/state", "/state?prefix=a%0Ab"))
+    finally:
+        held.__exit__(None, None, None)
+    assert 'Runs whose correlation key is "user:bob ".' in found
+    assert 'No run has the id, idempotency key or correlation key " spacey ".' in missing
+    assert '"resource:1\\nline2"' in state and "resource:1 line2" not in state
+    assert 'No live key starts with "a\\nb".' in prefixed

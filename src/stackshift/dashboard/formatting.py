@@ -231,10 +231,17 @@ def shown(value: Any) -> Any:
 
 
 def key_text(key: str) -> str:
-    """A key as a page shows it: as it is, or in quotes when it starts or ends with
-    a space (or another blank), which would not show (``"user:ada "`` is not the
-    key ``user:ada``)."""
-    return f'"{key}"' if key != key.strip() else key
+    """A key as a page shows it: as it is, or quoted when it starts or ends with a
+    space (or another blank), which would not show (``"user:ada "`` is not the key
+    ``user:ada``), or holds a blank other than a space (a line break, a tab), which
+    would show as one: quoted as JSON, ``"resource:1\\nline2"``."""
+    if key != key.strip() or _HIDDEN_BLANKS.search(key):
+        return json.dumps(key, ensure_ascii=False)
+    return key
+
+
+#: Blanks other than the space: a page shows them as spaces.
+_HIDDEN_BLANKS = re.compile(r"[^\S ]")
 
 
 FILTERS = {

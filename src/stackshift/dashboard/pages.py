@@ -182,8 +182,8 @@ def _start_due(run: Run) -> bool:
 
 def run_row(run: Run, now: float) -> dict[str, Any]:
     """One line of a runs table: what a reader scans for. A retrying run gives its
-    next attempt first, then the error; the time reads with its date when it falls
-    on another UTC day than ``now`` (a backoff of days)."""
+    next attempt first, then the error. A time (of a next attempt, a wake-up, a
+    start) reads with its date when it falls on another UTC day than ``now``."""
     note = ""
     if run.status == "retrying" and run.next_attempt_at is not None:
         note = _due_note("next attempt at", "next attempt", run.next_attempt_at, now,
@@ -198,11 +198,10 @@ def run_row(run: Run, now: float) -> dict[str, Any]:
             note = f"waits for {w.event_name}" + (f" · {key_text(w.correlation_key)}"
                                                    if w.correlation_key else "")
         elif w.until is not None:
-            note = _due_note("sleeps until", "wake-up", w.until, now,
-                             w.until.strftime("%Y-%m-%d %H:%M:%S"))
+            note = _due_note("sleeps until", "wake-up", w.until, now, day_time(w.until, now))
     elif run.next_attempt_at is not None and (run.status == "scheduled" or _start_due(run)):
         note = _due_note("starts at", "start", run.next_attempt_at, now,
-                         run.next_attempt_at.strftime("%Y-%m-%d %H:%M:%S"))
+                         day_time(run.next_attempt_at, now))
     start = run.started_at
     end = run.finished_at
     elapsed = None
