@@ -17,6 +17,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
@@ -126,9 +127,13 @@ class SqliteDatabase:
         """No connections yet, no lock held."""
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
-        #: the thread-local connections in use (read() and the like)
-        self._reading: set[sqlite3.Connection] = set()
-        self._lock = threading.Lock()
+        #: the thread-local connections in use (read() and the like): how many
+        #: uses each, nested ones included
+        self._reading: dict[sqlite3.Connection, int] = {}
+        # Reentrant: a thread's connection is closed (_forget) when the thread ends,
+        # which may come about while that thread holds the lock.
+        self._lock = threading.RLock()
+        self._released = threading.Condition(self._lock)
         self._write_lock = threading.Lock()
         self._data_version: int | None = None
         self._writer: sqlite3.Connection | None = None
@@ -193,10 +198,42 @@ class SqliteDatabase:
         return conn
 
     def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._open()
-        return conn
+        held: _ThreadConn | None = getattr(self._local, "held", None)
+        if held is None:
+            held = self._local.held = _ThreadConn(self._open())
+            # When the thread ends, its connection is closed (one thread a call,
+            # or an event loop's threads, would otherwise leave a file open each).
+            weakref.finalize(held, self._forget, held.conn)
+        return held.conn
+
+    def _forget(self, conn: sqlite3.Connection) -> None:
+        """A thread ended: close its connection, unless the store closed it already
+        (or kept it at a fork: no longer listed either)."""
+        with self._lock:
+            if not any(listed is conn for listed in self._all):
+                return
+            self._all = [listed for listed in self._all if listed is not conn]
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+
+    @contextmanager
+    def _using(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """Around a use of this thread's connection: refused once the store is
+        closed; :meth:`close` waits for the uses under way."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the store is closed")
+            self._reading[conn] = self._reading.get(conn, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                if self._reading[conn] == 1:
+                    del self._reading[conn]
+                else:
+                    self._reading[conn] -= 1
+                if not self._reading:
+                    self._released.notify_all()
 
     def _writer_conn(self) -> sqlite3.Connection:
         """The connection every write of this process goes through, one at a time.
@@ -224,6 +261,8 @@ class SqliteDatabase:
         if (checkpointer := self._checkpointer) is not None:
             checkpointer.hold_back()
         with self._write_lock:
+            if self._closed:
+                raise RuntimeError("the store is closed")
             conn = self._writer_conn()
             relaxed = not durable and self._synchronous in ("FULL", "EXTRA")
             if relaxed:  # the safety level cannot change inside a transaction
@@ -275,25 +314,19 @@ class SqliteDatabase:
     @contextmanager
     def read(self) -> Iterator[_SqliteTx]:
         conn = self._conn()
-        self._reading.add(conn)
-        try:
+        with self._using(conn):
             conn.execute("BEGIN")
             try:
                 yield _SqliteTx(conn, self._queries)
             finally:
                 conn.execute("COMMIT")
-        finally:
-            self._reading.discard(conn)
 
     @contextmanager
     def _reader(self) -> Iterator[sqlite3.Connection]:
         """This thread's connection, for statements outside :meth:`read`."""
         conn = self._conn()
-        self._reading.add(conn)
-        try:
+        with self._using(conn):
             yield conn
-        finally:
-            self._reading.discard(conn)
 
     # -- schema ------------------------------------------------------------------
 
@@ -351,15 +384,34 @@ class SqliteDatabase:
     def resign(self, owner: str) -> None:
         """Nothing is held."""
 
+    #: Seconds :meth:`close` waits for the statements under way in other threads.
+    CLOSE_WAIT = 10.0
+
     def close(self) -> None:
-        self._closed = True
+        """Close every connection once the uses under way have ended (new ones are
+        refused): closing a connection while another thread runs a statement on it
+        can crash the process. One still in use after ``CLOSE_WAIT`` is left open."""
+        with self._lock:
+            self._closed = True
         if self._checkpointer is not None:
             self._checkpointer.stop()
-        with self._lock:
-            for conn in self._all:
-                with contextlib.suppress(sqlite3.ProgrammingError):
-                    conn.close()
-            self._all.clear()
+        deadline = time.monotonic() + self.CLOSE_WAIT
+        writing = not self._write_lock.acquire(timeout=self.CLOSE_WAIT)
+        try:
+            with self._lock:
+                while self._reading and (left := deadline - time.monotonic()) > 0:
+                    self._released.wait(left)
+                busy = set(self._reading)
+                if writing and self._writer is not None:
+                    busy.add(self._writer)
+                for conn in self._all:
+                    if conn not in busy:
+                        with contextlib.suppress(sqlite3.ProgrammingError):
+                            conn.close()
+                self._all.clear()
+        finally:
+            if not writing:
+                self._write_lock.release()
         self._local = threading.local()
         self._writer = None
         self._checkpointer = None
@@ -400,6 +452,16 @@ def _retry_busy(attempt: Callable[[], bool], seconds: float) -> bool:
 #: Bytes of a WAL file's header and of each frame's header, before its page.
 _WAL_HEADER = 32
 _WAL_FRAME_HEADER = 24
+
+
+class _ThreadConn:
+    """A thread's connection, held by the thread alone (:meth:`SqliteDatabase._conn`):
+    when the thread ends, this goes, and a finalizer closes the connection."""
+
+    __slots__ = ("__weakref__", "conn")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
 
 
 class _Checkpointer:
