@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import signal
+import socketserver
 import subprocess
 import sys
 import threading
@@ -23,9 +24,8 @@ from collections import Counter
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIServer, make_server
+from wsgiref.simple_server import make_server
 
 import httpx
 import pytest
@@ -508,45 +508,71 @@ def test_removing_the_last_endpoint_takes_the_dispatcher_off_the_workers_list(
         app.close()
 
 
-def test_a_step_longer_than_a_proxys_timeout_runs_once(
-    client: StackShift, push_app: PushApp
-) -> None:
-    # The route is reached through a proxy that gives up after 2 s with a 504
-    # (as nginx does after its proxy_read_timeout), while the app carries on.
-    upstream = f"http://127.0.0.1:{push_app.port}"
+class _Proxy(socketserver.BaseRequestHandler):
+    """Between the server and the route: passes each request on, and when the route
+    takes longer than 2 s, as nginx after its proxy_read_timeout, answers 504
+    (``cut`` false) or closes the connection without an answer (``cut`` true)."""
 
-    def proxy(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
-        headers = {key[5:].replace("_", "-").lower(): value
-                   for key, value in environ.items() if key.startswith("HTTP_")}
+    upstream = ""
+    cut = False
+
+    def handle(self) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = self.request.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        method, path, _ = head.decode("latin-1").split("\r\n")[0].split(" ", 2)
+        headers = dict(line.split(": ", 1)
+                       for line in head.decode("latin-1").split("\r\n")[1:])
+        length = int(next((v for k, v in headers.items() if k.lower() == "content-length"),
+                          "0"))
+        while len(body) < length:
+            body += self.request.recv(65536)
+        passed = {k: v for k, v in headers.items()
+                  if k.lower() not in ("host", "content-length", "connection")}
         try:
-            answer = httpx.post(upstream + environ["PATH_INFO"], content=body,
-                                headers=headers, timeout=2)
+            answer = httpx.request(method, self.upstream + path, content=body,
+                                   headers=passed, timeout=2)
         except httpx.TimeoutException:
-            start_response("504 Gateway Timeout", [("Content-Type", "text/html")])
-            return [b"<html>504 Gateway Time-out</html>"]
-        start_response(f"{answer.status_code} {answer.reason_phrase}",
-                       [("Content-Type", answer.headers.get("content-type", "text/plain"))])
-        return [answer.content]
+            if not self.cut:
+                page = b"<html>504 Gateway Time-out</html>"
+                self.request.sendall(b"HTTP/1.1 504 Gateway Timeout\r\nContent-Type: "
+                                     b"text/html\r\nConnection: close\r\nContent-Length: "
+                                     + str(len(page)).encode() + b"\r\n\r\n" + page)
+            return  # closed with no answer
+        self.request.sendall(
+            f"HTTP/1.1 {answer.status_code} {answer.reason_phrase}\r\nContent-Type: "
+            f"{answer.headers.get('content-type', 'text/plain')}\r\nConnection: close\r\n"
+            f"Content-Length: {len(answer.content)}\r\n\r\n".encode() + answer.content)
 
-    class Threads(ThreadingMixIn, WSGIServer):
-        daemon_threads = True
 
-    httpd = make_server("127.0.0.1", 0, proxy, server_class=Threads, handler_class=QuietHandler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+@pytest.mark.parametrize("cut", [False, True], ids=["504", "connection-cut"])
+def test_a_step_longer_than_a_proxys_timeout_runs_once(
+    client: StackShift, push_app: PushApp, cut: bool
+) -> None:
+    """The proxy gives up on the route while the app carries on: whether it answers
+    504 or closes the connection, the request was delivered, so the run stays with
+    the route rather than go to a second execution of the step beside the first."""
+    handler = type("Proxy", (_Proxy,), {"upstream": f"http://127.0.0.1:{push_app.port}",
+                                        "cut": cut})
+    proxy = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
+    proxy.daemon_threads = True
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
     try:
-        push_app.url = f"http://127.0.0.1:{httpd.server_port}/stackshift/"  # registered
+        push_app.url = f"http://127.0.0.1:{proxy.server_address[1]}/stackshift/"  # registered
         push_app.start(hang_at="echo-1", hang_seconds=5)
         run = client.start("pushEcho", {"n": 1})
         done = client.runs.wait(run.id, timeout=30)
         assert (done.status, done.result) == ("completed", {"echo": 1})
-        # The 504 did not hand the run to a second execution of the step while
-        # the first still ran: the route kept the run and recorded it.
+        # The route kept the run and recorded it.
         assert push_app.effects_of("start") == Counter({"echo-1": 1})
         assert [a.status for a in client.runs.attempts(run.id)] == ["completed"]
     finally:
-        httpd.shutdown()
-        httpd.server_close()
+        proxy.shutdown()
+        proxy.server_close()
 
 
 def _post(url: str, headers: dict[str, str], body: bytes) -> httpx.Response:

@@ -322,6 +322,22 @@ class Dispatcher:
             log.warning("push: %s did not answer for run %s in time: the route may still be "
                         "executing it, so the run stays with it until its lease runs out",
                         endpoint.url, lease.run_id)
+        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            # The request went out whole, and the connection closed before its answer:
+            # the application died with it (it answers nothing now: the run is handed
+            # back), or a proxy cut it while the route executes the run (as after a
+            # timeout, the run stays with the route rather than run twice at once).
+            if self._answers(route):
+                outcome = UNKNOWN
+                log.warning("push: the connection to %s closed before its answer for run %s"
+                            " (%s), and the route answers: it may still be executing the"
+                            " run, so the run stays with it until its lease runs out",
+                            endpoint.url, lease.run_id, exc)
+            else:
+                log.warning("push: could not deliver run %s to %s: %s", lease.run_id,
+                            endpoint.url, exc)
+                with self._lock:
+                    route.unreachable = True
         except httpx.HTTPError as exc:
             log.warning("push: could not deliver run %s to %s: %s", lease.run_id,
                         endpoint.url, exc)
@@ -346,14 +362,20 @@ class Dispatcher:
         it, so that an application that is down costs its runs no claim and hand-back
         each time (two timeline entries a run, every few seconds, for as long as it
         is down)."""
-        try:
-            self._http.get(route.endpoint.url, timeout=PROBE_SECONDS)
-        except httpx.HTTPError:
+        if not self._answers(route):
             with self._lock:
                 self._back_off(route)
             return False
         with self._lock:
             route.unreachable = False
+        return True
+
+    def _answers(self, route: _Route) -> bool:
+        """Whether the route's URL gives any answer to a plain GET now."""
+        try:
+            self._http.get(route.endpoint.url, timeout=PROBE_SECONDS)
+        except httpx.HTTPError:
+            return False
         return True
 
     def _fail_undeliverable(self, claimed: ClaimedRun, message: str) -> None:
