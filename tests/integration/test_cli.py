@@ -8,7 +8,9 @@ the ``worker`` and ``dev`` tests, which run those commands as the user would.
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import pty
 import re
@@ -1810,6 +1812,27 @@ def test_the_line_a_wait_ends_with_gives_the_whole_result(db_url: str, app: Stac
     whole = len(json.dumps({"end": "here", "text": "x" * 20_000}))
     assert shown.endswith(f"… ({whole - 10_000:,} characters more: stackshift runs show"
                           f" {huge.id} --json gives it whole)"), shown[-200:]
+
+
+def test_a_worker_on_a_terminal_shows_escape_sequences_in_records_not_obeys_them() -> None:
+    """A handler's record or error holding a terminal reset (ESC c), a screen clear
+    or a title change shows them escaped on the worker's terminal, its lines kept."""
+    from rich.console import Console
+
+    from stackshift.cli.worker import configure_logging
+
+    screen = io.StringIO()
+    handler = configure_logging("info", Console(file=screen, force_terminal=True, width=200))
+    try:
+        logging.getLogger("shop").warning("A\x1bcB C\x1b[2JD E\x1b]0;PWNED\x07F\nnext line")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    shown = screen.getvalue()
+    for raw in ("\x1bc", "\x1b[2J", "\x1b]0;", "\x07"):
+        assert raw not in shown, shown
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", shown)  # Rich's own colours
+    assert "A\\x1bcB C\\x1b[2JD E\\x1b]0;PWNED\\x07F" in plain, plain
+    assert re.search(r"\n +next line", plain), plain  # its own line, under the first
 
 
 def test_escape_sequences_in_logs_and_errors_are_shown_not_obeyed(

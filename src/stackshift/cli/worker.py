@@ -19,7 +19,7 @@ from ..worker.invocation import attempts_log
 from .failures import bad_input
 from .loader import load_app
 from .options import DATABASE_ENV, duration, refusals_in_option_terms, split_list
-from .render import console, one_line, shown_url
+from .render import console, one_line, shown_as_is, shown_url
 
 
 class _RunContext(logging.Filter):
@@ -98,6 +98,15 @@ class HeldLines(logging.StreamHandler):  # type: ignore[type-arg]
             self.release()
 
 
+class _Shown(logging.Formatter):
+    """A record for a terminal: its lines kept, its other control characters escaped
+    (a message or an error holding an escape sequence shows it as ``\\x1b[2J``
+    rather than clearing or resetting the terminal)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return shown_as_is(super().format(record))
+
+
 def configure_logging(level: str, out: Console | None = None, *,
                       attempts: bool = True) -> logging.Handler:
     """Show worker warnings, failed attempts (``stackshift.attempts``, unless
@@ -111,7 +120,7 @@ def configure_logging(level: str, out: Console | None = None, *,
     handler: logging.Handler
     if out.is_terminal:
         handler = RichHandler(console=out, show_path=False, markup=False, rich_tracebacks=False)
-        handler.setFormatter(logging.Formatter("%(_stackshift_run)s%(message)s%(_stackshift_fields)s"))
+        handler.setFormatter(_Shown("%(_stackshift_run)s%(message)s%(_stackshift_fields)s"))
     else:
         handler = HeldLines(out.file)
         formatter = logging.Formatter(
