@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -317,6 +318,11 @@ class RemoteService(RemoteFlowControl):
         self._api_key = api_key
         self._transport = transport
         self._http = self._new_http()
+        #: the TLS settings of the async waits' clients, made once: making them
+        #: (reading the trusted certificates) takes tens of milliseconds, which each
+        #: ``await runs.wait()`` would otherwise spend on the event loop
+        self._tls: ssl.SSLContext | None = None
+        self._closed = False
         forks.register(self)
 
     def _new_http(self) -> httpx.Client:
@@ -381,7 +387,12 @@ class RemoteService(RemoteFlowControl):
         return self.schema_version()
 
     def close(self) -> None:
+        self._closed = True  # the async waits under way end at their next poll
         self._http.close()
+
+    def _refuse_if_closed(self) -> None:
+        if self._closed:  # as the closed HTTP client refuses every other call
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
 
     # -- starting work ---------------------------------------------------------------------
 
@@ -569,9 +580,13 @@ class RemoteService(RemoteFlowControl):
         event loop, so that waiting holds no thread."""
         waiting = RunWait(run_id, timeout)
         path = f"/v1/runs/{_segment(run_id, RunNotFoundError, 'run')}/wait"
+        self._refuse_if_closed()
+        if self._tls is None:
+            self._tls = httpx.create_ssl_context()
         async with httpx.AsyncClient(base_url=self.base_url, headers=self._http.headers,
-                                     timeout=self.timeout) as http:
+                                     timeout=self.timeout, verify=self._tls) as http:
             while True:
+                self._refuse_if_closed()
                 poll = _long_poll(waiting)
                 with runlogs.engine_call():
                     response = await http.get(path, params={"timeout": round(poll, 3)},

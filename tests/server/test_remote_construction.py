@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-from stackshift import AuthenticationError, StackShift, StackShiftError, ValidationError
+from stackshift import (
+    AsyncStackShift,
+    AuthenticationError,
+    StackShift,
+    StackShiftError,
+    ValidationError,
+)
 from stackshift.cli.main import cli
 from stackshift.testing import FakeClock
 
@@ -125,3 +132,21 @@ def test_the_cli_refuses_such_a_key_with_exit_code_2_and_does_not_show_it(
         assert result.exit_code == 2, result.output
         assert "how it was copied" in result.output
         assert key[12:20] not in result.output and key[20:] not in result.output
+
+
+def test_a_closed_async_client_refuses_a_wait_as_every_other_call(server: Any) -> None:
+    """``await runs.wait()`` talks to the server through a client of its own: once
+    the client is closed it is refused as ``runs.get`` is, instead of polling on."""
+    async def scenario() -> list[str]:
+        app = AsyncStackShift(api_key=server.api_key, base_url=server.url)
+        run = await app.start("neverRuns")
+        await app.close()
+        said = []
+        for call in (app.runs.get(run.id), app.runs.wait(run.id, timeout="5s")):
+            with pytest.raises(RuntimeError) as refused:
+                await call
+            said.append(str(refused.value))
+        return said
+
+    assert asyncio.run(scenario()) == [
+        "Cannot send a request, as the client has been closed."] * 2
