@@ -400,6 +400,10 @@ class RemoteWorkerStore:
     def unregister_worker(self, worker_id: str) -> None:
         self._post("unregister", {"workerId": worker_id})
 
+    def detached(self) -> str | None:
+        """Never: the server holds the database."""
+        return None
+
     def changed(self) -> bool:
         """Always: the claim itself waits on the server until work may be due."""
         return not self.closing.is_set()

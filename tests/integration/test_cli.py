@@ -2070,6 +2070,34 @@ def _stop(process: subprocess.Popen[str], sig: int, timeout: float) -> int:
         ) from None
 
 
+def test_a_worker_whose_sqlite_file_is_deleted_says_so_and_stops(tmp_path: Path) -> None:
+    """Deleted under a running worker, the file is no longer the database other
+    processes use (a command that starts a run makes a new one): the worker says
+    so and exits 1, rather than go on, unseen, writing where nobody reads."""
+    app_file = tmp_path / "tasks.py"
+    app_file.write_text(textwrap.dedent(WORKER_APP))
+    db = tmp_path / "jobs.db"
+    url = f"sqlite:///{db}"
+    log_path = tmp_path / "worker.log"
+    with log_path.open("w") as log:
+        worker = subprocess.Popen([*STACKSHIFT, "worker", f"{app_file}:app", "--db", url],
+                                  stdout=log, stderr=subprocess.STDOUT, text=True,
+                                  env=_env(None), cwd=tmp_path)
+        try:
+            eventually(lambda: "Stop with" in log_path.read_text(), what="the banner")
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{db}{suffix}").unlink(missing_ok=True)
+            assert worker.wait(timeout=30) == 1
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    output = log_path.read_text()
+    assert f"its database file {db} was deleted; stopping" in output, output
+    assert f"stopped: its database file {db} was deleted" in output, output
+    assert "Traceback" not in output
+
+
 def _stop_after_banner(process: subprocess.Popen[str], log_path: Path, banner: str,
                        what: str) -> None:
     """Wait for ``banner`` in the process's log, then stop it with SIGTERM (exit 0);

@@ -14,7 +14,7 @@ from rich.logging import RichHandler
 
 from .. import runlogs
 from ..client import API_KEY_ENV, URL_ENV, StackShift
-from ..errors import AuthenticationError, ValidationError
+from ..errors import AuthenticationError, StackShiftError, ValidationError
 from ..worker.invocation import attempts_log
 from .failures import bad_input
 from .loader import load_app
@@ -270,6 +270,8 @@ def worker(
         raise AuthenticationError(
             f"worker {w.id}: stopped: the server at {app.base_url} refused the API key:"
             f" {w.refused}")
+    if w.detached is not None:  # its SQLite file deleted or replaced: exit 1
+        raise StackShiftError(f"worker {w.id}: stopped: {w.detached}")
     if started:
         err.print(f"worker {w.id}: stopped.", markup=False)
     else:  # stopped while it waited for its server

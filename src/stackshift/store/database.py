@@ -115,6 +115,11 @@ class Database(Protocol):
         """
         ...
 
+    def detached(self) -> str | None:
+        """What cut this process off from the database others use, if anything
+        (an SQLite file deleted or replaced under it), else None."""
+        ...
+
     def try_lead(self, owner: str, silence: float = LEAD_SILENCE) -> bool:
         """Whether ``owner`` may run maintenance now (held until :meth:`resign` or death).
 

@@ -524,6 +524,10 @@ class PostgresDatabase:
 
     # -- change detection ----------------------------------------------------------
 
+    def detached(self) -> str | None:
+        """Never: a server's database is not a file under this process."""
+        return None
+
     def changed(self) -> bool:
         """Whether a run became ready in this schema since the last call.
 

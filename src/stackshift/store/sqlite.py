@@ -120,6 +120,8 @@ class SqliteDatabase:
         self._busy_ms = int(float(options.get("busy_timeout", "30")) * 1000)
         self._queries = load_queries("sqlite")
         self._closed = False
+        #: (device, inode) of the file the first connection opened (see detached)
+        self._file: tuple[int, int] | None = None
         self._start_over()
         forks.register(self)
 
@@ -193,9 +195,29 @@ class SqliteDatabase:
         if self._closed:
             raise RuntimeError("the store is closed")
         conn = self._connect()
+        if self._file is None:
+            with contextlib.suppress(OSError):
+                opened = os.stat(self.path)
+                self._file = (opened.st_dev, opened.st_ino)
         with self._lock:
             self._all.append(conn)
         return conn
+
+    def detached(self) -> str | None:
+        """Whether the file this process opened is still the one at its path: one
+        deleted, or replaced (a new file made at the path), is no longer the
+        database other processes use, and what is written to it is lost."""
+        if self._file is None:
+            return None
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return f"its database file {self.path} was deleted"
+        except OSError:
+            return None  # unreadable for now: not known to be another file
+        if (now.st_dev, now.st_ino) != self._file:
+            return f"its database file {self.path} was replaced by another file"
+        return None
 
     def _conn(self) -> sqlite3.Connection:
         held: _ThreadConn | None = getattr(self._local, "held", None)

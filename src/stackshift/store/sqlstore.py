@@ -37,6 +37,9 @@ class SqlStore(RunStore, EventStore, StateStore, KeyStore, MetricsStore, Overvie
     def changed(self) -> bool:
         return self.db.changed()
 
+    def detached(self) -> str | None:
+        return self.db.detached()
+
     def try_lead(self, worker_id: str, silence: float = LEAD_SILENCE) -> bool:
         """Whether ``worker_id`` is the elected maintainer (rescuer, timers, clean-up).
 

@@ -223,6 +223,9 @@ class Worker:
         self._strays_possible = False
         #: the server refused the worker's API key (revoked while it ran): it stops
         self.refused: AuthenticationError | None = None
+        #: what cut the worker off from the database (its SQLite file deleted or
+        #: replaced under it): it stops
+        self.detached: str | None = None
         self._lock = threading.Lock()
         self._sibling_returned = threading.Condition(self._lock)
         self._wake = threading.Event()
@@ -553,6 +556,21 @@ class Worker:
             log.warning("worker %s: %s failed, %s (%s: %s); retrying", self.id, what, outage,
                         type(exc).__name__, first_line(exc))
 
+    def _cut_off(self) -> bool:
+        """Whether the worker's database is no longer the one other processes use
+        (its SQLite file deleted or replaced): it says so and stops (``run()``
+        returns; ``stackshift worker`` exits 1), rather than go on writing where
+        nobody reads and never see the runs started in the new file."""
+        reason = self.service.store.detached()
+        if reason is None:
+            return False
+        self.detached = reason
+        log.error("worker %s: %s; stopping. Start the worker again on the database in"
+                  " use", self.id, reason)
+        self._stopping.set()
+        self._wake.set()
+        return True
+
     def _key_refused(self, exc: Exception) -> bool:
         """Whether ``exc`` is a remote worker's server refusing its API key (revoked
         while it ran). No retry can mend that: the worker says so once and stops
@@ -788,6 +806,8 @@ class Worker:
                 now_mono = time.monotonic()
                 if now_mono >= next_look:
                     next_look = now_mono + self.ENDED_LOOK_INTERVAL
+                    if self._cut_off():
+                        return
                     if self.take_over_ended() and self._free_slots() > 0:
                         self._wake.set()
                 self._enforce_timeouts()
