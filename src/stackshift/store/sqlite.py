@@ -250,10 +250,9 @@ class SqliteDatabase:
             yield
         finally:
             with self._lock:
-                if self._reading[conn] == 1:
-                    del self._reading[conn]
-                else:
-                    self._reading[conn] -= 1
+                left = self._reading.pop(conn, 0) - 1  # none after a fork: started over
+                if left > 0:
+                    self._reading[conn] = left
                 if not self._reading:
                     self._released.notify_all()
 
