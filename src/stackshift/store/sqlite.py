@@ -224,8 +224,9 @@ class SqliteDatabase:
         if held is None:
             held = self._local.held = _ThreadConn(self._open())
             # When the thread ends, its connection is closed (one thread a call,
-            # or an event loop's threads, would otherwise leave a file open each).
-            weakref.finalize(held, self._forget, held.conn)
+            # or an event loop's threads, would otherwise leave a file open each);
+            # not at the interpreter's exit, where another thread may be using it.
+            weakref.finalize(held, self._forget, held.conn).atexit = False
         return held.conn
 
     def _forget(self, conn: sqlite3.Connection) -> None:
