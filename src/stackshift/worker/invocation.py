@@ -326,9 +326,13 @@ class Invocation:
         try:
             cancels, lost = self.store.renew_leases([self.lease], self.clock.now(),
                                                     self.lease_seconds)
-        except Exception:
-            log.warning("run %s: could not ask the store for a cancel", self.run.id,
-                        exc_info=True)
+        except Exception as exc:
+            if outage_of(exc) is not None:  # an outage: one line, as the worker says them
+                log.warning("run %s: could not ask the store for a cancel (%s: %s)",
+                            self.run.id, type(exc).__name__, first_line(exc))
+            else:
+                log.warning("run %s: could not ask the store for a cancel", self.run.id,
+                            exc_info=True)
             return
         self.renewed(cancels, lost, asked_at)
 
