@@ -456,8 +456,8 @@ def test_wait_timeout_is_bounded(http: httpx.Client) -> None:
 
 
 def test_a_body_over_the_default_limit_is_413(http: httpx.Client) -> None:
-    # The default limit: twice the largest value limit (1 MiB) plus 1 MiB.
-    body = json.dumps({"job": "big", "payload": "x" * (3 * MiB)}).encode()
+    # The default limit: three times the largest value limit (1 MiB) plus 1 MiB.
+    body = json.dumps({"job": "big", "payload": "x" * (4 * MiB)}).encode()
     assert_error(http.post("/v1/runs", content=body,
                            headers={"content-type": "application/json"}),
                  413, "body_too_large")
@@ -482,6 +482,20 @@ def test_a_payload_over_its_limit_inside_a_body_within_the_default_limit(
     # At the limit exactly, with the envelope around it: the body limit leaves it room.
     ok = http.post("/v1/runs", json={"job": "big", "payload": "x" * (MiB - 2)})
     assert ok.status_code == 201, ok.text
+
+
+@pytest.mark.parametrize("character", ["é", "😀"])
+def test_a_payload_at_its_limit_gets_through_with_every_character_escaped(
+        http: httpx.Client, character: str) -> None:
+    """Python's json.dumps escapes every character outside ASCII by default: a
+    payload at its limit (counted as UTF-8) takes three times its size then."""
+    payload = {"s": character * ((MiB - 8) // len(character.encode()))}
+    assert len(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()) == MiB
+    body = json.dumps({"job": "escaped", "payload": payload})  # ensure_ascii=True
+    assert len(body) > 3 * MiB
+    response = http.post("/v1/runs", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 201, response.text
+    assert http.get(f"/v1/runs/{response.json()['id']}").json()["payload"] == payload
 
 
 def test_the_body_limit_is_configurable(served_db: str, tmp_path: Path) -> None:

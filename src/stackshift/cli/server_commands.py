@@ -82,8 +82,8 @@ MIN_SESSION_SECRET = 32
               help="Interface to listen on (0.0.0.0 for all).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--max-body-bytes", default=None, type=click.IntRange(1),
-              show_default="twice the largest value limit (--setting) plus 1 MiB,"
-                           " 3145728 with the default settings",
+              show_default="three times the largest value limit (--setting) plus 1 MiB,"
+                           " 4194304 with the default settings",
               help="Larger request bodies get 413.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))

@@ -392,17 +392,22 @@ class CountResponses:
 
 def body_limit(settings: Settings) -> int:
     """The request body limit that lets every value within ``settings``' limits
-    through: twice the largest value limit plus 1 MiB (3 MiB with the defaults).
+    through: three times the largest value limit plus 1 MiB (4 MiB with the
+    defaults).
 
-    A worker sends a step's or a run's result as JSON text inside the body's
-    JSON, where each ``"`` and ``\\`` it holds takes two bytes, so a result at
-    the limit may take twice its size; the 1 MiB is room for the log records a
-    checkpoint carries (512 KiB at most, see ``remote_worker.LOG_BUDGET``), an
-    error's traceback and the rest of the body.
+    Values are measured as UTF-8 JSON, but a client may send its body with
+    every character outside ASCII escaped (Python's ``json.dumps`` does by
+    default): ``é`` (2 bytes) becomes ``\\u00e9`` (6), an emoji (4 bytes) a
+    pair of ``\\u`` escapes (12), so a value at the limit may take three times
+    its size in the body. A worker sends a step's or a run's result as JSON
+    text inside the body's JSON, where each ``"`` and ``\\`` it holds takes two
+    bytes. The 1 MiB is room for the log records a checkpoint carries (512 KiB
+    at most, see ``remote_worker.LOG_BUDGET``), an error's traceback and the
+    rest of the body.
     """
     largest = max(settings.max_payload_bytes, settings.max_step_result_bytes,
                   settings.max_event_payload_bytes, settings.max_state_value_bytes)
-    return 2 * largest + MiB
+    return 3 * largest + MiB
 
 
 def create_app(service: Service, *, max_body_bytes: int | None = None) -> FastAPI:
