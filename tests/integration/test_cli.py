@@ -1857,6 +1857,25 @@ def test_escape_sequences_in_logs_and_errors_are_shown_not_obeyed(
         assert expected in shown.stdout, (args, shown.stdout)
 
 
+def test_format_characters_in_values_are_printed_escaped_as_the_same_json(
+    db_url: str, app: StackShift
+) -> None:
+    """U+202E reorders what a terminal shows after it: every view prints it as a
+    ``\\u`` escape, and the JSON printed still reads back as the same value."""
+    value = {"name": "invoice\u202egpj.exe", "note": "a\u200fb\u00a0c", "tag": "x\U000e0001y"}
+    app.state.set("bidi", value)
+    run = app.start("bidiJob", value)
+    for args in (["state", "get", "bidi"], ["runs", "show", run.id],
+                 ["runs", "show", run.id, "--json"], ["runs", "list", "--json"]):
+        shown = cli(db_url, *args)
+        assert shown.returncode == 0, (args, shown.stderr)
+        for raw in ("\u202e", "\u200f", "\u00a0", "\U000e0001"):
+            assert raw not in shown.stdout, (args, shown.stdout)
+        assert "invoice\\u202egpj.exe" in shown.stdout, (args, shown.stdout)
+    assert cli_json(db_url, "state", "get", "bidi") == value
+    assert cli_json(db_url, "runs", "show", run.id)["payload"] == value
+
+
 def test_runs_logs_prints_a_records_fields_after_its_first_line(
     db_url: str, app: StackShift
 ) -> None:

@@ -74,8 +74,26 @@ def to_data(value: Any) -> Any:
 _JSON = json.JSONEncoder(indent=2, ensure_ascii=False)
 
 
+def shown_json(text: str) -> str:
+    """JSON ``text`` with the characters a terminal would not show as they are
+    (format characters such as U+202E, which reorders what follows it, and
+    other unprintable ones) written as ``\\u`` escapes: the same JSON value,
+    safe to print. JSON's own encoder escapes only control characters."""
+    if text.replace("\n", "").isprintable():
+        return text
+    return "".join(c if c == "\n" or c.isprintable() else _json_escape(c) for c in text)
+
+
+def _json_escape(char: str) -> str:
+    code = ord(char)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # a character past the BMP: its UTF-16 surrogate pair
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
 def echo_json(value: Any) -> None:
-    click.echo(_JSON.encode(to_data(value)))
+    click.echo(shown_json(_JSON.encode(to_data(value))))
 
 
 def echo_json_list(pages: Iterable[Iterable[Any]]) -> None:
@@ -85,7 +103,8 @@ def echo_json_list(pages: Iterable[Iterable[Any]]) -> None:
     for page in pages:
         items = to_data(list(page))
         if items:  # the page's list, less its opening "[\n" and closing "\n]"
-            click.echo((",\n" if started else "[\n") + _JSON.encode(items)[2:-2], nl=False)
+            click.echo((",\n" if started else "[\n") + shown_json(_JSON.encode(items)[2:-2]),
+                       nl=False)
             started = True
     click.echo("\n]" if started else "[]")
 
@@ -567,7 +586,7 @@ def _fields(rows: list[tuple[str, Any]]) -> Table:
 
 
 def _json_block(value: Any) -> Text:
-    return Text(json.dumps(value, indent=2, ensure_ascii=False))
+    return Text(shown_json(json.dumps(value, indent=2, ensure_ascii=False)))
 
 
 def attempt_text(run: Run) -> str:

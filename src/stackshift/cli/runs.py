@@ -35,6 +35,7 @@ from .render import (
     print_logs,
     run_detail,
     runs_table,
+    shown_json,
     status_text,
     timeline_rows,
     timeline_table,
@@ -277,7 +278,7 @@ def follow_logs(app: StackShift, run_id: str, as_json: bool, tail: int | None = 
     def show(page: list[LogEntry]) -> None:
         if as_json:
             for entry in page:
-                click.echo(json.dumps(to_data(entry), ensure_ascii=False))
+                click.echo(shown_json(json.dumps(to_data(entry), ensure_ascii=False)))
         elif page:
             print_logs(out, page)
 
