@@ -39,3 +39,41 @@ def stop_with_a_cancel_requested(app: StackShift, caplog: pytest.LogCaptureFixtu
     said = [r.getMessage() for r in caplog.records if "when the worker stopped" in r.getMessage()]
     assert said == [f"run {run.id}: still running when the worker stopped, with a cancel"
                     " requested; cancelled"], said
+
+
+def stop_keeps_the_records_logged(app: StackShift) -> None:
+    """A worker stopped while a step runs hands the run back with the records its
+    attempt logged since its last checkpoint: they are stored with the hand-back,
+    and the next worker's records follow them."""
+    entered = threading.Event()
+    release = threading.Event()
+
+    @app.job("chatty")
+    def chatty(ctx):  # type: ignore[no-untyped-def]
+        ctx.log.info("before any step")
+
+        def slow() -> int:
+            ctx.log.info("inside the step")
+            entered.set()
+            release.wait(30)
+            return 1
+
+        return ctx.step.run("slow", slow)
+
+    run = app.start("chatty")
+    worker = app.worker(concurrency=1, poll_interval=0.05)
+    worker.start()
+    try:
+        assert entered.wait(15), "the step did not start"
+        worker.stop(grace=0)
+    finally:
+        release.set()
+        worker.stop(grace=1)
+    assert app.runs.get(run.id).status == "queued"
+    assert [e.message for e in app.runs.logs(run.id)] == ["before any step", "inside the step"]
+
+    with app.worker(concurrency=1, poll_interval=0.05):
+        assert app.runs.wait(run.id, timeout="30s").status == "completed"
+    logs = app.runs.logs(run.id)
+    assert [e.message for e in logs][:2] == ["before any step", "inside the step"]
+    assert len(logs) == 4  # the second invocation logs both again

@@ -484,8 +484,25 @@ class RemoteWorkerStore:
         }, until_reached=True)
         return bool(w.Recorded.model_validate(answer).recorded)
 
-    def release_run(self, lease: Lease, now: float) -> str | None:
-        answer = self._post("release", {"lease": w.LeaseBody.of(lease)})
+    def release_run(self, lease: Lease, now: float,
+                    logs: Sequence[LogWrite] = ()) -> str | None:
+        body: dict[str, Any] = {"lease": w.LeaseBody.of(lease)}
+        if logs:
+            body["logs"] = sent_logs(logs)
+        try:
+            answer = self._post("release", body)
+        except ValidationError as exc:
+            if not logs:
+                raise
+            if _fields_refused(exc) and _fields_in_messages(body["logs"]):
+                self.logs_take_fields = False  # as in _leased
+            elif "logs" in str(exc) and "not permitted" in str(exc):
+                # A server from an earlier version: its release takes no records,
+                # which are lost with the hand-back, as they were then.
+                del body["logs"]
+            else:
+                raise
+            answer = self._post("release", body)
         released = w.Released.model_validate(answer)
         if not released.recorded:
             return None

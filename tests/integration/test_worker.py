@@ -46,7 +46,7 @@ from stackshift.errors import LeaseLost
 from stackshift.store.base import Outcome, StepWrite
 from stackshift.store.database import Tx
 from stackshift.testing import FakeClock, run_until_idle
-from stopping import stop_with_a_cancel_requested
+from stopping import stop_keeps_the_records_logged, stop_with_a_cancel_requested
 
 APP = Path(__file__).with_name("worker_app.py")
 
@@ -556,6 +556,11 @@ def test_closing_a_client_stops_the_workers_it_made_first(app: StackShift) -> No
 def test_a_worker_stopped_as_its_run_is_cancelled_says_cancelled(
         app: StackShift, caplog: pytest.LogCaptureFixture) -> None:
     stop_with_a_cancel_requested(app, caplog)
+
+
+def test_a_worker_stopped_mid_step_keeps_the_records_its_attempt_logged(
+        app: StackShift) -> None:
+    stop_keeps_the_records_logged(app)
 
 
 class Overlap:

@@ -38,7 +38,7 @@ from serverproc import (
 from processes import stop_processes
 from stackshift import NonRetriableError, RemoteError, StackShift
 from stackshift.store import open_store
-from stopping import stop_with_a_cancel_requested
+from stopping import stop_keeps_the_records_logged, stop_with_a_cancel_requested
 
 APP = f"{Path(__file__).with_name('remote_worker_app.py')}:app"
 
@@ -798,6 +798,11 @@ def test_a_log_record_of_megabytes_does_not_fail_a_remote_workers_step(
 def test_a_remote_worker_stopped_as_its_run_is_cancelled_says_cancelled(
         client: StackShift, caplog: pytest.LogCaptureFixture) -> None:
     stop_with_a_cancel_requested(client, caplog)
+
+
+def test_a_remote_worker_stopped_mid_step_keeps_the_records_its_attempt_logged(
+        client: StackShift) -> None:
+    stop_keeps_the_records_logged(client)
 
 
 class UpstreamError(Exception):

@@ -219,7 +219,8 @@ def finish_attempt(body: w.FinishAttempt, request: Request) -> w.Recorded:
 @router.post("/release", summary="Hand a leased run back to the queue")
 def release_run(body: w.Release, request: Request) -> w.Released:
     service = service_of(request)
-    status = service.store.release_run(body.lease.to_lease(), service.clock.now())
+    status = service.store.release_run(body.lease.to_lease(), service.clock.now(),
+                                       logs=_logs(body.logs))
     if status is not None:  # queued again, or room freed in a limited queue
         service.notifier.notify()
     return w.Released(recorded=status is not None, status=status)

@@ -302,6 +302,10 @@ class WaitForEvent(Body):
 
 class Release(Body):
     lease: LeaseBody
+    logs: Logs = Field(
+        default_factory=list,
+        description="The attempt's log records not sent yet, written with the release when the"
+        " lease still holds (a worker that stops hands back a run with them).")
 
 
 class RenewLeases(Body):

@@ -577,16 +577,19 @@ class ExecutionStore:
                status="waiting", worker_id=lease.worker_id)
         return True
 
-    def release_run(self, lease: Lease, now: float) -> str | None:
+    def release_run(self, lease: Lease, now: float,
+                    logs: Sequence[LogWrite] = ()) -> str | None:
         """Hand a leased run back to the queue without ending its attempt (or,
-        when a cancel was requested, cancel it): the run's status after it,
-        ``"queued"`` or ``"cancelled"``, or None when the lease was no longer held."""
+        when a cancel was requested, cancel it), writing the attempt's ``logs``
+        not written yet: the run's status after it, ``"queued"`` or
+        ``"cancelled"``, or None when the lease was no longer held (nothing written)."""
         with self.db.write() as tx:
             moved = tx.one("release_leased_run", id=lease.run_id, worker_id=lease.worker_id,
                            attempt=lease.attempt, cancel_error=dumps(CANCELLED_WHILE_RUNNING),
                            now=now)
             if moved is None:
                 return None
+            write_logs(tx, lease.run_id, logs)
             if moved["status"] == Status.CANCELLED:  # asked to cancel: not handed on
                 tx.run("update_attempt", run_id=lease.run_id, number=lease.attempt,
                        status="cancelled", finished_at=now,

@@ -361,7 +361,8 @@ class Worker:
             active.invocation.abandoned = True
             lease = active.invocation.lease
             try:
-                status = self.service.store.release_run(lease, self.service.clock.now())
+                status = self.service.store.release_run(
+                    lease, self.service.clock.now(), logs=active.invocation.take_logs())
                 if status == "cancelled":
                     log.warning("run %s: still running when the worker stopped, with a cancel"
                                 " requested; cancelled", lease.run_id)
