@@ -850,6 +850,10 @@ def dashboard_session(url: str, key: str) -> httpx.Client:
     return browser
 
 
+#: A run id for a dead-letter cursor: a page after it is still a page of a queue.
+LATER_RUN = "run_01a24f5aeb015e0d2b6a0d6212"
+
+
 def test_a_queue_that_holds_no_runs_and_has_no_settings_is_unknown_in_every_shell(
         db_url: str, server: tuple[str, str]) -> None:
     """The lists leave such a name out; a lookup of it (a typo) is refused alike:
@@ -868,6 +872,8 @@ def test_a_queue_that_holds_no_runs_and_has_no_settings_is_unknown_in_every_shel
             for what, lookup in (("info", lambda c: c.queue(name).info()),
                                  ("get", lambda c: c.queues.get(name)),
                                  ("dead letters", lambda c: c.queue(name).dead_letters()),
+                                 ("dead letters after", lambda c: c.queue(name).dead_letters(
+                                     cursor=f"1796627688.5:{LATER_RUN}")),
                                  ("retry dead letters",
                                   lambda c: c.queue(name).retry_dead_letters())):
                 try:
@@ -879,7 +885,8 @@ def test_a_queue_that_holds_no_runs_and_has_no_settings_is_unknown_in_every_shel
             result = CliRunner().invoke(cli, ["queues", command, name],
                                         env={"STACKSHIFT_DATABASE_URL": db_url})
             found[f"cli {command}"] = (result.exit_code, result.output.strip())
-        for path in (f"/v1/queues/{name}", f"/v1/queues/{name}/dead-letters"):
+        for path in (f"/v1/queues/{name}", f"/v1/queues/{name}/dead-letters",
+                     f"/v1/queues/{name}/dead-letters?cursor=1796627688.5:{LATER_RUN}"):
             answer = http.get(path)
             found[path] = (answer.status_code, answer.json().get("error", {}).get("code"))
         found["dashboard"] = browser.get(f"/queues/{name}").status_code
@@ -890,12 +897,15 @@ def test_a_queue_that_holds_no_runs_and_has_no_settings_is_unknown_in_every_shel
         unknown = everywhere("emials")
         assert unknown == {
             **{f"{kind} {what}": message for kind in ("sdk", "remote")
-               for what in ("info", "get", "dead letters", "retry dead letters")},
+               for what in ("info", "get", "dead letters", "dead letters after",
+                            "retry dead letters")},
             "cli show": (3, f"error: {message}"),
             "cli dead-letters": (3, f"error: {message}"),
             "cli retry": (3, f"error: {message}"),
             "/v1/queues/emials": (404, "queue_not_found"),
             "/v1/queues/emials/dead-letters": (404, "queue_not_found"),
+            f"/v1/queues/emials/dead-letters?cursor=1796627688.5:{LATER_RUN}":
+                (404, "queue_not_found"),
             "dashboard": 404,
         }
         assert "emials" not in [q.name for q in engine.queues.list()]
@@ -908,7 +918,8 @@ def test_a_queue_that_holds_no_runs_and_has_no_settings_is_unknown_in_every_shel
         known = everywhere("emials")
         assert {k: v for k, v in known.items() if k.startswith(("sdk", "remote"))} == {
             f"{kind} {what}": "found" for kind in ("sdk", "remote")
-            for what in ("info", "get", "dead letters", "retry dead letters")}
+            for what in ("info", "get", "dead letters", "dead letters after",
+                         "retry dead letters")}
         assert known["cli show"][0] == 0 and known["cli dead-letters"] == (0, "No dead letters.")
         assert known["cli retry"] == (0, "Retried 0 failed runs of queue emials.")
         assert known["/v1/queues/emials"] == known["/v1/queues/emials/dead-letters"] == (

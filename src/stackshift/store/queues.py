@@ -147,7 +147,7 @@ class QueueStore:
                " ORDER BY finished_at DESC, id DESC LIMIT :limit")
         with self.db.read() as tx:
             found = tx.raw(sql, params)
-            if not found and after is None:
+            if not found:  # an empty page, or the end of a known queue's list
                 _check_known(tx, queue)
         items = [rows.run(r) for r in found[:limit]]
         last = found[limit - 1] if len(found) > limit else None
