@@ -286,7 +286,9 @@ def test_on_timeout_fail_fails_the_run_with_wait_timeout_error_and_no_retry(
     assert attempts[0].error is not None and attempts[0].error.type == "WaitTimeoutError"
     assert calls[run.id] == 1
     kinds = [e.kind for e in fake_app.runs.timeline(run.id)]
-    assert "wait.timed_out" in kinds and kinds[-1] == "run.failed"
+    assert kinds[-3:] == ["wait.timed_out", "attempt.failed", "run.failed"]
+    failure = fake_app.runs.timeline(run.id)[-2]
+    assert (failure.attempt, failure.data["error"]["type"]) == (1, "WaitTimeoutError")
 
 
 def test_on_timeout_continue_returns_none_and_the_run_goes_on(

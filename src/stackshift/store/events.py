@@ -269,6 +269,9 @@ class EventStore(ExecutionStore):
                 "message": f"no {waiting_label(row)} event arrived before the timeout",
                 "traceback": None,
             }
+            # The attempt ends in that error, as any failed attempt is shown.
+            add_timeline(tx, row["id"], "attempt.failed", now, attempt=row["attempt"] or None,
+                         error={"type": error["type"], "message": error["message"]})
         move_run(tx, row, target, now, error=error)
         tx.run("update_attempt", run_id=row["id"], number=row["attempt"], status=target.value,
                finished_at=now, error=dumps(error))

@@ -7,6 +7,7 @@ the new owner does; it gets :class:`LeaseLost` and abandons the invocation.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -483,6 +484,10 @@ class ExecutionStore:
         """End the leased attempt as ``outcome`` says. False if the lease was lost."""
         status = Status(outcome.status)
         terminal = status in (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+        if outcome.retry_at is not None and outcome.retry_at < now:
+            # Due at once, by the clock of another process (a remote worker's, a
+            # little behind): not before this ending, which the timeline shows first.
+            outcome = dataclasses.replace(outcome, retry_at=now)
 
         if status in (Status.COMPLETED, Status.CANCELLED):
             # The writes below for these endings (one timeline entry, no failure
