@@ -16,6 +16,19 @@ MAX_DURATION = 100 * 365.25 * 86400.0
 #: ASCII digits only: ``\d`` would take the digits of any script (Arabic-Indic ones),
 #: which the API refuses.
 _PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d|w)")
+#: A number typed as seconds: digits, with a fraction and a minus sign if any
+#: (Python's ``float`` also reads ``1e3``, ``1_000``, ``٣`` and ``inf``).
+_TYPED_SECONDS = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+_TYPED_WHOLE = re.compile(r"-?[0-9]+")
+
+
+def parse_typed_whole(text: str) -> int:
+    """A whole number typed as text (an option, a setting): ASCII digits with a
+    minus sign if any, as the API takes them; ``ValueError`` for anything else
+    ``int`` would read (``1_0``, ``٣``, `` 5``)."""
+    if _TYPED_WHOLE.fullmatch(text) is None:
+        raise ValueError(f"not a whole number in digits: {text!r}")
+    return int(text)
 
 
 def parse_duration(value: Any, *, name: str = "duration") -> float:
@@ -56,14 +69,18 @@ def parse_typed_duration(text: str, *, name: str) -> float:
     """A duration typed as text (a command-line option, a form field) as seconds: a
     bare number is seconds (``10``, ``1.5``), other text one of the forms of
     :func:`parse_duration`. An error quotes the text as typed."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        return parse_duration(text, name=name)
+    if _TYPED_SECONDS.fullmatch(text) is None:
+        try:
+            float(text)
+        except ValueError:
+            return parse_duration(text, name=name)
+        raise ValidationError(
+            f"{name}: seconds are written in digits (e.g. '60', '1.5'), got {text!r}")
+    seconds = float(text)
     try:
         return parse_duration(seconds, name=name)
     except ValidationError as exc:
-        # The number as it was typed ('-5', '1e999'), not as read (-5.0, inf).
+        # The number as it was typed ('-5', '0.0000001'), not as read.
         raise ValidationError(str(exc).replace(f"{name}: {seconds!r}", f"{name}: {text!r}", 1)
                               ) from None
 

@@ -33,7 +33,8 @@ def to_jsonable(value: Any, *, what: str = "payload", _depth: int = 0) -> Any:
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise TypeError(f"{what}: {value!r} is not JSON (NaN and infinity are refused)")
+            raise TypeError(f"{what}: {value!r} is not JSON (NaN and infinity are refused;"
+                            " a number beyond ±1.8e308 reads as infinity)")
         return value
     if _depth >= MAX_DEPTH:
         raise TypeError(f"{what}: arrays and objects nested more than {MAX_DEPTH} levels deep"

@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from .durations import parse_duration
+from .durations import parse_duration, parse_typed_whole
 from .errors import ValidationError
 from .jobs import check_name
 from .serialization import MiB
@@ -122,7 +122,7 @@ def parse_setting(assignment: str) -> tuple[str, Any]:
     text = text.strip()
     if name in _WHOLE:
         try:
-            return name, int(text)
+            return name, parse_typed_whole(text)
         except ValueError:
             raise ValidationError(
                 f"Settings.{name}: expected a whole number, got {text!r}") from None

@@ -369,7 +369,12 @@ BAD_INPUT = [
     (["events", "send", "email verified"], "event name"),
     (["state", "set", "greeting", "hello"], "VALUE_JSON is not valid JSON"),
     (["runs", "list", "--database-url", "mysql://db/x"], "unsupported database URL"),
-    (["start", "job", "1e999"], "inf is not JSON"),
+    (["start", "job", "1e999"], "inf is not JSON (NaN and infinity are refused; a number"
+                                " beyond ±1.8e308 reads as infinity)"),
+    (["start", "job", "9" * 4301],
+     "PAYLOAD_JSON: an integer of more than 4,300 digits cannot be written as JSON"),
+    (["state", "set", "big", "[" + "9" * 4301 + "]"],
+     "VALUE_JSON: an integer of more than 4,300 digits cannot be written as JSON"),
     (["start", "job", "[" * 150 + "]" * 150], "nested more than 100 levels deep"),
     (["start", "job", "[" * 50_000 + "]" * 50_000], "nested too deeply"),
     (["start", "job", "--queue", ""], "queue name '' is invalid"),

@@ -687,6 +687,35 @@ def invoke(db_url: str, *args: str, code: int = 0) -> str:
     return result.output
 
 
+@pytest.mark.parametrize("args", [
+    ("queues", "set", "billing", "--concurrency", "\u0663"),
+    ("queues", "set", "billing", "--max-attempts", "1_0"),
+    ("queues", "set", "billing", "--rate-limit", "\u0665/m"),
+    ("queues", "set", "billing", "--rate-limit", "100/\uff13\uff10s"),
+    ("queues", "show", "billing", "--window", "1e3"),
+    ("queues", "show", "billing", "--window", "\u0661\u0660\u0660\u0660"),
+    ("queues", "dead-letters", "billing", "--limit", " 5"),
+    ("runs", "list", "--limit", "1_0"),
+    ("start", "charge", "--max-attempts", "\uff13"),
+    ("start", "charge", "--priority", "1_0"),
+])
+def test_numbers_typed_to_the_cli_are_ascii_digits_as_the_api_takes_them(
+        db_url: str, args: tuple[str, ...]) -> None:
+    """``int()`` and ``float()`` would read ``1_0``, ``1e3``, `` 5`` and the
+    digits of other scripts; the API and the SDK's strings refuse them, and so
+    does the CLI (exit 2), changing nothing."""
+    app = StackShift(db_url)
+    try:
+        app.queue("billing", concurrency=2)
+        output = invoke(db_url, *args, code=2)
+        assert "digits" in output or "invalid" in output or "must be a number" in output, output
+        info = app.queue("billing").info()
+        assert (info.concurrency, info.max_attempts, info.rate_limit) == (2, None, None)
+        assert app.runs.list().items == []
+    finally:
+        app.close()
+
+
 def test_queues_command(db_url: str) -> None:
     import json
 

@@ -846,6 +846,13 @@ NAME_HINT = "is invalid: use 1-200 ASCII letters, digits, '.', '_', ':' or '-'"
     ("PATCH", "/v1/queues/{tag}", {"rateLimit": "often"},
      "rateLimit 'often' is invalid: use COUNT/PERIOD such as '100/m', '10/s', '1000/h' or "
      "'20/30s'"),
+    # The count in ASCII digits, as every other number (int() reads Arabic-Indic and fullwidth).
+    ("PATCH", "/v1/queues/{tag}", {"rateLimit": "\u0663/m"},
+     "rateLimit '\u0663/m' is invalid: use COUNT/PERIOD such as '100/m', '10/s', '1000/h' or "
+     "'20/30s'"),
+    ("PATCH", "/v1/queues/{tag}", {"rateLimit": "\uff11\uff10\uff10/m"},
+     "rateLimit '\uff11\uff10\uff10/m' is invalid: use COUNT/PERIOD such as '100/m', '10/s',"
+     " '1000/h' or '20/30s'"),
     ("PUT", "/v1/state/{tag}", {"value": 1, "expiresAt": "never"},
      f"expiresAt: 'never' {TIME_HINT}"),
     ("PUT", "/v1/state/{tag}", {"value": 1, "ttl": "1h", "expiresAt": "2030-01-01T00:00:00Z"},

@@ -149,6 +149,7 @@ def test_keys_and_ttls_over_the_servers_limits_are_refused_in_the_same_words(
     [
         ("max_state_value_bytes=-1", "Settings.max_state_value_bytes must be 1 or more"),
         ("max_payload_bytes=lots", "Settings.max_payload_bytes: expected a whole number"),
+        ("max_payload_bytes=1_000_000", "Settings.max_payload_bytes: expected a whole number"),
         ("event_retention=0", "Settings.event_retention must be more than 0"),
         ("run_retention=soon", "Settings.run_retention: 'soon' is not a duration"),
         ("max_lease=30s", "'max_lease=30s' is not NAME=VALUE"),

@@ -32,7 +32,7 @@ from ..worker import Worker
 from .failures import bad_input
 from .liveview import RunBoard, show_board
 from .loader import load_app
-from .options import DATABASE_ENV, not_empty
+from .options import DATABASE_ENV, Whole, not_empty
 from .render import console, shown_url
 from .worker import configure_logging
 
@@ -258,8 +258,8 @@ class _Stopper:
 @click.option("--db", "--database-url", "database_url", envvar=DATABASE_ENV, show_envvar=True,
               default=DEFAULT_DATABASE_URL, show_default=True, callback=not_empty,
               help="Database for an app built with StackShift().")
-@click.option("--concurrency", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+@click.option("--concurrency", type=Whole(min=1), default=10, show_default=True)
+@click.option("--port", type=Whole(0, 65535), default=8000, show_default=True,
               help="Dashboard port on 127.0.0.1. When the default is busy a free one is "
                    "taken; a port given here that is busy is refused (exit 2).")
 @click.option("--no-dashboard", is_flag=True, help="Run only the worker and the run board.")

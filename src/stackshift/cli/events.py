@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .options import (
+    Whole,
     database_url_option,
     hidden_alias,
     json_option,
@@ -67,7 +68,8 @@ def send(
 @click.option("--name", callback=list_filter, help="Only events with this name.")
 @click.option("--correlation-key", callback=list_filter,
               help="Only events with this correlation key.")
-@click.option("--limit", type=int, default=20, show_default=True, help="Events per page (1-1000).")
+@click.option("--limit", type=Whole(), default=20, show_default=True,
+              help="Events per page (1-1000).")
 @click.option("--cursor", help="Next page: the cursor printed under the previous one.")
 @json_option
 @database_url_option

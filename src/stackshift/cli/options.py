@@ -24,7 +24,7 @@ from ..client import (
     database_url_from_env,
     server_from_env,
 )
-from ..durations import parse_typed_duration
+from ..durations import parse_typed_duration, parse_typed_whole
 from ..errors import ValidationError
 from ..serialization import DuplicateKeyError, to_jsonable, unique_keys
 from ..store.sqlite import missing_folder, parse_sqlite_url
@@ -32,6 +32,22 @@ from ..wording import shell_word
 from .failures import bad_input, in_option_terms
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Whole(click.IntRange):
+    """A whole-number option in ASCII digits, as the API takes them (``int``
+    would also read ``1_0``, ``٣`` and `` 5``), within the range if one is given."""
+
+    name = "integer"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        if isinstance(value, str):
+            try:
+                value = parse_typed_whole(value)
+            except ValueError:
+                self.fail(f"{value!r} is not a whole number in digits", param, ctx)
+        return super().convert(value, param, ctx)
 
 DATABASE_ENV = "STACKSHIFT_DATABASE_URL"
 
@@ -172,6 +188,17 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed in JSON")
 
 
+class _TooManyDigits(ValueError):
+    """An integer longer than Python converts (``sys.get_int_max_str_digits``)."""
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise _TooManyDigits(text) from None
+
+
 def parse_json_argument(text: str | None, what: str) -> Any:
     """``text`` as JSON (``-`` reads stdin); ``None`` stays ``None``.
 
@@ -199,7 +226,11 @@ def parse_json_text(text: str, what: str, *, typed: bool = True) -> Any:
     ``typed`` when it was typed on the command line rather than read from a file
     (a hint to quote a bare word then quotes it for the shell too)."""
     try:
-        value = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=unique_keys)
+        value = json.loads(text, parse_constant=_refuse_constant, parse_int=_whole,
+                           object_pairs_hook=unique_keys)
+    except _TooManyDigits:
+        raise bad_input(f"{what}: an integer of more than {sys.get_int_max_str_digits():,}"
+                        " digits cannot be written as JSON") from None
     except DuplicateKeyError as exc:
         # Readers disagree on which value such an object means: the last, or the first.
         raise bad_input(f"{what}: {exc} in one object (readers disagree on which value it "

@@ -10,7 +10,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from ..durations import span
+from ..durations import parse_typed_whole, span
 from ..errors import QueueNotFoundError
 from ..flowcontrol import MAX_RETRY_PAGE, RETRY_PAGE
 from ..models import QueueInfo
@@ -19,6 +19,7 @@ from ..store.queues import KEEP
 from ..wording import did_you_mean, per_minute
 from .failures import bad_input
 from .options import (
+    Whole,
     database_url_option,
     duration,
     json_option,
@@ -227,9 +228,9 @@ def set_(name: str, concurrency: str | None, rate_limit: str | None, max_attempt
          as_json: bool, database_url: str) -> None:
     """Change NAME's settings; 'none' removes one, options left out stay as they are."""
     changes = {
-        "concurrency": _setting(concurrency, "--concurrency", int),
+        "concurrency": _setting(concurrency, "--concurrency", parse_typed_whole),
         "rate_limit": _setting(rate_limit, "--rate-limit", str),
-        "max_attempts": _setting(max_attempts, "--max-attempts", int),
+        "max_attempts": _setting(max_attempts, "--max-attempts", parse_typed_whole),
     }
     if all(value is KEEP for value in changes.values()):
         raise bad_input("give at least one of --concurrency, --rate-limit, --max-attempts")
@@ -273,7 +274,7 @@ def _names_in_use_if_new(app: StackShift, name: str) -> set[str] | None:
 @queues.command("dead-letters")
 @click.argument("name")
 @click.option("--job", callback=list_filter, help="Only runs of this job.")
-@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option("--limit", type=Whole(1, 1000), default=20, show_default=True)
 @click.option("--cursor", help="Next page: the cursor printed under the previous one.")
 @json_option
 @database_url_option
@@ -299,8 +300,8 @@ def retry_options(command: F) -> F:
     for option in reversed([
         click.option("--status", type=click.Choice(["failed", "cancelled"]),
                      default="failed", show_default=True),
-        click.option("--limit", type=click.IntRange(1), help="Retry at most this many."),
-        click.option("--page-size", type=click.IntRange(1, MAX_RETRY_PAGE), default=RETRY_PAGE,
+        click.option("--limit", type=Whole(1), help="Retry at most this many."),
+        click.option("--page-size", type=Whole(1, MAX_RETRY_PAGE), default=RETRY_PAGE,
                      show_default=True, help="Runs retried per request through a server"
                                              " (per read on the database)."),
     ]):

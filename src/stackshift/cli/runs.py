@@ -19,6 +19,7 @@ from ..runlogs import level_number
 from ..wording import did_you_mean
 from .failures import ExitCode, bad_input
 from .options import (
+    Whole,
     database_url_option,
     duration,
     json_option,
@@ -66,7 +67,8 @@ def runs() -> None:
 @click.option("--created-after", metavar="TIME",
               help="Only runs created at or after TIME (ISO 8601, e.g. 2026-12-01T09:00Z).")
 @click.option("--created-before", metavar="TIME", help="Only runs created before TIME.")
-@click.option("--limit", type=int, default=20, show_default=True, help="Runs per page (1-1000).")
+@click.option("--limit", type=Whole(), default=20, show_default=True,
+              help="Runs per page (1-1000).")
 @click.option("--cursor", help="Next page: the cursor printed under the previous one.")
 @json_option
 @database_url_option
@@ -191,7 +193,7 @@ LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
                    " a long step's records with each lease renewal) until the run is"
                    " completed, failed or cancelled; then exit 0 if it completed, 1 if not."
                    " With --json, one JSON object per line.")
-@click.option("--tail", "-n", type=click.IntRange(1, MAX_LOG_PAGE), metavar="N",
+@click.option("--tail", "-n", type=Whole(1, MAX_LOG_PAGE), metavar="N",
               help=f"Only the latest N records (1 to {MAX_LOG_PAGE:,}); with --follow, then"
                    " those saved after them.")
 @click.option("--level", type=click.Choice(LEVELS, case_sensitive=False),

@@ -20,6 +20,7 @@ from ..models import Run, Step
 from ..wording import plural, unregistered
 from .failures import ExitCode, bad_input
 from .options import (
+    Whole,
     database_url_option,
     duration,
     json_option,
@@ -54,12 +55,12 @@ PROGRESS_EVERY = 0.25
 @click.option("--queue", "queue_name", help="Queue to run on (default: the job's, else 'default').")
 @click.option("--idempotency-key", help="Starts with the same key map to one run.")
 @click.option("--idempotency-ttl", help="How long the key holds, e.g. 30d (default 24h).")
-@click.option("--max-attempts", type=int,
+@click.option("--max-attempts", type=Whole(),
               help="Total attempts including the first (default: the job's, else the"
                    " queue's, else 3).")
 @click.option("--delay", help="Start after this long, e.g. 15m.")
 @click.option("--scheduled-at", help="Start at this ISO-8601 time, e.g. 2026-05-06T09:00:00Z.")
-@click.option("--priority", type=int, help="Higher runs first within the queue.")
+@click.option("--priority", type=Whole(), help="Higher runs first within the queue.")
 @click.option("--concurrency-key", help="Groups runs for per-key concurrency limits.")
 @click.option("--payloads", "payloads_file", type=click.File("r", encoding="utf-8-sig"),
               metavar="FILE",

@@ -13,6 +13,7 @@ from ..durations import parse_duration, parse_instant, span, to_datetime
 from ..errors import ValidationError
 from .failures import bad_input, not_found
 from .options import (
+    Whole,
     database_url_option,
     duration,
     json_option,
@@ -123,7 +124,7 @@ def _listing_options(noun: str) -> Callable[[Callable[..., Any]], Callable[..., 
         for option in reversed([
             click.option("--prefix", help="Only those whose key starts with this, spaces "
                                           "included ('' starts every key: all are listed)."),
-            click.option("--limit", type=click.IntRange(1, 1000), default=100,
+            click.option("--limit", type=Whole(1, 1000), default=100,
                          show_default=True, help=f"{noun.capitalize()} per page."),
             click.option("--cursor", callback=_key_cursor,
                          help="Next page: the cursor printed under the previous one."),

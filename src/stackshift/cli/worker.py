@@ -18,7 +18,7 @@ from ..errors import AuthenticationError, StackShiftError, ValidationError
 from ..worker.invocation import attempts_log
 from .failures import bad_input
 from .loader import load_app
-from .options import DATABASE_ENV, duration, refusals_in_option_terms, split_list
+from .options import DATABASE_ENV, Whole, duration, refusals_in_option_terms, split_list
 from .render import console, one_line, shown_as_is, shown_url
 
 
@@ -188,7 +188,7 @@ def load_app_on(spec: str, database_url: str | None) -> StackShift:
 @click.command()
 @click.argument("app_spec", metavar="APP")
 @click.option("--queues", help="Comma-separated queues to serve (default: every queue).")
-@click.option("--concurrency", type=click.IntRange(min=1), default=10, show_default=True,
+@click.option("--concurrency", type=Whole(min=1), default=10, show_default=True,
               help="Runs executed at once.")
 @click.option("--lease", default="30s", show_default=True,
               help="Lease on each running run, renewed while it works.")

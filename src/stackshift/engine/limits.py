@@ -9,7 +9,7 @@ from ..durations import parse_duration
 from ..errors import ValidationError
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\S+)\s*$")
+_RATE = re.compile(r"^\s*([0-9]+)\s*/\s*(\S+)\s*$")  # ASCII digits, as the API's
 #: Largest count in a rate limit (a bigger one is no limit in practice).
 MAX_RATE_COUNT = 1_000_000
 #: Longest rate-limit period.
