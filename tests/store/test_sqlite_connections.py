@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from stackshift import StackShift
 
@@ -73,5 +77,57 @@ def test_a_thread_that_ends_takes_its_connection_with_it(tmp_path: Path) -> None
             thread.join()
         assert _open_files() - before < 10
         assert app.runs.get(run.id).id == run.id
+    finally:
+        app.close()
+
+
+def _in_a_new_thread(call: Callable[[], object]) -> BaseException | None:
+    """What ``call``, run in a thread of its own (a new connection), raised."""
+    raised: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            call()
+        except BaseException as exc:  # handed to the test
+            raised.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    return raised[0] if raised else None
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_store_whose_file_is_deleted_or_replaced_writes_nothing_more(
+        tmp_path: Path, how: str) -> None:
+    """What would be written to a file deleted (or replaced by another at its
+    path) is lost to every other process: the store refuses to write, saying
+    why, and a new connection makes no new, empty file where the old one was."""
+    db = tmp_path / "jobs.db"
+    app = StackShift(f"sqlite:///{db}")
+    try:
+        kept = app.start("some.job", {})
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+        if how == "replaced":
+            other = StackShift(f"sqlite:///{db}")
+            other.close()
+        said = f"this process's database file {db} was " + (
+            "deleted" if how == "deleted" else "replaced by another file")
+        with pytest.raises(sqlite3.OperationalError) as refused:
+            app.start("some.job", {})
+        assert str(refused.value).startswith(f"{said}: nothing more is written to it")
+        failed = _in_a_new_thread(lambda: app.start("some.job", {}))
+        assert isinstance(failed, sqlite3.OperationalError), failed
+        assert said in str(failed)
+        if how == "deleted":
+            # A thread's first call opens a connection: to the store's file, or none.
+            failed = _in_a_new_thread(lambda: app.runs.get(kept.id))
+            assert isinstance(failed, sqlite3.OperationalError), failed
+            assert said in str(failed)
+            assert not db.exists()
+        else:
+            with StackShift(f"sqlite:///{db}") as fresh:
+                assert fresh.runs.list().items == []
     finally:
         app.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..client import StackShift
-from ..store.queries import load_migrations
+from ..store.queries import latest_version
 from .options import database_only, database_only_option, json_option
 from .render import console, echo_json
 
@@ -20,7 +20,7 @@ def migrate(as_json: bool, database_url: str | None) -> None:
         db = app._service.store.db
         before = db.schema_version()
         after = app.migrate()
-        known = len(load_migrations(db.dialect))
+        known = latest_version(db.dialect)
     finally:
         app.close()
     if after > known:

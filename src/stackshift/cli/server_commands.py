@@ -7,6 +7,7 @@ before any server runs.
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
@@ -30,8 +31,15 @@ from ..service import Service
 from ..settings import Settings, parse_setting
 from ..store import open_store
 from .failures import bad_input, failed, not_found
-from .options import database_only, database_only_option, removed_if_refused, require_database
+from .options import (
+    Whole,
+    database_only,
+    database_only_option,
+    removed_if_refused,
+    require_database,
+)
 from .render import Fit, _table, console, echo_json, iso, shown_url, when
+from .worker import configure_logging
 
 _database_url = click.option(
     "--db",
@@ -80,8 +88,8 @@ MIN_SESSION_SECRET = 32
 @_database_url
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to listen on (0.0.0.0 for all).")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--max-body-bytes", default=None, type=click.IntRange(1),
+@click.option("--port", default=8000, show_default=True, type=Whole(0, 65535))
+@click.option("--max-body-bytes", default=None, type=Whole(1),
               show_default="three times the largest value limit (--setting) plus 1 MiB,"
                            " 4194304 with the default settings",
               help="Larger request bodies get 413.")
@@ -107,19 +115,15 @@ def server(database_url: str, host: str, port: int, max_body_bytes: int | None, 
     registered with `stackshift endpoints add` (push mode), which the server
     invokes; it maintains for all of them.
     """
-    try:
-        import uvicorn
+    try:  # the extra's packages, before anything is opened
+        import uvicorn  # noqa: F401
 
-        from ..dashboard import beside_api, create_dashboard
-        from ..server.app import app_from_url
+        from .. import dashboard  # noqa: F401
+        from ..server import app  # noqa: F401
     except ImportError as exc:
         raise bad_input(
             f"the server needs its extra: pip install 'stackshift[server]' ({exc})"
         ) from None
-    from ..server.maintenance import Maintainer
-    from ..server.push import Dispatcher
-    from ..server.worker_routes import ClaimSignal
-
     try:  # before anything is opened: a bad setting changes nothing
         settings = Settings(**dict(parse_setting(a) for a in assignments))
     except ValidationError as exc:
@@ -132,6 +136,25 @@ def server(database_url: str, host: str, port: int, max_body_bytes: int | None, 
             f" {MIN_SESSION_SECRET} characters, got {len(stripped)}; make one with"
             " python -c 'import secrets; print(secrets.token_urlsafe(32))'")
     secret = None if stripped is None else stripped.encode()
+    # The server's own warnings and errors (and its libraries'): one line each
+    # with its time and level, as a worker's; uvicorn keeps its own lines.
+    said = configure_logging("WARNING", attempts=False)
+    try:
+        _serve(database_url, host, port, max_body_bytes, log_level, settings, secret)
+    finally:
+        logging.getLogger().removeHandler(said)
+
+
+def _serve(database_url: str, host: str, port: int, max_body_bytes: int | None,
+           log_level: str, settings: Settings, secret: bytes | None) -> None:
+    import uvicorn
+
+    from ..dashboard import beside_api, create_dashboard
+    from ..server.app import app_from_url
+    from ..server.maintenance import Maintainer
+    from ..server.push import Dispatcher
+    from ..server.worker_routes import ClaimSignal
+
     api = app_from_url(database_url, max_body_bytes=max_body_bytes, settings=settings)
     service = api.state.service
     app = beside_api(api, create_dashboard(service, auth="api_key", secret=secret))
@@ -302,7 +325,7 @@ NEW_ENDPOINT_CONCURRENCY = 10
 @click.argument("url")
 @click.option("--jobs", "jobs", required=True,
               help="Comma-separated names of the jobs the route executes.")
-@click.option("--concurrency", type=click.IntRange(1, 1000),
+@click.option("--concurrency", type=Whole(1, 1000),
               help=f"Runs posted to the route at once [default: {NEW_ENDPOINT_CONCURRENCY}"
                    ", or as it was for a URL added before].")
 @database_only_option

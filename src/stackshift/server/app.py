@@ -32,6 +32,8 @@ from ..serialization import MAX_DEPTH, DuplicateKeyError, MiB
 from ..service import Service
 from ..settings import Settings
 from ..store import open_store
+from ..store.database import SCHEMA_MISSING
+from ..store.queries import latest_version
 from . import flow_routes, metrics, push_routes, routes, worker_routes
 from .bodies import JsonBodyRoute
 from .errors import ApiError, classify, error_body, rename_fields
@@ -390,6 +392,26 @@ class CountResponses:
         return getattr(route, "path", None) or "unmatched"
 
 
+def _checked_schema(service: Service) -> int:
+    """The database's schema version, when the server can serve from it: else 503
+    (a SQLite file deleted or replaced under the server, tables gone, a schema
+    behind this release's)."""
+    reason = service.store.detached()
+    if reason is not None:
+        raise ApiError(503, "database_unavailable",
+                       f"the server's {reason.removeprefix('its ')}; start it again on the"
+                       " database in use")
+    found = service.schema_version()
+    needed = latest_version(service.store.db.dialect)
+    if found == 0:
+        raise ApiError(503, "database_unavailable", SCHEMA_MISSING)
+    if found < needed:
+        raise ApiError(503, "database_unavailable",
+                       f"the database's schema is at version {found}, this server needs"
+                       f" {needed}; run `stackshift migrate` on it")
+    return found
+
+
 def body_limit(settings: Settings) -> int:
     """The request body limit that lets every value within ``settings``' limits
     through: three times the largest value limit plus 1 MiB (4 MiB with the
@@ -452,13 +474,13 @@ def create_app(service: Service, *, max_body_bytes: int | None = None) -> FastAP
              responses={status: error for status, error in routes.ERRORS.items()
                         if status != 401}, dependencies=known)
     def healthz() -> Health:
-        return Health(status="ok", schema_version=service.schema_version())
+        return Health(status="ok", schema_version=_checked_schema(service))
 
     # Load balancers and uptime checks often ask with HEAD: the same database read,
     # answered with the status alone (503 when the database does not answer).
     @app.head("/healthz", include_in_schema=False, dependencies=known)
     def healthz_head() -> Response:
-        service.schema_version()
+        _checked_schema(service)
         return Response(status_code=200)
 
     @app.get(

@@ -25,7 +25,7 @@ from ..errors import (
     QueueNotFoundError,
     RunNotFoundError,
 )
-from ..store.database import is_database_unavailable
+from ..store.database import SCHEMA_MISSING, is_database_unavailable, is_schema_missing
 
 log = logging.getLogger("stackshift.server")
 
@@ -102,6 +102,9 @@ def classify(exc: BaseException) -> tuple[int, str, str, dict[str, Any]]:
     if isinstance(exc, ValueError | OverflowError) or _is_database_data_error(exc):
         # ValidationError is a ValueError; so is UnicodeEncodeError (lone surrogates).
         return 422, "validation_error", message, {}
+    if is_schema_missing(exc):  # emptied, or dropped and made again, under the server
+        log.warning("%s (%s: %s)", SCHEMA_MISSING, type(exc).__name__, message.splitlines()[0])
+        return 503, "database_unavailable", SCHEMA_MISSING, {}
     if is_database_unavailable(exc):
         log.warning("the database is unavailable: %s: %s", type(exc).__name__, message)
         return 503, "database_unavailable", "the database is unavailable; try again", {}

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ..service import Service
 from ..worker import Worker
+from ..worker.invocation import Retrying, warn_of
 
 if TYPE_CHECKING:
     from ..client import StackShift
@@ -43,6 +44,7 @@ class Maintainer:
                              maintenance_interval=interval)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._outages = Retrying(log, Worker.OUTAGE_SAID_EVERY)
 
     @property
     def id(self) -> str:
@@ -69,8 +71,8 @@ class Maintainer:
                 plan.take_passed(self.service.clock.now())
                 if store.try_lead(self.id, self.worker.lead_silence) and self.worker.maintain():
                     self.service.notifier.notify()  # waiting claims look again
-            except Exception:
-                log.exception("maintenance round failed; retrying")
+            except Exception as exc:
+                self._outages.say("maintenance round", exc)
 
     def stop(self) -> None:
         self._stop.set()
@@ -81,5 +83,5 @@ class Maintainer:
             self._thread = None
         try:
             self.service.store.resign(self.id)
-        except Exception:
-            log.warning("maintenance: could not resign", exc_info=True)
+        except Exception as exc:
+            warn_of(log, exc, "maintenance: could not resign")

@@ -15,7 +15,7 @@ import anyio.to_thread
 from starlette.responses import JSONResponse
 
 from ..serialization import MiB
-from ..store.database import is_database_unavailable
+from ..store.database import SCHEMA_MISSING, is_database_unavailable, is_schema_missing
 from .errors import error_body
 
 Scope = MutableMapping[str, Any]
@@ -86,10 +86,13 @@ class RequireApiKey:
         try:
             key = await anyio.to_thread.run_sync(self.verify, token)
         except Exception as exc:
-            if not is_database_unavailable(exc):
+            if is_schema_missing(exc):
+                said = SCHEMA_MISSING
+            elif is_database_unavailable(exc):
+                said = "the database is unavailable; try again"
+            else:
                 raise
-            await send_error(send, 503, "database_unavailable",
-                             "the database is unavailable; try again")
+            await send_error(send, 503, "database_unavailable", said)
             return
         if key is None:
             await send_error(send, 401, "unauthorized", "the API key is unknown or revoked",

@@ -45,7 +45,8 @@ from ..service import Service
 from ..signing import sign
 from ..store.base import ClaimedRun, Lease
 from ..store.flow import ClaimRules
-from ..worker.worker import HandlerThreads
+from ..worker.invocation import Retrying, warn_of
+from ..worker.worker import HandlerThreads, Worker
 from . import push_schemas as p
 from . import schemas as s
 from . import worker_schemas as w
@@ -101,6 +102,7 @@ class Dispatcher:
         self._served: tuple[list[str], int] = ([], 0)
         self._registered = False  # in the worker registry
         self._reload = False  # an endpoint was removed here: reload the endpoints
+        self._outages = Retrying(log, Worker.OUTAGE_SAID_EVERY)
         service.endpoint_watchers.append(self._endpoints_removed)
         # Daemon threads: a request still open when the server stops does not keep
         # the process from exiting (the route finishes the run; see stop()).
@@ -145,14 +147,14 @@ class Dispatcher:
         for lease in unsent:
             try:
                 self.service.store.release_run(lease, self.service.clock.now())
-            except Exception:
-                log.warning("push: could not hand back run %s", lease.run_id, exc_info=True)
+            except Exception as exc:
+                warn_of(log, exc, "push: could not hand back run %s", lease.run_id)
         self._threads.shutdown()
         self._http.close()
         try:
             self.service.store.unregister_worker(self.id)
-        except Exception:
-            log.warning("push: could not unregister", exc_info=True)
+        except Exception as exc:
+            warn_of(log, exc, "push: could not unregister")
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -179,8 +181,8 @@ class Dispatcher:
                     self.service.store.purge_push_deliveries(
                         self.service.clock.now() - DELIVERY_RETENTION)
                 busy = self._claim_all()
-            except Exception:
-                log.exception("push: dispatch round failed; retrying")
+            except Exception as exc:
+                self._outages.say("push: dispatch round", exc)
                 busy = False
                 self._stop.wait(1.0)
             if busy:
@@ -412,8 +414,8 @@ class Dispatcher:
             # Conditional on the lease: a no-op when the route recorded an ending.
             try:
                 self.service.store.release_run(lease, self.service.clock.now())
-            except Exception:
-                log.warning("push: could not hand back run %s", lease.run_id, exc_info=True)
+            except Exception as exc:
+                warn_of(log, exc, "push: could not hand back run %s", lease.run_id)
         # UNKNOWN: the route renews the lease while it executes the run and records
         # its ending; if it is gone, the lease runs out and the rescuer retries.
         self.signal.bump()

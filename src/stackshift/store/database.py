@@ -24,6 +24,21 @@ def is_database_unavailable(exc: BaseException) -> bool:
     )
 
 
+def is_schema_missing(exc: BaseException) -> bool:
+    """A table of StackShift's schema is not there: the database was emptied, or
+    dropped and made again, under a running process (or never migrated).
+    Nothing a retry mends until ``stackshift migrate`` runs on it."""
+    for cls in type(exc).__mro__:
+        if cls.__name__ == "UndefinedTable" and cls.__module__.startswith("psycopg"):
+            return True
+    return (type(exc).__module__ == "sqlite3" and is_database_unavailable(exc)
+            and str(exc).startswith("no such table"))
+
+
+#: What a process says of a database whose tables are gone (see is_schema_missing).
+SCHEMA_MISSING = "the database has no StackShift tables; run `stackshift migrate` on it"
+
+
 #: Seconds a maintenance leader may go without calling ``try_lead`` again before
 #: another process may take the lead from it (see :meth:`Database.try_lead`).
 LEAD_SILENCE = 5.0

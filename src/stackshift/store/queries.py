@@ -11,6 +11,7 @@ as if it were written out there.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from importlib import resources
@@ -64,3 +65,9 @@ def load_migrations(dialect: str) -> list[tuple[int, str, str]]:
         if match:
             found.append((int(match.group(1)), match.group(2), entry.read_text()))
     return sorted(found)
+
+
+@functools.cache
+def latest_version(dialect: str) -> int:
+    """The schema version this release's migrations of ``dialect`` bring a database to."""
+    return len(load_migrations(dialect))

@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from .. import forks
 from ..errors import ValidationError
@@ -55,6 +55,13 @@ def _cannot_open(exc: sqlite3.OperationalError, path: str) -> str:
     if os.path.isdir(os.path.dirname(os.path.abspath(path))):
         return message
     return f"{message} ({missing_folder(path)})"
+
+
+def _cut_off(reason: str) -> str:
+    """The error of a write or a connection refused because the store's file is
+    no longer the database at its path (see :meth:`SqliteDatabase.detached`)."""
+    return (f"this process's {reason.removeprefix('its ')}: nothing more is written to it"
+            " (it would be lost); start this process again on the database in use")
 
 
 def missing_folder(path: str) -> str:
@@ -165,11 +172,17 @@ class SqliteDatabase:
     # -- connections -------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
+        # Once the store has opened its file, a connection opens that file or
+        # none: where it was deleted, SQLite would make a new, empty one.
+        target, uri = ((self.path, False) if self._file is None
+                       else (f"file:{quote(self.path)}?mode=rw", True))
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   timeout=self._busy_ms / 1000)
+            conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False,
+                                   timeout=self._busy_ms / 1000, uri=uri)
         except sqlite3.OperationalError as exc:  # e.g. a missing folder: say which file
-            raise sqlite3.OperationalError(_cannot_open(exc, self.path)) from exc
+            reason = None if self._file is None else self.detached()
+            raise sqlite3.OperationalError(
+                _cannot_open(exc, self.path) if reason is None else _cut_off(reason)) from exc
         conn.row_factory = sqlite3.Row
         try:
             conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
@@ -286,6 +299,8 @@ class SqliteDatabase:
             if self._closed:
                 raise RuntimeError("the store is closed")
             conn = self._writer_conn()
+            if (reason := self.detached()) is not None:
+                raise sqlite3.OperationalError(_cut_off(reason))
             relaxed = not durable and self._synchronous in ("FULL", "EXTRA")
             if relaxed:  # the safety level cannot change inside a transaction
                 conn.execute("PRAGMA synchronous = NORMAL")

@@ -42,7 +42,7 @@ from ..runlogs import CURRENT, CURRENT_STEP, engine_call
 from ..serialization import encode, loads
 from ..service import Service
 from ..store.base import ClaimedRun, LogWrite, Outcome, StepWrite
-from ..store.database import is_database_unavailable
+from ..store.database import SCHEMA_MISSING, is_database_unavailable, is_schema_missing
 
 log = logging.getLogger("stackshift.worker")
 
@@ -718,6 +718,8 @@ def first_line(exc: BaseException) -> str:
 
 def outage_of(exc: BaseException) -> str | None:
     """What ``exc`` says is unavailable, when it is worth trying again."""
+    if is_schema_missing(exc):
+        return SCHEMA_MISSING
     if is_database_unavailable(exc):
         return "the database is unavailable"
     # Imported here: a worker on the database never loads the HTTP client.
@@ -726,6 +728,41 @@ def outage_of(exc: BaseException) -> str | None:
     if is_server_unavailable(exc):  # a remote worker's
         return "the server is unavailable or its answer was lost"
     return None
+
+
+def warn_of(logger: logging.Logger, exc: BaseException, message: str, *args: object) -> None:
+    """A warning that something could not be done because of ``exc``: with its
+    traceback, unless the database or the server is unavailable, said in the line."""
+    outage = outage_of(exc)
+    if outage is None:
+        logger.warning(message, *args, exc_info=exc)
+    else:
+        logger.warning(message + ": %s (%s: %s)", *args, outage, type(exc).__name__,
+                       first_line(exc))
+
+
+class Retrying:
+    """Says on ``logger`` that a loop failed and is tried again: with its
+    traceback, unless the database or the server is unavailable (a restart, a
+    dropped connection, the tables gone), which is said in one line, at most
+    every ``every`` seconds for each loop while it lasts."""
+
+    def __init__(self, logger: logging.Logger, every: float) -> None:
+        self.logger = logger
+        self.every = every
+        self._said: dict[str, float] = {}  # when each loop last said it (monotonic)
+
+    def say(self, what: str, exc: Exception) -> None:
+        """``what`` failed (e.g. ``worker wkr_1: claim``) with ``exc``."""
+        outage = outage_of(exc)
+        if outage is None:
+            self.logger.exception("%s failed; retrying", what)
+            return
+        now = time.monotonic()
+        if now - self._said.get(what, float("-inf")) >= self.every:
+            self._said[what] = now
+            self.logger.warning("%s failed, %s (%s: %s); retrying", what, outage,
+                                type(exc).__name__, first_line(exc))
 
 
 def say_failed(job: str, run_id: str, attempts_used: int, max_attempts: int,

@@ -37,7 +37,7 @@ from ..jobs import check_name
 from ..store.base import ClaimedRun
 from ..store.database import LEAD_SILENCE
 from .executor import execute_async, execute_sync
-from .invocation import Invocation, first_line, outage_of, say_failed
+from .invocation import Invocation, Retrying, outage_of, say_failed, warn_of
 
 if TYPE_CHECKING:
     from ..client import StackShift
@@ -244,8 +244,7 @@ class Worker:
         self._next_purge = 0.0
         self._next_ageing = 0.0
         self._last_claimed = float("-inf")
-        #: when each loop last said it failed for an outage (see _retrying)
-        self._outage_said: dict[str, float] = {}
+        self._outages = Retrying(log, self.OUTAGE_SAID_EVERY)
         self._rules = self.service.claim_rules()
         self._process: processes.ProcessId | None = None  # known once started
 
@@ -389,11 +388,12 @@ class Worker:
             self._loop.close()
         self._loop = None
         try:
-            self.service.store.resign(self.id)
-            self.service.store.unregister_worker(self.id)
-        except Exception:
+            if self.detached is None:  # else there is no database to write to
+                self.service.store.resign(self.id)
+                self.service.store.unregister_worker(self.id)
+        except Exception as exc:
             if self.refused is None:  # else said already: the server takes no call
-                log.warning("worker %s: could not unregister", self.id, exc_info=True)
+                warn_of(log, exc, "worker %s: could not unregister", self.id)
         runlogs.uninstall()
         self._started = False
 
@@ -543,25 +543,19 @@ class Worker:
     OUTAGE_SAID_EVERY = 30.0
 
     def _retrying(self, what: str, exc: Exception) -> None:
-        """Say that ``what`` (a loop of the worker) failed and is tried again: with
-        its traceback, unless the database or the server is unavailable (a restart,
-        a dropped connection), which is said in a line, at most every
-        ``OUTAGE_SAID_EVERY`` seconds for each loop while it lasts."""
-        outage = outage_of(exc)
-        if outage is None:
-            log.exception("worker %s: %s failed; retrying", self.id, what)
-            return
-        now = time.monotonic()
-        if now - self._outage_said.get(what, float("-inf")) >= self.OUTAGE_SAID_EVERY:
-            self._outage_said[what] = now
-            log.warning("worker %s: %s failed, %s (%s: %s); retrying", self.id, what, outage,
-                        type(exc).__name__, first_line(exc))
+        """Say that ``what`` (a loop of the worker) failed and is tried again
+        (see :class:`Retrying`); or, when its database file was deleted or
+        replaced (its writes refused for that), that it stops."""
+        if not self._cut_off():
+            self._outages.say(f"worker {self.id}: {what}", exc)
 
     def _cut_off(self) -> bool:
         """Whether the worker's database is no longer the one other processes use
         (its SQLite file deleted or replaced): it says so and stops (``run()``
         returns; ``stackshift worker`` exits 1), rather than go on writing where
         nobody reads and never see the runs started in the new file."""
+        if self.detached is not None:  # said already
+            return True
         reason = self.service.store.detached()
         if reason is None:
             return False
