@@ -705,6 +705,11 @@ def test_the_jobs_page_starts_a_run_and_keeps_a_refused_form_as_it_was_sent(
          "priority must be a 32-bit integer, got 'high'"),
         ("send-email", '{"user": "lin"}', {"priority": "9999999999"},
          "priority must be a 32-bit integer, got 9999999999"),
+        # Digits are ASCII, as the API and the command line take them.
+        ("send-email", '{"user": "lin"}', {"priority": "\u0663"},
+         "priority must be a 32-bit integer, got '\u0663'"),
+        ("send-email", '{"user": "lin"}', {"delay": "1e3"},
+         "delay: seconds are written in digits (e.g. '60', '1.5'), got '1e3'"),
     ]
     for job, payload, options, message in refusals:
         submit(job, payload, **options)

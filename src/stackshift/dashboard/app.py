@@ -557,7 +557,7 @@ class Dashboard:
             # A whole number as such; other text as it was typed, refused in the
             # words the SDK's start uses.
             rank = None if not priority else check_int(
-                int(priority) if re.fullmatch(r"[+-]?\d{1,12}", priority) else priority,
+                int(priority) if re.fullmatch(r"[+-]?[0-9]{1,12}", priority) else priority,
                 "priority", 32)
             # A bare number is seconds, as for `stackshift start --delay`.
             after = parse_typed_duration(delay, name="delay") if delay else None

@@ -756,7 +756,7 @@ class Retrying:
         """``what`` failed (e.g. ``worker wkr_1: claim``) with ``exc``."""
         outage = outage_of(exc)
         if outage is None:
-            self.logger.exception("%s failed; retrying", what)
+            self.logger.error("%s failed; retrying", what, exc_info=exc)
             return
         now = time.monotonic()
         if now - self._said.get(what, float("-inf")) >= self.every:
