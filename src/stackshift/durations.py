@@ -69,18 +69,19 @@ def parse_typed_duration(text: str, *, name: str) -> float:
     """A duration typed as text (a command-line option, a form field) as seconds: a
     bare number is seconds (``10``, ``1.5``), other text one of the forms of
     :func:`parse_duration`. An error quotes the text as typed."""
-    if _TYPED_SECONDS.fullmatch(text) is None:
-        try:
-            float(text)
-        except ValueError:
-            return parse_duration(text, name=name)
+    try:
+        seconds = float(text)
+    except ValueError:
+        return parse_duration(text, name=name)
+    if _TYPED_SECONDS.fullmatch(text.strip()) is None and math.isfinite(seconds):
+        # A number Python reads but not in digits alone ('1e3', '1_0', '+5', '٣');
+        # NaN and infinity are refused below as any such duration is.
         raise ValidationError(
             f"{name}: seconds are written in digits (e.g. '60', '1.5'), got {text!r}")
-    seconds = float(text)
     try:
         return parse_duration(seconds, name=name)
     except ValidationError as exc:
-        # The number as it was typed ('-5', '0.0000001'), not as read.
+        # The number as it was typed ('-5', '1e999'), not as read (-5.0, inf).
         raise ValidationError(str(exc).replace(f"{name}: {seconds!r}", f"{name}: {text!r}", 1)
                               ) from None
 
