@@ -46,7 +46,8 @@ from ..signing import sign
 from ..store.base import ClaimedRun, Lease
 from ..store.flow import ClaimRules
 from ..worker.invocation import Retrying, warn_of
-from ..worker.worker import HandlerThreads, Worker
+from ..worker.threads import HandlerThreads
+from ..worker.worker import Worker
 from . import push_schemas as p
 from . import schemas as s
 from . import worker_schemas as w

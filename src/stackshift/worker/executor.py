@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import logging
 import threading
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from ..context import AsyncJobContext, JobContext
@@ -103,3 +104,59 @@ async def execute_async(invocation: Invocation, state: AsyncState) -> None:
     finally:
         if token is not None:
             CURRENT.reset(token)
+
+
+def end_async_handlers(loop: asyncio.AbstractEventLoop, worker_id: str, wait: float) -> None:
+    """Cancel the async handlers still running on ``loop`` when the worker stops
+    (their runs were handed back, or their attempts timed out), and let them end
+    within ``wait`` seconds: a loop stopped under them would leave them to end at
+    exit, with tracebacks. A loop held up by a blocking call is not waited for long."""
+
+    async def cancel_all() -> list[asyncio.Task[Any]]:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=wait)
+        return [task for task in tasks if not task.done()]
+
+    try:
+        left = asyncio.run_coroutine_threadsafe(cancel_all(), loop).result(wait + 1)
+    except Exception:
+        log.warning("worker %s: async handlers still running as it stops (a blocking"
+                    " call holds up the event loop?)", worker_id)
+        return
+    if not left:
+        return
+    # Handlers that caught the cancellation and go on (their attempts were failed
+    # at their timeout, or their runs handed back): said once here, rather than
+    # as "Task was destroyed but it is pending!" when each is collected.
+    log.warning("worker %s: %d async handler(s) did not stop when cancelled; left"
+                " behind as the worker stops", worker_id, len(left))
+    behind = set(left)
+
+    def quiet(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if context.get("task") not in behind:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(quiet)
+
+
+def run_apart(coroutine: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``coroutine()`` to its end on an event loop of its own: in this thread, or
+    in a thread of its own when this one runs an event loop already."""
+    # Found out first, and run outside the except block: an error the handler
+    # raises would otherwise carry "no running event loop" as its context.
+    try:
+        asyncio.get_running_loop()
+        looping = True
+    except RuntimeError:
+        looping = False
+    if not looping:
+        asyncio.run(coroutine())
+        return
+    done = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stackshift-apart")
+    try:
+        done.submit(lambda: asyncio.run(coroutine())).result()
+    finally:
+        done.shutdown()

@@ -13,16 +13,14 @@ Threads, each with one job:
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import os
-import queue
 import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -36,8 +34,9 @@ from ..ids import new_id
 from ..jobs import check_name
 from ..store.base import ClaimedRun
 from ..store.database import LEAD_SILENCE
-from .executor import execute_async, execute_sync
+from .executor import end_async_handlers, execute_async, execute_sync, run_apart
 from .invocation import Invocation, Retrying, outage_of, say_failed, warn_of
+from .threads import DuePlan, HandlerThreads
 
 if TYPE_CHECKING:
     from ..client import StackShift
@@ -65,92 +64,6 @@ class _Active:
     timed_out: bool = field(default=False)
     #: the handler is done and its ending is being recorded: its slot is free
     returned: bool = field(default=False)
-
-
-class DuePlan:
-    """When the next timer, retry or scheduled start falls due, as far as this
-    process knows: the heartbeat wakes then, not at its next regular round.
-
-    Maintenance notes the earliest due time it read from the store (runs and
-    schedule ticks); the
-    service's notifier brings the times recorded in this process since (a
-    retry, a run parked until a time or an event's timeout, a delayed start).
-    A time noted while the heartbeat sleeps wakes it to sleep again until then.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._due: float | None = None  # epoch seconds, as the service clock
-        self.changed = threading.Event()
-
-    def note(self, at: float) -> None:
-        with self._lock:
-            if self._due is None or at < self._due:
-                self._due = at
-                self.changed.set()
-
-    def sleep(self, interval: float, now: float, stop: threading.Event) -> None:
-        """Sleep ``interval`` at most, less if something falls due sooner, or until
-        ``stop`` is set (whoever sets it sets ``changed`` next)."""
-        self.changed.clear()  # what was noted so far is read below
-        if stop.is_set():
-            return
-        with self._lock:
-            due = self._due
-        timeout = interval if due is None else min(interval, max(0.0, due - now))
-        self.changed.wait(timeout)
-
-    def take_passed(self, now: float) -> bool:
-        """Forget the noted time if it has come; whether it had."""
-        with self._lock:
-            if self._due is None or self._due > now:
-                return False
-            self._due = None
-            return True
-
-
-class HandlerThreads:
-    """The threads that run sync handlers, started as needed up to ``limit``.
-
-    Leaner than a ``ThreadPoolExecutor`` (no future per call), and daemon
-    threads: a handler still running after the worker stopped (its run
-    released) does not keep the process from exiting.
-    """
-
-    def __init__(self, limit: int, name: str) -> None:
-        self._limit = limit
-        self._name = name
-        self._calls: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._idle = 0
-        self._started = 0
-
-    def submit(self, call: Callable[[], None]) -> None:
-        with self._lock:
-            if self._idle:
-                self._idle -= 1
-            elif self._started < self._limit:
-                thread = threading.Thread(target=self._serve, daemon=True,
-                                          name=f"{self._name}_{self._started}")
-                self._started += 1
-                thread.start()
-        self._calls.put(call)
-
-    def _serve(self) -> None:
-        while (call := self._calls.get()) is not None:
-            try:
-                call()
-            except BaseException:
-                log.exception("a handler thread's call failed")
-            with self._lock:
-                self._idle += 1
-
-    def shutdown(self) -> None:
-        """Idle threads exit; busy ones once their call returns."""
-        with self._lock:
-            started, self._started = self._started, self._limit  # no more threads
-        for _ in range(started):
-            self._calls.put(None)
 
 
 def _check_queues(queues: object) -> list[str]:
@@ -376,7 +289,7 @@ class Worker:
             if thread.name != "stackshift-loop":
                 thread.join(timeout=5)
         if self._loop is not None:
-            self._end_async_handlers(self._loop)
+            end_async_handlers(self._loop, self.id, self.CANCEL_WAIT)
             self._loop.call_soon_threadsafe(self._loop.stop)
         for thread in self._threads:
             thread.join(timeout=5)
@@ -399,42 +312,6 @@ class Worker:
 
     #: Seconds ``stop()`` gives the async handlers it cancels to end.
     CANCEL_WAIT = 2.0
-
-    def _end_async_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Cancel the async handlers still running when the worker stops (their
-        runs were handed back, or their attempts timed out), and let them end:
-        a loop stopped under them would leave them to end at exit, with
-        tracebacks. A loop held up by a blocking call is not waited for long."""
-
-        async def cancel_all() -> list[asyncio.Task[Any]]:
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                await asyncio.wait(tasks, timeout=self.CANCEL_WAIT)
-            return [task for task in tasks if not task.done()]
-
-        try:
-            left = asyncio.run_coroutine_threadsafe(cancel_all(), loop).result(
-                self.CANCEL_WAIT + 1)
-        except Exception:
-            log.warning("worker %s: async handlers still running as it stops (a blocking"
-                        " call holds up the event loop?)", self.id)
-            return
-        if not left:
-            return
-        # Handlers that caught the cancellation and go on (their attempts were failed
-        # at their timeout, or their runs handed back): said once here, rather than
-        # as "Task was destroyed but it is pending!" when each is collected.
-        log.warning("worker %s: %d async handler(s) did not stop when cancelled; left"
-                    " behind as the worker stops", self.id, len(left))
-        behind = set(left)
-
-        def quiet(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-            if context.get("task") not in behind:
-                loop.default_exception_handler(context)
-
-        loop.set_exception_handler(quiet)
 
     def run(self, ready: Callable[[], None] | None = None) -> None:
         """Start and block until SIGTERM/SIGINT (or ``stop()`` from another thread).
@@ -982,7 +859,7 @@ class Worker:
                     assert job is not None
                     invocation = Invocation(self.service, job, item, self.lease_seconds)
                     if job.is_async:
-                        _run_apart(partial(execute_async, invocation, self.app.state_async))
+                        run_apart(partial(execute_async, invocation, self.app.state_async))
                     else:
                         execute_sync(invocation, self.app.state)
                     count += 1
@@ -990,22 +867,3 @@ class Worker:
         finally:
             runlogs.uninstall()
 
-
-def _run_apart(coroutine: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Run ``coroutine()`` to its end on an event loop of its own: in this thread, or
-    in a thread of its own when this one runs an event loop already."""
-    # Found out first, and run outside the except block: an error the handler
-    # raises would otherwise carry "no running event loop" as its context.
-    try:
-        asyncio.get_running_loop()
-        looping = True
-    except RuntimeError:
-        looping = False
-    if not looping:
-        asyncio.run(coroutine())
-        return
-    done = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stackshift-apart")
-    try:
-        done.submit(lambda: asyncio.run(coroutine())).result()
-    finally:
-        done.shutdown()
