@@ -49,6 +49,13 @@ class Whole(click.IntRange):
                 self.fail(f"{value!r} is not a whole number in digits", param, ctx)
         return super().convert(value, param, ctx)
 
+    def _describe_range(self) -> str:
+        # Without bounds, help shows none (click would write "x<=None").
+        if self.min is None and self.max is None:
+            return ""
+        return super()._describe_range()
+
+
 DATABASE_ENV = "STACKSHIFT_DATABASE_URL"
 
 
