@@ -41,10 +41,11 @@ def stop_with_a_cancel_requested(app: StackShift, caplog: pytest.LogCaptureFixtu
                     " requested; cancelled"], said
 
 
-def stop_keeps_the_records_logged(app: StackShift) -> None:
+def stop_keeps_the_records_logged(app: StackShift, caplog: pytest.LogCaptureFixture) -> None:
     """A worker stopped while a step runs hands the run back with the records its
     attempt logged since its last checkpoint: they are stored with the hand-back,
-    and the next worker's records follow them."""
+    and the next worker's records follow them. The handler, stopped at its next
+    step, is said to be handed back, not to have lost its lease to another worker."""
     entered = threading.Event()
     release = threading.Event()
 
@@ -63,12 +64,19 @@ def stop_keeps_the_records_logged(app: StackShift) -> None:
     run = app.start("chatty")
     worker = app.worker(concurrency=1, poll_interval=0.05)
     worker.start()
-    try:
-        assert entered.wait(15), "the step did not start"
-        worker.stop(grace=0)
-    finally:
-        release.set()
-        worker.stop(grace=1)
+    with caplog.at_level(logging.INFO, logger="stackshift"):
+        try:
+            assert entered.wait(15), "the step did not start"
+            worker.stop(grace=0)
+        finally:
+            release.set()
+            worker.stop(grace=1)
+        said = f"run {run.id}: handed back as the worker stopped; its handler stopped at a step"
+        deadline = time.monotonic() + 15
+        while said not in [r.getMessage() for r in caplog.records]:
+            assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+            time.sleep(0.02)
+    assert not [r.getMessage() for r in caplog.records if "lease" in r.getMessage()]
     assert app.runs.get(run.id).status == "queued"
     assert [e.message for e in app.runs.logs(run.id)] == ["before any step", "inside the step"]
 

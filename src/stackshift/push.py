@@ -293,7 +293,7 @@ class PushRoute:
     def timed_out(invocation: Invocation) -> None:
         timeout = invocation.job.timeout or 0
         invocation.fail(AttemptTimeoutError(f"attempt ran longer than {timeout:g}s"))
-        invocation.abandoned = True
+        invocation.abandon("timed out")
 
     async def execute_async(self, invocation: Invocation) -> Reply:
         try:

@@ -559,8 +559,8 @@ def test_a_worker_stopped_as_its_run_is_cancelled_says_cancelled(
 
 
 def test_a_worker_stopped_mid_step_keeps_the_records_its_attempt_logged(
-        app: StackShift) -> None:
-    stop_keeps_the_records_logged(app)
+        app: StackShift, caplog: pytest.LogCaptureFixture) -> None:
+    stop_keeps_the_records_logged(app, caplog)
 
 
 class Overlap:

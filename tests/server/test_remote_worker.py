@@ -801,8 +801,8 @@ def test_a_remote_worker_stopped_as_its_run_is_cancelled_says_cancelled(
 
 
 def test_a_remote_worker_stopped_mid_step_keeps_the_records_its_attempt_logged(
-        client: StackShift) -> None:
-    stop_keeps_the_records_logged(client)
+        client: StackShift, caplog: pytest.LogCaptureFixture) -> None:
+    stop_keeps_the_records_logged(client, caplog)
 
 
 class UpstreamError(Exception):

@@ -205,7 +205,11 @@ class Invocation:
         self._logs = (LogsWrittenAhead(self._write_ahead) if make_logs is None
                       else make_logs(self._write_ahead))
         self.cancel_requested = False
+        #: this worker no longer records the attempt (see :meth:`abandon`)
         self.abandoned = False
+        #: why: "lost" (the lease, to another worker), "handed back" (the worker
+        #: stopped) or "timed out" (the attempt was failed at its timeout)
+        self.abandoned_for: str | None = None
         #: the run was parked (a sleep or a wait): the invocation ends here, and a
         #: step the handler still calls (in a ``finally``, say) raises Suspend again
         self.suspended = False
@@ -342,9 +346,15 @@ class Invocation:
         runs whose lease was lost (rescued elsewhere: stop at the next step)."""
         self._heard_at = max(self._heard_at, asked_at)
         if self.run.id in lost:
-            self.abandoned = True
+            self.abandon("lost")
         if self.run.id in cancels:
             self.cancel_requested = True
+
+    def abandon(self, why: str) -> None:
+        """Record nothing more of this attempt; the handler stops at its next step."""
+        if not self.abandoned:
+            self.abandoned_for = why
+            self.abandoned = True
 
     def _replay(self, key: str, kind: str, function: str | None) -> Any:
         step = self.steps.get(key)
@@ -682,8 +692,13 @@ class Invocation:
             done = self._through_outages(
                 lambda: self.store.finish_attempt(self.lease, outcome, logs, now))
         if not done:
-            log.warning("run %s: lease lost before the attempt could be recorded (or a"
-                        " try whose answer was lost recorded it)", self.run.id)
+            if self.abandoned_for == "handed back":
+                log.warning("run %s: the handler ended as the worker handed the run back;"
+                            " the attempt's ending was not recorded, and the run runs"
+                            " again from its completed steps", self.run.id)
+            else:
+                log.warning("run %s: lease lost before the attempt could be recorded (or a"
+                            " try whose answer was lost recorded it)", self.run.id)
             return
         if outcome.retry_at is not None:
             self.service.notifier.due(outcome.retry_at)
@@ -703,7 +718,15 @@ class Invocation:
         elif isinstance(error, Suspend):
             return
         elif isinstance(error, LeaseLost):
-            log.warning("run %s: this worker lost the run's lease; abandoning", self.run.id)
+            if self.abandoned_for == "handed back":
+                log.info("run %s: handed back as the worker stopped; its handler stopped"
+                         " at a step", self.run.id)
+            elif self.abandoned_for == "timed out":
+                log.info("run %s: the handler of the attempt that timed out stopped at a"
+                         " step", self.run.id)
+            else:
+                log.warning("run %s: this worker lost the run's lease; abandoning",
+                            self.run.id)
         elif isinstance(error, CancelSignal):
             self.cancelled()
         else:

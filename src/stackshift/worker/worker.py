@@ -270,7 +270,7 @@ class Worker:
         with self._lock:
             leftovers = list(self._active.values())
         for active in leftovers:
-            active.invocation.abandoned = True
+            active.invocation.abandon("handed back")
             lease = active.invocation.lease
             try:
                 status = self.service.store.release_run(
@@ -731,7 +731,7 @@ class Worker:
                             " more): a blocking call in the async handler holds up the"
                             " worker's event loop, or the handler caught the cancellation")
             inv.fail(AttemptTimeoutError(message))
-            inv.abandoned = True
+            inv.abandon("timed out")
 
     #: Seconds before maintenance looks again at a run left due by a round.
     DUE_AGAIN = 0.02
