@@ -820,6 +820,60 @@ def test_a_second_signal_during_the_grace_period_hands_the_runs_back_at_once(
         "step-2", "step-3", "step-4", "step-5"]
 
 
+WITH_BLOCK = """
+import signal, sys, threading
+from stackshift import StackShift
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal
+app = StackShift(sys.argv[1])
+release = threading.Event()
+
+@app.job("stuck")
+def stuck(ctx):
+    ctx.step.run("wait", release.wait, 60)
+
+with app.worker(shutdown_grace="60s", poll_interval=0.05):
+    run = app.start("stuck")
+    print(run.id, flush=True)
+    app.runs.wait(run.id, timeout="120s")
+"""
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_while_a_with_block_stops_its_worker_hands_the_runs_back(
+    app: StackShift, db_url: str, tmp_path: Path
+) -> None:
+    """A program whose ``with app.worker():`` block is left by Ctrl-C waits out the
+    grace period in ``stop()``; a second Ctrl-C there hands the running runs back
+    at once, as under ``run()``, instead of interrupting the stop and leaving them
+    leased (the next worker would record the attempt as lost)."""
+    program = tmp_path / "with_block.py"
+    program.write_text(WITH_BLOCK)
+    proc = subprocess.Popen([sys.executable, str(program), db_url], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        run_id = proc.stdout.readline().strip()
+        wait_until(lambda: app.runs.get(run_id).status == "running", 20, "the run running")
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        assert proc.poll() is None  # waiting for the running attempt
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert time.monotonic() - signalled < 10
+    # The program ends as Ctrl-C ends it, with the first interrupt's traceback only.
+    assert proc.returncode != 0
+    assert err.count("KeyboardInterrupt") == 1 and "in stop" not in err, err
+    released = app.runs.get(run_id)
+    assert (released.status, released.attempt) == ("queued", 1)
+    assert [e.kind for e in app.runs.timeline(run_id)][-1] == "run.queued"
+
+
 def test_run_gives_back_the_signal_handlers_it_replaced(app: StackShift) -> None:
     @app.job("noop")
     def noop(ctx):  # type: ignore[no-untyped-def]

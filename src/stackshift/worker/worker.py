@@ -18,9 +18,10 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -239,10 +240,46 @@ class Worker:
         self._threads.append(thread)
 
     def stop(self, grace: Any = None) -> None:
-        """Stop claiming, let running attempts finish within ``grace``, release the rest."""
+        """Stop claiming, let running attempts finish within ``grace``, release the rest.
+
+        Called in the main thread outside :meth:`run` (``with app.worker():``), a
+        Ctrl-C during the grace period hands the runs still running back at once,
+        as under ``run()``, rather than interrupting the stop with the runs still
+        leased; ``KeyboardInterrupt`` is then raised once they are handed back,
+        unless an exception (the first Ctrl-C's) is on its way out already.
+        """
         if not self._started:
             self._stopping.set()  # a start() still waiting for its server gives up
             return
+        with self._interrupts_hurry() as interrupted:
+            self._stop(grace)
+        if interrupted and sys.exc_info()[1] is None:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def _interrupts_hurry(self) -> Iterator[list[int]]:
+        """While the block runs, SIGINT calls :meth:`hurry` instead of raising
+        ``KeyboardInterrupt``, where it would raise it (the main thread, Python's
+        own handler); the list yielded holds the signals that came."""
+        came: list[int] = []
+        if (threading.current_thread() is not threading.main_thread()
+                or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+            yield came
+            return
+
+        def hurry(signum: int, frame: object) -> None:
+            came.append(signum)
+            self.hurry()
+
+        signal.signal(signal.SIGINT, hurry)
+        on_signals, self._on_signals = self._on_signals, True
+        try:
+            yield came
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self._on_signals = on_signals
+
+    def _stop(self, grace: Any) -> None:
         patience = self.shutdown_grace if grace is None else parse_duration(grace, name="grace")
         deadline = time.monotonic() + patience
         self._stopping.set()
