@@ -2212,6 +2212,37 @@ def test_ctrl_c_twice_stops_the_worker_at_once_and_hands_its_run_back(
     assert (released.status, released.attempt) == ("queued", 1)
 
 
+def test_sighup_stops_the_worker_as_sigterm_does_and_hands_its_run_back(
+    db_url: str, app: StackShift, tmp_path: Path
+) -> None:
+    """A closed terminal or a dropped ssh session (SIGHUP) stops the worker cleanly:
+    the run still running is handed back with its attempt, not left leased by a
+    process killed by the signal (the next worker would count a lost attempt)."""
+    app_file = tmp_path / "tasks.py"
+    app_file.write_text(textwrap.dedent(WORKER_APP))
+    log_path = tmp_path / "worker.log"
+    with log_path.open("w") as log:
+        worker = subprocess.Popen(
+            [*STACKSHIFT, "worker", f"{app_file}:app", "--shutdown-grace", "1s",
+             "--database-url", db_url],
+            stdout=log, stderr=subprocess.STDOUT, text=True, env=_env(None), cwd=tmp_path,
+        )
+        try:
+            slow = app.start("slow", {"seconds": 60})
+            eventually(lambda: app.runs.get(slow.id).status == "running",
+                       what="slow run to start")
+            assert _stop(worker, signal.SIGHUP, timeout=20) == 0
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    output = log_path.read_text()
+    assert "Traceback" not in output, output
+    assert f"run {slow.id}: still running when the worker stopped; handed back" in output
+    released = app.runs.get(slow.id)
+    assert (released.status, released.attempt) == ("queued", 1)
+
+
 def test_the_worker_banner_does_not_print_the_database_password(tmp_path: Path) -> None:
     import psycopg
 

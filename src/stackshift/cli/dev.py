@@ -29,6 +29,7 @@ from rich.text import Text
 from ..client import DEFAULT_DATABASE_URL, StackShift
 from ..wording import shell_word
 from ..worker import Worker
+from ..worker.worker import STOP_SIGNALS
 from .failures import bad_input
 from .liveview import RunBoard, show_board
 from .loader import load_app
@@ -235,7 +236,7 @@ class _Stopper:
         self.forced = False
 
     def __enter__(self) -> _Stopper:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 

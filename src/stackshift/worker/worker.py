@@ -44,6 +44,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stackshift.worker")
 
+#: The signals ``run()`` (and ``stackshift dev``) stop on: SIGHUP as well, which a
+#: closed terminal or a dropped ssh session sends, so that the runs still running
+#: are handed back rather than left leased by a process that died of it.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT,
+                *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []))
+
 
 @dataclass
 class _Claim:
@@ -351,7 +357,7 @@ class Worker:
     CANCEL_WAIT = 2.0
 
     def run(self, ready: Callable[[], None] | None = None) -> None:
-        """Start and block until SIGTERM/SIGINT (or ``stop()`` from another thread).
+        """Start and block until SIGTERM, SIGINT or SIGHUP (or ``stop()`` from another thread).
 
         The signals are handled from the start on: one that comes while a remote
         worker waits for its server ends the wait, and ``run()`` returns.
@@ -365,7 +371,7 @@ class Worker:
             self._hurry.clear()
         previous: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in STOP_SIGNALS:
                 previous[sig] = signal.signal(sig, self._on_signal)
             self._on_signals = True
         try:
