@@ -14,7 +14,10 @@ fork, each lets go of what it inherited (its ``_after_fork`` method) and opens
 its own on next use. A connection that another thread of the parent was
 using at the moment of the fork is neither used nor closed in the child, only
 kept here: closing it could wait forever on that thread's hold on it, or end
-the parent's session.
+the parent's session. An object can also hold the fork back until such uses
+end (``_before_fork``, undone by ``_after_fork_in_parent`` in the parent): a
+SQLite connection copied in the middle of a write would keep the child from
+ever writing.
 
 Workers are not carried over: their threads stay in the parent. Start them
 in the child.
@@ -46,9 +49,26 @@ def keep(*inherited: Any) -> None:
     _kept.extend(thing for thing in inherited if thing is not None)
 
 
+#: The objects whose ``_before_fork`` ran for the fork under way.
+_holding: list[Any] = []
+
+
+def _before() -> None:
+    for obj in list(_registered):
+        if (before := getattr(obj, "_before_fork", None)) is not None:
+            before()
+            _holding.append(obj)
+
+
+def _in_parent() -> None:
+    while _holding:
+        _holding.pop()._after_fork_in_parent()
+
+
 def _in_child() -> None:
+    _holding.clear()  # each starts over below, with locks of its own
     for obj in list(_registered):
         obj._after_fork()
 
 
-os.register_at_fork(after_in_child=_in_child)
+os.register_at_fork(before=_before, after_in_parent=_in_parent, after_in_child=_in_child)

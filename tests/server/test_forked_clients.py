@@ -162,6 +162,44 @@ def test_a_worker_started_in_a_child_runs_what_the_parent_started(
         app.close()
 
 
+def test_a_child_forked_while_other_threads_write_can_write(
+        db_url: str, tmp_path: Path) -> None:
+    """A fork taken while threads of the parent start runs (a web app's request
+    threads, a worker's): the child writes too. On SQLite a connection copied in
+    the middle of a write would keep the write lock in the child's memory, and
+    every write of the child would wait for it until refused as "database is
+    locked"; the fork waits for the write under way instead."""
+    url = db_url + "?busy_timeout=3" if db_url.startswith("sqlite") else db_url
+    app = StackShift(url)
+    stop = threading.Event()
+    by_threads: list[str] = []
+
+    def hammer() -> None:
+        while not stop.is_set():
+            by_threads.append(app.start("busy", {}).id)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    started = []
+    try:
+        for n in range(6):
+            time.sleep(0.1)
+            child = Child(lambda n=n: app.start("forked", {"n": n}).id,
+                          tmp_path / f"child{n}.json")
+            started.append(child.join())
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    try:
+        assert len(by_threads) > 20  # the threads were writing all along
+        assert [app.runs.get(run_id).payload for run_id in started] == [
+            {"n": n} for n in range(6)]
+    finally:
+        app.close()
+
+
 def test_ids_made_on_both_sides_of_a_fork_differ(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # Within one process ids made in the same millisecond bump the last one's

@@ -129,6 +129,8 @@ class SqliteDatabase:
         self._closed = False
         #: (device, inode) of the file the first connection opened (see detached)
         self._file: tuple[int, int] | None = None
+        #: during a fork: the checkpointer held and whether the write lock was taken
+        self._forking: tuple[_Checkpointer | None, bool] | None = None
         self._start_over()
         forks.register(self)
 
@@ -148,6 +150,36 @@ class SqliteDatabase:
         self._writer: sqlite3.Connection | None = None
         self._checkpointer: _Checkpointer | None = None
 
+    #: Seconds a fork waits for a checkpoint, or for reads, under way to end.
+    FORK_WAIT = 5.0
+
+    def _before_fork(self) -> None:
+        """Before ``os.fork()`` (see :mod:`stackshift.forks`): wait for the
+        checkpoint, the write and the reads of this process under way to end, and
+        hold off new ones until the fork is done. SQLite keeps the locks of a
+        process's connections in the process's memory, which the child inherits:
+        a connection copied in the middle of a write would hold the write lock in
+        the child for good, and every write of the child would be refused as
+        "database is locked". A use that does not end in time is not waited for
+        further (the child then keeps its connection; see _after_fork).
+        """
+        checkpointer = self._checkpointer
+        if checkpointer is not None:
+            checkpointer.hold(self.FORK_WAIT)
+        self._forking = (checkpointer, self._write_lock.acquire(
+            timeout=self._busy_ms / 1000 + self.FORK_WAIT))
+        self._lock.acquire()
+        self._released.wait_for(lambda: not self._reading, self.FORK_WAIT)
+
+    def _after_fork_in_parent(self) -> None:
+        assert self._forking is not None
+        (checkpointer, writing), self._forking = self._forking, None
+        self._lock.release()
+        if writing:
+            self._write_lock.release()
+        if checkpointer is not None:
+            checkpointer.let_go()
+
     def _after_fork(self) -> None:
         """In a forked child (see :mod:`stackshift.forks`): close the parent's
         connections, which SQLite would otherwise count as this process's own
@@ -156,8 +188,11 @@ class SqliteDatabase:
         A connection another thread was using at the fork is only kept: its
         close would wait on that thread's hold on it.
         """
+        forking, self._forking = self._forking, None
         busy = set(self._reading)
-        if self._write_lock.locked() and self._writer is not None:
+        # The write lock _before_fork took is no write under way.
+        if (self._write_lock.locked() and self._writer is not None
+                and not (forking is not None and forking[1])):
             busy.add(self._writer)
         if self._checkpointer is not None and self._checkpointer.copying:
             busy.add(self._checkpointer.conn)
@@ -576,6 +611,15 @@ class _Checkpointer:
                 with self._copied:
                     self.copying = False
                     self._copied.notify_all()
+
+    def hold(self, timeout: float) -> None:
+        """Wait for the checkpoint under way, if one is, to end (at most
+        ``timeout`` seconds), and start no other until :meth:`let_go`."""
+        self._copied.acquire()
+        self._copied.wait_for(lambda: not self.copying, timeout)
+
+    def let_go(self) -> None:
+        self._copied.release()
 
     def hold_back(self) -> None:
         """Called by a writer before it writes: if the WAL file is more than
