@@ -192,6 +192,11 @@ class Service(FlowControl):
         #: Told when an endpoint is removed here (a server's push dispatcher).
         self.endpoint_watchers: list[Callable[[], None]] = []
 
+    def limits(self) -> Settings:
+        """The limits on values and keys this service holds writes to (as
+        :meth:`stackshift.remote.RemoteService.limits` gives a server's)."""
+        return self.settings
+
     def migrate(self) -> int:
         return self.store.migrate()
 

@@ -241,6 +241,27 @@ def test_start_payloads_starts_a_thousand_lines_a_transaction_and_says_how_far_i
     assert len(every_run(app)) == 1201
 
 
+def test_start_payloads_refuses_a_line_too_large_before_starting_any(
+    db_url: str, app: StackShift, tmp_path: Path
+) -> None:
+    """A payload over the size limit on line 1,001 is refused (exit 2) before the
+    first thousand start: exit 2 says nothing was written, and a new SQLite file
+    the command made is removed again with nothing in it."""
+    lines = tmp_path / "lines.jsonl"
+    lines.write_text("".join(json.dumps({"n": n}) + "\n" for n in range(1000))
+                     + json.dumps({"x": "p" * (1 << 20)}) + "\n", encoding="utf-8")
+    refused = cli(db_url, "start", "importOrder", "--payloads", str(lines))
+    assert refused.returncode == 2, (refused.stdout, refused.stderr)
+    assert ("the payload of line 1001 is 1048584 bytes as JSON, over the limit of 1048576"
+            " bytes") in refused.stderr
+    assert "were started" not in refused.stderr
+    assert app.runs.list(job="importOrder").items == []
+    if db_url.startswith("sqlite"):
+        fresh = tmp_path / "fresh.db"
+        refused = cli(f"sqlite:///{fresh}", "start", "importOrder", "--payloads", str(lines))
+        assert refused.returncode == 2 and not fresh.exists()
+
+
 def every_run(app: StackShift) -> list[Any]:
     page = app.runs.list(limit=1000)
     runs = list(page.items)

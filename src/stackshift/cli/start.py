@@ -15,10 +15,11 @@ from rich.text import Text
 
 from ..checks import MAX_START_MANY
 from ..durations import parse_duration, span
-from ..errors import ValidationError
+from ..errors import PayloadTooLargeError, ValidationError
 from ..models import Run, Step
+from ..serialization import encode
 from ..wording import plural, unregistered
-from .failures import ExitCode, bad_input
+from .failures import ExitCode, bad_input, failed
 from .options import (
     Whole,
     database_url_option,
@@ -241,6 +242,14 @@ def start_in_batches(app: StackShift, job: str, lines: list[Line],
     if not lines:
         app.start_many(job, [], **options)  # the job's name and options are still checked
         return []
+    # Sizes too are checked before anything starts: a line too large found in a
+    # later batch would leave the batches before it started.
+    limit = app._service.limits().max_payload_bytes
+    for line in lines:
+        try:
+            encode(line.payload, what=f"the payload of line {line.number}", limit=limit)
+        except PayloadTooLargeError as exc:
+            raise bad_input(str(exc)) from None
     runs: list[Run] = []
     for first in range(0, len(lines), MAX_START_MANY):
         batch = slice(first, first + MAX_START_MANY)
@@ -257,7 +266,10 @@ def start_in_batches(app: StackShift, job: str, lines: list[Line],
                            f"{lines[first - 1].number} were started; none from line "
                            f"{lines[first].number} on{again}", err=True)
             if isinstance(exc, ValidationError):
-                raise bad_input(by_line(str(exc), lines[batch])) from exc
+                # Exit 2 says nothing was written: with batches started, the
+                # command failed part of the way (exit 1).
+                message = by_line(str(exc), lines[batch])
+                raise (failed(message) if runs else bad_input(message)) from exc
             raise
     return runs
 
