@@ -7,6 +7,8 @@ before any server runs.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import Generator, Iterator
@@ -184,6 +186,15 @@ def _serve(database_url: str, host: str, port: int, max_body_bytes: int | None,
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             stopping.set()  # long-polls answer now, so that the stop takes no longer
             super().handle_exit(sig, frame)
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().shutdown(sockets)
+            # A second Ctrl-C (force_exit) skips the application's shutdown; left
+            # waiting, it would be cancelled as the signal is raised again at the
+            # end and log that as a traceback. It has nothing to wait for.
+            if self.force_exit and not self.lifespan.shutdown_event.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.lifespan.shutdown(), 2)
 
         @contextmanager
         def capture_signals(self) -> Generator[None, None, None]:
