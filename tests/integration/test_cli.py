@@ -2264,6 +2264,35 @@ def test_sighup_stops_the_worker_as_sigterm_does_and_hands_its_run_back(
     assert (released.status, released.attempt) == ("queued", 1)
 
 
+def test_a_worker_whose_output_was_closed_still_exits_0_on_a_clean_stop(
+    db_url: str, app: StackShift, tmp_path: Path
+) -> None:
+    """`stackshift worker ... 2>&1 | head -1`, or a log collector that died: the
+    worker goes on, and once stopped as asked (its run handed back) it exits 0;
+    the lines it could not print fail nothing."""
+    app_file = tmp_path / "tasks.py"
+    app_file.write_text(textwrap.dedent(WORKER_APP))
+    worker = subprocess.Popen(
+        [*STACKSHIFT, "worker", f"{app_file}:app", "--shutdown-grace", "0.5s",
+         "--database-url", db_url],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(None),
+        cwd=tmp_path,
+    )
+    try:
+        assert worker.stdout is not None
+        assert "Stop with Ctrl-C or SIGTERM" in worker.stdout.readline()
+        worker.stdout.close()  # as `head -1` does after its line
+        slow = app.start("slow", {"seconds": 60})
+        eventually(lambda: app.runs.get(slow.id).status == "running", what="slow run to start")
+        assert _stop(worker, signal.SIGTERM, timeout=20) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    released = app.runs.get(slow.id)
+    assert (released.status, released.attempt) == ("queued", 1)
+
+
 def test_the_worker_banner_does_not_print_the_database_password(tmp_path: Path) -> None:
     import psycopg
 

@@ -14,6 +14,7 @@ Messages go to stderr; a traceback only when ``STACKSHIFT_DEBUG`` is set.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -50,6 +51,19 @@ class CliFailure(click.ClickException):
 
     def show(self, file: IO[Any] | None = None) -> None:
         click.echo(f"error: {self.format_message()}", err=True, file=file)
+
+
+def output_gone() -> None:
+    """The reader of stdout or stderr went away (``| head``, a log collector that
+    died): what is still printed goes nowhere, rather than failing the command
+    (click's exit 1) or Python's flush at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):  # not a file: captured output
+                os.dup2(devnull, stream.fileno())
+    finally:
+        os.close(devnull)
 
 
 class BadInput(CliFailure):

@@ -16,7 +16,7 @@ from .. import runlogs
 from ..client import API_KEY_ENV, URL_ENV, StackShift
 from ..errors import AuthenticationError, StackShiftError, ValidationError
 from ..worker.invocation import attempts_log
-from .failures import bad_input
+from .failures import bad_input, output_gone
 from .loader import load_app
 from .options import DATABASE_ENV, Whole, duration, refusals_in_option_terms, split_list
 from .render import console, one_line, shown_as_is, shown_url
@@ -272,7 +272,10 @@ def worker(
             f" {w.refused}")
     if w.detached is not None:  # its SQLite file deleted or replaced: exit 1
         raise StackShiftError(f"worker {w.id}: stopped: {w.detached}")
-    if started:
-        err.print(f"worker {w.id}: stopped.", markup=False)
-    else:  # stopped while it waited for its server
-        err.print(f"worker {w.id}: stopped before the {serving} answered.", markup=False)
+    try:  # (Rich would exit 1 on a closed output)
+        if started:
+            click.echo(f"worker {w.id}: stopped.", err=True)
+        else:  # stopped while it waited for its server
+            click.echo(f"worker {w.id}: stopped before the {serving} answered.", err=True)
+    except BrokenPipeError:  # the worker stopped as asked: a closed output fails nothing
+        output_gone()
