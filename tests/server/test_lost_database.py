@@ -10,12 +10,15 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from serverproc import Server, assert_error, start_server, stop_server
 
+from stackshift import StackShift
 from stackshift.store import open_store
+from stackshift.testing import run_until_idle
 
 SCHEMA_MISSING = "the database has no StackShift tables; run `stackshift migrate` on it"
 
@@ -122,3 +125,53 @@ def _deleted_under(served: Server, db: Path) -> None:
         assert _said_in_one_line(served.log, "the database is unavailable")
     stop_server(served)  # what it could not do as it stopped is said in a line too
     _said_in_one_line(served.log, "could not")
+
+
+def _roll_back_to_12(database_url: str) -> None:
+    """The database made as a backup of schema version 12 would be (restored under
+    the server): no ``logs.fields`` column, and version 13 not recorded."""
+    statements = ["ALTER TABLE logs DROP COLUMN fields",
+                  "DELETE FROM schema_migrations WHERE version = 13"]
+    if database_url.startswith("sqlite"):
+        conn = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
+        try:
+            for statement in statements:
+                conn.execute(statement)
+        finally:
+            conn.close()
+        return
+    import psycopg
+
+    base, schema = database_url.split("?schema=")
+    with psycopg.connect(base, autocommit=True) as admin:
+        admin.execute(f'SET search_path TO "{schema}"')
+        for statement in statements:
+            admin.execute(statement)
+
+
+def test_a_request_failing_on_a_schema_behind_the_server_answers_503_saying_so(
+        served: Server, own_db: str) -> None:
+    """A backup of an older schema restored under a running server: a request that
+    fails where a column is missing gets the 503 /healthz gives, naming both
+    versions and `stackshift migrate`, not a 500 that says nothing."""
+    app = StackShift(own_db)
+
+    @app.job("report")
+    def report(ctx: Any) -> None:
+        ctx.log.info("reported")
+
+    try:
+        run_id = app.start("report").id
+        run_until_idle(app)
+    finally:
+        app.close()
+    with served.http() as http:
+        assert [r["message"] for r in http.get(f"/v1/runs/{run_id}/logs").json()["items"]
+                ] == ["reported"]
+        _roll_back_to_12(own_db)
+        behind = ("the database's schema is at version 12, this server needs 13; run"
+                  " `stackshift migrate` on it")
+        assert assert_error(http.get("/healthz"), 503, "database_unavailable")[
+            "message"] == behind
+        error = assert_error(http.get(f"/v1/runs/{run_id}/logs"), 503, "database_unavailable")
+        assert error["message"] == behind

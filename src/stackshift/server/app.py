@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, get_args
 
+import anyio
 from fastapi import Depends, FastAPI, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
@@ -301,6 +302,15 @@ async def _known_query(request: Request) -> None:
 
 async def _on_error(request: Request, exc: Exception) -> JSONResponse:
     status, code, message, extra = classify(exc)
+    if status == 500:
+        # A schema behind this release's (a backup restored under the server) fails
+        # where a column or table is missing: said as /healthz says it.
+        try:
+            await anyio.to_thread.run_sync(_checked_schema, request.app.state.service)
+        except ApiError as behind:
+            return _json_error(behind.status, behind.code, behind.message)
+        except Exception:
+            pass
     if status == 422:
         message = _in_api_words(request, message)
     return _json_error(status, code, message, **extra)
