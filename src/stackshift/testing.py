@@ -22,6 +22,7 @@ from typing import Any
 
 from .client import AsyncStackShift, StackShift
 from .durations import parse_duration, parse_instant, to_datetime
+from .errors import ValidationError
 
 __all__ = ["FakeClock", "run_until_idle"]
 
@@ -33,7 +34,7 @@ class FakeClock:
         if start is None:
             self._now = time.time()
         elif isinstance(start, int | float):
-            self._now = float(start)
+            self._now = _epoch(start, "start")
         else:
             self._now = parse_instant(start, name="start")
         self._lock = threading.Lock()
@@ -59,11 +60,25 @@ class FakeClock:
         before it is due.
         """
         if isinstance(when, int | float):
-            moment = float(when)
+            moment = _epoch(when, "when")
         else:
             moment = _last_instant_shown_as(parse_instant(when))
         with self._lock:
             self._now = moment
+
+
+def _epoch(value: float, name: str) -> float:
+    """``value`` as epoch seconds of a time the engine can store and show."""
+    if isinstance(value, bool):
+        raise ValidationError(f"{name} must be a time (epoch seconds, a datetime or an"
+                              f" ISO-8601 string), got {value!r}")
+    seconds = float(value)
+    try:
+        to_datetime(seconds)
+    except (ValueError, OverflowError, OSError):  # NaN, infinity, past the year 9999
+        raise ValidationError(f"{name}: {value!r} is not a time in epoch seconds within the"
+                              " years 1 to 9999") from None
+    return seconds
 
 
 def _last_instant_shown_as(seconds: float) -> float:

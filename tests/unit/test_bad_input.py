@@ -479,3 +479,17 @@ def test_async_client_refuses_bad_input_and_writes_nothing(db_url: str) -> None:
     asyncio.run(main())
     with StackShift(db_url) as reader:
         assert all(n == 0 for n in row_counts(reader).values())
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, True, 1e20])
+def test_a_fake_clock_set_to_no_time_is_refused_and_keeps_its_time(bad: Any) -> None:
+    # Taken, such a time failed the next start deep in the store.
+    with pytest.raises(ValidationError, match="start"):
+        FakeClock(bad)
+    clock = FakeClock("2026-01-05T09:00:00Z")
+    before = clock.now()
+    with pytest.raises(ValidationError, match="when"):
+        clock.set(bad)
+    assert clock.now() == before
+    clock.set(0)  # the epoch is a time
+    assert clock.now() == 0.0
