@@ -2199,31 +2199,40 @@ def test_worker_executes_runs_and_stops_gracefully_on_sigterm(
     assert "3 job(s) (add, boom, slow)" in output and "stopped" in output
 
 
+@contextmanager
+def _worker_on_a_slow_run(db_url: str, app: StackShift, tmp_path: Path, grace: str,
+                          output: Any) -> Iterator[tuple[subprocess.Popen[str], Any]]:
+    """`stackshift worker` on WORKER_APP with ``--shutdown-grace grace``, both its
+    outputs to ``output``, running a run of 60 s; killed at the end if still up."""
+    app_file = tmp_path / "tasks.py"
+    app_file.write_text(textwrap.dedent(WORKER_APP))
+    worker = subprocess.Popen(
+        [*STACKSHIFT, "worker", f"{app_file}:app", "--shutdown-grace", grace,
+         "--database-url", db_url],
+        stdout=output, stderr=subprocess.STDOUT, text=True, env=_env(None), cwd=tmp_path,
+    )
+    try:
+        slow = app.start("slow", {"seconds": 60})
+        eventually(lambda: app.runs.get(slow.id).status == "running",
+                   what="slow run to start")
+        yield worker, slow
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+
 def test_ctrl_c_twice_stops_the_worker_at_once_and_hands_its_run_back(
     db_url: str, app: StackShift, tmp_path: Path
 ) -> None:
-    app_file = tmp_path / "tasks.py"
-    app_file.write_text(textwrap.dedent(WORKER_APP))
     log_path = tmp_path / "worker.log"
-    with log_path.open("w") as log:
-        worker = subprocess.Popen(
-            [*STACKSHIFT, "worker", f"{app_file}:app", "--shutdown-grace", "60s",
-             "--database-url", db_url],
-            stdout=log, stderr=subprocess.STDOUT, text=True, env=_env(None), cwd=tmp_path,
-        )
-        try:
-            slow = app.start("slow", {"seconds": 60})
-            eventually(lambda: app.runs.get(slow.id).status == "running",
-                       what="slow run to start")
-            worker.send_signal(signal.SIGINT)
-            eventually(lambda: "signal again" in log_path.read_text(), what="the grace notice")
-            signalled = time.monotonic()
-            assert _stop(worker, signal.SIGINT, timeout=15) == 0
-            assert time.monotonic() - signalled < 8
-        finally:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
+    with log_path.open("w") as log, _worker_on_a_slow_run(
+            db_url, app, tmp_path, "60s", log) as (worker, slow):
+        worker.send_signal(signal.SIGINT)
+        eventually(lambda: "signal again" in log_path.read_text(), what="the grace notice")
+        signalled = time.monotonic()
+        assert _stop(worker, signal.SIGINT, timeout=15) == 0
+        assert time.monotonic() - signalled < 8
     output = log_path.read_text()
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
     assert "waiting up to 60s for 1 running attempt(s) to finish" in output, output
@@ -2239,24 +2248,10 @@ def test_sighup_stops_the_worker_as_sigterm_does_and_hands_its_run_back(
     """A closed terminal or a dropped ssh session (SIGHUP) stops the worker cleanly:
     the run still running is handed back with its attempt, not left leased by a
     process killed by the signal (the next worker would count a lost attempt)."""
-    app_file = tmp_path / "tasks.py"
-    app_file.write_text(textwrap.dedent(WORKER_APP))
     log_path = tmp_path / "worker.log"
-    with log_path.open("w") as log:
-        worker = subprocess.Popen(
-            [*STACKSHIFT, "worker", f"{app_file}:app", "--shutdown-grace", "1s",
-             "--database-url", db_url],
-            stdout=log, stderr=subprocess.STDOUT, text=True, env=_env(None), cwd=tmp_path,
-        )
-        try:
-            slow = app.start("slow", {"seconds": 60})
-            eventually(lambda: app.runs.get(slow.id).status == "running",
-                       what="slow run to start")
-            assert _stop(worker, signal.SIGHUP, timeout=20) == 0
-        finally:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
+    with log_path.open("w") as log, _worker_on_a_slow_run(
+            db_url, app, tmp_path, "1s", log) as (worker, slow):
+        assert _stop(worker, signal.SIGHUP, timeout=20) == 0
     output = log_path.read_text()
     assert "Traceback" not in output, output
     assert f"run {slow.id}: still running when the worker stopped; handed back" in output
@@ -2270,25 +2265,12 @@ def test_a_worker_whose_output_was_closed_still_exits_0_on_a_clean_stop(
     """`stackshift worker ... 2>&1 | head -1`, or a log collector that died: the
     worker goes on, and once stopped as asked (its run handed back) it exits 0;
     the lines it could not print fail nothing."""
-    app_file = tmp_path / "tasks.py"
-    app_file.write_text(textwrap.dedent(WORKER_APP))
-    worker = subprocess.Popen(
-        [*STACKSHIFT, "worker", f"{app_file}:app", "--shutdown-grace", "0.5s",
-         "--database-url", db_url],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(None),
-        cwd=tmp_path,
-    )
-    try:
+    with _worker_on_a_slow_run(db_url, app, tmp_path, "0.5s",
+                               subprocess.PIPE) as (worker, slow):
         assert worker.stdout is not None
         assert "Stop with Ctrl-C or SIGTERM" in worker.stdout.readline()
         worker.stdout.close()  # as `head -1` does after its line
-        slow = app.start("slow", {"seconds": 60})
-        eventually(lambda: app.runs.get(slow.id).status == "running", what="slow run to start")
         assert _stop(worker, signal.SIGTERM, timeout=20) == 0
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
     released = app.runs.get(slow.id)
     assert (released.status, released.attempt) == ("queued", 1)
 

@@ -8,7 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,18 +111,25 @@ def start_server(database_url: str, log: Path, *extra: str, port: int | None = N
                                stdout=out, stderr=subprocess.STDOUT, env=environment)
     out.close()
     url = f"http://127.0.0.1:{port}"
+    wait_until_serving(url, process, log.read_text)
+    return Server(url, key, database_url, process, log)
+
+
+def wait_until_serving(url: str, process: subprocess.Popen[Any],
+                       output: Callable[[], str]) -> None:
+    """Wait until the server ``process`` at ``url`` answers /healthz with 200; one
+    that exits or takes over 30 s is killed, and its ``output()`` shown."""
     deadline = time.monotonic() + 30
     while True:
         try:
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
+                return
         except httpx.TransportError:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            raise RuntimeError(f"the server did not start:\n{log.read_text()}")
+            raise RuntimeError(f"the server did not start:\n{output()}")
         time.sleep(0.02)
-    return Server(url, key, database_url, process, log)
 
 
 def stop_server(server: Server) -> None:

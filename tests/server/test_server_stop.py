@@ -7,8 +7,7 @@ import subprocess
 import sys
 import time
 
-import httpx
-from serverproc import free_port
+from serverproc import free_port, wait_until_serving
 
 
 def _interruptible() -> None:
@@ -26,15 +25,7 @@ def test_ctrl_c_twice_in_quick_succession_stops_the_server_without_a_traceback(
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         preexec_fn=_interruptible)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and process.poll() is None, "no server"
-            time.sleep(0.05)
+        wait_until_serving(f"http://127.0.0.1:{port}", process, lambda: process.communicate()[0])
         process.send_signal(signal.SIGINT)
         time.sleep(0.05)
         process.send_signal(signal.SIGINT)  # a force quit, in uvicorn's words
