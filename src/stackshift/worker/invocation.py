@@ -46,6 +46,9 @@ from ..store.database import SCHEMA_MISSING, is_database_unavailable, is_schema_
 
 log = logging.getLogger("stackshift.worker")
 
+#: Why an invocation records nothing more (see Invocation.abandon).
+Abandoned = Literal["lost", "handed back", "timed out"]
+
 T = TypeVar("T")
 
 #: One record per failed attempt, for whoever reads the worker's output: WARNING
@@ -209,7 +212,7 @@ class Invocation:
         self.abandoned = False
         #: why: "lost" (the lease, to another worker), "handed back" (the worker
         #: stopped) or "timed out" (the attempt was failed at its timeout)
-        self.abandoned_for: str | None = None
+        self.abandoned_for: Abandoned | None = None
         #: the run was parked (a sleep or a wait): the invocation ends here, and a
         #: step the handler still calls (in a ``finally``, say) raises Suspend again
         self.suspended = False
@@ -350,7 +353,7 @@ class Invocation:
         if self.run.id in cancels:
             self.cancel_requested = True
 
-    def abandon(self, why: str) -> None:
+    def abandon(self, why: Abandoned) -> None:
         """Record nothing more of this attempt; the handler stops at its next step."""
         if not self.abandoned:
             self.abandoned_for = why
