@@ -190,6 +190,18 @@ def parse_instant(value: Any, *, name: str = "time") -> float:
     return seconds
 
 
+def parse_epoch(value: float, *, name: str = "time") -> float:
+    """``value``, epoch seconds, as a time the engine can store and show."""
+    if isinstance(value, bool):
+        raise ValidationError(f"{name} must be a time (epoch seconds, a datetime or an"
+                              f" ISO-8601 string), got {value!r}")
+    seconds = float(value)
+    if _read_back(seconds) is None:  # NaN, infinity, outside the years 1 to 9999
+        raise ValidationError(f"{name}: {value!r} is not a time in epoch seconds within the"
+                              " years 1 to 9999")
+    return seconds
+
+
 def to_datetime(epoch: float | None) -> datetime | None:
     """Epoch seconds to an aware UTC datetime (``None`` stays ``None``)."""
     if epoch is None:

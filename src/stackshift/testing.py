@@ -21,8 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from .client import AsyncStackShift, StackShift
-from .durations import parse_duration, parse_instant, to_datetime
-from .errors import ValidationError
+from .durations import parse_duration, parse_epoch, parse_instant, to_datetime
 
 __all__ = ["FakeClock", "run_until_idle"]
 
@@ -34,7 +33,7 @@ class FakeClock:
         if start is None:
             self._now = time.time()
         elif isinstance(start, int | float):
-            self._now = _epoch(start, "start")
+            self._now = parse_epoch(start, name="start")
         else:
             self._now = parse_instant(start, name="start")
         self._lock = threading.Lock()
@@ -60,25 +59,11 @@ class FakeClock:
         before it is due.
         """
         if isinstance(when, int | float):
-            moment = _epoch(when, "when")
+            moment = parse_epoch(when, name="when")
         else:
             moment = _last_instant_shown_as(parse_instant(when))
         with self._lock:
             self._now = moment
-
-
-def _epoch(value: float, name: str) -> float:
-    """``value`` as epoch seconds of a time the engine can store and show."""
-    if isinstance(value, bool):
-        raise ValidationError(f"{name} must be a time (epoch seconds, a datetime or an"
-                              f" ISO-8601 string), got {value!r}")
-    seconds = float(value)
-    try:
-        to_datetime(seconds)
-    except (ValueError, OverflowError, OSError):  # NaN, infinity, past the year 9999
-        raise ValidationError(f"{name}: {value!r} is not a time in epoch seconds within the"
-                              " years 1 to 9999") from None
-    return seconds
 
 
 def _last_instant_shown_as(seconds: float) -> float:

@@ -308,7 +308,7 @@ async def _on_error(request: Request, exc: Exception) -> JSONResponse:
         try:
             await anyio.to_thread.run_sync(_checked_schema, request.app.state.service)
         except ApiError as behind:
-            return _json_error(behind.status, behind.code, behind.message)
+            status, code, message, extra = classify(behind)
         except Exception:
             pass
     if status == 422:

@@ -208,9 +208,8 @@ class Invocation:
         self._logs = (LogsWrittenAhead(self._write_ahead) if make_logs is None
                       else make_logs(self._write_ahead))
         self.cancel_requested = False
-        #: this worker no longer records the attempt (see :meth:`abandon`)
-        self.abandoned = False
-        #: why: "lost" (the lease, to another worker), "handed back" (the worker
+        #: why this worker no longer records the attempt (see :meth:`abandon`):
+        #: "lost" (the lease, to another worker), "handed back" (the worker
         #: stopped) or "timed out" (the attempt was failed at its timeout)
         self.abandoned_for: Abandoned | None = None
         #: the run was parked (a sleep or a wait): the invocation ends here, and a
@@ -353,11 +352,15 @@ class Invocation:
         if self.run.id in cancels:
             self.cancel_requested = True
 
+    @property
+    def abandoned(self) -> bool:
+        """This worker records nothing more of the attempt."""
+        return self.abandoned_for is not None
+
     def abandon(self, why: Abandoned) -> None:
         """Record nothing more of this attempt; the handler stops at its next step."""
-        if not self.abandoned:
+        if self.abandoned_for is None:
             self.abandoned_for = why
-            self.abandoned = True
 
     def _replay(self, key: str, kind: str, function: str | None) -> Any:
         step = self.steps.get(key)
