@@ -1,4 +1,4 @@
-"""Stopping the subprocesses tests start (workers, servers, applications)."""
+"""Starting and stopping the subprocesses tests start (workers, servers, applications)."""
 
 from __future__ import annotations
 
@@ -24,3 +24,10 @@ def stop_processes(procs: Iterable[subprocess.Popen[Any]], grace: float = 15.0) 
         for stream in (proc.stdin, proc.stdout):
             if stream is not None:
                 stream.close()
+
+
+def interruptible() -> None:
+    """``preexec_fn`` of a child that a test stops with Ctrl-C: SIGINT's default,
+    as in a terminal (a shell starts a background job, such as a CI run, with
+    SIGINT ignored, which its children inherit)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from processes import interruptible
 from stackshift import NonRetriableError, Settings, StackShift, TimelineEntry
 from stackshift.cli.liveview import STATUS_OF, change_line
 from stackshift.cli.render import when
@@ -1795,19 +1796,12 @@ def test_tables_show_users_text_as_it_is(db_url: str, app: StackShift) -> None:
     assert f'Run {done.id} completed: "[red]x[/]"' in waited.stdout, waited.stdout
 
 
-def _interruptible() -> None:
-    """In the child before it runs: Ctrl-C's default, as in a terminal (a shell
-    starts a background job, such as a CI run, with SIGINT ignored, which its
-    children inherit)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def test_ctrl_c_on_a_wait_exits_130_not_as_a_failed_run(db_url: str, app: StackShift) -> None:
     run = app.start("neverTaken")  # no worker: the wait goes on until interrupted
     for args in (["runs", "wait", run.id], ["runs", "logs", run.id, "--follow"]):
         process = subprocess.Popen([*STACKSHIFT, *args], stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True, env=_env(db_url),
-                                   preexec_fn=_interruptible)
+                                   preexec_fn=interruptible)
         try:
             time.sleep(2.0)  # well into the wait
             process.send_signal(signal.SIGINT)

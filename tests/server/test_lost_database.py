@@ -9,6 +9,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,24 +42,37 @@ def served(own_db: str, tmp_path: Path) -> Iterator[Server]:
         stop_server(running)
 
 
-def _drop_every_table(database_url: str) -> None:
+@contextmanager
+def _connected(database_url: str) -> Iterator[Any]:
+    """A connection of the test's own to its database, beside the server's (on
+    PostgreSQL, to the test's schema)."""
     if database_url.startswith("sqlite"):
         conn = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
         try:
-            tables = [r[0] for r in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'"
-                " AND name NOT LIKE 'sqlite_%'")]
-            for table in tables:
-                conn.execute(f'DROP TABLE "{table}"')
+            yield conn
         finally:
             conn.close()
         return
     import psycopg
 
     base, schema = database_url.split("?schema=")
-    with psycopg.connect(base, autocommit=True) as admin:
-        admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.execute(f'CREATE SCHEMA "{schema}"')
+    with psycopg.connect(base, autocommit=True) as pg:
+        pg.execute(f'SET search_path TO "{schema}"')
+        yield pg
+
+
+def _drop_every_table(database_url: str) -> None:
+    with _connected(database_url) as conn:
+        if database_url.startswith("sqlite"):
+            tables = [r[0] for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'"
+                " AND name NOT LIKE 'sqlite_%'")]
+            for table in tables:
+                conn.execute(f'DROP TABLE "{table}"')
+        else:
+            schema = database_url.split("?schema=")[1]
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+            conn.execute(f'CREATE SCHEMA "{schema}"')
 
 
 def _said_in_one_line(log: Path, what: str) -> list[str]:
@@ -130,23 +144,9 @@ def _deleted_under(served: Server, db: Path) -> None:
 def _roll_back_to_12(database_url: str) -> None:
     """The database made as a backup of schema version 12 would be (restored under
     the server): no ``logs.fields`` column, and version 13 not recorded."""
-    statements = ["ALTER TABLE logs DROP COLUMN fields",
-                  "DELETE FROM schema_migrations WHERE version = 13"]
-    if database_url.startswith("sqlite"):
-        conn = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
-        try:
-            for statement in statements:
-                conn.execute(statement)
-        finally:
-            conn.close()
-        return
-    import psycopg
-
-    base, schema = database_url.split("?schema=")
-    with psycopg.connect(base, autocommit=True) as admin:
-        admin.execute(f'SET search_path TO "{schema}"')
-        for statement in statements:
-            admin.execute(statement)
+    with _connected(database_url) as conn:
+        conn.execute("ALTER TABLE logs DROP COLUMN fields")
+        conn.execute("DELETE FROM schema_migrations WHERE version = 13")
 
 
 def test_a_request_failing_on_a_schema_behind_the_server_answers_503_saying_so(

@@ -9,11 +9,7 @@ import time
 
 from serverproc import free_port, wait_until_serving
 
-
-def _interruptible() -> None:
-    """Ctrl-C's default in the child, as in a terminal (a background job, such as
-    a CI run, starts with SIGINT ignored, which its children inherit)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+from processes import interruptible
 
 
 def test_ctrl_c_twice_in_quick_succession_stops_the_server_without_a_traceback(
@@ -23,7 +19,7 @@ def test_ctrl_c_twice_in_quick_succession_stops_the_server_without_a_traceback(
         [sys.executable, "-m", "stackshift.server", "--database-url", db_url,
          "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        preexec_fn=_interruptible)
+        preexec_fn=interruptible)
     try:
         wait_until_serving(f"http://127.0.0.1:{port}", process, lambda: process.communicate()[0])
         process.send_signal(signal.SIGINT)
