@@ -21,21 +21,27 @@ from datetime import datetime
 from typing import Any
 
 from .client import AsyncStackShift, StackShift
-from .durations import parse_duration, parse_epoch, parse_instant, to_datetime
+from .durations import MAX_DURATION, parse_duration, parse_epoch, parse_instant, to_datetime
+from .errors import ValidationError
 
 __all__ = ["FakeClock", "run_until_idle"]
 
 
 class FakeClock:
-    """A clock that moves only when told to. Thread-safe."""
+    """A clock that moves only when told to. Thread-safe.
+
+    Its time stays at least 100 years (the longest duration the engine takes)
+    before the end of the year 9999: the engine stores the current time plus a
+    delay, sleep, timeout or backoff, and every such time must read back.
+    """
 
     def __init__(self, start: datetime | str | float | None = None) -> None:
         if start is None:
             self._now = time.time()
         elif isinstance(start, int | float):
-            self._now = parse_epoch(start, name="start")
+            self._now = _room_left(parse_epoch(start, name="start"), f"start: {start!r}")
         else:
-            self._now = parse_instant(start, name="start")
+            self._now = _room_left(parse_instant(start, name="start"), f"start: {start!r}")
         self._lock = threading.Lock()
 
     def now(self) -> float:
@@ -44,8 +50,10 @@ class FakeClock:
 
     def advance(self, duration: Any) -> float:
         """Move forward by ``duration`` (``"3d"``, seconds, ``timedelta``)."""
+        seconds = parse_duration(duration)
         with self._lock:
-            self._now += parse_duration(duration)
+            self._now = _room_left(self._now + seconds,
+                                   f"advance: {duration!r} takes the clock to a time that")
             return self._now
 
     def set(self, when: datetime | str | float) -> None:
@@ -62,8 +70,21 @@ class FakeClock:
             moment = parse_epoch(when, name="when")
         else:
             moment = _last_instant_shown_as(parse_instant(when))
+        _room_left(moment, f"when: {when!r}")
         with self._lock:
             self._now = moment
+
+
+def _room_left(moment: float, what: str) -> float:
+    """``moment`` if the longest duration after it is still a time the engine can
+    store; a :class:`ValidationError` saying ``what`` otherwise."""
+    try:
+        to_datetime(moment + MAX_DURATION)
+    except (ValueError, OverflowError, OSError):
+        raise ValidationError(
+            f"{what} leaves less than 100 years, the longest delay, sleep or timeout,"
+            " before the end of the year 9999") from None
+    return moment
 
 
 def _last_instant_shown_as(seconds: float) -> float:

@@ -493,3 +493,27 @@ def test_a_fake_clock_set_to_no_time_is_refused_and_keeps_its_time(bad: Any) -> 
     assert clock.now() == before
     clock.set(0)  # the epoch is a time
     assert clock.now() == 0.0
+
+
+def test_a_fake_clock_keeps_room_for_the_longest_sleep(db_url: str) -> None:
+    # Set near the end of the year 9999, the clock let a long sleep be stored past
+    # it, and from then on every listing of runs failed on that run's wake time.
+    with pytest.raises(ValidationError, match="100 years"):
+        FakeClock("9950-01-01T00:00:00Z")
+    clock = FakeClock("9899-01-01T00:00:00Z")
+    with pytest.raises(ValidationError, match="advance"):
+        clock.advance("365d")
+    with pytest.raises(ValidationError, match="when"):
+        clock.set("9950-01-01T00:00:00Z")
+    assert clock.now() == datetime(9899, 1, 1, tzinfo=UTC).timestamp()
+    with StackShift(db_url, clock=clock) as app:
+        @app.job("hibernate")
+        def hibernate(ctx: Any) -> None:
+            ctx.step.sleep("century", "36525d")
+
+        run = app.start("hibernate", {})
+        run_until_idle(app)
+        [listed] = app.runs.list()
+        assert (listed.id, listed.status) == (run.id, "waiting")
+        assert listed.waiting_for is not None
+        assert listed.waiting_for.until == datetime(9999, 1, 2, tzinfo=UTC)
