@@ -1146,6 +1146,36 @@ def test_attempt_timeout_counts_each_invocation_not_the_time_the_run_slept(
     assert (done.status, done.result, done.attempt) == ("completed", "done", 1)
 
 
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_slow_attempt_fails_at_its_timeout_not_at_the_next_maintenance_round(
+        app: StackShift, flavour: str) -> None:
+    # Timeouts were enforced on the worker's maintenance rounds: with rounds
+    # every 30 s, a sync attempt with a 1 s timeout ran for up to 31 s.
+    release = threading.Event()
+    if flavour == "sync":
+        @app.job("slow", timeout="1s", max_attempts=1)
+        def slow(ctx):  # type: ignore[no-untyped-def]
+            release.wait(60)
+    else:
+        @app.job("slow", timeout="1s", max_attempts=1)
+        async def slow_async(ctx):  # type: ignore[no-untyped-def]
+            await asyncio.sleep(60)
+
+    try:
+        with app.worker(maintenance_interval="30s"):
+            time.sleep(0.5)  # the heartbeat sleeps its first round: the start must wake it
+            run = app.start("slow")
+            failed = app.runs.wait(run.id, timeout="20s")
+    finally:
+        release.set()
+    assert failed.status == "failed"
+    assert failed.error is not None and failed.error.type == "AttemptTimeoutError"
+    [attempt] = app.runs.attempts(run.id)
+    # An async attempt is cancelled at 1 s by its own task; a sync one is failed by
+    # the heartbeat. Either ends well before the 30 s round.
+    assert attempt.duration is not None and attempt.duration < 10
+
+
 def test_attempt_timeout_on_the_last_attempt_fails_the_run(app: StackShift) -> None:
     @app.job("stuck", timeout="0.2s", max_attempts=1)
     async def stuck(ctx):  # type: ignore[no-untyped-def]

@@ -139,6 +139,9 @@ class Worker:
         #: killed): their attempt is recorded as failed, but each keeps its slot
         #: until it returns (by id(); see _enforce_timeouts)
         self._stuck: dict[int, _Active] = {}
+        #: when (monotonic) the heartbeat wakes from its sleep, to enforce timeouts
+        #: and maintain (see _heartbeat_loop)
+        self._heartbeat_wakes_at = 0.0
         #: a claim failed: it may have leased runs nobody executes (see _hand_back_strays)
         self._strays_possible = False
         #: the server refused the worker's API key (revoked while it ran): it stops
@@ -591,6 +594,8 @@ class Worker:
         invocation = Invocation(self.service, job, claimed, self.lease_seconds)
         deadline = None if job.timeout is None else time.monotonic() + job.timeout
         active = _Active(invocation, deadline, batch)
+        if deadline is not None and deadline < self._heartbeat_wakes_at:
+            self.due_plan.changed.set()  # the heartbeat sleeps past this timeout: wake it
         run_id = claimed.run.id
         invocation.on_return = lambda records: self._returned(active, records)
         with self._lock:
@@ -713,7 +718,12 @@ class Worker:
         clock = self.service.clock
         next_look = time.monotonic() + self.ENDED_LOOK_INTERVAL
         while True:
-            self.due_plan.sleep(self.maintenance_interval, clock.now(), self._halted)
+            interval = self.maintenance_interval
+            timeout_due = self._next_timeout_due()
+            if timeout_due is not None:
+                interval = min(interval, max(0.0, timeout_due - time.monotonic()))
+            self._heartbeat_wakes_at = time.monotonic() + interval
+            self.due_plan.sleep(interval, clock.now(), self._halted)
             if self._halted.is_set():
                 return
             try:
@@ -741,6 +751,20 @@ class Worker:
     #: when cancelled is failed by the heartbeat, as a sync one is at its timeout.
     ASYNC_TIMEOUT_GRACE = 1.0
 
+    def _timeout_due(self, active: _Active) -> float | None:
+        """When (monotonic) ``_enforce_timeouts`` fails ``active``'s attempt, if ever."""
+        if active.deadline is None or active.timed_out or active.returned:
+            return None
+        if active.invocation.job.is_async:
+            return active.deadline + self.ASYNC_TIMEOUT_GRACE
+        return active.deadline
+
+    def _next_timeout_due(self) -> float | None:
+        with self._lock:
+            dues = [due for due in map(self._timeout_due, self._active.values())
+                    if due is not None]
+        return min(dues, default=None)
+
     def _enforce_timeouts(self) -> None:
         """Fail sync attempts past their timeout; their thread is abandoned.
 
@@ -759,9 +783,7 @@ class Worker:
         now = time.monotonic()
         with self._lock:
             late = [a for a in self._active.values()
-                    if a.deadline is not None and not a.timed_out and not a.returned
-                    and now > a.deadline + (self.ASYNC_TIMEOUT_GRACE
-                                            if a.invocation.job.is_async else 0.0)]
+                    if (due := self._timeout_due(a)) is not None and now >= due]
             for active in late:
                 del self._active[active.invocation.run.id]
                 self._stuck[id(active)] = active
