@@ -2418,6 +2418,39 @@ def test_piped_dev_lines_stay_whole_for_log_collectors(
     assert "[stackshift.attempts]" not in shown and "failed for good" not in shown, shown
 
 
+def test_dev_whose_output_was_closed_goes_on_and_exits_0_when_stopped(
+    db_url: str, app: StackShift, tmp_path: Path
+) -> None:
+    """`stackshift dev app.py | head -3`, or a log collector that died: dev goes on
+    running runs, quiet, as a worker does, and stops as asked with exit 0, not
+    exit 1 at the board's next line, nor a "Logging error" per record."""
+    app_file = tmp_path / "tasks.py"
+    app_file.write_text(textwrap.dedent(LONG_NAMED_APP))
+    err_path = tmp_path / "dev.err"
+    with err_path.open("w") as err:
+        dev = subprocess.Popen(
+            [*STACKSHIFT, "dev", f"{app_file}:app", "--db", db_url, "--no-dashboard",
+             "--no-seed"], stdout=subprocess.PIPE, stderr=err, text=True, env=_env(None),
+            cwd=tmp_path)
+        try:
+            assert dev.stdout is not None
+            assert "StackShift dev" in dev.stdout.readline()
+            dev.stdout.close()  # as `head -1` does after its line
+            runs = [app.start("synchronise-every-open-invoice-with-the-general-ledger")
+                    for _ in range(3)]
+            for run in runs:  # each logs a record and fails: lines the board cannot print
+                eventually(lambda run=run: app.runs.get(run.id).status == "failed",
+                           what="dev to go on running runs")
+            assert dev.poll() is None
+            assert _stop(dev, signal.SIGTERM, timeout=20) == 0
+        finally:
+            if dev.poll() is None:
+                dev.kill()
+                dev.wait()
+    shown = err_path.read_text()
+    assert "Traceback" not in shown and "Logging error" not in shown, shown
+
+
 def test_worker_refuses_an_app_it_cannot_find(db_url: str, tmp_path: Path) -> None:
     (tmp_path / "nojobs.py").write_text("from stackshift import StackShift\nx = 1\n"
                                         "app = StackShift()\n")

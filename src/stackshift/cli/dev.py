@@ -275,8 +275,10 @@ def dev(app_spec: str, database_url: str, concurrency: int, port: int, no_dashbo
     demo runs (use idempotency keys so a restart adds nothing). It is called
     before the worker starts: it can start runs, not wait for them.
     """
-    out = console()
-    err = console(stderr=True)
+    # Its output closed (| head, a log collector that died), dev goes on, quiet,
+    # until it is asked to stop, as `stackshift worker` does.
+    out = console(goes_on_when_closed=True)
+    err = console(stderr=True, goes_on_when_closed=True)
     port_given = click.get_current_context().get_parameter_source("port")
     if port_given != ParameterSource.DEFAULT and not no_dashboard and bindable(HOST, port) is None:
         # A port asked for by name is kept (a bookmark, a proxy), never swapped

@@ -22,6 +22,7 @@ from rich.text import Text
 from ..client import StackShift
 from ..errors import RunNotFoundError
 from ..models import Run, RunError, TimelineEntry, WaitingFor
+from .failures import output_gone
 from .render import (
     STATUS_STYLES,
     attempt_cell,
@@ -226,12 +227,15 @@ def show_board(board: RunBoard, out: Console, stop: threading.Event,
             lines: list[tuple[float, Text | str]] = [*board.timed_changes()]
             if held is not None:
                 lines += held.take()
-            for _, line in sorted(lines, key=lambda timed: timed[0]):
-                if isinstance(line, str):  # a log line, written as the handler writes it
-                    out.file.write(line + "\n")
-                else:
-                    out.print(line)
-            out.file.flush()
+            try:
+                for _, line in sorted(lines, key=lambda timed: timed[0]):
+                    if isinstance(line, str):  # a log line, written as the handler writes it
+                        out.file.write(line + "\n")
+                    else:
+                        out.print(line)
+                out.file.flush()
+            except BrokenPipeError:  # its reader went away: the board goes on, unseen
+                output_gone()
     finally:
         if held is not None:
             held.stop_holding()

@@ -35,6 +35,7 @@ from ..models import (
 )
 from ..progress import InProgress
 from ..runlogs import fields_line
+from .failures import output_gone
 
 STATUS_STYLES = {
     "scheduled": "blue",
@@ -136,7 +137,7 @@ def shown_url(url: str | None) -> str:
 UNLIMITED_WIDTH = sys.maxsize
 
 
-def console(*, stderr: bool = False) -> Console:
+def console(*, stderr: bool = False, goes_on_when_closed: bool = False) -> Console:
     """A console on stdout (or stderr) as its reader needs it.
 
     A terminal gets Rich's layout, colours and wrapping. Anything else (a file, a
@@ -145,15 +146,32 @@ def console(*, stderr: bool = False) -> Console:
     line stays one record, and every cell of a table is whole, so that
     ``stackshift runs list | grep`` finds full ids and names. ``COLUMNS`` set in
     the environment still sets the width tables fit in.
+
+    When its reader goes away (``| head``), printing ends the command (exit 1,
+    as Rich does), or, ``goes_on_when_closed``, prints nothing more and lets the
+    command go on (a worker that runs until it is asked to stop).
     """
     stream = sys.stderr if stderr else sys.stdout
     if stream.isatty():
-        return _TerminalConsole(stderr=stderr, highlight=False)
-    width = None if "COLUMNS" in os.environ else UNLIMITED_WIDTH
-    return Console(stderr=stderr, width=width, soft_wrap=True, highlight=False)
+        shown: _Console = _TerminalConsole(stderr=stderr, highlight=False)
+    else:
+        width = None if "COLUMNS" in os.environ else UNLIMITED_WIDTH
+        shown = _Console(stderr=stderr, width=width, soft_wrap=True, highlight=False)
+    shown.goes_on_when_closed = goes_on_when_closed
+    return shown
 
 
-class _TerminalConsole(Console):
+class _Console(Console):
+    goes_on_when_closed = False
+
+    def on_broken_pipe(self) -> None:
+        if not self.goes_on_when_closed:
+            super().on_broken_pipe()  # SystemExit(1)
+        self.quiet = True
+        output_gone()
+
+
+class _TerminalConsole(_Console):
     """A terminal's console, whose lines are never cut at the screen's edge: a
     table whose ids alone are wider than the screen runs past it (and the
     terminal wraps it), the ids whole."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from typing import Any
 
@@ -66,6 +67,12 @@ class HeldLines(logging.StreamHandler):  # type: ignore[type-arg]
             self._held.append((record.created, self.format(record)))
         except Exception:
             self.handleError(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            output_gone()  # its reader went away: no "Logging error" for each line
+            return
+        super().handleError(record)
 
     def hold(self) -> None:
         self.acquire()
