@@ -1295,6 +1295,49 @@ def test_cancel_a_queued_run(app: StackShift) -> None:
     assert ran == []
 
 
+def test_cancelling_a_handed_back_run_ends_its_attempt(app: StackShift) -> None:
+    # A run handed back by a stopping worker continues its attempt; cancelled
+    # before another worker took it, that attempt was left "running" for good,
+    # even after the run was retried and completed.
+    release = threading.Event()
+
+    @app.job("slow")
+    def slow(ctx):  # type: ignore[no-untyped-def]
+        if ctx.run.attempt == 1:
+            ctx.step.run("nap", release.wait, 10)
+        return "done"
+
+    try:
+        with app.worker(shutdown_grace="0.2s"):
+            run = app.start("slow")
+            wait_until(lambda: app.runs.get(run.id).status == "running", 20, "the run running")
+    finally:
+        release.set()
+    assert app.runs.get(run.id).status == "queued"  # handed back
+    cancelled = app.runs.cancel(run.id, reason="order refunded")
+    [attempt] = app.runs.attempts(run.id)
+    assert (attempt.status, attempt.finished_at) == ("cancelled", cancelled.finished_at)
+    assert attempt.error is not None and attempt.error.message == "order refunded"
+    app.runs.retry(run.id)
+    with app.worker():
+        assert app.runs.wait(run.id, timeout="10s").status == "completed"
+    assert [a.status for a in app.runs.attempts(run.id)] == ["cancelled", "completed"]
+
+
+def test_cancelling_a_run_queued_to_resume_after_its_wait_ends_its_attempt(
+        fake_app: StackShift) -> None:
+    @fake_app.job("await-payment")
+    def await_payment(ctx):  # type: ignore[no-untyped-def]
+        ctx.step.wait_for_event("paid", correlation_key=ctx.payload["order"])
+
+    run = fake_app.start("await-payment", {"order": "o-1"})
+    run_until_idle(fake_app)
+    fake_app.events.send("paid", {}, correlation_key="o-1")
+    assert fake_app.runs.get(run.id).status == "queued"  # to resume, attempt 1 still open
+    fake_app.runs.cancel(run.id)
+    assert [a.status for a in fake_app.runs.attempts(run.id)] == ["cancelled"]
+
+
 def test_cancel_scheduled_and_retrying_runs_at_once(fake_app: StackShift,
                                                    clock: FakeClock) -> None:
     @fake_app.job("flaky", max_attempts=3)

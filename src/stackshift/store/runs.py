@@ -458,15 +458,9 @@ class RunStore:
             elif status in transitions.CANCELLABLE_AT_ONCE:
                 error = {"type": "Cancelled", "message": reason or "cancelled", "traceback": None}
                 move_run(tx, row, Status.CANCELLED, now, error=error, **given)
+                tx.run("cancel_open_attempt", run_id=run_id, number=row["attempt"],
+                       finished_at=now, error=dumps(error))
                 if status == Status.WAITING:
-                    tx.run(
-                        "update_attempt",
-                        run_id=run_id,
-                        number=row["attempt"],
-                        status="cancelled",
-                        finished_at=now,
-                        error=dumps(error),
-                    )
                     tx.run("end_waiting_step", run_id=run_id, error=dumps(error), now=now)
             else:
                 raise InvalidTransitionError(

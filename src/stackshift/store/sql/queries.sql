@@ -54,6 +54,13 @@ VALUES (:run_id, :number, 'running', :worker_id, :now);
 UPDATE attempts SET status = :status, finished_at = :finished_at, error = :error
 WHERE run_id = :run_id AND number = :number;
 
+-- name: cancel_open_attempt
+-- The attempt a run cancelled at once leaves open: a parked run's (waiting, or
+-- queued to resume after its wait) or a handed-back run's. A run queued or
+-- retrying between attempts has none open, and its last attempt keeps its ending.
+UPDATE attempts SET status = 'cancelled', finished_at = :finished_at, error = :error
+WHERE run_id = :run_id AND number = :number AND status IN ('running', 'waiting');
+
 -- name: set_attempt_status
 UPDATE attempts SET status = :status, worker_id = :worker_id
 WHERE run_id = :run_id AND number = :number;
