@@ -79,13 +79,16 @@ class _CaptureHandler(logging.Handler):
         invocation = CURRENT.get()
         if invocation is None or ENGINE_CALL.get():
             return
-        message = stored_message(record)
-        fields, left_out = record_fields(record)
-        if left_out:
-            message += (f"\n[fields left out, past {MAX_FIELDS} characters of them: "
-                        f"{', '.join(left_out)}]")
-        invocation.add_log(record.levelname, utf8(record.name), utf8(shortened(message)),
-                           CURRENT_STEP.get(), None if fields is None else utf8(fields))
+        try:
+            message = stored_message(record)
+            fields, left_out = record_fields(record)
+            if left_out:
+                message += (f"\n[fields left out, past {MAX_FIELDS} characters of them: "
+                            f"{', '.join(left_out)}]")
+            invocation.add_log(record.levelname, utf8(record.name), utf8(shortened(message)),
+                               CURRENT_STEP.get(), None if fields is None else utf8(fields))
+        except Exception:  # a logging call never fails the handler that made it
+            self.handleError(record)
 
 
 def record_fields(record: logging.LogRecord) -> tuple[str | None, list[str]]:
@@ -104,7 +107,7 @@ def record_fields(record: logging.LogRecord) -> tuple[str | None, list[str]]:
     left_out: list[str] = []
     used = 2
     for name in names:
-        item = f"{_json(name)}:{_json(_field_value(record.__dict__[name]))}"
+        item = f"{_json(name)}:{_field_json(record.__dict__[name])}"
         if used + len(item) + 1 > MAX_FIELDS:
             left_out.append(name)
             continue
@@ -117,12 +120,17 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _field_value(value: Any) -> Any:
-    value = _as_json(value, 0)
-    text = _json(value)
+def _field_json(value: Any) -> str:
+    """A field's value as JSON text, kept to ``MAX_FIELD_VALUE`` characters."""
+    try:
+        value = _as_json(value, 0)
+        text = _json(value)
+    except Exception:  # e.g. an int of more digits than Python turns into text
+        value = _text(value, repr)
+        text = _json(value)
     if len(text) <= MAX_FIELD_VALUE:
-        return value
-    return f"{text[:MAX_FIELD_VALUE]}[... {len(text) - MAX_FIELD_VALUE} characters cut ...]"
+        return text
+    return _json(f"{text[:MAX_FIELD_VALUE]}[... {len(text) - MAX_FIELD_VALUE} characters cut ...]")
 
 
 def _as_json(value: Any, depth: int) -> Any:
@@ -136,7 +144,7 @@ def _as_json(value: Any, depth: int) -> Any:
         return value.isoformat()
     if depth < MAX_FIELD_DEPTH:
         if isinstance(value, dict):
-            return {str(key): _as_json(item, depth + 1) for key, item in value.items()}
+            return {_text(key): _as_json(item, depth + 1) for key, item in value.items()}
         if isinstance(value, list | tuple):
             return [_as_json(item, depth + 1) for item in value]
         try:
@@ -152,10 +160,17 @@ def _as_json(value: Any, depth: int) -> Any:
 
 
 def level_number(level: str) -> int:
-    """A record's level as a number (``WARNING``: 30); 0 for a level of the
-    program's own that this process does not know."""
+    """A record's level as a number (``WARNING``: 30; ``Level 25``, the name of a
+    level that has none: 25); 0 for a name of the program's own that this process
+    does not know."""
     number = logging.getLevelName(level)
-    return number if isinstance(number, int) else 0
+    if isinstance(number, int):
+        return number
+    unnamed = _UNNAMED_LEVEL.fullmatch(level)
+    return int(unnamed.group(1)) if unnamed else 0
+
+
+_UNNAMED_LEVEL = re.compile(r"Level ([0-9]{1,3})")
 
 
 _BARE = re.compile(r"[^\s\"=\\]+")
@@ -186,12 +201,7 @@ def stored_message(record: logging.LogRecord) -> str:
     do not fit it) keeps its unformatted text, its arguments and a line saying
     why, rather than break the handler or lose what was logged.
     """
-    try:
-        message = record.getMessage()
-    except Exception as error:
-        message = (f"{_text(record.msg)}\n[formatting the message failed: "
-                   f"{type(error).__name__}: {_text(error)}; its arguments: "
-                   f"{_text(record.args, repr)}]")
+    message = message_text(record)
     if record.exc_info:
         try:
             message += "\n" + _exception_text(record.exc_info)
@@ -200,6 +210,17 @@ def stored_message(record: logging.LogRecord) -> str:
     if record.stack_info:
         message += "\n" + _formatter.formatStack(record.stack_info)
     return message
+
+
+def message_text(record: logging.LogRecord) -> str:
+    """``record.getMessage()``, or, when its arguments do not fit its message, the
+    unformatted message, its arguments and a line saying why."""
+    try:
+        return record.getMessage()
+    except Exception as error:
+        return (f"{_text(record.msg)}\n[formatting the message failed: "
+                f"{type(error).__name__}: {_text(error)}; its arguments: "
+                f"{_text(record.args, repr)}]")
 
 
 def _exception_text(exc_info: Any) -> str:
@@ -228,11 +249,14 @@ def install() -> None:
     """Start capturing (reference-counted: one handler however many workers)."""
     global _users
     with _lock:
+        run_logger = logging.getLogger(RUN_LOGGER)
         if _users == 0:
             logging.getLogger().addHandler(_handler)
-            run_logger = logging.getLogger(RUN_LOGGER)
             if run_logger.level == logging.NOTSET:
                 run_logger.setLevel(logging.DEBUG)
+        # `logging.config.dictConfig` disables the loggers that exist when it is
+        # called (its default), this one included: ctx.log is the handlers' own.
+        run_logger.disabled = False
         _users += 1
 
 

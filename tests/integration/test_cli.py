@@ -928,6 +928,26 @@ def test_runs_logs_tail_prints_the_latest_records_and_follows_from_them(
     assert re.search(rf"Run {run.id} completed: \"ok\"", lines[-1]), lines[-1]
 
 
+def test_runs_logs_level_filters_a_level_without_a_name_by_its_number(
+    db_url: str, app: StackShift
+) -> None:
+    # Stored as "Level 35", such a record was below every level: --level warning
+    # left it out, and so did --level debug.
+    @app.job("unnamed-levels")
+    def unnamed(ctx: Any) -> None:
+        ctx.log.log(25, "between info and warning")
+        ctx.log.log(35, "between warning and error")
+
+    with app.worker():
+        run = app.start("unnamed-levels")
+        assert app.runs.wait(run.id, timeout="20s").status == "completed"
+    for level, expected in (("warning", ["between warning and error"]),
+                            ("debug", ["between info and warning",
+                                       "between warning and error"])):
+        assert [r["message"] for r in cli_json(
+            db_url, "runs", "logs", run.id, "--level", level)] == expected, level
+
+
 def test_runs_logs_level_keeps_records_at_that_level_or_above(
     db_url: str, app: StackShift
 ) -> None:
@@ -2387,6 +2407,38 @@ def test_piped_worker_lines_stay_whole_for_log_collectors(
     assert "\x1b" not in shown, shown
     assert [line for line in worker.lines["stderr"] if line.startswith("worker wkr_")] == [
         banner, f"{banner.split(':')[0]}: stopped.\n"], worker.lines
+
+
+def test_a_record_whose_arguments_do_not_fit_its_message_is_one_worker_line(
+    db_url: str, app: StackShift, tmp_path: Path
+) -> None:
+    """`log.warning("charged %d cents", "12")`: the worker prints the record as the
+    run's logs keep it, on one line, not a "Logging error" of many lines."""
+    app_file = tmp_path / "tasks.py"
+    app_file.write_text(textwrap.dedent("""
+        from stackshift import StackShift
+
+        app = StackShift()
+
+        @app.job("charge")
+        def charge(ctx):
+            ctx.log.warning("charged %d cents", "12")
+            return "charged"
+    """))
+    worker = _Piped("worker", f"{app_file}:app", "--database-url", db_url, cwd=tmp_path)
+    try:
+        worker.line_with("stderr", "worker wkr_")
+        run = app.start("charge")
+        assert app.runs.wait(run.id, timeout="20s").status == "completed"
+        line = worker.line_with("stderr", "charged %d cents")
+    finally:
+        assert worker.stop() == 0
+    assert line.endswith(
+        f"WARNING charge {run.id}: charged %d cents\\n[formatting the message failed: "
+        "TypeError: %d format: a real number is required, not str; its arguments: "
+        "('12',)]  [stackshift.run]\n"), line
+    shown = "".join(worker.lines["stderr"])
+    assert "Logging error" not in shown and "Traceback" not in shown, shown
 
 
 def test_piped_dev_lines_stay_whole_for_log_collectors(

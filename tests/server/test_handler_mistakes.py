@@ -361,6 +361,48 @@ def test_a_message_that_cannot_be_formatted_keeps_its_text_args_and_the_error(
     assert entries[3].level == "ERROR"
 
 
+def test_a_field_that_is_no_json_is_kept_as_text_and_fails_nothing(
+        executor: Executor, unique: Names) -> None:
+    # An int too long to print, or a key whose str() raises, failed the run.
+    app = executor.app
+    job = unique("oddFields")
+
+    class Key:
+        def __str__(self) -> str:
+            raise RuntimeError("no str for this key")
+
+    def handler(ctx: Any) -> str:
+        ctx.log.info("count", extra={"n": 10**5000, "small": 7})
+        ctx.log.info("map", extra={"m": {Key(): 1, "k": 2}})
+        return "done"
+
+    app.job(job, handler, max_attempts=1)
+    run = executor.run(job)
+    assert (run.status, run.result) == ("completed", "done"), run.error
+    count, mapped = app.runs.logs(run.id)
+    assert (count.message, count.fields) == (
+        "count", {"n": "<repr() of a int raised ValueError>", "small": 7})
+    assert (mapped.message, mapped.fields) == (
+        "map", {"m": {"<str() of a Key raised RuntimeError>": 1, "k": 2}})
+
+
+def test_ctx_log_is_kept_after_dict_config_disabled_the_loggers_there_were(
+        executor: Executor, unique: Names) -> None:
+    # logging.config.dictConfig's default (disable_existing_loggers) disables
+    # stackshift.run, made when stackshift is imported: ctx.log's records were lost.
+    app = executor.app
+    job = unique("afterDictConfig")
+    run_logger = logging.getLogger("stackshift.run")
+    run_logger.disabled = True  # what dictConfig does to the loggers there were
+    try:
+        app.job(job, lambda ctx: ctx.log.info("still kept"), max_attempts=1)
+        run = executor.run(job)
+    finally:
+        run_logger.disabled = False
+    assert run.status == "completed", run.error
+    assert [e.message for e in app.runs.logs(run.id)] == ["still kept"]
+
+
 # -- 4. a remote worker holds a bounded amount of a run's records ----------------------------
 
 

@@ -105,7 +105,21 @@ class HeldLines(logging.StreamHandler):  # type: ignore[type-arg]
             self.release()
 
 
-class _Shown(logging.Formatter):
+class _Whole(logging.Formatter):
+    """A record whose arguments do not fit its message (``log.info("%d", "x")``)
+    shows as the run's logs keep it (its message, arguments and why), rather than
+    as a "Logging error" of many lines in place of the record."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        try:
+            record.getMessage()
+        except Exception:
+            record = logging.makeLogRecord(
+                {**record.__dict__, "msg": runlogs.message_text(record), "args": None})
+        return super().format(record)
+
+
+class _Shown(_Whole):
     """A record for a terminal: its lines kept, its other control characters escaped
     (a message or an error holding an escape sequence shows it as ``\\x1b[2J``
     rather than clearing or resetting the terminal)."""
@@ -130,7 +144,7 @@ def configure_logging(level: str, out: Console | None = None, *,
         handler.setFormatter(_Shown("%(_stackshift_run)s%(message)s%(_stackshift_fields)s"))
     else:
         handler = HeldLines(out.file)
-        formatter = logging.Formatter(
+        formatter = _Whole(
             "%(asctime)s  %(levelname)-7s %(_stackshift_run)s%(message)s%(_stackshift_fields)s"
             "  [%(name)s]", "%H:%M:%S")
         formatter.converter = time.gmtime
