@@ -477,12 +477,14 @@ class RemoteWorkerStore:
         return None if answer.event is None else answer.event.to_model()
 
     def finish_attempt(self, lease: Lease, outcome: Outcome, logs: Sequence[LogWrite],
-                       now: float, *, expired_before: float | None = None) -> bool:
-        answer = self._post("finish", {
+                       now: float, *, expired_before: float | None = None) -> str | None:
+        answer = w.Finished.model_validate(self._post("finish", {
             "lease": w.LeaseBody.of(lease), "outcome": w.OutcomeBody.of(outcome),
             "logs": sent_logs(logs),
-        }, until_reached=True)
-        return bool(w.Recorded.model_validate(answer).recorded)
+        }, until_reached=True))
+        if not answer.recorded:
+            return None
+        return answer.status or outcome.status  # (a server of an earlier version says none)
 
     def release_run(self, lease: Lease, now: float,
                     logs: Sequence[LogWrite] = ()) -> str | None:

@@ -1467,9 +1467,10 @@ def test_a_cancel_made_between_two_steps_stops_the_run_before_the_second(
 
 @pytest.mark.parametrize("flavour", ["sync", "async"])
 def test_a_run_cancelled_while_its_step_fails_is_cancelled_not_retried(
-        app: StackShift, flavour: str) -> None:
+        app: StackShift, flavour: str, caplog: pytest.LogCaptureFixture) -> None:
     # The operator cancels a run stuck in a slow call that then fails: the
     # attempt's error is kept, but no further attempt starts.
+    caplog.set_level(logging.INFO, logger="stackshift.attempts")
     entered = threading.Event()
     gate = threading.Event()
     calls: list[int] = []
@@ -1511,13 +1512,17 @@ def test_a_run_cancelled_while_its_step_fails_is_cancelled_not_retried(
     assert kinds == ["run.queued", "attempt.started", "step.failed", "run.cancel_requested",
                      "attempt.failed", "run.cancelled"]
     assert app.runs.get(run.id).status == "cancelled"
+    assert said_of_attempts(caplog, run.id) == [
+        ("INFO", f"sync-invoice {run.id}: attempt 1 of 5 failed: ConnectionError: provider"
+                 " timed out; the run is cancelled, as asked while it ran")]
 
 
 @pytest.mark.parametrize("ending", ["last attempt", "NonRetriableError"])
 def test_a_run_cancelled_while_its_last_attempt_fails_is_cancelled_and_starts_no_failure_handler(
-        app: StackShift, ending: str) -> None:
+        app: StackShift, ending: str, caplog: pytest.LogCaptureFixture) -> None:
     # As with attempts left: the operator asked to cancel, so the run ends
     # cancelled, not failed (no dead letter, no on_failure job).
+    caplog.set_level(logging.INFO, logger="stackshift.attempts")
     entered = threading.Event()
     gate = threading.Event()
     handled: list[Any] = []
@@ -1557,6 +1562,15 @@ def test_a_run_cancelled_while_its_last_attempt_fails_is_cancelled_and_starts_no
     assert handled == []
     assert list(app.runs.list(job="on-invoice-failure")) == []
     assert list(app.queue("default").dead_letters()) == []
+    # Not said to be failed for good: no dead letter to look for.
+    [(level, said)] = said_of_attempts(caplog, run.id)
+    assert level == "INFO" and said.endswith("; the run is cancelled, as asked while it ran")
+
+
+def said_of_attempts(caplog: pytest.LogCaptureFixture, run_id: str) -> list[tuple[str, str]]:
+    """What the worker said of ``run_id``'s attempts on ``stackshift.attempts``."""
+    return [(r.levelname, r.getMessage()) for r in caplog.records
+            if r.name == "stackshift.attempts" and run_id in r.getMessage()]
 
 
 def test_a_handler_that_returns_after_a_cancel_was_requested_completes_the_run(
@@ -2047,7 +2061,7 @@ def test_an_ending_whose_lease_was_lost_fails_alone_in_a_shared_transaction(
     short = '{"note":"caf\u00e9 \\"quoted\\" \u2713\\n","n":1e-7}'
     long = json.dumps({"blob": "\u00e9\\\"" * 100_000}, ensure_ascii=False)
     results = {short_id: short, long_id: long, lost_id: short}
-    ended: dict[str, bool] = {}
+    ended: dict[str, str | None] = {}
 
     def finish(run_id: str) -> None:
         ended[run_id] = store.finish_attempt(
@@ -2060,7 +2074,7 @@ def test_an_ending_whose_lease_was_lost_fails_alone_in_a_shared_transaction(
     for thread in threads:
         thread.join(10)
 
-    assert ended == {short_id: True, long_id: True, lost_id: False}
+    assert ended == {short_id: "completed", long_id: "completed", lost_id: None}
     for run_id in (short_id, long_id):
         done = app.runs.get(run_id)
         assert (done.status, done.result) == ("completed", json.loads(results[run_id]))

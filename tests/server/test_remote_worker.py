@@ -800,6 +800,34 @@ def test_a_remote_worker_stopped_as_its_run_is_cancelled_says_cancelled(
     stop_with_a_cancel_requested(client, caplog)
 
 
+def test_a_remote_worker_says_a_failing_attempt_asked_to_cancel_ends_the_run_cancelled(
+        client: StackShift, caplog: pytest.LogCaptureFixture) -> None:
+    # The server says how the run ended: cancelled, not retried as the outcome
+    # the worker sent would have it.
+    caplog.set_level(logging.INFO, logger="stackshift.attempts")
+    entered, gate = threading.Event(), threading.Event()
+
+    def call_provider() -> None:
+        entered.set()
+        gate.wait(10)
+        raise ConnectionError("provider timed out")
+
+    @client.job("sync-invoice", max_attempts=5, backoff={"base": "0.01s"})
+    def sync_invoice(ctx):  # type: ignore[no-untyped-def]
+        ctx.step.run("call-provider", call_provider)
+
+    with client.worker():
+        run = client.start("sync-invoice")
+        assert entered.wait(10)
+        client.runs.cancel(run.id, reason="stuck")
+        gate.set()
+        assert client.runs.wait(run.id, timeout="20s").status == "cancelled"
+    said = [(r.levelname, r.getMessage()) for r in caplog.records
+            if r.name == "stackshift.attempts" and run.id in r.getMessage()]
+    assert said == [("INFO", f"sync-invoice {run.id}: attempt 1 of 5 failed: ConnectionError:"
+                             " provider timed out; the run is cancelled, as asked while it ran")]
+
+
 def test_a_remote_worker_stopped_mid_step_keeps_the_records_its_attempt_logged(
         client: StackShift, caplog: pytest.LogCaptureFixture) -> None:
     stop_keeps_the_records_logged(client, caplog)

@@ -205,15 +205,15 @@ def wait_for_event(body: w.WaitForEvent, request: Request) -> w.EventTaken:
 
 
 @router.post("/finish", summary="End the leased attempt")
-def finish_attempt(body: w.FinishAttempt, request: Request) -> w.Recorded:
+def finish_attempt(body: w.FinishAttempt, request: Request) -> w.Finished:
     service = service_of(request)
-    done = service.store.finish_attempt(body.lease.to_lease(), body.outcome.to_outcome(),
-                                        _logs(body.logs), service.clock.now())
-    if done:
+    ended = service.store.finish_attempt(body.lease.to_lease(), body.outcome.to_outcome(),
+                                         _logs(body.logs), service.clock.now())
+    if ended:
         service.notifier.notify()  # a retry or failure handler may be due now
         if body.outcome.retry_at is not None:
             service.notifier.due(body.outcome.retry_at)
-    return w.Recorded(recorded=done)
+    return w.Finished(recorded=ended is not None, status=ended)
 
 
 @router.post("/release", summary="Hand a leased run back to the queue")

@@ -377,6 +377,13 @@ class Recorded(Wire):
     recorded: bool = Field(description="False when the worker no longer held the lease.")
 
 
+class Finished(Recorded):
+    status: str | None = Field(
+        None, description="The run's status after it: the outcome's, or cancelled (a cancel"
+        " was requested while the failing attempt ran); null when the worker no longer held"
+        " the lease.")
+
+
 class Released(Recorded):
     status: str | None = Field(
         None, description="The run's status after it: queued (handed back), or cancelled (a"

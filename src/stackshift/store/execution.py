@@ -480,8 +480,10 @@ class ExecutionStore:
         now: float,
         *,
         expired_before: float = NO_DEADLINE,
-    ) -> bool:
-        """End the leased attempt as ``outcome`` says. False if the lease was lost."""
+    ) -> str | None:
+        """End the leased attempt as ``outcome`` says; the run's status after it:
+        the outcome's, or ``cancelled`` when a cancel was requested while a
+        failing attempt ran. None if the lease was lost."""
         status = Status(outcome.status)
         terminal = status in (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
         if outcome.retry_at is not None and outcome.retry_at < now:
@@ -492,19 +494,20 @@ class ExecutionStore:
         if status in (Status.COMPLETED, Status.CANCELLED):
             # The writes below for these endings (one timeline entry, no failure
             # handler); endings that share a transaction are written together.
-            return bool(self.group_commit.run_combined(
+            ended = self.group_commit.run_combined(
                 _finish_recorded, (lease, outcome, logs, now, expired_before),
                 one_statement=self.db.dialect == "postgres" and not logs
-                and status == Status.COMPLETED))
+                and status == Status.COMPLETED)
+            return status.value if ended else None
 
-        def work(tx: Tx) -> bool:
+        def work(tx: Tx) -> str | None:
             ending = _ending(lease, outcome, now, expired_before, terminal)
             # A cancel requested while the attempt ran cancels the run instead.
             moved = tx.one("retry_leased_run" if status == Status.RETRYING
                            else "fail_leased_run", **ending,
                            cancel_error=dumps(CANCELLED_WHILE_RUNNING))
             if moved is None:
-                return False
+                return None
             ended = Status(moved["status"])
             attempt_status = "failed" if status == Status.RETRYING else status.value
             tx.run(
@@ -535,7 +538,7 @@ class ExecutionStore:
                 _give_cancel_reason(tx, lease.run_id, lease.attempt)
             if ended == Status.FAILED:
                 start_failure_handler(tx, moved, outcome.error, now)
-            return True
+            return ended.value
 
         return self.group_commit.run(work)
 

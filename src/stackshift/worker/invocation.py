@@ -710,7 +710,7 @@ class Invocation:
             self.service.notifier.due(outcome.retry_at)
         if outcome.status in ("retrying", "failed"):
             say_failed(self.job.name, self.run.id, self.attempts_used, self.run.max_attempts,
-                       outcome, now)
+                       outcome, done, now)
 
 
     def conclude(self, error: BaseException | None, value: Any = None) -> None:
@@ -795,10 +795,12 @@ class Retrying:
 
 
 def say_failed(job: str, run_id: str, attempts_used: int, max_attempts: int,
-               outcome: Outcome, now: float) -> None:
+               outcome: Outcome, ended: str, now: float) -> None:
     """Log a recorded failed attempt on ``stackshift.attempts``: retried after how
-    long (WARNING), or failed for good (ERROR), its attempt counted in the run's
-    budget, its error on one line of at most ``SAID_OF_ERROR`` characters."""
+    long (WARNING), failed for good (ERROR), or ending the run cancelled as asked
+    while it ran (INFO: ``ended``, the run's status after it, says which), its
+    attempt counted in the run's budget, its error on one line of at most
+    ``SAID_OF_ERROR`` characters."""
     error = outcome.error or {}
     said = " ".join(f"{error.get('type', 'Error')}: {error.get('message', '')}".split())
     if len(said) > SAID_OF_ERROR:
@@ -806,7 +808,10 @@ def say_failed(job: str, run_id: str, attempts_used: int, max_attempts: int,
     which = f"attempt {attempts_used} of {max_attempts}"
     token = CURRENT.set(None)  # the engine's own record, not one of a run's logs
     try:
-        if outcome.retry_at is not None:
+        if ended == "cancelled":
+            attempts_log.info("%s %s: %s failed: %s; the run is cancelled, as asked while"
+                              " it ran", job, run_id, which, said)
+        elif outcome.retry_at is not None:
             attempts_log.warning("%s %s: %s failed: %s; retrying in %s", job, run_id, which,
                                  said, span(outcome.retry_at - now))
         else:

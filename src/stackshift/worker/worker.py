@@ -832,12 +832,12 @@ class Worker:
                     outcome = outcomes.lost_worker(attempts_used=lost.attempts_used,
                                                    max_attempts=lost.max_attempts, now=now,
                                                    message=message)
-                    if store.finish_attempt(lost.lease, outcome, [], now):
+                    if status := store.finish_attempt(lost.lease, outcome, [], now):
                         log.warning("run %s: worker %s's process (pid %d) ended; attempt %d"
                                     " recorded as WorkerLost", lost.lease.run_id, worker_id,
                                     pid, lost.lease.attempt)
                         say_failed(lost.job, lost.lease.run_id, lost.attempts_used,
-                                   lost.max_attempts, outcome, now)
+                                   lost.max_attempts, outcome, status, now)
                         ended += 1
                 taken += ended
                 if not ended:
@@ -862,12 +862,13 @@ class Worker:
                 max_attempts=expired.max_attempts,
                 now=now,
             )
-            if store.finish_attempt(expired.lease, outcome, [], now, expired_before=now):
+            if ended := store.finish_attempt(expired.lease, outcome, [], now,
+                                             expired_before=now):
                 log.warning("run %s: worker %s lost; attempt %d recorded as WorkerLost",
                             expired.lease.run_id, expired.lease.worker_id,
                             expired.lease.attempt)
                 say_failed(expired.job, expired.lease.run_id, expired.attempts_used,
-                           expired.max_attempts, outcome, now)
+                           expired.max_attempts, outcome, ended, now)
                 changed += 1
         due = store.next_due_at()
         if due is not None and due <= now:
