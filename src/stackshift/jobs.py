@@ -75,13 +75,20 @@ def qualified_name(fn: Callable[..., Any]) -> str:
     recorded function, which a replay compares. A ``functools.partial`` is named
     by the function it calls, an object with a ``__call__`` by its class (never by
     a repr, which holds a memory address)."""
+    module, name = function_parts(fn)
+    return f"{module}.{name}" if module else name
+
+
+def function_parts(fn: Callable[..., Any]) -> tuple[str, str]:
+    """The module (``""`` if none) and the qualified name that make up
+    :func:`qualified_name`."""
     while isinstance(fn, functools.partial):
         fn = fn.func
     if not hasattr(fn, "__qualname__") and not hasattr(fn, "__name__"):
         fn = type(fn)
     module = getattr(fn, "__module__", None) or ""
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
-    return f"{module}.{name}" if module else name
+    return module, name
 
 
 def is_async_handler(handler: Callable[..., Any]) -> bool:

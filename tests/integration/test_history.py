@@ -464,6 +464,90 @@ def test_a_program_and_a_worker_importing_it_replay_the_same_functions(
         app.close()
 
 
+BILLING = """
+import os
+from stackshift import StackShift
+from stackshift.testing import run_until_idle
+
+app = StackShift(os.environ["BILLING_DB"])
+
+
+def charge():
+    return "charged"
+
+
+class Refunds:
+    def charge(self):
+        return "refunded"
+
+
+@app.job("bill")
+def bill(ctx):
+    fn = charge if os.environ["BILLING_VERSION"] == "1" else Refunds().charge
+    result = ctx.step.run("money", fn)
+    ctx.step.sleep("cool-off", "1s")
+    return result
+
+
+if __name__ == "__main__":
+    run_until_idle(app)
+    app.close()
+"""
+
+
+def test_a_program_whose_step_function_became_a_method_of_the_same_name_fails_the_run(
+        db_url: str, tmp_path: Path) -> None:
+    """``python billing.py`` records ``__main__.charge``; deployed again, the program
+    calls ``Refunds.charge`` there: another function, though its name ends the same."""
+    (tmp_path / "billing.py").write_text(BILLING)
+    app = StackShift(db_url)
+    try:
+        run = app.start("bill")
+        for version in ("1", "2"):
+            subprocess.run([sys.executable, "billing.py"], cwd=tmp_path, check=True, timeout=60,
+                           env={**os.environ, "BILLING_DB": db_url, "BILLING_VERSION": version})
+            time.sleep(1.1)  # the sleep is over: the next version replays the step
+        failed = app.runs.get(run.id)
+        assert failed.status == "failed", failed
+        assert failed.error is not None and failed.error.type == "NonDeterminismError"
+        assert ("recorded as a run step of __main__.charge, but this replay reached a run step"
+                " of __main__.Refunds.charge") in failed.error.message
+    finally:
+        app.close()
+
+
+def test_a_file_loaded_by_its_path_and_by_its_dotted_name_replays_the_same_functions(
+        db_url: str, tmp_path: Path) -> None:
+    """``stackshift worker shop/shipping.py`` names the module ``shipping``, and
+    ``stackshift worker shop.shipping:app`` names it ``shop.shipping``: a run
+    parked under one resumes under the other, either way round."""
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "shop" / "__init__.py").write_text("")
+    (tmp_path / "shop" / "shipping.py").write_text(SHIPPING.replace(
+        'if __name__ == "__main__":', "if False:"))
+    env = {**os.environ, "SHIPPING_DB": db_url}
+    by_path = ("import sys; sys.path.insert(0, 'shop'); import shipping as m; "
+               "from stackshift.testing import run_until_idle; run_until_idle(m.app); "
+               "m.app.close()")
+    by_name = by_path.replace("sys.path.insert(0, 'shop'); import shipping", "import shop.shipping")
+    app = StackShift(db_url)
+    try:
+        for first, then, recorded in ((by_path, by_name, "shipping.load"),
+                                      (by_name, by_path, "shop.shipping.load")):
+            run = app.start("ship", {"order": 7})
+            subprocess.run([sys.executable, "-c", first], cwd=tmp_path, env=env, check=True,
+                           timeout=60)
+            (load,) = app.runs.steps(run.id)[:1]
+            assert (app.runs.get(run.id).status, load.function) == ("waiting", recorded)
+            time.sleep(1.1)
+            subprocess.run([sys.executable, "-c", then], cwd=tmp_path, env=env, check=True,
+                           timeout=60)
+            done = app.runs.get(run.id)
+            assert (done.status, done.result, done.error) == ("completed", {"order": 7}, None)
+    finally:
+        app.close()
+
+
 def test_non_determinism_error_when_a_replay_finds_another_function(
     fake_app: StackShift, clock: FakeClock
 ) -> None:

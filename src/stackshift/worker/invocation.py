@@ -11,11 +11,13 @@ import abc
 import contextlib
 import inspect
 import logging
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, NoReturn, TypeVar
 
@@ -35,7 +37,7 @@ from ..errors import (
     Suspend,
     ValidationError,
 )
-from ..jobs import Job, check_name, qualified_name
+from ..jobs import Job, check_name, function_parts, qualified_name
 from ..keywords import NOT_GIVEN, accepted_keywords, missing, unknown_keyword
 from ..models import Event, Run
 from ..runlogs import CURRENT, CURRENT_STEP, engine_call
@@ -362,14 +364,17 @@ class Invocation:
         if self.abandoned_for is None:
             self.abandoned_for = why
 
-    def _replay(self, key: str, kind: str, function: str | None) -> Any:
+    def _replay(self, key: str, kind: str, function: tuple[str, str] | None) -> Any:
+        """The step recorded at ``key``, if any, checked against what this replay
+        reached: a step of ``kind`` calling ``function`` (its module and name)."""
         step = self.steps.get(key)
         if step is None:
             return None
         if step.kind != kind or (function is not None and (
-                step.function is None or not _same_function(step.function, function))):
+                step.function is None or not _same_function(step.function, *function))):
+            function_name = None if function is None else _joined(*function)
             recorded = f"{step.kind} step" + (f" of {step.function}" if step.function else "")
-            now = f"{kind} step" + (f" of {function}" if function else "")
+            now = f"{kind} step" + (f" of {function_name}" if function_name else "")
             self._nondeterministic(
                 f"step {key!r} was recorded as a {recorded}, but this replay reached a {now}")
         return step
@@ -454,8 +459,9 @@ class Invocation:
         return self.next_key(name)
 
     def plan_run(self, name: str, fn: Callable[..., Any], key: str) -> StepPlan:
-        function = qualified_name(fn)
-        step = self._replay(key, "run", function)
+        parts = function_parts(fn)
+        function = _joined(*parts)
+        step = self._replay(key, "run", parts)
         if step is not None:
             return StepPlan(key, name, function, True, step.result)
         self.boundary()
@@ -820,26 +826,66 @@ def say_failed(job: str, run_id: str, attempts_used: int, max_attempts: int,
         CURRENT.reset(token)
 
 
-def _same_function(recorded: str, reached: str) -> bool:
-    """Whether a replay that reached the function named ``reached`` (see
-    :func:`~stackshift.jobs.qualified_name`) reached the step's ``recorded`` one.
+def _same_function(recorded: str, module: str, name: str) -> bool:
+    """Whether a replay that reached the function ``name`` of ``module`` (see
+    :func:`~stackshift.jobs.function_parts`) reached the step's ``recorded`` one
+    (:func:`~stackshift.jobs.qualified_name`).
 
     A recorded name holding a memory address (a partial or an object with a
     ``__call__``, as steps recorded by earlier versions name them) matches
-    anything: no replay could match it. A module run as a program (``python
-    app.py``, ``python -m app``) is ``__main__`` there and ``app`` where it is
-    imported (``stackshift worker app:app``): a function of ``__main__`` matches
-    one of the same qualified name in any module.
+    anything: no replay could match it. Otherwise the qualified names must be
+    the same, and the modules the same module loaded another way
+    (:func:`_same_module`).
     """
-    if recorded == reached or " at 0x" in recorded:
+    if recorded == _joined(module, name) or " at 0x" in recorded:
         return True
-    for one, other in ((recorded, reached), (reached, recorded)):
-        if one.startswith(_MAIN):
-            return other.endswith("." + one.removeprefix(_MAIN))
-    return False
+    if not module or not recorded.endswith("." + name):
+        return False
+    return _same_module(recorded[:-len(name) - 1], module)
 
 
-_MAIN = "__main__."
+def _same_module(recorded: str, reached: str) -> bool:
+    """Whether the module a step was recorded in, ``recorded``, may be the module
+    ``reached`` of this replay, loaded another way.
+
+    A file is a module of several names: ``__main__`` run as a program
+    (``python app.py``, ``python -m pkg.app``), its file's name loaded by
+    ``stackshift worker pkg/app.py`` (``app``, or ``stackshift_app`` for a name
+    that is no identifier), and its dotted name imported (``pkg.app``, as
+    ``stackshift worker pkg.app:app`` does). A recorded ``__main__`` names no
+    file, and matches any module.
+    """
+    if recorded == "__main__":
+        return True
+    names = _names_of_main() if reached == "__main__" else {reached}
+    if names is None:  # a program of no file (python -c): any module may be its own
+        return True
+    return any(recorded == one or recorded.endswith("." + one) or one.endswith("." + recorded)
+               or (recorded.startswith(_FILE_MODULE) and one == "__main__")
+               for one in names)
+
+
+def _names_of_main() -> set[str] | None:
+    """The names this process's ``__main__`` goes by when imported, None if it was
+    run from no file."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    path = getattr(main, "__file__", None)
+    if path is None:
+        return None
+    names = {"__main__", Path(path).stem}
+    if spec is not None and spec.name:
+        names.add(spec.name)
+    return names
+
+
+#: How ``stackshift worker path/to/file.py`` names a file whose name is no
+#: identifier or is taken (see stackshift.cli.loader).
+_FILE_MODULE = "stackshift_app"
+
+
+def _joined(module: str, name: str) -> str:
+    return f"{module}.{name}" if module else name
 
 
 def _awaited(name: str, correlation_key: str | None) -> str:
