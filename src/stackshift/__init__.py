@@ -1,9 +1,18 @@
 """StackShift: durable jobs for Python."""
 
-from typing import Any
+from __future__ import annotations
 
-from .client import AsyncStackShift, BackoffOptions, JobOptions, StackShift, WorkerOptions
-from .context import AsyncJobContext, JobContext, RunInfo
+from typing import TYPE_CHECKING, Unpack
+
+from .client import (
+    AsyncStackShift,
+    BackoffOptions,
+    JobOptions,
+    RouteOptions,
+    StackShift,
+    WorkerOptions,
+)
+from .context import AsyncJobContext, AsyncSteps, JobContext, RunInfo, Steps
 from .engine.retries import Backoff
 from .engine.transitions import Status
 from .errors import (
@@ -46,10 +55,17 @@ from .models import (
     WaitingFor,
 )
 from .settings import Settings
+from .state import AsyncState, Lock, State
+
+if TYPE_CHECKING:
+    from .push import AsgiRoute, WsgiRoute
+    from .worker import Worker
 
 __all__ = [
     "AsyncJobContext",
     "AsyncStackShift",
+    "AsyncState",
+    "AsyncSteps",
     "Attempt",
     "AttemptTimeoutError",
     "AuthenticationError",
@@ -63,6 +79,7 @@ __all__ = [
     "JobContext",
     "JobInfo",
     "JobOptions",
+    "Lock",
     "LockNotAcquiredError",
     "LogEntry",
     "NonDeterminismError",
@@ -73,6 +90,7 @@ __all__ = [
     "QueueNotFoundError",
     "RemoteError",
     "RetryAfterError",
+    "RouteOptions",
     "Run",
     "RunError",
     "RunInfo",
@@ -83,15 +101,18 @@ __all__ = [
     "Settings",
     "StackShift",
     "StackShiftError",
+    "State",
     "Status",
     "Step",
     "StepNotAwaitedError",
     "StepResultNotJSONError",
     "StepResultTooLargeError",
+    "Steps",
     "TimelineEntry",
     "ValidationError",
     "WaitTimeoutError",
     "WaitingFor",
+    "Worker",
     "WorkerLost",
     "WorkerOptions",
     "asgi_app",
@@ -99,21 +120,29 @@ __all__ = [
 ]
 
 
-def asgi_app(client: StackShift | AsyncStackShift, **options: Any) -> Any:
-    """The push-mode handler route of ``client``'s jobs, for an ASGI app.
+def asgi_app(client: StackShift | AsyncStackShift, **options: Unpack[RouteOptions]) -> AsgiRoute:
+    """The push-mode handler route of ``client``'s jobs, for an ASGI app:
+    ``client.asgi_app(**options)``.
 
     See :func:`stackshift.push.asgi_app`.
     """
-    from .push import asgi_app as build
-
-    return build(client, **options)
+    return client.asgi_app(**options)
 
 
-def wsgi_app(client: StackShift | AsyncStackShift, **options: Any) -> Any:
-    """The push-mode handler route of ``client``'s jobs, for a WSGI app (Flask, Django).
+def wsgi_app(client: StackShift | AsyncStackShift, **options: Unpack[RouteOptions]) -> WsgiRoute:
+    """The push-mode handler route of ``client``'s jobs, for a WSGI app (Flask, Django):
+    ``client.wsgi_app(**options)``.
 
     See :func:`stackshift.push.wsgi_app`.
     """
-    from .push import wsgi_app as build
+    return client.wsgi_app(**options)
 
-    return build(client, **options)
+
+def __getattr__(name: str) -> object:
+    # Imported when asked for: a program that runs no worker (a web app that
+    # starts runs, a command of the CLI) does without the worker's modules.
+    if name == "Worker":
+        from .worker import Worker
+
+        return Worker
+    raise AttributeError(f"module 'stackshift' has no attribute {name!r}")

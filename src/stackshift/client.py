@@ -78,8 +78,17 @@ class JobOptions(TypedDict, total=False):
     key_concurrency: int | None
     on_failure: str | None
     cron: str | None
-    timezone: str
-    overlap: Literal["allow", "skip"]
+    timezone: str | None
+    overlap: Literal["allow", "skip"] | None
+
+
+class RouteOptions(TypedDict, total=False):
+    """The options of ``asgi_app()`` and ``wsgi_app()`` (see
+    :func:`stackshift.push.asgi_app`), for type checkers."""
+
+    url: str | None
+    secret: str | None
+    concurrency: int
 
 
 class WorkerOptions(TypedDict, total=False):

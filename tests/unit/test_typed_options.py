@@ -34,9 +34,10 @@ APP = textwrap.dedent('''
     from datetime import timedelta
     from typing import Any, assert_type
 
-    from stackshift import (AsyncStackShift, Backoff, JobContext, JobOptions, StackShift,
-                            WorkerOptions)
-    from stackshift.worker import Worker
+    import stackshift
+    from stackshift import (AsyncStackShift, AsyncState, AsyncSteps, Backoff, JobContext,
+                            JobOptions, Lock, State, StackShift, Steps, Worker, WorkerOptions)
+    from stackshift.push import AsgiRoute, WsgiRoute
 
     app = StackShift()
     remote = AsyncStackShift(api_key="ssk_...", base_url="http://jobs.internal:8000")
@@ -60,6 +61,8 @@ APP = textwrap.dedent('''
 
 
     app.job("nightly", receipt, cron="0 3 * * *", timezone="Europe/Paris", overlap="skip")
+    zone: str | None = None
+    app.job("nightly-here", receipt, cron="0 3 * * *", timezone=zone, overlap=None)
     app.job("every5m", receipt, cron="@every 5m", overlap="allow")
     app.job("charge", receipt, key_concurrency=1, on_failure="chargeFailed",
             backoff=Backoff(base="1s", cap=timedelta(minutes=5)), timeout=timedelta(seconds=30))
@@ -75,6 +78,18 @@ APP = textwrap.dedent('''
     app.worker(queues=["emails"], maintenance_interval=0.5, lease=timedelta(minutes=1))
     app.worker(queues=("emails", "default"), shutdown_grace=10)
     assert_type(remote.worker(concurrency=4, queues={"emails"}), Worker)
+    assert_type(stackshift.asgi_app(remote, concurrency=5), AsgiRoute)
+    assert_type(stackshift.wsgi_app(app, url=None, secret="whsec_..."), WsgiRoute)
+
+
+    # The types the guide names, for helpers a handler calls.
+    def charge_all(step: Steps, state: State) -> None:
+        with state.lock("ledger") as held:
+            assert_type(held, Lock)
+        assert_type(step.run("total", sum, [1, 2]), int)
+
+
+    async def charge_all_async(step: AsyncSteps, state: AsyncState) -> None: ...
 
 
     # The mistakes.
@@ -102,6 +117,7 @@ APP = textwrap.dedent('''
 
 
     remote.worker(concurency=2)  # E: Unexpected keyword argument "concurency" for "worker"
+    stackshift.asgi_app(remote, concurency=5)  # E: Unexpected keyword argument "concurency"
     wrong: JobOptions = {"queu": "q"}  # E: Extra key "queu" for TypedDict "JobOptions"
 ''')
 
