@@ -79,6 +79,11 @@ def qualified_name(fn: Callable[..., Any]) -> str:
     return f"{module}.{name}" if module else name
 
 
+#: The module name ``stackshift worker path/to/file.py`` gives a file whose name
+#: is no identifier (and, followed by ``_`` and its name, one whose name is taken).
+FILE_MODULE = "stackshift_app"
+
+
 def function_parts(fn: Callable[..., Any]) -> tuple[str, str]:
     """The module (``""`` if none) and the qualified name that make up
     :func:`qualified_name`."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 
 from ..client import AsyncStackShift, StackShift
+from ..jobs import FILE_MODULE
 from ..store.database import is_database_unavailable
 from .failures import CliFailure, bad_input, debugging, failed
 from .options import DATABASE_ENV
@@ -38,9 +39,9 @@ def _import_file(path: Path) -> ModuleType:
     if not path.is_file():
         raise bad_input(f"no such file: {path}")
     path = path.resolve()
-    name = path.stem if path.stem.isidentifier() else "stackshift_app"
+    name = path.stem if path.stem.isidentifier() else FILE_MODULE
     if name in sys.modules and getattr(sys.modules[name], "__file__", None) != str(path):
-        name = f"stackshift_app_{name}"
+        name = f"{FILE_MODULE}_{name}"
     # Siblings of the file import as they would when it runs as a script.
     sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location(name, path)

@@ -37,7 +37,7 @@ from ..errors import (
     Suspend,
     ValidationError,
 )
-from ..jobs import Job, check_name, function_parts, qualified_name
+from ..jobs import FILE_MODULE, Job, check_name, function_parts, qualified_name
 from ..keywords import NOT_GIVEN, accepted_keywords, missing, unknown_keyword
 from ..models import Event, Run
 from ..runlogs import CURRENT, CURRENT_STEP, engine_call
@@ -861,7 +861,7 @@ def _same_module(recorded: str, reached: str) -> bool:
     if names is None:  # a program of no file (python -c): any module may be its own
         return True
     return any(recorded == one or recorded.endswith("." + one) or one.endswith("." + recorded)
-               or (recorded.startswith(_FILE_MODULE) and one == "__main__")
+               or (recorded.startswith(FILE_MODULE) and one == "__main__")
                for one in names)
 
 
@@ -877,11 +877,6 @@ def _names_of_main() -> set[str] | None:
     if spec is not None and spec.name:
         names.add(spec.name)
     return names
-
-
-#: How ``stackshift worker path/to/file.py`` names a file whose name is no
-#: identifier or is taken (see stackshift.cli.loader).
-_FILE_MODULE = "stackshift_app"
 
 
 def _joined(module: str, name: str) -> str:
