@@ -531,7 +531,8 @@ def test_nul_in_a_workers_error_result_and_log_line_is_kept(
         "outcome": {"status": "failed", "result": json.dumps({"partial": "a\x00b"}),
                     "error": {"type": "Boom", "message": "bad \x00 byte",
                               "traceback": "line \x00 1"}}})
-    assert finished.status_code == 200 and finished.json() == {"recorded": True}, finished.text
+    assert finished.status_code == 200, finished.text
+    assert finished.json() == {"recorded": True, "status": "failed"}, finished.text
     run = http.get(f"/v1/runs/{world.running}").json()
     assert run["status"] == "failed"
     assert run["error"] == {"type": "Boom", "message": "bad \x00 byte", "traceback": "line \x00 1"}

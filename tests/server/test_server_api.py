@@ -826,7 +826,13 @@ NAME_HINT = "is invalid: use 1-200 ASCII letters, digits, '.', '_', ':' or '-'"
     ("GET", "/v1/runs/run_x/wait?timeout=61", None,
      "timeout: must be a number of seconds from 0 to 60, got 61"),
     ("GET", "/v1/runs/run_x/wait?timeout=nan", None,
-     "timeout: must be a number of seconds from 0 to 60, got nan"),
+     "timeout: must be a number of seconds from 0 to 60 written in digits (e.g. '10', '1.5'),"
+     " got 'nan'"),
+    # Numbers Python's float() reads, which no other number of the API takes.
+    *[("GET", f"/v1/runs/run_x/wait?timeout={typed}", None,
+       "timeout: must be a number of seconds from 0 to 60 written in digits (e.g. '10', '1.5'),"
+       f" got {shown!r}") for typed, shown in (("1_0", "1_0"), ("%2B1", "+1"), ("%202", " 2"),
+                                              ("1e1", "1e1"))],
     ("GET", "/v1/runs/run_x/wait?timeout=-0.5", None,
      "timeout: must be a number of seconds from 0 to 60, got -0.5"),
     ("GET", "/v1/events?cursor=nope", None,
@@ -1024,6 +1030,26 @@ def test_worker_registration_refuses_the_concurrency_the_sdk_refuses(
         assert register(100_000).status_code == 200
     finally:
         app.close()
+
+
+def test_the_worker_api_refuses_a_name_ending_in_a_newline(
+        http: httpx.Client, served_db: str) -> None:
+    """The document's name pattern ends at the name's end: ``"emails\\n"`` is no
+    name. Taken by the worker API, such a job or queue was listed by the server
+    but could be neither read nor filtered on."""
+    job, queue = f"{tag('nl')}\n", f"{tag('q')}\n"
+    worker = f"wkr_{uuid.uuid4().hex[:12]}"
+    for path, body in (
+            ("/v1/worker/jobs", {"jobs": [{"job": job, "queue": "default", "maxAttempts": 7}]}),
+            ("/v1/worker/jobs", {"jobs": [{"job": "ok", "queue": queue, "maxAttempts": 7}]}),
+            ("/v1/worker/register", {"workerId": worker, "hostname": "h", "pid": 1,
+                                     "jobs": [job], "concurrency": 1}),
+            ("/v1/worker/schedules", {"schedules": [{"job": job, "cron": "@every 1s"}],
+                                      "without": []})):
+        error = assert_error(http.post(path, json=body), 422, "validation_error")
+        assert "is invalid: use 1-200 ASCII letters" in error["message"], (path, error)
+    names = [j["name"] for j in http.get("/v1/jobs").json()["items"]]
+    assert job not in names and "ok" not in names
 
 
 def test_a_long_log_is_read_in_pages_through_the_server(

@@ -817,5 +817,6 @@ def test_a_retry_without_its_time_is_422_and_the_run_keeps_running(
     retried = http.post("/v1/worker/finish", json={
         "lease": lease, "outcome": {"status": "retrying", "retryAt": 1.0,
                                     "error": {"type": "Boom", "message": "boom"}}})
-    assert retried.status_code == 200 and retried.json() == {"recorded": True}, retried.text
+    assert retried.status_code == 200, retried.text
+    assert retried.json() == {"recorded": True, "status": "retrying"}, retried.text
     assert http.get(f"/v1/runs/{run['id']}").json()["status"] in ("retrying", "queued")

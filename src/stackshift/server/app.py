@@ -488,7 +488,11 @@ def create_app(service: Service, *, max_body_bytes: int | None = None) -> FastAP
 
     # Load balancers and uptime checks often ask with HEAD: the same database read,
     # answered with the status alone (503 when the database does not answer).
-    @app.head("/healthz", include_in_schema=False, dependencies=known)
+    @app.head("/healthz", tags=["server"], response_class=Response,
+              summary="Liveness and database check, the status alone (no key)",
+              responses={422: {"description": "A query parameter: the route takes none."},
+                         503: {"description": "As GET /healthz answers 503; no body."}},
+              dependencies=known)
     def healthz_head() -> Response:
         _checked_schema(service)
         return Response(status_code=200)

@@ -42,6 +42,16 @@ def _wait_timeout(value: float) -> float:
 
 
 _WHOLE = re.compile(r"-?[0-9]+")
+_SECONDS = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+
+
+def _seconds_in_digits(value: object) -> object:
+    """A query string's seconds: digits, with a fraction and a minus sign if any; not
+    ``1_0``, ``+5``, `` 5``, ``1e3`` or ``nan``, which Python's ``float()`` also reads."""
+    if isinstance(value, str) and not _SECONDS.fullmatch(value):
+        raise ValueError(f"must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g} written"
+                         f" in digits (e.g. '10', '1.5'), got {value!r}")
+    return value
 
 
 def _whole_number(value: object) -> object:
@@ -56,9 +66,10 @@ def _whole_number(value: object) -> object:
 #: the API document keeps the bounds the ``Query`` sets).
 DIGITS_ONLY = BeforeValidator(_whole_number)
 
-WaitTimeout = Annotated[float, AfterValidator(_wait_timeout), Query(
-    description="Seconds to wait at most.",
-    json_schema_extra={"maximum": MAX_WAIT_SECONDS, "minimum": 0})]
+WaitTimeout = Annotated[
+    float, BeforeValidator(_seconds_in_digits), AfterValidator(_wait_timeout),
+    Query(description="Seconds to wait at most.",
+          json_schema_extra={"maximum": MAX_WAIT_SECONDS, "minimum": 0})]
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse,

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from pydantic.alias_generators import to_camel, to_snake
 from pydantic.config import JsonDict
+from pydantic_core import PydanticCustomError
 
 from .. import models as m
 from ..checks import check_key
@@ -29,7 +30,21 @@ from ..settings import LONGEST_KEY, Settings
 
 #: Job, queue and event names.
 NAME_PATTERN = r"^[A-Za-z0-9._:-]{1,200}$"
-Name = Annotated[StrictStr, Field(pattern=NAME_PATTERN, examples=["sendReceipt"])]
+
+
+def _ends_at_its_end(name: str) -> str:
+    """Python's ``$`` also matches before a last newline, which the pattern's
+    (ECMA-262, as the document gives it) does not: such a name is refused as one
+    that does not match."""
+    if name.endswith("\n"):
+        raise PydanticCustomError("string_pattern_mismatch",
+                                  "String should match pattern '{pattern}'",
+                                  {"pattern": NAME_PATTERN})
+    return name
+
+
+Name = Annotated[StrictStr, Field(pattern=NAME_PATTERN, examples=["sendReceipt"]),
+                 AfterValidator(_ends_at_its_end)]
 #: Idempotency, correlation and concurrency keys.
 Key = Annotated[StrictStr, Field(min_length=1, max_length=LONGEST_KEY)]
 
