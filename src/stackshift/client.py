@@ -453,6 +453,10 @@ class StackShift(_HandlerRoutes):
         settings: Settings | None = None,
         migrate: bool = True,
     ) -> None:
+        if settings is not None and not isinstance(settings, Settings):
+            raise ValidationError(
+                "settings must be a stackshift.Settings (Settings(max_payload_bytes=...)),"
+                f" got {type(settings).__name__} {settings!r:.100}")
         self._registry = JobRegistry()
         self._api: Service | RemoteService
         #: the workers made by :meth:`worker`, for :meth:`close` to stop

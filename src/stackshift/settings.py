@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from .durations import parse_duration, parse_typed_whole
+from .durations import parse_duration, parse_typed_duration, parse_typed_whole
 from .errors import ValidationError
 from .jobs import check_name
 from .serialization import MiB
@@ -27,7 +27,8 @@ _WHOLE = {
     "max_state_key_length": (1, LONGEST_KEY),
     "max_idempotency_key_length": (1, LONGEST_KEY),
     "default_max_attempts": (1, 1000),
-    "retention_batch": (1, None),
+    # A SQL LIMIT: within a 64-bit integer, and far more than a round can delete.
+    "retention_batch": (1, 1_000_000),
 }
 #: Time settings (stored as seconds, more than 0); ``run_retention`` may also be None.
 _DURATIONS = ("default_idempotency_ttl", "max_idempotency_ttl", "event_retention",
@@ -129,8 +130,6 @@ def parse_setting(assignment: str) -> tuple[str, Any]:
     if name == "run_retention" and text.lower() == "none":
         return name, None
     if name in _DURATIONS:
-        try:
-            return name, float(text)
-        except ValueError:
-            return name, text
+        # Seconds in digits, or a duration such as '30d' (not '1_000', '1e3' or '٣').
+        return name, parse_typed_duration(text, name=f"Settings.{name}")
     return name, text

@@ -153,6 +153,13 @@ def test_keys_and_ttls_over_the_servers_limits_are_refused_in_the_same_words(
         ("event_retention=0", "Settings.event_retention must be more than 0"),
         ("run_retention=soon", "Settings.run_retention: 'soon' is not a duration"),
         ("max_lease=30s", "'max_lease=30s' is not NAME=VALUE"),
+        # Seconds in digits, as every other option of the command line takes them.
+        ("event_retention=1_000", "Settings.event_retention: seconds are written in digits"),
+        ("event_retention=1e3", "Settings.event_retention: seconds are written in digits"),
+        ("starvation_limit=1e400", "Settings.starvation_limit: '1e400' must be a finite"),
+        # A SQL LIMIT: over a 64-bit integer, retention failed every round.
+        ("retention_batch=99999999999999999999",
+         "Settings.retention_batch must be 1 or more and at most 1000000"),
     ],
 )
 def test_a_bad_setting_stops_the_server_before_it_opens_the_database(

@@ -62,3 +62,21 @@ def test_other_settings_are_checked_too() -> None:
             Settings(**{name: 513})
         assert getattr(Settings(**{name: 64}), name) == 64
 
+
+
+@pytest.mark.parametrize("settings", [{"max_payload_bytes": 10}, "", 0])
+def test_a_client_refuses_settings_that_are_not_settings(settings: Any, tmp_path: Any) -> None:
+    # A dict was taken, and the first start failed with an AttributeError; an empty
+    # one meant the defaults.
+    from stackshift import StackShift
+
+    with pytest.raises(ValidationError, match=r"^settings must be a stackshift\.Settings"):
+        StackShift(f"sqlite:///{tmp_path / 'jobs.db'}", settings=settings)
+    assert not (tmp_path / "jobs.db").exists()
+
+
+def test_a_retention_batch_stays_within_what_a_database_limit_takes() -> None:
+    assert Settings(retention_batch=1_000_000).retention_batch == 1_000_000
+    with pytest.raises(ValidationError, match=r"^Settings\.retention_batch must be 1 or more "
+                                               r"and at most 1000000, got 9223372036854775808"):
+        Settings(retention_batch=2**63)
