@@ -620,6 +620,10 @@ class RemoteWorkerService:
     def claim_rules(self) -> ClaimRules:
         return FlowControl.claim_rules(cast(Any, self))
 
+    def raised_by(self, setting: str) -> str:
+        """How the limit ``setting`` is raised: it is the server's, not the worker's."""
+        return f"the server's --setting {setting}=..."
+
     def prepare_worker(self, stopping: threading.Event) -> bool:
         """:meth:`publish`: a worker's first requests.
 

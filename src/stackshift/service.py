@@ -197,6 +197,10 @@ class Service(FlowControl):
         :meth:`stackshift.remote.RemoteService.limits` gives a server's)."""
         return self.settings
 
+    def raised_by(self, setting: str) -> str:
+        """How a program raises the limit ``setting`` this service holds to."""
+        return f"Settings({setting}=...)"
+
     def migrate(self) -> int:
         return self.store.migrate()
 

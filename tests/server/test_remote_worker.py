@@ -828,6 +828,21 @@ def test_a_remote_worker_says_a_failing_attempt_asked_to_cancel_ends_the_run_can
                              " provider timed out; the run is cancelled, as asked while it ran")]
 
 
+def test_a_remote_workers_step_result_over_the_limit_says_to_raise_the_servers_setting(
+        client: StackShift) -> None:
+    # The limit is the server's: Settings(...) in the worker's program changes nothing.
+    @client.job("oversized", max_attempts=1)
+    def oversized(ctx):  # type: ignore[no-untyped-def]
+        ctx.step.run("big", lambda: "y" * (1024 * 1024 + 1))
+
+    with client.worker():
+        failed = client.runs.wait(client.start("oversized").id, timeout="20s")
+    assert failed.error is not None and failed.error.type == "StepResultTooLargeError"
+    assert failed.error.message.endswith(
+        "or raise the limit with the server's --setting max_step_result_bytes=..."), failed.error
+    assert "Settings(" not in failed.error.message
+
+
 def test_a_remote_worker_stopped_mid_step_keeps_the_records_its_attempt_logged(
         client: StackShift, caplog: pytest.LogCaptureFixture) -> None:
     stop_keeps_the_records_logged(client, caplog)

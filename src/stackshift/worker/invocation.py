@@ -499,7 +499,7 @@ class Invocation:
             raise StepResultTooLargeError(
                 f"{exc}. {_ALREADY_RAN} Return less from the step's function (store large"
                 " data elsewhere and return a reference to it), or raise the limit with"
-                " Settings(max_step_result_bytes=...)") from None
+                f" {self.service.raised_by('max_step_result_bytes')}") from None
         except (TypeError, ValidationError) as exc:  # ValidationError: a lone surrogate
             raise StepResultNotJSONError(
                 f"{exc}. {_ALREADY_RAN} Return JSON from the step's function instead (for"
