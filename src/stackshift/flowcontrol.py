@@ -378,8 +378,13 @@ class FlowControl:
 
     def publish_jobs(self) -> None:
         """Record the queue and ``max_attempts`` of each job of this registry, for
-        the processes that start runs without its code (see :meth:`job_defaults`)."""
-        self.store.publish_jobs([(job.name, job.queue, job.max_attempts)
+        the processes that start runs without its code (see :meth:`job_defaults`).
+        A job that names no queue is recorded on this process's default queue
+        (its ``Settings``), so that a run started elsewhere goes where this
+        process's workers take it; one that sets no ``max_attempts`` leaves it to
+        its queue's setting."""
+        default_queue = self.settings.default_queue
+        self.store.publish_jobs([(job.name, job.queue or default_queue, job.max_attempts)
                                  for job in self.registry], self.clock.now())
 
     def job_defaults(self, name: str) -> tuple[str | None, int | None]:

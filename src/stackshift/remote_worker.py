@@ -671,10 +671,13 @@ class RemoteWorkerService:
         self.store._post("schedules", {"schedules": schedules, "without": without})
 
     def publish_jobs(self) -> None:
-        """Send the queue and ``max_attempts`` of each job of the registry to the server."""
+        """Send the queue and ``max_attempts`` of each job of the registry to the
+        server, a job that names no queue on the default queue (the server's, as
+        this worker's settings are), as an embedded worker records them."""
+        default_queue = self.settings.default_queue
         self.store._post("jobs", {"jobs": [
-            {"job": job.name, "queue": job.queue, "maxAttempts": job.max_attempts}
-            for job in self.registry]})
+            {"job": job.name, "queue": job.queue or default_queue,
+             "maxAttempts": job.max_attempts} for job in self.registry]})
 
     def fire_schedules(self, now: float) -> list[str]:
         return []  # the server fires schedules

@@ -169,6 +169,20 @@ def test_start_uses_the_queue_and_attempts_the_jobs_workers_recorded(
     assert (other["queue"], other["max_attempts"]) == ("default", 3)
 
 
+def test_start_uses_the_default_queue_of_the_settings_of_the_jobs_workers(
+    db_url: str, tmp_path: Path
+) -> None:
+    # A job that names no queue runs on its workers' default queue: started from
+    # the command line, which has not the app's Settings, it went to "default",
+    # where none of them looked, and waited there for good.
+    with StackShift(db_url, settings=Settings(default_queue="other")) as app:
+        app.job("big", lambda ctx: "done")
+        with app.worker(queues=["other"]):
+            started = cli_json(db_url, "start", "big", "{}")
+            assert started["queue"] == "other"
+            assert app.runs.wait(started["id"], timeout="20s").result == "done"
+
+
 def test_start_payloads_starts_a_run_per_line_with_keys_from_their_fields(
     db_url: str, app: StackShift, tmp_path: Path
 ) -> None:

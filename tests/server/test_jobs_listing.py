@@ -44,7 +44,8 @@ def test_list_jobs_gives_the_registered_jobs_with_their_live_workers(
         assert [j for j in engine.list_jobs() if j.name in serving] == list(serving.values())
     assert sorted(serving) == [export, receipt]
     assert serving[receipt] == JobInfo(receipt, emails, 5, 1, serving[receipt].registered_at)
-    assert serving[export] == JobInfo(export, None, None, 1, serving[export].registered_at)
+    # A job that names no queue is on its workers' default queue.
+    assert serving[export] == JobInfo(export, "default", None, 1, serving[export].registered_at)
     for job in serving.values():
         assert before - timedelta(seconds=5) <= job.registered_at <= datetime.now(UTC)
         assert job.registered_at.tzinfo is not None
