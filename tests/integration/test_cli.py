@@ -2517,6 +2517,22 @@ def test_dev_whose_output_was_closed_goes_on_and_exits_0_when_stopped(
     assert "Traceback" not in shown and "Logging error" not in shown, shown
 
 
+def test_a_worker_on_a_file_that_is_not_a_database_says_so_in_a_line(tmp_path: Path) -> None:
+    # No fault of the app's code: no traceback of its import, as for a missing folder.
+    (tmp_path / "notes.txt").write_text("shopping list\n")
+    (tmp_path / "tasks.py").write_text(textwrap.dedent(WORKER_APP))
+    for command in ("worker", "dev"):
+        done = subprocess.run(
+            [*STACKSHIFT, command, "tasks.py:app", "--db", "sqlite:///notes.txt"],
+            capture_output=True, text=True, env=_env(None), cwd=tmp_path, timeout=60)
+        assert done.returncode == 1, done.stderr
+        assert done.stderr == (
+            f"error: importing {tmp_path / 'tasks.py'} failed: the database sqlite:///notes.txt"
+            " could not be opened: DatabaseError: file is not a database: notes.txt (set"
+            " STACKSHIFT_DEBUG=1 for the traceback)\n"), done.stderr
+    assert (tmp_path / "notes.txt").read_text() == "shopping list\n"
+
+
 def test_worker_refuses_an_app_it_cannot_find(db_url: str, tmp_path: Path) -> None:
     (tmp_path / "nojobs.py").write_text("from stackshift import StackShift\nx = 1\n"
                                         "app = StackShift()\n")

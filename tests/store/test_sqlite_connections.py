@@ -131,3 +131,49 @@ def test_a_store_whose_file_is_deleted_or_replaced_writes_nothing_more(
                 assert fresh.runs.list().items == []
     finally:
         app.close()
+
+
+def test_a_relative_url_names_the_file_in_the_folder_the_process_was_in(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sqlite:///jobs.db`` is the file in the folder the client was made in: a
+    handler (a build or a conversion job) that moves the process to another
+    folder does not move the database, which was then taken for deleted, and the
+    worker stopped."""
+    home, scratch = tmp_path / "home", tmp_path / "scratch"
+    home.mkdir()
+    scratch.mkdir()
+    monkeypatch.chdir(home)
+    with StackShift("sqlite:///jobs.db") as app:
+        @app.job("build")
+        def build(ctx):  # type: ignore[no-untyped-def]
+            os.chdir(scratch)
+            return ctx.step.run("compile", lambda: "built")
+
+        first = app.start("build")
+        with app.worker():
+            assert app.runs.wait(first.id, timeout="20s").result == "built"
+            assert os.getcwd() == str(scratch)
+            second = app.start("build")  # from the new folder, to the same file
+            assert app.runs.wait(second.id, timeout="20s").result == "built"
+    assert not (scratch / "jobs.db").exists()
+    with sqlite3.connect(home / "jobs.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM runs").fetchone() == (2,)
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ("synchronus=normal", "unknown SQLite URL option(s) 'synchronus': an SQLite URL takes"
+                          " busy_timeout and synchronous"),
+    ("mode=ro", "unknown SQLite URL option(s) 'mode'"),
+    ("busy_timeout=abc", "busy_timeout must be seconds from 0 to 3600 in digits, got 'abc'"),
+    ("busy_timeout=inf", "busy_timeout must be seconds from 0 to 3600 in digits, got 'inf'"),
+    ("busy_timeout=-5", "busy_timeout must be seconds from 0 to 3600 in digits, got '-5'"),
+])
+def test_an_sqlite_url_option_that_is_none_or_bad_is_refused_and_makes_no_file(
+        tmp_path: Path, query: str, message: str) -> None:
+    # Taken, a typo left the default in force without a word, and mode=ro wrote.
+    from stackshift import ValidationError
+
+    with pytest.raises(ValidationError) as refused:
+        StackShift(f"sqlite:///{tmp_path / 'jobs.db'}?{query}")
+    assert str(refused.value).startswith(message), refused.value
+    assert list(tmp_path.iterdir()) == []

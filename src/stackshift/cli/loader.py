@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import sqlite3
 import sys
 import traceback
 from pathlib import Path
@@ -62,8 +63,10 @@ def _import_failed(what: str, exc: Exception) -> CliFailure:
     which points at the line of the app at fault. A database that cannot be
     opened (the client an app builds as it is imported opens it: a wrong URL, a
     folder that does not exist, a server down) is no fault of the app's code:
-    the error names the database instead, without the traceback."""
-    if not is_database_unavailable(exc) or debugging():
+    the error names the database instead, without the traceback. Nor is a file
+    that is not an SQLite database."""
+    not_sqlite = isinstance(exc, sqlite3.DatabaseError) and "file is not a database" in str(exc)
+    if not (is_database_unavailable(exc) or not_sqlite) or debugging():
         traceback.print_exc()
         return failed(f"importing {what} failed: {type(exc).__name__}: {exc}")
     url = os.environ.get(DATABASE_ENV)

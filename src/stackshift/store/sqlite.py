@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -45,8 +47,29 @@ def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
         raise ValidationError(
             "SQLite needs a file (workers and clients share it); use sqlite:///path/to/file.db"
         )
-    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    options = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+    unknown = sorted(set(options) - _URL_OPTIONS)
+    if unknown:
+        raise ValidationError(
+            f"unknown SQLite URL option(s) {', '.join(map(repr, unknown))}: an SQLite URL takes"
+            f" {' and '.join(sorted(_URL_OPTIONS))} (e.g. sqlite:///app.db?synchronous=normal)")
     return path, options
+
+
+#: What an SQLite URL's query may set.
+_URL_OPTIONS = frozenset({"synchronous", "busy_timeout"})
+
+
+def _busy_seconds(text: str) -> float:
+    """``busy_timeout``: seconds (digits) a connection waits for another's write lock."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+)?", text) or not 0 <= seconds <= 3600:
+        raise ValidationError(f"busy_timeout must be seconds from 0 to 3600 in digits,"
+                              f" got {text!r}")
+    return seconds
 
 
 def _cannot_open(exc: sqlite3.OperationalError, path: str) -> str:
@@ -119,12 +142,17 @@ class SqliteDatabase:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.path, options = parse_sqlite_url(url)
+        path, options = parse_sqlite_url(url)
+        #: the file as the URL names it, for what the store says of it
+        self.named_path = path
+        #: the file this store opens for good: a relative URL names it in the
+        #: folder the process is in now, not in the one it moves to later
+        self.path = os.path.abspath(path)
         sync = options.get("synchronous", "full").lower()
         if sync not in _SYNC_MODES:
             raise ValidationError(f"synchronous must be one of {sorted(_SYNC_MODES)}")
         self._synchronous = _SYNC_MODES[sync]
-        self._busy_ms = int(float(options.get("busy_timeout", "30")) * 1000)
+        self._busy_ms = int(_busy_seconds(options.get("busy_timeout", "30")) * 1000)
         self._queries = load_queries("sqlite")
         self._closed = False
         #: (device, inode) of the file the first connection opened (see detached)
@@ -217,7 +245,7 @@ class SqliteDatabase:
         except sqlite3.OperationalError as exc:  # e.g. a missing folder: say which file
             reason = None if self._file is None else self.detached()
             raise sqlite3.OperationalError(
-                _cannot_open(exc, self.path) if reason is None else _cut_off(reason)) from exc
+                _cannot_open(exc, self.named_path) if reason is None else _cut_off(reason)) from exc
         conn.row_factory = sqlite3.Row
         try:
             conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
@@ -235,7 +263,7 @@ class SqliteDatabase:
             if isinstance(exc, sqlite3.OperationalError):
                 raise
             # Some other file (a typo in the URL), or one damaged: say which.
-            raise sqlite3.DatabaseError(f"{exc}: {self.path}") from exc
+            raise sqlite3.DatabaseError(f"{exc}: {self.named_path}") from exc
         return conn
 
     def _open(self) -> sqlite3.Connection:
@@ -260,11 +288,11 @@ class SqliteDatabase:
         try:
             now = os.stat(self.path)
         except FileNotFoundError:
-            return f"its database file {self.path} was deleted"
+            return f"its database file {self.named_path} was deleted"
         except OSError:
             return None  # unreadable for now: not known to be another file
         if (now.st_dev, now.st_ino) != self._file:
-            return f"its database file {self.path} was replaced by another file"
+            return f"its database file {self.named_path} was replaced by another file"
         return None
 
     def _conn(self) -> sqlite3.Connection:
