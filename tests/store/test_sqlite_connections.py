@@ -177,3 +177,24 @@ def test_an_sqlite_url_option_that_is_none_or_bad_is_refused_and_makes_no_file(
         StackShift(f"sqlite:///{tmp_path / 'jobs.db'}?{query}")
     assert str(refused.value).startswith(message), refused.value
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("tables", [["customers"], ["posts", "runs"]])
+def test_another_applications_database_is_refused_and_left_as_it_was(
+        tmp_path: Path, tables: list[str]) -> None:
+    # Taken, even a read (`stackshift runs list`) added StackShift's tables beside
+    # the application's, or failed half-way on a table of the same name, and
+    # switched the file to WAL for good.
+    path = tmp_path / "shop.db"
+    with sqlite3.connect(path) as db:
+        for table in tables:
+            db.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY)")
+    with pytest.raises(sqlite3.DatabaseError) as refused:
+        StackShift(f"sqlite:///{path}")
+    assert str(refused.value) == (
+        f"not a StackShift database: {path} holds the tables of another application"
+        f" ({', '.join(tables)}); give StackShift a file of its own")
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+        assert [r[0] for r in db.execute("SELECT name FROM sqlite_master ORDER BY name")] == tables
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shop.db"]

@@ -65,7 +65,8 @@ def _import_failed(what: str, exc: Exception) -> CliFailure:
     folder that does not exist, a server down) is no fault of the app's code:
     the error names the database instead, without the traceback. Nor is a file
     that is not an SQLite database."""
-    not_sqlite = isinstance(exc, sqlite3.DatabaseError) and "file is not a database" in str(exc)
+    not_sqlite = isinstance(exc, sqlite3.DatabaseError) and (
+        "file is not a database" in str(exc) or "not a StackShift database" in str(exc))
     if not (is_database_unavailable(exc) or not_sqlite) or debugging():
         traceback.print_exc()
         return failed(f"importing {what} failed: {type(exc).__name__}: {exc}")

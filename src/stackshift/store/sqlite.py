@@ -72,6 +72,11 @@ def _busy_seconds(text: str) -> float:
     return seconds
 
 
+class AnotherAppsDatabase(sqlite3.DatabaseError):
+    """The file holds another application's tables (see
+    :meth:`SqliteDatabase._refuse_another_apps`)."""
+
+
 def _cannot_open(exc: sqlite3.OperationalError, path: str) -> str:
     """The error naming the file, its missing folder, and the URL a slash short of one."""
     message = f"{exc}: {path}"
@@ -249,6 +254,8 @@ class SqliteDatabase:
         conn.row_factory = sqlite3.Row
         try:
             conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            if self._file is None:
+                self._refuse_another_apps(conn)
             # WAL lets readers and the one writer proceed together.
             for _ in range(50):
                 try:
@@ -260,11 +267,25 @@ class SqliteDatabase:
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.DatabaseError as exc:
             conn.close()
-            if isinstance(exc, sqlite3.OperationalError):
+            if isinstance(exc, sqlite3.OperationalError | AnotherAppsDatabase):
                 raise
             # Some other file (a typo in the URL), or one damaged: say which.
             raise sqlite3.DatabaseError(f"{exc}: {self.named_path}") from exc
         return conn
+
+    def _refuse_another_apps(self, conn: sqlite3.Connection) -> None:
+        """Refuse, before anything is written to it, a database file that holds
+        tables but not StackShift's (another application's): its tables would be
+        left beside StackShift's, or clash with them (``runs``)."""
+        tables = [row[0] for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'"
+            " AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name")]
+        if tables and "schema_migrations" not in tables:
+            shown = ", ".join(tables[:5]) + (f" and {len(tables) - 5} more" if len(tables) > 5
+                                             else "")
+            raise AnotherAppsDatabase(
+                f"not a StackShift database: {self.named_path} holds the tables of another"
+                f" application ({shown}); give StackShift a file of its own")
 
     def _open(self) -> sqlite3.Connection:
         """A new connection, closed with the store."""
