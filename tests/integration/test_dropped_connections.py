@@ -155,3 +155,20 @@ def test_a_checkpoint_cut_off_midway_is_made_again_and_costs_the_attempt_nothing
     finally:
         app.close()
 
+
+
+def test_the_schema_version_a_health_check_reads_is_read_after_the_cut(pg_url: str) -> None:
+    # GET /healthz reads it: it answered 503 once for each dead pooled connection
+    # while the database answered every other request.
+    name = f"drop_{uuid.uuid4().hex[:8]}"
+    app = StackShift(f"{pg_url}&application_name={name}&pool_min=4")
+    db = app._service.store.db
+    try:
+        version = db.schema_version()
+        held = [db._getconn() for _ in range(4)]  # the pool holds four connections
+        for conn in held:
+            db._pool.putconn(conn)
+        assert terminate(name) >= 4
+        assert [db.schema_version() for _ in range(6)] == [version] * 6
+    finally:
+        app.close()

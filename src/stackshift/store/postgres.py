@@ -513,14 +513,23 @@ class PostgresDatabase:
         return self.schema_version()
 
     def schema_version(self) -> int:
-        conn = self._getconn()
-        try:
-            row = conn.execute("SELECT MAX(version) AS v FROM schema_migrations").fetchone()
-        except psycopg.errors.UndefinedTable:
-            return 0
-        finally:
-            self._pool.putconn(conn)
-        return int(row["v"] or 0) if row else 0
+        """The schema's version (0 without one). A pooled connection that died
+        while idle (a restart, a failover) is found out by the query, which moves
+        to another connection, as every transaction's ``BEGIN`` does: a health
+        check asks this, and the database answers."""
+        deadline = time.monotonic() + self._timeout
+        while True:
+            conn = self._getconn()
+            try:
+                row = conn.execute("SELECT MAX(version) AS v FROM schema_migrations").fetchone()
+                return int(row["v"] or 0) if row else 0
+            except psycopg.errors.UndefinedTable:
+                return 0
+            except psycopg.OperationalError:
+                if not conn.broken or time.monotonic() >= deadline:
+                    raise
+            finally:
+                self._pool.putconn(conn)  # a broken connection is discarded
 
     # -- change detection ----------------------------------------------------------
 
