@@ -18,7 +18,7 @@ MAX_DURATION = 100 * 365.25 * 86400.0
 _PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d|w)")
 #: A number typed as seconds: digits, with a fraction and a minus sign if any
 #: (Python's ``float`` also reads ``1e3``, ``1_000``, ``٣`` and ``inf``).
-_TYPED_SECONDS = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+TYPED_SECONDS = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 _TYPED_WHOLE = re.compile(r"-?[0-9]+")
 
 
@@ -73,7 +73,7 @@ def parse_typed_duration(text: str, *, name: str) -> float:
         seconds = float(text)
     except ValueError:
         return parse_duration(text, name=name)
-    if _TYPED_SECONDS.fullmatch(text.strip()) is None and math.isfinite(seconds):
+    if TYPED_SECONDS.fullmatch(text.strip()) is None and math.isfinite(seconds):
         # A number Python reads but not in digits alone ('1e3', '1_0', '+5', '٣');
         # NaN and infinity are refused below as any such duration is.
         raise ValidationError(

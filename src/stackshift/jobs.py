@@ -5,9 +5,11 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import sys
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pydantic
@@ -75,7 +77,11 @@ def qualified_name(fn: Callable[..., Any]) -> str:
     recorded function, which a replay compares. A ``functools.partial`` is named
     by the function it calls, an object with a ``__call__`` by its class (never by
     a repr, which holds a memory address)."""
-    module, name = function_parts(fn)
+    return joined_name(*function_parts(fn))
+
+
+def joined_name(module: str, name: str) -> str:
+    """``module.name``, or ``name`` alone for a function of no module."""
     return f"{module}.{name}" if module else name
 
 
@@ -94,6 +100,59 @@ def function_parts(fn: Callable[..., Any]) -> tuple[str, str]:
     module = getattr(fn, "__module__", None) or ""
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
     return module, name
+
+
+def same_function(recorded: str, module: str, name: str) -> bool:
+    """Whether a replay that reached the function ``name`` of ``module`` (see
+    :func:`function_parts`) reached the step's ``recorded`` one
+    (:func:`qualified_name`).
+
+    A recorded name holding a memory address (a partial or an object with a
+    ``__call__``, as steps recorded by earlier versions name them) matches
+    anything: no replay could match it. Otherwise the qualified names must be
+    the same, and the modules the same module loaded another way
+    (:func:`_same_module`).
+    """
+    if recorded == joined_name(module, name) or " at 0x" in recorded:
+        return True
+    if not module or not recorded.endswith("." + name):
+        return False
+    return _same_module(recorded[:-len(name) - 1], module)
+
+
+def _same_module(recorded: str, reached: str) -> bool:
+    """Whether the module a step was recorded in, ``recorded``, may be the module
+    ``reached`` of this replay, loaded another way.
+
+    A file is a module of several names: ``__main__`` run as a program
+    (``python app.py``, ``python -m pkg.app``), its file's name loaded by
+    ``stackshift worker pkg/app.py`` (``app``, or ``stackshift_app`` for a name
+    that is no identifier), and its dotted name imported (``pkg.app``, as
+    ``stackshift worker pkg.app:app`` does). A recorded ``__main__`` names no
+    file, and matches any module.
+    """
+    if recorded == "__main__":
+        return True
+    names = _names_of_main() if reached == "__main__" else {reached}
+    if names is None:  # a program of no file (python -c): any module may be its own
+        return True
+    return any(recorded == one or recorded.endswith("." + one) or one.endswith("." + recorded)
+               or (recorded.startswith(FILE_MODULE) and one == "__main__")
+               for one in names)
+
+
+def _names_of_main() -> set[str] | None:
+    """The names this process's ``__main__`` goes by when imported, None if it was
+    run from no file."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    path = getattr(main, "__file__", None)
+    if path is None:
+        return None
+    names = {"__main__", Path(path).stem}
+    if spec is not None and spec.name:
+        names.add(spec.name)
+    return names
 
 
 def is_async_handler(handler: Callable[..., Any]) -> bool:

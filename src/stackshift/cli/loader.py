@@ -19,6 +19,7 @@ from types import ModuleType
 from ..client import AsyncStackShift, StackShift
 from ..jobs import FILE_MODULE
 from ..store.database import is_database_unavailable
+from ..store.sqlite import AnotherAppsDatabase
 from .failures import CliFailure, bad_input, debugging, failed
 from .options import DATABASE_ENV
 from .render import shown_url
@@ -65,8 +66,8 @@ def _import_failed(what: str, exc: Exception) -> CliFailure:
     folder that does not exist, a server down) is no fault of the app's code:
     the error names the database instead, without the traceback. Nor is a file
     that is not an SQLite database."""
-    not_sqlite = isinstance(exc, sqlite3.DatabaseError) and (
-        "file is not a database" in str(exc) or "not a StackShift database" in str(exc))
+    not_sqlite = isinstance(exc, AnotherAppsDatabase) or (
+        isinstance(exc, sqlite3.DatabaseError) and "file is not a database" in str(exc))
     if not (is_database_unavailable(exc) or not_sqlite) or debugging():
         traceback.print_exc()
         return failed(f"importing {what} failed: {type(exc).__name__}: {exc}")

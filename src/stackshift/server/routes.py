@@ -18,7 +18,7 @@ from pydantic import AfterValidator, BeforeValidator
 from starlette.convertors import Convertor, register_url_convertor
 
 from ..checks import MAX_LOG_PAGE
-from ..durations import to_datetime
+from ..durations import TYPED_SECONDS, to_datetime
 from ..engine.transitions import Status
 from ..jobs import check_name
 from ..service import Service
@@ -42,13 +42,12 @@ def _wait_timeout(value: float) -> float:
 
 
 _WHOLE = re.compile(r"-?[0-9]+")
-_SECONDS = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 
 
 def _seconds_in_digits(value: object) -> object:
     """A query string's seconds: digits, with a fraction and a minus sign if any; not
     ``1_0``, ``+5``, `` 5``, ``1e3`` or ``nan``, which Python's ``float()`` also reads."""
-    if isinstance(value, str) and not _SECONDS.fullmatch(value):
+    if isinstance(value, str) and not TYPED_SECONDS.fullmatch(value):
         raise ValueError(f"must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g} written"
                          f" in digits (e.g. '10', '1.5'), got {value!r}")
     return value

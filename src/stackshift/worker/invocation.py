@@ -11,13 +11,11 @@ import abc
 import contextlib
 import inspect
 import logging
-import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, NoReturn, TypeVar
 
@@ -37,7 +35,7 @@ from ..errors import (
     Suspend,
     ValidationError,
 )
-from ..jobs import FILE_MODULE, Job, check_name, function_parts, qualified_name
+from ..jobs import Job, check_name, function_parts, joined_name, qualified_name, same_function
 from ..keywords import NOT_GIVEN, accepted_keywords, missing, unknown_keyword
 from ..models import Event, Run
 from ..runlogs import CURRENT, CURRENT_STEP, engine_call
@@ -371,8 +369,8 @@ class Invocation:
         if step is None:
             return None
         if step.kind != kind or (function is not None and (
-                step.function is None or not _same_function(step.function, *function))):
-            function_name = None if function is None else _joined(*function)
+                step.function is None or not same_function(step.function, *function))):
+            function_name = None if function is None else joined_name(*function)
             recorded = f"{step.kind} step" + (f" of {step.function}" if step.function else "")
             now = f"{kind} step" + (f" of {function_name}" if function_name else "")
             self._nondeterministic(
@@ -460,7 +458,7 @@ class Invocation:
 
     def plan_run(self, name: str, fn: Callable[..., Any], key: str) -> StepPlan:
         parts = function_parts(fn)
-        function = _joined(*parts)
+        function = joined_name(*parts)
         step = self._replay(key, "run", parts)
         if step is not None:
             return StepPlan(key, name, function, True, step.result)
@@ -824,63 +822,6 @@ def say_failed(job: str, run_id: str, attempts_used: int, max_attempts: int,
             attempts_log.error("%s %s: failed for good on %s: %s", job, run_id, which, said)
     finally:
         CURRENT.reset(token)
-
-
-def _same_function(recorded: str, module: str, name: str) -> bool:
-    """Whether a replay that reached the function ``name`` of ``module`` (see
-    :func:`~stackshift.jobs.function_parts`) reached the step's ``recorded`` one
-    (:func:`~stackshift.jobs.qualified_name`).
-
-    A recorded name holding a memory address (a partial or an object with a
-    ``__call__``, as steps recorded by earlier versions name them) matches
-    anything: no replay could match it. Otherwise the qualified names must be
-    the same, and the modules the same module loaded another way
-    (:func:`_same_module`).
-    """
-    if recorded == _joined(module, name) or " at 0x" in recorded:
-        return True
-    if not module or not recorded.endswith("." + name):
-        return False
-    return _same_module(recorded[:-len(name) - 1], module)
-
-
-def _same_module(recorded: str, reached: str) -> bool:
-    """Whether the module a step was recorded in, ``recorded``, may be the module
-    ``reached`` of this replay, loaded another way.
-
-    A file is a module of several names: ``__main__`` run as a program
-    (``python app.py``, ``python -m pkg.app``), its file's name loaded by
-    ``stackshift worker pkg/app.py`` (``app``, or ``stackshift_app`` for a name
-    that is no identifier), and its dotted name imported (``pkg.app``, as
-    ``stackshift worker pkg.app:app`` does). A recorded ``__main__`` names no
-    file, and matches any module.
-    """
-    if recorded == "__main__":
-        return True
-    names = _names_of_main() if reached == "__main__" else {reached}
-    if names is None:  # a program of no file (python -c): any module may be its own
-        return True
-    return any(recorded == one or recorded.endswith("." + one) or one.endswith("." + recorded)
-               or (recorded.startswith(FILE_MODULE) and one == "__main__")
-               for one in names)
-
-
-def _names_of_main() -> set[str] | None:
-    """The names this process's ``__main__`` goes by when imported, None if it was
-    run from no file."""
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    path = getattr(main, "__file__", None)
-    if path is None:
-        return None
-    names = {"__main__", Path(path).stem}
-    if spec is not None and spec.name:
-        names.add(spec.name)
-    return names
-
-
-def _joined(module: str, name: str) -> str:
-    return f"{module}.{name}" if module else name
 
 
 def _awaited(name: str, correlation_key: str | None) -> str:
