@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -198,3 +201,39 @@ def test_another_applications_database_is_refused_and_left_as_it_was(
         assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
         assert [r[0] for r in db.execute("SELECT name FROM sqlite_master ORDER BY name")] == tables
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shop.db"]
+
+
+@pytest.mark.parametrize("locked", ["file", "folder"])
+def test_a_database_this_user_may_not_write_is_named_with_what_it_lacks(locked: str) -> None:
+    # Taken, every command, even `runs list`, said only "attempt to write a
+    # readonly database": SQLite writes beside a WAL database even to read it.
+    # Root writes whatever the modes say: the command runs as nobody then.
+    as_nobody = (["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+                 if os.geteuid() == 0 else [])
+    folder = Path(tempfile.mkdtemp(prefix="stackshift-ro-"))
+    try:
+        folder.chmod(0o755)
+        path = folder / "jobs.db"
+        StackShift(f"sqlite:///{path}").close()
+        if os.geteuid() == 0:
+            os.chown(folder, pwd.getpwnam("nobody").pw_uid, -1)
+            os.chown(path, pwd.getpwnam("nobody").pw_uid, -1)
+        for name in os.listdir(folder):
+            (folder / name).chmod(0o444 if locked == "file" else 0o666)
+        folder.chmod(0o555)
+        lacks = ("this user may not write to the file" if locked == "file" else
+                 f"this user may not create files in its folder {folder}, where SQLite"
+                 " keeps jobs.db-wal and jobs.db-shm beside it")
+        for command in (["runs", "list"], ["start", "some.job", "{}"]):
+            done = subprocess.run(
+                [*as_nobody, sys.executable, "-m", "stackshift", "--db", f"sqlite:///{path}",
+                 *command], capture_output=True, text=True, timeout=60)
+            assert done.returncode == 1, done.stderr
+            assert (f"cannot write to the database file {path}: {lacks}; StackShift writes to"
+                    " its database even to read from it") in done.stderr, done.stderr
+        folder.chmod(0o755)
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT count(*) FROM runs").fetchone() == (0,)
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(folder)

@@ -85,6 +85,27 @@ def _cannot_open(exc: sqlite3.OperationalError, path: str) -> str:
     return f"{message} ({missing_folder(path)})"
 
 
+def _is_read_only(exc: sqlite3.OperationalError) -> bool:
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_READONLY
+
+
+def _read_only(path: str, named: str) -> str:
+    """The error of a database SQLite may not write: which file (``named`` as its
+    URL gives it), and what this user lacks. In WAL mode even a read writes (the
+    ``-shm`` file beside it)."""
+    folder = os.path.dirname(path)
+    name = os.path.basename(path)
+    if not os.access(path, os.W_OK):
+        why = "this user may not write to the file"
+    elif not os.access(folder, os.W_OK):
+        why = (f"this user may not create files in its folder {folder}, where SQLite"
+               f" keeps {name}-wal and {name}-shm beside it")
+    else:
+        why = "the file or its filesystem is read-only"
+    return (f"cannot write to the database file {named}: {why}; StackShift writes to its"
+            " database even to read from it")
+
+
 def _cut_off(reason: str) -> str:
     """The error of a write or a connection refused because the store's file is
     no longer the database at its path (see :meth:`SqliteDatabase.detached`)."""
@@ -267,6 +288,8 @@ class SqliteDatabase:
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.DatabaseError as exc:
             conn.close()
+            if isinstance(exc, sqlite3.OperationalError) and _is_read_only(exc):
+                raise sqlite3.OperationalError(_read_only(self.path, self.named_path)) from exc
             if isinstance(exc, sqlite3.OperationalError | AnotherAppsDatabase):
                 raise
             # Some other file (a typo in the URL), or one damaged: say which.
