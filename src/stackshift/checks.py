@@ -15,7 +15,7 @@ from .durations import format_duration, parse_duration
 from .errors import ValidationError
 from .jobs import check_name
 from .serialization import utf8_size
-from .settings import LONGEST_KEY, Settings
+from .settings import LONGEST_KEY, Settings, server_setting
 
 ON_TIMEOUT = ("fail", "continue", "cancel")
 
@@ -50,11 +50,16 @@ def check_endpoint_url(url: object) -> str:
     return url
 
 
-def check_key(value: object, what: str, limit: int) -> str:
+def check_key(value: object, what: str, limit: int, raise_with: str = "") -> str:
+    """A key of at most ``limit`` characters; ``raise_with``: how the limit is
+    raised (its setting), said while it is below the longest key any store holds."""
     if not isinstance(value, str) or not value:
         raise ValidationError(f"{what} must be a non-empty string, got {value!r}")
     if len(value) > limit:
-        raise ValidationError(f"{what} is {len(value)} characters, over the limit of {limit}")
+        raise ValidationError(
+            f"{what} is {len(value)} characters, over the limit of {limit}"
+            + (f"; raise the limit with {raise_with}" if raise_with and limit < LONGEST_KEY
+               else ""))
     return _storable(value, what)
 
 
@@ -139,9 +144,11 @@ def check_log_window(after: object, limit: object,
 
 
 def check_idempotency(settings: Settings, key: object, ttl: Any) -> float:
-    """Check an idempotency key and its TTL (shared with the remote client); the
-    TTL in seconds, the installation's default when ``ttl`` is None."""
-    check_key(key, "idempotency_key", settings.max_idempotency_key_length)
+    """Check an idempotency key and its TTL (the remote client's: against the
+    server's limits); the TTL in seconds, the installation's default when ``ttl``
+    is None."""
+    check_key(key, "idempotency_key", settings.max_idempotency_key_length,
+              server_setting("max_idempotency_key_length"))
     return idempotency_seconds(settings, ttl)
 
 

@@ -23,7 +23,7 @@ from .ids import check_cursor, check_failure_cursor, new_id
 from .jobs import JobRegistry, check_max_attempts, check_name
 from .models import Page, QueueInfo, Run, Schedule, WorkerInfo
 from .serialization import dumps, encode
-from .settings import Settings
+from .settings import Settings, program_setting, server_setting
 from .store.base import NewRun, RunFilter
 from .store.database import Row
 from .store.flow import ClaimRules
@@ -111,6 +111,12 @@ class FlowControl:
     settings: Settings
     registry: JobRegistry
     notifier: Notifier
+    #: Whether the limits are a server's (``--setting``), not a program's ``Settings``.
+    limits_on_server: bool
+
+    def raised_by(self, setting: str) -> str:
+        """How the limit ``setting`` this service holds to is raised."""
+        return (server_setting if self.limits_on_server else program_setting)(setting)
 
     # -- queues ------------------------------------------------------------------------
 
@@ -305,7 +311,8 @@ class FlowControl:
         if schedule_id is not None:
             check_own_schedule_id(schedule_id)
         check_overlap(overlap)
-        text = encode(payload, what="payload", limit=self.settings.max_payload_bytes)
+        text = encode(payload, what="payload", limit=self.settings.max_payload_bytes,
+                      raise_with=self.raised_by("max_payload_bytes"))
         if schedule_id is not None:
             return self.store.put_schedule(schedule_id, job, parsed, text, queue_name,
                                            self.clock.now(), overlap)

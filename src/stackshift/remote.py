@@ -75,7 +75,7 @@ from .server import push_schemas as push_wire
 from .server import schemas as wire
 from .server.errors import rename_fields
 from .service import RunWait
-from .settings import LONGEST_KEY, Settings
+from .settings import LONGEST_KEY, Settings, server_setting
 
 log = logging.getLogger("stackshift.remote")
 
@@ -457,7 +457,7 @@ class RemoteService(RemoteFlowControl):
         }
         body = {k: v for k, v in body.items() if v is not None or k == "payload"}
         response = self._call("POST", "/v1/runs", json=SizedBody(
-            body, "payload", "payload", self.limits().max_payload_bytes))
+            body, "payload", "payload", self.limits().max_payload_bytes, "max_payload_bytes"))
         return wire.Run.model_validate(response.json()).to_model()
 
     def start_many(
@@ -481,7 +481,8 @@ class RemoteService(RemoteFlowControl):
         values = []
         for n, payload in enumerate(payloads):
             values.append(to_jsonable(payload, what=f"payloads[{n}]"))
-            encode(values[-1], what=f"payloads[{n}]", limit=limits.max_payload_bytes)
+            encode(values[-1], what=f"payloads[{n}]", limit=limits.max_payload_bytes,
+                   raise_with=server_setting("max_payload_bytes"))
         if max_attempts is not None:
             check_max_attempts(max_attempts)
         if priority is not None:
@@ -496,7 +497,8 @@ class RemoteService(RemoteFlowControl):
         if any(key is not None for key in idempotency_keys or []):
             for n, key in enumerate(idempotency_keys or []):
                 if key is not None:
-                    check_key(key, f"idempotency_keys[{n}]", limits.max_idempotency_key_length)
+                    check_key(key, f"idempotency_keys[{n}]", limits.max_idempotency_key_length,
+                              server_setting("max_idempotency_key_length"))
             idempotency_seconds(limits, idempotency_ttl)
         elif idempotency_ttl is not None:
             if payloads or idempotency_keys is None:
@@ -702,10 +704,12 @@ class RemoteService(RemoteFlowControl):
         if correlation_key is not None:
             body["correlationKey"] = check_key(correlation_key, "correlation_key", LONGEST_KEY)
         if idempotency_key is not None:
-            body["idempotencyKey"] = check_key(idempotency_key, "idempotency_key",
-                                               self.limits().max_idempotency_key_length)
+            body["idempotencyKey"] = check_key(
+                idempotency_key, "idempotency_key", self.limits().max_idempotency_key_length,
+                server_setting("max_idempotency_key_length"))
         response = self._call("POST", "/v1/events", json=SizedBody(
-            body, "payload", "event payload", self.limits().max_event_payload_bytes))
+            body, "payload", "event payload", self.limits().max_event_payload_bytes,
+            "max_event_payload_bytes"))
         return wire.SentEvent.model_validate(response.json()).to_model()
 
     def get_event(self, event_id: str) -> Event:
@@ -762,7 +766,8 @@ class RemoteService(RemoteFlowControl):
             expiry["expiresAt"] = _when(expires_at, "expires_at")
         body = {"value": to_jsonable(value, what=f"state value for {key!r}"), **expiry}
         self._call("PUT", path, json=SizedBody(body, "value", f"state value for {key!r}",
-                                               self.limits().max_state_value_bytes))
+                                               self.limits().max_state_value_bytes,
+                                               "max_state_value_bytes"))
 
     def state_delete(self, key: str) -> bool:
         response = self._call("DELETE", f"/v1/state/{self._state_key(key)}")
@@ -781,7 +786,8 @@ class RemoteService(RemoteFlowControl):
 
     def _state_key(self, key: object) -> str:
         """``key`` as a path segment, checked as the embedded service does."""
-        check_key(key, "state key", self.limits().max_state_key_length)
+        check_key(key, "state key", self.limits().max_state_key_length,
+                  server_setting("max_state_key_length"))
         return _state_key(key)
 
     def check_state_key(self, key: object) -> None:

@@ -33,7 +33,7 @@ from .models import JobInfo, Page, QueueInfo, Run, Schedule
 from .serialization import dumps, encode, to_jsonable
 from .server import flow_schemas as f
 from .server import schemas as wire
-from .settings import Settings
+from .settings import Settings, server_setting
 from .store.queues import KEEP
 from .wording import quoted
 
@@ -46,19 +46,23 @@ class SizedBody:
     an oversize value is refused before any request, in the embedded service's
     words (not as an oversize request)."""
 
-    def __init__(self, body: dict[str, Any], field: str, what: str, limit: int) -> None:
+    def __init__(self, body: dict[str, Any], field: str, what: str, limit: int,
+                 setting: str) -> None:
+        def check() -> None:
+            encode(body[field], what=what, limit=limit, raise_with=server_setting(setting))
+
         try:
             text = dumps(body)
         except ValueError:  # an integer too long to write: encode says so
-            encode(body[field], what=what, limit=limit)
+            check()
             raise
         try:
             self.content = text.encode()
         except UnicodeEncodeError:  # a lone surrogate: encode says where
-            encode(body[field], what=what, limit=limit)
+            check()
             raise
         if len(self.content) > limit:  # only then can the value be over its limit
-            encode(body[field], what=what, limit=limit)
+            check()
 
 
 def _queue_path(name: object) -> str:
@@ -209,7 +213,8 @@ class RemoteFlowControl:
             body["overlap"] = overlap
         limit = self.limits().max_payload_bytes
         response = self._call("POST", "/v1/schedules",
-                              json=SizedBody(body, "payload", "payload", limit))
+                              json=SizedBody(body, "payload", "payload", limit,
+                                             "max_payload_bytes"))
         return replace(self._schedule(response), created=response.status_code == 201)
 
     def get_schedule(self, schedule_id: str) -> Schedule:

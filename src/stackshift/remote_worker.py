@@ -34,6 +34,7 @@ from .processes import ProcessId
 from .runlogs import fields_line
 from .server import worker_schemas as w
 from .service import Notifier
+from .settings import server_setting
 from .store.base import ClaimedRun, ExpiredLease, Lease, LogWrite, Outcome, StepWrite
 from .store.flow import NO_RULES, ClaimRules
 from .worker.invocation import LogsWrittenAhead, PendingLogs
@@ -622,7 +623,7 @@ class RemoteWorkerService:
 
     def raised_by(self, setting: str) -> str:
         """How the limit ``setting`` is raised: it is the server's, not the worker's."""
-        return f"the server's --setting {setting}=..."
+        return server_setting(setting)
 
     def prepare_worker(self, stopping: threading.Event) -> bool:
         """:meth:`publish`: a worker's first requests.

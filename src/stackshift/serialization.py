@@ -82,8 +82,10 @@ def encode(
     what: str,
     limit: int | None,
     too_large: type[PayloadTooLargeError] = PayloadTooLargeError,
+    raise_with: str = "",
 ) -> str:
-    """Convert, encode and size-check ``value``; raise before anything is written."""
+    """Convert, encode and size-check ``value``; raise before anything is written.
+    ``raise_with``: how the limit is raised (the setting), said when it is over."""
     jsonable = to_jsonable(value, what=what)
     try:
         text = dumps(jsonable)
@@ -93,7 +95,8 @@ def encode(
     if limit is not None:
         size = utf8_size(text, what)
         if size > limit:
-            raise too_large(f"{what} is {size} bytes as JSON, over the limit of {limit} bytes")
+            raise too_large(f"{what} is {size} bytes as JSON, over the limit of {limit} bytes"
+                            + (f"; raise the limit with {raise_with}" if raise_with else ""))
     return text
 
 

@@ -182,9 +182,11 @@ def run_filter(*, status: str | None = None, job: str | None = None,
 
 class Service(FlowControl):
     def __init__(
-        self, store: SqlStore, clock: Clock, settings: Settings, registry: JobRegistry
+        self, store: SqlStore, clock: Clock, settings: Settings, registry: JobRegistry,
+        *, limits_on_server: bool = False,
     ) -> None:
         self.store = store
+        self.limits_on_server = limits_on_server
         self.clock = clock
         self.settings = settings
         self.registry = registry
@@ -196,10 +198,6 @@ class Service(FlowControl):
         """The limits on values and keys this service holds writes to (as
         :meth:`stackshift.remote.RemoteService.limits` gives a server's)."""
         return self.settings
-
-    def raised_by(self, setting: str) -> str:
-        """How a program raises the limit ``setting`` this service holds to."""
-        return f"Settings({setting}=...)"
 
     def migrate(self) -> int:
         return self.store.migrate()
@@ -312,7 +310,8 @@ class Service(FlowControl):
             queue = check_name(queue_name, "queue name")
         else:
             queue = job_queue or s.default_queue
-        texts = [encode(payload, what=named("payload", n), limit=s.max_payload_bytes)
+        texts = [encode(payload, what=named("payload", n), limit=s.max_payload_bytes,
+                        raise_with=self.raised_by("max_payload_bytes"))
                  for n, payload in enumerate(payloads)]
         if max_attempts is None:
             max_attempts = job_attempts
@@ -340,7 +339,8 @@ class Service(FlowControl):
         if any(key is not None for key in ikeys):
             for n, key in enumerate(ikeys):
                 if key is not None:
-                    check_key(key, named("idempotency_key", n), s.max_idempotency_key_length)
+                    check_key(key, named("idempotency_key", n), s.max_idempotency_key_length,
+                              self.raised_by("max_idempotency_key_length"))
             expires_at = now + idempotency_seconds(s, idempotency_ttl)
         elif idempotency_ttl is not None:
             if texts or idempotency_keys is None:
@@ -467,11 +467,13 @@ class Service(FlowControl):
     ) -> SentEvent:
         s = self.settings
         check_name(name, "event name")
-        text = encode(payload, what="event payload", limit=s.max_event_payload_bytes)
+        text = encode(payload, what="event payload", limit=s.max_event_payload_bytes,
+                      raise_with=self.raised_by("max_event_payload_bytes"))
         if correlation_key is not None:
             check_key(correlation_key, "correlation_key", LONGEST_KEY)
         if idempotency_key is not None:
-            check_key(idempotency_key, "idempotency_key", s.max_idempotency_key_length)
+            check_key(idempotency_key, "idempotency_key", s.max_idempotency_key_length,
+                      self.raised_by("max_idempotency_key_length"))
         sent = self.store.send_event(
             new_id("evt"),
             name,
@@ -511,7 +513,8 @@ class Service(FlowControl):
     # -- state -------------------------------------------------------------------------
 
     def _state_key(self, key: object) -> str:
-        return check_key(key, "state key", self.settings.max_state_key_length)
+        return check_key(key, "state key", self.settings.max_state_key_length,
+                         self.raised_by("max_state_key_length"))
 
     def check_state_key(self, key: object) -> None:
         """Refuse a key no state call takes: not text, empty, over the limit, or
@@ -551,7 +554,8 @@ class Service(FlowControl):
                 when = datetime.fromtimestamp(deadline, UTC).isoformat()
                 raise ValidationError(f"expires_at must be in the future, got {when}")
         text = encode(value, what=f"state value for {key!r}",
-                      limit=self.settings.max_state_value_bytes)
+                      limit=self.settings.max_state_value_bytes,
+                      raise_with=self.raised_by("max_state_value_bytes"))
         self.store.state_set(key, text, deadline, now)
 
     def state_delete(self, key: str) -> bool:

@@ -18,6 +18,17 @@ DurationLike = float | str | timedelta
 #: the HTTP API and the database's indexes hold no longer ones.
 LONGEST_KEY = 512
 
+def program_setting(name: str) -> str:
+    """How a program raises its limit ``name``."""
+    return f"Settings({name}=...)"
+
+
+def server_setting(name: str) -> str:
+    """How a server's limit ``name`` is raised: its clients' and workers' own
+    ``Settings`` change nothing there."""
+    return f"the server's --setting {name}=..."
+
+
 #: Whole-number settings and the least and most each takes.
 _WHOLE = {
     "max_payload_bytes": (1, None),

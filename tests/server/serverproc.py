@@ -159,3 +159,13 @@ class QuietHandler(WSGIRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
+def raise_with(client: Any, setting: str) -> str:
+    """The end of a refusal over the limit ``setting``: how to raise it, where the
+    limit is held (the server's, for a remote client; else the program's)."""
+    from stackshift.remote import RemoteService
+
+    where = (f"the server's --setting {setting}=..." if isinstance(client._api, RemoteService)
+             else f"Settings({setting}=...)")
+    return f"; raise the limit with {where}"

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from serverproc import raise_with
 
 from locking import taken_by_another
 from stackshift import (
@@ -550,27 +551,33 @@ def test_a_blank_lock_holder_is_refused_in_the_same_words(
 
 
 @pytest.mark.parametrize(
-    ("call", "message"),
+    ("call", "message", "setting"),
     [
         (lambda c, n: c.start(n, "x" * 2**20),
-         "payload is 1048578 bytes as JSON, over the limit of 1048576 bytes"),
+         "payload is 1048578 bytes as JSON, over the limit of 1048576 bytes",
+         "max_payload_bytes"),
         (lambda c, n: c.events.send(n, "é" * 2**19),
-         "event payload is 1048578 bytes as JSON, over the limit of 1048576 bytes"),
+         "event payload is 1048578 bytes as JSON, over the limit of 1048576 bytes",
+         "max_event_payload_bytes"),
         (lambda c, n: c.schedules.create(n, cron="@daily", payload=["x" * 2**20]),
-         "payload is 1048580 bytes as JSON, over the limit of 1048576 bytes"),
+         "payload is 1048580 bytes as JSON, over the limit of 1048576 bytes",
+         "max_payload_bytes"),
         (lambda c, n: c.state.set(n, "x" * 2**20),
-         "state value for '{name}' is 1048578 bytes as JSON, over the limit of 262144 bytes"),
+         "state value for '{name}' is 1048578 bytes as JSON, over the limit of 262144 bytes",
+         "max_state_value_bytes"),
     ],
 )
 def test_oversize_values_are_refused_in_the_same_words(
-    client: StackShift, unique: Names, call: Callable[[StackShift, str], Any], message: str
+    client: StackShift, unique: Names, call: Callable[[StackShift, str], Any], message: str,
+    setting: str,
 ) -> None:
     """A remote client names the oversize value as the embedded one does, not the
-    request that would carry it, and nothing is written."""
+    request that would carry it, and nothing is written. Each names the setting
+    that raises the limit where the limit is held."""
     name = unique("big")
     with pytest.raises(PayloadTooLargeError) as raised:
         call(client, name)
-    assert str(raised.value) == message.format(name=name)
+    assert str(raised.value) == message.format(name=name) + raise_with(client, setting)
     assert len(client.runs.list(job=name)) == 0
     assert client.events.list(name=name).items == []
     assert [s for s in client.schedules.list() if s.job == name] == []

@@ -84,8 +84,10 @@ def test_a_remote_client_uses_the_default_limits_of_a_server_without_them(
         limit = Settings().max_state_value_bytes
         with pytest.raises(PayloadTooLargeError) as raised:
             app.state.set(name, "x" * limit)
-        assert str(raised.value) == (f"state value for {name!r} is {limit + 2} bytes as JSON, "
-                                     f"over the limit of {limit} bytes")
+        assert str(raised.value) == (
+            f"state value for {name!r} is {limit + 2} bytes as JSON, over the limit of"
+            f" {limit} bytes; raise the limit with the server's --setting"
+            " max_state_value_bytes=...")
         assert app.state.get(name) == {"progress": 0.5}
     # asked once, like a server's answer
     assert limits_asked(http) == before + 1

@@ -477,7 +477,9 @@ def test_a_payload_over_its_limit_inside_a_body_within_the_default_limit(
         http: httpx.Client) -> None:
     response = http.post("/v1/runs", json={"job": "big", "payload": "x" * MiB})
     error = assert_error(response, 413, "payload_too_large")
-    assert error["message"] == "payload is 1048578 bytes as JSON, over the limit of 1048576 bytes"
+    assert error["message"] == (
+        "payload is 1048578 bytes as JSON, over the limit of 1048576 bytes; raise the limit"
+        " with the server's --setting max_payload_bytes=...")
     assert http.get("/v1/runs?job=big").json()["items"] == []
     # At the limit exactly, with the envelope around it: the body limit leaves it room.
     ok = http.post("/v1/runs", json={"job": "big", "payload": "x" * (MiB - 2)})

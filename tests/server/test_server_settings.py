@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serverproc import Server, start_server, stop_server
+from serverproc import Server, raise_with, start_server, stop_server
 
 from stackshift import PayloadTooLargeError, Settings, StackShift, ValidationError
 from stackshift.serialization import MiB
@@ -97,48 +97,54 @@ def test_a_worker_keeps_step_results_up_to_the_servers_limit(client: StackShift)
 
 
 @pytest.mark.parametrize(
-    ("call", "message"),
+    ("call", "message", "setting"),
     [
         (lambda c, n: c.start(n, "x" * (2 * MiB)),
-         "payload is 2097154 bytes as JSON, over the limit of 2097152 bytes"),
+         "payload is 2097154 bytes as JSON, over the limit of 2097152 bytes",
+         "max_payload_bytes"),
         (lambda c, n: c.events.send(n, "x" * (2 * MiB)),
-         "event payload is 2097154 bytes as JSON, over the limit of 2097152 bytes"),
+         "event payload is 2097154 bytes as JSON, over the limit of 2097152 bytes",
+         "max_event_payload_bytes"),
         (lambda c, n: c.state.set(n, "x" * (2 * MiB)),
-         "state value for '{name}' is 2097154 bytes as JSON, over the limit of 2097152 bytes"),
+         "state value for '{name}' is 2097154 bytes as JSON, over the limit of 2097152 bytes",
+         "max_state_value_bytes"),
     ],
     ids=["payload", "event payload", "state value"],
 )
 def test_values_over_the_servers_limits_are_refused_in_the_same_words(
-    client: StackShift, call: Callable[[StackShift, str], Any], message: str
+    client: StackShift, call: Callable[[StackShift, str], Any], message: str, setting: str
 ) -> None:
     name = f"big-{uuid.uuid4().hex[:8]}"
     with pytest.raises(PayloadTooLargeError) as raised:
         call(client, name)
-    assert str(raised.value) == message.format(name=name)
+    assert str(raised.value) == message.format(name=name) + raise_with(client, setting)
     assert len(client.runs.list(job=name)) == 0
     assert client.events.list(name=name).items == []
     assert client.state.get(name, default="missing") == "missing"
 
 
 @pytest.mark.parametrize(
-    ("call", "message"),
+    ("call", "message", "setting"),
     [
         (lambda c, n: c.state.set(n + "k" * 64, 1),
-         "state key is {size} characters, over the limit of 64"),
+         "state key is {size} characters, over the limit of 64", "max_state_key_length"),
         (lambda c, n: c.events.send(n, idempotency_key=n + "k" * 64),
-         "idempotency_key is {size} characters, over the limit of 64"),
+         "idempotency_key is {size} characters, over the limit of 64",
+         "max_idempotency_key_length"),
         (lambda c, n: c.start(n, idempotency_key=n, idempotency_ttl="3d"),
-         "idempotency_ttl must be more than 0 and at most 2d"),
+         "idempotency_ttl must be more than 0 and at most 2d", None),
     ],
     ids=["state key", "idempotency key", "idempotency ttl"],
 )
 def test_keys_and_ttls_over_the_servers_limits_are_refused_in_the_same_words(
-    client: StackShift, call: Callable[[StackShift, str], Any], message: str
+    client: StackShift, call: Callable[[StackShift, str], Any], message: str,
+    setting: str | None,
 ) -> None:
     name = f"keyed-{uuid.uuid4().hex[:8]}"
     with pytest.raises(ValidationError) as raised:
         call(client, name)
-    assert str(raised.value) == message.format(size=len(name) + 64)
+    assert str(raised.value) == message.format(size=len(name) + 64) + (
+        "" if setting is None else raise_with(client, setting))
     assert len(client.runs.list(job=name)) == 0
     assert client.events.list(name=name).items == []
     assert client.state.keys(prefix=name) == []

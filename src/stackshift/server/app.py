@@ -576,5 +576,6 @@ def app_from_url(database_url: str, *, max_body_bytes: int | None = None,
     store = open_store(database_url)
     if migrate:
         store.migrate()
-    service = Service(store, SystemClock(), settings or Settings(), JobRegistry())
+    service = Service(store, SystemClock(), settings or Settings(), JobRegistry(),
+                      limits_on_server=True)
     return create_app(service, max_body_bytes=max_body_bytes)
