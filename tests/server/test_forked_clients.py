@@ -256,3 +256,98 @@ def test_a_push_route_that_served_before_a_fork_serves_in_the_child(
             app.close()
             for fd in (stop_r, stop_w, ready_r, ready_w):
                 os.close(fd)
+
+
+def test_a_fork_taken_while_other_threads_read_neither_waits_for_them_nor_hangs(
+        db_url: str, tmp_path: Path) -> None:
+    """Threads that read without pause (a web app's request threads): on SQLite
+    the fork waited up to its 5 s limit for their reads, as new ones kept
+    starting, and then forked in the middle of one. The child then closed the
+    connection of the read as the threads it does not have ended, and hung for
+    good. New reads now wait for the fork, and that close waits for the child's
+    start-over, which keeps a connection in use."""
+    app = StackShift(db_url)
+    app.start("read", {})
+    stop = threading.Event()
+    reads = [0, 0]
+
+    def read(n: int) -> None:
+        while not stop.is_set():
+            app.runs.list(limit=5)
+            reads[n] += 1
+
+    threads = [threading.Thread(target=read, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    forks_took, started = [], []
+    try:
+        for n in range(6):
+            time.sleep(0.05)
+            before = time.monotonic()
+            child = Child(lambda n=n: app.start("forked", {"n": n}).id,
+                          tmp_path / f"child{n}.json")
+            forks_took.append(time.monotonic() - before)
+            started.append(child.join())
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    try:
+        assert min(reads) > 10  # the threads were reading all along
+        assert max(forks_took) < 2.5, forks_took
+        assert [app.runs.get(run_id).payload for run_id in started] == [
+            {"n": n} for n in range(6)]
+    finally:
+        app.close()
+
+
+def test_a_worker_started_before_a_fork_stays_the_parents(
+        db_url: str, tmp_path: Path) -> None:
+    """A child that closes its copy of the client (or stops its copy of the
+    worker) handed back the parent's running runs, whose handlers then ran twice
+    at once, and unregistered the parent's worker; a start of the copy did
+    nothing, and the child's runs waited for good."""
+    app = StackShift(db_url)
+    release = tmp_path / "release"
+    entered: list[int] = []
+
+    @app.job("hold")
+    def hold(ctx: Any) -> int:
+        entered.append(os.getpid())
+        while not release.exists():
+            time.sleep(0.01)
+        return os.getpid()
+
+    worker = app.worker(shutdown_grace="1s").start()
+    try:
+        run = app.start("hold", {})
+        deadline = time.monotonic() + 30
+        while app.runs.get(run.id).status != "running" and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+        def child_work() -> str:
+            try:
+                worker.start()
+            except RuntimeError as exc:
+                refused = str(exc)
+            else:
+                refused = "started"
+            app.close()
+            return refused
+
+        refused = Child(child_work, tmp_path / "child.json").join()
+        assert refused == (
+            f"worker {worker.id} was started in the parent of this forked process, where its"
+            " threads and runs stay: make a new worker in this process (app.worker())")
+        assert app.runs.get(run.id).status == "running"
+        assert [job.live_workers for job in app.list_jobs() if job.name == "hold"] == [1]
+        release.touch()
+        done = app.runs.wait(run.id, timeout="30s")
+        assert (done.status, done.result, done.attempt) == ("completed", os.getpid(), 1)
+        assert [entry.kind for entry in app.runs.timeline(run.id)] == [
+            "run.queued", "attempt.started", "run.completed"]
+        assert entered == [os.getpid()]
+    finally:
+        worker.stop()
+        app.close()
+

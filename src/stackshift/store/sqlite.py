@@ -203,6 +203,10 @@ class SqliteDatabase:
         self._data_version: int | None = None
         self._writer: sqlite3.Connection | None = None
         self._checkpointer: _Checkpointer | None = None
+        #: a fork waits for the reads under way: new ones wait for the fork
+        self._holding_off = False
+        #: the process these connections are this store's own in (see _forget)
+        self._pid = os.getpid()
 
     #: Seconds a fork waits for a checkpoint, or for reads, under way to end.
     FORK_WAIT = 5.0
@@ -223,11 +227,14 @@ class SqliteDatabase:
         self._forking = (checkpointer, self._write_lock.acquire(
             timeout=self._busy_ms / 1000 + self.FORK_WAIT))
         self._lock.acquire()
+        self._holding_off = True
         self._released.wait_for(lambda: not self._reading, self.FORK_WAIT)
 
     def _after_fork_in_parent(self) -> None:
         assert self._forking is not None
         (checkpointer, writing), self._forking = self._forking, None
+        self._holding_off = False
+        self._released.notify_all()
         self._lock.release()
         if writing:
             self._write_lock.release()
@@ -351,7 +358,14 @@ class SqliteDatabase:
 
     def _forget(self, conn: sqlite3.Connection) -> None:
         """A thread ended: close its connection, unless the store closed it already
-        (or kept it at a fork: no longer listed either)."""
+        (or kept it at a fork: no longer listed either).
+
+        In a forked child, before :meth:`_after_fork`: the threads the child does
+        not have end as it starts, their connections copies of the parent's that
+        one of them may have been using (whose close would wait for good), and
+        the lock copied as the fork held it. ``_after_fork`` sorts them out."""
+        if os.getpid() != self._pid:
+            return
         with self._lock:
             if not any(listed is conn for listed in self._all):
                 return
@@ -364,6 +378,8 @@ class SqliteDatabase:
         """Around a use of this thread's connection: refused once the store is
         closed; :meth:`close` waits for the uses under way."""
         with self._lock:
+            if self._holding_off and conn not in self._reading:  # a fork waits for reads
+                self._released.wait_for(lambda: not self._holding_off)
             if self._closed:
                 raise RuntimeError("the store is closed")
             self._reading[conn] = self._reading.get(conn, 0) + 1

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from .. import processes, runlogs
+from .. import forks, processes, runlogs
 from ..durations import parse_duration
 from ..engine import outcomes
 from ..engine.limits import check_concurrency
@@ -170,6 +170,33 @@ class Worker:
         self._outages = Retrying(log, self.OUTAGE_SAID_EVERY)
         self._rules = self.service.claim_rules()
         self._process: processes.ProcessId | None = None  # known once started
+        #: started in the parent of this forked process (see _after_fork)
+        self._inherited = False
+        forks.register(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child (see :mod:`stackshift.forks`): a started worker's
+        threads stayed in the parent, with its runs. Its copy here neither stops
+        them, nor hands them back, nor unregisters the worker, and it refuses to
+        start. A copy not started takes an id of its own: started here, it is
+        another worker than the parent's. The locks and events are new: another
+        thread may have held the parent's at the fork."""
+        if self._started:
+            self._inherited = True
+            self._started = False
+        else:
+            self.id = new_id("wkr")
+        self._lock = threading.Lock()
+        self._sibling_returned = threading.Condition(self._lock)
+        self._wake, self._stopping = threading.Event(), threading.Event()
+        self._hurry, self._halted = threading.Event(), threading.Event()
+        self._active, self._stuck, self._threads = {}, {}, []
+
+    def _refuse_inherited(self) -> None:
+        if self._inherited:
+            raise RuntimeError(
+                f"worker {self.id} was started in the parent of this forked process, where"
+                " its threads and runs stay: make a new worker in this process (app.worker())")
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -192,6 +219,7 @@ class Worker:
         return self._start()
 
     def _start(self, ready: Callable[[], None] | None = None) -> Worker:
+        self._refuse_inherited()
         if self._started:
             return self
         if not self.service.prepare_worker(self._stopping):
@@ -906,6 +934,7 @@ class Worker:
         the calling thread runs one already (an async test, Playwright's sync API),
         which this call then holds up until it returns.
         """
+        self._refuse_inherited()
         store = self.service.store
         runlogs.install()
         self._rules = self.service.claim_rules()
