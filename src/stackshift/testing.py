@@ -100,13 +100,19 @@ def _last_instant_shown_as(seconds: float) -> float:
         seconds = later
 
 
-def run_until_idle(app: StackShift | AsyncStackShift, **worker_options: Any) -> int:
-    """Execute due runs (timers and rescues included) until nothing is due.
+def run_until_idle(app: StackShift | AsyncStackShift, *, max_invocations: int = 100_000,
+                   **worker_options: Any) -> int:
+    """Execute due runs (timers and rescues included) until nothing is due, or
+    until ``max_invocations`` handler invocations (a job that starts runs
+    without end), whichever comes first.
 
     Returns the number of handler invocations. Runs in the calling thread (async
     handlers on an event loop of their own, in a thread of their own when the
     calling thread runs one already, as an async test does, which it then holds
-    up until it returns).
+    up until it returns). ``worker_options`` are those of ``app.worker()``.
     """
+    if not isinstance(app, StackShift | AsyncStackShift):
+        raise TypeError(f"run_until_idle takes a StackShift or AsyncStackShift client, got"
+                        f" {type(app).__name__}")
     client = app.sync if isinstance(app, AsyncStackShift) else app
-    return int(client.worker(**worker_options).run_until_idle())
+    return int(client.worker(**worker_options).run_until_idle(max_invocations))

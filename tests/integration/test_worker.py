@@ -2164,3 +2164,42 @@ def test_run_until_idle_inside_an_event_loop_runs_a_plain_handlers_async_step(
     done = fake_app.runs.get(run.id)
     assert (done.status, done.result, done.error) == ("completed", 6, None)
     assert [(e.step, e.message) for e in fake_app.runs.logs(run.id)] == [("fetch", "fetched")]
+
+
+def test_run_until_idle_fails_a_sync_attempt_at_its_timeout_as_a_worker_does(
+        fake_app: StackShift) -> None:
+    """It let a slow sync handler complete, where a worker fails its attempt at
+    the timeout and records nothing the handler does after it (an async one it
+    failed already): a test of the timeout passed in production, not in tests."""
+    @fake_app.job("slow", timeout="0.5s", max_attempts=1)
+    def slow(ctx: JobContext[Any]) -> str:
+        ctx.step.run("before", lambda: "early")
+        time.sleep(1)
+        ctx.step.run("after", lambda: "late")
+        return "late"
+
+    run = fake_app.start("slow")
+    assert run_until_idle(fake_app) == 1
+    failed = fake_app.runs.get(run.id)
+    assert failed.status == "failed"
+    assert failed.error is not None
+    assert (failed.error.type, failed.error.message) == (
+        "AttemptTimeoutError", "attempt ran longer than 0.5s")
+    assert [step.key for step in fake_app.runs.steps(run.id)] == ["before"]
+
+
+def test_run_until_idle_stops_at_the_invocations_it_is_given(fake_app: StackShift) -> None:
+    """A job that starts another run each time never leaves the database idle:
+    the helper passed every keyword to ``worker()``, which refused this one."""
+    @fake_app.job("again")
+    def again(ctx: JobContext[Any]) -> None:
+        fake_app.start("again")
+
+    fake_app.start("again")
+    assert run_until_idle(fake_app, max_invocations=5) == 5
+    assert [run.status for run in fake_app.runs.list(job="again", limit=10).items].count(
+        "queued") == 1
+    with pytest.raises(TypeError) as refused:
+        run_until_idle(fake_app.worker())  # type: ignore[arg-type]
+    assert str(refused.value) == (
+        "run_until_idle takes a StackShift or AsyncStackShift client, got Worker")

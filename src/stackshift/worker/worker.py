@@ -817,14 +817,49 @@ class Worker:
                 self._stuck[id(active)] = active
         for active in late:
             active.timed_out = True
-            inv = active.invocation
-            message = f"attempt ran longer than {inv.job.timeout:g}s"
-            if inv.job.is_async:
-                message += (f" and did not stop when cancelled (for {self.ASYNC_TIMEOUT_GRACE:g}s"
-                            " more): a blocking call in the async handler holds up the"
-                            " worker's event loop, or the handler caught the cancellation")
-            inv.fail(AttemptTimeoutError(message))
-            inv.abandon("timed out")
+            self._time_out(active.invocation)
+
+    def _time_out(self, inv: Invocation) -> None:
+        """Fail ``inv``'s attempt past its timeout; record nothing more of it."""
+        message = f"attempt ran longer than {inv.job.timeout:g}s"
+        if inv.job.is_async:
+            message += (f" and did not stop when cancelled (for {self.ASYNC_TIMEOUT_GRACE:g}s"
+                        " more): a blocking call in the async handler holds up the"
+                        " worker's event loop, or the handler caught the cancellation")
+        inv.fail(AttemptTimeoutError(message))
+        inv.abandon("timed out")
+
+    def _execute_here(self, invocation: Invocation) -> None:
+        """A sync handler in this thread (``run_until_idle``), its job's timeout
+        enforced as the heartbeat enforces it (from a timer's thread): the attempt
+        fails at its timeout, and what the handler does after it is not recorded."""
+        timeout = invocation.job.timeout
+        if timeout is None:
+            execute_sync(invocation, self.app.state)
+            return
+        lock = threading.Lock()
+        ended = [False]
+
+        def returned(_records: bool) -> None:
+            with lock:
+                ended[0] = True
+
+        def time_out() -> None:
+            with lock:
+                if ended[0]:
+                    return
+                ended[0] = True
+            self._time_out(invocation)
+
+        invocation.on_return = returned
+        timer = threading.Timer(timeout, time_out)
+        timer.daemon = True
+        timer.start()
+        try:
+            execute_sync(invocation, self.app.state)
+        finally:
+            timer.cancel()
+            timer.join()
 
     #: Seconds before maintenance looks again at a run left due by a round.
     DUE_AGAIN = 0.02
@@ -956,7 +991,7 @@ class Worker:
                     if job.is_async:
                         run_apart(partial(execute_async, invocation, self.app.state_async))
                     else:
-                        execute_sync(invocation, self.app.state)
+                        self._execute_here(invocation)
                     count += 1
             return count
         finally:
