@@ -457,6 +457,12 @@ class StackShift(_HandlerRoutes):
             raise ValidationError(
                 "settings must be a stackshift.Settings (Settings(max_payload_bytes=...)),"
                 f" got {type(settings).__name__} {settings!r:.100}")
+        if clock is not None and (isinstance(clock, type)
+                                  or not callable(getattr(clock, "now", None))):
+            # Found at the first call otherwise, as an AttributeError of the engine's.
+            raise ValidationError(
+                "clock must be an object whose now() gives epoch seconds (an instance:"
+                f" stackshift.testing.FakeClock()), got {clock!r:.100}")
         self._registry = JobRegistry()
         self._api: Service | RemoteService
         #: the workers made by :meth:`worker`, for :meth:`close` to stop

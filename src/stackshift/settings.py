@@ -18,6 +18,7 @@ DurationLike = float | str | timedelta
 #: the HTTP API and the database's indexes hold no longer ones.
 LONGEST_KEY = 512
 
+
 def program_setting(name: str) -> str:
     """How a program raises its limit ``name``."""
     return f"Settings({name}=...)"

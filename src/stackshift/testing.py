@@ -69,7 +69,7 @@ class FakeClock:
         if isinstance(when, int | float):
             moment = parse_epoch(when, name="when")
         else:
-            moment = _last_instant_shown_as(parse_instant(when))
+            moment = _last_instant_shown_as(parse_instant(when, name="when"))
         _room_left(moment, f"when: {when!r}")
         with self._lock:
             self._now = moment

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -493,6 +495,28 @@ def test_a_fake_clock_set_to_no_time_is_refused_and_keeps_its_time(bad: Any) -> 
     assert clock.now() == before
     clock.set(0)  # the epoch is a time
     assert clock.now() == 0.0
+
+
+@pytest.mark.parametrize("bad", ["garbage", None, "2026-01-05T09:00:00"])
+def test_a_fake_clock_names_the_time_it_was_set_to_as_its_parameter(bad: Any) -> None:
+    # Taken, a time that was none was called "time:" here and "when:" for a number.
+    clock = FakeClock("2026-01-05T09:00:00Z")
+    with pytest.raises(ValidationError) as refused:
+        clock.set(bad)
+    assert str(refused.value).startswith("when"), refused.value
+    assert clock.now() == datetime(2026, 1, 5, 9, tzinfo=UTC).timestamp()
+
+
+@pytest.mark.parametrize("bad", [time.time, FakeClock, "2026-01-05T09:00:00Z"])
+def test_a_clock_that_is_none_is_refused_as_the_client_is_made(
+        bad: Any, tmp_path: Path) -> None:
+    # Taken, it failed the first call with an AttributeError of the engine's.
+    with pytest.raises(ValidationError) as refused:
+        StackShift(f"sqlite:///{tmp_path / 'jobs.db'}", clock=bad)
+    assert str(refused.value).startswith(
+        "clock must be an object whose now() gives epoch seconds (an instance:"
+        " stackshift.testing.FakeClock()), got "), refused.value
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_fake_clock_keeps_room_for_the_longest_sleep(db_url: str) -> None:
