@@ -646,6 +646,13 @@ class StackShift(_HandlerRoutes):
             worker.stop()
         self._api.close()
 
+    def __reduce__(self) -> Any:
+        # Else pickle fails on a lock or a weak set, in words that do not say why.
+        raise TypeError(
+            "a StackShift client cannot be pickled or copied (multiprocessing pickles what it"
+            " sends to a spawned process): make a client in that process, from the database"
+            " URL or the server's address")
+
     def __enter__(self) -> StackShift:
         return self
 

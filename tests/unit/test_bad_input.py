@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import pickle
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -517,6 +518,24 @@ def test_a_clock_that_is_none_is_refused_as_the_client_is_made(
         "clock must be an object whose now() gives epoch seconds (an instance:"
         " stackshift.testing.FakeClock()), got "), refused.value
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_client_sent_to_a_spawned_process_says_to_make_one_there(tmp_path: Path) -> None:
+    # Taken, pickle failed on a weak set inside: "Can't pickle local object
+    # 'WeakSet.__init__.<locals>._remove'".
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    app, async_app = StackShift(url), AsyncStackShift(url)
+    try:
+        for client in (app, async_app):
+            with pytest.raises(TypeError) as refused:
+                pickle.dumps(client)
+            assert str(refused.value) == (
+                "a StackShift client cannot be pickled or copied (multiprocessing pickles what"
+                " it sends to a spawned process): make a client in that process, from the"
+                " database URL or the server's address")
+    finally:
+        app.close()
+        async_app.sync.close()
 
 
 def test_a_fake_clock_keeps_room_for_the_longest_sleep(db_url: str) -> None:
