@@ -256,6 +256,24 @@ def test_start_payloads_starts_a_thousand_lines_a_transaction_and_says_how_far_i
     assert len(every_run(app)) == 1201
 
 
+def test_start_payloads_refused_part_of_the_way_exits_1_naming_the_line(
+    db_url: str, app: StackShift, tmp_path: Path
+) -> None:
+    """Exit 2 says nothing was written: a refusal found in a later batch, with the
+    batches before it started, fails the command part of the way instead."""
+    lines = tmp_path / "lines.jsonl"
+    lines.write_text("".join(json.dumps({"order_id": "x" * 600 if n == 1050 else n}) + "\n"
+                             for n in range(1, 1101)), encoding="utf-8")
+    done = cli(db_url, "start", "importOrder", "--payloads", str(lines),
+               "--idempotency-key", "import:{order_id}")
+    assert (done.returncode, done.stdout) == (1, ""), done.stderr
+    assert done.stderr == (
+        "note: the runs of lines 1 to 1000 were started; none from line 1001 on (starting"
+        " again with the same idempotency keys starts only the rest)\n"
+        "error: the --idempotency-key of line 1050 is 607 characters, over the limit of 512\n")
+    assert sorted(run.payload["order_id"] for run in every_run(app)) == list(range(1, 1001))
+
+
 def test_start_payloads_refuses_a_line_too_large_before_starting_any(
     db_url: str, app: StackShift, tmp_path: Path
 ) -> None:
