@@ -23,7 +23,7 @@ from .ids import check_cursor, check_failure_cursor, new_id
 from .jobs import JobRegistry, check_max_attempts, check_name
 from .models import Page, QueueInfo, Run, Schedule, WorkerInfo
 from .serialization import dumps, encode
-from .settings import Settings, program_setting, server_setting
+from .settings import Settings
 from .store.base import NewRun, RunFilter
 from .store.database import Row
 from .store.flow import ClaimRules
@@ -111,12 +111,13 @@ class FlowControl:
     settings: Settings
     registry: JobRegistry
     notifier: Notifier
-    #: Whether the limits are a server's (``--setting``), not a program's ``Settings``.
-    limits_on_server: bool
+    #: How a limit is raised where this service runs (by its setting's name): a
+    #: program's ``Settings``, a server's or a command's ``--setting``.
+    limits_set_by: Callable[[str], str]
 
     def raised_by(self, setting: str) -> str:
         """How the limit ``setting`` this service holds to is raised."""
-        return (server_setting if self.limits_on_server else program_setting)(setting)
+        return self.limits_set_by(setting)
 
     # -- queues ------------------------------------------------------------------------
 

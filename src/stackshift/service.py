@@ -64,7 +64,7 @@ from .models import (
     WorkerInfo,
 )
 from .serialization import encode
-from .settings import LONGEST_KEY, Settings
+from .settings import LONGEST_KEY, Settings, program_setting
 from .signing import new_secret
 from .state import lock_ttl
 from .store import SqlStore
@@ -183,10 +183,10 @@ def run_filter(*, status: str | None = None, job: str | None = None,
 class Service(FlowControl):
     def __init__(
         self, store: SqlStore, clock: Clock, settings: Settings, registry: JobRegistry,
-        *, limits_on_server: bool = False,
+        *, limits_set_by: Callable[[str], str] = program_setting,
     ) -> None:
         self.store = store
-        self.limits_on_server = limits_on_server
+        self.limits_set_by = limits_set_by
         self.clock = clock
         self.settings = settings
         self.registry = registry

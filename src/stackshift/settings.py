@@ -30,6 +30,11 @@ def server_setting(name: str) -> str:
     return f"the server's --setting {name}=..."
 
 
+def command_line_setting(name: str) -> str:
+    """How the limit ``name`` of a ``stackshift`` command on a database is raised."""
+    return f"stackshift --setting {name}=..."
+
+
 #: Whole-number settings and the least and most each takes.
 _WHOLE = {
     "max_payload_bytes": (1, None),

@@ -466,6 +466,36 @@ def test_bad_input_exits_2_with_a_message_and_writes_nothing(
     assert app.state.get("greeting") is None
 
 
+def test_settings_of_the_app_are_given_to_commands_on_its_database(
+    db_url: str, app: StackShift
+) -> None:
+    """An app that raised a limit with Settings() stores values the commands on its
+    database refused at the default, with nothing to raise it by there."""
+    big = json.dumps("x" * 300_000)
+    done = cli(db_url, "state", "set", "big", "-", stdin=big)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        "error: state value for 'big' is 300002 bytes as JSON, over the limit of 262144 bytes;"
+        " raise the limit with stackshift --setting max_state_value_bytes=...\n")
+    assert app.state.get("big") is None
+    done = cli(db_url, "--setting", "max_state_value_bytes=1048576", "state", "set", "big", "-",
+               stdin=big)
+    assert done.returncode == 0, done.stderr
+    assert app.state.get("big") == "x" * 300_000
+    # Checked before anything is opened; and refused where the app or a server holds them.
+    for args, message in [
+        (["--setting", "max_state_value_bytes=lots", "state", "list"],
+         "error: --setting: Settings.max_state_value_bytes: expected a whole number, got 'lots'"),
+        (["--setting", "max_payload_bytes=10", "worker", "app.py"],
+         "error: --setting before worker: the app's own Settings(...) hold for its workers;"
+         " give them in the app"),
+        (["--setting", "max_payload_bytes=10", "server"],
+         "error: --setting before server: a server takes its settings after it (stackshift"
+         " server --setting NAME=VALUE)"),
+    ]:
+        assert refused(db_url, args) == message + "\n"
+
+
 def test_a_server_out_of_reach_is_named_in_the_failure() -> None:
     """``STACKSHIFT_URL`` naming a port nobody listens on: exit 1, and the message
     says which server did not answer, without a traceback."""

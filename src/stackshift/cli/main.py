@@ -13,7 +13,7 @@ from .dev import dev
 from .events import events
 from .failures import CliFailure, debugging, translate
 from .migrate import migrate
-from .options import DATABASE_ENV, list_by_default, not_empty
+from .options import DATABASE_ENV, list_by_default, not_empty, settings_for_commands
 from .queues import queues
 from .runs import runs
 from .schedules import schedules
@@ -49,7 +49,11 @@ class _Commands(click.Group):
 @click.version_option(package_name="stackshift")
 @click.option("--db", "--database-url", "database_url", metavar="URL", callback=not_empty,
               help="Database for every command (sets STACKSHIFT_DATABASE_URL).")
-def cli(database_url: str | None) -> None:
+@click.option("--setting", "assignments", multiple=True, metavar="NAME=VALUE",
+              help="A setting of the commands on a database (repeatable), e.g."
+                   " max_state_value_bytes=1048576: the limits the app gives Settings().")
+@click.pass_context
+def cli(ctx: click.Context, database_url: str | None, assignments: tuple[str, ...]) -> None:
     """StackShift: durable jobs with steps, retries, idempotency, events and state.
 
     Exit codes: 0 ok, 1 operation failed, 2 usage or bad input (nothing
@@ -58,6 +62,8 @@ def cli(database_url: str | None) -> None:
     if database_url:
         # Each command reads the variable as its --database-url default.
         os.environ[DATABASE_ENV] = database_url
+    if assignments:
+        settings_for_commands(ctx, assignments)
 
 
 for command in (worker, dev, start, runs, events, state, migrate, queues, schedules, bench,

@@ -27,6 +27,8 @@ from ..client import (
 from ..durations import parse_typed_duration, parse_typed_whole
 from ..errors import ValidationError
 from ..serialization import DuplicateKeyError, to_jsonable, unique_keys
+from ..service import Service
+from ..settings import Settings, command_line_setting, parse_setting
 from ..store.sqlite import missing_folder, parse_sqlite_url
 from ..wording import shell_word
 from .failures import bad_input, in_option_terms
@@ -351,6 +353,27 @@ def removed_if_refused(database_url: str) -> Iterator[None]:
         raise
 
 
+#: Where the root command keeps the ``Settings`` its ``--setting`` options make.
+_SETTINGS = "stackshift.settings"
+#: The commands whose app (or, for ``server``, whose own ``--setting``) holds the settings.
+_OWN_SETTINGS = ("worker", "dev", "server")
+
+
+def settings_for_commands(ctx: click.Context, assignments: tuple[str, ...]) -> None:
+    """``stackshift --setting NAME=VALUE ...``: the ``Settings`` of the command's
+    client on a database, checked before anything is opened."""
+    if ctx.invoked_subcommand in _OWN_SETTINGS:
+        raise bad_input(
+            f"--setting before {ctx.invoked_subcommand}: "
+            + ("a server takes its settings after it (stackshift server --setting NAME=VALUE)"
+               if ctx.invoked_subcommand == "server" else
+               "the app's own Settings(...) hold for its workers; give them in the app"))
+    try:
+        ctx.meta[_SETTINGS] = Settings(**dict(parse_setting(a) for a in assignments))
+    except (ValidationError, TypeError) as exc:
+        raise bad_input(f"--setting: {exc}") from None
+
+
 @contextmanager
 def open_client(database_url: str | None, *, creates: bool = False) -> Iterator[StackShift]:
     """A client on ``database_url`` (migrated on first use, as the SDK does), or the
@@ -361,10 +384,16 @@ def open_client(database_url: str | None, *, creates: bool = False) -> Iterator[
     command refuses its input: :func:`removed_if_refused`); otherwise it is
     refused (:func:`require_database`)."""
     on_database = server_from_env(database_url, None, None) is None
+    settings: Settings | None = click.get_current_context().meta.get(_SETTINGS)
+    if settings is not None and not on_database:
+        raise bad_input("--setting applies to a database: a server holds to its own settings"
+                        " (stackshift server --setting NAME=VALUE)")
     if not creates and on_database:
         require_database(database_url or database_url_from_env())
     with removed_if_refused((database_url or database_url_from_env()) if on_database else ""):
-        app = StackShift(database_url)
+        app = StackShift(database_url, settings=settings)
+        if isinstance(app._api, Service):
+            app._api.limits_set_by = command_line_setting
         try:
             with refusals_in_option_terms():
                 yield app

@@ -31,7 +31,7 @@ from ..errors import StackShiftError, ValidationError
 from ..jobs import JobRegistry, check_name
 from ..serialization import MAX_DEPTH, DuplicateKeyError, MiB
 from ..service import Service
-from ..settings import Settings
+from ..settings import Settings, server_setting
 from ..store import open_store
 from ..store.database import SCHEMA_MISSING
 from ..store.queries import latest_version
@@ -577,5 +577,5 @@ def app_from_url(database_url: str, *, max_body_bytes: int | None = None,
     if migrate:
         store.migrate()
     service = Service(store, SystemClock(), settings or Settings(), JobRegistry(),
-                      limits_on_server=True)
+                      limits_set_by=server_setting)
     return create_app(service, max_body_bytes=max_body_bytes)
