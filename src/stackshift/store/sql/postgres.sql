@@ -447,3 +447,8 @@ SELECT pg_notify('stackshift', current_schema());
 -- fragment: timeline_from
 -- The state a timeline entry's run moved from (its data's "from"), or NULL.
 CAST(data AS jsonb) ->> 'from'
+
+-- fragment: finished_second
+-- The whole second of finished_at: a cast rounds here (a run finished in the
+-- last half second of the newest bucket fell past the chart), floor() does not.
+CAST(FLOOR(finished_at) AS BIGINT)

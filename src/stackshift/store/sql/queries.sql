@@ -582,19 +582,19 @@ WHERE status IN ('queued', 'scheduled', 'retrying') AND available_at <= :now
 GROUP BY queue;
 
 -- name: throughput_by_queue
--- Finished runs per bucket of :bucket seconds since :since (whole seconds). The
--- integer division works alike on both dialects; a cast that rounds instead of
--- truncating moves a run by under a second, which a chart cannot show.
-SELECT queue, (CAST(finished_at AS BIGINT) - :since) / :bucket AS slot, status, COUNT(*) AS n
+-- Finished runs per bucket of :bucket seconds since :since (whole seconds): the
+-- whole second a run finished in (finished_second, each dialect's), less
+-- :since, divided as integers alike on both dialects.
+SELECT queue, ({{finished_second}} - :since) / :bucket AS slot, status, COUNT(*) AS n
 FROM runs
 WHERE finished_at >= :since AND status IN ('completed', 'failed')
-GROUP BY queue, (CAST(finished_at AS BIGINT) - :since) / :bucket, status;
+GROUP BY queue, ({{finished_second}} - :since) / :bucket, status;
 
 -- name: throughput_of_queue
-SELECT queue, (CAST(finished_at AS BIGINT) - :since) / :bucket AS slot, status, COUNT(*) AS n
+SELECT queue, ({{finished_second}} - :since) / :bucket AS slot, status, COUNT(*) AS n
 FROM runs
 WHERE queue = :queue AND finished_at >= :since AND status IN ('completed', 'failed')
-GROUP BY queue, (CAST(finished_at AS BIGINT) - :since) / :bucket, status;
+GROUP BY queue, ({{finished_second}} - :since) / :bucket, status;
 
 -- name: count_runs_by_job_status
 SELECT job, status, COUNT(*) AS n, MAX(created_at) AS last_created FROM runs

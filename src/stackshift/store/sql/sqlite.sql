@@ -117,3 +117,7 @@ RETURNING runs.id;
 -- fragment: timeline_from
 -- The state a timeline entry's run moved from (its data's "from"), or NULL.
 json_extract(data, '$.from')
+
+-- fragment: finished_second
+-- The whole second of finished_at: a cast truncates here.
+CAST(finished_at AS INTEGER)
