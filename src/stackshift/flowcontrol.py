@@ -91,6 +91,9 @@ def retry_in_pages(retry_page: Callable[[int | None, str | None], Page[str]], li
     ``retry_page(limit, cursor)``, embedded or one HTTP request), each page
     starting below the last run the one before looked at: no run is looked at
     twice. ``progress`` gets the total retried after each page."""
+    if progress is not None and not callable(progress):  # found after a page was retried
+        raise ValidationError(f"progress must be a function of the total retried, got"
+                              f" {progress!r:.100}")
     retried: list[str] = []
     cursor = None
     while limit is None or len(retried) < limit:

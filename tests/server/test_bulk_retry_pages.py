@@ -126,6 +126,20 @@ def test_a_page_size_out_of_range_is_refused_before_any_retry(
         client.runs.retry_many(queue="any", page_size=page_size)  # type: ignore[arg-type]
 
 
+def test_a_progress_that_is_no_function_is_refused_before_any_retry(
+        client: StackShift, engine: StackShift, unique: Callable[[str], str]) -> None:
+    # Taken, the first page was retried before the call failed with "'int' object
+    # is not callable", and the caller learned of none of the runs it retried.
+    from stackshift import ValidationError
+
+    queue = unique("unsaid")
+    ids = failed_runs(engine, unique("broken"), queue, 3)
+    with pytest.raises(ValidationError) as refused:
+        client.runs.retry_many(queue=queue, progress=1)  # type: ignore[arg-type]
+    assert str(refused.value) == "progress must be a function of the total retried, got 1"
+    assert [engine.runs.get(i).status for i in ids] == ["failed"] * 3
+
+
 def test_the_command_line_retries_every_page_through_a_server(
         server: Server, engine: StackShift, unique: Callable[[str], str]) -> None:
     """``stackshift queues retry --page-size 2`` through the server: the total of
@@ -145,6 +159,15 @@ def test_the_command_line_retries_every_page_through_a_server(
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"Retried 5 failed runs of queue {queue}.\n"
     assert [manual_retries(engine, run_id) for run_id in ids] == [2] * 5
+    # Of one job: said so (it read as the whole queue's).
+    other = failed_runs(engine, unique("other"), queue, 1)
+    run_until_idle(engine)
+    job = engine.runs.get(ids[0]).job
+    done = subprocess.run([*STACKSHIFT, "queues", "retry", queue, "--job", job],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"Retried 5 failed runs of job {job} on queue {queue}.\n"
+    assert [manual_retries(engine, run_id) for run_id in [*ids, *other]] == [3] * 5 + [0]
 
 
 @pytest.mark.parametrize("through", ["database", "server"])

@@ -323,7 +323,8 @@ def retry(name: str, job: str | None, status: str, limit: int | None, page_size:
     (through a server too); a run this command retried that fails again before
     it ends is not retried twice.
     """
-    retry_with_progress(database_url, as_json, f"of queue {name}", queue=name, job=job,
+    which = f"of job {job} on queue {name}" if job else f"of queue {name}"
+    retry_with_progress(database_url, as_json, which, queue=name, job=job,
                         status=status, limit=limit, page_size=page_size,
                         check=lambda app: app.queue(name).info())
 
