@@ -230,6 +230,37 @@ def test_a_remote_workers_replayed_wait_with_another_key_fails_with_non_determin
         " 'order-2': its recorded event is not returned for another key")
 
 
+def test_gathered_waits_on_a_remote_worker_take_turns_without_a_lost_lease(
+    client: StackShift, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Waits gathered together called the server at once: the one after the wait
+    that parked the run wrote with the lease it gave up, and the worker said
+    "this worker lost the run's lease" of a run that was only waiting."""
+    import asyncio
+
+    @client.job("gatheredWaits")
+    async def gathered(ctx: Any) -> list[int]:
+        events = await asyncio.gather(*[
+            ctx.step.wait_for_event("go", correlation_key=ctx.run.id, timeout="1m")
+            for _ in range(3)])
+        return sorted(event.payload["n"] for event in events)
+
+    caplog.set_level(logging.INFO, logger="stackshift")
+    with client.worker():
+        runs = [client.start("gatheredWaits") for _ in range(3)]
+        for n in range(3):
+            for run in runs:
+                deadline = time.monotonic() + 20
+                while client.runs.get(run.id).status != "waiting":
+                    assert time.monotonic() < deadline, client.runs.get(run.id)
+                    time.sleep(0.02)
+                client.events.send("go", {"n": n}, correlation_key=run.id)
+        done = [client.runs.wait(run.id, timeout="30s") for run in runs]
+    assert [(run.status, run.result, run.attempt) for run in done] == [
+        ("completed", [0, 1, 2], 1)] * 3
+    assert [r.getMessage() for r in caplog.records if "lease" in r.getMessage()] == []
+
+
 def test_idle_remote_worker_starts_a_queued_run_quickly(
     workers: RemoteWorkers, client: StackShift
 ) -> None:

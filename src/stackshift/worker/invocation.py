@@ -215,6 +215,9 @@ class Invocation:
         #: the run was parked (a sleep or a wait): the invocation ends here, and a
         #: step the handler still calls (in a ``finally``, say) raises Suspend again
         self.suspended = False
+        #: Sleeps and waits gathered together take turns: once one parks the run,
+        #: the others find it parked rather than write with the lease it gave up.
+        self._pausing = threading.Lock()
         #: the handler has returned or raised: its ctx takes no more steps
         self.ended = False
         #: why the attempt's outcome could not be recorded, if it could not (a push
@@ -569,17 +572,19 @@ class Invocation:
             key = self.pause_key(name)
         if self._replay(key, "sleep", None) is not None:
             return
-        self.boundary()
-        now = self.clock.now()
-        wake = until(now)
-        write = StepWrite(key, name, "sleep", None, "waiting", None, None, now, None)
-        if wake <= now:
-            self._save(StepWrite(key, name, "sleep", None, "completed", "null", None, now, now))
-            return
-        logs = self.take_logs()
-        self._through_outages(
-            lambda: self.store.suspend_for_sleep(self.lease, write, wake, logs, now))
-        self.suspended = True
+        with self._pausing:
+            self.boundary()
+            now = self.clock.now()
+            wake = until(now)
+            write = StepWrite(key, name, "sleep", None, "waiting", None, None, now, None)
+            if wake <= now:
+                self._save(StepWrite(key, name, "sleep", None, "completed", "null", None, now,
+                                     now))
+                return
+            logs = self.take_logs()
+            self._through_outages(
+                lambda: self.store.suspend_for_sleep(self.lease, write, wake, logs, now))
+            self.suspended = True
         self.service.notifier.due(wake)
         raise Suspend(self.run.id)
 
@@ -609,15 +614,17 @@ class Invocation:
                 received_at=to_datetime(data["received_at"]),  # type: ignore[arg-type]
                 idempotency_key=data.get("idempotency_key"),
             )
-        self.boundary()
-        now = self.clock.now()
-        write = StepWrite(key, name, "wait", None, "waiting", None, None, now, None)
-        logs = self.take_logs()
-        event = self._through_outages(lambda: self.store.wait_for_event(
-            self.lease, write, name, correlation_key or "", now + timeout, on_timeout, logs,
-            now, self.lease_seconds))
+        with self._pausing:
+            self.boundary()
+            now = self.clock.now()
+            write = StepWrite(key, name, "wait", None, "waiting", None, None, now, None)
+            logs = self.take_logs()
+            event = self._through_outages(lambda: self.store.wait_for_event(
+                self.lease, write, name, correlation_key or "", now + timeout, on_timeout, logs,
+                now, self.lease_seconds))
+            if event is None:
+                self.suspended = True
         if event is None:
-            self.suspended = True
             self.service.notifier.due(now + timeout)
             raise Suspend(self.run.id)
         return event
