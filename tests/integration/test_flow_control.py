@@ -505,25 +505,21 @@ def test_a_run_finished_late_in_a_second_counts_in_that_seconds_bucket(
     newest bucket fell past the chart, and one in another bucket counted in the
     next; SQLite's truncates."""
     fake_app.job("tick", lambda ctx: "ok")
-    clock.set("2026-12-07T10:00:59.600000Z")
-    fake_app.queue("ticks").enqueue("tick", {})
-    run_until_idle(fake_app)
-    series = fake_app._service.queue_throughput(  # type: ignore[union-attr]
-        "1h", buckets=60, queue="ticks")["ticks"]
-    assert [(bucket.start.isoformat(), bucket.completed) for bucket in series
-            if bucket.completed] == [("2026-12-07T10:00:00+00:00", 1)]
-    clock.set("2026-12-07T10:01:00.100000Z")
-    fake_app.queue("ticks").enqueue("tick", {})
-    run_until_idle(fake_app)
-    clock.set("2026-12-07T10:02:59.500000Z")
-    fake_app.queue("ticks").enqueue("tick", {})
-    run_until_idle(fake_app)
-    series = fake_app._service.queue_throughput(  # type: ignore[union-attr]
-        "1h", buckets=60, queue="ticks")["ticks"]
-    assert [(bucket.start.isoformat(), bucket.completed) for bucket in series
-            if bucket.completed] == [("2026-12-07T10:00:00+00:00", 1),
-                                     ("2026-12-07T10:01:00+00:00", 1),
-                                     ("2026-12-07T10:02:00+00:00", 1)]
+
+    def finish_at(when: str) -> list[tuple[str, int]]:
+        """A run finished at ``when``; the minutes of the last hour with runs."""
+        clock.set(when)
+        fake_app.queue("ticks").enqueue("tick", {})
+        run_until_idle(fake_app)
+        series = fake_app._service.queue_throughput(  # type: ignore[union-attr]
+            "1h", buckets=60, queue="ticks")["ticks"]
+        return [(bucket.start.strftime("%H:%M"), bucket.completed) for bucket in series
+                if bucket.completed]
+
+    assert finish_at("2026-12-07T10:00:59.600000Z") == [("10:00", 1)]
+    assert finish_at("2026-12-07T10:01:00.100000Z") == [("10:00", 1), ("10:01", 1)]
+    assert finish_at("2026-12-07T10:02:59.500000Z") == [
+        ("10:00", 1), ("10:01", 1), ("10:02", 1)]
 
 
 def test_queue_statistics(fake_app: StackShift, clock: FakeClock) -> None:

@@ -162,6 +162,38 @@ def test_a_worker_started_in_a_child_runs_what_the_parent_started(
         app.close()
 
 
+def _forks_while(app: StackShift, busy: Callable[[], object], threads: int, pause: float,
+                 tmp_path: Path) -> tuple[list[str], list[float], list[int]]:
+    """Six forks, ``pause`` apart, while ``threads`` threads of the parent call
+    ``busy()`` without pause; each child starts a run. The children's run ids,
+    how long each fork took, and how many calls each thread made meanwhile."""
+    stop = threading.Event()
+    calls = [0] * threads
+
+    def loop(n: int) -> None:
+        while not stop.is_set():
+            busy()
+            calls[n] += 1
+
+    running = [threading.Thread(target=loop, args=(n,)) for n in range(threads)]
+    for thread in running:
+        thread.start()
+    started, took = [], []
+    try:
+        for n in range(6):
+            time.sleep(pause)
+            before = time.monotonic()
+            child = Child(lambda n=n: app.start("forked", {"n": n}).id,
+                          tmp_path / f"child{n}.json")
+            took.append(time.monotonic() - before)
+            started.append(child.join())
+    finally:
+        stop.set()
+        for thread in running:
+            thread.join()
+    return started, took, calls
+
+
 def test_a_child_forked_while_other_threads_write_can_write(
         db_url: str, tmp_path: Path) -> None:
     """A fork taken while threads of the parent start runs (a web app's request
@@ -171,29 +203,9 @@ def test_a_child_forked_while_other_threads_write_can_write(
     locked"; the fork waits for the write under way instead."""
     url = db_url + "?busy_timeout=3" if db_url.startswith("sqlite") else db_url
     app = StackShift(url)
-    stop = threading.Event()
-    by_threads: list[str] = []
-
-    def hammer() -> None:
-        while not stop.is_set():
-            by_threads.append(app.start("busy", {}).id)
-
-    threads = [threading.Thread(target=hammer) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    started = []
     try:
-        for n in range(6):
-            time.sleep(0.1)
-            child = Child(lambda n=n: app.start("forked", {"n": n}).id,
-                          tmp_path / f"child{n}.json")
-            started.append(child.join())
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
-    try:
-        assert len(by_threads) > 20  # the threads were writing all along
+        started, _, calls = _forks_while(app, lambda: app.start("busy", {}), 4, 0.1, tmp_path)
+        assert sum(calls) > 20  # the threads were writing all along
         assert [app.runs.get(run_id).payload for run_id in started] == [
             {"n": n} for n in range(6)]
     finally:
@@ -263,38 +275,16 @@ def test_a_fork_taken_while_other_threads_read_neither_waits_for_them_nor_hangs(
     """Threads that read without pause (a web app's request threads): on SQLite
     the fork waited up to its 5 s limit for their reads, as new ones kept
     starting, and then forked in the middle of one. The child then closed the
-    connection of the read as the threads it does not have ended, and hung for
-    good. New reads now wait for the fork, and that close waits for the child's
-    start-over, which keeps a connection in use."""
+    connection of that read as the threads it does not have ended, and hung for
+    good. New reads now wait for the fork, and the child leaves such a close to
+    its start-over, which keeps a connection in use unclosed."""
     app = StackShift(db_url)
     app.start("read", {})
-    stop = threading.Event()
-    reads = [0, 0]
-
-    def read(n: int) -> None:
-        while not stop.is_set():
-            app.runs.list(limit=5)
-            reads[n] += 1
-
-    threads = [threading.Thread(target=read, args=(n,)) for n in range(2)]
-    for thread in threads:
-        thread.start()
-    forks_took, started = [], []
     try:
-        for n in range(6):
-            time.sleep(0.05)
-            before = time.monotonic()
-            child = Child(lambda n=n: app.start("forked", {"n": n}).id,
-                          tmp_path / f"child{n}.json")
-            forks_took.append(time.monotonic() - before)
-            started.append(child.join())
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
-    try:
-        assert min(reads) > 10  # the threads were reading all along
-        assert max(forks_took) < 2.5, forks_took
+        started, took, calls = _forks_while(app, lambda: app.runs.list(limit=5), 2, 0.05,
+                                            tmp_path)
+        assert min(calls) > 10  # the threads were reading all along
+        assert max(took) < 2.5, took
         assert [app.runs.get(run_id).payload for run_id in started] == [
             {"n": n} for n in range(6)]
     finally:
