@@ -8,13 +8,14 @@ Each takes what a caller gave (any object), returns it checked, or raises
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 from .durations import format_duration, parse_duration
 from .errors import ValidationError
 from .jobs import check_name
-from .serialization import utf8_size
+from .serialization import limit_advice, utf8_size
 from .settings import LONGEST_KEY, Settings, server_setting
 
 ON_TIMEOUT = ("fail", "continue", "cancel")
@@ -50,16 +51,17 @@ def check_endpoint_url(url: object) -> str:
     return url
 
 
-def check_key(value: object, what: str, limit: int, raise_with: str = "") -> str:
-    """A key of at most ``limit`` characters; ``raise_with``: how the limit is
-    raised (its setting), said while it is below the longest key any store holds."""
+def check_key(value: object, what: str, limit: int, setting: str | None = None,
+              raised_by: Callable[[str], str] | None = None) -> str:
+    """A key of at most ``limit`` characters; ``setting``, ``raised_by``: how the
+    limit is raised (:func:`limit_advice`), said while it is below the longest
+    key any store holds."""
     if not isinstance(value, str) or not value:
         raise ValidationError(f"{what} must be a non-empty string, got {value!r}")
     if len(value) > limit:
         raise ValidationError(
             f"{what} is {len(value)} characters, over the limit of {limit}"
-            + (f"; raise the limit with {raise_with}" if raise_with and limit < LONGEST_KEY
-               else ""))
+            + (limit_advice(setting, raised_by) if limit < LONGEST_KEY else ""))
     return _storable(value, what)
 
 
@@ -148,7 +150,7 @@ def check_idempotency(settings: Settings, key: object, ttl: Any) -> float:
     server's limits); the TTL in seconds, the installation's default when ``ttl``
     is None."""
     check_key(key, "idempotency_key", settings.max_idempotency_key_length,
-              server_setting("max_idempotency_key_length"))
+              "max_idempotency_key_length", server_setting)
     return idempotency_seconds(settings, ttl)
 
 

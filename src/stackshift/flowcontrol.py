@@ -316,7 +316,7 @@ class FlowControl:
             check_own_schedule_id(schedule_id)
         check_overlap(overlap)
         text = encode(payload, what="payload", limit=self.settings.max_payload_bytes,
-                      raise_with=self.raised_by("max_payload_bytes"))
+                      setting="max_payload_bytes", raised_by=self.limits_set_by)
         if schedule_id is not None:
             return self.store.put_schedule(schedule_id, job, parsed, text, queue_name,
                                            self.clock.now(), overlap)

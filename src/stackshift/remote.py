@@ -482,7 +482,7 @@ class RemoteService(RemoteFlowControl):
         for n, payload in enumerate(payloads):
             values.append(to_jsonable(payload, what=f"payloads[{n}]"))
             encode(values[-1], what=f"payloads[{n}]", limit=limits.max_payload_bytes,
-                   raise_with=server_setting("max_payload_bytes"))
+                   setting="max_payload_bytes", raised_by=server_setting)
         if max_attempts is not None:
             check_max_attempts(max_attempts)
         if priority is not None:
@@ -498,7 +498,7 @@ class RemoteService(RemoteFlowControl):
             for n, key in enumerate(idempotency_keys or []):
                 if key is not None:
                     check_key(key, f"idempotency_keys[{n}]", limits.max_idempotency_key_length,
-                              server_setting("max_idempotency_key_length"))
+                              "max_idempotency_key_length", server_setting)
             idempotency_seconds(limits, idempotency_ttl)
         elif idempotency_ttl is not None:
             if payloads or idempotency_keys is None:
@@ -706,7 +706,7 @@ class RemoteService(RemoteFlowControl):
         if idempotency_key is not None:
             body["idempotencyKey"] = check_key(
                 idempotency_key, "idempotency_key", self.limits().max_idempotency_key_length,
-                server_setting("max_idempotency_key_length"))
+                "max_idempotency_key_length", server_setting)
         response = self._call("POST", "/v1/events", json=SizedBody(
             body, "payload", "event payload", self.limits().max_event_payload_bytes,
             "max_event_payload_bytes"))
@@ -787,7 +787,7 @@ class RemoteService(RemoteFlowControl):
     def _state_key(self, key: object) -> str:
         """``key`` as a path segment, checked as the embedded service does."""
         check_key(key, "state key", self.limits().max_state_key_length,
-                  server_setting("max_state_key_length"))
+                  "max_state_key_length", server_setting)
         return _state_key(key)
 
     def check_state_key(self, key: object) -> None:

@@ -49,7 +49,7 @@ class SizedBody:
     def __init__(self, body: dict[str, Any], field: str, what: str, limit: int,
                  setting: str) -> None:
         def check() -> None:
-            encode(body[field], what=what, limit=limit, raise_with=server_setting(setting))
+            encode(body[field], what=what, limit=limit, setting=setting, raised_by=server_setting)
 
         try:
             text = dumps(body)

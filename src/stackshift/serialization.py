@@ -12,6 +12,7 @@ import json
 import math
 import re
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from pydantic_core import PydanticSerializationError, to_jsonable_python
@@ -82,10 +83,11 @@ def encode(
     what: str,
     limit: int | None,
     too_large: type[PayloadTooLargeError] = PayloadTooLargeError,
-    raise_with: str = "",
+    setting: str | None = None,
+    raised_by: Callable[[str], str] | None = None,
 ) -> str:
     """Convert, encode and size-check ``value``; raise before anything is written.
-    ``raise_with``: how the limit is raised (the setting), said when it is over."""
+    ``setting``, ``raised_by``: see :func:`limit_advice`."""
     jsonable = to_jsonable(value, what=what)
     try:
         text = dumps(jsonable)
@@ -96,8 +98,14 @@ def encode(
         size = utf8_size(text, what)
         if size > limit:
             raise too_large(f"{what} is {size} bytes as JSON, over the limit of {limit} bytes"
-                            + (f"; raise the limit with {raise_with}" if raise_with else ""))
+                            + limit_advice(setting, raised_by))
     return text
+
+
+def limit_advice(setting: str | None, raised_by: Callable[[str], str] | None) -> str:
+    """The end of an over-limit error: how the limit ``setting`` is raised where
+    it is held (``raised_by(setting)``), worded only when it is said."""
+    return f"; raise the limit with {raised_by(setting)}" if setting and raised_by else ""
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

@@ -311,7 +311,7 @@ class Service(FlowControl):
         else:
             queue = job_queue or s.default_queue
         texts = [encode(payload, what=named("payload", n), limit=s.max_payload_bytes,
-                        raise_with=self.raised_by("max_payload_bytes"))
+                        setting="max_payload_bytes", raised_by=self.limits_set_by)
                  for n, payload in enumerate(payloads)]
         if max_attempts is None:
             max_attempts = job_attempts
@@ -340,7 +340,7 @@ class Service(FlowControl):
             for n, key in enumerate(ikeys):
                 if key is not None:
                     check_key(key, named("idempotency_key", n), s.max_idempotency_key_length,
-                              self.raised_by("max_idempotency_key_length"))
+                              "max_idempotency_key_length", self.limits_set_by)
             expires_at = now + idempotency_seconds(s, idempotency_ttl)
         elif idempotency_ttl is not None:
             if texts or idempotency_keys is None:
@@ -468,12 +468,12 @@ class Service(FlowControl):
         s = self.settings
         check_name(name, "event name")
         text = encode(payload, what="event payload", limit=s.max_event_payload_bytes,
-                      raise_with=self.raised_by("max_event_payload_bytes"))
+                      setting="max_event_payload_bytes", raised_by=self.limits_set_by)
         if correlation_key is not None:
             check_key(correlation_key, "correlation_key", LONGEST_KEY)
         if idempotency_key is not None:
             check_key(idempotency_key, "idempotency_key", s.max_idempotency_key_length,
-                      self.raised_by("max_idempotency_key_length"))
+                      "max_idempotency_key_length", self.limits_set_by)
         sent = self.store.send_event(
             new_id("evt"),
             name,
@@ -514,7 +514,7 @@ class Service(FlowControl):
 
     def _state_key(self, key: object) -> str:
         return check_key(key, "state key", self.settings.max_state_key_length,
-                         self.raised_by("max_state_key_length"))
+                         "max_state_key_length", self.limits_set_by)
 
     def check_state_key(self, key: object) -> None:
         """Refuse a key no state call takes: not text, empty, over the limit, or
@@ -555,7 +555,7 @@ class Service(FlowControl):
                 raise ValidationError(f"expires_at must be in the future, got {when}")
         text = encode(value, what=f"state value for {key!r}",
                       limit=self.settings.max_state_value_bytes,
-                      raise_with=self.raised_by("max_state_value_bytes"))
+                      setting="max_state_value_bytes", raised_by=self.limits_set_by)
         self.store.state_set(key, text, deadline, now)
 
     def state_delete(self, key: str) -> bool:
