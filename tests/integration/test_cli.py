@@ -850,6 +850,36 @@ def following(db_url: str, run_id: str,
             reader.join(10)
 
 
+def piped(db_url: str, command: str, into: str) -> subprocess.CompletedProcess[str]:
+    """``stackshift COMMAND | INTO`` under ``set -o pipefail``: the pipeline's exit
+    code is stackshift's unless ``INTO`` fails."""
+    return subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {shlex.join(STACKSHIFT)} {command} | {into}"],
+        capture_output=True, text=True, timeout=60, env=_env(db_url))
+
+
+def test_a_reader_that_goes_away_or_a_closed_stdout_changes_no_exit_code(
+    db_url: str, app: StackShift
+) -> None:
+    """`| head -1` on a list longer than the pipe holds exits 0 as on a short one,
+    in text and JSON; with stdout closed (``>&-``) a command still does its work
+    and exits with its own code."""
+    app.start_many("importOrder", [{"n": n, "pad": "x" * 200} for n in range(1000)])
+    for command in ("runs list --limit 1000", "runs list --limit 1000 --json"):
+        done = piped(db_url, command, "head -1")
+        assert (done.returncode, done.stderr) == (0, ""), (command, done.stderr)
+        assert len(done.stdout.splitlines()) == 1
+    shell = shlex.join(STACKSHIFT)
+    for command, code in (("runs list", 0), ("runs list --json", 0), ("runs show run_none", 3),
+                          ("start importOrder '{\"n\": 1000}' --json", 0)):
+        closed = subprocess.run(["bash", "-c", f"{shell} {command} >&-"], capture_output=True,
+                                text=True, timeout=60, env=_env(db_url))
+        assert closed.returncode == code, (command, closed.stderr)
+        assert "Error" not in closed.stderr and "I/O" not in closed.stderr, closed.stderr
+    assert len(app.runs.list(job="importOrder", limit=1000).items) == 1000
+    assert app.runs.list(job="importOrder", limit=1000).next_cursor is not None  # 1,001
+
+
 def test_runs_show_says_what_a_running_attempt_executes_since_its_last_recorded_step(
     db_url: str, app: StackShift
 ) -> None:
@@ -908,6 +938,32 @@ def test_runs_show_says_what_a_running_attempt_executes_since_its_last_recorded_
     assert done["in_progress"] is None
     assert [s["key"] for s in done["steps"]] == ["load", "quiet", "work"]
     assert "so far" not in cli(db_url, "runs", "show", run.id).stdout
+
+
+def test_runs_logs_follow_ends_with_exit_0_once_its_reader_has_its_line(
+    db_url: str, app: StackShift
+) -> None:
+    """`runs logs --follow | grep -m1 ...` returns once the line is found, while the
+    run goes on logging, with exit 0 under pipefail."""
+    stop = threading.Event()
+
+    @app.job("chatty")
+    def chatty(ctx: Any) -> None:
+        n = 0
+        while not stop.wait(0.05):
+            ctx.log.info("line %d", n)
+            n += 1
+
+    # Leases of 3 s: the worker writes pending records with each renewal (every 1 s).
+    with app.worker(lease="3s"):
+        run = app.start("chatty")
+        try:
+            done = piped(db_url, f"runs logs {run.id} --follow", "grep -m1 'line 5$'")
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.rstrip().endswith("line 5"), done.stdout
+            assert app.runs.get(run.id).status == "running"
+        finally:
+            stop.set()
 
 
 def test_runs_logs_follow_prints_a_running_runs_records_as_they_are_saved(
@@ -2351,7 +2407,7 @@ def test_a_worker_whose_output_was_closed_still_exits_0_on_a_clean_stop(
     assert (released.status, released.attempt) == ("queued", 1)
 
 
-def test_the_worker_banner_does_not_print_the_database_password(tmp_path: Path) -> None:
+def test_the_worker_banner_and_migrate_do_not_print_the_database_password(tmp_path: Path) -> None:
     import psycopg
 
     server = os.environ.get("STACKSHIFT_TEST_POSTGRES_URL",
@@ -2375,6 +2431,12 @@ def test_the_worker_banner_does_not_print_the_database_password(tmp_path: Path) 
         assert "queues default, mail, concurrency" in banner, banner  # each queue once
         assert "hunter2" not in banner, banner
         assert f"database postgresql://{parts.username}:***@" in banner, banner
+        # Nor does `migrate --json`, which a deploy runs and logs.
+        migrated = cli(url, "migrate", "--json")
+        assert migrated.returncode == 0, migrated.stderr
+        assert json.loads(migrated.stdout)["database_url"].startswith(
+            f"postgresql://{parts.username}:***@"), migrated.stdout
+        assert "hunter2" not in migrated.stdout + migrated.stderr
     finally:
         with psycopg.connect(server, autocommit=True) as admin:
             admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -15,6 +15,7 @@ Messages go to stderr; a traceback only when ``STACKSHIFT_DEBUG`` is set.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import sys
@@ -57,13 +58,58 @@ def output_gone() -> None:
     """The reader of stdout or stderr went away (``| head``, a log collector that
     died): what is still printed goes nowhere, rather than failing the command
     (click's exit 1) or Python's flush at exit."""
+    global _reader_gone
+    _reader_gone = True
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(OSError, ValueError):  # not a file: captured output
+            with contextlib.suppress(OSError, ValueError, AttributeError):  # captured, None
                 os.dup2(devnull, stream.fileno())
     finally:
         os.close(devnull)
+
+
+#: Whether :func:`output_gone` was called: a command that prints until a run ends
+#: (``runs logs --follow``) stops then.
+_reader_gone = False
+
+
+def reader_gone() -> bool:
+    return _reader_gone
+
+
+class _Output(io.TextIOWrapper):
+    """stdout whose reader may go away: the rest of the output goes nowhere
+    (:func:`output_gone`) and the command goes on to its end and exit code, the
+    same however much it printed before (all of it fits in the pipe's buffer, or
+    not)."""
+
+    def write(self, text: str) -> int:
+        try:
+            return super().write(text)
+        except BrokenPipeError:
+            output_gone()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except BrokenPipeError:
+            output_gone()
+            super().flush()  # what was left in the buffer, now to /dev/null
+
+
+def guard_output() -> None:
+    """Before a command runs: a stdout closed by the shell (``>&-``) is /dev/null,
+    and one whose reader goes away (``| head``) ends as :class:`_Output` says."""
+    for name in ("stderr", "stdout"):
+        if getattr(sys, name) is None:  # its descriptor is closed: the first free one
+            setattr(sys, name, _Output(open(os.devnull, "wb"), encoding="utf-8"))  # noqa: SIM115
+    out = sys.stdout
+    if isinstance(out, io.TextIOWrapper) and not isinstance(out, _Output):
+        out.flush()  # the same buffer, written through this one from now on
+        sys.stdout = _Output(out.buffer, encoding=out.encoding, errors=out.errors,
+                             line_buffering=out.line_buffering)
 
 
 class BadInput(CliFailure):

@@ -11,7 +11,7 @@ import click
 from .bench import bench
 from .dev import dev
 from .events import events
-from .failures import CliFailure, debugging, translate
+from .failures import CliFailure, debugging, guard_output, translate
 from .migrate import migrate
 from .options import DATABASE_ENV, list_by_default, not_empty, settings_for_commands
 from .queues import queues
@@ -74,6 +74,7 @@ for command in (worker, dev, start, runs, events, state, migrate, queues, schedu
 
 
 def main() -> None:
+    guard_output()
     cli()
 
 

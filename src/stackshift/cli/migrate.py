@@ -7,7 +7,7 @@ import click
 from ..client import StackShift
 from ..store.queries import latest_version
 from .options import database_only, database_only_option, json_option
-from .render import console, echo_json
+from .render import console, echo_json, shown_url
 
 
 @click.command()
@@ -31,7 +31,7 @@ def migrate(as_json: bool, database_url: str | None) -> None:
             f" (version {known}): run `stackshift migrate` and the workers and servers with"
             " the release that made it")
     if as_json:
-        echo_json({"database_url": app.database_url, "version": after,
+        echo_json({"database_url": shown_url(app.database_url), "version": after,
                    "previous_version": before})
         return
     if after == before:

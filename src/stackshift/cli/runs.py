@@ -17,7 +17,7 @@ from ..models import again_links
 from ..progress import in_progress
 from ..runlogs import level_number
 from ..wording import did_you_mean
-from .failures import ExitCode, bad_input
+from .failures import ExitCode, bad_input, reader_gone
 from .options import (
     Whole,
     database_url_option,
@@ -299,6 +299,8 @@ def follow_logs(app: StackShift, run_id: str, as_json: bool, tail: int | None = 
                 show(at_level(page, level))
         if run.status in TERMINAL:
             break
+        if reader_gone():  # `| grep -m1 ...` found its line: done, whatever the run does
+            return
         time.sleep(FOLLOW_EVERY)
     if not as_json:
         report_finished(run, False)

@@ -18,6 +18,8 @@ from ..durations import parse_duration, span
 from ..errors import PayloadTooLargeError, ValidationError
 from ..models import Run, Step
 from ..serialization import encode
+from ..service import Service
+from ..settings import server_setting
 from ..wording import plural, unregistered
 from .failures import ExitCode, bad_input, failed
 from .options import (
@@ -244,10 +246,13 @@ def start_in_batches(app: StackShift, job: str, lines: list[Line],
         return []
     # Sizes too are checked before anything starts: a line too large found in a
     # later batch would leave the batches before it started.
-    limit = app._service.limits().max_payload_bytes
+    api = app._api  # the database's limits, or the server's
+    limit = api.limits().max_payload_bytes
+    raised_by = api.limits_set_by if isinstance(api, Service) else server_setting
     for line in lines:
         try:
-            encode(line.payload, what=f"the payload of line {line.number}", limit=limit)
+            encode(line.payload, what=f"the payload of line {line.number}", limit=limit,
+                   setting="max_payload_bytes", raised_by=raised_by)
         except PayloadTooLargeError as exc:
             raise bad_input(str(exc)) from None
     runs: list[Run] = []
