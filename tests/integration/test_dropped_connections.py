@@ -172,3 +172,33 @@ def test_the_schema_version_a_health_check_reads_is_read_after_the_cut(pg_url: s
         assert [db.schema_version() for _ in range(6)] == [version] * 6
     finally:
         app.close()
+
+
+def test_a_pool_of_idle_connections_all_cut_moves_to_new_ones_within_pool_timeout(
+        pg_url: str) -> None:
+    """Idle sessions ended all at once (``idle_session_timeout``, a firewall, a
+    script): the next call finds out the others beside the first dead one at
+    once, rather than one failed transaction and pause each, so it succeeds
+    well within a ``pool_timeout`` that twelve pauses would exceed."""
+    name = f"drop_{uuid.uuid4().hex[:8]}"
+    app = StackShift(f"{pg_url}&application_name={name}&pool_size=12&pool_min=12"
+                     "&pool_timeout=2")
+    try:
+        app.state.set("before", 1)
+        deadline = time.monotonic() + 10
+        while terminate_count(name) < 12 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the pool opens its twelve in the background
+        assert terminate(name) == 12
+        for n in range(3):
+            assert app.state.increment("after-the-cut") == n + 1
+            assert app.start("noted", {"n": n}).status == "queued"
+    finally:
+        app.close()
+
+
+def terminate_count(application_name: str) -> int:
+    """How many sessions ``application_name`` has open."""
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        row = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                            (application_name,)).fetchone()
+    return int(row[0]) if row else 0

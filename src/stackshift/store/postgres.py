@@ -379,6 +379,7 @@ class PostgresDatabase:
             raise RuntimeError("the store is closed")
         deadline = time.monotonic() + self._timeout
         pause = 0.05
+        checked = False
         while True:
             conn = self._getconn()
             try:
@@ -391,6 +392,13 @@ class PostgresDatabase:
                 self._pool.putconn(conn)  # broken: the pool discards it
                 if time.monotonic() >= deadline:
                     raise
+            if not checked:
+                # The idle ones beside it most likely ended with it (the server
+                # restarted, idle sessions ended): found out and replaced now, in
+                # one pass, rather than by one failed BEGIN and a pause each.
+                checked = True
+                self._check_pool(self._pool)
+                continue
             time.sleep(pause)
             pause = min(pause * 2, 1.0)
 
