@@ -95,6 +95,41 @@ def test_retries_show_backoff_and_failed_steps_per_attempt() -> None:
     assert second.bars[1].left > first.bars[1].left + first.bars[1].width
 
 
+def test_each_attempt_leads_in_from_its_own_backoff_or_the_manual_retry_before_it() -> None:
+    """Attempts after a manual retry: the first is queued from the retry, the next
+    backs off from its predecessor's failure, not from an earlier one's."""
+    error = {"type": "ConnectionError", "message": "502"}
+    rows: list[tuple[float, str, int | None, str | None, dict[str, Any]]] = [
+        (0.0, "run.queued", None, None, {})]
+    attempts = []
+    starts = {1: 0.01, 2: 1.0, 3: 10.0, 4: 12.0}
+    for number, start in starts.items():
+        end = start + 0.1
+        rows.append((start, "attempt.started", number, None, {}))
+        attempts.append(Attempt("run_1", number, "completed" if number == 4 else "failed", "w",
+                                _at(start), _at(end),
+                                None if number == 4 else RunError("ConnectionError", "502")))
+        if number in (1, 3):  # attempts left: backoff
+            rows.append((end, "attempt.failed", number, None, {"error": error}))
+            rows.append((end, "run.retrying", number, None, {"from": "running"}))
+        elif number == 2:  # failed for good, retried by hand at 9.0
+            rows.append((end, "run.failed", number, None, {"from": "running"}))
+            rows.append((9.0, "run.queued", None, None, {"from": "failed",
+                                                         "manual_retry": True}))
+        else:
+            rows.append((end, "run.completed", number, None, {"from": "running"}))
+    chart = waterfall.build(_run(finished_at=_at(12.1), attempt=4), _entries(*rows), attempts,
+                            now=T0 + 13)
+    leads = {r.attempt: ([b.kind for b in r.bars][:2], [m.kind for m in r.marks])
+             for r in chart.rows if r.kind == "attempt"}
+    assert leads[1][0][0] == "queued"
+    assert leads[2] == (["backoff", "attempt-failed"], ["retry", "failed"])
+    assert leads[3] == (["queued", "attempt-failed"], ["manual", "failed"])
+    assert leads[4] == (["backoff", "attempt-completed"], ["retry"])
+    fourth = next(r for r in chart.rows if r.kind == "attempt" and r.attempt == 4)
+    assert fourth.bars[0].label == "retry in 1.90 s"  # from attempt 3's end at 10.1
+
+
 def test_a_run_still_waiting_has_an_open_bar_and_a_now_line() -> None:
     timeline = _entries(
         (0.0, "run.queued", None, None, {}),

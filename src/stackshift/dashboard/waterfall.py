@@ -303,6 +303,7 @@ def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
     attempt_rows: dict[int, Row] = {}
     spans: list[tuple[Row, float, float]] = []  # each attempt's row, start and end
     previous_end: float | None = None
+    requeues = _Requeues(entries)
     for attempt in sorted(attempts, key=lambda a: a.number):
         start = attempt.started_at.timestamp()
         end = attempt.finished_at.timestamp() if attempt.finished_at else horizon
@@ -310,7 +311,7 @@ def build(run: Run, timeline: list[TimelineEntry], attempts: list[Attempt],
         row = Row("attempt", f"Attempt {attempt.number}", "", outcome, attempt.number,
                   start=start)
         row.detail = duration(end - start) + ("" if attempt.finished_at else " so far")
-        lead = _lead_in(entries, attempt.number, start, previous_end, t0)
+        lead = _lead_in(requeues, attempt.number, start, previous_end, t0)
         if lead is not None:
             row.bars.append(lead[0])
             row.marks.extend(lead[1])
@@ -492,24 +493,47 @@ def _step_row(e: TimelineEntry) -> Row:
     return row
 
 
-def _lead_in(entries: list[TimelineEntry], number: int, start: float,
+class _Requeues:
+    """The times of a run's manual retries and of its ``run.retrying`` entries (by
+    the attempt that failed), each in time order: an attempt's lead-in looks up
+    the latest before it by bisection, so that a run of thousands of attempts
+    is drawn as quickly as one of a few."""
+
+    def __init__(self, entries: list[TimelineEntry]) -> None:
+        self.manual: list[float] = []
+        self.retrying: dict[int | None, list[float]] = {}
+        for e in entries:
+            if e.kind == "run.queued" and e.data.get("manual_retry"):
+                self.manual.append(e.at.timestamp())
+            elif e.kind == "run.retrying":
+                self.retrying.setdefault(e.attempt, []).append(e.at.timestamp())
+        self.manual.sort()
+        for times in self.retrying.values():
+            times.sort()
+
+    @staticmethod
+    def latest(times: list[float], until: float) -> float | None:
+        """The latest of ``times`` at or before ``until``."""
+        i = bisect.bisect_right(times, until)
+        return times[i - 1] if i else None
+
+
+def _lead_in(requeues: _Requeues, number: int, start: float,
              previous_end: float | None, t0: float) -> tuple[Bar, list[Mark]] | None:
     """What came before attempt ``number``: time in the queue, a backoff, or a manual retry."""
-    before = [e for e in entries if e.at.timestamp() <= start + 1e-9]
     if number == 1:
         return Bar(t0, start, "queued", "", f"queued for {duration(start - t0)}"), []
-    manual = [e for e in before if e.kind == "run.queued" and e.data.get("manual_retry")]
-    retrying = [e for e in before if e.kind == "run.retrying" and e.attempt == number - 1]
-    if manual and (not retrying or manual[-1].at >= retrying[-1].at):
-        at = manual[-1].at.timestamp()
-        return (Bar(at, start, "queued", "", f"queued for {duration(start - at)}"),
-                [Mark(at, "manual", "retried by an operator")])
-    if retrying:
-        at = retrying[-1].at.timestamp()
-        return (Bar(at, start, "backoff", f"retry in {duration(start - at)}",
-                    f"backoff before attempt {number}: {duration(start - at)}",
-                    short=duration(start - at)),
-                [Mark(at, "retry", f"attempt {number - 1} failed; retrying")])
+    until = start + 1e-9
+    manual = requeues.latest(requeues.manual, until)
+    retrying = requeues.latest(requeues.retrying.get(number - 1, []), until)
+    if manual is not None and (retrying is None or manual >= retrying):
+        return (Bar(manual, start, "queued", "", f"queued for {duration(start - manual)}"),
+                [Mark(manual, "manual", "retried by an operator")])
+    if retrying is not None:
+        return (Bar(retrying, start, "backoff", f"retry in {duration(start - retrying)}",
+                    f"backoff before attempt {number}: {duration(start - retrying)}",
+                    short=duration(start - retrying)),
+                [Mark(retrying, "retry", f"attempt {number - 1} failed; retrying")])
     if previous_end is not None:
         return Bar(previous_end, start, "queued", "", "queued"), []
     return None
