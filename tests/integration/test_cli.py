@@ -1934,13 +1934,24 @@ def test_tables_show_users_text_as_it_is(db_url: str, app: StackShift) -> None:
     assert f'Run {done.id} completed: "[red]x[/]"' in waited.stdout, waited.stdout
 
 
-def test_ctrl_c_on_a_wait_exits_130_not_as_a_failed_run(db_url: str, app: StackShift) -> None:
+def test_ctrl_c_on_a_wait_exits_130_not_as_a_failed_run(db_url: str, app: StackShift,
+                                                        tmp_path: Path) -> None:
+    """Exit 130; with --json, a wait prints the run as it stands first, as past its
+    --timeout, so that a `start --wait --json` interrupted still gives its run's id."""
     run = app.start("neverTaken")  # no worker: the wait goes on until interrupted
-    for args in (["runs", "wait", run.id], ["runs", "logs", run.id, "--follow"]):
+    lines = tmp_path / "lines.jsonl"
+    lines.write_text('{"n": 2}\n{"n": 3}\n', encoding="utf-8")
+    for args in (["runs", "wait", run.id], ["runs", "logs", run.id, "--follow"],
+                 ["runs", "wait", run.id, "--json"],
+                 ["start", "neverTaken", '{"n": 1}', "--wait", "--json"],
+                 ["start", "neverTaken", "--payloads", str(lines), "--wait", "--json"]):
         process = subprocess.Popen([*STACKSHIFT, *args], stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True, env=_env(db_url),
                                    preexec_fn=interruptible)
+        started = len(every_run(app)) + (
+            2 if "--payloads" in args else 1 if args[0] == "start" else 0)
         try:
+            eventually(lambda n=started: len(every_run(app)) == n, what="the runs started")
             time.sleep(2.0)  # well into the wait
             process.send_signal(signal.SIGINT)
             out, err = process.communicate(timeout=30)
@@ -1950,6 +1961,12 @@ def test_ctrl_c_on_a_wait_exits_130_not_as_a_failed_run(db_url: str, app: StackS
                 process.communicate()
         assert process.returncode == 130, (args, out, err)
         assert "Traceback" not in err and "Aborted" not in err, (args, err)
+        if "--json" in args:
+            shown = json.loads(out)
+            stood = shown if isinstance(shown, list) else [shown]
+            assert [r["status"] for r in stood] == ["queued"] * len(stood), out
+            assert [app.runs.get(r["id"]).job for r in stood] == ["neverTaken"] * len(stood)
+            assert len(stood) == (2 if "--payloads" in args else 1)
     assert app.runs.get(run.id).status == "queued"
 
 

@@ -435,16 +435,16 @@ def retry_many(queue: str | None, job: str | None, status: str, created_after: s
 def wait(run_id: str, timeout: str | None, as_json: bool, database_url: str | None) -> None:
     """Block until a run is completed, failed or cancelled.
 
-    Exit 0 when it completed, 1 when it failed, was cancelled or the timeout passed
-    (with --json, the run as it stands is printed then).
+    Exit 0 when it completed, 1 when it failed, was cancelled or the timeout passed,
+    130 on Ctrl-C (with --json, the run as it stands is printed on the last two).
     """
     limit = duration(timeout, "--timeout")
     with open_client(database_url) as app:
         app.runs.get(run_id)  # an unknown id is "not found", not a timeout
         try:
             run = wait_for_run(app, run_id, limit, as_json)
-        except TimeoutError:
-            if as_json:  # the run as it stands, then the error and exit 1
+        except (TimeoutError, KeyboardInterrupt):
+            if as_json:  # the run as it stands, then the error and exit 1 (or 130)
                 echo_json(to_data(app.runs.get(run_id)))
             raise
     report_finished(run, as_json)

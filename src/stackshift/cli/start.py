@@ -129,9 +129,9 @@ def start(
                 return
             try:
                 finals = wait_for_runs(app, runs, wait_limit, as_json)
-            except TimeoutError as timed_out:
-                if as_json:  # the runs as they stand, then the error and exit 1
-                    echo_runs_json(timed_out_runs(timed_out, app, runs), runs, one=False)
+            except (TimeoutError, KeyboardInterrupt) as stopped:
+                if as_json:  # the runs as they stand, then the error and exit 1 (or 130)
+                    echo_runs_json(runs_as_they_stand(stopped, app, runs), runs, one=False)
                 raise
         report_finished_many(finals, runs, as_json)
         return
@@ -157,9 +157,9 @@ def start(
             report_started(run, as_json)
         try:
             final = wait_for_run(app, run.id, wait_limit, as_json)
-        except TimeoutError as timed_out:
-            if as_json:  # the run as it stands, then the error and exit 1
-                echo_runs_json(timed_out_runs(timed_out, app, [run]), [run], one=True)
+        except (TimeoutError, KeyboardInterrupt) as stopped:
+            if as_json:  # the run as it stands, then the error and exit 1 (or 130)
+                echo_runs_json(runs_as_they_stand(stopped, app, [run]), [run], one=True)
             raise
     report_finished(final, as_json, created=run.created)
 
@@ -524,8 +524,9 @@ class WaitTimedOut(TimeoutError):
         self.runs = runs
 
 
-def timed_out_runs(error: TimeoutError, app: StackShift, started: list[Run]) -> list[Run]:
-    """The runs of a wait that ran out of time, as they stand now."""
+def runs_as_they_stand(error: BaseException, app: StackShift, started: list[Run]) -> list[Run]:
+    """The runs of a wait that ran out of time or was interrupted (Ctrl-C), as
+    they stand now."""
     if isinstance(error, WaitTimedOut):
         return error.runs
     return [app.runs.get(run.id) for run in started]
