@@ -859,7 +859,7 @@ def piped(db_url: str, command: str, into: str) -> subprocess.CompletedProcess[s
 
 
 def test_a_reader_that_goes_away_or_a_closed_stdout_changes_no_exit_code(
-    db_url: str, app: StackShift
+    db_url: str, app: StackShift, tmp_path: Path
 ) -> None:
     """`| head -1` on a list longer than the pipe holds exits 0 as on a short one,
     in text and JSON; with stdout closed (``>&-``) a command still does its work
@@ -878,6 +878,14 @@ def test_a_reader_that_goes_away_or_a_closed_stdout_changes_no_exit_code(
         assert "Error" not in closed.stderr and "I/O" not in closed.stderr, closed.stderr
     assert len(app.runs.list(job="importOrder", limit=1000).items) == 1000
     assert app.runs.list(job="importOrder", limit=1000).next_cursor is not None  # 1,001
+    # A wait that times out prints its runs as they stand (far more than the pipe
+    # holds), then fails: exit 1, and stderr, whose reader is still there, says so.
+    lines = tmp_path / "lines.jsonl"
+    lines.write_text("".join(json.dumps({"n": n, "pad": "x" * 200}) + "\n" for n in range(1000)))
+    done = piped(db_url, f"start importOrder --payloads {lines} --wait --timeout 1s --json",
+                 "head -c 10")
+    assert done.returncode == 1, done.stderr
+    assert "error: 1,000 of the 1,000 runs had not ended" in done.stderr, done.stderr
 
 
 def test_runs_show_says_what_a_running_attempt_executes_since_its_last_recorded_step(

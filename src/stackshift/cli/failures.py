@@ -54,15 +54,16 @@ class CliFailure(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True, file=file)
 
 
-def output_gone() -> None:
+def output_gone(*streams: IO[Any]) -> None:
     """The reader of stdout or stderr went away (``| head``, a log collector that
     died): what is still printed goes nowhere, rather than failing the command
-    (click's exit 1) or Python's flush at exit."""
+    (click's exit 1) or Python's flush at exit. ``streams``: the ones whose reader
+    is known to have gone (stdout and stderr, if none is given)."""
     global _reader_gone
     _reader_gone = True
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        for stream in (sys.stdout, sys.stderr):
+        for stream in streams or (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError, AttributeError):  # captured, None
                 os.dup2(devnull, stream.fileno())
     finally:
@@ -88,14 +89,14 @@ class _Output(io.TextIOWrapper):
         try:
             return super().write(text)
         except BrokenPipeError:
-            output_gone()
+            output_gone(self)  # stderr still says what fails after
             return len(text)
 
     def flush(self) -> None:
         try:
             super().flush()
         except BrokenPipeError:
-            output_gone()
+            output_gone(self)
             super().flush()  # what was left in the buffer, now to /dev/null
 
 

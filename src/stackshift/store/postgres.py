@@ -382,6 +382,7 @@ class PostgresDatabase:
         checked = False
         while True:
             conn = self._getconn()
+            tried = time.monotonic()
             try:
                 if command is not None:
                     conn.execute(command)
@@ -392,10 +393,12 @@ class PostgresDatabase:
                 self._pool.putconn(conn)  # broken: the pool discards it
                 if time.monotonic() >= deadline:
                     raise
-            if not checked:
-                # The idle ones beside it most likely ended with it (the server
-                # restarted, idle sessions ended): found out and replaced now, in
-                # one pass, rather than by one failed BEGIN and a pause each.
+            if not checked and time.monotonic() - tried < 0.1:
+                # Ended at once (not a network gone quiet, where a check of each
+                # would wait as long): the idle ones beside it most likely ended
+                # with it (the server restarted, idle sessions were ended). They
+                # are found out and replaced now, in one pass, rather than by one
+                # failed BEGIN and a pause each.
                 checked = True
                 self._check_pool(self._pool)
                 continue
