@@ -107,6 +107,30 @@ def test_runs_list_filters_searches_and_pages(stack: Dashboard, page: Page) -> N
     expect(page.locator(".flash-error")).to_have_count(0)
 
 
+def test_the_current_page_and_filter_are_named_and_keyboard_focus_shows(
+        stack: Dashboard, page: Page) -> None:
+    """A screen reader hears which page and which status filter are current, and a
+    field reached with Tab shows a focus outline (the border alone is too faint)."""
+    page.goto(f"{stack.url}/?status=failed")
+    expect(page.locator("a.nav-item[aria-current=page]")).to_have_count(1)
+    expect(page.locator("a.nav-item[aria-current=page]")).to_contain_text("Runs")
+    expect(page.locator(".tab[aria-current=true]")).to_have_count(1)
+    expect(page.locator(".tab[aria-current=true]")).to_have_attribute("data-status", "failed")
+    page.goto(f"{stack.url}/queues")
+    expect(page.locator("a.nav-item[aria-current=page]")).to_contain_text("Queues")
+    page.goto(stack.url)
+    search = page.locator("input[type=search]").first
+    for _ in range(40):  # Tab through the page until the search field has focus
+        page.keyboard.press("Tab")
+        if search.evaluate("e => e === document.activeElement"):
+            break
+    else:
+        raise AssertionError("Tab never reached the search field")
+    style = search.evaluate("e => getComputedStyle(e).outlineStyle + ' ' + getComputedStyle(e)"
+                            ".outlineColor")
+    assert style == "solid rgb(21, 112, 239)", style
+
+
 def test_keys_with_surrounding_spaces_are_searched_as_typed(stack: Dashboard,
                                                             page: Page) -> None:
     """A correlation key may begin or end with spaces: the runs search and the
