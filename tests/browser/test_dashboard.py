@@ -1016,6 +1016,12 @@ def test_queue_pages_chart_an_hour_of_work(db_url: str, store_kind: str, page: P
             assert len(heights) == 60
             assert sum(heights) == total
             assert max(heights) == max(done_per_minute)
+            # A screen reader, which skips the bars' titles, hears the totals.
+            label = page.locator("svg.chart:not(.spark)").get_attribute("aria-label") or ""
+            assert re.fullmatch(
+                rf"Runs finished since \S+ \S+ UTC: {total - len(failed)} completed and"
+                rf" {len(failed)} failed, at most {max(done_per_minute)} in one of 60 bars",
+                label), label
             expect(page.locator(".stat-failed .stat-value")).to_have_text(str(len(failed)))
             expect(page.locator("#dead-letters tbody tr[data-run-id]")).to_have_count(
                 min(50, len(failed)))
