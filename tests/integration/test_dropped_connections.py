@@ -186,7 +186,7 @@ def test_a_pool_of_idle_connections_all_cut_moves_to_new_ones_within_pool_timeou
     try:
         app.state.set("before", 1)
         deadline = time.monotonic() + 10
-        while terminate_count(name) < 12 and time.monotonic() < deadline:
+        while session_count(name) < 12 and time.monotonic() < deadline:
             time.sleep(0.05)  # the pool opens its twelve in the background
         assert terminate(name) == 12
         for n in range(3):
@@ -196,7 +196,7 @@ def test_a_pool_of_idle_connections_all_cut_moves_to_new_ones_within_pool_timeou
         app.close()
 
 
-def terminate_count(application_name: str) -> int:
+def session_count(application_name: str) -> int:
     """How many sessions ``application_name`` has open."""
     with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
         row = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
