@@ -13,7 +13,7 @@ import logging
 import re
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -308,6 +308,9 @@ class RemoteService(RemoteFlowControl):
         self.registry = registry
         self.settings = settings or Settings()
         self._limits: Settings | None = None
+        #: How a limit is raised: by the server's own setting, which it holds to
+        #: (this client's ``Settings`` change nothing there).
+        self.limits_set_by: Callable[[str], str] = server_setting
         #: whether the server takes a lock's holder (servers from before it refuse it)
         self._says_holders = True
         #: whether the server reads a run's log records in pages (``limit``) and
@@ -482,7 +485,7 @@ class RemoteService(RemoteFlowControl):
         for n, payload in enumerate(payloads):
             values.append(to_jsonable(payload, what=f"payloads[{n}]"))
             encode(values[-1], what=f"payloads[{n}]", limit=limits.max_payload_bytes,
-                   setting="max_payload_bytes", raised_by=server_setting)
+                   setting="max_payload_bytes", raised_by=self.limits_set_by)
         if max_attempts is not None:
             check_max_attempts(max_attempts)
         if priority is not None:
@@ -498,7 +501,7 @@ class RemoteService(RemoteFlowControl):
             for n, key in enumerate(idempotency_keys or []):
                 if key is not None:
                     check_key(key, f"idempotency_keys[{n}]", limits.max_idempotency_key_length,
-                              "max_idempotency_key_length", server_setting)
+                              "max_idempotency_key_length", self.limits_set_by)
             idempotency_seconds(limits, idempotency_ttl)
         elif idempotency_ttl is not None:
             if payloads or idempotency_keys is None:
@@ -706,7 +709,7 @@ class RemoteService(RemoteFlowControl):
         if idempotency_key is not None:
             body["idempotencyKey"] = check_key(
                 idempotency_key, "idempotency_key", self.limits().max_idempotency_key_length,
-                "max_idempotency_key_length", server_setting)
+                "max_idempotency_key_length", self.limits_set_by)
         response = self._call("POST", "/v1/events", json=SizedBody(
             body, "payload", "event payload", self.limits().max_event_payload_bytes,
             "max_event_payload_bytes"))
@@ -787,7 +790,7 @@ class RemoteService(RemoteFlowControl):
     def _state_key(self, key: object) -> str:
         """``key`` as a path segment, checked as the embedded service does."""
         check_key(key, "state key", self.limits().max_state_key_length,
-                  "max_state_key_length", server_setting)
+                  "max_state_key_length", self.limits_set_by)
         return _state_key(key)
 
     def check_state_key(self, key: object) -> None:

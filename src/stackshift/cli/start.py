@@ -18,8 +18,6 @@ from ..durations import parse_duration, span
 from ..errors import PayloadTooLargeError, ValidationError
 from ..models import Run, Step
 from ..serialization import encode
-from ..service import Service
-from ..settings import server_setting
 from ..wording import plural, unregistered
 from .failures import ExitCode, bad_input, failed
 from .options import (
@@ -248,11 +246,10 @@ def start_in_batches(app: StackShift, job: str, lines: list[Line],
     # later batch would leave the batches before it started.
     api = app._api  # the database's limits, or the server's
     limit = api.limits().max_payload_bytes
-    raised_by = api.limits_set_by if isinstance(api, Service) else server_setting
     for line in lines:
         try:
             encode(line.payload, what=f"the payload of line {line.number}", limit=limit,
-                   setting="max_payload_bytes", raised_by=raised_by)
+                   setting="max_payload_bytes", raised_by=api.limits_set_by)
         except PayloadTooLargeError as exc:
             raise bad_input(str(exc)) from None
     runs: list[Run] = []
