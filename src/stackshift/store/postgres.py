@@ -377,12 +377,12 @@ class PostgresDatabase:
         """
         if self._closed:
             raise RuntimeError("the store is closed")
-        deadline = time.monotonic() + self._timeout
+        began = time.monotonic()
+        deadline = began + self._timeout
         pause = 0.05
         checked = False
         while True:
             conn = self._getconn()
-            tried = time.monotonic()
             try:
                 if command is not None:
                     conn.execute(command)
@@ -391,17 +391,20 @@ class PostgresDatabase:
                 return conn
             except psycopg.OperationalError:
                 self._pool.putconn(conn)  # broken: the pool discards it
-                if time.monotonic() >= deadline:
+                failed = time.monotonic()
+                if failed >= deadline:
                     raise
-            if not checked and time.monotonic() - tried < 0.1:
-                # Ended at once (not a network gone quiet, where a check of each
-                # would wait as long): the idle ones beside it most likely ended
-                # with it (the server restarted, idle sessions were ended). They
-                # are found out and replaced now, in one pass, rather than by one
-                # failed BEGIN and a pause each.
+            if not checked:
                 checked = True
-                self._check_pool(self._pool)
-                continue
+                if failed - began < 0.1:
+                    # The first connection ended at once (not a network gone
+                    # quiet, where a check of each would wait as long): the idle
+                    # ones beside it most likely ended with it (the server
+                    # restarted, idle sessions were ended). They are found out
+                    # and replaced now, in one pass, rather than by one failed
+                    # BEGIN and a pause each.
+                    self._check_pool(self._pool)
+                    continue
             time.sleep(pause)
             pause = min(pause * 2, 1.0)
 
